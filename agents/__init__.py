@@ -1,0 +1,14 @@
+"""The six roles. Each ``agents/<role>.py`` defines its Role subclass as ``ROLE``."""
+
+from __future__ import annotations
+
+import importlib
+
+from agents.base import Role
+from bus.messages import ROLES
+
+
+def role_class(name: str) -> type[Role]:
+    if name not in ROLES:
+        raise ValueError(f"unknown role {name!r}; choose one of {', '.join(ROLES)}")
+    return importlib.import_module(f"agents.{name}").ROLE

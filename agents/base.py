@@ -1,0 +1,105 @@
+"""The shared shape of a role: typed handlers that read a message and say what follows.
+
+A role knows nothing of subjects, consumers or acks (the host in
+``services/host.py`` does the wiring). A handler gets the message and a
+``Context`` holding the role's state for that project, the artifact store and
+the role's mind; it mutates the state and calls ``ctx.send``. The host stores
+the new state together with the outputs, then publishes them with ids derived
+from the input, then acks: a crash anywhere repeats the same effects, which
+the bus drops as duplicates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, ClassVar, Protocol, TypeVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+from bus.messages import Envelope, Recipient, Role as RoleName
+
+
+class ArtifactStore(Protocol):
+    """Object store names are ``<project>/<path>``."""
+
+    async def put(self, name: str, data: bytes) -> str: ...
+    async def get(self, name: str) -> bytes: ...
+    async def list(self, prefix: str) -> list[str]: ...
+
+
+class Cache(Protocol):
+    """A JSON cache with a time to live (a NATS KV bucket in the lab)."""
+
+    async def get(self, key: str) -> Any | None: ...
+    async def put(self, key: str, value: Any) -> None: ...
+
+
+class EmptyState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+@dataclass
+class Context:
+    project: str
+    role: RoleName
+    state: Any  # the role's State model for this project
+    artifacts: ArtifactStore
+    mind: Any
+    cache: Cache | None = None
+    services: dict[str, Any] = field(default_factory=dict)  # role-specific: executor, nats access for jobs, ...
+    clock: Callable[[], float] = time.time
+    outputs: list[tuple[Any, Recipient]] = field(default_factory=list)
+
+    @property
+    def log(self) -> Any:
+        return structlog.get_logger().bind(role=self.role, project=self.project)
+
+    def send(self, body: BaseModel, to: Recipient) -> None:
+        self.outputs.append((body, to))
+
+
+Handler = Callable[[Any, Envelope, Context], Awaitable[None]]
+
+
+def on(kind: type[BaseModel]) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """Mark a method as the handler of one message kind."""
+
+    def mark(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        fn.__lab_kind__ = kind.model_fields["type"].default  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class UnhandledKind(Exception):
+    """A role received a kind it has no handler for (logged, acked, not retried)."""
+
+
+class Role:
+    """Base of the six roles. Subclasses set ``name``, ``State`` and decorate handlers with ``@on``."""
+
+    name: ClassVar[RoleName]
+    State: ClassVar[type[BaseModel]] = EmptyState
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        for attr in dir(type(self)):
+            fn = getattr(type(self), attr)
+            kind = getattr(fn, "__lab_kind__", None)
+            if kind:
+                self._handlers[kind] = fn
+
+    @property
+    def kinds(self) -> set[str]:
+        return set(self._handlers)
+
+    async def handle(self, env: Envelope, ctx: Context) -> None:
+        fn = self._handlers.get(env.kind)
+        if fn is None:
+            raise UnhandledKind(f"{self.name} has no handler for {env.kind!r}")
+        await fn(self, env.body, env, ctx)

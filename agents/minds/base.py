@@ -1,0 +1,125 @@
+"""What a mind does for each role: fill typed answers for the creative steps.
+
+The workflows in ``agents/<role>.py`` decide what happens next; a mind only
+answers questions with pydantic models. ``offline`` answers from the
+template's declared knob space and the evidence; ``llm`` asks a model. Both
+implement the same protocols, so a role never knows which one it has.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from bus.messages import (
+    AnalysisReport,
+    CoPINote,
+    Idea,
+    ItemResponse,
+    MetaReview,
+    Reference,
+    Review,
+    RevisionItem,
+    Usage,
+)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IdeaContext(Model):
+    spec: dict[str, Any]  # template.yaml, validated
+    direction: str
+    notes: list[CoPINote] = []
+    constraints: dict[str, Any] = {}  # from co-PI notes, e.g. {"allowed_knobs": ["weight_decay"]}
+    previous: list[Idea] = []  # ideas already proposed (do not repeat them)
+    outcomes: dict[str, str] = {}  # idea id -> "better"/"worse"/"inconclusive"/"failed"/"not novel"
+    n: int = 1
+    seed: int = 0
+
+
+class NoteReading(Model):
+    understood: str
+    constraints: dict[str, Any] = {}
+
+
+class ReviewContext(Model):
+    items: list[RevisionItem]
+    report: AnalysisReport
+    runs_left: int
+    rounds_left: int
+
+
+class NoveltyJudgement(Model):
+    novel: bool
+    justification: str
+    cited_keys: list[str] = []
+
+
+class PaperSections(Model):
+    title: str
+    abstract: str
+    introduction: str
+    related_work: str
+    method: str
+    experimental_setup: str
+    results: str
+    limitations: str
+    conclusion: str
+    revision_notes: str = ""
+
+
+class CodeEdit(Model):
+    """A search/replace edit of one file in the experiment's folder."""
+
+    path: str
+    search: str
+    replace: str
+
+
+class CodePlan(Model):
+    overrides: dict[str, Any] = {}
+    edits: list[CodeEdit] = []
+    explanation: str = ""
+
+
+@runtime_checkable
+class PIMind(Protocol):
+    async def propose_ideas(self, ctx: IdeaContext) -> list[Idea]: ...
+    async def read_note(self, note: CoPINote, spec: dict[str, Any]) -> NoteReading: ...
+    async def answer_review(self, ctx: ReviewContext) -> list[ItemResponse]: ...
+
+
+@runtime_checkable
+class LiteratureMind(Protocol):
+    async def queries(self, idea: Idea, task: str, found: list[Reference], round: int) -> list[str]: ...
+    async def judge_novelty(self, idea: Idea, found: list[Reference]) -> NoveltyJudgement: ...
+
+
+@runtime_checkable
+class EngineerMind(Protocol):
+    async def plan(self, idea: Idea, spec: dict[str, Any], files: dict[str, str], error: str = "") -> CodePlan: ...
+
+
+@runtime_checkable
+class WriterMind(Protocol):
+    async def write(self, request: Any) -> PaperSections: ...  # request: bus.messages.DraftRequest
+
+
+@runtime_checkable
+class ReviewerMind(Protocol):
+    async def review(self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int) -> Review: ...
+    async def meta_review(self, reviews: list[Review], report: AnalysisReport, round: int, max_rounds: int) -> MetaReview: ...
+
+
+@runtime_checkable
+class AnalystMind(Protocol):
+    async def summarize(self, report: AnalysisReport) -> str: ...
+
+
+class Mind(Protocol):
+    """One role's mind, plus what it spent."""
+
+    usage: Usage

@@ -1,0 +1,200 @@
+"""Experiment templates: a folder with experiment.py, plot.py and template.yaml.
+
+The spec is validated when a project starts, so a typo in template.yaml is one
+readable line naming the field instead of a crash in an agent minutes later.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+class TemplateError(ValueError):
+    """A template that cannot be used; the message is one line for the user."""
+
+
+class Knob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "choice", "bool"]
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+    # Values worth trying first; the offline mind draws ideas from these.
+    candidates: list[Any] = []
+    # Changing a fairness knob changes the compute or data an arm gets, so a
+    # comparison against the baseline would be unfair: the analyst flags it.
+    fairness: bool = False
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Knob":
+        if self.type == "choice" and not self.choices:
+            raise ValueError("a choice knob needs 'choices'")
+        for v in [self.default, *self.candidates]:
+            self.validate_value(v)
+        return self
+
+    def validate_value(self, value: Any) -> Any:
+        """Return the value coerced to the knob's type, or raise ValueError."""
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true/false, got {value!r}")
+            return value
+        if self.type == "choice":
+            if value not in (self.choices or []):
+                raise ValueError(f"{value!r} is not one of {self.choices}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        if self.type == "int":
+            if float(value) != int(value):
+                raise ValueError(f"expected an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite number, got {value!r}")
+        if self.min is not None and value < self.min:
+            raise ValueError(f"{value!r} is below the minimum {self.min}")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"{value!r} is above the maximum {self.max}")
+        return value
+
+
+class Metric(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    direction: Literal["higher", "lower"]
+    primary: bool = False
+    description: str = ""
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1, gt=0)
+    gpu: int = Field(0, ge=0)
+    memory_mb: int = Field(2048, ge=64)
+
+
+class TemplateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    title: str
+    task: str
+    keywords: list[str] = []
+    knobs: dict[str, Knob]
+    metrics: dict[str, Metric]
+    baseline: dict[str, Any] = {}
+    seeds: int = Field(3, ge=3, le=50)
+    time_budget_s: float = Field(600, gt=0)
+    resources: Resources = Resources()
+    fast: dict[str, Any] = {}
+    references: str = "references.bib"
+    network: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "TemplateSpec":
+        primaries = [m for m, v in self.metrics.items() if v.primary]
+        if len(primaries) != 1:
+            raise ValueError(f"exactly one metric must have primary: true (found {len(primaries)})")
+        for label, overrides in (("baseline", self.baseline), ("fast", self.fast)):
+            for k, v in overrides.items():
+                if k not in self.knobs:
+                    raise ValueError(f"{label}.{k}: not a declared knob")
+                self.knobs[k].validate_value(v)
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        return next(m for m, v in self.metrics.items() if v.primary)
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: v.default for k, v in self.knobs.items()}
+
+    def check_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Coerced overrides, or TemplateError naming the first bad knob."""
+        out = {}
+        for k, v in overrides.items():
+            if k not in self.knobs:
+                raise TemplateError(f"unknown knob {k!r} (template {self.name} declares {sorted(self.knobs)})")
+            try:
+                out[k] = self.knobs[k].validate_value(v)
+            except ValueError as e:
+                raise TemplateError(f"knob {k!r}: {e}") from None
+        return out
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "template.yaml"
+    return f"{where}: {err['msg']}"
+
+
+def parse_spec(data: Any, source: str = "template.yaml") -> TemplateSpec:
+    try:
+        return TemplateSpec.model_validate(data)
+    except ValidationError as e:
+        raise TemplateError(f"{source}: {_first_error(e)}") from None
+
+
+def search_path() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("LAB_TEMPLATES", "").split(os.pathsep) if p]
+    return [*extra, BUILTIN_DIR]
+
+
+def resolve(name_or_path: str) -> Path:
+    """A template folder from a path or a name on the search path."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p.resolve()
+    for base in search_path():
+        if (base / name_or_path / "template.yaml").is_file():
+            return (base / name_or_path).resolve()
+    known = sorted(d.name for base in search_path() if base.is_dir() for d in base.iterdir() if (d / "template.yaml").is_file())
+    raise TemplateError(f"unknown template {name_or_path!r}; known: {', '.join(known) or 'none'}")
+
+
+def load(name_or_path: str) -> tuple[Path, TemplateSpec]:
+    folder = resolve(name_or_path)
+    path = folder / "template.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise TemplateError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    for needed in ("experiment.py", "plot.py"):
+        if not (folder / needed).is_file():
+            raise TemplateError(f"{folder}: missing {needed}")
+    spec = parse_spec(data, str(path))
+    if spec.name != folder.name:
+        raise TemplateError(f"{path}: name: {spec.name!r} does not match the folder name {folder.name!r}")
+    return folder, spec
+
+
+def bundle(folder: Path) -> bytes:
+    """The template folder as tar.gz, the unit the job runner fetches."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(folder.rglob("*")):
+            rel = f.relative_to(folder)
+            if any(part in {"__pycache__", ".ipynb_checkpoints"} or part.startswith(".") for part in rel.parts):
+                continue
+            if f.is_file():
+                tar.add(f, arcname=str(rel), recursive=False)
+    return buf.getvalue()
+
+
+def unbundle(data: bytes, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
