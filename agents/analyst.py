@@ -1,0 +1,203 @@
+"""The analyst: compares every idea with the baseline over seeds, with each metric's direction.
+
+Runs of the same idea are pooled by seed (a later run with more seeds adds to
+an earlier one; a seed run twice keeps the later value), so a revision that
+asks for more seeds sharpens the same comparison instead of starting a new one.
+
+Flags are plain sentences with stable prefixes, so people read them and the
+writer and reviewer can act on them without importing this module:
+
+``missing baseline:``, ``unfair baseline:``, ``baseline has fewer seeds:``,
+``too few seeds:``, ``failed run:``, ``no per-seed values:``, ``duplicate seed:``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents import stats
+from agents.base import Context, Role, on
+from agents.figures import Bar, bar_chart, figure_name
+from bus.messages import AnalysisDone, AnalysisReport, AnalysisRequest, Comparison, Envelope, RunRecord, StepFailed
+
+ALPHA = 0.05
+MIN_SEEDS = 3
+BASELINE = "baseline"
+
+
+class AnalysisError(ValueError):
+    """A request the analyst cannot turn into a report (one readable line)."""
+
+
+@dataclass
+class Arm:
+    """One idea's pooled per-seed values: metric -> seed -> value."""
+
+    values: dict[str, dict[Any, float]] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def n(self, metric: str) -> int:
+        return len(self.values.get(metric, {}))
+
+    def list(self, metric: str) -> list[float]:
+        return list(self.values.get(metric, {}).values())
+
+
+def metric_directions(spec: dict[str, Any]) -> tuple[dict[str, str], str]:
+    metrics = spec.get("metrics") or {}
+    if not metrics:
+        raise AnalysisError("the spec declares no metrics, so there is nothing to compare")
+    directions = {}
+    for name, m in metrics.items():
+        d = (m or {}).get("direction")
+        if d not in ("higher", "lower"):
+            raise AnalysisError(f"metric {name!r}: direction must be 'higher' or 'lower', got {d!r}")
+        directions[name] = d
+    primary = next((n for n, m in metrics.items() if (m or {}).get("primary")), next(iter(metrics)))
+    return directions, primary
+
+
+def pool(runs: list[RunRecord], flags: list[str]) -> dict[str, Arm]:
+    """Successful runs grouped by idea in first-seen order; failures become flags."""
+    arms: dict[str, Arm] = {}
+    for run in runs:
+        if run.status == "failed":
+            flags.append(f"failed run: {run.job_id} (idea {run.idea_id!r}): {run.reason or 'no reason recorded'}")
+            continue
+        if run.final_info is None:
+            flags.append(f"failed run: {run.job_id} (idea {run.idea_id!r}): succeeded but wrote no final_info; ignored")
+            continue
+        arm = arms.setdefault(run.idea_id, Arm())
+        arm.overrides.update(run.overrides)
+        fi = run.final_info
+        for metric, stat in fi.metrics.items():
+            slot = arm.values.setdefault(metric, {})
+            if not stat.values:
+                flags.append(f"no per-seed values: run {run.job_id} reported only a mean for {metric!r}; it counts as one observation")
+                slot[("mean", run.job_id)] = stat.mean
+                continue
+            seeds = fi.seeds if len(fi.seeds) == len(stat.values) else run.seeds
+            if len(seeds) != len(stat.values):
+                seeds = [("index", run.job_id, k) for k in range(len(stat.values))]
+            for seed, value in zip(seeds, stat.values):
+                if seed in slot and metric == next(iter(fi.metrics)):
+                    flags.append(f"duplicate seed: idea {run.idea_id!r} seed {seed} ran again in {run.job_id}; kept the later value")
+                slot[seed] = float(value)
+    return arms
+
+
+def baseline_config(spec: dict[str, Any], arm: Arm | None) -> dict[str, Any]:
+    config = {k: (v or {}).get("default") for k, v in (spec.get("knobs") or {}).items()}
+    config.update(spec.get("baseline") or {})
+    if arm is not None:
+        config.update(arm.overrides)
+    return config
+
+
+def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
+    knobs = spec.get("knobs") or {}
+    base = baseline_config(spec, arms.get(BASELINE))
+    out = []
+    for idea, arm in arms.items():
+        if idea == BASELINE:
+            continue
+        for k, v in arm.overrides.items():
+            if (knobs.get(k) or {}).get("fairness") and v != base.get(k):
+                out.append(
+                    f"unfair baseline: idea {idea!r} changes the fairness knob {k!r} "
+                    f"(baseline {base.get(k)!r}, idea {v!r}), so the arms differ in compute or data, not only in method"
+                )
+    return out
+
+
+def seed_flags(arms: dict[str, Arm], primary: str) -> list[str]:
+    out = []
+    for idea, arm in arms.items():
+        n = arm.n(primary)
+        if n < MIN_SEEDS:
+            out.append(f"too few seeds: {idea!r} has {n} seed(s) for {primary!r}; at least {MIN_SEEDS} are needed")
+    base = arms.get(BASELINE)
+    if base is not None:
+        for idea, arm in arms.items():
+            if idea != BASELINE and base.n(primary) < arm.n(primary):
+                out.append(f"baseline has fewer seeds: baseline {base.n(primary)} vs idea {idea!r} {arm.n(primary)} for {primary!r}")
+    return out
+
+
+def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float) -> list[Comparison]:
+    base = arms[BASELINE]
+    out = []
+    for idea, arm in arms.items():
+        if idea == BASELINE:
+            continue
+        for metric, direction in directions.items():
+            if not base.n(metric) or not arm.n(metric):
+                continue
+            r = stats.compare(base.list(metric), arm.list(metric), direction, alpha=alpha, seed=stats.stable_seed(idea, metric))  # type: ignore[arg-type]
+            out.append(
+                Comparison(
+                    idea_id=idea, metric=metric, direction=direction,  # type: ignore[arg-type]
+                    baseline_mean=r.baseline.mean, baseline_stderr=r.baseline.stderr,
+                    idea_mean=r.idea.mean, idea_stderr=r.idea.stderr,
+                    n_baseline=r.baseline.n, n_idea=r.idea.n,
+                    diff=r.diff, improvement=r.improvement, ci_low=r.ci_low, ci_high=r.ci_high,
+                    p_value=r.p_value, effect_size=r.effect_size, better=r.better, verdict=r.verdict,
+                )
+            )
+    return out
+
+
+def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -> tuple[AnalysisReport, dict[str, Arm]]:
+    """The report without figures or summary (those need the store and the mind)."""
+    directions, primary = metric_directions(request.spec)
+    flags: list[str] = []
+    arms = pool(request.runs, flags)
+    comparisons: list[Comparison] = []
+    if BASELINE in arms:
+        comparisons = compare_arms(arms, directions, alpha)
+    else:
+        flags.insert(0, "missing baseline: no successful baseline run, so no idea could be compared")
+    flags += fairness_flags(request.spec, arms) + seed_flags(arms, primary)
+    report = AnalysisReport(
+        project=project, round=request.round, primary_metric=primary, alpha=alpha,
+        comparisons=comparisons, runs=request.runs, flags=flags,
+    )
+    return report, arms
+
+
+async def draw_figures(ctx: Context, report: AnalysisReport, arms: dict[str, Arm], directions: dict[str, str]) -> list[str]:
+    names = []
+    for metric, direction in directions.items():
+        by_idea = {c.idea_id: c for c in report.comparisons if c.metric == metric}
+        bars = []
+        for idea, arm in arms.items():
+            if not arm.n(metric):
+                continue
+            s = stats.summarize(arm.list(metric))
+            c = by_idea.get(idea)
+            bars.append(Bar(idea, s.mean, s.stderr, s.n, None if idea == BASELINE else (c.p_value if c else None), c.verdict if c else ""))
+        if bars:
+            names.append(await ctx.artifacts.put(figure_name(report.project, report.round, metric), bar_chart(metric, direction, bars)))
+    return names
+
+
+class Analyst(Role):
+    name = "analyst"
+
+    @on(AnalysisRequest)
+    async def analyse(self, body: AnalysisRequest, env: Envelope, ctx: Context) -> None:
+        try:
+            directions, _ = metric_directions(body.spec)
+            report, arms = build_report(ctx.project, body)
+        except (AnalysisError, stats.StatsError) as e:
+            ctx.log.warning("analysis_failed", reason=str(e))
+            ctx.send(StepFailed(step="analysis", reason=str(e), ref=f"round-{body.round}"), to="pi")
+            return
+        report.figures = await draw_figures(ctx, report, arms, directions)
+        report.summary = await ctx.mind.summarize(report)
+        ctx.log.info("analysis_done", comparisons=len(report.comparisons), flags=len(report.flags), figures=len(report.figures))
+        ctx.send(AnalysisDone(report=report), to="pi")
+
+
+ROLE = Analyst

@@ -1,0 +1,175 @@
+"""Two-arm statistics for comparing an idea with the baseline, direction-aware.
+
+Everything here is pure and deterministic so the analyst's numbers can be
+checked by hand. The one convention that matters: ``improvement`` is the
+difference signed so that > 0 is better, whatever the metric's direction, so
+a lower loss is a positive improvement and nobody downstream has to remember
+which way a metric points.
+
+Degenerate inputs never produce NaN or infinity (they would not survive JSON
+and would print as nonsense in the paper):
+
+- an arm with fewer than 2 values: no variance estimate, so no test; the
+  p-value is 1.0 (no evidence either way) and the effect size 0.0.
+- both arms with zero variance: if the means are equal, p = 1.0 and g = 0.0;
+  if they differ, every seed of one arm beats every seed of the other by the
+  same amount, so p = 0.0 and g is set to ``EFFECT_CAP`` with the sign of the
+  improvement (Hedges' g itself would divide by zero).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+Direction = Literal["higher", "lower"]
+Verdict = Literal["better", "worse", "inconclusive"]
+
+EFFECT_CAP = 10.0  # |g| reported when the pooled standard deviation is zero
+N_BOOTSTRAP = 4000
+
+
+class StatsError(ValueError):
+    """Input the statistics cannot be computed from (e.g. an empty arm)."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    stderr: float
+    n: int
+
+
+@dataclass(frozen=True)
+class TwoArm:
+    """Idea vs baseline on one metric; every float is finite."""
+
+    baseline: Summary
+    idea: Summary
+    diff: float
+    improvement: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    effect_size: float
+    better: bool
+    verdict: Verdict
+
+
+def sign(direction: Direction) -> float:
+    if direction not in ("higher", "lower"):
+        raise StatsError(f"direction must be 'higher' or 'lower', got {direction!r}")
+    return 1.0 if direction == "higher" else -1.0
+
+
+def _array(values: Sequence[float], label: str) -> np.ndarray:
+    a = np.asarray(list(values), dtype=float)
+    if a.size == 0:
+        raise StatsError(f"{label}: no values")
+    if not np.all(np.isfinite(a)):
+        raise StatsError(f"{label}: non-finite values {a.tolist()}")
+    return a
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Mean and standard error of the mean (sample sd / sqrt(n); 0 for n = 1)."""
+    a = _array(values, "summary")
+    se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else 0.0
+    return Summary(float(a.mean()), se, int(a.size))
+
+
+def _constant(a: np.ndarray) -> bool:
+    return bool(np.ptp(a) == 0.0)
+
+
+def welch_p(baseline: Sequence[float], idea: Sequence[float]) -> float:
+    """Two-sided Welch t-test p-value, with the guards in the module docstring."""
+    b, i = _array(baseline, "baseline"), _array(idea, "idea")
+    if b.size < 2 or i.size < 2:
+        return 1.0
+    if _constant(b) and _constant(i):
+        return 1.0 if b[0] == i[0] else 0.0
+    # Welch by hand (the same formula as scipy's ttest_ind(equal_var=False)),
+    # because scipy warns about "catastrophic cancellation" when one arm is
+    # constant, which is a legitimate input here (a deterministic baseline).
+    vb, vi = b.var(ddof=1) / b.size, i.var(ddof=1) / i.size
+    se2 = vb + vi
+    t = float(i.mean() - b.mean()) / math.sqrt(se2)
+    df = se2**2 / (vb**2 / (b.size - 1) + vi**2 / (i.size - 1))
+    p = float(2.0 * sps.t.sf(abs(t), df))
+    return p if math.isfinite(p) else 1.0
+
+
+def hedges_g(baseline: Sequence[float], idea: Sequence[float], direction: Direction) -> float:
+    """Bias-corrected standardized mean difference, signed like the improvement."""
+    b, i = _array(baseline, "baseline"), _array(idea, "idea")
+    s = sign(direction)
+    if b.size < 2 or i.size < 2:
+        return 0.0
+    nb, ni = b.size, i.size
+    pooled = math.sqrt(((nb - 1) * b.var(ddof=1) + (ni - 1) * i.var(ddof=1)) / (nb + ni - 2))
+    diff = s * float(i.mean() - b.mean())
+    if pooled == 0.0:
+        return 0.0 if diff == 0.0 else math.copysign(EFFECT_CAP, diff)
+    correction = 1.0 - 3.0 / (4.0 * (nb + ni) - 9.0)
+    g = correction * diff / pooled
+    return max(-EFFECT_CAP, min(EFFECT_CAP, g))
+
+
+def bootstrap_ci(
+    baseline: Sequence[float],
+    idea: Sequence[float],
+    direction: Direction,
+    *,
+    level: float = 0.95,
+    seed: int = 0,
+    n_boot: int = N_BOOTSTRAP,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the improvement, resampling each arm on its own.
+
+    Seeded, so the same inputs always give the same interval.
+    """
+    b, i = _array(baseline, "baseline"), _array(idea, "idea")
+    if not 0.0 < level < 1.0:
+        raise StatsError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    bm = rng.choice(b, size=(n_boot, b.size), replace=True).mean(axis=1)
+    im = rng.choice(i, size=(n_boot, i.size), replace=True).mean(axis=1)
+    imp = sign(direction) * (im - bm)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(imp, [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
+def stable_seed(*parts: str) -> int:
+    """A seed from strings that is the same in every process (``hash()`` is salted)."""
+    return zlib.crc32("/".join(parts).encode())
+
+
+def compare(
+    baseline: Sequence[float],
+    idea: Sequence[float],
+    direction: Direction,
+    *,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> TwoArm:
+    """Everything the analyst reports for one idea/metric pair."""
+    sb, si = summarize(baseline), summarize(idea)
+    diff = si.mean - sb.mean
+    improvement = sign(direction) * diff
+    p = welch_p(baseline, idea)
+    g = hedges_g(baseline, idea, direction)
+    lo, hi = bootstrap_ci(baseline, idea, direction, level=1.0 - alpha, seed=seed)
+    significant = p < alpha
+    verdict: Verdict = "inconclusive"
+    if significant and improvement > 0:
+        verdict = "better"
+    elif significant and improvement < 0:
+        verdict = "worse"
+    return TwoArm(sb, si, diff, improvement, lo, hi, p, g, verdict == "better", verdict)

@@ -1,0 +1,150 @@
+"""The analyst handler on constructed runs, with a dict-backed artifact store."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agents.analyst import ROLE, build_report
+from agents.base import Context
+from agents.minds.offline.analyst import make
+from bus.messages import AnalysisDone, AnalysisRequest, Envelope, FinalInfo, MetricStat, RunRecord, StepFailed
+
+SPEC = {
+    "name": "toy",
+    "title": "Toy",
+    "task": "classify toys",
+    "knobs": {
+        "lr": {"type": "float", "default": 0.01},
+        "steps": {"type": "int", "default": 100, "fairness": True},
+    },
+    "metrics": {"acc": {"direction": "higher", "primary": True}, "loss": {"direction": "lower"}},
+    "baseline": {},
+}
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, name: str, data: bytes) -> str:
+        self.data[name] = data
+        return name
+
+    async def get(self, name: str) -> bytes:
+        return self.data[name]
+
+    async def list(self, prefix: str) -> list[str]:
+        return sorted(n for n in self.data if n.startswith(prefix))
+
+
+def run(job, idea, acc, loss, seeds=None, overrides=None, status="succeeded", reason=""):
+    seeds = seeds if seeds is not None else list(range(len(acc)))
+    fi = None
+    if status == "succeeded":
+        fi = FinalInfo(
+            seeds=seeds,
+            metrics={
+                "acc": MetricStat(mean=sum(acc) / len(acc), stderr=0.0, values=acc),
+                "loss": MetricStat(mean=sum(loss) / len(loss), stderr=0.0, values=loss),
+            },
+        )
+    return RunRecord(job_id=job, experiment_id=f"e-{job}", idea_id=idea, overrides=overrides or {}, seeds=seeds,
+                     status=status, reason=reason, final_info=fi)
+
+
+async def handle(runs, spec=SPEC):
+    ctx = Context(project="p1", role="analyst", state=None, artifacts=MemoryStore(), mind=make(0, {}))
+    env = Envelope(project="p1", sender="pi", recipient="analyst", body=AnalysisRequest(round=1, spec=spec, runs=runs))
+    await ROLE().handle(env, ctx)
+    assert len(ctx.outputs) == 1
+    body, to = ctx.outputs[0]
+    assert to == "pi"
+    return body, ctx
+
+
+BASE = run("j1", "baseline", [0.80, 0.81, 0.79], [0.50, 0.52, 0.51])
+GOOD = run("j2", "wd", [0.90, 0.91, 0.89], [0.30, 0.31, 0.29], overrides={"lr": 0.02})
+
+
+async def test_comparisons_respect_direction_and_figures_are_uploaded():
+    body, ctx = await handle([BASE, GOOD])
+    assert isinstance(body, AnalysisDone)
+    rep = body.report
+    by_metric = {c.metric: c for c in rep.comparisons}
+    acc, loss = by_metric["acc"], by_metric["loss"]
+    assert acc.direction == "higher" and acc.diff == pytest.approx(0.10) and acc.improvement == pytest.approx(0.10)
+    assert loss.direction == "lower" and loss.diff == pytest.approx(-0.21) and loss.improvement == pytest.approx(0.21)
+    assert loss.effect_size > 0 and loss.verdict == "better" and loss.better
+    assert acc.verdict == "better" and acc.n_baseline == acc.n_idea == 3
+    assert rep.primary_metric == "acc" and rep.round == 1
+    assert sorted(rep.figures) == ["p1/figures/round-1/acc.png", "p1/figures/round-1/loss.png"]
+    for name in rep.figures:
+        assert ctx.artifacts.data[name].startswith(b"\x89PNG")
+    assert "wd raised acc" in rep.summary and "wd lowered loss" in rep.summary
+    assert not rep.flags
+
+
+async def test_worse_idea_is_called_worse():
+    bad = run("j3", "bad", [0.60, 0.61, 0.59], [0.90, 0.92, 0.91])
+    rep = (await handle([BASE, bad]))[0].report
+    assert {c.metric: c.verdict for c in rep.comparisons} == {"acc": "worse", "loss": "worse"}
+    assert all(c.improvement < 0 and c.effect_size < 0 and not c.better for c in rep.comparisons)
+
+
+async def test_missing_baseline_gives_no_comparisons_and_a_flag():
+    failed_base = run("j0", "baseline", [], [], seeds=[0, 1, 2], status="failed", reason="oom")
+    rep = (await handle([failed_base, GOOD]))[0].report
+    assert rep.comparisons == []
+    assert any(f.startswith("missing baseline:") for f in rep.flags)
+    assert any(f.startswith("failed run: j0") and "oom" in f for f in rep.flags)
+    assert rep.figures == ["p1/figures/round-1/acc.png", "p1/figures/round-1/loss.png"]  # the idea alone is still plotted
+
+
+async def test_unfair_knob_is_named():
+    longer = run("j4", "long", [0.90, 0.92, 0.91], [0.3, 0.3, 0.31], overrides={"steps": 400})
+    rep = (await handle([BASE, longer, GOOD]))[0].report
+    unfair = [f for f in rep.flags if f.startswith("unfair baseline:")]
+    assert len(unfair) == 1 and "'steps'" in unfair[0] and "'long'" in unfair[0] and "400" in unfair[0]
+
+
+async def test_pooling_later_seeds_and_seed_flags():
+    more = run("j5", "wd", [0.92, 0.90], [0.28, 0.30], seeds=[3, 4])
+    rep = (await handle([BASE, GOOD, more]))[0].report
+    acc = next(c for c in rep.comparisons if c.metric == "acc")
+    assert acc.n_idea == 5 and acc.n_baseline == 3
+    assert acc.idea_mean == pytest.approx((0.90 + 0.91 + 0.89 + 0.92 + 0.90) / 5)
+    assert any(f.startswith("baseline has fewer seeds:") and "'wd' 5" in f for f in rep.flags)
+    two = run("j6", "tiny", [0.9, 0.8], [0.3, 0.4])
+    rep = (await handle([BASE, two]))[0].report
+    assert any(f.startswith("too few seeds:") and "'tiny' has 2" in f for f in rep.flags)
+
+
+async def test_rerun_seed_keeps_later_value_and_is_flagged():
+    again = run("j7", "wd", [0.50, 0.50, 0.50], [0.9, 0.9, 0.9])
+    rep, arms = build_report("p1", AnalysisRequest(round=0, spec=SPEC, runs=[BASE, GOOD, again]))
+    assert arms["wd"].list("acc") == [0.5, 0.5, 0.5]
+    assert any(f.startswith("duplicate seed:") for f in rep.flags)
+
+
+async def test_degenerate_values_leave_no_nan_in_the_report():
+    const_b = run("j8", "baseline", [1.0, 1.0, 1.0], [0.5, 0.5, 0.5])
+    const_i = run("j9", "same", [1.0, 1.0, 1.0], [0.5, 0.5, 0.5])
+    one = run("j10", "one", [0.7], [0.2])
+    body, _ = await handle([const_b, const_i, one])
+    for c in body.report.comparisons:
+        assert all(math.isfinite(v) for v in (c.p_value, c.effect_size, c.ci_low, c.ci_high, c.idea_stderr))
+        assert c.verdict == "inconclusive" and c.p_value == 1.0
+    Envelope.model_validate_json(Envelope(project="p1", sender="analyst", recipient="pi", body=body).model_dump_json())
+
+
+async def test_bad_spec_is_a_step_failure_not_a_crash():
+    body, _ = await handle([BASE], spec={**SPEC, "metrics": {"acc": {"direction": "up"}}})
+    assert isinstance(body, StepFailed) and "direction" in body.reason
+
+
+async def test_report_is_deterministic():
+    a = (await handle([BASE, GOOD]))[0].report
+    b = (await handle([BASE, GOOD]))[0].report
+    assert a == b
