@@ -1,0 +1,170 @@
+"""The literature role: novelty checks by a bounded search loop, with real references.
+
+A check runs up to ``rounds`` rounds: the mind proposes queries, the fallback
+chain of sources answers (cached), the mind refines from what was found, then
+judges novelty citing found keys only. The verdict carries the real entries
+(the writer cites nothing else), the sources that answered and the queries
+run. Sources failing never fail the check: they are logged and skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.base import Context, Role, on
+from agents.lit.bibtex import unique_keys
+from agents.lit.chain import FallbackChain, same_paper
+from agents.lit.config import close_sources, open_sources, source_names
+from agents.minds.base import NoveltyJudgement
+from bus.messages import CoPINoteMsg, Envelope, NoteAck, NoveltyCheck, NoveltyVerdict, Reference, StepFailed
+
+_QUOTED = re.compile(r"[\"“]([^\"”]{3,80})[\"”]")
+
+
+class Settings(BaseModel):
+    """``ctx.services["literature"]``: how hard a check searches, and where."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[str] | None = None  # None: LAB_LIT_SOURCES, else local,template
+    rounds: int = Field(3, ge=1, le=10)
+    queries_per_round: int = Field(3, ge=1, le=10)
+    per_query: int = Field(8, ge=1, le=100)
+    max_references: int = Field(20, ge=1, le=200)
+    web: dict[str, dict[str, Any]] = {}  # per web source: constructor options (api_url, timeouts, ...)
+
+
+class State(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verdicts: dict[str, bool] = {}  # idea id -> novel
+    extra_queries: list[str] = []  # quoted phrases from co-PI notes, searched in every check
+
+
+def task_text(body: NoveltyCheck) -> str:
+    """The template's task for the mind; keywords on their own line (see agents/prompts/literature.md)."""
+    task = body.task or body.template
+    return f"{task}\nKeywords: {', '.join(body.keywords)}" if body.keywords else task
+
+
+def _settings(ctx: Context) -> Settings:
+    try:
+        return Settings.model_validate(ctx.services.get("literature") or {})
+    except ValidationError as e:
+        ctx.log.error("lit_settings_invalid", reason=str(e.errors()[0]["msg"]))
+        return Settings()
+
+
+def _merge(found: list[Reference], new: list[Reference]) -> list[Reference]:
+    return found + [r for r in new if not any(same_paper(r, old) for old in found)]
+
+
+def _verdict_refs(found: list[Reference], cited: list[str], cap: int) -> list[Reference]:
+    first = [r for r in found if r.key in cited]
+    return first + [r for r in found if r.key not in cited][: max(cap - len(first), 0)]
+
+
+class Literature(Role):
+    name: ClassVar = "literature"
+    State: ClassVar = State
+
+    @on(NoveltyCheck)
+    async def novelty_check(self, body: NoveltyCheck, env: Envelope, ctx: Context) -> None:
+        settings = _settings(ctx)
+        names, unknown = source_names(settings.sources)
+        if unknown:
+            ctx.log.warning("lit_unknown_sources", unknown=unknown, known=names)
+        sources, skipped = await open_sources(
+            names,
+            lab_home=ctx.services.get("lab_home"),
+            artifacts=ctx.artifacts,
+            template_object=body.template_object,
+            web=settings.web,
+        )
+        for name, reason in skipped.items():
+            ctx.log.warning("lit_source_skipped", source=name, reason=reason)
+        chain = FallbackChain(sources, ctx.cache, ctx.log)
+        try:
+            found, queries, answered = await self._search(body, ctx, chain, settings)
+            judgement = await ctx.mind.judge_novelty(body.idea, found)
+        except Exception as e:  # the mind (an LLM, maybe) failed: the PI decides what follows
+            ctx.log.error("lit_mind_failed", idea=body.idea.id, reason=f"{type(e).__name__}: {e}")
+            ctx.send(StepFailed(step="novelty_check", reason=f"literature mind failed: {e}", ref=body.idea.id), to="pi")
+            return
+        finally:
+            close_sources(sources)
+        ctx.send(self._verdict(body, ctx, judgement, found, queries, answered, chain, skipped, settings), to="pi")
+
+    async def _search(
+        self, body: NoveltyCheck, ctx: Context, chain: FallbackChain, settings: Settings
+    ) -> tuple[list[Reference], list[str], list[str]]:
+        found: list[Reference] = []
+        queries: list[str] = []
+        answered: list[str] = []
+        extra = list(ctx.state.extra_queries)
+        for round_ in range(settings.rounds):
+            proposed = await ctx.mind.queries(body.idea, task_text(body), found, round_)
+            if round_ == 0:
+                proposed = [*proposed, *extra]
+            fresh = [q for q in dict.fromkeys(" ".join(str(q).split()) for q in proposed) if q and q not in queries]
+            fresh = fresh[: settings.queries_per_round + (len(extra) if round_ == 0 else 0)]
+            if not fresh:
+                break
+            for query in fresh:
+                answer = await chain.search(query, settings.per_query)
+                queries.append(query)
+                answered += [s for s in answer.answered if s not in answered]
+                found = _merge(found, answer.refs)
+                ctx.log.info(
+                    "lit_query", query=query, round=round_, answered_by=answer.answered or ["none"],
+                    n=len(answer.refs), cache_hits=answer.cache_hits, failures=answer.failures,
+                )
+        return unique_keys(found), queries, answered
+
+    def _verdict(
+        self,
+        body: NoveltyCheck,
+        ctx: Context,
+        judgement: NoveltyJudgement,
+        found: list[Reference],
+        queries: list[str],
+        answered: list[str],
+        chain: FallbackChain,
+        skipped: dict[str, str],
+        settings: Settings,
+    ) -> NoveltyVerdict:
+        keys = {r.key for r in found}
+        invented = [k for k in judgement.cited_keys if k not in keys]
+        if invented:
+            ctx.log.warning("lit_mind_cited_unknown_keys", keys=invented)
+        cited = [k for k in judgement.cited_keys if k in keys]
+        justification = judgement.justification.strip()
+        if not found:
+            problems = {**skipped, **chain.down}
+            why = "; ".join(f"{k}: {v}" for k, v in problems.items())
+            justification += f" The search found no papers for {len(queries)} queries" + (f" ({why})." if why else ".")
+        ctx.state.verdicts[body.idea.id] = judgement.novel
+        ctx.log.info("lit_verdict", idea=body.idea.id, novel=judgement.novel, n_refs=len(found), sources=answered)
+        return NoveltyVerdict(
+            idea_id=body.idea.id,
+            novel=judgement.novel,
+            justification=justification,
+            references=_verdict_refs(found, cited, settings.max_references),
+            sources=answered,
+            queries=queries,
+        )
+
+    @on(CoPINoteMsg)
+    async def copi_note(self, body: CoPINoteMsg, env: Envelope, ctx: Context) -> None:
+        phrases = [p.strip() for p in _QUOTED.findall(body.note.text) if p.strip()]
+        new = [p for p in phrases if p not in ctx.state.extra_queries]
+        ctx.state.extra_queries.extend(new)
+        if phrases:
+            understood = f"will also search for {', '.join(repr(p) for p in phrases)} in every novelty check"
+        else:
+            understood = "noted; quote a phrase (\"...\") to have it searched in every novelty check"
+        ctx.send(NoteAck(note_id=body.note.id, understood=understood, constraints={"extra_queries": phrases}), to="copi")
+
+
+ROLE = Literature

@@ -1,0 +1,147 @@
+"""The offline literature mind: queries from the idea's words, novelty by a lexical rule.
+
+The rule is meant to be read and argued with, not to be clever:
+
+* the *change terms* are the words of the changed knobs' names (and of any
+  string values, e.g. an optimizer name): ``weight_decay`` -> {weight, decay};
+* the *task terms* are the remaining content words of the idea's title and
+  hypothesis (direction words such as "increase" or "faster" removed);
+* a found paper *already studies the change* when its title+abstract hold
+  every change term and at least ``task_overlap`` (default 0.5) of the task
+  terms. Any such paper makes the idea "not novel"; otherwise it is "novel",
+  and the justification names the closest works by key with their overlaps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from agents.lit.text import terms, words
+from agents.minds.base import NoveltyJudgement
+from bus.messages import Idea, Reference, Usage
+
+DIRECTION_WORDS = frozenset(
+    """increase increasing increased decrease decreasing decreased reduce reducing reduced raise raising lower
+    higher larger smaller bigger improve improves improving improved faster slower better worse baseline
+    value values default change changing changed setting hypothesis expect expected will would should""".split()
+)
+KEYWORDS_MARK = "\nKeywords:"
+
+
+@dataclass(frozen=True)
+class Overlap:
+    ref: Reference
+    change: set[str]  # change terms the paper holds
+    task: set[str]  # task terms the paper holds
+
+    def score(self, n_change: int, n_task: int) -> float:
+        return len(self.change) / max(n_change, 1) + len(self.task) / max(n_task, 1)
+
+
+def change_terms(idea: Idea) -> set[str]:
+    out: set[str] = set()
+    for knob, value in idea.changes.items():
+        out |= terms(knob)
+        if isinstance(value, str):
+            out |= terms(value)
+    return out
+
+
+def task_terms(idea: Idea) -> set[str]:
+    return terms(f"{idea.title} {idea.hypothesis}") - change_terms(idea) - {t for t in DIRECTION_WORDS}
+
+
+def _knob_phrase(idea: Idea) -> str:
+    return " ".join(" ".join(words(k)) for k in idea.changes)
+
+
+class OfflineLiteratureMind:
+    def __init__(self, seed: int, config: dict[str, Any]) -> None:
+        self.seed = seed
+        self.task_overlap = float(config.get("task_overlap", 0.5))
+        self.per_round = int(config.get("queries_per_round", 3))
+        self.usage = Usage()
+
+    def _tie(self, term: str) -> str:
+        # Equal-frequency terms are ordered by a seeded hash: deterministic for
+        # a seed, while different seeds refine in different directions.
+        return hashlib.sha256(f"{self.seed}:{term}".encode()).hexdigest()
+
+    async def queries(self, idea: Idea, task: str, found: list[Reference], round: int) -> list[str]:
+        task_text, _, keyword_text = task.partition(KEYWORDS_MARK)
+        knob = _knob_phrase(idea)
+        keywords = [k.strip() for k in keyword_text.split(",") if k.strip()]
+        context = " ".join(keywords[:2]) or " ".join(words(task_text)[:5])
+        if round == 0:
+            hypothesis = " ".join(list(dict.fromkeys(words(idea.hypothesis)))[:8])
+            candidates = [idea.title, f"{knob} {context}", hypothesis]
+        else:
+            seen = terms(f"{idea.title} {knob} {context}")
+            counts = Counter(w for r in found for w in dict.fromkeys(words(r.title)) if w not in seen)
+            ranked = sorted(counts, key=lambda w: (-counts[w], self._tie(w)))
+            offset = 2 * self.per_round * (round - 1)
+            picks = ranked[offset : offset + 2 * self.per_round]
+            candidates = [f"{knob} {' '.join(picks[i:i + 2])}" for i in range(0, len(picks), 2)]
+            candidates += [f"{knob} {k}" for k in keywords[2:]][: max(0, self.per_round - len(candidates))]
+        out = [" ".join(q.split()) for q in candidates if q.strip()]
+        return list(dict.fromkeys(out))[: self.per_round]
+
+    def overlaps(self, idea: Idea, found: list[Reference]) -> list[Overlap]:
+        change, task = change_terms(idea), task_terms(idea)
+        out = []
+        for ref in found:
+            paper = terms(f"{ref.title} {ref.abstract}")
+            out.append(Overlap(ref, change & paper, task & paper))
+        return sorted(out, key=lambda o: (-o.score(len(change), len(task)), o.ref.key))
+
+    async def judge_novelty(self, idea: Idea, found: list[Reference]) -> NoveltyJudgement:
+        change, task = change_terms(idea), task_terms(idea)
+        if not found:
+            return NoveltyJudgement(
+                novel=True,
+                justification="Novel by default: the search found no papers at all, so nothing shows this change "
+                "was studied; this is weak evidence and the sources should be widened.",
+            )
+        ranked = self.overlaps(idea, found)
+
+        def describe(o: Overlap) -> str:
+            return (
+                f"{o.ref.key} ('{o.ref.title}', change terms {len(o.change)}/{len(change)}, "
+                f"task terms {len(o.task)}/{len(task)}: {', '.join(sorted(o.task)) or 'none'})"
+            )
+
+        studied = [
+            o for o in ranked
+            if change and o.change == change and task and len(o.task) / len(task) >= self.task_overlap
+        ]
+        if studied:
+            keys = [o.ref.key for o in studied[:3]]
+            return NoveltyJudgement(
+                novel=False,
+                justification=f"Not novel: {describe(studied[0])} already studies the change "
+                f"({', '.join(sorted(change))}) on this task: it holds every change term and at least "
+                f"{self.task_overlap:.0%} of the task terms."
+                + (f" Also: {', '.join(keys[1:])}." if len(keys) > 1 else ""),
+                cited_keys=keys,
+            )
+        closest = [o for o in ranked if o.change or o.task][:3]
+        if not closest:
+            return NoveltyJudgement(
+                novel=True,
+                justification=f"Novel: none of the {len(found)} papers found shares a change term "
+                f"({', '.join(sorted(change)) or 'none'}) or a task term with the idea.",
+            )
+        return NoveltyJudgement(
+            novel=True,
+            justification=f"Novel: no paper found holds every change term ({', '.join(sorted(change)) or 'none'}) "
+            f"together with {self.task_overlap:.0%} of the task terms. Closest: "
+            + "; ".join(describe(o) for o in closest) + ".",
+            cited_keys=[o.ref.key for o in closest],
+        )
+
+
+def make(seed: int, config: dict[str, Any]) -> OfflineLiteratureMind:
+    return OfflineLiteratureMind(seed, config)
