@@ -1,0 +1,363 @@
+"""The PI: the project's state machine.
+
+direction → ideas → novelty → experiments → analysis → draft → review ⇄ revision → decision.
+
+Every handler reads the durable ``ProjectState``, decides, and sends; the
+creative steps (ideas, reading a co-PI note, answering a review) go to the
+mind. Nothing here waits: progress happens when answers arrive, so a PI that
+dies and restarts resumes from the state in KV.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agents.base import Context, Role, on
+from agents.minds.base import IdeaContext, ReviewContext
+from agents.pi_state import ExperimentState, IdeaState, ProjectState
+from bus.messages import (
+    AnalysisDone,
+    AnalysisRequest,
+    CoPINoteMsg,
+    Decision,
+    DraftReady,
+    DraftRequest,
+    ExperimentPlanned,
+    ExperimentRequest,
+    ExperimentResult,
+    Idea,
+    NoteAck,
+    NoveltyCheck,
+    NoveltyVerdict,
+    Rebuttal,
+    ReviewDone,
+    ReviewRequest,
+    StartProject,
+    StepFailed,
+    UsageReport,
+)
+
+IDEAS_PER_WAVE = 2
+BASELINE = "baseline"
+
+
+class PI(Role):
+    name = "pi"
+    State = ProjectState  # type: ignore[assignment]
+
+    # ------------------------------------------------------------ start
+
+    @on(StartProject)
+    async def start(self, body: StartProject, env: Any, ctx: Context) -> None:
+        if ctx.state is not None:
+            ctx.log.info("project already started", stage=ctx.state.stage)
+            return
+        ctx.state = ProjectState(
+            project=env.project,
+            template=body.template,
+            template_object=body.template_object,
+            spec=body.spec,
+            direction=body.direction,
+            seed=body.seed,
+            budget=body.budget,
+            fast=body.fast,
+            mind=body.mind,
+            started_at=ctx.clock(),
+        )
+        st: ProjectState = ctx.state
+        # The baseline needs no novelty check; it runs while ideas are checked.
+        self._request_experiment(ctx, st, BASELINE, None, self._seeds(st, st.spec.get("seeds", 3)))
+        await self._new_wave(ctx, st)
+
+    # ------------------------------------------------------------ co-PI
+
+    @on(CoPINoteMsg)
+    async def note(self, body: CoPINoteMsg, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        note = body.note.model_copy(update={"received_at": None})
+        if any(n.id == note.id for n in st.notes):
+            return
+        reading = await ctx.mind.read_note(note, st.spec)
+        st.notes.append(note)
+        for key, value in reading.constraints.items():
+            st.constraints[key] = value
+        ctx.send(NoteAck(note_id=note.id, understood=reading.understood, constraints=reading.constraints), "copi")
+        ctx.log.info("co-PI note taken", note=note.text, constraints=reading.constraints)
+
+    # ------------------------------------------------------------ ideas and novelty
+
+    async def _new_wave(self, ctx: Context, st: ProjectState) -> bool:
+        left = st.budget.max_ideas - len(st.ideas)
+        if left <= 0 or self._out_of_time(ctx, st):
+            return False
+        st.wave += 1
+        outcomes = {i: s.status for i, s in st.ideas.items()}
+        ideas = await ctx.mind.propose_ideas(
+            IdeaContext(
+                spec=st.spec,
+                direction=st.direction,
+                notes=st.notes,
+                constraints=st.constraints,
+                previous=[s.idea for s in st.ideas.values()],
+                outcomes=outcomes,
+                n=min(IDEAS_PER_WAVE, left),
+                seed=st.seed + st.wave,
+            )
+        )
+        ideas = [i for i in ideas if i.id not in st.ideas and i.id != BASELINE][:left]
+        for idea in ideas:
+            st.ideas[idea.id] = IdeaState(idea=idea, wave=st.wave)
+            ctx.send(
+                NoveltyCheck(
+                    idea=idea,
+                    template=st.template,
+                    template_object=st.template_object,
+                    task=st.spec.get("task", ""),
+                    keywords=st.spec.get("keywords", []),
+                ),
+                "literature",
+            )
+        ctx.log.info("ideas proposed", wave=st.wave, ideas=[i.id for i in ideas])
+        return bool(ideas)
+
+    @on(NoveltyVerdict)
+    async def verdict(self, body: NoveltyVerdict, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        state = st.ideas.get(body.idea_id)
+        if state is None or state.status != "checking":
+            return
+        state.verdict = body
+        for ref in body.references:
+            st.references.setdefault(ref.key, ref)
+        if not body.novel:
+            state.status = "not_novel"
+            state.reason = body.justification
+        elif st.runs_used >= st.budget.max_runs:
+            state.status = "skipped"
+            state.reason = "run budget spent"
+        else:
+            state.status = "running"
+            self._request_experiment(ctx, st, state.idea.id, state.idea, self._seeds(st, st.spec.get("seeds", 3)))
+        await self._advance(ctx, st)
+
+    # ------------------------------------------------------------ experiments
+
+    def _seeds(self, st: ProjectState, n: int) -> list[int]:
+        return list(range(n))
+
+    def _request_experiment(self, ctx: Context, st: ProjectState, idea_id: str, idea: Idea | None, seeds: list[int]) -> None:
+        exp_id = f"x{len(st.experiments) + 1:02d}-{idea_id}"[:60]
+        st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round)
+        st.stage = "experiments"
+        ctx.send(
+            ExperimentRequest(
+                experiment_id=exp_id,
+                idea=idea,
+                seeds=seeds,
+                template=st.template,
+                template_object=st.template_object,
+                spec=st.spec,
+                fast=st.fast,
+            ),
+            "engineer",
+        )
+
+    @on(ExperimentPlanned)
+    async def planned(self, body: ExperimentPlanned, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        exp = st.experiments.get(body.experiment_id)
+        if exp is None or not body.rejected or exp.status != "requested":
+            return
+        exp.status, exp.reason = "failed", body.rejected
+        self._idea_failed(st, exp.idea_id, body.rejected)
+        await self._advance(ctx, st)
+
+    @on(ExperimentResult)
+    async def result(self, body: ExperimentResult, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        exp = st.experiments.get(body.experiment_id)
+        if exp is None or exp.status != "requested":
+            return
+        exp.runs = body.runs
+        ok = any(r.status == "succeeded" for r in body.runs)
+        exp.status = "done" if ok else "failed"
+        exp.reason = "; ".join(r.reason for r in body.runs if r.reason)
+        idea = st.ideas.get(exp.idea_id)
+        if idea is not None and idea.status == "running":
+            if ok:
+                idea.status = "done"
+            else:
+                self._idea_failed(st, exp.idea_id, exp.reason or "all runs failed")
+        await self._advance(ctx, st)
+
+    @on(StepFailed)
+    async def step_failed(self, body: StepFailed, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        ctx.log.warning("step failed", step=body.step, reason=body.reason, ref=body.ref)
+        if body.step == "experiment" and body.ref in st.experiments:
+            exp = st.experiments[body.ref]
+            if exp.status == "requested":
+                exp.status, exp.reason = "failed", body.reason
+                self._idea_failed(st, exp.idea_id, body.reason)
+        elif body.step == "novelty" and body.ref in st.ideas and st.ideas[body.ref].status == "checking":
+            st.ideas[body.ref].status, st.ideas[body.ref].reason = "skipped", f"novelty check failed: {body.reason}"
+        elif body.step in ("analysis", "draft", "review"):
+            await self._finish(ctx, st, accepted=False, reason=f"{body.step} failed: {body.reason}", failed=True)
+            return
+        await self._advance(ctx, st)
+
+    def _idea_failed(self, st: ProjectState, idea_id: str, reason: str) -> None:
+        idea = st.ideas.get(idea_id)
+        if idea is not None and idea.status in ("running", "checking", "novel"):
+            idea.status, idea.reason = "failed", reason
+
+    # ------------------------------------------------------------ moving on
+
+    async def _advance(self, ctx: Context, st: ProjectState) -> None:
+        """Decide what follows once nothing is outstanding."""
+        if st.stage not in ("ideas", "experiments"):
+            return
+        busy = any(s.status == "checking" for s in st.ideas.values()) or any(
+            e.status == "requested" for e in st.experiments.values()
+        )
+        if busy:
+            return
+        if st.round == 0 and await self._new_wave(ctx, st):
+            return
+        baseline_ok = any(e.idea_id == BASELINE and e.status == "done" for e in st.experiments.values())
+        if not baseline_ok and st.round == 0:
+            await self._finish(ctx, st, accepted=False, reason="the baseline failed to run; no fair comparison is possible", failed=True)
+            return
+        st.stage = "analysis"
+        ctx.send(AnalysisRequest(round=st.round, spec=st.spec, runs=st.runs()), "analyst")
+
+    @on(AnalysisDone)
+    async def analysis(self, body: AnalysisDone, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        if st.stage != "analysis" or body.report.round != st.round:
+            return
+        st.report = body.report
+        st.stage = "draft"
+        ctx.send(
+            DraftRequest(
+                round=st.round,
+                spec=st.spec,
+                direction=st.direction,
+                ideas=[s.idea for s in st.ideas.values() if s.status in ("done", "failed", "running")],
+                report=body.report,
+                references=list(st.references.values()),
+                notes=st.notes,
+                revision_items=st.revision_items,
+                responses=st.responses,
+                usage=st.usage,
+            ),
+            "writer",
+        )
+
+    @on(DraftReady)
+    async def draft(self, body: DraftReady, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        if st.stage != "draft" or body.round != st.round or st.report is None:
+            return
+        st.draft = body
+        st.stage = "review"
+        ctx.send(
+            ReviewRequest(round=st.round, draft=body, report=st.report, references=list(st.references.values())),
+            "reviewer",
+        )
+
+    @on(ReviewDone)
+    async def review(self, body: ReviewDone, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        if st.stage != "review" or body.round != st.round:
+            return
+        st.reviews.append(body)
+        meta = body.meta
+        if meta.decision == "accept":
+            await self._finish(ctx, st, accepted=True, reason=f"accepted in round {st.round} (meta-review overall {meta.overall:.1f})")
+            return
+        if meta.decision == "reject":
+            await self._finish(ctx, st, accepted=False, reason=f"rejected in round {st.round}: {meta.summary}")
+            return
+        if st.round >= st.budget.max_revision_rounds or self._out_of_time(ctx, st):
+            why = "revision rounds spent" if st.round >= st.budget.max_revision_rounds else "wall time spent"
+            await self._finish(ctx, st, accepted=False, reason=f"not accepted: {why} with {len(meta.revision_items)} items open")
+            return
+        responses = await ctx.mind.answer_review(
+            ReviewContext(
+                items=meta.revision_items,
+                report=st.report,  # type: ignore[arg-type]
+                runs_left=st.budget.max_runs - st.runs_used,
+                rounds_left=st.budget.max_revision_rounds - st.round,
+            )
+        )
+        st.revision_items, st.responses = meta.revision_items, responses
+        st.round += 1
+        ctx.send(Rebuttal(round=st.round - 1, responses=responses), "reviewer")
+        items = {i.id: i for i in meta.revision_items}
+        for r in responses:
+            item = items.get(r.item_id)
+            if r.action == "act" and item is not None and item.kind == "more_seeds":
+                self._more_seeds(ctx, st, item.target)
+        st.stage = "experiments"
+        await self._advance(ctx, st)
+
+    def _more_seeds(self, ctx: Context, st: ProjectState, target: str) -> None:
+        """Run more seeds for an idea, and for the baseline too, so both arms keep equal seeds."""
+        arms = [target] if target == BASELINE else [target, BASELINE]
+        for arm in arms:
+            if arm != BASELINE and arm not in st.ideas:
+                continue
+            if st.runs_used >= st.budget.max_runs:
+                return
+            have = {s for e in st.experiments.values() if e.idea_id == arm for s in e.seeds}
+            if any(e.idea_id == arm and e.round == st.round for e in st.experiments.values()):
+                continue  # already asked this round
+            start = max(have, default=-1) + 1
+            n = max(2, int(st.spec.get("seeds", 3)) - 1)
+            idea = st.ideas[arm].idea if arm in st.ideas else None
+            self._request_experiment(ctx, st, arm, idea, list(range(start, start + n)))
+
+    # ------------------------------------------------------------ the end
+
+    async def _finish(self, ctx: Context, st: ProjectState, *, accepted: bool, reason: str, failed: bool = False) -> None:
+        st.stage = "failed" if failed else "done"
+        st.accepted = accepted
+        st.outcome = reason
+        review_object = None
+        if st.reviews:
+            review_object = f"{st.project}/review.json"
+            # Putting the same bytes under the same name twice is harmless, so a redelivery may repeat it.
+            reviews = [r.model_dump(mode="json") for r in st.reviews]
+            await ctx.artifacts.put(review_object, json.dumps(reviews, indent=2).encode())
+        ctx.send(Decision(accepted=accepted, reason=reason, rounds=st.round, paper=st.draft, review_object=review_object), "all")
+        ctx.log.info("decision", accepted=accepted, reason=reason)
+
+    @on(UsageReport)
+    async def usage(self, body: UsageReport, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        st.usage[env.sender] = body.usage
+        for limit, spent, what in (
+            (st.budget.max_tokens, sum(u.prompt_tokens + u.completion_tokens for u in st.usage.values()), "token"),
+            (st.budget.max_cost_usd, sum(u.cost_usd for u in st.usage.values()), "money"),
+        ):
+            if limit is not None and spent > limit and st.stage not in ("done", "failed"):
+                await self._finish(ctx, st, accepted=False, reason=f"{what} budget spent ({spent} > {limit})", failed=True)
+
+    # ------------------------------------------------------------ helpers
+
+    def _require(self, ctx: Context) -> ProjectState:
+        if ctx.state is None:
+            raise UnknownProject(f"no project {ctx.project!r}: it was never started")
+        return ctx.state
+
+    def _out_of_time(self, ctx: Context, st: ProjectState) -> bool:
+        return ctx.clock() - st.started_at > st.budget.wall_time_s
+
+
+class UnknownProject(Exception):
+    """A message for a project the PI never started (dead-lettered by the host)."""
+
+
+ROLE = PI

@@ -1,0 +1,87 @@
+"""The PI's durable project state: everything needed to resume a project after any crash.
+
+It lives in the KV bucket (key ``pi.<project>``) and is only ever written with
+compare-and-set, together with the messages its change produced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from bus.messages import (
+    AnalysisReport,
+    Budget,
+    CoPINote,
+    DraftReady,
+    Idea,
+    ItemResponse,
+    NoveltyVerdict,
+    Reference,
+    ReviewDone,
+    RevisionItem,
+    RunRecord,
+    Usage,
+)
+
+Stage = Literal["ideas", "experiments", "analysis", "draft", "review", "done", "failed"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IdeaState(Model):
+    idea: Idea
+    wave: int
+    status: Literal["checking", "novel", "not_novel", "running", "done", "failed", "skipped"] = "checking"
+    verdict: NoveltyVerdict | None = None
+    reason: str = ""
+
+
+class ExperimentState(Model):
+    experiment_id: str
+    idea_id: str
+    seeds: list[int]
+    round: int
+    status: Literal["requested", "done", "failed"] = "requested"
+    runs: list[RunRecord] = []
+    reason: str = ""
+
+
+class ProjectState(Model):
+    project: str
+    template: str
+    template_object: str
+    spec: dict[str, Any]
+    direction: str
+    seed: int
+    budget: Budget
+    fast: bool
+    mind: str
+    started_at: float
+    stage: Stage = "ideas"
+    wave: int = 0
+    round: int = 0
+    ideas: dict[str, IdeaState] = {}
+    experiments: dict[str, ExperimentState] = {}
+    notes: list[CoPINote] = []
+    constraints: dict[str, Any] = {}
+    references: dict[str, Reference] = {}
+    next_seed: int = 0
+    report: AnalysisReport | None = None
+    draft: DraftReady | None = None
+    reviews: list[ReviewDone] = []
+    revision_items: list[RevisionItem] = []
+    responses: list[ItemResponse] = []
+    usage: dict[str, Usage] = {}
+    outcome: str = ""
+    accepted: bool | None = None
+
+    @property
+    def runs_used(self) -> int:
+        return len(self.experiments)
+
+    def runs(self) -> list[RunRecord]:
+        return [r for e in self.experiments.values() for r in e.runs]

@@ -1,0 +1,170 @@
+"""A connection to the lab's bus: streams, publishing with de-duplication ids, dead letters.
+
+Why a wrapper over nats-py at all: every publish must carry a ``Nats-Msg-Id``
+(exactly-once effects), every envelope must pass the size limit, and the
+streams/buckets must exist with the same settings whoever starts first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+
+from bus import subjects
+from bus.errors import ConnectError, MessageTooLarge
+from bus.messages import Envelope, encode
+from bus.permissions import inbox_prefix
+
+MAX_ENVELOPE_BYTES = 512 * 1024
+DUPLICATE_WINDOW_S = 15 * 60
+
+STATE_BUCKET = "lab_state"
+AGENTS_BUCKET = "lab_agents"
+CACHE_BUCKET = "lab_cache"
+ARTIFACTS_BUCKET = "lab_artifacts"
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    url: str = "nats://127.0.0.1:4222"
+    user: str | None = None
+    password: str | None = None
+    name: str = "lab"
+
+
+class Bus:
+    """One NATS connection with JetStream, as one lab user."""
+
+    def __init__(self, nc: Client, config: BusConfig):
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10)
+        self.config = config
+        self.errors: list[str] = []
+
+    @classmethod
+    async def connect(cls, config: BusConfig, *, reconnect: bool = True) -> "Bus":
+        errors: list[str] = []
+
+        async def on_error(e: Exception) -> None:
+            errors.append(str(e))
+
+        if not config.url.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ConnectError(f"bad NATS URL {config.url!r}: expected nats://host:port")
+        try:
+            nc = await nats.connect(
+                servers=[config.url],
+                user=config.user,
+                password=config.password,
+                name=config.name,
+                inbox_prefix=inbox_prefix(config.user) if config.user else "_INBOX",
+                connect_timeout=3,
+                allow_reconnect=reconnect,
+                max_reconnect_attempts=-1 if reconnect else 0,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+            )
+        except Exception as e:  # nats-py raises several unrelated types here
+            reason = str(e) or type(e).__name__
+            if "Authorization" in reason or "authorization" in reason:
+                reason = "credentials refused"
+            raise ConnectError(f"cannot connect to NATS at {config.url}: {reason}") from None
+        bus = cls(nc, config)
+        bus.errors = errors
+        return bus
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()
+
+    # ------------------------------------------------------------ topology
+
+    async def ensure_topology(self) -> None:
+        """Create streams and buckets if absent; an existing one is left as it is."""
+        streams = [
+            api.StreamConfig(
+                name=subjects.CONVO_STREAM,
+                subjects=["lab.convo.>"],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                max_msg_size=MAX_ENVELOPE_BYTES * 2,  # larger ones still land, so they can be dead-lettered with a reason
+            ),
+            api.StreamConfig(
+                name=subjects.JOBS_STREAM,
+                subjects=["lab.jobs.>"],
+                storage=api.StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                max_age=7 * 24 * 3600,
+            ),
+            api.StreamConfig(name=subjects.DLQ_STREAM, subjects=["lab.dlq.>"], storage=api.StorageType.FILE),
+        ]
+        for cfg in streams:
+            try:
+                await self.js.stream_info(cfg.name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(cfg)
+                except BadRequestError:
+                    pass  # created concurrently
+        for bucket, ttl, history in ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, 30.0, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1)):
+            try:
+                await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                await self.js.create_key_value(api.KeyValueConfig(bucket=bucket, history=history, ttl=ttl))
+        try:
+            await self.js.object_store(ARTIFACTS_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            await self.js.create_object_store(ARTIFACTS_BUCKET, config=api.ObjectStoreConfig(storage=api.StorageType.FILE))
+
+    # ------------------------------------------------------------ publishing
+
+    async def publish(self, env: Envelope) -> None:
+        """Publish an envelope on its conversation subject, de-duplicated by its id."""
+        data = encode(env)
+        if len(data) > MAX_ENVELOPE_BYTES:
+            raise MessageTooLarge(f"{env.kind} message of {len(data)} bytes exceeds the bus limit of {MAX_ENVELOPE_BYTES}")
+        await self.js.publish(subjects.convo(env.project, env.sender, env.recipient), data, headers={"Nats-Msg-Id": env.id})
+
+    async def publish_job(self, subject: str, env: Envelope) -> None:
+        await self.js.publish(subject, encode(env), headers={"Nats-Msg-Id": env.id})
+
+    async def dead_letter(self, role: str, reason: str, msg: Any) -> None:
+        """Park a message we will not process, with the reason, in ``lab.dlq.<role>``."""
+        meta = getattr(msg, "metadata", None)
+        record = {
+            "reason": reason,
+            "role": role,
+            "subject": msg.subject,
+            "stream_seq": getattr(getattr(meta, "sequence", None), "stream", None),
+            "num_delivered": getattr(meta, "num_delivered", None),
+            "size": len(msg.data),
+            "data_b64": base64.b64encode(msg.data[:64 * 1024]).decode(),
+            "truncated": len(msg.data) > 64 * 1024,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        await self.js.publish(subjects.dlq(role), json.dumps(record).encode())
+
+
+async def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
+    """Poll an async predicate until it returns something truthy (used by CLI and tests)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            return value
+        await asyncio.sleep(interval)

@@ -1,0 +1,72 @@
+"""Durable pull consumers with the settings every role shares.
+
+NATS defaults are unsafe for us: AckWait 30 s and unlimited MaxDeliver would
+retry a poison message forever. We bound both, back off between deliveries,
+and keep long handlers alive with in-progress acks instead of long ack waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import nats
+from nats.js import api
+
+from bus.client import Bus
+
+ACK_WAIT_S = 10.0
+MAX_DELIVER = 5
+BACKOFF_S = [10.0, 15.0, 30.0, 60.0]  # ack wait of each delivery; also spaces retries
+HEARTBEAT_S = 3.0
+
+
+def consumer_config(durable: str, filters: list[str]) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        durable_name=durable,
+        name=durable,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=ACK_WAIT_S,
+        max_deliver=MAX_DELIVER,
+        backoff=BACKOFF_S,
+        max_ack_pending=64,
+        filter_subjects=filters,
+    )
+
+
+async def pull(bus: Bus, stream: str, durable: str, filters: list[str]) -> Any:
+    """Bind to (creating if absent) a durable pull consumer."""
+    try:
+        await bus.js.consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        try:
+            await bus.js.add_consumer(stream, config=consumer_config(durable, filters))
+        except nats.js.errors.BadRequestError:
+            pass  # another instance created it first
+    return await bus.js.pull_subscribe_bind(durable=durable, stream=stream)
+
+
+async def messages(sub: Any, stop: asyncio.Event, wait: float = 1.0) -> AsyncIterator[Any]:
+    """Yield messages one at a time until ``stop`` is set; fetching stops first, so in-flight work can finish."""
+    while not stop.is_set():
+        try:
+            batch = await sub.fetch(1, timeout=wait)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            continue
+        except nats.errors.ConnectionClosedError:
+            return
+        for msg in batch:
+            yield msg
+
+
+async def keep_alive(msg: Any, every: float = HEARTBEAT_S) -> None:
+    """Tell the server we are still working on ``msg`` until cancelled."""
+    try:
+        while True:
+            await asyncio.sleep(every)
+            await msg.in_progress()
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        pass  # the connection may be gone; redelivery will sort it out

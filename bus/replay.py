@@ -1,0 +1,58 @@
+"""Reading the conversation stream from the start, and following it live (for `lab logs` and `lab run`)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from nats.js import api
+
+from bus import subjects
+from bus.client import Bus
+from bus.messages import Envelope, decode
+
+
+@dataclass
+class Entry:
+    subject: str
+    seq: int
+    data: bytes
+    envelope: Envelope | None  # None when the bytes are not a valid envelope
+    error: str = ""
+
+
+async def read(
+    bus: Bus, subject: str = "lab.convo.>", stream: str = subjects.CONVO_STREAM, follow: bool = False, idle: float = 1.0
+) -> AsyncIterator[Entry]:
+    """Every message on ``subject`` from the first; with ``follow``, keep waiting for new ones."""
+    try:
+        info = await bus.js.stream_info(stream)
+    except Exception:
+        return
+    if info.state.messages == 0 and not follow:
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def cb(msg: object) -> None:
+        await queue.put(msg)
+
+    sub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL, cb=cb)
+    try:
+        while True:
+            try:
+                msg = await asyncio.wait_for(queue.get(), timeout=idle)
+            except asyncio.TimeoutError:
+                if follow:
+                    continue
+                return
+            try:
+                env: Envelope | None = decode(msg.data)
+                err = ""
+            except Exception as e:
+                env, err = None, str(e).splitlines()[0]
+            yield Entry(subject=msg.subject, seq=msg.metadata.sequence.stream, data=msg.data, envelope=env, error=err)
+            if not follow and msg.metadata.num_pending == 0:
+                return
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,112 @@
+"""State and artifacts on JetStream: a KV bucket with compare-and-set, and the object store.
+
+State is written only with compare-and-set on the revision read, so two
+instances of a role (or a restarted one racing a late one) cannot overwrite
+each other: the loser gets StateConflict and retries from the new state.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import nats
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ObjectNotFoundError
+
+from bus.client import ARTIFACTS_BUCKET, CACHE_BUCKET, STATE_BUCKET, Bus
+from bus.errors import ArtifactMissing, StateConflict
+
+
+class StateStore:
+    """JSON documents under keys like ``pi.<project>``, with their revisions."""
+
+    def __init__(self, kv: Any):
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, bus: Bus, bucket: str = STATE_BUCKET) -> "StateStore":
+        return cls(await bus.js.key_value(bucket))
+
+    async def read(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        """(document, revision); (None, 0) when absent or deleted."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None, 0
+        if entry.value is None or entry.operation in ("DEL", "PURGE"):
+            return None, entry.revision or 0
+        return json.loads(entry.value), entry.revision
+
+    async def write(self, key: str, doc: dict[str, Any], revision: int) -> int:
+        data = json.dumps(doc, default=str).encode()
+        try:
+            if revision == 0:
+                return await self.kv.create(key, data)
+            return await self.kv.update(key, data, last=revision)
+        except (KeyWrongLastSequenceError, nats.js.errors.APIError) as e:
+            if isinstance(e, KeyWrongLastSequenceError) or "wrong last sequence" in str(e):
+                raise StateConflict(f"state {key} changed since revision {revision}") from None
+            raise
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        try:
+            keys = await self.kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return sorted(k for k in keys if k.startswith(prefix))
+
+
+class Artifacts:
+    """The object store; names are ``<project>/<path>``."""
+
+    def __init__(self, obs: Any):
+        self.obs = obs
+
+    @classmethod
+    async def open(cls, bus: Bus) -> "Artifacts":
+        return cls(await bus.js.object_store(ARTIFACTS_BUCKET))
+
+    async def put(self, name: str, data: bytes) -> str:
+        await self.obs.put(name, data)
+        return name
+
+    async def get(self, name: str) -> bytes:
+        try:
+            result = await self.obs.get(name)
+        except ObjectNotFoundError:
+            raise ArtifactMissing(f"no artifact named {name!r}") from None
+        return result.data or b""
+
+    async def list(self, prefix: str) -> list[str]:
+        try:
+            infos = await self.obs.list()
+        except nats.js.errors.NotFoundError:
+            return []
+        return sorted(i.name for i in infos if i.name.startswith(prefix) and not i.deleted)
+
+
+class KVCache:
+    """The literature cache and friends: a KV bucket whose entries expire with the bucket's TTL."""
+
+    def __init__(self, kv: Any, namespace: str):
+        self.kv = kv
+        self.namespace = namespace
+
+    @classmethod
+    async def open(cls, bus: Bus, namespace: str) -> "KVCache":
+        return cls(await bus.js.key_value(CACHE_BUCKET), namespace)
+
+    def _key(self, key: str) -> str:
+        import hashlib
+
+        return f"{self.namespace}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+    async def get(self, key: str) -> Any | None:
+        try:
+            entry = await self.kv.get(self._key(key))
+        except KeyNotFoundError:
+            return None
+        return json.loads(entry.value) if entry.value else None
+
+    async def put(self, key: str, value: Any) -> None:
+        await self.kv.put(self._key(key), json.dumps(value, default=str).encode())

@@ -1,0 +1,69 @@
+"""Where the lab keeps things on a machine, and how a process finds its bus.
+
+A process learns its NATS URL and credential, in order, from: explicit
+arguments, ``LAB_NATS_URL``/``LAB_NATS_USER``/``LAB_NATS_PASSWORD``, then the
+local lab that `lab up` recorded in ``$LAB_HOME/lab.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import yaml
+
+from bus.client import BusConfig
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message is one line."""
+
+
+def lab_home() -> Path:
+    home = os.environ.get("LAB_HOME")
+    return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kenkyu-lab"))
+
+
+def state_file(home: Path | None = None) -> Path:
+    return (home or lab_home()) / "lab.json"
+
+
+def read_local_lab(home: Path | None = None) -> dict[str, Any] | None:
+    path = state_file(home)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def bus_config(user: str, url: str | None = None, name: str | None = None) -> BusConfig:
+    url = url or os.environ.get("LAB_NATS_URL")
+    password = os.environ.get("LAB_NATS_PASSWORD")
+    env_user = os.environ.get("LAB_NATS_USER")
+    local = read_local_lab()
+    if url is None and local:
+        url = local["url"]
+    if password is None and local and (url == local.get("url")):
+        password = local.get("credentials", {}).get(user)
+    if env_user:
+        user = env_user
+    return BusConfig(url=url or "nats://127.0.0.1:4222", user=user if password else None, password=password, name=name or f"lab-{user}")
+
+
+def lab_config(home: Path | None = None) -> dict[str, Any]:
+    """``$LAB_HOME/config.yaml`` (or ``LAB_CONFIG``): executor and mind sections."""
+    path = Path(os.environ["LAB_CONFIG"]) if os.environ.get("LAB_CONFIG") else (home or lab_home()) / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data

@@ -1,0 +1,126 @@
+"""Jobs as local processes: the laptop executor.
+
+Each job runner starts in its own session (so it survives the engineer that
+started it, and a restarted engineer finds it by its pid file) with its job
+directory as scratch space. Submitting is idempotent: the job directory is
+created atomically, and a second submit of the same id finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from services.executors.base import JobPhase, JobSpec
+
+
+class LocalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    capacity: int | None = None  # default: one job per CPU core
+    jobs_dir: str | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, **options: object):
+        settings = LocalSettings.model_validate(options)
+        self._capacity = settings.capacity or max(1, os.cpu_count() or 1)
+        from services.config import lab_home
+
+        self.jobs_dir = Path(settings.jobs_dir) if settings.jobs_dir else lab_home() / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def capacity(self) -> int | None:
+        return self._capacity
+
+    def _dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    async def submit(self, job: JobSpec) -> None:
+        d = self._dir(job.job_id)
+        try:
+            d.mkdir(parents=True)
+        except FileExistsError:
+            return  # already submitted: never run a job twice
+        (d / "job.json").write_text(json.dumps({"project": job.project, "experiment_id": job.experiment_id}))
+        env = {**os.environ, **job.env(), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
+        with open(d / "runner.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.jobrunner"],
+                env=env,
+                cwd=d,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self._procs[job.job_id] = proc
+        (d / "pid").write_text(str(proc.pid))
+
+    async def poll(self, job_id: str) -> JobPhase:
+        d = self._dir(job_id)
+        if not d.is_dir():
+            return JobPhase(state="missing")
+        proc = self._procs.get(job_id)
+        if proc is not None and proc.poll() is None:
+            return JobPhase(state="running")
+        pid_file = d / "pid"
+        if proc is None and pid_file.is_file() and _alive(int(pid_file.read_text())):
+            return JobPhase(state="running")
+        result = d / "work" / "result.json"
+        if result.is_file():
+            state = json.loads(result.read_text()).get("state", "failed")
+            return JobPhase(state="succeeded" if state == "succeeded" else "failed", reason="" if state == "succeeded" else json.loads(result.read_text()).get("reason", ""))
+        if not pid_file.is_file():
+            return JobPhase(state="pending")
+        code = proc.returncode if proc is not None else None
+        tail = (d / "runner.log").read_text(errors="replace").strip().splitlines()[-1:] if (d / "runner.log").is_file() else []
+        return JobPhase(state="failed", reason=f"runner exited ({code}) without a result: {tail[0] if tail else 'no output'}")
+
+    async def cancel(self, job_id: str) -> None:
+        pid_file = self._dir(job_id) / "pid"
+        if not pid_file.is_file():
+            return
+        targets = [int(pid_file.read_text())]
+        child = self._dir(job_id) / "work" / "child.pgid"
+        if child.is_file():
+            targets.append(int(child.read_text()))
+        for target in targets:
+            try:
+                os.killpg(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        proc = self._procs.pop(job_id, None)
+        if proc is not None:
+            proc.wait()
+
+    async def cleanup(self, project: str) -> None:
+        for d in self.jobs_dir.iterdir() if self.jobs_dir.is_dir() else []:
+            meta = d / "job.json"
+            if meta.is_file() and json.loads(meta.read_text()).get("project") == project:
+                await self.cancel(d.name)
+
+    async def close(self) -> None:
+        for proc in self._procs.values():
+            proc.poll()

@@ -1,0 +1,266 @@
+"""`lab up` / `lab down`: one machine's lab — an embedded nats-server and six agent processes.
+
+The supervisor owns the server and the agents: it restarts an agent that
+dies (with a growing pause), and on SIGTERM or Ctrl-C stops the agents first
+(they finish the message in hand) and the server last. `lab up --detach`
+starts the same supervisor in the background and returns once every agent
+reported ready; `lab down` signals it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bus.client import Bus, BusConfig
+from bus.errors import ServerStartError
+from bus.messages import ROLES
+from bus.permissions import ADMIN, RUNNER
+from bus.server import EmbeddedServer, new_credentials
+from services.config import read_local_lab, state_file
+
+
+class LabError(RuntimeError):
+    """The lab could not start or stop; one line for the user."""
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z" if Path(f"/proc/{pid}").exists() else True
+    except (ProcessLookupError, IndexError):
+        return False
+    except (PermissionError, OSError):
+        return True
+
+
+def running_lab(home: Path) -> dict[str, Any] | None:
+    """The lab recorded in ``lab.json`` if its supervisor still lives."""
+    info = read_local_lab(home)
+    if info and _alive(info.get("supervisor_pid")):
+        return info
+    return None
+
+
+@dataclass
+class LabOptions:
+    home: Path
+    port: int = 0
+    nats_url: str | None = None  # an existing server instead of the embedded one
+    mind: str = "offline"
+    executor: str = "local"
+    sync_always: bool = False
+    ready_timeout: float = 90.0
+
+
+@dataclass
+class Supervisor:
+    opts: LabOptions
+    server: EmbeddedServer | None = None
+    credentials: dict[str, str] | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    url: str = ""
+    stopping: bool = False
+    _next_try: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> dict[str, Any]:
+        home = self.opts.home
+        if running_lab(home):
+            raise LabError(f"a lab is already running for {home} (stop it with `lab down`)")
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "run").mkdir(exist_ok=True)
+        for f in (home / "run").glob("*.ready"):
+            f.unlink()
+        if self.opts.nats_url:
+            self.url = self.opts.nats_url
+            self.credentials = None
+        else:
+            self.credentials = new_credentials()
+            self.server = EmbeddedServer(home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always)
+            self.server.start()
+            self.url = self.server.url
+        try:
+            asyncio.run(self._setup_topology())
+            for role in ROLES:
+                self._spawn(role)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        info = {
+            "url": self.url,
+            "home": str(home),
+            "supervisor_pid": os.getpid(),
+            "server_pid": self.server.proc.pid if self.server and self.server.proc else None,
+            "agents": {r: p.pid for r, p in self.procs.items()},
+            "credentials": self.credentials or {},
+            "mind": self.opts.mind,
+            "executor": self.opts.executor,
+            "started": time.time(),
+        }
+        path = state_file(home)
+        path.write_text(json.dumps(info, indent=2))
+        path.chmod(0o600)
+        return info
+
+    async def _setup_topology(self) -> None:
+        password = self.credentials.get(ADMIN) if self.credentials else None
+        bus = await Bus.connect(BusConfig(url=self.url, user=ADMIN if password else None, password=password, name="lab-setup"), reconnect=False)
+        try:
+            await bus.ensure_topology()
+        finally:
+            await bus.close()
+
+    def _agent_env(self, role: str) -> dict[str, str]:
+        env = {**os.environ, "LAB_HOME": str(self.opts.home), "LAB_NATS_URL": self.url, "LAB_MIND": self.opts.mind, "LAB_EXECUTOR": self.opts.executor}
+        env.pop("LAB_NATS_USER", None)
+        env.pop("LAB_NATS_PASSWORD", None)
+        if self.credentials:
+            env["LAB_NATS_USER"] = role
+            env["LAB_NATS_PASSWORD"] = self.credentials[role]
+            if role == "engineer":
+                env["LAB_RUNNER_USER"] = RUNNER
+                env["LAB_RUNNER_PASSWORD"] = self.credentials[RUNNER]
+        return env
+
+    def _spawn(self, role: str) -> None:
+        logs = self.opts.home / "logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / f"{role}.log", "ab") as out:
+            self.procs[role] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "agent", role],
+                env=self._agent_env(role),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.opts.ready_timeout
+        run = self.opts.home / "run"
+        while time.monotonic() < deadline:
+            missing = [r for r in ROLES if not (run / f"{r}.ready").is_file()]
+            dead = [r for r, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                log = self.opts.home / "logs" / f"{dead[0]}.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+                raise LabError(f"agent {dead[0]} exited at start: {tail[0] if tail else 'no output'}")
+            if not missing:
+                return
+            time.sleep(0.1)
+        raise LabError(f"agents not ready after {self.opts.ready_timeout:.0f}s: {', '.join(missing)}")
+
+    def supervise_forever(self, poll: float = 0.5) -> None:
+        """Restart agents that die, until SIGTERM/SIGINT."""
+
+        def on_signal(*_: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        while not self.stopping:
+            self.tick()
+            time.sleep(poll)
+        self.stop()
+
+    def tick(self) -> None:
+        """One look at the agents and the server: restart what died, after a growing pause."""
+        next_try = self._next_try
+        for role, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                continue
+            now = time.monotonic()
+            if role not in next_try:
+                n = self.restarts.get(role, 0)
+                next_try[role] = now + min(30.0, 0.5 * 2**n)
+                print(f"lab: agent {role} exited with {proc.returncode}; restarting", file=sys.stderr, flush=True)
+            if now >= next_try[role]:
+                self.restarts[role] = self.restarts.get(role, 0) + 1
+                self._spawn(role)
+                next_try.pop(role)
+                self._record_pids()
+        if self.server and self.server.proc and self.server.proc.poll() is not None:
+            print("lab: nats-server exited; restarting it", file=sys.stderr, flush=True)
+            try:
+                self.server.proc = None
+                self.server.start()
+            except ServerStartError as e:
+                print(f"lab: {e}", file=sys.stderr, flush=True)
+
+    def _record_pids(self) -> None:
+        path = state_file(self.opts.home)
+        info = read_local_lab(self.opts.home) or {}
+        info["agents"] = {r: p.pid for r, p in self.procs.items()}
+        path.write_text(json.dumps(info, indent=2))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.server:
+            self.server.stop()
+        path = state_file(self.opts.home)
+        info = read_local_lab(self.opts.home)
+        if info and info.get("supervisor_pid") == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
+    """Start the supervisor in the background; return once it has written lab.json."""
+    if running_lab(opts.home):
+        raise LabError(f"a lab is already running for {opts.home} (stop it with `lab down`)")
+    opts.home.mkdir(parents=True, exist_ok=True)
+    state_file(opts.home).unlink(missing_ok=True)
+    log = open(opts.home / "supervisor.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", *argv],
+        env={**os.environ, "LAB_HOME": str(opts.home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + opts.ready_timeout + 15
+    while time.monotonic() < deadline:
+        info = running_lab(opts.home)
+        if info and info.get("supervisor_pid") == proc.pid:
+            return info
+        if proc.poll() is not None:
+            tail = (opts.home / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise LabError(tail[0].removeprefix("lab: error: ") if tail else "the lab exited at start")
+        time.sleep(0.1)
+    proc.terminate()
+    raise LabError("the lab did not become ready in time (see supervisor.log in LAB_HOME)")
+
+
+def down(home: Path, timeout: float = 60.0) -> bool:
+    info = running_lab(home)
+    if not info:
+        return False
+    pid = info["supervisor_pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True

