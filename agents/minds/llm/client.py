@@ -87,11 +87,27 @@ def extract_json(text: str) -> str:
     return stripped[start : end + 1] if 0 <= start < end else stripped
 
 
+# Bounds OpenAI's strict mode has rejected at times; pydantic still checks them on our side and feeds errors back.
+_UNSUPPORTED = {"minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "default"}
+
+
+def wire_schema(schema: type[BaseModel]) -> dict[str, Any]:
+    """The answer's JSON schema as strict json_schema mode wants it: all fields required, closed objects."""
+    from openai.lib._pydantic import to_strict_json_schema
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in _UNSUPPORTED or not isinstance(v, (int, float, str, list))}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(to_strict_json_schema(schema))  # type: ignore[no-any-return]
+
+
 def response_format(schema: type[BaseModel], mode: OutputMode, strict: bool) -> dict[str, Any] | None:
     if mode == "json_schema":
-        from openai.lib._pydantic import to_strict_json_schema
-
-        return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": to_strict_json_schema(schema), "strict": strict}}
+        return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": wire_schema(schema), "strict": strict}}
     if mode == "json_object":
         return {"type": "json_object"}
     return None

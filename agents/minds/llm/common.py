@@ -1,0 +1,69 @@
+"""What every role's llm mind shares: building its client, and showing context to the model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agents.minds.llm.client import MindClient
+from agents.minds.llm.config import load_config
+from agents.minds.llm.prompts import system_prompt
+from agents.templates import TemplateSpec
+
+
+class LLMMind:
+    """Base of the six llm minds: a client, a system prompt, and ``usage`` (the client's, live)."""
+
+    role: str = ""
+
+    def __init__(self, seed: int, config: dict[str, Any]) -> None:
+        config = dict(config)
+        # Tests (and the lab's replay mode) hand over a ready ChatCompletionClient.
+        model_client = config.pop("model_client", None)
+        self.seed = seed
+        self.client = MindClient(self.role, load_config(config), model_client=model_client, seed=seed)
+        self.system, self.prompt_source = system_prompt(self.role)
+
+    @property
+    def usage(self) -> Any:
+        return self.client.usage
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def show(obj: Any) -> str:
+    """Context for a prompt as compact JSON (pydantic models included)."""
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump(mode="json")
+    elif isinstance(obj, list):
+        obj = [o.model_dump(mode="json") if hasattr(o, "model_dump") else o for o in obj]
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def knob_lines(spec: TemplateSpec, names: list[str] | None = None) -> str:
+    """The template's knobs as one line each: what the model may change, and within what."""
+    lines = []
+    for name, knob in spec.knobs.items():
+        if names is not None and name not in names:
+            continue
+        if knob.type == "choice":
+            space = f"one of {knob.choices}"
+        elif knob.type == "bool":
+            space = "true/false"
+        else:
+            space = f"{knob.type} in [{knob.min}, {knob.max}]" + (" (log scale)" if knob.log else "")
+        base = spec.baseline.get(name, knob.default)
+        extra = f"; e.g. {knob.candidates}" if knob.candidates else ""
+        lines.append(f"- {name}: {space}; baseline {base!r}{extra}. {knob.description}".rstrip())
+    return "\n".join(lines)
+
+
+def report_brief(report: Any) -> str:
+    """The analysis a prompt needs (comparisons, flags, summary), without per-run detail that only costs tokens."""
+    data = report.model_dump(mode="json", include={"primary_metric", "alpha", "comparisons", "flags", "summary", "round"})
+    data["runs"] = [
+        {"idea_id": r.idea_id, "status": r.status, "reason": r.reason, "seeds": len(r.seeds), "overrides": r.overrides}
+        for r in report.runs
+    ]
+    return json.dumps(data, ensure_ascii=False)

@@ -1,0 +1,184 @@
+"""The PI's llm mind: ideas with reflection rounds, co-PI notes read into constraints, answers to reviews.
+
+Ideas may only change the template's declared knobs (minus fairness knobs and
+whatever the co-PI ruled out): the check rejects anything else and the model
+gets the reason back, so the engineer never receives an idea it cannot run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from agents.minds.base import IdeaContext, NoteReading, ReviewContext
+from agents.minds.llm.common import LLMMind, knob_lines, report_brief, show
+from agents.minds.llm.errors import InvalidAnswer
+from agents.minds.llm.schemas import IdeaBatch, IdeaDraft, ItemAnswers, NoteAnswer, as_dict
+from agents.templates import TemplateError, TemplateSpec, parse_spec
+from bus.messages import CoPINote, Idea, ItemResponse
+
+RUN_ITEMS = ("more_seeds", "add_baseline")  # revision items that cost runs
+
+
+def allowed_knobs(spec: TemplateSpec, constraints: dict[str, Any]) -> list[str]:
+    only = constraints.get("allowed_knobs")
+    forbidden = set(constraints.get("forbidden_knobs", []))
+    return [k for k, knob in spec.knobs.items() if not knob.fairness and k not in forbidden and (only is None or k in only)]
+
+
+def idea_id(draft: IdeaDraft) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", draft.title.lower()).strip("-")[:32].strip("-") or "idea"
+    digest = hashlib.sha256(json.dumps([draft.title, as_dict(draft.changes)], sort_keys=True, default=str).encode()).hexdigest()
+    return f"{slug}-{digest[:6]}"
+
+
+class IdeaRules:
+    """What makes a batch of ideas usable for this template, this co-PI and this history."""
+
+    def __init__(self, spec: TemplateSpec, allowed: list[str], previous: list[Idea]) -> None:
+        self.spec, self.allowed = spec, allowed
+        self.tried = [json.dumps(i.changes, sort_keys=True, default=str) for i in previous]
+
+    def coerce(self, draft: IdeaDraft) -> dict[str, Any]:
+        changes = as_dict(draft.changes)
+        if len(changes) != len(draft.changes):
+            raise InvalidAnswer(f"idea {draft.title!r} sets the same knob twice")
+        bad = [k for k in changes if k not in self.allowed]
+        if bad:
+            raise InvalidAnswer(f"idea {draft.title!r} changes {bad}, not allowed; change only these knobs: {self.allowed}")
+        try:
+            return self.spec.check_overrides(changes)
+        except TemplateError as e:
+            raise InvalidAnswer(f"idea {draft.title!r}: {e}") from None
+
+    def __call__(self, batch: IdeaBatch) -> None:
+        seen = list(self.tried)
+        for draft in batch.ideas:
+            changes = self.coerce(draft)
+            if all(self.spec.baseline.get(k, self.spec.knobs[k].default) == v for k, v in changes.items()):
+                raise InvalidAnswer(f"idea {draft.title!r} sets every knob to its baseline value: it tests nothing")
+            key = json.dumps(changes, sort_keys=True, default=str)
+            if key in seen:
+                raise InvalidAnswer(f"idea {draft.title!r} repeats the changes {changes}, already proposed; propose different changes")
+            seen.append(key)
+
+
+class LLMPIMind(LLMMind):
+    role = "pi"
+
+    async def propose_ideas(self, ctx: IdeaContext) -> list[Idea]:
+        spec = parse_spec(ctx.spec)
+        allowed = allowed_knobs(spec, ctx.constraints)
+        if not allowed:
+            return []
+        rules = IdeaRules(spec, allowed, ctx.previous)
+        conv = self.client.conversation("propose_ideas", self.system, IdeaBatch)
+        batch = await conv.ask(self._idea_prompt(spec, ctx, allowed), rules)
+        rounds = self.client.config.reflection_rounds
+        for r in range(1, rounds + 1):
+            if batch.done:
+                break
+            batch = await conv.ask(
+                f"Reflection round {r} of {rounds}. Critique each idea for novelty, feasibility, interestingness and "
+                "whether the metric can falsify it; then give the improved full list of ideas. If you would not change "
+                "them, repeat them unchanged and set done to true.",
+                rules,
+            )
+        return [self._idea(d, rules) for d in batch.ideas[: ctx.n]]
+
+    def _idea_prompt(self, spec: TemplateSpec, ctx: IdeaContext, allowed: list[str]) -> str:
+        metric = spec.primary_metric
+        history = [
+            {"id": i.id, "title": i.title, "changes": i.changes, "outcome": ctx.outcomes.get(i.id, "pending")} for i in ctx.previous
+        ]
+        return "\n".join([
+            f"Template {spec.name}: {spec.title}. Task: {spec.task}",
+            f"Primary metric: {metric} ({spec.metrics[metric].direction} is better).",
+            f"Research direction from the co-PI: {ctx.direction or '(none given)'}",
+            f"Knobs you may change (each idea sets one or a few of them; nothing else can be run):\n{knob_lines(spec, allowed)}",
+            f"Co-PI notes (take them into account): {show(ctx.notes) if ctx.notes else 'none'}",
+            f"Constraints in force: {json.dumps(ctx.constraints) if ctx.constraints else 'none'}",
+            f"Ideas already tried, with outcomes (do not repeat them): {json.dumps(history, default=str) if history else 'none'}",
+            f"Propose {ctx.n} idea(s). Each: a title, a falsifiable hypothesis about {metric}, how it would be falsified, "
+            "the knob changes, a rationale, and 1-10 scores for interestingness, feasibility and novelty. "
+            "Think first in 'thoughts'. Set done to true only if reflecting further would not improve the ideas.",
+        ])
+
+    def _idea(self, draft: IdeaDraft, rules: IdeaRules) -> Idea:
+        return Idea(
+            id=idea_id(draft),
+            title=draft.title,
+            hypothesis=draft.hypothesis,
+            falsification=draft.falsification,
+            changes=rules.coerce(draft),
+            rationale=draft.rationale,
+            interestingness=draft.interestingness,
+            feasibility=draft.feasibility,
+            novelty=draft.novelty,
+        )
+
+    async def read_note(self, note: CoPINote, spec: dict[str, Any]) -> NoteReading:
+        template = parse_spec(spec)
+        knobs = list(template.knobs)
+
+        def check(answer: NoteAnswer) -> None:
+            unknown = [k for k in [*answer.allowed_knobs, *answer.forbidden_knobs] if k not in knobs]
+            if unknown:
+                raise InvalidAnswer(f"unknown knobs {unknown}; the template's knobs are {knobs}")
+
+        answer = await self.client.ask(
+            "read_note",
+            self.system,
+            "\n".join([
+                f"The co-PI sent this note: {note.text!r}",
+                f"The template's knobs:\n{knob_lines(template)}",
+                "Say in one sentence what you will do about it ('understood'). If the note restricts which knobs new "
+                "ideas may change, list them in allowed_knobs; if it rules knobs out, list them in forbidden_knobs; "
+                "otherwise leave both empty.",
+            ]),
+            NoteAnswer,
+            check,
+        )
+        constraints: dict[str, Any] = {}
+        if answer.allowed_knobs:
+            constraints["allowed_knobs"] = answer.allowed_knobs
+        if answer.forbidden_knobs:
+            constraints["forbidden_knobs"] = answer.forbidden_knobs
+        return NoteReading(understood=answer.understood, constraints=constraints)
+
+    async def answer_review(self, ctx: ReviewContext) -> list[ItemResponse]:
+        items = {i.id: i for i in ctx.items}
+
+        def check(answer: ItemAnswers) -> None:
+            ids = [r.item_id for r in answer.responses]
+            missing, extra = sorted(set(items) - set(ids)), sorted(set(ids) - set(items))
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if missing or extra or dupes:
+                raise InvalidAnswer(f"answer every item exactly once: missing {missing}, unknown {extra}, repeated {dupes}")
+            if ctx.runs_left <= 0:
+                costly = [r.item_id for r in answer.responses if r.action == "act" and items[r.item_id].kind in RUN_ITEMS]
+                if costly:
+                    raise InvalidAnswer(f"no experiment runs are left, so items {costly} cannot be acted on: rebut them")
+
+        if not items:
+            return []
+        answer = await self.client.ask(
+            "answer_review",
+            self.system,
+            "\n".join([
+                f"The reviewers ask for these revisions: {show(ctx.items)}",
+                f"Analysis so far: {report_brief(ctx.report)}",
+                f"Experiment runs left: {ctx.runs_left}; revision rounds left: {ctx.rounds_left}.",
+                "For each item decide: act (we will do it) or rebut (explain why not, with evidence). Items of kind "
+                "more_seeds or add_baseline need runs.",
+            ]),
+            ItemAnswers,
+            check,
+        )
+        return answer.responses
+
+
+def make(seed: int, config: dict[str, Any]) -> LLMPIMind:
+    return LLMPIMind(seed, config)

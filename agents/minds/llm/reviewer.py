@@ -1,0 +1,80 @@
+"""The reviewer's llm mind: an ensemble of NeurIPS-form reviews and a meta-review.
+
+Each ensemble member runs at the reviewer's temperature (above 0 by default)
+with its own seed, so the reviews differ as independent reviewers' would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.minds.llm.common import LLMMind, report_brief, show
+from agents.minds.llm.errors import InvalidAnswer
+from agents.minds.llm.schemas import MetaDraft, ReviewDraft
+from bus.messages import AnalysisReport, MetaReview, Reference, Review
+
+MAX_PAPER_CHARS = 60_000
+
+
+def check_review(answer: ReviewDraft) -> None:
+    overall = answer.scores.overall
+    if answer.decision == "accept" and overall <= 3 or answer.decision == "reject" and overall >= 8:
+        raise InvalidAnswer(f"decision {answer.decision!r} contradicts overall score {overall}")
+
+
+class LLMReviewerMind(LLMMind):
+    role = "reviewer"
+
+    async def review(self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int) -> Review:
+        answer = await self.client.ask(
+            "review",
+            self.system,
+            "\n".join([
+                f"You are reviewer #{index + 1} of an ensemble; review independently.",
+                f"Paper (Markdown):\n{paper_markdown[:MAX_PAPER_CHARS]}",
+                f"The analysis the paper must agree with: {report_brief(report)}",
+                f"References it may cite: {show([{'key': r.key, 'title': r.title} for r in references])}",
+                "Review in the NeurIPS form: summary, strengths, weaknesses, questions, limitations, ethics, scores "
+                "(originality, quality, clarity, significance, soundness, presentation, contribution 1-4; overall 1-10; "
+                "confidence 1-5) and a decision. Check every claimed number against the analysis.",
+            ]),
+            ReviewDraft,
+            check_review,
+            seed=self.seed * 1000 + index,
+        )
+        return Review(reviewer=f"llm-{index}", **answer.model_dump())
+
+    async def meta_review(self, reviews: list[Review], report: AnalysisReport, round: int, max_rounds: int) -> MetaReview:
+        scores = [r.scores.overall for r in reviews]
+        can_revise = round < max_rounds
+
+        def check(answer: MetaDraft) -> None:
+            if scores and not min(scores) <= answer.overall <= max(scores):
+                raise InvalidAnswer(f"overall {answer.overall} lies outside the reviewers' range {min(scores)}-{max(scores)}")
+            if answer.decision == "revise" and not can_revise:
+                raise InvalidAnswer("no revision rounds are left: decide accept or reject")
+            if answer.decision == "revise" and not answer.revision_items:
+                raise InvalidAnswer("a 'revise' decision needs at least one revision item")
+            ids = [i.id for i in answer.revision_items]
+            if len(ids) != len(set(ids)):
+                raise InvalidAnswer(f"revision item ids must be unique: {ids}")
+
+        answer = await self.client.ask(
+            "meta_review",
+            self.system,
+            "\n".join([
+                f"You are the area chair. Reviews: {show(reviews)}",
+                f"Analysis: {report_brief(report)}",
+                f"Revision round {round} of at most {max_rounds}." + ("" if can_revise else " No further revision is possible."),
+                "Write a meta-review: summary, overall score (within the reviewers' range), decision (accept, reject, or "
+                "revise if rounds remain), and concrete revision items (short ids like r1, r2) the authors must answer.",
+            ]),
+            MetaDraft,
+            check,
+        )
+        items = [i.to_item() for i in answer.revision_items] if answer.decision == "revise" else []
+        return MetaReview(summary=answer.summary, overall=answer.overall, decision=answer.decision, revision_items=items)
+
+
+def make(seed: int, config: dict[str, Any]) -> LLMReviewerMind:
+    return LLMReviewerMind(seed, config)

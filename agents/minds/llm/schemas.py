@@ -1,0 +1,128 @@
+"""The shapes the model answers in, converted to the lab's models after validation.
+
+Why not the lab's models directly: OpenAI's strict json_schema mode wants
+every field required, no defaults and no free-form objects, while the lab's
+models use defaults and ``dict[str, Any]`` (knob overrides). Knob values
+travel here as ``[{"knob": ..., "value": ...}]`` lists instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bus.messages import ItemResponse, ReviewScores, RevisionItem
+
+Scalar = Union[bool, int, float, str]
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KnobValue(Answer):
+    knob: str
+    value: Scalar
+
+
+def as_dict(values: list[KnobValue]) -> dict[str, Any]:
+    return {v.knob: v.value for v in values}
+
+
+class IdeaDraft(Answer):
+    title: str = Field(min_length=3)
+    hypothesis: str = Field(min_length=10)
+    falsification: str = Field(min_length=10)
+    changes: list[KnobValue] = Field(min_length=1)
+    rationale: str
+    interestingness: int = Field(ge=1, le=10)
+    feasibility: int = Field(ge=1, le=10)
+    novelty: int = Field(ge=1, le=10)
+
+
+class IdeaBatch(Answer):
+    thoughts: str  # reasoning before the ideas, as the AI Scientist's reflection does
+    ideas: list[IdeaDraft] = Field(min_length=1)
+    done: bool  # true: the model thinks the ideas cannot be improved further
+
+
+class NoteAnswer(Answer):
+    understood: str = Field(min_length=3)
+    allowed_knobs: list[str]  # empty: no restriction to a subset
+    forbidden_knobs: list[str]
+
+
+class ItemAnswers(Answer):
+    responses: list[ItemResponse]
+
+
+class QueryList(Answer):
+    queries: list[str] = Field(min_length=1)
+
+
+class NoveltyAnswer(Answer):
+    thoughts: str
+    novel: bool
+    justification: str = Field(min_length=10)
+    cited_keys: list[str]
+
+
+class PlanAnswer(Answer):
+    explanation: str
+    overrides: list[KnobValue]
+    edits: list["EditAnswer"]
+
+
+class EditAnswer(Answer):
+    path: str
+    search: str
+    replace: str
+
+
+PlanAnswer.model_rebuild()
+
+
+class PaperDraft(Answer):
+    title: str = Field(min_length=3)
+    abstract: str = Field(min_length=20)
+    introduction: str
+    related_work: str
+    method: str
+    experimental_setup: str
+    results: str
+    limitations: str
+    conclusion: str
+    revision_notes: str
+
+
+class ReviewDraft(Answer):
+    summary: str = Field(min_length=10)
+    strengths: list[str]
+    weaknesses: list[str]
+    questions: list[str]
+    limitations: str
+    ethics: str
+    scores: ReviewScores
+    decision: Literal["accept", "reject"]
+
+
+class RevisionDraft(Answer):
+    id: str
+    kind: Literal["more_seeds", "add_baseline", "rewrite_section", "add_limitation", "add_citation", "other"]
+    text: str
+    target: str
+
+    def to_item(self) -> RevisionItem:
+        return RevisionItem(**self.model_dump())
+
+
+class MetaDraft(Answer):
+    summary: str = Field(min_length=10)
+    overall: float = Field(ge=1, le=10)
+    decision: Literal["accept", "reject", "revise"]
+    revision_items: list[RevisionDraft]
+
+
+class SummaryAnswer(Answer):
+    summary: str = Field(min_length=10)

@@ -1,0 +1,57 @@
+"""The writer's llm mind: paper sections from the analysis only.
+
+Citations must be keys of the references the literature role found; an
+invented ``\\cite{}`` would break the bibliography and the paper's honesty, so
+it goes back to the model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from agents.minds.base import PaperSections
+from agents.minds.llm.common import LLMMind, report_brief, show
+from agents.minds.llm.errors import InvalidAnswer
+from agents.minds.llm.schemas import PaperDraft
+from bus.messages import DraftRequest
+
+_CITE = re.compile(r"\\cite[tp]?\*?(?:\[[^\]]*\])?\{([^}]*)\}")
+
+
+def cited_keys(text: str) -> list[str]:
+    return [k.strip() for group in _CITE.findall(text) for k in group.split(",") if k.strip()]
+
+
+class LLMWriterMind(LLMMind):
+    role = "writer"
+
+    async def write(self, request: DraftRequest) -> PaperSections:
+        keys = [r.key for r in request.references]
+
+        def check(answer: PaperDraft) -> None:
+            unknown = sorted({k for text in answer.model_dump().values() for k in cited_keys(str(text))} - set(keys))
+            if unknown:
+                raise InvalidAnswer(f"\\cite keys {unknown} are not in the references; cite only {keys}")
+
+        refs = [{"key": r.key, "title": r.title, "year": r.year, "authors": r.authors[:3]} for r in request.references]
+        parts = [
+            f"Research direction: {request.direction}",
+            f"Template: {show({k: request.spec.get(k) for k in ('name', 'title', 'task', 'metrics')})}",
+            f"Ideas tested: {show(request.ideas)}",
+            f"Analysis (the only source of results): {report_brief(request.report)}",
+            f"Hardware and software of the runs: {show([r.environment for r in request.report.runs if r.environment][:1])}",
+            f"References (cite with \\cite{{key}}, only these): {show(refs)}",
+            f"Co-PI notes: {show(request.notes) if request.notes else 'none'}",
+        ]
+        if request.revision_items:
+            parts.append(f"Revision round {request.round}: address these items {show(request.revision_items)} "
+                         f"as decided in {show(request.responses)}; say what changed in revision_notes.")
+        parts.append("Write each section in LaTeX-friendly prose. Report only numbers present in the analysis, with "
+                     "their uncertainty; state negative and inconclusive results plainly.")
+        answer = await self.client.ask("write", self.system, "\n".join(parts), PaperDraft, check)
+        return PaperSections(**answer.model_dump())
+
+
+def make(seed: int, config: dict[str, Any]) -> LLMWriterMind:
+    return LLMWriterMind(seed, config)
