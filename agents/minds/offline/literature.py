@@ -80,7 +80,9 @@ class OfflineLiteratureMind:
             candidates = [idea.title, f"{knob} {context}", hypothesis]
         else:
             seen = terms(f"{idea.title} {knob} {context}")
-            counts = Counter(w for r in found for w in dict.fromkeys(words(r.title)) if w not in seen)
+            counts = Counter(
+                w for r in found for w in dict.fromkeys(words(r.title)) if w not in seen and w not in DIRECTION_WORDS
+            )
             ranked = sorted(counts, key=lambda w: (-counts[w], self._tie(w)))
             offset = 2 * self.per_round * (round - 1)
             picks = ranked[offset : offset + 2 * self.per_round]
