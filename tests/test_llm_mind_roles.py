@@ -103,8 +103,8 @@ async def test_pi_answers_every_review_item_within_the_run_budget() -> None:
 async def test_literature_queries_and_novelty_cite_only_found_papers() -> None:
     client = replay(
         {"queries": ["weight decay MLP regression", "weight decay MLP regression", "decoupled weight decay"]},
-        {"thoughts": "", "novel": False, "justification": "Already studied by prior work.", "cited_keys": ["smith2020"]},
-        {"thoughts": "", "novel": False, "justification": "Decoupled weight decay covers it.", "cited_keys": ["loshchilov2019"]},
+        {"novel": False, "justification": "Already studied by prior work.", "cited_keys": ["smith2020"]},
+        {"novel": False, "justification": "Decoupled weight decay covers it.", "cited_keys": ["loshchilov2019"]},
     )
     lit = mind("literature", client)
     assert isinstance(lit, LiteratureMind)

@@ -58,11 +58,10 @@ class ItemAnswers(Answer):
 
 
 class QueryList(Answer):
-    queries: list[str] = Field(min_length=1)
+    queries: list[str]  # empty: more searching would not change the verdict
 
 
 class NoveltyAnswer(Answer):
-    thoughts: str
     novel: bool
     justification: str = Field(min_length=10)
     cited_keys: list[str]
