@@ -60,7 +60,7 @@ class S2Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -179,3 +179,61 @@ async def test_chain_rate_limited_s2_falls_back_and_answers_are_cached(s2: S2Ser
     limited = await FallbackChain([source(s2), LocalLibrarySource(index)], DictCache()).search("adam optimizer", 4)
     assert limited.answered == ["local"] and "rate-limited" in limited.failures["semantic_scholar"]
     index.close()
+
+
+def test_source_selection_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.lit.config import source_names
+
+    monkeypatch.delenv("LAB_LIT_SOURCES", raising=False)
+    assert source_names() == (["local", "template"], [])  # offline by default
+    monkeypatch.setenv("LAB_LIT_SOURCES", "s2, OpenAlex,local,,template,bogus,local")
+    assert source_names() == (["semantic_scholar", "openalex", "local", "template"], ["bogus"])
+
+
+async def test_novelty_check_asks_s2_first_and_a_repeat_makes_no_request(s2: S2Server, tmp_path: Path) -> None:
+    from agents.base import Context
+    from agents.literature import ROLE, State
+    from agents.minds import make_mind
+    from bus.messages import Envelope, Idea, NoveltyCheck, NoveltyVerdict
+
+    cache: dict[str, object] = {}
+
+    class DictCache:
+        async def get(self, key: str) -> object:
+            return cache.get(key)
+
+        async def put(self, key: str, value: object) -> None:
+            cache[key] = json.loads(json.dumps(value))
+
+    idea = Idea(
+        id="i1",
+        title="External memory for neural Turing machines",
+        hypothesis="A larger external memory lets neural Turing machines learn copying from examples.",
+        falsification="Copy accuracy does not improve.",
+        changes={"memory_size": 128},
+    )
+    env = Envelope(project="p", sender="pi", recipient="literature", body=NoveltyCheck(idea=idea, template="t", task="algorithm learning"))
+    settings = {
+        "sources": ["semantic_scholar", "local"],
+        "rounds": 2,
+        "web": {"semantic_scholar": {"api_url": s2.url, "base_wait_s": 0.01, "attempts": 2}},
+    }
+
+    def ctx() -> Context:
+        return Context(
+            project="p", role="literature", state=State(), artifacts=None, mind=make_mind("offline", "literature"),
+            cache=DictCache(), services={"lab_home": tmp_path, "literature": settings},
+        )
+
+    first = ctx()
+    await ROLE().handle(env, first)
+    [(verdict, to)] = first.outputs
+    assert isinstance(verdict, NoveltyVerdict) and to == "pi"
+    assert verdict.sources == ["semantic_scholar"]
+    assert {r.key for r in verdict.references} == {"graves2014neural", "perez2021attention"}
+    assert "graves2014neural" in verdict.justification
+    n = len(s2.requests)
+    assert n == len(verdict.queries)
+    second = ctx()
+    await ROLE().handle(env, second)
+    assert second.outputs[0][0] == verdict and len(s2.requests) == n
