@@ -10,6 +10,7 @@ run. Sources failing never fail the check: they are logged and skipped.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -77,7 +78,7 @@ class Literature(Role):
             ctx.log.warning("lit_unknown_sources", unknown=unknown, known=names)
         sources, skipped = await open_sources(
             names,
-            lab_home=ctx.services.get("lab_home"),
+            lab_home=Path(ctx.services["lab_home"]) if ctx.services.get("lab_home") else None,
             artifacts=ctx.artifacts,
             template_object=body.template_object,
             web=settings.web,
