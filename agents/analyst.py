@@ -8,7 +8,8 @@ Flags are plain sentences with stable prefixes, so people read them and the
 writer and reviewer can act on them without importing this module:
 
 ``missing baseline:``, ``unfair baseline:``, ``baseline has fewer seeds:``,
-``too few seeds:``, ``failed run:``, ``no per-seed values:``, ``duplicate seed:``.
+``too few seeds:``, ``failed run:``, ``no per-seed values:``, ``duplicate seed:``,
+``zero variance:``.
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
     comparisons: list[Comparison] = []
     if BASELINE in arms:
         comparisons = compare_arms(arms, directions, alpha)
+        flags += [
+            f"zero variance: every seed of {c.idea_id!r} and of the baseline gave the same {c.metric!r}; "
+            f"p = {c.p_value:g} and Hedges' g = {c.effect_size:g} by convention, not from a test"
+            for c in comparisons
+            if c.baseline_stderr == 0.0 and c.idea_stderr == 0.0 and c.n_baseline > 1 and c.n_idea > 1
+        ]
     else:
         flags.insert(0, "missing baseline: no successful baseline run, so no idea could be compared")
     flags += fairness_flags(request.spec, arms) + seed_flags(arms, primary)

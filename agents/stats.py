@@ -30,7 +30,7 @@ from scipy import stats as sps
 Direction = Literal["higher", "lower"]
 Verdict = Literal["better", "worse", "inconclusive"]
 
-EFFECT_CAP = 10.0  # |g| reported when the pooled standard deviation is zero
+EFFECT_CAP = 10.0  # |g| reported when the pooled standard deviation is zero (only then)
 N_BOOTSTRAP = 4000
 
 
@@ -117,8 +117,7 @@ def hedges_g(baseline: Sequence[float], idea: Sequence[float], direction: Direct
     if pooled == 0.0:
         return 0.0 if diff == 0.0 else math.copysign(EFFECT_CAP, diff)
     correction = 1.0 - 3.0 / (4.0 * (nb + ni) - 9.0)
-    g = correction * diff / pooled
-    return max(-EFFECT_CAP, min(EFFECT_CAP, g))
+    return correction * diff / pooled
 
 
 def bootstrap_ci(

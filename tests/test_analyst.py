@@ -136,6 +136,7 @@ async def test_degenerate_values_leave_no_nan_in_the_report():
     for c in body.report.comparisons:
         assert all(math.isfinite(v) for v in (c.p_value, c.effect_size, c.ci_low, c.ci_high, c.idea_stderr))
         assert c.verdict == "inconclusive" and c.p_value == 1.0
+    assert any(f.startswith("zero variance:") and "'same'" in f for f in body.report.flags)
     Envelope.model_validate_json(Envelope(project="p1", sender="analyst", recipient="pi", body=body).model_dump_json())
 
 

@@ -108,3 +108,8 @@ def test_bad_input_is_one_readable_error():
         stats.compare([1.0, 2.0], [1.0, 2.0], "up")  # type: ignore[arg-type]
     with pytest.raises(stats.StatsError, match="non-finite"):
         stats.summarize([1.0, float("nan")])
+
+
+def test_large_finite_effect_is_not_capped():
+    g = stats.hedges_g([0.8, 0.8001, 0.8002], [0.9, 0.9001, 0.9002], "higher")
+    assert g > stats.EFFECT_CAP

@@ -1,0 +1,130 @@
+"""The writer: a LaTeX paper and its Markdown twin from the analysis, and a PDF when TeX is here.
+
+The mind writes the prose; everything else (results table, environment,
+figures, references, appendix) is rendered from the records by code. Before
+anything is uploaded, every number in the mind's prose must match a value in
+the evidence (numbers that do not are replaced by "[?]" and logged), and
+every ``\\cite`` key must be in references.bib.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from agents.base import Context, Role, on
+from agents.minds.base import PaperSections
+from agents.writing import assemble, citations, markup, numbers, pdf
+from bus.messages import DraftReady, DraftRequest, Envelope
+
+TEMPLATES = Path(__file__).resolve().parent / "writing"
+AUTHOR = "Kenkyu Lab (automated research agents)"
+
+_tex_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    block_start_string=r"\BLOCK{", block_end_string="}",
+    variable_start_string=r"\VAR{", variable_end_string="}",
+    comment_start_string=r"\#{", comment_end_string="}",
+    trim_blocks=True, lstrip_blocks=True, autoescape=False, undefined=jinja2.StrictUndefined,
+    finalize=lambda v: v if isinstance(v, markup.Tex) else markup.tex_escape("" if v is None else str(v)),
+)
+_md_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
+)
+
+
+def scrub_sections(sections: PaperSections, strings: list[str], evidence: set[float]) -> tuple[PaperSections, list[str]]:
+    fields, removed = {}, []
+    for name, text in sections.model_dump().items():
+        fields[name], gone = numbers.scrub(text, strings, evidence)
+        removed += gone
+    return PaperSections(**fields), removed
+
+
+def render(request: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef]) -> tuple[str, str]:
+    refs = {r.key: r for r in request.references}
+    known = set(refs)
+    common: dict[str, Any] = dict(
+        author=AUTHOR,
+        date_line=f"Draft for review, round {numbers.fmt(request.round)}",
+        environment=assemble.environment_lines(request.report.runs),
+        rows=assemble.rows(request.report),
+        table_caption=assemble.table_caption(request.report),
+        revisions=assemble.revision_rows(request),
+        runs=assemble.run_rows(request.report.runs),
+        flags=request.report.flags,
+        usage=assemble.usage_rows(request),
+        notes=assemble.notes(request),
+    )
+    names = [(title, getattr(sections, field)) for title, field in assemble.SECTION_ORDER]
+    tex = _tex_env.get_template("paper.tex.j2").render(
+        **common,
+        title=markup.tex_escape(sections.title),
+        abstract=markup.to_tex(sections.abstract, known),
+        sections=[{"name": n, "body": markup.to_tex(t, known)} for n, t in names],
+        revision_notes=markup.to_tex(sections.revision_notes, known),
+        figures=[{"file": f.file, "caption": f.caption} for f in figures],
+        # bibtex fails on an empty bibliography, so only when something is cited
+        cite_any=any(k in known for t in [sections.abstract, sections.revision_notes, *(t for _, t in names)] for k in markup.cited_keys(t)),
+    )
+    md = _md_env.get_template("paper.md.j2").render(
+        **common,
+        title=sections.title,
+        abstract=markup.to_markdown(sections.abstract, refs),
+        sections=[{"name": n, "body": markup.to_markdown(t, refs)} for n, t in names],
+        revision_notes=markup.to_markdown(sections.revision_notes, refs),
+        figures=[{"name": f.name, "caption": f.caption} for f in figures],
+        references=[{"key": r.key, "text": assemble.reference_line(r)} for r in refs.values()],
+    )
+    return tex, md
+
+
+class Writer(Role):
+    name = "writer"
+
+    @on(DraftRequest)
+    async def draft(self, body: DraftRequest, env: Envelope, ctx: Context) -> None:
+        evidence_doc = body.model_dump(mode="json")
+        evidence = numbers.evidence_values(evidence_doc)
+        strings = numbers.evidence_strings(evidence_doc)
+        sections, removed = scrub_sections(await ctx.mind.write(body), strings, evidence)
+        if removed:
+            ctx.log.warning("unverified_numbers_removed", numbers=removed)
+        figures, files = [], {}
+        for f in assemble.figure_refs(body.report):
+            try:
+                files[f.file] = await ctx.artifacts.get(f.name)
+                figures.append(f)
+            except KeyError:
+                ctx.log.warning("figure_missing", name=f.name)
+        tex, md = render(body, sections, figures)
+        bib = citations.references_bib(body.references)
+        printed = numbers.tokens(md, strings + [f.name for f in figures])
+        left = numbers.unverified(printed, evidence)
+        if left:
+            ctx.log.warning("unverified_numbers", numbers=left)
+        base = f"{ctx.project}/paper/round-{body.round}"
+        out = DraftReady(
+            round=body.round,
+            tex=await ctx.artifacts.put(f"{base}/paper.tex", tex.encode()),
+            markdown=await ctx.artifacts.put(f"{base}/paper.md", md.encode()),
+            bib=await ctx.artifacts.put(f"{base}/references.bib", bib.encode()),
+            figures=[f.name for f in figures],
+            numbers=list(dict.fromkeys(float(t) for t in printed)),
+        )
+        missing = citations.unresolved(tex, bib)
+        if missing:
+            out.pdf_error = f"unresolved citation keys: {', '.join(missing)}"
+        else:
+            try:
+                out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", await pdf.compile_pdf(tex, bib, files))
+            except pdf.PdfError as e:
+                out.pdf_error = str(e)
+        if out.pdf_error:
+            ctx.log.warning("pdf_failed", error=out.pdf_error)
+        ctx.send(out, to="pi")
+
+
+ROLE = Writer

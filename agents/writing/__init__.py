@@ -1,0 +1,5 @@
+"""The writer's helpers: number formatting and checking, markup for LaTeX and Markdown,
+citations and BibTeX, PDF compilation, and the paper templates.
+
+Private to the writer (and its minds): roles meet only on the bus.
+"""

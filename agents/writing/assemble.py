@@ -1,0 +1,156 @@
+"""The paper's parts that come from records, not from the mind: tables, environment, figures, appendix.
+
+Numbers go through ``numbers.fmt`` and nothing else; hardware and versions
+come only from the runs' recorded ``JobEnvironment`` (an environment nobody
+recorded is "not recorded", never a guess).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from agents.writing.numbers import fmt
+from bus.messages import AnalysisReport, DraftRequest, JobEnvironment, Reference, RunRecord
+
+SECTION_ORDER = (
+    ("Introduction", "introduction"),
+    ("Related Work", "related_work"),
+    ("Method", "method"),
+    ("Experimental Setup", "experimental_setup"),
+    ("Results", "results"),
+    ("Limitations", "limitations"),
+    ("Conclusion", "conclusion"),
+)
+
+
+@dataclass
+class FigureRef:
+    name: str  # object-store name
+    file: str  # file name next to paper.tex
+    caption: str
+
+
+def table_caption(report: AnalysisReport) -> str:
+    return (
+        "Each idea against the baseline: mean ± standard error over seeds (n seeds per arm); "
+        "improvement signed so that a positive value is better whatever the metric's direction; "
+        "percentile bootstrap confidence interval of the improvement at the level matching α; "
+        f"two-sided Welch p-value; Hedges' g signed like the improvement; α = {fmt(report.alpha)}."
+    )
+
+
+def rows(report: AnalysisReport) -> list[dict[str, str]]:
+    ordered = sorted(report.comparisons, key=lambda c: (c.metric != report.primary_metric, c.metric))
+    return [
+        {
+            "idea": c.idea_id,
+            "metric": c.metric,
+            "direction": f"{c.direction} is better",
+            "base": f"{fmt(c.baseline_mean)} ± {fmt(c.baseline_stderr)} ({fmt(c.n_baseline)})",
+            "arm": f"{fmt(c.idea_mean)} ± {fmt(c.idea_stderr)} ({fmt(c.n_idea)})",
+            "improvement": fmt(c.improvement),
+            "ci": f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]",
+            "p": fmt(c.p_value),
+            "g": fmt(c.effect_size),
+            "verdict": c.verdict,
+        }
+        for c in ordered
+    ]
+
+
+def _env_key(env: JobEnvironment) -> str:
+    return env.model_copy(update={"hostname": ""}).model_dump_json()
+
+
+def environment_lines(runs: list[RunRecord]) -> list[str]:
+    """One line per distinct recorded environment, naming the runs it covers."""
+    groups: dict[str, tuple[JobEnvironment, list[str]]] = {}
+    for r in runs:
+        if r.environment is not None:
+            groups.setdefault(_env_key(r.environment), (r.environment, []))[1].append(r.job_id)
+    lines = []
+    for env, jobs in groups.values():
+        parts = []
+        if env.cpu:
+            parts.append(f"CPU {env.cpu}" + (f" ({fmt(env.cpu_count)} cores)" if env.cpu_count else ""))
+        elif env.cpu_count:
+            parts.append(f"{fmt(env.cpu_count)} CPU cores (model not recorded)")
+        parts.append(f"GPUs {', '.join(env.gpus)}" if env.gpus else "no GPU recorded")
+        parts.append(f"experiment device {env.device}")
+        if env.cuda:
+            parts.append(f"CUDA {env.cuda}")
+        if env.driver:
+            parts.append(f"driver {env.driver}")
+        parts.append(f"Python {env.python}" if env.python else "Python version not recorded")
+        if env.platform:
+            parts.append(f"platform {env.platform}")
+        if env.packages:
+            parts.append("packages " + ", ".join(f"{k} {v}" for k, v in sorted(env.packages.items())))
+        parts.append(f"executor {env.executor}")
+        lines.append(f"Runs {', '.join(jobs)}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def figure_refs(report: AnalysisReport) -> list[FigureRef]:
+    """The analyst's figures first, then any PNG a run uploaded."""
+    out: list[FigureRef] = []
+    for name in report.figures:
+        metric = posixpath.splitext(posixpath.basename(name))[0]
+        out.append(FigureRef(name, "", f"{metric}: mean ± standard error per arm, baseline and ideas, each idea annotated with its Welch p-value."))
+    for run in report.runs:
+        for name in run.artifacts:
+            if name.lower().endswith(".png") and name not in report.figures:
+                out.append(FigureRef(name, "", f"Plot written by run {run.job_id} (idea {run.idea_id}): {posixpath.basename(name)}."))
+    for i, f in enumerate(out):
+        f.file = f"figure-{chr(ord('a') + i % 26)}{'' if i < 26 else i}.png"
+    return out
+
+
+def run_rows(runs: list[RunRecord]) -> list[dict[str, str]]:
+    return [
+        {
+            "job": r.job_id,
+            "idea": r.idea_id,
+            "status": r.status,
+            "seeds": ", ".join(fmt(s) for s in (r.final_info.seeds if r.final_info else r.seeds)) or "none",
+            "wall": fmt(r.wall_s) if r.wall_s else "",
+            "reason": r.reason,
+        }
+        for r in runs
+    ]
+
+
+def usage_rows(request: DraftRequest) -> list[dict[str, str]]:
+    return [
+        {"role": role, "prompt": fmt(u.prompt_tokens), "completion": fmt(u.completion_tokens), "cost": fmt(u.cost_usd)}
+        for role, u in sorted(request.usage.items())
+    ]
+
+
+def revision_rows(request: DraftRequest) -> list[dict[str, str]]:
+    answers = {r.item_id: r for r in request.responses}
+    out = []
+    for item in request.revision_items:
+        a = answers.get(item.id)
+        out.append(
+            {
+                "id": item.id, "kind": item.kind, "target": item.target, "text": item.text,
+                "action": a.action if a else "none", "response": a.text if a else "No response was recorded for this item.",
+            }
+        )
+    return out
+
+
+def reference_line(ref: Reference) -> str:
+    parts = [", ".join(ref.authors) if ref.authors else "Unknown authors", ref.title]
+    if ref.venue:
+        parts.append(ref.venue)
+    if ref.year:
+        parts.append(fmt(ref.year))
+    return ". ".join(p.rstrip(".") for p in parts) + "."
+
+
+def notes(request: DraftRequest) -> list[dict[str, Any]]:
+    return [{"id": n.id, "to": n.to, "text": n.text} for n in request.notes]

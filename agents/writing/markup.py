@@ -1,0 +1,112 @@
+"""The sections' small markup, rendered to LaTeX and to Markdown.
+
+Minds write plain text with: blank lines between paragraphs, ``- `` at the
+start of a line for a bullet, `backticks` for identifiers, and ``[@key]`` or
+``[@a; @b]`` for citations. Everything else is text, escaped for LaTeX here,
+so a mind can never inject LaTeX (or break the build with a stray ``%``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from bus.messages import Reference
+
+CITE = re.compile(r"\[(@[^\]\s;]+(?:\s*;\s*@[^\]\s;]+)*)\]")
+CODE = re.compile(r"`([^`]+)`")
+
+
+class Tex(str):
+    """A string that is already LaTeX; the template does not escape it again."""
+
+
+_TEX_CHARS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    "α": r"\ensuremath{\alpha}", "±": r"\ensuremath{\pm}", "→": r"\ensuremath{\rightarrow}",
+    "≥": r"\ensuremath{\geq}", "≤": r"\ensuremath{\leq}", "×": r"\ensuremath{\times}", "≈": r"\ensuremath{\approx}",
+    "−": "-", "–": "--", "—": "---", "“": "``", "”": "''", "‘": "`", "’": "'", "…": r"\ldots{}",
+}
+
+
+def tex_escape(text: str) -> Tex:
+    out = []
+    for ch in str(text):
+        if ch in _TEX_CHARS:
+            out.append(_TEX_CHARS[ch])
+        elif ord(ch) < 128 or ch.isalpha() and ord(ch) < 0x250:
+            out.append(ch)  # ASCII, and Latin letters utf8 inputenc knows
+        else:
+            out.append("?")
+    return Tex("".join(out))
+
+
+def cited_keys(text: str) -> list[str]:
+    return [k.strip().lstrip("@") for m in CITE.finditer(text) for k in m.group(1).split(";")]
+
+
+def _inline(text: str, known: set[str], cite: Callable[[list[str]], str], code: Callable[[str], str], esc: Callable[[str], str]) -> str:
+    """Escape text between citations and code spans; drop citations of unknown keys."""
+    out, pos = [], 0
+    pattern = re.compile(f"{CITE.pattern}|{CODE.pattern}")
+    for m in pattern.finditer(text):
+        if m.group(1) is not None:
+            out.append(esc(text[pos : m.start()].rstrip()))
+            keys = [k.strip().lstrip("@") for k in m.group(1).split(";")]
+            keys = [k for k in keys if k in known]
+            if keys:
+                out.append(cite(keys))
+        else:
+            out.append(esc(text[pos : m.start()]))
+            out.append(code(m.group(2)))
+        pos = m.end()
+    out.append(esc(text[pos:]))
+    return "".join(out)
+
+
+def _blocks(text: str) -> list[tuple[str, list[str]]]:
+    """Paragraphs and bullet lists, in order."""
+    blocks: list[tuple[str, list[str]]] = []
+    for chunk in re.split(r"\n\s*\n", text.strip()):
+        lines = [ln.strip() for ln in chunk.splitlines() if ln.strip()]
+        if not lines:
+            continue
+        if all(ln.startswith("- ") for ln in lines):
+            blocks.append(("list", [ln[2:] for ln in lines]))
+        else:
+            blocks.append(("para", [" ".join(lines)]))
+    return blocks
+
+
+def to_tex(text: str, known: set[str]) -> Tex:
+    def render(s: str) -> str:
+        return _inline(s, known, lambda ks: r"~\citep{" + ",".join(ks) + "}", lambda c: r"\texttt{" + tex_escape(c) + "}", tex_escape)
+
+    parts = []
+    for kind, items in _blocks(text):
+        if kind == "list":
+            parts.append("\\begin{itemize}\n" + "\n".join(r"\item " + render(i) for i in items) + "\n\\end{itemize}")
+        else:
+            parts.append(render(items[0]))
+    return Tex("\n\n".join(parts))
+
+
+def author_year(ref: Reference) -> str:
+    if not ref.authors:
+        who = ref.title.split(":")[0][:40] or ref.key
+    else:
+        last = ref.authors[0].split(",")[0].split()[-1] if "," not in ref.authors[0] else ref.authors[0].split(",")[0]
+        who = last + (" et al." if len(ref.authors) > 2 else f" and {ref.authors[1].split()[-1]}" if len(ref.authors) == 2 else "")
+    return f"{who}, {ref.year}" if ref.year else who
+
+
+def to_markdown(text: str, refs: dict[str, Reference]) -> str:
+    def render(s: str) -> str:
+        return _inline(s, set(refs), lambda ks: " (" + "; ".join(author_year(refs[k]) for k in ks) + ")", lambda c: f"`{c}`", lambda t: t)
+
+    parts = []
+    for kind, items in _blocks(text):
+        parts.append("\n".join(f"- {render(i)}" for i in items) if kind == "list" else render(items[0]))
+    return "\n\n".join(parts)

@@ -1,0 +1,122 @@
+"""One way to print a number, and a check that every printed number has a source.
+
+Every number in the paper goes through ``fmt``; the writer then parses the
+finished Markdown, and each number token must match a value from the
+evidence (the analysis report, the run records, the spec, the request) as
+printed by ``fmt`` or correctly rounded from it. Identifiers that merely
+contain digits (idea ids, job ids, file names, CPU model names, versions)
+are masked first: they are strings from the evidence, not measurements.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable
+
+# A number token: not preceded by a word character, a dot (versions) or a hyphen
+# (ids like round-1); an optional sign, digits, decimals and exponent. A unit
+# glued after it still counts ("12.5x" is a number).
+NUMBER = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\d|\.\d)")
+
+
+def fmt(x: float | int) -> str:
+    """The paper's only number format: integers as is, otherwise 4 significant digits."""
+    if isinstance(x, bool):
+        raise TypeError("fmt() got a bool; print it as words")
+    if isinstance(x, int):
+        return str(x)
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"fmt() got {x}; non-finite numbers must not reach the paper")
+    if x == 0.0:
+        return "0"
+    a = abs(x)
+    if a < 1e-3:
+        return f"{x:.2e}"
+    if a >= 1e4:
+        return f"{x:.1f}"
+    return f"{x:.4g}"
+
+
+def evidence_values(obj: Any) -> set[float]:
+    """Every number in a (dumped) model, plus the length of every list in it."""
+    out: set[float] = set()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, bool) or o is None:
+            return
+        if isinstance(o, (int, float)):
+            if math.isfinite(o):
+                out.add(float(o))
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            out.add(float(len(o)))
+            for v in o:
+                walk(v)
+
+    walk(obj)
+    return out
+
+
+def evidence_strings(obj: Any) -> list[str]:
+    """Strings in the evidence that contain digits, longest first (what to mask)."""
+    found: set[str] = set()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, str):
+            if any(ch.isdigit() for ch in o) and len(o) >= 2 and not NUMBER.fullmatch(o.strip()):
+                found.add(o)
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(k)
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(obj)
+    return sorted(found, key=lambda s: (-len(s), s))
+
+
+def mask(text: str, strings: Iterable[str]) -> str:
+    """Blank out evidence strings, keeping every position (so tokens can be replaced in place)."""
+    for s in strings:
+        text = text.replace(s, "\x00" * len(s))
+    return text
+
+
+def tokens(text: str, strings: Iterable[str] = ()) -> list[str]:
+    return NUMBER.findall(mask(text, strings))
+
+
+def matches(token: str, value: float) -> bool:
+    """Whether ``token`` prints ``value``: exactly, via ``fmt``, or correctly rounded."""
+    x = float(token)
+    if x == value or token == fmt(value) or (value.is_integer() and token == fmt(int(value))):
+        return True
+    mantissa = token.lower().split("e")[0]
+    if "." not in mantissa:
+        return False  # an integer token must be an integer in the evidence
+    decimals = len(mantissa.split(".")[1])
+    exponent = int(token.lower().split("e")[1]) if "e" in token.lower() else 0
+    half_unit = 0.5 * 10.0 ** (exponent - decimals)
+    return abs(x - value) <= half_unit * (1 + 1e-9)
+
+
+def scrub(text: str, strings: list[str], evidence: set[float], placeholder: str = "[?]") -> tuple[str, list[str]]:
+    """Replace number tokens that no evidence value prints; return the text and what was removed."""
+    out, removed, pos = [], [], 0
+    for m in NUMBER.finditer(mask(text, strings)):
+        if not any(matches(m.group(), v) for v in evidence):
+            out.append(text[pos : m.start()] + placeholder)
+            removed.append(m.group())
+            pos = m.end()
+    out.append(text[pos:])
+    return "".join(out), removed
+
+
+def unverified(found: Iterable[str], evidence: set[float]) -> list[str]:
+    return [t for t in dict.fromkeys(found) if not any(matches(t, v) for v in evidence)]

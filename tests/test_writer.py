@@ -1,0 +1,270 @@
+"""The writer on a constructed project: real numbers, real hardware, real citations, a real PDF."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+
+import pytest
+
+from agents.analyst import build_report
+from agents.base import Context
+from agents.minds.base import PaperSections
+from agents.minds.offline.writer import make
+from agents.writer import ROLE
+from agents.writing import citations, markup, numbers
+from bus.messages import (
+    AnalysisRequest, CoPINote, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, ItemResponse, JobEnvironment,
+    MetricStat, Reference, RevisionItem, RunRecord, Usage,
+)
+
+SPEC = {
+    "name": "toy", "title": "Toy Grokking", "task": "Learn modular addition with a small transformer.",
+    "knobs": {
+        "weight_decay": {"type": "float", "default": 0.1, "min": 0.0, "max": 2.0},
+        "steps": {"type": "int", "default": 800, "min": 100, "max": 5000, "fairness": True},
+    },
+    "metrics": {"val_acc": {"direction": "higher", "primary": True}, "val_loss": {"direction": "lower"}},
+    "baseline": {}, "seeds": 3,
+}
+ENV = JobEnvironment(hostname="node-7", platform="Linux-6.1-x86_64", python="3.11.9", cpu="AMD EPYC 7763 64-Core Processor",
+                     cpu_count=2, device="cpu", packages={"torch": "2.13.0", "numpy": "2.4.6"})
+IDEAS = [
+    Idea(id="wd-1", title="Stronger weight decay", hypothesis="More weight decay speeds up generalization.",
+         falsification="Validation accuracy is not higher than the baseline's.", changes={"weight_decay": 1.0}),
+    Idea(id="wd-0", title="No weight decay", hypothesis="Weight decay is unnecessary.",
+         falsification="Validation loss rises.", changes={"weight_decay": 0.0}),
+]
+REFS = [
+    Reference(key="power2022grokking", title="Grokking: Generalization Beyond Overfitting on Small Algorithmic Datasets",
+              authors=["Alethea Power", "Yuri Burda", "Harri Edwards"], year=2022, venue="arXiv",
+              bibtex="@article{power2022,\n  title={Grokking: Generalization Beyond Overfitting on Small Algorithmic Datasets},\n"
+                     "  author={Power, Alethea and Burda, Yuri and Edwards, Harri},\n  journal={arXiv preprint arXiv:2201.02177},\n  year={2022}\n}"),
+    Reference(key="loshchilov2019adamw", title="Decoupled Weight Decay Regularization", authors=["Ilya Loshchilov", "Frank Hutter"],
+              year=2019, venue="ICLR",
+              bibtex="@inproceedings{loshchilov2019adamw, title={Decoupled Weight Decay Regularization}, "
+                     "author={Loshchilov, Ilya and Hutter, Frank}, booktitle={ICLR}, year={2019}}"),
+]
+
+
+def run(job, idea, acc, loss, overrides=None, env=ENV, seeds=None, artifacts=()):
+    seeds = seeds or list(range(len(acc)))
+    fi = FinalInfo(seeds=seeds, metrics={
+        "val_acc": MetricStat(mean=sum(acc) / len(acc), stderr=0.01, values=acc),
+        "val_loss": MetricStat(mean=sum(loss) / len(loss), stderr=0.01, values=loss)})
+    return RunRecord(job_id=job, experiment_id=f"exp-{job}", idea_id=idea, overrides=overrides or {}, seeds=seeds,
+                     status="succeeded", final_info=fi, environment=env, artifacts=list(artifacts), wall_s=41.27)
+
+
+RUNS = [
+    run("job-b1", "baseline", [0.712, 0.705, 0.731], [1.212, 1.25, 1.19], artifacts=["proj/runs/job-b1/curves.png"]),
+    run("job-w1", "wd-1", [0.934, 0.951, 0.947], [0.412, 0.405, 0.43], overrides={"weight_decay": 1.0}),
+    run("job-w0", "wd-0", [0.70, 0.74, 0.69], [1.3, 1.21, 1.26], overrides={"weight_decay": 0.0}),
+    RunRecord(job_id="job-x9", experiment_id="exp-x9", idea_id="wd-0", overrides={"weight_decay": 0.0}, seeds=[3],
+              status="failed", reason="timeout after 600 s"),
+]
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, name: str, data: bytes) -> str:
+        self.data[name] = data
+        return name
+
+    async def get(self, name: str) -> bytes:
+        return self.data[name]
+
+    async def list(self, prefix: str) -> list[str]:
+        return sorted(n for n in self.data if n.startswith(prefix))
+
+
+def png() -> bytes:
+    from agents.figures import Bar, bar_chart
+    return bar_chart("val_acc", "higher", [Bar("baseline", 0.7, 0.01, 3)])
+
+
+def request(runs=RUNS, refs=REFS, **kw) -> DraftRequest:
+    report, _ = build_report("proj", AnalysisRequest(round=1, spec=SPEC, runs=runs))
+    report.figures = ["proj/figures/round-1/val_acc.png"]
+    return DraftRequest(round=1, spec=SPEC, direction="Does weight decay speed up grokking?", ideas=IDEAS, report=report,
+                        references=refs, notes=[CoPINote(id="n1", text="Keep runs under 10 minutes.")],
+                        usage={"writer": Usage(prompt_tokens=1200, completion_tokens=345, cost_usd=0.0123)}, **kw)
+
+
+async def write(req: DraftRequest, mind=None) -> tuple[DraftReady, MemoryStore]:
+    store = MemoryStore()
+    for name in ["proj/figures/round-1/val_acc.png", "proj/runs/job-b1/curves.png"]:
+        await store.put(name, png())
+    ctx = Context(project="proj", role="writer", state=None, artifacts=store, mind=mind or make(0, {}))
+    await ROLE().handle(Envelope(project="proj", sender="pi", recipient="writer", body=req), ctx)
+    (body, to), = ctx.outputs
+    assert to == "pi" and isinstance(body, DraftReady)
+    return body, store
+
+
+# An independent reading of the paper: digits inside words, ids and versions are not numbers; 12.5x is.
+TOKEN = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\d|\.\d)")
+
+
+def evidence(req: DraftRequest) -> tuple[list[float], list[str]]:
+    nums, strs = [], []
+
+    def walk(o):
+        if isinstance(o, bool) or o is None:
+            return
+        if isinstance(o, (int, float)):
+            nums.append(float(o))
+        elif isinstance(o, str):
+            if re.search(r"\d", o):
+                strs.append(o)
+        elif isinstance(o, dict):
+            [walk(k) or walk(v) for k, v in o.items()]
+        elif isinstance(o, list):
+            nums.append(float(len(o)))
+            [walk(v) for v in o]
+
+    walk(req.model_dump(mode="json"))
+    return nums, sorted(set(strs), key=len, reverse=True)
+
+
+def printed_as(token: str, v: float) -> bool:
+    x = float(token)
+    mant = token.lower().split("e")[0]
+    if "." not in mant:
+        return x == v
+    places = len(mant.split(".")[1]) - (int(token.lower().split("e")[1]) if "e" in token.lower() else 0)
+    return abs(x - v) <= 0.5 * 10 ** -places + 1e-12
+
+
+@pytest.fixture(scope="module")
+def drafted():
+    import asyncio
+    req = request()
+    out, store = asyncio.run(write(req))
+    return req, out, store
+
+
+def test_every_number_comes_from_the_evidence(drafted):
+    req, out, store = drafted
+    md = store.data[out.markdown].decode()
+    nums, strs = evidence(req)
+    masked = md
+    for s in strs:
+        masked = masked.replace(s, " ")
+    found = TOKEN.findall(masked)
+    assert len(found) > 40  # the paper really prints its results
+    for tok in found:
+        assert float(tok) in out.numbers, f"{tok} printed but not in DraftReady.numbers"
+        assert any(printed_as(tok, v) for v in nums), f"{tok} has no source in the report, runs or request"
+    # the headline numbers are there, formatted once
+    c = next(c for c in req.report.comparisons if c.idea_id == "wd-1" and c.metric == "val_acc")
+    assert numbers.fmt(c.idea_mean) in md and numbers.fmt(c.p_value) in md and numbers.fmt(c.effect_size) in md
+
+
+def test_lower_is_better_wording_and_honest_headline(drafted):
+    req, out, store = drafted
+    md = store.data[out.markdown].decode()
+    loss = next(c for c in req.report.comparisons if c.idea_id == "wd-1" and c.metric == "val_loss")
+    assert f"`wd-1` lowered val_loss from {numbers.fmt(loss.baseline_mean)} to {numbers.fmt(loss.idea_mean)} (lower is better" in md
+    assert loss.verdict == "better" and md.splitlines()[0] == "# Stronger weight decay: a significant gain in val_acc on Toy Grokking"
+    assert "timeout after 600 s" in md  # the failed run and its reason
+
+
+def test_hardware_only_from_recorded_environments(drafted):
+    req, out, store = drafted
+    md = store.data[out.markdown].decode()
+    assert "AMD EPYC 7763 64-Core Processor" in md and "torch 2.13.0" in md and "Python 3.11.9" in md
+    for word in ["NVIDIA", "A100", "H100", "Intel", "CUDA", "GPUs "]:
+        assert word not in md, word
+    tex = store.data[out.tex].decode()
+    assert "AMD EPYC 7763 64-Core Processor" in tex
+
+
+async def test_no_environment_says_not_recorded():
+    runs = [r.model_copy(update={"environment": None}) for r in RUNS]
+    out, store = await write(request(runs=runs))
+    md = store.data[out.markdown].decode()
+    assert "Hardware and software versions: not recorded." in md
+    assert "EPYC" not in md and "torch" not in md
+
+
+def test_citations_resolve_and_bib_uses_the_request_keys(drafted):
+    req, out, store = drafted
+    tex, bib = store.data[out.tex].decode(), store.data[out.bib].decode()
+    assert citations.bib_keys(bib) == {"power2022grokking", "loshchilov2019adamw"}  # the entry key is rewritten
+    assert citations.tex_cite_keys(tex) == {"power2022grokking", "loshchilov2019adamw"}
+    assert citations.unresolved(tex, bib) == []
+    assert "\\section{Related Work}" in tex and "\\bibliography{references}" in tex
+
+
+def test_pdf_is_built_with_figures():
+    assert shutil.which("pdflatex"), "pdflatex is missing: install texlive (texlive-latex-recommended, texlive-latex-extra)"
+
+
+def test_pdf_contents(drafted):
+    req, out, store = drafted
+    assert out.pdf_error == ""
+    assert out.pdf == "proj/paper/round-1/paper.pdf" and store.data[out.pdf].startswith(b"%PDF")
+    assert out.figures == ["proj/figures/round-1/val_acc.png", "proj/runs/job-b1/curves.png"]
+    tex = store.data[out.tex].decode()
+    assert tex.count("\\includegraphics") == 2
+    assert {out.tex, out.markdown, out.bib} == {f"proj/paper/round-1/paper.{x}" for x in ("tex", "md")} | {"proj/paper/round-1/references.bib"}
+
+
+def test_appendix_has_usage_and_notes(drafted):
+    req, out, store = drafted
+    md = store.data[out.markdown].decode()
+    assert "| writer | 1200 | 345 | 0.0123 |" in md
+    assert "Keep runs under 10 minutes." in md
+
+
+async def test_revisions_answer_each_item():
+    items = [RevisionItem(id="r1-1", kind="more_seeds", text="Run wd-0 with 5 seeds.", target="wd-0"),
+             RevisionItem(id="r1-2", kind="add_limitation", text="Discuss the single task.")]
+    responses = [ItemResponse(item_id="r1-1", action="act", text="Two more seeds ran and were pooled.")]
+    out, store = await write(request(revision_items=items, responses=responses))
+    md = store.data[out.markdown].decode()
+    assert "## Revisions" in md
+    assert "`r1-1` (more_seeds, `wd-0`): Run wd-0 with 5 seeds. **Response (act):** Two more seeds ran and were pooled." in md
+    assert "`r1-2` (add_limitation): Discuss the single task. **Response (none):** No response was recorded" in md
+    assert out.pdf_error == ""
+
+
+class LyingMind:
+    """A mind that invents a number, cites a paper nobody found and writes LaTeX-hostile text."""
+
+    usage = Usage()
+
+    async def write(self, request):
+        text = "We reached 99.7 percent accuracy on 100% of inputs & beat [@ghost2020] and [@power2022grokking] with $x_1^2$ # {}."
+        return PaperSections(title="A 12.5x speedup", abstract=text, introduction=text, related_work=text, method=text,
+                             experimental_setup=text, results=text, limitations=text, conclusion=text)
+
+
+async def test_invented_numbers_and_unknown_citations_are_removed():
+    out, store = await write(request(), mind=LyingMind())
+    md, tex = store.data[out.markdown].decode(), store.data[out.tex].decode()
+    assert "99.7" not in md and "12.5" not in md and "[?]" in md
+    assert "ghost2020" not in tex and "power2022grokking" in tex
+    assert out.pdf_error == "" and store.data[out.pdf].startswith(b"%PDF")
+
+
+async def test_latex_failure_is_one_line_not_a_crash(monkeypatch):
+    from agents.writing import pdf
+    with pytest.raises(pdf.PdfError, match=r"^! Undefined control sequence"):
+        await pdf.compile_pdf("\\documentclass{article}\\begin{document}\\nosuchmacro\\end{document}", "", {})
+
+
+def test_markup_escapes_and_cites():
+    tex = markup.to_tex("50% of a_b & $c [@k1; @nope]\n\n- one\n- `x_y`", {"k1"})
+    assert "50\\% of a\\_b \\& \\$c~\\citep{k1}" in tex
+    assert "\\begin{itemize}" in tex and "\\texttt{x\\_y}" in tex and "nope" not in tex
+
+
+def test_fmt_is_the_one_format():
+    assert [numbers.fmt(x) for x in (3, 0.5, 0.123456, -0.0004567, 12345.678, 0.0)] == ["3", "0.5", "0.1235", "-4.57e-04", "12345.7", "0"]
+    with pytest.raises(ValueError):
+        numbers.fmt(math.nan)
