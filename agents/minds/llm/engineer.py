@@ -38,6 +38,9 @@ class LLMEngineerMind(LLMMind):
                 raise InvalidAnswer(f"overrides: {e}") from None
             if not answer.overrides and not answer.edits:
                 raise InvalidAnswer("the plan changes nothing: give knob overrides or edits")
+            missing = sorted(set(idea.changes) - set(as_dict(answer.overrides)))
+            if missing and not answer.edits:
+                raise InvalidAnswer(f"the idea changes {missing} but the overrides leave them out: that would rerun the baseline")
             try:
                 apply_edits(files, edits_of(answer), editable)
             except EditError as e:
