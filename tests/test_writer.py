@@ -265,6 +265,7 @@ def test_markup_escapes_and_cites():
 
 
 def test_fmt_is_the_one_format():
-    assert [numbers.fmt(x) for x in (3, 0.5, 0.123456, -0.0004567, 12345.678, 0.0)] == ["3", "0.5", "0.1235", "-4.57e-04", "12345.7", "0"]
+    xs = (3, 0.5, 0.123456, -0.0004567, 12345.678, 0.0, 16.0002, 2.0, 0.99996, 1234.56)
+    assert [numbers.fmt(x) for x in xs] == ["3", "0.5", "0.1235", "-4.57e-04", "12345.7", "0", "16.0", "2", "1.0", "1234.6"]
     with pytest.raises(ValueError):
         numbers.fmt(math.nan)

@@ -21,7 +21,7 @@ NUMBER = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\d|\.\d)")
 
 
 def fmt(x: float | int) -> str:
-    """The paper's only number format: integers as is, otherwise 4 significant digits."""
+    """The paper's only number format: whole numbers as integers, others with 4 significant digits."""
     if isinstance(x, bool):
         raise TypeError("fmt() got a bool; print it as words")
     if isinstance(x, int):
@@ -29,14 +29,16 @@ def fmt(x: float | int) -> str:
     x = float(x)
     if not math.isfinite(x):
         raise ValueError(f"fmt() got {x}; non-finite numbers must not reach the paper")
-    if x == 0.0:
-        return "0"
+    if x.is_integer():
+        return str(int(x))
     a = abs(x)
     if a < 1e-3:
         return f"{x:.2e}"
-    if a >= 1e4:
-        return f"{x:.1f}"
-    return f"{x:.4g}"
+    # Four significant digits, but never shown as an integer: 16.0002 prints as
+    # "16.0", so a reader (and the check) can tell a measurement from a count.
+    decimals = max(1, 3 - math.floor(math.log10(a)))
+    text = f"{x:.{decimals}f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def evidence_values(obj: Any) -> set[float]:
