@@ -88,7 +88,9 @@ class PI(Role):
     # ------------------------------------------------------------ ideas and novelty
 
     async def _new_wave(self, ctx: Context, st: ProjectState) -> bool:
-        left = st.budget.max_ideas - len(st.ideas)
+        # Ideas found not novel do not use up the idea budget, but proposals are capped all the same.
+        counted = sum(1 for s in st.ideas.values() if s.status != "not_novel")
+        left = min(st.budget.max_ideas - counted, 3 * st.budget.max_ideas - len(st.ideas))
         if left <= 0 or self._out_of_time(ctx, st):
             return False
         st.wave += 1

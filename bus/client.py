@@ -70,6 +70,7 @@ class Bus:
                 allow_reconnect=reconnect,
                 max_reconnect_attempts=-1 if reconnect else 0,
                 reconnect_time_wait=0.5,
+                drain_timeout=5,
                 error_cb=on_error,
             )
         except Exception as e:  # nats-py raises several unrelated types here

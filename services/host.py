@@ -35,6 +35,7 @@ from bus.store import Artifacts, KVCache, StateStore
 from services.logging import setup_logging
 
 OUTBOX_KEEP = 16
+FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
 log = structlog.get_logger()
 
 
@@ -197,6 +198,10 @@ class AgentHost:
         outbox = dict(list(outbox.items())[-OUTBOX_KEEP:])
         new_doc = {"state": ctx.state.model_dump(mode="json") if ctx.state is not None else None, "outbox": outbox}
         await self.states.write(key, new_doc, revision)
+        if FAULT_DELAY_AFTER_STORE:
+            # Fault injection for chaos tests: widen the window between storing and publishing.
+            bound.warning("fault injection: pausing after storing state", seconds=FAULT_DELAY_AFTER_STORE)
+            await asyncio.sleep(FAULT_DELAY_AFTER_STORE)
         return outputs
 
     async def _reject(self, msg: Any, reason: str) -> None:

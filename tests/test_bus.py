@@ -1,0 +1,199 @@
+"""The bus against a real nats-server: round trips, dead letters, permissions, de-duplication."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from bus import subjects
+from bus.client import MAX_ENVELOPE_BYTES, Bus
+from bus.consumer import messages, pull
+from bus.errors import InvalidToken, MessageTooLarge, StateConflict
+from bus.messages import (
+    KINDS,
+    AnalysisReport,
+    Budget,
+    CoPINote,
+    CoPINoteMsg,
+    Comparison,
+    DraftReady,
+    Envelope,
+    FinalInfo,
+    Idea,
+    MetaReview,
+    MetricStat,
+    Review,
+    ReviewScores,
+    RevisionItem,
+    RunRecord,
+    decode,
+)
+from bus.store import Artifacts, StateStore
+from tests.conftest import config_for
+
+pytestmark = pytest.mark.integration
+
+IDEA = Idea(id="wd-0p1", title="t", hypothesis="h", falsification="f", changes={"weight_decay": 0.1})
+FI = FinalInfo(metrics={"val_acc": MetricStat(mean=0.9, stderr=0.01, values=[0.89, 0.9, 0.91])}, seeds=[0, 1, 2])
+RUN = RunRecord(job_id="j1", experiment_id="x01-baseline", idea_id="baseline", overrides={}, seeds=[0, 1, 2], status="succeeded", final_info=FI)
+COMP = Comparison(
+    idea_id="wd-0p1", metric="val_acc", direction="higher", baseline_mean=0.9, baseline_stderr=0.01, idea_mean=0.95,
+    idea_stderr=0.01, n_baseline=3, n_idea=3, diff=0.05, improvement=0.05, ci_low=0.01, ci_high=0.09, p_value=0.02,
+    effect_size=1.5, better=True, verdict="better",
+)
+REPORT = AnalysisReport(project="p1", primary_metric="val_acc", comparisons=[COMP], runs=[RUN])
+DRAFT = DraftReady(round=0, tex="p1/paper.tex", markdown="p1/paper.md", bib="p1/references.bib")
+SCORES = ReviewScores(originality=2, quality=3, clarity=3, significance=2, soundness=3, presentation=3, contribution=2, overall=6, confidence=3)
+REVIEW = Review(reviewer="r0", summary="s", strengths=["a"], weaknesses=["b"], questions=[], limitations="l", ethics="none", scores=SCORES, decision="accept")
+ITEM = RevisionItem(id="r0-1", kind="more_seeds", text="more seeds", target="wd-0p1")
+
+
+def example_bodies() -> list[dict]:
+    """One valid body of every kind."""
+    return [
+        {"type": "start_project", "template": "grokking", "template_object": "p1/template.tar.gz", "spec": {}, "budget": Budget().model_dump()},
+        {"type": "copi_note", "note": CoPINote(id="n1", text="only vary weight decay").model_dump()},
+        {"type": "note_ack", "note_id": "n1", "understood": "ok"},
+        {"type": "novelty_check", "idea": IDEA.model_dump(), "template": "grokking"},
+        {"type": "novelty_verdict", "idea_id": "wd-0p1", "novel": True, "justification": "none found"},
+        {"type": "experiment_request", "experiment_id": "x01", "seeds": [0, 1, 2], "template": "grokking", "template_object": "o", "spec": {}},
+        {"type": "experiment_planned", "experiment_id": "x01", "idea_id": "baseline", "overrides": {}, "job_ids": ["j1"]},
+        {"type": "experiment_result", "experiment_id": "x01", "idea_id": "baseline", "runs": [RUN.model_dump()]},
+        {"type": "job_status", "job_id": "j1", "experiment_id": "x01", "state": "running"},
+        {"type": "analysis_request", "round": 0, "spec": {}, "runs": [RUN.model_dump()]},
+        {"type": "analysis_done", "report": REPORT.model_dump()},
+        {"type": "draft_request", "round": 0, "spec": {}, "direction": "", "ideas": [IDEA.model_dump()], "report": REPORT.model_dump(), "references": []},
+        {"type": "draft_ready", **DRAFT.model_dump()},
+        {"type": "review_request", "round": 0, "draft": DRAFT.model_dump(), "report": REPORT.model_dump(), "references": []},
+        {"type": "review_done", "round": 0, "reviews": [REVIEW.model_dump()], "meta": MetaReview(summary="m", overall=6, decision="revise", revision_items=[ITEM]).model_dump()},
+        {"type": "rebuttal", "round": 0, "responses": [{"item_id": "r0-1", "action": "act", "text": "running"}]},
+        {"type": "decision", "accepted": True, "reason": "good", "rounds": 1},
+        {"type": "step_failed", "step": "experiment", "reason": "boom"},
+        {"type": "usage_report", "usage": {"prompt_tokens": 1, "completion_tokens": 2, "cost_usd": 0.1}},
+    ]
+
+
+def test_every_kind_has_an_example():
+    assert sorted(b["type"] for b in example_bodies()) == sorted(KINDS)
+
+
+def test_subject_tokens_are_validated():
+    assert subjects.convo("p-1", "pi", "all") == "lab.convo.p-1.pi.all"
+    for bad in ("a.b", "*", ">", "a b", "", "x\ty"):
+        with pytest.raises(InvalidToken):
+            subjects.convo(bad, "pi", "all")
+
+
+async def test_every_kind_round_trips(admin_bus, nats_server):
+    """Each kind, published by the right role, arrives intact at its recipient's consumer."""
+    sent = []
+    for i, body in enumerate(example_bodies()):
+        env = Envelope.model_validate({"project": "p1", "sender": "copi", "recipient": "analyst", "body": body, "id": f"m{i:02d}"})
+        await admin_bus.publish(env)
+        sent.append(env)
+    reader = await Bus.connect(config_for(nats_server, "analyst"))
+    sub = await pull(reader, subjects.CONVO_STREAM, "role-analyst", subjects.convo_for("analyst"))
+    got = []
+    stop = asyncio.Event()
+    async for msg in messages(sub, stop, wait=0.5):
+        got.append(decode(msg.data))
+        await msg.ack()
+        if len(got) == len(sent):
+            stop.set()
+    await reader.close()
+    assert [g.model_dump() for g in got] == [s.model_dump() for s in sent]
+
+
+async def test_duplicate_ids_are_dropped(admin_bus):
+    env = Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n", text="x")))
+    for _ in range(3):
+        await admin_bus.publish(env)
+    info = await admin_bus.js.stream_info(subjects.CONVO_STREAM)
+    assert info.state.messages == 1
+
+
+async def test_oversized_envelope_is_refused_on_send(admin_bus):
+    env = Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n", text="x" * (MAX_ENVELOPE_BYTES + 10))))
+    with pytest.raises(MessageTooLarge):
+        await admin_bus.publish(env)
+
+
+async def test_a_role_cannot_publish_as_another(admin_bus, nats_server):
+    pi = await Bus.connect(config_for(nats_server, "pi"))
+    env = Envelope(project="p1", sender="engineer", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n", text="spoof")))
+    with pytest.raises(Exception):
+        await asyncio.wait_for(pi.publish(env), 3)
+    await asyncio.sleep(0.2)
+    assert any("permissions violation" in e.lower() for e in pi.errors)
+    # Speaking as itself works.
+    ok = Envelope(project="p1", sender="pi", recipient="engineer", body=CoPINoteMsg(note=CoPINote(id="n", text="fine")))
+    await pi.publish(ok)
+    await pi.close()
+    info = await admin_bus.js.stream_info(subjects.CONVO_STREAM)
+    assert info.state.messages == 1
+
+
+async def test_state_compare_and_set(admin_bus):
+    states = await StateStore.open(admin_bus)
+    rev = await states.write("pi.p1", {"stage": "ideas"}, 0)
+    rev2 = await states.write("pi.p1", {"stage": "experiments"}, rev)
+    with pytest.raises(StateConflict):
+        await states.write("pi.p1", {"stage": "lost update"}, rev)
+    doc, now = await states.read("pi.p1")
+    assert doc == {"stage": "experiments"} and now == rev2
+
+
+async def test_artifacts_round_trip(admin_bus):
+    art = await Artifacts.open(admin_bus)
+    data = bytes(range(256)) * 1000
+    await art.put("p1/runs/j1/final_info.json", data)
+    assert await art.get("p1/runs/j1/final_info.json") == data
+    assert await art.list("p1/runs/") == ["p1/runs/j1/final_info.json"]
+
+
+async def _dlq_records(bus: Bus, n: int) -> list[dict]:
+    sub = await bus.js.pull_subscribe("lab.dlq.>", stream=subjects.DLQ_STREAM)
+    out = []
+    for _ in range(20):
+        try:
+            for m in await sub.fetch(n - len(out), timeout=1):
+                out.append(json.loads(m.data))
+                await m.ack()
+        except Exception:
+            pass
+        if len(out) >= n:
+            break
+    return out
+
+
+async def test_bad_messages_go_to_the_dead_letter_subject(admin_bus, nats_server, tmp_path):
+    """Malformed JSON, an unknown kind, a spoofed sender and an oversized message each end in lab.dlq.pi with a reason."""
+    from services.host import AgentHost
+
+    host = AgentHost("pi", config_for(nats_server, "pi"), home=tmp_path)
+    nc = admin_bus.nc
+    js = admin_bus.js
+    good_note = Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n", text="x")))
+    spoof = good_note.model_copy(update={"sender": "engineer", "id": "spoof"})
+    await js.publish("lab.convo.p1.copi.pi", b"{not json")
+    await js.publish("lab.convo.p1.copi.pi", json.dumps({**json.loads(good_note.model_dump_json()), "id": "u1", "body": {"type": "make_coffee"}}).encode())
+    await js.publish("lab.convo.p1.copi.pi", spoof.model_dump_json().encode())
+    await js.publish("lab.convo.p1.copi.pi", b" " * (MAX_ENVELOPE_BYTES + 100))
+    runner = asyncio.create_task(host.run())
+    records = await _dlq_records(admin_bus, 4)
+    host.stop.set()
+    await runner
+    reasons = [r["reason"] for r in records]
+    assert len(records) == 4, reasons
+    assert "invalid message" in reasons[0]
+    assert "make_coffee" in reasons[1] or "does not match" in reasons[1] or "tag" in reasons[1]
+    assert "came on lab.convo.p1.copi.pi" in reasons[2]
+    assert "exceeds the limit" in reasons[3]
+    assert base64.b64decode(records[0]["data_b64"]) == b"{not json"
+    assert all(r["role"] == "pi" and r["subject"] == "lab.convo.p1.copi.pi" for r in records)
+    # Nothing is lost from the conversation: the stream still holds all four.
+    assert (await js.stream_info(subjects.CONVO_STREAM)).state.messages == 4
+    del nc
