@@ -15,6 +15,7 @@ from typing import Any
 
 from agents.base import Context, Role, on
 from agents.minds.base import IdeaContext, ReviewContext
+from agents.minds.llm.errors import MindFailed
 from agents.pi_state import ExperimentState, IdeaState, ProjectState
 from bus.messages import (
     AnalysisDone,
@@ -39,6 +40,8 @@ from bus.messages import (
 )
 
 IDEAS_PER_WAVE = 2
+# A mind that cannot answer (an LLM out of retries) fails a step, not the PI.
+MIND_FAILURES: tuple[type[Exception], ...] = (MindFailed,)
 BASELINE = "baseline"
 
 
@@ -95,18 +98,11 @@ class PI(Role):
             return False
         st.wave += 1
         outcomes = {i: s.status for i, s in st.ideas.items()}
-        ideas = await ctx.mind.propose_ideas(
-            IdeaContext(
-                spec=st.spec,
-                direction=st.direction,
-                notes=st.notes,
-                constraints=st.constraints,
-                previous=[s.idea for s in st.ideas.values()],
-                outcomes=outcomes,
-                n=min(IDEAS_PER_WAVE, left),
-                seed=st.seed + st.wave,
-            )
-        )
+        try:
+            ideas = await self._propose(ctx, st, outcomes, left)
+        except MIND_FAILURES as e:
+            ctx.log.error("no ideas: the mind failed", reason=str(e))
+            return False
         ideas = [i for i in ideas if i.id not in st.ideas and i.id != BASELINE][:left]
         for idea in ideas:
             st.ideas[idea.id] = IdeaState(idea=idea, wave=st.wave)
@@ -122,6 +118,20 @@ class PI(Role):
             )
         ctx.log.info("ideas proposed", wave=st.wave, ideas=[i.id for i in ideas])
         return bool(ideas)
+
+    async def _propose(self, ctx: Context, st: ProjectState, outcomes: dict[str, str], left: int) -> list[Idea]:
+        return await ctx.mind.propose_ideas(
+            IdeaContext(
+                spec=st.spec,
+                direction=st.direction,
+                notes=st.notes,
+                constraints=st.constraints,
+                previous=[s.idea for s in st.ideas.values()],
+                outcomes=outcomes,
+                n=min(IDEAS_PER_WAVE, left),
+                seed=st.seed + st.wave,
+            )
+        )
 
     @on(NoveltyVerdict)
     async def verdict(self, body: NoveltyVerdict, env: Any, ctx: Context) -> None:
@@ -202,7 +212,7 @@ class PI(Role):
             if exp.status == "requested":
                 exp.status, exp.reason = "failed", body.reason
                 self._idea_failed(st, exp.idea_id, body.reason)
-        elif body.step == "novelty" and body.ref in st.ideas and st.ideas[body.ref].status == "checking":
+        elif body.step in ("novelty", "novelty_check") and body.ref in st.ideas and st.ideas[body.ref].status == "checking":
             st.ideas[body.ref].status, st.ideas[body.ref].reason = "skipped", f"novelty check failed: {body.reason}"
         elif body.step in ("analysis", "draft", "review"):
             await self._finish(ctx, st, accepted=False, reason=f"{body.step} failed: {body.reason}", failed=True)
@@ -286,14 +296,18 @@ class PI(Role):
             why = "revision rounds spent" if st.round >= st.budget.max_revision_rounds else "wall time spent"
             await self._finish(ctx, st, accepted=False, reason=f"not accepted: {why} with {len(meta.revision_items)} items open")
             return
-        responses = await ctx.mind.answer_review(
-            ReviewContext(
-                items=meta.revision_items,
-                report=st.report,  # type: ignore[arg-type]
-                runs_left=st.budget.max_runs - st.runs_used,
-                rounds_left=st.budget.max_revision_rounds - st.round,
+        try:
+            responses = await ctx.mind.answer_review(
+                ReviewContext(
+                    items=meta.revision_items,
+                    report=st.report,  # type: ignore[arg-type]
+                    runs_left=st.budget.max_runs - st.runs_used,
+                    rounds_left=st.budget.max_revision_rounds - st.round,
+                )
             )
-        )
+        except MIND_FAILURES as e:
+            await self._finish(ctx, st, accepted=False, reason=f"could not answer the review: {e}", failed=True)
+            return
         st.revision_items, st.responses = meta.revision_items, responses
         st.round += 1
         ctx.send(Rebuttal(round=st.round - 1, responses=responses), "reviewer")

@@ -30,10 +30,18 @@ from bus import subjects
 from bus.client import AGENTS_BUCKET, MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import MAX_DELIVER, keep_alive, messages, pull
 from bus.errors import StateConflict
-from bus.messages import Envelope, Usage, UsageReport, decode
+from agents.minds.llm.errors import MindFailed
+from bus.messages import Envelope, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
 from services.logging import setup_logging
 
+_STEP_OF: dict[str, tuple[str, Any]] = {
+    "experiment_request": ("experiment", lambda b: b.experiment_id),
+    "novelty_check": ("novelty", lambda b: b.idea.id),
+    "analysis_request": ("analysis", lambda b: f"round-{b.round}"),
+    "draft_request": ("draft", lambda b: f"round-{b.round}"),
+    "review_request": ("review", lambda b: f"round-{b.round}"),
+}
 OUTBOX_KEEP = 16
 FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
 log = structlog.get_logger()
@@ -188,7 +196,13 @@ class AgentHost:
             cache=self.cache,
             services={"lab_home": self.home, "executor": self.executor, "job_spec": self._job_spec},
         )
-        await self.role.handle(env, ctx)
+        try:
+            await self.role.handle(env, ctx)
+        except MindFailed as e:
+            # The mind ran out of retries: this step fails, the PI decides what follows.
+            step, ref = _STEP_OF.get(env.kind, (env.kind, lambda b: ""))
+            ctx.outputs = [(StepFailed(step=step, reason=e.reason, ref=ref(env.body)), "pi")]
+            bound.error("step failed", step=step, reason=e.reason)
         outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
         usage = getattr(self.mind, "usage", None)
         if usage is not None and usage != self._usage_seen and self.role_name != "pi":
