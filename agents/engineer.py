@@ -16,7 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from agents.base import Context, Role, on
-from agents.templates import TemplateError, parse_spec
+from agents.codeedit import EDITABLE, EditError, apply_edits
+from agents.minds.base import CodeEdit
+from agents.templates import TemplateError, bundle_files, parse_spec, replace_files
 from bus.messages import (
     CoPINoteMsg,
     Decision,
@@ -30,6 +32,8 @@ from bus.messages import (
 )
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# A code edit that crashes or hangs goes back to the mind with the error, this many times in all.
+MAX_ATTEMPTS = 3
 
 
 class JobRecord(BaseModel):
@@ -46,6 +50,8 @@ class JobRecord(BaseModel):
     cpu: float
     gpu: int
     network: bool
+    attempt: int = 1
+    edits: list[CodeEdit] = []  # code edits this attempt made to the template
     state: Literal["queued", "dispatched", "pending", "running", "succeeded", "failed", "cancelled"] = "queued"
     reason: str = ""
     status: JobStatus | None = None
@@ -53,6 +59,7 @@ class JobRecord(BaseModel):
 
 class EngineerState(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    requests: dict[str, ExperimentRequest] = {}
     jobs: dict[str, JobRecord] = {}
     experiments: dict[str, list[str]] = {}
     reported: list[str] = []
@@ -73,38 +80,65 @@ class Engineer(Role):
         st: EngineerState = ctx.state
         if body.experiment_id in st.experiments:
             return
+        st.requests[body.experiment_id] = body
+        st.experiments[body.experiment_id] = []
         idea_id = body.idea.id if body.idea else "baseline"
+        job = await self._plan(ctx, body, attempt=1, error="")
+        if isinstance(job, str):
+            ctx.send(ExperimentPlanned(experiment_id=body.experiment_id, idea_id=idea_id, overrides={}, job_ids=[], rejected=job), "pi")
+            ctx.log.warning("plan rejected", experiment=body.experiment_id, reason=job)
+            return
+        self._queue(ctx, st, job)
+        await self._dispatch(ctx, st)
+
+    async def _plan(self, ctx: Context, body: ExperimentRequest, attempt: int, error: str) -> JobRecord | str:
+        """A job for the request, or the reason it cannot run. Code edits are checked here, before dispatch."""
+        idea_id = body.idea.id if body.idea else "baseline"
+        bundle_object = body.template_object
+        edits: list[CodeEdit] = []
         try:
             spec = parse_spec(body.spec)
             base = {**(spec.fast if body.fast else {}), **spec.baseline}
             plan_overrides: dict[str, Any] = {}
             if body.idea is not None:
-                plan = await ctx.mind.plan(body.idea, body.spec, {}, "")
-                plan_overrides = plan.overrides
+                bundle = await ctx.artifacts.get(body.template_object)
+                files = bundle_files(bundle)
+                plan = await ctx.mind.plan(body.idea, body.spec, files, error)
+                plan_overrides, edits = plan.overrides, plan.edits
+                if edits:
+                    patched = apply_edits(files, edits, EDITABLE)
+                    bundle_object = await ctx.artifacts.put(
+                        f"{ctx.project}/bundles/{body.experiment_id}-a{attempt}.tar.gz", replace_files(bundle, patched)
+                    )
             overrides = spec.check_overrides({**base, **plan_overrides})
-        except TemplateError as e:
-            st.experiments[body.experiment_id] = []
-            ctx.send(ExperimentPlanned(experiment_id=body.experiment_id, idea_id=idea_id, overrides={}, job_ids=[], rejected=str(e)), "pi")
-            ctx.log.warning("plan rejected", experiment=body.experiment_id, reason=str(e))
-            return
-        job = JobRecord(
-            job_id=job_id_for(body.experiment_id),
+        except (TemplateError, EditError) as e:
+            return str(e)
+        return JobRecord(
+            job_id=job_id_for(body.experiment_id, attempt),
             experiment_id=body.experiment_id,
             idea_id=idea_id,
             overrides=overrides,
             seeds=body.seeds,
-            bundle_object=body.template_object,
+            bundle_object=bundle_object,
             template=body.template,
             wall_time_s=spec.time_budget_s,
             memory_mb=spec.resources.memory_mb,
             cpu=spec.resources.cpu,
             gpu=spec.resources.gpu,
             network=spec.network,
+            attempt=attempt,
+            edits=edits,
         )
+
+    def _queue(self, ctx: Context, st: EngineerState, job: JobRecord) -> None:
         st.jobs[job.job_id] = job
-        st.experiments[body.experiment_id] = [job.job_id]
-        ctx.send(ExperimentPlanned(experiment_id=body.experiment_id, idea_id=idea_id, overrides=overrides, job_ids=[job.job_id]), "pi")
-        await self._dispatch(ctx, st)
+        st.experiments[job.experiment_id].append(job.job_id)
+        note = f" (attempt {job.attempt}, {len(job.edits)} code edits)" if job.edits or job.attempt > 1 else ""
+        ctx.send(
+            ExperimentPlanned(experiment_id=job.experiment_id, idea_id=job.idea_id, overrides=job.overrides, job_ids=[job.job_id]),
+            "pi",
+        )
+        ctx.log.info("job planned" + note, job=job.job_id, experiment=job.experiment_id)
 
     async def _dispatch(self, ctx: Context, st: EngineerState) -> None:
         executor = ctx.services["executor"]
@@ -139,12 +173,29 @@ class Engineer(Role):
             return
         job.state, job.reason, job.status = body.state, body.reason, body
         ctx.log.info("job finished", job=job.job_id, state=body.state, reason=body.reason, wall_s=round(body.wall_s, 1))
+        if body.state == "failed" and job.edits and job.attempt < MAX_ATTEMPTS and not st.closed:
+            # The edited code crashed or hung: show the mind the error and let it fix its edit.
+            retry = await self._plan(ctx, st.requests[job.experiment_id], job.attempt + 1, await self._error_of(ctx, job))
+            if isinstance(retry, JobRecord):
+                self._queue(ctx, st, retry)
         self._maybe_report(ctx, st, job.experiment_id)
         if not st.closed:
             await self._dispatch(ctx, st)
 
+    async def _error_of(self, ctx: Context, job: JobRecord) -> str:
+        log_name = next((a for a in (job.status.artifacts if job.status else []) if a.endswith("/log.txt")), None)
+        tail = ""
+        if log_name:
+            try:
+                tail = "\n".join((await ctx.artifacts.get(log_name)).decode(errors="replace").splitlines()[-30:])
+            except Exception:
+                tail = ""
+        return f"{job.reason}\n{tail}".strip()
+
     def _maybe_report(self, ctx: Context, st: EngineerState, experiment_id: str) -> None:
-        jobs = [st.jobs[j] for j in st.experiments.get(experiment_id, [])]
+        # Only the last attempt of an experiment counts; earlier failed attempts were fixed by a retry.
+        ids = st.experiments.get(experiment_id, [])
+        jobs = [st.jobs[ids[-1]]] if ids else []
         if experiment_id in st.reported or not jobs or any(j.state not in TERMINAL for j in jobs):
             return
         st.reported.append(experiment_id)

@@ -194,6 +194,33 @@ def bundle(folder: Path) -> bytes:
     return buf.getvalue()
 
 
+def bundle_files(data: bytes, suffixes: tuple[str, ...] = (".py", ".yaml", ".yml", ".md")) -> dict[str, str]:
+    """The text files of a bundle, by name (what a mind reads before editing code)."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for m in tar.getmembers():
+            if m.isfile() and m.name.endswith(suffixes):
+                f = tar.extractfile(m)
+                if f is not None:
+                    out[m.name] = f.read().decode(errors="replace")
+    return out
+
+
+def replace_files(data: bytes, files: dict[str, str]) -> bytes:
+    """The bundle with some files' text replaced (after code edits)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as src, tarfile.open(fileobj=buf, mode="w:gz") as dst:
+        for m in src.getmembers():
+            if m.isfile() and m.name in files:
+                body = files[m.name].encode()
+                info = tarfile.TarInfo(m.name)
+                info.size, info.mode, info.mtime = len(body), m.mode, m.mtime
+                dst.addfile(info, io.BytesIO(body))
+            else:
+                dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+    return buf.getvalue()
+
+
 def unbundle(data: bytes, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:

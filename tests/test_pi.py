@@ -1,0 +1,222 @@
+"""The PI's state machine alone: messages in, messages out, time under the test's control."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agents.base import Context
+from agents.minds.offline.pi import OfflinePIMind
+from agents.pi import PI
+from agents.pi_state import ProjectState
+from bus.messages import (
+    AnalysisDone,
+    AnalysisReport,
+    Budget,
+    CoPINote,
+    CoPINoteMsg,
+    DraftReady,
+    Envelope,
+    ExperimentResult,
+    FinalInfo,
+    MetaReview,
+    MetricStat,
+    NoveltyVerdict,
+    ReviewDone,
+    RevisionItem,
+    RunRecord,
+    StartProject,
+)
+
+SPEC = {
+    "name": "toy",
+    "title": "A toy template",
+    "task": "Minimise a quadratic.",
+    "knobs": {
+        "lr": {"type": "float", "default": 0.1, "min": 0.001, "max": 1.0, "candidates": [0.01, 0.5]},
+        "width": {"type": "int", "default": 8, "min": 1, "max": 64, "candidates": [4, 16]},
+        "steps": {"type": "int", "default": 100, "min": 1, "max": 1000, "fairness": True, "candidates": [500]},
+    },
+    "metrics": {"loss": {"direction": "lower", "primary": True}},
+}
+
+
+class Store:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, name: str, data: bytes) -> str:
+        self.data[name] = data
+        return name
+
+    async def get(self, name: str) -> bytes:
+        return self.data[name]
+
+    async def list(self, prefix: str) -> list[str]:
+        return sorted(n for n in self.data if n.startswith(prefix))
+
+
+class Harness:
+    """Feeds the PI one message at a time, keeping its state between them as the host would."""
+
+    def __init__(self) -> None:
+        self.pi = PI()
+        self.state: ProjectState | None = None
+        self.now = 1000.0
+        self.store = Store()
+        self.mind = OfflinePIMind()
+        self.n = 0
+
+    async def send(self, body: Any, sender: str = "copi") -> list[tuple[Any, str]]:
+        self.n += 1
+        env = Envelope(id=f"m{self.n}", project="p1", sender=sender, recipient="pi", body=body)
+        ctx = Context(project="p1", role="pi", state=self.state, artifacts=self.store, mind=self.mind, clock=lambda: self.now)
+        await self.pi.handle(env, ctx)
+        self.state = ProjectState.model_validate(ctx.state.model_dump(mode="json"))  # round trip as through KV
+        return ctx.outputs
+
+
+def run_record(exp: str, idea: str, values: list[float], seeds: list[int] | None = None) -> RunRecord:
+    seeds = seeds or list(range(len(values)))
+    fi = FinalInfo(metrics={"loss": MetricStat(mean=sum(values) / len(values), stderr=0.1, values=values)}, seeds=seeds)
+    return RunRecord(job_id=f"j-{exp}", experiment_id=exp, idea_id=idea, overrides={}, seeds=seeds, status="succeeded", final_info=fi)
+
+
+def report(round_: int = 0) -> AnalysisReport:
+    return AnalysisReport(project="p1", round=round_, primary_metric="loss", comparisons=[], runs=[])
+
+
+def kinds(outputs: list[tuple[Any, str]]) -> list[str]:
+    return [f"{b.type}->{to}" for b, to in outputs]
+
+
+START = StartProject(template="toy", template_object="p1/template.tar.gz", spec=SPEC, budget=Budget(max_ideas=2, max_runs=10, max_revision_rounds=1, wall_time_s=600))
+
+
+async def test_full_loop_with_one_revision_round():
+    h = Harness()
+    out = await h.send(START)
+    assert kinds(out) == ["experiment_request->engineer", "novelty_check->literature", "novelty_check->literature"]
+    ideas = [b.idea for b, _ in out[1:]]
+    assert all("steps" not in i.changes for i in ideas), "fairness knobs are never proposed"
+    baseline_exp = out[0][0].experiment_id
+    assert out[0][0].idea is None and out[0][0].seeds == [0, 1, 2]
+
+    out = await h.send(NoveltyVerdict(idea_id=ideas[0].id, novel=True, justification="nothing close"), "literature")
+    assert kinds(out) == ["experiment_request->engineer"]
+    idea_exp = out[0][0].experiment_id
+    out = await h.send(NoveltyVerdict(idea_id=ideas[1].id, novel=False, justification="done before by X"), "literature")
+    assert out == []  # waiting for experiments
+    await h.send(ExperimentResult(experiment_id=baseline_exp, idea_id="baseline", runs=[run_record(baseline_exp, "baseline", [1.0, 1.1, 0.9])]), "engineer")
+    out = await h.send(ExperimentResult(experiment_id=idea_exp, idea_id=ideas[0].id, runs=[run_record(idea_exp, ideas[0].id, [0.5, 0.6, 0.4])]), "engineer")
+    # The not-novel idea freed a slot: one more idea is proposed before analysis.
+    assert kinds(out) == ["novelty_check->literature"]
+    third = out[0][0].idea
+    assert third.id not in {i.id for i in ideas}
+    out = await h.send(NoveltyVerdict(idea_id=third.id, novel=False, justification="known"), "literature")
+    assert kinds(out) == ["novelty_check->literature"]  # still one slot, proposals capped at 3x
+    fourth = out[0][0].idea
+    out = await h.send(NoveltyVerdict(idea_id=fourth.id, novel=False, justification="known"), "literature")
+    # The declared space is exhausted (four non-fairness candidates): analysis of what ran.
+    assert kinds(out) == ["analysis_request->analyst"]
+    assert len(out[0][0].runs) == 2 and h.state.wave == 4
+
+    out = await h.send(AnalysisDone(report=report(0)), "analyst")
+    assert kinds(out) == ["draft_request->writer"]
+    draft = DraftReady(round=0, tex="p1/paper.tex", markdown="p1/paper.md", bib="p1/references.bib")
+    out = await h.send(draft, "writer")
+    assert kinds(out) == ["review_request->reviewer"]
+
+    items = [
+        RevisionItem(id="r0-1", kind="more_seeds", text="more seeds please", target=ideas[0].id),
+        RevisionItem(id="r0-2", kind="add_limitation", text="say it is CPU only"),
+    ]
+    meta = MetaReview(summary="promising", overall=5, decision="revise", revision_items=items)
+    out = await h.send(ReviewDone(round=0, reviews=[], meta=meta), "reviewer")
+    assert kinds(out) == ["rebuttal->reviewer", "experiment_request->engineer", "experiment_request->engineer"]
+    rebuttal = out[0][0]
+    assert [(r.item_id, r.action) for r in rebuttal.responses] == [("r0-1", "act"), ("r0-2", "act")]
+    more = [b for b, _ in out[1:]]
+    assert {b.idea.id if b.idea else "baseline" for b in more} == {ideas[0].id, "baseline"}
+    assert all(b.seeds == [3, 4] for b in more), "new seeds continue where the old ones stopped"
+
+    for b in more:
+        idea_id = b.idea.id if b.idea else "baseline"
+        out = await h.send(ExperimentResult(experiment_id=b.experiment_id, idea_id=idea_id, runs=[run_record(b.experiment_id, idea_id, [1.0, 0.9], [3, 4])]), "engineer")
+    assert kinds(out) == ["analysis_request->analyst"]
+    assert out[0][0].round == 1 and len(out[0][0].runs) == 4
+    out = await h.send(AnalysisDone(report=report(1)), "analyst")
+    assert kinds(out) == ["draft_request->writer"] and out[0][0].responses == rebuttal.responses
+    out = await h.send(draft.model_copy(update={"round": 1}), "writer")
+    out = await h.send(ReviewDone(round=1, reviews=[], meta=MetaReview(summary="good", overall=6.5, decision="accept")), "reviewer")
+    assert kinds(out) == ["decision->all"]
+    assert out[0][0].accepted and h.state.stage == "done"
+    assert "p1/review.json" in h.store.data
+
+
+async def test_revision_budget_ends_the_loop():
+    h = Harness()
+    start = START.model_copy(update={"budget": Budget(max_ideas=1, max_revision_rounds=0)})
+    out = await h.send(start)
+    exp = out[0][0].experiment_id
+    out = await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer")
+    while kinds(out) != ["analysis_request->analyst"]:
+        checking = [s for s in h.state.ideas.values() if s.status == "checking"]
+        out = await h.send(NoveltyVerdict(idea_id=checking[0].idea.id, novel=False, justification="known"), "literature")
+    assert len(h.state.ideas) == 3  # max_ideas=1: at most three proposals
+    await h.send(AnalysisDone(report=report(0)), "analyst")
+    await h.send(DraftReady(round=0, tex="t", markdown="m", bib="b"), "writer")
+    meta = MetaReview(summary="s", overall=5, decision="revise", revision_items=[RevisionItem(id="r0-1", kind="other", text="x")])
+    out = await h.send(ReviewDone(round=0, reviews=[], meta=meta), "reviewer")
+    assert kinds(out) == ["decision->all"]
+    assert not out[0][0].accepted and "revision rounds spent" in out[0][0].reason
+
+
+async def test_failed_baseline_ends_the_project_with_a_reason():
+    h = Harness()
+    out = await h.send(START.model_copy(update={"budget": Budget(max_ideas=1)}))
+    exp, idea = out[0][0].experiment_id, out[1][0].idea
+    failed = RunRecord(job_id="j", experiment_id=exp, idea_id="baseline", overrides={}, seeds=[0, 1, 2], status="failed", reason="crashed: exit code 1")
+    await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[failed]), "engineer")
+    out = await h.send(NoveltyVerdict(idea_id=idea.id, novel=True, justification="new"), "literature")
+    iexp = out[0][0].experiment_id
+    out = await h.send(ExperimentResult(experiment_id=iexp, idea_id=idea.id, runs=[run_record(iexp, idea.id, [1, 2, 3])]), "engineer")
+    assert kinds(out) == ["decision->all"]
+    assert "baseline failed" in out[0][0].reason and h.state.stage == "failed"
+
+
+async def test_copi_note_restricts_later_ideas():
+    h = Harness()
+    out = await h.send(START.model_copy(update={"budget": Budget(max_ideas=4)}))
+    exp = out[0][0].experiment_id
+    await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer")
+    out = await h.send(CoPINoteMsg(note=CoPINote(id="n1", text="Only vary the width, please")))
+    assert kinds(out) == ["note_ack->copi"]
+    assert out[0][0].constraints == {"allowed_knobs": ["width"]}
+    assert h.state.notes[0].text.startswith("Only vary")
+    first = [s.idea for s in h.state.ideas.values()]
+    for idea in first:
+        await h.send(NoveltyVerdict(idea_id=idea.id, novel=False, justification="known"), "literature")
+    later = [s.idea for s in h.state.ideas.values() if s.wave > 1]
+    assert later and all(set(i.changes) == {"width"} for i in later)
+
+
+async def test_wall_time_stops_new_ideas():
+    h = Harness()
+    out = await h.send(START.model_copy(update={"budget": Budget(max_ideas=4, wall_time_s=60)}))
+    exp = out[0][0].experiment_id
+    h.now += 120  # the test moves the clock past the budget
+    for s in list(h.state.ideas.values()):
+        out = await h.send(NoveltyVerdict(idea_id=s.idea.id, novel=False, justification="known"), "literature")
+    out = await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer")
+    assert kinds(out) == ["analysis_request->analyst"]
+    assert len(h.state.ideas) == 2
+
+
+async def test_unknown_project_is_refused():
+    from agents.pi import UnknownProject
+
+    h = Harness()
+    with pytest.raises(UnknownProject):
+        await h.send(CoPINoteMsg(note=CoPINote(id="n", text="hello")))
