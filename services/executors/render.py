@@ -1,0 +1,301 @@
+"""What the lab submits for a job, decided in one place and free of I/O.
+
+The Kubernetes and Docker executors only send what these functions build, so
+``lab job render`` shows exactly what a cluster or a Docker host will receive,
+and the manifest tests validate the same objects the executors create.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, ExecutorError, JobSpec
+
+RUNNER_COMMAND = ["python", "-m", "services.jobrunner"]
+CONTAINER = "runner"
+LABEL = "lab.kenkyu.dev"
+PROJECT_LABEL = f"{LABEL}/project"
+JOB_LABEL = f"{LABEL}/job"
+EXPERIMENT_LABEL = f"{LABEL}/experiment"
+NETWORK_LABEL = f"{LABEL}/network"  # "open": the NetworkPolicy lets the job reach beyond NATS
+JOB_ID_ANNOTATION = f"{LABEL}/job-id"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The runner reads these instead of job.nats.user/password when they are set,
+# so a Secret-held credential never appears in the Job object.
+NATS_USER_ENV = "LAB_NATS_USER"
+NATS_PASSWORD_ENV = "LAB_NATS_PASSWORD"
+SCRATCH_ENV = "LAB_SCRATCH"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+def _digest(value: str, n: int = 8) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:n]
+
+
+def dns_name(prefix: str, value: str, limit: int = 63) -> str:
+    """A DNS-1123 label from ``prefix-value``; a hash suffix keeps distinct ids distinct after cleaning."""
+    raw = f"{prefix}-{value}"
+    clean = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")
+    clean = re.sub(r"-{2,}", "-", clean)
+    if clean == raw and len(clean) <= limit:
+        return clean
+    return f"{clean[: limit - 9].rstrip('-')}-{_digest(raw)}"
+
+
+def label_value(value: str) -> str:
+    """A Kubernetes label value for an id; same input, same value, so selectors find it again."""
+    if len(value) <= 63 and _LABEL_VALUE.match(value):
+        return value
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-_.")
+    return f"{clean[:54].rstrip('-_.')}-{_digest(value)}".lstrip("-")
+
+
+class Toleration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KubernetesSettings(BaseModel):
+    """The ``executor.options`` of the kubernetes executor."""
+
+    model_config = ConfigDict(extra="forbid")
+    namespace: str = "lab"
+    image: str = "ghcr.io/kenkyu-lab/lab:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    command: list[str] = Field(default_factory=lambda: list(RUNNER_COMMAND), min_length=1)
+    # Where the API server is: in-cluster when running in a pod, else a kubeconfig.
+    in_cluster: bool | None = None  # None: in-cluster when KUBERNETES_SERVICE_HOST is set
+    kubeconfig: str | None = None
+    context: str | None = None
+    request_timeout_s: float = Field(15, gt=0)
+    # Concurrency: GPUs the lab may use at once, or jobs when no GPUs are configured.
+    gpus: int | None = Field(None, ge=1)
+    max_jobs: int = Field(4, ge=1)
+    min_gpu: int = Field(0, ge=0)  # a GPU cluster gives every job at least this many GPUs
+    kueue_queue: str | None = None
+    priority_class: str | None = None
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    gpu_node_selector: dict[str, str] = {}
+    gpu_tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
+    service_account: str | None = None
+    nats_secret: str | None = None  # a Secret holding the runner's NATS credential
+    nats_secret_user_key: str = "user"
+    nats_secret_password_key: str = "password"
+    run_as_user: int = Field(10001, ge=1)
+    backoff_limit: int = Field(2, ge=0)
+    startup_margin_s: int = Field(300, ge=0)  # image pull and scheduling count against activeDeadlineSeconds
+    ttl_seconds_after_finished: int = Field(3600, ge=0)
+    runner_overhead_mb: int = Field(256, ge=0)  # the runner's own memory above the experiment's limit
+    scratch_dir: str = "/scratch"
+    scratch_size_mb: int | None = Field(None, ge=1)
+    pull_failure_grace_s: float = Field(120, ge=0)  # a pull failure lasting longer fails the job
+    extra_labels: dict[str, str] = {}
+
+
+class DockerSettings(BaseModel):
+    """The ``executor.options`` of the docker executor."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_url: str | None = None  # None: DOCKER_HOST or the local socket
+    image: str = "ghcr.io/kenkyu-lab/lab:0.1.0"
+    command: list[str] = Field(default_factory=lambda: list(RUNNER_COMMAND), min_length=1)
+    # The runner must reach NATS, so a job cannot run with no network at all;
+    # it joins a network on which NATS is the only service (compose's lab-bus).
+    network: str = "lab-bus"
+    user: str = "10001:10001"
+    gpus: int | None = Field(None, ge=1)
+    max_jobs: int = Field(2, ge=1)
+    runner_overhead_mb: int = Field(256, ge=0)
+    scratch_dir: str = "/scratch"
+    scratch_size_mb: int = Field(4096, ge=1)
+    startup_margin_s: int = Field(60, ge=0)  # poll kills a job running past wall time + this
+    api_version: str = "auto"
+    timeout_s: float = Field(30, gt=0)
+    extra_labels: dict[str, str] = {}
+
+
+def settings(model: type[BaseModel], options: dict[str, Any]) -> Any:
+    """Validated executor options, or an ExecutorError naming the first bad field."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "options"
+        raise ExecutorError(f"bad executor option {where}: {err['msg']}") from None
+
+
+def labels(job: JobSpec, extra: dict[str, str]) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "kenkyu-lab",
+        "app.kubernetes.io/component": "job-runner",
+        "app.kubernetes.io/part-of": "kenkyu-lab",
+        "app.kubernetes.io/managed-by": "kenkyu-lab-engineer",
+        PROJECT_LABEL: label_value(job.project),
+        JOB_LABEL: label_value(job.job_id),
+        EXPERIMENT_LABEL: label_value(job.experiment_id),
+    }
+    if job.network:
+        out[NETWORK_LABEL] = "open"
+    return {**extra, **out}
+
+
+def job_name(job_id: str) -> str:
+    return dns_name("lab", job_id)
+
+
+def _job_for_runner(job: JobSpec, gpu: int, strip_password: bool) -> JobSpec:
+    update: dict[str, Any] = {"gpu": gpu}
+    if strip_password:
+        update["nats"] = job.nats.model_copy(update={"user": None, "password": None})
+    return job.model_copy(update=update)
+
+
+def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
+    """The batch/v1 Job for one JobSpec."""
+    gpu = max(job.gpu, s.min_gpu)
+    env: list[dict[str, Any]] = [
+        {"name": "LAB_JOB", "value": _job_for_runner(job, gpu, strip_password=bool(s.nats_secret)).model_dump_json()},
+        {"name": SCRATCH_ENV, "value": s.scratch_dir},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
+    ]
+    if s.nats_secret:
+        for var, key in ((NATS_USER_ENV, s.nats_secret_user_key), (NATS_PASSWORD_ENV, s.nats_secret_password_key)):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": s.nats_secret, "key": key}}})
+    memory = f"{job.memory_mb + s.runner_overhead_mb}Mi"
+    cpu = f"{math.ceil(job.cpu * 1000)}m"
+    limits: dict[str, str] = {"cpu": cpu, "memory": memory}
+    if gpu:
+        limits["nvidia.com/gpu"] = str(gpu)
+    node_selector = {**s.node_selector, **(s.gpu_node_selector if gpu else {})}
+    tolerations = [*s.tolerations, *(s.gpu_tolerations if gpu else [])]
+    scratch: dict[str, Any] = {"sizeLimit": f"{s.scratch_size_mb}Mi"} if s.scratch_size_mb else {}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": s.run_as_user,
+            "runAsGroup": s.run_as_user,
+            "fsGroup": s.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": s.image,
+                "imagePullPolicy": s.image_pull_policy,
+                "command": list(s.command),
+                "env": env,
+                "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": s.run_as_user,
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "scratch", "emptyDir": scratch}],
+    }
+    if s.service_account:
+        pod_spec["serviceAccountName"] = s.service_account
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in tolerations]
+    if s.priority_class:
+        pod_spec["priorityClassName"] = s.priority_class
+    job_labels = labels(job, s.extra_labels)
+    meta_labels = {**job_labels, **({KUEUE_QUEUE_LABEL: s.kueue_queue} if s.kueue_queue else {})}
+    spec: dict[str, Any] = {
+        # The runner stops the experiment at wall_time_s; the deadline is the backstop for a
+        # runner that hangs, with a margin for scheduling and image pulls.
+        "activeDeadlineSeconds": math.ceil(job.wall_time_s) + s.startup_margin_s,
+        "backoffLimit": s.backoff_limit,
+        "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_EXPERIMENT_FAILED]}},
+                {"action": "Count", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INFRA]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
+    }
+    if s.kueue_queue:
+        spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(job.job_id),
+            "namespace": s.namespace,
+            "labels": meta_labels,
+            "annotations": {JOB_ID_ANNOTATION: job.job_id},
+        },
+        "spec": spec,
+    }
+
+
+def container_name(job_id: str) -> str:
+    return dns_name("lab-job", job_id, limit=128)
+
+
+def docker_container(job: JobSpec, s: DockerSettings) -> dict[str, Any]:
+    """Keyword arguments of docker-py's ``containers.create`` (device requests as plain dicts)."""
+    spec: dict[str, Any] = {
+        "name": container_name(job.job_id),
+        "image": s.image,
+        "command": list(s.command),
+        "environment": {**job.env(), SCRATCH_ENV: s.scratch_dir, "HOME": "/tmp", "TMPDIR": "/tmp",
+                        "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"},
+        "labels": {**labels(job, s.extra_labels), JOB_ID_ANNOTATION: job.job_id},
+        "user": s.user,
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m", s.scratch_dir: f"rw,nosuid,nodev,size={s.scratch_size_mb}m"},
+        "network": s.network,
+        "mem_limit": f"{job.memory_mb + s.runner_overhead_mb}m",
+        "nano_cpus": int(job.cpu * 1e9),
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": 4096,
+        # Kept after exit so poll can read the exit code; cleanup removes it.
+        "auto_remove": False,
+        "detach": True,
+    }
+    if job.gpu:
+        spec["device_requests"] = [{"Driver": "nvidia", "Count": job.gpu, "Capabilities": [["gpu"]]}]
+    return spec
+
+
+def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = None) -> str:
+    """The exact object the named executor would submit for ``job``, as YAML."""
+    options = options or {}
+    if executor == "kubernetes":
+        return yaml.safe_dump(k8s_job(job, settings(KubernetesSettings, options)), sort_keys=False)
+    if executor == "docker":
+        spec = docker_container(job, settings(DockerSettings, options))
+        return yaml.safe_dump(json.loads(json.dumps(spec)), sort_keys=False)
+    raise ExecutorError(f"cannot render for executor {executor!r}; choose kubernetes or docker")

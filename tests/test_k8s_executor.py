@@ -1,0 +1,280 @@
+"""KubernetesExecutor: the real ``kubernetes`` client over HTTP against kmock's emulator.
+
+A test kubelet (tests/kubelet.py) runs the Jobs. The container command is a
+stand-in for ``python -m services.jobrunner`` (which needs NATS and a bundle):
+it sleeps and exits as the job's overrides say, so every exit-code path of the
+real runner (0, 3, 4) reaches the executor through a real process and a real
+pod/Job status. The full runner through this executor is the lead's e2e test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+from kubernetes import client
+
+from services.executors import make_executor
+from services.executors.base import ExecutorError, JobPhase, JobSpec, NatsAccess
+from services.executors.kubernetes import KubernetesExecutor
+from services.executors.render import JOB_ID_ANNOTATION, KUEUE_QUEUE_LABEL, dns_name, job_name
+
+try:
+    from tests.kubelet import Kubelet
+except ImportError:  # tests/ is not a package: pytest put it on sys.path itself
+    from kubelet import Kubelet  # type: ignore[no-redef]
+
+NS = "lab"
+STAND_IN = [
+    "python", "-c",
+    "import json, os, sys, time\n"
+    "job = json.loads(os.environ['LAB_JOB']); o = job['overrides']\n"
+    "if 'need_password' in o and os.environ.get('LAB_NATS_PASSWORD') != o['need_password']: sys.exit(9)\n"
+    "if job['nats'].get('password') and 'need_password' in o: sys.exit(8)\n"
+    "time.sleep(o.get('sleep', 0)); sys.exit(o.get('exit', 0))\n",
+]
+
+
+def spec(job_id: str, project: str = "p1", **kw: Any) -> JobSpec:
+    overrides = kw.pop("overrides", {})
+    return JobSpec(
+        job_id=job_id, project=project, experiment_id="e1", template="grokking", bundle_object=f"{project}/b.tar.gz",
+        overrides=overrides, seeds=[0, 1, 2], wall_time_s=kw.pop("wall_time_s", 60), memory_mb=512,
+        nats=NatsAccess(url="nats://nats:4222", user="runner", password="s3cret"), **kw,
+    )
+
+
+def kubeconfig(path: Path, server: str) -> str:
+    cfg = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+        "clusters": [{"name": "emu", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u", "namespace": NS}}],
+    }
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> Any:
+    async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
+        for res in ("batch/v1/jobs", "v1/pods", "v1/secrets"):
+            emu.resources[res] = {}
+        url = str(server.url).rstrip("/")
+        yield emu, url, kubeconfig(tmp_path / "kubeconfig", url)
+
+
+@pytest.fixture
+async def make(cluster: Any) -> Any:
+    made: list[KubernetesExecutor] = []
+
+    def build(**options: Any) -> KubernetesExecutor:
+        ex = make_executor("kubernetes", {"kubeconfig": cluster[2], "namespace": NS, "command": STAND_IN, **options})
+        assert isinstance(ex, KubernetesExecutor)
+        made.append(ex)
+        return ex
+
+    yield build
+    for ex in made:
+        await ex.close()
+
+
+async def raw_jobs(url: str) -> list[dict[str, Any]]:
+    """The stored Jobs, read in a thread: the emulator serves from this very event loop."""
+
+    def read() -> list[dict[str, Any]]:
+        cfg = client.Configuration()
+        cfg.host = url
+        with client.ApiClient(cfg) as api:
+            return json.loads(client.BatchV1Api(api).list_namespaced_job(NS, _preload_content=False).data)["items"]
+
+    return await asyncio.to_thread(read)
+
+
+async def wait_for(ex: KubernetesExecutor, job_id: str, state: str, timeout: float = 20) -> JobPhase:
+    deadline = asyncio.get_running_loop().time() + timeout
+    phase = await ex.poll(job_id)
+    while phase.state != state:
+        assert asyncio.get_running_loop().time() < deadline, f"{job_id} stuck in {phase}"
+        await asyncio.sleep(0.05)
+        phase = await ex.poll(job_id)
+    return phase
+
+
+async def test_submit_renders_security_gpu_and_failure_policy(make: Any, cluster: Any) -> None:
+    ex = make(gpus=2, priority_class="lab-jobs", gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    await ex.submit(spec("run-1", gpu=1, wall_time_s=100))
+    [job] = (await raw_jobs(cluster[1]))
+    assert job["metadata"]["name"] == "lab-run-1"
+    assert job["metadata"]["labels"]["lab.kenkyu.dev/project"] == "p1"
+    assert job["metadata"]["annotations"][JOB_ID_ANNOTATION] == "run-1"
+    s = job["spec"]
+    assert s["activeDeadlineSeconds"] == 100 + 300 and s["backoffLimit"] == 2 and s["ttlSecondsAfterFinished"] == 3600
+    rules = s["podFailurePolicy"]["rules"]
+    assert [(r["action"], r.get("onExitCodes", {}).get("values")) for r in rules] == [
+        ("FailJob", [3]), ("Count", [4]), ("Ignore", None)]
+    assert rules[2]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    pod = s["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["priorityClassName"] == "lab-jobs"
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    [c] = pod["containers"]
+    assert c["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["resources"]["limits"] == {"cpu": "1000m", "memory": "768Mi", "nvidia.com/gpu": "1"}
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp", "/scratch"}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert JobSpec.model_validate_json(env["LAB_JOB"]).nats.password == "s3cret"  # no Secret configured: inline
+
+
+async def test_submit_is_idempotent_and_names_are_dns_safe(make: Any, cluster: Any) -> None:
+    ex = make()
+    await ex.submit(spec("dup"))
+    await ex.submit(spec("dup", overrides={"sleep": 5}))  # same job_id: nothing new, nothing changed
+    jobs = (await raw_jobs(cluster[1]))
+    assert len(jobs) == 1 and '"sleep"' not in json.dumps(jobs[0])
+    ids = ["A_b.c" * 20, "A_b.c" * 20 + "x", "exp_1", "exp-1"]
+    names = [job_name(i) for i in ids]
+    assert len(set(names)) == len(ids)
+    for n in names:
+        assert len(n) <= 63 and dns_name("lab", n.removeprefix("lab-")) == n
+
+
+async def test_gpu_capacity_unschedulable_then_runs_in_turn(make: Any, cluster: Any) -> None:
+    ex = make(gpus=1)
+    assert ex.capacity() == 1
+    async with Kubelet(cluster[1], NS, gpus=1):
+        await ex.submit(spec("first", gpu=1, overrides={"sleep": 1.5}))
+        await wait_for(ex, "first", "running")
+        await ex.submit(spec("second", gpu=1, overrides={"sleep": 0.1}))
+        phase = await wait_for(ex, "second", "pending")
+        while "Unschedulable" not in phase.reason:
+            phase = await wait_for(ex, "second", "pending")
+        assert "nvidia.com/gpu" in phase.reason
+        assert (await ex.poll("first")).state == "running"
+        await wait_for(ex, "first", "succeeded")
+        await wait_for(ex, "second", "succeeded")
+
+
+async def test_exit_codes_map_to_failure_reasons(make: Any, cluster: Any) -> None:
+    ex = make(backoff_limit=1, startup_margin_s=0)
+    async with Kubelet(cluster[1], NS) as kubelet:
+        await ex.submit(spec("bad-exp", overrides={"exit": 3}))
+        await ex.submit(spec("no-bus", overrides={"exit": 4}))
+        await ex.submit(spec("hang", overrides={"sleep": 60}, wall_time_s=1))
+        bad = await wait_for(ex, "bad-exp", "failed")
+        assert bad.reason.startswith("PodFailurePolicy") and "experiment failed" in bad.reason
+        nobus = await wait_for(ex, "no-bus", "failed")
+        assert nobus.reason.startswith("BackoffLimitExceeded") and "could not reach NATS" in nobus.reason
+        assert sum(n.startswith("lab-no-bus") for n in kubelet.started) == 2  # exit 4 counted and retried once
+        assert sum(n.startswith("lab-bad-exp") for n in kubelet.started) == 1  # exit 3 never retried
+        hang = await wait_for(ex, "hang", "failed")
+        assert hang.reason.startswith("DeadlineExceeded")
+
+
+async def test_eviction_is_ignored_and_retried(make: Any, cluster: Any) -> None:
+    ex = make(backoff_limit=0)
+    async with Kubelet(cluster[1], NS) as kubelet:
+        await ex.submit(spec("evicted", overrides={"sleep": 0.5}))
+        await wait_for(ex, "evicted", "running")
+        kubelet.evict_requests.add("lab-evicted")
+        await wait_for(ex, "evicted", "succeeded")  # backoffLimit 0, yet the disruption did not count
+        assert len([n for n in kubelet.started if n.startswith("lab-evicted")]) == 2
+
+
+async def test_image_pull_failure_pends_then_fails(make: Any, cluster: Any) -> None:
+    ex = make(image="registry.invalid/nope:1", pull_failure_grace_s=0.5)
+    async with Kubelet(cluster[1], NS, bad_images={"registry.invalid/nope:1"}):
+        await ex.submit(spec("pull"))
+        phase = await wait_for(ex, "pull", "pending")
+        while "ImagePullBackOff" not in phase.reason:
+            phase = await ex.poll("pull")
+            assert phase.state == "pending"
+        failed = await wait_for(ex, "pull", "failed")
+        assert "ImagePullBackOff" in failed.reason
+
+
+async def test_nats_credential_comes_from_a_secret(make: Any, cluster: Any) -> None:
+    cfg = client.Configuration()
+    cfg.host = cluster[1]
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lab-nats-job", "namespace": NS},
+              "stringData": {"user": "runner", "password": "from-secret"}}
+    with client.ApiClient(cfg) as api:
+        await asyncio.to_thread(client.CoreV1Api(api).create_namespaced_secret, NS, secret)
+    ex = make(nats_secret="lab-nats-job")
+    async with Kubelet(cluster[1], NS):
+        await ex.submit(spec("secret", overrides={"need_password": "from-secret"}))
+        await wait_for(ex, "secret", "succeeded")
+    [job] = (await raw_jobs(cluster[1]))
+    assert "s3cret" not in json.dumps(job)
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lab-nats-job", "key": "password"}
+
+
+async def test_cancel_deletes_job_and_stops_its_process(make: Any, cluster: Any) -> None:
+    ex = make()
+    async with Kubelet(cluster[1], NS) as kubelet:
+        await ex.submit(spec("long", overrides={"sleep": 60}))
+        await wait_for(ex, "long", "running")
+        await ex.cancel("long")
+        assert (await ex.poll("long")).state == "missing"
+        for _ in range(100):
+            if kubelet._procs and all(p.returncode is not None for p in kubelet._procs.values()):
+                break
+            await asyncio.sleep(0.05)
+        assert all(p.returncode is not None for p in kubelet._procs.values())
+    await ex.cancel("long")  # gone already: no error
+
+
+async def test_cleanup_removes_only_the_projects_jobs(make: Any, cluster: Any) -> None:
+    ex = make()
+    for job_id, project in (("a1", "alpha"), ("a2", "alpha"), ("b1", "beta")):
+        await ex.submit(spec(job_id, project=project))
+    await ex.cleanup("alpha")
+    assert [j["metadata"]["name"] for j in (await raw_jobs(cluster[1]))] == ["lab-b1"]
+    await ex.cleanup("beta")
+    assert (await raw_jobs(cluster[1])) == []
+
+
+async def test_kueue_queue_submits_suspended(make: Any, cluster: Any) -> None:
+    ex = make(kueue_queue="lab-gpus", gpus=8)
+    assert ex.capacity() is None
+    await ex.submit(spec("queued"))
+    [job] = (await raw_jobs(cluster[1]))
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "lab-gpus"
+    assert (await ex.poll("queued")) == JobPhase(state="pending", reason="suspended: waiting for admission (Kueue)")
+
+
+async def test_forbidden_by_rbac_names_verb_and_resource(tmp_path: Path) -> None:
+    async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
+        emu.resources["batch/v1/jobs"] = {}
+        emu["post", kmock.resource("batch", "v1", "jobs")] << kmock.KubernetesError(
+            status=403, reason="Forbidden",
+            message='jobs.batch is forbidden: User "system:serviceaccount:lab:default" cannot create resource "jobs"')
+        ex = KubernetesExecutor(kubeconfig=kubeconfig(tmp_path / "k", str(server.url).rstrip("/")))
+        with pytest.raises(ExecutorError, match=r"forbidden by RBAC: cannot create jobs.batch in namespace lab"):
+            await ex.submit(spec("x"))
+        await ex.close()
+
+
+async def test_unreachable_cluster_and_bad_settings_are_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ex = KubernetesExecutor(kubeconfig=kubeconfig(tmp_path / "k", f"http://127.0.0.1:{port}"), request_timeout_s=2)
+    with pytest.raises(ExecutorError, match=r"no cluster reachable at http://127.0.0.1:\d+"):
+        await ex.poll("x")
+    await ex.close()
+    with pytest.raises(ExecutorError, match=r"bad executor option gpus"):
+        make_executor("kubernetes", {"gpus": 0})
+    with pytest.raises(ExecutorError, match=r"bad executor option bogus: Extra inputs"):
+        make_executor("kubernetes", {"bogus": 1})
+    with pytest.raises(ExecutorError, match=r"no usable configuration"):
+        make_executor("kubernetes", {"kubeconfig": str(tmp_path / "missing"), "in_cluster": False})
