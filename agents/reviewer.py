@@ -1,9 +1,12 @@
 """The reviewer: an ensemble of NeurIPS-form reviews of the draft, and a meta-review the PI must answer.
 
-``max_rounds`` is not in the request (the PI owns the budget and enforces
-it): the host may pass it as ``ctx.services["max_rounds"]``; otherwise the
-default of ``Budget.max_revision_rounds`` is used. The mind only uses it to
-stop asking for revisions once the rounds are clearly spent.
+``max_rounds`` is not in the request: the PI owns the budget and ends the
+project itself when the rounds are spent. The host may pass the project's
+``Budget.max_revision_rounds`` as ``ctx.services["max_rounds"]``; without it
+the reviewer assumes the largest budget a project may have (the upper bound
+of ``Budget.max_revision_rounds``), so it never rejects for spent rounds a
+paper the PI would still let the authors revise. Rounds count from 0, as the
+PI counts them: round r may still be revised while r < max_rounds.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 from agents.base import Context, Role, on
 from bus.messages import Budget, Envelope, ReviewDone, ReviewRequest, StepFailed
 
-DEFAULT_MAX_ROUNDS: int = Budget.model_fields["max_revision_rounds"].default
+DEFAULT_MAX_ROUNDS: int = next(m.le for m in Budget.model_fields["max_revision_rounds"].metadata if hasattr(m, "le"))
 
 
 class Reviewer(Role):

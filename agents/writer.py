@@ -4,7 +4,9 @@ The mind writes the prose; everything else (results table, environment,
 figures, references, appendix) is rendered from the records by code. Before
 anything is uploaded, every number in the mind's prose must match a value in
 the evidence (numbers that do not are replaced by "[?]" and logged), and
-every ``\\cite`` key must be in references.bib.
+every ``\\cite`` key must be in references.bib. Minds write the small markup
+of ``agents.writing.markup``; light LaTeX (``\\cite{}``, ``$p<0.05$``, ``\\%``)
+is normalized into it first, so both the LLM and the offline mind render the same way.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ _md_env = jinja2.Environment(
 def scrub_sections(sections: PaperSections, strings: list[str], evidence: set[float]) -> tuple[PaperSections, list[str]]:
     fields, removed = {}, []
     for name, text in sections.model_dump().items():
-        fields[name], gone = numbers.scrub(text, strings, evidence)
+        fields[name], gone = numbers.scrub(markup.normalize(text), strings, evidence)
         removed += gone
     return PaperSections(**fields), removed
 

@@ -151,7 +151,9 @@ async def test_missing_baseline_asks_for_one_and_spent_rounds_reject():
     done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)])
     assert done.meta.decision == "revise"
     assert ("add_baseline", "baseline") in {(i.kind, i.target) for i in done.meta.revision_items}
-    done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)], round=3, services={"max_rounds": 2})
+    done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)], round=1, services={"max_rounds": 2})
+    assert done.meta.decision == "revise"
+    done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)], round=2, services={"max_rounds": 2})
     assert done.meta.decision == "reject" and "spent" in done.meta.summary
 
 

@@ -200,7 +200,7 @@ def test_citations_resolve_and_bib_uses_the_request_keys(drafted):
     assert "\\section{Related Work}" in tex and "\\bibliography{references}" in tex
 
 
-def test_pdf_is_built_with_figures():
+def test_pdflatex_is_installed():
     assert shutil.which("pdflatex"), "pdflatex is missing: install texlive (texlive-latex-recommended, texlive-latex-extra)"
 
 
@@ -256,6 +256,30 @@ async def test_latex_failure_is_one_line_not_a_crash(monkeypatch):
     from agents.writing import pdf
     with pytest.raises(pdf.PdfError, match=r"^! Undefined control sequence"):
         await pdf.compile_pdf("\\documentclass{article}\\begin{document}\\nosuchmacro\\end{document}", "", {})
+
+
+class LatexMind:
+    """Writes the light LaTeX an LLM tends to produce, and a reference with Unicode pdflatex cannot set."""
+
+    usage = Usage()
+
+    async def write(self, request):
+        c = next(c for c in request.report.comparisons if c.metric == "val_acc" and c.idea_id == "wd-1")
+        text = (f"As shown by \\citet{{power2022grokking}}, decay matters~\\cite{{loshchilov2019adamw}}. "
+                f"Accuracy rose to {numbers.fmt(c.idea_mean)} ($p = {numbers.fmt(c.p_value)}$, \\emph{{significant}} at $\\alpha$) with \\texttt{{wd\\_1}} \\& more.")
+        return PaperSections(title="Decay", abstract=text, introduction=text, related_work=text, method=text,
+                             experimental_setup=text, results=text, limitations=text, conclusion=text)
+
+
+async def test_light_latex_from_a_mind_is_normalized():
+    refs = [*REFS, Reference(key="zh2023", title="权重衰减 — a study", authors=["张 伟"], year=2023,
+                             bibtex="@misc{zh2023, title={权重衰减 — a study}, author={张 伟}, year={2023}}")]
+    out, store = await write(request(refs=refs), mind=LatexMind())
+    md, tex = store.data[out.markdown].decode(), store.data[out.tex].decode()
+    assert "As shown by (Power et al., 2022), decay matters (Loshchilov and Hutter, 2019)." in md
+    assert "\\citet" not in md and "$" not in md and "`wd_1` & more" in md and "significant at α" in md
+    assert "\\citep{power2022grokking}" in tex and "\\texttt{wd\\_1}" in tex
+    assert out.pdf_error == "", out.pdf_error
 
 
 def test_markup_escapes_and_cites():

@@ -40,10 +40,18 @@ def bib_entry(ref: Reference) -> str:
     return ref.bibtex[m.start() : m.start(2)] + ref.key + ref.bibtex[m.end(2) : end]
 
 
+_BIB_CHARS = {"–": "--", "—": "---", "“": "``", "”": "''", "‘": "`", "’": "'", "…": "...", "−": "-", "\u00a0": " "}
+
+
+def bib_safe(text: str) -> str:
+    """Characters pdflatex cannot typeset (from a source's Unicode) become "?", not a failed build."""
+    return "".join(_BIB_CHARS.get(ch, ch if ord(ch) < 128 or ch.isalpha() and ord(ch) < 0x180 else "?") for ch in text)
+
+
 def references_bib(refs: list[Reference]) -> str:
     seen: dict[str, str] = {}
     for ref in refs:
-        seen.setdefault(ref.key, bib_entry(ref))
+        seen.setdefault(ref.key, bib_safe(bib_entry(ref)))
     return "\n\n".join(seen.values()) + "\n"
 
 

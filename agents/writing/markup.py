@@ -26,7 +26,7 @@ _TEX_CHARS = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     "α": r"\ensuremath{\alpha}", "±": r"\ensuremath{\pm}", "→": r"\ensuremath{\rightarrow}",
-    "≥": r"\ensuremath{\geq}", "≤": r"\ensuremath{\leq}", "×": r"\ensuremath{\times}", "≈": r"\ensuremath{\approx}",
+    "≥": r"\ensuremath{\geq}", "≤": r"\ensuremath{\leq}", "×": r"\ensuremath{\times}", "≈": r"\ensuremath{\approx}", "·": r"\ensuremath{\cdot}",
     "−": "-", "–": "--", "—": "---", "“": "``", "”": "''", "‘": "`", "’": "'", "…": r"\ldots{}",
 }
 
@@ -36,11 +36,38 @@ def tex_escape(text: str) -> Tex:
     for ch in str(text):
         if ch in _TEX_CHARS:
             out.append(_TEX_CHARS[ch])
-        elif ord(ch) < 128 or ch.isalpha() and ord(ch) < 0x250:
-            out.append(ch)  # ASCII, and Latin letters utf8 inputenc knows
+        elif ord(ch) < 128 or ch.isalpha() and ord(ch) < 0x180:
+            out.append(ch)  # ASCII, and the Latin letters utf8 inputenc knows
         else:
             out.append("?")
     return Tex("".join(out))
+
+
+_LATEX_CITE = re.compile(r"~?\\cite[a-z]*\*?(?:\[[^\]]*\])*\{([^}]*)\}")
+_MATH = re.compile(r"\$([^$]*)\$")
+_MATH_WORDS = {"alpha": "α", "pm": "±", "leq": "≤", "le": "≤", "geq": "≥", "ge": "≥", "times": "×", "approx": "≈",
+               "rightarrow": "→", "to": "→", "cdot": "·"}
+_COMMAND_ARG = re.compile(r"\\([a-zA-Z]+)\*?(?:\[[^\]]*\])?\{([^{}]*)\}")
+_COMMAND = re.compile(r"\\([a-zA-Z]+)\b\s*")
+
+
+def normalize(text: str) -> str:
+    """Turn the light LaTeX an LLM tends to write into this markup, so it is escaped like any text.
+
+    ``\\cite{a,b}`` becomes ``[@a; @b]``, ``\\texttt{x}`` a code span, ``$p < 0.05$`` plain
+    text with Unicode symbols, ``\\%`` a percent sign; other commands keep only their text.
+    """
+    text = _LATEX_CITE.sub(lambda m: " [" + "; ".join("@" + k.strip() for k in m.group(1).split(",") if k.strip()) + "]", text)
+    text = re.sub(r"\\([%&_#$])", r"\1", text)
+
+    def math(m: re.Match[str]) -> str:
+        inner = re.sub(r"\\([a-zA-Z]+)", lambda c: _MATH_WORDS.get(c.group(1), c.group(1)), m.group(1))
+        return inner.replace("\\,", " ").replace("{", "").replace("}", "")
+
+    text = _MATH.sub(math, text)
+    for _ in range(3):  # nested commands, innermost first
+        text = _COMMAND_ARG.sub(lambda m: f"`{m.group(2)}`" if m.group(1) == "texttt" else m.group(2), text)
+    return _COMMAND.sub("", text)
 
 
 def cited_keys(text: str) -> list[str]:

@@ -13,8 +13,9 @@ Decision rule of the meta-review (stated in its summary too):
   verdicts call worse);
 - accept when no blocking finding remains (more_seeds, add_baseline,
   add_limitation, rewrite_section) and the mean overall score is >= 6;
-- reject when blocking findings remain after ``max_rounds`` revision rounds
-  (round > max_rounds); otherwise revise, with one item per finding.
+- reject when blocking findings remain and no revision round is left
+  (round >= max_rounds, rounds counted from 0 as the PI does); otherwise
+  revise, with one item per finding.
 
 Ensemble members differ by index, never by chance: member i has strictness
 (0, +1, -1)[i % 3] added to its overall score and emphasis
@@ -245,14 +246,14 @@ class OfflineReviewerMind:
         items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)  # type: ignore[arg-type]
                  for n, f in enumerate((f for f in found.values() if f.kind != "fatal"), 1)]
         rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains and the mean overall is >= {ACCEPT_AT}; "
-                f"otherwise revise, until round {round} exceeds {max_rounds} revision rounds.")
+                f"otherwise revise while rounds are left (this is round {round}; revisions end at round {max_rounds}).")
         if fatal:
             return MetaReview(summary=f"Reject: {fatal[0].text} {rule}", overall=overall, decision="reject")
         if not blocking and overall >= ACCEPT_AT:
             extra = f" Optional suggestions: {'; '.join(i.text for i in items)}" if items else ""
             return MetaReview(summary=f"Accept: the claims match the evidence and no blocking item remains (mean overall {overall}).{extra} {rule}",
                               overall=overall, decision="accept")
-        if round > max_rounds or not items:
+        if round >= max_rounds or not items:
             why = "the revision rounds are spent" if items else "the paper is below the bar with nothing concrete left to fix"
             return MetaReview(summary=f"Reject: {why}; {len(blocking)} blocking item(s) remain (mean overall {overall}). {rule}",
                               overall=overall, decision="reject", revision_items=items)
