@@ -26,6 +26,7 @@ JOB_LABEL = f"{LABEL}/job"
 EXPERIMENT_LABEL = f"{LABEL}/experiment"
 NETWORK_LABEL = f"{LABEL}/network"  # "open": the NetworkPolicy lets the job reach beyond NATS
 JOB_ID_ANNOTATION = f"{LABEL}/job-id"
+WALL_TIME_LABEL = f"{LABEL}/wall-time-s"  # Docker keeps the deadline on the container itself
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # The runner reads these instead of job.nats.user/password when they are set,
 # so a Secret-held credential never appears in the Job object.
@@ -271,7 +272,7 @@ def docker_container(job: JobSpec, s: DockerSettings) -> dict[str, Any]:
         "command": list(s.command),
         "environment": {**job.env(), SCRATCH_ENV: s.scratch_dir, "HOME": "/tmp", "TMPDIR": "/tmp",
                         "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"},
-        "labels": {**labels(job, s.extra_labels), JOB_ID_ANNOTATION: job.job_id},
+        "labels": {**labels(job, s.extra_labels), JOB_ID_ANNOTATION: job.job_id, WALL_TIME_LABEL: f"{job.wall_time_s:g}"},
         "user": s.user,
         "read_only": True,
         "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m", s.scratch_dir: f"rw,nosuid,nodev,size={s.scratch_size_mb}m"},

@@ -1,0 +1,172 @@
+"""Experiments as Docker containers on one host, one container per JobSpec.
+
+The container is named after the job, so a second submit finds the first one
+instead of starting the experiment twice. Containers are kept after they exit
+(poll reads their exit code and OOM flag) and removed by ``cleanup``. Docker has
+no activeDeadlineSeconds, so ``poll`` kills a container that outlives its wall
+time plus a margin: the backstop for a runner that hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest
+
+from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, ExecutorError, JobPhase, JobSpec
+from services.executors.render import (
+    JOB_ID_ANNOTATION,
+    PROJECT_LABEL,
+    WALL_TIME_LABEL,
+    DockerSettings,
+    container_name,
+    docker_container,
+    label_value,
+    settings,
+)
+
+T = TypeVar("T")
+_EXIT_MEANING = {
+    EXIT_EXPERIMENT_FAILED: "the experiment failed (runner exit 3)",
+    EXIT_INFRA: "the runner could not reach NATS (exit 4)",
+}
+
+
+def _started_at(value: str) -> dt.datetime | None:
+    """Docker's StartedAt has nanoseconds; Python parses microseconds."""
+    if not value or value.startswith("0001-"):
+        return None
+    head, _, frac = value.rstrip("Z").partition(".")
+    return dt.datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+class DockerExecutor:
+    name = "docker"
+
+    def __init__(self, **options: Any) -> None:
+        self.settings: DockerSettings = settings(DockerSettings, options)
+        self._client: docker.DockerClient | None = None
+
+    def capacity(self) -> int | None:
+        return self.settings.gpus or self.settings.max_jobs
+
+    def _docker(self) -> docker.DockerClient:
+        # Connecting asks the engine for its API version, so it happens on first use, in a thread.
+        if self._client is None:
+            s = self.settings
+            try:
+                if s.base_url:
+                    self._client = docker.DockerClient(base_url=s.base_url, version=s.api_version, timeout=int(s.timeout_s))
+                else:
+                    self._client = docker.from_env(version=s.api_version, timeout=int(s.timeout_s))
+            except DockerException as e:
+                raise ExecutorError(f"docker: no Docker engine reachable at {s.base_url or 'DOCKER_HOST/local socket'}: {e}") from None
+        return self._client
+
+    async def _call(self, what: str, fn: Callable[[docker.DockerClient], T]) -> T:
+        def run() -> T:
+            return fn(self._docker())
+
+        try:
+            return await asyncio.to_thread(run)
+        except NotFound:
+            raise
+        except APIError as e:
+            raise ExecutorError(f"docker: cannot {what}: {e.explanation or e}") from None
+        except DockerException as e:
+            raise ExecutorError(f"docker: cannot {what}: {e}") from None
+
+    async def submit(self, job: JobSpec) -> None:
+        spec = docker_container(job, self.settings)
+        name = spec["name"]
+
+        def create(c: docker.DockerClient) -> None:
+            try:
+                container = c.containers.get(name)
+            except NotFound:
+                kwargs = dict(spec)
+                if "device_requests" in kwargs:
+                    kwargs["device_requests"] = [
+                        DeviceRequest(driver=d["Driver"], count=d["Count"], capabilities=d["Capabilities"])
+                        for d in kwargs["device_requests"]
+                    ]
+                image = kwargs.pop("image")
+                try:
+                    container = c.containers.create(image, **kwargs)
+                except ImageNotFound:
+                    c.images.pull(image)
+                    container = c.containers.create(image, **kwargs)
+                except APIError as e:
+                    if e.status_code != 409:
+                        raise
+                    container = c.containers.get(name)  # created concurrently by another submit
+            if container.status == "created":
+                container.start()
+
+        try:
+            await self._call(f"start container {name}", create)
+        except NotFound as e:
+            raise ExecutorError(f"docker: image {self.settings.image} not found and not pullable: {e.explanation or e}") from None
+
+    async def _container(self, job_id: str) -> Any | None:
+        name = container_name(job_id)
+        try:
+            return await self._call(f"inspect container {name}", lambda c: c.containers.get(name))
+        except NotFound:
+            return None
+
+    async def poll(self, job_id: str) -> JobPhase:
+        container = await self._container(job_id)
+        if container is None:
+            return JobPhase(state="missing")
+        state = container.attrs.get("State", {})
+        status = state.get("Status", container.status)
+        if status == "created":
+            return JobPhase(state="pending", reason="created, not started")
+        if status in ("running", "restarting", "paused"):
+            wall = float(container.labels.get(WALL_TIME_LABEL, 0)) or None
+            started = _started_at(state.get("StartedAt", ""))
+            if wall is not None and started is not None:
+                age = (dt.datetime.now(dt.UTC) - started).total_seconds()
+                if age > wall + self.settings.startup_margin_s:
+                    await self._call(f"kill container {container.name}", lambda c: container.kill())
+                    return JobPhase(state="failed", reason=f"DeadlineExceeded: ran {age:.0f}s, wall time {wall:.0f}s")
+            return JobPhase(state="running")
+        code = int(state.get("ExitCode", -1))
+        if state.get("OOMKilled"):
+            return JobPhase(state="failed", reason=f"out of memory (OOMKilled, exit {code})")
+        if code == 0:
+            return JobPhase(state="succeeded")
+        detail = state.get("Error") or ""
+        return JobPhase(state="failed", reason=_EXIT_MEANING.get(code, f"runner exited {code}") + (f": {detail}" if detail else ""))
+
+    async def cancel(self, job_id: str) -> None:
+        name = container_name(job_id)
+        try:
+            await self._call(f"remove container {name}", lambda c: c.containers.get(name).remove(force=True))
+        except NotFound:
+            pass
+
+    async def cleanup(self, project: str) -> None:
+        value = label_value(project)
+
+        def remove_all(c: docker.DockerClient) -> None:
+            for container in c.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={value}"}):
+                labels = container.labels or {}
+                if labels.get(PROJECT_LABEL) == value and JOB_ID_ANNOTATION in labels:
+                    try:
+                        container.remove(force=True)
+                    except NotFound:
+                        pass
+
+        await self._call(f"remove containers of project {project}", remove_all)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+            self._client = None
