@@ -252,10 +252,18 @@ async def test_invented_numbers_and_unknown_citations_are_removed():
     assert out.pdf_error == "" and store.data[out.pdf].startswith(b"%PDF")
 
 
-async def test_latex_failure_is_one_line_not_a_crash(monkeypatch):
+async def test_latex_failure_is_one_line_not_a_crash():
     from agents.writing import pdf
     with pytest.raises(pdf.PdfError, match=r"^! Undefined control sequence"):
         await pdf.compile_pdf("\\documentclass{article}\\begin{document}\\nosuchmacro\\end{document}", "", {})
+
+
+async def test_a_pdf_that_does_not_build_still_gives_a_draft(monkeypatch):
+    from agents.writing import pdf
+    monkeypatch.setattr(pdf, "STEP_TIMEOUT_S", 0.001)
+    out, store = await write(request())
+    assert out.pdf is None and "took longer than" in out.pdf_error
+    assert out.markdown in store.data and out.tex in store.data and out.bib in store.data
 
 
 class LatexMind:
