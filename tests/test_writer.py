@@ -301,3 +301,12 @@ def test_fmt_is_the_one_format():
     assert [numbers.fmt(x) for x in xs] == ["3", "0.5", "0.1235", "-4.57e-04", "12345.7", "0", "16.0", "2", "1.0", "1234.6"]
     with pytest.raises(ValueError):
         numbers.fmt(math.nan)
+
+
+async def test_a_gain_from_an_unfair_knob_is_not_the_headline():
+    unfair = [RUNS[0], run("job-s1", "wd-1", [0.934, 0.951, 0.947], [0.412, 0.405, 0.43], overrides={"steps": 4000})]
+    out, store = await write(request(runs=unfair))
+    md = store.data[out.markdown].decode()
+    assert md.splitlines()[0].startswith("# No fair gain in val_acc")
+    assert "The evidence does not support a significant improvement" in md
+    assert "unfair baseline: idea 'wd-1' changes the fairness knob 'steps'" in md  # in the limitations

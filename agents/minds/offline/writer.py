@@ -10,6 +10,7 @@ value in the request. The seed only picks between equivalent phrasings.
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from agents.minds.base import PaperSections
@@ -61,7 +62,9 @@ class Draft:
         self.rep = request.report
         self.ideas = {i.id: i for i in request.ideas}
         self.primary = [c for c in self.rep.comparisons if c.metric == self.rep.primary_metric]
-        self.better = sorted((c for c in self.primary if c.verdict == "better"), key=lambda c: -c.effect_size)
+        # An idea that changed a fairness knob won against a different setup, not the baseline: no headline for it.
+        self.unfair = {m.group(1) for f in self.rep.flags if f.startswith("unfair baseline") for m in [re.search(r"idea '([^']+)'", f)] if m}
+        self.better = sorted((c for c in self.primary if c.verdict == "better" and c.idea_id not in self.unfair), key=lambda c: -c.effect_size)
         self.worse = [c for c in self.primary if c.verdict == "worse"]
         self.study = self.spec.get("title") or self.spec.get("name") or "the template task"
 
@@ -81,6 +84,10 @@ class Draft:
         if self.worse and len(self.worse) == len(self.primary):
             return (f"A negative result on {self.study}: none of the tested changes helped {m}",
                     "Every tested change made the primary metric worse: " + " ".join(effect_sentence(c, self.rep.alpha) for c in self.worse))
+        if any(c.verdict == "better" for c in self.primary):
+            return (f"No fair gain in {m} on {self.study}: the only significant gains changed the compute or data",
+                    "The only significant gains came from ideas that changed a fairness knob, so they are not compared with a matching baseline: "
+                    + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary if c.idea_id in self.unfair))
         return (f"No significant change in {m} on {self.study}: an inconclusive study",
                 "No tested change differed significantly from the baseline in the direction that helps: "
                 + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary))
@@ -89,7 +96,7 @@ class Draft:
         seeds = sorted({c.n_baseline for c in self.primary} | {c.n_idea for c in self.primary})
         seed_text = f" Arms ran with {', '.join(fmt(n) for n in seeds)} seeds." if seeds else ""
         return (
-            f"We study the task of {self.study}: {self.spec.get('task', 'not recorded').strip().rstrip('.')}. "
+            f"We study {self.study}. "
             f"Starting from the research direction given by the co-PI, we compared a baseline with "
             f"{fmt(len(self.r.ideas))} proposed change(s) to its knobs over several seeds, using Welch's t-test, Hedges' g and bootstrap "
             f"confidence intervals, with the primary metric {self.rep.primary_metric}.{seed_text} {finding}"
