@@ -275,7 +275,13 @@ class PI(Role):
         st.draft = body
         st.stage = "review"
         ctx.send(
-            ReviewRequest(round=st.round, draft=body, report=st.report, references=list(st.references.values())),
+            ReviewRequest(
+                round=st.round,
+                draft=body,
+                report=st.report,
+                references=list(st.references.values()),
+                max_rounds=st.budget.max_revision_rounds,
+            ),
             "reviewer",
         )
 
@@ -331,7 +337,7 @@ class PI(Role):
             if any(e.idea_id == arm and e.round == st.round for e in st.experiments.values()):
                 continue  # already asked this round
             start = max(have, default=-1) + 1
-            n = max(2, int(st.spec.get("seeds", 3)) - 1)
+            n = max(3, int(st.spec.get("seeds", 3)))  # every run has at least three seeds
             idea = st.ideas[arm].idea if arm in st.ideas else None
             self._request_experiment(ctx, st, arm, idea, list(range(start, start + n)))
 

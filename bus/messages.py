@@ -343,6 +343,7 @@ class ReviewRequest(Model):
     report: AnalysisReport
     references: list[Reference]
     ensemble: int = Field(3, ge=1, le=10)
+    max_rounds: int = Field(10, ge=0, le=10)  # the PI's revision budget: round r may be revised while r < max_rounds
 
 
 class ReviewDone(Model):

@@ -116,31 +116,43 @@ async def _run(opts: RunOptions, folder: Path, spec: templates.TemplateSpec, bud
 async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, sup: Any, deadline: float) -> Decision | None:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task(f"{project}: ideas", total=len(STAGES))
-        runs_done = 0
-        stream = read(bus, subjects.convo_all(project), follow=True)
-        while True:
-            if sup is not None:
-                sup.tick()  # restart agents that die mid-run
-            if time.monotonic() > deadline:
-                return None
-            try:
-                entry = await asyncio.wait_for(stream.__anext__(), timeout=1.0)
-            except asyncio.TimeoutError:
-                continue
-            except StopAsyncIteration:
-                return None
-            env = entry.envelope
-            if env is None:
-                continue
-            if not opts.quiet:
-                progress.console.print(f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {describe(env)}", markup=True, highlight=False)
-            stage = STAGE_OF.get(env.kind)
-            if env.kind == "experiment_result":
-                runs_done += len(env.body.runs)
-            if stage:
-                progress.update(task, completed=STAGES.index(stage) + (1 if stage == "decision" else 0), description=f"{project}: {stage} ({runs_done} runs done)")
-            if isinstance(env.body, Decision):
-                return env.body
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            async for e in read(bus, subjects.convo_all(project), follow=True):
+                await queue.put(e)
+
+        # The stream is read in its own task: a timeout here must not cancel (and so close) the reader.
+        reader = asyncio.create_task(pump())
+        try:
+            return await _watch(queue, reader, project, opts, progress, task, sup, deadline)
+        finally:
+            reader.cancel()
+
+
+async def _watch(queue: asyncio.Queue, reader: asyncio.Task, project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float) -> Decision | None:
+    runs_done = 0
+    while True:
+        if sup is not None:
+            sup.tick()  # restart agents that die mid-run
+        if time.monotonic() > deadline or reader.done():
+            return None
+        try:
+            entry = await asyncio.wait_for(queue.get(), timeout=1.0)
+        except asyncio.TimeoutError:
+            continue
+        env = entry.envelope
+        if env is None:
+            continue
+        if not opts.quiet:
+            progress.console.print(f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {describe(env)}", markup=True, highlight=False)
+        stage = STAGE_OF.get(env.kind)
+        if env.kind == "experiment_result":
+            runs_done += len(env.body.runs)
+        if stage:
+            progress.update(task, completed=STAGES.index(stage) + (1 if stage == "decision" else 0), description=f"{project}: {stage} ({runs_done} runs done)")
+        if isinstance(env.body, Decision):
+            return env.body
 
 
 async def _fetch(artifacts: Artifacts, name: str, dest: Path) -> Path | None:

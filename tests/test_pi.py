@@ -139,11 +139,11 @@ async def test_full_loop_with_one_revision_round():
     assert [(r.item_id, r.action) for r in rebuttal.responses] == [("r0-1", "act"), ("r0-2", "act")]
     more = [b for b, _ in out[1:]]
     assert {b.idea.id if b.idea else "baseline" for b in more} == {ideas[0].id, "baseline"}
-    assert all(b.seeds == [3, 4] for b in more), "new seeds continue where the old ones stopped"
+    assert all(b.seeds == [3, 4, 5] for b in more), "new seeds continue where the old ones stopped, three at least"
 
     for b in more:
         idea_id = b.idea.id if b.idea else "baseline"
-        out = await h.send(ExperimentResult(experiment_id=b.experiment_id, idea_id=idea_id, runs=[run_record(b.experiment_id, idea_id, [1.0, 0.9], [3, 4])]), "engineer")
+        out = await h.send(ExperimentResult(experiment_id=b.experiment_id, idea_id=idea_id, runs=[run_record(b.experiment_id, idea_id, [1.0, 0.9, 1.1], [3, 4, 5])]), "engineer")
     assert kinds(out) == ["analysis_request->analyst"]
     assert out[0][0].round == 1 and len(out[0][0].runs) == 4
     out = await h.send(AnalysisDone(report=report(1)), "analyst")

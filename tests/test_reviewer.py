@@ -78,7 +78,7 @@ class Claiming(OfflineWriterMind):
         return s.model_copy(update=update)
 
 
-async def draft_and_review(runs, refs, round=1, mind=None, items=(), responses=(), ensemble=3, services=None):
+async def draft_and_review(runs, refs, round=1, mind=None, items=(), responses=(), ensemble=3, max_rounds=10):
     store = MemoryStore()
     report, _ = build_report("p", AnalysisRequest(round=round, spec=SPEC, runs=runs))
     req = DraftRequest(round=round, spec=SPEC, direction="Does decay help?", ideas=IDEAS, report=report, references=refs,
@@ -87,8 +87,8 @@ async def draft_and_review(runs, refs, round=1, mind=None, items=(), responses=(
     await WRITER().handle(Envelope(project="p", sender="pi", recipient="writer", body=req), wctx)
     (draft, _), = wctx.outputs
     assert isinstance(draft, DraftReady)
-    rctx = Context(project="p", role="reviewer", state=None, artifacts=store, mind=offline_reviewer.make(0, {}), services=services or {})
-    body = ReviewRequest(round=round, draft=draft, report=report, references=refs, ensemble=ensemble)
+    rctx = Context(project="p", role="reviewer", state=None, artifacts=store, mind=offline_reviewer.make(0, {}))
+    body = ReviewRequest(round=round, draft=draft, report=report, references=refs, ensemble=ensemble, max_rounds=max_rounds)
     await REVIEWER().handle(Envelope(project="p", sender="pi", recipient="reviewer", body=body), rctx)
     (done, to), = rctx.outputs
     assert to == "pi" and isinstance(done, ReviewDone)
@@ -151,9 +151,9 @@ async def test_missing_baseline_asks_for_one_and_spent_rounds_reject():
     done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)])
     assert done.meta.decision == "revise"
     assert ("add_baseline", "baseline") in {(i.kind, i.target) for i in done.meta.revision_items}
-    done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)], round=1, services={"max_rounds": 2})
+    done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)], round=1, max_rounds=2)
     assert done.meta.decision == "revise"
-    done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)], round=2, services={"max_rounds": 2})
+    done, _, _ = await draft_and_review(only_idea, [ref(i) for i in range(5)], round=2, max_rounds=2)
     assert done.meta.decision == "reject" and "spent" in done.meta.summary
 
 

@@ -9,7 +9,6 @@ Deterministic for a seed.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from typing import Any
@@ -23,32 +22,23 @@ _AVOID = re.compile(r"\b(don'?t|do not|never|avoid|stop|no longer|without|not)\b
 
 
 def candidate_values(knob: Knob) -> list[Any]:
-    """Values to try: the template's candidates, else a few spread over its range."""
+    """The values a template declares worth trying: its candidates, else a choice knob's choices.
+
+    A bare range is not enough: a value picked from it may be invalid for the
+    code (4 heads must divide the width) or meaningless (evaluation cadence),
+    and only the template's author knows which.
+    """
     if knob.candidates:
         values = list(knob.candidates)
     elif knob.type == "choice":
         values = list(knob.choices or [])
     elif knob.type == "bool":
         values = [not knob.default]
-    elif knob.min is not None and knob.max is not None:
-        lo, hi, d = float(knob.min), float(knob.max), float(knob.default)
-        if knob.log and lo > 0:
-            values = [d / 10, d * 10, math.sqrt(lo * d), math.sqrt(d * hi)]
-        else:
-            values = [lo + (hi - lo) * f for f in (0.1, 0.5, 0.9)]
-        values = [v for v in values if lo <= v <= hi]
-        if knob.type == "int":
-            values = [int(round(v)) for v in values]
-        else:
-            values = [float(f"{v:.3g}") for v in values]
     else:
         values = []
     out = []
     for v in values:
-        try:
-            v = knob.validate_value(v)
-        except ValueError:
-            continue
+        v = knob.validate_value(v)
         if v != knob.default and v not in out:
             out.append(v)
     return out
@@ -103,7 +93,7 @@ class OfflinePIMind:
         what = knob.description or name.replace("_", " ")
         return Idea(
             id=f"{name.replace('_', '-')}-{_slug(value)}"[:48],
-            title=f"Effect of {what} = {value} on {metric} in {spec.title}",
+            title=f"{name} = {value} (baseline {base})",
             hypothesis=(
                 f"Setting {name} to {value} instead of {base} gives a {better} {metric} than the baseline "
                 f"on {spec.name}, all other settings and the compute budget held equal."
@@ -137,7 +127,8 @@ class OfflinePIMind:
             if item.kind == "more_seeds":
                 if runs_left >= 2:
                     runs_left -= 2
-                    out.append(ItemResponse(item_id=item.id, action="act", text=f"running more seeds for {item.target} and the baseline"))
+                    arms = "the baseline" if item.target == "baseline" else f"{item.target} and the baseline"
+                    out.append(ItemResponse(item_id=item.id, action="act", text=f"running more seeds for {arms}"))
                 else:
                     out.append(ItemResponse(item_id=item.id, action="rebut", text=f"the run budget is spent ({ctx.runs_left} runs left); the limitation is stated"))
             elif item.kind == "add_baseline":
