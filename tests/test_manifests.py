@@ -1,0 +1,288 @@
+"""Everything the lab would apply to a cluster validates against Kubernetes' own schemas.
+
+Overlays are built with ``kubectl kustomize`` (kustomize v5 ships inside
+kubectl; no separate binary is needed) and every object, plus every Job the
+executor renders, is checked with kubernetes-validate in strict mode against
+Kubernetes 1.33. Beyond the schema, the tests hold the manifests to what the
+lab promises: restricted pod security, least-privilege RBAC, default-deny
+networking, and names that agree across files (Secrets, NATS users, roles).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bus.messages import ROLES
+from bus.permissions import USERS, permissions
+from services.cli_job import app
+from services.executors.base import JobSpec, NatsAccess
+from services.executors.render import KubernetesSettings, k8s_job, render_job
+
+REPO = Path(__file__).resolve().parent.parent
+K8S_VERSION = "1.33"
+OVERLAYS = ["base", "overlays/gpu", "overlays/cpu"]
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with built-in kustomize) is not installed")
+
+
+def build(overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run([KUBECTL or "kubectl", "kustomize", str(REPO / "k8s" / overlay)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def validate(doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")}
+
+
+def assert_restricted(name: str, pod: dict[str, Any]) -> None:
+    assert pod["securityContext"]["runAsNonRoot"] is True, name
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}, name
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert "limits" in c["resources"] and "memory" in c["resources"]["limits"], name
+
+
+def example(**kw: Any) -> JobSpec:
+    return JobSpec(job_id=kw.pop("job_id", "proj-exp-1"), project="proj", experiment_id="exp", template="grokking",
+                   bundle_object="proj/bundle.tar.gz", seeds=[0, 1, 2], wall_time_s=600, memory_mb=2048,
+                   nats=NatsAccess(url="nats://nats:4222", user="runner", password="pw"), **kw)
+
+
+def test_validator_rejects_what_it_should() -> None:
+    """The schema check used below is real: an unknown field and a wrong type both fail."""
+    job = k8s_job(example(), KubernetesSettings())
+    validate(job)
+    job["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(job)
+    bad = k8s_job(example(), KubernetesSettings())
+    bad["spec"]["backoffLimit"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(bad)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_builds_validates_and_is_restricted(overlay: str) -> None:
+    docs = build(overlay)
+    for doc in docs:
+        validate(doc)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("StatefulSet", "nats") in kinds and ("Namespace", "lab") in kinds
+    assert all(d["metadata"].get("namespace") == "lab" for d in docs if d["kind"] not in ("Namespace",))
+    for name, pod in pod_specs(docs).items():
+        assert_restricted(name, pod)
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert {"name": "data", "mountPath": "/data"} in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+
+
+@needs_kubectl
+def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
+    docs = build("base")
+    agents = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert sorted(agents) == sorted(f"lab-{r}" for r in ROLES)
+    for role in ROLES:
+        pod = agents[f"lab-{role}"]["spec"]["template"]["spec"]
+        [c] = pod["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        assert c["command"] == ["lab", "agent", role]
+        # The host writes $LAB_HOME/run/<role>.ready (services/host.py); LAB_HOME is an emptyDir.
+        assert c["readinessProbe"]["exec"]["command"] == ["test", "-f", f"{env['LAB_HOME']['value']}/run/{role}.ready"]
+        assert {"name": "home", "mountPath": env["LAB_HOME"]["value"]} in c["volumeMounts"]
+        assert env["LAB_NATS_USER"]["value"] == role
+        assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == f"{role.upper()}_PASSWORD"
+        # Only the engineer talks to the API server.
+        assert pod["automountServiceAccountToken"] is (role == "engineer")
+        assert pod["serviceAccountName"] == ("lab-engineer" if role == "engineer" else "lab-agent")
+
+
+@needs_kubectl
+def test_engineer_rbac_is_limited_to_jobs_and_pods() -> None:
+    docs = build("base")
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    jobs = {("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")}
+    pods = {("", r, v) for r in ("pods", "pods/log") for v in ("get", "list", "watch")}
+    assert granted == jobs | pods
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lab-engineer", "namespace": "lab"}]
+
+
+@needs_kubectl
+def test_network_policies_default_deny_and_jobs_reach_only_nats() -> None:
+    docs = build("base")
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    deny = policies["default-deny"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"} and "egress" not in deny
+    jobs = [p for p in policies.values() if p["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component") == "job-runner"]
+    closed = [p for p in jobs if "lab.kenkyu.dev/network" not in p["podSelector"]["matchLabels"]]
+    [only] = closed
+    assert only["egress"] == [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}}}],
+                               "ports": [{"protocol": "TCP", "port": 4222}]}]
+    dns = policies["allow-dns"]["egress"][0]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    nats_in = policies["nats-ingress"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
+    assert set(nats_in["values"]) == {"agent", "job-runner"}
+
+
+def _users_block(conf: str) -> list[dict[str, Any]]:
+    block = conf[conf.index("users: [") + len("users: "): conf.rindex("]") + 1]
+    return json.loads(re.sub(r"(?<![\"\w])\$([A-Z_]+)", r'"$\1"', block))
+
+
+def test_nats_users_mirror_bus_permissions_and_secret_template() -> None:
+    users = _users_block((REPO / "k8s/base/nats.conf").read_text())
+    assert [u["user"] for u in users] == list(USERS)
+    for u in users:
+        assert u["password"] == f"${u['user'].upper()}_PASSWORD"
+        assert u.get("permissions") == permissions(u["user"])
+    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
+    assert set(secrets["lab-nats-users"]["stringData"]) == {f"{u.upper()}_PASSWORD" for u in USERS}
+    assert "\n  sync_interval: always" not in (REPO / "k8s/base/nats.conf").read_text()  # offered, commented out
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_referenced_secrets_and_executor_config_agree(overlay: str) -> None:
+    docs = build(overlay)
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
+    for name, pod in pod_specs(docs).items():
+        for c in pod["containers"]:
+            for ref in c.get("envFrom", []):
+                assert ref["secretRef"]["name"] in secrets, name
+            for e in c.get("env", []):
+                key_ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if key_ref:
+                    assert key_ref["key"] in secrets[key_ref["name"]], (name, key_ref)
+    [config_map] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
+    options = yaml.safe_load(config_map["data"]["config.yaml"])["executor"]["kubernetes"]
+    s = KubernetesSettings.model_validate(options)
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    assert s.namespace == "lab" and s.service_account in accounts and s.nats_secret in secrets
+    assert {s.nats_secret_user_key, s.nats_secret_password_key} <= set(secrets[s.nats_secret])
+    job = k8s_job(example(gpu=0), s)
+    validate(job)
+    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    pod = job["spec"]["template"]["spec"]
+    if overlay.endswith("gpu"):
+        assert int(limits["nvidia.com/gpu"]) >= 1 and pod["nodeSelector"] and pod["tolerations"]
+        assert s.image.endswith("-cuda")
+    else:
+        assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod
+
+
+@pytest.mark.parametrize("case", [
+    {},
+    {"gpu": 2, "options": {"gpus": 4, "priority_class": "high"}},
+    {"options": {"kueue_queue": "lab-gpus", "nats_secret": "lab-nats-job", "scratch_size_mb": 2048}},
+    {"network": True, "job_id": "Weird_ID.with.dots/" + "x" * 80},
+])
+def test_rendered_jobs_validate_with_security_and_gpu_fields(case: dict[str, Any]) -> None:
+    options = case.pop("options", {})
+    job = example(**case)
+    manifest = yaml.safe_load(render_job(job, "kubernetes", options))
+    validate(manifest)
+    assert len(manifest["metadata"]["name"]) <= 63
+    assert all(len(v) <= 63 for v in manifest["metadata"]["labels"].values())
+    pod = manifest["spec"]["template"]["spec"]
+    assert_restricted("job", pod)
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits.get("nvidia.com/gpu") == (str(job.gpu) if job.gpu else None)
+    assert manifest["spec"].get("suspend", False) is bool(options.get("kueue_queue"))
+    assert pod["securityContext"]["runAsUser"] == 10001
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    inner = JobSpec.model_validate_json(env["LAB_JOB"]["value"])
+    assert inner.job_id == job.job_id and (inner.nats.password is None) is bool(options.get("nats_secret"))
+    if job.network:
+        assert manifest["spec"]["template"]["metadata"]["labels"]["lab.kenkyu.dev/network"] == "open"
+
+
+@pytest.fixture
+def template_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "experiment.py").write_text("print('x')\n")
+    (folder / "plot.py").write_text("print('x')\n")
+    (folder / "template.yaml").write_text(yaml.safe_dump({
+        "name": "toy", "title": "Toy", "task": "t",
+        "knobs": {"lr": {"type": "float", "default": 0.1, "min": 0.0, "max": 1.0}},
+        "metrics": {"acc": {"direction": "higher", "primary": True}},
+        "baseline": {"lr": 0.05}, "seeds": 4, "time_budget_s": 900,
+        "resources": {"cpu": 2, "gpu": 1, "memory_mb": 4096},
+    }))
+    return folder
+
+
+def test_cli_render_prints_a_valid_job_for_the_template_baseline(template_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"executor": {"kubernetes": {"namespace": "research", "gpus": 2}}}))
+    result = CliRunner().invoke(app, ["render", "--template", str(template_dir), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    manifest = yaml.safe_load(result.stdout)
+    validate(manifest)
+    assert manifest["metadata"]["namespace"] == "research"
+    assert manifest["spec"]["activeDeadlineSeconds"] == 900 + 300
+    c = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"] == {"cpu": "2000m", "memory": f"{4096 + 256}Mi", "nvidia.com/gpu": "1"}
+    inner = JobSpec.model_validate_json(next(e["value"] for e in c["env"] if e["name"] == "LAB_JOB"))
+    assert inner.overrides == {"lr": 0.05} and inner.seeds == [0, 1, 2, 3]
+
+    docker = CliRunner().invoke(app, ["render", "--template", str(template_dir), "--executor", "docker"])
+    assert docker.exit_code == 0, docker.output
+    spec = yaml.safe_load(docker.stdout)
+    assert spec["device_requests"][0]["Count"] == 1 and spec["read_only"] is True and spec["network"] == "lab-bus"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--template", "no-such-template"], "unknown template"),
+    (["--executor", "slurm"], "cannot render for executor 'slurm'"),
+])
+def test_cli_render_bad_input_is_one_line_and_exit_2(template_dir: Path, args: list[str], message: str) -> None:
+    if "--template" not in args:
+        args = ["--template", str(template_dir), *args]
+    result = CliRunner().invoke(app, ["render", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_render_bad_option_names_the_field(template_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("executor:\n  kubernetes:\n    gpus: none\n")
+    result = CliRunner().invoke(app, ["render", "--template", str(template_dir), "--config", str(config)])
+    assert result.exit_code == 2 and "bad executor option gpus" in result.stderr
+
+
+def test_compose_runs_nats_and_six_agents_on_a_bus_network() -> None:
+    compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"nats", *ROLES}
+    for role in ROLES:
+        svc = services[role]
+        assert svc["command"] == ["lab", "agent", role] and svc["user"] == "10001:10001" and svc["read_only"] is True
+        assert svc["environment"]["LAB_NATS_USER"] == role
+        assert svc["healthcheck"]["test"][-1] == f"{svc['environment']['LAB_HOME']}/run/{role}.ready"
+    assert compose["networks"]["bus"] == {"name": "lab-bus", "internal": True}
+    options = yaml.safe_load((REPO / "deploy/config.yaml").read_text())["executor"]["docker"]
+    assert options["network"] == "lab-bus"
+    dockerfile = (REPO / "deploy/Dockerfile").read_text()
+    assert "USER 10001:10001" in dockerfile and "ARG BASE=" in dockerfile and "whl/cpu" in dockerfile
