@@ -77,7 +77,8 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
         abstract=markup.to_markdown(sections.abstract, refs),
         sections=[{"name": n, "body": markup.to_markdown(t, refs)} for n, t in names],
         revision_notes=markup.to_markdown(sections.revision_notes, refs),
-        figures=[{"name": f.name, "caption": f.caption} for f in figures],
+        # Relative to paper.md, as `lab run` lays the figures out next to it.
+        figures=[{"name": f"figures/{f.file}", "caption": f.caption} for f in figures],
         references=[{"key": r.key, "text": assemble.reference_line(r)} for r in refs.values()],
     )
     return tex, md
@@ -103,7 +104,7 @@ class Writer(Role):
                 ctx.log.warning("figure_missing", name=f.name)
         tex, md = render(body, sections, figures)
         bib = citations.references_bib(body.references)
-        printed = numbers.tokens(md, strings + [f.name for f in figures])
+        printed = numbers.tokens(md, strings + [f.name for f in figures] + [f"figures/{f.file}" for f in figures])
         left = numbers.unverified(printed, evidence)
         if left:
             ctx.log.warning("unverified_numbers", numbers=left)
@@ -113,7 +114,7 @@ class Writer(Role):
             tex=await ctx.artifacts.put(f"{base}/paper.tex", tex.encode()),
             markdown=await ctx.artifacts.put(f"{base}/paper.md", md.encode()),
             bib=await ctx.artifacts.put(f"{base}/references.bib", bib.encode()),
-            figures=[f.name for f in figures],
+            figures=[await ctx.artifacts.put(f"{base}/figures/{f.file}", files[f.file]) for f in figures],
             numbers=list(dict.fromkeys(float(t) for t in printed)),
         )
         missing = citations.unresolved(tex, bib)

@@ -208,7 +208,11 @@ def test_pdf_contents(drafted):
     req, out, store = drafted
     assert out.pdf_error == ""
     assert out.pdf == "proj/paper/round-1/paper.pdf" and store.data[out.pdf].startswith(b"%PDF")
-    assert out.figures == ["proj/figures/round-1/val_acc.png", "proj/runs/job-b1/curves.png"]
+    # The paper's figures sit next to it, named as paper.md refers to them.
+    assert out.figures == ["proj/paper/round-1/figures/figure-a.png", "proj/paper/round-1/figures/figure-b.png"]
+    assert store.data[out.figures[0]] == store.data["proj/figures/round-1/val_acc.png"]
+    md = store.data[out.markdown].decode()
+    assert "](figures/figure-a.png)" in md and "](figures/figure-b.png)" in md
     tex = store.data[out.tex].decode()
     assert tex.count("\\includegraphics") == 2
     assert {out.tex, out.markdown, out.bib} == {f"proj/paper/round-1/paper.{x}" for x in ("tex", "md")} | {"proj/paper/round-1/references.bib"}
