@@ -238,6 +238,7 @@ class Runner:
             cmd = ["unshare", "-n", "--", *cmd]
         env = {k: v for k, v in os.environ.items() if k not in ("LAB_JOB", "LAB_NATS_PASSWORD")}
         env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", "HOME": str(self.workdir)})
+        await on_line(f"[runner] starting job {job.job_id}: {' '.join(cmd)}")
         started = time.monotonic()
         outcome = await supervise(cmd, code, job, on_line, env)
         wall = time.monotonic() - started
