@@ -116,6 +116,9 @@ class KubernetesExecutor:
             if e.status == 404:
                 return JobPhase(state="missing")
             raise ExecutorError(f"kubernetes: cannot read Job {name} ({e.status}): {_message(e)}") from None
+        if _succeeded(job):
+            self._stuck_since.pop(job_id, None)
+            return JobPhase(state="succeeded")  # no pod listing on the common path
         pods = await self._pods(name)
         phase = _job_phase(job, pods)
         return phase if phase is not None else self._pod_phase(job_id, pods)
@@ -213,12 +216,20 @@ def _pod_failure(pod: Any) -> str:
     return _EXIT_MEANING.get(term.exit_code, f"runner exited {term.exit_code}" + (f" ({term.reason})" if term.reason else ""))
 
 
+def _conditions(job: Any) -> dict[str, Any]:
+    return {c.type: c for c in (job.status.conditions if job.status else None) or [] if c.status == "True"}
+
+
+def _succeeded(job: Any) -> bool:
+    conditions = _conditions(job)
+    return "Complete" in conditions or "SuccessCriteriaMet" in conditions or bool(job.status and (job.status.succeeded or 0) > 0)
+
+
 def _job_phase(job: Any, pods: list[Any]) -> JobPhase | None:
     """A Job's state from its own conditions; None while the pods must tell."""
-    status = job.status
-    conditions = {c.type: c for c in (status.conditions if status else None) or [] if c.status == "True"}
-    if "Complete" in conditions or "SuccessCriteriaMet" in conditions or (status and (status.succeeded or 0) > 0):
+    if _succeeded(job):
         return JobPhase(state="succeeded")
+    conditions = _conditions(job)
     failed = conditions.get("Failed") or conditions.get("FailureTarget")
     if failed is not None:
         reason = failed.reason or "Failed"
