@@ -79,6 +79,8 @@ class AgentHost:
 
     async def run(self) -> None:
         self.bus = await Bus.connect(self.config)
+        # Whoever starts first creates the streams and buckets (on a cluster there is no `lab up`).
+        await self.bus.ensure_topology()
         self.states = await StateStore.open(self.bus)
         self.artifacts = await Artifacts.open(self.bus)
         self.cache = await KVCache.open(self.bus, self.role_name)

@@ -214,7 +214,10 @@ class Runner:
     async def run(self) -> int:
         job = self.job
         try:
-            self.bus = await Bus.connect(BusConfig(url=job.nats.url, user=job.nats.user, password=job.nats.password, name=f"runner-{job.job_id}"))
+            # A credential mounted from a Secret (Kubernetes) wins over one carried in the job.
+            user = os.environ.get("LAB_NATS_USER") or job.nats.user
+            password = os.environ.get("LAB_NATS_PASSWORD") or job.nats.password
+            self.bus = await Bus.connect(BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}"))
             artifacts = await Artifacts.open(self.bus)
             bundle = await artifacts.get(job.bundle_object)
         except Exception as e:
@@ -236,7 +239,7 @@ class Runner:
         cmd = command(job, code, out)
         if not job.network and _can_unshare():
             cmd = ["unshare", "-n", "--", *cmd]
-        env = {k: v for k, v in os.environ.items() if k not in ("LAB_JOB", "LAB_NATS_PASSWORD")}
+        env = {k: v for k, v in os.environ.items() if k not in ("LAB_JOB", "LAB_NATS_USER", "LAB_NATS_PASSWORD")}
         env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", "HOME": str(self.workdir)})
         await on_line(f"[runner] starting job {job.job_id}: {' '.join(cmd)}")
         started = time.monotonic()

@@ -64,7 +64,9 @@ class LocalExecutor:
         except FileExistsError:
             return  # already submitted: never run a job twice
         (d / "job.json").write_text(json.dumps({"project": job.project, "experiment_id": job.experiment_id}))
-        env = {**os.environ, **job.env(), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
+        # The runner gets the job's own credential, never the engineer's.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_"))}
+        env = {**inherited, **job.env(), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
         with open(d / "runner.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.jobrunner"],
