@@ -1,0 +1,285 @@
+"""Merging MLPs fine-tuned from one pretrained init on disjoint digit classes.
+
+Setting after Ilharco et al. (task arithmetic) and Yadav et al. (TIES), scaled to
+scikit-learn's bundled 8x8 digits: an MLP is pretrained briefly on all classes,
+then one copy per task fine-tunes its backbone on that task's classes with the
+pretrained head frozen (as task arithmetic freezes zero-shot heads). The
+backbones are merged by ``--merge_fn`` and the merged model is scored on
+held-out digits of every task. Runs standalone: torch, numpy, scikit-learn, stdlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.nn import functional as F
+
+MERGE_FNS = ("average", "task_arithmetic", "ties", "dare", "magnitude_weighted", "consensus_rescale")
+TASK_SPLITS = {
+    2: [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]],
+    3: [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]],
+    5: [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]],
+}
+LAMBDA_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
+
+# Same names, types and defaults as template.yaml: the runner passes one flag per knob.
+KNOBS = {
+    "merge_fn": (str, "task_arithmetic"),
+    "scaling_coef": (float, 0.4),
+    "select_scaling": (bool, True),
+    "density": (float, 0.2),
+    "num_tasks": (int, 2),
+    "hidden_size": (int, 128),
+    "pretrain_steps": (int, 30),
+    "finetune_steps": (int, 100),
+    "finetune_lr": (float, 1e-3),
+    "batch_size": (int, 64),
+}
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out_dir", required=True)
+    ap.add_argument("--seeds", default="0,1,2")
+    for name, (kind, default) in KNOBS.items():
+        ap.add_argument(f"--{name}", type=parse_bool if kind is bool else kind, default=default)
+    args = ap.parse_args()
+    if args.merge_fn not in MERGE_FNS:
+        ap.error(f"--merge_fn must be one of {MERGE_FNS}")
+    if args.num_tasks not in TASK_SPLITS:
+        ap.error(f"--num_tasks must be one of {sorted(TASK_SPLITS)}")
+    return args
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+# ------------------------------------------------------------------ merge functions
+# Each takes the pretrained backbone tensor and the task vectors (fine-tuned minus
+# pretrained) of one parameter, and returns the merged task vector before scaling.
+
+
+def merge_average(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """Plain weight averaging (a uniform model soup): the mean task vector; scaling is fixed to 1."""
+    return tvs.mean(0)
+
+
+def merge_task_arithmetic(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """Ilharco et al.: the sum of task vectors."""
+    return tvs.sum(0)
+
+
+def trim(tvs: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep each task vector's top-density fraction of entries by magnitude."""
+    flat = tvs.reshape(len(tvs), -1)
+    k = max(1, int(round(density * flat.shape[1])))
+    thresh = flat.abs().topk(k, dim=1).values[:, -1:]
+    return (flat * (flat.abs() >= thresh)).reshape(tvs.shape)
+
+
+def merge_ties(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """Yadav et al.: trim, elect a sign per entry by total mass, mean of the entries that agree."""
+    t = trim(tvs, args.density)
+    sign = torch.sign(t.sum(0))
+    agree = (torch.sign(t) == sign) & (t != 0)
+    return (t * agree).sum(0) / agree.sum(0).clamp(min=1)
+
+
+def merge_dare(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """Yu et al.: drop each entry with probability 1 - density, rescale the rest by 1/density, then sum."""
+    keep = torch.rand(tvs.shape, generator=gen, device=tvs.device) < args.density
+    return (tvs * keep / args.density).sum(0)
+
+
+def merge_magnitude_weighted(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """Lab proposal: per entry, a convex mix of task vectors weighted by their magnitudes.
+
+    The task that moved a weight most gets most of it, so small, noisy updates of
+    other tasks do not dilute it; scaled by the number of tasks so that the
+    coefficient means the same as in task arithmetic.
+    """
+    w = tvs.abs()
+    w = w / w.sum(0).clamp(min=1e-12)
+    return len(tvs) * (w * tvs).sum(0)
+
+
+def merge_consensus_rescale(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """Lab proposal: TIES' sign consensus without trimming, rescaled to the norm of the plain sum.
+
+    The disjoint mean drops conflicting mass and shrinks the update; restoring the
+    norm of task arithmetic keeps its step size while keeping only agreed directions.
+    """
+    sign = torch.sign(tvs.sum(0))
+    agree = torch.sign(tvs) == sign
+    merged = (tvs * agree).sum(0) / agree.sum(0).clamp(min=1)
+    return merged * (tvs.sum(0).norm() / merged.norm().clamp(min=1e-12))
+
+
+MERGERS = {
+    "average": merge_average,
+    "task_arithmetic": merge_task_arithmetic,
+    "ties": merge_ties,
+    "dare": merge_dare,
+    "magnitude_weighted": merge_magnitude_weighted,
+    "consensus_rescale": merge_consensus_rescale,
+}
+
+
+def merged_vector(pre: dict, finetuned: list[dict], args: argparse.Namespace, seed: int) -> dict:
+    gen = torch.Generator(device=next(iter(pre.values())).device).manual_seed(seed)
+    return {k: MERGERS[args.merge_fn](torch.stack([f[k] - pre[k] for f in finetuned]), args, gen) for k in pre}
+
+
+# ------------------------------------------------------------------ training and scoring
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(model: MLP, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, classes: list[int] | None, steps: int, lr: float, bs: int) -> None:
+    """Adam on minibatches; with ``classes`` the loss sees only those logits (the task's head)."""
+    opt = torch.optim.Adam(params, lr=lr)
+    cls = torch.tensor(classes if classes is not None else list(range(10)), device=x.device)
+    remap = torch.full((10,), -1, dtype=torch.long, device=x.device)
+    remap[cls] = torch.arange(len(cls), device=x.device)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (min(bs, len(x)),), device=x.device)
+        logits = model(x[idx])[:, cls]
+        loss = F.cross_entropy(logits, remap[y[idx]])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+@torch.no_grad()
+def accuracy(model: MLP, x: torch.Tensor, y: torch.Tensor, classes: list[int] | None = None) -> float:
+    """10-way accuracy, or within-task accuracy when ``classes`` restricts the head."""
+    logits = model(x)
+    if classes is None:
+        return (logits.argmax(1) == y).float().mean().item()
+    cls = torch.tensor(classes, device=x.device)
+    mask = torch.isin(y, cls)
+    return (cls[logits[mask][:, cls].argmax(1)] == y[mask]).float().mean().item()
+
+
+def with_backbone(model: MLP, state: dict) -> MLP:
+    model.backbone.load_state_dict(state)
+    return model
+
+
+def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
+    seed_everything(seed)
+    digits = load_digits()
+    x_all = (digits.data / 16.0).astype(np.float32)
+    y_all = digits.target.astype(np.int64)
+    # pretrain 25% | fine-tune 45% | validation 10% (picks the coefficient) | test 20%
+    x_pre, x_rest, y_pre, y_rest = train_test_split(x_all, y_all, train_size=0.25, stratify=y_all, random_state=seed)
+    x_ft, x_rest, y_ft, y_rest = train_test_split(x_rest, y_rest, train_size=0.6, stratify=y_rest, random_state=seed)
+    x_val, x_te, y_val, y_te = train_test_split(x_rest, y_rest, train_size=1 / 3, stratify=y_rest, random_state=seed)
+    t = {k: torch.from_numpy(v).to(device) for k, v in dict(x_pre=x_pre, y_pre=y_pre, x_ft=x_ft, y_ft=y_ft, x_val=x_val, y_val=y_val, x_te=x_te, y_te=y_te).items()}
+    tasks = TASK_SPLITS[args.num_tasks]
+
+    model = MLP(args.hidden_size).to(device)
+    train(model, list(model.parameters()), t["x_pre"], t["y_pre"], None, args.pretrain_steps, 1e-3, args.batch_size)
+    pre = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    pretrained_acc = accuracy(model, t["x_te"], t["y_te"])
+
+    finetuned, individual = [], []
+    for i, classes in enumerate(tasks):
+        torch.manual_seed(seed * 1000 + i)
+        model.backbone.load_state_dict(pre)
+        mask = torch.isin(t["y_ft"], torch.tensor(classes, device=device))
+        train(model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size)
+        finetuned.append({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
+        individual.append(accuracy(model, t["x_te"], t["y_te"], classes))
+
+    tv = merged_vector(pre, finetuned, args, seed)
+
+    def merged_with(lam: float) -> MLP:
+        return with_backbone(model, {k: pre[k] + lam * tv[k] for k in pre})
+
+    if args.merge_fn == "average":
+        lam = 1.0  # the mean of the fine-tuned weights, by definition
+    elif args.select_scaling:
+        # As both Ilharco et al. and Yadav et al. do: the coefficient is picked on validation data.
+        # Scored like the test metric: mean within-task accuracy with each task's head.
+        lam = max(LAMBDA_GRID, key=lambda c: float(np.mean([accuracy(merged_with(c), t["x_val"], t["y_val"], k) for k in tasks])))
+    else:
+        lam = args.scaling_coef
+    merged = merged_with(lam)
+    per_task = [accuracy(merged, t["x_te"], t["y_te"], c) for c in tasks]
+    metrics = {
+        "task_acc": float(np.mean(per_task)),
+        "merged_acc": accuracy(merged, t["x_te"], t["y_te"]),
+        "acc_gap": float(np.mean(individual) - np.mean(per_task)),
+        "individual_acc": float(np.mean(individual)),
+    }
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise SystemExit(f"seed {seed}: a metric is not finite ({metrics})")
+    print(f"seed {seed}: pretrained {pretrained_acc:.3f} merged {metrics['merged_acc']:.3f} task {metrics['task_acc']:.3f} "
+          f"individual {metrics['individual_acc']:.3f} lambda {lam}", flush=True)
+    lam_curve = [(c, accuracy(merged_with(c), t["x_te"], t["y_te"])) for c in LAMBDA_GRID] if args.merge_fn != "average" else []
+    detail = {"scaling_coef": float(lam), "tasks": tasks, "individual": individual, "merged_per_task": per_task, "pretrained_acc": pretrained_acc,
+              "lambda_grid": [c for c, _ in lam_curve], "lambda_test_acc": [a for _, a in lam_curve]}
+    return {"metrics": metrics, "detail": detail}
+
+
+def summarize(values: list[float]) -> dict:
+    n = len(values)
+    mean = float(np.mean(values))
+    stderr = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return {"mean": mean, "stderr": stderr, "values": [float(v) for v in values]}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    results = {seed: run_seed(args, seed, device) for seed in seeds}
+    names = list(results[seeds[0]]["metrics"])
+    final = {
+        "metrics": {m: summarize([results[s]["metrics"][m] for s in seeds]) for m in names},
+        "seeds": seeds,
+        "config": {k: getattr(args, k) for k in KNOBS},
+        "device": device.type,
+        "wall_s": round(time.time() - t0, 2),
+    }
+    (out / "curves.json").write_text(json.dumps({str(s): r["detail"] for s, r in results.items()}))
+    (out / "final_info.json").write_text(json.dumps(final, indent=2))
+    print(f"done in {final['wall_s']} s: task_acc {final['metrics']['task_acc']['mean']:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
