@@ -295,8 +295,14 @@ def main() -> None:
     except ValidationError as e:
         print(f"runner: LAB_JOB is not a valid job: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}", file=sys.stderr)
         sys.exit(2)
-    workdir = Path(os.environ.get("LAB_JOB_DIR") or tempfile.mkdtemp(prefix=f"lab-{job.job_id}-"))
+    if os.environ.get("LAB_JOB_DIR"):
+        workdir = Path(os.environ["LAB_JOB_DIR"])
+    elif os.environ.get("LAB_SCRATCH"):  # a container's writable scratch volume
+        workdir = Path(os.environ["LAB_SCRATCH"]) / job.job_id
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix=f"lab-{job.job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["LAB_JOB_DIR"] = str(workdir)
     sys.exit(asyncio.run(Runner(job, workdir).run()))
 
 

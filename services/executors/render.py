@@ -172,6 +172,7 @@ def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
         {"name": "LAB_JOB", "value": _job_for_runner(job, gpu, strip_password=bool(s.nats_secret)).model_dump_json()},
         {"name": SCRATCH_ENV, "value": s.scratch_dir},
+        {"name": "LAB_EXECUTOR_KIND", "value": "kubernetes"},  # recorded in the job's environment
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
@@ -270,7 +271,7 @@ def docker_container(job: JobSpec, s: DockerSettings) -> dict[str, Any]:
         "name": container_name(job.job_id),
         "image": s.image,
         "command": list(s.command),
-        "environment": {**job.env(), SCRATCH_ENV: s.scratch_dir, "HOME": "/tmp", "TMPDIR": "/tmp",
+        "environment": {**job.env(), SCRATCH_ENV: s.scratch_dir, "LAB_EXECUTOR_KIND": "docker", "HOME": "/tmp", "TMPDIR": "/tmp",
                         "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"},
         "labels": {**labels(job, s.extra_labels), JOB_ID_ANNOTATION: job.job_id, WALL_TIME_LABEL: f"{job.wall_time_s:g}"},
         "user": s.user,
