@@ -51,7 +51,8 @@ class Bus:
         self.errors: list[str] = []
 
     @classmethod
-    async def connect(cls, config: BusConfig, *, reconnect: bool = True) -> "Bus":
+    async def connect(cls, config: BusConfig, *, reconnect: bool = True, timeout: float = 10.0) -> "Bus":
+        """Connect, or raise ConnectError within ``timeout`` (nats-py alone may retry a refused first connect forever)."""
         errors: list[str] = []
 
         async def on_error(e: Exception) -> None:
@@ -60,7 +61,7 @@ class Bus:
         if not config.url.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise ConnectError(f"bad NATS URL {config.url!r}: expected nats://host:port")
         try:
-            nc = await nats.connect(
+            nc = await asyncio.wait_for(nats.connect(
                 servers=[config.url],
                 user=config.user,
                 password=config.password,
@@ -72,9 +73,11 @@ class Bus:
                 reconnect_time_wait=0.5,
                 drain_timeout=5,
                 error_cb=on_error,
-            )
-        except Exception as e:  # nats-py raises several unrelated types here
+            ), timeout)
+        except (Exception, asyncio.TimeoutError) as e:  # nats-py raises several unrelated types here
             reason = str(e) or type(e).__name__
+            if isinstance(e, asyncio.TimeoutError):
+                reason = f"no answer within {timeout:.0f}s" + (f" ({errors[-1]})" if errors else "")
             if "Authorization" in reason or "authorization" in reason:
                 reason = "credentials refused"
             raise ConnectError(f"cannot connect to NATS at {config.url}: {reason}") from None

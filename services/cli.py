@@ -32,7 +32,7 @@ class UsageError(Exception):
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"lab: error: {message}", markup=False)
+    err.print(f"lab: error: {message}", markup=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -114,7 +114,7 @@ def agent(
 
 
 async def _connect(nats: str | None) -> Bus:
-    return await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False)
+    return await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
 
 
 async def _projects(bus: Bus) -> list[dict[str, Any]]:
@@ -347,7 +347,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError) as e:
-        err.print(f"lab: error: {e}", markup=False)
+        err.print(f"lab: error: {e}", markup=False, soft_wrap=True)
         sys.exit(2)
 
 

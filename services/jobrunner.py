@@ -40,6 +40,7 @@ from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK,
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
 PLOT_LIMIT_S = 120.0
+CONNECT_TIMEOUT_S = float(os.environ.get("LAB_RUNNER_CONNECT_TIMEOUT_S", "30"))
 
 
 def environment(device: str = "cpu") -> JobEnvironment:
@@ -217,11 +218,12 @@ class Runner:
             # A credential mounted from a Secret (Kubernetes) wins over one carried in the job.
             user = os.environ.get("LAB_NATS_USER") or job.nats.user
             password = os.environ.get("LAB_NATS_PASSWORD") or job.nats.password
-            self.bus = await Bus.connect(BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}"))
+            config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
+            self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
             artifacts = await Artifacts.open(self.bus)
             bundle = await artifacts.get(job.bundle_object)
-        except Exception as e:
-            print(f"runner: cannot reach the bus or the bundle: {e}", file=sys.stderr)
+        except (Exception, asyncio.TimeoutError) as e:
+            print(f"runner: cannot reach the bus or the bundle: {e or type(e).__name__}", file=sys.stderr)
             return EXIT_INFRA
         code, out, figs = self.workdir / "code", self.workdir / "out", self.workdir / "figures"
         unbundle(bundle, code)
