@@ -136,10 +136,24 @@ class Bus:
 
     async def publish(self, env: Envelope) -> None:
         """Publish an envelope on its conversation subject, de-duplicated by its id."""
+        subject, data, headers = self._prepare(env)
+        await self.js.publish(subject, data, headers=headers)
+
+    async def publish_many(self, envs: list[Envelope], timeout: float = 10.0) -> None:
+        """Publish several envelopes and await their acks together: one round trip, not one each."""
+        if len(envs) <= 1:
+            for env in envs:
+                await self.publish(env)
+            return
+        prepared = [self._prepare(env) for env in envs]  # every size check before anything is sent
+        futures = [await self.js.publish_async(subject, data, headers=headers) for subject, data, headers in prepared]
+        await asyncio.wait_for(asyncio.gather(*futures), timeout)
+
+    def _prepare(self, env: Envelope) -> tuple[str, bytes, dict[str, str]]:
         data = encode(env)
         if len(data) > MAX_ENVELOPE_BYTES:
             raise MessageTooLarge(f"{env.kind} message of {len(data)} bytes exceeds the bus limit of {MAX_ENVELOPE_BYTES}")
-        await self.js.publish(subjects.convo(env.project, env.sender, env.recipient), data, headers={"Nats-Msg-Id": env.id})
+        return subjects.convo(env.project, env.sender, env.recipient), data, {"Nats-Msg-Id": env.id}
 
     async def publish_job(self, subject: str, env: Envelope) -> None:
         await self.js.publish(subject, encode(env), headers={"Nats-Msg-Id": env.id})

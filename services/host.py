@@ -167,8 +167,7 @@ class AgentHost:
             return
         finally:
             beat.cancel()
-        for out in outputs:
-            await self.bus.publish(out)
+        await self.bus.publish_many(outputs)
         await msg.ack()
         self.handled += 1
         bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered)
