@@ -76,8 +76,12 @@ def on(kind: type[BaseModel]) -> Callable[[Callable[..., Awaitable[None]]], Call
     return mark
 
 
-class UnhandledKind(Exception):
-    """A role received a kind it has no handler for (logged, acked, not retried)."""
+class Rejected(Exception):
+    """A message this role can never handle (retrying will not help): dead-lettered at once with the reason."""
+
+
+class UnhandledKind(Rejected):
+    """A role received a kind it has no handler for."""
 
 
 class Role:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agents.base import Context, Role, on
+from agents.base import Context, Rejected, Role, on
 from agents.minds.base import IdeaContext, ReviewContext
 from agents.minds.llm.errors import MindFailed
 from agents.pi_state import ExperimentState, IdeaState, ProjectState
@@ -360,6 +360,9 @@ class PI(Role):
     async def usage(self, body: UsageReport, env: Any, ctx: Context) -> None:
         st = self._require(ctx)
         st.usage[env.sender] = body.usage
+        await self._enforce_spend(ctx, st)
+
+    async def _enforce_spend(self, ctx: Context, st: ProjectState) -> None:
         for limit, spent, what in (
             (st.budget.max_tokens, sum(u.prompt_tokens + u.completion_tokens for u in st.usage.values()), "token"),
             (st.budget.max_cost_usd, sum(u.cost_usd for u in st.usage.values()), "money"),
@@ -378,7 +381,7 @@ class PI(Role):
         return ctx.clock() - st.started_at > st.budget.wall_time_s
 
 
-class UnknownProject(Exception):
+class UnknownProject(Rejected):
     """A message for a project the PI never started (dead-lettered by the host)."""
 
 

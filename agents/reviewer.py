@@ -11,12 +11,27 @@ from __future__ import annotations
 import json
 
 from agents.base import Context, Role, on
-from bus.messages import Envelope, ReviewDone, ReviewRequest, StepFailed
+from pydantic import BaseModel, ConfigDict
 
+from bus.messages import Envelope, ItemResponse, Rebuttal, ReviewDone, ReviewRequest, StepFailed
+
+
+
+class ReviewerState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rebuttals: dict[int, list[ItemResponse]] = {}  # round -> the PI's answer to each item
 
 
 class Reviewer(Role):
     name = "reviewer"
+    State = ReviewerState  # type: ignore[assignment]
+
+    @on(Rebuttal)
+    async def rebuttal(self, body: Rebuttal, env: Envelope, ctx: Context) -> None:
+        """Keep the PI's answers: the next round's draft is read against them (its Revisions section)."""
+        ctx.state.rebuttals[body.round] = body.responses
+        rebutted = [r.item_id for r in body.responses if r.action == "rebut"]
+        ctx.log.info("rebuttal received", round=body.round, acted=len(body.responses) - len(rebutted), rebutted=rebutted)
 
     @on(ReviewRequest)
     async def review(self, body: ReviewRequest, env: Envelope, ctx: Context) -> None:

@@ -1,8 +1,12 @@
 """Durable pull consumers with the settings every role shares.
 
 NATS defaults are unsafe for us: AckWait 30 s and unlimited MaxDeliver would
-retry a poison message forever. We bound both, back off between deliveries,
-and keep long handlers alive with in-progress acks instead of long ack waits.
+retry a poison message forever. We bound both and keep long handlers alive
+with in-progress acks instead of long ack waits. Backoff between attempts is
+the delay of each NAK (growing with the delivery count, see the host): with
+the consumer's own BackOff list set, nats-server 2.15 overrides NAK delays
+with it (a 0.1 s NAK came back after 5 s, the next not within 20 s), so we
+do not set one. A crashed handler's message comes back after the ack wait.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from bus.client import Bus
 
 ACK_WAIT_S = 10.0
 MAX_DELIVER = 5
-BACKOFF_S = [10.0, 15.0, 30.0, 60.0]  # ack wait of each delivery; also spaces retries
 HEARTBEAT_S = 3.0
 
 
@@ -29,7 +32,6 @@ def consumer_config(durable: str, filters: list[str]) -> api.ConsumerConfig:
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=ACK_WAIT_S,
         max_deliver=MAX_DELIVER,
-        backoff=BACKOFF_S,
         max_ack_pending=64,
         filter_subjects=filters,
     )

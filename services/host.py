@@ -24,7 +24,7 @@ import structlog
 from pydantic import ValidationError
 
 from agents import role_class
-from agents.base import Context, Role, UnhandledKind
+from agents.base import Context, Rejected, Role, UnhandledKind
 from agents.minds import make_mind
 from bus import subjects
 from bus.client import AGENTS_BUCKET, MAX_ENVELOPE_BYTES, Bus, BusConfig
@@ -45,6 +45,24 @@ _STEP_OF: dict[str, tuple[str, Any]] = {
 OUTBOX_KEEP = 16
 FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
 log = structlog.get_logger()
+
+
+def _usage_of(mind: Any) -> Usage:
+    usage = getattr(mind, "usage", None)
+    return usage.model_copy() if usage is not None else Usage()
+
+
+def _minus(a: Usage, b: Usage) -> Usage:
+    return Usage(prompt_tokens=a.prompt_tokens - b.prompt_tokens, completion_tokens=a.completion_tokens - b.completion_tokens, cost_usd=a.cost_usd - b.cost_usd)
+
+
+def _plus(a: Usage, b: Usage) -> Usage:
+    return Usage(prompt_tokens=a.prompt_tokens + b.prompt_tokens, completion_tokens=a.completion_tokens + b.completion_tokens, cost_usd=a.cost_usd + b.cost_usd)
+
+
+def retry_delay(delivered: int) -> float:
+    """Seconds before a failed message is tried again: 2, 4, 8, 16, capped at 30."""
+    return float(min(30, 2**delivered))
 
 
 class AgentHost:
@@ -70,7 +88,6 @@ class AgentHost:
         self.stop = asyncio.Event()
         self.lock = asyncio.Lock()
         self.handled = 0
-        self._usage_seen: Usage = Usage()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -151,8 +168,8 @@ class AgentHost:
             bound.warning("state conflict; retrying", error=str(e))
             await msg.nak(delay=1)
             return
-        except UnhandledKind as e:
-            if env.recipient == "all":
+        except Rejected as e:
+            if isinstance(e, UnhandledKind) and env.recipient == "all":
                 await msg.ack()  # broadcasts not meant for this role
             else:
                 await self._reject(msg, str(e))
@@ -163,7 +180,7 @@ class AgentHost:
                 await self._reject(msg, f"handler failed {delivered} times: {reason}")
             else:
                 bound.error("handler failed; will retry", error=reason, delivered=delivered)
-                await msg.nak(delay=min(30, 2**delivered))
+                await msg.nak(delay=retry_delay(delivered))
             return
         finally:
             beat.cancel()
@@ -197,6 +214,7 @@ class AgentHost:
             cache=self.cache,
             services={"lab_home": self.home, "executor": self.executor, "job_spec": self._job_spec},
         )
+        before = _usage_of(self.mind)
         try:
             await self.role.handle(env, ctx)
         except MindFailed as e:
@@ -205,13 +223,18 @@ class AgentHost:
             ctx.outputs = [(StepFailed(step=step, reason=e.reason, ref=ref(env.body)), "pi")]
             bound.error("step failed", step=step, reason=e.reason)
         outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
-        usage = getattr(self.mind, "usage", None)
-        if usage is not None and usage != self._usage_seen and self.role_name != "pi":
+        # What the mind spent on this message counts against this project (the PI too: it reads its own report).
+        spent = _minus(_usage_of(self.mind), before)
+        usage = _plus(Usage.model_validate(doc.get("usage") or {}), spent)
+        if spent != Usage():
             outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient="pi", index=len(outputs)))  # type: ignore[arg-type]
-            self._usage_seen = usage.model_copy()
         outbox[env.id] = [o.model_dump_json() for o in outputs]
         outbox = dict(list(outbox.items())[-OUTBOX_KEEP:])
-        new_doc = {"state": ctx.state.model_dump(mode="json") if ctx.state is not None else None, "outbox": outbox}
+        new_doc = {
+            "state": ctx.state.model_dump(mode="json") if ctx.state is not None else None,
+            "outbox": outbox,
+            "usage": usage.model_dump(),
+        }
         await self.states.write(key, new_doc, revision)
         if FAULT_DELAY_AFTER_STORE:
             # Fault injection for chaos tests: widen the window between storing and publishing.

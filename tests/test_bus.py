@@ -205,3 +205,41 @@ async def test_bad_messages_go_to_the_dead_letter_subject(admin_bus, nats_server
     # Nothing is lost from the conversation: the stream still holds all four.
     assert (await js.stream_info(subjects.CONVO_STREAM)).state.messages == 4
     del nc
+
+
+async def test_a_message_whose_handler_keeps_failing_ends_in_the_dead_letters(admin_bus, nats_server, tmp_path, monkeypatch):
+    """After MaxDeliver failed attempts the message is parked with the reason, not retried forever."""
+    import services.host as host_module
+    from bus.consumer import MAX_DELIVER
+    from services.host import AgentHost
+
+    monkeypatch.setattr(host_module, "retry_delay", lambda delivered: 0.1)
+    host = AgentHost("analyst", config_for(nats_server, "analyst"), home=tmp_path)
+    calls = []
+
+    async def broken(env, ctx):
+        calls.append(env.id)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(host.role, "handle", broken)
+    env = Envelope.model_validate({"project": "p1", "sender": "copi", "recipient": "analyst", "body": example_bodies()[9]})
+    await admin_bus.publish(env)
+    runner = asyncio.create_task(host.run())
+    records = await _dlq_records(admin_bus, 1)
+    host.stop.set()
+    await runner
+    assert len(calls) == MAX_DELIVER
+    assert records[0]["reason"] == f"handler failed {MAX_DELIVER} times: RuntimeError: disk full"
+    assert records[0]["num_delivered"] == MAX_DELIVER
+
+
+async def test_a_note_for_a_project_the_pi_never_started_is_dead_lettered_at_once(admin_bus, nats_server, tmp_path):
+    from services.host import AgentHost
+
+    host = AgentHost("pi", config_for(nats_server, "pi"), home=tmp_path)
+    await admin_bus.publish(Envelope(project="ghost", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n", text="hi"))))
+    runner = asyncio.create_task(host.run())
+    records = await _dlq_records(admin_bus, 1)
+    host.stop.set()
+    await runner
+    assert records[0]["num_delivered"] == 1 and "no project 'ghost'" in records[0]["reason"]
