@@ -14,21 +14,12 @@ from bus import subjects
 from bus.client import Bus
 from bus.messages import Budget, Envelope, StartProject
 from bus.store import StateStore
+from tests.fakes import TOY_SPEC
 from tests.conftest import config_for, lab_cmd
 
 pytestmark = pytest.mark.integration
 
-SPEC = {
-    "name": "toy",
-    "title": "A toy template",
-    "task": "Minimise a quadratic.",
-    "knobs": {
-        "lr": {"type": "float", "default": 0.1, "min": 0.001, "max": 1.0, "candidates": [0.01, 0.5]},
-        "width": {"type": "int", "default": 8, "min": 1, "max": 64, "candidates": [4, 16]},
-        "steps": {"type": "int", "default": 100, "min": 1, "max": 1000, "fairness": True},
-    },
-    "metrics": {"loss": {"direction": "lower", "primary": True}},
-}
+SPEC = TOY_SPEC
 
 
 def agent_env(server, home, role: str, **extra: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ from agents.analyst import ROLE, build_report
 from agents.base import Context
 from agents.minds.offline.analyst import make
 from bus.messages import AnalysisDone, AnalysisRequest, Envelope, FinalInfo, MetricStat, RunRecord, StepFailed
+from tests.fakes import MemoryStore
 
 SPEC = {
     "name": "toy",
@@ -22,21 +23,6 @@ SPEC = {
     "metrics": {"acc": {"direction": "higher", "primary": True}, "loss": {"direction": "lower"}},
     "baseline": {},
 }
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def put(self, name: str, data: bytes) -> str:
-        self.data[name] = data
-        return name
-
-    async def get(self, name: str) -> bytes:
-        return self.data[name]
-
-    async def list(self, prefix: str) -> list[str]:
-        return sorted(n for n in self.data if n.startswith(prefix))
 
 
 def run(job, idea, acc, loss, seeds=None, overrides=None, status="succeeded", reason=""):

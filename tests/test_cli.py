@@ -9,20 +9,12 @@ import time
 
 import pytest
 
+from tests.fakes import TOY_SPEC
 from tests.conftest import lab_cmd
 
 pytestmark = pytest.mark.integration
 
-SPEC = {
-    "name": "toy",
-    "title": "A toy template",
-    "task": "Minimise a quadratic.",
-    "knobs": {
-        "lr": {"type": "float", "default": 0.1, "min": 0.001, "max": 1.0, "candidates": [0.01, 0.5]},
-        "width": {"type": "int", "default": 8, "min": 1, "max": 64, "candidates": [4, 16]},
-    },
-    "metrics": {"loss": {"direction": "lower", "primary": True}},
-}
+SPEC = TOY_SPEC
 
 
 def lab(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -169,8 +169,8 @@ def test_llm_mind_project_end_to_end_with_faults(lab_env, tmp_path):
         if m["body"]["type"] == "usage_report":
             assert m["recipient"] == "pi"
             reports[m["sender"]] = m["body"]["usage"]
-    # The PI's own mind is not metered into the project (see the report: services/host.py skips it, agents/pi.py never adds it).
-    for role in ("literature", "engineer", "analyst", "writer", "reviewer"):
+    # Every role's mind is metered into the project, the PI's own included.
+    for role in MIND_ROLES:
         billed = script.billed[role]
         assert billed and reports[role]["prompt_tokens"] == billed * PROMPT_TOKENS, (role, reports[role], billed)
         assert reports[role]["completion_tokens"] == billed * COMPLETION_TOKENS
@@ -180,7 +180,7 @@ def test_llm_mind_project_end_to_end_with_faults(lab_env, tmp_path):
     appendix = paper.split("Token and cost usage", 1)[1]
     rows = {role: int(n) for role, n in re.findall(r"^\| (\w+) \| (\d+) \|", appendix, flags=re.M)}
     assert rows == {role: u["prompt_tokens"] for role, u in last_draft["usage"].items()}, appendix[:800]
-    assert {"literature", "engineer", "analyst", "writer", "reviewer"} <= set(rows)
+    assert set(MIND_ROLES) <= set(rows)
 
     # Nothing reached for tiktoken: no agent or job log names it, and its cache stayed empty.
     assert not list(cache.iterdir())

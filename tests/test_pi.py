@@ -10,6 +10,7 @@ from agents.base import Context
 from agents.minds.offline.pi import OfflinePIMind
 from agents.pi import PI
 from agents.pi_state import ProjectState
+from tests.fakes import TOY_SPEC, MemoryStore
 from bus.messages import (
     AnalysisDone,
     AnalysisReport,
@@ -29,32 +30,7 @@ from bus.messages import (
     StartProject,
 )
 
-SPEC = {
-    "name": "toy",
-    "title": "A toy template",
-    "task": "Minimise a quadratic.",
-    "knobs": {
-        "lr": {"type": "float", "default": 0.1, "min": 0.001, "max": 1.0, "candidates": [0.01, 0.5]},
-        "width": {"type": "int", "default": 8, "min": 1, "max": 64, "candidates": [4, 16]},
-        "steps": {"type": "int", "default": 100, "min": 1, "max": 1000, "fairness": True, "candidates": [500]},
-    },
-    "metrics": {"loss": {"direction": "lower", "primary": True}},
-}
-
-
-class Store:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def put(self, name: str, data: bytes) -> str:
-        self.data[name] = data
-        return name
-
-    async def get(self, name: str) -> bytes:
-        return self.data[name]
-
-    async def list(self, prefix: str) -> list[str]:
-        return sorted(n for n in self.data if n.startswith(prefix))
+SPEC = TOY_SPEC
 
 
 class Harness:
@@ -64,7 +40,7 @@ class Harness:
         self.pi = PI()
         self.state: ProjectState | None = None
         self.now = 1000.0
-        self.store = Store()
+        self.store = MemoryStore()
         self.mind = OfflinePIMind()
         self.n = 0
 

@@ -14,6 +14,7 @@ from bus.messages import (
     AnalysisRequest, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, ItemResponse, JobEnvironment, MetricStat,
     Reference, ReviewDone, ReviewRequest, RunRecord, StepFailed,
 )
+from tests.fakes import MemoryStore
 
 SPEC = {
     "name": "toy", "title": "Toy Grokking", "task": "Learn modular addition with a small transformer.",
@@ -44,21 +45,6 @@ FIRST = [run("b1", "baseline", [0.70, 0.78, 0.74], [0, 1, 2]), run("w1", "wd-1",
 MORE = [run("b2", "baseline", [0.76, 0.72], [3, 4]), run("w2", "wd-1", [0.77, 0.75], [3, 4], {"weight_decay": 1.0})]
 WORSE = [run("b1", "baseline", [0.90, 0.91, 0.92, 0.90, 0.91], [0, 1, 2, 3, 4]),
          run("w1", "wd-1", [0.60, 0.61, 0.59, 0.60, 0.62], [0, 1, 2, 3, 4], {"weight_decay": 1.0})]
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def put(self, name: str, data: bytes) -> str:
-        self.data[name] = data
-        return name
-
-    async def get(self, name: str) -> bytes:
-        return self.data[name]
-
-    async def list(self, prefix: str) -> list[str]:
-        return sorted(n for n in self.data if n.startswith(prefix))
 
 
 class Claiming(OfflineWriterMind):

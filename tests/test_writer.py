@@ -18,6 +18,7 @@ from bus.messages import (
     AnalysisRequest, CoPINote, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, ItemResponse, JobEnvironment,
     MetricStat, Reference, RevisionItem, RunRecord, Usage,
 )
+from tests.fakes import MemoryStore
 
 SPEC = {
     "name": "toy", "title": "Toy Grokking", "task": "Learn modular addition with a small transformer.",
@@ -64,21 +65,6 @@ RUNS = [
     RunRecord(job_id="job-x9", experiment_id="exp-x9", idea_id="wd-0", overrides={"weight_decay": 0.0}, seeds=[3],
               status="failed", reason="timeout after 600 s"),
 ]
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def put(self, name: str, data: bytes) -> str:
-        self.data[name] = data
-        return name
-
-    async def get(self, name: str) -> bytes:
-        return self.data[name]
-
-    async def list(self, prefix: str) -> list[str]:
-        return sorted(n for n in self.data if n.startswith(prefix))
 
 
 def png() -> bytes:

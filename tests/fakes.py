@@ -1,0 +1,38 @@
+"""Stand-ins for the bus's stores, for unit tests of roles without a server (integration tests use the real ones)."""
+
+from __future__ import annotations
+
+from bus.errors import ArtifactMissing
+
+# A small template spec: two ordinary knobs with candidates, one fairness knob, a lower-is-better metric.
+TOY_SPEC = {
+    "name": "toy",
+    "title": "A toy template",
+    "task": "Minimise a quadratic.",
+    "knobs": {
+        "lr": {"type": "float", "default": 0.1, "min": 0.001, "max": 1.0, "candidates": [0.01, 0.5]},
+        "width": {"type": "int", "default": 8, "min": 1, "max": 64, "candidates": [4, 16]},
+        "steps": {"type": "int", "default": 100, "min": 1, "max": 1000, "fairness": True, "candidates": [500]},
+    },
+    "metrics": {"loss": {"direction": "lower", "primary": True}},
+}
+
+
+class MemoryStore:
+    """The object store's interface over a dict; a missing name raises like the real one."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, name: str, data: bytes) -> str:
+        self.data[name] = data
+        return name
+
+    async def get(self, name: str) -> bytes:
+        try:
+            return self.data[name]
+        except KeyError:
+            raise ArtifactMissing(f"no artifact named {name!r}") from None
+
+    async def list(self, prefix: str) -> list[str]:
+        return sorted(n for n in self.data if n.startswith(prefix))
