@@ -87,6 +87,8 @@ class PI(Role):
             st.constraints[key] = value
         ctx.send(NoteAck(note_id=note.id, understood=reading.understood, constraints=reading.constraints), "copi")
         ctx.log.info("co-PI note taken", note=note.text, constraints=reading.constraints)
+        if reading.constraints.get("stop") and st.stage not in ("done", "failed"):
+            await self._finish(ctx, st, accepted=False, reason=f"stopped by the co-PI: {note.text!r}", failed=True)
 
     # ------------------------------------------------------------ ideas and novelty
 

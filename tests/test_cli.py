@@ -92,8 +92,17 @@ def test_up_say_logs_down(lab_env):
     one_line_error(lab(env, "status"), "cannot connect to NATS")
 
 
-def test_bad_arguments_get_one_line(lab_env):
+def test_bad_arguments_get_one_line(lab_env, tmp_path):
     _, env = lab_env
+    import shutil
+
+    from agents.templates import BUILTIN_DIR
+
+    broken = tmp_path / "grokking"
+    shutil.copytree(BUILTIN_DIR / "grokking", broken)
+    text = (broken / "template.yaml").read_text().replace("default: 0.003", "default: 7.5", 1)
+    (broken / "template.yaml").write_text(text)
+    one_line_error(lab(env, "run", "--template", str(broken)), "knobs.lr")
     one_line_error(lab(env, "up", "--nats", "localhost:4222"), "bad NATS URL")
     one_line_error(lab(env, "agent", "wizard"), "unknown role 'wizard'")
     one_line_error(lab(env, "logs", "--project", "a.b"), "invalid project 'a.b'")

@@ -196,3 +196,15 @@ async def test_unknown_project_is_refused():
     h = Harness()
     with pytest.raises(UnknownProject):
         await h.send(CoPINoteMsg(note=CoPINote(id="n", text="hello")))
+
+
+async def test_copi_can_stop_the_project():
+    h = Harness()
+    await h.send(START)
+    out = await h.send(CoPINoteMsg(note=CoPINote(id="n1", text="Stop the project now, please")))
+    assert kinds(out) == ["note_ack->copi", "decision->all"]
+    assert out[0][0].constraints == {"stop": True}
+    assert not out[1][0].accepted and "stopped by the co-PI" in out[1][0].reason and h.state.stage == "failed"
+    # Late answers to a stopped project change nothing.
+    exp = next(iter(h.state.experiments))
+    assert await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer") == []

@@ -18,6 +18,7 @@ from agents.templates import Knob, TemplateSpec, parse_spec
 from bus.messages import CoPINote, Idea, ItemResponse, Usage
 
 _ONLY = re.compile(r"\b(only|just|exclusively|solely|restrict|focus)\b", re.I)
+_STOP = re.compile(r"\b(stop|cancel|abort|halt|end)\b.*\b(project|run|everything|now|it)\b|^\s*(stop|cancel|abort)\s*[.!]?\s*$", re.I)
 _AVOID = re.compile(r"\b(don'?t|do not|never|avoid|stop|no longer|without|not)\b", re.I)
 
 
@@ -114,6 +115,8 @@ class OfflinePIMind:
     async def read_note(self, note: CoPINote, spec: dict[str, Any]) -> NoteReading:
         knobs = list(parse_spec(spec).knobs)
         named = knob_mentions(note.text, knobs)
+        if not named and _STOP.search(note.text):
+            return NoteReading(understood="stopping the project now: running jobs are cancelled and no paper is written", constraints={"stop": True})
         if named and _ONLY.search(note.text):
             return NoteReading(understood=f"from now on, new ideas vary only {', '.join(named)}", constraints={"allowed_knobs": named})
         if named and _AVOID.search(note.text):
