@@ -157,6 +157,8 @@ def resolve(name_or_path: str) -> Path:
     """A template folder from a path or a name on the search path."""
     p = Path(name_or_path)
     if p.is_dir():
+        if not (p / "template.yaml").is_file():
+            raise TemplateError(f"{p}: not a template (no template.yaml)")
         return p.resolve()
     for base in search_path():
         if (base / name_or_path / "template.yaml").is_file():
@@ -170,6 +172,8 @@ def load(name_or_path: str) -> tuple[Path, TemplateSpec]:
     path = folder / "template.yaml"
     try:
         data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise TemplateError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise TemplateError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     for needed in ("experiment.py", "plot.py"):
