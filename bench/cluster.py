@@ -10,7 +10,7 @@ a simulated node of G GPUs. A dispatcher like the engineer's keeps at most
 - dispatch overhead per job = (submit-to-succeeded as the executor saw it)
   minus the process's life: API calls, kubelet ticks and polling latency.
 
-    python bench/cluster.py [--gpus 4] [--runs 16] [--min-s 0.5] [--max-s 1.5] [--poll-s 0.1]
+    python -m bench.cluster [--gpus 4] [--runs 32] [--min-s 6] [--max-s 10] [--poll-s 0.1]
 
 A benchmark prints numbers; it asserts nothing.
 """
@@ -82,8 +82,10 @@ async def main(gpus: int, runs: int, min_s: float, max_s: float, poll_s: float, 
                         job = queue.pop(0)
                         submitted[job.job_id] = time.monotonic()
                         await ex.submit(job)
-                    for job_id in [j for j in submitted if j not in done]:
-                        phase = await ex.poll(job_id)
+                    # Poll every job in flight at once, as a dispatcher watching G GPUs should.
+                    in_flight = [j for j in submitted if j not in done]
+                    phases = await asyncio.gather(*(ex.poll(j) for j in in_flight))
+                    for job_id, phase in zip(in_flight, phases):
                         if phase.state in ("succeeded", "failed"):
                             if phase.state == "failed":
                                 raise SystemExit(f"{job_id} failed: {phase.reason}")
@@ -109,9 +111,9 @@ async def main(gpus: int, runs: int, min_s: float, max_s: float, poll_s: float, 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpus", type=int, default=4)
-    p.add_argument("--runs", type=int, default=16)
-    p.add_argument("--min-s", type=float, default=0.5)
-    p.add_argument("--max-s", type=float, default=1.5)
+    p.add_argument("--runs", type=int, default=32)
+    p.add_argument("--min-s", type=float, default=6.0)
+    p.add_argument("--max-s", type=float, default=10.0)
     p.add_argument("--poll-s", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
