@@ -26,28 +26,17 @@ from bus.messages import ROLES
 from bus.permissions import ADMIN, RUNNER
 from bus.server import EmbeddedServer, new_credentials
 from services.config import read_local_lab, state_file
+from services.process import alive
 
 
 class LabError(RuntimeError):
     """The lab could not start or stop; one line for the user."""
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z" if Path(f"/proc/{pid}").exists() else True
-    except (ProcessLookupError, IndexError):
-        return False
-    except (PermissionError, OSError):
-        return True
-
-
 def running_lab(home: Path) -> dict[str, Any] | None:
     """The lab recorded in ``lab.json`` if its supervisor still lives."""
     info = read_local_lab(home)
-    if info and _alive(info.get("supervisor_pid")):
+    if info and alive(info.get("supervisor_pid")):
         return info
     return None
 
@@ -259,8 +248,8 @@ def down(home: Path, timeout: float = 60.0) -> bool:
     pid = info["supervisor_pid"]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.1)
-    if _alive(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGKILL)
     return True

@@ -17,6 +17,7 @@ from bus.messages import decode
 from bus.store import Artifacts
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
+from services.process import alive
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +40,6 @@ p = argparse.ArgumentParser(); p.add_argument("--run_dir"); p.add_argument("--ou
 os.makedirs(a.out_dir, exist_ok=True)
 open(os.path.join(a.out_dir, "score.png"), "wb").write(b"\\x89PNG\\r\\n\\x1a\\n")
 """
-
-
-def gone(pid: int) -> bool:
-    """Dead: no such process, or a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def template(tmp: Path, experiment: str) -> bytes:
@@ -126,7 +119,7 @@ async def test_a_hang_is_killed_at_the_wall_time_with_everything_it_started(admi
     assert elapsed < 30
     child = int(marker.read_text())
     time.sleep(0.5)
-    assert gone(child)
+    assert not alive(child)
 
 
 async def test_memory_over_the_limit_is_killed(admin_bus, nats_server, tmp_path):
@@ -183,6 +176,6 @@ async def test_local_executor_submits_once_and_cancels(admin_bus, nats_server, t
     await ex.cleanup("p1")
     time.sleep(0.3)
     assert (await ex.poll("jl")).state == "failed"
-    assert gone(child)
+    assert not alive(child)
     await ex.close()
 

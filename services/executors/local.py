@@ -18,25 +18,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from services.executors.base import JobPhase, JobSpec
+from services.process import alive
 
 
 class LocalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     capacity: int | None = None  # default: one job per CPU core
     jobs_dir: str | None = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class LocalExecutor:
@@ -88,7 +76,7 @@ class LocalExecutor:
         if proc is not None and proc.poll() is None:
             return JobPhase(state="running")
         pid_file = d / "pid"
-        if proc is None and pid_file.is_file() and _alive(int(pid_file.read_text())):
+        if proc is None and pid_file.is_file() and alive(int(pid_file.read_text())):
             return JobPhase(state="running")
         result = d / "work" / "result.json"
         if result.is_file():
