@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from agents import templates
@@ -145,7 +146,7 @@ async def _watch(queue: asyncio.Queue, reader: asyncio.Task, project: str, opts:
         if env is None:
             continue
         if not opts.quiet:
-            progress.console.print(f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {describe(env)}", markup=True, highlight=False)
+            progress.console.print(f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}", markup=True, highlight=False)
         stage = STAGE_OF.get(env.kind)
         if env.kind == "experiment_result":
             runs_done += len(env.body.runs)

@@ -82,6 +82,7 @@ def test_up_say_logs_down(lab_env):
         # Human-readable replay, filtered by role.
         human = lab(env, "logs", "--project", "demo", "--role", "literature").stdout
         assert "is this new?" in human and "→" in human
+        assert "is this new? [lr-" in human or "is this new? [width-" in human, "idea ids are shown, not eaten as markup"
         status = json.loads(lab(env, "status", "--json").stdout)
         demo = next(p for p in status["projects"] if p["project"] == "demo")
         assert demo["notes"][0]["text"] == "only vary width" and demo["constraints"] == {"allowed_knobs": ["width"]}
