@@ -19,6 +19,25 @@ RUNNER = "runner"  # job runners
 USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, ADMIN)
 
 _JS_COMMON = ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"]
+# A job runner needs only the artifact store (its bundle in, its results out) and its job subjects:
+# no JetStream API beyond that bucket, so it cannot read the conversation or anyone's state.
+_ARTIFACTS = "OBJ_lab_artifacts"
+_RUNNER_JS = [
+    "$JS.API.INFO",
+    "$JS.API.STREAM.NAMES",  # nats-py finds the bucket's stream by subject before reading an object
+    f"$JS.API.STREAM.INFO.{_ARTIFACTS}",
+    f"$JS.API.STREAM.MSG.GET.{_ARTIFACTS}",
+    f"$JS.API.STREAM.PURGE.{_ARTIFACTS}",
+    f"$JS.API.DIRECT.GET.{_ARTIFACTS}",
+    f"$JS.API.DIRECT.GET.{_ARTIFACTS}.>",
+    f"$JS.API.CONSUMER.CREATE.{_ARTIFACTS}",
+    f"$JS.API.CONSUMER.CREATE.{_ARTIFACTS}.>",
+    f"$JS.API.CONSUMER.DELETE.{_ARTIFACTS}.>",
+    f"$JS.API.CONSUMER.INFO.{_ARTIFACTS}.>",
+    "$JS.ACK.>",
+    "$JS.FC.>",
+    "$O.lab_artifacts.>",
+]
 
 
 def inbox_prefix(user: str) -> str:
@@ -31,7 +50,7 @@ def permissions(user: str) -> dict[str, Any] | None:
         return None
     inbox = f"{inbox_prefix(user)}.>"
     if user == RUNNER:
-        publish = ["lab.jobs.>", *_JS_COMMON]
+        publish = ["lab.jobs.>", *_RUNNER_JS]
     elif user == COPI:
         publish = ["lab.convo.*.copi.*", *_JS_COMMON]
     else:

@@ -243,3 +243,20 @@ async def test_a_note_for_a_project_the_pi_never_started_is_dead_lettered_at_onc
     host.stop.set()
     await runner
     assert records[0]["num_delivered"] == 1 and "no project 'ghost'" in records[0]["reason"]
+
+
+async def test_a_job_runner_reaches_only_artifacts_and_job_subjects(admin_bus, nats_server):
+    """The runner's credential can store results and report status, but not read the conversation or write state."""
+    runner = await Bus.connect(config_for(nats_server, "runner"))
+    art = await Artifacts.open(runner)
+    await art.put("p1/runs/j1/final_info.json", b"{}")
+    assert await art.get("p1/runs/j1/final_info.json") == b"{}"
+    await runner.js.publish(subjects.job_status("p1", "j1"), b"{}")
+    with pytest.raises(Exception):
+        await asyncio.wait_for(runner.js.pull_subscribe("lab.convo.>", stream=subjects.CONVO_STREAM), 3)
+    with pytest.raises(Exception):
+        states = await StateStore.open(runner)
+        await asyncio.wait_for(states.write("pi.p1", {"stage": "hijacked"}, 0), 3)
+    await runner.close()
+    doc, _ = await (await StateStore.open(admin_bus)).read("pi.p1")
+    assert doc is None
