@@ -244,8 +244,15 @@ class Side(ABC):
     name = ""
     stream = ""
 
-    def __init__(self, pi: Any, engineer: Any):
+    def __init__(self, pi: Any, engineer: Any, manager: Any = None):
         self.pi, self.engineer = pi, engineer  # connections (Bus or raw nats Client), one per party
+        self.manager = manager  # a JetStream context that may inspect and delete consumers (None: the party's own)
+
+    def durable(self, role: str, project: str) -> str:
+        return f"bench-{project}-{role}"
+
+    def admin_js(self, party: Any) -> Any:
+        return self.manager if self.manager is not None else self.js(party)
 
     @abstractmethod
     def js(self, party: Any) -> Any:
@@ -281,7 +288,7 @@ class Side(ABC):
 
     async def flow(self, envs: list[Envelope], hot: bool) -> Flow:
         project = envs[0].project
-        durable = f"bench-{project}-pi"
+        durable = self.durable("pi", project)
         sub = await self.reader(self.pi, durable, "pi", project)
         items = self.prepare(envs)
         flow = Flow(published=len(items))
@@ -294,7 +301,7 @@ class Side(ABC):
         except asyncio.TimeoutError:
             raise BenchError(f"{self.name}: consumed {flow.consumed} of {flow.published} messages within {_deadline(len(items)):.0f}s") from None
         flow.publish_s, flow.consume_s = t1 - t0, perf_counter() - t1
-        js = self.js(self.pi)
+        js = self.admin_js(self.pi)
         flow.left_pending = await _settle(js, self.stream, durable)
         await sub.unsubscribe()
         await js.delete_consumer(self.stream, durable)
@@ -314,8 +321,8 @@ class Side(ABC):
     async def round_trips(self, requests: list[Envelope]) -> list[float]:
         """Request -> reply -> seen, one at a time: the PI asks the engineer and waits for the plan."""
         project = requests[0].project
-        replies = await self.reader(self.pi, f"bench-{project}-pi", "pi", project)
-        inbox = await self.reader(self.engineer, f"bench-{project}-engineer", "engineer", project)
+        replies = await self.reader(self.pi, self.durable("pi", project), "pi", project)
+        inbox = await self.reader(self.engineer, self.durable("engineer", project), "engineer", project)
         items = self.prepare(requests)
         expected = [derive_id(r.id, 0) for r in requests]
         responder = asyncio.create_task(self._serve(inbox))
@@ -329,7 +336,7 @@ class Side(ABC):
             await asyncio.gather(responder, return_exceptions=True)
             for party, sub, role in ((self.pi, replies, "pi"), (self.engineer, inbox, "engineer")):
                 await sub.unsubscribe()
-                await self.js(party).delete_consumer(self.stream, f"bench-{project}-{role}")
+                await self.admin_js(party).delete_consumer(self.stream, self.durable(role, project))
 
     async def _serve(self, inbox: Any) -> None:
         async with aclosing(self.each(inbox)) as it:  # type: ignore[type-var]
@@ -361,6 +368,9 @@ class LabSide(Side):
 
     def js(self, party: Bus) -> Any:
         return party.js
+
+    def durable(self, role: str, project: str) -> str:
+        return f"role-{role}"  # the only consumer a role's credential may create on the conversation
 
     async def reader(self, party: Bus, durable: str, recipient: str, project: str) -> Any:
         return await pull(party, self.stream, durable, subjects.convo_for(recipient, project))
@@ -494,7 +504,8 @@ async def _measure(server: EmbeddedServer, settings: Settings, report: Report) -
         await _raw_stream(admin)
         buses += [await Bus.connect(config("pi"), reconnect=False), await Bus.connect(config("engineer"), reconnect=False)]
         raws += [await _raw_connect(server, "pi"), await _raw_connect(server, "engineer")]
-        lab, raw = LabSide(buses[1], buses[2]), RawSide(raws[0], raws[1])
+        # Between flows the admin removes the roles' consumers (a role may not delete them).
+        lab, raw = LabSide(buses[1], buses[2], manager=admin.js), RawSide(raws[0], raws[1])
         for side in (lab, raw):  # warm up: streams' first blocks, pydantic's first validations, connections
             await side.flow(result_envelopes("warm", min(100, settings.messages), settings.payload), hot=False)
             await side.round_trips(request_envelopes("warmrt", min(20, settings.requests)))

@@ -126,7 +126,8 @@ class Bus:
             try:
                 await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
-                await self.js.create_key_value(api.KeyValueConfig(bucket=bucket, history=history, ttl=ttl))
+                # Direct gets name the key in the API subject, which lets permissions limit a role to its own keys.
+                await self.js.create_key_value(api.KeyValueConfig(bucket=bucket, history=history, ttl=ttl, direct=True))
         try:
             await self.js.object_store(ARTIFACTS_BUCKET)
         except nats.js.errors.BucketNotFoundError:

@@ -49,11 +49,47 @@ class StateStore:
             raise
 
     async def keys(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (a role's own, e.g. ``engineer.``).
+
+        Read through a named, filtered consumer: its filter is part of the API
+        subject, so the server's permissions can hold a role to its own keys
+        (nats-py's own watcher creates unnamed consumers, which cannot be).
+        """
+        from nats.js import api
+
+        subject = f"{self.kv._pre}{prefix}>"
+        config = api.ConsumerConfig(
+            filter_subject=subject,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            headers_only=True,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
+        sub = await self.kv._js.pull_subscribe(subject, stream=self.kv._stream, config=config)
+        keys: set[str] = set()
         try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        return sorted(k for k in keys if k.startswith(prefix))
+            while True:
+                try:
+                    batch = await sub.fetch(256, timeout=0.5)
+                except nats.errors.TimeoutError:
+                    break
+                for msg in batch:
+                    op = (msg.headers or {}).get("KV-Operation")
+                    key = msg.subject[len(self.kv._pre) :]
+                    if op in ("DEL", "PURGE"):
+                        keys.discard(key)
+                    else:
+                        keys.add(key)
+                if batch and batch[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+            try:
+                await self.kv._js.delete_consumer(self.kv._stream, sub._consumer)
+            except Exception:
+                pass  # it expires by itself (inactive_threshold)
+        return sorted(keys)
 
 
 class Artifacts:

@@ -146,7 +146,8 @@ def test_network_policies_default_deny_and_jobs_reach_only_nats() -> None:
 
 def _users_block(conf: str) -> list[dict[str, Any]]:
     block = conf[conf.index("users: [") + len("users: "): conf.rindex("]") + 1]
-    return json.loads(re.sub(r"(?<![\"\w])\$([A-Z_]+)", r'"$\1"', block))
+    # Only bare values are variables ("password": $PI_PASSWORD); a $ inside a quoted subject is literal.
+    return json.loads(re.sub(r"(?<=: )\$([A-Z_]+)", r'"$\1"', block))
 
 
 def test_nats_users_mirror_bus_permissions_and_secret_template() -> None:
