@@ -260,3 +260,30 @@ async def test_a_job_runner_reaches_only_artifacts_and_job_subjects(admin_bus, n
     await runner.close()
     doc, _ = await (await StateStore.open(admin_bus)).read("pi.p1")
     assert doc is None
+
+
+async def test_a_role_reads_only_its_own_consumer_and_state(admin_bus, nats_server):
+    """The engineer can use its own consumer, keys and acks, but not read the PI's messages or state."""
+    eng = await Bus.connect(config_for(nats_server, "engineer"))
+    states = await StateStore.open(eng)
+    rev = await states.write("engineer.p1", {"jobs": 1}, 0)
+    assert await states.read("engineer.p1") == ({"jobs": 1}, rev)
+    assert await states.keys("engineer.") == ["engineer.p1"]
+    await (await StateStore.open(admin_bus)).write("pi.p1", {"stage": "draft"}, 0)
+    for attempt in (
+        states.read("pi.p1"),
+        states.write("pi.p1", {"stage": "hijacked"}, 1),
+        states.keys("pi."),
+        pull(eng, subjects.CONVO_STREAM, "role-pi", subjects.convo_for("pi")),
+        eng.js.pull_subscribe("lab.convo.>", stream=subjects.CONVO_STREAM),
+    ):
+        with pytest.raises(Exception):
+            await asyncio.wait_for(attempt, 3)
+    # Its own conversation consumer works, acks included.
+    await admin_bus.publish(Envelope(project="p1", sender="copi", recipient="engineer", body=CoPINoteMsg(note=CoPINote(id="n", text="x"))))
+    sub = await pull(eng, subjects.CONVO_STREAM, "role-engineer", subjects.convo_for("engineer"))
+    msg = (await sub.fetch(1, timeout=3))[0]
+    await msg.ack_sync()
+    await eng.close()
+    assert (await admin_bus.js.consumer_info(subjects.CONVO_STREAM, "role-engineer")).num_ack_pending == 0
+    assert (await (await StateStore.open(admin_bus)).read("pi.p1"))[0] == {"stage": "draft"}
