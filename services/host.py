@@ -138,7 +138,14 @@ class AgentHost:
     async def _consume(self, sub: Any) -> None:
         async for msg in messages(sub, self.stop):
             async with self.lock:
-                await self.process(msg)
+                try:
+                    await self.process(msg)
+                except Exception as e:  # e.g. the bus went away while publishing: the stored outbox is resent on redelivery
+                    log.error("processing failed; the message will come back", role=self.role_name, subject=msg.subject, error=f"{type(e).__name__}: {e}")
+                    try:
+                        await msg.nak(delay=retry_delay(1))
+                    except Exception:
+                        pass
 
     # ------------------------------------------------------------ one message
 

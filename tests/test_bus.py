@@ -182,7 +182,6 @@ async def test_bad_messages_go_to_the_dead_letter_subject(admin_bus, nats_server
     from services.host import AgentHost
 
     host = AgentHost("pi", config_for(nats_server, "pi"), home=tmp_path)
-    nc = admin_bus.nc
     js = admin_bus.js
     good_note = Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n", text="x")))
     spoof = good_note.model_copy(update={"sender": "engineer", "id": "spoof"})
@@ -204,7 +203,6 @@ async def test_bad_messages_go_to_the_dead_letter_subject(admin_bus, nats_server
     assert all(r["role"] == "pi" and r["subject"] == "lab.convo.p1.copi.pi" for r in records)
     # Nothing is lost from the conversation: the stream still holds all four.
     assert (await js.stream_info(subjects.CONVO_STREAM)).state.messages == 4
-    del nc
 
 
 async def test_a_message_whose_handler_keeps_failing_ends_in_the_dead_letters(admin_bus, nats_server, tmp_path, monkeypatch):
