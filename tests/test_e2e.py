@@ -228,3 +228,18 @@ def test_copi_note_mid_run_restricts_later_ideas(lab_env, tmp_path):
     assert all(set(i["changes"]) == {"weight_decay"} for i in after), [i["changes"] for i in after]
     # The note is in the paper's appendix.
     assert "only vary weight decay" in (out / "paper.md").read_text()
+
+
+def test_chaos_nats_server_killed_mid_project(lab_env, tmp_path):
+    """SIGKILL the nats-server during the experiments: the supervisor restarts it on its store, agents reconnect."""
+    home, env = lab_env
+    out = tmp_path / "out"
+    proc = start_run(env, out, "--max-ideas", "1", "--max-rounds", "0")
+    wait_for(lambda: any(m["body"]["type"] == "experiment_planned" for m in live_log(env)), timeout=300)
+    info = json.loads((home / "lab.json").read_text())
+    os.kill(info["server_pid"], signal.SIGKILL)
+    text = finish(proc, out)
+    assert "nats-server exited; restarting it" in text
+    convo = conversation(out)
+    check_nothing_lost(convo)
+    check_deliverables(out, convo)
