@@ -52,14 +52,6 @@ def _usage_of(mind: Any) -> Usage:
     return usage.model_copy() if usage is not None else Usage()
 
 
-def _minus(a: Usage, b: Usage) -> Usage:
-    return Usage(prompt_tokens=a.prompt_tokens - b.prompt_tokens, completion_tokens=a.completion_tokens - b.completion_tokens, cost_usd=a.cost_usd - b.cost_usd)
-
-
-def _plus(a: Usage, b: Usage) -> Usage:
-    return Usage(prompt_tokens=a.prompt_tokens + b.prompt_tokens, completion_tokens=a.completion_tokens + b.completion_tokens, cost_usd=a.cost_usd + b.cost_usd)
-
-
 def retry_delay(delivered: int) -> float:
     """Seconds before a failed message is tried again: 2, 4, 8, 16, capped at 30."""
     return float(min(30, 2**delivered))
@@ -231,8 +223,8 @@ class AgentHost:
             bound.error("step failed", step=step, reason=e.reason)
         outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
         # What the mind spent on this message counts against this project (the PI too: it reads its own report).
-        spent = _minus(_usage_of(self.mind), before)
-        usage = _plus(Usage.model_validate(doc.get("usage") or {}), spent)
+        spent = _usage_of(self.mind) - before
+        usage = Usage.model_validate(doc.get("usage") or {}) + spent
         if spent != Usage():
             outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient="pi", index=len(outputs)))  # type: ignore[arg-type]
         outbox[env.id] = [o.model_dump_json() for o in outputs]

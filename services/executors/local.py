@@ -80,8 +80,10 @@ class LocalExecutor:
             return JobPhase(state="running")
         result = d / "work" / "result.json"
         if result.is_file():
-            state = json.loads(result.read_text()).get("state", "failed")
-            return JobPhase(state="succeeded" if state == "succeeded" else "failed", reason="" if state == "succeeded" else json.loads(result.read_text()).get("reason", ""))
+            outcome = json.loads(result.read_text())
+            if outcome.get("state") == "succeeded":
+                return JobPhase(state="succeeded")
+            return JobPhase(state="failed", reason=outcome.get("reason", ""))
         if not pid_file.is_file():
             return JobPhase(state="pending")
         code = proc.returncode if proc is not None else None
