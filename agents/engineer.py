@@ -3,9 +3,11 @@
 Jobs are dispatched to the executor up to its capacity; their outcomes come
 back as ``job_status`` messages from the job runner (or from the host's
 watcher, for failures the runner could not report), so a restarted engineer
-picks up where it was from its state alone. Job ids derive from experiment
-ids, and executors treat a second submit of a known id as done: a redelivered
-request never runs an experiment twice.
+picks up where it was from its state alone. Job ids derive from (project,
+experiment, attempt), and executors treat a second submit of a known id as
+done — after checking that the job they find was recorded for the same project
+and experiment: a redelivered request never runs an experiment twice, and two
+projects never share a job.
 """
 
 from __future__ import annotations
@@ -67,8 +69,13 @@ class EngineerState(BaseModel):
     notes: list[str] = []
 
 
-def job_id_for(experiment_id: str, attempt: int = 1) -> str:
-    return "j" + hashlib.sha256(f"{experiment_id}/{attempt}".encode()).hexdigest()[:12]
+def job_id_for(project: str, experiment_id: str, attempt: int = 1) -> str:
+    """A job's id, unique per (project, experiment, attempt): every project's baseline is its own job.
+
+    Experiment ids (``x01-baseline``) repeat across projects; an id from them alone made a second
+    project adopt the first one's finished job and wait for it forever.
+    """
+    return "j" + hashlib.sha256(f"{project}/{experiment_id}/{attempt}".encode()).hexdigest()[:16]
 
 
 class Engineer(Role):
@@ -114,7 +121,7 @@ class Engineer(Role):
         except (TemplateError, EditError) as e:
             return str(e)
         return JobRecord(
-            job_id=job_id_for(body.experiment_id, attempt),
+            job_id=job_id_for(ctx.project, body.experiment_id, attempt),
             experiment_id=body.experiment_id,
             idea_id=idea_id,
             overrides=overrides,

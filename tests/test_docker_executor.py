@@ -279,3 +279,11 @@ async def test_missing_image_and_no_engine_are_one_line(engine: Any) -> None:
         await gone.poll("x")
     with pytest.raises(ExecutorError, match=r"bad executor option network"):
         make_executor("docker", {"network": 3})
+
+
+async def test_a_container_of_another_project_is_refused_not_adopted(ex: DockerExecutor, engine: Any) -> None:
+    await ex.submit(spec("shared", sleep=0.3))
+    with pytest.raises(ExecutorError, match="already exists for project 'p1'.*refusing to adopt"):
+        await ex.submit(spec("shared", project="p2"))
+    assert len(engine[0].containers) == 1 and len(engine[0].procs) == 1
+    assert (await settle(ex, "shared")).state == "succeeded"

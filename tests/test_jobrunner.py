@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from agents.templates import bundle
 from bus import subjects
 from bus.messages import decode
 from bus.store import Artifacts
-from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, JobSpec, NatsAccess
+from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, ExecutorError, JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
 from services.process import alive
 
@@ -179,3 +180,24 @@ async def test_local_executor_submits_once_and_cancels(admin_bus, nats_server, t
     assert not alive(child)
     await ex.close()
 
+
+
+async def test_local_executor_refuses_a_job_directory_of_another_project(tmp_path):
+    ex = LocalExecutor(jobs_dir=str(tmp_path / "jobs"), capacity=1)
+    (tmp_path / "jobs" / "jx").mkdir(parents=True)
+    (tmp_path / "jobs" / "jx" / "job.json").write_text(json.dumps({"project": "p1", "experiment_id": "x01"}))
+    job = JobSpec(
+        job_id="jx", project="p2", experiment_id="x01", template="tpl", bundle_object="p2/template.tar.gz", seeds=[0],
+        wall_time_s=60, memory_mb=256, nats=NatsAccess(url="nats://127.0.0.1:1"),
+    )
+    with pytest.raises(ExecutorError, match="already exists for project 'p1'.*refusing to adopt"):
+        await ex.submit(job)
+    await ex.submit(job.model_copy(update={"project": "p1"}))  # its own job: adopted, nothing started
+    assert not (tmp_path / "jobs" / "jx" / "pid").exists()
+
+
+def test_job_ids_are_per_project_experiment_and_attempt():
+    from agents.engineer import job_id_for
+
+    ids = {job_id_for(p, e, a) for p in ("p1", "p2") for e in ("x01-baseline", "x02") for a in (1, 2)}
+    assert len(ids) == 8 and job_id_for("p1", "x01-baseline") == job_id_for("p1", "x01-baseline", 1)

@@ -278,3 +278,12 @@ async def test_unreachable_cluster_and_bad_settings_are_one_line(tmp_path: Path)
         make_executor("kubernetes", {"bogus": 1})
     with pytest.raises(ExecutorError, match=r"no usable configuration"):
         make_executor("kubernetes", {"kubeconfig": str(tmp_path / "missing"), "in_cluster": False})
+
+
+async def test_a_job_name_owned_by_another_project_is_refused_not_adopted(make: Any, cluster: Any) -> None:
+    ex = make()
+    await ex.submit(spec("same"))
+    await ex.submit(spec("same"))  # the same project and experiment: adopted
+    with pytest.raises(ExecutorError, match="already exists for project 'p1'.*refusing to adopt"):
+        await ex.submit(spec("same", project="p2"))
+    assert len(await raw_jobs(cluster[1])) == 1

@@ -26,6 +26,7 @@ from services.executors.render import (
     DockerSettings,
     container_name,
     docker_container,
+    foreign_owner,
     label_value,
     settings,
 )
@@ -85,9 +86,15 @@ class DockerExecutor:
         spec = docker_container(job, self.settings)
         name = spec["name"]
 
+        def adopt(container: Any) -> None:
+            reason = foreign_owner(container.labels, job)
+            if reason is not None:
+                raise ExecutorError(f"docker: {reason}")
+
         def create(c: docker.DockerClient) -> None:
             try:
                 container = c.containers.get(name)
+                adopt(container)
             except NotFound:
                 kwargs = dict(spec)
                 if "device_requests" in kwargs:
@@ -105,6 +112,7 @@ class DockerExecutor:
                     if e.status_code != 409:
                         raise
                     container = c.containers.get(name)  # created concurrently by another submit
+                    adopt(container)
             if container.status == "created":
                 container.start()
 

@@ -25,6 +25,7 @@ from services.executors.render import (
     CONTAINER,
     KubernetesSettings,
     PROJECT_LABEL,
+    foreign_owner,
     job_name,
     k8s_job,
     label_value,
@@ -104,9 +105,19 @@ class KubernetesExecutor:
         try:
             await self._call("create", "jobs.batch", self._batch.create_namespaced_job, self.settings.namespace, manifest)
         except ApiException as e:
-            if e.status == 409:
-                return  # already submitted: submit is idempotent per job_id
-            raise ExecutorError(f"kubernetes: cannot create Job ({e.status}): {_message(e)}") from None
+            if e.status != 409:
+                raise ExecutorError(f"kubernetes: cannot create Job ({e.status}): {_message(e)}") from None
+        else:
+            return
+        # Already there: a resubmit of this very job is adopted; anyone else's Job is an error.
+        name = manifest["metadata"]["name"]
+        try:
+            existing = await self._call("get", "jobs.batch", self._batch.read_namespaced_job, name, self.settings.namespace)
+        except ApiException as e:
+            raise ExecutorError(f"kubernetes: Job {name} exists but cannot be read ({e.status}): {_message(e)}") from None
+        reason = foreign_owner(existing.metadata.labels, job)
+        if reason is not None:
+            raise ExecutorError(f"kubernetes: {reason}")
 
     async def poll(self, job_id: str) -> JobPhase:
         name = job_name(job_id)

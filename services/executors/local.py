@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from services.executors.base import JobPhase, JobSpec
+from services.executors.base import ExecutorError, JobPhase, JobSpec
 from services.process import alive
 
 
@@ -50,6 +50,7 @@ class LocalExecutor:
         try:
             d.mkdir(parents=True)
         except FileExistsError:
+            self._adopt(job, d)
             return  # already submitted: never run a job twice
         (d / "job.json").write_text(json.dumps({"project": job.project, "experiment_id": job.experiment_id}))
         # The runner gets the job's own credential, never the engineer's.
@@ -67,6 +68,24 @@ class LocalExecutor:
             )
         self._procs[job.job_id] = proc
         (d / "pid").write_text(str(proc.pid))
+
+    @staticmethod
+    def _adopt(job: JobSpec, d: Path) -> None:
+        """A second submit adopts the job only if it was recorded for the same project and experiment."""
+        meta = d / "job.json"
+        try:
+            recorded = json.loads(meta.read_text())
+        except FileNotFoundError:
+            return  # the first submit is between mkdir and writing job.json
+        except (OSError, ValueError) as e:
+            raise ExecutorError(f"local: job directory {d} exists but its job.json is unreadable ({e})") from None
+        mine = {"project": job.project, "experiment_id": job.experiment_id}
+        theirs = {k: recorded.get(k) for k in mine}
+        if theirs != mine:
+            raise ExecutorError(
+                f"local: job {job.job_id} already exists for project {theirs['project']!r}, experiment "
+                f"{theirs['experiment_id']!r}, not {job.project!r}/{job.experiment_id!r}; refusing to adopt it"
+            )
 
     async def poll(self, job_id: str) -> JobPhase:
         d = self._dir(job_id)

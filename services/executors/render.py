@@ -155,6 +155,23 @@ def labels(job: JobSpec, extra: dict[str, str]) -> dict[str, str]:
     return {**extra, **out}
 
 
+def foreign_owner(found: dict[str, str] | None, job: JobSpec) -> str | None:
+    """Why an existing Job/container with this job's name is not this job's, or None if it is.
+
+    Names derive from (project, experiment, attempt), so a match is a resubmit of the same job;
+    anything else (a hash collision, a hand-made object) must never be adopted silently.
+    """
+    found = found or {}
+    want = {PROJECT_LABEL: label_value(job.project), EXPERIMENT_LABEL: label_value(job.experiment_id)}
+    have = {k: found.get(k) for k in want}
+    if have == want:
+        return None
+    return (
+        f"a job named for {job.job_id} already exists for project {have[PROJECT_LABEL]!r}, experiment "
+        f"{have[EXPERIMENT_LABEL]!r}, not {job.project!r}/{job.experiment_id!r}; refusing to adopt it"
+    )
+
+
 def job_name(job_id: str) -> str:
     return dns_name("lab", job_id)
 
