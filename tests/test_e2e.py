@@ -243,3 +243,23 @@ def test_chaos_nats_server_killed_mid_project(lab_env, tmp_path):
     convo = conversation(out)
     check_nothing_lost(convo)
     check_deliverables(out, convo)
+
+
+def test_the_same_run_twice_on_one_lab_home(lab_env, tmp_path):
+    """README command 1 run again on the same LAB_HOME: the second project runs its own jobs, not the first's."""
+    home, env = lab_env
+    outs = [tmp_path / "first", tmp_path / "second"]
+    for out in outs:
+        finish(start_run(env, out, "--max-ideas", "1", "--max-rounds", "0"), out)
+    convos = [conversation(out) for out in outs]
+    projects = [{m["project"] for m in c} for c in convos]
+    assert len(projects[0]) == len(projects[1]) == 1 and projects[0] != projects[1]
+    jobs = [{j for m in c if m["body"]["type"] == "experiment_planned" for j in m["body"]["job_ids"]} for c in convos]
+    assert jobs[0] and jobs[1] and not jobs[0] & jobs[1], jobs
+    for c, mine in zip(convos, jobs):
+        check_nothing_lost(c)
+        ran = {r["job_id"] for m in c if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"]}
+        assert ran == mine
+        assert all(r["status"] == "succeeded" for m in c if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"])
+    assert {d.name for d in (home / "jobs").iterdir()} == jobs[0] | jobs[1]
+    assert {p.name for p in (outs[0] / "results").iterdir()}.isdisjoint(p.name for p in (outs[1] / "results").iterdir())
