@@ -132,6 +132,7 @@ async def _projects(bus: Bus) -> list[dict[str, Any]]:
 def status(
     nats: Optional[str] = typer.Option(None, "--nats"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object, for machines."),
+    wide: bool = typer.Option(False, "--wide", "-w", help="Every column, unwrapped, however wide the terminal."),
 ) -> None:
     """Servers, agents, projects with their stage and budgets spent, jobs running."""
 
@@ -161,31 +162,9 @@ def status(
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
-    import time as _t
+    from services.status_view import render
 
-    from rich.table import Table
-
-    console.print(f"NATS: {data['nats']}")
-    t = Table("agent", "state", "pid", "mind", "handled")
-    for role, a in data["agents"].items():
-        alive = a is not None and _t.time() - a["seen"] < 20
-        t.add_row(role, "up" if alive else "down", str(a["pid"]) if a else "-", a["mind"] if a else "-", str(a["handled"]) if a else "-")
-    console.print(t)
-    p = Table("project", "template", "stage", "ideas", "runs", "round", "tokens", "cost $", "outcome")
-    for s in data["projects"]:
-        b = s["budget"]
-        tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in s.get("usage", {}).values())
-        cost = sum(u["cost_usd"] for u in s.get("usage", {}).values())
-        p.add_row(
-            s["project"], s["template"], s["stage"], f"{len(s['ideas'])}/{b['max_ideas']}", f"{len(s['experiments'])}/{b['max_runs']}",
-            f"{s['round']}/{b['max_revision_rounds']}", str(tokens), f"{cost:.4f}", s.get("outcome", ""),
-        )
-    console.print(p)
-    if data["jobs"]:
-        j = Table("project", "job", "experiment", "state", "reason")
-        for row in data["jobs"]:
-            j.add_row(row["project"], row["job"], row["experiment"], row["state"], row["reason"])
-        console.print(j)
+    render(data, console, wide=wide)
 
 
 def print_entry(entry: Any, as_json: bool) -> None:
