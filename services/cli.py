@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,9 +16,8 @@ from rich.markup import escape
 from bus import subjects
 from bus.client import AGENTS_BUCKET, Bus
 from bus.errors import LabBusError
-from bus.messages import ROLES, CoPINote, CoPINoteMsg, Envelope
+from bus.messages import ROLES
 from bus.replay import read
-from bus.store import StateStore
 from services.config import ConfigError, bus_config, lab_config, lab_home
 from services.render import describe
 
@@ -119,13 +117,9 @@ async def _connect(nats: str | None) -> Bus:
 
 
 async def _projects(bus: Bus) -> list[dict[str, Any]]:
-    states = await StateStore.open(bus)
-    out = []
-    for key in await states.keys("pi."):
-        doc, _ = await states.read(key)
-        if doc and doc.get("state"):
-            out.append(doc["state"])
-    return out
+    from services.reading import project_states
+
+    return await project_states(bus)
 
 
 @app.command()
@@ -146,14 +140,10 @@ def status(
                     agents[role] = json.loads((await kv.get(role)).value)
                 except Exception:
                     agents[role] = None
+            from services.reading import active_jobs
+
             projects = await _projects(bus)
-            states = await StateStore.open(bus)
-            jobs = []
-            for key in await states.keys("engineer."):
-                doc, _ = await states.read(key)
-                for j in ((doc or {}).get("state") or {}).get("jobs", {}).values():
-                    if j["state"] in ("queued", "dispatched", "pending", "running"):
-                        jobs.append({"project": key.split(".", 1)[1], "job": j["job_id"], "experiment": j["experiment_id"], "state": j["state"], "reason": j.get("reason", "")})
+            jobs = await active_jobs(bus)
             return {"nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs}
         finally:
             await bus.close()
@@ -229,19 +219,13 @@ def say(
     async def main() -> str:
         bus = await _connect(nats)
         try:
-            projects = await _projects(bus)
-            names = [p["project"] for p in projects]
-            target = project
-            if target is None:
-                running = [p["project"] for p in projects if p["stage"] not in ("done", "failed")]
-                if len(running) != 1:
-                    raise UsageError(f"{'no project is running' if not running else 'several projects run: ' + ', '.join(running)}; name one with --project")
-                target = running[0]
-            subjects.token(target, "project")
-            if target not in names:
-                raise UsageError(f"unknown project {target!r}" + (f"; known: {', '.join(names)}" if names else ""))
-            note = CoPINote(id=uuid.uuid4().hex[:12], text=text, to=to)  # type: ignore[arg-type]
-            await bus.publish(Envelope(project=target, sender="copi", recipient=to, body=CoPINoteMsg(note=note)))  # type: ignore[arg-type]
+            from services.reading import NoteRefused, running_project, send_note
+
+            try:
+                target = running_project(await _projects(bus), project)
+                note = await send_note(bus, target, text, to)
+            except NoteRefused as e:
+                raise UsageError(str(e)) from None
             return f"note {note.id} sent to {to} in {target}"
         finally:
             await bus.close()
