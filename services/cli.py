@@ -18,7 +18,7 @@ from bus.client import AGENTS_BUCKET, Bus
 from bus.errors import LabBusError
 from bus.messages import ROLES
 from bus.replay import read
-from services.config import ConfigError, bus_config, lab_config, lab_home
+from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab
 from services.render import describe
 
 app = typer.Typer(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
@@ -46,6 +46,7 @@ def up(
     mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind", help="offline (default, no network) or llm."),
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor", help="local, docker or kubernetes."),
     sync_always: bool = typer.Option(False, "--sync-always", help="fsync every JetStream write (durability over speed)."),
+    web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1:8765."),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
     from services.lab import LabOptions, Supervisor, up_detached
@@ -59,11 +60,21 @@ def up(
         argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
         info = up_detached(opts, argv)
         console.print(f"lab is up: NATS at {info['url']}, agents {', '.join(info['agents'])} ready (home {opts.home}). Stop with `lab down`.")
+        if web:
+            from services.web.launch import wait_for_link
+
+            console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
         return
     sup = Supervisor(opts)
     info = sup.start()
     console.print(f"lab is up: NATS at {info['url']}, six agents ready. Ctrl-C stops all.", markup=False)
-    sup.supervise_forever()
+    if not web:
+        sup.supervise_forever()
+    else:
+        from services.web.launch import web_child
+
+        with web_child(opts.home):
+            sup.supervise_forever()
     console.print("lab stopped.")
 
 
@@ -231,6 +242,23 @@ def say(
             await bus.close()
 
     console.print(asyncio.run(main()))
+
+
+@app.command()
+def web(
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep 127.0.0.1 unless a proxy or port-forward fronts it."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+) -> None:
+    """Serve the lab in a browser: projects, live conversations, results, paper, and a co-PI box (token printed here)."""
+    from services.web.serve import WebOptions, run as serve_web
+
+    if nats is not None:
+        _check_url(nats)
+    config = bus_config("web", nats, name="lab-web")
+    if config.user is None and os.environ.get("LAB_NATS_PASSWORD") is None and read_local_lab() is not None:
+        _fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
+    serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True))
 
 
 # ---------------------------------------------------------------- run
