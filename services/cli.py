@@ -46,7 +46,8 @@ def up(
     mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind", help="offline (default, no network) or llm."),
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor", help="local, docker or kubernetes."),
     sync_always: bool = typer.Option(False, "--sync-always", help="fsync every JetStream write (durability over speed)."),
-    web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1:8765."),
+    web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1."),
+    web_port: int = typer.Option(8765, "--web-port", min=0, max=65535, help="Port of the web view with --web (0: a free one)."),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
     from services.lab import LabOptions, Supervisor, up_detached
@@ -73,7 +74,7 @@ def up(
     else:
         from services.web.launch import web_child
 
-        with web_child(opts.home):
+        with web_child(opts.home, web_port):
             sup.supervise_forever()
     console.print("lab stopped.")
 

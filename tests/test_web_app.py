@@ -136,3 +136,44 @@ def test_the_web_user_may_not_speak_as_a_role_or_write_state(nats_server):
 
     assert asyncio.run(attempt(web_config(nats_server))) == [False, False, False]
     assert asyncio.run(attempt(config_for(nats_server))) == [True, True, True]
+
+
+# ---------------------------------------------------------------- `lab web` on the command line
+
+
+def test_lab_web_bad_input_is_one_line(lab_env):
+    import socket
+    import subprocess
+
+    from tests.conftest import lab_cmd
+
+    _, env = lab_env
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cases = [
+            (["web", "--nats", "http://x"], "bad NATS URL"),
+            (["web", "--nats", f"nats://127.0.0.1:{port}"], "NATS"),  # a port that is not a NATS server
+        ]
+        for args, needle in cases:
+            r = subprocess.run(lab_cmd(*args), env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            assert r.returncode == 2, (args, r.stdout, r.stderr)
+            assert "Traceback" not in r.stderr and needle in r.stderr, (args, r.stderr)
+
+
+def test_lab_web_refuses_a_port_in_use(nats_server, lab_env):
+    import socket
+    import subprocess
+
+    from tests.conftest import lab_cmd
+
+    _, env = lab_env
+    env = {**env, "LAB_NATS_USER": WEB, "LAB_NATS_PASSWORD": nats_server.credentials[WEB]}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run(lab_cmd("web", "--nats", nats_server.url, "--port", str(port)), env=env, capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and r.stderr.strip() == f"lab: error: cannot listen on 127.0.0.1:{port}: Address already in use", r.stderr

@@ -1,4 +1,4 @@
-"""The web view in a real browser (Debian's chromium, headless, through its chromedriver) on a running offline project.
+"""The web view (started by `lab up --web`) in a real browser (Debian's chromium, headless, through its chromedriver) on a running offline project.
 
 Opened without the token the page is read-only: no co-PI box, and a POST
 forged from the page is refused. With the token's link: messages arrive live,
@@ -29,7 +29,9 @@ BROWSER_MISSING = "needs Debian's chromium and chromium-driver (apt-get install 
 
 @pytest.fixture
 def browser():
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) and os.environ.get("LAB_REQUIRE_BROWSER") != "1":
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        if os.environ.get("LAB_REQUIRE_BROWSER") == "1":
+            pytest.fail(BROWSER_MISSING)
         pytest.skip(BROWSER_MISSING)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -64,6 +66,14 @@ def _stop(proc: subprocess.Popen | None) -> None:
             proc.wait()
 
 
+def _text(driver, element_id: str) -> str:
+    """An element's text, "" while it is not on the page (the side sections are re-rendered as messages arrive)."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.ID, element_id)
+    return found[0].text if found else ""
+
+
 def _messages(driver) -> list[tuple[str, str]]:
     return driver.execute_script("return [...document.querySelectorAll('#messages li')].map(li => [li.dataset.kind, li.querySelector('.line').textContent])")
 
@@ -72,18 +82,17 @@ def test_a_running_project_in_the_browser(browser, lab_env, tmp_path):
     from selenium.webdriver.common.by import By
 
     home, env = lab_env
-    up = subprocess.run(lab_cmd("up", "-d"), env=env, capture_output=True, text=True, timeout=180)
+    # `lab up --web` (detached): the agents, and the web view beside them; it prints the link with the token.
+    up = subprocess.run(lab_cmd("up", "-d", "--web", "--web-port", "0"), env=env, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr
-    run = web = None
+    run = None
     try:
+        m = re.search(r"^web view: (http://127\.0\.0\.1:\d+/)\?token=(\S+)$", up.stdout, re.M)
+        assert m, up.stdout
+        url, token = m.groups()
         out = tmp_path / "out"
         run = subprocess.Popen(lab_cmd("run", "--template", "grokking", "--fast", "--max-ideas", "1", "--max-rounds", "0", "--out", str(out), "-q"),
                                env=env, stdout=open(tmp_path / "run.log", "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        web = subprocess.Popen(lab_cmd("web", "--port", "0"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-        first = web.stdout.readline() if web.stdout else ""
-        m = re.match(r"lab web: (http://127\.0\.0\.1:\d+/)\?token=(\S+)$", first.strip())
-        assert m, first
-        url, token = m.groups()
         project = _wait(lambda: re.search(r'href="/p/([\w-]+)"', urllib.request.urlopen(url, timeout=10).read().decode()), 120, "the project").group(1)
 
         # Without the token: read-only, and a POST forged from the page is refused.
@@ -99,12 +108,12 @@ def test_a_running_project_in_the_browser(browser, lab_env, tmp_path):
         # With the token's link: the box; the token leaves the address bar.
         browser.get(f"{url}p/{project}?token={token}")
         assert browser.current_url == f"{url}p/{project}"
-        _wait(lambda: browser.find_element(By.ID, "live").text == "live", 30, "the live feed")
+        _wait(lambda: _text(browser, "live") == "live", 30, "the live feed")
         before = len(_wait(lambda: _messages(browser), 30, "messages"))
 
         browser.find_element(By.CSS_SELECTOR, "#copi-form textarea").send_keys("only vary weight_decay")
         browser.find_element(By.CSS_SELECTOR, "#copi-form button").click()
-        answer = _wait(lambda: browser.find_element(By.ID, "copi-answer").text, 90, "the PI's answer in the co-PI box")
+        answer = _wait(lambda: _text(browser, "copi-answer"), 90, "the PI's answer in the co-PI box")
         assert answer == "pi answered: from now on, new ideas vary only weight_decay"
         # The note and its answer arrived live, after the page was loaded.
         kinds = [k for k, _ in _messages(browser)[before:]]
@@ -120,10 +129,12 @@ def test_a_running_project_in_the_browser(browser, lab_env, tmp_path):
         browser.find_element(By.ID, "stop").click()
         decision = _wait(lambda: [line for k, line in _messages(browser) if k == "decision"], 120, "the decision after stop")
         assert "stopped by the co-PI" in decision[0]
-        _wait(lambda: "stopped by the co-PI" in browser.find_element(By.ID, "decision").text, 30, "the decision in the summary")
-        assert browser.find_element(By.ID, "stage").text == "failed"
+        _wait(lambda: "stopped by the co-PI" in _text(browser, "decision"), 30, "the decision in the summary")
+        _wait(lambda: _text(browser, "stage") == "failed", 30, "the stage in the summary")
         run.wait(180)  # `lab run` ends with the project
     finally:
-        _stop(web)
         _stop(run)
         subprocess.run(lab_cmd("down"), env=env, capture_output=True, timeout=120)
+    # `lab down` took the web view down with the agents.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)

@@ -15,10 +15,10 @@ from services.web.serve import info_file
 
 
 @contextmanager
-def web_child(home: Path) -> Iterator[subprocess.Popen]:
+def web_child(home: Path, port: int) -> Iterator[subprocess.Popen]:
     """Run `lab web` beside the agents; its link goes to the same terminal (or supervisor.log when detached)."""
     info_file(home).unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web"], env={**os.environ, "LAB_HOME": str(home)}, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env={**os.environ, "LAB_HOME": str(home)}, stdin=subprocess.DEVNULL)
     try:
         yield proc
     finally:

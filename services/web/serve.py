@@ -18,14 +18,15 @@ from typing import Callable
 import uvicorn
 
 from bus.client import Bus, BusConfig
+from services.lab import LabError
 from services.web.app import create_app
 from services.web.auth import new_token
 
 TOKEN_ENV = "LAB_WEB_TOKEN"  # a fixed token (a Kubernetes Secret); otherwise a new random one per start
 
 
-class WebError(RuntimeError):
-    """The web view cannot start; one line for the user."""
+class WebError(LabError):
+    """The web view cannot start; one line for the user (the CLI prints LabErrors so)."""
 
 
 @dataclass
