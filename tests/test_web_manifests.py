@@ -28,7 +28,12 @@ def test_the_web_overlay_builds_validates_and_is_restricted() -> None:
     assert svc["spec"]["type"] == "ClusterIP"
     policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
     assert [rule["ports"] for rule in policies["web-egress"]["egress"]] == [[{"protocol": "TCP", "port": 4222}]]
-    assert set(policies["nats-ingress"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"]) == {"agent", "job-runner", "web"}
+    nats_in = policies["nats-from-web"]
+    assert nats_in["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "bus"
+    assert nats_in["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "web"}}}], "ports": [{"protocol": "TCP", "port": 4222}]}]
+    # Only the web view's objects: applying it beside the gpu or cpu overlay leaves the lab's config alone.
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "NetworkPolicy"}
+    assert all(d["metadata"]["namespace"] == "lab" for d in docs)
     # The secrets it names are in the template the README points at.
     secrets = {d["metadata"]["name"]: d["stringData"] for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
     assert "LAB_WEB_TOKEN" in secrets[env["LAB_WEB_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]]
