@@ -259,7 +259,9 @@ def web(
     config = bus_config("web", nats, name="lab-web")
     if config.user is None and os.environ.get("LAB_NATS_PASSWORD") is None and read_local_lab() is not None:
         _fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
-    serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True))
+    # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
+    copi = ((read_local_lab() or {}).get("credentials") or {}).get("copi")
+    serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True), copi)
 
 
 # ---------------------------------------------------------------- run

@@ -59,7 +59,8 @@ def web_config(server) -> BusConfig:
 @pytest.fixture
 def client(nats_server):
     asyncio.run(_seed(nats_server))
-    with TestClient(create_app(TOKEN, config=web_config(nats_server)), base_url="http://127.0.0.1:8765") as c:
+    app = create_app(TOKEN, config=web_config(nats_server), copi_password=nats_server.credentials["copi"])
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
         yield c
 
 
@@ -97,9 +98,12 @@ def test_the_token_link_gives_the_co_pi_box_and_its_notes_reach_the_bus(client, 
     assert notes[1:] == [("copi", "engineer", sent.json()["id"], "avoid warmup_steps"), ("copi", "pi", stop.json()["id"], STOP_NOTE)]
 
 
-def test_bearer_token_works_for_scripts(client):
+def test_bearer_token_or_the_co_pi_nats_login_work_for_scripts(client, nats_server):
     r = client.post(f"/p/{P}/note", data={"text": "hello", "to": "pi"}, headers={"authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200 and r.json()["to"] == "pi"
+    assert client.post(f"/p/{P}/note", data={"text": "hi", "to": "pi"}, auth=("copi", nats_server.credentials["copi"])).status_code == 200
+    assert client.post(f"/p/{P}/note", data={"text": "hi", "to": "pi"}, auth=("copi", "wrong")).status_code == 403
+    assert client.post(f"/p/{P}/note", data={"text": "hi", "to": "pi"}, auth=("pi", nats_server.credentials["pi"])).status_code == 403
 
 
 def test_sections_show_analysis_reviews_and_the_paper_with_its_figures(client):
@@ -118,7 +122,7 @@ def test_sections_show_analysis_reviews_and_the_paper_with_its_figures(client):
 def test_the_web_user_may_not_speak_as_a_role_or_write_state(nats_server):
     asyncio.run(_seed(nats_server))
     # Each subject is one JetStream stores: the admin's publish is acked, the web user's is dropped by the server.
-    forbidden = [f"lab.convo.{P}.pi.engineer", f"$KV.lab_state.pi.{P}", f"$O.lab_artifacts.C.x"]
+    forbidden = [f"lab.convo.{P}.pi.engineer", f"$KV.lab_state.pi.{P}", "$O.lab_artifacts.C.x"]
 
     async def attempt(config: BusConfig) -> list[bool]:
         bus = await Bus.connect(config)

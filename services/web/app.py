@@ -163,8 +163,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(exc.detail, status_code=exc.status_code)
 
 
-def create_app(token: str, *, bus: Bus | None = None, config: BusConfig | None = None) -> Starlette:
-    """The web view over an open ``bus`` (kept open: its owner closes it), or one it opens from ``config``; actions need ``token``."""
+def create_app(token: str, *, bus: Bus | None = None, config: BusConfig | None = None, copi_password: str | None = None) -> Starlette:
+    """The web view over an open ``bus`` (kept open: its owner closes it), or one it opens from ``config``.
+
+    Actions need ``token``, or the co-PI's NATS login when ``copi_password`` is given.
+    """
     if (bus is None) == (config is None):
         raise ValueError("give the web view either a bus or a bus config")
 
@@ -193,5 +196,5 @@ def create_app(token: str, *, bus: Bus | None = None, config: BusConfig | None =
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
-    app.state.token = CoPIToken(token)
+    app.state.token = CoPIToken(token, copi_password)
     return app

@@ -61,7 +61,7 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None]) -> None:
+async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None], copi_password: str | None = None) -> None:
     """Connect, listen, print the link, serve until cancelled or signalled."""
     token = os.environ.get(TOKEN_ENV) or new_token()
     if len(token) < 16:
@@ -81,7 +81,7 @@ async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None])
         say("open that link to act as co-PI (notes, stop); without the token the page is read-only.")
         if not _is_loopback(opts.host):
             say(f"warning: listening on {opts.host} without TLS; the token crosses the network in clear")
-        app = create_app(token, bus=bus)
+        app = create_app(token, bus=bus, copi_password=copi_password)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
         await server.serve(sockets=[sock])
     finally:
@@ -91,8 +91,8 @@ async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None])
             info_file(opts.home).unlink(missing_ok=True)
 
 
-def run(config: BusConfig, opts: WebOptions, say: Callable[[str], None]) -> None:
+def run(config: BusConfig, opts: WebOptions, say: Callable[[str], None], copi_password: str | None = None) -> None:
     try:
-        asyncio.run(serve(config, opts, say))
+        asyncio.run(serve(config, opts, say, copi_password))
     except KeyboardInterrupt:
         pass
