@@ -23,7 +23,8 @@ from bus.messages import ROLES
 ADMIN = "lab"  # sets up streams and buckets; used by `lab up` and tests
 COPI = "copi"  # the human, through the CLI
 RUNNER = "runner"  # job runners
-USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, ADMIN)
+WEB = "web"  # the web view (`lab web`): reads what its pages show, speaks only as the co-PI
+USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN)
 
 STREAMS = ("LAB_CONVO", "LAB_JOBS", "LAB_DLQ", "KV_lab_state", "KV_lab_agents", "KV_lab_cache", "OBJ_lab_artifacts")
 _OPEN = ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"]
@@ -88,6 +89,30 @@ def _role(role: str) -> list[str]:
     return allow
 
 
+def _web() -> list[str]:
+    """The web view: replays the conversation and job output, reads project state and artifacts, sends co-PI notes.
+
+    It writes no state and no artifact, creates no stream or durable consumer
+    (only the unnamed ordered consumers of a replay), and speaks only as the co-PI.
+    """
+    reads = []
+    for stream in ("LAB_CONVO", "LAB_JOBS", "KV_lab_state", "KV_lab_agents"):
+        reads += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}", *_bucket_reads(stream)]
+    artifacts = "OBJ_lab_artifacts"
+    return [
+        "lab.convo.*.copi.*",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",
+        "$JS.FC.>",
+        *reads,
+        f"$JS.API.STREAM.INFO.{artifacts}",
+        f"$JS.API.STREAM.MSG.GET.{artifacts}",
+        f"$JS.API.DIRECT.GET.{artifacts}",
+        f"$JS.API.CONSUMER.CREATE.{artifacts}",
+        *_bucket_reads(artifacts),
+    ]
+
+
 def inbox_prefix(user: str) -> str:
     return f"_INBOX_{user}"
 
@@ -102,6 +127,8 @@ def permissions(user: str) -> dict[str, Any] | None:
         publish = ["lab.jobs.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.FC.>", *_artifacts()]
     elif user == COPI:
         publish = ["lab.convo.*.copi.*", *_OPEN]
+    elif user == WEB:
+        publish = _web()
     else:
         publish = _role(user)
     return {"publish": {"allow": publish}, "subscribe": {"allow": [inbox]}}

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,10 +16,9 @@ from rich.markup import escape
 from bus import subjects
 from bus.client import AGENTS_BUCKET, Bus
 from bus.errors import LabBusError
-from bus.messages import ROLES, CoPINote, CoPINoteMsg, Envelope
+from bus.messages import ROLES
 from bus.replay import read
-from bus.store import StateStore
-from services.config import ConfigError, bus_config, lab_config, lab_home
+from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab
 from services.render import describe
 
 app = typer.Typer(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
@@ -48,6 +46,8 @@ def up(
     mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind", help="offline (default, no network) or llm."),
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor", help="local, docker or kubernetes."),
     sync_always: bool = typer.Option(False, "--sync-always", help="fsync every JetStream write (durability over speed)."),
+    web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1."),
+    web_port: int = typer.Option(8765, "--web-port", min=0, max=65535, help="Port of the web view with --web (0: a free one)."),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
     from services.lab import LabOptions, Supervisor, up_detached
@@ -61,11 +61,21 @@ def up(
         argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
         info = up_detached(opts, argv)
         console.print(f"lab is up: NATS at {info['url']}, agents {', '.join(info['agents'])} ready (home {opts.home}). Stop with `lab down`.")
+        if web:
+            from services.web.launch import wait_for_link
+
+            console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
         return
     sup = Supervisor(opts)
     info = sup.start()
     console.print(f"lab is up: NATS at {info['url']}, six agents ready. Ctrl-C stops all.", markup=False)
-    sup.supervise_forever()
+    if not web:
+        sup.supervise_forever()
+    else:
+        from services.web.launch import web_child
+
+        with web_child(opts.home, web_port):
+            sup.supervise_forever()
     console.print("lab stopped.")
 
 
@@ -119,19 +129,16 @@ async def _connect(nats: str | None) -> Bus:
 
 
 async def _projects(bus: Bus) -> list[dict[str, Any]]:
-    states = await StateStore.open(bus)
-    out = []
-    for key in await states.keys("pi."):
-        doc, _ = await states.read(key)
-        if doc and doc.get("state"):
-            out.append(doc["state"])
-    return out
+    from services.reading import project_states
+
+    return await project_states(bus)
 
 
 @app.command()
 def status(
     nats: Optional[str] = typer.Option(None, "--nats"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object, for machines."),
+    wide: bool = typer.Option(False, "--wide", "-w", help="Every column, unwrapped, however wide the terminal."),
 ) -> None:
     """Servers, agents, projects with their stage and budgets spent, jobs running."""
 
@@ -145,14 +152,10 @@ def status(
                     agents[role] = json.loads((await kv.get(role)).value)
                 except Exception:
                     agents[role] = None
+            from services.reading import active_jobs
+
             projects = await _projects(bus)
-            states = await StateStore.open(bus)
-            jobs = []
-            for key in await states.keys("engineer."):
-                doc, _ = await states.read(key)
-                for j in ((doc or {}).get("state") or {}).get("jobs", {}).values():
-                    if j["state"] in ("queued", "dispatched", "pending", "running"):
-                        jobs.append({"project": key.split(".", 1)[1], "job": j["job_id"], "experiment": j["experiment_id"], "state": j["state"], "reason": j.get("reason", "")})
+            jobs = await active_jobs(bus)
             return {"nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs}
         finally:
             await bus.close()
@@ -161,31 +164,9 @@ def status(
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
-    import time as _t
+    from services.status_view import render
 
-    from rich.table import Table
-
-    console.print(f"NATS: {data['nats']}")
-    t = Table("agent", "state", "pid", "mind", "handled")
-    for role, a in data["agents"].items():
-        alive = a is not None and _t.time() - a["seen"] < 20
-        t.add_row(role, "up" if alive else "down", str(a["pid"]) if a else "-", a["mind"] if a else "-", str(a["handled"]) if a else "-")
-    console.print(t)
-    p = Table("project", "template", "stage", "ideas", "runs", "round", "tokens", "cost $", "outcome")
-    for s in data["projects"]:
-        b = s["budget"]
-        tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in s.get("usage", {}).values())
-        cost = sum(u["cost_usd"] for u in s.get("usage", {}).values())
-        p.add_row(
-            s["project"], s["template"], s["stage"], f"{len(s['ideas'])}/{b['max_ideas']}", f"{len(s['experiments'])}/{b['max_runs']}",
-            f"{s['round']}/{b['max_revision_rounds']}", str(tokens), f"{cost:.4f}", s.get("outcome", ""),
-        )
-    console.print(p)
-    if data["jobs"]:
-        j = Table("project", "job", "experiment", "state", "reason")
-        for row in data["jobs"]:
-            j.add_row(row["project"], row["job"], row["experiment"], row["state"], row["reason"])
-        console.print(j)
+    render(data, console, wide=wide)
 
 
 def print_entry(entry: Any, as_json: bool) -> None:
@@ -250,24 +231,37 @@ def say(
     async def main() -> str:
         bus = await _connect(nats)
         try:
-            projects = await _projects(bus)
-            names = [p["project"] for p in projects]
-            target = project
-            if target is None:
-                running = [p["project"] for p in projects if p["stage"] not in ("done", "failed")]
-                if len(running) != 1:
-                    raise UsageError(f"{'no project is running' if not running else 'several projects run: ' + ', '.join(running)}; name one with --project")
-                target = running[0]
-            subjects.token(target, "project")
-            if target not in names:
-                raise UsageError(f"unknown project {target!r}" + (f"; known: {', '.join(names)}" if names else ""))
-            note = CoPINote(id=uuid.uuid4().hex[:12], text=text, to=to)  # type: ignore[arg-type]
-            await bus.publish(Envelope(project=target, sender="copi", recipient=to, body=CoPINoteMsg(note=note)))  # type: ignore[arg-type]
+            from services.reading import NoteRefused, running_project, send_note
+
+            try:
+                target = running_project(await _projects(bus), project)
+                note = await send_note(bus, target, text, to)
+            except NoteRefused as e:
+                raise UsageError(str(e)) from None
             return f"note {note.id} sent to {to} in {target}"
         finally:
             await bus.close()
 
     console.print(asyncio.run(main()))
+
+
+@app.command()
+def web(
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep 127.0.0.1 unless a proxy or port-forward fronts it."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+) -> None:
+    """Serve the lab in a browser: projects, live conversations, results, paper, and a co-PI box (token printed here)."""
+    from services.web.serve import WebOptions, run as serve_web
+
+    if nats is not None:
+        _check_url(nats)
+    config = bus_config("web", nats, name="lab-web")
+    if config.user is None and os.environ.get("LAB_NATS_PASSWORD") is None and read_local_lab() is not None:
+        _fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
+    # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
+    copi = ((read_local_lab() or {}).get("credentials") or {}).get("copi")
+    serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True), copi)
 
 
 # ---------------------------------------------------------------- run

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from bench import bus as bench
+from bench import bench_bus as bench
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +44,7 @@ def test_main_prints_the_table_with_goals(capsys):
 def test_bad_settings_are_one_line(capsys):
     assert bench.main(["--payload", "10000000"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("bench.bus: --payload must be") and "\n" not in err
+    assert err.startswith("bench.bench_bus: --payload must be") and "\n" not in err
 
 
 def test_a_lost_or_duplicated_message_is_a_problem():
@@ -58,3 +62,32 @@ def test_envelopes_grow_with_the_payload():
     small = len(bench.encode(bench.result_envelopes("p", 1, 512)[0]))
     large = len(bench.encode(bench.result_envelopes("p", 1, 20_000)[0]))
     assert 512 <= small < 20_000 <= large
+
+
+# ---------------------------------------------------------------- the benches run as the README writes them
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(*argv: str, pre: str = "") -> subprocess.CompletedProcess:
+    """Run a bench from the repo root without PYTHONPATH, as a user who just cloned it would."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, *argv] if not pre else [sys.executable, "-c", pre, *argv]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["bench_bus", "bench_cluster"])
+def test_a_bench_runs_as_a_script_and_as_a_module(name):
+    for argv in ([f"bench/{name}.py", "--help"], ["-m", f"bench.{name}", "--help"]):
+        done = _run(*argv)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert f"python -m bench.{name}" in done.stdout
+
+
+def test_a_missing_test_extra_is_one_line_naming_it():
+    # kmock made unimportable, as on a machine that ran only README command 1.
+    pre = "import runpy, sys; sys.modules['kmock'] = None; sys.argv = ['bench/bench_cluster.py', '--help']; runpy.run_path(sys.argv[0], run_name='__main__')"
+    done = _run(pre=pre)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install -e '.[test]'" in lines[0] and "kmock" in lines[0], done.stderr

@@ -153,6 +153,7 @@ def check_nothing_lost(convo: list[dict]) -> None:
     assert by_kind["decision"] == 1
 
 
+@pytest.mark.tex
 def test_grokking_project_end_to_end(lab_env, tmp_path):
     home, env = lab_env
     out = tmp_path / "out"
@@ -173,6 +174,7 @@ def test_grokking_project_end_to_end(lab_env, tmp_path):
     assert not (home / "lab.json").exists(), "the embedded lab stops after the run"
 
 
+@pytest.mark.tex
 def test_chaos_sigkill_agents_mid_project(lab_env, tmp_path):
     """SIGKILL a random agent during the experiments and another during review: the project still finishes."""
     home, env = lab_env
@@ -207,6 +209,7 @@ def test_chaos_sigkill_agents_mid_project(lab_env, tmp_path):
     assert all(f"agent {role} exited" in supervisor_log for _, role in killed), supervisor_log[-3000:]
 
 
+@pytest.mark.tex
 def test_copi_note_mid_run_restricts_later_ideas(lab_env, tmp_path):
     home, env = lab_env
     out = tmp_path / "out"
@@ -230,6 +233,7 @@ def test_copi_note_mid_run_restricts_later_ideas(lab_env, tmp_path):
     assert "only vary weight decay" in (out / "paper.md").read_text()
 
 
+@pytest.mark.tex
 def test_chaos_nats_server_killed_mid_project(lab_env, tmp_path):
     """SIGKILL the nats-server during the experiments: the supervisor restarts it on its store, agents reconnect."""
     home, env = lab_env

@@ -22,7 +22,7 @@ from tests.conftest import lab_cmd
 from tests.kubelet import Kubelet
 from tests.test_e2e import check_deliverables, check_nothing_lost, conversation
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.tex, pytest.mark.timeout(1200)]
 NS = "lab"
 
 

@@ -186,10 +186,12 @@ def test_citations_resolve_and_bib_uses_the_request_keys(drafted):
     assert "\\section{Related Work}" in tex and "\\bibliography{references}" in tex
 
 
+@pytest.mark.tex
 def test_pdflatex_is_installed():
     assert shutil.which("pdflatex"), "pdflatex is missing: install texlive (texlive-latex-recommended, texlive-latex-extra)"
 
 
+@pytest.mark.tex
 def test_pdf_contents(drafted):
     req, out, store = drafted
     assert out.pdf_error == ""
@@ -211,6 +213,7 @@ def test_appendix_has_usage_and_notes(drafted):
     assert "Keep runs under 10 minutes." in md
 
 
+@pytest.mark.tex
 async def test_revisions_answer_each_item():
     items = [RevisionItem(id="r1-1", kind="more_seeds", text="Run wd-0 with 5 seeds.", target="wd-0"),
              RevisionItem(id="r1-2", kind="add_limitation", text="Discuss the single task.")]
@@ -234,6 +237,7 @@ class LyingMind:
                              experimental_setup=text, results=text, limitations=text, conclusion=text)
 
 
+@pytest.mark.tex
 async def test_invented_numbers_and_unknown_citations_are_removed():
     out, store = await write(request(), mind=LyingMind())
     md, tex = store.data[out.markdown].decode(), store.data[out.tex].decode()
@@ -242,12 +246,14 @@ async def test_invented_numbers_and_unknown_citations_are_removed():
     assert out.pdf_error == "" and store.data[out.pdf].startswith(b"%PDF")
 
 
+@pytest.mark.tex
 async def test_latex_failure_is_one_line_not_a_crash():
     from agents.writing import pdf
     with pytest.raises(pdf.PdfError, match=r"^! Undefined control sequence"):
         await pdf.compile_pdf("\\documentclass{article}\\begin{document}\\nosuchmacro\\end{document}", "", {})
 
 
+@pytest.mark.tex
 async def test_a_pdf_that_does_not_build_still_gives_a_draft(monkeypatch):
     from agents.writing import pdf
     monkeypatch.setattr(pdf, "STEP_TIMEOUT_S", 0.001)
@@ -269,6 +275,7 @@ class LatexMind:
                              experimental_setup=text, results=text, limitations=text, conclusion=text)
 
 
+@pytest.mark.tex
 async def test_light_latex_from_a_mind_is_normalized():
     refs = [*REFS, Reference(key="zh2023", title="权重衰减 — a study", authors=["张 伟"], year=2023,
                              bibtex="@misc{zh2023, title={权重衰减 — a study}, author={张 伟}, year={2023}}")]

@@ -10,7 +10,7 @@ a simulated node of G GPUs. A dispatcher like the engineer's keeps at most
 - dispatch overhead per job = (submit-to-succeeded as the executor saw it)
   minus the process's life: API calls, kubelet ticks and polling latency.
 
-    python -m bench.cluster [--gpus 4] [--runs 32] [--min-s 6] [--max-s 10] [--poll-s 0.1]
+    python -m bench.bench_cluster [--gpus 4] [--runs 32] [--min-s 6] [--max-s 10] [--poll-s 0.1]
 
 A benchmark prints numbers; it asserts nothing.
 """
@@ -26,10 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import kmock
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+try:
+    import kmock
+except ImportError as e:  # a test-only dependency: say which extra brings it, in one line
+    sys.exit(f"bench.bench_cluster: needs the test extra, install it with: pip install -e '.[test]' (missing: {e.name})")
 
 from kubelet import Kubelet  # noqa: E402
 
@@ -109,7 +112,7 @@ async def main(gpus: int, runs: int, min_s: float, max_s: float, poll_s: float, 
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_cluster", description=__doc__.splitlines()[0])
     p.add_argument("--gpus", type=int, default=4)
     p.add_argument("--runs", type=int, default=32)
     p.add_argument("--min-s", type=float, default=6.0)

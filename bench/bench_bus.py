@@ -7,7 +7,7 @@ what that costs against the same JetStream work done with bare nats-py (same
 server, same stream and consumer settings, same publish pattern, separate
 streams so the sides never meet), as ratios that mean something on any machine.
 
-    python -m bench.bus [--messages N] [--payload BYTES] [--rounds R] [--requests K]
+    python -m bench.bench_bus [--messages N] [--payload BYTES] [--rounds R] [--requests K]
 
 Lab and raw runs alternate over R rounds (the order flips every round); the
 table shows medians, and each ratio is the median of per-round ratios. The
@@ -40,7 +40,10 @@ from nats.aio.msg import Msg
 from rich.console import Console
 from rich.table import Table
 
-from bus import subjects
+if __package__ in (None, ""):  # `python bench/bench_bus.py`: find the lab's packages from the repo root, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bus import subjects  # noqa: E402
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import consumer_config, messages, pull
 from bus.errors import LabBusError, MessageTooLarge
@@ -613,7 +616,7 @@ def render(report: Report, console: Console) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.bus", description="The lab's bus layer against raw nats-py JetStream.")
+    p = argparse.ArgumentParser(prog="python -m bench.bench_bus", description="The lab's bus layer against raw nats-py JetStream.")
     d = Settings()
     p.add_argument("--messages", type=int, default=d.messages, help=f"messages per throughput run (default {d.messages})")
     p.add_argument("--payload", type=int, default=d.payload, help=f"experiment_result size to reach, bytes (default {d.payload})")
@@ -627,12 +630,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(messages=args.messages, payload=args.payload, rounds=args.rounds, requests=args.requests)
     except BenchError as e:
-        print(f"bench.bus: {e}", file=sys.stderr)
+        print(f"bench.bench_bus: {e}", file=sys.stderr)
         return 2
     try:
         report = measure(settings)
     except (BenchError, LabBusError, nats.errors.Error) as e:
-        print(f"bench.bus: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"bench.bench_bus: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     render(report, Console())
     return 0

@@ -1,0 +1,79 @@
+"""What `lab status`, `lab say` and the web view read from the bus, and the one thing they write: a co-PI note.
+
+One place, so the terminal and the browser show the same projects and speak
+into them the same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from bus import subjects
+from bus.client import Bus
+from bus.messages import ROLES, CoPINote, CoPINoteMsg, Envelope
+from bus.store import StateStore
+
+ACTIVE_JOB_STATES = ("queued", "dispatched", "pending", "running")
+
+
+class NoteRefused(ValueError):
+    """A co-PI note that cannot be sent (no such project or role, empty text); the message is one line."""
+
+
+async def project_states(bus: Bus) -> list[dict[str, Any]]:
+    """Every project's state as the PI keeps it (key ``pi.<project>``), oldest key first."""
+    states = await StateStore.open(bus)
+    out = []
+    for key in await states.keys("pi."):
+        doc, _ = await states.read(key)
+        if doc and doc.get("state"):
+            out.append(doc["state"])
+    return out
+
+
+async def project_state(bus: Bus, project: str) -> dict[str, Any] | None:
+    states = await StateStore.open(bus)
+    doc, _ = await states.read(f"pi.{subjects.token(project, 'project')}")
+    return (doc or {}).get("state") or None
+
+
+async def active_jobs(bus: Bus) -> list[dict[str, Any]]:
+    """Jobs the engineers have in flight, across projects."""
+    states = await StateStore.open(bus)
+    jobs = []
+    for key in await states.keys("engineer."):
+        doc, _ = await states.read(key)
+        for j in ((doc or {}).get("state") or {}).get("jobs", {}).values():
+            if j["state"] in ACTIVE_JOB_STATES:
+                jobs.append({"project": key.split(".", 1)[1], "job": j["job_id"], "experiment": j["experiment_id"], "state": j["state"], "reason": j.get("reason", "")})
+    return jobs
+
+
+def running_project(projects: list[dict[str, Any]], named: str | None) -> str:
+    """The project a note is for: the one named, or the only one running."""
+    names = [p["project"] for p in projects]
+    target = named
+    if target is None:
+        running = [p["project"] for p in projects if p["stage"] not in ("done", "failed")]
+        if len(running) != 1:
+            raise NoteRefused(f"{'no project is running' if not running else 'several projects run: ' + ', '.join(running)}; name one with --project")
+        target = running[0]
+    try:
+        subjects.token(target, "project")
+    except ValueError as e:
+        raise NoteRefused(str(e)) from None
+    if target not in names:
+        raise NoteRefused(f"unknown project {target!r}" + (f"; known: {', '.join(names)}" if names else ""))
+    return target
+
+
+async def send_note(bus: Bus, project: str, text: str, to: str = "pi") -> CoPINote:
+    """Publish a co-PI note to ``to`` in ``project`` (which the caller has checked exists); the role answers with a note_ack."""
+    if to not in ROLES:
+        raise NoteRefused(f"unknown role {to!r}; choose one of {', '.join(ROLES)}")
+    if not text.strip():
+        raise NoteRefused("the note is empty")
+    note = CoPINote(id=uuid.uuid4().hex[:12], text=text.strip(), to=to)  # type: ignore[arg-type]
+    await bus.publish(Envelope(project=project, sender="copi", recipient=to, body=CoPINoteMsg(note=note)))  # type: ignore[arg-type]
+    return note

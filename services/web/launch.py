@@ -1,0 +1,43 @@
+"""`lab up --web`: the web view as a child of the lab's supervisor, stopped with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from services.web.serve import info_file
+
+
+@contextmanager
+def web_child(home: Path, port: int) -> Iterator[subprocess.Popen]:
+    """Run `lab web` beside the agents; its link goes to the same terminal (or supervisor.log when detached)."""
+    info_file(home).unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env={**os.environ, "LAB_HOME": str(home)}, stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_for_link(home: Path, timeout: float = 20.0) -> str:
+    """The link `lab web` wrote for a detached lab, or where to look when it did not come up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = json.loads(info_file(home).read_text())
+            return f"web view: {info['url']}?token={info['token']}"
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.2)
+    return f"web view: not up yet; see {home / 'supervisor.log'}"

@@ -1,0 +1,98 @@
+"""`lab web`: serve the web view of a lab, printing the link that carries the co-PI token.
+
+The link (and the token) also go to ``$LAB_HOME/web.json`` (mode 0600), so
+that `lab up --web --detach` can tell the user where the page is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import uvicorn
+
+from bus.client import Bus, BusConfig
+from services.lab import LabError
+from services.web.app import create_app
+from services.web.auth import new_token
+
+TOKEN_ENV = "LAB_WEB_TOKEN"  # a fixed token (a Kubernetes Secret); otherwise a new random one per start
+
+
+class WebError(LabError):
+    """The web view cannot start; one line for the user (the CLI prints LabErrors so)."""
+
+
+@dataclass
+class WebOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    home: Path | None = None  # where web.json goes
+
+
+def info_file(home: Path) -> Path:
+    return home / "web.json"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise WebError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None], copi_password: str | None = None) -> None:
+    """Connect, listen, print the link, serve until cancelled or signalled."""
+    token = os.environ.get(TOKEN_ENV) or new_token()
+    if len(token) < 16:
+        raise WebError(f"{TOKEN_ENV} must be at least 16 characters")
+    bus = await Bus.connect(config, reconnect=True, timeout=10)
+    sock = _listen(opts.host, opts.port)
+    try:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{port}/"
+        if opts.home is not None:
+            opts.home.mkdir(parents=True, exist_ok=True)
+            path = info_file(opts.home)
+            path.write_text(json.dumps({"url": url, "token": token, "pid": os.getpid()}))
+            path.chmod(0o600)
+        say(f"lab web: {url}?token={token}")
+        say("open that link to act as co-PI (notes, stop); without the token the page is read-only.")
+        if not _is_loopback(opts.host):
+            say(f"warning: listening on {opts.host} without TLS; the token crosses the network in clear")
+        app = create_app(token, bus=bus, copi_password=copi_password)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+        await server.serve(sockets=[sock])
+    finally:
+        sock.close()
+        await bus.close()
+        if opts.home is not None:
+            info_file(opts.home).unlink(missing_ok=True)
+
+
+def run(config: BusConfig, opts: WebOptions, say: Callable[[str], None], copi_password: str | None = None) -> None:
+    try:
+        asyncio.run(serve(config, opts, say, copi_password))
+    except KeyboardInterrupt:
+        pass

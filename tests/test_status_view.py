@@ -1,0 +1,59 @@
+"""`lab status` on an 80-column terminal: every project name and template whole, nothing cut to "…"; --wide shows all."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from services.status_view import render
+
+NOW_AGENT = {"pid": 41234, "mind": "offline", "handled": 1234, "seen": 1e12}
+
+
+def _project(name: str, template: str, stage: str, outcome: str = "") -> dict:
+    usage = {"writer": {"prompt_tokens": 120_345, "completion_tokens": 9_876, "cost_usd": 1.23456}}
+    return {"project": name, "template": template, "stage": stage, "ideas": {"a": {}, "b": {}}, "experiments": {"e1": {}, "e2": {}, "e3": {}},
+            "round": 1, "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": usage, "outcome": outcome}
+
+
+DATA = {
+    "nats": "nats://127.0.0.1:43123",
+    "agents": {r: NOW_AGENT for r in ("pi", "literature", "engineer", "analyst", "writer")} | {"reviewer": None},
+    "projects": [
+        _project("grokking-s0-7f3a9c", "grokking", "experiments"),
+        _project("model_merging-s12-1b2c3d", "model_merging", "done", "accepted after 1 revision round: all items answered"),
+        _project("2d_diffusion-s3-abcdef", "2d_diffusion", "failed", "budget exhausted: 12/12 runs"),
+        _project("weight-decay-study", "grokking", "review"),  # named by hand: its template is not in its name
+    ],
+    "jobs": [{"project": "grokking-s0-7f3a9c", "job": "grokking-s0-7f3a9c-e3-a1", "experiment": "e3", "state": "running", "reason": ""}],
+}
+
+
+def _print(wide: bool, width: int = 80) -> str:
+    console = Console(width=width, record=True, force_terminal=False, color_system=None)
+    render(DATA, console, wide=wide)
+    return console.export_text()
+
+
+def test_compact_fits_80_columns_with_every_name_whole():
+    text = _print(wide=False)
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 80, "\n".join(ln for ln in lines if len(ln) > 80)
+    assert "…" not in text
+    for p in DATA["projects"]:
+        assert any(p["project"] in ln for ln in lines), p["project"]
+    # The template under a name that does not already say it.
+    below = lines[next(i for i, ln in enumerate(lines) if "weight-decay-study" in ln) + 1]
+    assert below.strip() == "grokking"
+    assert "grokking-s0-7f3a9c-e3-a1" in text
+    assert "2/2" in text and "3/12" in text and "1/1" in text and "1.23" in text
+    assert "down" in text and text.count(" up ") + text.count(" up\n") >= 5
+    assert "tokens" not in text  # the compact layout leaves tokens to --wide
+
+
+def test_wide_shows_every_column_unwrapped():
+    text = _print(wide=True)
+    assert "tokens" in text and "130221" in text and "1.2346" in text
+    assert "…" not in text
+    row = next(ln for ln in text.splitlines() if "model_merging-s12-1b2c3d" in ln)
+    # The whole row on one line, outcome included, though wider than the terminal.
+    assert "accepted after 1 revision round: all items answered" in row and len(row) > 80

@@ -1,0 +1,53 @@
+"""The optional web view on Kubernetes (k8s/overlays/web) validates like the rest and keeps to the lab's rules."""
+
+from __future__ import annotations
+
+import yaml
+
+from bus.permissions import WEB, permissions
+from tests.test_manifests import REPO, _users_block, assert_restricted, build, needs_kubectl, pod_specs, validate
+
+
+@needs_kubectl
+def test_the_web_overlay_builds_validates_and_is_restricted() -> None:
+    docs = build("overlays/web")
+    for doc in docs:
+        validate(doc)
+    pods = pod_specs(docs)
+    for name, pod in pods.items():
+        assert_restricted(name, pod)
+    web = pods["lab-web"]
+    assert web["automountServiceAccountToken"] is False
+    [c] = web["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert c["command"][:2] == ["lab", "web"] and env["LAB_NATS_USER"]["value"] == WEB
+    assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lab-nats-users", "key": "WEB_PASSWORD"}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # Reached only through port-forward: a ClusterIP Service, egress to NATS only, NATS lets it in.
+    [svc] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "lab-web"]
+    assert svc["spec"]["type"] == "ClusterIP"
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert [rule["ports"] for rule in policies["web-egress"]["egress"]] == [[{"protocol": "TCP", "port": 4222}]]
+    nats_in = policies["nats-from-web"]
+    assert nats_in["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "bus"
+    assert nats_in["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "web"}}}], "ports": [{"protocol": "TCP", "port": 4222}]}]
+    # Only the web view's objects: applying it beside the gpu or cpu overlay leaves the lab's config alone.
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "NetworkPolicy"}
+    assert all(d["metadata"]["namespace"] == "lab" for d in docs)
+    # The secrets it names are in the template the README points at.
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
+    assert "LAB_WEB_TOKEN" in secrets[env["LAB_WEB_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]]
+
+
+@needs_kubectl
+def test_the_base_does_not_include_the_web_view() -> None:
+    assert not [d for d in build("base") if d["metadata"]["name"] == "lab-web"]
+
+
+def test_the_web_nats_user_reads_and_speaks_only_as_the_co_pi() -> None:
+    allow = permissions(WEB)["publish"]["allow"]
+    assert [s for s in allow if s.startswith("lab.")] == ["lab.convo.*.copi.*"]
+    assert not [s for s in allow if s.startswith(("$KV.", "$O.", "$JS.ACK")) or ".PURGE." in s or ".DELETE." in s and "CONSUMER" not in s]
+    assert not [s for s in allow if "STREAM.CREATE" in s or "STREAM.DELETE" in s or "DURABLE" in s]
+    [web] = [u for u in _users_block((REPO / "k8s/base/nats.conf").read_text()) if u["user"] == WEB]
+    assert web["permissions"] == permissions(WEB)
