@@ -105,6 +105,15 @@ class KubernetesSettings(BaseModel):
     scratch_dir: str = "/scratch"
     scratch_size_mb: int | None = Field(None, ge=1)
     pull_failure_grace_s: float = Field(120, ge=0)  # a pull failure lasting longer fails the job
+    # A pod the scheduler cannot place for this long is reported as unschedulable (it keeps waiting).
+    unschedulable_after_s: float = Field(300, ge=0)
+    # Transient API failures (429, 5xx, timeouts, a quota that is full right now) are retried
+    # this many times with exponential backoff and jitter, capped at api_retry_max_wait_s.
+    api_retries: int = Field(5, ge=0)
+    api_retry_max_wait_s: float = Field(10, gt=0)
+    # poll() reads one LIST of the lab's Jobs and one of their pods, shared by every poll
+    # within this many seconds (one engineer pass), instead of a GET and a LIST per job.
+    list_interval_s: float = Field(1, ge=0)
     extra_labels: dict[str, str] = {}
 
 
