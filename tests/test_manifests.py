@@ -26,7 +26,7 @@ from bus.messages import ROLES
 from bus.permissions import USERS, permissions
 from services.cli_job import app
 from services.executors.base import JobSpec, NatsAccess
-from services.executors.render import KubernetesSettings, k8s_job, render_job
+from services.executors.render import DockerSettings, KubernetesSettings, docker_container, k8s_job, render_job
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
@@ -403,7 +403,7 @@ def test_cli_render_bad_option_names_the_field(template_dir: Path, tmp_path: Pat
 def test_compose_runs_nats_and_six_agents_on_a_bus_network() -> None:
     compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"nats", *ROLES}
+    assert set(services) == {"nats-init", "nats", *ROLES}
     for role in ROLES:
         svc = services[role]
         assert svc["command"] == ["lab", "agent", role] and svc["user"] == "10001:10001" and svc["read_only"] is True
@@ -414,3 +414,25 @@ def test_compose_runs_nats_and_six_agents_on_a_bus_network() -> None:
     assert options["network"] == "lab-bus"
     dockerfile = (REPO / "deploy/Dockerfile").read_text()
     assert "USER 10001:10001" in dockerfile and "ARG BASE=" in dockerfile and "whl/cpu" in dockerfile
+
+
+def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their_env() -> None:
+    """A new named volume is root-owned: a root one-shot hands it to NATS's uid before NATS starts."""
+    compose_text = (REPO / "deploy/compose.yaml").read_text()
+    compose = yaml.safe_load(compose_text)
+    nats, init = compose["services"]["nats"], compose["services"]["nats-init"]
+    data = next(v for v in nats["volumes"] if v.endswith(":/data"))
+    assert data in init["volumes"] and init["image"] == nats["image"]
+    uid = nats["user"].split(":")[0]
+    assert init["user"] == "0:0" and init["entrypoint"] == ["chown", "-R", f"{nats['user']}", "/data"]
+    assert uid != "0" and nats["depends_on"]["nats-init"] == {"condition": "service_completed_successfully"}
+    assert "--build" not in compose_text  # compose has no build: key; the README builds the image first
+    # The engineer starts jobs with the password file, not a password in the job's environment.
+    assert "LAB_RUNNER_PASSWORD" not in compose["services"]["engineer"]["environment"]
+    options = yaml.safe_load((REPO / "deploy/config.yaml").read_text())["executor"]["docker"]
+    s = DockerSettings.model_validate(options)
+    assert s.nats_password_file and s.open_network in {n.get("name") for n in compose["networks"].values()}
+    spec = docker_container(example(network=True), s)
+    assert JobSpec.model_validate_json(spec["environment"]["LAB_JOB"]).nats.password is None
+    assert spec["volumes"] == {s.nats_password_file: {"bind": "/run/secrets/lab-nats-password", "mode": "ro"}}
+    assert spec["shm_size"] == f"{s.shm_size_mb}m"
