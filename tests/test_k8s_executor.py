@@ -74,7 +74,7 @@ async def make(cluster: Any) -> Any:
     made: list[KubernetesExecutor] = []
 
     def build(**options: Any) -> KubernetesExecutor:
-        options = {"list_interval_s": 0.05, "api_retry_max_wait_s": 0.2, **options}
+        options = {"events_interval_s": 0.05, "api_retry_max_wait_s": 0.2, **options}
         ex = make_executor("kubernetes", {"kubeconfig": cluster[2], "namespace": NS, "command": STAND_IN, **options})
         assert isinstance(ex, KubernetesExecutor)
         made.append(ex)
@@ -304,9 +304,11 @@ def refuse_creates(emu: Any, times: int, error: Any) -> None:
     emu["post", kmock.resource("batch", "v1", "jobs")][:times] << refuse
 
 
-def _requests(emu: Any, action: str, plural: str) -> int:
+def _requests(emu: Any, action: str, plural: str, selected: bool = False) -> int:
+    """Requests the emulator saw; ``selected``: only those with a label selector (the executor's, not the kubelet's)."""
     group, version = ("batch", "v1") if plural == "jobs" else ("", "v1")
-    return len(list(emu[action, kmock.resource(group, version, plural)]))
+    found = list(emu[action, kmock.resource(group, version, plural)])
+    return len([r for r in found if not selected or "labelSelector" in r.params])
 
 
 async def test_forbidden_quota_is_told_apart_from_rbac_and_retried(make: Any, cluster: Any) -> None:
@@ -389,18 +391,34 @@ async def test_a_pod_stuck_unschedulable_is_reported_while_it_waits(make: Any, c
         assert "Insufficient nvidia.com/gpu" in phase.reason
 
 
-async def test_one_pass_lists_jobs_and_pods_once_for_all_jobs(make: Any, cluster: Any) -> None:
+async def test_status_comes_from_one_watch_not_a_call_per_job(make: Any, cluster: Any) -> None:
     emu = cluster[0]
-    ex = make(list_interval_s=30)
-    for i in range(4):
-        await ex.submit(spec(f"batch-{i}"))
-    before = _requests(emu, "list", "jobs"), _requests(emu, "list", "pods")
-    phases = [await ex.poll(f"batch-{i}") for i in range(4)]
-    assert {p.state for p in phases} == {"pending"}
-    assert (_requests(emu, "list", "jobs") - before[0], _requests(emu, "list", "pods") - before[1]) == (1, 1)
-    assert _requests(emu, "fetch", "jobs") == 0  # no GET per job
-    await ex.cancel("batch-0")
-    assert (await ex.poll("batch-0")).state == "missing"  # a cancel is never hidden by the cached pass
+    ex = make()
+    async with Kubelet(cluster[1], NS):
+        for i in range(4):
+            await ex.submit(spec(f"w-{i}", overrides={"sleep": 0.3}))
+        for i in range(4):
+            await wait_for(ex, f"w-{i}", "succeeded")
+    jobs, pods = ex._watchers or ()
+    assert (jobs.lists, pods.lists) == (1, 1)  # one LIST each, then the watch streams every change
+    assert _requests(emu, "watch", "jobs") == 1 and _requests(emu, "watch", "pods") == 1
+    # The executor's own LISTs are the watchers' one each; GETs only for Jobs the stream had not shown yet.
+    assert _requests(emu, "list", "jobs", selected=True) == 1 and _requests(emu, "list", "pods", selected=True) == 1
+    assert _requests(emu, "fetch", "jobs") <= 4
+    await ex.cancel("w-0")
+    assert (await ex.poll("w-0")).state == "missing"  # a cancel is never hidden by the cache
+
+
+async def test_an_expired_watch_resyncs_with_a_fresh_list(make: Any, cluster: Any) -> None:
+    emu = cluster[0]
+    emu["watch", kmock.resource("batch", "v1", "jobs")][:1] << kmock.KubernetesError(
+        status=410, reason="Expired", message="too old resource version: 1 (2)")
+    ex = make()
+    async with Kubelet(cluster[1], NS):
+        await ex.submit(spec("resync", overrides={"sleep": 0.2}))
+        await wait_for(ex, "resync", "succeeded")
+    jobs, _ = ex._watchers or ()
+    assert jobs.lists == 2 and _requests(emu, "watch", "jobs") == 2  # 410, list again, watch again
 
 
 async def test_kueue_admission_starts_the_deadline_clock(make: Any, cluster: Any) -> None:

@@ -13,8 +13,10 @@ overloaded or flaky API server (429/5xx/timeouts: retry with backoff and
 jitter). A create that timed out may still have happened, so before creating
 again the executor looks for the Job and adopts it if it is this job's.
 
-Polling reads one LIST of the lab's Jobs and one of their pods per pass, shared
-by all jobs, so a pass costs two calls however many jobs are in flight.
+Status comes from one list-and-watch of the lab's Jobs and one of their pods
+per executor (``k8s_watch.Watcher``), so ``poll`` costs no API call on the
+common path, however many jobs are in flight; a Job the cache does not hold
+yet (just created) or no longer (gone) is confirmed with one GET.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import urllib3
@@ -34,6 +35,7 @@ from kubernetes.config.config_exception import ConfigException
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, ExecutorError, JobPhase, JobSpec
+from services.executors.k8s_watch import Watcher
 from services.executors.render import (
     CONTAINER,
     KubernetesSettings,
@@ -115,18 +117,6 @@ def _rejection(message: str, what: str, ns: str) -> ExecutorError | None:
     return None
 
 
-@dataclass
-class _Snapshot:
-    """One pass's view of the cluster: the lab's Jobs and their pods, by Job name."""
-
-    taken: float
-    jobs: dict[str, Any]
-    pods: dict[str, list[Any]] | None  # None: the pod LIST failed this pass
-    pods_error: str = ""
-    events: dict[str, list[Any]] | None = None  # Job events, read only when some Job has no pod
-    names: set[str] = field(default_factory=set)
-
-
 class KubernetesExecutor:
     name = "kubernetes"
 
@@ -137,9 +127,9 @@ class KubernetesExecutor:
         self._core = client.CoreV1Api(self._api)
         self._stuck_since: dict[str, float] = {}
         self._unscheduled_since: dict[str, float] = {}
-        self._snapshot: _Snapshot | None = None
-        self._refreshing = asyncio.Lock()
-        self._submitted: dict[str, float] = {}  # job name -> when this executor last created/adopted it
+        self._watchers: tuple[Watcher, Watcher] | None = None
+        self._deleted: set[str] = set()  # Jobs this executor deleted: missing now, whatever the cache says
+        self._events: tuple[float, dict[str, list[Any]]] = (-1e9, {})
 
     def capacity(self) -> int | None:
         if self.settings.kueue_queue:
@@ -219,7 +209,7 @@ class KubernetesExecutor:
                     if existing is None:  # deleted in between: the next attempt creates it
                         raise TransientApiError(f"kubernetes: Job {name} existed, then vanished") from None
                     return self._adopt(existing, job, name)
-                self._submitted[name] = time.monotonic()
+                self._deleted.discard(name)
                 return
 
     def _adopt(self, existing: Any, job: JobSpec, name: str) -> None:
@@ -227,87 +217,82 @@ class KubernetesExecutor:
         reason = foreign_owner(existing.metadata.labels, job)
         if reason is not None:
             raise ExecutorError(f"kubernetes: {reason}")
-        self._submitted[name] = time.monotonic()
+        self._deleted.discard(name)
 
     async def poll(self, job_id: str) -> JobPhase:
         name = job_name(job_id)
-        snap = await self._snapshot_for(name)
-        job = snap.jobs.get(name)
+        # Answered from the cache, poll may never reach an await that suspends; a caller polling
+        # in a loop must still let the rest of the event loop run.
+        await asyncio.sleep(0)
+        if name in self._deleted:
+            return JobPhase(state="missing")
+        jobs, pods = await self._watching()
+        job = jobs.items().get(name) or await self._read_job(name)  # not in the cache yet (or any more)
         if job is None:
             self._forget(job_id)
             return JobPhase(state="missing")
         if _succeeded(job):
             self._forget(job_id)
             return JobPhase(state="succeeded")
-        if snap.pods is None:
+        if not pods.synced.is_set():
             phase = _job_phase(job, [])
             if phase is not None:
                 return phase
-            raise ExecutorError(f"kubernetes: cannot tell how Job {name} is doing: {snap.pods_error}")
-        pods = snap.pods.get(name, [])
-        phase = _job_phase(job, pods)
+            raise ExecutorError(f"kubernetes: cannot tell how Job {name} is doing: cannot list pods: {pods.error}")
+        mine = sorted((p for p in pods.items().values() if _pod_job(p) == name),
+                      key=lambda p: (p.metadata.creation_timestamp is not None, p.metadata.creation_timestamp or 0))
+        phase = _job_phase(job, mine)
         if phase is not None:
             return phase
-        if not pods:
-            return await self._no_pod_phase(job_id, name, snap)
-        return self._pod_phase(job_id, pods)
+        if not mine:
+            return await self._no_pod_phase(job_id, name)
+        return self._pod_phase(job_id, mine)
 
-    async def _snapshot_for(self, name: str) -> _Snapshot:
-        """This pass's snapshot; a fresh one if it is too old or predates this job's submit."""
-        async with self._refreshing:
-            snap = self._snapshot
-            now = time.monotonic()
-            stale = snap is None or now - snap.taken > self.settings.list_interval_s
-            if not stale and name not in snap.names and self._submitted.get(name, -1.0) >= snap.taken:
-                stale = True
-            if stale:
-                snap = self._snapshot = await self._take_snapshot()
-            assert snap is not None
-            return snap
+    async def _watching(self) -> tuple[Watcher, Watcher]:
+        """The Job and pod watchers, started on first use; waits for their first LIST."""
+        s = self.settings
+        if self._watchers is None:
+            self._watchers = (
+                Watcher("jobs", self._batch.list_namespaced_job, s.namespace, _SELECTOR,
+                        lambda o: _is_ours(o.metadata.labels), s.request_timeout_s, s.watch_timeout_s),
+                Watcher("pods", self._core.list_namespaced_pod, s.namespace, _SELECTOR,
+                        lambda o: _is_ours(o.metadata.labels), s.request_timeout_s, s.watch_timeout_s),
+            )
+            for w in self._watchers:
+                w.start()
+        jobs, pods = self._watchers
+        if not jobs.synced.is_set() and not await asyncio.to_thread(jobs.synced.wait, s.request_timeout_s):
+            # Say why in the executor's words (RBAC, no cluster, ...): one direct LIST does that.
+            await self._call("list", "jobs.batch", self._batch.list_namespaced_job, s.namespace, label_selector=_SELECTOR)
+            raise ExecutorError(f"kubernetes: the watch of Jobs in {s.namespace} has not synced: {jobs.error}")
+        if not pods.synced.is_set():
+            await asyncio.to_thread(pods.synced.wait, s.request_timeout_s)
+        return jobs, pods
 
-    async def _take_snapshot(self) -> _Snapshot:
-        ns = self.settings.namespace
-        taken = time.monotonic()
-        found = await self._call("list", "jobs.batch", self._batch.list_namespaced_job, ns, label_selector=_SELECTOR)
-        # Filter again: the selector is a hint some API servers (and test emulators) ignore.
-        jobs = {j.metadata.name: j for j in found.items if _is_ours(j.metadata.labels)}
-        snap = _Snapshot(taken=taken, jobs=jobs, pods=None, names=set(jobs))
+    async def _job_events(self) -> dict[str, list[Any]]:
+        """Events about the lab's Jobs (FailedCreate says why no pod exists), listed at most every events_interval_s."""
+        taken, events = self._events
+        if time.monotonic() - taken < self.settings.events_interval_s:
+            return events
+        events = {}
         try:
-            listed = await self._call("list", "pods", self._core.list_namespaced_pod, ns, label_selector=_SELECTOR)
-        except ExecutorError as e:
-            snap.pods_error = str(e)  # the Jobs' own conditions still tell finished jobs apart
-            return snap
-        pods: dict[str, list[Any]] = {}
-        for pod in listed.items:
-            owner = _pod_job(pod)
-            if owner in jobs:
-                pods.setdefault(owner, []).append(pod)
-        for mine in pods.values():
-            mine.sort(key=lambda p: (p.metadata.creation_timestamp is not None, p.metadata.creation_timestamp or 0))
-        snap.pods = pods
-        return snap
+            found = await self._call(
+                "list", "events", self._core.list_namespaced_event, self.settings.namespace,
+                field_selector="involvedObject.kind=Job",
+            )
+        except (ExecutorError, ApiException):
+            return events  # without events the job still reads as waiting; nothing is lost
+        for ev in found.items:
+            obj = ev.involved_object
+            if obj is not None and obj.kind == "Job":
+                events.setdefault(obj.name, []).append(ev)
+        self._events = (time.monotonic(), events)
+        return events
 
-    async def _job_events(self, snap: _Snapshot) -> dict[str, list[Any]]:
-        """Events about the lab's Jobs (FailedCreate says why no pod exists), one LIST per pass."""
-        if snap.events is None:
-            snap.events = {}
-            try:
-                found = await self._call(
-                    "list", "events", self._core.list_namespaced_event, self.settings.namespace,
-                    field_selector="involvedObject.kind=Job",
-                )
-            except (ExecutorError, ApiException):
-                return snap.events  # without events the job still reads as waiting; nothing is lost
-            for ev in found.items:
-                obj = ev.involved_object
-                if obj is not None and obj.kind == "Job" and obj.name in snap.jobs:
-                    snap.events.setdefault(obj.name, []).append(ev)
-        return snap.events
-
-    async def _no_pod_phase(self, job_id: str, name: str, snap: _Snapshot) -> JobPhase:
+    async def _no_pod_phase(self, job_id: str, name: str) -> JobPhase:
         """A live Job without pods: either the controller is on it, or admission refuses its pods."""
         self._stuck_since.pop(job_id, None)
-        failed_create = [e for e in (await self._job_events(snap)).get(name, []) if e.reason == "FailedCreate"]
+        failed_create = [e for e in (await self._job_events()).get(name, []) if e.reason == "FailedCreate"]
         if not failed_create:
             return JobPhase(state="pending", reason="waiting for the job controller to create a pod")
         latest = max(failed_create, key=_event_time)
@@ -359,7 +344,6 @@ class KubernetesExecutor:
     async def cancel(self, job_id: str) -> None:
         await self._delete(job_name(job_id))
         self._forget(job_id)
-        self._snapshot = None  # the next poll must not see the deleted Job
 
     async def _delete(self, name: str) -> None:
         try:
@@ -371,7 +355,10 @@ class KubernetesExecutor:
         except ApiException as e:
             if e.status != 404:
                 raise ExecutorError(f"kubernetes: cannot delete Job {name} ({e.status}): {_message(e)}") from None
-        self._submitted.pop(name, None)
+        # The DELETED event may come later; the next poll must not see the Job alive meanwhile.
+        self._deleted.add(name)
+        if self._watchers is not None:
+            self._watchers[0].forget(name)
 
     async def cleanup(self, project: str) -> None:
         value = label_value(project)
@@ -382,9 +369,10 @@ class KubernetesExecutor:
         for job in found.items:
             if (job.metadata.labels or {}).get(PROJECT_LABEL) == value:
                 await self._delete(job.metadata.name)
-        self._snapshot = None
 
     async def close(self) -> None:
+        for w in self._watchers or ():
+            await asyncio.to_thread(w.stop)
         await asyncio.to_thread(self._api.close)
 
 

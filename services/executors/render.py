@@ -114,9 +114,11 @@ class KubernetesSettings(BaseModel):
     # this many times with exponential backoff and jitter, capped at api_retry_max_wait_s.
     api_retries: int = Field(5, ge=0)
     api_retry_max_wait_s: float = Field(10, gt=0)
-    # poll() reads one LIST of the lab's Jobs and one of their pods, shared by every poll
-    # within this many seconds (one engineer pass), instead of a GET and a LIST per job.
-    list_interval_s: float = Field(1, ge=0)
+    # poll() reads a cache fed by one list-and-watch of the lab's Jobs and one of their pods;
+    # the server ends a watch after this long and the executor lists afresh (a resync).
+    watch_timeout_s: float = Field(300, ge=1)
+    # Job events (FailedCreate) are listed at most this often, and only for Jobs without pods.
+    events_interval_s: float = Field(2, ge=0)
     extra_labels: dict[str, str] = {}
 
 
