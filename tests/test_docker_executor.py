@@ -58,6 +58,7 @@ class FakeEngine:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.killed: set[str] = set()
         self.creates: list[dict[str, Any]] = []
+        self.networks_missing: set[str] = set()
         self.lock = threading.Lock()
 
     def find(self, ref: str) -> dict[str, Any] | None:
@@ -145,6 +146,8 @@ def handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
                 return self.reply(200, [{"Id": c["Id"], "Names": [c["Name"]]} for c in found])
             net = re.fullmatch(r"/networks/([^/]+)/connect", path)
             if method == "POST" and net:
+                if net.group(1) in engine.networks_missing:
+                    return self.reply(404, {"message": f"network {net.group(1)} not found"})
                 c = engine.find(body["Container"])
                 if c is None:
                     return self.reply(404, {"message": f"No such container: {body['Container']}"})
@@ -340,8 +343,14 @@ async def test_network_true_joins_the_open_network_or_is_refused(engine: Any) ->
     assert by_name["/lab-job-net"]["HostConfig"]["NetworkMode"] == "lab-bus"  # still reaches NATS
     assert set(by_name["/lab-job-net"]["NetworkSettings"]["Networks"]) == {"lab-jobs-open"}
     assert "NetworkSettings" not in by_name["/lab-job-offline"]
+    wrong = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, open_network="no-such-net")
+    engine[0].networks_missing = {"no-such-net"}
+    with pytest.raises(ExecutorError, match=r"cannot connect job net2 to network no-such-net"):
+        await wrong.submit(spec("net2", network=True))
+    assert "/lab-job-net2" not in {c["Name"] for c in engine[0].containers.values()}  # removed, not left offline
     await closed.close()
     await ex.close()
+    await wrong.close()
 
 
 async def test_the_nats_password_comes_from_a_mounted_file_not_the_environment(engine: Any, tmp_path: Path) -> None:

@@ -151,7 +151,12 @@ class DockerExecutor:
                 return container
             if job.network:
                 # Still on the NATS-only network for the bus; this one adds a route out.
-                c.api.connect_container_to_network(container.id, s.open_network)
+                try:
+                    c.api.connect_container_to_network(container.id, s.open_network)
+                except APIError as e:  # never leave a container that a resubmit would start offline
+                    container.remove(force=True)
+                    raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {s.open_network}: "
+                                        f"{e.explanation or e}") from None
             return container
 
         try:
