@@ -11,6 +11,7 @@ makes a missed event harmless.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -68,7 +69,8 @@ class Watcher:
                 if self._stopping.is_set():
                     return
                 self.error = _describe(e)
-                self._stopping.wait(backoff)
+                # Jitter: many engineers (or one restarted API server) must not all relist at once.
+                self._stopping.wait(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 10.0)
 
     def _list_and_watch(self) -> None:
