@@ -215,9 +215,9 @@ class Runner:
     async def run(self) -> int:
         job = self.job
         try:
-            # A credential mounted from a Secret (Kubernetes) wins over one carried in the job.
+            # A credential mounted from a Secret (Kubernetes) or a file (Docker) wins over one carried in the job.
             user = os.environ.get("LAB_NATS_USER") or job.nats.user
-            password = os.environ.get("LAB_NATS_PASSWORD") or job.nats.password
+            password = os.environ.get("LAB_NATS_PASSWORD") or _password_file() or job.nats.password
             config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
             self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
             artifacts = await Artifacts.open(self.bus)
@@ -235,17 +235,22 @@ class Runner:
         async def on_line(line: str) -> None:
             log_file.write(line + "\n")
             log_file.flush()
+            print(line, flush=True)  # also to stdout: `kubectl logs`, `docker logs` and log collectors see it
             await self.bus.nc.publish(log_subject, json.dumps({"job": job.job_id, "line": line, "t": time.time()}).encode())
 
         await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
         cmd = command(job, code, out)
         if not job.network and _can_unshare():
             cmd = ["unshare", "-n", "--", *cmd]
-        env = {k: v for k, v in os.environ.items() if k not in ("LAB_JOB", "LAB_NATS_USER", "LAB_NATS_PASSWORD")}
+        env = {k: v for k, v in os.environ.items() if k not in ("LAB_JOB", "LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_NATS_PASSWORD_FILE")}
         env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", "HOME": str(self.workdir)})
         await on_line(f"[runner] starting job {job.job_id}: {' '.join(cmd)}")
         started = time.monotonic()
-        outcome = await supervise(cmd, code, job, on_line, env)
+        try:
+            outcome = await supervise(cmd, code, job, on_line, env)
+        except BaseException as e:  # cancelled (SIGTERM: the Job was deleted) or the runner broke: keep the log
+            await _save_log(artifacts, f"{job.project}/runs/{job.job_id}/log.txt", log_file, log_path, e)
+            raise
         wall = time.monotonic() - started
         final_info = None
         if outcome.state == "succeeded":
@@ -287,6 +292,41 @@ class Runner:
         return EXIT_OK if status.state == "succeeded" else EXIT_EXPERIMENT_FAILED
 
 
+def _password_file() -> str | None:
+    """The NATS password from the file LAB_NATS_PASSWORD_FILE names (Docker mounts it read-only)."""
+    path = os.environ.get("LAB_NATS_PASSWORD_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as e:
+        print(f"runner: cannot read LAB_NATS_PASSWORD_FILE {path}: {e.strerror}", file=sys.stderr)
+        return None
+
+
+async def _save_log(artifacts: Artifacts, name: str, log_file: Any, log_path: Path, why: BaseException) -> None:
+    """Upload what the log holds so far; bounded, so a dying pod's grace period is not used up."""
+    reason = "cancelled (SIGTERM)" if isinstance(why, asyncio.CancelledError) else f"{type(why).__name__}: {why}"
+    log_file.write(f"[runner] stopped before the end: {reason}\n")
+    log_file.close()
+    print(f"[runner] stopped before the end: {reason}", flush=True)
+    try:
+        await asyncio.wait_for(artifacts.put(name, log_path.read_bytes()), 10)
+    except (Exception, asyncio.TimeoutError) as e:
+        print(f"runner: could not upload log.txt: {e or type(e).__name__}", file=sys.stderr)
+
+
+async def _run_until_stopped(runner: Runner) -> int:
+    """Run the job; SIGTERM (a deleted pod, a stopped container) cancels it so the log still gets out."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await runner.run()
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
+
+
 def main() -> None:
     raw = os.environ.get("LAB_JOB")
     if not raw:
@@ -305,7 +345,7 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"lab-{job.job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["LAB_JOB_DIR"] = str(workdir)
-    sys.exit(asyncio.run(Runner(job, workdir).run()))
+    sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir))))
 
 
 if __name__ == "__main__":

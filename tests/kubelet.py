@@ -45,7 +45,7 @@ class Kubelet:
     """Runs Jobs found in ``namespace`` until stopped; use as ``async with``."""
 
     def __init__(self, host: str, namespace: str = "lab", gpus: int = 0, bad_images: set[str] | None = None,
-                 tick_s: float = 0.05) -> None:
+                 tick_s: float = 0.05, reject_pods: str | None = None) -> None:
         cfg = client.Configuration()
         cfg.host = host
         self._api = client.ApiClient(cfg)
@@ -54,6 +54,9 @@ class Kubelet:
         self.namespace = namespace
         self.gpus = gpus
         self.bad_images = bad_images or set()
+        # Admission refusing every pod (a full quota, Pod Security): the job controller records a
+        # FailedCreate event on the Job with this message instead of creating the pod.
+        self.reject_pods = reject_pods
         self.tick_s = tick_s
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._gpu_use: dict[str, int] = {}
@@ -136,6 +139,9 @@ class Kubelet:
     async def _create_pod(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
         self._counter += 1
+        if self.reject_pods is not None:
+            await self._failed_create(job, f"{name}-{self._counter:05d}")
+            return
         template = job["spec"]["template"]
         labels = {**template.get("metadata", {}).get("labels", {}), JOB_NAME: name, "job-name": name}
         pod = {
@@ -153,6 +159,18 @@ class Kubelet:
         }
         await self._call(self._core.create_namespaced_pod, self.namespace, pod)
         await self._patch_job(name, {"active": 1})
+
+    async def _failed_create(self, job: dict[str, Any], pod_name: str) -> None:
+        name = job["metadata"]["name"]
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{name}.{self._counter:05d}", "namespace": self.namespace},
+            "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "name": name, "namespace": self.namespace},
+            "reason": "FailedCreate", "type": "Warning", "count": 1,
+            "message": f'Error creating: pods "{pod_name}" is forbidden: {self.reject_pods}',
+            "firstTimestamp": now(), "lastTimestamp": now(), "source": {"component": "job-controller"},
+        }
+        await self._call(self._core.create_namespaced_event, self.namespace, event)
 
     async def _patch_job(self, name: str, status: dict[str, Any]) -> None:
         await self._call(self._batch.patch_namespaced_job_status, name, self.namespace, {"status": status}, _content_type=MERGE)

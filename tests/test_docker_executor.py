@@ -58,6 +58,7 @@ class FakeEngine:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.killed: set[str] = set()
         self.creates: list[dict[str, Any]] = []
+        self.networks_missing: set[str] = set()
         self.lock = threading.Lock()
 
     def find(self, ref: str) -> dict[str, Any] | None:
@@ -136,9 +137,22 @@ def handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
                 return self.reply(201, {"Id": cid, "Warnings": []})
             if (method, path) == ("GET", "/containers/json"):
                 wanted = json.loads(query.get("filters", "{}")).get("label", [])
-                found = [c for c in engine.containers.values()
-                         if all("=" in w and c["Config"]["Labels"].get(w.split("=", 1)[0]) == w.split("=", 1)[1] for w in wanted)]
+
+                def has(labels: dict[str, str], w: str) -> bool:  # "key=value" or just "key", as the engine does
+                    key, eq, value = w.partition("=")
+                    return key in labels and (not eq or labels[key] == value)
+
+                found = [c for c in engine.containers.values() if all(has(c["Config"]["Labels"], w) for w in wanted)]
                 return self.reply(200, [{"Id": c["Id"], "Names": [c["Name"]]} for c in found])
+            net = re.fullmatch(r"/networks/([^/]+)/connect", path)
+            if method == "POST" and net:
+                if net.group(1) in engine.networks_missing:
+                    return self.reply(404, {"message": f"network {net.group(1)} not found"})
+                c = engine.find(body["Container"])
+                if c is None:
+                    return self.reply(404, {"message": f"No such container: {body['Container']}"})
+                c.setdefault("NetworkSettings", {"Networks": {}})["Networks"][net.group(1)] = {}
+                return self.reply(200)
             c = engine.find(m.group(1)) if m else None
             if m is None:
                 return self.reply(404, {"message": f"page not found: {method} {path}"})
@@ -193,9 +207,10 @@ async def ex(engine: tuple[FakeEngine, str]) -> Any:
     await executor.close()
 
 
-def spec(job_id: str, project: str = "p1", gpu: int = 0, wall_time_s: float = 60, **overrides: Any) -> JobSpec:
+def spec(job_id: str, project: str = "p1", gpu: int = 0, wall_time_s: float = 60, network: bool = False,
+         **overrides: Any) -> JobSpec:
     return JobSpec(job_id=job_id, project=project, experiment_id="e1", template="grokking", bundle_object="p1/b.tar.gz",
-                   overrides=overrides, seeds=[0], wall_time_s=wall_time_s, memory_mb=512, cpu=1.5, gpu=gpu,
+                   overrides=overrides, seeds=[0], wall_time_s=wall_time_s, memory_mb=512, cpu=1.5, gpu=gpu, network=network,
                    nats=NatsAccess(url="nats://nats:4222", user="runner", password="pw"))
 
 
@@ -222,6 +237,7 @@ async def test_create_request_carries_limits_gpu_and_lockdown(ex: DockerExecutor
     assert host["NetworkMode"] == "lab-bus"
     assert host["Memory"] == (512 + 256) * 2**20 and host["NanoCpus"] == 1_500_000_000
     assert host["DeviceRequests"] == [{"Driver": "nvidia", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
+    assert host["ShmSize"] == 2048 * 2**20  # not Docker's 64 MB, which breaks DataLoader workers
     assert (await settle(ex, "gpu-run")).state == "succeeded"
 
 
@@ -287,3 +303,64 @@ async def test_a_container_of_another_project_is_refused_not_adopted(ex: DockerE
         await ex.submit(spec("shared", project="p2"))
     assert len(engine[0].containers) == 1 and len(engine[0].procs) == 1
     assert (await settle(ex, "shared")).state == "succeeded"
+
+
+def _devices(create: dict[str, Any]) -> list[str]:
+    [request] = create["HostConfig"]["DeviceRequests"]
+    assert request["Count"] == 0  # by ID, never "any N GPUs"
+    return request["DeviceIDs"]
+
+
+async def test_gpus_are_assigned_by_device_id_from_the_pool(engine: Any) -> None:
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, gpu_devices=["0", "1", "GPU-abc"])
+    assert ex.capacity() == 3
+    await ex.submit(spec("g1", gpu=1, sleep=0.5))
+    await ex.submit(spec("g2", gpu=1, sleep=60))
+    first, second = (_devices(c) for c in engine[0].creates)
+    assert first == ["0"] and second == ["1"]
+    with pytest.raises(ExecutorError, match=r"needs 2 GPU\(s\), 1 of .* free"):
+        await ex.submit(spec("g3", gpu=2))
+    assert (await settle(ex, "g1")).state == "succeeded"  # exited: GPU 0 is free again
+    await ex.submit(spec("g4", gpu=2, sleep=60))
+    assert sorted(_devices(engine[0].creates[-1])) == ["0", "GPU-abc"]
+    # A new executor (the engineer restarted) reads who holds what from the containers themselves.
+    again = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, gpu_devices=["0", "1", "GPU-abc"])
+    with pytest.raises(ExecutorError, match=r"needs 1 GPU\(s\), 0 of"):
+        await again.submit(spec("g5", gpu=1))
+    await ex.close()
+    await again.close()
+
+
+async def test_network_true_joins_the_open_network_or_is_refused(engine: Any) -> None:
+    closed = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN)
+    with pytest.raises(ExecutorError, match=r"asks for the network .* open_network is not set"):
+        await closed.submit(spec("net", network=True))
+    assert engine[0].creates == []
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, open_network="lab-jobs-open")
+    await ex.submit(spec("net", network=True))
+    await ex.submit(spec("offline"))
+    by_name = {c["Name"]: c for c in engine[0].containers.values()}
+    assert by_name["/lab-job-net"]["HostConfig"]["NetworkMode"] == "lab-bus"  # still reaches NATS
+    assert set(by_name["/lab-job-net"]["NetworkSettings"]["Networks"]) == {"lab-jobs-open"}
+    assert "NetworkSettings" not in by_name["/lab-job-offline"]
+    wrong = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, open_network="no-such-net")
+    engine[0].networks_missing = {"no-such-net"}
+    with pytest.raises(ExecutorError, match=r"cannot connect job net2 to network no-such-net"):
+        await wrong.submit(spec("net2", network=True))
+    assert "/lab-job-net2" not in {c["Name"] for c in engine[0].containers.values()}  # removed, not left offline
+    await closed.close()
+    await ex.close()
+    await wrong.close()
+
+
+async def test_the_nats_password_comes_from_a_mounted_file_not_the_environment(engine: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "runner-password"
+    secret.write_text("pw\n")
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, nats_password_file=str(secret))
+    await ex.submit(spec("cred"))
+    [create] = engine[0].creates
+    env = dict(e.split("=", 1) for e in create["Env"])
+    assert "pw" not in json.dumps(JobSpec.model_validate_json(env["LAB_JOB"]).nats.model_dump())
+    assert env["LAB_NATS_PASSWORD_FILE"] == "/run/secrets/lab-nats-password"
+    assert create["HostConfig"]["Binds"] == [f"{secret}:/run/secrets/lab-nats-password:ro"]
+    await ex.close()

@@ -63,7 +63,7 @@ def kubeconfig(path: Path, server: str) -> str:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> Any:
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
-        for res in ("batch/v1/jobs", "v1/pods", "v1/secrets"):
+        for res in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/events"):
             emu.resources[res] = {}
         url = str(server.url).rstrip("/")
         yield emu, url, kubeconfig(tmp_path / "kubeconfig", url)
@@ -74,6 +74,7 @@ async def make(cluster: Any) -> Any:
     made: list[KubernetesExecutor] = []
 
     def build(**options: Any) -> KubernetesExecutor:
+        options = {"events_interval_s": 0.05, "api_retry_max_wait_s": 0.2, **options}
         ex = make_executor("kubernetes", {"kubeconfig": cluster[2], "namespace": NS, "command": STAND_IN, **options})
         assert isinstance(ex, KubernetesExecutor)
         made.append(ex)
@@ -268,7 +269,7 @@ async def test_unreachable_cluster_and_bad_settings_are_one_line(tmp_path: Path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ex = KubernetesExecutor(kubeconfig=kubeconfig(tmp_path / "k", f"http://127.0.0.1:{port}"), request_timeout_s=2)
+    ex = KubernetesExecutor(kubeconfig=kubeconfig(tmp_path / "k", f"http://127.0.0.1:{port}"), request_timeout_s=2, api_retries=1)
     with pytest.raises(ExecutorError, match=r"no cluster reachable at http://127.0.0.1:\d+"):
         await ex.poll("x")
     await ex.close()
@@ -287,3 +288,150 @@ async def test_a_job_name_owned_by_another_project_is_refused_not_adopted(make: 
     with pytest.raises(ExecutorError, match="already exists for project 'p1'.*refusing to adopt"):
         await ex.submit(spec("same", project="p2"))
     assert len(await raw_jobs(cluster[1])) == 1
+
+
+def refuse_creates(emu: Any, times: int, error: Any) -> None:
+    """The next ``times`` Job creates fail with ``error`` and store nothing, as a real admission refusal.
+
+    (The emulator stores an object before any reaction runs; the callback takes it back.)
+    """
+    def refuse(request: Any) -> Any:
+        name = request.data["metadata"]["name"]
+        for key in [k for k in emu.objects.keys() if k[2] == name]:
+            del emu.objects[key]
+        return error
+
+    emu["post", kmock.resource("batch", "v1", "jobs")][:times] << refuse
+
+
+def _requests(emu: Any, action: str, plural: str, selected: bool = False) -> int:
+    """Requests the emulator saw; ``selected``: only those with a label selector (the executor's, not the kubelet's)."""
+    group, version = ("batch", "v1") if plural == "jobs" else ("", "v1")
+    found = list(emu[action, kmock.resource(group, version, plural)])
+    return len([r for r in found if not selected or "labelSelector" in r.params])
+
+
+async def test_forbidden_quota_is_told_apart_from_rbac_and_retried(make: Any, cluster: Any) -> None:
+    emu = cluster[0]
+    refuse_creates(emu, 4, kmock.KubernetesError(
+        status=403, reason="Forbidden",
+        message='jobs.batch "lab-q" is forbidden: exceeded quota: lab-quota, requested: count/jobs.batch=1, used: count/jobs.batch=8, limited: count/jobs.batch=8'))
+    ex = make(api_retries=1)
+    with pytest.raises(ExecutorError, match=r"rejected by a ResourceQuota in namespace lab \(full for now\).*exceeded quota") as info:
+        await ex.submit(spec("q"))
+    assert "RBAC" not in str(info.value)
+    assert await raw_jobs(cluster[1]) == [] and _requests(emu, "create", "jobs") == 2  # retried once
+    await make(api_retries=2).submit(spec("q"))  # two more refusals, then the quota has room: created
+    assert [j["metadata"]["name"] for j in await raw_jobs(cluster[1])] == ["lab-q"]
+    assert _requests(emu, "create", "jobs") == 5
+
+
+async def test_forbidden_by_rbac_fails_at_once_without_retries(make: Any, cluster: Any) -> None:
+    emu = cluster[0]
+    refuse_creates(emu, 10, kmock.KubernetesError(
+        status=403, reason="Forbidden",
+        message='jobs.batch is forbidden: User "system:serviceaccount:lab:lab-engineer" cannot create resource "jobs"'))
+    with pytest.raises(ExecutorError, match=r"forbidden by RBAC: cannot create jobs.batch in namespace lab"):
+        await make(api_retries=3).submit(spec("r"))
+    assert _requests(emu, "create", "jobs") == 1
+
+
+async def test_429_on_listing_is_retried_then_poll_succeeds(make: Any, cluster: Any) -> None:
+    emu = cluster[0]
+    ex = make(api_retries=2)
+    await ex.submit(spec("busy"))
+    emu["list", kmock.resource("batch", "v1", "jobs")][:2] << kmock.KubernetesError(
+        status=429, reason="TooManyRequests", message="Too many requests, please try again later.")
+    assert await ex.poll("busy") == JobPhase(state="pending", reason="waiting for the job controller to create a pod")
+    assert _requests(emu, "list", "jobs") == 3  # two 429s, then the answer
+
+
+async def test_500_after_the_job_was_created_adopts_it_instead_of_duplicating(make: Any, cluster: Any) -> None:
+    emu = cluster[0]
+    # The emulator stores the Job and then answers 500: the create happened, the client cannot know.
+    emu["post", kmock.resource("batch", "v1", "jobs")][:1] << kmock.KubernetesError(
+        status=500, reason="InternalError", message="etcdserver: request timed out")
+    ex = make(api_retries=2)
+    await ex.submit(spec("once"))
+    assert [j["metadata"]["name"] for j in await raw_jobs(cluster[1])] == ["lab-once"]
+    assert _requests(emu, "create", "jobs") == 1  # looked first, found it ours, did not create again
+    with pytest.raises(ExecutorError, match="refusing to adopt"):
+        emu["post", kmock.resource("batch", "v1", "jobs")][:1] << kmock.KubernetesError(status=503, reason="Unavailable", message="x")
+        await ex.submit(spec("once", project="p2"))
+
+
+@pytest.mark.parametrize("rejection, state, words", [
+    ("exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4",
+     "pending", "wait for a ResourceQuota"),
+    ('violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false', "failed", "rejected by Pod Security admission"),
+])
+async def test_pods_that_cannot_be_created_are_reported_with_the_event(make: Any, cluster: Any, rejection: str, state: str, words: str) -> None:
+    ex = make()
+    async with Kubelet(cluster[1], NS, reject_pods=rejection):
+        await ex.submit(spec("refused"))
+        phase = await ex.poll("refused")
+        deadline = asyncio.get_running_loop().time() + 20
+        while "FailedCreate" not in phase.reason:
+            assert asyncio.get_running_loop().time() < deadline, phase
+            await asyncio.sleep(0.05)
+            phase = await ex.poll("refused")
+    assert phase.state == state and words in phase.reason and rejection in phase.reason
+
+
+async def test_a_pod_stuck_unschedulable_is_reported_while_it_waits(make: Any, cluster: Any) -> None:
+    ex = make(gpus=1, unschedulable_after_s=0.3)
+    async with Kubelet(cluster[1], NS, gpus=0):
+        await ex.submit(spec("nogpu", gpu=1))
+        phase = await wait_for(ex, "nogpu", "pending")
+        deadline = asyncio.get_running_loop().time() + 20
+        while not phase.reason.startswith("unschedulable for"):
+            assert phase.state == "pending" and asyncio.get_running_loop().time() < deadline, phase
+            await asyncio.sleep(0.05)
+            phase = await ex.poll("nogpu")
+        assert "Insufficient nvidia.com/gpu" in phase.reason
+
+
+async def test_status_comes_from_one_watch_not_a_call_per_job(make: Any, cluster: Any) -> None:
+    emu = cluster[0]
+    ex = make()
+    async with Kubelet(cluster[1], NS):
+        for i in range(4):
+            await ex.submit(spec(f"w-{i}", overrides={"sleep": 0.3}))
+        for i in range(4):
+            await wait_for(ex, f"w-{i}", "succeeded")
+    jobs, pods = ex._watchers or ()
+    assert (jobs.lists, pods.lists) == (1, 1)  # one LIST each, then the watch streams every change
+    assert _requests(emu, "watch", "jobs") == 1 and _requests(emu, "watch", "pods") == 1
+    # The executor's own LISTs are the watchers' one each; GETs only for Jobs the stream had not shown yet.
+    assert _requests(emu, "list", "jobs", selected=True) == 1 and _requests(emu, "list", "pods", selected=True) == 1
+    assert _requests(emu, "fetch", "jobs") <= 4
+    await ex.cancel("w-0")
+    assert (await ex.poll("w-0")).state == "missing"  # a cancel is never hidden by the cache
+
+
+async def test_an_expired_watch_resyncs_with_a_fresh_list(make: Any, cluster: Any) -> None:
+    emu = cluster[0]
+    emu["watch", kmock.resource("batch", "v1", "jobs")][:1] << kmock.KubernetesError(
+        status=410, reason="Expired", message="too old resource version: 1 (2)")
+    ex = make()
+    async with Kubelet(cluster[1], NS):
+        await ex.submit(spec("resync", overrides={"sleep": 0.2}))
+        await wait_for(ex, "resync", "succeeded")
+    jobs, _ = ex._watchers or ()
+    assert jobs.lists == 2 and _requests(emu, "watch", "jobs") == 2  # 410, list again, watch again
+
+
+async def test_kueue_admission_starts_the_deadline_clock(make: Any, cluster: Any) -> None:
+    """Suspended time does not count: Kubernetes resets startTime, and so activeDeadlineSeconds, on resume."""
+    ex = make(kueue_queue="lab-gpus", startup_margin_s=2)
+    async with Kubelet(cluster[1], NS):
+        await ex.submit(spec("admitted", wall_time_s=1, overrides={"sleep": 0.1}))
+        [job] = await raw_jobs(cluster[1])
+        assert job["spec"]["activeDeadlineSeconds"] == 3
+        await asyncio.sleep(3.5)  # queued longer than the whole deadline
+        assert (await ex.poll("admitted")).reason == "suspended: waiting for admission (Kueue)"
+        cfg = client.Configuration()
+        cfg.host = cluster[1]
+        with client.ApiClient(cfg) as api:  # what Kueue does on admission
+            await asyncio.to_thread(client.BatchV1Api(api).patch_namespaced_job, "lab-admitted", NS, {"spec": {"suspend": False}})
+        await wait_for(ex, "admitted", "succeeded")

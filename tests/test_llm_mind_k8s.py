@@ -22,7 +22,7 @@ resources: [agent.yaml]
 STUB_AGENT = """
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: lab-pi, labels: {app.kubernetes.io/component: agent}}
+metadata: {name: lab-pi, namespace: lab, labels: {app.kubernetes.io/component: agent}}
 spec:
   selector: {matchLabels: {app: pi}}
   template:
@@ -51,7 +51,8 @@ def test_overlay_points_agents_at_the_service() -> None:
     assert kustomization["resources"] == ["../../base", "vllm.yaml"]
     literals = dict(item.split("=", 1) for item in kustomization["configMapGenerator"][0]["literals"])
     service = next(d for d in docs((OVERLAY / "vllm.yaml").read_text()) if d["kind"] == "Service")
-    assert literals["LAB_LLM_BASE_URL"] == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
+    assert literals["LAB_LLM_BASE_URL"] == (
+        f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{service['spec']['ports'][0]['port']}/v1")
     args = next(d for d in docs((OVERLAY / "vllm.yaml").read_text()) if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--model={literals['LAB_LLM_MODEL']}" in args  # the agents ask for the model the server serves
 
@@ -74,7 +75,7 @@ def test_overlay_builds_and_patches_agent_deployments(tmp_path: Path) -> None:
     env_from = agent["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     config_map = next(d for d in built if d["kind"] == "ConfigMap")
     assert env_from == [{"configMapRef": {"name": config_map["metadata"]["name"]}}]  # the generated (hashed) name
-    assert config_map["data"]["LAB_LLM_BASE_URL"] == "http://vllm:8000/v1"
+    assert config_map["data"]["LAB_LLM_BASE_URL"] == "http://vllm.lab.svc:8000/v1"
     for doc in built:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -83,10 +84,11 @@ def test_overlay_builds_and_patches_agent_deployments(tmp_path: Path) -> None:
 def test_overlay_builds_on_the_real_base() -> None:
     built = build(OVERLAY)
     assert any(d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm" for d in built)
+    [generated] = [d["metadata"]["name"] for d in built if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-llm-")]
     wired = [
         d["metadata"]["name"] for d in built
         if d["kind"] == "Deployment" and any(
-            ref.get("configMapRef", {}).get("name", "").startswith("lab-llm")
+            ref.get("configMapRef", {}).get("name") == generated  # the hashed name, not a dangling "lab-llm"
             for ref in d["spec"]["template"]["spec"]["containers"][0].get("envFrom", [])
         )
     ]

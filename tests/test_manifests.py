@@ -26,11 +26,18 @@ from bus.messages import ROLES
 from bus.permissions import USERS, permissions
 from services.cli_job import app
 from services.executors.base import JobSpec, NatsAccess
-from services.executors.render import KubernetesSettings, k8s_job, render_job
+from services.executors.render import DockerSettings, KubernetesSettings, docker_container, k8s_job, render_job
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
-OVERLAYS = ["base", "overlays/gpu", "overlays/cpu"]
+OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue"]
+# Kinds without a namespace; everything else must name one.
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
+# Custom resources: no built-in schema to validate against; their own tests check them.
+CRD_GROUPS = ("kueue.x-k8s.io/",)
+# Created by hand (README "Create the namespace and the secrets"), never by the build.
+HAND_MADE_SECRETS = {(d["metadata"]["namespace"], d["metadata"]["name"]): set(d["stringData"])
+                     for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with built-in kustomize) is not installed")
 
@@ -42,11 +49,18 @@ def build(overlay: str) -> list[dict[str, Any]]:
 
 
 def validate(doc: dict[str, Any]) -> None:
+    if doc["apiVersion"].startswith(CRD_GROUPS):
+        return
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")}
+
+
+def namespaced_pods(docs: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(d["metadata"]["namespace"], d["metadata"]["name"], d["spec"]["template"]["spec"])
+            for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
 
 
 def assert_restricted(name: str, pod: dict[str, Any]) -> None:
@@ -85,8 +99,15 @@ def test_overlay_builds_validates_and_is_restricted(overlay: str) -> None:
     for doc in docs:
         validate(doc)
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert ("StatefulSet", "nats") in kinds and ("Namespace", "lab") in kinds
-    assert all(d["metadata"].get("namespace") == "lab" for d in docs if d["kind"] not in ("Namespace",))
+    assert ("StatefulSet", "nats") in kinds and ("Namespace", "lab") in kinds and ("Namespace", "lab-jobs") in kinds
+    for d in docs:
+        if d["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in d["metadata"], (d["kind"], d["metadata"]["name"])
+        else:
+            assert d["metadata"].get("namespace") in ("lab", "lab-jobs"), (d["kind"], d["metadata"]["name"])
+    for ns in (d for d in docs if d["kind"] == "Namespace"):
+        assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    # Every pod template meets the restricted profile its namespace enforces: no exceptions.
     for name, pod in pod_specs(docs).items():
         assert_restricted(name, pod)
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
@@ -94,6 +115,53 @@ def test_overlay_builds_validates_and_is_restricted(overlay: str) -> None:
     assert {"name": "data", "mountPath": "/data"} in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
 
 
+def _references(pod: dict[str, Any]) -> list[tuple[str, str, str | None, bool]]:
+    """(kind, name, key, optional) of every ConfigMap and Secret a pod template uses."""
+    refs: list[tuple[str, str, str | None, bool]] = []
+    for c in pod["containers"] + pod.get("initContainers", []):
+        for src in c.get("envFrom", []):
+            for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                if field in src:
+                    refs.append((kind, src[field]["name"], None, src[field].get("optional", False)))
+        for e in c.get("env", []):
+            for kind, field in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                ref = e.get("valueFrom", {}).get(field)
+                if ref:
+                    refs.append((kind, ref["name"], ref["key"], ref.get("optional", False)))
+    for v in pod.get("volumes", []):
+        if "configMap" in v:
+            refs.append(("ConfigMap", v["configMap"]["name"], None, v["configMap"].get("optional", False)))
+        if "secret" in v:
+            refs.append(("Secret", v["secret"]["secretName"], None, v["secret"].get("optional", False)))
+    return refs
+
+
+def _executor_settings(docs: list[dict[str, Any]]) -> KubernetesSettings:
+    [config_map] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
+    return KubernetesSettings.model_validate(yaml.safe_load(config_map["data"]["config.yaml"])["executor"]["kubernetes"])
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
+    """A reference kustomize did not rewrite (e.g. to a generated lab-llm-<hash>) fails here, not in the cluster."""
+    docs = build(overlay)
+    built = {(d["metadata"]["namespace"], d["metadata"]["name"]): set(d.get("data", {}))
+             for d in docs if d["kind"] == "ConfigMap"}
+    pods = namespaced_pods(docs) + [("lab-jobs", "job", k8s_job(example(), _executor_settings(docs))["spec"]["template"]["spec"])]
+    readme = (REPO / "README.md").read_text()
+    for ns, name, pod in pods:
+        for kind, ref, key, optional in _references(pod):
+            where = (overlay, name, kind, ref, key)
+            if kind == "ConfigMap":
+                assert (ns, ref) in built or optional, where
+                if (ns, ref) in built and key:
+                    assert key in built[(ns, ref)], where
+            elif (ns, ref) in HAND_MADE_SECRETS:
+                assert key is None or key in HAND_MADE_SECRETS[(ns, ref)], where
+                assert f"-n {ns} create secret generic {ref}" in readme, where  # the README says how
+            else:
+                assert optional, where
 @needs_kubectl
 def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
     docs = build("base")
@@ -115,33 +183,48 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
 
 
 @needs_kubectl
-def test_engineer_rbac_is_limited_to_jobs_and_pods() -> None:
+def test_engineer_rbac_is_limited_to_jobs_pods_and_events_in_the_jobs_namespace() -> None:
     docs = build("base")
     [role] = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "lab-jobs"
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     jobs = {("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")}
-    pods = {("", r, v) for r in ("pods", "pods/log") for v in ("get", "list", "watch")}
+    pods = {("", r, v) for r in ("pods", "pods/log", "events") for v in ("get", "list", "watch")}
     assert granted == jobs | pods
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["metadata"]["namespace"] == "lab-jobs"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lab-engineer", "namespace": "lab"}]
+    # The jobs' namespace holds the job ServiceAccount and no agent credential.
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs if d["metadata"].get("namespace") == "lab-jobs"
+            and d["kind"] in ("ServiceAccount", "Secret", "ConfigMap")} == {("ServiceAccount", "lab-job")}
+    assert {name for ns, name in HAND_MADE_SECRETS if ns == "lab-jobs"} == {"lab-nats-job"}
 
 
 @needs_kubectl
 def test_network_policies_default_deny_and_jobs_reach_only_nats() -> None:
     docs = build("base")
-    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
-    deny = policies["default-deny"]
-    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"} and "egress" not in deny
-    jobs = [p for p in policies.values() if p["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component") == "job-runner"]
-    closed = [p for p in jobs if "lab.kenkyu.dev/network" not in p["podSelector"]["matchLabels"]]
-    [only] = closed
-    assert only["egress"] == [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}}}],
-                               "ports": [{"protocol": "TCP", "port": 4222}]}]
-    dns = policies["allow-dns"]["egress"][0]
-    assert {p["port"] for p in dns["ports"]} == {53}
-    nats_in = policies["nats-ingress"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
-    assert set(nats_in["values"]) == {"agent", "job-runner"}
+    policies = {(d["metadata"]["namespace"], d["metadata"]["name"]): d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    for ns in ("lab", "lab-jobs"):
+        deny = policies[(ns, "default-deny")]
+        assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"} and "egress" not in deny
+        assert {p["port"] for p in policies[(ns, "allow-dns")]["egress"][0]["ports"]} == {53}
+    nats = {"matchLabels": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}}
+    assert policies[("lab-jobs", "jobs-egress")]["egress"] == [{
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "lab"}}, "podSelector": nats}],
+        "ports": [{"protocol": "TCP", "port": 4222}]}]
+    # No job-runner policy is left in the agents' namespace.
+    assert not [k for k, p in policies.items() if k[0] == "lab" and "job-runner" in json.dumps(p["podSelector"])]
+    nats_in = policies[("lab", "nats-ingress")]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "lab-jobs"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": "job-runner"}}} in nats_in
+    # network: true jobs reach the internet but never cloud metadata nor the cluster's private ranges.
+    open_egress = policies[("lab-jobs", "jobs-open-egress")]
+    assert open_egress["podSelector"]["matchLabels"]["lab.kenkyu.dev/network"] == "open"
+    blocks = [t["ipBlock"] for rule in open_egress["egress"] for t in rule["to"]]
+    v4 = next(b for b in blocks if b["cidr"] == "0.0.0.0/0")
+    assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(v4["except"])
+    assert all(b.get("except") for b in blocks)
 
 
 def _users_block(conf: str) -> list[dict[str, Any]]:
@@ -163,32 +246,76 @@ def test_nats_users_mirror_bus_permissions_and_secret_template() -> None:
 
 @needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_referenced_secrets_and_executor_config_agree(overlay: str) -> None:
+def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
     docs = build(overlay)
-    secrets = {d["metadata"]["name"]: d["stringData"] for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
-    for name, pod in pod_specs(docs).items():
-        for c in pod["containers"]:
-            for ref in c.get("envFrom", []):
-                assert ref["secretRef"]["name"] in secrets, name
-            for e in c.get("env", []):
-                key_ref = e.get("valueFrom", {}).get("secretKeyRef")
-                if key_ref:
-                    assert key_ref["key"] in secrets[key_ref["name"]], (name, key_ref)
-    [config_map] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
-    options = yaml.safe_load(config_map["data"]["config.yaml"])["executor"]["kubernetes"]
-    s = KubernetesSettings.model_validate(options)
-    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
-    assert s.namespace == "lab" and s.service_account in accounts and s.nats_secret in secrets
-    assert {s.nats_secret_user_key, s.nats_secret_password_key} <= set(secrets[s.nats_secret])
+    s = _executor_settings(docs)
+    accounts = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceAccount"}
+    assert s.namespace == "lab-jobs" and (s.namespace, s.service_account) in accounts
+    assert {s.nats_secret_user_key, s.nats_secret_password_key} <= HAND_MADE_SECRETS[(s.namespace, s.nats_secret)]
     job = k8s_job(example(gpu=0), s)
     validate(job)
     limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     pod = job["spec"]["template"]["spec"]
-    if overlay.endswith("gpu"):
+    if overlay.endswith(("gpu", "kueue")):
         assert int(limits["nvidia.com/gpu"]) >= 1 and pod["nodeSelector"] and pod["tolerations"]
-        assert s.image.endswith("-cuda")
     else:
         assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod
+    # The job image is the agents' image (the CUDA build of it on GPU overlays): one release, no drift.
+    agent_images = {c["image"] for _, pod in pod_specs(docs).items() for c in pod["containers"]
+                    if c["image"].startswith("ghcr.io/kenkyu-lab/")}
+    [agent_image] = agent_images
+    assert s.image == (f"{agent_image}-cuda" if "nvidia.com/gpu" in limits else agent_image)
+
+
+@needs_kubectl
+def test_vllm_overlay_wires_the_agents_to_the_model_server() -> None:
+    docs = build("overlays/vllm")
+    [llm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-llm-")]
+    agents = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("lab-")]
+    assert len(agents) == len(ROLES)
+    for agent in agents:
+        [c] = agent["spec"]["template"]["spec"]["containers"]
+        assert c["envFrom"] == [{"configMapRef": {"name": llm["metadata"]["name"]}}]  # the hashed name
+    vllm = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm")
+    [server] = vllm["spec"]["template"]["spec"]["containers"]
+    assert f"--model={llm['data']['LAB_LLM_MODEL']}" in server["args"]
+    [service] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "vllm"]
+    assert llm["data"]["LAB_LLM_BASE_URL"] == f"http://vllm.{service['metadata']['namespace']}.svc:{service['spec']['ports'][0]['port']}/v1"
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "lab"}
+    to_vllm = [r for r in policies["agents-egress"]["egress"] if {"protocol": "TCP", "port": 8000} in r["ports"]]
+    assert to_vllm and to_vllm[0]["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "vllm"}}}]
+    download = policies["vllm-egress"]["egress"][0]
+    assert download["ports"] == [{"protocol": "TCP", "port": 443}] and "169.254.0.0/16" in download["to"][0]["ipBlock"]["except"]
+
+
+@needs_kubectl
+def test_kueue_overlay_queues_gpu_jobs_in_the_jobs_namespace() -> None:
+    docs = build("overlays/kueue")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    [flavor], [cq], [lq], [prio] = (by_kind[k] for k in ("ResourceFlavor", "ClusterQueue", "LocalQueue", "WorkloadPriorityClass"))
+    [group] = cq["spec"]["resourceGroups"]
+    assert "nvidia.com/gpu" in group["coveredResources"]
+    [flavor_quota] = group["flavors"]
+    assert flavor_quota["name"] == flavor["metadata"]["name"]
+    quota = {r["name"]: r["nominalQuota"] for r in flavor_quota["resources"]}
+    assert set(quota) == set(group["coveredResources"]) and int(quota["nvidia.com/gpu"]) >= 1
+    assert cq["spec"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "lab-jobs"}}
+    assert lq["metadata"]["namespace"] == "lab-jobs" and lq["spec"]["clusterQueue"] == cq["metadata"]["name"]
+    s = _executor_settings(docs)
+    assert s.kueue_queue == lq["metadata"]["name"] and s.gpus is None
+    assert s.extra_labels["kueue.x-k8s.io/priority-class"] == prio["metadata"]["name"]
+    job = k8s_job(example(), s)
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == lq["metadata"]["name"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == prio["metadata"]["name"]
+
+
+def test_images_can_be_pinned_by_digest() -> None:
+    pinned = "ghcr.io/kenkyu-lab/lab@sha256:" + "a" * 64
+    job = k8s_job(example(), KubernetesSettings(image=pinned))
+    validate(job)
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
 
 
 @pytest.mark.parametrize("case", [
@@ -276,7 +403,7 @@ def test_cli_render_bad_option_names_the_field(template_dir: Path, tmp_path: Pat
 def test_compose_runs_nats_and_six_agents_on_a_bus_network() -> None:
     compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"nats", *ROLES}
+    assert set(services) == {"nats-init", "nats", *ROLES}
     for role in ROLES:
         svc = services[role]
         assert svc["command"] == ["lab", "agent", role] and svc["user"] == "10001:10001" and svc["read_only"] is True
@@ -287,3 +414,25 @@ def test_compose_runs_nats_and_six_agents_on_a_bus_network() -> None:
     assert options["network"] == "lab-bus"
     dockerfile = (REPO / "deploy/Dockerfile").read_text()
     assert "USER 10001:10001" in dockerfile and "ARG BASE=" in dockerfile and "whl/cpu" in dockerfile
+
+
+def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their_env() -> None:
+    """A new named volume is root-owned: a root one-shot hands it to NATS's uid before NATS starts."""
+    compose_text = (REPO / "deploy/compose.yaml").read_text()
+    compose = yaml.safe_load(compose_text)
+    nats, init = compose["services"]["nats"], compose["services"]["nats-init"]
+    data = next(v for v in nats["volumes"] if v.endswith(":/data"))
+    assert data in init["volumes"] and init["image"] == nats["image"]
+    uid = nats["user"].split(":")[0]
+    assert init["user"] == "0:0" and init["entrypoint"] == ["chown", "-R", f"{nats['user']}", "/data"]
+    assert uid != "0" and nats["depends_on"]["nats-init"] == {"condition": "service_completed_successfully"}
+    assert "--build" not in compose_text  # compose has no build: key; the README builds the image first
+    # The engineer starts jobs with the password file, not a password in the job's environment.
+    assert "LAB_RUNNER_PASSWORD" not in compose["services"]["engineer"]["environment"]
+    options = yaml.safe_load((REPO / "deploy/config.yaml").read_text())["executor"]["docker"]
+    s = DockerSettings.model_validate(options)
+    assert s.nats_password_file and s.open_network in {n.get("name") for n in compose["networks"].values()}
+    spec = docker_container(example(network=True), s)
+    assert JobSpec.model_validate_json(spec["environment"]["LAB_JOB"]).nats.password is None
+    assert spec["volumes"] == {s.nats_password_file: {"bind": "/run/secrets/lab-nats-password", "mode": "ro"}}
+    assert spec["shm_size"] == f"{s.shm_size_mb}m"

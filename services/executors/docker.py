@@ -5,12 +5,18 @@ instead of starting the experiment twice. Containers are kept after they exit
 (poll reads their exit code and OOM flag) and removed by ``cleanup``. Docker has
 no activeDeadlineSeconds, so ``poll`` kills a container that outlives its wall
 time plus a margin: the backstop for a runner that hangs.
+
+GPUs are handed out by device ID from the lab's pool (``gpu_devices``, or
+``0..gpus-1``), so two 1-GPU jobs never share GPU 0. Which container holds
+which GPUs is read back from the containers' own labels at each submit, so the
+pool survives a restart of the engineer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +26,7 @@ from docker.types import DeviceRequest
 
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, ExecutorError, JobPhase, JobSpec
 from services.executors.render import (
+    GPU_DEVICES_LABEL,
     JOB_ID_ANNOTATION,
     PROJECT_LABEL,
     WALL_TIME_LABEL,
@@ -36,6 +43,7 @@ _EXIT_MEANING = {
     EXIT_EXPERIMENT_FAILED: "the experiment failed (runner exit 3)",
     EXIT_INFRA: "the runner could not reach NATS (exit 4)",
 }
+_HOLDING = ("created", "running", "restarting", "paused")  # states in which a container keeps its GPUs
 
 
 def _started_at(value: str) -> dt.datetime | None:
@@ -52,9 +60,18 @@ class DockerExecutor:
     def __init__(self, **options: Any) -> None:
         self.settings: DockerSettings = settings(DockerSettings, options)
         self._client: docker.DockerClient | None = None
+        self._gpu_lock = threading.Lock()  # one pick-and-create at a time, or two jobs get the same GPU
 
     def capacity(self) -> int | None:
-        return self.settings.gpus or self.settings.max_jobs
+        return len(self.settings.gpu_pool()) or self.settings.max_jobs
+
+    def _free_gpus(self, c: docker.DockerClient) -> list[str]:
+        """The pool minus the GPUs that live containers hold (from their labels)."""
+        held: set[str] = set()
+        for container in c.containers.list(all=True, filters={"label": GPU_DEVICES_LABEL}):
+            if container.status in _HOLDING:
+                held.update(d for d in (container.labels or {}).get(GPU_DEVICES_LABEL, "").split(",") if d)
+        return [d for d in self.settings.gpu_pool() if d not in held]
 
     def _docker(self) -> docker.DockerClient:
         # Connecting asks the engine for its API version, so it happens on first use, in a thread.
@@ -83,8 +100,13 @@ class DockerExecutor:
             raise ExecutorError(f"docker: cannot {what}: {e}") from None
 
     async def submit(self, job: JobSpec) -> None:
-        spec = docker_container(job, self.settings)
-        name = spec["name"]
+        s = self.settings
+        if job.network and not s.open_network:
+            raise ExecutorError(
+                f"docker: job {job.job_id} asks for the network (network: true) but executor option "
+                "open_network is not set; refusing to run it on the NATS-only network"
+            )
+        name = docker_container(job, s)["name"]
 
         def adopt(container: Any) -> None:
             reason = foreign_owner(container.labels, job)
@@ -96,25 +118,46 @@ class DockerExecutor:
                 container = c.containers.get(name)
                 adopt(container)
             except NotFound:
-                kwargs = dict(spec)
-                if "device_requests" in kwargs:
-                    kwargs["device_requests"] = [
-                        DeviceRequest(driver=d["Driver"], count=d["Count"], capabilities=d["Capabilities"])
-                        for d in kwargs["device_requests"]
-                    ]
-                image = kwargs.pop("image")
-                try:
-                    container = c.containers.create(image, **kwargs)
-                except ImageNotFound:
-                    c.images.pull(image)
-                    container = c.containers.create(image, **kwargs)
-                except APIError as e:
-                    if e.status_code != 409:
-                        raise
-                    container = c.containers.get(name)  # created concurrently by another submit
-                    adopt(container)
+                with self._gpu_lock:
+                    container = make(c)
             if container.status == "created":
                 container.start()
+
+        def make(c: docker.DockerClient) -> Any:
+            devices = None
+            if job.gpu and s.gpu_pool():
+                free = self._free_gpus(c)
+                if len(free) < job.gpu:
+                    raise ExecutorError(f"docker: job {job.job_id} needs {job.gpu} GPU(s), {len(free)} of {s.gpu_pool()} free")
+                devices = free[: job.gpu]
+            kwargs = docker_container(job, s, devices)
+            if "device_requests" in kwargs:
+                kwargs["device_requests"] = [
+                    DeviceRequest(driver=d["Driver"], count=d.get("Count", 0), device_ids=d.get("DeviceIDs"),
+                                  capabilities=d["Capabilities"])
+                    for d in kwargs["device_requests"]
+                ]
+            image = kwargs.pop("image")
+            try:
+                container = c.containers.create(image, **kwargs)
+            except ImageNotFound:
+                c.images.pull(image)
+                container = c.containers.create(image, **kwargs)
+            except APIError as e:
+                if e.status_code != 409:
+                    raise
+                container = c.containers.get(name)  # created concurrently by another submit
+                adopt(container)
+                return container
+            if job.network:
+                # Still on the NATS-only network for the bus; this one adds a route out.
+                try:
+                    c.api.connect_container_to_network(container.id, s.open_network)
+                except APIError as e:  # never leave a container that a resubmit would start offline
+                    container.remove(force=True)
+                    raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {s.open_network}: "
+                                        f"{e.explanation or e}") from None
+            return container
 
         try:
             await self._call(f"start container {name}", create)

@@ -4,6 +4,19 @@ The official client is synchronous; every call runs in a worker thread so the
 engineer's event loop never blocks on the API server. What a Job looks like is
 decided in ``render.k8s_job``; this module only talks to the cluster and reads
 back what became of the Job and its pods.
+
+A shared cluster says no in several ways that mean different things, so they
+are told apart: RBAC (a misconfiguration: fail now, name the missing grant),
+a full ResourceQuota (wait and retry: other work will finish), Pod Security or
+a LimitRange rejecting the pods (never fixes itself: fail with the reason), an
+overloaded or flaky API server (429/5xx/timeouts: retry with backoff and
+jitter). A create that timed out may still have happened, so before creating
+again the executor looks for the Job and adopts it if it is this job's.
+
+Status comes from one list-and-watch of the lab's Jobs and one of their pods
+per executor (``k8s_watch.Watcher``), so ``poll`` costs no API call on the
+common path, however many jobs are in flight; a Job the cache does not hold
+yet (just created) or no longer (gone) is confirmed with one GET.
 """
 
 from __future__ import annotations
@@ -19,8 +32,10 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, ExecutorError, JobPhase, JobSpec
+from services.executors.k8s_watch import Watcher
 from services.executors.render import (
     CONTAINER,
     KubernetesSettings,
@@ -41,6 +56,22 @@ _EXIT_MEANING = {
     EXIT_EXPERIMENT_FAILED: "the experiment failed (runner exit 3)",
     EXIT_INFRA: "the runner could not reach NATS (exit 4)",
 }
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+# Every object the executor makes carries these labels (render.labels); the LISTs select on them.
+_SELECTOR = "app.kubernetes.io/component=job-runner,app.kubernetes.io/managed-by=kenkyu-lab-engineer"
+_JOB_NAME = "batch.kubernetes.io/job-name"
+
+
+class TransientApiError(ExecutorError):
+    """The API server could not answer now (429, 5xx, a timeout, a dropped connection): try again."""
+
+
+class QuotaExceededError(TransientApiError):
+    """A ResourceQuota of the namespace is full; it frees up as other work finishes."""
+
+
+class RejectedError(ExecutorError):
+    """Admission refused the object for good (RBAC, Pod Security, a LimitRange): retrying cannot help."""
 
 
 def _api_client(s: KubernetesSettings) -> client.ApiClient:
@@ -63,6 +94,29 @@ def _message(e: ApiException) -> str:
         return str(e.reason)
 
 
+def admission_kind(message: str) -> str | None:
+    """Which admission control a rejection message comes from, by the API server's own wording."""
+    if "exceeded quota" in message:
+        return "quota"
+    if "violates PodSecurity" in message:
+        return "pod-security"
+    if "LimitRange" in message or "usage per Container" in message or "usage per Pod" in message:
+        return "limit-range"
+    return None
+
+
+def _rejection(message: str, what: str, ns: str) -> ExecutorError | None:
+    """The error for a quota / Pod Security / LimitRange rejection, or None for anything else."""
+    kind = admission_kind(message)
+    if kind == "quota":
+        return QuotaExceededError(f"kubernetes: {what} rejected by a ResourceQuota in namespace {ns} (full for now): {message}")
+    if kind == "pod-security":
+        return RejectedError(f"kubernetes: {what} rejected by Pod Security admission in namespace {ns}: {message}")
+    if kind == "limit-range":
+        return RejectedError(f"kubernetes: {what} rejected by a LimitRange in namespace {ns}: {message}")
+    return None
+
+
 class KubernetesExecutor:
     name = "kubernetes"
 
@@ -72,90 +126,199 @@ class KubernetesExecutor:
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
         self._stuck_since: dict[str, float] = {}
+        self._unscheduled_since: dict[str, float] = {}
+        self._watchers: tuple[Watcher, Watcher] | None = None
+        self._deleted: set[str] = set()  # Jobs this executor deleted: missing now, whatever the cache says
+        self._events: tuple[float, dict[str, list[Any]]] = (-1e9, {})
 
     def capacity(self) -> int | None:
         if self.settings.kueue_queue:
             return None
         return self.settings.gpus or self.settings.max_jobs
 
-    async def _call(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a client call in a thread; turn transport and RBAC failures into one readable line."""
+    def _retrying(self) -> AsyncRetrying:
+        s = self.settings
+        return AsyncRetrying(
+            retry=retry_if_exception_type(TransientApiError),
+            stop=stop_after_attempt(s.api_retries + 1),
+            wait=wait_exponential_jitter(initial=0.2, max=s.api_retry_max_wait_s),
+            reraise=True,
+        )
+
+    async def _once(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One client call in a thread; every failure becomes one readable line of the right class."""
         kwargs.setdefault("_request_timeout", self.settings.request_timeout_s)
+        ns = self.settings.namespace
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except ApiException as e:
-            ns = self.settings.namespace
-            if e.status == 403:
-                raise ExecutorError(
-                    f"kubernetes: forbidden by RBAC: cannot {verb} {resource} in namespace {ns} "
-                    f"(grant it to the engineer's ServiceAccount, see k8s/base/rbac.yaml): {_message(e)}"
-                ) from None
-            if e.status == 401:
-                raise ExecutorError(f"kubernetes: unauthorized ({_message(e)}); check the kubeconfig credentials") from None
+            message = _message(e)
             if e.status in (404, 409):
                 raise
-            raise ExecutorError(f"kubernetes: {verb} {resource} in {ns} failed ({e.status}): {_message(e)}") from None
+            if e.status in (403, 422):
+                rejected = _rejection(message, f"{verb} {resource}", ns)
+                if rejected is not None:
+                    raise rejected from None
+            if e.status == 403:
+                raise RejectedError(
+                    f"kubernetes: forbidden by RBAC: cannot {verb} {resource} in namespace {ns} "
+                    f"(grant it to the engineer's ServiceAccount, see k8s/base/jobs/rbac.yaml): {message}"
+                ) from None
+            if e.status == 401:
+                raise ExecutorError(f"kubernetes: unauthorized ({message}); check the kubeconfig credentials") from None
+            if e.status in _TRANSIENT_STATUS:
+                raise TransientApiError(f"kubernetes: {verb} {resource} in {ns}: the API server answered {e.status}: {message}") from None
+            raise ExecutorError(f"kubernetes: {verb} {resource} in {ns} failed ({e.status}): {message}") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise ExecutorError(
+            raise TransientApiError(
                 f"kubernetes: no cluster reachable at {self._api.configuration.host}: {type(e).__name__}"
             ) from None
 
+    async def _call(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``_once`` retried on transient failures; only for calls that are safe to repeat."""
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._once(verb, resource, fn, *args, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _read_job(self, name: str) -> Any | None:
+        try:
+            return await self._call("get", "jobs.batch", self._batch.read_namespaced_job, name, self.settings.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise ExecutorError(f"kubernetes: cannot read Job {name} ({e.status}): {_message(e)}") from None
+
     async def submit(self, job: JobSpec) -> None:
         manifest = k8s_job(job, self.settings)
-        try:
-            await self._call("create", "jobs.batch", self._batch.create_namespaced_job, self.settings.namespace, manifest)
-        except ApiException as e:
-            if e.status != 409:
-                raise ExecutorError(f"kubernetes: cannot create Job ({e.status}): {_message(e)}") from None
-        else:
-            return
-        # Already there: a resubmit of this very job is adopted; anyone else's Job is an error.
         name = manifest["metadata"]["name"]
-        try:
-            existing = await self._call("get", "jobs.batch", self._batch.read_namespaced_job, name, self.settings.namespace)
-        except ApiException as e:
-            raise ExecutorError(f"kubernetes: Job {name} exists but cannot be read ({e.status}): {_message(e)}") from None
+        ns = self.settings.namespace
+        async for attempt in self._retrying():
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    # The last create may have happened after all (a timeout, a 500): never make a second Job.
+                    existing = await self._read_job(name)
+                    if existing is not None:
+                        return self._adopt(existing, job, name)
+                try:
+                    await self._once("create", "jobs.batch", self._batch.create_namespaced_job, ns, manifest)
+                except ApiException as e:
+                    if e.status != 409:
+                        raise ExecutorError(f"kubernetes: cannot create Job ({e.status}): {_message(e)}") from None
+                    existing = await self._read_job(name)
+                    if existing is None:  # deleted in between: the next attempt creates it
+                        raise TransientApiError(f"kubernetes: Job {name} existed, then vanished") from None
+                    return self._adopt(existing, job, name)
+                self._deleted.discard(name)
+                return
+
+    def _adopt(self, existing: Any, job: JobSpec, name: str) -> None:
+        """A resubmit of this very job is adopted; anyone else's Job is an error."""
         reason = foreign_owner(existing.metadata.labels, job)
         if reason is not None:
             raise ExecutorError(f"kubernetes: {reason}")
+        self._deleted.discard(name)
 
     async def poll(self, job_id: str) -> JobPhase:
         name = job_name(job_id)
-        try:
-            job = await self._call("get", "jobs.batch", self._batch.read_namespaced_job, name, self.settings.namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return JobPhase(state="missing")
-            raise ExecutorError(f"kubernetes: cannot read Job {name} ({e.status}): {_message(e)}") from None
+        # Answered from the cache, poll may never reach an await that suspends; a caller polling
+        # in a loop must still let the rest of the event loop run.
+        await asyncio.sleep(0)
+        if name in self._deleted:
+            return JobPhase(state="missing")
+        jobs, pods = await self._watching()
+        job = jobs.items().get(name) or await self._read_job(name)  # not in the cache yet (or any more)
+        if job is None:
+            self._forget(job_id)
+            return JobPhase(state="missing")
         if _succeeded(job):
-            self._stuck_since.pop(job_id, None)
-            return JobPhase(state="succeeded")  # no pod listing on the common path
-        pods = await self._pods(name)
-        phase = _job_phase(job, pods)
-        return phase if phase is not None else self._pod_phase(job_id, pods)
+            self._forget(job_id)
+            return JobPhase(state="succeeded")
+        if not pods.synced.is_set():
+            phase = _job_phase(job, [])
+            if phase is not None:
+                return phase
+            raise ExecutorError(f"kubernetes: cannot tell how Job {name} is doing: cannot list pods: {pods.error}")
+        mine = sorted((p for p in pods.items().values() if _pod_job(p) == name),
+                      key=lambda p: (p.metadata.creation_timestamp is not None, p.metadata.creation_timestamp or 0))
+        phase = _job_phase(job, mine)
+        if phase is not None:
+            return phase
+        if not mine:
+            return await self._no_pod_phase(job_id, name)
+        return self._pod_phase(job_id, mine)
 
-    async def _pods(self, name: str) -> list[Any]:
-        selector = f"batch.kubernetes.io/job-name={name}"
+    async def _watching(self) -> tuple[Watcher, Watcher]:
+        """The Job and pod watchers, started on first use; waits for their first LIST."""
+        s = self.settings
+        if self._watchers is None:
+            self._watchers = (
+                Watcher("jobs", self._batch.list_namespaced_job, s.namespace, _SELECTOR,
+                        lambda o: _is_ours(o.metadata.labels), s.request_timeout_s, s.watch_timeout_s),
+                Watcher("pods", self._core.list_namespaced_pod, s.namespace, _SELECTOR,
+                        lambda o: _is_ours(o.metadata.labels), s.request_timeout_s, s.watch_timeout_s),
+            )
+            for w in self._watchers:
+                w.start()
+        jobs, pods = self._watchers
+        if not jobs.synced.is_set() and not await asyncio.to_thread(jobs.synced.wait, s.request_timeout_s):
+            # Say why in the executor's words (RBAC, no cluster, ...): one direct LIST does that.
+            await self._call("list", "jobs.batch", self._batch.list_namespaced_job, s.namespace, label_selector=_SELECTOR)
+            raise ExecutorError(f"kubernetes: the watch of Jobs in {s.namespace} has not synced: {jobs.error}")
+        if not pods.synced.is_set():
+            await asyncio.to_thread(pods.synced.wait, s.request_timeout_s)
+        return jobs, pods
+
+    async def _job_events(self) -> dict[str, list[Any]]:
+        """Events about the lab's Jobs (FailedCreate says why no pod exists), listed at most every events_interval_s."""
+        taken, events = self._events
+        if time.monotonic() - taken < self.settings.events_interval_s:
+            return events
+        events = {}
         try:
             found = await self._call(
-                "list", "pods", self._core.list_namespaced_pod, self.settings.namespace, label_selector=selector
+                "list", "events", self._core.list_namespaced_event, self.settings.namespace,
+                field_selector="involvedObject.kind=Job",
             )
-        except ApiException as e:
-            raise ExecutorError(f"kubernetes: cannot list pods ({e.status}): {_message(e)}") from None
-        # Filter again: the selector is a hint some API servers (and test emulators) ignore.
-        mine = [p for p in found.items if _pod_job(p) == name]
-        return sorted(mine, key=lambda p: (p.metadata.creation_timestamp is not None, p.metadata.creation_timestamp or 0))
+        except (ExecutorError, ApiException):
+            return events  # without events the job still reads as waiting; nothing is lost
+        for ev in found.items:
+            obj = ev.involved_object
+            if obj is not None and obj.kind == "Job":
+                events.setdefault(obj.name, []).append(ev)
+        self._events = (time.monotonic(), events)
+        return events
+
+    async def _no_pod_phase(self, job_id: str, name: str) -> JobPhase:
+        """A live Job without pods: either the controller is on it, or admission refuses its pods."""
+        self._stuck_since.pop(job_id, None)
+        failed_create = [e for e in (await self._job_events()).get(name, []) if e.reason == "FailedCreate"]
+        if not failed_create:
+            return JobPhase(state="pending", reason="waiting for the job controller to create a pod")
+        latest = max(failed_create, key=_event_time)
+        message = latest.message or "FailedCreate"
+        kind = admission_kind(message)
+        if kind in ("pod-security", "limit-range"):
+            what = "Pod Security admission" if kind == "pod-security" else "a LimitRange"
+            return JobPhase(state="failed", reason=f"FailedCreate: pods rejected by {what}: {message}")
+        if kind == "quota":
+            return JobPhase(state="pending", reason=f"FailedCreate: pods wait for a ResourceQuota to free up: {message}")
+        return JobPhase(state="pending", reason=f"FailedCreate: {message}")
 
     def _pod_phase(self, job_id: str, pods: list[Any]) -> JobPhase:
         """A live Job's state from its newest pod: why it waits, or that it runs."""
-        if not pods:
-            self._stuck_since.pop(job_id, None)
-            return JobPhase(state="pending", reason="waiting for the job controller to create a pod")
         pod = pods[-1]
         status = pod.status
         for cond in (status.conditions if status else None) or []:
             if cond.type == "PodScheduled" and cond.status == "False":
-                return JobPhase(state="pending", reason=f"{cond.reason or 'Unschedulable'}: {cond.message or ''}".strip(": "))
+                detail = f"{cond.reason or 'Unschedulable'}: {cond.message or ''}".strip(": ")
+                since = self._unscheduled_since.setdefault(job_id, time.monotonic())
+                waited = time.monotonic() - since
+                if waited >= self.settings.unschedulable_after_s:
+                    # Still waiting, but the operator should know no node fits it (GPUs, taints, selectors).
+                    detail = f"unschedulable for {waited:.0f}s: {detail}"
+                return JobPhase(state="pending", reason=detail)
+        self._unscheduled_since.pop(job_id, None)
         for cs in (status.container_statuses if status else None) or []:
             waiting = cs.state.waiting if cs.state else None
             if waiting is None or waiting.reason not in _FATAL_WAITING | _STUCK_WAITING:
@@ -174,9 +337,13 @@ class KubernetesExecutor:
             return JobPhase(state="pending", reason=f"retrying after a failed pod: {_pod_failure(pod)}")
         return JobPhase(state="pending", reason=(status.phase if status and status.phase else "Pending"))
 
+    def _forget(self, job_id: str) -> None:
+        self._stuck_since.pop(job_id, None)
+        self._unscheduled_since.pop(job_id, None)
+
     async def cancel(self, job_id: str) -> None:
         await self._delete(job_name(job_id))
-        self._stuck_since.pop(job_id, None)
+        self._forget(job_id)
 
     async def _delete(self, name: str) -> None:
         try:
@@ -188,6 +355,10 @@ class KubernetesExecutor:
         except ApiException as e:
             if e.status != 404:
                 raise ExecutorError(f"kubernetes: cannot delete Job {name} ({e.status}): {_message(e)}") from None
+        # The DELETED event may come later; the next poll must not see the Job alive meanwhile.
+        self._deleted.add(name)
+        if self._watchers is not None:
+            self._watchers[0].forget(name)
 
     async def cleanup(self, project: str) -> None:
         value = label_value(project)
@@ -200,12 +371,26 @@ class KubernetesExecutor:
                 await self._delete(job.metadata.name)
 
     async def close(self) -> None:
+        for w in self._watchers or ():
+            await asyncio.to_thread(w.stop)
         await asyncio.to_thread(self._api.close)
+
+
+def _is_ours(found: dict[str, str] | None) -> bool:
+    found = found or {}
+    return all(found.get(k) == v for k, v in (pair.split("=", 1) for pair in _SELECTOR.split(",")))
+
+
+def _event_time(ev: Any) -> float:
+    for stamp in (ev.last_timestamp, getattr(ev, "event_time", None), ev.metadata.creation_timestamp if ev.metadata else None):
+        if stamp is not None:
+            return stamp.timestamp()
+    return 0.0
 
 
 def _pod_job(pod: Any) -> str | None:
     found = pod.metadata.labels or {}
-    return found.get("batch.kubernetes.io/job-name") or found.get("job-name")
+    return found.get(_JOB_NAME) or found.get("job-name")
 
 
 def _terminated(pod: Any) -> Any:

@@ -28,6 +28,9 @@ NETWORK_LABEL = f"{LABEL}/network"  # "open": the NetworkPolicy lets the job rea
 JOB_ID_ANNOTATION = f"{LABEL}/job-id"
 WALL_TIME_LABEL = f"{LABEL}/wall-time-s"  # Docker keeps the deadline on the container itself
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_DEVICES_LABEL = f"{LABEL}/gpu-devices"  # Docker: the GPUs a container holds, so a restart rebuilds the pool
+NATS_PASSWORD_FILE_ENV = "LAB_NATS_PASSWORD_FILE"
+NATS_PASSWORD_MOUNT = "/run/secrets/lab-nats-password"
 # The runner reads these instead of job.nats.user/password when they are set,
 # so a Secret-held credential never appears in the Job object.
 NATS_USER_ENV = "LAB_NATS_USER"
@@ -105,6 +108,17 @@ class KubernetesSettings(BaseModel):
     scratch_dir: str = "/scratch"
     scratch_size_mb: int | None = Field(None, ge=1)
     pull_failure_grace_s: float = Field(120, ge=0)  # a pull failure lasting longer fails the job
+    # A pod the scheduler cannot place for this long is reported as unschedulable (it keeps waiting).
+    unschedulable_after_s: float = Field(300, ge=0)
+    # Transient API failures (429, 5xx, timeouts, a quota that is full right now) are retried
+    # this many times with exponential backoff and jitter, capped at api_retry_max_wait_s.
+    api_retries: int = Field(5, ge=0)
+    api_retry_max_wait_s: float = Field(10, gt=0)
+    # poll() reads a cache fed by one list-and-watch of the lab's Jobs and one of their pods;
+    # the server ends a watch after this long and the executor lists afresh (a resync).
+    watch_timeout_s: float = Field(300, ge=1)
+    # Job events (FailedCreate) are listed at most this often, and only for Jobs without pods.
+    events_interval_s: float = Field(2, ge=0)
     extra_labels: dict[str, str] = {}
 
 
@@ -118,16 +132,30 @@ class DockerSettings(BaseModel):
     # The runner must reach NATS, so a job cannot run with no network at all;
     # it joins a network on which NATS is the only service (compose's lab-bus).
     network: str = "lab-bus"
+    # A job with `network: true` is also connected to this network (one with a route out);
+    # None: such jobs are refused rather than silently run without the network they asked for.
+    open_network: str | None = None
     user: str = "10001:10001"
     gpus: int | None = Field(None, ge=1)
+    # The host's GPUs (indexes or UUIDs) handed out one job at a time; default: 0..gpus-1.
+    # Without a pool, GPUs are requested by count and every job may land on GPU 0.
+    gpu_devices: list[str] = []
     max_jobs: int = Field(2, ge=1)
     runner_overhead_mb: int = Field(256, ge=0)
     scratch_dir: str = "/scratch"
     scratch_size_mb: int = Field(4096, ge=1)
+    # /dev/shm: Docker's 64 MB default breaks PyTorch DataLoader workers.
+    shm_size_mb: int = Field(2048, ge=64)
+    # A host file holding the runner's NATS password, mounted read-only into the job, so
+    # the password is never in the container's environment (`docker inspect` shows that).
+    nats_password_file: str | None = None
     startup_margin_s: int = Field(60, ge=0)  # poll kills a job running past wall time + this
     api_version: str = "auto"
     timeout_s: float = Field(30, gt=0)
     extra_labels: dict[str, str] = {}
+
+    def gpu_pool(self) -> list[str]:
+        return list(self.gpu_devices) or [str(i) for i in range(self.gpus or 0)]
 
 
 def settings(model: type[BaseModel], options: dict[str, Any]) -> Any:
@@ -282,19 +310,27 @@ def container_name(job_id: str) -> str:
     return dns_name("lab-job", job_id, limit=128)
 
 
-def docker_container(job: JobSpec, s: DockerSettings) -> dict[str, Any]:
-    """Keyword arguments of docker-py's ``containers.create`` (device requests as plain dicts)."""
+def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None = None) -> dict[str, Any]:
+    """Keyword arguments of docker-py's ``containers.create`` (device requests as plain dicts).
+
+    ``devices``: the GPUs picked for this job from the pool; None requests ``job.gpu`` by count.
+    """
+    runner_job = _job_for_runner(job, job.gpu, strip_password=bool(s.nats_password_file))
+    environment = {**runner_job.env(), SCRATCH_ENV: s.scratch_dir, "LAB_EXECUTOR_KIND": "docker", "HOME": "/tmp",
+                   "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"}
+    if s.nats_password_file:
+        environment[NATS_PASSWORD_FILE_ENV] = NATS_PASSWORD_MOUNT
     spec: dict[str, Any] = {
         "name": container_name(job.job_id),
         "image": s.image,
         "command": list(s.command),
-        "environment": {**job.env(), SCRATCH_ENV: s.scratch_dir, "LAB_EXECUTOR_KIND": "docker", "HOME": "/tmp", "TMPDIR": "/tmp",
-                        "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"},
+        "environment": environment,
         "labels": {**labels(job, s.extra_labels), JOB_ID_ANNOTATION: job.job_id, WALL_TIME_LABEL: f"{job.wall_time_s:g}"},
         "user": s.user,
         "read_only": True,
         "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m", s.scratch_dir: f"rw,nosuid,nodev,size={s.scratch_size_mb}m"},
         "network": s.network,
+        "shm_size": f"{s.shm_size_mb}m",
         "mem_limit": f"{job.memory_mb + s.runner_overhead_mb}m",
         "nano_cpus": int(job.cpu * 1e9),
         "cap_drop": ["ALL"],
@@ -304,7 +340,12 @@ def docker_container(job: JobSpec, s: DockerSettings) -> dict[str, Any]:
         "auto_remove": False,
         "detach": True,
     }
-    if job.gpu:
+    if s.nats_password_file:
+        spec["volumes"] = {s.nats_password_file: {"bind": NATS_PASSWORD_MOUNT, "mode": "ro"}}
+    if job.gpu and devices is not None:
+        spec["device_requests"] = [{"Driver": "nvidia", "DeviceIDs": list(devices), "Capabilities": [["gpu"]]}]
+        spec["labels"][GPU_DEVICES_LABEL] = ",".join(devices)
+    elif job.gpu:
         spec["device_requests"] = [{"Driver": "nvidia", "Count": job.gpu, "Capabilities": [["gpu"]]}]
     return spec
 
@@ -315,6 +356,8 @@ def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = Non
     if executor == "kubernetes":
         return yaml.safe_dump(k8s_job(job, settings(KubernetesSettings, options)), sort_keys=False)
     if executor == "docker":
-        spec = docker_container(job, settings(DockerSettings, options))
+        s = settings(DockerSettings, options)
+        pool = s.gpu_pool()
+        spec = docker_container(job, s, pool[: job.gpu] if pool and job.gpu else None)
         return yaml.safe_dump(json.loads(json.dumps(spec)), sort_keys=False)
     raise ExecutorError(f"cannot render for executor {executor!r}; choose kubernetes or docker")
