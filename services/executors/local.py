@@ -4,6 +4,13 @@ Each job runner starts in its own session (so it survives the engineer that
 started it, and a restarted engineer finds it by its pid file) with its job
 directory as scratch space. Submitting is idempotent: the job directory is
 created atomically, and a second submit of the same id finds it.
+
+Cancelling kills only what this executor started: the runner by the handle it
+kept, or after a restart by the pid it recorded outside the experiment's reach
+(the job directory is not in the sandbox) and only once /proc confirms that
+pid is still this job's runner. Killing the runner kills the experiment: the
+sandbox dies with its parent. No file under ``work/`` is ever read to decide
+what to kill.
 """
 
 from __future__ import annotations
@@ -110,21 +117,28 @@ class LocalExecutor:
         return JobPhase(state="failed", reason=f"runner exited ({code}) without a result: {tail[0] if tail else 'no output'}")
 
     async def cancel(self, job_id: str) -> None:
-        pid_file = self._dir(job_id) / "pid"
-        if not pid_file.is_file():
-            return
-        targets = [int(pid_file.read_text())]
-        child = self._dir(job_id) / "work" / "child.pgid"
-        if child.is_file():
-            targets.append(int(child.read_text()))
-        for target in targets:
+        proc = self._procs.pop(job_id, None)
+        pid = proc.pid if proc is not None and proc.poll() is None else self._recorded_runner(job_id)
+        if pid is not None:
             try:
-                os.killpg(target, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)  # the runner leads its own session: pgid == pid
             except (ProcessLookupError, PermissionError):
                 pass
-        proc = self._procs.pop(job_id, None)
         if proc is not None:
             proc.wait()
+
+    def _recorded_runner(self, job_id: str) -> int | None:
+        """The runner's pid from the pid file, only if /proc says that process is this job's runner."""
+        d = self._dir(job_id)
+        try:
+            pid = int((d / "pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except (OSError, ValueError):
+            return None
+        if b"services.jobrunner" not in cmdline or cwd != d.resolve():
+            return None  # the pid was reused by another process, or the record was tampered with
+        return pid
 
     async def cleanup(self, project: str) -> None:
         for d in self.jobs_dir.iterdir() if self.jobs_dir.is_dir() else []:
