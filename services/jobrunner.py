@@ -135,18 +135,20 @@ def confine(argv: list[str], job: JobSpec, workdir: Path, readonly: list[Path], 
         cpu_s=max(10, math.ceil(job.wall_time_s * max(job.cpu, 1.0)) + 10),
     )
     bwrap = sandbox.tool()
-    tmp = workdir / "tmp"
-    tmp.mkdir(exist_ok=True)
     if bwrap is None:
+        tmp = workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
         # Unconfined (the lab said so at start, and refuses model-written code here without --unsafe-no-sandbox):
         # still no credential in the environment, and the same limits.
         env.update({"HOME": str(tmp), "TMPDIR": str(tmp), "MPLCONFIGDIR": str(tmp / ".mpl")})
         return Launch(argv, sandbox.sandbox_env(env), sandbox.preexec(limits))
+    binds = [sandbox.Bind(source=p, name=p.name) for p in readonly] + [sandbox.Bind(source=p, name=p.name, writable=True) for p in writable]
     policy = sandbox.Policy(
-        readonly=readonly, writable=writable, tmp=tmp, cwd=readonly[0] if readonly else tmp, network=job.network,
+        binds=binds, tmp_mb=max(64, job.memory_mb // 4), cwd=readonly[0].name if readonly else "", network=job.network,
         devices=sandbox.gpu_devices() if job.gpu else [], env=env,
     )
-    return Launch(sandbox.wrap(argv, policy, bwrap), {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, sandbox.preexec(limits))
+    # bwrap itself gets the sandbox's environment too: pid 1 inside is bwrap, and its environ is readable there.
+    return Launch(sandbox.wrap(argv, policy, bwrap), sandbox.sandbox_env(env), sandbox.preexec(limits))
 
 
 class Outcome:

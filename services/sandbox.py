@@ -51,14 +51,29 @@ class SandboxUnavailable(RuntimeError):
     """No working sandbox tool on this machine; the message says why in one line."""
 
 
+JOB_ROOT = Path("/job")  # where the job's own directories appear inside; host paths (and $LAB_HOME) never do
+
+
+class Bind(BaseModel):
+    """One host directory of the job, seen inside at ``JOB_ROOT / name``."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Path
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    writable: bool = False
+
+    @property
+    def dest(self) -> Path:
+        return JOB_ROOT / self.name
+
+
 class Policy(BaseModel):
     """What one sandboxed process may see and touch."""
 
     model_config = ConfigDict(extra="forbid")
-    readonly: list[Path] = Field(default_factory=list, description="bound read-only (the template copy)")
-    writable: list[Path] = Field(default_factory=list, description="bound read-write: the only places it can write")
-    tmp: Path = Field(description="host directory mounted as /tmp (a tmpfs would count against no limit)")
-    cwd: Path
+    binds: list[Bind] = Field(default_factory=list, description="the job's directories; only writable ones take writes")
+    tmp_mb: int = Field(256, gt=0, description="size of the private /tmp (memory-backed, so it is capped)")
+    cwd: str = "code"  # the bind the process starts in
     network: bool = False
     devices: list[Path] = Field(default_factory=list, description="device nodes to pass through (GPUs)")
     env: dict[str, str] = Field(default_factory=dict)
@@ -122,8 +137,21 @@ def sandbox_env(policy_env: dict[str, str], source: dict[str, str] | None = None
     return env
 
 
+def translate(argv: list[str], binds: list[Bind]) -> list[str]:
+    """``argv`` with each host path of a bind replaced by where it appears inside the sandbox."""
+    out = []
+    for arg in argv:
+        for b in sorted(binds, key=lambda b: -len(str(b.source))):
+            src = str(b.source)
+            if arg == src or arg.startswith(src + "/"):
+                arg = str(b.dest) + arg[len(src) :]
+                break
+        out.append(arg)
+    return out
+
+
 def wrap(argv: list[str], policy: Policy, bwrap: str) -> list[str]:
-    """The bwrap command line that runs ``argv`` under ``policy``."""
+    """The bwrap command line that runs ``argv`` (host paths of the binds allowed) under ``policy``."""
     cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox"]
     if not policy.network:
@@ -143,14 +171,13 @@ def wrap(argv: list[str], policy: Policy, bwrap: str) -> list[str]:
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     for dev in policy.devices:
         cmd += ["--dev-bind", str(dev), str(dev)]
-    # Parents before children, so a deeper bind is not hidden by a later shallower one.
-    binds = [("--bind", policy.tmp, Path("/tmp"))]
-    binds += [("--ro-bind", p, p) for p in python_roots()]
-    binds += [("--ro-bind", p, p) for p in policy.readonly]
-    binds += [("--bind", p, p) for p in policy.writable]
-    for flag, src, dest in sorted(binds, key=lambda b: len(b[2].parts)):
-        cmd += [flag, str(src), str(dest)]
-    cmd += ["--chdir", str(policy.cwd), "--", *argv]
+    cmd += ["--size", str(policy.tmp_mb << 20), "--tmpfs", "/tmp"]
+    for root in python_roots():
+        cmd += ["--ro-bind", str(root), str(root)]
+    for b in policy.binds:
+        cmd += ["--bind" if b.writable else "--ro-bind", str(b.source), str(b.dest)]
+    cmd += ["--remount-ro", "/"]  # the skeleton bwrap built (/, /job, /etc) is read-only too
+    cmd += ["--chdir", str(JOB_ROOT / policy.cwd), "--", *translate(argv, policy.binds)]
     return cmd
 
 

@@ -19,6 +19,7 @@ from bus.store import Artifacts
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, ExecutorError, JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
 from services.process import alive
+from tests.proc_helpers import processes_with
 
 pytestmark = pytest.mark.integration
 
@@ -100,19 +101,6 @@ async def test_a_crash_is_reported_with_its_last_line(admin_bus, nats_server, tm
 async def test_missing_output_is_invalid(admin_bus, nats_server, tmp_path):
     proc, statuses, _, _ = await run_job(admin_bus, nats_server, tmp_path, "print('done, but wrote nothing')")
     assert proc.returncode == EXIT_EXPERIMENT_FAILED and statuses[-1].reason.startswith("invalid_output")
-
-
-def processes_with(token: str) -> list[int]:
-    """Live processes whose command line carries ``token``: seen from outside any sandbox, by the kernel."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and d.name != str(os.getpid()):
-            try:
-                if token.encode() in (d / "cmdline").read_bytes() and alive(int(d.name)):
-                    found.append(int(d.name))
-            except OSError:
-                pass
-    return found
 
 
 async def test_a_hang_is_killed_at_the_wall_time_with_everything_it_started(admin_bus, nats_server, tmp_path):
