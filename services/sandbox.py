@@ -215,3 +215,24 @@ def become_subreaper() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def unsafe_accepted() -> bool:
+    return os.environ.get(UNSAFE_ENV) == "1"
+
+
+def check_start(mind: str, executor: str, unsafe: bool = False) -> str | None:
+    """At start: None when experiments will be sandboxed (or run in containers), else one line to print.
+
+    Raises :class:`SandboxUnavailable` when model-written code (``--mind llm``) would run unconfined on this
+    machine and the user has not accepted that risk with ``--unsafe-no-sandbox``.
+    """
+    if executor != "local" or tool() is not None:
+        return None
+    reason = unavailable_reason()
+    if mind == "llm" and not (unsafe or unsafe_accepted()):
+        raise SandboxUnavailable(
+            f"{reason}; refusing to run model-written code (--mind llm) unconfined: install bubblewrap, "
+            f"or pass {UNSAFE_FLAG} to accept the risk"
+        )
+    return f"warning: {reason}" + (f" ({UNSAFE_FLAG} given)" if mind == "llm" else "")
