@@ -20,7 +20,7 @@ from bus.errors import LabBusError
 from bus.messages import ROLES, CoPINote, CoPINoteMsg, Envelope
 from bus.replay import read
 from bus.store import StateStore
-from services.config import ConfigError, bus_config, lab_config, lab_home
+from services.config import ConfigError, bus_config, lab_config, lab_home, read_secret
 from services.render import describe
 
 app = typer.Typer(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
@@ -110,7 +110,7 @@ def agent(
         job_nats = NatsAccess(
             url=os.environ.get("LAB_RUNNER_NATS_URL", config.url),
             user=os.environ.get("LAB_RUNNER_USER"),
-            password=os.environ.get("LAB_RUNNER_PASSWORD"),
+            password=read_secret("LAB_RUNNER_PASSWORD"),
         )
     run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), executor=ex, job_nats=job_nats)
 

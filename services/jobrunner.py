@@ -301,10 +301,23 @@ class Runner:
         return EXIT_OK if status.state == "succeeded" else EXIT_EXPERIMENT_FAILED
 
 
+def _job_json() -> str | None:
+    """The job from ``LAB_JOB``, or from the 0600 file ``LAB_JOB_FILE`` names (keeps its credential out of /proc)."""
+    if os.environ.get("LAB_JOB"):
+        return os.environ["LAB_JOB"]
+    if os.environ.get("LAB_JOB_FILE"):
+        try:
+            return Path(os.environ["LAB_JOB_FILE"]).read_text()
+        except OSError as e:
+            print(f"runner: cannot read LAB_JOB_FILE {os.environ['LAB_JOB_FILE']} ({e.strerror})", file=sys.stderr)
+            sys.exit(2)
+    return None
+
+
 def main() -> None:
-    raw = os.environ.get("LAB_JOB")
+    raw = _job_json()
     if not raw:
-        print("runner: LAB_JOB is not set (it holds the job as JSON)", file=sys.stderr)
+        print("runner: neither LAB_JOB nor LAB_JOB_FILE is set (they hold the job as JSON)", file=sys.stderr)
         sys.exit(2)
     try:
         job = JobSpec.model_validate_json(raw)

@@ -108,3 +108,42 @@ async def test_a_fork_bomb_is_killed_at_the_process_limit(admin_bus, nats_server
     proc, statuses, _, elapsed = await run_job(admin_bus, nats_server, tmp_path, experiment, LAB_JOB_MAX_PROCESSES="15")
     assert proc.returncode == EXIT_EXPERIMENT_FAILED
     assert statuses[-1].reason.startswith("pids:") and "limit 15" in statuses[-1].reason and elapsed < 40
+
+
+def test_agents_get_credential_files_not_values(tmp_path, monkeypatch):
+    from bus.server import new_credentials
+    from services.config import bus_config
+    from services.lab import LabOptions, Supervisor
+
+    sup = Supervisor(LabOptions(home=tmp_path / "home"))
+    sup.credentials = new_credentials()
+    env = sup._agent_env("engineer")
+    assert not set(sup.credentials.values()) & set(env.values())
+    for var, user in (("LAB_NATS_PASSWORD_FILE", "engineer"), ("LAB_RUNNER_PASSWORD_FILE", "runner")):
+        path = Path(env[var])
+        assert path.read_text() == sup.credentials[user] and path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert not (tmp_path / "home" / "secrets" / "lab").exists()  # the admin's password is written nowhere
+    monkeypatch.delenv("LAB_NATS_PASSWORD", raising=False)
+    monkeypatch.setenv("LAB_NATS_USER", "engineer")
+    monkeypatch.setenv("LAB_NATS_PASSWORD_FILE", env["LAB_NATS_PASSWORD_FILE"])
+    config = bus_config("engineer", "nats://127.0.0.1:4222")
+    assert (config.user, config.password) == ("engineer", sup.credentials["engineer"])
+
+
+async def test_the_local_runner_reads_its_job_from_a_private_file(tmp_path):
+    from services.executors.base import JobSpec, NatsAccess
+    from services.executors.local import LocalExecutor
+
+    ex = LocalExecutor(jobs_dir=str(tmp_path / "jobs"), capacity=1)
+    job = JobSpec(job_id="jf", project="p1", experiment_id="x", template="t", bundle_object="p1/t", seeds=[0],
+                  wall_time_s=5, memory_mb=128, nats=NatsAccess(url="nats://127.0.0.1:1", user="runner", password="pw-in-a-file"))
+    await ex.submit(job)
+    pid = int((tmp_path / "jobs" / "jf" / "pid").read_text())
+    try:
+        assert b"pw-in-a-file" not in Path(f"/proc/{pid}/environ").read_bytes()
+    except FileNotFoundError:
+        pass  # already gone: nothing to read there either
+    spec = tmp_path / "jobs" / "jf" / "job.spec.json"
+    assert spec.stat().st_mode & 0o777 == 0o600 and "pw-in-a-file" in spec.read_text()
+    await ex.cancel("jf")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from services.config import write_secret
 from services.executors.base import ExecutorError, JobPhase, JobSpec
 from services.process import alive
 
@@ -60,9 +61,11 @@ class LocalExecutor:
             self._adopt(job, d)
             return  # already submitted: never run a job twice
         (d / "job.json").write_text(json.dumps({"project": job.project, "experiment_id": job.experiment_id}))
-        # The runner gets the job's own credential, never the engineer's.
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_"))}
-        env = {**inherited, **job.env(), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
+        # The runner gets the job's own credential, never the engineer's, and in a 0600 file outside the
+        # sandbox rather than in its environment (readable in /proc by every process of this user).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_")) and k not in ("LAB_JOB", "LAB_JOB_FILE")}
+        spec = write_secret(d / "job.spec.json", job.model_dump_json())
+        env = {**inherited, "LAB_JOB_FILE": str(spec), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
         with open(d / "runner.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.jobrunner"],
