@@ -39,6 +39,7 @@ from bus.client import Bus, BusConfig
 from bus.messages import Envelope, FinalInfo, JobEnvironment, JobStatus, derive_id
 from bus.store import Artifacts
 from services import proctree, sandbox
+from services.config import read_secret
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, JobSpec
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
@@ -231,7 +232,7 @@ class Runner:
         try:
             # A credential mounted from a Secret (Kubernetes) wins over one carried in the job.
             user = os.environ.get("LAB_NATS_USER") or job.nats.user
-            password = os.environ.get("LAB_NATS_PASSWORD") or job.nats.password
+            password = read_secret("LAB_NATS_PASSWORD") or job.nats.password  # the value, or a mounted file
             config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
             self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
             artifacts = await Artifacts.open(self.bus)
