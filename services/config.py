@@ -41,10 +41,14 @@ def secrets_dir(home: Path | None = None) -> Path:
     return (home or lab_home()) / "secrets"
 
 
-def write_secret(path: Path, value: str) -> Path:
-    """Write a credential readable only by this user: the file is created 0600, never widened then narrowed."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
+def write_secret(path: Path, value: str, private_folder: bool = False) -> Path:
+    """Write a credential readable only by this user: the file is created 0600, never widened then narrowed.
+
+    With ``private_folder`` the folder is made 0700 too (``secrets/``; never the user's own ``$LAB_HOME``).
+    """
+    path.parent.mkdir(mode=0o700 if private_folder else 0o777, parents=True, exist_ok=True)
+    if private_folder:
+        path.parent.chmod(0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(value)

@@ -128,7 +128,7 @@ class Supervisor:
         path = secrets_dir(self.opts.home) / user
         assert self.credentials is not None
         if not path.is_file() or path.read_text() != self.credentials[user]:
-            write_secret(path, self.credentials[user])
+            write_secret(path, self.credentials[user], private_folder=True)
         return path
 
     def _spawn(self, role: str) -> None:

@@ -98,3 +98,19 @@ async def test_a_role_cannot_forge_a_job_status(lab, nats_server):
         await analyst.close()
     info = await lab.js.stream_info(subjects.JOBS_STREAM)
     assert info.state.messages == 0
+
+
+def test_the_host_checks_the_sender_on_job_subjects_too():
+    from bus.messages import JobStatus
+    from services.host import envelope_mismatch
+
+    def status(sender: str, project: str = "p1", job: str = "j1") -> Envelope:
+        return Envelope(project=project, sender=sender, recipient="engineer", body=JobStatus(job_id=job, experiment_id="x", state="succeeded"))
+
+    subject = subjects.job_status("p1", "j1")
+    assert envelope_mismatch(subject, status("runner")) is None
+    assert envelope_mismatch(subject, status("engineer")) is None
+    assert "does not match" in envelope_mismatch(subject, status("analyst"))
+    assert "does not match" in envelope_mismatch(subject, status("runner", project="p2"))
+    assert "does not match" in envelope_mismatch(subject, status("runner", job="j2"))
+    assert "but came on" in envelope_mismatch(subjects.convo("p1", "pi", "engineer"), status("runner"))
