@@ -39,7 +39,7 @@ async def run_hostile(admin_bus, nats_server, tmp_path, monkeypatch) -> tuple[di
     load(str(source))  # a valid template, as a project would use it
     token = f"hostile-outlive-{os.getpid()}-{time.monotonic_ns()}"
     targets = {"lab_home": str(home), "nats_port": nats_server.port, "template_source": str(source),
-               "lab_source": str(LAB_SOURCE), "outlive_token": token}
+               "lab_source": str(LAB_SOURCE), "outlive_token": token, "job_spec": str(home / "jobs" / "jh" / "job.spec.json")}
     art = await Artifacts.open(admin_bus)
     await art.put("p1/hostile.tar.gz", bundle(source))
     job = JobSpec(
@@ -66,7 +66,7 @@ async def test_every_attack_of_the_hostile_template_fails(admin_bus, nats_server
     info, secrets, work, token = await run_hostile(admin_bus, nats_server, tmp_path, monkeypatch)
     attacks = info["attacks"]
     expected = {
-        "read_lab_json", "read_other_environ", "read_parent_environ", "credential_in_own_environment", "connect_nats",
+        "read_lab_json", "read_job_spec", "read_other_environ", "read_parent_environ", "credential_in_own_environment", "connect_nats",
         "setns_into_runner_network", "write_lab_home", "write_template_source", "write_template_copy", "write_lab_source",
         "see_other_processes", "forge_pgid_file", "root_inside", "outlive_the_job",
     }
@@ -81,6 +81,7 @@ async def test_every_attack_of_the_hostile_template_fails(admin_bus, nats_server
     assert list(home.glob("hostile-was-here-*")) == [] and list(LAB_SOURCE.glob("hostile-was-here-*")) == []
     assert list((tmp_path / "src" / "hostile").glob("hostile-was-here-*")) == []
     assert not (work / "child.pgid").exists()
+    assert (work.parent / "job.spec.json").is_file()  # the job file it went for was really there, outside its reach
     # The setsid child was started, and died with the job.
     assert attacks["outlive_the_job"]["worked"], attacks["outlive_the_job"]
     assert processes_with(token) == []

@@ -49,6 +49,11 @@ def credential_in(environ):
     return any(w in k for k in (e.partition("=")[0] for e in environ.split("\0")) for w in CREDENTIAL_WORDS)
 
 
+def read_job_spec():
+    """The runner's own job file: it carries the job's NATS credential."""
+    return True, read(targets["job_spec"])
+
+
 def other_environ():
     """Every /proc/*/environ that is not our own: the agents', the runner's, the server's."""
     me = os.getpid()
@@ -78,12 +83,6 @@ def connect_nats():
     with socket.create_connection(("127.0.0.1", int(targets["nats_port"])), timeout=3) as s:
         banner = s.recv(200)
     return True, banner.decode(errors="replace")
-
-
-def connect_outside():
-    with socket.create_connection((targets.get("outside_host", "127.0.0.1"), int(targets.get("outside_port", 22))), timeout=3):
-        pass
-    return True, "connected"
 
 
 def write_into(folder):
@@ -144,6 +143,7 @@ def outlive():
 
 
 attempt("read_lab_json", read_lab_json)
+attempt("read_job_spec", read_job_spec)
 attempt("read_other_environ", other_environ)
 attempt("read_parent_environ", parent_environ)
 attempt("credential_in_own_environment", own_environment)
