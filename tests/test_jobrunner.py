@@ -18,7 +18,6 @@ from bus.messages import decode
 from bus.store import Artifacts
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, ExecutorError, JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
-from services.process import alive
 from tests.proc_helpers import processes_with
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import nats
 import pytest
-from nats.js import api
 
 from bus import subjects
 from bus.client import ARTIFACTS_BUCKET, Bus
