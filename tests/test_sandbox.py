@@ -147,3 +147,12 @@ async def test_the_local_runner_reads_its_job_from_a_private_file(tmp_path):
     spec = tmp_path / "jobs" / "jf" / "job.spec.json"
     assert spec.stat().st_mode & 0o777 == 0o600 and "pw-in-a-file" in spec.read_text()
     await ex.cancel("jf")
+
+
+def test_without_bubblewrap_the_lab_says_so_in_one_line_at_start(lab_env):
+    _, env = lab_env
+    env = {**env, sandbox.BWRAP_ENV: "no-such-bwrap"}
+    proc = subprocess.run(lab_cmd("agent", "engineer", "--mind", "offline", "--nats", "nats://127.0.0.1:1"),
+                          env=env, capture_output=True, text=True, timeout=120)
+    warnings = [line for line in proc.stderr.splitlines() if "no sandbox" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("lab: warning: no sandbox: 'no-such-bwrap'"), proc.stderr
