@@ -1,9 +1,13 @@
 """Apply a model's search/replace edits to an experiment, and refuse edits that escape its limits.
 
-The runner enforces wall time, memory and network outside the experiment;
-this guard is the earlier, friendlier line: an edit that tries to stretch its
-time, relaunch itself, spawn processes or reach the network is refused with a
-reason the model can read and fix, before a job is wasted on it.
+The runner enforces wall time, memory and network outside the experiment, and
+the sandbox (``services/sandbox.py``: bubblewrap namespaces) is the boundary;
+this guard is only the earlier, friendlier line: an edit that tries to stretch
+its time, relaunch itself, spawn processes or reach the network is refused
+with a reason the model can read and fix, before a job is wasted on it. It is
+advice, not security: ``getattr(os, 'fo' + 'rk')`` and friends get past any
+static check, which is why model-written code never runs without the sandbox
+unless the user passed ``--unsafe-no-sandbox``.
 
 The guard compares the edited file's AST with the original's and rejects only
 what the edit introduces, so a template that already imports, say, ``signal``

@@ -11,7 +11,13 @@ addressed to others, or rewrite their state. Acks are allowed in both the old
 ``$JS.ACK.<domain>.<account>.<stream>.<consumer>...`` forms.
 
 Artifacts are shared by design (a writer reads the analyst's figures), so the
-object store is open to every lab user; the co-PI's CLI reads everything.
+object store is open to every lab user.
+
+The co-PI (the human, through the CLI) may publish notes as itself, start
+projects, and read the log, the agents' heartbeats, the roles' state and the
+artifacts: nothing more. It creates only unnamed (ephemeral) consumers on the
+conversation and job streams, so it cannot re-filter a role's durable; it
+cannot write state, delete or purge a stream or bucket, or delete a role's consumer.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ WEB = "web"  # the web view (`lab web`): reads what its pages show, speaks only 
 USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN)
 
 STREAMS = ("LAB_CONVO", "LAB_JOBS", "LAB_DLQ", "KV_lab_state", "KV_lab_agents", "KV_lab_cache", "OBJ_lab_artifacts")
-_OPEN = ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"]
 
 
 def _bucket_reads(stream: str, subjects: str = ">") -> list[str]:
@@ -51,6 +56,33 @@ def _artifacts() -> list[str]:
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",  # nats-py reads and lists objects through unnamed consumers
         *_bucket_reads(stream),
+    ]
+
+
+def _copi() -> list[str]:
+    """The human's CLI: `lab say`, `lab run` (starts a project, uploads its template), `lab logs`, `lab status`."""
+    logs = [f"$JS.API.CONSUMER.CREATE.{s}" for s in ("LAB_CONVO", "LAB_JOBS")]  # unnamed: ordered replays only
+    obj = "OBJ_lab_artifacts"
+    artifacts = [  # reading and adding objects; never purging (that is the admin's)
+        "$O.lab_artifacts.>",
+        f"$JS.API.STREAM.MSG.GET.{obj}",
+        f"$JS.API.DIRECT.GET.{obj}",
+        f"$JS.API.DIRECT.GET.{obj}.>",
+        f"$JS.API.CONSUMER.CREATE.{obj}",
+        f"$JS.API.CONSUMER.CREATE.{obj}.*.>",
+        f"$JS.API.CONSUMER.INFO.{obj}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{obj}.*",
+    ]
+    return [
+        "lab.convo.*.copi.*",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.FC.>",
+        *logs,
+        *_bucket_reads("KV_lab_state"),
+        *_bucket_reads("KV_lab_agents"),
+        *artifacts,
     ]
 
 
@@ -126,7 +158,7 @@ def permissions(user: str) -> dict[str, Any] | None:
         # Its bundle in, its results and status out: nothing of the conversation or anyone's state.
         publish = ["lab.jobs.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.FC.>", *_artifacts()]
     elif user == COPI:
-        publish = ["lab.convo.*.copi.*", *_OPEN]
+        publish = _copi()
     elif user == WEB:
         publish = _web()
     else:

@@ -18,12 +18,13 @@ from bus.client import AGENTS_BUCKET, Bus
 from bus.errors import LabBusError
 from bus.messages import ROLES
 from bus.replay import read
-from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab
+from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab, read_secret
 from services.render import describe
 
 app = typer.Typer(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
+UNSAFE_HELP = "Run model-written experiments (--mind llm) on the local executor even though no sandbox (bubblewrap) works here."
 
 
 class UsageError(Exception):
@@ -48,12 +49,14 @@ def up(
     sync_always: bool = typer.Option(False, "--sync-always", help="fsync every JetStream write (durability over speed)."),
     web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1."),
     web_port: int = typer.Option(8765, "--web-port", min=0, max=65535, help="Port of the web view with --web (0: a free one)."),
+    unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
     from services.lab import LabOptions, Supervisor, up_detached
 
     _check_choice("mind", mind, ("offline", "llm"))
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if nats is not None:
         _check_url(nats)
     opts = LabOptions(home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always)
@@ -112,11 +115,12 @@ def agent(
     ex = job_nats = None
     if role == "engineer":
         _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+        _sandbox_gate(mind, executor, False)
         ex = make_executor(executor, (settings.get("executor") or {}).get(executor, {}))
         job_nats = NatsAccess(
             url=os.environ.get("LAB_RUNNER_NATS_URL", config.url),
             user=os.environ.get("LAB_RUNNER_USER"),
-            password=os.environ.get("LAB_RUNNER_PASSWORD"),
+            password=read_secret("LAB_RUNNER_PASSWORD"),
         )
     run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), executor=ex, job_nats=job_nats)
 
@@ -284,12 +288,14 @@ def run(
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
     nats: Optional[str] = typer.Option(None, "--nats", help="Use the lab on this NATS server instead of a local one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only progress, not every message."),
+    unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
 ) -> None:
     """Run one research project end to end and write the paper, reviews, results and the log to --out."""
     from services.project import RunOptions, run_project
 
     _check_choice("mind", mind, ("offline", "llm"))
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if nats is not None:
         _check_url(nats)
     opts = RunOptions(
@@ -302,6 +308,20 @@ def run(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _sandbox_gate(mind: str, executor: str, unsafe: bool) -> None:
+    """One line when experiments will run unconfined; refuse model-written code there unless the risk is accepted."""
+    from services import sandbox
+
+    try:
+        warning = sandbox.check_start(mind, executor, unsafe)
+    except sandbox.SandboxUnavailable as e:
+        _fail(str(e))
+    if unsafe:
+        os.environ[sandbox.UNSAFE_ENV] = "1"  # the agents this process starts inherit the user's choice
+    if warning:
+        err.print(f"lab: {warning}", markup=False, soft_wrap=True)
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

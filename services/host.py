@@ -57,6 +57,22 @@ def retry_delay(delivered: int) -> float:
     return float(min(30, 2**delivered))
 
 
+def envelope_mismatch(subject: str, env: Envelope) -> str | None:
+    """Why an envelope does not match the subject it came on (whose publisher NATS permissions vouch for), or None."""
+    if subject.startswith("lab.convo."):
+        project, sender, recipient = subjects.parse_convo(subject)
+        if (project, sender, recipient) != (env.project, env.sender, env.recipient):
+            return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
+        return None
+    parts = subject.split(".")
+    if subject.startswith("lab.jobs.") and len(parts) == 5 and parts[4] == "status":
+        # Only the runner and the engineer may publish here; the body must be about the job the subject names.
+        job = getattr(env.body, "job_id", None)
+        if env.sender not in ("runner", "engineer") or env.project != parts[2] or job != parts[3] or env.kind != "job_status":
+            return f"job status from {env.sender} for {env.project}/{job} ({env.kind}) does not match {subject}"
+    return None
+
+
 class AgentHost:
     def __init__(
         self,
@@ -154,11 +170,10 @@ class AgentHost:
             where = ".".join(str(p) for p in first["loc"])
             await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
             return
-        if msg.subject.startswith("lab.convo."):
-            project, sender, recipient = subjects.parse_convo(msg.subject)
-            if (project, sender, recipient) != (env.project, env.sender, env.recipient):
-                await self._reject(msg, f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {msg.subject}")
-                return
+        mismatch = envelope_mismatch(msg.subject, env)
+        if mismatch:
+            await self._reject(msg, mismatch)
+            return
         bound = log.bind(role=self.role_name, project=env.project, message_id=env.id, kind=env.kind)
         beat = asyncio.create_task(keep_alive(msg))
         try:

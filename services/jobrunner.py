@@ -1,11 +1,14 @@
 """`python -m services.jobrunner`: runs one experiment under limits the experiment cannot touch.
 
-The runner is the experiment's parent: it owns the wall-time clock and the
-memory watch, kills the whole process group when either is exceeded, and is
-the only one that reports the outcome. The experiment gets a scratch copy of
-its template, no network unless the template asks (``unshare -n`` where the
-host allows it), and no way to extend its own time or relaunch itself: a
-relaunched child is still in the group and dies with it.
+The runner is the experiment's parent and a child subreaper: it owns the
+wall-time clock and the memory and process watch over its whole process tree
+(read from /proc, so ``setsid`` does not hide a grandchild), kills that tree
+when a limit is exceeded, and is the only one that reports the outcome and
+talks to NATS. The experiment runs inside the bubblewrap sandbox of
+:mod:`services.sandbox` when the machine has one (no credential, no network
+unless the template asks, no view of the lab or of other processes, dies with
+the runner), under per-process rlimits either way. Nothing the runner trusts
+lives where the experiment can write: process handles stay in memory.
 
 Exit codes (Kubernetes' podFailurePolicy reads them): 0 ok, 3 the experiment
 failed (do not retry), 4 the bus or object store was unreachable (retry).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import platform
 import shutil
@@ -26,7 +30,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from pydantic import ValidationError
 
@@ -35,10 +39,13 @@ from bus import subjects
 from bus.client import Bus, BusConfig
 from bus.messages import Envelope, FinalInfo, JobEnvironment, JobStatus, derive_id
 from bus.store import Artifacts
+from services import proctree, sandbox
+from services.config import read_secret
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, JobSpec
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
+MAX_PROCESSES = int(os.environ.get("LAB_JOB_MAX_PROCESSES", "256"))  # a fork bomb is killed, not waited out
 PLOT_LIMIT_S = 120.0
 CONNECT_TIMEOUT_S = float(os.environ.get("LAB_RUNNER_CONNECT_TIMEOUT_S", "30"))
 
@@ -108,30 +115,42 @@ def command(job: JobSpec, code: Path, out: Path) -> list[str]:
     return cmd
 
 
-def _can_unshare() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    try:
-        return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=5).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+class Launch(NamedTuple):
+    """How to start one process of the job: the full argv (sandbox included), its environment, its limits."""
+
+    argv: list[str]
+    env: dict[str, str]
+    preexec: Callable[[], None] | None
 
 
-def group_rss_mb(pgid: int) -> float:
-    """Resident memory of every process in the group, from /proc."""
-    total = 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) != pgid:
-                continue
-            total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / (1 << 20)
+def confine(argv: list[str], job: JobSpec, workdir: Path, readonly: list[Path], writable: list[Path]) -> Launch:
+    """Wrap an experiment's argv (from :func:`command`) in the sandbox and the kernel limits.
+
+    The argv is built elsewhere and only wrapped here, so a different launcher
+    (e.g. torchrun) changes :func:`command`, not this.
+    """
+    env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg"}
+    limits = sandbox.Limits(
+        # Address space, not resident memory: a backstop well above the limit (threads reserve far more than they
+        # touch); the exact limit is the runner's watch over the summed resident memory of the whole tree.
+        address_space_mb=max(4 * job.memory_mb, job.memory_mb + 4096),
+        cpu_s=max(10, math.ceil(job.wall_time_s * max(job.cpu, 1.0)) + 10),
+    )
+    bwrap = sandbox.tool()
+    if bwrap is None:
+        tmp = workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        # Unconfined (the lab said so at start, and refuses model-written code here without --unsafe-no-sandbox):
+        # still no credential in the environment, and the same limits.
+        env.update({"HOME": str(tmp), "TMPDIR": str(tmp), "MPLCONFIGDIR": str(tmp / ".mpl")})
+        return Launch(argv, sandbox.sandbox_env(env), sandbox.preexec(limits))
+    binds = [sandbox.Bind(source=p, name=p.name) for p in readonly] + [sandbox.Bind(source=p, name=p.name, writable=True) for p in writable]
+    policy = sandbox.Policy(
+        binds=binds, tmp_mb=max(64, job.memory_mb // 4), cwd=readonly[0].name if readonly else "", network=job.network,
+        devices=sandbox.gpu_devices() if job.gpu else [], env=env,
+    )
+    # bwrap itself gets the sandbox's environment too: pid 1 inside is bwrap, and its environ is readable there.
+    return Launch(sandbox.wrap(argv, policy, bwrap), sandbox.sandbox_env(env), sandbox.preexec(limits))
 
 
 class Outcome:
@@ -139,14 +158,13 @@ class Outcome:
         self.state, self.reason, self.exit_code = state, reason, exit_code
 
 
-async def supervise(cmd: list[str], cwd: Path, job: JobSpec, on_line: Any, env: dict[str, str]) -> Outcome:
-    """Run ``cmd`` as its own process group under the job's wall time and memory limits."""
+async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any) -> Outcome:
+    """Run ``launch`` under the job's wall time, memory and process limits; nothing it started outlives it."""
     proc = await asyncio.create_subprocess_exec(
-        *cmd, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env
+        *launch.argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        env=launch.env, preexec_fn=launch.preexec,
     )
-    pgid = proc.pid
-    # Whoever cancels the job (the executor) kills this group too, even if the runner is gone.
-    (Path(env.get("LAB_JOB_DIR", cwd)) / "child.pgid").write_text(str(pgid))
+    me = os.getpid()  # the tree under the runner is the job: only its children, and orphans reparented to it
     tail: list[str] = []
     killed: list[str] = []
 
@@ -158,26 +176,31 @@ async def supervise(cmd: list[str], cwd: Path, job: JobSpec, on_line: Any, env: 
             del tail[:-20]
             await on_line(line)
 
-    async def watch_memory() -> None:
+    async def watch() -> None:
         while True:
             await asyncio.sleep(MEMORY_POLL_S)
-            used = group_rss_mb(pgid)
+            tree = proctree.descendants(me)
+            used = sum(tree.values()) / (1 << 20)
             if used > job.memory_mb:
                 killed.append(f"oom: used {used:.0f} MiB > limit {job.memory_mb} MiB")
-                _kill_group(pgid)
-                return
+            elif len(tree) > MAX_PROCESSES:
+                killed.append(f"pids: {len(tree)} processes > limit {MAX_PROCESSES}")
+            else:
+                continue
+            proctree.kill_descendants(me)
+            return
 
     pumping = asyncio.create_task(pump())
-    memory = asyncio.create_task(watch_memory())
+    watching = asyncio.create_task(watch())
     try:
         await asyncio.wait_for(proc.wait(), timeout=job.wall_time_s)
     except asyncio.TimeoutError:
         killed.append(f"timeout: exceeded the wall-time limit of {job.wall_time_s:.0f}s")
-        _kill_group(pgid)
+        proctree.kill_descendants(me)
         await proc.wait()
     finally:
-        memory.cancel()
-        _kill_group(pgid)  # nothing the experiment started outlives it
+        watching.cancel()
+        proctree.kill_descendants(me)  # nothing the experiment started outlives it, nor holds its stdout open
     try:
         await asyncio.wait_for(pumping, timeout=5)
     except asyncio.TimeoutError:
@@ -188,13 +211,6 @@ async def supervise(cmd: list[str], cwd: Path, job: JobSpec, on_line: Any, env: 
         last = next((l for l in reversed(tail) if l.strip()), "")
         return Outcome("failed", f"crashed: exit code {proc.returncode}: {last[:300]}", proc.returncode)
     return Outcome("succeeded", "", 0)
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Runner:
@@ -217,7 +233,7 @@ class Runner:
         try:
             # A credential mounted from a Secret (Kubernetes) or a file (Docker) wins over one carried in the job.
             user = os.environ.get("LAB_NATS_USER") or job.nats.user
-            password = os.environ.get("LAB_NATS_PASSWORD") or _password_file() or job.nats.password
+            password = read_secret("LAB_NATS_PASSWORD") or job.nats.password  # the value, or a mounted file
             config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
             self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
             artifacts = await Artifacts.open(self.bus)
@@ -240,14 +256,12 @@ class Runner:
 
         await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
         cmd = command(job, code, out)
-        if not job.network and _can_unshare():
-            cmd = ["unshare", "-n", "--", *cmd]
-        env = {k: v for k, v in os.environ.items() if k not in ("LAB_JOB", "LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_NATS_PASSWORD_FILE")}
-        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", "HOME": str(self.workdir)})
-        await on_line(f"[runner] starting job {job.job_id}: {' '.join(cmd)}")
+        launch = confine(cmd, job, self.workdir, readonly=[code], writable=[out])
+        where = "in the sandbox" if launch.argv is not cmd else "UNCONFINED (no sandbox tool on this machine)"
+        await on_line(f"[runner] starting job {job.job_id} {where}: {' '.join(cmd)}")
         started = time.monotonic()
         try:
-            outcome = await supervise(cmd, code, job, on_line, env)
+            outcome = await supervise(launch, code, job, on_line)
         except BaseException as e:  # cancelled (SIGTERM: the Job was deleted) or the runner broke: keep the log
             await _save_log(artifacts, f"{job.project}/runs/{job.job_id}/log.txt", log_file, log_path, e)
             raise
@@ -265,7 +279,9 @@ class Runner:
         if final_info is not None:
             remaining = max(10.0, min(PLOT_LIMIT_S, job.wall_time_s - wall))
             plot_job = job.model_copy(update={"wall_time_s": remaining})
-            plot = await supervise([sys.executable, str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)], code, plot_job, on_line, env)
+            figs.mkdir(parents=True, exist_ok=True)
+            plot_cmd = [sys.executable, str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)]
+            plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=[code, out], writable=[figs]), code, plot_job, on_line)
             if plot.state != "succeeded":
                 await on_line(f"[runner] plot.py failed: {plot.reason}")
             files = sorted(out.glob("*.json")) + (sorted(figs.glob("*.png")) if figs.exists() else [])
@@ -292,16 +308,17 @@ class Runner:
         return EXIT_OK if status.state == "succeeded" else EXIT_EXPERIMENT_FAILED
 
 
-def _password_file() -> str | None:
-    """The NATS password from the file LAB_NATS_PASSWORD_FILE names (Docker mounts it read-only)."""
-    path = os.environ.get("LAB_NATS_PASSWORD_FILE")
-    if not path:
-        return None
-    try:
-        return Path(path).read_text().strip() or None
-    except OSError as e:
-        print(f"runner: cannot read LAB_NATS_PASSWORD_FILE {path}: {e.strerror}", file=sys.stderr)
-        return None
+def _job_json() -> str | None:
+    """The job from ``LAB_JOB``, or from the 0600 file ``LAB_JOB_FILE`` names (keeps its credential out of /proc)."""
+    if os.environ.get("LAB_JOB"):
+        return os.environ["LAB_JOB"]
+    if os.environ.get("LAB_JOB_FILE"):
+        try:
+            return Path(os.environ["LAB_JOB_FILE"]).read_text()
+        except OSError as e:
+            print(f"runner: cannot read LAB_JOB_FILE {os.environ['LAB_JOB_FILE']} ({e.strerror})", file=sys.stderr)
+            sys.exit(2)
+    return None
 
 
 async def _save_log(artifacts: Artifacts, name: str, log_file: Any, log_path: Path, why: BaseException) -> None:
@@ -328,9 +345,9 @@ async def _run_until_stopped(runner: Runner) -> int:
 
 
 def main() -> None:
-    raw = os.environ.get("LAB_JOB")
+    raw = _job_json()
     if not raw:
-        print("runner: LAB_JOB is not set (it holds the job as JSON)", file=sys.stderr)
+        print("runner: neither LAB_JOB nor LAB_JOB_FILE is set (they hold the job as JSON)", file=sys.stderr)
         sys.exit(2)
     try:
         job = JobSpec.model_validate_json(raw)
@@ -345,6 +362,7 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"lab-{job.job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["LAB_JOB_DIR"] = str(workdir)
+    sandbox.become_subreaper()
     sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir))))
 
 

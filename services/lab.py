@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +24,9 @@ from typing import Any
 from bus.client import Bus, BusConfig
 from bus.errors import ServerStartError
 from bus.messages import ROLES
-from bus.permissions import ADMIN, RUNNER
+from bus.permissions import ADMIN, COPI, RUNNER, WEB
 from bus.server import EmbeddedServer, new_credentials
-from services.config import read_local_lab, state_file
+from services.config import read_local_lab, secrets_dir, state_file, write_secret
 from services.process import alive
 
 
@@ -81,6 +82,8 @@ class Supervisor:
             self.url = self.server.url
         try:
             asyncio.run(self._setup_topology())
+            if self.credentials:
+                self._secret(WEB)  # for `lab web` (or `lab up --web`) on this machine, read by bus_config
             for role in ROLES:
                 self._spawn(role)
             self._wait_ready()
@@ -93,14 +96,13 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "server_pid": self.server.proc.pid if self.server and self.server.proc else None,
             "agents": {r: p.pid for r, p in self.procs.items()},
-            "credentials": self.credentials or {},
+            # Only the co-PI's own credential, for this user's CLI; the roles' are in secrets/, the admin's nowhere.
+            "credentials": {COPI: self.credentials[COPI]} if self.credentials else {},
             "mind": self.opts.mind,
             "executor": self.opts.executor,
             "started": time.time(),
         }
-        path = state_file(home)
-        path.write_text(json.dumps(info, indent=2))
-        path.chmod(0o600)
+        write_secret(state_file(home), json.dumps(info, indent=2))
         return info
 
     async def _setup_topology(self) -> None:
@@ -113,15 +115,23 @@ class Supervisor:
 
     def _agent_env(self, role: str) -> dict[str, str]:
         env = {**os.environ, "LAB_HOME": str(self.opts.home), "LAB_NATS_URL": self.url, "LAB_MIND": self.opts.mind, "LAB_EXECUTOR": self.opts.executor}
-        env.pop("LAB_NATS_USER", None)
-        env.pop("LAB_NATS_PASSWORD", None)
+        for var in ("LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_NATS_PASSWORD_FILE", "LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE"):
+            env.pop(var, None)
         if self.credentials:
+            # Files, not values: another process's environ is readable by any process of this user.
             env["LAB_NATS_USER"] = role
-            env["LAB_NATS_PASSWORD"] = self.credentials[role]
+            env["LAB_NATS_PASSWORD_FILE"] = str(self._secret(role))
             if role == "engineer":
                 env["LAB_RUNNER_USER"] = RUNNER
-                env["LAB_RUNNER_PASSWORD"] = self.credentials[RUNNER]
+                env["LAB_RUNNER_PASSWORD_FILE"] = str(self._secret(RUNNER))
         return env
+
+    def _secret(self, user: str) -> Path:
+        path = secrets_dir(self.opts.home) / user
+        assert self.credentials is not None
+        if not path.is_file() or path.read_text() != self.credentials[user]:
+            write_secret(path, self.credentials[user], private_folder=True)
+        return path
 
     def _spawn(self, role: str) -> None:
         logs = self.opts.home / "logs"
@@ -191,7 +201,7 @@ class Supervisor:
         path = state_file(self.opts.home)
         info = read_local_lab(self.opts.home) or {}
         info["agents"] = {r: p.pid for r, p in self.procs.items()}
-        path.write_text(json.dumps(info, indent=2))
+        write_secret(path, json.dumps(info, indent=2))
 
     def stop(self, timeout: float = 30.0) -> None:
         for proc in self.procs.values():
@@ -206,6 +216,8 @@ class Supervisor:
                 proc.wait()
         if self.server:
             self.server.stop()
+        if self.credentials:
+            shutil.rmtree(secrets_dir(self.opts.home), ignore_errors=True)  # this run's passwords die with it
         path = state_file(self.opts.home)
         info = read_local_lab(self.opts.home)
         if info and info.get("supervisor_pid") == os.getpid():

@@ -18,7 +18,7 @@ from bus.messages import decode
 from bus.store import Artifacts
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, ExecutorError, JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
-from services.process import alive
+from tests.proc_helpers import processes_with
 
 pytestmark = pytest.mark.integration
 
@@ -104,12 +104,11 @@ async def test_missing_output_is_invalid(admin_bus, nats_server, tmp_path):
 
 async def test_a_hang_is_killed_at_the_wall_time_with_everything_it_started(admin_bus, nats_server, tmp_path):
     """The experiment ignores SIGTERM and starts a child in a new session: both die at the limit."""
-    marker = tmp_path / "child.pid"
+    token = f"outlive-{os.getpid()}-{time.monotonic_ns()}"
     experiment = f"""
     import os, signal, subprocess, sys, time
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    open({str(marker)!r}, "w").write(str(child.pid))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", {token!r}], start_new_session=True)
     # Trying to extend its own time: the limit is not the experiment's to change.
     os.environ["LAB_WALL_TIME"] = "100000"
     time.sleep(300)
@@ -118,9 +117,8 @@ async def test_a_hang_is_killed_at_the_wall_time_with_everything_it_started(admi
     assert proc.returncode == EXIT_EXPERIMENT_FAILED
     assert statuses[-1].reason.startswith("timeout: exceeded the wall-time limit of 3s")
     assert elapsed < 30
-    child = int(marker.read_text())
     time.sleep(0.5)
-    assert not alive(child)
+    assert processes_with(token) == []
 
 
 async def test_memory_over_the_limit_is_killed(admin_bus, nats_server, tmp_path):
@@ -155,8 +153,14 @@ def test_a_bad_job_description_is_one_line():
 
 
 async def test_local_executor_submits_once_and_cancels(admin_bus, nats_server, tmp_path):
+    token = f"cancelled-{os.getpid()}-{time.monotonic_ns()}"
+    experiment = f"""
+    import subprocess, sys, time
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", {token!r}], start_new_session=True)
+    time.sleep(60)
+    """
     art = await Artifacts.open(admin_bus)
-    await art.put("p1/template.tar.gz", template(tmp_path, "import time; time.sleep(60)"))
+    await art.put("p1/template.tar.gz", template(tmp_path, experiment))
     ex = LocalExecutor(jobs_dir=str(tmp_path / "jobs"), capacity=1)
     job = JobSpec(
         job_id="jl", project="p1", experiment_id="x01", template="tpl", bundle_object="p1/template.tar.gz", seeds=[0, 1, 2],
@@ -169,15 +173,19 @@ async def test_local_executor_submits_once_and_cancels(admin_bus, nats_server, t
     await ex.submit(job)  # a redelivered request: nothing new starts
     assert (tmp_path / "jobs" / "jl" / "pid").read_text() == pid
     assert (await ex.poll("jl")).state == "running"
-    for _ in range(100):
-        if (tmp_path / "jobs" / "jl" / "work" / "child.pgid").exists():
+    for _ in range(300):
+        if processes_with(token):
             break
         time.sleep(0.1)
-    child = int((tmp_path / "jobs" / "jl" / "work" / "child.pgid").read_text())
+    assert processes_with(token), "the experiment's child never started"
+    assert not (tmp_path / "jobs" / "jl" / "work" / "child.pgid").exists()  # no record the experiment could forge
     await ex.cleanup("p1")
-    time.sleep(0.3)
+    for _ in range(50):  # the sandbox dies with its runner; give the kernel a moment
+        if not processes_with(token):
+            break
+        time.sleep(0.1)
     assert (await ex.poll("jl")).state == "failed"
-    assert not alive(child)
+    assert processes_with(token) == []
     await ex.close()
 
 

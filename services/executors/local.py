@@ -4,6 +4,13 @@ Each job runner starts in its own session (so it survives the engineer that
 started it, and a restarted engineer finds it by its pid file) with its job
 directory as scratch space. Submitting is idempotent: the job directory is
 created atomically, and a second submit of the same id finds it.
+
+Cancelling kills only what this executor started: the runner by the handle it
+kept, or after a restart by the pid it recorded outside the experiment's reach
+(the job directory is not in the sandbox) and only once /proc confirms that
+pid is still this job's runner. Killing the runner kills the experiment: the
+sandbox dies with its parent. No file under ``work/`` is ever read to decide
+what to kill.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from services.config import write_secret
 from services.executors.base import ExecutorError, JobPhase, JobSpec
 from services.process import alive
 
@@ -53,9 +61,11 @@ class LocalExecutor:
             self._adopt(job, d)
             return  # already submitted: never run a job twice
         (d / "job.json").write_text(json.dumps({"project": job.project, "experiment_id": job.experiment_id}))
-        # The runner gets the job's own credential, never the engineer's.
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_"))}
-        env = {**inherited, **job.env(), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
+        # The runner gets the job's own credential, never the engineer's, and in a 0600 file outside the
+        # sandbox rather than in its environment (readable in /proc by every process of this user).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_")) and k not in ("LAB_JOB", "LAB_JOB_FILE")}
+        spec = write_secret(d / "job.spec.json", job.model_dump_json())
+        env = {**inherited, "LAB_JOB_FILE": str(spec), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
         with open(d / "runner.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.jobrunner"],
@@ -110,21 +120,28 @@ class LocalExecutor:
         return JobPhase(state="failed", reason=f"runner exited ({code}) without a result: {tail[0] if tail else 'no output'}")
 
     async def cancel(self, job_id: str) -> None:
-        pid_file = self._dir(job_id) / "pid"
-        if not pid_file.is_file():
-            return
-        targets = [int(pid_file.read_text())]
-        child = self._dir(job_id) / "work" / "child.pgid"
-        if child.is_file():
-            targets.append(int(child.read_text()))
-        for target in targets:
+        proc = self._procs.pop(job_id, None)
+        pid = proc.pid if proc is not None and proc.poll() is None else self._recorded_runner(job_id)
+        if pid is not None:
             try:
-                os.killpg(target, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)  # the runner leads its own session: pgid == pid
             except (ProcessLookupError, PermissionError):
                 pass
-        proc = self._procs.pop(job_id, None)
         if proc is not None:
             proc.wait()
+
+    def _recorded_runner(self, job_id: str) -> int | None:
+        """The runner's pid from the pid file, only if /proc says that process is this job's runner."""
+        d = self._dir(job_id)
+        try:
+            pid = int((d / "pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except (OSError, ValueError):
+            return None
+        if b"services.jobrunner" not in cmdline or cwd != d.resolve():
+            return None  # the pid was reused by another process, or the record was tampered with
+        return pid
 
     async def cleanup(self, project: str) -> None:
         for d in self.jobs_dir.iterdir() if self.jobs_dir.is_dir() else []:

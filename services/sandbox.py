@@ -1,0 +1,238 @@
+"""The experiment's sandbox: bubblewrap namespaces plus kernel limits, applied from outside.
+
+Model-written code is hostile until proven otherwise, and a static guard on
+source text cannot be the boundary (STYLE.md 13). The boundary is this:
+
+- ``bwrap`` puts the experiment in new user, pid, ipc, uts, cgroup, mount
+  and (unless the job asks for it) network namespaces, as a non-root uid even
+  when the lab runs as root. The filesystem it sees is built from nothing:
+  ``/usr`` and the Python environment read-only, the template copy read-only,
+  only the directories the runner names writable, a fresh ``/proc`` that shows
+  only its own processes. ``$LAB_HOME``, the lab's source and every other
+  process's ``/proc/*/environ`` simply are not there.
+- Its environment is rebuilt from an allow-list (``--clearenv``): no
+  credential of any kind crosses, whatever the runner's own environment holds.
+- ``--die-with-parent`` and the pid namespace: when the runner (or the
+  sandbox's init) dies, the kernel kills every process in the namespace, a
+  ``setsid`` grandchild included.
+- Limits: per-process rlimits (address space, CPU seconds, core dumps) set in
+  the child before exec, so the kernel enforces them on every descendant; the
+  runner's watch adds the sum over the whole process tree.
+
+:func:`tool` says whether bubblewrap works here; the lab states it at start and
+refuses model-written code without it unless the user accepts the risk.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BWRAP_ENV = "LAB_BWRAP"  # the bubblewrap binary to use; a name that does not resolve means "no sandbox"
+UNSAFE_ENV = "LAB_UNSAFE_NO_SANDBOX"  # set by `--unsafe-no-sandbox`: the user accepted running model code bare
+UNSAFE_FLAG = "--unsafe-no-sandbox"
+SANDBOX_UID = 65534  # "nobody": never root inside, whoever runs the lab
+# Variables that may cross into the sandbox; everything else (credentials, LAB_*, PYTHONPATH) stays out.
+PASS_ENV = ("LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PYTHONHASHSEED")
+# /etc files a Python/numpy/matplotlib process reads; none holds a secret (no shadow, no ssl keys).
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "localtime", "fonts", "alternatives", "mime.types")
+TOP_LINKS = ("bin", "lib", "lib32", "lib64", "sbin")
+
+
+class SandboxUnavailable(RuntimeError):
+    """No working sandbox tool on this machine; the message says why in one line."""
+
+
+JOB_ROOT = Path("/job")  # where the job's own directories appear inside; host paths (and $LAB_HOME) never do
+
+
+class Bind(BaseModel):
+    """One host directory of the job, seen inside at ``JOB_ROOT / name``."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Path
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    writable: bool = False
+
+    @property
+    def dest(self) -> Path:
+        return JOB_ROOT / self.name
+
+
+class Policy(BaseModel):
+    """What one sandboxed process may see and touch."""
+
+    model_config = ConfigDict(extra="forbid")
+    binds: list[Bind] = Field(default_factory=list, description="the job's directories; only writable ones take writes")
+    tmp_mb: int = Field(256, gt=0, description="size of the private /tmp (memory-backed, so it is capped)")
+    cwd: str = "code"  # the bind the process starts in
+    network: bool = False
+    devices: list[Path] = Field(default_factory=list, description="device nodes to pass through (GPUs)")
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class Limits(BaseModel):
+    """Kernel-enforced per-process limits, set in the child before it execs."""
+
+    model_config = ConfigDict(extra="forbid")
+    address_space_mb: int = Field(gt=0)
+    cpu_s: int = Field(gt=0)
+
+
+def tool() -> str | None:
+    """The bubblewrap binary if it exists and can build a sandbox on this kernel, else None."""
+    return _probe(os.environ.get(BWRAP_ENV, "bwrap"))
+
+
+def unavailable_reason() -> str:
+    name = os.environ.get(BWRAP_ENV, "bwrap")
+    if not shutil.which(name):
+        return f"no sandbox: {name!r} (bubblewrap) is not installed, so experiments on the local executor run unconfined"
+    return f"no sandbox: {name!r} cannot create namespaces on this kernel, so experiments on the local executor run unconfined"
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(name: str) -> str | None:
+    path = shutil.which(name)
+    if not path:
+        return None
+    try:
+        ok = subprocess.run(
+            [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "true"],
+            capture_output=True, timeout=20,
+        ).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if ok else None
+
+
+def python_roots() -> list[Path]:
+    """The directories the running interpreter needs: its venv and the base installation it points to."""
+    roots = {Path(p).resolve() for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)}
+    roots.add(Path(sys.executable).resolve().parent.parent)
+    roots |= {Path(p) for p in (sys.prefix, sys.exec_prefix)}  # the venv's own path, as sys.executable names it
+    return sorted(r for r in roots if not _under(r, Path("/usr")))
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def sandbox_env(policy_env: dict[str, str], source: dict[str, str] | None = None) -> dict[str, str]:
+    """The experiment's whole environment: the allow-list from ``source`` plus what the runner sets."""
+    source = os.environ if source is None else source
+    bin_dir = str(Path(sys.executable).parent)
+    env = {k: source[k] for k in PASS_ENV if k in source}
+    env.update({"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "MPLCONFIGDIR": "/tmp/.mpl"})
+    env.update(policy_env)
+    return env
+
+
+def translate(argv: list[str], binds: list[Bind]) -> list[str]:
+    """``argv`` with each host path of a bind replaced by where it appears inside the sandbox."""
+    out = []
+    for arg in argv:
+        for b in sorted(binds, key=lambda b: -len(str(b.source))):
+            src = str(b.source)
+            if arg == src or arg.startswith(src + "/"):
+                arg = str(b.dest) + arg[len(src) :]
+                break
+        out.append(arg)
+    return out
+
+
+def wrap(argv: list[str], policy: Policy, bwrap: str) -> list[str]:
+    """The bwrap command line that runs ``argv`` (host paths of the binds allowed) under ``policy``."""
+    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+           "--unshare-cgroup-try", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox"]
+    if not policy.network:
+        cmd.append("--unshare-net")
+    cmd.append("--clearenv")
+    for k, v in sandbox_env(policy.env).items():
+        cmd += ["--setenv", k, v]
+    cmd += ["--ro-bind", "/usr", "/usr"]
+    for name in TOP_LINKS:
+        p = Path("/") / name
+        if p.is_symlink():
+            cmd += ["--symlink", os.readlink(p), str(p)]
+        elif p.is_dir():
+            cmd += ["--ro-bind", str(p), str(p)]
+    for name in ETC_FILES:
+        cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    for dev in policy.devices:
+        cmd += ["--dev-bind", str(dev), str(dev)]
+    cmd += ["--size", str(policy.tmp_mb << 20), "--tmpfs", "/tmp"]
+    for root in python_roots():
+        cmd += ["--ro-bind", str(root), str(root)]
+    for b in policy.binds:
+        cmd += ["--bind" if b.writable else "--ro-bind", str(b.source), str(b.dest)]
+    cmd += ["--remount-ro", "/"]  # the skeleton bwrap built (/, /job, /etc) is read-only too
+    cmd += ["--chdir", str(JOB_ROOT / policy.cwd), "--", *translate(argv, policy.binds)]
+    return cmd
+
+
+def gpu_devices() -> list[Path]:
+    return sorted(Path("/dev").glob("nvidia*"))
+
+
+def preexec(limits: Limits) -> Callable[[], None]:
+    """A ``preexec_fn`` that sets the limits in the child, where they bind every process it starts."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limits.address_space_mb << 20, limits.address_space_mb << 20))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        _die_with_parent()
+
+    return apply
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: the direct child is killed if the runner dies (bwrap repeats it inside)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER: orphans of our children reparent to us, so the runner still sees (and kills) them."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def unsafe_accepted() -> bool:
+    return os.environ.get(UNSAFE_ENV) == "1"
+
+
+def check_start(mind: str, executor: str, unsafe: bool = False) -> str | None:
+    """At start: None when experiments will be sandboxed (or run in containers), else one line to print.
+
+    Raises :class:`SandboxUnavailable` when model-written code (``--mind llm``) would run unconfined on this
+    machine and the user has not accepted that risk with ``--unsafe-no-sandbox``.
+    """
+    if executor != "local" or tool() is not None:
+        return None
+    reason = unavailable_reason()
+    if mind == "llm" and not (unsafe or unsafe_accepted()):
+        raise SandboxUnavailable(
+            f"{reason}; refusing to run model-written code (--mind llm) unconfined: install bubblewrap, "
+            f"or pass {UNSAFE_FLAG} to accept the risk"
+        )
+    return f"warning: {reason}" + (f" ({UNSAFE_FLAG} given)" if mind == "llm" else "")

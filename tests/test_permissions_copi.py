@@ -1,0 +1,115 @@
+"""The bus holds against the co-PI's, a role's and the runner's own credentials: each attempt is refused and the lab keeps working."""
+
+from __future__ import annotations
+
+import nats
+import pytest
+
+from bus import subjects
+from bus.client import ARTIFACTS_BUCKET, Bus
+from bus.consumer import consumer_config
+from bus.messages import CoPINote, CoPINoteMsg, Envelope
+from bus.replay import read
+from bus.store import Artifacts, StateStore
+from tests.conftest import config_for
+
+pytestmark = pytest.mark.integration
+
+REFUSED_S = 1.5  # a refused JetStream API request gets no answer; wait this long, not the default 10 s
+
+
+async def refused(coro) -> bool:
+    try:
+        await coro
+    except (nats.errors.TimeoutError, nats.js.errors.Error, nats.errors.Error):
+        return True
+    return False
+
+
+async def lab_still_whole(admin: Bus) -> None:
+    """Every stream, bucket and durable an attack went for is still there, as it was."""
+    names = {s.config.name for s in await admin.js.streams_info()}
+    assert {"LAB_CONVO", "LAB_JOBS", "KV_lab_state", "OBJ_lab_artifacts"} <= names
+    assert (await admin.js.consumer_info(subjects.CONVO_STREAM, "role-pi")).config.filter_subjects == subjects.convo_for("pi")
+    assert await (await Artifacts.open(admin)).get("p1/paper.pdf") == b"%PDF-1.5 paper"
+    doc, _ = await StateStore(await admin.js.key_value("lab_state")).read("pi.p1")
+    assert doc == {"state": {"stage": "draft"}}
+
+
+@pytest.fixture
+async def lab(admin_bus):
+    """A lab with a role durable, a state document and an artifact worth attacking."""
+    await admin_bus.js.add_consumer(subjects.CONVO_STREAM, config=consumer_config("role-pi", subjects.convo_for("pi")))
+    await (await Artifacts.open(admin_bus)).put("p1/paper.pdf", b"%PDF-1.5 paper")
+    states = StateStore(await admin_bus.js.key_value("lab_state"))
+    await states.write("pi.p1", {"state": {"stage": "draft"}}, 0)
+    return admin_bus
+
+
+async def connect(server, user: str) -> tuple[Bus, nats.js.JetStreamContext]:
+    bus = await Bus.connect(config_for(server, user), reconnect=False)
+    return bus, bus.nc.jetstream(timeout=REFUSED_S)
+
+
+async def test_the_copi_may_note_start_and_read_but_not_destroy(lab, nats_server):
+    copi, js = await connect(nats_server, "copi")
+    try:
+        assert await refused(js.delete_stream(subjects.CONVO_STREAM))
+        assert await refused(js.delete_stream(subjects.JOBS_STREAM))
+        assert await refused(js.delete_key_value("lab_state"))
+        assert await refused(js.purge_stream("OBJ_lab_artifacts"))
+        assert await refused(js.delete_object_store(ARTIFACTS_BUCKET))
+        assert await refused((await js.key_value("lab_state")).put("pi.p1", b'{"state": {"stage": "decision"}}'))
+        assert await refused(js.delete_consumer(subjects.CONVO_STREAM, "role-pi"))
+        # Re-filtering the PI's durable to read (and divert) every role's mail.
+        assert await refused(js.add_consumer(subjects.CONVO_STREAM, config=consumer_config("role-pi", ["lab.convo.>"])))
+        await lab_still_whole(lab)
+        # What the co-PI is for still works.
+        await copi.publish(Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n1", text="try a smaller lr"))))
+        assert [e.envelope.body.note.text async for e in read(copi)] == ["try a smaller lr"]
+        art = await Artifacts.open(copi)
+        assert await art.get("p1/paper.pdf") == b"%PDF-1.5 paper"
+        await art.put("p2/template.tar.gz", b"bundle")
+        doc, _ = await StateStore(await copi.js.key_value("lab_state")).read("pi.p1")
+        assert doc == {"state": {"stage": "draft"}}
+    finally:
+        await copi.close()
+
+
+@pytest.mark.parametrize("user", ["analyst", "runner"])
+async def test_a_role_or_the_runner_cannot_delete_streams_or_buckets(lab, nats_server, user):
+    bus, js = await connect(nats_server, user)
+    try:
+        assert await refused(js.delete_stream(subjects.CONVO_STREAM))
+        assert await refused(js.delete_key_value("lab_state"))
+        assert await refused(js.delete_object_store(ARTIFACTS_BUCKET))
+        assert await refused(js.delete_consumer(subjects.CONVO_STREAM, "role-pi"))
+        await lab_still_whole(lab)
+    finally:
+        await bus.close()
+
+
+async def test_a_role_cannot_forge_a_job_status(lab, nats_server):
+    analyst, js = await connect(nats_server, "analyst")
+    try:
+        assert await refused(js.publish(subjects.job_status("p1", "j1"), b'{"state": "succeeded"}', timeout=REFUSED_S))
+    finally:
+        await analyst.close()
+    info = await lab.js.stream_info(subjects.JOBS_STREAM)
+    assert info.state.messages == 0
+
+
+def test_the_host_checks_the_sender_on_job_subjects_too():
+    from bus.messages import JobStatus
+    from services.host import envelope_mismatch
+
+    def status(sender: str, project: str = "p1", job: str = "j1") -> Envelope:
+        return Envelope(project=project, sender=sender, recipient="engineer", body=JobStatus(job_id=job, experiment_id="x", state="succeeded"))
+
+    subject = subjects.job_status("p1", "j1")
+    assert envelope_mismatch(subject, status("runner")) is None
+    assert envelope_mismatch(subject, status("engineer")) is None
+    assert "does not match" in envelope_mismatch(subject, status("analyst"))
+    assert "does not match" in envelope_mismatch(subject, status("runner", project="p2"))
+    assert "does not match" in envelope_mismatch(subject, status("runner", job="j2"))
+    assert "but came on" in envelope_mismatch(subjects.convo("p1", "pi", "engineer"), status("runner"))
