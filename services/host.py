@@ -5,8 +5,14 @@ role's state for the project, run the handler, store the new state together
 with the outputs (compare-and-set), publish the outputs with derived ids, then
 ack. A crash at any point repeats at most the same outputs, which JetStream's
 duplicate window drops; a message that already has stored outputs is only
-republished. On SIGTERM the host stops fetching, finishes the message in
-hand, and drains.
+republished. On SIGTERM the host stops fetching, finishes the messages in
+hand, returns the ones it had not started, and drains.
+
+Messages of different projects are handled concurrently (up to the role's
+``concurrency``), one project's in order and one at a time (``services/lanes``).
+The mind is the project's (``Envelope.mind``, remembered in the role's state),
+built once per (project, kind, model); what its calls cost is metered per
+message (``agents/minds/meter``), so concurrent projects are charged apart.
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ from pydantic import ValidationError
 
 from agents import role_class
 from agents.base import Context, Rejected, Role, UnhandledKind
-from agents.minds import make_mind
+from agents.minds import llm_unavailable, make_mind
+from agents.minds.meter import metered
 from bus import subjects
 from bus.client import AGENTS_BUCKET, MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.consumer import MAX_DELIVER, keep_alive, messages, pull
+from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import StateConflict
 from agents.minds.llm.errors import MindFailed
-from bus.messages import Envelope, StepFailed, Usage, UsageReport, decode
+from bus.messages import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
+from services.lanes import Lanes
 from services.logging import setup_logging
 
 _STEP_OF: dict[str, tuple[str, Any]] = {
@@ -44,12 +52,34 @@ _STEP_OF: dict[str, tuple[str, Any]] = {
 }
 OUTBOX_KEEP = 16
 FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
+DEFAULT_CONCURRENCY = 8
+MINDS_KEPT = 64  # minds cached per process (one per project and model in use)
 log = structlog.get_logger()
 
 
-def _usage_of(mind: Any) -> Usage:
-    usage = getattr(mind, "usage", None)
-    return usage.model_copy() if usage is not None else Usage()
+class HostConfigError(ValueError):
+    """A host setting that cannot work (one line for the user)."""
+
+
+def concurrency_for(role: str, environ: Any = os.environ) -> int:
+    """Projects one agent handles at once: ``LAB_CONCURRENCY_<ROLE>``, else ``LAB_CONCURRENCY``, else 8."""
+    for name in (f"LAB_CONCURRENCY_{role.upper()}", "LAB_CONCURRENCY"):
+        raw = environ.get(name)
+        if raw:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise HostConfigError(f"{name}={raw!r}: expected a whole number of projects") from None
+            if value < 1:
+                raise HostConfigError(f"{name}={raw!r}: must be at least 1")
+            return value
+    return DEFAULT_CONCURRENCY
+
+
+def _project_of(subject: str) -> str:
+    """``lab.convo.<project>.…`` and ``lab.jobs.<project>.…`` both name the project third."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 2 else ""
 
 
 def retry_delay(delivered: int) -> float:
@@ -68,18 +98,24 @@ class AgentHost:
         mind_config: dict[str, Any] | None = None,
         executor: Any = None,
         job_nats: Any = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ):
         self.role_name = role
         self.role: Role = role_class(role)()
         self.config = config
         self.home = home
         self.mind_kind = mind
+        self.mind_config = mind_config
         self.mind = make_mind(mind, role, 0, mind_config)
+        self.minds: dict[tuple[str, str, str | None], Any] = {}
+        self.llm_error = self._probe_llm()
         self.executor = executor
         self.job_nats = job_nats
         self.stop = asyncio.Event()
-        self.lock = asyncio.Lock()
+        self.concurrency = concurrency
+        self.lanes = Lanes(concurrency, self._process_safely)
         self.handled = 0
+        self.latencies: list[float] = []  # seconds per handled message, the last 1000 (for `lab status` and bench)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -108,36 +144,76 @@ class AgentHost:
             await self.stop.wait()
         finally:
             self.ready_file().unlink(missing_ok=True)
-            # Fetch loops see the stop event; the message in hand finishes under the lock.
-            async with self.lock:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            # Fetch loops see the stop event; the messages in hand finish, the queued ones go back.
+            await self.lanes.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.executor is not None:
                 await self.executor.close()
             await self.bus.close()
             log.info("agent stopped", role=self.role_name, handled=self.handled)
 
+    def heartbeat_doc(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "role": self.role_name, "pid": os.getpid(), "host": socket.gethostname(), "mind": self.mind_kind,
+            "llm_error": self.llm_error, "concurrency": self.concurrency, "busy": self.lanes.in_hand, "held": self.lanes.held,
+            "handled": self.handled, "seen": time.time(),
+            "p50_s": lat[len(lat) // 2] if lat else None, "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+        }
+
     async def _heartbeat(self) -> None:
-        info = {"role": self.role_name, "pid": os.getpid(), "host": socket.gethostname(), "mind": self.mind_kind, "started": time.time()}
+        started = time.time()
         while True:
             try:
-                await self.agents_kv.put(self.role_name, json.dumps({**info, "seen": time.time(), "handled": self.handled}).encode())
+                await self.agents_kv.put(self.role_name, json.dumps({**self.heartbeat_doc(), "started": started}).encode())
             except Exception as e:
                 log.warning("heartbeat failed", error=str(e))
             await asyncio.sleep(5)
 
     async def _consume(self, sub: Any) -> None:
-        async for msg in messages(sub, self.stop):
-            async with self.lock:
-                try:
-                    await self.process(msg)
-                except Exception as e:  # e.g. the bus went away while publishing: the stored outbox is resent on redelivery
-                    log.error("processing failed; the message will come back", role=self.role_name, subject=msg.subject, error=f"{type(e).__name__}: {e}")
-                    try:
-                        await msg.nak(delay=retry_delay(1))
-                    except Exception:
-                        pass
+        """Fetch what the lanes have room for and queue each message on its project's lane."""
+        async for msg in messages(sub, self.stop, room=lambda: self.lanes.room(2 * self.concurrency)):
+            self.lanes.submit(_project_of(msg.subject), msg)
+
+    async def _process_safely(self, msg: Any) -> None:
+        started = time.monotonic()
+        try:
+            await self.process(msg)
+        except Exception as e:  # e.g. the bus went away while publishing: the stored outbox is resent on redelivery
+            log.error("processing failed; the message will come back", role=self.role_name, subject=msg.subject, error=f"{type(e).__name__}: {e}")
+            try:
+                await msg.nak(delay=retry_delay(1))
+            except Exception:
+                pass
+        finally:
+            self.latencies = [*self.latencies[-999:], time.monotonic() - started]
+
+    # ------------------------------------------------------------ minds per project
+
+    def _probe_llm(self) -> str | None:
+        """Why this agent could not think with an llm mind (None: it can); `lab run --mind llm` asks first."""
+        try:
+            return llm_unavailable(self.role_name, self.mind_config)
+        except Exception as e:  # e.g. a broken config file: that is the reason too
+            return str(e) or type(e).__name__
+
+    def mind_for(self, project: str, choice: MindChoice | None) -> Any:
+        """The project's mind, built once per (project, kind, model); the agent's own without a choice."""
+        if choice is None or (choice.kind == self.mind_kind and choice.model is None):
+            return self.mind
+        key = (project, choice.kind, choice.model)
+        mind = self.minds.get(key)
+        if mind is None:
+            config = dict(self.mind_config or {})
+            if choice.model:
+                config["model"] = choice.model
+            mind = make_mind(choice.kind, self.role_name, 0, config)
+            if len(self.minds) >= MINDS_KEPT:
+                self.minds.pop(next(iter(self.minds)))  # the oldest; it is rebuilt if its project speaks again
+            self.minds[key] = mind
+        return mind
 
     # ------------------------------------------------------------ one message
 
@@ -160,7 +236,6 @@ class AgentHost:
                 await self._reject(msg, f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {msg.subject}")
                 return
         bound = log.bind(role=self.role_name, project=env.project, message_id=env.id, kind=env.kind)
-        beat = asyncio.create_task(keep_alive(msg))
         try:
             outputs = await self._handle(env, bound)
         except StateConflict as e:
@@ -181,8 +256,6 @@ class AgentHost:
                 bound.error("handler failed; will retry", error=reason, delivered=delivered)
                 await msg.nak(delay=retry_delay(delivered))
             return
-        finally:
-            beat.cancel()
         await self.bus.publish_many(outputs)
         await msg.ack()
         self.handled += 1
@@ -204,18 +277,22 @@ class AgentHost:
                 state = state_cls()
             except ValidationError:
                 state = None  # the PI's project state exists only once the project starts
+        # Messages from outside the conversation (job statuses) carry no mind: the project's is in the state.
+        choice = env.mind or (MindChoice.model_validate(doc["mind"]) if doc.get("mind") else None)
+        if choice is not None and env.mind is None:
+            env = env.model_copy(update={"mind": choice})  # so its outputs carry it on
         ctx = Context(
             project=env.project,
             role=self.role_name,  # type: ignore[arg-type]
             state=state,
             artifacts=self.artifacts,
-            mind=self.mind,
+            mind=self.mind_for(env.project, choice),
             cache=self.cache,
             services={"lab_home": self.home, "executor": self.executor, "job_spec": self._job_spec},
         )
-        before = _usage_of(self.mind)
         try:
-            await self.role.handle(env, ctx)
+            with metered() as spent:
+                await self.role.handle(env, ctx)
         except MindFailed as e:
             # The mind ran out of retries: this step fails, the PI decides what follows.
             step, ref = _STEP_OF.get(env.kind, (env.kind, lambda b: ""))
@@ -223,7 +300,6 @@ class AgentHost:
             bound.error("step failed", step=step, reason=e.reason)
         outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
         # What the mind spent on this message counts against this project (the PI too: it reads its own report).
-        spent = _usage_of(self.mind) - before
         usage = Usage.model_validate(doc.get("usage") or {}) + spent
         if spent != Usage():
             outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient="pi", index=len(outputs)))  # type: ignore[arg-type]
@@ -233,6 +309,7 @@ class AgentHost:
             "state": ctx.state.model_dump(mode="json") if ctx.state is not None else None,
             "outbox": outbox,
             "usage": usage.model_dump(),
+            "mind": choice.model_dump() if choice is not None else None,
         }
         await self.states.write(key, new_doc, revision)
         if FAULT_DELAY_AFTER_STORE:
@@ -307,7 +384,11 @@ class AgentHost:
 
 def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_config: dict[str, Any] | None, executor: Any, job_nats: Any) -> None:
     setup_logging(role=role)
-    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, executor=executor, job_nats=job_nats)
+    try:
+        concurrency = concurrency_for(role)
+    except HostConfigError as e:
+        raise SystemExit(f"lab agent: {e}") from None
+    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, executor=executor, job_nats=job_nats, concurrency=concurrency)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
