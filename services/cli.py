@@ -290,18 +290,21 @@ def run(
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
     nats: Optional[str] = typer.Option(None, "--nats", help="Use the lab on this NATS server instead of a local one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only progress, not every message."),
+    model: Optional[str] = typer.Option(None, "--model", help="The llm mind's model for this project (with --mind llm)."),
 ) -> None:
     """Run one research project end to end and write the paper, reviews, results and the log to --out."""
     from services.project import RunOptions, run_project
 
     _check_choice("mind", mind, ("offline", "llm"))
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    if model is not None and mind != "llm":
+        _fail("--model names the llm mind's model: add --mind llm")
     if nats is not None:
         _check_url(nats)
     opts = RunOptions(
         template=template, direction=direction, seed=seed, out=out, fast=fast, max_ideas=max_ideas, max_runs=max_runs,
         max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
-        executor=executor, nats=nats, quiet=quiet,
+        executor=executor, nats=nats, quiet=quiet, model=model,
     )
     code = run_project(opts, console)
     raise typer.Exit(code)
@@ -344,10 +347,11 @@ def main() -> None:
     from agents.templates import TemplateError
     from services.executors.base import ExecutorError
     from services.lab import LabError
+    from services.project import MindRefused
 
     try:
         app(standalone_mode=True)
-    except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError) as e:
+    except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError, MindRefused) as e:
         err.print(f"lab: error: {e}", markup=False, soft_wrap=True)
         sys.exit(2)
 

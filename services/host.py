@@ -37,6 +37,7 @@ from bus import subjects
 from bus.client import AGENTS_BUCKET, MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import StateConflict
+from bus.ledger import SlotLedger
 from agents.minds.llm.errors import MindFailed
 from bus.messages import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
@@ -130,6 +131,10 @@ class AgentHost:
         self.artifacts = await Artifacts.open(self.bus)
         self.cache = await KVCache.open(self.bus, self.role_name)
         self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+        self.ledger: SlotLedger | None = None
+        if self.role_name == "engineer" and self.executor is not None:
+            gpus = getattr(getattr(self.executor, "settings", None), "gpus", None)
+            self.ledger = SlotLedger(self.states, self.executor.capacity(), counts="gpus" if gpus else "slots")
         subs = [await pull(self.bus, subjects.CONVO_STREAM, f"role-{self.role_name}", subjects.convo_for(self.role_name))]
         if self.role_name == "engineer":
             subs.append(await pull(self.bus, subjects.JOBS_STREAM, "role-engineer-jobs", [subjects.job_statuses()]))
@@ -137,6 +142,7 @@ class AgentHost:
         tasks.append(asyncio.create_task(self._heartbeat()))
         if self.role_name == "engineer" and self.executor is not None:
             tasks.append(asyncio.create_task(self._watch_jobs()))
+            tasks.append(asyncio.create_task(self._wake_waiting()))
         self.ready_file().parent.mkdir(parents=True, exist_ok=True)
         self.ready_file().write_text(str(os.getpid()))
         log.info("agent ready", role=self.role_name, mind=self.mind_kind, pid=os.getpid())
@@ -288,7 +294,7 @@ class AgentHost:
             artifacts=self.artifacts,
             mind=self.mind_for(env.project, choice),
             cache=self.cache,
-            services={"lab_home": self.home, "executor": self.executor, "job_spec": self._job_spec},
+            services={"lab_home": self.home, "executor": self.executor, "job_spec": self._job_spec, "capacity": self.ledger},
         )
         try:
             with metered() as spent:
@@ -352,15 +358,20 @@ class AgentHost:
         while True:
             await asyncio.sleep(every)
             try:
+                active: set[str] = set()
+                queued: dict[str, set[str]] = {}
                 for key in await self.states.keys("engineer."):
                     doc, _ = await self.states.read(key)
                     if not doc or not doc.get("state"):
                         continue
                     project = key.split(".", 1)[1]
                     for job in doc["state"]["jobs"].values():
+                        if job["state"] == "queued":
+                            queued.setdefault(project, set()).add(job["job_id"])
                         if job["state"] not in ("dispatched", "pending", "running"):
                             suspicious.pop(job["job_id"], None)
                             continue
+                        active.add(job["job_id"])
                         phase = await self.executor.poll(job["job_id"])
                         if phase.state == "pending" and phase.reason and job.get("reason") != phase.reason:
                             await self._job_event(project, job, JobStatus(job_id=job["job_id"], experiment_id=job["experiment_id"], state="pending", reason=phase.reason), f"pending-{phase.reason}")
@@ -370,10 +381,33 @@ class AgentHost:
                             if time.monotonic() - first > grace_s:
                                 reason = phase.reason or ("runner exited without reporting" if phase.state != "missing" else "job vanished from the executor")
                                 await self._job_event(project, job, JobStatus(job_id=job["job_id"], experiment_id=job["experiment_id"], state="failed", reason=reason), "executor-failed")
+                if self.ledger is not None:
+                    await self.ledger.reconcile(active, queued)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("job watch failed", error=str(e))
+
+    async def _wake_waiting(self, every: float = 0.5) -> None:
+        """Tell a project waiting for capacity when its turn has come (its own handler takes the slot).
+
+        The wake-up's id derives from the ledger's revision, so replicas watching the same ledger send it once.
+        """
+        from bus.messages import JobStatus
+
+        assert self.ledger is not None
+        while True:
+            await asyncio.sleep(every)
+            try:
+                ledger, revision = await self.ledger.read()
+                for project, waiter in ledger.waiting.items():
+                    if ledger.may_take(project, waiter.units):
+                        job = {"job_id": waiter.job_id, "experiment_id": ""}
+                        await self._job_event(project, job, JobStatus(job_id=waiter.job_id, experiment_id="", state="queued", reason="capacity free"), f"wake-{revision}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("capacity wake-up failed", error=str(e))
 
     async def _job_event(self, project: str, job: dict[str, Any], status: Any, tag: str) -> None:
         from bus.messages import derive_id
