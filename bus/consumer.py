@@ -68,6 +68,11 @@ async def messages(
             continue
         except nats.errors.ConnectionClosedError:
             return
+        except (nats.errors.Error, nats.js.errors.Error):
+            # A cluster moving the consumer's leader answers a pull with 409/503 (or nothing) for a moment;
+            # a loop that died here would leave the role deaf with its heartbeat still beating.
+            await asyncio.sleep(wait)
+            continue
         for msg in batch:
             yield msg
 

@@ -48,15 +48,22 @@ def up(
     mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind", help="offline (default, no network) or llm."),
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor", help="local, docker or kubernetes."),
     sync_always: bool = typer.Option(False, "--sync-always", help="fsync every JetStream write (durability over speed)."),
+    cluster: int = typer.Option(1, "--cluster", min=1, max=7, help="nats-server nodes: 3 runs a JetStream cluster on loopback."),
+    replicas: list[str] = typer.Option([], "--replicas", help="Agent processes per role, ROLE=N or all=N (repeatable)."),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
-    from services.lab import LabOptions, Supervisor, up_detached
+    from services.lab import LabOptions, Supervisor, parse_replicas, up_detached
 
     _check_choice("mind", mind, ("offline", "llm"))
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     if nats is not None:
         _check_url(nats)
-    opts = LabOptions(home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always)
+    if cluster > 1 and nats is not None:
+        _fail("--cluster starts embedded servers; it cannot be combined with --nats")
+    opts = LabOptions(
+        home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
+        cluster=cluster, replicas=parse_replicas(replicas),
+    )
     if detach:
         argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
         info = up_detached(opts, argv)

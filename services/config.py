@@ -52,7 +52,10 @@ def bus_config(user: str, url: str | None = None, name: str | None = None) -> Bu
         password = local.get("credentials", {}).get(user)
     if env_user:
         user = env_user
-    return BusConfig(url=url or "nats://127.0.0.1:4222", user=user if password else None, password=password, name=name or f"lab-{user}")
+    replicas = int(os.environ.get("LAB_NATS_REPLICAS") or (local or {}).get("cluster") or 1)
+    return BusConfig(
+        url=url or "nats://127.0.0.1:4222", user=user if password else None, password=password, name=name or f"lab-{user}", replicas=replicas
+    )
 
 
 def lab_config(home: Path | None = None) -> dict[str, Any]:

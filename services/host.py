@@ -116,12 +116,26 @@ class AgentHost:
         self.concurrency = concurrency
         self.lanes = Lanes(concurrency, self._process_safely)
         self.handled = 0
+        self.failed = False
         self.latencies: list[float] = []  # seconds per handled message, the last 1000 (for `lab status` and bench)
 
     # ------------------------------------------------------------ lifecycle
 
+    @property
+    def instance(self) -> str:
+        """This process's name among its role's replicas (``pi``, ``pi-2``…; set by `lab up`)."""
+        return os.environ.get("LAB_INSTANCE") or self.role_name
+
     def ready_file(self) -> Path:
-        return self.home / "run" / f"{self.role_name}.ready"
+        return self.home / "run" / f"{self.instance}.ready"
+
+    def alive_file(self) -> Path:
+        """Touched after every heartbeat NATS accepted: the Kubernetes liveness probe reads its age."""
+        return self.home / "run" / f"{self.instance}.alive"
+
+    def heartbeat_key(self) -> str:
+        suffix = self.instance.removeprefix(self.role_name).lstrip("-")
+        return f"{self.role_name}.{suffix}" if suffix else self.role_name
 
     async def run(self) -> None:
         self.bus = await Bus.connect(self.config)
@@ -140,6 +154,8 @@ class AgentHost:
             subs.append(await pull(self.bus, subjects.JOBS_STREAM, "role-engineer-jobs", [subjects.job_statuses()]))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
+        for t in tasks[: len(subs)]:
+            t.add_done_callback(self._consumer_ended)
         if self.role_name == "engineer" and self.executor is not None:
             tasks.append(asyncio.create_task(self._watch_jobs()))
             tasks.append(asyncio.create_task(self._wake_waiting()))
@@ -160,6 +176,14 @@ class AgentHost:
             await self.bus.close()
             log.info("agent stopped", role=self.role_name, handled=self.handled)
 
+    def _consumer_ended(self, task: asyncio.Task[None]) -> None:
+        """A fetch loop that ends before we stop leaves the role deaf: stop, so the supervisor (or Kubernetes) restarts us."""
+        if self.stop.is_set() or task.cancelled():
+            return
+        log.error("consumer loop ended; stopping the agent", role=self.role_name, error=repr(task.exception()))
+        self.failed = True
+        self.stop.set()
+
     def heartbeat_doc(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
         return {
@@ -173,7 +197,8 @@ class AgentHost:
         started = time.time()
         while True:
             try:
-                await self.agents_kv.put(self.role_name, json.dumps({**self.heartbeat_doc(), "started": started}).encode())
+                await self.agents_kv.put(self.heartbeat_key(), json.dumps({**self.heartbeat_doc(), "instance": self.instance, "started": started}).encode())
+                self.alive_file().touch()
             except Exception as e:
                 log.warning("heartbeat failed", error=str(e))
             await asyncio.sleep(5)
@@ -431,3 +456,5 @@ def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_confi
         await host.run()
 
     asyncio.run(main())
+    if host.failed:
+        raise SystemExit(1)
