@@ -160,7 +160,12 @@ def status(
                 for j in ((doc or {}).get("state") or {}).get("jobs", {}).values():
                     if j["state"] in ("queued", "dispatched", "pending", "running"):
                         jobs.append({"project": key.split(".", 1)[1], "job": j["job_id"], "experiment": j["experiment_id"], "state": j["state"], "reason": j.get("reason", "")})
-            return {"nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs}
+            from services.team_status import capacity_view, replicas_view
+
+            return {
+                "nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs,
+                "capacity": await capacity_view(states), "instances": await replicas_view(kv),
+            }
         finally:
             await bus.close()
 
@@ -178,6 +183,9 @@ def status(
         alive = a is not None and _t.time() - a["seen"] < 20
         t.add_row(role, "up" if alive else "down", str(a["pid"]) if a else "-", a["mind"] if a else "-", str(a["handled"]) if a else "-")
     console.print(t)
+    from services.team_status import print_team
+
+    print_team(console, data)
     p = Table("project", "template", "stage", "ideas", "runs", "round", "tokens", "cost $", "outcome")
     for s in data["projects"]:
         b = s["budget"]
