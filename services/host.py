@@ -53,6 +53,8 @@ _STEP_OF: dict[str, tuple[str, Any]] = {
 }
 OUTBOX_KEEP = 16
 FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
+# For bench/lab.py: a simulated mind call of this many seconds in every handled message (0: none).
+BENCH_MIND_LATENCY_S = float(os.environ.get("LAB_BENCH_MIND_LATENCY_S", "0") or 0)
 DEFAULT_CONCURRENCY = 8
 MINDS_KEPT = 64  # minds cached per process (one per project and model in use)
 log = structlog.get_logger()
@@ -323,6 +325,8 @@ class AgentHost:
         )
         try:
             with metered() as spent:
+                if BENCH_MIND_LATENCY_S:
+                    await asyncio.sleep(BENCH_MIND_LATENCY_S)
                 await self.role.handle(env, ctx)
         except MindFailed as e:
             # The mind ran out of retries: this step fails, the PI decides what follows.

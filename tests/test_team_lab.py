@@ -99,6 +99,7 @@ def peak_concurrency(infos: list[dict]) -> int:
 
 def test_several_projects_share_one_lab_and_its_capacity(lab_env, tmp_path):
     home, env = lab_env
+    env = {k: v for k, v in env.items() if not k.startswith(("OPENAI_", "LAB_LLM_", "LAB_MIND"))}  # agents without a model
     up(home, env)
     try:
         runs = start_projects(env, tmp_path, 4)
@@ -108,6 +109,13 @@ def test_several_projects_share_one_lab_and_its_capacity(lab_env, tmp_path):
         assert peak_concurrency(infos) == CAPACITY
         status = json.loads(lab(env, "status", "--json").stdout)
         assert status["capacity"]["capacity"] == CAPACITY and status["capacity"]["held"] == {}
+        assert {b["role"] for b in status["instances"] if not b["stale"]} == {"pi", "literature", "engineer", "analyst", "writer", "reviewer"}
+        # An llm mind for one project on this offline lab, whose agents have no key: refused at once, with the reason.
+        r = lab(env, "run", "--template", TEMPLATE, "--mind", "llm", "--model", "gpt-4o-mini", timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "cannot use an llm mind for gpt-4o-mini: no API key" in r.stderr
+        r = lab(env, "run", "--template", TEMPLATE, "--model", "gpt-4o-mini", timeout=60)
+        assert r.returncode == 2 and "--model names the llm mind's model: add --mind llm" in r.stderr
     finally:
         lab(env, "down")
 
