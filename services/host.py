@@ -117,6 +117,7 @@ class AgentHost:
         self.stop = asyncio.Event()
         self.concurrency = concurrency
         self.lanes = Lanes(concurrency, self._process_safely)
+        self.ledger: SlotLedger | None = None  # the engineer's lab-wide capacity, opened in run()
         self.handled = 0
         self.failed = False
         self.latencies: list[float] = []  # seconds per handled message, the last 1000 (for `lab status` and bench)
@@ -147,7 +148,6 @@ class AgentHost:
         self.artifacts = await Artifacts.open(self.bus)
         self.cache = await KVCache.open(self.bus, self.role_name)
         self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
-        self.ledger: SlotLedger | None = None
         if self.role_name == "engineer" and self.executor is not None:
             gpus = getattr(getattr(self.executor, "settings", None), "gpus", None)
             self.ledger = SlotLedger(self.states, self.executor.capacity(), counts="gpus" if gpus else "slots")
