@@ -8,6 +8,7 @@ and ended). Each project takes well under a minute on an unloaded machine.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -132,8 +133,6 @@ def test_cluster_of_three_with_two_replicas_per_role_survives_sigkills(lab_env, 
         victims = [info["server_pids"][1], *(info["agents"][name] for name in rng.sample(sorted(info["agents"]), 3))]
         for pid in victims:
             try:
-                import os
-
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
