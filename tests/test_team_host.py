@@ -138,3 +138,30 @@ def test_concurrency_setting_is_read_per_role_with_one_line_errors():
         concurrency_for("pi", {"LAB_CONCURRENCY_PI": "x"})
     with pytest.raises(HostConfigError, match="at least 1"):
         concurrency_for("pi", {"LAB_CONCURRENCY": "0"})
+
+
+async def test_stop_finishes_the_message_in_hand_and_hands_back_the_queued_ones(admin_bus, nats_server, tmp_path):
+    """SIGTERM's path: the message being handled completes and is acked; those waiting in the lane go back at once."""
+    host, probe, task = await run_host(nats_server, tmp_path, concurrency=1, spend={"s": 1})
+    for n in range(3):
+        note = CoPINote(id=f"n{n}", text="go", to="writer")
+        await admin_bus.publish(Envelope(project="s", sender="copi", recipient="writer", body=CoPINoteMsg(note=note)))
+    t0 = time.monotonic()
+    while host.lanes.in_hand == 0 and time.monotonic() - t0 < 20:
+        await asyncio.sleep(0.02)
+    while host.lanes.held < 2 and time.monotonic() - t0 < 20:  # one in hand, one waiting (it holds at most 2x concurrency)
+        await asyncio.sleep(0.02)
+    host.stop.set()
+    await asyncio.wait_for(task, 30)
+    assert [r[1] for r in probe.runs] == ["n0"]
+    # A successor gets the other two well before the ack wait (10 s) would have brought them back.
+    second, probe2, task2 = await run_host(nats_server, tmp_path / "b", concurrency=1, spend={"s": 1})
+    t1 = time.monotonic()
+    try:
+        while len(probe2.runs) < 2 and time.monotonic() - t1 < 20:
+            await asyncio.sleep(0.05)
+    finally:
+        second.stop.set()
+        await asyncio.wait_for(task2, 30)
+    assert [r[1] for r in probe2.runs] == ["n1", "n2"]
+    assert time.monotonic() - t1 < 1 + 2 * HANDLE_S + 5
