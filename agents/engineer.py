@@ -1,6 +1,7 @@
 """The engineer: turns a planned idea into jobs and jobs into results, never running experiment code itself.
 
-Jobs are dispatched to the executor up to its capacity; their outcomes come
+Jobs are dispatched to the executor up to the lab's capacity, one pool for
+all projects (``bus/ledger``: a slot ledger shared fairly); their outcomes come
 back as ``job_status`` messages from the job runner (or from the host's
 watcher, for failures the runner could not report), so a restarted engineer
 picks up where it was from its state alone. Job ids derive from (project,
@@ -148,11 +149,22 @@ class Engineer(Role):
         ctx.log.info("job planned" + note, job=job.job_id, experiment=job.experiment_id)
 
     async def _dispatch(self, ctx: Context, st: EngineerState) -> None:
+        """Submit queued jobs while the lab's capacity (shared with every other project) lets this one."""
         executor = ctx.services["executor"]
+        ledger = ctx.services.get("capacity")  # the lab-wide slot ledger; absent: this project's own count
         capacity = executor.capacity()
         in_flight = [j for j in st.jobs.values() if j.state in ("dispatched", "pending", "running")]
         for job in [j for j in st.jobs.values() if j.state == "queued"]:
-            if capacity is not None and len(in_flight) >= capacity:
+            if ledger is not None:
+                units = ledger.units_of(job.gpu)
+                if capacity is not None and units > capacity:
+                    job.state, job.reason = "failed", f"needs {units} {ledger.counts}, the lab has {capacity}"
+                    self._maybe_report(ctx, st, job.experiment_id)
+                    continue
+                if not await ledger.acquire(ctx.project, job.job_id, units):
+                    ctx.log.info("job waits for capacity", job=job.job_id)
+                    break
+            elif capacity is not None and len(in_flight) >= capacity:
                 break
             spec = ctx.services["job_spec"](ctx.project, job)
             try:
@@ -160,6 +172,8 @@ class Engineer(Role):
             except Exception as e:  # an executor error fails this run, not the agent
                 job.state, job.reason = "failed", f"dispatch failed: {e}"
                 ctx.log.error("dispatch failed", job=job.job_id, reason=str(e))
+                if ledger is not None:
+                    await ledger.release([job.job_id])
                 self._maybe_report(ctx, st, job.experiment_id)
                 continue
             job.state = "dispatched"
@@ -172,6 +186,11 @@ class Engineer(Role):
         job = st.jobs.get(body.job_id)
         if job is None or job.state in TERMINAL:
             return
+        if body.state == "queued":
+            # The lab's capacity freed up for this project (the host's wake-up): dispatch what waits.
+            if job.state == "queued" and not st.closed:
+                await self._dispatch(ctx, st)
+            return
         if body.state in ("pending", "running"):
             job.state = body.state
             job.reason = body.reason
@@ -179,6 +198,8 @@ class Engineer(Role):
         if body.state not in TERMINAL:
             return
         job.state, job.reason, job.status = body.state, body.reason, body
+        if (ledger := ctx.services.get("capacity")) is not None:
+            await ledger.release([job.job_id])
         ctx.log.info("job finished", job=job.job_id, state=body.state, reason=body.reason, wall_s=round(body.wall_s, 1))
         if body.state == "failed" and job.edits and job.attempt < MAX_ATTEMPTS and not st.closed:
             # The edited code crashed or hung: show the mind the error and let it fix its edit.
@@ -236,6 +257,8 @@ class Engineer(Role):
             if job.state not in TERMINAL:
                 await executor.cancel(job.job_id)
                 job.state, job.reason = "cancelled", "project ended"
+        if (ledger := ctx.services.get("capacity")) is not None:
+            await ledger.forget(ctx.project)
         await executor.cleanup(ctx.project)
 
     @on(CoPINoteMsg)

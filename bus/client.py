@@ -26,6 +26,12 @@ from bus.permissions import inbox_prefix
 
 MAX_ENVELOPE_BYTES = 512 * 1024
 DUPLICATE_WINDOW_S = 15 * 60
+# Retention (limits policy, oldest dropped first): the conversation is the lab's log and is kept
+# whole up to CONVO_MAX_BYTES; job logs for 7 days up to JOBS_MAX_BYTES; dead letters 90 days.
+# nats-server reserves each stream's max_bytes against its max_file_store (the embedded server's is 10G).
+CONVO_MAX_BYTES = 4 << 30
+JOBS_MAX_BYTES = 1 << 30
+DLQ_MAX_BYTES = 256 << 20
 
 STATE_BUCKET = "lab_state"
 AGENTS_BUCKET = "lab_agents"
@@ -39,6 +45,12 @@ class BusConfig:
     user: str | None = None
     password: str | None = None
     name: str = "lab"
+    replicas: int = 1  # copies of each stream/bucket this process creates (the cluster's size)
+
+    @property
+    def servers(self) -> list[str]:
+        """``url`` may list several nodes of a cluster, comma-separated."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
 
 
 class Bus:
@@ -58,11 +70,11 @@ class Bus:
         async def on_error(e: Exception) -> None:
             errors.append(str(e))
 
-        if not config.url.startswith(("nats://", "tls://", "ws://", "wss://")):
-            raise ConnectError(f"bad NATS URL {config.url!r}: expected nats://host:port")
+        if not config.servers or not all(u.startswith(("nats://", "tls://", "ws://", "wss://")) for u in config.servers):
+            raise ConnectError(f"bad NATS URL {config.url!r}: expected nats://host:port (several comma-separated for a cluster)")
         try:
             nc = await asyncio.wait_for(nats.connect(
-                servers=[config.url],
+                servers=config.servers,
                 user=config.user,
                 password=config.password,
                 name=config.name,
@@ -94,8 +106,22 @@ class Bus:
 
     # ------------------------------------------------------------ topology
 
-    async def ensure_topology(self) -> None:
-        """Create streams and buckets if absent; an existing one is left as it is."""
+    async def ensure_topology(self, ready_timeout: float = 30.0) -> None:
+        """Create streams and buckets if absent; an existing one is left as it is.
+
+        Each is created with ``config.replicas`` copies (a cluster's size). A fresh cluster answers
+        "JetStream not ready" until it has elected its meta leader, so creation waits for that.
+        """
+        deadline = asyncio.get_running_loop().time() + ready_timeout
+        while True:
+            try:
+                await self.js.account_info()
+                break
+            except (nats.js.errors.APIError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ConnectError(f"JetStream not ready at {self.config.url} after {ready_timeout:.0f}s: {e}") from None
+                await asyncio.sleep(0.3)
+        r = max(1, self.config.replicas)
         streams = [
             api.StreamConfig(
                 name=subjects.CONVO_STREAM,
@@ -104,6 +130,8 @@ class Bus:
                 retention=api.RetentionPolicy.LIMITS,
                 duplicate_window=DUPLICATE_WINDOW_S,
                 max_msg_size=MAX_ENVELOPE_BYTES * 2,  # larger ones still land, so they can be dead-lettered with a reason
+                max_bytes=CONVO_MAX_BYTES,  # the lab's log: kept whole until this, then the oldest go first
+                num_replicas=r,
             ),
             api.StreamConfig(
                 name=subjects.JOBS_STREAM,
@@ -111,8 +139,13 @@ class Bus:
                 storage=api.StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_S,
                 max_age=7 * 24 * 3600,
+                max_bytes=JOBS_MAX_BYTES,  # experiment logs are the bulk; results live in the object store
+                num_replicas=r,
             ),
-            api.StreamConfig(name=subjects.DLQ_STREAM, subjects=["lab.dlq.>"], storage=api.StorageType.FILE),
+            api.StreamConfig(
+                name=subjects.DLQ_STREAM, subjects=["lab.dlq.>"], storage=api.StorageType.FILE,
+                max_age=90 * 24 * 3600, max_bytes=DLQ_MAX_BYTES, num_replicas=r,
+            ),
         ]
         for cfg in streams:
             try:
@@ -120,18 +153,21 @@ class Bus:
             except nats.js.errors.NotFoundError:
                 try:
                     await self.js.add_stream(cfg)
-                except BadRequestError:
-                    pass  # created concurrently
+                except BadRequestError as e:
+                    try:
+                        await self.js.stream_info(cfg.name)  # created concurrently: fine
+                    except nats.js.errors.NotFoundError:
+                        raise ConnectError(f"cannot create stream {cfg.name}: {e.description}") from None
         for bucket, ttl, history in ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, 30.0, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1)):
             try:
                 await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
                 # Direct gets name the key in the API subject, which lets permissions limit a role to its own keys.
-                await self.js.create_key_value(api.KeyValueConfig(bucket=bucket, history=history, ttl=ttl, direct=True))
+                await self.js.create_key_value(api.KeyValueConfig(bucket=bucket, history=history, ttl=ttl, direct=True, replicas=r))
         try:
             await self.js.object_store(ARTIFACTS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
-            await self.js.create_object_store(ARTIFACTS_BUCKET, config=api.ObjectStoreConfig(storage=api.StorageType.FILE))
+            await self.js.create_object_store(ARTIFACTS_BUCKET, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=r))
 
     # ------------------------------------------------------------ publishing
 

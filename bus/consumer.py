@@ -12,6 +12,7 @@ do not set one. A crashed handler's message comes back after the ack wait.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, AsyncIterator
 
 import nats
@@ -49,15 +50,29 @@ async def pull(bus: Bus, stream: str, durable: str, filters: list[str]) -> Any:
     return await bus.js.pull_subscribe_bind(durable=durable, stream=stream)
 
 
-async def messages(sub: Any, stop: asyncio.Event, wait: float = 1.0) -> AsyncIterator[Any]:
-    """Yield messages one at a time until ``stop`` is set; fetching stops first, so in-flight work can finish."""
+async def messages(
+    sub: Any, stop: asyncio.Event, wait: float = 1.0, room: Callable[[], Awaitable[int]] | None = None
+) -> AsyncIterator[Any]:
+    """Yield messages until ``stop`` is set; fetching stops first, so in-flight work can finish.
+
+    ``room`` says how many more messages the caller can hold (waiting until it can hold one);
+    without it, one message at a time.
+    """
     while not stop.is_set():
+        n = await room() if room is not None else 1
+        if n < 1 or stop.is_set():
+            continue
         try:
-            batch = await sub.fetch(1, timeout=wait)
+            batch = await sub.fetch(n, timeout=wait)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             continue
         except nats.errors.ConnectionClosedError:
             return
+        except (nats.errors.Error, nats.js.errors.Error):
+            # A cluster moving the consumer's leader answers a pull with 409/503 (or nothing) for a moment;
+            # a loop that died here would leave the role deaf with its heartbeat still beating.
+            await asyncio.sleep(wait)
+            continue
         for msg in batch:
             yield msg
 

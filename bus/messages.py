@@ -427,6 +427,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class MindChoice(Model):
+    """The mind a project asked for. It rides on the project's envelopes (and is kept in each role's
+    state for messages that lack it, e.g. job statuses), so every role and every replica thinks
+    with the project's mind, not with whatever its process was started with."""
+
+    kind: Literal["offline", "llm"] = "offline"
+    model: str | None = None  # the llm mind's model; None: the lab's configured one
+
+
 class Envelope(Model):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -436,6 +445,7 @@ class Envelope(Model):
     in_reply_to: str | None = None
     created_at: datetime = Field(default_factory=_now)
     body: Body
+    mind: MindChoice | None = None  # None: the agent's own default
 
     @property
     def kind(self) -> str:
@@ -454,6 +464,7 @@ class Envelope(Model):
             recipient=recipient or self.sender,  # type: ignore[arg-type]
             in_reply_to=self.id,
             body=body,
+            mind=self.mind,
         )
 
 

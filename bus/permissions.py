@@ -111,6 +111,7 @@ def _role(role: str) -> list[str]:
         f"$KV.lab_state.{role}.>",
         *_bucket_reads("KV_lab_state", f"$KV.lab_state.{role}.>"),
         f"$KV.lab_agents.{role}",
+        f"$KV.lab_agents.{role}.*",  # replicas' heartbeats (pi.2, …)
         f"$KV.lab_cache.{role}.>",
         *_bucket_reads("KV_lab_cache", f"$KV.lab_cache.{role}.>"),
         *_artifacts(),

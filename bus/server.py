@@ -54,14 +54,42 @@ def _q(s: str) -> str:
     return json.dumps(s)
 
 
+@dataclass(frozen=True)
+class ClusterSpec:
+    """This node's place in a JetStream cluster: a unique name, its route port, and the routes to every node."""
+
+    server_name: str
+    port: int
+    routes: tuple[str, ...]
+    name: str = "lab"
+
+
 def render_config(
-    *, port: int, store_dir: Path, credentials: dict[str, str] | None, sync_always: bool = False, max_payload: int = 8 << 20
+    *,
+    port: int,
+    store_dir: Path,
+    credentials: dict[str, str] | None,
+    sync_always: bool = False,
+    max_payload: int = 8 << 20,
+    cluster: ClusterSpec | None = None,
 ) -> str:
     """A nats-server config. JSON values are valid in NATS config syntax, so we emit them as JSON."""
     lines = [
         f"host: {_q('127.0.0.1')}",
         f"port: {port}",
         f"max_payload: {max_payload}",
+    ]
+    if cluster is not None:
+        lines += [
+            f"server_name: {_q(cluster.server_name)}",
+            "cluster {",
+            f"  name: {_q(cluster.name)}",
+            f"  host: {_q('127.0.0.1')}",
+            f"  port: {cluster.port}",
+            f"  routes: {json.dumps(list(cluster.routes))}",
+            "}",
+        ]
+    lines += [
         "jetstream {",
         f"  store_dir: {_q(str(store_dir))}",
         "  max_file_store: 10G",
@@ -89,6 +117,7 @@ class EmbeddedServer:
     port: int = 0
     credentials: dict[str, str] | None = None
     sync_always: bool = False
+    cluster: ClusterSpec | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -103,7 +132,9 @@ class EmbeddedServer:
         self.home.mkdir(parents=True, exist_ok=True)
         conf = self.home / "nats.conf"
         conf.write_text(
-            render_config(port=self.port, store_dir=self.home / "jetstream", credentials=self.credentials, sync_always=self.sync_always)
+            render_config(
+                port=self.port, store_dir=self.home / "jetstream", credentials=self.credentials, sync_always=self.sync_always, cluster=self.cluster
+            )
         )
         conf.chmod(0o600)
         log = open(self.home / "nats-server.log", "ab")
@@ -139,6 +170,62 @@ class EmbeddedServer:
             self.proc.wait()
 
     def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class EmbeddedCluster:
+    """``size`` nats-servers on loopback, routed to each other: a JetStream cluster on one machine.
+
+    Each node has its own store (``home/n<i>``), client port and route port, and a unique
+    server name; streams and buckets created with ``replicas = size`` survive the loss of
+    any minority of nodes.
+    """
+
+    home: Path
+    size: int = 3
+    port: int = 0  # the first node's client port; the others take the next ones (0: free ports)
+    credentials: dict[str, str] | None = None
+    sync_always: bool = False
+    nodes: list[EmbeddedServer] = field(default_factory=list, init=False)
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: a client reaches whichever is up."""
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self, timeout: float = 15.0) -> "EmbeddedCluster":
+        if self.size < 1:
+            raise ServerStartError(f"a cluster needs at least one node, not {self.size}")
+        client_ports = [self.port + i if self.port else free_port() for i in range(self.size)]
+        route_ports = [free_port() for _ in range(self.size)]
+        routes = tuple(f"nats://127.0.0.1:{p}" for p in route_ports)
+        self.nodes = [
+            EmbeddedServer(
+                self.home / f"n{i + 1}",
+                port=client_ports[i],
+                credentials=self.credentials,
+                sync_always=self.sync_always,
+                cluster=ClusterSpec(server_name=f"lab-n{i + 1}", port=route_ports[i], routes=routes),
+            )
+            for i in range(self.size)
+        ]
+        try:
+            for node in self.nodes:
+                node.start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def __enter__(self) -> "EmbeddedCluster":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

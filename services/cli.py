@@ -18,6 +18,7 @@ from bus.client import AGENTS_BUCKET, Bus
 from bus.errors import LabBusError
 from bus.messages import ROLES
 from bus.replay import read
+from bus.store import StateStore
 from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab, read_secret
 from services.render import describe
 
@@ -50,16 +51,23 @@ def up(
     web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1."),
     web_port: int = typer.Option(8765, "--web-port", min=0, max=65535, help="Port of the web view with --web (0: a free one)."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
+    cluster: int = typer.Option(1, "--cluster", min=1, max=7, help="nats-server nodes: 3 runs a JetStream cluster on loopback."),
+    replicas: list[str] = typer.Option([], "--replicas", help="Agent processes per role, ROLE=N or all=N (repeatable)."),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
-    from services.lab import LabOptions, Supervisor, up_detached
+    from services.lab import LabOptions, Supervisor, parse_replicas, up_detached
 
     _check_choice("mind", mind, ("offline", "llm"))
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if nats is not None:
         _check_url(nats)
-    opts = LabOptions(home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always)
+    if cluster > 1 and nats is not None:
+        _fail("--cluster starts embedded servers; it cannot be combined with --nats")
+    opts = LabOptions(
+        home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
+        cluster=cluster, replicas=parse_replicas(replicas),
+    )
     if detach:
         argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
         info = up_detached(opts, argv)
@@ -160,7 +168,13 @@ def status(
 
             projects = await _projects(bus)
             jobs = await active_jobs(bus)
-            return {"nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs}
+            states = await StateStore.open(bus)
+            from services.team_status import capacity_view, replicas_view
+
+            return {
+                "nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs,
+                "capacity": await capacity_view(states), "instances": await replicas_view(kv),
+            }
         finally:
             await bus.close()
 
@@ -171,6 +185,9 @@ def status(
     from services.status_view import render
 
     render(data, console, wide=wide)
+    from services.team_status import print_team
+
+    print_team(console, data)
 
 
 def print_entry(entry: Any, as_json: bool) -> None:
@@ -289,6 +306,7 @@ def run(
     nats: Optional[str] = typer.Option(None, "--nats", help="Use the lab on this NATS server instead of a local one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only progress, not every message."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help="The llm mind's model for this project (with --mind llm)."),
 ) -> None:
     """Run one research project end to end and write the paper, reviews, results and the log to --out."""
     from services.project import RunOptions, run_project
@@ -296,12 +314,14 @@ def run(
     _check_choice("mind", mind, ("offline", "llm"))
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
+    if model is not None and mind != "llm":
+        _fail("--model names the llm mind's model: add --mind llm")
     if nats is not None:
         _check_url(nats)
     opts = RunOptions(
         template=template, direction=direction, seed=seed, out=out, fast=fast, max_ideas=max_ideas, max_runs=max_runs,
         max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
-        executor=executor, nats=nats, quiet=quiet,
+        executor=executor, nats=nats, quiet=quiet, model=model,
     )
     code = run_project(opts, console)
     raise typer.Exit(code)
@@ -358,10 +378,11 @@ def main() -> None:
     from agents.templates import TemplateError
     from services.executors.base import ExecutorError
     from services.lab import LabError
+    from services.project import MindRefused
 
     try:
         app(standalone_mode=True)
-    except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError) as e:
+    except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError, MindRefused) as e:
         err.print(f"lab: error: {e}", markup=False, soft_wrap=True)
         sys.exit(2)
 

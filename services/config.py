@@ -93,7 +93,14 @@ def bus_config(user: str, url: str | None = None, name: str | None = None) -> Bu
             password = secret.read_text().strip()
     if env_user:
         user = env_user
-    return BusConfig(url=url or "nats://127.0.0.1:4222", user=user if password else None, password=password, name=name or f"lab-{user}")
+    raw = os.environ.get("LAB_NATS_REPLICAS") or (local or {}).get("cluster") or 1
+    try:
+        replicas = int(raw)
+    except ValueError:
+        raise ConfigError(f"LAB_NATS_REPLICAS={raw!r}: expected the number of NATS nodes (1, 3, 5)") from None
+    return BusConfig(
+        url=url or "nats://127.0.0.1:4222", user=user if password else None, password=password, name=name or f"lab-{user}", replicas=replicas
+    )
 
 
 def lab_config(home: Path | None = None) -> dict[str, Any]:

@@ -5,8 +5,14 @@ role's state for the project, run the handler, store the new state together
 with the outputs (compare-and-set), publish the outputs with derived ids, then
 ack. A crash at any point repeats at most the same outputs, which JetStream's
 duplicate window drops; a message that already has stored outputs is only
-republished. On SIGTERM the host stops fetching, finishes the message in
-hand, and drains.
+republished. On SIGTERM the host stops fetching, finishes the messages in
+hand, returns the ones it had not started, and drains.
+
+Messages of different projects are handled concurrently (up to the role's
+``concurrency``), one project's in order and one at a time (``services/lanes``).
+The mind is the project's (``Envelope.mind``, remembered in the role's state),
+built once per (project, kind, model); what its calls cost is metered per
+message (``agents/minds/meter``), so concurrent projects are charged apart.
 """
 
 from __future__ import annotations
@@ -25,14 +31,17 @@ from pydantic import ValidationError
 
 from agents import role_class
 from agents.base import Context, Rejected, Role, UnhandledKind
-from agents.minds import make_mind
+from agents.minds import llm_unavailable, make_mind
+from agents.minds.meter import metered
 from bus import subjects
 from bus.client import AGENTS_BUCKET, MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.consumer import MAX_DELIVER, keep_alive, messages, pull
+from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import StateConflict
+from bus.ledger import SlotLedger
 from agents.minds.llm.errors import MindFailed
-from bus.messages import Envelope, StepFailed, Usage, UsageReport, decode
+from bus.messages import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
+from services.lanes import Lanes
 from services.logging import setup_logging
 
 _STEP_OF: dict[str, tuple[str, Any]] = {
@@ -44,12 +53,36 @@ _STEP_OF: dict[str, tuple[str, Any]] = {
 }
 OUTBOX_KEEP = 16
 FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
+# For bench/lab.py: a simulated mind call of this many seconds in every handled message (0: none).
+BENCH_MIND_LATENCY_S = float(os.environ.get("LAB_BENCH_MIND_LATENCY_S", "0") or 0)
+DEFAULT_CONCURRENCY = 8
+MINDS_KEPT = 64  # minds cached per process (one per project and model in use)
 log = structlog.get_logger()
 
 
-def _usage_of(mind: Any) -> Usage:
-    usage = getattr(mind, "usage", None)
-    return usage.model_copy() if usage is not None else Usage()
+class HostConfigError(ValueError):
+    """A host setting that cannot work (one line for the user)."""
+
+
+def concurrency_for(role: str, environ: Any = os.environ) -> int:
+    """Projects one agent handles at once: ``LAB_CONCURRENCY_<ROLE>``, else ``LAB_CONCURRENCY``, else 8."""
+    for name in (f"LAB_CONCURRENCY_{role.upper()}", "LAB_CONCURRENCY"):
+        raw = environ.get(name)
+        if raw:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise HostConfigError(f"{name}={raw!r}: expected a whole number of projects") from None
+            if value < 1:
+                raise HostConfigError(f"{name}={raw!r}: must be at least 1")
+            return value
+    return DEFAULT_CONCURRENCY
+
+
+def _project_of(subject: str) -> str:
+    """``lab.convo.<project>.…`` and ``lab.jobs.<project>.…`` both name the project third."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 2 else ""
 
 
 def retry_delay(delivered: int) -> float:
@@ -84,23 +117,44 @@ class AgentHost:
         mind_config: dict[str, Any] | None = None,
         executor: Any = None,
         job_nats: Any = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ):
         self.role_name = role
         self.role: Role = role_class(role)()
         self.config = config
         self.home = home
         self.mind_kind = mind
+        self.mind_config = mind_config
         self.mind = make_mind(mind, role, 0, mind_config)
+        self.minds: dict[tuple[str, str, str | None], Any] = {}
+        self.llm_error = self._probe_llm()
         self.executor = executor
         self.job_nats = job_nats
         self.stop = asyncio.Event()
-        self.lock = asyncio.Lock()
+        self.concurrency = concurrency
+        self.lanes = Lanes(concurrency, self._process_safely)
+        self.ledger: SlotLedger | None = None  # the engineer's lab-wide capacity, opened in run()
         self.handled = 0
+        self.failed = False
+        self.latencies: list[float] = []  # seconds per handled message, the last 1000 (for `lab status` and bench)
 
     # ------------------------------------------------------------ lifecycle
 
+    @property
+    def instance(self) -> str:
+        """This process's name among its role's replicas (``pi``, ``pi-2``…; set by `lab up`)."""
+        return os.environ.get("LAB_INSTANCE") or self.role_name
+
     def ready_file(self) -> Path:
-        return self.home / "run" / f"{self.role_name}.ready"
+        return self.home / "run" / f"{self.instance}.ready"
+
+    def alive_file(self) -> Path:
+        """Touched after every heartbeat NATS accepted: the Kubernetes liveness probe reads its age."""
+        return self.home / "run" / f"{self.instance}.alive"
+
+    def heartbeat_key(self) -> str:
+        suffix = self.instance.removeprefix(self.role_name).lstrip("-")
+        return f"{self.role_name}.{suffix}" if suffix else self.role_name
 
     async def run(self) -> None:
         self.bus = await Bus.connect(self.config)
@@ -110,13 +164,19 @@ class AgentHost:
         self.artifacts = await Artifacts.open(self.bus)
         self.cache = await KVCache.open(self.bus, self.role_name)
         self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+        if self.role_name == "engineer" and self.executor is not None:
+            gpus = getattr(getattr(self.executor, "settings", None), "gpus", None)
+            self.ledger = SlotLedger(self.states, self.executor.capacity(), counts="gpus" if gpus else "slots")
         subs = [await pull(self.bus, subjects.CONVO_STREAM, f"role-{self.role_name}", subjects.convo_for(self.role_name))]
         if self.role_name == "engineer":
             subs.append(await pull(self.bus, subjects.JOBS_STREAM, "role-engineer-jobs", [subjects.job_statuses()]))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
+        for t in tasks[: len(subs)]:
+            t.add_done_callback(self._consumer_ended)
         if self.role_name == "engineer" and self.executor is not None:
             tasks.append(asyncio.create_task(self._watch_jobs()))
+            tasks.append(asyncio.create_task(self._wake_waiting()))
         self.ready_file().parent.mkdir(parents=True, exist_ok=True)
         self.ready_file().write_text(str(os.getpid()))
         log.info("agent ready", role=self.role_name, mind=self.mind_kind, pid=os.getpid())
@@ -124,36 +184,85 @@ class AgentHost:
             await self.stop.wait()
         finally:
             self.ready_file().unlink(missing_ok=True)
-            # Fetch loops see the stop event; the message in hand finishes under the lock.
-            async with self.lock:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            # Fetch loops see the stop event; the messages in hand finish, the queued ones go back.
+            await self.lanes.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.executor is not None:
                 await self.executor.close()
             await self.bus.close()
             log.info("agent stopped", role=self.role_name, handled=self.handled)
 
+    def _consumer_ended(self, task: asyncio.Task[None]) -> None:
+        """A fetch loop that ends before we stop leaves the role deaf: stop, so the supervisor (or Kubernetes) restarts us."""
+        if self.stop.is_set() or task.cancelled():
+            return
+        log.error("consumer loop ended; stopping the agent", role=self.role_name, error=repr(task.exception()))
+        self.failed = True
+        self.stop.set()
+
+    def heartbeat_doc(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "role": self.role_name, "pid": os.getpid(), "host": socket.gethostname(), "mind": self.mind_kind,
+            "llm_error": self.llm_error, "concurrency": self.concurrency, "busy": self.lanes.in_hand, "held": self.lanes.held,
+            "handled": self.handled, "seen": time.time(),
+            "p50_s": lat[len(lat) // 2] if lat else None, "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+        }
+
     async def _heartbeat(self) -> None:
-        info = {"role": self.role_name, "pid": os.getpid(), "host": socket.gethostname(), "mind": self.mind_kind, "started": time.time()}
+        started = time.time()
         while True:
             try:
-                await self.agents_kv.put(self.role_name, json.dumps({**info, "seen": time.time(), "handled": self.handled}).encode())
+                await self.agents_kv.put(self.heartbeat_key(), json.dumps({**self.heartbeat_doc(), "instance": self.instance, "started": started}).encode())
+                self.alive_file().touch()
             except Exception as e:
                 log.warning("heartbeat failed", error=str(e))
             await asyncio.sleep(5)
 
     async def _consume(self, sub: Any) -> None:
-        async for msg in messages(sub, self.stop):
-            async with self.lock:
-                try:
-                    await self.process(msg)
-                except Exception as e:  # e.g. the bus went away while publishing: the stored outbox is resent on redelivery
-                    log.error("processing failed; the message will come back", role=self.role_name, subject=msg.subject, error=f"{type(e).__name__}: {e}")
-                    try:
-                        await msg.nak(delay=retry_delay(1))
-                    except Exception:
-                        pass
+        """Fetch what the lanes have room for and queue each message on its project's lane."""
+        async for msg in messages(sub, self.stop, room=lambda: self.lanes.room(2 * self.concurrency)):
+            self.lanes.submit(_project_of(msg.subject), msg)
+
+    async def _process_safely(self, msg: Any) -> None:
+        started = time.monotonic()
+        try:
+            await self.process(msg)
+        except Exception as e:  # e.g. the bus went away while publishing: the stored outbox is resent on redelivery
+            log.error("processing failed; the message will come back", role=self.role_name, subject=msg.subject, error=f"{type(e).__name__}: {e}")
+            try:
+                await msg.nak(delay=retry_delay(1))
+            except Exception:
+                pass
+        finally:
+            self.latencies = [*self.latencies[-999:], time.monotonic() - started]
+
+    # ------------------------------------------------------------ minds per project
+
+    def _probe_llm(self) -> str | None:
+        """Why this agent could not think with an llm mind (None: it can); `lab run --mind llm` asks first."""
+        try:
+            return llm_unavailable(self.role_name, self.mind_config)
+        except Exception as e:  # e.g. a broken config file: that is the reason too
+            return str(e) or type(e).__name__
+
+    def mind_for(self, project: str, choice: MindChoice | None) -> Any:
+        """The project's mind, built once per (project, kind, model); the agent's own without a choice."""
+        if choice is None or (choice.kind == self.mind_kind and choice.model is None):
+            return self.mind
+        key = (project, choice.kind, choice.model)
+        mind = self.minds.get(key)
+        if mind is None:
+            config = dict(self.mind_config or {})
+            if choice.model:
+                config["model"] = choice.model
+            mind = make_mind(choice.kind, self.role_name, 0, config)
+            if len(self.minds) >= MINDS_KEPT:
+                self.minds.pop(next(iter(self.minds)))  # the oldest; it is rebuilt if its project speaks again
+            self.minds[key] = mind
+        return mind
 
     # ------------------------------------------------------------ one message
 
@@ -175,7 +284,6 @@ class AgentHost:
             await self._reject(msg, mismatch)
             return
         bound = log.bind(role=self.role_name, project=env.project, message_id=env.id, kind=env.kind)
-        beat = asyncio.create_task(keep_alive(msg))
         try:
             outputs = await self._handle(env, bound)
         except StateConflict as e:
@@ -196,8 +304,6 @@ class AgentHost:
                 bound.error("handler failed; will retry", error=reason, delivered=delivered)
                 await msg.nak(delay=retry_delay(delivered))
             return
-        finally:
-            beat.cancel()
         await self.bus.publish_many(outputs)
         await msg.ack()
         self.handled += 1
@@ -219,18 +325,24 @@ class AgentHost:
                 state = state_cls()
             except ValidationError:
                 state = None  # the PI's project state exists only once the project starts
+        # Messages from outside the conversation (job statuses) carry no mind: the project's is in the state.
+        choice = env.mind or (MindChoice.model_validate(doc["mind"]) if doc.get("mind") else None)
+        if choice is not None and env.mind is None:
+            env = env.model_copy(update={"mind": choice})  # so its outputs carry it on
         ctx = Context(
             project=env.project,
             role=self.role_name,  # type: ignore[arg-type]
             state=state,
             artifacts=self.artifacts,
-            mind=self.mind,
+            mind=self.mind_for(env.project, choice),
             cache=self.cache,
-            services={"lab_home": self.home, "executor": self.executor, "job_spec": self._job_spec},
+            services={"lab_home": self.home, "executor": self.executor, "job_spec": self._job_spec, "capacity": self.ledger},
         )
-        before = _usage_of(self.mind)
         try:
-            await self.role.handle(env, ctx)
+            with metered() as spent:
+                if BENCH_MIND_LATENCY_S:
+                    await asyncio.sleep(BENCH_MIND_LATENCY_S)
+                await self.role.handle(env, ctx)
         except MindFailed as e:
             # The mind ran out of retries: this step fails, the PI decides what follows.
             step, ref = _STEP_OF.get(env.kind, (env.kind, lambda b: ""))
@@ -238,7 +350,6 @@ class AgentHost:
             bound.error("step failed", step=step, reason=e.reason)
         outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
         # What the mind spent on this message counts against this project (the PI too: it reads its own report).
-        spent = _usage_of(self.mind) - before
         usage = Usage.model_validate(doc.get("usage") or {}) + spent
         if spent != Usage():
             outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient="pi", index=len(outputs)))  # type: ignore[arg-type]
@@ -248,6 +359,7 @@ class AgentHost:
             "state": ctx.state.model_dump(mode="json") if ctx.state is not None else None,
             "outbox": outbox,
             "usage": usage.model_dump(),
+            "mind": choice.model_dump() if choice is not None else None,
         }
         await self.states.write(key, new_doc, revision)
         if FAULT_DELAY_AFTER_STORE:
@@ -290,15 +402,20 @@ class AgentHost:
         while True:
             await asyncio.sleep(every)
             try:
+                active: set[str] = set()
+                queued: dict[str, set[str]] = {}
                 for key in await self.states.keys("engineer."):
                     doc, _ = await self.states.read(key)
                     if not doc or not doc.get("state"):
                         continue
                     project = key.split(".", 1)[1]
                     for job in doc["state"]["jobs"].values():
+                        if job["state"] == "queued":
+                            queued.setdefault(project, set()).add(job["job_id"])
                         if job["state"] not in ("dispatched", "pending", "running"):
                             suspicious.pop(job["job_id"], None)
                             continue
+                        active.add(job["job_id"])
                         phase = await self.executor.poll(job["job_id"])
                         if phase.state == "pending" and phase.reason and job.get("reason") != phase.reason:
                             await self._job_event(project, job, JobStatus(job_id=job["job_id"], experiment_id=job["experiment_id"], state="pending", reason=phase.reason), f"pending-{phase.reason}")
@@ -308,10 +425,33 @@ class AgentHost:
                             if time.monotonic() - first > grace_s:
                                 reason = phase.reason or ("runner exited without reporting" if phase.state != "missing" else "job vanished from the executor")
                                 await self._job_event(project, job, JobStatus(job_id=job["job_id"], experiment_id=job["experiment_id"], state="failed", reason=reason), "executor-failed")
+                if self.ledger is not None:
+                    await self.ledger.reconcile(active, queued)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("job watch failed", error=str(e))
+
+    async def _wake_waiting(self, every: float = 0.5) -> None:
+        """Tell a project waiting for capacity when its turn has come (its own handler takes the slot).
+
+        The wake-up's id derives from the ledger's revision, so replicas watching the same ledger send it once.
+        """
+        from bus.messages import JobStatus
+
+        assert self.ledger is not None
+        while True:
+            await asyncio.sleep(every)
+            try:
+                ledger, revision = await self.ledger.read()
+                for project, waiter in ledger.waiting.items():
+                    if ledger.may_take(project, waiter.units):
+                        job = {"job_id": waiter.job_id, "experiment_id": ""}
+                        await self._job_event(project, job, JobStatus(job_id=waiter.job_id, experiment_id="", state="queued", reason="capacity free"), f"wake-{revision}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("capacity wake-up failed", error=str(e))
 
     async def _job_event(self, project: str, job: dict[str, Any], status: Any, tag: str) -> None:
         from bus.messages import derive_id
@@ -322,7 +462,11 @@ class AgentHost:
 
 def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_config: dict[str, Any] | None, executor: Any, job_nats: Any) -> None:
     setup_logging(role=role)
-    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, executor=executor, job_nats=job_nats)
+    try:
+        concurrency = concurrency_for(role)
+    except HostConfigError as e:
+        raise SystemExit(f"lab agent: {e}") from None
+    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, executor=executor, job_nats=job_nats, concurrency=concurrency)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -331,3 +475,5 @@ def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_confi
         await host.run()
 
     asyncio.run(main())
+    if host.failed:
+        raise SystemExit(1)

@@ -25,7 +25,7 @@ from bus.client import Bus, BusConfig
 from bus.errors import ServerStartError
 from bus.messages import ROLES
 from bus.permissions import ADMIN, COPI, RUNNER, WEB
-from bus.server import EmbeddedServer, new_credentials
+from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
 from services.config import read_local_lab, secrets_dir, state_file, write_secret
 from services.process import alive
 
@@ -51,12 +51,32 @@ class LabOptions:
     executor: str = "local"
     sync_always: bool = False
     ready_timeout: float = 90.0
+    cluster: int = 1  # nats-server nodes; >1: a JetStream cluster on loopback, streams replicated on every node
+    replicas: dict[str, int] = field(default_factory=dict)  # role -> agent processes (default 1 each)
+
+    def instances(self) -> list[tuple[str, str]]:
+        """(instance name, role) of every agent process: ``pi``, and ``pi-2``… for extra replicas."""
+        return [(role if i == 0 else f"{role}-{i + 1}", role) for role in ROLES for i in range(self.replicas.get(role, 1))]
+
+
+def parse_replicas(specs: list[str]) -> dict[str, int]:
+    """``ROLE=N`` pairs (``all=N`` for every role) from the command line; LabError names a bad one."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        role, sep, n = spec.partition("=")
+        if not sep or not n.isdigit() or int(n) < 1:
+            raise LabError(f"bad --replicas {spec!r}: expected ROLE=N with N at least 1 (e.g. engineer=2, all=2)")
+        if role != "all" and role not in ROLES:
+            raise LabError(f"bad --replicas {spec!r}: unknown role {role!r}; choose one of {', '.join(ROLES)} or all")
+        for r in ROLES if role == "all" else (role,):
+            out[r] = int(n)
+    return out
 
 
 @dataclass
 class Supervisor:
     opts: LabOptions
-    server: EmbeddedServer | None = None
+    server: EmbeddedServer | EmbeddedCluster | None = None
     credentials: dict[str, str] | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
@@ -77,15 +97,18 @@ class Supervisor:
             self.credentials = None
         else:
             self.credentials = new_credentials()
-            self.server = EmbeddedServer(home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always)
+            if self.opts.cluster > 1:
+                self.server = EmbeddedCluster(home / "nats", self.opts.cluster, port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always)
+            else:
+                self.server = EmbeddedServer(home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always)
             self.server.start()
             self.url = self.server.url
         try:
             asyncio.run(self._setup_topology())
             if self.credentials:
                 self._secret(WEB)  # for `lab web` (or `lab up --web`) on this machine, read by bus_config
-            for role in ROLES:
-                self._spawn(role)
+            for name, role in self.opts.instances():
+                self._spawn(name, role)
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -94,7 +117,9 @@ class Supervisor:
             "url": self.url,
             "home": str(home),
             "supervisor_pid": os.getpid(),
-            "server_pid": self.server.proc.pid if self.server and self.server.proc else None,
+            "server_pid": self._server_pids()[0] if self._server_pids() else None,
+            "server_pids": self._server_pids(),
+            "cluster": self.opts.cluster,
             "agents": {r: p.pid for r, p in self.procs.items()},
             # Only the co-PI's own credential, for this user's CLI; the roles' are in secrets/, the admin's nowhere.
             "credentials": {COPI: self.credentials[COPI]} if self.credentials else {},
@@ -107,14 +132,22 @@ class Supervisor:
 
     async def _setup_topology(self) -> None:
         password = self.credentials.get(ADMIN) if self.credentials else None
-        bus = await Bus.connect(BusConfig(url=self.url, user=ADMIN if password else None, password=password, name="lab-setup"), reconnect=False)
+        config = BusConfig(url=self.url, user=ADMIN if password else None, password=password, name="lab-setup", replicas=self.opts.cluster)
+        bus = await Bus.connect(config, reconnect=False)
         try:
             await bus.ensure_topology()
         finally:
             await bus.close()
 
-    def _agent_env(self, role: str) -> dict[str, str]:
-        env = {**os.environ, "LAB_HOME": str(self.opts.home), "LAB_NATS_URL": self.url, "LAB_MIND": self.opts.mind, "LAB_EXECUTOR": self.opts.executor}
+    def _server_pids(self) -> list[int]:
+        nodes = self.server.nodes if isinstance(self.server, EmbeddedCluster) else [self.server] if self.server else []
+        return [n.proc.pid for n in nodes if n.proc is not None]
+
+    def _agent_env(self, role: str, name: str | None = None) -> dict[str, str]:
+        env = {
+            **os.environ, "LAB_HOME": str(self.opts.home), "LAB_NATS_URL": self.url, "LAB_MIND": self.opts.mind, "LAB_EXECUTOR": self.opts.executor,
+            "LAB_NATS_REPLICAS": str(self.opts.cluster), "LAB_INSTANCE": name or role,
+        }
         for var in ("LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_NATS_PASSWORD_FILE", "LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE"):
             env.pop(var, None)
         if self.credentials:
@@ -133,13 +166,14 @@ class Supervisor:
             write_secret(path, self.credentials[user], private_folder=True)
         return path
 
-    def _spawn(self, role: str) -> None:
+    def _spawn(self, name: str, role: str | None = None) -> None:
+        role = role or name.split("-")[0]
         logs = self.opts.home / "logs"
         logs.mkdir(exist_ok=True)
-        with open(logs / f"{role}.log", "ab") as out:
-            self.procs[role] = subprocess.Popen(
+        with open(logs / f"{name}.log", "ab") as out:
+            self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "agent", role],
-                env=self._agent_env(role),
+                env=self._agent_env(role, name),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -149,7 +183,7 @@ class Supervisor:
         deadline = time.monotonic() + self.opts.ready_timeout
         run = self.opts.home / "run"
         while time.monotonic() < deadline:
-            missing = [r for r in ROLES if not (run / f"{r}.ready").is_file()]
+            missing = [n for n, _ in self.opts.instances() if not (run / f"{n}.ready").is_file()]
             dead = [r for r, p in self.procs.items() if p.poll() is not None]
             if dead:
                 log = self.opts.home / "logs" / f"{dead[0]}.log"
@@ -189,18 +223,21 @@ class Supervisor:
                 self._spawn(role)
                 next_try.pop(role)
                 self._record_pids()
-        if self.server and self.server.proc and self.server.proc.poll() is not None:
-            print("lab: nats-server exited; restarting it", file=sys.stderr, flush=True)
-            try:
-                self.server.proc = None
-                self.server.start()
-            except ServerStartError as e:
-                print(f"lab: {e}", file=sys.stderr, flush=True)
+        nodes = self.server.nodes if isinstance(self.server, EmbeddedCluster) else [self.server] if self.server else []
+        for node in nodes:
+            if node.proc and node.proc.poll() is not None:
+                print(f"lab: nats-server {node.home.name} exited; restarting it on its store", file=sys.stderr, flush=True)
+                try:
+                    node.proc = None
+                    node.start()
+                except ServerStartError as e:
+                    print(f"lab: {e}", file=sys.stderr, flush=True)
 
     def _record_pids(self) -> None:
         path = state_file(self.opts.home)
         info = read_local_lab(self.opts.home) or {}
         info["agents"] = {r: p.pid for r, p in self.procs.items()}
+        info["server_pids"] = self._server_pids()
         write_secret(path, json.dumps(info, indent=2))
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -24,7 +24,7 @@ from agents import templates
 from bus import subjects
 from bus.client import Bus
 from bus.errors import ArtifactMissing
-from bus.messages import Budget, Decision, Envelope, StartProject
+from bus.messages import Budget, Decision, Envelope, MindChoice, StartProject
 from bus.replay import read
 from bus.store import Artifacts
 from services.config import bus_config, lab_home
@@ -49,6 +49,37 @@ class RunOptions:
     nats: str | None = None
     quiet: bool = False
     project: str | None = None
+    model: str | None = None  # the llm mind's model for this project (None: the lab's configured one)
+
+
+class MindRefused(RuntimeError):
+    """The lab's agents cannot think with the mind this project asks for; one line saying why."""
+
+
+HEARTBEAT_FRESH_S = 20.0
+
+
+async def llm_refusal(bus: Bus, model: str | None) -> str | None:
+    """Why the running lab cannot give this project an llm mind, from its agents' heartbeats (None: it can).
+
+    Each agent checks at start whether it could build an llm mind (a config that loads, an API key or a
+    local endpoint) and says so in its heartbeat; the agents may run elsewhere (Kubernetes), so their word
+    counts, not this machine's environment.
+    """
+    from bus.client import AGENTS_BUCKET
+    from bus.messages import ROLES
+
+    kv = await bus.js.key_value(AGENTS_BUCKET)
+    for role in ROLES:
+        try:
+            beat = json.loads((await kv.get(role)).value or b"{}")
+        except Exception:
+            continue  # no heartbeat: an agent not up yet takes the choice when it comes
+        if time.time() - beat.get("seen", 0) > HEARTBEAT_FRESH_S:
+            continue
+        if beat.get("llm_error"):
+            return f"the lab's {role} agent cannot use an llm mind{f' for {model}' if model else ''}: {beat['llm_error']}"
+    return None
 
 
 STAGES = ["ideas", "experiments", "analysis", "draft", "review", "decision"]
@@ -93,13 +124,17 @@ async def _run(opts: RunOptions, folder: Path, spec: templates.TemplateSpec, bud
     out = opts.out or Path("lab-out") / project
     bus = await Bus.connect(bus_config("copi", opts.nats, name="lab-run"))
     try:
+        if opts.mind == "llm" and sup is None and (reason := await llm_refusal(bus, opts.model)):
+            raise MindRefused(reason)
         artifacts = await Artifacts.open(bus)
         bundle_name = await artifacts.put(f"{project}/template.tar.gz", templates.bundle(folder))
         start = StartProject(
             template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
             seed=opts.seed, budget=budget, fast=opts.fast, mind=opts.mind,
         )
-        await bus.publish(Envelope(project=project, sender="copi", recipient="pi", body=start))
+        # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
+        choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
+        await bus.publish(Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice))
         console.print(f"project [bold]{project}[/bold] started on template {spec.name!r}; follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
         decision = await _follow(bus, project, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)
         if decision is None:

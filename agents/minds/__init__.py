@@ -17,3 +17,24 @@ def make_mind(kind: str, role: str, seed: int = 0, config: dict[str, Any] | None
         raise UnknownMind(f"unknown mind {kind!r}; choose one of {', '.join(KINDS)}")
     module = importlib.import_module(f"agents.minds.{kind}.{role}")
     return module.make(seed, config or {})
+
+
+def llm_unavailable(role: str, config: dict[str, Any] | None = None, model: str | None = None) -> str | None:
+    """Why ``role`` could not think with an llm mind here (None: it can), without building one.
+
+    Agents report this in their heartbeat, so `lab run --mind llm` against a running lab is
+    refused at once with the reason instead of failing minutes later inside the project.
+    """
+    from agents.minds.llm.config import load_config
+    from agents.minds.llm.errors import MindConfigError
+
+    config = dict(config or {})
+    if config.get("model_client") is not None:  # tests and replays hand over a ready client
+        return None
+    if model:
+        config["model"] = model
+    try:
+        load_config(config).for_role(role).api_key()
+    except MindConfigError as e:
+        return str(e)
+    return None

@@ -41,6 +41,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
+from agents.minds.meter import charge
 from agents.minds.llm.config import MindConfig, ModelSettings, OutputMode
 from agents.minds.llm.errors import InvalidAnswer, MindConfigError, MindFailed
 from bus.messages import Usage
@@ -321,6 +322,7 @@ class MindClient:
         self.usage.prompt_tokens += prompt_tokens
         self.usage.completion_tokens += completion_tokens
         self.usage.cost_usd += self._price.cost(prompt_tokens, completion_tokens)
+        charge(prompt_tokens, completion_tokens, self._price.cost(prompt_tokens, completion_tokens))
 
     def guarded(self, extra: dict[str, Any] | None = None) -> ChatCompletionClient:
         retries = self.config.retries

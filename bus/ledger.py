@@ -1,0 +1,166 @@
+"""One capacity for the whole lab: a slot ledger in the state bucket, shared fairly between projects.
+
+Each engineer handler holds only its own project's state, and several engineer
+processes (replicas) and lanes dispatch at once, so counting jobs in a
+project's state oversubscribes the machine as soon as two projects run. The
+ledger is one KV document (``engineer._capacity``) changed only with
+compare-and-set: every hold names its job, so taking and giving back are
+idempotent (a redelivered handler takes the same slot again, not a second
+one). Units are slots (one per job) on the local executor and GPUs (each
+job's request) where the executor counts GPUs.
+
+Fair share: a project may always take free units while nobody else waits;
+while others wait it may hold at most its share (capacity over the projects
+that hold or wait), so a busy project cannot starve a newcomer. A waiting
+project is recorded with its next job, and the engineer host wakes it when
+its turn comes (``services/host.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from bus.errors import StateConflict
+
+LEDGER_KEY = "engineer._capacity"  # under the engineer's own keys; "_capacity" is not a project id `lab run` makes
+
+
+class Hold(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project: str
+    units: int
+    since: float
+
+
+class Waiter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job_id: str  # the project's next queued job (the wake-up goes to it)
+    units: int
+    since: float
+
+
+class Ledger(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    capacity: int | None = None  # None: unlimited (a queue such as Kueue decides)
+    counts: str = "slots"  # or "gpus"
+    held: dict[str, Hold] = {}  # job id -> hold
+    waiting: dict[str, Waiter] = {}  # project -> its next job
+
+    def used(self) -> int:
+        return sum(h.units for h in self.held.values())
+
+    def held_by(self, project: str) -> int:
+        return sum(h.units for h in self.held.values() if h.project == project)
+
+    def share(self, project: str) -> float:
+        """The project's fair share of the capacity, among the projects that hold or wait."""
+        if self.capacity is None:
+            return math.inf
+        active = {h.project for h in self.held.values()} | set(self.waiting) | {project}
+        return self.capacity / len(active)
+
+    def may_take(self, project: str, units: int) -> bool:
+        if self.capacity is None:
+            return True
+        if self.used() + units > self.capacity:
+            return False
+        if not any(p != project for p in self.waiting):
+            return True  # nobody else waits: free units are anyone's
+        mine = self.held_by(project)
+        # While others wait: up to the fair share; a project holding nothing always gets its turn
+        # (so a job bigger than the share is not starved).
+        return mine == 0 or mine + units <= self.share(project)
+
+
+class SlotLedger:
+    """The ledger document with compare-and-set updates; ``states`` is a ``bus.store.StateStore``."""
+
+    def __init__(self, states: Any, capacity: int | None, counts: str = "slots"):
+        self.states = states
+        self.capacity = capacity
+        self.counts = counts
+
+    def units_of(self, gpu: int) -> int:
+        """What one job takes: one slot, or its GPUs where GPUs are counted (at least one)."""
+        return max(1, gpu) if self.counts == "gpus" else 1
+
+    async def read(self) -> tuple[Ledger, int]:
+        doc, revision = await self.states.read(LEDGER_KEY)
+        ledger = Ledger.model_validate(doc) if doc else Ledger()
+        return ledger.model_copy(update={"capacity": self.capacity, "counts": self.counts}), revision
+
+    async def _update(self, change: Any) -> Any:
+        for attempt in range(200):
+            ledger, revision = await self.read()
+            result = change(ledger)
+            try:
+                await self.states.write(LEDGER_KEY, ledger.model_dump(mode="json"), revision)
+                return result
+            except StateConflict:
+                await asyncio.sleep(0.01 * min(attempt + 1, 20))
+        raise StateConflict(f"{LEDGER_KEY}: too much contention")
+
+    async def acquire(self, project: str, job_id: str, units: int) -> bool:
+        """Take ``units`` for the job (True), or record the project as waiting with it (False)."""
+
+        def change(ledger: Ledger) -> bool:
+            if job_id in ledger.held:
+                return True  # a redelivered handler: the same hold, not a second one
+            if ledger.may_take(project, units):
+                ledger.held[job_id] = Hold(project=project, units=units, since=time.time())
+                ledger.waiting.pop(project, None)
+                return True
+            ledger.waiting[project] = Waiter(job_id=job_id, units=units, since=time.time())
+            return False
+
+        return await self._update(change)
+
+    async def release(self, job_ids: list[str]) -> None:
+        def change(ledger: Ledger) -> None:
+            for j in job_ids:
+                ledger.held.pop(j, None)
+
+        await self._update(change)
+
+    async def done_waiting(self, project: str) -> None:
+        def change(ledger: Ledger) -> None:
+            ledger.waiting.pop(project, None)
+
+        await self._update(change)
+
+    async def forget(self, project: str) -> None:
+        """The project is over: give back everything it held and stop waiting."""
+
+        def change(ledger: Ledger) -> None:
+            ledger.waiting.pop(project, None)
+            for j in [j for j, h in ledger.held.items() if h.project == project]:
+                ledger.held.pop(j)
+
+        await self._update(change)
+
+    async def reconcile(self, active: set[str], queued: dict[str, set[str]], grace_s: float = 30.0) -> None:
+        """Drop holds of jobs no project runs and waiters with nothing queued (left by a handler that died for good).
+
+        ``active``: job ids dispatched/pending/running in any project's state; ``queued``: project -> queued job ids.
+        The grace covers a handler that took a slot and has not stored its state yet.
+        """
+        now = time.time()
+
+        def change(ledger: Ledger) -> None:
+            for j, h in list(ledger.held.items()):
+                if j not in active and now - h.since > grace_s:
+                    ledger.held.pop(j)
+            for p, w in list(ledger.waiting.items()):
+                if w.job_id not in queued.get(p, set()) and now - w.since > grace_s:
+                    ledger.waiting.pop(p)
+
+        ledger, _ = await self.read()
+        stale_holds = any(j not in active and now - h.since > grace_s for j, h in ledger.held.items())
+        stale_waits = any(w.job_id not in queued.get(p, set()) and now - w.since > grace_s for p, w in ledger.waiting.items())
+        if stale_holds or stale_waits:
+            await self._update(change)

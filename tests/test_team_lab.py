@@ -1,0 +1,148 @@
+"""A team's lab: several projects at once on one lab, and the same on a 3-node cluster with two replicas per role under SIGKILLs.
+
+Real `lab up` and `lab run` processes, real nats-server(s), real experiment processes
+(the tiny sleep template in tests/sleep_template, which records when each run started
+and ended). Each project takes well under a minute on an unloaded machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, lab_cmd
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+
+TEMPLATE = str(ROOT / "tests" / "sleep_template")
+CAPACITY = 2
+
+
+def lab(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(lab_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def up(home: Path, env: dict, *extra: str) -> dict:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(f"executor:\n  local:\n    capacity: {CAPACITY}\n")
+    r = lab(env, "up", "--detach", *extra)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return json.loads((home / "lab.json").read_text())
+
+
+def start_projects(env: dict, tmp_path: Path, n: int) -> list[tuple[subprocess.Popen, Path]]:
+    runs = []
+    for i in range(n):
+        out = tmp_path / f"out{i}"
+        log = open(tmp_path / f"run{i}.log", "w")
+        args = lab_cmd("run", "--template", TEMPLATE, "--fast", "--seed", str(i), "--max-ideas", "1", "--max-rounds", "0", "-q", "--out", str(out))
+        runs.append((subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), out))
+    return runs
+
+
+def finish(runs: list[tuple[subprocess.Popen, Path]], tmp_path: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    for i, (proc, _) in enumerate(runs):
+        try:
+            proc.wait(max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        assert proc.returncode == 0, (tmp_path / f"run{i}.log").read_text()[-3000:]
+
+
+def check_projects(home: Path, runs: list[tuple[subprocess.Popen, Path]]) -> list[dict]:
+    """Every project finished on its own messages and jobs; every job ran once; returns every run's final_info."""
+    projects, all_jobs, infos = set(), [], []
+    for _, out in runs:
+        convo = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
+        [project] = {m["project"] for m in convo}  # zero cross-talk: one project in its own log
+        projects.add(project)
+        assert [m["body"]["type"] for m in convo].count("decision") == 1
+        ids = [m["id"] for m in convo]
+        assert len(ids) == len(set(ids)), "a message was published twice"
+        results = [m["body"] for m in convo if m["body"]["type"] == "experiment_result"]
+        experiments = [r["experiment_id"] for r in results]
+        assert len(experiments) == len(set(experiments)) >= 2, "each experiment is answered exactly once"
+        for r in results:
+            for run in r["runs"]:
+                assert run["status"] == "succeeded", run
+                all_jobs.append(run["job_id"])
+                infos.append(run["final_info"])
+        # The results the project collected are its own jobs' only.
+        assert {p.name for p in (out / "results").iterdir()} == {run["job_id"] for r in results for run in r["runs"]}
+    assert len(projects) == len(runs)
+    assert len(all_jobs) == len(set(all_jobs)), "job ids collide across projects"
+    # Each job ran once: one job directory each, one runner start, one experiment process.
+    for job in all_jobs:
+        runner_log = (home / "jobs" / job / "work" / "log.txt").read_text()
+        assert runner_log.count(f"[runner] starting job {job}") == 1
+        recorded = json.loads((home / "jobs" / job / "job.json").read_text())
+        assert recorded["project"] in projects
+    assert len({i["pid"] for i in infos}) == len(infos)
+    return infos
+
+
+def peak_concurrency(infos: list[dict]) -> int:
+    events = sorted([(i["started_at"], 1) for i in infos] + [(i["ended_at"], -1) for i in infos])
+    peak = running = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_several_projects_share_one_lab_and_its_capacity(lab_env, tmp_path):
+    home, env = lab_env
+    env = {k: v for k, v in env.items() if not k.startswith(("OPENAI_", "LAB_LLM_", "LAB_MIND"))}  # agents without a model
+    up(home, env)
+    try:
+        runs = start_projects(env, tmp_path, 4)
+        finish(runs, tmp_path)
+        infos = check_projects(home, runs)
+        # Eight experiments of one second on a two-slot lab: never more than two at once, and the slots were shared.
+        assert peak_concurrency(infos) == CAPACITY
+        status = json.loads(lab(env, "status", "--json").stdout)
+        assert status["capacity"]["capacity"] == CAPACITY and status["capacity"]["held"] == {}
+        assert {b["role"] for b in status["instances"] if not b["stale"]} == {"pi", "literature", "engineer", "analyst", "writer", "reviewer"}
+        # An llm mind for one project on this offline lab, whose agents have no key: refused at once, with the reason.
+        r = lab(env, "run", "--template", TEMPLATE, "--mind", "llm", "--model", "gpt-4o-mini", timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "cannot use an llm mind for gpt-4o-mini: no API key" in r.stderr
+        r = lab(env, "run", "--template", TEMPLATE, "--model", "gpt-4o-mini", timeout=60)
+        assert r.returncode == 2 and "--model names the llm mind's model: add --mind llm" in r.stderr
+    finally:
+        lab(env, "down")
+
+
+def test_cluster_of_three_with_two_replicas_per_role_survives_sigkills(lab_env, tmp_path):
+    """Three nats-servers, two agents per role; a node and random agent replicas are SIGKILLed mid-run."""
+    home, env = lab_env
+    info = up(home, env, "--cluster", "3", "--replicas", "all=2")
+    try:
+        assert len(info["server_pids"]) == 3 and len(info["agents"]) == 12
+        runs = start_projects(env, tmp_path, 3)
+        rng = random.Random(11)
+        time.sleep(8)
+        victims = [info["server_pids"][1], *(info["agents"][name] for name in rng.sample(sorted(info["agents"]), 3))]
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            time.sleep(2)
+        finish(runs, tmp_path)
+        infos = check_projects(home, runs)
+        assert peak_concurrency(infos) <= CAPACITY
+        log = (home / "supervisor.log").read_text()
+        assert "nats-server n2 exited; restarting it" in log
+        status = json.loads(lab(env, "status", "--json").stdout)
+        assert len(status["nats"].split(",")) == 3
+    finally:
+        lab(env, "down")
