@@ -35,6 +35,7 @@ from bus import subjects
 from bus.client import Bus, BusConfig
 from bus.messages import Envelope, FinalInfo, JobEnvironment, JobStatus, derive_id
 from bus.store import Artifacts
+from services import checkpoint
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, JobSpec
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
@@ -80,7 +81,10 @@ def environment(device: str = "cpu") -> JobEnvironment:
         cuda = torch.version.cuda
     except Exception:
         pass
+    # Seeds make CPU runs reproducible; GPU kernels (cuBLAS, cuDNN, atomics) are not, which a reader should know.
+    notes = ["GPU kernels are not deterministic: reruns of a seed on a GPU may differ slightly"] if device == "cuda" else []
     return JobEnvironment(
+        notes=notes,
         hostname=socket.gethostname(),
         platform=platform.platform(),
         python=platform.python_version(),
@@ -102,10 +106,33 @@ def _flag(value: Any) -> str:
 
 
 def command(job: JobSpec, code: Path, out: Path) -> list[str]:
-    cmd = [sys.executable, str(code / "experiment.py"), "--out_dir", str(out), "--seeds", ",".join(map(str, job.seeds))]
+    """The experiment's argv: one process, or ``torchrun`` with one process per GPU when a job asks for several."""
+    if job.gpu > 1:
+        torchrun = Path(sys.executable).with_name("torchrun")
+        head = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+        cmd = [*head, "--standalone", f"--nproc_per_node={job.gpu}", str(code / "experiment.py")]
+    else:
+        cmd = [sys.executable, str(code / "experiment.py")]
+    cmd += ["--out_dir", str(out), "--seeds", ",".join(map(str, job.seeds))]
     for k, v in sorted(job.overrides.items()):
         cmd += [f"--{k}", _flag(v)]
     return cmd
+
+
+def isolate(cmd: list[str], job: JobSpec) -> list[str]:
+    """No network for the experiment (``unshare -n``) where the host allows it.
+
+    torchrun's processes meet on 127.0.0.1, which a new network namespace starts
+    with down: a multi-process job brings its loopback up, or keeps the network
+    when it cannot.
+    """
+    if job.network or not _can_unshare():
+        return cmd
+    if job.gpu > 1:
+        if not shutil.which("ip"):
+            return cmd
+        return ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
+    return ["unshare", "-n", "--", *cmd]
 
 
 def _can_unshare() -> bool:
@@ -139,8 +166,13 @@ class Outcome:
         self.state, self.reason, self.exit_code = state, reason, exit_code
 
 
-async def supervise(cmd: list[str], cwd: Path, job: JobSpec, on_line: Any, env: dict[str, str]) -> Outcome:
-    """Run ``cmd`` as its own process group under the job's wall time and memory limits."""
+async def supervise(
+    cmd: list[str], cwd: Path, job: JobSpec, on_line: Any, env: dict[str, str], term: asyncio.Event | None = None
+) -> Outcome:
+    """Run ``cmd`` as its own process group under the job's wall time and memory limits.
+
+    When ``term`` is set (the runner got SIGTERM) the group gets SIGTERM and a grace period.
+    """
     proc = await asyncio.create_subprocess_exec(
         *cmd, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=env
     )
@@ -169,6 +201,7 @@ async def supervise(cmd: list[str], cwd: Path, job: JobSpec, on_line: Any, env: 
 
     pumping = asyncio.create_task(pump())
     memory = asyncio.create_task(watch_memory())
+    forwarding = asyncio.create_task(checkpoint.forward_term(pgid, term, checkpoint.GRACE_S, on_line)) if term else None
     try:
         await asyncio.wait_for(proc.wait(), timeout=job.wall_time_s)
     except asyncio.TimeoutError:
@@ -177,11 +210,15 @@ async def supervise(cmd: list[str], cwd: Path, job: JobSpec, on_line: Any, env: 
         await proc.wait()
     finally:
         memory.cancel()
+        if forwarding is not None:
+            forwarding.cancel()
         _kill_group(pgid)  # nothing the experiment started outlives it
     try:
         await asyncio.wait_for(pumping, timeout=5)
     except asyncio.TimeoutError:
         pumping.cancel()
+    if term is not None and term.is_set():
+        return Outcome("preempted", "preempted: SIGTERM", proc.returncode)
     if killed:
         return Outcome("failed", killed[0], proc.returncode)
     if proc.returncode != 0:
@@ -212,6 +249,15 @@ class Runner:
         )
         await self.bus.publish_job(subjects.job_status(self.job.project, self.job.job_id), env)
 
+    async def _checkpoints(self, artifacts: Artifacts, env: dict[str, str], on_line: Any) -> checkpoint.CheckpointSync:
+        """Fetch the experiment's last checkpoint and tell the experiment where it is (``LAB_CHECKPOINT_DIR``)."""
+        folder = self.workdir / "checkpoint"
+        got = await checkpoint.restore(artifacts, self.job, folder)
+        if got:
+            await on_line(f"[runner] restored a checkpoint ({got} bytes) from {checkpoint.object_name(self.job)}")
+        env[checkpoint.CHECKPOINT_ENV] = str(folder)
+        return checkpoint.CheckpointSync(artifacts, self.job, folder)
+
     async def run(self) -> int:
         job = self.job
         try:
@@ -238,15 +284,26 @@ class Runner:
             await self.bus.nc.publish(log_subject, json.dumps({"job": job.job_id, "line": line, "t": time.time()}).encode())
 
         await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
-        cmd = command(job, code, out)
-        if not job.network and _can_unshare():
-            cmd = ["unshare", "-n", "--", *cmd]
+        cmd = isolate(command(job, code, out), job)
         env = {k: v for k, v in os.environ.items() if k not in ("LAB_JOB", "LAB_NATS_USER", "LAB_NATS_PASSWORD")}
         env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", "HOME": str(self.workdir)})
+        sync = await self._checkpoints(artifacts, env, on_line) if job.resumable else None
+        term = checkpoint.catch_sigterm(asyncio.get_running_loop())
         await on_line(f"[runner] starting job {job.job_id}: {' '.join(cmd)}")
         started = time.monotonic()
-        outcome = await supervise(cmd, code, job, on_line, env)
+        syncing = asyncio.create_task(sync.run()) if sync else None
+        outcome = await supervise(cmd, code, job, on_line, env, term)
         wall = time.monotonic() - started
+        if sync is not None and syncing is not None:
+            syncing.cancel()
+            await sync.sync()  # what the experiment saved on SIGTERM, or its last periodic checkpoint
+        if outcome.state == "preempted":
+            saved = f"its checkpoint is in {checkpoint.object_name(job)}" if sync and sync.uploads else "no checkpoint was saved"
+            await on_line(f"[runner] preempted after {wall:.0f}s; {saved}; exiting for a retry")
+            log_file.close()
+            await artifacts.put(f"{job.project}/runs/{job.job_id}/log.txt", log_path.read_bytes())
+            await self.bus.close()
+            return EXIT_INFRA  # not the experiment's fault: Kubernetes retries the pod, which resumes
         final_info = None
         if outcome.state == "succeeded":
             try:

@@ -253,7 +253,7 @@ class Checkpoints:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f".{self.path.name}.tmp")  # hidden: the runner's upload skips dotfiles
         torch.save({**state, "fingerprint": self.fingerprint}, tmp)
         os.replace(tmp, self.path)
 
