@@ -100,3 +100,31 @@ async def test_a_preempted_job_resumes_from_its_checkpoint_and_matches_an_uninte
     for metric in ("val_loss", "train_loss"):
         got, want = done.final_info.metrics[metric].values, reference["metrics"][metric]["values"]
         assert got == pytest.approx(want, rel=REL_TOL), metric
+
+
+def test_2d_diffusion_resumes_after_sigterm_exactly(tmp_path):
+    """The second resumable template, at the experiment level: SIGTERM, save, rerun, same numbers."""
+    exp = BUILTIN_DIR / "2d_diffusion" / "experiment.py"
+    knobs = ["--num_train_steps=800", "--num_timesteps=20", "--hidden_size=32", "--num_layers=1", "--embedding_size=8",
+             "--batch_size=32", "--num_samples=100", "--ema_decay=0.99"]
+    ckpt_dir = tmp_path / "ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CHECKPOINT_DIR": str(ckpt_dir), "LAB_CHECKPOINT_EVERY": "50"}
+    cmd = [sys.executable, str(exp), "--seeds", "0,1", *knobs]
+    first = subprocess.Popen([*cmd, "--out_dir", str(tmp_path / "a")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (ckpt_dir / "2d_diffusion.pt").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == 143, out
+    saved_at = int(out.split("SIGTERM: saved a checkpoint at seed 0 step ")[1].split()[0])
+    resumed = subprocess.run([*cmd, "--out_dir", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    plain = subprocess.run([*cmd, "--out_dir", str(tmp_path / "b")], env={**env, "LAB_CHECKPOINT_DIR": ""}, capture_output=True, timeout=300)
+    assert plain.returncode == 0
+    got = json.loads((tmp_path / "a" / "final_info.json").read_text())
+    want = json.loads((tmp_path / "b" / "final_info.json").read_text())
+    assert got["resumed"].startswith(f"resumed at step {saved_at} of seed 0") and "resumed" not in want
+    for metric in ("mmd", "chamfer", "train_loss"):
+        assert got["metrics"][metric]["values"] == pytest.approx(want["metrics"][metric]["values"], rel=REL_TOL), metric
