@@ -136,3 +136,15 @@ def test_job_render_with_the_gpu_profile_asks_for_a_gpu_and_two_gpus_mean_torchr
 def test_job_render_with_an_unknown_profile_is_one_line():
     proc = _render("--template", "char_lm", "--profile", "tpu")
     assert proc.returncode == 2 and proc.stderr.strip() == "error: template char_lm has no profile 'tpu'; known: default, fast, gpu"
+
+
+def test_the_gpu_bench_skips_with_a_clear_message_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: bench/gpu.py would run, not skip")
+    root = Path(__file__).resolve().parent.parent
+    # Run as a file (bench/ first on sys.path, where bench/bus.py lives), as people will.
+    proc = subprocess.run([sys.executable, str(root / "bench" / "gpu.py")], capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("bench/gpu.py: skipped: no CUDA device here")

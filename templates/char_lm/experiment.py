@@ -439,6 +439,9 @@ def main(argv: list[str] | None = None) -> None:
             else "GPU kernels (cuBLAS/cuDNN, atomics in attention backward) are not deterministic: reruns of a seed differ slightly",
             "wall_s": round(time.time() - t0, 2),
         }
+        if dist.device.type == "cuda":
+            final["gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(dist.device) / 2**20, 1)
+            final["gpu_name"] = torch.cuda.get_device_name(dist.device)
         if resumed_at is not None:
             final["resumed_at_step"] = resumed_at["step"]
             final["resumed"] = resumed_at["text"]
