@@ -148,3 +148,24 @@ def test_the_gpu_bench_skips_with_a_clear_message_without_cuda():
     proc = subprocess.run([sys.executable, str(root / "bench" / "gpu.py")], capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("bench/gpu.py: skipped: no CUDA device here")
+
+
+@pytest.mark.parametrize(
+    ("profile", "fast", "gpu", "max_steps"),
+    [("gpu", False, 1, 5000), ("", True, 0, 400), ("fast", False, 0, 400), ("", False, 0, 1000)],
+)
+async def test_the_engineer_plans_a_job_with_its_profile(profile, fast, gpu, max_steps):
+    """A project's profile reaches the job: knobs, GPUs, memory and time; an old `fast: true` still means fast."""
+    from types import SimpleNamespace
+
+    from agents.engineer import Engineer
+    from bus.messages import ExperimentRequest
+
+    _, spec = load("char_lm")
+    req = ExperimentRequest(experiment_id="x00-baseline", seeds=[0, 1, 2], template="char_lm", template_object="p/t.tar.gz",
+                            spec=spec.model_dump(mode="json"), profile=profile, fast=fast)
+    job = await Engineer()._plan(SimpleNamespace(project="p"), req, 1, "")
+    chosen = spec.profile(profile or ("fast" if fast else None))
+    assert job.gpu == gpu and job.memory_mb == chosen.resources.memory_mb and job.wall_time_s == chosen.time_budget_s
+    assert job.overrides.get("max_steps", spec.knobs["max_steps"].default) == max_steps
+    assert job.resumable

@@ -12,6 +12,7 @@ it, so a preempted job does not start over.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -280,7 +281,9 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    ckpt = Checkpoints({"config": {k: getattr(args, k) for k in KNOBS}, "seeds": seeds})
+    # The code is part of the identity: a retry whose code a mind edited must not load this one's state.
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    ckpt = Checkpoints({"config": {k: getattr(args, k) for k in KNOBS}, "seeds": seeds, "code": code})
     saved = ckpt.load()
     results: dict = dict(saved["done"]) if saved else {}
     if saved:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -405,7 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     corpus = Corpus()
     config = {k: getattr(args, k) for k in KNOBS}
-    ckpt = Checkpoints({"config": config, "seeds": seeds, "world": dist.world})
+    # The code is part of the identity: a retry whose code a mind edited must not load this one's state.
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    ckpt = Checkpoints({"config": config, "seeds": seeds, "world": dist.world, "code": code})
     stop = Preemption()
     saved = ckpt.load()
     done: dict[int, dict] = dict(saved["done"]) if saved else {}
