@@ -280,6 +280,15 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    def should_stop(self, requested: bool) -> bool:
+        """True on every rank once any rank got SIGTERM, so all stop at the same step boundary
+        (a rank that stopped alone would leave the others blocked in an all-reduce)."""
+        if self.world == 1:
+            return requested
+        flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def close(self) -> None:
         if self.world > 1:
             torch.distributed.destroy_process_group()
@@ -323,7 +332,7 @@ def run_seed(args: argparse.Namespace, seed: int, corpus: Corpus, dist: Dist, ck
                 "train_time": train_time, "tokens": tokens}
 
     for step in range(start, args.max_steps):
-        if stop.requested:
+        if dist.should_stop(stop.requested):
             if dist.main:
                 ckpt.save(state(step))
                 print(f"SIGTERM: saved a checkpoint at seed {seed} step {step}", flush=True)
