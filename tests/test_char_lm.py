@@ -105,6 +105,13 @@ def test_a_profile_with_an_unknown_knob_is_rejected():
     data["profiles"]["gpu"]["overrides"]["n_layers"] = 6
     with pytest.raises(TemplateError, match=r"profiles.gpu.n_layers: not a declared knob"):
         parse_spec(data)
+    del data["profiles"]["gpu"]["overrides"]["n_layers"]
+    data["fast"] = {"max_steps": 50}  # an old-style fast profile that disagrees with profiles.fast
+    with pytest.raises(TemplateError, match="declare the fast profile once"):
+        parse_spec(data)
+    data["profiles"]["default"] = data["profiles"].pop("fast")
+    with pytest.raises(TemplateError, match="profiles.default: reserved"):
+        parse_spec(data)
 
 
 def _render(*args: str) -> subprocess.CompletedProcess:
