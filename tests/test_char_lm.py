@@ -159,7 +159,7 @@ def test_the_gpu_bench_skips_with_a_clear_message_without_cuda():
 
 @pytest.mark.parametrize(
     ("profile", "fast", "gpu", "max_steps"),
-    [("gpu", False, 1, 5000), ("", True, 0, 400), ("fast", False, 0, 400), ("", False, 0, 1000)],
+    [("gpu", False, 1, 5000), ("", True, 0, 400), ("fast", False, 0, 400), ("", False, 0, 500)],
 )
 async def test_the_engineer_plans_a_job_with_its_profile(profile, fast, gpu, max_steps):
     """A project's profile reaches the job: knobs, GPUs, memory and time; an old `fast: true` still means fast."""

@@ -105,10 +105,10 @@ async def test_a_preempted_job_resumes_from_its_checkpoint_and_matches_an_uninte
 def test_2d_diffusion_resumes_after_sigterm_exactly(tmp_path):
     """The second resumable template, at the experiment level: SIGTERM, save, rerun, same numbers."""
     exp = BUILTIN_DIR / "2d_diffusion" / "experiment.py"
-    knobs = ["--num_train_steps=800", "--num_timesteps=20", "--hidden_size=32", "--num_layers=1", "--embedding_size=8",
+    knobs = ["--num_train_steps=400", "--num_timesteps=20", "--hidden_size=32", "--num_layers=1", "--embedding_size=8",
              "--batch_size=32", "--num_samples=100", "--ema_decay=0.99"]
     ckpt_dir = tmp_path / "ckpt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CHECKPOINT_DIR": str(ckpt_dir), "LAB_CHECKPOINT_EVERY": "50"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAB_CHECKPOINT_DIR": str(ckpt_dir), "LAB_CHECKPOINT_EVERY": "25"}
     cmd = [sys.executable, str(exp), "--seeds", "0,1", *knobs]
     first = subprocess.Popen([*cmd, "--out_dir", str(tmp_path / "a")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
