@@ -53,6 +53,7 @@ class JobRecord(BaseModel):
     cpu: float
     gpu: int
     network: bool
+    resumable: bool = False
     attempt: int = 1
     edits: list[CodeEdit] = []  # code edits this attempt made to the template
     state: Literal["queued", "dispatched", "pending", "running", "succeeded", "failed", "cancelled"] = "queued"
@@ -106,7 +107,8 @@ class Engineer(Role):
         edits: list[CodeEdit] = []
         try:
             spec = parse_spec(body.spec)
-            base = {**(spec.fast if body.fast else {}), **spec.baseline}
+            profile = spec.profile(body.profile or ("fast" if body.fast else None))
+            base = {**profile.overrides, **spec.baseline}
             plan_overrides: dict[str, Any] = {}
             if body.idea is not None:
                 bundle = await ctx.artifacts.get(body.template_object)
@@ -129,11 +131,12 @@ class Engineer(Role):
             seeds=body.seeds,
             bundle_object=bundle_object,
             template=body.template,
-            wall_time_s=spec.time_budget_s,
-            memory_mb=spec.resources.memory_mb,
-            cpu=spec.resources.cpu,
-            gpu=spec.resources.gpu,
+            wall_time_s=profile.time_budget_s,
+            memory_mb=profile.resources.memory_mb,
+            cpu=profile.resources.cpu,
+            gpu=profile.resources.gpu,
             network=spec.network,
+            resumable=spec.resumable,
             attempt=attempt,
             edits=edits,
         )

@@ -65,6 +65,7 @@ class PI(Role):
             seed=body.seed,
             budget=body.budget,
             fast=body.fast,
+            profile=body.profile,
             mind=body.mind,
             started_at=ctx.clock(),
         )
@@ -173,6 +174,7 @@ class PI(Role):
                 template_object=st.template_object,
                 spec=st.spec,
                 fast=st.fast,
+                profile=st.profile,
             ),
             "engineer",
         )

@@ -59,6 +59,7 @@ class ProjectState(Model):
     seed: int
     budget: Budget
     fast: bool
+    profile: str = ""
     mind: str
     started_at: float
     stage: Stage = "ideas"

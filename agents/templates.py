@@ -87,6 +87,33 @@ class Resources(BaseModel):
     memory_mb: int = Field(2048, ge=64)
 
 
+class Profile(BaseModel):
+    """A named way to run a template (``fast`` for smoke runs, ``gpu`` for one GPU, ...).
+
+    Overrides apply on top of the knob defaults (the baseline's own overrides win);
+    resources and time budget, when given, replace the template's, so a Job asks
+    for the GPUs its profile needs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    overrides: dict[str, Any] = {}
+    resources: Resources | None = None
+    time_budget_s: float | None = Field(None, gt=0)
+    description: str = ""
+
+
+class Resolved(BaseModel):
+    """A profile applied to a template: what the engineer plans a job with."""
+
+    name: str
+    overrides: dict[str, Any]
+    resources: Resources
+    time_budget_s: float
+
+
+DEFAULT_PROFILE = "default"
+
+
 class TemplateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -99,7 +126,11 @@ class TemplateSpec(BaseModel):
     seeds: int = Field(3, ge=3, le=50)
     time_budget_s: float = Field(600, gt=0)
     resources: Resources = Resources()
-    fast: dict[str, Any] = {}
+    fast: dict[str, Any] = {}  # shorthand for profiles.fast.overrides (older templates)
+    profiles: dict[str, Profile] = {}
+    # The experiment saves a checkpoint to LAB_CHECKPOINT_DIR (every few steps and on
+    # SIGTERM) and resumes from one, so the runner syncs that folder to the artifact store.
+    resumable: bool = False
     references: str = "references.bib"
     network: bool = False
 
@@ -108,12 +139,37 @@ class TemplateSpec(BaseModel):
         primaries = [m for m, v in self.metrics.items() if v.primary]
         if len(primaries) != 1:
             raise ValueError(f"exactly one metric must have primary: true (found {len(primaries)})")
-        for label, overrides in (("baseline", self.baseline), ("fast", self.fast)):
+        # A dumped spec carries both (they agree); a template.yaml with two different ones is a mistake.
+        if self.fast and "fast" in self.profiles and self.profiles["fast"].overrides != self.fast:
+            raise ValueError("declare the fast profile once: either 'fast' or 'profiles.fast'")
+        if DEFAULT_PROFILE in self.profiles:
+            raise ValueError(f"profiles.{DEFAULT_PROFILE}: reserved for the template's own settings")
+        if self.fast and "fast" not in self.profiles:
+            self.profiles["fast"] = Profile(overrides=self.fast)
+        elif "fast" in self.profiles:
+            self.fast = dict(self.profiles["fast"].overrides)
+        labelled = [("baseline", self.baseline)] + [(f"profiles.{n}", p.overrides) for n, p in self.profiles.items()]
+        for label, overrides in labelled:
             for k, v in overrides.items():
                 if k not in self.knobs:
                     raise ValueError(f"{label}.{k}: not a declared knob")
                 self.knobs[k].validate_value(v)
         return self
+
+    def profile(self, name: str | None = None) -> Resolved:
+        """The named profile applied to this template; None, "" or "default" is the template as declared."""
+        if not name or name == DEFAULT_PROFILE:
+            return Resolved(name=DEFAULT_PROFILE, overrides={}, resources=self.resources, time_budget_s=self.time_budget_s)
+        if name not in self.profiles:
+            known = ", ".join([DEFAULT_PROFILE, *sorted(self.profiles)])
+            raise TemplateError(f"template {self.name} has no profile {name!r}; known: {known}")
+        p = self.profiles[name]
+        return Resolved(
+            name=name,
+            overrides=dict(p.overrides),
+            resources=p.resources or self.resources,
+            time_budget_s=p.time_budget_s or self.time_budget_s,
+        )
 
     @property
     def primary_metric(self) -> str:

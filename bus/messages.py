@@ -233,6 +233,7 @@ class StartProject(Model):
     seed: int = 0
     budget: Budget = Budget()
     fast: bool = False  # apply the template's declared fast profile (smoke runs)
+    profile: str = ""  # a template profile by name (fast, gpu, ...); "" is the template as declared
     mind: str = "offline"
 
 
@@ -276,6 +277,7 @@ class ExperimentRequest(Model):
     template_object: str
     spec: dict[str, Any]
     fast: bool = False
+    profile: str = ""
 
 
 class ExperimentPlanned(Model):

@@ -294,7 +294,8 @@ def run(
     direction: str = typer.Option("", "--direction", help="The research direction, in words."),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Where the paper and results go (default ./lab-out/<project>)."),
-    fast: bool = typer.Option(False, "--fast", help="Use the template's fast profile (smaller runs; smoke tests)."),
+    fast: bool = typer.Option(False, "--fast", help="Use the template's fast profile (smaller runs; smoke tests); --profile fast."),
+    profile: str = typer.Option("", "--profile", help="A profile the template declares (fast, gpu, ...); it sets knobs and resources."),
     max_ideas: int = typer.Option(2, "--max-ideas", min=1),
     max_runs: int = typer.Option(12, "--max-runs", min=1),
     max_rounds: int = typer.Option(1, "--max-rounds", min=0, help="Revision rounds the reviewer may ask for."),
@@ -318,8 +319,10 @@ def run(
         _fail("--model names the llm mind's model: add --mind llm")
     if nats is not None:
         _check_url(nats)
+    if fast and profile not in ("", "fast"):
+        _fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
     opts = RunOptions(
-        template=template, direction=direction, seed=seed, out=out, fast=fast, max_ideas=max_ideas, max_runs=max_runs,
+        template=template, direction=direction, seed=seed, out=out, fast=fast, profile="fast" if fast else profile, max_ideas=max_ideas, max_runs=max_runs,
         max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
         executor=executor, nats=nats, quiet=quiet, model=model,
     )

@@ -45,22 +45,24 @@ def _options(config: Path | None, executor: str | None) -> tuple[str, dict[str, 
     return kind, options
 
 
-def example_job(template: str, nats_url: str) -> JobSpec:
-    """The baseline run of a template, as the engineer would dispatch it (no credential filled in)."""
+def example_job(template: str, nats_url: str, profile: str | None = None) -> JobSpec:
+    """The baseline run of a template under a profile, as the engineer would dispatch it (no credential filled in)."""
     _, spec = load(template)
+    chosen = spec.profile(profile)
     return JobSpec(
         job_id=f"{spec.name}-baseline",
         project="example",
         experiment_id="baseline",
         template=spec.name,
         bundle_object=f"example/bundles/{spec.name}.tar.gz",
-        overrides=spec.baseline,
+        overrides={**chosen.overrides, **spec.baseline},
         seeds=list(range(spec.seeds)),
-        wall_time_s=spec.time_budget_s,
-        memory_mb=spec.resources.memory_mb,
-        cpu=spec.resources.cpu,
-        gpu=spec.resources.gpu,
+        wall_time_s=chosen.time_budget_s,
+        memory_mb=chosen.resources.memory_mb,
+        cpu=chosen.resources.cpu,
+        gpu=chosen.resources.gpu,
         network=spec.network,
+        resumable=spec.resumable,
         nats=NatsAccess(url=nats_url, user="runner"),
     )
 
@@ -76,11 +78,12 @@ def render(
     executor: str | None = typer.Option(None, "--executor", "-e", help="kubernetes or docker (default: the config's, else kubernetes)"),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML: a lab config (executor: {KIND: options}) or bare executor options"),
     nats: str = typer.Option("nats://nats:4222", "--nats", help="the NATS URL job pods use"),
+    profile: str | None = typer.Option(None, "--profile", "-p", help="the template profile (e.g. fast, gpu); its resources size the Job"),
 ) -> None:
     """Print the Job manifest / container spec for the template's baseline run."""
     kind, options = _options(config, executor)
     try:
-        typer.echo(render_job(example_job(template, nats), kind, options), nl=False)
+        typer.echo(render_job(example_job(template, nats, profile), kind, options), nl=False)
     except (TemplateError, ExecutorError) as e:
         _fail(str(e))
 

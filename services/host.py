@@ -391,6 +391,7 @@ class AgentHost:
             cpu=job.cpu,
             gpu=job.gpu,
             network=job.network,
+            resumable=job.resumable,
             nats=self.job_nats,
         )
 

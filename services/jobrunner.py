@@ -39,7 +39,7 @@ from bus import subjects
 from bus.client import Bus, BusConfig
 from bus.messages import Envelope, FinalInfo, JobEnvironment, JobStatus, derive_id
 from bus.store import Artifacts
-from services import proctree, sandbox
+from services import checkpoint, proctree, sandbox
 from services.config import read_secret
 from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, JobSpec
 
@@ -87,7 +87,10 @@ def environment(device: str = "cpu") -> JobEnvironment:
         cuda = torch.version.cuda
     except Exception:
         pass
+    # Seeds make CPU runs reproducible; GPU kernels (cuBLAS, cuDNN, atomics) are not, which a reader should know.
+    notes = ["GPU kernels are not deterministic: reruns of a seed on a GPU may differ slightly"] if device == "cuda" else []
     return JobEnvironment(
+        notes=notes,
         hostname=socket.gethostname(),
         platform=platform.platform(),
         python=platform.python_version(),
@@ -109,7 +112,14 @@ def _flag(value: Any) -> str:
 
 
 def command(job: JobSpec, code: Path, out: Path) -> list[str]:
-    cmd = [sys.executable, str(code / "experiment.py"), "--out_dir", str(out), "--seeds", ",".join(map(str, job.seeds))]
+    """The experiment's argv: one process, or ``torchrun`` with one process per GPU when a job asks for several."""
+    if job.gpu > 1:
+        torchrun = Path(sys.executable).with_name("torchrun")
+        head = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+        cmd = [*head, "--standalone", f"--nproc_per_node={job.gpu}", str(code / "experiment.py")]
+    else:
+        cmd = [sys.executable, str(code / "experiment.py")]
+    cmd += ["--out_dir", str(out), "--seeds", ",".join(map(str, job.seeds))]
     for k, v in sorted(job.overrides.items()):
         cmd += [f"--{k}", _flag(v)]
     return cmd
@@ -123,13 +133,15 @@ class Launch(NamedTuple):
     preexec: Callable[[], None] | None
 
 
-def confine(argv: list[str], job: JobSpec, workdir: Path, readonly: list[Path], writable: list[Path]) -> Launch:
+def confine(
+    argv: list[str], job: JobSpec, workdir: Path, readonly: list[Path], writable: list[Path], extra_env: dict[str, str] | None = None
+) -> Launch:
     """Wrap an experiment's argv (from :func:`command`) in the sandbox and the kernel limits.
 
     The argv is built elsewhere and only wrapped here, so a different launcher
     (e.g. torchrun) changes :func:`command`, not this.
     """
-    env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg"}
+    env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", **(extra_env or {})}
     limits = sandbox.Limits(
         # Address space, not resident memory: a backstop well above the limit (threads reserve far more than they
         # touch); the exact limit is the runner's watch over the summed resident memory of the whole tree.
@@ -145,6 +157,7 @@ def confine(argv: list[str], job: JobSpec, workdir: Path, readonly: list[Path], 
         env.update({"HOME": str(tmp), "TMPDIR": str(tmp), "MPLCONFIGDIR": str(tmp / ".mpl")})
         return Launch(argv, sandbox.sandbox_env(env), sandbox.preexec(limits))
     binds = [sandbox.Bind(source=p, name=p.name) for p in readonly] + [sandbox.Bind(source=p, name=p.name, writable=True) for p in writable]
+    env = {k: sandbox.translate([v], binds)[0] for k, v in env.items()}  # host paths (a checkpoint dir) as seen inside
     policy = sandbox.Policy(
         binds=binds, tmp_mb=max(64, job.memory_mb // 4), cwd=readonly[0].name if readonly else "", network=job.network,
         devices=sandbox.gpu_devices() if job.gpu else [], env=env,
@@ -158,8 +171,11 @@ class Outcome:
         self.state, self.reason, self.exit_code = state, reason, exit_code
 
 
-async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any) -> Outcome:
-    """Run ``launch`` under the job's wall time, memory and process limits; nothing it started outlives it."""
+async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term: asyncio.Event | None = None) -> Outcome:
+    """Run ``launch`` under the job's wall time, memory and process limits; nothing it started outlives it.
+
+    When ``term`` is set (the runner got SIGTERM) the experiment gets SIGTERM and a grace period to checkpoint.
+    """
     proc = await asyncio.create_subprocess_exec(
         *launch.argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         env=launch.env, preexec_fn=launch.preexec,
@@ -192,6 +208,7 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any) -> Ou
 
     pumping = asyncio.create_task(pump())
     watching = asyncio.create_task(watch())
+    forwarding = asyncio.create_task(checkpoint.forward_term(me, term, checkpoint.GRACE_S, on_line)) if term else None
     try:
         await asyncio.wait_for(proc.wait(), timeout=job.wall_time_s)
     except asyncio.TimeoutError:
@@ -200,11 +217,15 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any) -> Ou
         await proc.wait()
     finally:
         watching.cancel()
+        if forwarding is not None:
+            forwarding.cancel()
         proctree.kill_descendants(me)  # nothing the experiment started outlives it, nor holds its stdout open
     try:
         await asyncio.wait_for(pumping, timeout=5)
     except asyncio.TimeoutError:
         pumping.cancel()
+    if term is not None and term.is_set():
+        return Outcome("preempted", "preempted: SIGTERM", proc.returncode)
     if killed:
         return Outcome("failed", killed[0], proc.returncode)
     if proc.returncode != 0:
@@ -227,6 +248,16 @@ class Runner:
             body=status,
         )
         await self.bus.publish_job(subjects.job_status(self.job.project, self.job.job_id), env)
+
+    async def _checkpoints(self, artifacts: Artifacts, env: dict[str, str], on_line: Any) -> checkpoint.CheckpointSync:
+        """Fetch the experiment's last checkpoint and tell the experiment where it is (``LAB_CHECKPOINT_DIR``)."""
+        folder = self.workdir / "checkpoint"
+        folder.mkdir(parents=True, exist_ok=True)  # bound writable into the sandbox, so it must exist
+        got = await checkpoint.restore(artifacts, self.job, folder)
+        if got:
+            await on_line(f"[runner] restored a checkpoint ({got} bytes) from {checkpoint.object_name(self.job)}")
+        env[checkpoint.CHECKPOINT_ENV] = str(folder)
+        return checkpoint.CheckpointSync(artifacts, self.job, folder)
 
     async def run(self) -> int:
         job = self.job
@@ -256,16 +287,33 @@ class Runner:
 
         await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
         cmd = command(job, code, out)
-        launch = confine(cmd, job, self.workdir, readonly=[code], writable=[out])
+        extra_env: dict[str, str] = {}
+        if os.environ.get("LAB_CHECKPOINT_EVERY"):
+            extra_env["LAB_CHECKPOINT_EVERY"] = os.environ["LAB_CHECKPOINT_EVERY"]
+        sync = await self._checkpoints(artifacts, extra_env, on_line) if job.resumable else None
+        writable = [out] + ([sync.folder] if sync else [])
+        launch = confine(cmd, job, self.workdir, readonly=[code], writable=writable, extra_env=extra_env)
+        term = checkpoint.catch_sigterm(asyncio.get_running_loop())
         where = "in the sandbox" if launch.argv is not cmd else "UNCONFINED (no sandbox tool on this machine)"
         await on_line(f"[runner] starting job {job.job_id} {where}: {' '.join(cmd)}")
         started = time.monotonic()
+        syncing = asyncio.create_task(sync.run()) if sync else None
         try:
-            outcome = await supervise(launch, code, job, on_line)
-        except BaseException as e:  # cancelled (SIGTERM: the Job was deleted) or the runner broke: keep the log
+            outcome = await supervise(launch, code, job, on_line, term)
+        except BaseException as e:  # cancelled or the runner broke: keep the log
             await _save_log(artifacts, f"{job.project}/runs/{job.job_id}/log.txt", log_file, log_path, e)
             raise
         wall = time.monotonic() - started
+        if sync is not None and syncing is not None:
+            syncing.cancel()
+            await sync.sync()  # what the experiment saved on SIGTERM, or its last periodic checkpoint
+        if outcome.state == "preempted":
+            saved = f"its checkpoint is in {checkpoint.object_name(job)}" if sync and sync.uploads else "no checkpoint was saved"
+            await on_line(f"[runner] preempted after {wall:.0f}s; {saved}; exiting for a retry")
+            log_file.close()
+            await artifacts.put(f"{job.project}/runs/{job.job_id}/log.txt", log_path.read_bytes())
+            await self.bus.close()
+            return EXIT_INFRA  # not the experiment's fault: Kubernetes retries the pod, which resumes
         final_info = None
         if outcome.state == "succeeded":
             try:

@@ -69,3 +69,22 @@ def kill_descendants(root: int) -> int:
         time.sleep(0.01)  # let the kernel turn them into zombies before the next look
     return killed
 
+
+
+def signal_tree(root: int, sig: int, skip: tuple[str, ...] = ("bwrap",)) -> int:
+    """Send ``sig`` to every descendant of ``root`` except the sandbox's own processes.
+
+    bubblewrap dies on SIGTERM and, with ``--die-with-parent``, takes the whole
+    sandbox with it at once; a polite SIGTERM (time to checkpoint) must reach the
+    experiment's processes, not the sandbox around them.
+    """
+    sent = 0
+    for pid in descendants(root):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() in skip:
+                continue
+            os.kill(pid, sig)
+            sent += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return sent

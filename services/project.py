@@ -38,6 +38,7 @@ class RunOptions:
     seed: int = 0
     out: Path | None = None
     fast: bool = False
+    profile: str = ""  # a template profile; --fast is --profile fast
     max_ideas: int = 2
     max_runs: int = 12
     max_rounds: int = 1
@@ -102,6 +103,7 @@ def run_project(opts: RunOptions, console: Console) -> int:
     from services.lab import LabOptions, Supervisor, running_lab
 
     folder, spec = templates.load(opts.template)
+    spec.profile(opts.profile)  # an unknown profile is one readable line, before a lab starts
     budget = Budget(
         max_ideas=opts.max_ideas, max_runs=opts.max_runs, max_revision_rounds=opts.max_rounds,
         wall_time_s=opts.wall_time, max_tokens=opts.max_tokens, max_cost_usd=opts.max_cost,
@@ -130,7 +132,7 @@ async def _run(opts: RunOptions, folder: Path, spec: templates.TemplateSpec, bud
         bundle_name = await artifacts.put(f"{project}/template.tar.gz", templates.bundle(folder))
         start = StartProject(
             template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
-            seed=opts.seed, budget=budget, fast=opts.fast, mind=opts.mind,
+            seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
         )
         # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
         choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]

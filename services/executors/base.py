@@ -42,6 +42,7 @@ class JobSpec(BaseModel):
     cpu: float = Field(1, gt=0)
     gpu: int = Field(0, ge=0)
     network: bool = False
+    resumable: bool = False  # the template checkpoints: the runner syncs LAB_CHECKPOINT_DIR to the artifact store
     nats: NatsAccess
 
     def env(self) -> dict[str, str]:

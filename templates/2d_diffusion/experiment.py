@@ -2,14 +2,22 @@
 
 Runs standalone in a bare folder (the lab's job runner calls it), so it imports
 only torch, numpy, scikit-learn and the standard library.
+
+Resumable: with ``LAB_CHECKPOINT_DIR`` set, the training state (model, EMA,
+optimizer, RNG) is saved there every ``LAB_CHECKPOINT_EVERY`` steps and on
+SIGTERM, and a later run with the same configuration and seeds continues from
+it, so a preempted job does not start over.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -20,6 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 DATASETS = ("moons", "circles", "spiral", "line")
+CHECKPOINT_NAME = "2d_diffusion.pt"
+EXIT_PREEMPTED = 143  # 128 + SIGTERM
 SCHEDULES = ("linear", "cosine", "quadratic")
 PREDICTIONS = ("eps", "x0")
 
@@ -127,6 +137,38 @@ def chamfer(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(0.5 * (d.min(1).values.mean() + d.min(0).values.mean()))
 
 
+class Checkpoints:
+    """One file in LAB_CHECKPOINT_DIR, replaced atomically; SIGTERM asks the loop to save and stop."""
+
+    def __init__(self, fingerprint: dict) -> None:
+        where = os.environ.get("LAB_CHECKPOINT_DIR")
+        self.path = Path(where) / CHECKPOINT_NAME if where else None
+        self.every = int(os.environ.get("LAB_CHECKPOINT_EVERY", "500"))
+        self.fingerprint = fingerprint
+        self.stop = False
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stop = True
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"checkpoint {self.path} is for another configuration; starting from scratch", flush=True)
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")  # hidden: the runner's upload skips dotfiles
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -154,7 +196,8 @@ def sample(model: nn.Module, n: int, betas: torch.Tensor, prediction: str, gen: 
     return x
 
 
-def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
+def run_seed(args: argparse.Namespace, seed: int, device: torch.device, ckpt: Checkpoints | None = None,
+             done: dict | None = None, resume: dict | None = None) -> dict:
     seed_everything(seed)
     train = torch.from_numpy(make_points(args.dataset, 8000, seed)).to(device)
     # Held-out points come from an independent draw of the same generator.
@@ -167,8 +210,25 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     curve: dict[str, list[float]] = {"step": [], "loss": []}
-    running, tail = 0.0, []
-    for step in range(1, args.num_train_steps + 1):
+    running, tail, start = 0.0, [], 1
+    if resume is not None:
+        for obj, key in ((model, "model"), (ema, "ema"), (opt, "opt"), (sched, "sched")):
+            obj.load_state_dict(resume[key])
+        running, tail, curve, start = resume["running"], resume["tail"], resume["curve"], resume["step"]
+        torch.set_rng_state(resume["rng"])  # the batches and noise continue exactly where they stopped
+
+    def state(step: int) -> dict:
+        return {"done": done or {}, "seed": seed, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": torch.get_rng_state(),
+                "running": running, "tail": tail, "curve": curve}
+
+    for step in range(start, args.num_train_steps + 1):
+        if ckpt is not None and ckpt.stop:
+            ckpt.save(state(step))
+            print(f"SIGTERM: saved a checkpoint at seed {seed} step {step}", flush=True)
+            raise SystemExit(EXIT_PREEMPTED)
+        if ckpt is not None and step > start and step % ckpt.every == 0:
+            ckpt.save(state(step))
         x0 = train[torch.randint(0, len(train), (args.batch_size,), device=device)]
         t = torch.randint(0, args.num_timesteps, (args.batch_size,), device=device)
         eps = torch.randn_like(x0)
@@ -221,7 +281,20 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    results = {seed: run_seed(args, seed, device) for seed in seeds}
+    # The code is part of the identity: a retry whose code a mind edited must not load this one's state.
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    ckpt = Checkpoints({"config": {k: getattr(args, k) for k in KNOBS}, "seeds": seeds, "code": code})
+    saved = ckpt.load()
+    results: dict = dict(saved["done"]) if saved else {}
+    if saved:
+        where = f"seed {saved['seed']}" if saved["seed"] is not None else "the next seed"
+        resumed = f"resumed at step {saved['step']} of {where} ({len(results)} seeds already done)"
+        print(resumed, flush=True)
+    for seed in seeds:
+        if seed not in results:
+            resume = saved if saved and saved["seed"] == seed else None
+            results[seed] = run_seed(args, seed, device, ckpt, results, resume)
+            ckpt.save({"done": results, "seed": None, "step": 0})  # a preemption between seeds redoes none
     names = list(results[seeds[0]]["metrics"])
     final = {
         "metrics": {m: summarize([results[s]["metrics"][m] for s in seeds]) for m in names},
@@ -230,6 +303,9 @@ def main() -> None:
         "device": device.type,
         "wall_s": round(time.time() - t0, 2),
     }
+    if saved:
+        final["resumed_at_step"] = saved["step"]
+        final["resumed"] = resumed
     curves = {str(s): {"curve": r["curve"], "samples": r["samples"], "real": r["real"]} for s, r in results.items()}
     (out / "curves.json").write_text(json.dumps(curves))
     (out / "final_info.json").write_text(json.dumps(final, indent=2))
