@@ -26,11 +26,22 @@ from bus.messages import ROLES
 from bus.permissions import ADMIN, RUNNER
 from bus.server import EmbeddedServer, new_credentials
 from services.config import read_local_lab, state_file
+from services.lifecycle import StoreFull, Terminated, check_disk, forget_pids, reap_stale, record_pids, stop_on_signals, supervisor_alive
 from services.process import alive
+
+__all__ = ["LabError", "LabOptions", "Supervisor", "Terminated", "down", "refuse_if_full", "running_lab", "stop_on_signals", "up_detached"]
 
 
 class LabError(RuntimeError):
     """The lab could not start or stop; one line for the user."""
+
+
+def refuse_if_full(home: Path) -> None:
+    """LabError, with the numbers, when the disk under ``home`` has no room for a lab."""
+    try:
+        check_disk(home)
+    except StoreFull as e:
+        raise LabError(str(e)) from None
 
 
 def running_lab(home: Path) -> dict[str, Any] | None:
@@ -67,7 +78,12 @@ class Supervisor:
         home = self.opts.home
         if running_lab(home):
             raise LabError(f"a lab is already running for {home} (stop it with `lab down`)")
+        if pid := supervisor_alive(home):
+            raise LabError(f"a lab is starting for {home} (supervisor pid {pid}); wait for it or stop it")
         home.mkdir(parents=True, exist_ok=True)
+        refuse_if_full(home)
+        for pid in reap_stale(home):  # what a SIGKILLed lab left behind must not hold the store
+            print(f"lab: stopped process {pid} left running by a lab that was killed", file=sys.stderr, flush=True)
         (home / "run").mkdir(exist_ok=True)
         for f in (home / "run").glob("*.ready"):
             f.unlink()
@@ -80,6 +96,7 @@ class Supervisor:
             self.server.start()
             self.url = self.server.url
         try:
+            self._write_pids()
             asyncio.run(self._setup_topology())
             for role in ROLES:
                 self._spawn(role)
@@ -123,6 +140,10 @@ class Supervisor:
                 env["LAB_RUNNER_PASSWORD"] = self.credentials[RUNNER]
         return env
 
+    def _write_pids(self) -> None:
+        server = self.server.proc.pid if self.server and self.server.proc else None
+        record_pids(self.opts.home, server, {r: p.pid for r, p in self.procs.items()})
+
     def _spawn(self, role: str) -> None:
         logs = self.opts.home / "logs"
         logs.mkdir(exist_ok=True)
@@ -134,6 +155,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+        self._write_pids()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout
@@ -184,6 +206,7 @@ class Supervisor:
             try:
                 self.server.proc = None
                 self.server.start()
+                self._write_pids()
             except ServerStartError as e:
                 print(f"lab: {e}", file=sys.stderr, flush=True)
 
@@ -206,6 +229,7 @@ class Supervisor:
                 proc.wait()
         if self.server:
             self.server.stop()
+        forget_pids(self.opts.home)
         path = state_file(self.opts.home)
         info = read_local_lab(self.opts.home)
         if info and info.get("supervisor_pid") == os.getpid():
@@ -217,6 +241,7 @@ def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
     if running_lab(opts.home):
         raise LabError(f"a lab is already running for {opts.home} (stop it with `lab down`)")
     opts.home.mkdir(parents=True, exist_ok=True)
+    refuse_if_full(opts.home)
     state_file(opts.home).unlink(missing_ok=True)
     log = open(opts.home / "supervisor.log", "ab")
     proc = subprocess.Popen(
@@ -235,7 +260,10 @@ def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
             return info
         if proc.poll() is not None:
             tail = (opts.home / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:]
-            raise LabError(tail[0].removeprefix("lab: error: ") if tail else "the lab exited at start")
+            if tail:
+                raise LabError(tail[0].removeprefix("lab: error: "))
+            refuse_if_full(opts.home)  # a full disk cannot even take the supervisor's log
+            raise LabError(f"the lab exited at start (code {proc.returncode}) and wrote nothing to {opts.home / 'supervisor.log'}")
         time.sleep(0.1)
     proc.terminate()
     raise LabError("the lab did not become ready in time (see supervisor.log in LAB_HOME)")
