@@ -31,7 +31,7 @@ def describe_os_error(error: BaseException, home: Path) -> str:
     name = error.filename
     where = f" ({name})" if name else ""
     what = error.strerror or str(error)
-    if error.errno in NOT_WRITABLE and (name is None or _under(Path(name), home)):
+    if error.errno in NOT_WRITABLE and (name is None or _under(Path(name), home) or _under(home, Path(name))):
         return f"LAB_HOME {home} is not writable: {what}{where}; point LAB_HOME at a writable folder"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         target = Path(name) if name else home

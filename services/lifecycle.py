@@ -11,6 +11,7 @@ met halfway through a start that then cannot even write its own log.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -73,10 +74,13 @@ def _mib(n: float) -> str:
 
 
 def check_disk(home: Path, min_free_mb: float = MIN_FREE_MB) -> None:
-    """StoreFull when the file system holding ``home`` has less than ``min_free_mb`` free."""
+    """StoreFull when the file system holding ``home`` has less than ``min_free_mb`` free; OSError when it is not writable."""
     where = home
     while not where.exists() and where != where.parent:
         where = where.parent
+    if not os.access(where, os.W_OK):  # root too: access() reports a read-only mount
+        code = errno.EROFS if os.statvfs(where).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), str(where))
     usage = shutil.disk_usage(where)
     if usage.free < min_free_mb * (1 << 20):
         raise StoreFull(
