@@ -55,7 +55,8 @@ def _q(s: str) -> str:
 
 
 def render_config(
-    *, port: int, store_dir: Path, credentials: dict[str, str] | None, sync_always: bool = False, max_payload: int = 8 << 20
+    *, port: int, store_dir: Path, credentials: dict[str, str] | None, sync_always: bool = False, max_payload: int = 8 << 20,
+    max_store_bytes: int = 10 << 30,
 ) -> str:
     """A nats-server config. JSON values are valid in NATS config syntax, so we emit them as JSON."""
     lines = [
@@ -64,7 +65,7 @@ def render_config(
         f"max_payload: {max_payload}",
         "jetstream {",
         f"  store_dir: {_q(str(store_dir))}",
-        "  max_file_store: 10G",
+        f"  max_file_store: {max_store_bytes}",
         # Default fsync is lazy (Jepsen, 2025): offer durability over speed when asked.
         *(["  sync_interval: always"] if sync_always else []),
         "}",
@@ -89,6 +90,7 @@ class EmbeddedServer:
     port: int = 0
     credentials: dict[str, str] | None = None
     sync_always: bool = False
+    max_store_bytes: int = 10 << 30  # JetStream's file store limit: writes past it are refused, never half-done
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -103,7 +105,10 @@ class EmbeddedServer:
         self.home.mkdir(parents=True, exist_ok=True)
         conf = self.home / "nats.conf"
         conf.write_text(
-            render_config(port=self.port, store_dir=self.home / "jetstream", credentials=self.credentials, sync_always=self.sync_always)
+            render_config(
+                port=self.port, store_dir=self.home / "jetstream", credentials=self.credentials, sync_always=self.sync_always,
+                max_store_bytes=self.max_store_bytes,
+            )
         )
         conf.chmod(0o600)
         log = open(self.home / "nats-server.log", "ab")

@@ -208,12 +208,11 @@ def status(
         )
     console.print(p)
     finished = [s for s in data["projects"] if s["stage"] in ("done", "failed")]
-    if finished:
-        f = Table("finished project", "decision", "reason", "get its paper and results with")
+    if finished:  # plain lines, never cut to the terminal's width: the command is meant to be copied
+        console.print("finished projects (paper, reviews and results with `lab export PROJECT [--out DIR]`):")
         for s in finished:
-            verdict = "accepted" if s.get("accepted") else ("failed" if s["stage"] == "failed" else "not accepted")
-            f.add_row(s["project"], verdict, s.get("outcome", ""), f"lab export {s['project']}")
-        console.print(f)
+            verdict = "ACCEPTED" if s.get("accepted") else ("FAILED" if s["stage"] == "failed" else "NOT ACCEPTED")
+            console.print(f"  {s['project']}: {verdict}: {s.get('outcome', '')}  →  lab export {s['project']}", markup=False, soft_wrap=True)
     if data["jobs"]:
         j = Table("project", "job", "experiment", "state", "reason")
         for row in data["jobs"]:

@@ -26,7 +26,7 @@ from bus.messages import ROLES
 from bus.permissions import ADMIN, RUNNER
 from bus.server import EmbeddedServer, new_credentials
 from services.config import read_local_lab, state_file
-from services.lifecycle import StoreFull, Terminated, check_disk, forget_pids, reap_stale, record_pids, stop_on_signals, supervisor_alive
+from services.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
 from services.process import alive
 
 __all__ = ["LabError", "LabOptions", "Supervisor", "Terminated", "down", "refuse_if_full", "running_lab", "stop_on_signals", "up_detached"]
@@ -92,7 +92,9 @@ class Supervisor:
             self.credentials = None
         else:
             self.credentials = new_credentials()
-            self.server = EmbeddedServer(home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always)
+            self.server = EmbeddedServer(
+                home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always, max_store_bytes=max_store_bytes()
+            )
             self.server.start()
             self.url = self.server.url
         try:
@@ -111,6 +113,7 @@ class Supervisor:
             "server_pid": self.server.proc.pid if self.server and self.server.proc else None,
             "agents": {r: p.pid for r, p in self.procs.items()},
             "credentials": self.credentials or {},
+            "max_store_bytes": self.server.max_store_bytes if self.server else None,
             "mind": self.opts.mind,
             "executor": self.opts.executor,
             "started": time.time(),

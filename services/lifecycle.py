@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from services.config import ConfigError
 from services.process import alive
 
 MIN_FREE_MB = float(os.environ.get("LAB_MIN_FREE_MB", "64"))
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # JetStream refuses writes at its limit; new projects are refused a little before, so running ones can finish.
 STORE_FULL_FRACTION = 0.95
 
@@ -89,11 +91,24 @@ def check_disk(home: Path, min_free_mb: float = MIN_FREE_MB) -> None:
         )
 
 
-async def check_store(js: Any, where: str) -> None:
-    """StoreFull when the lab's JetStream account is at its storage limit."""
+def max_store_bytes() -> int:
+    """The embedded server's JetStream file store limit: LAB_MAX_STORE (e.g. ``50G``, ``512M``), default 10 GiB."""
+    raw = os.environ.get("LAB_MAX_STORE", "10G").strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        return int(float(raw[:-1] if raw[-1:] in _UNITS else raw) * _UNITS.get(raw[-1:], 1))
+    except (ValueError, IndexError):
+        raise ConfigError(f"LAB_MAX_STORE={os.environ['LAB_MAX_STORE']!r} is not a size like 10G or 512M") from None
+
+
+async def check_store(js: Any, where: str, server_limit: int | None = None) -> None:
+    """StoreFull when the lab's JetStream store is at its limit.
+
+    The account's own limit when it has one; else the server's, which only the
+    lab that configured it knows (``max_store_bytes`` in lab.json).
+    """
     info = await js.account_info()
-    limit = info.limits.max_storage
-    if limit and limit > 0 and info.storage >= STORE_FULL_FRACTION * limit:
+    limit = info.limits.max_storage if info.limits.max_storage and info.limits.max_storage > 0 else server_limit
+    if limit and info.storage >= STORE_FULL_FRACTION * limit:
         raise StoreFull(
             f"the lab's store is full: {_mib(info.storage)} used of its {_mib(limit)} limit (JetStream at {where}); "
             "no new project until space is freed (finished projects can be exported with `lab export`, then removed)"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -26,9 +27,9 @@ from bus.client import Bus
 from bus.messages import Budget, Decision, Envelope, StartProject
 from bus.replay import read
 from bus.store import Artifacts
-from services.config import bus_config, lab_home
+from services.config import bus_config, lab_home, read_local_lab
 from services.export import UnknownProject, export_project, project_stage
-from services.lifecycle import check_store
+from services.lifecycle import StoreFull, check_store
 from services.render import describe
 
 
@@ -129,14 +130,22 @@ async def _run(opts: RunOptions, folder: Path, spec: templates.TemplateSpec, bud
     out = opts.out or Path("lab-out") / project
     bus = await Bus.connect(bus_config("copi", opts.nats, name="lab-run"))
     try:
-        await check_store(bus.js, bus.config.url)  # a full store refuses the project before any of it is written
+        local = read_local_lab()
+        limit = local.get("max_store_bytes") if local and local.get("url") == bus.config.url else None
+        await check_store(bus.js, bus.config.url, limit)  # a full store refuses the project before any of it is written
         artifacts = await Artifacts.open(bus)
-        bundle_name = await artifacts.put(f"{project}/template.tar.gz", templates.bundle(folder))
-        start = StartProject(
-            template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
-            seed=opts.seed, budget=budget, fast=opts.fast, mind=opts.mind,
-        )
-        await bus.publish(Envelope(project=project, sender="copi", recipient="pi", body=start))
+        try:
+            bundle_name = await artifacts.put(f"{project}/template.tar.gz", templates.bundle(folder))
+            start = StartProject(
+                template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
+                seed=opts.seed, budget=budget, fast=opts.fast, mind=opts.mind,
+            )
+            await bus.publish(Envelope(project=project, sender="copi", recipient="pi", body=start))
+        except nats.js.errors.APIError as e:
+            if "insufficient" not in str(e):
+                raise
+            await check_store(bus.js, bus.config.url, limit)  # says how full, in one line
+            raise StoreFull(f"the lab's store refused the new project ({e.description}) at {bus.config.url}") from None
         console.print(f"project [bold]{project}[/bold] started on template {spec.name!r}; follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
         return await _follow_and_export(bus, project, out, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)
     finally:
