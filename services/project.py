@@ -180,6 +180,8 @@ async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, su
             return await _watch(queue, reader, project, opts, progress, task, sup, deadline)
         finally:
             reader.cancel()
+            # Wait for the reader to unsubscribe before the caller closes the connection under it.
+            await asyncio.gather(reader, return_exceptions=True)
 
 
 async def _watch(queue: asyncio.Queue, reader: asyncio.Task, project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float) -> Decision | None:
