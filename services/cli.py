@@ -423,7 +423,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError, UnknownProject, StoreFull) as e:
-        err.print(f"lab: error: {e}", markup=False, soft_wrap=True)
+        err.print(f"lab: error: {str(e) or type(e).__name__}", markup=False, soft_wrap=True)
         sys.exit(2)
     except (OSError, UnicodeError) as e:  # the environment, not the code: one line naming the file or setting at fault
         err.print(f"lab: error: {describe_os_error(e, lab_home())}", markup=False, soft_wrap=True)

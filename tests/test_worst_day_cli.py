@@ -93,6 +93,9 @@ async def test_logs_of_an_unknown_project_is_an_error_like_say(lab_env, admin_bu
     logs = one_line_failure(["logs", "--project", "nosuch"], env)
     say = one_line_failure(["say", "--project", "nosuch", "hello"], env)
     assert logs == say == "lab: error: unknown project 'nosuch'"
+    assert one_line_failure(["export", "nosuch"], env) == "lab: error: unknown project 'nosuch': nothing on the bus names it"
+    assert one_line_failure(["run", "--attach", "nosuch"], env) == "lab: error: unknown project 'nosuch': the PI holds no state for it"
+    assert "--template NAME to start a project, or --attach PROJECT" in one_line_failure(["run"], env)
 
 
 async def test_status_with_the_state_bucket_gone(lab_env, admin_bus, nats_server):
