@@ -9,6 +9,7 @@ The delivered paper.tex must then compile where it lies.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_export_and_attach_on_a_running_and_a_finished_project(lab_env, tmp_path
         assert "undefined" not in log, log[-2000:]  # every citation resolved from references.bib
         assert (build / "paper.pdf").read_bytes().startswith(b"%PDF")
         figures = sorted(p.name for p in (build / "figures").glob("*.png"))
-        assert figures and all(f"figures/{f}" in log for f in figures), "every figure was included from figures/"
+        assert figures and all(re.search(rf"<use figures/+{re.escape(f)}>", log) for f in figures), "every figure was included from figures/"
         assert "\\bibitem" in (build / "paper.bbl").read_text()
     finally:
         lab(env, "down", timeout=120)
