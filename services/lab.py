@@ -73,6 +73,8 @@ class Supervisor:
     url: str = ""
     stopping: bool = False
     _next_try: dict[str, float] = field(default_factory=dict)
+    _disk_checked: float = 0.0
+    _disk_full: str = ""
 
     def start(self) -> dict[str, Any]:
         home = self.opts.home
@@ -204,6 +206,7 @@ class Supervisor:
                 self._spawn(role)
                 next_try.pop(role)
                 self._record_pids()
+        self._watch_disk()
         if self.server and self.server.proc and self.server.proc.poll() is not None:
             print("lab: nats-server exited; restarting it", file=sys.stderr, flush=True)
             try:
@@ -212,6 +215,21 @@ class Supervisor:
                 self._write_pids()
             except ServerStartError as e:
                 print(f"lab: {e}", file=sys.stderr, flush=True)
+
+    def _watch_disk(self, every: float = 30.0) -> None:
+        """Say in the supervisor's log, once, when the disk under LAB_HOME fills (and when it has room again)."""
+        now = time.monotonic()
+        if now - self._disk_checked < every:
+            return
+        self._disk_checked = now
+        try:
+            check_disk(self.opts.home)
+            full = ""
+        except (StoreFull, OSError) as e:
+            full = str(e)
+        if full != self._disk_full:
+            print(f"lab: {full}" if full else "lab: the disk under LAB_HOME has room again", file=sys.stderr, flush=True)
+            self._disk_full = full
 
     def _record_pids(self) -> None:
         path = state_file(self.opts.home)

@@ -75,7 +75,7 @@ def _mib(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def check_disk(home: Path, min_free_mb: float = MIN_FREE_MB) -> None:
+def check_disk(home: Path, min_free_mb: float | None = None) -> None:
     """StoreFull when the file system holding ``home`` has less than ``min_free_mb`` free; OSError when it is not writable."""
     where = home
     while not where.exists() and where != where.parent:
@@ -84,6 +84,7 @@ def check_disk(home: Path, min_free_mb: float = MIN_FREE_MB) -> None:
         code = errno.EROFS if os.statvfs(where).f_flag & os.ST_RDONLY else errno.EACCES
         raise OSError(code, os.strerror(code), str(where))
     usage = shutil.disk_usage(where)
+    min_free_mb = MIN_FREE_MB if min_free_mb is None else min_free_mb
     if usage.free < min_free_mb * (1 << 20):
         raise StoreFull(
             f"the disk under {home} is full: {_mib(usage.used)} used of {_mib(usage.total)}, {_mib(usage.free)} free "

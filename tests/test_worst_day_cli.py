@@ -74,6 +74,26 @@ def test_a_full_disk_under_lab_home(lab_env, mount_point):
     assert not any(p.name == "nats" for p in tiny.rglob("*")), "no server was started on a full disk"
 
 
+def test_the_supervisor_logs_a_disk_that_fills_and_frees(mount_point, monkeypatch, capsys):
+    from services import lifecycle
+    from services.lab import LabOptions, Supervisor
+
+    monkeypatch.setattr(lifecycle, "MIN_FREE_MB", 0.5)
+    disk = mount_point("disk", "size=1m")
+    sup = Supervisor(LabOptions(home=disk / "lab"))
+    sup._watch_disk()
+    assert capsys.readouterr().err == ""
+    (disk / "filler").write_bytes(b"\0" * (900 << 10))
+    sup._disk_checked = 0.0
+    sup._watch_disk()
+    sup._watch_disk(every=0)  # said once, not on every look
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lab: the disk under {disk / 'lab'} is full: ") and "used of 1.0 MiB" in err[0], err
+    (disk / "filler").unlink()
+    sup._watch_disk(every=0)
+    assert capsys.readouterr().err == "lab: the disk under LAB_HOME has room again\n"
+
+
 def test_a_template_that_is_not_utf8(lab_env, tmp_path):
     _, env = lab_env
     folder = tmp_path / "latin"
