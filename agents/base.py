@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Protocol, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agents.templates import TemplateError
 from bus.errors import ArtifactMissing
 from bus.messages import Envelope, Recipient, Role as RoleName
 
@@ -97,8 +98,6 @@ def is_permanent(error: BaseException) -> bool:
     between deliveries, so backing off only delays the dead letter. Connection
     losses, timeouts and state conflicts are transient and keep the backoff.
     """
-    from agents.templates import TemplateError  # templates import nothing of the roles; kept local all the same
-
     return isinstance(error, (Permanent, ArtifactMissing, ValidationError, TemplateError, UnicodeError))
 
 
