@@ -293,7 +293,8 @@ def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
 def down(home: Path, timeout: float = 60.0) -> bool:
     info = running_lab(home)
     if not info:
-        return False
+        # No supervisor: stop what a killed one left behind (its server and agents), if anything.
+        return bool(reap_stale(home))
     pid = info["supervisor_pid"]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

@@ -88,6 +88,22 @@ def test_a_signal_stops_everything_the_run_started(lab_env, tmp_path, sig):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_lab_down_stops_what_a_sigkilled_run_left(lab_env, tmp_path):
+    home, env = lab_env
+    proc = start_embedded_run(env, home, tmp_path / "run.log")
+    try:
+        proc.kill()
+        proc.wait()
+        assert json.loads((home / "lab.json").read_text())["server_pid"] in processes_of(home)
+        down = subprocess.run(lab_cmd("down"), env=env, capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0 and "lab stopped." in down.stdout, down.stdout + down.stderr
+        assert settle(home) == {}
+    finally:
+        stop_runners(home)
+        for pid in processes_of(home):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_sigkilled_run_leaves_nothing_that_blocks_the_next_start(lab_env, tmp_path):
     home, env = lab_env
     proc = start_embedded_run(env, home, tmp_path / "run.log")
