@@ -98,7 +98,8 @@ def run_project(opts: RunOptions, console: Console) -> int:
                 sup.start()
             return asyncio.run(_run(opts, folder, spec, budget, console, sup))
         except (Terminated, KeyboardInterrupt):
-            console.print(f"interrupted{' by ' + stopped.name if stopped.name else ''}; stopping what this run started")
+            what = "stopping the embedded lab this run started" if sup is not None else "the project goes on in the lab (`lab run --attach PROJECT` follows it)"
+            console.print(f"interrupted{' by ' + stopped.name if stopped.name else ''}; {what}")
             return 128 + (stopped.signum or signal.SIGINT)
         finally:
             if sup is not None:
