@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, ClassVar, Protocol, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agents.templates import TemplateError
+from bus.errors import ArtifactMissing
 from bus.messages import Envelope, Recipient, Role as RoleName
 
 
@@ -82,6 +84,21 @@ class Rejected(Exception):
 
 class UnhandledKind(Rejected):
     """A role received a kind it has no handler for."""
+
+
+class Permanent(Exception):
+    """A handler error that cannot succeed on retry: the host dead-letters the message at once, with the reason."""
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether retrying the message can only fail the same way.
+
+    Stored data that does not validate, an object that is not in the store, a
+    template that does not load, bytes that are not text: none of these change
+    between deliveries, so backing off only delays the dead letter. Connection
+    losses, timeouts and state conflicts are transient and keep the backoff.
+    """
+    return isinstance(error, (Permanent, ArtifactMissing, ValidationError, TemplateError, UnicodeError))
 
 
 class Role:

@@ -37,6 +37,8 @@ from bus.messages import (
 TERMINAL = ("succeeded", "failed", "cancelled")
 # A code edit that crashes or hangs goes back to the mind with the error, this many times in all.
 MAX_ATTEMPTS = 3
+# A job whose runner died without a result (the lab was killed, a node lost) runs again, this many times in all.
+MAX_LOST_ATTEMPTS = 3
 
 
 class JobRecord(BaseModel):
@@ -56,6 +58,7 @@ class JobRecord(BaseModel):
     resumable: bool = False
     attempt: int = 1
     edits: list[CodeEdit] = []  # code edits this attempt made to the template
+    lost: list[str] = []  # why earlier attempts of this run ended without a result (their runner died)
     state: Literal["queued", "dispatched", "pending", "running", "succeeded", "failed", "cancelled"] = "queued"
     reason: str = ""
     status: JobStatus | None = None
@@ -200,6 +203,9 @@ class Engineer(Role):
             return
         if body.state not in TERMINAL:
             return
+        if body.state == "failed" and env.sender != "runner" and not st.closed and self._run_again(ctx, st, job, body.reason):
+            await self._dispatch(ctx, st)
+            return
         job.state, job.reason, job.status = body.state, body.reason, body
         if (ledger := ctx.services.get("capacity")) is not None:
             await ledger.release([job.job_id])
@@ -212,6 +218,26 @@ class Engineer(Role):
         self._maybe_report(ctx, st, job.experiment_id)
         if not st.closed:
             await self._dispatch(ctx, st)
+
+    def _run_again(self, ctx: Context, st: EngineerState, job: JobRecord, reason: str) -> bool:
+        """The runner died without a result: an infrastructure loss, not the experiment's failure.
+
+        Only the runner reports an experiment's own outcome (sender ``runner``); a failure
+        reported for it by the executor watch means the runner never finished — the lab was
+        killed under it, the node went away. Such a job runs again as the next attempt with
+        the same configuration and seeds, until its own attempts are spent.
+        """
+        if job.attempt >= MAX_LOST_ATTEMPTS:
+            return False
+        lost = [*job.lost, f"attempt {job.attempt} ({job.job_id}): {reason}"]
+        job.state, job.reason = "failed", f"runner died without a result: {reason}; run again"
+        retry = job.model_copy(
+            update={"job_id": job_id_for(ctx.project, job.experiment_id, job.attempt + 1), "attempt": job.attempt + 1,
+                    "state": "queued", "reason": "", "status": None, "lost": lost}
+        )
+        self._queue(ctx, st, retry)
+        ctx.log.warning("runner lost; running the job again", job=job.job_id, attempt=retry.attempt, reason=reason)
+        return True
 
     async def _error_of(self, ctx: Context, job: JobRecord) -> str:
         log_name = next((a for a in (job.status.artifacts if job.status else []) if a.endswith("/log.txt")), None)
@@ -239,6 +265,8 @@ class Engineer(Role):
                 seeds=j.seeds,
                 status="succeeded" if j.state == "succeeded" else "failed",
                 reason=j.reason,
+                attempt=j.attempt,
+                lost=j.lost,
                 final_info=j.status.final_info if j.status else None,
                 environment=j.status.environment if j.status else None,
                 artifacts=j.status.artifacts if j.status else [],

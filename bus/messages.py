@@ -112,6 +112,8 @@ class RunRecord(Model):
     environment: JobEnvironment | None = None
     artifacts: list[str] = []  # object-store names
     wall_s: float = 0.0
+    attempt: int = 1  # this run's attempt: earlier ones were lost with their runner (see ``lost``) or fixed
+    lost: list[str] = []  # earlier attempts whose runner died without a result, and why
 
 
 class Comparison(Model):

@@ -72,6 +72,7 @@ def render_config(
     sync_always: bool = False,
     max_payload: int = 8 << 20,
     cluster: ClusterSpec | None = None,
+    max_store_bytes: int = 10 << 30,
 ) -> str:
     """A nats-server config. JSON values are valid in NATS config syntax, so we emit them as JSON."""
     lines = [
@@ -92,7 +93,7 @@ def render_config(
     lines += [
         "jetstream {",
         f"  store_dir: {_q(str(store_dir))}",
-        "  max_file_store: 10G",
+        f"  max_file_store: {max_store_bytes}",
         # Default fsync is lazy (Jepsen, 2025): offer durability over speed when asked.
         *(["  sync_interval: always"] if sync_always else []),
         "}",
@@ -118,6 +119,7 @@ class EmbeddedServer:
     credentials: dict[str, str] | None = None
     sync_always: bool = False
     cluster: ClusterSpec | None = None
+    max_store_bytes: int = 10 << 30  # JetStream's file store limit: writes past it are refused, never half-done
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -133,7 +135,8 @@ class EmbeddedServer:
         conf = self.home / "nats.conf"
         conf.write_text(
             render_config(
-                port=self.port, store_dir=self.home / "jetstream", credentials=self.credentials, sync_always=self.sync_always, cluster=self.cluster
+                port=self.port, store_dir=self.home / "jetstream", credentials=self.credentials, sync_always=self.sync_always,
+                cluster=self.cluster, max_store_bytes=self.max_store_bytes,
             )
         )
         conf.chmod(0o600)
@@ -190,6 +193,7 @@ class EmbeddedCluster:
     port: int = 0  # the first node's client port; the others take the next ones (0: free ports)
     credentials: dict[str, str] | None = None
     sync_always: bool = False
+    max_store_bytes: int = 10 << 30  # per node
     nodes: list[EmbeddedServer] = field(default_factory=list, init=False)
 
     @property
@@ -209,6 +213,7 @@ class EmbeddedCluster:
                 port=client_ports[i],
                 credentials=self.credentials,
                 sync_always=self.sync_always,
+                max_store_bytes=self.max_store_bytes,
                 cluster=ClusterSpec(server_name=f"lab-n{i + 1}", port=route_ports[i], routes=routes),
             )
             for i in range(self.size)

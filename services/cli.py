@@ -146,6 +146,31 @@ async def _projects(bus: Bus) -> list[dict[str, Any]]:
     return await project_states(bus)
 
 
+def _unknown(project: str, names: list[str]) -> str:
+    return f"unknown project {project!r}" + (f"; known: {', '.join(names)}" if names else "")
+
+
+async def _require_project(bus: Bus, project: str) -> None:
+    """UsageError, like `lab say`'s, when no project of that name is known to the PI."""
+    await _require_buckets(bus)
+    names = [p["project"] for p in await _projects(bus)]
+    if project not in names:
+        raise UsageError(_unknown(project, names))
+
+
+async def _require_buckets(bus: Bus) -> None:
+    """A lab whose store lost a bucket says which, in one line (not a traceback from deep inside nats-py)."""
+    from nats.js.errors import BucketNotFoundError
+
+    from bus.client import STATE_BUCKET
+
+    for bucket in (STATE_BUCKET, AGENTS_BUCKET):
+        try:
+            await bus.js.key_value(bucket)
+        except BucketNotFoundError:
+            raise UsageError(f"the lab's store at {bus.config.url} has no {bucket!r} bucket (deleted?); `lab up` or any agent's start recreates it, empty") from None
+
+
 @app.command()
 def status(
     nats: Optional[str] = typer.Option(None, "--nats"),
@@ -157,6 +182,7 @@ def status(
     async def main() -> dict[str, Any]:
         bus = await _connect(nats)
         try:
+            await _require_buckets(bus)
             kv = await bus.js.key_value(AGENTS_BUCKET)
             agents = {}
             for role in ROLES:
@@ -188,6 +214,12 @@ def status(
     from services.team_status import print_team
 
     print_team(console, data)
+    finished = [s for s in data["projects"] if s["stage"] in ("done", "failed")]
+    if finished:  # plain lines, never cut to the terminal's width: the command is meant to be copied
+        console.print("finished projects (paper, reviews and results with `lab export PROJECT [--out DIR]`):")
+        for s in finished:
+            verdict = "ACCEPTED" if s.get("accepted") else ("FAILED" if s["stage"] == "failed" else "NOT ACCEPTED")
+            console.print(f"  {s['project']}: {verdict}: {s.get('outcome', '')}  →  lab export {s['project']}", markup=False, soft_wrap=True)
 
 
 def print_entry(entry: Any, as_json: bool) -> None:
@@ -222,6 +254,8 @@ def logs(
     async def main() -> None:
         bus = await _connect(nats)
         try:
+            if project:
+                await _require_project(bus, project)
             async for entry in read(bus, subjects.convo_all(project), follow=follow):
                 env = entry.envelope
                 if role and env is not None and role not in (env.sender, env.recipient):
@@ -290,7 +324,8 @@ def web(
 
 @app.command()
 def run(
-    template: str = typer.Option(..., "--template", "-t", help="A template name (see templates/) or a folder."),
+    template: Optional[str] = typer.Option(None, "--template", "-t", help="A template name (see templates/) or a folder."),
+    attach: Optional[str] = typer.Option(None, "--attach", help="Follow this running project instead of starting one; write its outputs when it ends."),
     direction: str = typer.Option("", "--direction", help="The research direction, in words."),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Where the paper and results go (default ./lab-out/<project>)."),
@@ -310,8 +345,14 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", help="The llm mind's model for this project (with --mind llm)."),
 ) -> None:
     """Run one research project end to end and write the paper, reviews, results and the log to --out."""
-    from services.project import RunOptions, run_project
+    from services.project import RunOptions, attach_project, run_project
 
+    if (template is None) == (attach is None):
+        _fail("give --template NAME to start a project, or --attach PROJECT to follow one")
+    if nats is not None:
+        _check_url(nats)
+    if attach is not None:
+        raise typer.Exit(attach_project(attach, out, nats, quiet, console))
     _check_choice("mind", mind, ("offline", "llm"))
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
@@ -328,6 +369,37 @@ def run(
     )
     code = run_project(opts, console)
     raise typer.Exit(code)
+
+
+@app.command("export")
+def export_cmd(
+    project: str = typer.Argument(..., help="The project, as `lab status` lists it."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write (default ./lab-out/<project>)."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+) -> None:
+    """Write a project's paper, reviews, results, figures, analysis and log from the store, finished or not."""
+    from services.export import export_project
+
+    if nats is not None:
+        _check_url(nats)
+    subjects.token(project, "project")
+    dest = out or Path("lab-out") / project
+
+    async def main() -> Any:
+        bus = await _connect(nats)
+        try:
+            return await export_project(bus, project, dest)
+        finally:
+            await bus.close()
+
+    done = asyncio.run(main())
+    if done.finished:
+        d = done.decision
+        console.print(f"{project}: {'ACCEPTED' if d.accepted else 'NOT ACCEPTED'}: {d.reason}", markup=False)
+    else:
+        console.print(f"{project}: not finished (stage {done.stage}); exported what exists so far (see export.json)", markup=False)
+    for label, path in done.files:
+        console.print(f"  {label:<18} {path}", markup=False)
 
 
 # ---------------------------------------------------------------- helpers
@@ -379,14 +451,20 @@ _mount_optional()
 
 def main() -> None:
     from agents.templates import TemplateError
+    from services.errors import describe_os_error
     from services.executors.base import ExecutorError
+    from services.export import UnknownProject
     from services.lab import LabError
+    from services.lifecycle import StoreFull
     from services.project import MindRefused
 
     try:
         app(standalone_mode=True)
-    except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError, MindRefused) as e:
-        err.print(f"lab: error: {e}", markup=False, soft_wrap=True)
+    except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError, UnknownProject, StoreFull, MindRefused) as e:
+        err.print(f"lab: error: {str(e) or type(e).__name__}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except (OSError, UnicodeError) as e:  # the environment, not the code: one line naming the file or setting at fault
+        err.print(f"lab: error: {describe_os_error(e, lab_home())}", markup=False, soft_wrap=True)
         sys.exit(2)
 
 

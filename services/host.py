@@ -30,7 +30,7 @@ import structlog
 from pydantic import ValidationError
 
 from agents import role_class
-from agents.base import Context, Rejected, Role, UnhandledKind
+from agents.base import Context, Rejected, Role, UnhandledKind, is_permanent
 from agents.minds import llm_unavailable, make_mind
 from agents.minds.meter import metered
 from bus import subjects
@@ -298,7 +298,9 @@ class AgentHost:
             return
         except Exception as e:
             reason = f"{type(e).__name__}: {e}"
-            if delivered >= MAX_DELIVER:
+            if is_permanent(e):  # retrying cannot help: dead letters now, not after the whole backoff
+                await self._reject(msg, f"cannot succeed on retry: {reason}")
+            elif delivered >= MAX_DELIVER:
                 await self._reject(msg, f"handler failed {delivered} times: {reason}")
             else:
                 bound.error("handler failed; will retry", error=reason, delivered=delivered)

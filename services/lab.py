@@ -27,11 +27,22 @@ from bus.messages import ROLES
 from bus.permissions import ADMIN, COPI, RUNNER, WEB
 from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
 from services.config import read_local_lab, secrets_dir, state_file, write_secret
+from services.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
 from services.process import alive
+
+__all__ = ["LabError", "LabOptions", "Supervisor", "Terminated", "down", "refuse_if_full", "running_lab", "stop_on_signals", "up_detached"]
 
 
 class LabError(RuntimeError):
     """The lab could not start or stop; one line for the user."""
+
+
+def refuse_if_full(home: Path) -> None:
+    """LabError, with the numbers, when the disk under ``home`` has no room for a lab."""
+    try:
+        check_disk(home)
+    except StoreFull as e:
+        raise LabError(str(e)) from None
 
 
 def running_lab(home: Path) -> dict[str, Any] | None:
@@ -83,12 +94,19 @@ class Supervisor:
     url: str = ""
     stopping: bool = False
     _next_try: dict[str, float] = field(default_factory=dict)
+    _disk_checked: float = 0.0
+    _disk_full: str = ""
 
     def start(self) -> dict[str, Any]:
         home = self.opts.home
         if running_lab(home):
             raise LabError(f"a lab is already running for {home} (stop it with `lab down`)")
+        if pid := supervisor_alive(home):
+            raise LabError(f"a lab is starting for {home} (supervisor pid {pid}); wait for it or stop it")
         home.mkdir(parents=True, exist_ok=True)
+        refuse_if_full(home)
+        for pid in reap_stale(home):  # what a SIGKILLed lab left behind must not hold the store
+            print(f"lab: stopped process {pid} left running by a lab that was killed", file=sys.stderr, flush=True)
         (home / "run").mkdir(exist_ok=True)
         for f in (home / "run").glob("*.ready"):
             f.unlink()
@@ -97,13 +115,20 @@ class Supervisor:
             self.credentials = None
         else:
             self.credentials = new_credentials()
+            store = max_store_bytes()
             if self.opts.cluster > 1:
-                self.server = EmbeddedCluster(home / "nats", self.opts.cluster, port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always)
+                self.server = EmbeddedCluster(
+                    home / "nats", self.opts.cluster, port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always,
+                    max_store_bytes=store,
+                )
             else:
-                self.server = EmbeddedServer(home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always)
+                self.server = EmbeddedServer(
+                    home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always, max_store_bytes=store
+                )
             self.server.start()
             self.url = self.server.url
         try:
+            self._write_pids()
             asyncio.run(self._setup_topology())
             if self.credentials:
                 self._secret(WEB)  # for `lab web` (or `lab up --web`) on this machine, read by bus_config
@@ -123,6 +148,7 @@ class Supervisor:
             "agents": {r: p.pid for r, p in self.procs.items()},
             # Only the co-PI's own credential, for this user's CLI; the roles' are in secrets/, the admin's nowhere.
             "credentials": {COPI: self.credentials[COPI]} if self.credentials else {},
+            "max_store_bytes": self.server.max_store_bytes if self.server else None,
             "mind": self.opts.mind,
             "executor": self.opts.executor,
             "started": time.time(),
@@ -166,6 +192,9 @@ class Supervisor:
             write_secret(path, self.credentials[user], private_folder=True)
         return path
 
+    def _write_pids(self) -> None:
+        record_pids(self.opts.home, self._server_pids(), {r: p.pid for r, p in self.procs.items()})
+
     def _spawn(self, name: str, role: str | None = None) -> None:
         role = role or name.split("-")[0]
         logs = self.opts.home / "logs"
@@ -178,6 +207,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+        self._write_pids()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout
@@ -223,6 +253,7 @@ class Supervisor:
                 self._spawn(role)
                 next_try.pop(role)
                 self._record_pids()
+        self._watch_disk()
         nodes = self.server.nodes if isinstance(self.server, EmbeddedCluster) else [self.server] if self.server else []
         for node in nodes:
             if node.proc and node.proc.poll() is not None:
@@ -230,8 +261,24 @@ class Supervisor:
                 try:
                     node.proc = None
                     node.start()
+                    self._write_pids()
                 except ServerStartError as e:
                     print(f"lab: {e}", file=sys.stderr, flush=True)
+
+    def _watch_disk(self, every: float = 30.0) -> None:
+        """Say in the supervisor's log, once, when the disk under LAB_HOME fills (and when it has room again)."""
+        now = time.monotonic()
+        if now - self._disk_checked < every:
+            return
+        self._disk_checked = now
+        try:
+            check_disk(self.opts.home)
+            full = ""
+        except (StoreFull, OSError) as e:
+            full = str(e)
+        if full != self._disk_full:
+            print(f"lab: {full}" if full else "lab: the disk under LAB_HOME has room again", file=sys.stderr, flush=True)
+            self._disk_full = full
 
     def _record_pids(self) -> None:
         path = state_file(self.opts.home)
@@ -255,6 +302,7 @@ class Supervisor:
             self.server.stop()
         if self.credentials:
             shutil.rmtree(secrets_dir(self.opts.home), ignore_errors=True)  # this run's passwords die with it
+        forget_pids(self.opts.home)
         path = state_file(self.opts.home)
         info = read_local_lab(self.opts.home)
         if info and info.get("supervisor_pid") == os.getpid():
@@ -266,6 +314,7 @@ def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
     if running_lab(opts.home):
         raise LabError(f"a lab is already running for {opts.home} (stop it with `lab down`)")
     opts.home.mkdir(parents=True, exist_ok=True)
+    refuse_if_full(opts.home)
     state_file(opts.home).unlink(missing_ok=True)
     log = open(opts.home / "supervisor.log", "ab")
     proc = subprocess.Popen(
@@ -284,7 +333,10 @@ def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
             return info
         if proc.poll() is not None:
             tail = (opts.home / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:]
-            raise LabError(tail[0].removeprefix("lab: error: ") if tail else "the lab exited at start")
+            if tail:
+                raise LabError(tail[0].removeprefix("lab: error: "))
+            refuse_if_full(opts.home)  # a full disk cannot even take the supervisor's log
+            raise LabError(f"the lab exited at start (code {proc.returncode}) and wrote nothing to {opts.home / 'supervisor.log'}")
         time.sleep(0.1)
     proc.terminate()
     raise LabError("the lab did not become ready in time (see supervisor.log in LAB_HOME)")
@@ -293,7 +345,8 @@ def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
 def down(home: Path, timeout: float = 60.0) -> bool:
     info = running_lab(home)
     if not info:
-        return False
+        # No supervisor: stop what a killed one left behind (its server and agents), if anything.
+        return bool(reap_stale(home))
     pid = info["supervisor_pid"]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -23,11 +25,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from agents import templates
 from bus import subjects
 from bus.client import Bus
-from bus.errors import ArtifactMissing
 from bus.messages import Budget, Decision, Envelope, MindChoice, StartProject
 from bus.replay import read
 from bus.store import Artifacts
-from services.config import bus_config, lab_home
+from services.config import bus_config, lab_home, read_local_lab
+from services.export import UnknownProject, export_project, project_stage
+from services.lifecycle import StoreFull, check_store
 from services.render import describe
 
 
@@ -99,10 +102,18 @@ def new_project_id(template: str, seed: int) -> str:
     return subjects.token(f"{template}-s{seed}-{uuid.uuid4().hex[:6]}"[:64], "project")
 
 
-def run_project(opts: RunOptions, console: Console) -> int:
-    from services.lab import LabOptions, Supervisor, running_lab
+def load_template(name: str) -> tuple[Path, templates.TemplateSpec]:
+    """The template, or TemplateError naming the file that is not text."""
+    try:
+        return templates.load(name)
+    except UnicodeDecodeError as e:
+        raise templates.TemplateError(f"{templates.resolve(name) / 'template.yaml'}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
-    folder, spec = templates.load(opts.template)
+
+def run_project(opts: RunOptions, console: Console) -> int:
+    from services.lab import LabOptions, Supervisor, Terminated, refuse_if_full, running_lab, stop_on_signals
+
+    folder, spec = load_template(opts.template)
     spec.profile(opts.profile)  # an unknown profile is one readable line, before a lab starts
     budget = Budget(
         max_ideas=opts.max_ideas, max_runs=opts.max_runs, max_revision_rounds=opts.max_rounds,
@@ -110,15 +121,43 @@ def run_project(opts: RunOptions, console: Console) -> int:
     )
     home = lab_home()
     sup = None
-    if opts.nats is None and not running_lab(home):
-        console.print(f"starting an embedded lab in {home} for this run…")
-        sup = Supervisor(LabOptions(home=home, mind=opts.mind, executor=opts.executor))
-        sup.start()
-    try:
-        return asyncio.run(_run(opts, folder, spec, budget, console, sup))
-    finally:
-        if sup is not None:
-            sup.stop()
+    # SIGTERM (timeout, a cancelled CI job) and SIGHUP (a closed terminal) stop an embedded lab like Ctrl-C does.
+    with stop_on_signals() as stopped:
+        try:
+            if opts.nats is None:
+                refuse_if_full(home)  # a local lab, started here or not, writes under LAB_HOME
+            if opts.nats is None and not running_lab(home):
+                console.print(f"starting an embedded lab in {home} for this run…")
+                sup = Supervisor(LabOptions(home=home, mind=opts.mind, executor=opts.executor))
+                sup.start()
+            return asyncio.run(_run(opts, folder, spec, budget, console, sup))
+        except (Terminated, KeyboardInterrupt):
+            what = "stopping the embedded lab this run started" if sup is not None else "the project goes on in the lab (`lab run --attach PROJECT` follows it)"
+            console.print(f"interrupted{' by ' + stopped.name if stopped.name else ''}; {what}")
+            return 128 + (stopped.signum or signal.SIGINT)
+        finally:
+            if sup is not None:
+                sup.stop()
+
+
+def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool, console: Console) -> int:
+    """`lab run --attach`: follow a project someone else started, and write its outputs when it ends."""
+
+    async def main() -> int:
+        bus = await Bus.connect(bus_config("copi", nats, name="lab-attach"), reconnect=False, timeout=5)
+        try:
+            state = await project_stage(bus, subjects.token(project, "project"))
+            if state is None:
+                raise UnknownProject(f"unknown project {project!r}: the PI holds no state for it")
+            budget = Budget.model_validate(state["budget"])
+            left = state["started_at"] + budget.wall_time_s + 600 - time.time()
+            opts = RunOptions(template=state["template"], nats=nats, quiet=quiet, project=project)
+            console.print(f"attached to project [bold]{project}[/bold] (stage {state['stage']})")
+            return await _follow_and_export(bus, project, out or Path("lab-out") / project, opts, console, None, time.monotonic() + max(60.0, left))
+        finally:
+            await bus.close()
+
+    return asyncio.run(main())
 
 
 async def _run(opts: RunOptions, folder: Path, spec: templates.TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
@@ -128,27 +167,41 @@ async def _run(opts: RunOptions, folder: Path, spec: templates.TemplateSpec, bud
     try:
         if opts.mind == "llm" and sup is None and (reason := await llm_refusal(bus, opts.model)):
             raise MindRefused(reason)
+        local = read_local_lab()
+        limit = local.get("max_store_bytes") if local and local.get("url") == bus.config.url else None
+        await check_store(bus.js, bus.config.url, limit)  # a full store refuses the project before any of it is written
         artifacts = await Artifacts.open(bus)
-        bundle_name = await artifacts.put(f"{project}/template.tar.gz", templates.bundle(folder))
-        start = StartProject(
-            template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
-            seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
-        )
-        # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
-        choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
-        await bus.publish(Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice))
+        try:
+            bundle_name = await artifacts.put(f"{project}/template.tar.gz", templates.bundle(folder))
+            start = StartProject(
+                template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
+                seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
+            )
+            # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
+            choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
+            await bus.publish(Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice))
+        except nats.js.errors.APIError as e:
+            if "insufficient" not in str(e):
+                raise
+            await check_store(bus.js, bus.config.url, limit)  # says how full, in one line
+            raise StoreFull(f"the lab's store refused the new project ({e.description}) at {bus.config.url}") from None
         console.print(f"project [bold]{project}[/bold] started on template {spec.name!r}; follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
-        decision = await _follow(bus, project, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)
-        if decision is None:
-            console.print(f"[red]project {project} did not reach a decision in time[/red]")
-            return 1
-        paths = await _collect(bus, artifacts, project, decision, out)
-        console.print(f"\n[bold]{'ACCEPTED' if decision.accepted else 'NOT ACCEPTED'}[/bold]: {decision.reason}")
-        for label, path in paths:
-            console.print(f"  {label:<18} {path}")
-        return 0 if decision.paper is not None else 1
+        return await _follow_and_export(bus, project, out, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)
     finally:
         await bus.close()
+
+
+async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions, console: Console, sup: Any, deadline: float) -> int:
+    """Follow the project to its decision, then write its outputs with `lab export`'s code (so the two cannot differ)."""
+    decision = await _follow(bus, project, opts, console, sup, deadline=deadline)
+    done = await export_project(bus, project, out)
+    if decision is None:
+        console.print(f"[red]project {project} did not reach a decision in time[/red]; what it had so far is in {out}")
+        return 1
+    console.print(f"\n[bold]{'ACCEPTED' if decision.accepted else 'NOT ACCEPTED'}[/bold]: {decision.reason}")
+    for label, path in done.files:
+        console.print(f"  {label:<18} {path}")
+    return 0 if decision.paper is not None else 1
 
 
 async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, sup: Any, deadline: float) -> Decision | None:
@@ -166,6 +219,8 @@ async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, su
             return await _watch(queue, reader, project, opts, progress, task, sup, deadline)
         finally:
             reader.cancel()
+            # Wait for the reader to unsubscribe before the caller closes the connection under it.
+            await asyncio.gather(reader, return_exceptions=True)
 
 
 async def _watch(queue: asyncio.Queue, reader: asyncio.Task, project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float) -> Decision | None:
@@ -191,42 +246,3 @@ async def _watch(queue: asyncio.Queue, reader: asyncio.Task, project: str, opts:
             progress.update(task, completed=STAGES.index(stage) + (1 if stage == "decision" else 0), description=f"{project}: {stage} ({runs_done} runs done)")
         if isinstance(env.body, Decision):
             return env.body
-
-
-async def _fetch(artifacts: Artifacts, name: str, dest: Path) -> Path | None:
-    try:
-        data = await artifacts.get(name)
-    except ArtifactMissing:
-        return None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(data)
-    return dest
-
-
-async def _collect(bus: Bus, artifacts: Artifacts, project: str, decision: Decision, out: Path) -> list[tuple[str, Path]]:
-    """Copy the deliverables out of the object store, and the whole log out of the stream."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths: list[tuple[str, Path]] = []
-    paper = decision.paper
-    if paper is not None:
-        for label, name in (("paper.tex", paper.tex), ("paper.md", paper.markdown), ("paper.pdf", paper.pdf), ("references.bib", paper.bib)):
-            if name and (p := await _fetch(artifacts, name, out / label)):
-                paths.append((label, p))
-        for fig in paper.figures:
-            await _fetch(artifacts, fig, out / "figures" / Path(fig).name)
-        if paper.figures:
-            paths.append(("figures/", out / "figures"))
-    if decision.review_object and (p := await _fetch(artifacts, decision.review_object, out / "review.json")):
-        paths.append(("review.json", p))
-    for name in await artifacts.list(f"{project}/runs/"):
-        _, _, job, fname = name.split("/", 3)
-        await _fetch(artifacts, name, out / "results" / job / fname)
-    if (out / "results").is_dir():
-        paths.append(("results/", out / "results"))
-    convo = out / "conversation.jsonl"
-    with convo.open("w") as f:
-        async for entry in read(bus, subjects.convo_all(project)):
-            if entry.envelope is not None:
-                f.write(json.dumps({"seq": entry.seq, "subject": entry.subject, **entry.envelope.model_dump(mode="json")}) + "\n")
-    paths.append(("conversation.jsonl", convo))
-    return paths
