@@ -152,7 +152,7 @@ class Bus:
                 await self.js.stream_info(cfg.name)
             except nats.js.errors.NotFoundError:
                 try:
-                    await self.js.add_stream(cfg)
+                    await self._add_stream(cfg)
                 except BadRequestError as e:
                     try:
                         await self.js.stream_info(cfg.name)  # created concurrently: fine
@@ -168,6 +168,22 @@ class Bus:
             await self.js.object_store(ARTIFACTS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             await self.js.create_object_store(ARTIFACTS_BUCKET, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=r))
+
+    async def _add_stream(self, cfg: api.StreamConfig) -> None:
+        """Create a stream; where the server's store is smaller than its size limit, with no limit of its own.
+
+        nats-server reserves each stream's ``max_bytes`` against its ``max_file_store`` and refuses
+        the stream outright when that does not fit (a small store, set on purpose or by a small
+        disk). Then the store's own limit is the cap: the stream is created without a reservation
+        rather than the lab not starting (or its reservations leaving no room for artifacts).
+        """
+        try:
+            await self.js.add_stream(cfg)
+        except nats.js.errors.APIError as e:
+            if "insufficient storage" not in str(e.description) or not cfg.max_bytes or cfg.max_bytes < 0:
+                raise
+            cfg.max_bytes = -1
+            await self.js.add_stream(cfg)
 
     # ------------------------------------------------------------ publishing
 

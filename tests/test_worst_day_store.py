@@ -6,12 +6,12 @@ import asyncio
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import nats.js.errors
 import pytest
 
 from bus.client import Bus, BusConfig
-from bus.permissions import ADMIN
 from bus.store import Artifacts
 from tests.conftest import lab_cmd
 
@@ -22,9 +22,15 @@ def lab(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProc
     return subprocess.run(lab_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def as_engineer(info: dict, name: str) -> BusConfig:
+    """The engineer's own credential (a role may add artifacts, and clean up a half-written one); no admin login is kept."""
+    password = (Path(info["home"]) / "secrets" / "engineer").read_text().strip()
+    return BusConfig(url=info["url"], user="engineer", password=password, name=name)
+
+
 async def fill(info: dict) -> dict[str, bytes]:
     """Put objects until JetStream refuses one; the ones it acknowledged."""
-    bus = await Bus.connect(BusConfig(url=info["url"], user=ADMIN, password=info["credentials"][ADMIN], name="test-fill"))
+    bus = await Bus.connect(as_engineer(info, "test-fill"))
     try:
         artifacts = await Artifacts.open(bus)
         kept: dict[str, bytes] = {}
@@ -42,7 +48,7 @@ async def fill(info: dict) -> dict[str, bytes]:
 
 
 async def read_back(info: dict, names: list[str]) -> dict[str, bytes]:
-    bus = await Bus.connect(BusConfig(url=info["url"], user=ADMIN, password=info["credentials"][ADMIN], name="test-read"))
+    bus = await Bus.connect(as_engineer(info, "test-read"))
     try:
         artifacts = await Artifacts.open(bus)
         return {n: await artifacts.get(n) for n in names}
