@@ -126,7 +126,35 @@ def seed_flags(arms: dict[str, Arm], primary: str) -> list[str]:
     return out
 
 
-def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float) -> list[Comparison]:
+def paired_values(base: Arm, arm: Arm, metric: str) -> tuple[list[float], list[float]] | None:
+    """Both arms' values in one seed order when they ran exactly the same real seeds, else None.
+
+    Only integer seeds pair: a mean-only run or a run whose seeds were not
+    recorded is keyed by a tuple, and cannot be matched with the other arm.
+    """
+    b, i = base.values.get(metric, {}), arm.values.get(metric, {})
+    if len(b) < 2 or set(b) != set(i) or not all(isinstance(s, int) for s in b):
+        return None
+    seeds = sorted(b)
+    return [b[s] for s in seeds], [i[s] for s in seeds]
+
+
+def correct(comparisons: list[Comparison], alpha: float, method: str) -> None:
+    """Set every comparison's corrected p-value and verdict, over the whole family at once."""
+    raw = [c.p_value for c in comparisons]
+    adjusted = stats.holm(raw) if method == "holm" else raw
+    for c, p in zip(comparisons, adjusted):
+        c.p_adjusted = p
+        c.verdict = stats.verdict_of(c.improvement, p, alpha)
+        c.better = c.verdict == "better"
+
+
+def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float, correction: str = "holm") -> list[Comparison]:
+    """Every idea against the baseline on every metric, then corrected as one family.
+
+    The family is everything the paper reports (all ideas x all metrics), so a
+    p = 0.03 among ten comparisons is not a finding.
+    """
     base = arms[BASELINE]
     out = []
     for idea, arm in arms.items():
@@ -135,7 +163,9 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float)
         for metric, direction in directions.items():
             if not base.n(metric) or not arm.n(metric):
                 continue
-            r = stats.compare(base.list(metric), arm.list(metric), direction, alpha=alpha, seed=stats.stable_seed(idea, metric))  # type: ignore[arg-type]
+            pair = paired_values(base, arm, metric)
+            b_vals, i_vals = pair if pair else (base.list(metric), arm.list(metric))
+            r = stats.compare(b_vals, i_vals, direction, alpha=alpha, seed=stats.stable_seed(idea, metric), paired=pair is not None)  # type: ignore[arg-type]
             out.append(
                 Comparison(
                     idea_id=idea, metric=metric, direction=direction,  # type: ignore[arg-type]
@@ -143,9 +173,10 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float)
                     idea_mean=r.idea.mean, idea_stderr=r.idea.stderr,
                     n_baseline=r.baseline.n, n_idea=r.idea.n,
                     diff=r.diff, improvement=r.improvement, ci_low=r.ci_low, ci_high=r.ci_high,
-                    p_value=r.p_value, effect_size=r.effect_size, better=r.better, verdict=r.verdict,
+                    p_value=r.p_value, effect_size=r.effect_size, better=r.better, verdict=r.verdict, test=r.test,
                 )
             )
+    correct(out, alpha, correction)
     return out
 
 
@@ -167,7 +198,7 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
         flags.insert(0, "missing baseline: no successful baseline run, so no idea could be compared")
     flags += fairness_flags(request.spec, arms) + seed_flags(arms, primary)
     report = AnalysisReport(
-        project=project, round=request.round, primary_metric=primary, alpha=alpha,
+        project=project, round=request.round, primary_metric=primary, alpha=alpha, correction="holm",
         comparisons=comparisons, runs=request.runs, flags=flags,
     )
     return report, arms

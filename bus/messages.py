@@ -128,10 +128,14 @@ class Comparison(Model):
     improvement: float  # diff signed so that > 0 is better, whatever the direction
     ci_low: float  # bootstrap CI of the improvement
     ci_high: float
-    p_value: float  # Welch t-test, two-sided
+    p_value: float  # two-sided, uncorrected: Welch's t-test, or a paired t-test when the arms share seeds
     effect_size: float  # Hedges' g, signed like improvement
-    better: bool  # improvement > 0 and p < alpha
-    verdict: Literal["better", "worse", "inconclusive"]
+    better: bool  # improvement > 0 and p_adjusted < alpha
+    verdict: Literal["better", "worse", "inconclusive"]  # from p_adjusted, never from the raw p-value
+    test: Literal["welch", "paired"] = "welch"
+    # p-value corrected for every comparison the report holds (AnalysisReport.correction);
+    # None only in reports made before corrections existed.
+    p_adjusted: float | None = None
 
 
 class AnalysisReport(Model):
@@ -139,6 +143,9 @@ class AnalysisReport(Model):
     round: int = 0
     primary_metric: str
     alpha: float = 0.05
+    # How p-values are corrected for multiple comparisons across the whole
+    # report: "holm" (family-wise error rate) or "none".
+    correction: Literal["holm", "none"] = "holm"
     comparisons: list[Comparison]
     runs: list[RunRecord]
     flags: list[str] = []  # missing/unfair baselines, failed runs, too few seeds
@@ -348,6 +355,9 @@ class DraftReady(Model):
     figures: list[str] = []
     numbers: list[float] = []  # every number printed in the paper, for checking
     pdf_error: str = ""
+    # object-store name of analysis.json: the analyst's full report plus every
+    # number as the paper prints it, so each printed number can be traced.
+    analysis: str | None = None
 
 
 class ReviewRequest(Model):

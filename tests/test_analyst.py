@@ -135,3 +135,30 @@ async def test_report_is_deterministic():
     a = (await handle([BASE, GOOD]))[0].report
     b = (await handle([BASE, GOOD]))[0].report
     assert a == b
+
+
+async def test_arms_that_share_seeds_are_paired_and_others_use_welch():
+    base = run("j1", "baseline", [0.71, 0.80, 0.65, 0.90], [0.5, 0.6, 0.4, 0.7], seeds=[0, 1, 2, 3])
+    same = run("j2", "same-seeds", [0.74, 0.82, 0.69, 0.91], [0.45, 0.58, 0.37, 0.66], seeds=[0, 1, 2, 3])
+    other = run("j3", "other-seeds", [0.74, 0.82, 0.69, 0.91], [0.45, 0.58, 0.37, 0.66], seeds=[4, 5, 6, 7])
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[base, same, other]))
+    tests = {(c.idea_id, c.metric): c.test for c in rep.comparisons}
+    assert tests == {("same-seeds", "acc"): "paired", ("same-seeds", "loss"): "paired",
+                     ("other-seeds", "acc"): "welch", ("other-seeds", "loss"): "welch"}
+    assert rep.correction == "holm"
+
+
+async def test_holm_correction_over_every_comparison_decides_the_verdict():
+    """Ten comparisons (5 ideas x 2 metrics): a raw p near 0.03 is not significant after Holm."""
+    acc = [0.80, 0.83, 0.79, 0.82, 0.81]
+    loss = [0.50, 0.52, 0.51, 0.53, 0.49]
+    runs = [run("b", "baseline", acc, loss, seeds=[0, 1, 2, 3, 4])]
+    runs.append(run("w", "weak", [a + 0.026 + 0.004 * (k % 2) for k, a in enumerate(acc)], loss, seeds=[10, 11, 12, 13, 14]))
+    for k in range(4):
+        runs.append(run(f"n{k}", f"null-{k}", [a + 0.001 * ((k + j) % 3 - 1) for j, a in enumerate(acc)], loss, seeds=[20 + 5 * k + j for j in range(5)]))
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=runs))
+    assert len(rep.comparisons) == 10
+    weak = next(c for c in rep.comparisons if c.idea_id == "weak" and c.metric == "acc")
+    assert 0.01 < weak.p_value < 0.05  # significant on its own ...
+    assert weak.p_adjusted >= 0.05 and weak.verdict == "inconclusive" and not weak.better  # ... but not after Holm
+    assert all(c.p_adjusted is not None and c.p_adjusted >= c.p_value for c in rep.comparisons)
