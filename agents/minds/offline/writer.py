@@ -26,19 +26,34 @@ def moved(c: Comparison) -> str:
     return "raised" if c.idea_mean > c.baseline_mean else "lowered" if c.idea_mean < c.baseline_mean else "left unchanged"
 
 
+def test_name(c: Comparison) -> str:
+    return "paired t-test" if c.test == "paired" else "Welch"
+
+
+def adjusted(c: Comparison) -> str:
+    return f", Holm-adjusted p = {fmt(c.p_adjusted)}" if c.p_adjusted is not None else ""
+
+
+def correction_words(correction: str, n: int) -> str:
+    if correction == "holm":
+        return f"Holm's correction for multiple comparisons over all {fmt(n)} comparisons reported here"
+    return "no correction for multiple comparisons"
+
+
 def verdict_words(c: Comparison, alpha: float) -> str:
+    after = " after correction" if c.p_adjusted is not None else ""
     if c.verdict == "better":
-        return f"better, significant at α = {fmt(alpha)}"
+        return f"better, significant at α = {fmt(alpha)}{after}"
     if c.verdict == "worse":
-        return f"worse, significant at α = {fmt(alpha)}"
-    return f"inconclusive, not significant at α = {fmt(alpha)}"
+        return f"worse, significant at α = {fmt(alpha)}{after}"
+    return f"inconclusive, not significant at α = {fmt(alpha)}{after}"
 
 
 def effect_sentence(c: Comparison, alpha: float) -> str:
     return (
         f"`{c.idea_id}` {moved(c)} {c.metric} from {fmt(c.baseline_mean)} to {fmt(c.idea_mean)} "
         f"({c.direction} is better; improvement {fmt(c.improvement)}, bootstrap CI [{fmt(c.ci_low)}, {fmt(c.ci_high)}], "
-        f"Welch p = {fmt(c.p_value)}, Hedges' g = {fmt(c.effect_size)}, "
+        f"{test_name(c)} p = {fmt(c.p_value)}{adjusted(c)}, Hedges' g = {fmt(c.effect_size)}, "
         f"{fmt(c.n_baseline)} baseline and {fmt(c.n_idea)} idea seeds): {verdict_words(c, alpha)}."
     )
 
@@ -47,6 +62,9 @@ class OfflineWriterMind:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.usage = Usage()
+
+    def describe(self) -> str:
+        return "offline mind (rule-based prose from the analysis; no language model was used)"
 
     async def write(self, request: DraftRequest) -> PaperSections:
         return Draft(request, random.Random(self.seed)).sections()
@@ -98,7 +116,8 @@ class Draft:
         return (
             f"We study {self.study}. "
             f"Starting from the research direction given by the co-PI, we compared a baseline with "
-            f"{fmt(len(self.r.ideas))} proposed change(s) to its knobs over several seeds, using Welch's t-test, Hedges' g and bootstrap "
+            f"{fmt(len(self.r.ideas))} proposed change(s) to its knobs over several seeds, using t-tests (paired where arms share seeds) "
+            f"with {correction_words(self.rep.correction, len(self.rep.comparisons))}, Hedges' g and bootstrap "
             f"confidence intervals, with the primary metric {self.rep.primary_metric}.{seed_text} {finding}"
         )
 
@@ -154,8 +173,10 @@ class Draft:
             "Knobs:\n\n" + "\n".join(knob_lines or ["- none declared"]) + "\n\n"
             "Metrics:\n\n" + "\n".join(metric_lines) + "\n\n"
             f"Seeds used across runs: {', '.join(fmt(s) for s in seeds) or 'none'}. "
-            f"Runs of the same idea are pooled by seed. Each idea is compared with the baseline by a two-sided Welch t-test "
-            f"at α = {fmt(self.rep.alpha)}, Hedges' g and a percentile bootstrap confidence interval of the improvement, which is "
+            f"Runs of the same idea are pooled by seed. Each idea is compared with the baseline by a two-sided t-test, paired by seed "
+            f"when both arms ran the same seeds and Welch's otherwise, at α = {fmt(self.rep.alpha)} with "
+            f"{correction_words(self.rep.correction, len(self.rep.comparisons))}; a verdict uses the corrected p-value. "
+            "We also report Hedges' g and a percentile bootstrap confidence interval of the improvement, which is "
             "the difference signed so that a positive value is better whatever the metric's direction."
         )
 
