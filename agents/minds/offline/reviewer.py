@@ -12,7 +12,11 @@ Decision rule of the meta-review (stated in its summary too):
 - reject when any review finds a fatal problem (a claimed improvement that the
   verdicts call worse);
 - accept when no blocking finding remains (more_seeds, add_baseline,
-  add_limitation, rewrite_section) and the mean overall score is >= 6;
+  add_limitation, rewrite_section), the mean overall score is >= 6 and the
+  study is conclusive: some primary comparison is significant (better or
+  worse) after the report's multiple-comparison correction;
+- reject an inconclusive study once nothing blocking is left to fix: it is
+  reported, but not accepted as a finding;
 - reject when blocking findings remain and no revision round is left
   (round >= max_rounds, rounds counted from 0 as the PI does); otherwise
   revise, with one item per finding.
@@ -68,6 +72,11 @@ def sections(paper: str) -> dict[str, str]:
 
 def primary(report: AnalysisReport) -> list[Comparison]:
     return [c for c in report.comparisons if c.metric == report.primary_metric]
+
+
+def conclusive(report: AnalysisReport) -> bool:
+    """Whether the evidence settles anything: a primary comparison significant after correction, either way."""
+    return any(c.verdict in ("better", "worse") for c in primary(report))
 
 
 def seed_findings(report: AnalysisReport) -> list[Finding]:
@@ -229,7 +238,7 @@ class OfflineReviewerMind:
             else "The limitations section needs work (see weaknesses).",
             ethics="No ethical concerns found: the paper reports automated experiments within a declared template, with no human subjects named.",
             scores=s,
-            decision="accept" if s.overall >= ACCEPT_AT and not blocking else "reject",
+            decision="accept" if s.overall >= ACCEPT_AT and not blocking and conclusive(report) else "reject",
         )
 
     async def meta_review(self, reviews: list[Review], report: AnalysisReport, round: int, max_rounds: int) -> MetaReview:
@@ -245,10 +254,16 @@ class OfflineReviewerMind:
         blocking = [f for f in found.values() if f.blocking]
         items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)  # type: ignore[arg-type]
                  for n, f in enumerate((f for f in found.values() if f.kind != "fatal"), 1)]
-        rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains and the mean overall is >= {ACCEPT_AT}; "
+        rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains, the mean overall is >= {ACCEPT_AT} "
+                f"and a primary comparison is significant after correction; reject an inconclusive study with nothing left to fix; "
                 f"otherwise revise while rounds are left (this is round {round}; revisions end at round {max_rounds}).")
         if fatal:
             return MetaReview(summary=f"Reject: {fatal[0].text} {rule}", overall=overall, decision="reject")
+        if not blocking and not conclusive(report):
+            return MetaReview(
+                summary=f"Reject as a finding: no comparison on {report.primary_metric} is significant after "
+                f"{report.correction} correction, so the study is inconclusive; it is reported, not accepted (mean overall {overall}). {rule}",
+                overall=overall, decision="reject", revision_items=items)
         if not blocking and overall >= ACCEPT_AT:
             extra = f" Optional suggestions: {'; '.join(i.text for i in items)}" if items else ""
             return MetaReview(summary=f"Accept: the claims match the evidence and no blocking item remains (mean overall {overall}).{extra} {rule}",
