@@ -9,7 +9,11 @@ writer and reviewer can act on them without importing this module:
 
 ``missing baseline:``, ``unfair baseline:``, ``baseline has fewer seeds:``,
 ``too few seeds:``, ``failed run:``, ``no per-seed values:``, ``duplicate seed:``,
-``zero variance:``.
+``zero variance:``, ``compute changed:``.
+
+p-values are corrected over every comparison of the report (Holm by default,
+named in ``AnalysisReport.correction``), and the verdicts use the corrected
+values; arms that ran the same seeds are compared by a paired test.
 """
 
 from __future__ import annotations
@@ -112,6 +116,24 @@ def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
     return out
 
 
+def compute_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
+    """Ideas that change a knob marked ``changes_compute`` (and not already flagged unfair): their arm spends different compute."""
+    knobs = spec.get("knobs") or {}
+    base = baseline_config(spec, arms.get(BASELINE))
+    out = []
+    for idea, arm in arms.items():
+        if idea == BASELINE:
+            continue
+        for k, v in arm.overrides.items():
+            knob = knobs.get(k) or {}
+            if knob.get("changes_compute") and not knob.get("fairness") and v != base.get(k):
+                out.append(
+                    f"compute changed: idea {idea!r} changes {k!r} (baseline {base.get(k)!r}, idea {v!r}), which changes the "
+                    "compute per run, so the comparison is not at equal compute and no claim may say it was"
+                )
+    return out
+
+
 def seed_flags(arms: dict[str, Arm], primary: str) -> list[str]:
     out = []
     for idea, arm in arms.items():
@@ -196,7 +218,7 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
         ]
     else:
         flags.insert(0, "missing baseline: no successful baseline run, so no idea could be compared")
-    flags += fairness_flags(request.spec, arms) + seed_flags(arms, primary)
+    flags += fairness_flags(request.spec, arms) + compute_flags(request.spec, arms) + seed_flags(arms, primary)
     report = AnalysisReport(
         project=project, round=request.round, primary_metric=primary, alpha=alpha, correction="holm",
         comparisons=comparisons, runs=request.runs, flags=flags,

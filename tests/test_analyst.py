@@ -162,3 +162,12 @@ async def test_holm_correction_over_every_comparison_decides_the_verdict():
     assert 0.01 < weak.p_value < 0.05  # significant on its own ...
     assert weak.p_adjusted >= 0.05 and weak.verdict == "inconclusive" and not weak.better  # ... but not after Holm
     assert all(c.p_adjusted is not None and c.p_adjusted >= c.p_value for c in rep.comparisons)
+
+
+async def test_a_knob_that_changes_compute_is_flagged():
+    spec = {**SPEC, "knobs": {**SPEC["knobs"], "layers": {"type": "int", "default": 1, "changes_compute": True}}}
+    deeper = run("j3", "deeper", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39], overrides={"layers": 2})
+    same = run("j4", "same-layers", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39], overrides={"layers": 1, "lr": 0.02})
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=spec, runs=[BASE, deeper, same]))
+    compute = [f for f in rep.flags if f.startswith("compute changed:")]
+    assert len(compute) == 1 and "'deeper'" in compute[0] and "'layers'" in compute[0] and "not at equal compute" in compute[0]
