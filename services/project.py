@@ -172,7 +172,8 @@ async def _collect(bus: Bus, artifacts: Artifacts, project: str, decision: Decis
     paths: list[tuple[str, Path]] = []
     paper = decision.paper
     if paper is not None:
-        for label, name in (("paper.tex", paper.tex), ("paper.md", paper.markdown), ("paper.pdf", paper.pdf), ("references.bib", paper.bib)):
+        for label, name in (("paper.tex", paper.tex), ("paper.md", paper.markdown), ("paper.pdf", paper.pdf), ("references.bib", paper.bib),
+                            ("analysis.json", paper.analysis)):
             if name and (p := await _fetch(artifacts, name, out / label)):
                 paths.append((label, p))
         for fig in paper.figures:
