@@ -88,7 +88,7 @@ class Literature(Role):
         chain = FallbackChain(sources, ctx.cache, ctx.log)
         try:
             found, queries, answered = await self._search(body, ctx, chain, settings)
-            judgement = await ctx.mind.judge_novelty(body.idea, found)
+            judgement = await ctx.mind.judge_novelty(body.idea, found, task=task_text(body))
         except Exception as e:  # the mind (an LLM, maybe) failed: the PI decides what follows
             ctx.log.error("lit_mind_failed", idea=body.idea.id, reason=f"{type(e).__name__}: {e}")
             ctx.send(StepFailed(step="novelty_check", reason=f"literature mind failed: {e}", ref=body.idea.id), to="pi")

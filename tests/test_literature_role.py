@@ -228,7 +228,7 @@ class InventingMind:
     async def queries(self, idea: Idea, task: str, found: list, round: int) -> list[str]:
         return ["weight decay"] if round == 0 else []
 
-    async def judge_novelty(self, idea: Idea, found: list) -> NoveltyJudgement:
+    async def judge_novelty(self, idea: Idea, found: list, task: str = "") -> NoveltyJudgement:
         return NoveltyJudgement(novel=True, justification="see made2024up", cited_keys=["made2024up", found[0].key])
 
 
@@ -241,7 +241,7 @@ async def test_invented_citations_are_dropped(store: FakeStore, lab_home: Path) 
 
 
 class BrokenMind(InventingMind):
-    async def judge_novelty(self, idea: Idea, found: list) -> NoveltyJudgement:
+    async def judge_novelty(self, idea: Idea, found: list, task: str = "") -> NoveltyJudgement:
         raise TimeoutError("model endpoint timed out")
 
 
