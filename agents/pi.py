@@ -265,6 +265,7 @@ class PI(Role):
                 revision_items=st.revision_items,
                 responses=st.responses,
                 usage=st.usage,
+                not_novel={s.idea.id: s.reason for s in st.ideas.values() if s.status == "not_novel"},
             ),
             "writer",
         )

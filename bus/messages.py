@@ -343,6 +343,9 @@ class DraftRequest(Model):
     revision_items: list[RevisionItem] = []
     responses: list[ItemResponse] = []
     usage: dict[str, Usage] = {}
+    # Ideas the literature check found not novel, id -> the justification with its
+    # quoted evidence: dropped, not run, and the paper says so.
+    not_novel: dict[str, str] = {}
 
 
 class DraftReady(Model):

@@ -98,3 +98,11 @@ async def test_the_paper_names_the_offline_mind_and_the_correction():
     assert "Written by the offline mind" in tex
     assert "Holm's correction for multiple comparisons over all 4 comparisons" in md
     assert "| p (corrected) |" in md
+
+
+async def test_the_paper_says_which_ideas_were_dropped_as_not_novel():
+    why = "Not novel: power2022grokking ('Grokking') already studies decay, weight on grokking: \"weight decay is among the interventions\""
+    out, store = await write(request(not_novel={"weight-decay-3p0": why}))
+    md = store.data[out.markdown].decode()
+    related = md.split("## Related Work")[1].split("## Method")[0]
+    assert "Ideas dropped before running" in related and "`weight-decay-3p0`" in related and "weight decay is among the interventions" in related

@@ -100,6 +100,8 @@ async def test_full_loop_with_one_revision_round():
 
     out = await h.send(AnalysisDone(report=report(0)), "analyst")
     assert kinds(out) == ["draft_request->writer"]
+    # The paper learns which ideas were dropped as not novel, and why.
+    assert out[0][0].not_novel == {ideas[1].id: "done before by X", third.id: "known", fourth.id: "known"}
     draft = DraftReady(round=0, tex="p1/paper.tex", markdown="p1/paper.md", bib="p1/references.bib")
     out = await h.send(draft, "writer")
     assert kinds(out) == ["review_request->reviewer"]

@@ -71,6 +71,7 @@ def analysis_document(request: DraftRequest, mind: str) -> dict[str, Any]:
         "correction": request.report.correction,
         "spec": request.spec,
         "usage": {role: u.model_dump(mode="json") for role, u in request.usage.items()},
+        "not_novel": request.not_novel,
         "mind": mind,
     }
     doc["display"] = sorted(display_numbers(doc))

@@ -137,9 +137,15 @@ class Draft:
 
     def related_work(self) -> str:
         if not self.r.references:
-            return "The literature search returned no references for this study, so we cannot place it among prior work."
-        items = [f"- {ref.title} [@{ref.key}]" for ref in self.r.references]
-        return "This study builds on the following work found by the literature search.\n\n" + "\n".join(items)
+            text = "The literature search returned no references for this study, so we cannot place it among prior work."
+        else:
+            items = [f"- {ref.title} [@{ref.key}]" for ref in self.r.references]
+            text = "This study builds on the following work found by the literature search.\n\n" + "\n".join(items)
+        if self.r.not_novel:
+            dropped = [f"- `{i}`: {why}" for i, why in self.r.not_novel.items()]
+            text += ("\n\nIdeas dropped before running because the literature already studies them "
+                     "(not novel; not run, and not reframed as replications):\n\n" + "\n".join(dropped))
+        return text
 
     def knob_default(self, knob: str) -> Any:
         return (self.spec.get("baseline") or {}).get(knob, ((self.spec.get("knobs") or {}).get(knob) or {}).get("default"))
