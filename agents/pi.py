@@ -86,7 +86,10 @@ class PI(Role):
         for key, value in reading.constraints.items():
             st.constraints[key] = value
         ctx.send(NoteAck(note_id=note.id, understood=reading.understood, constraints=reading.constraints), "copi")
-        ctx.log.info("co-PI note taken", note=note.text, constraints=reading.constraints)
+        if reading.parsed:
+            ctx.log.info("co-PI note taken", note=note.text, constraints=reading.constraints)
+        else:
+            ctx.log.warning("co-PI note not understood", note=note.text, answer=reading.understood)
         if reading.constraints.get("stop") and st.stage not in ("done", "failed"):
             await self._finish(ctx, st, accepted=False, reason=f"stopped by the co-PI: {note.text!r}", failed=True)
 

@@ -210,3 +210,30 @@ async def test_copi_can_stop_the_project():
     # Late answers to a stopped project change nothing.
     exp = next(iter(h.state.experiments))
     assert await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer") == []
+
+
+async def test_a_note_the_offline_pi_cannot_parse_is_said_so_in_the_log():
+    from structlog.testing import capture_logs
+
+    h = Harness()
+    await h.send(START)
+    with capture_logs() as logs:
+        out = await h.send(CoPINoteMsg(note=CoPINote(id="n2", text="make it prettier somehow")))
+    assert kinds(out) == ["note_ack->copi"]
+    assert out[0][0].understood.startswith("not understood") and out[0][0].constraints == {}
+    warned = [e for e in logs if e["event"] == "co-PI note not understood"]
+    assert warned and warned[0]["log_level"] == "warning" and warned[0]["note"] == "make it prettier somehow"
+
+
+async def test_the_llm_pi_can_stop_the_project_on_a_note():
+    from tests.llm_helpers import replay
+    from agents.minds import make_mind
+
+    h = Harness()
+    await h.send(START)
+    client = replay({"understood": "stopping the project as asked", "allowed_knobs": [], "forbidden_knobs": [], "stop": True})
+    h.mind = make_mind("llm", "pi", seed=0, config={"model_client": client})
+    out = await h.send(CoPINoteMsg(note=CoPINote(id="n3", text="We have what we need; wrap it up immediately.")))
+    assert kinds(out) == ["note_ack->copi", "decision->all"]
+    assert out[0][0].constraints == {"stop": True} and "stop" in client.create_calls[0]["messages"][-1].content
+    assert not out[1][0].accepted and "stopped by the co-PI" in out[1][0].reason and h.state.stage == "failed"

@@ -43,6 +43,9 @@ class IdeaContext(Model):
 class NoteReading(Model):
     understood: str
     constraints: dict[str, Any] = {}
+    # False: the mind could not tell what the note asks; the PI says so in the log
+    # (and in the acknowledgement) instead of silently carrying on.
+    parsed: bool = True
 
 
 class ReviewContext(Model):

@@ -51,6 +51,8 @@ class NoteAnswer(Answer):
     understood: str = Field(min_length=3)
     allowed_knobs: list[str]  # empty: no restriction to a subset
     forbidden_knobs: list[str]
+    # The co-PI may end the project from a note in any mind, not only the offline one.
+    stop: bool = False
 
 
 class ItemAnswers(Answer):

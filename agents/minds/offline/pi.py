@@ -129,7 +129,11 @@ class OfflinePIMind:
             return NoteReading(understood=f"from now on, new ideas vary only {', '.join(named)}", constraints={"allowed_knobs": named})
         if named and _AVOID.search(note.text):
             return NoteReading(understood=f"from now on, new ideas leave {', '.join(named)} alone", constraints={"forbidden_knobs": named})
-        return NoteReading(understood="noted; it will be reported in the paper's appendix (no knob constraint recognised)")
+        return NoteReading(
+            understood="not understood: the offline PI recognises only 'only vary <knob>', 'do not touch <knob>' and 'stop'; "
+            "the note changes nothing and is reported in the paper's appendix",
+            parsed=False,
+        )
 
     async def answer_review(self, ctx: ReviewContext) -> list[ItemResponse]:
         out = []
