@@ -202,11 +202,34 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float,
     return out
 
 
+def confirm(report: AnalysisReport, runs: list[RunRecord], directions: dict[str, str], flags: list[str], alpha: float) -> None:
+    """Compare the confirmation runs (fresh seeds) on the primary metric and mark each idea's primary comparison.
+
+    An exploratory "better" or "worse" is replicated when the confirmation, corrected
+    over its own family, reaches the same verdict; anything else is not replicated.
+    """
+    if not runs:
+        return
+    arms = pool(runs, flags)
+    if BASELINE not in arms:
+        flags.append("confirmation without baseline: no successful baseline confirmation run, so nothing was confirmed")
+        return
+    primary = report.primary_metric
+    confirmations = [c for c in compare_arms(arms, {primary: directions[primary]}, alpha, report.correction)]
+    report.confirmations = confirmations
+    found = {c.idea_id: c for c in confirmations}
+    for c in report.comparisons:
+        if c.metric == primary and c.idea_id in found:
+            c.replicated = c.verdict != "inconclusive" and found[c.idea_id].verdict == c.verdict
+
+
 def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -> tuple[AnalysisReport, dict[str, Arm]]:
     """The report without figures or summary (those need the store and the mind)."""
     directions, primary = metric_directions(request.spec)
     flags: list[str] = []
-    arms = pool(request.runs, flags)
+    confirming = set(request.confirmation)
+    exploratory = [r for r in request.runs if r.experiment_id not in confirming]
+    arms = pool(exploratory, flags)
     comparisons: list[Comparison] = []
     if BASELINE in arms:
         comparisons = compare_arms(arms, directions, alpha)
@@ -223,6 +246,7 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
         project=project, round=request.round, primary_metric=primary, alpha=alpha, correction="holm",
         comparisons=comparisons, runs=request.runs, flags=flags,
     )
+    confirm(report, [r for r in request.runs if r.experiment_id in confirming], directions, report.flags, alpha)
     return report, arms
 
 

@@ -163,9 +163,11 @@ class PI(Role):
     def _seeds(self, st: ProjectState, n: int) -> list[int]:
         return list(range(n))
 
-    def _request_experiment(self, ctx: Context, st: ProjectState, idea_id: str, idea: Idea | None, seeds: list[int]) -> None:
+    def _request_experiment(
+        self, ctx: Context, st: ProjectState, idea_id: str, idea: Idea | None, seeds: list[int], confirmation: bool = False
+    ) -> None:
         exp_id = f"x{len(st.experiments) + 1:02d}-{idea_id}"[:60]
-        st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round)
+        st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round, confirmation=confirmation)
         st.stage = "experiments"
         ctx.send(
             ExperimentRequest(
@@ -240,14 +242,14 @@ class PI(Role):
         )
         if busy:
             return
-        if st.round == 0 and await self._new_wave(ctx, st):
+        if st.round == 0 and not st.confirmed and await self._new_wave(ctx, st):
             return
         baseline_ok = any(e.idea_id == BASELINE and e.status == "done" for e in st.experiments.values())
         if not baseline_ok and st.round == 0:
             await self._finish(ctx, st, accepted=False, reason="the baseline failed to run; no fair comparison is possible", failed=True)
             return
         st.stage = "analysis"
-        ctx.send(AnalysisRequest(round=st.round, spec=st.spec, runs=st.runs()), "analyst")
+        ctx.send(AnalysisRequest(round=st.round, spec=st.spec, runs=st.runs(), confirmation=st.confirmation_ids()), "analyst")
 
     @on(AnalysisDone)
     async def analysis(self, body: AnalysisDone, env: Any, ctx: Context) -> None:
@@ -255,6 +257,8 @@ class PI(Role):
         if st.stage != "analysis" or body.report.round != st.round:
             return
         st.report = body.report
+        if self._confirm(ctx, st, body.report):
+            return
         st.stage = "draft"
         ctx.send(
             DraftRequest(
@@ -330,6 +334,34 @@ class PI(Role):
                 self._more_seeds(ctx, st, item.target)
         st.stage = "experiments"
         await self._advance(ctx, st)
+
+    def _confirm(self, ctx: Context, st: ProjectState, report: Any) -> bool:
+        """Ask for a confirmation run on fresh seeds of every significant primary finding not yet confirmed.
+
+        A finding becomes a headline only once it replicates, so this is
+        budgeted before the draft: the baseline and each such idea run again on
+        seeds no arm has used, and the analysis is redone with them apart.
+        Returns whether anything was requested (then the draft waits).
+        """
+        todo = [
+            c.idea_id for c in report.comparisons
+            if c.metric == report.primary_metric and c.verdict != "inconclusive" and c.replicated is None
+            and c.idea_id in st.ideas and c.idea_id not in st.confirmed
+        ]
+        if not todo:
+            return False
+        if st.runs_used + len(todo) + 1 > st.budget.max_runs:
+            ctx.log.warning("no confirmation run: run budget spent", ideas=todo, runs_left=st.budget.max_runs - st.runs_used)
+            return False
+        used = {s for e in st.experiments.values() for s in e.seeds}
+        start = max(used, default=-1) + 1
+        seeds = list(range(start, start + max(3, int(st.spec.get("seeds", 3)))))
+        st.confirmed = st.confirmed + todo
+        ctx.log.info("confirmation runs", ideas=todo, seeds=seeds)
+        self._request_experiment(ctx, st, BASELINE, None, seeds, confirmation=True)
+        for idea_id in todo:
+            self._request_experiment(ctx, st, idea_id, st.ideas[idea_id].idea, seeds, confirmation=True)
+        return True
 
     def _more_seeds(self, ctx: Context, st: ProjectState, target: str) -> None:
         """Run more seeds for an idea, and for the baseline too, so both arms keep equal seeds."""

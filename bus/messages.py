@@ -136,6 +136,9 @@ class Comparison(Model):
     # p-value corrected for every comparison the report holds (AnalysisReport.correction);
     # None only in reports made before corrections existed.
     p_adjusted: float | None = None
+    # Whether a confirmation run on fresh seeds reached the same significant verdict;
+    # None: not confirmed (no confirmation ran for this idea). Only the primary metric is confirmed.
+    replicated: bool | None = None
 
 
 class AnalysisReport(Model):
@@ -149,6 +152,9 @@ class AnalysisReport(Model):
     comparisons: list[Comparison]
     runs: list[RunRecord]
     flags: list[str] = []  # missing/unfair baselines, failed runs, too few seeds
+    # Confirmation runs on fresh seeds, idea vs baseline on the primary metric,
+    # corrected as their own family; they decide Comparison.replicated.
+    confirmations: list[Comparison] = []
     figures: list[str] = []  # object-store names
     summary: str = ""
 
@@ -324,6 +330,9 @@ class AnalysisRequest(Model):
     round: int
     spec: dict[str, Any]
     runs: list[RunRecord]
+    # Experiments that confirm earlier findings on fresh seeds: analysed apart
+    # from the exploratory runs, never pooled with them.
+    confirmation: list[str] = []
 
 
 class AnalysisDone(Model):

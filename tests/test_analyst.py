@@ -171,3 +171,20 @@ async def test_a_knob_that_changes_compute_is_flagged():
     rep, _ = build_report("p", AnalysisRequest(round=1, spec=spec, runs=[BASE, deeper, same]))
     compute = [f for f in rep.flags if f.startswith("compute changed:")]
     assert len(compute) == 1 and "'deeper'" in compute[0] and "'layers'" in compute[0] and "not at equal compute" in compute[0]
+
+
+async def test_confirmation_runs_on_fresh_seeds_mark_replicated_and_are_not_pooled():
+    good_again = run("c2", "wd", [0.90, 0.92, 0.89], [0.30, 0.32, 0.28], seeds=[100, 101, 102], overrides={"lr": 0.02})
+    base_again = run("c1", "baseline", [0.80, 0.79, 0.81], [0.50, 0.51, 0.52], seeds=[100, 101, 102])
+    req = AnalysisRequest(round=1, spec=SPEC, runs=[BASE, GOOD, base_again, good_again], confirmation=["e-c1", "e-c2"])
+    rep, arms = build_report("p", req)
+    acc = next(c for c in rep.comparisons if c.metric == "acc")
+    assert acc.n_idea == 3 and acc.n_baseline == 3  # confirmation seeds are not pooled into the exploratory arms
+    assert acc.verdict == "better" and acc.replicated is True
+    assert [(c.idea_id, c.metric, c.n_idea) for c in rep.confirmations] == [("wd", "acc", 3)]
+    assert next(c for c in rep.comparisons if c.metric == "loss").replicated is None  # only the primary is confirmed
+
+    fails = run("c2", "wd", [0.80, 0.78, 0.81], [0.5, 0.5, 0.5], seeds=[100, 101, 102], overrides={"lr": 0.02})
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[BASE, GOOD, base_again, fails], confirmation=["e-c1", "e-c2"]))
+    acc = next(c for c in rep.comparisons if c.metric == "acc")
+    assert acc.verdict == "better" and acc.replicated is False

@@ -237,3 +237,39 @@ async def test_the_llm_pi_can_stop_the_project_on_a_note():
     assert kinds(out) == ["note_ack->copi", "decision->all"]
     assert out[0][0].constraints == {"stop": True} and "stop" in client.create_calls[0]["messages"][-1].content
     assert not out[1][0].accepted and "stopped by the co-PI" in out[1][0].reason and h.state.stage == "failed"
+
+
+async def test_a_significant_finding_gets_a_confirmation_run_on_fresh_seeds_before_the_draft():
+    from agents.analyst import build_report
+    from bus.messages import AnalysisRequest
+
+    h = Harness()
+    out = await h.send(START)
+    baseline_exp, ideas = out[0][0].experiment_id, [b.idea for b, _ in out[1:]]
+    out = await h.send(NoveltyVerdict(idea_id=ideas[0].id, novel=True, justification="new"), "literature")
+    idea_exp = out[0][0].experiment_id
+    for i in ideas[1:]:
+        await h.send(NoveltyVerdict(idea_id=i.id, novel=False, justification="known"), "literature")
+    await h.send(ExperimentResult(experiment_id=baseline_exp, idea_id="baseline", runs=[run_record(baseline_exp, "baseline", [1.0, 1.1, 0.9])]), "engineer")
+    out = await h.send(ExperimentResult(experiment_id=idea_exp, idea_id=ideas[0].id, runs=[run_record(idea_exp, ideas[0].id, [0.5, 0.52, 0.48])]), "engineer")
+    while kinds(out) == ["novelty_check->literature"]:  # the space is drained of not-novel ideas
+        out = await h.send(NoveltyVerdict(idea_id=out[0][0].idea.id, novel=False, justification="known"), "literature")
+    assert kinds(out) == ["analysis_request->analyst"] and out[0][0].confirmation == []
+    rep, _ = build_report("p1", out[0][0])
+    assert rep.comparisons[0].verdict == "better" and rep.comparisons[0].replicated is None
+
+    out = await h.send(AnalysisDone(report=rep), "analyst")
+    # Not the draft yet: the baseline and the idea run again on seeds no arm has used.
+    assert kinds(out) == ["experiment_request->engineer", "experiment_request->engineer"]
+    (base_c, _), (idea_c, _) = out
+    assert base_c.idea is None and idea_c.idea.id == ideas[0].id and base_c.seeds == idea_c.seeds == [3, 4, 5]
+    await h.send(ExperimentResult(experiment_id=base_c.experiment_id, idea_id="baseline",
+                                  runs=[run_record(base_c.experiment_id, "baseline", [1.0, 1.05, 0.95], [3, 4, 5])]), "engineer")
+    out = await h.send(ExperimentResult(experiment_id=idea_c.experiment_id, idea_id=ideas[0].id,
+                                        runs=[run_record(idea_c.experiment_id, ideas[0].id, [0.55, 0.5, 0.45], [3, 4, 5])]), "engineer")
+    assert kinds(out) == ["analysis_request->analyst"]
+    assert sorted(out[0][0].confirmation) == sorted([base_c.experiment_id, idea_c.experiment_id])
+    rep, _ = build_report("p1", out[0][0])
+    assert rep.comparisons[0].replicated is True and rep.comparisons[0].n_idea == 3
+    out = await h.send(AnalysisDone(report=rep), "analyst")
+    assert kinds(out) == ["draft_request->writer"]  # confirmed once; no second confirmation

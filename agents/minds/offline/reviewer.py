@@ -13,8 +13,9 @@ Decision rule of the meta-review (stated in its summary too):
   verdicts call worse);
 - accept when no blocking finding remains (more_seeds, add_baseline,
   add_limitation, rewrite_section), the mean overall score is >= 6 and the
-  study is conclusive: some primary comparison is significant (better or
-  worse) after the report's multiple-comparison correction;
+  study is conclusive: some primary comparison is significant after the
+  report's multiple-comparison correction (worse, or better and replicated on
+  fresh seeds by a confirmation run);
 - reject an inconclusive study once nothing blocking is left to fix: it is
   reported, but not accepted as a finding;
 - reject when blocking findings remain and no revision round is left
@@ -75,8 +76,9 @@ def primary(report: AnalysisReport) -> list[Comparison]:
 
 
 def conclusive(report: AnalysisReport) -> bool:
-    """Whether the evidence settles anything: a primary comparison significant after correction, either way."""
-    return any(c.verdict in ("better", "worse") for c in primary(report))
+    """Whether the evidence settles anything: a primary comparison significant after correction, either way,
+    and for a gain, replicated on fresh seeds (a harm needs no confirmation to be reported as one)."""
+    return any(c.verdict == "worse" or (c.verdict == "better" and c.replicated) for c in primary(report))
 
 
 def seed_findings(report: AnalysisReport) -> list[Finding]:

@@ -82,7 +82,11 @@ class Draft:
         self.primary = [c for c in self.rep.comparisons if c.metric == self.rep.primary_metric]
         # An idea that changed a fairness knob won against a different setup, not the baseline: no headline for it.
         self.unfair = {m.group(1) for f in self.rep.flags if f.startswith("unfair baseline") for m in [re.search(r"idea '([^']+)'", f)] if m}
-        self.better = sorted((c for c in self.primary if c.verdict == "better" and c.idea_id not in self.unfair), key=lambda c: -c.effect_size)
+        # A headline needs a gain that survives the correction, compares fairly and replicated on fresh seeds.
+        fair_gains = [c for c in self.primary if c.verdict == "better" and c.idea_id not in self.unfair]
+        self.better = sorted((c for c in fair_gains if c.replicated), key=lambda c: -c.effect_size)
+        self.unreplicated = [c for c in fair_gains if not c.replicated]
+        self.confirmations = {c.idea_id: c for c in self.rep.confirmations}
         self.worse = [c for c in self.primary if c.verdict == "worse"]
         self.study = self.spec.get("title") or self.spec.get("name") or "the template task"
 
@@ -97,8 +101,13 @@ class Draft:
                     "No idea could be compared with the baseline, so this paper reports no effect.")
         if self.better:
             c = self.better[0]
-            return (f"{self.ideas[c.idea_id].title if c.idea_id in self.ideas else c.idea_id}: a significant gain in {m} on {self.study}",
-                    f"The best supported result: {effect_sentence(c, self.rep.alpha)}")
+            return (f"{self.ideas[c.idea_id].title if c.idea_id in self.ideas else c.idea_id}: a significant, replicated gain in {m} on {self.study}",
+                    f"The best supported result: {effect_sentence(c, self.rep.alpha)} {self.replication(c)}")
+        if self.unreplicated:
+            return (f"No replicated gain in {m} on {self.study}: significant gains did not hold on fresh seeds",
+                    "Gains that were significant after correction in the exploratory runs are not claimed, because a confirmation "
+                    "on fresh seeds did not reproduce them or could not be run: "
+                    + " ".join(f"{effect_sentence(c, self.rep.alpha)} {self.replication(c)}" for c in self.unreplicated))
         if self.worse and len(self.worse) == len(self.primary):
             return (f"A negative result on {self.study}: none of the tested changes helped {m}",
                     "Every tested change made the primary metric worse: " + " ".join(effect_sentence(c, self.rep.alpha) for c in self.worse))
@@ -109,6 +118,14 @@ class Draft:
         return (f"No significant change in {m} on {self.study}: an inconclusive study",
                 "No tested change differed significantly from the baseline in the direction that helps: "
                 + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary))
+
+    def replication(self, c: Comparison) -> str:
+        again = self.confirmations.get(c.idea_id)
+        if c.replicated is None or again is None:
+            return "No confirmation run on fresh seeds was possible, so it is not replicated."
+        word = "It replicated" if c.replicated else "It did not replicate"
+        return (f"{word} on {fmt(again.n_idea)} fresh seeds per arm (improvement {fmt(again.improvement)}, "
+                f"{test_name(again)} p = {fmt(again.p_value)}{adjusted(again)}: {again.verdict}).")
 
     def abstract(self, finding: str) -> str:
         seeds = sorted({c.n_baseline for c in self.primary} | {c.n_idea for c in self.primary})
@@ -218,7 +235,10 @@ class Draft:
 
     def conclusion(self) -> str:
         if self.better:
-            lead = f"The evidence supports one claim: {self.name(self.better[0].idea_id)} improves {self.rep.primary_metric} over the baseline."
+            lead = (f"The evidence supports one claim: {self.name(self.better[0].idea_id)} improves {self.rep.primary_metric} over the baseline, "
+                    "significant after correction and replicated on fresh seeds.")
+        elif self.unreplicated:
+            lead = f"No gain in {self.rep.primary_metric} both survived the correction and replicated on fresh seeds, so we claim none."
         elif self.rep.comparisons:
             lead = f"The evidence does not support a significant improvement in {self.rep.primary_metric} from any tested change."
         else:
