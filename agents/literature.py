@@ -20,7 +20,9 @@ from agents.lit.bibtex import unique_keys
 from agents.lit.chain import FallbackChain, same_paper
 from agents.lit.config import close_sources, open_sources, source_names
 from agents.minds.base import NoveltyJudgement
-from bus.messages import CoPINoteMsg, Envelope, NoteAck, NoveltyCheck, NoveltyVerdict, Reference, StepFailed
+from bus.messages import (
+    CoPINoteMsg, Envelope, NoteAck, NoveltyCheck, NoveltyVerdict, Reference, ReferenceSearch, ReferencesFound, StepFailed,
+)
 
 _QUOTED = re.compile(r"[\"“]([^\"”]{3,80})[\"”]")
 
@@ -155,6 +157,42 @@ class Literature(Role):
             sources=answered,
             queries=queries,
         )
+
+    @on(ReferenceSearch)
+    async def reference_search(self, body: ReferenceSearch, env: Envelope, ctx: Context) -> None:
+        """References a review asked for: run the PI's queries through the same sources, return only new papers.
+
+        Why here and not in the writer: the literature role owns the sources,
+        their cache and backoff; the writer only cites what the PI hands it.
+        """
+        settings = _settings(ctx)
+        names, _ = source_names(settings.sources)
+        sources, skipped = await open_sources(
+            names,
+            lab_home=Path(ctx.services["lab_home"]) if ctx.services.get("lab_home") else None,
+            artifacts=ctx.artifacts,
+            template_object=body.template_object,
+            web=settings.web,
+        )
+        chain = FallbackChain(sources, ctx.cache, ctx.log)
+        found: list[Reference] = []
+        answered: list[str] = []
+        try:
+            for query in body.queries:
+                answer = await chain.search(query, settings.per_query)
+                answered += [s for s in answer.answered if s not in answered]
+                found = _merge(found, answer.refs)
+        finally:
+            close_sources(sources)
+        known = set(body.known)
+        new = [r for r in unique_keys(found) if r.key not in known][: settings.max_references]
+        reason = ""
+        if not new:
+            problems = {**skipped, **chain.down}
+            reason = (f"no paper beyond the {len(known)} already cited answered {len(body.queries)} queries"
+                      + (f" ({'; '.join(f'{k}: {v}' for k, v in problems.items())})" if problems else ""))
+        ctx.log.info("lit_references_found", item=body.item_id, n=len(new), sources=answered)
+        ctx.send(ReferencesFound(item_id=body.item_id, references=new, sources=answered, reason=reason), to="pi")
 
     @on(CoPINoteMsg)
     async def copi_note(self, body: CoPINoteMsg, env: Envelope, ctx: Context) -> None:

@@ -11,6 +11,7 @@ dies and restarts resumes from the state in KV.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from agents.base import Context, Rejected, Role, on
@@ -32,6 +33,8 @@ from bus.messages import (
     NoveltyCheck,
     NoveltyVerdict,
     Rebuttal,
+    ReferenceSearch,
+    ReferencesFound,
     ReviewDone,
     ReviewRequest,
     StartProject,
@@ -239,7 +242,7 @@ class PI(Role):
             return
         busy = any(s.status == "checking" for s in st.ideas.values()) or any(
             e.status == "requested" for e in st.experiments.values()
-        )
+        ) or bool(st.citations_pending)
         if busy:
             return
         if st.round == 0 and not st.confirmed and await self._new_wave(ctx, st):
@@ -332,6 +335,8 @@ class PI(Role):
             item = items.get(r.item_id)
             if r.action == "act" and item is not None and item.kind == "more_seeds":
                 self._more_seeds(ctx, st, item.target)
+            if r.action == "act" and item is not None and wants_references(item):
+                self._search_references(ctx, st, item.id)
         st.stage = "experiments"
         await self._advance(ctx, st)
 
@@ -362,6 +367,39 @@ class PI(Role):
         for idea_id in todo:
             self._request_experiment(ctx, st, idea_id, st.ideas[idea_id].idea, seeds, confirmation=True)
         return True
+
+    def _search_references(self, ctx: Context, st: ProjectState, item_id: str) -> None:
+        """Ask the literature agent for papers the review wants; the draft waits for the answer."""
+        keywords = [str(k) for k in st.spec.get("keywords", [])]
+        topic = keywords[0] if keywords else str(st.spec.get("name", st.template)).replace("_", " ")
+        changes = [k.replace("_", " ") for s in st.ideas.values() if s.status in ("done", "failed") for k in s.idea.changes]
+        queries = list(dict.fromkeys([*keywords[:4], *(f"{c} {topic}" for c in changes)]))[:8] or [topic]
+        st.citations_pending = [*st.citations_pending, item_id]
+        ctx.send(ReferenceSearch(item_id=item_id, queries=queries, template_object=st.template_object, known=sorted(st.references)), "literature")
+
+    @on(ReferencesFound)
+    async def references_found(self, body: ReferencesFound, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        if body.item_id not in st.citations_pending:
+            return
+        st.citations_pending = [i for i in st.citations_pending if i != body.item_id]
+        new = [r for r in body.references if r.key not in st.references]
+        for ref in new:
+            st.references[ref.key] = ref
+        if not new:
+            # "act" must change the paper; with nothing new to cite it cannot, so the answer becomes a rebuttal.
+            st.responses = [
+                r.model_copy(update={"action": "rebut", "text": f"the literature agent found nothing new to cite: {body.reason or 'no reason given'}"})
+                if r.item_id == body.item_id else r
+                for r in st.responses
+            ]
+        else:
+            st.responses = [
+                r.model_copy(update={"text": f"{r.text} (added {', '.join(x.key for x in new)})"}) if r.item_id == body.item_id else r
+                for r in st.responses
+            ]
+        ctx.log.info("references added", item=body.item_id, keys=[r.key for r in new])
+        await self._advance(ctx, st)
 
     def _more_seeds(self, ctx: Context, st: ProjectState, target: str) -> None:
         """Run more seeds for an idea, and for the baseline too, so both arms keep equal seeds."""
@@ -417,6 +455,11 @@ class PI(Role):
 
     def _out_of_time(self, ctx: Context, st: ProjectState) -> bool:
         return ctx.clock() - st.started_at > st.budget.wall_time_s
+
+
+def wants_references(item: Any) -> bool:
+    """A review item that more citations answer: add_citation, or one that asks for references in words."""
+    return item.kind == "add_citation" or bool(re.search(r"\b(cite|citations?|references?|prior work)\b", item.text, re.I))
 
 
 class UnknownProject(Rejected):

@@ -81,6 +81,7 @@ class ProjectState(Model):
     usage: dict[str, Usage] = {}
     outcome: str = ""
     accepted: bool | None = None
+    citations_pending: list[str] = []  # revision items waiting for the literature agent's references
     confirmed: list[str] = []  # ideas whose findings a confirmation run has been asked to replicate
 
     @property

@@ -19,7 +19,8 @@ import jinja2
 
 from agents.base import Context, Role, on
 from agents.minds.base import PaperSections
-from agents.writing import assemble, citations, markup, numbers, pdf, trace
+from agents.writing import assemble, citations, markup, numbers, pdf, revisions, trace
+from bus.errors import ArtifactMissing
 from bus.messages import DraftReady, DraftRequest, Envelope
 
 TEMPLATES = Path(__file__).resolve().parent / "writing"
@@ -124,6 +125,7 @@ class Writer(Role):
             except KeyError:
                 ctx.log.warning("figure_missing", name=f.name)
         tex, md = render(body, sections, figures, mind)
+        body, tex, md = await self._keep_promises(body, sections, figures, mind, tex, md, ctx)
         bib = citations.references_bib(body.references)
         printed = numbers.tokens(md, strings + [f.name for f in figures] + [f"figures/{f.file}" for f in figures])
         left = numbers.unverified(printed, evidence)
@@ -154,6 +156,25 @@ class Writer(Role):
         if out.pdf_error:
             ctx.log.warning("pdf_failed", error=out.pdf_error)
         ctx.send(out, to="pi")
+
+    async def _keep_promises(
+        self, body: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str, tex: str, md: str, ctx: Context
+    ) -> tuple[DraftRequest, str, str]:
+        """Turn each "act" that did not change its part of the paper into a rebuttal saying so, and re-render."""
+        if body.round == 0 or not any(r.action == "act" for r in body.responses):
+            return body, tex, md
+        try:
+            before = (await ctx.artifacts.get(f"{ctx.project}/paper/round-{body.round - 1}/paper.md")).decode()
+        except (ArtifactMissing, KeyError):
+            return body, tex, md
+        kept = revisions.unkept(body.revision_items, body.responses, before, md)
+        changed = [r.item_id for r, k in zip(body.responses, kept) if r.action != k.action]
+        if not changed:
+            return body, tex, md
+        ctx.log.warning("revision_not_done", items=changed)
+        body = body.model_copy(update={"responses": kept})
+        tex, md = render(body, sections, figures, mind)
+        return body, tex, md
 
 
 ROLE = Writer

@@ -280,6 +280,24 @@ class NoveltyVerdict(Model):
     queries: list[str] = []
 
 
+class ReferenceSearch(Model):
+    """The PI asks for references a review wants (an ``add_citation`` item, an unsupported claim)."""
+
+    type: Literal["reference_search"] = "reference_search"
+    item_id: str  # the revision item this answers
+    queries: list[str]
+    template_object: str = ""  # the template bundle; its references.bib is a source too
+    known: list[str] = []  # reference keys the paper already has: only new ones are wanted
+
+
+class ReferencesFound(Model):
+    type: Literal["references_found"] = "references_found"
+    item_id: str
+    references: list[Reference] = []  # new ones only (not in ReferenceSearch.known)
+    sources: list[str] = []
+    reason: str = ""  # why nothing was found, when nothing was
+
+
 class ExperimentRequest(Model):
     type: Literal["experiment_request"] = "experiment_request"
     experiment_id: str
@@ -425,6 +443,8 @@ Body = Annotated[
         NoteAck,
         NoveltyCheck,
         NoveltyVerdict,
+        ReferenceSearch,
+        ReferencesFound,
         ExperimentRequest,
         ExperimentPlanned,
         ExperimentResult,

@@ -270,3 +270,23 @@ async def test_copi_note_adds_a_quoted_query(store: FakeStore, lab_home: Path) -
     ctx.outputs.clear()
     verdict = await run(ctx, check(WEIGHT_DECAY))
     assert "double descent" in verdict.queries
+
+
+async def test_a_reference_search_returns_only_papers_the_paper_does_not_cite_yet(store: FakeStore, lab_home: Path) -> None:
+    from bus.messages import ReferenceSearch, ReferencesFound
+
+    ctx = context(store, DictCache(), lab_home)
+    body = ReferenceSearch(item_id="r0-1", queries=["grokking", "weight decay grokking"], template_object="p1/template.tar.gz",
+                           known=["power2022grokking"])
+    await ROLE().handle(Envelope(project="p1", sender="pi", recipient="literature", body=body), ctx)
+    (found, to), = ctx.outputs
+    assert to == "pi" and isinstance(found, ReferencesFound) and found.item_id == "r0-1"
+    keys = {r.key for r in found.references}
+    assert "murty2023grokking" in keys and "power2022grokking" not in keys
+    assert found.sources and found.reason == ""
+
+    ctx = context(store, DictCache(), lab_home)
+    body = ReferenceSearch(item_id="r0-2", queries=["zzzz qqqq"], template_object="p1/template.tar.gz")
+    await ROLE().handle(Envelope(project="p1", sender="pi", recipient="literature", body=body), ctx)
+    (found, _), = ctx.outputs
+    assert found.references == [] and "no paper beyond the 0 already cited answered 1 queries" in found.reason

@@ -273,3 +273,42 @@ async def test_a_significant_finding_gets_a_confirmation_run_on_fresh_seeds_befo
     assert rep.comparisons[0].replicated is True and rep.comparisons[0].n_idea == 3
     out = await h.send(AnalysisDone(report=rep), "analyst")
     assert kinds(out) == ["draft_request->writer"]  # confirmed once; no second confirmation
+
+
+async def reach_review(h: Harness) -> None:
+    out = await h.send(START)
+    baseline_exp = out[0][0].experiment_id
+    for b, _ in out[1:]:
+        await h.send(NoveltyVerdict(idea_id=b.idea.id, novel=False, justification="known"), "literature")
+    out = await h.send(ExperimentResult(experiment_id=baseline_exp, idea_id="baseline", runs=[run_record(baseline_exp, "baseline", [1.0, 1.1, 0.9])]), "engineer")
+    while out and all(k == "novelty_check->literature" for k in kinds(out)):
+        for b, _ in list(out):
+            out = await h.send(NoveltyVerdict(idea_id=b.idea.id, novel=False, justification="known"), "literature")
+    assert kinds(out) == ["analysis_request->analyst"]
+    await h.send(AnalysisDone(report=report(0)), "analyst")
+    await h.send(DraftReady(round=0, tex="p1/paper.tex", markdown="p1/paper.md", bib="p1/references.bib"), "writer")
+
+
+@pytest.mark.parametrize("found", [True, False])
+async def test_a_citation_item_asks_the_literature_agent_and_the_draft_waits_for_its_answer(found):
+    from bus.messages import Reference, ReferenceSearch, ReferencesFound
+
+    h = Harness()
+    await reach_review(h)
+    items = [RevisionItem(id="r0-1", kind="add_citation", text="Only 2 references; situate the work.", target="related_work")]
+    out = await h.send(ReviewDone(round=0, reviews=[], meta=MetaReview(summary="s", overall=5, decision="revise", revision_items=items)), "reviewer")
+    assert kinds(out) == ["rebuttal->reviewer", "reference_search->literature"]
+    search = out[1][0]
+    assert isinstance(search, ReferenceSearch) and search.item_id == "r0-1" and search.queries and search.template_object == "p1/template.tar.gz"
+    new = [Reference(key="liu2023omnigrok", title="Omnigrok", bibtex="@article{liu2023omnigrok, title={Omnigrok}}")] if found else []
+    out = await h.send(ReferencesFound(item_id="r0-1", references=new, reason="" if found else "nothing new in 2 sources"), "literature")
+    assert kinds(out) == ["analysis_request->analyst"]  # only now: the draft had to wait for the references
+    out = await h.send(AnalysisDone(report=report(1)), "analyst")
+    assert kinds(out) == ["draft_request->writer"]
+    req = out[0][0]
+    (response,) = req.responses
+    if found:
+        assert "liu2023omnigrok" in {r.key for r in req.references}
+        assert response.action == "act" and "added liu2023omnigrok" in response.text
+    else:
+        assert response.action == "rebut" and "nothing new in 2 sources" in response.text

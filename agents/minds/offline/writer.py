@@ -231,6 +231,8 @@ class Draft:
         elif devices == {"cpu"}:
             items.append("- All runs used the CPU only, so models and data were kept small and runtimes short.")
         items += [f"- The analysis flagged: {f}" for f in self.rep.flags]
+        acted = {r.item_id for r in self.r.responses if r.action == "act"}
+        items += [f"- Raised in review ({i.id}): {i.text}" for i in self.r.revision_items if i.kind == "add_limitation" and i.id in acted]
         return "\n".join(items)
 
     def conclusion(self) -> str:
