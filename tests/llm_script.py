@@ -81,6 +81,7 @@ class LabScript:
             "SummaryAnswer": lambda req: {"summary": "The analysis compares the idea with the baseline over seeds; read the comparisons and every flag."},
             "PaperDraft": self.paper,
             "ReviewDraft": self.review,
+            "ReviewReflection": lambda req: {**self.review(req), "thoughts": "The review holds against the analysis.", "done": True},
             "MetaDraft": self.meta,
         }
 

@@ -161,7 +161,7 @@ async def test_reviewer_ensemble_member_and_meta_review() -> None:
         {"summary": "Sound but small.", "overall": 6, "decision": "revise", "revision_items": [{"id": "r1", "kind": "more_seeds", "text": "10 seeds", "target": "wd-1"}]},
         {"summary": "Sound but small.", "overall": 6, "decision": "accept", "revision_items": []},
     )
-    reviewer = mind("reviewer", client)
+    reviewer = mind("reviewer", client, review_reflections=0)
     assert isinstance(reviewer, ReviewerMind) and reviewer.client.settings.temperature > 0
     review = await reviewer.review("# Weight decay\n...", report(), REFS, index=1)
     assert isinstance(review, Review) and review.reviewer == "llm-1" and review.scores.overall == 6
@@ -170,6 +170,22 @@ async def test_reviewer_ensemble_member_and_meta_review() -> None:
     meta = await reviewer.meta_review([review], report(), round=2, max_rounds=2)
     assert meta.decision == "accept" and meta.revision_items == []
     assert "no revision rounds are left" in sent(client, 3)
+
+
+async def test_reviewer_reflects_before_its_final_review_and_stops_when_done() -> None:
+    first = review_json(7, "accept")
+    reflected = {**review_json(4, "reject"), "weaknesses": ["the gain is not significant after Holm's correction"],
+                 "thoughts": "I accepted a claim the corrected p-value does not support.", "done": False}
+    final = {**reflected, "thoughts": "Nothing more to change.", "done": True}
+    unused = {**review_json(9, "accept"), "thoughts": "never asked", "done": True}
+    client = replay(first, reflected, final, unused)
+    reviewer = mind("reviewer", client, review_reflections=3)
+    review = await reviewer.review("# Weight decay\n...", report(), REFS, index=0)
+    assert review.decision == "reject" and review.scores.overall == 4
+    assert review.weaknesses == ["the gain is not significant after Holm's correction"]
+    assert len(client.create_calls) == 3  # the draft, then two reflections: done stopped the third
+    assert "Reflection round 1 of 3" in sent(client, 1) and "Paper (Markdown)" in sent(client, 1)
+    assert "Reflection round 2 of 3" in sent(client, 2) and '"overall": 4' in sent(client, 2)
 
 
 async def test_analyst_summary_may_not_overclaim() -> None:

@@ -108,6 +108,13 @@ class ReviewDraft(Answer):
     decision: Literal["accept", "reject"]
 
 
+class ReviewReflection(ReviewDraft):
+    """A reviewer's review after re-reading it: the full improved review, and whether it is final."""
+
+    thoughts: str
+    done: bool
+
+
 class RevisionDraft(Answer):
     id: str
     kind: Literal["more_seeds", "add_baseline", "rewrite_section", "add_limitation", "add_citation", "other"]
