@@ -152,9 +152,9 @@ class Writer(Role):
             try:
                 out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", await pdf.compile_pdf(tex, bib, files))
             except pdf.PdfError as e:
-                out.pdf_error = str(e)
+                out.pdf_error, out.pdf_log = str(e), e.excerpt
         if out.pdf_error:
-            ctx.log.warning("pdf_failed", error=out.pdf_error)
+            ctx.log.warning("pdf_failed", error=out.pdf_error, log=out.pdf_log)
         ctx.send(out, to="pi")
 
     async def _keep_promises(

@@ -385,6 +385,7 @@ class DraftReady(Model):
     figures: list[str] = []
     numbers: list[float] = []  # every number printed in the paper, for checking
     pdf_error: str = ""
+    pdf_log: str = ""  # the LaTeX log from the first error on, when the PDF failed to build
     # object-store name of analysis.json: the analyst's full report plus every
     # number as the paper prints it, so each printed number can be traced.
     analysis: str | None = None

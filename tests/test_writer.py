@@ -316,3 +316,15 @@ async def test_only_a_replicated_gain_makes_the_headline():
     assert md.splitlines()[0] == "# Stronger weight decay: a significant, replicated gain in val_acc on Toy Grokking"
     assert "It replicated on 3 fresh seeds per arm" in md
     assert "replicated on fresh seeds." in md.split("## Conclusion")[1]
+
+
+async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt():
+    store = MemoryStore()
+    await store.put("proj/figures/round-1/val_acc.png", b"this is not a PNG file")
+    await store.put("proj/runs/job-b1/curves.png", png())
+    ctx = Context(project="proj", role="writer", state=None, artifacts=store, mind=make(0, {}))
+    await ROLE().handle(Envelope(project="proj", sender="pi", recipient="writer", body=request()), ctx)
+    (out, _), = ctx.outputs
+    assert out.pdf is None and out.pdf_error.startswith("!")
+    assert out.pdf_log.startswith("!") and out.pdf_error.split(" l.")[0] in out.pdf_log and len(out.pdf_log.splitlines()) > 1
+    assert out.markdown in store.data  # the draft still goes on, with the failure on record
