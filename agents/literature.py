@@ -59,6 +59,22 @@ def _settings(ctx: Context) -> Settings:
         return Settings()
 
 
+WEB_SOURCES = ("semantic_scholar", "openalex")
+_said_local_only: set[str] = set()  # projects already told, so the line is said once per project and process
+
+
+def say_if_local_only(ctx: Context, names: list[str], chain: FallbackChain) -> None:
+    """One line when no web source answers: the user must know the novelty check saw only the local library."""
+    web = [n for n in names if n in WEB_SOURCES]
+    down = {n: chain.down[n] for n in web if n in chain.down}
+    if ctx.project in _said_local_only or (web and len(down) < len(web)):
+        return
+    _said_local_only.add(ctx.project)
+    why = ("web sources unreachable: " + "; ".join(f"{k}: {v}" for k, v in down.items())) if web else \
+        "no web source configured (set LAB_LIT_SOURCES=semantic_scholar,openalex,local,template to search the web)"
+    ctx.log.warning("lit_local_only", message=f"literature works from the local library and the template's bibliography only; {why}")
+
+
 def _merge(found: list[Reference], new: list[Reference]) -> list[Reference]:
     return found + [r for r in new if not any(same_paper(r, old) for old in found)]
 
@@ -90,6 +106,7 @@ class Literature(Role):
         chain = FallbackChain(sources, ctx.cache, ctx.log)
         try:
             found, queries, answered = await self._search(body, ctx, chain, settings)
+            say_if_local_only(ctx, names, chain)
             judgement = await ctx.mind.judge_novelty(body.idea, found, task=task_text(body))
         except Exception as e:  # the mind (an LLM, maybe) failed: the PI decides what follows
             ctx.log.error("lit_mind_failed", idea=body.idea.id, reason=f"{type(e).__name__}: {e}")

@@ -290,3 +290,14 @@ async def test_a_reference_search_returns_only_papers_the_paper_does_not_cite_ye
     await ROLE().handle(Envelope(project="p1", sender="pi", recipient="literature", body=body), ctx)
     (found, _), = ctx.outputs
     assert found.references == [] and "no paper beyond the 0 already cited answered 1 queries" in found.reason
+
+
+async def test_the_lab_says_once_when_it_works_from_the_local_library_only(store: FakeStore, lab_home: Path) -> None:
+    from agents import literature
+
+    literature._said_local_only.discard("p1")
+    with capture_logs() as logs:
+        await run(context(store, DictCache(), lab_home, literature={"sources": ["local", "template"]}), check(DROPOUT))
+        await run(context(store, DictCache(), lab_home, literature={"sources": ["local", "template"]}), check(WEIGHT_DECAY))
+    said = [e for e in logs if e["event"] == "lit_local_only"]
+    assert len(said) == 1 and "local library" in said[0]["message"] and "LAB_LIT_SOURCES" in said[0]["message"]
