@@ -24,7 +24,9 @@ from typing import Any
 from agents import stats
 from agents.base import Context, Role, on
 from agents.figures import Bar, bar_chart, figure_name
-from bus.messages import AnalysisDone, AnalysisReport, AnalysisRequest, Comparison, Envelope, RunRecord, StepFailed
+from bus.messages import (
+    AnalysisDone, AnalysisFlag, AnalysisReport, AnalysisRequest, Comparison, Envelope, RunRecord, StepFailed,
+)
 
 ALPHA = 0.05
 MIN_SEEDS = 3
@@ -100,7 +102,7 @@ def baseline_config(spec: dict[str, Any], arm: Arm | None) -> dict[str, Any]:
     return config
 
 
-def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
+def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
     knobs = spec.get("knobs") or {}
     base = baseline_config(spec, arms.get(BASELINE))
     out = []
@@ -109,14 +111,15 @@ def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
             continue
         for k, v in arm.overrides.items():
             if (knobs.get(k) or {}).get("fairness") and v != base.get(k):
-                out.append(
-                    f"unfair baseline: idea {idea!r} changes the fairness knob {k!r} "
-                    f"(baseline {base.get(k)!r}, idea {v!r}), so the arms differ in compute or data, not only in method"
-                )
+                out.append(AnalysisFlag(
+                    kind="unfair_baseline", idea_id=idea,
+                    detail=f"idea {idea!r} changes the fairness knob {k!r} "
+                    f"(baseline {base.get(k)!r}, idea {v!r}), so the arms differ in compute or data, not only in method",
+                ))
     return out
 
 
-def compute_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
+def compute_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
     """Ideas that change a knob marked ``changes_compute`` (and not already flagged unfair): their arm spends different compute."""
     knobs = spec.get("knobs") or {}
     base = baseline_config(spec, arms.get(BASELINE))
@@ -127,10 +130,11 @@ def compute_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
         for k, v in arm.overrides.items():
             knob = knobs.get(k) or {}
             if knob.get("changes_compute") and not knob.get("fairness") and v != base.get(k):
-                out.append(
-                    f"compute changed: idea {idea!r} changes {k!r} (baseline {base.get(k)!r}, idea {v!r}), which changes the "
-                    "compute per run, so the comparison is not at equal compute and no claim may say it was"
-                )
+                out.append(AnalysisFlag(
+                    kind="compute_changed", idea_id=idea,
+                    detail=f"idea {idea!r} changes {k!r} (baseline {base.get(k)!r}, idea {v!r}), which changes the "
+                    "compute per run, so the comparison is not at equal compute and no claim may say it was",
+                ))
     return out
 
 
@@ -239,12 +243,15 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
             for c in comparisons
             if c.baseline_stderr == 0.0 and c.idea_stderr == 0.0 and c.n_baseline > 1 and c.n_idea > 1
         ]
-    else:
-        flags.insert(0, "missing baseline: no successful baseline run, so no idea could be compared")
-    flags += fairness_flags(request.spec, arms) + compute_flags(request.spec, arms) + seed_flags(arms, primary)
+    typed: list[AnalysisFlag] = []
+    if BASELINE not in arms:
+        typed.append(AnalysisFlag(kind="missing_baseline", detail="no successful baseline run, so no idea could be compared"))
+        flags.insert(0, typed[0].text)
+    typed += fairness_flags(request.spec, arms) + compute_flags(request.spec, arms)
+    flags += [f.text for f in typed if f.kind != "missing_baseline"] + seed_flags(arms, primary)
     report = AnalysisReport(
         project=project, round=request.round, primary_metric=primary, alpha=alpha, correction="holm",
-        comparisons=comparisons, runs=request.runs, flags=flags,
+        comparisons=comparisons, runs=request.runs, flags=flags, flag_items=typed,
     )
     confirm(report, [r for r in request.runs if r.experiment_id in confirming], directions, report.flags, alpha)
     return report, arms

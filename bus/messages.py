@@ -141,6 +141,18 @@ class Comparison(Model):
     replicated: bool | None = None
 
 
+class AnalysisFlag(Model):
+    """A problem the analyst found, typed so that the writer and reviewer act on it without parsing sentences."""
+
+    kind: Literal["missing_baseline", "unfair_baseline", "compute_changed"]
+    detail: str  # the readable sentence, as in AnalysisReport.flags
+    idea_id: str = ""  # the arm it is about, where there is one
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind.replace('_', ' ')}: {self.detail}"
+
+
 class AnalysisReport(Model):
     project: str
     round: int = 0
@@ -152,6 +164,7 @@ class AnalysisReport(Model):
     comparisons: list[Comparison]
     runs: list[RunRecord]
     flags: list[str] = []  # missing/unfair baselines, failed runs, too few seeds
+    flag_items: list[AnalysisFlag] = []  # the flags someone acts on, typed (each also in flags as its text)
     # Confirmation runs on fresh seeds, idea vs baseline on the primary metric,
     # corrected as their own family; they decide Comparison.replicated.
     confirmations: list[Comparison] = []

@@ -188,3 +188,12 @@ async def test_confirmation_runs_on_fresh_seeds_mark_replicated_and_are_not_pool
     rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[BASE, GOOD, base_again, fails], confirmation=["e-c1", "e-c2"]))
     acc = next(c for c in rep.comparisons if c.metric == "acc")
     assert acc.verdict == "better" and acc.replicated is False
+
+
+async def test_flags_someone_acts_on_are_typed():
+    unfair = run("j5", "longer", [0.9, 0.91, 0.92], [0.3, 0.3, 0.3], overrides={"steps": 200})
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[BASE, unfair]))
+    (flag,) = rep.flag_items
+    assert flag.kind == "unfair_baseline" and flag.idea_id == "longer" and flag.text in rep.flags
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[unfair]))
+    assert [f.kind for f in rep.flag_items] == ["missing_baseline", "unfair_baseline"]

@@ -10,7 +10,6 @@ value in the request. The seed only picks between equivalent phrasings.
 from __future__ import annotations
 
 import random
-import re
 from typing import Any
 
 from agents.minds.base import PaperSections
@@ -81,7 +80,7 @@ class Draft:
         self.ideas = {i.id: i for i in request.ideas}
         self.primary = [c for c in self.rep.comparisons if c.metric == self.rep.primary_metric]
         # An idea that changed a fairness knob won against a different setup, not the baseline: no headline for it.
-        self.unfair = {m.group(1) for f in self.rep.flags if f.startswith("unfair baseline") for m in [re.search(r"idea '([^']+)'", f)] if m}
+        self.unfair = {f.idea_id for f in self.rep.flag_items if f.kind == "unfair_baseline"}
         # A headline needs a gain that survives the correction, compares fairly and replicated on fresh seeds.
         fair_gains = [c for c in self.primary if c.verdict == "better" and c.idea_id not in self.unfair]
         self.better = sorted((c for c in fair_gains if c.replicated), key=lambda c: -c.effect_size)
@@ -205,7 +204,7 @@ class Draft:
 
     def results(self) -> str:
         if not self.rep.comparisons:
-            return "There is no comparison to report: " + "; ".join(f for f in self.rep.flags if f.startswith("missing baseline")) + "."
+            return "There is no comparison to report: " + "; ".join(f.text for f in self.rep.flag_items if f.kind == "missing_baseline") + "."
         other = [c for c in self.rep.comparisons if c.metric != self.rep.primary_metric]
         text = "Primary metric. " + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary)
         if other:
