@@ -140,7 +140,7 @@ async def test_writer_cites_only_given_references() -> None:
         {"title": "Weight decay", "abstract": "We test weight decay on a toy task.", **sections, "related_work": "See \\cite{ghost2021}."},
         {"title": "Weight decay", "abstract": "We test weight decay on a toy task.", **sections, "related_work": "See \\citep{loshchilov2019}."},
     )
-    writer = mind("writer", client)
+    writer = mind("writer", client, write_by_section=False)
     assert isinstance(writer, WriterMind)
     request = DraftRequest(round=0, spec=SPEC, direction="regularisation", ideas=[IDEA], report=report(), references=REFS)
     paper = await writer.write(request)
@@ -186,6 +186,26 @@ async def test_reviewer_reflects_before_its_final_review_and_stops_when_done() -
     assert len(client.create_calls) == 3  # the draft, then two reflections: done stopped the third
     assert "Reflection round 1 of 3" in sent(client, 1) and "Paper (Markdown)" in sent(client, 1)
     assert "Reflection round 2 of 3" in sent(client, 2) and '"overall": 4' in sent(client, 2)
+
+
+async def test_writer_writes_section_by_section_then_refines_the_whole_paper() -> None:
+    from agents.minds.llm.writer import SECTION_PLAN
+
+    sections = {k: f"{k} text" for k in ("introduction", "related_work", "method", "experimental_setup", "results", "limitations", "conclusion", "revision_notes")}
+    turns = [{"text": f"draft of {field}"} for field, _ in SECTION_PLAN]
+    turns[1] = {"text": "See \\cite{ghost2021}."}  # related work cites a paper nobody found: sent back within its turn
+    turns.insert(2, {"text": "See \\cite{loshchilov2019}."})
+    final = {"title": "Weight decay, refined", "abstract": "We test weight decay on a toy task, refined.", **sections}
+    client = replay(*turns, final)
+    writer = mind("writer", client)
+    request = DraftRequest(round=0, spec=SPEC, direction="regularisation", ideas=[IDEA], report=report(), references=REFS)
+    paper = await writer.write(request)
+    assert paper.title == "Weight decay, refined" and paper.related_work == "related_work text"
+    assert len(client.create_calls) == len(SECTION_PLAN) + 2  # one turn per section, one retry, one refinement
+    assert "Write the introduction" in sent(client, 0) and "Analysis (the only source of results)" in sent(client, 0)
+    assert "Write the related work" in sent(client, 1) and "not in the references" in sent(client, 2)
+    refine = sent(client, len(SECTION_PLAN) + 1)
+    assert "Refinement pass" in refine and "draft of introduction" in refine and "loshchilov2019" in refine
 
 
 async def test_analyst_summary_may_not_overclaim() -> None:

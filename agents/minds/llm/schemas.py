@@ -97,6 +97,12 @@ class PaperDraft(Answer):
     revision_notes: str
 
 
+class SectionText(Answer):
+    """One section of the paper, written in its turn."""
+
+    text: str
+
+
 class ReviewDraft(Answer):
     summary: str = Field(min_length=10)
     strengths: list[str]
