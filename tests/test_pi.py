@@ -241,7 +241,6 @@ async def test_the_llm_pi_can_stop_the_project_on_a_note():
 
 async def test_a_significant_finding_gets_a_confirmation_run_on_fresh_seeds_before_the_draft():
     from agents.analyst import build_report
-    from bus.messages import AnalysisRequest
 
     h = Harness()
     out = await h.send(START)
