@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 
@@ -9,6 +11,14 @@ from agents.minds.base import PaperSections
 from agents.writing import trace
 from bus.messages import Usage
 from tests.test_writer import TOKEN, evidence, request, write
+
+
+@pytest.fixture(autouse=True)
+def no_pdf(monkeypatch):
+    """These tests read the Markdown and LaTeX source; building the PDF (tested in test_writer) would only cost time."""
+    from agents.writing import pdf
+
+    monkeypatch.setattr(pdf, "available", lambda: False)
 
 
 def decimals_of(text: str, masks: list[str]) -> list[str]:

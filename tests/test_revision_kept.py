@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agents.writing import revisions
 from bus.messages import ItemResponse, Reference, RevisionItem
 from tests.test_writer import REFS, request, write
+
+
+@pytest.fixture(autouse=True)
+def no_pdf(monkeypatch):
+    """These tests read the Markdown and LaTeX source; building the PDF (tested in test_writer) would only cost time."""
+    from agents.writing import pdf
+
+    monkeypatch.setattr(pdf, "available", lambda: False)
 
 NEW_REF = Reference(key="liu2023omnigrok", title="Omnigrok: Grokking Beyond Algorithmic Data", authors=["Ziming Liu"], year=2023,
                     venue="ICLR", bibtex="@inproceedings{liu2023omnigrok, title={Omnigrok: Grokking Beyond Algorithmic Data}, "
