@@ -240,3 +240,12 @@ def test_prompt_files_are_used_when_present_else_builtin() -> None:
         m = mind(role, replay())
         path = PROMPTS_DIR / f"{role}.md"
         assert m.prompt_source == (str(path) if path.is_file() else "builtin") and m.system
+
+
+def test_knob_lines_tell_the_model_which_knobs_change_compute() -> None:
+    from agents.minds.llm.common import knob_lines
+    from agents.templates import load
+
+    _, spec = load("grokking")
+    lines = {ln.split(":")[0][2:]: ln for ln in knob_lines(spec).splitlines()}
+    assert "must not claim equal compute" in lines["num_layers"] and "must not claim equal compute" not in lines["weight_decay"]

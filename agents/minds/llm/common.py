@@ -61,7 +61,8 @@ def knob_lines(spec: TemplateSpec, names: list[str] | None = None) -> str:
             space = f"{knob.type} in [{knob.min}, {knob.max}]" + (" (log scale)" if knob.log else "")
         base = spec.baseline.get(name, knob.default)
         extra = f"; e.g. {knob.candidates}" if knob.candidates else ""
-        lines.append(f"- {name}: {space}; baseline {base!r}{extra}. {knob.description}".rstrip())
+        compute = " Changes the compute per run: a hypothesis on it must not claim equal compute." if knob.changes_compute else ""
+        lines.append(f"- {name}: {space}; baseline {base!r}{extra}. {knob.description}{compute}".rstrip())
     return "\n".join(lines)
 
 
