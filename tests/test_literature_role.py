@@ -301,3 +301,15 @@ async def test_the_lab_says_once_when_it_works_from_the_local_library_only(store
         await run(context(store, DictCache(), lab_home, literature={"sources": ["local", "template"]}), check(WEIGHT_DECAY))
     said = [e for e in logs if e["event"] == "lit_local_only"]
     assert len(said) == 1 and "local library" in said[0]["message"] and "LAB_LIT_SOURCES" in said[0]["message"]
+
+
+async def test_an_unreachable_web_source_is_said_once_and_the_local_library_answers(store: FakeStore, lab_home: Path) -> None:
+    from agents import literature
+
+    literature._said_local_only.discard("p1")
+    settings = {"sources": ["semantic_scholar", "local", "template"], "web": {"semantic_scholar": {"api_url": "http://127.0.0.1:9", "timeout_s": 2}}}
+    with capture_logs() as logs:
+        verdict = await run(context(store, DictCache(), lab_home, literature=settings), check(DROPOUT))
+    assert verdict.references and "semantic_scholar" not in verdict.sources
+    said = [e for e in logs if e["event"] == "lit_local_only"]
+    assert len(said) == 1 and "web sources unreachable: semantic_scholar" in said[0]["message"]
