@@ -9,7 +9,11 @@ writer and reviewer can act on them without importing this module:
 
 ``missing baseline:``, ``unfair baseline:``, ``baseline has fewer seeds:``,
 ``too few seeds:``, ``failed run:``, ``no per-seed values:``, ``duplicate seed:``,
-``zero variance:``.
+``zero variance:``, ``compute changed:``.
+
+p-values are corrected over every comparison of the report (Holm by default,
+named in ``AnalysisReport.correction``), and the verdicts use the corrected
+values; arms that ran the same seeds are compared by a paired test.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Any
 from agents import stats
 from agents.base import Context, Role, on
 from agents.figures import Bar, bar_chart, figure_name
-from bus.messages import AnalysisDone, AnalysisReport, AnalysisRequest, Comparison, Envelope, RunRecord, StepFailed
+from bus.messages import (
+    AnalysisDone, AnalysisFlag, AnalysisReport, AnalysisRequest, Comparison, Envelope, RunRecord, StepFailed,
+)
 
 ALPHA = 0.05
 MIN_SEEDS = 3
@@ -96,7 +102,7 @@ def baseline_config(spec: dict[str, Any], arm: Arm | None) -> dict[str, Any]:
     return config
 
 
-def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
+def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
     knobs = spec.get("knobs") or {}
     base = baseline_config(spec, arms.get(BASELINE))
     out = []
@@ -105,10 +111,30 @@ def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[str]:
             continue
         for k, v in arm.overrides.items():
             if (knobs.get(k) or {}).get("fairness") and v != base.get(k):
-                out.append(
-                    f"unfair baseline: idea {idea!r} changes the fairness knob {k!r} "
-                    f"(baseline {base.get(k)!r}, idea {v!r}), so the arms differ in compute or data, not only in method"
-                )
+                out.append(AnalysisFlag(
+                    kind="unfair_baseline", idea_id=idea,
+                    detail=f"idea {idea!r} changes the fairness knob {k!r} "
+                    f"(baseline {base.get(k)!r}, idea {v!r}), so the arms differ in compute or data, not only in method",
+                ))
+    return out
+
+
+def compute_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
+    """Ideas that change a knob marked ``changes_compute`` (and not already flagged unfair): their arm spends different compute."""
+    knobs = spec.get("knobs") or {}
+    base = baseline_config(spec, arms.get(BASELINE))
+    out = []
+    for idea, arm in arms.items():
+        if idea == BASELINE:
+            continue
+        for k, v in arm.overrides.items():
+            knob = knobs.get(k) or {}
+            if knob.get("changes_compute") and not knob.get("fairness") and v != base.get(k):
+                out.append(AnalysisFlag(
+                    kind="compute_changed", idea_id=idea,
+                    detail=f"idea {idea!r} changes {k!r} (baseline {base.get(k)!r}, idea {v!r}), which changes the "
+                    "compute per run, so the comparison is not at equal compute and no claim may say it was",
+                ))
     return out
 
 
@@ -126,7 +152,35 @@ def seed_flags(arms: dict[str, Arm], primary: str) -> list[str]:
     return out
 
 
-def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float) -> list[Comparison]:
+def paired_values(base: Arm, arm: Arm, metric: str) -> tuple[list[float], list[float]] | None:
+    """Both arms' values in one seed order when they ran exactly the same real seeds, else None.
+
+    Only integer seeds pair: a mean-only run or a run whose seeds were not
+    recorded is keyed by a tuple, and cannot be matched with the other arm.
+    """
+    b, i = base.values.get(metric, {}), arm.values.get(metric, {})
+    if len(b) < 2 or set(b) != set(i) or not all(isinstance(s, int) for s in b):
+        return None
+    seeds = sorted(b)
+    return [b[s] for s in seeds], [i[s] for s in seeds]
+
+
+def correct(comparisons: list[Comparison], alpha: float, method: str) -> None:
+    """Set every comparison's corrected p-value and verdict, over the whole family at once."""
+    raw = [c.p_value for c in comparisons]
+    adjusted = stats.holm(raw) if method == "holm" else raw
+    for c, p in zip(comparisons, adjusted):
+        c.p_adjusted = p
+        c.verdict = stats.verdict_of(c.improvement, p, alpha)
+        c.better = c.verdict == "better"
+
+
+def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float, correction: str = "holm") -> list[Comparison]:
+    """Every idea against the baseline on every metric, then corrected as one family.
+
+    The family is everything the paper reports (all ideas x all metrics), so a
+    p = 0.03 among ten comparisons is not a finding.
+    """
     base = arms[BASELINE]
     out = []
     for idea, arm in arms.items():
@@ -135,7 +189,9 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float)
         for metric, direction in directions.items():
             if not base.n(metric) or not arm.n(metric):
                 continue
-            r = stats.compare(base.list(metric), arm.list(metric), direction, alpha=alpha, seed=stats.stable_seed(idea, metric))  # type: ignore[arg-type]
+            pair = paired_values(base, arm, metric)
+            b_vals, i_vals = pair if pair else (base.list(metric), arm.list(metric))
+            r = stats.compare(b_vals, i_vals, direction, alpha=alpha, seed=stats.stable_seed(idea, metric), paired=pair is not None)  # type: ignore[arg-type]
             out.append(
                 Comparison(
                     idea_id=idea, metric=metric, direction=direction,  # type: ignore[arg-type]
@@ -143,17 +199,41 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float)
                     idea_mean=r.idea.mean, idea_stderr=r.idea.stderr,
                     n_baseline=r.baseline.n, n_idea=r.idea.n,
                     diff=r.diff, improvement=r.improvement, ci_low=r.ci_low, ci_high=r.ci_high,
-                    p_value=r.p_value, effect_size=r.effect_size, better=r.better, verdict=r.verdict,
+                    p_value=r.p_value, effect_size=r.effect_size, better=r.better, verdict=r.verdict, test=r.test,
                 )
             )
+    correct(out, alpha, correction)
     return out
+
+
+def confirm(report: AnalysisReport, runs: list[RunRecord], directions: dict[str, str], flags: list[str], alpha: float) -> None:
+    """Compare the confirmation runs (fresh seeds) on the primary metric and mark each idea's primary comparison.
+
+    An exploratory "better" or "worse" is replicated when the confirmation, corrected
+    over its own family, reaches the same verdict; anything else is not replicated.
+    """
+    if not runs:
+        return
+    arms = pool(runs, flags)
+    if BASELINE not in arms:
+        flags.append("confirmation without baseline: no successful baseline confirmation run, so nothing was confirmed")
+        return
+    primary = report.primary_metric
+    confirmations = [c for c in compare_arms(arms, {primary: directions[primary]}, alpha, report.correction)]
+    report.confirmations = confirmations
+    found = {c.idea_id: c for c in confirmations}
+    for c in report.comparisons:
+        if c.metric == primary and c.idea_id in found:
+            c.replicated = c.verdict != "inconclusive" and found[c.idea_id].verdict == c.verdict
 
 
 def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -> tuple[AnalysisReport, dict[str, Arm]]:
     """The report without figures or summary (those need the store and the mind)."""
     directions, primary = metric_directions(request.spec)
     flags: list[str] = []
-    arms = pool(request.runs, flags)
+    confirming = set(request.confirmation)
+    exploratory = [r for r in request.runs if r.experiment_id not in confirming]
+    arms = pool(exploratory, flags)
     comparisons: list[Comparison] = []
     if BASELINE in arms:
         comparisons = compare_arms(arms, directions, alpha)
@@ -163,13 +243,17 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
             for c in comparisons
             if c.baseline_stderr == 0.0 and c.idea_stderr == 0.0 and c.n_baseline > 1 and c.n_idea > 1
         ]
-    else:
-        flags.insert(0, "missing baseline: no successful baseline run, so no idea could be compared")
-    flags += fairness_flags(request.spec, arms) + seed_flags(arms, primary)
+    typed: list[AnalysisFlag] = []
+    if BASELINE not in arms:
+        typed.append(AnalysisFlag(kind="missing_baseline", detail="no successful baseline run, so no idea could be compared"))
+        flags.insert(0, typed[0].text)
+    typed += fairness_flags(request.spec, arms) + compute_flags(request.spec, arms)
+    flags += [f.text for f in typed if f.kind != "missing_baseline"] + seed_flags(arms, primary)
     report = AnalysisReport(
-        project=project, round=request.round, primary_metric=primary, alpha=alpha,
-        comparisons=comparisons, runs=request.runs, flags=flags,
+        project=project, round=request.round, primary_metric=primary, alpha=alpha, correction="holm",
+        comparisons=comparisons, runs=request.runs, flags=flags, flag_items=typed,
     )
+    confirm(report, [r for r in request.runs if r.experiment_id in confirming], directions, report.flags, alpha)
     return report, arms
 
 

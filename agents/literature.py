@@ -20,7 +20,9 @@ from agents.lit.bibtex import unique_keys
 from agents.lit.chain import FallbackChain, same_paper
 from agents.lit.config import close_sources, open_sources, source_names
 from agents.minds.base import NoveltyJudgement
-from bus.messages import CoPINoteMsg, Envelope, NoteAck, NoveltyCheck, NoveltyVerdict, Reference, StepFailed
+from bus.messages import (
+    CoPINoteMsg, Envelope, NoteAck, NoveltyCheck, NoveltyVerdict, Reference, ReferenceSearch, ReferencesFound, StepFailed,
+)
 
 _QUOTED = re.compile(r"[\"“]([^\"”]{3,80})[\"”]")
 
@@ -57,6 +59,22 @@ def _settings(ctx: Context) -> Settings:
         return Settings()
 
 
+WEB_SOURCES = ("semantic_scholar", "openalex")
+_said_local_only: set[str] = set()  # projects already told, so the line is said once per project and process
+
+
+def say_if_local_only(ctx: Context, names: list[str], chain: FallbackChain) -> None:
+    """One line when no web source answers: the user must know the novelty check saw only the local library."""
+    web = [n for n in names if n in WEB_SOURCES]
+    down = {n: chain.down[n] for n in web if n in chain.down}
+    if ctx.project in _said_local_only or (web and len(down) < len(web)):
+        return
+    _said_local_only.add(ctx.project)
+    why = ("web sources unreachable: " + "; ".join(f"{k}: {v}" for k, v in down.items())) if web else \
+        "no web source configured (set LAB_LIT_SOURCES=semantic_scholar,openalex,local,template to search the web)"
+    ctx.log.warning("lit_local_only", message=f"literature works from the local library and the template's bibliography only; {why}")
+
+
 def _merge(found: list[Reference], new: list[Reference]) -> list[Reference]:
     return found + [r for r in new if not any(same_paper(r, old) for old in found)]
 
@@ -88,7 +106,8 @@ class Literature(Role):
         chain = FallbackChain(sources, ctx.cache, ctx.log)
         try:
             found, queries, answered = await self._search(body, ctx, chain, settings)
-            judgement = await ctx.mind.judge_novelty(body.idea, found)
+            say_if_local_only(ctx, names, chain)
+            judgement = await ctx.mind.judge_novelty(body.idea, found, task=task_text(body))
         except Exception as e:  # the mind (an LLM, maybe) failed: the PI decides what follows
             ctx.log.error("lit_mind_failed", idea=body.idea.id, reason=f"{type(e).__name__}: {e}")
             ctx.send(StepFailed(step="novelty_check", reason=f"literature mind failed: {e}", ref=body.idea.id), to="pi")
@@ -155,6 +174,42 @@ class Literature(Role):
             sources=answered,
             queries=queries,
         )
+
+    @on(ReferenceSearch)
+    async def reference_search(self, body: ReferenceSearch, env: Envelope, ctx: Context) -> None:
+        """References a review asked for: run the PI's queries through the same sources, return only new papers.
+
+        Why here and not in the writer: the literature role owns the sources,
+        their cache and backoff; the writer only cites what the PI hands it.
+        """
+        settings = _settings(ctx)
+        names, _ = source_names(settings.sources)
+        sources, skipped = await open_sources(
+            names,
+            lab_home=Path(ctx.services["lab_home"]) if ctx.services.get("lab_home") else None,
+            artifacts=ctx.artifacts,
+            template_object=body.template_object,
+            web=settings.web,
+        )
+        chain = FallbackChain(sources, ctx.cache, ctx.log)
+        found: list[Reference] = []
+        answered: list[str] = []
+        try:
+            for query in body.queries:
+                answer = await chain.search(query, settings.per_query)
+                answered += [s for s in answer.answered if s not in answered]
+                found = _merge(found, answer.refs)
+        finally:
+            close_sources(sources)
+        known = set(body.known)
+        new = [r for r in unique_keys(found) if r.key not in known][: settings.max_references]
+        reason = ""
+        if not new:
+            problems = {**skipped, **chain.down}
+            reason = (f"no paper beyond the {len(known)} already cited answered {len(body.queries)} queries"
+                      + (f" ({'; '.join(f'{k}: {v}' for k, v in problems.items())})" if problems else ""))
+        ctx.log.info("lit_references_found", item=body.item_id, n=len(new), sources=answered)
+        ctx.send(ReferencesFound(item_id=body.item_id, references=new, sources=answered, reason=reason), to="pi")
 
     @on(CoPINoteMsg)
     async def copi_note(self, body: CoPINoteMsg, env: Envelope, ctx: Context) -> None:

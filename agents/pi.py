@@ -11,6 +11,7 @@ dies and restarts resumes from the state in KV.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from agents.base import Context, Rejected, Role, on
@@ -32,6 +33,8 @@ from bus.messages import (
     NoveltyCheck,
     NoveltyVerdict,
     Rebuttal,
+    ReferenceSearch,
+    ReferencesFound,
     ReviewDone,
     ReviewRequest,
     StartProject,
@@ -87,7 +90,10 @@ class PI(Role):
         for key, value in reading.constraints.items():
             st.constraints[key] = value
         ctx.send(NoteAck(note_id=note.id, understood=reading.understood, constraints=reading.constraints), "copi")
-        ctx.log.info("co-PI note taken", note=note.text, constraints=reading.constraints)
+        if reading.parsed:
+            ctx.log.info("co-PI note taken", note=note.text, constraints=reading.constraints)
+        else:
+            ctx.log.warning("co-PI note not understood", note=note.text, answer=reading.understood)
         if reading.constraints.get("stop") and st.stage not in ("done", "failed"):
             await self._finish(ctx, st, accepted=False, reason=f"stopped by the co-PI: {note.text!r}", failed=True)
 
@@ -161,9 +167,11 @@ class PI(Role):
     def _seeds(self, st: ProjectState, n: int) -> list[int]:
         return list(range(n))
 
-    def _request_experiment(self, ctx: Context, st: ProjectState, idea_id: str, idea: Idea | None, seeds: list[int]) -> None:
+    def _request_experiment(
+        self, ctx: Context, st: ProjectState, idea_id: str, idea: Idea | None, seeds: list[int], confirmation: bool = False
+    ) -> None:
         exp_id = f"x{len(st.experiments) + 1:02d}-{idea_id}"[:60]
-        st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round)
+        st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round, confirmation=confirmation)
         st.stage = "experiments"
         ctx.send(
             ExperimentRequest(
@@ -236,17 +244,17 @@ class PI(Role):
             return
         busy = any(s.status == "checking" for s in st.ideas.values()) or any(
             e.status == "requested" for e in st.experiments.values()
-        )
+        ) or bool(st.citations_pending)
         if busy:
             return
-        if st.round == 0 and await self._new_wave(ctx, st):
+        if st.round == 0 and not st.confirmed and await self._new_wave(ctx, st):
             return
         baseline_ok = any(e.idea_id == BASELINE and e.status == "done" for e in st.experiments.values())
         if not baseline_ok and st.round == 0:
             await self._finish(ctx, st, accepted=False, reason="the baseline failed to run; no fair comparison is possible", failed=True)
             return
         st.stage = "analysis"
-        ctx.send(AnalysisRequest(round=st.round, spec=st.spec, runs=st.runs()), "analyst")
+        ctx.send(AnalysisRequest(round=st.round, spec=st.spec, runs=st.runs(), confirmation=st.confirmation_ids()), "analyst")
 
     @on(AnalysisDone)
     async def analysis(self, body: AnalysisDone, env: Any, ctx: Context) -> None:
@@ -254,6 +262,8 @@ class PI(Role):
         if st.stage != "analysis" or body.report.round != st.round:
             return
         st.report = body.report
+        if self._confirm(ctx, st, body.report):
+            return
         st.stage = "draft"
         ctx.send(
             DraftRequest(
@@ -267,6 +277,7 @@ class PI(Role):
                 revision_items=st.revision_items,
                 responses=st.responses,
                 usage=st.usage,
+                not_novel={s.idea.id: s.reason for s in st.ideas.values() if s.status == "not_novel"},
             ),
             "writer",
         )
@@ -326,7 +337,70 @@ class PI(Role):
             item = items.get(r.item_id)
             if r.action == "act" and item is not None and item.kind == "more_seeds":
                 self._more_seeds(ctx, st, item.target)
+            if r.action == "act" and item is not None and wants_references(item):
+                self._search_references(ctx, st, item.id)
         st.stage = "experiments"
+        await self._advance(ctx, st)
+
+    def _confirm(self, ctx: Context, st: ProjectState, report: Any) -> bool:
+        """Ask for a confirmation run on fresh seeds of every significant primary finding not yet confirmed.
+
+        A finding becomes a headline only once it replicates, so this is
+        budgeted before the draft: the baseline and each such idea run again on
+        seeds no arm has used, and the analysis is redone with them apart.
+        Returns whether anything was requested (then the draft waits).
+        """
+        todo = [
+            c.idea_id for c in report.comparisons
+            if c.metric == report.primary_metric and c.verdict != "inconclusive" and c.replicated is None
+            and c.idea_id in st.ideas and c.idea_id not in st.confirmed
+        ]
+        if not todo:
+            return False
+        if st.runs_used + len(todo) + 1 > st.budget.max_runs:
+            ctx.log.warning("no confirmation run: run budget spent", ideas=todo, runs_left=st.budget.max_runs - st.runs_used)
+            return False
+        used = {s for e in st.experiments.values() for s in e.seeds}
+        start = max(used, default=-1) + 1
+        seeds = list(range(start, start + max(3, int(st.spec.get("seeds", 3)))))
+        st.confirmed = st.confirmed + todo
+        ctx.log.info("confirmation runs", ideas=todo, seeds=seeds)
+        self._request_experiment(ctx, st, BASELINE, None, seeds, confirmation=True)
+        for idea_id in todo:
+            self._request_experiment(ctx, st, idea_id, st.ideas[idea_id].idea, seeds, confirmation=True)
+        return True
+
+    def _search_references(self, ctx: Context, st: ProjectState, item_id: str) -> None:
+        """Ask the literature agent for papers the review wants; the draft waits for the answer."""
+        keywords = [str(k) for k in st.spec.get("keywords", [])]
+        topic = keywords[0] if keywords else str(st.spec.get("name", st.template)).replace("_", " ")
+        changes = [k.replace("_", " ") for s in st.ideas.values() if s.status in ("done", "failed") for k in s.idea.changes]
+        queries = list(dict.fromkeys([*keywords[:4], *(f"{c} {topic}" for c in changes)]))[:8] or [topic]
+        st.citations_pending = [*st.citations_pending, item_id]
+        ctx.send(ReferenceSearch(item_id=item_id, queries=queries, template_object=st.template_object, known=sorted(st.references)), "literature")
+
+    @on(ReferencesFound)
+    async def references_found(self, body: ReferencesFound, env: Any, ctx: Context) -> None:
+        st = self._require(ctx)
+        if body.item_id not in st.citations_pending:
+            return
+        st.citations_pending = [i for i in st.citations_pending if i != body.item_id]
+        new = [r for r in body.references if r.key not in st.references]
+        for ref in new:
+            st.references[ref.key] = ref
+        if not new:
+            # "act" must change the paper; with nothing new to cite it cannot, so the answer becomes a rebuttal.
+            st.responses = [
+                r.model_copy(update={"action": "rebut", "text": f"the literature agent found nothing new to cite: {body.reason or 'no reason given'}"})
+                if r.item_id == body.item_id else r
+                for r in st.responses
+            ]
+        else:
+            st.responses = [
+                r.model_copy(update={"text": f"{r.text} (added {', '.join(x.key for x in new)})"}) if r.item_id == body.item_id else r
+                for r in st.responses
+            ]
+        ctx.log.info("references added", item=body.item_id, keys=[r.key for r in new])
         await self._advance(ctx, st)
 
     def _more_seeds(self, ctx: Context, st: ProjectState, target: str) -> None:
@@ -383,6 +457,11 @@ class PI(Role):
 
     def _out_of_time(self, ctx: Context, st: ProjectState) -> bool:
         return ctx.clock() - st.started_at > st.budget.wall_time_s
+
+
+def wants_references(item: Any) -> bool:
+    """A review item that more citations answer: add_citation, or one that asks for references in words."""
+    return item.kind == "add_citation" or bool(re.search(r"\b(cite|citations?|references?|prior work)\b", item.text, re.I))
 
 
 class UnknownProject(Rejected):

@@ -48,6 +48,9 @@ class ExperimentState(Model):
     status: Literal["requested", "done", "failed"] = "requested"
     runs: list[RunRecord] = []
     reason: str = ""
+    # A confirmation run: fresh seeds for an idea found significant, or for the
+    # baseline beside it; the analyst compares these apart from the exploratory runs.
+    confirmation: bool = False
 
 
 class ProjectState(Model):
@@ -79,6 +82,8 @@ class ProjectState(Model):
     usage: dict[str, Usage] = {}
     outcome: str = ""
     accepted: bool | None = None
+    citations_pending: list[str] = []  # revision items waiting for the literature agent's references
+    confirmed: list[str] = []  # ideas whose findings a confirmation run has been asked to replicate
 
     @property
     def runs_used(self) -> int:
@@ -86,3 +91,6 @@ class ProjectState(Model):
 
     def runs(self) -> list[RunRecord]:
         return [r for e in self.experiments.values() for r in e.runs]
+
+    def confirmation_ids(self) -> list[str]:
+        return [e.experiment_id for e in self.experiments.values() if e.confirmation]

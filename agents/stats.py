@@ -29,6 +29,7 @@ from scipy import stats as sps
 
 Direction = Literal["higher", "lower"]
 Verdict = Literal["better", "worse", "inconclusive"]
+Test = Literal["welch", "paired"]
 
 EFFECT_CAP = 10.0  # |g| reported when the pooled standard deviation is zero (only then)
 N_BOOTSTRAP = 4000
@@ -59,6 +60,7 @@ class TwoArm:
     effect_size: float
     better: bool
     verdict: Verdict
+    test: Test = "welch"
 
 
 def sign(direction: Direction) -> float:
@@ -105,6 +107,51 @@ def welch_p(baseline: Sequence[float], idea: Sequence[float]) -> float:
     return p if math.isfinite(p) else 1.0
 
 
+def paired_p(baseline: Sequence[float], idea: Sequence[float]) -> float:
+    """Two-sided paired t-test p-value over per-seed differences (idea - baseline, same seed order).
+
+    The same formula as scipy's ``ttest_rel``, by hand for the same reason as
+    ``welch_p``; constant differences follow the module docstring's guards.
+    """
+    b, i = _array(baseline, "baseline"), _array(idea, "idea")
+    if b.size != i.size:
+        raise StatsError(f"a paired test needs arms of equal length, got {b.size} and {i.size}")
+    if b.size < 2:
+        return 1.0
+    d = i - b
+    if _constant(d):
+        return 1.0 if d[0] == 0.0 else 0.0
+    t = float(d.mean()) / (float(d.std(ddof=1)) / math.sqrt(d.size))
+    p = float(2.0 * sps.t.sf(abs(t), d.size - 1))
+    return p if math.isfinite(p) else 1.0
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order.
+
+    The k-th smallest of m p-values is multiplied by (m - k + 1), capped at 1,
+    and made monotone so an adjusted p never drops below a smaller raw one's.
+    Comparing each adjusted p with alpha controls the family-wise error rate.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda k: p_values[k])
+    out = [1.0] * m
+    running = 0.0
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[k])))
+        out[k] = running
+    return out
+
+
+def verdict_of(improvement: float, p: float, alpha: float) -> Verdict:
+    """"better"/"worse" only when ``p`` (the corrected one, where there is one) is below alpha."""
+    if p < alpha and improvement > 0:
+        return "better"
+    if p < alpha and improvement < 0:
+        return "worse"
+    return "inconclusive"
+
+
 def hedges_g(baseline: Sequence[float], idea: Sequence[float], direction: Direction) -> float:
     """Bias-corrected standardized mean difference, signed like the improvement."""
     b, i = _array(baseline, "baseline"), _array(idea, "idea")
@@ -128,8 +175,10 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
     n_boot: int = N_BOOTSTRAP,
+    paired: bool = False,
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the improvement, resampling each arm on its own.
+    """Percentile bootstrap CI of the improvement, resampling each arm on its own
+    (or, when ``paired``, resampling seeds, so both arms keep their pairing).
 
     Seeded, so the same inputs always give the same interval.
     """
@@ -137,8 +186,14 @@ def bootstrap_ci(
     if not 0.0 < level < 1.0:
         raise StatsError(f"level must be in (0, 1), got {level}")
     rng = np.random.default_rng(seed)
-    bm = rng.choice(b, size=(n_boot, b.size), replace=True).mean(axis=1)
-    im = rng.choice(i, size=(n_boot, i.size), replace=True).mean(axis=1)
+    if paired:
+        if b.size != i.size:
+            raise StatsError(f"a paired interval needs arms of equal length, got {b.size} and {i.size}")
+        idx = rng.integers(0, b.size, size=(n_boot, b.size))
+        bm, im = b[idx].mean(axis=1), i[idx].mean(axis=1)
+    else:
+        bm = rng.choice(b, size=(n_boot, b.size), replace=True).mean(axis=1)
+        im = rng.choice(i, size=(n_boot, i.size), replace=True).mean(axis=1)
     imp = sign(direction) * (im - bm)
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(imp, [tail, 1.0 - tail])
@@ -157,18 +212,19 @@ def compare(
     *,
     alpha: float = 0.05,
     seed: int = 0,
+    paired: bool = False,
 ) -> TwoArm:
-    """Everything the analyst reports for one idea/metric pair."""
+    """Everything the analyst reports for one idea/metric pair, before any correction.
+
+    ``paired``: the arms ran the same seeds and ``baseline[k]``/``idea[k]``
+    share seed k, so the test runs on per-seed differences (seed-to-seed
+    variation that both arms share cancels out).
+    """
     sb, si = summarize(baseline), summarize(idea)
     diff = si.mean - sb.mean
     improvement = sign(direction) * diff
-    p = welch_p(baseline, idea)
+    p = paired_p(baseline, idea) if paired else welch_p(baseline, idea)
     g = hedges_g(baseline, idea, direction)
-    lo, hi = bootstrap_ci(baseline, idea, direction, level=1.0 - alpha, seed=seed)
-    significant = p < alpha
-    verdict: Verdict = "inconclusive"
-    if significant and improvement > 0:
-        verdict = "better"
-    elif significant and improvement < 0:
-        verdict = "worse"
-    return TwoArm(sb, si, diff, improvement, lo, hi, p, g, verdict == "better", verdict)
+    lo, hi = bootstrap_ci(baseline, idea, direction, level=1.0 - alpha, seed=seed, paired=paired)
+    verdict = verdict_of(improvement, p, alpha)
+    return TwoArm(sb, si, diff, improvement, lo, hi, p, g, verdict == "better", verdict, "paired" if paired else "welch")

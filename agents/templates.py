@@ -36,6 +36,9 @@ class Knob(BaseModel):
     # Changing a fairness knob changes the compute or data an arm gets, so a
     # comparison against the baseline would be unfair: the analyst flags it.
     fairness: bool = False
+    # Changing it changes the compute a run spends (per step or in total), so a
+    # hypothesis must not say "compute held equal"; the analyst flags it.
+    changes_compute: bool = False
     description: str = ""
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ is normalized into it first, so both the LLM and the offline mind render the sam
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import jinja2
 
 from agents.base import Context, Role, on
 from agents.minds.base import PaperSections
-from agents.writing import assemble, citations, markup, numbers, pdf
+from agents.writing import assemble, citations, markup, numbers, pdf, revisions, trace
+from bus.errors import ArtifactMissing
 from bus.messages import DraftReady, DraftRequest, Envelope
 
 TEMPLATES = Path(__file__).resolve().parent / "writing"
@@ -45,11 +47,26 @@ def scrub_sections(sections: PaperSections, strings: list[str], evidence: set[fl
     return PaperSections(**fields), removed
 
 
-def render(request: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef]) -> tuple[str, str]:
+def describe_mind(mind: Any) -> str:
+    """Which mind wrote the paper, for its byline: a reader must know whether a model was involved."""
+    describe = getattr(mind, "describe", None)
+    return describe() if callable(describe) else f"{type(mind).__name__} (undescribed mind)"
+
+
+def canonical_sections(sections: PaperSections, strings: list[str], evidence: set[float], shown: set[str]) -> tuple[PaperSections, list[tuple[str, str]]]:
+    fields, changed = {}, []
+    for name, text in sections.model_dump().items():
+        fields[name], c = trace.canonical(text, strings, evidence, shown)
+        changed += c
+    return PaperSections(**fields), changed
+
+
+def render(request: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str = "") -> tuple[str, str]:
     refs = {r.key: r for r in request.references}
     known = set(refs)
     common: dict[str, Any] = dict(
         author=AUTHOR,
+        mind_line=f"Written by the {mind}." if mind else "",
         date_line=f"Draft for review, round {numbers.fmt(request.round)}",
         environment=assemble.environment_lines(request.report.runs),
         rows=assemble.rows(request.report),
@@ -91,10 +108,15 @@ class Writer(Role):
     async def draft(self, body: DraftRequest, env: Envelope, ctx: Context) -> None:
         evidence_doc = body.model_dump(mode="json")
         evidence = numbers.evidence_values(evidence_doc)
-        strings = numbers.evidence_strings(evidence_doc)
+        mind = describe_mind(ctx.mind)
+        analysis = trace.analysis_document(body, mind)
+        strings = numbers.evidence_strings({**evidence_doc, "mind": mind})
         sections, removed = scrub_sections(await ctx.mind.write(body), strings, evidence)
         if removed:
             ctx.log.warning("unverified_numbers_removed", numbers=removed)
+        sections, rewritten = canonical_sections(sections, strings, evidence, set(analysis["display"]))
+        if rewritten:
+            ctx.log.info("numbers_printed_as_in_analysis", rewritten=rewritten)
         figures, files = [], {}
         for f in assemble.figure_refs(body.report):
             try:
@@ -102,12 +124,17 @@ class Writer(Role):
                 figures.append(f)
             except KeyError:
                 ctx.log.warning("figure_missing", name=f.name)
-        tex, md = render(body, sections, figures)
+        tex, md = render(body, sections, figures, mind)
+        body, tex, md = await self._keep_promises(body, sections, figures, mind, tex, md, ctx)
         bib = citations.references_bib(body.references)
         printed = numbers.tokens(md, strings + [f.name for f in figures] + [f"figures/{f.file}" for f in figures])
         left = numbers.unverified(printed, evidence)
         if left:
             ctx.log.warning("unverified_numbers", numbers=left)
+        masks = strings + [f.name for f in figures] + [f"figures/{f.file}" for f in figures]
+        untraced = trace.untraced(md, analysis, strings=masks) + trace.untraced(tex, analysis, strings=masks)
+        if untraced:
+            ctx.log.warning("untraced_numbers", numbers=list(dict.fromkeys(untraced)))
         base = f"{ctx.project}/paper/round-{body.round}"
         out = DraftReady(
             round=body.round,
@@ -116,6 +143,7 @@ class Writer(Role):
             bib=await ctx.artifacts.put(f"{base}/references.bib", bib.encode()),
             figures=[await ctx.artifacts.put(f"{base}/figures/{f.file}", files[f.file]) for f in figures],
             numbers=list(dict.fromkeys(float(t) for t in printed)),
+            analysis=await ctx.artifacts.put(f"{base}/analysis.json", json.dumps(analysis, indent=2).encode()),
         )
         missing = citations.unresolved(tex, bib)
         if missing:
@@ -124,10 +152,29 @@ class Writer(Role):
             try:
                 out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", await pdf.compile_pdf(tex, bib, files))
             except pdf.PdfError as e:
-                out.pdf_error = str(e)
+                out.pdf_error, out.pdf_log = str(e), e.excerpt
         if out.pdf_error:
-            ctx.log.warning("pdf_failed", error=out.pdf_error)
+            ctx.log.warning("pdf_failed", error=out.pdf_error, log=out.pdf_log)
         ctx.send(out, to="pi")
+
+    async def _keep_promises(
+        self, body: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str, tex: str, md: str, ctx: Context
+    ) -> tuple[DraftRequest, str, str]:
+        """Turn each "act" that did not change its part of the paper into a rebuttal saying so, and re-render."""
+        if body.round == 0 or not any(r.action == "act" for r in body.responses):
+            return body, tex, md
+        try:
+            before = (await ctx.artifacts.get(f"{ctx.project}/paper/round-{body.round - 1}/paper.md")).decode()
+        except (ArtifactMissing, KeyError):
+            return body, tex, md
+        kept = revisions.unkept(body.revision_items, body.responses, before, md)
+        changed = [r.item_id for r, k in zip(body.responses, kept) if r.action != k.action]
+        if not changed:
+            return body, tex, md
+        ctx.log.warning("revision_not_done", items=changed)
+        body = body.model_copy(update={"responses": kept})
+        tex, md = render(body, sections, figures, mind)
+        return body, tex, md
 
 
 ROLE = Writer

@@ -130,10 +130,29 @@ class Comparison(Model):
     improvement: float  # diff signed so that > 0 is better, whatever the direction
     ci_low: float  # bootstrap CI of the improvement
     ci_high: float
-    p_value: float  # Welch t-test, two-sided
+    p_value: float  # two-sided, uncorrected: Welch's t-test, or a paired t-test when the arms share seeds
     effect_size: float  # Hedges' g, signed like improvement
-    better: bool  # improvement > 0 and p < alpha
-    verdict: Literal["better", "worse", "inconclusive"]
+    better: bool  # improvement > 0 and p_adjusted < alpha
+    verdict: Literal["better", "worse", "inconclusive"]  # from p_adjusted, never from the raw p-value
+    test: Literal["welch", "paired"] = "welch"
+    # p-value corrected for every comparison the report holds (AnalysisReport.correction);
+    # None only in reports made before corrections existed.
+    p_adjusted: float | None = None
+    # Whether a confirmation run on fresh seeds reached the same significant verdict;
+    # None: not confirmed (no confirmation ran for this idea). Only the primary metric is confirmed.
+    replicated: bool | None = None
+
+
+class AnalysisFlag(Model):
+    """A problem the analyst found, typed so that the writer and reviewer act on it without parsing sentences."""
+
+    kind: Literal["missing_baseline", "unfair_baseline", "compute_changed"]
+    detail: str  # the readable sentence, as in AnalysisReport.flags
+    idea_id: str = ""  # the arm it is about, where there is one
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind.replace('_', ' ')}: {self.detail}"
 
 
 class AnalysisReport(Model):
@@ -141,9 +160,16 @@ class AnalysisReport(Model):
     round: int = 0
     primary_metric: str
     alpha: float = 0.05
+    # How p-values are corrected for multiple comparisons across the whole
+    # report: "holm" (family-wise error rate) or "none".
+    correction: Literal["holm", "none"] = "holm"
     comparisons: list[Comparison]
     runs: list[RunRecord]
     flags: list[str] = []  # missing/unfair baselines, failed runs, too few seeds
+    flag_items: list[AnalysisFlag] = []  # the flags someone acts on, typed (each also in flags as its text)
+    # Confirmation runs on fresh seeds, idea vs baseline on the primary metric,
+    # corrected as their own family; they decide Comparison.replicated.
+    confirmations: list[Comparison] = []
     figures: list[str] = []  # object-store names
     summary: str = ""
 
@@ -270,6 +296,24 @@ class NoveltyVerdict(Model):
     queries: list[str] = []
 
 
+class ReferenceSearch(Model):
+    """The PI asks for references a review wants (an ``add_citation`` item, an unsupported claim)."""
+
+    type: Literal["reference_search"] = "reference_search"
+    item_id: str  # the revision item this answers
+    queries: list[str]
+    template_object: str = ""  # the template bundle; its references.bib is a source too
+    known: list[str] = []  # reference keys the paper already has: only new ones are wanted
+
+
+class ReferencesFound(Model):
+    type: Literal["references_found"] = "references_found"
+    item_id: str
+    references: list[Reference] = []  # new ones only (not in ReferenceSearch.known)
+    sources: list[str] = []
+    reason: str = ""  # why nothing was found, when nothing was
+
+
 class ExperimentRequest(Model):
     type: Literal["experiment_request"] = "experiment_request"
     experiment_id: str
@@ -321,6 +365,9 @@ class AnalysisRequest(Model):
     round: int
     spec: dict[str, Any]
     runs: list[RunRecord]
+    # Experiments that confirm earlier findings on fresh seeds: analysed apart
+    # from the exploratory runs, never pooled with them.
+    confirmation: list[str] = []
 
 
 class AnalysisDone(Model):
@@ -340,6 +387,9 @@ class DraftRequest(Model):
     revision_items: list[RevisionItem] = []
     responses: list[ItemResponse] = []
     usage: dict[str, Usage] = {}
+    # Ideas the literature check found not novel, id -> the justification with its
+    # quoted evidence: dropped, not run, and the paper says so.
+    not_novel: dict[str, str] = {}
 
 
 class DraftReady(Model):
@@ -352,6 +402,10 @@ class DraftReady(Model):
     figures: list[str] = []
     numbers: list[float] = []  # every number printed in the paper, for checking
     pdf_error: str = ""
+    pdf_log: str = ""  # the LaTeX log from the first error on, when the PDF failed to build
+    # object-store name of analysis.json: the analyst's full report plus every
+    # number as the paper prints it, so each printed number can be traced.
+    analysis: str | None = None
 
 
 class ReviewRequest(Model):
@@ -407,6 +461,8 @@ Body = Annotated[
         NoteAck,
         NoveltyCheck,
         NoveltyVerdict,
+        ReferenceSearch,
+        ReferencesFound,
         ExperimentRequest,
         ExperimentPlanned,
         ExperimentResult,

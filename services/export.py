@@ -120,8 +120,12 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     elif log.reviews:  # not decided yet: the reviews so far, in the PI's format
         review.write_text(json.dumps([r.model_dump(mode="json") for r in log.reviews], indent=2))
         files.append(("review.json", review))
-    if log.analysis is not None:
-        analysis = out / "analysis.json"
+    analysis = out / "analysis.json"
+    # The writer's analysis.json (the report plus every number as the paper prints it) traces the paper;
+    # before a draft exists, the analyst's latest report is what there is.
+    if paper is not None and paper.analysis and await _fetch(artifacts, paper.analysis, analysis):
+        files.append(("analysis.json", analysis))
+    elif log.analysis is not None:
         analysis.write_text(log.analysis.report.model_dump_json(indent=2))
         files.append(("analysis.json", analysis))
     for name in await artifacts.list(f"{project}/runs/"):

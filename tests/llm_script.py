@@ -80,7 +80,9 @@ class LabScript:
             "PlanAnswer": self.plan,
             "SummaryAnswer": lambda req: {"summary": "The analysis compares the idea with the baseline over seeds; read the comparisons and every flag."},
             "PaperDraft": self.paper,
+            "SectionText": lambda req: {"text": "A scripted section draft; the refinement pass gives the final text."},
             "ReviewDraft": self.review,
+            "ReviewReflection": lambda req: {**self.review(req), "thoughts": "The review holds against the analysis.", "done": True},
             "MetaDraft": self.meta,
         }
 

@@ -135,3 +135,65 @@ async def test_report_is_deterministic():
     a = (await handle([BASE, GOOD]))[0].report
     b = (await handle([BASE, GOOD]))[0].report
     assert a == b
+
+
+async def test_arms_that_share_seeds_are_paired_and_others_use_welch():
+    base = run("j1", "baseline", [0.71, 0.80, 0.65, 0.90], [0.5, 0.6, 0.4, 0.7], seeds=[0, 1, 2, 3])
+    same = run("j2", "same-seeds", [0.74, 0.82, 0.69, 0.91], [0.45, 0.58, 0.37, 0.66], seeds=[0, 1, 2, 3])
+    other = run("j3", "other-seeds", [0.74, 0.82, 0.69, 0.91], [0.45, 0.58, 0.37, 0.66], seeds=[4, 5, 6, 7])
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[base, same, other]))
+    tests = {(c.idea_id, c.metric): c.test for c in rep.comparisons}
+    assert tests == {("same-seeds", "acc"): "paired", ("same-seeds", "loss"): "paired",
+                     ("other-seeds", "acc"): "welch", ("other-seeds", "loss"): "welch"}
+    assert rep.correction == "holm"
+
+
+async def test_holm_correction_over_every_comparison_decides_the_verdict():
+    """Ten comparisons (5 ideas x 2 metrics): a raw p near 0.03 is not significant after Holm."""
+    acc = [0.80, 0.83, 0.79, 0.82, 0.81]
+    loss = [0.50, 0.52, 0.51, 0.53, 0.49]
+    runs = [run("b", "baseline", acc, loss, seeds=[0, 1, 2, 3, 4])]
+    runs.append(run("w", "weak", [a + 0.026 + 0.004 * (k % 2) for k, a in enumerate(acc)], loss, seeds=[10, 11, 12, 13, 14]))
+    for k in range(4):
+        runs.append(run(f"n{k}", f"null-{k}", [a + 0.001 * ((k + j) % 3 - 1) for j, a in enumerate(acc)], loss, seeds=[20 + 5 * k + j for j in range(5)]))
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=runs))
+    assert len(rep.comparisons) == 10
+    weak = next(c for c in rep.comparisons if c.idea_id == "weak" and c.metric == "acc")
+    assert 0.01 < weak.p_value < 0.05  # significant on its own ...
+    assert weak.p_adjusted >= 0.05 and weak.verdict == "inconclusive" and not weak.better  # ... but not after Holm
+    assert all(c.p_adjusted is not None and c.p_adjusted >= c.p_value for c in rep.comparisons)
+
+
+async def test_a_knob_that_changes_compute_is_flagged():
+    spec = {**SPEC, "knobs": {**SPEC["knobs"], "layers": {"type": "int", "default": 1, "changes_compute": True}}}
+    deeper = run("j3", "deeper", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39], overrides={"layers": 2})
+    same = run("j4", "same-layers", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39], overrides={"layers": 1, "lr": 0.02})
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=spec, runs=[BASE, deeper, same]))
+    compute = [f for f in rep.flags if f.startswith("compute changed:")]
+    assert len(compute) == 1 and "'deeper'" in compute[0] and "'layers'" in compute[0] and "not at equal compute" in compute[0]
+
+
+async def test_confirmation_runs_on_fresh_seeds_mark_replicated_and_are_not_pooled():
+    good_again = run("c2", "wd", [0.90, 0.92, 0.89], [0.30, 0.32, 0.28], seeds=[100, 101, 102], overrides={"lr": 0.02})
+    base_again = run("c1", "baseline", [0.80, 0.79, 0.81], [0.50, 0.51, 0.52], seeds=[100, 101, 102])
+    req = AnalysisRequest(round=1, spec=SPEC, runs=[BASE, GOOD, base_again, good_again], confirmation=["e-c1", "e-c2"])
+    rep, arms = build_report("p", req)
+    acc = next(c for c in rep.comparisons if c.metric == "acc")
+    assert acc.n_idea == 3 and acc.n_baseline == 3  # confirmation seeds are not pooled into the exploratory arms
+    assert acc.verdict == "better" and acc.replicated is True
+    assert [(c.idea_id, c.metric, c.n_idea) for c in rep.confirmations] == [("wd", "acc", 3)]
+    assert next(c for c in rep.comparisons if c.metric == "loss").replicated is None  # only the primary is confirmed
+
+    fails = run("c2", "wd", [0.80, 0.78, 0.81], [0.5, 0.5, 0.5], seeds=[100, 101, 102], overrides={"lr": 0.02})
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[BASE, GOOD, base_again, fails], confirmation=["e-c1", "e-c2"]))
+    acc = next(c for c in rep.comparisons if c.metric == "acc")
+    assert acc.verdict == "better" and acc.replicated is False
+
+
+async def test_flags_someone_acts_on_are_typed():
+    unfair = run("j5", "longer", [0.9, 0.91, 0.92], [0.3, 0.3, 0.3], overrides={"steps": 200})
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[BASE, unfair]))
+    (flag,) = rep.flag_items
+    assert flag.kind == "unfair_baseline" and flag.idea_id == "longer" and flag.text in rep.flags
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[unfair]))
+    assert [f.kind for f in rep.flag_items] == ["missing_baseline", "unfair_baseline"]

@@ -59,6 +59,8 @@ def example_bodies() -> list[dict]:
         {"type": "note_ack", "note_id": "n1", "understood": "ok"},
         {"type": "novelty_check", "idea": IDEA.model_dump(), "template": "grokking"},
         {"type": "novelty_verdict", "idea_id": "wd-0p1", "novel": True, "justification": "none found"},
+        {"type": "reference_search", "item_id": "r0-1", "queries": ["grokking"], "known": ["power2022grokking"]},
+        {"type": "references_found", "item_id": "r0-1", "references": [], "reason": "nothing new"},
         {"type": "experiment_request", "experiment_id": "x01", "seeds": [0, 1, 2], "template": "grokking", "template_object": "o", "spec": {}},
         {"type": "experiment_planned", "experiment_id": "x01", "idea_id": "baseline", "overrides": {}, "job_ids": ["j1"]},
         {"type": "experiment_result", "experiment_id": "x01", "idea_id": "baseline", "runs": [RUN.model_dump()]},

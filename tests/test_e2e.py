@@ -133,6 +133,27 @@ def check_deliverables(out: Path, convo: list[dict]) -> None:
     assert env["cpu"] and env["cpu"] in paper
     assert f"torch {env['packages']['torch']}" in paper
 
+    # Traceability: analysis.json is exported, every decimal of the paper is in it (as printed, or raw)
+    # or in a run's final_info.json; the paper names the mind that wrote it and the correction used.
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["correction"] == "holm" and analysis["report"]["comparisons"]
+    shown = set(analysis["display"])
+    traced: set[float] = set()
+    numbers_in(analysis, traced)
+    for path in infos:
+        numbers_in(json.loads(path.read_text()), traced)
+    decimals = [t for t in NUMBER.findall(md) if "." in t]
+    assert decimals, "the paper prints measurements"
+    untraced = [t for t in decimals if t not in shown and float(t) not in traced]
+    assert not untraced, f"decimals in paper.md not in analysis.json or final_info.json: {untraced[:20]}"
+    assert "Written by the offline mind" in paper and "Holm's correction" in paper
+    # Title and abstract claim a gain only when it survived the correction and replicated on fresh seeds.
+    report = analysis["report"]
+    claimed = [c for c in report["comparisons"] if c["metric"] == report["primary_metric"] and c["verdict"] == "better" and c["replicated"]]
+    title = paper.splitlines()[0]
+    if not claimed:
+        assert "a significant, replicated gain" not in title, title
+
     reviews = json.loads((out / "review.json").read_text())
     assert reviews and all(len(r["reviews"]) >= 1 and "meta" in r for r in reviews)
     for r in reviews[0]["reviews"]:

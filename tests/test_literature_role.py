@@ -228,7 +228,7 @@ class InventingMind:
     async def queries(self, idea: Idea, task: str, found: list, round: int) -> list[str]:
         return ["weight decay"] if round == 0 else []
 
-    async def judge_novelty(self, idea: Idea, found: list) -> NoveltyJudgement:
+    async def judge_novelty(self, idea: Idea, found: list, task: str = "") -> NoveltyJudgement:
         return NoveltyJudgement(novel=True, justification="see made2024up", cited_keys=["made2024up", found[0].key])
 
 
@@ -241,7 +241,7 @@ async def test_invented_citations_are_dropped(store: FakeStore, lab_home: Path) 
 
 
 class BrokenMind(InventingMind):
-    async def judge_novelty(self, idea: Idea, found: list) -> NoveltyJudgement:
+    async def judge_novelty(self, idea: Idea, found: list, task: str = "") -> NoveltyJudgement:
         raise TimeoutError("model endpoint timed out")
 
 
@@ -270,3 +270,46 @@ async def test_copi_note_adds_a_quoted_query(store: FakeStore, lab_home: Path) -
     ctx.outputs.clear()
     verdict = await run(ctx, check(WEIGHT_DECAY))
     assert "double descent" in verdict.queries
+
+
+async def test_a_reference_search_returns_only_papers_the_paper_does_not_cite_yet(store: FakeStore, lab_home: Path) -> None:
+    from bus.messages import ReferenceSearch, ReferencesFound
+
+    ctx = context(store, DictCache(), lab_home)
+    body = ReferenceSearch(item_id="r0-1", queries=["grokking", "weight decay grokking"], template_object="p1/template.tar.gz",
+                           known=["power2022grokking"])
+    await ROLE().handle(Envelope(project="p1", sender="pi", recipient="literature", body=body), ctx)
+    (found, to), = ctx.outputs
+    assert to == "pi" and isinstance(found, ReferencesFound) and found.item_id == "r0-1"
+    keys = {r.key for r in found.references}
+    assert "murty2023grokking" in keys and "power2022grokking" not in keys
+    assert found.sources and found.reason == ""
+
+    ctx = context(store, DictCache(), lab_home)
+    body = ReferenceSearch(item_id="r0-2", queries=["zzzz qqqq"], template_object="p1/template.tar.gz")
+    await ROLE().handle(Envelope(project="p1", sender="pi", recipient="literature", body=body), ctx)
+    (found, _), = ctx.outputs
+    assert found.references == [] and "no paper beyond the 0 already cited answered 1 queries" in found.reason
+
+
+async def test_the_lab_says_once_when_it_works_from_the_local_library_only(store: FakeStore, lab_home: Path) -> None:
+    from agents import literature
+
+    literature._said_local_only.discard("p1")
+    with capture_logs() as logs:
+        await run(context(store, DictCache(), lab_home, literature={"sources": ["local", "template"]}), check(DROPOUT))
+        await run(context(store, DictCache(), lab_home, literature={"sources": ["local", "template"]}), check(WEIGHT_DECAY))
+    said = [e for e in logs if e["event"] == "lit_local_only"]
+    assert len(said) == 1 and "local library" in said[0]["message"] and "LAB_LIT_SOURCES" in said[0]["message"]
+
+
+async def test_an_unreachable_web_source_is_said_once_and_the_local_library_answers(store: FakeStore, lab_home: Path) -> None:
+    from agents import literature
+
+    literature._said_local_only.discard("p1")
+    settings = {"sources": ["semantic_scholar", "local", "template"], "web": {"semantic_scholar": {"api_url": "http://127.0.0.1:9", "timeout_s": 2}}}
+    with capture_logs() as logs:
+        verdict = await run(context(store, DictCache(), lab_home, literature=settings), check(DROPOUT))
+    assert verdict.references and "semantic_scholar" not in verdict.sources
+    said = [e for e in logs if e["event"] == "lit_local_only"]
+    assert len(said) == 1 and "web sources unreachable: semantic_scholar" in said[0]["message"]

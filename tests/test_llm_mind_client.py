@@ -134,7 +134,8 @@ async def test_per_role_model_and_temperature_reach_the_wire() -> None:
               "scores": {"originality": 3, "quality": 3, "clarity": 3, "significance": 2, "soundness": 3, "presentation": 3,
                          "contribution": 2, "overall": 6, "confidence": 4}}
     with FakeOpenAI({"reviewer": [Reply.json(review)]}) as fake:
-        config = {"model": "small", "base_url": fake.base_url, "roles": {"reviewer": {"model": "big", "temperature": 0.9}}}
+        config = {"model": "small", "base_url": fake.base_url, "roles": {"reviewer": {"model": "big", "temperature": 0.9}},
+                  "review_reflections": 0}  # one scripted answer: the draft review, no reflection rounds
         reviewer = make_mind("llm", "reviewer", seed=3, config=config)
         await reviewer.review("# paper", report(), [], index=2)
     body = fake.requests[0].body

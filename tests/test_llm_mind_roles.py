@@ -140,7 +140,7 @@ async def test_writer_cites_only_given_references() -> None:
         {"title": "Weight decay", "abstract": "We test weight decay on a toy task.", **sections, "related_work": "See \\cite{ghost2021}."},
         {"title": "Weight decay", "abstract": "We test weight decay on a toy task.", **sections, "related_work": "See \\citep{loshchilov2019}."},
     )
-    writer = mind("writer", client)
+    writer = mind("writer", client, write_by_section=False)
     assert isinstance(writer, WriterMind)
     request = DraftRequest(round=0, spec=SPEC, direction="regularisation", ideas=[IDEA], report=report(), references=REFS)
     paper = await writer.write(request)
@@ -161,7 +161,7 @@ async def test_reviewer_ensemble_member_and_meta_review() -> None:
         {"summary": "Sound but small.", "overall": 6, "decision": "revise", "revision_items": [{"id": "r1", "kind": "more_seeds", "text": "10 seeds", "target": "wd-1"}]},
         {"summary": "Sound but small.", "overall": 6, "decision": "accept", "revision_items": []},
     )
-    reviewer = mind("reviewer", client)
+    reviewer = mind("reviewer", client, review_reflections=0)
     assert isinstance(reviewer, ReviewerMind) and reviewer.client.settings.temperature > 0
     review = await reviewer.review("# Weight decay\n...", report(), REFS, index=1)
     assert isinstance(review, Review) and review.reviewer == "llm-1" and review.scores.overall == 6
@@ -170,6 +170,42 @@ async def test_reviewer_ensemble_member_and_meta_review() -> None:
     meta = await reviewer.meta_review([review], report(), round=2, max_rounds=2)
     assert meta.decision == "accept" and meta.revision_items == []
     assert "no revision rounds are left" in sent(client, 3)
+
+
+async def test_reviewer_reflects_before_its_final_review_and_stops_when_done() -> None:
+    first = review_json(7, "accept")
+    reflected = {**review_json(4, "reject"), "weaknesses": ["the gain is not significant after Holm's correction"],
+                 "thoughts": "I accepted a claim the corrected p-value does not support.", "done": False}
+    final = {**reflected, "thoughts": "Nothing more to change.", "done": True}
+    unused = {**review_json(9, "accept"), "thoughts": "never asked", "done": True}
+    client = replay(first, reflected, final, unused)
+    reviewer = mind("reviewer", client, review_reflections=3)
+    review = await reviewer.review("# Weight decay\n...", report(), REFS, index=0)
+    assert review.decision == "reject" and review.scores.overall == 4
+    assert review.weaknesses == ["the gain is not significant after Holm's correction"]
+    assert len(client.create_calls) == 3  # the draft, then two reflections: done stopped the third
+    assert "Reflection round 1 of 3" in sent(client, 1) and "Paper (Markdown)" in sent(client, 1)
+    assert "Reflection round 2 of 3" in sent(client, 2) and '"overall": 4' in sent(client, 2)
+
+
+async def test_writer_writes_section_by_section_then_refines_the_whole_paper() -> None:
+    from agents.minds.llm.writer import SECTION_PLAN
+
+    sections = {k: f"{k} text" for k in ("introduction", "related_work", "method", "experimental_setup", "results", "limitations", "conclusion", "revision_notes")}
+    turns = [{"text": f"draft of {field}"} for field, _ in SECTION_PLAN]
+    turns[1] = {"text": "See \\cite{ghost2021}."}  # related work cites a paper nobody found: sent back within its turn
+    turns.insert(2, {"text": "See \\cite{loshchilov2019}."})
+    final = {"title": "Weight decay, refined", "abstract": "We test weight decay on a toy task, refined.", **sections}
+    client = replay(*turns, final)
+    writer = mind("writer", client)
+    request = DraftRequest(round=0, spec=SPEC, direction="regularisation", ideas=[IDEA], report=report(), references=REFS)
+    paper = await writer.write(request)
+    assert paper.title == "Weight decay, refined" and paper.related_work == "related_work text"
+    assert len(client.create_calls) == len(SECTION_PLAN) + 2  # one turn per section, one retry, one refinement
+    assert "Write the introduction" in sent(client, 0) and "Analysis (the only source of results)" in sent(client, 0)
+    assert "Write the related work" in sent(client, 1) and "not in the references" in sent(client, 2)
+    refine = sent(client, len(SECTION_PLAN) + 1)
+    assert "Refinement pass" in refine and "draft of introduction" in refine and "loshchilov2019" in refine
 
 
 async def test_analyst_summary_may_not_overclaim() -> None:
@@ -204,3 +240,12 @@ def test_prompt_files_are_used_when_present_else_builtin() -> None:
         m = mind(role, replay())
         path = PROMPTS_DIR / f"{role}.md"
         assert m.prompt_source == (str(path) if path.is_file() else "builtin") and m.system
+
+
+def test_knob_lines_tell_the_model_which_knobs_change_compute() -> None:
+    from agents.minds.llm.common import knob_lines
+    from agents.templates import load
+
+    _, spec = load("grokking")
+    lines = {ln.split(":")[0][2:]: ln for ln in knob_lines(spec).splitlines()}
+    assert "must not claim equal compute" in lines["num_layers"] and "must not claim equal compute" not in lines["weight_decay"]

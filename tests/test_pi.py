@@ -100,6 +100,8 @@ async def test_full_loop_with_one_revision_round():
 
     out = await h.send(AnalysisDone(report=report(0)), "analyst")
     assert kinds(out) == ["draft_request->writer"]
+    # The paper learns which ideas were dropped as not novel, and why.
+    assert out[0][0].not_novel == {ideas[1].id: "done before by X", third.id: "known", fourth.id: "known"}
     draft = DraftReady(round=0, tex="p1/paper.tex", markdown="p1/paper.md", bib="p1/references.bib")
     out = await h.send(draft, "writer")
     assert kinds(out) == ["review_request->reviewer"]
@@ -208,3 +210,104 @@ async def test_copi_can_stop_the_project():
     # Late answers to a stopped project change nothing.
     exp = next(iter(h.state.experiments))
     assert await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer") == []
+
+
+async def test_a_note_the_offline_pi_cannot_parse_is_said_so_in_the_log():
+    from structlog.testing import capture_logs
+
+    h = Harness()
+    await h.send(START)
+    with capture_logs() as logs:
+        out = await h.send(CoPINoteMsg(note=CoPINote(id="n2", text="make it prettier somehow")))
+    assert kinds(out) == ["note_ack->copi"]
+    assert out[0][0].understood.startswith("not understood") and out[0][0].constraints == {}
+    warned = [e for e in logs if e["event"] == "co-PI note not understood"]
+    assert warned and warned[0]["log_level"] == "warning" and warned[0]["note"] == "make it prettier somehow"
+
+
+async def test_the_llm_pi_can_stop_the_project_on_a_note():
+    from tests.llm_helpers import replay
+    from agents.minds import make_mind
+
+    h = Harness()
+    await h.send(START)
+    client = replay({"understood": "stopping the project as asked", "allowed_knobs": [], "forbidden_knobs": [], "stop": True})
+    h.mind = make_mind("llm", "pi", seed=0, config={"model_client": client})
+    out = await h.send(CoPINoteMsg(note=CoPINote(id="n3", text="We have what we need; wrap it up immediately.")))
+    assert kinds(out) == ["note_ack->copi", "decision->all"]
+    assert out[0][0].constraints == {"stop": True} and "stop" in client.create_calls[0]["messages"][-1].content
+    assert not out[1][0].accepted and "stopped by the co-PI" in out[1][0].reason and h.state.stage == "failed"
+
+
+async def test_a_significant_finding_gets_a_confirmation_run_on_fresh_seeds_before_the_draft():
+    from agents.analyst import build_report
+
+    h = Harness()
+    out = await h.send(START)
+    baseline_exp, ideas = out[0][0].experiment_id, [b.idea for b, _ in out[1:]]
+    out = await h.send(NoveltyVerdict(idea_id=ideas[0].id, novel=True, justification="new"), "literature")
+    idea_exp = out[0][0].experiment_id
+    for i in ideas[1:]:
+        await h.send(NoveltyVerdict(idea_id=i.id, novel=False, justification="known"), "literature")
+    await h.send(ExperimentResult(experiment_id=baseline_exp, idea_id="baseline", runs=[run_record(baseline_exp, "baseline", [1.0, 1.1, 0.9])]), "engineer")
+    out = await h.send(ExperimentResult(experiment_id=idea_exp, idea_id=ideas[0].id, runs=[run_record(idea_exp, ideas[0].id, [0.5, 0.52, 0.48])]), "engineer")
+    while kinds(out) == ["novelty_check->literature"]:  # the space is drained of not-novel ideas
+        out = await h.send(NoveltyVerdict(idea_id=out[0][0].idea.id, novel=False, justification="known"), "literature")
+    assert kinds(out) == ["analysis_request->analyst"] and out[0][0].confirmation == []
+    rep, _ = build_report("p1", out[0][0])
+    assert rep.comparisons[0].verdict == "better" and rep.comparisons[0].replicated is None
+
+    out = await h.send(AnalysisDone(report=rep), "analyst")
+    # Not the draft yet: the baseline and the idea run again on seeds no arm has used.
+    assert kinds(out) == ["experiment_request->engineer", "experiment_request->engineer"]
+    (base_c, _), (idea_c, _) = out
+    assert base_c.idea is None and idea_c.idea.id == ideas[0].id and base_c.seeds == idea_c.seeds == [3, 4, 5]
+    await h.send(ExperimentResult(experiment_id=base_c.experiment_id, idea_id="baseline",
+                                  runs=[run_record(base_c.experiment_id, "baseline", [1.0, 1.05, 0.95], [3, 4, 5])]), "engineer")
+    out = await h.send(ExperimentResult(experiment_id=idea_c.experiment_id, idea_id=ideas[0].id,
+                                        runs=[run_record(idea_c.experiment_id, ideas[0].id, [0.55, 0.5, 0.45], [3, 4, 5])]), "engineer")
+    assert kinds(out) == ["analysis_request->analyst"]
+    assert sorted(out[0][0].confirmation) == sorted([base_c.experiment_id, idea_c.experiment_id])
+    rep, _ = build_report("p1", out[0][0])
+    assert rep.comparisons[0].replicated is True and rep.comparisons[0].n_idea == 3
+    out = await h.send(AnalysisDone(report=rep), "analyst")
+    assert kinds(out) == ["draft_request->writer"]  # confirmed once; no second confirmation
+
+
+async def reach_review(h: Harness) -> None:
+    out = await h.send(START)
+    baseline_exp = out[0][0].experiment_id
+    for b, _ in out[1:]:
+        await h.send(NoveltyVerdict(idea_id=b.idea.id, novel=False, justification="known"), "literature")
+    out = await h.send(ExperimentResult(experiment_id=baseline_exp, idea_id="baseline", runs=[run_record(baseline_exp, "baseline", [1.0, 1.1, 0.9])]), "engineer")
+    while out and all(k == "novelty_check->literature" for k in kinds(out)):
+        for b, _ in list(out):
+            out = await h.send(NoveltyVerdict(idea_id=b.idea.id, novel=False, justification="known"), "literature")
+    assert kinds(out) == ["analysis_request->analyst"]
+    await h.send(AnalysisDone(report=report(0)), "analyst")
+    await h.send(DraftReady(round=0, tex="p1/paper.tex", markdown="p1/paper.md", bib="p1/references.bib"), "writer")
+
+
+@pytest.mark.parametrize("found", [True, False])
+async def test_a_citation_item_asks_the_literature_agent_and_the_draft_waits_for_its_answer(found):
+    from bus.messages import Reference, ReferenceSearch, ReferencesFound
+
+    h = Harness()
+    await reach_review(h)
+    items = [RevisionItem(id="r0-1", kind="add_citation", text="Only 2 references; situate the work.", target="related_work")]
+    out = await h.send(ReviewDone(round=0, reviews=[], meta=MetaReview(summary="s", overall=5, decision="revise", revision_items=items)), "reviewer")
+    assert kinds(out) == ["rebuttal->reviewer", "reference_search->literature"]
+    search = out[1][0]
+    assert isinstance(search, ReferenceSearch) and search.item_id == "r0-1" and search.queries and search.template_object == "p1/template.tar.gz"
+    new = [Reference(key="liu2023omnigrok", title="Omnigrok", bibtex="@article{liu2023omnigrok, title={Omnigrok}}")] if found else []
+    out = await h.send(ReferencesFound(item_id="r0-1", references=new, reason="" if found else "nothing new in 2 sources"), "literature")
+    assert kinds(out) == ["analysis_request->analyst"]  # only now: the draft had to wait for the references
+    out = await h.send(AnalysisDone(report=report(1)), "analyst")
+    assert kinds(out) == ["draft_request->writer"]
+    req = out[0][0]
+    (response,) = req.responses
+    if found:
+        assert "liu2023omnigrok" in {r.key for r in req.references}
+        assert response.action == "act" and "added liu2023omnigrok" in response.text
+    else:
+        assert response.action == "rebut" and "nothing new in 2 sources" in response.text

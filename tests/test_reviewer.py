@@ -43,6 +43,11 @@ def run(job, idea, acc, seeds, overrides=None):
 # Noisy arms: with 3 seeds the comparison is inconclusive.
 FIRST = [run("b1", "baseline", [0.70, 0.78, 0.74], [0, 1, 2]), run("w1", "wd-1", [0.73, 0.80, 0.71], [0, 1, 2], {"weight_decay": 1.0})]
 MORE = [run("b2", "baseline", [0.76, 0.72], [3, 4]), run("w2", "wd-1", [0.77, 0.75], [3, 4], {"weight_decay": 1.0})]
+GOOD = [run("b1", "baseline", [0.70, 0.72, 0.71, 0.73, 0.70], [0, 1, 2, 3, 4]),
+        run("w1", "wd-1", [0.90, 0.93, 0.91, 0.92, 0.90], [0, 1, 2, 3, 4], {"weight_decay": 1.0})]
+# GOOD again on fresh seeds: the confirmation that makes its gain a finding.
+CONFIRMED = GOOD + [run("b9", "baseline", [0.71, 0.70, 0.72], [10, 11, 12]),
+                    run("w9", "wd-1", [0.91, 0.92, 0.90], [10, 11, 12], {"weight_decay": 1.0})]
 WORSE = [run("b1", "baseline", [0.90, 0.91, 0.92, 0.90, 0.91], [0, 1, 2, 3, 4]),
          run("w1", "wd-1", [0.60, 0.61, 0.59, 0.60, 0.62], [0, 1, 2, 3, 4], {"weight_decay": 1.0})]
 
@@ -64,9 +69,9 @@ class Claiming(OfflineWriterMind):
         return s.model_copy(update=update)
 
 
-async def draft_and_review(runs, refs, round=1, mind=None, items=(), responses=(), ensemble=3, max_rounds=10):
+async def draft_and_review(runs, refs, round=1, mind=None, items=(), responses=(), ensemble=3, max_rounds=10, confirmation=()):
     store = MemoryStore()
-    report, _ = build_report("p", AnalysisRequest(round=round, spec=SPEC, runs=runs))
+    report, _ = build_report("p", AnalysisRequest(round=round, spec=SPEC, runs=runs, confirmation=list(confirmation)))
     req = DraftRequest(round=round, spec=SPEC, direction="Does decay help?", ideas=IDEAS, report=report, references=refs,
                        revision_items=list(items), responses=list(responses))
     wctx = Context(project="p", role="writer", state=None, artifacts=store, mind=mind or OfflineWriterMind(0))
@@ -82,7 +87,7 @@ async def draft_and_review(runs, refs, round=1, mind=None, items=(), responses=(
     return done, report, store.data[draft.markdown].decode()
 
 
-async def test_first_draft_gets_concrete_items_then_accept_after_fixes():
+async def test_first_draft_gets_concrete_items_then_an_inconclusive_study_is_not_accepted():
     done, report, _ = await draft_and_review(FIRST, [ref(1), ref(2)])
     assert report.comparisons[0].verdict == "inconclusive"
     meta = done.meta
@@ -98,15 +103,32 @@ async def test_first_draft_gets_concrete_items_then_accept_after_fixes():
     c = report2.comparisons[0]
     assert (c.n_baseline, c.n_idea) == (5, 5)
     assert "## Revisions" in paper2
-    assert done2.meta.decision == "accept", done2.meta.summary
+    # Every item was fixed, but five seeds still do not settle the question: reported, not accepted as a finding.
+    assert c.verdict == "inconclusive"
+    assert done2.meta.decision == "reject" and "inconclusive" in done2.meta.summary, done2.meta.summary
     assert done2.meta.overall >= 6 and done2.meta.revision_items == []
+    assert all(r.decision == "reject" for r in done2.reviews)
+
+
+async def test_a_corrected_replicated_gain_with_nothing_left_to_fix_is_accepted():
+    done, report, _ = await draft_and_review(CONFIRMED, [ref(i) for i in range(1, 6)], confirmation=["b9", "w9"])
+    c = next(c for c in report.comparisons if c.metric == "val_acc")
+    assert c.verdict == "better" and c.p_adjusted is not None and c.p_adjusted < 0.05 and c.replicated is True
+    assert done.meta.decision == "accept", done.meta.summary
+
+
+async def test_a_gain_that_was_never_replicated_is_not_accepted_as_a_finding():
+    done, report, _ = await draft_and_review(GOOD, [ref(i) for i in range(1, 6)])
+    c = next(c for c in report.comparisons if c.metric == "val_acc")
+    assert c.verdict == "better" and c.replicated is None
+    assert done.meta.decision == "reject" and "inconclusive" in done.meta.summary
 
 
 async def test_thin_limitations_ask_for_a_limitation_and_fixing_it_clears_the_item():
-    done, _, _ = await draft_and_review(FIRST + MORE, [ref(i) for i in range(5)], mind=Claiming(thin_limits=True))
+    done, _, _ = await draft_and_review(CONFIRMED, [ref(i) for i in range(5)], mind=Claiming(thin_limits=True), confirmation=["b9", "w9"])
     assert done.meta.decision == "revise"
     assert [(i.kind, i.target) for i in done.meta.revision_items] == [("add_limitation", "limitations")]
-    done, _, _ = await draft_and_review(FIRST + MORE, [ref(i) for i in range(5)])
+    done, _, _ = await draft_and_review(CONFIRMED, [ref(i) for i in range(5)], confirmation=["b9", "w9"])
     assert done.meta.decision == "accept"
 
 

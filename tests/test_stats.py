@@ -113,3 +113,65 @@ def test_bad_input_is_one_readable_error():
 def test_large_finite_effect_is_not_capped():
     g = stats.hedges_g([0.8, 0.8001, 0.8002], [0.9, 0.9001, 0.9002], "higher")
     assert g > stats.EFFECT_CAP
+
+
+# ------------------------------------------------ multiple comparisons and paired tests
+
+PAIRED_BASE = [0.71, 0.80, 0.65, 0.90, 0.77, 0.83]
+PAIRED_IDEA = [0.74, 0.82, 0.69, 0.91, 0.80, 0.85]  # a small shift on top of large seed-to-seed spread
+
+
+def test_paired_matches_scipy_ttest_rel():
+    assert stats.paired_p(PAIRED_BASE, PAIRED_IDEA) == pytest.approx(sps.ttest_rel(PAIRED_IDEA, PAIRED_BASE).pvalue)
+
+
+def test_pairing_finds_an_effect_that_seed_spread_hides_from_welch():
+    welch = stats.compare(PAIRED_BASE, PAIRED_IDEA, "higher", seed=1)
+    paired = stats.compare(PAIRED_BASE, PAIRED_IDEA, "higher", seed=1, paired=True)
+    assert welch.test == "welch" and welch.verdict == "inconclusive" and welch.p_value > 0.5
+    assert paired.test == "paired" and paired.verdict == "better" and paired.p_value < 0.01
+    assert paired.ci_low > 0  # the paired bootstrap keeps each seed's two values together
+    assert paired.effect_size == pytest.approx(welch.effect_size)  # Hedges' g is the same effect size
+
+
+def test_paired_guards():
+    assert stats.paired_p([1.0, 2.0], [1.0, 2.0]) == 1.0  # no difference at all
+    assert stats.paired_p([1.0, 2.0], [2.0, 3.0]) == 0.0  # every seed improves by the same amount
+    assert stats.paired_p([1.0], [2.0]) == 1.0
+    with pytest.raises(stats.StatsError, match="equal length"):
+        stats.paired_p([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def holm_by_hand(p):
+    """Holm's step-down procedure written out as in the textbook, for comparison."""
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adj = np.empty(m)
+    prev = 0.0
+    for k, idx in enumerate(order):
+        prev = max(prev, min(1.0, (m - k) * p[idx]))
+        adj[idx] = prev
+    return adj.tolist()
+
+
+def test_holm_by_hand_and_against_bonferroni_and_bh():
+    p = [0.01, 0.04, 0.03, 0.005, 0.2]
+    adj = stats.holm(p)
+    # sorted: 0.005*5=0.025, 0.01*4=0.04, 0.03*3=0.09, 0.04*2=0.08 -> 0.09 (monotone), 0.2*1=0.2
+    assert adj == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.2])
+    assert adj == pytest.approx(holm_by_hand(p))
+    bonferroni = [min(1.0, x * len(p)) for x in p]
+    bh = sps.false_discovery_control(p, method="bh")
+    # Holm is never more lenient than Bonferroni's bound nor less strict than BH's FDR control
+    assert all(b >= h - 1e-12 for b, h in zip(bonferroni, adj))
+    assert all(h >= q - 1e-12 for h, q in zip(adj, bh))
+    assert stats.holm([]) == [] and stats.holm([0.7]) == [0.7]
+    assert stats.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+
+
+def test_one_p_of_003_among_ten_comparisons_is_not_significant():
+    p = [0.03, 0.2, 0.35, 0.41, 0.5, 0.62, 0.7, 0.81, 0.9, 0.95]
+    adj = stats.holm(p)
+    assert adj[0] == pytest.approx(0.3)
+    assert stats.verdict_of(0.1, p[0], 0.05) == "better"  # uncorrected it would be a "finding"
+    assert stats.verdict_of(0.1, adj[0], 0.05) == "inconclusive"

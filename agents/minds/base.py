@@ -43,6 +43,9 @@ class IdeaContext(Model):
 class NoteReading(Model):
     understood: str
     constraints: dict[str, Any] = {}
+    # False: the mind could not tell what the note asks; the PI says so in the log
+    # (and in the acknowledgement) instead of silently carrying on.
+    parsed: bool = True
 
 
 class ReviewContext(Model):
@@ -95,7 +98,7 @@ class PIMind(Protocol):
 @runtime_checkable
 class LiteratureMind(Protocol):
     async def queries(self, idea: Idea, task: str, found: list[Reference], round: int) -> list[str]: ...
-    async def judge_novelty(self, idea: Idea, found: list[Reference]) -> NoveltyJudgement: ...
+    async def judge_novelty(self, idea: Idea, found: list[Reference], task: str = "") -> NoveltyJudgement: ...
 
 
 @runtime_checkable

@@ -37,7 +37,10 @@ def table_caption(report: AnalysisReport) -> str:
         "Each idea against the baseline: mean ± standard error over seeds (n seeds per arm); "
         "improvement signed so that a positive value is better whatever the metric's direction; "
         "percentile bootstrap confidence interval of the improvement at the level matching α; "
-        f"two-sided Welch p-value; Hedges' g signed like the improvement; α = {fmt(report.alpha)}."
+        "two-sided p-value of the test named (paired t-test when both arms ran the same seeds, else Welch) and the same p "
+        + (f"after Holm's correction over all {fmt(len(report.comparisons))} comparisons, which decides the verdict; "
+           if report.correction == "holm" else "(no correction for multiple comparisons); ")
+        + f"Hedges' g signed like the improvement; α = {fmt(report.alpha)}."
     )
 
 
@@ -53,6 +56,8 @@ def rows(report: AnalysisReport) -> list[dict[str, str]]:
             "improvement": fmt(c.improvement),
             "ci": f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]",
             "p": fmt(c.p_value),
+            "p_adj": fmt(c.p_adjusted) if c.p_adjusted is not None else "not corrected",
+            "test": "paired" if c.test == "paired" else "Welch",
             "g": fmt(c.effect_size),
             "verdict": c.verdict,
         }

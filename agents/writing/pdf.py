@@ -17,7 +17,25 @@ STEP_TIMEOUT_S = 90.0
 
 
 class PdfError(RuntimeError):
-    """The PDF could not be built; the message is the meaningful log line."""
+    """The PDF could not be built; the message is the meaningful log line, ``excerpt`` the log around it."""
+
+    def __init__(self, message: str, excerpt: str = "") -> None:
+        super().__init__(message)
+        self.excerpt = excerpt
+
+
+EXCERPT_LINES = 12
+
+
+def log_excerpt(log: str) -> str:
+    """The log from its first error line on (or its tail): what a person needs to fix the source."""
+    lines = log.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("!")), max(0, len(lines) - EXCERPT_LINES))
+    return "\n".join(lines[start : start + EXCERPT_LINES]).strip()
+
+
+def _failed(log: str, prefix: str = "") -> PdfError:
+    return PdfError(prefix + meaningful_line(log), log_excerpt(log))
 
 
 def available() -> bool:
@@ -60,13 +78,13 @@ async def compile_pdf(tex: str, bib: str, files: dict[str, bytes]) -> bytes:
         latex = ("pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "paper.tex")
         rc, out = await _step(d, *latex)
         if rc != 0:
-            raise PdfError(meaningful_line((d / "paper.log").read_text(errors="replace") if (d / "paper.log").exists() else out))
+            raise _failed((d / "paper.log").read_text(errors="replace") if (d / "paper.log").exists() else out)
         if "\\citation{" in (d / "paper.aux").read_text(errors="replace"):
             rc, out = await _step(d, "bibtex", "paper")
             if rc >= 2:  # 1 means warnings only
-                raise PdfError("bibtex: " + meaningful_line(out))
+                raise _failed(out, "bibtex: ")
         for _ in range(2):
             rc, out = await _step(d, *latex)
             if rc != 0:
-                raise PdfError(meaningful_line((d / "paper.log").read_text(errors="replace")))
+                raise _failed((d / "paper.log").read_text(errors="replace"))
         return (d / "paper.pdf").read_bytes()

@@ -9,6 +9,7 @@ from agents.minds.llm.client import MindClient
 from agents.minds.llm.config import load_config
 from agents.minds.llm.prompts import system_prompt
 from agents.templates import TemplateSpec
+from bus.messages import ROLES
 
 
 class LLMMind:
@@ -27,6 +28,11 @@ class LLMMind:
     @property
     def usage(self) -> Any:
         return self.client.usage
+
+    def describe(self) -> str:
+        """The model behind each role, as configured (what the paper's byline names)."""
+        models = ", ".join(f"{role}: {self.client.config.for_role(role).model}" for role in ROLES)
+        return f"llm mind (models per role: {models})"
 
     async def close(self) -> None:
         await self.client.close()
@@ -55,7 +61,8 @@ def knob_lines(spec: TemplateSpec, names: list[str] | None = None) -> str:
             space = f"{knob.type} in [{knob.min}, {knob.max}]" + (" (log scale)" if knob.log else "")
         base = spec.baseline.get(name, knob.default)
         extra = f"; e.g. {knob.candidates}" if knob.candidates else ""
-        lines.append(f"- {name}: {space}; baseline {base!r}{extra}. {knob.description}".rstrip())
+        compute = " Changes the compute per run: a hypothesis on it must not claim equal compute." if knob.changes_compute else ""
+        lines.append(f"- {name}: {space}; baseline {base!r}{extra}. {knob.description}{compute}".rstrip())
     return "\n".join(lines)
 
 

@@ -128,6 +128,12 @@ class MindConfig(ModelSettings):
     prices: dict[str, Price] = {}
     retries: Retries = Retries()
     reflection_rounds: int = Field(2, ge=0, le=10)  # PI idea refinement rounds after the first answer
+    # Reviewer: rounds in which each reviewer re-reads its own review against the paper before it is final
+    # (the AI Scientist uses up to 5); it may stop early by setting done.
+    review_reflections: int = Field(2, ge=0, le=5)
+    # Writer: one section at a time (each seeing the ones before), then a refinement pass over the
+    # whole paper, as the AI Scientist writes; false: the whole paper in one answer.
+    write_by_section: bool = True
     query_limit: int = Field(4, ge=1, le=20)  # literature queries per round
 
     def for_role(self, role: str) -> ModelSettings:

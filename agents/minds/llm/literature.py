@@ -50,7 +50,7 @@ class LLMLiteratureMind(LLMMind):
                 out.append(q)
         return out[:limit]
 
-    async def judge_novelty(self, idea: Idea, found: list[Reference]) -> NoveltyJudgement:
+    async def judge_novelty(self, idea: Idea, found: list[Reference], task: str = "") -> NoveltyJudgement:
         keys = [r.key for r in found]
 
         def check(answer: NoveltyAnswer) -> None:
@@ -65,6 +65,7 @@ class LLMLiteratureMind(LLMMind):
             self.system,
             "\n".join([
                 f"Idea: {show(idea)}",
+                *([f"Task of the experiment template: {task}"] if task else []),
                 f"Papers found: {brief(found) if found else 'none'}",
                 "Is the idea novel with respect to these papers? Novel means no paper above already tests the same "
                 "change for the same effect in the same setting. Justify briefly; cite papers only by the keys above.",

@@ -136,7 +136,8 @@ class LLMPIMind(LLMMind):
                 f"The template's knobs:\n{knob_lines(template)}",
                 "Say in one sentence what you will do about it ('understood'). If the note restricts which knobs new "
                 "ideas may change, list them in allowed_knobs; if it rules knobs out, list them in forbidden_knobs; "
-                "otherwise leave both empty.",
+                "otherwise leave both empty. Set stop to true only if the note asks to stop, cancel or abort the whole "
+                "project now (running jobs are cancelled and no paper is written).",
             ]),
             NoteAnswer,
             check,
@@ -146,6 +147,8 @@ class LLMPIMind(LLMMind):
             constraints["allowed_knobs"] = answer.allowed_knobs
         if answer.forbidden_knobs:
             constraints["forbidden_knobs"] = answer.forbidden_knobs
+        if answer.stop:
+            constraints["stop"] = True
         return NoteReading(understood=answer.understood, constraints=constraints)
 
     async def answer_review(self, ctx: ReviewContext) -> list[ItemResponse]:

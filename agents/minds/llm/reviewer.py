@@ -10,7 +10,7 @@ from typing import Any
 
 from agents.minds.llm.common import LLMMind, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
-from agents.minds.llm.schemas import MetaDraft, ReviewDraft
+from agents.minds.llm.schemas import MetaDraft, ReviewDraft, ReviewReflection
 from bus.messages import AnalysisReport, MetaReview, Reference, Review
 
 MAX_PAPER_CHARS = 60_000
@@ -42,7 +42,36 @@ class LLMReviewerMind(LLMMind):
             check_review,
             seed=self.seed * 1000 + index,
         )
-        return Review(reviewer=f"llm-{index}", **answer.model_dump())
+        answer = await self._reflect(answer, paper_markdown, report, index)
+        return Review(reviewer=f"llm-{index}", **answer.model_dump(include=set(ReviewDraft.model_fields)))
+
+    async def _reflect(self, draft: ReviewDraft, paper_markdown: str, report: AnalysisReport, index: int) -> ReviewDraft:
+        """Reflection rounds before the review is final: re-check it against the paper and the analysis.
+
+        One conversation, so each round sees the last; the reviewer stops early
+        by setting done, and at most ``review_reflections`` rounds run.
+        """
+        rounds = self.client.config.review_reflections
+        if rounds <= 0:
+            return draft
+        conv = self.client.conversation("review_reflection", self.system, ReviewReflection, seed=self.seed * 1000 + index)
+        current: ReviewDraft = draft
+        for r in range(1, rounds + 1):
+            reflected = await conv.ask(
+                "\n".join([
+                    *([f"Paper (Markdown):\n{paper_markdown[:MAX_PAPER_CHARS]}", f"The analysis: {report_brief(report)}"] if r == 1 else []),
+                    f"Your review so far: {show(current)}",
+                    f"Reflection round {r} of {rounds}. In 'thoughts', check the review for accuracy and soundness: is every "
+                    "weakness true of this paper, does every claim you accept agree with the analysis (corrected p-values, "
+                    "replication), do the scores and the decision follow? Then give the full improved review. If nothing "
+                    "should change, repeat it unchanged and set done to true.",
+                ]),
+                check_review,  # type: ignore[arg-type]
+            )
+            current = ReviewDraft.model_validate(reflected.model_dump(include=set(ReviewDraft.model_fields)))
+            if reflected.done:
+                break
+        return current
 
     async def meta_review(self, reviews: list[Review], report: AnalysisReport, round: int, max_rounds: int) -> MetaReview:
         scores = [r.scores.overall for r in reviews]

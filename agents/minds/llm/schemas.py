@@ -51,6 +51,8 @@ class NoteAnswer(Answer):
     understood: str = Field(min_length=3)
     allowed_knobs: list[str]  # empty: no restriction to a subset
     forbidden_knobs: list[str]
+    # The co-PI may end the project from a note in any mind, not only the offline one.
+    stop: bool = False
 
 
 class ItemAnswers(Answer):
@@ -95,6 +97,12 @@ class PaperDraft(Answer):
     revision_notes: str
 
 
+class SectionText(Answer):
+    """One section of the paper, written in its turn."""
+
+    text: str
+
+
 class ReviewDraft(Answer):
     summary: str = Field(min_length=10)
     strengths: list[str]
@@ -104,6 +112,13 @@ class ReviewDraft(Answer):
     ethics: str
     scores: ReviewScores
     decision: Literal["accept", "reject"]
+
+
+class ReviewReflection(ReviewDraft):
+    """A reviewer's review after re-reading it: the full improved review, and whether it is final."""
+
+    thoughts: str
+    done: bool
 
 
 class RevisionDraft(Answer):

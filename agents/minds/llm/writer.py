@@ -13,7 +13,7 @@ from typing import Any
 from agents.minds.base import PaperSections
 from agents.minds.llm.common import LLMMind, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
-from agents.minds.llm.schemas import PaperDraft
+from agents.minds.llm.schemas import PaperDraft, SectionText
 from bus.messages import DraftRequest
 
 _CITE = re.compile(r"\\cite[tp]?\*?(?:\[[^\]]*\])?\{([^}]*)\}")
@@ -29,7 +29,7 @@ class LLMWriterMind(LLMMind):
     async def write(self, request: DraftRequest) -> PaperSections:
         keys = [r.key for r in request.references]
 
-        def check(answer: PaperDraft) -> None:
+        def check(answer: PaperDraft | SectionText) -> None:
             unknown = sorted({k for text in answer.model_dump().values() for k in cited_keys(str(text))} - set(keys))
             if unknown:
                 raise InvalidAnswer(f"\\cite keys {unknown} are not in the references; cite only {keys}")
@@ -48,9 +48,40 @@ class LLMWriterMind(LLMMind):
             parts.append(f"Revision round {request.round}: address these items {show(request.revision_items)} "
                          f"as decided in {show(request.responses)}; say what changed in revision_notes.")
         parts.append("Write each section in LaTeX-friendly prose. Report only numbers present in the analysis, with "
-                     "their uncertainty; state negative and inconclusive results plainly.")
-        answer = await self.client.ask("write", self.system, "\n".join(parts), PaperDraft, check)
-        return PaperSections(**answer.model_dump())
+                     "their uncertainty; state negative and inconclusive results plainly. Claim a gain only where its "
+                     "verdict is 'better' after the correction and it replicated on fresh seeds.")
+        context = "\n".join(parts)
+        if not self.client.config.write_by_section:
+            answer = await self.client.ask("write", self.system, context, PaperDraft, check)
+            return PaperSections(**answer.model_dump())
+        drafts = await self._sections(context, check)
+        refined = await self.client.ask(
+            "refine", self.system,
+            context + f"\n\nYour section drafts: {show(drafts)}\n\nRefinement pass: read the whole paper once more; remove "
+            "repetition, make the sections agree with each other and with the analysis, keep every number exactly as "
+            "the analysis has it, and give the full refined paper.",
+            PaperDraft, check,
+        )
+        return PaperSections(**refined.model_dump())
+
+    async def _sections(self, context: str, check: Any) -> dict[str, str]:
+        """Each section in its own turn of one conversation, so later sections see the earlier ones."""
+        conv = self.client.conversation("write_section", self.system, SectionText)
+        drafts: dict[str, str] = {}
+        for n, (field, what) in enumerate(SECTION_PLAN):
+            prompt = f"Write the {what} ({field}). Reply with its text only."
+            drafts[field] = (await conv.ask(f"{context}\n\n{prompt}" if n == 0 else prompt, check)).text
+        return drafts
+
+
+# The order the AI Scientist writes in: the body first, the abstract and title last, once the results are written.
+SECTION_PLAN = (
+    ("introduction", "introduction"), ("related_work", "related work, citing only the given keys"),
+    ("method", "method"), ("experimental_setup", "experimental setup"), ("results", "results"),
+    ("limitations", "limitations"), ("conclusion", "conclusion"),
+    ("revision_notes", "revision notes (empty in round 0; else what changed for each review item)"),
+    ("abstract", "abstract"), ("title", "title (one line)"),
+)
 
 
 def make(seed: int, config: dict[str, Any]) -> LLMWriterMind:

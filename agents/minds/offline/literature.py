@@ -10,11 +10,22 @@ The rule is meant to be read and argued with, not to be clever:
   every change term and at least ``task_overlap`` (default 0.5) of the task
   terms. Any such paper makes the idea "not novel"; otherwise it is "novel",
   and the justification names the closest works by key with their overlaps.
+
+A second, stricter-to-escape reading runs first when the template's topic is
+known (its first keyword, e.g. "grokking" or "model merging"): the *method*
+of a change is the string value when there is one (``merge_fn = ties`` ->
+{ties}, since "merge_fn" is a slot, not a method) and the knob's words
+otherwise (``weight_decay`` -> {weight, decay}); a paper whose title+abstract
+hold every method term and every topic term, with one sentence holding the
+method terms, studies that change on that task. That sentence is quoted as
+the evidence. This is what makes ``merge_fn = ties`` not novel next to
+TIES-Merging, and weight decay on grokking not novel next to Power et al.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +40,8 @@ DIRECTION_WORDS = frozenset(
     value values default change changing changed setting hypothesis expect expected will would should""".split()
 )
 KEYWORDS_MARK = "\nKeywords:"
+# Words of knob names that name a slot, not a method ("merge_fn", "num_layers").
+SLOT_WORDS = frozenset({"fn", "num", "func", "function", "type", "kind", "mode", "use"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,34 @@ def change_terms(idea: Idea) -> set[str]:
         if isinstance(value, str):
             out |= terms(value)
     return out
+
+
+def method_terms(idea: Idea) -> set[str]:
+    """What the change *is*: a named method (string value) or else the knob's words, slot words removed."""
+    out: set[str] = set()
+    for knob, value in idea.changes.items():
+        out |= terms(value) if isinstance(value, str) and terms(value) else terms(knob) - SLOT_WORDS
+    return out
+
+
+def topic_terms(task: str) -> set[str]:
+    """The task's topic: the template's first keyword (what its papers call the task)."""
+    _, _, keyword_text = task.partition(KEYWORDS_MARK)
+    first = next((k.strip() for k in keyword_text.split(",") if k.strip()), "")
+    return terms(first)
+
+
+def holds_topic(topic: set[str], paper: set[str]) -> bool:
+    """Every topic term, up to its inflection: "merging" is met by "merged" (the shared stem "merg")."""
+    return all(any(w.startswith(t[: max(4, len(t) - 3)]) for w in paper) for t in topic)
+
+
+def evidence_sentence(ref: Reference, method: set[str]) -> str | None:
+    """The first sentence of the title or abstract that holds every method term, quoted as the evidence."""
+    for text in [ref.title, *re.split(r"(?<=[.;!?])\s+", ref.abstract)]:
+        if text.strip() and method <= terms(text):
+            return text.strip()
+    return None
 
 
 def task_terms(idea: Idea) -> set[str]:
@@ -99,7 +140,38 @@ class OfflineLiteratureMind:
             out.append(Overlap(ref, change & paper, task & paper))
         return sorted(out, key=lambda o: (-o.score(len(change), len(task)), o.ref.key))
 
-    async def judge_novelty(self, idea: Idea, found: list[Reference]) -> NoveltyJudgement:
+    def prior_studies(self, idea: Idea, found: list[Reference], task: str) -> list[tuple[Reference, str]]:
+        """Papers that study this method on this topic, each with the sentence that shows it."""
+        method, topic = method_terms(idea), topic_terms(task)
+        named = any(isinstance(v, str) for v in idea.changes.values())
+        # One generic word ("layer" from num_layers) is met by any paper that merely
+        # describes its model ("a one-layer transformer"); a knob's words are evidence
+        # only as a phrase ("weight decay"), a named method (a string value) on its own.
+        if not topic or not method or (not named and len(method) < 2):
+            return []
+        out = []
+        for ref in found:
+            paper = terms(f"{ref.title} {ref.abstract}")
+            quote = evidence_sentence(ref, method) if method <= paper and holds_topic(topic, paper) else None
+            if quote:
+                out.append((ref, quote))
+        return out
+
+    async def judge_novelty(self, idea: Idea, found: list[Reference], task: str = "") -> NoveltyJudgement:
+        prior = self.prior_studies(idea, found, task)
+        if prior:
+            ref, quote = prior[0]
+            return NoveltyJudgement(
+                novel=False,
+                justification=f"Not novel: {ref.key} ('{ref.title}') already studies {', '.join(sorted(method_terms(idea)))} "
+                f"on {' '.join(sorted(topic_terms(task)))}: \"{quote}\""
+                + (f" Also: {', '.join(r.key for r, _ in prior[1:3])}." if len(prior) > 1 else ""),
+                cited_keys=[r.key for r, _ in prior[:3]],
+            )
+        return self.lexical(idea, found)
+
+    def lexical(self, idea: Idea, found: list[Reference]) -> NoveltyJudgement:
+        """The term-overlap rule of the module docstring, over the idea's own words."""
         change, task = change_terms(idea), task_terms(idea)
         if not found:
             return NoveltyJudgement(

@@ -49,6 +49,13 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "", str(value).replace(".", "p").replace("-", "m"))[:12] or "v"
 
 
+def held_equal(name: str, knob: Knob) -> str:
+    """What the hypothesis may claim stays fixed: never "the compute" when the knob itself changes it."""
+    if knob.changes_compute:
+        return f"all other settings held equal; {name} changes the compute per run, so any gain is not at equal compute"
+    return "all other settings and the compute budget held equal"
+
+
 def knob_mentions(text: str, knobs: list[str]) -> list[str]:
     low = text.lower()
     return [k for k in knobs if k.lower() in low or k.replace("_", " ").lower() in low]
@@ -97,11 +104,12 @@ class OfflinePIMind:
             title=f"{name} = {value} (baseline {base})",
             hypothesis=(
                 f"Setting {name} to {value} instead of {base} gives a {better} {metric} than the baseline "
-                f"on {spec.name}, all other settings and the compute budget held equal."
+                f"on {spec.name}, {held_equal(name, knob)}."
             ),
             falsification=(
                 f"Rejected if, over at least {spec.seeds} seeds per arm, the mean {metric} is not {better} than the "
-                f"baseline's with p < 0.05 (Welch's t-test)."
+                f"baseline's with p < 0.05 after Holm's correction over every comparison of the paper "
+                f"(a paired t-test when both arms run the same seeds)."
             ),
             changes={name: value},
             rationale=(
@@ -121,7 +129,11 @@ class OfflinePIMind:
             return NoteReading(understood=f"from now on, new ideas vary only {', '.join(named)}", constraints={"allowed_knobs": named})
         if named and _AVOID.search(note.text):
             return NoteReading(understood=f"from now on, new ideas leave {', '.join(named)} alone", constraints={"forbidden_knobs": named})
-        return NoteReading(understood="noted; it will be reported in the paper's appendix (no knob constraint recognised)")
+        return NoteReading(
+            understood="not understood: the offline PI recognises only 'only vary <knob>', 'do not touch <knob>' and 'stop'; "
+            "the note changes nothing and is reported in the paper's appendix",
+            parsed=False,
+        )
 
     async def answer_review(self, ctx: ReviewContext) -> list[ItemResponse]:
         out = []

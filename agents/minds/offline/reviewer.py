@@ -12,7 +12,12 @@ Decision rule of the meta-review (stated in its summary too):
 - reject when any review finds a fatal problem (a claimed improvement that the
   verdicts call worse);
 - accept when no blocking finding remains (more_seeds, add_baseline,
-  add_limitation, rewrite_section) and the mean overall score is >= 6;
+  add_limitation, rewrite_section), the mean overall score is >= 6 and the
+  study is conclusive: some primary comparison is significant after the
+  report's multiple-comparison correction (worse, or better and replicated on
+  fresh seeds by a confirmation run);
+- reject an inconclusive study once nothing blocking is left to fix: it is
+  reported, but not accepted as a finding;
 - reject when blocking findings remain and no revision round is left
   (round >= max_rounds, rounds counted from 0 as the PI does); otherwise
   revise, with one item per finding.
@@ -70,6 +75,12 @@ def primary(report: AnalysisReport) -> list[Comparison]:
     return [c for c in report.comparisons if c.metric == report.primary_metric]
 
 
+def conclusive(report: AnalysisReport) -> bool:
+    """Whether the evidence settles anything: a primary comparison significant after correction, either way,
+    and for a gain, replicated on fresh seeds (a harm needs no confirmation to be reported as one)."""
+    return any(c.verdict == "worse" or (c.verdict == "better" and c.replicated) for c in primary(report))
+
+
 def seed_findings(report: AnalysisReport) -> list[Finding]:
     out, seen = [], set()
     for c in report.comparisons:
@@ -89,13 +100,12 @@ def seed_findings(report: AnalysisReport) -> list[Finding]:
 
 def baseline_findings(report: AnalysisReport) -> list[Finding]:
     out = []
-    for flag in report.flags:
-        if flag.startswith("missing baseline"):
-            out.append(Finding("add_baseline", "baseline", f"No successful baseline run, so no claim can be checked ({flag}). Run the baseline."))
-        elif flag.startswith("unfair baseline"):
-            m = re.search(r"idea '([^']+)'", flag)
-            target = m.group(1) if m else ""
-            out.append(Finding("add_baseline", target, f"The comparison is unfair ({flag}). Add a baseline with the same setting of that knob, or drop the claim."))
+    for flag in report.flag_items:
+        if flag.kind == "missing_baseline":
+            out.append(Finding("add_baseline", "baseline", f"No successful baseline run, so no claim can be checked ({flag.text}). Run the baseline."))
+        elif flag.kind == "unfair_baseline":
+            out.append(Finding("add_baseline", flag.idea_id,
+                               f"The comparison is unfair ({flag.text}). Add a baseline with the same setting of that knob, or drop the claim."))
     return out
 
 
@@ -113,7 +123,7 @@ def text_findings(paper: str, secs: dict[str, str], report: AnalysisReport, refe
             "The limitations section is missing or too thin; discuss seeds, the single task, the search space and the hardware."))
     elif any(min(c.n_baseline, c.n_idea) < GOOD_SEEDS for c in report.comparisons) and "seed" not in lim.lower():
         out.append(Finding("add_limitation", "limitations", "The limitations do not mention how few seeds each comparison rests on."))
-    if any(f.startswith("unfair baseline") for f in report.flags) and not re.search(r"fair", lim, re.I):
+    if any(f.kind == "unfair_baseline" for f in report.flag_items) and not re.search(r"fair", lim, re.I):
         out.append(Finding("add_limitation", "limitations", "The limitations do not discuss the unfair comparison the analysis flagged."))
     keys = {r.key for r in references}
     if len(keys) < MIN_REFERENCES:
@@ -229,7 +239,7 @@ class OfflineReviewerMind:
             else "The limitations section needs work (see weaknesses).",
             ethics="No ethical concerns found: the paper reports automated experiments within a declared template, with no human subjects named.",
             scores=s,
-            decision="accept" if s.overall >= ACCEPT_AT and not blocking else "reject",
+            decision="accept" if s.overall >= ACCEPT_AT and not blocking and conclusive(report) else "reject",
         )
 
     async def meta_review(self, reviews: list[Review], report: AnalysisReport, round: int, max_rounds: int) -> MetaReview:
@@ -245,10 +255,16 @@ class OfflineReviewerMind:
         blocking = [f for f in found.values() if f.blocking]
         items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)  # type: ignore[arg-type]
                  for n, f in enumerate((f for f in found.values() if f.kind != "fatal"), 1)]
-        rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains and the mean overall is >= {ACCEPT_AT}; "
+        rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains, the mean overall is >= {ACCEPT_AT} "
+                f"and a primary comparison is significant after correction; reject an inconclusive study with nothing left to fix; "
                 f"otherwise revise while rounds are left (this is round {round}; revisions end at round {max_rounds}).")
         if fatal:
             return MetaReview(summary=f"Reject: {fatal[0].text} {rule}", overall=overall, decision="reject")
+        if not blocking and not conclusive(report):
+            return MetaReview(
+                summary=f"Reject as a finding: no comparison on {report.primary_metric} is significant after "
+                f"{report.correction} correction, so the study is inconclusive; it is reported, not accepted (mean overall {overall}). {rule}",
+                overall=overall, decision="reject", revision_items=items)
         if not blocking and overall >= ACCEPT_AT:
             extra = f" Optional suggestions: {'; '.join(i.text for i in items)}" if items else ""
             return MetaReview(summary=f"Accept: the claims match the evidence and no blocking item remains (mean overall {overall}).{extra} {rule}",

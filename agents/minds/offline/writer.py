@@ -10,7 +10,6 @@ value in the request. The seed only picks between equivalent phrasings.
 from __future__ import annotations
 
 import random
-import re
 from typing import Any
 
 from agents.minds.base import PaperSections
@@ -26,19 +25,34 @@ def moved(c: Comparison) -> str:
     return "raised" if c.idea_mean > c.baseline_mean else "lowered" if c.idea_mean < c.baseline_mean else "left unchanged"
 
 
+def test_name(c: Comparison) -> str:
+    return "paired t-test" if c.test == "paired" else "Welch"
+
+
+def adjusted(c: Comparison) -> str:
+    return f", Holm-adjusted p = {fmt(c.p_adjusted)}" if c.p_adjusted is not None else ""
+
+
+def correction_words(correction: str, n: int) -> str:
+    if correction == "holm":
+        return f"Holm's correction for multiple comparisons over all {fmt(n)} comparisons reported here"
+    return "no correction for multiple comparisons"
+
+
 def verdict_words(c: Comparison, alpha: float) -> str:
+    after = " after correction" if c.p_adjusted is not None else ""
     if c.verdict == "better":
-        return f"better, significant at α = {fmt(alpha)}"
+        return f"better, significant at α = {fmt(alpha)}{after}"
     if c.verdict == "worse":
-        return f"worse, significant at α = {fmt(alpha)}"
-    return f"inconclusive, not significant at α = {fmt(alpha)}"
+        return f"worse, significant at α = {fmt(alpha)}{after}"
+    return f"inconclusive, not significant at α = {fmt(alpha)}{after}"
 
 
 def effect_sentence(c: Comparison, alpha: float) -> str:
     return (
         f"`{c.idea_id}` {moved(c)} {c.metric} from {fmt(c.baseline_mean)} to {fmt(c.idea_mean)} "
         f"({c.direction} is better; improvement {fmt(c.improvement)}, bootstrap CI [{fmt(c.ci_low)}, {fmt(c.ci_high)}], "
-        f"Welch p = {fmt(c.p_value)}, Hedges' g = {fmt(c.effect_size)}, "
+        f"{test_name(c)} p = {fmt(c.p_value)}{adjusted(c)}, Hedges' g = {fmt(c.effect_size)}, "
         f"{fmt(c.n_baseline)} baseline and {fmt(c.n_idea)} idea seeds): {verdict_words(c, alpha)}."
     )
 
@@ -47,6 +61,9 @@ class OfflineWriterMind:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.usage = Usage()
+
+    def describe(self) -> str:
+        return "offline mind (rule-based prose from the analysis; no language model was used)"
 
     async def write(self, request: DraftRequest) -> PaperSections:
         return Draft(request, random.Random(self.seed)).sections()
@@ -63,8 +80,12 @@ class Draft:
         self.ideas = {i.id: i for i in request.ideas}
         self.primary = [c for c in self.rep.comparisons if c.metric == self.rep.primary_metric]
         # An idea that changed a fairness knob won against a different setup, not the baseline: no headline for it.
-        self.unfair = {m.group(1) for f in self.rep.flags if f.startswith("unfair baseline") for m in [re.search(r"idea '([^']+)'", f)] if m}
-        self.better = sorted((c for c in self.primary if c.verdict == "better" and c.idea_id not in self.unfair), key=lambda c: -c.effect_size)
+        self.unfair = {f.idea_id for f in self.rep.flag_items if f.kind == "unfair_baseline"}
+        # A headline needs a gain that survives the correction, compares fairly and replicated on fresh seeds.
+        fair_gains = [c for c in self.primary if c.verdict == "better" and c.idea_id not in self.unfair]
+        self.better = sorted((c for c in fair_gains if c.replicated), key=lambda c: -c.effect_size)
+        self.unreplicated = [c for c in fair_gains if not c.replicated]
+        self.confirmations = {c.idea_id: c for c in self.rep.confirmations}
         self.worse = [c for c in self.primary if c.verdict == "worse"]
         self.study = self.spec.get("title") or self.spec.get("name") or "the template task"
 
@@ -79,8 +100,13 @@ class Draft:
                     "No idea could be compared with the baseline, so this paper reports no effect.")
         if self.better:
             c = self.better[0]
-            return (f"{self.ideas[c.idea_id].title if c.idea_id in self.ideas else c.idea_id}: a significant gain in {m} on {self.study}",
-                    f"The best supported result: {effect_sentence(c, self.rep.alpha)}")
+            return (f"{self.ideas[c.idea_id].title if c.idea_id in self.ideas else c.idea_id}: a significant, replicated gain in {m} on {self.study}",
+                    f"The best supported result: {effect_sentence(c, self.rep.alpha)} {self.replication(c)}")
+        if self.unreplicated:
+            return (f"No replicated gain in {m} on {self.study}: significant gains did not hold on fresh seeds",
+                    "Gains that were significant after correction in the exploratory runs are not claimed, because a confirmation "
+                    "on fresh seeds did not reproduce them or could not be run: "
+                    + " ".join(f"{effect_sentence(c, self.rep.alpha)} {self.replication(c)}" for c in self.unreplicated))
         if self.worse and len(self.worse) == len(self.primary):
             return (f"A negative result on {self.study}: none of the tested changes helped {m}",
                     "Every tested change made the primary metric worse: " + " ".join(effect_sentence(c, self.rep.alpha) for c in self.worse))
@@ -92,13 +118,22 @@ class Draft:
                 "No tested change differed significantly from the baseline in the direction that helps: "
                 + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary))
 
+    def replication(self, c: Comparison) -> str:
+        again = self.confirmations.get(c.idea_id)
+        if c.replicated is None or again is None:
+            return "No confirmation run on fresh seeds was possible, so it is not replicated."
+        word = "It replicated" if c.replicated else "It did not replicate"
+        return (f"{word} on {fmt(again.n_idea)} fresh seeds per arm (improvement {fmt(again.improvement)}, "
+                f"{test_name(again)} p = {fmt(again.p_value)}{adjusted(again)}: {again.verdict}).")
+
     def abstract(self, finding: str) -> str:
         seeds = sorted({c.n_baseline for c in self.primary} | {c.n_idea for c in self.primary})
         seed_text = f" Arms ran with {', '.join(fmt(n) for n in seeds)} seeds." if seeds else ""
         return (
             f"We study {self.study}. "
             f"Starting from the research direction given by the co-PI, we compared a baseline with "
-            f"{fmt(len(self.r.ideas))} proposed change(s) to its knobs over several seeds, using Welch's t-test, Hedges' g and bootstrap "
+            f"{fmt(len(self.r.ideas))} proposed change(s) to its knobs over several seeds, using t-tests (paired where arms share seeds) "
+            f"with {correction_words(self.rep.correction, len(self.rep.comparisons))}, Hedges' g and bootstrap "
             f"confidence intervals, with the primary metric {self.rep.primary_metric}.{seed_text} {finding}"
         )
 
@@ -118,9 +153,15 @@ class Draft:
 
     def related_work(self) -> str:
         if not self.r.references:
-            return "The literature search returned no references for this study, so we cannot place it among prior work."
-        items = [f"- {ref.title} [@{ref.key}]" for ref in self.r.references]
-        return "This study builds on the following work found by the literature search.\n\n" + "\n".join(items)
+            text = "The literature search returned no references for this study, so we cannot place it among prior work."
+        else:
+            items = [f"- {ref.title} [@{ref.key}]" for ref in self.r.references]
+            text = "This study builds on the following work found by the literature search.\n\n" + "\n".join(items)
+        if self.r.not_novel:
+            dropped = [f"- `{i}`: {why}" for i, why in self.r.not_novel.items()]
+            text += ("\n\nIdeas dropped before running because the literature already studies them "
+                     "(not novel; not run, and not reframed as replications):\n\n" + "\n".join(dropped))
+        return text
 
     def knob_default(self, knob: str) -> Any:
         return (self.spec.get("baseline") or {}).get(knob, ((self.spec.get("knobs") or {}).get(knob) or {}).get("default"))
@@ -154,14 +195,16 @@ class Draft:
             "Knobs:\n\n" + "\n".join(knob_lines or ["- none declared"]) + "\n\n"
             "Metrics:\n\n" + "\n".join(metric_lines) + "\n\n"
             f"Seeds used across runs: {', '.join(fmt(s) for s in seeds) or 'none'}. "
-            f"Runs of the same idea are pooled by seed. Each idea is compared with the baseline by a two-sided Welch t-test "
-            f"at α = {fmt(self.rep.alpha)}, Hedges' g and a percentile bootstrap confidence interval of the improvement, which is "
+            f"Runs of the same idea are pooled by seed. Each idea is compared with the baseline by a two-sided t-test, paired by seed "
+            f"when both arms ran the same seeds and Welch's otherwise, at α = {fmt(self.rep.alpha)} with "
+            f"{correction_words(self.rep.correction, len(self.rep.comparisons))}; a verdict uses the corrected p-value. "
+            "We also report Hedges' g and a percentile bootstrap confidence interval of the improvement, which is "
             "the difference signed so that a positive value is better whatever the metric's direction."
         )
 
     def results(self) -> str:
         if not self.rep.comparisons:
-            return "There is no comparison to report: " + "; ".join(f for f in self.rep.flags if f.startswith("missing baseline")) + "."
+            return "There is no comparison to report: " + "; ".join(f.text for f in self.rep.flag_items if f.kind == "missing_baseline") + "."
         other = [c for c in self.rep.comparisons if c.metric != self.rep.primary_metric]
         text = "Primary metric. " + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary)
         if other:
@@ -187,11 +230,16 @@ class Draft:
         elif devices == {"cpu"}:
             items.append("- All runs used the CPU only, so models and data were kept small and runtimes short.")
         items += [f"- The analysis flagged: {f}" for f in self.rep.flags]
+        acted = {r.item_id for r in self.r.responses if r.action == "act"}
+        items += [f"- Raised in review ({i.id}): {i.text}" for i in self.r.revision_items if i.kind == "add_limitation" and i.id in acted]
         return "\n".join(items)
 
     def conclusion(self) -> str:
         if self.better:
-            lead = f"The evidence supports one claim: {self.name(self.better[0].idea_id)} improves {self.rep.primary_metric} over the baseline."
+            lead = (f"The evidence supports one claim: {self.name(self.better[0].idea_id)} improves {self.rep.primary_metric} over the baseline, "
+                    "significant after correction and replicated on fresh seeds.")
+        elif self.unreplicated:
+            lead = f"No gain in {self.rep.primary_metric} both survived the correction and replicated on fresh seeds, so we claim none."
         elif self.rep.comparisons:
             lead = f"The evidence does not support a significant improvement in {self.rep.primary_metric} from any tested change."
         else:
