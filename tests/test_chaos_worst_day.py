@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from services import proctree
 from tests.conftest import lab_cmd
 from tests.test_e2e import check_nothing_lost, live_log, wait_for
 
@@ -40,38 +41,50 @@ def lab(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProc
     return r
 
 
-def running_experiments(home: Path) -> list[int]:
-    """Process groups of experiments running now (the runner writes child.pgid as it starts one)."""
-    groups = []
-    for f in home.glob("jobs/*/work/child.pgid"):
-        pgid = int(f.read_text())
+def _runners(home: Path) -> list[int]:
+    """The job runners this lab's executor started (their pids, recorded outside any sandbox)."""
+    pids = []
+    for f in home.glob("jobs/*/pid"):
         try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+            pids.append(int(f.read_text()))
+        except (OSError, ValueError):
             continue
-        if not (f.parent / "result.json").exists():
-            groups.append(pgid)
-    return groups
+    return pids
+
+
+def running_experiments(home: Path) -> list[int]:
+    """Experiment processes running now: descendants of a runner (read from /proc) running experiment.py, no result yet."""
+    found = []
+    for f in home.glob("jobs/*/pid"):
+        if (f.parent / "work" / "result.json").exists():
+            continue
+        try:
+            runner = int(f.read_text())
+        except (OSError, ValueError):
+            continue
+        for pid in proctree.descendants(runner):
+            try:
+                if b"experiment.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                continue
+    return found
 
 
 def kill_everything(home: Path, clients: list[subprocess.Popen]) -> list[str]:
     """SIGKILL, all at once, every process of the lab: what was killed, for the report."""
     info = json.loads((home / "lab.json").read_text())
-    pids = [info["supervisor_pid"], info["server_pid"], *info["agents"].values(), *(c.pid for c in clients)]
-    groups = [int(f.read_text()) for f in home.glob("jobs/*/pid")] + [int(f.read_text()) for f in home.glob("jobs/*/work/child.pgid")]
-    for pgid in groups:  # runners and experiments lead their own sessions
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for pid in pids:
+    pids = [info["supervisor_pid"], *(info.get("server_pids") or [info["server_pid"]]), *info["agents"].values(), *(c.pid for c in clients)]
+    runners = _runners(home)
+    jobs = [*runners, *(d for r in runners for d in proctree.descendants(r))]  # runners, sandboxes, experiments
+    for pid in jobs + pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     for c in clients:
         c.wait()
-    return [f"{len(pids)} lab processes", f"{len(groups)} job process groups"]
+    return [f"{len(pids)} lab processes", f"{len(jobs)} job processes"]
 
 
 def restart(env: dict) -> None:
@@ -152,8 +165,8 @@ def test_chaos_the_whole_lab_killed_at_random_moments(lab_env, tmp_path):
             trial(env, home, tmp_path, rng, n)
     finally:
         lab(env, "down", timeout=120)
-        for f in [*home.glob("jobs/*/pid"), *home.glob("jobs/*/work/child.pgid")]:
+        for pid in _runners(home):
             try:
-                os.killpg(int(f.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
+                os.killpg(pid, signal.SIGKILL)  # a runner leads its own session; its sandbox dies with it
+            except ProcessLookupError:
                 pass

@@ -59,7 +59,7 @@ def settle(home: Path, timeout: float = 30) -> dict[int, str]:
 
 
 def stop_runners(home: Path) -> None:
-    for pid_file in [*home.glob("jobs/*/pid"), *home.glob("jobs/*/work/child.pgid")]:
+    for pid_file in home.glob("jobs/*/pid"):  # a runner leads its own session; its sandbox dies with it
         try:
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         except (ProcessLookupError, ValueError, PermissionError):
