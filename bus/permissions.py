@@ -61,7 +61,9 @@ def _artifacts() -> list[str]:
 
 def _copi() -> list[str]:
     """The human's CLI: `lab say`, `lab run` (starts a project, uploads its template), `lab logs`, `lab status`."""
-    logs = [f"$JS.API.CONSUMER.CREATE.{s}" for s in ("LAB_CONVO", "LAB_JOBS")]  # unnamed: ordered replays only
+    # Unnamed creates (ordered consumers) only: replays of the log, and the listing of agents' heartbeats
+    # (`lab status`: nats-py's KV keys() is an ordered push consumer); heartbeats hold nothing secret.
+    logs = [f"$JS.API.CONSUMER.CREATE.{s}" for s in ("LAB_CONVO", "LAB_JOBS", "KV_lab_agents")]
     obj = "OBJ_lab_artifacts"
     artifacts = [  # reading and adding objects; never purging (that is the admin's)
         "$O.lab_artifacts.>",
