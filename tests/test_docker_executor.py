@@ -364,3 +364,20 @@ async def test_the_nats_password_comes_from_a_mounted_file_not_the_environment(e
     assert env["LAB_NATS_PASSWORD_FILE"] == "/run/secrets/lab-nats-password"
     assert create["HostConfig"]["Binds"] == [f"{secret}:/run/secrets/lab-nats-password:ro"]
     await ex.close()
+
+
+async def test_a_container_still_running_when_the_lab_died_is_adopted_by_the_next_engineer(engine: Any) -> None:
+    """The whole lab is killed; the container runs on under the engine. A fresh executor finds it running,
+    adopts it on a redelivered submit, and sees it finish: the experiment ran once."""
+    options = {"base_url": engine[1], "image": IMAGE, "command": STAND_IN, "network": "lab-bus"}
+    first = make_executor("docker", options)
+    await first.submit(spec("outlives", sleep=1.0))
+    await first.close()
+    second = make_executor("docker", options)
+    try:
+        assert (await second.poll("outlives")).state == "running"
+        await second.submit(spec("outlives", sleep=1.0))
+        assert (await settle(second, "outlives")).state == "succeeded"
+        assert len(engine[0].containers) == 1 and len(engine[0].procs) == 1
+    finally:
+        await second.close()

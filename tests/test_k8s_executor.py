@@ -435,3 +435,19 @@ async def test_kueue_admission_starts_the_deadline_clock(make: Any, cluster: Any
         with client.ApiClient(cfg) as api:  # what Kueue does on admission
             await asyncio.to_thread(client.BatchV1Api(api).patch_namespaced_job, "lab-admitted", NS, {"spec": {"suspend": False}})
         await wait_for(ex, "admitted", "succeeded")
+
+
+async def test_a_job_still_running_when_the_lab_died_is_adopted_by_the_next_engineer(make: Any, cluster: Any) -> None:
+    """The whole lab is killed; the Job runs on in the cluster. The next engineer's executor finds it running,
+    submits nothing new for a redelivered request, and sees it finish: adopted, never run twice."""
+    first = make()
+    async with Kubelet(cluster[1], NS) as kubelet:
+        await first.submit(spec("outlives", overrides={"sleep": 1.5}))
+        await wait_for(first, "outlives", "running")
+        await first.close()  # the engineer (and the whole lab with it) is gone; the cluster is not
+        second = make()
+        assert (await second.poll("outlives")).state == "running"
+        await second.submit(spec("outlives", overrides={"sleep": 1.5}))  # the redelivered request adopts it
+        assert (await wait_for(second, "outlives", "succeeded")).state == "succeeded"
+        assert len(await raw_jobs(cluster[1])) == 1
+        assert sum(n.startswith("lab-outlives") for n in kubelet.started) == 1
