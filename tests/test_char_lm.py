@@ -176,3 +176,25 @@ async def test_the_engineer_plans_a_job_with_its_profile(profile, fast, gpu, max
     assert job.gpu == gpu and job.memory_mb == chosen.resources.memory_mb and job.wall_time_s == chosen.time_budget_s
     assert job.overrides.get("max_steps", spec.knobs["max_steps"].default) == max_steps
     assert job.resumable
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_lab_run_char_lm_fast_end_to_end_writes_loss_curves_and_text_samples(lab_env, tmp_path):
+    """`lab run --template char_lm --fast` as a user starts it: real agents, sandboxed runs, a paper with the curves."""
+    from tests.conftest import lab_cmd
+
+    home, env = lab_env
+    out = tmp_path / "out"
+    args = lab_cmd("run", "--template", "char_lm", "--fast", "--seed", "0", "--max-ideas", "1", "--max-rounds", "0", "--quiet", "--out", str(out))
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1100, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    infos = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*/final_info.json"))]
+    assert infos and all(len(i["seeds"]) >= 3 for i in infos)
+    for info in infos:  # a generated text sample per seed, and the compute the run used
+        assert set(info["samples"]) == {str(s) for s in info["seeds"]} and all(len(t) > 50 for t in info["samples"].values())
+        assert info["compute"]["params"] > 0 and info["compute"]["flops"] > 0 and info["metrics"]["val_loss"]["mean"] > 0
+    paper = (out / "paper.md").read_text()
+    assert "loss_curves.png" in paper and "text_samples.png" in paper
+    assert (out / "paper.pdf").read_bytes().startswith(b"%PDF")
