@@ -19,6 +19,7 @@ values; arms that ran the same seeds are compared by a paired test.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 from agents import stats
@@ -102,40 +103,41 @@ def baseline_config(spec: dict[str, Any], arm: Arm | None) -> dict[str, Any]:
     return config
 
 
-def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
+def _changed_knobs(spec: dict[str, Any], arms: dict[str, Arm]) -> Iterator[tuple[str, str, dict[str, Any], Any, Any]]:
+    """(idea, knob, the knob's spec, baseline value, idea value) for every knob an idea moves off the baseline."""
     knobs = spec.get("knobs") or {}
     base = baseline_config(spec, arms.get(BASELINE))
-    out = []
     for idea, arm in arms.items():
         if idea == BASELINE:
             continue
         for k, v in arm.overrides.items():
-            if (knobs.get(k) or {}).get("fairness") and v != base.get(k):
-                out.append(AnalysisFlag(
-                    kind="unfair_baseline", idea_id=idea,
-                    detail=f"idea {idea!r} changes the fairness knob {k!r} "
-                    f"(baseline {base.get(k)!r}, idea {v!r}), so the arms differ in compute or data, not only in method",
-                ))
-    return out
+            if v != base.get(k):
+                yield idea, k, knobs.get(k) or {}, base.get(k), v
+
+
+def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
+    return [
+        AnalysisFlag(
+            kind="unfair_baseline", idea_id=idea,
+            detail=f"idea {idea!r} changes the fairness knob {k!r} "
+            f"(baseline {was!r}, idea {v!r}), so the arms differ in compute or data, not only in method",
+        )
+        for idea, k, knob, was, v in _changed_knobs(spec, arms)
+        if knob.get("fairness")
+    ]
 
 
 def compute_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
     """Ideas that change a knob marked ``changes_compute`` (and not already flagged unfair): their arm spends different compute."""
-    knobs = spec.get("knobs") or {}
-    base = baseline_config(spec, arms.get(BASELINE))
-    out = []
-    for idea, arm in arms.items():
-        if idea == BASELINE:
-            continue
-        for k, v in arm.overrides.items():
-            knob = knobs.get(k) or {}
-            if knob.get("changes_compute") and not knob.get("fairness") and v != base.get(k):
-                out.append(AnalysisFlag(
-                    kind="compute_changed", idea_id=idea,
-                    detail=f"idea {idea!r} changes {k!r} (baseline {base.get(k)!r}, idea {v!r}), which changes the "
-                    "compute per run, so the comparison is not at equal compute and no claim may say it was",
-                ))
-    return out
+    return [
+        AnalysisFlag(
+            kind="compute_changed", idea_id=idea,
+            detail=f"idea {idea!r} changes {k!r} (baseline {was!r}, idea {v!r}), which changes the "
+            "compute per run, so the comparison is not at equal compute and no claim may say it was",
+        )
+        for idea, k, knob, was, v in _changed_knobs(spec, arms)
+        if knob.get("changes_compute") and not knob.get("fairness")
+    ]
 
 
 def seed_flags(arms: dict[str, Arm], primary: str) -> list[str]:

@@ -94,13 +94,7 @@ class Literature(Role):
         names, unknown = source_names(settings.sources)
         if unknown:
             ctx.log.warning("lit_unknown_sources", unknown=unknown, known=names)
-        sources, skipped = await open_sources(
-            names,
-            lab_home=Path(ctx.services["lab_home"]) if ctx.services.get("lab_home") else None,
-            artifacts=ctx.artifacts,
-            template_object=body.template_object,
-            web=settings.web,
-        )
+        sources, skipped = await _open(ctx, names, settings, body.template_object)
         for name, reason in skipped.items():
             ctx.log.warning("lit_source_skipped", source=name, reason=reason)
         chain = FallbackChain(sources, ctx.cache, ctx.log)
@@ -184,13 +178,7 @@ class Literature(Role):
         """
         settings = _settings(ctx)
         names, _ = source_names(settings.sources)
-        sources, skipped = await open_sources(
-            names,
-            lab_home=Path(ctx.services["lab_home"]) if ctx.services.get("lab_home") else None,
-            artifacts=ctx.artifacts,
-            template_object=body.template_object,
-            web=settings.web,
-        )
+        sources, skipped = await _open(ctx, names, settings, body.template_object)
         chain = FallbackChain(sources, ctx.cache, ctx.log)
         found: list[Reference] = []
         answered: list[str] = []
@@ -221,6 +209,12 @@ class Literature(Role):
         else:
             understood = "noted; quote a phrase (\"...\") to have it searched in every novelty check"
         ctx.send(NoteAck(note_id=body.note.id, understood=understood, constraints={"extra_queries": phrases}), to="copi")
+
+
+async def _open(ctx: Context, names: list[str], settings: Any, template_object: str) -> tuple[Any, dict[str, str]]:
+    """The literature sources for one request: the lab's library, the template's bibliography, the web ones set."""
+    lab_home = Path(ctx.services["lab_home"]) if ctx.services.get("lab_home") else None
+    return await open_sources(names, lab_home=lab_home, artifacts=ctx.artifacts, template_object=template_object, web=settings.web)
 
 
 ROLE = Literature
