@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from agents.base import Role
-from bus.messages import ROLES
+from bus.schema import ROLES
 
 
 def role_class(name: str) -> type[Role]:

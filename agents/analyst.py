@@ -25,17 +25,23 @@ from typing import Any
 from agents import stats
 from agents.base import Context, Role, on
 from agents.figures import Bar, bar_chart, figure_name
-from bus.messages import (
-    AnalysisDone, AnalysisFlag, AnalysisReport, AnalysisRequest, Comparison, Envelope, RunRecord, StepFailed,
+from bus.schema import (
+    BASELINE,
+    MIN_SEEDS,
+    AnalysisDone,
+    AnalysisFlag,
+    AnalysisReport,
+    AnalysisRequest,
+    Comparison,
+    Direction,
+    Envelope,
+    Knob,
+    RunRecord,
+    StepFailed,
+    TemplateSpec,
 )
 
 ALPHA = 0.05
-MIN_SEEDS = 3
-BASELINE = "baseline"
-
-
-class AnalysisError(ValueError):
-    """A request the analyst cannot turn into a report (one readable line)."""
 
 
 @dataclass
@@ -52,18 +58,9 @@ class Arm:
         return list(self.values.get(metric, {}).values())
 
 
-def metric_directions(spec: dict[str, Any]) -> tuple[dict[str, str], str]:
-    metrics = spec.get("metrics") or {}
-    if not metrics:
-        raise AnalysisError("the spec declares no metrics, so there is nothing to compare")
-    directions = {}
-    for name, m in metrics.items():
-        d = (m or {}).get("direction")
-        if d not in ("higher", "lower"):
-            raise AnalysisError(f"metric {name!r}: direction must be 'higher' or 'lower', got {d!r}")
-        directions[name] = d
-    primary = next((n for n, m in metrics.items() if (m or {}).get("primary")), next(iter(metrics)))
-    return directions, primary
+def metric_directions(spec: TemplateSpec) -> tuple[dict[str, Direction], str]:
+    """Each metric's better direction, and the primary metric (the spec guarantees exactly one)."""
+    return {name: m.direction for name, m in spec.metrics.items()}, spec.primary_metric
 
 
 def pool(runs: list[RunRecord], flags: list[str]) -> dict[str, Arm]:
@@ -95,27 +92,26 @@ def pool(runs: list[RunRecord], flags: list[str]) -> dict[str, Arm]:
     return arms
 
 
-def baseline_config(spec: dict[str, Any], arm: Arm | None) -> dict[str, Any]:
-    config = {k: (v or {}).get("default") for k, v in (spec.get("knobs") or {}).items()}
-    config.update(spec.get("baseline") or {})
+def baseline_config(spec: TemplateSpec, arm: Arm | None) -> dict[str, Any]:
+    config = {**spec.defaults(), **spec.baseline}
     if arm is not None:
         config.update(arm.overrides)
     return config
 
 
-def _changed_knobs(spec: dict[str, Any], arms: dict[str, Arm]) -> Iterator[tuple[str, str, dict[str, Any], Any, Any]]:
-    """(idea, knob, the knob's spec, baseline value, idea value) for every knob an idea moves off the baseline."""
-    knobs = spec.get("knobs") or {}
+def _changed_knobs(spec: TemplateSpec, arms: dict[str, Arm]) -> Iterator[tuple[str, str, Knob | None, Any, Any]]:
+    """(idea, knob, the knob's spec if declared, baseline value, idea value) for every knob an idea moves off the baseline."""
+    knobs = spec.knobs
     base = baseline_config(spec, arms.get(BASELINE))
     for idea, arm in arms.items():
         if idea == BASELINE:
             continue
         for k, v in arm.overrides.items():
             if v != base.get(k):
-                yield idea, k, knobs.get(k) or {}, base.get(k), v
+                yield idea, k, knobs.get(k), base.get(k), v
 
 
-def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
+def fairness_flags(spec: TemplateSpec, arms: dict[str, Arm]) -> list[AnalysisFlag]:
     return [
         AnalysisFlag(
             kind="unfair_baseline", idea_id=idea,
@@ -123,11 +119,11 @@ def fairness_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisF
             f"(baseline {was!r}, idea {v!r}), so the arms differ in compute or data, not only in method",
         )
         for idea, k, knob, was, v in _changed_knobs(spec, arms)
-        if knob.get("fairness")
+        if knob is not None and knob.fairness
     ]
 
 
-def compute_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFlag]:
+def compute_flags(spec: TemplateSpec, arms: dict[str, Arm]) -> list[AnalysisFlag]:
     """Ideas that change a knob marked ``changes_compute`` (and not already flagged unfair): their arm spends different compute."""
     return [
         AnalysisFlag(
@@ -136,7 +132,7 @@ def compute_flags(spec: dict[str, Any], arms: dict[str, Arm]) -> list[AnalysisFl
             "compute per run, so the comparison is not at equal compute and no claim may say it was",
         )
         for idea, k, knob, was, v in _changed_knobs(spec, arms)
-        if knob.get("changes_compute") and not knob.get("fairness")
+        if knob is not None and knob.changes_compute and not knob.fairness
     ]
 
 
@@ -177,7 +173,7 @@ def correct(comparisons: list[Comparison], alpha: float, method: str) -> None:
         c.better = c.verdict == "better"
 
 
-def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float, correction: str = "holm") -> list[Comparison]:
+def compare_arms(arms: dict[str, Arm], directions: dict[str, Direction], alpha: float, correction: str = "holm") -> list[Comparison]:
     """Every idea against the baseline on every metric, then corrected as one family.
 
     The family is everything the paper reports (all ideas x all metrics), so a
@@ -208,7 +204,7 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, str], alpha: float,
     return out
 
 
-def confirm(report: AnalysisReport, runs: list[RunRecord], directions: dict[str, str], flags: list[str], alpha: float) -> None:
+def confirm(report: AnalysisReport, runs: list[RunRecord], directions: dict[str, Direction], flags: list[str], alpha: float) -> None:
     """Compare the confirmation runs (fresh seeds) on the primary metric and mark each idea's primary comparison.
 
     An exploratory "better" or "worse" is replicated when the confirmation, corrected
@@ -259,7 +255,7 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
     return report, arms
 
 
-async def draw_figures(ctx: Context, report: AnalysisReport, arms: dict[str, Arm], directions: dict[str, str]) -> list[str]:
+async def draw_figures(ctx: Context, report: AnalysisReport, arms: dict[str, Arm], directions: dict[str, Direction]) -> list[str]:
     names = []
     for metric, direction in directions.items():
         by_idea = {c.idea_id: c for c in report.comparisons if c.metric == metric}
@@ -280,12 +276,12 @@ class Analyst(Role):
 
     @on(AnalysisRequest)
     async def analyse(self, body: AnalysisRequest, env: Envelope, ctx: Context) -> None:
+        directions, _ = metric_directions(body.spec)
         try:
-            directions, _ = metric_directions(body.spec)
             report, arms = build_report(ctx.project, body)
-        except (AnalysisError, stats.StatsError) as e:
+        except stats.StatsError as e:
             ctx.log.warning("analysis_failed", reason=str(e))
-            ctx.send(StepFailed(step="analysis", reason=str(e), ref=f"round-{body.round}"), to="pi")
+            ctx.send(StepFailed(step="analysis", reason=str(e), ref=body.ref), to="pi")
             return
         report.figures = await draw_figures(ctx, report, arms, directions)
         report.summary = await ctx.mind.summarize(report)

@@ -18,9 +18,8 @@ from typing import Any, Awaitable, Callable, ClassVar, Protocol, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agents.templates import TemplateError
 from bus.errors import ArtifactMissing
-from bus.messages import Envelope, Recipient, Role as RoleName
+from bus.schema import Envelope, Recipient, RoleName, TemplateError
 
 
 class ArtifactStore(Protocol):

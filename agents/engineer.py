@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict
 from agents.base import Context, Role, on
 from agents.codeedit import EDITABLE, EditError, apply_edits
 from agents.minds.base import CodeEdit
-from agents.templates import TemplateError, bundle_files, parse_spec, replace_files
-from bus.messages import (
+from agents.templates import bundle_files, replace_files
+from bus.schema import (
     CoPINoteMsg,
     Decision,
     ExperimentPlanned,
@@ -32,6 +32,7 @@ from bus.messages import (
     NoteAck,
     RunRecord,
     StepFailed,
+    TemplateError,
 )
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -109,7 +110,7 @@ class Engineer(Role):
         bundle_object = body.template_object
         edits: list[CodeEdit] = []
         try:
-            spec = parse_spec(body.spec)
+            spec = body.spec
             profile = spec.profile(body.profile or ("fast" if body.fast else None))
             base = {**profile.overrides, **spec.baseline}
             plan_overrides: dict[str, Any] = {}

@@ -20,7 +20,7 @@ from agents.lit.bibtex import unique_keys
 from agents.lit.chain import FallbackChain, same_paper
 from agents.lit.config import close_sources, open_sources, source_names
 from agents.minds.base import NoveltyJudgement
-from bus.messages import (
+from bus.schema import (
     CoPINoteMsg, Envelope, NoteAck, NoveltyCheck, NoveltyVerdict, Reference, ReferenceSearch, ReferencesFound, StepFailed,
 )
 
@@ -104,7 +104,7 @@ class Literature(Role):
             judgement = await ctx.mind.judge_novelty(body.idea, found, task=task_text(body))
         except Exception as e:  # the mind (an LLM, maybe) failed: the PI decides what follows
             ctx.log.error("lit_mind_failed", idea=body.idea.id, reason=f"{type(e).__name__}: {e}")
-            ctx.send(StepFailed(step="novelty_check", reason=f"literature mind failed: {e}", ref=body.idea.id), to="pi")
+            ctx.send(StepFailed(step="novelty_check", reason=f"literature mind failed: {e}", ref=body.ref), to="pi")
             return
         finally:
             close_sources(sources)

@@ -18,7 +18,8 @@ from agents.base import Context, Rejected, Role, on
 from agents.minds.base import IdeaContext, ReviewContext
 from agents.minds.llm.errors import MindFailed
 from agents.pi_state import ExperimentState, IdeaState, ProjectState
-from bus.messages import (
+from bus.schema import (
+    BASELINE,
     AnalysisDone,
     AnalysisRequest,
     CoPINoteMsg,
@@ -45,7 +46,6 @@ from bus.messages import (
 IDEAS_PER_WAVE = 2
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI.
 MIND_FAILURES: tuple[type[Exception], ...] = (MindFailed,)
-BASELINE = "baseline"
 
 
 class PI(Role):
@@ -74,7 +74,7 @@ class PI(Role):
         )
         st: ProjectState = ctx.state
         # The baseline needs no novelty check; it runs while ideas are checked.
-        self._request_experiment(ctx, st, BASELINE, None, self._seeds(st, st.spec.get("seeds", 3)))
+        self._request_experiment(ctx, st, BASELINE, None, self._seeds(st, st.spec.seeds))
         await self._new_wave(ctx, st)
 
     # ------------------------------------------------------------ co-PI
@@ -120,8 +120,8 @@ class PI(Role):
                     idea=idea,
                     template=st.template,
                     template_object=st.template_object,
-                    task=st.spec.get("task", ""),
-                    keywords=st.spec.get("keywords", []),
+                    task=st.spec.task,
+                    keywords=st.spec.keywords,
                 ),
                 "literature",
             )
@@ -159,7 +159,7 @@ class PI(Role):
             state.reason = "run budget spent"
         else:
             state.status = "running"
-            self._request_experiment(ctx, st, state.idea.id, state.idea, self._seeds(st, st.spec.get("seeds", 3)))
+            self._request_experiment(ctx, st, state.idea.id, state.idea, self._seeds(st, st.spec.seeds))
         await self._advance(ctx, st)
 
     # ------------------------------------------------------------ experiments
@@ -224,7 +224,7 @@ class PI(Role):
             if exp.status == "requested":
                 exp.status, exp.reason = "failed", body.reason
                 self._idea_failed(st, exp.idea_id, body.reason)
-        elif body.step in ("novelty", "novelty_check") and body.ref in st.ideas and st.ideas[body.ref].status == "checking":
+        elif body.step == "novelty_check" and body.ref in st.ideas and st.ideas[body.ref].status == "checking":
             st.ideas[body.ref].status, st.ideas[body.ref].reason = "skipped", f"novelty check failed: {body.reason}"
         elif body.step in ("analysis", "draft", "review"):
             await self._finish(ctx, st, accepted=False, reason=f"{body.step} failed: {body.reason}", failed=True)
@@ -362,7 +362,7 @@ class PI(Role):
             return False
         used = {s for e in st.experiments.values() for s in e.seeds}
         start = max(used, default=-1) + 1
-        seeds = list(range(start, start + max(3, int(st.spec.get("seeds", 3)))))
+        seeds = list(range(start, start + st.spec.seeds))
         st.confirmed = st.confirmed + todo
         ctx.log.info("confirmation runs", ideas=todo, seeds=seeds)
         self._request_experiment(ctx, st, BASELINE, None, seeds, confirmation=True)
@@ -372,8 +372,8 @@ class PI(Role):
 
     def _search_references(self, ctx: Context, st: ProjectState, item_id: str) -> None:
         """Ask the literature agent for papers the review wants; the draft waits for the answer."""
-        keywords = [str(k) for k in st.spec.get("keywords", [])]
-        topic = keywords[0] if keywords else str(st.spec.get("name", st.template)).replace("_", " ")
+        keywords = [str(k) for k in st.spec.keywords]
+        topic = keywords[0] if keywords else (st.spec.name or st.template).replace("_", " ")
         changes = [k.replace("_", " ") for s in st.ideas.values() if s.status in ("done", "failed") for k in s.idea.changes]
         queries = list(dict.fromkeys([*keywords[:4], *(f"{c} {topic}" for c in changes)]))[:8] or [topic]
         st.citations_pending = [*st.citations_pending, item_id]
@@ -415,7 +415,7 @@ class PI(Role):
             if any(e.idea_id == arm and e.round == st.round for e in st.experiments.values()):
                 continue  # already asked this round
             start = max(have, default=-1) + 1
-            n = max(3, int(st.spec.get("seeds", 3)))  # every run has at least three seeds
+            n = st.spec.seeds
             idea = st.ideas[arm].idea if arm in st.ideas else None
             self._request_experiment(ctx, st, arm, idea, list(range(start, start + n)))
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from bus.messages import (
+from bus.schema import (
     AnalysisReport,
     Budget,
     CoPINote,
@@ -21,11 +21,12 @@ from bus.messages import (
     Reference,
     ReviewDone,
     RevisionItem,
+    Stage,
     RunRecord,
+    TemplateSpec,
     Usage,
 )
 
-Stage = Literal["ideas", "experiments", "analysis", "draft", "review", "done", "failed"]
 
 
 class Model(BaseModel):
@@ -57,7 +58,7 @@ class ProjectState(Model):
     project: str
     template: str
     template_object: str
-    spec: dict[str, Any]
+    spec: TemplateSpec
     direction: str
     seed: int
     budget: Budget
@@ -73,7 +74,6 @@ class ProjectState(Model):
     notes: list[CoPINote] = []
     constraints: dict[str, Any] = {}
     references: dict[str, Reference] = {}
-    next_seed: int = 0
     report: AnalysisReport | None = None
     draft: DraftReady | None = None
     reviews: list[ReviewDone] = []

@@ -13,7 +13,7 @@ import json
 from agents.base import Context, Role, on
 from pydantic import BaseModel, ConfigDict
 
-from bus.messages import Envelope, ItemResponse, Rebuttal, ReviewDone, ReviewRequest, StepFailed
+from bus.schema import Envelope, ItemResponse, Rebuttal, ReviewDone, ReviewRequest, StepFailed
 
 
 
@@ -38,7 +38,7 @@ class Reviewer(Role):
         try:
             paper = (await ctx.artifacts.get(body.draft.markdown)).decode(errors="replace")
         except KeyError:
-            ctx.send(StepFailed(step="review", reason=f"draft {body.draft.markdown!r} is not in the object store", ref=f"round-{body.round}"), to="pi")
+            ctx.send(StepFailed(step="review", reason=f"draft {body.draft.markdown!r} is not in the object store", ref=body.ref), to="pi")
             return
         reviews = [await ctx.mind.review(paper, body.report, body.references, i) for i in range(body.ensemble)]
         max_rounds = body.max_rounds

@@ -21,7 +21,7 @@ from agents.base import Context, Role, on
 from agents.minds.base import PaperSections
 from agents.writing import assemble, citations, markup, numbers, pdf, revisions, trace
 from bus.errors import ArtifactMissing
-from bus.messages import DraftReady, DraftRequest, Envelope
+from bus.schema import DraftReady, DraftRequest, Envelope
 
 TEMPLATES = Path(__file__).resolve().parent / "writing"
 AUTHOR = "Kenkyu Lab (automated research agents)"

@@ -47,7 +47,7 @@ from bus import subjects  # noqa: E402
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import consumer_config, messages, pull
 from bus.errors import LabBusError, MessageTooLarge
-from bus.messages import (
+from bus.schema import (
     Envelope,
     ExperimentPlanned,
     ExperimentRequest,
@@ -100,12 +100,12 @@ IDEA = Idea(
     falsification="No difference in steps to 99% validation accuracy over 3 seeds", changes={"weight_decay": 0.1, "lr": 1e-3},
 )
 SPEC: dict[str, Any] = {
-    "name": "grokking", "task": "Modular addition with a small transformer; measure when validation accuracy jumps.",
+    "name": "grokking", "title": "Grokking", "task": "Modular addition with a small transformer; measure when validation accuracy jumps.",
     "knobs": {"weight_decay": {"type": "float", "min": 0.0, "max": 1.0, "default": 0.0},
               "lr": {"type": "float", "min": 1e-4, "max": 1e-2, "default": 1e-3, "log": True},
               "depth": {"type": "int", "min": 1, "max": 4, "default": 2}},
-    "metrics": {"val_acc": {"direction": "higher"}, "steps_to_grok": {"direction": "lower"}},
-    "baseline": {}, "time_budget_s": 600, "resources": {"cpu": 2, "gpu": 0, "memory": "2Gi"},
+    "metrics": {"val_acc": {"direction": "higher", "primary": True}, "steps_to_grok": {"direction": "lower"}},
+    "baseline": {}, "time_budget_s": 600, "resources": {"cpu": 2, "gpu": 0, "memory_mb": 2048},
 }
 
 

@@ -36,7 +36,7 @@ except ImportError as e:  # a test-only dependency: say which extra brings it, i
 
 from kubelet import Kubelet  # noqa: E402
 
-from services.executors.base import JobSpec, NatsAccess  # noqa: E402
+from bus.schema import JobSpec, NatsAccess  # noqa: E402
 from services.executors.kubernetes import KubernetesExecutor  # noqa: E402
 from services.executors.render import job_name  # noqa: E402
 

@@ -21,7 +21,8 @@ from nats.js.errors import BadRequestError
 
 from bus import subjects
 from bus.errors import ConnectError, MessageTooLarge
-from bus.messages import Envelope, encode
+from bus.schema import Envelope, encode
+from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, STATE_BUCKET
 from bus.permissions import inbox_prefix
 
 MAX_ENVELOPE_BYTES = 512 * 1024
@@ -33,10 +34,6 @@ CONVO_MAX_BYTES = 4 << 30
 JOBS_MAX_BYTES = 1 << 30
 DLQ_MAX_BYTES = 256 << 20
 
-STATE_BUCKET = "lab_state"
-AGENTS_BUCKET = "lab_agents"
-CACHE_BUCKET = "lab_cache"
-ARTIFACTS_BUCKET = "lab_artifacts"
 
 
 @dataclass(frozen=True)
@@ -158,7 +155,7 @@ class Bus:
                         await self.js.stream_info(cfg.name)  # created concurrently: fine
                     except nats.js.errors.NotFoundError:
                         raise ConnectError(f"cannot create stream {cfg.name}: {e.description}") from None
-        for bucket, ttl, history in ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, 30.0, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1)):
+        for bucket, ttl, history in ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, AGENTS_TTL_S, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1)):
             try:
                 await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:

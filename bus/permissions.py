@@ -24,7 +24,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.messages import ROLES
+from bus.schema import ROLES
+from bus.schema.constants import (
+    AGENTS_BUCKET,
+    ARTIFACTS_BUCKET,
+    CACHE_BUCKET,
+    CONVO_STREAM,
+    DLQ_STREAM,
+    JOBS_STREAM,
+    STATE_BUCKET,
+    kv_stream,
+    object_stream,
+)
+
+STATE_KV, AGENTS_KV, CACHE_KV = kv_stream(STATE_BUCKET), kv_stream(AGENTS_BUCKET), kv_stream(CACHE_BUCKET)
+ARTIFACTS_OBJ = object_stream(ARTIFACTS_BUCKET)
 
 ADMIN = "lab"  # sets up streams and buckets; used by `lab up` and tests
 COPI = "copi"  # the human, through the CLI
@@ -32,7 +46,7 @@ RUNNER = "runner"  # job runners
 WEB = "web"  # the web view (`lab web`): reads what its pages show, speaks only as the co-PI
 USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN)
 
-STREAMS = ("LAB_CONVO", "LAB_JOBS", "LAB_DLQ", "KV_lab_state", "KV_lab_agents", "KV_lab_cache", "OBJ_lab_artifacts")
+STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ)
 
 
 def _bucket_reads(stream: str, subjects: str = ">") -> list[str]:
@@ -47,9 +61,9 @@ def _bucket_reads(stream: str, subjects: str = ">") -> list[str]:
 
 
 def _artifacts() -> list[str]:
-    stream = "OBJ_lab_artifacts"
+    stream = ARTIFACTS_OBJ
     return [
-        "$O.lab_artifacts.>",
+        f"$O.{ARTIFACTS_BUCKET}.>",
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.STREAM.PURGE.{stream}",  # replacing an object drops its old chunks
@@ -63,10 +77,10 @@ def _copi() -> list[str]:
     """The human's CLI: `lab say`, `lab run` (starts a project, uploads its template), `lab logs`, `lab status`."""
     # Unnamed creates (ordered consumers) only: replays of the log, and the listing of agents' heartbeats
     # (`lab status`: nats-py's KV keys() is an ordered push consumer); heartbeats hold nothing secret.
-    logs = [f"$JS.API.CONSUMER.CREATE.{s}" for s in ("LAB_CONVO", "LAB_JOBS", "KV_lab_agents")]
-    obj = "OBJ_lab_artifacts"
+    logs = [f"$JS.API.CONSUMER.CREATE.{s}" for s in (CONVO_STREAM, JOBS_STREAM, AGENTS_KV)]
+    obj = ARTIFACTS_OBJ
     artifacts = [  # reading and adding objects; never purging (that is the admin's)
-        "$O.lab_artifacts.>",
+        f"$O.{ARTIFACTS_BUCKET}.>",
         f"$JS.API.STREAM.MSG.GET.{obj}",
         f"$JS.API.DIRECT.GET.{obj}",
         f"$JS.API.DIRECT.GET.{obj}.>",
@@ -82,8 +96,8 @@ def _copi() -> list[str]:
         "$JS.API.STREAM.INFO.*",
         "$JS.FC.>",
         *logs,
-        *_bucket_reads("KV_lab_state"),
-        *_bucket_reads("KV_lab_agents"),
+        *_bucket_reads(STATE_KV),
+        *_bucket_reads(AGENTS_KV),
         *artifacts,
     ]
 
@@ -109,18 +123,18 @@ def _role(role: str) -> list[str]:
         "$JS.FC.>",
         # Whoever starts first creates the lab's streams; the server refuses one that overlaps an existing stream.
         *(f"$JS.API.STREAM.{op}.{s}" for s in STREAMS for op in ("INFO", "CREATE")),
-        *_consumer("LAB_CONVO", f"role-{role}"),
-        f"$KV.lab_state.{role}.>",
-        *_bucket_reads("KV_lab_state", f"$KV.lab_state.{role}.>"),
-        f"$KV.lab_agents.{role}",
-        f"$KV.lab_agents.{role}.*",  # replicas' heartbeats (pi.2, …)
-        f"$KV.lab_cache.{role}.>",
-        *_bucket_reads("KV_lab_cache", f"$KV.lab_cache.{role}.>"),
+        *_consumer(CONVO_STREAM, f"role-{role}"),
+        f"$KV.{STATE_BUCKET}.{role}.>",
+        *_bucket_reads(STATE_KV, f"$KV.{STATE_BUCKET}.{role}.>"),
+        f"$KV.{AGENTS_BUCKET}.{role}",
+        f"$KV.{AGENTS_BUCKET}.{role}.*",  # replicas' heartbeats (pi.2, …)
+        f"$KV.{CACHE_BUCKET}.{role}.>",
+        *_bucket_reads(CACHE_KV, f"$KV.{CACHE_BUCKET}.{role}.>"),
         *_artifacts(),
     ]
     if role == "engineer":
         # The engineer reads job outcomes, and reports failures the runner could not (a pod that never started).
-        allow += [*_consumer("LAB_JOBS", "role-engineer-jobs"), "lab.jobs.*.*.status"]
+        allow += [*_consumer(JOBS_STREAM, "role-engineer-jobs"), "lab.jobs.*.*.status"]
     return allow
 
 
@@ -131,9 +145,9 @@ def _web() -> list[str]:
     (only the unnamed ordered consumers of a replay), and speaks only as the co-PI.
     """
     reads = []
-    for stream in ("LAB_CONVO", "LAB_JOBS", "KV_lab_state", "KV_lab_agents"):
+    for stream in (CONVO_STREAM, JOBS_STREAM, STATE_KV, AGENTS_KV):
         reads += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}", *_bucket_reads(stream)]
-    artifacts = "OBJ_lab_artifacts"
+    artifacts = ARTIFACTS_OBJ
     return [
         "lab.convo.*.copi.*",
         "$JS.API.INFO",

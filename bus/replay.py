@@ -10,7 +10,7 @@ from nats.js import api
 
 from bus import subjects
 from bus.client import Bus
-from bus.messages import Envelope, decode
+from bus.schema import Envelope, decode
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Any
 import nats
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ObjectNotFoundError
 
-from bus.client import ARTIFACTS_BUCKET, CACHE_BUCKET, STATE_BUCKET, Bus
+from bus.client import Bus
+from bus.schema.constants import ARTIFACTS_BUCKET, CACHE_BUCKET, STATE_BUCKET
 from bus.errors import ArtifactMissing, StateConflict
 
 

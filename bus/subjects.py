@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 
 from bus.errors import InvalidToken
+# Stream names are contracts; subjects re-exports them for the callers that build subjects and name streams together.
+from bus.schema.constants import CONVO_STREAM as CONVO_STREAM, DLQ_STREAM as DLQ_STREAM, JOBS_STREAM as JOBS_STREAM
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-
-CONVO_STREAM = "LAB_CONVO"
-JOBS_STREAM = "LAB_JOBS"
-DLQ_STREAM = "LAB_DLQ"
 
 
 def token(value: str, what: str = "token") -> str:

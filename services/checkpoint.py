@@ -25,7 +25,7 @@ from agents.templates import bundle, unbundle
 from bus.errors import ArtifactMissing
 from bus.store import Artifacts
 from services import proctree
-from services.executors.base import JobSpec
+from bus.schema import JobSpec
 
 CHECKPOINT_ENV = "LAB_CHECKPOINT_DIR"
 # Kubernetes' default terminationGracePeriodSeconds is 30: the experiment gets most of it,

@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from bus import subjects
-from bus.client import AGENTS_BUCKET, Bus
+from bus.client import Bus
+from bus.schema.constants import AGENTS_BUCKET
 from bus.errors import LabBusError
-from bus.messages import ROLES
+from bus.schema import ROLES
 from bus.replay import read
 from bus.store import StateStore
 from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab, read_secret
@@ -110,7 +111,7 @@ def agent(
 ) -> None:
     """Run one agent (what `lab up` and the Kubernetes Deployments start)."""
     from services.executors import make_executor
-    from services.executors.base import NatsAccess
+    from bus.schema import NatsAccess
     from services.host import run_agent
 
     if role not in ROLES:
@@ -162,7 +163,7 @@ async def _require_buckets(bus: Bus) -> None:
     """A lab whose store lost a bucket says which, in one line (not a traceback from deep inside nats-py)."""
     from nats.js.errors import BucketNotFoundError
 
-    from bus.client import STATE_BUCKET
+    from bus.schema.constants import STATE_BUCKET
 
     for bucket in (STATE_BUCKET, AGENTS_BUCKET):
         try:
@@ -450,7 +451,7 @@ _mount_optional()
 
 
 def main() -> None:
-    from agents.templates import TemplateError
+    from bus.schema import TemplateError
     from services.errors import describe_os_error
     from services.executors.base import ExecutorError
     from services.export import UnknownProject

@@ -13,8 +13,9 @@ from typing import Any
 import typer
 import yaml
 
-from agents.templates import TemplateError, load
-from services.executors.base import ExecutorError, JobSpec, NatsAccess
+from agents.templates import load
+from bus.schema import JobSpec, NatsAccess, TemplateError
+from services.executors.base import ExecutorError
 from services.executors.render import render_job
 
 app = typer.Typer(help="Inspect experiment jobs.", no_args_is_help=True, add_completion=False)

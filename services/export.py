@@ -26,7 +26,7 @@ from typing import Any
 from bus import subjects
 from bus.client import Bus
 from bus.errors import ArtifactMissing
-from bus.messages import AnalysisDone, Decision, DraftReady, ReviewDone
+from bus.schema import AnalysisDone, Decision, DraftReady, ReviewDone
 from bus.replay import read
 from bus.store import Artifacts, StateStore
 

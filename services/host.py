@@ -34,23 +34,17 @@ from agents.base import Context, Rejected, Role, UnhandledKind, is_permanent
 from agents.minds import llm_unavailable, make_mind
 from agents.minds.meter import metered
 from bus import subjects
-from bus.client import AGENTS_BUCKET, MAX_ENVELOPE_BYTES, Bus, BusConfig
+from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
+from bus.schema.constants import AGENTS_BUCKET
 from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import StateConflict
 from bus.ledger import SlotLedger
 from agents.minds.llm.errors import MindFailed
-from bus.messages import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
+from bus.schema import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
 from services.logging import setup_logging
 
-_STEP_OF: dict[str, tuple[str, Any]] = {
-    "experiment_request": ("experiment", lambda b: b.experiment_id),
-    "novelty_check": ("novelty", lambda b: b.idea.id),
-    "analysis_request": ("analysis", lambda b: f"round-{b.round}"),
-    "draft_request": ("draft", lambda b: f"round-{b.round}"),
-    "review_request": ("review", lambda b: f"round-{b.round}"),
-}
 OUTBOX_KEEP = 16
 FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
 # For bench/lab.py: a simulated mind call of this many seconds in every handled message (0: none).
@@ -347,9 +341,9 @@ class AgentHost:
                 await self.role.handle(env, ctx)
         except MindFailed as e:
             # The mind ran out of retries: this step fails, the PI decides what follows.
-            step, ref = _STEP_OF.get(env.kind, (env.kind, lambda b: ""))
-            ctx.outputs = [(StepFailed(step=step, reason=e.reason, ref=ref(env.body)), "pi")]
-            bound.error("step failed", step=step, reason=e.reason)
+            failed = StepFailed.of(env.body, e.reason)
+            ctx.outputs = [(failed, "pi")] if failed else []
+            bound.error("step failed", step=failed.step if failed else env.kind, reason=e.reason)
         outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
         # What the mind spent on this message counts against this project (the PI too: it reads its own report).
         usage = Usage.model_validate(doc.get("usage") or {}) + spent
@@ -378,7 +372,7 @@ class AgentHost:
     # ------------------------------------------------------------ the engineer's executor
 
     def _job_spec(self, project: str, job: Any) -> Any:
-        from services.executors.base import JobSpec
+        from bus.schema import JobSpec
 
         return JobSpec(
             job_id=job.job_id,
@@ -399,7 +393,7 @@ class AgentHost:
 
     async def _watch_jobs(self, every: float = 3.0, grace_s: float = 20.0) -> None:
         """Catch jobs that failed where the runner could not say so (never started, killed, evicted)."""
-        from bus.messages import JobStatus
+        from bus.schema import JobStatus
 
         suspicious: dict[str, float] = {}
         while True:
@@ -440,7 +434,7 @@ class AgentHost:
 
         The wake-up's id derives from the ledger's revision, so replicas watching the same ledger send it once.
         """
-        from bus.messages import JobStatus
+        from bus.schema import JobStatus
 
         assert self.ledger is not None
         while True:
@@ -457,7 +451,7 @@ class AgentHost:
                 log.warning("capacity wake-up failed", error=str(e))
 
     async def _job_event(self, project: str, job: dict[str, Any], status: Any, tag: str) -> None:
-        from bus.messages import derive_id
+        from bus.schema import derive_id
 
         env = Envelope(id=derive_id(job["job_id"], tag), project=project, sender="engineer", recipient="engineer", body=status)
         await self.bus.publish_job(subjects.job_status(project, job["job_id"]), env)

@@ -37,11 +37,11 @@ from pydantic import ValidationError
 from agents.templates import unbundle
 from bus import subjects
 from bus.client import Bus, BusConfig
-from bus.messages import Envelope, FinalInfo, JobEnvironment, JobStatus, derive_id
+from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, derive_id
+from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
 from services import checkpoint, proctree, sandbox
 from services.config import read_secret
-from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, JobSpec
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
@@ -261,6 +261,9 @@ class Runner:
 
     async def run(self) -> int:
         job = self.job
+        if job.nats is None:
+            print("runner: the job carries no bus access (nats); the executor must fill it in", file=sys.stderr)
+            return EXIT_INFRA
         try:
             # A credential mounted from a Secret (Kubernetes) or a file (Docker) wins over one carried in the job.
             user = os.environ.get("LAB_NATS_USER") or job.nats.user

@@ -23,7 +23,7 @@ from typing import Any
 
 from bus.client import Bus, BusConfig
 from bus.errors import ServerStartError
-from bus.messages import ROLES
+from bus.schema import ROLES
 from bus.permissions import ADMIN, COPI, RUNNER, WEB
 from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
 from services.config import read_local_lab, secrets_dir, state_file, write_secret

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from agents import templates
 from bus import subjects
 from bus.client import Bus
-from bus.messages import Budget, Decision, Envelope, MindChoice, StartProject
+from bus.schema import Budget, Decision, Envelope, MindChoice, StartProject, TemplateError, TemplateSpec
 from bus.replay import read
 from bus.store import Artifacts
 from services.config import bus_config, lab_home, read_local_lab
@@ -70,8 +70,8 @@ async def llm_refusal(bus: Bus, model: str | None) -> str | None:
     local endpoint) and says so in its heartbeat; the agents may run elsewhere (Kubernetes), so their word
     counts, not this machine's environment.
     """
-    from bus.client import AGENTS_BUCKET
-    from bus.messages import ROLES
+    from bus.schema.constants import AGENTS_BUCKET
+    from bus.schema import ROLES
 
     kv = await bus.js.key_value(AGENTS_BUCKET)
     for role in ROLES:
@@ -102,12 +102,12 @@ def new_project_id(template: str, seed: int) -> str:
     return subjects.token(f"{template}-s{seed}-{uuid.uuid4().hex[:6]}"[:64], "project")
 
 
-def load_template(name: str) -> tuple[Path, templates.TemplateSpec]:
+def load_template(name: str) -> tuple[Path, TemplateSpec]:
     """The template, or TemplateError naming the file that is not text."""
     try:
         return templates.load(name)
     except UnicodeDecodeError as e:
-        raise templates.TemplateError(f"{templates.resolve(name) / 'template.yaml'}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise TemplateError(f"{templates.resolve(name) / 'template.yaml'}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def run_project(opts: RunOptions, console: Console) -> int:
@@ -160,7 +160,7 @@ def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool
     return asyncio.run(main())
 
 
-async def _run(opts: RunOptions, folder: Path, spec: templates.TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
+async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
     project = opts.project or new_project_id(spec.name, opts.seed)
     out = opts.out or Path("lab-out") / project
     bus = await Bus.connect(bus_config("copi", opts.nats, name="lab-run"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from bus import subjects
 from bus.client import Bus
-from bus.messages import ROLES, CoPINote, CoPINoteMsg, Envelope
+from bus.schema import ROLES, CoPINote, CoPINoteMsg, Envelope
 from bus.store import StateStore
 
 ACTIVE_JOB_STATES = ("queued", "dispatched", "pending", "running")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bus.messages import Envelope
+from bus.schema import Envelope
 
 
 def _seeds(seeds: list[int]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
-from bus.messages import AnalysisReport, Comparison
+from bus.schema import AnalysisReport, Comparison
 
 SPEC: dict[str, Any] = {
     "name": "toy",

@@ -12,7 +12,7 @@ import pytest
 
 from bus import subjects
 from bus.client import Bus
-from bus.messages import Budget, Envelope, StartProject
+from bus.schema import Budget, Envelope, StartProject
 from bus.store import StateStore
 from tests.fakes import TOY_SPEC
 from tests.conftest import config_for, lab_cmd

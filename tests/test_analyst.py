@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 
 from agents.analyst import ROLE, build_report
 from agents.base import Context
 from agents.minds.offline.analyst import make
-from bus.messages import AnalysisDone, AnalysisRequest, Envelope, FinalInfo, MetricStat, RunRecord, StepFailed
+from bus.schema import AnalysisDone, AnalysisRequest, Envelope, FinalInfo, MetricStat, RunRecord
 from tests.fakes import MemoryStore
 
 SPEC = {
@@ -126,9 +127,10 @@ async def test_degenerate_values_leave_no_nan_in_the_report():
     Envelope.model_validate_json(Envelope(project="p1", sender="analyst", recipient="pi", body=body).model_dump_json())
 
 
-async def test_bad_spec_is_a_step_failure_not_a_crash():
-    body, _ = await handle([BASE], spec={**SPEC, "metrics": {"acc": {"direction": "up"}}})
-    assert isinstance(body, StepFailed) and "direction" in body.reason
+def test_a_bad_spec_never_reaches_the_analyst():
+    """The spec is a typed contract: a request with a bad metric direction fails validation (and goes to the dead letters)."""
+    with pytest.raises(ValidationError, match="direction"):
+        AnalysisRequest(round=1, spec={**SPEC, "metrics": {"acc": {"direction": "up"}}}, runs=[BASE])
 
 
 async def test_report_is_deterministic():

@@ -9,11 +9,12 @@ import json
 import pytest
 
 from bus import subjects
+from tests.fakes import TOY_SPEC
 from bus.client import MAX_ENVELOPE_BYTES, Bus
 from bus.consumer import messages, pull
 from bus.errors import InvalidToken, MessageTooLarge, StateConflict
-from bus.messages import (
-    KINDS,
+from bus.schema import (
+    MESSAGE_KINDS,
     AnalysisReport,
     Budget,
     CoPINote,
@@ -54,20 +55,20 @@ ITEM = RevisionItem(id="r0-1", kind="more_seeds", text="more seeds", target="wd-
 def example_bodies() -> list[dict]:
     """One valid body of every kind."""
     return [
-        {"type": "start_project", "template": "grokking", "template_object": "p1/template.tar.gz", "spec": {}, "budget": Budget().model_dump()},
+        {"type": "start_project", "template": "grokking", "template_object": "p1/template.tar.gz", "spec": TOY_SPEC, "budget": Budget().model_dump()},
         {"type": "copi_note", "note": CoPINote(id="n1", text="only vary weight decay").model_dump()},
         {"type": "note_ack", "note_id": "n1", "understood": "ok"},
         {"type": "novelty_check", "idea": IDEA.model_dump(), "template": "grokking"},
         {"type": "novelty_verdict", "idea_id": "wd-0p1", "novel": True, "justification": "none found"},
         {"type": "reference_search", "item_id": "r0-1", "queries": ["grokking"], "known": ["power2022grokking"]},
         {"type": "references_found", "item_id": "r0-1", "references": [], "reason": "nothing new"},
-        {"type": "experiment_request", "experiment_id": "x01", "seeds": [0, 1, 2], "template": "grokking", "template_object": "o", "spec": {}},
+        {"type": "experiment_request", "experiment_id": "x01", "seeds": [0, 1, 2], "template": "grokking", "template_object": "o", "spec": TOY_SPEC},
         {"type": "experiment_planned", "experiment_id": "x01", "idea_id": "baseline", "overrides": {}, "job_ids": ["j1"]},
         {"type": "experiment_result", "experiment_id": "x01", "idea_id": "baseline", "runs": [RUN.model_dump()]},
         {"type": "job_status", "job_id": "j1", "experiment_id": "x01", "state": "running"},
-        {"type": "analysis_request", "round": 0, "spec": {}, "runs": [RUN.model_dump()]},
+        {"type": "analysis_request", "round": 0, "spec": TOY_SPEC, "runs": [RUN.model_dump()]},
         {"type": "analysis_done", "report": REPORT.model_dump()},
-        {"type": "draft_request", "round": 0, "spec": {}, "direction": "", "ideas": [IDEA.model_dump()], "report": REPORT.model_dump(), "references": []},
+        {"type": "draft_request", "round": 0, "spec": TOY_SPEC, "direction": "", "ideas": [IDEA.model_dump()], "report": REPORT.model_dump(), "references": []},
         {"type": "draft_ready", **DRAFT.model_dump()},
         {"type": "review_request", "round": 0, "draft": DRAFT.model_dump(), "report": REPORT.model_dump(), "references": []},
         {"type": "review_done", "round": 0, "reviews": [REVIEW.model_dump()], "meta": MetaReview(summary="m", overall=6, decision="revise", revision_items=[ITEM]).model_dump()},
@@ -79,7 +80,7 @@ def example_bodies() -> list[dict]:
 
 
 def test_every_kind_has_an_example():
-    assert sorted(b["type"] for b in example_bodies()) == sorted(KINDS)
+    assert sorted(b["type"] for b in example_bodies()) == sorted(MESSAGE_KINDS)
 
 
 def test_subject_tokens_are_validated():

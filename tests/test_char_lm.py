@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.templates import BUILTIN_DIR, TemplateError, load, parse_spec
-from bus.messages import FinalInfo
-from services.executors.base import JobSpec, NatsAccess
+from agents.templates import BUILTIN_DIR, load
+from bus.schema import FinalInfo, JobSpec, NatsAccess, TemplateError, parse_spec
 from services.jobrunner import command
 
 TEMPLATE = BUILTIN_DIR / "char_lm"
@@ -166,7 +165,7 @@ async def test_the_engineer_plans_a_job_with_its_profile(profile, fast, gpu, max
     from types import SimpleNamespace
 
     from agents.engineer import Engineer
-    from bus.messages import ExperimentRequest
+    from bus.schema import ExperimentRequest
 
     _, spec = load("char_lm")
     req = ExperimentRequest(experiment_id="x00-baseline", seeds=[0, 1, 2], template="char_lm", template_object="p/t.tar.gz",

@@ -33,7 +33,7 @@ def start_project(home, project: str) -> None:
     import asyncio
 
     from bus.client import Bus, BusConfig
-    from bus.messages import Budget, Envelope, StartProject
+    from bus.schema import Budget, Envelope, StartProject
 
     info = json.loads((home / "lab.json").read_text())
 

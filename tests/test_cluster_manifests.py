@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from bus.messages import ROLES
+from bus.schema import ROLES
 from services.alive import fresh, main as alive_main
 from tests.test_manifests import REPO, build, needs_kubectl
 

@@ -30,7 +30,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from services.executors import make_executor
-from services.executors.base import ExecutorError, JobPhase, JobSpec, NatsAccess
+from services.executors.base import ExecutorError
+from bus.schema import JobPhase, JobSpec, NatsAccess
 from services.executors.docker import DockerExecutor
 
 REPO = Path(__file__).resolve().parent.parent

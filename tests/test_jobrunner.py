@@ -14,9 +14,10 @@ import pytest
 
 from agents.templates import bundle
 from bus import subjects
-from bus.messages import decode
+from bus.schema import JobSpec, NatsAccess, decode
+from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
-from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, ExecutorError, JobSpec, NatsAccess
+from services.executors.base import ExecutorError
 from services.executors.local import LocalExecutor
 from tests.proc_helpers import processes_with
 

@@ -20,7 +20,8 @@ import pytest
 from agents.templates import bundle
 from bus.store import Artifacts
 from services import proctree
-from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK, JobSpec, NatsAccess
+from bus.schema import JobSpec, NatsAccess
+from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from services.process import alive
 
 pytestmark = pytest.mark.integration

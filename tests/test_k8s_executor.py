@@ -20,7 +20,8 @@ import pytest
 from kubernetes import client
 
 from services.executors import make_executor
-from services.executors.base import ExecutorError, JobPhase, JobSpec, NatsAccess
+from services.executors.base import ExecutorError
+from bus.schema import JobPhase, JobSpec, NatsAccess
 from services.executors.kubernetes import KubernetesExecutor
 from services.executors.render import JOB_ID_ANNOTATION, KUEUE_QUEUE_LABEL, dns_name, job_name
 

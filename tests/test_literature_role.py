@@ -18,7 +18,7 @@ from agents.literature import ROLE, State
 from agents.minds import make_mind
 from agents.minds.base import LiteratureMind, NoveltyJudgement
 from agents.templates import bundle
-from bus.messages import CoPINote, CoPINoteMsg, Envelope, Idea, NoteAck, NoveltyCheck, NoveltyVerdict, StepFailed
+from bus.schema import CoPINote, CoPINoteMsg, Envelope, Idea, NoteAck, NoveltyCheck, NoveltyVerdict, StepFailed
 
 LIB = Path(__file__).parent / "data" / "lit"
 TEMPLATE_BIB = """@inproceedings{murty2023grokking,
@@ -273,7 +273,7 @@ async def test_copi_note_adds_a_quoted_query(store: FakeStore, lab_home: Path) -
 
 
 async def test_a_reference_search_returns_only_papers_the_paper_does_not_cite_yet(store: FakeStore, lab_home: Path) -> None:
-    from bus.messages import ReferenceSearch, ReferencesFound
+    from bus.schema import ReferenceSearch, ReferencesFound
 
     ctx = context(store, DictCache(), lab_home)
     body = ReferenceSearch(item_id="r0-1", queries=["grokking", "weight decay grokking"], template_object="p1/template.tar.gz",

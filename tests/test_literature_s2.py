@@ -194,7 +194,7 @@ async def test_novelty_check_asks_s2_first_and_a_repeat_makes_no_request(s2: S2S
     from agents.base import Context
     from agents.literature import ROLE, State
     from agents.minds import make_mind
-    from bus.messages import Envelope, Idea, NoveltyCheck, NoveltyVerdict
+    from bus.schema import Envelope, Idea, NoveltyCheck, NoveltyVerdict
 
     cache: dict[str, object] = {}
 

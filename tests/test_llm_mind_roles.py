@@ -7,7 +7,7 @@ import pytest
 from agents.minds import make_mind
 from agents.minds.base import AnalystMind, EngineerMind, IdeaContext, LiteratureMind, PIMind, ReviewContext, ReviewerMind, WriterMind
 from agents.minds.llm.errors import MindFailed
-from bus.messages import CoPINote, DraftRequest, Idea, Reference, Review, ReviewScores, RevisionItem
+from bus.schema import CoPINote, DraftRequest, Idea, Reference, Review, ReviewScores, RevisionItem, TemplateSpec
 
 try:
     from tests.llm_helpers import SPEC, clean_env, replay, report, sent
@@ -83,7 +83,7 @@ async def test_pi_reads_a_note_into_constraints() -> None:
         {"understood": "only weight decay from now on", "allowed_knobs": ["wd"], "forbidden_knobs": []},
         {"understood": "only weight decay from now on", "allowed_knobs": ["weight_decay"], "forbidden_knobs": []},
     )
-    reading = await mind("pi", client).read_note(CoPINote(id="n", text="only vary weight decay"), SPEC)
+    reading = await mind("pi", client).read_note(CoPINote(id="n", text="only vary weight decay"), TemplateSpec.model_validate(SPEC))
     assert reading.constraints == {"allowed_knobs": ["weight_decay"]}
     assert "unknown knobs ['wd']" in sent(client, 1)
 
@@ -128,7 +128,7 @@ async def test_engineer_plans_overrides_and_guarded_edits() -> None:
     )
     eng = mind("engineer", client)
     assert isinstance(eng, EngineerMind)
-    plan = await eng.plan(IDEA, SPEC, FILES, error="Traceback: ZeroDivisionError in experiment.py line 3")
+    plan = await eng.plan(IDEA, TemplateSpec.model_validate(SPEC), FILES, error="Traceback: ZeroDivisionError in experiment.py line 3")
     assert plan.overrides == {"weight_decay": 0.01} and plan.edits[0].replace == "lr = 0.05\n"
     assert "ZeroDivisionError" in sent(client, 0) and "lr = 0.1" in sent(client, 0)  # the files and the error are shown
     assert "signal.alarm" in sent(client, 1) and "search text not found: 'lr = 0.2'" in sent(client, 2)

@@ -22,10 +22,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bus.messages import ROLES
 from bus.permissions import USERS, permissions
+from bus.schema import ROLES, JobSpec, NatsAccess
 from services.cli_job import app
-from services.executors.base import JobSpec, NatsAccess
 from services.executors.render import DockerSettings, KubernetesSettings, docker_container, k8s_job, render_job
 
 REPO = Path(__file__).resolve().parent.parent

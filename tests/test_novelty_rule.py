@@ -9,7 +9,7 @@ from agents.lit.library_files import parse_bibtex
 from agents.minds.offline.literature import OfflineLiteratureMind, method_terms, topic_terms
 from agents.minds.offline.pi import OfflinePIMind
 from agents.minds.base import IdeaContext
-from bus.messages import Idea, NoveltyCheck
+from bus.schema import Idea, NoveltyCheck
 from agents.literature import task_text
 
 

@@ -9,7 +9,7 @@ import re
 
 from agents.minds.base import PaperSections
 from agents.writing import trace
-from bus.messages import Usage
+from bus.schema import Usage
 from tests.test_writer import TOKEN, evidence, request, write
 
 

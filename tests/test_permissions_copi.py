@@ -6,9 +6,10 @@ import nats
 import pytest
 
 from bus import subjects
-from bus.client import ARTIFACTS_BUCKET, Bus
+from bus.client import Bus
+from bus.schema.constants import ARTIFACTS_BUCKET
 from bus.consumer import consumer_config
-from bus.messages import CoPINote, CoPINoteMsg, Envelope
+from bus.schema import CoPINote, CoPINoteMsg, Envelope
 from bus.replay import read
 from bus.store import Artifacts, StateStore
 from tests.conftest import config_for
@@ -100,7 +101,7 @@ async def test_a_role_cannot_forge_a_job_status(lab, nats_server):
 
 
 def test_the_host_checks_the_sender_on_job_subjects_too():
-    from bus.messages import JobStatus
+    from bus.schema import JobStatus
     from services.host import envelope_mismatch
 
     def status(sender: str, project: str = "p1", job: str = "j1") -> Envelope:

@@ -11,7 +11,7 @@ from agents.minds.offline.pi import OfflinePIMind
 from agents.pi import PI
 from agents.pi_state import ProjectState
 from tests.fakes import TOY_SPEC, MemoryStore
-from bus.messages import (
+from bus.schema import (
     AnalysisDone,
     AnalysisReport,
     Budget,
@@ -290,7 +290,7 @@ async def reach_review(h: Harness) -> None:
 
 @pytest.mark.parametrize("found", [True, False])
 async def test_a_citation_item_asks_the_literature_agent_and_the_draft_waits_for_its_answer(found):
-    from bus.messages import Reference, ReferenceSearch, ReferencesFound
+    from bus.schema import Reference, ReferenceSearch, ReferencesFound
 
     h = Harness()
     await reach_review(h)

@@ -21,10 +21,10 @@ import pytest
 
 from agents.templates import BUILTIN_DIR, bundle
 from bus import subjects
-from bus.messages import decode
+from bus.schema import JobSpec, NatsAccess, decode
+from bus.schema.constants import EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
 from services import checkpoint
-from services.executors.base import EXIT_INFRA, EXIT_OK, JobSpec, NatsAccess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

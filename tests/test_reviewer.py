@@ -10,7 +10,7 @@ from agents.minds.offline import reviewer as offline_reviewer
 from agents.minds.offline.writer import OfflineWriterMind
 from agents.reviewer import ROLE as REVIEWER
 from agents.writer import ROLE as WRITER
-from bus.messages import (
+from bus.schema import (
     AnalysisRequest, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, ItemResponse, JobEnvironment, MetricStat,
     Reference, ReviewDone, ReviewRequest, RunRecord, StepFailed,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.writing import revisions
-from bus.messages import ItemResponse, Reference, RevisionItem
+from bus.schema import ItemResponse, Reference, RevisionItem
 from tests.test_writer import REFS, request, write
 
 
@@ -33,7 +33,7 @@ async def test_a_citation_round_and_a_limitation_change_the_paper_and_an_unchang
     from agents.base import Context
     from agents.minds.offline.writer import make
     from agents.writer import ROLE
-    from bus.messages import Envelope
+    from bus.schema import Envelope
 
     ctx = Context(project="proj", role="writer", state=None, artifacts=store, mind=make(0, {}))
     await ROLE().handle(Envelope(project="proj", sender="pi", recipient="writer", body=second_req), ctx)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services import sandbox
-from services.executors.base import EXIT_EXPERIMENT_FAILED
+from bus.schema.constants import EXIT_EXPERIMENT_FAILED
 from tests.conftest import lab_cmd
 from tests.proc_helpers import processes_with
 from tests.test_jobrunner import run_job
@@ -132,7 +132,7 @@ def test_agents_get_credential_files_not_values(tmp_path, monkeypatch):
 
 
 async def test_the_local_runner_reads_its_job_from_a_private_file(tmp_path):
-    from services.executors.base import JobSpec, NatsAccess
+    from bus.schema import JobSpec, NatsAccess
     from services.executors.local import LocalExecutor
 
     ex = LocalExecutor(jobs_dir=str(tmp_path / "jobs"), capacity=1)

@@ -12,7 +12,7 @@ import pytest
 
 from agents.templates import bundle, load
 from services import sandbox
-from services.executors.base import JobSpec, NatsAccess
+from bus.schema import JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
 
 from tests.proc_helpers import processes_with

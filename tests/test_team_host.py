@@ -15,7 +15,7 @@ import pytest
 
 from agents.base import Context, Role, on
 from agents.minds.meter import charge
-from bus.messages import CoPINote, CoPINoteMsg, Envelope, MindChoice, NoteAck
+from bus.schema import CoPINote, CoPINoteMsg, Envelope, MindChoice, NoteAck
 from bus.store import StateStore
 from services.host import AgentHost, HostConfigError, concurrency_for
 from tests.conftest import config_for

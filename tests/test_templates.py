@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agents import templates
-from bus.messages import FinalInfo
+from bus.schema import FinalInfo
 
 NAMES = ["grokking", "2d_diffusion", "model_merging"]
 

@@ -44,7 +44,7 @@ def test_experiments_show_state_metrics_figures_and_live_log():
 
 def test_a_rejected_plan_says_why():
     convo = conversation()[:3]
-    from bus.messages import ExperimentPlanned
+    from bus.schema import ExperimentPlanned
     from tests.web_convo import env
 
     convo.append(env("engineer", "pi", ExperimentPlanned(experiment_id="x02-wd-1", idea_id="wd-1", overrides={}, job_ids=[], rejected="weight_decay=1.0 is out of range")))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.client import STATE_BUCKET
+from bus.schema.constants import STATE_BUCKET
 from bus.permissions import ADMIN
 from tests.conftest import lab_cmd
 

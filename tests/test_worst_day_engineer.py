@@ -6,7 +6,7 @@ from typing import Any
 
 from agents.base import Context
 from agents.engineer import MAX_LOST_ATTEMPTS, Engineer, EngineerState, job_id_for
-from bus.messages import Envelope, ExperimentRequest, JobStatus
+from bus.schema import Envelope, ExperimentRequest, JobStatus
 from tests.fakes import TOY_SPEC, MemoryStore
 
 

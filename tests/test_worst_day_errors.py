@@ -9,10 +9,9 @@ import time
 import pytest
 
 from agents.base import Permanent, is_permanent
-from agents.templates import TemplateError
 from bus import subjects
 from bus.errors import ArtifactMissing, ConnectError, StateConflict
-from bus.messages import CoPINote, CoPINoteMsg, Envelope, ExperimentRequest, Idea
+from bus.schema import CoPINote, CoPINoteMsg, Envelope, ExperimentRequest, Idea, TemplateError
 from bus.store import StateStore
 from tests.fakes import TOY_SPEC
 from tests.test_agent_host import start_agent

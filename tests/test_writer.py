@@ -14,7 +14,7 @@ from agents.minds.base import PaperSections
 from agents.minds.offline.writer import make
 from agents.writer import ROLE
 from agents.writing import citations, markup, numbers
-from bus.messages import (
+from bus.schema import (
     AnalysisRequest, CoPINote, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, ItemResponse, JobEnvironment,
     MetricStat, Reference, RevisionItem, RunRecord, Usage,
 )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
-from bus.messages import (
+from bus.schema import (
     AnalysisDone, AnalysisReport, CoPINote, CoPINoteMsg, Comparison, Decision, DraftReady, Envelope, ExperimentPlanned,
     ExperimentRequest, ExperimentResult, FinalInfo, Idea, ItemResponse, JobStatus, MetaReview, MetricStat, NoteAck, Rebuttal,
     Review, ReviewDone, ReviewScores, RevisionItem, RunRecord,
 )
 from bus.replay import Entry
+from tests.fakes import TOY_SPEC
 
 P = "grok-1"
 IDEA = Idea(id="wd-1", title="Stronger decay", hypothesis="more decay groks sooner", falsification="p >= 0.05", changes={"weight_decay": 1.0})
@@ -27,7 +28,7 @@ def run(job: str, exp: str, idea: str, acc: float, ok: bool = True) -> RunRecord
 
 
 def request(exp: str, idea: Idea | None) -> ExperimentRequest:
-    return ExperimentRequest(experiment_id=exp, idea=idea, seeds=[0, 1, 2], template="grokking", template_object=f"{P}/template.tar.gz", spec={})
+    return ExperimentRequest(experiment_id=exp, idea=idea, seeds=[0, 1, 2], template="grokking", template_object=f"{P}/template.tar.gz", spec=TOY_SPEC)
 
 
 COMPARISON = Comparison(idea_id="wd-1", metric="val_acc", direction="higher", baseline_mean=0.61, baseline_stderr=0.02, idea_mean=0.93,
@@ -78,7 +79,7 @@ def conversation() -> list[Envelope]:
 
 
 def entries(convo: list[Envelope]) -> list[Entry]:
-    from bus.messages import encode
+    from bus.schema import encode
 
     return [Entry(subject=f"lab.convo.{e.project}.{e.sender}.{e.recipient}", seq=i + 1, data=encode(e), envelope=e) for i, e in enumerate(convo)]
 

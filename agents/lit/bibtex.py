@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Iterable
 
-from bus.messages import Reference
+from bus.schema import Reference
 
 from agents.lit.errors import UnresolvedCitation
 from agents.lit.text import STOPWORDS

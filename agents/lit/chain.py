@@ -19,7 +19,7 @@ import structlog
 from agents.base import Cache
 from agents.lit.errors import SourceUnavailable
 from agents.lit.sources import Source
-from bus.messages import Reference
+from bus.schema import Reference
 
 CACHE_PREFIX = "lit"
 

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import platformdirs
 
-from bus.messages import Reference
+from bus.schema import Reference
 
 from agents.lit.text import words
 

@@ -18,7 +18,7 @@ import logging
 import bibtexparser
 from bibtexparser.model import DuplicateBlockKeyBlock, Entry
 
-from bus.messages import Reference
+from bus.schema import Reference
 
 from agents.lit.bibtex import clean_key, entry_from_metadata, format_entry, make_key
 from agents.lit.errors import LibraryError

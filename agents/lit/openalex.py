@@ -17,7 +17,7 @@ import requests
 from agents.lit.bibtex import entry_from_metadata, make_key
 from agents.lit.errors import RateLimited, SourceUnavailable
 from agents.lit.retry import RetryPolicy
-from bus.messages import Reference
+from bus.schema import Reference
 
 
 class _Retryable(Exception):

@@ -21,7 +21,7 @@ from semanticscholar.ApiRequester import ApiRequester
 from agents.lit.bibtex import entry_from_metadata, make_key
 from agents.lit.errors import PaperNotFound, RateLimited, SourceUnavailable
 from agents.lit.retry import RetryPolicy
-from bus.messages import Reference
+from bus.schema import Reference
 
 T = TypeVar("T")
 FIELDS = ["paperId", "title", "abstract", "authors", "year", "venue", "journal", "externalIds", "publicationTypes"]

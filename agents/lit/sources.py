@@ -22,7 +22,7 @@ from agents.lit.errors import SourceUnavailable
 from agents.lit.index import FtsIndex
 from agents.lit.library_files import Problem, parse_bibtex
 from agents.templates import unbundle
-from bus.messages import Reference
+from bus.schema import Reference
 
 
 @runtime_checkable

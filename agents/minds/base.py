@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from bus.messages import (
+from bus.schema import (
     AnalysisReport,
     CoPINote,
     Idea,
@@ -21,6 +21,7 @@ from bus.messages import (
     Reference,
     Review,
     RevisionItem,
+    TemplateSpec,
     Usage,
 )
 
@@ -30,7 +31,7 @@ class Model(BaseModel):
 
 
 class IdeaContext(Model):
-    spec: dict[str, Any]  # template.yaml, validated
+    spec: TemplateSpec  # template.yaml, validated
     direction: str
     notes: list[CoPINote] = []
     constraints: dict[str, Any] = {}  # from co-PI notes, e.g. {"allowed_knobs": ["weight_decay"]}
@@ -91,7 +92,7 @@ class CodePlan(Model):
 @runtime_checkable
 class PIMind(Protocol):
     async def propose_ideas(self, ctx: IdeaContext) -> list[Idea]: ...
-    async def read_note(self, note: CoPINote, spec: dict[str, Any]) -> NoteReading: ...
+    async def read_note(self, note: CoPINote, spec: TemplateSpec) -> NoteReading: ...
     async def answer_review(self, ctx: ReviewContext) -> list[ItemResponse]: ...
 
 
@@ -103,12 +104,12 @@ class LiteratureMind(Protocol):
 
 @runtime_checkable
 class EngineerMind(Protocol):
-    async def plan(self, idea: Idea, spec: dict[str, Any], files: dict[str, str], error: str = "") -> CodePlan: ...
+    async def plan(self, idea: Idea, spec: TemplateSpec, files: dict[str, str], error: str = "") -> CodePlan: ...
 
 
 @runtime_checkable
 class WriterMind(Protocol):
-    async def write(self, request: Any) -> PaperSections: ...  # request: bus.messages.DraftRequest
+    async def write(self, request: Any) -> PaperSections: ...  # request: bus.schema.DraftRequest
 
 
 @runtime_checkable

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from bus.messages import Usage
+from bus.schema import Usage
 
 _meter: ContextVar[Usage | None] = ContextVar("lab_mind_meter", default=None)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.writing.numbers import fmt
-from bus.messages import AnalysisReport, DraftRequest, JobEnvironment, Reference, RunRecord
+from bus.schema import AnalysisReport, DraftRequest, JobEnvironment, Reference, RunRecord
 
 SECTION_ORDER = (
     ("Introduction", "introduction"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from bus.messages import Reference
+from bus.schema import Reference
 
 ENTRY = re.compile(r"@(\w+)\s*\{\s*([^,\s]*)\s*,")
 TEX_CITE = re.compile(r"\\(?:no)?cite[a-zA-Z]*\*?(?:\[[^\]]*\])*\{([^}]*)\}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from bus.messages import Reference
+from bus.schema import Reference
 
 CITE = re.compile(r"\[(@[^\]\s;]+(?:\s*;\s*@[^\]\s;]+)*)\]")
 CODE = re.compile(r"`([^`]+)`")

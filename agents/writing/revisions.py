@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from bus.messages import ItemResponse, RevisionItem
+from bus.schema import ItemResponse, RevisionItem
 
 # The Markdown section each kind of item changes (rewrite_section names its own).
 PART_OF_KIND = {"add_citation": "related work", "add_limitation": "limitations", "more_seeds": "results", "add_baseline": "results"}

@@ -16,7 +16,7 @@ import re
 from typing import Any, Iterable
 
 from agents.writing.numbers import NUMBER, fmt, mask, matches
-from bus.messages import DraftRequest
+from bus.schema import DraftRequest
 
 
 def display_numbers(obj: Any) -> set[str]:
@@ -69,7 +69,7 @@ def analysis_document(request: DraftRequest, mind: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "report": request.report.model_dump(mode="json"),
         "correction": request.report.correction,
-        "spec": request.spec,
+        "spec": request.spec.model_dump(mode="json"),
         "usage": {role: u.model_dump(mode="json") for role, u in request.usage.items()},
         "not_novel": request.not_novel,
         "mind": mind,

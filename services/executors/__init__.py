@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from services.executors.base import Executor, ExecutorError, NatsAccess
+from bus.schema import NatsAccess
+from services.executors.base import Executor, ExecutorError
 
 _MODULES = {"local": "LocalExecutor", "docker": "DockerExecutor", "kubernetes": "KubernetesExecutor"}
 KINDS = tuple(_MODULES)

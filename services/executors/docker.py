@@ -24,7 +24,9 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
-from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, ExecutorError, JobPhase, JobSpec
+from services.executors.base import ExecutorError
+from bus.schema import JobPhase, JobSpec
+from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 from services.executors.render import (
     GPU_DEVICES_LABEL,
     JOB_ID_ANNOTATION,

@@ -34,7 +34,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, ExecutorError, JobPhase, JobSpec
+from services.executors.base import ExecutorError
+from bus.schema import JobPhase, JobSpec
+from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 from services.executors.k8s_watch import Watcher
 from services.executors.render import (
     CONTAINER,

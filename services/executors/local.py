@@ -25,7 +25,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from services.config import write_secret
-from services.executors.base import ExecutorError, JobPhase, JobSpec
+from services.executors.base import ExecutorError
+from bus.schema import JobPhase, JobSpec
 from services.process import alive
 
 

@@ -16,7 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.executors.base import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, ExecutorError, JobSpec
+from services.executors.base import ExecutorError
+from bus.schema import JobSpec
+from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 
 RUNNER_COMMAND = ["python", "-m", "services.jobrunner"]
 CONTAINER = "runner"
@@ -206,7 +208,7 @@ def job_name(job_id: str) -> str:
 
 def _job_for_runner(job: JobSpec, gpu: int, strip_password: bool) -> JobSpec:
     update: dict[str, Any] = {"gpu": gpu}
-    if strip_password:
+    if strip_password and job.nats is not None:
         update["nats"] = job.nats.model_copy(update={"user": None, "password": None})
     return job.model_copy(update=update)
 

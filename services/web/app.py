@@ -27,7 +27,7 @@ from starlette.templating import Jinja2Templates
 from bus import subjects
 from bus.client import Bus, BusConfig
 from bus.errors import ArtifactMissing, InvalidToken
-from bus.messages import ROLES
+from bus.schema import ROLES
 from bus.replay import read
 from services.reading import NoteRefused, project_state, project_states, send_note
 from services.web import feeds, views

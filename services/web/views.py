@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from bus.messages import Envelope
+from bus.schema import Envelope
 from bus.replay import Entry
 from services.render import describe
 

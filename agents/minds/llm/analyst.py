@@ -11,7 +11,7 @@ from typing import Any
 from agents.minds.llm.common import LLMMind, report_brief
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import SummaryAnswer
-from bus.messages import AnalysisReport
+from bus.schema import AnalysisReport
 
 
 class LLMAnalystMind(LLMMind):

@@ -44,7 +44,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from agents.minds.meter import charge
 from agents.minds.llm.config import MindConfig, ModelSettings, OutputMode
 from agents.minds.llm.errors import InvalidAnswer, MindConfigError, MindFailed
-from bus.messages import Usage
+from bus.schema import Usage
 
 T = TypeVar("T", bound=BaseModel)
 log = structlog.get_logger()

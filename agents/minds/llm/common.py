@@ -8,8 +8,7 @@ from typing import Any
 from agents.minds.llm.client import MindClient
 from agents.minds.llm.config import load_config
 from agents.minds.llm.prompts import system_prompt
-from agents.templates import TemplateSpec
-from bus.messages import ROLES
+from bus.schema import ROLES, TemplateSpec
 
 
 class LLMMind:

@@ -15,8 +15,7 @@ from agents.minds.base import CodeEdit, CodePlan
 from agents.minds.llm.common import LLMMind, knob_lines, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import PlanAnswer, as_dict
-from agents.templates import TemplateError, parse_spec
-from bus.messages import Idea
+from bus.schema import Idea, TemplateError, TemplateSpec
 
 MAX_FILE_CHARS = 20_000  # per file shown to the model
 
@@ -24,8 +23,8 @@ MAX_FILE_CHARS = 20_000  # per file shown to the model
 class LLMEngineerMind(LLMMind):
     role = "engineer"
 
-    async def plan(self, idea: Idea, spec: dict[str, Any], files: dict[str, str], error: str = "") -> CodePlan:
-        template = parse_spec(spec)
+    async def plan(self, idea: Idea, spec: TemplateSpec, files: dict[str, str], error: str = "") -> CodePlan:
+        template = spec
         editable = set(EDITABLE) & set(files)
 
         def edits_of(answer: PlanAnswer) -> list[CodeEdit]:

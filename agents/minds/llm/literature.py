@@ -12,7 +12,7 @@ from agents.minds.base import NoveltyJudgement
 from agents.minds.llm.common import LLMMind, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import NoveltyAnswer, QueryList
-from bus.messages import Idea, Reference
+from bus.schema import Idea, Reference
 
 
 def brief(refs: list[Reference]) -> str:

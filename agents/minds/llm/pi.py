@@ -16,8 +16,7 @@ from agents.minds.base import IdeaContext, NoteReading, ReviewContext
 from agents.minds.llm.common import LLMMind, knob_lines, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import IdeaBatch, IdeaDraft, ItemAnswers, NoteAnswer, as_dict
-from agents.templates import TemplateError, TemplateSpec, parse_spec
-from bus.messages import CoPINote, Idea, ItemResponse
+from bus.schema import CoPINote, Idea, ItemResponse, TemplateError, TemplateSpec
 
 RUN_ITEMS = ("more_seeds", "add_baseline")  # revision items that cost runs
 
@@ -69,7 +68,7 @@ class LLMPIMind(LLMMind):
     role = "pi"
 
     async def propose_ideas(self, ctx: IdeaContext) -> list[Idea]:
-        spec = parse_spec(ctx.spec)
+        spec = ctx.spec
         allowed = allowed_knobs(spec, ctx.constraints)
         if not allowed:
             return []
@@ -119,8 +118,8 @@ class LLMPIMind(LLMMind):
             novelty=draft.novelty,
         )
 
-    async def read_note(self, note: CoPINote, spec: dict[str, Any]) -> NoteReading:
-        template = parse_spec(spec)
+    async def read_note(self, note: CoPINote, spec: TemplateSpec) -> NoteReading:
+        template = spec
         knobs = list(template.knobs)
 
         def check(answer: NoteAnswer) -> None:

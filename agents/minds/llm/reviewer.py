@@ -11,7 +11,7 @@ from typing import Any
 from agents.minds.llm.common import LLMMind, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import MetaDraft, ReviewDraft, ReviewReflection
-from bus.messages import AnalysisReport, MetaReview, Reference, Review
+from bus.schema import AnalysisReport, MetaReview, Reference, Review
 
 MAX_PAPER_CHARS = 60_000
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bus.messages import ItemResponse, ReviewScores, RevisionItem
+from bus.schema import ItemResponse, ReviewScores, RevisionItem
 
 Scalar = Union[bool, int, float, str]
 

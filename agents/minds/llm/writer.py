@@ -14,7 +14,7 @@ from agents.minds.base import PaperSections
 from agents.minds.llm.common import LLMMind, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import PaperDraft, SectionText
-from bus.messages import DraftRequest
+from bus.schema import DraftRequest
 
 _CITE = re.compile(r"\\cite[tp]?\*?(?:\[[^\]]*\])?\{([^}]*)\}")
 
@@ -37,7 +37,7 @@ class LLMWriterMind(LLMMind):
         refs = [{"key": r.key, "title": r.title, "year": r.year, "authors": r.authors[:3]} for r in request.references]
         parts = [
             f"Research direction: {request.direction}",
-            f"Template: {show({k: request.spec.get(k) for k in ('name', 'title', 'task', 'metrics')})}",
+            f"Template: {show(request.spec.model_dump(mode='json', include={'name', 'title', 'task', 'metrics'}))}",
             f"Ideas tested: {show(request.ideas)}",
             f"Analysis (the only source of results): {report_brief(request.report)}",
             f"Hardware and software of the runs: {show([r.environment for r in request.report.runs if r.environment][:1])}",

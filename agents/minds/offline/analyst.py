@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.messages import AnalysisReport, Comparison, Usage
+from bus.schema import AnalysisReport, Comparison, Usage
 
 
 def _num(x: float) -> str:

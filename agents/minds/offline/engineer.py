@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.minds.base import CodePlan
-from bus.messages import Idea, Usage
+from bus.schema import Idea, TemplateSpec, Usage
 
 
 class OfflineEngineerMind:
@@ -13,7 +13,7 @@ class OfflineEngineerMind:
         self.seed = seed
         self.usage = Usage()
 
-    async def plan(self, idea: Idea, spec: dict[str, Any], files: dict[str, str], error: str = "") -> CodePlan:
+    async def plan(self, idea: Idea, spec: TemplateSpec, files: dict[str, str], error: str = "") -> CodePlan:
         return CodePlan(overrides=dict(idea.changes), explanation=f"set {', '.join(f'{k}={v!r}' for k, v in idea.changes.items())}")
 
 

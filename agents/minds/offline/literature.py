@@ -32,7 +32,7 @@ from typing import Any
 
 from agents.lit.text import terms, words
 from agents.minds.base import NoveltyJudgement
-from bus.messages import Idea, Reference, Usage
+from bus.schema import Idea, Reference, Usage
 
 DIRECTION_WORDS = frozenset(
     """increase increasing increased decrease decreasing decreased reduce reducing reduced raise raising lower

@@ -14,8 +14,7 @@ import re
 from typing import Any
 
 from agents.minds.base import IdeaContext, NoteReading, ReviewContext
-from agents.templates import Knob, TemplateSpec, parse_spec
-from bus.messages import CoPINote, Idea, ItemResponse, Usage
+from bus.schema import CoPINote, Idea, ItemResponse, Knob, TemplateSpec, Usage
 
 _ONLY = re.compile(r"\b(only|just|exclusively|solely|restrict|focus)\b", re.I)
 _STOP = re.compile(r"\b(stop|cancel|abort|halt|end)\b.*\b(project|run|everything|now|it)\b|^\s*(stop|cancel|abort)\s*[.!]?\s*$", re.I)
@@ -67,7 +66,7 @@ class OfflinePIMind:
         self.usage = Usage()
 
     async def propose_ideas(self, ctx: IdeaContext) -> list[Idea]:
-        spec = parse_spec(ctx.spec)
+        spec = ctx.spec
         allowed = ctx.constraints.get("allowed_knobs")
         forbidden = set(ctx.constraints.get("forbidden_knobs", []))
         tried = {(k, repr(v)) for idea in ctx.previous for k, v in idea.changes.items()}
@@ -120,8 +119,8 @@ class OfflinePIMind:
             novelty=4,
         )
 
-    async def read_note(self, note: CoPINote, spec: dict[str, Any]) -> NoteReading:
-        knobs = list(parse_spec(spec).knobs)
+    async def read_note(self, note: CoPINote, spec: TemplateSpec) -> NoteReading:
+        knobs = list(spec.knobs)
         named = knob_mentions(note.text, knobs)
         if not named and _STOP.search(note.text):
             return NoteReading(understood="stopping the project now: running jobs are cancelled and no paper is written", constraints={"stop": True})

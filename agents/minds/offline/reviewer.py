@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
-from bus.messages import AnalysisReport, Comparison, MetaReview, Reference, Review, ReviewScores, RevisionItem, Usage
+from bus.schema import AnalysisReport, Comparison, MetaReview, Reference, Review, ReviewScores, RevisionItem, Usage
 
 MIN_SEEDS, GOOD_SEEDS, MIN_REFERENCES, ACCEPT_AT = 3, 5, 5, 6
 BLOCKING = {"more_seeds", "add_baseline", "add_limitation", "rewrite_section"}

@@ -14,7 +14,7 @@ from typing import Any
 
 from agents.minds.base import PaperSections
 from agents.writing.numbers import fmt
-from bus.messages import Comparison, DraftRequest, Usage
+from bus.schema import Comparison, DraftRequest, Usage
 
 
 def value(v: Any) -> str:
@@ -87,7 +87,7 @@ class Draft:
         self.unreplicated = [c for c in fair_gains if not c.replicated]
         self.confirmations = {c.idea_id: c for c in self.rep.confirmations}
         self.worse = [c for c in self.primary if c.verdict == "worse"]
-        self.study = self.spec.get("title") or self.spec.get("name") or "the template task"
+        self.study = self.spec.title or self.spec.name or "the template task"
 
     def name(self, idea_id: str) -> str:
         idea = self.ideas.get(idea_id)
@@ -164,7 +164,8 @@ class Draft:
         return text
 
     def knob_default(self, knob: str) -> Any:
-        return (self.spec.get("baseline") or {}).get(knob, ((self.spec.get("knobs") or {}).get(knob) or {}).get("default"))
+        declared = self.spec.knobs.get(knob)
+        return self.spec.baseline.get(knob, declared.default if declared else None)
 
     def method(self) -> str:
         if not self.r.ideas:
@@ -179,19 +180,18 @@ class Draft:
         return "Each idea is a change to the template's declared knobs, evaluated against the unchanged baseline.\n\n" + "\n\n".join(parts)
 
     def setup(self) -> str:
-        knobs = self.spec.get("knobs") or {}
         knob_lines = []
-        for k, v in knobs.items():
-            rng = f", range [{value(v['min'])}, {value(v['max'])}]" if v.get("min") is not None and v.get("max") is not None else ""
-            fair = ", changes compute or data (fairness knob)" if v.get("fairness") else ""
-            knob_lines.append(f"- `{k}`: {v.get('type', 'value')}, baseline {value(self.knob_default(k))}{rng}{fair}")
+        for k, v in self.spec.knobs.items():
+            rng = f", range [{value(v.min)}, {value(v.max)}]" if v.min is not None and v.max is not None else ""
+            fair = ", changes compute or data (fairness knob)" if v.fairness else ""
+            knob_lines.append(f"- `{k}`: {v.type}, baseline {value(self.knob_default(k))}{rng}{fair}")
         metric_lines = [
-            f"- `{m}`: {v.get('direction')} is better{' (primary)' if m == self.rep.primary_metric else ''}"
-            for m, v in (self.spec.get("metrics") or {}).items()
+            f"- `{m}`: {v.direction} is better{' (primary)' if m == self.rep.primary_metric else ''}"
+            for m, v in self.spec.metrics.items()
         ]
         seeds = sorted({s for run in self.rep.runs for s in (run.final_info.seeds if run.final_info else run.seeds)})
         return (
-            f"Task: {self.spec.get('task', 'not recorded').strip()}\n\n"
+            f"Task: {self.spec.task.strip() or 'not recorded'}\n\n"
             "Knobs:\n\n" + "\n".join(knob_lines or ["- none declared"]) + "\n\n"
             "Metrics:\n\n" + "\n".join(metric_lines) + "\n\n"
             f"Seeds used across runs: {', '.join(fmt(s) for s in seeds) or 'none'}. "

@@ -11,252 +11,23 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
-SCHEMA_VERSION = 1
-
-Role = Literal["pi", "literature", "engineer", "analyst", "writer", "reviewer"]
-ROLES: tuple[Role, ...] = ("pi", "literature", "engineer", "analyst", "writer", "reviewer")
-# Parties that are not agents: the human co-PI (through the CLI) and the job runner.
-Sender = Literal["pi", "literature", "engineer", "analyst", "writer", "reviewer", "copi", "runner"]
-Recipient = Literal["pi", "literature", "engineer", "analyst", "writer", "reviewer", "copi", "all"]
-Direction = Literal["higher", "lower"]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# ---------------------------------------------------------------- shared pieces
-
-
-class Budget(Model):
-    max_ideas: int = Field(3, ge=1, le=50)
-    max_runs: int = Field(20, ge=1, le=1000)
-    max_revision_rounds: int = Field(2, ge=0, le=10)
-    wall_time_s: float = Field(3600.0, gt=0)
-    max_tokens: int | None = Field(None, ge=0)
-    max_cost_usd: float | None = Field(None, ge=0)
-
-
-class Idea(Model):
-    id: str
-    title: str
-    hypothesis: str
-    falsification: str
-    # Knob name -> proposed value; the engineer checks them against the template.
-    changes: dict[str, Any]
-    rationale: str = ""
-    interestingness: int = Field(5, ge=1, le=10)
-    feasibility: int = Field(5, ge=1, le=10)
-    novelty: int = Field(5, ge=1, le=10)
-
-
-class Reference(Model):
-    key: str
-    title: str
-    authors: list[str] = []
-    year: int | None = None
-    venue: str = ""
-    abstract: str = ""
-    bibtex: str
-    source: str = "local"  # which source answered: semantic_scholar, openalex, local, template
-    paper_id: str | None = None
-
-
-class MetricStat(Model):
-    mean: float
-    stderr: float
-    values: list[float] = []  # one per seed, in the order of FinalInfo.seeds
-
-
-class FinalInfo(Model):
-    """What a template's experiment.py writes to ``final_info.json``."""
-
-    model_config = ConfigDict(extra="allow")
-    metrics: dict[str, MetricStat]
-    seeds: list[int]
-    config: dict[str, Any] = {}
-
-
-class JobEnvironment(Model):
-    """The machine a job really ran on: the writer reports only this."""
-
-    model_config = ConfigDict(extra="allow")
-    hostname: str = ""
-    platform: str = ""
-    python: str = ""
-    cpu: str = ""
-    cpu_count: int = 0
-    gpus: list[str] = []
-    cuda: str | None = None
-    driver: str | None = None
-    device: str = "cpu"  # what the experiment used: cpu or cuda
-    packages: dict[str, str] = {}
-    executor: str = "local"
-
-
-class RunRecord(Model):
-    """One job: a configuration run over several seeds."""
-
-    job_id: str
-    experiment_id: str
-    idea_id: str  # "baseline" for the baseline
-    overrides: dict[str, Any]
-    seeds: list[int]
-    status: Literal["succeeded", "failed"]
-    reason: str = ""
-    final_info: FinalInfo | None = None
-    environment: JobEnvironment | None = None
-    artifacts: list[str] = []  # object-store names
-    wall_s: float = 0.0
-    attempt: int = 1  # this run's attempt: earlier ones were lost with their runner (see ``lost``) or fixed
-    lost: list[str] = []  # earlier attempts whose runner died without a result, and why
-
-
-class Comparison(Model):
-    idea_id: str
-    metric: str
-    direction: Direction
-    baseline_mean: float
-    baseline_stderr: float
-    idea_mean: float
-    idea_stderr: float
-    n_baseline: int
-    n_idea: int
-    diff: float  # idea - baseline
-    improvement: float  # diff signed so that > 0 is better, whatever the direction
-    ci_low: float  # bootstrap CI of the improvement
-    ci_high: float
-    p_value: float  # two-sided, uncorrected: Welch's t-test, or a paired t-test when the arms share seeds
-    effect_size: float  # Hedges' g, signed like improvement
-    better: bool  # improvement > 0 and p_adjusted < alpha
-    verdict: Literal["better", "worse", "inconclusive"]  # from p_adjusted, never from the raw p-value
-    test: Literal["welch", "paired"] = "welch"
-    # p-value corrected for every comparison the report holds (AnalysisReport.correction);
-    # None only in reports made before corrections existed.
-    p_adjusted: float | None = None
-    # Whether a confirmation run on fresh seeds reached the same significant verdict;
-    # None: not confirmed (no confirmation ran for this idea). Only the primary metric is confirmed.
-    replicated: bool | None = None
-
-
-class AnalysisFlag(Model):
-    """A problem the analyst found, typed so that the writer and reviewer act on it without parsing sentences."""
-
-    kind: Literal["missing_baseline", "unfair_baseline", "compute_changed"]
-    detail: str  # the readable sentence, as in AnalysisReport.flags
-    idea_id: str = ""  # the arm it is about, where there is one
-
-    @property
-    def text(self) -> str:
-        return f"{self.kind.replace('_', ' ')}: {self.detail}"
-
-
-class AnalysisReport(Model):
-    project: str
-    round: int = 0
-    primary_metric: str
-    alpha: float = 0.05
-    # How p-values are corrected for multiple comparisons across the whole
-    # report: "holm" (family-wise error rate) or "none".
-    correction: Literal["holm", "none"] = "holm"
-    comparisons: list[Comparison]
-    runs: list[RunRecord]
-    flags: list[str] = []  # missing/unfair baselines, failed runs, too few seeds
-    flag_items: list[AnalysisFlag] = []  # the flags someone acts on, typed (each also in flags as its text)
-    # Confirmation runs on fresh seeds, idea vs baseline on the primary metric,
-    # corrected as their own family; they decide Comparison.replicated.
-    confirmations: list[Comparison] = []
-    figures: list[str] = []  # object-store names
-    summary: str = ""
-
-
-class ReviewScores(Model):
-    originality: int = Field(ge=1, le=4)
-    quality: int = Field(ge=1, le=4)
-    clarity: int = Field(ge=1, le=4)
-    significance: int = Field(ge=1, le=4)
-    soundness: int = Field(ge=1, le=4)
-    presentation: int = Field(ge=1, le=4)
-    contribution: int = Field(ge=1, le=4)
-    overall: int = Field(ge=1, le=10)
-    confidence: int = Field(ge=1, le=5)
-
-
-class Review(Model):
-    """One review in the NeurIPS form."""
-
-    reviewer: str
-    summary: str
-    strengths: list[str]
-    weaknesses: list[str]
-    questions: list[str]
-    limitations: str
-    ethics: str
-    scores: ReviewScores
-    decision: Literal["accept", "reject"]
-
-
-class RevisionItem(Model):
-    id: str
-    kind: Literal["more_seeds", "add_baseline", "rewrite_section", "add_limitation", "add_citation", "other"]
-    text: str
-    target: str = ""  # idea id, section name, ...
-
-
-class MetaReview(Model):
-    summary: str
-    overall: float
-    decision: Literal["accept", "reject", "revise"]
-    revision_items: list[RevisionItem] = []
-
-
-class ItemResponse(Model):
-    item_id: str
-    action: Literal["act", "rebut"]
-    text: str
-
-
-class CoPINote(Model):
-    id: str
-    text: str
-    to: Recipient = "pi"
-    received_at: datetime | None = None
-
-
-class Usage(Model):
-    """Tokens and money one agent spent on its mind."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    def __add__(self, other: "Usage") -> "Usage":
-        return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
-        )
-
-    def __sub__(self, other: "Usage") -> "Usage":
-        return Usage(
-            prompt_tokens=self.prompt_tokens - other.prompt_tokens,
-            completion_tokens=self.completion_tokens - other.completion_tokens,
-            cost_usd=self.cost_usd - other.cost_usd,
-        )
-
-
-# ---------------------------------------------------------------- message kinds
-
-
+from bus.schema.analysis import AnalysisReport
+from bus.schema.base import Model, Recipient, Sender
+from bus.schema.constants import SCHEMA_VERSION
+from bus.schema.project import Budget, CoPINote, Idea, MindChoice, Reference, Usage
+from bus.schema.results import FinalInfo, JobEnvironment, RunRecord
+from bus.schema.review import ItemResponse, MetaReview, Review, RevisionItem
+from bus.schema.steps import Step
+from bus.schema.template import TemplateSpec
 class StartProject(Model):
     type: Literal["start_project"] = "start_project"
     template: str  # template name
     template_object: str  # object-store name of the template bundle (tar.gz)
-    spec: dict[str, Any]  # the validated template.yaml
+    spec: TemplateSpec  # the validated template.yaml
     direction: str = ""
     seed: int = 0
     budget: Budget = Budget()
@@ -285,6 +56,13 @@ class NoveltyCheck(Model):
     task: str = ""  # the template's task description, for queries
     keywords: list[str] = []
 
+    STEP: ClassVar[Step] = "novelty_check"
+
+    @property
+    def ref(self) -> str:
+        """What a StepFailed for this request names."""
+        return self.idea.id
+
 
 class NoveltyVerdict(Model):
     type: Literal["novelty_verdict"] = "novelty_verdict"
@@ -305,6 +83,13 @@ class ReferenceSearch(Model):
     template_object: str = ""  # the template bundle; its references.bib is a source too
     known: list[str] = []  # reference keys the paper already has: only new ones are wanted
 
+    STEP: ClassVar[Step] = "references"
+
+    @property
+    def ref(self) -> str:
+        """What a StepFailed for this request names."""
+        return self.item_id
+
 
 class ReferencesFound(Model):
     type: Literal["references_found"] = "references_found"
@@ -321,9 +106,16 @@ class ExperimentRequest(Model):
     seeds: list[int]
     template: str
     template_object: str
-    spec: dict[str, Any]
+    spec: TemplateSpec
     fast: bool = False
     profile: str = ""
+
+    STEP: ClassVar[Step] = "experiment"
+
+    @property
+    def ref(self) -> str:
+        """What a StepFailed for this request names."""
+        return self.experiment_id
 
 
 class ExperimentPlanned(Model):
@@ -363,11 +155,18 @@ class JobStatus(Model):
 class AnalysisRequest(Model):
     type: Literal["analysis_request"] = "analysis_request"
     round: int
-    spec: dict[str, Any]
+    spec: TemplateSpec
     runs: list[RunRecord]
     # Experiments that confirm earlier findings on fresh seeds: analysed apart
     # from the exploratory runs, never pooled with them.
     confirmation: list[str] = []
+
+    STEP: ClassVar[Step] = "analysis"
+
+    @property
+    def ref(self) -> str:
+        """What a StepFailed for this request names."""
+        return f"round-{self.round}"
 
 
 class AnalysisDone(Model):
@@ -378,7 +177,7 @@ class AnalysisDone(Model):
 class DraftRequest(Model):
     type: Literal["draft_request"] = "draft_request"
     round: int
-    spec: dict[str, Any]
+    spec: TemplateSpec
     direction: str
     ideas: list[Idea]
     report: AnalysisReport
@@ -390,6 +189,13 @@ class DraftRequest(Model):
     # Ideas the literature check found not novel, id -> the justification with its
     # quoted evidence: dropped, not run, and the paper says so.
     not_novel: dict[str, str] = {}
+
+    STEP: ClassVar[Step] = "draft"
+
+    @property
+    def ref(self) -> str:
+        """What a StepFailed for this request names."""
+        return f"round-{self.round}"
 
 
 class DraftReady(Model):
@@ -416,6 +222,13 @@ class ReviewRequest(Model):
     references: list[Reference]
     ensemble: int = Field(3, ge=1, le=10)
     max_rounds: int = Field(10, ge=0, le=10)  # the PI's revision budget: round r may be revised while r < max_rounds
+
+    STEP: ClassVar[Step] = "review"
+
+    @property
+    def ref(self) -> str:
+        """What a StepFailed for this request names."""
+        return f"round-{self.round}"
 
 
 class ReviewDone(Model):
@@ -444,9 +257,15 @@ class StepFailed(Model):
     """A role could not do what it was asked; the PI decides what follows."""
 
     type: Literal["step_failed"] = "step_failed"
-    step: str
+    step: Step
     reason: str
     ref: str = ""  # the id of the thing that failed (experiment, idea, ...)
+
+    @classmethod
+    def of(cls, request: Any, reason: str) -> "StepFailed | None":
+        """The failure of handling ``request``, or None when the message is not a step someone waits on."""
+        step = getattr(type(request), "STEP", None)
+        return cls(step=step, reason=reason, ref=request.ref) if step else None
 
 
 class UsageReport(Model):
@@ -480,20 +299,11 @@ Body = Annotated[
     ],
     Field(discriminator="type"),
 ]
-KINDS: tuple[str, ...] = tuple(m.model_fields["type"].default for m in Body.__origin__.__args__)  # type: ignore[attr-defined]
+MESSAGE_KINDS: tuple[str, ...] = tuple(m.model_fields["type"].default for m in get_args(get_args(Body)[0]))
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class MindChoice(Model):
-    """The mind a project asked for. It rides on the project's envelopes (and is kept in each role's
-    state for messages that lack it, e.g. job statuses), so every role and every replica thinks
-    with the project's mind, not with whatever its process was started with."""
-
-    kind: Literal["offline", "llm"] = "offline"
-    model: str | None = None  # the llm mind's model; None: the lab's configured one
 
 
 class Envelope(Model):

@@ -1,0 +1,82 @@
+"""What a project is: its budget, ideas, references, the co-PI's notes, the mind it asked for, what it spent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from bus.schema.base import Model, Recipient
+
+
+class Budget(Model):
+    max_ideas: int = Field(3, ge=1, le=50)
+    max_runs: int = Field(20, ge=1, le=1000)
+    max_revision_rounds: int = Field(2, ge=0, le=10)
+    wall_time_s: float = Field(3600.0, gt=0)
+    max_tokens: int | None = Field(None, ge=0)
+    max_cost_usd: float | None = Field(None, ge=0)
+
+
+class Idea(Model):
+    id: str
+    title: str
+    hypothesis: str
+    falsification: str
+    # Knob name -> proposed value; the engineer checks them against the template.
+    changes: dict[str, Any]
+    rationale: str = ""
+    interestingness: int = Field(5, ge=1, le=10)
+    feasibility: int = Field(5, ge=1, le=10)
+    novelty: int = Field(5, ge=1, le=10)
+
+
+class Reference(Model):
+    key: str
+    title: str
+    authors: list[str] = []
+    year: int | None = None
+    venue: str = ""
+    abstract: str = ""
+    bibtex: str
+    source: str = "local"  # which source answered: semantic_scholar, openalex, local, template
+    paper_id: str | None = None
+
+
+class CoPINote(Model):
+    id: str
+    text: str
+    to: Recipient = "pi"
+    received_at: datetime | None = None
+
+
+class Usage(Model):
+    """Tokens and money one agent spent on its mind."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+        )
+
+    def __sub__(self, other: "Usage") -> "Usage":
+        return Usage(
+            prompt_tokens=self.prompt_tokens - other.prompt_tokens,
+            completion_tokens=self.completion_tokens - other.completion_tokens,
+            cost_usd=self.cost_usd - other.cost_usd,
+        )
+
+
+class MindChoice(Model):
+    """The mind a project asked for. It rides on the project's envelopes (and is kept in each role's
+    state for messages that lack it, e.g. job statuses), so every role and every replica thinks
+    with the project's mind, not with whatever its process was started with."""
+
+    kind: Literal["offline", "llm"] = "offline"
+    model: str | None = None  # the llm mind's model; None: the lab's configured one

@@ -1,0 +1,203 @@
+"""The template spec: what a template.yaml declares, validated when a project starts.
+
+It crosses every layer (the CLI loads it, the PI plans with it, the engineer
+checks overrides against it, the analyst reads metric directions from it), so
+it travels in messages as this model, never as a dict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bus.schema.constants import MIN_SEEDS
+
+
+class TemplateError(ValueError):
+    """A template that cannot be used; the message is one line for the user."""
+
+
+class Knob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "choice", "bool"]
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+    # Values worth trying first; the offline mind draws ideas from these.
+    candidates: list[Any] = []
+    # Changing a fairness knob changes the compute or data an arm gets, so a
+    # comparison against the baseline would be unfair: the analyst flags it.
+    fairness: bool = False
+    # Changing it changes the compute a run spends (per step or in total), so a
+    # hypothesis must not say "compute held equal"; the analyst flags it.
+    changes_compute: bool = False
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Knob":
+        if self.type == "choice" and not self.choices:
+            raise ValueError("a choice knob needs 'choices'")
+        for v in [self.default, *self.candidates]:
+            self.validate_value(v)
+        return self
+
+    def validate_value(self, value: Any) -> Any:
+        """Return the value coerced to the knob's type, or raise ValueError."""
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true/false, got {value!r}")
+            return value
+        if self.type == "choice":
+            if value not in (self.choices or []):
+                raise ValueError(f"{value!r} is not one of {self.choices}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        if self.type == "int":
+            if float(value) != int(value):
+                raise ValueError(f"expected an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite number, got {value!r}")
+        if self.min is not None and value < self.min:
+            raise ValueError(f"{value!r} is below the minimum {self.min}")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"{value!r} is above the maximum {self.max}")
+        return value
+
+
+class Metric(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    direction: Literal["higher", "lower"]
+    primary: bool = False
+    description: str = ""
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float = Field(1, gt=0)
+    gpu: int = Field(0, ge=0)
+    memory_mb: int = Field(2048, ge=64)
+
+
+class Profile(BaseModel):
+    """A named way to run a template (``fast`` for smoke runs, ``gpu`` for one GPU, ...).
+
+    Overrides apply on top of the knob defaults (the baseline's own overrides win);
+    resources and time budget, when given, replace the template's, so a Job asks
+    for the GPUs its profile needs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    overrides: dict[str, Any] = {}
+    resources: Resources | None = None
+    time_budget_s: float | None = Field(None, gt=0)
+    description: str = ""
+
+
+class Resolved(BaseModel):
+    """A profile applied to a template: what the engineer plans a job with."""
+
+    name: str
+    overrides: dict[str, Any]
+    resources: Resources
+    time_budget_s: float
+
+
+DEFAULT_PROFILE = "default"
+
+
+class TemplateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    title: str
+    task: str
+    keywords: list[str] = []
+    knobs: dict[str, Knob]
+    metrics: dict[str, Metric]
+    baseline: dict[str, Any] = {}
+    seeds: int = Field(MIN_SEEDS, ge=MIN_SEEDS, le=50)
+    time_budget_s: float = Field(600, gt=0)
+    resources: Resources = Resources()
+    fast: dict[str, Any] = {}  # shorthand for profiles.fast.overrides (older templates)
+    profiles: dict[str, Profile] = {}
+    # The experiment saves a checkpoint to LAB_CHECKPOINT_DIR (every few steps and on
+    # SIGTERM) and resumes from one, so the runner syncs that folder to the artifact store.
+    resumable: bool = False
+    references: str = "references.bib"
+    network: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "TemplateSpec":
+        primaries = [m for m, v in self.metrics.items() if v.primary]
+        if len(primaries) != 1:
+            raise ValueError(f"exactly one metric must have primary: true (found {len(primaries)})")
+        # A dumped spec carries both (they agree); a template.yaml with two different ones is a mistake.
+        if self.fast and "fast" in self.profiles and self.profiles["fast"].overrides != self.fast:
+            raise ValueError("declare the fast profile once: either 'fast' or 'profiles.fast'")
+        if DEFAULT_PROFILE in self.profiles:
+            raise ValueError(f"profiles.{DEFAULT_PROFILE}: reserved for the template's own settings")
+        if self.fast and "fast" not in self.profiles:
+            self.profiles["fast"] = Profile(overrides=self.fast)
+        elif "fast" in self.profiles:
+            self.fast = dict(self.profiles["fast"].overrides)
+        labelled = [("baseline", self.baseline)] + [(f"profiles.{n}", p.overrides) for n, p in self.profiles.items()]
+        for label, overrides in labelled:
+            for k, v in overrides.items():
+                if k not in self.knobs:
+                    raise ValueError(f"{label}.{k}: not a declared knob")
+                self.knobs[k].validate_value(v)
+        return self
+
+    def profile(self, name: str | None = None) -> Resolved:
+        """The named profile applied to this template; None, "" or "default" is the template as declared."""
+        if not name or name == DEFAULT_PROFILE:
+            return Resolved(name=DEFAULT_PROFILE, overrides={}, resources=self.resources, time_budget_s=self.time_budget_s)
+        if name not in self.profiles:
+            known = ", ".join([DEFAULT_PROFILE, *sorted(self.profiles)])
+            raise TemplateError(f"template {self.name} has no profile {name!r}; known: {known}")
+        p = self.profiles[name]
+        return Resolved(
+            name=name,
+            overrides=dict(p.overrides),
+            resources=p.resources or self.resources,
+            time_budget_s=p.time_budget_s or self.time_budget_s,
+        )
+
+    @property
+    def primary_metric(self) -> str:
+        return next(m for m, v in self.metrics.items() if v.primary)
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: v.default for k, v in self.knobs.items()}
+
+    def check_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Coerced overrides, or TemplateError naming the first bad knob."""
+        out = {}
+        for k, v in overrides.items():
+            if k not in self.knobs:
+                raise TemplateError(f"unknown knob {k!r} (template {self.name} declares {sorted(self.knobs)})")
+            try:
+                out[k] = self.knobs[k].validate_value(v)
+            except ValueError as e:
+                raise TemplateError(f"knob {k!r}: {e}") from None
+        return out
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "template.yaml"
+    return f"{where}: {err['msg']}"
+
+
+def parse_spec(data: Any, source: str = "template.yaml") -> TemplateSpec:
+    try:
+        return TemplateSpec.model_validate(data)
+    except ValidationError as e:
+        raise TemplateError(f"{source}: {_first_error(e)}") from None
