@@ -11,4 +11,5 @@ from bus.schema import ROLES
 def role_class(name: str) -> type[Role]:
     if name not in ROLES:
         raise ValueError(f"unknown role {name!r}; choose one of {', '.join(ROLES)}")
-    return importlib.import_module(f"agents.{name}").ROLE
+    role: type[Role] = importlib.import_module(f"agents.{name}").ROLE
+    return role

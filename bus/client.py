@@ -145,6 +145,7 @@ class Bus:
             ),
         ]
         for cfg in streams:
+            assert cfg.name is not None  # every config above is named
             try:
                 await self.js.stream_info(cfg.name)
             except nats.js.errors.NotFoundError:

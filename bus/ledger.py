@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from bus.errors import StateConflict
+
+T = TypeVar("T")
 
 LEDGER_KEY = "engineer._capacity"  # under the engineer's own keys; "_capacity" is not a project id `lab run` makes
 
@@ -94,7 +96,7 @@ class SlotLedger:
         ledger = Ledger.model_validate(doc) if doc else Ledger()
         return ledger.model_copy(update={"capacity": self.capacity, "counts": self.counts}), revision
 
-    async def _update(self, change: Any) -> Any:
+    async def _update(self, change: Callable[[Ledger], T]) -> T:
         for attempt in range(200):
             ledger, revision = await self.read()
             result = change(ledger)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+from nats.aio.msg import Msg
 from nats.js import api
 
 from bus import subjects
@@ -32,9 +33,9 @@ async def read(
         return
     if info.state.messages == 0 and not follow:
         return
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
 
-    async def cb(msg: object) -> None:
+    async def cb(msg: Msg) -> None:
         await queue.put(msg)
 
     sub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL, cb=cb)

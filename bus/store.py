@@ -42,8 +42,10 @@ class StateStore:
         data = json.dumps(doc, default=str).encode()
         try:
             if revision == 0:
-                return await self.kv.create(key, data)
-            return await self.kv.update(key, data, last=revision)
+                created: int = await self.kv.create(key, data)
+                return created
+            updated: int = await self.kv.update(key, data, last=revision)
+            return updated
         except (KeyWrongLastSequenceError, nats.js.errors.APIError) as e:
             if isinstance(e, KeyWrongLastSequenceError) or "wrong last sequence" in str(e):
                 raise StateConflict(f"state {key} changed since revision {revision}") from None

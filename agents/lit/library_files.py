@@ -15,7 +15,7 @@ from typing import Any
 
 import logging
 
-import bibtexparser
+from bibtexparser.entrypoint import parse_string
 from bibtexparser.model import DuplicateBlockKeyBlock, Entry
 
 from bus.schema import Reference
@@ -77,19 +77,20 @@ def _reference(entry: Entry, source: str) -> Reference:
 
 def parse_bibtex(text: str, source: str = "local") -> Parsed:
     out = Parsed()
-    library = bibtexparser.parse_string(text)
+    library = parse_string(text)
     for block in library.failed_blocks:
-        line = block.start_line + 1
+        line = (block.start_line or 0) + 1
         if isinstance(block, DuplicateBlockKeyBlock):
             out.problems.append(Problem(line, f"duplicate key {block.key!r} in this file (the first one is kept)"))
         else:
-            head = block.raw.strip().splitlines()[0][:60] if block.raw.strip() else ""
+            raw = (block.raw or "").strip()
+            head = raw.splitlines()[0][:60] if raw else ""
             out.problems.append(Problem(line, f"malformed entry, skipped: {head}"))
     for entry in library.entries:
         try:
             out.refs.append(_reference(entry, source))
         except ValueError as e:
-            out.problems.append(Problem(entry.start_line + 1, str(e)))
+            out.problems.append(Problem((entry.start_line or 0) + 1, str(e)))
     out.problems.sort(key=lambda p: p.line)
     return out
 

@@ -66,7 +66,8 @@ def _works(base: str) -> type[pyalex.Works]:
     class Works(pyalex.Works):  # the class name is the URL path pyalex requests
         @property
         def url(self) -> str:
-            return base + super().url.removeprefix(OPENALEX)
+            full: str = super().url
+            return base + full.removeprefix(OPENALEX)
 
     return Works
 

@@ -49,7 +49,7 @@ _RETRYABLE = (_TooManyRequests, _ServerError, httpx.TimeoutException)
 
 
 class _StrictRequester(ApiRequester):
-    async def get_data_async(self, url: str, parameters: str, headers: dict, payload: dict | None = None) -> Any:
+    async def get_data_async(self, url: str, parameters: str, headers: dict[str, str], payload: dict[str, Any] | None = None) -> Any:
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             r = await client.request(
                 "POST" if payload else "GET", url, params=parameters.lstrip("&"), headers=headers, json=payload

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-KINDS = ("offline", "llm")
+from bus.schema import MIND_KINDS
 
 
 class UnknownMind(ValueError):
@@ -13,8 +13,8 @@ class UnknownMind(ValueError):
 
 
 def make_mind(kind: str, role: str, seed: int = 0, config: dict[str, Any] | None = None) -> Any:
-    if kind not in KINDS:
-        raise UnknownMind(f"unknown mind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind not in MIND_KINDS:
+        raise UnknownMind(f"unknown mind {kind!r}; choose one of {', '.join(MIND_KINDS)}")
     module = importlib.import_module(f"agents.minds.{kind}.{role}")
     return module.make(seed, config or {})
 

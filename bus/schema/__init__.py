@@ -50,7 +50,7 @@ from bus.schema.messages import (
     derive_id,
     encode,
 )
-from bus.schema.project import Budget, CoPINote, Idea, MindChoice, Reference, Usage
+from bus.schema.project import MIND_KINDS, Budget, CoPINote, Idea, MindChoice, MindKind, Reference, Usage
 from bus.schema.results import FinalInfo, JobEnvironment, MetricStat, RunRecord
 from bus.schema.review import ItemResponse, MetaReview, Review, ReviewScores, RevisionItem
 from bus.schema.state import EngineerView, Heartbeat, JobView, ProjectView, Stage
@@ -72,7 +72,7 @@ __all__ = [
     "CoPINoteMsg", "Comparison", "DEFAULT_PROFILE", "Decision", "Direction", "DraftReady", "DraftRequest",
     "EngineerView", "Envelope", "ExperimentPlanned", "ExperimentRequest", "ExperimentResult", "FinalInfo",
     "Heartbeat", "Idea", "ItemResponse", "JobEnvironment", "JobPhase", "JobSpec", "JobState", "JobStatus", "JobView",
-    "Knob", "MESSAGE_KINDS", "MIN_SEEDS", "MetaReview", "Metric", "MetricStat", "MindChoice", "Model", "NatsAccess",
+    "Knob", "MESSAGE_KINDS", "MIND_KINDS", "MindKind", "MIN_SEEDS", "MetaReview", "Metric", "MetricStat", "MindChoice", "Model", "NatsAccess",
     "NoteAck", "NoveltyCheck", "NoveltyVerdict", "Profile", "ProjectView", "ROLES", "Rebuttal", "Recipient",
     "Reference", "ReferenceSearch", "ReferencesFound", "Resolved", "Resources", "Review", "ReviewDone",
     "ReviewRequest", "ReviewScores", "RevisionItem", "RoleName", "RunRecord", "SCHEMA_VERSION", "Sender", "Stage",

@@ -331,11 +331,18 @@ class Envelope(Model):
             id=derive_id(self.id, index),
             project=self.project,
             sender=sender,
-            recipient=recipient or self.sender,  # type: ignore[arg-type]
+            recipient=recipient or _as_recipient(self.sender),
             in_reply_to=self.id,
             body=body,
             mind=self.mind,
         )
+
+
+def _as_recipient(sender: Sender) -> Recipient:
+    """A reply goes back to its sender; the job runner is never addressed (it only publishes)."""
+    if sender == "runner":
+        raise ValueError("a reply to the job runner has no recipient: name one")
+    return sender
 
 
 def derive_id(parent: str, index: int | str) -> str:

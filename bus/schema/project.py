@@ -73,10 +73,14 @@ class Usage(Model):
         )
 
 
+MindKind = Literal["offline", "llm"]
+MIND_KINDS: tuple[MindKind, ...] = ("offline", "llm")
+
+
 class MindChoice(Model):
     """The mind a project asked for. It rides on the project's envelopes (and is kept in each role's
     state for messages that lack it, e.g. job statuses), so every role and every replica thinks
     with the project's mind, not with whatever its process was started with."""
 
-    kind: Literal["offline", "llm"] = "offline"
+    kind: MindKind = "offline"
     model: str | None = None  # the llm mind's model; None: the lab's configured one

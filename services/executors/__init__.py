@@ -9,15 +9,15 @@ from bus.schema import NatsAccess
 from services.executors.base import Executor, ExecutorError
 
 _MODULES = {"local": "LocalExecutor", "docker": "DockerExecutor", "kubernetes": "KubernetesExecutor"}
-KINDS = tuple(_MODULES)
+EXECUTOR_KINDS = tuple(_MODULES)
 
 
 def make_executor(kind: str, options: dict[str, Any] | None = None) -> Executor:
     """``options`` come from the ``executor:`` section of the lab config; each executor validates its own."""
     if kind not in _MODULES:
-        raise ExecutorError(f"unknown executor {kind!r}; choose one of {', '.join(KINDS)}")
+        raise ExecutorError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTOR_KINDS)}")
     module = importlib.import_module(f"services.executors.{kind}")
     return getattr(module, _MODULES[kind])(**(options or {}))
 
 
-__all__ = ["Executor", "ExecutorError", "NatsAccess", "make_executor", "KINDS"]
+__all__ = ["Executor", "ExecutorError", "NatsAccess", "make_executor", "EXECUTOR_KINDS"]
