@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState

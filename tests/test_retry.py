@@ -7,7 +7,14 @@ import asyncio
 import pytest
 
 from bus.errors import LabBusError
-from bus.retry import CircuitBreaker, CircuitOpen, RetryPolicy, backoff_delay, breaker_for, reset_breakers
+from bus.retry import (
+    CircuitBreaker,
+    CircuitOpen,
+    RetryPolicy,
+    backoff_delay,
+    breaker_for,
+    reset_breakers,
+)
 
 
 class Clock:
