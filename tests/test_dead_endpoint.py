@@ -3,7 +3,8 @@
 Before the breaker, each step paid its timeout × retries, and every step did
 so again: a project ran for many minutes having sent a handful of requests.
 Now each agent process stops calling the endpoint after two timeouts in a
-row, the steps fail with the breaker's reason, and the PI ends the project.
+row, the step fails with the breaker's reason, and the PI ends the project
+once the experiment in flight (the baseline) is in.
 The server here is real (asyncio on 127.0.0.1): it reads each request and
 stays silent, so the openai client, autogen and the guard all take their
 real path to the timeout.
@@ -18,6 +19,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Self
 
 import pytest
 import yaml
@@ -62,7 +64,7 @@ class SilentServer:
         self._loop.run_forever()
         server.close()
 
-    def __enter__(self) -> "SilentServer":
+    def __enter__(self) -> Self:
         self._thread.start()
         self._ready.wait(10)
         return self
@@ -93,7 +95,7 @@ def test_a_silent_endpoint_ends_the_project_with_the_breakers_reason(lab_env, tm
         args = lab_cmd("run", "--template", "grokking", "--fast", "--mind", "llm", "--seed", "0",
                        "--max-ideas", "1", "--max-rounds", "1", "--out", str(out))
         start = time.monotonic()
-        run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=500, stdin=subprocess.DEVNULL)
+        run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=500, stdin=subprocess.DEVNULL, check=False)
         took = time.monotonic() - start
         requests = list(server.requests)
     text = " ".join((run.stdout + run.stderr).split())  # the CLI wraps lines to the terminal
@@ -107,12 +109,15 @@ def test_a_silent_endpoint_ends_the_project_with_the_breakers_reason(lab_env, tm
     reason = "is not answering (2 timeouts in a row); failing fast for"
     assert f"LLM endpoint {server.base_url} {reason}" in decision["reason"], decision
     assert reason in text, text[-3000:]
-    # At most two timeouts per agent process that thinks before the project ends, not one per try and step.
-    assert len(requests) <= 2 * len(set(requests)) and len(set(requests)) <= 3, requests
     print(f"took {took:.1f}s; requests by role: {requests}")
-    # From the analysis request (the experiments are done) to the decision: about two timeouts, not timeout × tries.
-    at = {m["body"]["type"]: datetime.fromisoformat(m["created_at"].replace("Z", "+00:00")) for m in convo}
-    after_experiments = (at["decision"] - at["analysis_request"]).total_seconds()
-    assert after_experiments < 2 * TIMEOUT_S + 10, after_experiments
+    # The PI's two timeouts, then nothing: no retry after the breaker opened, and no later step asked the model.
+    assert requests == ["pi", "pi"], requests
+    kinds = [m["body"]["type"] for m in convo]
+    assert "analysis_request" not in kinds and "novelty_check" not in kinds, kinds
+    # The PI's step cost about two timeouts; once the baseline in flight was in, the project ended at once.
+    at = {m["body"]["type"]: datetime.fromisoformat(m["created_at"]) for m in convo}
+    assert (at["experiment_request"] - at["start_project"]).total_seconds() < 2 * TIMEOUT_S + 10, at
+    assert (at["decision"] - at["experiment_result"]).total_seconds() < 5, at
+    assert decision["reason"].startswith("ideas failed: LLM endpoint"), decision
     # The rest is the lab's start and the baseline's --fast run (slow on a busy 2-core machine, hence the room).
     assert took < 300, took

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ValidationError
 
 from agents.minds.meter import charge
 from agents.minds.llm.config import MindConfig, ModelSettings, OutputMode
-from agents.minds.llm.errors import InvalidAnswer, MindConfigError, MindFailed
+from agents.minds.llm.errors import EndpointDown, InvalidAnswer, MindConfigError, MindFailed
 from bus.messages import Usage
 from bus.retry import CircuitBreaker, CircuitOpen, RetryPolicy, breaker_for
 
@@ -300,7 +300,8 @@ class Conversation(Generic[T]):
                 log.info("llm_invalid_answer", role=self._owner.role, step=self.step, attempt=attempt + 1, reason=reason)
                 message = f"Your answer was rejected: {reason}\nReply again with one corrected JSON object."
             except TransportFailed as e:
-                raise MindFailed(self._owner.role, self.step, str(e)) from e
+                down = isinstance(e.__cause__, CircuitOpen)
+                raise (EndpointDown if down else MindFailed)(self._owner.role, self.step, str(e)) from e
         raise MindFailed(self._owner.role, self.step, f"no valid answer after {retries + 1} tries: {reason}")
 
 
