@@ -16,7 +16,7 @@ from typing import Any
 
 from agents.base import Context, Rejected, Role, on
 from agents.minds.base import IdeaContext, ReviewContext
-from agents.minds.llm.errors import MindFailed
+from agents.minds.llm.errors import EndpointDown, MindFailed
 from agents.pi_state import ExperimentState, IdeaState, ProjectState
 from bus.schema import (
     BASELINE,
@@ -111,6 +111,8 @@ class PI(Role):
             ideas = await self._propose(ctx, st, outcomes, left)
         except MIND_FAILURES as e:
             ctx.log.error("no ideas: the mind failed", reason=str(e))
+            if isinstance(e, EndpointDown):  # the analysis and the paper need the model too: end once the runs are in
+                st.halt = f"ideas failed: {e.reason}"
             return False
         ideas = [i for i in ideas if i.id not in st.ideas and i.id != BASELINE][:left]
         for idea in ideas:
@@ -247,7 +249,10 @@ class PI(Role):
         ) or bool(st.citations_pending)
         if busy:
             return
-        if st.round == 0 and not st.confirmed and await self._new_wave(ctx, st):
+        if not st.halt and st.round == 0 and not st.confirmed and await self._new_wave(ctx, st):
+            return
+        if st.halt:
+            await self._finish(ctx, st, accepted=False, reason=st.halt, failed=True)
             return
         baseline_ok = any(e.idea_id == BASELINE and e.status == "done" for e in st.experiments.values())
         if not baseline_ok and st.round == 0:

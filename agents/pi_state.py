@@ -84,6 +84,7 @@ class ProjectState(Model):
     accepted: bool | None = None
     citations_pending: list[str] = []  # revision items waiting for the literature agent's references
     confirmed: list[str] = []  # ideas whose findings a confirmation run has been asked to replicate
+    halt: str = ""  # why the project ends once nothing is outstanding (the model's endpoint is down)
 
     @property
     def runs_used(self) -> int:

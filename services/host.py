@@ -41,6 +41,7 @@ from bus.errors import StateConflict
 from bus.ledger import SlotLedger
 from agents.minds.llm.errors import MindFailed
 from bus.schema import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
+from bus.retry import backoff_delay
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
 from services.logging import setup_logging
@@ -81,7 +82,7 @@ def _project_of(subject: str) -> str:
 
 def retry_delay(delivered: int) -> float:
     """Seconds before a failed message is tried again: 2, 4, 8, 16, capped at 30."""
-    return float(min(30, 2**delivered))
+    return backoff_delay(delivered, base_s=2.0, max_s=30.0)
 
 
 def envelope_mismatch(subject: str, env: Envelope) -> str | None:

@@ -25,6 +25,7 @@ from bus.client import Bus, BusConfig
 from bus.errors import ServerStartError
 from bus.schema import ROLES
 from bus.permissions import ADMIN, COPI, RUNNER, WEB
+from bus.retry import backoff_delay
 from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
 from services.config import read_local_lab, secrets_dir, state_file, write_secret
 from services.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
@@ -246,7 +247,7 @@ class Supervisor:
             now = time.monotonic()
             if role not in next_try:
                 n = self.restarts.get(role, 0)
-                next_try[role] = now + min(30.0, 0.5 * 2**n)
+                next_try[role] = now + backoff_delay(n + 1, base_s=0.5, max_s=30.0)
                 print(f"lab: agent {role} exited with {proc.returncode}; restarting", file=sys.stderr, flush=True)
             if now >= next_try[role]:
                 self.restarts[role] = self.restarts.get(role, 0) + 1

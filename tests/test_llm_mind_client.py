@@ -14,7 +14,7 @@ import pytest
 import tiktoken
 
 from agents.minds import make_mind
-from agents.minds.llm.errors import MindFailed
+from agents.minds.llm.errors import EndpointDown, MindFailed
 from agents.minds.llm.schemas import SummaryAnswer
 
 try:
@@ -109,6 +109,20 @@ async def test_an_endpoint_that_always_hangs_never_hangs_the_lab() -> None:
         with pytest.raises(MindFailed, match="timed out after 2 tries"):
             await asyncio.wait_for(mind.summarize(report()), timeout=20)
         assert time.monotonic() - start < 10
+
+
+async def test_a_dead_endpoint_opens_its_breaker_and_every_later_step_fails_fast() -> None:
+    with FakeOpenAI([Reply.hang(60)] * 10) as fake:
+        mind = analyst(fake, timeout_s=0.3, retries={"transport": 4, "backoff_s": 0.01})
+        start = time.monotonic()
+        with pytest.raises(EndpointDown) as e:
+            await mind.summarize(report())
+        assert e.value.reason == f"LLM endpoint {fake.base_url} is not answering (2 timeouts in a row); failing fast for 60 s"
+        assert len(fake.requests) == 2  # the third try met the open breaker, not the endpoint
+        other = analyst(fake)  # another project's mind in this process, with a roomy timeout: no request at all
+        with pytest.raises(EndpointDown):
+            await other.summarize(report())
+        assert len(fake.requests) == 2 and time.monotonic() - start < 5
 
 
 async def test_client_errors_are_not_retried() -> None:

@@ -311,3 +311,21 @@ async def test_a_citation_item_asks_the_literature_agent_and_the_draft_waits_for
         assert response.action == "act" and "added liu2023omnigrok" in response.text
     else:
         assert response.action == "rebut" and "nothing new in 2 sources" in response.text
+
+
+async def test_an_llm_endpoint_that_is_down_ends_the_project_once_the_runs_in_flight_are_in():
+    from agents.minds.llm.errors import EndpointDown
+
+    class DownMind(OfflinePIMind):
+        async def propose_ideas(self, context: Any) -> Any:
+            raise EndpointDown("pi", "propose_ideas", "LLM endpoint http://m/v1 is not answering (2 timeouts in a row); failing fast for 60 s")
+
+    h = Harness()
+    h.mind = DownMind()
+    out = await h.send(START)
+    assert kinds(out) == ["experiment_request->engineer"]  # the baseline was already asked for; no ideas
+    exp = out[0][0].experiment_id
+    out = await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 2, 3])]), "engineer")
+    assert kinds(out) == ["decision->all"]  # not an analysis the analyst's model could not write either
+    assert out[0][0].reason == "ideas failed: LLM endpoint http://m/v1 is not answering (2 timeouts in a row); failing fast for 60 s"
+    assert not out[0][0].accepted and h.state.stage == "failed"

@@ -16,8 +16,8 @@ import requests
 
 from agents.lit.bibtex import entry_from_metadata, make_key
 from agents.lit.errors import RateLimited, SourceUnavailable
-from agents.lit.retry import RetryPolicy
 from bus.schema import Reference
+from bus.retry import RetryPolicy
 
 
 class _Retryable(Exception):
@@ -91,7 +91,7 @@ class OpenAlexSource:
             pyalex.config.email = email
         pyalex.config.max_retries = 0  # retried here, within a budget
         self.timeout_s = timeout_s
-        self.retry = RetryPolicy(attempts, budget_s, base_wait_s, max_wait_s)
+        self.retry = RetryPolicy(attempts, budget_s, base_wait_s, max_wait_s, event="lit_retry")
 
     def _get(self, query: str, limit: int) -> list[Any]:
         try:

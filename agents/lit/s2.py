@@ -20,8 +20,8 @@ from semanticscholar.ApiRequester import ApiRequester
 
 from agents.lit.bibtex import entry_from_metadata, make_key
 from agents.lit.errors import PaperNotFound, RateLimited, SourceUnavailable
-from agents.lit.retry import RetryPolicy
 from bus.schema import Reference
+from bus.retry import RetryPolicy
 
 T = TypeVar("T")
 FIELDS = ["paperId", "title", "abstract", "authors", "year", "venue", "journal", "externalIds", "publicationTypes"]
@@ -123,7 +123,7 @@ class SemanticScholarSource:
         )
         self.client._requester = _StrictRequester(timeout_s, retry=False)
         self.attempts = attempts
-        self.retry = RetryPolicy(attempts, budget_s, base_wait_s, max_wait_s)
+        self.retry = RetryPolicy(attempts, budget_s, base_wait_s, max_wait_s, event="lit_retry")
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -12,8 +12,13 @@ whose ``ask(prompt, check)`` returns a validated pydantic answer. Underneath:
   the plain completions call with its ``usage``; openai's client-side parse
   would raise before the tokens were counted and hide the bad answer from
   the retry.
-- 429/5xx/connection errors/timeouts: tenacity backoff, bounded; each call
-  under ``asyncio.wait_for`` so a hung endpoint cannot hang the lab.
+- 429/5xx/connection errors/timeouts: the lab's ``RetryPolicy`` (bus/retry),
+  bounded; each call under ``asyncio.wait_for`` so a hung endpoint cannot
+  hang the lab, and through the endpoint's ``CircuitBreaker``, shared by
+  every role and step in the process: after ``retries.breaker_after``
+  timeouts in a row the calls fail at once for ``retries.breaker_cooldown_s``,
+  so a dead endpoint ends a project in about two timeouts, not in
+  timeout × retries × every step.
 - Invalid JSON, a schema mismatch or a broken rule (``check`` raising
   ``InvalidAnswer``): the error goes back to the model in the same
   conversation, bounded; then ``MindFailed(role, step, reason)``.
@@ -39,12 +44,12 @@ from autogen_core.model_context import UnboundedChatCompletionContext
 from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage, ModelCapabilities, ModelInfo, RequestUsage
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ValidationError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
 from agents.minds.meter import charge
 from agents.minds.llm.config import MindConfig, ModelSettings, OutputMode
-from agents.minds.llm.errors import InvalidAnswer, MindConfigError, MindFailed
+from agents.minds.llm.errors import EndpointDown, InvalidAnswer, MindConfigError, MindFailed
 from bus.schema import Usage
+from bus.retry import CircuitBreaker, CircuitOpen, RetryPolicy, breaker_for
 
 T = TypeVar("T", bound=BaseModel)
 log = structlog.get_logger()
@@ -66,11 +71,6 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, openai.APIStatusError):
         return f"HTTP {e.status_code}: {e.message}"
     return f"{type(e).__name__}: {e}"
-
-
-def _log_retry(state: RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    log.warning("llm_retry", attempt=state.attempt_number, after=_describe(error) if error else "")
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
@@ -129,6 +129,7 @@ class GuardedClient(ChatCompletionClient):
         backoff_max_s: float,
         on_usage: Callable[[int, int], None],
         extra: dict[str, Any] | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._inner = inner
         self._extra = extra or {}  # fixed create args, e.g. a per-reviewer seed
@@ -136,7 +137,10 @@ class GuardedClient(ChatCompletionClient):
         self._strict = strict
         self._timeout_s = timeout_s
         self._retries = transport_retries
-        self._backoff = (backoff_s, backoff_max_s)
+        self._policy = RetryPolicy(
+            attempts=transport_retries + 1, budget_s=None, base_wait_s=backoff_s, max_wait_s=backoff_max_s, event="llm_retry", describe=_describe
+        )
+        self._breaker = breaker
         self._on_usage = on_usage
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._last = RequestUsage(prompt_tokens=0, completion_tokens=0)
@@ -170,24 +174,18 @@ class GuardedClient(ChatCompletionClient):
         return result
 
     async def _send(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema], args: dict[str, Any], token: Optional[CancellationToken]) -> CreateResult:
-        first, cap = self._backoff
+        async def once() -> CreateResult:
+            return await asyncio.wait_for(
+                self._inner.create(messages, tools=tools, extra_create_args=args, cancellation_token=token), timeout=self._timeout_s
+            )
+
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._retries + 1),
-                wait=wait_exponential(multiplier=first, min=first, max=cap),
-                retry=retry_if_exception(_is_transient),
-                reraise=True,
-                before_sleep=_log_retry,
-            ):
-                with attempt:
-                    return await asyncio.wait_for(
-                        self._inner.create(messages, tools=tools, extra_create_args=args, cancellation_token=token),
-                        timeout=self._timeout_s,
-                    )
+            return await self._policy.run(once, _is_transient, breaker=self._breaker)
+        except CircuitOpen as e:  # not retried: the endpoint is dead for now, and the step should say so
+            raise TransportFailed(f"LLM endpoint {e}") from e
         except (openai.APIError, TimeoutError, asyncio.TimeoutError) as e:
             tries = "" if not _is_transient(e) else f" after {self._retries + 1} tries"
             raise TransportFailed(f"{_describe(e)}{tries}") from e
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def create_stream(
         self,
@@ -302,7 +300,8 @@ class Conversation(Generic[T]):
                 log.info("llm_invalid_answer", role=self._owner.role, step=self.step, attempt=attempt + 1, reason=reason)
                 message = f"Your answer was rejected: {reason}\nReply again with one corrected JSON object."
             except TransportFailed as e:
-                raise MindFailed(self._owner.role, self.step, str(e)) from e
+                down = isinstance(e.__cause__, CircuitOpen)
+                raise (EndpointDown if down else MindFailed)(self._owner.role, self.step, str(e)) from e
         raise MindFailed(self._owner.role, self.step, f"no valid answer after {retries + 1} tries: {reason}")
 
 
@@ -324,6 +323,12 @@ class MindClient:
         self.usage.cost_usd += self._price.cost(prompt_tokens, completion_tokens)
         charge(prompt_tokens, completion_tokens, self._price.cost(prompt_tokens, completion_tokens))
 
+    def breaker(self) -> CircuitBreaker:
+        """The process's breaker for this role's endpoint (OpenAI itself when no base_url is set)."""
+        retries = self.config.retries
+        endpoint = self.settings.base_url or "https://api.openai.com/v1"
+        return breaker_for(endpoint, threshold=retries.breaker_after, cooldown_s=retries.breaker_cooldown_s)
+
     def guarded(self, extra: dict[str, Any] | None = None) -> ChatCompletionClient:
         retries = self.config.retries
         return GuardedClient(
@@ -336,6 +341,7 @@ class MindClient:
             backoff_max_s=retries.backoff_max_s,
             on_usage=self._add_usage,
             extra=extra,
+            breaker=self.breaker(),
         )
 
     def conversation(self, step: str, system: str, schema: type[T], **extra: Any) -> Conversation[T]:

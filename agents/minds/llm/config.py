@@ -76,6 +76,10 @@ class Retries(_Model):
     transport: int = Field(4, ge=0, le=20)  # re-sends after 429, 5xx, connection errors, timeouts
     backoff_s: float = Field(1.0, ge=0)  # first wait; doubles each time
     backoff_max_s: float = Field(30.0, ge=0)
+    # Timeouts or failed connections in a row, across every role and step in one process, after which calls to
+    # that endpoint fail at once for the cool-down (then one trial call decides): a dead endpoint costs ~2 timeouts.
+    breaker_after: int = Field(2, ge=1, le=100)
+    breaker_cooldown_s: float = Field(60.0, ge=0)
 
 
 class ModelSettings(_Model):

@@ -4,6 +4,7 @@
     ├── MindConfigError     the mind's configuration is unusable (bad YAML, unknown field, no API key)
     ├── InvalidAnswer       one answer broke a rule the schema cannot express (fed back to the model, retried)
     └── MindFailed          retries ran out: the role turns it into a StepFailed and the PI decides
+        └── EndpointDown    the model's endpoint is not answering (its circuit breaker is open): later steps would fail too
 """
 
 from __future__ import annotations
@@ -29,3 +30,7 @@ class MindFailed(LLMMindError):
         self.step = step
         self.reason = " ".join(reason.split())[:500]  # one line, bounded, for a StepFailed message
         super().__init__(f"{role}.{step}: {self.reason}")
+
+
+class EndpointDown(MindFailed):
+    """The endpoint stopped answering and its breaker is open: the project should end, not try its next step."""
