@@ -23,6 +23,7 @@ Time is injectable (``clock``, ``sleep``) so tests control it.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -41,9 +42,14 @@ Clock = Callable[[], float]
 Retryable = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
-def backoff_delay(attempt: int, *, base_s: float = 1.0, max_s: float = 30.0) -> float:
-    """Seconds to wait before try ``attempt + 1``: ``base_s`` doubled per attempt (1-based), capped at ``max_s``."""
-    return float(min(max_s, base_s * 2 ** max(attempt - 1, 0)))
+def backoff_delay(attempt: int, *, base_s: float = 1.0, max_s: float = 30.0, jitter: float = 0.0) -> float:
+    """Seconds to wait before try ``attempt + 1``: ``base_s`` doubled per attempt (1-based), capped at ``max_s``.
+
+    ``jitter`` spreads the wait by ± that fraction, so many clients that failed
+    together (engineers against one restarted API server) do not retry in step.
+    """
+    wait = float(min(max_s, base_s * 2 ** max(attempt - 1, 0)))
+    return wait * random.uniform(1 - jitter, 1 + jitter) if jitter else wait
 
 
 def describe(error: BaseException) -> str:
@@ -188,6 +194,7 @@ class RetryPolicy:
     budget_s: float | None = 30.0
     base_wait_s: float = 1.0
     max_wait_s: float = 10.0
+    jitter: float = 0.0  # ± this fraction of each wait (see backoff_delay)
     event: str = "retry"  # the structlog event of each retry
     describe: Callable[[BaseException], str] = describe
     clock: Clock = time.monotonic
@@ -195,7 +202,7 @@ class RetryPolicy:
 
     def wait_s(self, attempt: int, error: BaseException | None = None) -> float:
         """The wait after try ``attempt``: exponential, at least the error's ``retry_after``, capped."""
-        wait = backoff_delay(attempt, base_s=self.base_wait_s, max_s=self.max_wait_s)
+        wait = backoff_delay(attempt, base_s=self.base_wait_s, max_s=self.max_wait_s, jitter=self.jitter)
         after = getattr(error, "retry_after", None)
         if after:
             wait = max(wait, float(after))

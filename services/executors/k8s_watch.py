@@ -11,7 +11,6 @@ makes a missed event harmless.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from typing import Any
 
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
+
+from bus.retry import backoff_delay
 
 
 class Watcher:
@@ -60,18 +61,18 @@ class Watcher:
             self._items[obj.metadata.name] = obj
 
     def _run(self) -> None:
-        backoff = 0.2
+        failures = 0
         while not self._stopping.is_set():
             try:
                 self._list_and_watch()
-                backoff = 0.2
+                failures = 0
             except Exception as e:  # 410 Gone, a dropped stream, no API server: list again after a pause
                 if self._stopping.is_set():
                     return
                 self.error = _describe(e)
                 # Jitter: many engineers (or one restarted API server) must not all relist at once.
-                self._stopping.wait(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, 10.0)
+                failures += 1
+                self._stopping.wait(backoff_delay(failures, base_s=0.2, max_s=10.0, jitter=0.5))
 
     def _list_and_watch(self) -> None:
         listed = self._list(self._namespace, label_selector=self._selector, _request_timeout=self._request_timeout_s)

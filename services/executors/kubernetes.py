@@ -32,9 +32,9 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from services.executors.base import ExecutorError
+from bus.retry import RetryPolicy
 from bus.schema import JobPhase, JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 from services.executors.k8s_watch import Watcher
@@ -138,13 +138,10 @@ class KubernetesExecutor:
             return None
         return self.settings.gpus or self.settings.max_jobs
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self) -> RetryPolicy:
         s = self.settings
-        return AsyncRetrying(
-            retry=retry_if_exception_type(TransientApiError),
-            stop=stop_after_attempt(s.api_retries + 1),
-            wait=wait_exponential_jitter(initial=0.2, max=s.api_retry_max_wait_s),
-            reraise=True,
+        return RetryPolicy(
+            attempts=s.api_retries + 1, budget_s=None, base_wait_s=0.2, max_wait_s=s.api_retry_max_wait_s, jitter=0.5, event="k8s_retry"
         )
 
     async def _once(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -178,10 +175,7 @@ class KubernetesExecutor:
 
     async def _call(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``_once`` retried on transient failures; only for calls that are safe to repeat."""
-        async for attempt in self._retrying():
-            with attempt:
-                return await self._once(verb, resource, fn, *args, **kwargs)
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+        return await self._retrying().run(lambda: self._once(verb, resource, fn, *args, **kwargs), (TransientApiError,))
 
     async def _read_job(self, name: str) -> Any | None:
         try:
