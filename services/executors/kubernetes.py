@@ -189,24 +189,28 @@ class KubernetesExecutor:
         manifest = k8s_job(job, self.settings)
         name = manifest["metadata"]["name"]
         ns = self.settings.namespace
-        async for attempt in self._retrying():
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    # The last create may have happened after all (a timeout, a 500): never make a second Job.
-                    existing = await self._read_job(name)
-                    if existing is not None:
-                        return self._adopt(existing, job, name)
-                try:
-                    await self._once("create", "jobs.batch", self._batch.create_namespaced_job, ns, manifest)
-                except ApiException as e:
-                    if e.status != 409:
-                        raise ExecutorError(f"kubernetes: cannot create Job ({e.status}): {_message(e)}") from None
-                    existing = await self._read_job(name)
-                    if existing is None:  # deleted in between: the next attempt creates it
-                        raise TransientApiError(f"kubernetes: Job {name} existed, then vanished") from None
+        tries = 0
+
+        async def create() -> None:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                # The last create may have happened after all (a timeout, a 500): never make a second Job.
+                existing = await self._read_job(name)
+                if existing is not None:
                     return self._adopt(existing, job, name)
-                self._deleted.discard(name)
-                return
+            try:
+                await self._once("create", "jobs.batch", self._batch.create_namespaced_job, ns, manifest)
+            except ApiException as e:
+                if e.status != 409:
+                    raise ExecutorError(f"kubernetes: cannot create Job ({e.status}): {_message(e)}") from None
+                existing = await self._read_job(name)
+                if existing is None:  # deleted in between: the next attempt creates it
+                    raise TransientApiError(f"kubernetes: Job {name} existed, then vanished") from None
+                return self._adopt(existing, job, name)
+            self._deleted.discard(name)
+
+        await self._retrying().run(create, (TransientApiError,))
 
     def _adopt(self, existing: Any, job: JobSpec, name: str) -> None:
         """A resubmit of this very job is adopted; anyone else's Job is an error."""
