@@ -25,6 +25,7 @@ from typing import Any
 from agents import stats
 from agents.base import Context, Role, on
 from agents.figures import Bar, bar_chart, figure_name
+from bus.errors import LabError
 from bus.messages import (
     AnalysisDone, AnalysisFlag, AnalysisReport, AnalysisRequest, Comparison, Envelope, RunRecord, StepFailed,
 )
@@ -34,7 +35,7 @@ MIN_SEEDS = 3
 BASELINE = "baseline"
 
 
-class AnalysisError(ValueError):
+class AnalysisError(LabError, ValueError):
     """A request the analyst cannot turn into a report (one readable line)."""
 
 

@@ -19,7 +19,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agents.templates import TemplateError
-from bus.errors import ArtifactMissing
+from bus.errors import ArtifactMissing, LabError
 from bus.messages import Envelope, Recipient, Role as RoleName
 
 
@@ -78,7 +78,7 @@ def on(kind: type[BaseModel]) -> Callable[[Callable[..., Awaitable[None]]], Call
     return mark
 
 
-class Rejected(Exception):
+class Rejected(LabError):
     """A message this role can never handle (retrying will not help): dead-lettered at once with the reason."""
 
 
@@ -86,7 +86,7 @@ class UnhandledKind(Rejected):
     """A role received a kind it has no handler for."""
 
 
-class Permanent(Exception):
+class Permanent(LabError):
     """A handler error that cannot succeed on retry: the host dead-letters the message at once, with the reason."""
 
 

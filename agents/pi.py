@@ -16,8 +16,8 @@ from typing import Any
 
 from agents.base import Context, Rejected, Role, on
 from agents.minds.base import IdeaContext, ReviewContext
-from agents.minds.llm.errors import MindFailed
 from agents.pi_state import ExperimentState, IdeaState, ProjectState
+from bus.errors import MindError
 from bus.messages import (
     AnalysisDone,
     AnalysisRequest,
@@ -43,8 +43,8 @@ from bus.messages import (
 )
 
 IDEAS_PER_WAVE = 2
-# A mind that cannot answer (an LLM out of retries) fails a step, not the PI.
-MIND_FAILURES: tuple[type[Exception], ...] = (MindFailed,)
+# A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
+MIND_FAILURES: tuple[type[Exception], ...] = (MindError,)
 BASELINE = "baseline"
 
 

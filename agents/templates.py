@@ -16,10 +16,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bus.errors import LabError
+
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
-class TemplateError(ValueError):
+class TemplateError(LabError, ValueError):
     """A template that cannot be used; the message is one line for the user."""
 
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from bus import subjects
 from bus.client import AGENTS_BUCKET, Bus
-from bus.errors import LabBusError
+from bus.errors import LabBusError, LabError
 from bus.messages import ROLES
 from bus.replay import read
 from bus.store import StateStore
@@ -28,7 +28,7 @@ err = Console(stderr=True, highlight=False)
 UNSAFE_HELP = "Run model-written experiments (--mind llm) on the local executor even though no sandbox (bubblewrap) works here."
 
 
-class UsageError(Exception):
+class UsageError(LabError):
     """Bad input on the command line: one line, exit 2."""
 
 

@@ -36,9 +36,8 @@ from agents.minds.meter import metered
 from bus import subjects
 from bus.client import AGENTS_BUCKET, MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import MAX_DELIVER, messages, pull
-from bus.errors import StateConflict
+from bus.errors import LabError, MindError, StateConflict
 from bus.ledger import SlotLedger
-from agents.minds.llm.errors import MindFailed
 from bus.messages import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
@@ -60,7 +59,7 @@ MINDS_KEPT = 64  # minds cached per process (one per project and model in use)
 log = structlog.get_logger()
 
 
-class HostConfigError(ValueError):
+class HostConfigError(LabError, ValueError):
     """A host setting that cannot work (one line for the user)."""
 
 
@@ -345,7 +344,7 @@ class AgentHost:
                 if BENCH_MIND_LATENCY_S:
                     await asyncio.sleep(BENCH_MIND_LATENCY_S)
                 await self.role.handle(env, ctx)
-        except MindFailed as e:
+        except MindError as e:
             # The mind ran out of retries: this step fails, the PI decides what follows.
             step, ref = _STEP_OF.get(env.kind, (env.kind, lambda b: ""))
             ctx.outputs = [(StepFailed(step=step, reason=e.reason, ref=ref(env.body)), "pi")]

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from agents import templates
 from bus import subjects
 from bus.client import Bus
+from bus.errors import LabError
 from bus.messages import Budget, Decision, Envelope, MindChoice, StartProject
 from bus.replay import read
 from bus.store import Artifacts
@@ -56,7 +57,7 @@ class RunOptions:
     model: str | None = None  # the llm mind's model for this project (None: the lab's configured one)
 
 
-class MindRefused(RuntimeError):
+class MindRefused(LabError, RuntimeError):
     """The lab's agents cannot think with the mind this project asks for; one line saying why."""
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from bus.errors import LabError
+
 KINDS = ("offline", "llm")
 
 
-class UnknownMind(ValueError):
+class UnknownMind(LabError, ValueError):
     pass
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bus.errors import LabError
+
 # Exit codes of the job runner, understood by Kubernetes' podFailurePolicy.
 EXIT_OK = 0
 EXIT_EXPERIMENT_FAILED = 3  # the experiment crashed, timed out, ran out of memory, wrote bad output: do not retry
@@ -83,5 +85,5 @@ class Executor(Protocol):
         """Release clients; running jobs are left to finish."""
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(LabError, RuntimeError):
     """An executor could not do what was asked; the message names why (no cluster, forbidden, ...)."""
