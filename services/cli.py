@@ -6,30 +6,33 @@ import asyncio
 import json
 import os
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 import typer
+from nats.errors import TimeoutError as NatsTimeoutError
 from rich.console import Console
 from rich.markup import escape
 
 from bus import subjects
 from bus.client import AGENTS_BUCKET, Bus
-from bus.errors import LabBusError, LabError
+from bus.errors import LabError, PermissionDenied
 from bus.messages import ROLES
 from bus.replay import read
 from bus.store import StateStore
-from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab, read_secret
+from services.cli_errors import LabTyper
+from services.config import bus_config, lab_config, lab_home, read_local_lab, read_secret
 from services.render import describe
 
-app = typer.Typer(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
+app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
 UNSAFE_HELP = "Run model-written experiments (--mind llm) on the local executor even though no sandbox (bubblewrap) works here."
 
 
 class UsageError(LabError):
-    """Bad input on the command line: one line, exit 2."""
+    """Bad input on the command line: one line, exit 2 (services.cli_errors prints every LabError so)."""
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -136,8 +139,19 @@ def agent(
 # ---------------------------------------------------------------- status / logs / say
 
 
-async def _connect(nats: str | None) -> Bus:
-    return await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
+@asynccontextmanager
+async def _session(nats: str | None) -> AsyncIterator[Bus]:
+    """The co-PI's connection for one command; a request the server refused says so instead of timing out blind."""
+    bus = await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
+    try:
+        yield bus
+    except NatsTimeoutError:
+        refusal = bus.refusal()
+        if refusal is None:
+            raise
+        raise PermissionDenied(f"the NATS server at {bus.config.url} refuses user {bus.config.user!r}: {refusal}") from None
+    finally:
+        await bus.close()
 
 
 async def _projects(bus: Bus) -> list[dict[str, Any]]:
@@ -180,8 +194,7 @@ def status(
     """Servers, agents, projects with their stage and budgets spent, jobs running."""
 
     async def main() -> dict[str, Any]:
-        bus = await _connect(nats)
-        try:
+        async with _session(nats) as bus:
             await _require_buckets(bus)
             kv = await bus.js.key_value(AGENTS_BUCKET)
             agents = {}
@@ -201,8 +214,6 @@ def status(
                 "nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs,
                 "capacity": await capacity_view(states), "instances": await replicas_view(kv),
             }
-        finally:
-            await bus.close()
 
     data = asyncio.run(main())
     if as_json:
@@ -252,8 +263,7 @@ def logs(
         _fail(f"unknown role {role!r}; choose one of {', '.join((*ROLES, 'copi'))}")
 
     async def main() -> None:
-        bus = await _connect(nats)
-        try:
+        async with _session(nats) as bus:
             if project:
                 await _require_project(bus, project)
             async for entry in read(bus, subjects.convo_all(project), follow=follow):
@@ -261,8 +271,6 @@ def logs(
                 if role and env is not None and role not in (env.sender, env.recipient):
                     continue
                 print_entry(entry, as_json)
-        finally:
-            await bus.close()
 
     try:
         asyncio.run(main())
@@ -284,18 +292,12 @@ def say(
         _fail("the note is empty")
 
     async def main() -> str:
-        bus = await _connect(nats)
-        try:
-            from services.reading import NoteRefused, running_project, send_note
+        async with _session(nats) as bus:
+            from services.reading import running_project, send_note
 
-            try:
-                target = running_project(await _projects(bus), project)
-                note = await send_note(bus, target, text, to)
-            except NoteRefused as e:
-                raise UsageError(str(e)) from None
+            target = running_project(await _projects(bus), project)
+            note = await send_note(bus, target, text, to)
             return f"note {note.id} sent to {to} in {target}"
-        finally:
-            await bus.close()
 
     console.print(asyncio.run(main()))
 
@@ -386,11 +388,8 @@ def export_cmd(
     dest = out or Path("lab-out") / project
 
     async def main() -> Any:
-        bus = await _connect(nats)
-        try:
+        async with _session(nats) as bus:
             return await export_project(bus, project, dest)
-        finally:
-            await bus.close()
 
     done = asyncio.run(main())
     if done.finished:
@@ -409,10 +408,7 @@ def _sandbox_gate(mind: str, executor: str, unsafe: bool) -> None:
     """One line when experiments will run unconfined; refuse model-written code there unless the risk is accepted."""
     from services import sandbox
 
-    try:
-        warning = sandbox.check_start(mind, executor, unsafe)
-    except sandbox.SandboxUnavailable as e:
-        _fail(str(e))
+    warning = sandbox.check_start(mind, executor, unsafe)  # SandboxUnavailable: a LabError, printed as one line
     if unsafe:
         os.environ[sandbox.UNSAFE_ENV] = "1"  # the agents this process starts inherit the user's choice
     if warning:
@@ -450,22 +446,7 @@ _mount_optional()
 
 
 def main() -> None:
-    from agents.templates import TemplateError
-    from services.errors import describe_os_error
-    from services.executors.base import ExecutorError
-    from services.export import UnknownProject
-    from services.lab import LabError
-    from services.lifecycle import StoreFull
-    from services.project import MindRefused
-
-    try:
-        app(standalone_mode=True)
-    except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError, UnknownProject, StoreFull, MindRefused) as e:
-        err.print(f"lab: error: {str(e) or type(e).__name__}", markup=False, soft_wrap=True)
-        sys.exit(2)
-    except (OSError, UnicodeError) as e:  # the environment, not the code: one line naming the file or setting at fault
-        err.print(f"lab: error: {describe_os_error(e, lab_home())}", markup=False, soft_wrap=True)
-        sys.exit(2)
+    app(standalone_mode=True)  # each command maps its errors to one line itself: services.cli_errors
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ from typing import Any
 import typer
 import yaml
 
-from agents.templates import TemplateError, load
-from services.executors.base import ExecutorError, JobSpec, NatsAccess
+from agents.templates import load
+from services.cli_errors import LabTyper
+from services.executors.base import JobSpec, NatsAccess
 from services.executors.render import render_job
 
-app = typer.Typer(help="Inspect experiment jobs.", no_args_is_help=True, add_completion=False)
+app = LabTyper(help="Inspect experiment jobs.", no_args_is_help=True, add_completion=False, error_prefix="error: ")
 
 
 def _fail(message: str) -> None:
@@ -82,10 +83,8 @@ def render(
 ) -> None:
     """Print the Job manifest / container spec for the template's baseline run."""
     kind, options = _options(config, executor)
-    try:
-        typer.echo(render_job(example_job(template, nats, profile), kind, options), nl=False)
-    except (TemplateError, ExecutorError) as e:
-        _fail(str(e))
+    # TemplateError, ExecutorError: LabErrors, printed as one line by LabTyper
+    typer.echo(render_job(example_job(template, nats, profile), kind, options), nl=False)
 
 
 if __name__ == "__main__":
