@@ -109,7 +109,7 @@ class Bus:
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except Exception:
+            except (nats.errors.Error, OSError):  # a connection already broken cannot drain: close it outright
                 await self.nc.close()
 
     # ------------------------------------------------------------ topology

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Optional
 
 import typer
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError
 from rich.console import Console
 from rich.markup import escape
 
@@ -200,9 +201,9 @@ def status(
             agents = {}
             for role in ROLES:
                 try:
-                    agents[role] = json.loads((await kv.get(role)).value)
-                except Exception:
-                    agents[role] = None
+                    agents[role] = json.loads((await kv.get(role)).value or b"null")
+                except (KeyNotFoundError, ValueError):
+                    agents[role] = None  # never beat (not up yet), or not a heartbeat: shown as down
             from services.reading import active_jobs
 
             projects = await _projects(bus)

@@ -78,8 +78,8 @@ async def llm_refusal(bus: Bus, model: str | None) -> str | None:
     for role in ROLES:
         try:
             beat = json.loads((await kv.get(role)).value or b"{}")
-        except Exception:
-            continue  # no heartbeat: an agent not up yet takes the choice when it comes
+        except (nats.js.errors.KeyNotFoundError, ValueError):
+            continue  # no heartbeat (or not one): an agent not up yet takes the choice when it comes
         if time.time() - beat.get("seen", 0) > HEARTBEAT_FRESH_S:
             continue
         if beat.get("llm_error"):

@@ -17,8 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
+
+log = structlog.get_logger()
 
 
 class Watcher:
@@ -69,6 +72,7 @@ class Watcher:
                 if self._stopping.is_set():
                     return
                 self.error = _describe(e)
+                log.warning("kubernetes watch failed; listing again", error=self.error, after_s=round(backoff, 1))
                 # Jitter: many engineers (or one restarted API server) must not all relist at once.
                 self._stopping.wait(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 10.0)
