@@ -35,7 +35,7 @@ tree in its own module; this is the whole tree, with where each part lives:
     ├── NoteRefused                 services.reading: a co-PI note the lab will not send
     ├── UnknownProject              services.export: no project of that name
     ├── WebError                    services.web.serve: the web view cannot start
-    └── UsageError                  services.cli: bad input on the command line
+    └── UsageError                  services.cli_errors: bad input on the command line (fail("..."))
 
 ``services.lab`` raises ``LabError`` itself when the lab cannot start or stop.
 Most classes also keep the builtin base they had (ValueError, RuntimeError,

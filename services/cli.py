@@ -18,11 +18,11 @@ from rich.markup import escape
 
 from bus import subjects
 from bus.client import AGENTS_BUCKET, Bus
-from bus.errors import LabError, PermissionDenied
+from bus.errors import PermissionDenied
 from bus.messages import ROLES
 from bus.replay import read
 from bus.store import StateStore
-from services.cli_errors import LabTyper
+from services.cli_errors import LabTyper, UsageError, fail
 from services.config import bus_config, lab_config, lab_home, read_local_lab, read_secret
 from services.render import describe
 
@@ -30,15 +30,6 @@ app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and wri
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
 UNSAFE_HELP = "Run model-written experiments (--mind llm) on the local executor even though no sandbox (bubblewrap) works here."
-
-
-class UsageError(LabError):
-    """Bad input on the command line: one line, exit 2 (services.cli_errors prints every LabError so)."""
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"lab: error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------- up / down / agent
@@ -67,7 +58,7 @@ def up(
     if nats is not None:
         _check_url(nats)
     if cluster > 1 and nats is not None:
-        _fail("--cluster starts embedded servers; it cannot be combined with --nats")
+        fail("--cluster starts embedded servers; it cannot be combined with --nats")
     opts = LabOptions(
         home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
         cluster=cluster, replicas=parse_replicas(replicas),
@@ -118,7 +109,7 @@ def agent(
     from services.host import run_agent
 
     if role not in ROLES:
-        _fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     _check_choice("mind", mind, ("offline", "llm"))
     if nats is not None:
         _check_url(nats)
@@ -261,7 +252,7 @@ def logs(
     if project:
         subjects.token(project, "project")
     if role and role not in (*ROLES, "copi"):
-        _fail(f"unknown role {role!r}; choose one of {', '.join((*ROLES, 'copi'))}")
+        fail(f"unknown role {role!r}; choose one of {', '.join((*ROLES, 'copi'))}")
 
     async def main() -> None:
         async with _session(nats) as bus:
@@ -288,9 +279,9 @@ def say(
 ) -> None:
     """Speak into a running project as co-PI; the addressed role answers in the log."""
     if to not in ROLES:
-        _fail(f"unknown role {to!r}; choose one of {', '.join(ROLES)}")
+        fail(f"unknown role {to!r}; choose one of {', '.join(ROLES)}")
     if not text.strip():
-        _fail("the note is empty")
+        fail("the note is empty")
 
     async def main() -> str:
         async with _session(nats) as bus:
@@ -316,7 +307,7 @@ def web(
         _check_url(nats)
     config = bus_config("web", nats, name="lab-web")
     if config.user is None and os.environ.get("LAB_NATS_PASSWORD") is None and read_local_lab() is not None:
-        _fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
+        fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
     # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
     copi = ((read_local_lab() or {}).get("credentials") or {}).get("copi")
     serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True), copi)
@@ -351,7 +342,7 @@ def run(
     from services.project import RunOptions, attach_project, run_project
 
     if (template is None) == (attach is None):
-        _fail("give --template NAME to start a project, or --attach PROJECT to follow one")
+        fail("give --template NAME to start a project, or --attach PROJECT to follow one")
     if nats is not None:
         _check_url(nats)
     if attach is not None:
@@ -360,11 +351,11 @@ def run(
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if model is not None and mind != "llm":
-        _fail("--model names the llm mind's model: add --mind llm")
+        fail("--model names the llm mind's model: add --mind llm")
     if nats is not None:
         _check_url(nats)
     if fast and profile not in ("", "fast"):
-        _fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
+        fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
     opts = RunOptions(
         template=template, direction=direction, seed=seed, out=out, fast=fast, profile="fast" if fast else profile, max_ideas=max_ideas, max_runs=max_runs,
         max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
@@ -418,7 +409,7 @@ def _sandbox_gate(mind: str, executor: str, unsafe: bool) -> None:
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        _fail(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+        fail(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _check_url(url: str) -> None:
@@ -426,11 +417,11 @@ def _check_url(url: str) -> None:
 
     u = urlparse(url)
     if u.scheme not in ("nats", "tls") or not u.hostname:
-        _fail(f"bad NATS URL {url!r}: expected nats://host:port")
+        fail(f"bad NATS URL {url!r}: expected nats://host:port")
     try:
         u.port
     except ValueError:
-        _fail(f"bad NATS URL {url!r}: the port is not a number")
+        fail(f"bad NATS URL {url!r}: the port is not a number")
 
 
 def _mount_optional() -> None:

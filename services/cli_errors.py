@@ -3,7 +3,7 @@
 Every ``lab`` command (and every ``lab job`` / ``lab lit`` sub-command) is
 registered through :class:`LabTyper`, which wraps it in :func:`one_line_errors`.
 So a command raises what it means (a LabError from any layer, an OSError from
-the disk) and this module alone decides how that reads:
+the disk, ``fail("...")`` for bad input) and this module alone decides how that reads:
 
     LabError                  its message (any layer: bus, agents, services)
     nats.errors.Error         what NATS said, or that it did not answer
@@ -17,7 +17,7 @@ the sub-commands keep their shorter ``error: ...`` prefix.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import nats.errors
 import typer
@@ -72,6 +72,15 @@ def one_line_errors(prefix: str = "lab: error: ") -> Callable[[F], F]:
         return command  # type: ignore[return-value]
 
     return wrap
+
+
+class UsageError(LabError):
+    """Bad input on the command line: one line, exit 2."""
+
+
+def fail(message: str) -> NoReturn:
+    """Refuse bad input: the command's wrapper prints it as one line and exits 2."""
+    raise UsageError(message)
 
 
 class LabTyper(typer.Typer):

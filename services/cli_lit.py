@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -17,7 +17,7 @@ from rich.table import Table
 
 from agents.lit.index import FtsIndex, default_lab_home, library_path
 from agents.lit.library_files import read_library_file
-from services.cli_errors import LabTyper
+from services.cli_errors import LabTyper, fail
 
 app = LabTyper(help="Your own literature library: add BibTeX/CSL-JSON, search it.", no_args_is_help=True, error_prefix="error: ")
 out = Console(highlight=False)
@@ -26,17 +26,12 @@ err = Console(stderr=True, highlight=False)
 HomeOption = typer.Option(None, "--home", help="lab home (default: $LAB_HOME or the user data dir)")
 
 
-def _fail(message: str) -> NoReturn:
-    err.print(f"error: {message}", markup=False)
-    raise typer.Exit(2)
-
-
 def _index(home: Optional[Path]) -> FtsIndex:
     path = library_path(home or default_lab_home())
     try:
         return FtsIndex(path)
     except (sqlite3.Error, OSError) as e:  # one line naming the library, not a traceback
-        _fail(f"cannot open the library {path}: {e}")
+        fail(f"cannot open the library {path}: {e}")
 
 
 @app.command()
