@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Protocol, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bus.errors import ArtifactMissing
+from bus.errors import ArtifactMissing, LabError
 from bus.schema import Envelope, Recipient, RoleName, TemplateError
 
 
@@ -77,7 +77,7 @@ def on(kind: type[BaseModel]) -> Callable[[Callable[..., Awaitable[None]]], Call
     return mark
 
 
-class Rejected(Exception):
+class Rejected(LabError):
     """A message this role can never handle (retrying will not help): dead-lettered at once with the reason."""
 
 
@@ -85,7 +85,7 @@ class UnhandledKind(Rejected):
     """A role received a kind it has no handler for."""
 
 
-class Permanent(Exception):
+class Permanent(LabError):
     """A handler error that cannot succeed on retry: the host dead-letters the message at once, with the reason."""
 
 

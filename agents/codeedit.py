@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import PurePosixPath
 
 from agents.minds.base import CodeEdit
+from bus.errors import LabError
 
 # Only these may change; the runner, template.yaml and data stay as shipped.
 EDITABLE = frozenset({"experiment.py", "plot.py"})
@@ -73,7 +74,7 @@ FORBIDDEN_PREFIXES = {"os.exec": "relaunches the process", "os.spawn": "starts p
 TIME_WORDS = ("time_budget", "timeout", "time_limit", "deadline", "wall_time", "max_time", "max_seconds")
 
 
-class EditError(ValueError):
+class EditError(LabError, ValueError):
     """An edit that cannot be used; the message is one line, for the model and the log."""
 
 

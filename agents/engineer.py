@@ -246,7 +246,8 @@ class Engineer(Role):
         if log_name:
             try:
                 tail = "\n".join((await ctx.artifacts.get(log_name)).decode(errors="replace").splitlines()[-30:])
-            except Exception:
+            except Exception as e:  # any store failure: the reason alone still fails the run, the tail only adds to it
+                ctx.log.warning("run log unreadable", job=job.job_id, log=log_name, error=f"{type(e).__name__}: {e}")
                 tail = ""
         return f"{job.reason}\n{tail}".strip()
 

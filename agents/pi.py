@@ -16,8 +16,8 @@ from typing import Any
 
 from agents.base import Context, Rejected, Role, on
 from agents.minds.base import IdeaContext, ReviewContext
-from agents.minds.llm.errors import EndpointDown, MindFailed
 from agents.pi_state import ExperimentState, IdeaState, ProjectState
+from bus.errors import MindError, MindUnavailable
 from bus.schema import (
     BASELINE,
     AnalysisDone,
@@ -44,8 +44,8 @@ from bus.schema import (
 )
 
 IDEAS_PER_WAVE = 2
-# A mind that cannot answer (an LLM out of retries) fails a step, not the PI.
-MIND_FAILURES: tuple[type[Exception], ...] = (MindFailed,)
+# A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
+MIND_FAILURES: tuple[type[Exception], ...] = (MindError,)
 
 
 class PI(Role):
@@ -111,7 +111,7 @@ class PI(Role):
             ideas = await self._propose(ctx, st, outcomes, left)
         except MIND_FAILURES as e:
             ctx.log.error("no ideas: the mind failed", reason=str(e))
-            if isinstance(e, EndpointDown):  # the analysis and the paper need the model too: end once the runs are in
+            if isinstance(e, MindUnavailable):  # the analysis and the paper need the model too: end once the runs are in
                 st.halt = f"ideas failed: {e.reason}"
             return False
         ideas = [i for i in ideas if i.id not in st.ideas and i.id != BASELINE][:left]

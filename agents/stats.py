@@ -27,6 +27,8 @@ from typing import Literal, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from bus.errors import LabError
+
 Direction = Literal["higher", "lower"]
 Verdict = Literal["better", "worse", "inconclusive"]
 Test = Literal["welch", "paired"]
@@ -35,7 +37,7 @@ EFFECT_CAP = 10.0  # |g| reported when the pooled standard deviation is zero (on
 N_BOOTSTRAP = 4000
 
 
-class StatsError(ValueError):
+class StatsError(LabError, ValueError):
     """Input the statistics cannot be computed from (e.g. an empty arm)."""
 
 

@@ -94,11 +94,19 @@ class Bus:
         bus.errors = errors
         return bus
 
+    def refusal(self) -> str | None:
+        """The server's last "Permissions Violation" on this connection, or None.
+
+        A request the server refuses gets no reply, so nats-py raises only a timeout;
+        the reason arrives apart, through the error callback, and is kept here.
+        """
+        return next((e.removeprefix("nats: ") for e in reversed(self.errors) if "permissions violation" in e.lower()), None)
+
     async def close(self) -> None:
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except Exception:
+            except (nats.errors.Error, OSError):  # a connection already broken cannot drain: close it outright
                 await self.nc.close()
 
     # ------------------------------------------------------------ topology

@@ -85,5 +85,5 @@ async def keep_alive(msg: Any, every: float = HEARTBEAT_S) -> None:
             await msg.in_progress()
     except asyncio.CancelledError:
         pass
-    except Exception:
-        pass  # the connection may be gone; redelivery will sort it out
+    except (nats.errors.Error, OSError):
+        pass  # the connection is gone or the message already acked: the ack wait redelivers it if need be

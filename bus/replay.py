@@ -8,6 +8,8 @@ from typing import AsyncIterator
 
 from nats.aio.msg import Msg
 from nats.js import api
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from bus import subjects
 from bus.client import Bus
@@ -29,8 +31,8 @@ async def read(
     """Every message on ``subject`` from the first; with ``follow``, keep waiting for new ones."""
     try:
         info = await bus.js.stream_info(stream)
-    except Exception:
-        return
+    except NotFoundError:
+        return  # no such stream yet: nothing was said. A refusal or a lost server raises, never reads as an empty log
     if info.state.messages == 0 and not follow:
         return
     queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -50,7 +52,7 @@ async def read(
             try:
                 env: Envelope | None = decode(msg.data)
                 err = ""
-            except Exception as e:
+            except ValidationError as e:  # bytes that are not an envelope are shown, not fatal
                 env, err = None, str(e).splitlines()[0]
             yield Entry(subject=msg.subject, seq=msg.metadata.sequence.stream, data=msg.data, envelope=env, error=err)
             if not follow and msg.metadata.num_pending == 0:

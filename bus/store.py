@@ -90,7 +90,7 @@ class StateStore:
             await sub.unsubscribe()
             try:
                 await self.kv._js.delete_consumer(self.kv._stream, sub._consumer)
-            except Exception:
+            except (nats.errors.Error, OSError):
                 pass  # it expires by itself (inactive_threshold)
         return sorted(keys)
 

@@ -6,36 +6,31 @@ import asyncio
 import json
 import os
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 import typer
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError
 from rich.console import Console
 from rich.markup import escape
 
 from bus import subjects
 from bus.client import Bus
-from bus.schema.constants import AGENTS_BUCKET
-from bus.errors import LabBusError
+from bus.errors import PermissionDenied
 from bus.schema import ROLES
+from bus.schema.constants import AGENTS_BUCKET
 from bus.replay import read
 from bus.store import StateStore
-from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab, read_secret
+from services.cli_errors import LabTyper, UsageError, fail
+from services.config import bus_config, lab_config, lab_home, read_local_lab, read_secret
 from services.render import describe
 
-app = typer.Typer(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
+app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
 UNSAFE_HELP = "Run model-written experiments (--mind llm) on the local executor even though no sandbox (bubblewrap) works here."
-
-
-class UsageError(Exception):
-    """Bad input on the command line: one line, exit 2."""
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"lab: error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------- up / down / agent
@@ -64,7 +59,7 @@ def up(
     if nats is not None:
         _check_url(nats)
     if cluster > 1 and nats is not None:
-        _fail("--cluster starts embedded servers; it cannot be combined with --nats")
+        fail("--cluster starts embedded servers; it cannot be combined with --nats")
     opts = LabOptions(
         home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
         cluster=cluster, replicas=parse_replicas(replicas),
@@ -115,7 +110,7 @@ def agent(
     from services.host import run_agent
 
     if role not in ROLES:
-        _fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     _check_choice("mind", mind, ("offline", "llm"))
     if nats is not None:
         _check_url(nats)
@@ -137,8 +132,19 @@ def agent(
 # ---------------------------------------------------------------- status / logs / say
 
 
-async def _connect(nats: str | None) -> Bus:
-    return await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
+@asynccontextmanager
+async def _session(nats: str | None) -> AsyncIterator[Bus]:
+    """The co-PI's connection for one command; a request the server refused says so instead of timing out blind."""
+    bus = await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
+    try:
+        yield bus
+    except NatsTimeoutError:
+        refusal = bus.refusal()
+        if refusal is None:
+            raise
+        raise PermissionDenied(f"the NATS server at {bus.config.url} refuses user {bus.config.user!r}: {refusal}") from None
+    finally:
+        await bus.close()
 
 
 async def _projects(bus: Bus) -> list[dict[str, Any]]:
@@ -181,16 +187,15 @@ def status(
     """Servers, agents, projects with their stage and budgets spent, jobs running."""
 
     async def main() -> dict[str, Any]:
-        bus = await _connect(nats)
-        try:
+        async with _session(nats) as bus:
             await _require_buckets(bus)
             kv = await bus.js.key_value(AGENTS_BUCKET)
             agents = {}
             for role in ROLES:
                 try:
-                    agents[role] = json.loads((await kv.get(role)).value)
-                except Exception:
-                    agents[role] = None
+                    agents[role] = json.loads((await kv.get(role)).value or b"null")
+                except (KeyNotFoundError, ValueError):
+                    agents[role] = None  # never beat (not up yet), or not a heartbeat: shown as down
             from services.reading import active_jobs
 
             projects = await _projects(bus)
@@ -202,8 +207,6 @@ def status(
                 "nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs,
                 "capacity": await capacity_view(states), "instances": await replicas_view(kv),
             }
-        finally:
-            await bus.close()
 
     data = asyncio.run(main())
     if as_json:
@@ -250,11 +253,10 @@ def logs(
     if project:
         subjects.token(project, "project")
     if role and role not in (*ROLES, "copi"):
-        _fail(f"unknown role {role!r}; choose one of {', '.join((*ROLES, 'copi'))}")
+        fail(f"unknown role {role!r}; choose one of {', '.join((*ROLES, 'copi'))}")
 
     async def main() -> None:
-        bus = await _connect(nats)
-        try:
+        async with _session(nats) as bus:
             if project:
                 await _require_project(bus, project)
             async for entry in read(bus, subjects.convo_all(project), follow=follow):
@@ -262,8 +264,6 @@ def logs(
                 if role and env is not None and role not in (env.sender, env.recipient):
                     continue
                 print_entry(entry, as_json)
-        finally:
-            await bus.close()
 
     try:
         asyncio.run(main())
@@ -280,23 +280,17 @@ def say(
 ) -> None:
     """Speak into a running project as co-PI; the addressed role answers in the log."""
     if to not in ROLES:
-        _fail(f"unknown role {to!r}; choose one of {', '.join(ROLES)}")
+        fail(f"unknown role {to!r}; choose one of {', '.join(ROLES)}")
     if not text.strip():
-        _fail("the note is empty")
+        fail("the note is empty")
 
     async def main() -> str:
-        bus = await _connect(nats)
-        try:
-            from services.reading import NoteRefused, running_project, send_note
+        async with _session(nats) as bus:
+            from services.reading import running_project, send_note
 
-            try:
-                target = running_project(await _projects(bus), project)
-                note = await send_note(bus, target, text, to)
-            except NoteRefused as e:
-                raise UsageError(str(e)) from None
+            target = running_project(await _projects(bus), project)
+            note = await send_note(bus, target, text, to)
             return f"note {note.id} sent to {to} in {target}"
-        finally:
-            await bus.close()
 
     console.print(asyncio.run(main()))
 
@@ -314,7 +308,7 @@ def web(
         _check_url(nats)
     config = bus_config("web", nats, name="lab-web")
     if config.user is None and os.environ.get("LAB_NATS_PASSWORD") is None and read_local_lab() is not None:
-        _fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
+        fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
     # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
     copi = ((read_local_lab() or {}).get("credentials") or {}).get("copi")
     serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True), copi)
@@ -349,7 +343,7 @@ def run(
     from services.project import RunOptions, attach_project, run_project
 
     if (template is None) == (attach is None):
-        _fail("give --template NAME to start a project, or --attach PROJECT to follow one")
+        fail("give --template NAME to start a project, or --attach PROJECT to follow one")
     if nats is not None:
         _check_url(nats)
     if attach is not None:
@@ -358,11 +352,11 @@ def run(
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if model is not None and mind != "llm":
-        _fail("--model names the llm mind's model: add --mind llm")
+        fail("--model names the llm mind's model: add --mind llm")
     if nats is not None:
         _check_url(nats)
     if fast and profile not in ("", "fast"):
-        _fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
+        fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
     opts = RunOptions(
         template=template, direction=direction, seed=seed, out=out, fast=fast, profile="fast" if fast else profile, max_ideas=max_ideas, max_runs=max_runs,
         max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
@@ -387,11 +381,8 @@ def export_cmd(
     dest = out or Path("lab-out") / project
 
     async def main() -> Any:
-        bus = await _connect(nats)
-        try:
+        async with _session(nats) as bus:
             return await export_project(bus, project, dest)
-        finally:
-            await bus.close()
 
     done = asyncio.run(main())
     if done.finished:
@@ -410,10 +401,7 @@ def _sandbox_gate(mind: str, executor: str, unsafe: bool) -> None:
     """One line when experiments will run unconfined; refuse model-written code there unless the risk is accepted."""
     from services import sandbox
 
-    try:
-        warning = sandbox.check_start(mind, executor, unsafe)
-    except sandbox.SandboxUnavailable as e:
-        _fail(str(e))
+    warning = sandbox.check_start(mind, executor, unsafe)  # SandboxUnavailable: a LabError, printed as one line
     if unsafe:
         os.environ[sandbox.UNSAFE_ENV] = "1"  # the agents this process starts inherit the user's choice
     if warning:
@@ -422,7 +410,7 @@ def _sandbox_gate(mind: str, executor: str, unsafe: bool) -> None:
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        _fail(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+        fail(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _check_url(url: str) -> None:
@@ -430,11 +418,11 @@ def _check_url(url: str) -> None:
 
     u = urlparse(url)
     if u.scheme not in ("nats", "tls") or not u.hostname:
-        _fail(f"bad NATS URL {url!r}: expected nats://host:port")
+        fail(f"bad NATS URL {url!r}: expected nats://host:port")
     try:
         u.port
     except ValueError:
-        _fail(f"bad NATS URL {url!r}: the port is not a number")
+        fail(f"bad NATS URL {url!r}: the port is not a number")
 
 
 def _mount_optional() -> None:
@@ -451,22 +439,7 @@ _mount_optional()
 
 
 def main() -> None:
-    from bus.schema import TemplateError
-    from services.errors import describe_os_error
-    from services.executors.base import ExecutorError
-    from services.export import UnknownProject
-    from services.lab import LabError
-    from services.lifecycle import StoreFull
-    from services.project import MindRefused
-
-    try:
-        app(standalone_mode=True)
-    except (LabBusError, TemplateError, ConfigError, ExecutorError, LabError, UsageError, UnknownProject, StoreFull, MindRefused) as e:
-        err.print(f"lab: error: {str(e) or type(e).__name__}", markup=False, soft_wrap=True)
-        sys.exit(2)
-    except (OSError, UnicodeError) as e:  # the environment, not the code: one line naming the file or setting at fault
-        err.print(f"lab: error: {describe_os_error(e, lab_home())}", markup=False, soft_wrap=True)
-        sys.exit(2)
+    app(standalone_mode=True)  # each command maps its errors to one line itself: services.cli_errors
 
 
 if __name__ == "__main__":

@@ -14,16 +14,11 @@ import typer
 import yaml
 
 from agents.templates import load
-from bus.schema import JobSpec, NatsAccess, TemplateError
-from services.executors.base import ExecutorError
+from bus.schema import JobSpec, NatsAccess
+from services.cli_errors import LabTyper, fail
 from services.executors.render import render_job
 
-app = typer.Typer(help="Inspect experiment jobs.", no_args_is_help=True, add_completion=False)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+app = LabTyper(help="Inspect experiment jobs.", no_args_is_help=True, add_completion=False, error_prefix="error: ")
 
 
 def _options(config: Path | None, executor: str | None) -> tuple[str, dict[str, Any]]:
@@ -33,16 +28,16 @@ def _options(config: Path | None, executor: str | None) -> tuple[str, dict[str, 
     try:
         data = yaml.safe_load(config.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        _fail(f"{config}: {str(e).splitlines()[0]}")
+        fail(f"{config}: {str(e).splitlines()[0]}")
     if not isinstance(data, dict):
-        _fail(f"{config}: expected a mapping")
+        fail(f"{config}: expected a mapping")
     section = data.get("executor")
     if not isinstance(section, dict):
         return executor or "kubernetes", data
     kind = executor or (next(iter(section)) if len(section) == 1 else "kubernetes")
     options = section.get(kind) or {}
     if not isinstance(options, dict):
-        _fail(f"{config}: executor.{kind} must be a mapping of options")
+        fail(f"{config}: executor.{kind} must be a mapping of options")
     return kind, options
 
 
@@ -83,10 +78,8 @@ def render(
 ) -> None:
     """Print the Job manifest / container spec for the template's baseline run."""
     kind, options = _options(config, executor)
-    try:
-        typer.echo(render_job(example_job(template, nats, profile), kind, options), nl=False)
-    except (TemplateError, ExecutorError) as e:
-        _fail(str(e))
+    # TemplateError, ExecutorError: LabErrors, printed as one line by LabTyper
+    typer.echo(render_job(example_job(template, nats, profile), kind, options), nl=False)
 
 
 if __name__ == "__main__":

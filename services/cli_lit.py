@@ -7,35 +7,31 @@ literature agent searches it; ``lab lit search`` shows what it would find.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from agents.lit.errors import LibraryError
 from agents.lit.index import FtsIndex, default_lab_home, library_path
 from agents.lit.library_files import read_library_file
+from services.cli_errors import LabTyper, fail
 
-app = typer.Typer(help="Your own literature library: add BibTeX/CSL-JSON, search it.", no_args_is_help=True)
+app = LabTyper(help="Your own literature library: add BibTeX/CSL-JSON, search it.", no_args_is_help=True, error_prefix="error: ")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 HomeOption = typer.Option(None, "--home", help="lab home (default: $LAB_HOME or the user data dir)")
 
 
-def _fail(message: str) -> NoReturn:
-    err.print(f"error: {message}", markup=False)
-    raise typer.Exit(2)
-
-
 def _index(home: Optional[Path]) -> FtsIndex:
     path = library_path(home or default_lab_home())
     try:
         return FtsIndex(path)
-    except Exception as e:  # sqlite3.Error, OSError: one line, not a traceback
-        _fail(f"cannot open the library {path}: {e}")
+    except (sqlite3.Error, OSError) as e:  # one line naming the library, not a traceback
+        fail(f"cannot open the library {path}: {e}")
 
 
 @app.command()
@@ -43,10 +39,7 @@ def add(files: list[Path] = typer.Argument(..., help="BibTeX (.bib) or CSL-JSON 
     """Index entries; a malformed entry is reported with its line and skipped; a known key is updated."""
     parsed = []
     for path in files:
-        try:
-            parsed.append((path, read_library_file(path)))
-        except LibraryError as e:
-            _fail(str(e))
+        parsed.append((path, read_library_file(path)))  # LibraryError: a LabError, printed as one line by LabTyper
     index = _index(home)
     try:
         for path, result in parsed:

@@ -22,9 +22,10 @@ import platformdirs
 import yaml
 
 from bus.client import BusConfig
+from bus.errors import LabError
 
 
-class ConfigError(ValueError):
+class ConfigError(LabError, ValueError):
     """A setting that cannot work; the message is one line."""
 
 

@@ -25,13 +25,13 @@ from typing import Any
 
 from bus import subjects
 from bus.client import Bus
-from bus.errors import ArtifactMissing
+from bus.errors import ArtifactMissing, LabError
 from bus.schema import AnalysisDone, Decision, DraftReady, ReviewDone
 from bus.replay import read
 from bus.store import Artifacts, StateStore
 
 
-class UnknownProject(LookupError):
+class UnknownProject(LabError, LookupError):
     """Nothing on the bus names this project."""
 
 

@@ -37,11 +37,10 @@ from bus import subjects
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.schema.constants import AGENTS_BUCKET
 from bus.consumer import MAX_DELIVER, messages, pull
-from bus.errors import StateConflict
+from bus.errors import LabError, MindError, StateConflict
 from bus.ledger import SlotLedger
-from agents.minds.llm.errors import MindFailed
-from bus.schema import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.retry import backoff_delay
+from bus.schema import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
 from services.logging import setup_logging
@@ -55,7 +54,7 @@ MINDS_KEPT = 64  # minds cached per process (one per project and model in use)
 log = structlog.get_logger()
 
 
-class HostConfigError(ValueError):
+class HostConfigError(LabError, ValueError):
     """A host setting that cannot work (one line for the user)."""
 
 
@@ -212,7 +211,7 @@ class AgentHost:
             try:
                 await self.agents_kv.put(self.heartbeat_key(), json.dumps({**self.heartbeat_doc(), "instance": self.instance, "started": started}).encode())
                 self.alive_file().touch()
-            except Exception as e:
+            except Exception as e:  # a missed beat is sent again in 5 s; the loop must outlive a bus outage
                 log.warning("heartbeat failed", error=str(e))
             await asyncio.sleep(5)
 
@@ -229,8 +228,8 @@ class AgentHost:
             log.error("processing failed; the message will come back", role=self.role_name, subject=msg.subject, error=f"{type(e).__name__}: {e}")
             try:
                 await msg.nak(delay=retry_delay(1))
-            except Exception:
-                pass
+            except Exception as nak_error:  # the connection is gone: the ack wait redelivers the message anyway
+                log.warning("nak failed", subject=msg.subject, error=f"{type(nak_error).__name__}: {nak_error}")
         finally:
             self.latencies = [*self.latencies[-999:], time.monotonic() - started]
 
@@ -240,7 +239,8 @@ class AgentHost:
         """Why this agent could not think with an llm mind (None: it can); `lab run --mind llm` asks first."""
         try:
             return llm_unavailable(self.role_name, self.mind_config)
-        except Exception as e:  # e.g. a broken config file: that is the reason too
+        except Exception as e:  # e.g. a broken config file: that is the reason too, reported in the heartbeat
+            log.warning("llm mind unavailable", role=self.role_name, error=f"{type(e).__name__}: {e}")
             return str(e) or type(e).__name__
 
     def mind_for(self, project: str, choice: MindChoice | None) -> Any:
@@ -291,7 +291,7 @@ class AgentHost:
             else:
                 await self._reject(msg, str(e))
             return
-        except Exception as e:
+        except Exception as e:  # the host is where any handler error becomes a retry or a dead letter, each logged
             reason = f"{type(e).__name__}: {e}"
             if is_permanent(e):  # retrying cannot help: dead letters now, not after the whole backoff
                 await self._reject(msg, f"cannot succeed on retry: {reason}")
@@ -340,7 +340,7 @@ class AgentHost:
                 if BENCH_MIND_LATENCY_S:
                     await asyncio.sleep(BENCH_MIND_LATENCY_S)
                 await self.role.handle(env, ctx)
-        except MindFailed as e:
+        except MindError as e:
             # The mind ran out of retries: this step fails, the PI decides what follows.
             failed = StepFailed.of(env.body, e.reason)
             ctx.outputs = [(failed, "pi")] if failed else []
@@ -427,7 +427,7 @@ class AgentHost:
                     await self.ledger.reconcile(active, queued)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # the next pass looks again; one bad pass must not end the watch
                 log.warning("job watch failed", error=str(e))
 
     async def _wake_waiting(self, every: float = 0.5) -> None:
@@ -448,7 +448,7 @@ class AgentHost:
                         await self._job_event(project, job, JobStatus(job_id=waiter.job_id, experiment_id="", state="queued", reason="capacity free"), f"wake-{revision}")
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # the next tick tries again; one failure must not end the loop
                 log.warning("capacity wake-up failed", error=str(e))
 
     async def _job_event(self, project: str, job: dict[str, Any], status: Any, tag: str) -> None:

@@ -85,8 +85,10 @@ def environment(device: str = "cpu") -> JobEnvironment:
         import torch  # only to read what the wheel was built for
 
         cuda = torch.version.cuda
-    except Exception:
-        pass
+    except ImportError:
+        pass  # no torch in this image: nothing to record
+    except Exception as e:  # torch present but broken (CUDA libraries, ABI): only this metadata is lost, the job may not need it
+        print(f"runner: torch does not import, CUDA version not recorded: {type(e).__name__}: {e}", file=sys.stderr)
     # Seeds make CPU runs reproducible; GPU kernels (cuBLAS, cuDNN, atomics) are not, which a reader should know.
     notes = ["GPU kernels are not deterministic: reruns of a seed on a GPU may differ slightly"] if device == "cuda" else []
     return JobEnvironment(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.client import Bus, BusConfig
-from bus.errors import ServerStartError
+from bus.errors import LabError, ServerStartError
 from bus.schema import ROLES
 from bus.permissions import ADMIN, COPI, RUNNER, WEB
 from bus.retry import backoff_delay
@@ -32,10 +32,6 @@ from services.lifecycle import StoreFull, Terminated, check_disk, forget_pids, m
 from services.process import alive
 
 __all__ = ["LabError", "LabOptions", "Supervisor", "Terminated", "down", "refuse_if_full", "running_lab", "stop_on_signals", "up_detached"]
-
-
-class LabError(RuntimeError):
-    """The lab could not start or stop; one line for the user."""
 
 
 def refuse_if_full(home: Path) -> None:

@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
+
 from bus.consumer import keep_alive
 
 
@@ -75,7 +77,7 @@ class Lanes:
                 self._release()
                 try:
                     await msg.nak()
-                except Exception:
+                except (nats.errors.Error, OSError):
                     pass  # the connection may be gone: the ack wait brings it back
             self.queues.pop(key, None)
             self.workers.pop(key, None)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from bus.errors import LabError
 from services.config import ConfigError
 from services.process import alive
 
@@ -40,7 +41,7 @@ class Terminated(KeyboardInterrupt):
     """
 
 
-class StoreFull(RuntimeError):
+class StoreFull(LabError, RuntimeError):
     """The disk under LAB_HOME, or the lab's JetStream store, has no room for a new project."""
 
 

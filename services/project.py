@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from agents import templates
 from bus import subjects
 from bus.client import Bus
+from bus.errors import LabError
 from bus.schema import Budget, Decision, Envelope, MindChoice, StartProject, TemplateError, TemplateSpec
 from bus.replay import read
 from bus.store import Artifacts
@@ -56,7 +57,7 @@ class RunOptions:
     model: str | None = None  # the llm mind's model for this project (None: the lab's configured one)
 
 
-class MindRefused(RuntimeError):
+class MindRefused(LabError, RuntimeError):
     """The lab's agents cannot think with the mind this project asks for; one line saying why."""
 
 
@@ -77,8 +78,8 @@ async def llm_refusal(bus: Bus, model: str | None) -> str | None:
     for role in ROLES:
         try:
             beat = json.loads((await kv.get(role)).value or b"{}")
-        except Exception:
-            continue  # no heartbeat: an agent not up yet takes the choice when it comes
+        except (nats.js.errors.KeyNotFoundError, ValueError):
+            continue  # no heartbeat (or not one): an agent not up yet takes the choice when it comes
         if time.time() - beat.get("seen", 0) > HEARTBEAT_FRESH_S:
             continue
         if beat.get("llm_error"):

@@ -11,13 +11,14 @@ from typing import Any
 
 from bus import subjects
 from bus.client import Bus
+from bus.errors import LabError
 from bus.schema import ROLES, CoPINote, CoPINoteMsg, Envelope
 from bus.store import StateStore
 
 ACTIVE_JOB_STATES = ("queued", "dispatched", "pending", "running")
 
 
-class NoteRefused(ValueError):
+class NoteRefused(LabError, ValueError):
     """A co-PI note that cannot be sent (no such project or role, empty text); the message is one line."""
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bus.errors import LabError
+
 BWRAP_ENV = "LAB_BWRAP"  # the bubblewrap binary to use; a name that does not resolve means "no sandbox"
 UNSAFE_ENV = "LAB_UNSAFE_NO_SANDBOX"  # set by `--unsafe-no-sandbox`: the user accepted running model code bare
 UNSAFE_FLAG = "--unsafe-no-sandbox"
@@ -47,7 +49,7 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "ns
 TOP_LINKS = ("bin", "lib", "lib32", "lib64", "sbin")
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(LabError, RuntimeError):
     """No working sandbox tool on this machine; the message says why in one line."""
 
 

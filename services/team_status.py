@@ -9,6 +9,8 @@ import json
 import time
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError, NoKeysError
+
 from bus.ledger import LEDGER_KEY, Ledger
 
 STALE_S = 20.0  # heartbeats come every 5 s; an agent silent this long has lost NATS or hung
@@ -36,14 +38,14 @@ async def replicas_view(kv: Any) -> list[dict[str, Any]]:
     """Every agent process's last heartbeat, marked stale when it stopped beating."""
     try:
         keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
+    except NoKeysError:  # an empty bucket; a refused or lost server raises, never reads as "no agents"
         return []
     out = []
     for key in sorted(keys):
         try:
             beat = json.loads((await kv.get(key)).value or b"{}")
-        except Exception:
-            continue
+        except (KeyNotFoundError, ValueError):
+            continue  # gone since keys() (a stopped replica), or not a heartbeat: not an agent to list
         beat["key"] = key
         beat["stale"] = time.time() - beat.get("seen", 0) > STALE_S
         out.append(beat)

@@ -68,7 +68,7 @@ class FallbackChain:
             return
         try:
             await self.cache.put(key, {"refs": [r.model_dump(mode="json") for r in refs]})
-        except Exception as e:
+        except Exception as e:  # the cache only saves a lookup; the answer is already in hand
             self.log.warning("lit_cache_unwritable", key=key, reason=f"{type(e).__name__}: {e}")
 
     async def _ask(self, source: Source, query: str, limit: int, answer: Answer) -> list[Reference]:

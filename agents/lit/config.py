@@ -8,6 +8,7 @@ bibliography. Web sources join only when named, e.g.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ async def open_sources(
         elif name == "local":
             try:
                 sources.append(LocalLibrarySource(FtsIndex(library_path(lab_home or default_lab_home()))))
-            except Exception as e:  # sqlite3/OS errors: an unreadable library must not stop the check
+            except (sqlite3.Error, OSError) as e:  # an unreadable library must not stop the check; skipped[] is logged
                 skipped[name] = f"local library unavailable: {type(e).__name__}: {e}"
         elif name == "template":
             if not template_object or artifacts is None:

@@ -13,8 +13,10 @@ with its line and skipped, so one typo does not lose a whole library.
 
 from __future__ import annotations
 
+from bus.errors import LabError
 
-class LitError(Exception):
+
+class LitError(LabError):
     """Base of the literature errors; the message is one line for a person."""
 
 

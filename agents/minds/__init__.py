@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from bus.errors import LabError
 from bus.schema import MIND_KINDS
 
 
-class UnknownMind(ValueError):
+class UnknownMind(LabError, ValueError):
     pass
 
 

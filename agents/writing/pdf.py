@@ -13,10 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bus.errors import LabError
+
 STEP_TIMEOUT_S = 90.0
 
 
-class PdfError(RuntimeError):
+class PdfError(LabError, RuntimeError):
     """The PDF could not be built; the message is the meaningful log line, ``excerpt`` the log around it."""
 
     def __init__(self, message: str, excerpt: str = "") -> None:

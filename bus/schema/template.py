@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bus.errors import LabError
 from bus.schema.constants import MIN_SEEDS
 
 
-class TemplateError(ValueError):
+class TemplateError(LabError, ValueError):
     """A template that cannot be used; the message is one line for the user."""
 
 

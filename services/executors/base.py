@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from bus.errors import LabError
 from bus.schema import JobPhase, JobSpec
 
 
@@ -37,5 +38,5 @@ class Executor(Protocol):
         """Release clients; running jobs are left to finish."""
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(LabError, RuntimeError):
     """An executor could not do what was asked; the message names why (no cluster, forbidden, ...)."""

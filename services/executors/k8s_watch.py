@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from bus.retry import backoff_delay
+
+log = structlog.get_logger()
 
 
 class Watcher:
@@ -70,9 +73,11 @@ class Watcher:
                 if self._stopping.is_set():
                     return
                 self.error = _describe(e)
-                # Jitter: many engineers (or one restarted API server) must not all relist at once.
                 failures += 1
-                self._stopping.wait(backoff_delay(failures, base_s=0.2, max_s=10.0, jitter=0.5))
+                # Jitter: many engineers (or one restarted API server) must not all relist at once.
+                pause = backoff_delay(failures, base_s=0.2, max_s=10.0, jitter=0.5)
+                log.warning("kubernetes watch failed; listing again", error=self.error, after_s=round(pause, 1))
+                self._stopping.wait(pause)
 
     def _list_and_watch(self) -> None:
         listed = self._list(self._namespace, label_selector=self._selector, _request_timeout=self._request_timeout_s)

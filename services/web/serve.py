@@ -18,7 +18,7 @@ from typing import Callable
 import uvicorn
 
 from bus.client import Bus, BusConfig
-from services.lab import LabError
+from bus.errors import LabError
 from services.web.app import create_app
 from services.web.auth import new_token
 

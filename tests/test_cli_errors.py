@@ -1,0 +1,121 @@
+"""The CLI's one error mapping: any layer's LabError, a refused NATS user, a disk error each read as one line."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+
+import pytest
+import typer
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+from agents.lit.errors import RateLimited
+from agents.minds.llm.errors import MindFailed
+from bus.schema import TemplateError
+from bus.errors import ConnectError, LabError, MindError, PermissionDenied
+from services.cli import UsageError
+from services.cli_errors import LabTyper, describe
+from services.executors.kubernetes import QuotaExceededError
+from tests.conftest import lab_cmd
+
+LAYERS = [
+    ConnectError("cannot connect to NATS at nats://127.0.0.1:1: credentials refused"),  # bus
+    PermissionDenied("the NATS server refuses user 'runner'"),  # bus
+    TemplateError("unknown template 'nope'"),  # agents
+    RateLimited("openalex kept answering 429"),  # agents.lit
+    MindFailed("pi", "ideas", "no valid answer after 3 tries:\n  bad JSON"),  # agents.minds.llm
+    QuotaExceededError("quota exceeded in namespace research"),  # services.executors
+    UsageError("unknown project 'nosuch'"),  # services.cli
+]
+
+
+@pytest.mark.parametrize("error", LAYERS, ids=lambda e: type(e).__name__)
+def test_a_lab_error_from_each_layer_is_one_line_and_exit_2(error: LabError) -> None:
+    assert isinstance(error, LabError)
+    app = LabTyper(error_prefix="lab: error: ")
+
+    @app.command()
+    def boom() -> None:
+        raise error
+
+    @app.command()
+    def other() -> None:  # two commands, so typer keeps the subcommand name
+        pass
+
+    result = CliRunner().invoke(app, ["boom"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"lab: error: {describe(error)}"] and "Traceback" not in result.output
+    assert "\n" not in describe(error) and describe(error)  # type: ignore[operator]
+
+
+def test_the_mapping_reads_each_kind_of_error() -> None:
+    assert describe(MindFailed("pi", "ideas", "timed out\nafter 2 tries")) == "pi.ideas: timed out after 2 tries"
+    assert isinstance(MindFailed("pi", "ideas", "x"), MindError)  # the workflow catches any mind's failure by this
+    assert describe(OSError(errno.ENOENT, "No such file or directory", "/nope/x.yaml")) == "/nope/x.yaml: No such file or directory"
+
+    class Budget(BaseModel):
+        usd: float
+        steps: int
+
+    with pytest.raises(Exception) as bad:
+        Budget.model_validate({"usd": "lots"})
+    assert describe(bad.value) == "invalid Budget: usd: Input should be a valid number, unable to parse string as a number (and 1 more)"
+    assert describe(RuntimeError("a bug")) is None  # a bug keeps its traceback
+
+
+def test_a_bug_is_not_hidden_behind_one_line() -> None:
+    app = LabTyper()
+
+    @app.command()
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    result = CliRunner().invoke(app, [])
+    assert isinstance(result.exception, RuntimeError)
+
+
+def test_commands_keep_their_signature_for_typer() -> None:
+    app = LabTyper()
+
+    @app.command()
+    def hello(name: str = typer.Option("x", "--name")) -> None:
+        typer.echo(f"hi {name}")
+
+    assert CliRunner().invoke(app, ["--name", "y"]).stdout == "hi y\n"
+
+
+# ---------------------------------------------------------------- a real server that refuses the user
+
+
+def _one_line_failures(runs: list[tuple[list[str], dict[str, str]]]) -> list[str]:
+    """Run ``lab`` commands side by side (a refused request takes the client's 10 s timeout); each must fail in one line."""
+    procs = [subprocess.Popen(lab_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args, env in runs]
+    lines = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 2, (out, err)
+        assert "Traceback" not in out + err, err
+        got = [line for line in (err + out).splitlines() if line.strip()]
+        assert len(got) == 1, err + out
+        lines.append(got[0])
+    return lines
+
+
+@pytest.mark.integration
+async def test_lab_logs_as_a_user_the_server_refuses_says_so_in_one_line(admin_bus, nats_server, lab_env) -> None:
+    _, env = lab_env
+    env = {**env, "LAB_NATS_URL": nats_server.url}
+    # the runner user may not read the conversation or anyone's state: every JetStream request it makes is refused
+    runner = {**env, "LAB_NATS_USER": "runner", "LAB_NATS_PASSWORD": nats_server.credentials["runner"]}
+    wrong = {**env, "LAB_NATS_USER": "copi", "LAB_NATS_PASSWORD": "not-the-password"}
+    project, everything, bad_password = _one_line_failures([
+        (["logs", "--project", "p1"], runner),
+        (["logs"], runner),  # printed nothing and exited 0 before: the refusal read as an empty log
+        (["logs", "--project", "p1"], wrong),
+    ])
+    refused = f"lab: error: the NATS server at {nats_server.url} refuses user 'runner': permissions violation for publish to "
+    assert project == refused + '"$js.api.stream.info.kv_lab_state"', project
+    assert everything == refused + '"$js.api.stream.info.lab_convo"', everything
+    assert bad_password == f"lab: error: cannot connect to NATS at {nats_server.url}: credentials refused", bad_password
