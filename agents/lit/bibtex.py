@@ -81,6 +81,34 @@ def entry_from_metadata(
     return format_entry(kind, key, fields)
 
 
+def reference_from_metadata(
+    title: str,
+    authors: list[str],
+    year: int | None,
+    venue: str,
+    *,
+    source: str,
+    abstract: str = "",
+    entry_type: str = "",
+    extra: dict[str, str] | None = None,
+    key: str | None = None,
+    paper_id: str | None = None,
+) -> Reference:
+    """A Reference for metadata from an API or a CSL-JSON file: the key made as BibTeX tools do unless given, the BibTeX built here."""
+    key = key or make_key(authors, year, title)
+    return Reference(
+        key=key,
+        title=title,
+        authors=authors,
+        year=year,
+        venue=venue,
+        abstract=abstract,
+        bibtex=entry_from_metadata(key, title, authors, year, venue, entry_type, extra),
+        source=source,
+        paper_id=paper_id,
+    )
+
+
 def rekey(ref: Reference, key: str) -> Reference:
     """The same reference under another key, its BibTeX rewritten to match."""
     bibtex = _ENTRY_KEY.sub(lambda m: f"@{m.group(1)}{{{key},", ref.bibtex, count=1)

@@ -20,7 +20,7 @@ from bibtexparser.model import DuplicateBlockKeyBlock, Entry
 
 from bus.schema import Reference
 
-from agents.lit.bibtex import clean_key, entry_from_metadata, format_entry, make_key
+from agents.lit.bibtex import clean_key, format_entry, make_key, reference_from_metadata
 from agents.lit.errors import LibraryError
 from agents.lit.text import plain
 
@@ -109,20 +109,13 @@ def _csl_reference(item: Any, source: str) -> Reference:
                 authors.append(str(name))
     parts = (item.get("issued") or {}).get("date-parts") or [[None]]
     year = parts[0][0] if parts and parts[0] and isinstance(parts[0][0], int) else _year(str(parts))
-    key = clean_key(str(item["id"])) if item.get("id") else make_key(authors, year, title)
     venue = str(item.get("container-title") or item.get("publisher") or "")
     kind = {"article-journal": "article", "paper-conference": "inproceedings", "book": "book", "chapter": "incollection"}
     extra = {"doi": str(item["DOI"])} if item.get("DOI") else {}
-    return Reference(
-        key=key,
-        title=title,
-        authors=authors,
-        year=year,
-        venue=venue,
-        abstract=plain(str(item.get("abstract", ""))),
-        bibtex=entry_from_metadata(key, title, authors, year, venue, kind.get(str(item.get("type")), ""), extra),
-        source=source,
-        paper_id=extra.get("doi"),
+    return reference_from_metadata(
+        title, authors, year, venue, source=source, abstract=plain(str(item.get("abstract", ""))),
+        entry_type=kind.get(str(item.get("type")), ""), extra=extra, paper_id=extra.get("doi"),
+        key=clean_key(str(item["id"])) if item.get("id") else None,
     )
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import pyalex
 import requests
 
-from agents.lit.bibtex import entry_from_metadata, make_key
+from agents.lit.bibtex import reference_from_metadata
 from agents.lit.errors import RateLimited, SourceUnavailable
-from bus.schema import Reference
 from bus.retry import RetryPolicy
+from bus.schema import Reference
 
 
 class _Retryable(Exception):
@@ -42,18 +42,10 @@ def work_reference(work: Any) -> Reference | None:
         abstract = work["abstract"] or "" if work.get("abstract_inverted_index") else ""
     except (KeyError, TypeError, AttributeError):
         abstract = ""
-    key = make_key(authors, year, title)
     kind = "inproceedings" if work.get("type") == "proceedings-article" else ""
-    return Reference(
-        key=key,
-        title=title,
-        authors=authors,
-        year=year,
-        venue=venue,
-        abstract=abstract,
-        bibtex=entry_from_metadata(key, title, authors, year, venue, kind, {"doi": doi} if doi else None),
-        source="openalex",
-        paper_id=work.get("id"),
+    return reference_from_metadata(
+        title, authors, year, venue, source="openalex", abstract=abstract, entry_type=kind,
+        extra={"doi": doi} if doi else None, paper_id=work.get("id"),
     )
 
 

@@ -18,10 +18,10 @@ import httpx
 from semanticscholar import AsyncSemanticScholar
 from semanticscholar.ApiRequester import ApiRequester
 
-from agents.lit.bibtex import entry_from_metadata, make_key
+from agents.lit.bibtex import reference_from_metadata
 from agents.lit.errors import PaperNotFound, RateLimited, SourceUnavailable
-from bus.schema import Reference
 from bus.retry import RetryPolicy
+from bus.schema import Reference
 
 T = TypeVar("T")
 FIELDS = ["paperId", "title", "abstract", "authors", "year", "venue", "journal", "externalIds", "publicationTypes"]
@@ -91,17 +91,9 @@ def paper_reference(data: dict[str, Any]) -> Reference | None:
         extra.update(eprint=str(ids["ArXiv"]), archiveprefix="arXiv")
     types = data.get("publicationTypes") or []
     kind = "inproceedings" if "Conference" in types else ""
-    key = make_key(authors, year, title)
-    return Reference(
-        key=key,
-        title=title,
-        authors=authors,
-        year=year,
-        venue=venue,
-        abstract=data.get("abstract") or "",
-        bibtex=entry_from_metadata(key, title, authors, year, venue, kind, extra),
-        source="semantic_scholar",
-        paper_id=data.get("paperId"),
+    return reference_from_metadata(
+        title, authors, year, venue, source="semantic_scholar", abstract=data.get("abstract") or "", entry_type=kind,
+        extra=extra, paper_id=data.get("paperId"),
     )
 
 

@@ -8,6 +8,10 @@ from pydantic import Field
 
 from bus.schema.base import Model
 
+ReviewDecision = Literal["accept", "reject"]
+MetaDecision = Literal["accept", "reject", "revise"]
+RevisionKind = Literal["more_seeds", "add_baseline", "rewrite_section", "add_limitation", "add_citation", "other"]
+
 
 class ReviewScores(Model):
     originality: int = Field(ge=1, le=4)
@@ -32,12 +36,12 @@ class Review(Model):
     limitations: str
     ethics: str
     scores: ReviewScores
-    decision: Literal["accept", "reject"]
+    decision: ReviewDecision
 
 
 class RevisionItem(Model):
     id: str
-    kind: Literal["more_seeds", "add_baseline", "rewrite_section", "add_limitation", "add_citation", "other"]
+    kind: RevisionKind
     text: str
     target: str = ""  # idea id, section name, ...
 
@@ -45,7 +49,7 @@ class RevisionItem(Model):
 class MetaReview(Model):
     summary: str
     overall: float
-    decision: Literal["accept", "reject", "revise"]
+    decision: MetaDecision
     revision_items: list[RevisionItem] = []
 
 

@@ -219,8 +219,8 @@ class GuardedClient(ChatCompletionClient):
         return 1_000_000 - self.count_tokens(messages, tools=tools)
 
     @property
-    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
-        return self._inner.model_info  # type: ignore[return-value]
+    def capabilities(self) -> ModelCapabilities:
+        return self._inner.model_info
 
     @property
     def model_info(self) -> ModelInfo:
@@ -291,7 +291,7 @@ class Conversation(Generic[T]):
                 reply = response.chat_message
                 if not isinstance(reply, StructuredMessage):
                     raise InvalidAnswer("expected one JSON object")
-                answer: T = reply.content  # type: ignore[assignment]
+                answer: T = reply.content
                 if check is not None:
                     check(answer)
                 return answer

@@ -66,7 +66,7 @@ class LLMReviewerMind(LLMMind):
                     "replication), do the scores and the decision follow? Then give the full improved review. If nothing "
                     "should change, repeat it unchanged and set done to true.",
                 ]),
-                check_review,  # type: ignore[arg-type]
+                check_review,
             )
             current = ReviewDraft.model_validate(reflected.model_dump(include=set(ReviewDraft.model_fields)))
             if reflected.done:

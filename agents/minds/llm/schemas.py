@@ -8,11 +8,12 @@ travel here as ``[{"knob": ..., "value": ...}]`` lists instead.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.schema import ItemResponse, ReviewScores, RevisionItem
+from bus.schema.review import MetaDecision, ReviewDecision, RevisionKind
 
 Scalar = Union[bool, int, float, str]
 
@@ -111,7 +112,7 @@ class ReviewDraft(Answer):
     limitations: str
     ethics: str
     scores: ReviewScores
-    decision: Literal["accept", "reject"]
+    decision: ReviewDecision
 
 
 class ReviewReflection(ReviewDraft):
@@ -123,7 +124,7 @@ class ReviewReflection(ReviewDraft):
 
 class RevisionDraft(Answer):
     id: str
-    kind: Literal["more_seeds", "add_baseline", "rewrite_section", "add_limitation", "add_citation", "other"]
+    kind: RevisionKind
     text: str
     target: str
 
@@ -134,7 +135,7 @@ class RevisionDraft(Answer):
 class MetaDraft(Answer):
     summary: str = Field(min_length=10)
     overall: float = Field(ge=1, le=10)
-    decision: Literal["accept", "reject", "revise"]
+    decision: MetaDecision
     revision_items: list[RevisionDraft]
 
 
