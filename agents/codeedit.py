@@ -24,8 +24,8 @@ import ast
 from collections import Counter
 from pathlib import PurePosixPath
 
-from agents.minds.base import CodeEdit
 from bus.errors import LabError
+from bus.schema import CodeEdit
 
 # Only these may change; the runner, template.yaml and data stay as shipped.
 EDITABLE = frozenset({"experiment.py", "plot.py"})

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict
 
 from agents.base import Context, Role, on
 from agents.codeedit import EDITABLE, EditError, apply_edits
-from agents.minds.base import CodeEdit
 from agents.templates import bundle_files, replace_files
 from bus.schema import (
+    CodeEdit,
     CoPINoteMsg,
     Decision,
     ExperimentPlanned,

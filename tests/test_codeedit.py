@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.codeedit import EditForbidden, EditNotApplicable, apply_edits, guard
-from agents.minds.base import CodeEdit
+from bus.schema import CodeEdit
 
 EXPERIMENT = '''import argparse
 import json

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bus.schema import (
     AnalysisReport,
+    CodeEdit,
     CoPINote,
     Idea,
     ItemResponse,
@@ -73,14 +74,6 @@ class PaperSections(Model):
     limitations: str
     conclusion: str
     revision_notes: str = ""
-
-
-class CodeEdit(Model):
-    """A search/replace edit of one file in the experiment's folder."""
-
-    path: str
-    search: str
-    replace: str
 
 
 class CodePlan(Model):

@@ -50,7 +50,7 @@ from bus.schema.messages import (
     derive_id,
     encode,
 )
-from bus.schema.project import MIND_KINDS, Budget, CoPINote, Idea, MindChoice, MindKind, Reference, Usage
+from bus.schema.project import MIND_KINDS, Budget, CodeChange, CodeEdit, CoPINote, Idea, MindChoice, MindKind, Reference, Usage
 from bus.schema.results import FinalInfo, JobEnvironment, MetricStat, RunRecord
 from bus.schema.review import ItemResponse, MetaReview, Review, ReviewScores, RevisionItem
 from bus.schema.state import EngineerView, Heartbeat, JobView, ProjectView, Stage
@@ -69,7 +69,7 @@ from bus.schema.template import (
 
 __all__ = [
     "AnalysisDone", "AnalysisFlag", "AnalysisReport", "AnalysisRequest", "BASELINE", "Body", "Budget", "CoPINote",
-    "CoPINoteMsg", "Comparison", "DEFAULT_PROFILE", "Decision", "Direction", "DraftReady", "DraftRequest",
+    "CoPINoteMsg", "CodeChange", "CodeEdit", "Comparison", "DEFAULT_PROFILE", "Decision", "Direction", "DraftReady", "DraftRequest",
     "EngineerView", "Envelope", "ExperimentPlanned", "ExperimentRequest", "ExperimentResult", "FinalInfo",
     "Heartbeat", "Idea", "ItemResponse", "JobEnvironment", "JobPhase", "JobSpec", "JobState", "JobStatus", "JobView",
     "Knob", "MESSAGE_KINDS", "MIND_KINDS", "MindKind", "MIN_SEEDS", "MetaReview", "Metric", "MetricStat", "MindChoice", "Model", "NatsAccess",

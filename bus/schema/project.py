@@ -19,6 +19,26 @@ class Budget(Model):
     max_cost_usd: float | None = Field(None, ge=0)
 
 
+class CodeEdit(Model):
+    """A search/replace edit of one file in the experiment's folder (checked by ``agents/codeedit.py``)."""
+
+    path: str
+    search: str
+    replace: str
+
+
+class CodeChange(Model):
+    """An idea that changes the experiment's code (a new merge algorithm, a regulariser, a schedule), not only a knob.
+
+    The engineer implements it with guarded edits: a template-declared
+    ``variant`` brings its own edits (template.yaml ``variants``), otherwise
+    the engineer's mind writes them from the summary.
+    """
+
+    summary: str  # what the change does, for the engineer and the paper
+    variant: str | None = None  # a code variant the template declares, switched in by its edits
+
+
 class Idea(Model):
     id: str
     title: str
@@ -26,10 +46,12 @@ class Idea(Model):
     falsification: str
     # Knob name -> proposed value; the engineer checks them against the template.
     changes: dict[str, Any]
+    code: CodeChange | None = None  # a code-level idea: what to change in the experiment itself
     rationale: str = ""
-    interestingness: int = Field(5, ge=1, le=10)
-    feasibility: int = Field(5, ge=1, le=10)
-    novelty: int = Field(5, ge=1, le=10)
+    # 1-10, as the mind judged them (None: not scored); the PI ranks and filters ideas by them.
+    interestingness: int | None = Field(None, ge=1, le=10)
+    feasibility: int | None = Field(None, ge=1, le=10)
+    novelty: int | None = Field(None, ge=1, le=10)
 
 
 class Reference(Model):

@@ -22,6 +22,9 @@ class FinalInfo(Model):
     metrics: dict[str, MetricStat]
     seeds: list[int]
     config: dict[str, Any] = {}
+    # The compute each seed's run used, by measure (parameters, steps, flops, ...), averaged over seeds:
+    # the analyst flags a comparison whose compute differs from the baseline's.
+    compute: dict[str, float] = {}
 
 
 class JobEnvironment(Model):

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from agents.codeedit import EDITABLE, EditError, apply_edits
-from agents.minds.base import CodeEdit, CodePlan
+from agents.minds.base import CodePlan
 from agents.minds.llm.common import LLMMind, knob_lines, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import PlanAnswer, as_dict
-from bus.schema import Idea, TemplateError, TemplateSpec
+from bus.schema import CodeEdit, Idea, TemplateError, TemplateSpec
 
 MAX_FILE_CHARS = 20_000  # per file shown to the model
 
