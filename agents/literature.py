@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.base import Context, Role, on
 from agents.lit.bibtex import unique_keys
@@ -41,8 +41,13 @@ class Settings(BaseModel):
 
 class State(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    verdicts: dict[str, bool] = {}  # idea id -> novel
     extra_queries: list[str] = []  # quoted phrases from co-PI notes, searched in every check
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        # Older labs stored each idea's novelty verdict here, written and never read; their stored state still loads.
+        return {k: v for k, v in data.items() if k != "verdicts"} if isinstance(data, dict) else data
 
 
 def task_text(body: NoveltyCheck) -> str:
@@ -158,7 +163,6 @@ class Literature(Role):
             problems = {**skipped, **chain.down}
             why = "; ".join(f"{k}: {v}" for k, v in problems.items())
             justification += f" The search found no papers for {len(queries)} queries" + (f" ({why})." if why else ".")
-        ctx.state.verdicts[body.idea.id] = judgement.novel
         ctx.log.info("lit_verdict", idea=body.idea.id, novel=judgement.novel, n_refs=len(found), sources=answered)
         return NoveltyVerdict(
             idea_id=body.idea.id,
