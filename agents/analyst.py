@@ -83,7 +83,7 @@ def pool(runs: list[RunRecord], flags: list[AnalysisFlag]) -> dict[str, Arm]:
                                           detail=f"run {run.job_id} reported only a mean for {metric!r}; it counts as one observation"))
                 slot[("mean", run.job_id)] = stat.mean
                 continue
-            seeds = fi.seeds if len(fi.seeds) == len(stat.values) else run.seeds
+            seeds: list[Any] = fi.seeds if len(fi.seeds) == len(stat.values) else run.seeds
             if len(seeds) != len(stat.values):
                 seeds = [("index", run.job_id, k) for k in range(len(stat.values))]
             for seed, value in zip(seeds, stat.values):
@@ -194,10 +194,10 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, Direction], alpha: 
                 continue
             pair = paired_values(base, arm, metric)
             b_vals, i_vals = pair if pair else (base.list(metric), arm.list(metric))
-            r = stats.compare(b_vals, i_vals, direction, alpha=alpha, seed=stats.stable_seed(idea, metric), paired=pair is not None)  # type: ignore[arg-type]
+            r = stats.compare(b_vals, i_vals, direction, alpha=alpha, seed=stats.stable_seed(idea, metric), paired=pair is not None)
             out.append(
                 Comparison(
-                    idea_id=idea, metric=metric, direction=direction,  # type: ignore[arg-type]
+                    idea_id=idea, metric=metric, direction=direction,
                     baseline_mean=r.baseline.mean, baseline_stderr=r.baseline.stderr,
                     idea_mean=r.idea.mean, idea_stderr=r.idea.stderr,
                     n_baseline=r.baseline.n, n_idea=r.idea.n,

@@ -32,10 +32,10 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     sources: list[str] | None = None  # None: LAB_LIT_SOURCES, else local,template
-    rounds: int = Field(3, ge=1, le=10)
-    queries_per_round: int = Field(3, ge=1, le=10)
-    per_query: int = Field(8, ge=1, le=100)
-    max_references: int = Field(20, ge=1, le=200)
+    rounds: int = Field(default=3, ge=1, le=10)
+    queries_per_round: int = Field(default=3, ge=1, le=10)
+    per_query: int = Field(default=8, ge=1, le=100)
+    max_references: int = Field(default=20, ge=1, le=200)
     web: dict[str, dict[str, Any]] = {}  # per web source: constructor options (api_url, timeouts, ...)
 
 
