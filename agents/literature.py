@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.base import Context, Role, on
 from agents.lit.bibtex import unique_keys
@@ -32,17 +32,22 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     sources: list[str] | None = None  # None: LAB_LIT_SOURCES, else local,template
-    rounds: int = Field(3, ge=1, le=10)
-    queries_per_round: int = Field(3, ge=1, le=10)
-    per_query: int = Field(8, ge=1, le=100)
-    max_references: int = Field(20, ge=1, le=200)
+    rounds: int = Field(default=3, ge=1, le=10)
+    queries_per_round: int = Field(default=3, ge=1, le=10)
+    per_query: int = Field(default=8, ge=1, le=100)
+    max_references: int = Field(default=20, ge=1, le=200)
     web: dict[str, dict[str, Any]] = {}  # per web source: constructor options (api_url, timeouts, ...)
 
 
 class State(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    verdicts: dict[str, bool] = {}  # idea id -> novel
     extra_queries: list[str] = []  # quoted phrases from co-PI notes, searched in every check
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        # Older labs stored each idea's novelty verdict here, written and never read; their stored state still loads.
+        return {k: v for k, v in data.items() if k != "verdicts"} if isinstance(data, dict) else data
 
 
 def task_text(body: NoveltyCheck) -> str:
@@ -158,7 +163,6 @@ class Literature(Role):
             problems = {**skipped, **chain.down}
             why = "; ".join(f"{k}: {v}" for k, v in problems.items())
             justification += f" The search found no papers for {len(queries)} queries" + (f" ({why})." if why else ".")
-        ctx.state.verdicts[body.idea.id] = judgement.novel
         ctx.log.info("lit_verdict", idea=body.idea.id, novel=judgement.novel, n_refs=len(found), sources=answered)
         return NoveltyVerdict(
             idea_id=body.idea.id,

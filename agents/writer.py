@@ -73,7 +73,7 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
         table_caption=assemble.table_caption(request.report),
         revisions=assemble.revision_rows(request),
         runs=assemble.run_rows(request.report.runs),
-        flags=request.report.flags,
+        flags=[f.text for f in request.report.flags],
         usage=assemble.usage_rows(request),
         notes=assemble.notes(request),
     )

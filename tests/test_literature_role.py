@@ -197,7 +197,13 @@ async def test_no_cache_and_no_sources_says_the_search_was_empty(tmp_path: Path)
     verdict = await run(ctx, check(WEIGHT_DECAY, template_object=""))
     assert verdict.references == [] and verdict.sources == []
     assert "found no papers" in verdict.justification and "template: no template bundle given" in verdict.justification
-    assert ctx.state.verdicts == {"i-wd": True}
+    assert ctx.state == State()  # the verdict goes to the PI; nothing is kept
+
+
+def test_state_stored_by_an_older_lab_still_loads() -> None:
+    """Older labs stored each novelty verdict (written, never read); the field is gone and ignored on load."""
+    state = State.model_validate({"verdicts": {"i-wd": True}, "extra_queries": ["grokking"]})
+    assert state == State(extra_queries=["grokking"])
 
 
 @pytest.mark.parametrize("obj", ["p1/garbage.tar.gz", "p1/missing.tar.gz"])

@@ -211,7 +211,7 @@ def analysis(convo: Iterable[Envelope]) -> AnalysisView | None:
         for c in report.comparisons
     ]
     rows.sort(key=lambda r: (not r.primary, r.metric, r.idea_id))
-    return AnalysisView(report.round, report.primary_metric, rows, list(report.flags), list(report.figures), report.summary)
+    return AnalysisView(report.round, report.primary_metric, rows, [f.text for f in report.flags], list(report.figures), report.summary)
 
 
 # ---------------------------------------------------------------- reviews

@@ -100,7 +100,7 @@ def seed_findings(report: AnalysisReport) -> list[Finding]:
 
 def baseline_findings(report: AnalysisReport) -> list[Finding]:
     out = []
-    for flag in report.flag_items:
+    for flag in report.flags:
         if flag.kind == "missing_baseline":
             out.append(Finding("add_baseline", "baseline", f"No successful baseline run, so no claim can be checked ({flag.text}). Run the baseline."))
         elif flag.kind == "unfair_baseline":
@@ -123,7 +123,7 @@ def text_findings(paper: str, secs: dict[str, str], report: AnalysisReport, refe
             "The limitations section is missing or too thin; discuss seeds, the single task, the search space and the hardware."))
     elif any(min(c.n_baseline, c.n_idea) < GOOD_SEEDS for c in report.comparisons) and "seed" not in lim.lower():
         out.append(Finding("add_limitation", "limitations", "The limitations do not mention how few seeds each comparison rests on."))
-    if any(f.kind == "unfair_baseline" for f in report.flag_items) and not re.search(r"fair", lim, re.I):
+    if any(f.kind == "unfair_baseline" for f in report.flags) and not re.search(r"fair", lim, re.I):
         out.append(Finding("add_limitation", "limitations", "The limitations do not discuss the unfair comparison the analysis flagged."))
     keys = {r.key for r in references}
     if len(keys) < MIN_REFERENCES:
