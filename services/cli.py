@@ -20,7 +20,7 @@ from bus.errors import LabBusError
 from bus.schema import ROLES
 from bus.replay import read
 from bus.store import StateStore
-from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab, read_secret
+from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab
 from services.render import describe
 
 app = typer.Typer(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
@@ -110,8 +110,7 @@ def agent(
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
 ) -> None:
     """Run one agent (what `lab up` and the Kubernetes Deployments start)."""
-    from services.executors import make_executor
-    from bus.schema import NatsAccess
+    from services import wiring
     from services.host import run_agent
 
     if role not in ROLES:
@@ -121,17 +120,14 @@ def agent(
         _check_url(nats)
     config = bus_config(role, nats)
     settings = lab_config()
-    ex = job_nats = None
-    if role == "engineer":
-        _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    if wiring.wiring_class(role).runs_jobs:
+        _check_choice("executor", executor, wiring.EXECUTORS)
         _sandbox_gate(mind, executor, False)
-        ex = make_executor(executor, (settings.get("executor") or {}).get(executor, {}))
-        job_nats = NatsAccess(
-            url=os.environ.get("LAB_RUNNER_NATS_URL", config.url),
-            user=os.environ.get("LAB_RUNNER_USER"),
-            password=read_secret("LAB_RUNNER_PASSWORD"),
-        )
-    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), executor=ex, job_nats=job_nats)
+    try:
+        ports = wiring.build(role, home=lab_home(), config=settings, bus_url=config.url, executor=executor)
+    except wiring.WiringError as e:
+        _fail(str(e))
+    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), wiring=ports)
 
 
 # ---------------------------------------------------------------- status / logs / say
