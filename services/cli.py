@@ -19,12 +19,12 @@ from rich.markup import escape
 from bus import subjects
 from bus.client import Bus
 from bus.errors import PermissionDenied
-from bus.schema import ROLES
+from bus.schema import MIND_KINDS, ROLES
 from bus.schema.constants import AGENTS_BUCKET
 from bus.replay import read
 from bus.store import StateStore
 from services.cli_errors import LabTyper, UsageError, fail
-from services.config import bus_config, lab_config, lab_home, read_local_lab, read_secret
+from services.config import bus_config, lab_config, lab_home, read_local_lab
 from services.render import describe
 
 app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
@@ -53,7 +53,7 @@ def up(
     """Start nats-server (JetStream) and the six agents on this machine."""
     from services.lab import LabOptions, Supervisor, parse_replicas, up_detached
 
-    _check_choice("mind", mind, ("offline", "llm"))
+    _check_choice("mind", mind, MIND_KINDS)
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if nats is not None:
@@ -105,28 +105,22 @@ def agent(
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
 ) -> None:
     """Run one agent (what `lab up` and the Kubernetes Deployments start)."""
-    from services.executors import make_executor
-    from bus.schema import NatsAccess
+    from services import wiring
+    from services.executors import EXECUTOR_KINDS
     from services.host import run_agent
 
     if role not in ROLES:
         fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-    _check_choice("mind", mind, ("offline", "llm"))
+    _check_choice("mind", mind, MIND_KINDS)
     if nats is not None:
         _check_url(nats)
     config = bus_config(role, nats)
     settings = lab_config()
-    ex = job_nats = None
-    if role == "engineer":
-        _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    if wiring.wiring_class(role).runs_jobs:
+        _check_choice("executor", executor, EXECUTOR_KINDS)
         _sandbox_gate(mind, executor, False)
-        ex = make_executor(executor, (settings.get("executor") or {}).get(executor, {}))
-        job_nats = NatsAccess(
-            url=os.environ.get("LAB_RUNNER_NATS_URL", config.url),
-            user=os.environ.get("LAB_RUNNER_USER"),
-            password=read_secret("LAB_RUNNER_PASSWORD"),
-        )
-    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), executor=ex, job_nats=job_nats)
+    ports = wiring.build(role, home=lab_home(), config=settings, bus_url=config.url, executor=executor)  # WiringError: one line
+    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), wiring=ports)
 
 
 # ---------------------------------------------------------------- status / logs / say
@@ -348,7 +342,7 @@ def run(
         _check_url(nats)
     if attach is not None:
         raise typer.Exit(attach_project(attach, out, nats, quiet, console))
-    _check_choice("mind", mind, ("offline", "llm"))
+    _check_choice("mind", mind, MIND_KINDS)
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if model is not None and mind != "llm":

@@ -11,10 +11,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.base import Context
+from agents.literature import ROLE, LiteratureContext, Settings, State
 from agents.lit.bibtex import check_citations, to_bibtex
 from agents.lit.index import FtsIndex, library_path
 from agents.lit.library_files import parse_bibtex, read_library_file
-from agents.literature import ROLE, State
 from agents.minds import make_mind
 from agents.minds.base import LiteratureMind, NoveltyJudgement
 from agents.templates import bundle
@@ -100,15 +100,16 @@ def store(tmp_path: Path) -> FakeStore:
     return FakeStore({"p1/template.tar.gz": bundle(folder), "p1/garbage.tar.gz": b"not a tarball"})
 
 
-def context(store: FakeStore, cache: DictCache | None, lab_home: Path, mind: Any = None, **services: Any) -> Context:
-    return Context(
+def context(store: FakeStore, cache: DictCache | None, lab_home: Path, mind: Any = None, literature: dict[str, Any] | None = None) -> LiteratureContext:
+    return LiteratureContext(
         project="p1",
         role="literature",
         state=State(),
         artifacts=store,
         mind=mind or make_mind("offline", "literature", seed=7),
         cache=cache,
-        services={"lab_home": lab_home, **services},
+        settings=Settings.model_validate(literature or {}),
+        lab_home=lab_home,
     )
 
 
