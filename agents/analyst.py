@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from agents import stats
-from agents.base import Context, Role, on
+from agents.base import Context, EmptyState, Role, on
+from agents.minds.base import AnalystMind
 from agents.figures import Bar, bar_chart, figure_name
 from bus.schema import (
     BASELINE,
@@ -40,6 +41,7 @@ from bus.schema import (
 )
 
 ALPHA = 0.05
+AnalystContext = Context[EmptyState, AnalystMind]
 
 
 @dataclass
@@ -260,7 +262,7 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
     return report, arms
 
 
-async def draw_figures(ctx: Context, report: AnalysisReport, arms: dict[str, Arm], directions: dict[str, Direction]) -> list[str]:
+async def draw_figures(ctx: AnalystContext, report: AnalysisReport, arms: dict[str, Arm], directions: dict[str, Direction]) -> list[str]:
     names = []
     for metric, direction in directions.items():
         by_idea = {c.idea_id: c for c in report.comparisons if c.metric == metric}
@@ -280,7 +282,7 @@ class Analyst(Role):
     name = "analyst"
 
     @on(AnalysisRequest)
-    async def analyse(self, body: AnalysisRequest, env: Envelope, ctx: Context) -> None:
+    async def analyse(self, body: AnalysisRequest, env: Envelope, ctx: AnalystContext) -> None:
         directions, _ = metric_directions(body.spec)
         try:
             report, arms = build_report(ctx.project, body)

@@ -79,7 +79,7 @@ def on(kind: type[BaseModel]) -> Callable[[Callable[..., Awaitable[None]]], Call
     """Mark a method as the handler of one message kind."""
 
     def mark(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        fn.__lab_kind__ = kind.model_fields["type"].default  # type: ignore[attr-defined]
+        setattr(fn, "__lab_kind__", kind.model_fields["type"].default)
         return fn
 
     return mark

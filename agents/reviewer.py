@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from agents.base import Context, Role, on
+from agents.minds.base import ReviewerMind
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from bus.schema import Envelope, Rebuttal, ReviewDone, ReviewRequest, StepFailed
@@ -29,18 +30,21 @@ class ReviewerState(BaseModel):
         return {k: v for k, v in data.items() if k != "rebuttals"} if isinstance(data, dict) else data
 
 
+ReviewerContext = Context[ReviewerState, ReviewerMind]
+
+
 class Reviewer(Role):
     name = "reviewer"
     State = ReviewerState
 
     @on(Rebuttal)
-    async def rebuttal(self, body: Rebuttal, env: Envelope, ctx: Context) -> None:
+    async def rebuttal(self, body: Rebuttal, env: Envelope, ctx: ReviewerContext) -> None:
         """Log the PI's answers; the next round's draft carries them (its Revisions section), so nothing is kept."""
         rebutted = [r.item_id for r in body.responses if r.action == "rebut"]
         ctx.log.info("rebuttal received", round=body.round, acted=len(body.responses) - len(rebutted), rebutted=rebutted)
 
     @on(ReviewRequest)
-    async def review(self, body: ReviewRequest, env: Envelope, ctx: Context) -> None:
+    async def review(self, body: ReviewRequest, env: Envelope, ctx: ReviewerContext) -> None:
         try:
             paper = (await ctx.artifacts.get(body.draft.markdown)).decode(errors="replace")
         except KeyError:

@@ -253,7 +253,7 @@ class OfflineReviewerMind:
         overall = two_decimals(mean(r.scores.overall for r in reviews)) if reviews else 1.0
         fatal = [f for f in found.values() if f.kind == "fatal"]
         blocking = [f for f in found.values() if f.blocking]
-        items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)  # type: ignore[arg-type]
+        items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)
                  for n, f in enumerate((f for f in found.values() if f.kind != "fatal"), 1)]
         rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains, the mean overall is >= {ACCEPT_AT} "
                 f"and a primary comparison is significant after correction; reject an inconclusive study with nothing left to fix; "
