@@ -14,7 +14,7 @@ import typer
 import yaml
 
 from agents.templates import load
-from bus.schema import JobSpec, NatsAccess, TemplateError
+from bus.schema import BASELINE, JobSpec, NatsAccess, TemplateError
 from services.executors.base import ExecutorError
 from services.executors.render import render_job
 
@@ -53,7 +53,7 @@ def example_job(template: str, nats_url: str, profile: str | None = None) -> Job
     return JobSpec(
         job_id=f"{spec.name}-baseline",
         project="example",
-        experiment_id="baseline",
+        experiment_id=BASELINE,
         template=spec.name,
         bundle_object=f"example/bundles/{spec.name}.tar.gz",
         overrides={**chosen.overrides, **spec.baseline},

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from bus.schema import Envelope, ProjectView
+from bus.schema import BASELINE, Envelope, ProjectView
 from bus.replay import Entry
 from services.render import describe
 
@@ -132,7 +132,7 @@ def experiments(convo: Iterable[Envelope], jobs: dict[str, JobLive] | None = Non
         b = env.body
         if b.type == "experiment_request":
             what = "baseline" if b.idea is None else ", ".join(f"{k}={v}" for k, v in b.idea.changes.items())
-            out[b.experiment_id] = ExperimentView(b.experiment_id, b.idea.id if b.idea else "baseline", what, list(b.seeds), "requested")
+            out[b.experiment_id] = ExperimentView(b.experiment_id, b.idea.id if b.idea else BASELINE, what, list(b.seeds), "requested")
         elif b.type == "experiment_planned" and b.experiment_id in out:
             x = out[b.experiment_id]
             x.state, x.reason = ("rejected", b.rejected) if b.rejected else ("planned", "")
