@@ -21,7 +21,7 @@ from bus.schema import ROLES, ProjectView
 from bus.replay import read
 from bus.store import StateStore
 from services.config import ConfigError, bus_config, lab_config, lab_home, read_local_lab, read_secret
-from services.render import describe
+from services.describe import describe
 
 app = typer.Typer(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=False, highlight=False)

@@ -31,7 +31,7 @@ from services.config import bus_config, lab_home, read_local_lab
 from services.export import UnknownProject, export_project
 from services.lifecycle import StoreFull, check_store
 from services.reading import heartbeat, project_state
-from services.render import describe
+from services.describe import describe
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from bus.schema import BASELINE, Envelope, ProjectView
 from bus.replay import Entry
-from services.render import describe
+from services.describe import describe
 
 LOG_TAIL = 8  # log lines kept per job on the experiments view
 
