@@ -15,7 +15,7 @@ import yaml
 
 from agents.jobs import plan_job
 from agents.templates import load
-from bus.schema import JobSpec, NatsAccess
+from bus.schema import BASELINE, JobSpec, NatsAccess
 from services.cli_errors import LabTyper, fail
 from services.executors.render import render_job
 
@@ -46,7 +46,7 @@ def example_job(template: str, nats_url: str, profile: str | None = None) -> Job
     """The baseline run of a template under a profile, as the engineer plans it, with the runner's bus access the executor adds."""
     _, spec = load(template)
     job = plan_job(
-        spec, profile, job_id=f"{spec.name}-baseline", project="example", experiment_id="baseline",
+        spec, profile, job_id=f"{spec.name}-baseline", project="example", experiment_id=BASELINE,
         bundle_object=f"example/bundles/{spec.name}.tar.gz", seeds=list(range(spec.seeds)),
     )
     return job.model_copy(update={"nats": NatsAccess(url=nats_url, user="runner")})

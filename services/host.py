@@ -18,7 +18,6 @@ message (``agents/minds/meter``), so concurrent projects are charged apart.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -35,11 +34,11 @@ from agents.minds import llm_unavailable, make_mind
 from agents.minds.meter import metered
 from bus import subjects
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.schema.constants import AGENTS_BUCKET
+from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import LabError, MindError, StateConflict
 from bus.retry import backoff_delay
-from bus.schema import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
+from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
 from services.logging import setup_logging
@@ -189,24 +188,24 @@ class AgentHost:
         self.failed = True
         self.stop.set()
 
-    def heartbeat_doc(self) -> dict[str, Any]:
+    def heartbeat_doc(self, started: float | None = None) -> Heartbeat:
         lat = sorted(self.latencies)
-        return {
-            "role": self.role_name, "pid": os.getpid(), "host": socket.gethostname(), "mind": self.mind_kind,
-            "llm_error": self.llm_error, "concurrency": self.concurrency, "busy": self.lanes.in_hand, "held": self.lanes.held,
-            "handled": self.handled, "seen": time.time(),
-            "p50_s": lat[len(lat) // 2] if lat else None, "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
-        }
+        return Heartbeat(
+            role=self.role_name, instance=self.instance, pid=os.getpid(), host=socket.gethostname(), mind=self.mind_kind,
+            llm_error=self.llm_error, concurrency=self.concurrency, busy=self.lanes.in_hand, held=self.lanes.held,
+            handled=self.handled, seen=time.time(), started=started,
+            p50_s=lat[len(lat) // 2] if lat else None, p99_s=lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+        )
 
     async def _heartbeat(self) -> None:
         started = time.time()
         while True:
             try:
-                await self.agents_kv.put(self.heartbeat_key(), json.dumps({**self.heartbeat_doc(), "instance": self.instance, "started": started}).encode())
+                await self.agents_kv.put(self.heartbeat_key(), self.heartbeat_doc(started).model_dump_json().encode())
                 self.alive_file().touch()
             except Exception as e:  # a missed beat is sent again in 5 s; the loop must outlive a bus outage
                 log.warning("heartbeat failed", error=str(e))
-            await asyncio.sleep(5)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
 
     async def _consume(self, sub: Any) -> None:
         """Fetch what the lanes have room for and queue each message on its project's lane."""

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
-from bus.schema import AnalysisReport, Comparison, MetaReview, Reference, Review, ReviewScores, RevisionItem, Usage
+from bus.schema import BASELINE, MIN_SEEDS, AnalysisReport, Comparison, MetaReview, Reference, Review, ReviewScores, RevisionItem, Usage
 
-MIN_SEEDS, GOOD_SEEDS, MIN_REFERENCES, ACCEPT_AT = 3, 5, 5, 6
+GOOD_SEEDS, MIN_REFERENCES, ACCEPT_AT = 5, 5, 6
 BLOCKING = {"more_seeds", "add_baseline", "add_limitation", "rewrite_section"}
 AREA = {"more_seeds": "statistics", "add_baseline": "statistics", "rewrite_section": "presentation",
         "add_limitation": "presentation", "add_citation": "literature", "fatal": "statistics"}
@@ -89,7 +89,7 @@ def seed_findings(report: AnalysisReport) -> list[Finding]:
             continue
         need = f"below the {MIN_SEEDS} required" if n < MIN_SEEDS else f"fewer than {GOOD_SEEDS} per arm"
         state = "is inconclusive" if c.verdict == "inconclusive" else f"is called {c.verdict}"
-        for target, arm_n in ((c.idea_id, c.n_idea), ("baseline", c.n_baseline)):
+        for target, arm_n in ((c.idea_id, c.n_idea), (BASELINE, c.n_baseline)):
             if arm_n < GOOD_SEEDS and target not in seen:
                 seen.add(target)
                 out.append(Finding("more_seeds", target,
@@ -102,7 +102,7 @@ def baseline_findings(report: AnalysisReport) -> list[Finding]:
     out = []
     for flag in report.flags:
         if flag.kind == "missing_baseline":
-            out.append(Finding("add_baseline", "baseline", f"No successful baseline run, so no claim can be checked ({flag.text}). Run the baseline."))
+            out.append(Finding("add_baseline", BASELINE, f"No successful baseline run, so no claim can be checked ({flag.text}). Run the baseline."))
         elif flag.kind == "unfair_baseline":
             out.append(Finding("add_baseline", flag.idea_id,
                                f"The comparison is unfair ({flag.text}). Add a baseline with the same setting of that knob, or drop the claim."))

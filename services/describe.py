@@ -1,4 +1,4 @@
-"""One line per message, for a person watching the lab think."""
+"""One line per message, for a person watching the lab think: what `lab logs`, `lab run` and the web view print for an envelope."""
 
 from __future__ import annotations
 
