@@ -7,7 +7,7 @@ first, then the built-ins in a seeded order); later ones derive from the best
 so far with seeded operators, each a real recombination or parameter change:
 
 - ``blend``: a convex mix of two parents' outputs with a seeded weight;
-- ``density``: a parent run with another ``args.density``;
+- ``density``: a parent that reads ``args.density``, run with another value;
 - ``trim``: a parent fed TIES-trimmed task vectors;
 - ``explore``: the next pool algorithm not yet run.
 
@@ -106,6 +106,8 @@ class OfflineEvolveMind:
                 rationale=f"a convex mix ({w} : {1 - w}) of {a.name} and {b.name}", parents=[a.id, b.id],
             )
         if op == "density":
+            if "density" not in a.code:
+                return None  # the parent ignores args.density: the same algorithm under another name
             d = rng.choice(DENSITIES)
             body = f"    args = argparse.Namespace(**{{**vars(args), 'density': {d}}})\n    return {a_names[f]}({call})"
             return Proposal(name=f"{a.name}@density={d}", code=f"{a_code}\n\n\n{head}\n{body}\n",
