@@ -205,3 +205,17 @@ def test_lab_evolve_with_a_scripted_llm(lab_env, tmp_path: Path) -> None:
     pairs = [json.loads(line) for line in (out / "evolve" / "preferences.jsonl").read_text().splitlines()]
     assert pairs[0]["rejected"] == CRASH and pairs[0]["chosen"] == best0["code"]
     assert pairs[0]["prompt"] in fake.requests[0].last_user or fake.requests[0].last_user in pairs[0]["prompt"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--population", "0"], "--population must be at least 1"),
+    (["--template", "grokking"], "declares no hook for `lab evolve`"),
+    (["--seed-code", "/no/such/file.py"], "--seed-code /no/such/file.py: cannot read"),
+    (["--max-runs", "2"], "leaves no run for the loop"),
+])
+def test_bad_arguments_are_one_line(lab_env, args: list[str], says: str) -> None:
+    _, env = lab_env
+    proc = subprocess.run(lab_cmd("evolve", *args), env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
