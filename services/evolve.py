@@ -29,6 +29,7 @@ from rich.markup import escape
 from agents import evolve as workflow
 from agents.codeedit import EditError
 from agents.evolve import EvolveError, EvolveMind, Hook, ProposeRequest
+from agents.jobs import plan_job
 from agents.templates import bundle, bundle_files, replace_files
 from bus import subjects
 from bus.client import Bus, BusConfig
@@ -106,8 +107,7 @@ class CandidateRunner:
         self.bus, self.artifacts, self.executor, self.project = bus, artifacts, executor, project
         self.spec, self.hook, self.base, self.job_nats = spec, hook, base_bundle, job_nats
         self.files = bundle_files(base_bundle)
-        self.chosen = spec.profile(profile or None)
-        self.overrides = spec.check_overrides({**self.chosen.overrides, **spec.baseline})
+        self.profile = profile or None
         self.metric = spec.primary_metric
         self.waiting: dict[str, asyncio.Future[JobStatus]] = {}
         self.runs = 0
@@ -140,13 +140,13 @@ class CandidateRunner:
             return Candidate(**base, state="failed", reason=f"edit refused: {e}")  # type: ignore[arg-type]
         async with self.slots:
             self.runs += 1
-            job = JobSpec(
-                job_id=f"{self.project}-{cid}", project=self.project, experiment_id=cid, template=self.spec.name,
+            planned = plan_job(
+                self.spec, self.profile, job_id=f"{self.project}-{cid}", project=self.project, experiment_id=cid,
                 bundle_object=await self.artifacts.put(f"{self.project}/bundles/{cid}.tar.gz", replace_files(self.base, files)),
-                overrides={**self.overrides, "split": split}, seeds=list(range(self.spec.seeds)),
-                wall_time_s=self.chosen.time_budget_s, memory_mb=self.chosen.resources.memory_mb, cpu=self.chosen.resources.cpu,
-                gpu=self.chosen.resources.gpu, network=self.spec.network, nats=self.job_nats,
+                seeds=list(range(self.spec.seeds)),
             )
+            # The split is the loop's, not a knob an idea may move: it goes to the experiment beside the planned overrides.
+            job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split}, "nats": self.job_nats})
             started = time.monotonic()
             status = await self._wait(job)
         base.update(job_id=job.job_id, wall_s=round(status.wall_s or time.monotonic() - started, 2))
