@@ -11,7 +11,7 @@ hand, returns the ones it had not started, and drains.
 Messages of different projects are handled concurrently (up to the role's
 ``concurrency``), one project's in order and one at a time (``services/lanes``).
 The mind is the project's (``Envelope.mind``, remembered in the role's state),
-built once per (project, kind, model); what its calls cost is metered per
+built once per (project, kind, model) by the wiring's ``Minds``; what its calls cost is metered per
 message (``agents/minds/meter``), so concurrent projects are charged apart.
 """
 
@@ -30,7 +30,6 @@ from pydantic import ValidationError
 
 from agents import role_class
 from agents.base import Rejected, Role, UnhandledKind, is_permanent
-from agents.minds import llm_unavailable, make_mind
 from agents.minds.meter import metered
 from bus import subjects
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
@@ -42,14 +41,13 @@ from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, Usage
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
 from services.logging import setup_logging
-from services.wiring import Wiring, role_name
+from services.wiring import Minds, Wiring, role_name
 
 OUTBOX_KEEP = 16
 FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
 # For bench/lab.py: a simulated mind call of this many seconds in every handled message (0: none).
 BENCH_MIND_LATENCY_S = float(os.environ.get("LAB_BENCH_MIND_LATENCY_S", "0") or 0)
 DEFAULT_CONCURRENCY = 8
-MINDS_KEPT = 64  # minds cached per process (one per project and model in use)
 log = structlog.get_logger()
 
 
@@ -116,10 +114,9 @@ class AgentHost:
         self.config = config
         self.home = home
         self.mind_kind = mind
-        self.mind_config = mind_config
-        self.mind = make_mind(mind, role, 0, mind_config)
-        self.minds: dict[tuple[str, str, str | None], Any] = {}
-        self.llm_error = self._probe_llm()
+        self.minds = Minds(role, mind, mind_config)
+        self.mind = self.minds.default
+        self.llm_error = self.minds.unavailable()
         # What this role needs beyond the bus (services/wiring); a role without ports by default.
         self.wiring = wiring or Wiring(role_name(role), home)
         self.stop = asyncio.Event()
@@ -225,32 +222,6 @@ class AgentHost:
         finally:
             self.latencies = [*self.latencies[-999:], time.monotonic() - started]
 
-    # ------------------------------------------------------------ minds per project
-
-    def _probe_llm(self) -> str | None:
-        """Why this agent could not think with an llm mind (None: it can); `lab run --mind llm` asks first."""
-        try:
-            return llm_unavailable(self.role_name, self.mind_config)
-        except Exception as e:  # e.g. a broken config file: that is the reason too, reported in the heartbeat
-            log.warning("llm mind unavailable", role=self.role_name, error=f"{type(e).__name__}: {e}")
-            return str(e) or type(e).__name__
-
-    def mind_for(self, project: str, choice: MindChoice | None) -> Any:
-        """The project's mind, built once per (project, kind, model); the agent's own without a choice."""
-        if choice is None or (choice.kind == self.mind_kind and choice.model is None):
-            return self.mind
-        key = (project, choice.kind, choice.model)
-        mind = self.minds.get(key)
-        if mind is None:
-            config = dict(self.mind_config or {})
-            if choice.model:
-                config["model"] = choice.model
-            mind = make_mind(choice.kind, self.role_name, 0, config)
-            if len(self.minds) >= MINDS_KEPT:
-                self.minds.pop(next(iter(self.minds)))  # the oldest; it is rebuilt if its project speaks again
-            self.minds[key] = mind
-        return mind
-
     # ------------------------------------------------------------ one message
 
     async def process(self, msg: Any) -> None:
@@ -319,7 +290,7 @@ class AgentHost:
         choice = env.mind or (MindChoice.model_validate(doc["mind"]) if doc.get("mind") else None)
         if choice is not None and env.mind is None:
             env = env.model_copy(update={"mind": choice})  # so its outputs carry it on
-        ctx = self.wiring.context(project=env.project, state=state, mind=self.mind_for(env.project, choice), artifacts=self.artifacts, cache=self.cache)
+        ctx = self.wiring.context(project=env.project, state=state, mind=self.minds.for_project(env.project, choice), artifacts=self.artifacts, cache=self.cache)
         try:
             with metered() as spent:
                 if BENCH_MIND_LATENCY_S:

@@ -3,7 +3,8 @@
 The host (``services/host.py``) runs any role the same way; what differs
 between roles is written here once, from the lab's config:
 
-- every role: a ``Context`` with its state, mind, artifacts and cache;
+- every role: a ``Context`` with its state, mind, artifacts and cache; its
+  minds (``Minds``: the agent's own, and one per project that chose another);
 - the engineer: an ``EngineerContext`` whose ``jobs`` port submits to the
   executor named by ``LAB_EXECUTOR`` / ``--executor`` (options from the config's
   ``executor: {KIND: {...}}``), the runner's bus access added at submit; it also
@@ -21,15 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import structlog
 from pydantic import ValidationError
 
 from agents.base import ArtifactStore, Cache, Context
 from agents.engineer import EngineerContext
 from agents.literature import LiteratureContext, Settings
+from agents.minds import llm_unavailable, make_mind
 from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
-from bus.schema import ROLES, NatsAccess, RoleName
+from bus.schema import ROLES, MindChoice, NatsAccess, RoleName
 from bus.store import StateStore
 from services.config import read_secret
 from services.executors import EXECUTOR_KINDS, make_executor
@@ -37,6 +40,47 @@ from services.executors.base import Executor
 from services.job_watch import JobWatch
 from services.jobs import ExecutorJobs
 
+
+
+log = structlog.get_logger()
+
+
+class Minds:
+    """A role's minds: the agent's own, and one per (project, kind, model) a project asked for.
+
+    The mind rides on each project's envelopes (``Envelope.mind``), so one
+    agent process thinks with whatever mind each project chose; minds are
+    built here, once, and the oldest are dropped past ``keep``.
+    """
+
+    def __init__(self, role: str, kind: str = "offline", config: dict[str, Any] | None = None, keep: int = 64) -> None:
+        self.role, self.kind, self.config, self.keep = role, kind, config, keep
+        self.default: Any = make_mind(kind, role, 0, config)
+        self._built: dict[tuple[str, str, str | None], Any] = {}
+
+    def unavailable(self) -> str | None:
+        """Why this agent could not think with an llm mind (None: it can); `lab run --mind llm` asks first."""
+        try:
+            return llm_unavailable(self.role, self.config)
+        except Exception as e:  # e.g. a broken config file: that is the reason too, reported in the heartbeat
+            log.warning("llm mind unavailable", role=self.role, error=f"{type(e).__name__}: {e}")
+            return str(e) or type(e).__name__
+
+    def for_project(self, project: str, choice: MindChoice | None) -> Any:
+        """The project's mind, built once per (project, kind, model); the agent's own without a choice."""
+        if choice is None or (choice.kind == self.kind and choice.model is None):
+            return self.default
+        key = (project, choice.kind, choice.model)
+        mind = self._built.get(key)
+        if mind is None:
+            config = dict(self.config or {})
+            if choice.model:
+                config["model"] = choice.model
+            mind = make_mind(choice.kind, self.role, 0, config)
+            if len(self._built) >= self.keep:
+                self._built.pop(next(iter(self._built)))  # the oldest; it is rebuilt if its project speaks again
+            self._built[key] = mind
+        return mind
 
 
 class WiringError(LabError, ValueError):

@@ -102,7 +102,7 @@ async def test_projects_run_concurrently_each_in_order_with_usage_apart(admin_bu
 async def test_a_project_mind_choice_is_kept_for_messages_without_one(admin_bus, nats_server, tmp_path):
     """The project's mind rides on its envelopes; a message without one (a job status) uses the stored choice."""
     host, probe, task = await run_host(nats_server, tmp_path, concurrency=2, spend={"m1": 1, "m2": 1})
-    host.mind_config = {"base_url": "http://127.0.0.1:9/v1"}  # a local server takes any key; nothing is called here
+    host.minds.config = {"base_url": "http://127.0.0.1:9/v1"}  # a local server takes any key; nothing is called here
     try:
         note = CoPINote(id="a", text="go", to="writer")
         choice = MindChoice(kind="llm", model="tiny-model")
