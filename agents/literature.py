@@ -32,7 +32,7 @@ class Settings(BaseModel):
     """How hard a check searches, and where: the lab config's ``literature`` section (``services/wiring``)."""
 
     model_config = ConfigDict(extra="forbid")
-    sources: list[str] | None = None  # None: LAB_LIT_SOURCES, else local,template
+    sources: list[str] | None = None  # None: LAB_LIT_SOURCES, else semantic_scholar,openalex,local,template
     rounds: int = Field(default=3, ge=1, le=10)
     queries_per_round: int = Field(default=3, ge=1, le=10)
     per_query: int = Field(default=8, ge=1, le=100)
@@ -66,19 +66,28 @@ class LiteratureContext(Context[State, LiteratureMind]):
 
 
 WEB_SOURCES = ("semantic_scholar", "openalex")
+WEB_NAMES = {"semantic_scholar": "Semantic Scholar", "openalex": "OpenAlex"}
 _said_local_only: set[str] = set()  # projects already told, so the line is said once per project and process
+
+
+def local_only_notice(names: list[str], down: dict[str, str]) -> str | None:
+    """The one line a person reads when no web source answered, else None."""
+    web = [n for n in names if n in WEB_SOURCES]
+    if web and any(n not in down for n in web):
+        return None
+    if not web:
+        return f"literature: web sources off (sources: {', '.join(names)}); working from the local library only"
+    return f"literature: {' and '.join(WEB_NAMES[n] for n in web)} unreachable; working from the local library only"
 
 
 def say_if_local_only(ctx: LiteratureContext, names: list[str], chain: FallbackChain) -> None:
     """One line when no web source answers: the user must know the novelty check saw only the local library."""
-    web = [n for n in names if n in WEB_SOURCES]
-    down = {n: chain.down[n] for n in web if n in chain.down}
-    if ctx.project in _said_local_only or (web and len(down) < len(web)):
+    notice = local_only_notice(names, chain.down)
+    if notice is None or ctx.project in _said_local_only:
         return
     _said_local_only.add(ctx.project)
-    why = ("web sources unreachable: " + "; ".join(f"{k}: {v}" for k, v in down.items())) if web else \
-        "no web source configured (set LAB_LIT_SOURCES=semantic_scholar,openalex,local,template to search the web)"
-    ctx.log.warning("lit_local_only", message=f"literature works from the local library and the template's bibliography only; {why}")
+    reasons = {n: chain.down[n] for n in names if n in chain.down}
+    ctx.log.warning("lit_local_only", message=notice, reasons=reasons)
 
 
 def _merge(found: list[Reference], new: list[Reference]) -> list[Reference]:

@@ -7,6 +7,10 @@ the evidence (numbers that do not are replaced by "[?]" and logged), and
 every ``\\cite`` key must be in references.bib. Minds write the small markup
 of ``agents.writing.markup``; light LaTeX (``\\cite{}``, ``$p<0.05$``, ``\\%``)
 is normalized into it first, so both the LLM and the offline mind render the same way.
+
+When pdflatex fails on the mind's prose, the error and the section it names
+go back to the mind (``fix_latex``) for at most ``latexfix.FIX_ROUNDS``
+fixes; a PDF that still fails is reported with its log excerpt.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import jinja2
 
 from agents.base import Context, EmptyState, Role, on
 from agents.minds.base import PaperSections, WriterMind
-from agents.writing import assemble, citations, markup, numbers, pdf, revisions, trace
+from agents.writing import assemble, citations, latexfix, markup, numbers, pdf, revisions, trace
 from bus.errors import ArtifactMissing
 from bus.schema import DraftReady, DraftRequest, Envelope
 
@@ -128,6 +132,10 @@ class Writer(Role):
         tex, md = render(body, sections, figures, mind)
         body, tex, md = await self._keep_promises(body, sections, figures, mind, tex, md, ctx)
         bib = citations.references_bib(body.references)
+        missing = citations.unresolved(tex, bib)
+        built: bytes | pdf.PdfError | None = None
+        if not missing:
+            built, tex, md = await self._typeset(body, sections, figures, mind, tex, md, bib, files, (strings, evidence, analysis), ctx)
         printed = numbers.tokens(md, strings + [f.name for f in figures] + [f"figures/{f.file}" for f in figures])
         left = numbers.unverified(printed, evidence)
         if left:
@@ -146,17 +154,46 @@ class Writer(Role):
             numbers=list(dict.fromkeys(float(t) for t in printed)),
             analysis=await ctx.artifacts.put(f"{base}/analysis.json", json.dumps(analysis, indent=2).encode()),
         )
-        missing = citations.unresolved(tex, bib)
         if missing:
             out.pdf_error = f"unresolved citation keys: {', '.join(missing)}"
-        else:
-            try:
-                out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", await pdf.compile_pdf(tex, bib, files))
-            except pdf.PdfError as e:
-                out.pdf_error, out.pdf_log = str(e), e.excerpt
+        elif isinstance(built, pdf.PdfError):
+            out.pdf_error, out.pdf_log = str(built), built.excerpt
+        elif built is not None:
+            out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", built)
         if out.pdf_error:
             ctx.log.warning("pdf_failed", error=out.pdf_error, log=out.pdf_log)
         ctx.send(out, to="pi")
+
+    async def _typeset(
+        self, body: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str, tex: str, md: str,
+        bib: str, files: dict[str, bytes], checks: tuple[list[str], set[float], dict[str, Any]], ctx: WriterContext,
+    ) -> tuple[bytes | pdf.PdfError, str, str]:
+        """The PDF, or its error after at most FIX_ROUNDS fixes of the sections the error names; the tex and md built."""
+        strings, evidence, analysis = checks
+        fix = getattr(ctx.mind, "fix_latex", None)  # minds written before fix_latex (and test doubles) offer none
+        for attempt in range(latexfix.FIX_ROUNDS + 1):
+            try:
+                return await pdf.compile_pdf(tex, bib, files), tex, md
+            except pdf.PdfError as e:
+                error = e
+            failing = latexfix.failing_sections(tex, f"{error}\n{error.excerpt}")
+            if attempt == latexfix.FIX_ROUNDS or not failing or fix is None:
+                break
+            ctx.log.warning("pdf_fix_asked", attempt=attempt + 1, sections=failing, error=str(error))
+            try:
+                fixed = await fix(sections, failing, error.excerpt or str(error))
+            except Exception as e:  # a mind that cannot fix leaves the PDF error as it was: the draft still goes out
+                ctx.log.warning("pdf_fix_unanswered", reason=f"{type(e).__name__}: {e}")
+                break
+            if fixed is None:
+                break
+            # A fixed section is the mind's prose like any other: the same number checks before it is printed.
+            fixed, _ = scrub_sections(PaperSections(**{**sections.model_dump(), **{k: getattr(fixed, k) for k in failing}}), strings, evidence)
+            sections, _ = canonical_sections(fixed, strings, evidence, set(analysis["display"]))
+            tex, md = render(body, sections, figures, mind)
+        if attempt:
+            ctx.log.warning("pdf_fix_failed", fixes=attempt, error=str(error))
+        return error, tex, md
 
     async def _keep_promises(
         self, body: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str, tex: str, md: str, ctx: WriterContext

@@ -11,9 +11,25 @@ import pytest
 
 from bus.client import Bus, BusConfig
 from bus.permissions import ADMIN
+from bus.retry import reset_breakers
 from bus.server import EmbeddedServer, new_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def local_literature(monkeypatch):
+    """Tests never leave 127.0.0.1: the literature chain is pinned to the local sources.
+
+    The web clients are tested against local stand-ins that name their sources
+    explicitly (tests/test_literature_s2.py, tests/test_literature_openalex.py);
+    `lab` subprocesses inherit this environment. Circuit breakers are per process:
+    each test starts with none open.
+    """
+    monkeypatch.setenv("LAB_LIT_SOURCES", "local,template")
+    reset_breakers()
+    yield
+    reset_breakers()
 
 
 @pytest.fixture

@@ -257,6 +257,8 @@ class Kubelet:
         """The container's environment with secrets resolved and mount paths mapped to local folders."""
         mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}
+        if "LAB_LIT_SOURCES" in os.environ:  # the test suite's pin to local literature reaches the pods too (tests/conftest.py)
+            env["LAB_LIT_SOURCES"] = os.environ["LAB_LIT_SOURCES"]
         for var in container.get("env", []):
             if "value" in var:
                 value = var["value"]

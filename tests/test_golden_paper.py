@@ -119,7 +119,9 @@ def _env_line(text: str) -> str:
 
 def test_offline_fast_project_writes_the_golden_paper(lab_env, tmp_path):
     _home, env = lab_env
-    for k in ("LAB_CONFIG", "LAB_LIT_SOURCES", "LAB_TEMPLATES", "LAB_FAULT_DELAY_AFTER_STORE", "PYTHONHASHSEED"):
+    # LAB_LIT_SOURCES stays as tests/conftest.py pins it (local, template): the references come from the
+    # template's bib, and a machine with internet would otherwise find other papers than the golden one cites.
+    for k in ("LAB_CONFIG", "LAB_TEMPLATES", "LAB_FAULT_DELAY_AFTER_STORE", "PYTHONHASHSEED"):
         env.pop(k, None)
     out = tmp_path / "out"
     t0 = time.monotonic()

@@ -307,7 +307,8 @@ async def test_the_lab_says_once_when_it_works_from_the_local_library_only(store
         await run(context(store, DictCache(), lab_home, literature={"sources": ["local", "template"]}), check(DROPOUT))
         await run(context(store, DictCache(), lab_home, literature={"sources": ["local", "template"]}), check(WEIGHT_DECAY))
     said = [e for e in logs if e["event"] == "lit_local_only"]
-    assert len(said) == 1 and "local library" in said[0]["message"] and "LAB_LIT_SOURCES" in said[0]["message"]
+    assert said[0]["message"] == "literature: web sources off (sources: local, template); working from the local library only"
+    assert len(said) == 1
 
 
 async def test_an_unreachable_web_source_is_said_once_and_the_local_library_answers(store: FakeStore, lab_home: Path) -> None:
@@ -319,4 +320,44 @@ async def test_an_unreachable_web_source_is_said_once_and_the_local_library_answ
         verdict = await run(context(store, DictCache(), lab_home, literature=settings), check(DROPOUT))
     assert verdict.references and "semantic_scholar" not in verdict.sources
     said = [e for e in logs if e["event"] == "lit_local_only"]
-    assert len(said) == 1 and "web sources unreachable: semantic_scholar" in said[0]["message"]
+    assert len(said) == 1 and said[0]["message"] == "literature: Semantic Scholar unreachable; working from the local library only"
+    assert "semantic_scholar" in said[0]["reasons"]
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_default_chain_with_the_web_unreachable_answers_fast_from_the_local_library(
+    store: FakeStore, lab_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from agents import literature
+    from bus.retry import breaker_for
+
+    monkeypatch.delenv("LAB_LIT_SOURCES")  # the default chain: Semantic Scholar, OpenAlex, library, template
+    literature._said_local_only.discard("p1")
+    s2_url, openalex_url = f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}"
+    settings = {"web": {"semantic_scholar": {"api_url": s2_url}, "openalex": {"api_url": openalex_url}}}
+    with capture_logs() as logs:
+        start = time.monotonic()
+        first = await run(context(store, DictCache(), lab_home, literature=settings), check(DROPOUT))
+        took = time.monotonic() - start
+        again = await run(context(store, DictCache(), lab_home, literature=settings), check(WEIGHT_DECAY))
+    assert took < 1.0, f"a refused web source cost {took:.2f} s"
+    assert first.references and first.sources and set(first.sources) <= {"local", "template"}
+    assert again.references and set(again.sources) <= {"local", "template"}
+    said = [e for e in logs if e["event"] == "lit_local_only"]
+    assert [e["message"] for e in said] == ["literature: Semantic Scholar and OpenAlex unreachable; working from the local library only"]
+    # Both breakers opened: later checks do not even try the web until the cool-down ends.
+    assert breaker_for(s2_url).state == breaker_for(openalex_url).state == "open"
+    with capture_logs() as logs:
+        await run(context(store, DictCache(), lab_home, literature=settings), check(DROPOUT))
+    fast = [e["source"] for e in logs if e["event"] == "lit_source_unavailable" and "failing fast" in e["reason"]]
+    assert fast == ["semantic_scholar", "openalex"]
+    assert not [e for e in logs if e["event"] == "lit_local_only"]  # said once per project

@@ -185,7 +185,7 @@ def test_source_selection_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     from agents.lit.config import source_names
 
     monkeypatch.delenv("LAB_LIT_SOURCES", raising=False)
-    assert source_names() == (["local", "template"], [])  # offline by default
+    assert source_names() == (["semantic_scholar", "openalex", "local", "template"], [])  # the web first, by default
     monkeypatch.setenv("LAB_LIT_SOURCES", "s2, OpenAlex,local,,template,bogus,local")
     assert source_names() == (["semantic_scholar", "openalex", "local", "template"], ["bogus"])
 

@@ -1,7 +1,7 @@
 """Literature search for the lab: sources, a local FTS5 library, the fallback chain, BibTeX.
 
 Modules: ``sources`` (the Source protocol, the user's and the template's
-libraries), ``s2`` and ``openalex`` (web sources, opt-in), ``chain`` (fallback
+libraries), ``s2`` and ``openalex`` (web sources, first in the default chain), ``chain`` (fallback
 and cache), ``index`` (SQLite FTS5 + BM25), ``library_files`` (BibTeX and
 CSL-JSON in), ``bibtex`` (BibTeX out, keys, the \\cite check), ``config``
 (which sources), ``errors``.

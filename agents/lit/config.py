@@ -1,8 +1,11 @@
 """Which sources a lab uses, from config or ``LAB_LIT_SOURCES``.
 
-The lab is offline by default: the user's library and the template's
-bibliography. Web sources join only when named, e.g.
-``LAB_LIT_SOURCES=semantic_scholar,local,template``.
+By default the lab asks Semantic Scholar, then OpenAlex, then the user's
+library and the template's bibliography. A web source that cannot be reached
+fails fast (no DNS, refused) and its circuit breaker keeps it skipped for a
+cool-down, so an offline machine works from the local ones at almost no cost.
+``LAB_LIT_SOURCES=local,template`` (what the test suite sets) never leaves
+the machine.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from agents.lit.errors import SourceUnavailable
 from agents.lit.index import FtsIndex, default_lab_home, library_path
 from agents.lit.sources import LocalLibrarySource, Source, template_source
 
-DEFAULT_SOURCES = ("local", "template")
+DEFAULT_SOURCES = ("semantic_scholar", "openalex", "local", "template")
+LOCAL_SOURCES = ("local", "template")
 KNOWN = ("semantic_scholar", "openalex", "local", "template")
 _ALIASES = {"s2": "semantic_scholar", "semanticscholar": "semantic_scholar", "library": "local"}
 

@@ -3,7 +3,9 @@
 pyalex is synchronous (requests) and has no request timeout, so each call
 runs in a thread under ``asyncio.wait_for``; retries use the same bounded
 policy as Semantic Scholar, so rate limits end in SourceUnavailable and the
-chain moves on.
+chain moves on. Calls go through the process's circuit breaker for the API's
+address (``bus.retry.breaker_for``), so an unreachable OpenAlex is skipped at
+once after two unanswered calls, for a cool-down.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import requests
 
 from agents.lit.bibtex import reference_from_metadata
 from agents.lit.errors import RateLimited, SourceUnavailable
-from bus.retry import RetryPolicy
+from bus.retry import CircuitOpen, RetryPolicy, breaker_for
 from bus.schema import Reference
 
 
@@ -24,6 +26,10 @@ class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class _TimedOut(_Retryable, TimeoutError):
+    """No answer within ``timeout_s``: retried, and counted by the circuit breaker."""
 
 
 def work_reference(work: Any) -> Reference | None:
@@ -76,8 +82,11 @@ class OpenAlexSource:
         budget_s: float = 20.0,
         base_wait_s: float = 1.0,
         max_wait_s: float = 8.0,
+        cooldown_s: float = 60.0,
     ) -> None:
-        self.works = _works((api_url or OPENALEX).rstrip("/"))
+        base = (api_url or OPENALEX).rstrip("/")
+        self.works = _works(base)
+        self.breaker = breaker_for(base, cooldown_s=cooldown_s)
         # pyalex's configuration is module-global; the literature agent is its only user.
         if email:
             pyalex.config.email = email
@@ -99,13 +108,15 @@ class OpenAlexSource:
         try:
             return await asyncio.wait_for(asyncio.to_thread(self._get, query, limit), self.timeout_s)
         except asyncio.TimeoutError:
-            raise _Retryable("timed out") from None
+            raise _TimedOut("timed out") from None
 
     async def search(self, query: str, limit: int) -> list[Reference]:
         if not query.strip():
             return []
         try:
-            works = await self.retry.run(lambda: self._once(query, limit), (_Retryable,))
+            works = await self.retry.run(lambda: self._once(query, limit), (_Retryable,), breaker=self.breaker)
+        except CircuitOpen as e:
+            raise SourceUnavailable(f"openalex unreachable: {e}") from None
         except _Retryable as e:
             cls = RateLimited if "429" in str(e) else SourceUnavailable
             raise cls(f"openalex: {e} after {self.retry.attempts} attempts") from None

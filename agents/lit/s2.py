@@ -5,7 +5,11 @@ swapped for one that raises on every non-200 answer, because the stock one
 turns 502/503 into an empty result (indistinguishable from "no papers") and
 retries 429 for minutes. Retries here are bounded by attempts *and* seconds
 (tenacity), honour Retry-After, and end in SourceUnavailable/RateLimited so
-the chain moves on to the next source.
+the chain moves on to the next source. Every call goes through the
+process's circuit breaker for the API's address (``bus.retry.breaker_for``):
+after two unanswered calls (refused, no DNS, timed out) the source fails at
+once for a cool-down, so a machine without internet pays for the outage once,
+not once per query of every novelty check.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from semanticscholar.ApiRequester import ApiRequester
 
 from agents.lit.bibtex import reference_from_metadata
 from agents.lit.errors import PaperNotFound, RateLimited, SourceUnavailable
-from bus.retry import RetryPolicy
+from bus.retry import CircuitOpen, RetryPolicy, breaker_for
 from bus.schema import Reference
 
 T = TypeVar("T")
@@ -109,6 +113,7 @@ class SemanticScholarSource:
         budget_s: float = 30.0,
         base_wait_s: float = 1.0,
         max_wait_s: float = 10.0,
+        cooldown_s: float = 60.0,
     ) -> None:
         self.client = AsyncSemanticScholar(
             timeout=timeout_s, api_key=api_key or os.environ.get("S2_API_KEY") or None, api_url=api_url, retry=False
@@ -116,10 +121,13 @@ class SemanticScholarSource:
         self.client._requester = _StrictRequester(timeout_s, retry=False)
         self.attempts = attempts
         self.retry = RetryPolicy(attempts, budget_s, base_wait_s, max_wait_s, event="lit_retry")
+        self.breaker = breaker_for(self.client.api_url.rstrip("/"), cooldown_s=cooldown_s)
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await self.retry.run(fn, _RETRYABLE)
+            return await self.retry.run(fn, _RETRYABLE, breaker=self.breaker)
+        except CircuitOpen as e:
+            raise SourceUnavailable(f"semantic scholar unreachable: {e}") from None
         except _NotFound as e:
             raise PaperNotFound(f"semantic scholar has no paper {e}") from None
         except _TooManyRequests:

@@ -104,6 +104,10 @@ class EngineerMind(Protocol):
 class WriterMind(Protocol):
     async def write(self, request: Any) -> PaperSections: ...  # request: bus.schema.DraftRequest
 
+    async def fix_latex(self, sections: PaperSections, failing: list[str], error: str) -> PaperSections | None:
+        """``sections`` with the ``failing`` fields rewritten so pdflatex's ``error`` goes away; None: no fix to offer."""
+        ...
+
 
 @runtime_checkable
 class ReviewerMind(Protocol):

@@ -64,6 +64,21 @@ class LLMWriterMind(LLMMind):
         )
         return PaperSections(**refined.model_dump())
 
+    async def fix_latex(self, sections: PaperSections, failing: list[str], error: str) -> PaperSections | None:
+        """Each failing section back to the model with pdflatex's error; its fixed text replaces the old one."""
+        fixed: dict[str, str] = {}
+        for field in failing:
+            text = str(getattr(sections, field))
+            prompt = (
+                f"pdflatex could not build the paper; it stopped in the {field} section with this error:\n{error}\n\n"
+                f"The {field} section as it is:\n{text}\n\n"
+                "Give the same section fixed: keep its content, citations and every number exactly; write plain prose "
+                "(the lab escapes LaTeX's special characters itself); drop control characters and anything else that "
+                "would break the build. Reply with the fixed text only."
+            )
+            fixed[field] = (await self.client.ask("fix_latex", self.system, prompt, SectionText)).text
+        return sections.model_copy(update=fixed)
+
     async def _sections(self, context: str, check: Any) -> dict[str, str]:
         """Each section in its own turn of one conversation, so later sections see the earlier ones."""
         conv = self.client.conversation("write_section", self.system, SectionText)

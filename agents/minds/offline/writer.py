@@ -68,6 +68,10 @@ class OfflineWriterMind:
     async def write(self, request: DraftRequest) -> PaperSections:
         return Draft(request, random.Random(self.seed)).sections()
 
+    async def fix_latex(self, sections: PaperSections, failing: list[str], error: str) -> PaperSections | None:
+        # Rule-based prose goes through the escaping markup and builds; a failure is not in the text, so no fix.
+        return None
+
 
 class Draft:
     """One paper's prose; a class only to share the request's lookups between sections."""
