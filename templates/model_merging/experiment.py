@@ -150,9 +150,19 @@ MERGERS = {
 }
 
 
+def merge(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """The merge this run uses: the one ``--merge_fn`` names.
+
+    Code-level variants (template.yaml ``variants``) replace this body with a new
+    algorithm, so the engineer switches one in by an edit and everything else
+    (tasks, seeds, the coefficient chosen on validation data) stays as in the baseline.
+    """
+    return MERGERS[args.merge_fn](tvs, args, gen)
+
+
 def merged_vector(pre: dict, finetuned: list[dict], args: argparse.Namespace, seed: int) -> dict:
     gen = torch.Generator(device=next(iter(pre.values())).device).manual_seed(seed)
-    return {k: MERGERS[args.merge_fn](torch.stack([f[k] - pre[k] for f in finetuned]), args, gen) for k in pre}
+    return {k: merge(torch.stack([f[k] - pre[k] for f in finetuned]), args, gen) for k in pre}
 
 
 # ------------------------------------------------------------------ training and scoring
@@ -247,9 +257,15 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     print(f"seed {seed}: pretrained {pretrained_acc:.3f} merged {metrics['merged_acc']:.3f} task {metrics['task_acc']:.3f} "
           f"individual {metrics['individual_acc']:.3f} lambda {lam}", flush=True)
     lam_curve = [(c, accuracy(merged_with(c), t["x_te"], t["y_te"])) for c in LAMBDA_GRID] if args.merge_fn != "average" else []
+    # What this seed spent: the same for every merge function unless the code or a compute knob changes it.
+    compute = {
+        "parameters": float(sum(p.numel() for p in model.parameters())),
+        "optimizer_steps": float(args.pretrain_steps + args.finetune_steps * len(tasks)),
+        "validation_evals": float(len(LAMBDA_GRID) if args.select_scaling and args.merge_fn != "average" else 0),
+    }
     detail = {"scaling_coef": float(lam), "tasks": tasks, "individual": individual, "merged_per_task": per_task, "pretrained_acc": pretrained_acc,
               "lambda_grid": [c for c, _ in lam_curve], "lambda_test_acc": [a for _, a in lam_curve]}
-    return {"metrics": metrics, "detail": detail}
+    return {"metrics": metrics, "detail": detail, "compute": compute}
 
 
 def summarize(values: list[float]) -> dict:
@@ -273,6 +289,7 @@ def main() -> None:
         "metrics": {m: summarize([results[s]["metrics"][m] for s in seeds]) for m in names},
         "seeds": seeds,
         "config": {k: getattr(args, k) for k in KNOBS},
+        "compute": {c: float(np.mean([results[s]["compute"][c] for s in seeds])) for c in results[seeds[0]]["compute"]},
         "device": device.type,
         "wall_s": round(time.time() - t0, 2),
     }
