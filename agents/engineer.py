@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agents.base import Context, Role, on
 from agents.codeedit import EDITABLE, EditError, apply_edits
+from agents.codeideas import unified_diff
 from agents.templates import bundle_files, replace_files
 from bus.schema import (
     CodeEdit,
@@ -59,6 +60,7 @@ class JobRecord(BaseModel):
     resumable: bool = False
     attempt: int = 1
     edits: list[CodeEdit] = []  # code edits this attempt made to the template
+    diff: str = ""  # those edits as a unified diff of the template's files, for the paper
     lost: list[str] = []  # why earlier attempts of this run ended without a result (their runner died)
     state: Literal["queued", "dispatched", "pending", "running", "succeeded", "failed", "cancelled"] = "queued"
     reason: str = ""
@@ -109,6 +111,7 @@ class Engineer(Role):
         idea_id = body.idea.id if body.idea else "baseline"
         bundle_object = body.template_object
         edits: list[CodeEdit] = []
+        diff = ""
         try:
             spec = body.spec
             profile = spec.profile(body.profile or ("fast" if body.fast else None))
@@ -121,6 +124,7 @@ class Engineer(Role):
                 plan_overrides, edits = plan.overrides, plan.edits
                 if edits:
                     patched = apply_edits(files, edits, EDITABLE)
+                    diff = unified_diff(files, patched)
                     bundle_object = await ctx.artifacts.put(
                         f"{ctx.project}/bundles/{body.experiment_id}-a{attempt}.tar.gz", replace_files(bundle, patched)
                     )
@@ -143,6 +147,7 @@ class Engineer(Role):
             resumable=spec.resumable,
             attempt=attempt,
             edits=edits,
+            diff=diff,
         )
 
     def _queue(self, ctx: Context, st: EngineerState, job: JobRecord) -> None:
@@ -269,6 +274,7 @@ class Engineer(Role):
                 reason=j.reason,
                 attempt=j.attempt,
                 lost=j.lost,
+                diff=j.diff,
                 final_info=j.status.final_info if j.status else None,
                 environment=j.status.environment if j.status else None,
                 artifacts=j.status.artifacts if j.status else [],
