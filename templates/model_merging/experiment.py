@@ -174,12 +174,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(model: MLP, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, classes: list[int] | None, steps: int, lr: float, bs: int) -> None:
-    """Adam on minibatches; with ``classes`` the loss sees only those logits (the task's head)."""
+def train(model: MLP, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, classes: list[int] | None, steps: int, lr: float, bs: int) -> int:
+    """Adam on minibatches; with ``classes`` the loss sees only those logits (the task's head). Returns the steps taken."""
     opt = torch.optim.Adam(params, lr=lr)
     cls = torch.tensor(classes if classes is not None else list(range(10)), device=x.device)
     remap = torch.full((10,), -1, dtype=torch.long, device=x.device)
     remap[cls] = torch.arange(len(cls), device=x.device)
+    taken = 0
     for _ in range(steps):
         idx = torch.randint(0, len(x), (min(bs, len(x)),), device=x.device)
         logits = model(x[idx])[:, cls]
@@ -187,6 +188,8 @@ def train(model: MLP, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tens
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        taken += 1
+    return taken
 
 
 @torch.no_grad()
@@ -218,7 +221,8 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     tasks = TASK_SPLITS[args.num_tasks]
 
     model = MLP(args.hidden_size).to(device)
-    train(model, list(model.parameters()), t["x_pre"], t["y_pre"], None, args.pretrain_steps, 1e-3, args.batch_size)
+    # Counted as taken, not as configured, so a code change that trains longer records it.
+    steps_taken = train(model, list(model.parameters()), t["x_pre"], t["y_pre"], None, args.pretrain_steps, 1e-3, args.batch_size)
     pre = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
     pretrained_acc = accuracy(model, t["x_te"], t["y_te"])
 
@@ -227,7 +231,7 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
         torch.manual_seed(seed * 1000 + i)
         model.backbone.load_state_dict(pre)
         mask = torch.isin(t["y_ft"], torch.tensor(classes, device=device))
-        train(model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size)
+        steps_taken += train(model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size)
         finetuned.append({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
         individual.append(accuracy(model, t["x_te"], t["y_te"], classes))
 
@@ -260,7 +264,7 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     # What this seed spent: the same for every merge function unless the code or a compute knob changes it.
     compute = {
         "parameters": float(sum(p.numel() for p in model.parameters())),
-        "optimizer_steps": float(args.pretrain_steps + args.finetune_steps * len(tasks)),
+        "optimizer_steps": float(steps_taken),
         "validation_evals": float(len(LAMBDA_GRID) if args.select_scaling and args.merge_fn != "average" else 0),
     }
     detail = {"scaling_coef": float(lam), "tasks": tasks, "individual": individual, "merged_per_task": per_task, "pretrained_acc": pretrained_acc,
