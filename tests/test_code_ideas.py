@@ -220,3 +220,48 @@ async def test_a_code_edit_that_changes_the_compute_is_flagged(tmp_path: Path) -
     (flag,) = [f for f in report.flag_items if f.kind == "compute_changed"]
     assert flag.idea_id == "longer" and "optimizer_steps" in flag.text
     assert "recorded different compute per run than the baseline" in md  # the paper lists the flag
+
+
+# ------------------------------------------------------------------ the minds' rules for code ideas
+
+
+def _draft(**kw):  # type: ignore[no-untyped-def]
+    from agents.minds.llm.schemas import IdeaDraft
+
+    base = dict(title="A new merge", hypothesis="A new merge rule raises task_acc.", falsification="task_acc does not rise over seeds.",
+                changes=[], rationale="", interestingness=5, feasibility=5, novelty=5)
+    return IdeaDraft.model_validate({**base, **kw})
+
+
+def test_the_llm_pi_accepts_a_code_idea_without_knob_changes_and_rejects_an_empty_one() -> None:
+    from agents.minds.llm.errors import InvalidAnswer
+    from agents.minds.llm.pi import IdeaRules, LLMPIMind, allowed_knobs
+    from agents.minds.llm.schemas import IdeaBatch
+
+    _, spec = templates.load("model_merging")
+    rules = IdeaRules(spec, allowed_knobs(spec, {}), [])
+    code = _draft(code="Add a median-sign merge function and call it from merge().")
+    rules(IdeaBatch(thoughts="", ideas=[code], done=True))
+    idea = LLMPIMind._idea(None, code, rules)  # type: ignore[arg-type]
+    assert idea.changes == {} and idea.code is not None and idea.code.summary.startswith("Add a median-sign")
+    with pytest.raises(InvalidAnswer, match="changes no code"):
+        rules(IdeaBatch(thoughts="", ideas=[_draft()], done=True))
+    again = IdeaRules(spec, allowed_knobs(spec, {}), [idea])
+    with pytest.raises(InvalidAnswer, match="repeats"):
+        again(IdeaBatch(thoughts="", ideas=[_draft(title="Same again", code="add a median-sign merge function and call it from merge().")], done=True))
+
+
+async def test_the_offline_engineer_implements_only_declared_variants() -> None:
+    from agents.minds.offline.engineer import OfflineEngineerMind
+    from bus.schema import CodeChange, Idea, TemplateError
+
+    _, spec = templates.load("model_merging")
+    mind = OfflineEngineerMind()
+    idea = Idea(id="i", title="t", hypothesis="h", falsification="f", changes={"density": 0.5},
+                code=CodeChange(summary="DARE then TIES", variant="dare_ties"))
+    plan = await mind.plan(idea, spec, {})
+    assert plan.overrides == {"density": 0.5} and plan.edits == spec.variants["dare_ties"].edits
+    with pytest.raises(TemplateError, match="declares no code variant 'nope'"):
+        await mind.plan(idea.model_copy(update={"code": CodeChange(summary="x", variant="nope")}), spec, {})
+    with pytest.raises(TemplateError, match="writes no code"):
+        await mind.plan(idea.model_copy(update={"code": CodeChange(summary="something new")}), spec, {})
