@@ -26,6 +26,11 @@ def variant_edits(idea: Idea, spec: TemplateSpec) -> list[CodeEdit] | None:
     return list(variant.edits)
 
 
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if not text or text.endswith((".", "!", "?")) else text + "."
+
+
 def unified_diff(before: dict[str, str], after: dict[str, str]) -> str:
     """The changed files as one unified diff (``a/`` and ``b/`` prefixes, as ``git diff`` writes them); "" when nothing changed."""
     parts = []
@@ -43,9 +48,9 @@ def describe(idea: Idea, spec: TemplateSpec) -> str:
     if idea.code is None:
         return ""
     variant = spec.variants.get(idea.code.variant) if idea.code.variant else None
-    text = idea.code.summary.strip()
+    text = _sentence(idea.code.summary)
     if variant is not None:
-        text = f"{text} The template declares it as the code variant `{idea.code.variant}`: {variant.description.strip()}".strip()
+        text = f"{text} The template declares it as the code variant `{idea.code.variant}`: {_sentence(variant.description)}".strip()
         if variant.changes_compute:
             text += " The template marks this variant as changing the compute a run spends."
     return text

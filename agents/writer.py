@@ -79,7 +79,8 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
     )
     code = assemble.code_rows(request)
     # A diff goes into verbatim as it is: only the one sequence that would end the environment early is broken up.
-    tex_code = [{**c, "verbatim": markup.Tex(c["diff"].replace("\\end{verbatim}", "\\end {verbatim}"))} for c in code]
+    tex_code = [{**c, "summary": markup.to_tex(c["summary"], known),
+                 "verbatim": markup.Tex(c["diff"].replace("\\end{verbatim}", "\\end {verbatim}"))} for c in code]
     names = [(title, getattr(sections, field)) for title, field in assemble.SECTION_ORDER]
     tex = _tex_env.get_template("paper.tex.j2").render(
         **common,
