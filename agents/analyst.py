@@ -4,12 +4,10 @@ Runs of the same idea are pooled by seed (a later run with more seeds adds to
 an earlier one; a seed run twice keeps the later value), so a revision that
 asks for more seeds sharpens the same comparison instead of starting a new one.
 
-Flags are plain sentences with stable prefixes, so people read them and the
-writer and reviewer can act on them without importing this module:
-
-``missing baseline:``, ``unfair baseline:``, ``baseline has fewer seeds:``,
-``too few seeds:``, ``failed run:``, ``no per-seed values:``, ``duplicate seed:``,
-``zero variance:``, ``compute changed:``.
+Flags are typed (``bus.schema.AnalysisFlag``): a kind, the arm, run, metric
+and seed counts they are about, and a readable detail; the writer and reviewer
+act on the fields, and people read ``flag.text`` (the kind's prefix, such as
+``too few seeds:``, then the detail).
 
 p-values are corrected over every comparison of the report (Holm by default,
 named in ``AnalysisReport.correction``), and the verdicts use the corrected
@@ -24,7 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from agents import stats
-from agents.base import Context, Role, on
+from agents.base import Context, EmptyState, Role, on
+from agents.minds.base import AnalystMind
 from agents.figures import Bar, bar_chart, figure_name
 from bus.schema import (
     BASELINE,
@@ -43,6 +42,7 @@ from bus.schema import (
 )
 
 ALPHA = 0.05
+AnalystContext = Context[EmptyState, AnalystMind]
 
 
 @dataclass
@@ -64,15 +64,17 @@ def metric_directions(spec: TemplateSpec) -> tuple[dict[str, Direction], str]:
     return {name: m.direction for name, m in spec.metrics.items()}, spec.primary_metric
 
 
-def pool(runs: list[RunRecord], flags: list[str]) -> dict[str, Arm]:
+def pool(runs: list[RunRecord], flags: list[AnalysisFlag]) -> dict[str, Arm]:
     """Successful runs grouped by idea in first-seen order; failures become flags."""
     arms: dict[str, Arm] = {}
     for run in runs:
         if run.status == "failed":
-            flags.append(f"failed run: {run.job_id} (idea {run.idea_id!r}): {run.reason or 'no reason recorded'}")
+            flags.append(AnalysisFlag(kind="failed_run", job_id=run.job_id, idea_id=run.idea_id,
+                                      detail=f"{run.job_id} (idea {run.idea_id!r}): {run.reason or 'no reason recorded'}"))
             continue
         if run.final_info is None:
-            flags.append(f"failed run: {run.job_id} (idea {run.idea_id!r}): succeeded but wrote no final_info; ignored")
+            flags.append(AnalysisFlag(kind="failed_run", job_id=run.job_id, idea_id=run.idea_id,
+                                      detail=f"{run.job_id} (idea {run.idea_id!r}): succeeded but wrote no final_info; ignored"))
             continue
         arm = arms.setdefault(run.idea_id, Arm())
         arm.overrides.update(run.overrides)
@@ -80,15 +82,17 @@ def pool(runs: list[RunRecord], flags: list[str]) -> dict[str, Arm]:
         for metric, stat in fi.metrics.items():
             slot = arm.values.setdefault(metric, {})
             if not stat.values:
-                flags.append(f"no per-seed values: run {run.job_id} reported only a mean for {metric!r}; it counts as one observation")
+                flags.append(AnalysisFlag(kind="no_per_seed_values", job_id=run.job_id, idea_id=run.idea_id, metric=metric,
+                                          detail=f"run {run.job_id} reported only a mean for {metric!r}; it counts as one observation"))
                 slot[("mean", run.job_id)] = stat.mean
                 continue
-            seeds = fi.seeds if len(fi.seeds) == len(stat.values) else run.seeds
+            seeds: list[Any] = fi.seeds if len(fi.seeds) == len(stat.values) else run.seeds
             if len(seeds) != len(stat.values):
                 seeds = [("index", run.job_id, k) for k in range(len(stat.values))]
             for seed, value in zip(seeds, stat.values):
                 if seed in slot and metric == next(iter(fi.metrics)):
-                    flags.append(f"duplicate seed: idea {run.idea_id!r} seed {seed} ran again in {run.job_id}; kept the later value")
+                    flags.append(AnalysisFlag(kind="duplicate_seed", job_id=run.job_id, idea_id=run.idea_id,
+                                              detail=f"idea {run.idea_id!r} seed {seed} ran again in {run.job_id}; kept the later value"))
                 slot[seed] = float(value)
     return arms
 
@@ -172,17 +176,20 @@ def recorded_compute_flags(runs: list[RunRecord], already: list[AnalysisFlag]) -
     return out
 
 
-def seed_flags(arms: dict[str, Arm], primary: str) -> list[str]:
+def seed_flags(arms: dict[str, Arm], primary: str) -> list[AnalysisFlag]:
     out = []
     for idea, arm in arms.items():
         n = arm.n(primary)
         if n < MIN_SEEDS:
-            out.append(f"too few seeds: {idea!r} has {n} seed(s) for {primary!r}; at least {MIN_SEEDS} are needed")
+            out.append(AnalysisFlag(kind="too_few_seeds", idea_id=idea, metric=primary, seeds=n, required_seeds=MIN_SEEDS,
+                                    detail=f"{idea!r} has {n} seed(s) for {primary!r}; at least {MIN_SEEDS} are needed"))
     base = arms.get(BASELINE)
     if base is not None:
         for idea, arm in arms.items():
-            if idea != BASELINE and base.n(primary) < arm.n(primary):
-                out.append(f"baseline has fewer seeds: baseline {base.n(primary)} vs idea {idea!r} {arm.n(primary)} for {primary!r}")
+            b, n = base.n(primary), arm.n(primary)
+            if idea != BASELINE and b < n:
+                out.append(AnalysisFlag(kind="baseline_fewer_seeds", idea_id=idea, metric=primary, seeds=n, baseline_seeds=b,
+                                        detail=f"baseline {b} vs idea {idea!r} {n} for {primary!r}"))
     return out
 
 
@@ -225,10 +232,10 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, Direction], alpha: 
                 continue
             pair = paired_values(base, arm, metric)
             b_vals, i_vals = pair if pair else (base.list(metric), arm.list(metric))
-            r = stats.compare(b_vals, i_vals, direction, alpha=alpha, seed=stats.stable_seed(idea, metric), paired=pair is not None)  # type: ignore[arg-type]
+            r = stats.compare(b_vals, i_vals, direction, alpha=alpha, seed=stats.stable_seed(idea, metric), paired=pair is not None)
             out.append(
                 Comparison(
-                    idea_id=idea, metric=metric, direction=direction,  # type: ignore[arg-type]
+                    idea_id=idea, metric=metric, direction=direction,
                     baseline_mean=r.baseline.mean, baseline_stderr=r.baseline.stderr,
                     idea_mean=r.idea.mean, idea_stderr=r.idea.stderr,
                     n_baseline=r.baseline.n, n_idea=r.idea.n,
@@ -240,7 +247,7 @@ def compare_arms(arms: dict[str, Arm], directions: dict[str, Direction], alpha: 
     return out
 
 
-def confirm(report: AnalysisReport, runs: list[RunRecord], directions: dict[str, Direction], flags: list[str], alpha: float) -> None:
+def confirm(report: AnalysisReport, runs: list[RunRecord], directions: dict[str, Direction], flags: list[AnalysisFlag], alpha: float) -> None:
     """Compare the confirmation runs (fresh seeds) on the primary metric and mark each idea's primary comparison.
 
     An exploratory "better" or "worse" is replicated when the confirmation, corrected
@@ -250,7 +257,7 @@ def confirm(report: AnalysisReport, runs: list[RunRecord], directions: dict[str,
         return
     arms = pool(runs, flags)
     if BASELINE not in arms:
-        flags.append("confirmation without baseline: no successful baseline confirmation run, so nothing was confirmed")
+        flags.append(AnalysisFlag(kind="confirmation_without_baseline", detail="no successful baseline confirmation run, so nothing was confirmed"))
         return
     primary = report.primary_metric
     confirmations = [c for c in compare_arms(arms, {primary: directions[primary]}, alpha, report.correction)]
@@ -264,7 +271,7 @@ def confirm(report: AnalysisReport, runs: list[RunRecord], directions: dict[str,
 def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -> tuple[AnalysisReport, dict[str, Arm]]:
     """The report without figures or summary (those need the store and the mind)."""
     directions, primary = metric_directions(request.spec)
-    flags: list[str] = []
+    flags: list[AnalysisFlag] = []
     confirming = set(request.confirmation)
     exploratory = [r for r in request.runs if r.experiment_id not in confirming]
     arms = pool(exploratory, flags)
@@ -272,27 +279,27 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
     if BASELINE in arms:
         comparisons = compare_arms(arms, directions, alpha)
         flags += [
-            f"zero variance: every seed of {c.idea_id!r} and of the baseline gave the same {c.metric!r}; "
-            f"p = {c.p_value:g} and Hedges' g = {c.effect_size:g} by convention, not from a test"
+            AnalysisFlag(
+                kind="zero_variance", idea_id=c.idea_id, metric=c.metric,
+                detail=f"every seed of {c.idea_id!r} and of the baseline gave the same {c.metric!r}; "
+                f"p = {c.p_value:g} and Hedges' g = {c.effect_size:g} by convention, not from a test",
+            )
             for c in comparisons
             if c.baseline_stderr == 0.0 and c.idea_stderr == 0.0 and c.n_baseline > 1 and c.n_idea > 1
         ]
-    typed: list[AnalysisFlag] = []
-    if BASELINE not in arms:
-        typed.append(AnalysisFlag(kind="missing_baseline", detail="no successful baseline run, so no idea could be compared"))
-        flags.insert(0, typed[0].text)
-    typed += fairness_flags(request.spec, arms) + compute_flags(request.spec, arms)
-    typed += recorded_compute_flags(exploratory, typed)
-    flags += [f.text for f in typed if f.kind != "missing_baseline"] + seed_flags(arms, primary)
+    else:
+        flags.insert(0, AnalysisFlag(kind="missing_baseline", detail="no successful baseline run, so no idea could be compared"))
+    flags += fairness_flags(request.spec, arms) + compute_flags(request.spec, arms)
+    flags += recorded_compute_flags(exploratory, flags) + seed_flags(arms, primary)
     report = AnalysisReport(
         project=project, round=request.round, primary_metric=primary, alpha=alpha, correction="holm",
-        comparisons=comparisons, runs=request.runs, flags=flags, flag_items=typed,
+        comparisons=comparisons, runs=request.runs, flags=flags,
     )
     confirm(report, [r for r in request.runs if r.experiment_id in confirming], directions, report.flags, alpha)
     return report, arms
 
 
-async def draw_figures(ctx: Context, report: AnalysisReport, arms: dict[str, Arm], directions: dict[str, Direction]) -> list[str]:
+async def draw_figures(ctx: AnalystContext, report: AnalysisReport, arms: dict[str, Arm], directions: dict[str, Direction]) -> list[str]:
     names = []
     for metric, direction in directions.items():
         by_idea = {c.idea_id: c for c in report.comparisons if c.metric == metric}
@@ -312,7 +319,7 @@ class Analyst(Role):
     name = "analyst"
 
     @on(AnalysisRequest)
-    async def analyse(self, body: AnalysisRequest, env: Envelope, ctx: Context) -> None:
+    async def analyse(self, body: AnalysisRequest, env: Envelope, ctx: AnalystContext) -> None:
         directions, _ = metric_directions(body.spec)
         try:
             report, arms = build_report(ctx.project, body)

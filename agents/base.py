@@ -3,7 +3,9 @@
 A role knows nothing of subjects, consumers or acks (the host in
 ``services/host.py`` does the wiring). A handler gets the message and a
 ``Context`` holding the role's state for that project, the artifact store and
-the role's mind; it mutates the state and calls ``ctx.send``. The host stores
+the role's mind (and, for roles that reach outside the bus, the role's own
+typed ports: ``agents/engineer.EngineerContext``, ``agents/literature.LiteratureContext``,
+built by ``services/wiring``); it mutates the state and calls ``ctx.send``. The host stores
 the new state together with the outputs, then publishes them with ids derived
 from the input, then acks: a crash anywhere repeats the same effects, which
 the bus drops as duplicates.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, ClassVar, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -41,20 +43,26 @@ class EmptyState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-S = TypeVar("S", bound=BaseModel)
+S = TypeVar("S")  # the role's State model (None for the PI before its project starts)
+M = TypeVar("M")  # the role's mind (a Protocol in agents/minds/base.py)
 
 
-@dataclass
-class Context:
+@dataclass(kw_only=True)
+class Context(Generic[S, M]):
+    """What a handler gets for one message of one project.
+
+    Roles that need more than the bus (the engineer's jobs, the literature
+    settings) subclass it with typed ports; ``services/wiring`` builds them.
+    """
+
     project: str
     role: RoleName
-    state: Any  # the role's State model for this project
+    state: S
     artifacts: ArtifactStore
-    mind: Any
+    mind: M
     cache: Cache | None = None
-    services: dict[str, Any] = field(default_factory=dict)  # role-specific: executor, nats access for jobs, ...
     clock: Callable[[], float] = time.time
-    outputs: list[tuple[Any, Recipient]] = field(default_factory=list)
+    outputs: list[tuple[BaseModel, Recipient]] = field(default_factory=list)
 
     @property
     def log(self) -> Any:
@@ -64,14 +72,14 @@ class Context:
         self.outputs.append((body, to))
 
 
-Handler = Callable[[Any, Envelope, Context], Awaitable[None]]
+Handler = Callable[[Any, Any, Envelope, Any], Awaitable[None]]
 
 
 def on(kind: type[BaseModel]) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
     """Mark a method as the handler of one message kind."""
 
     def mark(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        fn.__lab_kind__ = kind.model_fields["type"].default  # type: ignore[attr-defined]
+        setattr(fn, "__lab_kind__", kind.model_fields["type"].default)
         return fn
 
     return mark
@@ -118,7 +126,7 @@ class Role:
     def kinds(self) -> set[str]:
         return set(self._handlers)
 
-    async def handle(self, env: Envelope, ctx: Context) -> None:
+    async def handle(self, env: Envelope, ctx: Context[Any, Any]) -> None:
         fn = self._handlers.get(env.kind)
         if fn is None:
             raise UnhandledKind(f"{self.name} has no handler for {env.kind!r}")

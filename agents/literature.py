@@ -10,16 +10,17 @@ run. Sources failing never fail the check: they are logged and skipped.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.base import Context, Role, on
 from agents.lit.bibtex import unique_keys
 from agents.lit.chain import FallbackChain, same_paper
 from agents.lit.config import close_sources, open_sources, source_names
-from agents.minds.base import NoveltyJudgement
+from agents.minds.base import LiteratureMind, NoveltyJudgement
 from bus.schema import (
     CoPINoteMsg, Envelope, NoteAck, NoveltyCheck, NoveltyVerdict, Reference, ReferenceSearch, ReferencesFound, StepFailed,
 )
@@ -28,21 +29,26 @@ _QUOTED = re.compile(r"[\"“]([^\"”]{3,80})[\"”]")
 
 
 class Settings(BaseModel):
-    """``ctx.services["literature"]``: how hard a check searches, and where."""
+    """How hard a check searches, and where: the lab config's ``literature`` section (``services/wiring``)."""
 
     model_config = ConfigDict(extra="forbid")
     sources: list[str] | None = None  # None: LAB_LIT_SOURCES, else local,template
-    rounds: int = Field(3, ge=1, le=10)
-    queries_per_round: int = Field(3, ge=1, le=10)
-    per_query: int = Field(8, ge=1, le=100)
-    max_references: int = Field(20, ge=1, le=200)
+    rounds: int = Field(default=3, ge=1, le=10)
+    queries_per_round: int = Field(default=3, ge=1, le=10)
+    per_query: int = Field(default=8, ge=1, le=100)
+    max_references: int = Field(default=20, ge=1, le=200)
     web: dict[str, dict[str, Any]] = {}  # per web source: constructor options (api_url, timeouts, ...)
 
 
 class State(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    verdicts: dict[str, bool] = {}  # idea id -> novel
     extra_queries: list[str] = []  # quoted phrases from co-PI notes, searched in every check
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        # Older labs stored each idea's novelty verdict here, written and never read; their stored state still loads.
+        return {k: v for k, v in data.items() if k != "verdicts"} if isinstance(data, dict) else data
 
 
 def task_text(body: NoveltyCheck) -> str:
@@ -51,19 +57,19 @@ def task_text(body: NoveltyCheck) -> str:
     return f"{task}\nKeywords: {', '.join(body.keywords)}" if body.keywords else task
 
 
-def _settings(ctx: Context) -> Settings:
-    try:
-        return Settings.model_validate(ctx.services.get("literature") or {})
-    except ValidationError as e:
-        ctx.log.error("lit_settings_invalid", reason=str(e.errors()[0]["msg"]))
-        return Settings()
+@dataclass(kw_only=True)
+class LiteratureContext(Context[State, LiteratureMind]):
+    """The literature role's context: its settings, and the lab home whose library it searches."""
+
+    settings: Settings = field(default_factory=lambda: Settings.model_validate({}))
+    lab_home: Path | None = None  # None: the default lab home
 
 
 WEB_SOURCES = ("semantic_scholar", "openalex")
 _said_local_only: set[str] = set()  # projects already told, so the line is said once per project and process
 
 
-def say_if_local_only(ctx: Context, names: list[str], chain: FallbackChain) -> None:
+def say_if_local_only(ctx: LiteratureContext, names: list[str], chain: FallbackChain) -> None:
     """One line when no web source answers: the user must know the novelty check saw only the local library."""
     web = [n for n in names if n in WEB_SOURCES]
     down = {n: chain.down[n] for n in web if n in chain.down}
@@ -89,8 +95,8 @@ class Literature(Role):
     State: ClassVar = State
 
     @on(NoveltyCheck)
-    async def novelty_check(self, body: NoveltyCheck, env: Envelope, ctx: Context) -> None:
-        settings = _settings(ctx)
+    async def novelty_check(self, body: NoveltyCheck, env: Envelope, ctx: LiteratureContext) -> None:
+        settings = ctx.settings
         names, unknown = source_names(settings.sources)
         if unknown:
             ctx.log.warning("lit_unknown_sources", unknown=unknown, known=names)
@@ -111,7 +117,7 @@ class Literature(Role):
         ctx.send(self._verdict(body, ctx, judgement, found, queries, answered, chain, skipped, settings), to="pi")
 
     async def _search(
-        self, body: NoveltyCheck, ctx: Context, chain: FallbackChain, settings: Settings
+        self, body: NoveltyCheck, ctx: LiteratureContext, chain: FallbackChain, settings: Settings
     ) -> tuple[list[Reference], list[str], list[str]]:
         found: list[Reference] = []
         queries: list[str] = []
@@ -139,7 +145,7 @@ class Literature(Role):
     def _verdict(
         self,
         body: NoveltyCheck,
-        ctx: Context,
+        ctx: LiteratureContext,
         judgement: NoveltyJudgement,
         found: list[Reference],
         queries: list[str],
@@ -158,7 +164,6 @@ class Literature(Role):
             problems = {**skipped, **chain.down}
             why = "; ".join(f"{k}: {v}" for k, v in problems.items())
             justification += f" The search found no papers for {len(queries)} queries" + (f" ({why})." if why else ".")
-        ctx.state.verdicts[body.idea.id] = judgement.novel
         ctx.log.info("lit_verdict", idea=body.idea.id, novel=judgement.novel, n_refs=len(found), sources=answered)
         return NoveltyVerdict(
             idea_id=body.idea.id,
@@ -170,13 +175,13 @@ class Literature(Role):
         )
 
     @on(ReferenceSearch)
-    async def reference_search(self, body: ReferenceSearch, env: Envelope, ctx: Context) -> None:
+    async def reference_search(self, body: ReferenceSearch, env: Envelope, ctx: LiteratureContext) -> None:
         """References a review asked for: run the PI's queries through the same sources, return only new papers.
 
         Why here and not in the writer: the literature role owns the sources,
         their cache and backoff; the writer only cites what the PI hands it.
         """
-        settings = _settings(ctx)
+        settings = ctx.settings
         names, _ = source_names(settings.sources)
         sources, skipped = await _open(ctx, names, settings, body.template_object)
         chain = FallbackChain(sources, ctx.cache, ctx.log)
@@ -200,7 +205,7 @@ class Literature(Role):
         ctx.send(ReferencesFound(item_id=body.item_id, references=new, sources=answered, reason=reason), to="pi")
 
     @on(CoPINoteMsg)
-    async def copi_note(self, body: CoPINoteMsg, env: Envelope, ctx: Context) -> None:
+    async def copi_note(self, body: CoPINoteMsg, env: Envelope, ctx: LiteratureContext) -> None:
         phrases = [p.strip() for p in _QUOTED.findall(body.note.text) if p.strip()]
         new = [p for p in phrases if p not in ctx.state.extra_queries]
         ctx.state.extra_queries.extend(new)
@@ -211,10 +216,9 @@ class Literature(Role):
         ctx.send(NoteAck(note_id=body.note.id, understood=understood, constraints={"extra_queries": phrases}), to="copi")
 
 
-async def _open(ctx: Context, names: list[str], settings: Any, template_object: str) -> tuple[Any, dict[str, str]]:
+async def _open(ctx: LiteratureContext, names: list[str], settings: Any, template_object: str) -> tuple[Any, dict[str, str]]:
     """The literature sources for one request: the lab's library, the template's bibliography, the web ones set."""
-    lab_home = Path(ctx.services["lab_home"]) if ctx.services.get("lab_home") else None
-    return await open_sources(names, lab_home=lab_home, artifacts=ctx.artifacts, template_object=template_object, web=settings.web)
+    return await open_sources(names, lab_home=ctx.lab_home, artifacts=ctx.artifacts, template_object=template_object, web=settings.web)
 
 
 ROLE = Literature

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from agents.base import Context, Rejected, Role, on
-from agents.minds.base import IdeaContext, ReviewContext
+from agents.minds.base import IdeaContext, PIMind, ReviewContext
 from agents.pi_state import ExperimentState, IdeaState, ProjectState
 from bus.errors import MindError, MindUnavailable
 from bus.schema import (
@@ -44,18 +45,20 @@ from bus.schema import (
 )
 
 IDEAS_PER_WAVE = 2
+# The PI's state is None until the project's start message arrives.
+PIContext = Context[ProjectState | None, PIMind]
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
 MIND_FAILURES: tuple[type[Exception], ...] = (MindError,)
 
 
 class PI(Role):
     name = "pi"
-    State = ProjectState  # type: ignore[assignment]
+    State = ProjectState
 
     # ------------------------------------------------------------ start
 
     @on(StartProject)
-    async def start(self, body: StartProject, env: Any, ctx: Context) -> None:
+    async def start(self, body: StartProject, env: Any, ctx: PIContext) -> None:
         if ctx.state is not None:
             ctx.log.info("project already started", stage=ctx.state.stage)
             return
@@ -80,7 +83,7 @@ class PI(Role):
     # ------------------------------------------------------------ co-PI
 
     @on(CoPINoteMsg)
-    async def note(self, body: CoPINoteMsg, env: Any, ctx: Context) -> None:
+    async def note(self, body: CoPINoteMsg, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         note = body.note.model_copy(update={"received_at": None})
         if any(n.id == note.id for n in st.notes):
@@ -99,7 +102,7 @@ class PI(Role):
 
     # ------------------------------------------------------------ ideas and novelty
 
-    async def _new_wave(self, ctx: Context, st: ProjectState) -> bool:
+    async def _new_wave(self, ctx: PIContext, st: ProjectState) -> bool:
         # Ideas found not novel do not use up the idea budget, but proposals are capped all the same.
         counted = sum(1 for s in st.ideas.values() if s.status != "not_novel")
         left = min(st.budget.max_ideas - counted, 3 * st.budget.max_ideas - len(st.ideas))
@@ -130,7 +133,7 @@ class PI(Role):
         ctx.log.info("ideas proposed", wave=st.wave, ideas=[i.id for i in ideas])
         return bool(ideas)
 
-    async def _propose(self, ctx: Context, st: ProjectState, outcomes: dict[str, str], left: int) -> list[Idea]:
+    async def _propose(self, ctx: PIContext, st: ProjectState, outcomes: Mapping[str, str], left: int) -> list[Idea]:
         return await ctx.mind.propose_ideas(
             IdeaContext(
                 spec=st.spec,
@@ -145,7 +148,7 @@ class PI(Role):
         )
 
     @on(NoveltyVerdict)
-    async def verdict(self, body: NoveltyVerdict, env: Any, ctx: Context) -> None:
+    async def verdict(self, body: NoveltyVerdict, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         state = st.ideas.get(body.idea_id)
         if state is None or state.status != "checking":
@@ -170,7 +173,7 @@ class PI(Role):
         return list(range(n))
 
     def _request_experiment(
-        self, ctx: Context, st: ProjectState, idea_id: str, idea: Idea | None, seeds: list[int], confirmation: bool = False
+        self, ctx: PIContext, st: ProjectState, idea_id: str, idea: Idea | None, seeds: list[int], confirmation: bool = False
     ) -> None:
         exp_id = f"x{len(st.experiments) + 1:02d}-{idea_id}"[:60]
         st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round, confirmation=confirmation)
@@ -190,7 +193,7 @@ class PI(Role):
         )
 
     @on(ExperimentPlanned)
-    async def planned(self, body: ExperimentPlanned, env: Any, ctx: Context) -> None:
+    async def planned(self, body: ExperimentPlanned, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         exp = st.experiments.get(body.experiment_id)
         if exp is None or not body.rejected or exp.status != "requested":
@@ -200,7 +203,7 @@ class PI(Role):
         await self._advance(ctx, st)
 
     @on(ExperimentResult)
-    async def result(self, body: ExperimentResult, env: Any, ctx: Context) -> None:
+    async def result(self, body: ExperimentResult, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         exp = st.experiments.get(body.experiment_id)
         if exp is None or exp.status != "requested":
@@ -218,7 +221,7 @@ class PI(Role):
         await self._advance(ctx, st)
 
     @on(StepFailed)
-    async def step_failed(self, body: StepFailed, env: Any, ctx: Context) -> None:
+    async def step_failed(self, body: StepFailed, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         ctx.log.warning("step failed", step=body.step, reason=body.reason, ref=body.ref)
         if body.step == "experiment" and body.ref in st.experiments:
@@ -240,7 +243,7 @@ class PI(Role):
 
     # ------------------------------------------------------------ moving on
 
-    async def _advance(self, ctx: Context, st: ProjectState) -> None:
+    async def _advance(self, ctx: PIContext, st: ProjectState) -> None:
         """Decide what follows once nothing is outstanding."""
         if st.stage not in ("ideas", "experiments"):
             return
@@ -262,7 +265,7 @@ class PI(Role):
         ctx.send(AnalysisRequest(round=st.round, spec=st.spec, runs=st.runs(), confirmation=st.confirmation_ids()), "analyst")
 
     @on(AnalysisDone)
-    async def analysis(self, body: AnalysisDone, env: Any, ctx: Context) -> None:
+    async def analysis(self, body: AnalysisDone, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         if st.stage != "analysis" or body.report.round != st.round:
             return
@@ -288,7 +291,7 @@ class PI(Role):
         )
 
     @on(DraftReady)
-    async def draft(self, body: DraftReady, env: Any, ctx: Context) -> None:
+    async def draft(self, body: DraftReady, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         if st.stage != "draft" or body.round != st.round or st.report is None:
             return
@@ -306,7 +309,7 @@ class PI(Role):
         )
 
     @on(ReviewDone)
-    async def review(self, body: ReviewDone, env: Any, ctx: Context) -> None:
+    async def review(self, body: ReviewDone, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         if st.stage != "review" or body.round != st.round:
             return
@@ -326,7 +329,7 @@ class PI(Role):
             responses = await ctx.mind.answer_review(
                 ReviewContext(
                     items=meta.revision_items,
-                    report=st.report,  # type: ignore[arg-type]
+                    report=st.report,
                     runs_left=st.budget.max_runs - st.runs_used,
                     rounds_left=st.budget.max_revision_rounds - st.round,
                 )
@@ -347,7 +350,7 @@ class PI(Role):
         st.stage = "experiments"
         await self._advance(ctx, st)
 
-    def _confirm(self, ctx: Context, st: ProjectState, report: Any) -> bool:
+    def _confirm(self, ctx: PIContext, st: ProjectState, report: Any) -> bool:
         """Ask for a confirmation run on fresh seeds of every significant primary finding not yet confirmed.
 
         A finding becomes a headline only once it replicates, so this is
@@ -375,7 +378,7 @@ class PI(Role):
             self._request_experiment(ctx, st, idea_id, st.ideas[idea_id].idea, seeds, confirmation=True)
         return True
 
-    def _search_references(self, ctx: Context, st: ProjectState, item_id: str) -> None:
+    def _search_references(self, ctx: PIContext, st: ProjectState, item_id: str) -> None:
         """Ask the literature agent for papers the review wants; the draft waits for the answer."""
         keywords = [str(k) for k in st.spec.keywords]
         topic = keywords[0] if keywords else (st.spec.name or st.template).replace("_", " ")
@@ -385,7 +388,7 @@ class PI(Role):
         ctx.send(ReferenceSearch(item_id=item_id, queries=queries, template_object=st.template_object, known=sorted(st.references)), "literature")
 
     @on(ReferencesFound)
-    async def references_found(self, body: ReferencesFound, env: Any, ctx: Context) -> None:
+    async def references_found(self, body: ReferencesFound, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         if body.item_id not in st.citations_pending:
             return
@@ -408,7 +411,7 @@ class PI(Role):
         ctx.log.info("references added", item=body.item_id, keys=[r.key for r in new])
         await self._advance(ctx, st)
 
-    def _more_seeds(self, ctx: Context, st: ProjectState, target: str) -> None:
+    def _more_seeds(self, ctx: PIContext, st: ProjectState, target: str) -> None:
         """Run more seeds for an idea, and for the baseline too, so both arms keep equal seeds."""
         arms = [target] if target == BASELINE else [target, BASELINE]
         for arm in arms:
@@ -426,7 +429,7 @@ class PI(Role):
 
     # ------------------------------------------------------------ the end
 
-    async def _finish(self, ctx: Context, st: ProjectState, *, accepted: bool, reason: str, failed: bool = False) -> None:
+    async def _finish(self, ctx: PIContext, st: ProjectState, *, accepted: bool, reason: str, failed: bool = False) -> None:
         st.stage = "failed" if failed else "done"
         st.accepted = accepted
         st.outcome = reason
@@ -440,12 +443,12 @@ class PI(Role):
         ctx.log.info("decision", accepted=accepted, reason=reason)
 
     @on(UsageReport)
-    async def usage(self, body: UsageReport, env: Any, ctx: Context) -> None:
+    async def usage(self, body: UsageReport, env: Any, ctx: PIContext) -> None:
         st = self._require(ctx)
         st.usage[env.sender] = body.usage
         await self._enforce_spend(ctx, st)
 
-    async def _enforce_spend(self, ctx: Context, st: ProjectState) -> None:
+    async def _enforce_spend(self, ctx: PIContext, st: ProjectState) -> None:
         for limit, spent, what in (
             (st.budget.max_tokens, sum(u.prompt_tokens + u.completion_tokens for u in st.usage.values()), "token"),
             (st.budget.max_cost_usd, sum(u.cost_usd for u in st.usage.values()), "money"),
@@ -455,12 +458,12 @@ class PI(Role):
 
     # ------------------------------------------------------------ helpers
 
-    def _require(self, ctx: Context) -> ProjectState:
+    def _require(self, ctx: PIContext) -> ProjectState:
         if ctx.state is None:
             raise UnknownProject(f"no project {ctx.project!r}: it was never started")
         return ctx.state
 
-    def _out_of_time(self, ctx: Context, st: ProjectState) -> bool:
+    def _out_of_time(self, ctx: PIContext, st: ProjectState) -> bool:
         return ctx.clock() - st.started_at > st.budget.wall_time_s
 
 

@@ -9,32 +9,42 @@ while r < max_rounds.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from agents.base import Context, Role, on
-from pydantic import BaseModel, ConfigDict
+from agents.minds.base import ReviewerMind
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from bus.schema import Envelope, ItemResponse, Rebuttal, ReviewDone, ReviewRequest, StepFailed
-
+from bus.schema import Envelope, Rebuttal, ReviewDone, ReviewRequest, StepFailed
 
 
 class ReviewerState(BaseModel):
+    """Nothing is kept between messages: each review request carries what the reviews need."""
+
     model_config = ConfigDict(extra="forbid")
-    rebuttals: dict[int, list[ItemResponse]] = {}  # round -> the PI's answer to each item
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        # Older labs stored the PI's rebuttals here, written and never read; their stored state still loads.
+        return {k: v for k, v in data.items() if k != "rebuttals"} if isinstance(data, dict) else data
+
+
+ReviewerContext = Context[ReviewerState, ReviewerMind]
 
 
 class Reviewer(Role):
     name = "reviewer"
-    State = ReviewerState  # type: ignore[assignment]
+    State = ReviewerState
 
     @on(Rebuttal)
-    async def rebuttal(self, body: Rebuttal, env: Envelope, ctx: Context) -> None:
-        """Keep the PI's answers: the next round's draft is read against them (its Revisions section)."""
-        ctx.state.rebuttals[body.round] = body.responses
+    async def rebuttal(self, body: Rebuttal, env: Envelope, ctx: ReviewerContext) -> None:
+        """Log the PI's answers; the next round's draft carries them (its Revisions section), so nothing is kept."""
         rebutted = [r.item_id for r in body.responses if r.action == "rebut"]
         ctx.log.info("rebuttal received", round=body.round, acted=len(body.responses) - len(rebutted), rebutted=rebutted)
 
     @on(ReviewRequest)
-    async def review(self, body: ReviewRequest, env: Envelope, ctx: Context) -> None:
+    async def review(self, body: ReviewRequest, env: Envelope, ctx: ReviewerContext) -> None:
         try:
             paper = (await ctx.artifacts.get(body.draft.markdown)).decode(errors="replace")
         except KeyError:

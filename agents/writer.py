@@ -17,14 +17,15 @@ from typing import Any
 
 import jinja2
 
-from agents.base import Context, Role, on
-from agents.minds.base import PaperSections
+from agents.base import Context, EmptyState, Role, on
+from agents.minds.base import PaperSections, WriterMind
 from agents.writing import assemble, citations, markup, numbers, pdf, revisions, trace
 from bus.errors import ArtifactMissing
 from bus.schema import DraftReady, DraftRequest, Envelope
 
 TEMPLATES = Path(__file__).resolve().parent / "writing"
 AUTHOR = "Kenkyu Lab (automated research agents)"
+WriterContext = Context[EmptyState, WriterMind]
 
 _tex_env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -73,7 +74,7 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
         table_caption=assemble.table_caption(request.report),
         revisions=assemble.revision_rows(request),
         runs=assemble.run_rows(request.report.runs),
-        flags=request.report.flags,
+        flags=[f.text for f in request.report.flags],
         usage=assemble.usage_rows(request),
         notes=assemble.notes(request),
     )
@@ -111,7 +112,7 @@ class Writer(Role):
     name = "writer"
 
     @on(DraftRequest)
-    async def draft(self, body: DraftRequest, env: Envelope, ctx: Context) -> None:
+    async def draft(self, body: DraftRequest, env: Envelope, ctx: WriterContext) -> None:
         evidence_doc = body.model_dump(mode="json")
         evidence = numbers.evidence_values(evidence_doc)
         mind = describe_mind(ctx.mind)
@@ -164,7 +165,7 @@ class Writer(Role):
         ctx.send(out, to="pi")
 
     async def _keep_promises(
-        self, body: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str, tex: str, md: str, ctx: Context
+        self, body: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str, tex: str, md: str, ctx: WriterContext
     ) -> tuple[DraftRequest, str, str]:
         """Turn each "act" that did not change its part of the paper into a rebuttal saying so, and re-render."""
         if body.round == 0 or not any(r.action == "act" for r in body.responses):

@@ -214,8 +214,7 @@ class RetryPolicy:
         With a ``breaker`` each try goes through it; ``CircuitOpen`` is never
         retried, and once the breaker has opened there is no wait before it.
         """
-        types = retryable if isinstance(retryable, tuple) else None
-        is_retryable: Callable[[BaseException], bool] = (lambda e: isinstance(e, types)) if types is not None else retryable  # type: ignore[assignment]
+        is_retryable = _matcher(retryable)
         start = self.clock()
 
         def wait(state: RetryCallState) -> float:
@@ -245,6 +244,13 @@ class RetryPolicy:
             with attempt:
                 return await call()
         raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying returns or raises
+
+
+def _matcher(retryable: Retryable) -> Callable[[BaseException], bool]:
+    if isinstance(retryable, tuple):
+        kinds = retryable
+        return lambda e: isinstance(e, kinds)
+    return retryable
 
 
 def _error(state: RetryCallState) -> BaseException | None:

@@ -51,6 +51,11 @@ def job_statuses(project: str = "*") -> str:
     return f"lab.jobs.{p}.*.status"
 
 
+def jobs_all(project: str) -> str:
+    """Everything the runners said about a project's jobs: statuses and log lines."""
+    return f"lab.jobs.{token(project, 'project')}.>"
+
+
 def dlq(role: str) -> str:
     return f"lab.dlq.{token(role, 'role')}"
 

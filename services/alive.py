@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from bus.schema.constants import AGENTS_TTL_S
+
 
 def fresh(path: Path, max_age_s: float) -> tuple[bool, str]:
     try:
@@ -27,7 +29,8 @@ def main(argv: list[str]) -> int:
     if not argv or len(argv) > 2:
         print("usage: python -m services.alive FILE [MAX_AGE_S]", file=sys.stderr)
         return 2
-    ok, why = fresh(Path(argv[0]), float(argv[1]) if len(argv) > 1 else 30.0)
+    # By default an agent is restarted when silent as long as the agents bucket takes to forget it.
+    ok, why = fresh(Path(argv[0]), float(argv[1]) if len(argv) > 1 else AGENTS_TTL_S)
     print(why, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

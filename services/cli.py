@@ -12,20 +12,19 @@ from typing import Any, AsyncIterator, Optional
 
 import typer
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import KeyNotFoundError
 from rich.console import Console
 from rich.markup import escape
 
 from bus import subjects
 from bus.client import Bus
 from bus.errors import PermissionDenied
-from bus.schema import ROLES
+from bus.schema import MIND_KINDS, ROLES, ProjectView
 from bus.schema.constants import AGENTS_BUCKET
 from bus.replay import read
 from bus.store import StateStore
 from services.cli_errors import LabTyper, UsageError, fail
-from services.config import bus_config, lab_config, lab_home, read_local_lab, read_secret
-from services.render import describe
+from services.config import bus_config, lab_config, lab_home, read_local_lab
+from services.describe import describe
 
 app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=False, highlight=False)
@@ -53,7 +52,7 @@ def up(
     """Start nats-server (JetStream) and the six agents on this machine."""
     from services.lab import LabOptions, Supervisor, parse_replicas, up_detached
 
-    _check_choice("mind", mind, ("offline", "llm"))
+    _check_choice("mind", mind, MIND_KINDS)
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if nats is not None:
@@ -105,28 +104,22 @@ def agent(
     executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
 ) -> None:
     """Run one agent (what `lab up` and the Kubernetes Deployments start)."""
-    from services.executors import make_executor
-    from bus.schema import NatsAccess
+    from services import wiring
+    from services.executors import EXECUTOR_KINDS
     from services.host import run_agent
 
     if role not in ROLES:
         fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-    _check_choice("mind", mind, ("offline", "llm"))
+    _check_choice("mind", mind, MIND_KINDS)
     if nats is not None:
         _check_url(nats)
     config = bus_config(role, nats)
     settings = lab_config()
-    ex = job_nats = None
-    if role == "engineer":
-        _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    if wiring.wiring_class(role).runs_jobs:
+        _check_choice("executor", executor, EXECUTOR_KINDS)
         _sandbox_gate(mind, executor, False)
-        ex = make_executor(executor, (settings.get("executor") or {}).get(executor, {}))
-        job_nats = NatsAccess(
-            url=os.environ.get("LAB_RUNNER_NATS_URL", config.url),
-            user=os.environ.get("LAB_RUNNER_USER"),
-            password=read_secret("LAB_RUNNER_PASSWORD"),
-        )
-    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), executor=ex, job_nats=job_nats)
+    ports = wiring.build(role, home=lab_home(), config=settings, bus_url=config.url, executor=executor)  # WiringError: one line
+    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), wiring=ports)
 
 
 # ---------------------------------------------------------------- status / logs / say
@@ -147,7 +140,7 @@ async def _session(nats: str | None) -> AsyncIterator[Bus]:
         await bus.close()
 
 
-async def _projects(bus: Bus) -> list[dict[str, Any]]:
+async def _projects(bus: Bus) -> list[ProjectView]:
     from services.reading import project_states
 
     return await project_states(bus)
@@ -160,7 +153,7 @@ def _unknown(project: str, names: list[str]) -> str:
 async def _require_project(bus: Bus, project: str) -> None:
     """UsageError, like `lab say`'s, when no project of that name is known to the PI."""
     await _require_buckets(bus)
-    names = [p["project"] for p in await _projects(bus)]
+    names = [p.project for p in await _projects(bus)]
     if project not in names:
         raise UsageError(_unknown(project, names))
 
@@ -186,44 +179,38 @@ def status(
 ) -> None:
     """Servers, agents, projects with their stage and budgets spent, jobs running."""
 
-    async def main() -> dict[str, Any]:
+    from services.status_view import LabStatus
+
+    async def main() -> LabStatus:
+        from services.reading import active_jobs, heartbeat, project_docs
+        from services.team_status import capacity_view, replicas_view
+
         async with _session(nats) as bus:
             await _require_buckets(bus)
             kv = await bus.js.key_value(AGENTS_BUCKET)
-            agents = {}
-            for role in ROLES:
-                try:
-                    agents[role] = json.loads((await kv.get(role)).value or b"null")
-                except (KeyNotFoundError, ValueError):
-                    agents[role] = None  # never beat (not up yet), or not a heartbeat: shown as down
-            from services.reading import active_jobs
-
-            projects = await _projects(bus)
-            jobs = await active_jobs(bus)
-            states = await StateStore.open(bus)
-            from services.team_status import capacity_view, replicas_view
-
-            return {
-                "nats": bus.config.url, "agents": agents, "projects": projects, "jobs": jobs,
-                "capacity": await capacity_view(states), "instances": await replicas_view(kv),
-            }
+            docs = await project_docs(bus)
+            return LabStatus(
+                nats=bus.config.url, agents={role: await heartbeat(kv, role) for role in ROLES},
+                projects=[ProjectView.model_validate(d) for d in docs], jobs=await active_jobs(bus), docs=docs,
+                capacity=await capacity_view(await StateStore.open(bus)), instances=await replicas_view(kv),
+            )
 
     data = asyncio.run(main())
     if as_json:
-        console.print_json(json.dumps(data, default=str))
+        console.print_json(json.dumps(data.to_json(), default=str))
         return
     from services.status_view import render
 
     render(data, console, wide=wide)
     from services.team_status import print_team
 
-    print_team(console, data)
-    finished = [s for s in data["projects"] if s["stage"] in ("done", "failed")]
+    print_team(console, data.instances, data.capacity)
+    finished = [s for s in data.projects if s.finished]
     if finished:  # plain lines, never cut to the terminal's width: the command is meant to be copied
         console.print("finished projects (paper, reviews and results with `lab export PROJECT [--out DIR]`):")
         for s in finished:
-            verdict = "ACCEPTED" if s.get("accepted") else ("FAILED" if s["stage"] == "failed" else "NOT ACCEPTED")
-            console.print(f"  {s['project']}: {verdict}: {s.get('outcome', '')}  →  lab export {s['project']}", markup=False, soft_wrap=True)
+            verdict = "ACCEPTED" if s.accepted else ("FAILED" if s.stage == "failed" else "NOT ACCEPTED")
+            console.print(f"  {s.project}: {verdict}: {s.outcome}  →  lab export {s.project}", markup=False, soft_wrap=True)
 
 
 def print_entry(entry: Any, as_json: bool) -> None:
@@ -348,7 +335,7 @@ def run(
         _check_url(nats)
     if attach is not None:
         raise typer.Exit(attach_project(attach, out, nats, quiet, console))
-    _check_choice("mind", mind, ("offline", "llm"))
+    _check_choice("mind", mind, MIND_KINDS)
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if model is not None and mind != "llm":

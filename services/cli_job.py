@@ -13,8 +13,9 @@ from typing import Any
 import typer
 import yaml
 
+from agents.jobs import plan_job
 from agents.templates import load
-from bus.schema import JobSpec, NatsAccess
+from bus.schema import BASELINE, JobSpec, NatsAccess
 from services.cli_errors import LabTyper, fail
 from services.executors.render import render_job
 
@@ -42,25 +43,13 @@ def _options(config: Path | None, executor: str | None) -> tuple[str, dict[str, 
 
 
 def example_job(template: str, nats_url: str, profile: str | None = None) -> JobSpec:
-    """The baseline run of a template under a profile, as the engineer would dispatch it (no credential filled in)."""
+    """The baseline run of a template under a profile, as the engineer plans it, with the runner's bus access the executor adds."""
     _, spec = load(template)
-    chosen = spec.profile(profile)
-    return JobSpec(
-        job_id=f"{spec.name}-baseline",
-        project="example",
-        experiment_id="baseline",
-        template=spec.name,
-        bundle_object=f"example/bundles/{spec.name}.tar.gz",
-        overrides={**chosen.overrides, **spec.baseline},
-        seeds=list(range(spec.seeds)),
-        wall_time_s=chosen.time_budget_s,
-        memory_mb=chosen.resources.memory_mb,
-        cpu=chosen.resources.cpu,
-        gpu=chosen.resources.gpu,
-        network=spec.network,
-        resumable=spec.resumable,
-        nats=NatsAccess(url=nats_url, user="runner"),
+    job = plan_job(
+        spec, profile, job_id=f"{spec.name}-baseline", project="example", experiment_id=BASELINE,
+        bundle_object=f"example/bundles/{spec.name}.tar.gz", seeds=list(range(spec.seeds)),
     )
+    return job.model_copy(update={"nats": NatsAccess(url=nats_url, user="runner")})
 
 
 @app.callback()

@@ -105,7 +105,7 @@ def bus_config(user: str, url: str | None = None, name: str | None = None) -> Bu
 
 
 def lab_config(home: Path | None = None) -> dict[str, Any]:
-    """``$LAB_HOME/config.yaml`` (or ``LAB_CONFIG``): executor and mind sections."""
+    """``$LAB_HOME/config.yaml`` (or ``LAB_CONFIG``): executor, mind and literature sections (read by ``services/wiring``)."""
     path = Path(os.environ["LAB_CONFIG"]) if os.environ.get("LAB_CONFIG") else (home or lab_home()) / "config.yaml"
     if not path.is_file():
         return {}

@@ -28,7 +28,8 @@ from bus.client import Bus
 from bus.errors import ArtifactMissing, LabError
 from bus.schema import AnalysisDone, Decision, DraftReady, ReviewDone
 from bus.replay import read
-from bus.store import Artifacts, StateStore
+from bus.store import Artifacts
+from services.reading import project_state
 
 
 class UnknownProject(LabError, LookupError):
@@ -87,22 +88,16 @@ async def _fetch(artifacts: Artifacts, name: str | None, dest: Path) -> Path | N
     return dest
 
 
-async def project_stage(bus: Bus, project: str) -> dict[str, Any] | None:
-    """The PI's state of the project (stage, outcome), or None when the PI never stored one."""
-    doc, _ = await (await StateStore.open(bus)).read(f"pi.{project}")
-    return (doc or {}).get("state")
-
-
 async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     """Write ``project``'s outputs under ``out``, from the store; raise UnknownProject when there is none."""
     subjects.token(project, "project")
-    state = await project_stage(bus, project)
+    state = await project_state(bus, project)
     log = await _read_log(bus, project)
     if state is None and not log.lines:
         raise UnknownProject(f"unknown project {project!r}: nothing on the bus names it")
     artifacts = await Artifacts.open(bus)
     out.mkdir(parents=True, exist_ok=True)
-    done = Exported(project=project, out=out, finished=log.decision is not None, stage=(state or {}).get("stage", "unknown"), decision=log.decision)
+    done = Exported(project=project, out=out, finished=log.decision is not None, stage=state.stage if state else "unknown", decision=log.decision)
     files = done.files
 
     paper = log.decision.paper if log.decision is not None else log.draft

@@ -18,7 +18,6 @@ message (``agents/minds/meter``), so concurrent projects are charged apart.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -30,20 +29,20 @@ import structlog
 from pydantic import ValidationError
 
 from agents import role_class
-from agents.base import Context, Rejected, Role, UnhandledKind, is_permanent
+from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds import llm_unavailable, make_mind
 from agents.minds.meter import metered
 from bus import subjects
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.schema.constants import AGENTS_BUCKET
+from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import LabError, MindError, StateConflict
-from bus.ledger import SlotLedger
 from bus.retry import backoff_delay
-from bus.schema import Envelope, MindChoice, StepFailed, Usage, UsageReport, decode
+from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
 from services.logging import setup_logging
+from services.wiring import Wiring, role_name
 
 OUTBOX_KEEP = 16
 FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
@@ -109,8 +108,7 @@ class AgentHost:
         home: Path,
         mind: str = "offline",
         mind_config: dict[str, Any] | None = None,
-        executor: Any = None,
-        job_nats: Any = None,
+        wiring: Wiring | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
     ):
         self.role_name = role
@@ -122,12 +120,11 @@ class AgentHost:
         self.mind = make_mind(mind, role, 0, mind_config)
         self.minds: dict[tuple[str, str, str | None], Any] = {}
         self.llm_error = self._probe_llm()
-        self.executor = executor
-        self.job_nats = job_nats
+        # What this role needs beyond the bus (services/wiring); a role without ports by default.
+        self.wiring = wiring or Wiring(role_name(role), home)
         self.stop = asyncio.Event()
         self.concurrency = concurrency
         self.lanes = Lanes(concurrency, self._process_safely)
-        self.ledger: SlotLedger | None = None  # the engineer's lab-wide capacity, opened in run()
         self.handled = 0
         self.failed = False
         self.latencies: list[float] = []  # seconds per handled message, the last 1000 (for `lab status` and bench)
@@ -158,19 +155,15 @@ class AgentHost:
         self.artifacts = await Artifacts.open(self.bus)
         self.cache = await KVCache.open(self.bus, self.role_name)
         self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
-        if self.role_name == "engineer" and self.executor is not None:
-            gpus = getattr(getattr(self.executor, "settings", None), "gpus", None)
-            self.ledger = SlotLedger(self.states, self.executor.capacity(), counts="gpus" if gpus else "slots")
+        background = await self.wiring.open(self.bus, self.states)
         subs = [await pull(self.bus, subjects.CONVO_STREAM, f"role-{self.role_name}", subjects.convo_for(self.role_name))]
-        if self.role_name == "engineer":
-            subs.append(await pull(self.bus, subjects.JOBS_STREAM, "role-engineer-jobs", [subjects.job_statuses()]))
+        for extra in self.wiring.subscriptions:
+            subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filters))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
         for t in tasks[: len(subs)]:
             t.add_done_callback(self._consumer_ended)
-        if self.role_name == "engineer" and self.executor is not None:
-            tasks.append(asyncio.create_task(self._watch_jobs()))
-            tasks.append(asyncio.create_task(self._wake_waiting()))
+        tasks += [asyncio.create_task(work) for work in background]
         self.ready_file().parent.mkdir(parents=True, exist_ok=True)
         self.ready_file().write_text(str(os.getpid()))
         log.info("agent ready", role=self.role_name, mind=self.mind_kind, pid=os.getpid())
@@ -183,8 +176,7 @@ class AgentHost:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self.executor is not None:
-                await self.executor.close()
+            await self.wiring.close()
             await self.bus.close()
             log.info("agent stopped", role=self.role_name, handled=self.handled)
 
@@ -196,24 +188,24 @@ class AgentHost:
         self.failed = True
         self.stop.set()
 
-    def heartbeat_doc(self) -> dict[str, Any]:
+    def heartbeat_doc(self, started: float | None = None) -> Heartbeat:
         lat = sorted(self.latencies)
-        return {
-            "role": self.role_name, "pid": os.getpid(), "host": socket.gethostname(), "mind": self.mind_kind,
-            "llm_error": self.llm_error, "concurrency": self.concurrency, "busy": self.lanes.in_hand, "held": self.lanes.held,
-            "handled": self.handled, "seen": time.time(),
-            "p50_s": lat[len(lat) // 2] if lat else None, "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
-        }
+        return Heartbeat(
+            role=self.role_name, instance=self.instance, pid=os.getpid(), host=socket.gethostname(), mind=self.mind_kind,
+            llm_error=self.llm_error, concurrency=self.concurrency, busy=self.lanes.in_hand, held=self.lanes.held,
+            handled=self.handled, seen=time.time(), started=started,
+            p50_s=lat[len(lat) // 2] if lat else None, p99_s=lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+        )
 
     async def _heartbeat(self) -> None:
         started = time.time()
         while True:
             try:
-                await self.agents_kv.put(self.heartbeat_key(), json.dumps({**self.heartbeat_doc(), "instance": self.instance, "started": started}).encode())
+                await self.agents_kv.put(self.heartbeat_key(), self.heartbeat_doc(started).model_dump_json().encode())
                 self.alive_file().touch()
             except Exception as e:  # a missed beat is sent again in 5 s; the loop must outlive a bus outage
                 log.warning("heartbeat failed", error=str(e))
-            await asyncio.sleep(5)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
 
     async def _consume(self, sub: Any) -> None:
         """Fetch what the lanes have room for and queue each message on its project's lane."""
@@ -316,7 +308,8 @@ class AgentHost:
             return [decode(o.encode()) for o in outbox[env.id]]
         state_cls = self.role.State
         if doc.get("state") is not None:
-            state = state_cls.model_validate(doc["state"])
+            # The project lets a state stored by an older version of the role be upgraded (e.g. the engineer's jobs).
+            state = state_cls.model_validate(doc["state"], context={"project": env.project})
         else:
             try:
                 state = state_cls()
@@ -326,15 +319,7 @@ class AgentHost:
         choice = env.mind or (MindChoice.model_validate(doc["mind"]) if doc.get("mind") else None)
         if choice is not None and env.mind is None:
             env = env.model_copy(update={"mind": choice})  # so its outputs carry it on
-        ctx = Context(
-            project=env.project,
-            role=self.role_name,  # type: ignore[arg-type]
-            state=state,
-            artifacts=self.artifacts,
-            mind=self.mind_for(env.project, choice),
-            cache=self.cache,
-            services={"lab_home": self.home, "executor": self.executor, "job_spec": self._job_spec, "capacity": self.ledger},
-        )
+        ctx = self.wiring.context(project=env.project, state=state, mind=self.mind_for(env.project, choice), artifacts=self.artifacts, cache=self.cache)
         try:
             with metered() as spent:
                 if BENCH_MIND_LATENCY_S:
@@ -370,101 +355,14 @@ class AgentHost:
         await self.bus.dead_letter(self.role_name, reason, msg)
         await msg.ack()
 
-    # ------------------------------------------------------------ the engineer's executor
 
-    def _job_spec(self, project: str, job: Any) -> Any:
-        from bus.schema import JobSpec
-
-        return JobSpec(
-            job_id=job.job_id,
-            project=project,
-            experiment_id=job.experiment_id,
-            template=job.template,
-            bundle_object=job.bundle_object,
-            overrides=job.overrides,
-            seeds=job.seeds,
-            wall_time_s=job.wall_time_s,
-            memory_mb=job.memory_mb,
-            cpu=job.cpu,
-            gpu=job.gpu,
-            network=job.network,
-            resumable=job.resumable,
-            nats=self.job_nats,
-        )
-
-    async def _watch_jobs(self, every: float = 3.0, grace_s: float = 20.0) -> None:
-        """Catch jobs that failed where the runner could not say so (never started, killed, evicted)."""
-        from bus.schema import JobStatus
-
-        suspicious: dict[str, float] = {}
-        while True:
-            await asyncio.sleep(every)
-            try:
-                active: set[str] = set()
-                queued: dict[str, set[str]] = {}
-                for key in await self.states.keys("engineer."):
-                    doc, _ = await self.states.read(key)
-                    if not doc or not doc.get("state"):
-                        continue
-                    project = key.split(".", 1)[1]
-                    for job in doc["state"]["jobs"].values():
-                        if job["state"] == "queued":
-                            queued.setdefault(project, set()).add(job["job_id"])
-                        if job["state"] not in ("dispatched", "pending", "running"):
-                            suspicious.pop(job["job_id"], None)
-                            continue
-                        active.add(job["job_id"])
-                        phase = await self.executor.poll(job["job_id"])
-                        if phase.state == "pending" and phase.reason and job.get("reason") != phase.reason:
-                            await self._job_event(project, job, JobStatus(job_id=job["job_id"], experiment_id=job["experiment_id"], state="pending", reason=phase.reason), f"pending-{phase.reason}")
-                        if phase.state in ("failed", "missing") or (phase.state == "succeeded"):
-                            first = suspicious.setdefault(job["job_id"], time.monotonic())
-                            # The runner reports its own end; wait a little for that before speaking for it.
-                            if time.monotonic() - first > grace_s:
-                                reason = phase.reason or ("runner exited without reporting" if phase.state != "missing" else "job vanished from the executor")
-                                await self._job_event(project, job, JobStatus(job_id=job["job_id"], experiment_id=job["experiment_id"], state="failed", reason=reason), "executor-failed")
-                if self.ledger is not None:
-                    await self.ledger.reconcile(active, queued)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the next pass looks again; one bad pass must not end the watch
-                log.warning("job watch failed", error=str(e))
-
-    async def _wake_waiting(self, every: float = 0.5) -> None:
-        """Tell a project waiting for capacity when its turn has come (its own handler takes the slot).
-
-        The wake-up's id derives from the ledger's revision, so replicas watching the same ledger send it once.
-        """
-        from bus.schema import JobStatus
-
-        assert self.ledger is not None
-        while True:
-            await asyncio.sleep(every)
-            try:
-                ledger, revision = await self.ledger.read()
-                for project, waiter in ledger.waiting.items():
-                    if ledger.may_take(project, waiter.units):
-                        job = {"job_id": waiter.job_id, "experiment_id": ""}
-                        await self._job_event(project, job, JobStatus(job_id=waiter.job_id, experiment_id="", state="queued", reason="capacity free"), f"wake-{revision}")
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the next tick tries again; one failure must not end the loop
-                log.warning("capacity wake-up failed", error=str(e))
-
-    async def _job_event(self, project: str, job: dict[str, Any], status: Any, tag: str) -> None:
-        from bus.schema import derive_id
-
-        env = Envelope(id=derive_id(job["job_id"], tag), project=project, sender="engineer", recipient="engineer", body=status)
-        await self.bus.publish_job(subjects.job_status(project, job["job_id"]), env)
-
-
-def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_config: dict[str, Any] | None, executor: Any, job_nats: Any) -> None:
+def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_config: dict[str, Any] | None, wiring: Wiring) -> None:
     setup_logging(role=role)
     try:
         concurrency = concurrency_for(role)
     except HostConfigError as e:
         raise SystemExit(f"lab agent: {e}") from None
-    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, executor=executor, job_nats=job_nats, concurrency=concurrency)
+    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, wiring=wiring, concurrency=concurrency)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
 from services.config import read_local_lab, secrets_dir, state_file, write_secret
 from services.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
 from services.process import alive
+from services.wiring import wiring_class
 
 __all__ = ["LabError", "LabOptions", "Supervisor", "Terminated", "down", "refuse_if_full", "running_lab", "stop_on_signals", "up_detached"]
 
@@ -177,7 +178,7 @@ class Supervisor:
             # Files, not values: another process's environ is readable by any process of this user.
             env["LAB_NATS_USER"] = role
             env["LAB_NATS_PASSWORD_FILE"] = str(self._secret(role))
-            if role == "engineer":
+            if wiring_class(role).runs_jobs:  # it starts job runners: they get their own credential
                 env["LAB_RUNNER_USER"] = RUNNER
                 env["LAB_RUNNER_PASSWORD_FILE"] = str(self._secret(RUNNER))
         return env

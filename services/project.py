@@ -9,7 +9,6 @@ deliverables are read back from the object store at the end.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 import uuid
@@ -30,9 +29,10 @@ from bus.schema import Budget, Decision, Envelope, MindChoice, StartProject, Tem
 from bus.replay import read
 from bus.store import Artifacts
 from services.config import bus_config, lab_home, read_local_lab
-from services.export import UnknownProject, export_project, project_stage
+from services.export import UnknownProject, export_project
 from services.lifecycle import StoreFull, check_store
-from services.render import describe
+from services.reading import heartbeat, project_state
+from services.describe import describe
 
 
 @dataclass
@@ -61,9 +61,6 @@ class MindRefused(LabError, RuntimeError):
     """The lab's agents cannot think with the mind this project asks for; one line saying why."""
 
 
-HEARTBEAT_FRESH_S = 20.0
-
-
 async def llm_refusal(bus: Bus, model: str | None) -> str | None:
     """Why the running lab cannot give this project an llm mind, from its agents' heartbeats (None: it can).
 
@@ -76,14 +73,10 @@ async def llm_refusal(bus: Bus, model: str | None) -> str | None:
 
     kv = await bus.js.key_value(AGENTS_BUCKET)
     for role in ROLES:
-        try:
-            beat = json.loads((await kv.get(role)).value or b"{}")
-        except (nats.js.errors.KeyNotFoundError, ValueError):
-            continue  # no heartbeat (or not one): an agent not up yet takes the choice when it comes
-        if time.time() - beat.get("seen", 0) > HEARTBEAT_FRESH_S:
-            continue
-        if beat.get("llm_error"):
-            return f"the lab's {role} agent cannot use an llm mind{f' for {model}' if model else ''}: {beat['llm_error']}"
+        beat = await heartbeat(kv, role)
+        # No heartbeat, or a stale one: an agent not up yet takes the choice when it comes.
+        if beat is not None and not beat.stale() and beat.llm_error:
+            return f"the lab's {role} agent cannot use an llm mind{f' for {model}' if model else ''}: {beat.llm_error}"
     return None
 
 
@@ -147,13 +140,12 @@ def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool
     async def main() -> int:
         bus = await Bus.connect(bus_config("copi", nats, name="lab-attach"), reconnect=False, timeout=5)
         try:
-            state = await project_stage(bus, subjects.token(project, "project"))
+            state = await project_state(bus, project)
             if state is None:
                 raise UnknownProject(f"unknown project {project!r}: the PI holds no state for it")
-            budget = Budget.model_validate(state["budget"])
-            left = state["started_at"] + budget.wall_time_s + 600 - time.time()
-            opts = RunOptions(template=state["template"], nats=nats, quiet=quiet, project=project)
-            console.print(f"attached to project [bold]{project}[/bold] (stage {state['stage']})")
+            left = state.started_at + state.budget.wall_time_s + 600 - time.time()
+            opts = RunOptions(template=state.template, nats=nats, quiet=quiet, project=project)
+            console.print(f"attached to project [bold]{project}[/bold] (stage {state.stage})")
             return await _follow_and_export(bus, project, out or Path("lab-out") / project, opts, console, None, time.monotonic() + max(60.0, left))
         finally:
             await bus.close()

@@ -7,23 +7,34 @@ into them the same way.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
+
+from nats.js.errors import KeyValueError
+from nats.js.kv import KeyValue
 
 from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
-from bus.schema import ROLES, CoPINote, CoPINoteMsg, Envelope
+from bus.schema import (
+    ROLES,
+    CoPINote,
+    CoPINoteMsg,
+    EngineerView,
+    Envelope,
+    Heartbeat,
+    JobView,
+    ProjectView,
+)
 from bus.store import StateStore
-
-ACTIVE_JOB_STATES = ("queued", "dispatched", "pending", "running")
 
 
 class NoteRefused(LabError, ValueError):
     """A co-PI note that cannot be sent (no such project or role, empty text); the message is one line."""
 
 
-async def project_states(bus: Bus) -> list[dict[str, Any]]:
-    """Every project's state as the PI keeps it (key ``pi.<project>``), oldest key first."""
+async def project_docs(bus: Bus) -> list[dict[str, Any]]:
+    """Every project's state exactly as the PI stored it, oldest key first: what `lab status --json` prints."""
     states = await StateStore.open(bus)
     out = []
     for key in await states.keys("pi."):
@@ -33,30 +44,58 @@ async def project_states(bus: Bus) -> list[dict[str, Any]]:
     return out
 
 
-async def project_state(bus: Bus, project: str) -> dict[str, Any] | None:
+async def project_states(bus: Bus) -> list[ProjectView]:
+    """Every project's state as the PI keeps it (key ``pi.<project>``), oldest key first."""
+    return [ProjectView.model_validate(d) for d in await project_docs(bus)]
+
+
+async def project_state(bus: Bus, project: str) -> ProjectView | None:
+    """One project's state, or None when the PI never stored one."""
     states = await StateStore.open(bus)
     doc, _ = await states.read(f"pi.{subjects.token(project, 'project')}")
-    return (doc or {}).get("state") or None
+    state = (doc or {}).get("state")
+    return ProjectView.model_validate(state) if state else None
 
 
-async def active_jobs(bus: Bus) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ActiveJob:
+    """A job an engineer has in flight, with the project whose engineer state holds it."""
+
+    project: str
+    job: JobView
+
+    def row(self) -> dict[str, str]:
+        """The job as `lab status --json` prints it."""
+        j = self.job
+        return {"project": self.project, "job": j.job_id, "experiment": j.experiment_id, "state": j.state, "reason": j.reason}
+
+
+async def active_jobs(bus: Bus) -> list[ActiveJob]:
     """Jobs the engineers have in flight, across projects."""
     states = await StateStore.open(bus)
-    jobs = []
+    jobs: list[ActiveJob] = []
     for key in await states.keys("engineer."):
         doc, _ = await states.read(key)
-        for j in ((doc or {}).get("state") or {}).get("jobs", {}).values():
-            if j["state"] in ACTIVE_JOB_STATES:
-                jobs.append({"project": key.split(".", 1)[1], "job": j["job_id"], "experiment": j["experiment_id"], "state": j["state"], "reason": j.get("reason", "")})
+        engineer = EngineerView.model_validate((doc or {}).get("state") or {})
+        jobs.extend(ActiveJob(key.split(".", 1)[1], j) for j in engineer.active())
     return jobs
 
 
-def running_project(projects: list[dict[str, Any]], named: str | None) -> str:
+async def heartbeat(kv: KeyValue, key: str) -> Heartbeat | None:
+    """The last heartbeat under ``key`` in the agents bucket, or None when there is none (never written, or expired)."""
+    try:
+        entry = await kv.get(key)
+    except KeyValueError:  # not found, deleted, expired
+        return None
+    return Heartbeat.model_validate_json(entry.value) if entry.value else None
+
+
+def running_project(projects: list[ProjectView], named: str | None) -> str:
     """The project a note is for: the one named, or the only one running."""
-    names = [p["project"] for p in projects]
+    names = [p.project for p in projects]
     target = named
     if target is None:
-        running = [p["project"] for p in projects if p["stage"] not in ("done", "failed")]
+        running = [p.project for p in projects if not p.finished]
         if len(running) != 1:
             raise NoteRefused(f"{'no project is running' if not running else 'several projects run: ' + ', '.join(running)}; name one with --project")
         target = running[0]

@@ -12,6 +12,7 @@ however wide that is.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
@@ -19,8 +20,35 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-HEARTBEAT_FRESH_S = 20  # an agent beats every few seconds; older than this it is down
+from bus.schema import Heartbeat, ProjectView
+from services.reading import ActiveJob
+from services.team_status import Replica
+
 NATURAL = 10_000  # a width no table reaches: wide tables are measured against it
+
+
+@dataclass
+class LabStatus:
+    """What `lab status` gathered: the read models, and the PI's states as stored for ``--json``."""
+
+    nats: str
+    agents: dict[str, Heartbeat | None]
+    projects: list[ProjectView]
+    jobs: list[ActiveJob]
+    docs: list[dict[str, Any]] = field(default_factory=list)  # the projects as the PI stored them, every field
+    capacity: dict[str, Any] = field(default_factory=dict)
+    instances: list[Replica] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The one JSON object `lab status --json` prints (its shape is what scripts read)."""
+        return {
+            "nats": self.nats,
+            "agents": {role: None if b is None else b.model_dump(mode="json") for role, b in self.agents.items()},
+            "projects": self.docs,
+            "jobs": [j.row() for j in self.jobs],
+            "capacity": self.capacity,
+            "instances": [r.row() for r in self.instances],
+        }
 
 
 def _table(wide: bool, names: list[str], wraps: tuple[str, ...] = ()) -> Table:
@@ -31,46 +59,43 @@ def _table(wide: bool, names: list[str], wraps: tuple[str, ...] = ()) -> Table:
     return t
 
 
-def agents_table(agents: dict[str, Any], wide: bool, now: float | None = None) -> Table:
+def agents_table(agents: dict[str, Heartbeat | None], wide: bool, now: float | None = None) -> Table:
     now = time.time() if now is None else now
     t = _table(wide, ["agent", "state", "pid", "mind", "handled"])
     for role, a in agents.items():
-        alive = a is not None and now - a["seen"] < HEARTBEAT_FRESH_S
-        t.add_row(role, "up" if alive else "down", str(a["pid"]) if a else "-", a["mind"] if a else "-", str(a["handled"]) if a else "-")
+        if a is None:
+            t.add_row(role, "down", "-", "-", "-")
+        else:
+            t.add_row(role, "down" if a.stale(now) else "up", str(a.pid), a.mind, str(a.handled))
     return t
 
 
-def _usage(s: dict[str, Any]) -> tuple[int, float]:
-    usage = s.get("usage", {}).values()
-    return sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage), sum(u["cost_usd"] for u in usage)
-
-
-def projects_table(projects: list[dict[str, Any]], wide: bool) -> Table:
+def projects_table(projects: list[ProjectView], wide: bool) -> Table:
     if wide:
         t = _table(True, ["project", "template", "stage", "ideas", "runs", "round", "tokens", "cost $", "outcome"])
     else:
         t = _table(False, ["project", "stage", "ideas", "runs", "rnd", "$", "outcome"], wraps=("outcome",))
     for s in projects:
-        b = s["budget"]
-        tokens, cost = _usage(s)
-        spent = [f"{len(s['ideas'])}/{b['max_ideas']}", f"{len(s['experiments'])}/{b['max_runs']}", f"{s['round']}/{b['max_revision_rounds']}"]
+        b = s.budget
+        spent = [f"{len(s.ideas)}/{b.max_ideas}", f"{len(s.experiments)}/{b.max_runs}", f"{s.round}/{b.max_revision_rounds}"]
         if wide:
-            t.add_row(s["project"], s["template"], s["stage"], *spent, str(tokens), f"{cost:.4f}", s.get("outcome", ""))
+            t.add_row(s.project, s.template, s.stage, *spent, str(s.tokens), f"{s.cost_usd:.4f}", s.outcome)
             continue
-        name = Text(s["project"])
-        if not s["project"].startswith(s["template"]):
-            name.append(f"\n{s['template']}", style="dim")
-        t.add_row(name, s["stage"], *spent, f"{cost:.2f}", s.get("outcome", ""))
+        name = Text(s.project)
+        if not s.project.startswith(s.template):
+            name.append(f"\n{s.template}", style="dim")
+        t.add_row(name, s.stage, *spent, f"{s.cost_usd:.2f}", s.outcome)
     return t
 
 
-def jobs_table(jobs: list[dict[str, Any]], wide: bool) -> Table:
+def jobs_table(jobs: list[ActiveJob], wide: bool) -> Table:
     if wide:
         t = _table(True, ["project", "job", "experiment", "state", "reason"])
     else:
         t = _table(False, ["job", "experiment", "state", "reason"], wraps=("reason",))
-    for row in jobs:
-        t.add_row(*([row["project"]] if wide else []), row["job"], row["experiment"], row["state"], row["reason"])
+    for a in jobs:
+        j = a.job
+        t.add_row(*([a.project] if wide else []), j.job_id, j.experiment_id, j.state, j.reason)
     return t
 
 
@@ -88,10 +113,10 @@ def _print(console: Console, table: Table, wide: bool) -> None:
         console.width = saved
 
 
-def render(data: dict[str, Any], console: Console, wide: bool = False) -> None:
+def render(data: LabStatus, console: Console, wide: bool = False) -> None:
     """Print what `lab status` gathered."""
-    console.print(f"NATS: {data['nats']}", markup=False)
-    _print(console, agents_table(data["agents"], wide), wide)
-    _print(console, projects_table(data["projects"], wide), wide)
-    if data["jobs"]:
-        _print(console, jobs_table(data["jobs"], wide), wide)
+    console.print(f"NATS: {data.nats}", markup=False)
+    _print(console, agents_table(data.agents, wide), wide)
+    _print(console, projects_table(data.projects, wide), wide)
+    if data.jobs:
+        _print(console, jobs_table(data.jobs, wide), wide)

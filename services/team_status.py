@@ -5,15 +5,29 @@ Kept apart from ``services/cli.py`` so the command stays a thin wrapper.
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyValueError
+from nats.js.kv import KeyValue
 
 from bus.ledger import LEDGER_KEY, Ledger
+from bus.schema import Heartbeat
+from services.reading import heartbeat
 
-STALE_S = 20.0  # heartbeats come every 5 s; an agent silent this long has lost NATS or hung
+
+@dataclass(frozen=True)
+class Replica:
+    """One agent process, by its key in the agents bucket, and its last heartbeat."""
+
+    key: str
+    beat: Heartbeat
+    stale: bool
+
+    def row(self) -> dict[str, Any]:
+        """The replica as `lab status --json` prints it: the heartbeat, its key, and whether it went stale."""
+        return {**self.beat.model_dump(mode="json"), "key": self.key, "stale": self.stale}
 
 
 async def capacity_view(states: Any) -> dict[str, Any]:
@@ -34,37 +48,28 @@ async def capacity_view(states: Any) -> dict[str, Any]:
     }
 
 
-async def replicas_view(kv: Any) -> list[dict[str, Any]]:
+async def replicas_view(kv: KeyValue) -> list[Replica]:
     """Every agent process's last heartbeat, marked stale when it stopped beating."""
     try:
         keys = await kv.keys()
-    except NoKeysError:  # an empty bucket; a refused or lost server raises, never reads as "no agents"
+    except KeyValueError:  # nats-py raises NoKeysError on an empty bucket
         return []
-    out = []
-    for key in sorted(keys):
-        try:
-            beat = json.loads((await kv.get(key)).value or b"{}")
-        except (KeyNotFoundError, ValueError):
-            continue  # gone since keys() (a stopped replica), or not a heartbeat: not an agent to list
-        beat["key"] = key
-        beat["stale"] = time.time() - beat.get("seen", 0) > STALE_S
-        out.append(beat)
-    return out
+    now = time.time()
+    return [Replica(key, beat, beat.stale(now)) for key in sorted(keys) if (beat := await heartbeat(kv, key)) is not None]
 
 
-def print_team(console: Any, data: dict[str, Any]) -> None:
+def print_team(console: Any, instances: list[Replica], cap: dict[str, Any]) -> None:
     from rich.table import Table
 
-    instances = data.get("instances") or []
     if instances:
         t = Table("instance", "state", "pid", "host", "busy/concurrency", "handled", "p50 s", "p99 s")
-        for b in instances:
-            state = "[red]stale[/red]" if b["stale"] else "up"
-            p50 = f"{b['p50_s']:.2f}" if b.get("p50_s") is not None else "-"
-            p99 = f"{b['p99_s']:.2f}" if b.get("p99_s") is not None else "-"
-            t.add_row(b.get("instance", b["key"]), state, str(b.get("pid", "-")), str(b.get("host", "-")), f"{b.get('busy', 0)}/{b.get('concurrency', '-')}", str(b.get("handled", 0)), p50, p99)
+        for r in instances:
+            b = r.beat
+            state = "[red]stale[/red]" if r.stale else "up"
+            p50 = f"{b.p50_s:.2f}" if b.p50_s is not None else "-"
+            p99 = f"{b.p99_s:.2f}" if b.p99_s is not None else "-"
+            t.add_row(b.instance or r.key, state, str(b.pid), b.host or "-", f"{b.busy}/{b.concurrency}", str(b.handled), p50, p99)
         console.print(t)
-    cap = data.get("capacity") or {}
     if cap.get("projects"):
         total = "unlimited" if cap["capacity"] is None else str(cap["capacity"])
         c = Table("project", f"holds ({cap['counts']})", "fair share", "waiting", title=f"capacity: {cap['used']} of {total} {cap['counts']} in use")

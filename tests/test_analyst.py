@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from agents.analyst import ROLE, build_report
 from agents.base import Context
 from agents.minds.offline.analyst import make
-from bus.schema import AnalysisDone, AnalysisRequest, Envelope, FinalInfo, MetricStat, RunRecord
+from bus.schema import AnalysisDone, AnalysisReport, AnalysisRequest, Envelope, FinalInfo, MetricStat, RunRecord
 from tests.fakes import MemoryStore
 
 SPEC = {
@@ -84,16 +84,18 @@ async def test_missing_baseline_gives_no_comparisons_and_a_flag():
     failed_base = run("j0", "baseline", [], [], seeds=[0, 1, 2], status="failed", reason="oom")
     rep = (await handle([failed_base, GOOD]))[0].report
     assert rep.comparisons == []
-    assert any(f.startswith("missing baseline:") for f in rep.flags)
-    assert any(f.startswith("failed run: j0") and "oom" in f for f in rep.flags)
+    assert rep.flags[0].kind == "missing_baseline"
+    (failed,) = [f for f in rep.flags if f.kind == "failed_run"]
+    assert failed.job_id == "j0" and failed.idea_id == "baseline" and failed.text == "failed run: j0 (idea 'baseline'): oom"
     assert rep.figures == ["p1/figures/round-1/acc.png", "p1/figures/round-1/loss.png"]  # the idea alone is still plotted
 
 
 async def test_unfair_knob_is_named():
     longer = run("j4", "long", [0.90, 0.92, 0.91], [0.3, 0.3, 0.31], overrides={"steps": 400})
     rep = (await handle([BASE, longer, GOOD]))[0].report
-    unfair = [f for f in rep.flags if f.startswith("unfair baseline:")]
-    assert len(unfair) == 1 and "'steps'" in unfair[0] and "'long'" in unfair[0] and "400" in unfair[0]
+    (unfair,) = [f for f in rep.flags if f.kind == "unfair_baseline"]
+    assert unfair.idea_id == "long" and unfair.text.startswith("unfair baseline: idea 'long' changes the fairness knob 'steps'")
+    assert "400" in unfair.detail
 
 
 async def test_pooling_later_seeds_and_seed_flags():
@@ -102,17 +104,21 @@ async def test_pooling_later_seeds_and_seed_flags():
     acc = next(c for c in rep.comparisons if c.metric == "acc")
     assert acc.n_idea == 5 and acc.n_baseline == 3
     assert acc.idea_mean == pytest.approx((0.90 + 0.91 + 0.89 + 0.92 + 0.90) / 5)
-    assert any(f.startswith("baseline has fewer seeds:") and "'wd' 5" in f for f in rep.flags)
+    (fewer,) = [f for f in rep.flags if f.kind == "baseline_fewer_seeds"]
+    assert (fewer.idea_id, fewer.metric, fewer.seeds, fewer.baseline_seeds) == ("wd", "acc", 5, 3)
+    assert fewer.text == "baseline has fewer seeds: baseline 3 vs idea 'wd' 5 for 'acc'"
     two = run("j6", "tiny", [0.9, 0.8], [0.3, 0.4])
     rep = (await handle([BASE, two]))[0].report
-    assert any(f.startswith("too few seeds:") and "'tiny' has 2" in f for f in rep.flags)
+    (few,) = [f for f in rep.flags if f.kind == "too_few_seeds"]
+    assert (few.idea_id, few.seeds, few.required_seeds) == ("tiny", 2, 3)
+    assert few.text == "too few seeds: 'tiny' has 2 seed(s) for 'acc'; at least 3 are needed"
 
 
 async def test_rerun_seed_keeps_later_value_and_is_flagged():
     again = run("j7", "wd", [0.50, 0.50, 0.50], [0.9, 0.9, 0.9])
     rep, arms = build_report("p1", AnalysisRequest(round=0, spec=SPEC, runs=[BASE, GOOD, again]))
     assert arms["wd"].list("acc") == [0.5, 0.5, 0.5]
-    assert any(f.startswith("duplicate seed:") for f in rep.flags)
+    assert [(f.kind, f.idea_id, f.job_id) for f in rep.flags] == [("duplicate_seed", "wd", "j7")] * 3
 
 
 async def test_degenerate_values_leave_no_nan_in_the_report():
@@ -123,7 +129,8 @@ async def test_degenerate_values_leave_no_nan_in_the_report():
     for c in body.report.comparisons:
         assert all(math.isfinite(v) for v in (c.p_value, c.effect_size, c.ci_low, c.ci_high, c.idea_stderr))
         assert c.verdict == "inconclusive" and c.p_value == 1.0
-    assert any(f.startswith("zero variance:") and "'same'" in f for f in body.report.flags)
+    assert any(f.kind == "zero_variance" and f.idea_id == "same" and f.text.startswith("zero variance: every seed of 'same'")
+               for f in body.report.flags)
     Envelope.model_validate_json(Envelope(project="p1", sender="analyst", recipient="pi", body=body).model_dump_json())
 
 
@@ -171,8 +178,9 @@ async def test_a_knob_that_changes_compute_is_flagged():
     deeper = run("j3", "deeper", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39], overrides={"layers": 2})
     same = run("j4", "same-layers", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39], overrides={"layers": 1, "lr": 0.02})
     rep, _ = build_report("p", AnalysisRequest(round=1, spec=spec, runs=[BASE, deeper, same]))
-    compute = [f for f in rep.flags if f.startswith("compute changed:")]
-    assert len(compute) == 1 and "'deeper'" in compute[0] and "'layers'" in compute[0] and "not at equal compute" in compute[0]
+    (compute,) = [f for f in rep.flags if f.kind == "compute_changed"]
+    assert compute.idea_id == "deeper" and compute.text.startswith("compute changed: idea 'deeper' changes 'layers'")
+    assert "not at equal compute" in compute.detail
 
 
 async def test_confirmation_runs_on_fresh_seeds_mark_replicated_and_are_not_pooled():
@@ -195,7 +203,36 @@ async def test_confirmation_runs_on_fresh_seeds_mark_replicated_and_are_not_pool
 async def test_flags_someone_acts_on_are_typed():
     unfair = run("j5", "longer", [0.9, 0.91, 0.92], [0.3, 0.3, 0.3], overrides={"steps": 200})
     rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[BASE, unfair]))
-    (flag,) = rep.flag_items
-    assert flag.kind == "unfair_baseline" and flag.idea_id == "longer" and flag.text in rep.flags
+    (flag,) = rep.flags
+    assert flag.kind == "unfair_baseline" and flag.idea_id == "longer"
     rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[unfair]))
-    assert [f.kind for f in rep.flag_items] == ["missing_baseline", "unfair_baseline"]
+    assert [f.kind for f in rep.flags] == ["missing_baseline", "unfair_baseline"]
+    assert rep.flags[0].text == "missing baseline: no successful baseline run, so no idea could be compared"
+
+
+def test_a_report_stored_with_sentence_flags_still_loads_typed():
+    """An older lab stored flags as sentences plus the typed ``flag_items``; both become the typed flags, in order."""
+    unfair = "unfair baseline: idea 'long' changes the fairness knob 'steps' (baseline 100, idea 400), so the arms differ"
+    old = {
+        "project": "p", "primary_metric": "acc", "comparisons": [], "runs": [],
+        "flags": [
+            "failed run: j0 (idea 'baseline'): oom",
+            unfair,
+            "too few seeds: 'tiny' has 2 seed(s) for 'acc'; at least 3 are needed",
+            "baseline has fewer seeds: baseline 3 vs idea 'wd' 5 for 'acc'",
+            "no per-seed values: run j2 reported only a mean for 'loss'; it counts as one observation",
+            "something an even older lab wrote",
+        ],
+        "flag_items": [{"kind": "unfair_baseline", "detail": unfair.removeprefix("unfair baseline: "), "idea_id": "long"}],
+    }
+    rep = AnalysisReport.model_validate(old)
+    assert [f.text for f in rep.flags] == old["flags"]  # people read the same sentences
+    kinds = [f.kind for f in rep.flags]
+    assert kinds == ["failed_run", "unfair_baseline", "too_few_seeds", "baseline_fewer_seeds", "no_per_seed_values", "other"]
+    failed, fair, few, fewer, mean_only, _ = rep.flags
+    assert (failed.job_id, failed.idea_id) == ("j0", "baseline") and fair.idea_id == "long"
+    assert (few.idea_id, few.seeds, few.required_seeds, few.metric) == ("tiny", 2, 3, "acc")
+    assert (fewer.idea_id, fewer.seeds, fewer.baseline_seeds) == ("wd", 5, 3)
+    assert (mean_only.job_id, mean_only.metric) == ("j2", "loss")
+    # A report written now round-trips as it is.
+    assert AnalysisReport.model_validate_json(rep.model_dump_json()) == rep

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from bus.schema import ROLES
+from bus.schema.constants import AGENTS_TTL_S
 from services.alive import fresh, main as alive_main
 from tests.test_manifests import REPO, build, needs_kubectl
 
@@ -49,6 +50,7 @@ def test_agents_liveness_reads_the_heartbeat_and_streams_are_replicated() -> Non
         env = {e["name"]: e for e in c["env"]}
         probe = c["livenessProbe"]["exec"]["command"]
         assert probe[:3] == ["python", "-m", "services.alive"] and probe[3] == f"{env['LAB_HOME']['value']}/run/{role}.alive"
+        assert float(probe[4]) == AGENTS_TTL_S  # the YAML spells the number; it must be the lab's
         assert env["LAB_NATS_REPLICAS"]["value"] == "3"
 
 

@@ -64,10 +64,10 @@ def test_an_idea_whose_recorded_compute_differs_from_the_baseline_is_flagged() -
     longer = with_compute(run("l", "longer-merge", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39]), optimizer_steps=230.0)
     same = with_compute(run("s", "new-merge", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39]))
     rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[base, longer, same]))
-    flags = [f for f in rep.flag_items if f.kind == "compute_changed"]
+    flags = [f for f in rep.flags if f.kind == "compute_changed"]
     assert [f.idea_id for f in flags] == ["longer-merge"]
     assert "optimizer_steps: baseline 130, idea 230" in flags[0].text and "not at equal compute" in flags[0].text
-    assert any(t.startswith("compute changed: idea 'longer-merge'") for t in rep.flags)
+    assert flags[0].text.startswith("compute changed: idea 'longer-merge'")
 
 
 # ------------------------------------------------------------------ a code idea through engineer, analyst and writer
@@ -75,6 +75,8 @@ def test_an_idea_whose_recorded_compute_differs_from_the_baseline_is_flagged() -
 
 class Executor:
     """Runs each submitted job's bundle at once, as the job runner would, and keeps its final_info (no bus, no sandbox)."""
+
+    ledger = None  # no lab-wide ledger: the engineer counts this project's jobs
 
     def __init__(self, store, tmp: Path) -> None:  # type: ignore[no-untyped-def]
         self.store, self.tmp, self.submitted, self.results = store, tmp, [], {}
@@ -118,12 +120,11 @@ class Lab:
         self.results: list = []  # type: ignore[type-arg]
 
     async def send(self, body, sender: str = "pi") -> list:  # type: ignore[no-untyped-def, type-arg]
-        from agents.base import Context
+        from agents.engineer import EngineerContext
         from bus.schema import Envelope
 
         env = Envelope(project="p1", sender=sender, recipient="engineer", body=body)
-        services = {"executor": self.executor, "job_spec": lambda project, job: job}
-        ctx = Context(project="p1", role="engineer", state=self.state, artifacts=self.store, mind=self.mind, services=services)
+        ctx = EngineerContext(project="p1", role="engineer", state=self.state, artifacts=self.store, mind=self.mind, jobs=self.executor)
         await self.role.handle(env, ctx)
         return ctx.outputs
 
@@ -179,7 +180,7 @@ async def test_a_template_variant_idea_is_implemented_run_compared_and_shown_wit
 
     report, ready, md, tex = await lab.paper([idea], tmp_path)
     assert {c.idea_id for c in report.comparisons} == {"ties-magsign"}
-    assert not [f for f in report.flag_items if f.kind == "compute_changed"]
+    assert not [f for f in report.flags if f.kind == "compute_changed"]
     method = md.split("## Method", 1)[1].split("## Experimental Setup", 1)[0]
     assert "changes the experiment's code" in method and "ties_magnitude_sign" in method and "appendix (Code changes)" in method
     appendix = md.split("## Appendix D: Code changes", 1)[1]
@@ -217,7 +218,7 @@ async def test_a_code_edit_that_changes_the_compute_is_flagged(tmp_path: Path) -
     base, run = lab.results
     assert run.final_info.compute["optimizer_steps"] == 2 * base.final_info.compute["optimizer_steps"]
     report, _, md, _ = await lab.paper([idea], tmp_path)
-    (flag,) = [f for f in report.flag_items if f.kind == "compute_changed"]
+    (flag,) = [f for f in report.flags if f.kind == "compute_changed"]
     assert flag.idea_id == "longer" and "optimizer_steps" in flag.text
     assert "recorded different compute per run than the baseline" in md  # the paper lists the flag
 

@@ -102,7 +102,7 @@ def test_llm_code_idea_adds_a_merge_function_and_the_paper_shows_its_diff(lab_en
     # Compared like any idea, with no compute flag (the new rule spends what the baseline spends).
     report = [m["body"]["report"] for m in convo if m["body"]["type"] == "analysis_done"][-1]
     assert {c["idea_id"] for c in report["comparisons"]} == {idea["id"]}
-    assert not [f for f in report.get("flag_items", []) if f["kind"] == "compute_changed"]
+    assert not [f for f in report["flags"] if f["kind"] == "compute_changed"]
 
     paper = (out / "paper.md").read_text()
     appendix = paper.split("## Appendix D: Code changes", 1)[1]

@@ -11,10 +11,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.base import Context
+from agents.literature import ROLE, LiteratureContext, Settings, State
 from agents.lit.bibtex import check_citations, to_bibtex
 from agents.lit.index import FtsIndex, library_path
 from agents.lit.library_files import parse_bibtex, read_library_file
-from agents.literature import ROLE, State
 from agents.minds import make_mind
 from agents.minds.base import LiteratureMind, NoveltyJudgement
 from agents.templates import bundle
@@ -100,15 +100,16 @@ def store(tmp_path: Path) -> FakeStore:
     return FakeStore({"p1/template.tar.gz": bundle(folder), "p1/garbage.tar.gz": b"not a tarball"})
 
 
-def context(store: FakeStore, cache: DictCache | None, lab_home: Path, mind: Any = None, **services: Any) -> Context:
-    return Context(
+def context(store: FakeStore, cache: DictCache | None, lab_home: Path, mind: Any = None, literature: dict[str, Any] | None = None) -> LiteratureContext:
+    return LiteratureContext(
         project="p1",
         role="literature",
         state=State(),
         artifacts=store,
         mind=mind or make_mind("offline", "literature", seed=7),
         cache=cache,
-        services={"lab_home": lab_home, **services},
+        settings=Settings.model_validate(literature or {}),
+        lab_home=lab_home,
     )
 
 
@@ -197,7 +198,13 @@ async def test_no_cache_and_no_sources_says_the_search_was_empty(tmp_path: Path)
     verdict = await run(ctx, check(WEIGHT_DECAY, template_object=""))
     assert verdict.references == [] and verdict.sources == []
     assert "found no papers" in verdict.justification and "template: no template bundle given" in verdict.justification
-    assert ctx.state.verdicts == {"i-wd": True}
+    assert ctx.state == State()  # the verdict goes to the PI; nothing is kept
+
+
+def test_state_stored_by_an_older_lab_still_loads() -> None:
+    """Older labs stored each novelty verdict (written, never read); the field is gone and ignored on load."""
+    state = State.model_validate({"verdicts": {"i-wd": True}, "extra_queries": ["grokking"]})
+    assert state == State(extra_queries=["grokking"])
 
 
 @pytest.mark.parametrize("obj", ["p1/garbage.tar.gz", "p1/missing.tar.gz"])

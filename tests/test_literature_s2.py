@@ -191,8 +191,7 @@ def test_source_selection_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_novelty_check_asks_s2_first_and_a_repeat_makes_no_request(s2: S2Server, tmp_path: Path) -> None:
-    from agents.base import Context
-    from agents.literature import ROLE, State
+    from agents.literature import ROLE, LiteratureContext, Settings, State
     from agents.minds import make_mind
     from bus.schema import Envelope, Idea, NoveltyCheck, NoveltyVerdict
 
@@ -219,10 +218,10 @@ async def test_novelty_check_asks_s2_first_and_a_repeat_makes_no_request(s2: S2S
         "web": {"semantic_scholar": {"api_url": s2.url, "base_wait_s": 0.01, "attempts": 2}},
     }
 
-    def ctx() -> Context:
-        return Context(
+    def ctx() -> LiteratureContext:
+        return LiteratureContext(
             project="p", role="literature", state=State(), artifacts=None, mind=make_mind("offline", "literature"),
-            cache=DictCache(), services={"lab_home": tmp_path, "literature": settings},
+            cache=DictCache(), settings=Settings.model_validate(settings), lab_home=tmp_path,
         )
 
     first = ctx()

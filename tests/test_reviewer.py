@@ -195,3 +195,15 @@ def test_claim_reading(sentence, kind):
     report, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=WORSE))
     found = offline_reviewer.claim_findings({"title": "", "abstract": sentence}, report)
     assert [f.kind for f in found] == ([kind] if kind else [])
+
+
+async def test_reviewer_keeps_no_rebuttals_and_old_state_still_loads():
+    """The PI's rebuttals were stored and never read: the reviewer only logs them, and state stored by older labs loads."""
+    from agents.reviewer import ReviewerState
+    from bus.schema import ItemResponse, Rebuttal
+    ctx = Context(project="p", role="reviewer", state=ReviewerState(), artifacts=MemoryStore(), mind=offline_reviewer.make(0, {}))
+    answer = Rebuttal(round=0, responses=[ItemResponse(item_id="r0-1", action="act", text="ran more seeds")])
+    await REVIEWER().handle(Envelope(project="p", sender="pi", recipient="reviewer", body=answer), ctx)
+    assert ctx.state == ReviewerState() and ctx.outputs == []
+    old = {"rebuttals": {"0": [{"item_id": "r0-1", "action": "rebut", "text": "the knob is fair"}]}}
+    assert ReviewerState.model_validate(old) == ReviewerState()

@@ -4,28 +4,34 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from services.status_view import render
+from bus.schema import Heartbeat, JobView, ProjectView
+from services.reading import ActiveJob
+from services.status_view import LabStatus, render
 
-NOW_AGENT = {"pid": 41234, "mind": "offline", "handled": 1234, "seen": 1e12}
+
+def _agent(role: str) -> Heartbeat:
+    return Heartbeat(role=role, pid=41234, mind="offline", handled=1234, seen=1e12)
 
 
-def _project(name: str, template: str, stage: str, outcome: str = "") -> dict:
+def _project(name: str, template: str, stage: str, outcome: str = "") -> ProjectView:
     usage = {"writer": {"prompt_tokens": 120_345, "completion_tokens": 9_876, "cost_usd": 1.23456}}
-    return {"project": name, "template": template, "stage": stage, "ideas": {"a": {}, "b": {}}, "experiments": {"e1": {}, "e2": {}, "e3": {}},
-            "round": 1, "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": usage, "outcome": outcome}
+    return ProjectView.model_validate({
+        "project": name, "template": template, "stage": stage, "ideas": {"a": {}, "b": {}}, "experiments": {"e1": {}, "e2": {}, "e3": {}},
+        "round": 1, "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": usage, "outcome": outcome, "started_at": 0.0,
+    })
 
 
-DATA = {
-    "nats": "nats://127.0.0.1:43123",
-    "agents": {r: NOW_AGENT for r in ("pi", "literature", "engineer", "analyst", "writer")} | {"reviewer": None},
-    "projects": [
+DATA = LabStatus(
+    nats="nats://127.0.0.1:43123",
+    agents={r: _agent(r) for r in ("pi", "literature", "engineer", "analyst", "writer")} | {"reviewer": None},
+    projects=[
         _project("grokking-s0-7f3a9c", "grokking", "experiments"),
         _project("model_merging-s12-1b2c3d", "model_merging", "done", "accepted after 1 revision round: all items answered"),
         _project("2d_diffusion-s3-abcdef", "2d_diffusion", "failed", "budget exhausted: 12/12 runs"),
         _project("weight-decay-study", "grokking", "review"),  # named by hand: its template is not in its name
     ],
-    "jobs": [{"project": "grokking-s0-7f3a9c", "job": "grokking-s0-7f3a9c-e3-a1", "experiment": "e3", "state": "running", "reason": ""}],
-}
+    jobs=[ActiveJob("grokking-s0-7f3a9c", JobView(job_id="grokking-s0-7f3a9c-e3-a1", experiment_id="e3", state="running"))],
+)
 
 
 def _print(wide: bool, width: int = 80) -> str:
@@ -39,8 +45,8 @@ def test_compact_fits_80_columns_with_every_name_whole():
     lines = text.splitlines()
     assert max(len(ln) for ln in lines) <= 80, "\n".join(ln for ln in lines if len(ln) > 80)
     assert "…" not in text
-    for p in DATA["projects"]:
-        assert any(p["project"] in ln for ln in lines), p["project"]
+    for p in DATA.projects:
+        assert any(p.project in ln for ln in lines), p.project
     # The template under a name that does not already say it.
     below = lines[next(i for i, ln in enumerate(lines) if "weight-decay-study" in ln) + 1]
     assert below.strip() == "grokking"

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "t" * 32
 STATE = {"project": P, "template": "grokking", "stage": "done", "ideas": {"wd-1": {}}, "experiments": {"a": {}, "b": {}}, "round": 1,
-         "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": {}, "outcome": "accepted after 1 revision round"}
+         "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": {}, "outcome": "accepted after 1 revision round",
+         "started_at": 0.0}
 PAPER = "# Stronger decay\n\n![curve](figures/figure-a.png)\n\nwd-1 beats the baseline.\n"
 
 

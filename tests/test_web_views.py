@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from bus.schema import ProjectView
 from services.web import feeds, views
 from tests.web_convo import NOTE, P, conversation, entries, job_entries
 
@@ -85,12 +86,12 @@ def test_notes_show_the_answer_once_it_arrives():
 def test_project_summary_and_page():
     state = {"project": P, "template": "grokking", "stage": "done", "ideas": {"wd-1": {}}, "experiments": {"a": {}, "b": {}}, "round": 1,
              "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": {"pi": {"cost_usd": 0.5}, "writer": {"cost_usd": 0.25}},
-             "outcome": "accepted after 1 revision round"}
-    s = views.summary(state)
+             "outcome": "accepted after 1 revision round", "started_at": 0.0}
+    s = views.summary(ProjectView.model_validate(state))
     assert (s.stage, s.ideas, s.runs, s.rounds, s.cost, s.decision) == ("done", "1/2", "2/12", "1/1", "$0.7500", "accepted after 1 revision round")
-    page = views.project_page(P, state, conversation(), {})
+    page = views.project_page(P, ProjectView.model_validate(state), conversation(), {})
     assert page.decision is not None and page.decision.accepted and not page.running
-    running = views.project_page(P, state | {"stage": "experiments", "outcome": ""}, conversation()[:6], {})
+    running = views.project_page(P, ProjectView.model_validate(state | {"stage": "experiments", "outcome": ""}), conversation()[:6], {})
     assert running.running and running.decision is None
 
 

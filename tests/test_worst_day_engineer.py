@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.base import Context
-from agents.engineer import MAX_LOST_ATTEMPTS, Engineer, EngineerState, job_id_for
+from agents.engineer import MAX_LOST_ATTEMPTS, Engineer, EngineerContext, EngineerState, job_id_for
 from bus.schema import Envelope, ExperimentRequest, JobStatus
 from tests.fakes import TOY_SPEC, MemoryStore
 
 
 class RecordingExecutor:
     """Accepts every job and remembers what it was asked to run (the role's view of an executor)."""
+
+    ledger = None  # no lab-wide ledger: the engineer counts this project's jobs
 
     def __init__(self) -> None:
         self.submitted: list[Any] = []
@@ -38,8 +39,7 @@ class Harness:
 
     async def send(self, body: Any, sender: str = "pi") -> list[tuple[Any, str]]:
         env = Envelope(project="p1", sender=sender, recipient="engineer", body=body)  # type: ignore[arg-type]
-        services = {"executor": self.executor, "job_spec": lambda project, job: job}
-        ctx = Context(project="p1", role="engineer", state=self.state, artifacts=self.store, mind=None, services=services)
+        ctx = EngineerContext(project="p1", role="engineer", state=self.state, artifacts=self.store, mind=None, jobs=self.executor)
         await self.role.handle(env, ctx)
         return ctx.outputs
 
@@ -60,7 +60,7 @@ async def test_a_runner_lost_with_the_lab_runs_again_with_the_same_seeds():
 
     outputs = await h.send(lost(first.job_id), sender="engineer")  # the executor watch speaks for a dead runner
     again = h.executor.submitted[-1]
-    assert again.job_id == job_id_for("p1", "x01-baseline", 2) and again.attempt == 2
+    assert again.job_id == job_id_for("p1", "x01-baseline", 2) and h.state.jobs[again.job_id].attempt == 2
     assert (again.seeds, again.overrides, again.bundle_object) == (first.seeds, first.overrides, first.bundle_object)
     assert [type(b).__name__ for b, _ in outputs] == ["ExperimentPlanned"], "no result yet: the experiment is not reported failed"
     assert outputs[0][0].job_ids == [again.job_id]

@@ -335,3 +335,19 @@ async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt():
     assert out.pdf is None and out.pdf_error.startswith("!")
     assert out.pdf_log.startswith("!") and out.pdf_error.split(" l.")[0] in out.pdf_log and len(out.pdf_log.splitlines()) > 1
     assert out.markdown in store.data  # the draft still goes on, with the failure on record
+
+
+def test_figure_caption_names_the_test_that_ran():
+    """The arms of RUNS share seeds, so the figure's p-values come from the paired test, not Welch's."""
+    from agents.writing.assemble import figure_refs
+    paired = request()
+    assert {c.test for c in paired.report.comparisons} == {"paired"}
+    (fig, _curves) = figure_refs(paired.report)
+    assert fig.caption.endswith("each idea annotated with its paired t-test p-value.") and "Welch" not in fig.caption
+    fresh = [run("job-b1", "baseline", [0.712, 0.705, 0.731], [1.212, 1.25, 1.19]),
+             run("job-w1", "wd-1", [0.934, 0.951, 0.947], [0.412, 0.405, 0.43], overrides={"weight_decay": 1.0}, seeds=[7, 8, 9])]
+    (fig,) = figure_refs(request(runs=fresh).report)
+    assert fig.caption.endswith("each idea annotated with its Welch p-value.")
+    mixed = fresh + [run("job-w0", "wd-0", [0.70, 0.74, 0.69], [1.3, 1.21, 1.26], overrides={"weight_decay": 0.0})]
+    (fig,) = figure_refs(request(runs=mixed).report)
+    assert "paired t-test where both arms ran the same seeds, Welch otherwise" in fig.caption

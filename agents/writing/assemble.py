@@ -99,12 +99,26 @@ def environment_lines(runs: list[RunRecord]) -> list[str]:
     return lines
 
 
+def p_value_words(report: AnalysisReport, metric: str) -> str:
+    """The p-value a figure annotates, named by the test that actually ran for that metric's comparisons ("" when none ran)."""
+    tests = {c.test for c in report.comparisons if c.metric == metric}
+    if tests == {"paired"}:
+        return "paired t-test p-value"
+    if tests == {"welch"}:
+        return "Welch p-value"
+    if tests:
+        return "p-value (paired t-test where both arms ran the same seeds, Welch otherwise)"
+    return ""
+
+
 def figure_refs(report: AnalysisReport) -> list[FigureRef]:
     """The analyst's figures first, then any PNG a run uploaded."""
     out: list[FigureRef] = []
     for name in report.figures:
         metric = posixpath.splitext(posixpath.basename(name))[0]
-        out.append(FigureRef(name, "", f"{metric}: mean ± standard error per arm, baseline and ideas, each idea annotated with its Welch p-value."))
+        p = p_value_words(report, metric)
+        annotated = f", each idea annotated with its {p}" if p else ""
+        out.append(FigureRef(name, "", f"{metric}: mean ± standard error per arm, baseline and ideas{annotated}."))
     for run in report.runs:
         for name in run.artifacts:
             if name.lower().endswith(".png") and name not in report.figures:

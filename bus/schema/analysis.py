@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
+
+from pydantic import model_validator
 
 from bus.schema.base import Direction, Model
 from bus.schema.results import RunRecord
@@ -35,16 +38,85 @@ class Comparison(Model):
     replicated: bool | None = None
 
 
-class AnalysisFlag(Model):
-    """A problem the analyst found, typed so that the writer and reviewer act on it without parsing sentences."""
+FlagKind = Literal[
+    "missing_baseline",  # no successful baseline run: nothing could be compared
+    "unfair_baseline",  # an idea moved a fairness knob (idea_id)
+    "compute_changed",  # an idea moved a knob that changes the compute per run (idea_id)
+    "baseline_fewer_seeds",  # the baseline has fewer seeds than an idea (idea_id, seeds, baseline_seeds, metric)
+    "too_few_seeds",  # an arm has fewer than required_seeds seeds (idea_id, seeds, required_seeds, metric)
+    "failed_run",  # a run failed or wrote no final_info (job_id, idea_id)
+    "no_per_seed_values",  # a run reported only a mean (job_id, metric)
+    "duplicate_seed",  # a seed ran twice; the later value is kept (job_id, idea_id)
+    "zero_variance",  # both arms constant: p and g by convention, not from a test (idea_id, metric)
+    "confirmation_without_baseline",  # confirmation runs without a baseline: nothing was confirmed
+    "other",  # free text from a report stored before flags were typed
+]
 
-    kind: Literal["missing_baseline", "unfair_baseline", "compute_changed"]
-    detail: str  # the readable sentence, as in AnalysisReport.flags
+# What a person reads before the detail; the kinds' names are for code, these are the printed words.
+PREFIXES: dict[str, str] = {
+    "missing_baseline": "missing baseline",
+    "unfair_baseline": "unfair baseline",
+    "compute_changed": "compute changed",
+    "baseline_fewer_seeds": "baseline has fewer seeds",
+    "too_few_seeds": "too few seeds",
+    "failed_run": "failed run",
+    "no_per_seed_values": "no per-seed values",
+    "duplicate_seed": "duplicate seed",
+    "zero_variance": "zero variance",
+    "confirmation_without_baseline": "confirmation without baseline",
+}
+
+
+class AnalysisFlag(Model):
+    """A problem the analyst found, typed so that the writer and reviewer act on it without parsing sentences.
+
+    ``text`` is the sentence a person reads (papers, logs, the web view): the
+    kind's printed prefix, then ``detail``.
+    """
+
+    kind: FlagKind
+    detail: str  # the readable sentence after the prefix
     idea_id: str = ""  # the arm it is about, where there is one
+    job_id: str = ""  # the run it is about, where there is one
+    metric: str = ""  # the metric it is about, where there is one
+    seeds: int | None = None  # the arm's seed count (too_few_seeds; baseline_fewer_seeds: the idea's)
+    baseline_seeds: int | None = None  # the baseline's seed count (baseline_fewer_seeds)
+    required_seeds: int | None = None  # the least an arm needs (too_few_seeds)
 
     @property
     def text(self) -> str:
-        return f"{self.kind.replace('_', ' ')}: {self.detail}"
+        prefix = PREFIXES.get(self.kind)
+        return f"{prefix}: {self.detail}" if prefix else self.detail
+
+
+# How an old report's sentence of each kind names its arm, run and counts (see AnalysisReport._typed_flags).
+_LEGACY_FIELDS: dict[str, re.Pattern[str]] = {
+    "unfair_baseline": re.compile(r"^idea '(?P<idea_id>[^']*)'"),
+    "compute_changed": re.compile(r"^idea '(?P<idea_id>[^']*)'"),
+    "baseline_fewer_seeds": re.compile(r"^baseline (?P<baseline_seeds>\d+) vs idea '(?P<idea_id>[^']*)' (?P<seeds>\d+) for '(?P<metric>[^']*)'"),
+    "too_few_seeds": re.compile(r"^'(?P<idea_id>[^']*)' has (?P<seeds>\d+) seed\(s\) for '(?P<metric>[^']*)'; at least (?P<required_seeds>\d+)"),
+    "failed_run": re.compile(r"^(?P<job_id>\S+) \(idea '(?P<idea_id>[^']*)'\)"),
+    "no_per_seed_values": re.compile(r"^run (?P<job_id>\S+) reported only a mean for '(?P<metric>[^']*)'"),
+    "duplicate_seed": re.compile(r"^idea '(?P<idea_id>[^']*)' seed .* ran again in (?P<job_id>\S+); kept"),
+    "zero_variance": re.compile(r"^every seed of '(?P<idea_id>[^']*)' and of the baseline gave the same '(?P<metric>[^']*)'"),
+}
+
+
+def legacy_flag(sentence: str) -> AnalysisFlag:
+    """A flag sentence of a report stored before flags were typed, as a typed flag.
+
+    The only place that reads a flag's sentence: the prefixes name the kind,
+    and the detail's fixed wording the arm, run and counts where it has them.
+    A sentence with no known prefix stays as it was, of kind ``other``.
+    """
+    for kind, prefix in PREFIXES.items():
+        if sentence.startswith(prefix + ": "):
+            detail = sentence[len(prefix) + 2 :]
+            pattern = _LEGACY_FIELDS.get(kind)
+            m = pattern.search(detail) if pattern else None
+            fields = {k: v for k, v in m.groupdict().items() if v is not None} if m else {}
+            return AnalysisFlag.model_validate({"kind": kind, "detail": detail, **fields})
+    return AnalysisFlag(kind="other", detail=sentence)
 
 
 class AnalysisReport(Model):
@@ -57,10 +129,20 @@ class AnalysisReport(Model):
     correction: Literal["holm", "none"] = "holm"
     comparisons: list[Comparison]
     runs: list[RunRecord]
-    flags: list[str] = []  # missing/unfair baselines, failed runs, too few seeds
-    flag_items: list[AnalysisFlag] = []  # the flags someone acts on, typed (each also in flags as its text)
+    flags: list[AnalysisFlag] = []  # missing/unfair baselines, failed runs, too few seeds, ...; each reads as its .text
     # Confirmation runs on fresh seeds, idea vs baseline on the primary metric,
     # corrected as their own family; they decide Comparison.replicated.
     confirmations: list[Comparison] = []
     figures: list[str] = []  # object-store names
     summary: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_flags(cls, data: Any) -> Any:
+        """Load a report stored before flags were typed: ``flags`` as sentences, some also typed in ``flag_items``."""
+        if not isinstance(data, dict) or ("flag_items" not in data and not any(isinstance(f, str) for f in data.get("flags") or [])):
+            return data
+        data = dict(data)
+        typed = {f.text: f for f in map(AnalysisFlag.model_validate, data.pop("flag_items", None) or [])}
+        data["flags"] = [(typed.get(f) or legacy_flag(f)) if isinstance(f, str) else f for f in data.get("flags") or []]
+        return data

@@ -9,10 +9,12 @@ in a table.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from bus.schema.constants import HEARTBEAT_STALE_S
 from bus.schema.project import Budget, Usage
 
 Stage = Literal["ideas", "experiments", "analysis", "draft", "review", "done", "failed"]
@@ -97,3 +99,7 @@ class Heartbeat(ReadModel):
     started: float | None = None
     p50_s: float | None = None
     p99_s: float | None = None
+
+    def stale(self, now: float | None = None) -> bool:
+        """Silent longer than HEARTBEAT_STALE_S: the agent lost NATS or hung, and readers call it down."""
+        return (time.time() if now is None else now) - self.seen > HEARTBEAT_STALE_S

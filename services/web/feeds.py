@@ -17,7 +17,7 @@ async def conversation(bus: Bus, project: str) -> list[Entry]:
 
 
 async def job_output(bus: Bus, project: str) -> dict[str, views.JobLive]:
-    return views.job_activity([e async for e in read(bus, f"lab.jobs.{subjects.token(project, 'project')}.>", stream=subjects.JOBS_STREAM)])
+    return views.job_activity([e async for e in read(bus, subjects.jobs_all(project), stream=subjects.JOBS_STREAM)])
 
 
 async def project_page(bus: Bus, project: str) -> views.ProjectPage:

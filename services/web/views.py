@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
-from bus.schema import Envelope
+from bus.schema import BASELINE, Envelope, ProjectView
 from bus.replay import Entry
-from services.render import describe
+from services.describe import describe
 
 LOG_TAIL = 8  # log lines kept per job on the experiments view
 
@@ -61,16 +61,12 @@ class ProjectSummary:
     decision: str  # "accepted", "not accepted", "stopped …", or "" while it runs
 
 
-def summary(state: dict[str, Any]) -> ProjectSummary:
-    b = state["budget"]
-    cost = sum(u.get("cost_usd", 0.0) for u in state.get("usage", {}).values())
-    decision = state.get("outcome", "")
-    if not decision and state.get("accepted") is not None:
-        decision = "accepted" if state["accepted"] else "not accepted"
+def summary(state: ProjectView) -> ProjectSummary:
+    b = state.budget
     return ProjectSummary(
-        project=state["project"], template=state["template"], stage=state["stage"],
-        ideas=f"{len(state.get('ideas', {}))}/{b['max_ideas']}", runs=f"{len(state.get('experiments', {}))}/{b['max_runs']}",
-        rounds=f"{state.get('round', 0)}/{b['max_revision_rounds']}", cost=f"${cost:.4f}", decision=decision,
+        project=state.project, template=state.template, stage=state.stage,
+        ideas=f"{len(state.ideas)}/{b.max_ideas}", runs=f"{len(state.experiments)}/{b.max_runs}",
+        rounds=f"{state.round}/{b.max_revision_rounds}", cost=f"${state.cost_usd:.4f}", decision=state.decision,
     )
 
 
@@ -136,7 +132,7 @@ def experiments(convo: Iterable[Envelope], jobs: dict[str, JobLive] | None = Non
         b = env.body
         if b.type == "experiment_request":
             what = "baseline" if b.idea is None else ", ".join(f"{k}={v}" for k, v in b.idea.changes.items())
-            out[b.experiment_id] = ExperimentView(b.experiment_id, b.idea.id if b.idea else "baseline", what, list(b.seeds), "requested")
+            out[b.experiment_id] = ExperimentView(b.experiment_id, b.idea.id if b.idea else BASELINE, what, list(b.seeds), "requested")
         elif b.type == "experiment_planned" and b.experiment_id in out:
             x = out[b.experiment_id]
             x.state, x.reason = ("rejected", b.rejected) if b.rejected else ("planned", "")
@@ -211,7 +207,7 @@ def analysis(convo: Iterable[Envelope]) -> AnalysisView | None:
         for c in report.comparisons
     ]
     rows.sort(key=lambda r: (not r.primary, r.metric, r.idea_id))
-    return AnalysisView(report.round, report.primary_metric, rows, list(report.flags), list(report.figures), report.summary)
+    return AnalysisView(report.round, report.primary_metric, rows, [f.text for f in report.flags], list(report.figures), report.summary)
 
 
 # ---------------------------------------------------------------- reviews
@@ -327,10 +323,9 @@ class ProjectPage:
     running: bool
 
 
-def project_page(project: str, state: dict[str, Any] | None, convo: list[Envelope], jobs: dict[str, JobLive]) -> ProjectPage:
-    s = summary(state) if state else None
+def project_page(project: str, state: ProjectView | None, convo: list[Envelope], jobs: dict[str, JobLive]) -> ProjectPage:
     d = decision(convo)
     return ProjectPage(
-        project=project, summary=s, experiments=experiments(convo, jobs), analysis=analysis(convo), reviews=review_rounds(convo),
-        paper=paper(convo), decision=d, notes=notes(convo), running=d is None and (s is None or s.stage not in ("done", "failed")),
+        project=project, summary=summary(state) if state else None, experiments=experiments(convo, jobs), analysis=analysis(convo),
+        reviews=review_rounds(convo), paper=paper(convo), decision=d, notes=notes(convo), running=d is None and (state is None or not state.finished),
     )

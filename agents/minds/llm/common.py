@@ -68,6 +68,7 @@ def knob_lines(spec: TemplateSpec, names: list[str] | None = None) -> str:
 def report_brief(report: Any) -> str:
     """The analysis a prompt needs (comparisons, flags, summary), without per-run detail that only costs tokens."""
     data = report.model_dump(mode="json", include={"primary_metric", "alpha", "comparisons", "flags", "summary", "round"})
+    data["flags"] = [f.text for f in report.flags]  # the sentences a reader sees; the fields are for code
     data["runs"] = [
         {"idea_id": r.idea_id, "status": r.status, "reason": r.reason, "seeds": len(r.seeds), "overrides": r.overrides}
         for r in report.runs

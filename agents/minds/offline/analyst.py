@@ -36,7 +36,7 @@ class OfflineAnalystMind:
         lines += [describe(c) for c in report.comparisons if c.metric != report.primary_metric]
         better = [c.idea_id for c in primary if c.verdict == "better"]
         lines.append(f"Significantly better: {', '.join(better)}." if better else "No idea is significantly better than the baseline.")
-        lines += [f"Flag: {f}" for f in report.flags]
+        lines += [f"Flag: {f.text}" for f in report.flags]
         return "\n".join(lines)
 
 

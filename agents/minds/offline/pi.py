@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from agents.minds.base import IdeaContext, NoteReading, ReviewContext
-from bus.schema import CoPINote, Idea, ItemResponse, Knob, TemplateSpec, Usage
+from bus.schema import BASELINE, CoPINote, Idea, ItemResponse, Knob, TemplateSpec, Usage
 
 _ONLY = re.compile(r"\b(only|just|exclusively|solely|restrict|focus)\b", re.I)
 _STOP = re.compile(r"\b(stop|cancel|abort|halt|end)\b.*\b(project|run|everything|now|it)\b|^\s*(stop|cancel|abort)\s*[.!]?\s*$", re.I)
@@ -141,7 +141,7 @@ class OfflinePIMind:
             if item.kind == "more_seeds":
                 if runs_left >= 2:
                     runs_left -= 2
-                    arms = "the baseline" if item.target == "baseline" else f"{item.target} and the baseline"
+                    arms = "the baseline" if item.target == BASELINE else f"{item.target} and the baseline"
                     out.append(ItemResponse(item_id=item.id, action="act", text=f"running more seeds for {arms}"))
                 else:
                     out.append(ItemResponse(item_id=item.id, action="rebut", text=f"the run budget is spent ({ctx.runs_left} runs left); the limitation is stated"))

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
-from bus.schema import AnalysisReport, Comparison, MetaReview, Reference, Review, ReviewScores, RevisionItem, Usage
+from bus.schema import BASELINE, MIN_SEEDS, AnalysisReport, Comparison, MetaReview, Reference, Review, ReviewScores, RevisionItem, Usage
 
-MIN_SEEDS, GOOD_SEEDS, MIN_REFERENCES, ACCEPT_AT = 3, 5, 5, 6
+GOOD_SEEDS, MIN_REFERENCES, ACCEPT_AT = 5, 5, 6
 BLOCKING = {"more_seeds", "add_baseline", "add_limitation", "rewrite_section"}
 AREA = {"more_seeds": "statistics", "add_baseline": "statistics", "rewrite_section": "presentation",
         "add_limitation": "presentation", "add_citation": "literature", "fatal": "statistics"}
@@ -89,7 +89,7 @@ def seed_findings(report: AnalysisReport) -> list[Finding]:
             continue
         need = f"below the {MIN_SEEDS} required" if n < MIN_SEEDS else f"fewer than {GOOD_SEEDS} per arm"
         state = "is inconclusive" if c.verdict == "inconclusive" else f"is called {c.verdict}"
-        for target, arm_n in ((c.idea_id, c.n_idea), ("baseline", c.n_baseline)):
+        for target, arm_n in ((c.idea_id, c.n_idea), (BASELINE, c.n_baseline)):
             if arm_n < GOOD_SEEDS and target not in seen:
                 seen.add(target)
                 out.append(Finding("more_seeds", target,
@@ -100,9 +100,9 @@ def seed_findings(report: AnalysisReport) -> list[Finding]:
 
 def baseline_findings(report: AnalysisReport) -> list[Finding]:
     out = []
-    for flag in report.flag_items:
+    for flag in report.flags:
         if flag.kind == "missing_baseline":
-            out.append(Finding("add_baseline", "baseline", f"No successful baseline run, so no claim can be checked ({flag.text}). Run the baseline."))
+            out.append(Finding("add_baseline", BASELINE, f"No successful baseline run, so no claim can be checked ({flag.text}). Run the baseline."))
         elif flag.kind == "unfair_baseline":
             out.append(Finding("add_baseline", flag.idea_id,
                                f"The comparison is unfair ({flag.text}). Add a baseline with the same setting of that knob, or drop the claim."))
@@ -123,7 +123,7 @@ def text_findings(paper: str, secs: dict[str, str], report: AnalysisReport, refe
             "The limitations section is missing or too thin; discuss seeds, the single task, the search space and the hardware."))
     elif any(min(c.n_baseline, c.n_idea) < GOOD_SEEDS for c in report.comparisons) and "seed" not in lim.lower():
         out.append(Finding("add_limitation", "limitations", "The limitations do not mention how few seeds each comparison rests on."))
-    if any(f.kind == "unfair_baseline" for f in report.flag_items) and not re.search(r"fair", lim, re.I):
+    if any(f.kind == "unfair_baseline" for f in report.flags) and not re.search(r"fair", lim, re.I):
         out.append(Finding("add_limitation", "limitations", "The limitations do not discuss the unfair comparison the analysis flagged."))
     keys = {r.key for r in references}
     if len(keys) < MIN_REFERENCES:
@@ -253,7 +253,7 @@ class OfflineReviewerMind:
         overall = two_decimals(mean(r.scores.overall for r in reviews)) if reviews else 1.0
         fatal = [f for f in found.values() if f.kind == "fatal"]
         blocking = [f for f in found.values() if f.blocking]
-        items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)  # type: ignore[arg-type]
+        items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)
                  for n, f in enumerate((f for f in found.values() if f.kind != "fatal"), 1)]
         rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains, the mean overall is >= {ACCEPT_AT} "
                 f"and a primary comparison is significant after correction; reject an inconclusive study with nothing left to fix; "

@@ -81,7 +81,7 @@ class Draft:
         self.ideas = {i.id: i for i in request.ideas}
         self.primary = [c for c in self.rep.comparisons if c.metric == self.rep.primary_metric]
         # An idea that changed a fairness knob won against a different setup, not the baseline: no headline for it.
-        self.unfair = {f.idea_id for f in self.rep.flag_items if f.kind == "unfair_baseline"}
+        self.unfair = {f.idea_id for f in self.rep.flags if f.kind == "unfair_baseline"}
         # A headline needs a gain that survives the correction, compares fairly and replicated on fresh seeds.
         fair_gains = [c for c in self.primary if c.verdict == "better" and c.idea_id not in self.unfair]
         self.better = sorted((c for c in fair_gains if c.replicated), key=lambda c: -c.effect_size)
@@ -218,7 +218,7 @@ class Draft:
 
     def results(self) -> str:
         if not self.rep.comparisons:
-            return "There is no comparison to report: " + "; ".join(f.text for f in self.rep.flag_items if f.kind == "missing_baseline") + "."
+            return "There is no comparison to report: " + "; ".join(f.text for f in self.rep.flags if f.kind == "missing_baseline") + "."
         other = [c for c in self.rep.comparisons if c.metric != self.rep.primary_metric]
         text = "Primary metric. " + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary)
         if other:
@@ -247,7 +247,7 @@ class Draft:
             items.append("- The hardware of the runs was not recorded.")
         elif devices == {"cpu"}:
             items.append("- All runs used the CPU only, so models and data were kept small and runtimes short.")
-        items += [f"- The analysis flagged: {f}" for f in self.rep.flags]
+        items += [f"- The analysis flagged: {f.text}" for f in self.rep.flags]
         acted = {r.item_id for r in self.r.responses if r.action == "act"}
         items += [f"- Raised in review ({i.id}): {i.text}" for i in self.r.revision_items if i.kind == "add_limitation" and i.id in acted]
         return "\n".join(items)

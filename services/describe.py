@@ -1,4 +1,4 @@
-"""One line per message, for a person watching the lab think."""
+"""One line per message, for a person watching the lab think: what `lab logs`, `lab run` and the web view print for an envelope."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def describe(env: Envelope) -> str:
     if k == "analysis_done":
         r = b.report
         verdicts = ", ".join(f"{c.idea_id}:{c.verdict}(p={c.p_value:.3g})" for c in r.comparisons if c.metric == r.primary_metric)
-        flags = f"; flags: {'; '.join(r.flags)}" if r.flags else ""
+        flags = f"; flags: {'; '.join(f.text for f in r.flags)}" if r.flags else ""
         return f"round {r.round} on {r.primary_metric}: {verdicts or 'no comparisons'}{flags}"
     if k == "draft_request":
         return f"write draft {b.round} ({len(b.ideas)} ideas, {len(b.references)} references, {len(b.revision_items)} revision items)"

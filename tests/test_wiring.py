@@ -1,0 +1,57 @@
+"""services/wiring: each role's context and ports from the lab config, so the host knows no role."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.engineer import EngineerContext
+from agents.literature import LiteratureContext
+from bus.schema import JobSpec
+from services.wiring import EngineerWiring, LiteratureWiring, Wiring, WiringError, build
+from tests.fakes import MemoryStore
+
+
+def test_literature_settings_come_from_the_lab_config(tmp_path: Path) -> None:
+    wiring = build("literature", home=tmp_path, config={"literature": {"rounds": 2, "sources": ["local"]}}, bus_url="nats://x:4222")
+    assert isinstance(wiring, LiteratureWiring) and not wiring.subscriptions
+    ctx = wiring.context(project="p", state=None, mind=None, artifacts=MemoryStore(), cache=None)
+    assert isinstance(ctx, LiteratureContext)
+    assert (ctx.settings.rounds, ctx.settings.sources, ctx.lab_home) == (2, ["local"], tmp_path)
+
+
+def test_a_bad_literature_section_is_one_line_at_start_up(tmp_path: Path) -> None:
+    with pytest.raises(WiringError, match="literature.rounds"):
+        build("literature", home=tmp_path, config={"literature": {"rounds": 0}}, bus_url="nats://x:4222")
+
+
+def test_roles_without_ports_get_the_plain_context(tmp_path: Path) -> None:
+    wiring = build("writer", home=tmp_path, config={}, bus_url="nats://x:4222")
+    assert type(wiring) is Wiring and not wiring.runs_jobs
+    assert type(wiring.context(project="p", state=None, mind=None, artifacts=MemoryStore(), cache=None)).__name__ == "Context"
+
+
+async def test_the_engineer_submits_plans_without_credentials_and_the_port_adds_the_runners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB_RUNNER_USER", "runner")
+    wiring = build("engineer", home=tmp_path, config={}, bus_url="nats://lab:4222", executor="local")
+    assert isinstance(wiring, EngineerWiring) and wiring.runs_jobs
+    assert [s.durable for s in wiring.subscriptions] == ["role-engineer-jobs"]
+    submitted: list[JobSpec] = []
+
+    async def submit(spec: JobSpec) -> None:
+        submitted.append(spec)
+
+    monkeypatch.setattr(wiring.executor, "submit", submit)
+    ctx = wiring.context(project="p", state=None, mind=None, artifacts=MemoryStore(), cache=None)
+    assert isinstance(ctx, EngineerContext) and ctx.jobs.ledger is None  # the ledger opens with the bus
+    plan = JobSpec(job_id="j1", project="p", experiment_id="x", template="toy", bundle_object="p/b", seeds=[0], wall_time_s=1, memory_mb=64)
+    await ctx.jobs.submit(plan)
+    assert plan.nats is None and submitted[0].nats is not None
+    assert (submitted[0].nats.url, submitted[0].nats.user) == ("nats://lab:4222", "runner")
+    await wiring.close()
+
+
+def test_an_unknown_executor_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(WiringError, match="unknown executor"):
+        build("engineer", home=tmp_path, config={}, bus_url="nats://x:4222", executor="slurm")
