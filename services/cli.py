@@ -353,6 +353,45 @@ def run(
     raise typer.Exit(code)
 
 
+@app.command()
+def evolve(
+    template: str = typer.Option("model_merging", "--template", "-t", help="A template with an evolve hook (model_merging)."),
+    iterations: int = typer.Option(3, "--iterations", "-n", help="Rounds of propose, run, select."),
+    population: int = typer.Option(4, "--population", "-k", help="Candidates proposed per iteration."),
+    mind: str = typer.Option("offline", "--mind", help="offline (the template's algorithms and seeded recombinations) or llm."),
+    model: Optional[str] = typer.Option(None, "--model", help="The llm mind's model (with --mind llm)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where evolve/ goes (default ./lab-out/<run>)."),
+    seed: int = typer.Option(0, "--seed"),
+    fast: bool = typer.Option(False, "--fast", help="Use the template's fast profile; --profile fast."),
+    profile: str = typer.Option("", "--profile", help="A profile the template declares (fast, gpu, ...)."),
+    keep: int = typer.Option(3, "--keep", help="Best candidates shown to the next iteration as examples."),
+    final_top: int = typer.Option(3, "--final-top", help="Best candidates scored once on the held-out test split."),
+    max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Jobs in all, final test runs included (default: every candidate once)."),
+    wall_time: float = typer.Option(3600, "--wall-time", help="Seconds before no new iteration starts."),
+    seed_code: list[Path] = typer.Option([], "--seed-code", help="A .py file defining the hook's function; joins the first population (repeatable)."),
+    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
+) -> None:
+    """The Self-Developing loop: a mind proposes algorithms as code, the best on a dev split carry on, the final best meet the test split."""
+    from services.evolve import EvolveOptions, run_evolve
+
+    _check_choice("mind", mind, ("offline", "llm"))
+    _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    if model is not None and mind != "llm":
+        fail("--model names the llm mind's model: add --mind llm")
+    if fast and profile not in ("", "fast"):
+        fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
+    # Model-written candidates get the same gate as an llm project (the offline mind's are the template's own code).
+    _sandbox_gate(mind, executor, unsafe_no_sandbox)
+    opts = EvolveOptions(
+        template=template, iterations=iterations, population=population, mind=mind, model=model, out=out, seed=seed,
+        profile="fast" if fast else profile, keep=keep, final_top=final_top, max_runs=max_runs, wall_time=wall_time,
+        executor=executor, seed_code=list(seed_code), quiet=quiet,
+    )
+    raise typer.Exit(run_evolve(opts, console))
+
+
 @app.command("export")
 def export_cmd(
     project: str = typer.Argument(..., help="The project, as `lab status` lists it."),

@@ -6,6 +6,10 @@ then one copy per task fine-tunes its backbone on that task's classes with the
 pretrained head frozen (as task arithmetic freezes zero-shot heads). The
 backbones are merged by ``--merge_fn`` and the merged model is scored on
 held-out digits of every task. Runs standalone: torch, numpy, scikit-learn, stdlib.
+
+``--split dev`` scores on the validation digits instead of the test digits (the
+development split `lab evolve` selects on, so its held-out test split stays
+unseen until the final evaluation); the default, ``test``, is what projects use.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out_dir", required=True)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--split", choices=("dev", "test"), default="test", help="score on the validation (dev) or the test digits")
     for name, (kind, default) in KNOBS.items():
         ap.add_argument(f"--{name}", type=parse_bool if kind is bool else kind, default=default)
     args = ap.parse_args()
@@ -140,6 +145,10 @@ def merge_consensus_rescale(tvs: torch.Tensor, args: argparse.Namespace, gen: to
     return merged * (tvs.sum(0).norm() / merged.norm().clamp(min=1e-12))
 
 
+# `lab evolve` sets this, by a guarded edit, to a candidate merge algorithm with the signature above;
+# when set it replaces --merge_fn's function (the coefficient is still picked on validation data).
+EVOLVED_MERGE = None
+
 MERGERS = {
     "average": merge_average,
     "task_arithmetic": merge_task_arithmetic,
@@ -156,13 +165,15 @@ def merge(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> 
     Code-level variants (template.yaml ``variants``) replace this body with a new
     algorithm, so the engineer switches one in by an edit and everything else
     (tasks, seeds, the coefficient chosen on validation data) stays as in the baseline.
+    ``lab evolve``'s EVOLVED_MERGE, when set, takes precedence over it.
     """
     return MERGERS[args.merge_fn](tvs, args, gen)
 
 
 def merged_vector(pre: dict, finetuned: list[dict], args: argparse.Namespace, seed: int) -> dict:
     gen = torch.Generator(device=next(iter(pre.values())).device).manual_seed(seed)
-    return {k: merge(torch.stack([f[k] - pre[k] for f in finetuned]), args, gen) for k in pre}
+    fn = EVOLVED_MERGE or merge
+    return {k: fn(torch.stack([f[k] - pre[k] for f in finetuned]), args, gen) for k in pre}
 
 
 # ------------------------------------------------------------------ training and scoring
@@ -219,12 +230,14 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     x_val, x_te, y_val, y_te = train_test_split(x_rest, y_rest, train_size=1 / 3, stratify=y_rest, random_state=seed)
     t = {k: torch.from_numpy(v).to(device) for k, v in dict(x_pre=x_pre, y_pre=y_pre, x_ft=x_ft, y_ft=y_ft, x_val=x_val, y_val=y_val, x_te=x_te, y_te=y_te).items()}
     tasks = TASK_SPLITS[args.num_tasks]
+    # The split scored: test digits, or with --split dev the validation digits (the test digits are never read).
+    x_ev, y_ev = (t["x_val"], t["y_val"]) if args.split == "dev" else (t["x_te"], t["y_te"])
 
     model = MLP(args.hidden_size).to(device)
     # Counted as taken, not as configured, so a code change that trains longer records it.
     steps_taken = train(model, list(model.parameters()), t["x_pre"], t["y_pre"], None, args.pretrain_steps, 1e-3, args.batch_size)
     pre = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
-    pretrained_acc = accuracy(model, t["x_te"], t["y_te"])
+    pretrained_acc = accuracy(model, x_ev, y_ev)
 
     finetuned, individual = [], []
     for i, classes in enumerate(tasks):
@@ -233,7 +246,7 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
         mask = torch.isin(t["y_ft"], torch.tensor(classes, device=device))
         steps_taken += train(model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size)
         finetuned.append({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
-        individual.append(accuracy(model, t["x_te"], t["y_te"], classes))
+        individual.append(accuracy(model, x_ev, y_ev, classes))
 
     tv = merged_vector(pre, finetuned, args, seed)
 
@@ -249,10 +262,10 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     else:
         lam = args.scaling_coef
     merged = merged_with(lam)
-    per_task = [accuracy(merged, t["x_te"], t["y_te"], c) for c in tasks]
+    per_task = [accuracy(merged, x_ev, y_ev, c) for c in tasks]
     metrics = {
         "task_acc": float(np.mean(per_task)),
-        "merged_acc": accuracy(merged, t["x_te"], t["y_te"]),
+        "merged_acc": accuracy(merged, x_ev, y_ev),
         "acc_gap": float(np.mean(individual) - np.mean(per_task)),
         "individual_acc": float(np.mean(individual)),
     }
@@ -260,7 +273,7 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
         raise SystemExit(f"seed {seed}: a metric is not finite ({metrics})")
     print(f"seed {seed}: pretrained {pretrained_acc:.3f} merged {metrics['merged_acc']:.3f} task {metrics['task_acc']:.3f} "
           f"individual {metrics['individual_acc']:.3f} lambda {lam}", flush=True)
-    lam_curve = [(c, accuracy(merged_with(c), t["x_te"], t["y_te"])) for c in LAMBDA_GRID] if args.merge_fn != "average" else []
+    lam_curve = [(c, accuracy(merged_with(c), x_ev, y_ev)) for c in LAMBDA_GRID] if args.merge_fn != "average" else []
     # What this seed spent: the same for every merge function unless the code or a compute knob changes it.
     compute = {
         "parameters": float(sum(p.numel() for p in model.parameters())),
@@ -295,6 +308,8 @@ def main() -> None:
         "config": {k: getattr(args, k) for k in KNOBS},
         "compute": {c: float(np.mean([results[s]["compute"][c] for s in seeds])) for c in results[seeds[0]]["compute"]},
         "device": device.type,
+        "split": args.split,
+        "evolved_merge": EVOLVED_MERGE is not None,
         "wall_s": round(time.time() - t0, 2),
     }
     (out / "curves.json").write_text(json.dumps({str(s): r["detail"] for s, r in results.items()}))
