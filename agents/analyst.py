@@ -16,6 +16,7 @@ values; arms that ran the same seeds are compared by a paired test.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from typing import Any
@@ -140,6 +141,41 @@ def compute_flags(spec: TemplateSpec, arms: dict[str, Arm]) -> list[AnalysisFlag
     ]
 
 
+def recorded_compute(runs: list[RunRecord]) -> dict[str, dict[str, float]]:
+    """Each arm's compute per run as its experiment recorded it (final_info.json ``compute``), from its latest successful run."""
+    out: dict[str, dict[str, float]] = {}
+    for run in runs:
+        if run.status == "succeeded" and run.final_info is not None and run.final_info.compute:
+            out[run.idea_id] = dict(run.final_info.compute)
+    return out
+
+
+def recorded_compute_flags(runs: list[RunRecord], already: list[AnalysisFlag]) -> list[AnalysisFlag]:
+    """Ideas whose runs recorded a different compute than the baseline's: a code change that spends more (or less) is
+    flagged like a ``changes_compute`` knob, since no knob declaration can tell for code.
+
+    Only measures both arms record are compared; an idea already flagged for a knob is not flagged twice.
+    """
+    compute = recorded_compute(runs)
+    base = compute.get(BASELINE)
+    if base is None:
+        return []
+    flagged = {f.idea_id for f in already if f.kind in ("compute_changed", "unfair_baseline")}
+    out = []
+    for idea, used in compute.items():
+        if idea == BASELINE or idea in flagged:
+            continue
+        differ = [k for k in sorted(set(base) & set(used)) if not math.isclose(base[k], used[k], rel_tol=1e-9, abs_tol=1e-12)]
+        if differ:
+            what = "; ".join(f"{k}: baseline {base[k]:g}, idea {used[k]:g}" for k in differ)
+            out.append(AnalysisFlag(
+                kind="compute_changed", idea_id=idea,
+                detail=f"idea {idea!r} recorded different compute per run than the baseline ({what}), so the comparison "
+                "is not at equal compute and no claim may say it was",
+            ))
+    return out
+
+
 def seed_flags(arms: dict[str, Arm], primary: str) -> list[AnalysisFlag]:
     out = []
     for idea, arm in arms.items():
@@ -253,7 +289,8 @@ def build_report(project: str, request: AnalysisRequest, alpha: float = ALPHA) -
         ]
     else:
         flags.insert(0, AnalysisFlag(kind="missing_baseline", detail="no successful baseline run, so no idea could be compared"))
-    flags += fairness_flags(request.spec, arms) + compute_flags(request.spec, arms) + seed_flags(arms, primary)
+    flags += fairness_flags(request.spec, arms) + compute_flags(request.spec, arms)
+    flags += recorded_compute_flags(exploratory, flags) + seed_flags(arms, primary)
     report = AnalysisReport(
         project=project, round=request.round, primary_metric=primary, alpha=alpha, correction="holm",
         comparisons=comparisons, runs=request.runs, flags=flags,

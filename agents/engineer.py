@@ -27,6 +27,7 @@ from pydantic import (
 
 from agents.base import Context, Role, on
 from agents.codeedit import EDITABLE, EditError, apply_edits
+from agents.codeideas import unified_diff
 from agents.jobs import Jobs, plan_job
 from agents.minds.base import EngineerMind
 from agents.templates import bundle_files, replace_files
@@ -68,6 +69,7 @@ class JobRecord(BaseModel):
     idea_id: str
     attempt: int = 1
     edits: list[CodeEdit] = []  # code edits this attempt made to the template
+    diff: str = ""  # those edits as a unified diff of the template's files, for the paper
     lost: list[str] = []  # why earlier attempts of this run ended without a result (their runner died)
     state: JobRecordState = "queued"
     reason: str = ""
@@ -162,6 +164,7 @@ class Engineer(Role):
         idea_id = body.idea.id if body.idea else "baseline"
         bundle_object = body.template_object
         edits: list[CodeEdit] = []
+        diff = ""
         profile = body.profile or ("fast" if body.fast else None)
         try:
             body.spec.profile(profile)  # an unknown profile fails before the mind is asked
@@ -173,6 +176,7 @@ class Engineer(Role):
                 changes, edits = plan.overrides, plan.edits
                 if edits:
                     patched = apply_edits(files, edits, EDITABLE)
+                    diff = unified_diff(files, patched)
                     bundle_object = await ctx.artifacts.put(
                         f"{ctx.project}/bundles/{body.experiment_id}-a{attempt}.tar.gz", replace_files(bundle, patched)
                     )
@@ -182,7 +186,7 @@ class Engineer(Role):
             )
         except (TemplateError, EditError) as e:
             return str(e)
-        return JobRecord(spec=spec, idea_id=idea_id, attempt=attempt, edits=edits)
+        return JobRecord(spec=spec, idea_id=idea_id, attempt=attempt, edits=edits, diff=diff)
 
     def _queue(self, ctx: EngineerContext, st: EngineerState, job: JobRecord) -> None:
         st.jobs[job.job_id] = job
@@ -304,6 +308,7 @@ class Engineer(Role):
                 reason=j.reason,
                 attempt=j.attempt,
                 lost=j.lost,
+                diff=j.diff,
                 final_info=j.status.final_info if j.status else None,
                 environment=j.status.environment if j.status else None,
                 artifacts=j.status.artifacts if j.status else [],

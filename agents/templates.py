@@ -54,7 +54,30 @@ def load(name_or_path: str) -> tuple[Path, TemplateSpec]:
     spec = parse_spec(data, str(path))
     if spec.name != folder.name:
         raise TemplateError(f"{path}: name: {spec.name!r} does not match the folder name {folder.name!r}")
+    check_variants(folder, spec)
     return folder, spec
+
+
+def check_variants(folder: Path, spec: TemplateSpec) -> None:
+    """Each variant's edits must apply to the template's own files: a path that exists, a search text found exactly once.
+
+    Checked when the template loads, so a stale variant (the code under it moved) is one
+    readable line for the template's author, not a rejected plan in the middle of a project.
+    """
+    for name, variant in spec.variants.items():
+        texts: dict[Path, str] = {}  # the files as this variant's earlier edits left them, as the engineer applies them
+        for i, edit in enumerate(variant.edits):
+            where = f"{folder / 'template.yaml'}: variants.{name}.edits.{i}"
+            target = (folder / edit.path).resolve()
+            if not target.is_relative_to(folder.resolve()) or not target.is_file():
+                raise TemplateError(f"{where}: no file {edit.path!r} in the template")
+            text = texts.setdefault(target, target.read_text())
+            count = text.count(edit.search) if edit.search else 0
+            if count != 1:
+                found = "not found" if count == 0 else f"found {count} times"
+                first = next((ln.strip() for ln in edit.search.splitlines() if ln.strip()), "")[:60]
+                raise TemplateError(f"{where}: search text {found} in {edit.path} (must occur exactly once): {first!r}")
+            texts[target] = text.replace(edit.search, edit.replace, 1)
 
 
 def bundle(folder: Path) -> bytes:

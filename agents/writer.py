@@ -82,9 +82,14 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
         usage=assemble.usage_rows(request),
         notes=assemble.notes(request),
     )
+    code = assemble.code_rows(request)
+    # A diff goes into verbatim as it is: only the one sequence that would end the environment early is broken up.
+    tex_code = [{**c, "summary": markup.to_tex(c["summary"], known),
+                 "verbatim": markup.Tex(c["diff"].replace("\\end{verbatim}", "\\end {verbatim}"))} for c in code]
     names = [(title, getattr(sections, field)) for title, field in assemble.SECTION_ORDER]
     tex = _tex_env.get_template("paper.tex.j2").render(
         **common,
+        code=tex_code,
         title=markup.tex_escape(sections.title),
         abstract=markup.to_tex(sections.abstract, known),
         sections=[{"name": n, "body": markup.to_tex(t, known)} for n, t in names],
@@ -95,6 +100,7 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
     )
     md = _md_env.get_template("paper.md.j2").render(
         **common,
+        code=code,
         title=sections.title,
         abstract=markup.to_markdown(sections.abstract, refs),
         sections=[{"name": n, "body": markup.to_markdown(t, refs)} for n, t in names],

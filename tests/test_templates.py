@@ -62,6 +62,7 @@ def test_fast_profile_runs_and_plots(name: str, tmp_path: Path) -> None:
     extra = info.model_extra or {}
     assert extra["device"] in ("cpu", "cuda")
     assert info.config == {**spec.defaults(), **spec.fast}
+    assert info.compute and all(math.isfinite(v) and v >= 0 for v in info.compute.values())  # what each run spent
 
     folder, _ = templates.load(name)
     figs = tmp_path / "figs"

@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from agents.codeideas import describe
 from agents.writing.numbers import fmt
 from bus.schema import AnalysisReport, DraftRequest, JobEnvironment, Reference, RunRecord
 
@@ -169,6 +170,23 @@ def reference_line(ref: Reference) -> str:
     if ref.year:
         parts.append(fmt(ref.year))
     return ". ".join(p.rstrip(".") for p in parts) + "."
+
+
+def code_rows(request: DraftRequest) -> list[dict[str, str]]:
+    """Each code-level idea with a faithful account of the change and the diff its run applied (the appendix's code changes).
+
+    The diff is the last one recorded for the idea (a retry that fixed its edit supersedes the first attempt);
+    an idea that never ran has none, and the appendix says so.
+    """
+    out = []
+    for idea in request.ideas:
+        if idea.code is None:
+            continue
+        diffs = [r.diff for r in request.report.runs if r.idea_id == idea.id and r.diff]
+        ok = [r.diff for r in request.report.runs if r.idea_id == idea.id and r.diff and r.status == "succeeded"]
+        out.append({"idea": idea.id, "title": idea.title, "summary": describe(idea, request.spec),
+                    "variant": idea.code.variant or "", "diff": (ok or diffs or [""])[-1]})
+    return out
 
 
 def notes(request: DraftRequest) -> list[dict[str, Any]]:

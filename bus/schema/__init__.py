@@ -64,6 +64,7 @@ from bus.schema.template import (
     Resources,
     TemplateError,
     TemplateSpec,
+    Variant,
     parse_spec,
 )
 
@@ -76,6 +77,6 @@ __all__ = [
     "NoteAck", "NoveltyCheck", "NoveltyVerdict", "Profile", "ProjectView", "ROLES", "Rebuttal", "Recipient",
     "Reference", "ReferenceSearch", "ReferencesFound", "Resolved", "Resources", "Review", "ReviewDone",
     "ReviewRequest", "ReviewScores", "RevisionItem", "RoleName", "RunRecord", "SCHEMA_VERSION", "Sender", "Stage",
-    "StartProject", "Step", "StepFailed", "TemplateError", "TemplateSpec", "Usage", "UsageReport", "decode",
+    "StartProject", "Step", "StepFailed", "TemplateError", "TemplateSpec", "Usage", "UsageReport", "Variant", "decode",
     "derive_id", "encode", "parse_spec",
 ]

@@ -60,3 +60,4 @@ class RunRecord(Model):
     wall_s: float = 0.0
     attempt: int = 1  # this run's attempt: earlier ones were lost with their runner (see ``lost``) or fixed
     lost: list[str] = []  # earlier attempts whose runner died without a result, and why
+    diff: str = ""  # the code edits this run made to the template, as a unified diff ("" for a knob-only run)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bus.errors import LabError
 from bus.schema.constants import MIN_SEEDS
+from bus.schema.project import CodeEdit
 
 
 class TemplateError(LabError, ValueError):
@@ -73,6 +74,24 @@ class Knob(BaseModel):
         return value
 
 
+class Variant(BaseModel):
+    """A code-level variant a template declares: edits of its own files the engineer switches in.
+
+    Where a knob chooses between behaviours the experiment already has, a variant
+    changes the code itself (a new merge algorithm, a regulariser), so an idea with
+    ``code=CodeChange(variant=...)`` runs end to end without a model writing the edits.
+    The edits are checked against the template's files when it loads
+    (``agents.templates.load``): each search text must occur exactly once.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    description: str
+    edits: list[CodeEdit] = Field(min_length=1)
+    # The variant spends different compute than the baseline (more steps, a bigger model):
+    # a hypothesis must not say "compute held equal", as for a changes_compute knob.
+    changes_compute: bool = False
+
+
 class Metric(BaseModel):
     model_config = ConfigDict(extra="forbid")
     direction: Literal["higher", "lower"]
@@ -128,6 +147,7 @@ class TemplateSpec(BaseModel):
     resources: Resources = Resources()
     fast: dict[str, Any] = {}  # shorthand for profiles.fast.overrides (older templates)
     profiles: dict[str, Profile] = {}
+    variants: dict[str, Variant] = {}  # code-level variants, by name (see Variant)
     # The experiment saves a checkpoint to LAB_CHECKPOINT_DIR (every few steps and on
     # SIGTERM) and resumes from one, so the runner syncs that folder to the artifact store.
     resumable: bool = False

@@ -396,11 +396,11 @@ def summarize(values: list[float]) -> dict:
     return {"mean": mean, "stderr": stderr, "values": [float(v) for v in values]}
 
 
-def compute_used(args: argparse.Namespace, vocab: int, tokens: int) -> dict[str, float]:
+def compute_used(args: argparse.Namespace, vocab: int, tokens: float) -> dict[str, float]:
     """Parameters, training tokens and a FLOPs estimate: 6N per token plus attention (Kaplan et al. 2020)."""
     n_params = sum(p.numel() for p in GPT(vocab, args.block_size, args.n_layer, args.n_head, args.n_embd, 0.0).parameters())
     per_token = 6 * n_params + 12 * args.n_layer * args.n_embd * args.block_size
-    return {"params": n_params, "tokens": tokens, "flops": float(per_token * tokens)}
+    return {"params": float(n_params), "tokens": float(tokens), "flops": float(per_token * tokens)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -445,7 +445,8 @@ def main(argv: list[str] | None = None) -> None:
             "device": dist.device.type,
             "precision": first["amp_dtype"],
             "world_size": dist.world,
-            "compute": compute_used(args, len(corpus.chars), total_tokens),
+            # Per seed, as final_info.json's compute is: an arm that ran more seeds did not get more compute per run.
+            "compute": compute_used(args, len(corpus.chars), total_tokens / len(seeds)),
             "samples": {str(s): done[s]["sample"] for s in seeds},
             "determinism": "CPU runs are bit-reproducible per seed" if dist.device.type == "cpu"
             else "GPU kernels (cuBLAS/cuDNN, atomics in attention backward) are not deterministic: reruns of a seed differ slightly",

@@ -195,7 +195,10 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     }
     if not all(math.isfinite(v) for v in metrics.values()):
         raise SystemExit(f"seed {seed}: a metric is not finite ({metrics})")
-    return {"metrics": metrics, "curve": curve}
+    # Full-batch steps: every step sees the whole training split.
+    compute = {"parameters": float(sum(p.numel() for p in model.parameters())), "optimizer_steps": float(args.num_steps),
+               "train_examples": float(n_train), "examples_seen": float(args.num_steps * n_train)}
+    return {"metrics": metrics, "curve": curve, "compute": compute}
 
 
 def summarize(values: list[float]) -> dict:
@@ -203,6 +206,11 @@ def summarize(values: list[float]) -> dict:
     mean = float(np.mean(values))
     stderr = float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     return {"mean": mean, "stderr": stderr, "values": [float(v) for v in values]}
+
+
+def mean_compute(per_seed: list[dict]) -> dict:
+    """The compute each seed's run used, averaged over seeds (what final_info.json's ``compute`` holds)."""
+    return {k: float(np.mean([c[k] for c in per_seed])) for k in per_seed[0]}
 
 
 def main() -> None:
@@ -221,6 +229,7 @@ def main() -> None:
         "metrics": {m: summarize([results[s]["metrics"][m] for s in seeds]) for m in names},
         "seeds": seeds,
         "config": {k: getattr(args, k) for k in KNOBS},
+        "compute": mean_compute([results[s]["compute"] for s in seeds]),
         "device": device.type,
         "wall_s": round(time.time() - t0, 2),
     }

@@ -159,10 +159,21 @@ MERGERS = {
 }
 
 
+def merge(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """The merge this run uses: the one ``--merge_fn`` names.
+
+    Code-level variants (template.yaml ``variants``) replace this body with a new
+    algorithm, so the engineer switches one in by an edit and everything else
+    (tasks, seeds, the coefficient chosen on validation data) stays as in the baseline.
+    ``lab evolve``'s EVOLVED_MERGE, when set, takes precedence over it.
+    """
+    return MERGERS[args.merge_fn](tvs, args, gen)
+
+
 def merged_vector(pre: dict, finetuned: list[dict], args: argparse.Namespace, seed: int) -> dict:
     gen = torch.Generator(device=next(iter(pre.values())).device).manual_seed(seed)
-    merge = EVOLVED_MERGE or MERGERS[args.merge_fn]
-    return {k: merge(torch.stack([f[k] - pre[k] for f in finetuned]), args, gen) for k in pre}
+    fn = EVOLVED_MERGE or merge
+    return {k: fn(torch.stack([f[k] - pre[k] for f in finetuned]), args, gen) for k in pre}
 
 
 # ------------------------------------------------------------------ training and scoring
@@ -174,12 +185,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(model: MLP, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, classes: list[int] | None, steps: int, lr: float, bs: int) -> None:
-    """Adam on minibatches; with ``classes`` the loss sees only those logits (the task's head)."""
+def train(model: MLP, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, classes: list[int] | None, steps: int, lr: float, bs: int) -> int:
+    """Adam on minibatches; with ``classes`` the loss sees only those logits (the task's head). Returns the steps taken."""
     opt = torch.optim.Adam(params, lr=lr)
     cls = torch.tensor(classes if classes is not None else list(range(10)), device=x.device)
     remap = torch.full((10,), -1, dtype=torch.long, device=x.device)
     remap[cls] = torch.arange(len(cls), device=x.device)
+    taken = 0
     for _ in range(steps):
         idx = torch.randint(0, len(x), (min(bs, len(x)),), device=x.device)
         logits = model(x[idx])[:, cls]
@@ -187,6 +199,8 @@ def train(model: MLP, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tens
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        taken += 1
+    return taken
 
 
 @torch.no_grad()
@@ -220,7 +234,8 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     x_ev, y_ev = (t["x_val"], t["y_val"]) if args.split == "dev" else (t["x_te"], t["y_te"])
 
     model = MLP(args.hidden_size).to(device)
-    train(model, list(model.parameters()), t["x_pre"], t["y_pre"], None, args.pretrain_steps, 1e-3, args.batch_size)
+    # Counted as taken, not as configured, so a code change that trains longer records it.
+    steps_taken = train(model, list(model.parameters()), t["x_pre"], t["y_pre"], None, args.pretrain_steps, 1e-3, args.batch_size)
     pre = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
     pretrained_acc = accuracy(model, x_ev, y_ev)
 
@@ -229,7 +244,7 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
         torch.manual_seed(seed * 1000 + i)
         model.backbone.load_state_dict(pre)
         mask = torch.isin(t["y_ft"], torch.tensor(classes, device=device))
-        train(model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size)
+        steps_taken += train(model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size)
         finetuned.append({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
         individual.append(accuracy(model, x_ev, y_ev, classes))
 
@@ -259,9 +274,15 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     print(f"seed {seed}: pretrained {pretrained_acc:.3f} merged {metrics['merged_acc']:.3f} task {metrics['task_acc']:.3f} "
           f"individual {metrics['individual_acc']:.3f} lambda {lam}", flush=True)
     lam_curve = [(c, accuracy(merged_with(c), x_ev, y_ev)) for c in LAMBDA_GRID] if args.merge_fn != "average" else []
+    # What this seed spent: the same for every merge function unless the code or a compute knob changes it.
+    compute = {
+        "parameters": float(sum(p.numel() for p in model.parameters())),
+        "optimizer_steps": float(steps_taken),
+        "validation_evals": float(len(LAMBDA_GRID) if args.select_scaling and args.merge_fn != "average" else 0),
+    }
     detail = {"scaling_coef": float(lam), "tasks": tasks, "individual": individual, "merged_per_task": per_task, "pretrained_acc": pretrained_acc,
               "lambda_grid": [c for c, _ in lam_curve], "lambda_test_acc": [a for _, a in lam_curve]}
-    return {"metrics": metrics, "detail": detail}
+    return {"metrics": metrics, "detail": detail, "compute": compute}
 
 
 def summarize(values: list[float]) -> dict:
@@ -285,6 +306,7 @@ def main() -> None:
         "metrics": {m: summarize([results[s]["metrics"][m] for s in seeds]) for m in names},
         "seeds": seeds,
         "config": {k: getattr(args, k) for k in KNOBS},
+        "compute": {c: float(np.mean([results[s]["compute"][c] for s in seeds])) for c in results[seeds[0]]["compute"]},
         "device": device.type,
         "split": args.split,
         "evolved_merge": EVOLVED_MERGE is not None,

@@ -3,7 +3,9 @@
 Edits are applied to a copy of the template's files and guarded (agents/codeedit.py)
 before the plan is returned: a search that does not match, a syntax error, or
 an edit that would stretch the job's time or relaunch it goes back to the
-model with the reason, never to the executor.
+model with the reason, never to the executor. A code idea (``idea.code``) must
+be implemented by edits; one naming a template-declared variant takes that
+variant's edits as they are, without asking the model.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.codeedit import EDITABLE, EditError, apply_edits
+from agents.codeideas import variant_edits
 from agents.minds.base import CodePlan
 from agents.minds.llm.common import LLMMind, knob_lines, show
 from agents.minds.llm.errors import InvalidAnswer
@@ -26,6 +29,10 @@ class LLMEngineerMind(LLMMind):
     async def plan(self, idea: Idea, spec: TemplateSpec, files: dict[str, str], error: str = "") -> CodePlan:
         template = spec
         editable = set(EDITABLE) & set(files)
+        declared = variant_edits(idea, spec)
+        if declared is not None:
+            return CodePlan(overrides=template.check_overrides(dict(idea.changes)), edits=declared,
+                            explanation=f"switch in the template's code variant {idea.code.variant if idea.code else ''!r}")
 
         def edits_of(answer: PlanAnswer) -> list[CodeEdit]:
             return [CodeEdit(path=e.path, search=e.search, replace=e.replace) for e in answer.edits]
@@ -37,6 +44,8 @@ class LLMEngineerMind(LLMMind):
                 raise InvalidAnswer(f"overrides: {e}") from None
             if not answer.overrides and not answer.edits:
                 raise InvalidAnswer("the plan changes nothing: give knob overrides or edits")
+            if idea.code is not None and not answer.edits:
+                raise InvalidAnswer("the idea is a code change: implement it with search/replace edits, knob overrides alone cannot")
             missing = sorted(set(idea.changes) - set(as_dict(answer.overrides)))
             if missing and not answer.edits:
                 raise InvalidAnswer(f"the idea changes {missing} but the overrides leave them out: that would rerun the baseline")
@@ -55,6 +64,12 @@ class LLMEngineerMind(LLMMind):
             f"{sorted(editable)}: 'search' must be copied exactly from the file and match once. Edits may not touch "
             "time limits, signals, processes or the network; the runner enforces those.",
         ]
+        if idea.code is not None:
+            parts.append(
+                f"This idea changes the code: {idea.code.summary.strip()}\nImplement exactly that with search/replace edits "
+                "(a new function and the line that uses it), keeping the baseline's data, seeds and metrics as they are; "
+                "set the knob overrides the idea lists, if any. The paper shows your diff."
+            )
         if error:
             parts.append(f"The previous attempt failed; fix the cause:\n{error[-4000:]}")
         answer = await self.client.ask("plan", self.system, "\n".join(parts), PlanAnswer, check)

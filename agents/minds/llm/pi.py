@@ -3,6 +3,8 @@
 Ideas may only change the template's declared knobs (minus fairness knobs and
 whatever the co-PI ruled out): the check rejects anything else and the model
 gets the reason back, so the engineer never receives an idea it cannot run.
+An idea may also (or instead) change the code: its summary goes to the
+engineer, who implements it by guarded edits.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from agents.minds.base import IdeaContext, NoteReading, ReviewContext
 from agents.minds.llm.common import LLMMind, knob_lines, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import IdeaBatch, IdeaDraft, ItemAnswers, NoteAnswer, as_dict
-from bus.schema import CoPINote, Idea, ItemResponse, TemplateError, TemplateSpec
+from bus.schema import CodeChange, CoPINote, Idea, ItemResponse, TemplateError, TemplateSpec
 
 RUN_ITEMS = ("more_seeds", "add_baseline")  # revision items that cost runs
 
@@ -29,7 +31,8 @@ def allowed_knobs(spec: TemplateSpec, constraints: dict[str, Any]) -> list[str]:
 
 def idea_id(draft: IdeaDraft) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", draft.title.lower()).strip("-")[:32].strip("-") or "idea"
-    digest = hashlib.sha256(json.dumps([draft.title, as_dict(draft.changes)], sort_keys=True, default=str).encode()).hexdigest()
+    key: list[Any] = [draft.title, as_dict(draft.changes)] + ([draft.code.strip()] if draft.code.strip() else [])
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     return f"{slug}-{digest[:6]}"
 
 
@@ -38,7 +41,11 @@ class IdeaRules:
 
     def __init__(self, spec: TemplateSpec, allowed: list[str], previous: list[Idea]) -> None:
         self.spec, self.allowed = spec, allowed
-        self.tried = [json.dumps(i.changes, sort_keys=True, default=str) for i in previous]
+        self.tried = [self.key(i.changes, i.code.summary if i.code else "") for i in previous]
+
+    @staticmethod
+    def key(changes: dict[str, Any], code: str) -> str:
+        return json.dumps([changes, " ".join(code.lower().split())], sort_keys=True, default=str)
 
     def coerce(self, draft: IdeaDraft) -> dict[str, Any]:
         changes = as_dict(draft.changes)
@@ -56,9 +63,10 @@ class IdeaRules:
         seen = list(self.tried)
         for draft in batch.ideas:
             changes = self.coerce(draft)
-            if all(self.spec.baseline.get(k, self.spec.knobs[k].default) == v for k, v in changes.items()):
-                raise InvalidAnswer(f"idea {draft.title!r} sets every knob to its baseline value: it tests nothing")
-            key = json.dumps(changes, sort_keys=True, default=str)
+            # A code idea tests its code even with no knob set; a knob-only idea must move a knob.
+            if not draft.code.strip() and all(self.spec.baseline.get(k, self.spec.knobs[k].default) == v for k, v in changes.items()):
+                raise InvalidAnswer(f"idea {draft.title!r} sets every knob to its baseline value and changes no code: it tests nothing")
+            key = self.key(changes, draft.code)
             if key in seen:
                 raise InvalidAnswer(f"idea {draft.title!r} repeats the changes {changes}, already proposed; propose different changes")
             seen.append(key)
@@ -90,18 +98,23 @@ class LLMPIMind(LLMMind):
     def _idea_prompt(self, spec: TemplateSpec, ctx: IdeaContext, allowed: list[str]) -> str:
         metric = spec.primary_metric
         history = [
-            {"id": i.id, "title": i.title, "changes": i.changes, "outcome": ctx.outcomes.get(i.id, "pending")} for i in ctx.previous
+            {"id": i.id, "title": i.title, "changes": i.changes, **({"code": i.code.summary} if i.code else {}),
+             "outcome": ctx.outcomes.get(i.id, "pending")}
+            for i in ctx.previous
         ]
         return "\n".join([
             f"Template {spec.name}: {spec.title}. Task: {spec.task}",
             f"Primary metric: {metric} ({spec.metrics[metric].direction} is better).",
             f"Research direction from the co-PI: {ctx.direction or '(none given)'}",
-            f"Knobs you may change (each idea sets one or a few of them; nothing else can be run):\n{knob_lines(spec, allowed)}",
+            f"Knobs you may change (each idea sets one or a few of them, or changes the code as below):\n{knob_lines(spec, allowed)}",
             f"Co-PI notes (take them into account): {show(ctx.notes) if ctx.notes else 'none'}",
             f"Constraints in force: {json.dumps(ctx.constraints) if ctx.constraints else 'none'}",
             f"Ideas already tried, with outcomes (do not repeat them): {json.dumps(history, default=str) if history else 'none'}",
             f"Propose {ctx.n} idea(s). Each: a title, a falsifiable hypothesis about {metric}, how it would be falsified, "
             "the knob changes, a rationale, and 1-10 scores for interestingness, feasibility and novelty. "
+            "An idea may instead change the experiment's code (a new function: a merge algorithm, a regulariser, a "
+            "schedule): then say in 'code' what to implement, precisely enough for an engineer to write it, and list only "
+            "the knob changes it also needs (possibly none); leave 'code' empty for a knob-only idea. "
             "Think first in 'thoughts'. Set done to true only if reflecting further would not improve the ideas.",
         ])
 
@@ -112,6 +125,7 @@ class LLMPIMind(LLMMind):
             hypothesis=draft.hypothesis,
             falsification=draft.falsification,
             changes=rules.coerce(draft),
+            code=CodeChange(summary=draft.code.strip()) if draft.code.strip() else None,
             rationale=draft.rationale,
             interestingness=draft.interestingness,
             feasibility=draft.feasibility,

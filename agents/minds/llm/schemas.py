@@ -35,7 +35,10 @@ class IdeaDraft(Answer):
     title: str = Field(min_length=3)
     hypothesis: str = Field(min_length=10)
     falsification: str = Field(min_length=10)
-    changes: list[KnobValue] = Field(min_length=1)
+    changes: list[KnobValue]  # may be empty when ``code`` says what the idea changes
+    # A code-level idea: what to change in experiment.py (a new function, a regulariser), for the engineer to
+    # implement by edits; "" for an idea that only sets knobs.
+    code: str = ""
     rationale: str
     interestingness: int = Field(ge=1, le=10)
     feasibility: int = Field(ge=1, le=10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from agents.codeideas import describe
 from agents.minds.base import PaperSections
 from agents.writing.numbers import fmt
 from bus.schema import Comparison, DraftRequest, Usage
@@ -92,6 +93,8 @@ class Draft:
         self.confirmations = {c.idea_id: c for c in self.rep.confirmations}
         self.worse = [c for c in self.primary if c.verdict == "worse"]
         self.study = self.spec.title or self.spec.name or "the template task"
+        # Code-level ideas change the wording only where they exist: a knob-only paper reads as before.
+        self.code = [i for i in request.ideas if i.code is not None]
 
     def name(self, idea_id: str) -> str:
         idea = self.ideas.get(idea_id)
@@ -136,7 +139,7 @@ class Draft:
         return (
             f"We study {self.study}. "
             f"Starting from the research direction given by the co-PI, we compared a baseline with "
-            f"{fmt(len(self.r.ideas))} proposed change(s) to its knobs over several seeds, using t-tests (paired where arms share seeds) "
+            f"{fmt(len(self.r.ideas))} proposed change(s) to its {'knobs or code' if self.code else 'knobs'} over several seeds, using t-tests (paired where arms share seeds) "
             f"with {correction_words(self.rep.correction, len(self.rep.comparisons))}, Hedges' g and bootstrap "
             f"confidence intervals, with the primary metric {self.rep.primary_metric}.{seed_text} {finding}"
         )
@@ -147,8 +150,9 @@ class Draft:
             "Whether a change to a training recipe helps is a statistical question before it is a story.",
         ])
         direction = self.r.direction.strip() or "no specific direction was given"
+        source = "to the template's knobs and code" if self.code else "drawn from the template's declared knobs"
         return (
-            f"{opener} This paper asks whether changes drawn from the template's declared knobs improve on the baseline of "
+            f"{opener} This paper asks whether changes {source} improve on the baseline of "
             f"{self.study}. The research direction was: {direction}\n\n"
             "- We run the baseline and each idea over the same seeds and report every comparison with its direction, effect size and uncertainty.\n"
             "- We state what the evidence supports, including inconclusive and negative results.\n"
@@ -177,11 +181,21 @@ class Draft:
         parts = []
         for idea in self.r.ideas:
             changes = "; ".join(f"`{k}` from {value(self.knob_default(k))} to {value(v)}" for k, v in idea.changes.items()) or "no knob"
+            if idea.code is not None:
+                also = f" It also changes {changes}." if idea.changes else " It changes no knob."
+                what = (f"It changes the experiment's code: {describe(idea, self.spec)}{also} "
+                        "The diff its run applied is listed in the appendix (Code changes).")
+            else:
+                what = f"It changes {changes}."
             parts.append(
-                f"{self.name(idea.id)}. Hypothesis: {idea.hypothesis.strip()} It changes {changes}. "
+                f"{self.name(idea.id)}. Hypothesis: {idea.hypothesis.strip()} {what} "
                 f"It would be refuted if: {idea.falsification.strip()}"
             )
-        return "Each idea is a change to the template's declared knobs, evaluated against the unchanged baseline.\n\n" + "\n\n".join(parts)
+        lead = "Each idea is a change to the template's declared knobs, evaluated against the unchanged baseline."
+        if self.code:
+            lead = ("Each idea is a change to the template's declared knobs or to its code (implemented by guarded edits of the "
+                    "experiment), evaluated against the unchanged baseline with the same seeds and budget.")
+        return lead + "\n\n" + "\n\n".join(parts)
 
     def setup(self) -> str:
         knob_lines = []
@@ -227,7 +241,11 @@ class Draft:
                 "and inconclusive results may hide small real effects."
             )
         items.append(f"- Only one task ({self.study}) was studied; the results may not transfer to other tasks, datasets or scales.")
-        items.append("- The ideas were limited to the template's declared knobs, so no new architecture or algorithm was tested.")
+        if self.code:
+            items.append("- Code-level ideas were tested only on this template; each diff is in the appendix, and a change "
+                         "whose recorded compute differs from the baseline's is flagged below.")
+        else:
+            items.append("- The ideas were limited to the template's declared knobs, so no new architecture or algorithm was tested.")
         devices = {r.environment.device for r in self.rep.runs if r.environment is not None}
         if not devices:
             items.append("- The hardware of the runs was not recorded.")

@@ -1,0 +1,268 @@
+"""Code-level ideas: template-declared variants, the engineer's edits, compute checks and the paper's diff."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agents import templates
+from agents.codeedit import apply_edits
+
+MERGING = templates.BUILTIN_DIR / "model_merging"
+
+
+def copy_with(tmp_path: Path, edit_yaml) -> Path:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "model_merging"
+    shutil.copytree(MERGING, folder)
+    data = yaml.safe_load((folder / "template.yaml").read_text())
+    edit_yaml(data)
+    (folder / "template.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def test_model_merging_declares_variants_whose_edits_apply_and_pass_the_guard() -> None:
+    folder, spec = templates.load("model_merging")
+    assert {"ties_magnitude_sign", "dare_ties"} <= set(spec.variants)
+    files = templates.bundle_files(templates.bundle(folder))
+    for name, variant in spec.variants.items():
+        out = apply_edits(files, variant.edits)
+        assert out["experiment.py"] != files["experiment.py"], name
+        assert variant.description
+
+
+def test_a_variant_whose_search_text_is_not_found_is_rejected_at_load(tmp_path: Path) -> None:
+    folder = copy_with(tmp_path, lambda d: d["variants"]["dare_ties"]["edits"][0].update(search="    return no_such_line()\n"))
+    with pytest.raises(templates.TemplateError) as e:
+        templates.load(str(folder))
+    msg = str(e.value)
+    assert "\n" not in msg and "variants.dare_ties.edits.0" in msg and "not found" in msg
+
+
+def test_a_variant_naming_a_missing_file_or_an_ambiguous_search_is_rejected(tmp_path: Path) -> None:
+    folder = copy_with(tmp_path, lambda d: d["variants"]["dare_ties"]["edits"][0].update(path="nope.py"))
+    with pytest.raises(templates.TemplateError, match="no file 'nope.py'"):
+        templates.load(str(folder))
+    folder = copy_with(tmp_path / "b", lambda d: d["variants"]["dare_ties"]["edits"][0].update(search="import "))
+    with pytest.raises(templates.TemplateError, match="found [0-9]+ times"):
+        templates.load(str(folder))
+
+
+def test_an_idea_whose_recorded_compute_differs_from_the_baseline_is_flagged() -> None:
+    from agents.analyst import build_report
+    from bus.schema import AnalysisRequest
+    from tests.test_analyst import SPEC, run
+
+    def with_compute(r, **compute):  # type: ignore[no-untyped-def]
+        assert r.final_info is not None
+        r.final_info.compute = {"parameters": 100.0, "optimizer_steps": 130.0, **compute}
+        return r
+
+    base = with_compute(run("b", "baseline", [0.80, 0.79, 0.81], [0.5, 0.51, 0.52]))
+    longer = with_compute(run("l", "longer-merge", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39]), optimizer_steps=230.0)
+    same = with_compute(run("s", "new-merge", [0.85, 0.86, 0.84], [0.4, 0.41, 0.39]))
+    rep, _ = build_report("p", AnalysisRequest(round=1, spec=SPEC, runs=[base, longer, same]))
+    flags = [f for f in rep.flags if f.kind == "compute_changed"]
+    assert [f.idea_id for f in flags] == ["longer-merge"]
+    assert "optimizer_steps: baseline 130, idea 230" in flags[0].text and "not at equal compute" in flags[0].text
+    assert flags[0].text.startswith("compute changed: idea 'longer-merge'")
+
+
+# ------------------------------------------------------------------ a code idea through engineer, analyst and writer
+
+
+class Executor:
+    """Runs each submitted job's bundle at once, as the job runner would, and keeps its final_info (no bus, no sandbox)."""
+
+    ledger = None  # no lab-wide ledger: the engineer counts this project's jobs
+
+    def __init__(self, store, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+        self.store, self.tmp, self.submitted, self.results = store, tmp, [], {}
+
+    def capacity(self) -> int | None:
+        return None
+
+    async def submit(self, job) -> None:  # type: ignore[no-untyped-def]
+        import subprocess
+        import sys
+
+        from bus.schema import FinalInfo
+
+        self.submitted.append(job)
+        work = self.tmp / job.job_id
+        templates.unbundle(await self.store.get(job.bundle_object), work / "code")
+        flags = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in job.overrides.items()]
+        cmd = [sys.executable, "experiment.py", "--out_dir", str(work / "out"), "--seeds", ",".join(map(str, job.seeds)), *flags]
+        proc = subprocess.run(cmd, cwd=work / "code", capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        self.results[job.job_id] = FinalInfo.model_validate_json((work / "out" / "final_info.json").read_text())
+
+    async def cancel(self, job_id: str) -> None:
+        pass
+
+    async def cleanup(self, project: str) -> None:
+        pass
+
+
+class Lab:
+    """The engineer role with a real template bundle, an executor that really runs it, then the analyst and the writer."""
+
+    def __init__(self, tmp: Path, mind) -> None:  # type: ignore[no-untyped-def]
+        from agents.engineer import Engineer, EngineerState
+        from tests.fakes import MemoryStore
+
+        self.folder, self.spec = templates.load("model_merging")
+        self.role, self.state, self.store, self.mind = Engineer(), EngineerState(), MemoryStore(), mind
+        self.store.data["p1/template.tar.gz"] = templates.bundle(self.folder)
+        self.executor = Executor(self.store, tmp)
+        self.results: list = []  # type: ignore[type-arg]
+
+    async def send(self, body, sender: str = "pi") -> list:  # type: ignore[no-untyped-def, type-arg]
+        from agents.engineer import EngineerContext
+        from bus.schema import Envelope
+
+        env = Envelope(project="p1", sender=sender, recipient="engineer", body=body)
+        ctx = EngineerContext(project="p1", role="engineer", state=self.state, artifacts=self.store, mind=self.mind, jobs=self.executor)
+        await self.role.handle(env, ctx)
+        return ctx.outputs
+
+    async def experiment(self, exp_id: str, idea) -> None:  # type: ignore[no-untyped-def]
+        from bus.schema import ExperimentRequest, JobStatus
+
+        out = await self.send(ExperimentRequest(experiment_id=exp_id, idea=idea, seeds=[0, 1, 2], template="model_merging",
+                                                template_object="p1/template.tar.gz", spec=self.spec, fast=True))
+        planned = out[0][0]
+        assert not planned.rejected, planned.rejected
+        (job_id,) = planned.job_ids
+        done = await self.send(JobStatus(job_id=job_id, experiment_id=exp_id, state="succeeded",
+                                         final_info=self.executor.results[job_id]), sender="runner")
+        (result, _), = done
+        self.results += result.runs
+
+    async def paper(self, ideas, tmp: Path):  # type: ignore[no-untyped-def]
+        from agents.analyst import build_report
+        from agents.base import Context
+        from agents.minds.offline.writer import make as writer_mind
+        from agents.writer import Writer
+        from bus.schema import AnalysisRequest, DraftRequest, Envelope
+
+        report, _ = build_report("p1", AnalysisRequest(round=0, spec=self.spec, runs=self.results))
+        request = DraftRequest(round=0, spec=self.spec, direction="merge better", ideas=ideas, report=report, references=[])
+        ctx = Context(project="p1", role="writer", state=None, artifacts=self.store, mind=writer_mind(0, {}))
+        await Writer().handle(Envelope(project="p1", sender="pi", recipient="writer", body=request), ctx)
+        (ready, _), = ctx.outputs
+        return report, ready, (await self.store.get(ready.markdown)).decode(), (await self.store.get(ready.tex)).decode()
+
+
+@pytest.mark.timeout(600)
+async def test_a_template_variant_idea_is_implemented_run_compared_and_shown_with_its_diff(tmp_path: Path) -> None:
+    from agents.minds.offline.engineer import OfflineEngineerMind
+    from bus.schema import CodeChange, Idea
+
+    idea = Idea(id="ties-magsign", title="TIES with magnitude-weighted sign election", changes={},
+                hypothesis="Electing signs by squared magnitude raises task_acc over task arithmetic.",
+                falsification="task_acc is not higher than the baseline's over seeds.",
+                code=CodeChange(summary="Replace the merge with TIES whose sign election weighs entries by their squared magnitude.",
+                                variant="ties_magnitude_sign"))
+    lab = Lab(tmp_path, OfflineEngineerMind())
+    await lab.experiment("x01-baseline", None)
+    await lab.experiment("x02-ties-magsign", idea)
+
+    base, run = lab.results
+    assert base.diff == "" and run.idea_id == "ties-magsign" and run.overrides == base.overrides  # only the code differs
+    assert "--- a/experiment.py" in run.diff and "+    sign = torch.sign((torch.sign(t) * t.pow(2)).sum(0))" in run.diff
+    assert "-    return MERGERS[args.merge_fn](tvs, args, gen)" in run.diff
+    assert run.final_info is not None and base.final_info is not None
+    assert run.final_info.compute == base.final_info.compute  # a new merge rule spends what the baseline spends
+    assert run.final_info.metrics["task_acc"].values != base.final_info.metrics["task_acc"].values  # the code really ran
+
+    report, ready, md, tex = await lab.paper([idea], tmp_path)
+    assert {c.idea_id for c in report.comparisons} == {"ties-magsign"}
+    assert not [f for f in report.flags if f.kind == "compute_changed"]
+    method = md.split("## Method", 1)[1].split("## Experimental Setup", 1)[0]
+    assert "changes the experiment's code" in method and "ties_magnitude_sign" in method and "appendix (Code changes)" in method
+    appendix = md.split("## Appendix D: Code changes", 1)[1]
+    assert "```diff\n--- a/experiment.py" in appendix and "+    w = t.abs() * ((torch.sign(t) == sign) & (t != 0))" in appendix
+    assert "\\section{Code changes}" in tex and "\\begin{verbatim}\n--- a/experiment.py" in tex
+    if shutil.which("pdflatex"):  # the LaTeX with the verbatim diff builds
+        assert ready.pdf and not ready.pdf_error, (ready.pdf_error, ready.pdf_log)
+
+
+class ScriptedMind:
+    """An engineer mind that implements a code idea with fixed edits (what an llm mind would answer)."""
+
+    def __init__(self, edits) -> None:  # type: ignore[no-untyped-def]
+        from bus.schema import Usage
+
+        self.edits, self.usage = edits, Usage()
+
+    async def plan(self, idea, spec, files, error=""):  # type: ignore[no-untyped-def]
+        from agents.minds.base import CodePlan
+
+        return CodePlan(overrides=dict(idea.changes), edits=self.edits, explanation="scripted")
+
+
+@pytest.mark.timeout(600)
+async def test_a_code_edit_that_changes_the_compute_is_flagged(tmp_path: Path) -> None:
+    from bus.schema import CodeChange, CodeEdit, Idea
+
+    longer = CodeEdit(path="experiment.py", search="    for _ in range(steps):\n", replace="    for _ in range(2 * steps):  # train twice as long\n")
+    idea = Idea(id="longer", title="Fine-tune twice as long inside the code", changes={},
+                hypothesis="Doubling every training loop in code raises task_acc.", falsification="task_acc does not rise.",
+                code=CodeChange(summary="Run every training loop for twice its configured steps."))
+    lab = Lab(tmp_path, ScriptedMind([longer]))
+    await lab.experiment("x01-baseline", None)
+    await lab.experiment("x02-longer", idea)
+    base, run = lab.results
+    assert run.final_info.compute["optimizer_steps"] == 2 * base.final_info.compute["optimizer_steps"]
+    report, _, md, _ = await lab.paper([idea], tmp_path)
+    (flag,) = [f for f in report.flags if f.kind == "compute_changed"]
+    assert flag.idea_id == "longer" and "optimizer_steps" in flag.text
+    assert "recorded different compute per run than the baseline" in md  # the paper lists the flag
+
+
+# ------------------------------------------------------------------ the minds' rules for code ideas
+
+
+def _draft(**kw):  # type: ignore[no-untyped-def]
+    from agents.minds.llm.schemas import IdeaDraft
+
+    base = dict(title="A new merge", hypothesis="A new merge rule raises task_acc.", falsification="task_acc does not rise over seeds.",
+                changes=[], rationale="", interestingness=5, feasibility=5, novelty=5)
+    return IdeaDraft.model_validate({**base, **kw})
+
+
+def test_the_llm_pi_accepts_a_code_idea_without_knob_changes_and_rejects_an_empty_one() -> None:
+    from agents.minds.llm.errors import InvalidAnswer
+    from agents.minds.llm.pi import IdeaRules, LLMPIMind, allowed_knobs
+    from agents.minds.llm.schemas import IdeaBatch
+
+    _, spec = templates.load("model_merging")
+    rules = IdeaRules(spec, allowed_knobs(spec, {}), [])
+    code = _draft(code="Add a median-sign merge function and call it from merge().")
+    rules(IdeaBatch(thoughts="", ideas=[code], done=True))
+    idea = LLMPIMind._idea(None, code, rules)  # type: ignore[arg-type]
+    assert idea.changes == {} and idea.code is not None and idea.code.summary.startswith("Add a median-sign")
+    with pytest.raises(InvalidAnswer, match="changes no code"):
+        rules(IdeaBatch(thoughts="", ideas=[_draft()], done=True))
+    again = IdeaRules(spec, allowed_knobs(spec, {}), [idea])
+    with pytest.raises(InvalidAnswer, match="repeats"):
+        again(IdeaBatch(thoughts="", ideas=[_draft(title="Same again", code="add a median-sign merge function and call it from merge().")], done=True))
+
+
+async def test_the_offline_engineer_implements_only_declared_variants() -> None:
+    from agents.minds.offline.engineer import OfflineEngineerMind
+    from bus.schema import CodeChange, Idea, TemplateError
+
+    _, spec = templates.load("model_merging")
+    mind = OfflineEngineerMind()
+    idea = Idea(id="i", title="t", hypothesis="h", falsification="f", changes={"density": 0.5},
+                code=CodeChange(summary="DARE then TIES", variant="dare_ties"))
+    plan = await mind.plan(idea, spec, {})
+    assert plan.overrides == {"density": 0.5} and plan.edits == spec.variants["dare_ties"].edits
+    with pytest.raises(TemplateError, match="declares no code variant 'nope'"):
+        await mind.plan(idea.model_copy(update={"code": CodeChange(summary="x", variant="nope")}), spec, {})
+    with pytest.raises(TemplateError, match="writes no code"):
+        await mind.plan(idea.model_copy(update={"code": CodeChange(summary="something new")}), spec, {})
