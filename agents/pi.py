@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from agents import outcomes as outcome
 from agents.base import Context, Rejected, Role, on
 from agents.minds.base import IdeaContext, PIMind, ReviewContext
+from agents.outcomes import Archive
 from agents.pi_state import ExperimentState, IdeaState, ProjectState
+from agents.scores import rank
 from bus.errors import MindError, MindUnavailable
 from bus.schema import (
     BASELINE,
@@ -30,7 +33,9 @@ from bus.schema import (
     ExperimentPlanned,
     ExperimentRequest,
     ExperimentResult,
+    ArchiveRecord,
     Idea,
+    IdeaOutcome,
     NoteAck,
     NoveltyCheck,
     NoveltyVerdict,
@@ -42,11 +47,22 @@ from bus.schema import (
     StartProject,
     StepFailed,
     UsageReport,
+    signature_of,
 )
 
 IDEAS_PER_WAVE = 2
-# The PI's state is None until the project's start message arrives.
-PIContext = Context[ProjectState | None, PIMind]
+
+
+@dataclass(kw_only=True)
+class PIContext(Context[ProjectState | None, PIMind]):
+    """The PI's context (its state is None until the project's start message arrives), with the idea archive."""
+
+    archive: Archive | None = None  # across projects; services/wiring opens it (None: no archive, as in unit tests)
+
+# The mind proposes this many times a wave's ideas; the PI ranks them by score and runs the best (agents/scores.py).
+PROPOSALS_PER_IDEA = 2
+# A direction that asks for ideas tried before (in this project or the archive) to be run again.
+_REPEAT = re.compile(r"\b(repeat|re-?run|again|replicate|reproduce)\b", re.I)
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
 MIND_FAILURES: tuple[type[Exception], ...] = (MindError,)
 
@@ -109,15 +125,23 @@ class PI(Role):
         if left <= 0 or self._out_of_time(ctx, st):
             return False
         st.wave += 1
-        outcomes = {i: s.status for i, s in st.ideas.items()}
+        take = min(IDEAS_PER_WAVE, left)
+        archive = self._archive(ctx)
+        if archive is not None:
+            # Refreshed each wave and kept in the state, so a redelivered message sees what the first delivery saw.
+            st.prior = [r for r in await archive.records(st.template) if r.project != st.project]
         try:
-            ideas = await self._propose(ctx, st, outcomes, left)
+            ideas = await self._propose(ctx, st, self._outcomes(st), take * PROPOSALS_PER_IDEA)
         except MIND_FAILURES as e:
             ctx.log.error("no ideas: the mind failed", reason=str(e))
             if isinstance(e, MindUnavailable):  # the analysis and the paper need the model too: end once the runs are in
                 st.halt = f"ideas failed: {e.reason}"
             return False
-        ideas = [i for i in ideas if i.id not in st.ideas and i.id != BASELINE][:left]
+        ideas = self._fresh(st, ideas)
+        ideas, dropped = rank(ideas)
+        if dropped:
+            ctx.log.info("ideas dropped under the score floor", dropped=dropped)
+        ideas = ideas[:take]
         for idea in ideas:
             st.ideas[idea.id] = IdeaState(idea=idea, wave=st.wave)
             ctx.send(
@@ -133,7 +157,64 @@ class PI(Role):
         ctx.log.info("ideas proposed", wave=st.wave, ideas=[i.id for i in ideas])
         return bool(ideas)
 
-    async def _propose(self, ctx: PIContext, st: ProjectState, outcomes: Mapping[str, str], left: int) -> list[Idea]:
+    def _repeat_ok(self, st: ProjectState) -> bool:
+        return bool(st.constraints.get("repeat")) or bool(_REPEAT.search(st.direction))
+
+    def _fresh(self, st: ProjectState, ideas: list[Idea]) -> list[Idea]:
+        """Ideas not proposed before in this project, nor (unless repeats are asked for) tried by an earlier one."""
+        mine = {signature_of(s.idea) for s in st.ideas.values()}
+        elsewhere = set() if self._repeat_ok(st) else {r.signature for r in st.prior}
+        out, seen = [], set()
+        for idea in ideas:
+            sig = signature_of(idea)
+            if idea.id in st.ideas or idea.id == BASELINE or sig in mine or sig in elsewhere or sig in seen:
+                continue
+            seen.add(sig)
+            out.append(idea)
+        return out
+
+    def _outcomes(self, st: ProjectState) -> dict[str, IdeaOutcome]:
+        """Every idea's outcome so far: the report's comparison once analysed, else read from its runs."""
+        metric = st.spec.primary_metric
+        direction = st.spec.metrics[metric].direction
+        exploratory = [r for e in st.experiments.values() if not e.confirmation for r in e.runs]
+        out: dict[str, IdeaOutcome] = {}
+        for idea_id, s in st.ideas.items():
+            found = outcome.from_report(s.idea, st.report) if st.report is not None else None
+            if found is None and s.status == "done":
+                found = outcome.from_runs(s.idea, exploratory, metric, direction)
+            if found is None:
+                status = {"done": "inconclusive", "failed": "failed", "not_novel": "not_novel", "skipped": "skipped"}.get(s.status, "pending")
+                found = outcome.unmeasured(s.idea, status, s.reason)  # type: ignore[arg-type]
+            out[idea_id] = found
+        return out
+
+    def _archive(self, ctx: PIContext) -> Archive | None:
+        # A plain Context (a test's) has no archive port.
+        archive: Archive | None = getattr(ctx, "archive", None)
+        return archive
+
+    async def _record(self, ctx: PIContext, st: ProjectState, env: Any) -> None:
+        """Write every idea this project ran to the archive.
+
+        Key and content derive from the state and the message only (its
+        created_at, not the clock), so a redelivery writes the same record.
+        """
+        archive = self._archive(ctx)
+        if archive is None:
+            return
+        when = env.created_at.timestamp() if hasattr(env, "created_at") else st.started_at
+        for idea_id, o in self._outcomes(st).items():
+            if o.status in ("pending", "not_novel", "skipped"):
+                continue  # never ran: nothing came of it
+            idea = st.ideas[idea_id].idea
+            await archive.put(ArchiveRecord(
+                template=st.template, signature=signature_of(idea), project=st.project,
+                recorded_at=when, direction=st.direction, round=st.round, outcome=o,
+            ))
+
+    async def _propose(self, ctx: PIContext, st: ProjectState, outcomes: dict[str, IdeaOutcome], n: int) -> list[Idea]:
+        baseline_walls = [r.wall_s for r in st.runs() if r.idea_id == BASELINE and r.status == "succeeded" and r.wall_s > 0]
         return await ctx.mind.propose_ideas(
             IdeaContext(
                 spec=st.spec,
@@ -142,7 +223,11 @@ class PI(Role):
                 constraints=st.constraints,
                 previous=[s.idea for s in st.ideas.values()],
                 outcomes=outcomes,
-                n=min(IDEAS_PER_WAVE, left),
+                prior=st.prior,
+                repeat_ok=self._repeat_ok(st),
+                profile=st.profile,
+                baseline_wall_s=max(baseline_walls) if baseline_walls else None,
+                n=n,
                 seed=st.seed + st.wave,
             )
         )
@@ -270,6 +355,7 @@ class PI(Role):
         if st.stage != "analysis" or body.report.round != st.round:
             return
         st.report = body.report
+        await self._record(ctx, st, env)
         if self._confirm(ctx, st, body.report):
             return
         st.stage = "draft"

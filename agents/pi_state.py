@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bus.schema import (
     AnalysisReport,
+    ArchiveRecord,
     Budget,
     CoPINote,
     DraftReady,
@@ -84,6 +85,8 @@ class ProjectState(Model):
     accepted: bool | None = None
     citations_pending: list[str] = []  # revision items waiting for the literature agent's references
     confirmed: list[str] = []  # ideas whose findings a confirmation run has been asked to replicate
+    # What earlier projects on this template tried (the idea archive), as the latest wave saw it.
+    prior: list[ArchiveRecord] = []
     halt: str = ""  # why the project ends once nothing is outstanding (the model's endpoint is down)
 
     @property

@@ -22,7 +22,7 @@ from nats.js.errors import BadRequestError
 from bus import subjects
 from bus.errors import ConnectError, MessageTooLarge
 from bus.schema import Envelope, encode
-from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, STATE_BUCKET
+from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
 from bus.permissions import inbox_prefix
 
 MAX_ENVELOPE_BYTES = 512 * 1024
@@ -164,7 +164,8 @@ class Bus:
                         await self.js.stream_info(cfg.name)  # created concurrently: fine
                     except nats.js.errors.NotFoundError:
                         raise ConnectError(f"cannot create stream {cfg.name}: {e.description}") from None
-        for bucket, ttl, history in ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, AGENTS_TTL_S, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1)):
+        buckets = ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, AGENTS_TTL_S, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1), (IDEAS_BUCKET, None, 1))
+        for bucket, ttl, history in buckets:
             try:
                 await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:

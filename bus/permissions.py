@@ -13,9 +13,12 @@ addressed to others, or rewrite their state. Acks are allowed in both the old
 Artifacts are shared by design (a writer reads the analyst's figures), so the
 object store is open to every lab user.
 
+The idea archive (what each project tried on each template) is written by the
+PI alone and read by the PI, the co-PI and the web view.
+
 The co-PI (the human, through the CLI) may publish notes as itself, start
-projects, and read the log, the agents' heartbeats, the roles' state and the
-artifacts: nothing more. It creates only unnamed (ephemeral) consumers on the
+projects, and read the log, the agents' heartbeats, the roles' state, the idea
+archive and the artifacts: nothing more. It creates only unnamed (ephemeral) consumers on the
 conversation and job streams, so it cannot re-filter a role's durable; it
 cannot write state, delete or purge a stream or bucket, or delete a role's consumer.
 """
@@ -31,6 +34,7 @@ from bus.schema.constants import (
     CACHE_BUCKET,
     CONVO_STREAM,
     DLQ_STREAM,
+    IDEAS_BUCKET,
     JOBS_STREAM,
     STATE_BUCKET,
     kv_stream,
@@ -39,6 +43,7 @@ from bus.schema.constants import (
 
 STATE_KV, AGENTS_KV, CACHE_KV = kv_stream(STATE_BUCKET), kv_stream(AGENTS_BUCKET), kv_stream(CACHE_BUCKET)
 ARTIFACTS_OBJ = object_stream(ARTIFACTS_BUCKET)
+IDEAS_KV = kv_stream(IDEAS_BUCKET)
 
 ADMIN = "lab"  # sets up streams and buckets; used by `lab up` and tests
 COPI = "copi"  # the human, through the CLI
@@ -46,7 +51,7 @@ RUNNER = "runner"  # job runners
 WEB = "web"  # the web view (`lab web`): reads what its pages show, speaks only as the co-PI
 USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN)
 
-STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ)
+STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
 
 
 def _bucket_reads(stream: str, subjects: str = ">") -> list[str]:
@@ -98,6 +103,7 @@ def _copi() -> list[str]:
         *logs,
         *_bucket_reads(STATE_KV),
         *_bucket_reads(AGENTS_KV),
+        *_bucket_reads(IDEAS_KV),  # `lab ideas`
         *artifacts,
     ]
 
@@ -132,6 +138,9 @@ def _role(role: str) -> list[str]:
         *_bucket_reads(CACHE_KV, f"$KV.{CACHE_BUCKET}.{role}.>"),
         *_artifacts(),
     ]
+    if role == "pi":
+        # The idea archive: the PI records what each project tried and reads what earlier ones did.
+        allow += [f"$KV.{IDEAS_BUCKET}.>", *_bucket_reads(IDEAS_KV)]
     if role == "engineer":
         # The engineer reads job outcomes, and reports failures the runner could not (a pod that never started).
         allow += [*_consumer(JOBS_STREAM, "role-engineer-jobs"), "lab.jobs.*.*.status"]
@@ -145,7 +154,7 @@ def _web() -> list[str]:
     (only the unnamed ordered consumers of a replay), and speaks only as the co-PI.
     """
     reads = []
-    for stream in (CONVO_STREAM, JOBS_STREAM, STATE_KV, AGENTS_KV):
+    for stream in (CONVO_STREAM, JOBS_STREAM, STATE_KV, AGENTS_KV, IDEAS_KV):
         reads += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}", *_bucket_reads(stream)]
     artifacts = ARTIFACTS_OBJ
     return [

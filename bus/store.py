@@ -14,7 +14,8 @@ import nats
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ObjectNotFoundError
 
 from bus.client import Bus
-from bus.schema.constants import ARTIFACTS_BUCKET, CACHE_BUCKET, STATE_BUCKET
+from bus.schema.archive import ArchiveRecord, archive_key, key_token
+from bus.schema.constants import ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
 from bus.errors import ArtifactMissing, StateConflict
 
 
@@ -52,47 +53,78 @@ class StateStore:
             raise
 
     async def keys(self, prefix: str = "") -> list[str]:
-        """Keys under ``prefix`` (a role's own, e.g. ``engineer.``).
+        """Keys under ``prefix`` (a role's own, e.g. ``engineer.``)."""
+        return sorted(await _latest(self.kv, prefix, headers_only=True))
 
-        Read through a named, filtered consumer: its filter is part of the API
-        subject, so the server's permissions can hold a role to its own keys
-        (nats-py's own watcher creates unnamed consumers, which cannot be).
-        """
-        from nats.js import api
 
-        subject = f"{self.kv._pre}{prefix}>"
-        config = api.ConsumerConfig(
-            filter_subject=subject,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=api.AckPolicy.NONE,
-            headers_only=True,
-            inactive_threshold=30.0,
-            mem_storage=True,
-        )
-        sub = await self.kv._js.pull_subscribe(subject, stream=self.kv._stream, config=config)
-        keys: set[str] = set()
-        try:
-            while True:
-                try:
-                    batch = await sub.fetch(256, timeout=0.5)
-                except nats.errors.TimeoutError:
-                    break
-                for msg in batch:
-                    op = (msg.headers or {}).get("KV-Operation")
-                    key = msg.subject[len(self.kv._pre) :]
-                    if op in ("DEL", "PURGE"):
-                        keys.discard(key)
-                    else:
-                        keys.add(key)
-                if batch and batch[-1].metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
+async def _latest(kv: Any, prefix: str, *, headers_only: bool) -> dict[str, bytes]:
+    """The latest value of every live key under ``prefix`` (empty values when ``headers_only``).
+
+    Read through a named, filtered consumer: its filter is part of the API
+    subject, so the server's permissions can hold a role to its own keys
+    (nats-py's own watcher creates unnamed consumers, which cannot be).
+    """
+    from nats.js import api
+
+    subject = f"{kv._pre}{prefix}>"
+    config = api.ConsumerConfig(
+        filter_subject=subject,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=api.AckPolicy.NONE,
+        headers_only=headers_only,
+        inactive_threshold=30.0,
+        mem_storage=True,
+    )
+    sub = await kv._js.pull_subscribe(subject, stream=kv._stream, config=config)
+    values: dict[str, bytes] = {}
+    try:
+        while True:
             try:
-                await self.kv._js.delete_consumer(self.kv._stream, sub._consumer)
-            except (nats.errors.Error, OSError):
-                pass  # it expires by itself (inactive_threshold)
-        return sorted(keys)
+                batch = await sub.fetch(256, timeout=0.5)
+            except nats.errors.TimeoutError:
+                break
+            for msg in batch:
+                op = (msg.headers or {}).get("KV-Operation")
+                key = msg.subject[len(kv._pre) :]
+                if op in ("DEL", "PURGE"):
+                    values.pop(key, None)
+                else:
+                    values[key] = msg.data or b""
+            if batch and batch[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+        try:
+            await kv._js.delete_consumer(kv._stream, sub._consumer)
+        except (nats.errors.Error, OSError):
+            pass  # it expires by itself (inactive_threshold)
+    return values
+
+
+class IdeaArchive:
+    """The idea archive: one ``ArchiveRecord`` per (template, idea signature, project), kept across projects.
+
+    A record's key and content derive only from the project's state and the
+    message being handled, so a redelivered handler writes the same bytes
+    under the same key: the put is idempotent.
+    """
+
+    def __init__(self, kv: Any):
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, bus: Bus) -> "IdeaArchive":
+        return cls(await bus.js.key_value(IDEAS_BUCKET))
+
+    async def put(self, record: ArchiveRecord) -> None:
+        key = archive_key(record.template, record.signature, record.project)
+        await self.kv.put(key, record.model_dump_json().encode())
+
+    async def records(self, template: str) -> list[ArchiveRecord]:
+        """Every record for a template, oldest first."""
+        values = await _latest(self.kv, f"{key_token(template)}.", headers_only=False)
+        out = [ArchiveRecord.model_validate_json(v) for v in values.values() if v]
+        return sorted(out, key=lambda r: (r.recorded_at, r.project, r.outcome.idea_id))
 
 
 class Artifacts:

@@ -9,6 +9,7 @@ between roles is written here once, from the lab's config:
   executor named by ``LAB_EXECUTOR`` / ``--executor`` (options from the config's
   ``executor: {KIND: {...}}``), the runner's bus access added at submit; it also
   reads the jobs stream and runs the job watch and the capacity wake-up;
+- the PI: a ``PIContext`` whose ``archive`` port is the idea archive (``bus.store.IdeaArchive``);
 - literature: a ``LiteratureContext`` with the config's ``literature:`` section
   (``agents/literature.Settings``; with no ``sources`` there, ``LAB_LIT_SOURCES``
   chooses) and the lab home whose library it searches.
@@ -29,11 +30,12 @@ from agents.base import ArtifactStore, Cache, Context
 from agents.engineer import EngineerContext
 from agents.literature import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
+from agents.pi import PIContext
 from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
 from bus.schema import ROLES, MindChoice, NatsAccess, RoleName
-from bus.store import StateStore
+from bus.store import IdeaArchive, StateStore
 from services.config import read_secret
 from services.executors import EXECUTOR_KINDS, make_executor
 from services.executors.base import Executor
@@ -144,6 +146,19 @@ class EngineerWiring(Wiring):
         return EngineerContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, jobs=self.jobs)
 
 
+class PIWiring(Wiring):
+    def __init__(self, home: Path) -> None:
+        super().__init__("pi", home)
+        self.archive: IdeaArchive | None = None
+
+    async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
+        self.archive = await IdeaArchive.open(bus)
+        return []
+
+    def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> PIContext:
+        return PIContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, archive=self.archive)
+
+
 class LiteratureWiring(Wiring):
     def __init__(self, home: Path, settings: Settings) -> None:
         super().__init__("literature", home)
@@ -163,7 +178,7 @@ def role_name(role: str) -> RoleName:
 
 
 def wiring_class(role: str) -> type[Wiring]:
-    return {"engineer": EngineerWiring, "literature": LiteratureWiring}.get(role, Wiring)
+    return {"engineer": EngineerWiring, "literature": LiteratureWiring, "pi": PIWiring}.get(role, Wiring)
 
 
 def literature_settings(config: dict[str, Any]) -> Settings:
@@ -195,4 +210,6 @@ def build(role: str, *, home: Path, config: dict[str, Any], bus_url: str, execut
         return EngineerWiring(home, make_executor(executor, (config.get("executor") or {}).get(executor, {})), runner_access(bus_url))
     if cls is LiteratureWiring:
         return LiteratureWiring(home, literature_settings(config))
+    if cls is PIWiring:
+        return PIWiring(home)
     return Wiring(role_name(role), home)

@@ -7,7 +7,7 @@ import pytest
 from agents.minds import make_mind
 from agents.minds.base import AnalystMind, EngineerMind, IdeaContext, LiteratureMind, PIMind, ReviewContext, ReviewerMind, WriterMind
 from agents.minds.llm.errors import MindFailed
-from bus.schema import CoPINote, DraftRequest, Idea, Reference, Review, ReviewScores, RevisionItem, TemplateSpec
+from bus.schema import CoPINote, DraftRequest, Idea, IdeaOutcome, Reference, Review, ReviewScores, RevisionItem, TemplateSpec
 
 try:
     from tests.llm_helpers import SPEC, clean_env, replay, report, sent
@@ -73,7 +73,7 @@ async def test_pi_does_not_repeat_previous_ideas() -> None:
         {"thoughts": "", "ideas": [idea_json("WD again", {"weight_decay": 0.01})], "done": True},
         {"thoughts": "", "ideas": [idea_json("tanh", {"activation": "tanh"})], "done": True},
     )
-    ideas = await mind("pi", client).propose_ideas(IdeaContext(spec=SPEC, direction="", previous=[IDEA], outcomes={"wd-1": "worse"}, n=1))
+    ideas = await mind("pi", client).propose_ideas(IdeaContext(spec=SPEC, direction="", previous=[IDEA], outcomes={"wd-1": IdeaOutcome(idea_id="wd-1", changes=IDEA.changes, status="worse")}, n=1))
     assert ideas[0].changes == {"activation": "tanh"}
     assert "worse" in sent(client, 0) and "already proposed" in sent(client, 1)
 

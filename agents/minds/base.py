@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict
 
 from bus.schema import (
     AnalysisReport,
+    ArchiveRecord,
     CodeEdit,
     CoPINote,
     Idea,
+    IdeaOutcome,
     ItemResponse,
     MetaReview,
     Reference,
@@ -37,9 +39,21 @@ class IdeaContext(Model):
     notes: list[CoPINote] = []
     constraints: dict[str, Any] = {}  # from co-PI notes, e.g. {"allowed_knobs": ["weight_decay"]}
     previous: list[Idea] = []  # ideas already proposed (do not repeat them)
-    outcomes: dict[str, str] = {}  # idea id -> "better"/"worse"/"inconclusive"/"failed"/"not novel"
+    # idea id -> what came of it so far (verdict, effect, CI; pending while it runs); see agents/outcomes.py
+    outcomes: dict[str, IdeaOutcome] = {}
+    # What earlier projects tried on this template and what came of it (the idea archive), oldest first.
+    prior: list[ArchiveRecord] = []
+    # The direction or a co-PI note asks to repeat ideas already tried (otherwise the archive's are not proposed again).
+    repeat_ok: bool = False
+    profile: str = ""  # the template profile the project runs (its time budget bounds feasibility)
+    baseline_wall_s: float | None = None  # how long one baseline run took, once known
     n: int = 1
     seed: int = 0
+
+    def measured(self) -> list[IdeaOutcome]:
+        """Every outcome with a number, this project's first, then the archive's."""
+        mine = [o for o in self.outcomes.values() if o.measured]
+        return mine + [r.outcome for r in self.prior if r.outcome.measured]
 
 
 class NoteReading(Model):

@@ -11,6 +11,7 @@ import ...``), never copied. By concern:
 - ``job``: the job spec a runner runs, what an executor sees of a job;
 - ``results``: what a job produced;
 - ``analysis``: the analyst's report and its typed flags;
+- ``archive``: ideas' outcomes and the idea archive's records across projects;
 - ``review``: reviews, revision items, answers;
 - ``steps``: the steps a role can fail at;
 - ``messages``: the message bodies, their union, the envelope;
@@ -18,6 +19,7 @@ import ...``), never copied. By concern:
 """
 
 from bus.schema.analysis import AnalysisFlag, AnalysisReport, Comparison
+from bus.schema.archive import ArchiveRecord, IdeaOutcome, OutcomeStatus, archive_key, idea_signature, signature_of
 from bus.schema.base import ROLES, Direction, Model, Recipient, RoleName, Sender
 from bus.schema.constants import BASELINE, MIN_SEEDS, SCHEMA_VERSION
 from bus.schema.job import JobPhase, JobSpec, JobState, NatsAccess
@@ -69,6 +71,7 @@ from bus.schema.template import (
 )
 
 __all__ = [
+    "ArchiveRecord", "IdeaOutcome", "OutcomeStatus", "archive_key", "idea_signature", "signature_of",
     "AnalysisDone", "AnalysisFlag", "AnalysisReport", "AnalysisRequest", "BASELINE", "Body", "Budget", "CoPINote",
     "CoPINoteMsg", "CodeChange", "CodeEdit", "Comparison", "DEFAULT_PROFILE", "Decision", "Direction", "DraftReady", "DraftRequest",
     "EngineerView", "Envelope", "ExperimentPlanned", "ExperimentRequest", "ExperimentResult", "FinalInfo",

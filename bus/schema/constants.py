@@ -35,6 +35,8 @@ DLQ_STREAM: Final = "LAB_DLQ"
 STATE_BUCKET: Final = "lab_state"
 AGENTS_BUCKET: Final = "lab_agents"
 CACHE_BUCKET: Final = "lab_cache"
+# The idea archive: what each project tried on each template and what came of it, kept across projects.
+IDEAS_BUCKET: Final = "lab_ideas"
 ARTIFACTS_BUCKET: Final = "lab_artifacts"
 
 

@@ -18,9 +18,30 @@ from agents.minds.base import IdeaContext, NoteReading, ReviewContext
 from agents.minds.llm.common import LLMMind, knob_lines, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import IdeaBatch, IdeaDraft, ItemAnswers, NoteAnswer, as_dict
-from bus.schema import CodeChange, CoPINote, Idea, ItemResponse, TemplateError, TemplateSpec
+from bus.schema import CodeChange, CoPINote, Idea, IdeaOutcome, ItemResponse, TemplateError, TemplateSpec
 
 RUN_ITEMS = ("more_seeds", "add_baseline")  # revision items that cost runs
+ARCHIVE_SHOWN = 40  # the archive's most recent records in the prompt
+
+
+def outcome_brief(o: IdeaOutcome) -> dict[str, Any]:
+    """An outcome as the prompt shows it: only what is known, rounded."""
+    out: dict[str, Any] = {"id": o.idea_id, "changes": o.changes, "status": o.status}
+    if o.code is not None:
+        out["code"] = o.code.variant or o.code.summary
+    if o.improvement is not None:
+        out["improvement"] = round(o.improvement, 4)
+    if o.effect_size is not None:
+        out["effect"] = round(o.effect_size, 2)
+    if o.ci_low is not None and o.ci_high is not None:
+        out["ci"] = [round(o.ci_low, 4), round(o.ci_high, 4)]
+    if o.p_adjusted is not None:
+        out["p_adjusted"] = round(o.p_adjusted, 4)
+    if o.replicated is not None:
+        out["replicated"] = o.replicated
+    if o.reason:
+        out["reason"] = o.reason[:200]
+    return out
 
 
 def allowed_knobs(spec: TemplateSpec, constraints: dict[str, Any]) -> list[str]:
@@ -39,9 +60,12 @@ def idea_id(draft: IdeaDraft) -> str:
 class IdeaRules:
     """What makes a batch of ideas usable for this template, this co-PI and this history."""
 
-    def __init__(self, spec: TemplateSpec, allowed: list[str], previous: list[Idea]) -> None:
+    def __init__(self, spec: TemplateSpec, allowed: list[str], previous: list[Idea], archived: list[IdeaOutcome] | None = None) -> None:
         self.spec, self.allowed = spec, allowed
-        self.tried = [self.key(i.changes, i.code.summary if i.code else "") for i in previous]
+        # This project's ideas, and (unless repeats are asked for) what earlier projects tried (the archive).
+        self.tried = [self.key(i.changes, i.code.summary if i.code else "") for i in previous] + [
+            self.key(o.changes, o.code.summary if o.code else "") for o in (archived or [])
+        ]
 
     @staticmethod
     def key(changes: dict[str, Any], code: str) -> str:
@@ -80,7 +104,8 @@ class LLMPIMind(LLMMind):
         allowed = allowed_knobs(spec, ctx.constraints)
         if not allowed:
             return []
-        rules = IdeaRules(spec, allowed, ctx.previous)
+        archived = [] if ctx.repeat_ok else [r.outcome for r in ctx.prior]
+        rules = IdeaRules(spec, allowed, ctx.previous, archived)
         conv = self.client.conversation("propose_ideas", self.system, IdeaBatch)
         batch = await conv.ask(self._idea_prompt(spec, ctx, allowed), rules)
         rounds = self.client.config.reflection_rounds
@@ -97,11 +122,12 @@ class LLMPIMind(LLMMind):
 
     def _idea_prompt(self, spec: TemplateSpec, ctx: IdeaContext, allowed: list[str]) -> str:
         metric = spec.primary_metric
-        history = [
-            {"id": i.id, "title": i.title, "changes": i.changes, **({"code": i.code.summary} if i.code else {}),
-             "outcome": ctx.outcomes.get(i.id, "pending")}
-            for i in ctx.previous
-        ]
+        history = [outcome_brief(ctx.outcomes[i.id]) if i.id in ctx.outcomes else {"id": i.id, "changes": i.changes, "status": "pending"} for i in ctx.previous]
+        archive = [{"project": r.project, **outcome_brief(r.outcome)} for r in ctx.prior[-ARCHIVE_SHOWN:]]
+        repeats = (
+            "The direction or a co-PI note asks for repeats: you may propose an idea tried before."
+            if ctx.repeat_ok else "Do not repeat any idea tried in this project or in earlier ones (same changes, same code)."
+        )
         return "\n".join([
             f"Template {spec.name}: {spec.title}. Task: {spec.task}",
             f"Primary metric: {metric} ({spec.metrics[metric].direction} is better).",
@@ -109,7 +135,11 @@ class LLMPIMind(LLMMind):
             f"Knobs you may change (each idea sets one or a few of them, or changes the code as below):\n{knob_lines(spec, allowed)}",
             f"Co-PI notes (take them into account): {show(ctx.notes) if ctx.notes else 'none'}",
             f"Constraints in force: {json.dumps(ctx.constraints) if ctx.constraints else 'none'}",
-            f"Ideas already tried, with outcomes (do not repeat them): {json.dumps(history, default=str) if history else 'none'}",
+            "Outcomes are on the primary metric: improvement > 0 is better whatever the direction; effect is Hedges' g; "
+            "ci is the bootstrap CI of the improvement; p_adjusted is Holm-corrected (absent: an interim reading of the runs).",
+            f"Ideas already tried in this project, with outcomes: {json.dumps(history, default=str) if history else 'none'}",
+            f"Earlier projects on this template (the idea archive), with outcomes: {json.dumps(archive, default=str) if archive else 'none'}",
+            f"{repeats} Build on what worked: values near a winning one, levers not yet tried; avoid what clearly failed.",
             f"Propose {ctx.n} idea(s). Each: a title, a falsifiable hypothesis about {metric}, how it would be falsified, "
             "the knob changes, a rationale, and 1-10 scores for interestingness, feasibility and novelty. "
             "An idea may instead change the experiment's code (a new function: a merge algorithm, a regulariser, a "

@@ -1,7 +1,10 @@
 """The offline PI: ideas drawn from the template's declared knob space (autonomy level 1).
 
-Each idea changes one knob to one of its candidate values and states a
-hypothesis and how it would be falsified. Knobs marked ``fairness`` (compute,
+Each idea changes one knob to one of its candidate values (or switches in a
+code variant the template declares) and states a hypothesis and how it would
+be falsified. Later waves learn from the outcomes so far and from the idea
+archive: values next to the best one come first, what was tried elsewhere is
+not repeated (see ``propose_ideas`` and ``scoring.Scorer``). Knobs marked ``fairness`` (compute,
 data) are never proposed: changing them would make the baseline unfair. Co-PI
 notes restrict the space ("only vary weight decay", "do not touch lr").
 Deterministic for a seed.
@@ -14,10 +17,13 @@ import re
 from typing import Any
 
 from agents.minds.base import IdeaContext, NoteReading, ReviewContext
-from bus.schema import BASELINE, CoPINote, Idea, ItemResponse, Knob, TemplateSpec, Usage
+from agents.minds.offline.scoring import Scorer, declared_variants
+from agents.scores import priority
+from bus.schema import BASELINE, CodeChange, CoPINote, Idea, ItemResponse, Knob, TemplateSpec, Usage, signature_of
 
 _ONLY = re.compile(r"\b(only|just|exclusively|solely|restrict|focus)\b", re.I)
 _STOP = re.compile(r"\b(stop|cancel|abort|halt|end)\b.*\b(project|run|everything|now|it)\b|^\s*(stop|cancel|abort)\s*[.!]?\s*$", re.I)
+_REPEAT = re.compile(r"\b(repeat|re-?run|again|replicate|reproduce)\b", re.I)
 _AVOID = re.compile(r"\b(don'?t|do not|never|avoid|stop|no longer|without|not)\b", re.I)
 
 
@@ -66,32 +72,67 @@ class OfflinePIMind:
         self.usage = Usage()
 
     async def propose_ideas(self, ctx: IdeaContext) -> list[Idea]:
+        """The wave's ideas, best first by the PI's priority: a seeded local search over the declared space.
+
+        Candidates are every declared value of every allowed knob, every
+        template-declared code variant, and, once some value beat the baseline,
+        values halfway between that best value and its neighbours (float knobs
+        only). Ideas this project proposed are never repeated; ideas another
+        project tried (the archive) only when ``ctx.repeat_ok``. Each is scored
+        from the evidence (see ``Scorer``) and the top ``ctx.n`` returned, ties
+        broken by a generator seeded with the project's seed and wave.
+        """
         spec = ctx.spec
         allowed = ctx.constraints.get("allowed_knobs")
         forbidden = set(ctx.constraints.get("forbidden_knobs", []))
-        tried = {(k, repr(v)) for idea in ctx.previous for k, v in idea.changes.items()}
+        own = {signature_of(i) for i in ctx.previous}
+        elsewhere = {r.signature for r in ctx.prior}
+        scorer = Scorer(ctx)
         metric = spec.primary_metric
         direction = spec.metrics[metric].direction
-        per_knob: dict[str, list[Any]] = {}
+        ideas: list[Idea] = []
+        seen: set[str] = set()
+
+        def consider(idea: Idea) -> None:
+            sig = signature_of(idea)
+            if sig in own or sig in seen or (sig in elsewhere and not ctx.repeat_ok):
+                return
+            seen.add(sig)
+            ideas.append(scorer.score(idea))
+
         for name, knob in spec.knobs.items():
             if knob.fairness or name in forbidden or (allowed is not None and name not in allowed):
                 continue
             base = spec.baseline.get(name, knob.default)
-            values = [v for v in candidate_values(knob) if v != base and (name, repr(v)) not in tried]
-            if values:
-                per_knob[name] = values
+            for value in [*candidate_values(knob), *scorer.refinements(name, knob, base)]:
+                if value != base:
+                    consider(self._idea(spec, name, value, metric, direction, ctx.direction))
+        if allowed is None:
+            for name, summary in declared_variants(spec):
+                consider(self._variant_idea(spec, name, summary, metric, direction, ctx.direction))
         rng = random.Random(ctx.seed * 7919 + self.seed)
-        order = sorted(per_knob)
-        rng.shuffle(order)
-        for name in order:
-            rng.shuffle(per_knob[name])
-        # Round-robin over knobs, so a wave explores different levers.
-        picks: list[tuple[str, Any]] = []
-        while len(picks) < ctx.n and any(per_knob.values()):
-            for name in order:
-                if per_knob[name] and len(picks) < ctx.n:
-                    picks.append((name, per_knob[name].pop(0)))
-        return [self._idea(spec, name, value, metric, direction, ctx.direction) for name, value in picks]
+        rng.shuffle(ideas)
+        ideas.sort(key=priority, reverse=True)  # stable: the seeded order breaks ties
+        return ideas[: ctx.n]
+
+    def _variant_idea(self, spec: TemplateSpec, name: str, summary: str, metric: str, direction: str, research_direction: str) -> Idea:
+        better = "higher" if direction == "higher" else "lower"
+        return Idea(
+            id=f"variant-{_slug(name)}"[:48],
+            title=f"code variant {name} instead of the baseline's code",
+            hypothesis=(
+                f"Switching the experiment's code to the template's variant {name} ({summary or 'declared by the template'}) "
+                f"gives a {better} {metric} than the baseline on {spec.name}, all knobs held at the baseline's values."
+            ),
+            falsification=(
+                f"Rejected if, over at least {spec.seeds} seeds per arm, the mean {metric} is not {better} than the "
+                f"baseline's with p < 0.05 after Holm's correction over every comparison of the paper; the compute each "
+                f"run used is compared with the baseline's."
+            ),
+            changes={},
+            code=CodeChange(variant=name, summary=summary or f"the template's {name} variant"),
+            rationale=f"{name} is a code variant the template declares; {research_direction.strip() or 'the direction leaves the choice open'}.",
+        )
 
     def _idea(self, spec: TemplateSpec, name: str, value: Any, metric: str, direction: str, research_direction: str) -> Idea:
         knob = spec.knobs[name]
@@ -112,11 +153,8 @@ class OfflinePIMind:
             ),
             changes={name: value},
             rationale=(
-                f"{name} is a declared lever of this template; {research_direction.strip() or 'the direction leaves the choice open'}."
+                f"{name} ({what}) is a declared lever of this template; {research_direction.strip() or 'the direction leaves the choice open'}."
             ),
-            interestingness=6,
-            feasibility=9,
-            novelty=4,
         )
 
     async def read_note(self, note: CoPINote, spec: TemplateSpec) -> NoteReading:
@@ -126,6 +164,8 @@ class OfflinePIMind:
             return NoteReading(understood="stopping the project now: running jobs are cancelled and no paper is written", constraints={"stop": True})
         if named and _ONLY.search(note.text):
             return NoteReading(understood=f"from now on, new ideas vary only {', '.join(named)}", constraints={"allowed_knobs": named})
+        if _REPEAT.search(note.text) and not _AVOID.search(note.text):
+            return NoteReading(understood="from now on, ideas tried in earlier projects may be proposed again", constraints={"repeat": True})
         if named and _AVOID.search(note.text):
             return NoteReading(understood=f"from now on, new ideas leave {', '.join(named)} alone", constraints={"forbidden_knobs": named})
         return NoteReading(
