@@ -213,6 +213,26 @@ def status(
             console.print(f"  {s.project}: {verdict}: {s.outcome}  →  lab export {s.project}", markup=False, soft_wrap=True)
 
 
+@app.command()
+def ideas(
+    template: str = typer.Option(..., "--template", "-t", help="The template whose archive to list (its name, e.g. grokking)."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON array of archive records, for machines."),
+) -> None:
+    """The idea archive: every idea any project tried on a template, by which project, and what came of it."""
+    from services.cli_ideas import archive_records, as_rows, render
+
+    async def main() -> Any:
+        async with _session(nats) as bus:
+            return await archive_records(bus, template)
+
+    records = asyncio.run(main())
+    if as_json:
+        print(json.dumps(as_rows(records)), flush=True)
+        return
+    render(template, records, console)
+
+
 def print_entry(entry: Any, as_json: bool) -> None:
     env = entry.envelope
     if as_json:
