@@ -62,6 +62,8 @@ class PIContext(Context[ProjectState | None, PIMind]):
 # The mind proposes this many times a wave's ideas; the PI ranks them by score and runs the best (agents/scores.py).
 PROPOSALS_PER_IDEA = 2
 # A direction that asks for ideas tried before (in this project or the archive) to be run again.
+# The archive's most recent records a project keeps in its state and shows its mind (the state is one KV value).
+PRIOR_KEPT = 200
 _REPEAT = re.compile(r"\b(repeat|re-?run|again|replicate|reproduce)\b", re.I)
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
 MIND_FAILURES: tuple[type[Exception], ...] = (MindError,)
@@ -129,7 +131,7 @@ class PI(Role):
         archive = self._archive(ctx)
         if archive is not None:
             # Refreshed each wave and kept in the state, so a redelivered message sees what the first delivery saw.
-            st.prior = [r for r in await archive.records(st.template) if r.project != st.project]
+            st.prior = [r for r in await archive.records(st.template) if r.project != st.project][-PRIOR_KEPT:]
         try:
             ideas = await self._propose(ctx, st, self._outcomes(st), take * PROPOSALS_PER_IDEA)
         except MIND_FAILURES as e:

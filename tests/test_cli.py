@@ -120,7 +120,7 @@ def test_help_for_every_command(lab_env):
     _, env = lab_env
     r = lab(env, "--help")
     assert r.returncode == 0
-    for cmd in ("up", "down", "status", "logs", "say", "run", "agent"):
+    for cmd in ("up", "down", "status", "logs", "say", "run", "agent", "ideas"):
         assert cmd in r.stdout
         sub = lab(env, cmd, "--help")
         assert sub.returncode == 0 and "Usage" in sub.stdout, cmd

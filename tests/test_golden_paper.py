@@ -3,14 +3,17 @@
 One `lab run --template model_merging --fast --seed 0 --max-ideas 2 --max-rounds 1` as a user
 starts it (real agents on an embedded nats-server, real sandboxed experiments, the offline
 minds), then paper.md, paper.tex and references.bib are normalised and compared with
-``tests/golden/model_merging_fast.{md,tex,bib}``. It pins a whole pipeline: two ideas through
-the novelty check, baseline and idea runs, analysis (paired tests, Holm, bootstrap CIs, the
-compute-fairness flag), confirmation runs on fresh seeds, draft, review, rebuttal with more
-seeds, re-analysis, revised draft, second review and an accepted decision with a "significant,
-replicated gain" title. A refactor that claims no behaviour change must leave this test green.
+``tests/golden/model_merging_fast.{md,tex,bib}``. It pins a whole pipeline: three ideas through
+the novelty check in two waves (the offline PI ranks each wave by its scores; one idea is found
+not novel, dropped and listed), baseline and idea runs, analysis (paired tests, Holm, bootstrap
+CIs, the compute-fairness flag), draft, review, rebuttal with more seeds, re-analysis, revised
+draft, second review and a decision on an inconclusive study. (Confirmation runs on fresh seeds
+and the "significant, replicated gain" title are pinned by tests/test_pi.py and tests/test_writer.py;
+the golden showed them until the PI learned to rank ideas, which changed the ideas it runs.)
+A refactor that claims no behaviour change must leave this test green.
 
 Why model_merging: its fast profile trains in about 1.5 s for 3 seeds (grokking's takes about
-35 s), so this project (8 runs, one revision round) took 65-120 s on two shared cores;
+35 s), so this project (6 runs, one revision round) took 65-120 s on two shared cores;
 grokking --fast with one idea already takes about 110 s and never groks (steps_to_val_99 stays
 at the 800-step cap), which pins little. The agents' pipeline is the same for every template.
 The explicit --max-ideas/--max-rounds keep a change of the CLI defaults from moving the golden.
