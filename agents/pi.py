@@ -65,6 +65,12 @@ PROPOSALS_PER_IDEA = 2
 # The archive's most recent records a project keeps in its state and shows its mind (the state is one KV value).
 PRIOR_KEPT = 200
 _REPEAT = re.compile(r"\b(repeat|re-?run|again|replicate|reproduce)\b", re.I)
+_NO_REPEAT = re.compile(r"\b(don'?t|do not|never|avoid|no|without)\b\W+(\w+\W+){0,3}(repeat|re-?run|again|replicate|reproduce)", re.I)
+
+
+def asks_repeat(text: str) -> bool:
+    """Whether a direction or a note asks for ideas tried before to run again ("do not repeat" does not)."""
+    return bool(_REPEAT.search(text)) and not _NO_REPEAT.search(text)
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
 MIND_FAILURES: tuple[type[Exception], ...] = (MindError,)
 
@@ -160,7 +166,8 @@ class PI(Role):
         return bool(ideas)
 
     def _repeat_ok(self, st: ProjectState) -> bool:
-        return bool(st.constraints.get("repeat")) or bool(_REPEAT.search(st.direction))
+        # Read from the words as well as from the mind's constraints, so it holds whatever mind reads the notes.
+        return bool(st.constraints.get("repeat")) or any(asks_repeat(t) for t in [st.direction, *(n.text for n in st.notes)])
 
     def _fresh(self, st: ProjectState, ideas: list[Idea]) -> list[Idea]:
         """Ideas not proposed before in this project, nor (unless repeats are asked for) tried by an earlier one."""

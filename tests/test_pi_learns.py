@@ -224,3 +224,12 @@ async def test_the_pi_shows_outcomes_ranks_ideas_and_writes_the_archive_once_per
     assert h2.contexts[0].prior and {r.project for r in h2.contexts[0].prior} == {"p1"}
     assert h2.state is not None
     assert not {signature_of(s.idea) for s in h2.state.ideas.values()} & {signature_of(s.idea) for s in h.state.ideas.values()}
+
+
+def test_repeats_are_asked_for_in_words() -> None:
+    from agents.pi import asks_repeat
+
+    assert asks_repeat("replicate last month's weight decay result")
+    assert asks_repeat("run weight decay 3.0 again")
+    assert not asks_repeat("do not repeat earlier ideas")
+    assert not asks_repeat("does weight decay speed up grokking?")
