@@ -3,13 +3,14 @@
 One `lab run --template model_merging --fast --seed 0 --max-ideas 2 --max-rounds 1` as a user
 starts it (real agents on an embedded nats-server, real sandboxed experiments, the offline
 minds), then paper.md, paper.tex and references.bib are normalised and compared with
-``tests/golden/model_merging_fast.{md,tex,bib}``. It pins a whole pipeline: three ideas through
-the novelty check in two waves (the offline PI ranks each wave by its scores; one idea is found
-not novel, dropped and listed), baseline and idea runs, analysis (paired tests, Holm, bootstrap
-CIs, the compute-fairness flag), draft, review, rebuttal with more seeds, re-analysis, revised
-draft, second review and a decision on an inconclusive study. (Confirmation runs on fresh seeds
-and the "significant, replicated gain" title are pinned by tests/test_pi.py and tests/test_writer.py;
-the golden showed them until the PI learned to rank ideas, which changed the ideas it runs.)
+``tests/golden/model_merging_fast.{md,tex,bib}``. It pins a whole pipeline: two ideas, ranked
+by the offline PI's scores, through the novelty check — a knob change and a template-declared code
+variant (implemented by the engineer's guarded edits, its diff in the paper's appendix) — baseline
+and idea runs, analysis (paired tests, Holm, bootstrap CIs), draft, review, rebuttal with more
+seeds, re-analysis, revised draft, second review and a decision on an inconclusive study.
+(Confirmation runs on fresh seeds and the "significant, replicated gain" title are pinned by
+tests/test_pi.py and tests/test_writer.py; the golden showed them until the PI learned to rank
+ideas, which changed the ideas it runs.)
 A refactor that claims no behaviour change must leave this test green.
 
 Why model_merging: its fast profile trains in about 1.5 s for 3 seeds (grokking's takes about
