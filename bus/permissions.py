@@ -4,7 +4,8 @@ Each role connects as its own NATS user. It may publish conversation messages
 only with itself as sender, so a compromised or buggy agent cannot speak as
 another; it reads replies only on its own inbox prefix. Reading through
 JetStream is held to the same line: a role may create and pull only its own
-durable consumers, read and write only its own keys in the state bucket, and
+durable consumers, each with the one filter its create subject names (so it cannot
+re-filter them to read others' mail), read and write only its own keys in the state bucket, and
 ack only its own consumers' messages — so it cannot read the conversation
 addressed to others, or rewrite their state. Acks are allowed in both the old
 ``$JS.ACK.<stream>.<consumer>...`` and the nats-server 2.14+
@@ -25,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from bus.schema import ROLES
+from bus.subjects import job_statuses, role_consumers
 from bus.schema.constants import (
     AGENTS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -102,11 +104,15 @@ def _copi() -> list[str]:
     ]
 
 
-def _consumer(stream: str, name: str) -> list[str]:
+def _consumer(stream: str, name: str, filter_subject: str) -> list[str]:
+    """Create (or update) one durable with its one filter, bind, pull and ack it.
+
+    The filter is pinned in the create subject: nats-server refuses a request whose config names
+    another filter (or several) than the subject does, and the subject-less and legacy
+    ``DURABLE.CREATE`` forms, which carry no filter, are not allowed.
+    """
     return [
-        f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.{name}.>",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter_subject}",
         f"$JS.API.CONSUMER.INFO.{stream}.{name}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
         f"$JS.ACK.{stream}.{name}.>",
@@ -123,7 +129,7 @@ def _role(role: str) -> list[str]:
         "$JS.FC.>",
         # Whoever starts first creates the lab's streams; the server refuses one that overlaps an existing stream.
         *(f"$JS.API.STREAM.{op}.{s}" for s in STREAMS for op in ("INFO", "CREATE")),
-        *_consumer(CONVO_STREAM, f"role-{role}"),
+        *(p for durable, f in role_consumers(role) for p in _consumer(CONVO_STREAM, durable, f)),
         f"$KV.{STATE_BUCKET}.{role}.>",
         *_bucket_reads(STATE_KV, f"$KV.{STATE_BUCKET}.{role}.>"),
         f"$KV.{AGENTS_BUCKET}.{role}",
@@ -134,7 +140,7 @@ def _role(role: str) -> list[str]:
     ]
     if role == "engineer":
         # The engineer reads job outcomes, and reports failures the runner could not (a pod that never started).
-        allow += [*_consumer(JOBS_STREAM, "role-engineer-jobs"), "lab.jobs.*.*.status"]
+        allow += [*_consumer(JOBS_STREAM, "role-engineer-jobs", job_statuses()), "lab.jobs.*.*.status"]
     return allow
 
 

@@ -49,7 +49,7 @@ class Subscription:
 
     stream: str
     durable: str
-    filters: list[str]
+    filter: str  # one subject: the permissions pin it (bus.permissions)
 
 
 class Wiring:
@@ -87,7 +87,7 @@ class EngineerWiring(Wiring):
     @property
     def subscriptions(self) -> list[Subscription]:
         # Job outcomes: from the runner, and from this role's own job watch.
-        return [Subscription(subjects.JOBS_STREAM, "role-engineer-jobs", [subjects.job_statuses()])]
+        return [Subscription(subjects.JOBS_STREAM, "role-engineer-jobs", subjects.job_statuses())]
 
     async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
         watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states))

@@ -98,7 +98,7 @@ async def test_every_kind_round_trips(admin_bus, nats_server):
         await admin_bus.publish(env)
         sent.append(env)
     reader = await Bus.connect(config_for(nats_server, "analyst"))
-    sub = await pull(reader, subjects.CONVO_STREAM, "role-analyst", subjects.convo_for("analyst"))
+    sub = await pull(reader, subjects.CONVO_STREAM, "role-analyst", subjects.convo_for("analyst")[0])
     got = []
     stop = asyncio.Event()
     async for msg in messages(sub, stop, wait=0.5):
@@ -275,14 +275,14 @@ async def test_a_role_reads_only_its_own_consumer_and_state(admin_bus, nats_serv
         states.read("pi.p1"),
         states.write("pi.p1", {"stage": "hijacked"}, 1),
         states.keys("pi."),
-        pull(eng, subjects.CONVO_STREAM, "role-pi", subjects.convo_for("pi")),
+        pull(eng, subjects.CONVO_STREAM, "role-pi", subjects.convo_for("pi")[0]),
         eng.js.pull_subscribe("lab.convo.>", stream=subjects.CONVO_STREAM),
     ):
         with pytest.raises(Exception):
             await asyncio.wait_for(attempt, 3)
     # Its own conversation consumer works, acks included.
     await admin_bus.publish(Envelope(project="p1", sender="copi", recipient="engineer", body=CoPINoteMsg(note=CoPINote(id="n", text="x"))))
-    sub = await pull(eng, subjects.CONVO_STREAM, "role-engineer", subjects.convo_for("engineer"))
+    sub = await pull(eng, subjects.CONVO_STREAM, "role-engineer", subjects.convo_for("engineer")[0])
     msg = (await sub.fetch(1, timeout=3))[0]
     await msg.ack_sync()
     await eng.close()
