@@ -12,7 +12,12 @@ addressed to others, or rewrite their state. Acks are allowed in both the old
 ``$JS.ACK.<domain>.<account>.<stream>.<consumer>...`` forms.
 
 Artifacts are shared by design (a writer reads the analyst's figures), so the
-object store is open to every lab user.
+object store is open to every lab user for reading and adding objects; purging its
+stream is the admin's alone. (nats-py purges an object's old chunks when its name is
+written again, and the purge API cannot be limited to one object: the lab never
+replaces a name, see bus.store.Artifacts.) What permissions cannot hold, because an
+object's subject is its base64 name: a role or runner that publishes raw object-store
+messages can still add a newer meta record for a name it did not write.
 
 The co-PI (the human, through the CLI) may publish notes as itself, start
 projects, and read the log, the agents' heartbeats, the roles' state and the
@@ -68,7 +73,6 @@ def _artifacts() -> list[str]:
         f"$O.{ARTIFACTS_BUCKET}.>",
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.STREAM.PURGE.{stream}",  # replacing an object drops its old chunks
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",  # nats-py reads and lists objects through unnamed consumers
         *_bucket_reads(stream),

@@ -165,6 +165,26 @@ async def test_artifacts_round_trip(admin_bus):
     assert await art.list("p1/runs/") == ["p1/runs/j1/final_info.json"]
 
 
+async def test_artifacts_are_write_once_a_new_write_is_a_new_version(admin_bus, nats_server):
+    """Writing a name again never replaces it (nothing to purge): a role's credential writes the next version."""
+    writer = await Bus.connect(config_for(nats_server, "writer"))
+    art = await Artifacts.open(writer)
+    assert await art.put("p1/draft/paper.tex", b"round 1") == "p1/draft/paper.tex"
+    assert await art.put("p1/draft/paper.tex", b"round 1") == "p1/draft/paper.tex"  # same bytes again: nothing written
+    assert await art.put("p1/draft/paper.tex", b"round 2") == "p1/draft/paper~2.tex"
+    assert await art.put("p1/figures/acc.tar.gz", b"x") == "p1/figures/acc.tar.gz"
+    assert await art.put("p1/figures/acc.tar.gz", b"y") == "p1/figures/acc~2.tar.gz"
+    assert await art.get("p1/draft/paper.tex") == b"round 2"  # the latest
+    assert await art.get("p1/draft/paper~2.tex") == b"round 2"
+    assert await art.get("p1/figures/acc.tar.gz") == b"y"
+    assert await art.list("p1/") == ["p1/draft/paper.tex", "p1/figures/acc.tar.gz"]
+    admin = await Artifacts.open(admin_bus)
+    assert (await admin.obs.get("p1/draft/paper.tex")).data == b"round 1"  # the first version is still whole
+    with pytest.raises(ValueError):
+        await art.put("p1/draft/paper~3.tex", b"forged version")
+    await writer.close()
+
+
 async def _dlq_records(bus: Bus, n: int) -> list[dict]:
     sub = await bus.js.pull_subscribe("lab.dlq.>", stream=subjects.DLQ_STREAM)
     out = []

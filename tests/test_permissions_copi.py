@@ -89,8 +89,14 @@ async def test_a_role_or_the_runner_cannot_delete_streams_or_buckets(lab, nats_s
         assert await refused(js.delete_stream(subjects.CONVO_STREAM))
         assert await refused(js.delete_key_value("lab_state"))
         assert await refused(js.delete_object_store(ARTIFACTS_BUCKET))
+        assert await refused(js.purge_stream("OBJ_lab_artifacts"))
+        assert await refused(js.purge_stream("OBJ_lab_artifacts", subject="$O.lab_artifacts.C.>"))
         assert await refused(js.delete_consumer(subjects.CONVO_STREAM, "role-pi"))
         await lab_still_whole(lab)
+        # Writing the paper's name again adds a version; the paper itself is untouched.
+        art = await Artifacts.open(bus)
+        assert await art.put("p1/paper.pdf", b"%PDF forged") == "p1/paper~2.pdf"
+        assert (await (await Artifacts.open(lab)).obs.get("p1/paper.pdf")).data == b"%PDF-1.5 paper"
     finally:
         await bus.close()
 
