@@ -266,7 +266,7 @@ class AgentHost:
             where = ".".join(str(p) for p in first["loc"])
             await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
             return
-        mismatch = envelope_mismatch(msg.subject, env)
+        mismatch = envelope_mismatch(msg.subject, env) or self.wiring.admit(env)
         if mismatch:
             await self._reject(msg, mismatch)
             return

@@ -29,7 +29,7 @@ from agents.literature import LiteratureContext, Settings
 from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
-from bus.schema import ROLES, NatsAccess, RoleName
+from bus.schema import ROLES, Envelope, JobStatus, NatsAccess, RoleName
 from bus.store import StateStore
 from services.config import read_secret
 from services.executors import EXECUTOR_KINDS, make_executor
@@ -72,6 +72,10 @@ class Wiring:
     async def close(self) -> None:
         """Called when the host stops."""
 
+    def admit(self, env: Envelope) -> str | None:
+        """Why the host must not believe ``env`` beyond what the subject vouches for (dead-lettered), or None."""
+        return None
+
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> Context[Any, Any]:
         return Context(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache)
 
@@ -79,10 +83,10 @@ class Wiring:
 class EngineerWiring(Wiring):
     runs_jobs = True
 
-    def __init__(self, home: Path, executor: Executor, runner_nats: NatsAccess | None) -> None:
+    def __init__(self, home: Path, executor: Executor, runner_nats: NatsAccess | None, job_secret: str | None = None) -> None:
         super().__init__("engineer", home)
         self.executor = executor
-        self.jobs = ExecutorJobs(executor, runner_nats)
+        self.jobs = ExecutorJobs(executor, runner_nats, job_secret)
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -90,11 +94,18 @@ class EngineerWiring(Wiring):
         return [Subscription(subjects.JOBS_STREAM, "role-engineer-jobs", subjects.job_statuses())]
 
     async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
-        watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states))
+        watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states), self.jobs.keys)
         return [watch.watch_jobs(), watch.wake_waiting()]
 
     async def close(self) -> None:
         await self.executor.close()
+
+    def admit(self, env: Envelope) -> str | None:
+        # The runner credential is every job's, and anyone may name any sender in an envelope:
+        # a job status counts only with its own job's signature, on whatever subject it came.
+        if isinstance(env.body, JobStatus):
+            return self.jobs.keys.refusal(env.project, env.body)
+        return None
 
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> EngineerContext:
         return EngineerContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, jobs=self.jobs)
@@ -148,7 +159,7 @@ def build(role: str, *, home: Path, config: dict[str, Any], bus_url: str, execut
     if cls is EngineerWiring:
         if executor not in EXECUTOR_KINDS:
             raise WiringError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTOR_KINDS)}")
-        return EngineerWiring(home, make_executor(executor, (config.get("executor") or {}).get(executor, {})), runner_access(bus_url))
+        return EngineerWiring(home, make_executor(executor, (config.get("executor") or {}).get(executor, {})), runner_access(bus_url), read_secret("LAB_JOB_SECRET"))
     if cls is LiteratureWiring:
         return LiteratureWiring(home, literature_settings(config))
     return Wiring(role_name(role), home)
