@@ -4,9 +4,9 @@ Each role connects as its own NATS user. It may publish conversation messages
 only with itself as sender, so a compromised or buggy agent cannot speak as
 another; it reads replies only on its own inbox prefix. Reading through
 JetStream is held to the same line: a role may create and pull only its own
-durable consumers, each with the one filter its create subject names (so it cannot
-re-filter them to read others' mail), read and write only its own keys in the state bucket, and
-ack only its own consumers' messages — so it cannot read the conversation
+durable consumers, each with the one filter its create subject names (so it
+cannot re-filter them to read others' mail), read and write only its own keys
+in the state bucket, and ack only its own consumers' messages — so it cannot read the conversation
 addressed to others, or rewrite their state. Acks are allowed in both the old
 ``$JS.ACK.<stream>.<consumer>...`` and the nats-server 2.14+
 ``$JS.ACK.<domain>.<account>.<stream>.<consumer>...`` forms.
