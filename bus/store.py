@@ -159,7 +159,18 @@ class Artifacts:
         if info is not None and info.digest == digest:
             return versioned(name, version)
         target = versioned(name, version + 1)
-        await self.obs.put(target, data)
+        try:
+            await self.obs.put(target, data)
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            # nats-py cleans up a half-written object with a purge, which only the admin may do: the refusal
+            # (a timeout) would hide the real error (e.g. a full store), which it carries as its context.
+            # The orphaned chunks stay until the admin purges them.
+            cause = e.__context__ if isinstance(e, nats.errors.TimeoutError) else None
+            while cause is not None and not isinstance(cause, nats.js.errors.APIError):
+                cause = cause.__context__
+            if cause is not None:
+                raise cause from None
+            raise
         return target
 
     async def get(self, name: str) -> bytes:
