@@ -115,3 +115,14 @@ async def test_a_forged_status_is_dead_lettered_and_a_signed_one_completes_the_j
         await runner.close()
         host.stop.set()
         await task
+
+
+async def test_the_engineers_own_job_events_are_signed(admin_bus):
+    """The executor watch speaks for runners that could not (never started, evicted): its statuses pass the same check."""
+    from services.job_watch import JobWatch
+
+    keys = JobKeys(SECRET)
+    watch = JobWatch(admin_bus, None, None, None, keys)  # type: ignore[arg-type]
+    await watch.job_event("p1", JobStatus(job_id="j9", experiment_id="x", state="failed", reason="evicted"), "executor-failed")
+    [entry] = [e async for e in read(admin_bus, subjects.job_status("p1", "j9"), stream=subjects.JOBS_STREAM)]
+    assert entry.envelope.sender == "engineer" and keys.refusal("p1", entry.envelope.body) is None
