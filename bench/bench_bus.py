@@ -376,7 +376,7 @@ class LabSide(Side):
         return f"role-{role}"  # the only consumer a role's credential may create on the conversation
 
     async def reader(self, party: Bus, durable: str, recipient: str, project: str) -> Any:
-        return await pull(party, self.stream, durable, subjects.convo_for(recipient, project))
+        return await pull(party, self.stream, durable, subjects.convo_for(recipient, project)[0])  # its own mail; the bench sends no broadcasts
 
     def prepare(self, envs: list[Envelope]) -> list[Envelope]:
         return envs
@@ -428,8 +428,7 @@ class RawSide(Side):
     async def reader(self, party: Client, durable: str, recipient: str, project: str) -> Any:
         js = self.js(party)
         # The lab's consumer settings verbatim, so ack wait, max deliver, backoff and max ack pending match.
-        filters = [f"bench.raw.{project}.*.{recipient}", f"bench.raw.{project}.*.all"]
-        await js.add_consumer(self.stream, config=consumer_config(durable, filters))
+        await js.add_consumer(self.stream, config=consumer_config(durable, f"bench.raw.{project}.*.{recipient}"))
         return await js.pull_subscribe_bind(durable=durable, stream=self.stream)
 
     def prepare(self, envs: list[Envelope]) -> list[tuple[str, str, bytes]]:

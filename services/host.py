@@ -153,9 +153,9 @@ class AgentHost:
         self.cache = await KVCache.open(self.bus, self.role_name)
         self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
         background = await self.wiring.open(self.bus, self.states)
-        subs = [await pull(self.bus, subjects.CONVO_STREAM, f"role-{self.role_name}", subjects.convo_for(self.role_name))]
+        subs = [await pull(self.bus, subjects.CONVO_STREAM, durable, f) for durable, f in subjects.role_consumers(self.role_name)]
         for extra in self.wiring.subscriptions:
-            subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filters))
+            subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filter))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
         for t in tasks[: len(subs)]:
@@ -237,7 +237,7 @@ class AgentHost:
             where = ".".join(str(p) for p in first["loc"])
             await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
             return
-        mismatch = envelope_mismatch(msg.subject, env)
+        mismatch = envelope_mismatch(msg.subject, env) or self.wiring.admit(env)
         if mismatch:
             await self._reject(msg, mismatch)
             return

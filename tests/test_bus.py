@@ -98,7 +98,7 @@ async def test_every_kind_round_trips(admin_bus, nats_server):
         await admin_bus.publish(env)
         sent.append(env)
     reader = await Bus.connect(config_for(nats_server, "analyst"))
-    sub = await pull(reader, subjects.CONVO_STREAM, "role-analyst", subjects.convo_for("analyst"))
+    sub = await pull(reader, subjects.CONVO_STREAM, "role-analyst", subjects.convo_for("analyst")[0])
     got = []
     stop = asyncio.Event()
     async for msg in messages(sub, stop, wait=0.5):
@@ -163,6 +163,26 @@ async def test_artifacts_round_trip(admin_bus):
     await art.put("p1/runs/j1/final_info.json", data)
     assert await art.get("p1/runs/j1/final_info.json") == data
     assert await art.list("p1/runs/") == ["p1/runs/j1/final_info.json"]
+
+
+async def test_artifacts_are_write_once_a_new_write_is_a_new_version(admin_bus, nats_server):
+    """Writing a name again never replaces it (nothing to purge): a role's credential writes the next version."""
+    writer = await Bus.connect(config_for(nats_server, "writer"))
+    art = await Artifacts.open(writer)
+    assert await art.put("p1/draft/paper.tex", b"round 1") == "p1/draft/paper.tex"
+    assert await art.put("p1/draft/paper.tex", b"round 1") == "p1/draft/paper.tex"  # same bytes again: nothing written
+    assert await art.put("p1/draft/paper.tex", b"round 2") == "p1/draft/paper~2.tex"
+    assert await art.put("p1/figures/acc.tar.gz", b"x") == "p1/figures/acc.tar.gz"
+    assert await art.put("p1/figures/acc.tar.gz", b"y") == "p1/figures/acc~2.tar.gz"
+    assert await art.get("p1/draft/paper.tex") == b"round 2"  # the latest
+    assert await art.get("p1/draft/paper~2.tex") == b"round 2"
+    assert await art.get("p1/figures/acc.tar.gz") == b"y"
+    assert await art.list("p1/") == ["p1/draft/paper.tex", "p1/figures/acc.tar.gz"]
+    admin = await Artifacts.open(admin_bus)
+    assert (await admin.obs.get("p1/draft/paper.tex")).data == b"round 1"  # the first version is still whole
+    with pytest.raises(ValueError):
+        await art.put("p1/draft/paper~3.tex", b"forged version")
+    await writer.close()
 
 
 async def _dlq_records(bus: Bus, n: int) -> list[dict]:
@@ -275,14 +295,14 @@ async def test_a_role_reads_only_its_own_consumer_and_state(admin_bus, nats_serv
         states.read("pi.p1"),
         states.write("pi.p1", {"stage": "hijacked"}, 1),
         states.keys("pi."),
-        pull(eng, subjects.CONVO_STREAM, "role-pi", subjects.convo_for("pi")),
+        pull(eng, subjects.CONVO_STREAM, "role-pi", subjects.convo_for("pi")[0]),
         eng.js.pull_subscribe("lab.convo.>", stream=subjects.CONVO_STREAM),
     ):
         with pytest.raises(Exception):
             await asyncio.wait_for(attempt, 3)
     # Its own conversation consumer works, acks included.
     await admin_bus.publish(Envelope(project="p1", sender="copi", recipient="engineer", body=CoPINoteMsg(note=CoPINote(id="n", text="x"))))
-    sub = await pull(eng, subjects.CONVO_STREAM, "role-engineer", subjects.convo_for("engineer"))
+    sub = await pull(eng, subjects.CONVO_STREAM, "role-engineer", subjects.convo_for("engineer")[0])
     msg = (await sub.fetch(1, timeout=3))[0]
     await msg.ack_sync()
     await eng.close()

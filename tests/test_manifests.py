@@ -179,6 +179,14 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
         # Only the engineer talks to the API server.
         assert pod["automountServiceAccountToken"] is (role == "engineer")
         assert pod["serviceAccountName"] == ("lab-engineer" if role == "engineer" else "lab-agent")
+        # Only the engineer holds the lab job secret (job statuses are signed with keys derived from it).
+        secret_volumes = [v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "lab-job-secret"]
+        if role == "engineer":
+            assert secret_volumes == ["job-secret"]
+            [mount] = [m for m in c["volumeMounts"] if m["name"] == "job-secret"]
+            assert mount["readOnly"] is True and env["LAB_JOB_SECRET_FILE"]["value"] == mount["mountPath"] + "/secret"
+        else:
+            assert secret_volumes == [] and "LAB_JOB_SECRET_FILE" not in env
 
 
 @needs_kubectl
