@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from agents import role_class
@@ -36,7 +37,7 @@ from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import LabError, MindError, StateConflict
-from bus.retry import backoff_delay
+from bus.retry import RetryPolicy, backoff_delay
 from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
@@ -48,6 +49,8 @@ FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0
 # For bench/lab.py: a simulated mind call of this many seconds in every handled message (0: none).
 BENCH_MIND_LATENCY_S = float(os.environ.get("LAB_BENCH_MIND_LATENCY_S", "0") or 0)
 DEFAULT_CONCURRENCY = 8
+# An agent's start-up JetStream requests: retried on timeouts for up to a minute, then the agent exits with the reason.
+STARTUP_RETRY = RetryPolicy(attempts=6, budget_s=60.0, base_wait_s=1.0, max_wait_s=15.0, jitter=0.3, event="startup_retry")
 log = structlog.get_logger()
 
 
@@ -146,16 +149,11 @@ class AgentHost:
 
     async def run(self) -> None:
         self.bus = await Bus.connect(self.config)
-        # Whoever starts first creates the streams and buckets (on a cluster there is no `lab up`).
-        await self.bus.ensure_topology()
-        self.states = await StateStore.open(self.bus)
-        self.artifacts = await Artifacts.open(self.bus)
-        self.cache = await KVCache.open(self.bus, self.role_name)
-        self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+        # Start-up requests may time out while a cluster elects its stream leaders (a node just restarted, the
+        # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
+        await STARTUP_RETRY.run(self._open_stores, (NatsTimeoutError,))
         background = await self.wiring.open(self.bus, self.states)
-        subs = [await pull(self.bus, subjects.CONVO_STREAM, durable, f) for durable, f in subjects.role_consumers(self.role_name)]
-        for extra in self.wiring.subscriptions:
-            subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filter))
+        subs = await STARTUP_RETRY.run(self._subscribe, (NatsTimeoutError,))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
         for t in tasks[: len(subs)]:
@@ -176,6 +174,20 @@ class AgentHost:
             await self.wiring.close()
             await self.bus.close()
             log.info("agent stopped", role=self.role_name, handled=self.handled)
+
+    async def _open_stores(self) -> None:
+        # Whoever starts first creates the streams and buckets (on a cluster there is no `lab up`).
+        await self.bus.ensure_topology()
+        self.states = await StateStore.open(self.bus)
+        self.artifacts = await Artifacts.open(self.bus)
+        self.cache = await KVCache.open(self.bus, self.role_name)
+        self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+
+    async def _subscribe(self) -> list[Any]:
+        subs = [await pull(self.bus, subjects.CONVO_STREAM, durable, f) for durable, f in subjects.role_consumers(self.role_name)]
+        for extra in self.wiring.subscriptions:
+            subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filter))
+        return subs
 
     def _consumer_ended(self, task: asyncio.Task[None]) -> None:
         """A fetch loop that ends before we stop leaves the role deaf: stop, so the supervisor (or Kubernetes) restarts us."""
