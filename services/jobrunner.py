@@ -10,6 +10,11 @@ unless the template asks, no view of the lab or of other processes, dies with
 the runner), under per-process rlimits either way. Nothing the runner trusts
 lives where the experiment can write: process handles stay in memory.
 
+On Docker and Kubernetes (``$LAB_SHARED_DIR`` set) the experiment runs in a
+container of its own instead, started by :mod:`services.launcher` under
+another uid and without any credential; the runner hands it the code and
+follows it through a shared volume (:mod:`services.split`).
+
 Exit codes (Kubernetes' podFailurePolicy reads them): 0 ok, 3 the experiment
 failed (do not retry), 4 the bus or object store was unreachable (retry).
 """
@@ -41,7 +46,7 @@ from bus import jobkeys
 from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, derive_id
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
-from services import checkpoint, proctree, sandbox
+from services import checkpoint, proctree, sandbox, split
 from services.config import read_secret
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
@@ -137,12 +142,14 @@ class Launch(NamedTuple):
 
 
 def confine(
-    argv: list[str], job: JobSpec, workdir: Path, readonly: list[Path], writable: list[Path], extra_env: dict[str, str] | None = None
+    argv: list[str], job: JobSpec, workdir: Path, readonly: list[Path], writable: list[Path], extra_env: dict[str, str] | None = None,
+    use_sandbox: bool = True,
 ) -> Launch:
     """Wrap an experiment's argv (from :func:`command`) in the sandbox and the kernel limits.
 
     The argv is built elsewhere and only wrapped here, so a different launcher
-    (e.g. torchrun) changes :func:`command`, not this.
+    (e.g. torchrun) changes :func:`command`, not this. ``use_sandbox=False``: the
+    container is the boundary (:mod:`services.launcher`), only the limits apply.
     """
     env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", **(extra_env or {})}
     limits = sandbox.Limits(
@@ -151,7 +158,7 @@ def confine(
         address_space_mb=max(4 * job.memory_mb, job.memory_mb + 4096),
         cpu_s=max(10, math.ceil(job.wall_time_s * max(job.cpu, 1.0)) + 10),
     )
-    bwrap = sandbox.tool()
+    bwrap = sandbox.tool() if use_sandbox else None
     if bwrap is None:
         tmp = workdir / "tmp"
         tmp.mkdir(exist_ok=True)
@@ -238,9 +245,12 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term:
 
 
 class Runner:
-    def __init__(self, job: JobSpec, workdir: Path):
+    """Runs one job; with ``shared`` (a volume the experiment container also mounts) the experiment runs there."""
+
+    def __init__(self, job: JobSpec, workdir: Path, shared: Path | None = None):
         self.job = job
-        self.workdir = workdir
+        self.workdir = workdir  # the runner's own: its log, env.json, result.json
+        self.layout = split.Layout(shared) if shared is not None else None
 
     async def publish_status(self, status: JobStatus) -> None:
         if self.job.status_key:  # the engineer believes only statuses signed with this job's key
@@ -256,7 +266,7 @@ class Runner:
 
     async def _checkpoints(self, artifacts: Artifacts, env: dict[str, str], on_line: Any) -> checkpoint.CheckpointSync:
         """Fetch the experiment's last checkpoint and tell the experiment where it is (``LAB_CHECKPOINT_DIR``)."""
-        folder = self.workdir / "checkpoint"
+        folder = self.layout.checkpoint if self.layout else self.workdir / "checkpoint"
         folder.mkdir(parents=True, exist_ok=True)  # bound writable into the sandbox, so it must exist
         got = await checkpoint.restore(artifacts, self.job, folder)
         if got:
@@ -265,13 +275,25 @@ class Runner:
         return checkpoint.CheckpointSync(artifacts, self.job, folder)
 
     async def run(self) -> int:
+        if self.layout is None:
+            return await self._run()
+        self.layout.prepare()
+        alive = asyncio.create_task(split.keep_alive(self.layout))
+        try:
+            return await self._run()
+        finally:
+            alive.cancel()
+            if not self.layout.stop.exists():  # whatever happened, the launcher must not wait for us
+                self.layout.stop.write_text("the runner ended\n")
+
+    async def _run(self) -> int:
         job = self.job
         if job.nats is None:
             print("runner: the job carries no bus access (nats); the executor must fill it in", file=sys.stderr)
             return EXIT_INFRA
         try:
             # A credential mounted from a Secret (Kubernetes) or a file (Docker) wins over one carried in the job.
-            user = os.environ.get("LAB_NATS_USER") or job.nats.user
+            user = read_secret("LAB_NATS_USER") or job.nats.user
             password = read_secret("LAB_NATS_PASSWORD") or job.nats.password  # the value, or a mounted file
             config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
             self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
@@ -280,8 +302,13 @@ class Runner:
         except (Exception, asyncio.TimeoutError) as e:
             print(f"runner: cannot reach the bus or the bundle: {e or type(e).__name__}", file=sys.stderr)
             return EXIT_INFRA
-        code, out, figs = self.workdir / "code", self.workdir / "out", self.workdir / "figures"
+        if self.layout:
+            code, out, figs = self.layout.code, self.layout.out, self.layout.figures
+        else:
+            code, out, figs = self.workdir / "code", self.workdir / "out", self.workdir / "figures"
         unbundle(bundle, code)
+        if self.layout:
+            split.open_tree(code)  # readable by the experiment container's uid, writable only by ours
         out.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / "log.txt"
         log_file = open(log_path, "a")
@@ -300,14 +327,23 @@ class Runner:
             extra_env["LAB_CHECKPOINT_EVERY"] = os.environ["LAB_CHECKPOINT_EVERY"]
         sync = await self._checkpoints(artifacts, extra_env, on_line) if job.resumable else None
         writable = [out] + ([sync.folder] if sync else [])
-        launch = confine(cmd, job, self.workdir, readonly=[code], writable=writable, extra_env=extra_env)
         term = checkpoint.catch_sigterm(asyncio.get_running_loop())
-        where = "in the sandbox" if launch.argv is not cmd else "UNCONFINED (no sandbox tool on this machine)"
+        launch = None if self.layout else confine(cmd, job, self.workdir, readonly=[code], writable=writable, extra_env=extra_env)
+        if launch is None:
+            where = "in the experiment container (no credential there)"
+        else:
+            where = "in the sandbox" if launch.argv is not cmd else "UNCONFINED (no sandbox tool on this machine)"
         await on_line(f"[runner] starting job {job.job_id} {where}: {' '.join(cmd)}")
         started = time.monotonic()
         syncing = asyncio.create_task(sync.run()) if sync else None
+        plot_failed: str | None = None
         try:
-            outcome = await supervise(launch, code, job, on_line, term)
+            if launch is None:
+                assert self.layout is not None
+                record = await split.await_experiment(self.layout, job, extra_env, on_line, term, PLOT_LIMIT_S, checkpoint.GRACE_S)
+                outcome, plot_failed = Outcome(record.state, record.reason, record.exit_code), record.plot_failed
+            else:
+                outcome = await supervise(launch, code, job, on_line, term)
         except BaseException as e:  # cancelled or the runner broke: keep the log
             await _save_log(artifacts, f"{job.project}/runs/{job.job_id}/log.txt", log_file, log_path, e)
             raise
@@ -325,9 +361,10 @@ class Runner:
         final_info = None
         if outcome.state == "succeeded":
             try:
-                final_info = FinalInfo.model_validate_json((out / "final_info.json").read_text())
-            except (OSError, ValidationError) as e:
-                outcome = Outcome("failed", f"invalid_output: final_info.json {'missing' if isinstance(e, OSError) else 'does not match the schema'}", 0)
+                final_info = FinalInfo.model_validate_json(split.read_regular(out / "final_info.json"))
+            except (OSError, split.SplitError, ValidationError) as e:
+                what = "missing" if isinstance(e, OSError) else str(e) if isinstance(e, split.SplitError) else "does not match the schema"
+                outcome = Outcome("failed", f"invalid_output: final_info.json {what}", 0)
         device = str(final_info.model_extra.get("device", "cpu")) if final_info and final_info.model_extra else "cpu"
         envinfo = environment(device)
         uploaded: list[str] = []
@@ -336,13 +373,20 @@ class Runner:
             remaining = max(10.0, min(PLOT_LIMIT_S, job.wall_time_s - wall))
             plot_job = job.model_copy(update={"wall_time_s": remaining})
             figs.mkdir(parents=True, exist_ok=True)
-            plot_cmd = [sys.executable, str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)]
-            plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=[code, out], writable=[figs]), code, plot_job, on_line)
-            if plot.state != "succeeded":
-                await on_line(f"[runner] plot.py failed: {plot.reason}")
+            if plot_failed is None:  # in this process's sandbox; split, the experiment container ran it
+                plot_cmd = [sys.executable, str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)]
+                plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=[code, out], writable=[figs]), code, plot_job, on_line)
+                plot_failed = "" if plot.state == "succeeded" else plot.reason
+            if plot_failed:
+                await on_line(f"[runner] plot.py failed: {plot_failed}")
             files = sorted(out.glob("*.json")) + (sorted(figs.glob("*.png")) if figs.exists() else [])
             for f in files:
-                uploaded.append(await artifacts.put(f"{prefix}/{f.name}", f.read_bytes()))
+                try:  # never a link the experiment planted (to the runner's own secret files, say)
+                    data = split.read_regular(f)
+                except (OSError, split.SplitError) as e:
+                    await on_line(f"[runner] not uploading {f.name}: {e}")
+                    continue
+                uploaded.append(await artifacts.put(f"{prefix}/{f.name}", data))
         log_file.close()
         (self.workdir / "env.json").write_text(envinfo.model_dump_json(indent=2))
         uploaded.append(await artifacts.put(f"{prefix}/env.json", (self.workdir / "env.json").read_bytes()))
@@ -419,7 +463,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["LAB_JOB_DIR"] = str(workdir)
     sandbox.become_subreaper()
-    sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir))))
+    shared = Path(os.environ[split.SHARED_ENV]) if os.environ.get(split.SHARED_ENV) else None
+    sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir, shared))))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,27 @@ runs each pod's container command as a local process with the pod's env, and
 writes pod and Job status back: exit codes, podFailurePolicy, backoffLimit,
 activeDeadlineSeconds, evictions, garbage collection of orphaned pods.
 
-It is only as faithful as the executor needs: one container, one completion,
-no parallelism within a Job.
+Each container of a pod is one local process with its own environment (env
+values, secretKeyRef resolved). Volumes are emulated as folders and each
+container's mount paths are rewritten wherever its env or command names them:
+an ``emptyDir`` is one folder per pod, shared by the containers that mount it
+(mode 2777, group ``fsGroup``); a ``secret`` volume is written afresh for each
+container that mounts it (its keys or ``items``, mode ``defaultMode``, group
+``fsGroup``), inside a folder only that container's uid may enter, which is how
+"not mounted into the other container" looks on one filesystem.
+
+Run as root (the tests here are), a container is isolated the way the
+executor's manifests ask: its process runs under the container's
+``runAsUser``/``runAsGroup`` with ``fsGroup`` as its only extra group and no
+capabilities, in a pid namespace of its own (``shareProcessNamespace: false``:
+it is PID 1 there and sees only its own processes) with a private /proc; /root
+(where this machine's Python lives) is remounted so any uid can reach Python,
+as in an image. Not root, containers run as this user in the host's process
+namespace, and :attr:`Kubelet.isolates` says so.
+
+It is only as faithful as the executor needs: one completion, no parallelism
+within a Job, no init containers, no network namespaces (containers share the
+host's network, as a pod's containers share the pod's).
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ import base64
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -31,6 +51,15 @@ from kubernetes import client
 REPO = Path(__file__).resolve().parent.parent
 JOB_NAME = "batch.kubernetes.io/job-name"
 MERGE = "application/merge-patch+json"
+# The container's process, as root: its own pid and mount namespaces, then the container's uid.
+_ENTER = """set -e
+mkdir -p "$STAGE"
+mount --bind /root "$STAGE"
+mount -t tmpfs -o mode=0755,size=1m tmpfs /root
+for d in "$STAGE"/.pyenv; do [ -e "$d" ] && mkdir -p /root/.pyenv && mount --bind "$d" /root/.pyenv; done
+umount -l "$STAGE"
+exec setpriv --reuid "$RUN_UID" --regid "$RUN_GID" --groups "$RUN_GROUPS" --inh-caps=-all --bounding-set=-all -- "$@"
+"""
 
 
 def now() -> str:
@@ -58,14 +87,22 @@ class Kubelet:
         # FailedCreate event on the Job with this message instead of creating the pod.
         self.reject_pods = reject_pods
         self.tick_s = tick_s
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._procs: dict[str, dict[str, asyncio.subprocess.Process]] = {}  # pod -> container -> its process
         self._gpu_use: dict[str, int] = {}
         self._counter = 0
         self._task: asyncio.Task[None] | None = None
         self._scratch = tempfile.TemporaryDirectory(prefix="kubelet-")
+        os.chmod(self._scratch.name, 0o755)  # containers run as other uids and must reach their volumes
+        self.isolates = os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "setpriv", "mount"))
+        self.volumes: dict[str, dict[str, dict[str, Path]]] = {}  # pod -> container -> mountPath -> local folder
         self.started: dict[str, float] = {}  # pod name -> monotonic start time of its process
         self.ended: dict[str, float] = {}
         self.evict_requests: set[str] = set()  # job names whose running pod should be evicted
+
+    def folder(self, pod: str, container: str | None, volume: str) -> Path:
+        """Where a volume of a pod is (or will be) emulated: per container for a Secret, per pod otherwise."""
+        base = Path(self._scratch.name) / pod
+        return (base / container if container else base) / f"vol-{volume}"
 
     @property
     def free_gpus(self) -> int:
@@ -84,8 +121,9 @@ class Kubelet:
                 pass
         for name in list(self._procs):
             self._kill(name)
-        for proc in self._procs.values():
-            await proc.wait()
+        for procs in self._procs.values():
+            for proc in procs.values():
+                await proc.wait()
         await asyncio.to_thread(self._api.close)
         self._scratch.cleanup()
 
@@ -127,7 +165,7 @@ class Kubelet:
         active = [p for p in pods if p["status"].get("phase") in ("Pending", "Running")]
         if deadline is not None and time.time() - started >= deadline:
             for pod in active:
-                await self._finish_pod(pod, exit_code=137, reason="DeadlineExceeded")
+                await self._finish_pod(pod, {}, reason="DeadlineExceeded")
             await self._fail_job(name, "DeadlineExceeded", "Job was active longer than specified deadline")
             return
         for pod in active:
@@ -179,11 +217,11 @@ class Kubelet:
         cond = {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastTransitionTime": now()}
         await self._patch_job(name, {"conditions": [cond], "active": 0})
 
-    async def _job_pod_ended(self, job: dict[str, Any], pod: dict[str, Any], exit_code: int, reason: str) -> None:
-        """podFailurePolicy and backoffLimit, as the real job controller applies them."""
+    async def _job_pod_ended(self, job: dict[str, Any], pod: dict[str, Any], codes: dict[str, int], reason: str) -> None:
+        """podFailurePolicy and backoffLimit, as the real job controller applies them (``codes``: container -> exit code)."""
         name = job["metadata"]["name"]
         status = job.get("status") or {}
-        if exit_code == 0:
+        if reason != "Evicted" and all(c == 0 for c in codes.values()):
             conds = [{"type": t, "status": "True", "lastTransitionTime": now()} for t in ("SuccessCriteriaMet", "Complete")]
             await self._patch_job(name, {"succeeded": 1, "active": 0, "conditions": conds, "completionTime": now()})
             return
@@ -193,8 +231,10 @@ class Kubelet:
             on_conds = rule.get("onPodConditions")
             matched = False
             if on_codes and not disrupted:
+                which = [c for n, c in codes.items() if c != 0 and on_codes.get("containerName") in (None, n)]
+                exit_code = which[0] if which else 0
                 inside = exit_code in on_codes["values"]
-                matched = inside if on_codes["operator"] == "In" else not inside
+                matched = bool(which) and (inside if on_codes["operator"] == "In" else not inside)
             if on_conds and disrupted:
                 matched = any(c["type"] == "DisruptionTarget" for c in on_conds)
             if not matched:
@@ -216,69 +256,144 @@ class Kubelet:
 
     async def _sync_pod(self, job: dict[str, Any], pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
+        containers = pod["spec"]["containers"]
         if name in self._procs:
-            proc = self._procs[name]
+            procs = self._procs[name]
             if job["metadata"]["name"] in self.evict_requests:
                 self.evict_requests.discard(job["metadata"]["name"])
-                await self._finish_pod(pod, exit_code=137, reason="Evicted")
-                await self._job_pod_ended(job, pod, 137, "Evicted")
-            elif proc.returncode is not None:
-                await self._finish_pod(pod, exit_code=proc.returncode, reason="Completed" if proc.returncode == 0 else "Error")
-                await self._job_pod_ended(job, pod, proc.returncode, "Error")
+                await self._finish_pod(pod, {}, reason="Evicted")
+                await self._job_pod_ended(job, pod, {c["name"]: 137 for c in containers}, "Evicted")
+            elif all(p.returncode is not None for p in procs.values()):
+                codes = {c: p.returncode for c, p in procs.items() if p.returncode is not None}
+                await self._finish_pod(pod, codes, reason="Completed" if not any(codes.values()) else "Error")
+                await self._job_pod_ended(job, pod, codes, "Error")
             return
-        container = pod["spec"]["containers"][0]
-        if container["image"] in self.bad_images:
-            waiting = {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{container["image"]}"'}
-            await self._patch_pod(name, {"phase": "Pending", "containerStatuses": [self._cstatus(container, {"waiting": waiting})]})
-            return
-        need = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+        for container in containers:
+            if container["image"] in self.bad_images:
+                waiting = {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{container["image"]}"'}
+                await self._patch_pod(name, {"phase": "Pending", "containerStatuses": [self._cstatus(container, {"waiting": waiting})]})
+                return
+        need = sum(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in containers)
         if need > self.free_gpus:
             cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "message": f"0/1 nodes are available: 1 Insufficient nvidia.com/gpu (needs {need}, {self.free_gpus} free)."}
             await self._patch_pod(name, {"phase": "Pending", "conditions": [cond]})
             return
-        env = await self._env(container, pod)
-        if env is None:
-            return
+        launches = []
+        for container in containers:
+            env = await self._env(container, pod)
+            if env is None:
+                return
+            launches.append((container, env))
         self._gpu_use[name] = need
-        cmd = list(container["command"]) + list(container.get("args", []))
-        if cmd[0] in ("python", "python3"):
-            cmd[0] = sys.executable
-        self._procs[name] = await asyncio.create_subprocess_exec(
-            *cmd, env=env, cwd=REPO, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self._procs[name] = {}
+        for container, env in launches:
+            cmd = [self._local(pod, container, a) for a in list(container["command"]) + list(container.get("args", []))]
+            if cmd[0] in ("python", "python3"):
+                cmd[0] = sys.executable
+            self._procs[name][container["name"]] = await self._spawn(pod, container, cmd, env)
         self.started[name] = time.monotonic()
         running = {"running": {"startedAt": now()}}
         cond = {"type": "PodScheduled", "status": "True"}
-        await self._patch_pod(name, {"phase": "Running", "conditions": [cond], "containerStatuses": [self._cstatus(container, running)]})
+        await self._patch_pod(name, {"phase": "Running", "conditions": [cond],
+                                     "containerStatuses": [self._cstatus(c, running) for c in containers]})
+
+    def _identity(self, pod: dict[str, Any], container: dict[str, Any]) -> tuple[int, int, int | None]:
+        """uid, gid and fsGroup of a container: its securityContext over the pod's."""
+        pod_sc = pod["spec"].get("securityContext") or {}
+        sc = {**pod_sc, **(container.get("securityContext") or {})}
+        uid = int(sc.get("runAsUser", 65534))
+        return uid, int(sc.get("runAsGroup", uid)), pod_sc.get("fsGroup")
+
+    async def _spawn(self, pod: dict[str, Any], container: dict[str, Any], cmd: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+        if self.isolates:
+            uid, gid, fs_group = self._identity(pod, container)
+            stage = Path(self._scratch.name) / pod["metadata"]["name"] / f".stage-{container['name']}"
+            stage.mkdir(parents=True, exist_ok=True)
+            groups = ",".join(str(g) for g in sorted({gid, *([fs_group] if fs_group is not None else [])}))
+            env = {**env, "STAGE": str(stage), "RUN_UID": str(uid), "RUN_GID": str(gid), "RUN_GROUPS": groups}
+            cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", _ENTER, "sh", *cmd]
+        return await asyncio.create_subprocess_exec(
+            *cmd, env=env, cwd=REPO, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def _local(self, pod: dict[str, Any], container: dict[str, Any], value: str) -> str:
+        """``value`` with a mount path of the container replaced by the folder that stands in for it."""
+        mounts = self.volumes.get(pod["metadata"]["name"], {}).get(container["name"], {})
+        for path in sorted(mounts, key=len, reverse=True):
+            if value == path or value.startswith(path.rstrip("/") + "/"):
+                return str(mounts[path]) + value[len(path):]
+        return value
+
+    async def _secret_data(self, name: str) -> dict[str, str] | None:
+        try:
+            secret = _raw(await self._call(self._core.read_namespaced_secret, name, self.namespace, _preload_content=False))
+        except client.ApiException:
+            return None
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        return {**data, **(secret.get("stringData") or {})}
+
+    async def _mount(self, pod: dict[str, Any], container: dict[str, Any]) -> str | None:
+        """Folders for the container's volumes; the name of a missing Secret, if one is."""
+        pod_name = pod["metadata"]["name"]
+        uid, gid, fs_group = self._identity(pod, container)
+        pod_dir = Path(self._scratch.name) / pod_name
+        pod_dir.mkdir(exist_ok=True)
+        pod_dir.chmod(0o711)
+        own = pod_dir / container["name"]  # this container's private mounts: only its uid enters
+        own.mkdir(exist_ok=True)
+        own.chmod(0o700)
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        found: dict[str, Path] = {}
+        for m in container.get("volumeMounts", []):
+            vol = volumes[m["name"]]
+            if "secret" in vol:
+                data = await self._secret_data(vol["secret"]["secretName"])
+                if data is None:
+                    return vol["secret"]["secretName"]
+                local = self.folder(pod_name, container["name"], m["name"])
+                local.mkdir(exist_ok=True)
+                items = vol["secret"].get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    f = local / item["path"]
+                    f.write_text(data.get(item["key"], ""))
+                    f.chmod(int(item.get("mode", vol["secret"].get("defaultMode", 0o644))))
+                    if self.isolates:
+                        os.chown(f, 0, fs_group if fs_group is not None else 0)
+            else:  # emptyDir, and anything else: a folder the pod's containers share
+                local = self.folder(pod_name, None, m["name"])
+                local.mkdir(exist_ok=True)
+                if self.isolates:
+                    os.chown(local, 0, fs_group if fs_group is not None else 0)
+                local.chmod(0o2777 if fs_group is not None else 0o777)
+            found[m["mountPath"]] = local
+        if self.isolates:
+            os.chown(own, uid, gid)
+        self.volumes.setdefault(pod_name, {})[container["name"]] = found
+        return None
 
     async def _env(self, container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str] | None:
         """The container's environment with secrets resolved and mount paths mapped to local folders."""
-        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        missing = await self._mount(pod, container)
+        if missing is not None:
+            waiting = {"reason": "CreateContainerConfigError", "message": f'secret "{missing}" not found'}
+            await self._patch_pod(pod["metadata"]["name"], {"phase": "Pending", "containerStatuses": [self._cstatus(container, {"waiting": waiting})]})
+            return None
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}
         if "LAB_LIT_SOURCES" in os.environ:  # the test suite's pin to local literature reaches the pods too (tests/conftest.py)
             env["LAB_LIT_SOURCES"] = os.environ["LAB_LIT_SOURCES"]
         for var in container.get("env", []):
             if "value" in var:
-                value = var["value"]
-                if value in mounts and not os.access(value, os.W_OK):
-                    local = Path(self._scratch.name) / pod["metadata"]["name"] / value.strip("/").replace("/", "_")
-                    local.mkdir(parents=True, exist_ok=True)
-                    value = str(local)
-                env[var["name"]] = value
+                env[var["name"]] = self._local(pod, container, var["value"])
                 continue
             ref = var["valueFrom"]["secretKeyRef"]
-            try:
-                secret = _raw(await self._call(self._core.read_namespaced_secret, ref["name"], self.namespace, _preload_content=False))
-            except client.ApiException:
+            data = await self._secret_data(ref["name"])
+            if data is None:
                 waiting = {"reason": "CreateContainerConfigError", "message": f'secret "{ref["name"]}" not found'}
                 await self._patch_pod(pod["metadata"]["name"], {"phase": "Pending", "containerStatuses": [self._cstatus(container, {"waiting": waiting})]})
                 return None
-            if ref["key"] in (secret.get("stringData") or {}):
-                env[var["name"]] = secret["stringData"][ref["key"]]
-            else:
-                env[var["name"]] = base64.b64decode((secret.get("data") or {}).get(ref["key"], "")).decode()
+            env[var["name"]] = data.get(ref["key"], "")
         return env
 
     def _cstatus(self, container: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -288,27 +403,32 @@ class Kubelet:
     async def _patch_pod(self, name: str, status: dict[str, Any]) -> None:
         await self._call(self._core.patch_namespaced_pod_status, name, self.namespace, {"status": status}, _content_type=MERGE)
 
-    async def _finish_pod(self, pod: dict[str, Any], exit_code: int, reason: str) -> None:
+    async def _finish_pod(self, pod: dict[str, Any], codes: dict[str, int], reason: str) -> None:
+        """Stop what still runs (137, as a kill looks) and record each container's exit code."""
         name = pod["metadata"]["name"]
         self._kill(name)
-        if name in self._procs:
-            await self._procs.pop(name).wait()
+        for procs in [self._procs.pop(name, {})]:
+            for proc in procs.values():
+                await proc.wait()
         self._gpu_use.pop(name, None)
         self.ended[name] = time.monotonic()
-        container = pod["spec"]["containers"][0]
-        term = {"terminated": {"exitCode": exit_code, "reason": reason, "finishedAt": now()}}
-        status: dict[str, Any] = {"phase": "Succeeded" if exit_code == 0 else "Failed",
-                                  "containerStatuses": [self._cstatus(container, term)]}
+        statuses = []
+        for container in pod["spec"]["containers"]:
+            code = codes.get(container["name"], 137)
+            why = reason if reason in ("Evicted", "DeadlineExceeded") else ("Completed" if code == 0 else "Error")
+            statuses.append(self._cstatus(container, {"terminated": {"exitCode": code, "reason": why, "finishedAt": now()}}))
+        ok = reason not in ("Evicted", "DeadlineExceeded") and all(c == 0 for c in codes.values())
+        status: dict[str, Any] = {"phase": "Succeeded" if ok else "Failed", "containerStatuses": statuses}
         if reason == "Evicted":
             status |= {"reason": "Evicted", "message": "The node was low on resource: memory.",
                        "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]}
         await self._patch_pod(name, status)
 
     def _kill(self, name: str) -> None:
-        proc = self._procs.get(name)
-        if proc is not None and proc.returncode is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for proc in self._procs.get(name, {}).values():
+            if proc.returncode is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         self._gpu_use.pop(name, None)

@@ -1,10 +1,13 @@
 """KubernetesExecutor: the real ``kubernetes`` client over HTTP against kmock's emulator.
 
-A test kubelet (tests/kubelet.py) runs the Jobs. The container command is a
-stand-in for ``python -m services.jobrunner`` (which needs NATS and a bundle):
-it sleeps and exits as the job's overrides say, so every exit-code path of the
-real runner (0, 3, 4) reaches the executor through a real process and a real
-pod/Job status. The full runner through this executor is the lead's e2e test.
+A test kubelet (tests/kubelet.py) runs the Jobs. The runner container's
+command is a stand-in for ``python -m services.jobrunner`` (which needs NATS
+and a bundle): it reads the job from its mounted Secret, sleeps and exits as
+the job's overrides say, so every exit-code path of the real runner (0, 3, 4)
+reaches the executor through a real process and a real pod/Job status; the
+experiment container's launcher is a stand-in that exits at once. The real
+runner and launcher through this executor: tests/test_k8s_split.py and the
+e2e test.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ NS = "lab"
 STAND_IN = [
     "python", "-c",
     "import json, os, sys, time\n"
-    "job = json.loads(os.environ['LAB_JOB']); o = job['overrides']\n"
-    "if 'need_password' in o and os.environ.get('LAB_NATS_PASSWORD') != o['need_password']: sys.exit(9)\n"
+    "job = json.load(open(os.environ['LAB_JOB_FILE'])); o = job['overrides']\n"
+    "if 'LAB_JOB' in os.environ: sys.exit(7)\n"
+    "pw = open(os.environ['LAB_NATS_PASSWORD_FILE']).read() if 'LAB_NATS_PASSWORD_FILE' in os.environ else None\n"
+    "if 'need_password' in o and pw != o['need_password']: sys.exit(9)\n"
     "if job['nats'].get('password') and 'need_password' in o: sys.exit(8)\n"
     "time.sleep(o.get('sleep', 0)); sys.exit(o.get('exit', 0))\n",
 ]
+LAUNCHER_STAND_IN = ["python", "-c", "pass"]
 
 
 def spec(job_id: str, project: str = "p1", **kw: Any) -> JobSpec:
@@ -76,7 +82,8 @@ async def make(cluster: Any) -> Any:
 
     def build(**options: Any) -> KubernetesExecutor:
         options = {"events_interval_s": 0.05, "api_retry_max_wait_s": 0.2, **options}
-        ex = make_executor("kubernetes", {"kubeconfig": cluster[2], "namespace": NS, "command": STAND_IN, **options})
+        ex = make_executor("kubernetes", {"kubeconfig": cluster[2], "namespace": NS, "command": STAND_IN,
+                                          "launcher_command": LAUNCHER_STAND_IN, **options})
         assert isinstance(ex, KubernetesExecutor)
         made.append(ex)
         return ex
@@ -96,6 +103,22 @@ async def raw_jobs(url: str) -> list[dict[str, Any]]:
             return json.loads(client.BatchV1Api(api).list_namespaced_job(NS, _preload_content=False).data)["items"]
 
     return await asyncio.to_thread(read)
+
+
+async def raw_secrets(url: str) -> list[dict[str, Any]]:
+    def read() -> list[dict[str, Any]]:
+        cfg = client.Configuration()
+        cfg.host = url
+        with client.ApiClient(cfg) as api:
+            return json.loads(client.CoreV1Api(api).list_namespaced_secret(NS, _preload_content=False).data)["items"]
+
+    return await asyncio.to_thread(read)
+
+
+def secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    import base64
+
+    return {**{k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}, **(secret.get("stringData") or {})}
 
 
 async def wait_for(ex: KubernetesExecutor, job_id: str, state: str, timeout: float = 20) -> JobPhase:
@@ -123,17 +146,32 @@ async def test_submit_renders_security_gpu_and_failure_policy(make: Any, cluster
     assert rules[2]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     pod = s["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["shareProcessNamespace"] is False
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["priorityClassName"] == "lab-jobs"
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    [c] = pod["containers"]
-    assert c["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-    assert c["resources"]["limits"] == {"cpu": "1000m", "memory": "768Mi", "nvidia.com/gpu": "1"}
-    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp", "/scratch"}
-    env = {e["name"]: e.get("value") for e in c["env"]}
-    assert JobSpec.model_validate_json(env["LAB_JOB"]).nats.password == "s3cret"  # no Secret configured: inline
+    runner, exp = pod["containers"]
+    assert (runner["name"], exp["name"]) == ("runner", "experiment")
+    lockdown = {"runAsNonRoot": True, "runAsGroup": 10001, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert runner["securityContext"] == {**lockdown, "runAsUser": 10001}
+    assert exp["securityContext"] == {**lockdown, "runAsUser": 10002}  # never the runner's uid
+    assert exp["resources"]["limits"] == {"cpu": "1000m", "memory": "640Mi", "nvidia.com/gpu": "1"}
+    assert runner["resources"]["limits"] == {"cpu": "250m", "memory": "256Mi"}
+    assert {m["mountPath"] for m in runner["volumeMounts"]} == {"/tmp", "/scratch", "/run/lab/job"}
+    assert {m["mountPath"] for m in exp["volumeMounts"]} == {"/tmp", "/scratch"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {m["name"] for m in runner["volumeMounts"]} & {m["name"] for m in exp["volumeMounts"]} == {"scratch"}
+    assert volumes["job"]["secret"]["secretName"] == "lab-run-1"
+    # No credential, nor the job, in any environment; the experiment's holds nothing of the runner's.
+    for c in (runner, exp):
+        assert all("valueFrom" not in e for e in c["env"]) and "LAB_JOB" not in {e["name"] for e in c["env"]}
+    assert "s3cret" not in json.dumps(job)
+    assert {e["name"] for e in exp["env"]} == {"TMPDIR", "HOME", "PYTHONDONTWRITEBYTECODE", "MPLCONFIGDIR", "LAB_SHARED_DIR"}
+    [secret] = await raw_secrets(cluster[1])
+    assert secret["metadata"]["name"] == "lab-run-1" and secret["metadata"]["labels"]["lab.kenkyu.dev/job"] == "run-1"
+    inner = JobSpec.model_validate_json(secret_data(secret)["job.json"])
+    assert inner.nats.password == "s3cret"  # no NATS Secret configured: it travels in the job's own Secret
 
 
 async def test_submit_is_idempotent_and_names_are_dns_safe(make: Any, cluster: Any) -> None:
@@ -216,8 +254,15 @@ async def test_nats_credential_comes_from_a_secret(make: Any, cluster: Any) -> N
         await wait_for(ex, "secret", "succeeded")
     [job] = (await raw_jobs(cluster[1]))
     assert "s3cret" not in json.dumps(job)
-    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lab-nats-job", "key": "password"}
+    [secret] = [s for s in await raw_secrets(cluster[1]) if s["metadata"]["name"] == "lab-secret"]
+    assert "s3cret" not in json.dumps(secret)  # the job's own Secret: the password stays in the NATS one
+    pod = job["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["LAB_NATS_PASSWORD_FILE"] == "/run/lab/nats/password" and env["LAB_NATS_USER_FILE"] == "/run/lab/nats/user"
+    [nats] = [v for v in pod["volumes"] if v["name"] == "nats"]
+    assert nats["secret"] == {"secretName": "lab-nats-job", "defaultMode": 0o440,
+                              "items": [{"key": "user", "path": "user"}, {"key": "password", "path": "password"}]}
+    assert "nats" not in {m["name"] for m in pod["containers"][1]["volumeMounts"]}
 
 
 async def test_cancel_deletes_job_and_stops_its_process(make: Any, cluster: Any) -> None:
@@ -227,11 +272,13 @@ async def test_cancel_deletes_job_and_stops_its_process(make: Any, cluster: Any)
         await wait_for(ex, "long", "running")
         await ex.cancel("long")
         assert (await ex.poll("long")).state == "missing"
+        procs = [p for pod in kubelet._procs.values() for p in pod.values()]
         for _ in range(100):
-            if kubelet._procs and all(p.returncode is not None for p in kubelet._procs.values()):
+            if all(p.returncode is not None for p in procs):
                 break
             await asyncio.sleep(0.05)
-        assert all(p.returncode is not None for p in kubelet._procs.values())
+        assert procs and all(p.returncode is not None for p in procs)
+        assert await raw_secrets(cluster[1]) == []  # the job's Secret went with it
     await ex.cancel("long")  # gone already: no error
 
 

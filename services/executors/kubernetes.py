@@ -17,6 +17,12 @@ Status comes from one list-and-watch of the lab's Jobs and one of their pods
 per executor (``k8s_watch.Watcher``), so ``poll`` costs no API call on the
 common path, however many jobs are in flight; a Job the cache does not hold
 yet (just created) or no longer (gone) is confirmed with one GET.
+
+Each Job comes with a Secret of the same name holding the JobSpec (its status
+key) for the runner container to mount: made before the Job (so the pod never
+waits for it), owned by the Job once it exists (so the cluster's garbage
+collector removes it with the Job), and deleted with the Job on cancel and
+cleanup.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from services.executors.render import (
     foreign_owner,
     job_name,
     k8s_job,
+    k8s_job_secret,
     label_value,
     settings,
 )
@@ -185,11 +192,34 @@ class KubernetesExecutor:
                 return None
             raise ExecutorError(f"kubernetes: cannot read Job {name} ({e.status}): {_message(e)}") from None
 
+    async def _put_secret(self, job: JobSpec) -> None:
+        """The job's Secret. One of that name exists already after a resubmit: it is left as it is (the
+        engineer may not read Secrets, so it cannot compare); the Job's own ownership check follows."""
+        body = k8s_job_secret(job, self.settings)
+        name, ns = body["metadata"]["name"], self.settings.namespace
+        try:
+            await self._call("create", "secrets", self._core.create_namespaced_secret, ns, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise ExecutorError(f"kubernetes: cannot create Secret {name} ({e.status}): {_message(e)}") from None
+
+    async def _own_secret(self, name: str, job_uid: str | None) -> None:
+        """Make the Job the Secret's owner, so it goes when the Job does (ttlSecondsAfterFinished); best effort."""
+        if not job_uid:
+            return
+        ref = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid}
+        try:
+            await self._once("patch", "secrets", self._core.patch_namespaced_secret, name, self.settings.namespace,
+                             {"metadata": {"ownerReferences": [ref]}}, _content_type="application/merge-patch+json")
+        except (ApiException, ExecutorError):
+            pass  # cancel and cleanup delete it anyway
+
     async def submit(self, job: JobSpec) -> None:
         manifest = k8s_job(job, self.settings)
         name = manifest["metadata"]["name"]
         ns = self.settings.namespace
         tries = 0
+        await self._put_secret(job)
 
         async def create() -> None:
             nonlocal tries
@@ -200,7 +230,8 @@ class KubernetesExecutor:
                 if existing is not None:
                     return self._adopt(existing, job, name)
             try:
-                await self._once("create", "jobs.batch", self._batch.create_namespaced_job, ns, manifest)
+                created = await self._once("create", "jobs.batch", self._batch.create_namespaced_job, ns, manifest)
+                await self._own_secret(name, getattr(created.metadata, "uid", None))
             except ApiException as e:
                 if e.status != 409:
                     raise ExecutorError(f"kubernetes: cannot create Job ({e.status}): {_message(e)}") from None
@@ -355,6 +386,11 @@ class KubernetesExecutor:
         except ApiException as e:
             if e.status != 404:
                 raise ExecutorError(f"kubernetes: cannot delete Job {name} ({e.status}): {_message(e)}") from None
+        try:
+            await self._call("delete", "secrets", self._core.delete_namespaced_secret, name, self.settings.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise ExecutorError(f"kubernetes: cannot delete Secret {name} ({e.status}): {_message(e)}") from None
         # The DELETED event may come later; the next poll must not see the Job alive meanwhile.
         self._deleted.add(name)
         if self._watchers is not None:

@@ -14,14 +14,16 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.executors.base import ExecutorError
 from bus.schema import JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 
 RUNNER_COMMAND = ["python", "-m", "services.jobrunner"]
-CONTAINER = "runner"
+LAUNCHER_COMMAND = ["python", "-m", "services.launcher"]
+CONTAINER = "runner"  # holds the credential; its exit code is the job's (podFailurePolicy reads it)
+EXPERIMENT_CONTAINER = "experiment"  # runs the experiment: another uid, no credential
 LABEL = "lab.kenkyu.dev"
 PROJECT_LABEL = f"{LABEL}/project"
 JOB_LABEL = f"{LABEL}/job"
@@ -33,10 +35,16 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_DEVICES_LABEL = f"{LABEL}/gpu-devices"  # Docker: the GPUs a container holds, so a restart rebuilds the pool
 NATS_PASSWORD_FILE_ENV = "LAB_NATS_PASSWORD_FILE"
 NATS_PASSWORD_MOUNT = "/run/secrets/lab-nats-password"
-# The runner reads these instead of job.nats.user/password when they are set,
-# so a Secret-held credential never appears in the Job object.
-NATS_USER_ENV = "LAB_NATS_USER"
-NATS_PASSWORD_ENV = "LAB_NATS_PASSWORD"
+# The runner reads the files these name instead of job.nats.user/password, so a
+# Secret-held credential never appears in the Job object nor in any environment.
+NATS_USER_FILE_ENV = "LAB_NATS_USER_FILE"
+NATS_SECRET_MOUNT = "/run/lab/nats"
+# The job itself (its status key, and the NATS password when no Secret holds it) is a
+# per-job Secret mounted into the runner container only, never an environment variable.
+JOB_FILE_ENV = "LAB_JOB_FILE"
+JOB_SECRET_MOUNT = "/run/lab/job"
+JOB_SECRET_KEY = "job.json"
+SHARED_ENV = "LAB_SHARED_DIR"  # services.split: the volume the two containers share
 SCRATCH_ENV = "LAB_SCRATCH"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -81,6 +89,7 @@ class KubernetesSettings(BaseModel):
     image: str = "ghcr.io/kenkyu-lab/lab:0.1.0"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     command: list[str] = Field(default_factory=lambda: list(RUNNER_COMMAND), min_length=1)
+    launcher_command: list[str] = Field(default_factory=lambda: list(LAUNCHER_COMMAND), min_length=1)
     # Where the API server is: in-cluster when running in a pod, else a kubeconfig.
     in_cluster: bool | None = None  # None: in-cluster when KUBERNETES_SERVICE_HOST is set
     kubeconfig: str | None = None
@@ -102,11 +111,14 @@ class KubernetesSettings(BaseModel):
     nats_secret: str | None = None  # a Secret holding the runner's NATS credential
     nats_secret_user_key: str = "user"
     nats_secret_password_key: str = "password"
-    run_as_user: int = Field(10001, ge=1)
+    run_as_user: int = Field(10001, ge=1)  # the runner's uid, and the pod's group
+    experiment_run_as_user: int = Field(10002, ge=1)  # the experiment's: never the runner's
     backoff_limit: int = Field(2, ge=0)
     startup_margin_s: int = Field(300, ge=0)  # image pull and scheduling count against activeDeadlineSeconds
     ttl_seconds_after_finished: int = Field(3600, ge=0)
-    runner_overhead_mb: int = Field(256, ge=0)  # the runner's own memory above the experiment's limit
+    runner_overhead_mb: int = Field(256, ge=0)  # the runner container's memory
+    runner_cpu_m: int = Field(250, ge=10)  # the runner container's CPU, in millicores
+    launcher_overhead_mb: int = Field(128, ge=0)  # the launcher's own memory above the experiment's limit
     scratch_dir: str = "/scratch"
     scratch_size_mb: int | None = Field(None, ge=1)
     pull_failure_grace_s: float = Field(120, ge=0)  # a pull failure lasting longer fails the job
@@ -122,6 +134,12 @@ class KubernetesSettings(BaseModel):
     # Job events (FailedCreate) are listed at most this often, and only for Jobs without pods.
     events_interval_s: float = Field(2, ge=0)
     extra_labels: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _two_uids(self) -> "KubernetesSettings":
+        if self.experiment_run_as_user == self.run_as_user:
+            raise ValueError("experiment_run_as_user must differ from run_as_user: the experiment must not share the runner's uid")
+        return self
 
 
 class DockerSettings(BaseModel):
@@ -213,38 +231,83 @@ def _job_for_runner(job: JobSpec, gpu: int, strip_password: bool) -> JobSpec:
     return job.model_copy(update=update)
 
 
-def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
-    """The batch/v1 Job for one JobSpec."""
+def k8s_job_secret(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
+    """The per-job Secret: the JobSpec the runner reads (status key included), mounted into the runner only."""
     gpu = max(job.gpu, s.min_gpu)
-    env: list[dict[str, Any]] = [
-        {"name": "LAB_JOB", "value": _job_for_runner(job, gpu, strip_password=bool(s.nats_secret)).model_dump_json()},
-        {"name": SCRATCH_ENV, "value": s.scratch_dir},
-        {"name": "LAB_EXECUTOR_KIND", "value": "kubernetes"},  # recorded in the job's environment
-        {"name": "TMPDIR", "value": "/tmp"},
-        {"name": "HOME", "value": "/tmp"},
-        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
-        {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": job_name(job.job_id), "namespace": s.namespace, "labels": labels(job, s.extra_labels),
+                     "annotations": {JOB_ID_ANNOTATION: job.job_id}},
+        "stringData": {JOB_SECRET_KEY: _job_for_runner(job, gpu, strip_password=bool(s.nats_secret)).model_dump_json()},
+    }
+
+
+def _lockdown(uid: int, gid: int) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": gid,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _plain_env(extra: dict[str, str]) -> list[dict[str, Any]]:
+    base = {"TMPDIR": "/tmp", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib", **extra}
+    return [{"name": k, "value": v} for k, v in base.items()]
+
+
+def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
+    """The batch/v1 Job for one JobSpec: a runner container and an experiment container.
+
+    They share one scratch volume and nothing else. The runner holds the credential (the
+    per-job Secret of :func:`k8s_job_secret`, and the NATS Secret when configured, both as
+    mounted files); the experiment runs under another uid with no credential, no
+    service-account token and its own process namespace (``services/split.py``).
+    """
+    gpu = max(job.gpu, s.min_gpu)
+    gid = s.run_as_user
+    runner_env = _plain_env({JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
+                             "LAB_JOB_DIR": "/tmp/job", "LAB_EXECUTOR_KIND": "kubernetes"})  # the kind is recorded in env.json
+    runner_mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "scratch", "mountPath": s.scratch_dir},
+        {"name": "job", "mountPath": JOB_SECRET_MOUNT, "readOnly": True},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "experiment-tmp", "emptyDir": {}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": f"{s.scratch_size_mb}Mi"} if s.scratch_size_mb else {}},
+        {"name": "job", "secret": {"secretName": job_name(job.job_id), "defaultMode": 0o440}},
     ]
     if s.nats_secret:
-        for var, key in ((NATS_USER_ENV, s.nats_secret_user_key), (NATS_PASSWORD_ENV, s.nats_secret_password_key)):
-            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": s.nats_secret, "key": key}}})
-    memory = f"{job.memory_mb + s.runner_overhead_mb}Mi"
+        runner_env += [{"name": NATS_USER_FILE_ENV, "value": f"{NATS_SECRET_MOUNT}/user"},
+                       {"name": NATS_PASSWORD_FILE_ENV, "value": f"{NATS_SECRET_MOUNT}/password"}]
+        runner_mounts.append({"name": "nats", "mountPath": NATS_SECRET_MOUNT, "readOnly": True})
+        items = [{"key": s.nats_secret_user_key, "path": "user"}, {"key": s.nats_secret_password_key, "path": "password"}]
+        volumes.append({"name": "nats", "secret": {"secretName": s.nats_secret, "items": items, "defaultMode": 0o440}})
+    memory = f"{job.memory_mb + s.launcher_overhead_mb}Mi"
     cpu = f"{math.ceil(job.cpu * 1000)}m"
     limits: dict[str, str] = {"cpu": cpu, "memory": memory}
     if gpu:
         limits["nvidia.com/gpu"] = str(gpu)
+    runner_res = {"cpu": f"{s.runner_cpu_m}m", "memory": f"{s.runner_overhead_mb}Mi"}
     node_selector = {**s.node_selector, **(s.gpu_node_selector if gpu else {})}
     tolerations = [*s.tolerations, *(s.gpu_tolerations if gpu else [])]
-    scratch: dict[str, Any] = {"sizeLimit": f"{s.scratch_size_mb}Mi"} if s.scratch_size_mb else {}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "shareProcessNamespace": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": s.run_as_user,
-            "runAsGroup": s.run_as_user,
-            "fsGroup": s.run_as_user,
+            "runAsGroup": gid,
+            "fsGroup": gid,  # the shared volume is group-writable for both uids
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [
@@ -253,20 +316,23 @@ def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
                 "image": s.image,
                 "imagePullPolicy": s.image_pull_policy,
                 "command": list(s.command),
-                "env": env,
+                "env": runner_env,
+                "resources": {"requests": dict(runner_res), "limits": dict(runner_res)},
+                "securityContext": _lockdown(s.run_as_user, gid),
+                "volumeMounts": runner_mounts,
+            },
+            {
+                "name": EXPERIMENT_CONTAINER,
+                "image": s.image,
+                "imagePullPolicy": s.image_pull_policy,
+                "command": list(s.launcher_command),
+                "env": _plain_env({SHARED_ENV: s.scratch_dir}),
                 "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": s.run_as_user,
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir}],
-            }
+                "securityContext": _lockdown(s.experiment_run_as_user, gid),
+                "volumeMounts": [{"name": "experiment-tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir}],
+            },
         ],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "scratch", "emptyDir": scratch}],
+        "volumes": volumes,
     }
     if s.service_account:
         pod_spec["serviceAccountName"] = s.service_account
@@ -356,7 +422,8 @@ def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = Non
     """The exact object the named executor would submit for ``job``, as YAML."""
     options = options or {}
     if executor == "kubernetes":
-        return yaml.safe_dump(k8s_job(job, settings(KubernetesSettings, options)), sort_keys=False)
+        s = settings(KubernetesSettings, options)
+        return yaml.safe_dump_all([k8s_job(job, s), k8s_job_secret(job, s)], sort_keys=False)
     if executor == "docker":
         s = settings(DockerSettings, options)
         pool = s.gpu_pool()

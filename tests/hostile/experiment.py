@@ -85,6 +85,21 @@ def connect_nats():
     return True, banner.decode(errors="replace")
 
 
+def use_nats_unauthenticated():
+    """Talk to NATS with no credential: the port may be reachable (a pod shares one network), the bus must not be."""
+    with socket.create_connection(("127.0.0.1", int(targets["nats_port"])), timeout=3) as s:
+        s.recv(4096)  # INFO
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        s.settimeout(3)
+        reply = b""
+        while b"PONG" not in reply and b"-ERR" not in reply:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return b"PONG" in reply, reply.decode(errors="replace")
+
+
 def write_into(folder):
     def fn():
         path = os.path.join(folder, f"hostile-was-here-{os.getpid()}")
@@ -148,6 +163,7 @@ attempt("read_other_environ", other_environ)
 attempt("read_parent_environ", parent_environ)
 attempt("credential_in_own_environment", own_environment)
 attempt("connect_nats", connect_nats)
+attempt("use_nats_without_credential", use_nats_unauthenticated)
 attempt("setns_into_runner_network", setns_runner_net)
 attempt("write_lab_home", write_into(targets["lab_home"]))
 attempt("write_template_source", write_into(targets["template_source"]))
