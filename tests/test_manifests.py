@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from bus.permissions import USERS, permissions
 from bus.schema import ROLES, JobSpec, NatsAccess
 from services.cli_job import app
-from services.executors.render import DockerSettings, KubernetesSettings, docker_container, k8s_job, render_job
+from services.executors.render import DockerSettings, KubernetesSettings, docker_container, k8s_job, k8s_job_secret, render_job
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
@@ -70,6 +70,11 @@ def assert_restricted(name: str, pod: dict[str, Any]) -> None:
         assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}, name
         assert sc["readOnlyRootFilesystem"] is True, name
         assert "limits" in c["resources"] and "memory" in c["resources"]["limits"], name
+
+
+def container(job: dict[str, Any], name: str) -> dict[str, Any]:
+    [c] = [c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    return c
 
 
 def example(**kw: Any) -> JobSpec:
@@ -131,7 +136,8 @@ def _references(pod: dict[str, Any]) -> list[tuple[str, str, str | None, bool]]:
         if "configMap" in v:
             refs.append(("ConfigMap", v["configMap"]["name"], None, v["configMap"].get("optional", False)))
         if "secret" in v:
-            refs.append(("Secret", v["secret"]["secretName"], None, v["secret"].get("optional", False)))
+            keys = [i["key"] for i in v["secret"].get("items", [])] or [None]
+            refs += [("Secret", v["secret"]["secretName"], k, v["secret"].get("optional", False)) for k in keys]
     return refs
 
 
@@ -147,7 +153,9 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
     docs = build(overlay)
     built = {(d["metadata"]["namespace"], d["metadata"]["name"]): set(d.get("data", {}))
              for d in docs if d["kind"] == "ConfigMap"}
-    pods = namespaced_pods(docs) + [("lab-jobs", "job", k8s_job(example(), _executor_settings(docs))["spec"]["template"]["spec"])]
+    s = _executor_settings(docs)
+    pods = namespaced_pods(docs) + [("lab-jobs", "job", k8s_job(example(), s)["spec"]["template"]["spec"])]
+    made = {(s.namespace, d["metadata"]["name"]): set(d["stringData"]) for d in [k8s_job_secret(example(), s)]}  # the executor's, per job
     readme = (REPO / "README.md").read_text()
     for ns, name, pod in pods:
         for kind, ref, key, optional in _references(pod):
@@ -156,6 +164,8 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
                 assert (ns, ref) in built or optional, where
                 if (ns, ref) in built and key:
                     assert key in built[(ns, ref)], where
+            elif (ns, ref) in made:
+                assert key is None or key in made[(ns, ref)], where
             elif (ns, ref) in HAND_MADE_SECRETS:
                 assert key is None or key in HAND_MADE_SECRETS[(ns, ref)], where
                 assert f"-n {ns} create secret generic {ref}" in readme, where  # the README says how
@@ -190,14 +200,16 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
 
 
 @needs_kubectl
-def test_engineer_rbac_is_limited_to_jobs_pods_and_events_in_the_jobs_namespace() -> None:
+def test_engineer_rbac_is_limited_to_jobs_pods_events_and_making_job_secrets_in_the_jobs_namespace() -> None:
     docs = build("base")
     [role] = [d for d in docs if d["kind"] == "Role"]
     assert role["metadata"]["namespace"] == "lab-jobs"
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     jobs = {("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")}
     pods = {("", r, v) for r in ("pods", "pods/log", "events") for v in ("get", "list", "watch")}
-    assert granted == jobs | pods
+    # Each Job's own Secret: made, owned by the Job, deleted; never read (lab-nats-job lives here too).
+    secrets = {("", "secrets", v) for v in ("create", "patch", "delete")}
+    assert granted == jobs | pods | secrets
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
     assert binding["metadata"]["namespace"] == "lab-jobs"
@@ -261,7 +273,7 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
     assert {s.nats_secret_user_key, s.nats_secret_password_key} <= HAND_MADE_SECRETS[(s.namespace, s.nats_secret)]
     job = k8s_job(example(gpu=0), s)
     validate(job)
-    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    limits = container(job, "experiment")["resources"]["limits"]
     pod = job["spec"]["template"]["spec"]
     if overlay.endswith(("gpu", "kueue")):
         assert int(limits["nvidia.com/gpu"]) >= 1 and pod["nodeSelector"] and pod["tolerations"]
@@ -322,7 +334,7 @@ def test_images_can_be_pinned_by_digest() -> None:
     pinned = "ghcr.io/kenkyu-lab/lab@sha256:" + "a" * 64
     job = k8s_job(example(), KubernetesSettings(image=pinned))
     validate(job)
-    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
+    assert {c["image"] for c in job["spec"]["template"]["spec"]["containers"]} == {pinned}
 
 
 @pytest.mark.parametrize("case", [
@@ -334,19 +346,22 @@ def test_images_can_be_pinned_by_digest() -> None:
 def test_rendered_jobs_validate_with_security_and_gpu_fields(case: dict[str, Any]) -> None:
     options = case.pop("options", {})
     job = example(**case)
-    manifest = yaml.safe_load(render_job(job, "kubernetes", options))
+    manifest, secret = yaml.safe_load_all(render_job(job, "kubernetes", options))
     validate(manifest)
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == manifest["metadata"]["name"]
     assert len(manifest["metadata"]["name"]) <= 63
     assert all(len(v) <= 63 for v in manifest["metadata"]["labels"].values())
     pod = manifest["spec"]["template"]["spec"]
     assert_restricted("job", pod)
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
-    limits = pod["containers"][0]["resources"]["limits"]
+    limits = container(manifest, "experiment")["resources"]["limits"]
     assert limits.get("nvidia.com/gpu") == (str(job.gpu) if job.gpu else None)
+    assert "nvidia.com/gpu" not in container(manifest, "runner")["resources"]["limits"]
     assert manifest["spec"].get("suspend", False) is bool(options.get("kueue_queue"))
-    assert pod["securityContext"]["runAsUser"] == 10001
-    env = {e["name"]: e for e in pod["containers"][0]["env"]}
-    inner = JobSpec.model_validate_json(env["LAB_JOB"]["value"])
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["shareProcessNamespace"] is False
+    assert container(manifest, "experiment")["securityContext"]["runAsUser"] == 10002
+    assert not [e for c in pod["containers"] for e in c["env"] if "valueFrom" in e or e["name"] == "LAB_JOB"]
+    inner = JobSpec.model_validate_json(secret["stringData"]["job.json"])
     assert inner.job_id == job.job_id and (inner.nats.password is None) is bool(options.get("nats_secret"))
     if job.network:
         assert manifest["spec"]["template"]["metadata"]["labels"]["lab.kenkyu.dev/network"] == "open"
@@ -373,13 +388,13 @@ def test_cli_render_prints_a_valid_job_for_the_template_baseline(template_dir: P
     config.write_text(yaml.safe_dump({"executor": {"kubernetes": {"namespace": "research", "gpus": 2}}}))
     result = CliRunner().invoke(app, ["render", "--template", str(template_dir), "--config", str(config)])
     assert result.exit_code == 0, result.output
-    manifest = yaml.safe_load(result.stdout)
+    manifest, secret = yaml.safe_load_all(result.stdout)
     validate(manifest)
     assert manifest["metadata"]["namespace"] == "research"
     assert manifest["spec"]["activeDeadlineSeconds"] == 900 + 300
-    c = manifest["spec"]["template"]["spec"]["containers"][0]
-    assert c["resources"]["limits"] == {"cpu": "2000m", "memory": f"{4096 + 256}Mi", "nvidia.com/gpu": "1"}
-    inner = JobSpec.model_validate_json(next(e["value"] for e in c["env"] if e["name"] == "LAB_JOB"))
+    c = container(manifest, "experiment")
+    assert c["resources"]["limits"] == {"cpu": "2000m", "memory": f"{4096 + 128}Mi", "nvidia.com/gpu": "1"}
+    inner = JobSpec.model_validate_json(secret["stringData"]["job.json"])
     assert inner.overrides == {"lr": 0.05} and inner.seeds == [0, 1, 2, 3]
 
     docker = CliRunner().invoke(app, ["render", "--template", str(template_dir), "--executor", "docker"])
