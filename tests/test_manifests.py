@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from bus.permissions import USERS, permissions
 from bus.schema import ROLES, JobSpec, NatsAccess
 from services.cli_job import app
-from services.executors.render import DockerSettings, KubernetesSettings, docker_container, k8s_job, k8s_job_secret, render_job
+from services.executors.render import DockerSettings, KubernetesSettings, docker_container, docker_experiment_container, k8s_job, k8s_job_secret, render_job
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
@@ -399,8 +399,10 @@ def test_cli_render_prints_a_valid_job_for_the_template_baseline(template_dir: P
 
     docker = CliRunner().invoke(app, ["render", "--template", str(template_dir), "--executor", "docker"])
     assert docker.exit_code == 0, docker.output
-    spec = yaml.safe_load(docker.stdout)
-    assert spec["device_requests"][0]["Count"] == 1 and spec["read_only"] is True and spec["network"] == "lab-bus"
+    volume, runner, experiment = yaml.safe_load_all(docker.stdout)
+    assert volume["driver_opts"]["type"] == "tmpfs" and runner["network"] == "lab-bus" and runner["read_only"] is True
+    assert experiment["device_requests"][0]["Count"] == 1 and experiment["read_only"] is True
+    assert experiment["network_mode"] == "none" and experiment["user"] != runner["user"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -456,5 +458,8 @@ def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their
     assert s.nats_password_file and s.open_network in {n.get("name") for n in compose["networks"].values()}
     spec = docker_container(example(network=True), s)
     assert JobSpec.model_validate_json(spec["environment"]["LAB_JOB"]).nats.password is None
-    assert spec["volumes"] == {s.nats_password_file: {"bind": "/run/secrets/lab-nats-password", "mode": "ro"}}
-    assert spec["shm_size"] == f"{s.shm_size_mb}m"
+    assert spec["volumes"] == {"lab-job-proj-exp-1": {"bind": s.scratch_dir, "mode": "rw"},
+                               s.nats_password_file: {"bind": "/run/secrets/lab-nats-password", "mode": "ro"}}
+    experiment = docker_experiment_container(example(network=True), s)
+    assert experiment["shm_size"] == f"{s.shm_size_mb}m" and experiment["network"] == s.open_network
+    assert experiment["volumes"] == {"lab-job-proj-exp-1": {"bind": s.scratch_dir, "mode": "rw"}}

@@ -1,10 +1,15 @@
-"""Experiments as Docker containers on one host, one container per JobSpec.
+"""Experiments as Docker containers on one host, two containers and a volume per JobSpec.
 
-The container is named after the job, so a second submit finds the first one
-instead of starting the experiment twice. Containers are kept after they exit
-(poll reads their exit code and OOM flag) and removed by ``cleanup``. Docker has
-no activeDeadlineSeconds, so ``poll`` kills a container that outlives its wall
-time plus a margin: the backstop for a runner that hangs.
+A job is a runner container (the NATS credential, the job's status key) and an
+experiment container (another uid, no credential, no network unless the
+template asks, its own pid namespace, the GPUs), sharing one tmpfs volume and
+nothing else (``services/split.py``). Everything is named after the job, so a
+second submit finds the first one instead of starting the experiment twice;
+the runner container's state is the job's. Containers are kept after they exit
+(poll reads the runner's exit code and OOM flag) and removed, with the volume,
+by ``cancel`` and ``cleanup``. Docker has no activeDeadlineSeconds, so ``poll``
+kills a job that outlives its wall time plus a margin: the backstop for a
+runner that hangs.
 
 GPUs are handed out by device ID from the lab's pool (``gpu_devices``, or
 ``0..gpus-1``), so two 1-GPU jobs never share GPU 0. Which container holds
@@ -35,9 +40,13 @@ from services.executors.render import (
     DockerSettings,
     container_name,
     docker_container,
+    docker_experiment_container,
+    docker_volume,
+    experiment_name,
     foreign_owner,
     label_value,
     settings,
+    volume_name,
 )
 
 T = TypeVar("T")
@@ -117,22 +126,18 @@ class DockerExecutor:
 
         def create(c: docker.DockerClient) -> None:
             try:
-                container = c.containers.get(name)
-                adopt(container)
+                runner = c.containers.get(name)
+                adopt(runner)
+                experiment = c.containers.get(experiment_name(job.job_id))
             except NotFound:
                 with self._gpu_lock:
-                    container = make(c)
-            if container.status == "created":
-                container.start()
+                    runner, experiment = make(c)
+            for container in (experiment, runner):  # the launcher first: it waits for the runner's "ready"
+                if container.status == "created":
+                    container.start()
 
-        def make(c: docker.DockerClient) -> Any:
-            devices = None
-            if job.gpu and s.gpu_pool():
-                free = self._free_gpus(c)
-                if len(free) < job.gpu:
-                    raise ExecutorError(f"docker: job {job.job_id} needs {job.gpu} GPU(s), {len(free)} of {s.gpu_pool()} free")
-                devices = free[: job.gpu]
-            kwargs = docker_container(job, s, devices)
+        def make_container(c: docker.DockerClient, kwargs: dict[str, Any]) -> Any:
+            """One container; an existing one of that name (a submit cut short) is adopted if it is this job's."""
             if "device_requests" in kwargs:
                 kwargs["device_requests"] = [
                     DeviceRequest(driver=d["Driver"], count=d.get("Count", 0), device_ids=d.get("DeviceIDs"),
@@ -141,25 +146,34 @@ class DockerExecutor:
                 ]
             image = kwargs.pop("image")
             try:
-                container = c.containers.create(image, **kwargs)
+                return c.containers.create(image, **kwargs)
             except ImageNotFound:
                 c.images.pull(image)
-                container = c.containers.create(image, **kwargs)
+                return c.containers.create(image, **kwargs)
             except APIError as e:
                 if e.status_code != 409:
                     raise
-                container = c.containers.get(name)  # created concurrently by another submit
+                container = c.containers.get(kwargs["name"])  # created concurrently by another submit
                 adopt(container)
                 return container
-            if job.network:
-                # Still on the NATS-only network for the bus; this one adds a route out.
-                try:
-                    c.api.connect_container_to_network(container.id, s.open_network)
-                except APIError as e:  # never leave a container that a resubmit would start offline
-                    container.remove(force=True)
+
+        def make(c: docker.DockerClient) -> tuple[Any, Any]:
+            devices = None
+            if job.gpu and s.gpu_pool():
+                free = self._free_gpus(c)
+                if len(free) < job.gpu:
+                    raise ExecutorError(f"docker: job {job.job_id} needs {job.gpu} GPU(s), {len(free)} of {s.gpu_pool()} free")
+                devices = free[: job.gpu]
+            c.volumes.create(**docker_volume(job, s))
+            try:
+                experiment = make_container(c, docker_experiment_container(job, s, devices))
+            except NotFound as e:
+                if job.network and not isinstance(e, ImageNotFound):  # never leave a job that a resubmit would start offline
+                    _remove(c, job.job_id)
                     raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {s.open_network}: "
                                         f"{e.explanation or e}") from None
-            return container
+                raise
+            return make_container(c, docker_container(job, s, devices)), experiment
 
         try:
             await self._call(f"start container {name}", create)
@@ -187,9 +201,11 @@ class DockerExecutor:
             if wall is not None and started is not None:
                 age = (dt.datetime.now(dt.UTC) - started).total_seconds()
                 if age > wall + self.settings.startup_margin_s:
-                    await self._call(f"kill container {container.name}", lambda c: container.kill())
+                    await self._call(f"kill container {container.name}", lambda c: _kill(c, job_id))
                     return JobPhase(state="failed", reason=f"DeadlineExceeded: ran {age:.0f}s, wall time {wall:.0f}s")
             return JobPhase(state="running")
+        # The runner is done: an experiment container still running has nobody to report to.
+        await self._call(f"stop the experiment of {job_id}", lambda c: _kill(c, job_id, experiment_only=True))
         code = int(state.get("ExitCode", -1))
         if state.get("OOMKilled"):
             return JobPhase(state="failed", reason=f"out of memory (OOMKilled, exit {code})")
@@ -199,11 +215,7 @@ class DockerExecutor:
         return JobPhase(state="failed", reason=_EXIT_MEANING.get(code, f"runner exited {code}") + (f": {detail}" if detail else ""))
 
     async def cancel(self, job_id: str) -> None:
-        name = container_name(job_id)
-        try:
-            await self._call(f"remove container {name}", lambda c: c.containers.get(name).remove(force=True))
-        except NotFound:
-            pass
+        await self._call(f"remove the containers of job {job_id}", lambda c: _remove(c, job_id))
 
     async def cleanup(self, project: str) -> None:
         value = label_value(project)
@@ -216,6 +228,13 @@ class DockerExecutor:
                         container.remove(force=True)
                     except NotFound:
                         pass
+            for volume in c.volumes.list(filters={"label": f"{PROJECT_LABEL}={value}"}):
+                found = volume.attrs.get("Labels") or {}
+                if found.get(PROJECT_LABEL) == value and JOB_ID_ANNOTATION in found:
+                    try:
+                        volume.remove(force=True)
+                    except NotFound:
+                        pass
 
         await self._call(f"remove containers of project {project}", remove_all)
 
@@ -223,3 +242,31 @@ class DockerExecutor:
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
             self._client = None
+
+
+def _kill(c: docker.DockerClient, job_id: str, experiment_only: bool = False) -> None:
+    """Kill the job's containers that still run (the experiment's first); gone ones are fine."""
+    names = [experiment_name(job_id)] + ([] if experiment_only else [container_name(job_id)])
+    for name in names:
+        try:
+            container = c.containers.get(name)
+            if container.status in ("running", "restarting", "paused"):
+                container.kill()
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code != 409:  # 409: it stopped in between
+                raise
+
+
+def _remove(c: docker.DockerClient, job_id: str) -> None:
+    """Remove the job's containers and then its volume; whatever is already gone is fine."""
+    for name in (experiment_name(job_id), container_name(job_id)):
+        try:
+            c.containers.get(name).remove(force=True)
+        except NotFound:
+            pass
+    try:
+        c.volumes.get(volume_name(job_id)).remove(force=True)
+    except NotFound:
+        pass

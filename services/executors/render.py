@@ -149,19 +149,23 @@ class DockerSettings(BaseModel):
     base_url: str | None = None  # None: DOCKER_HOST or the local socket
     image: str = "ghcr.io/kenkyu-lab/lab:0.1.0"
     command: list[str] = Field(default_factory=lambda: list(RUNNER_COMMAND), min_length=1)
+    launcher_command: list[str] = Field(default_factory=lambda: list(LAUNCHER_COMMAND), min_length=1)
     # The runner must reach NATS, so a job cannot run with no network at all;
     # it joins a network on which NATS is the only service (compose's lab-bus).
     network: str = "lab-bus"
     # A job with `network: true` is also connected to this network (one with a route out);
     # None: such jobs are refused rather than silently run without the network they asked for.
     open_network: str | None = None
-    user: str = "10001:10001"
+    user: str = Field("10001:10001", pattern=r"^[0-9]+:[0-9]+$")  # the runner's uid:gid
+    # The experiment container's: another uid, the runner's group (the shared volume is group-writable).
+    experiment_user: str = Field("10002:10001", pattern=r"^[0-9]+:[0-9]+$")
     gpus: int | None = Field(None, ge=1)
     # The host's GPUs (indexes or UUIDs) handed out one job at a time; default: 0..gpus-1.
     # Without a pool, GPUs are requested by count and every job may land on GPU 0.
     gpu_devices: list[str] = []
     max_jobs: int = Field(2, ge=1)
-    runner_overhead_mb: int = Field(256, ge=0)
+    runner_overhead_mb: int = Field(256, ge=0)  # the runner container's memory
+    launcher_overhead_mb: int = Field(128, ge=0)  # the launcher's own memory above the experiment's limit
     scratch_dir: str = "/scratch"
     scratch_size_mb: int = Field(4096, ge=1)
     # /dev/shm: Docker's 64 MB default breaks PyTorch DataLoader workers.
@@ -176,6 +180,12 @@ class DockerSettings(BaseModel):
 
     def gpu_pool(self) -> list[str]:
         return list(self.gpu_devices) or [str(i) for i in range(self.gpus or 0)]
+
+    @model_validator(mode="after")
+    def _two_uids(self) -> "DockerSettings":
+        if self.experiment_user.split(":")[0] == self.user.split(":")[0]:
+            raise ValueError("experiment_user must have another uid than user: the experiment must not share the runner's uid")
+        return self
 
 
 def settings(model: type[BaseModel], options: dict[str, Any]) -> Any:
@@ -375,32 +385,26 @@ def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
 
 
 def container_name(job_id: str) -> str:
+    """The runner container's name; the job's other objects are named after it."""
     return dns_name("lab-job", job_id, limit=128)
 
 
-def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None = None) -> dict[str, Any]:
-    """Keyword arguments of docker-py's ``containers.create`` (device requests as plain dicts).
+def experiment_name(job_id: str) -> str:
+    return dns_name("lab-exp", job_id, limit=128)
 
-    ``devices``: the GPUs picked for this job from the pool; None requests ``job.gpu`` by count.
-    """
-    runner_job = _job_for_runner(job, job.gpu, strip_password=bool(s.nats_password_file))
-    environment = {**runner_job.env(), SCRATCH_ENV: s.scratch_dir, "LAB_EXECUTOR_KIND": "docker", "HOME": "/tmp",
-                   "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"}
-    if s.nats_password_file:
-        environment[NATS_PASSWORD_FILE_ENV] = NATS_PASSWORD_MOUNT
-    spec: dict[str, Any] = {
-        "name": container_name(job.job_id),
+
+def volume_name(job_id: str) -> str:
+    return container_name(job_id)
+
+
+ROLE_LABEL = f"{LABEL}/role"  # Docker: "runner" or "experiment", the two containers of one job
+
+
+def _docker_lockdown(job: JobSpec, s: DockerSettings, role: str) -> dict[str, Any]:
+    return {
         "image": s.image,
-        "command": list(s.command),
-        "environment": environment,
-        "labels": {**labels(job, s.extra_labels), JOB_ID_ANNOTATION: job.job_id, WALL_TIME_LABEL: f"{job.wall_time_s:g}"},
-        "user": s.user,
+        "labels": {**labels(job, s.extra_labels), JOB_ID_ANNOTATION: job.job_id, WALL_TIME_LABEL: f"{job.wall_time_s:g}", ROLE_LABEL: role},
         "read_only": True,
-        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m", s.scratch_dir: f"rw,nosuid,nodev,size={s.scratch_size_mb}m"},
-        "network": s.network,
-        "shm_size": f"{s.shm_size_mb}m",
-        "mem_limit": f"{job.memory_mb + s.runner_overhead_mb}m",
-        "nano_cpus": int(job.cpu * 1e9),
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "pids_limit": 4096,
@@ -408,8 +412,77 @@ def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None 
         "auto_remove": False,
         "detach": True,
     }
+
+
+def docker_volume(job: JobSpec, s: DockerSettings) -> dict[str, Any]:
+    """Keyword arguments of docker-py's ``volumes.create``: the scratch the two containers share, and nothing else does.
+
+    A tmpfs owned by the runner's uid and group (mode 0770), so the experiment's uid reaches it through the group.
+    """
+    uid, gid = s.user.split(":")
+    return {
+        "name": volume_name(job.job_id),
+        "driver": "local",
+        "driver_opts": {"type": "tmpfs", "device": "tmpfs", "o": f"size={s.scratch_size_mb}m,uid={uid},gid={gid},mode=0770"},
+        "labels": {**labels(job, s.extra_labels), JOB_ID_ANNOTATION: job.job_id},
+    }
+
+
+def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None = None) -> dict[str, Any]:
+    """Keyword arguments of docker-py's ``containers.create`` for the job's runner (the one holding the credential).
+
+    Docker has no Secrets without Swarm: the job (its status key) is in this container's environment, which
+    only this container's processes (under its uid, in its own pid namespace) and the Docker daemon's users
+    see; the experiment container has neither. The NATS password is a mounted file. ``devices``: the
+    job's GPUs (labelled here too, so they stay taken while either container lives).
+    """
+    runner_job = _job_for_runner(job, job.gpu, strip_password=bool(s.nats_password_file))
+    environment = {**runner_job.env(), SHARED_ENV: s.scratch_dir, "LAB_JOB_DIR": "/tmp/job", "LAB_EXECUTOR_KIND": "docker",
+                   "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"}
+    volumes: dict[str, Any] = {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"}}
     if s.nats_password_file:
-        spec["volumes"] = {s.nats_password_file: {"bind": NATS_PASSWORD_MOUNT, "mode": "ro"}}
+        environment[NATS_PASSWORD_FILE_ENV] = NATS_PASSWORD_MOUNT
+        volumes[s.nats_password_file] = {"bind": NATS_PASSWORD_MOUNT, "mode": "ro"}
+    spec = {
+        "name": container_name(job.job_id),
+        "command": list(s.command),
+        "environment": environment,
+        "user": s.user,
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m"},
+        "volumes": volumes,
+        "network": s.network,
+        "mem_limit": f"{s.runner_overhead_mb}m",
+        "nano_cpus": int(0.5e9),
+        **_docker_lockdown(job, s, "runner"),
+    }
+    if job.gpu and devices is not None:  # the experiment uses them; the job holds them until both containers are done
+        spec["labels"][GPU_DEVICES_LABEL] = ",".join(devices)
+    return spec
+
+
+def docker_experiment_container(job: JobSpec, s: DockerSettings, devices: list[str] | None = None) -> dict[str, Any]:
+    """``containers.create`` arguments for the job's experiment: another uid, no credential, no network
+    (the template's open network if it asked for one), its own pid namespace, the GPUs.
+
+    ``devices``: the GPUs picked for this job from the pool; None requests ``job.gpu`` by count.
+    """
+    spec: dict[str, Any] = {
+        "name": experiment_name(job.job_id),
+        "command": list(s.launcher_command),
+        "environment": {SHARED_ENV: s.scratch_dir, "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+                        "MPLCONFIGDIR": "/tmp/matplotlib"},
+        "user": s.experiment_user,
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m"},
+        "volumes": {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"}},
+        "shm_size": f"{s.shm_size_mb}m",
+        "mem_limit": f"{job.memory_mb + s.launcher_overhead_mb}m",
+        "nano_cpus": int(job.cpu * 1e9),
+        **_docker_lockdown(job, s, "experiment"),
+    }
+    if job.network and s.open_network:
+        spec["network"] = s.open_network  # a route out, and no NATS: that network is not lab-bus
+    else:
+        spec["network_mode"] = "none"
     if job.gpu and devices is not None:
         spec["device_requests"] = [{"Driver": "nvidia", "DeviceIDs": list(devices), "Capabilities": [["gpu"]]}]
         spec["labels"][GPU_DEVICES_LABEL] = ",".join(devices)
@@ -419,7 +492,10 @@ def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None 
 
 
 def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = None) -> str:
-    """The exact object the named executor would submit for ``job``, as YAML."""
+    """The exact objects the named executor would submit for ``job``, as YAML documents.
+
+    Kubernetes: the Job, then its Secret. Docker: the shared volume, the runner container, the experiment container.
+    """
     options = options or {}
     if executor == "kubernetes":
         s = settings(KubernetesSettings, options)
@@ -427,6 +503,7 @@ def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = Non
     if executor == "docker":
         s = settings(DockerSettings, options)
         pool = s.gpu_pool()
-        spec = docker_container(job, s, pool[: job.gpu] if pool and job.gpu else None)
-        return yaml.safe_dump(json.loads(json.dumps(spec)), sort_keys=False)
+        devices = pool[: job.gpu] if pool and job.gpu else None
+        docs = [docker_volume(job, s), docker_container(job, s), docker_experiment_container(job, s, devices)]
+        return yaml.safe_dump_all(json.loads(json.dumps(docs)), sort_keys=False)
     raise ExecutorError(f"cannot render for executor {executor!r}; choose kubernetes or docker")
