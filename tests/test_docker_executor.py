@@ -9,7 +9,8 @@ so exit codes are real. A named volume is a local folder (owned and moded as
 its tmpfs options say), a bind mount the host path itself, and the container's
 env and command see them through their mount paths rewritten. Run as root, a
 container's process runs under its ``User`` in a pid namespace of its own, as
-Docker runs it (tests/kubelet.py's isolation). A process killed by SIGKILL from
+Docker runs it (tests/kubelet.py's isolation), and with ``network_mode: none``
+in a network namespace of its own. A process killed by SIGKILL from
 inside is reported as OOMKilled, which is how the kernel OOM killer looks to
 Docker.
 """
@@ -136,9 +137,11 @@ class FakeEngine:
             uid, _, gid = c["Config"]["User"].partition(":")
             stage = Path(self.scratch) / f"stage-{c['Id']}"
             env |= {"STAGE": str(stage), "RUN_UID": uid, "RUN_GID": gid or uid, "RUN_GROUPS": gid or uid}
-            cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", _ENTER, "sh", *cmd]
-        self.procs[c["Id"]] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL, start_new_session=True)
+            offline = ["--net"] if c["HostConfig"].get("NetworkMode") == "none" else []  # network_mode none: loopback only
+            cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *offline, "sh", "-c", _ENTER, "sh", *cmd]
+        with open(Path(self.scratch) / f"log-{c['Name'].strip('/')}", "ab") as log:  # what `docker logs` would show
+            self.procs[c["Id"]] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                                   start_new_session=True)
         c["State"].update(Status="running", Running=True, StartedAt=now())
 
     def stop(self, c: dict[str, Any]) -> None:

@@ -237,7 +237,9 @@ def job_name(job_id: str) -> str:
 def _job_for_runner(job: JobSpec, gpu: int, strip_password: bool) -> JobSpec:
     update: dict[str, Any] = {"gpu": gpu}
     if strip_password and job.nats is not None:
-        update["nats"] = job.nats.model_copy(update={"user": None, "password": None})
+        # The user name stays (it is no secret): Docker's password file carries no user, and without one
+        # the runner's connect was refused. Kubernetes' NATS Secret names the user too, and wins.
+        update["nats"] = job.nats.model_copy(update={"password": None})
     return job.model_copy(update=update)
 
 
