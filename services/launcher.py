@@ -86,7 +86,7 @@ async def launch(layout: split.Layout) -> split.ExitRecord:
     job = spec.job
     tmp = Path(tempfile.gettempdir()) / "lab-experiment"
     tmp.mkdir(parents=True, exist_ok=True)
-    log = open(layout.log, "a")
+    log = open(layout.log, "a")  # noqa: SIM115 - open for the whole run, closed in the finally below
 
     async def on_line(line: str) -> None:
         log.write(line + "\n")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 from agents.templates import bundle, load
@@ -32,13 +33,13 @@ from bus.jobkeys import JobKeys
 from bus.schema import JobSpec, NatsAccess, decode
 from bus.store import Artifacts
 from services import split
+from services.executors import make_executor
+from services.executors.docker import DockerExecutor
 from services.executors.render import job_name
 from tests.kubelet import Kubelet
 from tests.proc_helpers import processes_with
 from tests.test_docker_executor import IMAGE, engine  # noqa: F401 - pytest fixture
 from tests.test_k8s_executor import NS, cluster, raw_secrets, wait_for  # noqa: F401 - pytest fixture
-from services.executors import make_executor
-from services.executors.docker import DockerExecutor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 HOSTILE = Path(__file__).parent / "hostile"
@@ -48,13 +49,10 @@ KEYS = JobKeys("a lab job secret for the split tests")
 
 async def statuses_of(admin_bus: Any, job_id: str) -> list[Any]:
     sub = await admin_bus.js.pull_subscribe(subjects.job_status("p1", job_id), stream=subjects.JOBS_STREAM)
-    found = []
     try:
-        for m in await sub.fetch(10, timeout=2):
-            found.append(decode(m.data).body)
-    except Exception:  # nats TimeoutError: no more
-        pass
-    return found
+        return [decode(m.data).body for m in await sub.fetch(10, timeout=2)]
+    except nats.errors.TimeoutError:
+        return []
 
 
 class Hostile:
@@ -114,7 +112,7 @@ class Hostile:
 
 
 async def test_the_hostile_template_finds_no_credential_in_the_kubernetes_experiment_container(admin_bus, nats_server, cluster):  # noqa: F811
-    emu, url, kubeconfig = cluster
+    _emu, url, kubeconfig = cluster
     runner_password = nats_server.credentials["runner"]
     hostile = Hostile(nats_server.port)
     try:

@@ -136,7 +136,7 @@ class KubernetesSettings(BaseModel):
     extra_labels: dict[str, str] = {}
 
     @model_validator(mode="after")
-    def _two_uids(self) -> "KubernetesSettings":
+    def _two_uids(self) -> KubernetesSettings:
         if self.experiment_run_as_user == self.run_as_user:
             raise ValueError("experiment_run_as_user must differ from run_as_user: the experiment must not share the runner's uid")
         return self
@@ -182,7 +182,7 @@ class DockerSettings(BaseModel):
         return list(self.gpu_devices) or [str(i) for i in range(self.gpus or 0)]
 
     @model_validator(mode="after")
-    def _two_uids(self) -> "DockerSettings":
+    def _two_uids(self) -> DockerSettings:
         if self.experiment_user.split(":")[0] == self.user.split(":")[0]:
             raise ValueError("experiment_user must have another uid than user: the experiment must not share the runner's uid")
         return self
