@@ -269,6 +269,8 @@ class Runner:
         folder = self.layout.checkpoint if self.layout else self.workdir / "checkpoint"
         folder.mkdir(parents=True, exist_ok=True)  # bound writable into the sandbox, so it must exist
         got = await checkpoint.restore(artifacts, self.job, folder)
+        if self.layout:
+            split.open_tree(folder, writable=True)  # the experiment's uid overwrites what was restored
         if got:
             await on_line(f"[runner] restored a checkpoint ({got} bytes) from {checkpoint.object_name(self.job)}")
         env[checkpoint.CHECKPOINT_ENV] = str(folder)
@@ -277,7 +279,11 @@ class Runner:
     async def run(self) -> int:
         if self.layout is None:
             return await self._run()
-        self.layout.prepare()
+        try:
+            self.layout.prepare()
+        except OSError as e:
+            print(f"runner: cannot prepare the shared volume {self.layout.root.parent}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_INFRA
         alive = asyncio.create_task(split.keep_alive(self.layout))
         try:
             return await self._run()
@@ -337,11 +343,13 @@ class Runner:
         started = time.monotonic()
         syncing = asyncio.create_task(sync.run()) if sync else None
         plot_failed: str | None = None
+        measured: JobEnvironment | None = None
         try:
             if launch is None:
                 assert self.layout is not None
                 record = await split.await_experiment(self.layout, job, extra_env, on_line, term, PLOT_LIMIT_S, checkpoint.GRACE_S)
                 outcome, plot_failed = Outcome(record.state, record.reason, record.exit_code), record.plot_failed
+                measured = record.environment
             else:
                 outcome = await supervise(launch, code, job, on_line, term)
         except BaseException as e:  # cancelled or the runner broke: keep the log
@@ -363,10 +371,13 @@ class Runner:
             try:
                 final_info = FinalInfo.model_validate_json(split.read_regular(out / "final_info.json"))
             except (OSError, split.SplitError, ValidationError) as e:
-                what = "missing" if isinstance(e, OSError) else str(e) if isinstance(e, split.SplitError) else "does not match the schema"
-                outcome = Outcome("failed", f"invalid_output: final_info.json {what}", 0)
+                what = str(e) if isinstance(e, split.SplitError) else "final_info.json " + (
+                    "missing" if isinstance(e, OSError) else "does not match the schema")
+                outcome = Outcome("failed", f"invalid_output: {what}", 0)
         device = str(final_info.model_extra.get("device", "cpu")) if final_info and final_info.model_extra else "cpu"
         envinfo = environment(device)
+        if measured is not None:  # the experiment container's machine (its GPUs); the executor is ours to say
+            envinfo = measured.model_copy(update={"executor": envinfo.executor})
         uploaded: list[str] = []
         prefix = f"{job.project}/runs/{job.job_id}"
         if final_info is not None:

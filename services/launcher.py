@@ -22,6 +22,7 @@ cannot ptrace it or read its memory either.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from services import checkpoint, sandbox, split
-from services.jobrunner import PLOT_LIMIT_S, Outcome, command, confine, supervise
+from services.jobrunner import PLOT_LIMIT_S, Outcome, command, confine, environment, supervise
 
 START_TIMEOUT_S = float(os.environ.get("LAB_LAUNCHER_START_TIMEOUT_S", "900"))  # the runner never showed up
 
@@ -71,14 +72,28 @@ async def wait_ready(layout: split.Layout, poll_s: float = 0.2) -> str | None:
 
 
 async def watch_runner(layout: split.Layout, term: asyncio.Event, why: list[str]) -> None:
-    """Ask the experiment to stop (SIGTERM, then SIGKILL after the grace) once the runner is gone."""
+    """Ask the experiment to stop (SIGTERM, then SIGKILL after the grace) once the runner is gone.
+
+    A runner that got SIGTERM itself (the pod is going) says ``stop: preempted``: then the
+    experiment is preempted (it may checkpoint), not failed.
+    """
     while not term.is_set():
         gone = _runner_gone(layout)
         if gone:
-            why.append(gone)
+            if "(preempted)" not in gone:
+                why.append(gone)
             term.set()
             return
         await asyncio.sleep(1.0)
+
+
+def _device(layout: split.Layout) -> str:
+    """The device the experiment says it used, for the environment record; cpu when it says nothing."""
+    try:
+        found = json.loads(split.read_regular(layout.out / "final_info.json")).get("device", "cpu")
+    except (OSError, split.SplitError, ValueError, AttributeError):
+        return "cpu"
+    return str(found)[:40]
 
 
 async def launch(layout: split.Layout) -> split.ExitRecord:
@@ -116,7 +131,7 @@ async def launch(layout: split.Layout) -> split.ExitRecord:
         watching.cancel()
         log.close()
     return split.ExitRecord(state=outcome.state, reason=outcome.reason, exit_code=outcome.exit_code,  # type: ignore[arg-type]
-                            plot_failed=plot_failed)
+                            plot_failed=plot_failed, environment=environment(_device(layout)))
 
 
 async def amain(shared: Path) -> int:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import LabError
-from bus.schema import JobSpec
+from bus.schema import JobEnvironment, JobSpec
 
 SHARED_ENV = "LAB_SHARED_DIR"  # set in both containers: the shared volume's mount path
 ALIVE_EVERY_S = 2.0
@@ -60,6 +60,8 @@ class ExitRecord(BaseModel):
     reason: str = Field("", max_length=4 * REASON_MAX)
     exit_code: int | None = None
     plot_failed: str = Field("", max_length=4 * REASON_MAX)
+    # The machine as the experiment container saw it (its GPUs, driver, packages): the runner's has no GPU.
+    environment: JobEnvironment | None = None
 
 
 class LaunchSpec(BaseModel):
@@ -100,12 +102,15 @@ def public_job(job: JobSpec) -> JobSpec:
     return job.model_copy(update={"nats": None, "status_key": None})
 
 
-def open_tree(folder: Path) -> None:
-    """Code readable (not writable) by the experiment's uid."""
+def open_tree(folder: Path, writable: bool = False) -> None:
+    """Files the runner wrote, readable (``writable``: also replaceable) by the experiment's uid."""
     for path in [folder, *folder.rglob("*")]:
         if path.is_symlink():
             continue
-        path.chmod(0o755 if path.is_dir() else 0o644)
+        if path.is_dir():
+            path.chmod(0o777 if writable else 0o755)
+        else:
+            path.chmod(0o666 if writable else 0o644)
 
 
 def read_regular(path: Path, limit: int = MAX_READ) -> bytes:
