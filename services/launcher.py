@@ -130,7 +130,7 @@ async def launch(layout: split.Layout) -> split.ExitRecord:
     finally:
         watching.cancel()
         log.close()
-    return split.ExitRecord(state=outcome.state, reason=outcome.reason, exit_code=outcome.exit_code,  # type: ignore[arg-type]
+    return split.ExitRecord(state=outcome.state, reason=outcome.reason, exit_code=outcome.exit_code,
                             plot_failed=plot_failed, environment=environment(_device(layout)))
 
 

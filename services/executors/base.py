@@ -1,8 +1,12 @@
 """The seam between the engineer and wherever experiments run.
 
 Every executor starts the same job runner (``python -m services.jobrunner``)
-with the job described in the ``LAB_JOB`` environment variable; limits are
-enforced by the runner and by the executor, never by the experiment. The
+with the job description (a 0600 file ``LAB_JOB_FILE``, a mounted per-job
+Secret on Kubernetes; ``LAB_JOB`` in the runner container's environment on
+Docker). Locally the runner runs the experiment in a bubblewrap sandbox; on
+Docker and Kubernetes in a second container with no credential, started by
+``python -m services.launcher`` (``services/split.py``). Limits are enforced
+by the runner or launcher and by the executor, never by the experiment. The
 engineer only submits, polls, cancels and cleans up; results come back over
 the bus from the runner itself.
 """
