@@ -120,7 +120,7 @@ async def launch(layout: split.Layout) -> split.ExitRecord:
         if why:
             outcome = Outcome("failed", f"stopped: {why[0]}", outcome.exit_code)
         plot_failed = ""
-        if outcome.state == "succeeded" and (layout.out / "final_info.json").is_file():
+        if outcome.state == "succeeded" and split.is_regular(layout.out / "final_info.json"):  # a planted link: no plot
             remaining = max(10.0, min(PLOT_LIMIT_S, job.wall_time_s - (time.monotonic() - started)))
             plot_job = job.model_copy(update={"wall_time_s": remaining})
             plot_cmd = [sys.executable, str(layout.code / "plot.py"), "--run_dir", str(layout.out), "--out_dir", str(layout.figures)]

@@ -113,6 +113,14 @@ def open_tree(folder: Path, writable: bool = False) -> None:
             path.chmod(0o666 if writable else 0o644)
 
 
+def is_regular(path: Path) -> bool:
+    """A regular file, not through a link; False for anything that cannot be looked at."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def read_regular(path: Path, limit: int = MAX_READ) -> bytes:
     """A file's bytes, refusing a symlink, anything but a regular file, or one over ``limit``."""
     try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from bus.schema import JobSpec, NatsAccess
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
 from services import split
+from tests.kubelet import _ENTER
 from tests.test_jobrunner import GOOD, KEYS, template
 from tests.test_split_hostile import statuses_of
 
@@ -31,35 +34,76 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 REPO = Path(__file__).resolve().parent.parent
 
 
-async def start_pair(admin_bus: Any, server: Any, tmp_path: Path, experiment: str, job_id: str,
+ISOLATE = os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "setpriv", "mount"))
+
+
+def as_user(cmd: list[str], env: dict[str, str], uid: int, stage: Path) -> tuple[list[str], dict[str, str]]:
+    """As root: ``cmd`` under ``uid`` (group 10001, as both containers), in a pid namespace, as the test kubelet runs it."""
+    if not ISOLATE:
+        return cmd, env
+    env = env | {"STAGE": str(stage), "RUN_UID": str(uid), "RUN_GID": "10001", "RUN_GROUPS": "10001"}
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", _ENTER, "sh", *cmd], env
+
+
+def public_dir() -> Path:
+    """A folder both uids reach (pytest's tmp_path is root's alone), removed at the end of the test."""
+    folder = Path(tempfile.mkdtemp(prefix="split-protocol-"))
+    folder.chmod(0o755)
+    return folder
+
+
+async def start_pair(admin_bus: Any, server: Any, tmp_path: Path, experiment: str, job_id: str, resumable: bool = False,
                      **env: str) -> tuple[subprocess.Popen[str], subprocess.Popen[str], Path]:
+    """The runner (uid 10001 as root) and the launcher (uid 10002) with a fresh shared folder under ``tmp_path``."""
     art = await Artifacts.open(admin_bus)
     await art.put("p1/template.tar.gz", template(tmp_path, experiment))
     job = JobSpec(
         job_id=job_id, project="p1", experiment_id="x01", template="tpl", bundle_object="p1/template.tar.gz",
-        overrides={"scale": 2.0}, seeds=[0, 1, 2], wall_time_s=60, memory_mb=512,
+        overrides={"scale": 2.0}, seeds=[0, 1, 2], wall_time_s=60, memory_mb=512, resumable=resumable,
         nats=NatsAccess(url=server.url, user="runner", password=server.credentials["runner"]), status_key=KEYS.key("p1", job_id),
     )
     shared, private = tmp_path / "shared", tmp_path / "runner"
-    shared.mkdir()
-    job_file = tmp_path / "job.json"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # an emptyDir
+    private.mkdir(mode=0o700)
+    job_file = private / "job.json"
     job_file.write_text(job.model_dump_json())
+    job_file.chmod(0o400)
+    if ISOLATE:
+        os.chown(private, 10001, 10001)
+        os.chown(job_file, 10001, 10001)
     base = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")} | {"PYTHONPATH": str(REPO), split.SHARED_ENV: str(shared), **env}
     # The launcher first, as the executors start it; it has nothing of the runner's.
-    launcher = subprocess.Popen([sys.executable, "-m", "services.launcher"], env=base, cwd=REPO, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    runner = subprocess.Popen([sys.executable, "-m", "services.jobrunner"], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, start_new_session=True,
-                              env=base | {"LAB_JOB_FILE": str(job_file), "LAB_JOB_DIR": str(private), "LAB_EXECUTOR_KIND": "kubernetes"})
+    cmd, lenv = as_user([sys.executable, "-m", "services.launcher"], base | {"HOME": "/tmp"}, 10002, tmp_path / ".stage-l")
+    launcher = subprocess.Popen(cmd, env=lenv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    renv = base | {"LAB_JOB_FILE": str(job_file), "LAB_JOB_DIR": str(private / "work"), "LAB_EXECUTOR_KIND": "kubernetes"}
+    cmd, renv = as_user([sys.executable, "-m", "services.jobrunner"], renv, 10001, tmp_path / ".stage-r")
+    runner = subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=renv)
     return runner, launcher, shared
+
+
+def sigterm(p: subprocess.Popen[str]) -> None:
+    """SIGTERM to the container's process, as the runtime sends it to PID 1 (unshare would not pass it on)."""
+    pid = p.pid
+    if ISOLATE:
+        children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        pid = int(children[0])
+    os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def public() -> Any:
+    folder = public_dir()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def finish(*procs: subprocess.Popen[str]) -> list[str]:
     return [p.communicate(timeout=120)[0] for p in procs]
 
 
-async def test_a_good_run_through_the_split_reports_results_plot_and_environment(admin_bus, nats_server, tmp_path):
-    runner, launcher, shared = await start_pair(admin_bus, nats_server, tmp_path, GOOD, "ok")
+async def test_a_good_run_through_the_split_reports_results_plot_and_environment(admin_bus, nats_server, public):
+    runner, launcher, shared = await start_pair(admin_bus, nats_server, public, GOOD, "ok")
     out, lout = finish(runner, launcher)
     assert runner.returncode == EXIT_OK and launcher.returncode == 0, (out, lout)
     statuses = await statuses_of(admin_bus, "ok")
@@ -74,8 +118,8 @@ async def test_a_good_run_through_the_split_reports_results_plot_and_environment
     assert (shared / "job" / "runner" / "stop").is_file()  # the launcher was told the runner is done
 
 
-async def test_a_crash_and_a_planted_link_fail_the_job_and_nothing_behind_the_link_is_read(admin_bus, nats_server, tmp_path):
-    secret = tmp_path / "job.json"  # the runner's own job file (it exists once start_pair wrote it)
+async def test_a_crash_and_a_planted_link_fail_the_job_and_nothing_behind_the_link_is_read(admin_bus, nats_server, public):
+    secret = public / "runner" / "job.json"  # the runner's own job file (it exists once start_pair wrote it)
     experiment = f"""
 import argparse, os, sys
 p = argparse.ArgumentParser(); p.add_argument("--out_dir"); p.add_argument("--seeds"); p.add_argument("--scale")
@@ -84,7 +128,7 @@ os.symlink({str(secret)!r}, os.path.join(a.out_dir, "final_info.json"))
 os.symlink({str(secret)!r}, os.path.join(a.out_dir, "leak.json"))
 print("planted", flush=True)
 """
-    runner, launcher, _ = await start_pair(admin_bus, nats_server, tmp_path, experiment, "link")
+    runner, launcher, _ = await start_pair(admin_bus, nats_server, public, experiment, "link")
     out, lout = finish(runner, launcher)
     assert runner.returncode == EXIT_EXPERIMENT_FAILED, (out, lout)
     [_, done] = await statuses_of(admin_bus, "link")
@@ -94,24 +138,24 @@ print("planted", flush=True)
     assert "status_key" not in (await art.get("p1/runs/link/log.txt")).decode()
 
     crash = "raise SystemExit('diverged: loss is nan')"
-    (tmp_path / "c").mkdir()
-    runner, launcher, _ = await start_pair(admin_bus, nats_server, tmp_path / "c", crash, "crash")
+    (public / "c").mkdir(mode=0o755)
+    runner, launcher, _ = await start_pair(admin_bus, nats_server, public / "c", crash, "crash")
     out, lout = finish(runner, launcher)
     assert runner.returncode == EXIT_EXPERIMENT_FAILED, (out, lout)
     done = (await statuses_of(admin_bus, "crash"))[-1]
     assert done.reason.startswith("crashed: exit code 1") and "diverged: loss is nan" in done.reason
 
 
-async def test_sigterm_to_both_containers_is_a_preemption_with_the_log_kept(admin_bus, nats_server, tmp_path):
+async def test_sigterm_to_both_containers_is_a_preemption_with_the_log_kept(admin_bus, nats_server, public):
     slow = "import time\nprint('working', flush=True)\ntime.sleep(60)\n"
-    runner, launcher, shared = await start_pair(admin_bus, nats_server, tmp_path, slow, "pre", LAB_TERM_GRACE_S="2")
+    runner, launcher, shared = await start_pair(admin_bus, nats_server, public, slow, "pre", LAB_TERM_GRACE_S="2")
     log = shared / "job" / "launcher" / "experiment.log"
     deadline = time.monotonic() + 60
     while not (log.is_file() and "working" in log.read_text()):
         assert time.monotonic() < deadline and runner.poll() is None, finish(runner, launcher)
         await asyncio.sleep(0.1)
     for p in (runner, launcher):  # what the kubelet does when the pod is deleted or evicted
-        os.kill(p.pid, signal.SIGTERM)
+        sigterm(p)
     out, lout = finish(runner, launcher)
     assert runner.returncode == EXIT_INFRA and launcher.returncode == 0, (out, lout)  # retried, not failed
     record = split.ExitRecord.model_validate_json((shared / "job" / "launcher" / "exit.json").read_text())
@@ -134,3 +178,48 @@ async def test_a_runner_without_the_bus_releases_the_launcher_at_once(tmp_path):
     assert runner.returncode == EXIT_INFRA, runner.stderr
     out, _ = launcher.communicate(timeout=30)  # not waiting for a "ready" that will never come
     assert launcher.returncode == 0 and "nothing to run: the runner said stop" in out
+
+
+RESUMABLE = """
+import argparse, json, os, signal, sys, time
+p = argparse.ArgumentParser(); p.add_argument("--out_dir"); p.add_argument("--seeds"); p.add_argument("--scale")
+a = p.parse_args()
+state = os.path.join(os.environ["LAB_CHECKPOINT_DIR"], "state.json")
+step = json.load(open(state))["step"] if os.path.exists(state) else 0
+
+def save(n):
+    with open(state, "w") as f:  # in place, as torch.save does: a restored file must be writable by this uid
+        json.dump({"step": n}, f)
+
+save(step + 1)
+print(f"resumed at {step}", flush=True)
+if step == 0:
+    signal.signal(signal.SIGTERM, lambda *_: (save(2), sys.exit(0)))
+    time.sleep(60)
+json.dump({"metrics": {"score": {"mean": float(step), "stderr": 0.0, "values": [float(step)]}}, "seeds": [0], "config": {}},
+          open(os.path.join(a.out_dir, "final_info.json"), "w"))
+"""
+
+
+async def test_a_preempted_split_job_resumes_from_its_checkpoint_under_the_experiment_uid(admin_bus, nats_server, public):
+    """The checkpoint the runner restores is the experiment container's to overwrite, though the runner wrote it."""
+    (public / "a1").mkdir(mode=0o755)
+    runner, launcher, shared = await start_pair(admin_bus, nats_server, public / "a1", RESUMABLE, "res", resumable=True,
+                                                LAB_TERM_GRACE_S="3", LAB_CHECKPOINT_SYNC_S="0.3")
+    log = shared / "job" / "launcher" / "experiment.log"
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and "resumed at 0" in log.read_text()):
+        assert time.monotonic() < deadline and runner.poll() is None, finish(runner, launcher)
+        await asyncio.sleep(0.1)
+    for p in (runner, launcher):
+        sigterm(p)
+    out, lout = finish(runner, launcher)
+    assert runner.returncode == EXIT_INFRA, (out, lout)
+    (public / "a2").mkdir(mode=0o755)  # the pod's retry: fresh volumes
+    runner, launcher, shared = await start_pair(admin_bus, nats_server, public / "a2", RESUMABLE, "res", resumable=True)
+    out, lout = finish(runner, launcher)
+    assert runner.returncode == EXIT_OK, (out, lout)
+    assert "restored a checkpoint" in out and "resumed at 2" in out
+    done = (await statuses_of(admin_bus, "res"))[-1]
+    assert done.state == "succeeded" and done.final_info.metrics["score"].values == [2.0]
+    assert (shared / "job" / "checkpoint" / "state.json").read_text() == '{"step": 3}'
