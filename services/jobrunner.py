@@ -284,7 +284,7 @@ class Runner:
         except OSError as e:
             print(f"runner: cannot prepare the shared volume {self.layout.root.parent}: {e.strerror or e}", file=sys.stderr)
             return EXIT_INFRA
-        alive = asyncio.create_task(split.keep_alive(self.layout))
+        alive = asyncio.create_task(split.keep_alive(self.layout.alive))
         try:
             return await self._run()
         finally:

@@ -51,18 +51,15 @@ def _runner_gone(layout: split.Layout) -> str | None:
     """Why the launcher should give up: the runner said stop, or its heartbeat went stale."""
     if layout.stop.exists():
         return f"the runner said stop ({layout.stop.read_text().strip() or 'no reason'})"
-    try:
-        age = time.time() - layout.alive.stat().st_mtime
-    except OSError:
-        return None
-    return f"the runner stopped answering ({age:.0f}s since its last heartbeat)" if age > split.ALIVE_STALE_S else None
+    age = split.stale_for(layout.alive)
+    return f"the runner stopped answering ({age:.0f}s since its last heartbeat)" if age and age > split.ALIVE_STALE_S else None
 
 
-async def wait_ready(layout: split.Layout, poll_s: float = 0.2) -> str | None:
-    """None once the runner said ready; otherwise why there is nothing to run."""
+async def wait_ready(layout: split.Layout, term: asyncio.Event, poll_s: float = 0.2) -> str | None:
+    """None once the runner said ready; otherwise why there is nothing to run (``term``: SIGTERM came first)."""
     started = time.monotonic()
     while not layout.ready.exists():
-        gone = _runner_gone(layout)
+        gone = "SIGTERM before the runner was ready" if term.is_set() else _runner_gone(layout)
         if gone:
             return gone
         if time.monotonic() - started > START_TIMEOUT_S:
@@ -96,7 +93,7 @@ def _device(layout: split.Layout) -> str:
     return str(found)[:40]
 
 
-async def launch(layout: split.Layout) -> split.ExitRecord:
+async def launch(layout: split.Layout, term: asyncio.Event) -> split.ExitRecord:
     spec = split.LaunchSpec.model_validate_json(layout.launch.read_text())
     job = spec.job
     tmp = Path(tempfile.gettempdir()) / "lab-experiment"
@@ -108,7 +105,6 @@ async def launch(layout: split.Layout) -> split.ExitRecord:
         log.flush()
         print(line, flush=True)
 
-    term = checkpoint.catch_sigterm(asyncio.get_running_loop())
     why: list[str] = []
     watching = asyncio.create_task(watch_runner(layout, term, why))
     writable = [layout.out] + ([layout.checkpoint] if job.resumable else [])
@@ -136,14 +132,19 @@ async def launch(layout: split.Layout) -> split.ExitRecord:
 
 async def amain(shared: Path) -> int:
     layout = split.Layout(shared)
-    gone = await wait_ready(layout)
+    # As PID 1 an unhandled SIGTERM would be ignored: the pod would wait out its grace period.
+    early = checkpoint.catch_sigterm(asyncio.get_running_loop())
+    gone = await wait_ready(layout, early)
     if gone:
         print(f"launcher: nothing to run: {gone}", flush=True)
         return 0
+    alive = asyncio.create_task(split.keep_alive(layout.launcher_alive))
     try:
-        record = await launch(layout)
+        record = await launch(layout, early)
     except (OSError, ValidationError) as e:
         record = split.ExitRecord(state="failed", reason=f"launcher: cannot start the experiment: {type(e).__name__}: {e}"[:500])
+    finally:
+        alive.cancel()
     split.write_atomic(layout.exit, record.model_dump_json())
     print(f"launcher: the experiment {record.state}{': ' + record.reason if record.reason else ''}", flush=True)
     return 0

@@ -15,7 +15,9 @@ volume, under ``$LAB_SHARED_DIR/job``, a folder the runner creates and owns:
 - ``code/`` (read-only to the experiment by mode), ``out/``, ``figures/``,
   ``checkpoint/`` (writable by the experiment).
 - ``launcher/`` (the experiment container's): ``experiment.log`` (its output,
-  which the runner tails to NATS) and ``exit.json`` (the :class:`ExitRecord`).
+  which the runner tails to NATS), ``alive`` (the launcher's heartbeat: a
+  container killed for memory writes no exit record) and ``exit.json`` (the
+  :class:`ExitRecord`).
 
 The runner believes the exit record only about this job, which is all the
 experiment could lie about anyway (it writes its own ``final_info.json``). It
@@ -86,6 +88,7 @@ class Layout:
         self.stop = self.runner / "stop"
         self.log = self.launcher / "experiment.log"
         self.exit = self.launcher / "exit.json"
+        self.launcher_alive = self.launcher / "alive"
 
     def prepare(self) -> None:
         """The runner's folders, made before anything of the experiment's runs (so none is a planted link)."""
@@ -145,11 +148,19 @@ def write_atomic(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
-async def keep_alive(layout: Layout) -> None:
-    """Touch ``alive`` until cancelled: the launcher stops the experiment when this stops."""
+async def keep_alive(path: Path) -> None:
+    """Touch ``path`` until cancelled: the other container gives up on this one when it stops."""
     while True:
-        layout.alive.write_text(f"{time.time()}\n")
+        path.write_text(f"{time.time()}\n")
         await asyncio.sleep(ALIVE_EVERY_S)
+
+
+def stale_for(path: Path) -> float | None:
+    """Seconds since ``path`` was last touched, or None if it never was (or cannot be looked at)."""
+    try:
+        return time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return None
 
 
 class Tail:
@@ -212,6 +223,13 @@ async def await_experiment(
             layout.stop.write_text("preempted\n")
         if termed_at is not None and now - termed_at > grace_s + 5:
             return ExitRecord(state="preempted", reason="preempted: SIGTERM (the experiment container did not report)")
+        quiet = stale_for(layout.launcher_alive)
+        if quiet is not None and quiet > ALIVE_STALE_S:
+            layout.stop.write_text("the experiment container stopped answering\n")
+            for line in tail.rest():
+                await on_line(line)
+            return ExitRecord(state="failed", reason=f"the experiment container stopped answering ({quiet:.0f}s since its "
+                              "last heartbeat; killed for memory?)")
         if now - started > limit:
             layout.stop.write_text("timeout\n")
             for line in tail.rest():

@@ -164,6 +164,24 @@ async def test_sigterm_to_both_containers_is_a_preemption_with_the_log_kept(admi
     assert "working" in log_txt and "preempted" in log_txt
 
 
+async def test_an_experiment_container_killed_for_memory_fails_the_job_without_waiting_for_the_deadline(admin_bus, nats_server, public):
+    """The launcher dies (as a container OOMKilled does) and writes no exit record: its stale heartbeat tells the runner."""
+    slow = "import time\nprint('working', flush=True)\ntime.sleep(60)\n"
+    runner, launcher, shared = await start_pair(admin_bus, nats_server, public, slow, "oom", LAB_RUNNER_ALIVE_STALE_S="3")
+    log = shared / "job" / "launcher" / "experiment.log"
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and "working" in log.read_text()):
+        assert time.monotonic() < deadline and runner.poll() is None, finish(runner, launcher)
+        await asyncio.sleep(0.1)
+    started = time.monotonic()
+    os.killpg(launcher.pid, signal.SIGKILL)  # the whole container
+    out, _ = finish(runner, launcher)
+    assert runner.returncode == EXIT_EXPERIMENT_FAILED and time.monotonic() - started < 30, out
+    done = (await statuses_of(admin_bus, "oom"))[-1]
+    assert done.state == "failed" and done.reason.startswith("the experiment container stopped answering")
+    assert "working" in (await (await Artifacts.open(admin_bus)).get("p1/runs/oom/log.txt")).decode()
+
+
 async def test_a_runner_without_the_bus_releases_the_launcher_at_once(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
