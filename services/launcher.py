@@ -32,7 +32,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from services import checkpoint, sandbox, split
-from services.jobrunner import PLOT_LIMIT_S, Outcome, command, confine, environment, supervise
+from services.jobrunner import (
+    PLOT_LIMIT_S,
+    Outcome,
+    command,
+    confine,
+    environment,
+    supervise,
+)
 
 START_TIMEOUT_S = float(os.environ.get("LAB_LAUNCHER_START_TIMEOUT_S", "900"))  # the runner never showed up
 
