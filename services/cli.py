@@ -389,7 +389,8 @@ def evolve(
     max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Jobs in all, final test runs included (default: every candidate once)."),
     wall_time: float = typer.Option(3600, "--wall-time", help="Seconds before no new iteration starts."),
     seed_code: list[Path] = typer.Option([], "--seed-code", help="A .py file defining the hook's function; joins the first population (repeatable)."),
-    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
+    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor", help="local, docker or kubernetes (options from the lab config)."),
+    nats: Optional[str] = typer.Option(None, "--nats", help="Run on the lab at this NATS URL (its runner credential and job secret); default: a private server."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
 ) -> None:
@@ -402,12 +403,14 @@ def evolve(
         fail("--model names the llm mind's model: add --mind llm")
     if fast and profile not in ("", "fast"):
         fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
+    if nats is not None:
+        _check_url(nats)
     # Model-written candidates get the same gate as an llm project (the offline mind's are the template's own code).
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     opts = EvolveOptions(
         template=template, iterations=iterations, population=population, mind=mind, model=model, out=out, seed=seed,
         profile="fast" if fast else profile, keep=keep, final_top=final_top, max_runs=max_runs, wall_time=wall_time,
-        executor=executor, seed_code=list(seed_code), quiet=quiet,
+        executor=executor, nats=nats, seed_code=list(seed_code), quiet=quiet,
     )
     raise typer.Exit(run_evolve(opts, console))
 
