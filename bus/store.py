@@ -123,9 +123,9 @@ class IdeaArchive:
         key = archive_key(record.template, record.signature, record.project)
         await self.kv.put(key, record.model_dump_json().encode())
 
-    async def records(self, template: str) -> list[ArchiveRecord]:
-        """Every record for a template, oldest first."""
-        values = await _latest(self.kv, f"{key_token(template)}.", headers_only=False)
+    async def records(self, template: str | None = None) -> list[ArchiveRecord]:
+        """Every record for a template (every template's with None: the web view's archive page), oldest first."""
+        values = await _latest(self.kv, f"{key_token(template)}." if template is not None else "", headers_only=False)
         out = [ArchiveRecord.model_validate_json(v) for v in values.values() if v]
         return sorted(out, key=lambda r: (r.recorded_at, r.project, r.outcome.idea_id))
 
