@@ -389,7 +389,10 @@ def evolve(
     max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Jobs in all, final test runs included (default: every candidate once)."),
     wall_time: float = typer.Option(3600, "--wall-time", help="Seconds before no new iteration starts."),
     seed_code: list[Path] = typer.Option([], "--seed-code", help="A .py file defining the hook's function; joins the first population (repeatable)."),
-    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor", help="local, docker or kubernetes (options from the lab config)."),
+    executor: Optional[str] = typer.Option(
+        os.environ.get("LAB_EXECUTOR"), "--executor",
+        help="local, docker or kubernetes, options from the lab config (default: the local lab's with --nats, else local).",
+    ),
     nats: Optional[str] = typer.Option(None, "--nats", help="Run on the lab at this NATS URL (its runner credential and job secret); default: a private server."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
@@ -398,13 +401,16 @@ def evolve(
     from services.evolve import EvolveOptions, run_evolve
 
     _check_choice("mind", mind, ("offline", "llm"))
+    if nats is not None:
+        _check_url(nats)
+    if executor is None:  # on the lab `lab up` started here, the executor it runs its experiments with
+        local = read_local_lab()
+        executor = str(local.get("executor") or "local") if nats is not None and local and local.get("url") == nats else "local"
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     if model is not None and mind != "llm":
         fail("--model names the llm mind's model: add --mind llm")
     if fast and profile not in ("", "fast"):
         fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
-    if nats is not None:
-        _check_url(nats)
     # Model-written candidates get the same gate as an llm project (the offline mind's are the template's own code).
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     opts = EvolveOptions(
