@@ -16,8 +16,15 @@ object store is open to every lab user for reading and adding objects; purging i
 stream is the admin's alone. (nats-py purges an object's old chunks when its name is
 written again, and the purge API cannot be limited to one object: the lab never
 replaces a name, see bus.store.Artifacts.) What permissions cannot hold, because an
-object's subject is its base64 name: a role or runner that publishes raw object-store
+object's subject is its base64 name: a role that publishes raw object-store
 messages can still add a newer meta record for a name it did not write.
+
+Job runners are users of their own, ``job.<project>.<job>``, which no static
+user list names: the auth callout (services/authcallout.py) admits each with
+``job_permissions``: its own job's subjects, reads of the artifact store, and
+object chunks, but no meta record (the auth service commits those, for names
+under the job's project only). The static ``runner`` user stays for a NATS
+server without the callout (Docker Compose, ``lab up --nats-url``).
 
 The idea archive (what each project tried on each template) is written by the
 PI alone and read by the PI, the co-PI and the web view.

@@ -231,8 +231,8 @@ class Artifacts:
         return sorted({base_name(i.name) for i in infos if i.name.startswith(prefix) and not i.deleted})
 
 
-class CommitRefused(LabBusError):
-    """The auth service would not commit an object a job wrote (the reason, one line)."""
+class CommitRefused(LabBusError, ValueError):
+    """An object meta record a job may not write (another project's name, one it would replace), with the reason."""
 
 
 class CommittedObjects:

@@ -59,6 +59,7 @@ from bus.permissions import (
     job_permissions,
 )
 from bus.schema.constants import ARTIFACTS_BUCKET, object_stream
+from bus.store import CommitRefused
 from services.config import read_secret
 
 log = structlog.get_logger()
@@ -152,7 +153,7 @@ class AuthService:
         if held.get(chunk_subject, 0) != chunks:
             raise CommitRefused(f"{name}: {chunks} chunks announced, {held.get(chunk_subject, 0)} stored")
         meta_subject = f"$O.{ARTIFACTS_BUCKET}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
-        headers = {Header.ROLLUP: "sub"}
+        headers: dict[str, str] = {Header.ROLLUP.value: "sub"}
         try:
             last = await self.bus.js.get_last_msg(stream, meta_subject)
         except nats.js.errors.NotFoundError:
@@ -186,10 +187,6 @@ class AuthService:
         await bus.nc.subscribe(CALLOUT_SUBJECT, queue=QUEUE, cb=self.on_request)
         await bus.nc.subscribe(files_subject(), queue=QUEUE, cb=self.on_commit)
         await bus.nc.flush()
-
-
-class CommitRefused(LabError, ValueError):
-    """An object meta record a job may not write (another project's name, or an object it would replace)."""
 
 
 def issuer_seed() -> str:
