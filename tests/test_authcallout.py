@@ -16,11 +16,13 @@ from bus import natsjwt, subjects
 from bus.client import Bus, BusConfig
 from bus.errors import ConnectError
 from bus.jobkeys import JobKeys, new_secret
-from bus.permissions import AUTH, job_of_user, job_user
-from bus.schema import Envelope, JobStatus
+from bus.permissions import AUTH, JOB_USER, job_of_user, job_user
+from bus.schema import Envelope, JobSpec, JobStatus, NatsAccess
 from bus.server import EmbeddedServer, new_credentials
 from bus.store import Artifacts, CommitRefused
 from services.authcallout import AuthService
+from services.jobrunner import Runner
+from services.jobs import ExecutorJobs
 from tests.conftest import config_for
 
 pytestmark = pytest.mark.integration
@@ -86,7 +88,7 @@ async def lab(tmp_path):
 
 
 async def connect_job(server, project: str, job: str, password: str | None) -> Bus:
-    return await Bus.connect(BusConfig(url=server.url, user=job_user(project, job), password=password, name=f"t-{job}"), reconnect=False, timeout=5)
+    return await Bus.connect(BusConfig(url=server.url, user=job_user(project, job), password=password, name=f"t-{job}"), reconnect=False, timeout=15)
 
 
 async def test_a_job_with_its_key_is_admitted_and_a_forged_or_absent_key_is_not(lab):
@@ -97,7 +99,7 @@ async def test_a_job_with_its_key_is_admitted_and_a_forged_or_absent_key_is_not(
         with pytest.raises(ConnectError, match="refused"):
             await connect_job(server, "p1", "j1", password)
     with pytest.raises(ConnectError, match="refused"):  # not a job name, not a static user: the callout says no
-        await Bus.connect(BusConfig(url=server.url, user="stranger", password=keys.key("p1", "j1")), reconnect=False, timeout=5)
+        await Bus.connect(BusConfig(url=server.url, user="stranger", password=keys.key("p1", "j1")), reconnect=False, timeout=15)
     # The static users still log in as before, without the callout.
     static = await Bus.connect(config_for(server, "engineer"), reconnect=False)
     await static.close()
@@ -173,10 +175,51 @@ async def test_a_commit_must_name_chunks_that_are_there(lab):
     try:
         info = {"name": "p1/runs/j1/x.json", "bucket": "lab_artifacts", "nuid": "NOSUCHNUID", "size": 3, "chunks": 1,
                 "digest": "SHA-256=abc", "mtime": "2026-01-01T00:00:00+00:00"}
-        reply = json.loads((await bus.nc.request("lab.files.p1.j1", json.dumps(info).encode(), timeout=5)).data)
+        reply = json.loads((await bus.nc.request("lab.files.p1.j1", json.dumps(info).encode(), timeout=15)).data)
         assert "1 chunks announced, 0 stored" in reply["error"]
-        reply = json.loads((await bus.nc.request("lab.files.p1.j1", b"not json", timeout=5)).data)
+        reply = json.loads((await bus.nc.request("lab.files.p1.j1", b"not json", timeout=15)).data)
         assert "error" in reply
     finally:
         await bus.close()
     assert await (await Artifacts.open(admin)).list("p1/") == []
+
+
+# ---------------------------------------------------------------- how the engineer and the runner use it
+
+class Recorder:
+    """An executor that keeps what it was asked to start."""
+
+    def __init__(self) -> None:
+        self.jobs: list[JobSpec] = []
+
+    def capacity(self) -> int | None:
+        return None
+
+    async def submit(self, job: JobSpec) -> None:
+        self.jobs.append(job)
+
+
+def spec(job: str = "j1", project: str = "p1") -> JobSpec:
+    return JobSpec(job_id=job, project=project, experiment_id="e1", template="t", bundle_object="p1/b.tar.gz", seeds=[0],
+                   wall_time_s=60, memory_mb=256)
+
+
+async def test_the_engineer_gives_each_job_its_own_user_only_in_callout_mode():
+    secret = new_secret()
+    executor = Recorder()
+    jobs = ExecutorJobs(executor, NatsAccess(url="nats://x:4222", user=JOB_USER), secret)
+    await jobs.submit(spec("j1"))
+    await jobs.submit(spec("j2", "p2"))
+    key = JobKeys(secret).key
+    assert [(j.nats.user, j.nats.password) for j in executor.jobs] == [("job.p1.j1", key("p1", "j1")), ("job.p2.j2", key("p2", "j2"))]
+    assert all(j.status_key == j.nats.password for j in executor.jobs)
+    shared = Recorder()
+    await ExecutorJobs(shared, NatsAccess(url="nats://x:4222", user="runner", password="pw"), secret).submit(spec())
+    assert (shared.jobs[0].nats.user, shared.jobs[0].nats.password) == ("runner", "pw")
+
+
+def test_a_runner_with_its_own_user_ignores_a_mounted_shared_credential(monkeypatch):
+    monkeypatch.setenv("LAB_NATS_USER", "runner")
+    monkeypatch.setenv("LAB_NATS_PASSWORD", "shared")
+    assert Runner.credential(NatsAccess(url="nats://x", user="job.p1.j1", password="k")) == ("job.p1.j1", "k")
+    assert Runner.credential(NatsAccess(url="nats://x", user=None, password=None)) == ("runner", "shared")
