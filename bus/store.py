@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -170,7 +170,7 @@ class Artifacts:
         return cls(await bus.js.object_store(ARTIFACTS_BUCKET))
 
     @classmethod
-    async def open_for_job(cls, bus: Bus, commit_subject: str) -> "Artifacts":
+    async def open_for_job(cls, bus: Bus, commit_subject: str) -> Artifacts:
         """The store as a job runner with its own NATS user writes it: objects committed by the auth service."""
         return cls(CommittedObjects(bus, await bus.js.object_store(ARTIFACTS_BUCKET), commit_subject))
 
@@ -259,7 +259,7 @@ class CommittedObjects:
         info = {
             "name": name, "bucket": ARTIFACTS_BUCKET, "nuid": nuid, "size": len(data), "chunks": chunks,
             "digest": "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode(),
-            "mtime": datetime.now(timezone.utc).isoformat(), "options": {"max_chunk_size": self.chunk_size},
+            "mtime": datetime.now(UTC).isoformat(), "options": {"max_chunk_size": self.chunk_size},
         }
         reply = await self.bus.nc.request(self.commit_subject, json.dumps(info).encode(), timeout=self.timeout)
         answer = json.loads(reply.data)
