@@ -35,7 +35,7 @@ from agents.jobs import plan_job
 from agents.templates import bundle, bundle_files, replace_files
 from bus import subjects
 from bus.client import Bus, BusConfig
-from bus.permissions import ADMIN, RUNNER
+from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.jobkeys import JobKeys, new_secret
 from bus.schema import JobSpec, JobStatus, NatsAccess, TemplateSpec, decode
 from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
@@ -43,6 +43,7 @@ from bus.server import EmbeddedServer, new_credentials
 from bus.store import Artifacts
 from services.config import bus_config, lab_config, read_local_lab, read_secret, secrets_dir
 from services.executors import Executor, make_executor
+from services.jobs import runner_access
 from services.lifecycle import check_store
 from services.project import load_template, new_project_id
 
@@ -158,8 +159,9 @@ class CandidateRunner:
                 seeds=list(range(self.spec.seeds)),
             )
             # The split is the loop's, not a knob an idea may move: it goes to the experiment beside the planned overrides.
-            job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split}, "nats": self.job_nats,
-                                                "status_key": self.keys.key(self.project, planned.job_id)})
+            key = self.keys.key(self.project, planned.job_id)
+            job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split},
+                                                "nats": runner_access(self.job_nats, planned, key), "status_key": key})
             started = time.monotonic()
             status = await self._wait(job)
         base.update(job_id=job.job_id, wall_s=round(status.wall_s or time.monotonic() - started, 2))
@@ -286,20 +288,28 @@ def lab_access(url: str, executor_options: dict[str, Any]) -> LabAccess:
     no runner credential is known: the jobs could not report, and the loop would wait them out blind.
     """
     config = bus_config("copi", url, name="lab-evolve")
-    password = read_secret("LAB_RUNNER_PASSWORD") or _local_secret(url, RUNNER)
+    job_secret = read_secret("LAB_JOB_SECRET") or _local_secret(url, "job-secret")
+    local = read_local_lab()
+    # A lab that runs the auth service (`lab up`) admits each runner as its own user, its job's key as
+    # password (services/jobs.runner_access): then the job secret is the runners' credential.
+    per_job = os.environ.get("LAB_RUNNER_USER") == JOB_USER or (
+        "LAB_RUNNER_USER" not in os.environ and bool(local) and local.get("url") == url and local.get("runner_user") == JOB_USER)
+    password = None if per_job else read_secret("LAB_RUNNER_PASSWORD") or _local_secret(url, RUNNER)
     runner = NatsAccess(
         url=os.environ.get("LAB_RUNNER_NATS_URL", url),
-        user=os.environ.get("LAB_RUNNER_USER") or (RUNNER if password else None),
+        user=JOB_USER if per_job else os.environ.get("LAB_RUNNER_USER") or (RUNNER if password else None),
         password=password,
     )
+    if per_job and job_secret is None:
+        raise EvolveError(f"the lab at {url} admits runners by their job's key, and no job secret is known here: set LAB_JOB_SECRET_FILE")
     # The kubernetes and docker executors can hand the runner a credential of their own (a Secret, a file).
     own = executor_options.get("nats_secret") or executor_options.get("nats_password_file")
-    if config.password is not None and password is None and not own:
+    if config.password is not None and password is None and not own and not per_job:
         raise EvolveError(
             f"no runner credential for the lab at {url}: set LAB_RUNNER_PASSWORD_FILE (`lab up` writes $LAB_HOME/secrets/runner), "
             "or the executor's nats_secret (kubernetes) / nats_password_file (docker) in the lab config"
         )
-    return LabAccess(bus=config, runner=runner, job_secret=read_secret("LAB_JOB_SECRET") or _local_secret(url, "job-secret"))
+    return LabAccess(bus=config, runner=runner, job_secret=job_secret)
 
 
 def run_evolve(opts: EvolveOptions, console: Console) -> int:

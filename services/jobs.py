@@ -21,6 +21,15 @@ from bus.schema import JobSpec, NatsAccess
 from services.executors.base import Executor
 
 
+def runner_access(nats: NatsAccess | None, spec: JobSpec, key: str) -> NatsAccess | None:
+    """The bus access a job's runner gets: its own user when the lab runs the auth callout, else the shared one."""
+    if nats is not None and nats.user == JOB_USER:
+        # `lab up` (or the Deployment) says runners get per-job users (services/authcallout.py):
+        # the job's key, which signs its statuses, is also its password.
+        return nats.model_copy(update={"user": job_user(spec.project, spec.job_id), "password": key})
+    return nats
+
+
 class ExecutorJobs:
     """``agents.jobs.Jobs`` on an executor, with the lab's slot ledger once the host has opened the bus."""
 
@@ -48,13 +57,7 @@ class ExecutorJobs:
         return self.executor.capacity()
 
     def access(self, spec: JobSpec, key: str) -> NatsAccess | None:
-        """The bus access a job's runner gets: its own user when the lab runs the auth callout, else the shared one."""
-        nats = self.runner_nats
-        if nats is not None and nats.user == JOB_USER:
-            # `lab up` (or the Deployment) says runners get per-job users (services/authcallout.py):
-            # the job's key, which signs its statuses, is also its password.
-            return nats.model_copy(update={"user": job_user(spec.project, spec.job_id), "password": key})
-        return nats
+        return runner_access(self.runner_nats, spec, key)
 
     async def submit(self, spec: JobSpec) -> None:
         key = self.keys.key(spec.project, spec.job_id)

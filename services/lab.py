@@ -159,6 +159,8 @@ class Supervisor:
             "max_store_bytes": self.server.max_store_bytes if self.server else None,
             "mind": self.opts.mind,
             "executor": self.opts.executor,
+            # How job runners log in: each as its own user through the auth service, or (no credentials) openly.
+            "runner_user": JOB_USER if self.auth else None,
             "started": time.time(),
         }
         write_secret(state_file(home), json.dumps(info, indent=2))
