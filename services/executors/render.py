@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.executors.base import ExecutorError
+from bus.permissions import job_of_user
 from bus.schema import JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 
@@ -236,7 +237,9 @@ def job_name(job_id: str) -> str:
 
 def _job_for_runner(job: JobSpec, gpu: int, strip_password: bool) -> JobSpec:
     update: dict[str, Any] = {"gpu": gpu}
-    if strip_password and job.nats is not None:
+    # A job's own user (job.<project>.<job>, the auth callout's) keeps its password, the job's key: a mounted
+    # shared credential never replaces it (jobrunner.Runner.credential).
+    if strip_password and job.nats is not None and not job_of_user(job.nats.user):
         # The user name stays (it is no secret): Docker's password file carries no user, and without one
         # the runner's connect was refused. Kubernetes' NATS Secret names the user too, and wins.
         update["nats"] = job.nats.model_copy(update={"password": None})
