@@ -40,8 +40,8 @@ class RecordingKubelet(Kubelet):
         self.gpus_of: dict[str, int] = {}
 
     async def _sync_pod(self, job: dict[str, Any], pod: dict[str, Any]) -> None:
-        limits = pod["spec"]["containers"][0].get("resources", {}).get("limits", {})
-        self.gpus_of[job["metadata"]["name"]] = int(limits.get("nvidia.com/gpu", 0))
+        self.gpus_of[job["metadata"]["name"]] = sum(  # the experiment container's, in a two-container pod
+            int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in pod["spec"]["containers"])
         try:
             await super()._sync_pod(job, pod)
         except ApiException as e:
