@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from bus import subjects
+from bus import partitions, subjects
 from bus.errors import ConnectError, MessageTooLarge
 from bus.schema import Envelope, encode
 from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
@@ -175,6 +175,21 @@ class Bus:
             await self.js.object_store(ARTIFACTS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             await self.js.create_object_store(ARTIFACTS_BUCKET, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=r))
+
+    async def ensure_work_stream(self) -> None:
+        """Create ``LAB_WORK`` (bus/partitions) if absent: the roles' inputs by partition, for replicas."""
+        try:
+            await self.js.stream_info(partitions.WORK_STREAM)
+        except nats.js.errors.NotFoundError:
+            # Only what comes next: what the shared durables already read is not handled twice.
+            after = {name: (await self.js.stream_info(name)).state.last_seq for name in partitions.SOURCED}
+            try:
+                await self._add_stream(partitions.work_stream_config(self.config.replicas, after))
+            except BadRequestError as e:
+                try:
+                    await self.js.stream_info(partitions.WORK_STREAM)  # created concurrently: fine
+                except nats.js.errors.NotFoundError:
+                    raise ConnectError(f"cannot create stream {partitions.WORK_STREAM}: {e.description}") from None
 
     async def _add_stream(self, cfg: api.StreamConfig) -> None:
         """Create a stream; where the server's store is smaller than its size limit, with no limit of its own.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bus.partitions import PARTITIONS, WORK_STREAM, durable
 from bus.schema import ROLES
 from bus.schema.constants import (
     AGENTS_BUCKET,
@@ -51,7 +52,7 @@ RUNNER = "runner"  # job runners
 WEB = "web"  # the web view (`lab web`): reads what its pages show, speaks only as the co-PI
 USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN)
 
-STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
+STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, WORK_STREAM, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
 
 
 def _bucket_reads(stream: str, subjects: str = ">") -> list[str]:
@@ -130,6 +131,8 @@ def _role(role: str) -> list[str]:
         # Whoever starts first creates the lab's streams; the server refuses one that overlaps an existing stream.
         *(f"$JS.API.STREAM.{op}.{s}" for s in STREAMS for op in ("INFO", "CREATE")),
         *_consumer(CONVO_STREAM, f"role-{role}"),
+        # Replicas read by partition (bus/partitions): one durable per partition of the roles' inputs.
+        *(rule for p in range(PARTITIONS) for rule in _consumer(WORK_STREAM, durable(role, p))),
         f"$KV.{STATE_BUCKET}.{role}.>",
         *_bucket_reads(STATE_KV, f"$KV.{STATE_BUCKET}.{role}.>"),
         f"$KV.{AGENTS_BUCKET}.{role}",

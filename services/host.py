@@ -25,13 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 import structlog
 from pydantic import ValidationError
 
 from agents import role_class
 from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds.meter import metered
-from bus import subjects
+from bus import partitions, subjects
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
@@ -68,6 +69,21 @@ def concurrency_for(role: str, environ: Any = os.environ) -> int:
                 raise HostConfigError(f"{name}={raw!r}: must be at least 1")
             return value
     return DEFAULT_CONCURRENCY
+
+
+def replica_from_env(environ: Any = os.environ) -> tuple[int, int]:
+    """(index, count) of this process among its role's replicas: ``LAB_REPLICA`` (0-based) of ``LAB_REPLICAS``.
+
+    Without ``LAB_REPLICA``, a StatefulSet pod's ordinal (``lab-pi-1`` is 1), read from ``HOSTNAME``.
+    """
+    try:
+        count = int(environ.get("LAB_REPLICAS") or 1)
+        ordinal = (environ.get("HOSTNAME") or "").rpartition("-")[2] if count > 1 else ""
+        index = int(environ.get("LAB_REPLICA") or (ordinal if ordinal.isdigit() else 0))
+        partitions.owned(index, count)
+    except ValueError as e:
+        raise HostConfigError(f"LAB_REPLICA={environ.get('LAB_REPLICA')!r} of LAB_REPLICAS={environ.get('LAB_REPLICAS')!r}: {e}") from None
+    return index, count
 
 
 def _project_of(subject: str) -> str:
@@ -108,6 +124,7 @@ class AgentHost:
         mind_config: dict[str, Any] | None = None,
         wiring: Wiring | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        replica: tuple[int, int] = (0, 1),
     ):
         self.role_name = role
         self.role: Role = role_class(role)()
@@ -121,6 +138,8 @@ class AgentHost:
         self.wiring = wiring or Wiring(role_name(role), home)
         self.stop = asyncio.Event()
         self.concurrency = concurrency
+        self.replica = replica
+        partitions.owned(*replica)  # a bad index fails here, not in the fetch loop
         self.lanes = Lanes(concurrency, self._process_safely)
         self.handled = 0
         self.failed = False
@@ -153,9 +172,7 @@ class AgentHost:
         self.cache = await KVCache.open(self.bus, self.role_name)
         self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
         background = await self.wiring.open(self.bus, self.states)
-        subs = [await pull(self.bus, subjects.CONVO_STREAM, f"role-{self.role_name}", subjects.convo_for(self.role_name))]
-        for extra in self.wiring.subscriptions:
-            subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filters))
+        subs = await self._subscribe()
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
         for t in tasks[: len(subs)]:
@@ -176,6 +193,37 @@ class AgentHost:
             await self.wiring.close()
             await self.bus.close()
             log.info("agent stopped", role=self.role_name, handled=self.handled)
+
+    async def _partitioned(self) -> bool:
+        """Replicas read by partition; so does a lab that ever had them (its partitions hold its place)."""
+        if self.replica[1] > 1:
+            return True
+        try:
+            await self.bus.js.stream_info(partitions.WORK_STREAM)
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+
+    async def _subscribe(self) -> list[Any]:
+        """Pull subscriptions for what this role reads: one shared durable, or this replica's partitions."""
+        convo = subjects.convo_for(self.role_name)
+        if not await self._partitioned():
+            subs = [await pull(self.bus, subjects.CONVO_STREAM, f"role-{self.role_name}", convo)]
+            for extra in self.wiring.subscriptions:
+                subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filters))
+            return subs
+        await self.bus.ensure_work_stream()
+        # The job statuses the engineer reads are in the same partitions, so one project's inputs stay in one order.
+        sourced = [f for extra in self.wiring.subscriptions if extra.stream in partitions.SOURCED for f in extra.filters]
+        subs = [
+            await pull(self.bus, partitions.WORK_STREAM, partitions.durable(self.role_name, p), partitions.filters(p, convo + sourced))
+            for p in partitions.owned(*self.replica)
+        ]
+        for extra in self.wiring.subscriptions:
+            if extra.stream not in partitions.SOURCED:
+                subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filters))
+        log.info("reading partitions", role=self.role_name, replica=self.replica, partitions=partitions.owned(*self.replica))
+        return subs
 
     def _consumer_ended(self, task: asyncio.Task[None]) -> None:
         """A fetch loop that ends before we stop leaves the role deaf: stop, so the supervisor (or Kubernetes) restarts us."""
@@ -207,7 +255,7 @@ class AgentHost:
     async def _consume(self, sub: Any) -> None:
         """Fetch what the lanes have room for and queue each message on its project's lane."""
         async for msg in messages(sub, self.stop, room=lambda: self.lanes.room(2 * self.concurrency)):
-            self.lanes.submit(_project_of(msg.subject), msg)
+            self.lanes.submit(_project_of(partitions.origin(msg.subject)), msg)
 
     async def _process_safely(self, msg: Any) -> None:
         started = time.monotonic()
@@ -225,6 +273,7 @@ class AgentHost:
     # ------------------------------------------------------------ one message
 
     async def process(self, msg: Any) -> None:
+        started = time.time()  # in the "handled" line: tests check that no two replicas held one project at once
         meta = msg.metadata
         delivered = meta.num_delivered if meta else 1
         if len(msg.data) > MAX_ENVELOPE_BYTES:
@@ -237,7 +286,7 @@ class AgentHost:
             where = ".".join(str(p) for p in first["loc"])
             await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
             return
-        mismatch = envelope_mismatch(msg.subject, env)
+        mismatch = envelope_mismatch(partitions.origin(msg.subject), env)
         if mismatch:
             await self._reject(msg, mismatch)
             return
@@ -267,7 +316,7 @@ class AgentHost:
         await self.bus.publish_many(outputs)
         await msg.ack()
         self.handled += 1
-        bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered)
+        bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered, instance=self.instance, started=started)
 
     async def _handle(self, env: Envelope, bound: Any) -> list[Envelope]:
         key = f"{self.role_name}.{env.project}"
@@ -331,9 +380,10 @@ def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_confi
     setup_logging(role=role)
     try:
         concurrency = concurrency_for(role)
+        replica = replica_from_env()
     except HostConfigError as e:
         raise SystemExit(f"lab agent: {e}") from None
-    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, wiring=wiring, concurrency=concurrency)
+    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, wiring=wiring, concurrency=concurrency, replica=replica)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
