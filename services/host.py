@@ -316,7 +316,8 @@ class AgentHost:
         await self.bus.publish_many(outputs)
         await msg.ack()
         self.handled += 1
-        bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered, instance=self.instance, started=started)
+        bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered, instance=self.instance,
+                   partition=partitions.partition_of(msg.subject), started=started)
 
     async def _handle(self, env: Envelope, bound: Any) -> list[Envelope]:
         key = f"{self.role_name}.{env.project}"
