@@ -48,6 +48,7 @@ def work_stream_config(replicas: int = 1, after: dict[str, int] | None = None) -
         retention=api.RetentionPolicy.LIMITS,
         max_age=WORK_MAX_AGE_S,
         max_bytes=WORK_MAX_BYTES,
+        duplicate_window=15 * 60,  # as the conversation's: a source that resends after a leader change adds nothing
         num_replicas=max(1, replicas),
         sources=[
             api.StreamSource(

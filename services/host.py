@@ -79,7 +79,10 @@ def replica_from_env(environ: Any = os.environ) -> tuple[int, int]:
     try:
         count = int(environ.get("LAB_REPLICAS") or 1)
         ordinal = (environ.get("HOSTNAME") or "").rpartition("-")[2] if count > 1 else ""
-        index = int(environ.get("LAB_REPLICA") or (ordinal if ordinal.isdigit() else 0))
+        if count > 1 and not environ.get("LAB_REPLICA") and not ordinal.isdigit():
+            # Every replica would take index 0 and the other partitions' projects would wait forever.
+            raise ValueError("several replicas need LAB_REPLICA or a StatefulSet pod's ordinal in HOSTNAME")
+        index = int(environ.get("LAB_REPLICA") or ordinal or 0)
         partitions.owned(index, count)
     except ValueError as e:
         raise HostConfigError(f"LAB_REPLICA={environ.get('LAB_REPLICA')!r} of LAB_REPLICAS={environ.get('LAB_REPLICAS')!r}: {e}") from None

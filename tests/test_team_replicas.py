@@ -133,7 +133,9 @@ def test_partitions_are_split_by_index_and_subjects_map_back():
     assert replica_from_env({"LAB_REPLICA": "1", "LAB_REPLICAS": "2"}) == (1, 2)
     assert replica_from_env({"HOSTNAME": "lab-engineer-2", "LAB_REPLICAS": "3"}) == (2, 3)  # a StatefulSet's ordinal
     assert replica_from_env({"HOSTNAME": "lab-engineer-7f9c-x2b", "LAB_REPLICAS": "1"}) == (0, 1)
+    with pytest.raises(HostConfigError, match="need LAB_REPLICA or a StatefulSet"):
+        replica_from_env({"HOSTNAME": "lab-engineer-7f9c-x2b", "LAB_REPLICAS": "2"})  # a Deployment's pod
     with pytest.raises(HostConfigError, match="not one of 0..1"):
         replica_from_env({"LAB_REPLICA": "2", "LAB_REPLICAS": "2"})
     with pytest.raises(HostConfigError, match="1 to 16"):
-        replica_from_env({"LAB_REPLICAS": "17"})
+        replica_from_env({"LAB_REPLICA": "0", "LAB_REPLICAS": "17"})
