@@ -239,7 +239,8 @@ class Bus:
         record = {
             "reason": reason,
             "role": role,
-            "subject": msg.subject,
+            "subject": partitions.origin(msg.subject),  # where it was published; a replica read it from LAB_WORK
+            "read_on": msg.subject,
             "stream_seq": getattr(getattr(meta, "sequence", None), "stream", None),
             "num_delivered": getattr(meta, "num_delivered", None),
             "size": len(msg.data),

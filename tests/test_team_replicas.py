@@ -8,6 +8,7 @@ takes a while and records which replica ran which message when.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -139,3 +140,19 @@ def test_partitions_are_split_by_index_and_subjects_map_back():
         replica_from_env({"LAB_REPLICA": "2", "LAB_REPLICAS": "2"})
     with pytest.raises(HostConfigError, match="1 to 16"):
         replica_from_env({"LAB_REPLICA": "0", "LAB_REPLICAS": "17"})
+
+
+async def test_a_replica_dead_letters_a_bad_message_under_the_subject_it_was_published_on(admin_bus, nats_server, tmp_path):
+    runs: list[Run] = []
+    hosts = [await start(nats_server, tmp_path, i, runs) for i in range(2)]
+    try:
+        for p in ("bad0", "bad1", "bad2", "bad3"):
+            await admin_bus.js.publish(f"lab.convo.{p}.copi.writer", b"not json")
+        sub = await admin_bus.js.subscribe("lab.dlq.writer", stream="LAB_DLQ", ordered_consumer=True)
+        records = [json.loads((await sub.next_msg(20)).data) for _ in range(4)]
+    finally:
+        for host, _ in hosts:
+            host.stop.set()
+        await asyncio.gather(*(asyncio.wait_for(t, 30) for _, t in hosts))
+    assert sorted(r["subject"] for r in records) == [f"lab.convo.bad{i}.copi.writer" for i in range(4)]
+    assert all(r["read_on"].startswith("lab.part.") and r["reason"].startswith("invalid message") for r in records)
