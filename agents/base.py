@@ -25,7 +25,7 @@ from bus.schema import Envelope, Recipient, RoleName, TemplateError
 
 
 class ArtifactStore(Protocol):
-    """Object store names are ``<project>/<path>``."""
+    """Object store names are ``<project>/<path>``; put returns the name written (a new version when the name exists), get the latest."""
 
     async def put(self, name: str, data: bytes) -> str: ...
     async def get(self, name: str) -> bytes: ...

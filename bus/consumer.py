@@ -25,7 +25,8 @@ MAX_DELIVER = 5
 HEARTBEAT_S = 3.0
 
 
-def consumer_config(durable: str, filters: list[str]) -> api.ConsumerConfig:
+def consumer_config(durable: str, filter_subject: str) -> api.ConsumerConfig:
+    """One filter, so nats-py creates it through ``CONSUMER.CREATE.<stream>.<durable>.<filter>`` (see bus.permissions)."""
     return api.ConsumerConfig(
         durable_name=durable,
         name=durable,
@@ -34,17 +35,24 @@ def consumer_config(durable: str, filters: list[str]) -> api.ConsumerConfig:
         ack_wait=ACK_WAIT_S,
         max_deliver=MAX_DELIVER,
         max_ack_pending=64,
-        filter_subjects=filters,
+        filter_subject=filter_subject,
     )
 
 
-async def pull(bus: Bus, stream: str, durable: str, filters: list[str]) -> Any:
-    """Bind to (creating if absent) a durable pull consumer."""
+async def pull(bus: Bus, stream: str, durable: str, filter_subject: str) -> Any:
+    """Bind to (creating if absent) a durable pull consumer.
+
+    A durable left by an older lab with several filters (``filter_subjects``) is updated to its one
+    filter in place: it keeps its position in the stream.
+    """
     try:
-        await bus.js.consumer_info(stream, durable)
+        info = await bus.js.consumer_info(stream, durable)
+        stale = info.config.filter_subject != filter_subject or bool(info.config.filter_subjects)
     except nats.js.errors.NotFoundError:
+        stale = True
+    if stale:
         try:
-            await bus.js.add_consumer(stream, config=consumer_config(durable, filters))
+            await bus.js.add_consumer(stream, config=consumer_config(durable, filter_subject))
         except nats.js.errors.BadRequestError:
             pass  # another instance created it first
     return await bus.js.pull_subscribe_bind(durable=durable, stream=stream)

@@ -2,19 +2,23 @@
 
 Replicas sharing one durable would each take messages of the same project
 at once (they then conflict on compare-and-set, and order is lost). Instead
-NATS itself assigns every project to one of ``PARTITIONS`` partitions: the
-``LAB_WORK`` stream sources the conversation and the job statuses through a
-deterministic subject transform, ``partition(16, <project>)``::
+NATS itself assigns every project to one of ``PARTITIONS`` partitions. Each
+role has its own work stream, ``LAB_WORK_<ROLE>``, which sources what the
+role reads through deterministic subject transforms (``partition(16, <project>)``)::
 
-    lab.convo.<project>.<sender>.<recipient>  ->  lab.part.<p>.convo.<project>.<sender>.<recipient>
-    lab.jobs.<project>.<job>.status           ->  lab.part.<p>.jobs.<project>.<job>.status
+    lab.convo.<project>.<sender>.<role>  ->  lab.work.<role>.<p>.convo.<project>.<sender>.<role>
+    lab.convo.<project>.<sender>.all     ->  lab.work.<role>.<p>.convo.<project>.<sender>.all
+    lab.jobs.<project>.<job>.status      ->  lab.work.engineer.<p>.jobs.<project>.<job>.status   (the engineer only)
 
-Each role has one durable per partition (``role-<role>-p<NN>``, so a
-partition's position survives any change of the replica count), and replica
-``i`` of ``n`` reads the partitions ``p`` with ``p % n == i``: one project is
-in one partition, read by one replica, whose lanes handle it in order. The
-conversation stream and its subjects stay as they are (the log, replays,
-permissions to publish); only the roles' reading moves.
+A stream copies one source in that source's order, so one project's mail and
+broadcasts reach its partition in the order they were published. Each role
+has one durable per partition (``role-<role>-p<NN>``) with ONE filter,
+``lab.work.<role>.<p>.>``: the filter the permissions pin in the durable's
+create subject (bus.permissions). A partition's position survives any change
+of the replica count; replica ``i`` of ``n`` reads the partitions ``p`` with
+``p % n == i`` (one replica reads all sixteen). The conversation stream and
+its subjects stay as they are (the log, replays, permissions to publish);
+only the roles' reading goes through the work streams.
 
 A replica that dies leaves its partitions' messages in their durables (acked
 messages are done, unacked ones come back after the ack wait) until the
@@ -26,41 +30,73 @@ from __future__ import annotations
 
 from nats.js import api
 
+from bus.schema import ROLES
 from bus.schema.constants import CONVO_STREAM, JOBS_STREAM
 
 PARTITIONS = 16
-WORK_STREAM = "LAB_WORK"
-SOURCED = (CONVO_STREAM, JOBS_STREAM)  # streams whose role inputs LAB_WORK copies (job statuses only, not logs)
-WORK_MAX_AGE_S = 7 * 24 * 3600  # a copy for the roles to read; the conversation stream is the lab's log
-WORK_MAX_BYTES = 1 << 30
+WORK_MAX_AGE_S = 7 * 24 * 3600  # a copy for the role to read; the conversation stream is the lab's log
+WORK_MAX_BYTES = 256 << 20
+DUPLICATE_WINDOW_S = 15 * 60  # as the conversation's: a source that resends after a leader change adds nothing
+_PART = f"{{{{partition({PARTITIONS},1)}}}}"  # the project is the first wildcard of every source filter below
 
 
-def _transform(src: str, dest_tail: str) -> api.SubjectTransform:
-    return api.SubjectTransform(src=src, dest=f"lab.part.{{{{partition({PARTITIONS},1)}}}}.{dest_tail}")
+def work_stream(role: str) -> str:
+    """The stream a role reads from: ``LAB_WORK_PI``, ``LAB_WORK_ENGINEER``…"""
+    return f"LAB_WORK_{role.upper()}"
 
 
-def work_stream_config(replicas: int = 1, after: dict[str, int] | None = None) -> api.StreamConfig:
-    """``LAB_WORK``: the roles' inputs, partitioned by project; copies what comes after ``after[stream]`` (a sequence)."""
+WORK_STREAMS = tuple(work_stream(r) for r in ROLES)
+
+
+def inputs(role: str) -> dict[str, list[str]]:
+    """What a role reads, by source stream: its own mail and the broadcasts; the engineer also its jobs' statuses."""
+    out = {CONVO_STREAM: [f"lab.convo.*.*.{role}", "lab.convo.*.*.all"]}
+    if role == "engineer":
+        out[JOBS_STREAM] = ["lab.jobs.*.*.status"]
+    return out
+
+
+def _transform(role: str, src: str) -> api.SubjectTransform:
+    """``lab.<a>.<project>.<b>.<c>`` -> ``lab.work.<role>.<p>.<a>.<project>.<b>.<c>``, literal tokens kept."""
+    tokens = src.split(".")
+    wild, tail = 0, []
+    for t in tokens[1:]:
+        if t == "*":
+            wild += 1
+            tail.append(f"{{{{wildcard({wild})}}}}")
+        else:
+            tail.append(t)
+    return api.SubjectTransform(src=src, dest=f"lab.work.{role}.{_PART}.{'.'.join(tail)}")
+
+
+def work_stream_config(role: str, replicas: int = 1, after: dict[str, int] | None = None) -> api.StreamConfig:
+    """The role's work stream; copies what comes after ``after[stream]`` (a sequence) of each source."""
     after = after or {}
     return api.StreamConfig(
-        name=WORK_STREAM,
+        name=work_stream(role),
         storage=api.StorageType.FILE,
         retention=api.RetentionPolicy.LIMITS,
         max_age=WORK_MAX_AGE_S,
         max_bytes=WORK_MAX_BYTES,
-        duplicate_window=15 * 60,  # as the conversation's: a source that resends after a leader change adds nothing
+        duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=max(1, replicas),
         sources=[
-            api.StreamSource(
-                name=CONVO_STREAM, opt_start_seq=after.get(CONVO_STREAM, 0) + 1,
-                subject_transforms=[_transform("lab.convo.*.*.*", "convo.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}")],
-            ),
-            api.StreamSource(
-                name=JOBS_STREAM, opt_start_seq=after.get(JOBS_STREAM, 0) + 1,
-                subject_transforms=[_transform("lab.jobs.*.*.status", "jobs.{{wildcard(1)}}.{{wildcard(2)}}.status")],
-            ),
+            api.StreamSource(name=stream, opt_start_seq=after.get(stream, 0) + 1, subject_transforms=[_transform(role, f) for f in filters])
+            for stream, filters in inputs(role).items()
         ],
     )
+
+
+def partition(project: str) -> int:
+    """The partition NATS's ``partition(16, 1)`` puts a project in (FNV-1a 32 of the token, mod 16).
+
+    The server's mapping is the authority (tests check this agrees with it); this tells a caller which
+    durable holds a project without reading the stream (the bench, tests).
+    """
+    h = 0x811C9DC5
+    for byte in project.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % PARTITIONS
 
 
 def owned(index: int, count: int) -> list[int]:
@@ -76,20 +112,25 @@ def durable(role: str, partition: int) -> str:
     return f"role-{role}-p{partition:02d}"
 
 
-def filters(partition: int, originals: list[str]) -> list[str]:
-    """What a partition's durable reads: the role's own filters (``lab.convo.…``, ``lab.jobs.…``) within the partition."""
-    return [f"lab.part.{partition}.{s.removeprefix('lab.')}" for s in originals]
+def partition_filter(role: str, partition: int) -> str:
+    """A partition durable's one filter (pinned by the permissions)."""
+    return f"lab.work.{role}.{partition}.>"
+
+
+def consumers(role: str) -> list[tuple[str, str, str]]:
+    """Every (stream, durable, filter) a role may read through, whatever its replica count."""
+    return [(work_stream(role), durable(role, p), partition_filter(role, p)) for p in range(PARTITIONS)]
 
 
 def origin(subject: str) -> str:
-    """The subject a message was published on (``lab.part.<p>.convo.…`` -> ``lab.convo.…``); others as they are."""
-    if not subject.startswith("lab.part."):
+    """The subject a message was published on (``lab.work.<role>.<p>.convo.…`` -> ``lab.convo.…``); others as they are."""
+    if not subject.startswith("lab.work."):
         return subject
     parts = subject.split(".")
-    return ".".join(["lab", *parts[3:]])
+    return ".".join(["lab", *parts[4:]])
 
 
 def partition_of(subject: str) -> int | None:
-    """The partition a ``lab.part.<p>.…`` subject is in, else None."""
+    """The partition a ``lab.work.<role>.<p>.…`` subject is in, else None."""
     parts = subject.split(".")
-    return int(parts[2]) if subject.startswith("lab.part.") and len(parts) > 2 and parts[2].isdigit() else None
+    return int(parts[3]) if subject.startswith("lab.work.") and len(parts) > 3 and parts[3].isdigit() else None

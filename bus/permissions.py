@@ -4,14 +4,21 @@ Each role connects as its own NATS user. It may publish conversation messages
 only with itself as sender, so a compromised or buggy agent cannot speak as
 another; it reads replies only on its own inbox prefix. Reading through
 JetStream is held to the same line: a role may create and pull only its own
-durable consumers, read and write only its own keys in the state bucket, and
-ack only its own consumers' messages — so it cannot read the conversation
+durable consumers (one per partition of its work stream, bus/partitions), each
+with the one filter its create subject names (so it cannot re-filter them to
+read others' mail), read and write only its own keys
+in the state bucket, and ack only its own consumers' messages — so it cannot read the conversation
 addressed to others, or rewrite their state. Acks are allowed in both the old
 ``$JS.ACK.<stream>.<consumer>...`` and the nats-server 2.14+
 ``$JS.ACK.<domain>.<account>.<stream>.<consumer>...`` forms.
 
 Artifacts are shared by design (a writer reads the analyst's figures), so the
-object store is open to every lab user.
+object store is open to every lab user for reading and adding objects; purging its
+stream is the admin's alone. (nats-py purges an object's old chunks when its name is
+written again, and the purge API cannot be limited to one object: the lab never
+replaces a name, see bus.store.Artifacts.) What permissions cannot hold, because an
+object's subject is its base64 name: a role or runner that publishes raw object-store
+messages can still add a newer meta record for a name it did not write.
 
 The idea archive (what each project tried on each template) is written by the
 PI alone and read by the PI, the co-PI and the web view.
@@ -27,8 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.partitions import PARTITIONS, WORK_STREAM, durable
 from bus.schema import ROLES
+from bus.partitions import WORK_STREAMS, consumers
 from bus.schema.constants import (
     AGENTS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -52,7 +59,7 @@ RUNNER = "runner"  # job runners
 WEB = "web"  # the web view (`lab web`): reads what its pages show, speaks only as the co-PI
 USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN)
 
-STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, WORK_STREAM, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
+STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, *WORK_STREAMS, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
 
 
 def _bucket_reads(stream: str, subjects: str = ">") -> list[str]:
@@ -72,7 +79,6 @@ def _artifacts() -> list[str]:
         f"$O.{ARTIFACTS_BUCKET}.>",
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.STREAM.PURGE.{stream}",  # replacing an object drops its old chunks
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",  # nats-py reads and lists objects through unnamed consumers
         *_bucket_reads(stream),
@@ -109,11 +115,15 @@ def _copi() -> list[str]:
     ]
 
 
-def _consumer(stream: str, name: str) -> list[str]:
+def _consumer(stream: str, name: str, filter_subject: str) -> list[str]:
+    """Create (or update) one durable with its one filter, bind, pull and ack it.
+
+    The filter is pinned in the create subject: nats-server refuses a request whose config names
+    another filter (or several) than the subject does, and the subject-less and legacy
+    ``DURABLE.CREATE`` forms, which carry no filter, are not allowed.
+    """
     return [
-        f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.{name}.>",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter_subject}",
         f"$JS.API.CONSUMER.INFO.{stream}.{name}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
         f"$JS.ACK.{stream}.{name}.>",
@@ -130,9 +140,8 @@ def _role(role: str) -> list[str]:
         "$JS.FC.>",
         # Whoever starts first creates the lab's streams; the server refuses one that overlaps an existing stream.
         *(f"$JS.API.STREAM.{op}.{s}" for s in STREAMS for op in ("INFO", "CREATE")),
-        *_consumer(CONVO_STREAM, f"role-{role}"),
-        # Replicas read by partition (bus/partitions): one durable per partition of the roles' inputs.
-        *(rule for p in range(PARTITIONS) for rule in _consumer(WORK_STREAM, durable(role, p))),
+        # The role reads its work stream (bus/partitions) by partition: one durable each, its one filter pinned.
+        *(rule for stream, name, f in consumers(role) for rule in _consumer(stream, name, f)),
         f"$KV.{STATE_BUCKET}.{role}.>",
         *_bucket_reads(STATE_KV, f"$KV.{STATE_BUCKET}.{role}.>"),
         f"$KV.{AGENTS_BUCKET}.{role}",
@@ -146,7 +155,7 @@ def _role(role: str) -> list[str]:
         allow += [f"$KV.{IDEAS_BUCKET}.>", *_bucket_reads(IDEAS_KV)]
     if role == "engineer":
         # The engineer reads job outcomes, and reports failures the runner could not (a pod that never started).
-        allow += [*_consumer(JOBS_STREAM, "role-engineer-jobs"), "lab.jobs.*.*.status"]
+        allow += ["lab.jobs.*.*.status"]  # its job outcomes it reads in its work stream
     return allow
 
 

@@ -7,7 +7,10 @@ each other: the loser gets StateConflict and retries from the new state.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 from typing import Any
 
 import nats
@@ -127,8 +130,36 @@ class IdeaArchive:
         return sorted(out, key=lambda r: (r.recorded_at, r.project, r.outcome.idea_id))
 
 
+VERSION_MARK = "~"
+
+
+def versioned(name: str, version: int) -> str:
+    """The name of a later version: ``p/figures/acc~2.png`` (before the extension, so readers still see ``.png``)."""
+    if version <= 1:
+        return name
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return f"{folder}/{stem}{VERSION_MARK}{version}{dot}{ext}" if folder else f"{stem}{VERSION_MARK}{version}{dot}{ext}"
+
+
+_VERSION = re.compile(r"~([0-9]+)(?=\.|$)")
+
+
+def base_name(name: str) -> str:
+    """The name a version was written under: ``p/acc~2.png`` -> ``p/acc.png``."""
+    folder, sep, base = name.rpartition("/")
+    return folder + sep + _VERSION.sub("", base, count=1)
+
+
 class Artifacts:
-    """The object store; names are ``<project>/<path>``."""
+    """The object store; names are ``<project>/<path>``, and an object, once written, is never replaced.
+
+    Replacing an object in a NATS object store purges the old one's chunks, and the purge API
+    cannot be limited to one object, so only the admin may purge (bus/permissions.py). Writing a
+    name again with other bytes writes the next version (``name~2``, ``name~3``: ``versioned``)
+    and returns that name; reading a name returns its latest version. Writing the same bytes
+    again (a redelivered handler) writes nothing.
+    """
 
     def __init__(self, obs: Any):
         self.obs = obs
@@ -137,11 +168,48 @@ class Artifacts:
     async def open(cls, bus: Bus) -> "Artifacts":
         return cls(await bus.js.object_store(ARTIFACTS_BUCKET))
 
+    async def _info(self, name: str) -> Any | None:
+        try:
+            info = await self.obs.get_info(name)
+        except (ObjectNotFoundError, nats.js.errors.NotFoundError):
+            return None
+        return None if info.deleted else info
+
+    async def _latest(self, name: str) -> tuple[int, Any | None]:
+        """(latest version, its info); (0, None) when the name was never written."""
+        version, info = 0, None
+        while (found := await self._info(versioned(name, version + 1))) is not None:
+            version, info = version + 1, found
+        return version, info
+
     async def put(self, name: str, data: bytes) -> str:
-        await self.obs.put(name, data)
-        return name
+        """Store ``data`` under ``name`` (or its next version); the name actually written."""
+        if VERSION_MARK in name.rpartition("/")[2]:
+            raise ValueError(f"artifact name {name!r}: {VERSION_MARK!r} marks versions and is not allowed in a name")
+        version, info = await self._latest(name)
+        digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        if info is not None and info.digest == digest:
+            return versioned(name, version)
+        target = versioned(name, version + 1)
+        try:
+            await self.obs.put(target, data)
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            # nats-py cleans up a half-written object with a purge, which only the admin may do: the refusal
+            # (a timeout) would hide the real error (e.g. a full store), which it carries as its context.
+            # The orphaned chunks stay until the admin purges them.
+            cause = e.__context__ if isinstance(e, nats.errors.TimeoutError) else None
+            while cause is not None and not isinstance(cause, nats.js.errors.APIError):
+                cause = cause.__context__
+            if cause is not None:
+                raise cause from None
+            raise
+        return target
 
     async def get(self, name: str) -> bytes:
+        """The bytes of ``name``: its latest version, or exactly that version when ``name`` names one."""
+        if base_name(name) == name:
+            version, _ = await self._latest(name)
+            name = versioned(name, max(version, 1))
         try:
             result = await self.obs.get(name)
         except ObjectNotFoundError:
@@ -149,11 +217,12 @@ class Artifacts:
         return result.data or b""
 
     async def list(self, prefix: str) -> list[str]:
+        """Names under ``prefix``, each once (not its versions)."""
         try:
             infos = await self.obs.list()
         except nats.js.errors.NotFoundError:
             return []
-        return sorted(i.name for i in infos if i.name.startswith(prefix) and not i.deleted)
+        return sorted({base_name(i.name) for i in infos if i.name.startswith(prefix) and not i.deleted})
 
 
 class KVCache:

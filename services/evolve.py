@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from rich.console import Console
 from rich.markup import escape
 
@@ -34,6 +35,7 @@ from agents.templates import bundle, bundle_files, replace_files
 from bus import subjects
 from bus.client import Bus, BusConfig
 from bus.permissions import ADMIN, RUNNER
+from bus.jobkeys import JobKeys, new_secret
 from bus.schema import JobSpec, JobStatus, NatsAccess, TemplateSpec, decode
 from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
 from bus.server import EmbeddedServer, new_credentials
@@ -44,6 +46,8 @@ from services.project import load_template, new_project_id
 
 POLL_S = 2.0
 LOST_GRACE_S = 5.0  # an executor's "failed" waits this long for the runner's own status, which says more
+
+log = structlog.get_logger()
 
 
 @dataclass
@@ -110,6 +114,7 @@ class CandidateRunner:
         self.profile = profile or None
         self.metric = spec.primary_metric
         self.waiting: dict[str, asyncio.Future[JobStatus]] = {}
+        self.keys = JobKeys(new_secret())  # this run's: a candidate's result counts only with its own job's signature
         self.runs = 0
         self._pump: asyncio.Task[None] | None = None
         self.slots = asyncio.Semaphore(max(1, executor.capacity() or 4))
@@ -119,7 +124,11 @@ class CandidateRunner:
 
         async def pump() -> None:
             async for msg in sub.messages:
-                body = decode(msg.data).body
+                env = decode(msg.data)
+                body = env.body
+                if isinstance(body, JobStatus) and (why := self.keys.refusal(env.project, body)):
+                    log.warning("job status refused", reason=why)
+                    continue
                 if isinstance(body, JobStatus) and body.state in ("succeeded", "failed", "cancelled"):
                     fut = self.waiting.get(body.job_id)
                     if fut is not None and not fut.done():
@@ -146,7 +155,8 @@ class CandidateRunner:
                 seeds=list(range(self.spec.seeds)),
             )
             # The split is the loop's, not a knob an idea may move: it goes to the experiment beside the planned overrides.
-            job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split}, "nats": self.job_nats})
+            job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split}, "nats": self.job_nats,
+                                                "status_key": self.keys.key(self.project, planned.job_id)})
             started = time.monotonic()
             status = await self._wait(job)
         base.update(job_id=job.job_id, wall_s=round(status.wall_s or time.monotonic() - started, 2))

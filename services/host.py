@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats.js.errors
 import structlog
+from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from agents import role_class
@@ -37,7 +37,7 @@ from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import LabError, MindError, StateConflict
-from bus.retry import backoff_delay
+from bus.retry import RetryPolicy, backoff_delay
 from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, UsageReport, decode
 from bus.store import Artifacts, KVCache, StateStore
 from services.lanes import Lanes
@@ -49,6 +49,8 @@ FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0
 # For bench/lab.py: a simulated mind call of this many seconds in every handled message (0: none).
 BENCH_MIND_LATENCY_S = float(os.environ.get("LAB_BENCH_MIND_LATENCY_S", "0") or 0)
 DEFAULT_CONCURRENCY = 8
+# An agent's start-up JetStream requests: retried on timeouts for up to a minute, then the agent exits with the reason.
+STARTUP_RETRY = RetryPolicy(attempts=6, budget_s=60.0, base_wait_s=1.0, max_wait_s=15.0, jitter=0.3, event="startup_retry")
 log = structlog.get_logger()
 
 
@@ -152,15 +154,21 @@ class AgentHost:
 
     @property
     def instance(self) -> str:
-        """This process's name among its role's replicas (``pi``, ``pi-2``…; set by `lab up`)."""
-        return os.environ.get("LAB_INSTANCE") or self.role_name
+        """This process's name among its role's replicas: ``pi`` for index 0, ``pi-2`` for index 1… (`lab up` sets it)."""
+        index = self.replica[0]
+        return os.environ.get("LAB_INSTANCE") or (f"{self.role_name}-{index + 1}" if index else self.role_name)
+
+    def _run_file(self, suffix: str) -> Path:
+        # `lab up`'s processes share one home, so their files carry the instance; a pod has a home of its own,
+        # and its probes name the role's file whatever the pod's ordinal.
+        return self.home / "run" / f"{os.environ.get('LAB_INSTANCE') or self.role_name}.{suffix}"
 
     def ready_file(self) -> Path:
-        return self.home / "run" / f"{self.instance}.ready"
+        return self._run_file("ready")
 
     def alive_file(self) -> Path:
         """Touched after every heartbeat NATS accepted: the Kubernetes liveness probe reads its age."""
-        return self.home / "run" / f"{self.instance}.alive"
+        return self._run_file("alive")
 
     def heartbeat_key(self) -> str:
         suffix = self.instance.removeprefix(self.role_name).lstrip("-")
@@ -168,14 +176,11 @@ class AgentHost:
 
     async def run(self) -> None:
         self.bus = await Bus.connect(self.config)
-        # Whoever starts first creates the streams and buckets (on a cluster there is no `lab up`).
-        await self.bus.ensure_topology()
-        self.states = await StateStore.open(self.bus)
-        self.artifacts = await Artifacts.open(self.bus)
-        self.cache = await KVCache.open(self.bus, self.role_name)
-        self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+        # Start-up requests may time out while a cluster elects its stream leaders (a node just restarted, the
+        # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
+        await STARTUP_RETRY.run(self._open_stores, (NatsTimeoutError,))
         background = await self.wiring.open(self.bus, self.states)
-        subs = await self._subscribe()
+        subs = await STARTUP_RETRY.run(self._subscribe, (NatsTimeoutError,))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
         for t in tasks[: len(subs)]:
@@ -197,35 +202,22 @@ class AgentHost:
             await self.bus.close()
             log.info("agent stopped", role=self.role_name, handled=self.handled)
 
-    async def _partitioned(self) -> bool:
-        """Replicas read by partition; so does a lab that ever had them (its partitions hold its place)."""
-        if self.replica[1] > 1:
-            return True
-        try:
-            await self.bus.js.stream_info(partitions.WORK_STREAM)
-            return True
-        except nats.js.errors.NotFoundError:
-            return False
+    async def _open_stores(self) -> None:
+        # Whoever starts first creates the streams and buckets (on a cluster there is no `lab up`).
+        await self.bus.ensure_topology()
+        self.states = await StateStore.open(self.bus)
+        self.artifacts = await Artifacts.open(self.bus)
+        self.cache = await KVCache.open(self.bus, self.role_name)
+        self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
 
     async def _subscribe(self) -> list[Any]:
-        """Pull subscriptions for what this role reads: one shared durable, or this replica's partitions."""
-        convo = subjects.convo_for(self.role_name)
-        if not await self._partitioned():
-            subs = [await pull(self.bus, subjects.CONVO_STREAM, f"role-{self.role_name}", convo)]
-            for extra in self.wiring.subscriptions:
-                subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filters))
-            return subs
-        await self.bus.ensure_work_stream()
-        # The job statuses the engineer reads are in the same partitions, so one project's inputs stay in one order.
-        sourced = [f for extra in self.wiring.subscriptions if extra.stream in partitions.SOURCED for f in extra.filters]
-        subs = [
-            await pull(self.bus, partitions.WORK_STREAM, partitions.durable(self.role_name, p), partitions.filters(p, convo + sourced))
-            for p in partitions.owned(*self.replica)
-        ]
+        """Pull subscriptions for this replica's partitions of the role's work stream (bus/partitions), and any extra."""
+        mine = partitions.owned(*self.replica)
+        subs = [await pull(self.bus, partitions.work_stream(self.role_name), partitions.durable(self.role_name, p),
+                           partitions.partition_filter(self.role_name, p)) for p in mine]
         for extra in self.wiring.subscriptions:
-            if extra.stream not in partitions.SOURCED:
-                subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filters))
-        log.info("reading partitions", role=self.role_name, replica=self.replica, partitions=partitions.owned(*self.replica))
+            subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filter))
+        log.info("reading partitions", role=self.role_name, replica=self.replica, partitions=mine)
         return subs
 
     def _consumer_ended(self, task: asyncio.Task[None]) -> None:
@@ -289,7 +281,7 @@ class AgentHost:
             where = ".".join(str(p) for p in first["loc"])
             await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
             return
-        mismatch = envelope_mismatch(partitions.origin(msg.subject), env)
+        mismatch = envelope_mismatch(partitions.origin(msg.subject), env) or self.wiring.admit(env)
         if mismatch:
             await self._reject(msg, mismatch)
             return

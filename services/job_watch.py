@@ -16,6 +16,7 @@ import structlog
 
 from bus import subjects
 from bus.client import Bus
+from bus.jobkeys import JobKeys
 from bus.ledger import SlotLedger
 from bus.schema import Envelope, JobStatus, derive_id
 from bus.schema.state import EngineerView
@@ -26,7 +27,8 @@ log = structlog.get_logger()
 
 
 class JobWatch:
-    def __init__(self, bus: Bus, states: StateStore, executor: Executor, ledger: SlotLedger | None) -> None:
+    def __init__(self, bus: Bus, states: StateStore, executor: Executor, ledger: SlotLedger | None, keys: JobKeys) -> None:
+        self.keys = keys  # its events are signed like the runner's: the engineer checks every job status
         self.bus = bus
         self.states = states
         self.executor = executor
@@ -91,5 +93,6 @@ class JobWatch:
                 log.warning("capacity wake-up failed", error=str(e))
 
     async def job_event(self, project: str, status: JobStatus, tag: str) -> None:
-        env = Envelope(id=derive_id(status.job_id, tag), project=project, sender="engineer", recipient="engineer", body=status)
+        body = self.keys.sign(project, status)
+        env = Envelope(id=derive_id(status.job_id, tag), project=project, sender="engineer", recipient="engineer", body=body)
         await self.bus.publish_job(subjects.job_status(project, status.job_id), env)

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from agents.templates import unbundle
 from bus import subjects
 from bus.client import Bus, BusConfig
+from bus import jobkeys
 from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, derive_id
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
@@ -242,6 +243,8 @@ class Runner:
         self.workdir = workdir
 
     async def publish_status(self, status: JobStatus) -> None:
+        if self.job.status_key:  # the engineer believes only statuses signed with this job's key
+            status = jobkeys.sign(self.job.status_key, self.job.project, status)
         env = Envelope(
             id=derive_id(self.job.job_id, f"status-{status.state}"),
             project=self.job.project,

@@ -2,11 +2,16 @@
 
 ``agents/jobs.Jobs`` is the role's side. The plan in the engineer's state has
 no credential (``JobSpec.nats`` None); the copy an executor starts a runner
-with carries the runner's NATS access, which only this process holds.
+with carries the runner's NATS access, which only this process holds, and the
+job's own key for signing its statuses (``JobSpec.status_key``, bus/jobkeys.py),
+derived from the lab job secret, which only the engineers hold.
 """
 
 from __future__ import annotations
 
+import structlog
+
+from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
 from bus.schema import JobSpec, NatsAccess
 from services.executors.base import Executor
@@ -15,9 +20,14 @@ from services.executors.base import Executor
 class ExecutorJobs:
     """``agents.jobs.Jobs`` on an executor, with the lab's slot ledger once the host has opened the bus."""
 
-    def __init__(self, executor: Executor, runner_nats: NatsAccess | None) -> None:
+    def __init__(self, executor: Executor, runner_nats: NatsAccess | None, job_secret: str | None = None) -> None:
         self.executor = executor
         self.runner_nats = runner_nats
+        if job_secret is None:
+            # This process's own: fine for one engineer; replicas must share LAB_JOB_SECRET(_FILE) to accept each other's jobs.
+            structlog.get_logger().warning("no lab job secret (LAB_JOB_SECRET_FILE): job statuses are checked with a key only this process knows")
+            job_secret = new_secret()
+        self.keys = JobKeys(job_secret)
         self._ledger: SlotLedger | None = None
 
     @property
@@ -34,7 +44,8 @@ class ExecutorJobs:
         return self.executor.capacity()
 
     async def submit(self, spec: JobSpec) -> None:
-        await self.executor.submit(spec.model_copy(update={"nats": self.runner_nats}))
+        key = self.keys.key(spec.project, spec.job_id)
+        await self.executor.submit(spec.model_copy(update={"nats": self.runner_nats, "status_key": key}))
 
     async def cancel(self, job_id: str) -> None:
         await self.executor.cancel(job_id)

@@ -27,6 +27,7 @@ from bus.errors import LabError, ServerStartError
 from bus.schema import ROLES
 from bus.permissions import ADMIN, COPI, RUNNER, WEB
 from bus.retry import backoff_delay
+from bus.jobkeys import new_secret
 from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
 from services.config import read_local_lab, secrets_dir, state_file, write_secret
 from services.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
@@ -88,6 +89,7 @@ class Supervisor:
     opts: LabOptions
     server: EmbeddedServer | EmbeddedCluster | None = None
     credentials: dict[str, str] | None = None
+    job_secret: str | None = None  # a new one each `lab up`, like the passwords
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     url: str = ""
@@ -161,8 +163,6 @@ class Supervisor:
         bus = await Bus.connect(config, reconnect=False)
         try:
             await bus.ensure_topology()
-            if any(n > 1 for n in self.opts.replicas.values()):
-                await bus.ensure_work_stream()  # before any project speaks, so the partitions miss nothing
         finally:
             await bus.close()
 
@@ -177,8 +177,12 @@ class Supervisor:
             # Which partitions of the role's inputs this process reads (bus/partitions): `pi-2` is index 1.
             "LAB_REPLICA": str(int((name or role).partition("-")[2] or 1) - 1), "LAB_REPLICAS": str(self.opts.replicas.get(role, 1)),
         }
-        for var in ("LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_NATS_PASSWORD_FILE", "LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE"):
+        for var in ("LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_NATS_PASSWORD_FILE", "LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE",
+                    "LAB_JOB_SECRET", "LAB_JOB_SECRET_FILE"):
             env.pop(var, None)
+        if wiring_class(role).runs_jobs:
+            # The engineers' alone (all replicas the same): each job's status key derives from it (bus/jobkeys.py).
+            env["LAB_JOB_SECRET_FILE"] = str(self._job_secret())
         if self.credentials:
             # Files, not values: another process's environ is readable by any process of this user.
             env["LAB_NATS_USER"] = role
@@ -187,6 +191,13 @@ class Supervisor:
                 env["LAB_RUNNER_USER"] = RUNNER
                 env["LAB_RUNNER_PASSWORD_FILE"] = str(self._secret(RUNNER))
         return env
+
+    def _job_secret(self) -> Path:
+        path = secrets_dir(self.opts.home) / "job-secret"
+        if self.job_secret is None:
+            self.job_secret = new_secret()
+            write_secret(path, self.job_secret, private_folder=True)
+        return path
 
     def _secret(self, user: str) -> Path:
         path = secrets_dir(self.opts.home) / user
@@ -303,8 +314,8 @@ class Supervisor:
                 proc.wait()
         if self.server:
             self.server.stop()
-        if self.credentials:
-            shutil.rmtree(secrets_dir(self.opts.home), ignore_errors=True)  # this run's passwords die with it
+        if self.credentials or self.job_secret:
+            shutil.rmtree(secrets_dir(self.opts.home), ignore_errors=True)  # this run's passwords and job secret die with it
         forget_pids(self.opts.home)
         path = state_file(self.opts.home)
         info = read_local_lab(self.opts.home)

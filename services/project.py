@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from rich.console import Console
 from rich.markup import escape
@@ -27,6 +28,7 @@ from bus.client import Bus
 from bus.errors import LabError
 from bus.schema import Budget, Decision, Envelope, MindChoice, StartProject, TemplateError, TemplateSpec
 from bus.replay import read
+from bus.retry import RetryPolicy
 from bus.store import Artifacts
 from services.config import bus_config, lab_home, read_local_lab
 from services.export import UnknownProject, export_project
@@ -153,6 +155,13 @@ def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool
     return asyncio.run(main())
 
 
+# What a JetStream request answers while a cluster node is down and its streams elect new leaders: a timeout or
+# "no response from stream". Starting and following a project retries these (bounded, a minute), as agents do.
+UNANSWERED = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+CLI_RETRY = RetryPolicy(attempts=8, budget_s=60.0, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")
+FOLLOW_RETRY = RetryPolicy(attempts=8, budget_s=None, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")  # a run's whole length
+
+
 async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
     project = opts.project or new_project_id(spec.name, opts.seed)
     out = opts.out or Path("lab-out") / project
@@ -162,17 +171,27 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
             raise MindRefused(reason)
         local = read_local_lab()
         limit = local.get("max_store_bytes") if local and local.get("url") == bus.config.url else None
-        await check_store(bus.js, bus.config.url, limit)  # a full store refuses the project before any of it is written
-        artifacts = await Artifacts.open(bus)
+        # A full store refuses the project before any of it is written.
+        await CLI_RETRY.run(lambda: check_store(bus.js, bus.config.url, limit), UNANSWERED)
+        bundle = templates.bundle(folder)
+        # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
+        choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
+        sent: dict[str, Envelope] = {}
+
+        async def start_project() -> None:
+            """Upload the template and send the start; both idempotent (same bytes write nothing, same id is dropped)."""
+            artifacts = await Artifacts.open(bus)
+            bundle_name = await artifacts.put(f"{project}/template.tar.gz", bundle)
+            if "start" not in sent:  # one envelope, one id, however many tries
+                start = StartProject(
+                    template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
+                    seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
+                )
+                sent["start"] = Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice)
+            await bus.publish(sent["start"])
+
         try:
-            bundle_name = await artifacts.put(f"{project}/template.tar.gz", templates.bundle(folder))
-            start = StartProject(
-                template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
-                seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
-            )
-            # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
-            choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
-            await bus.publish(Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice))
+            await CLI_RETRY.run(start_project, UNANSWERED)
         except nats.js.errors.APIError as e:
             if "insufficient" not in str(e):
                 raise
@@ -203,8 +222,17 @@ async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, su
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump() -> None:
-            async for e in read(bus, subjects.convo_all(project), follow=True):
-                await queue.put(e)
+            # A replay that loses its stream for a moment (a node down) starts again, past what it already passed on.
+            last = 0
+
+            async def replay() -> None:
+                nonlocal last
+                async for e in read(bus, subjects.convo_all(project), follow=True):
+                    if e.seq > last:
+                        last = e.seq
+                        await queue.put(e)
+
+            await FOLLOW_RETRY.run(replay, UNANSWERED)
 
         # The stream is read in its own task: a timeout here must not cancel (and so close) the reader.
         reader = asyncio.create_task(pump())

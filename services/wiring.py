@@ -31,10 +31,9 @@ from agents.engineer import EngineerContext
 from agents.literature import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
 from agents.pi import PIContext
-from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
-from bus.schema import ROLES, MindChoice, NatsAccess, RoleName
+from bus.schema import ROLES, Envelope, JobStatus, MindChoice, NatsAccess, RoleName
 from bus.store import IdeaArchive, StateStore
 from services.config import read_secret
 from services.executors import EXECUTOR_KINDS, make_executor
@@ -91,11 +90,12 @@ class WiringError(LabError, ValueError):
 
 @dataclass(frozen=True)
 class Subscription:
-    """A durable pull consumer a role reads besides its own conversation subjects."""
+    """A durable pull consumer a role reads besides its work stream (bus/partitions: its mail, broadcasts, and
+    for the engineer its job outcomes, from the runner and from its own job watch)."""
 
     stream: str
     durable: str
-    filters: list[str]
+    filter: str  # one subject: the permissions pin it (bus.permissions)
 
 
 class Wiring:
@@ -118,6 +118,10 @@ class Wiring:
     async def close(self) -> None:
         """Called when the host stops."""
 
+    def admit(self, env: Envelope) -> str | None:
+        """Why the host must not believe ``env`` beyond what the subject vouches for (dead-lettered), or None."""
+        return None
+
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> Context[Any, Any]:
         return Context(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache)
 
@@ -125,22 +129,24 @@ class Wiring:
 class EngineerWiring(Wiring):
     runs_jobs = True
 
-    def __init__(self, home: Path, executor: Executor, runner_nats: NatsAccess | None) -> None:
+    def __init__(self, home: Path, executor: Executor, runner_nats: NatsAccess | None, job_secret: str | None = None) -> None:
         super().__init__("engineer", home)
         self.executor = executor
-        self.jobs = ExecutorJobs(executor, runner_nats)
-
-    @property
-    def subscriptions(self) -> list[Subscription]:
-        # Job outcomes: from the runner, and from this role's own job watch.
-        return [Subscription(subjects.JOBS_STREAM, "role-engineer-jobs", [subjects.job_statuses()])]
+        self.jobs = ExecutorJobs(executor, runner_nats, job_secret)
 
     async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
-        watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states))
+        watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states), self.jobs.keys)
         return [watch.watch_jobs(), watch.wake_waiting()]
 
     async def close(self) -> None:
         await self.executor.close()
+
+    def admit(self, env: Envelope) -> str | None:
+        # The runner credential is every job's, and anyone may name any sender in an envelope:
+        # a job status counts only with its own job's signature, on whatever subject it came.
+        if isinstance(env.body, JobStatus):
+            return self.jobs.keys.refusal(env.project, env.body)
+        return None
 
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> EngineerContext:
         return EngineerContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, jobs=self.jobs)
@@ -207,7 +213,7 @@ def build(role: str, *, home: Path, config: dict[str, Any], bus_url: str, execut
     if cls is EngineerWiring:
         if executor not in EXECUTOR_KINDS:
             raise WiringError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTOR_KINDS)}")
-        return EngineerWiring(home, make_executor(executor, (config.get("executor") or {}).get(executor, {})), runner_access(bus_url))
+        return EngineerWiring(home, make_executor(executor, (config.get("executor") or {}).get(executor, {})), runner_access(bus_url), read_secret("LAB_JOB_SECRET"))
     if cls is LiteratureWiring:
         return LiteratureWiring(home, literature_settings(config))
     if cls is PIWiring:

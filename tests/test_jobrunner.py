@@ -14,6 +14,7 @@ import pytest
 
 from agents.templates import bundle
 from bus import subjects
+from bus.jobkeys import JobKeys
 from bus.schema import JobSpec, NatsAccess, decode
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
@@ -22,6 +23,7 @@ from services.executors.local import LocalExecutor
 from tests.proc_helpers import processes_with
 
 pytestmark = pytest.mark.integration
+KEYS = JobKeys("a lab job secret for the tests")
 
 GOOD = """
 import argparse, json, os
@@ -59,6 +61,7 @@ async def run_job(admin_bus, server, tmp_path, experiment: str, *, wall: float =
         job_id=job_id, project="p1", experiment_id="x01", template="tpl", bundle_object="p1/template.tar.gz",
         overrides={"scale": 2.0}, seeds=[0, 1, 2], wall_time_s=wall, memory_mb=memory_mb,
         nats=NatsAccess(url=server.url, user="runner", password=server.credentials["runner"]),
+        status_key=KEYS.key("p1", job_id),
     )
     work = tmp_path / f"work-{job_id}"
     started = time.monotonic()
@@ -82,6 +85,7 @@ async def test_a_good_run_reports_results_and_environment(admin_bus, nats_server
     proc, statuses, work, _ = await run_job(admin_bus, nats_server, tmp_path, GOOD)
     assert proc.returncode == EXIT_OK, proc.stderr
     assert [s.state for s in statuses] == ["running", "succeeded"]
+    assert [KEYS.refusal("p1", s) for s in statuses] == [None, None]  # each signed with the job's key, as the engineer checks
     done = statuses[-1]
     assert done.final_info.metrics["score"].values == [2.0, 4.0, 6.0]
     assert done.environment.python and done.environment.cpu_count >= 1 and done.environment.packages.get("numpy")

@@ -109,7 +109,7 @@ def test_overlay_builds_validates_and_is_restricted(overlay: str) -> None:
     # Every pod template meets the restricted profile its namespace enforces: no exceptions.
     for name, pod in pod_specs(docs).items():
         assert_restricted(name, pod)
-    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats")
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     assert {"name": "data", "mountPath": "/data"} in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
 
@@ -164,13 +164,17 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
 @needs_kubectl
 def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
     docs = build("base")
-    agents = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    agents = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("lab-")}
     assert sorted(agents) == sorted(f"lab-{r}" for r in ROLES)
     for role in ROLES:
         pod = agents[f"lab-{role}"]["spec"]["template"]["spec"]
         [c] = pod["containers"]
         env = {e["name"]: e for e in c["env"]}
         assert c["command"] == ["lab", "agent", role]
+        # Replicas: each pod's index is its ordinal (the pod-index label), their count the StatefulSet's.
+        assert env["LAB_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+        assert int(env["LAB_REPLICAS"]["value"]) == agents[f"lab-{role}"]["spec"]["replicas"]
+        assert agents[f"lab-{role}"]["spec"]["podManagementPolicy"] == "Parallel"
         # The host writes $LAB_HOME/run/<role>.ready (services/host.py); LAB_HOME is an emptyDir.
         assert c["readinessProbe"]["exec"]["command"] == ["test", "-f", f"{env['LAB_HOME']['value']}/run/{role}.ready"]
         assert {"name": "home", "mountPath": env["LAB_HOME"]["value"]} in c["volumeMounts"]
@@ -179,6 +183,14 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
         # Only the engineer talks to the API server.
         assert pod["automountServiceAccountToken"] is (role == "engineer")
         assert pod["serviceAccountName"] == ("lab-engineer" if role == "engineer" else "lab-agent")
+        # Only the engineer holds the lab job secret (job statuses are signed with keys derived from it).
+        secret_volumes = [v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "lab-job-secret"]
+        if role == "engineer":
+            assert secret_volumes == ["job-secret"]
+            [mount] = [m for m in c["volumeMounts"] if m["name"] == "job-secret"]
+            assert mount["readOnly"] is True and env["LAB_JOB_SECRET_FILE"]["value"] == mount["mountPath"] + "/secret"
+        else:
+            assert secret_volumes == [] and "LAB_JOB_SECRET_FILE" not in env
 
 
 @needs_kubectl
@@ -270,7 +282,7 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
 def test_vllm_overlay_wires_the_agents_to_the_model_server() -> None:
     docs = build("overlays/vllm")
     [llm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-llm-")]
-    agents = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("lab-")]
+    agents = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("lab-")]
     assert len(agents) == len(ROLES)
     for agent in agents:
         [c] = agent["spec"]["template"]["spec"]["containers"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import nats
 import pytest
 
-from bus import subjects
+from bus import partitions, subjects
 from bus.client import Bus
 from bus.schema.constants import ARTIFACTS_BUCKET
-from bus.consumer import consumer_config
+from bus.consumer import consumer_config, pull
 from bus.schema import CoPINote, CoPINoteMsg, Envelope
 from bus.replay import read
 from bus.store import Artifacts, StateStore
@@ -31,7 +33,9 @@ async def lab_still_whole(admin: Bus) -> None:
     """Every stream, bucket and durable an attack went for is still there, as it was."""
     names = {s.config.name for s in await admin.js.streams_info()}
     assert {"LAB_CONVO", "LAB_JOBS", "KV_lab_state", "OBJ_lab_artifacts"} <= names
-    assert (await admin.js.consumer_info(subjects.CONVO_STREAM, "role-pi")).config.filter_subjects == subjects.convo_for("pi")
+    for stream, durable, f in partitions.consumers("pi"):
+        config = (await admin.js.consumer_info(stream, durable)).config
+        assert (config.filter_subject, config.filter_subjects) == (f, None)
     assert await (await Artifacts.open(admin)).get("p1/paper.pdf") == b"%PDF-1.5 paper"
     doc, _ = await StateStore(await admin.js.key_value("lab_state")).read("pi.p1")
     assert doc == {"state": {"stage": "draft"}}
@@ -40,7 +44,8 @@ async def lab_still_whole(admin: Bus) -> None:
 @pytest.fixture
 async def lab(admin_bus):
     """A lab with a role durable, a state document and an artifact worth attacking."""
-    await admin_bus.js.add_consumer(subjects.CONVO_STREAM, config=consumer_config("role-pi", subjects.convo_for("pi")))
+    for stream, durable, f in partitions.consumers("pi"):
+        await admin_bus.js.add_consumer(stream, config=consumer_config(durable, f))
     await (await Artifacts.open(admin_bus)).put("p1/paper.pdf", b"%PDF-1.5 paper")
     states = StateStore(await admin_bus.js.key_value("lab_state"))
     await states.write("pi.p1", {"state": {"stage": "draft"}}, 0)
@@ -61,9 +66,10 @@ async def test_the_copi_may_note_start_and_read_but_not_destroy(lab, nats_server
         assert await refused(js.purge_stream("OBJ_lab_artifacts"))
         assert await refused(js.delete_object_store(ARTIFACTS_BUCKET))
         assert await refused((await js.key_value("lab_state")).put("pi.p1", b'{"state": {"stage": "decision"}}'))
-        assert await refused(js.delete_consumer(subjects.CONVO_STREAM, "role-pi"))
-        # Re-filtering the PI's durable to read (and divert) every role's mail.
-        assert await refused(js.add_consumer(subjects.CONVO_STREAM, config=consumer_config("role-pi", ["lab.convo.>"])))
+        assert await refused(js.delete_consumer("LAB_WORK_PI", "role-pi-p00"))
+        # A durable of its own on a role's work stream, or re-filtering the PI's, to read (and divert) its mail.
+        assert await refused(js.add_consumer("LAB_WORK_PI", config=consumer_config("role-pi-p00", "lab.work.pi.>")))
+        assert await refused(js.add_consumer("LAB_WORK_PI", config=consumer_config("copi", "lab.work.pi.>")))
         await lab_still_whole(lab)
         # What the co-PI is for still works.
         await copi.publish(Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n1", text="try a smaller lr"))))
@@ -84,8 +90,14 @@ async def test_a_role_or_the_runner_cannot_delete_streams_or_buckets(lab, nats_s
         assert await refused(js.delete_stream(subjects.CONVO_STREAM))
         assert await refused(js.delete_key_value("lab_state"))
         assert await refused(js.delete_object_store(ARTIFACTS_BUCKET))
-        assert await refused(js.delete_consumer(subjects.CONVO_STREAM, "role-pi"))
+        assert await refused(js.purge_stream("OBJ_lab_artifacts"))
+        assert await refused(js.purge_stream("OBJ_lab_artifacts", subject="$O.lab_artifacts.C.>"))
+        assert await refused(js.delete_consumer("LAB_WORK_PI", "role-pi-p00"))
         await lab_still_whole(lab)
+        # Writing the paper's name again adds a version; the paper itself is untouched.
+        art = await Artifacts.open(bus)
+        assert await art.put("p1/paper.pdf", b"%PDF forged") == "p1/paper~2.pdf"
+        assert (await (await Artifacts.open(lab)).obs.get("p1/paper.pdf")).data == b"%PDF-1.5 paper"
     finally:
         await bus.close()
 
@@ -114,3 +126,56 @@ def test_the_host_checks_the_sender_on_job_subjects_too():
     assert "does not match" in envelope_mismatch(subject, status("runner", project="p2"))
     assert "does not match" in envelope_mismatch(subject, status("runner", job="j2"))
     assert "but came on" in envelope_mismatch(subjects.convo("p1", "pi", "engineer"), status("runner"))
+
+
+async def test_a_role_cannot_re_filter_its_own_durable(lab, nats_server):
+    """The PI's own credential creates its partition durables with their one filter; any other filter, or several, is refused."""
+    pi, js = await connect(nats_server, "pi")
+    stream, durable, own = partitions.consumers("pi")[0]
+    try:
+        wide = consumer_config(durable, "lab.work.pi.>")
+        assert await refused(js.add_consumer(stream, config=wide))
+        several = consumer_config(durable, own)
+        several.filter_subject, several.filter_subjects = None, [own, "lab.work.pi.1.>"]
+        assert await refused(js.add_consumer(stream, config=several))
+        # The filter named in the create subject, but a wider one in the request: the server refuses it.
+        req = {"stream_name": stream, "config": wide.as_dict()}
+        reply = await pi.nc.request(f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{own}", json.dumps(req).encode(), timeout=REFUSED_S)
+        assert "did not match filtered subject" in json.loads(reply.data)["error"]["description"]
+        # The legacy and subject-less creates carry no filter: not allowed at all.
+        for subject in (f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}", f"$JS.API.CONSUMER.CREATE.{stream}.{durable}"):
+            assert await refused(pi.nc.request(subject, json.dumps(req).encode(), timeout=REFUSED_S))
+        # Another role's work stream, or the conversation itself: no durable of the PI's there.
+        eng_stream, eng_durable, eng_filter = partitions.consumers("engineer")[0]
+        assert await refused(js.add_consumer(eng_stream, config=consumer_config(eng_durable, eng_filter)))
+        assert await refused(js.add_consumer(subjects.CONVO_STREAM, config=consumer_config("role-pi", "lab.convo.*.*.pi")))
+        await lab_still_whole(lab)
+        # What the PI is for still works: its durables, bound, pulled and acked with its own credential.
+        await lab.publish(Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n1", text="hi"))))
+        await lab.publish(Envelope(project="p1", sender="copi", recipient="engineer", body=CoPINoteMsg(note=CoPINote(id="n2", text="not for the pi"))))
+        got = []
+        sub = await pull(pi, *partitions.consumers("pi")[partitions.partition("p1")])
+        try:
+            for msg in await sub.fetch(5, timeout=2):
+                got.append(partitions.origin(msg.subject))
+                await msg.ack_sync()
+        except TimeoutError:  # nats-py raises asyncio's (or its own subclass of it) when fewer than 5 came
+            pass
+        assert got == [subjects.convo("p1", "copi", "pi")]
+    finally:
+        await pi.close()
+
+
+async def test_a_durable_left_with_two_filters_is_narrowed_in_place(admin_bus, nats_server):
+    """A partition durable left with several filters becomes the one-filter durable on start, keeping its place."""
+    stream, durable, f = partitions.consumers("pi")[0]
+    old = consumer_config(durable, "x")
+    old.filter_subject, old.filter_subjects = None, [f, "lab.work.pi.1.>"]
+    await admin_bus.js.add_consumer(stream, config=old)
+    pi = await Bus.connect(config_for(nats_server, "pi"))
+    try:
+        await pull(pi, stream, durable, f)
+        config = (await admin_bus.js.consumer_info(stream, durable)).config
+        assert (config.filter_subject, config.filter_subjects) == (f, None)
+    finally:
+        await pi.close()

@@ -129,6 +129,11 @@ def test_agents_get_credential_files_not_values(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_NATS_PASSWORD_FILE", env["LAB_NATS_PASSWORD_FILE"])
     config = bus_config("engineer", "nats://127.0.0.1:4222")
     assert (config.user, config.password) == ("engineer", sup.credentials["engineer"])
+    # The lab job secret: the engineers' alone, the same file for every replica, never in an environment.
+    secret = Path(env["LAB_JOB_SECRET_FILE"])
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text()) >= 32 and secret.read_text() not in env.values()
+    assert sup._agent_env("engineer", "engineer-2")["LAB_JOB_SECRET_FILE"] == str(secret)
+    assert "LAB_JOB_SECRET_FILE" not in sup._agent_env("analyst")
 
 
 async def test_the_local_runner_reads_its_job_from_a_private_file(tmp_path):

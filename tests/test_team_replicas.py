@@ -127,9 +127,13 @@ def test_partitions_are_split_by_index_and_subjects_map_back():
     assert partitions.owned(0, 1) == list(range(partitions.PARTITIONS))
     assert partitions.owned(1, 3) == [1, 4, 7, 10, 13]
     assert sorted(p for i in range(5) for p in partitions.owned(i, 5)) == list(range(partitions.PARTITIONS))
-    assert partitions.origin("lab.part.7.convo.a.pi.engineer") == "lab.convo.a.pi.engineer"
+    assert partitions.origin("lab.work.engineer.7.convo.a.pi.engineer") == "lab.convo.a.pi.engineer"
+    assert partitions.origin("lab.work.engineer.12.jobs.a.j1.status") == "lab.jobs.a.j1.status"
     assert partitions.origin("lab.convo.a.pi.engineer") == "lab.convo.a.pi.engineer"
-    assert partitions.filters(3, ["lab.convo.*.*.pi", "lab.jobs.*.*.status"]) == ["lab.part.3.convo.*.*.pi", "lab.part.3.jobs.*.*.status"]
+    assert partitions.partition_of("lab.work.pi.12.convo.a.copi.all") == 12 and partitions.partition_of("lab.convo.a.copi.pi") is None
+    # One filter per durable (what the permissions pin), sixteen per role, on the role's own work stream.
+    assert partitions.consumers("pi")[3] == ("LAB_WORK_PI", "role-pi-p03", "lab.work.pi.3.>")
+    assert len(partitions.consumers("engineer")) == partitions.PARTITIONS
     assert replica_from_env({}) == (0, 1)
     assert replica_from_env({"LAB_REPLICA": "1", "LAB_REPLICAS": "2"}) == (1, 2)
     assert replica_from_env({"HOSTNAME": "lab-engineer-2", "LAB_REPLICAS": "3"}) == (2, 3)  # a StatefulSet's ordinal
@@ -155,4 +159,4 @@ async def test_a_replica_dead_letters_a_bad_message_under_the_subject_it_was_pub
             host.stop.set()
         await asyncio.gather(*(asyncio.wait_for(t, 30) for _, t in hosts))
     assert sorted(r["subject"] for r in records) == [f"lab.convo.bad{i}.copi.writer" for i in range(4)]
-    assert all(r["read_on"].startswith("lab.part.") and r["reason"].startswith("invalid message") for r in records)
+    assert all(r["read_on"].startswith("lab.work.writer.") and r["reason"].startswith("invalid message") for r in records)

@@ -39,6 +39,7 @@ class JobSpec(Model):
     # Filled in by the executor port when the job is submitted: a plan kept in the
     # engineer's state never holds a credential.
     nats: NatsAccess | None = None
+    status_key: str | None = None  # this job's key for signing its statuses (bus/jobkeys.py)
 
     def env(self) -> dict[str, str]:
         """The environment that hands this job to a runner."""

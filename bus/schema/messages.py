@@ -150,6 +150,8 @@ class JobStatus(Model):
     artifacts: list[str] = []
     wall_s: float = 0.0
     attempt: int = 1
+    # HMAC of the project and this status under the job's own key (bus/jobkeys.py); the engineer refuses a status without it.
+    signature: str = ""
 
 
 class AnalysisRequest(Model):

@@ -64,7 +64,7 @@ class LocalExecutor:
         (d / "job.json").write_text(json.dumps({"project": job.project, "experiment_id": job.experiment_id}))
         # The runner gets the job's own credential, never the engineer's, and in a 0600 file outside the
         # sandbox rather than in its environment (readable in /proc by every process of this user).
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_")) and k not in ("LAB_JOB", "LAB_JOB_FILE")}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_", "LAB_JOB_SECRET")) and k not in ("LAB_JOB", "LAB_JOB_FILE")}
         spec = write_secret(d / "job.spec.json", job.model_dump_json())
         env = {**inherited, "LAB_JOB_FILE": str(spec), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
         with open(d / "runner.log", "ab") as log:
