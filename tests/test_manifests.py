@@ -29,7 +29,7 @@ from services.executors.render import DockerSettings, KubernetesSettings, docker
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
-OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue"]
+OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas"]
 # Kinds without a namespace; everything else must name one.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
 # Custom resources: no built-in schema to validate against; their own tests check them.
@@ -191,6 +191,22 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
             assert mount["readOnly"] is True and env["LAB_JOB_SECRET_FILE"]["value"] == mount["mountPath"] + "/secret"
         else:
             assert secret_volumes == [] and "LAB_JOB_SECRET_FILE" not in env
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_agent_s_replica_count_is_the_one_its_pods_read_by(overlay: str) -> None:
+    """LAB_REPLICAS must be spec.replicas: more pods than it refuse to start, fewer leave partitions unread."""
+    agents = [d for d in build(overlay) if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("lab-")]
+    assert len(agents) == len(ROLES)
+    counts = {}
+    for d in agents:
+        env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert int(env["LAB_REPLICAS"]["value"]) == d["spec"]["replicas"], d["metadata"]["name"]
+        assert "apps.kubernetes.io/pod-index" in env["LAB_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"]
+        counts[d["metadata"]["name"]] = d["spec"]["replicas"]
+    if overlay == "overlays/replicas":
+        assert counts["lab-engineer"] == 2 and sum(counts.values()) == len(ROLES) + 1
 
 
 @needs_kubectl
