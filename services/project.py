@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -162,6 +163,24 @@ CLI_RETRY = RetryPolicy(attempts=8, budget_s=60.0, base_wait_s=1.0, max_wait_s=1
 FOLLOW_RETRY = RetryPolicy(attempts=8, budget_s=None, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")  # a run's whole length
 
 
+async def start_project(bus: Bus, project: str, bundle: bytes, envelope: Callable[[str], Envelope], retry: RetryPolicy = CLI_RETRY) -> Envelope:
+    """Upload the template bundle and send the start, retrying requests a cluster left unanswered (a node down).
+
+    Both steps are idempotent: the same bytes under the same name write nothing, and the start is built
+    once, so every try sends the same id, which JetStream's duplicate window drops after the first.
+    """
+    sent: list[Envelope] = []
+
+    async def once() -> None:
+        bundle_name = await (await Artifacts.open(bus)).put(f"{project}/template.tar.gz", bundle)
+        if not sent:
+            sent.append(envelope(bundle_name))
+        await bus.publish(sent[0])
+
+    await retry.run(once, UNANSWERED)
+    return sent[0]
+
+
 async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
     project = opts.project or new_project_id(spec.name, opts.seed)
     out = opts.out or Path("lab-out") / project
@@ -173,25 +192,18 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
         limit = local.get("max_store_bytes") if local and local.get("url") == bus.config.url else None
         # A full store refuses the project before any of it is written.
         await CLI_RETRY.run(lambda: check_store(bus.js, bus.config.url, limit), UNANSWERED)
-        bundle = templates.bundle(folder)
         # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
         choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
-        sent: dict[str, Envelope] = {}
 
-        async def start_project() -> None:
-            """Upload the template and send the start; both idempotent (same bytes write nothing, same id is dropped)."""
-            artifacts = await Artifacts.open(bus)
-            bundle_name = await artifacts.put(f"{project}/template.tar.gz", bundle)
-            if "start" not in sent:  # one envelope, one id, however many tries
-                start = StartProject(
-                    template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
-                    seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
-                )
-                sent["start"] = Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice)
-            await bus.publish(sent["start"])
+        def start_envelope(bundle_name: str) -> Envelope:
+            start = StartProject(
+                template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
+                seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
+            )
+            return Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice)
 
         try:
-            await CLI_RETRY.run(start_project, UNANSWERED)
+            await start_project(bus, project, templates.bundle(folder), start_envelope)
         except nats.js.errors.APIError as e:
             if "insufficient" not in str(e):
                 raise

@@ -145,6 +145,8 @@ def test_cluster_of_three_with_two_replicas_per_role_survives_sigkills(lab_env, 
         finish(runs, tmp_path)
         infos = check_projects(home, runs)
         assert peak_concurrency(infos) <= CAPACITY
+        # Killed replicas came back with their index: each project still on one replica per role, in order.
+        check_order(home, runs, 2)
         log = (home / "supervisor.log").read_text()
         assert "nats-server n2 exited; restarting it" in log
         status = json.loads(lab(env, "status", "--json").stdout)
@@ -166,6 +168,38 @@ def handled_lines(home: Path) -> list[dict]:
     return lines
 
 
+def check_order(home: Path, runs: list[tuple[subprocess.Popen, Path]], replicas: int) -> set[str]:
+    """Each project's messages went to one replica per role (restarts keep the index), in order, one at a time.
+
+    Returns the instances that handled anything. A message handled again after a SIGKILL took its ack with it
+    counts once, where it was first handled.
+    """
+    lines = handled_lines(home)
+    convo = {}
+    for _, out in runs:
+        msgs = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
+        convo[msgs[0]["project"]] = [m["id"] for m in msgs]
+    assert set(convo) == {r["project"] for r in lines}
+    assert {r["service"] for r in lines} == {"pi", "literature", "engineer", "analyst", "writer", "reviewer"}
+    for rec in lines:
+        # Replica i of N reads the partitions p with p % N == i, and nothing else.
+        index = int(rec["instance"].partition("-")[2] or 1) - 1
+        assert rec["partition"] is not None and rec["partition"] % replicas == index, rec
+    for project, order in convo.items():
+        for role in {r["service"] for r in lines}:
+            mine = sorted((r for r in lines if r["project"] == project and r["service"] == role), key=lambda r: r["started"])
+            if not mine:
+                continue
+            assert len({r["instance"] for r in mine}) == 1, f"{role}/{project} on {({r['instance'] for r in mine})}"
+            for a, b in zip(mine, mine[1:]):
+                assert b["started"] >= a["ended"], f"{role}/{project}: {a['message_id']} and {b['message_id']} at once"
+            ids = list(dict.fromkeys(r["message_id"] for r in mine))
+            # In the order of the project's log (job statuses, which are not in it, aside).
+            seen = [i for i in ids if i in order]
+            assert seen == sorted(seen, key=order.index), f"{role}/{project} out of order"
+    return {r["instance"] for r in lines}
+
+
 def test_eight_projects_on_two_replicas_of_every_role_each_in_order_on_one_replica(lab_env, tmp_path):
     """8 projects at once, two replicas per role: each project's messages on one replica per role, in order, one at a time."""
     home, env = lab_env
@@ -180,29 +214,10 @@ def test_eight_projects_on_two_replicas_of_every_role_each_in_order_on_one_repli
     finally:
         lab(env, "down")
     lines = handled_lines(home)
-    convo = {}
-    for _, out in runs:
-        msgs = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
-        convo[msgs[0]["project"]] = [m["id"] for m in msgs]
-    assert set(convo) == {r["project"] for r in lines}
-    assert {r["service"] for r in lines} == {"pi", "literature", "engineer", "analyst", "writer", "reviewer"}
-    for rec in lines:
-        # Replica i of 2 reads the partitions p with p % 2 == i, and nothing else.
-        index = int(rec["instance"].partition("-")[2] or 1) - 1
-        assert rec["partition"] is not None and rec["partition"] % 2 == index, rec
-    for project, order in convo.items():
-        for role in {r["service"] for r in lines}:
-            mine = sorted((r for r in lines if r["project"] == project and r["service"] == role), key=lambda r: r["started"])
-            if not mine:
-                continue
-            assert len({r["instance"] for r in mine}) == 1, f"{role}/{project} on {({r['instance'] for r in mine})}"
-            ids = [r["message_id"] for r in mine]
-            assert len(ids) == len(set(ids)), f"{role} handled a message of {project} twice"
-            for a, b in zip(mine, mine[1:]):
-                assert b["started"] >= a["ended"], f"{role}/{project}: {a['message_id']} and {b['message_id']} at once"
-            # In the order of the project's log (job statuses, which are not in it, aside).
-            seen = [i for i in ids if i in order]
-            assert seen == sorted(seen, key=order.index), f"{role}/{project} out of order"
+    for role in {r["service"] for r in lines}:
+        for project in {r["project"] for r in lines}:
+            ids = [r["message_id"] for r in lines if r["service"] == role and r["project"] == project]
+            assert len(ids) == len(set(ids)), f"{role} handled a message of {project} twice"  # no kills here
+    used = check_order(home, runs, 2)
     # The projects spread over both replicas (a project's partition is a hash of its id: 8 ids in one parity is rare).
-    used = {r["instance"] for r in lines}
     assert len(used) > 6 or len({r["partition"] % 2 for r in lines}) == 1, used
