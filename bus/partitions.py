@@ -20,6 +20,12 @@ of the replica count; replica ``i`` of ``n`` reads the partitions ``p`` with
 its subjects stay as they are (the log, replays, permissions to publish);
 only the roles' reading goes through the work streams.
 
+A work stream is a work queue: a message leaves it when its partition's
+durable acks it (the partitions' filters do not overlap, which a work queue
+requires), so it holds only what the role has yet to handle, and needs no
+size limit (none that would drop unread messages, none reserved in the
+store): it is bounded by the conversation's own traffic, and by seven days.
+
 A replica that dies leaves its partitions' messages in their durables (acked
 messages are done, unacked ones come back after the ack wait) until the
 supervisor (`lab up`) or Kubernetes restarts the same index: a static ``n``,
@@ -35,7 +41,6 @@ from bus.schema.constants import CONVO_STREAM, JOBS_STREAM
 
 PARTITIONS = 16
 WORK_MAX_AGE_S = 7 * 24 * 3600  # a copy for the role to read; the conversation stream is the lab's log
-WORK_MAX_BYTES = 256 << 20
 DUPLICATE_WINDOW_S = 15 * 60  # as the conversation's: a source that resends after a leader change adds nothing
 _PART = f"{{{{partition({PARTITIONS},1)}}}}"  # the project is the first wildcard of every source filter below
 
@@ -75,9 +80,8 @@ def work_stream_config(role: str, replicas: int = 1, after: dict[str, int] | Non
     return api.StreamConfig(
         name=work_stream(role),
         storage=api.StorageType.FILE,
-        retention=api.RetentionPolicy.LIMITS,
+        retention=api.RetentionPolicy.WORK_QUEUE,
         max_age=WORK_MAX_AGE_S,
-        max_bytes=WORK_MAX_BYTES,
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=max(1, replicas),
         sources=[

@@ -91,15 +91,15 @@ def test_subject_tokens_are_validated():
 
 
 async def _partition(admin: Bus, role: str, project: str) -> int:
-    """The partition NATS put a project in (``partition(16, project)``), read from the role's work stream."""
-    sub = await admin.js.subscribe(f"lab.work.{role}.*.*.{project}.>", stream=partitions.work_stream(role), ordered_consumer=True)
-    try:
-        msg = await sub.next_msg(5)
-    finally:
-        await sub.unsubscribe()
-    part = partitions.partition_of(msg.subject)
-    assert part is not None
-    return part
+    """The partition NATS put a project in (``partition(16, project)``), read from the role's work stream's subjects."""
+    for _ in range(50):  # the copy from the conversation stream is asynchronous
+        info = await admin.js.stream_info(partitions.work_stream(role), subjects_filter=f"lab.work.{role}.*.*.{project}.>")
+        if info.state.subjects:
+            [part] = {partitions.partition_of(s) for s in info.state.subjects}
+            assert part is not None
+            return part
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no message of {project} reached {partitions.work_stream(role)}")
 
 
 async def test_the_server_s_partitions_are_the_ones_the_lab_computes(admin_bus):

@@ -89,6 +89,8 @@ async def test_eight_projects_on_two_replicas_each_in_order_on_one_replica(admin
             host.stop.set()
         await asyncio.gather(*(asyncio.wait_for(t, 30) for _, t in hosts))
     assert len(runs) == len(projects) * per_project
+    # The work stream is a work queue: what was handled (acked) has left it.
+    assert (await admin_bus.js.stream_info(partitions.work_stream("writer"))).state.messages == 0
     met = check_order(runs, projects, per_project)
     assert all(len(m) == 1 for m in met.values()), met  # one replica per project
     assert set().union(*met.values()) == {"writer-1", "writer-2"}, met  # and the projects spread over both
