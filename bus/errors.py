@@ -12,7 +12,9 @@ tree in its own module; this is the whole tree, with where each part lives:
     │   ├── PermissionDenied        the server refused this user a request (a permissions violation)
     │   ├── StateConflict           a compare-and-set on project state lost to another writer
     │   ├── MessageTooLarge         an envelope over the bus's size limit
-    │   └── ArtifactMissing         an object-store name that holds nothing
+    │   ├── ArtifactMissing         an object-store name that holds nothing
+    │   ├── CommitRefused           bus.store: the auth service would not commit an object a job wrote
+    │   └── JwtError                bus.natsjwt: a token that is not a well-formed, correctly signed NATS JWT
     ├── MindError                   (here) a mind could not answer a step; roles turn it into StepFailed
     │   ├── MindFailed              agents.minds.llm.errors: the llm mind's retries ran out
     │   └── MindUnavailable         (here) the mind's endpoint is down: the project ends rather than try its next step
@@ -28,6 +30,7 @@ tree in its own module; this is the whole tree, with where each part lives:
     ├── LitError                    agents.lit.errors: SourceUnavailable (RateLimited), PaperNotFound,
     │                               LibraryError, UnresolvedCitation
     ├── ConfigError                 services.config: a config file or setting that is unusable
+    ├── AuthConfigError             services.authcallout: the auth service has no job secret or issuer seed
     ├── HostConfigError             services.host: an agent's start options are unusable
     ├── ExecutorError               services.executors.base: TransientApiError (QuotaExceededError), RejectedError
     ├── SandboxUnavailable          services.sandbox: no working bubblewrap here

@@ -1,17 +1,21 @@
 """Signed job statuses: a status counts only if it carries its own job's signature.
 
-Every job runner shares one NATS user (``runner``), whose permission is the
-whole ``lab.jobs.>`` space, so NATS alone cannot tell one job from another: a
-runner (or an experiment that reached its credential) could publish a result
-for any project's job. So the engineer gives each job its own key at submit,
+A runner may publish on its own job's subjects only (its own NATS user,
+``job.<project>.<job>``, admitted by the auth callout, services/authcallout.py),
+or, on a NATS server without the callout, on the whole ``lab.jobs.>`` space
+(the shared ``runner`` user); either way the subject alone must not be
+believed, and with the shared user any job could publish a result for any
+project's job. So the engineer gives each job its own key at submit,
 ``HMAC-SHA256(lab job secret, "<project>/<job_id>")`` (``JobSpec.status_key``,
 like ``JobSpec.nats`` never kept in the engineer's state), the runner signs
 every status it publishes with it, and the engineer checks the signature
 before it believes a status (``services/wiring.EngineerWiring.admit``); one
 that is missing or wrong is dead-lettered with the reason. A job's key signs
 only that job's statuses: with it one can lie about one's own job, never
-another's. The lab job secret is the engineers' alone (a 0600 file from
-`lab up`, a Secret mounted into the engineer on Kubernetes).
+another's. The same key is the job's NATS password (the auth service
+recomputes it from the secret). The lab job secret is the engineers' and the
+auth service's alone (a 0600 file from `lab up`, a Secret mounted into the
+engineer and lab-auth on Kubernetes).
 
 The signature covers the project and the whole status but the signature
 itself, as canonical JSON (sorted keys, no spaces), so what the engineer

@@ -17,8 +17,15 @@ object store is open to every lab user for reading and adding objects; purging i
 stream is the admin's alone. (nats-py purges an object's old chunks when its name is
 written again, and the purge API cannot be limited to one object: the lab never
 replaces a name, see bus.store.Artifacts.) What permissions cannot hold, because an
-object's subject is its base64 name: a role or runner that publishes raw object-store
+object's subject is its base64 name: a role that publishes raw object-store
 messages can still add a newer meta record for a name it did not write.
+
+Job runners are users of their own, ``job.<project>.<job>``, which no static
+user list names: the auth callout (services/authcallout.py) admits each with
+``job_permissions``: its own job's subjects, reads of the artifact store, and
+object chunks, but no meta record (the auth service commits those, for names
+under the job's project only). The static ``runner`` user stays for a NATS
+server without the callout (Docker Compose, ``lab up --nats-url``).
 
 The idea archive (what each project tried on each template) is written by the
 PI alone and read by the PI, the co-PI and the web view.
@@ -36,6 +43,7 @@ from typing import Any
 
 from bus.schema import ROLES
 from bus.partitions import WORK_STREAMS, consumers
+from bus.subjects import token
 from bus.schema.constants import (
     AGENTS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -57,7 +65,10 @@ ADMIN = "lab"  # sets up streams and buckets; used by `lab up` and tests
 COPI = "copi"  # the human, through the CLI
 RUNNER = "runner"  # job runners
 WEB = "web"  # the web view (`lab web`): reads what its pages show, speaks only as the co-PI
-USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN)
+AUTH = "auth"  # the auth callout (services/authcallout.py): admits each job's runner with that job's permissions
+USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN, AUTH)
+JOB_USER = "job"  # runners connect as ``job.<project>.<job>``, admitted by the auth callout, never a static user
+CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
 
 STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, *WORK_STREAMS, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
 
@@ -183,6 +194,52 @@ def _web() -> list[str]:
     ]
 
 
+def _artifact_reads() -> list[str]:
+    """Reading objects of the artifact store (everything ``_artifacts`` allows but writing)."""
+    return _artifacts()[1:]
+
+
+def files_subject(project: str = "*", job: str = "*") -> str:
+    """Where a job asks the auth service to commit an object it wrote (core NATS request, outside every stream)."""
+    return f"lab.files.{project}.{job}"
+
+
+def job_user(project: str, job: str) -> str:
+    """The NATS user name of one job's runner; its tokens are checked where the job's subjects are built."""
+    return f"{JOB_USER}.{token(project, 'project')}.{token(job, 'job')}"
+
+
+def job_of_user(user: str | None) -> tuple[str, str] | None:
+    """(project, job) of a runner's user name ``job.<project>.<job>``; None for any other name."""
+    parts = (user or "").split(".")
+    if len(parts) != 3 or parts[0] != JOB_USER:
+        return None
+    try:
+        return token(parts[1]), token(parts[2])
+    except ValueError:
+        return None
+
+
+def job_permissions(project: str, job: str) -> dict[str, Any]:
+    """What one job's runner may do (the auth callout puts it in the runner's user JWT).
+
+    Publish only on its own job's subjects (status and log) and its own commit subject, read the
+    artifact store (its bundle, its checkpoint), and write object chunks; an object becomes
+    visible only when the auth service commits its meta record, for a name under the job's
+    project (services/authcallout.py). Replies come only to its own inbox.
+    """
+    publish = [
+        f"lab.jobs.{project}.{job}.>",
+        files_subject(project, job),
+        "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",
+        "$JS.FC.>",
+        f"$O.{ARTIFACTS_BUCKET}.C.>",  # chunks on fresh nuid subjects; see services/authcallout.py for what this leaves open
+        *_artifact_reads(),
+    ]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(job_user(project, job))}.>"]}}
+
+
 def inbox_prefix(user: str) -> str:
     return f"_INBOX_{user}"
 
@@ -199,6 +256,11 @@ def permissions(user: str) -> dict[str, Any] | None:
         publish = _copi()
     elif user == WEB:
         publish = _web()
+    elif user == AUTH:
+        # Answers the server's authorization requests, and commits the objects jobs wrote (their meta records).
+        publish = ["$JS.API.INFO", "$JS.FC.>", *_artifacts()]
+        subscribe = [inbox, CALLOUT_SUBJECT, files_subject()]
+        return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}, "allow_responses": True}
     else:
         publish = _role(user)
     return {"publish": {"allow": publish}, "subscribe": {"allow": [inbox]}}

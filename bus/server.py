@@ -74,8 +74,14 @@ def render_config(
     max_payload: int = 8 << 20,
     cluster: ClusterSpec | None = None,
     max_store_bytes: int = 10 << 30,
+    auth_issuer: str | None = None,
 ) -> str:
-    """A nats-server config. JSON values are valid in NATS config syntax, so we emit them as JSON."""
+    """A nats-server config. JSON values are valid in NATS config syntax, so we emit them as JSON.
+
+    With ``auth_issuer`` (the public account nkey of services/authcallout.py), every connection
+    that is not one of the static users is handed to the auth callout: that is how each job's
+    runner gets a user of its own.
+    """
     lines = [
         f"host: {_q('127.0.0.1')}",
         f"port: {port}",
@@ -107,7 +113,10 @@ def render_config(
             if perms is not None:
                 entry["permissions"] = perms
             users.append(entry)
-        lines.append(f"authorization {{ users: {json.dumps(users)} }}")
+        callout = ""
+        if auth_issuer:
+            callout = f", auth_callout: {{ issuer: {_q(auth_issuer)}, auth_users: {json.dumps(list(credentials))} }}"
+        lines.append(f"authorization {{ users: {json.dumps(users)}{callout} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -121,6 +130,7 @@ class EmbeddedServer:
     sync_always: bool = False
     cluster: ClusterSpec | None = None
     max_store_bytes: int = 10 << 30  # JetStream's file store limit: writes past it are refused, never half-done
+    auth_issuer: str | None = None  # the auth callout's issuer (public account nkey): runners get per-job users
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -137,7 +147,7 @@ class EmbeddedServer:
         conf.write_text(
             render_config(
                 port=self.port, store_dir=self.home / "jetstream", credentials=self.credentials, sync_always=self.sync_always,
-                cluster=self.cluster, max_store_bytes=self.max_store_bytes,
+                cluster=self.cluster, max_store_bytes=self.max_store_bytes, auth_issuer=self.auth_issuer,
             )
         )
         conf.chmod(0o600)
@@ -195,6 +205,7 @@ class EmbeddedCluster:
     credentials: dict[str, str] | None = None
     sync_always: bool = False
     max_store_bytes: int = 10 << 30  # per node
+    auth_issuer: str | None = None
     nodes: list[EmbeddedServer] = field(default_factory=list, init=False)
 
     @property
@@ -215,6 +226,7 @@ class EmbeddedCluster:
                 credentials=self.credentials,
                 sync_always=self.sync_always,
                 max_store_bytes=self.max_store_bytes,
+                auth_issuer=self.auth_issuer,
                 cluster=ClusterSpec(server_name=f"lab-n{i + 1}", port=route_ports[i], routes=routes),
             )
             for i in range(self.size)

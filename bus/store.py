@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -19,7 +20,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ObjectNo
 from bus.client import Bus
 from bus.schema.archive import ArchiveRecord, archive_key, key_token
 from bus.schema.constants import ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
-from bus.errors import ArtifactMissing, StateConflict
+from bus.errors import ArtifactMissing, LabBusError, StateConflict
 
 
 class StateStore:
@@ -123,9 +124,9 @@ class IdeaArchive:
         key = archive_key(record.template, record.signature, record.project)
         await self.kv.put(key, record.model_dump_json().encode())
 
-    async def records(self, template: str) -> list[ArchiveRecord]:
-        """Every record for a template, oldest first."""
-        values = await _latest(self.kv, f"{key_token(template)}.", headers_only=False)
+    async def records(self, template: str | None = None) -> list[ArchiveRecord]:
+        """Every record for a template (every template's with None: the web view's archive page), oldest first."""
+        values = await _latest(self.kv, f"{key_token(template)}." if template is not None else "", headers_only=False)
         out = [ArchiveRecord.model_validate_json(v) for v in values.values() if v]
         return sorted(out, key=lambda r: (r.recorded_at, r.project, r.outcome.idea_id))
 
@@ -167,6 +168,11 @@ class Artifacts:
     @classmethod
     async def open(cls, bus: Bus) -> "Artifacts":
         return cls(await bus.js.object_store(ARTIFACTS_BUCKET))
+
+    @classmethod
+    async def open_for_job(cls, bus: Bus, commit_subject: str) -> Artifacts:
+        """The store as a job runner with its own NATS user writes it: objects committed by the auth service."""
+        return cls(CommittedObjects(bus, await bus.js.object_store(ARTIFACTS_BUCKET), commit_subject))
 
     async def _info(self, name: str) -> Any | None:
         try:
@@ -223,6 +229,52 @@ class Artifacts:
         except nats.js.errors.NotFoundError:
             return []
         return sorted({base_name(i.name) for i in infos if i.name.startswith(prefix) and not i.deleted})
+
+
+class CommitRefused(LabBusError, ValueError):
+    """An object meta record a job may not write (another project's name, one it would replace), with the reason."""
+
+
+class CommittedObjects:
+    """A job runner's view of the object store: it writes chunks, and the auth service commits each object.
+
+    A runner's NATS user (services/authcallout.py) may publish object chunks but no meta
+    record, because an object's name is one base64 subject token that permissions cannot
+    scope by project. So ``put`` writes the chunks on a fresh subject, then asks the auth
+    service (``lab.files.<project>.<job>``) to write the meta record, which it does only
+    for a name under the job's own project. Reads go to the object store as usual.
+    """
+
+    def __init__(self, bus: Bus, obs: Any, commit_subject: str, chunk_size: int = 128 * 1024, timeout: float = 30.0):
+        self.bus, self.obs, self.commit_subject = bus, obs, commit_subject
+        self.chunk_size, self.timeout = chunk_size, timeout
+
+    async def put(self, name: str, data: bytes) -> dict[str, Any]:
+        nuid = self.bus.nc._nuid.next().decode()  # nats-py's own random object id, as its put does
+        chunk_subject = f"$O.{ARTIFACTS_BUCKET}.C.{nuid}"
+        chunks = 0
+        for start in range(0, len(data), self.chunk_size):
+            await self.bus.js.publish(chunk_subject, data[start : start + self.chunk_size])
+            chunks += 1
+        info = {
+            "name": name, "bucket": ARTIFACTS_BUCKET, "nuid": nuid, "size": len(data), "chunks": chunks,
+            "digest": "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode(),
+            "mtime": datetime.now(UTC).isoformat(), "options": {"max_chunk_size": self.chunk_size},
+        }
+        reply = await self.bus.nc.request(self.commit_subject, json.dumps(info).encode(), timeout=self.timeout)
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            raise CommitRefused(f"artifact {name!r} not stored: {answer['error']}")
+        return info
+
+    async def get_info(self, name: str) -> Any:
+        return await self.obs.get_info(name)
+
+    async def get(self, name: str) -> Any:
+        return await self.obs.get(name)
+
+    async def list(self) -> Any:
+        return await self.obs.list()
 
 
 class KVCache:

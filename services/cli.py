@@ -389,7 +389,11 @@ def evolve(
     max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Jobs in all, final test runs included (default: every candidate once)."),
     wall_time: float = typer.Option(3600, "--wall-time", help="Seconds before no new iteration starts."),
     seed_code: list[Path] = typer.Option([], "--seed-code", help="A .py file defining the hook's function; joins the first population (repeatable)."),
-    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
+    executor: Optional[str] = typer.Option(
+        os.environ.get("LAB_EXECUTOR"), "--executor",
+        help="local, docker or kubernetes, options from the lab config (default: the local lab's with --nats, else local).",
+    ),
+    nats: Optional[str] = typer.Option(None, "--nats", help="Run on the lab at this NATS URL (its runner credential and job secret); default: a private server."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
 ) -> None:
@@ -397,6 +401,11 @@ def evolve(
     from services.evolve import EvolveOptions, run_evolve
 
     _check_choice("mind", mind, ("offline", "llm"))
+    if nats is not None:
+        _check_url(nats)
+    if executor is None:  # on the lab `lab up` started here, the executor it runs its experiments with
+        local = read_local_lab()
+        executor = str(local.get("executor") or "local") if nats is not None and local and local.get("url") == nats else "local"
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     if model is not None and mind != "llm":
         fail("--model names the llm mind's model: add --mind llm")
@@ -407,7 +416,7 @@ def evolve(
     opts = EvolveOptions(
         template=template, iterations=iterations, population=population, mind=mind, model=model, out=out, seed=seed,
         profile="fast" if fast else profile, keep=keep, final_top=final_top, max_runs=max_runs, wall_time=wall_time,
-        executor=executor, seed_code=list(seed_code), quiet=quiet,
+        executor=executor, nats=nats, seed_code=list(seed_code), quiet=quiet,
     )
     raise typer.Exit(run_evolve(opts, console))
 

@@ -11,8 +11,8 @@ from bus.client import Bus
 from bus.schema import ArchiveRecord
 
 
-async def archive_records(bus: Bus, template: str) -> list[ArchiveRecord]:
-    """The template's records, oldest first; none when the lab has no archive bucket yet."""
+async def archive_records(bus: Bus, template: str | None) -> list[ArchiveRecord]:
+    """The template's records (every template's with None), oldest first; none when the lab has no archive bucket yet."""
     from nats.js.errors import BucketNotFoundError
 
     from bus.store import IdeaArchive
@@ -28,7 +28,8 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "" if x is None else f"{x:+.{digits}g}" if digits else f"{x}"
 
 
-def _tried(r: ArchiveRecord) -> str:
+def tried(r: ArchiveRecord) -> str:
+    """What an archived idea changed, in one line: its knob values and its code change."""
     o = r.outcome
     parts = [f"{k}={v}" for k, v in o.changes.items()]
     if o.code is not None:
@@ -56,7 +57,7 @@ def render(template: str, records: list[ArchiveRecord], console: Console) -> Non
         replicated = "" if o.replicated is None else ("yes" if o.replicated else "no")
         when = datetime.fromtimestamp(r.recorded_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
         p = "" if o.p_adjusted is None else f"{o.p_adjusted:.3g}"
-        table.add_row(r.project, o.idea_id, _tried(r), o.status, _num(o.improvement), _num(o.effect_size, 2), ci, p, replicated, when)
+        table.add_row(r.project, o.idea_id, tried(r), o.status, _num(o.improvement), _num(o.effect_size, 2), ci, p, replicated, when)
     # Piped or captured output gets the whole row rather than a table folded to 80 columns.
     out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160), highlight=False)
     out.print(table)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,14 +35,16 @@ from agents.jobs import plan_job
 from agents.templates import bundle, bundle_files, replace_files
 from bus import subjects
 from bus.client import Bus, BusConfig
-from bus.permissions import ADMIN, RUNNER
+from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.jobkeys import JobKeys, new_secret
 from bus.schema import JobSpec, JobStatus, NatsAccess, TemplateSpec, decode
 from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
 from bus.server import EmbeddedServer, new_credentials
 from bus.store import Artifacts
-from services.config import lab_config
+from services.config import bus_config, lab_config, read_local_lab, read_secret, secrets_dir
 from services.executors import Executor, make_executor
+from services.jobs import runner_access
+from services.lifecycle import check_store
 from services.project import load_template, new_project_id
 
 POLL_S = 2.0
@@ -65,6 +68,7 @@ class EvolveOptions:
     max_runs: int | None = None  # default: every candidate once plus the final runs
     wall_time: float = 3600.0
     executor: str = "local"
+    nats: str | None = None  # a running lab's NATS; None: a private server for this run
     seed_code: list[Path] = field(default_factory=list)
     quiet: bool = False
 
@@ -107,14 +111,14 @@ class CandidateRunner:
     """Runs one candidate on one split as a job and returns it as a Candidate record."""
 
     def __init__(self, bus: Bus, artifacts: Artifacts, executor: Executor, project: str, spec: TemplateSpec, profile: str,
-                 base_bundle: bytes, hook: Hook, job_nats: NatsAccess) -> None:
+                 base_bundle: bytes, hook: Hook, job_nats: NatsAccess, keys: JobKeys) -> None:
         self.bus, self.artifacts, self.executor, self.project = bus, artifacts, executor, project
         self.spec, self.hook, self.base, self.job_nats = spec, hook, base_bundle, job_nats
         self.files = bundle_files(base_bundle)
         self.profile = profile or None
         self.metric = spec.primary_metric
         self.waiting: dict[str, asyncio.Future[JobStatus]] = {}
-        self.keys = JobKeys(new_secret())  # this run's: a candidate's result counts only with its own job's signature
+        self.keys = keys  # a candidate's result counts only with its own job's signature
         self.runs = 0
         self._pump: asyncio.Task[None] | None = None
         self.slots = asyncio.Semaphore(max(1, executor.capacity() or 4))
@@ -155,8 +159,9 @@ class CandidateRunner:
                 seeds=list(range(self.spec.seeds)),
             )
             # The split is the loop's, not a knob an idea may move: it goes to the experiment beside the planned overrides.
-            job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split}, "nats": self.job_nats,
-                                                "status_key": self.keys.key(self.project, planned.job_id)})
+            key = self.keys.key(self.project, planned.job_id)
+            job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split},
+                                                "nats": runner_access(self.job_nats, planned, key), "status_key": key})
             started = time.monotonic()
             status = await self._wait(job)
         base.update(job_id=job.job_id, wall_s=round(status.wall_s or time.monotonic() - started, 2))
@@ -256,13 +261,72 @@ class EvolveFiles:
 # ------------------------------------------------------------------ the loop
 
 
+@dataclass(frozen=True)
+class LabAccess:
+    """How `lab evolve` meets a running lab: its bus (as the co-PI), the runners' credential, the job secret."""
+
+    bus: BusConfig
+    runner: NatsAccess
+    job_secret: str | None  # None: not known here; the lab's engineer then refuses (dead-letters) these statuses
+
+
+def _local_secret(url: str, name: str) -> str | None:
+    """A credential `lab up` wrote under ``$LAB_HOME/secrets/`` for the lab at ``url`` (a file of this user's, 0600)."""
+    local = read_local_lab()
+    path = secrets_dir() / name
+    if not local or local.get("url") != url or not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
+def lab_access(url: str, executor_options: dict[str, Any]) -> LabAccess:
+    """The settings `lab evolve --nats URL` runs with, as `lab up` or a Deployment gives them to the engineer.
+
+    Each comes from the environment first (``LAB_NATS_USER``/``LAB_NATS_PASSWORD[_FILE]`` for the co-PI's
+    login, ``LAB_RUNNER_NATS_URL``, ``LAB_RUNNER_USER``, ``LAB_RUNNER_PASSWORD[_FILE]``, ``LAB_JOB_SECRET[_FILE]``),
+    else from the files `lab up` wrote for the lab at that URL. EvolveError when the lab checks logins and
+    no runner credential is known: the jobs could not report, and the loop would wait them out blind.
+    """
+    config = bus_config("copi", url, name="lab-evolve")
+    job_secret = read_secret("LAB_JOB_SECRET") or _local_secret(url, "job-secret")
+    local = read_local_lab()
+    # A lab that runs the auth service (`lab up`) admits each runner as its own user, its job's key as
+    # password (services/jobs.runner_access): then the job secret is the runners' credential.
+    per_job = os.environ.get("LAB_RUNNER_USER") == JOB_USER or (
+        "LAB_RUNNER_USER" not in os.environ and bool(local) and local.get("url") == url and local.get("runner_user") == JOB_USER)
+    password = None if per_job else read_secret("LAB_RUNNER_PASSWORD") or _local_secret(url, RUNNER)
+    runner = NatsAccess(
+        url=os.environ.get("LAB_RUNNER_NATS_URL", url),
+        user=JOB_USER if per_job else os.environ.get("LAB_RUNNER_USER") or (RUNNER if password else None),
+        password=password,
+    )
+    if per_job and job_secret is None:
+        raise EvolveError(f"the lab at {url} admits runners by their job's key, and no job secret is known here: set LAB_JOB_SECRET_FILE")
+    # The kubernetes and docker executors can hand the runner a credential of their own (a Secret, a file).
+    own = executor_options.get("nats_secret") or executor_options.get("nats_password_file")
+    if config.password is not None and password is None and not own and not per_job:
+        raise EvolveError(
+            f"no runner credential for the lab at {url}: set LAB_RUNNER_PASSWORD_FILE (`lab up` writes $LAB_HOME/secrets/runner), "
+            "or the executor's nats_secret (kubernetes) / nats_password_file (docker) in the lab config"
+        )
+    return LabAccess(bus=config, runner=runner, job_secret=job_secret)
+
+
 def run_evolve(opts: EvolveOptions, console: Console) -> int:
     opts.check()
     folder, spec = load_template(opts.template)
     hook = workflow.hook_for(spec.name)
     spec.profile(opts.profile or None)  # an unknown profile is one readable line, before anything starts
     seeds = seed_proposals(opts.seed_code)
-    executor_options = (lab_config().get("executor") or {}).get(opts.executor) or {}
+    executor_options = dict((lab_config().get("executor") or {}).get(opts.executor) or {})
+    if opts.nats is not None:
+        access = lab_access(opts.nats, executor_options)
+        if access.job_secret is None:
+            console.print("[yellow]no lab job secret here (LAB_JOB_SECRET_FILE): the lab's engineer will dead-letter these jobs' statuses; "
+                          "the loop checks them with a key of its own[/yellow]")
+        executor = make_executor(opts.executor, executor_options)
+        keys = JobKeys(access.job_secret or new_secret())
+        return asyncio.run(_evolve(opts, folder, spec, hook, seeds, executor, access.bus, access.runner, keys, console, lab=True))
     with tempfile.TemporaryDirectory(prefix="lab-evolve-") as tmp:
         credentials = new_credentials()
         server = EmbeddedServer(Path(tmp) / "nats", credentials=credentials, max_store_bytes=2 << 30)
@@ -273,27 +337,36 @@ def run_evolve(opts: EvolveOptions, console: Console) -> int:
             executor = make_executor(opts.executor, executor_options)
             job_nats = NatsAccess(url=server.url, user=RUNNER, password=credentials[RUNNER])
             config = BusConfig(url=server.url, user=ADMIN, password=credentials[ADMIN], name="lab-evolve")
-            return asyncio.run(_evolve(opts, folder, spec, hook, seeds, executor, config, job_nats, console))
+            keys = JobKeys(new_secret())  # this run's own: a candidate's result counts only with its job's signature
+            return asyncio.run(_evolve(opts, folder, spec, hook, seeds, executor, config, job_nats, keys, console, lab=False))
         finally:
             server.stop()
 
 
 async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: Hook, seeds: list[Proposal], executor: Executor,
-                  config: BusConfig, job_nats: NatsAccess, console: Console) -> int:
+                  config: BusConfig, job_nats: NatsAccess, keys: JobKeys, console: Console, lab: bool) -> int:
     project = subjects.token(new_project_id(f"evolve-{spec.name}", opts.seed)[:48], "project")
     out = opts.out or Path("lab-out") / project
     files = EvolveFiles(out)
     metric, direction = spec.primary_metric, spec.metrics[spec.primary_metric].direction
     max_runs = opts.max_runs or opts.iterations * opts.population + opts.final_top
     deadline = time.monotonic() + opts.wall_time
-    bus = await Bus.connect(config)
+    try:
+        bus = await Bus.connect(config)  # ConnectError (one line) when no lab answers at that URL
+    except BaseException:
+        await executor.close()
+        raise
     mind: EvolveMind | None = None
     runner: CandidateRunner | None = None
     try:
-        await bus.ensure_topology()
+        if lab:  # the lab's own topology; the co-PI may not create streams, and a full store refuses the run
+            local = read_local_lab()
+            await check_store(bus.js, config.url, local.get("max_store_bytes") if local and local.get("url") == config.url else None)
+        else:
+            await bus.ensure_topology()
         artifacts = await Artifacts.open(bus)
         base = bundle(folder)
-        runner = CandidateRunner(bus, artifacts, executor, project, spec, opts.profile, base, hook, job_nats)
+        runner = CandidateRunner(bus, artifacts, executor, project, spec, opts.profile, base, hook, job_nats, keys)
         await runner.start()
         mind = make_evolve_mind(opts, hook, bundle_files(base)["experiment.py"])
         console.print(f"evolving [bold]{spec.name}[/bold]'s {hook.function}() with the {opts.mind} mind: "
@@ -386,4 +459,4 @@ async def _run_batch(runner: CandidateRunner, files: EvolveFiles, console: Conso
         return list(await asyncio.gather(*(one(cid, p) for cid, p in zip(ids, proposals))))
 
 
-__all__ = ["CandidateRunner", "EvolveFiles", "EvolveOptions", "run_evolve", "seed_proposals"]
+__all__ = ["CandidateRunner", "EvolveFiles", "EvolveOptions", "LabAccess", "lab_access", "run_evolve", "seed_proposals"]

@@ -38,7 +38,8 @@ from agents.templates import unbundle
 from bus import subjects
 from bus.client import Bus, BusConfig
 from bus import jobkeys
-from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, derive_id
+from bus.permissions import files_subject, job_of_user
+from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, NatsAccess, derive_id
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
 from services import checkpoint, proctree, sandbox
@@ -242,6 +243,17 @@ class Runner:
         self.job = job
         self.workdir = workdir
 
+    @staticmethod
+    def credential(nats: NatsAccess) -> tuple[str | None, str | None]:
+        """(user, password) for the bus: the job's own user if it has one, else the shared runner credential.
+
+        A job's own user (``job.<project>.<job>``, admitted by the auth callout) is never replaced; the
+        shared credential mounted from a Secret (Kubernetes) or a file (Docker) wins over one carried in the job.
+        """
+        if job_of_user(nats.user):
+            return nats.user, nats.password
+        return os.environ.get("LAB_NATS_USER") or nats.user, read_secret("LAB_NATS_PASSWORD") or nats.password
+
     async def publish_status(self, status: JobStatus) -> None:
         if self.job.status_key:  # the engineer believes only statuses signed with this job's key
             status = jobkeys.sign(self.job.status_key, self.job.project, status)
@@ -270,12 +282,13 @@ class Runner:
             print("runner: the job carries no bus access (nats); the executor must fill it in", file=sys.stderr)
             return EXIT_INFRA
         try:
-            # A credential mounted from a Secret (Kubernetes) or a file (Docker) wins over one carried in the job.
-            user = os.environ.get("LAB_NATS_USER") or job.nats.user
-            password = read_secret("LAB_NATS_PASSWORD") or job.nats.password  # the value, or a mounted file
+            user, password = self.credential(job.nats)
             config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
             self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
-            artifacts = await Artifacts.open(self.bus)
+            if job_of_user(user):  # its own user: objects are committed by the auth service (bus.store.CommittedObjects)
+                artifacts = await Artifacts.open_for_job(self.bus, files_subject(job.project, job.job_id))
+            else:
+                artifacts = await Artifacts.open(self.bus)
             bundle = await artifacts.get(job.bundle_object)
         except (Exception, asyncio.TimeoutError) as e:
             print(f"runner: cannot reach the bus or the bundle: {e or type(e).__name__}", file=sys.stderr)

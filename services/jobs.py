@@ -4,7 +4,10 @@
 no credential (``JobSpec.nats`` None); the copy an executor starts a runner
 with carries the runner's NATS access, which only this process holds, and the
 job's own key for signing its statuses (``JobSpec.status_key``, bus/jobkeys.py),
-derived from the lab job secret, which only the engineers hold.
+derived from the lab job secret, which only the engineers hold. When the lab
+runs the auth callout (``LAB_RUNNER_USER=job``), that key is also the
+runner's NATS password, for the user ``job.<project>.<job>`` the callout
+admits with that job's permissions alone.
 """
 
 from __future__ import annotations
@@ -13,8 +16,18 @@ import structlog
 
 from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
+from bus.permissions import JOB_USER, job_user
 from bus.schema import JobSpec, NatsAccess
 from services.executors.base import Executor
+
+
+def runner_access(nats: NatsAccess | None, spec: JobSpec, key: str) -> NatsAccess | None:
+    """The bus access a job's runner gets: its own user when the lab runs the auth callout, else the shared one."""
+    if nats is not None and nats.user == JOB_USER:
+        # `lab up` (or the Deployment) says runners get per-job users (services/authcallout.py):
+        # the job's key, which signs its statuses, is also its password.
+        return nats.model_copy(update={"user": job_user(spec.project, spec.job_id), "password": key})
+    return nats
 
 
 class ExecutorJobs:
@@ -43,9 +56,12 @@ class ExecutorJobs:
     def capacity(self) -> int | None:
         return self.executor.capacity()
 
+    def access(self, spec: JobSpec, key: str) -> NatsAccess | None:
+        return runner_access(self.runner_nats, spec, key)
+
     async def submit(self, spec: JobSpec) -> None:
         key = self.keys.key(spec.project, spec.job_id)
-        await self.executor.submit(spec.model_copy(update={"nats": self.runner_nats, "status_key": key}))
+        await self.executor.submit(spec.model_copy(update={"nats": self.access(spec, key), "status_key": key}))
 
     async def cancel(self, job_id: str) -> None:
         await self.executor.cancel(job_id)

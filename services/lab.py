@@ -25,7 +25,8 @@ from bus.client import Bus, BusConfig
 from bus.partitions import PARTITIONS
 from bus.errors import LabError, ServerStartError
 from bus.schema import ROLES
-from bus.permissions import ADMIN, COPI, RUNNER, WEB
+from bus import natsjwt
+from bus.permissions import ADMIN, AUTH, COPI, JOB_USER, WEB
 from bus.retry import backoff_delay
 from bus.jobkeys import new_secret
 from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
@@ -90,6 +91,8 @@ class Supervisor:
     server: EmbeddedServer | EmbeddedCluster | None = None
     credentials: dict[str, str] | None = None
     job_secret: str | None = None  # a new one each `lab up`, like the passwords
+    issuer_seed: str | None = None  # the auth callout's signing key (services/authcallout.py), new each `lab up`
+    auth: subprocess.Popen[bytes] | None = None  # the auth service: admits each job's runner as its own user
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     url: str = ""
@@ -116,15 +119,18 @@ class Supervisor:
             self.credentials = None
         else:
             self.credentials = new_credentials()
+            self.issuer_seed = natsjwt.new_account_seed()
+            issuer = natsjwt.public_key(self.issuer_seed)
             store = max_store_bytes()
             if self.opts.cluster > 1:
                 self.server = EmbeddedCluster(
                     home / "nats", self.opts.cluster, port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always,
-                    max_store_bytes=store,
+                    max_store_bytes=store, auth_issuer=issuer,
                 )
             else:
                 self.server = EmbeddedServer(
-                    home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always, max_store_bytes=store
+                    home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always, max_store_bytes=store,
+                    auth_issuer=issuer,
                 )
             self.server.start()
             self.url = self.server.url
@@ -133,6 +139,8 @@ class Supervisor:
             asyncio.run(self._setup_topology())
             if self.credentials:
                 self._secret(WEB)  # for `lab web` (or `lab up --web`) on this machine, read by bus_config
+                self._spawn_auth()
+                self._wait_auth()
             for name, role in self.opts.instances():
                 self._spawn(name, role)
             self._wait_ready()
@@ -152,6 +160,8 @@ class Supervisor:
             "max_store_bytes": self.server.max_store_bytes if self.server else None,
             "mind": self.opts.mind,
             "executor": self.opts.executor,
+            # How job runners log in: each as its own user through the auth service, or (no credentials) openly.
+            "runner_user": JOB_USER if self.auth else None,
             "started": time.time(),
         }
         write_secret(state_file(home), json.dumps(info, indent=2))
@@ -187,10 +197,42 @@ class Supervisor:
             # Files, not values: another process's environ is readable by any process of this user.
             env["LAB_NATS_USER"] = role
             env["LAB_NATS_PASSWORD_FILE"] = str(self._secret(role))
-            if wiring_class(role).runs_jobs:  # it starts job runners: they get their own credential
-                env["LAB_RUNNER_USER"] = RUNNER
-                env["LAB_RUNNER_PASSWORD_FILE"] = str(self._secret(RUNNER))
+            if wiring_class(role).runs_jobs:
+                # It starts job runners: each gets a user of its own (job.<project>.<job>, its job's key as
+                # password), admitted by the auth service with that job's permissions alone.
+                env["LAB_RUNNER_USER"] = JOB_USER
         return env
+
+    def _spawn_auth(self) -> None:
+        """Start the auth service (services/authcallout.py): it holds the job secret and the issuer seed."""
+        assert self.credentials is not None and self.issuer_seed is not None
+        seed = secrets_dir(self.opts.home) / "auth-issuer-seed"
+        write_secret(seed, self.issuer_seed, private_folder=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_", "LAB_JOB_SECRET", "LAB_AUTH_"))}
+        env.update({
+            "LAB_HOME": str(self.opts.home), "LAB_NATS_URL": self.url, "LAB_NATS_USER": AUTH, "LAB_NATS_PASSWORD_FILE": str(self._secret(AUTH)),
+            "LAB_JOB_SECRET_FILE": str(self._job_secret()), "LAB_AUTH_ISSUER_SEED_FILE": str(seed),
+            "LAB_AUTH_READY_FILE": str(self.opts.home / "run" / "auth.ready"),
+        })
+        logs = self.opts.home / "logs"
+        logs.mkdir(exist_ok=True)
+        with open(logs / "auth.log", "ab") as out:
+            self.auth = subprocess.Popen(
+                [sys.executable, "-m", "services.authcallout"], env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        self._write_pids()
+
+    def _wait_auth(self, timeout: float = 30.0) -> None:
+        ready = self.opts.home / "run" / "auth.ready"
+        deadline = time.monotonic() + timeout
+        while not ready.is_file():
+            if self.auth is not None and self.auth.poll() is not None:
+                log = self.opts.home / "logs" / "auth.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+                raise LabError(f"the auth service exited at start: {tail[0] if tail else 'no output'}")
+            if time.monotonic() > deadline:
+                raise LabError(f"the auth service was not ready after {timeout:.0f}s (see logs/auth.log)")
+            time.sleep(0.05)
 
     def _job_secret(self) -> Path:
         path = secrets_dir(self.opts.home) / "job-secret"
@@ -206,8 +248,12 @@ class Supervisor:
             write_secret(path, self.credentials[user], private_folder=True)
         return path
 
+    def _children(self) -> dict[str, int]:
+        """The agents' pids, and the auth service's (recorded with them, so a killed lab's is reaped too)."""
+        return {r: p.pid for r, p in self.procs.items()} | ({"auth": self.auth.pid} if self.auth else {})
+
     def _write_pids(self) -> None:
-        record_pids(self.opts.home, self._server_pids(), {r: p.pid for r, p in self.procs.items()})
+        record_pids(self.opts.home, self._server_pids(), self._children())
 
     def _spawn(self, name: str, role: str | None = None) -> None:
         role = role or name.split("-")[0]
@@ -267,6 +313,10 @@ class Supervisor:
                 self._spawn(role)
                 next_try.pop(role)
                 self._record_pids()
+        if self.auth is not None and self.auth.poll() is not None and not self.stopping:
+            # Without it no runner can connect: restart it at once (it holds no state).
+            print(f"lab: the auth service exited with {self.auth.returncode}; restarting", file=sys.stderr, flush=True)
+            self._spawn_auth()
         self._watch_disk()
         nodes = self.server.nodes if isinstance(self.server, EmbeddedCluster) else [self.server] if self.server else []
         for node in nodes:
@@ -306,7 +356,10 @@ class Supervisor:
             if proc.poll() is None:
                 proc.terminate()
         deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
+        children = [*self.procs.values(), *([self.auth] if self.auth else [])]
+        if self.auth is not None and self.auth.poll() is None:
+            self.auth.terminate()
+        for proc in children:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -149,7 +149,8 @@ def _belongs(pid: int, home: Path, what: str) -> bool:
         if what == "server":
             return "nats-server" in cmdline and str(home) in cmdline
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        return "services.cli" in cmdline and f"LAB_HOME={home}".encode() in environ
+        started = "services.cli" in cmdline or "services.authcallout" in cmdline  # an agent, or the auth service
+        return started and f"LAB_HOME={home}".encode() in environ
     except OSError:
         return False
 

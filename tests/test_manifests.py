@@ -22,7 +22,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bus.permissions import USERS, permissions
+from bus.permissions import AUTH, JOB_USER, USERS, permissions
 from bus.schema import ROLES, JobSpec, NatsAccess
 from services.cli_job import app
 from services.executors.render import DockerSettings, KubernetesSettings, docker_container, k8s_job, render_job
@@ -225,7 +225,8 @@ def test_engineer_rbac_is_limited_to_jobs_pods_and_events_in_the_jobs_namespace(
     # The jobs' namespace holds the job ServiceAccount and no agent credential.
     assert {(d["kind"], d["metadata"]["name"]) for d in docs if d["metadata"].get("namespace") == "lab-jobs"
             and d["kind"] in ("ServiceAccount", "Secret", "ConfigMap")} == {("ServiceAccount", "lab-job")}
-    assert {name for ns, name in HAND_MADE_SECRETS if ns == "lab-jobs"} == {"lab-nats-job"}
+    # Not even a runner credential: each job carries its own user and key (services/authcallout.py).
+    assert {name for ns, name in HAND_MADE_SECRETS if ns == "lab-jobs"} == set()
 
 
 @needs_kubectl
@@ -255,7 +256,8 @@ def test_network_policies_default_deny_and_jobs_reach_only_nats() -> None:
 
 
 def _users_block(conf: str) -> list[dict[str, Any]]:
-    block = conf[conf.index("users: [") + len("users: "): conf.rindex("]") + 1]
+    start = conf.index("users: [")
+    block = conf[start + len("users: "): conf.index("\n  ]\n", start) + len("\n  ]")]
     # Only bare values are variables ("password": $PI_PASSWORD); a $ inside a quoted subject is literal.
     return json.loads(re.sub(r"(?<=: )\$([A-Z_]+)", r'"$\1"', block))
 
@@ -269,6 +271,37 @@ def test_nats_users_mirror_bus_permissions_and_secret_template() -> None:
     secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
     assert set(secrets["lab-nats-users"]["stringData"]) == {f"{u.upper()}_PASSWORD" for u in USERS}
     assert "\n  sync_interval: always" not in (REPO / "k8s/base/nats.conf").read_text()  # offered, commented out
+    # Every static user logs in without the auth callout; any other name (a job's runner) goes to it.
+    conf = (REPO / "k8s/base/nats.conf").read_text()
+    callout = conf[conf.index("auth_callout {"):]
+    assert "issuer: $AUTH_ISSUER" in callout
+    assert json.loads(re.search(r"auth_users: (\[.*\])", callout).group(1)) == list(USERS)
+    assert set(secrets["lab-auth"]["stringData"]) == {"issuer", "seed"}
+
+
+@needs_kubectl
+def test_the_auth_service_holds_the_job_secret_and_seed_and_reaches_only_nats() -> None:
+    docs = build("base")
+    [auth] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "lab-auth"]
+    pod = auth["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert c["command"] == ["python", "-m", "services.authcallout"]
+    assert env["LAB_NATS_USER"]["value"] == AUTH
+    assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lab-nats-users", "key": "AUTH_PASSWORD"}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v.get("secret", {}) for v in pod["volumes"]}
+    assert volumes["job-secret"]["secretName"] == "lab-job-secret" and env["LAB_JOB_SECRET_FILE"]["value"] == mounts["job-secret"] + "/secret"
+    assert volumes["issuer"]["secretName"] == "lab-auth" and [i["key"] for i in volumes["issuer"]["items"]] == ["seed"]
+    assert env["LAB_AUTH_ISSUER_SEED_FILE"]["value"] == mounts["issuer"] + "/seed"
+    assert pod["automountServiceAccountToken"] is False
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "lab"}
+    assert policies["auth-egress"]["egress"] == [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}}}],
+                                                  "ports": [{"protocol": "TCP", "port": 4222}]}]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "auth"}}} in policies["nats-ingress"]["ingress"][0]["from"]
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats")
+    nats_env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert nats_env["AUTH_ISSUER"]["valueFrom"]["secretKeyRef"] == {"name": "lab-auth", "key": "issuer"}
 
 
 @needs_kubectl
@@ -278,7 +311,11 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
     s = _executor_settings(docs)
     accounts = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "ServiceAccount"}
     assert s.namespace == "lab-jobs" and (s.namespace, s.service_account) in accounts
-    assert {s.nats_secret_user_key, s.nats_secret_password_key} <= HAND_MADE_SECRETS[(s.namespace, s.nats_secret)]
+    # No shared runner Secret: the job's own user and key ride in its description (the auth callout admits it).
+    assert s.nats_secret is None
+    engineer = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "lab-engineer")
+    env = {e["name"]: e.get("value") for e in engineer["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LAB_RUNNER_USER"] == JOB_USER
     job = k8s_job(example(gpu=0), s)
     validate(job)
     limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]

@@ -82,3 +82,52 @@ async def test_one_generic_knob_word_is_not_evidence():
     """Nanda et al. describe "a one-layer transformer"; that does not study changing the number of layers."""
     j = await judge("grokking", {"num_layers": 2})
     assert j.novel is True, j.justification
+
+
+# ------------------------------------------------------------ code ideas: judged by their own words
+
+
+def code_idea(summary: str, variant: str | None = None) -> Idea:
+    from bus.schema import CodeChange
+
+    return Idea(id="c", title=f"code variant {variant or 'new'} instead of the baseline's code", hypothesis="Switching the code helps.",
+                falsification="It does not.", changes={}, code=CodeChange(summary=summary, variant=variant))
+
+
+async def judge_code(summary: str, variant: str | None = None, name: str = "model_merging"):
+    refs, task = library(name)
+    return await OfflineLiteratureMind(0, {}).judge_novelty(code_idea(summary, variant), refs, task=task)
+
+
+async def test_a_code_idea_that_describes_a_known_method_is_not_novel_with_the_sentence_quoted():
+    # No knob changes, so the knob rules see nothing: the summary's words are the evidence.
+    j = await judge_code("trim each task vector to its largest-magnitude entries, elect a sign per parameter and average the entries that agree")
+    assert j.novel is False and j.cited_keys[0] == "yadav2023ties"
+    assert "Merges task vectors in three steps" in j.justification and "/" in j.justification
+    j = await judge_code("randomly drop most delta parameters of each fine-tuned model and rescale the rest before merging")
+    assert j.novel is False and j.cited_keys[0] == "yu2024dare"
+    # A declared variant's name is a named method, like a knob's string value.
+    j = await judge_code("drop and rescale", variant="dare")
+    assert j.novel is False and j.cited_keys == ["yu2024dare"] and "Proposes DARE" in j.justification
+
+
+async def test_the_declared_variants_verdicts_rest_on_counted_overlap_with_the_closest_papers():
+    folder, spec = templates.load("model_merging")
+    for name, variant in spec.variants.items():
+        j = await judge_code(variant.description, variant=name)
+        # Novel on this library, and the justification says how close the closest paper came, in the code's own words.
+        assert j.novel is True, (name, j.justification)
+        assert "yadav2023ties" in j.cited_keys and "Closest: yadav2023ties" in j.justification
+        assert "sign" in j.justification and "no content words" not in j.justification
+
+
+async def test_a_code_idea_with_no_papers_found_says_there_is_no_evidence():
+    j = await OfflineLiteratureMind(0, {}).judge_novelty(code_idea("a sharpness-aware step"), [], task="x\nKeywords: grokking")
+    assert j.novel is True and j.justification.startswith("No evidence either way") and "sharpness" in j.justification
+
+
+async def test_a_code_idea_is_searched_by_what_its_code_does():
+    _, task = library("model_merging")
+    folder, spec = templates.load("model_merging")
+    queries = await OfflineLiteratureMind(0, {}).queries(code_idea(spec.variants["dare_ties"].description, "dare_ties"), task, [], 0)
+    assert queries[0].startswith("dare ties") and any("drop" in q for q in queries)

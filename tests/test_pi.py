@@ -90,18 +90,23 @@ async def test_full_loop_with_one_revision_round():
     assert kinds(out) == ["novelty_check->literature"]
     third = out[0][0].idea
     assert third.id not in {i.id for i in ideas}
+    # The winner (width 4, loss below the baseline's) is searched next to first: halfway to the baseline's 8
+    # (one step past 4 would be 0, below the knob's minimum).
+    assert ideas[0].changes == {"width": 4} and third.changes == {"width": 6}
+    dropped = [third]
     out = await h.send(NoveltyVerdict(idea_id=third.id, novel=False, justification="known"), "literature")
-    assert kinds(out) == ["novelty_check->literature"]  # still one slot, proposals capped at 3x
-    fourth = out[0][0].idea
-    out = await h.send(NoveltyVerdict(idea_id=fourth.id, novel=False, justification="known"), "literature")
-    # The declared space is exhausted (four non-fairness candidates): analysis of what ran.
+    while kinds(out) == ["novelty_check->literature"]:  # still one slot: the rest of the declared space, one at a time
+        dropped.append(out[0][0].idea)
+        out = await h.send(NoveltyVerdict(idea_id=dropped[-1].id, novel=False, justification="known"), "literature")
+    # The declared space and its one refinement are exhausted: analysis of what ran.
+    assert sorted(str(i.changes) for i in dropped) == sorted(str(c) for c in ({"width": 6}, {"width": 16}, {"lr": 0.01}))
     assert kinds(out) == ["analysis_request->analyst"]
-    assert len(out[0][0].runs) == 2 and h.state.wave == 4
+    assert len(out[0][0].runs) == 2 and h.state.wave == 5
 
     out = await h.send(AnalysisDone(report=report(0)), "analyst")
     assert kinds(out) == ["draft_request->writer"]
     # The paper learns which ideas were dropped as not novel, and why.
-    assert out[0][0].not_novel == {ideas[1].id: "done before by X", third.id: "known", fourth.id: "known"}
+    assert out[0][0].not_novel == {ideas[1].id: "done before by X", **{i.id: "known" for i in dropped}}
     draft = DraftReady(round=0, tex="p1/paper.tex", markdown="p1/paper.md", bib="p1/references.bib")
     out = await h.send(draft, "writer")
     assert kinds(out) == ["review_request->reviewer"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from agents.minds.base import IdeaContext
 from agents.minds.offline.pi import OfflinePIMind
 from agents.pi import PI, PIContext
@@ -50,7 +52,7 @@ async def waves(results: dict[str, float]) -> tuple[list[Idea], list[Idea]]:
 async def test_the_offline_pis_second_wave_depends_on_the_first_waves_results() -> None:
     first, _ = await waves({})
     assert len(first) == 4 and all(i.interestingness is None for i in first)  # no evidence yet: not scored
-    # Two float knobs: the local search refines them between declared values (an int knob keeps to its candidates).
+    # Two float knobs: the local search refines them between declared values (int knobs: see the test below).
     a, b = [i for i in first if GROKKING.knobs[next(iter(i.changes))].type == "float"][:2]
     _, wave_a = await waves({a.id: 0.2})
     _, wave_b = await waves({b.id: 0.2})
@@ -73,6 +75,36 @@ async def test_a_float_winner_is_refined_between_and_beyond_its_neighbours() -> 
     )
     values = [i.changes["weight_decay"] for i in await OfflinePIMind(0).propose_ideas(ctx)]
     assert set(values[:2]) == {2.0, 5.0}  # halfway to the baseline's 1.0, one step past the edge of what is known
+
+
+async def test_an_int_winner_gets_its_neighbours_on_the_declared_grid_within_bounds() -> None:
+    async def second_wave(spec, knob: str, winner_value: int) -> list[int]:
+        everything = await OfflinePIMind(0).propose_ideas(IdeaContext(spec=spec, direction="", n=40))
+        won = next(i for i in everything if i.changes == {knob: winner_value})
+        ctx = IdeaContext(spec=spec, direction="", previous=[won], outcomes={won.id: outcome(won, 0.1)}, n=5, constraints={"allowed_knobs": [knob]})
+        ideas = await OfflinePIMind(0).propose_ideas(ctx)
+        assert all(isinstance(i.changes[knob], int) for i in ideas)
+        return [i.changes[knob] for i in ideas]
+
+    # grokking's d_model (int, 16..256, baseline 64, candidates 32 and 128; 4 heads must divide it):
+    # halfway to the baseline and one step past the edge, multiples of 32 like the declared values.
+    wide = await second_wave(GROKKING, "d_model", 128)
+    assert wide[0] == 96 and 192 in wide  # 192 ranks lower: a wider model costs more compute (feasibility)
+    narrow = await second_wave(GROKKING, "d_model", 32)
+    assert narrow[0] == 48  # halfway to 64 (on a finer grid: none of 32's lies between); one step past 32 is 0, out of bounds
+    assert not [v for v in narrow if v not in (16, 48, 128)]  # nothing but the new neighbour and declared values
+    # A different winner, a different second wave: the search follows the results.
+    assert wide != narrow
+    # The bound holds: with max 160, one step past 128 (192) is out of the space.
+    spec = GROKKING.model_copy(deep=True)
+    spec.knobs["d_model"] = spec.knobs["d_model"].model_copy(update={"max": 160.0})
+    assert 192 not in await second_wave(spec, "d_model", 128)
+    # Declared choices hold too: an int knob that names its valid values gets the declared ones next to the best.
+    spec = GROKKING.model_copy(deep=True)
+    spec.knobs["d_model"] = spec.knobs["d_model"].model_copy(update={"choices": [16, 32, 64, 128, 256]})
+    assert sorted(await second_wave(spec, "d_model", 128)) == [32, 256]  # 256 the new neighbour, 32 a declared candidate
+    with pytest.raises(ValueError, match="not one of"):
+        spec.knobs["d_model"].validate_value(96)  # nor may anyone else propose a value outside them
 
 
 async def test_scores_come_from_the_evidence_and_the_archive() -> None:

@@ -17,7 +17,8 @@ from bus import subjects
 from bus.client import Bus, BusConfig
 from bus.permissions import WEB
 from bus.replay import read
-from bus.store import Artifacts, StateStore
+from bus.schema import ArchiveRecord, CodeChange, IdeaOutcome
+from bus.store import Artifacts, IdeaArchive, StateStore
 from services.web.app import STOP_NOTE, create_app
 from tests.conftest import config_for
 from tests.web_convo import P, conversation
@@ -28,6 +29,16 @@ TOKEN = "t" * 32
 STATE = {"project": P, "template": "grokking", "stage": "done", "ideas": {"wd-1": {}}, "experiments": {"a": {}, "b": {}}, "round": 1,
          "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": {}, "outcome": "accepted after 1 revision round",
          "started_at": 0.0}
+ARCHIVE = [
+    ArchiveRecord(template="grokking", signature="a1", project=P, recorded_at=1.7e9, outcome=IdeaOutcome(
+        idea_id="wd-1", changes={"weight_decay": 3.0}, status="better", improvement=0.12, effect_size=1.4, ci_low=0.05, ci_high=0.2,
+        p_adjusted=0.01, replicated=True, source="analysis")),
+    ArchiveRecord(template="grokking", signature="a2", project="older-project", recorded_at=1.6e9, outcome=IdeaOutcome(
+        idea_id="lr-2", changes={"lr": 0.005}, status="worse", improvement=-0.3, source="analysis")),
+    ArchiveRecord(template="model_merging", signature="b1", project="merge-project", recorded_at=1.65e9, outcome=IdeaOutcome(
+        idea_id="variant-daret", code=CodeChange(summary="DARE then TIES", variant="dare_ties"), status="not_novel",
+        reason="Not novel: yu2024dare")),
+]
 PAPER = "# Stronger decay\n\n![curve](figures/figure-a.png)\n\nwd-1 beats the baseline.\n"
 
 
@@ -41,6 +52,9 @@ async def _seed(server) -> None:
         store = await Artifacts.open(bus)
         await store.put(f"{P}/paper/round-2/paper.md", PAPER.encode())
         await store.put(f"{P}/paper/round-2/figures/figure-a.png", b"\x89PNG fake")
+        archive = await IdeaArchive.open(bus)
+        for record in ARCHIVE:
+            await archive.put(record)
     finally:
         await bus.close()
 
@@ -68,6 +82,22 @@ def client(nats_server):
 def test_projects_list(client):
     html = client.get("/").text
     assert f'<a href="/p/{P}">{P}</a>' in html and "accepted after 1 revision round" in html and "1/2" in html and "2/12" in html
+
+
+def test_the_idea_archive_page_lists_every_template_s_ideas_and_is_linked_from_the_nav(client):
+    assert '<a href="/ideas">Idea archive</a>' in client.get("/").text  # every page's header links it
+    html = client.get("/ideas").text
+    assert html.index('id="archive-grokking"') < html.index('id="archive-model_merging"')  # templates by name
+    grokking = html[html.index('id="archive-grokking"'):html.index('id="archive-model_merging"')]
+    assert "2 ideas, 1 beat the baseline" in grokking
+    assert grokking.index("older-project") < grokking.index(f'<a href="/p/{P}">{P}</a>')  # oldest first, projects linked
+    assert "weight_decay=3.0" in grokking and "+0.12" in grokking and "[0.05, 0.2]" in grokking and "yes" in grokking
+    merging = html[html.index('id="archive-model_merging"'):]
+    assert "code: dare_ties" in merging and "not_novel" in merging and "Not novel: yu2024dare" in merging
+    one = client.get("/ideas?template=model_merging").text  # one template: its section only
+    assert 'id="archive-model_merging"' in one and 'id="archive-grokking"' not in one
+    none = client.get("/ideas?template=char_lm").text
+    assert "No ideas archived for template char_lm yet" in none
 
 
 def test_without_the_token_the_page_is_read_only_and_actions_are_refused(client, nats_server):

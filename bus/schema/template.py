@@ -63,6 +63,9 @@ class Knob(BaseModel):
             if float(value) != int(value):
                 raise ValueError(f"expected an integer, got {value!r}")
             value = int(value)
+            # An int knob may name its valid values (heads that must divide the width): the rest are not in its space.
+            if self.choices is not None and value not in self.choices:
+                raise ValueError(f"{value!r} is not one of {self.choices}")
         else:
             value = float(value)
             if not math.isfinite(value):

@@ -77,6 +77,18 @@ async def index(request: Request) -> Response:
     return templates.TemplateResponse(request, "index.html", {"projects": projects, "can_act": request.app.state.token.allows(request)})
 
 
+async def ideas(request: Request) -> Response:
+    """The idea archive: what every project tried on each template and what came of it (``?template=T``: one template)."""
+    from services.cli_ideas import archive_records
+
+    if (resp := _login(request)) is not None:
+        return resp
+    chosen = request.query_params.get("template") or None
+    records = await archive_records(_bus(request), chosen)
+    ctx = {"archives": views.archive(records), "template": chosen, "can_act": request.app.state.token.allows(request)}
+    return templates.TemplateResponse(request, "ideas.html", ctx)
+
+
 async def _page_context(request: Request, project: str) -> dict[str, Any]:
     page = await feeds.project_page(_bus(request), project)
     paper_html = ""
@@ -187,6 +199,7 @@ def create_app(token: str, *, bus: Bus | None = None, config: BusConfig | None =
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
+        Route("/ideas", ideas),
         Route("/p/{project}", project),
         Route("/p/{project}/sections", sections),
         Route("/p/{project}/events", events),

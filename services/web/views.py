@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from bus.schema import BASELINE, Envelope, ProjectView
+from bus.schema import BASELINE, ArchiveRecord, Envelope, ProjectView
 from bus.replay import Entry
 from services.describe import describe
 
@@ -329,3 +329,55 @@ def project_page(project: str, state: ProjectView | None, convo: list[Envelope],
         project=project, summary=summary(state) if state else None, experiments=experiments(convo, jobs), analysis=analysis(convo),
         reviews=review_rounds(convo), paper=paper(convo), decision=d, notes=notes(convo), running=d is None and (state is None or not state.finished),
     )
+
+
+# ---------------------------------------------------------------- the idea archive
+
+
+@dataclass
+class ArchiveRow:
+    project: str
+    idea_id: str
+    title: str
+    tried: str  # knob values and code change, as `lab ideas` shows them
+    status: str  # better, worse, inconclusive, failed, not_novel, skipped, pending
+    improvement: str
+    effect: str
+    ci: str
+    p_adjusted: str
+    replicated: str
+    when: str  # UTC
+    reason: str
+
+
+@dataclass
+class TemplateArchive:
+    template: str
+    rows: list[ArchiveRow]
+    better: int  # how many ideas beat the baseline: what a new project builds on
+
+
+def _signed(x: float | None, digits: int = 3) -> str:
+    return "" if x is None else f"{x:+.{digits}g}"
+
+
+def archive(records: Iterable[ArchiveRecord]) -> list[TemplateArchive]:
+    """The idea archive by template (templates by name, records oldest first): the `lab ideas` table for each."""
+    from datetime import datetime, timezone
+
+    from services.cli_ideas import tried
+
+    by: dict[str, list[ArchiveRow]] = {}
+    wins: dict[str, int] = {}
+    for r in records:
+        o = r.outcome
+        by.setdefault(r.template, []).append(ArchiveRow(
+            project=r.project, idea_id=o.idea_id, title=o.title, tried=tried(r), status=o.status,
+            improvement=_signed(o.improvement), effect=_signed(o.effect_size, 2),
+            ci=f"[{o.ci_low:.3g}, {o.ci_high:.3g}]" if o.ci_low is not None and o.ci_high is not None else "",
+            p_adjusted="" if o.p_adjusted is None else f"{o.p_adjusted:.3g}",
+            replicated="" if o.replicated is None else ("yes" if o.replicated else "no"),
+            when=datetime.fromtimestamp(r.recorded_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"), reason=o.reason,
+        ))
+        wins[r.template] = wins.get(r.template, 0) + (o.status == "better")
+    return [TemplateArchive(t, by[t], wins[t]) for t in sorted(by)]

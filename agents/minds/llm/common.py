@@ -52,7 +52,7 @@ def knob_lines(spec: TemplateSpec, names: list[str] | None = None) -> str:
     for name, knob in spec.knobs.items():
         if names is not None and name not in names:
             continue
-        if knob.type == "choice":
+        if knob.type == "choice" or knob.choices:
             space = f"one of {knob.choices}"
         elif knob.type == "bool":
             space = "true/false"

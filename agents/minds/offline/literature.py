@@ -20,6 +20,17 @@ hold every method term and every topic term, with one sentence holding the
 method terms, studies that change on that task. That sentence is quoted as
 the evidence. This is what makes ``merge_fn = ties`` not novel next to
 TIES-Merging, and weight decay on grokking not novel next to Power et al.
+
+A *code* idea (``Idea.code``: a new merge algorithm, a regulariser) changes
+no knob, so it is read from its own words instead (``judge_code``): a
+template-declared variant's name is a named method like a string value
+(``dare_ties`` -> {dare, tie}) and goes through the same topic-and-sentence
+reading; then its summary (for a declared variant, the variant's description)
+is compared with each paper: one that holds the topic and at least
+``code_overlap`` (default 0.6) of the summary's content words already
+describes that change, and its sentence holding most of them is quoted.
+Otherwise the verdict says how close the closest papers came, in counted
+words, or that no paper was found at all: never "novel" on no comparison.
 """
 
 from __future__ import annotations
@@ -42,6 +53,12 @@ DIRECTION_WORDS = frozenset(
 KEYWORDS_MARK = "\nKeywords:"
 # Words of knob names that name a slot, not a method ("merge_fn", "num_layers").
 SLOT_WORDS = frozenset({"fn", "num", "func", "function", "type", "kind", "mode", "use"})
+# Words any code change's summary uses about itself, not about its method, and filler words.
+CODE_WORDS = frozenset(
+    """code function functions add adds added implement implements implemented experiment variant variants template
+    replace replaces replaced instead baseline built python module edit edits switch switched
+    each per et al them one many few most take takes followed""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -64,11 +81,30 @@ def change_terms(idea: Idea) -> set[str]:
 
 
 def method_terms(idea: Idea) -> set[str]:
-    """What the change *is*: a named method (string value) or else the knob's words, slot words removed."""
+    """What the change *is*: a named method (string value, a declared code variant's name) or else the knob's words, slot words removed."""
     out: set[str] = set()
     for knob, value in idea.changes.items():
         out |= terms(value) if isinstance(value, str) and terms(value) else terms(knob) - SLOT_WORDS
+    if idea.code is not None and idea.code.variant:
+        out |= terms(idea.code.variant) - SLOT_WORDS
     return out
+
+
+def summary_terms(idea: Idea) -> set[str]:
+    """A code idea's own description, as content words: what its method does (empty for a knob idea)."""
+    if idea.code is None:
+        return set()
+    return terms(idea.code.summary) - DIRECTION_WORDS - CODE_WORDS
+
+
+def best_sentence(ref: Reference, wanted: set[str]) -> tuple[str, int]:
+    """The title's or abstract's sentence holding most of ``wanted``, and how many it holds."""
+    best, hits = "", 0
+    for text in [ref.title, *re.split(r"(?<=[.;!?])\s+", ref.abstract)]:
+        n = len(wanted & terms(text))
+        if text.strip() and n > hits:
+            best, hits = text.strip(), n
+    return best, hits
 
 
 def topic_terms(task: str) -> set[str]:
@@ -96,13 +132,19 @@ def task_terms(idea: Idea) -> set[str]:
 
 
 def _knob_phrase(idea: Idea) -> str:
-    return " ".join(" ".join(words(k)) for k in idea.changes)
+    """What is changed, as query words: the knobs' names, a code idea's variant or the start of its summary."""
+    phrase = " ".join(" ".join(words(k)) for k in idea.changes)
+    if idea.code is not None:
+        code = [w for w in words(idea.code.variant or idea.code.summary) if w not in CODE_WORDS and w not in SLOT_WORDS]
+        phrase = " ".join([phrase, *code[:4]]).strip()
+    return phrase
 
 
 class OfflineLiteratureMind:
     def __init__(self, seed: int, config: dict[str, Any]) -> None:
         self.seed = seed
         self.task_overlap = float(config.get("task_overlap", 0.5))
+        self.code_overlap = float(config.get("code_overlap", 0.6))
         self.per_round = int(config.get("queries_per_round", 3))
         self.usage = Usage()
 
@@ -116,7 +158,11 @@ class OfflineLiteratureMind:
         knob = _knob_phrase(idea)
         keywords = [k.strip() for k in keyword_text.split(",") if k.strip()]
         context = " ".join(keywords[:2]) or " ".join(words(task_text)[:5])
-        if round == 0:
+        if round == 0 and idea.code is not None:
+            # A code idea's title and hypothesis are about switching code; its summary says what the code does.
+            summary = [w for w in dict.fromkeys(words(idea.code.summary)) if w not in CODE_WORDS and w not in DIRECTION_WORDS]
+            candidates = [f"{knob} {context}", " ".join(summary[:8]), idea.title]
+        elif round == 0:
             hypothesis = " ".join(list(dict.fromkeys(words(idea.hypothesis)))[:8])
             candidates = [idea.title, f"{knob} {context}", hypothesis]
         else:
@@ -143,7 +189,7 @@ class OfflineLiteratureMind:
     def prior_studies(self, idea: Idea, found: list[Reference], task: str) -> list[tuple[Reference, str]]:
         """Papers that study this method on this topic, each with the sentence that shows it."""
         method, topic = method_terms(idea), topic_terms(task)
-        named = any(isinstance(v, str) for v in idea.changes.values())
+        named = any(isinstance(v, str) for v in idea.changes.values()) or bool(idea.code and idea.code.variant)
         # One generic word ("layer" from num_layers) is met by any paper that merely
         # describes its model ("a one-layer transformer"); a knob's words are evidence
         # only as a phrase ("weight decay"), a named method (a string value) on its own.
@@ -168,7 +214,53 @@ class OfflineLiteratureMind:
                 + (f" Also: {', '.join(r.key for r, _ in prior[1:3])}." if len(prior) > 1 else ""),
                 cited_keys=[r.key for r, _ in prior[:3]],
             )
+        if idea.code is not None:
+            return self.judge_code(idea, found, task)
         return self.lexical(idea, found)
+
+    def judge_code(self, idea: Idea, found: list[Reference], task: str) -> NoveltyJudgement:
+        """A code idea against the papers, by its summary's words (the module docstring's last rule)."""
+        own = summary_terms(idea) | method_terms(idea)
+        topic = topic_terms(task)
+        what = f"the code change ({idea.code.variant or 'no declared variant'}: {', '.join(sorted(own)) or 'no content words'})" if idea.code else ""
+        if not found:
+            return NoveltyJudgement(
+                novel=True,
+                justification=f"No evidence either way: the search found no papers, so nothing shows {what} was studied; "
+                "it is judged novel by default, which is weak evidence, and the sources should be widened.",
+            )
+        ranked = []
+        for ref in found:
+            paper = terms(f"{ref.title} {ref.abstract}")
+            ranked.append((ref, own & paper, not topic or holds_topic(topic, paper)))
+        ranked.sort(key=lambda x: (-len(x[1]), x[0].key))
+        studied = [(ref, hits) for ref, hits, on_topic in ranked if on_topic and len(own) >= 3 and len(hits) / len(own) >= self.code_overlap]
+        if studied:
+            ref, hits = studied[0]
+            quote, _ = best_sentence(ref, own)
+            return NoveltyJudgement(
+                novel=False,
+                justification=f"Not novel: {ref.key} ('{ref.title}') already describes {what}: it holds {len(hits)}/{len(own)} of its "
+                f"words ({', '.join(sorted(hits))}, at least {self.code_overlap:.0%})"
+                + (f" on {' '.join(sorted(topic))}" if topic else "") + f": \"{quote}\""
+                + (f" Also: {', '.join(r.key for r, _ in studied[1:3])}." if len(studied) > 1 else ""),
+                cited_keys=[r.key for r, _ in studied[:3]],
+            )
+        closest = [(ref, hits) for ref, hits, _ in ranked if hits][:3]
+        if not closest:
+            return NoveltyJudgement(
+                novel=True,
+                justification=f"Novel: none of the {len(found)} papers found shares a word with {what}; "
+                "nothing found bears on it either way.",
+            )
+        return NoveltyJudgement(
+            novel=True,
+            justification=f"Novel as far as the {len(found)} papers found show: none names its method "
+            f"({', '.join(sorted(method_terms(idea))) or 'no declared name'}) in one sentence on the topic, nor holds "
+            f"{self.code_overlap:.0%} of the words of {what}. Closest: "
+            + "; ".join(f"{ref.key} ('{ref.title}', {len(hits)}/{len(own)}: {', '.join(sorted(hits))})" for ref, hits in closest) + ".",
+            cited_keys=[ref.key for ref, _ in closest],
+        )
 
     def lexical(self, idea: Idea, found: list[Reference]) -> NoveltyJudgement:
         """The term-overlap rule of the module docstring, over the idea's own words."""

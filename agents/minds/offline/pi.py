@@ -76,8 +76,9 @@ class OfflinePIMind:
 
         Candidates are every declared value of every allowed knob, every
         template-declared code variant, and, once some value beat the baseline,
-        values halfway between that best value and its neighbours (float knobs
-        only). Ideas this project proposed are never repeated; ideas another
+        values next to that best value (``Scorer.refinements``: halfway to its
+        known neighbours or one step past them, on an int knob's grid or declared
+        choices, within the knob's bounds). Ideas this project proposed are never repeated; ideas another
         project tried (the archive) only when ``ctx.repeat_ok``. Each is scored
         from the evidence (see ``Scorer``) and the top ``ctx.n`` returned, ties
         broken by a generator seeded with the project's seed and wave.

@@ -41,6 +41,52 @@ def declared_variants(spec: TemplateSpec) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+def _on_grid(x: float, step: int, ends: tuple[int, int]) -> int | None:
+    """``x`` rounded to a multiple of ``step``, the step halved until that lands strictly between ``ends``."""
+    lo, hi = sorted(ends)
+    while step >= 1:
+        value = int(round(x / step)) * step
+        if lo < value < hi:
+            return value
+        step //= 2
+    return None
+
+
+def int_neighbours(knob: Knob, best: int, known: list[int]) -> list[int]:
+    """An int knob's values next to ``best`` (which beat the baseline), inside its declared space.
+
+    With ``choices`` the neighbours are the declared values on either side of the best.
+    Otherwise the halfway point to each known neighbour (geometric on a ``log`` knob), or one
+    step past the edge of what is known, kept on the coarsest grid the declared values share
+    (their greatest common divisor: 32 and 128 stay multiples of 32, so a width that heads must
+    divide stays divisible), a finer one only where that grid has no point in between.
+    """
+    lo = knob.min if knob.min is not None else -math.inf
+    hi = knob.max if knob.max is not None else math.inf
+    if knob.choices:
+        grid = sorted({int(c) for c in knob.choices if lo <= c <= hi})
+        if best not in grid:
+            return []
+        i = grid.index(best)
+        return [grid[j] for j in (i - 1, i + 1) if 0 <= j < len(grid) and grid[j] not in known]
+    declared = [int(v) for v in [knob.default, *knob.candidates] if int(v) != 0]
+    step = max(math.gcd(*declared), 1) if declared else 1
+    geometric = knob.log and min(known) > 0
+    i = known.index(best)
+    out: list[int] = []
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(known):
+            other = known[j]
+            mid = math.sqrt(best * other) if geometric else (best + other) / 2
+            value = _on_grid(mid, step, (best, other)) if abs(best - other) > 1 else None
+        else:  # one step past the edge, as far as the inner neighbour is
+            inner = known[i + 1] if j < 0 else known[i - 1]
+            value = int(round(best * best / inner)) if geometric else 2 * best - inner
+        if value is not None and lo <= value <= hi and value not in known and value not in out:
+            out.append(value)
+    return out
+
+
 def _clamp(x: float) -> int:
     return max(1, min(10, int(round(x))))
 
@@ -82,13 +128,22 @@ class Scorer:
         return value, means[value] > 0
 
     def refinements(self, name: str, knob: Knob, base: Any) -> list[Any]:
-        """Float values halfway between the best value so far and its nearest known neighbours, once it beat the baseline."""
-        if knob.type != "float" or name not in self.points:
+        """Values next to the best one so far, once it beat the baseline: a local search in the declared space.
+
+        A float knob gets the values halfway between the best and its nearest known
+        neighbours (geometric halfway on a ``log`` knob), or one step past the edge of
+        what is known. An int knob gets the same, on its grid (``int_neighbours``), or,
+        when it declares ``choices``, the declared values next to the best. Never
+        outside ``min``/``max``, never a value already known (tried, a candidate, the baseline's).
+        """
+        if knob.type not in ("float", "int") or name not in self.points:
             return []
         best, improved = self.best(name)
         if not improved:
             return []
         known = sorted({float(v) for v in [*self._means(name), *knob.candidates, base]})
+        if knob.type == "int":
+            return int_neighbours(knob, int(best), [int(v) for v in known])
         b = float(best)
         i = known.index(b)
         geometric = knob.log and known[0] > 0
@@ -161,4 +216,4 @@ class Scorer:
         })
 
 
-__all__ = ["Scorer", "declared_variants"]
+__all__ = ["Scorer", "declared_variants", "int_neighbours"]
