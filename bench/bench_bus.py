@@ -6,6 +6,9 @@ reads through a durable pull consumer one message at a time. This measures
 what that costs against the same JetStream work done with bare nats-py (same
 server, same stream and consumer settings, same publish pattern, separate
 streams so the sides never meet), as ratios that mean something on any machine.
+The lab side reads as a role does, from its work stream (bus/partitions), so
+its numbers include the copy from the conversation stream into the role's
+partition that the raw side does not make.
 
     python -m bench.bench_bus [--messages N] [--payload BYTES] [--rounds R] [--requests K]
 
@@ -43,7 +46,7 @@ from rich.table import Table
 if __package__ in (None, ""):  # `python bench/bench_bus.py`: find the lab's packages from the repo root, as `-m` does
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bus import subjects  # noqa: E402
+from bus import partitions, subjects  # noqa: E402
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import consumer_config, messages, pull
 from bus.errors import LabBusError, MessageTooLarge
@@ -254,6 +257,10 @@ class Side(ABC):
     def durable(self, role: str, project: str) -> str:
         return f"bench-{project}-{role}"
 
+    def stream_for(self, role: str) -> str:
+        """The stream a role reads from."""
+        return self.stream
+
     def admin_js(self, party: Any) -> Any:
         return self.manager if self.manager is not None else self.js(party)
 
@@ -305,9 +312,9 @@ class Side(ABC):
             raise BenchError(f"{self.name}: consumed {flow.consumed} of {flow.published} messages within {_deadline(len(items)):.0f}s") from None
         flow.publish_s, flow.consume_s = t1 - t0, perf_counter() - t1
         js = self.admin_js(self.pi)
-        flow.left_pending = await _settle(js, self.stream, durable)
+        flow.left_pending = await _settle(js, self.stream_for("pi"), durable)
         await sub.unsubscribe()
-        await js.delete_consumer(self.stream, durable)
+        await js.delete_consumer(self.stream_for("pi"), durable)
         return flow
 
     async def _drain(self, source: AsyncIterator[Msg], flow: Flow) -> None:
@@ -339,7 +346,7 @@ class Side(ABC):
             await asyncio.gather(responder, return_exceptions=True)
             for party, sub, role in ((self.pi, replies, "pi"), (self.engineer, inbox, "engineer")):
                 await sub.unsubscribe()
-                await self.admin_js(party).delete_consumer(self.stream, self.durable(role, project))
+                await self.admin_js(party).delete_consumer(self.stream_for(role), self.durable(role, project))
 
     async def _serve(self, inbox: Any) -> None:
         async with aclosing(self.each(inbox)) as it:  # type: ignore[type-var]
@@ -373,10 +380,15 @@ class LabSide(Side):
         return party.js
 
     def durable(self, role: str, project: str) -> str:
-        return f"role-{role}"  # the only consumer a role's credential may create on the conversation
+        return partitions.durable(role, partitions.partition(project))  # the only consumers a role's credential may create
+
+    def stream_for(self, role: str) -> str:
+        return partitions.work_stream(role)  # its mail reaches it through its work stream (bus/partitions)
 
     async def reader(self, party: Bus, durable: str, recipient: str, project: str) -> Any:
-        return await pull(party, self.stream, durable, subjects.convo_for(recipient, project)[0])  # its own mail; the bench sends no broadcasts
+        # Its own mail of this project, within the project's partition (the pinned filter ends in '>', which allows this).
+        own = f"lab.work.{recipient}.{partitions.partition(project)}.convo.{project}.*.{recipient}"
+        return await pull(party, self.stream_for(recipient), durable, own)  # the bench sends no broadcasts
 
     def prepare(self, envs: list[Envelope]) -> list[Envelope]:
         return envs

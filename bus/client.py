@@ -19,9 +19,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from bus import subjects
+from bus import partitions, subjects
 from bus.errors import ConnectError, MessageTooLarge
-from bus.schema import Envelope, encode
+from bus.schema import ROLES, Envelope, encode
 from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
 from bus.permissions import inbox_prefix
 
@@ -175,6 +175,31 @@ class Bus:
             await self.js.object_store(ARTIFACTS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             await self.js.create_object_store(ARTIFACTS_BUCKET, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=r))
+        await self._ensure_work_streams(r)
+
+    async def _ensure_work_streams(self, replicas: int) -> None:
+        """Create each role's work stream (bus/partitions) if absent, copying from what comes next in its sources.
+
+        Only what comes next: a lab upgraded from one whose roles read the conversation directly does not
+        handle again what they read (upgrade it idle; what was still unread would not be copied).
+        """
+        after: dict[str, int] | None = None
+        for role in ROLES:
+            name = partitions.work_stream(role)
+            try:
+                await self.js.stream_info(name)
+                continue
+            except nats.js.errors.NotFoundError:
+                pass
+            if after is None:
+                after = {s: (await self.js.stream_info(s)).state.last_seq for s in (subjects.CONVO_STREAM, subjects.JOBS_STREAM)}
+            try:
+                await self._add_stream(partitions.work_stream_config(role, replicas, after))
+            except BadRequestError as e:
+                try:
+                    await self.js.stream_info(name)  # created concurrently: fine
+                except nats.js.errors.NotFoundError:
+                    raise ConnectError(f"cannot create stream {name}: {e.description}") from None
 
     async def _add_stream(self, cfg: api.StreamConfig) -> None:
         """Create a stream; where the server's store is smaller than its size limit, with no limit of its own.
@@ -224,7 +249,8 @@ class Bus:
         record = {
             "reason": reason,
             "role": role,
-            "subject": msg.subject,
+            "subject": partitions.origin(msg.subject),  # where it was published; the role read it from its work stream
+            "read_on": msg.subject,
             "stream_seq": getattr(getattr(meta, "sequence", None), "stream", None),
             "num_delivered": getattr(meta, "num_delivered", None),
             "size": len(msg.data),

@@ -4,8 +4,9 @@ Each role connects as its own NATS user. It may publish conversation messages
 only with itself as sender, so a compromised or buggy agent cannot speak as
 another; it reads replies only on its own inbox prefix. Reading through
 JetStream is held to the same line: a role may create and pull only its own
-durable consumers, each with the one filter its create subject names (so it
-cannot re-filter them to read others' mail), read and write only its own keys
+durable consumers (one per partition of its work stream, bus/partitions), each
+with the one filter its create subject names (so it cannot re-filter them to
+read others' mail), read and write only its own keys
 in the state bucket, and ack only its own consumers' messages — so it cannot read the conversation
 addressed to others, or rewrite their state. Acks are allowed in both the old
 ``$JS.ACK.<stream>.<consumer>...`` and the nats-server 2.14+
@@ -41,7 +42,8 @@ from __future__ import annotations
 from typing import Any
 
 from bus.schema import ROLES
-from bus.subjects import job_statuses, role_consumers, token
+from bus.partitions import WORK_STREAMS, consumers
+from bus.subjects import token
 from bus.schema.constants import (
     AGENTS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -68,7 +70,7 @@ USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN, AUTH)
 JOB_USER = "job"  # runners connect as ``job.<project>.<job>``, admitted by the auth callout, never a static user
 CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
 
-STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
+STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, *WORK_STREAMS, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
 
 
 def _bucket_reads(stream: str, subjects: str = ">") -> list[str]:
@@ -149,7 +151,8 @@ def _role(role: str) -> list[str]:
         "$JS.FC.>",
         # Whoever starts first creates the lab's streams; the server refuses one that overlaps an existing stream.
         *(f"$JS.API.STREAM.{op}.{s}" for s in STREAMS for op in ("INFO", "CREATE")),
-        *(p for durable, f in role_consumers(role) for p in _consumer(CONVO_STREAM, durable, f)),
+        # The role reads its work stream (bus/partitions) by partition: one durable each, its one filter pinned.
+        *(rule for stream, name, f in consumers(role) for rule in _consumer(stream, name, f)),
         f"$KV.{STATE_BUCKET}.{role}.>",
         *_bucket_reads(STATE_KV, f"$KV.{STATE_BUCKET}.{role}.>"),
         f"$KV.{AGENTS_BUCKET}.{role}",
@@ -163,7 +166,7 @@ def _role(role: str) -> list[str]:
         allow += [f"$KV.{IDEAS_BUCKET}.>", *_bucket_reads(IDEAS_KV)]
     if role == "engineer":
         # The engineer reads job outcomes, and reports failures the runner could not (a pod that never started).
-        allow += [*_consumer(JOBS_STREAM, "role-engineer-jobs", job_statuses()), "lab.jobs.*.*.status"]
+        allow += ["lab.jobs.*.*.status"]  # its job outcomes it reads in its work stream
     return allow
 
 

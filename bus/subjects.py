@@ -34,17 +34,6 @@ def convo_for(recipient: str, project: str = "*") -> list[str]:
     return [f"lab.convo.{p}.*.{token(recipient, 'recipient')}", f"lab.convo.{p}.*.all"]
 
 
-def role_consumers(role: str) -> list[tuple[str, str]]:
-    """The durables a role reads the conversation through, as (durable, filter): its own mail, and broadcasts.
-
-    One filter each, because the permissions pin a durable's filter in the API subject that creates it
-    (``$JS.API.CONSUMER.CREATE.<stream>.<durable>.<filter>``), and nats-server allows that form for a
-    single filter only: a role cannot re-create its durable with a wider filter and read others' mail.
-    """
-    own, broadcast = convo_for(role)
-    return [(f"role-{role}", own), (f"role-{role}-all", broadcast)]
-
-
 def convo_all(project: str | None = None) -> str:
     return f"lab.convo.{token(project, 'project')}.>" if project else "lab.convo.>"
 

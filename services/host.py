@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from agents import role_class
 from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds.meter import metered
-from bus import subjects
+from bus import partitions, subjects
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
@@ -73,6 +73,24 @@ def concurrency_for(role: str, environ: Any = os.environ) -> int:
     return DEFAULT_CONCURRENCY
 
 
+def replica_from_env(environ: Any = os.environ) -> tuple[int, int]:
+    """(index, count) of this process among its role's replicas: ``LAB_REPLICA`` (0-based) of ``LAB_REPLICAS``.
+
+    Without ``LAB_REPLICA``, a StatefulSet pod's ordinal (``lab-pi-1`` is 1), read from ``HOSTNAME``.
+    """
+    try:
+        count = int(environ.get("LAB_REPLICAS") or 1)
+        ordinal = (environ.get("HOSTNAME") or "").rpartition("-")[2] if count > 1 else ""
+        if count > 1 and not environ.get("LAB_REPLICA") and not ordinal.isdigit():
+            # Every replica would take index 0 and the other partitions' projects would wait forever.
+            raise ValueError("several replicas need LAB_REPLICA or a StatefulSet pod's ordinal in HOSTNAME")
+        index = int(environ.get("LAB_REPLICA") or ordinal or 0)
+        partitions.owned(index, count)
+    except ValueError as e:
+        raise HostConfigError(f"LAB_REPLICA={environ.get('LAB_REPLICA')!r} of LAB_REPLICAS={environ.get('LAB_REPLICAS')!r}: {e}") from None
+    return index, count
+
+
 def _project_of(subject: str) -> str:
     """``lab.convo.<project>.…`` and ``lab.jobs.<project>.…`` both name the project third."""
     parts = subject.split(".")
@@ -111,6 +129,7 @@ class AgentHost:
         mind_config: dict[str, Any] | None = None,
         wiring: Wiring | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        replica: tuple[int, int] = (0, 1),
     ):
         self.role_name = role
         self.role: Role = role_class(role)()
@@ -124,6 +143,8 @@ class AgentHost:
         self.wiring = wiring or Wiring(role_name(role), home)
         self.stop = asyncio.Event()
         self.concurrency = concurrency
+        self.replica = replica
+        partitions.owned(*replica)  # a bad index fails here, not in the fetch loop
         self.lanes = Lanes(concurrency, self._process_safely)
         self.handled = 0
         self.failed = False
@@ -133,15 +154,21 @@ class AgentHost:
 
     @property
     def instance(self) -> str:
-        """This process's name among its role's replicas (``pi``, ``pi-2``…; set by `lab up`)."""
-        return os.environ.get("LAB_INSTANCE") or self.role_name
+        """This process's name among its role's replicas: ``pi`` for index 0, ``pi-2`` for index 1… (`lab up` sets it)."""
+        index = self.replica[0]
+        return os.environ.get("LAB_INSTANCE") or (f"{self.role_name}-{index + 1}" if index else self.role_name)
+
+    def _run_file(self, suffix: str) -> Path:
+        # `lab up`'s processes share one home, so their files carry the instance; a pod has a home of its own,
+        # and its probes name the role's file whatever the pod's ordinal.
+        return self.home / "run" / f"{os.environ.get('LAB_INSTANCE') or self.role_name}.{suffix}"
 
     def ready_file(self) -> Path:
-        return self.home / "run" / f"{self.instance}.ready"
+        return self._run_file("ready")
 
     def alive_file(self) -> Path:
         """Touched after every heartbeat NATS accepted: the Kubernetes liveness probe reads its age."""
-        return self.home / "run" / f"{self.instance}.alive"
+        return self._run_file("alive")
 
     def heartbeat_key(self) -> str:
         suffix = self.instance.removeprefix(self.role_name).lstrip("-")
@@ -184,9 +211,13 @@ class AgentHost:
         self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
 
     async def _subscribe(self) -> list[Any]:
-        subs = [await pull(self.bus, subjects.CONVO_STREAM, durable, f) for durable, f in subjects.role_consumers(self.role_name)]
+        """Pull subscriptions for this replica's partitions of the role's work stream (bus/partitions), and any extra."""
+        mine = partitions.owned(*self.replica)
+        subs = [await pull(self.bus, partitions.work_stream(self.role_name), partitions.durable(self.role_name, p),
+                           partitions.partition_filter(self.role_name, p)) for p in mine]
         for extra in self.wiring.subscriptions:
             subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filter))
+        log.info("reading partitions", role=self.role_name, replica=self.replica, partitions=mine)
         return subs
 
     def _consumer_ended(self, task: asyncio.Task[None]) -> None:
@@ -219,7 +250,7 @@ class AgentHost:
     async def _consume(self, sub: Any) -> None:
         """Fetch what the lanes have room for and queue each message on its project's lane."""
         async for msg in messages(sub, self.stop, room=lambda: self.lanes.room(2 * self.concurrency)):
-            self.lanes.submit(_project_of(msg.subject), msg)
+            self.lanes.submit(_project_of(partitions.origin(msg.subject)), msg)
 
     async def _process_safely(self, msg: Any) -> None:
         started = time.monotonic()
@@ -237,6 +268,7 @@ class AgentHost:
     # ------------------------------------------------------------ one message
 
     async def process(self, msg: Any) -> None:
+        started = time.time()  # in the "handled" line: tests check that no two replicas held one project at once
         meta = msg.metadata
         delivered = meta.num_delivered if meta else 1
         if len(msg.data) > MAX_ENVELOPE_BYTES:
@@ -249,7 +281,7 @@ class AgentHost:
             where = ".".join(str(p) for p in first["loc"])
             await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
             return
-        mismatch = envelope_mismatch(msg.subject, env) or self.wiring.admit(env)
+        mismatch = envelope_mismatch(partitions.origin(msg.subject), env) or self.wiring.admit(env)
         if mismatch:
             await self._reject(msg, mismatch)
             return
@@ -279,7 +311,8 @@ class AgentHost:
         await self.bus.publish_many(outputs)
         await msg.ack()
         self.handled += 1
-        bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered)
+        bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered, instance=self.instance,
+                   partition=partitions.partition_of(msg.subject), started=started)
 
     async def _handle(self, env: Envelope, bound: Any) -> list[Envelope]:
         key = f"{self.role_name}.{env.project}"
@@ -343,9 +376,10 @@ def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_confi
     setup_logging(role=role)
     try:
         concurrency = concurrency_for(role)
+        replica = replica_from_env()
     except HostConfigError as e:
         raise SystemExit(f"lab agent: {e}") from None
-    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, wiring=wiring, concurrency=concurrency)
+    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, wiring=wiring, concurrency=concurrency, replica=replica)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

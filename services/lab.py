@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.client import Bus, BusConfig
+from bus.partitions import PARTITIONS
 from bus.errors import LabError, ServerStartError
 from bus.schema import ROLES
 from bus import natsjwt
@@ -75,8 +76,8 @@ def parse_replicas(specs: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for spec in specs:
         role, sep, n = spec.partition("=")
-        if not sep or not n.isdigit() or int(n) < 1:
-            raise LabError(f"bad --replicas {spec!r}: expected ROLE=N with N at least 1 (e.g. engineer=2, all=2)")
+        if not sep or not n.isdigit() or not 1 <= int(n) <= PARTITIONS:
+            raise LabError(f"bad --replicas {spec!r}: expected ROLE=N with N from 1 to {PARTITIONS} (e.g. engineer=2, all=2)")
         if role != "all" and role not in ROLES:
             raise LabError(f"bad --replicas {spec!r}: unknown role {role!r}; choose one of {', '.join(ROLES)} or all")
         for r in ROLES if role == "all" else (role,):
@@ -183,6 +184,8 @@ class Supervisor:
         env = {
             **os.environ, "LAB_HOME": str(self.opts.home), "LAB_NATS_URL": self.url, "LAB_MIND": self.opts.mind, "LAB_EXECUTOR": self.opts.executor,
             "LAB_NATS_REPLICAS": str(self.opts.cluster), "LAB_INSTANCE": name or role,
+            # Which partitions of the role's inputs this process reads (bus/partitions): `pi-2` is index 1.
+            "LAB_REPLICA": str(int((name or role).partition("-")[2] or 1) - 1), "LAB_REPLICAS": str(self.opts.replicas.get(role, 1)),
         }
         for var in ("LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_NATS_PASSWORD_FILE", "LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE",
                     "LAB_JOB_SECRET", "LAB_JOB_SECRET_FILE"):

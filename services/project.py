@@ -14,8 +14,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from rich.console import Console
 from rich.markup import escape
@@ -27,6 +29,7 @@ from bus.client import Bus
 from bus.errors import LabError
 from bus.schema import Budget, Decision, Envelope, MindChoice, StartProject, TemplateError, TemplateSpec
 from bus.replay import read
+from bus.retry import RetryPolicy
 from bus.store import Artifacts
 from services.config import bus_config, lab_home, read_local_lab
 from services.export import UnknownProject, export_project
@@ -153,6 +156,31 @@ def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool
     return asyncio.run(main())
 
 
+# What a JetStream request answers while a cluster node is down and its streams elect new leaders: a timeout or
+# "no response from stream". Starting and following a project retries these (bounded, a minute), as agents do.
+UNANSWERED = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+CLI_RETRY = RetryPolicy(attempts=8, budget_s=60.0, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")
+FOLLOW_RETRY = RetryPolicy(attempts=8, budget_s=None, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")  # a run's whole length
+
+
+async def start_project(bus: Bus, project: str, bundle: bytes, envelope: Callable[[str], Envelope], retry: RetryPolicy = CLI_RETRY) -> Envelope:
+    """Upload the template bundle and send the start, retrying requests a cluster left unanswered (a node down).
+
+    Both steps are idempotent: the same bytes under the same name write nothing, and the start is built
+    once, so every try sends the same id, which JetStream's duplicate window drops after the first.
+    """
+    sent: list[Envelope] = []
+
+    async def once() -> None:
+        bundle_name = await (await Artifacts.open(bus)).put(f"{project}/template.tar.gz", bundle)
+        if not sent:
+            sent.append(envelope(bundle_name))
+        await bus.publish(sent[0])
+
+    await retry.run(once, UNANSWERED)
+    return sent[0]
+
+
 async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
     project = opts.project or new_project_id(spec.name, opts.seed)
     out = opts.out or Path("lab-out") / project
@@ -162,17 +190,20 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
             raise MindRefused(reason)
         local = read_local_lab()
         limit = local.get("max_store_bytes") if local and local.get("url") == bus.config.url else None
-        await check_store(bus.js, bus.config.url, limit)  # a full store refuses the project before any of it is written
-        artifacts = await Artifacts.open(bus)
-        try:
-            bundle_name = await artifacts.put(f"{project}/template.tar.gz", templates.bundle(folder))
+        # A full store refuses the project before any of it is written.
+        await CLI_RETRY.run(lambda: check_store(bus.js, bus.config.url, limit), UNANSWERED)
+        # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
+        choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
+
+        def start_envelope(bundle_name: str) -> Envelope:
             start = StartProject(
                 template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
                 seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
             )
-            # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
-            choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
-            await bus.publish(Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice))
+            return Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice)
+
+        try:
+            await start_project(bus, project, templates.bundle(folder), start_envelope)
         except nats.js.errors.APIError as e:
             if "insufficient" not in str(e):
                 raise
@@ -203,8 +234,17 @@ async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, su
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump() -> None:
-            async for e in read(bus, subjects.convo_all(project), follow=True):
-                await queue.put(e)
+            # A replay that loses its stream for a moment (a node down) starts again, past what it already passed on.
+            last = 0
+
+            async def replay() -> None:
+                nonlocal last
+                async for e in read(bus, subjects.convo_all(project), follow=True):
+                    if e.seq > last:
+                        last = e.seq
+                        await queue.put(e)
+
+            await FOLLOW_RETRY.run(replay, UNANSWERED)
 
         # The stream is read in its own task: a timeout here must not cancel (and so close) the reader.
         reader = asyncio.create_task(pump())

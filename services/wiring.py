@@ -31,7 +31,6 @@ from agents.engineer import EngineerContext
 from agents.literature import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
 from agents.pi import PIContext
-from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
 from bus.schema import ROLES, Envelope, JobStatus, MindChoice, NatsAccess, RoleName
@@ -91,7 +90,8 @@ class WiringError(LabError, ValueError):
 
 @dataclass(frozen=True)
 class Subscription:
-    """A durable pull consumer a role reads besides its own conversation subjects."""
+    """A durable pull consumer a role reads besides its work stream (bus/partitions: its mail, broadcasts, and
+    for the engineer its job outcomes, from the runner and from its own job watch)."""
 
     stream: str
     durable: str
@@ -133,11 +133,6 @@ class EngineerWiring(Wiring):
         super().__init__("engineer", home)
         self.executor = executor
         self.jobs = ExecutorJobs(executor, runner_nats, job_secret)
-
-    @property
-    def subscriptions(self) -> list[Subscription]:
-        # Job outcomes: from the runner, and from this role's own job watch.
-        return [Subscription(subjects.JOBS_STREAM, "role-engineer-jobs", subjects.job_statuses())]
 
     async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
         watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states), self.jobs.keys)

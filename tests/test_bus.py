@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bus import subjects
+from bus import partitions, subjects
 from tests.fakes import TOY_SPEC
 from bus.client import MAX_ENVELOPE_BYTES, Bus
 from bus.consumer import messages, pull
@@ -90,6 +90,28 @@ def test_subject_tokens_are_validated():
             subjects.convo(bad, "pi", "all")
 
 
+async def _partition(admin: Bus, role: str, project: str) -> int:
+    """The partition NATS put a project in (``partition(16, project)``), read from the role's work stream's subjects."""
+    for _ in range(50):  # the copy from the conversation stream is asynchronous
+        info = await admin.js.stream_info(partitions.work_stream(role), subjects_filter=f"lab.work.{role}.*.*.{project}.>")
+        if info.state.subjects:
+            [part] = {partitions.partition_of(s) for s in info.state.subjects}
+            assert part is not None
+            return part
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no message of {project} reached {partitions.work_stream(role)}")
+
+
+async def test_the_server_s_partitions_are_the_ones_the_lab_computes(admin_bus):
+    """NATS's partition() mapping (the authority) and bus.partitions.partition agree, so the bench finds its durables."""
+    projects = [f"proj-{i}" for i in range(24)] + ["a", "grokking-s1-aaaaaa"]
+    for p in projects:
+        await admin_bus.publish(Envelope(project=p, sender="copi", recipient="all", body=CoPINoteMsg(note=CoPINote(id="n", text="x"))))
+    got = {p: await _partition(admin_bus, "writer", p) for p in projects}
+    assert got == {p: partitions.partition(p) for p in projects}
+    assert len(set(got.values())) > 8  # spread over the partitions
+
+
 async def test_every_kind_round_trips(admin_bus, nats_server):
     """Each kind, published by the right role, arrives intact at its recipient's consumer."""
     sent = []
@@ -98,7 +120,9 @@ async def test_every_kind_round_trips(admin_bus, nats_server):
         await admin_bus.publish(env)
         sent.append(env)
     reader = await Bus.connect(config_for(nats_server, "analyst"))
-    sub = await pull(reader, subjects.CONVO_STREAM, "role-analyst", subjects.convo_for("analyst")[0])
+    # The analyst reads its work stream; every message of project p1 is in one partition, in the order sent.
+    stream, durable, f = partitions.consumers("analyst")[partitions.partition("p1")]
+    sub = await pull(reader, stream, durable, f)
     got = []
     stop = asyncio.Event()
     async for msg in messages(sub, stop, wait=0.5):
@@ -295,16 +319,19 @@ async def test_a_role_reads_only_its_own_consumer_and_state(admin_bus, nats_serv
         states.read("pi.p1"),
         states.write("pi.p1", {"stage": "hijacked"}, 1),
         states.keys("pi."),
-        pull(eng, subjects.CONVO_STREAM, "role-pi", subjects.convo_for("pi")[0]),
+        pull(eng, *partitions.consumers("pi")[0]),
+        pull(eng, subjects.CONVO_STREAM, "role-engineer", subjects.convo_for("engineer")[0]),
         eng.js.pull_subscribe("lab.convo.>", stream=subjects.CONVO_STREAM),
     ):
         with pytest.raises(Exception):
             await asyncio.wait_for(attempt, 3)
     # Its own conversation consumer works, acks included.
     await admin_bus.publish(Envelope(project="p1", sender="copi", recipient="engineer", body=CoPINoteMsg(note=CoPINote(id="n", text="x"))))
-    sub = await pull(eng, subjects.CONVO_STREAM, "role-engineer", subjects.convo_for("engineer")[0])
+    stream, durable, f = partitions.consumers("engineer")[partitions.partition("p1")]
+    sub = await pull(eng, stream, durable, f)
     msg = (await sub.fetch(1, timeout=3))[0]
+    assert partitions.origin(msg.subject) == subjects.convo("p1", "copi", "engineer")
     await msg.ack_sync()
     await eng.close()
-    assert (await admin_bus.js.consumer_info(subjects.CONVO_STREAM, "role-engineer")).num_ack_pending == 0
+    assert (await admin_bus.js.consumer_info(stream, durable)).num_ack_pending == 0
     assert (await (await StateStore.open(admin_bus)).read("pi.p1"))[0] == {"stage": "draft"}

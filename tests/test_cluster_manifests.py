@@ -43,8 +43,9 @@ def test_nats_is_a_three_node_cluster_with_a_disruption_budget_and_lame_duck() -
 @needs_kubectl
 def test_agents_liveness_reads_the_heartbeat_and_streams_are_replicated() -> None:
     docs = build("base")
-    agents = (d for d in docs if d["kind"] == "Deployment" and d["metadata"]["labels"].get("app.kubernetes.io/component") == "agent")
-    for d in agents:  # lab-auth (the auth callout) is no agent: no role, no heartbeat
+    agents = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("lab-")]
+    assert len(agents) == len(ROLES)
+    for d in agents:
         role = d["metadata"]["name"].removeprefix("lab-")
         assert role in ROLES
         [c] = d["spec"]["template"]["spec"]["containers"]

@@ -21,9 +21,10 @@ resources: [agent.yaml]
 """
 STUB_AGENT = """
 apiVersion: apps/v1
-kind: Deployment
+kind: StatefulSet
 metadata: {name: lab-pi, namespace: lab, labels: {app.kubernetes.io/component: agent}}
 spec:
+  serviceName: lab-agents
   selector: {matchLabels: {app: pi}}
   template:
     metadata: {labels: {app: pi, app.kubernetes.io/component: agent}}
@@ -87,9 +88,9 @@ def test_overlay_builds_on_the_real_base() -> None:
     [generated] = [d["metadata"]["name"] for d in built if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-llm-")]
     wired = [
         d["metadata"]["name"] for d in built
-        if d["kind"] == "Deployment" and any(
+        if d["kind"] == "StatefulSet" and any(
             ref.get("configMapRef", {}).get("name") == generated  # the hashed name, not a dangling "lab-llm"
             for ref in d["spec"]["template"]["spec"]["containers"][0].get("envFrom", [])
         )
     ]
-    assert wired, "no agent Deployment in k8s/base carries the label app.kubernetes.io/component=agent"
+    assert wired, "no agent StatefulSet in k8s/base carries the label app.kubernetes.io/component=agent"

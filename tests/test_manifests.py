@@ -29,7 +29,7 @@ from services.executors.render import DockerSettings, KubernetesSettings, docker
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
-OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue"]
+OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas"]
 # Kinds without a namespace; everything else must name one.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
 # Custom resources: no built-in schema to validate against; their own tests check them.
@@ -114,7 +114,7 @@ def test_overlay_builds_validates_and_is_restricted(overlay: str) -> None:
     # Every pod template meets the restricted profile its namespace enforces: no exceptions.
     for name, pod in pod_specs(docs).items():
         assert_restricted(name, pod)
-    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats")
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     assert {"name": "data", "mountPath": "/data"} in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
 
@@ -174,13 +174,17 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
 @needs_kubectl
 def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
     docs = build("base")
-    agents = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "lab-auth"}
+    agents = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("lab-")}
     assert sorted(agents) == sorted(f"lab-{r}" for r in ROLES)
     for role in ROLES:
         pod = agents[f"lab-{role}"]["spec"]["template"]["spec"]
         [c] = pod["containers"]
         env = {e["name"]: e for e in c["env"]}
         assert c["command"] == ["lab", "agent", role]
+        # Replicas: each pod's index is its ordinal (the pod-index label), their count the StatefulSet's.
+        assert env["LAB_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+        assert int(env["LAB_REPLICAS"]["value"]) == agents[f"lab-{role}"]["spec"]["replicas"]
+        assert agents[f"lab-{role}"]["spec"]["podManagementPolicy"] == "Parallel"
         # The host writes $LAB_HOME/run/<role>.ready (services/host.py); LAB_HOME is an emptyDir.
         assert c["readinessProbe"]["exec"]["command"] == ["test", "-f", f"{env['LAB_HOME']['value']}/run/{role}.ready"]
         assert {"name": "home", "mountPath": env["LAB_HOME"]["value"]} in c["volumeMounts"]
@@ -197,6 +201,22 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
             assert mount["readOnly"] is True and env["LAB_JOB_SECRET_FILE"]["value"] == mount["mountPath"] + "/secret"
         else:
             assert secret_volumes == [] and "LAB_JOB_SECRET_FILE" not in env
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_agent_s_replica_count_is_the_one_its_pods_read_by(overlay: str) -> None:
+    """LAB_REPLICAS must be spec.replicas: more pods than it refuse to start, fewer leave partitions unread."""
+    agents = [d for d in build(overlay) if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("lab-")]
+    assert len(agents) == len(ROLES)
+    counts = {}
+    for d in agents:
+        env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert int(env["LAB_REPLICAS"]["value"]) == d["spec"]["replicas"], d["metadata"]["name"]
+        assert "apps.kubernetes.io/pod-index" in env["LAB_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"]
+        counts[d["metadata"]["name"]] = d["spec"]["replicas"]
+    if overlay == "overlays/replicas":
+        assert counts["lab-engineer"] == 2 and sum(counts.values()) == len(ROLES) + 1
 
 
 @needs_kubectl
@@ -291,7 +311,7 @@ def test_the_auth_service_holds_the_job_secret_and_seed_and_reaches_only_nats() 
     assert policies["auth-egress"]["egress"] == [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}}}],
                                                   "ports": [{"protocol": "TCP", "port": 4222}]}]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "auth"}}} in policies["nats-ingress"]["ingress"][0]["from"]
-    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats")
     nats_env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert nats_env["AUTH_ISSUER"]["valueFrom"]["secretKeyRef"] == {"name": "lab-auth", "key": "issuer"}
 
@@ -305,7 +325,7 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
     assert s.namespace == "lab-jobs" and (s.namespace, s.service_account) in accounts
     # No shared runner Secret: the job's own user and key ride in its description (the auth callout admits it).
     assert s.nats_secret is None
-    engineer = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "lab-engineer")
+    engineer = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "lab-engineer")
     env = {e["name"]: e.get("value") for e in engineer["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["LAB_RUNNER_USER"] == JOB_USER
     job = k8s_job(example(gpu=0), s)
@@ -327,7 +347,7 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
 def test_vllm_overlay_wires_the_agents_to_the_model_server() -> None:
     docs = build("overlays/vllm")
     [llm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-llm-")]
-    agents = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["labels"].get("app.kubernetes.io/component") == "agent"]
+    agents = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("lab-")]
     assert len(agents) == len(ROLES)
     for agent in agents:
         [c] = agent["spec"]["template"]["spec"]["containers"]

@@ -7,7 +7,7 @@ import json
 import nats
 import pytest
 
-from bus import subjects
+from bus import partitions, subjects
 from bus.client import Bus
 from bus.schema.constants import ARTIFACTS_BUCKET
 from bus.consumer import consumer_config, pull
@@ -33,8 +33,8 @@ async def lab_still_whole(admin: Bus) -> None:
     """Every stream, bucket and durable an attack went for is still there, as it was."""
     names = {s.config.name for s in await admin.js.streams_info()}
     assert {"LAB_CONVO", "LAB_JOBS", "KV_lab_state", "OBJ_lab_artifacts"} <= names
-    for durable, f in subjects.role_consumers("pi"):
-        config = (await admin.js.consumer_info(subjects.CONVO_STREAM, durable)).config
+    for stream, durable, f in partitions.consumers("pi"):
+        config = (await admin.js.consumer_info(stream, durable)).config
         assert (config.filter_subject, config.filter_subjects) == (f, None)
     assert await (await Artifacts.open(admin)).get("p1/paper.pdf") == b"%PDF-1.5 paper"
     doc, _ = await StateStore(await admin.js.key_value("lab_state")).read("pi.p1")
@@ -44,8 +44,8 @@ async def lab_still_whole(admin: Bus) -> None:
 @pytest.fixture
 async def lab(admin_bus):
     """A lab with a role durable, a state document and an artifact worth attacking."""
-    for durable, f in subjects.role_consumers("pi"):
-        await admin_bus.js.add_consumer(subjects.CONVO_STREAM, config=consumer_config(durable, f))
+    for stream, durable, f in partitions.consumers("pi"):
+        await admin_bus.js.add_consumer(stream, config=consumer_config(durable, f))
     await (await Artifacts.open(admin_bus)).put("p1/paper.pdf", b"%PDF-1.5 paper")
     states = StateStore(await admin_bus.js.key_value("lab_state"))
     await states.write("pi.p1", {"state": {"stage": "draft"}}, 0)
@@ -66,9 +66,10 @@ async def test_the_copi_may_note_start_and_read_but_not_destroy(lab, nats_server
         assert await refused(js.purge_stream("OBJ_lab_artifacts"))
         assert await refused(js.delete_object_store(ARTIFACTS_BUCKET))
         assert await refused((await js.key_value("lab_state")).put("pi.p1", b'{"state": {"stage": "decision"}}'))
-        assert await refused(js.delete_consumer(subjects.CONVO_STREAM, "role-pi"))
-        # Re-filtering the PI's durable to read (and divert) every role's mail.
-        assert await refused(js.add_consumer(subjects.CONVO_STREAM, config=consumer_config("role-pi", "lab.convo.>")))
+        assert await refused(js.delete_consumer("LAB_WORK_PI", "role-pi-p00"))
+        # A durable of its own on a role's work stream, or re-filtering the PI's, to read (and divert) its mail.
+        assert await refused(js.add_consumer("LAB_WORK_PI", config=consumer_config("role-pi-p00", "lab.work.pi.>")))
+        assert await refused(js.add_consumer("LAB_WORK_PI", config=consumer_config("copi", "lab.work.pi.>")))
         await lab_still_whole(lab)
         # What the co-PI is for still works.
         await copi.publish(Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n1", text="try a smaller lr"))))
@@ -91,7 +92,7 @@ async def test_a_role_or_the_runner_cannot_delete_streams_or_buckets(lab, nats_s
         assert await refused(js.delete_object_store(ARTIFACTS_BUCKET))
         assert await refused(js.purge_stream("OBJ_lab_artifacts"))
         assert await refused(js.purge_stream("OBJ_lab_artifacts", subject="$O.lab_artifacts.C.>"))
-        assert await refused(js.delete_consumer(subjects.CONVO_STREAM, "role-pi"))
+        assert await refused(js.delete_consumer("LAB_WORK_PI", "role-pi-p00"))
         await lab_still_whole(lab)
         # Writing the paper's name again adds a version; the paper itself is untouched.
         art = await Artifacts.open(bus)
@@ -128,50 +129,53 @@ def test_the_host_checks_the_sender_on_job_subjects_too():
 
 
 async def test_a_role_cannot_re_filter_its_own_durable(lab, nats_server):
-    """The PI's own credential creates its durables with their one filter; any other filter, or several, is refused."""
+    """The PI's own credential creates its partition durables with their one filter; any other filter, or several, is refused."""
     pi, js = await connect(nats_server, "pi")
+    stream, durable, own = partitions.consumers("pi")[0]
     try:
-        wide = consumer_config("role-pi", "lab.convo.>")
-        assert await refused(js.add_consumer(subjects.CONVO_STREAM, config=wide))
-        several = consumer_config("role-pi", "lab.convo.*.*.pi")
-        several.filter_subject, several.filter_subjects = None, ["lab.convo.*.*.pi", "lab.convo.*.*.engineer"]
-        assert await refused(js.add_consumer(subjects.CONVO_STREAM, config=several))
+        wide = consumer_config(durable, "lab.work.pi.>")
+        assert await refused(js.add_consumer(stream, config=wide))
+        several = consumer_config(durable, own)
+        several.filter_subject, several.filter_subjects = None, [own, "lab.work.pi.1.>"]
+        assert await refused(js.add_consumer(stream, config=several))
         # The filter named in the create subject, but a wider one in the request: the server refuses it.
-        req = {"stream_name": subjects.CONVO_STREAM, "config": wide.as_dict()}
-        reply = await pi.nc.request(f"$JS.API.CONSUMER.CREATE.{subjects.CONVO_STREAM}.role-pi.lab.convo.*.*.pi", json.dumps(req).encode(), timeout=REFUSED_S)
+        req = {"stream_name": stream, "config": wide.as_dict()}
+        reply = await pi.nc.request(f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{own}", json.dumps(req).encode(), timeout=REFUSED_S)
         assert "did not match filtered subject" in json.loads(reply.data)["error"]["description"]
         # The legacy and subject-less creates carry no filter: not allowed at all.
-        for subject in (f"$JS.API.CONSUMER.DURABLE.CREATE.{subjects.CONVO_STREAM}.role-pi", f"$JS.API.CONSUMER.CREATE.{subjects.CONVO_STREAM}.role-pi"):
+        for subject in (f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}", f"$JS.API.CONSUMER.CREATE.{stream}.{durable}"):
             assert await refused(pi.nc.request(subject, json.dumps(req).encode(), timeout=REFUSED_S))
-        assert await refused(js.add_consumer(subjects.CONVO_STREAM, config=consumer_config("role-engineer", "lab.convo.*.*.engineer")))
+        # Another role's work stream, or the conversation itself: no durable of the PI's there.
+        eng_stream, eng_durable, eng_filter = partitions.consumers("engineer")[0]
+        assert await refused(js.add_consumer(eng_stream, config=consumer_config(eng_durable, eng_filter)))
+        assert await refused(js.add_consumer(subjects.CONVO_STREAM, config=consumer_config("role-pi", "lab.convo.*.*.pi")))
         await lab_still_whole(lab)
         # What the PI is for still works: its durables, bound, pulled and acked with its own credential.
         await lab.publish(Envelope(project="p1", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n1", text="hi"))))
         await lab.publish(Envelope(project="p1", sender="copi", recipient="engineer", body=CoPINoteMsg(note=CoPINote(id="n2", text="not for the pi"))))
         got = []
-        for durable, f in subjects.role_consumers("pi"):
-            sub = await pull(pi, subjects.CONVO_STREAM, durable, f)
-            try:
-                for msg in await sub.fetch(5, timeout=1):
-                    got.append(msg.subject)
-                    await msg.ack_sync()
-            except nats.errors.TimeoutError:
-                pass
+        sub = await pull(pi, *partitions.consumers("pi")[partitions.partition("p1")])
+        try:
+            for msg in await sub.fetch(5, timeout=2):
+                got.append(partitions.origin(msg.subject))
+                await msg.ack_sync()
+        except TimeoutError:  # nats-py raises asyncio's (or its own subclass of it) when fewer than 5 came
+            pass
         assert got == [subjects.convo("p1", "copi", "pi")]
     finally:
         await pi.close()
 
 
 async def test_a_durable_left_with_two_filters_is_narrowed_in_place(admin_bus, nats_server):
-    """An older lab's ``role-pi`` (own mail and broadcasts in one durable) becomes the one-filter durable on start."""
-    old = consumer_config("role-pi", "x")
-    old.filter_subject, old.filter_subjects = None, subjects.convo_for("pi")
-    await admin_bus.js.add_consumer(subjects.CONVO_STREAM, config=old)
+    """A partition durable left with several filters becomes the one-filter durable on start, keeping its place."""
+    stream, durable, f = partitions.consumers("pi")[0]
+    old = consumer_config(durable, "x")
+    old.filter_subject, old.filter_subjects = None, [f, "lab.work.pi.1.>"]
+    await admin_bus.js.add_consumer(stream, config=old)
     pi = await Bus.connect(config_for(nats_server, "pi"))
     try:
-        for durable, f in subjects.role_consumers("pi"):
-            await pull(pi, subjects.CONVO_STREAM, durable, f)
-            config = (await admin_bus.js.consumer_info(subjects.CONVO_STREAM, durable)).config
-            assert (config.filter_subject, config.filter_subjects) == (f, None)
+        await pull(pi, stream, durable, f)
+        config = (await admin_bus.js.consumer_info(stream, durable)).config
+        assert (config.filter_subject, config.filter_subjects) == (f, None)
     finally:
         await pi.close()

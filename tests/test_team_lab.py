@@ -8,6 +8,7 @@ and ended). Each project takes well under a minute on an unloaded machine.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import re
 import os
 import random
@@ -144,9 +145,79 @@ def test_cluster_of_three_with_two_replicas_per_role_survives_sigkills(lab_env, 
         finish(runs, tmp_path)
         infos = check_projects(home, runs)
         assert peak_concurrency(infos) <= CAPACITY
+        # Killed replicas came back with their index: each project still on one replica per role, in order.
+        check_order(home, runs, 2)
         log = (home / "supervisor.log").read_text()
         assert "nats-server n2 exited; restarting it" in log
         status = json.loads(lab(env, "status", "--json").stdout)
         assert len(status["nats"].split(",")) == 3
     finally:
         lab(env, "down")
+
+
+def handled_lines(home: Path) -> list[dict]:
+    """Every "handled" line of every agent's log: role, instance, project, message id, partition, start and end."""
+    lines = []
+    for path in (home / "logs").glob("*.log"):
+        for line in path.read_text().splitlines():
+            if line.startswith("{") and '"handled"' in line:
+                rec = json.loads(line)
+                if rec.get("event") == "handled":
+                    rec["ended"] = datetime.fromisoformat(rec["timestamp"]).timestamp()
+                    lines.append(rec)
+    return lines
+
+
+def check_order(home: Path, runs: list[tuple[subprocess.Popen, Path]], replicas: int) -> set[str]:
+    """Each project's messages went to one replica per role (restarts keep the index), in order, one at a time.
+
+    Returns the instances that handled anything. A message handled again after a SIGKILL took its ack with it
+    counts once, where it was first handled.
+    """
+    lines = handled_lines(home)
+    convo = {}
+    for _, out in runs:
+        msgs = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
+        convo[msgs[0]["project"]] = [m["id"] for m in msgs]
+    assert set(convo) == {r["project"] for r in lines}
+    assert {r["service"] for r in lines} == {"pi", "literature", "engineer", "analyst", "writer", "reviewer"}
+    for rec in lines:
+        # Replica i of N reads the partitions p with p % N == i, and nothing else.
+        index = int(rec["instance"].partition("-")[2] or 1) - 1
+        assert rec["partition"] is not None and rec["partition"] % replicas == index, rec
+    for project, order in convo.items():
+        for role in {r["service"] for r in lines}:
+            mine = sorted((r for r in lines if r["project"] == project and r["service"] == role), key=lambda r: r["started"])
+            if not mine:
+                continue
+            assert len({r["instance"] for r in mine}) == 1, f"{role}/{project} on {({r['instance'] for r in mine})}"
+            for a, b in zip(mine, mine[1:]):
+                assert b["started"] >= a["ended"], f"{role}/{project}: {a['message_id']} and {b['message_id']} at once"
+            ids = list(dict.fromkeys(r["message_id"] for r in mine))
+            # In the order of the project's log (job statuses, which are not in it, aside).
+            seen = [i for i in ids if i in order]
+            assert seen == sorted(seen, key=order.index), f"{role}/{project} out of order"
+    return {r["instance"] for r in lines}
+
+
+def test_eight_projects_on_two_replicas_of_every_role_each_in_order_on_one_replica(lab_env, tmp_path):
+    """8 projects at once, two replicas per role: each project's messages on one replica per role, in order, one at a time."""
+    home, env = lab_env
+    env = {k: v for k, v in env.items() if not k.startswith(("OPENAI_", "LAB_LLM_", "LAB_MIND"))}
+    info = up(home, env, "--replicas", "all=2")
+    try:
+        assert len(info["agents"]) == 12
+        runs = start_projects(env, tmp_path, 8)
+        finish(runs, tmp_path)
+        infos = check_projects(home, runs)
+        assert peak_concurrency(infos) <= CAPACITY
+    finally:
+        lab(env, "down")
+    lines = handled_lines(home)
+    for role in {r["service"] for r in lines}:
+        for project in {r["project"] for r in lines}:
+            ids = [r["message_id"] for r in lines if r["service"] == role and r["project"] == project]
+            assert len(ids) == len(set(ids)), f"{role} handled a message of {project} twice"  # no kills here
+    used = check_order(home, runs, 2)
+    # The projects spread over both replicas (a project's partition is a hash of its id: 8 ids in one parity is rare).
+    assert len(used) > 6 or len({r["partition"] % 2 for r in lines}) == 1, used
