@@ -220,11 +220,21 @@ def job_of_user(user: str | None) -> tuple[str, str] | None:
         return None
 
 
+def chunk_prefix(project: str, job: str) -> str:
+    """Where a job's runner writes object chunks: ``$O.<bucket>.C.<project>.<job>``, then a fresh nuid.
+
+    The object store's stream takes ``$O.<bucket>.C.>``, and a reader builds the chunk subject from
+    the object's recorded ``nuid``, so a nuid of ``<project>.<job>.<random>`` reads like any other
+    while the runner's permission names its own job's chunk subjects alone.
+    """
+    return f"$O.{ARTIFACTS_BUCKET}.C.{token(project, 'project')}.{token(job, 'job')}"
+
+
 def job_permissions(project: str, job: str) -> dict[str, Any]:
     """What one job's runner may do (the auth callout puts it in the runner's user JWT).
 
     Publish only on its own job's subjects (status and log) and its own commit subject, read the
-    artifact store (its bundle, its checkpoint), and write object chunks; an object becomes
+    artifact store (its bundle, its checkpoint), and write its own objects' chunks; an object becomes
     visible only when the auth service commits its meta record, for a name under the job's
     project (services/authcallout.py). Replies come only to its own inbox.
     """
@@ -234,7 +244,7 @@ def job_permissions(project: str, job: str) -> dict[str, Any]:
         "$JS.API.INFO",
         "$JS.API.STREAM.NAMES",
         "$JS.FC.>",
-        f"$O.{ARTIFACTS_BUCKET}.C.>",  # chunks on fresh nuid subjects; see services/authcallout.py for what this leaves open
+        f"{chunk_prefix(project, job)}.>",  # its own objects' chunks only: it cannot append to or roll up another's
         *_artifact_reads(),
     ]
     return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(job_user(project, job))}.>"]}}

@@ -170,9 +170,9 @@ class Artifacts:
         return cls(await bus.js.object_store(ARTIFACTS_BUCKET))
 
     @classmethod
-    async def open_for_job(cls, bus: Bus, commit_subject: str) -> Artifacts:
+    async def open_for_job(cls, bus: Bus, commit_subject: str, chunk_prefix: str) -> Artifacts:
         """The store as a job runner with its own NATS user writes it: objects committed by the auth service."""
-        return cls(CommittedObjects(bus, await bus.js.object_store(ARTIFACTS_BUCKET), commit_subject))
+        return cls(CommittedObjects(bus, await bus.js.object_store(ARTIFACTS_BUCKET), commit_subject, chunk_prefix))
 
     async def _info(self, name: str) -> Any | None:
         try:
@@ -240,17 +240,20 @@ class CommittedObjects:
 
     A runner's NATS user (services/authcallout.py) may publish object chunks but no meta
     record, because an object's name is one base64 subject token that permissions cannot
-    scope by project. So ``put`` writes the chunks on a fresh subject, then asks the auth
+    scope by project. So ``put`` writes the chunks on a fresh subject under the job's own chunk
+    prefix (``bus.permissions.chunk_prefix``, all its user may write), then asks the auth
     service (``lab.files.<project>.<job>``) to write the meta record, which it does only
     for a name under the job's own project. Reads go to the object store as usual.
     """
 
-    def __init__(self, bus: Bus, obs: Any, commit_subject: str, chunk_size: int = 128 * 1024, timeout: float = 30.0):
+    def __init__(self, bus: Bus, obs: Any, commit_subject: str, chunk_prefix: str, chunk_size: int = 128 * 1024, timeout: float = 30.0):
         self.bus, self.obs, self.commit_subject = bus, obs, commit_subject
+        self.chunk_prefix = chunk_prefix  # $O.<bucket>.C.<project>.<job>: the only chunk subjects its user may write
         self.chunk_size, self.timeout = chunk_size, timeout
 
     async def put(self, name: str, data: bytes) -> dict[str, Any]:
-        nuid = self.bus.nc._nuid.next().decode()  # nats-py's own random object id, as its put does
+        # nats-py's own random object id, as its put does, under the job's prefix (a reader takes the nuid as is)
+        nuid = self.chunk_prefix.removeprefix(f"$O.{ARTIFACTS_BUCKET}.C.") + "." + self.bus.nc._nuid.next().decode()
         chunk_subject = f"$O.{ARTIFACTS_BUCKET}.C.{nuid}"
         chunks = 0
         for start in range(0, len(data), self.chunk_size):

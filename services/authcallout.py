@@ -17,10 +17,9 @@ object *chunks* (fresh random subjects) but not meta records; it asks this
 service to commit the meta record on ``lab.files.<project>.<job>``, and the
 service writes it only for a name under the job's project that does not
 already hold other bytes (never replacing an object, like bus.store.Artifacts).
-What stays open (documented in the README): a job can still publish chunks on
-any chunk subject, so one that learns another object's chunk id (readable from
-its meta) can append to or roll up that object's chunks — which makes that
-object fail its digest check when read, but cannot make it read as other bytes.
+A job writes chunks only under its own prefix (``$O.<bucket>.C.<project>.<job>.<nuid>``,
+bus.permissions.chunk_prefix), and a commit must name chunks there, so it cannot
+append to or roll up another object's chunks, nor commit a name over them.
 
 The service holds the lab job secret and the issuer seed, so it runs next to
 nats-server (`lab up` starts it; on Kubernetes its own Deployment), never in a
@@ -54,6 +53,7 @@ from bus.permissions import (
     AUTH,
     CALLOUT_SUBJECT,
     JOB_USER,
+    chunk_prefix,
     files_subject,
     job_of_user,
     job_permissions,
@@ -143,8 +143,11 @@ class AuthService:
         if info.get("bucket") != ARTIFACTS_BUCKET:
             raise CommitRefused(f"unknown bucket {info.get('bucket')!r}")
         nuid, chunks, size = info.get("nuid"), info.get("chunks"), info.get("size")
-        if not isinstance(nuid, str) or not _NUID.match(nuid) or not isinstance(chunks, int) or not isinstance(size, int) or min(chunks, size) < 0:
+        if not isinstance(nuid, str) or not isinstance(chunks, int) or not isinstance(size, int) or min(chunks, size) < 0:
             raise CommitRefused("malformed object info (nuid, chunks, size)")
+        own = chunk_prefix(project, job).removeprefix(f"$O.{ARTIFACTS_BUCKET}.C.") + "."
+        if not nuid.startswith(own) or not _NUID.match(nuid.removeprefix(own)):
+            raise CommitRefused(f"{name}: its chunks must be the job's own ({own}<nuid>), not {nuid[:120]!r}")
         if not isinstance(info.get("digest"), str) or info.get("deleted"):
             raise CommitRefused("malformed object info (digest)")
         stream = object_stream(ARTIFACTS_BUCKET)

@@ -43,7 +43,7 @@ from agents.templates import unbundle
 from bus import subjects
 from bus.client import Bus, BusConfig
 from bus import jobkeys
-from bus.permissions import files_subject, job_of_user
+from bus.permissions import chunk_prefix, files_subject, job_of_user
 from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, NatsAccess, derive_id
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
@@ -315,7 +315,7 @@ class Runner:
             config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
             self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
             if job_of_user(user):  # its own user: objects are committed by the auth service (bus.store.CommittedObjects)
-                artifacts = await Artifacts.open_for_job(self.bus, files_subject(job.project, job.job_id))
+                artifacts = await Artifacts.open_for_job(self.bus, files_subject(job.project, job.job_id), chunk_prefix(job.project, job.job_id))
             else:
                 artifacts = await Artifacts.open(self.bus)
             bundle = await artifacts.get(job.bundle_object)

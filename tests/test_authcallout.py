@@ -16,7 +16,7 @@ from bus import natsjwt, subjects
 from bus.client import Bus, BusConfig
 from bus.errors import ConnectError
 from bus.jobkeys import JobKeys, new_secret
-from bus.permissions import AUTH, JOB_USER, job_of_user, job_user
+from bus.permissions import AUTH, JOB_USER, chunk_prefix, job_of_user, job_user
 from bus.schema import Envelope, JobSpec, JobStatus, NatsAccess
 from bus.server import EmbeddedServer, new_credentials
 from bus.store import Artifacts, CommitRefused
@@ -139,7 +139,7 @@ async def test_a_job_reads_artifacts_and_writes_only_its_own_projects(lab):
     await shared.put("p2/paper.pdf", b"%PDF p2")
     bus = await connect_job(server, "p1", "j1", keys.key("p1", "j1"))
     try:
-        mine = await Artifacts.open_for_job(bus, "lab.files.p1.j1")
+        mine = await Artifacts.open_for_job(bus, "lab.files.p1.j1", chunk_prefix("p1", "j1"))
         assert await mine.get("p1/bundles/t.tar.gz") == b"bundle"
         big = bytes(range(256)) * 2000  # several chunks
         assert await mine.put("p1/runs/j1/log.txt", big) == "p1/runs/j1/log.txt"
@@ -173,7 +173,7 @@ async def test_a_commit_must_name_chunks_that_are_there(lab):
     server, admin, keys = lab
     bus = await connect_job(server, "p1", "j1", keys.key("p1", "j1"))
     try:
-        info = {"name": "p1/runs/j1/x.json", "bucket": "lab_artifacts", "nuid": "NOSUCHNUID", "size": 3, "chunks": 1,
+        info = {"name": "p1/runs/j1/x.json", "bucket": "lab_artifacts", "nuid": "p1.j1.NOSUCHNUID", "size": 3, "chunks": 1,
                 "digest": "SHA-256=abc", "mtime": "2026-01-01T00:00:00+00:00"}
         reply = json.loads((await bus.nc.request("lab.files.p1.j1", json.dumps(info).encode(), timeout=15)).data)
         assert "1 chunks announced, 0 stored" in reply["error"]
@@ -223,3 +223,28 @@ def test_a_runner_with_its_own_user_ignores_a_mounted_shared_credential(monkeypa
     monkeypatch.setenv("LAB_NATS_PASSWORD", "shared")
     assert Runner.credential(NatsAccess(url="nats://x", user="job.p1.j1", password="k")) == ("job.p1.j1", "k")
     assert Runner.credential(NatsAccess(url="nats://x", user=None, password=None)) == ("runner", "shared")
+
+
+async def test_a_job_writes_only_its_own_chunks_and_commits_only_them(lab):
+    """Another object's chunks (their nuid is in its readable meta) can be neither appended to nor rolled up, nor committed."""
+    server, admin, keys = lab
+    shared = await Artifacts.open(admin)
+    await shared.put("p2/paper.pdf", b"%PDF p2")
+    theirs = (await shared.obs.get_info("p2/paper.pdf")).nuid
+    bus = await connect_job(server, "p1", "j1", keys.key("p1", "j1"))
+    try:
+        js = bus.nc.jetstream(timeout=REFUSED_S)
+        for headers in (None, {"Nats-Rollup": "sub"}):
+            with pytest.raises((nats.errors.TimeoutError, nats.js.errors.Error, nats.errors.Error)):
+                await js.publish(f"$O.lab_artifacts.C.{theirs}", b"garbage", headers=headers)
+        with pytest.raises((nats.errors.TimeoutError, nats.js.errors.Error, nats.errors.Error)):
+            await js.publish("$O.lab_artifacts.C.p1.j2.NUID", b"another job's prefix")
+        # A commit naming chunks outside its own prefix (here the other project's object's) is refused.
+        info = {"name": "p1/runs/j1/copy.pdf", "bucket": "lab_artifacts", "nuid": theirs, "size": 7, "chunks": 1,
+                "digest": "SHA-256=abc", "mtime": "2026-01-01T00:00:00+00:00"}
+        reply = json.loads((await bus.nc.request("lab.files.p1.j1", json.dumps(info).encode(), timeout=15)).data)
+        assert "must be the job's own" in reply["error"]
+    finally:
+        await bus.close()
+    assert await shared.get("p2/paper.pdf") == b"%PDF p2"
+    assert await shared.list("p1/") == []
