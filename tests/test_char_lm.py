@@ -117,13 +117,19 @@ def _render(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "services.cli", "job", "render", *args], capture_output=True, text=True, timeout=60)
 
 
+def _rendered(stdout: str) -> tuple[dict, JobSpec]:
+    """The Job's experiment container (it holds the GPUs) and the job the runner reads from its per-job Secret."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all(stdout)}
+    [experiment] = [c for c in docs["Job"]["spec"]["template"]["spec"]["containers"] if c["name"] == "experiment"]
+    return experiment, JobSpec.model_validate_json(docs["Secret"]["stringData"]["job.json"])
+
+
 def test_job_render_with_the_gpu_profile_asks_for_a_gpu_and_two_gpus_mean_torchrun(tmp_path):
     config = Path(__file__).resolve().parent.parent / "k8s" / "overlays" / "gpu" / "config.yaml"
     proc = _render("--template", "char_lm", "--profile", "gpu", "--config", str(config))
     assert proc.returncode == 0, proc.stderr
-    manifest = yaml.safe_load(proc.stdout)
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    container, job = _rendered(proc.stdout)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1" and job.gpu == 1
     # A template whose gpu profile asks for two: the Job asks for two, and the runner starts torchrun.
     two = tmp_path / "char_lm"
     shutil.copytree(TEMPLATE, two)
@@ -132,9 +138,8 @@ def test_job_render_with_the_gpu_profile_asks_for_a_gpu_and_two_gpus_mean_torchr
     (two / "template.yaml").write_text(yaml.safe_dump(data))
     proc = _render("--template", str(two), "--profile", "gpu", "--config", str(config))
     assert proc.returncode == 0, proc.stderr
-    container = yaml.safe_load(proc.stdout)["spec"]["template"]["spec"]["containers"][0]
+    container, job = _rendered(proc.stdout)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    job = JobSpec.model_validate_json(next(e["value"] for e in container["env"] if e["name"] == "LAB_JOB"))
     assert job.resumable and job.gpu == 2
     assert "--nproc_per_node=2" in command(job, Path("/code"), Path("/out"))
 
