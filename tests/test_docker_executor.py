@@ -48,7 +48,7 @@ IMAGE = "ghcr.io/kenkyu-lab/lab:test"
 STAND_IN = [
     "python", "-c",
     "import json, os, sys, time\n"
-    "o = json.loads(os.environ['LAB_JOB'])['overrides']\n"
+    "o = json.load(open(os.environ['LAB_JOB_FILE']))['overrides']\n"
     "time.sleep(o.get('sleep', 0))\n"
     "if o.get('oom'): os.kill(os.getpid(), 9); sys.exit(137)  # as PID 1 of its namespace it ignores its own SIGKILL\n"
     "sys.exit(o.get('exit', 0))\n",
@@ -286,6 +286,17 @@ async def ex(engine: tuple[FakeEngine, str]) -> Any:
     await executor.close()
 
 
+@pytest.fixture(autouse=True)
+def job_files_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A LAB_HOME the fake engine's containers can reach: the jobs' description files live in it
+    ($LAB_HOME/docker-jobs). A real engine bind-mounts as root; the stand-in opens the host path itself."""
+    home = Path(tempfile.mkdtemp(prefix="fake-docker-home-"))
+    home.chmod(0o755)
+    monkeypatch.setenv("LAB_HOME", str(home))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def spec(job_id: str, project: str = "p1", gpu: int = 0, wall_time_s: float = 60, network: bool = False,
          **overrides: Any) -> JobSpec:
     return JobSpec(job_id=job_id, project=project, experiment_id="e1", template="grokking", bundle_object="p1/b.tar.gz",
@@ -309,7 +320,10 @@ async def test_create_request_carries_limits_gpu_and_lockdown(ex: DockerExecutor
     assert experiment["name"] == "lab-exp-gpu-run" and experiment["Image"] == IMAGE and experiment["User"] == "10002:10001"
     assert runner["Cmd"] == STAND_IN and experiment["Cmd"] == LAUNCHER_STAND_IN
     env = dict(e.split("=", 1) for e in runner["Env"])
-    assert JobSpec.model_validate_json(env["LAB_JOB"]).job_id == "gpu-run"
+    assert "LAB_JOB" not in env and not any("pw" in v for v in env.values())  # the job (its key) is a file, not the environment
+    job_file = Path(engine[0].mounts(runner)["/run/lab/job"]) / "job.json"
+    assert JobSpec.model_validate_json(job_file.read_text()).job_id == "gpu-run" and env["LAB_JOB_FILE"] == "/run/lab/job/job.json"
+    assert job_file.stat().st_mode & 0o777 in (0o400, 0o444) and "/run/lab/job" not in engine[0].mounts(experiment)
     # The experiment's environment holds no job, no credential, nothing of the runner's.
     assert sorted(e.split("=", 1)[0] for e in experiment["Env"]) == ["HOME", "LAB_SHARED_DIR", "MPLCONFIGDIR", "PYTHONDONTWRITEBYTECODE", "TMPDIR"]
     for create in (runner, experiment):
@@ -362,19 +376,22 @@ async def test_deadline_kills_a_hung_runner(engine: Any) -> None:
     await ex.close()
 
 
-async def test_cancel_and_cleanup_remove_containers(ex: DockerExecutor, engine: Any) -> None:
+async def test_cancel_and_cleanup_remove_containers(ex: DockerExecutor, engine: Any, job_files_home: Path) -> None:
+    """Containers, volume and the job's description folder go with the job; another project's stay."""
+    jobs = job_files_home / "docker-jobs"
     await ex.submit(spec("a1", project="alpha", sleep=60))
     await ex.submit(spec("a2", project="alpha"))
     await ex.submit(spec("b1", project="beta"))
+    assert sorted(p.name for p in jobs.iterdir()) == ["lab-job-a1", "lab-job-a2", "lab-job-b1"]
     await ex.cancel("a1")
     assert (await ex.poll("a1")).state == "missing"
     await ex.cancel("a1")  # already gone: no error
-    assert "lab-job-a1" not in engine[0].volumes
+    assert "lab-job-a1" not in engine[0].volumes and not (jobs / "lab-job-a1").exists()
     await ex.cleanup("alpha")
     assert sorted(c["Name"] for c in engine[0].containers.values()) == ["/lab-exp-b1", "/lab-job-b1"]
-    assert list(engine[0].volumes) == ["lab-job-b1"]
+    assert list(engine[0].volumes) == ["lab-job-b1"] and sorted(p.name for p in jobs.iterdir()) == ["lab-job-b1"]
     await ex.cleanup("beta")
-    assert engine[0].containers == {} and engine[0].volumes == {}
+    assert engine[0].containers == {} and engine[0].volumes == {} and list(jobs.iterdir()) == []
 
 
 async def test_missing_image_and_no_engine_are_one_line(engine: Any) -> None:
@@ -453,9 +470,10 @@ async def test_the_nats_password_comes_from_a_mounted_file_not_the_environment(e
     await ex.submit(spec("cred"))
     experiment, create = engine[0].creates
     env = dict(e.split("=", 1) for e in create["Env"])
-    assert "pw" not in json.dumps(JobSpec.model_validate_json(env["LAB_JOB"]).nats.model_dump())
+    job_dir = engine[0].mounts(create)["/run/lab/job"]
+    assert "pw" not in json.dumps(JobSpec.model_validate_json((Path(job_dir) / "job.json").read_text()).nats.model_dump())
     assert env["LAB_NATS_PASSWORD_FILE"] == "/run/secrets/lab-nats-password"
-    assert create["HostConfig"]["Binds"] == ["lab-job-cred:/scratch:rw", f"{secret}:/run/secrets/lab-nats-password:ro"]
+    assert create["HostConfig"]["Binds"] == ["lab-job-cred:/scratch:rw", f"{job_dir}:/run/lab/job:ro", f"{secret}:/run/secrets/lab-nats-password:ro"]
     assert experiment["HostConfig"]["Binds"] == ["lab-job-cred:/scratch:rw"]  # the password file is the runner's alone
     await ex.close()
 

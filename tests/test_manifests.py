@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from bus.permissions import AUTH, JOB_USER, USERS, permissions
 from bus.schema import ROLES, JobSpec, NatsAccess
 from services.cli_job import app
-from services.executors.render import DockerSettings, KubernetesSettings, docker_container, docker_experiment_container, k8s_job, k8s_job_secret, render_job
+from services.executors.render import DockerSettings, KubernetesSettings, docker_container, docker_experiment_container, docker_job_dir, docker_job_file, k8s_job, k8s_job_secret, render_job
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
@@ -514,8 +514,9 @@ def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their
     s = DockerSettings.model_validate(options)
     assert s.nats_password_file and s.open_network in {n.get("name") for n in compose["networks"].values()}
     spec = docker_container(example(network=True), s)
-    assert JobSpec.model_validate_json(spec["environment"]["LAB_JOB"]).nats.password is None
+    assert "LAB_JOB" not in spec["environment"] and JobSpec.model_validate_json(docker_job_file(example(network=True), s)).nats.password is None
     assert spec["volumes"] == {"lab-job-proj-exp-1": {"bind": s.scratch_dir, "mode": "rw"},
+                               docker_job_dir("proj-exp-1", s): {"bind": "/run/lab/job", "mode": "ro"},
                                s.nats_password_file: {"bind": "/run/secrets/lab-nats-password", "mode": "ro"}}
     experiment = docker_experiment_container(example(network=True), s)
     assert experiment["shm_size"] == f"{s.shm_size_mb}m" and experiment["network"] == s.open_network

@@ -162,11 +162,14 @@ async def test_the_hostile_template_finds_no_credential_in_the_docker_experiment
         password_file.write_text(runner_password)
         os.chown(password_file, 10001, 10001)
         password_file.chmod(0o400)
-        hostile.targets["job_spec"] = str(password_file)
+        # The job's description (its status key) is a host file bind-mounted into the runner container alone.
+        jobs = hostile.public / "docker-jobs"
+        hostile.targets["job_spec"] = str(jobs / "lab-job-jh" / "job.json")
         art = await Artifacts.open(admin_bus)
         await art.put("p1/hostile.tar.gz", bundle(hostile.source))
         ex = DockerExecutor(base_url=base_url, image=IMAGE, command=[sys.executable, "-m", "services.jobrunner"],
-                            launcher_command=[sys.executable, "-m", "services.launcher"], nats_password_file=str(password_file))
+                            launcher_command=[sys.executable, "-m", "services.launcher"], nats_password_file=str(password_file),
+                            job_files_dir=str(jobs))
         try:
             await ex.submit(hostile.job(nats_server.url, runner_password))
             deadline = time.monotonic() + 180
@@ -178,7 +181,7 @@ async def test_the_hostile_template_finds_no_credential_in_the_docker_experiment
             # network_mode none: the experiment container does not even reach the NATS port.
             await hostile.check(admin_bus, nats_server, art, "docker", reachable=set())
             await ex.cleanup("p1")
-            assert fake.containers == {} and fake.volumes == {}
+            assert fake.containers == {} and fake.volumes == {} and list(jobs.iterdir()) == []
         finally:
             await ex.close()
     finally:

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import shutil
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -35,12 +38,15 @@ from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 from services.executors.render import (
     GPU_DEVICES_LABEL,
     JOB_ID_ANNOTATION,
+    JOB_SECRET_KEY,
     PROJECT_LABEL,
     WALL_TIME_LABEL,
     DockerSettings,
     container_name,
     docker_container,
     docker_experiment_container,
+    docker_job_dir,
+    docker_job_file,
     docker_volume,
     experiment_name,
     foreign_owner,
@@ -165,11 +171,12 @@ class DockerExecutor:
                     raise ExecutorError(f"docker: job {job.job_id} needs {job.gpu} GPU(s), {len(free)} of {s.gpu_pool()} free")
                 devices = free[: job.gpu]
             c.volumes.create(**docker_volume(job, s))
+            write_job_file(job, s)
             try:
                 experiment = make_container(c, docker_experiment_container(job, s, devices))
             except NotFound as e:
                 if job.network and not isinstance(e, ImageNotFound):  # never leave a job that a resubmit would start offline
-                    _remove(c, job.job_id)
+                    _remove(c, job.job_id, s)
                     raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {s.open_network}: "
                                         f"{e.explanation or e}") from None
                 raise
@@ -215,7 +222,7 @@ class DockerExecutor:
         return JobPhase(state="failed", reason=_EXIT_MEANING.get(code, f"runner exited {code}") + (f": {detail}" if detail else ""))
 
     async def cancel(self, job_id: str) -> None:
-        await self._call(f"remove the containers of job {job_id}", lambda c: _remove(c, job_id))
+        await self._call(f"remove the containers of job {job_id}", lambda c: _remove(c, job_id, self.settings))
 
     async def cleanup(self, project: str) -> None:
         value = label_value(project)
@@ -235,6 +242,7 @@ class DockerExecutor:
                         volume.remove(force=True)
                     except NotFound:
                         pass
+                    _remove_job_dir(found[JOB_ID_ANNOTATION], self.settings)  # the job's description goes with its volume
 
         await self._call(f"remove containers of project {project}", remove_all)
 
@@ -259,8 +267,34 @@ def _kill(c: docker.DockerClient, job_id: str, experiment_only: bool = False) ->
                 raise
 
 
-def _remove(c: docker.DockerClient, job_id: str) -> None:
-    """Remove the job's containers and then its volume; whatever is already gone is fine."""
+def write_job_file(job: JobSpec, s: DockerSettings) -> None:
+    """The job's description as a 0400 file of the runner's uid, in a folder of its own (0500), for a read-only bind.
+
+    An engineer running as root (`lab up`) hands the file to the runner's uid, which alone may read it; one
+    running as that uid (compose) keeps it. Any other uid cannot give a file away, so the file is made
+    readable to all and its privacy rests on the folders above it ($LAB_HOME is the lab user's alone).
+    """
+    folder = Path(docker_job_dir(job.job_id, s))
+    folder.parent.mkdir(parents=True, exist_ok=True, mode=0o711)  # traverse only: no listing of the jobs
+    folder.mkdir(exist_ok=True, mode=0o700)
+    folder.chmod(0o700)  # a retried submit: writable again for its owner
+    path = folder / JOB_SECRET_KEY
+    tmp = folder / f".{JOB_SECRET_KEY}.tmp"
+    tmp.unlink(missing_ok=True)
+    uid, gid = (int(x) for x in s.user.split(":"))
+    own = os.geteuid() in (0, uid)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400 if own else 0o444)
+    with os.fdopen(fd, "w") as f:
+        f.write(docker_job_file(job, s))
+    if os.geteuid() == 0:
+        os.chown(tmp, uid, gid)
+        os.chown(folder, uid, gid)
+    tmp.replace(path)
+    folder.chmod(0o500 if own else 0o555)
+
+
+def _remove(c: docker.DockerClient, job_id: str, s: DockerSettings) -> None:
+    """Remove the job's containers, its volume and its description's folder; whatever is already gone is fine."""
     for name in (experiment_name(job_id), container_name(job_id)):
         try:
             c.containers.get(name).remove(force=True)
@@ -270,3 +304,11 @@ def _remove(c: docker.DockerClient, job_id: str) -> None:
         c.volumes.get(volume_name(job_id)).remove(force=True)
     except NotFound:
         pass
+    _remove_job_dir(job_id, s)
+
+
+def _remove_job_dir(job_id: str, s: DockerSettings) -> None:
+    folder = Path(docker_job_dir(job_id, s))
+    if folder.is_dir():
+        folder.chmod(0o700)  # it was made read-only for the bind; its owner (or root) may remove it
+        shutil.rmtree(folder, ignore_errors=True)

@@ -174,6 +174,12 @@ class DockerSettings(BaseModel):
     # A host file holding the runner's NATS password, mounted read-only into the job, so
     # the password is never in the container's environment (`docker inspect` shows that).
     nats_password_file: str | None = None
+    # A host folder where the executor writes each job's description (its status key, which is also
+    # its NATS password when the lab runs the auth service) as a 0400 file of the runner's uid, in a
+    # folder of its own bind-mounted read-only into that job's runner container alone: Docker has no
+    # Secrets without Swarm, and an environment is shown by `docker inspect`. The engineer must see it
+    # at the same path as the Docker engine (compose bind-mounts it). None: $LAB_HOME/docker-jobs.
+    job_files_dir: str | None = None
     startup_margin_s: int = Field(60, ge=0)  # poll kills a job running past wall time + this
     api_version: str = "auto"
     timeout_s: float = Field(30, gt=0)
@@ -433,18 +439,35 @@ def docker_volume(job: JobSpec, s: DockerSettings) -> dict[str, Any]:
     }
 
 
+def docker_job_dir(job_id: str, s: DockerSettings) -> str:
+    """The host folder holding one job's description, bind-mounted into its runner container alone."""
+    if s.job_files_dir:
+        base = s.job_files_dir
+    else:
+        from services.config import lab_home
+
+        base = str(lab_home() / "docker-jobs")
+    return f"{base.rstrip('/')}/{container_name(job_id)}"
+
+
+def docker_job_file(job: JobSpec, s: DockerSettings) -> str:
+    """What the runner reads from ``LAB_JOB_FILE``: the job as the runner gets it (no shared password)."""
+    return _job_for_runner(job, job.gpu, strip_password=bool(s.nats_password_file)).model_dump_json()
+
+
 def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None = None) -> dict[str, Any]:
     """Keyword arguments of docker-py's ``containers.create`` for the job's runner (the one holding the credential).
 
-    Docker has no Secrets without Swarm: the job (its status key) is in this container's environment, which
-    only this container's processes (under its uid, in its own pid namespace) and the Docker daemon's users
-    see; the experiment container has neither. The NATS password is a mounted file. ``devices``: the
-    job's GPUs (labelled here too, so they stay taken while either container lives).
+    Docker has no Secrets without Swarm: the job (its status key) is a 0400 file in a host folder of its
+    own (``docker_job_dir``, written by the executor before the container is created) bind-mounted
+    read-only here, never in an environment; the experiment container has neither it nor the NATS
+    password file. ``devices``: the job's GPUs (labelled here too, so they stay taken while either container lives).
     """
-    runner_job = _job_for_runner(job, job.gpu, strip_password=bool(s.nats_password_file))
-    environment = {**runner_job.env(), SHARED_ENV: s.scratch_dir, "LAB_JOB_DIR": "/tmp/job", "LAB_EXECUTOR_KIND": "docker",
-                   "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"}
-    volumes: dict[str, Any] = {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"}}
+    environment = {JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir, "LAB_JOB_DIR": "/tmp/job",
+                   "LAB_EXECUTOR_KIND": "docker", "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+                   "MPLCONFIGDIR": "/tmp/matplotlib"}
+    volumes: dict[str, Any] = {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"},
+                               docker_job_dir(job.job_id, s): {"bind": JOB_SECRET_MOUNT, "mode": "ro"}}
     if s.nats_password_file:
         environment[NATS_PASSWORD_FILE_ENV] = NATS_PASSWORD_MOUNT
         volumes[s.nats_password_file] = {"bind": NATS_PASSWORD_MOUNT, "mode": "ro"}
@@ -509,6 +532,8 @@ def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = Non
         s = settings(DockerSettings, options)
         pool = s.gpu_pool()
         devices = pool[: job.gpu] if pool and job.gpu else None
-        docs = [docker_volume(job, s), docker_container(job, s), docker_experiment_container(job, s, devices)]
+        job_file = {"path": f"{docker_job_dir(job.job_id, s)}/{JOB_SECRET_KEY}", "mode": "0400", "owner": s.user,
+                    "content": json.loads(docker_job_file(job, s))}
+        docs = [docker_volume(job, s), job_file, docker_container(job, s), docker_experiment_container(job, s, devices)]
         return yaml.safe_dump_all(json.loads(json.dumps(docs)), sort_keys=False)
     raise ExecutorError(f"cannot render for executor {executor!r}; choose kubernetes or docker")
