@@ -456,8 +456,12 @@ def test_cli_render_prints_a_valid_job_for_the_template_baseline(template_dir: P
 
     docker = CliRunner().invoke(app, ["render", "--template", str(template_dir), "--executor", "docker"])
     assert docker.exit_code == 0, docker.output
-    volume, runner, experiment = yaml.safe_load_all(docker.stdout)
+    volume, job_file, runner, experiment = yaml.safe_load_all(docker.stdout)
     assert volume["driver_opts"]["type"] == "tmpfs" and runner["network"] == "lab-bus" and runner["read_only"] is True
+    # The job's description is a 0400 file bind-mounted into the runner alone, never its environment.
+    assert job_file["mode"] == "0400" and JobSpec.model_validate(job_file["content"]).overrides == {"lr": 0.05}
+    assert runner["volumes"][job_file["path"].rsplit("/", 1)[0]] == {"bind": "/run/lab/job", "mode": "ro"}
+    assert "LAB_JOB" not in runner["environment"] and "/run/lab/job" not in str(experiment["volumes"])
     assert experiment["device_requests"][0]["Count"] == 1 and experiment["read_only"] is True
     assert experiment["network_mode"] == "none" and experiment["user"] != runner["user"]
 
