@@ -72,6 +72,21 @@ def assert_restricted(name: str, pod: dict[str, Any]) -> None:
         assert "limits" in c["resources"] and "memory" in c["resources"]["limits"], name
 
 
+def secret_file(pod: dict[str, Any], c: dict[str, Any], var: str) -> tuple[str, str]:
+    """(Secret, key) of the file the variable ``var`` names: a read-only mount of a secret volume with that one key."""
+    [path] = [e["value"] for e in c.get("env", []) if e["name"] == var]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        if not path.startswith(m["mountPath"].rstrip("/") + "/"):
+            continue
+        secret = volumes[m["name"]].get("secret")
+        assert secret and m.get("readOnly") is True, (var, m)
+        assert secret.get("defaultMode", 0o644) & 0o007 == 0, (var, secret)  # not world-readable
+        [item] = [i for i in secret["items"] if path == f"{m['mountPath'].rstrip('/')}/{i['path']}"]
+        return secret["secretName"], item["key"]
+    raise AssertionError(f"{var}={path} is in no mounted volume")
+
+
 def container(job: dict[str, Any], name: str) -> dict[str, Any]:
     [c] = [c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return c
@@ -189,7 +204,8 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
         assert c["readinessProbe"]["exec"]["command"] == ["test", "-f", f"{env['LAB_HOME']['value']}/run/{role}.ready"]
         assert {"name": "home", "mountPath": env["LAB_HOME"]["value"]} in c["volumeMounts"]
         assert env["LAB_NATS_USER"]["value"] == role
-        assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == f"{role.upper()}_PASSWORD"
+        assert secret_file(pod, c, "LAB_NATS_PASSWORD_FILE") == ("lab-nats-users", f"{role.upper()}_PASSWORD")
+        assert secret_file(pod, c, "LAB_LLM_API_KEY_FILE") == ("lab-llm", "OPENAI_API_KEY")
         # Only the engineer talks to the API server.
         assert pod["automountServiceAccountToken"] is (role == "engineer")
         assert pod["serviceAccountName"] == ("lab-engineer" if role == "engineer" else "lab-agent")
@@ -300,7 +316,7 @@ def test_the_auth_service_holds_the_job_secret_and_seed_and_reaches_only_nats() 
     env = {e["name"]: e for e in c["env"]}
     assert c["command"] == ["python", "-m", "services.authcallout"]
     assert env["LAB_NATS_USER"]["value"] == AUTH
-    assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lab-nats-users", "key": "AUTH_PASSWORD"}
+    assert secret_file(pod, c, "LAB_NATS_PASSWORD_FILE") == ("lab-nats-users", "AUTH_PASSWORD")
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v.get("secret", {}) for v in pod["volumes"]}
     assert volumes["job-secret"]["secretName"] == "lab-job-secret" and env["LAB_JOB_SECRET_FILE"]["value"] == mounts["job-secret"] + "/secret"
