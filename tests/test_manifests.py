@@ -82,7 +82,10 @@ def secret_file(pod: dict[str, Any], c: dict[str, Any], var: str) -> tuple[str, 
         secret = volumes[m["name"]].get("secret")
         assert secret and m.get("readOnly") is True, (var, m)
         assert secret.get("defaultMode", 0o644) & 0o007 == 0, (var, secret)  # not world-readable
-        [item] = [i for i in secret["items"] if path == f"{m['mountPath'].rstrip('/')}/{i['path']}"]
+        name = path[len(m["mountPath"].rstrip("/")) + 1:]
+        if "items" not in secret:  # the whole Secret: one file per key
+            return secret["secretName"], name
+        [item] = [i for i in secret["items"] if i["path"] == name]
         return secret["secretName"], item["key"]
     raise AssertionError(f"{var}={path} is in no mounted volume")
 
@@ -186,6 +189,68 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
                 assert f"-n {ns} create secret generic {ref}" in readme, where  # the README says how
             else:
                 assert optional, where
+# The only Secret values left in an environment (issue 12: credentials are files), each with its reason.
+SECRET_ENV_EXCEPTIONS = {
+    # nats-server resolves nats.conf's $VARS from its own environment: the server, not an agent or runner.
+    ("nats", "nats", "*"): "nats-server reads its users' passwords from its env",
+    ("nats", "nats", "AUTH_ISSUER"): "the callout issuer's public key, no secret",
+    # Settings kept in the optional lab-llm Secret beside the key (README); not credentials.
+    **{(f"lab-{r}", "agent", v): "LLM setting, not a credential" for r in ROLES for v in ("LAB_LLM_BASE_URL", "LAB_LLM_MODEL")},
+    # services/web/serve.py reads the token from LAB_WEB_TOKEN only (no _FILE form yet).
+    ("lab-web", "web", "LAB_WEB_TOKEN"): "no LAB_WEB_TOKEN_FILE in the code yet",
+}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "overlays/web"])
+def test_no_credential_reaches_a_container_s_environment(overlay: str) -> None:
+    """A Secret in an env var is in /proc/<pid>/environ for anything that can read it: credentials are files."""
+    found = set()
+    for name, pod in pod_specs(build(overlay)).items():
+        for c in pod["containers"] + pod.get("initContainers", []):
+            found |= {(name, c["name"], "*") for src in c.get("envFrom", []) if "secretRef" in src}
+            found |= {(name, c["name"], e["name"]) for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+            assert not {e["name"] for e in c.get("env", []) if "value" in e} & {"LAB_NATS_PASSWORD", "LAB_JOB_SECRET", "OPENAI_API_KEY", "HF_TOKEN"}, (name, c["name"])
+    assert found <= set(SECRET_ENV_EXCEPTIONS), found - set(SECRET_ENV_EXCEPTIONS)
+    if overlay == "base":
+        assert found == {k for k in SECRET_ENV_EXCEPTIONS if k[0] != "lab-web"}  # no stale exception
+    if overlay == "overlays/web":
+        assert found == {("lab-web", "web", "LAB_WEB_TOKEN")}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "overlays/web"])
+def test_every_lab_process_reads_its_nats_password_from_its_own_secret_file(overlay: str) -> None:
+    """Each agent, lab-auth and the web view: LAB_NATS_PASSWORD_FILE in a read-only secret volume with its user's key."""
+    docs = build(overlay)
+    users = {"lab-auth": AUTH, "lab-web": "web", **{f"lab-{r}": r for r in ROLES}}
+    seen = []
+    for name, pod in pod_specs(docs).items():
+        if name not in users:
+            continue
+        [c] = pod["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["LAB_NATS_USER"]["value"] == users[name] and "LAB_NATS_PASSWORD" not in env, name
+        assert secret_file(pod, c, "LAB_NATS_PASSWORD_FILE") == ("lab-nats-users", f"{users[name].upper()}_PASSWORD"), name
+        if "LAB_JOB_SECRET_FILE" in env:
+            assert secret_file(pod, c, "LAB_JOB_SECRET_FILE")[0] == "lab-job-secret", name
+        seen.append(name)
+    assert len(seen) == (1 if overlay == "overlays/web" else len(ROLES) + 1), seen
+
+
+@needs_kubectl
+def test_the_vllm_overlay_drops_the_key_file_and_reads_the_hub_token_from_a_file() -> None:
+    """vLLM takes any key, so no agent must fail on the absent lab-llm key file; the HF token is a file too."""
+    docs = build("overlays/vllm")
+    for name, pod in pod_specs(docs).items():
+        env = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
+        if name.startswith("lab-") and name != "lab-auth":
+            assert "LAB_LLM_API_KEY_FILE" not in env and "LAB_NATS_PASSWORD_FILE" in env, name
+    vllm = pod_specs(docs)["vllm"]
+    [server] = vllm["containers"]
+    assert secret_file(vllm, server, "HF_TOKEN_PATH") == ("hf-token", "token")
+
+
 @needs_kubectl
 def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
     docs = build("base")
