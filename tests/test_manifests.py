@@ -601,3 +601,106 @@ def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their
     experiment = docker_experiment_container(example(network=True), s)
     assert experiment["shm_size"] == f"{s.shm_size_mb}m" and experiment["network"] == s.open_network
     assert experiment["volumes"] == {"lab-job-proj-exp-1": {"bind": s.scratch_dir, "mode": "rw"}}
+
+
+COMPOSE_CREDENTIALS = re.compile(r"(PASSWORD|SECRET|API_KEY|TOKEN)$")
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+
+
+def test_compose_agents_read_every_credential_from_a_secret_file() -> None:
+    """Issue 12 on one host: no agent has a credential in its environment; each reads its own file-based secret."""
+    compose = _compose()
+    services = compose["services"]
+    secrets = compose["secrets"]
+    for name, svc in services.items():
+        env = svc.get("environment", {})
+        leaked = {k for k, v in env.items() if COMPOSE_CREDENTIALS.search(k) or re.search(r"\$\{?[A-Z_]*(PASSWORD|SECRET|API_KEY)", str(v))}
+        assert not leaked, (name, leaked)
+        assert name == "nats" or "env_file" not in svc, name  # .env holds the server's passwords
+    for role in ROLES:
+        svc = services[role]
+        env = svc["environment"]
+        own = {f"{role}_password", "openai_api_key"} | ({"job_secret"} if role == "engineer" else set())
+        assert set(svc["secrets"]) == own, role  # its own password, no other role's
+        assert env["LAB_NATS_PASSWORD_FILE"] == f"/run/secrets/{role}_password"
+        assert env["LAB_LLM_API_KEY_FILE"] == "/run/secrets/openai_api_key"
+        assert (env.get("LAB_JOB_SECRET_FILE") == "/run/secrets/job_secret") is (role == "engineer")
+    for name, spec in secrets.items():
+        assert spec == {"file": f"./secrets/{name}"}, name
+    assert "/deploy/secrets/" in (REPO / ".gitignore").read_text().splitlines()
+    readme = (REPO / "README.md").read_text()
+    assert "deploy/secrets" in readme and "chown 10001" in readme
+
+
+def _env_example() -> dict[str, str]:
+    lines = (REPO / "deploy/.env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def _conf_variables(conf: str) -> set[str]:
+    """The $NAMEs nats-server resolves from its environment: bare values, not quoted subjects or comments."""
+    body = "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#"))
+    return set(re.findall(r"(?:^|[\s:,\[])\$([A-Z][A-Z0-9_]*)\b", body))
+
+
+def test_compose_nats_gets_every_variable_its_config_uses() -> None:
+    conf = (REPO / "k8s/base/nats.conf").read_text()
+    used = _conf_variables(conf)
+    assert {"PI_PASSWORD", "AUTH_PASSWORD", "AUTH_ISSUER", "POD_NAME"} <= used and "JS" not in used
+    nats = _compose()["services"]["nats"]
+    assert nats["env_file"] == ".env"
+    defined = set(_env_example()) | set(nats.get("environment", {}))
+    assert used <= defined, used - defined
+
+
+def test_compose_nats_starts_as_one_jetstream_node_from_the_env_example(tmp_path: Path) -> None:
+    """The compose nats command, run for real: the Kubernetes config minus its cluster routes serves JetStream alone."""
+    import asyncio
+    import os
+    import time
+    import urllib.request
+
+    import nats as nats_client
+
+    from bus import natsjwt
+    from bus.server import free_port, server_binary
+
+    nats = _compose()["services"]["nats"]
+    assert nats["command"][:2] == ["sh", "-c"]
+    client, monitor = free_port(), free_port()
+    conf = (REPO / "k8s/base/nats.conf").read_text().replace("0.0.0.0:4222", f"127.0.0.1:{client}").replace(
+        "0.0.0.0:8222", f"127.0.0.1:{monitor}").replace("/data/jetstream", str(tmp_path / "js")).replace(
+        "/var/run/nats/nats.pid", str(tmp_path / "nats.pid")).replace("0.0.0.0:6222", f"127.0.0.1:{free_port()}")
+    (tmp_path / "in.conf").write_text(conf)
+    script = nats["command"][2].replace("/etc/nats/nats.conf", str(tmp_path / "in.conf")).replace(
+        "/tmp/nats.conf", str(tmp_path / "nats.conf")).replace("exec nats-server", f"exec {server_binary()}")
+    env = {k: (f"pw-{k.lower()}" if v == "CHANGE-ME" else v) for k, v in _env_example().items()}
+    env |= {"AUTH_ISSUER": natsjwt.public_key(natsjwt.new_account_seed()), **nats.get("environment", {})}
+    proc = subprocess.Popen(["sh", "-c", script], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        health = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:  # the full check: JetStream's meta layer has a leader (one node: itself)
+                health = urllib.request.urlopen(f"http://127.0.0.1:{monitor}/healthz", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        assert '"ok"' in health, health
+        assert "cluster {" not in (tmp_path / "nats.conf").read_text()
+
+        async def as_pi() -> None:
+            nc = await nats_client.connect(f"nats://127.0.0.1:{client}", user="pi", password=env["PI_PASSWORD"], inbox_prefix="_INBOX_pi")
+            try:
+                await nc.jetstream().account_info()
+            finally:
+                await nc.close()
+
+        asyncio.run(as_pi())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
