@@ -72,6 +72,24 @@ def assert_restricted(name: str, pod: dict[str, Any]) -> None:
         assert "limits" in c["resources"] and "memory" in c["resources"]["limits"], name
 
 
+def secret_file(pod: dict[str, Any], c: dict[str, Any], var: str) -> tuple[str, str]:
+    """(Secret, key) of the file the variable ``var`` names: a read-only mount of a secret volume with that one key."""
+    [path] = [e["value"] for e in c.get("env", []) if e["name"] == var]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        if not path.startswith(m["mountPath"].rstrip("/") + "/"):
+            continue
+        secret = volumes[m["name"]].get("secret")
+        assert secret and m.get("readOnly") is True, (var, m)
+        assert secret.get("defaultMode", 0o644) & 0o007 == 0, (var, secret)  # not world-readable
+        name = path[len(m["mountPath"].rstrip("/")) + 1:]
+        if "items" not in secret:  # the whole Secret: one file per key
+            return secret["secretName"], name
+        [item] = [i for i in secret["items"] if i["path"] == name]
+        return secret["secretName"], item["key"]
+    raise AssertionError(f"{var}={path} is in no mounted volume")
+
+
 def container(job: dict[str, Any], name: str) -> dict[str, Any]:
     [c] = [c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return c
@@ -171,6 +189,68 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
                 assert f"-n {ns} create secret generic {ref}" in readme, where  # the README says how
             else:
                 assert optional, where
+# The only Secret values left in an environment (issue 12: credentials are files), each with its reason.
+SECRET_ENV_EXCEPTIONS = {
+    # nats-server resolves nats.conf's $VARS from its own environment: the server, not an agent or runner.
+    ("nats", "nats", "*"): "nats-server reads its users' passwords from its env",
+    ("nats", "nats", "AUTH_ISSUER"): "the callout issuer's public key, no secret",
+    # Settings kept in the optional lab-llm Secret beside the key (README); not credentials.
+    **{(f"lab-{r}", "agent", v): "LLM setting, not a credential" for r in ROLES for v in ("LAB_LLM_BASE_URL", "LAB_LLM_MODEL")},
+    # services/web/serve.py reads the token from LAB_WEB_TOKEN only (no _FILE form yet).
+    ("lab-web", "web", "LAB_WEB_TOKEN"): "no LAB_WEB_TOKEN_FILE in the code yet",
+}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "overlays/web"])
+def test_no_credential_reaches_a_container_s_environment(overlay: str) -> None:
+    """A Secret in an env var is in /proc/<pid>/environ for anything that can read it: credentials are files."""
+    found = set()
+    for name, pod in pod_specs(build(overlay)).items():
+        for c in pod["containers"] + pod.get("initContainers", []):
+            found |= {(name, c["name"], "*") for src in c.get("envFrom", []) if "secretRef" in src}
+            found |= {(name, c["name"], e["name"]) for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+            assert not {e["name"] for e in c.get("env", []) if "value" in e} & {"LAB_NATS_PASSWORD", "LAB_JOB_SECRET", "OPENAI_API_KEY", "HF_TOKEN"}, (name, c["name"])
+    assert found <= set(SECRET_ENV_EXCEPTIONS), found - set(SECRET_ENV_EXCEPTIONS)
+    if overlay == "base":
+        assert found == {k for k in SECRET_ENV_EXCEPTIONS if k[0] != "lab-web"}  # no stale exception
+    if overlay == "overlays/web":
+        assert found == {("lab-web", "web", "LAB_WEB_TOKEN")}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "overlays/web"])
+def test_every_lab_process_reads_its_nats_password_from_its_own_secret_file(overlay: str) -> None:
+    """Each agent, lab-auth and the web view: LAB_NATS_PASSWORD_FILE in a read-only secret volume with its user's key."""
+    docs = build(overlay)
+    users = {"lab-auth": AUTH, "lab-web": "web", **{f"lab-{r}": r for r in ROLES}}
+    seen = []
+    for name, pod in pod_specs(docs).items():
+        if name not in users:
+            continue
+        [c] = pod["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["LAB_NATS_USER"]["value"] == users[name] and "LAB_NATS_PASSWORD" not in env, name
+        assert secret_file(pod, c, "LAB_NATS_PASSWORD_FILE") == ("lab-nats-users", f"{users[name].upper()}_PASSWORD"), name
+        if "LAB_JOB_SECRET_FILE" in env:
+            assert secret_file(pod, c, "LAB_JOB_SECRET_FILE")[0] == "lab-job-secret", name
+        seen.append(name)
+    assert len(seen) == (1 if overlay == "overlays/web" else len(ROLES) + 1), seen
+
+
+@needs_kubectl
+def test_the_vllm_overlay_drops_the_key_file_and_reads_the_hub_token_from_a_file() -> None:
+    """vLLM takes any key, so no agent must fail on the absent lab-llm key file; the HF token is a file too."""
+    docs = build("overlays/vllm")
+    for name, pod in pod_specs(docs).items():
+        env = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
+        if name.startswith("lab-") and name != "lab-auth":
+            assert "LAB_LLM_API_KEY_FILE" not in env and "LAB_NATS_PASSWORD_FILE" in env, name
+    vllm = pod_specs(docs)["vllm"]
+    [server] = vllm["containers"]
+    assert secret_file(vllm, server, "HF_TOKEN_PATH") == ("hf-token", "token")
+
+
 @needs_kubectl
 def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
     docs = build("base")
@@ -189,7 +269,8 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
         assert c["readinessProbe"]["exec"]["command"] == ["test", "-f", f"{env['LAB_HOME']['value']}/run/{role}.ready"]
         assert {"name": "home", "mountPath": env["LAB_HOME"]["value"]} in c["volumeMounts"]
         assert env["LAB_NATS_USER"]["value"] == role
-        assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == f"{role.upper()}_PASSWORD"
+        assert secret_file(pod, c, "LAB_NATS_PASSWORD_FILE") == ("lab-nats-users", f"{role.upper()}_PASSWORD")
+        assert secret_file(pod, c, "LAB_LLM_API_KEY_FILE") == ("lab-llm", "OPENAI_API_KEY")
         # Only the engineer talks to the API server.
         assert pod["automountServiceAccountToken"] is (role == "engineer")
         assert pod["serviceAccountName"] == ("lab-engineer" if role == "engineer" else "lab-agent")
@@ -300,7 +381,7 @@ def test_the_auth_service_holds_the_job_secret_and_seed_and_reaches_only_nats() 
     env = {e["name"]: e for e in c["env"]}
     assert c["command"] == ["python", "-m", "services.authcallout"]
     assert env["LAB_NATS_USER"]["value"] == AUTH
-    assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lab-nats-users", "key": "AUTH_PASSWORD"}
+    assert secret_file(pod, c, "LAB_NATS_PASSWORD_FILE") == ("lab-nats-users", "AUTH_PASSWORD")
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v.get("secret", {}) for v in pod["volumes"]}
     assert volumes["job-secret"]["secretName"] == "lab-job-secret" and env["LAB_JOB_SECRET_FILE"]["value"] == mounts["job-secret"] + "/secret"
@@ -525,3 +606,106 @@ def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their
     experiment = docker_experiment_container(example(network=True), s)
     assert experiment["shm_size"] == f"{s.shm_size_mb}m" and experiment["network"] == s.open_network
     assert experiment["volumes"] == {"lab-job-proj-exp-1": {"bind": s.scratch_dir, "mode": "rw"}}
+
+
+COMPOSE_CREDENTIALS = re.compile(r"(PASSWORD|SECRET|API_KEY|TOKEN)$")
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+
+
+def test_compose_agents_read_every_credential_from_a_secret_file() -> None:
+    """Issue 12 on one host: no agent has a credential in its environment; each reads its own file-based secret."""
+    compose = _compose()
+    services = compose["services"]
+    secrets = compose["secrets"]
+    for name, svc in services.items():
+        env = svc.get("environment", {})
+        leaked = {k for k, v in env.items() if COMPOSE_CREDENTIALS.search(k) or re.search(r"\$\{?[A-Z_]*(PASSWORD|SECRET|API_KEY)", str(v))}
+        assert not leaked, (name, leaked)
+        assert name == "nats" or "env_file" not in svc, name  # .env holds the server's passwords
+    for role in ROLES:
+        svc = services[role]
+        env = svc["environment"]
+        own = {f"{role}_password", "openai_api_key"} | ({"job_secret"} if role == "engineer" else set())
+        assert set(svc["secrets"]) == own, role  # its own password, no other role's
+        assert env["LAB_NATS_PASSWORD_FILE"] == f"/run/secrets/{role}_password"
+        assert env["LAB_LLM_API_KEY_FILE"] == "/run/secrets/openai_api_key"
+        assert (env.get("LAB_JOB_SECRET_FILE") == "/run/secrets/job_secret") is (role == "engineer")
+    for name, spec in secrets.items():
+        assert spec == {"file": f"./secrets/{name}"}, name
+    assert "/deploy/secrets/" in (REPO / ".gitignore").read_text().splitlines()
+    readme = (REPO / "README.md").read_text()
+    assert "deploy/secrets" in readme and "chown 10001" in readme
+
+
+def _env_example() -> dict[str, str]:
+    lines = (REPO / "deploy/.env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def _conf_variables(conf: str) -> set[str]:
+    """The $NAMEs nats-server resolves from its environment: bare values, not quoted subjects or comments."""
+    body = "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#"))
+    return set(re.findall(r"(?:^|[\s:,\[])\$([A-Z][A-Z0-9_]*)\b", body))
+
+
+def test_compose_nats_gets_every_variable_its_config_uses() -> None:
+    conf = (REPO / "k8s/base/nats.conf").read_text()
+    used = _conf_variables(conf)
+    assert {"PI_PASSWORD", "AUTH_PASSWORD", "AUTH_ISSUER", "POD_NAME"} <= used and "JS" not in used
+    nats = _compose()["services"]["nats"]
+    assert nats["env_file"] == ".env"
+    defined = set(_env_example()) | set(nats.get("environment", {}))
+    assert used <= defined, used - defined
+
+
+def test_compose_nats_starts_as_one_jetstream_node_from_the_env_example(tmp_path: Path) -> None:
+    """The compose nats command, run for real: the Kubernetes config minus its cluster routes serves JetStream alone."""
+    import asyncio
+    import os
+    import time
+    import urllib.request
+
+    import nats as nats_client
+
+    from bus import natsjwt
+    from bus.server import free_port, server_binary
+
+    nats = _compose()["services"]["nats"]
+    assert nats["command"][:2] == ["sh", "-c"]
+    client, monitor = free_port(), free_port()
+    conf = (REPO / "k8s/base/nats.conf").read_text().replace("0.0.0.0:4222", f"127.0.0.1:{client}").replace(
+        "0.0.0.0:8222", f"127.0.0.1:{monitor}").replace("/data/jetstream", str(tmp_path / "js")).replace(
+        "/var/run/nats/nats.pid", str(tmp_path / "nats.pid")).replace("0.0.0.0:6222", f"127.0.0.1:{free_port()}")
+    (tmp_path / "in.conf").write_text(conf)
+    script = nats["command"][2].replace("/etc/nats/nats.conf", str(tmp_path / "in.conf")).replace(
+        "/tmp/nats.conf", str(tmp_path / "nats.conf")).replace("exec nats-server", f"exec {server_binary()}")
+    env = {k: (f"pw-{k.lower()}" if v == "CHANGE-ME" else v) for k, v in _env_example().items()}
+    env |= {"AUTH_ISSUER": natsjwt.public_key(natsjwt.new_account_seed()), **nats.get("environment", {})}
+    proc = subprocess.Popen(["sh", "-c", script], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        health = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:  # the full check: JetStream's meta layer has a leader (one node: itself)
+                health = urllib.request.urlopen(f"http://127.0.0.1:{monitor}/healthz", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        assert '"ok"' in health, health
+        assert "cluster {" not in (tmp_path / "nats.conf").read_text()
+
+        async def as_pi() -> None:
+            nc = await nats_client.connect(f"nats://127.0.0.1:{client}", user="pi", password=env["PI_PASSWORD"], inbox_prefix="_INBOX_pi")
+            try:
+                await nc.jetstream().account_info()
+            finally:
+                await nc.close()
+
+        asyncio.run(as_pi())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from bus.permissions import WEB, permissions
-from tests.test_manifests import REPO, _users_block, assert_restricted, build, needs_kubectl, pod_specs, validate
+from tests.test_manifests import REPO, _users_block, assert_restricted, build, needs_kubectl, pod_specs, secret_file, validate
 
 
 @needs_kubectl
@@ -21,7 +21,8 @@ def test_the_web_overlay_builds_validates_and_is_restricted() -> None:
     [c] = web["containers"]
     env = {e["name"]: e for e in c["env"]}
     assert c["command"][:2] == ["lab", "web"] and env["LAB_NATS_USER"]["value"] == WEB
-    assert env["LAB_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lab-nats-users", "key": "WEB_PASSWORD"}
+    assert secret_file(web, c, "LAB_NATS_PASSWORD_FILE") == ("lab-nats-users", "WEB_PASSWORD")
+    assert "LAB_NATS_PASSWORD" not in env
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
     # Reached only through port-forward: a ClusterIP Service, egress to NATS only, NATS lets it in.
     [svc] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "lab-web"]
