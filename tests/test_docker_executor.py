@@ -369,7 +369,7 @@ async def test_poll_maps_exit_codes_and_oom(ex: DockerExecutor) -> None:
 
 async def test_deadline_kills_a_hung_runner(engine: Any) -> None:
     ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, startup_margin_s=0)
-    await ex.submit(spec("hung", wall_time_s=1, sleep=60))
+    await ex.submit(spec("hung", wall_time_s=4, sleep=60))  # seconds enough for a loaded machine to see it running
     assert (await ex.poll("hung")).state == "running"
     phase = await settle(ex, "hung")
     assert phase.state == "failed" and phase.reason.startswith("DeadlineExceeded")
