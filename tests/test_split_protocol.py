@@ -146,14 +146,19 @@ print("planted", flush=True)
     assert done.reason.startswith("crashed: exit code 1") and "diverged: loss is nan" in done.reason
 
 
+async def until_printed(shared, runner, launcher, text: str = "working") -> None:
+    """Wait until the experiment has printed ``text`` into its log (the runner still alive)."""
+    log = shared / "job" / "launcher" / "experiment.log"
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and text in log.read_text()):
+        assert time.monotonic() < deadline and runner.poll() is None, finish(runner, launcher)
+        await asyncio.sleep(0.1)
+
+
 async def test_sigterm_to_both_containers_is_a_preemption_with_the_log_kept(admin_bus, nats_server, public):
     slow = "import time\nprint('working', flush=True)\ntime.sleep(60)\n"
     runner, launcher, shared = await start_pair(admin_bus, nats_server, public, slow, "pre", LAB_TERM_GRACE_S="2")
-    log = shared / "job" / "launcher" / "experiment.log"
-    deadline = time.monotonic() + 60
-    while not (log.is_file() and "working" in log.read_text()):
-        assert time.monotonic() < deadline and runner.poll() is None, finish(runner, launcher)
-        await asyncio.sleep(0.1)
+    await until_printed(shared, runner, launcher)
     for p in (runner, launcher):  # what the kubelet does when the pod is deleted or evicted
         sigterm(p)
     out, lout = finish(runner, launcher)
@@ -168,11 +173,7 @@ async def test_an_experiment_container_killed_for_memory_fails_the_job_without_w
     """The launcher dies (as a container OOMKilled does) and writes no exit record: its stale heartbeat tells the runner."""
     slow = "import time\nprint('working', flush=True)\ntime.sleep(60)\n"
     runner, launcher, shared = await start_pair(admin_bus, nats_server, public, slow, "oom", LAB_RUNNER_ALIVE_STALE_S="3")
-    log = shared / "job" / "launcher" / "experiment.log"
-    deadline = time.monotonic() + 60
-    while not (log.is_file() and "working" in log.read_text()):
-        assert time.monotonic() < deadline and runner.poll() is None, finish(runner, launcher)
-        await asyncio.sleep(0.1)
+    await until_printed(shared, runner, launcher)
     started = time.monotonic()
     os.killpg(launcher.pid, signal.SIGKILL)  # the whole container
     out, _ = finish(runner, launcher)
@@ -224,11 +225,7 @@ async def test_a_preempted_split_job_resumes_from_its_checkpoint_under_the_exper
     (public / "a1").mkdir(mode=0o755)
     runner, launcher, shared = await start_pair(admin_bus, nats_server, public / "a1", RESUMABLE, "res", resumable=True,
                                                 LAB_TERM_GRACE_S="3", LAB_CHECKPOINT_SYNC_S="0.3")
-    log = shared / "job" / "launcher" / "experiment.log"
-    deadline = time.monotonic() + 60
-    while not (log.is_file() and "resumed at 0" in log.read_text()):
-        assert time.monotonic() < deadline and runner.poll() is None, finish(runner, launcher)
-        await asyncio.sleep(0.1)
+    await until_printed(shared, runner, launcher, "resumed at 0")
     for p in (runner, launcher):
         sigterm(p)
     out, lout = finish(runner, launcher)
