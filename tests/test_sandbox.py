@@ -111,6 +111,7 @@ async def test_a_fork_bomb_is_killed_at_the_process_limit(admin_bus, nats_server
 
 
 def test_agents_get_credential_files_not_values(tmp_path, monkeypatch):
+    from bus.permissions import JOB_USER
     from bus.server import new_credentials
     from services.config import bus_config
     from services.lab import LabOptions, Supervisor
@@ -119,10 +120,14 @@ def test_agents_get_credential_files_not_values(tmp_path, monkeypatch):
     sup.credentials = new_credentials()
     env = sup._agent_env("engineer")
     assert not set(sup.credentials.values()) & set(env.values())
-    for var, user in (("LAB_NATS_PASSWORD_FILE", "engineer"), ("LAB_RUNNER_PASSWORD_FILE", "runner")):
-        path = Path(env[var])
-        assert path.read_text() == sup.credentials[user] and path.stat().st_mode & 0o777 == 0o600
-        assert path.parent.stat().st_mode & 0o777 == 0o700
+    path = Path(env["LAB_NATS_PASSWORD_FILE"])
+    assert path.read_text() == sup.credentials["engineer"] and path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    # Its job runners log in each as a user of its own (the auth service admits them by their job's key):
+    # the engineer holds no shared runner password, in a file or otherwise.
+    assert env["LAB_RUNNER_USER"] == JOB_USER
+    assert not {"LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE"} & set(env)
+    assert not (tmp_path / "home" / "secrets" / "runner").exists()
     assert not (tmp_path / "home" / "secrets" / "lab").exists()  # the admin's password is written nowhere
     monkeypatch.delenv("LAB_NATS_PASSWORD", raising=False)
     monkeypatch.setenv("LAB_NATS_USER", "engineer")
