@@ -196,8 +196,6 @@ SECRET_ENV_EXCEPTIONS = {
     ("nats", "nats", "AUTH_ISSUER"): "the callout issuer's public key, no secret",
     # Settings kept in the optional lab-llm Secret beside the key (README); not credentials.
     **{(f"lab-{r}", "agent", v): "LLM setting, not a credential" for r in ROLES for v in ("LAB_LLM_BASE_URL", "LAB_LLM_MODEL")},
-    # services/web/serve.py reads the token from LAB_WEB_TOKEN only (no _FILE form yet).
-    ("lab-web", "web", "LAB_WEB_TOKEN"): "no LAB_WEB_TOKEN_FILE in the code yet",
 }
 
 
@@ -213,9 +211,9 @@ def test_no_credential_reaches_a_container_s_environment(overlay: str) -> None:
             assert not {e["name"] for e in c.get("env", []) if "value" in e} & {"LAB_NATS_PASSWORD", "LAB_JOB_SECRET", "OPENAI_API_KEY", "HF_TOKEN"}, (name, c["name"])
     assert found <= set(SECRET_ENV_EXCEPTIONS), found - set(SECRET_ENV_EXCEPTIONS)
     if overlay == "base":
-        assert found == {k for k in SECRET_ENV_EXCEPTIONS if k[0] != "lab-web"}  # no stale exception
+        assert found == set(SECRET_ENV_EXCEPTIONS)  # no stale exception
     if overlay == "overlays/web":
-        assert found == {("lab-web", "web", "LAB_WEB_TOKEN")}
+        assert found == set()  # its token is a file too
 
 
 @needs_kubectl

@@ -212,3 +212,44 @@ def test_lab_web_refuses_a_port_in_use(nats_server, lab_env):
         r = subprocess.run(lab_cmd("web", "--nats", nats_server.url, "--port", str(port)), env=env, capture_output=True, text=True, timeout=60,
                            stdin=subprocess.DEVNULL)
     assert r.returncode == 2 and r.stderr.strip() == f"lab: error: cannot listen on 127.0.0.1:{port}: Address already in use", r.stderr
+
+
+def test_lab_web_reads_its_token_from_a_file(nats_server, lab_env, tmp_path):
+    """LAB_WEB_TOKEN_FILE (a Kubernetes Secret mount): the link's token comes from the file, never the environment."""
+    import json
+    import subprocess
+    import time
+
+    import httpx
+
+    from services.web.serve import info_file
+    from tests.conftest import lab_cmd
+
+    home, env = lab_env
+    env = {k: v for k, v in env.items() if k != "LAB_WEB_TOKEN"}
+    env.update({"LAB_NATS_USER": WEB, "LAB_NATS_PASSWORD": nats_server.credentials[WEB]})
+    token_file = tmp_path / "token"
+    token_file.write_text("short\n")
+    r = subprocess.run(lab_cmd("web", "--nats", nats_server.url, "--port", "0"), env={**env, "LAB_WEB_TOKEN_FILE": str(token_file)},
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "at least 16 characters" in r.stderr, r.stderr
+    r = subprocess.run(lab_cmd("web", "--nats", nats_server.url, "--port", "0"), env={**env, "LAB_WEB_TOKEN_FILE": str(tmp_path / "none")},
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "LAB_WEB_TOKEN_FILE" in r.stderr, r.stderr
+
+    token = "a-token-from-a-secret-file-0123456789"
+    token_file.write_text(token + "\n")
+    proc = subprocess.Popen(lab_cmd("web", "--nats", nats_server.url, "--port", "0"), env={**env, "LAB_WEB_TOKEN_FILE": str(token_file)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not info_file(home).is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode() if proc.poll() is not None else "no web.json"
+            time.sleep(0.2)
+        info = json.loads(info_file(home).read_text())
+        assert info["token"] == token
+        assert httpx.get(f"{info['url']}?token={token}", follow_redirects=False).status_code in (200, 303)
+        assert httpx.post(f"{info['url']}p/{P}/note", data={"text": "hi", "to": "pi"}, headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

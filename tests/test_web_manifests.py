@@ -37,7 +37,10 @@ def test_the_web_overlay_builds_validates_and_is_restricted() -> None:
     assert all(d["metadata"]["namespace"] == "lab" for d in docs)
     # The secrets it names are in the template the README points at.
     secrets = {d["metadata"]["name"]: d["stringData"] for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
-    assert "LAB_WEB_TOKEN" in secrets[env["LAB_WEB_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]]
+    # The link's token: a file of the lab-web Secret (a read-only mount), never a variable.
+    assert "LAB_WEB_TOKEN" not in env
+    token_secret, token_key = secret_file(web, c, "LAB_WEB_TOKEN_FILE")
+    assert token_key in secrets[token_secret] and token_key == "LAB_WEB_TOKEN"
 
 
 @needs_kubectl
