@@ -203,3 +203,29 @@ def test_lab_run_char_lm_fast_end_to_end_writes_loss_curves_and_text_samples(lab
     paper = (out / "paper.md").read_text()
     assert "loss_curves.png" in paper and "text_samples.png" in paper
     assert (out / "paper.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_heads_must_divide_the_width_in_every_run_the_template_allows():
+    """``divides``: checked on the template's own runs when it loads, and on each run's whole configuration."""
+    from agents.jobs import plan_job
+
+    _, spec = load("char_lm")
+    assert spec.knobs["n_head"].divides == ["n_embd"]
+    assert spec.check_overrides({"n_head": 8}) == {"n_head": 8}
+    with pytest.raises(TemplateError, match="n_head=12 must divide n_embd=128"):
+        spec.check_overrides({"n_head": 12})
+    assert spec.check_overrides({"n_head": 12}, profile="gpu") == {"n_head": 12}  # 384 wide
+    with pytest.raises(TemplateError, match="n_head=6 must divide n_embd=64"):
+        spec.check_overrides({"n_embd": 64}, profile="gpu")  # the gpu profile's 6 heads stay
+    # The engineer plans the run with the profile's knobs: the same refusal, before any job starts.
+    with pytest.raises(TemplateError, match="n_head=12 must divide n_embd=64"):
+        plan_job(spec, "fast", job_id="j", project="p", experiment_id="x", bundle_object="b", seeds=[0], changes={"n_head": 12})
+    # A template whose own profile breaks the relation does not load, in one line naming it.
+    data = yaml.safe_load((TEMPLATE / "template.yaml").read_text())
+    data["profiles"]["gpu"]["overrides"]["n_embd"] = 380
+    with pytest.raises(TemplateError, match="profiles.gpu: n_head=6 must divide n_embd=380"):
+        parse_spec(data)
+    data = yaml.safe_load((TEMPLATE / "template.yaml").read_text())
+    data["knobs"]["n_head"]["divides"] = ["dropout"]
+    with pytest.raises(TemplateError, match="divides: 'dropout' must be a declared int knob"):
+        parse_spec(data)

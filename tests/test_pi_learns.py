@@ -265,3 +265,24 @@ def test_repeats_are_asked_for_in_words() -> None:
     assert asks_repeat("run weight decay 3.0 again")
     assert not asks_repeat("do not repeat earlier ideas")
     assert not asks_repeat("does weight decay speed up grokking?")
+
+
+async def test_int_neighbours_that_break_a_declared_relation_are_never_proposed() -> None:
+    """char_lm's heads must divide the width (``divides``): 6 and 12 heads around a winning 8 would crash on 128 wide."""
+    _, char_lm = load("char_lm")
+
+    async def after_winner(spec, profile: str) -> list[int]:
+        everything = await OfflinePIMind(0).propose_ideas(IdeaContext(spec=spec, direction="", n=40, profile=profile))
+        won = next(i for i in everything if i.changes == {"n_head": 8})
+        ctx = IdeaContext(spec=spec, direction="", previous=[won], outcomes={won.id: outcome(won, 0.1)}, n=5,
+                          constraints={"allowed_knobs": ["n_head"]}, profile=profile)
+        return [i.changes["n_head"] for i in await OfflinePIMind(0).propose_ideas(ctx)]
+
+    undeclared = char_lm.model_copy(deep=True)
+    undeclared.knobs["n_head"] = undeclared.knobs["n_head"].model_copy(update={"divides": []})
+    assert {6, 12} <= set(await after_winner(undeclared, ""))  # the grid alone would try them
+    values = await after_winner(char_lm, "")
+    assert values and all(char_lm.defaults()["n_embd"] % v == 0 for v in values) and not {6, 12} & set(values)
+    # Under the gpu profile the width is 384: 12 heads divide it, so there the search may try them.
+    gpu = await after_winner(char_lm, "gpu")
+    assert 12 in gpu and all(384 % v == 0 for v in gpu)

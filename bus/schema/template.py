@@ -37,6 +37,9 @@ class Knob(BaseModel):
     # Changing it changes the compute a run spends (per step or in total), so a
     # hypothesis must not say "compute held equal"; the analyst flags it.
     changes_compute: bool = False
+    # Int knobs whose values this int knob's value must divide (attention heads divide the width):
+    # a relation no single knob's range can say, checked on a run's whole configuration.
+    divides: list[str] = []
     description: str = ""
 
     @model_validator(mode="after")
@@ -171,13 +174,31 @@ class TemplateSpec(BaseModel):
             self.profiles["fast"] = Profile(overrides=self.fast)
         elif "fast" in self.profiles:
             self.fast = dict(self.profiles["fast"].overrides)
+        for name, knob in self.knobs.items():
+            for other in knob.divides:
+                if knob.type != "int" or other not in self.knobs or self.knobs[other].type != "int":
+                    raise ValueError(f"knobs.{name}.divides: {other!r} must be a declared int knob, and {name} an int knob")
         labelled = [("baseline", self.baseline)] + [(f"profiles.{n}", p.overrides) for n, p in self.profiles.items()]
         for label, overrides in labelled:
             for k, v in overrides.items():
                 if k not in self.knobs:
                     raise ValueError(f"{label}.{k}: not a declared knob")
                 self.knobs[k].validate_value(v)
+        # The template's own runs must hold its relations: as declared, and under each profile.
+        for label, overrides in [("the defaults", {}), *((f"profiles.{n}", p.overrides) for n, p in self.profiles.items())]:
+            if why := self.broken_relation({**overrides, **self.baseline}):
+                raise ValueError(f"{label}: {why}")
         return self
+
+    def broken_relation(self, overrides: dict[str, Any]) -> str | None:
+        """Why a run with these overrides (on top of the defaults) breaks a declared relation, or None."""
+        values = {**self.defaults(), **overrides}
+        for name, knob in self.knobs.items():
+            for other in knob.divides:
+                a, b = values[name], values[other]
+                if isinstance(a, int) and isinstance(b, int) and (a == 0 or b % a != 0):
+                    return f"{name}={a} must divide {other}={b}"
+        return None
 
     def profile(self, name: str | None = None) -> Resolved:
         """The named profile applied to this template; None, "" or "default" is the template as declared."""
@@ -201,8 +222,12 @@ class TemplateSpec(BaseModel):
     def defaults(self) -> dict[str, Any]:
         return {k: v.default for k, v in self.knobs.items()}
 
-    def check_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Coerced overrides, or TemplateError naming the first bad knob."""
+    def check_overrides(self, overrides: dict[str, Any], profile: str | None = None) -> dict[str, Any]:
+        """Coerced overrides, or TemplateError naming the first bad knob or broken relation (``divides``).
+
+        Relations are checked on the run's whole configuration: the defaults, the
+        profile's overrides, the baseline's, then these (the order ``agents.jobs.plan_job`` uses).
+        """
         out = {}
         for k, v in overrides.items():
             if k not in self.knobs:
@@ -211,6 +236,8 @@ class TemplateSpec(BaseModel):
                 out[k] = self.knobs[k].validate_value(v)
             except ValueError as e:
                 raise TemplateError(f"knob {k!r}: {e}") from None
+        if why := self.broken_relation({**self.profile(profile).overrides, **self.baseline, **out}):
+            raise TemplateError(f"template {self.name}: {why}")
         return out
 
 

@@ -78,7 +78,8 @@ class OfflinePIMind:
         template-declared code variant, and, once some value beat the baseline,
         values next to that best value (``Scorer.refinements``: halfway to its
         known neighbours or one step past them, on an int knob's grid or declared
-        choices, within the knob's bounds). Ideas this project proposed are never repeated; ideas another
+        choices, within the knob's bounds), each kept only if the run's configuration
+        still holds the template's relations (``divides``). Ideas this project proposed are never repeated; ideas another
         project tried (the archive) only when ``ctx.repeat_ok``. Each is scored
         from the evidence (see ``Scorer``) and the top ``ctx.n`` returned, ties
         broken by a generator seeded with the project's seed and wave.
@@ -101,12 +102,15 @@ class OfflinePIMind:
             seen.add(sig)
             ideas.append(scorer.score(idea))
 
+        # The run's configuration but the idea's one knob: a value breaking a declared relation
+        # (heads that must divide this profile's width) would only fail as a job.
+        around = {**spec.profile(ctx.profile or None).overrides, **spec.baseline}
         for name, knob in spec.knobs.items():
             if knob.fairness or name in forbidden or (allowed is not None and name not in allowed):
                 continue
             base = spec.baseline.get(name, knob.default)
             for value in [*candidate_values(knob), *scorer.refinements(name, knob, base)]:
-                if value != base:
+                if value != base and not spec.broken_relation({**around, name: value}):
                     consider(self._idea(spec, name, value, metric, direction, ctx.direction))
         if allowed is None:
             for name, summary in declared_variants(spec):
