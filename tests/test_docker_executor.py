@@ -478,6 +478,23 @@ async def test_the_nats_password_comes_from_a_mounted_file_not_the_environment(e
     await ex.close()
 
 
+async def test_a_job_of_its_own_user_keeps_its_key_and_never_gets_the_shared_password_file(engine: Any, tmp_path: Path) -> None:
+    """Issue 16: under the auth callout the job's key is its password; a shared file left in the config stays out."""
+    secret = tmp_path / "runner-password"
+    secret.write_text("shared\n")
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, nats_password_file=str(secret))
+    own = spec("own").model_copy(update={"nats": NatsAccess(url="nats://nats:4222", user="job.p1.own", password="k" * 64), "status_key": "k" * 64})
+    await ex.submit(own)
+    _, create = engine[0].creates
+    env = dict(e.split("=", 1) for e in create["Env"])
+    job_dir = engine[0].mounts(create)["/run/lab/job"]
+    nats = JobSpec.model_validate_json((Path(job_dir) / "job.json").read_text()).nats
+    assert (nats.user, nats.password) == ("job.p1.own", "k" * 64)
+    assert "LAB_NATS_PASSWORD_FILE" not in env
+    assert create["HostConfig"]["Binds"] == ["lab-job-own:/scratch:rw", f"{job_dir}:/run/lab/job:ro"]
+    await ex.close()
+
+
 async def test_a_container_still_running_when_the_lab_died_is_adopted_by_the_next_engineer(engine: Any) -> None:
     """The whole lab is killed; the container runs on under the engine. A fresh executor finds it running,
     adopts it on a redelivered submit, and sees it finish: the experiment ran once."""

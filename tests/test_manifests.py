@@ -10,10 +10,15 @@ networking, and names that agree across files (Secrets, NATS users, roles).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from bus.permissions import AUTH, JOB_USER, USERS, permissions
 from bus.schema import ROLES, JobSpec, NatsAccess
 from services.cli_job import app
 from services.executors.render import DockerSettings, KubernetesSettings, docker_container, docker_experiment_container, docker_job_dir, docker_job_file, k8s_job, k8s_job_secret, render_job
+from services.jobs import runner_access
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
@@ -567,7 +573,7 @@ def test_cli_render_bad_option_names_the_field(template_dir: Path, tmp_path: Pat
 def test_compose_runs_nats_and_six_agents_on_a_bus_network() -> None:
     compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"nats-init", "nats", *ROLES}
+    assert set(services) == {"nats-init", "nats", "auth", *ROLES}
     for role in ROLES:
         svc = services[role]
         assert svc["command"] == ["lab", "agent", role] and svc["user"] == "10001:10001" and svc["read_only"] is True
@@ -591,16 +597,27 @@ def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their
     assert init["user"] == "0:0" and init["entrypoint"] == ["chown", "-R", f"{nats['user']}", "/data"]
     assert uid != "0" and nats["depends_on"]["nats-init"] == {"condition": "service_completed_successfully"}
     assert "--build" not in compose_text  # compose has no build: key; the README builds the image first
-    # The engineer starts jobs with the password file, not a password in the job's environment.
-    assert "LAB_RUNNER_PASSWORD" not in compose["services"]["engineer"]["environment"]
+    # Each job's runner logs in as its own user with its job's key, which rides in its description
+    # file alone (issue 16): no shared runner password anywhere, in a file, a mount or an environment.
+    engineer = compose["services"]["engineer"]["environment"]
+    assert engineer["LAB_RUNNER_USER"] == JOB_USER
+    assert not {"LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE"} & set(engineer)
     options = yaml.safe_load((REPO / "deploy/config.yaml").read_text())["executor"]["docker"]
     s = DockerSettings.model_validate(options)
-    assert s.nats_password_file and s.open_network in {n.get("name") for n in compose["networks"].values()}
-    spec = docker_container(example(network=True), s)
-    assert "LAB_JOB" not in spec["environment"] and JobSpec.model_validate_json(docker_job_file(example(network=True), s)).nats.password is None
+    assert s.nats_password_file is None and s.open_network in {n.get("name") for n in compose["networks"].values()}
+    job = runner_access(NatsAccess(url=engineer["LAB_RUNNER_NATS_URL"], user=engineer["LAB_RUNNER_USER"]), example(network=True), "k" * 64)
+    assert job is not None
+    job_spec = example(network=True).model_copy(update={"nats": job, "status_key": "k" * 64})
+    spec = docker_container(job_spec, s)
+    assert "LAB_JOB" not in spec["environment"] and "LAB_NATS_PASSWORD_FILE" not in spec["environment"]
+    runner_sees = JobSpec.model_validate_json(docker_job_file(job_spec, s)).nats
+    assert (runner_sees.user, runner_sees.password) == ("job.proj.proj-exp-1", "k" * 64)
     assert spec["volumes"] == {"lab-job-proj-exp-1": {"bind": s.scratch_dir, "mode": "rw"},
-                               docker_job_dir("proj-exp-1", s): {"bind": "/run/lab/job", "mode": "ro"},
-                               s.nats_password_file: {"bind": "/run/secrets/lab-nats-password", "mode": "ro"}}
+                               docker_job_dir("proj-exp-1", s): {"bind": "/run/lab/job", "mode": "ro"}}
+    # Even a config that still names a shared password file mounts it only for a shared-user job.
+    old = s.model_copy(update={"nats_password_file": "/etc/kenkyu-lab/runner-password"})
+    assert "/etc/kenkyu-lab/runner-password" not in docker_container(job_spec, old)["volumes"]
+    assert docker_container(example(), old)["volumes"]["/etc/kenkyu-lab/runner-password"]["mode"] == "ro"
     experiment = docker_experiment_container(example(network=True), s)
     assert experiment["shm_size"] == f"{s.shm_size_mb}m" and experiment["network"] == s.open_network
     assert experiment["volumes"] == {"lab-job-proj-exp-1": {"bind": s.scratch_dir, "mode": "rw"}}
@@ -623,6 +640,8 @@ def test_compose_agents_read_every_credential_from_a_secret_file() -> None:
         leaked = {k for k, v in env.items() if COMPOSE_CREDENTIALS.search(k) or re.search(r"\$\{?[A-Z_]*(PASSWORD|SECRET|API_KEY)", str(v))}
         assert not leaked, (name, leaked)
         assert name == "nats" or "env_file" not in svc, name  # .env holds the server's passwords
+    for name, svc in services.items():  # every secret a service names is declared, as a file
+        assert set(svc.get("secrets", [])) <= set(secrets), (name, set(svc.get("secrets", [])) - set(secrets))
     for role in ROLES:
         svc = services[role]
         env = svc["environment"]
@@ -636,6 +655,55 @@ def test_compose_agents_read_every_credential_from_a_secret_file() -> None:
     assert "/deploy/secrets/" in (REPO / ".gitignore").read_text().splitlines()
     readme = (REPO / "README.md").read_text()
     assert "deploy/secrets" in readme and "chown 10001" in readme
+
+
+def _readme_compose_block() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### One host instead: Docker Compose"):]
+    return section[section.index("```bash"):section.index("```", section.index("```bash") + 3)]
+
+
+def test_the_readme_makes_every_compose_secret_and_every_password_the_server_needs() -> None:
+    """The README's one loop writes every file the compose secrets name, and every password of .env."""
+    block = _readme_compose_block()
+    loop_users = re.search(r"for u in ([A-Z ]+); do", block).group(1).split()
+    assert {f"{u}_PASSWORD" for u in loop_users} == {k for k in _env_example() if k.endswith("_PASSWORD")}
+    as_files = re.search(r"case \$u in ([A-Z|]+)\)", block).group(1).split("|")
+    assert set(as_files) <= set(loop_users)
+    made = {f"{u.lower()}_password" for u in as_files} | set(re.findall(r"> deploy/secrets/(\w+)", block))
+    declared = {spec["file"].removeprefix("./secrets/") for spec in _compose()["secrets"].values()}
+    assert made == declared, (made ^ declared)
+    # The issuer seed and AUTH_ISSUER come from one key pair, made by the lab's own nkey code.
+    assert "new_account_seed()" in block and "public_key(s), s)" in block
+    assert 'printf %s "$seed" > deploy/secrets/auth_issuer_seed' in block and "AUTH_ISSUER=$issuer" in block
+
+
+def test_compose_auth_service_is_hardened_like_the_agents_and_reads_its_credentials_from_files() -> None:
+    """Compose runs the lab's auth service (k8s lab-auth): per-job runner users need it (issue 16)."""
+    compose = _compose()
+    auth, agent = compose["services"]["auth"], compose["x-agent"]
+    assert auth["command"] == ["python", "-m", "services.authcallout"]
+    for key in ("image", "user", "read_only", "cap_drop", "security_opt", "restart"):
+        assert auth[key] == agent[key], key
+    assert auth["user"] == "10001:10001" and auth["read_only"] is True and auth["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in auth["security_opt"] and "/tmp" in auth["tmpfs"]
+    assert auth["networks"] == ["bus"] and "ports" not in auth  # NATS only: the bus network is internal
+    assert auth["depends_on"]["nats"] == {"condition": "service_healthy"}
+    assert auth["deploy"]["replicas"] == 2  # one queue group (services.authcallout.QUEUE): either answers
+    env = auth["environment"]
+    assert env["LAB_NATS_USER"] == AUTH and env["LAB_NATS_URL"] == "nats://nats:4222"
+    files = {var: env[f"{var}_FILE"] for var in ("LAB_NATS_PASSWORD", "LAB_JOB_SECRET", "LAB_AUTH_ISSUER_SEED")}
+    assert files == {"LAB_NATS_PASSWORD": "/run/secrets/auth_password", "LAB_JOB_SECRET": "/run/secrets/job_secret",
+                     "LAB_AUTH_ISSUER_SEED": "/run/secrets/auth_issuer_seed"}
+    assert set(auth["secrets"]) == {"auth_password", "job_secret", "auth_issuer_seed"}
+    assert not {"LAB_NATS_PASSWORD", "LAB_JOB_SECRET", "LAB_AUTH_ISSUER_SEED"} & set(env) and "env_file" not in auth
+    assert auth["healthcheck"]["test"] == ["CMD", "test", "-f", env["LAB_AUTH_READY_FILE"]]
+    assert env["LAB_AUTH_READY_FILE"].startswith("/tmp/")  # a tmpfs: the root filesystem is read-only
+    # The engineer hands out per-job users, so it waits for the service that admits them.
+    engineer = compose["services"]["engineer"]
+    assert engineer["environment"]["LAB_RUNNER_USER"] == JOB_USER
+    assert engineer["depends_on"] == {"nats": {"condition": "service_healthy"}, "auth": {"condition": "service_healthy"}}
+    assert not [s for s in engineer["secrets"] if "runner" in s] and not [v for v in engineer["volumes"] if "runner" in v]
 
 
 def _env_example() -> dict[str, str]:
@@ -659,16 +727,12 @@ def test_compose_nats_gets_every_variable_its_config_uses() -> None:
     assert used <= defined, used - defined
 
 
-def test_compose_nats_starts_as_one_jetstream_node_from_the_env_example(tmp_path: Path) -> None:
-    """The compose nats command, run for real: the Kubernetes config minus its cluster routes serves JetStream alone."""
-    import asyncio
-    import os
+@contextlib.contextmanager
+def _compose_nats(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """The compose nats service's own command, run for real on local ports with ``env`` as its .env; yields its URL."""
     import time
     import urllib.request
 
-    import nats as nats_client
-
-    from bus import natsjwt
     from bus.server import free_port, server_binary
 
     nats = _compose()["services"]["nats"]
@@ -680,9 +744,8 @@ def test_compose_nats_starts_as_one_jetstream_node_from_the_env_example(tmp_path
     (tmp_path / "in.conf").write_text(conf)
     script = nats["command"][2].replace("/etc/nats/nats.conf", str(tmp_path / "in.conf")).replace(
         "/tmp/nats.conf", str(tmp_path / "nats.conf")).replace("exec nats-server", f"exec {server_binary()}")
-    env = {k: (f"pw-{k.lower()}" if v == "CHANGE-ME" else v) for k, v in _env_example().items()}
-    env |= {"AUTH_ISSUER": natsjwt.public_key(natsjwt.new_account_seed()), **nats.get("environment", {})}
-    proc = subprocess.Popen(["sh", "-c", script], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(["sh", "-c", script], env={**os.environ, **env, **nats.get("environment", {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         health = ""
         deadline = time.monotonic() + 20
@@ -695,15 +758,97 @@ def test_compose_nats_starts_as_one_jetstream_node_from_the_env_example(tmp_path
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         assert '"ok"' in health, health
         assert "cluster {" not in (tmp_path / "nats.conf").read_text()
+        yield f"nats://127.0.0.1:{client}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _compose_env() -> dict[str, str]:
+    """deploy/.env as the README's loop fills it: every CHANGE-ME a value, AUTH_ISSUER a real issuer's key."""
+    from bus import natsjwt
+
+    env = {k: (f"pw-{k.lower()}" if v == "CHANGE-ME" else v) for k, v in _env_example().items()}
+    return env | {"AUTH_ISSUER": natsjwt.public_key(natsjwt.new_account_seed())}
+
+
+def test_compose_nats_starts_as_one_jetstream_node_from_the_env_example(tmp_path: Path) -> None:
+    """The compose nats command, run for real: the Kubernetes config minus its cluster routes serves JetStream alone."""
+    import nats as nats_client
+
+    env = _compose_env()
+    with _compose_nats(tmp_path, env) as url:
 
         async def as_pi() -> None:
-            nc = await nats_client.connect(f"nats://127.0.0.1:{client}", user="pi", password=env["PI_PASSWORD"], inbox_prefix="_INBOX_pi")
+            nc = await nats_client.connect(url, user="pi", password=env["PI_PASSWORD"], inbox_prefix="_INBOX_pi")
             try:
                 await nc.jetstream().account_info()
             finally:
                 await nc.close()
 
         asyncio.run(as_pi())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+
+def test_compose_auth_service_admits_each_job_s_runner_as_its_own_user(tmp_path: Path) -> None:
+    """Compose's auth service and engineer settings, run for real against compose's nats (no Docker needed):
+    the runner of a job the engineer starts logs in with the key its description carries, and no other
+    key; the shared runner user is not what it logs in as."""
+    import time
+
+    from bus import natsjwt
+    from bus.client import Bus, BusConfig
+    from bus.errors import ConnectError
+    from bus.jobkeys import JobKeys, new_secret
+    from services.jobrunner import Runner
+
+    compose = _compose()
+    seed, secret = natsjwt.new_account_seed(), new_secret()
+    env = _compose_env() | {"AUTH_ISSUER": natsjwt.public_key(seed)}
+    # The files the README's loop writes under deploy/secrets/, as compose mounts them at /run/secrets/.
+    files = {"auth_password": env["AUTH_PASSWORD"], "job_secret": secret + "\n", "auth_issuer_seed": seed}
+    (tmp_path / "secrets").mkdir()
+    for name, value in files.items():
+        (tmp_path / "secrets" / name).write_text(value)
+    auth = compose["services"]["auth"]
+    assert set(auth["secrets"]) == set(files)
+
+    def here(value: str) -> str:
+        for inside, outside in (("/run/secrets/", f"{tmp_path}/secrets/"), ("/tmp", f"{tmp_path}/tmp")):
+            if value.startswith(inside):
+                return outside + value.removeprefix(inside)
+        return value
+
+    with _compose_nats(tmp_path, env) as url:
+        service_env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+        service_env |= {k: here(v) for k, v in auth["environment"].items()} | {"LAB_NATS_URL": url}
+        (tmp_path / "tmp").mkdir()
+        ready = Path(service_env["LAB_AUTH_READY_FILE"])
+        log = (tmp_path / "auth.log").open("wb")
+        proc = subprocess.Popen([sys.executable, *auth["command"][1:]], env=service_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not ready.is_file():
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "auth.log").read_text()[-2000:]
+                time.sleep(0.1)
+            # The job as the compose engineer hands it to its runner (LAB_RUNNER_USER, config.yaml, the job file).
+            engineer = compose["services"]["engineer"]["environment"]
+            s = DockerSettings.model_validate(yaml.safe_load((REPO / "deploy/config.yaml").read_text())["executor"]["docker"])
+            key = JobKeys(secret).key("proj", "proj-exp-1")
+            access = runner_access(NatsAccess(url=url, user=engineer["LAB_RUNNER_USER"]), example(), key)
+            runner_job = JobSpec.model_validate_json(docker_job_file(example().model_copy(update={"nats": access, "status_key": key}), s))
+            user, password = Runner.credential(runner_job.nats)
+            assert user == "job.proj.proj-exp-1" and password == key
+
+            async def log_in() -> None:
+                bus = await Bus.connect(BusConfig(url=url, user=user, password=password, name="t-runner"), reconnect=False, timeout=15)
+                await bus.close()
+                for other in (JobKeys(secret).key("proj", "proj-exp-2"), JobKeys(new_secret()).key("proj", "proj-exp-1")):
+                    with pytest.raises(ConnectError, match="refused"):
+                        await Bus.connect(BusConfig(url=url, user=user, password=other, name="t-forged"), reconnect=False, timeout=15)
+
+            asyncio.run(log_in())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            log.close()
+        assert "runner admitted" in (tmp_path / "auth.log").read_text()

@@ -468,7 +468,9 @@ def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None 
                    "MPLCONFIGDIR": "/tmp/matplotlib"}
     volumes: dict[str, Any] = {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"},
                                docker_job_dir(job.job_id, s): {"bind": JOB_SECRET_MOUNT, "mode": "ro"}}
-    if s.nats_password_file:
+    if s.nats_password_file and not (job.nats is not None and job_of_user(job.nats.user)):
+        # A job of its own user (the auth callout's) logs in with its key alone: the shared runner
+        # password, which would let it speak for every project's jobs, is never mounted there.
         environment[NATS_PASSWORD_FILE_ENV] = NATS_PASSWORD_MOUNT
         volumes[s.nats_password_file] = {"bind": NATS_PASSWORD_MOUNT, "mode": "ro"}
     spec = {
