@@ -87,8 +87,8 @@ async def test_a_leased_hold_outlives_reconcile_while_its_lease_lasts(admin_bus)
 
 
 async def test_a_leased_waiter_is_never_woken_and_goes_when_its_lease_passes(admin_bus):
-    from bus.jobkeys import JobKeys, new_secret
     from bus import subjects
+    from bus.jobkeys import JobKeys, new_secret
     from bus.schema import decode
     from services.job_watch import JobWatch
 
