@@ -14,6 +14,13 @@ while others wait it may hold at most its share (capacity over the projects
 that hold or wait), so a busy project cannot starve a newcomer. A waiting
 project is recorded with its next job, and the engineer host wakes it when
 its turn comes (``services/host.py``).
+
+Leases: a taker that is not an engineer (`lab evolve --nats`, services/evolve.py)
+runs jobs no project's state lists, so the engineer's reconcile cannot tell its
+holds from leaked ones. It takes them with a lease (``lease_until``) and renews
+it while it runs: reconcile keeps a leased hold or waiter until its lease has
+passed and then drops it, so a killed taker leaks nothing for longer than one
+lease. A leased waiter polls for its turn and is never sent a wake-up.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class Hold(BaseModel):
     project: str
     units: int
     since: float
+    lease_until: float | None = None  # None: an engineer's, kept while its job is in a project's state
 
 
 class Waiter(BaseModel):
@@ -44,6 +52,7 @@ class Waiter(BaseModel):
     job_id: str  # the project's next queued job (the wake-up goes to it)
     units: int
     since: float
+    lease_until: float | None = None  # None: an engineer's, woken by the job watch; else it polls and renews
 
 
 class Ledger(BaseModel):
@@ -92,14 +101,22 @@ class SlotLedger:
         return max(1, gpu) if self.counts == "gpus" else 1
 
     async def read(self) -> tuple[Ledger, int]:
+        ledger, _, revision = await self._read()
+        return ledger, revision
+
+    async def _read(self) -> tuple[Ledger, dict[str, Any] | None, int]:
+        """The ledger with this process's capacity, the document as stored, and its revision."""
         doc, revision = await self.states.read(LEDGER_KEY)
         ledger = Ledger.model_validate(doc) if doc else Ledger()
-        return ledger.model_copy(update={"capacity": self.capacity, "counts": self.counts}), revision
+        return ledger.model_copy(update={"capacity": self.capacity, "counts": self.counts}), doc, revision
 
     async def _update(self, change: Callable[[Ledger], T]) -> T:
+        """Apply ``change`` with compare-and-set, retrying on conflict; a change that leaves the document as stored writes nothing."""
         for attempt in range(200):
-            ledger, revision = await self.read()
+            ledger, stored, revision = await self._read()
             result = change(ledger)
+            if stored is not None and ledger.model_dump(mode="json") == Ledger.model_validate(stored).model_dump(mode="json"):
+                return result  # a poller's repeated refusal must not bump the revision (each would be a new wake-up)
             try:
                 await self.states.write(LEDGER_KEY, ledger.model_dump(mode="json"), revision)
                 return result
@@ -107,17 +124,24 @@ class SlotLedger:
                 await asyncio.sleep(0.01 * min(attempt + 1, 20))
         raise StateConflict(f"{LEDGER_KEY}: too much contention")
 
-    async def acquire(self, project: str, job_id: str, units: int) -> bool:
-        """Take ``units`` for the job (True), or record the project as waiting with it (False)."""
+    async def acquire(self, project: str, job_id: str, units: int, lease_s: float | None = None) -> bool:
+        """Take ``units`` for the job (True), or record the project as waiting with it (False).
+
+        With ``lease_s`` the hold or waiter is leased (see the module's docstring): the caller renews it
+        (``renew``) and polls again while it waits; a leased waiter already recorded stays as it is.
+        """
 
         def change(ledger: Ledger) -> bool:
             if job_id in ledger.held:
                 return True  # a redelivered handler: the same hold, not a second one
+            now = time.time()
+            lease = None if lease_s is None else now + lease_s
             if ledger.may_take(project, units):
-                ledger.held[job_id] = Hold(project=project, units=units, since=time.time())
+                ledger.held[job_id] = Hold(project=project, units=units, since=now, lease_until=lease)
                 ledger.waiting.pop(project, None)
                 return True
-            ledger.waiting[project] = Waiter(job_id=job_id, units=units, since=time.time())
+            if lease is None or (w := ledger.waiting.get(project)) is None or w.lease_until is None:
+                ledger.waiting[project] = Waiter(job_id=job_id, units=units, since=now, lease_until=lease)
             return False
 
         return await self._update(change)
@@ -126,6 +150,19 @@ class SlotLedger:
         def change(ledger: Ledger) -> None:
             for j in job_ids:
                 ledger.held.pop(j, None)
+
+        await self._update(change)
+
+    async def renew(self, project: str, lease_s: float) -> None:
+        """Extend the leases of the project's leased holds and waiter to ``lease_s`` from now."""
+
+        def change(ledger: Ledger) -> None:
+            until = time.time() + lease_s
+            for h in ledger.held.values():
+                if h.project == project and h.lease_until is not None:
+                    h.lease_until = until
+            if (w := ledger.waiting.get(project)) is not None and w.lease_until is not None:
+                w.lease_until = until
 
         await self._update(change)
 
@@ -149,20 +186,29 @@ class SlotLedger:
         """Drop holds of jobs no project runs and waiters with nothing queued (left by a handler that died for good).
 
         ``active``: job ids dispatched/pending/running in any project's state; ``queued``: project -> queued job ids.
-        The grace covers a handler that took a slot and has not stored its state yet.
+        The grace covers a handler that took a slot and has not stored its state yet. A leased hold or
+        waiter is in no project's state: it is kept until its lease has passed, then dropped.
         """
         now = time.time()
 
+        def stale_hold(j: str, h: Hold) -> bool:
+            if h.lease_until is not None:
+                return h.lease_until < now
+            return j not in active and now - h.since > grace_s
+
+        def stale_wait(p: str, w: Waiter) -> bool:
+            if w.lease_until is not None:
+                return w.lease_until < now
+            return w.job_id not in queued.get(p, set()) and now - w.since > grace_s
+
         def change(ledger: Ledger) -> None:
             for j, h in list(ledger.held.items()):
-                if j not in active and now - h.since > grace_s:
+                if stale_hold(j, h):
                     ledger.held.pop(j)
             for p, w in list(ledger.waiting.items()):
-                if w.job_id not in queued.get(p, set()) and now - w.since > grace_s:
+                if stale_wait(p, w):
                     ledger.waiting.pop(p)
 
         ledger, _ = await self.read()
-        stale_holds = any(j not in active and now - h.since > grace_s for j, h in ledger.held.items())
-        stale_waits = any(w.job_id not in queued.get(p, set()) and now - w.since > grace_s for p, w in ledger.waiting.items())
-        if stale_holds or stale_waits:
+        if any(stale_hold(j, h) for j, h in ledger.held.items()) or any(stale_wait(p, w) for p, w in ledger.waiting.items()):
             await self._update(change)

@@ -32,15 +32,17 @@ PI alone and read by the PI, the co-PI and the web view.
 
 The co-PI (the human, through the CLI) may publish notes as itself, start
 projects, and read the log, the agents' heartbeats, the roles' state, the idea
-archive and the artifacts: nothing more. It creates only unnamed (ephemeral) consumers on the
+archive and the artifacts, and write the lab's slot ledger (``lab evolve --nats``
+takes capacity like any project): nothing more. It creates only unnamed (ephemeral) consumers on the
 conversation and job streams, so it cannot re-filter a role's durable; it
-cannot write state, delete or purge a stream or bucket, or delete a role's consumer.
+cannot write any other state, delete or purge a stream or bucket, or delete a role's consumer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from bus.ledger import LEDGER_KEY
 from bus.schema import ROLES
 from bus.partitions import WORK_STREAMS, consumers
 from bus.subjects import token
@@ -97,7 +99,7 @@ def _artifacts() -> list[str]:
 
 
 def _copi() -> list[str]:
-    """The human's CLI: `lab say`, `lab run` (starts a project, uploads its template), `lab logs`, `lab status`."""
+    """The human's CLI: `lab say`, `lab run` (starts a project, uploads its template), `lab logs`, `lab status`, `lab evolve --nats`."""
     # Unnamed creates (ordered consumers) only: replays of the log, and the listing of agents' heartbeats
     # (`lab status`: nats-py's KV keys() is an ordered push consumer); heartbeats hold nothing secret.
     logs = [f"$JS.API.CONSUMER.CREATE.{s}" for s in (CONVO_STREAM, JOBS_STREAM, AGENTS_KV)]
@@ -123,6 +125,10 @@ def _copi() -> list[str]:
         *_bucket_reads(AGENTS_KV),
         *_bucket_reads(IDEAS_KV),  # `lab ideas`
         *artifacts,
+        # `lab evolve --nats` runs jobs on the lab's executor and so takes the lab's capacity like any project:
+        # it writes the slot ledger (bus/ledger.py), compare-and-set, its own holds leased. That one key alone;
+        # every other state key (the roles' documents, the engineers' projects) stays read-only to the co-PI.
+        f"$KV.{STATE_BUCKET}.{LEDGER_KEY}",
     ]
 
 

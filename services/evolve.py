@@ -9,6 +9,13 @@ reports back on the bus. With no ``--nats`` a private NATS server (and the
 local executor, by default) is started for the run, so it works on a laptop
 like `lab run`.
 
+On a running lab (``--nats``) the candidates share the lab's capacity with its
+projects: each job takes a hold in the lab's slot ledger (``bus/ledger.py``)
+before it is submitted and gives it back when it ends, waiting its fair turn
+when the lab is full. Its holds are leased (the engineer's reconcile cannot
+see jobs no project's state lists) and renewed while the run lasts, so a
+killed `lab evolve` frees them when the lease passes.
+
 Budgets: ``max_runs`` counts every job (the final test runs included, and
 reserved for them); ``wall_time`` stops new iterations, not the final test.
 """
@@ -37,18 +44,24 @@ from bus import subjects
 from bus.client import Bus, BusConfig
 from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.jobkeys import JobKeys, new_secret
+from bus.ledger import SlotLedger
 from bus.schema import JobSpec, JobStatus, NatsAccess, TemplateSpec, decode
 from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
 from bus.server import EmbeddedServer, new_credentials
-from bus.store import Artifacts
+from bus.store import Artifacts, StateStore
 from services.config import bus_config, lab_config, read_local_lab, read_secret, secrets_dir
 from services.executors import Executor, make_executor
-from services.jobs import runner_access
+from services.jobs import ledger_for, runner_access
 from services.lifecycle import check_store
 from services.project import load_template, new_project_id
 
 POLL_S = 2.0
 LOST_GRACE_S = 5.0  # an executor's "failed" waits this long for the runner's own status, which says more
+# On a running lab: a hold in its slot ledger outlives a killed `lab evolve` by at most LEASE_S; the run renews
+# its leases every RENEW_S (well inside LEASE_S), and a candidate refused capacity asks again every WAIT_POLL_S.
+LEASE_S = 60.0
+RENEW_S = 20.0
+WAIT_POLL_S = 1.0
 
 log = structlog.get_logger()
 
@@ -108,10 +121,15 @@ def make_evolve_mind(opts: EvolveOptions, hook: Hook, experiment: str) -> Evolve
 
 
 class CandidateRunner:
-    """Runs one candidate on one split as a job and returns it as a Candidate record."""
+    """Runs one candidate on one split as a job and returns it as a Candidate record.
+
+    With a ``ledger`` (a running lab's) each job holds its units there while it runs; without one
+    (the run's private server) only the local limit of the executor's capacity applies.
+    """
 
     def __init__(self, bus: Bus, artifacts: Artifacts, executor: Executor, project: str, spec: TemplateSpec, profile: str,
-                 base_bundle: bytes, hook: Hook, job_nats: NatsAccess, keys: JobKeys) -> None:
+                 base_bundle: bytes, hook: Hook, job_nats: NatsAccess, keys: JobKeys,
+                 ledger: SlotLedger | None = None, console: Console | None = None) -> None:
         self.bus, self.artifacts, self.executor, self.project = bus, artifacts, executor, project
         self.spec, self.hook, self.base, self.job_nats = spec, hook, base_bundle, job_nats
         self.files = bundle_files(base_bundle)
@@ -121,7 +139,11 @@ class CandidateRunner:
         self.keys = keys  # a candidate's result counts only with its own job's signature
         self.runs = 0
         self._pump: asyncio.Task[None] | None = None
+        self._renew: asyncio.Task[None] | None = None
         self.slots = asyncio.Semaphore(max(1, executor.capacity() or 4))
+        self.ledger = ledger
+        self.console = console
+        self._told_waiting = False
 
     async def start(self) -> None:
         sub = await self.bus.js.subscribe(subjects.job_statuses(self.project), stream=subjects.JOBS_STREAM, ordered_consumer=True)
@@ -139,11 +161,32 @@ class CandidateRunner:
                         fut.set_result(body)
 
         self._pump = asyncio.create_task(pump())
+        if self.ledger is not None:
+            self._renew = asyncio.create_task(self._renew_leases(self.ledger))
+
+    async def _renew_leases(self, ledger: SlotLedger) -> None:
+        """Keep this run's holds (and its waiting) in the lab's ledger alive while the process lives."""
+        while True:
+            await asyncio.sleep(RENEW_S)
+            try:
+                await ledger.renew(self.project, LEASE_S)
+            except Exception as e:  # the next renewal tries again, well before the lease passes
+                log.warning("ledger lease renewal failed", error=str(e))
 
     async def stop(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
+        """Stop reading statuses and renewing leases."""
+        for task in (self._pump, self._renew):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def give_back(self) -> None:
+        """Give back whatever this run still holds or waits for in the lab's ledger (once its jobs are gone)."""
+        if self.ledger is not None:
+            try:
+                await self.ledger.forget(self.project)
+            except Exception as e:  # the lease frees them soon anyway
+                log.warning("could not give back this run's ledger holds; their lease frees them", error=str(e))
 
     async def run(self, cid: str, iteration: int, p: Proposal, split: Split) -> Candidate:
         base = dict(id=cid, iteration=iteration, name=p.name, code=p.code, rationale=p.rationale, parents=p.parents, split=split)
@@ -162,9 +205,8 @@ class CandidateRunner:
             key = self.keys.key(self.project, planned.job_id)
             job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split},
                                                 "nats": runner_access(self.job_nats, planned, key), "status_key": key})
-            started = time.monotonic()
-            status = await self._wait(job)
-        base.update(job_id=job.job_id, wall_s=round(status.wall_s or time.monotonic() - started, 2))
+            status = await self._held_wait(job)
+        base.update(job_id=job.job_id, wall_s=round(status.wall_s, 2))
         if status.state != "succeeded" or status.final_info is None:
             return Candidate(**base, state="failed", reason=status.reason or status.state)  # type: ignore[arg-type]
         info = status.final_info
@@ -175,6 +217,35 @@ class CandidateRunner:
         stat = info.metrics[self.metric]
         return Candidate(**base, state="succeeded", score=stat.mean, stderr=stat.stderr,  # type: ignore[arg-type]
                          metrics={m: s.mean for m, s in info.metrics.items()})
+
+    async def _held_wait(self, job: JobSpec) -> JobStatus:
+        """Run the job holding its units in the lab's ledger (when there is one): waiting for them, giving them back at its end."""
+        if self.ledger is None:
+            return await self._timed_wait(job)
+        ledger = self.ledger
+        units = ledger.units_of(job.gpu)
+        if ledger.capacity is not None and units > ledger.capacity:
+            return JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="failed",
+                             reason=f"needs {units} {ledger.counts}, the lab has {ledger.capacity}")
+        try:
+            while not await ledger.acquire(self.project, job.job_id, units, lease_s=LEASE_S):
+                if not self._told_waiting and self.console is not None:
+                    self._told_waiting = True
+                    self.console.print(f"[yellow]waiting for lab capacity[/yellow]: the lab's {ledger.counts} are in use or other "
+                                       "projects wait for their share (`lab status` shows who holds them)")
+                await asyncio.sleep(WAIT_POLL_S)
+            return await self._timed_wait(job)
+        finally:
+            try:
+                await ledger.release([job.job_id])
+            except Exception as e:  # its lease frees it soon; the candidate's result stands
+                log.warning("could not give back a ledger hold; its lease frees it", job=job.job_id, error=str(e))
+
+    async def _timed_wait(self, job: JobSpec) -> JobStatus:
+        """The job's end, with the time it took from submission where the runner did not say."""
+        started = time.monotonic()
+        status = await self._wait(job)
+        return status if status.wall_s else status.model_copy(update={"wall_s": time.monotonic() - started})
 
     async def _wait(self, job: JobSpec) -> JobStatus:
         fut: asyncio.Future[JobStatus] = asyncio.get_running_loop().create_future()
@@ -365,8 +436,10 @@ async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: H
         else:
             await bus.ensure_topology()
         artifacts = await Artifacts.open(bus)
+        # On a running lab its capacity is shared: this run's jobs take their turn in the lab's slot ledger.
+        ledger = ledger_for(executor, await StateStore.open(bus)) if lab else None
         base = bundle(folder)
-        runner = CandidateRunner(bus, artifacts, executor, project, spec, opts.profile, base, hook, job_nats, keys)
+        runner = CandidateRunner(bus, artifacts, executor, project, spec, opts.profile, base, hook, job_nats, keys, ledger, console)
         await runner.start()
         mind = make_evolve_mind(opts, hook, bundle_files(base)["experiment.py"])
         console.print(f"evolving [bold]{spec.name}[/bold]'s {hook.function}() with the {opts.mind} mind: "
@@ -432,6 +505,8 @@ async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: H
         if mind is not None:
             await mind.close()
         await executor.cleanup(project)
+        if runner is not None:
+            await runner.give_back()
         await executor.close()
         await bus.close()
 

@@ -30,6 +30,15 @@ def runner_access(nats: NatsAccess | None, spec: JobSpec, key: str) -> NatsAcces
     return nats
 
 
+def ledger_for(executor: Executor, states: object) -> SlotLedger:
+    """The lab-wide capacity ledger in the state bucket as this executor counts it: GPUs where it has them, else slots.
+
+    The engineer's (``ExecutorJobs.open_ledger``) and `lab evolve --nats`'s (services/evolve.py), so both count alike.
+    """
+    gpus = getattr(getattr(executor, "settings", None), "gpus", None)
+    return SlotLedger(states, executor.capacity(), counts="gpus" if gpus else "slots")
+
+
 class ExecutorJobs:
     """``agents.jobs.Jobs`` on an executor, with the lab's slot ledger once the host has opened the bus."""
 
@@ -49,8 +58,7 @@ class ExecutorJobs:
 
     def open_ledger(self, states: object) -> SlotLedger:
         """The lab-wide capacity ledger in the state bucket, counting GPUs where the executor has them."""
-        gpus = getattr(getattr(self.executor, "settings", None), "gpus", None)
-        self._ledger = SlotLedger(states, self.executor.capacity(), counts="gpus" if gpus else "slots")
+        self._ledger = ledger_for(self.executor, states)
         return self._ledger
 
     def capacity(self) -> int | None:

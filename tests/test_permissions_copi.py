@@ -13,6 +13,7 @@ from bus.schema.constants import ARTIFACTS_BUCKET
 from bus.consumer import consumer_config, pull
 from bus.schema import CoPINote, CoPINoteMsg, Envelope
 from bus.replay import read
+from bus.ledger import LEDGER_KEY, SlotLedger
 from bus.store import Artifacts, StateStore
 from tests.conftest import config_for
 
@@ -79,6 +80,28 @@ async def test_the_copi_may_note_start_and_read_but_not_destroy(lab, nats_server
         await art.put("p2/template.tar.gz", b"bundle")
         doc, _ = await StateStore(await copi.js.key_value("lab_state")).read("pi.p1")
         assert doc == {"state": {"stage": "draft"}}
+    finally:
+        await copi.close()
+
+
+async def test_the_copi_may_take_capacity_in_the_ledger_but_write_no_other_state(lab, nats_server):
+    """`lab evolve --nats` holds the lab's capacity as the co-PI: the ledger key it may write, nothing beside it."""
+    copi, js = await connect(nats_server, "copi")
+    try:
+        kv = await js.key_value("lab_state")
+        ledger = SlotLedger(StateStore(kv), capacity=2)
+        assert await ledger.acquire("evolve-x", "e0", 1, lease_s=60)
+        await ledger.renew("evolve-x", 60)
+        await ledger.forget("evolve-x")
+        assert (await ledger.read())[0].held == {}
+        # Another engineer key (a project's state), a key next to the ledger's, or a wildcard's worth: refused.
+        assert await refused(kv.put("engineer.p1", b'{"state": {}}'))
+        assert await refused(kv.put("engineer._capacity2", b"{}"))
+        assert await refused(kv.put("engineer._capacity.x", b"{}"))
+        assert await refused(kv.put("pi.p1", b'{"state": {"stage": "decision"}}'))
+        admin_states = StateStore(await lab.js.key_value("lab_state"))
+        assert [k for k in await admin_states.keys("engineer.") if k != LEDGER_KEY] == []
+        await lab_still_whole(lab)
     finally:
         await copi.close()
 
