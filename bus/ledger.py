@@ -30,9 +30,12 @@ import math
 import time
 from typing import Any, Callable, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bus.errors import StateConflict
+
+log = structlog.get_logger("ledger")
 
 T = TypeVar("T")
 
@@ -105,9 +108,18 @@ class SlotLedger:
         return ledger, revision
 
     async def _read(self) -> tuple[Ledger, dict[str, Any] | None, int]:
-        """The ledger with this process's capacity, the document as stored, and its revision."""
+        """The ledger with this process's capacity, the document as stored (None if unreadable), and its revision.
+
+        The co-PI may write this key (`lab evolve --nats`), so a document that is not a ledger is
+        possible: it is read as an empty one and replaced at the next change, rather than failing
+        every engineer's dispatch. Holds it listed are gone; their jobs still end and report.
+        """
         doc, revision = await self.states.read(LEDGER_KEY)
-        ledger = Ledger.model_validate(doc) if doc else Ledger()
+        try:
+            ledger = Ledger.model_validate(doc) if doc else Ledger()
+        except ValidationError as e:
+            log.warning("the capacity ledger is not a ledger; starting it afresh", key=LEDGER_KEY, error=str(e).splitlines()[0])
+            ledger, doc = Ledger(), None
         return ledger.model_copy(update={"capacity": self.capacity, "counts": self.counts}), doc, revision
 
     async def _update(self, change: Callable[[Ledger], T]) -> T:

@@ -144,3 +144,16 @@ async def test_a_ledger_written_before_leases_still_loads(admin_bus):
     assert await ledger.acquire("b", "b0", 1)
     state, _ = await ledger.read()
     assert set(state.held) == {"a0", "b0"} and state.waiting == {}
+
+
+async def test_a_document_that_is_not_a_ledger_is_replaced_not_fatal(admin_bus):
+    """The co-PI may write the ledger's key: a bad document must not stop every engineer's dispatch."""
+    states = await StateStore.open(admin_bus)
+    await states.write(LEDGER_KEY, {"held": "nonsense", "capacity": "x"}, 0)
+    ledger = SlotLedger(states, capacity=1)
+    state, revision = await ledger.read()
+    assert state.held == {} and state.capacity == 1
+    assert await ledger.acquire("a", "a0", 1)  # the next change writes a real ledger over it
+    assert not await ledger.acquire("b", "b0", 1)
+    doc, after = await states.read(LEDGER_KEY)
+    assert after > revision and set(Ledger.model_validate(doc).held) == {"a0"} and set(Ledger.model_validate(doc).waiting) == {"b"}
