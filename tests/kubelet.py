@@ -288,8 +288,11 @@ class Kubelet:
         self._gpu_use[name] = need
         self._procs[name] = {}
         for container, env in launches:
-            cmd = [self._local(pod, container, a) for a in list(container["command"]) + list(container.get("args", []))]
-            if cmd[0] in ("python", "python3"):
+            raw = list(container["command"]) + list(container.get("args", []))
+            cmd = [self._local(pod, container, a) for a in raw]
+            if raw[0] in ("python", "python3", sys.executable):
+                # The image's python is this one: never mapped through a mount (a checkout under /tmp would
+                # otherwise run a python inside the container's /tmp volume, which has none).
                 cmd[0] = sys.executable
             self._procs[name][container["name"]] = await self._spawn(pod, container, cmd, env)
         self.started[name] = time.monotonic()
