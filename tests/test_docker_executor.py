@@ -129,8 +129,8 @@ class FakeEngine:
             return value
 
         cmd = [local(a) for a in c["Config"]["Cmd"]]
-        if cmd[0] == "python":
-            cmd[0] = sys.executable
+        if c["Config"]["Cmd"][0] in ("python", sys.executable):
+            cmd[0] = sys.executable  # the image's python is this one, never mapped through /tmp (a checkout under /tmp)
         env = {k: local(v) for k, v in (e.split("=", 1) for e in c["Config"]["Env"])}
         env |= {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}
         if self.isolates and c["Config"].get("User"):
