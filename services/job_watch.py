@@ -65,6 +65,8 @@ class JobWatch:
                                 reason = phase.reason or ("runner exited without reporting" if phase.state != "missing" else "job vanished from the executor")
                                 status = JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="failed", reason=reason)
                                 await self.job_event(project, status, "executor-failed")
+                                if phase.leftover:  # what is left of it would hold its slot or GPUs until its deadline
+                                    await self.executor.cancel(job.job_id)
                 if self.ledger is not None:
                     await self.ledger.reconcile(active, queued)
             except asyncio.CancelledError:

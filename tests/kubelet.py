@@ -74,7 +74,7 @@ class Kubelet:
     """Runs Jobs found in ``namespace`` until stopped; use as ``async with``."""
 
     def __init__(self, host: str, namespace: str = "lab", gpus: int = 0, bad_images: set[str] | None = None,
-                 tick_s: float = 0.05, reject_pods: str | None = None) -> None:
+                 tick_s: float = 0.05, reject_pods: str | None = None, crash: dict[str, int] | None = None) -> None:
         cfg = client.Configuration()
         cfg.host = host
         self._api = client.ApiClient(cfg)
@@ -86,6 +86,9 @@ class Kubelet:
         # Admission refusing every pod (a full quota, Pod Security): the job controller records a
         # FailedCreate event on the Job with this message instead of creating the pod.
         self.reject_pods = reject_pods
+        # Containers (by name) that exit at once with this code instead of running their command: a
+        # runner whose image or python is broken, while its pod's other container keeps running.
+        self.crash = crash or {}
         self.tick_s = tick_s
         self._procs: dict[str, dict[str, asyncio.subprocess.Process]] = {}  # pod -> container -> its process
         self._gpu_use: dict[str, int] = {}
@@ -96,6 +99,7 @@ class Kubelet:
         self.isolates = os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "setpriv", "mount"))
         self.volumes: dict[str, dict[str, dict[str, Path]]] = {}  # pod -> container -> mountPath -> local folder
         self.started: dict[str, float] = {}  # pod name -> monotonic start time of its process
+        self.started_at: dict[str, str] = {}  # pod name -> when it started, as its status says
         self.ended: dict[str, float] = {}
         self.evict_requests: set[str] = set()  # job names whose running pod should be evicted
 
@@ -267,6 +271,13 @@ class Kubelet:
                 codes = {c: p.returncode for c, p in procs.items() if p.returncode is not None}
                 await self._finish_pod(pod, codes, reason="Completed" if not any(codes.values()) else "Error")
                 await self._job_pod_ended(job, pod, codes, "Error")
+            elif any(p.returncode is not None for p in procs.values()):
+                # As a real kubelet does: the pod stays Running while any container runs, and each ended
+                # container shows as terminated in its status.
+                statuses = [self._cstatus(c, {"terminated": {"exitCode": procs[c["name"]].returncode, "reason": "Error" if procs[c["name"]].returncode else "Completed"}}
+                                          if procs[c["name"]].returncode is not None else {"running": {"startedAt": self.started_at[name]}}) for c in containers]
+                if pod.get("status", {}).get("containerStatuses") != statuses:
+                    await self._patch_pod(name, {"phase": "Running", "containerStatuses": statuses})
             return
         for container in containers:
             if container["image"] in self.bad_images:
@@ -288,6 +299,9 @@ class Kubelet:
         self._gpu_use[name] = need
         self._procs[name] = {}
         for container, env in launches:
+            if container["name"] in self.crash:
+                self._procs[name][container["name"]] = await asyncio.create_subprocess_exec("sh", "-c", f"exit {self.crash[container['name']]}")
+                continue
             raw = list(container["command"]) + list(container.get("args", []))
             cmd = [self._local(pod, container, a) for a in raw]
             if raw[0] in ("python", "python3", sys.executable):
@@ -296,7 +310,8 @@ class Kubelet:
                 cmd[0] = sys.executable
             self._procs[name][container["name"]] = await self._spawn(pod, container, cmd, env)
         self.started[name] = time.monotonic()
-        running = {"running": {"startedAt": now()}}
+        self.started_at[name] = now()
+        running = {"running": {"startedAt": self.started_at[name]}}
         cond = {"type": "PodScheduled", "status": "True"}
         await self._patch_pod(name, {"phase": "Running", "conditions": [cond],
                                      "containerStatuses": [self._cstatus(c, running) for c in containers]})

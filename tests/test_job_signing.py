@@ -126,3 +126,40 @@ async def test_the_engineers_own_job_events_are_signed(admin_bus):
     await watch.job_event("p1", JobStatus(job_id="j9", experiment_id="x", state="failed", reason="evicted"), "executor-failed")
     [entry] = [e async for e in read(admin_bus, subjects.job_status("p1", "j9"), stream=subjects.JOBS_STREAM)]
     assert entry.envelope.sender == "engineer" and keys.refusal("p1", entry.envelope.body) is None
+
+
+async def test_the_watch_cancels_what_is_left_of_a_job_it_gives_up_on(admin_bus):
+    """A runner dead while its experiment container waits (``leftover``): reported failed, then cancelled to free its GPUs."""
+    from services.job_watch import JobWatch
+
+    class DeadRunner(RecordingExecutor):
+        def __init__(self, phases: dict[str, JobPhase]) -> None:
+            super().__init__()
+            self.phases, self.cancelled = phases, []
+
+        async def poll(self, job_id: str) -> JobPhase:
+            return self.phases[job_id]
+
+        async def cancel(self, job_id: str) -> None:
+            self.cancelled.append(job_id)
+
+    states = await StateStore.open(admin_bus)
+    jobs = {j: {"job_id": j, "experiment_id": "x", "state": "running"} for j in ("left", "ended")}
+    await states.write("engineer.pw", {"state": {"jobs": jobs}}, 0)
+    ex = DeadRunner({
+        "left": JobPhase(state="failed", reason="runner exited 127; the experiment container still ran", leftover=True),
+        "ended": JobPhase(state="failed", reason="BackoffLimitExceeded: runner exited 4"),  # nothing of it runs: its pods stay for `kubectl logs`
+    })
+    watch = JobWatch(admin_bus, states, ex, None, JobKeys(SECRET))  # type: ignore[arg-type]
+    task = asyncio.create_task(watch.watch_jobs(every=0.05, grace_s=0.1))
+    try:
+        for _ in range(200):
+            if ex.cancelled:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert ex.cancelled and set(ex.cancelled) == {"left"}
+    reasons = {e.envelope.body.job_id: e.envelope.body.reason async for e in read(admin_bus, "lab.jobs.pw.>", stream=subjects.JOBS_STREAM)}
+    assert reasons["left"].startswith("runner exited 127") and reasons["ended"].startswith("BackoffLimitExceeded")

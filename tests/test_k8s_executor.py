@@ -499,3 +499,21 @@ async def test_a_job_still_running_when_the_lab_died_is_adopted_by_the_next_engi
         assert (await wait_for(second, "outlives", "succeeded")).state == "succeeded"
         assert len(await raw_jobs(cluster[1])) == 1
         assert sum(n.startswith("lab-outlives") for n in kubelet.started) == 1
+
+
+async def test_a_runner_that_dies_while_the_experiment_waits_fails_the_job_at_once(make: Any, cluster: Any) -> None:
+    """The pod stays Running (its experiment container waits for the runner) until the deadline: the executor says failed now."""
+    ex = make(startup_margin_s=0, launcher_command=["python", "-c", "import time; time.sleep(60)"])  # waits for a runner that never comes
+    async with Kubelet(cluster[1], NS, crash={"runner": 127}) as kubelet:
+        await ex.submit(spec("crash", overrides={"sleep": 60}, wall_time_s=300))
+        phase = await wait_for(ex, "crash", "failed")
+        assert phase.leftover and "runner exited 127" in phase.reason and "experiment container still ran" in phase.reason, phase
+        [pod] = [n for n in kubelet.started if n.startswith("lab-crash")]
+        experiment = kubelet._procs[pod]["experiment"]
+        assert experiment.returncode is None  # it still waits, holding what the pod asked for
+        await ex.cancel("crash")  # what the job watch does with a leftover: the experiment container goes too
+        for _ in range(100):
+            if experiment.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert experiment.returncode is not None

@@ -54,3 +54,6 @@ class JobPhase(Model):
 
     state: JobState
     reason: str = ""
+    # Failed, yet part of it still runs and holds its resources (its runner died while the
+    # experiment container waits for it): whoever gives up on the job should cancel it.
+    leftover: bool = False

@@ -362,6 +362,11 @@ class KubernetesExecutor:
                 return JobPhase(state="failed", reason=f"{detail} (for over {self.settings.pull_failure_grace_s:.0f}s)")
             return JobPhase(state="pending", reason=detail)
         self._stuck_since.pop(job_id, None)
+        term = _terminated(pod)
+        if status and status.phase == "Running" and term is not None and term.exit_code:
+            # The runner died (a bad image, no NATS, a crash) while the experiment container waits
+            # for it: the pod stays Running until the deadline and holds its GPUs. Say so now.
+            return JobPhase(state="failed", reason=f"{_pod_failure(pod)}; the experiment container still ran", leftover=True)
         if status and status.phase == "Running":
             return JobPhase(state="running")
         if status and status.phase == "Failed":
