@@ -1,7 +1,7 @@
 """The shared shape of a role: typed handlers that read a message and say what follows.
 
 A role knows nothing of subjects, consumers or acks (the host in
-``services/host.py`` does the wiring). A handler gets the message and a
+``services/host/agent.py`` does the wiring). A handler gets the message and a
 ``Context`` holding the role's state for that project, the artifact store and
 the role's mind (and, for roles that reach outside the bus, the role's own
 typed ports: ``agents/engineer.EngineerContext``, ``agents/literature.LiteratureContext``,

@@ -1,7 +1,7 @@
 """Apply a model's search/replace edits to an experiment, and refuse edits that escape its limits.
 
 The runner enforces wall time, memory and network outside the experiment, and
-the sandbox (``services/sandbox.py``: bubblewrap namespaces) is the boundary;
+the sandbox (``services/runner/sandbox.py``: bubblewrap namespaces) is the boundary;
 this guard is only the earlier, friendlier line: an edit that tries to stretch
 its time, relaunch itself, spawn processes or reach the network is refused
 with a reason the model can read and fix, before a job is wasted on it. It is

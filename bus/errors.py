@@ -26,22 +26,22 @@ tree in its own module; this is the whole tree, with where each part lives:
     ├── TemplateError               bus.schema.template: a template that does not load
     ├── EditError                   agents.codeedit: EditNotApplicable, EditForbidden
     ├── StatsError                  agents.stats
-    ├── PdfError                    agents.writing.pdf: no TeX engine, or LaTeX failed
+    ├── PdfError                    agents.writer.pdf: no TeX engine, or LaTeX failed
     ├── LitError                    agents.lit.errors: SourceUnavailable (RateLimited), PaperNotFound,
     │                               LibraryError, UnresolvedCitation
-    ├── ConfigError                 services.config: a config file or setting that is unusable
-    ├── AuthConfigError             services.authcallout: the auth service has no job secret or issuer seed
-    ├── HostConfigError             services.host: an agent's start options are unusable
+    ├── ConfigError                 services.common.config: a config file or setting that is unusable
+    ├── AuthConfigError             services.auth.callout: the auth service has no job secret or issuer seed
+    ├── HostConfigError             services.host.agent: an agent's start options are unusable
     ├── ExecutorError               services.executors.base: TransientApiError (QuotaExceededError), RejectedError
-    ├── SandboxUnavailable          services.sandbox: no working bubblewrap here
-    ├── StoreFull                   services.lifecycle: no disk left for the lab's store
-    ├── MindRefused                 services.project: the lab's agents cannot think with the asked-for mind
-    ├── NoteRefused                 services.reading: a co-PI note the lab will not send
-    ├── UnknownProject              services.export: no project of that name
+    ├── SandboxUnavailable          services.runner.sandbox: no working bubblewrap here
+    ├── StoreFull                   services.lab.lifecycle: no disk left for the lab's store
+    ├── MindRefused                 services.cli.run: the lab's agents cannot think with the asked-for mind
+    ├── NoteRefused                 services.read.projects: a co-PI note the lab will not send
+    ├── UnknownProject              services.read.export: no project of that name
     ├── WebError                    services.web.serve: the web view cannot start
-    └── UsageError                  services.cli_errors: bad input on the command line (fail("..."))
+    └── UsageError                  services.cli.errors: bad input on the command line (fail("..."))
 
-``services.lab`` raises ``LabError`` itself when the lab cannot start or stop.
+``services.lab.supervisor`` raises ``LabError`` itself when the lab cannot start or stop.
 Most classes also keep the builtin base they had (ValueError, RuntimeError,
 KeyError, LookupError), so older ``except`` clauses still catch them.
 Private retry signals inside one module (``_Retryable``, ``TransportFailed``)
@@ -88,7 +88,7 @@ class ArtifactMissing(LabBusError, KeyError):
 class MindError(LabError):
     """A mind (any of them: offline, llm) could not answer a step; the role reports StepFailed and the PI decides.
 
-    The workflow (agents.pi, services.host) catches this, never one mind's own class.
+    The workflow (agents.pi.workflow, services.host.agent) catches this, never one mind's own class.
     ``reason`` is what the StepFailed message carries: one line, bounded.
     """
 

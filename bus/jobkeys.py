@@ -1,7 +1,7 @@
 """Signed job statuses: a status counts only if it carries its own job's signature.
 
 A runner may publish on its own job's subjects only (its own NATS user,
-``job.<project>.<job>``, admitted by the auth callout, services/authcallout.py),
+``job.<project>.<job>``, admitted by the auth callout, services/auth/callout.py),
 or, on a NATS server without the callout, on the whole ``lab.jobs.>`` space
 (the shared ``runner`` user); either way the subject alone must not be
 believed, and with the shared user any job could publish a result for any

@@ -13,9 +13,9 @@ Fair share: a project may always take free units while nobody else waits;
 while others wait it may hold at most its share (capacity over the projects
 that hold or wait), so a busy project cannot starve a newcomer. A waiting
 project is recorded with its next job, and the engineer host wakes it when
-its turn comes (``services/host.py``).
+its turn comes (``services/host/agent.py``).
 
-Leases: a taker that is not an engineer (`lab evolve --nats`, services/evolve.py)
+Leases: a taker that is not an engineer (`lab evolve --nats`, services/cli/evolve.py)
 runs jobs no project's state lists, so the engineer's reconcile cannot tell its
 holds from leaked ones. It takes them with a lease (``lease_until``) and renews
 it while it runs: reconcile keeps a leased hold or waiter until its lease has

@@ -21,7 +21,7 @@ object's subject is its base64 name: a role that publishes raw object-store
 messages can still add a newer meta record for a name it did not write.
 
 Job runners are users of their own, ``job.<project>.<job>``, which no static
-user list names: the auth callout (services/authcallout.py) admits each with
+user list names: the auth callout (services/auth/callout.py) admits each with
 ``job_permissions``: its own job's subjects, reads of the artifact store, and
 object chunks, but no meta record (the auth service commits those, for names
 under the job's project only). The static ``runner`` user stays for a NATS
@@ -67,7 +67,7 @@ ADMIN = "lab"  # sets up streams and buckets; used by `lab up` and tests
 COPI = "copi"  # the human, through the CLI
 RUNNER = "runner"  # job runners
 WEB = "web"  # the web view (`lab web`): reads what its pages show, speaks only as the co-PI
-AUTH = "auth"  # the auth callout (services/authcallout.py): admits each job's runner with that job's permissions
+AUTH = "auth"  # the auth callout (services/auth/callout.py): admits each job's runner with that job's permissions
 USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN, AUTH)
 JOB_USER = "job"  # runners connect as ``job.<project>.<job>``, admitted by the auth callout, never a static user
 CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
@@ -242,7 +242,7 @@ def job_permissions(project: str, job: str) -> dict[str, Any]:
     Publish only on its own job's subjects (status and log) and its own commit subject, read the
     artifact store (its bundle, its checkpoint), and write its own objects' chunks; an object becomes
     visible only when the auth service commits its meta record, for a name under the job's
-    project (services/authcallout.py). Replies come only to its own inbox.
+    project (services/auth/callout.py). Replies come only to its own inbox.
     """
     publish = [
         f"lab.jobs.{project}.{job}.>",

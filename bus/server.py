@@ -78,7 +78,7 @@ def render_config(
 ) -> str:
     """A nats-server config. JSON values are valid in NATS config syntax, so we emit them as JSON.
 
-    With ``auth_issuer`` (the public account nkey of services/authcallout.py), every connection
+    With ``auth_issuer`` (the public account nkey of services/auth/callout.py), every connection
     that is not one of the static users is handed to the auth callout: that is how each job's
     runner gets a user of its own.
     """

@@ -238,7 +238,7 @@ class CommitRefused(LabBusError, ValueError):
 class CommittedObjects:
     """A job runner's view of the object store: it writes chunks, and the auth service commits each object.
 
-    A runner's NATS user (services/authcallout.py) may publish object chunks but no meta
+    A runner's NATS user (services/auth/callout.py) may publish object chunks but no meta
     record, because an object's name is one base64 subject token that permissions cannot
     scope by project. So ``put`` writes the chunks on a fresh subject under the job's own chunk
     prefix (``bus.permissions.chunk_prefix``, all its user may write), then asks the auth

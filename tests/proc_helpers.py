@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from services.process import alive
+from services.common.process import alive
 
 
 def processes_with(token: str) -> list[int]:

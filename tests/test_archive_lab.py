@@ -16,7 +16,7 @@ import pytest
 
 from bus.client import Bus
 from bus.store import StateStore
-from services.config import bus_config
+from services.common.config import bus_config
 from tests.conftest import ROOT, lab_cmd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]

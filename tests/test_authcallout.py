@@ -1,7 +1,7 @@
 """Per-job runner users through nats-server's auth callout, against the real server.
 
 A runner connects as ``job.<project>.<job>`` with its job's key; the lab's auth
-service (services/authcallout.py) admits it with that job's permissions only.
+service (services/auth/callout.py) admits it with that job's permissions only.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from bus.permissions import AUTH, JOB_USER, chunk_prefix, job_of_user, job_user
 from bus.schema import Envelope, JobSpec, JobStatus, NatsAccess
 from bus.server import EmbeddedServer, new_credentials
 from bus.store import Artifacts, CommitRefused
-from services.authcallout import AuthService
-from services.jobrunner import Runner
-from services.jobs import ExecutorJobs
+from services.auth.callout import AuthService
+from services.runner.runner import Runner
+from services.host.jobs import ExecutorJobs
 from tests.conftest import config_for
 
 pytestmark = pytest.mark.integration

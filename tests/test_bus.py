@@ -226,7 +226,7 @@ async def _dlq_records(bus: Bus, n: int) -> list[dict]:
 
 async def test_bad_messages_go_to_the_dead_letter_subject(admin_bus, nats_server, tmp_path):
     """Malformed JSON, an unknown kind, a spoofed sender and an oversized message each end in lab.dlq.pi with a reason."""
-    from services.host import AgentHost
+    from services.host.agent import AgentHost
 
     host = AgentHost("pi", config_for(nats_server, "pi"), home=tmp_path)
     js = admin_bus.js
@@ -254,9 +254,9 @@ async def test_bad_messages_go_to_the_dead_letter_subject(admin_bus, nats_server
 
 async def test_a_message_whose_handler_keeps_failing_ends_in_the_dead_letters(admin_bus, nats_server, tmp_path, monkeypatch):
     """After MaxDeliver failed attempts the message is parked with the reason, not retried forever."""
-    import services.host as host_module
+    import services.host.agent as host_module
     from bus.consumer import MAX_DELIVER
-    from services.host import AgentHost
+    from services.host.agent import AgentHost
 
     monkeypatch.setattr(host_module, "retry_delay", lambda delivered: 0.1)
     host = AgentHost("analyst", config_for(nats_server, "analyst"), home=tmp_path)
@@ -279,7 +279,7 @@ async def test_a_message_whose_handler_keeps_failing_ends_in_the_dead_letters(ad
 
 
 async def test_a_note_for_a_project_the_pi_never_started_is_dead_lettered_at_once(admin_bus, nats_server, tmp_path):
-    from services.host import AgentHost
+    from services.host.agent import AgentHost
 
     host = AgentHost("pi", config_for(nats_server, "pi"), home=tmp_path)
     await admin_bus.publish(Envelope(project="ghost", sender="copi", recipient="pi", body=CoPINoteMsg(note=CoPINote(id="n", text="hi"))))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from services import proctree
+from services.runner import proctree
 from tests.conftest import lab_cmd
 from tests.test_e2e import check_nothing_lost, live_log, wait_for
 

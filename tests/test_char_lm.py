@@ -15,7 +15,7 @@ import yaml
 
 from agents.templates import BUILTIN_DIR, load
 from bus.schema import FinalInfo, JobSpec, NatsAccess, TemplateError, parse_spec
-from services.jobrunner import command
+from services.runner.runner import command
 
 TEMPLATE = BUILTIN_DIR / "char_lm"
 TINY = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "max_steps": 30,
@@ -169,7 +169,7 @@ async def test_the_engineer_plans_a_job_with_its_profile(profile, fast, gpu, max
     """A project's profile reaches the job: knobs, GPUs, memory and time; an old `fast: true` still means fast."""
     from types import SimpleNamespace
 
-    from agents.engineer import Engineer
+    from agents.engineer.workflow import Engineer
     from bus.schema import ExperimentRequest
 
     _, spec = load("char_lm")
@@ -207,7 +207,7 @@ def test_lab_run_char_lm_fast_end_to_end_writes_loss_curves_and_text_samples(lab
 
 def test_heads_must_divide_the_width_in_every_run_the_template_allows():
     """``divides``: checked on the template's own runs when it loads, and on each run's whole configuration."""
-    from agents.jobs import plan_job
+    from agents.engineer.jobs import plan_job
 
     _, spec = load("char_lm")
     assert spec.knobs["n_head"].divides == ["n_embd"]

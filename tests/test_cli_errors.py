@@ -14,8 +14,8 @@ from agents.lit.errors import RateLimited
 from agents.minds.llm.errors import MindFailed
 from bus.schema import TemplateError
 from bus.errors import ConnectError, LabError, MindError, PermissionDenied
-from services.cli import UsageError
-from services.cli_errors import LabTyper, describe
+from services.cli.app import UsageError
+from services.cli.errors import LabTyper, describe
 from services.executors.kubernetes import QuotaExceededError
 from tests.conftest import lab_cmd
 
@@ -26,7 +26,7 @@ LAYERS = [
     RateLimited("openalex kept answering 429"),  # agents.lit
     MindFailed("pi", "ideas", "no valid answer after 3 tries:\n  bad JSON"),  # agents.minds.llm
     QuotaExceededError("quota exceeded in namespace research"),  # services.executors
-    UsageError("unknown project 'nosuch'"),  # services.cli
+    UsageError("unknown project 'nosuch'"),  # services.cli.app
 ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bus.schema import ROLES
 from bus.schema.constants import AGENTS_TTL_S
-from services.alive import fresh, main as alive_main
+from services.host.alive import fresh, main as alive_main
 from tests.test_manifests import REPO, build, needs_kubectl
 
 
@@ -51,7 +51,7 @@ def test_agents_liveness_reads_the_heartbeat_and_streams_are_replicated() -> Non
         [c] = d["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in c["env"]}
         probe = c["livenessProbe"]["exec"]["command"]
-        assert probe[:3] == ["python", "-m", "services.alive"] and probe[3] == f"{env['LAB_HOME']['value']}/run/{role}.alive"
+        assert probe[:3] == ["python", "-m", "services.host.alive"] and probe[3] == f"{env['LAB_HOME']['value']}/run/{role}.alive"
         assert float(probe[4]) == AGENTS_TTL_S  # the YAML spells the number; it must be the lab's
         assert env["LAB_NATS_REPLICAS"]["value"] == "3"
 

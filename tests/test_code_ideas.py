@@ -51,7 +51,7 @@ def test_a_variant_naming_a_missing_file_or_an_ambiguous_search_is_rejected(tmp_
 
 
 def test_an_idea_whose_recorded_compute_differs_from_the_baseline_is_flagged() -> None:
-    from agents.analyst import build_report
+    from agents.analyst.workflow import build_report
     from bus.schema import AnalysisRequest
     from tests.test_analyst import SPEC, run
 
@@ -110,7 +110,7 @@ class Lab:
     """The engineer role with a real template bundle, an executor that really runs it, then the analyst and the writer."""
 
     def __init__(self, tmp: Path, mind) -> None:  # type: ignore[no-untyped-def]
-        from agents.engineer import Engineer, EngineerState
+        from agents.engineer.workflow import Engineer, EngineerState
         from tests.fakes import MemoryStore
 
         self.folder, self.spec = templates.load("model_merging")
@@ -120,7 +120,7 @@ class Lab:
         self.results: list = []  # type: ignore[type-arg]
 
     async def send(self, body, sender: str = "pi") -> list:  # type: ignore[no-untyped-def, type-arg]
-        from agents.engineer import EngineerContext
+        from agents.engineer.workflow import EngineerContext
         from bus.schema import Envelope
 
         env = Envelope(project="p1", sender=sender, recipient="engineer", body=body)
@@ -142,10 +142,10 @@ class Lab:
         self.results += result.runs
 
     async def paper(self, ideas, tmp: Path):  # type: ignore[no-untyped-def]
-        from agents.analyst import build_report
+        from agents.analyst.workflow import build_report
         from agents.base import Context
-        from agents.minds.offline.writer import make as writer_mind
-        from agents.writer import Writer
+        from agents.writer.offline import make as writer_mind
+        from agents.writer.workflow import Writer
         from bus.schema import AnalysisRequest, DraftRequest, Envelope
 
         report, _ = build_report("p1", AnalysisRequest(round=0, spec=self.spec, runs=self.results))
@@ -158,7 +158,7 @@ class Lab:
 
 @pytest.mark.timeout(600)
 async def test_a_template_variant_idea_is_implemented_run_compared_and_shown_with_its_diff(tmp_path: Path) -> None:
-    from agents.minds.offline.engineer import OfflineEngineerMind
+    from agents.engineer.offline import OfflineEngineerMind
     from bus.schema import CodeChange, Idea
 
     idea = Idea(id="ties-magsign", title="TIES with magnitude-weighted sign election", changes={},
@@ -236,7 +236,7 @@ def _draft(**kw):  # type: ignore[no-untyped-def]
 
 def test_the_llm_pi_accepts_a_code_idea_without_knob_changes_and_rejects_an_empty_one() -> None:
     from agents.minds.llm.errors import InvalidAnswer
-    from agents.minds.llm.pi import IdeaRules, LLMPIMind, allowed_knobs
+    from agents.pi.llm import IdeaRules, LLMPIMind, allowed_knobs
     from agents.minds.llm.schemas import IdeaBatch
 
     _, spec = templates.load("model_merging")
@@ -253,7 +253,7 @@ def test_the_llm_pi_accepts_a_code_idea_without_knob_changes_and_rejects_an_empt
 
 
 async def test_the_offline_engineer_implements_only_declared_variants() -> None:
-    from agents.minds.offline.engineer import OfflineEngineerMind
+    from agents.engineer.offline import OfflineEngineerMind
     from bus.schema import CodeChange, Idea, TemplateError
 
     _, spec = templates.load("model_merging")

@@ -194,7 +194,7 @@ def test_grokking_project_end_to_end(lab_env, tmp_path):
     check_nothing_lost(convo)
     assert not (home / "lab.json").exists(), "the embedded lab stops after the run"
     # Every runner connected as its own job's NATS user, admitted by the auth service, and every object it
-    # wrote was committed under its project (services/authcallout.py): nothing was refused.
+    # wrote was committed under its project (services/auth/callout.py): nothing was refused.
     auth_log = (home / "logs" / "auth.log").read_text()
     assert "runner admitted" in auth_log and "user=job." in auth_log
     assert "refused" not in auth_log, auth_log[-2000:]

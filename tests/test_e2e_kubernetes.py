@@ -42,7 +42,7 @@ async def test_lab_run_through_kubernetes(lab_env, tmp_path):
         }))
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump({"executor": {"kubernetes": {
-            "kubeconfig": str(kubeconfig), "namespace": NS, "command": [sys.executable, "-m", "services.jobrunner"],
+            "kubeconfig": str(kubeconfig), "namespace": NS, "command": [sys.executable, "-m", "services.runner"],
             "gpus": 2, "min_gpu": 1, "startup_margin_s": 60,
         }}}))
         run_env = {**env, "LAB_CONFIG": str(config)}

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from agents.codeedit import EditForbidden, EditNotApplicable
-from agents.evolve import ProposeRequest, examples, hook_for, patched, preference, summary
-from agents.minds.offline.evolve import OfflineEvolveMind, builtin_pool
+from agents.evolve.workflow import ProposeRequest, examples, hook_for, patched, preference, summary
+from agents.evolve.offline import OfflineEvolveMind, builtin_pool
 from agents.templates import load
 from bus.schema.evolve import Candidate
 from tests.conftest import lab_cmd
@@ -225,9 +225,9 @@ def test_on_a_lab_the_runner_credential_and_job_secret_come_from_lab_home_or_the
     """`lab evolve --nats`: what `lab up` wrote for that lab; a lab that checks logins and no runner credential is one line."""
     import json as _json
 
-    from agents.evolve import EvolveError
-    from services.config import write_secret
-    from services.evolve import lab_access
+    from agents.evolve.workflow import EvolveError
+    from services.common.config import write_secret
+    from services.cli.evolve import lab_access
 
     home, _ = lab_env
     url = "nats://127.0.0.1:4999"
@@ -252,12 +252,12 @@ def test_on_a_lab_with_the_auth_service_each_runner_is_its_own_user(lab_env, mon
     """`lab up` runs the auth callout: evolve's runners log in as their job (its key as password), as the engineer's do."""
     import json as _json
 
-    from agents.evolve import EvolveError
+    from agents.evolve.workflow import EvolveError
     from bus.permissions import JOB_USER, job_user
     from bus.schema import JobSpec
-    from services.config import write_secret
-    from services.evolve import lab_access
-    from services.jobs import runner_access
+    from services.common.config import write_secret
+    from services.cli.evolve import lab_access
+    from services.host.jobs import runner_access
 
     home, _ = lab_env
     url = "nats://127.0.0.1:4998"

@@ -74,7 +74,7 @@ async def test_lab_evolve_runs_its_candidates_as_jobs_of_a_running_lab(lab_env, 
             config = tmp_path / "config.yaml"
             config.write_text(yaml.safe_dump({"executor": {"kubernetes": {
                 "kubeconfig": kubeconfig(tmp_path / "kubeconfig", api), "namespace": NS,
-                "command": [sys.executable, "-m", "services.jobrunner"], "gpus": 2, "min_gpu": 1, "startup_margin_s": 60,
+                "command": [sys.executable, "-m", "services.runner"], "gpus": 2, "min_gpu": 1, "startup_margin_s": 60,
             }}}))
             async with RecordingKubelet(api, namespace=NS, gpus=2, tick_s=0.2) as kubelet:
                 proc = await asyncio.create_subprocess_exec(

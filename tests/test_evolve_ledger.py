@@ -1,6 +1,6 @@
 """`lab evolve --nats` takes the running lab's capacity from its slot ledger, like any project.
 
-Real: a nats-server with the lab's users, the loop itself (``services.evolve._evolve``
+Real: a nats-server with the lab's users, the loop itself (``services.cli.evolve._evolve``
 on a lab, connected as the co-PI as `lab evolve --nats` is), the local executor and
 the job runner. The template is a tiny sleeping quadratic with a hook for the loop
 (written here), so each job takes a second or two. No engineer runs: the ledger is
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agents.evolve import Hook
+from agents.evolve.workflow import Hook
 from agents.templates import load
 from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
@@ -26,9 +26,9 @@ from bus.permissions import RUNNER
 from bus.schema import JobSpec, NatsAccess
 from bus.schema.evolve import Proposal
 from bus.store import StateStore
-from services import evolve
+from services.cli import evolve
 from services.executors import make_executor
-from services.team_status import capacity_view
+from services.read.team import capacity_view
 from tests.conftest import config_for
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ What is normalised, and why it is not behaviour:
 
 - job ids (``j`` + 16 hex digits) become ``<job-1>``, ``<job-2>``, ... in order of first
   appearance: they are sha256(project/experiment/attempt) and the project id carries a random
-  uuid suffix (``services/project.py: new_project_id``). The project id itself becomes
+  uuid suffix (``services/cli/run.py: new_project_id``). The project id itself becomes
   ``<project>`` (the paper does not print it today).
 - run wall times (``wall time 10.52 s``) become ``wall time <s> s``: wall-clock durations.
 - in the "Hardware and software" lines only: the CPU model and core count, the Python

@@ -14,8 +14,8 @@ from bus.jobkeys import JobKeys, sign
 from bus.replay import read
 from bus.schema import Envelope, ExperimentRequest, JobPhase, JobStatus, NatsAccess
 from bus.store import StateStore
-from services.host import AgentHost
-from services.wiring import EngineerWiring
+from services.host.agent import AgentHost
+from services.host.wiring import EngineerWiring
 from tests.conftest import config_for
 from tests.fakes import TOY_SPEC
 from tests.test_bus import _dlq_records
@@ -119,7 +119,7 @@ async def test_a_forged_status_is_dead_lettered_and_a_signed_one_completes_the_j
 
 async def test_the_engineers_own_job_events_are_signed(admin_bus):
     """The executor watch speaks for runners that could not (never started, evicted): its statuses pass the same check."""
-    from services.job_watch import JobWatch
+    from services.host.job_watch import JobWatch
 
     keys = JobKeys(SECRET)
     watch = JobWatch(admin_bus, None, None, None, keys)  # type: ignore[arg-type]
@@ -130,7 +130,7 @@ async def test_the_engineers_own_job_events_are_signed(admin_bus):
 
 async def test_the_watch_cancels_what_is_left_of_a_job_it_gives_up_on(admin_bus):
     """A runner dead while its experiment container waits (``leftover``): reported failed, then cancelled to free its GPUs."""
-    from services.job_watch import JobWatch
+    from services.host.job_watch import JobWatch
 
     class DeadRunner(RecordingExecutor):
         def __init__(self, phases: dict[str, JobPhase]) -> None:

@@ -66,7 +66,7 @@ async def run_job(admin_bus, server, tmp_path, experiment: str, *, wall: float =
     work = tmp_path / f"work-{job_id}"
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "services.jobrunner"],
+        [sys.executable, "-m", "services.runner"],
         env={**os.environ, **job.env(), "LAB_JOB_DIR": str(work), **env},
         capture_output=True, text=True, timeout=wall + 60,
     )
@@ -146,13 +146,13 @@ async def test_no_bus_is_an_infrastructure_failure(tmp_path):
         wall_time_s=5, memory_mb=128, nats=NatsAccess(url="nats://127.0.0.1:1"),
     )
     env = {**os.environ, **job.env(), "LAB_JOB_DIR": str(tmp_path / "w"), "LAB_RUNNER_CONNECT_TIMEOUT_S": "3"}
-    proc = subprocess.run([sys.executable, "-m", "services.jobrunner"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "services.runner"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_INFRA and "cannot reach the bus" in proc.stderr
 
 
 def test_a_bad_job_description_is_one_line():
-    proc = subprocess.run([sys.executable, "-m", "services.jobrunner"], env={**os.environ, "LAB_JOB": '{"job_id": 3}'},
+    proc = subprocess.run([sys.executable, "-m", "services.runner"], env={**os.environ, "LAB_JOB": '{"job_id": 3}'},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "not a valid job" in proc.stderr
 
@@ -210,7 +210,7 @@ async def test_local_executor_refuses_a_job_directory_of_another_project(tmp_pat
 
 
 def test_job_ids_are_per_project_experiment_and_attempt():
-    from agents.engineer import job_id_for
+    from agents.engineer.workflow import job_id_for
 
     ids = {job_id_for(p, e, a) for p in ("p1", "p2") for e in ("x01-baseline", "x02") for a in (1, 2)}
     assert len(ids) == 8 and job_id_for("p1", "x01-baseline") == job_id_for("p1", "x01-baseline", 1)

@@ -19,10 +19,10 @@ import pytest
 
 from agents.templates import bundle
 from bus.store import Artifacts
-from services import proctree
+from services.runner import proctree
 from bus.schema import JobSpec, NatsAccess
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
-from services.process import alive
+from services.common.process import alive
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ async def test_output_is_teed_to_stdout_and_the_password_read_from_a_file(admin_
     job = await _job(admin_bus, nats_server, tmp_path, GOOD, "teed", password=None)  # nothing in LAB_JOB
     env = {**os.environ, **job.env(), "LAB_JOB_DIR": str(tmp_path / "w1"), "LAB_NATS_PASSWORD_FILE": str(secret)}
     env.pop("LAB_NATS_PASSWORD", None)
-    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.jobrunner"], env=env,
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.runner"], env=env,
                                    capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_OK, proc.stderr
     assert "epoch 1 loss 0.5" in proc.stdout and "[runner] starting job teed" in proc.stdout
@@ -72,7 +72,7 @@ async def test_a_failed_run_uploads_its_log(admin_bus, nats_server, tmp_path):
     job = await _job(admin_bus, nats_server, tmp_path, "print('about to fail', flush=True); raise SystemExit(1)", "bad",
                      password=nats_server.credentials["runner"])
     env = {**os.environ, **job.env(), "LAB_JOB_DIR": str(tmp_path / "w2")}
-    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.jobrunner"], env=env,
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.runner"], env=env,
                                    capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_EXPERIMENT_FAILED
     assert "about to fail" in await _log(admin_bus, "bad")
@@ -82,7 +82,7 @@ async def test_sigterm_mid_run_still_uploads_the_log_and_kills_the_experiment(ad
     job = await _job(admin_bus, nats_server, tmp_path, SLOW, "stopped", password=nats_server.credentials["runner"])
     work = tmp_path / "w3"
     env = {**os.environ, **job.env(), "LAB_JOB_DIR": str(work)}
-    proc = subprocess.Popen([sys.executable, "-m", "services.jobrunner"], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "services.runner"], env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = ""
     while "epoch 1" not in line:  # the experiment is running and has printed

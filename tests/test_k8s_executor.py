@@ -1,7 +1,7 @@
 """KubernetesExecutor: the real ``kubernetes`` client over HTTP against kmock's emulator.
 
 A test kubelet (tests/kubelet.py) runs the Jobs. The runner container's
-command is a stand-in for ``python -m services.jobrunner`` (which needs NATS
+command is a stand-in for ``python -m services.runner`` (which needs NATS
 and a bundle): it reads the job from its mounted Secret, sleeps and exits as
 the job's overrides say, so every exit-code path of the real runner (0, 3, 4)
 reaches the executor through a real process and a real pod/Job status; the

@@ -8,7 +8,7 @@ import pytest
 import tiktoken
 
 from agents.minds import make_mind
-from agents.writing import latexfix
+from agents.writer import latexfix
 
 try:
     from tests.fake_openai import FakeOpenAI, Reply, Request

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.cli_lit import app
+from services.cli.lit import app
 
 LIB = Path(__file__).parent / "data" / "lit"
 

@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.base import Context
-from agents.literature import ROLE, LiteratureContext, Settings, State
+from agents.literature.workflow import ROLE, LiteratureContext, Settings, State
 from agents.lit.bibtex import check_citations, to_bibtex
 from agents.lit.index import FtsIndex, library_path
 from agents.lit.library_files import parse_bibtex, read_library_file
@@ -300,8 +300,7 @@ async def test_a_reference_search_returns_only_papers_the_paper_does_not_cite_ye
 
 
 async def test_the_lab_says_once_when_it_works_from_the_local_library_only(store: FakeStore, lab_home: Path) -> None:
-    from agents import literature
-
+    from agents.literature import workflow as literature
     literature._said_local_only.discard("p1")
     with capture_logs() as logs:
         await run(context(store, DictCache(), lab_home, literature={"sources": ["local", "template"]}), check(DROPOUT))
@@ -312,8 +311,7 @@ async def test_the_lab_says_once_when_it_works_from_the_local_library_only(store
 
 
 async def test_an_unreachable_web_source_is_said_once_and_the_local_library_answers(store: FakeStore, lab_home: Path) -> None:
-    from agents import literature
-
+    from agents.literature import workflow as literature
     literature._said_local_only.discard("p1")
     settings = {"sources": ["semantic_scholar", "local", "template"], "web": {"semantic_scholar": {"api_url": "http://127.0.0.1:9", "timeout_s": 2}}}
     with capture_logs() as logs:
@@ -337,7 +335,7 @@ async def test_default_chain_with_the_web_unreachable_answers_fast_from_the_loca
 ) -> None:
     import time
 
-    from agents import literature
+    from agents.literature import workflow as literature
     from bus.retry import breaker_for
 
     monkeypatch.delenv("LAB_LIT_SOURCES")  # the default chain: Semantic Scholar, OpenAlex, library, template

@@ -191,7 +191,7 @@ def test_source_selection_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_novelty_check_asks_s2_first_and_a_repeat_makes_no_request(s2: S2Server, tmp_path: Path) -> None:
-    from agents.literature import ROLE, LiteratureContext, Settings, State
+    from agents.literature.workflow import ROLE, LiteratureContext, Settings, State
     from agents.minds import make_mind
     from bus.schema import Envelope, Idea, NoveltyCheck, NoveltyVerdict
 

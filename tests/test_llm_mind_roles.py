@@ -189,7 +189,7 @@ async def test_reviewer_reflects_before_its_final_review_and_stops_when_done() -
 
 
 async def test_writer_writes_section_by_section_then_refines_the_whole_paper() -> None:
-    from agents.minds.llm.writer import SECTION_PLAN
+    from agents.writer.llm import SECTION_PLAN
 
     sections = {k: f"{k} text" for k in ("introduction", "related_work", "method", "experimental_setup", "results", "limitations", "conclusion", "revision_notes")}
     turns = [{"text": f"draft of {field}"} for field, _ in SECTION_PLAN]
@@ -234,12 +234,13 @@ async def test_code_fenced_answers_from_local_models_are_accepted() -> None:
 
 
 def test_prompt_files_are_used_when_present_else_builtin() -> None:
-    from agents.minds.llm.prompts import PROMPTS_DIR
+    from agents.minds.llm.prompts import prompt_path
 
     for role in ("pi", "literature", "engineer", "analyst", "writer", "reviewer"):
         m = mind(role, replay())
-        path = PROMPTS_DIR / f"{role}.md"
-        assert m.prompt_source == (str(path) if path.is_file() else "builtin") and m.system
+        path = prompt_path(role)
+        assert path.is_file(), f"{role}'s prompt belongs beside its workflow: {path}"
+        assert m.prompt_source == str(path) and m.system
 
 
 def test_knob_lines_tell_the_model_which_knobs_change_compute() -> None:

@@ -29,9 +29,9 @@ from typer.testing import CliRunner
 
 from bus.permissions import AUTH, JOB_USER, USERS, permissions
 from bus.schema import ROLES, JobSpec, NatsAccess
-from services.cli_job import app
+from services.cli.job import app
 from services.executors.render import DockerSettings, KubernetesSettings, docker_container, docker_experiment_container, docker_job_dir, docker_job_file, k8s_job, k8s_job_secret, render_job
-from services.jobs import runner_access
+from services.host.jobs import runner_access
 
 REPO = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33"
@@ -269,7 +269,7 @@ def test_six_agents_run_their_role_and_probe_the_ready_file() -> None:
         assert env["LAB_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
         assert int(env["LAB_REPLICAS"]["value"]) == agents[f"lab-{role}"]["spec"]["replicas"]
         assert agents[f"lab-{role}"]["spec"]["podManagementPolicy"] == "Parallel"
-        # The host writes $LAB_HOME/run/<role>.ready (services/host.py); LAB_HOME is an emptyDir.
+        # The host writes $LAB_HOME/run/<role>.ready (services/host/agent.py); LAB_HOME is an emptyDir.
         assert c["readinessProbe"]["exec"]["command"] == ["test", "-f", f"{env['LAB_HOME']['value']}/run/{role}.ready"]
         assert {"name": "home", "mountPath": env["LAB_HOME"]["value"]} in c["volumeMounts"]
         assert env["LAB_NATS_USER"]["value"] == role
@@ -322,7 +322,7 @@ def test_engineer_rbac_is_limited_to_jobs_pods_events_and_making_job_secrets_in_
     # The jobs' namespace holds the job ServiceAccount and no agent credential.
     assert {(d["kind"], d["metadata"]["name"]) for d in docs if d["metadata"].get("namespace") == "lab-jobs"
             and d["kind"] in ("ServiceAccount", "Secret", "ConfigMap")} == {("ServiceAccount", "lab-job")}
-    # Not even a runner credential: each job carries its own user and key (services/authcallout.py).
+    # Not even a runner credential: each job carries its own user and key (services/auth/callout.py).
     assert {name for ns, name in HAND_MADE_SECRETS if ns == "lab-jobs"} == set()
 
 
@@ -383,7 +383,7 @@ def test_the_auth_service_holds_the_job_secret_and_seed_and_reaches_only_nats() 
     pod = auth["spec"]["template"]["spec"]
     [c] = pod["containers"]
     env = {e["name"]: e for e in c["env"]}
-    assert c["command"] == ["python", "-m", "services.authcallout"]
+    assert c["command"] == ["python", "-m", "services.auth"]
     assert env["LAB_NATS_USER"]["value"] == AUTH
     assert secret_file(pod, c, "LAB_NATS_PASSWORD_FILE") == ("lab-nats-users", "AUTH_PASSWORD")
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
@@ -682,14 +682,14 @@ def test_compose_auth_service_is_hardened_like_the_agents_and_reads_its_credenti
     """Compose runs the lab's auth service (k8s lab-auth): per-job runner users need it (issue 16)."""
     compose = _compose()
     auth, agent = compose["services"]["auth"], compose["x-agent"]
-    assert auth["command"] == ["python", "-m", "services.authcallout"]
+    assert auth["command"] == ["python", "-m", "services.auth"]
     for key in ("image", "user", "read_only", "cap_drop", "security_opt", "restart"):
         assert auth[key] == agent[key], key
     assert auth["user"] == "10001:10001" and auth["read_only"] is True and auth["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in auth["security_opt"] and "/tmp" in auth["tmpfs"]
     assert auth["networks"] == ["bus"] and "ports" not in auth  # NATS only: the bus network is internal
     assert auth["depends_on"]["nats"] == {"condition": "service_healthy"}
-    assert auth["deploy"]["replicas"] == 2  # one queue group (services.authcallout.QUEUE): either answers
+    assert auth["deploy"]["replicas"] == 2  # one queue group (services.auth.callout.QUEUE): either answers
     env = auth["environment"]
     assert env["LAB_NATS_USER"] == AUTH and env["LAB_NATS_URL"] == "nats://nats:4222"
     files = {var: env[f"{var}_FILE"] for var in ("LAB_NATS_PASSWORD", "LAB_JOB_SECRET", "LAB_AUTH_ISSUER_SEED")}
@@ -799,7 +799,7 @@ def test_compose_auth_service_admits_each_job_s_runner_as_its_own_user(tmp_path:
     from bus.client import Bus, BusConfig
     from bus.errors import ConnectError
     from bus.jobkeys import JobKeys, new_secret
-    from services.jobrunner import Runner
+    from services.runner.runner import Runner
 
     compose = _compose()
     seed, secret = natsjwt.new_account_seed(), new_secret()

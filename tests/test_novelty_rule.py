@@ -6,11 +6,11 @@ import pytest
 
 from agents import templates
 from agents.lit.library_files import parse_bibtex
-from agents.minds.offline.literature import OfflineLiteratureMind, method_terms, topic_terms
-from agents.minds.offline.pi import OfflinePIMind
+from agents.literature.offline import OfflineLiteratureMind, method_terms, topic_terms
+from agents.pi.offline import OfflinePIMind
 from agents.minds.base import IdeaContext
 from bus.schema import Idea, NoveltyCheck
-from agents.literature import task_text
+from agents.literature.workflow import task_text
 
 
 def library(name: str):

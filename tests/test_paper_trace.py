@@ -8,7 +8,7 @@ import json
 import re
 
 from agents.minds.base import PaperSections
-from agents.writing import trace
+from agents.writer import trace
 from bus.schema import Usage
 from tests.test_writer import TOKEN, evidence, request, write
 
@@ -16,7 +16,7 @@ from tests.test_writer import TOKEN, evidence, request, write
 @pytest.fixture(autouse=True)
 def no_pdf(monkeypatch):
     """These tests read the Markdown and LaTeX source; building the PDF (tested in test_writer) would only cost time."""
-    from agents.writing import pdf
+    from agents.writer import pdf
 
     monkeypatch.setattr(pdf, "available", lambda: False)
 

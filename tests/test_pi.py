@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from agents.base import Context
-from agents.minds.offline.pi import OfflinePIMind
-from agents.pi import PI
-from agents.pi_state import ProjectState
+from agents.pi.offline import OfflinePIMind
+from agents.pi.workflow import PI
+from agents.pi.state import ProjectState
 from tests.fakes import TOY_SPEC, MemoryStore
 from bus.schema import (
     AnalysisDone,
@@ -198,7 +198,7 @@ async def test_wall_time_stops_new_ideas():
 
 
 async def test_unknown_project_is_refused():
-    from agents.pi import UnknownProject
+    from agents.pi.workflow import UnknownProject
 
     h = Harness()
     with pytest.raises(UnknownProject):
@@ -245,7 +245,7 @@ async def test_the_llm_pi_can_stop_the_project_on_a_note():
 
 
 async def test_a_significant_finding_gets_a_confirmation_run_on_fresh_seeds_before_the_draft():
-    from agents.analyst import build_report
+    from agents.analyst.workflow import build_report
 
     h = Harness()
     out = await h.send(START)

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from agents.minds.base import IdeaContext
-from agents.minds.offline.pi import OfflinePIMind
-from agents.pi import PI, PIContext
-from agents.pi_state import ProjectState
-from agents.scores import FLOOR, priority, rank
+from agents.pi.offline import OfflinePIMind
+from agents.pi.workflow import PI, PIContext
+from agents.pi.state import ProjectState
+from agents.pi.scores import FLOOR, priority, rank
 from agents.templates import load
 from bus.schema import (
     AnalysisDone,
@@ -259,7 +259,7 @@ async def test_the_pi_shows_outcomes_ranks_ideas_and_writes_the_archive_once_per
 
 
 def test_repeats_are_asked_for_in_words() -> None:
-    from agents.pi import asks_repeat
+    from agents.pi.workflow import asks_repeat
 
     assert asks_repeat("replicate last month's weight decay result")
     assert asks_repeat("run weight decay 3.0 again")

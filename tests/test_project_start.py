@@ -15,7 +15,7 @@ from bus.replay import read
 from bus.retry import RetryPolicy
 from bus.schema import CoPINote, CoPINoteMsg, Envelope
 from bus.store import Artifacts
-from services.project import start_project
+from services.cli.run import start_project
 from tests.conftest import config_for
 
 pytestmark = pytest.mark.integration

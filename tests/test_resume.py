@@ -24,8 +24,7 @@ from bus import subjects
 from bus.schema import JobSpec, NatsAccess, decode
 from bus.schema.constants import EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
-from services import checkpoint
-
+from services.runner import checkpoint
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "max_steps": 240,
@@ -49,7 +48,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 24
 
 def _runner(job: JobSpec, work: Path) -> subprocess.Popen:
     env = {**os.environ, **job.env(), "LAB_JOB_DIR": str(work), "LAB_CHECKPOINT_EVERY": "40", "LAB_CHECKPOINT_SYNC_S": "0.5"}
-    return subprocess.Popen([sys.executable, "-m", "services.jobrunner"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", "services.runner"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 async def test_a_preempted_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(admin_bus, nats_server, tmp_path):

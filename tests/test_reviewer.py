@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from agents.analyst import build_report
+from agents.analyst.workflow import build_report
 from agents.base import Context
-from agents.minds.offline import reviewer as offline_reviewer
-from agents.minds.offline.writer import OfflineWriterMind
-from agents.reviewer import ROLE as REVIEWER
-from agents.writer import ROLE as WRITER
+from agents.reviewer import offline as offline_reviewer
+from agents.writer.offline import OfflineWriterMind
+from agents.reviewer.workflow import ROLE as REVIEWER
+from agents.writer.workflow import ROLE as WRITER
 from bus.schema import (
     AnalysisRequest, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, ItemResponse, JobEnvironment, MetricStat,
     Reference, ReviewDone, ReviewRequest, RunRecord, StepFailed,
@@ -199,7 +199,7 @@ def test_claim_reading(sentence, kind):
 
 async def test_reviewer_keeps_no_rebuttals_and_old_state_still_loads():
     """The PI's rebuttals were stored and never read: the reviewer only logs them, and state stored by older labs loads."""
-    from agents.reviewer import ReviewerState
+    from agents.reviewer.workflow import ReviewerState
     from bus.schema import ItemResponse, Rebuttal
     ctx = Context(project="p", role="reviewer", state=ReviewerState(), artifacts=MemoryStore(), mind=offline_reviewer.make(0, {}))
     answer = Rebuttal(round=0, responses=[ItemResponse(item_id="r0-1", action="act", text="ran more seeds")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.writing import revisions
+from agents.writer import revisions
 from bus.schema import ItemResponse, Reference, RevisionItem
 from tests.test_writer import REFS, request, write
 
@@ -12,7 +12,7 @@ from tests.test_writer import REFS, request, write
 @pytest.fixture(autouse=True)
 def no_pdf(monkeypatch):
     """These tests read the Markdown and LaTeX source; building the PDF (tested in test_writer) would only cost time."""
-    from agents.writing import pdf
+    from agents.writer import pdf
 
     monkeypatch.setattr(pdf, "available", lambda: False)
 
@@ -31,8 +31,8 @@ async def test_a_citation_round_and_a_limitation_change_the_paper_and_an_unchang
     second_req = request(refs=[*REFS, NEW_REF], revision_items=ITEMS, responses=ACT)  # round 1
     # the second draft goes into the same store, next to the first
     from agents.base import Context
-    from agents.minds.offline.writer import make
-    from agents.writer import ROLE
+    from agents.writer.offline import make
+    from agents.writer.workflow import ROLE
     from bus.schema import Envelope
 
     ctx = Context(project="proj", role="writer", state=None, artifacts=store, mind=make(0, {}))

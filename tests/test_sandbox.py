@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services import sandbox
+from services.runner import sandbox
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED
 from tests.conftest import lab_cmd
 from tests.proc_helpers import processes_with
@@ -113,8 +113,8 @@ async def test_a_fork_bomb_is_killed_at_the_process_limit(admin_bus, nats_server
 def test_agents_get_credential_files_not_values(tmp_path, monkeypatch):
     from bus.permissions import JOB_USER
     from bus.server import new_credentials
-    from services.config import bus_config
-    from services.lab import LabOptions, Supervisor
+    from services.common.config import bus_config
+    from services.lab.supervisor import LabOptions, Supervisor
 
     sup = Supervisor(LabOptions(home=tmp_path / "home"))
     sup.credentials = new_credentials()

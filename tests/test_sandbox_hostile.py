@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agents.templates import bundle, load
-from services import sandbox
+from services.runner import sandbox
 from bus.schema import JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
 

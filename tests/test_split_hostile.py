@@ -32,7 +32,7 @@ from bus import subjects
 from bus.jobkeys import JobKeys
 from bus.schema import JobSpec, NatsAccess, decode
 from bus.store import Artifacts
-from services import split
+from services.runner import split
 from services.executors import make_executor
 from services.executors.docker import DockerExecutor
 from services.executors.render import job_name
@@ -93,7 +93,7 @@ class Hostile:
         assert set(worked) == reachable, worked
         assert not attacks["use_nats_without_credential"]["worked"]
         assert "uid=10002" in attacks["root_inside"]["detail"]  # the experiment container's uid, not the runner's
-        assert "services.jobrunner" not in attacks["see_other_processes"]["detail"]
+        assert "services.runner.runner" not in attacks["see_other_processes"]["detail"]
         assert attacks["outlive_the_job"]["worked"]
         # No credential of any kind in anything the experiment saw (its environment, /proc, files).
         recorded = json.dumps(info)
@@ -127,8 +127,8 @@ async def test_the_hostile_template_finds_no_credential_in_the_kubernetes_experi
                 "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lab-nats-job", "namespace": NS},
                 "stringData": {"user": "runner", "password": runner_password}})
         ex = make_executor("kubernetes", {"kubeconfig": kubeconfig, "namespace": NS, "nats_secret": "lab-nats-job",
-                                          "command": [sys.executable, "-m", "services.jobrunner"],
-                                          "launcher_command": [sys.executable, "-m", "services.launcher"],
+                                          "command": [sys.executable, "-m", "services.runner"],
+                                          "launcher_command": [sys.executable, "-m", "services.runner.launcher"],
                                           "events_interval_s": 0.05})
         async with Kubelet(url, NS, tick_s=0.1) as kubelet:
             if not kubelet.isolates:
@@ -167,8 +167,8 @@ async def test_the_hostile_template_finds_no_credential_in_the_docker_experiment
         hostile.targets["job_spec"] = str(jobs / "lab-job-jh" / "job.json")
         art = await Artifacts.open(admin_bus)
         await art.put("p1/hostile.tar.gz", bundle(hostile.source))
-        ex = DockerExecutor(base_url=base_url, image=IMAGE, command=[sys.executable, "-m", "services.jobrunner"],
-                            launcher_command=[sys.executable, "-m", "services.launcher"], nats_password_file=str(password_file),
+        ex = DockerExecutor(base_url=base_url, image=IMAGE, command=[sys.executable, "-m", "services.runner"],
+                            launcher_command=[sys.executable, "-m", "services.runner.launcher"], nats_password_file=str(password_file),
                             job_files_dir=str(jobs))
         try:
             await ex.submit(hostile.job(nats_server.url, runner_password))
@@ -198,7 +198,7 @@ def launcher_in(shared: Path, experiment: str, **env: str) -> subprocess.Popen[s
     split.write_atomic(layout.launch, split.LaunchSpec(job=job).model_dump_json())
     layout.alive.write_text("now\n")
     layout.ready.write_text("ready\n")
-    return subprocess.Popen([sys.executable, "-m", "services.launcher"], cwd=REPO, text=True, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "services.runner.launcher"], cwd=REPO, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO), split.SHARED_ENV: str(shared), **env})
 
 

@@ -25,7 +25,7 @@ import pytest
 from bus.schema import JobSpec, NatsAccess
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
-from services import split
+from services.runner import split
 from tests.kubelet import _ENTER
 from tests.test_jobrunner import GOOD, KEYS, template
 from tests.test_split_hostile import statuses_of
@@ -74,10 +74,10 @@ async def start_pair(admin_bus: Any, server: Any, tmp_path: Path, experiment: st
         os.chown(job_file, 10001, 10001)
     base = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")} | {"PYTHONPATH": str(REPO), split.SHARED_ENV: str(shared), **env}
     # The launcher first, as the executors start it; it has nothing of the runner's.
-    cmd, lenv = as_user([sys.executable, "-m", "services.launcher"], base | {"HOME": "/tmp"}, 10002, tmp_path / ".stage-l")
+    cmd, lenv = as_user([sys.executable, "-m", "services.runner.launcher"], base | {"HOME": "/tmp"}, 10002, tmp_path / ".stage-l")
     launcher = subprocess.Popen(cmd, env=lenv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     renv = base | {"LAB_JOB_FILE": str(job_file), "LAB_JOB_DIR": str(private / "work"), "LAB_EXECUTOR_KIND": "kubernetes"}
-    cmd, renv = as_user([sys.executable, "-m", "services.jobrunner"], renv, 10001, tmp_path / ".stage-r")
+    cmd, renv = as_user([sys.executable, "-m", "services.runner"], renv, 10001, tmp_path / ".stage-r")
     runner = subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=renv)
     return runner, launcher, shared
 
@@ -190,9 +190,9 @@ async def test_a_runner_without_the_bus_releases_the_launcher_at_once(tmp_path):
                   memory_mb=256, nats=NatsAccess(url="nats://127.0.0.1:1", user="runner", password="x"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")} | {
         "PYTHONPATH": str(REPO), split.SHARED_ENV: str(shared), "LAB_RUNNER_CONNECT_TIMEOUT_S": "3"}
-    launcher = subprocess.Popen([sys.executable, "-m", "services.launcher"], env=env, cwd=REPO, text=True,
+    launcher = subprocess.Popen([sys.executable, "-m", "services.runner.launcher"], env=env, cwd=REPO, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    runner = subprocess.run([sys.executable, "-m", "services.jobrunner"], env=env | {"LAB_JOB": job.model_dump_json(),
+    runner = subprocess.run([sys.executable, "-m", "services.runner"], env=env | {"LAB_JOB": job.model_dump_json(),
                             "LAB_JOB_DIR": str(tmp_path / "r")}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert runner.returncode == EXIT_INFRA, runner.stderr
     out, _ = launcher.communicate(timeout=30)  # not waiting for a "ready" that will never come

@@ -17,7 +17,7 @@ from agents.base import Context, Role, on
 from agents.minds.meter import charge
 from bus.schema import CoPINote, CoPINoteMsg, Envelope, MindChoice, NoteAck
 from bus.store import StateStore
-from services.host import AgentHost, HostConfigError, concurrency_for
+from services.host.agent import AgentHost, HostConfigError, concurrency_for
 from tests.conftest import config_for
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.engineer import job_id_for
+from agents.engineer.workflow import job_id_for
 from tests.test_k8s_executor import cluster, make, raw_jobs, spec  # noqa: F401 - pytest fixtures
 
 PROJECTS = ("grokking-s1-aaaaaa", "grokking-s2-bbbbbb")

@@ -90,7 +90,7 @@ async def test_a_leased_waiter_is_never_woken_and_goes_when_its_lease_passes(adm
     from bus import subjects
     from bus.jobkeys import JobKeys, new_secret
     from bus.schema import decode
-    from services.job_watch import JobWatch
+    from services.host.job_watch import JobWatch
 
     states = await StateStore.open(admin_bus)
     ledger = SlotLedger(states, capacity=2)

@@ -17,7 +17,7 @@ import pytest
 from agents.base import Context, Role, on
 from bus import partitions
 from bus.schema import CoPINote, CoPINoteMsg, Envelope, NoteAck
-from services.host import AgentHost, HostConfigError, replica_from_env
+from services.host.agent import AgentHost, HostConfigError, replica_from_env
 from tests.conftest import config_for
 
 pytestmark = pytest.mark.integration

@@ -139,7 +139,7 @@ def test_primary_metrics_can_discriminate_and_compute_knobs_are_marked() -> None
 
 async def test_offline_hypotheses_never_claim_equal_compute_when_a_compute_knob_changes() -> None:
     from agents.minds.base import IdeaContext
-    from agents.minds.offline.pi import OfflinePIMind
+    from agents.pi.offline import OfflinePIMind
 
     folder, spec = templates.load("grokking")
     ideas = await OfflinePIMind(0).propose_ideas(IdeaContext(spec=spec.model_dump(), n=30, direction="", seed=0))

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.engineer import EngineerContext
-from agents.literature import LiteratureContext
+from agents.engineer.workflow import EngineerContext
+from agents.literature.workflow import LiteratureContext
 from bus.schema import JobSpec
-from services.wiring import EngineerWiring, LiteratureWiring, Wiring, WiringError, build
+from services.host.wiring import EngineerWiring, LiteratureWiring, Wiring, WiringError, build
 from tests.fakes import MemoryStore
 
 

@@ -75,8 +75,8 @@ def test_a_full_disk_under_lab_home(lab_env, mount_point):
 
 
 def test_the_supervisor_logs_a_disk_that_fills_and_frees(mount_point, monkeypatch, capsys):
-    from services import lifecycle
-    from services.lab import LabOptions, Supervisor
+    from services.lab import lifecycle
+    from services.lab.supervisor import LabOptions, Supervisor
 
     monkeypatch.setattr(lifecycle, "MIN_FREE_MB", 0.5)
     disk = mount_point("disk", "size=1m")

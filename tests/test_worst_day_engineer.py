@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.engineer import MAX_LOST_ATTEMPTS, Engineer, EngineerContext, EngineerState, job_id_for
+from agents.engineer.workflow import MAX_LOST_ATTEMPTS, Engineer, EngineerContext, EngineerState, job_id_for
 from bus.schema import Envelope, ExperimentRequest, JobStatus
 from tests.fakes import TOY_SPEC, MemoryStore
 

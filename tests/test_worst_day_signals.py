@@ -31,7 +31,7 @@ def processes_of(home: Path) -> dict[int, str]:
             state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state == "Z" or "services.jobrunner" in cmd or f"{home}/jobs/" in cmd:
+        if state == "Z" or "services.runner.runner" in cmd or f"{home}/jobs/" in cmd:
             continue
         if str(home) in cmd or f"LAB_HOME={home}".encode() in env:
             found[int(d.name)] = cmd

@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
-from agents.analyst import build_report
+from agents.analyst.workflow import build_report
 from agents.base import Context
 from agents.minds.base import PaperSections
-from agents.minds.offline.writer import make
-from agents.writer import ROLE
-from agents.writing import citations, markup, numbers
+from agents.writer.offline import make
+from agents.writer.workflow import ROLE
+from agents.writer import citations, markup, numbers
 from bus.schema import (
     AnalysisRequest, CoPINote, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, ItemResponse, JobEnvironment,
     MetricStat, Reference, RevisionItem, RunRecord, Usage,
@@ -68,7 +68,7 @@ RUNS = [
 
 
 def png() -> bytes:
-    from agents.figures import Bar, bar_chart
+    from agents.analyst.figures import Bar, bar_chart
     return bar_chart("val_acc", "higher", [Bar("baseline", 0.7, 0.01, 3)])
 
 
@@ -250,14 +250,14 @@ async def test_invented_numbers_and_unknown_citations_are_removed():
 
 @pytest.mark.tex
 async def test_latex_failure_is_one_line_not_a_crash():
-    from agents.writing import pdf
+    from agents.writer import pdf
     with pytest.raises(pdf.PdfError, match=r"^! Undefined control sequence"):
         await pdf.compile_pdf("\\documentclass{article}\\begin{document}\\nosuchmacro\\end{document}", "", {})
 
 
 @pytest.mark.tex
 async def test_a_pdf_that_does_not_build_still_gives_a_draft(monkeypatch):
-    from agents.writing import pdf
+    from agents.writer import pdf
     monkeypatch.setattr(pdf, "STEP_TIMEOUT_S", 0.001)
     out, store = await write(request())
     assert out.pdf is None and "took longer than" in out.pdf_error
@@ -339,7 +339,7 @@ async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt():
 
 def test_figure_caption_names_the_test_that_ran():
     """The arms of RUNS share seeds, so the figure's p-values come from the paired test, not Welch's."""
-    from agents.writing.assemble import figure_refs
+    from agents.writer.assemble import figure_refs
     paired = request()
     assert {c.test for c in paired.report.comparisons} == {"paired"}
     (fig, _curves) = figure_refs(paired.report)

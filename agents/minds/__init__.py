@@ -1,4 +1,4 @@
-"""Minds by kind and role: ``agents.minds.<kind>.<role>`` defines ``make(seed, config) -> mind``."""
+"""Minds by kind and role: ``agents.<role>.<kind>`` defines ``make(seed, config) -> mind``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class UnknownMind(LabError, ValueError):
 def make_mind(kind: str, role: str, seed: int = 0, config: dict[str, Any] | None = None) -> Any:
     if kind not in MIND_KINDS:
         raise UnknownMind(f"unknown mind {kind!r}; choose one of {', '.join(MIND_KINDS)}")
-    module = importlib.import_module(f"agents.minds.{kind}.{role}")
+    module = importlib.import_module(f"agents.{role}.{kind}")
     return module.make(seed, config or {})
 
 

@@ -39,7 +39,7 @@ class IdeaContext(Model):
     notes: list[CoPINote] = []
     constraints: dict[str, Any] = {}  # from co-PI notes, e.g. {"allowed_knobs": ["weight_decay"]}
     previous: list[Idea] = []  # ideas already proposed (do not repeat them)
-    # idea id -> what came of it so far (verdict, effect, CI; pending while it runs); see agents/outcomes.py
+    # idea id -> what came of it so far (verdict, effect, CI; pending while it runs); see agents/pi/outcomes.py
     outcomes: dict[str, IdeaOutcome] = {}
     # What earlier projects tried on this template and what came of it (the idea archive), oldest first.
     prior: list[ArchiveRecord] = []

@@ -1,7 +1,7 @@
 """The Self-Developing loop's records (`lab evolve`): candidates as code, their scores, preference pairs.
 
-The loop's logic (``agents/evolve.py``), its minds and the service that runs the
-candidates (``services/evolve.py``) all speak these shapes; the files written
+The loop's logic (``agents/evolve/workflow.py``), its minds and the service that runs the
+candidates (``services/cli/evolve.py``) all speak these shapes; the files written
 to ``evolve/`` are these models as JSON lines.
 """
 

@@ -1,6 +1,6 @@
 """Read models of what the agents keep in the state and agents buckets, for readers that are not the writer.
 
-The PI and the engineer own their state (``agents/pi_state.py``, the
+The PI and the engineer own their state (``agents/pi/state.py``, the
 engineer's state); the CLI and the web view only read a few fields of it. They
 validate with these models, which ignore the rest, so a reader never indexes a
 raw dict and a field the writer renames fails here, loudly, not as a KeyError

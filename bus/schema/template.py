@@ -226,7 +226,7 @@ class TemplateSpec(BaseModel):
         """Coerced overrides, or TemplateError naming the first bad knob or broken relation (``divides``).
 
         Relations are checked on the run's whole configuration: the defaults, the
-        profile's overrides, the baseline's, then these (the order ``agents.jobs.plan_job`` uses).
+        profile's overrides, the baseline's, then these (the order ``agents.engineer.jobs.plan_job`` uses).
         """
         out = {}
         for k, v in overrides.items():

@@ -1,11 +1,11 @@
 """The seam between the engineer and wherever experiments run.
 
-Every executor starts the same job runner (``python -m services.jobrunner``)
+Every executor starts the same job runner (``python -m services.runner``)
 with the job description (a 0600 file ``LAB_JOB_FILE``, a mounted per-job
 Secret on Kubernetes; ``LAB_JOB`` in the runner container's environment on
 Docker). Locally the runner runs the experiment in a bubblewrap sandbox; on
 Docker and Kubernetes in a second container with no credential, started by
-``python -m services.launcher`` (``services/split.py``). Limits are enforced
+``python -m services.runner.launcher`` (``services/runner/split.py``). Limits are enforced
 by the runner or launcher and by the executor, never by the experiment. The
 engineer only submits, polls, cancels and cleans up; results come back over
 the bus from the runner itself.

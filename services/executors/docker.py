@@ -3,7 +3,7 @@
 A job is a runner container (the NATS credential, the job's status key) and an
 experiment container (another uid, no credential, no network unless the
 template asks, its own pid namespace, the GPUs), sharing one tmpfs volume and
-nothing else (``services/split.py``). Everything is named after the job, so a
+nothing else (``services/runner/split.py``). Everything is named after the job, so a
 second submit finds the first one instead of starting the experiment twice;
 the runner container's state is the job's. Containers are kept after they exit
 (poll reads the runner's exit code and OOM flag) and removed, with the volume,

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from services.config import write_secret
+from services.common.config import write_secret
 from services.executors.base import ExecutorError
 from bus.schema import JobPhase, JobSpec
-from services.process import alive
+from services.common.process import alive
 
 
 class LocalSettings(BaseModel):
@@ -42,7 +42,7 @@ class LocalExecutor:
     def __init__(self, **options: object):
         settings = LocalSettings.model_validate(options)
         self._capacity = settings.capacity or max(1, os.cpu_count() or 1)
-        from services.config import lab_home
+        from services.common.config import lab_home
 
         self.jobs_dir = Path(settings.jobs_dir) if settings.jobs_dir else lab_home() / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ class LocalExecutor:
         env = {**inherited, "LAB_JOB_FILE": str(spec), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
         with open(d / "runner.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "services.jobrunner"],
+                [sys.executable, "-m", "services.runner"],
                 env=env,
                 cwd=d,
                 stdout=log,
@@ -140,7 +140,7 @@ class LocalExecutor:
             cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except (OSError, ValueError):
             return None
-        if b"services.jobrunner" not in cmdline or cwd != d.resolve():
+        if b"services.runner.runner" not in cmdline or cwd != d.resolve():
             return None  # the pid was reused by another process, or the record was tampered with
         return pid
 

@@ -21,8 +21,8 @@ from bus.permissions import job_of_user
 from bus.schema import JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 
-RUNNER_COMMAND = ["python", "-m", "services.jobrunner"]
-LAUNCHER_COMMAND = ["python", "-m", "services.launcher"]
+RUNNER_COMMAND = ["python", "-m", "services.runner"]
+LAUNCHER_COMMAND = ["python", "-m", "services.runner.launcher"]
 CONTAINER = "runner"  # holds the credential; its exit code is the job's (podFailurePolicy reads it)
 EXPERIMENT_CONTAINER = "experiment"  # runs the experiment: another uid, no credential
 LABEL = "lab.kenkyu.dev"
@@ -45,7 +45,7 @@ NATS_SECRET_MOUNT = "/run/lab/nats"
 JOB_FILE_ENV = "LAB_JOB_FILE"
 JOB_SECRET_MOUNT = "/run/lab/job"
 JOB_SECRET_KEY = "job.json"
-SHARED_ENV = "LAB_SHARED_DIR"  # services.split: the volume the two containers share
+SHARED_ENV = "LAB_SHARED_DIR"  # services.runner.split: the volume the two containers share
 SCRATCH_ENV = "LAB_SCRATCH"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -288,7 +288,7 @@ def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     They share one scratch volume and nothing else. The runner holds the credential (the
     per-job Secret of :func:`k8s_job_secret`, and the NATS Secret when configured, both as
     mounted files); the experiment runs under another uid with no credential, no
-    service-account token and its own process namespace (``services/split.py``).
+    service-account token and its own process namespace (``services/runner/split.py``).
     """
     gpu = max(job.gpu, s.min_gpu)
     gid = s.run_as_user
@@ -444,7 +444,7 @@ def docker_job_dir(job_id: str, s: DockerSettings) -> str:
     if s.job_files_dir:
         base = s.job_files_dir
     else:
-        from services.config import lab_home
+        from services.common.config import lab_home
 
         base = str(lab_home() / "docker-jobs")
     return f"{base.rstrip('/')}/{container_name(job_id)}"

@@ -29,7 +29,7 @@ from bus.client import Bus, BusConfig
 from bus.errors import ArtifactMissing, InvalidToken
 from bus.schema import ROLES
 from bus.replay import read
-from services.reading import NoteRefused, project_state, project_states, send_note
+from services.read.projects import NoteRefused, project_state, project_states, send_note
 from services.web import feeds, views
 from services.web.auth import COOKIE, CoPIToken
 
@@ -79,7 +79,7 @@ async def index(request: Request) -> Response:
 
 async def ideas(request: Request) -> Response:
     """The idea archive: what every project tried on each template and what came of it (``?template=T``: one template)."""
-    from services.cli_ideas import archive_records
+    from services.read.ideas import archive_records
 
     if (resp := _login(request)) is not None:
         return resp

@@ -8,7 +8,7 @@ from bus import subjects
 from bus.client import Bus
 from bus.replay import Entry, read
 from bus.store import Artifacts
-from services.reading import project_state
+from services.read.projects import project_state
 from services.web import views
 
 

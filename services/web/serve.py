@@ -19,7 +19,7 @@ import uvicorn
 
 from bus.client import Bus, BusConfig
 from bus.errors import LabError
-from services.config import read_secret
+from services.common.config import read_secret
 from services.web.app import create_app
 from services.web.auth import new_token
 

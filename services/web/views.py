@@ -15,7 +15,7 @@ from typing import Iterable
 
 from bus.schema import BASELINE, ArchiveRecord, Envelope, ProjectView
 from bus.replay import Entry
-from services.describe import describe
+from services.read.describe import describe
 
 LOG_TAIL = 8  # log lines kept per job on the experiments view
 
@@ -365,7 +365,7 @@ def archive(records: Iterable[ArchiveRecord]) -> list[TemplateArchive]:
     """The idea archive by template (templates by name, records oldest first): the `lab ideas` table for each."""
     from datetime import datetime, timezone
 
-    from services.cli_ideas import tried
+    from services.read.ideas import tried
 
     by: dict[str, list[ArchiveRow]] = {}
     wins: dict[str, int] = {}

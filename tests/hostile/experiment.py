@@ -120,7 +120,7 @@ def see_processes():
             except OSError:
                 continue
     foreign = [pid for pid, args in seen.items()
-               if "services.jobrunner" in args or "pytest" in args or any(a.endswith("nats-server") for a in args)]
+               if "services.runner.runner" in args or "pytest" in args or any(a.endswith("nats-server") for a in args)]
     return bool(foreign), f"{len(seen)} processes visible; foreign: {foreign}"
 
 

@@ -1,4 +1,4 @@
-"""System prompts: ``agents/prompts/<role>.md`` when it exists, else a short built-in one.
+"""System prompts: ``agents/<role>/prompt.md`` (beside the role's workflow and minds) when it exists, else a short built-in one.
 
 Prompts are files so they can be read and changed without touching code;
 the built-ins only keep a role working before its prompt file is written.
@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+AGENTS_DIR = Path(__file__).resolve().parents[2]
+
+
+def prompt_path(role: str) -> Path:
+    """Where ``role``'s prompt file lives: in the role's own folder."""
+    return AGENTS_DIR / role / "prompt.md"
 
 BUILTIN = {
     "pi": "You are the principal investigator of a small automated research lab. You propose falsifiable, "
@@ -27,8 +32,8 @@ BUILTIN = {
 
 
 def system_prompt(role: str, directory: Path | None = None) -> tuple[str, str]:
-    """(prompt, source): source is the file used, or "builtin"."""
-    path = (directory or PROMPTS_DIR) / f"{role}.md"
+    """(prompt, source): source is the file used, or "builtin"; ``directory`` holds ``<role>.md`` files instead."""
+    path = directory / f"{role}.md" if directory else prompt_path(role)
     if path.is_file():
         text = path.read_text().strip()
         if text:

@@ -1,0 +1,3 @@
+"""The reviewer: NeurIPS-form reviews and the meta-review (``workflow``), its minds (``offline``,
+``llm``) and prompt (``prompt.md``).
+"""

@@ -1,0 +1,193 @@
+"""The paper's parts that come from records, not from the mind: tables, environment, figures, appendix.
+
+Numbers go through ``numbers.fmt`` and nothing else; hardware and versions
+come only from the runs' recorded ``JobEnvironment`` (an environment nobody
+recorded is "not recorded", never a guess).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from agents.codeideas import describe
+from agents.writer.numbers import fmt
+from bus.schema import AnalysisReport, DraftRequest, JobEnvironment, Reference, RunRecord
+
+SECTION_ORDER = (
+    ("Introduction", "introduction"),
+    ("Related Work", "related_work"),
+    ("Method", "method"),
+    ("Experimental Setup", "experimental_setup"),
+    ("Results", "results"),
+    ("Limitations", "limitations"),
+    ("Conclusion", "conclusion"),
+)
+
+
+@dataclass
+class FigureRef:
+    name: str  # object-store name
+    file: str  # file name next to paper.tex
+    caption: str
+
+
+def table_caption(report: AnalysisReport) -> str:
+    return (
+        "Each idea against the baseline: mean ± standard error over seeds (n seeds per arm); "
+        "improvement signed so that a positive value is better whatever the metric's direction; "
+        "percentile bootstrap confidence interval of the improvement at the level matching α; "
+        "two-sided p-value of the test named (paired t-test when both arms ran the same seeds, else Welch) and the same p "
+        + (f"after Holm's correction over all {fmt(len(report.comparisons))} comparisons, which decides the verdict; "
+           if report.correction == "holm" else "(no correction for multiple comparisons); ")
+        + f"Hedges' g signed like the improvement; α = {fmt(report.alpha)}."
+    )
+
+
+def rows(report: AnalysisReport) -> list[dict[str, str]]:
+    ordered = sorted(report.comparisons, key=lambda c: (c.metric != report.primary_metric, c.metric))
+    return [
+        {
+            "idea": c.idea_id,
+            "metric": c.metric,
+            "direction": f"{c.direction} is better",
+            "base": f"{fmt(c.baseline_mean)} ± {fmt(c.baseline_stderr)} ({fmt(c.n_baseline)})",
+            "arm": f"{fmt(c.idea_mean)} ± {fmt(c.idea_stderr)} ({fmt(c.n_idea)})",
+            "improvement": fmt(c.improvement),
+            "ci": f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]",
+            "p": fmt(c.p_value),
+            "p_adj": fmt(c.p_adjusted) if c.p_adjusted is not None else "not corrected",
+            "test": "paired" if c.test == "paired" else "Welch",
+            "g": fmt(c.effect_size),
+            "verdict": c.verdict,
+        }
+        for c in ordered
+    ]
+
+
+def _env_key(env: JobEnvironment) -> str:
+    return env.model_copy(update={"hostname": ""}).model_dump_json()
+
+
+def environment_lines(runs: list[RunRecord]) -> list[str]:
+    """One line per distinct recorded environment, naming the runs it covers."""
+    groups: dict[str, tuple[JobEnvironment, list[str]]] = {}
+    for r in runs:
+        if r.environment is not None:
+            groups.setdefault(_env_key(r.environment), (r.environment, []))[1].append(r.job_id)
+    lines = []
+    for env, jobs in groups.values():
+        parts = []
+        if env.cpu:
+            parts.append(f"CPU {env.cpu}" + (f" ({fmt(env.cpu_count)} cores)" if env.cpu_count else ""))
+        elif env.cpu_count:
+            parts.append(f"{fmt(env.cpu_count)} CPU cores (model not recorded)")
+        parts.append(f"GPUs {', '.join(env.gpus)}" if env.gpus else "no GPU recorded")
+        parts.append(f"experiment device {env.device}")
+        if env.cuda:
+            parts.append(f"CUDA {env.cuda}")
+        if env.driver:
+            parts.append(f"driver {env.driver}")
+        parts.append(f"Python {env.python}" if env.python else "Python version not recorded")
+        if env.platform:
+            parts.append(f"platform {env.platform}")
+        if env.packages:
+            parts.append("packages " + ", ".join(f"{k} {v}" for k, v in sorted(env.packages.items())))
+        parts.append(f"executor {env.executor}")
+        lines.append(f"Runs {', '.join(jobs)}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def p_value_words(report: AnalysisReport, metric: str) -> str:
+    """The p-value a figure annotates, named by the test that actually ran for that metric's comparisons ("" when none ran)."""
+    tests = {c.test for c in report.comparisons if c.metric == metric}
+    if tests == {"paired"}:
+        return "paired t-test p-value"
+    if tests == {"welch"}:
+        return "Welch p-value"
+    if tests:
+        return "p-value (paired t-test where both arms ran the same seeds, Welch otherwise)"
+    return ""
+
+
+def figure_refs(report: AnalysisReport) -> list[FigureRef]:
+    """The analyst's figures first, then any PNG a run uploaded."""
+    out: list[FigureRef] = []
+    for name in report.figures:
+        metric = posixpath.splitext(posixpath.basename(name))[0]
+        p = p_value_words(report, metric)
+        annotated = f", each idea annotated with its {p}" if p else ""
+        out.append(FigureRef(name, "", f"{metric}: mean ± standard error per arm, baseline and ideas{annotated}."))
+    for run in report.runs:
+        for name in run.artifacts:
+            if name.lower().endswith(".png") and name not in report.figures:
+                out.append(FigureRef(name, "", f"Plot written by run {run.job_id} (idea {run.idea_id}): {posixpath.basename(name)}."))
+    for i, f in enumerate(out):
+        f.file = f"figure-{chr(ord('a') + i % 26)}{'' if i < 26 else i}.png"
+    return out
+
+
+def run_rows(runs: list[RunRecord]) -> list[dict[str, str]]:
+    return [
+        {
+            "job": r.job_id,
+            "idea": r.idea_id,
+            "status": r.status,
+            "seeds": ", ".join(fmt(s) for s in (r.final_info.seeds if r.final_info else r.seeds)) or "none",
+            "wall": fmt(r.wall_s) if r.wall_s else "",
+            "reason": r.reason,
+        }
+        for r in runs
+    ]
+
+
+def usage_rows(request: DraftRequest) -> list[dict[str, str]]:
+    return [
+        {"role": role, "prompt": fmt(u.prompt_tokens), "completion": fmt(u.completion_tokens), "cost": fmt(u.cost_usd)}
+        for role, u in sorted(request.usage.items())
+    ]
+
+
+def revision_rows(request: DraftRequest) -> list[dict[str, str]]:
+    answers = {r.item_id: r for r in request.responses}
+    out = []
+    for item in request.revision_items:
+        a = answers.get(item.id)
+        out.append(
+            {
+                "id": item.id, "kind": item.kind, "target": item.target, "text": item.text,
+                "action": a.action if a else "none", "response": a.text if a else "No response was recorded for this item.",
+            }
+        )
+    return out
+
+
+def reference_line(ref: Reference) -> str:
+    parts = [", ".join(ref.authors) if ref.authors else "Unknown authors", ref.title]
+    if ref.venue:
+        parts.append(ref.venue)
+    if ref.year:
+        parts.append(fmt(ref.year))
+    return ". ".join(p.rstrip(".") for p in parts) + "."
+
+
+def code_rows(request: DraftRequest) -> list[dict[str, str]]:
+    """Each code-level idea with a faithful account of the change and the diff its run applied (the appendix's code changes).
+
+    The diff is the last one recorded for the idea (a retry that fixed its edit supersedes the first attempt);
+    an idea that never ran has none, and the appendix says so.
+    """
+    out = []
+    for idea in request.ideas:
+        if idea.code is None:
+            continue
+        diffs = [r.diff for r in request.report.runs if r.idea_id == idea.id and r.diff]
+        ok = [r.diff for r in request.report.runs if r.idea_id == idea.id and r.diff and r.status == "succeeded"]
+        out.append({"idea": idea.id, "title": idea.title, "summary": describe(idea, request.spec),
+                    "variant": idea.code.variant or "", "diff": (ok or diffs or [""])[-1]})
+    return out
+
+
+def notes(request: DraftRequest) -> list[dict[str, Any]]:
+    return [{"id": n.id, "to": n.to, "text": n.text} for n in request.notes]

@@ -1,5 +1,0 @@
-"""The writer's helpers: number formatting and checking, markup for LaTeX and Markdown,
-citations and BibTeX, PDF compilation, and the paper templates.
-
-Private to the writer (and its minds): roles meet only on the bus.
-"""

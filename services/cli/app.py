@@ -1,0 +1,501 @@
+"""`lab`: start the lab, run projects, watch the agents talk, speak into a project as co-PI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+import typer
+from nats.errors import TimeoutError as NatsTimeoutError
+from rich.console import Console
+from rich.markup import escape
+
+from bus import subjects
+from bus.client import Bus
+from bus.errors import PermissionDenied
+from bus.schema import MIND_KINDS, ROLES, ProjectView
+from bus.schema.constants import AGENTS_BUCKET
+from bus.replay import read
+from bus.store import StateStore
+from services.cli.errors import LabTyper, UsageError, fail
+from services.common.config import bus_config, lab_config, lab_home, read_local_lab
+from services.read.describe import describe
+
+app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=False, highlight=False)
+err = Console(stderr=True, highlight=False)
+UNSAFE_HELP = "Run model-written experiments (--mind llm) on the local executor even though no sandbox (bubblewrap) works here."
+
+
+# ---------------------------------------------------------------- up / down / agent
+
+
+@app.command()
+def up(
+    detach: bool = typer.Option(False, "--detach", "-d", help="Return once all agents are ready; `lab down` stops them."),
+    nats: Optional[str] = typer.Option(None, "--nats", help="Use an existing NATS server (nats://host:4222) instead of the embedded one."),
+    port: int = typer.Option(0, "--port", help="Port for the embedded nats-server (default: a free one)."),
+    mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind", help="offline (default, no network) or llm."),
+    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor", help="local, docker or kubernetes."),
+    sync_always: bool = typer.Option(False, "--sync-always", help="fsync every JetStream write (durability over speed)."),
+    web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1."),
+    web_port: int = typer.Option(8765, "--web-port", min=0, max=65535, help="Port of the web view with --web (0: a free one)."),
+    unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
+    cluster: int = typer.Option(1, "--cluster", min=1, max=7, help="nats-server nodes: 3 runs a JetStream cluster on loopback."),
+    replicas: list[str] = typer.Option([], "--replicas", help="Agent processes per role, ROLE=N or all=N (repeatable)."),
+) -> None:
+    """Start nats-server (JetStream) and the six agents on this machine."""
+    from services.lab.supervisor import LabOptions, Supervisor, parse_replicas, up_detached
+
+    _check_choice("mind", mind, MIND_KINDS)
+    _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    _sandbox_gate(mind, executor, unsafe_no_sandbox)
+    if nats is not None:
+        _check_url(nats)
+    if cluster > 1 and nats is not None:
+        fail("--cluster starts embedded servers; it cannot be combined with --nats")
+    opts = LabOptions(
+        home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
+        cluster=cluster, replicas=parse_replicas(replicas),
+    )
+    if detach:
+        argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
+        info = up_detached(opts, argv)
+        console.print(f"lab is up: NATS at {info['url']}, agents {', '.join(info['agents'])} ready (home {opts.home}). Stop with `lab down`.")
+        if web:
+            from services.web.launch import wait_for_link
+
+            console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
+        return
+    sup = Supervisor(opts)
+    info = sup.start()
+    console.print(f"lab is up: NATS at {info['url']}, six agents ready. Ctrl-C stops all.", markup=False)
+    if not web:
+        sup.supervise_forever()
+    else:
+        from services.web.launch import web_child
+
+        with web_child(opts.home, web_port):
+            sup.supervise_forever()
+    console.print("lab stopped.")
+
+
+@app.command()
+def down() -> None:
+    """Stop the lab that `lab up` started (agents first, then the server)."""
+    from services.lab.supervisor import down as stop
+
+    if stop(lab_home()):
+        console.print("lab stopped.")
+    else:
+        console.print("no lab is running here.")
+
+
+@app.command()
+def agent(
+    role: str = typer.Argument(..., help=f"One of: {', '.join(ROLES)}."),
+    nats: Optional[str] = typer.Option(None, "--nats", help="NATS URL (default: LAB_NATS_URL or the local lab)."),
+    mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind"),
+    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
+) -> None:
+    """Run one agent (what `lab up` and the Kubernetes Deployments start)."""
+    from services.host import wiring
+    from services.executors import EXECUTOR_KINDS
+    from services.host.agent import run_agent
+
+    if role not in ROLES:
+        fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    _check_choice("mind", mind, MIND_KINDS)
+    if nats is not None:
+        _check_url(nats)
+    config = bus_config(role, nats)
+    settings = lab_config()
+    if wiring.wiring_class(role).runs_jobs:
+        _check_choice("executor", executor, EXECUTOR_KINDS)
+        _sandbox_gate(mind, executor, False)
+    ports = wiring.build(role, home=lab_home(), config=settings, bus_url=config.url, executor=executor)  # WiringError: one line
+    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), wiring=ports)
+
+
+# ---------------------------------------------------------------- status / logs / say
+
+
+@asynccontextmanager
+async def _session(nats: str | None) -> AsyncIterator[Bus]:
+    """The co-PI's connection for one command; a request the server refused says so instead of timing out blind."""
+    bus = await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
+    try:
+        yield bus
+    except NatsTimeoutError:
+        refusal = bus.refusal()
+        if refusal is None:
+            raise
+        raise PermissionDenied(f"the NATS server at {bus.config.url} refuses user {bus.config.user!r}: {refusal}") from None
+    finally:
+        await bus.close()
+
+
+async def _projects(bus: Bus) -> list[ProjectView]:
+    from services.read.projects import project_states
+
+    return await project_states(bus)
+
+
+def _unknown(project: str, names: list[str]) -> str:
+    return f"unknown project {project!r}" + (f"; known: {', '.join(names)}" if names else "")
+
+
+async def _require_project(bus: Bus, project: str) -> None:
+    """UsageError, like `lab say`'s, when no project of that name is known to the PI."""
+    await _require_buckets(bus)
+    names = [p.project for p in await _projects(bus)]
+    if project not in names:
+        raise UsageError(_unknown(project, names))
+
+
+async def _require_buckets(bus: Bus) -> None:
+    """A lab whose store lost a bucket says which, in one line (not a traceback from deep inside nats-py)."""
+    from nats.js.errors import BucketNotFoundError
+
+    from bus.schema.constants import STATE_BUCKET
+
+    for bucket in (STATE_BUCKET, AGENTS_BUCKET):
+        try:
+            await bus.js.key_value(bucket)
+        except BucketNotFoundError:
+            raise UsageError(f"the lab's store at {bus.config.url} has no {bucket!r} bucket (deleted?); `lab up` or any agent's start recreates it, empty") from None
+
+
+@app.command()
+def status(
+    nats: Optional[str] = typer.Option(None, "--nats"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, for machines."),
+    wide: bool = typer.Option(False, "--wide", "-w", help="Every column, unwrapped, however wide the terminal."),
+) -> None:
+    """Servers, agents, projects with their stage and budgets spent, jobs running."""
+
+    from services.cli.status import LabStatus
+
+    async def main() -> LabStatus:
+        from services.read.projects import active_jobs, heartbeat, project_docs
+        from services.read.team import capacity_view, replicas_view
+
+        async with _session(nats) as bus:
+            await _require_buckets(bus)
+            kv = await bus.js.key_value(AGENTS_BUCKET)
+            docs = await project_docs(bus)
+            return LabStatus(
+                nats=bus.config.url, agents={role: await heartbeat(kv, role) for role in ROLES},
+                projects=[ProjectView.model_validate(d) for d in docs], jobs=await active_jobs(bus), docs=docs,
+                capacity=await capacity_view(await StateStore.open(bus)), instances=await replicas_view(kv),
+            )
+
+    data = asyncio.run(main())
+    if as_json:
+        console.print_json(json.dumps(data.to_json(), default=str))
+        return
+    from services.cli.status import render
+
+    render(data, console, wide=wide)
+    from services.read.team import print_team
+
+    print_team(console, data.instances, data.capacity)
+    finished = [s for s in data.projects if s.finished]
+    if finished:  # plain lines, never cut to the terminal's width: the command is meant to be copied
+        console.print("finished projects (paper, reviews and results with `lab export PROJECT [--out DIR]`):")
+        for s in finished:
+            verdict = "ACCEPTED" if s.accepted else ("FAILED" if s.stage == "failed" else "NOT ACCEPTED")
+            console.print(f"  {s.project}: {verdict}: {s.outcome}  →  lab export {s.project}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def ideas(
+    template: str = typer.Option(..., "--template", "-t", help="The template whose archive to list (its name, e.g. grokking)."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON array of archive records, for machines."),
+) -> None:
+    """The idea archive: every idea any project tried on a template, by which project, and what came of it."""
+    from services.cli.ideas import render
+    from services.read.ideas import archive_records, as_rows
+
+    async def main() -> Any:
+        async with _session(nats) as bus:
+            return await archive_records(bus, template)
+
+    records = asyncio.run(main())
+    if as_json:
+        print(json.dumps(as_rows(records)), flush=True)
+        return
+    render(template, records, console)
+
+
+def print_entry(entry: Any, as_json: bool) -> None:
+    env = entry.envelope
+    if as_json:
+        if env is not None:
+            print(json.dumps({"seq": entry.seq, "subject": entry.subject, **env.model_dump(mode="json")}), flush=True)
+        else:
+            print(json.dumps({"seq": entry.seq, "subject": entry.subject, "invalid": entry.error}), flush=True)
+        return
+    if env is None:
+        console.print(f"[dim]#{entry.seq} {entry.subject}: invalid message ({entry.error})[/dim]")
+        return
+    t = env.created_at.strftime("%H:%M:%S")
+    console.print(f"[dim]{t}[/dim] [bold]{env.project}[/bold] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}", markup=True, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def logs(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep following new messages."),
+    project: Optional[str] = typer.Option(None, "--project", "-p"),
+    role: Optional[str] = typer.Option(None, "--role", "-r", help="Only messages sent by or to this role."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines, for machines."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+) -> None:
+    """Replay the conversation from the start (and follow it with -f)."""
+    if project:
+        subjects.token(project, "project")
+    if role and role not in (*ROLES, "copi"):
+        fail(f"unknown role {role!r}; choose one of {', '.join((*ROLES, 'copi'))}")
+
+    async def main() -> None:
+        async with _session(nats) as bus:
+            if project:
+                await _require_project(bus, project)
+            async for entry in read(bus, subjects.convo_all(project), follow=follow):
+                env = entry.envelope
+                if role and env is not None and role not in (env.sender, env.recipient):
+                    continue
+                print_entry(entry, as_json)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def say(
+    text: str = typer.Argument(..., help="The note, e.g. \"only vary weight decay\"."),
+    project: Optional[str] = typer.Option(None, "--project", "-p", help="Default: the one running project."),
+    to: str = typer.Option("pi", "--to", help="Which role the note is for (default the PI)."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+) -> None:
+    """Speak into a running project as co-PI; the addressed role answers in the log."""
+    if to not in ROLES:
+        fail(f"unknown role {to!r}; choose one of {', '.join(ROLES)}")
+    if not text.strip():
+        fail("the note is empty")
+
+    async def main() -> str:
+        async with _session(nats) as bus:
+            from services.read.projects import running_project, send_note
+
+            target = running_project(await _projects(bus), project)
+            note = await send_note(bus, target, text, to)
+            return f"note {note.id} sent to {to} in {target}"
+
+    console.print(asyncio.run(main()))
+
+
+@app.command()
+def web(
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep 127.0.0.1 unless a proxy or port-forward fronts it."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+) -> None:
+    """Serve the lab in a browser: projects, live conversations, results, paper, and a co-PI box (token printed here)."""
+    from services.web.serve import WebOptions, run as serve_web
+
+    if nats is not None:
+        _check_url(nats)
+    config = bus_config("web", nats, name="lab-web")
+    if config.user is None and os.environ.get("LAB_NATS_PASSWORD") is None and read_local_lab() is not None:
+        fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
+    # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
+    copi = ((read_local_lab() or {}).get("credentials") or {}).get("copi")
+    serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True), copi)
+
+
+# ---------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    template: Optional[str] = typer.Option(None, "--template", "-t", help="A template name (see templates/) or a folder."),
+    attach: Optional[str] = typer.Option(None, "--attach", help="Follow this running project instead of starting one; write its outputs when it ends."),
+    direction: str = typer.Option("", "--direction", help="The research direction, in words."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the paper and results go (default ./lab-out/<project>)."),
+    fast: bool = typer.Option(False, "--fast", help="Use the template's fast profile (smaller runs; smoke tests); --profile fast."),
+    profile: str = typer.Option("", "--profile", help="A profile the template declares (fast, gpu, ...); it sets knobs and resources."),
+    max_ideas: int = typer.Option(2, "--max-ideas", min=1),
+    max_runs: int = typer.Option(12, "--max-runs", min=1),
+    max_rounds: int = typer.Option(1, "--max-rounds", min=0, help="Revision rounds the reviewer may ask for."),
+    wall_time: float = typer.Option(3600, "--wall-time", help="Seconds the project may take."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD the minds may spend."),
+    mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind"),
+    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
+    nats: Optional[str] = typer.Option(None, "--nats", help="Use the lab on this NATS server instead of a local one."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only progress, not every message."),
+    unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help="The llm mind's model for this project (with --mind llm)."),
+) -> None:
+    """Run one research project end to end and write the paper, reviews, results and the log to --out."""
+    from services.cli.run import RunOptions, attach_project, run_project
+
+    if (template is None) == (attach is None):
+        fail("give --template NAME to start a project, or --attach PROJECT to follow one")
+    if nats is not None:
+        _check_url(nats)
+    if attach is not None:
+        raise typer.Exit(attach_project(attach, out, nats, quiet, console))
+    _check_choice("mind", mind, MIND_KINDS)
+    _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    _sandbox_gate(mind, executor, unsafe_no_sandbox)
+    if model is not None and mind != "llm":
+        fail("--model names the llm mind's model: add --mind llm")
+    if nats is not None:
+        _check_url(nats)
+    if fast and profile not in ("", "fast"):
+        fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
+    opts = RunOptions(
+        template=template, direction=direction, seed=seed, out=out, fast=fast, profile="fast" if fast else profile, max_ideas=max_ideas, max_runs=max_runs,
+        max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
+        executor=executor, nats=nats, quiet=quiet, model=model,
+    )
+    code = run_project(opts, console)
+    raise typer.Exit(code)
+
+
+@app.command()
+def evolve(
+    template: str = typer.Option("model_merging", "--template", "-t", help="A template with an evolve hook (model_merging)."),
+    iterations: int = typer.Option(3, "--iterations", "-n", help="Rounds of propose, run, select."),
+    population: int = typer.Option(4, "--population", "-k", help="Candidates proposed per iteration."),
+    mind: str = typer.Option("offline", "--mind", help="offline (the template's algorithms and seeded recombinations) or llm."),
+    model: Optional[str] = typer.Option(None, "--model", help="The llm mind's model (with --mind llm)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where evolve/ goes (default ./lab-out/<run>)."),
+    seed: int = typer.Option(0, "--seed"),
+    fast: bool = typer.Option(False, "--fast", help="Use the template's fast profile; --profile fast."),
+    profile: str = typer.Option("", "--profile", help="A profile the template declares (fast, gpu, ...)."),
+    keep: int = typer.Option(3, "--keep", help="Best candidates shown to the next iteration as examples."),
+    final_top: int = typer.Option(3, "--final-top", help="Best candidates scored once on the held-out test split."),
+    max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Jobs in all, final test runs included (default: every candidate once)."),
+    wall_time: float = typer.Option(3600, "--wall-time", help="Seconds before no new iteration starts."),
+    seed_code: list[Path] = typer.Option([], "--seed-code", help="A .py file defining the hook's function; joins the first population (repeatable)."),
+    executor: Optional[str] = typer.Option(
+        os.environ.get("LAB_EXECUTOR"), "--executor",
+        help="local, docker or kubernetes, options from the lab config (default: the local lab's with --nats, else local).",
+    ),
+    nats: Optional[str] = typer.Option(None, "--nats", help="Run on the lab at this NATS URL (its runner credential and job secret); default: a private server."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
+) -> None:
+    """The Self-Developing loop: a mind proposes algorithms as code, the best on a dev split carry on, the final best meet the test split."""
+    from services.cli.evolve import EvolveOptions, run_evolve
+
+    _check_choice("mind", mind, ("offline", "llm"))
+    if nats is not None:
+        _check_url(nats)
+    if executor is None:  # on the lab `lab up` started here, the executor it runs its experiments with
+        local = read_local_lab()
+        executor = str(local.get("executor") or "local") if nats is not None and local and local.get("url") == nats else "local"
+    _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    if model is not None and mind != "llm":
+        fail("--model names the llm mind's model: add --mind llm")
+    if fast and profile not in ("", "fast"):
+        fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
+    # Model-written candidates get the same gate as an llm project (the offline mind's are the template's own code).
+    _sandbox_gate(mind, executor, unsafe_no_sandbox)
+    opts = EvolveOptions(
+        template=template, iterations=iterations, population=population, mind=mind, model=model, out=out, seed=seed,
+        profile="fast" if fast else profile, keep=keep, final_top=final_top, max_runs=max_runs, wall_time=wall_time,
+        executor=executor, nats=nats, seed_code=list(seed_code), quiet=quiet,
+    )
+    raise typer.Exit(run_evolve(opts, console))
+
+
+@app.command("export")
+def export_cmd(
+    project: str = typer.Argument(..., help="The project, as `lab status` lists it."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write (default ./lab-out/<project>)."),
+    nats: Optional[str] = typer.Option(None, "--nats"),
+) -> None:
+    """Write a project's paper, reviews, results, figures, analysis and log from the store, finished or not."""
+    from services.read.export import export_project
+
+    if nats is not None:
+        _check_url(nats)
+    subjects.token(project, "project")
+    dest = out or Path("lab-out") / project
+
+    async def main() -> Any:
+        async with _session(nats) as bus:
+            return await export_project(bus, project, dest)
+
+    done = asyncio.run(main())
+    if done.finished:
+        d = done.decision
+        console.print(f"{project}: {'ACCEPTED' if d.accepted else 'NOT ACCEPTED'}: {d.reason}", markup=False)
+    else:
+        console.print(f"{project}: not finished (stage {done.stage}); exported what exists so far (see export.json)", markup=False)
+    for label, path in done.files:
+        console.print(f"  {label:<18} {path}", markup=False)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _sandbox_gate(mind: str, executor: str, unsafe: bool) -> None:
+    """One line when experiments will run unconfined; refuse model-written code there unless the risk is accepted."""
+    from services.runner import sandbox
+    warning = sandbox.check_start(mind, executor, unsafe)  # SandboxUnavailable: a LabError, printed as one line
+    if unsafe:
+        os.environ[sandbox.UNSAFE_ENV] = "1"  # the agents this process starts inherit the user's choice
+    if warning:
+        err.print(f"lab: {warning}", markup=False, soft_wrap=True)
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        fail(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _check_url(url: str) -> None:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    if u.scheme not in ("nats", "tls") or not u.hostname:
+        fail(f"bad NATS URL {url!r}: expected nats://host:port")
+    try:
+        u.port
+    except ValueError:
+        fail(f"bad NATS URL {url!r}: the port is not a number")
+
+
+def _mount_optional() -> None:
+    """Sub-commands whose modules may be absent in a slim install."""
+    for name, module in (("job", "services.cli.job"), ("lit", "services.cli.lit")):
+        try:
+            mod = __import__(module, fromlist=["app"])
+        except ImportError:
+            continue
+        app.add_typer(mod.app, name=name)
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app(standalone_mode=True)  # each command maps its errors to one line itself: services.cli.errors
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The CLI's one mapping from an exception to one line for the user.
+
+Every ``lab`` command (and every ``lab job`` / ``lab lit`` sub-command) is
+registered through :class:`LabTyper`, which wraps it in :func:`one_line_errors`.
+So a command raises what it means (a LabError from any layer, an OSError from
+the disk, ``fail("...")`` for bad input) and this module alone decides how that reads:
+
+    LabError                  its message (any layer: bus, agents, services)
+    nats.errors.Error         what NATS said, or that it did not answer
+    OSError, UnicodeError     services.common.errors.describe_os_error: which file or setting, and why
+    pydantic ValidationError  the model and its first bad field
+
+Anything else is a bug and keeps its traceback. ``lab`` prints ``lab: error: ...``;
+the sub-commands keep their shorter ``error: ...`` prefix.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NoReturn, TypeVar
+
+import nats.errors
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from bus.errors import LabError
+
+F = TypeVar("F", bound=Callable[..., Any])
+# What a user can act on; anything else is a bug and keeps its traceback.
+KNOWN: tuple[type[BaseException], ...] = (LabError, nats.errors.Error, OSError, UnicodeError, ValidationError)
+_err = Console(stderr=True, highlight=False)
+
+
+def _one(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def describe(error: BaseException) -> str | None:
+    """One line for an error in KNOWN; None for any other (a bug, which should keep its traceback)."""
+    if isinstance(error, LabError):
+        return _one(str(error)) or type(error).__name__
+    if isinstance(error, nats.errors.TimeoutError):  # before OSError: nats-py's timeout is a builtin TimeoutError too
+        return "NATS did not answer in time (is the lab up, and may this user do that?)"
+    if isinstance(error, nats.errors.Error):
+        return f"NATS: {_one(str(error)) or type(error).__name__}"
+    if isinstance(error, (OSError, UnicodeError)):  # the environment, not the code: name the file or setting at fault
+        from services.common.config import lab_home
+        from services.common.errors import describe_os_error
+
+        return _one(describe_os_error(error, lab_home())) or type(error).__name__
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "value"
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        return f"invalid {error.title}: {where}: {first['msg']}{more}"
+    return None
+
+
+def one_line_errors(prefix: str = "lab: error: ") -> Callable[[F], F]:
+    """Wrap a command: an error :func:`describe` knows prints as ``prefix + one line`` and exits 2."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except KNOWN as e:
+                _err.print(f"{prefix}{describe(e)}", markup=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+
+        return command  # type: ignore[return-value]
+
+    return wrap
+
+
+class UsageError(LabError):
+    """Bad input on the command line: one line, exit 2."""
+
+
+def fail(message: str) -> NoReturn:
+    """Refuse bad input: the command's wrapper prints it as one line and exits 2."""
+    raise UsageError(message)
+
+
+class LabTyper(typer.Typer):
+    """A Typer whose every command maps errors through :func:`one_line_errors`, so none is forgotten."""
+
+    def __init__(self, *args: Any, error_prefix: str = "lab: error: ", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_prefix = error_prefix
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: F) -> F:
+            register(one_line_errors(self.error_prefix)(fn))
+            return fn
+
+        return decorator

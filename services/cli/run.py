@@ -1,0 +1,281 @@
+"""`lab run`: start one project, follow it with live progress, and collect what it produced.
+
+Uses a running `lab up` (or the lab at ``--nats``); with neither, it starts an
+embedded lab for the run and stops it afterwards. The project itself lives on
+the bus, so this process may die and the project still finishes; the
+deliverables are read back from the object store at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from agents import templates
+from bus import subjects
+from bus.client import Bus
+from bus.errors import LabError
+from bus.schema import Budget, Decision, Envelope, MindChoice, StartProject, TemplateError, TemplateSpec
+from bus.replay import read
+from bus.retry import RetryPolicy
+from bus.store import Artifacts
+from services.common.config import bus_config, lab_home, read_local_lab
+from services.read.export import UnknownProject, export_project
+from services.lab.lifecycle import StoreFull, check_store
+from services.read.projects import heartbeat, project_state
+from services.read.describe import describe
+
+
+@dataclass
+class RunOptions:
+    template: str
+    direction: str = ""
+    seed: int = 0
+    out: Path | None = None
+    fast: bool = False
+    profile: str = ""  # a template profile; --fast is --profile fast
+    max_ideas: int = 2
+    max_runs: int = 12
+    max_rounds: int = 1
+    wall_time: float = 3600
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    mind: str = "offline"
+    executor: str = "local"
+    nats: str | None = None
+    quiet: bool = False
+    project: str | None = None
+    model: str | None = None  # the llm mind's model for this project (None: the lab's configured one)
+
+
+class MindRefused(LabError, RuntimeError):
+    """The lab's agents cannot think with the mind this project asks for; one line saying why."""
+
+
+async def llm_refusal(bus: Bus, model: str | None) -> str | None:
+    """Why the running lab cannot give this project an llm mind, from its agents' heartbeats (None: it can).
+
+    Each agent checks at start whether it could build an llm mind (a config that loads, an API key or a
+    local endpoint) and says so in its heartbeat; the agents may run elsewhere (Kubernetes), so their word
+    counts, not this machine's environment.
+    """
+    from bus.schema.constants import AGENTS_BUCKET
+    from bus.schema import ROLES
+
+    kv = await bus.js.key_value(AGENTS_BUCKET)
+    for role in ROLES:
+        beat = await heartbeat(kv, role)
+        # No heartbeat, or a stale one: an agent not up yet takes the choice when it comes.
+        if beat is not None and not beat.stale() and beat.llm_error:
+            return f"the lab's {role} agent cannot use an llm mind{f' for {model}' if model else ''}: {beat.llm_error}"
+    return None
+
+
+STAGES = ["ideas", "experiments", "analysis", "draft", "review", "decision"]
+STAGE_OF = {
+    "start_project": "ideas",
+    "novelty_check": "ideas",
+    "experiment_request": "experiments",
+    "analysis_request": "analysis",
+    "draft_request": "draft",
+    "review_request": "review",
+    "decision": "decision",
+}
+
+
+def new_project_id(template: str, seed: int) -> str:
+    return subjects.token(f"{template}-s{seed}-{uuid.uuid4().hex[:6]}"[:64], "project")
+
+
+def load_template(name: str) -> tuple[Path, TemplateSpec]:
+    """The template, or TemplateError naming the file that is not text."""
+    try:
+        return templates.load(name)
+    except UnicodeDecodeError as e:
+        raise TemplateError(f"{templates.resolve(name) / 'template.yaml'}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def run_project(opts: RunOptions, console: Console) -> int:
+    from services.lab.supervisor import LabOptions, Supervisor, Terminated, refuse_if_full, running_lab, stop_on_signals
+
+    folder, spec = load_template(opts.template)
+    spec.profile(opts.profile)  # an unknown profile is one readable line, before a lab starts
+    budget = Budget(
+        max_ideas=opts.max_ideas, max_runs=opts.max_runs, max_revision_rounds=opts.max_rounds,
+        wall_time_s=opts.wall_time, max_tokens=opts.max_tokens, max_cost_usd=opts.max_cost,
+    )
+    home = lab_home()
+    sup = None
+    # SIGTERM (timeout, a cancelled CI job) and SIGHUP (a closed terminal) stop an embedded lab like Ctrl-C does.
+    with stop_on_signals() as stopped:
+        try:
+            if opts.nats is None:
+                refuse_if_full(home)  # a local lab, started here or not, writes under LAB_HOME
+            if opts.nats is None and not running_lab(home):
+                console.print(f"starting an embedded lab in {home} for this run…")
+                sup = Supervisor(LabOptions(home=home, mind=opts.mind, executor=opts.executor))
+                sup.start()
+            return asyncio.run(_run(opts, folder, spec, budget, console, sup))
+        except (Terminated, KeyboardInterrupt):
+            what = "stopping the embedded lab this run started" if sup is not None else "the project goes on in the lab (`lab run --attach PROJECT` follows it)"
+            console.print(f"interrupted{' by ' + stopped.name if stopped.name else ''}; {what}")
+            return 128 + (stopped.signum or signal.SIGINT)
+        finally:
+            if sup is not None:
+                sup.stop()
+
+
+def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool, console: Console) -> int:
+    """`lab run --attach`: follow a project someone else started, and write its outputs when it ends."""
+
+    async def main() -> int:
+        bus = await Bus.connect(bus_config("copi", nats, name="lab-attach"), reconnect=False, timeout=5)
+        try:
+            state = await project_state(bus, project)
+            if state is None:
+                raise UnknownProject(f"unknown project {project!r}: the PI holds no state for it")
+            left = state.started_at + state.budget.wall_time_s + 600 - time.time()
+            opts = RunOptions(template=state.template, nats=nats, quiet=quiet, project=project)
+            console.print(f"attached to project [bold]{project}[/bold] (stage {state.stage})")
+            return await _follow_and_export(bus, project, out or Path("lab-out") / project, opts, console, None, time.monotonic() + max(60.0, left))
+        finally:
+            await bus.close()
+
+    return asyncio.run(main())
+
+
+# What a JetStream request answers while a cluster node is down and its streams elect new leaders: a timeout or
+# "no response from stream". Starting and following a project retries these (bounded, a minute), as agents do.
+UNANSWERED = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+CLI_RETRY = RetryPolicy(attempts=8, budget_s=60.0, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")
+FOLLOW_RETRY = RetryPolicy(attempts=8, budget_s=None, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")  # a run's whole length
+
+
+async def start_project(bus: Bus, project: str, bundle: bytes, envelope: Callable[[str], Envelope], retry: RetryPolicy = CLI_RETRY) -> Envelope:
+    """Upload the template bundle and send the start, retrying requests a cluster left unanswered (a node down).
+
+    Both steps are idempotent: the same bytes under the same name write nothing, and the start is built
+    once, so every try sends the same id, which JetStream's duplicate window drops after the first.
+    """
+    sent: list[Envelope] = []
+
+    async def once() -> None:
+        bundle_name = await (await Artifacts.open(bus)).put(f"{project}/template.tar.gz", bundle)
+        if not sent:
+            sent.append(envelope(bundle_name))
+        await bus.publish(sent[0])
+
+    await retry.run(once, UNANSWERED)
+    return sent[0]
+
+
+async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
+    project = opts.project or new_project_id(spec.name, opts.seed)
+    out = opts.out or Path("lab-out") / project
+    bus = await Bus.connect(bus_config("copi", opts.nats, name="lab-run"))
+    try:
+        if opts.mind == "llm" and sup is None and (reason := await llm_refusal(bus, opts.model)):
+            raise MindRefused(reason)
+        local = read_local_lab()
+        limit = local.get("max_store_bytes") if local and local.get("url") == bus.config.url else None
+        # A full store refuses the project before any of it is written.
+        await CLI_RETRY.run(lambda: check_store(bus.js, bus.config.url, limit), UNANSWERED)
+        # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
+        choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
+
+        def start_envelope(bundle_name: str) -> Envelope:
+            start = StartProject(
+                template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
+                seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
+            )
+            return Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice)
+
+        try:
+            await start_project(bus, project, templates.bundle(folder), start_envelope)
+        except nats.js.errors.APIError as e:
+            if "insufficient" not in str(e):
+                raise
+            await check_store(bus.js, bus.config.url, limit)  # says how full, in one line
+            raise StoreFull(f"the lab's store refused the new project ({e.description}) at {bus.config.url}") from None
+        console.print(f"project [bold]{project}[/bold] started on template {spec.name!r}; follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
+        return await _follow_and_export(bus, project, out, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)
+    finally:
+        await bus.close()
+
+
+async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions, console: Console, sup: Any, deadline: float) -> int:
+    """Follow the project to its decision, then write its outputs with `lab export`'s code (so the two cannot differ)."""
+    decision = await _follow(bus, project, opts, console, sup, deadline=deadline)
+    done = await export_project(bus, project, out)
+    if decision is None:
+        console.print(f"[red]project {project} did not reach a decision in time[/red]; what it had so far is in {out}")
+        return 1
+    console.print(f"\n[bold]{'ACCEPTED' if decision.accepted else 'NOT ACCEPTED'}[/bold]: {decision.reason}")
+    for label, path in done.files:
+        console.print(f"  {label:<18} {path}")
+    return 0 if decision.paper is not None else 1
+
+
+async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, sup: Any, deadline: float) -> Decision | None:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task(f"{project}: ideas", total=len(STAGES))
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            # A replay that loses its stream for a moment (a node down) starts again, past what it already passed on.
+            last = 0
+
+            async def replay() -> None:
+                nonlocal last
+                async for e in read(bus, subjects.convo_all(project), follow=True):
+                    if e.seq > last:
+                        last = e.seq
+                        await queue.put(e)
+
+            await FOLLOW_RETRY.run(replay, UNANSWERED)
+
+        # The stream is read in its own task: a timeout here must not cancel (and so close) the reader.
+        reader = asyncio.create_task(pump())
+        try:
+            return await _watch(queue, reader, project, opts, progress, task, sup, deadline)
+        finally:
+            reader.cancel()
+            # Wait for the reader to unsubscribe before the caller closes the connection under it.
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _watch(queue: asyncio.Queue, reader: asyncio.Task, project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float) -> Decision | None:
+    runs_done = 0
+    while True:
+        if sup is not None:
+            sup.tick()  # restart agents that die mid-run
+        if time.monotonic() > deadline or reader.done():
+            return None
+        try:
+            entry = await asyncio.wait_for(queue.get(), timeout=1.0)
+        except asyncio.TimeoutError:
+            continue
+        env = entry.envelope
+        if env is None:
+            continue
+        if not opts.quiet:
+            progress.console.print(f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}", markup=True, highlight=False)
+        stage = STAGE_OF.get(env.kind)
+        if env.kind == "experiment_result":
+            runs_done += len(env.body.runs)
+        if stage:
+            progress.update(task, completed=STAGES.index(stage) + (1 if stage == "decision" else 0), description=f"{project}: {stage} ({runs_done} runs done)")
+        if isinstance(env.body, Decision):
+            return env.body

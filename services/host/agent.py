@@ -1,0 +1,392 @@
+"""`lab agent ROLE`: runs one role on the bus.
+
+For each message: validate (else dead-letter with the reason), load the
+role's state for the project, run the handler, store the new state together
+with the outputs (compare-and-set), publish the outputs with derived ids, then
+ack. A crash at any point repeats at most the same outputs, which JetStream's
+duplicate window drops; a message that already has stored outputs is only
+republished. On SIGTERM the host stops fetching, finishes the messages in
+hand, returns the ones it had not started, and drains.
+
+Messages of different projects are handled concurrently (up to the role's
+``concurrency``), one project's in order and one at a time (``services/lanes``).
+The mind is the project's (``Envelope.mind``, remembered in the role's state),
+built once per (project, kind, model) by the wiring's ``Minds``; what its calls cost is metered per
+message (``agents/minds/meter``), so concurrent projects are charged apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import ValidationError
+
+from agents import role_class
+from agents.base import Rejected, Role, UnhandledKind, is_permanent
+from agents.minds.meter import metered
+from bus import partitions, subjects
+from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
+from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
+from bus.consumer import MAX_DELIVER, messages, pull
+from bus.errors import LabError, MindError, StateConflict
+from bus.retry import RetryPolicy, backoff_delay
+from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, UsageReport, decode
+from bus.store import Artifacts, KVCache, StateStore
+from services.host.lanes import Lanes
+from services.host.logs import setup_logging
+from services.host.wiring import Minds, Wiring, role_name
+
+OUTBOX_KEEP = 16
+FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
+# For bench/lab.py: a simulated mind call of this many seconds in every handled message (0: none).
+BENCH_MIND_LATENCY_S = float(os.environ.get("LAB_BENCH_MIND_LATENCY_S", "0") or 0)
+DEFAULT_CONCURRENCY = 8
+# An agent's start-up JetStream requests: retried on timeouts for up to a minute, then the agent exits with the reason.
+STARTUP_RETRY = RetryPolicy(attempts=6, budget_s=60.0, base_wait_s=1.0, max_wait_s=15.0, jitter=0.3, event="startup_retry")
+log = structlog.get_logger()
+
+
+class HostConfigError(LabError, ValueError):
+    """A host setting that cannot work (one line for the user)."""
+
+
+def concurrency_for(role: str, environ: Any = os.environ) -> int:
+    """Projects one agent handles at once: ``LAB_CONCURRENCY_<ROLE>``, else ``LAB_CONCURRENCY``, else 8."""
+    for name in (f"LAB_CONCURRENCY_{role.upper()}", "LAB_CONCURRENCY"):
+        raw = environ.get(name)
+        if raw:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise HostConfigError(f"{name}={raw!r}: expected a whole number of projects") from None
+            if value < 1:
+                raise HostConfigError(f"{name}={raw!r}: must be at least 1")
+            return value
+    return DEFAULT_CONCURRENCY
+
+
+def replica_from_env(environ: Any = os.environ) -> tuple[int, int]:
+    """(index, count) of this process among its role's replicas: ``LAB_REPLICA`` (0-based) of ``LAB_REPLICAS``.
+
+    Without ``LAB_REPLICA``, a StatefulSet pod's ordinal (``lab-pi-1`` is 1), read from ``HOSTNAME``.
+    """
+    try:
+        count = int(environ.get("LAB_REPLICAS") or 1)
+        ordinal = (environ.get("HOSTNAME") or "").rpartition("-")[2] if count > 1 else ""
+        if count > 1 and not environ.get("LAB_REPLICA") and not ordinal.isdigit():
+            # Every replica would take index 0 and the other partitions' projects would wait forever.
+            raise ValueError("several replicas need LAB_REPLICA or a StatefulSet pod's ordinal in HOSTNAME")
+        index = int(environ.get("LAB_REPLICA") or ordinal or 0)
+        partitions.owned(index, count)
+    except ValueError as e:
+        raise HostConfigError(f"LAB_REPLICA={environ.get('LAB_REPLICA')!r} of LAB_REPLICAS={environ.get('LAB_REPLICAS')!r}: {e}") from None
+    return index, count
+
+
+def _project_of(subject: str) -> str:
+    """``lab.convo.<project>.…`` and ``lab.jobs.<project>.…`` both name the project third."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 2 else ""
+
+
+def retry_delay(delivered: int) -> float:
+    """Seconds before a failed message is tried again: 2, 4, 8, 16, capped at 30."""
+    return backoff_delay(delivered, base_s=2.0, max_s=30.0)
+
+
+def envelope_mismatch(subject: str, env: Envelope) -> str | None:
+    """Why an envelope does not match the subject it came on (whose publisher NATS permissions vouch for), or None."""
+    if subject.startswith("lab.convo."):
+        project, sender, recipient = subjects.parse_convo(subject)
+        if (project, sender, recipient) != (env.project, env.sender, env.recipient):
+            return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
+        return None
+    parts = subject.split(".")
+    if subject.startswith("lab.jobs.") and len(parts) == 5 and parts[4] == "status":
+        # Only the runner and the engineer may publish here; the body must be about the job the subject names.
+        job = getattr(env.body, "job_id", None)
+        if env.sender not in ("runner", "engineer") or env.project != parts[2] or job != parts[3] or env.kind != "job_status":
+            return f"job status from {env.sender} for {env.project}/{job} ({env.kind}) does not match {subject}"
+    return None
+
+
+class AgentHost:
+    def __init__(
+        self,
+        role: str,
+        config: BusConfig,
+        *,
+        home: Path,
+        mind: str = "offline",
+        mind_config: dict[str, Any] | None = None,
+        wiring: Wiring | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        replica: tuple[int, int] = (0, 1),
+    ):
+        self.role_name = role
+        self.role: Role = role_class(role)()
+        self.config = config
+        self.home = home
+        self.mind_kind = mind
+        self.minds = Minds(role, mind, mind_config)
+        self.mind = self.minds.default
+        self.llm_error = self.minds.unavailable()
+        # What this role needs beyond the bus (services/wiring); a role without ports by default.
+        self.wiring = wiring or Wiring(role_name(role), home)
+        self.stop = asyncio.Event()
+        self.concurrency = concurrency
+        self.replica = replica
+        partitions.owned(*replica)  # a bad index fails here, not in the fetch loop
+        self.lanes = Lanes(concurrency, self._process_safely)
+        self.handled = 0
+        self.failed = False
+        self.latencies: list[float] = []  # seconds per handled message, the last 1000 (for `lab status` and bench)
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def instance(self) -> str:
+        """This process's name among its role's replicas: ``pi`` for index 0, ``pi-2`` for index 1… (`lab up` sets it)."""
+        index = self.replica[0]
+        return os.environ.get("LAB_INSTANCE") or (f"{self.role_name}-{index + 1}" if index else self.role_name)
+
+    def _run_file(self, suffix: str) -> Path:
+        # `lab up`'s processes share one home, so their files carry the instance; a pod has a home of its own,
+        # and its probes name the role's file whatever the pod's ordinal.
+        return self.home / "run" / f"{os.environ.get('LAB_INSTANCE') or self.role_name}.{suffix}"
+
+    def ready_file(self) -> Path:
+        return self._run_file("ready")
+
+    def alive_file(self) -> Path:
+        """Touched after every heartbeat NATS accepted: the Kubernetes liveness probe reads its age."""
+        return self._run_file("alive")
+
+    def heartbeat_key(self) -> str:
+        suffix = self.instance.removeprefix(self.role_name).lstrip("-")
+        return f"{self.role_name}.{suffix}" if suffix else self.role_name
+
+    async def run(self) -> None:
+        self.bus = await Bus.connect(self.config)
+        # Start-up requests may time out while a cluster elects its stream leaders (a node just restarted, the
+        # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
+        await STARTUP_RETRY.run(self._open_stores, (NatsTimeoutError,))
+        background = await self.wiring.open(self.bus, self.states)
+        subs = await STARTUP_RETRY.run(self._subscribe, (NatsTimeoutError,))
+        tasks = [asyncio.create_task(self._consume(s)) for s in subs]
+        tasks.append(asyncio.create_task(self._heartbeat()))
+        for t in tasks[: len(subs)]:
+            t.add_done_callback(self._consumer_ended)
+        tasks += [asyncio.create_task(work) for work in background]
+        self.ready_file().parent.mkdir(parents=True, exist_ok=True)
+        self.ready_file().write_text(str(os.getpid()))
+        log.info("agent ready", role=self.role_name, mind=self.mind_kind, pid=os.getpid())
+        try:
+            await self.stop.wait()
+        finally:
+            self.ready_file().unlink(missing_ok=True)
+            # Fetch loops see the stop event; the messages in hand finish, the queued ones go back.
+            await self.lanes.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.wiring.close()
+            await self.bus.close()
+            log.info("agent stopped", role=self.role_name, handled=self.handled)
+
+    async def _open_stores(self) -> None:
+        # Whoever starts first creates the streams and buckets (on a cluster there is no `lab up`).
+        await self.bus.ensure_topology()
+        self.states = await StateStore.open(self.bus)
+        self.artifacts = await Artifacts.open(self.bus)
+        self.cache = await KVCache.open(self.bus, self.role_name)
+        self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+
+    async def _subscribe(self) -> list[Any]:
+        """Pull subscriptions for this replica's partitions of the role's work stream (bus/partitions), and any extra."""
+        mine = partitions.owned(*self.replica)
+        subs = [await pull(self.bus, partitions.work_stream(self.role_name), partitions.durable(self.role_name, p),
+                           partitions.partition_filter(self.role_name, p)) for p in mine]
+        for extra in self.wiring.subscriptions:
+            subs.append(await pull(self.bus, extra.stream, extra.durable, extra.filter))
+        log.info("reading partitions", role=self.role_name, replica=self.replica, partitions=mine)
+        return subs
+
+    def _consumer_ended(self, task: asyncio.Task[None]) -> None:
+        """A fetch loop that ends before we stop leaves the role deaf: stop, so the supervisor (or Kubernetes) restarts us."""
+        if self.stop.is_set() or task.cancelled():
+            return
+        log.error("consumer loop ended; stopping the agent", role=self.role_name, error=repr(task.exception()))
+        self.failed = True
+        self.stop.set()
+
+    def heartbeat_doc(self, started: float | None = None) -> Heartbeat:
+        lat = sorted(self.latencies)
+        return Heartbeat(
+            role=self.role_name, instance=self.instance, pid=os.getpid(), host=socket.gethostname(), mind=self.mind_kind,
+            llm_error=self.llm_error, concurrency=self.concurrency, busy=self.lanes.in_hand, held=self.lanes.held,
+            handled=self.handled, seen=time.time(), started=started,
+            p50_s=lat[len(lat) // 2] if lat else None, p99_s=lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+        )
+
+    async def _heartbeat(self) -> None:
+        started = time.time()
+        while True:
+            try:
+                await self.agents_kv.put(self.heartbeat_key(), self.heartbeat_doc(started).model_dump_json().encode())
+                self.alive_file().touch()
+            except Exception as e:  # a missed beat is sent again in 5 s; the loop must outlive a bus outage
+                log.warning("heartbeat failed", error=str(e))
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+    async def _consume(self, sub: Any) -> None:
+        """Fetch what the lanes have room for and queue each message on its project's lane."""
+        async for msg in messages(sub, self.stop, room=lambda: self.lanes.room(2 * self.concurrency)):
+            self.lanes.submit(_project_of(partitions.origin(msg.subject)), msg)
+
+    async def _process_safely(self, msg: Any) -> None:
+        started = time.monotonic()
+        try:
+            await self.process(msg)
+        except Exception as e:  # e.g. the bus went away while publishing: the stored outbox is resent on redelivery
+            log.error("processing failed; the message will come back", role=self.role_name, subject=msg.subject, error=f"{type(e).__name__}: {e}")
+            try:
+                await msg.nak(delay=retry_delay(1))
+            except Exception as nak_error:  # the connection is gone: the ack wait redelivers the message anyway
+                log.warning("nak failed", subject=msg.subject, error=f"{type(nak_error).__name__}: {nak_error}")
+        finally:
+            self.latencies = [*self.latencies[-999:], time.monotonic() - started]
+
+    # ------------------------------------------------------------ one message
+
+    async def process(self, msg: Any) -> None:
+        started = time.time()  # in the "handled" line: tests check that no two replicas held one project at once
+        meta = msg.metadata
+        delivered = meta.num_delivered if meta else 1
+        if len(msg.data) > MAX_ENVELOPE_BYTES:
+            await self._reject(msg, f"message of {len(msg.data)} bytes exceeds the limit of {MAX_ENVELOPE_BYTES}")
+            return
+        try:
+            env = decode(msg.data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
+            return
+        mismatch = envelope_mismatch(partitions.origin(msg.subject), env) or self.wiring.admit(env)
+        if mismatch:
+            await self._reject(msg, mismatch)
+            return
+        bound = log.bind(role=self.role_name, project=env.project, message_id=env.id, kind=env.kind)
+        try:
+            outputs = await self._handle(env, bound)
+        except StateConflict as e:
+            bound.warning("state conflict; retrying", error=str(e))
+            await msg.nak(delay=1)
+            return
+        except Rejected as e:
+            if isinstance(e, UnhandledKind) and env.recipient == "all":
+                await msg.ack()  # broadcasts not meant for this role
+            else:
+                await self._reject(msg, str(e))
+            return
+        except Exception as e:  # the host is where any handler error becomes a retry or a dead letter, each logged
+            reason = f"{type(e).__name__}: {e}"
+            if is_permanent(e):  # retrying cannot help: dead letters now, not after the whole backoff
+                await self._reject(msg, f"cannot succeed on retry: {reason}")
+            elif delivered >= MAX_DELIVER:
+                await self._reject(msg, f"handler failed {delivered} times: {reason}")
+            else:
+                bound.error("handler failed; will retry", error=reason, delivered=delivered)
+                await msg.nak(delay=retry_delay(delivered))
+            return
+        await self.bus.publish_many(outputs)
+        await msg.ack()
+        self.handled += 1
+        bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered, instance=self.instance,
+                   partition=partitions.partition_of(msg.subject), started=started)
+
+    async def _handle(self, env: Envelope, bound: Any) -> list[Envelope]:
+        key = f"{self.role_name}.{env.project}"
+        doc, revision = await self.states.read(key)
+        doc = doc or {}
+        outbox: dict[str, list[str]] = doc.get("outbox", {})
+        if env.id in outbox:
+            bound.info("already handled; republishing its outputs")
+            return [decode(o.encode()) for o in outbox[env.id]]
+        state_cls = self.role.State
+        if doc.get("state") is not None:
+            # The project lets a state stored by an older version of the role be upgraded (e.g. the engineer's jobs).
+            state = state_cls.model_validate(doc["state"], context={"project": env.project})
+        else:
+            try:
+                state = state_cls()
+            except ValidationError:
+                state = None  # the PI's project state exists only once the project starts
+        # Messages from outside the conversation (job statuses) carry no mind: the project's is in the state.
+        choice = env.mind or (MindChoice.model_validate(doc["mind"]) if doc.get("mind") else None)
+        if choice is not None and env.mind is None:
+            env = env.model_copy(update={"mind": choice})  # so its outputs carry it on
+        ctx = self.wiring.context(project=env.project, state=state, mind=self.minds.for_project(env.project, choice), artifacts=self.artifacts, cache=self.cache)
+        try:
+            with metered() as spent:
+                if BENCH_MIND_LATENCY_S:
+                    await asyncio.sleep(BENCH_MIND_LATENCY_S)
+                await self.role.handle(env, ctx)
+        except MindError as e:
+            # The mind ran out of retries: this step fails, the PI decides what follows.
+            failed = StepFailed.of(env.body, e.reason)
+            ctx.outputs = [(failed, "pi")] if failed else []
+            bound.error("step failed", step=failed.step if failed else env.kind, reason=e.reason)
+        outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
+        # What the mind spent on this message counts against this project (the PI too: it reads its own report).
+        usage = Usage.model_validate(doc.get("usage") or {}) + spent
+        if spent != Usage():
+            outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient="pi", index=len(outputs)))  # type: ignore[arg-type]
+        outbox[env.id] = [o.model_dump_json() for o in outputs]
+        outbox = dict(list(outbox.items())[-OUTBOX_KEEP:])
+        new_doc = {
+            "state": ctx.state.model_dump(mode="json") if ctx.state is not None else None,
+            "outbox": outbox,
+            "usage": usage.model_dump(),
+            "mind": choice.model_dump() if choice is not None else None,
+        }
+        await self.states.write(key, new_doc, revision)
+        if FAULT_DELAY_AFTER_STORE:
+            # Fault injection for chaos tests: widen the window between storing and publishing.
+            bound.warning("fault injection: pausing after storing state", seconds=FAULT_DELAY_AFTER_STORE)
+            await asyncio.sleep(FAULT_DELAY_AFTER_STORE)
+        return outputs
+
+    async def _reject(self, msg: Any, reason: str) -> None:
+        log.warning("dead-lettered", role=self.role_name, subject=msg.subject, reason=reason)
+        await self.bus.dead_letter(self.role_name, reason, msg)
+        await msg.ack()
+
+
+def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_config: dict[str, Any] | None, wiring: Wiring) -> None:
+    setup_logging(role=role)
+    try:
+        concurrency = concurrency_for(role)
+        replica = replica_from_env()
+    except HostConfigError as e:
+        raise SystemExit(f"lab agent: {e}") from None
+    host = AgentHost(role, config, home=home, mind=mind, mind_config=mind_config, wiring=wiring, concurrency=concurrency, replica=replica)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, host.stop.set)
+        await host.run()
+
+    asyncio.run(main())
+    if host.failed:
+        raise SystemExit(1)

@@ -1,0 +1,221 @@
+"""How each role meets the lab: its typed context, what else it reads, what runs beside it.
+
+The host (``services/host/agent.py``) runs any role the same way; what differs
+between roles is written here once, from the lab's config:
+
+- every role: a ``Context`` with its state, mind, artifacts and cache; its
+  minds (``Minds``: the agent's own, and one per project that chose another);
+- the engineer: an ``EngineerContext`` whose ``jobs`` port submits to the
+  executor named by ``LAB_EXECUTOR`` / ``--executor`` (options from the config's
+  ``executor: {KIND: {...}}``), the runner's bus access added at submit; it also
+  reads the jobs stream and runs the job watch and the capacity wake-up;
+- the PI: a ``PIContext`` whose ``archive`` port is the idea archive (``bus.store.IdeaArchive``);
+- literature: a ``LiteratureContext`` with the config's ``literature:`` section
+  (``agents/literature.Settings``; with no ``sources`` there, ``LAB_LIT_SOURCES``
+  chooses) and the lab home whose library it searches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import structlog
+from pydantic import ValidationError
+
+from agents.base import ArtifactStore, Cache, Context
+from agents.engineer.workflow import EngineerContext
+from agents.literature.workflow import LiteratureContext, Settings
+from agents.minds import llm_unavailable, make_mind
+from agents.pi.workflow import PIContext
+from bus.client import Bus
+from bus.errors import LabError
+from bus.schema import ROLES, Envelope, JobStatus, MindChoice, NatsAccess, RoleName
+from bus.store import IdeaArchive, StateStore
+from services.common.config import read_secret
+from services.executors import EXECUTOR_KINDS, make_executor
+from services.executors.base import Executor
+from services.host.job_watch import JobWatch
+from services.host.jobs import ExecutorJobs
+
+
+
+log = structlog.get_logger()
+
+
+class Minds:
+    """A role's minds: the agent's own, and one per (project, kind, model) a project asked for.
+
+    The mind rides on each project's envelopes (``Envelope.mind``), so one
+    agent process thinks with whatever mind each project chose; minds are
+    built here, once, and the oldest are dropped past ``keep``.
+    """
+
+    def __init__(self, role: str, kind: str = "offline", config: dict[str, Any] | None = None, keep: int = 64) -> None:
+        self.role, self.kind, self.config, self.keep = role, kind, config, keep
+        self.default: Any = make_mind(kind, role, 0, config)
+        self._built: dict[tuple[str, str, str | None], Any] = {}
+
+    def unavailable(self) -> str | None:
+        """Why this agent could not think with an llm mind (None: it can); `lab run --mind llm` asks first."""
+        try:
+            return llm_unavailable(self.role, self.config)
+        except Exception as e:  # e.g. a broken config file: that is the reason too, reported in the heartbeat
+            log.warning("llm mind unavailable", role=self.role, error=f"{type(e).__name__}: {e}")
+            return str(e) or type(e).__name__
+
+    def for_project(self, project: str, choice: MindChoice | None) -> Any:
+        """The project's mind, built once per (project, kind, model); the agent's own without a choice."""
+        if choice is None or (choice.kind == self.kind and choice.model is None):
+            return self.default
+        key = (project, choice.kind, choice.model)
+        mind = self._built.get(key)
+        if mind is None:
+            config = dict(self.config or {})
+            if choice.model:
+                config["model"] = choice.model
+            mind = make_mind(choice.kind, self.role, 0, config)
+            if len(self._built) >= self.keep:
+                self._built.pop(next(iter(self._built)))  # the oldest; it is rebuilt if its project speaks again
+            self._built[key] = mind
+        return mind
+
+
+class WiringError(LabError, ValueError):
+    """A role setting in the lab config that cannot work (one line for the user)."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A durable pull consumer a role reads besides its work stream (bus/partitions: its mail, broadcasts, and
+    for the engineer its job outcomes, from the runner and from its own job watch)."""
+
+    stream: str
+    durable: str
+    filter: str  # one subject: the permissions pin it (bus.permissions)
+
+
+class Wiring:
+    """A role with no ports beyond the bus: the plain ``Context``."""
+
+    runs_jobs: ClassVar[bool] = False  # whether the role starts experiment runners (and so needs their credential)
+
+    def __init__(self, role: RoleName, home: Path) -> None:
+        self.role = role
+        self.home = home
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return []
+
+    async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
+        """Called once the host is on the bus; returns the role's background tasks (run until the host stops)."""
+        return []
+
+    async def close(self) -> None:
+        """Called when the host stops."""
+
+    def admit(self, env: Envelope) -> str | None:
+        """Why the host must not believe ``env`` beyond what the subject vouches for (dead-lettered), or None."""
+        return None
+
+    def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> Context[Any, Any]:
+        return Context(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache)
+
+
+class EngineerWiring(Wiring):
+    runs_jobs = True
+
+    def __init__(self, home: Path, executor: Executor, runner_nats: NatsAccess | None, job_secret: str | None = None) -> None:
+        super().__init__("engineer", home)
+        self.executor = executor
+        self.jobs = ExecutorJobs(executor, runner_nats, job_secret)
+
+    async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
+        watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states), self.jobs.keys)
+        return [watch.watch_jobs(), watch.wake_waiting()]
+
+    async def close(self) -> None:
+        await self.executor.close()
+
+    def admit(self, env: Envelope) -> str | None:
+        # The runner credential is every job's, and anyone may name any sender in an envelope:
+        # a job status counts only with its own job's signature, on whatever subject it came.
+        if isinstance(env.body, JobStatus):
+            return self.jobs.keys.refusal(env.project, env.body)
+        return None
+
+    def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> EngineerContext:
+        return EngineerContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, jobs=self.jobs)
+
+
+class PIWiring(Wiring):
+    def __init__(self, home: Path) -> None:
+        super().__init__("pi", home)
+        self.archive: IdeaArchive | None = None
+
+    async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
+        self.archive = await IdeaArchive.open(bus)
+        return []
+
+    def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> PIContext:
+        return PIContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, archive=self.archive)
+
+
+class LiteratureWiring(Wiring):
+    def __init__(self, home: Path, settings: Settings) -> None:
+        super().__init__("literature", home)
+        self.settings = settings
+
+    def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> LiteratureContext:
+        return LiteratureContext(
+            project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, settings=self.settings, lab_home=self.home,
+        )
+
+
+def role_name(role: str) -> RoleName:
+    """``role`` checked against the six roles."""
+    if role not in ROLES:
+        raise WiringError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    return role
+
+
+def wiring_class(role: str) -> type[Wiring]:
+    return {"engineer": EngineerWiring, "literature": LiteratureWiring, "pi": PIWiring}.get(role, Wiring)
+
+
+def literature_settings(config: dict[str, Any]) -> Settings:
+    """The config's ``literature:`` section, checked now rather than at the first novelty check."""
+    section = config.get("literature") or {}
+    try:
+        return Settings.model_validate(section)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise WiringError(f"lab config literature.{where}: {first['msg']}") from None
+
+
+def runner_access(bus_url: str) -> NatsAccess:
+    """How the job runners the engineer starts reach the bus (``LAB_RUNNER_*``, set by `lab up` or the Deployment)."""
+    return NatsAccess(
+        url=os.environ.get("LAB_RUNNER_NATS_URL", bus_url),
+        user=os.environ.get("LAB_RUNNER_USER"),
+        password=read_secret("LAB_RUNNER_PASSWORD"),
+    )
+
+
+def build(role: str, *, home: Path, config: dict[str, Any], bus_url: str, executor: str = "local") -> Wiring:
+    """The role's wiring from the lab config (``services.common.config.lab_config``) and the environment."""
+    cls = wiring_class(role)
+    if cls is EngineerWiring:
+        if executor not in EXECUTOR_KINDS:
+            raise WiringError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTOR_KINDS)}")
+        return EngineerWiring(home, make_executor(executor, (config.get("executor") or {}).get(executor, {})), runner_access(bus_url), read_secret("LAB_JOB_SECRET"))
+    if cls is LiteratureWiring:
+        return LiteratureWiring(home, literature_settings(config))
+    if cls is PIWiring:
+        return PIWiring(home)
+    return Wiring(role_name(role), home)

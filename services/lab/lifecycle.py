@@ -1,0 +1,197 @@
+"""What a lab leaves behind, and what it needs before it starts: signals, a pid file, free space.
+
+`lab run` with an embedded lab is a foreground process that owns a
+nats-server (in its own session, so a terminal's Ctrl-C does not reach it)
+and six agents. SIGTERM and SIGHUP must stop them like Ctrl-C does; and when
+even that cannot run (SIGKILL), the pid file ``run/lab.pids`` lets the next
+start find the leftovers and stop them, so they never hold the store the new
+lab needs. A full disk or store is refused up front with the numbers, not
+met halfway through a start that then cannot even write its own log.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from bus.errors import LabError
+from services.common.config import ConfigError
+from services.common.process import alive
+
+MIN_FREE_MB = float(os.environ.get("LAB_MIN_FREE_MB", "64"))
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# JetStream refuses writes at its limit; new projects are refused a little before, so running ones can finish.
+STORE_FULL_FRACTION = 0.95
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, like Ctrl-C's KeyboardInterrupt.
+
+    A KeyboardInterrupt (not a plain exception) so that asyncio re-raises it out
+    of whatever task it lands in instead of storing it there, and every
+    ``finally`` on the way out runs.
+    """
+
+
+class StoreFull(LabError, RuntimeError):
+    """The disk under LAB_HOME, or the lab's JetStream store, has no room for a new project."""
+
+
+@dataclass
+class Stopped:
+    signum: int | None = None
+    name: str = ""
+
+
+@contextmanager
+def stop_on_signals(signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[Stopped]:
+    """Turn the first of ``signals`` into Terminated; later ones are ignored while the shutdown runs."""
+    stopped = Stopped()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stopped.signum is None:
+            stopped.signum, stopped.name = signum, signal.Signals(signum).name
+            raise Terminated(stopped.name)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield stopped
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------- free space
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def check_disk(home: Path, min_free_mb: float | None = None) -> None:
+    """StoreFull when the file system holding ``home`` has less than ``min_free_mb`` free; OSError when it is not writable."""
+    where = home
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not os.access(where, os.W_OK):  # root too: access() reports a read-only mount
+        code = errno.EROFS if os.statvfs(where).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), str(where))
+    usage = shutil.disk_usage(where)
+    min_free_mb = MIN_FREE_MB if min_free_mb is None else min_free_mb
+    if usage.free < min_free_mb * (1 << 20):
+        raise StoreFull(
+            f"the disk under {home} is full: {_mib(usage.used)} used of {_mib(usage.total)}, {_mib(usage.free)} free "
+            f"(a lab needs {min_free_mb:.0f} MiB, LAB_MIN_FREE_MB); free some space or point LAB_HOME elsewhere"
+        )
+
+
+def max_store_bytes() -> int:
+    """The embedded server's JetStream file store limit: LAB_MAX_STORE (e.g. ``50G``, ``512M``), default 10 GiB."""
+    raw = os.environ.get("LAB_MAX_STORE", "10G").strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        return int(float(raw[:-1] if raw[-1:] in _UNITS else raw) * _UNITS.get(raw[-1:], 1))
+    except (ValueError, IndexError):
+        raise ConfigError(f"LAB_MAX_STORE={os.environ['LAB_MAX_STORE']!r} is not a size like 10G or 512M") from None
+
+
+async def check_store(js: Any, where: str, server_limit: int | None = None) -> None:
+    """StoreFull when the lab's JetStream store is at its limit.
+
+    The account's own limit when it has one; else the server's, which only the
+    lab that configured it knows (``max_store_bytes`` in lab.json).
+    """
+    info = await js.account_info()
+    limit = info.limits.max_storage if info.limits.max_storage and info.limits.max_storage > 0 else server_limit
+    if limit and info.storage >= STORE_FULL_FRACTION * limit:
+        raise StoreFull(
+            f"the lab's store is full: {_mib(info.storage)} used of its {_mib(limit)} limit (JetStream at {where}); "
+            "no new project until space is freed (finished projects can be exported with `lab export`, then removed)"
+        )
+
+
+# ---------------------------------------------------------------- the pid file
+
+
+def pid_file(home: Path) -> Path:
+    return home / "run" / "lab.pids"
+
+
+def record_pids(home: Path, servers: list[int], agents: dict[str, int]) -> None:
+    """Who this lab started (every nats-server node and agent), written before anything can be left behind."""
+    path = pid_file(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"supervisor": os.getpid(), "home": str(home), "servers": servers, "agents": agents}))
+    tmp.replace(path)
+
+
+def forget_pids(home: Path) -> None:
+    path = pid_file(home)
+    try:
+        if json.loads(path.read_text()).get("supervisor") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _belongs(pid: int, home: Path, what: str) -> bool:
+    """Whether ``pid`` is still the process we recorded (pids are reused): its command line or environment names ``home``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        if what == "server":
+            return "nats-server" in cmdline and str(home) in cmdline
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        started = "services.cli" in cmdline or "services.auth" in cmdline  # an agent, or the auth service
+        return started and f"LAB_HOME={home}".encode() in environ
+    except OSError:
+        return False
+
+
+def reap_stale(home: Path, grace_s: float = 10.0) -> list[int]:
+    """Stop what a dead supervisor of ``home`` left running (agents, then its server); the pids stopped.
+
+    A supervisor that still lives is a running lab: nothing is touched (the caller refuses to start).
+    Job runners are never stopped here: they outlive the lab on purpose and are adopted by the next one.
+    """
+    try:
+        recorded = json.loads(pid_file(home).read_text())
+    except (OSError, ValueError):
+        return []
+    if alive(recorded.get("supervisor")):
+        return []
+    servers = recorded.get("servers") or [recorded.get("server")]
+    order = [(p, "agent") for p in (recorded.get("agents") or {}).values()] + [(p, "server") for p in servers]
+    stopped = [p for p, what in order if p and alive(p) and _belongs(p, home, what)]
+    for pid in stopped:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(alive(p) for p in stopped):
+        time.sleep(0.1)
+    for pid in stopped:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    pid_file(home).unlink(missing_ok=True)
+    return stopped
+
+
+def supervisor_alive(home: Path) -> int | None:
+    """The pid of a supervisor recorded in the pid file that still lives (a lab starting or running)."""
+    try:
+        pid = json.loads(pid_file(home).read_text()).get("supervisor")
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and alive(pid) else None

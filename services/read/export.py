@@ -1,0 +1,153 @@
+"""A project's outputs, written to a folder from the store: what `lab export`, `lab run` and `lab run --attach` write.
+
+Everything a project produced lives on the bus (the conversation stream and
+the object store), never only in the process that started it, so a paper is
+reachable whatever died. One function writes the folder, so `lab run`'s own
+outputs and a later `lab export` cannot differ. A project that has not
+decided yet is exported as far as it got (its latest draft, the runs so far)
+and ``export.json`` says so.
+
+    paper.tex paper.md paper.pdf references.bib figures/   the decided paper (else the latest draft)
+    review.json                                              the reviews, every round
+    analysis.json                                            the latest analysis report
+    results/<job>/...                                        every run's files
+    conversation.jsonl                                       the whole log
+    export.json                                              finished or not, the decision, the files
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bus import subjects
+from bus.client import Bus
+from bus.errors import ArtifactMissing, LabError
+from bus.schema import AnalysisDone, Decision, DraftReady, ReviewDone
+from bus.replay import read
+from bus.store import Artifacts
+from services.read.projects import project_state
+
+
+class UnknownProject(LabError, LookupError):
+    """Nothing on the bus names this project."""
+
+
+@dataclass
+class Exported:
+    project: str
+    out: Path
+    finished: bool
+    stage: str
+    decision: Decision | None = None
+    files: list[tuple[str, Path]] = field(default_factory=list)
+
+
+@dataclass
+class _Log:
+    """What the export needs from the conversation, read in one pass."""
+
+    lines: list[str] = field(default_factory=list)
+    decision: Decision | None = None
+    draft: DraftReady | None = None
+    analysis: AnalysisDone | None = None
+    reviews: list[ReviewDone] = field(default_factory=list)
+
+
+async def _read_log(bus: Bus, project: str) -> _Log:
+    log = _Log()
+    async for entry in read(bus, subjects.convo_all(project)):
+        env = entry.envelope
+        if env is None:
+            continue
+        log.lines.append(json.dumps({"seq": entry.seq, "subject": entry.subject, **env.model_dump(mode="json")}))
+        body = env.body
+        if isinstance(body, Decision):
+            log.decision = body
+        elif isinstance(body, DraftReady):
+            log.draft = body
+        elif isinstance(body, AnalysisDone):
+            log.analysis = body
+        elif isinstance(body, ReviewDone):
+            log.reviews.append(body)
+    return log
+
+
+async def _fetch(artifacts: Artifacts, name: str | None, dest: Path) -> Path | None:
+    if not name:
+        return None
+    try:
+        data = await artifacts.get(name)
+    except ArtifactMissing:
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    return dest
+
+
+async def export_project(bus: Bus, project: str, out: Path) -> Exported:
+    """Write ``project``'s outputs under ``out``, from the store; raise UnknownProject when there is none."""
+    subjects.token(project, "project")
+    state = await project_state(bus, project)
+    log = await _read_log(bus, project)
+    if state is None and not log.lines:
+        raise UnknownProject(f"unknown project {project!r}: nothing on the bus names it")
+    artifacts = await Artifacts.open(bus)
+    out.mkdir(parents=True, exist_ok=True)
+    done = Exported(project=project, out=out, finished=log.decision is not None, stage=state.stage if state else "unknown", decision=log.decision)
+    files = done.files
+
+    paper = log.decision.paper if log.decision is not None else log.draft
+    if paper is not None:
+        for label, name in (("paper.tex", paper.tex), ("paper.md", paper.markdown), ("paper.pdf", paper.pdf), ("references.bib", paper.bib)):
+            if p := await _fetch(artifacts, name, out / label):
+                files.append((label, p))
+        for fig in paper.figures:
+            await _fetch(artifacts, fig, out / "figures" / Path(fig).name)
+        if paper.figures:
+            files.append(("figures/", out / "figures"))
+    review = out / "review.json"
+    if log.decision is not None and await _fetch(artifacts, log.decision.review_object, review):
+        files.append(("review.json", review))
+    elif log.reviews:  # not decided yet: the reviews so far, in the PI's format
+        review.write_text(json.dumps([r.model_dump(mode="json") for r in log.reviews], indent=2))
+        files.append(("review.json", review))
+    analysis = out / "analysis.json"
+    # The writer's analysis.json (the report plus every number as the paper prints it) traces the paper;
+    # before a draft exists, the analyst's latest report is what there is.
+    if paper is not None and paper.analysis and await _fetch(artifacts, paper.analysis, analysis):
+        files.append(("analysis.json", analysis))
+    elif log.analysis is not None:
+        analysis.write_text(log.analysis.report.model_dump_json(indent=2))
+        files.append(("analysis.json", analysis))
+    for name in await artifacts.list(f"{project}/runs/"):
+        _, _, job, fname = name.split("/", 3)
+        await _fetch(artifacts, name, out / "results" / job / fname)
+    if (out / "results").is_dir():
+        files.append(("results/", out / "results"))
+    convo = out / "conversation.jsonl"
+    convo.write_text("".join(line + "\n" for line in log.lines))
+    files.append(("conversation.jsonl", convo))
+
+    manifest = out / "export.json"
+    manifest.write_text(json.dumps(_manifest(done, paper), indent=2))
+    files.append(("export.json", manifest))
+    return done
+
+
+def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
+    d = done.decision
+    return {
+        "project": done.project,
+        "status": "finished" if done.finished else "unfinished",
+        "note": "" if done.finished else f"the project had not decided when exported (stage {done.stage}); this is what existed so far",
+        "stage": done.stage,
+        "accepted": d.accepted if d else None,
+        "reason": d.reason if d else "",
+        "paper_round": paper.round if paper else None,
+        "files": [label for label, _ in done.files],
+        "exported_at": time.time(),
+    }

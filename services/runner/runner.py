@@ -1,0 +1,496 @@
+"""`python -m services.runner`: runs one experiment under limits the experiment cannot touch.
+
+The runner is the experiment's parent and a child subreaper: it owns the
+wall-time clock and the memory and process watch over its whole process tree
+(read from /proc, so ``setsid`` does not hide a grandchild), kills that tree
+when a limit is exceeded, and is the only one that reports the outcome and
+talks to NATS. The experiment runs inside the bubblewrap sandbox of
+:mod:`services.runner.sandbox` when the machine has one (no credential, no network
+unless the template asks, no view of the lab or of other processes, dies with
+the runner), under per-process rlimits either way. Nothing the runner trusts
+lives where the experiment can write: process handles stay in memory.
+
+On Docker and Kubernetes (``$LAB_SHARED_DIR`` set) the experiment runs in a
+container of its own instead, started by :mod:`services.runner.launcher` under
+another uid and without any credential; the runner hands it the code and
+follows it through a shared volume (:mod:`services.runner.split`).
+
+Exit codes (Kubernetes' podFailurePolicy reads them): 0 ok, 3 the experiment
+failed (do not retry), 4 the bus or object store was unreachable (retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from pydantic import ValidationError
+
+from agents.templates import unbundle
+from bus import subjects
+from bus.client import Bus, BusConfig
+from bus import jobkeys
+from bus.permissions import chunk_prefix, files_subject, job_of_user
+from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, NatsAccess, derive_id
+from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
+from bus.store import Artifacts
+from services.runner import checkpoint, proctree, sandbox, split
+from services.common.config import read_secret
+
+PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
+MEMORY_POLL_S = 0.25
+MAX_PROCESSES = int(os.environ.get("LAB_JOB_MAX_PROCESSES", "256"))  # a fork bomb is killed, not waited out
+PLOT_LIMIT_S = 120.0
+CONNECT_TIMEOUT_S = float(os.environ.get("LAB_RUNNER_CONNECT_TIMEOUT_S", "30"))
+
+
+def environment(device: str = "cpu") -> JobEnvironment:
+    """The machine as it is, read from the system, never assumed."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus: list[str] = []
+    driver = None
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout
+            for row in out.strip().splitlines():
+                name, _, drv = row.partition(",")
+                gpus.append(name.strip())
+                driver = drv.strip() or driver
+        except (OSError, subprocess.SubprocessError):
+            pass
+    packages = {}
+    for p in PACKAGES:
+        try:
+            packages[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    cuda = None
+    try:
+        import torch  # only to read what the wheel was built for
+
+        cuda = torch.version.cuda
+    except ImportError:
+        pass  # no torch in this image: nothing to record
+    except Exception as e:  # torch present but broken (CUDA libraries, ABI): only this metadata is lost, the job may not need it
+        print(f"runner: torch does not import, CUDA version not recorded: {type(e).__name__}: {e}", file=sys.stderr)
+    # Seeds make CPU runs reproducible; GPU kernels (cuBLAS, cuDNN, atomics) are not, which a reader should know.
+    notes = ["GPU kernels are not deterministic: reruns of a seed on a GPU may differ slightly"] if device == "cuda" else []
+    return JobEnvironment(
+        notes=notes,
+        hostname=socket.gethostname(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        cpu=cpu,
+        cpu_count=os.cpu_count() or 0,
+        gpus=gpus,
+        cuda=cuda,
+        driver=driver,
+        device=device,
+        packages=packages,
+        executor=os.environ.get("LAB_EXECUTOR_KIND", "local"),
+    )
+
+
+def _flag(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def command(job: JobSpec, code: Path, out: Path) -> list[str]:
+    """The experiment's argv: one process, or ``torchrun`` with one process per GPU when a job asks for several."""
+    if job.gpu > 1:
+        torchrun = Path(sys.executable).with_name("torchrun")
+        head = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+        cmd = [*head, "--standalone", f"--nproc_per_node={job.gpu}", str(code / "experiment.py")]
+    else:
+        cmd = [sys.executable, str(code / "experiment.py")]
+    cmd += ["--out_dir", str(out), "--seeds", ",".join(map(str, job.seeds))]
+    for k, v in sorted(job.overrides.items()):
+        cmd += [f"--{k}", _flag(v)]
+    return cmd
+
+
+class Launch(NamedTuple):
+    """How to start one process of the job: the full argv (sandbox included), its environment, its limits."""
+
+    argv: list[str]
+    env: dict[str, str]
+    preexec: Callable[[], None] | None
+
+
+def confine(
+    argv: list[str], job: JobSpec, workdir: Path, readonly: list[Path], writable: list[Path], extra_env: dict[str, str] | None = None,
+    use_sandbox: bool = True,
+) -> Launch:
+    """Wrap an experiment's argv (from :func:`command`) in the sandbox and the kernel limits.
+
+    The argv is built elsewhere and only wrapped here, so a different launcher
+    (e.g. torchrun) changes :func:`command`, not this. ``use_sandbox=False``: the
+    container is the boundary (:mod:`services.runner.launcher`), only the limits apply.
+    """
+    env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", **(extra_env or {})}
+    limits = sandbox.Limits(
+        # Address space, not resident memory: a backstop well above the limit (threads reserve far more than they
+        # touch); the exact limit is the runner's watch over the summed resident memory of the whole tree.
+        address_space_mb=max(4 * job.memory_mb, job.memory_mb + 4096),
+        cpu_s=max(10, math.ceil(job.wall_time_s * max(job.cpu, 1.0)) + 10),
+    )
+    bwrap = sandbox.tool() if use_sandbox else None
+    if bwrap is None:
+        tmp = workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        # Unconfined (the lab said so at start, and refuses model-written code here without --unsafe-no-sandbox):
+        # still no credential in the environment, and the same limits.
+        env.update({"HOME": str(tmp), "TMPDIR": str(tmp), "MPLCONFIGDIR": str(tmp / ".mpl")})
+        return Launch(argv, sandbox.sandbox_env(env), sandbox.preexec(limits))
+    binds = [sandbox.Bind(source=p, name=p.name) for p in readonly] + [sandbox.Bind(source=p, name=p.name, writable=True) for p in writable]
+    env = {k: sandbox.translate([v], binds)[0] for k, v in env.items()}  # host paths (a checkpoint dir) as seen inside
+    policy = sandbox.Policy(
+        binds=binds, tmp_mb=max(64, job.memory_mb // 4), cwd=readonly[0].name if readonly else "", network=job.network,
+        devices=sandbox.gpu_devices() if job.gpu else [], env=env,
+    )
+    # bwrap itself gets the sandbox's environment too: pid 1 inside is bwrap, and its environ is readable there.
+    return Launch(sandbox.wrap(argv, policy, bwrap), sandbox.sandbox_env(env), sandbox.preexec(limits))
+
+
+class Outcome:
+    def __init__(self, state: str, reason: str = "", exit_code: int | None = None):
+        self.state, self.reason, self.exit_code = state, reason, exit_code
+
+
+async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term: asyncio.Event | None = None) -> Outcome:
+    """Run ``launch`` under the job's wall time, memory and process limits; nothing it started outlives it.
+
+    When ``term`` is set (the runner got SIGTERM) the experiment gets SIGTERM and a grace period to checkpoint.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *launch.argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        env=launch.env, preexec_fn=launch.preexec,
+    )
+    me = os.getpid()  # the tree under the runner is the job: only its children, and orphans reparented to it
+    tail: list[str] = []
+    killed: list[str] = []
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            tail.append(line)
+            del tail[:-20]
+            await on_line(line)
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(MEMORY_POLL_S)
+            tree = proctree.descendants(me)
+            used = sum(tree.values()) / (1 << 20)
+            if used > job.memory_mb:
+                killed.append(f"oom: used {used:.0f} MiB > limit {job.memory_mb} MiB")
+            elif len(tree) > MAX_PROCESSES:
+                killed.append(f"pids: {len(tree)} processes > limit {MAX_PROCESSES}")
+            else:
+                continue
+            proctree.kill_descendants(me)
+            return
+
+    pumping = asyncio.create_task(pump())
+    watching = asyncio.create_task(watch())
+    forwarding = asyncio.create_task(checkpoint.forward_term(me, term, checkpoint.GRACE_S, on_line)) if term else None
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=job.wall_time_s)
+    except asyncio.TimeoutError:
+        killed.append(f"timeout: exceeded the wall-time limit of {job.wall_time_s:.0f}s")
+        proctree.kill_descendants(me)
+        await proc.wait()
+    finally:
+        watching.cancel()
+        if forwarding is not None:
+            forwarding.cancel()
+        proctree.kill_descendants(me)  # nothing the experiment started outlives it, nor holds its stdout open
+    try:
+        await asyncio.wait_for(pumping, timeout=5)
+    except asyncio.TimeoutError:
+        pumping.cancel()
+    if term is not None and term.is_set():
+        return Outcome("preempted", "preempted: SIGTERM", proc.returncode)
+    if killed:
+        return Outcome("failed", killed[0], proc.returncode)
+    if proc.returncode != 0:
+        last = next((l for l in reversed(tail) if l.strip()), "")
+        return Outcome("failed", f"crashed: exit code {proc.returncode}: {last[:300]}", proc.returncode)
+    return Outcome("succeeded", "", 0)
+
+
+class Runner:
+    """Runs one job; with ``shared`` (a volume the experiment container also mounts) the experiment runs there."""
+
+    def __init__(self, job: JobSpec, workdir: Path, shared: Path | None = None):
+        self.job = job
+        self.workdir = workdir  # the runner's own: its log, env.json, result.json
+        self.layout = split.Layout(shared) if shared is not None else None
+
+    @staticmethod
+    def credential(nats: NatsAccess) -> tuple[str | None, str | None]:
+        """(user, password) for the bus: the job's own user if it has one, else the shared runner credential.
+
+        A job's own user (``job.<project>.<job>``, admitted by the auth callout) is never replaced; the
+        shared credential mounted from a Secret (Kubernetes: ``LAB_NATS_USER_FILE``, ``LAB_NATS_PASSWORD_FILE``) or a
+        file (Docker) wins over one carried in the job.
+        """
+        if job_of_user(nats.user):
+            return nats.user, nats.password
+        return read_secret("LAB_NATS_USER") or nats.user, read_secret("LAB_NATS_PASSWORD") or nats.password
+
+    async def publish_status(self, status: JobStatus) -> None:
+        if self.job.status_key:  # the engineer believes only statuses signed with this job's key
+            status = jobkeys.sign(self.job.status_key, self.job.project, status)
+        env = Envelope(
+            id=derive_id(self.job.job_id, f"status-{status.state}"),
+            project=self.job.project,
+            sender="runner",
+            recipient="engineer",
+            body=status,
+        )
+        await self.bus.publish_job(subjects.job_status(self.job.project, self.job.job_id), env)
+
+    async def _checkpoints(self, artifacts: Artifacts, env: dict[str, str], on_line: Any) -> checkpoint.CheckpointSync:
+        """Fetch the experiment's last checkpoint and tell the experiment where it is (``LAB_CHECKPOINT_DIR``)."""
+        folder = self.layout.checkpoint if self.layout else self.workdir / "checkpoint"
+        folder.mkdir(parents=True, exist_ok=True)  # bound writable into the sandbox, so it must exist
+        got = await checkpoint.restore(artifacts, self.job, folder)
+        if self.layout:
+            split.open_tree(folder, writable=True)  # the experiment's uid overwrites what was restored
+        if got:
+            await on_line(f"[runner] restored a checkpoint ({got} bytes) from {checkpoint.object_name(self.job)}")
+        env[checkpoint.CHECKPOINT_ENV] = str(folder)
+        return checkpoint.CheckpointSync(artifacts, self.job, folder)
+
+    async def run(self) -> int:
+        if self.layout is None:
+            return await self._run()
+        try:
+            self.layout.prepare()
+        except OSError as e:
+            print(f"runner: cannot prepare the shared volume {self.layout.root.parent}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_INFRA
+        alive = asyncio.create_task(split.keep_alive(self.layout.alive))
+        try:
+            return await self._run()
+        finally:
+            alive.cancel()
+            if not self.layout.stop.exists():  # whatever happened, the launcher must not wait for us
+                self.layout.stop.write_text("the runner ended\n")
+
+    async def _run(self) -> int:
+        job = self.job
+        if job.nats is None:
+            print("runner: the job carries no bus access (nats); the executor must fill it in", file=sys.stderr)
+            return EXIT_INFRA
+        try:
+            user, password = self.credential(job.nats)
+            config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
+            self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
+            if job_of_user(user):  # its own user: objects are committed by the auth service (bus.store.CommittedObjects)
+                artifacts = await Artifacts.open_for_job(self.bus, files_subject(job.project, job.job_id), chunk_prefix(job.project, job.job_id))
+            else:
+                artifacts = await Artifacts.open(self.bus)
+            bundle = await artifacts.get(job.bundle_object)
+        except (Exception, asyncio.TimeoutError) as e:
+            print(f"runner: cannot reach the bus or the bundle: {e or type(e).__name__}", file=sys.stderr)
+            return EXIT_INFRA
+        if self.layout:
+            code, out, figs = self.layout.code, self.layout.out, self.layout.figures
+        else:
+            code, out, figs = self.workdir / "code", self.workdir / "out", self.workdir / "figures"
+        unbundle(bundle, code)
+        if self.layout:
+            split.open_tree(code)  # readable by the experiment container's uid, writable only by ours
+        out.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / "log.txt"
+        log_file = open(log_path, "a")
+        log_subject = subjects.job_log(job.project, job.job_id)
+
+        async def on_line(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+            print(line, flush=True)  # also to stdout: `kubectl logs`, `docker logs` and log collectors see it
+            await self.bus.nc.publish(log_subject, json.dumps({"job": job.job_id, "line": line, "t": time.time()}).encode())
+
+        await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
+        cmd = command(job, code, out)
+        extra_env: dict[str, str] = {}
+        if os.environ.get("LAB_CHECKPOINT_EVERY"):
+            extra_env["LAB_CHECKPOINT_EVERY"] = os.environ["LAB_CHECKPOINT_EVERY"]
+        sync = await self._checkpoints(artifacts, extra_env, on_line) if job.resumable else None
+        writable = [out] + ([sync.folder] if sync else [])
+        term = checkpoint.catch_sigterm(asyncio.get_running_loop())
+        launch = None if self.layout else confine(cmd, job, self.workdir, readonly=[code], writable=writable, extra_env=extra_env)
+        if launch is None:
+            where = "in the experiment container (no credential there)"
+        else:
+            where = "in the sandbox" if launch.argv is not cmd else "UNCONFINED (no sandbox tool on this machine)"
+        await on_line(f"[runner] starting job {job.job_id} {where}: {' '.join(cmd)}")
+        started = time.monotonic()
+        syncing = asyncio.create_task(sync.run()) if sync else None
+        plot_failed: str | None = None
+        measured: JobEnvironment | None = None
+        try:
+            if launch is None:
+                assert self.layout is not None
+                record = await split.await_experiment(self.layout, job, extra_env, on_line, term, PLOT_LIMIT_S, checkpoint.GRACE_S)
+                outcome, plot_failed = Outcome(record.state, record.reason, record.exit_code), record.plot_failed
+                measured = record.environment
+            else:
+                outcome = await supervise(launch, code, job, on_line, term)
+        except BaseException as e:  # cancelled or the runner broke: keep the log
+            await _save_log(artifacts, f"{job.project}/runs/{job.job_id}/log.txt", log_file, log_path, e)
+            raise
+        wall = time.monotonic() - started
+        if sync is not None and syncing is not None:
+            syncing.cancel()
+            await sync.sync()  # what the experiment saved on SIGTERM, or its last periodic checkpoint
+        if outcome.state == "preempted":
+            saved = f"its checkpoint is in {checkpoint.object_name(job)}" if sync and sync.uploads else "no checkpoint was saved"
+            await on_line(f"[runner] preempted after {wall:.0f}s; {saved}; exiting for a retry")
+            log_file.close()
+            await artifacts.put(f"{job.project}/runs/{job.job_id}/log.txt", log_path.read_bytes())
+            await self.bus.close()
+            return EXIT_INFRA  # not the experiment's fault: Kubernetes retries the pod, which resumes
+        final_info = None
+        if outcome.state == "succeeded":
+            try:
+                final_info = FinalInfo.model_validate_json(split.read_regular(out / "final_info.json"))
+            except (OSError, split.SplitError, ValidationError) as e:
+                what = str(e) if isinstance(e, split.SplitError) else "final_info.json " + (
+                    "missing" if isinstance(e, OSError) else "does not match the schema")
+                outcome = Outcome("failed", f"invalid_output: {what}", 0)
+        device = str(final_info.model_extra.get("device", "cpu")) if final_info and final_info.model_extra else "cpu"
+        envinfo = environment(device)
+        if measured is not None:  # the experiment container's machine (its GPUs); the executor is ours to say
+            envinfo = measured.model_copy(update={"executor": envinfo.executor})
+        uploaded: list[str] = []
+        prefix = f"{job.project}/runs/{job.job_id}"
+        if final_info is not None:
+            remaining = max(10.0, min(PLOT_LIMIT_S, job.wall_time_s - wall))
+            plot_job = job.model_copy(update={"wall_time_s": remaining})
+            figs.mkdir(parents=True, exist_ok=True)
+            if plot_failed is None:  # in this process's sandbox; split, the experiment container ran it
+                plot_cmd = [sys.executable, str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)]
+                plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=[code, out], writable=[figs]), code, plot_job, on_line)
+                plot_failed = "" if plot.state == "succeeded" else plot.reason
+            if plot_failed:
+                await on_line(f"[runner] plot.py failed: {plot_failed}")
+            files = sorted(out.glob("*.json")) + (sorted(figs.glob("*.png")) if figs.exists() else [])
+            for f in files:
+                try:  # never a link the experiment planted (to the runner's own secret files, say)
+                    data = split.read_regular(f)
+                except (OSError, split.SplitError) as e:
+                    await on_line(f"[runner] not uploading {f.name}: {e}")
+                    continue
+                uploaded.append(await artifacts.put(f"{prefix}/{f.name}", data))
+        log_file.close()
+        (self.workdir / "env.json").write_text(envinfo.model_dump_json(indent=2))
+        uploaded.append(await artifacts.put(f"{prefix}/env.json", (self.workdir / "env.json").read_bytes()))
+        uploaded.append(await artifacts.put(f"{prefix}/log.txt", log_path.read_bytes()))
+        status = JobStatus(
+            job_id=job.job_id,
+            experiment_id=job.experiment_id,
+            state="succeeded" if outcome.state == "succeeded" else "failed",
+            reason=outcome.reason,
+            exit_code=outcome.exit_code,
+            final_info=final_info,
+            environment=envinfo,
+            artifacts=uploaded,
+            wall_s=wall,
+        )
+        (self.workdir / "result.json").write_text(status.model_dump_json())
+        await self.publish_status(status)
+        await self.bus.close()
+        return EXIT_OK if status.state == "succeeded" else EXIT_EXPERIMENT_FAILED
+
+
+def _job_json() -> str | None:
+    """The job from ``LAB_JOB``, or from the 0600 file ``LAB_JOB_FILE`` names (keeps its credential out of /proc)."""
+    if os.environ.get("LAB_JOB"):
+        return os.environ["LAB_JOB"]
+    if os.environ.get("LAB_JOB_FILE"):
+        try:
+            return Path(os.environ["LAB_JOB_FILE"]).read_text()
+        except OSError as e:
+            print(f"runner: cannot read LAB_JOB_FILE {os.environ['LAB_JOB_FILE']} ({e.strerror})", file=sys.stderr)
+            sys.exit(2)
+    return None
+
+
+async def _save_log(artifacts: Artifacts, name: str, log_file: Any, log_path: Path, why: BaseException) -> None:
+    """Upload what the log holds so far; bounded, so a dying pod's grace period is not used up."""
+    reason = "cancelled (SIGTERM)" if isinstance(why, asyncio.CancelledError) else f"{type(why).__name__}: {why}"
+    log_file.write(f"[runner] stopped before the end: {reason}\n")
+    log_file.close()
+    print(f"[runner] stopped before the end: {reason}", flush=True)
+    try:
+        await asyncio.wait_for(artifacts.put(name, log_path.read_bytes()), 10)
+    except (Exception, asyncio.TimeoutError) as e:
+        print(f"runner: could not upload log.txt: {e or type(e).__name__}", file=sys.stderr)
+
+
+async def _run_until_stopped(runner: Runner) -> int:
+    """Run the job; SIGTERM (a deleted pod, a stopped container) cancels it so the log still gets out."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await runner.run()
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
+
+
+def main() -> None:
+    raw = _job_json()
+    if not raw:
+        print("runner: neither LAB_JOB nor LAB_JOB_FILE is set (they hold the job as JSON)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        job = JobSpec.model_validate_json(raw)
+    except ValidationError as e:
+        print(f"runner: LAB_JOB is not a valid job: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}", file=sys.stderr)
+        sys.exit(2)
+    if os.environ.get("LAB_JOB_DIR"):
+        workdir = Path(os.environ["LAB_JOB_DIR"])
+    elif os.environ.get("LAB_SCRATCH"):  # a container's writable scratch volume
+        workdir = Path(os.environ["LAB_SCRATCH"]) / job.job_id
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix=f"lab-{job.job_id}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["LAB_JOB_DIR"] = str(workdir)
+    sandbox.become_subreaper()
+    shared = Path(os.environ[split.SHARED_ENV]) if os.environ.get(split.SHARED_ENV) else None
+    sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir, shared))))
+
+
+if __name__ == "__main__":
+    main()
