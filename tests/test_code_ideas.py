@@ -53,7 +53,7 @@ def test_a_variant_naming_a_missing_file_or_an_ambiguous_search_is_rejected(tmp_
 def test_an_idea_whose_recorded_compute_differs_from_the_baseline_is_flagged() -> None:
     from agents.analyst.workflow import build_report
     from bus.schema import AnalysisRequest
-    from tests.test_analyst import SPEC, run
+    from tests.unit.test_analyst import SPEC, run
 
     def with_compute(r, **compute):  # type: ignore[no-untyped-def]
         assert r.final_info is not None

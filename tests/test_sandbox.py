@@ -14,7 +14,7 @@ from services.runner import sandbox
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED
 from tests.conftest import lab_cmd
 from tests.proc_helpers import processes_with
-from tests.test_jobrunner import run_job
+from tests.integration.test_runner_limits import run_job
 
 needs_bwrap = pytest.mark.skipif(sandbox.tool() is None, reason="needs bubblewrap (CI installs it)")
 

@@ -14,7 +14,7 @@ from bus.errors import ArtifactMissing, ConnectError, StateConflict
 from bus.schema import CoPINote, CoPINoteMsg, Envelope, ExperimentRequest, Idea, TemplateError
 from bus.store import StateStore
 from tests.fakes import TOY_SPEC
-from tests.test_agent_host import start_agent
+from tests.chaos.test_agent_sigkill import start_agent
 
 pytestmark = pytest.mark.integration
 

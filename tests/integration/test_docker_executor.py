@@ -1,0 +1,512 @@
+"""DockerExecutor through the real docker SDK against a local fake of the Engine API.
+
+The fake exists only because no Docker engine runs on this machine. It speaks
+the few endpoints docker-py uses here (version, containers create/start/
+inspect/kill/list/remove, volumes create/inspect/list/remove, images/create),
+records every create request as the engine received it, and "runs" a container
+by starting its command as a local process with the container's environment,
+so exit codes are real. A named volume is a local folder (owned and moded as
+its tmpfs options say), a bind mount the host path itself, and the container's
+env and command see them through their mount paths rewritten. Run as root, a
+container's process runs under its ``User`` in a pid namespace of its own, as
+Docker runs it (tests/kubelet.py's isolation), and with ``network_mode: none``
+in a network namespace of its own. A process killed by SIGKILL from
+inside is reported as OOMKilled, which is how the kernel OOM killer looks to
+Docker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from services.executors import make_executor
+from tests.kubelet import _ENTER
+from services.executors.base import ExecutorError
+from bus.schema import JobPhase, JobSpec, NatsAccess
+from services.executors.docker import DockerExecutor
+from tests.conftest import ROOT as REPO
+
+IMAGE = "ghcr.io/kenkyu-lab/lab:test"
+STAND_IN = [
+    "python", "-c",
+    "import json, os, sys, time\n"
+    "o = json.load(open(os.environ['LAB_JOB_FILE']))['overrides']\n"
+    "time.sleep(o.get('sleep', 0))\n"
+    "if o.get('oom'): os.kill(os.getpid(), 9); sys.exit(137)  # as PID 1 of its namespace it ignores its own SIGKILL\n"
+    "sys.exit(o.get('exit', 0))\n",
+]
+LAUNCHER_STAND_IN = ["python", "-c", "pass"]
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+
+
+class FakeEngine:
+    """Containers by id and name; one local process per started container."""
+
+    def __init__(self, images: set[str]) -> None:
+        self.images = images
+        self.containers: dict[str, dict[str, Any]] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.killed: set[str] = set()
+        self.creates: list[dict[str, Any]] = []
+        self.networks_missing: set[str] = set()
+        self.volumes: dict[str, dict[str, Any]] = {}
+        self.scratch = tempfile.mkdtemp(prefix="fake-docker-")
+        os.chmod(self.scratch, 0o755)
+        self.isolates = os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "setpriv", "mount"))
+        self.lock = threading.Lock()
+
+    def volume_dir(self, name: str) -> Path:
+        return Path(self.scratch) / f"vol-{name}"
+
+    def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["Name"]
+        if name not in self.volumes:
+            opts = dict(o.split("=", 1) for o in (body.get("DriverOpts") or {}).get("o", "").split(",") if "=" in o)
+            folder = self.volume_dir(name)
+            folder.mkdir()
+            if self.isolates and "uid" in opts:
+                os.chown(folder, int(opts["uid"]), int(opts.get("gid", opts["uid"])))
+            folder.chmod(int(opts.get("mode", "0755"), 8))
+            self.volumes[name] = {"Name": name, "Driver": body.get("Driver", "local"), "Labels": body.get("Labels") or {},
+                                  "Options": body.get("DriverOpts") or {}, "Mountpoint": str(folder)}
+        return self.volumes[name]
+
+    def mounts(self, c: dict[str, Any]) -> dict[str, str]:
+        """Mount path -> local path, from the container's binds (a name is a volume, a path a host path)."""
+        found = {}
+        for bind in c["HostConfig"].get("Binds") or []:
+            source, dest = bind.split(":")[:2]
+            found[dest] = source if source.startswith("/") else str(self.volume_dir(source))
+        return found
+
+    def find(self, ref: str) -> dict[str, Any] | None:
+        for c in self.containers.values():
+            if c["Id"] == ref or c["Name"] == f"/{ref}":
+                return c
+        return None
+
+    def refresh(self, c: dict[str, Any]) -> dict[str, Any]:
+        proc = self.procs.get(c["Id"])
+        if proc is not None and c["State"]["Status"] == "running" and proc.poll() is not None:
+            code = proc.returncode
+            oom = code in (-signal.SIGKILL, 128 + signal.SIGKILL) and c["Id"] not in self.killed
+            c["State"].update(Status="exited", Running=False, ExitCode=128 + 9 if code < 0 else code,
+                              OOMKilled=oom, FinishedAt=now())
+        return c
+
+    def start(self, c: dict[str, Any]) -> None:
+        mounts = self.mounts(c)
+        tmp = Path(self.scratch) / f"tmp-{c['Id']}"  # the container's own tmpfs /tmp
+        tmp.mkdir(mode=0o1777)
+        tmp.chmod(0o1777)
+        mounts.setdefault("/tmp", str(tmp))
+
+        def local(value: str) -> str:
+            for path in sorted(mounts, key=len, reverse=True):
+                if value == path or value.startswith(path.rstrip("/") + "/"):
+                    return mounts[path] + value[len(path):]
+            return value
+
+        cmd = [local(a) for a in c["Config"]["Cmd"]]
+        if c["Config"]["Cmd"][0] in ("python", sys.executable):
+            cmd[0] = sys.executable  # the image's python is this one, never mapped through /tmp (a checkout under /tmp)
+        env = {k: local(v) for k, v in (e.split("=", 1) for e in c["Config"]["Env"])}
+        env |= {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}
+        if self.isolates and c["Config"].get("User"):
+            uid, _, gid = c["Config"]["User"].partition(":")
+            stage = Path(self.scratch) / f"stage-{c['Id']}"
+            env |= {"STAGE": str(stage), "RUN_UID": uid, "RUN_GID": gid or uid, "RUN_GROUPS": gid or uid}
+            offline = ["--net"] if c["HostConfig"].get("NetworkMode") == "none" else []  # network_mode none: loopback only
+            cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *offline, "sh", "-c", _ENTER, "sh", *cmd]
+        with open(Path(self.scratch) / f"log-{c['Name'].strip('/')}", "ab") as log:  # what `docker logs` would show
+            self.procs[c["Id"]] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                                   start_new_session=True)
+        c["State"].update(Status="running", Running=True, StartedAt=now())
+
+    def stop(self, c: dict[str, Any]) -> None:
+        proc = self.procs.get(c["Id"])
+        if proc is not None and proc.poll() is None:
+            self.killed.add(c["Id"])
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self.refresh(c)
+
+
+def handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def reply(self, status: int, body: Any = None) -> None:
+            data = b"" if body is None else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def route(self, method: str) -> None:
+            url = urlparse(self.path)
+            path = re.sub(r"^/v[0-9.]+", "", url.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"null") if length else None
+            with engine.lock:
+                self.dispatch(method, path, query, body)
+
+        def dispatch(self, method: str, path: str, query: dict[str, str], body: Any) -> None:
+            def has(labels: dict[str, str], w: str) -> bool:  # "key=value" or just "key", as the engine does
+                key, eq, value = w.partition("=")
+                return key in labels and (not eq or labels[key] == value)
+
+            m = re.fullmatch(r"/containers/([^/]+)(/json|/start|/kill)?", path)
+            if (method, path) == ("GET", "/version"):
+                return self.reply(200, {"ApiVersion": "1.45", "Version": "fake", "MinAPIVersion": "1.24"})
+            if (method, path) == ("POST", "/images/create"):
+                return self.reply(404, {"message": f"pull access denied for {query.get('fromImage')}"})
+            if (method, path) == ("POST", "/volumes/create"):
+                return self.reply(201, engine.create_volume(body))
+            if (method, path) == ("GET", "/volumes"):
+                wanted = json.loads(query.get("filters", "{}")).get("label", [])
+                return self.reply(200, {"Volumes": [v for v in engine.volumes.values()
+                                                    if all(has(v["Labels"], w) for w in wanted)], "Warnings": []})
+            vol = re.fullmatch(r"/volumes/([^/]+)", path)
+            if vol and vol.group(1) not in engine.volumes:
+                return self.reply(404, {"message": f"get {vol.group(1)}: no such volume"})
+            if vol and method == "GET":
+                return self.reply(200, engine.volumes[vol.group(1)])
+            if vol and method == "DELETE":
+                users = [c["Name"] for c in engine.containers.values()
+                         if any(b.startswith(vol.group(1) + ":") for b in c["HostConfig"].get("Binds") or [])]
+                if users:
+                    return self.reply(409, {"message": f"remove {vol.group(1)}: volume is in use - {users}"})
+                shutil.rmtree(engine.volumes.pop(vol.group(1))["Mountpoint"], ignore_errors=True)
+                return self.reply(204)
+            if (method, path) == ("POST", "/containers/create"):
+                engine.creates.append({"name": query.get("name"), **body})
+                if body["Image"] not in engine.images:
+                    return self.reply(404, {"message": f"No such image: {body['Image']}"})
+                network = body.get("HostConfig", {}).get("NetworkMode")
+                if network in engine.networks_missing:
+                    return self.reply(404, {"message": f"network {network} not found"})
+                if engine.find(query["name"]):
+                    return self.reply(409, {"message": f'Conflict. The container name "/{query["name"]}" is already in use'})
+                cid = uuid.uuid4().hex
+                engine.containers[cid] = {"Id": cid, "Name": f"/{query['name']}", "Config": body,
+                                          "HostConfig": body.get("HostConfig", {}),
+                                          "State": {"Status": "created", "Running": False, "ExitCode": 0,
+                                                    "OOMKilled": False, "Error": "", "StartedAt": "0001-01-01T00:00:00Z"}}
+                return self.reply(201, {"Id": cid, "Warnings": []})
+            if (method, path) == ("GET", "/containers/json"):
+                wanted = json.loads(query.get("filters", "{}")).get("label", [])
+                found = [c for c in engine.containers.values() if all(has(c["Config"]["Labels"], w) for w in wanted)]
+                return self.reply(200, [{"Id": c["Id"], "Names": [c["Name"]]} for c in found])
+            net = re.fullmatch(r"/networks/([^/]+)/connect", path)
+            if method == "POST" and net:
+                if net.group(1) in engine.networks_missing:
+                    return self.reply(404, {"message": f"network {net.group(1)} not found"})
+                c = engine.find(body["Container"])
+                if c is None:
+                    return self.reply(404, {"message": f"No such container: {body['Container']}"})
+                c.setdefault("NetworkSettings", {"Networks": {}})["Networks"][net.group(1)] = {}
+                return self.reply(200)
+            c = engine.find(m.group(1)) if m else None
+            if m is None:
+                return self.reply(404, {"message": f"page not found: {method} {path}"})
+            if c is None:
+                return self.reply(404, {"message": f"No such container: {m.group(1)}"})
+            if method == "GET" and m.group(2) == "/json":
+                return self.reply(200, engine.refresh(c))
+            if method == "POST" and m.group(2) == "/start":
+                engine.start(c)
+                return self.reply(204)
+            if method == "POST" and m.group(2) == "/kill":
+                engine.stop(c)
+                return self.reply(204)
+            if method == "DELETE" and m.group(2) is None:
+                if c["State"]["Status"] == "running" and query.get("force") != "True":
+                    return self.reply(409, {"message": "You cannot remove a running container"})
+                engine.stop(c)
+                del engine.containers[c["Id"]]
+                return self.reply(204)
+            return self.reply(404, {"message": f"page not found: {method} {path}"})
+
+        def do_GET(self) -> None:
+            self.route("GET")
+
+        def do_POST(self) -> None:
+            self.route("POST")
+
+        def do_DELETE(self) -> None:
+            self.route("DELETE")
+
+    return Handler
+
+
+@pytest.fixture
+def engine() -> Iterator[tuple[FakeEngine, str]]:
+    fake = FakeEngine({IMAGE})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(fake))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield fake, f"tcp://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    for c in list(fake.containers.values()):
+        fake.stop(c)
+    shutil.rmtree(fake.scratch, ignore_errors=True)
+
+
+@pytest.fixture
+async def ex(engine: tuple[FakeEngine, str]) -> Any:
+    executor = make_executor("docker", {"base_url": engine[1], "image": IMAGE, "command": STAND_IN, "launcher_command": LAUNCHER_STAND_IN, "network": "lab-bus"})
+    assert isinstance(executor, DockerExecutor)
+    yield executor
+    await executor.close()
+
+
+@pytest.fixture(autouse=True)
+def job_files_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A LAB_HOME the fake engine's containers can reach: the jobs' description files live in it
+    ($LAB_HOME/docker-jobs). A real engine bind-mounts as root; the stand-in opens the host path itself."""
+    home = Path(tempfile.mkdtemp(prefix="fake-docker-home-"))
+    home.chmod(0o755)
+    monkeypatch.setenv("LAB_HOME", str(home))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def spec(job_id: str, project: str = "p1", gpu: int = 0, wall_time_s: float = 60, network: bool = False,
+         **overrides: Any) -> JobSpec:
+    return JobSpec(job_id=job_id, project=project, experiment_id="e1", template="grokking", bundle_object="p1/b.tar.gz",
+                   overrides=overrides, seeds=[0], wall_time_s=wall_time_s, memory_mb=512, cpu=1.5, gpu=gpu, network=network,
+                   nats=NatsAccess(url="nats://nats:4222", user="runner", password="pw"))
+
+
+async def settle(ex: DockerExecutor, job_id: str, timeout: float = 20) -> JobPhase:
+    deadline = time.monotonic() + timeout
+    while (phase := await ex.poll(job_id)).state in ("pending", "running"):
+        assert time.monotonic() < deadline, phase
+        await asyncio.sleep(0.05)
+    return phase
+
+
+async def test_create_request_carries_limits_gpu_and_lockdown(ex: DockerExecutor, engine: Any) -> None:
+    """Two containers and a volume: the runner with the job, the experiment with the GPUs and nothing else."""
+    await ex.submit(spec("gpu-run", gpu=2))
+    experiment, runner = engine[0].creates
+    assert runner["name"] == "lab-job-gpu-run" and runner["Image"] == IMAGE and runner["User"] == "10001:10001"
+    assert experiment["name"] == "lab-exp-gpu-run" and experiment["Image"] == IMAGE and experiment["User"] == "10002:10001"
+    assert runner["Cmd"] == STAND_IN and experiment["Cmd"] == LAUNCHER_STAND_IN
+    env = dict(e.split("=", 1) for e in runner["Env"])
+    assert "LAB_JOB" not in env and not any("pw" in v for v in env.values())  # the job (its key) is a file, not the environment
+    job_file = Path(engine[0].mounts(runner)["/run/lab/job"]) / "job.json"
+    assert JobSpec.model_validate_json(job_file.read_text()).job_id == "gpu-run" and env["LAB_JOB_FILE"] == "/run/lab/job/job.json"
+    assert job_file.stat().st_mode & 0o777 in (0o400, 0o444) and "/run/lab/job" not in engine[0].mounts(experiment)
+    # The experiment's environment holds no job, no credential, nothing of the runner's.
+    assert sorted(e.split("=", 1)[0] for e in experiment["Env"]) == ["HOME", "LAB_SHARED_DIR", "MPLCONFIGDIR", "PYTHONDONTWRITEBYTECODE", "TMPDIR"]
+    for create in (runner, experiment):
+        host = create["HostConfig"]
+        assert create["Labels"]["lab.kenkyu.dev/project"] == "p1" and create["Labels"]["lab.kenkyu.dev/job"] == "gpu-run"
+        assert host["ReadonlyRootfs"] is True and not host.get("AutoRemove")
+        assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+        assert set(host["Tmpfs"]) == {"/tmp"} and host["Binds"][0] == "lab-job-gpu-run:/scratch:rw"
+        assert "PidMode" not in host and "IpcMode" not in host  # each its own pid and IPC namespace
+    rh, eh = runner["HostConfig"], experiment["HostConfig"]
+    assert rh["NetworkMode"] == "lab-bus" and eh["NetworkMode"] == "none"  # only the runner reaches NATS
+    assert eh["Memory"] == (512 + 128) * 2**20 and eh["NanoCpus"] == 1_500_000_000
+    assert eh["DeviceRequests"] == [{"Driver": "nvidia", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
+    assert "DeviceRequests" not in rh and rh["Memory"] == 256 * 2**20
+    assert eh["ShmSize"] == 2048 * 2**20  # not Docker's 64 MB, which breaks DataLoader workers
+    [volume] = engine[0].volumes.values()
+    assert volume["Name"] == "lab-job-gpu-run" and volume["Options"] == {
+        "type": "tmpfs", "device": "tmpfs", "o": "size=4096m,uid=10001,gid=10001,mode=0770"}
+    assert (await settle(ex, "gpu-run")).state == "succeeded"
+
+
+async def test_submit_is_idempotent_by_container_name(ex: DockerExecutor, engine: Any) -> None:
+    await ex.submit(spec("once", sleep=0.3))
+    await ex.submit(spec("once", sleep=0.3))
+    assert len(engine[0].containers) == 2 and len(engine[0].procs) == 2 and len(engine[0].volumes) == 1
+    assert (await settle(ex, "once")).state == "succeeded"
+    await ex.submit(spec("once"))  # finished: still not started again
+    assert len(engine[0].procs) == 2
+
+
+async def test_poll_maps_exit_codes_and_oom(ex: DockerExecutor) -> None:
+    await ex.submit(spec("ok"))
+    await ex.submit(spec("bad", exit=3))
+    await ex.submit(spec("nobus", exit=4))
+    await ex.submit(spec("oom", oom=True))
+    assert await settle(ex, "ok") == JobPhase(state="succeeded")
+    assert (await settle(ex, "bad")).reason == "the experiment failed (runner exit 3)"
+    assert (await settle(ex, "nobus")).reason == "the runner could not reach NATS (exit 4)"
+    oom = await settle(ex, "oom")
+    assert oom.state == "failed" and "OOMKilled" in oom.reason
+    assert (await ex.poll("never-submitted")).state == "missing"
+
+
+async def test_deadline_kills_a_hung_runner(engine: Any) -> None:
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, startup_margin_s=0)
+    await ex.submit(spec("hung", wall_time_s=4, sleep=60))  # seconds enough for a loaded machine to see it running
+    assert (await ex.poll("hung")).state == "running"
+    phase = await settle(ex, "hung")
+    assert phase.state == "failed" and phase.reason.startswith("DeadlineExceeded")
+    await ex.close()
+
+
+async def test_cancel_and_cleanup_remove_containers(ex: DockerExecutor, engine: Any, job_files_home: Path) -> None:
+    """Containers, volume and the job's description folder go with the job; another project's stay."""
+    jobs = job_files_home / "docker-jobs"
+    await ex.submit(spec("a1", project="alpha", sleep=60))
+    await ex.submit(spec("a2", project="alpha"))
+    await ex.submit(spec("b1", project="beta"))
+    assert sorted(p.name for p in jobs.iterdir()) == ["lab-job-a1", "lab-job-a2", "lab-job-b1"]
+    await ex.cancel("a1")
+    assert (await ex.poll("a1")).state == "missing"
+    await ex.cancel("a1")  # already gone: no error
+    assert "lab-job-a1" not in engine[0].volumes and not (jobs / "lab-job-a1").exists()
+    await ex.cleanup("alpha")
+    assert sorted(c["Name"] for c in engine[0].containers.values()) == ["/lab-exp-b1", "/lab-job-b1"]
+    assert list(engine[0].volumes) == ["lab-job-b1"] and sorted(p.name for p in jobs.iterdir()) == ["lab-job-b1"]
+    await ex.cleanup("beta")
+    assert engine[0].containers == {} and engine[0].volumes == {} and list(jobs.iterdir()) == []
+
+
+async def test_missing_image_and_no_engine_are_one_line(engine: Any) -> None:
+    ex = DockerExecutor(base_url=engine[1], image="registry.invalid/none:1", command=STAND_IN, launcher_command=LAUNCHER_STAND_IN)
+    with pytest.raises(ExecutorError, match=r"image registry.invalid/none:1 not found and not pullable"):
+        await ex.submit(spec("x"))
+    await ex.close()
+    gone = DockerExecutor(base_url="unix:///nonexistent/docker.sock")
+    with pytest.raises(ExecutorError, match=r"no Docker engine reachable at unix:///nonexistent/docker.sock"):
+        await gone.poll("x")
+    with pytest.raises(ExecutorError, match=r"bad executor option network"):
+        make_executor("docker", {"network": 3})
+
+
+async def test_a_container_of_another_project_is_refused_not_adopted(ex: DockerExecutor, engine: Any) -> None:
+    await ex.submit(spec("shared", sleep=0.3))
+    with pytest.raises(ExecutorError, match="already exists for project 'p1'.*refusing to adopt"):
+        await ex.submit(spec("shared", project="p2"))
+    assert len(engine[0].containers) == 2 and len(engine[0].procs) == 2
+    assert (await settle(ex, "shared")).state == "succeeded"
+
+
+def _devices(create: dict[str, Any]) -> list[str]:
+    [request] = create["HostConfig"]["DeviceRequests"]
+    assert request["Count"] == 0  # by ID, never "any N GPUs"
+    return request["DeviceIDs"]
+
+
+async def test_gpus_are_assigned_by_device_id_from_the_pool(engine: Any) -> None:
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, gpu_devices=["0", "1", "GPU-abc"])
+    assert ex.capacity() == 3
+    await ex.submit(spec("g1", gpu=1, sleep=0.5))
+    await ex.submit(spec("g2", gpu=1, sleep=60))
+    first, second = (_devices(c) for c in engine[0].creates if c["name"].startswith("lab-exp-"))
+    assert first == ["0"] and second == ["1"]
+    with pytest.raises(ExecutorError, match=r"needs 2 GPU\(s\), 1 of .* free"):
+        await ex.submit(spec("g3", gpu=2))
+    assert (await settle(ex, "g1")).state == "succeeded"  # exited: GPU 0 is free again
+    await ex.submit(spec("g4", gpu=2, sleep=60))
+    assert sorted(_devices(engine[0].creates[-2])) == ["0", "GPU-abc"]
+    # A new executor (the engineer restarted) reads who holds what from the containers themselves.
+    again = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, gpu_devices=["0", "1", "GPU-abc"])
+    with pytest.raises(ExecutorError, match=r"needs 1 GPU\(s\), 0 of"):
+        await again.submit(spec("g5", gpu=1))
+    await ex.close()
+    await again.close()
+
+
+async def test_network_true_joins_the_open_network_or_is_refused(engine: Any) -> None:
+    closed = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN)
+    with pytest.raises(ExecutorError, match=r"asks for the network .* open_network is not set"):
+        await closed.submit(spec("net", network=True))
+    assert engine[0].creates == []
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, open_network="lab-jobs-open")
+    await ex.submit(spec("net", network=True))
+    await ex.submit(spec("offline"))
+    by_name = {c["Name"]: c for c in engine[0].containers.values()}
+    assert by_name["/lab-job-net"]["HostConfig"]["NetworkMode"] == "lab-bus"  # the runner still reaches NATS
+    assert by_name["/lab-exp-net"]["HostConfig"]["NetworkMode"] == "lab-jobs-open"  # the experiment gets a route out, no NATS
+    assert by_name["/lab-exp-offline"]["HostConfig"]["NetworkMode"] == "none"
+    wrong = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, open_network="no-such-net")
+    engine[0].networks_missing = {"no-such-net"}
+    with pytest.raises(ExecutorError, match=r"cannot connect job net2 to network no-such-net"):
+        await wrong.submit(spec("net2", network=True))
+    assert not {"/lab-job-net2", "/lab-exp-net2"} & {c["Name"] for c in engine[0].containers.values()}  # not left offline
+    assert "lab-job-net2" not in engine[0].volumes
+    await closed.close()
+    await ex.close()
+    await wrong.close()
+
+
+async def test_the_nats_password_comes_from_a_mounted_file_not_the_environment(engine: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "runner-password"
+    secret.write_text("pw\n")
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, nats_password_file=str(secret))
+    await ex.submit(spec("cred"))
+    experiment, create = engine[0].creates
+    env = dict(e.split("=", 1) for e in create["Env"])
+    job_dir = engine[0].mounts(create)["/run/lab/job"]
+    assert "pw" not in json.dumps(JobSpec.model_validate_json((Path(job_dir) / "job.json").read_text()).nats.model_dump())
+    assert env["LAB_NATS_PASSWORD_FILE"] == "/run/secrets/lab-nats-password"
+    assert create["HostConfig"]["Binds"] == ["lab-job-cred:/scratch:rw", f"{job_dir}:/run/lab/job:ro", f"{secret}:/run/secrets/lab-nats-password:ro"]
+    assert experiment["HostConfig"]["Binds"] == ["lab-job-cred:/scratch:rw"]  # the password file is the runner's alone
+    await ex.close()
+
+
+async def test_a_job_of_its_own_user_keeps_its_key_and_never_gets_the_shared_password_file(engine: Any, tmp_path: Path) -> None:
+    """Issue 16: under the auth callout the job's key is its password; a shared file left in the config stays out."""
+    secret = tmp_path / "runner-password"
+    secret.write_text("shared\n")
+    ex = DockerExecutor(base_url=engine[1], image=IMAGE, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, nats_password_file=str(secret))
+    own = spec("own").model_copy(update={"nats": NatsAccess(url="nats://nats:4222", user="job.p1.own", password="k" * 64), "status_key": "k" * 64})
+    await ex.submit(own)
+    _, create = engine[0].creates
+    env = dict(e.split("=", 1) for e in create["Env"])
+    job_dir = engine[0].mounts(create)["/run/lab/job"]
+    nats = JobSpec.model_validate_json((Path(job_dir) / "job.json").read_text()).nats
+    assert (nats.user, nats.password) == ("job.p1.own", "k" * 64)
+    assert "LAB_NATS_PASSWORD_FILE" not in env
+    assert create["HostConfig"]["Binds"] == ["lab-job-own:/scratch:rw", f"{job_dir}:/run/lab/job:ro"]
+    await ex.close()
+
+
+async def test_a_container_still_running_when_the_lab_died_is_adopted_by_the_next_engineer(engine: Any) -> None:
+    """The whole lab is killed; the container runs on under the engine. A fresh executor finds it running,
+    adopts it on a redelivered submit, and sees it finish: the experiment ran once."""
+    options = {"base_url": engine[1], "image": IMAGE, "command": STAND_IN, "launcher_command": LAUNCHER_STAND_IN, "network": "lab-bus"}
+    first = make_executor("docker", options)
+    await first.submit(spec("outlives", sleep=1.0))
+    await first.close()
+    second = make_executor("docker", options)
+    try:
+        assert (await second.poll("outlives")).state == "running"
+        await second.submit(spec("outlives", sleep=1.0))
+        assert (await settle(second, "outlives")).state == "succeeded"
+        assert len(engine[0].containers) == 2 and len(engine[0].procs) == 2
+    finally:
+        await second.close()
