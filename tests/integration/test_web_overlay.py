@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from bus.permissions import WEB, permissions
-from tests.test_manifests import REPO, _users_block, assert_restricted, build, needs_kubectl, pod_specs, secret_file, validate
+from bus.permissions import WEB
+from tests.manifests import REPO, assert_restricted, build, needs_kubectl, pod_specs, secret_file, validate
 
 
 @needs_kubectl
@@ -46,12 +46,3 @@ def test_the_web_overlay_builds_validates_and_is_restricted() -> None:
 @needs_kubectl
 def test_the_base_does_not_include_the_web_view() -> None:
     assert not [d for d in build("base") if d["metadata"]["name"] == "lab-web"]
-
-
-def test_the_web_nats_user_reads_and_speaks_only_as_the_co_pi() -> None:
-    allow = permissions(WEB)["publish"]["allow"]
-    assert [s for s in allow if s.startswith("lab.")] == ["lab.convo.*.copi.*"]
-    assert not [s for s in allow if s.startswith(("$KV.", "$O.", "$JS.ACK")) or ".PURGE." in s or ".DELETE." in s and "CONSUMER" not in s]
-    assert not [s for s in allow if "STREAM.CREATE" in s or "STREAM.DELETE" in s or "DURABLE" in s]
-    [web] = [u for u in _users_block((REPO / "k8s/base/nats.conf").read_text()) if u["user"] == WEB]
-    assert web["permissions"] == permissions(WEB)
