@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from services.executors.render import job_name
 from tests.conftest import lab_cmd
 from tests.kubelet import Kubelet
-from tests.test_evolve import check_run
+from tests.integration.test_evolve_runs import check_run
 from tests.integration.test_k8s_executor import kubeconfig, raw_jobs
 
 NS = "lab"

@@ -9,7 +9,7 @@ variant (implemented by the engineer's guarded edits, its diff in the paper's ap
 and idea runs, analysis (paired tests, Holm, bootstrap CIs), draft, review, rebuttal with more
 seeds, re-analysis, revised draft, second review and a decision on an inconclusive study.
 (Confirmation runs on fresh seeds and the "significant, replicated gain" title are pinned by
-tests/test_pi.py and tests/test_writer.py; the golden showed them until the PI learned to rank
+tests/unit/test_pi.py and tests/unit/test_writer.py; the golden showed them until the PI learned to rank
 ideas, which changed the ideas it runs.)
 A refactor that claims no behaviour change must leave this test green.
 

@@ -27,7 +27,6 @@ from services.executors.base import ExecutorError
 from bus.schema import JobPhase, JobSpec, NatsAccess
 from services.executors.kubernetes import KubernetesExecutor
 from services.executors.render import JOB_ID_ANNOTATION, KUEUE_QUEUE_LABEL, dns_name, job_name
-
 from tests.kubelet import Kubelet
 
 NS = "lab"

@@ -13,7 +13,6 @@ from agents.templates import bundle, load
 from services.runner import sandbox
 from bus.schema import JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
-
 from tests.conftest import ROOT, TESTS
 from tests.proc_helpers import processes_with
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-PDF_TEST = "tests/test_writer.py::test_pdflatex_is_installed"
+PDF_TEST = "tests/integration/test_writer_pdf.py::test_pdflatex_is_installed"
 
 
 def _pytest_without_tex(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,6 @@ import tiktoken
 from agents.minds import make_mind
 from agents.minds.llm.errors import EndpointDown, MindFailed
 from agents.minds.llm.schemas import SummaryAnswer
-
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.llm_helpers import clean_env, report
 

@@ -10,7 +10,7 @@ import re
 from agents.minds.base import PaperSections
 from agents.writer import trace
 from bus.schema import Usage
-from tests.test_writer import TOKEN, evidence, request, write
+from tests.unit.test_writer import TOKEN, evidence, request, write
 
 
 @pytest.fixture(autouse=True)

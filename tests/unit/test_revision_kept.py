@@ -6,7 +6,7 @@ import pytest
 
 from agents.writer import revisions
 from bus.schema import ItemResponse, Reference, RevisionItem
-from tests.test_writer import REFS, request, write
+from tests.unit.test_writer import REFS, request, write
 
 
 @pytest.fixture(autouse=True)

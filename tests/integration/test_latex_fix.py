@@ -9,15 +9,9 @@ import tiktoken
 
 from agents.minds import make_mind
 from agents.writer import latexfix
-
-try:
-    from tests.fake_openai import FakeOpenAI, Reply, Request
-    from tests.llm_helpers import clean_env
-    from tests.test_writer import request, write
-except ImportError:  # tests/ is not a package: pytest put it on sys.path itself
-    from fake_openai import FakeOpenAI, Reply, Request  # type: ignore[no-redef]
-    from llm_helpers import clean_env  # type: ignore[no-redef]
-    from test_writer import request, write  # type: ignore[no-redef]
+from tests.fake_openai import FakeOpenAI, Reply, Request
+from tests.llm_helpers import clean_env
+from tests.unit.test_writer import request, write
 
 __all__ = ["clean_env"]
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -82,18 +76,3 @@ async def test_a_pdf_that_still_fails_after_the_bounded_fixes_is_reported_with_t
     assert len([r for r in fake.requests if schema_of(r) == "SectionText"]) == latexfix.FIX_ROUNDS
     assert out.pdf is None and "Unicode character" in out.pdf_error and "l." in out.pdf_log
     assert out.tex in store.data and out.markdown in store.data  # the draft still goes out
-
-
-def test_the_error_line_names_the_section_it_is_in() -> None:
-    tex = "\n".join([
-        r"\title{T}", r"\begin{document}", r"\maketitle", r"\begin{abstract}", "abs", r"\end{abstract}",
-        r"\section{Introduction}", "intro", r"\section{Experimental Setup}", "setup", r"\section*{Revisions}", "notes",
-        r"\appendix", r"\section{Runs}", "runs",
-    ])
-    assert latexfix.failing_sections(tex, "! Undefined control sequence. l.3 \\maketitle") == ["title"]
-    assert latexfix.failing_sections(tex, "! x\nl.5 abs") == ["abstract"]
-    assert latexfix.failing_sections(tex, "! x\nl.8 intro") == ["introduction"]
-    assert latexfix.failing_sections(tex, "! x\nl.10 setup") == ["experimental_setup"]
-    assert latexfix.failing_sections(tex, "! x\nl.12 notes") == ["revision_notes"]
-    assert latexfix.failing_sections(tex, "! x\nl.15 runs") == []  # the appendix is the lab's, not the mind's
-    assert latexfix.failing_sections(tex, "bibtex: I couldn't open file name") == []

@@ -1,0 +1,122 @@
+"""The writer's PDF through a real TeX engine: it builds, it survives what minds write, and a failure is one line with its log."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from agents.base import Context
+from agents.minds.base import PaperSections
+from agents.writer import numbers
+from agents.writer.offline import make
+from agents.writer.workflow import ROLE
+from bus.schema import Envelope, ItemResponse, Reference, RevisionItem, Usage
+from tests.fakes import MemoryStore
+from tests.unit.test_writer import REFS, drafted, png, request, write  # noqa: F401 - drafted is a pytest fixture
+
+
+@pytest.mark.tex
+def test_pdflatex_is_installed():
+    assert shutil.which("pdflatex"), "pdflatex is missing: install texlive (texlive-latex-recommended, texlive-latex-extra)"
+
+
+@pytest.mark.tex
+def test_pdf_contents(drafted):
+    req, out, store = drafted
+    assert out.pdf_error == ""
+    assert out.pdf == "proj/paper/round-1/paper.pdf" and store.data[out.pdf].startswith(b"%PDF")
+    # The paper's figures sit next to it, named as paper.md refers to them.
+    assert out.figures == ["proj/paper/round-1/figures/figure-a.png", "proj/paper/round-1/figures/figure-b.png"]
+    assert store.data[out.figures[0]] == store.data["proj/figures/round-1/val_acc.png"]
+    md = store.data[out.markdown].decode()
+    assert "](figures/figure-a.png)" in md and "](figures/figure-b.png)" in md
+    tex = store.data[out.tex].decode()
+    assert tex.count("\\includegraphics") == 2
+    assert {out.tex, out.markdown, out.bib} == {f"proj/paper/round-1/paper.{x}" for x in ("tex", "md")} | {"proj/paper/round-1/references.bib"}
+
+
+@pytest.mark.tex
+async def test_revisions_answer_each_item():
+    items = [RevisionItem(id="r1-1", kind="more_seeds", text="Run wd-0 with 5 seeds.", target="wd-0"),
+             RevisionItem(id="r1-2", kind="add_limitation", text="Discuss the single task.")]
+    responses = [ItemResponse(item_id="r1-1", action="act", text="Two more seeds ran and were pooled.")]
+    out, store = await write(request(revision_items=items, responses=responses))
+    md = store.data[out.markdown].decode()
+    assert "## Revisions" in md
+    assert "`r1-1` (more_seeds, `wd-0`): Run wd-0 with 5 seeds. **Response (act):** Two more seeds ran and were pooled." in md
+    assert "`r1-2` (add_limitation): Discuss the single task. **Response (none):** No response was recorded" in md
+    assert out.pdf_error == ""
+
+
+class LyingMind:
+    """A mind that invents a number, cites a paper nobody found and writes LaTeX-hostile text."""
+
+    usage = Usage()
+
+    async def write(self, request):
+        text = "We reached 99.7 percent accuracy on 100% of inputs & beat [@ghost2020] and [@power2022grokking] with $x_1^2$ # {}."
+        return PaperSections(title="A 12.5x speedup", abstract=text, introduction=text, related_work=text, method=text,
+                             experimental_setup=text, results=text, limitations=text, conclusion=text)
+
+
+@pytest.mark.tex
+async def test_invented_numbers_and_unknown_citations_are_removed():
+    out, store = await write(request(), mind=LyingMind())
+    md, tex = store.data[out.markdown].decode(), store.data[out.tex].decode()
+    assert "99.7" not in md and "12.5" not in md and "[?]" in md
+    assert "ghost2020" not in tex and "power2022grokking" in tex
+    assert out.pdf_error == "" and store.data[out.pdf].startswith(b"%PDF")
+
+
+@pytest.mark.tex
+async def test_latex_failure_is_one_line_not_a_crash():
+    from agents.writer import pdf
+    with pytest.raises(pdf.PdfError, match=r"^! Undefined control sequence"):
+        await pdf.compile_pdf("\\documentclass{article}\\begin{document}\\nosuchmacro\\end{document}", "", {})
+
+
+@pytest.mark.tex
+async def test_a_pdf_that_does_not_build_still_gives_a_draft(monkeypatch):
+    from agents.writer import pdf
+    monkeypatch.setattr(pdf, "STEP_TIMEOUT_S", 0.001)
+    out, store = await write(request())
+    assert out.pdf is None and "took longer than" in out.pdf_error
+    assert out.markdown in store.data and out.tex in store.data and out.bib in store.data
+
+
+class LatexMind:
+    """Writes the light LaTeX an LLM tends to produce, and a reference with Unicode pdflatex cannot set."""
+
+    usage = Usage()
+
+    async def write(self, request):
+        c = next(c for c in request.report.comparisons if c.metric == "val_acc" and c.idea_id == "wd-1")
+        text = (f"As shown by \\citet{{power2022grokking}}, decay matters~\\cite{{loshchilov2019adamw}}. "
+                f"Accuracy rose to {numbers.fmt(c.idea_mean)} ($p = {numbers.fmt(c.p_value)}$, \\emph{{significant}} at $\\alpha$) with \\texttt{{wd\\_1}} \\& more.")
+        return PaperSections(title="Decay", abstract=text, introduction=text, related_work=text, method=text,
+                             experimental_setup=text, results=text, limitations=text, conclusion=text)
+
+
+@pytest.mark.tex
+async def test_light_latex_from_a_mind_is_normalized():
+    refs = [*REFS, Reference(key="zh2023", title="权重衰减 — a study", authors=["张 伟"], year=2023,
+                             bibtex="@misc{zh2023, title={权重衰减 — a study}, author={张 伟}, year={2023}}")]
+    out, store = await write(request(refs=refs), mind=LatexMind())
+    md, tex = store.data[out.markdown].decode(), store.data[out.tex].decode()
+    assert "As shown by (Power et al., 2022), decay matters (Loshchilov and Hutter, 2019)." in md
+    assert "\\citet" not in md and "$" not in md and "`wd_1` & more" in md and "significant at α" in md
+    assert "\\citep{power2022grokking}" in tex and "\\texttt{wd\\_1}" in tex
+    assert out.pdf_error == "", out.pdf_error
+
+
+async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt():
+    store = MemoryStore()
+    await store.put("proj/figures/round-1/val_acc.png", b"this is not a PNG file")
+    await store.put("proj/runs/job-b1/curves.png", png())
+    ctx = Context(project="proj", role="writer", state=None, artifacts=store, mind=make(0, {}))
+    await ROLE().handle(Envelope(project="proj", sender="pi", recipient="writer", body=request()), ctx)
+    (out, _), = ctx.outputs
+    assert out.pdf is None and out.pdf_error.startswith("!")
+    assert out.pdf_log.startswith("!") and out.pdf_error.split(" l.")[0] in out.pdf_log and len(out.pdf_log.splitlines()) > 1
+    assert out.markdown in store.data  # the draft still goes on, with the failure on record
