@@ -17,7 +17,7 @@ from agents.base import Context, Role, on
 from agents.minds.meter import charge
 from bus.schema import CoPINote, CoPINoteMsg, Envelope, MindChoice, NoteAck
 from bus.store import StateStore
-from services.host.agent import AgentHost, HostConfigError, concurrency_for
+from services.host.agent import AgentHost
 from tests.conftest import config_for
 
 pytestmark = pytest.mark.integration
@@ -128,16 +128,6 @@ async def test_a_project_mind_choice_is_kept_for_messages_without_one(admin_bus,
 
     acks = [e.envelope async for e in read(admin_bus, "lab.convo.m1.writer.copi", idle=0.5) if e.envelope]
     assert len(acks) == 2 and all(a.mind == choice for a in acks)
-
-
-def test_concurrency_setting_is_read_per_role_with_one_line_errors():
-    assert concurrency_for("pi", {}) == 8
-    assert concurrency_for("pi", {"LAB_CONCURRENCY": "3"}) == 3
-    assert concurrency_for("pi", {"LAB_CONCURRENCY": "3", "LAB_CONCURRENCY_PI": "5"}) == 5
-    with pytest.raises(HostConfigError, match="LAB_CONCURRENCY_PI='x': expected a whole number"):
-        concurrency_for("pi", {"LAB_CONCURRENCY_PI": "x"})
-    with pytest.raises(HostConfigError, match="at least 1"):
-        concurrency_for("pi", {"LAB_CONCURRENCY": "0"})
 
 
 async def test_stop_finishes_the_message_in_hand_and_hands_back_the_queued_ones(admin_bus, nats_server, tmp_path):

@@ -1,38 +1,15 @@
-"""Handler errors that cannot succeed on retry reach the dead letters at once; transient ones keep the backoff."""
+"""Handler errors that cannot succeed on retry reach the dead letters at once, from a real agent process on a real server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
-import pytest
-
-from agents.base import Permanent, is_permanent
 from bus import subjects
-from bus.errors import ArtifactMissing, ConnectError, StateConflict
-from bus.schema import CoPINote, CoPINoteMsg, Envelope, ExperimentRequest, Idea, TemplateError
+from bus.schema import CoPINote, CoPINoteMsg, Envelope, ExperimentRequest, Idea
 from bus.store import StateStore
 from tests.fakes import TOY_SPEC
 from tests.chaos.test_agent_sigkill import start_agent
-
-pytestmark = pytest.mark.integration
-
-
-def test_which_errors_are_permanent():
-    from pydantic import BaseModel, ValidationError
-
-    class M(BaseModel):
-        x: int
-
-    try:
-        M.model_validate({"x": "nope"})
-    except ValidationError as e:
-        invalid = e
-    for e in (Permanent("x"), ArtifactMissing("x"), invalid, TemplateError("x"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")):
-        assert is_permanent(e), e
-    for e in (ConnectError("x"), StateConflict("x"), asyncio.TimeoutError(), ConnectionResetError(), RuntimeError("x")):
-        assert not is_permanent(e), e
 
 
 async def dead_letters(bus, role: str, timeout: float) -> list[dict]:
