@@ -8,7 +8,7 @@ callout's ``issuer`` in the server config. A NATS JWT is a plain JWT
 signature is the issuer's ed25519 signature over ``header.claims``; ``jti`` is
 the base32 SHA-256 of the claims without it, as nats-io/jwt (v2) computes it.
 
-The formats were checked against nats-server 2.15 (tests/test_authcallout.py
+The formats were checked against nats-server 2.15 (tests/integration/test_auth_callout.py
 runs the real server): a user JWT whose ``aud`` is ``$G`` places the user in
 the global account of a config-file (non-operator) server.
 """

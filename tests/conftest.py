@@ -100,18 +100,21 @@ def pytest_collection_modifyitems(config, items):
 
 def mark_by_folder(items) -> None:
     """Each test gets its folder's marker, and only from its folder: a test can't claim to be a kind it isn't."""
-    misnamed = set()
+    astray, misnamed = set(), set()
     for item in items:
         path = Path(item.path).resolve()
         if TESTS not in path.parents:
             continue  # not the lab's suite (e.g. a pytest run on another tree)
         folder = path.relative_to(TESTS).parts[0]
         if folder not in FOLDERS:
+            astray.add(str(path.relative_to(ROOT)))
             continue
         claimed = {m.name for m in item.iter_markers() if m.name in FOLDERS} - {folder}
         if claimed:
             misnamed.add(f"{item.nodeid} is marked {', '.join(sorted(claimed))}")
         item.add_marker(getattr(pytest.mark, folder))
+    if astray:
+        raise pytest.UsageError(f"every test lives in tests/{{{','.join(FOLDERS)}}}/, by what it needs; move: {', '.join(sorted(astray))}")
     if misnamed:
         raise pytest.UsageError("a test's folder gives its marker; remove these: " + "; ".join(sorted(misnamed)))
 

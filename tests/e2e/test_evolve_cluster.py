@@ -4,7 +4,7 @@ What is real: a `lab up` (nats-server and six agents), `lab evolve` as a
 process connecting to that lab with the credentials `lab up` wrote under
 LAB_HOME, the KubernetesExecutor with the official client over HTTP, and the
 job runner, which the test kubelet starts from each pod's command and
-environment. Faked, as in tests/test_e2e_kubernetes.py: the cluster (kmock)
+environment. Faked, as in tests/e2e/test_kubernetes_run.py: the cluster (kmock)
 and the GPUs (two pretend ones; the merges run on the CPU). One iteration of
 two candidates and one final test run, on model_merging's fast profile.
 """

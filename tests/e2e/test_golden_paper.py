@@ -45,7 +45,7 @@ measurement may change with no change in the lab's code; the failure message the
 environment the golden was made with next to this run's (``model_merging_fast.env.txt``).
 Regenerate on the new stack from unchanged code first, then compare the refactor against it.
 
-Updating: ``LAB_UPDATE_GOLDEN=1 pytest tests/test_golden_paper.py`` rewrites the golden files
+Updating: ``LAB_UPDATE_GOLDEN=1 pytest tests/e2e/test_golden_paper.py`` rewrites the golden files
 from this run (the test then skips, saying so); review the diff of ``tests/golden/`` before
 committing it. On a mismatch the test prints a unified diff and leaves the normalised outputs
 in ``<tmp_path>/golden-new/`` (and the raw project in ``<tmp_path>/out/``).

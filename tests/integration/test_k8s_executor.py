@@ -6,8 +6,8 @@ and a bundle): it reads the job from its mounted Secret, sleeps and exits as
 the job's overrides say, so every exit-code path of the real runner (0, 3, 4)
 reaches the executor through a real process and a real pod/Job status; the
 experiment container's launcher is a stand-in that exits at once. The real
-runner and launcher through this executor: tests/test_k8s_split.py and the
-e2e test.
+runner and launcher through this executor: tests/integration/test_split_hostile.py
+and the e2e test.
 """
 
 from __future__ import annotations

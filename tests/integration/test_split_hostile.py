@@ -4,7 +4,7 @@ Real: nats-server, the executors and what they submit, the job runner and the
 launcher, each started by the test kubelet (or the fake Docker engine) from its
 own container's command, environment and mounts; as root, each container runs
 under its own uid in its own pid namespace (tests/kubelet.py and
-tests/test_docker_executor.py say what is emulated). The
+tests/integration/test_docker_executor.py say what is emulated). The
 hostile template (tests/hostile) is the experiment: it tries every attack and
 records the outcome in final_info.json, which comes back through NATS like
 any result. Without root the containers cannot be told apart by uid, so these

@@ -1,7 +1,7 @@
 """The runner and the launcher as two local processes sharing one folder, as the two containers of a job do.
 
 Real nats-server, real runner, real launcher; what the containers add (other
-uids, pid namespaces, no credential mounted) is tests/test_split_hostile.py's
+uids, pid namespaces, no credential mounted) is tests/integration/test_split_hostile.py's
 subject. Here: the protocol's outcomes a container test would be slow to reach
 — a crash, a planted link, a SIGTERM to both (a deleted pod), a runner that
 never got the bus.
