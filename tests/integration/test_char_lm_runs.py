@@ -90,7 +90,7 @@ def _rendered(stdout: str) -> tuple[dict, JobSpec]:
 
 
 def test_job_render_with_the_gpu_profile_asks_for_a_gpu_and_two_gpus_mean_torchrun(tmp_path):
-    config = Path(__file__).resolve().parent.parent / "k8s" / "overlays" / "gpu" / "config.yaml"
+    config = ROOT / "k8s" / "overlays" / "gpu" / "config.yaml"
     proc = _render("--template", "char_lm", "--profile", "gpu", "--config", str(config))
     assert proc.returncode == 0, proc.stderr
     container, job = _rendered(proc.stdout)
