@@ -40,7 +40,7 @@ OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/k
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
 # Custom resources: no built-in schema to validate against; their own tests check them.
 CRD_GROUPS = ("kueue.x-k8s.io/",)
-# Created by hand (README "Create the namespace and the secrets"), never by the build.
+# Created by hand (docs/kubernetes.md "Create the namespace and the secrets"), never by the build.
 HAND_MADE_SECRETS = {(d["metadata"]["namespace"], d["metadata"]["name"]): set(d["stringData"])
                      for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
 KUBECTL = shutil.which("kubectl")
@@ -180,7 +180,7 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
     s = _executor_settings(docs)
     pods = namespaced_pods(docs) + [("lab-jobs", "job", k8s_job(example(), s)["spec"]["template"]["spec"])]
     made = {(s.namespace, d["metadata"]["name"]): set(d["stringData"]) for d in [k8s_job_secret(example(), s)]}  # the executor's, per job
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/kubernetes.md").read_text()
     for ns, name, pod in pods:
         for kind, ref, key, optional in _references(pod):
             where = (overlay, name, kind, ref, key)
@@ -192,7 +192,7 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
                 assert key is None or key in made[(ns, ref)], where
             elif (ns, ref) in HAND_MADE_SECRETS:
                 assert key is None or key in HAND_MADE_SECRETS[(ns, ref)], where
-                assert f"-n {ns} create secret generic {ref}" in readme, where  # the README says how
+                assert f"-n {ns} create secret generic {ref}" in readme, where  # the deploy guide says how
             else:
                 assert optional, where
 # The only Secret values left in an environment (issue 12: credentials are files), each with its reason.
@@ -200,7 +200,7 @@ SECRET_ENV_EXCEPTIONS = {
     # nats-server resolves nats.conf's $VARS from its own environment: the server, not an agent or runner.
     ("nats", "nats", "*"): "nats-server reads its users' passwords from its env",
     ("nats", "nats", "AUTH_ISSUER"): "the callout issuer's public key, no secret",
-    # Settings kept in the optional lab-llm Secret beside the key (README); not credentials.
+    # Settings kept in the optional lab-llm Secret beside the key (docs/kubernetes.md); not credentials.
     **{(f"lab-{r}", "agent", v): "LLM setting, not a credential" for r in ROLES for v in ("LAB_LLM_BASE_URL", "LAB_LLM_MODEL")},
 }
 
@@ -596,7 +596,7 @@ def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their
     uid = nats["user"].split(":")[0]
     assert init["user"] == "0:0" and init["entrypoint"] == ["chown", "-R", f"{nats['user']}", "/data"]
     assert uid != "0" and nats["depends_on"]["nats-init"] == {"condition": "service_completed_successfully"}
-    assert "--build" not in compose_text  # compose has no build: key; the README builds the image first
+    assert "--build" not in compose_text  # compose has no build: key; docs/compose.md builds the image first
     # Each job's runner logs in as its own user with its job's key, which rides in its description
     # file alone (issue 16): no shared runner password anywhere, in a file, a mount or an environment.
     engineer = compose["services"]["engineer"]["environment"]
@@ -653,18 +653,18 @@ def test_compose_agents_read_every_credential_from_a_secret_file() -> None:
     for name, spec in secrets.items():
         assert spec == {"file": f"./secrets/{name}"}, name
     assert "/deploy/secrets/" in (REPO / ".gitignore").read_text().splitlines()
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/compose.md").read_text()
     assert "deploy/secrets" in readme and "chown 10001" in readme
 
 
 def _readme_compose_block() -> str:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### One host instead: Docker Compose"):]
+    readme = (REPO / "docs/compose.md").read_text()
+    section = readme[readme.index("# One host instead: Docker Compose"):]
     return section[section.index("```bash"):section.index("```", section.index("```bash") + 3)]
 
 
 def test_the_readme_makes_every_compose_secret_and_every_password_the_server_needs() -> None:
-    """The README's one loop writes every file the compose secrets name, and every password of .env."""
+    """docs/compose.md's one loop writes every file the compose secrets name, and every password of .env."""
     block = _readme_compose_block()
     loop_users = re.search(r"for u in ([A-Z ]+); do", block).group(1).split()
     assert {f"{u}_PASSWORD" for u in loop_users} == {k for k in _env_example() if k.endswith("_PASSWORD")}
@@ -765,7 +765,7 @@ def _compose_nats(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
 
 
 def _compose_env() -> dict[str, str]:
-    """deploy/.env as the README's loop fills it: every CHANGE-ME a value, AUTH_ISSUER a real issuer's key."""
+    """deploy/.env as docs/compose.md's loop fills it: every CHANGE-ME a value, AUTH_ISSUER a real issuer's key."""
     from bus import natsjwt
 
     env = {k: (f"pw-{k.lower()}" if v == "CHANGE-ME" else v) for k, v in _env_example().items()}
@@ -804,7 +804,7 @@ def test_compose_auth_service_admits_each_job_s_runner_as_its_own_user(tmp_path:
     compose = _compose()
     seed, secret = natsjwt.new_account_seed(), new_secret()
     env = _compose_env() | {"AUTH_ISSUER": natsjwt.public_key(seed)}
-    # The files the README's loop writes under deploy/secrets/, as compose mounts them at /run/secrets/.
+    # The files docs/compose.md's loop writes under deploy/secrets/, as compose mounts them at /run/secrets/.
     files = {"auth_password": env["AUTH_PASSWORD"], "job_secret": secret + "\n", "auth_issuer_seed": seed}
     (tmp_path / "secrets").mkdir()
     for name, value in files.items():
