@@ -117,17 +117,27 @@ class Bus:
         Each is created with ``config.replicas`` copies (a cluster's size). A fresh cluster answers
         "JetStream not ready" until it has elected its meta leader, so creation waits for that.
         """
+        await self._wait_for_jetstream(ready_timeout)
+        r = max(1, self.config.replicas)
+        for cfg in self._core_streams(r):
+            await self._ensure_stream(cfg)
+        await self._ensure_buckets(r)
+        await self._ensure_work_streams(r)
+
+    async def _wait_for_jetstream(self, ready_timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + ready_timeout
         while True:
             try:
                 await self.js.account_info()
-                break
+                return
             except (nats.js.errors.APIError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as e:
                 if asyncio.get_running_loop().time() > deadline:
                     raise ConnectError(f"JetStream not ready at {self.config.url} after {ready_timeout:.0f}s: {e}") from None
                 await asyncio.sleep(0.3)
-        r = max(1, self.config.replicas)
-        streams = [
+
+    def _core_streams(self, r: int) -> list[api.StreamConfig]:
+        """The conversation, the jobs and the dead letters, each with ``r`` replicas."""
+        return [
             api.StreamConfig(
                 name=subjects.CONVO_STREAM,
                 subjects=["lab.convo.>"],
@@ -152,18 +162,22 @@ class Bus:
                 max_age=90 * 24 * 3600, max_bytes=DLQ_MAX_BYTES, num_replicas=r,
             ),
         ]
-        for cfg in streams:
-            assert cfg.name is not None  # every config above is named
+
+    async def _ensure_stream(self, cfg: api.StreamConfig) -> None:
+        assert cfg.name is not None  # every core stream is named
+        try:
+            await self.js.stream_info(cfg.name)
+        except nats.js.errors.NotFoundError:
             try:
-                await self.js.stream_info(cfg.name)
-            except nats.js.errors.NotFoundError:
+                await self._add_stream(cfg)
+            except BadRequestError as e:
                 try:
-                    await self._add_stream(cfg)
-                except BadRequestError as e:
-                    try:
-                        await self.js.stream_info(cfg.name)  # created concurrently: fine
-                    except nats.js.errors.NotFoundError:
-                        raise ConnectError(f"cannot create stream {cfg.name}: {e.description}") from None
+                    await self.js.stream_info(cfg.name)  # created concurrently: fine
+                except nats.js.errors.NotFoundError:
+                    raise ConnectError(f"cannot create stream {cfg.name}: {e.description}") from None
+
+    async def _ensure_buckets(self, r: int) -> None:
+        """The KV buckets (states, agents, cache, ideas) and the artifact object store."""
         buckets = ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, AGENTS_TTL_S, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1), (IDEAS_BUCKET, None, 1))
         for bucket, ttl, history in buckets:
             try:
@@ -175,7 +189,6 @@ class Bus:
             await self.js.object_store(ARTIFACTS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             await self.js.create_object_store(ARTIFACTS_BUCKET, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=r))
-        await self._ensure_work_streams(r)
 
     async def _ensure_work_streams(self, replicas: int) -> None:
         """Create each role's work stream (bus/partitions) if absent, copying from what comes next in its sources.

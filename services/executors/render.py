@@ -290,8 +290,78 @@ def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     mounted files); the experiment runs under another uid with no credential, no
     service-account token and its own process namespace (``services/runner/split.py``).
     """
+    job_labels = labels(job, s.extra_labels)
+    meta_labels = {**job_labels, **({KUEUE_QUEUE_LABEL: s.kueue_queue} if s.kueue_queue else {})}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(job.job_id),
+            "namespace": s.namespace,
+            "labels": meta_labels,
+            "annotations": {JOB_ID_ANNOTATION: job.job_id},
+        },
+        "spec": _job_spec(job, s, job_labels, _pod_spec(job, s)),
+    }
+
+
+def _job_spec(job: JobSpec, s: KubernetesSettings, job_labels: dict[str, str], pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The Job's deadline, retries (the runner's exit code says whose fault a failure was) and pod template."""
+    spec: dict[str, Any] = {
+        # The runner stops the experiment at wall_time_s; the deadline is the backstop for a
+        # runner that hangs, with a margin for scheduling and image pulls.
+        "activeDeadlineSeconds": math.ceil(job.wall_time_s) + s.startup_margin_s,
+        "backoffLimit": s.backoff_limit,
+        "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_EXPERIMENT_FAILED]}},
+                {"action": "Count", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INFRA]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
+    }
+    if s.kueue_queue:
+        spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+    return spec
+
+
+def _pod_spec(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
+    """The pod: locked down, no service-account token, its two containers and their volumes, placed on a GPU node if it needs one."""
     gpu = max(job.gpu, s.min_gpu)
     gid = s.run_as_user
+    runner_env, runner_mounts, volumes = _runner_wiring(job, s)
+    node_selector = {**s.node_selector, **(s.gpu_node_selector if gpu else {})}
+    tolerations = [*s.tolerations, *(s.gpu_tolerations if gpu else [])]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "shareProcessNamespace": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": s.run_as_user,
+            "runAsGroup": gid,
+            "fsGroup": gid,  # the shared volume is group-writable for both uids
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": _containers(job, s, gpu, runner_env, runner_mounts),
+        "volumes": volumes,
+    }
+    if s.service_account:
+        pod_spec["serviceAccountName"] = s.service_account
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in tolerations]
+    if s.priority_class:
+        pod_spec["priorityClassName"] = s.priority_class
+    return pod_spec
+
+
+def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runner's environment and mounts, and the pod's volumes: the job's Secret, scratch, and the NATS Secret when configured."""
     runner_env = _plain_env({JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
                              "LAB_JOB_DIR": "/tmp/job", "LAB_EXECUTOR_KIND": "kubernetes"})  # the kind is recorded in env.json
     runner_mounts: list[dict[str, Any]] = [
@@ -311,88 +381,42 @@ def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
         runner_mounts.append({"name": "nats", "mountPath": NATS_SECRET_MOUNT, "readOnly": True})
         items = [{"key": s.nats_secret_user_key, "path": "user"}, {"key": s.nats_secret_password_key, "path": "password"}]
         volumes.append({"name": "nats", "secret": {"secretName": s.nats_secret, "items": items, "defaultMode": 0o440}})
+    return runner_env, runner_mounts, volumes
+
+
+def _containers(
+    job: JobSpec, s: KubernetesSettings, gpu: int, runner_env: list[dict[str, Any]], runner_mounts: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The runner (small, with the credential) and the experiment (the job's resources and GPUs, none of the credential)."""
+    gid = s.run_as_user
     memory = f"{job.memory_mb + s.launcher_overhead_mb}Mi"
     cpu = f"{math.ceil(job.cpu * 1000)}m"
     limits: dict[str, str] = {"cpu": cpu, "memory": memory}
     if gpu:
         limits["nvidia.com/gpu"] = str(gpu)
     runner_res = {"cpu": f"{s.runner_cpu_m}m", "memory": f"{s.runner_overhead_mb}Mi"}
-    node_selector = {**s.node_selector, **(s.gpu_node_selector if gpu else {})}
-    tolerations = [*s.tolerations, *(s.gpu_tolerations if gpu else [])]
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "shareProcessNamespace": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": s.run_as_user,
-            "runAsGroup": gid,
-            "fsGroup": gid,  # the shared volume is group-writable for both uids
-            "seccompProfile": {"type": "RuntimeDefault"},
+    return [
+        {
+            "name": CONTAINER,
+            "image": s.image,
+            "imagePullPolicy": s.image_pull_policy,
+            "command": list(s.command),
+            "env": runner_env,
+            "resources": {"requests": dict(runner_res), "limits": dict(runner_res)},
+            "securityContext": _lockdown(s.run_as_user, gid),
+            "volumeMounts": runner_mounts,
         },
-        "containers": [
-            {
-                "name": CONTAINER,
-                "image": s.image,
-                "imagePullPolicy": s.image_pull_policy,
-                "command": list(s.command),
-                "env": runner_env,
-                "resources": {"requests": dict(runner_res), "limits": dict(runner_res)},
-                "securityContext": _lockdown(s.run_as_user, gid),
-                "volumeMounts": runner_mounts,
-            },
-            {
-                "name": EXPERIMENT_CONTAINER,
-                "image": s.image,
-                "imagePullPolicy": s.image_pull_policy,
-                "command": list(s.launcher_command),
-                "env": _plain_env({SHARED_ENV: s.scratch_dir}),
-                "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
-                "securityContext": _lockdown(s.experiment_run_as_user, gid),
-                "volumeMounts": [{"name": "experiment-tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir}],
-            },
-        ],
-        "volumes": volumes,
-    }
-    if s.service_account:
-        pod_spec["serviceAccountName"] = s.service_account
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if tolerations:
-        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in tolerations]
-    if s.priority_class:
-        pod_spec["priorityClassName"] = s.priority_class
-    job_labels = labels(job, s.extra_labels)
-    meta_labels = {**job_labels, **({KUEUE_QUEUE_LABEL: s.kueue_queue} if s.kueue_queue else {})}
-    spec: dict[str, Any] = {
-        # The runner stops the experiment at wall_time_s; the deadline is the backstop for a
-        # runner that hangs, with a margin for scheduling and image pulls.
-        "activeDeadlineSeconds": math.ceil(job.wall_time_s) + s.startup_margin_s,
-        "backoffLimit": s.backoff_limit,
-        "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
-        "podFailurePolicy": {
-            "rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_EXPERIMENT_FAILED]}},
-                {"action": "Count", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INFRA]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]
+        {
+            "name": EXPERIMENT_CONTAINER,
+            "image": s.image,
+            "imagePullPolicy": s.image_pull_policy,
+            "command": list(s.launcher_command),
+            "env": _plain_env({SHARED_ENV: s.scratch_dir}),
+            "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
+            "securityContext": _lockdown(s.experiment_run_as_user, gid),
+            "volumeMounts": [{"name": "experiment-tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir}],
         },
-        "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
-    }
-    if s.kueue_queue:
-        spec["suspend"] = True  # Kueue admits the Job by unsuspending it
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": job_name(job.job_id),
-            "namespace": s.namespace,
-            "labels": meta_labels,
-            "annotations": {JOB_ID_ANNOTATION: job.job_id},
-        },
-        "spec": spec,
-    }
+    ]
 
 
 def container_name(job_id: str) -> str:

@@ -102,38 +102,10 @@ class Supervisor:
     _disk_full: str = ""
 
     def start(self) -> dict[str, Any]:
+        """Bring the lab up (server, topology, auth service, agents) and record it in ``lab.json``; stop it all on failure."""
         home = self.opts.home
-        if running_lab(home):
-            raise LabError(f"a lab is already running for {home} (stop it with `lab down`)")
-        if pid := supervisor_alive(home):
-            raise LabError(f"a lab is starting for {home} (supervisor pid {pid}); wait for it or stop it")
-        home.mkdir(parents=True, exist_ok=True)
-        refuse_if_full(home)
-        for pid in reap_stale(home):  # what a SIGKILLed lab left behind must not hold the store
-            print(f"lab: stopped process {pid} left running by a lab that was killed", file=sys.stderr, flush=True)
-        (home / "run").mkdir(exist_ok=True)
-        for f in (home / "run").glob("*.ready"):
-            f.unlink()
-        if self.opts.nats_url:
-            self.url = self.opts.nats_url
-            self.credentials = None
-        else:
-            self.credentials = new_credentials()
-            self.issuer_seed = natsjwt.new_account_seed()
-            issuer = natsjwt.public_key(self.issuer_seed)
-            store = max_store_bytes()
-            if self.opts.cluster > 1:
-                self.server = EmbeddedCluster(
-                    home / "nats", self.opts.cluster, port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always,
-                    max_store_bytes=store, auth_issuer=issuer,
-                )
-            else:
-                self.server = EmbeddedServer(
-                    home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always, max_store_bytes=store,
-                    auth_issuer=issuer,
-                )
-            self.server.start()
-            self.url = self.server.url
+        self._prepare_home(home)
+        self._start_server(home)
         try:
             self._write_pids()
             asyncio.run(self._setup_topology())
@@ -147,7 +119,50 @@ class Supervisor:
         except BaseException:
             self.stop()
             raise
-        info = {
+        info = self._info(home)
+        write_secret(state_file(home), json.dumps(info, indent=2))
+        return info
+
+    def _prepare_home(self, home: Path) -> None:
+        """Refuse a home a lab runs (or starts) in, or whose disk is full; clear what a killed lab left."""
+        if running_lab(home):
+            raise LabError(f"a lab is already running for {home} (stop it with `lab down`)")
+        if pid := supervisor_alive(home):
+            raise LabError(f"a lab is starting for {home} (supervisor pid {pid}); wait for it or stop it")
+        home.mkdir(parents=True, exist_ok=True)
+        refuse_if_full(home)
+        for pid in reap_stale(home):  # what a SIGKILLed lab left behind must not hold the store
+            print(f"lab: stopped process {pid} left running by a lab that was killed", file=sys.stderr, flush=True)
+        (home / "run").mkdir(exist_ok=True)
+        for f in (home / "run").glob("*.ready"):
+            f.unlink()
+
+    def _start_server(self, home: Path) -> None:
+        """Start the embedded server (or cluster) with new credentials, or use the one ``nats_url`` names as it is."""
+        if self.opts.nats_url:
+            self.url = self.opts.nats_url
+            self.credentials = None
+            return
+        self.credentials = new_credentials()
+        self.issuer_seed = natsjwt.new_account_seed()
+        issuer = natsjwt.public_key(self.issuer_seed)
+        store = max_store_bytes()
+        if self.opts.cluster > 1:
+            self.server = EmbeddedCluster(
+                home / "nats", self.opts.cluster, port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always,
+                max_store_bytes=store, auth_issuer=issuer,
+            )
+        else:
+            self.server = EmbeddedServer(
+                home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always, max_store_bytes=store,
+                auth_issuer=issuer,
+            )
+        self.server.start()
+        self.url = self.server.url
+
+    def _info(self, home: Path) -> dict[str, Any]:
+        """What ``lab.json`` records of the running lab."""
+        return {
             "url": self.url,
             "home": str(home),
             "supervisor_pid": os.getpid(),
@@ -164,8 +179,6 @@ class Supervisor:
             "runner_user": JOB_USER if self.auth else None,
             "started": time.time(),
         }
-        write_secret(state_file(home), json.dumps(info, indent=2))
-        return info
 
     async def _setup_topology(self) -> None:
         password = self.credentials.get(ADMIN) if self.credentials else None
