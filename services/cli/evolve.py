@@ -45,6 +45,7 @@ from bus.client import Bus, BusConfig
 from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
+from bus.retry import poll
 from bus.schema import JobSpec, JobStatus, NatsAccess, TemplateSpec, decode
 from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
 from bus.server import EmbeddedServer, new_credentials
@@ -227,13 +228,15 @@ class CandidateRunner:
         if ledger.capacity is not None and units > ledger.capacity:
             return JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="failed",
                              reason=f"needs {units} {ledger.counts}, the lab has {ledger.capacity}")
+        def waiting(_: int) -> None:
+            if not self._told_waiting and self.console is not None:
+                self._told_waiting = True
+                self.console.print(f"[yellow]waiting for lab capacity[/yellow]: the lab's {ledger.counts} are in use or other "
+                                   "projects wait for their share (`lab status` shows who holds them)")
+
         try:
-            while not await ledger.acquire(self.project, job.job_id, units, lease_s=LEASE_S):
-                if not self._told_waiting and self.console is not None:
-                    self._told_waiting = True
-                    self.console.print(f"[yellow]waiting for lab capacity[/yellow]: the lab's {ledger.counts} are in use or other "
-                                       "projects wait for their share (`lab status` shows who holds them)")
-                await asyncio.sleep(WAIT_POLL_S)
+            # As long as it takes: the lease (renewed while this process lives) bounds what a dead run holds.
+            await poll(lambda: ledger.acquire(self.project, job.job_id, units, lease_s=LEASE_S), every_s=WAIT_POLL_S, on_wait=waiting)
             return await self._timed_wait(job)
         finally:
             try:
