@@ -11,17 +11,16 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 import typer
-from nats.errors import TimeoutError as NatsTimeoutError
 from rich.console import Console
 from rich.markup import escape
 
 from bus import subjects
 from bus.client import Bus
-from bus.errors import PermissionDenied
+from bus.errors import BusTimeout, PermissionDenied
 from bus.schema import MIND_KINDS, ROLES, ProjectView
 from bus.schema.constants import AGENTS_BUCKET
 from bus.replay import read
-from bus.store import StateStore
+from bus.store import Heartbeats, StateStore
 from services.cli.errors import LabTyper, UsageError, fail
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
 from services.read.describe import describe
@@ -131,7 +130,7 @@ async def _session(nats: str | None) -> AsyncIterator[Bus]:
     bus = await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
     try:
         yield bus
-    except NatsTimeoutError:
+    except BusTimeout:
         refusal = bus.refusal()
         if refusal is None:
             raise
@@ -160,15 +159,11 @@ async def _require_project(bus: Bus, project: str) -> None:
 
 async def _require_buckets(bus: Bus) -> None:
     """A lab whose store lost a bucket says which, in one line (not a traceback from deep inside nats-py)."""
-    from nats.js.errors import BucketNotFoundError
-
     from bus.schema.constants import STATE_BUCKET
 
     for bucket in (STATE_BUCKET, AGENTS_BUCKET):
-        try:
-            await bus.js.key_value(bucket)
-        except BucketNotFoundError:
-            raise UsageError(f"the lab's store at {bus.config.url} has no {bucket!r} bucket (deleted?); `lab up` or any agent's start recreates it, empty") from None
+        if not await bus.has_bucket(bucket):
+            raise UsageError(f"the lab's store at {bus.config.url} has no {bucket!r} bucket (deleted?); `lab up` or any agent's start recreates it, empty")
 
 
 @app.command()
@@ -182,17 +177,17 @@ def status(
     from services.cli.status import LabStatus
 
     async def main() -> LabStatus:
-        from services.read.projects import active_jobs, heartbeat, project_docs
+        from services.read.projects import active_jobs, project_docs
         from services.read.team import capacity_view, replicas_view
 
         async with _session(nats) as bus:
             await _require_buckets(bus)
-            kv = await bus.js.key_value(AGENTS_BUCKET)
+            beats = await Heartbeats.open(bus)
             docs = await project_docs(bus)
             return LabStatus(
-                nats=bus.config.url, agents={role: await heartbeat(kv, role) for role in ROLES},
+                nats=bus.config.url, agents={role: await beats.get(role) for role in ROLES},
                 projects=[ProjectView.model_validate(d) for d in docs], jobs=await active_jobs(bus), docs=docs,
-                capacity=await capacity_view(await StateStore.open(bus)), instances=await replicas_view(kv),
+                capacity=await capacity_view(await StateStore.open(bus)), instances=await replicas_view(beats),
             )
 
     data = asyncio.run(main())

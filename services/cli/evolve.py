@@ -147,11 +147,11 @@ class CandidateRunner:
         self._told_waiting = False
 
     async def start(self) -> None:
-        sub = await self.bus.js.subscribe(subjects.job_statuses(self.project), stream=subjects.JOBS_STREAM, ordered_consumer=True)
+        feed = await self.bus.feed(subjects.job_statuses(self.project), subjects.JOBS_STREAM)
 
         async def pump() -> None:
-            async for msg in sub.messages:
-                env = decode(msg.data)
+            async for data in feed:
+                env = decode(data)
                 body = env.body
                 if isinstance(body, JobStatus) and (why := self.keys.refusal(env.project, body)):
                     log.warning("job status refused", reason=why)
@@ -435,7 +435,7 @@ async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: H
     try:
         if lab:  # the lab's own topology; the co-PI may not create streams, and a full store refuses the run
             local = read_local_lab()
-            await check_store(bus.js, config.url, local.get("max_store_bytes") if local and local.get("url") == config.url else None)
+            await check_store(bus, config.url, local.get("max_store_bytes") if local and local.get("url") == config.url else None)
         else:
             await bus.ensure_topology()
         artifacts = await Artifacts.open(bus)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from agents import role_class
@@ -34,12 +33,12 @@ from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds.meter import metered
 from bus import partitions, subjects
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
+from bus.schema.constants import HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
-from bus.errors import LabError, MindError, StateConflict
+from bus.errors import BusTimeout, LabError, MindError, StateConflict
 from bus.retry import RetryPolicy, backoff_delay
 from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, UsageReport, decode
-from bus.store import Artifacts, KVCache, StateStore
+from bus.store import Artifacts, Heartbeats, KVCache, StateStore
 from services.host.lanes import Lanes
 from services.host.logs import setup_logging
 from services.host.wiring import Minds, Wiring, role_name
@@ -178,9 +177,9 @@ class AgentHost:
         self.bus = await Bus.connect(self.config)
         # Start-up requests may time out while a cluster elects its stream leaders (a node just restarted, the
         # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
-        await STARTUP_RETRY.run(self._open_stores, (NatsTimeoutError,))
+        await STARTUP_RETRY.run(self._open_stores, (BusTimeout,))
         background = await self.wiring.open(self.bus, self.states)
-        subs = await STARTUP_RETRY.run(self._subscribe, (NatsTimeoutError,))
+        subs = await STARTUP_RETRY.run(self._subscribe, (BusTimeout,))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
         for t in tasks[: len(subs)]:
@@ -208,7 +207,7 @@ class AgentHost:
         self.states = await StateStore.open(self.bus)
         self.artifacts = await Artifacts.open(self.bus)
         self.cache = await KVCache.open(self.bus, self.role_name)
-        self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+        self.beats = await Heartbeats.open(self.bus)
 
     async def _subscribe(self) -> list[Any]:
         """Pull subscriptions for this replica's partitions of the role's work stream (bus/partitions), and any extra."""
@@ -241,7 +240,7 @@ class AgentHost:
         started = time.time()
         while True:
             try:
-                await self.agents_kv.put(self.heartbeat_key(), self.heartbeat_doc(started).model_dump_json().encode())
+                await self.beats.put(self.heartbeat_key(), self.heartbeat_doc(started))
                 self.alive_file().touch()
             except Exception as e:  # a missed beat is sent again in 5 s; the loop must outlive a bus outage
                 log.warning("heartbeat failed", error=str(e))

@@ -338,7 +338,7 @@ class Runner:
             log_file.write(line + "\n")
             log_file.flush()
             print(line, flush=True)  # also to stdout: `kubectl logs`, `docker logs` and log collectors see it
-            await self.bus.nc.publish(log_subject, json.dumps({"job": job.job_id, "line": line, "t": time.time()}).encode())
+            await self.bus.publish_unacked(log_subject, json.dumps({"job": job.job_id, "line": line, "t": time.time()}).encode())
 
         await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
         cmd = command(job, code, out)
