@@ -8,7 +8,7 @@ import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from bus.store import Heartbeats, StateStore
 from services.cli.errors import LabTyper, UsageError, fail
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
 from services.read.describe import describe
+
+if TYPE_CHECKING:  # the supervisor is imported by the commands that start a lab, not by every `lab` command
+    from services.lab.supervisor import LabOptions
 
 app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=False, highlight=False)
@@ -49,8 +52,21 @@ def up(
     replicas: list[str] = typer.Option([], "--replicas", help="Agent processes per role, ROLE=N or all=N (repeatable)."),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
-    from services.lab.supervisor import LabOptions, Supervisor, parse_replicas, up_detached
+    from services.lab.supervisor import LabOptions, parse_replicas
 
+    _check_up(mind, executor, unsafe_no_sandbox, nats, cluster)
+    opts = LabOptions(
+        home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
+        cluster=cluster, replicas=parse_replicas(replicas),
+    )
+    if detach:
+        _up_detached(opts, web)
+    else:
+        _up_here(opts, web, web_port)
+
+
+def _check_up(mind: str, executor: str, unsafe_no_sandbox: bool, nats: str | None, cluster: int) -> None:
+    """`lab up`'s options, refused in one line before anything starts."""
     _check_choice("mind", mind, MIND_KINDS)
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
@@ -58,19 +74,25 @@ def up(
         _check_url(nats)
     if cluster > 1 and nats is not None:
         fail("--cluster starts embedded servers; it cannot be combined with --nats")
-    opts = LabOptions(
-        home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
-        cluster=cluster, replicas=parse_replicas(replicas),
-    )
-    if detach:
-        argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
-        info = up_detached(opts, argv)
-        console.print(f"lab is up: NATS at {info['url']}, agents {', '.join(info['agents'])} ready (home {opts.home}). Stop with `lab down`.")
-        if web:
-            from services.web.launch import wait_for_link
 
-            console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
-        return
+
+def _up_detached(opts: LabOptions, web: bool) -> None:
+    """`lab up --detach`: a supervisor in the background (this command again, without --detach); returns once all agents are ready."""
+    from services.lab.supervisor import up_detached
+
+    argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
+    info = up_detached(opts, argv)
+    console.print(f"lab is up: NATS at {info['url']}, agents {', '.join(info['agents'])} ready (home {opts.home}). Stop with `lab down`.")
+    if web:
+        from services.web.launch import wait_for_link
+
+        console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
+
+
+def _up_here(opts: LabOptions, web: bool, web_port: int) -> None:
+    """`lab up` in the foreground: supervise the lab (and the web view with --web) until Ctrl-C or SIGTERM."""
+    from services.lab.supervisor import Supervisor
+
     sup = Supervisor(opts)
     info = sup.start()
     console.print(f"lab is up: NATS at {info['url']}, six agents ready. Ctrl-C stops all.", markup=False)
