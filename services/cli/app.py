@@ -8,23 +8,25 @@ import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
 import typer
-from nats.errors import TimeoutError as NatsTimeoutError
 from rich.console import Console
 from rich.markup import escape
 
 from bus import subjects
 from bus.client import Bus
-from bus.errors import PermissionDenied
+from bus.errors import BusTimeout, PermissionDenied
 from bus.schema import MIND_KINDS, ROLES, ProjectView
 from bus.schema.constants import AGENTS_BUCKET
 from bus.replay import read
-from bus.store import StateStore
+from bus.store import Heartbeats, StateStore
 from services.cli.errors import LabTyper, UsageError, fail
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
 from services.read.describe import describe
+
+if TYPE_CHECKING:  # the supervisor is imported by the commands that start a lab, not by every `lab` command
+    from services.lab.supervisor import LabOptions
 
 app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=False, highlight=False)
@@ -50,8 +52,21 @@ def up(
     replicas: list[str] = typer.Option([], "--replicas", help="Agent processes per role, ROLE=N or all=N (repeatable)."),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
-    from services.lab.supervisor import LabOptions, Supervisor, parse_replicas, up_detached
+    from services.lab.supervisor import LabOptions, parse_replicas
 
+    _check_up(mind, executor, unsafe_no_sandbox, nats, cluster)
+    opts = LabOptions(
+        home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
+        cluster=cluster, replicas=parse_replicas(replicas),
+    )
+    if detach:
+        _up_detached(opts, web)
+    else:
+        _up_here(opts, web, web_port)
+
+
+def _check_up(mind: str, executor: str, unsafe_no_sandbox: bool, nats: str | None, cluster: int) -> None:
+    """`lab up`'s options, refused in one line before anything starts."""
     _check_choice("mind", mind, MIND_KINDS)
     _check_choice("executor", executor, ("local", "docker", "kubernetes"))
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
@@ -59,19 +74,25 @@ def up(
         _check_url(nats)
     if cluster > 1 and nats is not None:
         fail("--cluster starts embedded servers; it cannot be combined with --nats")
-    opts = LabOptions(
-        home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
-        cluster=cluster, replicas=parse_replicas(replicas),
-    )
-    if detach:
-        argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
-        info = up_detached(opts, argv)
-        console.print(f"lab is up: NATS at {info['url']}, agents {', '.join(info['agents'])} ready (home {opts.home}). Stop with `lab down`.")
-        if web:
-            from services.web.launch import wait_for_link
 
-            console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
-        return
+
+def _up_detached(opts: LabOptions, web: bool) -> None:
+    """`lab up --detach`: a supervisor in the background (this command again, without --detach); returns once all agents are ready."""
+    from services.lab.supervisor import up_detached
+
+    argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
+    info = up_detached(opts, argv)
+    console.print(f"lab is up: NATS at {info['url']}, agents {', '.join(info['agents'])} ready (home {opts.home}). Stop with `lab down`.")
+    if web:
+        from services.web.launch import wait_for_link
+
+        console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
+
+
+def _up_here(opts: LabOptions, web: bool, web_port: int) -> None:
+    """`lab up` in the foreground: supervise the lab (and the web view with --web) until Ctrl-C or SIGTERM."""
+    from services.lab.supervisor import Supervisor
+
     sup = Supervisor(opts)
     info = sup.start()
     console.print(f"lab is up: NATS at {info['url']}, six agents ready. Ctrl-C stops all.", markup=False)
@@ -131,7 +152,7 @@ async def _session(nats: str | None) -> AsyncIterator[Bus]:
     bus = await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
     try:
         yield bus
-    except NatsTimeoutError:
+    except BusTimeout:
         refusal = bus.refusal()
         if refusal is None:
             raise
@@ -160,15 +181,11 @@ async def _require_project(bus: Bus, project: str) -> None:
 
 async def _require_buckets(bus: Bus) -> None:
     """A lab whose store lost a bucket says which, in one line (not a traceback from deep inside nats-py)."""
-    from nats.js.errors import BucketNotFoundError
-
     from bus.schema.constants import STATE_BUCKET
 
     for bucket in (STATE_BUCKET, AGENTS_BUCKET):
-        try:
-            await bus.js.key_value(bucket)
-        except BucketNotFoundError:
-            raise UsageError(f"the lab's store at {bus.config.url} has no {bucket!r} bucket (deleted?); `lab up` or any agent's start recreates it, empty") from None
+        if not await bus.has_bucket(bucket):
+            raise UsageError(f"the lab's store at {bus.config.url} has no {bucket!r} bucket (deleted?); `lab up` or any agent's start recreates it, empty")
 
 
 @app.command()
@@ -182,17 +199,17 @@ def status(
     from services.cli.status import LabStatus
 
     async def main() -> LabStatus:
-        from services.read.projects import active_jobs, heartbeat, project_docs
+        from services.read.projects import active_jobs, project_docs
         from services.read.team import capacity_view, replicas_view
 
         async with _session(nats) as bus:
             await _require_buckets(bus)
-            kv = await bus.js.key_value(AGENTS_BUCKET)
+            beats = await Heartbeats.open(bus)
             docs = await project_docs(bus)
             return LabStatus(
-                nats=bus.config.url, agents={role: await heartbeat(kv, role) for role in ROLES},
+                nats=bus.config.url, agents={role: await beats.get(role) for role in ROLES},
                 projects=[ProjectView.model_validate(d) for d in docs], jobs=await active_jobs(bus), docs=docs,
-                capacity=await capacity_view(await StateStore.open(bus)), instances=await replicas_view(kv),
+                capacity=await capacity_view(await StateStore.open(bus)), instances=await replicas_view(beats),
             )
 
     data = asyncio.run(main())

@@ -26,20 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from agents import role_class
 from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds.meter import metered
-from bus import partitions, subjects
+from bus import partitions
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
+from bus.schema.constants import HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
-from bus.errors import LabError, MindError, StateConflict
+from bus.errors import BusTimeout, LabError, MindError, StateConflict
 from bus.retry import RetryPolicy, backoff_delay
 from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, UsageReport, decode
-from bus.store import Artifacts, KVCache, StateStore
+from bus.store import Artifacts, Heartbeats, KVCache, StateStore
 from services.host.lanes import Lanes
 from services.host.logs import setup_logging
 from services.host.wiring import Minds, Wiring, role_name
@@ -76,7 +75,7 @@ def concurrency_for(role: str, environ: Any = os.environ) -> int:
 def replica_from_env(environ: Any = os.environ) -> tuple[int, int]:
     """(index, count) of this process among its role's replicas: ``LAB_REPLICA`` (0-based) of ``LAB_REPLICAS``.
 
-    Without ``LAB_REPLICA``, a StatefulSet pod's ordinal (``lab-pi-1`` is 1), read from ``HOSTNAME``.
+    Without ``LAB_REPLICA``, a StatefulSet pod's ordinal (``lab-<role>-1`` is 1), read from ``HOSTNAME``.
     """
     try:
         count = int(environ.get("LAB_REPLICAS") or 1)
@@ -100,22 +99,6 @@ def _project_of(subject: str) -> str:
 def retry_delay(delivered: int) -> float:
     """Seconds before a failed message is tried again: 2, 4, 8, 16, capped at 30."""
     return backoff_delay(delivered, base_s=2.0, max_s=30.0)
-
-
-def envelope_mismatch(subject: str, env: Envelope) -> str | None:
-    """Why an envelope does not match the subject it came on (whose publisher NATS permissions vouch for), or None."""
-    if subject.startswith("lab.convo."):
-        project, sender, recipient = subjects.parse_convo(subject)
-        if (project, sender, recipient) != (env.project, env.sender, env.recipient):
-            return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
-        return None
-    parts = subject.split(".")
-    if subject.startswith("lab.jobs.") and len(parts) == 5 and parts[4] == "status":
-        # Only the runner and the engineer may publish here; the body must be about the job the subject names.
-        job = getattr(env.body, "job_id", None)
-        if env.sender not in ("runner", "engineer") or env.project != parts[2] or job != parts[3] or env.kind != "job_status":
-            return f"job status from {env.sender} for {env.project}/{job} ({env.kind}) does not match {subject}"
-    return None
 
 
 class AgentHost:
@@ -154,7 +137,7 @@ class AgentHost:
 
     @property
     def instance(self) -> str:
-        """This process's name among its role's replicas: ``pi`` for index 0, ``pi-2`` for index 1… (`lab up` sets it)."""
+        """This process's name among its role's replicas: ``<role>`` for index 0, ``<role>-2`` for index 1… (`lab up` sets it)."""
         index = self.replica[0]
         return os.environ.get("LAB_INSTANCE") or (f"{self.role_name}-{index + 1}" if index else self.role_name)
 
@@ -178,9 +161,9 @@ class AgentHost:
         self.bus = await Bus.connect(self.config)
         # Start-up requests may time out while a cluster elects its stream leaders (a node just restarted, the
         # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
-        await STARTUP_RETRY.run(self._open_stores, (NatsTimeoutError,))
+        await STARTUP_RETRY.run(self._open_stores, (BusTimeout,))
         background = await self.wiring.open(self.bus, self.states)
-        subs = await STARTUP_RETRY.run(self._subscribe, (NatsTimeoutError,))
+        subs = await STARTUP_RETRY.run(self._subscribe, (BusTimeout,))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
         for t in tasks[: len(subs)]:
@@ -208,7 +191,7 @@ class AgentHost:
         self.states = await StateStore.open(self.bus)
         self.artifacts = await Artifacts.open(self.bus)
         self.cache = await KVCache.open(self.bus, self.role_name)
-        self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+        self.beats = await Heartbeats.open(self.bus)
 
     async def _subscribe(self) -> list[Any]:
         """Pull subscriptions for this replica's partitions of the role's work stream (bus/partitions), and any extra."""
@@ -241,7 +224,7 @@ class AgentHost:
         started = time.time()
         while True:
             try:
-                await self.agents_kv.put(self.heartbeat_key(), self.heartbeat_doc(started).model_dump_json().encode())
+                await self.beats.put(self.heartbeat_key(), self.heartbeat_doc(started))
                 self.alive_file().touch()
             except Exception as e:  # a missed beat is sent again in 5 s; the loop must outlive a bus outage
                 log.warning("heartbeat failed", error=str(e))
@@ -281,7 +264,7 @@ class AgentHost:
             where = ".".join(str(p) for p in first["loc"])
             await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
             return
-        mismatch = envelope_mismatch(partitions.origin(msg.subject), env) or self.wiring.admit(env)
+        mismatch = self.wiring.admit(partitions.origin(msg.subject), env)
         if mismatch:
             await self._reject(msg, mismatch)
             return
@@ -324,13 +307,13 @@ class AgentHost:
             return [decode(o.encode()) for o in outbox[env.id]]
         state_cls = self.role.State
         if doc.get("state") is not None:
-            # The project lets a state stored by an older version of the role be upgraded (e.g. the engineer's jobs).
+            # The project lets a state stored by an older version of the role be upgraded (its context names the project).
             state = state_cls.model_validate(doc["state"], context={"project": env.project})
         else:
             try:
                 state = state_cls()
             except ValidationError:
-                state = None  # the PI's project state exists only once the project starts
+                state = None  # a state with required fields exists only once its project starts
         # Messages from outside the conversation (job statuses) carry no mind: the project's is in the state.
         choice = env.mind or (MindChoice.model_validate(doc["mind"]) if doc.get("mind") else None)
         if choice is not None and env.mind is None:
@@ -342,15 +325,15 @@ class AgentHost:
                     await asyncio.sleep(BENCH_MIND_LATENCY_S)
                 await self.role.handle(env, ctx)
         except MindError as e:
-            # The mind ran out of retries: this step fails, the PI decides what follows.
+            # The mind ran out of retries: this step fails, the role the wiring reports to decides what follows.
             failed = StepFailed.of(env.body, e.reason)
-            ctx.outputs = [(failed, "pi")] if failed else []
+            ctx.outputs = [(failed, self.wiring.reports_to)] if failed else []
             bound.error("step failed", step=failed.step if failed else env.kind, reason=e.reason)
         outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
-        # What the mind spent on this message counts against this project (the PI too: it reads its own report).
+        # What the mind spent on this message counts against this project; the role reported to hears of it (of its own too).
         usage = Usage.model_validate(doc.get("usage") or {}) + spent
         if spent != Usage():
-            outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient="pi", index=len(outputs)))  # type: ignore[arg-type]
+            outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient=self.wiring.reports_to, index=len(outputs)))  # type: ignore[arg-type]
         outbox[env.id] = [o.model_dump_json() for o in outputs]
         outbox = dict(list(outbox.items())[-OUTBOX_KEEP:])
         new_doc = {

@@ -1,10 +1,13 @@
 """How each role meets the lab: its typed context, what else it reads, what runs beside it.
 
-The host (``services/host/agent.py``) runs any role the same way; what differs
-between roles is written here once, from the lab's config:
+The host (``services/host/agent.py``) runs any role the same way and names
+none; what differs between roles is written here once, from the lab's config:
 
 - every role: a ``Context`` with its state, mind, artifacts and cache; its
   minds (``Minds``: the agent's own, and one per project that chose another);
+  which envelopes it believes (``admit``: what the subject a message came on
+  vouches for, ``envelope_mismatch``); the role it reports a failed step and
+  what each message cost to (``reports_to``: the PI, who decides what follows);
 - the engineer: an ``EngineerContext`` whose ``jobs`` port submits to the
   executor named by ``LAB_EXECUTOR`` / ``--executor`` (options from the config's
   ``executor: {KIND: {...}}``), the runner's bus access added at submit; it also
@@ -33,6 +36,7 @@ from agents.minds import llm_unavailable, make_mind
 from agents.pi.workflow import PIContext
 from bus.client import Bus
 from bus.errors import LabError
+from bus import subjects
 from bus.schema import ROLES, Envelope, JobStatus, MindChoice, NatsAccess, RoleName
 from bus.store import IdeaArchive, StateStore
 from services.common.config import read_secret
@@ -98,10 +102,29 @@ class Subscription:
     filter: str  # one subject: the permissions pin it (bus.permissions)
 
 
+def envelope_mismatch(subject: str, env: Envelope) -> str | None:
+    """Why an envelope does not match the subject it came on (whose publisher NATS permissions vouch for), or None."""
+    if subject.startswith("lab.convo."):
+        project, sender, recipient = subjects.parse_convo(subject)
+        if (project, sender, recipient) != (env.project, env.sender, env.recipient):
+            return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
+        return None
+    parts = subject.split(".")
+    if subject.startswith("lab.jobs.") and len(parts) == 5 and parts[4] == "status":
+        # Only the runner and the engineer may publish here; the body must be about the job the subject names.
+        job = getattr(env.body, "job_id", None)
+        if env.sender not in ("runner", "engineer") or env.project != parts[2] or job != parts[3] or env.kind != "job_status":
+            return f"job status from {env.sender} for {env.project}/{job} ({env.kind}) does not match {subject}"
+    return None
+
+
 class Wiring:
     """A role with no ports beyond the bus: the plain ``Context``."""
 
     runs_jobs: ClassVar[bool] = False  # whether the role starts experiment runners (and so needs their credential)
+    # Who hears of a step that failed and of what each message cost: the PI decides a project's next step,
+    # and counts its spending (its own included).
+    reports_to: ClassVar[RoleName] = "pi"
 
     def __init__(self, role: RoleName, home: Path) -> None:
         self.role = role
@@ -118,9 +141,9 @@ class Wiring:
     async def close(self) -> None:
         """Called when the host stops."""
 
-    def admit(self, env: Envelope) -> str | None:
-        """Why the host must not believe ``env`` beyond what the subject vouches for (dead-lettered), or None."""
-        return None
+    def admit(self, subject: str, env: Envelope) -> str | None:
+        """Why the host must not believe ``env``, read from ``subject`` (it is dead-lettered), or None."""
+        return envelope_mismatch(subject, env)
 
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> Context[Any, Any]:
         return Context(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache)
@@ -141,9 +164,11 @@ class EngineerWiring(Wiring):
     async def close(self) -> None:
         await self.executor.close()
 
-    def admit(self, env: Envelope) -> str | None:
+    def admit(self, subject: str, env: Envelope) -> str | None:
         # The runner credential is every job's, and anyone may name any sender in an envelope:
         # a job status counts only with its own job's signature, on whatever subject it came.
+        if (mismatch := super().admit(subject, env)) is not None:
+            return mismatch
         if isinstance(env.body, JobStatus):
             return self.jobs.keys.refusal(env.project, env.body)
         return None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from bus.client import Bus
 from bus.errors import LabError
 from services.common.config import ConfigError
 from services.common.process import alive
@@ -102,17 +103,17 @@ def max_store_bytes() -> int:
         raise ConfigError(f"LAB_MAX_STORE={os.environ['LAB_MAX_STORE']!r} is not a size like 10G or 512M") from None
 
 
-async def check_store(js: Any, where: str, server_limit: int | None = None) -> None:
-    """StoreFull when the lab's JetStream store is at its limit.
+async def check_store(bus: Bus, where: str, server_limit: int | None = None) -> None:
+    """StoreFull when the lab's JetStream store (``bus.store_usage()``) is at its limit.
 
     The account's own limit when it has one; else the server's, which only the
     lab that configured it knows (``max_store_bytes`` in lab.json).
     """
-    info = await js.account_info()
-    limit = info.limits.max_storage if info.limits.max_storage and info.limits.max_storage > 0 else server_limit
-    if limit and info.storage >= STORE_FULL_FRACTION * limit:
+    usage = await bus.store_usage()
+    limit = usage.limit or server_limit
+    if limit and usage.used >= STORE_FULL_FRACTION * limit:
         raise StoreFull(
-            f"the lab's store is full: {_mib(info.storage)} used of its {_mib(limit)} limit (JetStream at {where}); "
+            f"the lab's store is full: {_mib(usage.used)} used of its {_mib(limit)} limit (JetStream at {where}); "
             "no new project until space is freed (finished projects can be exported with `lab export`, then removed)"
         )
 

@@ -10,9 +10,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.errors import KeyValueError
-from nats.js.kv import KeyValue
-
 from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
@@ -22,7 +19,6 @@ from bus.schema import (
     CoPINoteMsg,
     EngineerView,
     Envelope,
-    Heartbeat,
     JobView,
     ProjectView,
 )
@@ -79,15 +75,6 @@ async def active_jobs(bus: Bus) -> list[ActiveJob]:
         engineer = EngineerView.model_validate((doc or {}).get("state") or {})
         jobs.extend(ActiveJob(key.split(".", 1)[1], j) for j in engineer.active())
     return jobs
-
-
-async def heartbeat(kv: KeyValue, key: str) -> Heartbeat | None:
-    """The last heartbeat under ``key`` in the agents bucket, or None when there is none (never written, or expired)."""
-    try:
-        entry = await kv.get(key)
-    except KeyValueError:  # not found, deleted, expired
-        return None
-    return Heartbeat.model_validate_json(entry.value) if entry.value else None
 
 
 def running_project(projects: list[ProjectView], named: str | None) -> str:

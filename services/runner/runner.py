@@ -266,7 +266,7 @@ class _JobLog:
         self.file.write(line + "\n")
         self.file.flush()
         print(line, flush=True)  # also to stdout: `kubectl logs`, `docker logs` and log collectors see it
-        await self._bus.nc.publish(self._subject, json.dumps({"job": self._job.job_id, "line": line, "t": time.time()}).encode())
+        await self._bus.publish_unacked(self._subject, json.dumps({"job": self._job.job_id, "line": line, "t": time.time()}).encode())
 
 
 class _Ran(NamedTuple):
