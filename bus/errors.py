@@ -80,9 +80,9 @@ The translated message is the one line the CLI printed for the nats-py error.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -200,7 +200,7 @@ def nats_errors() -> Iterator[None]:
         raise from_nats(e) from e
 
 
-def translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def translated(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """A coroutine function of the bus whose nats-py errors leave it as ``BusFailure``."""
 
     @functools.wraps(fn)
