@@ -29,7 +29,8 @@ tree in its own module; this is the whole tree, with where each part lives:
     ├── PdfError                    agents.writer.pdf: no TeX engine, or LaTeX failed
     ├── LitError                    agents.lit.errors: SourceUnavailable (RateLimited), PaperNotFound,
     │                               LibraryError, UnresolvedCitation
-    ├── ConfigError                 services.common.config: a config file or setting that is unusable
+    ├── ConfigError                 bus.settings: a LAB_* setting or config file that is unusable (also services.common.config)
+    ├── FormatError                 bus.schema.formats: lab.json, config.yaml, a role document, a log line or result.json that is not one
     ├── AuthConfigError             services.auth.callout: the auth service has no job secret or issuer seed
     ├── HostConfigError             services.host.agent: an agent's start options are unusable
     ├── ExecutorError               services.executors.base: TransientApiError (QuotaExceededError), RejectedError
