@@ -48,7 +48,8 @@ the code: every class is here, under its own base, and nothing else is):
     │   ├── PaperNotFound           agents.lit.errors: a lookup by id that found nothing
     │   ├── LibraryError            agents.lit.errors: a library file that cannot be read
     │   └── UnresolvedCitation      agents.lit.errors: LaTeX cites keys the bibliography lacks
-    ├── ConfigError                 services.common.config: a config file or setting that is unusable
+    ├── ConfigError                 bus.settings: a LAB_* setting or config file that is unusable (also services.common.config)
+    ├── FormatError                 bus.schema.formats: lab.json, config.yaml, a role document, a log line or result.json that is not one
     ├── AuthConfigError             services.auth.callout: the auth service has no job secret or issuer seed
     ├── HostConfigError             services.host.agent: an agent's start options are unusable
     ├── WiringError                 services.host.wiring: a role setting in the lab config that cannot work

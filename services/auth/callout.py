@@ -56,11 +56,11 @@ from bus.permissions import (
     job_permissions,
 )
 from bus.schema.constants import ARTIFACTS_BUCKET
+from bus.settings import settings
 from bus.store import CommitRefused, ObjectCommits
 from services.common.config import read_secret
 
 log = structlog.get_logger()
-TOKEN_TTL_S = float(os.environ.get("LAB_JOB_TOKEN_TTL_S", "86400"))
 _NUID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 QUEUE = "lab-auth"  # several replicas answer each request once
 
@@ -81,11 +81,11 @@ class Decision:
 class AuthService:
     """Answers authorization requests for job runners, and commits the objects they wrote."""
 
-    def __init__(self, keys: JobKeys, issuer_seed: str, ttl_s: float = TOKEN_TTL_S) -> None:
+    def __init__(self, keys: JobKeys, issuer_seed: str, ttl_s: float | None = None) -> None:
         self.keys = keys
         self.seed = issuer_seed
         self.issuer = natsjwt.public_key(issuer_seed)
-        self.ttl_s = ttl_s
+        self.ttl_s = settings().job_token_ttl_s if ttl_s is None else ttl_s  # LAB_JOB_TOKEN_TTL_S
         self.objects: ObjectCommits | None = None
 
     def decide(self, request_token: str) -> Decision:
@@ -180,21 +180,19 @@ class AuthService:
 
 
 def issuer_seed() -> str:
-    seed = read_secret("LAB_AUTH_ISSUER_SEED")
+    seed = read_secret("auth_issuer_seed")
     if not seed:
         raise AuthConfigError("no callout issuer seed: set LAB_AUTH_ISSUER_SEED_FILE (written by `lab up`, or a mounted Secret)")
     return seed
 
 
 async def run(ready_file: Path | None = None) -> int:
-    secret = read_secret("LAB_JOB_SECRET")
+    secret = read_secret("job_secret")
     if not secret:
         raise AuthConfigError("no lab job secret: set LAB_JOB_SECRET_FILE (the engineers' job secret)")
     service = AuthService(JobKeys(secret), issuer_seed())
-    config = BusConfig(
-        url=os.environ.get("LAB_NATS_URL", "nats://127.0.0.1:4222"), user=os.environ.get("LAB_NATS_USER", AUTH),
-        password=read_secret("LAB_NATS_PASSWORD"), name="lab-auth",
-    )
+    s = settings()
+    config = BusConfig(url=s.nats_url or "nats://127.0.0.1:4222", user=s.nats_user or AUTH, password=s.secret("nats_password"), name="lab-auth")
     bus = await Bus.connect(config)
     await service.serve(bus)
     if ready_file is not None:
@@ -213,9 +211,8 @@ async def run(ready_file: Path | None = None) -> int:
 
 
 def main() -> None:
-    ready = os.environ.get("LAB_AUTH_READY_FILE")
     try:
-        sys.exit(asyncio.run(run(Path(ready) if ready else None)))
+        sys.exit(asyncio.run(run(settings().auth_ready_file)))
     except LabError as e:
         print(f"auth: {e}", file=sys.stderr)
         sys.exit(2)

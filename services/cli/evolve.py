@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,11 +45,12 @@ from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
 from bus.retry import poll
-from bus.schema import JobSpec, JobStatus, NatsAccess, TemplateSpec, decode
+from bus.schema import ExecutorKind, JobSpec, JobStatus, MindKind, NatsAccess, ProfileName, TemplateSpec, decode
 from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
 from bus.server import EmbeddedServer, new_credentials
 from bus.store import Artifacts, StateStore
-from services.common.config import bus_config, lab_config, read_local_lab, read_secret, secrets_dir
+from bus.settings import settings
+from services.common.config import bus_config, lab_config, read_local_lab, secrets_dir
 from services.executors import Executor, make_executor
 from services.host.jobs import ledger_for, runner_access
 from services.lab.lifecycle import check_store
@@ -72,16 +72,16 @@ class EvolveOptions:
     template: str = "model_merging"
     iterations: int = 2
     population: int = 4
-    mind: str = "offline"
+    mind: MindKind = "offline"
     model: str | None = None
     out: Path | None = None
     seed: int = 0
-    profile: str = ""
+    profile: ProfileName = ""
     keep: int = 3  # best candidates shown to the next iteration
     final_top: int = 3  # best candidates scored on the test split at the end
     max_runs: int | None = None  # default: every candidate once plus the final runs
     wall_time: float = 3600.0
-    executor: str = "local"
+    executor: ExecutorKind = "local"
     nats: str | None = None  # a running lab's NATS; None: a private server for this run
     seed_code: list[Path] = field(default_factory=list)
     quiet: bool = False
@@ -348,7 +348,7 @@ def _local_secret(url: str, name: str) -> str | None:
     """A credential `lab up` wrote under ``$LAB_HOME/secrets/`` for the lab at ``url`` (a file of this user's, 0600)."""
     local = read_local_lab()
     path = secrets_dir() / name
-    if not local or local.get("url") != url or not path.is_file():
+    if not local or not local.serves(url) or not path.is_file():
         return None
     return path.read_text().strip() or None
 
@@ -362,16 +362,16 @@ def lab_access(url: str, executor_options: dict[str, Any]) -> LabAccess:
     no runner credential is known: the jobs could not report, and the loop would wait them out blind.
     """
     config = bus_config("copi", url, name="lab-evolve")
-    job_secret = read_secret("LAB_JOB_SECRET") or _local_secret(url, "job-secret")
+    s = settings()
+    job_secret = s.secret("job_secret") or _local_secret(url, "job-secret")
     local = read_local_lab()
     # A lab that runs the auth service (`lab up`) admits each runner as its own user, its job's key as
     # password (services/jobs.runner_access): then the job secret is the runners' credential.
-    per_job = os.environ.get("LAB_RUNNER_USER") == JOB_USER or (
-        "LAB_RUNNER_USER" not in os.environ and bool(local) and local.get("url") == url and local.get("runner_user") == JOB_USER)
-    password = None if per_job else read_secret("LAB_RUNNER_PASSWORD") or _local_secret(url, RUNNER)
+    per_job = s.runner_user == JOB_USER or (s.runner_user is None and local is not None and local.serves(url) and local.runner_user == JOB_USER)
+    password = None if per_job else s.secret("runner_password") or _local_secret(url, RUNNER)
     runner = NatsAccess(
-        url=os.environ.get("LAB_RUNNER_NATS_URL", url),
-        user=JOB_USER if per_job else os.environ.get("LAB_RUNNER_USER") or (RUNNER if password else None),
+        url=s.runner_nats_url or url,
+        user=JOB_USER if per_job else s.runner_user or (RUNNER if password else None),
         password=password,
     )
     if per_job and job_secret is None:
@@ -392,7 +392,7 @@ def run_evolve(opts: EvolveOptions, console: Console) -> int:
     hook = workflow.hook_for(spec.name)
     spec.profile(opts.profile or None)  # an unknown profile is one readable line, before anything starts
     seeds = seed_proposals(opts.seed_code)
-    executor_options = dict((lab_config().get("executor") or {}).get(opts.executor) or {})
+    executor_options = lab_config().executor_options(opts.executor)
     if opts.nats is not None:
         access = lab_access(opts.nats, executor_options)
         if access.job_secret is None:
@@ -460,7 +460,7 @@ async def _prepare_store(bus: Bus, config: BusConfig, lab: bool) -> None:
     """A running lab's store must have room (its topology is its own: the co-PI may not create streams); a private one is set up."""
     if lab:
         local = read_local_lab()
-        await check_store(bus, config.url, local.get("max_store_bytes") if local and local.get("url") == config.url else None)
+        await check_store(bus, config.url, local.max_store_bytes if local and local.serves(config.url) else None)
     else:
         await bus.ensure_topology()
 

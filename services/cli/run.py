@@ -25,7 +25,7 @@ from agents import templates
 from bus import subjects
 from bus.client import Bus
 from bus.errors import BusRefused, LabError, Unanswered
-from bus.schema import Budget, Decision, Envelope, MindChoice, StartProject, TemplateError, TemplateSpec
+from bus.schema import Budget, Decision, Envelope, ExecutorKind, MindChoice, MindKind, ProfileName, StartProject, TemplateError, TemplateSpec
 from bus.replay import read
 from bus.retry import RetryPolicy
 from bus.store import Artifacts, Heartbeats
@@ -43,15 +43,15 @@ class RunOptions:
     seed: int = 0
     out: Path | None = None
     fast: bool = False
-    profile: str = ""  # a template profile; --fast is --profile fast
+    profile: ProfileName = ""  # a template profile; --fast is --profile fast
     max_ideas: int = 2
     max_runs: int = 12
     max_rounds: int = 1
     wall_time: float = 3600
     max_tokens: int | None = None
     max_cost: float | None = None
-    mind: str = "offline"
-    executor: str = "local"
+    mind: MindKind = "offline"
+    executor: ExecutorKind = "local"
     nats: str | None = None
     quiet: bool = False
     project: str | None = None
@@ -186,11 +186,11 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
         if opts.mind == "llm" and sup is None and (reason := await llm_refusal(bus, opts.model)):
             raise MindRefused(reason)
         local = read_local_lab()
-        limit = local.get("max_store_bytes") if local and local.get("url") == bus.config.url else None
+        limit = local.max_store_bytes if local and local.serves(bus.config.url) else None
         # A full store refuses the project before any of it is written.
         await CLI_RETRY.run(lambda: check_store(bus, bus.config.url, limit), UNANSWERED)
         # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
-        choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
+        choice = MindChoice(kind=opts.mind, model=opts.model)
 
         def start_envelope(bundle_name: str) -> Envelope:
             start = StartProject(

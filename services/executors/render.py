@@ -20,6 +20,7 @@ from services.executors.base import ExecutorError
 from bus.permissions import job_of_user
 from bus.schema import JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
+from bus.settings import Settings, env_name
 
 RUNNER_COMMAND = ["python", "-m", "services.runner"]
 LAUNCHER_COMMAND = ["python", "-m", "services.runner.launcher"]
@@ -34,19 +35,19 @@ JOB_ID_ANNOTATION = f"{LABEL}/job-id"
 WALL_TIME_LABEL = f"{LABEL}/wall-time-s"  # Docker keeps the deadline on the container itself
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_DEVICES_LABEL = f"{LABEL}/gpu-devices"  # Docker: the GPUs a container holds, so a restart rebuilds the pool
-NATS_PASSWORD_FILE_ENV = "LAB_NATS_PASSWORD_FILE"
+NATS_PASSWORD_FILE_ENV = env_name("nats_password_file")
 NATS_PASSWORD_MOUNT = "/run/secrets/lab-nats-password"
 # The runner reads the files these name instead of job.nats.user/password, so a
 # Secret-held credential never appears in the Job object nor in any environment.
-NATS_USER_FILE_ENV = "LAB_NATS_USER_FILE"
+NATS_USER_FILE_ENV = env_name("nats_user_file")
 NATS_SECRET_MOUNT = "/run/lab/nats"
 # The job itself (its status key, and the NATS password when no Secret holds it) is a
 # per-job Secret mounted into the runner container only, never an environment variable.
-JOB_FILE_ENV = "LAB_JOB_FILE"
+JOB_FILE_ENV = env_name("job_file")
 JOB_SECRET_MOUNT = "/run/lab/job"
 JOB_SECRET_KEY = "job.json"
-SHARED_ENV = "LAB_SHARED_DIR"  # services.runner.split: the volume the two containers share
-SCRATCH_ENV = "LAB_SCRATCH"
+SHARED_ENV = env_name("shared_dir")  # services.runner.split: the volume the two containers share
+SCRATCH_ENV = env_name("scratch")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
@@ -363,7 +364,7 @@ def _pod_spec(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
 def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The runner's environment and mounts, and the pod's volumes: the job's Secret, scratch, and the NATS Secret when configured."""
     runner_env = _plain_env({JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
-                             "LAB_JOB_DIR": "/tmp/job", "LAB_EXECUTOR_KIND": "kubernetes"})  # the kind is recorded in env.json
+                             **Settings.environ(job_dir="/tmp/job", executor_kind="kubernetes")})  # the kind is recorded in env.json
     runner_mounts: list[dict[str, Any]] = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "scratch", "mountPath": s.scratch_dir},
@@ -487,8 +488,8 @@ def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None 
     read-only here, never in an environment; the experiment container has neither it nor the NATS
     password file. ``devices``: the job's GPUs (labelled here too, so they stay taken while either container lives).
     """
-    environment = {JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir, "LAB_JOB_DIR": "/tmp/job",
-                   "LAB_EXECUTOR_KIND": "docker", "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+    environment = {JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
+                   **Settings.environ(job_dir="/tmp/job", executor_kind="docker"), "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
                    "MPLCONFIGDIR": "/tmp/matplotlib"}
     volumes: dict[str, Any] = {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"},
                                docker_job_dir(job.job_id, s): {"bind": JOB_SECRET_MOUNT, "mode": "ro"}}

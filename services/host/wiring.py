@@ -20,8 +20,7 @@ none; what differs between roles is written here once, from the lab's config:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,14 +32,16 @@ from agents.base import ArtifactStore, Cache, Context
 from agents.engineer.workflow import EngineerContext
 from agents.literature.workflow import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
+from agents.minds.base import Mind
 from agents.pi.workflow import PIContext
 from bus.client import Bus
 from bus.errors import LabError
 from bus import subjects
-from bus.schema import ROLES, Envelope, JobStatus, MindChoice, NatsAccess, RoleName
+from bus.schema import EXECUTOR_KINDS, ROLES, Envelope, JobStatus, LabConfig, MindChoice, MindKind, NatsAccess, RoleName
+from bus.schema.formats import FormatError, parse
+from bus.settings import settings
 from bus.store import IdeaArchive, StateStore
-from services.common.config import read_secret
-from services.executors import EXECUTOR_KINDS, make_executor
+from services.executors import make_executor
 from services.executors.base import Executor
 from services.host.job_watch import JobWatch
 from services.host.jobs import ExecutorJobs
@@ -58,10 +59,10 @@ class Minds:
     built here, once, and the oldest are dropped past ``keep``.
     """
 
-    def __init__(self, role: str, kind: str = "offline", config: dict[str, Any] | None = None, keep: int = 64) -> None:
+    def __init__(self, role: str, kind: MindKind = "offline", config: dict[str, Any] | None = None, keep: int = 64) -> None:
         self.role, self.kind, self.config, self.keep = role, kind, config, keep
-        self.default: Any = make_mind(kind, role, 0, config)
-        self._built: dict[tuple[str, str, str | None], Any] = {}
+        self.default: Mind = make_mind(kind, role, 0, config)
+        self._built: dict[tuple[str, MindKind, str | None], Mind] = {}
 
     def unavailable(self) -> str | None:
         """Why this agent could not think with an llm mind (None: it can); `lab run --mind llm` asks first."""
@@ -71,7 +72,7 @@ class Minds:
             log.warning("llm mind unavailable", role=self.role, error=f"{type(e).__name__}: {e}")
             return str(e) or type(e).__name__
 
-    def for_project(self, project: str, choice: MindChoice | None) -> Any:
+    def for_project(self, project: str, choice: MindChoice | None) -> Mind:
         """The project's mind, built once per (project, kind, model); the agent's own without a choice."""
         if choice is None or (choice.kind == self.kind and choice.model is None):
             return self.default
@@ -212,11 +213,10 @@ def wiring_class(role: str) -> type[Wiring]:
     return {"engineer": EngineerWiring, "literature": LiteratureWiring, "pi": PIWiring}.get(role, Wiring)
 
 
-def literature_settings(config: dict[str, Any]) -> Settings:
+def literature_settings(config: LabConfig) -> Settings:
     """The config's ``literature:`` section, checked now rather than at the first novelty check."""
-    section = config.get("literature") or {}
     try:
-        return Settings.model_validate(section)
+        return Settings.model_validate(config.literature)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -225,20 +225,22 @@ def literature_settings(config: dict[str, Any]) -> Settings:
 
 def runner_access(bus_url: str) -> NatsAccess:
     """How the job runners the engineer starts reach the bus (``LAB_RUNNER_*``, set by `lab up` or the Deployment)."""
-    return NatsAccess(
-        url=os.environ.get("LAB_RUNNER_NATS_URL", bus_url),
-        user=os.environ.get("LAB_RUNNER_USER"),
-        password=read_secret("LAB_RUNNER_PASSWORD"),
-    )
+    s = settings()
+    return NatsAccess(url=s.runner_nats_url or bus_url, user=s.runner_user, password=s.secret("runner_password"))
 
 
-def build(role: str, *, home: Path, config: dict[str, Any], bus_url: str, executor: str = "local") -> Wiring:
-    """The role's wiring from the lab config (``services.common.config.lab_config``) and the environment."""
+def build(role: str, *, home: Path, config: LabConfig | Mapping[str, Any], bus_url: str, executor: str = "local") -> Wiring:
+    """The role's wiring from the lab config (``services.common.config.lab_config``; a mapping is read as one) and the environment."""
+    if not isinstance(config, LabConfig):
+        try:
+            config = parse(LabConfig, dict(config), "lab config")
+        except FormatError as e:
+            raise WiringError(str(e)) from None
     cls = wiring_class(role)
     if cls is EngineerWiring:
         if executor not in EXECUTOR_KINDS:
             raise WiringError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTOR_KINDS)}")
-        return EngineerWiring(home, make_executor(executor, (config.get("executor") or {}).get(executor, {})), runner_access(bus_url), read_secret("LAB_JOB_SECRET"))
+        return EngineerWiring(home, make_executor(executor, config.executor_options(executor)), runner_access(bus_url), settings().secret("job_secret"))
     if cls is LiteratureWiring:
         return LiteratureWiring(home, literature_settings(config))
     if cls is PIWiring:

@@ -22,7 +22,6 @@ failed (do not retry), 4 the bus or object store was unreachable (retry).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import platform
@@ -48,13 +47,12 @@ from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, 
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
 from services.runner import checkpoint, proctree, sandbox, split
-from services.common.config import read_secret
+from bus.schema.formats import RESULT_FILE, JobLogLine, dump_result
+from bus.settings import ConfigError, Settings, settings
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
-MAX_PROCESSES = int(os.environ.get("LAB_JOB_MAX_PROCESSES", "256"))  # a fork bomb is killed, not waited out
 PLOT_LIMIT_S = 120.0
-CONNECT_TIMEOUT_S = float(os.environ.get("LAB_RUNNER_CONNECT_TIMEOUT_S", "30"))
 
 
 def environment(device: str = "cpu") -> JobEnvironment:
@@ -110,7 +108,7 @@ def environment(device: str = "cpu") -> JobEnvironment:
         driver=driver,
         device=device,
         packages=packages,
-        executor=os.environ.get("LAB_EXECUTOR_KIND", "local"),
+        executor=settings().executor_kind,
     )
 
 
@@ -192,11 +190,12 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term:
         env=launch.env, preexec_fn=launch.preexec,
     )
     me = os.getpid()  # the tree under the runner is the job: only its children, and orphans reparented to it
+    s = settings()
     tail: list[str] = []
     killed: list[str] = []
     pumping = asyncio.create_task(_pump(proc, tail, on_line))
     watching = asyncio.create_task(_watch_tree(me, job, killed))
-    forwarding = asyncio.create_task(checkpoint.forward_term(me, term, checkpoint.GRACE_S, on_line)) if term else None
+    forwarding = asyncio.create_task(checkpoint.forward_term(me, term, s.term_grace_s, on_line)) if term else None
     try:
         await asyncio.wait_for(proc.wait(), timeout=job.wall_time_s)
     except asyncio.TimeoutError:
@@ -227,14 +226,15 @@ async def _pump(proc: asyncio.subprocess.Process, tail: list[str], on_line: Any)
 
 async def _watch_tree(me: int, job: JobSpec, killed: list[str]) -> None:
     """Kill the process tree under ``me`` once it holds more memory or processes than the job may; why goes in ``killed``."""
+    max_processes = settings().job_max_processes  # a fork bomb is killed, not waited out
     while True:
         await asyncio.sleep(MEMORY_POLL_S)
         tree = proctree.descendants(me)
         used = sum(tree.values()) / (1 << 20)
         if used > job.memory_mb:
             killed.append(f"oom: used {used:.0f} MiB > limit {job.memory_mb} MiB")
-        elif len(tree) > MAX_PROCESSES:
-            killed.append(f"pids: {len(tree)} processes > limit {MAX_PROCESSES}")
+        elif len(tree) > max_processes:
+            killed.append(f"pids: {len(tree)} processes > limit {max_processes}")
         else:
             continue
         proctree.kill_descendants(me)
@@ -266,7 +266,7 @@ class _JobLog:
         self.file.write(line + "\n")
         self.file.flush()
         print(line, flush=True)  # also to stdout: `kubectl logs`, `docker logs` and log collectors see it
-        await self._bus.publish_unacked(self._subject, json.dumps({"job": self._job.job_id, "line": line, "t": time.time()}).encode())
+        await self._bus.publish_unacked(self._subject, JobLogLine(job=self._job.job_id, line=line, t=time.time()).dump())
 
 
 class _Ran(NamedTuple):
@@ -323,7 +323,8 @@ class Runner:
         """
         if job_of_user(nats.user):
             return nats.user, nats.password
-        return read_secret("LAB_NATS_USER") or nats.user, read_secret("LAB_NATS_PASSWORD") or nats.password
+        s = settings()
+        return s.secret("nats_user") or nats.user, s.secret("nats_password") or nats.password
 
     async def publish_status(self, status: JobStatus) -> None:
         if self.job.status_key:  # the engineer believes only statuses signed with this job's key
@@ -346,7 +347,7 @@ class Runner:
             split.open_tree(folder, writable=True)  # the experiment's uid overwrites what was restored
         if got:
             await on_line(f"[runner] restored a checkpoint ({got} bytes) from {checkpoint.object_name(self.job)}")
-        env[checkpoint.CHECKPOINT_ENV] = str(folder)
+        env.update(Settings.environ(checkpoint_dir=folder))
         return checkpoint.CheckpointSync(artifacts, self.job, folder)
 
     async def run(self) -> int:
@@ -396,7 +397,7 @@ class Runner:
         try:
             user, password = self.credential(nats)
             config = BusConfig(url=nats.url, user=user, password=password, name=f"runner-{job.job_id}")
-            self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
+            self.bus = await asyncio.wait_for(Bus.connect(config), settings().runner_connect_timeout_s)
             if job_of_user(user):  # its own user: objects are committed by the auth service (bus.store.CommittedObjects)
                 artifacts = await Artifacts.open_for_job(self.bus, files_subject(job.project, job.job_id), chunk_prefix(job.project, job.job_id))
             else:
@@ -422,9 +423,7 @@ class Runner:
         """Run the experiment (in this machine's sandbox, or in its own container) with its checkpoints, until it ends."""
         job = self.job
         cmd = command(job, code, out)
-        extra_env: dict[str, str] = {}
-        if os.environ.get("LAB_CHECKPOINT_EVERY"):
-            extra_env["LAB_CHECKPOINT_EVERY"] = os.environ["LAB_CHECKPOINT_EVERY"]
+        extra_env = Settings.environ(checkpoint_every=settings().checkpoint_every)  # passed on to the experiment, if set
         sync = await self._checkpoints(artifacts, extra_env, log) if job.resumable else None
         writable = [out] + ([sync.folder] if sync else [])
         term = checkpoint.catch_sigterm(asyncio.get_running_loop())
@@ -437,7 +436,7 @@ class Runner:
         try:
             if launch is None:
                 assert self.layout is not None
-                record = await split.await_experiment(self.layout, job, extra_env, log, term, PLOT_LIMIT_S, checkpoint.GRACE_S)
+                record = await split.await_experiment(self.layout, job, extra_env, log, term, PLOT_LIMIT_S, settings().term_grace_s)
                 outcome, plot_failed = Outcome(record.state, record.reason, record.exit_code), record.plot_failed
                 measured = record.environment
             else:
@@ -505,21 +504,21 @@ class Runner:
             artifacts=uploaded,
             wall_s=wall,
         )
-        (self.workdir / "result.json").write_text(status.model_dump_json())
+        (self.workdir / RESULT_FILE).write_text(dump_result(status))
         await self.publish_status(status)
         await self.bus.close()
         return EXIT_OK if status.state == "succeeded" else EXIT_EXPERIMENT_FAILED
 
 
-def _job_json() -> str | None:
+def _job_json(s: Settings) -> str | None:
     """The job from ``LAB_JOB``, or from the 0600 file ``LAB_JOB_FILE`` names (keeps its credential out of /proc)."""
-    if os.environ.get("LAB_JOB"):
-        return os.environ["LAB_JOB"]
-    if os.environ.get("LAB_JOB_FILE"):
+    if s.job is not None:
+        return s.job.get_secret_value()
+    if s.job_file is not None:
         try:
-            return Path(os.environ["LAB_JOB_FILE"]).read_text()
+            return s.job_file.read_text()
         except OSError as e:
-            print(f"runner: cannot read LAB_JOB_FILE {os.environ['LAB_JOB_FILE']} ({e.strerror})", file=sys.stderr)
+            print(f"runner: cannot read LAB_JOB_FILE {s.job_file} ({e.strerror})", file=sys.stderr)
             sys.exit(2)
     return None
 
@@ -548,7 +547,12 @@ async def _run_until_stopped(runner: Runner) -> int:
 
 
 def main() -> None:
-    raw = _job_json()
+    try:
+        s = settings()
+    except ConfigError as e:
+        print(f"runner: {e}", file=sys.stderr)
+        sys.exit(2)
+    raw = _job_json(s)
     if not raw:
         print("runner: neither LAB_JOB nor LAB_JOB_FILE is set (they hold the job as JSON)", file=sys.stderr)
         sys.exit(2)
@@ -557,16 +561,16 @@ def main() -> None:
     except ValidationError as e:
         print(f"runner: LAB_JOB is not a valid job: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}", file=sys.stderr)
         sys.exit(2)
-    if os.environ.get("LAB_JOB_DIR"):
-        workdir = Path(os.environ["LAB_JOB_DIR"])
-    elif os.environ.get("LAB_SCRATCH"):  # a container's writable scratch volume
-        workdir = Path(os.environ["LAB_SCRATCH"]) / job.job_id
+    if s.job_dir is not None:
+        workdir = s.job_dir
+    elif s.scratch is not None:  # a container's writable scratch volume
+        workdir = s.scratch / job.job_id
     else:
         workdir = Path(tempfile.mkdtemp(prefix=f"lab-{job.job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    os.environ["LAB_JOB_DIR"] = str(workdir)
+    os.environ.update(Settings.environ(job_dir=workdir))
     sandbox.become_subreaper()
-    shared = Path(os.environ[split.SHARED_ENV]) if os.environ.get(split.SHARED_ENV) else None
+    shared = s.shared_dir
     sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir, shared))))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bus.retry import RetryPolicy
+from bus.settings import Settings
 from services.web.serve import info_file
 
 
@@ -18,7 +19,7 @@ from services.web.serve import info_file
 def web_child(home: Path, port: int) -> Iterator[subprocess.Popen]:
     """Run `lab web` beside the agents; its link goes to the same terminal (or supervisor.log when detached)."""
     info_file(home).unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env={**os.environ, "LAB_HOME": str(home)}, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env={**os.environ, **Settings.environ(home=home)}, stdin=subprocess.DEVNULL)
     try:
         yield proc
     finally:
