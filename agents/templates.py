@@ -9,20 +9,19 @@ agent minutes later.
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from pathlib import Path
 
 import yaml
 
 from bus.schema import TemplateError, TemplateSpec, parse_spec
+from bus.settings import settings
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
 def search_path() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("LAB_TEMPLATES", "").split(os.pathsep) if p]
-    return [*extra, BUILTIN_DIR]
+    return [*settings().templates, BUILTIN_DIR]
 
 
 def resolve(name_or_path: str) -> Path:

@@ -3,6 +3,13 @@
 Why a wrapper over nats-py at all: every publish must carry a ``Nats-Msg-Id``
 (exactly-once effects), every envelope must pass the size limit, and the
 streams/buckets must exist with the same settings whoever starts first.
+
+It is also the one door to NATS: nothing outside bus/ imports nats or touches
+``Bus.nc``/``Bus.js`` (tests/unit/test_layers.py checks), so what services need
+(core publishes, request services, ordered feeds, the store's usage) is a typed
+method here, and what nats-py raises leaves as the lab's ``BusFailure``
+(``bus.errors.translated``). ``nc`` and ``js`` stay public for tests and the
+benchmarks, which measure NATS itself.
 """
 
 from __future__ import annotations
@@ -10,17 +17,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
 from bus import partitions, subjects
-from bus.errors import ConnectError, MessageTooLarge
+from bus.errors import ConnectError, MessageTooLarge, nats_errors, translated
+from bus.retry import RetryPolicy
 from bus.schema import ROLES, Envelope, encode
 from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
 from bus.permissions import inbox_prefix
@@ -33,6 +44,38 @@ DUPLICATE_WINDOW_S = 15 * 60
 CONVO_MAX_BYTES = 4 << 30
 JOBS_MAX_BYTES = 1 << 30
 DLQ_MAX_BYTES = 256 << 20
+# A fresh cluster answers "JetStream not ready" until it has elected its meta leader: asked again every 0.3 s.
+JETSTREAM_READY_EVERY_S = 0.3
+
+# A request service's handler: (subject, request bytes) -> reply bytes.
+Handler = Callable[[str, bytes], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    """The account's JetStream file store: bytes used, and its own limit (None when the account sets none)."""
+
+    used: int
+    limit: int | None
+
+
+class Feed:
+    """An ordered read of a stream's subject from its first message, live: each message's bytes, in order.
+
+    Subscribed when made (so a refusal shows at once, not in the task that reads it); ``close`` unsubscribes.
+    """
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with nats_errors():
+            async for msg in self._sub.messages:
+                yield msg.data
+
+    @translated
+    async def close(self) -> None:
+        await self._sub.unsubscribe()
 
 
 
@@ -102,6 +145,11 @@ class Bus:
         """
         return next((e.removeprefix("nats: ") for e in reversed(self.errors) if "permissions violation" in e.lower()), None)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (the web view's health check)."""
+        return bool(self.nc.is_connected)
+
     async def close(self) -> None:
         if not self.nc.is_closed:
             try:
@@ -111,23 +159,31 @@ class Bus:
 
     # ------------------------------------------------------------ topology
 
+    @translated
     async def ensure_topology(self, ready_timeout: float = 30.0) -> None:
         """Create streams and buckets if absent; an existing one is left as it is.
 
         Each is created with ``config.replicas`` copies (a cluster's size). A fresh cluster answers
         "JetStream not ready" until it has elected its meta leader, so creation waits for that.
         """
-        deadline = asyncio.get_running_loop().time() + ready_timeout
-        while True:
-            try:
-                await self.js.account_info()
-                break
-            except (nats.js.errors.APIError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as e:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise ConnectError(f"JetStream not ready at {self.config.url} after {ready_timeout:.0f}s: {e}") from None
-                await asyncio.sleep(0.3)
+        await self._wait_for_jetstream(ready_timeout)
         r = max(1, self.config.replicas)
-        streams = [
+        for cfg in self._core_streams(r):
+            await self._ensure_stream(cfg)
+        await self._ensure_buckets(r)
+        await self._ensure_work_streams(r)
+
+    async def _wait_for_jetstream(self, ready_timeout: float) -> None:
+        ready = RetryPolicy(attempts=None, budget_s=ready_timeout, base_wait_s=JETSTREAM_READY_EVERY_S,
+                            max_wait_s=JETSTREAM_READY_EVERY_S, event="jetstream_not_ready", level=None)
+        try:
+            await ready.run(self.js.account_info, (nats.js.errors.APIError, nats.errors.NoRespondersError, nats.errors.TimeoutError))
+        except (nats.js.errors.APIError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as e:
+            raise ConnectError(f"JetStream not ready at {self.config.url} after {ready_timeout:.0f}s: {e}") from None
+
+    def _core_streams(self, r: int) -> list[api.StreamConfig]:
+        """The conversation, the jobs and the dead letters, each with ``r`` replicas."""
+        return [
             api.StreamConfig(
                 name=subjects.CONVO_STREAM,
                 subjects=["lab.convo.>"],
@@ -152,18 +208,22 @@ class Bus:
                 max_age=90 * 24 * 3600, max_bytes=DLQ_MAX_BYTES, num_replicas=r,
             ),
         ]
-        for cfg in streams:
-            assert cfg.name is not None  # every config above is named
+
+    async def _ensure_stream(self, cfg: api.StreamConfig) -> None:
+        assert cfg.name is not None  # every core stream is named
+        try:
+            await self.js.stream_info(cfg.name)
+        except nats.js.errors.NotFoundError:
             try:
-                await self.js.stream_info(cfg.name)
-            except nats.js.errors.NotFoundError:
+                await self._add_stream(cfg)
+            except BadRequestError as e:
                 try:
-                    await self._add_stream(cfg)
-                except BadRequestError as e:
-                    try:
-                        await self.js.stream_info(cfg.name)  # created concurrently: fine
-                    except nats.js.errors.NotFoundError:
-                        raise ConnectError(f"cannot create stream {cfg.name}: {e.description}") from None
+                    await self.js.stream_info(cfg.name)  # created concurrently: fine
+                except nats.js.errors.NotFoundError:
+                    raise ConnectError(f"cannot create stream {cfg.name}: {e.description}") from None
+
+    async def _ensure_buckets(self, r: int) -> None:
+        """The KV buckets (states, agents, cache, ideas) and the artifact object store."""
         buckets = ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, AGENTS_TTL_S, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1), (IDEAS_BUCKET, None, 1))
         for bucket, ttl, history in buckets:
             try:
@@ -175,7 +235,6 @@ class Bus:
             await self.js.object_store(ARTIFACTS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             await self.js.create_object_store(ARTIFACTS_BUCKET, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=r))
-        await self._ensure_work_streams(r)
 
     async def _ensure_work_streams(self, replicas: int) -> None:
         """Create each role's work stream (bus/partitions) if absent, copying from what comes next in its sources.
@@ -219,11 +278,13 @@ class Bus:
 
     # ------------------------------------------------------------ publishing
 
+    @translated
     async def publish(self, env: Envelope) -> None:
         """Publish an envelope on its conversation subject, de-duplicated by its id."""
         subject, data, headers = self._prepare(env)
         await self.js.publish(subject, data, headers=headers)
 
+    @translated
     async def publish_many(self, envs: list[Envelope], timeout: float = 10.0) -> None:
         """Publish several envelopes and await their acks together: one round trip, not one each."""
         if len(envs) <= 1:
@@ -240,9 +301,16 @@ class Bus:
             raise MessageTooLarge(f"{env.kind} message of {len(data)} bytes exceeds the bus limit of {MAX_ENVELOPE_BYTES}")
         return subjects.convo(env.project, env.sender, env.recipient), data, {"Nats-Msg-Id": env.id}
 
+    @translated
     async def publish_job(self, subject: str, env: Envelope) -> None:
         await self.js.publish(subject, encode(env), headers={"Nats-Msg-Id": env.id})
 
+    @translated
+    async def publish_unacked(self, subject: str, data: bytes) -> None:
+        """Publish without waiting for a stream's ack (a job's log lines: one lost in a reconnect is not worth a stall)."""
+        await self.nc.publish(subject, data)
+
+    @translated
     async def dead_letter(self, role: str, reason: str, msg: Any) -> None:
         """Park a message we will not process, with the reason, in ``lab.dlq.<role>``."""
         meta = getattr(msg, "metadata", None)
@@ -260,15 +328,40 @@ class Bus:
         }
         await self.js.publish(subjects.dlq(role), json.dumps(record).encode())
 
+    # ------------------------------------------------------------ what services read and serve
 
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
-    """Poll an async predicate until it returns something truthy (used by CLI and tests)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            return value
-        await asyncio.sleep(interval)
+    @translated
+    async def has_bucket(self, bucket: str) -> bool:
+        """Whether the KV bucket exists (a lab whose store lost one says which)."""
+        try:
+            await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            return False
+        return True
+
+    @translated
+    async def store_usage(self) -> StoreUsage:
+        """How much of its JetStream store this account uses, and the account's own limit."""
+        info = await self.js.account_info()
+        limit = info.limits.max_storage if info.limits.max_storage and info.limits.max_storage > 0 else None
+        return StoreUsage(used=info.storage, limit=limit)
+
+    @translated
+    async def feed(self, subject: str, stream: str) -> Feed:
+        """An ordered, live read of ``subject`` in ``stream`` from its first message (see ``Feed``)."""
+        return Feed(await self.js.subscribe(subject, stream=stream, ordered_consumer=True))
+
+    @translated
+    async def serve(self, subject: str, handler: Handler, queue: str) -> None:
+        """Answer requests on ``subject`` with ``handler`` (one member of ``queue`` answers each); returns once routed here.
+
+        The handler answers every request it can, refusals included; an error it raises is a bug, which
+        the connection's error callback records, and the requester times out.
+        """
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(await handler(msg.subject, msg.data))
+
+        await self.nc.subscribe(subject, queue=queue, cb=answer)
+        await self.nc.flush()
+

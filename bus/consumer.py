@@ -19,6 +19,7 @@ import nats
 from nats.js import api
 
 from bus.client import Bus
+from bus.errors import translated
 
 ACK_WAIT_S = 10.0
 MAX_DELIVER = 5
@@ -39,6 +40,7 @@ def consumer_config(durable: str, filter_subject: str) -> api.ConsumerConfig:
     )
 
 
+@translated
 async def pull(bus: Bus, stream: str, durable: str, filter_subject: str) -> Any:
     """Bind to (creating if absent) a durable pull consumer.
 
@@ -95,3 +97,11 @@ async def keep_alive(msg: Any, every: float = HEARTBEAT_S) -> None:
         pass
     except (nats.errors.Error, OSError):
         pass  # the connection is gone or the message already acked: the ack wait redelivers it if need be
+
+
+async def give_back(msg: Any) -> None:
+    """NAK ``msg`` so it is delivered again now; a connection already gone is no error (the ack wait brings it back)."""
+    try:
+        await msg.nak()
+    except (nats.errors.Error, OSError):
+        pass

@@ -25,7 +25,6 @@ lease. A leased waiter polls for its turn and is never sent a wake-up.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import Any, Callable, TypeVar
@@ -34,10 +33,15 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bus.errors import StateConflict
+from bus.retry import RetryPolicy
 
 log = structlog.get_logger("ledger")
 
 T = TypeVar("T")
+
+# Every engineer replica and lane (and `lab evolve`) writes the one ledger document: a lost compare-and-set
+# is the normal course, retried at once with a wait growing 10 ms a try up to 0.2 s, 200 tries in all.
+CONTENTION = RetryPolicy(attempts=200, budget_s=None, base_wait_s=0.01, max_wait_s=0.2, linear=True, event="ledger_conflict", level=None)
 
 LEDGER_KEY = "engineer._capacity"  # under the engineer's own keys; "_capacity" is not a project id `lab run` makes
 
@@ -124,17 +128,19 @@ class SlotLedger:
 
     async def _update(self, change: Callable[[Ledger], T]) -> T:
         """Apply ``change`` with compare-and-set, retrying on conflict; a change that leaves the document as stored writes nothing."""
-        for attempt in range(200):
+
+        async def once() -> T:
             ledger, stored, revision = await self._read()
             result = change(ledger)
             if stored is not None and ledger.model_dump(mode="json") == Ledger.model_validate(stored).model_dump(mode="json"):
                 return result  # a poller's repeated refusal must not bump the revision (each would be a new wake-up)
-            try:
-                await self.states.write(LEDGER_KEY, ledger.model_dump(mode="json"), revision)
-                return result
-            except StateConflict:
-                await asyncio.sleep(0.01 * min(attempt + 1, 20))
-        raise StateConflict(f"{LEDGER_KEY}: too much contention")
+            await self.states.write(LEDGER_KEY, ledger.model_dump(mode="json"), revision)
+            return result
+
+        try:
+            return await CONTENTION.run(once, (StateConflict,))
+        except StateConflict:
+            raise StateConflict(f"{LEDGER_KEY}: too much contention") from None
 
     async def acquire(self, project: str, job_id: str, units: int, lease_s: float | None = None) -> bool:
         """Take ``units`` for the job (True), or record the project as waiting with it (False).

@@ -11,6 +11,8 @@ minutes without saying why. Here:
   each retry logged with structlog.
 - ``backoff_delay``: the same exponential delay as a pure function, for
   callers that only need a number (a NATS nak delay, a process restart).
+- ``poll``: call again at a fixed interval until the answer is yes (a free
+  slot in the lab's ledger), bounded by a timeout or not.
 - ``CircuitBreaker`` (one per endpoint, from ``breaker_for``): after N
   consecutive timeouts or connection failures it opens, and calls fail at
   once with ``CircuitOpen`` for a cool-down; then one trial call goes
@@ -28,10 +30,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_result, wait_fixed
 
 from bus.errors import LabBusError
 
@@ -188,21 +190,30 @@ class RetryPolicy:
 
     A caller that waits on the result (a novelty check, a step of a project)
     must cost a known, small amount of time before it falls back or fails.
+    ``attempts`` None bounds the tries by ``budget_s`` alone (a service that
+    must come up within a minute); waits grow exponentially, or by
+    ``base_wait_s`` per try with ``linear`` (many writers contending for one
+    key, where a doubling wait would leave the loser far behind).
     """
 
-    attempts: int = 4
+    attempts: int | None = 4
     budget_s: float | None = 30.0
     base_wait_s: float = 1.0
     max_wait_s: float = 10.0
     jitter: float = 0.0  # ± this fraction of each wait (see backoff_delay)
+    linear: bool = False
     event: str = "retry"  # the structlog event of each retry
+    level: str | None = "warning"  # its level; None: not logged (retrying is the normal course: compare-and-set contention)
     describe: Callable[[BaseException], str] = describe
     clock: Clock = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def wait_s(self, attempt: int, error: BaseException | None = None) -> float:
-        """The wait after try ``attempt``: exponential, at least the error's ``retry_after``, capped."""
-        wait = backoff_delay(attempt, base_s=self.base_wait_s, max_s=self.max_wait_s, jitter=self.jitter)
+        """The wait after try ``attempt``: exponential (or linear), at least the error's ``retry_after``, capped."""
+        if self.linear:
+            wait = min(self.max_wait_s, self.base_wait_s * max(attempt, 1))
+        else:
+            wait = backoff_delay(attempt, base_s=self.base_wait_s, max_s=self.max_wait_s, jitter=self.jitter)
         after = getattr(error, "retry_after", None)
         if after:
             wait = max(wait, float(after))
@@ -214,6 +225,21 @@ class RetryPolicy:
         With a ``breaker`` each try goes through it; ``CircuitOpen`` is never
         retried, and once the breaker has opened there is no wait before it.
         """
+        call = (lambda: breaker.call(fn)) if breaker is not None else fn
+        async for attempt in AsyncRetrying(sleep=self.sleep, reraise=True, **self._controls(retryable, breaker)):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying returns or raises
+
+    def run_blocking(self, fn: Callable[[], T], retryable: Retryable, sleep: Callable[[float], None] = time.sleep) -> T:
+        """``run`` for a plain function, in a thread that may block (no breaker: breakers are for async endpoints)."""
+        for attempt in Retrying(sleep=sleep, reraise=True, **self._controls(retryable, None)):
+            with attempt:
+                return fn()
+        raise AssertionError("unreachable")  # pragma: no cover - Retrying returns or raises
+
+    def _controls(self, retryable: Retryable, breaker: CircuitBreaker | None) -> dict[str, Any]:
+        """tenacity's stop, wait, retry and before_sleep for this policy, its clock starting now."""
         is_retryable = _matcher(retryable)
         start = self.clock()
 
@@ -223,7 +249,7 @@ class RetryPolicy:
             return self.wait_s(state.attempt_number, _error(state))
 
         def stop(state: RetryCallState) -> bool:
-            if state.attempt_number >= self.attempts:
+            if self.attempts is not None and state.attempt_number >= self.attempts:
                 return True
             if self.budget_s is None or (breaker is not None and breaker.state == "open"):
                 return False
@@ -235,15 +261,50 @@ class RetryPolicy:
 
         def before_sleep(state: RetryCallState) -> None:
             error = _error(state)
-            log.warning(self.event, attempt=state.attempt_number, after=self.describe(error) if error else "")
+            if self.level is not None:
+                getattr(log, self.level)(self.event, attempt=state.attempt_number, after=self.describe(error) if error else "")
 
-        call = (lambda: breaker.call(fn)) if breaker is not None else fn
-        async for attempt in AsyncRetrying(
-            stop=stop, wait=wait, retry=retry, before_sleep=before_sleep, sleep=self.sleep, reraise=True
-        ):
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying returns or raises
+        return {"stop": stop, "wait": wait, "retry": retry, "before_sleep": before_sleep}
+
+
+async def poll(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    every_s: float,
+    timeout_s: float | None = None,
+    on_wait: Callable[[int], None] | None = None,
+    clock: Clock = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """``fn()`` again every ``every_s`` until its answer is truthy; the last answer once ``timeout_s`` has passed.
+
+    ``timeout_s`` None waits as long as it takes (the caller's lease or deadline bounds it).
+    ``on_wait(n)`` runs before each wait, after the ``n``th no (e.g. to say once why it waits).
+    An error from ``fn`` is not a no: it ends the wait and is raised.
+    """
+    start = clock()
+
+    def stop(state: RetryCallState) -> bool:
+        return timeout_s is not None and clock() - start >= timeout_s
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_wait is not None:
+            on_wait(state.attempt_number)
+
+    def last(state: RetryCallState) -> T:
+        assert state.outcome is not None  # called only after a try
+        answer: T = state.outcome.result()
+        return answer
+
+    retrying = AsyncRetrying(
+        retry=retry_if_result(lambda answer: not answer), stop=stop, wait=wait_fixed(every_s), sleep=sleep,
+        before_sleep=before_sleep, retry_error_callback=last, reraise=True,
+    )
+    async def call() -> T:  # a coroutine function: tenacity would not await what a plain lambda returns
+        return await fn()
+
+    answer: T = await retrying(call)
+    return answer
 
 
 def _matcher(retryable: Retryable) -> Callable[[BaseException], bool]:

@@ -3,6 +3,10 @@
 State is written only with compare-and-set on the revision read, so two
 instances of a role (or a restarted one racing a late one) cannot overwrite
 each other: the loser gets StateConflict and retries from the new state.
+
+Every bucket the lab keeps has its typed class here (state, heartbeats, idea
+archive, cache, artifacts, and the auth service's object commits); what
+nats-py raises in their methods leaves as the lab's ``BusFailure``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ObjectNotFoundError
+from nats.js.api import Header
+from nats.js.errors import KeyNotFoundError, KeyValueError, KeyWrongLastSequenceError, ObjectNotFoundError
 
 from bus.client import Bus
+from bus.schema import Heartbeat
 from bus.schema.archive import ArchiveRecord, archive_key, key_token
-from bus.schema.constants import ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
-from bus.errors import ArtifactMissing, LabBusError, StateConflict
+from bus.schema.constants import AGENTS_BUCKET, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET, object_stream
+from bus.errors import ArtifactMissing, LabBusError, StateConflict, translated
 
 
 class StateStore:
@@ -30,9 +36,11 @@ class StateStore:
         self.kv = kv
 
     @classmethod
+    @translated
     async def open(cls, bus: Bus, bucket: str = STATE_BUCKET) -> "StateStore":
         return cls(await bus.js.key_value(bucket))
 
+    @translated
     async def read(self, key: str) -> tuple[dict[str, Any] | None, int]:
         """(document, revision); (None, 0) when absent or deleted."""
         try:
@@ -43,6 +51,7 @@ class StateStore:
             return None, entry.revision or 0
         return json.loads(entry.value), entry.revision
 
+    @translated
     async def write(self, key: str, doc: dict[str, Any], revision: int) -> int:
         data = json.dumps(doc, default=str).encode()
         try:
@@ -56,6 +65,7 @@ class StateStore:
                 raise StateConflict(f"state {key} changed since revision {revision}") from None
             raise
 
+    @translated
     async def keys(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (a role's own, e.g. ``engineer.``)."""
         return sorted(await _latest(self.kv, prefix, headers_only=True))
@@ -105,6 +115,39 @@ async def _latest(kv: Any, prefix: str, *, headers_only: bool) -> dict[str, byte
     return values
 
 
+class Heartbeats:
+    """The agents bucket: each agent process's last heartbeat under its key (``<role>`` or ``<role>.<n>``), gone with the TTL."""
+
+    def __init__(self, kv: Any):
+        self.kv = kv
+
+    @classmethod
+    @translated
+    async def open(cls, bus: Bus) -> "Heartbeats":
+        return cls(await bus.js.key_value(AGENTS_BUCKET))
+
+    @translated
+    async def put(self, key: str, beat: Heartbeat) -> None:
+        await self.kv.put(key, beat.model_dump_json().encode())
+
+    @translated
+    async def get(self, key: str) -> Heartbeat | None:
+        """The last heartbeat under ``key``, or None when there is none (never written, or expired)."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyValueError:  # not found, deleted, expired
+            return None
+        return Heartbeat.model_validate_json(entry.value) if entry.value else None
+
+    @translated
+    async def keys(self) -> list[str]:
+        """Every key that holds a heartbeat, sorted."""
+        try:
+            return sorted(await self.kv.keys())
+        except KeyValueError:  # nats-py raises NoKeysError on an empty bucket
+            return []
+
+
 class IdeaArchive:
     """The idea archive: one ``ArchiveRecord`` per (template, idea signature, project), kept across projects.
 
@@ -117,13 +160,16 @@ class IdeaArchive:
         self.kv = kv
 
     @classmethod
+    @translated
     async def open(cls, bus: Bus) -> "IdeaArchive":
         return cls(await bus.js.key_value(IDEAS_BUCKET))
 
+    @translated
     async def put(self, record: ArchiveRecord) -> None:
         key = archive_key(record.template, record.signature, record.project)
         await self.kv.put(key, record.model_dump_json().encode())
 
+    @translated
     async def records(self, template: str | None = None) -> list[ArchiveRecord]:
         """Every record for a template (every template's with None: the web view's archive page), oldest first."""
         values = await _latest(self.kv, f"{key_token(template)}." if template is not None else "", headers_only=False)
@@ -166,10 +212,12 @@ class Artifacts:
         self.obs = obs
 
     @classmethod
+    @translated
     async def open(cls, bus: Bus) -> "Artifacts":
         return cls(await bus.js.object_store(ARTIFACTS_BUCKET))
 
     @classmethod
+    @translated
     async def open_for_job(cls, bus: Bus, commit_subject: str, chunk_prefix: str) -> Artifacts:
         """The store as a job runner with its own NATS user writes it: objects committed by the auth service."""
         return cls(CommittedObjects(bus, await bus.js.object_store(ARTIFACTS_BUCKET), commit_subject, chunk_prefix))
@@ -188,6 +236,7 @@ class Artifacts:
             version, info = version + 1, found
         return version, info
 
+    @translated
     async def put(self, name: str, data: bytes) -> str:
         """Store ``data`` under ``name`` (or its next version); the name actually written."""
         if VERSION_MARK in name.rpartition("/")[2]:
@@ -211,6 +260,7 @@ class Artifacts:
             raise
         return target
 
+    @translated
     async def get(self, name: str) -> bytes:
         """The bytes of ``name``: its latest version, or exactly that version when ``name`` names one."""
         if base_name(name) == name:
@@ -222,6 +272,7 @@ class Artifacts:
             raise ArtifactMissing(f"no artifact named {name!r}") from None
         return result.data or b""
 
+    @translated
     async def list(self, prefix: str) -> list[str]:
         """Names under ``prefix``, each once (not its versions)."""
         try:
@@ -251,6 +302,7 @@ class CommittedObjects:
         self.chunk_prefix = chunk_prefix  # $O.<bucket>.C.<project>.<job>: the only chunk subjects its user may write
         self.chunk_size, self.timeout = chunk_size, timeout
 
+    @translated
     async def put(self, name: str, data: bytes) -> dict[str, Any]:
         # nats-py's own random object id, as its put does, under the job's prefix (a reader takes the nuid as is)
         nuid = self.chunk_prefix.removeprefix(f"$O.{ARTIFACTS_BUCKET}.C.") + "." + self.bus.nc._nuid.next().decode()
@@ -288,6 +340,7 @@ class KVCache:
         self.namespace = namespace
 
     @classmethod
+    @translated
     async def open(cls, bus: Bus, namespace: str) -> "KVCache":
         return cls(await bus.js.key_value(CACHE_BUCKET), namespace)
 
@@ -296,6 +349,7 @@ class KVCache:
 
         return f"{self.namespace}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
+    @translated
     async def get(self, key: str) -> Any | None:
         try:
             entry = await self.kv.get(self._key(key))
@@ -303,5 +357,45 @@ class KVCache:
             return None
         return json.loads(entry.value) if entry.value else None
 
+    @translated
     async def put(self, key: str, value: Any) -> None:
         await self.kv.put(self._key(key), json.dumps(value, default=str).encode())
+
+
+def _meta_subject(name: str) -> str:
+    return f"$O.{ARTIFACTS_BUCKET}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+class ObjectCommits:
+    """The auth service's side of ``CommittedObjects``: the chunks a job wrote, and the meta record that commits them.
+
+    Whether a job may commit a name is the auth service's rule (services/auth/callout.py);
+    this is only how the record is read and written.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.stream = object_stream(ARTIFACTS_BUCKET)
+
+    @translated
+    async def chunks_stored(self, nuid: str) -> int:
+        """How many chunks the store holds under the object id ``nuid``."""
+        subject = f"$O.{ARTIFACTS_BUCKET}.C.{nuid}"
+        held = (await self.bus.js.stream_info(self.stream, subjects_filter=subject)).state.subjects or {}
+        return int(held.get(subject, 0))
+
+    @translated
+    async def meta(self, name: str) -> dict[str, Any] | None:
+        """The meta record last written for ``name``, or None when there is none."""
+        try:
+            last = await self.bus.js.get_last_msg(self.stream, _meta_subject(name))
+        except nats.js.errors.NotFoundError:
+            return None
+        record: dict[str, Any] = json.loads(last.data or b"{}")
+        return record
+
+    @translated
+    async def write_meta(self, name: str, info: dict[str, Any]) -> None:
+        """Write the meta record of ``name``: refused by the stream if another writer got there first."""
+        headers = {Header.ROLLUP.value: "sub", "Nats-Expected-Last-Subject-Sequence": "0"}
+        await self.bus.js.publish(_meta_subject(name), json.dumps(info).encode(), headers=headers)

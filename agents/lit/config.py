@@ -19,6 +19,7 @@ from agents.base import ArtifactStore
 from agents.lit.errors import SourceUnavailable
 from agents.lit.index import FtsIndex, default_lab_home, library_path
 from agents.lit.sources import LocalLibrarySource, Source, template_source
+from bus.settings import settings
 
 DEFAULT_SOURCES = ("semantic_scholar", "openalex", "local", "template")
 LOCAL_SOURCES = ("local", "template")
@@ -29,7 +30,7 @@ _ALIASES = {"s2": "semantic_scholar", "semanticscholar": "semantic_scholar", "li
 def source_names(value: str | list[str] | tuple[str, ...] | None = None) -> tuple[list[str], list[str]]:
     """(known names in order, unknown names); ``None`` reads LAB_LIT_SOURCES."""
     if value is None:
-        value = os.environ.get("LAB_LIT_SOURCES", "") or ",".join(DEFAULT_SOURCES)
+        value = settings().lit_sources or list(DEFAULT_SOURCES)
     items = value.split(",") if isinstance(value, str) else list(value)
     names: list[str] = []
     unknown: list[str] = []

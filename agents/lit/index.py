@@ -10,7 +10,6 @@ they came from.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import uuid
@@ -21,6 +20,7 @@ from typing import Iterable
 import platformdirs
 
 from bus.schema import Reference
+from bus.settings import settings
 
 from agents.lit.text import words
 
@@ -39,8 +39,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 def default_lab_home() -> Path:
     """``$LAB_HOME``, else the platform's user data dir for kenkyu-lab."""
-    env = os.environ.get("LAB_HOME")
-    return Path(env) if env else Path(platformdirs.user_data_dir("kenkyu-lab"))
+    home = settings().home
+    return home if home is not None else Path(platformdirs.user_data_dir("kenkyu-lab"))
 
 
 def library_path(lab_home: Path) -> Path:

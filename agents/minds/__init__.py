@@ -5,19 +5,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from agents.minds.base import Mind
 from bus.errors import LabError
-from bus.schema import MIND_KINDS
+from bus.schema import MIND_KINDS, MindKind
 
 
 class UnknownMind(LabError, ValueError):
     pass
 
 
-def make_mind(kind: str, role: str, seed: int = 0, config: dict[str, Any] | None = None) -> Any:
-    if kind not in MIND_KINDS:
+def make_mind(kind: MindKind, role: str, seed: int = 0, config: dict[str, Any] | None = None) -> Mind:
+    if kind not in MIND_KINDS:  # the kind may come from untyped input (a CLI flag, a stored document)
         raise UnknownMind(f"unknown mind {kind!r}; choose one of {', '.join(MIND_KINDS)}")
     module = importlib.import_module(f"agents.{role}.{kind}")
-    return module.make(seed, config or {})
+    mind: Mind = module.make(seed, config or {})  # each role's make() returns that role's mind (agents/minds/base.py)
+    return mind
 
 
 def llm_unavailable(role: str, config: dict[str, Any] | None = None, model: str | None = None) -> str | None:

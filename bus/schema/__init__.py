@@ -15,13 +15,28 @@ import ...``), never copied. By concern:
 - ``review``: reviews, revision items, answers;
 - ``steps``: the steps a role can fail at;
 - ``messages``: the message bodies, their union, the envelope;
-- ``state``: read models of the agents' state, for the CLI and the web view.
+- ``state``: read models of the agents' state, for the CLI and the web view;
+- ``kinds``: the closed choices (mind, executor, llm output mode) and the profile name;
+- ``formats``: what crosses a process boundary besides the envelope: lab.json, config.yaml, the
+  role document in the state bucket, the runner's log line and its result.json.
 """
 
 from bus.schema.analysis import AnalysisFlag, AnalysisReport, Comparison
 from bus.schema.archive import ArchiveRecord, IdeaOutcome, OutcomeStatus, archive_key, idea_signature, signature_of
 from bus.schema.base import ROLES, Direction, Model, Recipient, RoleName, Sender
 from bus.schema.constants import BASELINE, MIN_SEEDS, SCHEMA_VERSION
+from bus.schema.formats import FormatError, JobLogLine, LabConfig, LabFile, RoleDocument, dump_result, read_result
+from bus.schema.kinds import (
+    DEFAULT_PROFILE,
+    EXECUTOR_KINDS,
+    FAST_PROFILE,
+    MIND_KINDS,
+    OUTPUT_MODES,
+    ExecutorKind,
+    MindKind,
+    OutputMode,
+    ProfileName,
+)
 from bus.schema.job import JobPhase, JobSpec, JobState, NatsAccess
 from bus.schema.messages import (
     MESSAGE_KINDS,
@@ -52,13 +67,12 @@ from bus.schema.messages import (
     derive_id,
     encode,
 )
-from bus.schema.project import MIND_KINDS, Budget, CodeChange, CodeEdit, CoPINote, Idea, MindChoice, MindKind, Reference, Usage
+from bus.schema.project import Budget, CodeChange, CodeEdit, CoPINote, Idea, MindChoice, Reference, Usage
 from bus.schema.results import FinalInfo, JobEnvironment, MetricStat, RunRecord
 from bus.schema.review import ItemResponse, MetaReview, Review, ReviewScores, RevisionItem
 from bus.schema.state import EngineerView, Heartbeat, JobView, ProjectView, Stage
 from bus.schema.steps import Step
 from bus.schema.template import (
-    DEFAULT_PROFILE,
     Knob,
     Metric,
     Profile,
@@ -82,4 +96,6 @@ __all__ = [
     "ReviewRequest", "ReviewScores", "RevisionItem", "RoleName", "RunRecord", "SCHEMA_VERSION", "Sender", "Stage",
     "StartProject", "Step", "StepFailed", "TemplateError", "TemplateSpec", "Usage", "UsageReport", "Variant", "decode",
     "derive_id", "encode", "parse_spec",
+    "EXECUTOR_KINDS", "ExecutorKind", "FAST_PROFILE", "OUTPUT_MODES", "OutputMode", "ProfileName",
+    "FormatError", "JobLogLine", "LabConfig", "LabFile", "RoleDocument", "dump_result", "read_result",
 ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from bus.schema.base import Model, Recipient
+from bus.schema.kinds import MindKind
 
 
 class Budget(Model):
@@ -93,10 +94,6 @@ class Usage(Model):
             completion_tokens=self.completion_tokens - other.completion_tokens,
             cost_usd=self.cost_usd - other.cost_usd,
         )
-
-
-MindKind = Literal["offline", "llm"]
-MIND_KINDS: tuple[MindKind, ...] = ("offline", "llm")
 
 
 class MindChoice(Model):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bus.errors import LabError
 from bus.schema.constants import MIN_SEEDS
+from bus.schema.kinds import DEFAULT_PROFILE, FAST_PROFILE, ProfileName
 from bus.schema.project import CodeEdit
 
 
@@ -136,7 +137,6 @@ class Resolved(BaseModel):
     time_budget_s: float
 
 
-DEFAULT_PROFILE = "default"
 
 
 class TemplateSpec(BaseModel):
@@ -152,7 +152,7 @@ class TemplateSpec(BaseModel):
     time_budget_s: float = Field(600, gt=0)
     resources: Resources = Resources()
     fast: dict[str, Any] = {}  # shorthand for profiles.fast.overrides (older templates)
-    profiles: dict[str, Profile] = {}
+    profiles: dict[ProfileName, Profile] = {}
     variants: dict[str, Variant] = {}  # code-level variants, by name (see Variant)
     # The experiment saves a checkpoint to LAB_CHECKPOINT_DIR (every few steps and on
     # SIGTERM) and resumes from one, so the runner syncs that folder to the artifact store.
@@ -166,14 +166,14 @@ class TemplateSpec(BaseModel):
         if len(primaries) != 1:
             raise ValueError(f"exactly one metric must have primary: true (found {len(primaries)})")
         # A dumped spec carries both (they agree); a template.yaml with two different ones is a mistake.
-        if self.fast and "fast" in self.profiles and self.profiles["fast"].overrides != self.fast:
+        if self.fast and FAST_PROFILE in self.profiles and self.profiles[FAST_PROFILE].overrides != self.fast:
             raise ValueError("declare the fast profile once: either 'fast' or 'profiles.fast'")
         if DEFAULT_PROFILE in self.profiles:
             raise ValueError(f"profiles.{DEFAULT_PROFILE}: reserved for the template's own settings")
-        if self.fast and "fast" not in self.profiles:
-            self.profiles["fast"] = Profile(overrides=self.fast)
-        elif "fast" in self.profiles:
-            self.fast = dict(self.profiles["fast"].overrides)
+        if self.fast and FAST_PROFILE not in self.profiles:
+            self.profiles[FAST_PROFILE] = Profile(overrides=self.fast)
+        elif FAST_PROFILE in self.profiles:
+            self.fast = dict(self.profiles[FAST_PROFILE].overrides)
         for name, knob in self.knobs.items():
             for other in knob.divides:
                 if knob.type != "int" or other not in self.knobs or self.knobs[other].type != "int":
@@ -200,7 +200,7 @@ class TemplateSpec(BaseModel):
                     return f"{name}={a} must divide {other}={b}"
         return None
 
-    def profile(self, name: str | None = None) -> Resolved:
+    def profile(self, name: ProfileName | None = None) -> Resolved:
         """The named profile applied to this template; None, "" or "default" is the template as declared."""
         if not name or name == DEFAULT_PROFILE:
             return Resolved(name=DEFAULT_PROFILE, overrides={}, resources=self.resources, time_budget_s=self.time_budget_s)

@@ -30,7 +30,6 @@ runner still running then is re-admitted by the same check when it reconnects.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
 import os
@@ -41,13 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats.js.errors
 import structlog
-from nats.js.api import Header
 
 from bus import natsjwt
 from bus.client import Bus, BusConfig
-from bus.errors import LabError
+from bus.errors import BusFailure, LabError
 from bus.jobkeys import JobKeys
 from bus.permissions import (
     AUTH,
@@ -58,12 +55,12 @@ from bus.permissions import (
     job_of_user,
     job_permissions,
 )
-from bus.schema.constants import ARTIFACTS_BUCKET, object_stream
-from bus.store import CommitRefused
+from bus.schema.constants import ARTIFACTS_BUCKET
+from bus.settings import settings
+from bus.store import CommitRefused, ObjectCommits
 from services.common.config import read_secret
 
 log = structlog.get_logger()
-TOKEN_TTL_S = float(os.environ.get("LAB_JOB_TOKEN_TTL_S", "86400"))
 _NUID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 QUEUE = "lab-auth"  # several replicas answer each request once
 
@@ -84,12 +81,12 @@ class Decision:
 class AuthService:
     """Answers authorization requests for job runners, and commits the objects they wrote."""
 
-    def __init__(self, keys: JobKeys, issuer_seed: str, ttl_s: float = TOKEN_TTL_S) -> None:
+    def __init__(self, keys: JobKeys, issuer_seed: str, ttl_s: float | None = None) -> None:
         self.keys = keys
         self.seed = issuer_seed
         self.issuer = natsjwt.public_key(issuer_seed)
-        self.ttl_s = ttl_s
-        self.bus: Bus | None = None
+        self.ttl_s = settings().job_token_ttl_s if ttl_s is None else ttl_s  # LAB_JOB_TOKEN_TTL_S
+        self.objects: ObjectCommits | None = None
 
     def decide(self, request_token: str) -> Decision:
         """The signed answer to one ``authorization_request`` JWT."""
@@ -123,20 +120,20 @@ class AuthService:
             return f"wrong key for {user}"
         return None
 
-    async def on_request(self, msg: Any) -> None:
-        decision = self.decide(msg.data.decode(errors="replace"))
+    async def on_request(self, subject: str, data: bytes) -> bytes:
+        decision = self.decide(data.decode(errors="replace"))
         if decision.refusal:
             log.warning("runner refused", user=decision.user, reason=decision.refusal)
         else:
             log.info("runner admitted", user=decision.user)
-        await msg.respond(decision.token.encode())
+        return decision.token.encode()
 
     async def commit(self, project: str, job: str, info: dict[str, Any]) -> str:
         """Write the meta record of an object job ``project/job`` wrote the chunks of; the name written.
 
         Raises CommitRefused with the reason when the record is not the job's to write.
         """
-        assert self.bus is not None
+        assert self.objects is not None
         name = info.get("name")
         if not isinstance(name, str) or not name.startswith(f"{project}/") or len(name) > 1024:
             raise CommitRefused(f"job {project}/{job} may write only names under {project}/, not {str(name)[:120]!r}")
@@ -150,64 +147,52 @@ class AuthService:
             raise CommitRefused(f"{name}: its chunks must be the job's own ({own}<nuid>), not {nuid[:120]!r}")
         if not isinstance(info.get("digest"), str) or info.get("deleted"):
             raise CommitRefused("malformed object info (digest)")
-        stream = object_stream(ARTIFACTS_BUCKET)
-        chunk_subject = f"$O.{ARTIFACTS_BUCKET}.C.{nuid}"
-        held = (await self.bus.js.stream_info(stream, subjects_filter=chunk_subject)).state.subjects or {}
-        if held.get(chunk_subject, 0) != chunks:
-            raise CommitRefused(f"{name}: {chunks} chunks announced, {held.get(chunk_subject, 0)} stored")
-        meta_subject = f"$O.{ARTIFACTS_BUCKET}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
-        headers: dict[str, str] = {Header.ROLLUP.value: "sub"}
-        try:
-            last = await self.bus.js.get_last_msg(stream, meta_subject)
-        except nats.js.errors.NotFoundError:
-            last = None
-        if last is not None:
-            old = json.loads(last.data or b"{}")
+        stored = await self.objects.chunks_stored(nuid)
+        if stored != chunks:
+            raise CommitRefused(f"{name}: {chunks} chunks announced, {stored} stored")
+        old = await self.objects.meta(name)
+        if old is not None:
             if old.get("digest") == info["digest"] and not old.get("deleted"):
                 return name  # the same bytes again (a retried upload): already there
             raise CommitRefused(f"{name} already holds other bytes: objects are never replaced (write the next version)")
-        headers["Nats-Expected-Last-Subject-Sequence"] = "0"  # refused if another writer got there first
-        await self.bus.js.publish(meta_subject, json.dumps(info).encode(), headers=headers)
+        await self.objects.write_meta(name, info)  # refused if another writer got there first
         return name
 
-    async def on_commit(self, msg: Any) -> None:
-        _, _, project, job = msg.subject.split(".")
+    async def on_commit(self, subject: str, data: bytes) -> bytes:
+        _, _, project, job = subject.split(".")
         try:
-            info = json.loads(msg.data)
+            info = json.loads(data)
             if not isinstance(info, dict):
                 raise CommitRefused("object info is not a JSON object")
             reply: dict[str, Any] = {"name": await self.commit(project, job, info)}
         except (CommitRefused, ValueError) as e:
             log.warning("object commit refused", job=f"{project}/{job}", reason=str(e))
             reply = {"error": str(e)}
-        except (nats.errors.Error, nats.js.errors.Error) as e:
-            reply = {"error": f"the store did not take the record: {e or type(e).__name__}"}
-        await msg.respond(json.dumps(reply).encode())
+        except BusFailure as e:  # the reply carries what NATS itself said, as it always has
+            reply = {"error": f"the store did not take the record: {e.__cause__ or e}"}
+        return json.dumps(reply).encode()
 
     async def serve(self, bus: Bus) -> None:
-        """Subscribe both services on ``bus``; returns once the server will route requests here."""
-        self.bus = bus
-        await bus.nc.subscribe(CALLOUT_SUBJECT, queue=QUEUE, cb=self.on_request)
-        await bus.nc.subscribe(files_subject(), queue=QUEUE, cb=self.on_commit)
-        await bus.nc.flush()
+        """Serve both services on ``bus``; returns once the server will route requests here."""
+        self.objects = ObjectCommits(bus)
+        await bus.serve(CALLOUT_SUBJECT, self.on_request, queue=QUEUE)
+        await bus.serve(files_subject(), self.on_commit, queue=QUEUE)
 
 
 def issuer_seed() -> str:
-    seed = read_secret("LAB_AUTH_ISSUER_SEED")
+    seed = read_secret("auth_issuer_seed")
     if not seed:
         raise AuthConfigError("no callout issuer seed: set LAB_AUTH_ISSUER_SEED_FILE (written by `lab up`, or a mounted Secret)")
     return seed
 
 
 async def run(ready_file: Path | None = None) -> int:
-    secret = read_secret("LAB_JOB_SECRET")
+    secret = read_secret("job_secret")
     if not secret:
         raise AuthConfigError("no lab job secret: set LAB_JOB_SECRET_FILE (the engineers' job secret)")
     service = AuthService(JobKeys(secret), issuer_seed())
-    config = BusConfig(
-        url=os.environ.get("LAB_NATS_URL", "nats://127.0.0.1:4222"), user=os.environ.get("LAB_NATS_USER", AUTH),
-        password=read_secret("LAB_NATS_PASSWORD"), name="lab-auth",
-    )
+    s = settings()
+    config = BusConfig(url=s.nats_url or "nats://127.0.0.1:4222", user=s.nats_user or AUTH, password=s.secret("nats_password"), name="lab-auth")
     bus = await Bus.connect(config)
     await service.serve(bus)
     if ready_file is not None:
@@ -226,9 +211,8 @@ async def run(ready_file: Path | None = None) -> int:
 
 
 def main() -> None:
-    ready = os.environ.get("LAB_AUTH_READY_FILE")
     try:
-        sys.exit(asyncio.run(run(Path(ready) if ready else None)))
+        sys.exit(asyncio.run(run(settings().auth_ready_file)))
     except LabError as e:
         print(f"auth: {e}", file=sys.stderr)
         sys.exit(2)

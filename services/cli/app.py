@@ -8,23 +8,26 @@ import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
 import typer
-from nats.errors import TimeoutError as NatsTimeoutError
 from rich.console import Console
 from rich.markup import escape
 
 from bus import subjects
 from bus.client import Bus
-from bus.errors import PermissionDenied
-from bus.schema import MIND_KINDS, ROLES, ProjectView
+from bus.errors import BusTimeout, PermissionDenied
+from bus.schema import EXECUTOR_KINDS, MIND_KINDS, ROLES, ProjectView
 from bus.schema.constants import AGENTS_BUCKET
 from bus.replay import read
-from bus.store import StateStore
+from bus.store import Heartbeats, StateStore
 from services.cli.errors import LabTyper, UsageError, fail
+from bus.settings import Settings, settings as lab_settings
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
 from services.read.describe import describe
+
+if TYPE_CHECKING:  # the supervisor is imported by the commands that start a lab, not by every `lab` command
+    from services.lab.supervisor import LabOptions
 
 app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=False, highlight=False)
@@ -40,8 +43,8 @@ def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once all agents are ready; `lab down` stops them."),
     nats: Optional[str] = typer.Option(None, "--nats", help="Use an existing NATS server (nats://host:4222) instead of the embedded one."),
     port: int = typer.Option(0, "--port", help="Port for the embedded nats-server (default: a free one)."),
-    mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind", help="offline (default, no network) or llm."),
-    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor", help="local, docker or kubernetes."),
+    mind: Optional[str] = typer.Option(None, "--mind", help="offline (default, no network) or llm; default $LAB_MIND."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
     sync_always: bool = typer.Option(False, "--sync-always", help="fsync every JetStream write (durability over speed)."),
     web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1."),
     web_port: int = typer.Option(8765, "--web-port", min=0, max=65535, help="Port of the web view with --web (0: a free one)."),
@@ -50,31 +53,51 @@ def up(
     replicas: list[str] = typer.Option([], "--replicas", help="Agent processes per role, ROLE=N or all=N (repeatable)."),
 ) -> None:
     """Start nats-server (JetStream) and the six agents on this machine."""
-    from services.lab.supervisor import LabOptions, Supervisor, parse_replicas, up_detached
+    from services.lab.supervisor import LabOptions, parse_replicas
 
-    _check_choice("mind", mind, MIND_KINDS)
-    _check_choice("executor", executor, ("local", "docker", "kubernetes"))
-    _sandbox_gate(mind, executor, unsafe_no_sandbox)
-    if nats is not None:
-        _check_url(nats)
-    if cluster > 1 and nats is not None:
-        fail("--cluster starts embedded servers; it cannot be combined with --nats")
+    mind, executor = _mind(mind), _executor(executor)
+    _check_up(mind, executor, unsafe_no_sandbox, nats, cluster)
     opts = LabOptions(
         home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
         cluster=cluster, replicas=parse_replicas(replicas),
     )
     if detach:
-        argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
-        info = up_detached(opts, argv)
-        console.print(f"lab is up: NATS at {info['url']}, agents {', '.join(info['agents'])} ready (home {opts.home}). Stop with `lab down`.")
-        if web:
-            from services.web.launch import wait_for_link
+        _up_detached(opts, web)
+    else:
+        _up_here(opts, web, web_port)
 
-            console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
-        return
+
+def _check_up(mind: str, executor: str, unsafe_no_sandbox: bool, nats: str | None, cluster: int) -> None:
+    """`lab up`'s options, refused in one line before anything starts."""
+    _check_choice("mind", mind, MIND_KINDS)
+    _check_choice("executor", executor, EXECUTOR_KINDS)
+    _sandbox_gate(mind, executor, unsafe_no_sandbox)
+    if nats is not None:
+        _check_url(nats)
+    if cluster > 1 and nats is not None:
+        fail("--cluster starts embedded servers; it cannot be combined with --nats")
+
+
+def _up_detached(opts: LabOptions, web: bool) -> None:
+    """`lab up --detach`: a supervisor in the background (this command again, without --detach); returns once all agents are ready."""
+    from services.lab.supervisor import up_detached
+
+    argv = [a for a in sys.argv[2:] if a not in ("--detach", "-d")]
+    info = up_detached(opts, argv)
+    console.print(f"lab is up: NATS at {info.url}, agents {', '.join(info.agents)} ready (home {opts.home}). Stop with `lab down`.")
+    if web:
+        from services.web.launch import wait_for_link
+
+        console.print(wait_for_link(opts.home), markup=False, soft_wrap=True)
+
+
+def _up_here(opts: LabOptions, web: bool, web_port: int) -> None:
+    """`lab up` in the foreground: supervise the lab (and the web view with --web) until Ctrl-C or SIGTERM."""
+    from services.lab.supervisor import Supervisor
+
     sup = Supervisor(opts)
     info = sup.start()
-    console.print(f"lab is up: NATS at {info['url']}, six agents ready. Ctrl-C stops all.", markup=False)
+    console.print(f"lab is up: NATS at {info.url}, six agents ready. Ctrl-C stops all.", markup=False)
     if not web:
         sup.supervise_forever()
     else:
@@ -100,8 +123,8 @@ def down() -> None:
 def agent(
     role: str = typer.Argument(..., help=f"One of: {', '.join(ROLES)}."),
     nats: Optional[str] = typer.Option(None, "--nats", help="NATS URL (default: LAB_NATS_URL or the local lab)."),
-    mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind"),
-    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
+    mind: Optional[str] = typer.Option(None, "--mind", help="offline or llm; default $LAB_MIND, else offline."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
 ) -> None:
     """Run one agent (what `lab up` and the Kubernetes Deployments start)."""
     from services.host import wiring
@@ -110,6 +133,7 @@ def agent(
 
     if role not in ROLES:
         fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    mind, executor = _mind(mind), _executor(executor)
     _check_choice("mind", mind, MIND_KINDS)
     if nats is not None:
         _check_url(nats)
@@ -119,7 +143,7 @@ def agent(
         _check_choice("executor", executor, EXECUTOR_KINDS)
         _sandbox_gate(mind, executor, False)
     ports = wiring.build(role, home=lab_home(), config=settings, bus_url=config.url, executor=executor)  # WiringError: one line
-    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.get("mind"), wiring=ports)
+    run_agent(role, config, home=lab_home(), mind=mind, mind_config=settings.mind, wiring=ports)
 
 
 # ---------------------------------------------------------------- status / logs / say
@@ -131,7 +155,7 @@ async def _session(nats: str | None) -> AsyncIterator[Bus]:
     bus = await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
     try:
         yield bus
-    except NatsTimeoutError:
+    except BusTimeout:
         refusal = bus.refusal()
         if refusal is None:
             raise
@@ -160,15 +184,11 @@ async def _require_project(bus: Bus, project: str) -> None:
 
 async def _require_buckets(bus: Bus) -> None:
     """A lab whose store lost a bucket says which, in one line (not a traceback from deep inside nats-py)."""
-    from nats.js.errors import BucketNotFoundError
-
     from bus.schema.constants import STATE_BUCKET
 
     for bucket in (STATE_BUCKET, AGENTS_BUCKET):
-        try:
-            await bus.js.key_value(bucket)
-        except BucketNotFoundError:
-            raise UsageError(f"the lab's store at {bus.config.url} has no {bucket!r} bucket (deleted?); `lab up` or any agent's start recreates it, empty") from None
+        if not await bus.has_bucket(bucket):
+            raise UsageError(f"the lab's store at {bus.config.url} has no {bucket!r} bucket (deleted?); `lab up` or any agent's start recreates it, empty")
 
 
 @app.command()
@@ -182,17 +202,17 @@ def status(
     from services.cli.status import LabStatus
 
     async def main() -> LabStatus:
-        from services.read.projects import active_jobs, heartbeat, project_docs
+        from services.read.projects import active_jobs, project_docs
         from services.read.team import capacity_view, replicas_view
 
         async with _session(nats) as bus:
             await _require_buckets(bus)
-            kv = await bus.js.key_value(AGENTS_BUCKET)
+            beats = await Heartbeats.open(bus)
             docs = await project_docs(bus)
             return LabStatus(
-                nats=bus.config.url, agents={role: await heartbeat(kv, role) for role in ROLES},
+                nats=bus.config.url, agents={role: await beats.get(role) for role in ROLES},
                 projects=[ProjectView.model_validate(d) for d in docs], jobs=await active_jobs(bus), docs=docs,
-                capacity=await capacity_view(await StateStore.open(bus)), instances=await replicas_view(kv),
+                capacity=await capacity_view(await StateStore.open(bus)), instances=await replicas_view(beats),
             )
 
     data = asyncio.run(main())
@@ -315,10 +335,11 @@ def web(
     if nats is not None:
         _check_url(nats)
     config = bus_config("web", nats, name="lab-web")
-    if config.user is None and os.environ.get("LAB_NATS_PASSWORD") is None and read_local_lab() is not None:
+    if config.user is None and lab_settings().nats_password is None and read_local_lab() is not None:
         fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
     # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
-    copi = ((read_local_lab() or {}).get("credentials") or {}).get("copi")
+    local = read_local_lab()
+    copi = local.credentials.get("copi") if local else None
     serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True), copi)
 
 
@@ -340,8 +361,8 @@ def run(
     wall_time: float = typer.Option(3600, "--wall-time", help="Seconds the project may take."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD the minds may spend."),
-    mind: str = typer.Option(os.environ.get("LAB_MIND", "offline"), "--mind"),
-    executor: str = typer.Option(os.environ.get("LAB_EXECUTOR", "local"), "--executor"),
+    mind: Optional[str] = typer.Option(None, "--mind", help="offline or llm; default $LAB_MIND, else offline."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
     nats: Optional[str] = typer.Option(None, "--nats", help="Use the lab on this NATS server instead of a local one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only progress, not every message."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
@@ -356,8 +377,9 @@ def run(
         _check_url(nats)
     if attach is not None:
         raise typer.Exit(attach_project(attach, out, nats, quiet, console))
+    mind, executor = _mind(mind), _executor(executor)
     _check_choice("mind", mind, MIND_KINDS)
-    _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+    _check_choice("executor", executor, EXECUTOR_KINDS)
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if model is not None and mind != "llm":
         fail("--model names the llm mind's model: add --mind llm")
@@ -391,7 +413,7 @@ def evolve(
     wall_time: float = typer.Option(3600, "--wall-time", help="Seconds before no new iteration starts."),
     seed_code: list[Path] = typer.Option([], "--seed-code", help="A .py file defining the hook's function; joins the first population (repeatable)."),
     executor: Optional[str] = typer.Option(
-        os.environ.get("LAB_EXECUTOR"), "--executor",
+        None, "--executor",
         help="local, docker or kubernetes, options from the lab config (default: the local lab's with --nats, else local).",
     ),
     nats: Optional[str] = typer.Option(None, "--nats", help="Run on the lab at this NATS URL (its runner credential and job secret); default: a private server."),
@@ -401,13 +423,16 @@ def evolve(
     """The Self-Developing loop: a mind proposes algorithms as code, the best on a dev split carry on, the final best meet the test split."""
     from services.cli.evolve import EvolveOptions, run_evolve
 
-    _check_choice("mind", mind, ("offline", "llm"))
+    _check_choice("mind", mind, MIND_KINDS)
     if nats is not None:
         _check_url(nats)
+    s = lab_settings()
+    if executor is None and "executor" in s.model_fields_set:  # $LAB_EXECUTOR
+        executor = s.executor
     if executor is None:  # on the lab `lab up` started here, the executor it runs its experiments with
         local = read_local_lab()
-        executor = str(local.get("executor") or "local") if nats is not None and local and local.get("url") == nats else "local"
-    _check_choice("executor", executor, ("local", "docker", "kubernetes"))
+        executor = local.executor if nats is not None and local and local.serves(nats) else "local"
+    _check_choice("executor", executor, EXECUTOR_KINDS)
     if model is not None and mind != "llm":
         fail("--model names the llm mind's model: add --mind llm")
     if fast and profile not in ("", "fast"):
@@ -458,9 +483,19 @@ def _sandbox_gate(mind: str, executor: str, unsafe: bool) -> None:
     from services.runner import sandbox
     warning = sandbox.check_start(mind, executor, unsafe)  # SandboxUnavailable: a LabError, printed as one line
     if unsafe:
-        os.environ[sandbox.UNSAFE_ENV] = "1"  # the agents this process starts inherit the user's choice
+        os.environ.update(Settings.environ(unsafe_no_sandbox=True))  # the agents this process starts inherit the user's choice
     if warning:
         err.print(f"lab: {warning}", markup=False, soft_wrap=True)
+
+
+def _mind(flag: str | None) -> str:
+    """--mind, else $LAB_MIND (read now, not when the CLI was imported), else offline."""
+    return flag if flag is not None else lab_settings().mind
+
+
+def _executor(flag: str | None) -> str:
+    """--executor, else $LAB_EXECUTOR, else local."""
+    return flag if flag is not None else lab_settings().executor
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

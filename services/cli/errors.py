@@ -5,8 +5,8 @@ registered through :class:`LabTyper`, which wraps it in :func:`one_line_errors`.
 So a command raises what it means (a LabError from any layer, an OSError from
 the disk, ``fail("...")`` for bad input) and this module alone decides how that reads:
 
-    LabError                  its message (any layer: bus, agents, services)
-    nats.errors.Error         what NATS said, or that it did not answer
+    LabError                  its message (any layer: bus, agents, services); what NATS said or that it
+                              did not answer arrives so too (bus/ translates nats-py's errors: bus.errors.BusFailure)
     OSError, UnicodeError     services.common.errors.describe_os_error: which file or setting, and why
     pydantic ValidationError  the model and its first bad field
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, NoReturn, TypeVar
 
-import nats.errors
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -28,7 +27,7 @@ from bus.errors import LabError
 
 F = TypeVar("F", bound=Callable[..., Any])
 # What a user can act on; anything else is a bug and keeps its traceback.
-KNOWN: tuple[type[BaseException], ...] = (LabError, nats.errors.Error, OSError, UnicodeError, ValidationError)
+KNOWN: tuple[type[BaseException], ...] = (LabError, OSError, UnicodeError, ValidationError)
 _err = Console(stderr=True, highlight=False)
 
 
@@ -38,12 +37,8 @@ def _one(text: str) -> str:
 
 def describe(error: BaseException) -> str | None:
     """One line for an error in KNOWN; None for any other (a bug, which should keep its traceback)."""
-    if isinstance(error, LabError):
+    if isinstance(error, LabError):  # before OSError: the bus's BusTimeout is a builtin TimeoutError too
         return _one(str(error)) or type(error).__name__
-    if isinstance(error, nats.errors.TimeoutError):  # before OSError: nats-py's timeout is a builtin TimeoutError too
-        return "NATS did not answer in time (is the lab up, and may this user do that?)"
-    if isinstance(error, nats.errors.Error):
-        return f"NATS: {_one(str(error)) or type(error).__name__}"
     if isinstance(error, (OSError, UnicodeError)):  # the environment, not the code: name the file or setting at fault
         from services.common.config import lab_home
         from services.common.errors import describe_os_error

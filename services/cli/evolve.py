@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,11 +44,13 @@ from bus.client import Bus, BusConfig
 from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
-from bus.schema import JobSpec, JobStatus, NatsAccess, TemplateSpec, decode
+from bus.retry import poll
+from bus.schema import ExecutorKind, JobSpec, JobStatus, MindKind, NatsAccess, ProfileName, TemplateSpec, decode
 from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
 from bus.server import EmbeddedServer, new_credentials
 from bus.store import Artifacts, StateStore
-from services.common.config import bus_config, lab_config, read_local_lab, read_secret, secrets_dir
+from bus.settings import settings
+from services.common.config import bus_config, lab_config, read_local_lab, secrets_dir
 from services.executors import Executor, make_executor
 from services.host.jobs import ledger_for, runner_access
 from services.lab.lifecycle import check_store
@@ -71,16 +72,16 @@ class EvolveOptions:
     template: str = "model_merging"
     iterations: int = 2
     population: int = 4
-    mind: str = "offline"
+    mind: MindKind = "offline"
     model: str | None = None
     out: Path | None = None
     seed: int = 0
-    profile: str = ""
+    profile: ProfileName = ""
     keep: int = 3  # best candidates shown to the next iteration
     final_top: int = 3  # best candidates scored on the test split at the end
     max_runs: int | None = None  # default: every candidate once plus the final runs
     wall_time: float = 3600.0
-    executor: str = "local"
+    executor: ExecutorKind = "local"
     nats: str | None = None  # a running lab's NATS; None: a private server for this run
     seed_code: list[Path] = field(default_factory=list)
     quiet: bool = False
@@ -146,11 +147,11 @@ class CandidateRunner:
         self._told_waiting = False
 
     async def start(self) -> None:
-        sub = await self.bus.js.subscribe(subjects.job_statuses(self.project), stream=subjects.JOBS_STREAM, ordered_consumer=True)
+        feed = await self.bus.feed(subjects.job_statuses(self.project), subjects.JOBS_STREAM)
 
         async def pump() -> None:
-            async for msg in sub.messages:
-                env = decode(msg.data)
+            async for data in feed:
+                env = decode(data)
                 body = env.body
                 if isinstance(body, JobStatus) and (why := self.keys.refusal(env.project, body)):
                     log.warning("job status refused", reason=why)
@@ -227,13 +228,15 @@ class CandidateRunner:
         if ledger.capacity is not None and units > ledger.capacity:
             return JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="failed",
                              reason=f"needs {units} {ledger.counts}, the lab has {ledger.capacity}")
+        def waiting(_: int) -> None:
+            if not self._told_waiting and self.console is not None:
+                self._told_waiting = True
+                self.console.print(f"[yellow]waiting for lab capacity[/yellow]: the lab's {ledger.counts} are in use or other "
+                                   "projects wait for their share (`lab status` shows who holds them)")
+
         try:
-            while not await ledger.acquire(self.project, job.job_id, units, lease_s=LEASE_S):
-                if not self._told_waiting and self.console is not None:
-                    self._told_waiting = True
-                    self.console.print(f"[yellow]waiting for lab capacity[/yellow]: the lab's {ledger.counts} are in use or other "
-                                       "projects wait for their share (`lab status` shows who holds them)")
-                await asyncio.sleep(WAIT_POLL_S)
+            # As long as it takes: the lease (renewed while this process lives) bounds what a dead run holds.
+            await poll(lambda: ledger.acquire(self.project, job.job_id, units, lease_s=LEASE_S), every_s=WAIT_POLL_S, on_wait=waiting)
             return await self._timed_wait(job)
         finally:
             try:
@@ -345,7 +348,7 @@ def _local_secret(url: str, name: str) -> str | None:
     """A credential `lab up` wrote under ``$LAB_HOME/secrets/`` for the lab at ``url`` (a file of this user's, 0600)."""
     local = read_local_lab()
     path = secrets_dir() / name
-    if not local or local.get("url") != url or not path.is_file():
+    if not local or not local.serves(url) or not path.is_file():
         return None
     return path.read_text().strip() or None
 
@@ -359,16 +362,16 @@ def lab_access(url: str, executor_options: dict[str, Any]) -> LabAccess:
     no runner credential is known: the jobs could not report, and the loop would wait them out blind.
     """
     config = bus_config("copi", url, name="lab-evolve")
-    job_secret = read_secret("LAB_JOB_SECRET") or _local_secret(url, "job-secret")
+    s = settings()
+    job_secret = s.secret("job_secret") or _local_secret(url, "job-secret")
     local = read_local_lab()
     # A lab that runs the auth service (`lab up`) admits each runner as its own user, its job's key as
     # password (services/jobs.runner_access): then the job secret is the runners' credential.
-    per_job = os.environ.get("LAB_RUNNER_USER") == JOB_USER or (
-        "LAB_RUNNER_USER" not in os.environ and bool(local) and local.get("url") == url and local.get("runner_user") == JOB_USER)
-    password = None if per_job else read_secret("LAB_RUNNER_PASSWORD") or _local_secret(url, RUNNER)
+    per_job = s.runner_user == JOB_USER or (s.runner_user is None and local is not None and local.serves(url) and local.runner_user == JOB_USER)
+    password = None if per_job else s.secret("runner_password") or _local_secret(url, RUNNER)
     runner = NatsAccess(
-        url=os.environ.get("LAB_RUNNER_NATS_URL", url),
-        user=JOB_USER if per_job else os.environ.get("LAB_RUNNER_USER") or (RUNNER if password else None),
+        url=s.runner_nats_url or url,
+        user=JOB_USER if per_job else s.runner_user or (RUNNER if password else None),
         password=password,
     )
     if per_job and job_secret is None:
@@ -389,7 +392,7 @@ def run_evolve(opts: EvolveOptions, console: Console) -> int:
     hook = workflow.hook_for(spec.name)
     spec.profile(opts.profile or None)  # an unknown profile is one readable line, before anything starts
     seeds = seed_proposals(opts.seed_code)
-    executor_options = dict((lab_config().get("executor") or {}).get(opts.executor) or {})
+    executor_options = lab_config().executor_options(opts.executor)
     if opts.nats is not None:
         access = lab_access(opts.nats, executor_options)
         if access.job_secret is None:
@@ -419,7 +422,6 @@ async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: H
     project = subjects.token(new_project_id(f"evolve-{spec.name}", opts.seed)[:48], "project")
     out = opts.out or Path("lab-out") / project
     files = EvolveFiles(out)
-    metric, direction = spec.primary_metric, spec.metrics[spec.primary_metric].direction
     max_runs = opts.max_runs or opts.iterations * opts.population + opts.final_top
     deadline = time.monotonic() + opts.wall_time
     try:
@@ -430,75 +432,18 @@ async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: H
     mind: EvolveMind | None = None
     runner: CandidateRunner | None = None
     try:
-        if lab:  # the lab's own topology; the co-PI may not create streams, and a full store refuses the run
-            local = read_local_lab()
-            await check_store(bus.js, config.url, local.get("max_store_bytes") if local and local.get("url") == config.url else None)
-        else:
-            await bus.ensure_topology()
-        artifacts = await Artifacts.open(bus)
-        # On a running lab its capacity is shared: this run's jobs take their turn in the lab's slot ledger.
-        ledger = ledger_for(executor, await StateStore.open(bus)) if lab else None
+        await _prepare_store(bus, config, lab)
         base = bundle(folder)
-        runner = CandidateRunner(bus, artifacts, executor, project, spec, opts.profile, base, hook, job_nats, keys, ledger, console)
-        await runner.start()
+        runner = await _start_runner(bus, executor, project, spec, opts.profile, base, hook, job_nats, keys, console, lab)
         mind = make_evolve_mind(opts, hook, bundle_files(base)["experiment.py"])
+        metric, direction = spec.primary_metric, spec.metrics[spec.primary_metric].direction
         console.print(f"evolving [bold]{spec.name}[/bold]'s {hook.function}() with the {opts.mind} mind: "
                       f"{opts.iterations} iterations × {opts.population} candidates, scored by {metric} ({direction}) on the dev split; "
                       f"output in {files.dir}")
-        everything: list[Candidate] = []
-        summaries: list[IterationSummary] = []
-        stopped = ""
-        for it in range(opts.iterations):
-            left = max_runs - opts.final_top - runner.runs
-            if left <= 0 or time.monotonic() > deadline:
-                stopped = "the run budget" if left <= 0 else "the wall time"
-                break
-            shown = workflow.examples(everything, opts.keep, direction)
-            k = min(opts.population, left)
-            text = workflow.prompt(hook, spec.task, metric, direction, k, shown)
-            proposals = [*seeds[:k]] if it == 0 else []
-            if len(proposals) < k:
-                request = ProposeRequest(iteration=it, k=k - len(proposals), prompt=text, examples=shown, tried=[c.code for c in everything])
-                try:
-                    proposals += (await mind.propose(request))[: request.k]
-                except Exception as e:  # a mind that fails loses this iteration's proposals, not the loop
-                    console.print(f"[red]iteration {it}: the mind proposed nothing[/red]: {escape(str(e))}")
-            batch = await _run_batch(runner, files, console, it, proposals, "dev", opts.quiet, metric)
-            everything += batch
-            s = workflow.summary(it, batch, direction)
-            summaries.append(s)
-            files.iteration(s, text)
-            if (pair := workflow.preference(text, batch, direction)) is not None:
-                files.preference(pair)
-            best = f"{s.best:.4f}" if s.best is not None else "—"
-            median = f"{s.median:.4f}" if s.median is not None else "—"
-            console.print(f"[bold]iteration {it}[/bold]: best {metric} {best}, median {median} ({s.succeeded} ran, {s.failed} failed)")
+        everything, summaries, stopped = await _iterate(opts, spec, hook, seeds, mind, runner, files, console, max_runs, deadline)
         if stopped:
             console.print(f"[yellow]stopped before iteration {len(summaries)}: {stopped} is spent[/yellow]")
-        finalists = workflow.examples(everything, opts.final_top, direction)
-        final = await _run_batch(
-            runner, files, console, len(summaries), [Proposal(name=c.name, code=c.code, rationale=c.rationale, parents=[c.id]) for c in finalists],
-            "test", opts.quiet, metric, ids=[f"final-{c.id}" for c in finalists],
-        )
-        plot = files.plot(summaries, final, metric)
-        tested = workflow.ranked(final, direction)
-        files.summary({
-            "template": spec.name, "project": project, "mind": opts.mind, "metric": metric, "direction": direction,
-            "iterations": [s.model_dump() for s in summaries], "runs": runner.runs, "max_runs": max_runs, "stopped": stopped,
-            "final": [{"id": c.id, "name": c.name, "dev": next((d.score for d in finalists if f"final-{d.id}" == c.id), None), "test": c.score,
-                       "test_stderr": c.stderr, "state": c.state, "reason": c.reason} for c in final],
-        })
-        console.print(f"\nprogress plot: {plot}")
-        for c in final:
-            dev = next((d.score for d in finalists if f"final-{d.id}" == c.id), None)
-            score = f"{c.score:.4f} ± {c.stderr:.4f}" if c.score is not None and c.stderr is not None else f"failed: {c.reason}"
-            console.print(f"  {c.name:<40} dev {dev:.4f}  test {escape(score)}" if dev is not None else f"  {c.name}: {escape(score)}")
-        if not tested:
-            console.print("[red]no candidate finished on the test split[/red]")
-            return 1
-        console.print(f"[bold]best on the held-out test split[/bold]: {tested[0].name} ({metric} {tested[0].score:.4f}); "
-                      f"preference pairs in {files.dir / 'preferences.jsonl'}")
-        return 0
+        return await _final_test(opts, spec, project, runner, files, console, everything, summaries, stopped, max_runs)
     finally:
         if runner is not None:
             await runner.stop()
@@ -509,6 +454,99 @@ async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: H
             await runner.give_back()
         await executor.close()
         await bus.close()
+
+
+async def _prepare_store(bus: Bus, config: BusConfig, lab: bool) -> None:
+    """A running lab's store must have room (its topology is its own: the co-PI may not create streams); a private one is set up."""
+    if lab:
+        local = read_local_lab()
+        await check_store(bus, config.url, local.max_store_bytes if local and local.serves(config.url) else None)
+    else:
+        await bus.ensure_topology()
+
+
+async def _start_runner(bus: Bus, executor: Executor, project: str, spec: TemplateSpec, profile: str, base: bytes, hook: Hook,
+                        job_nats: NatsAccess, keys: JobKeys, console: Console, lab: bool) -> CandidateRunner:
+    """The candidate runner, reading its jobs' statuses; on a running lab its jobs take their turn in the lab's slot ledger."""
+    artifacts = await Artifacts.open(bus)
+    ledger = ledger_for(executor, await StateStore.open(bus)) if lab else None
+    runner = CandidateRunner(bus, artifacts, executor, project, spec, profile, base, hook, job_nats, keys, ledger, console)
+    await runner.start()
+    return runner
+
+
+async def _iterate(opts: EvolveOptions, spec: TemplateSpec, hook: Hook, seeds: list[Proposal], mind: EvolveMind, runner: CandidateRunner,
+                   files: EvolveFiles, console: Console, max_runs: int, deadline: float) -> tuple[list[Candidate], list[IterationSummary], str]:
+    """Propose, run and summarise until the iterations, the run budget or the wall time (``deadline``) are spent: every
+    candidate, each iteration's summary, and which budget stopped the loop early ("" when none did)."""
+    metric, direction = spec.primary_metric, spec.metrics[spec.primary_metric].direction
+    everything: list[Candidate] = []
+    summaries: list[IterationSummary] = []
+    for it in range(opts.iterations):
+        left = max_runs - opts.final_top - runner.runs
+        if left <= 0 or time.monotonic() > deadline:
+            return everything, summaries, "the run budget" if left <= 0 else "the wall time"
+        shown = workflow.examples(everything, opts.keep, direction)
+        k = min(opts.population, left)
+        text = workflow.prompt(hook, spec.task, metric, direction, k, shown)
+        proposals = await _propose(mind, console, it, k, text, shown, [*seeds[:k]] if it == 0 else [], everything)
+        batch = await _run_batch(runner, files, console, it, proposals, "dev", opts.quiet, metric)
+        everything += batch
+        s = workflow.summary(it, batch, direction)
+        summaries.append(s)
+        files.iteration(s, text)
+        if (pair := workflow.preference(text, batch, direction)) is not None:
+            files.preference(pair)
+        best = f"{s.best:.4f}" if s.best is not None else "—"
+        median = f"{s.median:.4f}" if s.median is not None else "—"
+        console.print(f"[bold]iteration {it}[/bold]: best {metric} {best}, median {median} ({s.succeeded} ran, {s.failed} failed)")
+    return everything, summaries, ""
+
+
+async def _propose(mind: EvolveMind, console: Console, it: int, k: int, text: str, shown: list[Candidate], proposals: list[Proposal],
+                   everything: list[Candidate]) -> list[Proposal]:
+    """``k`` proposals for iteration ``it``: the seeded ones given, the rest from the mind (none from a mind that fails)."""
+    if len(proposals) < k:
+        request = ProposeRequest(iteration=it, k=k - len(proposals), prompt=text, examples=shown, tried=[c.code for c in everything])
+        try:
+            proposals += (await mind.propose(request))[: request.k]
+        except Exception as e:  # a mind that fails loses this iteration's proposals, not the loop
+            console.print(f"[red]iteration {it}: the mind proposed nothing[/red]: {escape(str(e))}")
+    return proposals
+
+
+async def _final_test(opts: EvolveOptions, spec: TemplateSpec, project: str, runner: CandidateRunner, files: EvolveFiles, console: Console,
+                      everything: list[Candidate], summaries: list[IterationSummary], stopped: str, max_runs: int) -> int:
+    """Score the best on the held-out test split, write the plot and summary.json, and say which won (1: none finished)."""
+    metric, direction = spec.primary_metric, spec.metrics[spec.primary_metric].direction
+    finalists = workflow.examples(everything, opts.final_top, direction)
+    final = await _run_batch(
+        runner, files, console, len(summaries), [Proposal(name=c.name, code=c.code, rationale=c.rationale, parents=[c.id]) for c in finalists],
+        "test", opts.quiet, metric, ids=[f"final-{c.id}" for c in finalists],
+    )
+    plot = files.plot(summaries, final, metric)
+    tested = workflow.ranked(final, direction)
+
+    def dev_score(c: Candidate) -> float | None:
+        return next((d.score for d in finalists if f"final-{d.id}" == c.id), None)
+
+    files.summary({
+        "template": spec.name, "project": project, "mind": opts.mind, "metric": metric, "direction": direction,
+        "iterations": [s.model_dump() for s in summaries], "runs": runner.runs, "max_runs": max_runs, "stopped": stopped,
+        "final": [{"id": c.id, "name": c.name, "dev": dev_score(c), "test": c.score,
+                   "test_stderr": c.stderr, "state": c.state, "reason": c.reason} for c in final],
+    })
+    console.print(f"\nprogress plot: {plot}")
+    for c in final:
+        dev = dev_score(c)
+        score = f"{c.score:.4f} ± {c.stderr:.4f}" if c.score is not None and c.stderr is not None else f"failed: {c.reason}"
+        console.print(f"  {c.name:<40} dev {dev:.4f}  test {escape(score)}" if dev is not None else f"  {c.name}: {escape(score)}")
+    if not tested:
+        console.print("[red]no candidate finished on the test split[/red]")
+        return 1
+    console.print(f"[bold]best on the held-out test split[/bold]: {tested[0].name} ({metric} {tested[0].score:.4f}); "
+                  f"preference pairs in {files.dir / 'preferences.jsonl'}")
+    return 0
 
 
 async def _run_batch(runner: CandidateRunner, files: EvolveFiles, console: Console, it: int, proposals: list[Proposal], split: Split,

@@ -17,8 +17,6 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -26,15 +24,15 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from agents import templates
 from bus import subjects
 from bus.client import Bus
-from bus.errors import LabError
-from bus.schema import Budget, Decision, Envelope, MindChoice, StartProject, TemplateError, TemplateSpec
+from bus.errors import BusRefused, LabError, Unanswered
+from bus.schema import Budget, Decision, Envelope, ExecutorKind, MindChoice, MindKind, ProfileName, StartProject, TemplateError, TemplateSpec
 from bus.replay import read
 from bus.retry import RetryPolicy
-from bus.store import Artifacts
+from bus.store import Artifacts, Heartbeats
 from services.common.config import bus_config, lab_home, read_local_lab
 from services.read.export import UnknownProject, export_project
 from services.lab.lifecycle import StoreFull, check_store
-from services.read.projects import heartbeat, project_state
+from services.read.projects import project_state
 from services.read.describe import describe
 
 
@@ -45,15 +43,15 @@ class RunOptions:
     seed: int = 0
     out: Path | None = None
     fast: bool = False
-    profile: str = ""  # a template profile; --fast is --profile fast
+    profile: ProfileName = ""  # a template profile; --fast is --profile fast
     max_ideas: int = 2
     max_runs: int = 12
     max_rounds: int = 1
     wall_time: float = 3600
     max_tokens: int | None = None
     max_cost: float | None = None
-    mind: str = "offline"
-    executor: str = "local"
+    mind: MindKind = "offline"
+    executor: ExecutorKind = "local"
     nats: str | None = None
     quiet: bool = False
     project: str | None = None
@@ -71,12 +69,11 @@ async def llm_refusal(bus: Bus, model: str | None) -> str | None:
     local endpoint) and says so in its heartbeat; the agents may run elsewhere (Kubernetes), so their word
     counts, not this machine's environment.
     """
-    from bus.schema.constants import AGENTS_BUCKET
     from bus.schema import ROLES
 
-    kv = await bus.js.key_value(AGENTS_BUCKET)
+    beats = await Heartbeats.open(bus)
     for role in ROLES:
-        beat = await heartbeat(kv, role)
+        beat = await beats.get(role)
         # No heartbeat, or a stale one: an agent not up yet takes the choice when it comes.
         if beat is not None and not beat.stale() and beat.llm_error:
             return f"the lab's {role} agent cannot use an llm mind{f' for {model}' if model else ''}: {beat.llm_error}"
@@ -157,8 +154,8 @@ def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool
 
 
 # What a JetStream request answers while a cluster node is down and its streams elect new leaders: a timeout or
-# "no response from stream". Starting and following a project retries these (bounded, a minute), as agents do.
-UNANSWERED = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+# "no response from stream" (bus.errors.Unanswered). Starting and following a project retries these (bounded, a minute), as agents do.
+UNANSWERED = (Unanswered,)
 CLI_RETRY = RetryPolicy(attempts=8, budget_s=60.0, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")
 FOLLOW_RETRY = RetryPolicy(attempts=8, budget_s=None, base_wait_s=1.0, max_wait_s=10.0, jitter=0.3, event="jetstream_retry")  # a run's whole length
 
@@ -189,11 +186,11 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
         if opts.mind == "llm" and sup is None and (reason := await llm_refusal(bus, opts.model)):
             raise MindRefused(reason)
         local = read_local_lab()
-        limit = local.get("max_store_bytes") if local and local.get("url") == bus.config.url else None
+        limit = local.max_store_bytes if local and local.serves(bus.config.url) else None
         # A full store refuses the project before any of it is written.
-        await CLI_RETRY.run(lambda: check_store(bus.js, bus.config.url, limit), UNANSWERED)
+        await CLI_RETRY.run(lambda: check_store(bus, bus.config.url, limit), UNANSWERED)
         # The choice rides on the project's envelopes: every role (and replica) thinks with this project's mind.
-        choice = MindChoice(kind=opts.mind, model=opts.model)  # type: ignore[arg-type]
+        choice = MindChoice(kind=opts.mind, model=opts.model)
 
         def start_envelope(bundle_name: str) -> Envelope:
             start = StartProject(
@@ -204,10 +201,10 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
 
         try:
             await start_project(bus, project, templates.bundle(folder), start_envelope)
-        except nats.js.errors.APIError as e:
+        except BusRefused as e:
             if "insufficient" not in str(e):
                 raise
-            await check_store(bus.js, bus.config.url, limit)  # says how full, in one line
+            await check_store(bus, bus.config.url, limit)  # says how full, in one line
             raise StoreFull(f"the lab's store refused the new project ({e.description}) at {bus.config.url}") from None
         console.print(f"project [bold]{project}[/bold] started on template {spec.name!r}; follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
         return await _follow_and_export(bus, project, out, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)

@@ -13,29 +13,25 @@ readable by every process of the same user, a file's mode can say who reads it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import platformdirs
-import yaml
 
 from bus.client import BusConfig
-from bus.errors import LabError
+from bus.schema.formats import CONFIG_FILE, LOCAL_LAB_FILE, FormatError, LabConfig, LabFile
+from bus.settings import ConfigError, SecretName, settings
 
-
-class ConfigError(LabError, ValueError):
-    """A setting that cannot work; the message is one line."""
+__all__ = ["ConfigError", "bus_config", "lab_config", "lab_home", "read_local_lab", "read_secret", "secrets_dir", "state_file", "write_lab_file", "write_secret"]
 
 
 def lab_home() -> Path:
-    home = os.environ.get("LAB_HOME")
-    return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kenkyu-lab"))
+    home = settings().home
+    return home.expanduser() if home else Path(platformdirs.user_data_dir("kenkyu-lab"))
 
 
 def state_file(home: Path | None = None) -> Path:
-    return (home or lab_home()) / "lab.json"
+    return (home or lab_home()) / LOCAL_LAB_FILE
 
 
 def secrets_dir(home: Path | None = None) -> Path:
@@ -57,62 +53,55 @@ def write_secret(path: Path, value: str, private_folder: bool = False) -> Path:
     return path
 
 
-def read_secret(var: str) -> str | None:
-    """A password from ``$var`` or from the file ``$var_FILE`` names (a Secret mount or `lab up`'s 0600 file)."""
-    if os.environ.get(var):
-        return os.environ[var]
-    path = os.environ.get(f"{var}_FILE")
-    if not path:
-        return None
-    try:
-        return Path(path).read_text().strip()
-    except OSError as e:
-        raise ConfigError(f"{var}_FILE={path}: cannot read the credential ({e.strerror})") from None
+def read_secret(name: SecretName) -> str | None:
+    """A credential from ``LAB_<NAME>`` or the file ``LAB_<NAME>_FILE`` names (a Secret mount or `lab up`'s 0600 file)."""
+    return settings().secret(name)
 
 
-def read_local_lab(home: Path | None = None) -> dict[str, Any] | None:
+def read_local_lab(home: Path | None = None) -> LabFile | None:
+    """The lab `lab up` recorded here; None when there is none, or while the supervisor is still writing it."""
     path = state_file(home)
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+        return LabFile.parse(path.read_text())
+    except FormatError as e:
+        if "not valid JSON" in str(e):  # written with O_TRUNC: a reader may catch it half-written
+            return None
+        raise ConfigError(f"{path}: {str(e).removeprefix(LOCAL_LAB_FILE + ': ')}") from None
+
+
+def write_lab_file(info: LabFile, home: Path | None = None) -> Path:
+    """``lab.json``, 0600: it holds the co-PI's credential."""
+    return write_secret(state_file(home), info.dump())
 
 
 def bus_config(user: str, url: str | None = None, name: str | None = None) -> BusConfig:
-    url = url or os.environ.get("LAB_NATS_URL")
-    password = read_secret("LAB_NATS_PASSWORD")
-    env_user = os.environ.get("LAB_NATS_USER")
+    s = settings()
+    url = url or s.nats_url
+    password = s.secret("nats_password")
     local = read_local_lab()
     if url is None and local:
-        url = local["url"]
-    if password is None and local and (url == local.get("url")):
-        password = local.get("credentials", {}).get(user)
+        url = local.url
+    if password is None and local and local.serves(url):
+        password = local.credentials.get(user)
         secret = secrets_dir() / user
         if password is None and secret.is_file():
             password = secret.read_text().strip()
-    if env_user:
-        user = env_user
-    raw = os.environ.get("LAB_NATS_REPLICAS") or (local or {}).get("cluster") or 1
-    try:
-        replicas = int(raw)
-    except ValueError:
-        raise ConfigError(f"LAB_NATS_REPLICAS={raw!r}: expected the number of NATS nodes (1, 3, 5)") from None
+    if s.nats_user:
+        user = s.nats_user
+    replicas = s.nats_replicas or (local.cluster if local else 1)
     return BusConfig(
         url=url or "nats://127.0.0.1:4222", user=user if password else None, password=password, name=name or f"lab-{user}", replicas=replicas
     )
 
 
-def lab_config(home: Path | None = None) -> dict[str, Any]:
-    """``$LAB_HOME/config.yaml`` (or ``LAB_CONFIG``): executor, mind and literature sections (read by ``services/wiring``)."""
-    path = Path(os.environ["LAB_CONFIG"]) if os.environ.get("LAB_CONFIG") else (home or lab_home()) / "config.yaml"
+def lab_config(home: Path | None = None) -> LabConfig:
+    """``$LAB_HOME/config.yaml`` (or ``LAB_CONFIG``): executor, mind and literature sections (read by ``services.host.wiring``)."""
+    path = settings().config or (home or lab_home()) / CONFIG_FILE
     if not path.is_file():
-        return {}
+        return LabConfig()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+        return LabConfig.parse(path.read_text(), where=str(path))
+    except FormatError as e:
+        raise ConfigError(str(e)) from None

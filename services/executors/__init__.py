@@ -5,19 +5,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bus.schema import NatsAccess
+from bus.schema import EXECUTOR_KINDS, ExecutorKind, NatsAccess
 from services.executors.base import Executor, ExecutorError
 
-_MODULES = {"local": "LocalExecutor", "docker": "DockerExecutor", "kubernetes": "KubernetesExecutor"}
-EXECUTOR_KINDS = tuple(_MODULES)
+# One class per kind; the kinds themselves are declared once, in bus.schema.kinds.
+_MODULES: dict[ExecutorKind, str] = {"local": "LocalExecutor", "docker": "DockerExecutor", "kubernetes": "KubernetesExecutor"}
 
 
 def make_executor(kind: str, options: dict[str, Any] | None = None) -> Executor:
     """``options`` come from the ``executor:`` section of the lab config; each executor validates its own."""
-    if kind not in _MODULES:
+    if kind not in EXECUTOR_KINDS:
         raise ExecutorError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTOR_KINDS)}")
     module = importlib.import_module(f"services.executors.{kind}")
-    return getattr(module, _MODULES[kind])(**(options or {}))
+    return getattr(module, _MODULES[kind])(**(options or {}))  # type: ignore[index]  # kind is an ExecutorKind once checked
 
 
 __all__ = ["Executor", "ExecutorError", "NatsAccess", "make_executor", "EXECUTOR_KINDS"]

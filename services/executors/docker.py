@@ -71,6 +71,35 @@ def _started_at(value: str) -> dt.datetime | None:
     return dt.datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
 
 
+def _adopt(container: Any, job: JobSpec) -> None:
+    """Refuse a container of this job's name that another job (or nothing of the lab's) owns."""
+    reason = foreign_owner(container.labels, job)
+    if reason is not None:
+        raise ExecutorError(f"docker: {reason}")
+
+
+def _make_container(c: docker.DockerClient, job: JobSpec, kwargs: dict[str, Any]) -> Any:
+    """One container; an existing one of that name (a submit cut short) is adopted if it is this job's."""
+    if "device_requests" in kwargs:
+        kwargs["device_requests"] = [
+            DeviceRequest(driver=d["Driver"], count=d.get("Count", 0), device_ids=d.get("DeviceIDs"),
+                          capabilities=d["Capabilities"])
+            for d in kwargs["device_requests"]
+        ]
+    image = kwargs.pop("image")
+    try:
+        return c.containers.create(image, **kwargs)
+    except ImageNotFound:
+        c.images.pull(image)
+        return c.containers.create(image, **kwargs)
+    except APIError as e:
+        if e.status_code != 409:
+            raise
+        container = c.containers.get(kwargs["name"])  # created concurrently by another submit
+        _adopt(container, job)
+        return container
+
+
 class DockerExecutor:
     name = "docker"
 
@@ -124,68 +153,44 @@ class DockerExecutor:
                 "open_network is not set; refusing to run it on the NATS-only network"
             )
         name = docker_container(job, s)["name"]
-
-        def adopt(container: Any) -> None:
-            reason = foreign_owner(container.labels, job)
-            if reason is not None:
-                raise ExecutorError(f"docker: {reason}")
-
-        def create(c: docker.DockerClient) -> None:
-            try:
-                runner = c.containers.get(name)
-                adopt(runner)
-                experiment = c.containers.get(experiment_name(job.job_id))
-            except NotFound:
-                with self._gpu_lock:
-                    runner, experiment = make(c)
-            for container in (experiment, runner):  # the launcher first: it waits for the runner's "ready"
-                if container.status == "created":
-                    container.start()
-
-        def make_container(c: docker.DockerClient, kwargs: dict[str, Any]) -> Any:
-            """One container; an existing one of that name (a submit cut short) is adopted if it is this job's."""
-            if "device_requests" in kwargs:
-                kwargs["device_requests"] = [
-                    DeviceRequest(driver=d["Driver"], count=d.get("Count", 0), device_ids=d.get("DeviceIDs"),
-                                  capabilities=d["Capabilities"])
-                    for d in kwargs["device_requests"]
-                ]
-            image = kwargs.pop("image")
-            try:
-                return c.containers.create(image, **kwargs)
-            except ImageNotFound:
-                c.images.pull(image)
-                return c.containers.create(image, **kwargs)
-            except APIError as e:
-                if e.status_code != 409:
-                    raise
-                container = c.containers.get(kwargs["name"])  # created concurrently by another submit
-                adopt(container)
-                return container
-
-        def make(c: docker.DockerClient) -> tuple[Any, Any]:
-            devices = None
-            if job.gpu and s.gpu_pool():
-                free = self._free_gpus(c)
-                if len(free) < job.gpu:
-                    raise ExecutorError(f"docker: job {job.job_id} needs {job.gpu} GPU(s), {len(free)} of {s.gpu_pool()} free")
-                devices = free[: job.gpu]
-            c.volumes.create(**docker_volume(job, s))
-            write_job_file(job, s)
-            try:
-                experiment = make_container(c, docker_experiment_container(job, s, devices))
-            except NotFound as e:
-                if job.network and not isinstance(e, ImageNotFound):  # never leave a job that a resubmit would start offline
-                    _remove(c, job.job_id, s)
-                    raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {s.open_network}: "
-                                        f"{e.explanation or e}") from None
-                raise
-            return make_container(c, docker_container(job, s, devices)), experiment
-
         try:
-            await self._call(f"start container {name}", create)
+            await self._call(f"start container {name}", lambda c: self._create(c, job, name))
         except NotFound as e:
             raise ExecutorError(f"docker: image {self.settings.image} not found and not pullable: {e.explanation or e}") from None
+
+    def _create(self, c: docker.DockerClient, job: JobSpec, name: str) -> None:
+        """Start the job's two containers, making them first unless a submit already did (then they must be this job's)."""
+        try:
+            runner = c.containers.get(name)
+            _adopt(runner, job)
+            experiment = c.containers.get(experiment_name(job.job_id))
+        except NotFound:
+            with self._gpu_lock:
+                runner, experiment = self._make(c, job)
+        for container in (experiment, runner):  # the launcher first: it waits for the runner's "ready"
+            if container.status == "created":
+                container.start()
+
+    def _make(self, c: docker.DockerClient, job: JobSpec) -> tuple[Any, Any]:
+        """The volume, the job file and both containers, with GPUs picked from those free in the pool."""
+        s = self.settings
+        devices = None
+        if job.gpu and s.gpu_pool():
+            free = self._free_gpus(c)
+            if len(free) < job.gpu:
+                raise ExecutorError(f"docker: job {job.job_id} needs {job.gpu} GPU(s), {len(free)} of {s.gpu_pool()} free")
+            devices = free[: job.gpu]
+        c.volumes.create(**docker_volume(job, s))
+        write_job_file(job, s)
+        try:
+            experiment = _make_container(c, job, docker_experiment_container(job, s, devices))
+        except NotFound as e:
+            if job.network and not isinstance(e, ImageNotFound):  # never leave a job that a resubmit would start offline
+                _remove(c, job.job_id, s)
+                raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {s.open_network}: "
+                                    f"{e.explanation or e}") from None
+            raise
+        return _make_container(c, job, docker_container(job, s, devices)), experiment
 
     async def _container(self, job_id: str) -> Any | None:
         name = container_name(job_id)

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict
 from services.common.config import write_secret
 from services.executors.base import ExecutorError
 from bus.schema import JobPhase, JobSpec
+from bus.schema.formats import RESULT_FILE, FormatError, read_result
+from bus.settings import Settings, env_name
 from services.common.process import alive
 
 
@@ -64,9 +66,10 @@ class LocalExecutor:
         (d / "job.json").write_text(json.dumps({"project": job.project, "experiment_id": job.experiment_id}))
         # The runner gets the job's own credential, never the engineer's, and in a 0600 file outside the
         # sandbox rather than in its environment (readable in /proc by every process of this user).
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_", "LAB_JOB_SECRET")) and k not in ("LAB_JOB", "LAB_JOB_FILE")}
+        inherited = {k: v for k, v in os.environ.items()
+                     if not k.startswith(("LAB_NATS_", "LAB_RUNNER_", "LAB_JOB_SECRET")) and k not in (env_name("job"), env_name("job_file"))}
         spec = write_secret(d / "job.spec.json", job.model_dump_json())
-        env = {**inherited, "LAB_JOB_FILE": str(spec), "LAB_JOB_DIR": str(d / "work"), "LAB_EXECUTOR_KIND": "local"}
+        env = {**inherited, **Settings.environ(job_file=spec, job_dir=d / "work", executor_kind="local")}
         with open(d / "runner.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.runner"],
@@ -108,12 +111,15 @@ class LocalExecutor:
         pid_file = d / "pid"
         if proc is None and pid_file.is_file() and alive(int(pid_file.read_text())):
             return JobPhase(state="running")
-        result = d / "work" / "result.json"
+        result = d / "work" / RESULT_FILE
         if result.is_file():
-            outcome = json.loads(result.read_text())
-            if outcome.get("state") == "succeeded":
+            try:
+                outcome = read_result(result.read_text())
+            except FormatError as e:  # the runner's own file: not one means the runner broke
+                return JobPhase(state="failed", reason=str(e))
+            if outcome.state == "succeeded":
                 return JobPhase(state="succeeded")
-            return JobPhase(state="failed", reason=outcome.get("reason", ""))
+            return JobPhase(state="failed", reason=outcome.reason)
         if not pid_file.is_file():
             return JobPhase(state="pending")
         code = proc.returncode if proc is not None else None

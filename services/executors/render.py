@@ -20,6 +20,7 @@ from services.executors.base import ExecutorError
 from bus.permissions import job_of_user
 from bus.schema import JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
+from bus.settings import Settings, env_name
 
 RUNNER_COMMAND = ["python", "-m", "services.runner"]
 LAUNCHER_COMMAND = ["python", "-m", "services.runner.launcher"]
@@ -34,19 +35,19 @@ JOB_ID_ANNOTATION = f"{LABEL}/job-id"
 WALL_TIME_LABEL = f"{LABEL}/wall-time-s"  # Docker keeps the deadline on the container itself
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_DEVICES_LABEL = f"{LABEL}/gpu-devices"  # Docker: the GPUs a container holds, so a restart rebuilds the pool
-NATS_PASSWORD_FILE_ENV = "LAB_NATS_PASSWORD_FILE"
+NATS_PASSWORD_FILE_ENV = env_name("nats_password_file")
 NATS_PASSWORD_MOUNT = "/run/secrets/lab-nats-password"
 # The runner reads the files these name instead of job.nats.user/password, so a
 # Secret-held credential never appears in the Job object nor in any environment.
-NATS_USER_FILE_ENV = "LAB_NATS_USER_FILE"
+NATS_USER_FILE_ENV = env_name("nats_user_file")
 NATS_SECRET_MOUNT = "/run/lab/nats"
 # The job itself (its status key, and the NATS password when no Secret holds it) is a
 # per-job Secret mounted into the runner container only, never an environment variable.
-JOB_FILE_ENV = "LAB_JOB_FILE"
+JOB_FILE_ENV = env_name("job_file")
 JOB_SECRET_MOUNT = "/run/lab/job"
 JOB_SECRET_KEY = "job.json"
-SHARED_ENV = "LAB_SHARED_DIR"  # services.runner.split: the volume the two containers share
-SCRATCH_ENV = "LAB_SCRATCH"
+SHARED_ENV = env_name("shared_dir")  # services.runner.split: the volume the two containers share
+SCRATCH_ENV = env_name("scratch")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
@@ -290,81 +291,23 @@ def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     mounted files); the experiment runs under another uid with no credential, no
     service-account token and its own process namespace (``services/runner/split.py``).
     """
-    gpu = max(job.gpu, s.min_gpu)
-    gid = s.run_as_user
-    runner_env = _plain_env({JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
-                             "LAB_JOB_DIR": "/tmp/job", "LAB_EXECUTOR_KIND": "kubernetes"})  # the kind is recorded in env.json
-    runner_mounts: list[dict[str, Any]] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "scratch", "mountPath": s.scratch_dir},
-        {"name": "job", "mountPath": JOB_SECRET_MOUNT, "readOnly": True},
-    ]
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "experiment-tmp", "emptyDir": {}},
-        {"name": "scratch", "emptyDir": {"sizeLimit": f"{s.scratch_size_mb}Mi"} if s.scratch_size_mb else {}},
-        {"name": "job", "secret": {"secretName": job_name(job.job_id), "defaultMode": 0o440}},
-    ]
-    if s.nats_secret:
-        runner_env += [{"name": NATS_USER_FILE_ENV, "value": f"{NATS_SECRET_MOUNT}/user"},
-                       {"name": NATS_PASSWORD_FILE_ENV, "value": f"{NATS_SECRET_MOUNT}/password"}]
-        runner_mounts.append({"name": "nats", "mountPath": NATS_SECRET_MOUNT, "readOnly": True})
-        items = [{"key": s.nats_secret_user_key, "path": "user"}, {"key": s.nats_secret_password_key, "path": "password"}]
-        volumes.append({"name": "nats", "secret": {"secretName": s.nats_secret, "items": items, "defaultMode": 0o440}})
-    memory = f"{job.memory_mb + s.launcher_overhead_mb}Mi"
-    cpu = f"{math.ceil(job.cpu * 1000)}m"
-    limits: dict[str, str] = {"cpu": cpu, "memory": memory}
-    if gpu:
-        limits["nvidia.com/gpu"] = str(gpu)
-    runner_res = {"cpu": f"{s.runner_cpu_m}m", "memory": f"{s.runner_overhead_mb}Mi"}
-    node_selector = {**s.node_selector, **(s.gpu_node_selector if gpu else {})}
-    tolerations = [*s.tolerations, *(s.gpu_tolerations if gpu else [])]
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "shareProcessNamespace": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": s.run_as_user,
-            "runAsGroup": gid,
-            "fsGroup": gid,  # the shared volume is group-writable for both uids
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [
-            {
-                "name": CONTAINER,
-                "image": s.image,
-                "imagePullPolicy": s.image_pull_policy,
-                "command": list(s.command),
-                "env": runner_env,
-                "resources": {"requests": dict(runner_res), "limits": dict(runner_res)},
-                "securityContext": _lockdown(s.run_as_user, gid),
-                "volumeMounts": runner_mounts,
-            },
-            {
-                "name": EXPERIMENT_CONTAINER,
-                "image": s.image,
-                "imagePullPolicy": s.image_pull_policy,
-                "command": list(s.launcher_command),
-                "env": _plain_env({SHARED_ENV: s.scratch_dir}),
-                "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
-                "securityContext": _lockdown(s.experiment_run_as_user, gid),
-                "volumeMounts": [{"name": "experiment-tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir}],
-            },
-        ],
-        "volumes": volumes,
-    }
-    if s.service_account:
-        pod_spec["serviceAccountName"] = s.service_account
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if tolerations:
-        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in tolerations]
-    if s.priority_class:
-        pod_spec["priorityClassName"] = s.priority_class
     job_labels = labels(job, s.extra_labels)
     meta_labels = {**job_labels, **({KUEUE_QUEUE_LABEL: s.kueue_queue} if s.kueue_queue else {})}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(job.job_id),
+            "namespace": s.namespace,
+            "labels": meta_labels,
+            "annotations": {JOB_ID_ANNOTATION: job.job_id},
+        },
+        "spec": _job_spec(job, s, job_labels, _pod_spec(job, s)),
+    }
+
+
+def _job_spec(job: JobSpec, s: KubernetesSettings, job_labels: dict[str, str], pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The Job's deadline, retries (the runner's exit code says whose fault a failure was) and pod template."""
     spec: dict[str, Any] = {
         # The runner stops the experiment at wall_time_s; the deadline is the backstop for a
         # runner that hangs, with a margin for scheduling and image pulls.
@@ -382,17 +325,99 @@ def k8s_job(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     }
     if s.kueue_queue:
         spec["suspend"] = True  # Kueue admits the Job by unsuspending it
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": job_name(job.job_id),
-            "namespace": s.namespace,
-            "labels": meta_labels,
-            "annotations": {JOB_ID_ANNOTATION: job.job_id},
+    return spec
+
+
+def _pod_spec(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
+    """The pod: locked down, no service-account token, its two containers and their volumes, placed on a GPU node if it needs one."""
+    gpu = max(job.gpu, s.min_gpu)
+    gid = s.run_as_user
+    runner_env, runner_mounts, volumes = _runner_wiring(job, s)
+    node_selector = {**s.node_selector, **(s.gpu_node_selector if gpu else {})}
+    tolerations = [*s.tolerations, *(s.gpu_tolerations if gpu else [])]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "shareProcessNamespace": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": s.run_as_user,
+            "runAsGroup": gid,
+            "fsGroup": gid,  # the shared volume is group-writable for both uids
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "spec": spec,
+        "containers": _containers(job, s, gpu, runner_env, runner_mounts),
+        "volumes": volumes,
     }
+    if s.service_account:
+        pod_spec["serviceAccountName"] = s.service_account
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in tolerations]
+    if s.priority_class:
+        pod_spec["priorityClassName"] = s.priority_class
+    return pod_spec
+
+
+def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runner's environment and mounts, and the pod's volumes: the job's Secret, scratch, and the NATS Secret when configured."""
+    runner_env = _plain_env({JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
+                             **Settings.environ(job_dir="/tmp/job", executor_kind="kubernetes")})  # the kind is recorded in env.json
+    runner_mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "scratch", "mountPath": s.scratch_dir},
+        {"name": "job", "mountPath": JOB_SECRET_MOUNT, "readOnly": True},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "experiment-tmp", "emptyDir": {}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": f"{s.scratch_size_mb}Mi"} if s.scratch_size_mb else {}},
+        {"name": "job", "secret": {"secretName": job_name(job.job_id), "defaultMode": 0o440}},
+    ]
+    if s.nats_secret:
+        runner_env += [{"name": NATS_USER_FILE_ENV, "value": f"{NATS_SECRET_MOUNT}/user"},
+                       {"name": NATS_PASSWORD_FILE_ENV, "value": f"{NATS_SECRET_MOUNT}/password"}]
+        runner_mounts.append({"name": "nats", "mountPath": NATS_SECRET_MOUNT, "readOnly": True})
+        items = [{"key": s.nats_secret_user_key, "path": "user"}, {"key": s.nats_secret_password_key, "path": "password"}]
+        volumes.append({"name": "nats", "secret": {"secretName": s.nats_secret, "items": items, "defaultMode": 0o440}})
+    return runner_env, runner_mounts, volumes
+
+
+def _containers(
+    job: JobSpec, s: KubernetesSettings, gpu: int, runner_env: list[dict[str, Any]], runner_mounts: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The runner (small, with the credential) and the experiment (the job's resources and GPUs, none of the credential)."""
+    gid = s.run_as_user
+    memory = f"{job.memory_mb + s.launcher_overhead_mb}Mi"
+    cpu = f"{math.ceil(job.cpu * 1000)}m"
+    limits: dict[str, str] = {"cpu": cpu, "memory": memory}
+    if gpu:
+        limits["nvidia.com/gpu"] = str(gpu)
+    runner_res = {"cpu": f"{s.runner_cpu_m}m", "memory": f"{s.runner_overhead_mb}Mi"}
+    return [
+        {
+            "name": CONTAINER,
+            "image": s.image,
+            "imagePullPolicy": s.image_pull_policy,
+            "command": list(s.command),
+            "env": runner_env,
+            "resources": {"requests": dict(runner_res), "limits": dict(runner_res)},
+            "securityContext": _lockdown(s.run_as_user, gid),
+            "volumeMounts": runner_mounts,
+        },
+        {
+            "name": EXPERIMENT_CONTAINER,
+            "image": s.image,
+            "imagePullPolicy": s.image_pull_policy,
+            "command": list(s.launcher_command),
+            "env": _plain_env({SHARED_ENV: s.scratch_dir}),
+            "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
+            "securityContext": _lockdown(s.experiment_run_as_user, gid),
+            "volumeMounts": [{"name": "experiment-tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir}],
+        },
+    ]
 
 
 def container_name(job_id: str) -> str:
@@ -463,8 +488,8 @@ def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None 
     read-only here, never in an environment; the experiment container has neither it nor the NATS
     password file. ``devices``: the job's GPUs (labelled here too, so they stay taken while either container lives).
     """
-    environment = {JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir, "LAB_JOB_DIR": "/tmp/job",
-                   "LAB_EXECUTOR_KIND": "docker", "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+    environment = {JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
+                   **Settings.environ(job_dir="/tmp/job", executor_kind="docker"), "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
                    "MPLCONFIGDIR": "/tmp/matplotlib"}
     volumes: dict[str, Any] = {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"},
                                docker_job_dir(job.job_id, s): {"bind": JOB_SECRET_MOUNT, "mode": "ro"}}

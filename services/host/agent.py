@@ -23,32 +23,30 @@ import signal
 import socket
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from agents import role_class
 from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds.meter import metered
-from bus import partitions, subjects
+from bus import partitions
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.schema.constants import AGENTS_BUCKET, HEARTBEAT_EVERY_S
+from bus.schema.constants import HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
-from bus.errors import LabError, MindError, StateConflict
+from bus.errors import BusTimeout, LabError, MindError, StateConflict
 from bus.retry import RetryPolicy, backoff_delay
-from bus.schema import Envelope, Heartbeat, MindChoice, StepFailed, Usage, UsageReport, decode
-from bus.store import Artifacts, KVCache, StateStore
+from bus.schema import Envelope, Heartbeat, MindKind, RoleDocument, StepFailed, Usage, UsageReport, decode
+from bus.settings import ConfigError, Settings, settings
+from bus.store import Artifacts, Heartbeats, KVCache, StateStore
 from services.host.lanes import Lanes
 from services.host.logs import setup_logging
 from services.host.wiring import Minds, Wiring, role_name
 
 OUTBOX_KEEP = 16
-FAULT_DELAY_AFTER_STORE = float(os.environ.get("LAB_FAULT_DELAY_AFTER_STORE", "0") or 0)
-# For bench/lab.py: a simulated mind call of this many seconds in every handled message (0: none).
-BENCH_MIND_LATENCY_S = float(os.environ.get("LAB_BENCH_MIND_LATENCY_S", "0") or 0)
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = Settings.model_fields["concurrency"].default
 # An agent's start-up JetStream requests: retried on timeouts for up to a minute, then the agent exits with the reason.
 STARTUP_RETRY = RetryPolicy(attempts=6, budget_s=60.0, base_wait_s=1.0, max_wait_s=15.0, jitter=0.3, event="startup_retry")
 log = structlog.get_logger()
@@ -58,36 +56,36 @@ class HostConfigError(LabError, ValueError):
     """A host setting that cannot work (one line for the user)."""
 
 
-def concurrency_for(role: str, environ: Any = os.environ) -> int:
+def _settings(environ: Mapping[str, str] | None) -> Settings:
+    try:
+        return settings(environ)
+    except ConfigError as e:
+        raise HostConfigError(str(e)) from None
+
+
+def concurrency_for(role: str, environ: Mapping[str, str] | None = None) -> int:
     """Projects one agent handles at once: ``LAB_CONCURRENCY_<ROLE>``, else ``LAB_CONCURRENCY``, else 8."""
-    for name in (f"LAB_CONCURRENCY_{role.upper()}", "LAB_CONCURRENCY"):
-        raw = environ.get(name)
-        if raw:
-            try:
-                value = int(raw)
-            except ValueError:
-                raise HostConfigError(f"{name}={raw!r}: expected a whole number of projects") from None
-            if value < 1:
-                raise HostConfigError(f"{name}={raw!r}: must be at least 1")
-            return value
-    return DEFAULT_CONCURRENCY
+    return _settings(environ).concurrency_of(role)
 
 
-def replica_from_env(environ: Any = os.environ) -> tuple[int, int]:
+def replica_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
     """(index, count) of this process among its role's replicas: ``LAB_REPLICA`` (0-based) of ``LAB_REPLICAS``.
 
-    Without ``LAB_REPLICA``, a StatefulSet pod's ordinal (``lab-pi-1`` is 1), read from ``HOSTNAME``.
+    Without ``LAB_REPLICA``, a StatefulSet pod's ordinal (``lab-<role>-1`` is 1), read from ``HOSTNAME``.
     """
+    s = _settings(environ)
+    count, index = s.replicas, s.replica
+    hostname = (os.environ if environ is None else environ).get("HOSTNAME") or ""  # the pod's, not a lab setting
     try:
-        count = int(environ.get("LAB_REPLICAS") or 1)
-        ordinal = (environ.get("HOSTNAME") or "").rpartition("-")[2] if count > 1 else ""
-        if count > 1 and not environ.get("LAB_REPLICA") and not ordinal.isdigit():
+        ordinal = hostname.rpartition("-")[2] if count > 1 else ""
+        if count > 1 and index is None and not ordinal.isdigit():
             # Every replica would take index 0 and the other partitions' projects would wait forever.
             raise ValueError("several replicas need LAB_REPLICA or a StatefulSet pod's ordinal in HOSTNAME")
-        index = int(environ.get("LAB_REPLICA") or ordinal or 0)
+        index = index if index is not None else int(ordinal or 0)
         partitions.owned(index, count)
     except ValueError as e:
-        raise HostConfigError(f"LAB_REPLICA={environ.get('LAB_REPLICA')!r} of LAB_REPLICAS={environ.get('LAB_REPLICAS')!r}: {e}") from None
+        shown = str(s.replica) if s.replica is not None else None
+        raise HostConfigError(f"LAB_REPLICA={shown!r} of LAB_REPLICAS={str(count)!r}: {e}") from None
     return index, count
 
 
@@ -102,22 +100,6 @@ def retry_delay(delivered: int) -> float:
     return backoff_delay(delivered, base_s=2.0, max_s=30.0)
 
 
-def envelope_mismatch(subject: str, env: Envelope) -> str | None:
-    """Why an envelope does not match the subject it came on (whose publisher NATS permissions vouch for), or None."""
-    if subject.startswith("lab.convo."):
-        project, sender, recipient = subjects.parse_convo(subject)
-        if (project, sender, recipient) != (env.project, env.sender, env.recipient):
-            return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
-        return None
-    parts = subject.split(".")
-    if subject.startswith("lab.jobs.") and len(parts) == 5 and parts[4] == "status":
-        # Only the runner and the engineer may publish here; the body must be about the job the subject names.
-        job = getattr(env.body, "job_id", None)
-        if env.sender not in ("runner", "engineer") or env.project != parts[2] or job != parts[3] or env.kind != "job_status":
-            return f"job status from {env.sender} for {env.project}/{job} ({env.kind}) does not match {subject}"
-    return None
-
-
 class AgentHost:
     def __init__(
         self,
@@ -125,7 +107,7 @@ class AgentHost:
         config: BusConfig,
         *,
         home: Path,
-        mind: str = "offline",
+        mind: MindKind = "offline",
         mind_config: dict[str, Any] | None = None,
         wiring: Wiring | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
@@ -149,19 +131,23 @@ class AgentHost:
         self.handled = 0
         self.failed = False
         self.latencies: list[float] = []  # seconds per handled message, the last 1000 (for `lab status` and bench)
+        s = settings()
+        self.fault_delay_after_store = s.fault_delay_after_store  # chaos tests: widen the window between store and publish
+        self.bench_mind_latency_s = s.bench_mind_latency_s  # bench/lab.py: a simulated mind call per message (0: none)
+        self.instance_name = s.instance  # `lab up` names each process (`pi-2`); None: from the replica index
 
     # ------------------------------------------------------------ lifecycle
 
     @property
     def instance(self) -> str:
-        """This process's name among its role's replicas: ``pi`` for index 0, ``pi-2`` for index 1… (`lab up` sets it)."""
+        """This process's name among its role's replicas: ``<role>`` for index 0, ``<role>-2`` for index 1… (`lab up` sets it)."""
         index = self.replica[0]
-        return os.environ.get("LAB_INSTANCE") or (f"{self.role_name}-{index + 1}" if index else self.role_name)
+        return self.instance_name or (f"{self.role_name}-{index + 1}" if index else self.role_name)
 
     def _run_file(self, suffix: str) -> Path:
         # `lab up`'s processes share one home, so their files carry the instance; a pod has a home of its own,
         # and its probes name the role's file whatever the pod's ordinal.
-        return self.home / "run" / f"{os.environ.get('LAB_INSTANCE') or self.role_name}.{suffix}"
+        return self.home / "run" / f"{self.instance_name or self.role_name}.{suffix}"
 
     def ready_file(self) -> Path:
         return self._run_file("ready")
@@ -178,9 +164,9 @@ class AgentHost:
         self.bus = await Bus.connect(self.config)
         # Start-up requests may time out while a cluster elects its stream leaders (a node just restarted, the
         # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
-        await STARTUP_RETRY.run(self._open_stores, (NatsTimeoutError,))
+        await STARTUP_RETRY.run(self._open_stores, (BusTimeout,))
         background = await self.wiring.open(self.bus, self.states)
-        subs = await STARTUP_RETRY.run(self._subscribe, (NatsTimeoutError,))
+        subs = await STARTUP_RETRY.run(self._subscribe, (BusTimeout,))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
         for t in tasks[: len(subs)]:
@@ -208,7 +194,7 @@ class AgentHost:
         self.states = await StateStore.open(self.bus)
         self.artifacts = await Artifacts.open(self.bus)
         self.cache = await KVCache.open(self.bus, self.role_name)
-        self.agents_kv = await self.bus.js.key_value(AGENTS_BUCKET)
+        self.beats = await Heartbeats.open(self.bus)
 
     async def _subscribe(self) -> list[Any]:
         """Pull subscriptions for this replica's partitions of the role's work stream (bus/partitions), and any extra."""
@@ -241,7 +227,7 @@ class AgentHost:
         started = time.time()
         while True:
             try:
-                await self.agents_kv.put(self.heartbeat_key(), self.heartbeat_doc(started).model_dump_json().encode())
+                await self.beats.put(self.heartbeat_key(), self.heartbeat_doc(started))
                 self.alive_file().touch()
             except Exception as e:  # a missed beat is sent again in 5 s; the loop must outlive a bus outage
                 log.warning("heartbeat failed", error=str(e))
@@ -281,7 +267,7 @@ class AgentHost:
             where = ".".join(str(p) for p in first["loc"])
             await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
             return
-        mismatch = envelope_mismatch(partitions.origin(msg.subject), env) or self.wiring.admit(env)
+        mismatch = self.wiring.admit(partitions.origin(msg.subject), env)
         if mismatch:
             await self._reject(msg, mismatch)
             return
@@ -316,54 +302,51 @@ class AgentHost:
 
     async def _handle(self, env: Envelope, bound: Any) -> list[Envelope]:
         key = f"{self.role_name}.{env.project}"
-        doc, revision = await self.states.read(key)
-        doc = doc or {}
-        outbox: dict[str, list[str]] = doc.get("outbox", {})
+        raw, revision = await self.states.read(key)
+        doc = RoleDocument.parse(raw, key)
+        outbox = dict(doc.outbox)
         if env.id in outbox:
             bound.info("already handled; republishing its outputs")
             return [decode(o.encode()) for o in outbox[env.id]]
         state_cls = self.role.State
-        if doc.get("state") is not None:
-            # The project lets a state stored by an older version of the role be upgraded (e.g. the engineer's jobs).
-            state = state_cls.model_validate(doc["state"], context={"project": env.project})
+        if doc.state is not None:
+            # The project lets a state stored by an older version of the role be upgraded (its context names the project).
+            state = state_cls.model_validate(doc.state, context={"project": env.project})
         else:
             try:
                 state = state_cls()
             except ValidationError:
-                state = None  # the PI's project state exists only once the project starts
+                state = None  # a state with required fields exists only once its project starts
         # Messages from outside the conversation (job statuses) carry no mind: the project's is in the state.
-        choice = env.mind or (MindChoice.model_validate(doc["mind"]) if doc.get("mind") else None)
+        choice = env.mind or doc.mind
         if choice is not None and env.mind is None:
             env = env.model_copy(update={"mind": choice})  # so its outputs carry it on
         ctx = self.wiring.context(project=env.project, state=state, mind=self.minds.for_project(env.project, choice), artifacts=self.artifacts, cache=self.cache)
         try:
             with metered() as spent:
-                if BENCH_MIND_LATENCY_S:
-                    await asyncio.sleep(BENCH_MIND_LATENCY_S)
+                if self.bench_mind_latency_s:
+                    await asyncio.sleep(self.bench_mind_latency_s)
                 await self.role.handle(env, ctx)
         except MindError as e:
-            # The mind ran out of retries: this step fails, the PI decides what follows.
+            # The mind ran out of retries: this step fails, the role the wiring reports to decides what follows.
             failed = StepFailed.of(env.body, e.reason)
-            ctx.outputs = [(failed, "pi")] if failed else []
+            ctx.outputs = [(failed, self.wiring.reports_to)] if failed else []
             bound.error("step failed", step=failed.step if failed else env.kind, reason=e.reason)
         outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
-        # What the mind spent on this message counts against this project (the PI too: it reads its own report).
-        usage = Usage.model_validate(doc.get("usage") or {}) + spent
+        # What the mind spent on this message counts against this project; the role reported to hears of it (of its own too).
+        usage = doc.usage + spent
         if spent != Usage():
-            outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient="pi", index=len(outputs)))  # type: ignore[arg-type]
+            outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient=self.wiring.reports_to, index=len(outputs)))  # type: ignore[arg-type]
         outbox[env.id] = [o.model_dump_json() for o in outputs]
         outbox = dict(list(outbox.items())[-OUTBOX_KEEP:])
-        new_doc = {
-            "state": ctx.state.model_dump(mode="json") if ctx.state is not None else None,
-            "outbox": outbox,
-            "usage": usage.model_dump(),
-            "mind": choice.model_dump() if choice is not None else None,
-        }
-        await self.states.write(key, new_doc, revision)
-        if FAULT_DELAY_AFTER_STORE:
+        new_doc = RoleDocument(
+            state=ctx.state.model_dump(mode="json") if ctx.state is not None else None, outbox=outbox, usage=usage, mind=choice,
+        )
+        await self.states.write(key, new_doc.dump(), revision)
+        if self.fault_delay_after_store:
             # Fault injection for chaos tests: widen the window between storing and publishing.
-            bound.warning("fault injection: pausing after storing state", seconds=FAULT_DELAY_AFTER_STORE)
-            await asyncio.sleep(FAULT_DELAY_AFTER_STORE)
+            bound.warning("fault injection: pausing after storing state", seconds=self.fault_delay_after_store)
+            await asyncio.sleep(self.fault_delay_after_store)
         return outputs
 
     async def _reject(self, msg: Any, reason: str) -> None:
@@ -372,7 +355,7 @@ class AgentHost:
         await msg.ack()
 
 
-def run_agent(role: str, config: BusConfig, *, home: Path, mind: str, mind_config: dict[str, Any] | None, wiring: Wiring) -> None:
+def run_agent(role: str, config: BusConfig, *, home: Path, mind: MindKind, mind_config: dict[str, Any] | None, wiring: Wiring) -> None:
     setup_logging(role=role)
     try:
         concurrency = concurrency_for(role)

@@ -19,6 +19,7 @@ from bus.client import Bus
 from bus.jobkeys import JobKeys
 from bus.ledger import SlotLedger
 from bus.schema import Envelope, JobStatus, derive_id
+from bus.schema.formats import RoleDocument
 from bus.schema.state import EngineerView
 from bus.store import StateStore
 from services.executors.base import Executor
@@ -43,11 +44,12 @@ class JobWatch:
                 active: set[str] = set()
                 queued: dict[str, set[str]] = {}
                 for key in await self.states.keys("engineer."):
-                    doc, _ = await self.states.read(key)
-                    if not doc or not doc.get("state"):
+                    raw, _ = await self.states.read(key)
+                    state = RoleDocument.parse(raw, key).state
+                    if not state:
                         continue
                     project = key.split(".", 1)[1]
-                    for job in EngineerView.model_validate(doc["state"]).jobs.values():
+                    for job in EngineerView.model_validate(state).jobs.values():
                         if job.state == "queued":
                             queued.setdefault(project, set()).add(job.job_id)
                         if job.state not in ("dispatched", "pending", "running"):

@@ -18,9 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats.errors
-
-from bus.consumer import keep_alive
+from bus.consumer import give_back, keep_alive
 
 
 class Lanes:
@@ -75,10 +73,7 @@ class Lanes:
                 msg, beat = queue.popleft()
                 beat.cancel()
                 self._release()
-                try:
-                    await msg.nak()
-                except (nats.errors.Error, OSError):
-                    pass  # the connection may be gone: the ack wait brings it back
+                await give_back(msg)  # the connection may be gone: then the ack wait brings it back
             self.queues.pop(key, None)
             self.workers.pop(key, None)
 

@@ -1,10 +1,13 @@
 """How each role meets the lab: its typed context, what else it reads, what runs beside it.
 
-The host (``services/host/agent.py``) runs any role the same way; what differs
-between roles is written here once, from the lab's config:
+The host (``services/host/agent.py``) runs any role the same way and names
+none; what differs between roles is written here once, from the lab's config:
 
 - every role: a ``Context`` with its state, mind, artifacts and cache; its
   minds (``Minds``: the agent's own, and one per project that chose another);
+  which envelopes it believes (``admit``: what the subject a message came on
+  vouches for, ``envelope_mismatch``); the role it reports a failed step and
+  what each message cost to (``reports_to``: the PI, who decides what follows);
 - the engineer: an ``EngineerContext`` whose ``jobs`` port submits to the
   executor named by ``LAB_EXECUTOR`` / ``--executor`` (options from the config's
   ``executor: {KIND: {...}}``), the runner's bus access added at submit; it also
@@ -17,8 +20,7 @@ between roles is written here once, from the lab's config:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,13 +32,16 @@ from agents.base import ArtifactStore, Cache, Context
 from agents.engineer.workflow import EngineerContext
 from agents.literature.workflow import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
+from agents.minds.base import Mind
 from agents.pi.workflow import PIContext
 from bus.client import Bus
 from bus.errors import LabError
-from bus.schema import ROLES, Envelope, JobStatus, MindChoice, NatsAccess, RoleName
+from bus import subjects
+from bus.schema import EXECUTOR_KINDS, ROLES, Envelope, JobStatus, LabConfig, MindChoice, MindKind, NatsAccess, RoleName
+from bus.schema.formats import FormatError, parse
+from bus.settings import settings
 from bus.store import IdeaArchive, StateStore
-from services.common.config import read_secret
-from services.executors import EXECUTOR_KINDS, make_executor
+from services.executors import make_executor
 from services.executors.base import Executor
 from services.host.job_watch import JobWatch
 from services.host.jobs import ExecutorJobs
@@ -54,10 +59,10 @@ class Minds:
     built here, once, and the oldest are dropped past ``keep``.
     """
 
-    def __init__(self, role: str, kind: str = "offline", config: dict[str, Any] | None = None, keep: int = 64) -> None:
+    def __init__(self, role: str, kind: MindKind = "offline", config: dict[str, Any] | None = None, keep: int = 64) -> None:
         self.role, self.kind, self.config, self.keep = role, kind, config, keep
-        self.default: Any = make_mind(kind, role, 0, config)
-        self._built: dict[tuple[str, str, str | None], Any] = {}
+        self.default: Mind = make_mind(kind, role, 0, config)
+        self._built: dict[tuple[str, MindKind, str | None], Mind] = {}
 
     def unavailable(self) -> str | None:
         """Why this agent could not think with an llm mind (None: it can); `lab run --mind llm` asks first."""
@@ -67,7 +72,7 @@ class Minds:
             log.warning("llm mind unavailable", role=self.role, error=f"{type(e).__name__}: {e}")
             return str(e) or type(e).__name__
 
-    def for_project(self, project: str, choice: MindChoice | None) -> Any:
+    def for_project(self, project: str, choice: MindChoice | None) -> Mind:
         """The project's mind, built once per (project, kind, model); the agent's own without a choice."""
         if choice is None or (choice.kind == self.kind and choice.model is None):
             return self.default
@@ -98,10 +103,29 @@ class Subscription:
     filter: str  # one subject: the permissions pin it (bus.permissions)
 
 
+def envelope_mismatch(subject: str, env: Envelope) -> str | None:
+    """Why an envelope does not match the subject it came on (whose publisher NATS permissions vouch for), or None."""
+    if subject.startswith("lab.convo."):
+        project, sender, recipient = subjects.parse_convo(subject)
+        if (project, sender, recipient) != (env.project, env.sender, env.recipient):
+            return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
+        return None
+    parts = subject.split(".")
+    if subject.startswith("lab.jobs.") and len(parts) == 5 and parts[4] == "status":
+        # Only the runner and the engineer may publish here; the body must be about the job the subject names.
+        job = getattr(env.body, "job_id", None)
+        if env.sender not in ("runner", "engineer") or env.project != parts[2] or job != parts[3] or env.kind != "job_status":
+            return f"job status from {env.sender} for {env.project}/{job} ({env.kind}) does not match {subject}"
+    return None
+
+
 class Wiring:
     """A role with no ports beyond the bus: the plain ``Context``."""
 
     runs_jobs: ClassVar[bool] = False  # whether the role starts experiment runners (and so needs their credential)
+    # Who hears of a step that failed and of what each message cost: the PI decides a project's next step,
+    # and counts its spending (its own included).
+    reports_to: ClassVar[RoleName] = "pi"
 
     def __init__(self, role: RoleName, home: Path) -> None:
         self.role = role
@@ -118,9 +142,9 @@ class Wiring:
     async def close(self) -> None:
         """Called when the host stops."""
 
-    def admit(self, env: Envelope) -> str | None:
-        """Why the host must not believe ``env`` beyond what the subject vouches for (dead-lettered), or None."""
-        return None
+    def admit(self, subject: str, env: Envelope) -> str | None:
+        """Why the host must not believe ``env``, read from ``subject`` (it is dead-lettered), or None."""
+        return envelope_mismatch(subject, env)
 
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> Context[Any, Any]:
         return Context(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache)
@@ -141,9 +165,11 @@ class EngineerWiring(Wiring):
     async def close(self) -> None:
         await self.executor.close()
 
-    def admit(self, env: Envelope) -> str | None:
+    def admit(self, subject: str, env: Envelope) -> str | None:
         # The runner credential is every job's, and anyone may name any sender in an envelope:
         # a job status counts only with its own job's signature, on whatever subject it came.
+        if (mismatch := super().admit(subject, env)) is not None:
+            return mismatch
         if isinstance(env.body, JobStatus):
             return self.jobs.keys.refusal(env.project, env.body)
         return None
@@ -187,11 +213,10 @@ def wiring_class(role: str) -> type[Wiring]:
     return {"engineer": EngineerWiring, "literature": LiteratureWiring, "pi": PIWiring}.get(role, Wiring)
 
 
-def literature_settings(config: dict[str, Any]) -> Settings:
+def literature_settings(config: LabConfig) -> Settings:
     """The config's ``literature:`` section, checked now rather than at the first novelty check."""
-    section = config.get("literature") or {}
     try:
-        return Settings.model_validate(section)
+        return Settings.model_validate(config.literature)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -200,20 +225,22 @@ def literature_settings(config: dict[str, Any]) -> Settings:
 
 def runner_access(bus_url: str) -> NatsAccess:
     """How the job runners the engineer starts reach the bus (``LAB_RUNNER_*``, set by `lab up` or the Deployment)."""
-    return NatsAccess(
-        url=os.environ.get("LAB_RUNNER_NATS_URL", bus_url),
-        user=os.environ.get("LAB_RUNNER_USER"),
-        password=read_secret("LAB_RUNNER_PASSWORD"),
-    )
+    s = settings()
+    return NatsAccess(url=s.runner_nats_url or bus_url, user=s.runner_user, password=s.secret("runner_password"))
 
 
-def build(role: str, *, home: Path, config: dict[str, Any], bus_url: str, executor: str = "local") -> Wiring:
-    """The role's wiring from the lab config (``services.common.config.lab_config``) and the environment."""
+def build(role: str, *, home: Path, config: LabConfig | Mapping[str, Any], bus_url: str, executor: str = "local") -> Wiring:
+    """The role's wiring from the lab config (``services.common.config.lab_config``; a mapping is read as one) and the environment."""
+    if not isinstance(config, LabConfig):
+        try:
+            config = parse(LabConfig, dict(config), "lab config")
+        except FormatError as e:
+            raise WiringError(str(e)) from None
     cls = wiring_class(role)
     if cls is EngineerWiring:
         if executor not in EXECUTOR_KINDS:
             raise WiringError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTOR_KINDS)}")
-        return EngineerWiring(home, make_executor(executor, (config.get("executor") or {}).get(executor, {})), runner_access(bus_url), read_secret("LAB_JOB_SECRET"))
+        return EngineerWiring(home, make_executor(executor, config.executor_options(executor)), runner_access(bus_url), settings().secret("job_secret"))
     if cls is LiteratureWiring:
         return LiteratureWiring(home, literature_settings(config))
     if cls is PIWiring:

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from bus.client import Bus
 from bus.errors import LabError
-from services.common.config import ConfigError
+from bus.settings import env_name, settings
 from services.common.process import alive
 
-MIN_FREE_MB = float(os.environ.get("LAB_MIN_FREE_MB", "64"))
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # JetStream refuses writes at its limit; new projects are refused a little before, so running ones can finish.
 STORE_FULL_FRACTION = 0.95
 
@@ -85,7 +84,7 @@ def check_disk(home: Path, min_free_mb: float | None = None) -> None:
         code = errno.EROFS if os.statvfs(where).f_flag & os.ST_RDONLY else errno.EACCES
         raise OSError(code, os.strerror(code), str(where))
     usage = shutil.disk_usage(where)
-    min_free_mb = MIN_FREE_MB if min_free_mb is None else min_free_mb
+    min_free_mb = settings().min_free_mb if min_free_mb is None else min_free_mb
     if usage.free < min_free_mb * (1 << 20):
         raise StoreFull(
             f"the disk under {home} is full: {_mib(usage.used)} used of {_mib(usage.total)}, {_mib(usage.free)} free "
@@ -95,24 +94,20 @@ def check_disk(home: Path, min_free_mb: float | None = None) -> None:
 
 def max_store_bytes() -> int:
     """The embedded server's JetStream file store limit: LAB_MAX_STORE (e.g. ``50G``, ``512M``), default 10 GiB."""
-    raw = os.environ.get("LAB_MAX_STORE", "10G").strip().upper().removesuffix("B").removesuffix("I")
-    try:
-        return int(float(raw[:-1] if raw[-1:] in _UNITS else raw) * _UNITS.get(raw[-1:], 1))
-    except (ValueError, IndexError):
-        raise ConfigError(f"LAB_MAX_STORE={os.environ['LAB_MAX_STORE']!r} is not a size like 10G or 512M") from None
+    return settings().max_store
 
 
-async def check_store(js: Any, where: str, server_limit: int | None = None) -> None:
-    """StoreFull when the lab's JetStream store is at its limit.
+async def check_store(bus: Bus, where: str, server_limit: int | None = None) -> None:
+    """StoreFull when the lab's JetStream store (``bus.store_usage()``) is at its limit.
 
     The account's own limit when it has one; else the server's, which only the
     lab that configured it knows (``max_store_bytes`` in lab.json).
     """
-    info = await js.account_info()
-    limit = info.limits.max_storage if info.limits.max_storage and info.limits.max_storage > 0 else server_limit
-    if limit and info.storage >= STORE_FULL_FRACTION * limit:
+    usage = await bus.store_usage()
+    limit = usage.limit or server_limit
+    if limit and usage.used >= STORE_FULL_FRACTION * limit:
         raise StoreFull(
-            f"the lab's store is full: {_mib(info.storage)} used of its {_mib(limit)} limit (JetStream at {where}); "
+            f"the lab's store is full: {_mib(usage.used)} used of its {_mib(limit)} limit (JetStream at {where}); "
             "no new project until space is freed (finished projects can be exported with `lab export`, then removed)"
         )
 
@@ -150,7 +145,7 @@ def _belongs(pid: int, home: Path, what: str) -> bool:
             return "nats-server" in cmdline and str(home) in cmdline
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         started = "services.cli" in cmdline or "services.auth" in cmdline  # an agent, or the auth service
-        return started and f"LAB_HOME={home}".encode() in environ
+        return started and f"{env_name('home')}={home}".encode() in environ
     except OSError:
         return False
 

@@ -10,7 +10,6 @@ reported ready; `lab down` signals it.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -24,13 +23,15 @@ from typing import Any
 from bus.client import Bus, BusConfig
 from bus.partitions import PARTITIONS
 from bus.errors import LabError, ServerStartError
-from bus.schema import ROLES
+from bus.schema import ROLES, ExecutorKind, MindKind
 from bus import natsjwt
 from bus.permissions import ADMIN, AUTH, COPI, JOB_USER, WEB
 from bus.retry import backoff_delay
 from bus.jobkeys import new_secret
 from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
-from services.common.config import read_local_lab, secrets_dir, state_file, write_secret
+from bus.schema.formats import LabFile
+from bus.settings import Settings, env_name
+from services.common.config import read_local_lab, secrets_dir, state_file, write_lab_file, write_secret
 from services.lab.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
 from services.common.process import alive
 from services.host.wiring import wiring_class
@@ -46,10 +47,10 @@ def refuse_if_full(home: Path) -> None:
         raise LabError(str(e)) from None
 
 
-def running_lab(home: Path) -> dict[str, Any] | None:
+def running_lab(home: Path) -> LabFile | None:
     """The lab recorded in ``lab.json`` if its supervisor still lives."""
     info = read_local_lab(home)
-    if info and alive(info.get("supervisor_pid")):
+    if info and alive(info.supervisor_pid):
         return info
     return None
 
@@ -59,8 +60,8 @@ class LabOptions:
     home: Path
     port: int = 0
     nats_url: str | None = None  # an existing server instead of the embedded one
-    mind: str = "offline"
-    executor: str = "local"
+    mind: MindKind = "offline"
+    executor: ExecutorKind = "local"
     sync_always: bool = False
     ready_timeout: float = 90.0
     cluster: int = 1  # nats-server nodes; >1: a JetStream cluster on loopback, streams replicated on every node
@@ -101,39 +102,11 @@ class Supervisor:
     _disk_checked: float = 0.0
     _disk_full: str = ""
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> LabFile:
+        """Bring the lab up (server, topology, auth service, agents) and record it in ``lab.json``; stop it all on failure."""
         home = self.opts.home
-        if running_lab(home):
-            raise LabError(f"a lab is already running for {home} (stop it with `lab down`)")
-        if pid := supervisor_alive(home):
-            raise LabError(f"a lab is starting for {home} (supervisor pid {pid}); wait for it or stop it")
-        home.mkdir(parents=True, exist_ok=True)
-        refuse_if_full(home)
-        for pid in reap_stale(home):  # what a SIGKILLed lab left behind must not hold the store
-            print(f"lab: stopped process {pid} left running by a lab that was killed", file=sys.stderr, flush=True)
-        (home / "run").mkdir(exist_ok=True)
-        for f in (home / "run").glob("*.ready"):
-            f.unlink()
-        if self.opts.nats_url:
-            self.url = self.opts.nats_url
-            self.credentials = None
-        else:
-            self.credentials = new_credentials()
-            self.issuer_seed = natsjwt.new_account_seed()
-            issuer = natsjwt.public_key(self.issuer_seed)
-            store = max_store_bytes()
-            if self.opts.cluster > 1:
-                self.server = EmbeddedCluster(
-                    home / "nats", self.opts.cluster, port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always,
-                    max_store_bytes=store, auth_issuer=issuer,
-                )
-            else:
-                self.server = EmbeddedServer(
-                    home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always, max_store_bytes=store,
-                    auth_issuer=issuer,
-                )
-            self.server.start()
-            self.url = self.server.url
+        self._prepare_home(home)
+        self._start_server(home)
         try:
             self._write_pids()
             asyncio.run(self._setup_topology())
@@ -147,25 +120,66 @@ class Supervisor:
         except BaseException:
             self.stop()
             raise
-        info = {
-            "url": self.url,
-            "home": str(home),
-            "supervisor_pid": os.getpid(),
-            "server_pid": self._server_pids()[0] if self._server_pids() else None,
-            "server_pids": self._server_pids(),
-            "cluster": self.opts.cluster,
-            "agents": {r: p.pid for r, p in self.procs.items()},
-            # Only the co-PI's own credential, for this user's CLI; the roles' are in secrets/, the admin's nowhere.
-            "credentials": {COPI: self.credentials[COPI]} if self.credentials else {},
-            "max_store_bytes": self.server.max_store_bytes if self.server else None,
-            "mind": self.opts.mind,
-            "executor": self.opts.executor,
-            # How job runners log in: each as its own user through the auth service, or (no credentials) openly.
-            "runner_user": JOB_USER if self.auth else None,
-            "started": time.time(),
-        }
-        write_secret(state_file(home), json.dumps(info, indent=2))
+        info = self._info(home)
+        write_lab_file(info, home)
         return info
+
+    def _prepare_home(self, home: Path) -> None:
+        """Refuse a home a lab runs (or starts) in, or whose disk is full; clear what a killed lab left."""
+        if running_lab(home):
+            raise LabError(f"a lab is already running for {home} (stop it with `lab down`)")
+        if pid := supervisor_alive(home):
+            raise LabError(f"a lab is starting for {home} (supervisor pid {pid}); wait for it or stop it")
+        home.mkdir(parents=True, exist_ok=True)
+        refuse_if_full(home)
+        for pid in reap_stale(home):  # what a SIGKILLed lab left behind must not hold the store
+            print(f"lab: stopped process {pid} left running by a lab that was killed", file=sys.stderr, flush=True)
+        (home / "run").mkdir(exist_ok=True)
+        for f in (home / "run").glob("*.ready"):
+            f.unlink()
+
+    def _start_server(self, home: Path) -> None:
+        """Start the embedded server (or cluster) with new credentials, or use the one ``nats_url`` names as it is."""
+        if self.opts.nats_url:
+            self.url = self.opts.nats_url
+            self.credentials = None
+            return
+        self.credentials = new_credentials()
+        self.issuer_seed = natsjwt.new_account_seed()
+        issuer = natsjwt.public_key(self.issuer_seed)
+        store = max_store_bytes()
+        if self.opts.cluster > 1:
+            self.server = EmbeddedCluster(
+                home / "nats", self.opts.cluster, port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always,
+                max_store_bytes=store, auth_issuer=issuer,
+            )
+        else:
+            self.server = EmbeddedServer(
+                home / "nats", port=self.opts.port, credentials=self.credentials, sync_always=self.opts.sync_always, max_store_bytes=store,
+                auth_issuer=issuer,
+            )
+        self.server.start()
+        self.url = self.server.url
+
+    def _info(self, home: Path) -> LabFile:
+        """What ``lab.json`` records of the running lab."""
+        return LabFile(
+            url=self.url,
+            home=str(home),
+            supervisor_pid=os.getpid(),
+            server_pid=self._server_pids()[0] if self._server_pids() else None,
+            server_pids=self._server_pids(),
+            cluster=self.opts.cluster,
+            agents={r: p.pid for r, p in self.procs.items()},
+            # Only the co-PI's own credential, for this user's CLI; the roles' are in secrets/, the admin's nowhere.
+            credentials={COPI: self.credentials[COPI]} if self.credentials else {},
+            max_store_bytes=self.server.max_store_bytes if self.server else None,
+            mind=self.opts.mind,
+            executor=self.opts.executor,
+            # How job runners log in: each as its own user through the auth service, or (no credentials) openly.
+            runner_user=JOB_USER if self.auth else None,
+            started=time.time(),
+        )
 
     async def _setup_topology(self) -> None:
         password = self.credentials.get(ADMIN) if self.credentials else None
@@ -182,25 +196,26 @@ class Supervisor:
 
     def _agent_env(self, role: str, name: str | None = None) -> dict[str, str]:
         env = {
-            **os.environ, "LAB_HOME": str(self.opts.home), "LAB_NATS_URL": self.url, "LAB_MIND": self.opts.mind, "LAB_EXECUTOR": self.opts.executor,
-            "LAB_NATS_REPLICAS": str(self.opts.cluster), "LAB_INSTANCE": name or role,
-            # Which partitions of the role's inputs this process reads (bus/partitions): `pi-2` is index 1.
-            "LAB_REPLICA": str(int((name or role).partition("-")[2] or 1) - 1), "LAB_REPLICAS": str(self.opts.replicas.get(role, 1)),
+            **os.environ,
+            **Settings.environ(
+                home=self.opts.home, nats_url=self.url, mind=self.opts.mind, executor=self.opts.executor, nats_replicas=self.opts.cluster,
+                instance=name or role,
+                # Which partitions of the role's inputs this process reads (bus/partitions): `pi-2` is index 1.
+                replica=int((name or role).partition("-")[2] or 1) - 1, replicas=self.opts.replicas.get(role, 1),
+            ),
         }
-        for var in ("LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_NATS_PASSWORD_FILE", "LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE",
-                    "LAB_JOB_SECRET", "LAB_JOB_SECRET_FILE"):
-            env.pop(var, None)
+        for name in ("nats_user", "nats_password", "nats_password_file", "runner_password", "runner_password_file", "job_secret", "job_secret_file"):
+            env.pop(env_name(name), None)
         if wiring_class(role).runs_jobs:
             # The engineers' alone (all replicas the same): each job's status key derives from it (bus/jobkeys.py).
-            env["LAB_JOB_SECRET_FILE"] = str(self._job_secret())
+            env.update(Settings.environ(job_secret_file=self._job_secret()))
         if self.credentials:
             # Files, not values: another process's environ is readable by any process of this user.
-            env["LAB_NATS_USER"] = role
-            env["LAB_NATS_PASSWORD_FILE"] = str(self._secret(role))
+            env.update(Settings.environ(nats_user=role, nats_password_file=self._secret(role)))
             if wiring_class(role).runs_jobs:
                 # It starts job runners: each gets a user of its own (job.<project>.<job>, its job's key as
                 # password), admitted by the auth service with that job's permissions alone.
-                env["LAB_RUNNER_USER"] = JOB_USER
+                env.update(Settings.environ(runner_user=JOB_USER))
         return env
 
     def _spawn_auth(self) -> None:
@@ -209,11 +224,10 @@ class Supervisor:
         seed = secrets_dir(self.opts.home) / "auth-issuer-seed"
         write_secret(seed, self.issuer_seed, private_folder=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LAB_NATS_", "LAB_RUNNER_", "LAB_JOB_SECRET", "LAB_AUTH_"))}
-        env.update({
-            "LAB_HOME": str(self.opts.home), "LAB_NATS_URL": self.url, "LAB_NATS_USER": AUTH, "LAB_NATS_PASSWORD_FILE": str(self._secret(AUTH)),
-            "LAB_JOB_SECRET_FILE": str(self._job_secret()), "LAB_AUTH_ISSUER_SEED_FILE": str(seed),
-            "LAB_AUTH_READY_FILE": str(self.opts.home / "run" / "auth.ready"),
-        })
+        env.update(Settings.environ(
+            home=self.opts.home, nats_url=self.url, nats_user=AUTH, nats_password_file=self._secret(AUTH),
+            job_secret_file=self._job_secret(), auth_issuer_seed_file=seed, auth_ready_file=self.opts.home / "run" / "auth.ready",
+        ))
         logs = self.opts.home / "logs"
         logs.mkdir(exist_ok=True)
         with open(logs / "auth.log", "ab") as out:
@@ -345,11 +359,10 @@ class Supervisor:
             self._disk_full = full
 
     def _record_pids(self) -> None:
-        path = state_file(self.opts.home)
-        info = read_local_lab(self.opts.home) or {}
-        info["agents"] = {r: p.pid for r, p in self.procs.items()}
-        info["server_pids"] = self._server_pids()
-        write_secret(path, json.dumps(info, indent=2))
+        info = (read_local_lab(self.opts.home) or LabFile()).model_copy(
+            update={"agents": {r: p.pid for r, p in self.procs.items()}, "server_pids": self._server_pids()}
+        )
+        write_lab_file(info, self.opts.home)
 
     def stop(self, timeout: float = 30.0) -> None:
         for proc in self.procs.values():
@@ -372,11 +385,11 @@ class Supervisor:
         forget_pids(self.opts.home)
         path = state_file(self.opts.home)
         info = read_local_lab(self.opts.home)
-        if info and info.get("supervisor_pid") == os.getpid():
+        if info and info.supervisor_pid == os.getpid():
             path.unlink(missing_ok=True)
 
 
-def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
+def up_detached(opts: LabOptions, argv: list[str]) -> LabFile:
     """Start the supervisor in the background; return once it has written lab.json."""
     if running_lab(opts.home):
         raise LabError(f"a lab is already running for {opts.home} (stop it with `lab down`)")
@@ -386,7 +399,7 @@ def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
     log = open(opts.home / "supervisor.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", *argv],
-        env={**os.environ, "LAB_HOME": str(opts.home)},
+        env={**os.environ, **Settings.environ(home=opts.home)},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -396,7 +409,7 @@ def up_detached(opts: LabOptions, argv: list[str]) -> dict[str, Any]:
     deadline = time.monotonic() + opts.ready_timeout + 15
     while time.monotonic() < deadline:
         info = running_lab(opts.home)
-        if info and info.get("supervisor_pid") == proc.pid:
+        if info and info.supervisor_pid == proc.pid:
             return info
         if proc.poll() is not None:
             tail = (opts.home / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:]
@@ -414,7 +427,8 @@ def down(home: Path, timeout: float = 60.0) -> bool:
     if not info:
         # No supervisor: stop what a killed one left behind (its server and agents), if anything.
         return bool(reap_stale(home))
-    pid = info["supervisor_pid"]
+    pid = info.supervisor_pid
+    assert pid is not None  # running_lab found it alive
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive(pid):

@@ -10,13 +10,12 @@ from bus.schema import ArchiveRecord
 
 async def archive_records(bus: Bus, template: str | None) -> list[ArchiveRecord]:
     """The template's records (every template's with None), oldest first; none when the lab has no archive bucket yet."""
-    from nats.js.errors import BucketNotFoundError
-
+    from bus.errors import NotFound
     from bus.store import IdeaArchive
 
     try:
         archive = await IdeaArchive.open(bus)
-    except BucketNotFoundError:
+    except NotFound:  # no archive bucket yet
         return []
     return await archive.records(template)
 

@@ -10,9 +10,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.errors import KeyValueError
-from nats.js.kv import KeyValue
-
 from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
@@ -22,9 +19,9 @@ from bus.schema import (
     CoPINoteMsg,
     EngineerView,
     Envelope,
-    Heartbeat,
     JobView,
     ProjectView,
+    RoleDocument,
 )
 from bus.store import StateStore
 
@@ -38,9 +35,10 @@ async def project_docs(bus: Bus) -> list[dict[str, Any]]:
     states = await StateStore.open(bus)
     out = []
     for key in await states.keys("pi."):
-        doc, _ = await states.read(key)
-        if doc and doc.get("state"):
-            out.append(doc["state"])
+        raw, _ = await states.read(key)
+        doc = RoleDocument.parse(raw, key)
+        if doc.state:
+            out.append(doc.state)
     return out
 
 
@@ -52,8 +50,9 @@ async def project_states(bus: Bus) -> list[ProjectView]:
 async def project_state(bus: Bus, project: str) -> ProjectView | None:
     """One project's state, or None when the PI never stored one."""
     states = await StateStore.open(bus)
-    doc, _ = await states.read(f"pi.{subjects.token(project, 'project')}")
-    state = (doc or {}).get("state")
+    key = f"pi.{subjects.token(project, 'project')}"
+    raw, _ = await states.read(key)
+    state = RoleDocument.parse(raw, key).state
     return ProjectView.model_validate(state) if state else None
 
 
@@ -75,19 +74,10 @@ async def active_jobs(bus: Bus) -> list[ActiveJob]:
     states = await StateStore.open(bus)
     jobs: list[ActiveJob] = []
     for key in await states.keys("engineer."):
-        doc, _ = await states.read(key)
-        engineer = EngineerView.model_validate((doc or {}).get("state") or {})
+        raw, _ = await states.read(key)
+        engineer = EngineerView.model_validate(RoleDocument.parse(raw, key).state or {})
         jobs.extend(ActiveJob(key.split(".", 1)[1], j) for j in engineer.active())
     return jobs
-
-
-async def heartbeat(kv: KeyValue, key: str) -> Heartbeat | None:
-    """The last heartbeat under ``key`` in the agents bucket, or None when there is none (never written, or expired)."""
-    try:
-        entry = await kv.get(key)
-    except KeyValueError:  # not found, deleted, expired
-        return None
-    return Heartbeat.model_validate_json(entry.value) if entry.value else None
 
 
 def running_project(projects: list[ProjectView], named: str | None) -> str:

@@ -9,12 +9,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.errors import KeyValueError
-from nats.js.kv import KeyValue
-
 from bus.ledger import LEDGER_KEY, Ledger
 from bus.schema import Heartbeat
-from services.read.projects import heartbeat
+from bus.store import Heartbeats
 
 
 @dataclass(frozen=True)
@@ -48,14 +45,10 @@ async def capacity_view(states: Any) -> dict[str, Any]:
     }
 
 
-async def replicas_view(kv: KeyValue) -> list[Replica]:
+async def replicas_view(beats: Heartbeats) -> list[Replica]:
     """Every agent process's last heartbeat, marked stale when it stopped beating."""
-    try:
-        keys = await kv.keys()
-    except KeyValueError:  # nats-py raises NoKeysError on an empty bucket
-        return []
     now = time.time()
-    return [Replica(key, beat, beat.stale(now)) for key in sorted(keys) if (beat := await heartbeat(kv, key)) is not None]
+    return [Replica(key, beat, beat.stale(now)) for key in await beats.keys() if (beat := await beats.get(key)) is not None]
 
 
 def print_team(console: Any, instances: list[Replica], cap: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ checks that a checkpoint was made with its configuration before using it.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -26,12 +25,11 @@ from bus.errors import ArtifactMissing
 from bus.store import Artifacts
 from services.runner import proctree
 from bus.schema import JobSpec
+from bus.settings import env_name, settings
 
-CHECKPOINT_ENV = "LAB_CHECKPOINT_DIR"
-# Kubernetes' default terminationGracePeriodSeconds is 30: the experiment gets most of it,
-# the runner keeps the rest to upload the checkpoint and exit.
-GRACE_S = float(os.environ.get("LAB_TERM_GRACE_S", "20"))
-SYNC_EVERY_S = float(os.environ.get("LAB_CHECKPOINT_SYNC_S", "30"))
+# The experiment learns its folder from this variable. How long it gets after SIGTERM is LAB_TERM_GRACE_S
+# (20 s: Kubernetes' default terminationGracePeriodSeconds is 30, the runner keeps the rest to upload and exit).
+CHECKPOINT_ENV = env_name("checkpoint_dir")
 
 
 def object_name(job: JobSpec) -> str:
@@ -62,7 +60,8 @@ async def restore(artifacts: Artifacts, job: JobSpec, folder: Path) -> int:
 class CheckpointSync:
     """Uploads the checkpoint folder whenever it changed, every ``every`` seconds and on demand."""
 
-    def __init__(self, artifacts: Artifacts, job: JobSpec, folder: Path, every: float = SYNC_EVERY_S):
+    def __init__(self, artifacts: Artifacts, job: JobSpec, folder: Path, every: float | None = None):
+        every = settings().checkpoint_sync_s if every is None else every  # LAB_CHECKPOINT_SYNC_S
         self.artifacts, self.job, self.folder, self.every = artifacts, job, folder, every
         self._last = _fingerprint(folder)  # what was restored needs no upload
         self.uploads = 0

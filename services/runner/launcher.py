@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from bus.settings import ConfigError, settings
 from services.runner import checkpoint, sandbox, split
 from services.runner.runner import (
     PLOT_LIMIT_S,
@@ -40,8 +40,6 @@ from services.runner.runner import (
     environment,
     supervise,
 )
-
-START_TIMEOUT_S = float(os.environ.get("LAB_LAUNCHER_START_TIMEOUT_S", "900"))  # the runner never showed up
 
 
 def _not_dumpable() -> None:
@@ -59,18 +57,19 @@ def _runner_gone(layout: split.Layout) -> str | None:
     if layout.stop.exists():
         return f"the runner said stop ({layout.stop.read_text().strip() or 'no reason'})"
     age = split.stale_for(layout.alive)
-    return f"the runner stopped answering ({age:.0f}s since its last heartbeat)" if age and age > split.ALIVE_STALE_S else None
+    return f"the runner stopped answering ({age:.0f}s since its last heartbeat)" if age and age > settings().runner_alive_stale_s else None
 
 
 async def wait_ready(layout: split.Layout, term: asyncio.Event, poll_s: float = 0.2) -> str | None:
     """None once the runner said ready; otherwise why there is nothing to run (``term``: SIGTERM came first)."""
     started = time.monotonic()
+    start_timeout_s = settings().launcher_start_timeout_s  # the runner never showed up
     while not layout.ready.exists():
         gone = "SIGTERM before the runner was ready" if term.is_set() else _runner_gone(layout)
         if gone:
             return gone
-        if time.monotonic() - started > START_TIMEOUT_S:
-            return f"the runner did not get ready within {START_TIMEOUT_S:.0f}s"
+        if time.monotonic() - started > start_timeout_s:
+            return f"the runner did not get ready within {start_timeout_s:.0f}s"
         await asyncio.sleep(poll_s)
     return None
 
@@ -158,13 +157,17 @@ async def amain(shared: Path) -> int:
 
 
 def main() -> None:
-    shared = os.environ.get(split.SHARED_ENV)
-    if not shared:
+    try:
+        shared = settings().shared_dir
+    except ConfigError as e:
+        print(f"launcher: {e}", file=sys.stderr)
+        sys.exit(2)
+    if shared is None:
         print(f"launcher: {split.SHARED_ENV} is not set (the volume shared with the runner)", file=sys.stderr)
         sys.exit(2)
     _not_dumpable()
     sandbox.become_subreaper()
-    sys.exit(asyncio.run(amain(Path(shared))))
+    sys.exit(asyncio.run(amain(shared)))
 
 
 if __name__ == "__main__":

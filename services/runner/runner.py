@@ -22,7 +22,6 @@ failed (do not retry), 4 the bus or object store was unreachable (retry).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import platform
@@ -48,13 +47,12 @@ from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, 
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
 from services.runner import checkpoint, proctree, sandbox, split
-from services.common.config import read_secret
+from bus.schema.formats import RESULT_FILE, JobLogLine, dump_result
+from bus.settings import ConfigError, Settings, settings
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
-MAX_PROCESSES = int(os.environ.get("LAB_JOB_MAX_PROCESSES", "256"))  # a fork bomb is killed, not waited out
 PLOT_LIMIT_S = 120.0
-CONNECT_TIMEOUT_S = float(os.environ.get("LAB_RUNNER_CONNECT_TIMEOUT_S", "30"))
 
 
 def environment(device: str = "cpu") -> JobEnvironment:
@@ -110,7 +108,7 @@ def environment(device: str = "cpu") -> JobEnvironment:
         driver=driver,
         device=device,
         packages=packages,
-        executor=os.environ.get("LAB_EXECUTOR_KIND", "local"),
+        executor=settings().executor_kind,
     )
 
 
@@ -192,34 +190,12 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term:
         env=launch.env, preexec_fn=launch.preexec,
     )
     me = os.getpid()  # the tree under the runner is the job: only its children, and orphans reparented to it
+    s = settings()
     tail: list[str] = []
     killed: list[str] = []
-
-    async def pump() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            tail.append(line)
-            del tail[:-20]
-            await on_line(line)
-
-    async def watch() -> None:
-        while True:
-            await asyncio.sleep(MEMORY_POLL_S)
-            tree = proctree.descendants(me)
-            used = sum(tree.values()) / (1 << 20)
-            if used > job.memory_mb:
-                killed.append(f"oom: used {used:.0f} MiB > limit {job.memory_mb} MiB")
-            elif len(tree) > MAX_PROCESSES:
-                killed.append(f"pids: {len(tree)} processes > limit {MAX_PROCESSES}")
-            else:
-                continue
-            proctree.kill_descendants(me)
-            return
-
-    pumping = asyncio.create_task(pump())
-    watching = asyncio.create_task(watch())
-    forwarding = asyncio.create_task(checkpoint.forward_term(me, term, checkpoint.GRACE_S, on_line)) if term else None
+    pumping = asyncio.create_task(_pump(proc, tail, on_line))
+    watching = asyncio.create_task(_watch_tree(me, job, killed))
+    forwarding = asyncio.create_task(checkpoint.forward_term(me, term, s.term_grace_s, on_line)) if term else None
     try:
         await asyncio.wait_for(proc.wait(), timeout=job.wall_time_s)
     except asyncio.TimeoutError:
@@ -235,14 +211,98 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term:
         await asyncio.wait_for(pumping, timeout=5)
     except asyncio.TimeoutError:
         pumping.cancel()
+    return _ended(proc.returncode, term, killed, tail)
+
+
+async def _pump(proc: asyncio.subprocess.Process, tail: list[str], on_line: Any) -> None:
+    """Hand each line the process prints to ``on_line``, keeping the last 20 in ``tail`` (for a crash's reason)."""
+    assert proc.stdout is not None
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        tail.append(line)
+        del tail[:-20]
+        await on_line(line)
+
+
+async def _watch_tree(me: int, job: JobSpec, killed: list[str]) -> None:
+    """Kill the process tree under ``me`` once it holds more memory or processes than the job may; why goes in ``killed``."""
+    max_processes = settings().job_max_processes  # a fork bomb is killed, not waited out
+    while True:
+        await asyncio.sleep(MEMORY_POLL_S)
+        tree = proctree.descendants(me)
+        used = sum(tree.values()) / (1 << 20)
+        if used > job.memory_mb:
+            killed.append(f"oom: used {used:.0f} MiB > limit {job.memory_mb} MiB")
+        elif len(tree) > max_processes:
+            killed.append(f"pids: {len(tree)} processes > limit {max_processes}")
+        else:
+            continue
+        proctree.kill_descendants(me)
+        return
+
+
+def _ended(returncode: int | None, term: asyncio.Event | None, killed: list[str], tail: list[str]) -> Outcome:
+    """What came of the process: preempted, killed for a limit, crashed (with its last line), or succeeded."""
     if term is not None and term.is_set():
-        return Outcome("preempted", "preempted: SIGTERM", proc.returncode)
+        return Outcome("preempted", "preempted: SIGTERM", returncode)
     if killed:
-        return Outcome("failed", killed[0], proc.returncode)
-    if proc.returncode != 0:
+        return Outcome("failed", killed[0], returncode)
+    if returncode != 0:
         last = next((l for l in reversed(tail) if l.strip()), "")
-        return Outcome("failed", f"crashed: exit code {proc.returncode}: {last[:300]}", proc.returncode)
+        return Outcome("failed", f"crashed: exit code {returncode}: {last[:300]}", returncode)
     return Outcome("succeeded", "", 0)
+
+
+class _JobLog:
+    """The job's log: every line goes to a file in the runner's folder, to stdout and to the job's log subject."""
+
+    def __init__(self, path: Path, bus: Bus, job: JobSpec) -> None:
+        self.path = path
+        self.file = open(path, "a")
+        self._bus, self._job = bus, job
+        self._subject = subjects.job_log(job.project, job.job_id)
+
+    async def __call__(self, line: str) -> None:
+        self.file.write(line + "\n")
+        self.file.flush()
+        print(line, flush=True)  # also to stdout: `kubectl logs`, `docker logs` and log collectors see it
+        await self._bus.publish_unacked(self._subject, JobLogLine(job=self._job.job_id, line=line, t=time.time()).dump())
+
+
+class _Ran(NamedTuple):
+    """What the experiment's run left: how it ended, the split plot's failure (None: not plotted there), the machine it measured."""
+
+    outcome: Outcome
+    plot_failed: str | None
+    measured: JobEnvironment | None
+    wall: float
+    sync: checkpoint.CheckpointSync | None
+
+
+def _where(launch: Launch | None, cmd: list[str]) -> str:
+    if launch is None:
+        return "in the experiment container (no credential there)"
+    return "in the sandbox" if launch.argv is not cmd else "UNCONFINED (no sandbox tool on this machine)"
+
+
+def _read_final_info(outcome: Outcome, out: Path) -> tuple[Outcome, FinalInfo | None]:
+    """The experiment's final_info.json when it succeeded; one missing or off-schema fails the run as invalid output."""
+    if outcome.state != "succeeded":
+        return outcome, None
+    try:
+        return outcome, FinalInfo.model_validate_json(split.read_regular(out / "final_info.json"))
+    except (OSError, split.SplitError, ValidationError) as e:
+        what = str(e) if isinstance(e, split.SplitError) else "final_info.json " + (
+            "missing" if isinstance(e, OSError) else "does not match the schema")
+        return Outcome("failed", f"invalid_output: {what}", 0), None
+
+
+def _run_environment(final_info: FinalInfo | None, measured: JobEnvironment | None) -> JobEnvironment:
+    device = str(final_info.model_extra.get("device", "cpu")) if final_info and final_info.model_extra else "cpu"
+    envinfo = environment(device)
+    if measured is not None:  # the experiment container's machine (its GPUs); the executor is ours to say
+        envinfo = measured.model_copy(update={"executor": envinfo.executor})
+    return envinfo
 
 
 class Runner:
@@ -263,7 +323,8 @@ class Runner:
         """
         if job_of_user(nats.user):
             return nats.user, nats.password
-        return read_secret("LAB_NATS_USER") or nats.user, read_secret("LAB_NATS_PASSWORD") or nats.password
+        s = settings()
+        return s.secret("nats_user") or nats.user, s.secret("nats_password") or nats.password
 
     async def publish_status(self, status: JobStatus) -> None:
         if self.job.status_key:  # the engineer believes only statuses signed with this job's key
@@ -286,7 +347,7 @@ class Runner:
             split.open_tree(folder, writable=True)  # the experiment's uid overwrites what was restored
         if got:
             await on_line(f"[runner] restored a checkpoint ({got} bytes) from {checkpoint.object_name(self.job)}")
-        env[checkpoint.CHECKPOINT_ENV] = str(folder)
+        env.update(Settings.environ(checkpoint_dir=folder))
         return checkpoint.CheckpointSync(artifacts, self.job, folder)
 
     async def run(self) -> int:
@@ -306,22 +367,48 @@ class Runner:
                 self.layout.stop.write_text("the runner ended\n")
 
     async def _run(self) -> int:
+        """Connect, fetch the code, run the experiment, and report what came of it: each a step below."""
         job = self.job
         if job.nats is None:
             print("runner: the job carries no bus access (nats); the executor must fill it in", file=sys.stderr)
             return EXIT_INFRA
+        opened = await self._connect(job.nats)
+        if opened is None:
+            return EXIT_INFRA
+        artifacts, bundle = opened
+        code, out, figs = self._unpack(bundle)
+        log = _JobLog(self.workdir / "log.txt", self.bus, job)
+        await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
+        ran = await self._experiment(artifacts, code, out, log)
+        if ran.outcome.state == "preempted":
+            return await self._preempted(artifacts, ran, log)
+        outcome, final_info = _read_final_info(ran.outcome, out)
+        envinfo = _run_environment(final_info, ran.measured)
+        uploaded = await self._results(artifacts, code, out, figs, ran, log) if final_info is not None else []
+        return await self._report(artifacts, log, outcome, final_info, envinfo, uploaded, ran.wall)
+
+    @property
+    def _prefix(self) -> str:
+        return f"{self.job.project}/runs/{self.job.job_id}"
+
+    async def _connect(self, nats: NatsAccess) -> tuple[Artifacts, bytes] | None:
+        """Log in to the bus, open the object store and fetch the code bundle; None (said on stderr) when unreachable."""
+        job = self.job
         try:
-            user, password = self.credential(job.nats)
-            config = BusConfig(url=job.nats.url, user=user, password=password, name=f"runner-{job.job_id}")
-            self.bus = await asyncio.wait_for(Bus.connect(config), CONNECT_TIMEOUT_S)
+            user, password = self.credential(nats)
+            config = BusConfig(url=nats.url, user=user, password=password, name=f"runner-{job.job_id}")
+            self.bus = await asyncio.wait_for(Bus.connect(config), settings().runner_connect_timeout_s)
             if job_of_user(user):  # its own user: objects are committed by the auth service (bus.store.CommittedObjects)
                 artifacts = await Artifacts.open_for_job(self.bus, files_subject(job.project, job.job_id), chunk_prefix(job.project, job.job_id))
             else:
                 artifacts = await Artifacts.open(self.bus)
-            bundle = await artifacts.get(job.bundle_object)
+            return artifacts, await artifacts.get(job.bundle_object)
         except (Exception, asyncio.TimeoutError) as e:
             print(f"runner: cannot reach the bus or the bundle: {e or type(e).__name__}", file=sys.stderr)
-            return EXIT_INFRA
+            return None
+
+    def _unpack(self, bundle: bytes) -> tuple[Path, Path, Path]:
+        """Unpack the code; (code, out, figures) folders, on the shared volume when the experiment runs apart."""
         if self.layout:
             code, out, figs = self.layout.code, self.layout.out, self.layout.figures
         else:
@@ -330,30 +417,18 @@ class Runner:
         if self.layout:
             split.open_tree(code)  # readable by the experiment container's uid, writable only by ours
         out.mkdir(parents=True, exist_ok=True)
-        log_path = self.workdir / "log.txt"
-        log_file = open(log_path, "a")
-        log_subject = subjects.job_log(job.project, job.job_id)
+        return code, out, figs
 
-        async def on_line(line: str) -> None:
-            log_file.write(line + "\n")
-            log_file.flush()
-            print(line, flush=True)  # also to stdout: `kubectl logs`, `docker logs` and log collectors see it
-            await self.bus.nc.publish(log_subject, json.dumps({"job": job.job_id, "line": line, "t": time.time()}).encode())
-
-        await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
+    async def _experiment(self, artifacts: Artifacts, code: Path, out: Path, log: _JobLog) -> _Ran:
+        """Run the experiment (in this machine's sandbox, or in its own container) with its checkpoints, until it ends."""
+        job = self.job
         cmd = command(job, code, out)
-        extra_env: dict[str, str] = {}
-        if os.environ.get("LAB_CHECKPOINT_EVERY"):
-            extra_env["LAB_CHECKPOINT_EVERY"] = os.environ["LAB_CHECKPOINT_EVERY"]
-        sync = await self._checkpoints(artifacts, extra_env, on_line) if job.resumable else None
+        extra_env = Settings.environ(checkpoint_every=settings().checkpoint_every)  # passed on to the experiment, if set
+        sync = await self._checkpoints(artifacts, extra_env, log) if job.resumable else None
         writable = [out] + ([sync.folder] if sync else [])
         term = checkpoint.catch_sigterm(asyncio.get_running_loop())
         launch = None if self.layout else confine(cmd, job, self.workdir, readonly=[code], writable=writable, extra_env=extra_env)
-        if launch is None:
-            where = "in the experiment container (no credential there)"
-        else:
-            where = "in the sandbox" if launch.argv is not cmd else "UNCONFINED (no sandbox tool on this machine)"
-        await on_line(f"[runner] starting job {job.job_id} {where}: {' '.join(cmd)}")
+        await log(f"[runner] starting job {job.job_id} {_where(launch, cmd)}: {' '.join(cmd)}")
         started = time.monotonic()
         syncing = asyncio.create_task(sync.run()) if sync else None
         plot_failed: str | None = None
@@ -361,61 +436,63 @@ class Runner:
         try:
             if launch is None:
                 assert self.layout is not None
-                record = await split.await_experiment(self.layout, job, extra_env, on_line, term, PLOT_LIMIT_S, checkpoint.GRACE_S)
+                record = await split.await_experiment(self.layout, job, extra_env, log, term, PLOT_LIMIT_S, settings().term_grace_s)
                 outcome, plot_failed = Outcome(record.state, record.reason, record.exit_code), record.plot_failed
                 measured = record.environment
             else:
-                outcome = await supervise(launch, code, job, on_line, term)
+                outcome = await supervise(launch, code, job, log, term)
         except BaseException as e:  # cancelled or the runner broke: keep the log
-            await _save_log(artifacts, f"{job.project}/runs/{job.job_id}/log.txt", log_file, log_path, e)
+            await _save_log(artifacts, f"{self._prefix}/log.txt", log.file, log.path, e)
             raise
         wall = time.monotonic() - started
         if sync is not None and syncing is not None:
             syncing.cancel()
             await sync.sync()  # what the experiment saved on SIGTERM, or its last periodic checkpoint
-        if outcome.state == "preempted":
-            saved = f"its checkpoint is in {checkpoint.object_name(job)}" if sync and sync.uploads else "no checkpoint was saved"
-            await on_line(f"[runner] preempted after {wall:.0f}s; {saved}; exiting for a retry")
-            log_file.close()
-            await artifacts.put(f"{job.project}/runs/{job.job_id}/log.txt", log_path.read_bytes())
-            await self.bus.close()
-            return EXIT_INFRA  # not the experiment's fault: Kubernetes retries the pod, which resumes
-        final_info = None
-        if outcome.state == "succeeded":
-            try:
-                final_info = FinalInfo.model_validate_json(split.read_regular(out / "final_info.json"))
-            except (OSError, split.SplitError, ValidationError) as e:
-                what = str(e) if isinstance(e, split.SplitError) else "final_info.json " + (
-                    "missing" if isinstance(e, OSError) else "does not match the schema")
-                outcome = Outcome("failed", f"invalid_output: {what}", 0)
-        device = str(final_info.model_extra.get("device", "cpu")) if final_info and final_info.model_extra else "cpu"
-        envinfo = environment(device)
-        if measured is not None:  # the experiment container's machine (its GPUs); the executor is ours to say
-            envinfo = measured.model_copy(update={"executor": envinfo.executor})
+        return _Ran(outcome, plot_failed, measured, wall, sync)
+
+    async def _preempted(self, artifacts: Artifacts, ran: _Ran, log: _JobLog) -> int:
+        """Save the log and exit for a retry: not the experiment's fault; Kubernetes retries the pod, which resumes."""
+        saved = f"its checkpoint is in {checkpoint.object_name(self.job)}" if ran.sync and ran.sync.uploads else "no checkpoint was saved"
+        await log(f"[runner] preempted after {ran.wall:.0f}s; {saved}; exiting for a retry")
+        log.file.close()
+        await artifacts.put(f"{self._prefix}/log.txt", log.path.read_bytes())
+        await self.bus.close()
+        return EXIT_INFRA
+
+    async def _results(self, artifacts: Artifacts, code: Path, out: Path, figs: Path, ran: _Ran, log: _JobLog) -> list[str]:
+        """Plot the results (unless the experiment container did) in what is left of the wall time, and upload them."""
+        job = self.job
+        remaining = max(10.0, min(PLOT_LIMIT_S, job.wall_time_s - ran.wall))
+        plot_job = job.model_copy(update={"wall_time_s": remaining})
+        figs.mkdir(parents=True, exist_ok=True)
+        plot_failed = ran.plot_failed
+        if plot_failed is None:  # in this process's sandbox; split, the experiment container ran it
+            plot_cmd = [sys.executable, str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)]
+            plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=[code, out], writable=[figs]), code, plot_job, log)
+            plot_failed = "" if plot.state == "succeeded" else plot.reason
+        if plot_failed:
+            await log(f"[runner] plot.py failed: {plot_failed}")
         uploaded: list[str] = []
-        prefix = f"{job.project}/runs/{job.job_id}"
-        if final_info is not None:
-            remaining = max(10.0, min(PLOT_LIMIT_S, job.wall_time_s - wall))
-            plot_job = job.model_copy(update={"wall_time_s": remaining})
-            figs.mkdir(parents=True, exist_ok=True)
-            if plot_failed is None:  # in this process's sandbox; split, the experiment container ran it
-                plot_cmd = [sys.executable, str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)]
-                plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=[code, out], writable=[figs]), code, plot_job, on_line)
-                plot_failed = "" if plot.state == "succeeded" else plot.reason
-            if plot_failed:
-                await on_line(f"[runner] plot.py failed: {plot_failed}")
-            files = sorted(out.glob("*.json")) + (sorted(figs.glob("*.png")) if figs.exists() else [])
-            for f in files:
-                try:  # never a link the experiment planted (to the runner's own secret files, say)
-                    data = split.read_regular(f)
-                except (OSError, split.SplitError) as e:
-                    await on_line(f"[runner] not uploading {f.name}: {e}")
-                    continue
-                uploaded.append(await artifacts.put(f"{prefix}/{f.name}", data))
-        log_file.close()
+        files = sorted(out.glob("*.json")) + (sorted(figs.glob("*.png")) if figs.exists() else [])
+        for f in files:
+            try:  # never a link the experiment planted (to the runner's own secret files, say)
+                data = split.read_regular(f)
+            except (OSError, split.SplitError) as e:
+                await log(f"[runner] not uploading {f.name}: {e}")
+                continue
+            uploaded.append(await artifacts.put(f"{self._prefix}/{f.name}", data))
+        return uploaded
+
+    async def _report(
+        self, artifacts: Artifacts, log: _JobLog, outcome: Outcome, final_info: FinalInfo | None, envinfo: JobEnvironment,
+        uploaded: list[str], wall: float,
+    ) -> int:
+        """Upload the machine's description and the log, then publish the job's final status (and keep it in result.json)."""
+        job = self.job
+        log.file.close()
         (self.workdir / "env.json").write_text(envinfo.model_dump_json(indent=2))
-        uploaded.append(await artifacts.put(f"{prefix}/env.json", (self.workdir / "env.json").read_bytes()))
-        uploaded.append(await artifacts.put(f"{prefix}/log.txt", log_path.read_bytes()))
+        uploaded.append(await artifacts.put(f"{self._prefix}/env.json", (self.workdir / "env.json").read_bytes()))
+        uploaded.append(await artifacts.put(f"{self._prefix}/log.txt", log.path.read_bytes()))
         status = JobStatus(
             job_id=job.job_id,
             experiment_id=job.experiment_id,
@@ -427,21 +504,21 @@ class Runner:
             artifacts=uploaded,
             wall_s=wall,
         )
-        (self.workdir / "result.json").write_text(status.model_dump_json())
+        (self.workdir / RESULT_FILE).write_text(dump_result(status))
         await self.publish_status(status)
         await self.bus.close()
         return EXIT_OK if status.state == "succeeded" else EXIT_EXPERIMENT_FAILED
 
 
-def _job_json() -> str | None:
+def _job_json(s: Settings) -> str | None:
     """The job from ``LAB_JOB``, or from the 0600 file ``LAB_JOB_FILE`` names (keeps its credential out of /proc)."""
-    if os.environ.get("LAB_JOB"):
-        return os.environ["LAB_JOB"]
-    if os.environ.get("LAB_JOB_FILE"):
+    if s.job is not None:
+        return s.job.get_secret_value()
+    if s.job_file is not None:
         try:
-            return Path(os.environ["LAB_JOB_FILE"]).read_text()
+            return s.job_file.read_text()
         except OSError as e:
-            print(f"runner: cannot read LAB_JOB_FILE {os.environ['LAB_JOB_FILE']} ({e.strerror})", file=sys.stderr)
+            print(f"runner: cannot read LAB_JOB_FILE {s.job_file} ({e.strerror})", file=sys.stderr)
             sys.exit(2)
     return None
 
@@ -470,7 +547,12 @@ async def _run_until_stopped(runner: Runner) -> int:
 
 
 def main() -> None:
-    raw = _job_json()
+    try:
+        s = settings()
+    except ConfigError as e:
+        print(f"runner: {e}", file=sys.stderr)
+        sys.exit(2)
+    raw = _job_json(s)
     if not raw:
         print("runner: neither LAB_JOB nor LAB_JOB_FILE is set (they hold the job as JSON)", file=sys.stderr)
         sys.exit(2)
@@ -479,16 +561,16 @@ def main() -> None:
     except ValidationError as e:
         print(f"runner: LAB_JOB is not a valid job: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}", file=sys.stderr)
         sys.exit(2)
-    if os.environ.get("LAB_JOB_DIR"):
-        workdir = Path(os.environ["LAB_JOB_DIR"])
-    elif os.environ.get("LAB_SCRATCH"):  # a container's writable scratch volume
-        workdir = Path(os.environ["LAB_SCRATCH"]) / job.job_id
+    if s.job_dir is not None:
+        workdir = s.job_dir
+    elif s.scratch is not None:  # a container's writable scratch volume
+        workdir = s.scratch / job.job_id
     else:
         workdir = Path(tempfile.mkdtemp(prefix=f"lab-{job.job_id}-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    os.environ["LAB_JOB_DIR"] = str(workdir)
+    os.environ.update(Settings.environ(job_dir=workdir))
     sandbox.become_subreaper()
-    shared = Path(os.environ[split.SHARED_ENV]) if os.environ.get(split.SHARED_ENV) else None
+    shared = s.shared_dir
     sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir, shared))))
 
 

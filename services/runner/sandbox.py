@@ -37,9 +37,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.errors import LabError
+from bus.settings import env_name, settings
 
-BWRAP_ENV = "LAB_BWRAP"  # the bubblewrap binary to use; a name that does not resolve means "no sandbox"
-UNSAFE_ENV = "LAB_UNSAFE_NO_SANDBOX"  # set by `--unsafe-no-sandbox`: the user accepted running model code bare
+BWRAP_ENV = env_name("bwrap")  # the bubblewrap binary to use; a name that does not resolve means "no sandbox"
+UNSAFE_ENV = env_name("unsafe_no_sandbox")  # set by `--unsafe-no-sandbox`: the user accepted running model code bare
 UNSAFE_FLAG = "--unsafe-no-sandbox"
 SANDBOX_UID = 65534  # "nobody": never root inside, whoever runs the lab
 # Variables that may cross into the sandbox; everything else (credentials, LAB_*, PYTHONPATH) stays out.
@@ -91,11 +92,11 @@ class Limits(BaseModel):
 
 def tool() -> str | None:
     """The bubblewrap binary if it exists and can build a sandbox on this kernel, else None."""
-    return _probe(os.environ.get(BWRAP_ENV, "bwrap"))
+    return _probe(settings().bwrap)
 
 
 def unavailable_reason() -> str:
-    name = os.environ.get(BWRAP_ENV, "bwrap")
+    name = settings().bwrap
     if not shutil.which(name):
         return f"no sandbox: {name!r} (bubblewrap) is not installed, so experiments on the local executor run unconfined"
     return f"no sandbox: {name!r} cannot create namespaces on this kernel, so experiments on the local executor run unconfined"
@@ -220,7 +221,7 @@ def become_subreaper() -> bool:
 
 
 def unsafe_accepted() -> bool:
-    return os.environ.get(UNSAFE_ENV) == "1"
+    return settings().unsafe_no_sandbox
 
 
 def check_start(mind: str, executor: str, unsafe: bool = False) -> str | None:

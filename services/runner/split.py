@@ -42,10 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import LabError
 from bus.schema import JobEnvironment, JobSpec
+from bus.settings import env_name, settings
 
-SHARED_ENV = "LAB_SHARED_DIR"  # set in both containers: the shared volume's mount path
+SHARED_ENV = env_name("shared_dir")  # set in both containers: the shared volume's mount path
 ALIVE_EVERY_S = 2.0
-ALIVE_STALE_S = float(os.environ.get("LAB_RUNNER_ALIVE_STALE_S", "60"))  # the launcher's view of a dead runner
 MAX_READ = 64 << 20  # one result file; more is not a result
 REASON_MAX = 500
 
@@ -224,7 +224,7 @@ async def await_experiment(
         if termed_at is not None and now - termed_at > grace_s + 5:
             return ExitRecord(state="preempted", reason="preempted: SIGTERM (the experiment container did not report)")
         quiet = stale_for(layout.launcher_alive)
-        if quiet is not None and quiet > ALIVE_STALE_S:
+        if quiet is not None and quiet > settings().runner_alive_stale_s:
             layout.stop.write_text("the experiment container stopped answering\n")
             for line in tail.rest():
                 await on_line(line)

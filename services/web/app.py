@@ -165,7 +165,7 @@ async def post_stop(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     bus: Bus = request.app.state.bus
-    return PlainTextResponse("ok" if bus.nc.is_connected else "no NATS connection", status_code=200 if bus.nc.is_connected else 503)
+    return PlainTextResponse("ok" if bus.connected else "no NATS connection", status_code=200 if bus.connected else 503)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from bus.retry import RetryPolicy
+from bus.settings import Settings
 from services.web.serve import info_file
 
 
@@ -18,7 +19,7 @@ from services.web.serve import info_file
 def web_child(home: Path, port: int) -> Iterator[subprocess.Popen]:
     """Run `lab web` beside the agents; its link goes to the same terminal (or supervisor.log when detached)."""
     info_file(home).unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env={**os.environ, "LAB_HOME": str(home)}, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env={**os.environ, **Settings.environ(home=home)}, stdin=subprocess.DEVNULL)
     try:
         yield proc
     finally:
@@ -33,11 +34,14 @@ def web_child(home: Path, port: int) -> Iterator[subprocess.Popen]:
 
 def wait_for_link(home: Path, timeout: float = 20.0) -> str:
     """The link `lab web` wrote for a detached lab, or where to look when it did not come up."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            info = json.loads(info_file(home).read_text())
-            return f"web view: {info['url']}?token={info['token']}"
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.2)
-    return f"web view: not up yet; see {home / 'supervisor.log'}"
+
+    def link() -> str:
+        info = json.loads(info_file(home).read_text())
+        return f"web view: {info['url']}?token={info['token']}"
+
+    # Not written yet (or half-written): read again every 0.2 s until the timeout.
+    unwritten = (OSError, ValueError, KeyError)
+    try:
+        return RetryPolicy(attempts=None, budget_s=timeout, base_wait_s=0.2, max_wait_s=0.2, level=None).run_blocking(link, unwritten)
+    except unwritten:
+        return f"web view: not up yet; see {home / 'supervisor.log'}"

@@ -19,11 +19,12 @@ import uvicorn
 
 from bus.client import Bus, BusConfig
 from bus.errors import LabError
+from bus.settings import env_name
 from services.common.config import read_secret
 from services.web.app import create_app
 from services.web.auth import new_token
 
-TOKEN_ENV = "LAB_WEB_TOKEN"  # a fixed token, or a file of one ($LAB_WEB_TOKEN_FILE: a Secret mount); else a new one per start
+TOKEN_ENV = env_name("web_token")  # a fixed token, or a file of one ($LAB_WEB_TOKEN_FILE: a Secret mount); else a new one per start
 
 
 class WebError(LabError):
@@ -64,7 +65,7 @@ def _is_loopback(host: str) -> bool:
 
 async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None], copi_password: str | None = None) -> None:
     """Connect, listen, print the link, serve until cancelled or signalled."""
-    token = read_secret(TOKEN_ENV) or new_token()
+    token = read_secret("web_token") or new_token()
     if len(token) < 16:
         raise WebError(f"{TOKEN_ENV}(_FILE) must hold at least 16 characters")
     bus = await Bus.connect(config, reconnect=True, timeout=10)

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from bus.schema import BASELINE, ArchiveRecord, Envelope, ProjectView
+from bus.schema import BASELINE, ArchiveRecord, Envelope, FormatError, JobLogLine, ProjectView
 from bus.replay import Entry
 from services.read.describe import describe
 
@@ -94,8 +94,8 @@ def job_activity(entries: Iterable[Entry]) -> dict[str, JobLive]:
             live.state, live.reason = e.envelope.body.state, e.envelope.body.reason
         elif parts[4] == "log":
             try:
-                live.lines.append(str(json.loads(e.data)["line"]))
-            except (ValueError, KeyError, TypeError):
+                live.lines.append(JobLogLine.parse(e.data).line)
+            except FormatError:  # not the runner's JSON line (an older runner, or raw bytes): show it as it came
                 live.lines.append(e.data.decode(errors="replace"))
     return jobs
 

@@ -76,7 +76,7 @@ def test_the_supervisor_logs_a_disk_that_fills_and_frees(mount_point, monkeypatc
     from services.lab import lifecycle
     from services.lab.supervisor import LabOptions, Supervisor
 
-    monkeypatch.setattr(lifecycle, "MIN_FREE_MB", 0.5)
+    monkeypatch.setenv("LAB_MIN_FREE_MB", "0.5")  # read when the disk is checked (bus.settings)
     disk = mount_point("disk", "size=1m")
     sup = Supervisor(LabOptions(home=disk / "lab"))
     sup._watch_disk()

@@ -8,10 +8,10 @@ import os
 import subprocess
 from pathlib import Path
 
-import nats.js.errors
 import pytest
 
 from bus.client import Bus, BusConfig
+from bus.errors import BusRefused
 from bus.store import Artifacts
 from tests.conftest import lab_cmd
 
@@ -38,7 +38,7 @@ async def fill(info: dict) -> dict[str, bytes]:
             data = os.urandom(96 * 1024)
             try:
                 await artifacts.put(f"filler/{i}", data)
-            except nats.js.errors.APIError as e:
+            except BusRefused as e:
                 assert "insufficient" in str(e), e
                 return kept
             kept[f"filler/{i}"] = data

@@ -136,7 +136,7 @@ async def test_a_role_cannot_forge_a_job_status(lab, nats_server):
 
 def test_the_host_checks_the_sender_on_job_subjects_too():
     from bus.schema import JobStatus
-    from services.host.agent import envelope_mismatch
+    from services.host.wiring import envelope_mismatch
 
     def status(sender: str, project: str = "p1", job: str = "j1") -> Envelope:
         return Envelope(project=project, sender=sender, recipient="engineer", body=JobStatus(job_id=job, experiment_id="x", state="succeeded"))

@@ -57,7 +57,7 @@ def _compose_nats(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
 
 
 def _compose_env() -> dict[str, str]:
-    """deploy/.env as the README's loop fills it: every CHANGE-ME a value, AUTH_ISSUER a real issuer's key."""
+    """deploy/.env as docs/compose.md's loop fills it: every CHANGE-ME a value, AUTH_ISSUER a real issuer's key."""
     from bus import natsjwt
 
     env = {k: (f"pw-{k.lower()}" if v == "CHANGE-ME" else v) for k, v in _env_example().items()}
@@ -96,7 +96,7 @@ def test_compose_auth_service_admits_each_job_s_runner_as_its_own_user(tmp_path:
     compose = _compose()
     seed, secret = natsjwt.new_account_seed(), new_secret()
     env = _compose_env() | {"AUTH_ISSUER": natsjwt.public_key(seed)}
-    # The files the README's loop writes under deploy/secrets/, as compose mounts them at /run/secrets/.
+    # The files docs/compose.md's loop writes under deploy/secrets/, as compose mounts them at /run/secrets/.
     files = {"auth_password": env["AUTH_PASSWORD"], "job_secret": secret + "\n", "auth_issuer_seed": seed}
     (tmp_path / "secrets").mkdir()
     for name, value in files.items():

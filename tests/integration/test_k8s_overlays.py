@@ -24,7 +24,7 @@ from tests.manifests import REPO, assert_restricted, build, container, example, 
 OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas"]
 # Kinds without a namespace; everything else must name one.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
-# Created by hand (README "Create the namespace and the secrets"), never by the build.
+# Created by hand (docs/kubernetes.md "Create the namespace and the secrets"), never by the build.
 HAND_MADE_SECRETS = {(d["metadata"]["namespace"], d["metadata"]["name"]): set(d["stringData"])
                      for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
 
@@ -94,7 +94,7 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
     s = _executor_settings(docs)
     pods = namespaced_pods(docs) + [("lab-jobs", "job", k8s_job(example(), s)["spec"]["template"]["spec"])]
     made = {(s.namespace, d["metadata"]["name"]): set(d["stringData"]) for d in [k8s_job_secret(example(), s)]}  # the executor's, per job
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/kubernetes.md").read_text()
     for ns, name, pod in pods:
         for kind, ref, key, optional in _references(pod):
             where = (overlay, name, kind, ref, key)
@@ -106,7 +106,7 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
                 assert key is None or key in made[(ns, ref)], where
             elif (ns, ref) in HAND_MADE_SECRETS:
                 assert key is None or key in HAND_MADE_SECRETS[(ns, ref)], where
-                assert f"-n {ns} create secret generic {ref}" in readme, where  # the README says how
+                assert f"-n {ns} create secret generic {ref}" in readme, where  # the deploy guide says how
             else:
                 assert optional, where
 # The only Secret values left in an environment (issue 12: credentials are files), each with its reason.
@@ -114,7 +114,7 @@ SECRET_ENV_EXCEPTIONS = {
     # nats-server resolves nats.conf's $VARS from its own environment: the server, not an agent or runner.
     ("nats", "nats", "*"): "nats-server reads its users' passwords from its env",
     ("nats", "nats", "AUTH_ISSUER"): "the callout issuer's public key, no secret",
-    # Settings kept in the optional lab-llm Secret beside the key (README); not credentials.
+    # Settings kept in the optional lab-llm Secret beside the key (docs/kubernetes.md); not credentials.
     **{(f"lab-{r}", "agent", v): "LLM setting, not a credential" for r in ROLES for v in ("LAB_LLM_BASE_URL", "LAB_LLM_MODEL")},
 }
 

@@ -7,10 +7,12 @@ writes the template bundle again.
 
 from __future__ import annotations
 
+import nats.errors
 import nats.js.errors
 import pytest
 
 from bus.client import Bus
+from bus.errors import BusTimeout, from_nats
 from bus.replay import read
 from bus.retry import RetryPolicy
 from bus.schema import CoPINote, CoPINoteMsg, Envelope
@@ -35,7 +37,7 @@ async def test_an_unanswered_start_is_retried_and_sent_once(admin_bus, nats_serv
         if len(failures) < 2:
             failures.append(env.id)
             await real(env)  # it reached the stream, but the answer was lost: the retry must not add a second start
-            raise nats.js.errors.NoStreamResponseError
+            raise from_nats(nats.js.errors.NoStreamResponseError())  # as the bus raises it
         await real(env)
 
     monkeypatch.setattr(copi, "publish", flaky)
@@ -56,11 +58,11 @@ async def test_a_start_that_is_never_answered_fails_after_its_budget(admin_bus, 
 
     async def silent(env: Envelope) -> None:
         calls.append(env.id)
-        raise nats.errors.TimeoutError
+        raise from_nats(nats.errors.TimeoutError())
 
     monkeypatch.setattr(copi, "publish", silent)
     try:
-        with pytest.raises(nats.errors.TimeoutError):
+        with pytest.raises(BusTimeout):
             await start_project(copi, "p2", b"bundle-bytes", note, retry=QUICK)
     finally:
         await copi.close()

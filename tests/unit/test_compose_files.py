@@ -1,4 +1,4 @@
-"""The one-host deployment (deploy/compose.yaml, .env.example, the README's loop) keeps the lab's rules: credentials only as files, hardened services."""
+"""The one-host deployment (deploy/compose.yaml, .env.example, docs/compose.md's loop) keeps the lab's rules: credentials only as files, hardened services."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_compose_nats_can_write_a_fresh_volume_and_jobs_get_no_password_in_their
     uid = nats["user"].split(":")[0]
     assert init["user"] == "0:0" and init["entrypoint"] == ["chown", "-R", f"{nats['user']}", "/data"]
     assert uid != "0" and nats["depends_on"]["nats-init"] == {"condition": "service_completed_successfully"}
-    assert "--build" not in compose_text  # compose has no build: key; the README builds the image first
+    assert "--build" not in compose_text  # compose has no build: key; docs/compose.md builds the image first
     # Each job's runner logs in as its own user with its job's key, which rides in its description
     # file alone (issue 16): no shared runner password anywhere, in a file, a mount or an environment.
     engineer = compose["services"]["engineer"]["environment"]
@@ -92,18 +92,18 @@ def test_compose_agents_read_every_credential_from_a_secret_file() -> None:
     for name, spec in secrets.items():
         assert spec == {"file": f"./secrets/{name}"}, name
     assert "/deploy/secrets/" in (REPO / ".gitignore").read_text().splitlines()
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/compose.md").read_text()
     assert "deploy/secrets" in readme and "chown 10001" in readme
 
 
 def _readme_compose_block() -> str:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### One host instead: Docker Compose"):]
+    readme = (REPO / "docs/compose.md").read_text()
+    section = readme[readme.index("# One host instead: Docker Compose"):]
     return section[section.index("```bash"):section.index("```", section.index("```bash") + 3)]
 
 
 def test_the_readme_makes_every_compose_secret_and_every_password_the_server_needs() -> None:
-    """The README's one loop writes every file the compose secrets name, and every password of .env."""
+    """docs/compose.md's one loop writes every file the compose secrets name, and every password of .env."""
     block = _readme_compose_block()
     loop_users = re.search(r"for u in ([A-Z ]+); do", block).group(1).split()
     assert {f"{u}_PASSWORD" for u in loop_users} == {k for k in _env_example() if k.endswith("_PASSWORD")}

@@ -13,6 +13,7 @@ from bus.retry import (
     RetryPolicy,
     backoff_delay,
     breaker_for,
+    poll,
     reset_breakers,
 )
 
@@ -186,3 +187,71 @@ def test_the_registry_shares_one_breaker_per_endpoint() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         CircuitBreaker("e", threshold=0)
+
+
+# ---------------------------------------------------------------- the shapes the bus's own retries take
+
+
+async def test_linear_waits_grow_by_the_base_and_cap_for_contention() -> None:
+    """The slot ledger's compare-and-set retries: 10 ms more each try, at most 0.2 s, and no seconds budget."""
+    clock = Clock()
+    fn, calls = failing(25, Flaky(), clock)
+    assert await policy(clock, attempts=200, budget_s=None, base_wait_s=0.01, max_wait_s=0.2, linear=True).run(fn, (Flaky,)) == "ok"
+    assert len(calls) == 26
+    assert clock.slept[:3] == pytest.approx([0.01, 0.02, 0.03]) and clock.slept[19:] == pytest.approx([0.2] * 6)
+
+
+async def test_without_an_attempt_limit_the_budget_alone_bounds_the_tries() -> None:
+    """JetStream not ready yet: asked again every 0.3 s until the budget is spent, then the last error."""
+    clock = Clock()
+    fn, calls = failing(1000, Flaky(), clock)
+    with pytest.raises(Flaky):
+        await policy(clock, attempts=None, budget_s=3.0, base_wait_s=0.3, max_wait_s=0.3).run(fn, (Flaky,))
+    assert len(calls) == 11 and set(clock.slept) == {0.3}
+
+
+def test_a_blocking_caller_retries_the_same_way() -> None:
+    slept: list[float] = []
+    tries = iter([OSError("not written yet"), ValueError("half written"), None])
+
+    def read() -> str:
+        error = next(tries)
+        if error is not None:
+            raise error
+        return "link"
+
+    p = RetryPolicy(attempts=None, budget_s=20.0, base_wait_s=0.2, max_wait_s=0.2, level=None)
+    assert p.run_blocking(read, (OSError, ValueError), sleep=slept.append) == "link"
+    assert slept == [0.2, 0.2]
+    with pytest.raises(KeyError):  # not retryable: raised at once
+        p.run_blocking(lambda: {}["x"], (OSError,), sleep=slept.append)
+
+
+async def test_poll_asks_again_until_yes_and_says_why_it_waits() -> None:
+    clock = Clock()
+    answers = iter([False, False, True])
+    waits: list[int] = []
+
+    async def free() -> bool:
+        return next(answers)
+
+    assert await poll(lambda: free(), every_s=1.0, on_wait=waits.append, clock=clock, sleep=clock.sleep) is True
+    assert waits == [1, 2] and clock.slept == [1.0, 1.0]
+
+
+async def test_poll_gives_the_last_answer_at_its_timeout_and_raises_an_error() -> None:
+    clock = Clock()
+    calls: list[float] = []
+
+    async def never() -> int:
+        calls.append(clock())
+        return 0
+
+    assert await poll(never, every_s=0.5, timeout_s=2.0, clock=clock, sleep=clock.sleep) == 0
+    assert len(calls) == 5 and clock.now - 1000.0 == 2.0
+
+    async def broken() -> bool:
+        raise Flaky()
+
+    with pytest.raises(Flaky):
+        await poll(broken, every_s=0.5, clock=clock, sleep=clock.sleep)

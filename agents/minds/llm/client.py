@@ -46,9 +46,10 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ValidationError
 
 from agents.minds.meter import charge
-from agents.minds.llm.config import MindConfig, ModelSettings, OutputMode
+from agents.minds.llm.config import MindConfig, ModelSettings
 from agents.minds.llm.errors import EndpointDown, InvalidAnswer, MindConfigError, MindFailed
 from bus.schema import Usage
+from bus.schema.kinds import OutputMode
 from bus.retry import CircuitBreaker, CircuitOpen, RetryPolicy, breaker_for
 
 T = TypeVar("T", bound=BaseModel)

@@ -11,28 +11,20 @@ later inside a project.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.minds.llm.errors import MindConfigError
+from bus.schema.formats import CONFIG_FILE, FormatError, LabConfig
+from bus.schema.kinds import OutputMode
+from bus.settings import ConfigError, Settings, settings
 
-OutputMode = Literal["auto", "json_schema", "json_object", "prompt"]
-
-# Environment variable -> field. Values are parsed as YAML scalars ("0.7" -> 0.7, "null" -> None).
-ENV_FIELDS = {
-    "LAB_LLM_MODEL": "model",
-    "LAB_LLM_BASE_URL": "base_url",
-    "LAB_LLM_API_KEY_ENV": "api_key_env",
-    "LAB_LLM_API_KEY_FILE": "api_key_file",
-    "LAB_LLM_TIMEOUT_S": "timeout_s",
-    "LAB_LLM_TEMPERATURE": "temperature",
-    "LAB_LLM_MAX_TOKENS": "max_tokens",
-    "LAB_LLM_OUTPUT_MODE": "output_mode",
-    "LAB_LLM_FAMILY": "family",
-}
+# The ``LAB_LLM_<FIELD>`` settings (bus.settings) override these fields of the config: ``llm_model`` is ``model``.
+ENV_PREFIX = "llm_"
 
 # USD per 1M tokens, an estimate for budgets (list prices when written); override under `prices:`.
 # A model missing here costs 0, which is right for local servers (vLLM, Ollama, llama.cpp).
@@ -178,22 +170,29 @@ def _read_yaml(path: Path, section: bool) -> dict[str, Any]:
     return data
 
 
-def _from_files(env: dict[str, str]) -> dict[str, Any]:
-    if env.get("LAB_MIND_CONFIG"):
-        return _read_yaml(Path(env["LAB_MIND_CONFIG"]), section=False)
-    if env.get("LAB_HOME"):
-        path = Path(env["LAB_HOME"]) / "config.yaml"
+def _from_files(s: Settings) -> dict[str, Any]:
+    if s.mind_config is not None:
+        return _read_yaml(s.mind_config, section=False)
+    if s.home is not None:
+        path = s.home / CONFIG_FILE
         if path.is_file():
-            return _read_yaml(path, section=True)
+            try:
+                return dict(LabConfig.parse(_read_text(path), where=str(path)).mind)
+            except FormatError as e:
+                raise MindConfigError(str(e)) from None
     return {}
 
 
-def _from_env(env: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for var, name in ENV_FIELDS.items():
-        if var in env and env[var] != "":
-            out[name] = yaml.safe_load(env[var]) if name not in ("model", "base_url", "api_key_env", "api_key_file") else env[var]
-    return out
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise MindConfigError(f"{path}: {e.strerror or e}") from None
+
+
+def _from_env(s: Settings) -> dict[str, Any]:
+    """The ``LAB_LLM_*`` variables that are set (``null`` among them: it clears what a file set)."""
+    return {name.removeprefix(ENV_PREFIX): getattr(s, name) for name in sorted(s.model_fields_set) if name.startswith(ENV_PREFIX)}
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -203,10 +202,13 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> MindConfig:
-    """The mind config from files, then env, then ``overrides`` (the dict given to ``make``)."""
-    env = dict(os.environ) if env is None else env
-    data = _deep_merge(_deep_merge(_from_files(env), _from_env(env)), overrides or {})
+def load_config(overrides: dict[str, Any] | None = None, env: Mapping[str, str] | None = None) -> MindConfig:
+    """The mind config from files, then env, then ``overrides`` (the dict given to ``make``); ``env`` replaces os.environ."""
+    try:
+        s = settings(env)
+    except ConfigError as e:
+        raise MindConfigError(f"mind config: {e}") from None
+    data = _deep_merge(_deep_merge(_from_files(s), _from_env(s)), overrides or {})
     try:
         return MindConfig.model_validate(data)
     except ValidationError as e:

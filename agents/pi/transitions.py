@@ -1,0 +1,639 @@
+"""The PI's state machine as pure functions: (state, event, now) -> ``Step``.
+
+direction → ideas → novelty → experiments → analysis → draft → review ⇄ revision → decision.
+
+Each transition takes the durable ``ProjectState`` and what arrived (and the
+time, passed in), and returns a ``Step``: the new state (a copy: the state it
+was given is left as it was), the effects to perform in order (messages to
+send, lines to log, objects to store, archive records to write) and, where
+only the mind can go on, an ``Ask`` (ideas to propose, a review to answer)
+whose answer the handler gives to the next transition. Nothing here does I/O,
+reads a clock, or calls a mind: ``agents/pi/workflow.py`` performs the effects
+and asks, so every decision of the PI can be tested from data alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from agents.minds.base import IdeaContext, NoteReading, ReviewContext
+from agents.pi import outcomes as outcome
+from agents.pi.scores import rank
+from agents.pi.state import ExperimentState, IdeaState, ProjectState
+from bus.errors import MindUnavailable
+from bus.schema import (
+    BASELINE,
+    AnalysisDone,
+    AnalysisReport,
+    AnalysisRequest,
+    ArchiveRecord,
+    CoPINote,
+    Decision,
+    DraftReady,
+    DraftRequest,
+    ExperimentPlanned,
+    ExperimentRequest,
+    ExperimentResult,
+    Idea,
+    IdeaOutcome,
+    ItemResponse,
+    NoteAck,
+    NoveltyCheck,
+    NoveltyVerdict,
+    Rebuttal,
+    Recipient,
+    ReferenceSearch,
+    ReferencesFound,
+    ReviewDone,
+    ReviewRequest,
+    RevisionItem,
+    StartProject,
+    StepFailed,
+    Usage,
+    signature_of,
+)
+
+IDEAS_PER_WAVE = 2
+# The mind proposes this many times a wave's ideas; the PI ranks them by score and runs the best (agents/pi/scores.py).
+PROPOSALS_PER_IDEA = 2
+# The archive's most recent records a project keeps in its state and shows its mind (the state is one KV value).
+PRIOR_KEPT = 200
+# A direction that asks for ideas tried before (in this project or the archive) to be run again.
+_REPEAT = re.compile(r"\b(repeat|re-?run|again|replicate|reproduce)\b", re.I)
+_NO_REPEAT = re.compile(r"\b(don'?t|do not|never|avoid|no|without)\b\W+(\w+\W+){0,3}(repeat|re-?run|again|replicate|reproduce)", re.I)
+_ENDED = ("done", "failed")
+
+
+def asks_repeat(text: str) -> bool:
+    """Whether a direction or a note asks for ideas tried before to run again ("do not repeat" does not)."""
+    return bool(_REPEAT.search(text)) and not _NO_REPEAT.search(text)
+
+
+def wants_references(item: RevisionItem) -> bool:
+    """A review item that more citations answer: add_citation, or one that asks for references in words."""
+    return item.kind == "add_citation" or bool(re.search(r"\b(cite|citations?|references?|prior work)\b", item.text, re.I))
+
+
+# ------------------------------------------------------------ what a step decides
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message to send (the host publishes it once the new state is stored)."""
+
+    body: BaseModel
+    to: Recipient
+
+
+@dataclass(frozen=True)
+class Log:
+    level: Literal["info", "warning", "error"]
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PutArtifact:
+    """An object to store; the same bytes under the same name twice is harmless, so a redelivery may repeat it."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Remember:
+    """A record for the idea archive; its key and content derive from the state and the message, never the clock."""
+
+    record: ArchiveRecord
+
+
+Effect = Send | Log | PutArtifact | Remember
+
+
+@dataclass(frozen=True)
+class ProposeIdeas:
+    """Ask the mind for ideas (``idea_context``, after ``with_prior``); its answer goes to ``wave_proposed`` or ``wave_failed``."""
+
+    take: int  # how many of the ranked proposals to run
+
+    @property
+    def n(self) -> int:
+        return self.take * PROPOSALS_PER_IDEA
+
+
+@dataclass(frozen=True)
+class AnswerReview:
+    """Ask the mind to answer the review; its answer goes to ``review_answered``, a failure to ``finish``."""
+
+    context: ReviewContext
+
+
+Ask = ProposeIdeas | AnswerReview
+
+
+@dataclass
+class Step:
+    state: ProjectState
+    effects: list[Effect] = field(default_factory=list)
+    ask: Ask | None = None
+
+    @property
+    def sent(self) -> list[tuple[BaseModel, Recipient]]:
+        return [(e.body, e.to) for e in self.effects if isinstance(e, Send)]
+
+
+def _copy(st: ProjectState) -> ProjectState:
+    # Transitions change a copy, so the caller's state is never half-changed by a step it did not keep.
+    return st.model_copy(deep=True)
+
+
+def _begin(st: ProjectState) -> tuple[ProjectState, list[Effect]]:
+    """A transition's working copy of the state, and its (so far empty) effects."""
+    return _copy(st), []
+
+
+# ------------------------------------------------------------ start and the co-PI
+
+
+def start(state: ProjectState | None, body: StartProject, project: str, now: float) -> Step:
+    """A new project: the baseline is asked for at once (it needs no novelty check), then the first wave of ideas."""
+    if state is not None:
+        return Step(state, [Log("info", "project already started", {"stage": state.stage})])
+    st = ProjectState(
+        project=project, template=body.template, template_object=body.template_object, spec=body.spec,
+        direction=body.direction, seed=body.seed, budget=body.budget, fast=body.fast, profile=body.profile,
+        mind=body.mind, started_at=now,
+    )
+    out: list[Effect] = []
+    _request_experiment(st, out, BASELINE, None, list(range(st.spec.seeds)))
+    return Step(st, out, _plan_wave(st, now))
+
+
+def new_note(st: ProjectState, note: CoPINote) -> CoPINote | None:
+    """The note as the state keeps it, or None when it was taken already (a redelivery)."""
+    note = note.model_copy(update={"received_at": None})
+    return None if any(n.id == note.id for n in st.notes) else note
+
+
+def note_read(st: ProjectState, note: CoPINote, reading: NoteReading) -> Step:
+    """The mind read a co-PI note: keep its constraints, acknowledge it, and stop the project if it says so."""
+    st, out = _begin(st)
+    st.notes.append(note)
+    st.constraints.update(reading.constraints)
+    out.append(Send(NoteAck(note_id=note.id, understood=reading.understood, constraints=reading.constraints), "copi"))
+    if reading.parsed:
+        out.append(Log("info", "co-PI note taken", {"note": note.text, "constraints": reading.constraints}))
+    else:
+        out.append(Log("warning", "co-PI note not understood", {"note": note.text, "answer": reading.understood}))
+    if reading.constraints.get("stop") and st.stage not in _ENDED:
+        _finish(st, out, accepted=False, reason=f"stopped by the co-PI: {note.text!r}", failed=True)
+    return Step(st, out)
+
+
+# ------------------------------------------------------------ ideas and novelty
+
+
+def _plan_wave(st: ProjectState, now: float) -> ProposeIdeas | None:
+    """Open a new wave if the idea budget and the wall time allow; how many ideas it may run."""
+    # Ideas found not novel do not use up the idea budget, but proposals are capped all the same.
+    counted = sum(1 for s in st.ideas.values() if s.status != "not_novel")
+    left = min(st.budget.max_ideas - counted, 3 * st.budget.max_ideas - len(st.ideas))
+    if left <= 0 or out_of_time(st, now):
+        return None
+    st.wave += 1
+    return ProposeIdeas(take=min(IDEAS_PER_WAVE, left))
+
+
+def with_prior(st: ProjectState, records: list[ArchiveRecord]) -> ProjectState:
+    """The state with what earlier projects on its template tried (refreshed each wave and kept in the state,
+    so a redelivered message sees what the first delivery saw)."""
+    st = _copy(st)
+    st.prior = [r for r in records if r.project != st.project][-PRIOR_KEPT:]
+    return st
+
+
+def repeat_ok(st: ProjectState) -> bool:
+    # Read from the words as well as from the mind's constraints, so it holds whatever mind reads the notes.
+    return bool(st.constraints.get("repeat")) or any(asks_repeat(t) for t in [st.direction, *(n.text for n in st.notes)])
+
+
+def idea_context(st: ProjectState, n: int) -> IdeaContext:
+    """What the mind sees when it proposes ``n`` ideas: the project, its notes, and what came of every idea so far."""
+    baseline_walls = [r.wall_s for r in st.runs() if r.idea_id == BASELINE and r.status == "succeeded" and r.wall_s > 0]
+    return IdeaContext(
+        spec=st.spec, direction=st.direction, notes=st.notes, constraints=st.constraints,
+        previous=[s.idea for s in st.ideas.values()], outcomes=outcomes(st), prior=st.prior,
+        repeat_ok=repeat_ok(st), profile=st.profile,
+        baseline_wall_s=max(baseline_walls) if baseline_walls else None, n=n, seed=st.seed + st.wave,
+    )
+
+
+def fresh(st: ProjectState, ideas: list[Idea]) -> list[Idea]:
+    """Ideas not proposed before in this project, nor (unless repeats are asked for) tried by an earlier one."""
+    mine = {signature_of(s.idea) for s in st.ideas.values()}
+    elsewhere = set() if repeat_ok(st) else {r.signature for r in st.prior}
+    out, seen = [], set()
+    for idea in ideas:
+        sig = signature_of(idea)
+        if idea.id in st.ideas or idea.id == BASELINE or sig in mine or sig in elsewhere or sig in seen:
+            continue
+        seen.add(sig)
+        out.append(idea)
+    return out
+
+
+def outcomes(st: ProjectState) -> dict[str, IdeaOutcome]:
+    """Every idea's outcome so far: the report's comparison once analysed, else read from its runs."""
+    metric = st.spec.primary_metric
+    direction = st.spec.metrics[metric].direction
+    exploratory = [r for e in st.experiments.values() if not e.confirmation for r in e.runs]
+    out: dict[str, IdeaOutcome] = {}
+    for idea_id, s in st.ideas.items():
+        found = outcome.from_report(s.idea, st.report) if st.report is not None else None
+        if found is None and s.status == "done":
+            found = outcome.from_runs(s.idea, exploratory, metric, direction)
+        if found is None:
+            status = {"done": "inconclusive", "failed": "failed", "not_novel": "not_novel", "skipped": "skipped"}.get(s.status, "pending")
+            found = outcome.unmeasured(s.idea, status, s.reason)  # type: ignore[arg-type]
+        out[idea_id] = found
+    return out
+
+
+def wave_proposed(st: ProjectState, ideas: list[Idea], take: int) -> Step:
+    """The mind proposed: keep the fresh ones, rank them, send the best ``take`` to the novelty check.
+
+    A wave that keeps none lets the project move on (to the analysis, or to its end).
+    """
+    st, out = _begin(st)
+    ideas, dropped = rank(fresh(st, ideas))
+    if dropped:
+        out.append(Log("info", "ideas dropped under the score floor", {"dropped": dropped}))
+    ideas = ideas[:take]
+    for idea in ideas:
+        st.ideas[idea.id] = IdeaState(idea=idea, wave=st.wave)
+        check = NoveltyCheck(idea=idea, template=st.template, template_object=st.template_object, task=st.spec.task, keywords=st.spec.keywords)
+        out.append(Send(check, "literature"))
+    out.append(Log("info", "ideas proposed", {"wave": st.wave, "ideas": [i.id for i in ideas]}))
+    if not ideas:
+        _after_wave(st, out)
+    return Step(st, out)
+
+
+def wave_failed(st: ProjectState, error: Exception) -> Step:
+    """The mind could not propose; one that is down for good ends the project once the runs in flight are in."""
+    st, out = _begin(st)
+    out.append(Log("error", "no ideas: the mind failed", {"reason": str(error)}))
+    if isinstance(error, MindUnavailable):  # the analysis and the paper need the model too
+        st.halt = f"ideas failed: {error.reason}"
+    _after_wave(st, out)
+    return Step(st, out)
+
+
+def verdict(st: ProjectState, body: NoveltyVerdict, now: float) -> Step:
+    """The literature agent judged an idea: a novel one runs while the run budget lasts."""
+    st, out = _begin(st)
+    state = st.ideas.get(body.idea_id)
+    if state is None or state.status != "checking":
+        return Step(st)
+    state.verdict = body
+    for ref in body.references:
+        st.references.setdefault(ref.key, ref)
+    if not body.novel:
+        state.status, state.reason = "not_novel", body.justification
+    elif st.runs_used >= st.budget.max_runs:
+        state.status, state.reason = "skipped", "run budget spent"
+    else:
+        state.status = "running"
+        _request_experiment(st, out, state.idea.id, state.idea, list(range(st.spec.seeds)))
+    return Step(st, out, _advance(st, out, now))
+
+
+# ------------------------------------------------------------ experiments
+
+
+def _request_experiment(
+    st: ProjectState, out: list[Effect], idea_id: str, idea: Idea | None, seeds: list[int], confirmation: bool = False
+) -> None:
+    exp_id = f"x{len(st.experiments) + 1:02d}-{idea_id}"[:60]
+    st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round, confirmation=confirmation)
+    st.stage = "experiments"
+    request = ExperimentRequest(
+        experiment_id=exp_id, idea=idea, seeds=seeds, template=st.template, template_object=st.template_object,
+        spec=st.spec, fast=st.fast, profile=st.profile,
+    )
+    out.append(Send(request, "engineer"))
+
+
+def _idea_failed(st: ProjectState, idea_id: str, reason: str) -> None:
+    idea = st.ideas.get(idea_id)
+    if idea is not None and idea.status in ("running", "checking", "novel"):
+        idea.status, idea.reason = "failed", reason
+
+
+def planned(st: ProjectState, body: ExperimentPlanned, now: float) -> Step:
+    """The engineer planned an experiment; only a rejected plan changes anything (the experiment fails)."""
+    st, out = _begin(st)
+    exp = st.experiments.get(body.experiment_id)
+    if exp is None or not body.rejected or exp.status != "requested":
+        return Step(st)
+    exp.status, exp.reason = "failed", body.rejected
+    _idea_failed(st, exp.idea_id, body.rejected)
+    return Step(st, out, _advance(st, out, now))
+
+
+def result(st: ProjectState, body: ExperimentResult, now: float) -> Step:
+    """An experiment's runs are in: it is done if any run succeeded."""
+    st, out = _begin(st)
+    exp = st.experiments.get(body.experiment_id)
+    if exp is None or exp.status != "requested":
+        return Step(st)
+    exp.runs = body.runs
+    ok = any(r.status == "succeeded" for r in body.runs)
+    exp.status = "done" if ok else "failed"
+    exp.reason = "; ".join(r.reason for r in body.runs if r.reason)
+    idea = st.ideas.get(exp.idea_id)
+    if idea is not None and idea.status == "running":
+        if ok:
+            idea.status = "done"
+        else:
+            _idea_failed(st, exp.idea_id, exp.reason or "all runs failed")
+    return Step(st, out, _advance(st, out, now))
+
+
+def step_failed(st: ProjectState, body: StepFailed, now: float) -> Step:
+    """Another role could not do its step: an experiment or a novelty check fails alone; the analysis, draft or review end the project."""
+    st = _copy(st)
+    out: list[Effect] = [Log("warning", "step failed", {"step": body.step, "reason": body.reason, "ref": body.ref})]
+    if body.step == "experiment" and body.ref in st.experiments:
+        exp = st.experiments[body.ref]
+        if exp.status == "requested":
+            exp.status, exp.reason = "failed", body.reason
+            _idea_failed(st, exp.idea_id, body.reason)
+    elif body.step == "novelty_check" and body.ref in st.ideas and st.ideas[body.ref].status == "checking":
+        st.ideas[body.ref].status, st.ideas[body.ref].reason = "skipped", f"novelty check failed: {body.reason}"
+    elif body.step in ("analysis", "draft", "review"):
+        _finish(st, out, accepted=False, reason=f"{body.step} failed: {body.reason}", failed=True)
+        return Step(st, out)
+    return Step(st, out, _advance(st, out, now))
+
+
+# ------------------------------------------------------------ moving on
+
+
+def _waiting(st: ProjectState) -> bool:
+    """Whether the project is past the experiments, or still waits for a check, a run or references."""
+    if st.stage not in ("ideas", "experiments"):
+        return True
+    return (
+        any(s.status == "checking" for s in st.ideas.values())
+        or any(e.status == "requested" for e in st.experiments.values())
+        or bool(st.citations_pending)
+    )
+
+
+def advance(st: ProjectState, now: float) -> Step:
+    """Decide what follows once nothing is outstanding: another wave of ideas, the analysis, or the end."""
+    st, out = _begin(st)
+    return Step(st, out, _advance(st, out, now))
+
+
+def _advance(st: ProjectState, out: list[Effect], now: float) -> Ask | None:
+    if _waiting(st):
+        return None
+    if not st.halt and st.round == 0 and not st.confirmed:
+        wave = _plan_wave(st, now)
+        if wave is not None:
+            return wave
+    _settle(st, out)
+    return None
+
+
+def _after_wave(st: ProjectState, out: list[Effect]) -> None:
+    """A wave that ran nothing: move on as ``_advance`` would have without it (never another wave, so it ends)."""
+    if not _waiting(st):
+        _settle(st, out)
+
+
+def _settle(st: ProjectState, out: list[Effect]) -> None:
+    if st.halt:
+        _finish(st, out, accepted=False, reason=st.halt, failed=True)
+        return
+    baseline_ok = any(e.idea_id == BASELINE and e.status == "done" for e in st.experiments.values())
+    if not baseline_ok and st.round == 0:
+        _finish(st, out, accepted=False, reason="the baseline failed to run; no fair comparison is possible", failed=True)
+        return
+    st.stage = "analysis"
+    out.append(Send(AnalysisRequest(round=st.round, spec=st.spec, runs=st.runs(), confirmation=st.confirmation_ids()), "analyst"))
+
+
+def archive_records(st: ProjectState, when: float) -> list[ArchiveRecord]:
+    """A record of every idea this project ran, as of ``when`` (the message's time, so a redelivery writes the same)."""
+    records = []
+    for idea_id, o in outcomes(st).items():
+        if o.status in ("pending", "not_novel", "skipped"):
+            continue  # never ran: nothing came of it
+        idea = st.ideas[idea_id].idea
+        records.append(ArchiveRecord(
+            template=st.template, signature=signature_of(idea), project=st.project,
+            recorded_at=when, direction=st.direction, round=st.round, outcome=o,
+        ))
+    return records
+
+
+def analysis_done(st: ProjectState, body: AnalysisDone, when: float) -> Step:
+    """The analysis is in: archive what came of each idea, then confirm significant findings or ask for the draft."""
+    st, out = _begin(st)
+    if st.stage != "analysis" or body.report.round != st.round:
+        return Step(st)
+    st.report = body.report
+    out.extend(Remember(r) for r in archive_records(st, when))
+    if _confirm(st, out, body.report):
+        return Step(st, out)
+    st.stage = "draft"
+    request = DraftRequest(
+        round=st.round, spec=st.spec, direction=st.direction,
+        ideas=[s.idea for s in st.ideas.values() if s.status in ("done", "failed", "running")],
+        report=body.report, references=list(st.references.values()), notes=st.notes,
+        revision_items=st.revision_items, responses=st.responses, usage=st.usage,
+        not_novel={s.idea.id: s.reason for s in st.ideas.values() if s.status == "not_novel"},
+    )
+    out.append(Send(request, "writer"))
+    return Step(st, out)
+
+
+def _confirm(st: ProjectState, out: list[Effect], report: AnalysisReport) -> bool:
+    """Ask for a confirmation run on fresh seeds of every significant primary finding not yet confirmed.
+
+    A finding becomes a headline only once it replicates, so this is
+    budgeted before the draft: the baseline and each such idea run again on
+    seeds no arm has used, and the analysis is redone with them apart.
+    Returns whether anything was requested (then the draft waits).
+    """
+    todo = [
+        c.idea_id for c in report.comparisons
+        if c.metric == report.primary_metric and c.verdict != "inconclusive" and c.replicated is None
+        and c.idea_id in st.ideas and c.idea_id not in st.confirmed
+    ]
+    if not todo:
+        return False
+    if st.runs_used + len(todo) + 1 > st.budget.max_runs:
+        out.append(Log("warning", "no confirmation run: run budget spent", {"ideas": todo, "runs_left": st.budget.max_runs - st.runs_used}))
+        return False
+    used = {s for e in st.experiments.values() for s in e.seeds}
+    first = max(used, default=-1) + 1
+    seeds = list(range(first, first + st.spec.seeds))
+    st.confirmed = st.confirmed + todo
+    out.append(Log("info", "confirmation runs", {"ideas": todo, "seeds": seeds}))
+    _request_experiment(st, out, BASELINE, None, seeds, confirmation=True)
+    for idea_id in todo:
+        _request_experiment(st, out, idea_id, st.ideas[idea_id].idea, seeds, confirmation=True)
+    return True
+
+
+# ------------------------------------------------------------ draft, review, revision
+
+
+def draft_ready(st: ProjectState, body: DraftReady) -> Step:
+    """The writer's draft goes to the reviewers."""
+    st, out = _begin(st)
+    if st.stage != "draft" or body.round != st.round or st.report is None:
+        return Step(st)
+    st.draft = body
+    st.stage = "review"
+    request = ReviewRequest(
+        round=st.round, draft=body, report=st.report, references=list(st.references.values()),
+        max_rounds=st.budget.max_revision_rounds,
+    )
+    out.append(Send(request, "reviewer"))
+    return Step(st, out)
+
+
+def review_done(st: ProjectState, body: ReviewDone, now: float) -> Step:
+    """The meta-review decides: accept or reject ends the project; revise asks the mind to answer, budget and time allowing."""
+    st, out = _begin(st)
+    if st.stage != "review" or body.round != st.round:
+        return Step(st)
+    st.reviews.append(body)
+    meta = body.meta
+    if meta.decision == "accept":
+        _finish(st, out, accepted=True, reason=f"accepted in round {st.round} (meta-review overall {meta.overall:.1f})")
+    elif meta.decision == "reject":
+        _finish(st, out, accepted=False, reason=f"rejected in round {st.round}: {meta.summary}")
+    elif st.round >= st.budget.max_revision_rounds or out_of_time(st, now):
+        why = "revision rounds spent" if st.round >= st.budget.max_revision_rounds else "wall time spent"
+        _finish(st, out, accepted=False, reason=f"not accepted: {why} with {len(meta.revision_items)} items open")
+    else:
+        context = ReviewContext(
+            items=meta.revision_items, report=st.report,
+            runs_left=st.budget.max_runs - st.runs_used, rounds_left=st.budget.max_revision_rounds - st.round,
+        )
+        return Step(st, out, AnswerReview(context))
+    return Step(st, out)
+
+
+def review_answered(st: ProjectState, items: list[RevisionItem], responses: list[ItemResponse], now: float) -> Step:
+    """The PI's answers to the review: a rebuttal, then the runs and references the answers promise, then a new round."""
+    st, out = _begin(st)
+    st.revision_items, st.responses = items, responses
+    st.round += 1
+    out.append(Send(Rebuttal(round=st.round - 1, responses=responses), "reviewer"))
+    by_id = {i.id: i for i in items}
+    for r in responses:
+        item = by_id.get(r.item_id)
+        if r.action == "act" and item is not None and item.kind == "more_seeds":
+            _more_seeds(st, out, item.target)
+        if r.action == "act" and item is not None and wants_references(item):
+            _search_references(st, out, item.id)
+    st.stage = "experiments"
+    return Step(st, out, _advance(st, out, now))
+
+
+def _more_seeds(st: ProjectState, out: list[Effect], target: str) -> None:
+    """Run more seeds for an idea, and for the baseline too, so both arms keep equal seeds."""
+    arms = [target] if target == BASELINE else [target, BASELINE]
+    for arm in arms:
+        if arm != BASELINE and arm not in st.ideas:
+            continue
+        if st.runs_used >= st.budget.max_runs:
+            return
+        have = {s for e in st.experiments.values() if e.idea_id == arm for s in e.seeds}
+        if any(e.idea_id == arm and e.round == st.round for e in st.experiments.values()):
+            continue  # already asked this round
+        first = max(have, default=-1) + 1
+        idea = st.ideas[arm].idea if arm in st.ideas else None
+        _request_experiment(st, out, arm, idea, list(range(first, first + st.spec.seeds)))
+
+
+def _search_references(st: ProjectState, out: list[Effect], item_id: str) -> None:
+    """Ask the literature agent for papers the review wants; the draft waits for the answer."""
+    keywords = [str(k) for k in st.spec.keywords]
+    topic = keywords[0] if keywords else (st.spec.name or st.template).replace("_", " ")
+    changes = [k.replace("_", " ") for s in st.ideas.values() if s.status in ("done", "failed") for k in s.idea.changes]
+    queries = list(dict.fromkeys([*keywords[:4], *(f"{c} {topic}" for c in changes)]))[:8] or [topic]
+    st.citations_pending = [*st.citations_pending, item_id]
+    out.append(Send(ReferenceSearch(item_id=item_id, queries=queries, template_object=st.template_object, known=sorted(st.references)), "literature"))
+
+
+def references_found(st: ProjectState, body: ReferencesFound, now: float) -> Step:
+    """The literature agent's answer to a citation item: cite what is new, or turn the promise into a rebuttal."""
+    st, out = _begin(st)
+    if body.item_id not in st.citations_pending:
+        return Step(st)
+    st.citations_pending = [i for i in st.citations_pending if i != body.item_id]
+    new = [r for r in body.references if r.key not in st.references]
+    for ref in new:
+        st.references[ref.key] = ref
+    if not new:
+        # "act" must change the paper; with nothing new to cite it cannot, so the answer becomes a rebuttal.
+        why = f"the literature agent found nothing new to cite: {body.reason or 'no reason given'}"
+        st.responses = [r.model_copy(update={"action": "rebut", "text": why}) if r.item_id == body.item_id else r for r in st.responses]
+    else:
+        added = ", ".join(x.key for x in new)
+        st.responses = [r.model_copy(update={"text": f"{r.text} (added {added})"}) if r.item_id == body.item_id else r for r in st.responses]
+    out.append(Log("info", "references added", {"item": body.item_id, "keys": [r.key for r in new]}))
+    return Step(st, out, _advance(st, out, now))
+
+
+# ------------------------------------------------------------ the end
+
+
+def finish(st: ProjectState, *, accepted: bool, reason: str, failed: bool = False) -> Step:
+    """The decision: the project ends, its reviews are stored, and everyone is told."""
+    st, out = _begin(st)
+    _finish(st, out, accepted=accepted, reason=reason, failed=failed)
+    return Step(st, out)
+
+
+def _finish(st: ProjectState, out: list[Effect], *, accepted: bool, reason: str, failed: bool = False) -> None:
+    st.stage = "failed" if failed else "done"
+    st.accepted = accepted
+    st.outcome = reason
+    review_object = None
+    if st.reviews:
+        review_object = f"{st.project}/review.json"
+        reviews = [r.model_dump(mode="json") for r in st.reviews]
+        out.append(PutArtifact(review_object, json.dumps(reviews, indent=2).encode()))
+    out.append(Send(Decision(accepted=accepted, reason=reason, rounds=st.round, paper=st.draft, review_object=review_object), "all"))
+    out.append(Log("info", "decision", {"accepted": accepted, "reason": reason}))
+
+
+def usage_reported(st: ProjectState, sender: str, usage: Usage) -> Step:
+    """A role's spend on this project so far; past the token or money budget the project ends."""
+    st, out = _begin(st)
+    st.usage[sender] = usage
+    for limit, spent, what in (
+        (st.budget.max_tokens, sum(u.prompt_tokens + u.completion_tokens for u in st.usage.values()), "token"),
+        (st.budget.max_cost_usd, sum(u.cost_usd for u in st.usage.values()), "money"),
+    ):
+        if limit is not None and spent > limit and st.stage not in _ENDED:
+            _finish(st, out, accepted=False, reason=f"{what} budget spent ({spent} > {limit})", failed=True)
+    return Step(st, out)
+
+
+def out_of_time(st: ProjectState, now: float) -> bool:
+    return now - st.started_at > st.budget.wall_time_s
