@@ -134,7 +134,7 @@ class AgentHost:
         s = settings()
         self.fault_delay_after_store = s.fault_delay_after_store  # chaos tests: widen the window between store and publish
         self.bench_mind_latency_s = s.bench_mind_latency_s  # bench/lab.py: a simulated mind call per message (0: none)
-        self.instance_name = s.instance  # `lab up` names each process (`pi-2`); None: from the replica index
+        self.instance_name = s.instance  # `lab up` names each process (`<role>-2`); None: from the replica index
 
     # ------------------------------------------------------------ lifecycle
 
