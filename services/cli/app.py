@@ -8,7 +8,7 @@ import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,7 +17,7 @@ from rich.markup import escape
 from bus import subjects
 from bus.client import Bus
 from bus.errors import BusTimeout, PermissionDenied
-from bus.schema import EXECUTOR_KINDS, MIND_KINDS, ROLES, ProjectView
+from bus.schema import EXECUTOR_KINDS, MIND_KINDS, ROLES, ExecutorKind, MindKind, ProjectView
 from bus.schema.constants import AGENTS_BUCKET
 from bus.replay import read
 from bus.store import Heartbeats, StateStore
@@ -55,10 +55,9 @@ def up(
     """Start nats-server (JetStream) and the six agents on this machine."""
     from services.lab.supervisor import LabOptions, parse_replicas
 
-    mind, executor = _mind(mind), _executor(executor)
-    _check_up(mind, executor, unsafe_no_sandbox, nats, cluster)
+    mind_kind, executor_kind = _check_up(_mind(mind), _executor(executor), unsafe_no_sandbox, nats, cluster)
     opts = LabOptions(
-        home=lab_home(), port=port, nats_url=nats, mind=mind, executor=executor, sync_always=sync_always,
+        home=lab_home(), port=port, nats_url=nats, mind=mind_kind, executor=executor_kind, sync_always=sync_always,
         cluster=cluster, replicas=parse_replicas(replicas),
     )
     if detach:
@@ -67,15 +66,16 @@ def up(
         _up_here(opts, web, web_port)
 
 
-def _check_up(mind: str, executor: str, unsafe_no_sandbox: bool, nats: str | None, cluster: int) -> None:
-    """`lab up`'s options, refused in one line before anything starts."""
-    _check_choice("mind", mind, MIND_KINDS)
-    _check_choice("executor", executor, EXECUTOR_KINDS)
-    _sandbox_gate(mind, executor, unsafe_no_sandbox)
+def _check_up(mind: str, executor: str, unsafe_no_sandbox: bool, nats: str | None, cluster: int) -> tuple[MindKind, ExecutorKind]:
+    """`lab up`'s options, refused in one line before anything starts; the mind and executor, as the kinds they were checked to be."""
+    mind_kind = _check_choice("mind", mind, MIND_KINDS)
+    executor_kind = _check_choice("executor", executor, EXECUTOR_KINDS)
+    _sandbox_gate(mind_kind, executor_kind, unsafe_no_sandbox)
     if nats is not None:
         _check_url(nats)
     if cluster > 1 and nats is not None:
         fail("--cluster starts embedded servers; it cannot be combined with --nats")
+    return mind_kind, executor_kind
 
 
 def _up_detached(opts: LabOptions, web: bool) -> None:
@@ -134,7 +134,7 @@ def agent(
     if role not in ROLES:
         fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     mind, executor = _mind(mind), _executor(executor)
-    _check_choice("mind", mind, MIND_KINDS)
+    mind = _check_choice("mind", mind, MIND_KINDS)
     if nats is not None:
         _check_url(nats)
     config = bus_config(role, nats)
@@ -378,8 +378,8 @@ def run(
     if attach is not None:
         raise typer.Exit(attach_project(attach, out, nats, quiet, console))
     mind, executor = _mind(mind), _executor(executor)
-    _check_choice("mind", mind, MIND_KINDS)
-    _check_choice("executor", executor, EXECUTOR_KINDS)
+    mind = _check_choice("mind", mind, MIND_KINDS)
+    executor = _check_choice("executor", executor, EXECUTOR_KINDS)
     _sandbox_gate(mind, executor, unsafe_no_sandbox)
     if model is not None and mind != "llm":
         fail("--model names the llm mind's model: add --mind llm")
@@ -387,6 +387,7 @@ def run(
         _check_url(nats)
     if fast and profile not in ("", "fast"):
         fail(f"--fast is --profile fast; it cannot go with --profile {profile}")
+    assert template is not None  # exactly one of --template / --attach, checked above
     opts = RunOptions(
         template=template, direction=direction, seed=seed, out=out, fast=fast, profile="fast" if fast else profile, max_ideas=max_ideas, max_runs=max_runs,
         max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
@@ -423,7 +424,7 @@ def evolve(
     """The Self-Developing loop: a mind proposes algorithms as code, the best on a dev split carry on, the final best meet the test split."""
     from services.cli.evolve import EvolveOptions, run_evolve
 
-    _check_choice("mind", mind, MIND_KINDS)
+    mind = _check_choice("mind", mind, MIND_KINDS)
     if nats is not None:
         _check_url(nats)
     s = lab_settings()
@@ -432,7 +433,7 @@ def evolve(
     if executor is None:  # on the lab `lab up` started here, the executor it runs its experiments with
         local = read_local_lab()
         executor = local.executor if nats is not None and local and local.serves(nats) else "local"
-    _check_choice("executor", executor, EXECUTOR_KINDS)
+    executor = _check_choice("executor", executor, EXECUTOR_KINDS)
     if model is not None and mind != "llm":
         fail("--model names the llm mind's model: add --mind llm")
     if fast and profile not in ("", "fast"):
@@ -498,9 +499,15 @@ def _executor(flag: str | None) -> str:
     return flag if flag is not None else lab_settings().executor
 
 
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        fail(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+_Kind = TypeVar("_Kind", bound=str)
+
+
+def _check_choice(what: str, value: str, choices: tuple[_Kind, ...]) -> _Kind:
+    """``value`` as the closed kind it names (``MindKind``, ``ExecutorKind``), else a one-line refusal."""
+    for choice in choices:
+        if value == choice:
+            return choice
+    fail(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _check_url(url: str) -> None:

@@ -17,7 +17,7 @@ the sub-commands keep their shorter ``error: ...`` prefix.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar, cast
 
 import typer
 from pydantic import ValidationError
@@ -64,7 +64,7 @@ def one_line_errors(prefix: str = "lab: error: ") -> Callable[[F], F]:
                 _err.print(f"{prefix}{describe(e)}", markup=False, soft_wrap=True)
                 raise typer.Exit(2) from None
 
-        return command  # type: ignore[return-value]
+        return cast(F, command)  # functools.wraps keeps fn's signature at run time
 
     return wrap
 

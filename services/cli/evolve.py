@@ -194,7 +194,7 @@ class CandidateRunner:
         try:
             files = workflow.patched(self.files, self.hook, p.code)
         except EditError as e:
-            return Candidate(**base, state="failed", reason=f"edit refused: {e}")  # type: ignore[arg-type]
+            return Candidate(**base, state="failed", reason=f"edit refused: {e}")
         async with self.slots:
             self.runs += 1
             planned = plan_job(
@@ -209,14 +209,14 @@ class CandidateRunner:
             status = await self._held_wait(job)
         base.update(job_id=job.job_id, wall_s=round(status.wall_s, 2))
         if status.state != "succeeded" or status.final_info is None:
-            return Candidate(**base, state="failed", reason=status.reason or status.state)  # type: ignore[arg-type]
+            return Candidate(**base, state="failed", reason=status.reason or status.state)
         info = status.final_info
         scored = (info.model_extra or {}).get("split", split)
         if scored != split or self.metric not in info.metrics:
             why = f"the experiment scored the {scored} split" if scored != split else f"no {self.metric} in final_info.json"
-            return Candidate(**base, state="failed", reason=why)  # type: ignore[arg-type]
+            return Candidate(**base, state="failed", reason=why)
         stat = info.metrics[self.metric]
-        return Candidate(**base, state="succeeded", score=stat.mean, stderr=stat.stderr,  # type: ignore[arg-type]
+        return Candidate(**base, state="succeeded", score=stat.mean, stderr=stat.stderr,
                          metrics={m: s.mean for m, s in info.metrics.items()})
 
     async def _held_wait(self, job: JobSpec) -> JobStatus:

@@ -25,8 +25,8 @@ from agents import templates
 from bus import subjects
 from bus.client import Bus
 from bus.errors import BusRefused, LabError, Unanswered
-from bus.schema import Budget, Decision, Envelope, ExecutorKind, MindChoice, MindKind, ProfileName, StartProject, TemplateError, TemplateSpec
-from bus.replay import read
+from bus.schema import Budget, Decision, Envelope, ExecutorKind, ExperimentResult, MindChoice, MindKind, ProfileName, StartProject, TemplateError, TemplateSpec
+from bus.replay import Entry, read
 from bus.retry import RetryPolicy
 from bus.store import Artifacts, Heartbeats
 from services.common.config import bus_config, lab_home, read_local_lab
@@ -228,7 +228,7 @@ async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions
 async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, sup: Any, deadline: float) -> Decision | None:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task(f"{project}: ideas", total=len(STAGES))
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[Entry] = asyncio.Queue()
 
         async def pump() -> None:
             # A replay that loses its stream for a moment (a node down) starts again, past what it already passed on.
@@ -253,7 +253,7 @@ async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, su
             await asyncio.gather(reader, return_exceptions=True)
 
 
-async def _watch(queue: asyncio.Queue, reader: asyncio.Task, project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float) -> Decision | None:
+async def _watch(queue: asyncio.Queue[Entry], reader: asyncio.Task[None], project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float) -> Decision | None:
     runs_done = 0
     while True:
         if sup is not None:
@@ -270,7 +270,7 @@ async def _watch(queue: asyncio.Queue, reader: asyncio.Task, project: str, opts:
         if not opts.quiet:
             progress.console.print(f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}", markup=True, highlight=False)
         stage = STAGE_OF.get(env.kind)
-        if env.kind == "experiment_result":
+        if isinstance(env.body, ExperimentResult):  # env.kind == "experiment_result"
             runs_done += len(env.body.runs)
         if stage:
             progress.update(task, completed=STAGES.index(stage) + (1 if stage == "decision" else 0), description=f"{project}: {stage} ({runs_done} runs done)")

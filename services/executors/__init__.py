@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from bus.schema import EXECUTOR_KINDS, ExecutorKind, NatsAccess
@@ -17,7 +18,9 @@ def make_executor(kind: str, options: dict[str, Any] | None = None) -> Executor:
     if kind not in EXECUTOR_KINDS:
         raise ExecutorError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTOR_KINDS)}")
     module = importlib.import_module(f"services.executors.{kind}")
-    return getattr(module, _MODULES[kind])(**(options or {}))  # type: ignore[index]  # kind is an ExecutorKind once checked
+    # The class takes its own settings model's fields as keywords; it validates them itself.
+    build: Callable[..., Executor] = getattr(module, _MODULES[kind])  # kind is an ExecutorKind once checked
+    return build(**(options or {}))
 
 
 __all__ = ["Executor", "ExecutorError", "NatsAccess", "make_executor", "EXECUTOR_KINDS"]

@@ -90,13 +90,16 @@ def _api_client(s: KubernetesSettings) -> client.ApiClient:
             cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)
             return client.ApiClient(cfg)
-        return config.new_client_from_config(config_file=s.kubeconfig, context=s.context)
+        api: client.ApiClient = config.new_client_from_config(config_file=s.kubeconfig, context=s.context)
+        return api
     except (ConfigException, OSError) as e:
         where = "in-cluster service account" if in_cluster else (s.kubeconfig or "~/.kube/config")
         raise ExecutorError(f"kubernetes: no usable configuration ({where}): {e}") from None
 
 
 def _message(e: ApiException) -> str:
+    if e.body is None:
+        return str(e.reason)
     try:
         return str(json.loads(e.body).get("message") or e.reason)
     except (TypeError, ValueError, AttributeError):
@@ -315,7 +318,7 @@ class KubernetesExecutor:
             return events  # without events the job still reads as waiting; nothing is lost
         for ev in found.items:
             obj = ev.involved_object
-            if obj is not None and obj.kind == "Job":
+            if obj is not None and obj.kind == "Job" and obj.name is not None:
                 events.setdefault(obj.name, []).append(ev)
         self._events = (time.monotonic(), events)
         return events
@@ -408,8 +411,9 @@ class KubernetesExecutor:
             label_selector=f"{PROJECT_LABEL}={value}",
         )
         for job in found.items:
-            if (job.metadata.labels or {}).get(PROJECT_LABEL) == value:
-                await self._delete(job.metadata.name)
+            meta = job.metadata
+            if meta is not None and meta.name is not None and (meta.labels or {}).get(PROJECT_LABEL) == value:
+                await self._delete(meta.name)
 
     async def close(self) -> None:
         for w in self._watchers or ():
@@ -425,7 +429,7 @@ def _is_ours(found: dict[str, str] | None) -> bool:
 def _event_time(ev: Any) -> float:
     for stamp in (ev.last_timestamp, getattr(ev, "event_time", None), ev.metadata.creation_timestamp if ev.metadata else None):
         if stamp is not None:
-            return stamp.timestamp()
+            return float(stamp.timestamp())
     return 0.0
 
 

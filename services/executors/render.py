@@ -554,7 +554,8 @@ def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = Non
     options = options or {}
     if executor == "kubernetes":
         s = settings(KubernetesSettings, options)
-        return yaml.safe_dump_all([k8s_job(job, s), k8s_job_secret(job, s)], sort_keys=False)
+        k8s_yaml: str = yaml.safe_dump_all([k8s_job(job, s), k8s_job_secret(job, s)], sort_keys=False)
+        return k8s_yaml
     if executor == "docker":
         s = settings(DockerSettings, options)
         pool = s.gpu_pool()
@@ -562,5 +563,6 @@ def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = Non
         job_file = {"path": f"{docker_job_dir(job.job_id, s)}/{JOB_SECRET_KEY}", "mode": "0400", "owner": s.user,
                     "content": json.loads(docker_job_file(job, s))}
         docs = [docker_volume(job, s), job_file, docker_container(job, s), docker_experiment_container(job, s, devices)]
-        return yaml.safe_dump_all(json.loads(json.dumps(docs)), sort_keys=False)
+        docker_yaml: str = yaml.safe_dump_all(json.loads(json.dumps(docs)), sort_keys=False)
+        return docker_yaml
     raise ExecutorError(f"cannot render for executor {executor!r}; choose kubernetes or docker")

@@ -38,7 +38,7 @@ from bus.schema.constants import HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import BusTimeout, LabError, MindError, StateConflict
 from bus.retry import RetryPolicy, backoff_delay
-from bus.schema import Envelope, Heartbeat, MindKind, RoleDocument, StepFailed, Usage, UsageReport, decode
+from bus.schema import Envelope, Heartbeat, MindKind, RoleDocument, RoleName, StepFailed, Usage, UsageReport, decode
 from bus.settings import ConfigError, Settings, settings
 from bus.store import Artifacts, Heartbeats, KVCache, StateStore
 from services.host.lanes import Lanes
@@ -113,8 +113,8 @@ class AgentHost:
         concurrency: int = DEFAULT_CONCURRENCY,
         replica: tuple[int, int] = (0, 1),
     ):
-        self.role_name = role
-        self.role: Role = role_class(role)()
+        self.role: Role = role_class(role)()  # an unknown role: ValueError, before anything else
+        self.role_name: RoleName = role_name(role)
         self.config = config
         self.home = home
         self.mind_kind = mind
@@ -122,7 +122,7 @@ class AgentHost:
         self.mind = self.minds.default
         self.llm_error = self.minds.unavailable()
         # What this role needs beyond the bus (services/wiring); a role without ports by default.
-        self.wiring = wiring or Wiring(role_name(role), home)
+        self.wiring = wiring or Wiring(self.role_name, home)
         self.stop = asyncio.Event()
         self.concurrency = concurrency
         self.replica = replica
@@ -332,11 +332,11 @@ class AgentHost:
             failed = StepFailed.of(env.body, e.reason)
             ctx.outputs = [(failed, self.wiring.reports_to)] if failed else []
             bound.error("step failed", step=failed.step if failed else env.kind, reason=e.reason)
-        outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]  # type: ignore[arg-type]
+        outputs = [env.reply(body, sender=self.role_name, recipient=to, index=i) for i, (body, to) in enumerate(ctx.outputs)]
         # What the mind spent on this message counts against this project; the role reported to hears of it (of its own too).
         usage = doc.usage + spent
         if spent != Usage():
-            outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient=self.wiring.reports_to, index=len(outputs)))  # type: ignore[arg-type]
+            outputs.append(env.reply(UsageReport(usage=usage), sender=self.role_name, recipient=self.wiring.reports_to, index=len(outputs)))
         outbox[env.id] = [o.model_dump_json() for o in outputs]
         outbox = dict(list(outbox.items())[-OUTBOX_KEEP:])
         new_doc = RoleDocument(

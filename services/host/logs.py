@@ -9,7 +9,7 @@ import structlog
 
 
 def setup_logging(role: str = "", json: bool = True, level: int = logging.INFO) -> None:
-    processors: list = [
+    processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -104,6 +104,6 @@ async def send_note(bus: Bus, project: str, text: str, to: str = "pi") -> CoPINo
         raise NoteRefused(f"unknown role {to!r}; choose one of {', '.join(ROLES)}")
     if not text.strip():
         raise NoteRefused("the note is empty")
-    note = CoPINote(id=uuid.uuid4().hex[:12], text=text.strip(), to=to)  # type: ignore[arg-type]
-    await bus.publish(Envelope(project=project, sender="copi", recipient=to, body=CoPINoteMsg(note=note)))  # type: ignore[arg-type]
+    note = CoPINote(id=uuid.uuid4().hex[:12], text=text.strip(), to=to)
+    await bus.publish(Envelope(project=project, sender="copi", recipient=to, body=CoPINoteMsg(note=note)))
     return note

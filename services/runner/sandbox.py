@@ -31,7 +31,7 @@ import resource
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -130,11 +130,11 @@ def _under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def sandbox_env(policy_env: dict[str, str], source: dict[str, str] | None = None) -> dict[str, str]:
-    """The experiment's whole environment: the allow-list from ``source`` plus what the runner sets."""
-    source = os.environ if source is None else source
+def sandbox_env(policy_env: dict[str, str], source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The experiment's whole environment: the allow-list from ``source`` (default: this process's) plus what the runner sets."""
+    env_in: Mapping[str, str] = os.environ if source is None else source
     bin_dir = str(Path(sys.executable).parent)
-    env = {k: source[k] for k in PASS_ENV if k in source}
+    env = {k: env_in[k] for k in PASS_ENV if k in env_in}
     env.update({"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "MPLCONFIGDIR": "/tmp/.mpl"})
     env.update(policy_env)
     return env
@@ -215,7 +215,8 @@ def become_subreaper() -> bool:
     try:
         import ctypes
 
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+        status: int = ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+        return status == 0
     except (OSError, AttributeError):
         return False
 

@@ -46,7 +46,8 @@ def _project(request: Request) -> str:
 
 
 def _bus(request: Request) -> Bus:
-    return request.app.state.bus
+    bus: Bus = request.app.state.bus  # set by the lifespan
+    return bus
 
 
 def _login(request: Request) -> Response | None:

@@ -31,7 +31,9 @@ class CoPIToken:
         self._copi_password = copi_password
 
     def matches(self, offered: str | None) -> bool:
-        return bool(offered) and secrets.compare_digest(offered.encode(), self._token.encode())  # type: ignore[union-attr]
+        if not offered:
+            return False
+        return secrets.compare_digest(offered.encode(), self._token.encode())
 
     def offered(self, request: Request) -> str | None:
         auth = request.headers.get("authorization", "")

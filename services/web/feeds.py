@@ -43,4 +43,5 @@ def render_markdown(text: str, link_base: str) -> str:
                 value = child.attrGet(attr)
                 if isinstance(value, str) and value and "://" not in value and not value.startswith(("/", "#", "mailto:")):
                     child.attrSet(attr, f"{link_base.rstrip('/')}/{value}")
-    return md.renderer.render(tokens, md.options, {})
+    html: str = md.renderer.render(tokens, md.options, {})
+    return html

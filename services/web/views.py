@@ -79,7 +79,7 @@ class JobLive:
 
     state: str = ""
     reason: str = ""
-    lines: deque = field(default_factory=lambda: deque(maxlen=LOG_TAIL))
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL))
 
 
 def job_activity(entries: Iterable[Entry]) -> dict[str, JobLive]:
