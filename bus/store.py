@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import nats
 from nats.js.api import Header
@@ -115,16 +115,24 @@ async def _latest(kv: Any, prefix: str, *, headers_only: bool) -> dict[str, byte
     return values
 
 
-class Heartbeats:
-    """The agents bucket: each agent process's last heartbeat under its key (``<role>`` or ``<role>.<n>``), gone with the TTL."""
+class _NamedBucket:
+    """A KV bucket the lab keeps under one fixed name, ``BUCKET``, opened as its typed class."""
+
+    BUCKET: ClassVar[str]
 
     def __init__(self, kv: Any):
         self.kv = kv
 
     @classmethod
     @translated
-    async def open(cls, bus: Bus) -> "Heartbeats":
-        return cls(await bus.js.key_value(AGENTS_BUCKET))
+    async def open(cls, bus: Bus) -> Self:
+        return cls(await bus.js.key_value(cls.BUCKET))
+
+
+class Heartbeats(_NamedBucket):
+    """The agents bucket: each agent process's last heartbeat under its key (``<role>`` or ``<role>.<n>``), gone with the TTL."""
+
+    BUCKET = AGENTS_BUCKET
 
     @translated
     async def put(self, key: str, beat: Heartbeat) -> None:
@@ -148,7 +156,7 @@ class Heartbeats:
             return []
 
 
-class IdeaArchive:
+class IdeaArchive(_NamedBucket):
     """The idea archive: one ``ArchiveRecord`` per (template, idea signature, project), kept across projects.
 
     A record's key and content derive only from the project's state and the
@@ -156,13 +164,7 @@ class IdeaArchive:
     under the same key: the put is idempotent.
     """
 
-    def __init__(self, kv: Any):
-        self.kv = kv
-
-    @classmethod
-    @translated
-    async def open(cls, bus: Bus) -> "IdeaArchive":
-        return cls(await bus.js.key_value(IDEAS_BUCKET))
+    BUCKET = IDEAS_BUCKET
 
     @translated
     async def put(self, record: ArchiveRecord) -> None:
