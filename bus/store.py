@@ -179,6 +179,11 @@ class IdeaArchive(_NamedBucket):
         return sorted(out, key=lambda r: (r.recorded_at, r.project, r.outcome.idea_id))
 
 
+def object_digest(data: bytes) -> str:
+    """An object's digest as the NATS object store records it in the object's info."""
+    return "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+
+
 VERSION_MARK = "~"
 
 
@@ -244,7 +249,7 @@ class Artifacts:
         if VERSION_MARK in name.rpartition("/")[2]:
             raise ValueError(f"artifact name {name!r}: {VERSION_MARK!r} marks versions and is not allowed in a name")
         version, info = await self._latest(name)
-        digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        digest = object_digest(data)
         if info is not None and info.digest == digest:
             return versioned(name, version)
         target = versioned(name, version + 1)
@@ -315,7 +320,7 @@ class CommittedObjects:
             chunks += 1
         info = {
             "name": name, "bucket": ARTIFACTS_BUCKET, "nuid": nuid, "size": len(data), "chunks": chunks,
-            "digest": "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode(),
+            "digest": object_digest(data),
             "mtime": datetime.now(UTC).isoformat(), "options": {"max_chunk_size": self.chunk_size},
         }
         reply = await self.bus.nc.request(self.commit_subject, json.dumps(info).encode(), timeout=self.timeout)
