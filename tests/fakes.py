@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from bus.errors import ArtifactMissing
 
 # A small template spec: two ordinary knobs with candidates, one fairness knob, a lower-is-better metric.
@@ -36,3 +39,21 @@ class MemoryStore:
 
     async def list(self, prefix: str) -> list[str]:
         return sorted(n for n in self.data if n.startswith(prefix))
+
+
+class DictCache:
+    """The literature cache (``bus.store.KVCache``) over a dict, counting its hits, misses and puts."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.hits = self.misses = self.puts = 0
+
+    async def get(self, key: str) -> Any:
+        value = self.data.get(key)
+        self.hits += value is not None
+        self.misses += value is None
+        return value
+
+    async def put(self, key: str, value: Any) -> None:
+        self.puts += 1
+        self.data[key] = json.loads(json.dumps(value))  # what a KV bucket would hand back
