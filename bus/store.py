@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import nats
 from nats.js.api import Header
@@ -115,16 +115,24 @@ async def _latest(kv: Any, prefix: str, *, headers_only: bool) -> dict[str, byte
     return values
 
 
-class Heartbeats:
-    """The agents bucket: each agent process's last heartbeat under its key (``<role>`` or ``<role>.<n>``), gone with the TTL."""
+class _NamedBucket:
+    """A KV bucket the lab keeps under one fixed name, ``BUCKET``, opened as its typed class."""
+
+    BUCKET: ClassVar[str]
 
     def __init__(self, kv: Any):
         self.kv = kv
 
     @classmethod
     @translated
-    async def open(cls, bus: Bus) -> "Heartbeats":
-        return cls(await bus.js.key_value(AGENTS_BUCKET))
+    async def open(cls, bus: Bus) -> Self:
+        return cls(await bus.js.key_value(cls.BUCKET))
+
+
+class Heartbeats(_NamedBucket):
+    """The agents bucket: each agent process's last heartbeat under its key (``<role>`` or ``<role>.<n>``), gone with the TTL."""
+
+    BUCKET = AGENTS_BUCKET
 
     @translated
     async def put(self, key: str, beat: Heartbeat) -> None:
@@ -148,7 +156,7 @@ class Heartbeats:
             return []
 
 
-class IdeaArchive:
+class IdeaArchive(_NamedBucket):
     """The idea archive: one ``ArchiveRecord`` per (template, idea signature, project), kept across projects.
 
     A record's key and content derive only from the project's state and the
@@ -156,13 +164,7 @@ class IdeaArchive:
     under the same key: the put is idempotent.
     """
 
-    def __init__(self, kv: Any):
-        self.kv = kv
-
-    @classmethod
-    @translated
-    async def open(cls, bus: Bus) -> "IdeaArchive":
-        return cls(await bus.js.key_value(IDEAS_BUCKET))
+    BUCKET = IDEAS_BUCKET
 
     @translated
     async def put(self, record: ArchiveRecord) -> None:
@@ -175,6 +177,11 @@ class IdeaArchive:
         values = await _latest(self.kv, f"{key_token(template)}." if template is not None else "", headers_only=False)
         out = [ArchiveRecord.model_validate_json(v) for v in values.values() if v]
         return sorted(out, key=lambda r: (r.recorded_at, r.project, r.outcome.idea_id))
+
+
+def object_digest(data: bytes) -> str:
+    """An object's digest as the NATS object store records it in the object's info."""
+    return "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
 
 
 VERSION_MARK = "~"
@@ -242,7 +249,7 @@ class Artifacts:
         if VERSION_MARK in name.rpartition("/")[2]:
             raise ValueError(f"artifact name {name!r}: {VERSION_MARK!r} marks versions and is not allowed in a name")
         version, info = await self._latest(name)
-        digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        digest = object_digest(data)
         if info is not None and info.digest == digest:
             return versioned(name, version)
         target = versioned(name, version + 1)
@@ -313,7 +320,7 @@ class CommittedObjects:
             chunks += 1
         info = {
             "name": name, "bucket": ARTIFACTS_BUCKET, "nuid": nuid, "size": len(data), "chunks": chunks,
-            "digest": "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode(),
+            "digest": object_digest(data),
             "mtime": datetime.now(UTC).isoformat(), "options": {"max_chunk_size": self.chunk_size},
         }
         reply = await self.bus.nc.request(self.commit_subject, json.dumps(info).encode(), timeout=self.timeout)

@@ -1,8 +1,12 @@
-"""Stand-ins for the bus's stores, for unit tests of roles without a server (integration tests use the real ones)."""
+"""Stand-ins for the bus's stores and for an executor, for tests of roles and of the host without the real ones."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from bus.errors import ArtifactMissing
+from bus.schema import JobPhase
 
 # A small template spec: two ordinary knobs with candidates, one fairness knob, a lower-is-better metric.
 TOY_SPEC = {
@@ -36,3 +40,52 @@ class MemoryStore:
 
     async def list(self, prefix: str) -> list[str]:
         return sorted(n for n in self.data if n.startswith(prefix))
+
+
+class DictCache:
+    """The literature cache (``bus.store.KVCache``) over a dict, counting its hits, misses and puts."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.hits = self.misses = self.puts = 0
+
+    async def get(self, key: str) -> Any:
+        value = self.data.get(key)
+        self.hits += value is not None
+        self.misses += value is None
+        return value
+
+    async def put(self, key: str, value: Any) -> None:
+        self.puts += 1
+        self.data[key] = json.loads(json.dumps(value))  # what a KV bucket would hand back
+
+
+class RecordingExecutor:
+    """An executor that runs nothing: it keeps what it was asked to start, and every job it was given is running.
+
+    Also the engineer's view of its jobs (``agents.engineer.jobs.Jobs``): no lab-wide ledger, so the
+    engineer counts this project's jobs itself.
+    """
+
+    ledger = None
+
+    def __init__(self) -> None:
+        self.submitted: list[Any] = []
+
+    def capacity(self) -> int | None:
+        return None
+
+    async def submit(self, job: Any) -> None:
+        self.submitted.append(job)
+
+    async def poll(self, job_id: str) -> JobPhase:
+        return JobPhase(state="running")
+
+    async def cancel(self, job_id: str) -> None:
+        pass
+
+    async def cleanup(self, project: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

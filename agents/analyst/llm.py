@@ -23,14 +23,11 @@ class LLMAnalystMind(LLMMind):
             if report.comparisons and not any(c.better for c in report.comparisons) and "significant improvement" in text and "no significant improvement" not in text:
                 raise InvalidAnswer("no comparison is significantly better than the baseline; do not claim a significant improvement")
 
-        answer = await self.client.ask(
-            "summarize",
-            self.system,
-            f"Analysis: {report_brief(report)}\nSummarise it in one paragraph for the PI: which ideas beat the baseline "
+        answer = await self.ask("summarize", [
+            f"Analysis: {report_brief(report)}",
+            "Summarise it in one paragraph for the PI: which ideas beat the baseline "
             "on the primary metric (with effect size and confidence interval), which did not, and every flag.",
-            SummaryAnswer,
-            check,
-        )
+        ], SummaryAnswer, check)
         return answer.summary
 
 

@@ -72,7 +72,7 @@ class LLMEngineerMind(LLMMind):
             )
         if error:
             parts.append(f"The previous attempt failed; fix the cause:\n{error[-4000:]}")
-        answer = await self.client.ask("plan", self.system, "\n".join(parts), PlanAnswer, check)
+        answer = await self.ask("plan", parts, PlanAnswer, check)
         return CodePlan(
             overrides=template.check_overrides(as_dict(answer.overrides)),
             edits=edits_of(answer),

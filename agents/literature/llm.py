@@ -30,19 +30,13 @@ class LLMLiteratureMind(LLMMind):
             if bad:
                 raise InvalidAnswer(f"queries must be non-empty and at most 200 characters: {bad[:2]}")
 
-        answer = await self.client.ask(
-            "queries",
-            self.system,
-            "\n".join([
-                f"Idea: {show(idea)}",
-                f"Task of the experiment template: {task}",
-                f"Search round {round}. Papers found so far: {brief(found) if found else 'none'}",
-                f"Write up to {limit} short search-engine queries (keywords, not sentences) that would find prior work "
-                "closest to this idea; do not repeat queries that found the papers above.",
-            ]),
-            QueryList,
-            check,
-        )
+        answer = await self.ask("queries", [
+            f"Idea: {show(idea)}",
+            f"Task of the experiment template: {task}",
+            f"Search round {round}. Papers found so far: {brief(found) if found else 'none'}",
+            f"Write up to {limit} short search-engine queries (keywords, not sentences) that would find prior work "
+            "closest to this idea; do not repeat queries that found the papers above.",
+        ], QueryList, check)
         out: list[str] = []
         for q in answer.queries:
             q = " ".join(q.split())
@@ -60,19 +54,13 @@ class LLMLiteratureMind(LLMMind):
             if not answer.novel and not answer.cited_keys:
                 raise InvalidAnswer("a 'not novel' verdict must cite the papers that already did it")
 
-        answer = await self.client.ask(
-            "judge_novelty",
-            self.system,
-            "\n".join([
-                f"Idea: {show(idea)}",
-                *([f"Task of the experiment template: {task}"] if task else []),
-                f"Papers found: {brief(found) if found else 'none'}",
-                "Is the idea novel with respect to these papers? Novel means no paper above already tests the same "
-                "change for the same effect in the same setting. Justify briefly; cite papers only by the keys above.",
-            ]),
-            NoveltyAnswer,
-            check,
-        )
+        answer = await self.ask("judge_novelty", [
+            f"Idea: {show(idea)}",
+            *([f"Task of the experiment template: {task}"] if task else []),
+            f"Papers found: {brief(found) if found else 'none'}",
+            "Is the idea novel with respect to these papers? Novel means no paper above already tests the same "
+            "change for the same effect in the same setting. Justify briefly; cite papers only by the keys above.",
+        ], NoveltyAnswer, check)
         return NoveltyJudgement(novel=answer.novel, justification=answer.justification, cited_keys=list(dict.fromkeys(answer.cited_keys)))
 
 

@@ -171,20 +171,14 @@ class LLMPIMind(LLMMind):
             if unknown:
                 raise InvalidAnswer(f"unknown knobs {unknown}; the template's knobs are {knobs}")
 
-        answer = await self.client.ask(
-            "read_note",
-            self.system,
-            "\n".join([
-                f"The co-PI sent this note: {note.text!r}",
-                f"The template's knobs:\n{knob_lines(template)}",
-                "Say in one sentence what you will do about it ('understood'). If the note restricts which knobs new "
-                "ideas may change, list them in allowed_knobs; if it rules knobs out, list them in forbidden_knobs; "
-                "otherwise leave both empty. Set stop to true only if the note asks to stop, cancel or abort the whole "
-                "project now (running jobs are cancelled and no paper is written).",
-            ]),
-            NoteAnswer,
-            check,
-        )
+        answer = await self.ask("read_note", [
+            f"The co-PI sent this note: {note.text!r}",
+            f"The template's knobs:\n{knob_lines(template)}",
+            "Say in one sentence what you will do about it ('understood'). If the note restricts which knobs new "
+            "ideas may change, list them in allowed_knobs; if it rules knobs out, list them in forbidden_knobs; "
+            "otherwise leave both empty. Set stop to true only if the note asks to stop, cancel or abort the whole "
+            "project now (running jobs are cancelled and no paper is written).",
+        ], NoteAnswer, check)
         constraints: dict[str, Any] = {}
         if answer.allowed_knobs:
             constraints["allowed_knobs"] = answer.allowed_knobs
@@ -210,19 +204,13 @@ class LLMPIMind(LLMMind):
 
         if not items:
             return []
-        answer = await self.client.ask(
-            "answer_review",
-            self.system,
-            "\n".join([
-                f"The reviewers ask for these revisions: {show(ctx.items)}",
-                f"Analysis so far: {report_brief(ctx.report)}",
-                f"Experiment runs left: {ctx.runs_left}; revision rounds left: {ctx.rounds_left}.",
-                "For each item decide: act (we will do it) or rebut (explain why not, with evidence). Items of kind "
-                "more_seeds or add_baseline need runs.",
-            ]),
-            ItemAnswers,
-            check,
-        )
+        answer = await self.ask("answer_review", [
+            f"The reviewers ask for these revisions: {show(ctx.items)}",
+            f"Analysis so far: {report_brief(ctx.report)}",
+            f"Experiment runs left: {ctx.runs_left}; revision rounds left: {ctx.rounds_left}.",
+            "For each item decide: act (we will do it) or rebut (explain why not, with evidence). Items of kind "
+            "more_seeds or add_baseline need runs.",
+        ], ItemAnswers, check)
         return answer.responses
 
 

@@ -61,6 +61,18 @@ def held_equal(name: str, knob: Knob) -> str:
     return "all other settings and the compute budget held equal"
 
 
+def _rejected_if(spec: TemplateSpec, metric: str, better: str, then: str) -> str:
+    """The falsification every offline idea states (Holm over the paper's comparisons), ``then`` what this kind adds."""
+    return (
+        f"Rejected if, over at least {spec.seeds} seeds per arm, the mean {metric} is not {better} than the "
+        f"baseline's with p < 0.05 after Holm's correction over every comparison of the paper{then}"
+    )
+
+
+def _direction_or_open(research_direction: str) -> str:
+    return research_direction.strip() or "the direction leaves the choice open"
+
+
 def knob_mentions(text: str, knobs: list[str]) -> list[str]:
     low = text.lower()
     return [k for k in knobs if k.lower() in low or k.replace("_", " ").lower() in low]
@@ -129,14 +141,10 @@ class OfflinePIMind:
                 f"Switching the experiment's code to the template's variant {name} ({summary or 'declared by the template'}) "
                 f"gives a {better} {metric} than the baseline on {spec.name}, all knobs held at the baseline's values."
             ),
-            falsification=(
-                f"Rejected if, over at least {spec.seeds} seeds per arm, the mean {metric} is not {better} than the "
-                f"baseline's with p < 0.05 after Holm's correction over every comparison of the paper; the compute each "
-                f"run used is compared with the baseline's."
-            ),
+            falsification=_rejected_if(spec, metric, better, "; the compute each run used is compared with the baseline's."),
             changes={},
             code=CodeChange(variant=name, summary=summary or f"the template's {name} variant"),
-            rationale=f"{name} is a code variant the template declares; {research_direction.strip() or 'the direction leaves the choice open'}.",
+            rationale=f"{name} is a code variant the template declares; {_direction_or_open(research_direction)}.",
         )
 
     def _idea(self, spec: TemplateSpec, name: str, value: Any, metric: str, direction: str, research_direction: str) -> Idea:
@@ -151,14 +159,10 @@ class OfflinePIMind:
                 f"Setting {name} to {value} instead of {base} gives a {better} {metric} than the baseline "
                 f"on {spec.name}, {held_equal(name, knob)}."
             ),
-            falsification=(
-                f"Rejected if, over at least {spec.seeds} seeds per arm, the mean {metric} is not {better} than the "
-                f"baseline's with p < 0.05 after Holm's correction over every comparison of the paper "
-                f"(a paired t-test when both arms run the same seeds)."
-            ),
+            falsification=_rejected_if(spec, metric, better, " (a paired t-test when both arms run the same seeds)."),
             changes={name: value},
             rationale=(
-                f"{name} ({what}) is a declared lever of this template; {research_direction.strip() or 'the direction leaves the choice open'}."
+                f"{name} ({what}) is a declared lever of this template; {_direction_or_open(research_direction)}."
             ),
         )
 

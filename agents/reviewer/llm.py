@@ -26,22 +26,15 @@ class LLMReviewerMind(LLMMind):
     role = "reviewer"
 
     async def review(self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int) -> Review:
-        answer = await self.client.ask(
-            "review",
-            self.system,
-            "\n".join([
-                f"You are reviewer #{index + 1} of an ensemble; review independently.",
-                f"Paper (Markdown):\n{paper_markdown[:MAX_PAPER_CHARS]}",
-                f"The analysis the paper must agree with: {report_brief(report)}",
-                f"References it may cite: {show([{'key': r.key, 'title': r.title} for r in references])}",
-                "Review in the NeurIPS form: summary, strengths, weaknesses, questions, limitations, ethics, scores "
-                "(originality, quality, clarity, significance, soundness, presentation, contribution 1-4; overall 1-10; "
-                "confidence 1-5) and a decision. Check every claimed number against the analysis.",
-            ]),
-            ReviewDraft,
-            check_review,
-            seed=self.seed * 1000 + index,
-        )
+        answer = await self.ask("review", [
+            f"You are reviewer #{index + 1} of an ensemble; review independently.",
+            f"Paper (Markdown):\n{paper_markdown[:MAX_PAPER_CHARS]}",
+            f"The analysis the paper must agree with: {report_brief(report)}",
+            f"References it may cite: {show([{'key': r.key, 'title': r.title} for r in references])}",
+            "Review in the NeurIPS form: summary, strengths, weaknesses, questions, limitations, ethics, scores "
+            "(originality, quality, clarity, significance, soundness, presentation, contribution 1-4; overall 1-10; "
+            "confidence 1-5) and a decision. Check every claimed number against the analysis.",
+        ], ReviewDraft, check_review, seed=self.seed * 1000 + index)
         answer = await self._reflect(answer, paper_markdown, report, index)
         return Review(reviewer=f"llm-{index}", **answer.model_dump(include=set(ReviewDraft.model_fields)))
 
@@ -88,19 +81,13 @@ class LLMReviewerMind(LLMMind):
             if len(ids) != len(set(ids)):
                 raise InvalidAnswer(f"revision item ids must be unique: {ids}")
 
-        answer = await self.client.ask(
-            "meta_review",
-            self.system,
-            "\n".join([
-                f"You are the area chair. Reviews: {show(reviews)}",
-                f"Analysis: {report_brief(report)}",
-                f"Revision round {round} of at most {max_rounds}." + ("" if can_revise else " No further revision is possible."),
-                "Write a meta-review: summary, overall score (within the reviewers' range), decision (accept, reject, or "
-                "revise if rounds remain), and concrete revision items (short ids like r1, r2) the authors must answer.",
-            ]),
-            MetaDraft,
-            check,
-        )
+        answer = await self.ask("meta_review", [
+            f"You are the area chair. Reviews: {show(reviews)}",
+            f"Analysis: {report_brief(report)}",
+            f"Revision round {round} of at most {max_rounds}." + ("" if can_revise else " No further revision is possible."),
+            "Write a meta-review: summary, overall score (within the reviewers' range), decision (accept, reject, or "
+            "revise if rounds remain), and concrete revision items (short ids like r1, r2) the authors must answer.",
+        ], MetaDraft, check)
         items = [i.to_item() for i in answer.revision_items] if answer.decision == "revise" else []
         return MetaReview(summary=answer.summary, overall=answer.overall, decision=answer.decision, revision_items=items)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 # A number token: not preceded by a word character, a dot (versions) or a hyphen
 # (ids like round-1); an optional sign, digits, decimals and exponent. A unit
@@ -41,45 +41,42 @@ def fmt(x: float | int) -> str:
     return text + "0" if text.endswith(".") else text
 
 
+def nodes(obj: Any, *, keys: bool = False) -> Iterator[Any]:
+    """Every value in a (dumped) model, depth first: each dict, list and tuple itself, then what it holds
+    (with ``keys``, a dict's keys too); a bool is a leaf like any other, for the caller to skip."""
+    yield obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if keys:
+                yield from nodes(k, keys=keys)
+            yield from nodes(v, keys=keys)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from nodes(v, keys=keys)
+
+
+def is_number(o: Any) -> bool:
+    """An int or a float, not a bool (which Python counts as an int)."""
+    return isinstance(o, (int, float)) and not isinstance(o, bool)
+
+
 def evidence_values(obj: Any) -> set[float]:
     """Every number in a (dumped) model, plus the length of every list in it."""
     out: set[float] = set()
-
-    def walk(o: Any) -> None:
-        if isinstance(o, bool) or o is None:
-            return
-        if isinstance(o, (int, float)):
-            if math.isfinite(o):
-                out.add(float(o))
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
+    for o in nodes(obj):
+        if is_number(o) and math.isfinite(o):
+            out.add(float(o))
         elif isinstance(o, (list, tuple)):
             out.add(float(len(o)))
-            for v in o:
-                walk(v)
-
-    walk(obj)
     return out
 
 
 def evidence_strings(obj: Any) -> list[str]:
     """Strings in the evidence that contain digits, longest first (what to mask)."""
-    found: set[str] = set()
-
-    def walk(o: Any) -> None:
-        if isinstance(o, str):
-            if any(ch.isdigit() for ch in o) and len(o) >= 2 and not NUMBER.fullmatch(o.strip()):
-                found.add(o)
-        elif isinstance(o, dict):
-            for k, v in o.items():
-                walk(k)
-                walk(v)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                walk(v)
-
-    walk(obj)
+    found = {
+        o for o in nodes(obj, keys=True)
+        if isinstance(o, str) and any(ch.isdigit() for ch in o) and len(o) >= 2 and not NUMBER.fullmatch(o.strip())
+    }
     return sorted(found, key=lambda s: (-len(s), s))
 
 

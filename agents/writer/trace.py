@@ -15,53 +15,28 @@ import math
 import re
 from typing import Any, Iterable
 
-from agents.writer.numbers import NUMBER, fmt, mask, matches
+from agents.writer.numbers import NUMBER, fmt, is_number, mask, matches, nodes
 from bus.schema import DraftRequest
 
 
 def display_numbers(obj: Any) -> set[str]:
     """Every number of a dumped model as ``fmt`` prints it, plus the number tokens of its strings."""
     out: set[str] = set()
-
-    def walk(o: Any) -> None:
-        if isinstance(o, bool) or o is None:
-            return
-        if isinstance(o, (int, float)):
+    for o in nodes(obj):
+        if is_number(o):
             if math.isfinite(o):
                 out.add(fmt(o))
                 if isinstance(o, float) and o.is_integer():
                     out.add(fmt(int(o)))
         elif isinstance(o, str):
             out.update(NUMBER.findall(o))
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
         elif isinstance(o, (list, tuple)):
             out.add(str(len(o)))
-            for v in o:
-                walk(v)
-
-    walk(obj)
     return out
 
 
 def raw_numbers(obj: Any) -> set[float]:
-    out: set[float] = set()
-
-    def walk(o: Any) -> None:
-        if isinstance(o, bool) or o is None:
-            return
-        if isinstance(o, (int, float)):
-            out.add(float(o))
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                walk(v)
-
-    walk(obj)
-    return out
+    return {float(o) for o in nodes(obj) if is_number(o)}
 
 
 def analysis_document(request: DraftRequest, mind: str) -> dict[str, Any]:

@@ -66,6 +66,13 @@ def stop_runners(home: Path) -> None:
             pass
 
 
+def kill_everything(home: Path) -> None:
+    """What a test leaves, gone whatever it asserted: the job runners, then every other process of the lab."""
+    stop_runners(home)
+    for pid in processes_of(home):
+        os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_stops_everything_the_run_started(lab_env, tmp_path, sig):
     home, env = lab_env
@@ -83,9 +90,7 @@ def test_a_signal_stops_everything_the_run_started(lab_env, tmp_path, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-        stop_runners(home)
-        for pid in processes_of(home):
-            os.kill(pid, signal.SIGKILL)
+        kill_everything(home)
 
 
 def test_lab_down_stops_what_a_sigkilled_run_left(lab_env, tmp_path):
@@ -99,9 +104,7 @@ def test_lab_down_stops_what_a_sigkilled_run_left(lab_env, tmp_path):
         assert down.returncode == 0 and "lab stopped." in down.stdout, down.stdout + down.stderr
         assert settle(home) == {}
     finally:
-        stop_runners(home)
-        for pid in processes_of(home):
-            os.kill(pid, signal.SIGKILL)
+        kill_everything(home)
 
 
 def test_a_sigkilled_run_leaves_nothing_that_blocks_the_next_start(lab_env, tmp_path):
@@ -123,6 +126,4 @@ def test_a_sigkilled_run_leaves_nothing_that_blocks_the_next_start(lab_env, tmp_
         assert down.returncode == 0, down.stderr
         assert settle(home) == {}
     finally:
-        stop_runners(home)
-        for pid in processes_of(home):
-            os.kill(pid, signal.SIGKILL)
+        kill_everything(home)

@@ -55,14 +55,15 @@ def live_log(env: dict, project: str | None = None) -> list[dict]:
     return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
 
 
-def wait_for(predicate, timeout: float, every: float = 1.0):
+def wait_for(predicate, timeout: float, every: float = 1.0, what: str = ""):
+    """The first true value of ``predicate()``, polled every ``every`` seconds; an AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError("timed out waiting")
+    raise AssertionError("timed out waiting" + (f" for {what}" if what else ""))
 
 
 def numbers_in(obj, out: set[float]) -> None:

@@ -8,16 +8,14 @@ lab, the bus, the sandboxed runs, the analysis and the paper are real.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import lab_cmd
-from tests.fake_openai import FakeOpenAI, Request
+from tests.fake_openai import Request
 from tests.llm_script import LabScript, first_user, line_after
-from tests.e2e.test_llm_run import llm_env, mind_config
+from tests.e2e.test_llm_run import run_llm_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -68,14 +66,8 @@ class CodeScript(LabScript):
 def test_llm_code_idea_adds_a_merge_function_and_the_paper_shows_its_diff(lab_env, tmp_path: Path) -> None:
     home, env = lab_env
     out = tmp_path / "out"
-    cache = tmp_path / "tiktoken-cache"
-    cache.mkdir()
     script = CodeScript()
-    with FakeOpenAI(script) as fake:
-        env = llm_env(env, mind_config(tmp_path / "mind.yaml", fake.base_url), cache)
-        args = lab_cmd("run", "--template", "model_merging", "--fast", "--mind", "llm", "--seed", "0",
-                       "--max-ideas", "1", "--max-rounds", "1", "--out", str(out))
-        run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=800, stdin=subprocess.DEVNULL)
+    run, _ = run_llm_project(env, tmp_path, script, "model_merging", timeout=800)
     logs = {r: (home / "logs" / f"{r}.log").read_text(errors="replace")[-1500:] for r in ("pi", "engineer", "analyst", "writer")}
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:] + "\n".join(f"--- {r}\n{t}" for r, t in logs.items())
     assert not script.unknown, script.unknown

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import lab_cmd
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Request
 from tests.llm_script import ALARM_REASON, BROKEN_MARK, COMPLETION_TOKENS, PAPER_MARK, PROMPT_TOKENS, LabScript, first_user, schema_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -64,6 +64,19 @@ def llm_env(env: dict, config: Path, tiktoken_cache: Path) -> dict:
     }
 
 
+def run_llm_project(env: dict, tmp_path: Path, script: LabScript, template: str, timeout: float) -> tuple[subprocess.CompletedProcess, list[Request]]:
+    """`lab run --mind llm` of one idea and one round on ``template`` into ``tmp_path/out``, every role's model
+    ``script`` behind a fake server: the finished run, and the requests the server got."""
+    cache = tmp_path / "tiktoken-cache"
+    cache.mkdir()
+    with FakeOpenAI(script) as fake:
+        env = llm_env(env, mind_config(tmp_path / "mind.yaml", fake.base_url), cache)
+        args = lab_cmd("run", "--template", template, "--fast", "--mind", "llm", "--seed", "0",
+                       "--max-ideas", "1", "--max-rounds", "1", "--out", str(tmp_path / "out"))
+        run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return run, list(fake.requests)
+
+
 def log_events(home: Path, role: str) -> list[dict]:
     out = []
     for line in (home / "logs" / f"{role}.log").read_text(errors="replace").splitlines():
@@ -77,15 +90,9 @@ def log_events(home: Path, role: str) -> list[dict]:
 def test_llm_mind_project_end_to_end_with_faults(lab_env, tmp_path):
     home, env = lab_env
     out = tmp_path / "out"
-    cache = tmp_path / "tiktoken-cache"
-    cache.mkdir()
+    cache = tmp_path / "tiktoken-cache"  # run_llm_project's, empty it must stay
     script = LabScript()
-    with FakeOpenAI(script) as fake:
-        env = llm_env(env, mind_config(tmp_path / "mind.yaml", fake.base_url), cache)
-        args = lab_cmd("run", "--template", "grokking", "--fast", "--mind", "llm", "--seed", "0",
-                       "--max-ideas", "1", "--max-rounds", "1", "--out", str(out))
-        run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
-        requests = list(fake.requests)
+    run, requests = run_llm_project(env, tmp_path, script, "grokking", timeout=900)
     text = run.stdout + run.stderr
     logs = {role: (home / "logs" / f"{role}.log").read_text(errors="replace") for role in MIND_ROLES}
     assert run.returncode == 0, text[-4000:] + "\n" + "\n".join(f"--- {r}\n{t[-1500:]}" for r, t in logs.items())

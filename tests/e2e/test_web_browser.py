@@ -13,13 +13,13 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import lab_cmd
+from tests.e2e.test_lab_run import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -47,13 +47,7 @@ def browser():
 
 
 def _wait(predicate, timeout: float, what: str, every: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, every, what)
 
 
 def _stop(proc: subprocess.Popen | None) -> None:

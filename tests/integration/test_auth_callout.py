@@ -24,6 +24,7 @@ from services.auth.callout import AuthService
 from services.runner.runner import Runner
 from services.host.jobs import ExecutorJobs
 from tests.conftest import config_for
+from tests.fakes import RecordingExecutor
 
 REFUSED_S = 1.5
 
@@ -185,19 +186,6 @@ async def test_a_commit_must_name_chunks_that_are_there(lab):
 
 # ---------------------------------------------------------------- how the engineer and the runner use it
 
-class Recorder:
-    """An executor that keeps what it was asked to start."""
-
-    def __init__(self) -> None:
-        self.jobs: list[JobSpec] = []
-
-    def capacity(self) -> int | None:
-        return None
-
-    async def submit(self, job: JobSpec) -> None:
-        self.jobs.append(job)
-
-
 def spec(job: str = "j1", project: str = "p1") -> JobSpec:
     return JobSpec(job_id=job, project=project, experiment_id="e1", template="t", bundle_object="p1/b.tar.gz", seeds=[0],
                    wall_time_s=60, memory_mb=256)
@@ -205,16 +193,16 @@ def spec(job: str = "j1", project: str = "p1") -> JobSpec:
 
 async def test_the_engineer_gives_each_job_its_own_user_only_in_callout_mode():
     secret = new_secret()
-    executor = Recorder()
+    executor = RecordingExecutor()
     jobs = ExecutorJobs(executor, NatsAccess(url="nats://x:4222", user=JOB_USER), secret)
     await jobs.submit(spec("j1"))
     await jobs.submit(spec("j2", "p2"))
     key = JobKeys(secret).key
-    assert [(j.nats.user, j.nats.password) for j in executor.jobs] == [("job.p1.j1", key("p1", "j1")), ("job.p2.j2", key("p2", "j2"))]
-    assert all(j.status_key == j.nats.password for j in executor.jobs)
-    shared = Recorder()
+    assert [(j.nats.user, j.nats.password) for j in executor.submitted] == [("job.p1.j1", key("p1", "j1")), ("job.p2.j2", key("p2", "j2"))]
+    assert all(j.status_key == j.nats.password for j in executor.submitted)
+    shared = RecordingExecutor()
     await ExecutorJobs(shared, NatsAccess(url="nats://x:4222", user="runner", password="pw"), secret).submit(spec())
-    assert (shared.jobs[0].nats.user, shared.jobs[0].nats.password) == ("runner", "pw")
+    assert (shared.submitted[0].nats.user, shared.submitted[0].nats.password) == ("runner", "pw")
 
 
 def test_a_runner_with_its_own_user_ignores_a_mounted_shared_credential(monkeypatch):

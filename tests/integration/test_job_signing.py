@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from bus import subjects
 from bus.client import Bus
@@ -15,7 +14,7 @@ from bus.store import StateStore
 from services.host.agent import AgentHost
 from services.host.wiring import EngineerWiring
 from tests.conftest import config_for
-from tests.fakes import TOY_SPEC
+from tests.fakes import TOY_SPEC, RecordingExecutor
 from tests.integration.test_bus import _dlq_records
 
 SECRET = "0123456789abcdef" * 4
@@ -33,29 +32,6 @@ def test_a_key_signs_its_own_job_only():
     other_job = sign(keys.key("p1", "j2"), "p1", status)  # job j2's own key, used for j1
     assert "wrong signature" in keys.refusal("p1", other_job)
     assert keys.key("p1", "j1") != JobKeys(SECRET[::-1]).key("p1", "j1")
-
-
-class RecordingExecutor:
-    def __init__(self) -> None:
-        self.submitted: list[Any] = []
-
-    def capacity(self) -> int | None:
-        return None
-
-    async def submit(self, job: Any) -> None:
-        self.submitted.append(job)
-
-    async def poll(self, job_id: str) -> JobPhase:
-        return JobPhase(state="running")
-
-    async def cancel(self, job_id: str) -> None:
-        pass
-
-    async def cleanup(self, project: str) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 async def test_a_forged_status_is_dead_lettered_and_a_signed_one_completes_the_job(admin_bus, nats_server, tmp_path):

@@ -16,7 +16,7 @@ import asyncio
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import kmock
 import pytest
@@ -89,26 +89,24 @@ async def make(cluster: Any) -> Any:
         await ex.close()
 
 
-async def raw_jobs(url: str) -> list[dict[str, Any]]:
-    """The stored Jobs, read in a thread: the emulator serves from this very event loop."""
+async def raw_items(url: str, lister: Callable[[client.ApiClient], Callable[..., Any]]) -> list[dict[str, Any]]:
+    """The stored objects ``lister(api)`` lists in NS, read in a thread: the emulator serves from this very event loop."""
 
     def read() -> list[dict[str, Any]]:
         cfg = client.Configuration()
         cfg.host = url
         with client.ApiClient(cfg) as api:
-            return json.loads(client.BatchV1Api(api).list_namespaced_job(NS, _preload_content=False).data)["items"]
+            return json.loads(lister(api)(NS, _preload_content=False).data)["items"]
 
     return await asyncio.to_thread(read)
+
+
+async def raw_jobs(url: str) -> list[dict[str, Any]]:
+    return await raw_items(url, lambda api: client.BatchV1Api(api).list_namespaced_job)
 
 
 async def raw_secrets(url: str) -> list[dict[str, Any]]:
-    def read() -> list[dict[str, Any]]:
-        cfg = client.Configuration()
-        cfg.host = url
-        with client.ApiClient(cfg) as api:
-            return json.loads(client.CoreV1Api(api).list_namespaced_secret(NS, _preload_content=False).data)["items"]
-
-    return await asyncio.to_thread(read)
+    return await raw_items(url, lambda api: client.CoreV1Api(api).list_namespaced_secret)
 
 
 def secret_data(secret: dict[str, Any]) -> dict[str, str]:

@@ -6,28 +6,7 @@ from typing import Any
 
 from agents.engineer.workflow import MAX_LOST_ATTEMPTS, Engineer, EngineerContext, EngineerState, job_id_for
 from bus.schema import Envelope, ExperimentRequest, JobStatus
-from tests.fakes import TOY_SPEC, MemoryStore
-
-
-class RecordingExecutor:
-    """Accepts every job and remembers what it was asked to run (the role's view of an executor)."""
-
-    ledger = None  # no lab-wide ledger: the engineer counts this project's jobs
-
-    def __init__(self) -> None:
-        self.submitted: list[Any] = []
-
-    def capacity(self) -> int | None:
-        return None
-
-    async def submit(self, spec: Any) -> None:
-        self.submitted.append(spec)
-
-    async def cancel(self, job_id: str) -> None:
-        pass
-
-    async def cleanup(self, project: str) -> None:
-        pass
+from tests.fakes import TOY_SPEC, MemoryStore, RecordingExecutor
 
 
 class Harness:

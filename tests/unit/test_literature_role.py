@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from agents.minds.base import LiteratureMind, NoveltyJudgement
 from agents.templates import bundle
 from bus.schema import CoPINote, CoPINoteMsg, Envelope, Idea, NoteAck, NoveltyCheck, NoveltyVerdict, StepFailed
 from tests.conftest import TESTS
+from tests.fakes import DictCache
 
 LIB = TESTS / "data" / "lit"
 TEMPLATE_BIB = """@inproceedings{murty2023grokking,
@@ -66,22 +66,6 @@ class FakeStore:
 
     async def list(self, prefix: str) -> list[str]:
         return [n for n in self.objects if n.startswith(prefix)]
-
-
-class DictCache:
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-        self.hits = self.misses = self.puts = 0
-
-    async def get(self, key: str) -> Any:
-        value = self.data.get(key)
-        self.hits += value is not None
-        self.misses += value is None
-        return value
-
-    async def put(self, key: str, value: Any) -> None:
-        self.puts += 1
-        self.data[key] = json.loads(json.dumps(value))  # what a KV bucket would hand back
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from agents.lit.library_files import read_library_file
 from agents.lit.s2 import SemanticScholarSource
 from agents.lit.sources import LocalLibrarySource
 from tests.conftest import TESTS
+from tests.fakes import DictCache
 
 DATA = TESTS / "data"
 
@@ -160,24 +161,17 @@ async def test_chain_falls_back_to_local_library_when_s2_is_unreachable(tmp_path
 async def test_chain_rate_limited_s2_falls_back_and_answers_are_cached(s2: S2Server, tmp_path: Path) -> None:
     index = FtsIndex(tmp_path / "lib.sqlite3")
     index.upsert(read_library_file(DATA / "lit" / "library.bib").refs)
-    cache: dict[str, object] = {}
+    cache = DictCache()  # one cache for every chain and context below, as the lab's bucket is
 
-    class DictCache:
-        async def get(self, key: str) -> object:
-            return cache.get(key)
-
-        async def put(self, key: str, value: object) -> None:
-            cache[key] = json.loads(json.dumps(value))
-
-    chain = FallbackChain([source(s2), LocalLibrarySource(index)], DictCache())
+    chain = FallbackChain([source(s2), LocalLibrarySource(index)], cache)
     first = await chain.search("attention turing", 4)
     assert first.answered == ["semantic_scholar", "local"]  # S2 gave 2, the library filled up
     assert [r.source for r in first.refs][:2] == ["semantic_scholar"] * 2
     n = len(s2.requests)
-    second = await FallbackChain([source(s2), LocalLibrarySource(index)], DictCache()).search("Attention  Turing", 4)
+    second = await FallbackChain([source(s2), LocalLibrarySource(index)], cache).search("Attention  Turing", 4)
     assert len(s2.requests) == n and second.cache_hits == 2 and second.refs == first.refs
     s2.script = [(429, "{}", 0.0, {})] * 3
-    limited = await FallbackChain([source(s2), LocalLibrarySource(index)], DictCache()).search("adam optimizer", 4)
+    limited = await FallbackChain([source(s2), LocalLibrarySource(index)], cache).search("adam optimizer", 4)
     assert limited.answered == ["local"] and "rate-limited" in limited.failures["semantic_scholar"]
     index.close()
 
@@ -196,14 +190,7 @@ async def test_novelty_check_asks_s2_first_and_a_repeat_makes_no_request(s2: S2S
     from agents.minds import make_mind
     from bus.schema import Envelope, Idea, NoveltyCheck, NoveltyVerdict
 
-    cache: dict[str, object] = {}
-
-    class DictCache:
-        async def get(self, key: str) -> object:
-            return cache.get(key)
-
-        async def put(self, key: str, value: object) -> None:
-            cache[key] = json.loads(json.dumps(value))
+    cache = DictCache()  # one cache for every chain and context below, as the lab's bucket is
 
     idea = Idea(
         id="i1",
@@ -222,7 +209,7 @@ async def test_novelty_check_asks_s2_first_and_a_repeat_makes_no_request(s2: S2S
     def ctx() -> LiteratureContext:
         return LiteratureContext(
             project="p", role="literature", state=State(), artifacts=None, mind=make_mind("offline", "literature"),
-            cache=DictCache(), settings=Settings.model_validate(settings), lab_home=tmp_path,
+            cache=cache, settings=Settings.model_validate(settings), lab_home=tmp_path,
         )
 
     first = ctx()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable, Sequence
 
-from agents.minds.llm.client import MindClient
+from agents.minds.llm.client import MindClient, T
 from agents.minds.llm.config import load_config
 from agents.minds.llm.prompts import system_prompt
 from bus.schema import ROLES, TemplateSpec
@@ -23,6 +23,10 @@ class LLMMind:
         self.seed = seed
         self.client = MindClient(self.role, load_config(config), model_client=model_client, seed=seed)
         self.system, self.prompt_source = system_prompt(self.role)
+
+    async def ask(self, step: str, lines: Sequence[str], schema: type[T], check: Callable[[T], None] | None = None, **extra: Any) -> T:
+        """One question under the role's system prompt, its prompt the ``lines`` one to a line; the validated answer."""
+        return await self.client.ask(step, self.system, "\n".join(lines), schema, check, **extra)
 
     @property
     def usage(self) -> Any:

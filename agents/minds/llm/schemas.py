@@ -12,6 +12,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.minds.base import PaperSections
 from bus.schema import ItemResponse, ReviewScores, RevisionItem
 from bus.schema.review import MetaDecision, ReviewDecision, RevisionKind
 
@@ -88,16 +89,11 @@ class EditAnswer(Answer):
 PlanAnswer.model_rebuild()
 
 
-class PaperDraft(Answer):
+# The paper's sections as the model writes them: the title and abstract bounded, revision_notes required too.
+# (A comment, not a docstring: a docstring would go to the model as the schema's description.)
+class PaperDraft(PaperSections):
     title: str = Field(min_length=3)
     abstract: str = Field(min_length=20)
-    introduction: str
-    related_work: str
-    method: str
-    experimental_setup: str
-    results: str
-    limitations: str
-    conclusion: str
     revision_notes: str
 
 
