@@ -14,8 +14,9 @@ the bus drops as duplicates.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -79,7 +80,7 @@ def on(kind: type[BaseModel]) -> Callable[[Callable[..., Awaitable[None]]], Call
     """Mark a method as the handler of one message kind."""
 
     def mark(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        setattr(fn, "__lab_kind__", kind.model_fields["type"].default)
+        fn.__lab_kind__ = kind.model_fields["type"].default
         return fn
 
     return mark

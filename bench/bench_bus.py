@@ -29,12 +29,13 @@ import subprocess
 import sys
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from time import perf_counter
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import nats
 import numpy as np
@@ -50,6 +51,7 @@ from bus import partitions, subjects  # noqa: E402
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import consumer_config, messages, pull
 from bus.errors import LabBusError, MessageTooLarge
+from bus.permissions import ADMIN
 from bus.schema import (
     Envelope,
     ExperimentPlanned,
@@ -64,7 +66,6 @@ from bus.schema import (
     derive_id,
     encode,
 )
-from bus.permissions import ADMIN
 from bus.server import EmbeddedServer, new_credentials, server_binary
 
 THROUGHPUT_GOAL = 0.7  # lab/raw msg/s, at least
@@ -224,7 +225,7 @@ async def _batches(sub: Any, size: int) -> AsyncIterator[Msg]:
     while True:
         try:
             batch = await sub.fetch(size, timeout=FETCH_WAIT_S)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             continue
         for msg in batch:
             yield msg
@@ -308,7 +309,7 @@ class Side(ABC):
         source = _batches(sub, HOT_BATCH) if hot else self.each(sub)
         try:
             await asyncio.wait_for(self._drain(source, flow), _deadline(len(items)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BenchError(f"{self.name}: consumed {flow.consumed} of {flow.published} messages within {_deadline(len(items)):.0f}s") from None
         flow.publish_s, flow.consume_s = t1 - t0, perf_counter() - t1
         js = self.admin_js(self.pi)
@@ -338,7 +339,7 @@ class Side(ABC):
         responder = asyncio.create_task(self._serve(inbox))
         try:
             return await asyncio.wait_for(self._ask(replies, items, expected, responder), _deadline(len(items)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             why = f": the responder failed: {responder.exception()!r}" if responder.done() and not responder.cancelled() and responder.exception() else ""
             raise BenchError(f"{self.name}: round trips did not finish within {_deadline(len(items)):.0f}s{why}") from None
         finally:

@@ -31,10 +31,10 @@ from nats.js.errors import BadRequestError
 
 from bus import partitions, subjects
 from bus.errors import ConnectError, MessageTooLarge, nats_errors, translated
+from bus.permissions import inbox_prefix
 from bus.retry import RetryPolicy
 from bus.schema import ROLES, Envelope, encode
 from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
-from bus.permissions import inbox_prefix
 
 MAX_ENVELOPE_BYTES = 512 * 1024
 DUPLICATE_WINDOW_S = 15 * 60
@@ -103,7 +103,7 @@ class Bus:
         self.errors: list[str] = []
 
     @classmethod
-    async def connect(cls, config: BusConfig, *, reconnect: bool = True, timeout: float = 10.0) -> "Bus":
+    async def connect(cls, config: BusConfig, *, reconnect: bool = True, timeout: float = 10.0) -> Bus:
         """Connect, or raise ConnectError within ``timeout`` (nats-py alone may retry a refused first connect forever)."""
         errors: list[str] = []
 
@@ -126,7 +126,7 @@ class Bus:
                 drain_timeout=5,
                 error_cb=on_error,
             ), timeout)
-        except (Exception, asyncio.TimeoutError) as e:  # nats-py raises several unrelated types here
+        except (TimeoutError, Exception) as e:  # nats-py raises several unrelated types here
             reason = str(e) or type(e).__name__
             if isinstance(e, asyncio.TimeoutError):
                 reason = f"no answer within {timeout:.0f}s" + (f" ({errors[-1]})" if errors else "")

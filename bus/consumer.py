@@ -12,8 +12,8 @@ do not set one. A crashed handler's message comes back after the ack wait.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import nats
 from nats.js import api
@@ -74,7 +74,7 @@ async def messages(
             continue
         try:
             batch = await sub.fetch(n, timeout=wait)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             continue
         except nats.errors.ConnectionClosedError:
             return

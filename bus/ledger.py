@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError

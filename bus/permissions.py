@@ -43,9 +43,8 @@ from __future__ import annotations
 from typing import Any
 
 from bus.ledger import LEDGER_KEY
-from bus.schema import ROLES
 from bus.partitions import WORK_STREAMS, consumers
-from bus.subjects import token
+from bus.schema import ROLES
 from bus.schema.constants import (
     AGENTS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -58,6 +57,7 @@ from bus.schema.constants import (
     kv_stream,
     object_stream,
 )
+from bus.subjects import token
 
 STATE_KV, AGENTS_KV, CACHE_KV = kv_stream(STATE_BUCKET), kv_stream(AGENTS_BUCKET), kv_stream(CACHE_BUCKET)
 ARTIFACTS_OBJ = object_stream(ARTIFACTS_BUCKET)

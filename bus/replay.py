@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from nats.aio.msg import Msg
 from nats.js import api
@@ -47,7 +47,7 @@ async def read(
             while True:
                 try:
                     msg = await asyncio.wait_for(queue.get(), timeout=idle)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if follow:
                         continue
                     return

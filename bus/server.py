@@ -137,7 +137,7 @@ class EmbeddedServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "EmbeddedServer":
+    def start(self, timeout: float = 10.0) -> EmbeddedServer:
         if self.port == 0:
             self.port = free_port()
         elif port_in_use(self.port):
@@ -183,7 +183,7 @@ class EmbeddedServer:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "EmbeddedServer":
+    def __enter__(self) -> EmbeddedServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -213,7 +213,7 @@ class EmbeddedCluster:
         """Every node, comma-separated: a client reaches whichever is up."""
         return ",".join(n.url for n in self.nodes)
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedCluster":
+    def start(self, timeout: float = 15.0) -> EmbeddedCluster:
         if self.size < 1:
             raise ServerStartError(f"a cluster needs at least one node, not {self.size}")
         client_ports = [self.port + i if self.port else free_port() for i in range(self.size)]
@@ -243,7 +243,7 @@ class EmbeddedCluster:
         for node in self.nodes:
             node.stop(timeout)
 
-    def __enter__(self) -> "EmbeddedCluster":
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

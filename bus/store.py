@@ -23,10 +23,10 @@ from nats.js.api import Header
 from nats.js.errors import KeyNotFoundError, KeyValueError, KeyWrongLastSequenceError, ObjectNotFoundError
 
 from bus.client import Bus
+from bus.errors import ArtifactMissing, LabBusError, StateConflict, translated
 from bus.schema import Heartbeat
 from bus.schema.archive import ArchiveRecord, archive_key, key_token
 from bus.schema.constants import AGENTS_BUCKET, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET, object_stream
-from bus.errors import ArtifactMissing, LabBusError, StateConflict, translated
 
 
 class StateStore:
@@ -37,7 +37,7 @@ class StateStore:
 
     @classmethod
     @translated
-    async def open(cls, bus: Bus, bucket: str = STATE_BUCKET) -> "StateStore":
+    async def open(cls, bus: Bus, bucket: str = STATE_BUCKET) -> StateStore:
         return cls(await bus.js.key_value(bucket))
 
     @translated
@@ -220,7 +220,7 @@ class Artifacts:
 
     @classmethod
     @translated
-    async def open(cls, bus: Bus) -> "Artifacts":
+    async def open(cls, bus: Bus) -> Artifacts:
         return cls(await bus.js.object_store(ARTIFACTS_BUCKET))
 
     @classmethod
@@ -348,7 +348,7 @@ class KVCache:
 
     @classmethod
     @translated
-    async def open(cls, bus: Bus, namespace: str) -> "KVCache":
+    async def open(cls, bus: Bus, namespace: str) -> KVCache:
         return cls(await bus.js.key_value(CACHE_BUCKET), namespace)
 
     def _key(self, key: str) -> str:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 
 from bus.errors import InvalidToken
+
 # Stream names are contracts; subjects re-exports them for the callers that build subjects and name streams together.
-from bus.schema.constants import CONVO_STREAM as CONVO_STREAM, DLQ_STREAM as DLQ_STREAM, JOBS_STREAM as JOBS_STREAM
+from bus.schema.constants import CONVO_STREAM as CONVO_STREAM
+from bus.schema.constants import DLQ_STREAM as DLQ_STREAM
+from bus.schema.constants import JOBS_STREAM as JOBS_STREAM
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 

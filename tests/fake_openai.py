@@ -33,9 +33,10 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 
 @dataclass
@@ -48,19 +49,19 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, obj: Any, **kw: Any) -> "Reply":
+    def json(cls, obj: Any, **kw: Any) -> Reply:
         return cls(content=json.dumps(obj), **kw)
 
     @classmethod
-    def text(cls, text: str, **kw: Any) -> "Reply":
+    def text(cls, text: str, **kw: Any) -> Reply:
         return cls(content=text, **kw)
 
     @classmethod
-    def error(cls, status: int, message: str = "", **kw: Any) -> "Reply":
+    def error(cls, status: int, message: str = "", **kw: Any) -> Reply:
         return cls(content=message or f"fake error {status}", status=status, **kw)
 
     @classmethod
-    def hang(cls, seconds: float = 60.0) -> "Reply":
+    def hang(cls, seconds: float = 60.0) -> Reply:
         return cls(hang_s=seconds, content="{}")
 
 
@@ -108,7 +109,7 @@ class FakeOpenAI:
     def remaining(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         self._thread.start()
         return self
 

@@ -112,7 +112,7 @@ class Kubelet:
     def free_gpus(self) -> int:
         return self.gpus - sum(self._gpu_use.values())
 
-    async def __aenter__(self) -> "Kubelet":
+    async def __aenter__(self) -> Kubelet:
         self._task = asyncio.create_task(self._run())
         return self
 

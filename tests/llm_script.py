@@ -14,7 +14,8 @@ import json
 import re
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tests.fake_openai import Reply, Request
 

@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import json
 
-from bus.schema import (
-    AnalysisDone, AnalysisReport, CoPINote, CoPINoteMsg, Comparison, Decision, DraftReady, Envelope, ExperimentPlanned,
-    ExperimentRequest, ExperimentResult, FinalInfo, Idea, ItemResponse, JobStatus, MetaReview, MetricStat, NoteAck, Rebuttal,
-    Review, ReviewDone, ReviewScores, RevisionItem, RunRecord,
-)
 from bus.replay import Entry
+from bus.schema import (
+    AnalysisDone,
+    AnalysisReport,
+    Comparison,
+    CoPINote,
+    CoPINoteMsg,
+    Decision,
+    DraftReady,
+    Envelope,
+    ExperimentPlanned,
+    ExperimentRequest,
+    ExperimentResult,
+    FinalInfo,
+    Idea,
+    ItemResponse,
+    JobStatus,
+    MetaReview,
+    MetricStat,
+    NoteAck,
+    Rebuttal,
+    Review,
+    ReviewDone,
+    ReviewScores,
+    RevisionItem,
+    RunRecord,
+)
 from tests.fakes import TOY_SPEC
 
 P = "grok-1"

@@ -17,14 +17,14 @@ values; arms that ran the same seeds are compared by a paired test.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents import stats
+from agents.analyst.figures import Bar, bar_chart, figure_name
 from agents.base import Context, EmptyState, Role, on
 from agents.minds.base import AnalystMind
-from agents.analyst.figures import Bar, bar_chart, figure_name
 from bus.schema import (
     BASELINE,
     MIN_SEEDS,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable
-
-from bus.schema import Reference
+from collections.abc import Iterable
 
 from agents.lit.errors import UnresolvedCitation
 from agents.lit.text import STOPWORDS
+from bus.schema import Reference
 
 _LATEX_SPECIAL = re.compile(r"([&%$#_])")
 _CITE = re.compile(

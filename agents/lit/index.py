@@ -13,16 +13,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import platformdirs
 
+from agents.lit.text import words
 from bus.schema import Reference
 from bus.settings import settings
-
-from agents.lit.text import words
 
 LIBRARY_FILE = "literature.sqlite3"
 # Title matches matter most; the key column is stored only to join back.

@@ -8,21 +8,19 @@ the rest of the library still gets indexed.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import logging
-
 from bibtexparser.entrypoint import parse_string
 from bibtexparser.model import DuplicateBlockKeyBlock, Entry
-
-from bus.schema import Reference
 
 from agents.lit.bibtex import clean_key, format_entry, make_key, reference_from_metadata
 from agents.lit.errors import LibraryError
 from agents.lit.text import plain
+from bus.schema import Reference
 
 # bibtexparser logs each failed block itself; we report them as Problems with
 # their line, so its own messages would only say the same thing twice.

@@ -107,7 +107,7 @@ class OpenAlexSource:
     async def _once(self, query: str, limit: int) -> list[Any]:
         try:
             return await asyncio.wait_for(asyncio.to_thread(self._get, query, limit), self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _TimedOut("timed out") from None
 
     async def search(self, query: str, limit: int) -> list[Reference]:

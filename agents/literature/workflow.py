@@ -22,7 +22,15 @@ from agents.lit.chain import FallbackChain, same_paper
 from agents.lit.config import close_sources, open_sources, source_names
 from agents.minds.base import LiteratureMind, NoveltyJudgement
 from bus.schema import (
-    CoPINoteMsg, Envelope, NoteAck, NoveltyCheck, NoveltyVerdict, Reference, ReferenceSearch, ReferencesFound, StepFailed,
+    CoPINoteMsg,
+    Envelope,
+    NoteAck,
+    NoveltyCheck,
+    NoveltyVerdict,
+    Reference,
+    ReferenceSearch,
+    ReferencesFound,
+    StepFailed,
 )
 
 _QUOTED = re.compile(r"[\"“]([^\"”]{3,80})[\"”]")

@@ -17,8 +17,8 @@ import re
 from typing import Any
 
 from agents.minds.base import IdeaContext, NoteReading, ReviewContext
-from agents.pi.scoring import Scorer, declared_variants
 from agents.pi.scores import priority
+from agents.pi.scoring import Scorer, declared_variants
 from bus.schema import BASELINE, CodeChange, CoPINote, Idea, ItemResponse, Knob, TemplateSpec, Usage, signature_of
 
 _ONLY = re.compile(r"\b(only|just|exclusively|solely|restrict|focus)\b", re.I)

@@ -22,12 +22,11 @@ from bus.schema import (
     Reference,
     ReviewDone,
     RevisionItem,
-    Stage,
     RunRecord,
+    Stage,
     TemplateSpec,
     Usage,
 )
-
 
 
 class Model(BaseModel):

@@ -21,8 +21,10 @@ from agents.minds.base import PIMind
 from agents.pi import transitions as t
 from agents.pi.outcomes import Archive
 from agents.pi.state import ProjectState
+
 # Re-exported: they lived here before the transitions moved out, and callers import them from here.
-from agents.pi.transitions import asks_repeat as asks_repeat, wants_references as wants_references
+from agents.pi.transitions import asks_repeat as asks_repeat
+from agents.pi.transitions import wants_references as wants_references
 from bus.errors import MindError
 from bus.schema import (
     AnalysisDone,

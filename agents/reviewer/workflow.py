@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agents.base import Context, Role, on
-from agents.minds.base import ReviewerMind
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from agents.base import Context, Role, on
+from agents.minds.base import ReviewerMind
 from bus.schema import Envelope, Rebuttal, ReviewDone, ReviewRequest, StepFailed
 
 

@@ -9,7 +9,7 @@ so a mind can never inject LaTeX (or break the build with a stray ``%``).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from bus.schema import Reference
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 # A number token: not preceded by a word character, a dot (versions) or a hyphen
 # (ids like round-1); an optional sign, digits, decimals and exponent. A unit

@@ -60,7 +60,7 @@ async def _step(cwd: Path, *argv: str) -> tuple[int, str]:
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), STEP_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise PdfError(f"{argv[0]} took longer than {STEP_TIMEOUT_S:.0f} s") from None

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from agents.writer.numbers import NUMBER, fmt, is_number, mask, matches, nodes
 from bus.schema import DraftRequest

@@ -26,6 +26,7 @@ from bus.schema.archive import ArchiveRecord, IdeaOutcome, OutcomeStatus, archiv
 from bus.schema.base import ROLES, Direction, Model, Recipient, RoleName, Sender
 from bus.schema.constants import BASELINE, MIN_SEEDS, SCHEMA_VERSION
 from bus.schema.formats import FormatError, JobLogLine, LabConfig, LabFile, RoleDocument, dump_result, read_result
+from bus.schema.job import JobPhase, JobSpec, JobState, NatsAccess
 from bus.schema.kinds import (
     DEFAULT_PROFILE,
     EXECUTOR_KINDS,
@@ -37,7 +38,6 @@ from bus.schema.kinds import (
     OutputMode,
     ProfileName,
 )
-from bus.schema.job import JobPhase, JobSpec, JobState, NatsAccess
 from bus.schema.messages import (
     MESSAGE_KINDS,
     AnalysisDone,

@@ -80,7 +80,7 @@ class LabFile(BaseModel):
     started: float | None = None
 
     @classmethod
-    def parse(cls, data: str | bytes) -> "LabFile":
+    def parse(cls, data: str | bytes) -> LabFile:
         return parse(cls, data, LOCAL_LAB_FILE)
 
     def dump(self) -> str:
@@ -109,7 +109,7 @@ class LabConfig(Model):
         return value
 
     @classmethod
-    def parse(cls, text: str, where: str = CONFIG_FILE) -> "LabConfig":
+    def parse(cls, text: str, where: str = CONFIG_FILE) -> LabConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -137,7 +137,7 @@ class RoleDocument(BaseModel):
     mind: MindChoice | None = None  # the project's mind, for messages that carry none (job statuses)
 
     @classmethod
-    def parse(cls, data: dict[str, Any] | None, key: str) -> "RoleDocument":
+    def parse(cls, data: dict[str, Any] | None, key: str) -> RoleDocument:
         """A stored document (as ``bus.store.StateStore.read`` returns it); None is the empty one."""
         return cls() if data is None else parse(cls, data, f"state {key}")
 
@@ -156,7 +156,7 @@ class JobLogLine(Model):
         return self.model_dump_json().encode()
 
     @classmethod
-    def parse(cls, data: bytes) -> "JobLogLine":
+    def parse(cls, data: bytes) -> JobLogLine:
         return parse(cls, data, "job log line")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, TypeAdapter
 
@@ -23,6 +23,8 @@ from bus.schema.results import FinalInfo, JobEnvironment, RunRecord
 from bus.schema.review import ItemResponse, MetaReview, Review, RevisionItem
 from bus.schema.steps import Step
 from bus.schema.template import TemplateSpec
+
+
 class StartProject(Model):
     type: Literal["start_project"] = "start_project"
     template: str  # template name
@@ -264,7 +266,7 @@ class StepFailed(Model):
     ref: str = ""  # the id of the thing that failed (experiment, idea, ...)
 
     @classmethod
-    def of(cls, request: Any, reason: str) -> "StepFailed | None":
+    def of(cls, request: Any, reason: str) -> StepFailed | None:
         """The failure of handling ``request``, or None when the message is not a step someone waits on."""
         step = getattr(type(request), "STEP", None)
         return cls(step=step, reason=reason, ref=request.ref) if step else None
@@ -276,29 +278,7 @@ class UsageReport(Model):
 
 
 Body = Annotated[
-    Union[
-        StartProject,
-        CoPINoteMsg,
-        NoteAck,
-        NoveltyCheck,
-        NoveltyVerdict,
-        ReferenceSearch,
-        ReferencesFound,
-        ExperimentRequest,
-        ExperimentPlanned,
-        ExperimentResult,
-        JobStatus,
-        AnalysisRequest,
-        AnalysisDone,
-        DraftRequest,
-        DraftReady,
-        ReviewRequest,
-        ReviewDone,
-        Rebuttal,
-        Decision,
-        StepFailed,
-        UsageReport,
-    ],
+    StartProject | CoPINoteMsg | NoteAck | NoveltyCheck | NoveltyVerdict | ReferenceSearch | ReferencesFound | ExperimentRequest | ExperimentPlanned | ExperimentResult | JobStatus | AnalysisRequest | AnalysisDone | DraftRequest | DraftReady | ReviewRequest | ReviewDone | Rebuttal | Decision | StepFailed | UsageReport,
     Field(discriminator="type"),
 ]
 MESSAGE_KINDS: tuple[str, ...] = tuple(m.model_fields["type"].default for m in get_args(get_args(Body)[0]))
@@ -323,7 +303,7 @@ class Envelope(Model):
     def kind(self) -> str:
         return self.body.type
 
-    def reply(self, body: Any, *, sender: Sender, recipient: Recipient | None = None, index: int = 0) -> "Envelope":
+    def reply(self, body: Any, *, sender: Sender, recipient: Recipient | None = None, index: int = 0) -> Envelope:
         """An output of handling this message, with an id derived from (self.id, index).
 
         Deterministic ids make redelivered handlers republish the same ids, which

@@ -44,7 +44,7 @@ class Knob(BaseModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _check(self) -> "Knob":
+    def _check(self) -> Knob:
         if self.type == "choice" and not self.choices:
             raise ValueError("a choice knob needs 'choices'")
         for v in [self.default, *self.candidates]:
@@ -161,7 +161,7 @@ class TemplateSpec(BaseModel):
     network: bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> "TemplateSpec":
+    def _check(self) -> TemplateSpec:
         primaries = [m for m, v in self.metrics.items() if v.primary]
         if len(primaries) != 1:
             raise ValueError(f"exactly one metric must have primary: true (found {len(primaries)})")

@@ -6,9 +6,10 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,12 +18,13 @@ from rich.markup import escape
 from bus import subjects
 from bus.client import Bus
 from bus.errors import BusTimeout, PermissionDenied
+from bus.replay import read
 from bus.schema import EXECUTOR_KINDS, MIND_KINDS, ROLES, ExecutorKind, MindKind, ProjectView
 from bus.schema.constants import AGENTS_BUCKET
-from bus.replay import read
+from bus.settings import Settings
+from bus.settings import settings as lab_settings
 from bus.store import Heartbeats, StateStore
 from services.cli.errors import LabTyper, UsageError, fail
-from bus.settings import Settings, settings as lab_settings
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
 from services.read.describe import describe
 
@@ -41,10 +43,10 @@ UNSAFE_HELP = "Run model-written experiments (--mind llm) on the local executor 
 @app.command()
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once all agents are ready; `lab down` stops them."),
-    nats: Optional[str] = typer.Option(None, "--nats", help="Use an existing NATS server (nats://host:4222) instead of the embedded one."),
+    nats: str | None = typer.Option(None, "--nats", help="Use an existing NATS server (nats://host:4222) instead of the embedded one."),
     port: int = typer.Option(0, "--port", help="Port for the embedded nats-server (default: a free one)."),
-    mind: Optional[str] = typer.Option(None, "--mind", help="offline (default, no network) or llm; default $LAB_MIND."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
+    mind: str | None = typer.Option(None, "--mind", help="offline (default, no network) or llm; default $LAB_MIND."),
+    executor: str | None = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
     sync_always: bool = typer.Option(False, "--sync-always", help="fsync every JetStream write (durability over speed)."),
     web: bool = typer.Option(False, "--web", help="Also serve the web view (`lab web`) on 127.0.0.1."),
     web_port: int = typer.Option(8765, "--web-port", min=0, max=65535, help="Port of the web view with --web (0: a free one)."),
@@ -122,13 +124,13 @@ def down() -> None:
 @app.command()
 def agent(
     role: str = typer.Argument(..., help=f"One of: {', '.join(ROLES)}."),
-    nats: Optional[str] = typer.Option(None, "--nats", help="NATS URL (default: LAB_NATS_URL or the local lab)."),
-    mind: Optional[str] = typer.Option(None, "--mind", help="offline or llm; default $LAB_MIND, else offline."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
+    nats: str | None = typer.Option(None, "--nats", help="NATS URL (default: LAB_NATS_URL or the local lab)."),
+    mind: str | None = typer.Option(None, "--mind", help="offline or llm; default $LAB_MIND, else offline."),
+    executor: str | None = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
 ) -> None:
     """Run one agent (what `lab up` and the Kubernetes Deployments start)."""
-    from services.host import wiring
     from services.executors import EXECUTOR_KINDS
+    from services.host import wiring
     from services.host.agent import run_agent
 
     if role not in ROLES:
@@ -193,7 +195,7 @@ async def _require_buckets(bus: Bus) -> None:
 
 @app.command()
 def status(
-    nats: Optional[str] = typer.Option(None, "--nats"),
+    nats: str | None = typer.Option(None, "--nats"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object, for machines."),
     wide: bool = typer.Option(False, "--wide", "-w", help="Every column, unwrapped, however wide the terminal."),
 ) -> None:
@@ -236,7 +238,7 @@ def status(
 @app.command()
 def ideas(
     template: str = typer.Option(..., "--template", "-t", help="The template whose archive to list (its name, e.g. grokking)."),
-    nats: Optional[str] = typer.Option(None, "--nats"),
+    nats: str | None = typer.Option(None, "--nats"),
     as_json: bool = typer.Option(False, "--json", help="One JSON array of archive records, for machines."),
 ) -> None:
     """The idea archive: every idea any project tried on a template, by which project, and what came of it."""
@@ -272,10 +274,10 @@ def print_entry(entry: Any, as_json: bool) -> None:
 @app.command()
 def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep following new messages."),
-    project: Optional[str] = typer.Option(None, "--project", "-p"),
-    role: Optional[str] = typer.Option(None, "--role", "-r", help="Only messages sent by or to this role."),
+    project: str | None = typer.Option(None, "--project", "-p"),
+    role: str | None = typer.Option(None, "--role", "-r", help="Only messages sent by or to this role."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines, for machines."),
-    nats: Optional[str] = typer.Option(None, "--nats"),
+    nats: str | None = typer.Option(None, "--nats"),
 ) -> None:
     """Replay the conversation from the start (and follow it with -f)."""
     if project:
@@ -302,9 +304,9 @@ def logs(
 @app.command()
 def say(
     text: str = typer.Argument(..., help="The note, e.g. \"only vary weight decay\"."),
-    project: Optional[str] = typer.Option(None, "--project", "-p", help="Default: the one running project."),
+    project: str | None = typer.Option(None, "--project", "-p", help="Default: the one running project."),
     to: str = typer.Option("pi", "--to", help="Which role the note is for (default the PI)."),
-    nats: Optional[str] = typer.Option(None, "--nats"),
+    nats: str | None = typer.Option(None, "--nats"),
 ) -> None:
     """Speak into a running project as co-PI; the addressed role answers in the log."""
     if to not in ROLES:
@@ -327,10 +329,11 @@ def say(
 def web(
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: a free one)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep 127.0.0.1 unless a proxy or port-forward fronts it."),
-    nats: Optional[str] = typer.Option(None, "--nats"),
+    nats: str | None = typer.Option(None, "--nats"),
 ) -> None:
     """Serve the lab in a browser: projects, live conversations, results, paper, and a co-PI box (token printed here)."""
-    from services.web.serve import WebOptions, run as serve_web
+    from services.web.serve import WebOptions
+    from services.web.serve import run as serve_web
 
     if nats is not None:
         _check_url(nats)
@@ -348,25 +351,25 @@ def web(
 
 @app.command()
 def run(
-    template: Optional[str] = typer.Option(None, "--template", "-t", help="A template name (see templates/) or a folder."),
-    attach: Optional[str] = typer.Option(None, "--attach", help="Follow this running project instead of starting one; write its outputs when it ends."),
+    template: str | None = typer.Option(None, "--template", "-t", help="A template name (see templates/) or a folder."),
+    attach: str | None = typer.Option(None, "--attach", help="Follow this running project instead of starting one; write its outputs when it ends."),
     direction: str = typer.Option("", "--direction", help="The research direction, in words."),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where the paper and results go (default ./lab-out/<project>)."),
+    out: Path | None = typer.Option(None, "--out", help="Where the paper and results go (default ./lab-out/<project>)."),
     fast: bool = typer.Option(False, "--fast", help="Use the template's fast profile (smaller runs; smoke tests); --profile fast."),
     profile: str = typer.Option("", "--profile", help="A profile the template declares (fast, gpu, ...); it sets knobs and resources."),
     max_ideas: int = typer.Option(2, "--max-ideas", min=1),
     max_runs: int = typer.Option(12, "--max-runs", min=1),
     max_rounds: int = typer.Option(1, "--max-rounds", min=0, help="Revision rounds the reviewer may ask for."),
     wall_time: float = typer.Option(3600, "--wall-time", help="Seconds the project may take."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD the minds may spend."),
-    mind: Optional[str] = typer.Option(None, "--mind", help="offline or llm; default $LAB_MIND, else offline."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
-    nats: Optional[str] = typer.Option(None, "--nats", help="Use the lab on this NATS server instead of a local one."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens"),
+    max_cost: float | None = typer.Option(None, "--max-cost", help="USD the minds may spend."),
+    mind: str | None = typer.Option(None, "--mind", help="offline or llm; default $LAB_MIND, else offline."),
+    executor: str | None = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
+    nats: str | None = typer.Option(None, "--nats", help="Use the lab on this NATS server instead of a local one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only progress, not every message."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
-    model: Optional[str] = typer.Option(None, "--model", help="The llm mind's model for this project (with --mind llm)."),
+    model: str | None = typer.Option(None, "--model", help="The llm mind's model for this project (with --mind llm)."),
 ) -> None:
     """Run one research project end to end and write the paper, reviews, results and the log to --out."""
     from services.cli.run import RunOptions, attach_project, run_project
@@ -403,21 +406,21 @@ def evolve(
     iterations: int = typer.Option(3, "--iterations", "-n", help="Rounds of propose, run, select."),
     population: int = typer.Option(4, "--population", "-k", help="Candidates proposed per iteration."),
     mind: str = typer.Option("offline", "--mind", help="offline (the template's algorithms and seeded recombinations) or llm."),
-    model: Optional[str] = typer.Option(None, "--model", help="The llm mind's model (with --mind llm)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where evolve/ goes (default ./lab-out/<run>)."),
+    model: str | None = typer.Option(None, "--model", help="The llm mind's model (with --mind llm)."),
+    out: Path | None = typer.Option(None, "--out", help="Where evolve/ goes (default ./lab-out/<run>)."),
     seed: int = typer.Option(0, "--seed"),
     fast: bool = typer.Option(False, "--fast", help="Use the template's fast profile; --profile fast."),
     profile: str = typer.Option("", "--profile", help="A profile the template declares (fast, gpu, ...)."),
     keep: int = typer.Option(3, "--keep", help="Best candidates shown to the next iteration as examples."),
     final_top: int = typer.Option(3, "--final-top", help="Best candidates scored once on the held-out test split."),
-    max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Jobs in all, final test runs included (default: every candidate once)."),
+    max_runs: int | None = typer.Option(None, "--max-runs", help="Jobs in all, final test runs included (default: every candidate once)."),
     wall_time: float = typer.Option(3600, "--wall-time", help="Seconds before no new iteration starts."),
     seed_code: list[Path] = typer.Option([], "--seed-code", help="A .py file defining the hook's function; joins the first population (repeatable)."),
-    executor: Optional[str] = typer.Option(
+    executor: str | None = typer.Option(
         None, "--executor",
         help="local, docker or kubernetes, options from the lab config (default: the local lab's with --nats, else local).",
     ),
-    nats: Optional[str] = typer.Option(None, "--nats", help="Run on the lab at this NATS URL (its runner credential and job secret); default: a private server."),
+    nats: str | None = typer.Option(None, "--nats", help="Run on the lab at this NATS URL (its runner credential and job secret); default: a private server."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
 ) -> None:
@@ -451,8 +454,8 @@ def evolve(
 @app.command("export")
 def export_cmd(
     project: str = typer.Argument(..., help="The project, as `lab status` lists it."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write (default ./lab-out/<project>)."),
-    nats: Optional[str] = typer.Option(None, "--nats"),
+    out: Path | None = typer.Option(None, "--out", help="Where to write (default ./lab-out/<project>)."),
+    nats: str | None = typer.Option(None, "--nats"),
 ) -> None:
     """Write a project's paper, reviews, results, figures, analysis and log from the store, finished or not."""
     from services.read.export import export_project

@@ -17,7 +17,8 @@ the sub-commands keep their shorter ``error: ...`` prefix.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NoReturn, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar, cast
 
 import typer
 from pydantic import ValidationError

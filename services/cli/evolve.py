@@ -34,27 +34,27 @@ import structlog
 from rich.console import Console
 from rich.markup import escape
 
-from agents.evolve import workflow
 from agents.codeedit import EditError
-from agents.evolve.workflow import EvolveError, EvolveMind, Hook, ProposeRequest
 from agents.engineer.jobs import plan_job
+from agents.evolve import workflow
+from agents.evolve.workflow import EvolveError, EvolveMind, Hook, ProposeRequest
 from agents.templates import bundle, bundle_files, replace_files
 from bus import subjects
 from bus.client import Bus, BusConfig
-from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
+from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.retry import poll
 from bus.schema import ExecutorKind, JobSpec, JobStatus, MindKind, NatsAccess, ProfileName, TemplateSpec, decode
 from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
 from bus.server import EmbeddedServer, new_credentials
-from bus.store import Artifacts, StateStore
 from bus.settings import settings
+from bus.store import Artifacts, StateStore
+from services.cli.run import load_template, new_project_id
 from services.common.config import bus_config, lab_config, read_local_lab, secrets_dir
 from services.executors import Executor, make_executor
 from services.host.jobs import ledger_for, runner_access
 from services.lab.lifecycle import check_store
-from services.cli.run import load_template, new_project_id
 
 POLL_S = 2.0
 LOST_GRACE_S = 5.0  # an executor's "failed" waits this long for the runner's own status, which says more
@@ -263,7 +263,7 @@ class CandidateRunner:
             while True:
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), POLL_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 phase = await self.executor.poll(job.job_id)
                 if phase.state in ("failed", "missing"):

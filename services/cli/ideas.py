@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
@@ -27,7 +27,7 @@ def render(template: str, records: list[ArchiveRecord], console: Console) -> Non
         o = r.outcome
         ci = f"[{o.ci_low:.3g}, {o.ci_high:.3g}]" if o.ci_low is not None and o.ci_high is not None else ""
         replicated = "" if o.replicated is None else ("yes" if o.replicated else "no")
-        when = datetime.fromtimestamp(r.recorded_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        when = datetime.fromtimestamp(r.recorded_at, tz=UTC).strftime("%Y-%m-%d %H:%M")
         p = "" if o.p_adjusted is None else f"{o.p_adjusted:.3g}"
         table.add_row(r.project, o.idea_id, tried(r), o.status, _num(o.improvement), _num(o.effect_size, 2), ci, p, replicated, when)
     # Piped or captured output gets the whole row rather than a table folded to 80 columns.

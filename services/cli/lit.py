@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -26,7 +25,7 @@ err = Console(stderr=True, highlight=False)
 HomeOption = typer.Option(None, "--home", help="lab home (default: $LAB_HOME or the user data dir)")
 
 
-def _index(home: Optional[Path]) -> FtsIndex:
+def _index(home: Path | None) -> FtsIndex:
     path = library_path(home or default_lab_home())
     try:
         return FtsIndex(path)
@@ -35,7 +34,7 @@ def _index(home: Optional[Path]) -> FtsIndex:
 
 
 @app.command()
-def add(files: list[Path] = typer.Argument(..., help="BibTeX (.bib) or CSL-JSON (.json) files"), home: Optional[Path] = HomeOption) -> None:
+def add(files: list[Path] = typer.Argument(..., help="BibTeX (.bib) or CSL-JSON (.json) files"), home: Path | None = HomeOption) -> None:
     """Index entries; a malformed entry is reported with its line and skipped; a known key is updated."""
     parsed = []
     for path in files:
@@ -58,7 +57,7 @@ def add(files: list[Path] = typer.Argument(..., help="BibTeX (.bib) or CSL-JSON 
 def search(
     query: str = typer.Argument(..., help="free text"),
     limit: int = typer.Option(10, "--limit", "-n", min=1, max=200),
-    home: Optional[Path] = HomeOption,
+    home: Path | None = HomeOption,
 ) -> None:
     """Ranked matches (BM25 over title, authors, abstract, venue)."""
     index = _index(home)

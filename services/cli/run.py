@@ -12,9 +12,9 @@ import asyncio
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -25,15 +25,15 @@ from agents import templates
 from bus import subjects
 from bus.client import Bus
 from bus.errors import BusRefused, LabError, Unanswered
-from bus.schema import Budget, Decision, Envelope, ExecutorKind, ExperimentResult, MindChoice, MindKind, ProfileName, StartProject, TemplateError, TemplateSpec
 from bus.replay import Entry, read
 from bus.retry import RetryPolicy
+from bus.schema import Budget, Decision, Envelope, ExecutorKind, ExperimentResult, MindChoice, MindKind, ProfileName, StartProject, TemplateError, TemplateSpec
 from bus.store import Artifacts, Heartbeats
 from services.common.config import bus_config, lab_home, read_local_lab
-from services.read.export import UnknownProject, export_project
 from services.lab.lifecycle import StoreFull, check_store
-from services.read.projects import project_state
 from services.read.describe import describe
+from services.read.export import UnknownProject, export_project
+from services.read.projects import project_state
 
 
 @dataclass
@@ -262,7 +262,7 @@ async def _watch(queue: asyncio.Queue[Entry], reader: asyncio.Task[None], projec
             return None
         try:
             entry = await asyncio.wait_for(queue.get(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         env = entry.envelope
         if env is None:

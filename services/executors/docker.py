@@ -32,9 +32,9 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
-from services.executors.base import ExecutorError
 from bus.schema import JobPhase, JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
+from services.executors.base import ExecutorError
 from services.executors.render import (
     GPU_DEVICES_LABEL,
     JOB_ID_ANNOTATION,

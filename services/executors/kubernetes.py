@@ -39,15 +39,15 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from services.executors.base import ExecutorError
 from bus.retry import RetryPolicy
 from bus.schema import JobPhase, JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
+from services.executors.base import ExecutorError
 from services.executors.k8s_watch import Watcher
 from services.executors.render import (
     CONTAINER,
-    KubernetesSettings,
     PROJECT_LABEL,
+    KubernetesSettings,
     foreign_owner,
     job_name,
     k8s_job,

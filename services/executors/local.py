@@ -24,12 +24,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from services.common.config import write_secret
-from services.executors.base import ExecutorError
 from bus.schema import JobPhase, JobSpec
 from bus.schema.formats import RESULT_FILE, FormatError, read_result
 from bus.settings import Settings, env_name
+from services.common.config import write_secret
 from services.common.process import alive
+from services.executors.base import ExecutorError
 
 
 class LocalSettings(BaseModel):

@@ -16,11 +16,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.executors.base import ExecutorError
 from bus.permissions import job_of_user
 from bus.schema import JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 from bus.settings import Settings, env_name
+from services.executors.base import ExecutorError
 
 RUNNER_COMMAND = ["python", "-m", "services.runner"]
 LAUNCHER_COMMAND = ["python", "-m", "services.runner.launcher"]

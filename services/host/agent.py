@@ -22,8 +22,8 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,11 +34,11 @@ from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds.meter import metered
 from bus import partitions
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.schema.constants import HEARTBEAT_EVERY_S
 from bus.consumer import MAX_DELIVER, messages, pull
 from bus.errors import BusTimeout, LabError, MindError, StateConflict
 from bus.retry import RetryPolicy, backoff_delay
 from bus.schema import Envelope, Heartbeat, MindKind, RoleDocument, RoleName, StepFailed, Usage, UsageReport, decode
+from bus.schema.constants import HEARTBEAT_EVERY_S
 from bus.settings import ConfigError, Settings, settings
 from bus.store import Artifacts, Heartbeats, KVCache, StateStore
 from services.host.lanes import Lanes

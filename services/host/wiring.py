@@ -34,9 +34,9 @@ from agents.literature.workflow import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
 from agents.minds.base import Mind
 from agents.pi.workflow import PIContext
+from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
-from bus import subjects
 from bus.schema import EXECUTOR_KINDS, ROLES, Envelope, JobStatus, LabConfig, MindChoice, MindKind, NatsAccess, RoleName
 from bus.schema.formats import FormatError, parse
 from bus.settings import settings
@@ -45,8 +45,6 @@ from services.executors import make_executor
 from services.executors.base import Executor
 from services.host.job_watch import JobWatch
 from services.host.jobs import ExecutorJobs
-
-
 
 log = structlog.get_logger()
 

@@ -17,10 +17,11 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bus.client import Bus
 from bus.errors import LabError

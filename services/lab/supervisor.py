@@ -20,21 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus.client import Bus, BusConfig
-from bus.partitions import PARTITIONS
-from bus.errors import LabError, ServerStartError
-from bus.schema import ROLES, ExecutorKind, MindKind
 from bus import natsjwt
+from bus.client import Bus, BusConfig
+from bus.errors import LabError, ServerStartError
+from bus.jobkeys import new_secret
+from bus.partitions import PARTITIONS
 from bus.permissions import ADMIN, AUTH, COPI, JOB_USER, WEB
 from bus.retry import backoff_delay
-from bus.jobkeys import new_secret
-from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
+from bus.schema import ROLES, ExecutorKind, MindKind
 from bus.schema.formats import LabFile
+from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
 from bus.settings import Settings, env_name
 from services.common.config import read_local_lab, secrets_dir, state_file, write_lab_file, write_secret
-from services.lab.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
 from services.common.process import alive
 from services.host.wiring import wiring_class
+from services.lab.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
 
 __all__ = ["LabError", "LabOptions", "Supervisor", "Terminated", "down", "refuse_if_full", "running_lab", "stop_on_signals", "up_detached"]
 

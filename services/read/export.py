@@ -26,8 +26,8 @@ from typing import Any
 from bus import subjects
 from bus.client import Bus
 from bus.errors import ArtifactMissing, LabError
-from bus.schema import AnalysisDone, Decision, DraftReady, ReviewDone
 from bus.replay import read
+from bus.schema import AnalysisDone, Decision, DraftReady, ReviewDone
 from bus.store import Artifacts
 from services.read.projects import project_state
 

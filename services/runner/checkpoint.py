@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from agents.templates import bundle, unbundle
 from bus.errors import ArtifactMissing
-from bus.store import Artifacts
-from services.runner import proctree
 from bus.schema import JobSpec
 from bus.settings import env_name, settings
+from bus.store import Artifacts
+from services.runner import proctree
 
 # The experiment learns its folder from this variable. How long it gets after SIGTERM is LAB_TERM_GRACE_S
 # (20 s: Kubernetes' default terminationGracePeriodSeconds is 30, the runner keeps the rest to upload and exit).
@@ -83,7 +84,7 @@ class CheckpointSync:
             await asyncio.sleep(self.every)
             try:
                 await self.sync()
-            except (OSError, asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, OSError, ConnectionError):
                 pass  # the next tick or the final sync tries again
 
 

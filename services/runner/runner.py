@@ -32,23 +32,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from agents.templates import unbundle
-from bus import subjects
+from bus import jobkeys, subjects
 from bus.client import Bus, BusConfig
-from bus import jobkeys
 from bus.permissions import chunk_prefix, files_subject, job_of_user
 from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, NatsAccess, derive_id
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
-from bus.store import Artifacts
-from services.runner import checkpoint, proctree, sandbox, split
 from bus.schema.formats import RESULT_FILE, JobLogLine, dump_result
 from bus.settings import ConfigError, Settings, settings
+from bus.store import Artifacts
+from services.runner import checkpoint, proctree, sandbox, split
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
@@ -198,7 +198,7 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term:
     forwarding = asyncio.create_task(checkpoint.forward_term(me, term, s.term_grace_s, on_line)) if term else None
     try:
         await asyncio.wait_for(proc.wait(), timeout=job.wall_time_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         killed.append(f"timeout: exceeded the wall-time limit of {job.wall_time_s:.0f}s")
         proctree.kill_descendants(me)
         await proc.wait()
@@ -209,7 +209,7 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term:
         proctree.kill_descendants(me)  # nothing the experiment started outlives it, nor holds its stdout open
     try:
         await asyncio.wait_for(pumping, timeout=5)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pumping.cancel()
     return _ended(proc.returncode, term, killed, tail)
 
@@ -403,7 +403,7 @@ class Runner:
             else:
                 artifacts = await Artifacts.open(self.bus)
             return artifacts, await artifacts.get(job.bundle_object)
-        except (Exception, asyncio.TimeoutError) as e:
+        except (TimeoutError, Exception) as e:
             print(f"runner: cannot reach the bus or the bundle: {e or type(e).__name__}", file=sys.stderr)
             return None
 
@@ -531,7 +531,7 @@ async def _save_log(artifacts: Artifacts, name: str, log_file: Any, log_path: Pa
     print(f"[runner] stopped before the end: {reason}", flush=True)
     try:
         await asyncio.wait_for(artifacts.put(name, log_path.read_bytes()), 10)
-    except (Exception, asyncio.TimeoutError) as e:
+    except (TimeoutError, Exception) as e:
         print(f"runner: could not upload log.txt: {e or type(e).__name__}", file=sys.stderr)
 
 

@@ -10,9 +10,10 @@ without it has no co-PI box and every POST is refused with 403.
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from sse_starlette import EventSourceResponse
@@ -27,8 +28,8 @@ from starlette.templating import Jinja2Templates
 from bus import subjects
 from bus.client import Bus, BusConfig
 from bus.errors import ArtifactMissing, InvalidToken
-from bus.schema import ROLES
 from bus.replay import read
+from bus.schema import ROLES
 from services.read.projects import NoteRefused, project_state, project_states, send_note
 from services.web import feeds, views
 from services.web.auth import COOKIE, CoPIToken

@@ -11,9 +11,9 @@ import ipaddress
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import uvicorn
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
+from datetime import UTC
 
-from bus.schema import BASELINE, ArchiveRecord, Envelope, FormatError, JobLogLine, ProjectView
 from bus.replay import Entry
+from bus.schema import BASELINE, ArchiveRecord, Envelope, FormatError, JobLogLine, ProjectView
 from services.read.describe import describe
 
 LOG_TAIL = 8  # log lines kept per job on the experiments view
@@ -363,7 +364,7 @@ def _signed(x: float | None, digits: int = 3) -> str:
 
 def archive(records: Iterable[ArchiveRecord]) -> list[TemplateArchive]:
     """The idea archive by template (templates by name, records oldest first): the `lab ideas` table for each."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from services.read.ideas import tried
 
@@ -377,7 +378,7 @@ def archive(records: Iterable[ArchiveRecord]) -> list[TemplateArchive]:
             ci=f"[{o.ci_low:.3g}, {o.ci_high:.3g}]" if o.ci_low is not None and o.ci_high is not None else "",
             p_adjusted="" if o.p_adjusted is None else f"{o.p_adjusted:.3g}",
             replicated="" if o.replicated is None else ("yes" if o.replicated else "no"),
-            when=datetime.fromtimestamp(r.recorded_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"), reason=o.reason,
+            when=datetime.fromtimestamp(r.recorded_at, tz=UTC).strftime("%Y-%m-%d %H:%M"), reason=o.reason,
         ))
         wins[r.template] = wins.get(r.template, 0) + (o.status == "better")
     return [TemplateArchive(t, by[t], wins[t]) for t in sorted(by)]

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import time
 
-from bus import subjects
 from bus.client import Bus
 from bus.schema import Budget, Envelope, StartProject
 from bus.store import StateStore
+from tests.conftest import lab_cmd
 from tests.fakes import TOY_SPEC
-from tests.conftest import config_for, lab_cmd
 
 SPEC = TOY_SPEC
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bus.schema.constants import STATE_BUCKET
 from bus.permissions import ADMIN
+from bus.schema.constants import STATE_BUCKET
 from tests.conftest import lab_cmd
 
 
@@ -73,7 +73,6 @@ def test_a_full_disk_under_lab_home(lab_env, mount_point):
 
 
 def test_the_supervisor_logs_a_disk_that_fills_and_frees(mount_point, monkeypatch, capsys):
-    from services.lab import lifecycle
     from services.lab.supervisor import LabOptions, Supervisor
 
     monkeypatch.setenv("LAB_MIN_FREE_MB", "0.5")  # read when the disk is checked (bus.settings)

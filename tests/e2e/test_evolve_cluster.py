@@ -25,9 +25,9 @@ from kubernetes.client.exceptions import ApiException
 
 from services.executors.render import job_name
 from tests.conftest import lab_cmd
-from tests.kubelet import Kubelet
 from tests.integration.test_evolve_runs import check_run
 from tests.integration.test_k8s_executor import kubeconfig, raw_jobs
+from tests.kubelet import Kubelet
 
 NS = "lab"
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from tests.conftest import lab_cmd
-from tests.kubelet import Kubelet
 from tests.e2e.test_lab_run import check_deliverables, check_nothing_lost, conversation
+from tests.kubelet import Kubelet
 
 pytestmark = [pytest.mark.slow, pytest.mark.tex, pytest.mark.timeout(1200)]
 NS = "lab"

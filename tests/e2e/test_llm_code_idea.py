@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_llm_run import run_llm_project
 from tests.fake_openai import Request
 from tests.llm_script import LabScript, first_user, line_after
-from tests.e2e.test_llm_run import run_llm_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

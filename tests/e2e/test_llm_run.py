@@ -12,7 +12,6 @@ agents' logs or the conversation, a failed job and a second attempt that ran.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections import Counter

@@ -8,10 +8,10 @@ and ended). Each project takes well under a minute on an unloaded machine.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 import re
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest

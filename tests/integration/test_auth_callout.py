@@ -21,8 +21,8 @@ from bus.schema import Envelope, JobSpec, JobStatus, NatsAccess
 from bus.server import EmbeddedServer, new_credentials
 from bus.store import Artifacts, CommitRefused
 from services.auth.callout import AuthService
-from services.runner.runner import Runner
 from services.host.jobs import ExecutorJobs
+from services.runner.runner import Runner
 from tests.conftest import config_for
 from tests.fakes import RecordingExecutor
 

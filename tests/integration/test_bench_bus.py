@@ -12,7 +12,6 @@ import pytest
 from bench import bench_bus as bench
 from tests.conftest import ROOT as REPO
 
-
 N = 50
 
 

@@ -9,7 +9,6 @@ import json
 import pytest
 
 from bus import partitions, subjects
-from tests.fakes import TOY_SPEC
 from bus.client import MAX_ENVELOPE_BYTES, Bus
 from bus.consumer import messages, pull
 from bus.errors import InvalidToken, MessageTooLarge, StateConflict
@@ -17,9 +16,9 @@ from bus.schema import (
     MESSAGE_KINDS,
     AnalysisReport,
     Budget,
+    Comparison,
     CoPINote,
     CoPINoteMsg,
-    Comparison,
     DraftReady,
     Envelope,
     FinalInfo,
@@ -34,7 +33,7 @@ from bus.schema import (
 )
 from bus.store import Artifacts, StateStore
 from tests.conftest import config_for
-
+from tests.fakes import TOY_SPEC
 
 IDEA = Idea(id="wd-0p1", title="t", hypothesis="h", falsification="f", changes={"weight_decay": 0.1})
 FI = FinalInfo(metrics={"val_acc": MetricStat(mean=0.9, stderr=0.01, values=[0.89, 0.9, 0.91])}, seeds=[0, 1, 2])

@@ -9,14 +9,13 @@ import pytest
 
 from bus import partitions, subjects
 from bus.client import Bus
-from bus.schema.constants import ARTIFACTS_BUCKET
 from bus.consumer import consumer_config, pull
-from bus.schema import CoPINote, CoPINoteMsg, Envelope
-from bus.replay import read
 from bus.ledger import LEDGER_KEY, SlotLedger
+from bus.replay import read
+from bus.schema import CoPINote, CoPINoteMsg, Envelope
+from bus.schema.constants import ARTIFACTS_BUCKET
 from bus.store import Artifacts, StateStore
 from tests.conftest import config_for
-
 
 REFUSED_S = 1.5  # a refused JetStream API request gets no answer; wait this long, not the default 10 s
 

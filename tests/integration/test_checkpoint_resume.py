@@ -25,6 +25,7 @@ from bus.schema import JobSpec, NatsAccess, decode
 from bus.schema.constants import EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
 from services.runner import checkpoint
+
 pytestmark = pytest.mark.slow
 
 TINY = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "max_steps": 240,

@@ -7,8 +7,8 @@ import socket
 import subprocess
 import time
 
-from tests.fakes import TOY_SPEC
 from tests.conftest import lab_cmd
+from tests.fakes import TOY_SPEC
 
 SPEC = TOY_SPEC
 

@@ -8,8 +8,8 @@ import time
 from bus import subjects
 from bus.schema import CoPINote, CoPINoteMsg, Envelope, ExperimentRequest, Idea
 from bus.store import StateStore
-from tests.fakes import TOY_SPEC
 from tests.chaos.test_agent_sigkill import start_agent
+from tests.fakes import TOY_SPEC
 
 
 async def dead_letters(bus, role: str, timeout: float) -> list[dict]:

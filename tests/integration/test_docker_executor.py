@@ -37,12 +37,12 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from services.executors import make_executor
-from tests.kubelet import _ENTER
-from services.executors.base import ExecutorError
 from bus.schema import JobPhase, JobSpec, NatsAccess
+from services.executors import make_executor
+from services.executors.base import ExecutorError
 from services.executors.docker import DockerExecutor
 from tests.conftest import ROOT as REPO
+from tests.kubelet import _ENTER
 
 IMAGE = "ghcr.io/kenkyu-lab/lab:test"
 STAND_IN = [

@@ -31,7 +31,6 @@ from services.executors import make_executor
 from services.read.team import capacity_view
 from tests.conftest import TESTS, config_for
 
-
 EXPERIMENT = '''"""Sleep a moment, then report a quadratic in the x the hook picks (and which split it scored)."""
 
 import argparse

@@ -20,7 +20,6 @@ from tests.conftest import lab_cmd
 from tests.fake_openai import FakeOpenAI, Reply, Request
 from tests.unit.test_evolve_loop import CRASH, FORBIDDEN, HALF_SUM, MEDIAN, SIGN_MEAN
 
-
 # ------------------------------------------------------------------ whole runs
 
 

@@ -15,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import kmock
 import pytest
 from kubernetes import client
 
+from bus.schema import JobPhase, JobSpec, NatsAccess
 from services.executors import make_executor
 from services.executors.base import ExecutorError
-from bus.schema import JobPhase, JobSpec, NatsAccess
 from services.executors.kubernetes import KubernetesExecutor
 from services.executors.render import JOB_ID_ANNOTATION, KUEUE_QUEUE_LABEL, dns_name, job_name
 from tests.kubelet import Kubelet

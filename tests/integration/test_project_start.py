@@ -20,7 +20,6 @@ from bus.store import Artifacts
 from services.cli.run import start_project
 from tests.conftest import config_for
 
-
 QUICK = RetryPolicy(attempts=4, budget_s=10.0, base_wait_s=0.05, max_wait_s=0.1, event="jetstream_retry")
 
 

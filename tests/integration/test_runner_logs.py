@@ -16,11 +16,11 @@ import textwrap
 from pathlib import Path
 
 from agents.templates import bundle
-from bus.store import Artifacts
-from services.runner import proctree
 from bus.schema import JobSpec, NatsAccess
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
+from bus.store import Artifacts
 from services.common.process import alive
+from services.runner import proctree
 
 PLOT = "import argparse; p = argparse.ArgumentParser(); p.add_argument('--run_dir'); p.add_argument('--out_dir'); p.parse_args()\n"
 GOOD = """

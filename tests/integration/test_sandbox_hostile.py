@@ -10,9 +10,9 @@ import time
 import pytest
 
 from agents.templates import bundle, load
-from services.runner import sandbox
 from bus.schema import JobSpec, NatsAccess
 from services.executors.local import LocalExecutor
+from services.runner import sandbox
 from tests.conftest import ROOT, TESTS
 from tests.proc_helpers import processes_with
 

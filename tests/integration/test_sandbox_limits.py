@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from services.runner import sandbox
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED
+from services.runner import sandbox
 from tests.conftest import lab_cmd
-from tests.proc_helpers import processes_with
 from tests.integration.test_runner_limits import run_job
+from tests.proc_helpers import processes_with
 
 
 @pytest.mark.parametrize("args", [["run", "--template", "grokking", "--fast"], ["agent", "engineer"]])

@@ -32,15 +32,16 @@ from bus import subjects
 from bus.jobkeys import JobKeys
 from bus.schema import JobSpec, NatsAccess, decode
 from bus.store import Artifacts
-from services.runner import split
 from services.executors import make_executor
 from services.executors.docker import DockerExecutor
 from services.executors.render import job_name
-from tests.kubelet import Kubelet
-from tests.proc_helpers import processes_with
+from services.runner import split
+from tests.conftest import ROOT as REPO
+from tests.conftest import TESTS
 from tests.integration.test_docker_executor import IMAGE, engine  # noqa: F401 - pytest fixture
 from tests.integration.test_k8s_executor import NS, cluster, raw_secrets, wait_for  # noqa: F401 - pytest fixture
-from tests.conftest import ROOT as REPO, TESTS
+from tests.kubelet import Kubelet
+from tests.proc_helpers import processes_with
 
 pytestmark = pytest.mark.timeout(300)
 HOSTILE = TESTS / "hostile"

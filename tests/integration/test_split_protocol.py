@@ -26,10 +26,10 @@ from bus.schema import JobSpec, NatsAccess
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
 from services.runner import split
-from tests.kubelet import _ENTER
+from tests.conftest import ROOT as REPO
 from tests.integration.test_runner_limits import GOOD, KEYS, template
 from tests.integration.test_split_hostile import statuses_of
-from tests.conftest import ROOT as REPO
+from tests.kubelet import _ENTER
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -23,7 +23,6 @@ from services.web.app import STOP_NOTE, create_app
 from tests.conftest import config_for
 from tests.web_convo import P, conversation
 
-
 TOKEN = "t" * 32
 STATE = {"project": P, "template": "grokking", "stage": "done", "ideas": {"wd-1": {}}, "experiments": {"a": {}, "b": {}}, "round": 1,
          "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": {}, "outcome": "accepted after 1 revision round",

@@ -7,9 +7,9 @@ import math
 import pytest
 from pydantic import ValidationError
 
+from agents.analyst.offline import make
 from agents.analyst.workflow import ROLE, build_report
 from agents.base import Context
-from agents.analyst.offline import make
 from bus.schema import AnalysisDone, AnalysisReport, AnalysisRequest, Envelope, FinalInfo, MetricStat, RunRecord
 from tests.fakes import MemoryStore
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from agents.lit.errors import RateLimited
 from agents.minds.llm.errors import MindFailed
-from bus.schema import TemplateError
 from bus.errors import ConnectError, LabError, MindError, PermissionDenied
+from bus.schema import TemplateError
 from services.cli.app import UsageError
 from services.cli.errors import LabTyper, describe
 from services.executors.kubernetes import QuotaExceededError

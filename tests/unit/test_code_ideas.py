@@ -83,8 +83,8 @@ def _draft(**kw):  # type: ignore[no-untyped-def]
 
 def test_the_llm_pi_accepts_a_code_idea_without_knob_changes_and_rejects_an_empty_one() -> None:
     from agents.minds.llm.errors import InvalidAnswer
-    from agents.pi.llm import IdeaRules, LLMPIMind, allowed_knobs
     from agents.minds.llm.schemas import IdeaBatch
+    from agents.pi.llm import IdeaRules, LLMPIMind, allowed_knobs
 
     _, spec = templates.load("model_merging")
     rules = IdeaRules(spec, allowed_knobs(spec, {}), [])

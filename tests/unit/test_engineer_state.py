@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agents.engineer.workflow import EngineerState, JobRecord
 from agents.engineer.jobs import plan_job
+from agents.engineer.workflow import EngineerState, JobRecord
 from bus.schema import TemplateSpec
 from bus.schema.state import EngineerView
 from tests.fakes import TOY_SPEC

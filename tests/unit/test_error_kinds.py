@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from agents.base import Permanent, is_permanent
 from bus.errors import ArtifactMissing, ConnectError, StateConflict
 from bus.schema import TemplateError
@@ -21,5 +19,5 @@ def test_which_errors_are_permanent():
         invalid = e
     for e in (Permanent("x"), ArtifactMissing("x"), invalid, TemplateError("x"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")):
         assert is_permanent(e), e
-    for e in (ConnectError("x"), StateConflict("x"), asyncio.TimeoutError(), ConnectionResetError(), RuntimeError("x")):
+    for e in (ConnectError("x"), StateConflict("x"), TimeoutError(), ConnectionResetError(), RuntimeError("x")):
         assert not is_permanent(e), e

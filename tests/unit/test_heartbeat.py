@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from services.host.alive import fresh, main as alive_main
+from services.host.alive import fresh
+from services.host.alive import main as alive_main
 
 
 def test_alive_is_fresh_only_while_heartbeats_are_recent(tmp_path: Path) -> None:

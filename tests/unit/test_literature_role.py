@@ -10,10 +10,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.base import Context
-from agents.literature.workflow import ROLE, LiteratureContext, Settings, State
 from agents.lit.bibtex import check_citations, to_bibtex
 from agents.lit.index import FtsIndex, library_path
 from agents.lit.library_files import parse_bibtex, read_library_file
+from agents.literature.workflow import ROLE, LiteratureContext, Settings, State
 from agents.minds import make_mind
 from agents.minds.base import LiteratureMind, NoveltyJudgement
 from agents.templates import bundle

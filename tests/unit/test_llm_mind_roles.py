@@ -7,7 +7,7 @@ import pytest
 from agents.minds import make_mind
 from agents.minds.base import AnalystMind, EngineerMind, IdeaContext, LiteratureMind, PIMind, ReviewContext, ReviewerMind, WriterMind
 from agents.minds.llm.errors import MindFailed
-from bus.schema import CoPINote, DraftRequest, Idea, IdeaOutcome, Reference, Review, ReviewScores, RevisionItem, TemplateSpec
+from bus.schema import CoPINote, DraftRequest, Idea, IdeaOutcome, Reference, Review, RevisionItem, TemplateSpec
 from tests.llm_helpers import SPEC, clean_env, replay, report, sent
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -7,10 +7,10 @@ import pytest
 from agents import templates
 from agents.lit.library_files import parse_bibtex
 from agents.literature.offline import OfflineLiteratureMind, method_terms, topic_terms
-from agents.pi.offline import OfflinePIMind
-from agents.minds.base import IdeaContext
-from bus.schema import Idea, NoveltyCheck
 from agents.literature.workflow import task_text
+from agents.minds.base import IdeaContext
+from agents.pi.offline import OfflinePIMind
+from bus.schema import Idea, NoveltyCheck
 
 
 def library(name: str):

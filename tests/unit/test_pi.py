@@ -8,9 +8,8 @@ import pytest
 
 from agents.base import Context
 from agents.pi.offline import OfflinePIMind
-from agents.pi.workflow import PI
 from agents.pi.state import ProjectState
-from tests.fakes import TOY_SPEC, MemoryStore
+from agents.pi.workflow import PI
 from bus.schema import (
     AnalysisDone,
     AnalysisReport,
@@ -29,6 +28,7 @@ from bus.schema import (
     RunRecord,
     StartProject,
 )
+from tests.fakes import TOY_SPEC, MemoryStore
 
 SPEC = TOY_SPEC
 
@@ -231,8 +231,8 @@ async def test_a_note_the_offline_pi_cannot_parse_is_said_so_in_the_log():
 
 
 async def test_the_llm_pi_can_stop_the_project_on_a_note():
-    from tests.llm_helpers import replay
     from agents.minds import make_mind
+    from tests.llm_helpers import replay
 
     h = Harness()
     await h.send(START)

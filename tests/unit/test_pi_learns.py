@@ -8,9 +8,9 @@ import pytest
 
 from agents.minds.base import IdeaContext
 from agents.pi.offline import OfflinePIMind
-from agents.pi.workflow import PI, PIContext
-from agents.pi.state import ProjectState
 from agents.pi.scores import FLOOR, priority, rank
+from agents.pi.state import ProjectState
+from agents.pi.workflow import PI, PIContext
 from agents.templates import load
 from bus.schema import (
     AnalysisDone,

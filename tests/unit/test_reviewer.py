@@ -7,12 +7,24 @@ import pytest
 from agents.analyst.workflow import build_report
 from agents.base import Context
 from agents.reviewer import offline as offline_reviewer
-from agents.writer.offline import OfflineWriterMind
 from agents.reviewer.workflow import ROLE as REVIEWER
+from agents.writer.offline import OfflineWriterMind
 from agents.writer.workflow import ROLE as WRITER
 from bus.schema import (
-    AnalysisRequest, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, ItemResponse, JobEnvironment, MetricStat,
-    Reference, ReviewDone, ReviewRequest, RunRecord, StepFailed,
+    AnalysisRequest,
+    DraftReady,
+    DraftRequest,
+    Envelope,
+    FinalInfo,
+    Idea,
+    ItemResponse,
+    JobEnvironment,
+    MetricStat,
+    Reference,
+    ReviewDone,
+    ReviewRequest,
+    RunRecord,
+    StepFailed,
 )
 from tests.fakes import MemoryStore
 

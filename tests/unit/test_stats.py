@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from agents import stats
+
 BASE = [0.80, 0.82, 0.81, 0.79]
 IDEA = [0.85, 0.86, 0.88, 0.84, 0.87]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 
 from bus.schema import Heartbeat, JobView, ProjectView
-from services.read.projects import ActiveJob
 from services.cli.status import LabStatus, render
+from services.read.projects import ActiveJob
 
 
 def _agent(role: str) -> Heartbeat:

@@ -9,12 +9,22 @@ import pytest
 
 from agents.analyst.workflow import build_report
 from agents.base import Context
+from agents.writer import citations, markup, numbers
 from agents.writer.offline import make
 from agents.writer.workflow import ROLE
-from agents.writer import citations, markup, numbers
 from bus.schema import (
-    AnalysisRequest, CoPINote, DraftReady, DraftRequest, Envelope, FinalInfo, Idea, JobEnvironment,
-    MetricStat, Reference, RunRecord, Usage,
+    AnalysisRequest,
+    CoPINote,
+    DraftReady,
+    DraftRequest,
+    Envelope,
+    FinalInfo,
+    Idea,
+    JobEnvironment,
+    MetricStat,
+    Reference,
+    RunRecord,
+    Usage,
 )
 from tests.fakes import MemoryStore
 

@@ -33,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any, AsyncGenerator, Callable, Generic, Literal, Mapping, Optional, Sequence, TypeVar, Union
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any, Generic, Literal, TypeVar
 
 import openai
 import structlog
@@ -45,12 +46,12 @@ from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage, 
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ValidationError
 
-from agents.minds.meter import charge
 from agents.minds.llm.config import MindConfig, ModelSettings
 from agents.minds.llm.errors import EndpointDown, InvalidAnswer, MindConfigError, MindFailed
+from agents.minds.meter import charge
+from bus.retry import CircuitBreaker, CircuitOpen, RetryPolicy, breaker_for
 from bus.schema import Usage
 from bus.schema.kinds import OutputMode
-from bus.retry import CircuitBreaker, CircuitOpen, RetryPolicy, breaker_for
 
 T = TypeVar("T", bound=BaseModel)
 log = structlog.get_logger()
@@ -152,9 +153,9 @@ class GuardedClient(ChatCompletionClient):
         *,
         tools: Sequence[Tool | ToolSchema] = [],
         tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-        json_output: Optional[bool | type[BaseModel]] = None,
+        json_output: bool | type[BaseModel] | None = None,
         extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: Optional[CancellationToken] = None,
+        cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
         args = {**self._extra, **dict(extra_create_args)}
         if isinstance(json_output, type):
@@ -174,7 +175,7 @@ class GuardedClient(ChatCompletionClient):
             result = result.model_copy(update={"content": extract_json(result.content)})
         return result
 
-    async def _send(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema], args: dict[str, Any], token: Optional[CancellationToken]) -> CreateResult:
+    async def _send(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema], args: dict[str, Any], token: CancellationToken | None) -> CreateResult:
         async def once() -> CreateResult:
             return await asyncio.wait_for(
                 self._inner.create(messages, tools=tools, extra_create_args=args, cancellation_token=token), timeout=self._timeout_s
@@ -184,7 +185,7 @@ class GuardedClient(ChatCompletionClient):
             return await self._policy.run(once, _is_transient, breaker=self._breaker)
         except CircuitOpen as e:  # not retried: the endpoint is dead for now, and the step should say so
             raise TransportFailed(f"LLM endpoint {e}") from e
-        except (openai.APIError, TimeoutError, asyncio.TimeoutError) as e:
+        except (openai.APIError, TimeoutError) as e:
             tries = "" if not _is_transient(e) else f" after {self._retries + 1} tries"
             raise TransportFailed(f"{_describe(e)}{tries}") from e
 
@@ -194,11 +195,11 @@ class GuardedClient(ChatCompletionClient):
         *,
         tools: Sequence[Tool | ToolSchema] = [],
         tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-        json_output: Optional[bool | type[BaseModel]] = None,
+        json_output: bool | type[BaseModel] | None = None,
         extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: Optional[CancellationToken] = None,
-    ) -> AsyncGenerator[Union[str, CreateResult], None]:
-        async def one() -> AsyncGenerator[Union[str, CreateResult], None]:
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        async def one() -> AsyncGenerator[str | CreateResult, None]:
             yield await self.create(messages, tools=tools, json_output=json_output, extra_create_args=extra_create_args, cancellation_token=cancellation_token)
 
         return one()
@@ -267,7 +268,7 @@ def explain(e: ValidationError | InvalidAnswer) -> str:
 class Conversation(Generic[T]):
     """One AssistantAgent for one step; its context keeps the exchange so feedback and reflection build on it."""
 
-    def __init__(self, owner: "MindClient", step: str, system: str, schema: type[T], extra: dict[str, Any]) -> None:
+    def __init__(self, owner: MindClient, step: str, system: str, schema: type[T], extra: dict[str, Any]) -> None:
         self._owner = owner
         self.step = step
         self.schema = schema

@@ -77,7 +77,7 @@ class NoveltyAnswer(Answer):
 class PlanAnswer(Answer):
     explanation: str
     overrides: list[KnobValue]
-    edits: list["EditAnswer"]
+    edits: list[EditAnswer]
 
 
 class EditAnswer(Answer):
