@@ -357,7 +357,7 @@ class Side(ABC):
     async def _ask(self, replies: Any, items: list[Any], expected: list[str], responder: asyncio.Task[None]) -> list[float]:
         samples = []
         async with aclosing(self.each(replies)) as it:  # type: ignore[type-var]
-            for item, want in zip(items, expected):
+            for item, want in zip(items, expected, strict=True):
                 t0 = perf_counter()
                 await self.publish(self.pi, [item])
                 msg = await anext(it)

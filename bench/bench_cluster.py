@@ -88,7 +88,7 @@ async def main(gpus: int, runs: int, min_s: float, max_s: float, poll_s: float, 
                     # Poll every job in flight at once, as a dispatcher watching G GPUs should.
                     in_flight = [j for j in submitted if j not in done]
                     phases = await asyncio.gather(*(ex.poll(j) for j in in_flight))
-                    for job_id, phase in zip(in_flight, phases):
+                    for job_id, phase in zip(in_flight, phases, strict=True):
                         if phase.state in ("succeeded", "failed"):
                             if phase.state == "failed":
                                 raise SystemExit(f"{job_id} failed: {phase.reason}")

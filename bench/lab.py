@@ -119,7 +119,7 @@ def main() -> None:
     ks = sorted({1, *(int(k) for k in args.projects.split(","))})
     rs = [int(r) for r in args.replicas.split(",")]
     root = Path(tempfile.mkdtemp(prefix="bench-lab-"))
-    results = {r: dict(zip(ks, one_lab(r, ks, args.latency, args.concurrency, root / f"r{r}"))) for r in rs}
+    results = {r: dict(zip(ks, one_lab(r, ks, args.latency, args.concurrency, root / f"r{r}"), strict=True)) for r in rs}
     base_r = rs[0]
     print(f"latency {args.latency}s per message, concurrency {args.concurrency or 'K'} per agent; ratios against runs on this machine now")
     print(f"{'R':>2} {'K':>3} {'ok':>3} {'makespan s':>10} {'vs K=1':>7} {'msgs/s':>7} {f'vs R={base_r}':>7} {'p50 s':>6} {'p99 s':>6} {'RSS MB':>7}")

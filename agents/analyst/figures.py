@@ -44,7 +44,7 @@ def bar_chart(metric: str, direction: str, bars: list[Bar]) -> bytes:
     top = max(b.mean + b.stderr for b in bars)
     bottom = min(0.0, min(b.mean - b.stderr for b in bars))
     span = (top - bottom) or 1.0
-    for x, b in zip(xs, bars):
+    for x, b in zip(xs, bars, strict=True):
         if b.p_value is not None:
             ax.annotate(_fmt_p(b.p_value), (x, b.mean + b.stderr), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7)
     ax.set_ylim(bottom, top + 0.15 * span)

@@ -89,7 +89,7 @@ def pool(runs: list[RunRecord], flags: list[AnalysisFlag]) -> dict[str, Arm]:
             seeds: list[Any] = fi.seeds if len(fi.seeds) == len(stat.values) else run.seeds
             if len(seeds) != len(stat.values):
                 seeds = [("index", run.job_id, k) for k in range(len(stat.values))]
-            for seed, value in zip(seeds, stat.values):
+            for seed, value in zip(seeds, stat.values, strict=True):
                 if seed in slot and metric == next(iter(fi.metrics)):
                     flags.append(AnalysisFlag(kind="duplicate_seed", job_id=run.job_id, idea_id=run.idea_id,
                                               detail=f"idea {run.idea_id!r} seed {seed} ran again in {run.job_id}; kept the later value"))
@@ -210,7 +210,7 @@ def correct(comparisons: list[Comparison], alpha: float, method: str) -> None:
     """Set every comparison's corrected p-value and verdict, over the whole family at once."""
     raw = [c.p_value for c in comparisons]
     adjusted = stats.holm(raw) if method == "holm" else raw
-    for c, p in zip(comparisons, adjusted):
+    for c, p in zip(comparisons, adjusted, strict=True):
         c.p_adjusted = p
         c.verdict = stats.verdict_of(c.improvement, p, alpha)
         c.better = c.verdict == "better"

@@ -45,7 +45,7 @@ def _values(runs: list[RunRecord], arm: str, metric: str) -> dict[int, float]:
             continue
         seeds = run.final_info.seeds if len(run.final_info.seeds) == len(stat.values) else run.seeds
         if len(seeds) == len(stat.values):
-            out.update({s: float(v) for s, v in zip(seeds, stat.values)})
+            out.update({s: float(v) for s, v in zip(seeds, stat.values, strict=True)})
     return out
 
 

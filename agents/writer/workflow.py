@@ -212,7 +212,7 @@ class Writer(Role):
         except (ArtifactMissing, KeyError):
             return body, tex, md
         kept = revisions.unkept(body.revision_items, body.responses, before, md)
-        changed = [r.item_id for r, k in zip(body.responses, kept) if r.action != k.action]
+        changed = [r.item_id for r, k in zip(body.responses, kept, strict=True) if r.action != k.action]
         if not changed:
             return body, tex, md
         ctx.log.warning("revision_not_done", items=changed)

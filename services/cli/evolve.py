@@ -569,7 +569,7 @@ async def _run_batch(runner: CandidateRunner, files: EvolveFiles, console: Conso
                 progress.console.print(f"  {cid:<12} {escape(c.name[:40]):<40} [red]failed[/red]: {escape(c.reason[:160])}")
             return c
 
-        return list(await asyncio.gather(*(one(cid, p) for cid, p in zip(ids, proposals))))
+        return list(await asyncio.gather(*(one(cid, p) for cid, p in zip(ids, proposals, strict=True))))
 
 
 __all__ = ["CandidateRunner", "EvolveFiles", "EvolveOptions", "LabAccess", "lab_access", "run_evolve", "seed_proposals"]

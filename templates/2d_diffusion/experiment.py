@@ -241,7 +241,7 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device, ckpt: Ch
         sched.step()
         with torch.no_grad():
             if args.ema_decay > 0:
-                for pe, pm in zip(ema.parameters(), model.parameters()):
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                     pe.lerp_(pm, 1 - args.ema_decay)
         running = loss.item() if step == 1 else 0.98 * running + 0.02 * loss.item()
         if step > 0.9 * args.num_train_steps:

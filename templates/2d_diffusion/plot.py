@@ -23,7 +23,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     seeds = sorted(runs)
     fig, axes = plt.subplots(1, len(seeds), figsize=(3.5 * len(seeds), 3.5), squeeze=False)
-    for ax, seed in zip(axes[0], seeds):
+    for ax, seed in zip(axes[0], seeds, strict=True):
         real, gen = np.array(runs[seed]["real"]), np.array(runs[seed]["samples"])
         ax.scatter(real[:, 0], real[:, 1], s=3, alpha=0.4, label="held-out real")
         ax.scatter(gen[:, 0], gen[:, 1], s=3, alpha=0.4, label="generated")

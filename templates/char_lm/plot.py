@@ -37,7 +37,7 @@ def main() -> None:
     plt.close(fig)
     # The samples as a figure too, so a paper shows what the model writes next to its loss.
     fig, axes = plt.subplots(len(seeds), 1, figsize=(9, 2.6 * len(seeds)), squeeze=False)
-    for ax, seed in zip(axes[:, 0], seeds):
+    for ax, seed in zip(axes[:, 0], seeds, strict=True):
         text = "\n".join(runs[seed]["sample"].splitlines()[:12])
         ax.text(0.0, 1.0, text, family="monospace", fontsize=7, va="top", ha="left", transform=ax.transAxes, parse_math=False)
         ax.set_title(f"generated text, seed {seed} (temperature 0.8)", fontsize=9, loc="left")

@@ -180,7 +180,7 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
         if step % args.eval_every == 0 or step == args.num_steps:
             tl, ta = evaluate(model, xtr, ytr)
             vl, vacc = evaluate(model, xva, yva)
-            for k, v in zip(curve, (step, tl, ta, vl, vacc)):
+            for k, v in zip(curve, (step, tl, ta, vl, vacc), strict=True):
                 curve[k].append(float(v))
             if vacc >= 0.99 and steps_to_val_99 == float(args.num_steps):
                 steps_to_val_99 = float(step)

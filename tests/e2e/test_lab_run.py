@@ -287,7 +287,7 @@ def test_the_same_run_twice_on_one_lab_home(lab_env, tmp_path):
     assert len(projects[0]) == len(projects[1]) == 1 and projects[0] != projects[1]
     jobs = [{j for m in c if m["body"]["type"] == "experiment_planned" for j in m["body"]["job_ids"]} for c in convos]
     assert jobs[0] and jobs[1] and not jobs[0] & jobs[1], jobs
-    for c, mine in zip(convos, jobs):
+    for c, mine in zip(convos, jobs, strict=True):
         check_nothing_lost(c)
         ran = {r["job_id"] for m in c if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"]}
         assert ran == mine

@@ -159,7 +159,7 @@ def check_order(home: Path, runs: list[tuple[subprocess.Popen, Path]], replicas:
             if not mine:
                 continue
             assert len({r["instance"] for r in mine}) == 1, f"{role}/{project} on {({r['instance'] for r in mine})}"
-            for a, b in zip(mine, mine[1:]):
+            for a, b in zip(mine, mine[1:], strict=False):
                 assert b["started"] >= a["ended"], f"{role}/{project}: {a['message_id']} and {b['message_id']} at once"
             ids = list(dict.fromkeys(r["message_id"] for r in mine))
             # In the order of the project's log (job statuses, which are not in it, aside).

@@ -81,7 +81,7 @@ async def test_projects_run_concurrently_each_in_order_with_usage_apart(admin_bu
     for p in projects:
         runs = sorted((r for r in probe.runs if r[0] == p), key=lambda r: r[2])
         assert [r[1] for r in runs] == [f"n{n}" for n in range(per_project)], f"{p} out of order"
-        for a, b in zip(runs, runs[1:]):
+        for a, b in zip(runs, runs[1:], strict=False):
             assert b[2] >= a[3], f"{p}: two of its messages were handled at once"
     # Across projects: never more than the concurrency at once, and more than one at a time.
     events = sorted([(r[2], 1) for r in probe.runs] + [(r[3], -1) for r in probe.runs])

@@ -70,7 +70,7 @@ def check_order(runs: list[Run], projects: list[str], per_project: int) -> dict[
     for p in projects:
         mine = sorted((r for r in runs if r[1] == p), key=lambda r: r[3])
         assert [r[2] for r in mine] == [f"n{n}" for n in range(per_project)], f"{p}: {[r[2] for r in mine]}"
-        for a, b in zip(mine, mine[1:]):
+        for a, b in zip(mine, mine[1:], strict=False):
             assert b[3] >= a[4], f"{p}: {a[0]} and {b[0]} held its messages at once"
         met[p] = {r[0] for r in mine}
     return met

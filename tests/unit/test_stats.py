@@ -163,8 +163,8 @@ def test_holm_by_hand_and_against_bonferroni_and_bh():
     bonferroni = [min(1.0, x * len(p)) for x in p]
     bh = sps.false_discovery_control(p, method="bh")
     # Holm is never more lenient than Bonferroni's bound nor less strict than BH's FDR control
-    assert all(b >= h - 1e-12 for b, h in zip(bonferroni, adj))
-    assert all(h >= q - 1e-12 for h, q in zip(adj, bh))
+    assert all(b >= h - 1e-12 for b, h in zip(bonferroni, adj, strict=True))
+    assert all(h >= q - 1e-12 for h, q in zip(adj, bh, strict=True))
     assert stats.holm([]) == [] and stats.holm([0.7]) == [0.7]
     assert stats.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
 
