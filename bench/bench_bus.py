@@ -582,16 +582,24 @@ def _verdict(ok: bool) -> str:
 
 
 Metric = Callable[[SideRound], float]
-THROUGHPUT: Metric = lambda s: s.flow.rate
-P50: Metric = lambda s: s.p(50) * 1e3
+
+
+def throughput(s: SideRound) -> float:
+    return s.flow.rate
+
+
+def p50_ms(s: SideRound) -> float:
+    return s.p(50) * 1e3
+
+
 # (label, metric, format, goal): goal "min" means lab/raw at least THROUGHPUT_GOAL, "max" at most LATENCY_GOAL.
 ROWS: list[tuple[str, Metric, str, str]] = [
-    ("throughput, msg/s", THROUGHPUT, "{:,.0f}", "min"),
+    ("throughput, msg/s", throughput, "{:,.0f}", "min"),
     ("  publish, PubAck each", lambda s: s.flow.publish_rate, "{:,.0f}", ""),
     ("  consume, fetch 1", lambda s: s.flow.consume_rate, "{:,.0f}", ""),
     ("hot path, msg/s", lambda s: s.hot.rate, "{:,.0f}", ""),
     ("  publish, async PubAcks", lambda s: s.hot.publish_rate, "{:,.0f}", ""),
-    ("round trip p50, ms", P50, "{:.3f}", "max"),
+    ("round trip p50, ms", p50_ms, "{:.3f}", "max"),
     ("round trip p95, ms", lambda s: s.p(95) * 1e3, "{:.3f}", ""),
     ("round trip p99, ms", lambda s: s.p(99) * 1e3, "{:.3f}", ""),
 ]

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Request:
         return str(users[-1].get("content", "")) if users else ""
 
 
-Script = Union[list[Reply], dict[str, list[Reply]], Callable[[Request], Reply]]
+Script = list[Reply] | dict[str, list[Reply]] | Callable[[Request], Reply]
 
 
 class FakeOpenAI:

@@ -520,7 +520,7 @@ def _check_url(url: str) -> None:
     if u.scheme not in ("nats", "tls") or not u.hostname:
         fail(f"bad NATS URL {url!r}: expected nats://host:port")
     try:
-        u.port
+        _ = u.port  # urllib parses the port lazily: reading it raises ValueError when it is not a number
     except ValueError:
         fail(f"bad NATS URL {url!r}: the port is not a number")
 

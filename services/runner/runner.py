@@ -248,7 +248,7 @@ def _ended(returncode: int | None, term: asyncio.Event | None, killed: list[str]
     if killed:
         return Outcome("failed", killed[0], returncode)
     if returncode != 0:
-        last = next((l for l in reversed(tail) if l.strip()), "")
+        last = next((line for line in reversed(tail) if line.strip()), "")
         return Outcome("failed", f"crashed: exit code {returncode}: {last[:300]}", returncode)
     return Outcome("succeeded", "", 0)
 

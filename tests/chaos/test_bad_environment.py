@@ -18,7 +18,7 @@ def one_line_failure(args: list[str], env: dict, timeout: float = 120) -> str:
     r = subprocess.run(lab_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode != 0, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("lab: error: "), r.stderr
     return lines[0]
 

@@ -69,7 +69,7 @@ def test_a_full_jetstream_refuses_new_projects_in_one_line_and_keeps_what_it_ack
 
         r = lab(env, "run", "--template", "grokking", "--fast")
         assert r.returncode != 0 and "Traceback" not in r.stderr
-        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert len(lines) == 1, r.stderr
         assert lines[0].startswith("lab: error: the lab's store is full: ") and f"used of its 4.0 MiB limit (JetStream at {info['url']})" in lines[0], lines[0]
 

@@ -49,7 +49,7 @@ class SilentServer:
                 while b"\r\n\r\n" in buffer:
                     head, buffer = buffer.split(b"\r\n\r\n", 1)
                     if head.startswith(b"POST"):
-                        role = next((l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n") if l.lower().startswith(b"x-lab-role:")), "")
+                        role = next((line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n") if line.lower().startswith(b"x-lab-role:")), "")
                         self.requests.append(role)
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -101,7 +101,7 @@ def test_a_silent_endpoint_ends_the_project_with_the_breakers_reason(lab_env, tm
     text = " ".join((run.stdout + run.stderr).split())  # the CLI wraps lines to the terminal
     logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted((home / "logs").glob("*.log")))
 
-    convo = [json.loads(l) for l in (out / "conversation.jsonl").read_text().splitlines()] if (out / "conversation.jsonl").is_file() else []
+    convo = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()] if (out / "conversation.jsonl").is_file() else []
     decisions = [m["body"] for m in convo if m["body"]["type"] == "decision"]
     assert len(decisions) == 1, text[-3000:] + logs
     decision = decisions[0]

@@ -127,7 +127,7 @@ def trial(env: dict, home: Path, tmp: Path, rng: random.Random, n: int) -> None:
     out = tmp / f"out-{n}"
     done = lab(env, "run", "--attach", project, "--quiet", "--out", str(out), timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
-    convo = [json.loads(l) for l in (out / "conversation.jsonl").read_text().splitlines()]
+    convo = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
     check_nothing_lost(convo)
 
     # Every experiment ran: none reported failed because the lab died under it.

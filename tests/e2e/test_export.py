@@ -47,7 +47,7 @@ def test_export_and_attach_on_a_running_and_a_finished_project(lab_env, tmp_path
         manifest = json.loads((partial / "export.json").read_text())
         assert manifest["status"] == "unfinished" and manifest["accepted"] is None and "had not decided" in manifest["note"]
         assert "not finished" in r.stdout
-        convo = [json.loads(l) for l in (partial / "conversation.jsonl").read_text().splitlines()]
+        convo = [json.loads(line) for line in (partial / "conversation.jsonl").read_text().splitlines()]
         assert convo[0]["body"]["type"] == "start_project" and all(m["project"] == project for m in convo)
         assert not (partial / "paper.tex").exists()
 

@@ -46,13 +46,13 @@ def finish(proc: subprocess.Popen, out: Path, timeout: float = 900) -> str:
 
 
 def conversation(out: Path) -> list[dict]:
-    return [json.loads(l) for l in (out / "conversation.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
 
 
 def live_log(env: dict, project: str | None = None) -> list[dict]:
     args = ["logs", "--json"] + (["--project", project] if project else [])
     r = subprocess.run(lab_cmd(*args), env=env, capture_output=True, text=True, timeout=60)
-    return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
 
 def wait_for(predicate, timeout: float, every: float = 1.0, what: str = ""):

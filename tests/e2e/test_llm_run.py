@@ -104,7 +104,7 @@ def test_llm_mind_project_end_to_end_with_faults(lab_env, tmp_path):
     assert fired == set(LabScript.FAULTS.values()), script.fired
 
     # The deliverables, and the decision, came out of the scripted answers.
-    convo = [json.loads(l) for l in (out / "conversation.jsonl").read_text().splitlines()]
+    convo = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
     kinds = [m["body"]["type"] for m in convo]
     assert kinds.count("decision") == 1
     decision = next(m["body"] for m in convo if m["body"]["type"] == "decision")

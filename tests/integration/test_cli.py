@@ -19,7 +19,7 @@ def lab(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
     assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert needle in lines[0], lines[0]
 
@@ -66,7 +66,7 @@ def test_up_say_logs_down(lab_env):
         acks = []
         for _ in range(60):
             out = lab(env, "logs", "--json", "--project", "demo").stdout
-            entries = [json.loads(l) for l in out.splitlines() if l.strip()]
+            entries = [json.loads(line) for line in out.splitlines() if line.strip()]
             acks = [e for e in entries if e["body"]["type"] == "note_ack"]
             if acks:
                 break

@@ -20,7 +20,7 @@ def test_builtin_spec_loads(name: str) -> None:
     assert spec.task and spec.keywords
     # Every knob in template.yaml is a flag of experiment.py with the same default.
     source = (folder / "experiment.py").read_text()
-    for knob, k in spec.knobs.items():
+    for knob in spec.knobs:
         assert f'"{knob}": (' in source, f"{name}: knob {knob} missing from experiment.py"
     spec.check_overrides({**spec.baseline, **spec.fast})
 

@@ -8,7 +8,7 @@ travel here as ``[{"knob": ..., "value": ...}]`` lists instead.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,7 +16,7 @@ from agents.minds.base import PaperSections
 from bus.schema import ItemResponse, ReviewScores, RevisionItem
 from bus.schema.review import MetaDecision, ReviewDecision, RevisionKind
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 class Answer(BaseModel):
