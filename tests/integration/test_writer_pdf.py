@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 
 import pytest
@@ -13,7 +14,15 @@ from agents.writer.offline import make
 from agents.writer.workflow import ROLE
 from bus.schema import Envelope, ItemResponse, Reference, RevisionItem, Usage
 from tests.fakes import MemoryStore
-from tests.unit.test_writer import REFS, drafted, png, request, write  # noqa: F401 - drafted is a pytest fixture
+from tests.unit.test_writer import REFS, png, request, write
+
+
+@pytest.fixture(scope="module")
+def drafted():
+    """test_writer's drafted paper, drafted once for this module (as importing its module-scoped fixture did)."""
+    req = request()
+    out, store = asyncio.run(write(req))
+    return req, out, store
 
 
 @pytest.mark.tex
