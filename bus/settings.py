@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     )
     min_free_mb: float = _setting(64.0, "Free disk (MiB) under LAB_HOME below which a lab refuses to start.", "services.lab.lifecycle", ge=0)
     max_store: int = _setting(
-        10 << 30, "The embedded server's JetStream store limit, a size like 50G or 512M.", "services.lab.lifecycle", shown="`10G`", type_shown="size (bytes)", gt=0,
+        10 << 30, "The embedded server's JetStream store limit, a size like 50G or 512M.", "services.lab.lifecycle",
+        shown="`10G`", type_shown="size (bytes)", gt=0,
     )
 
     # ---------------------------------------------------------------- the llm mind
@@ -123,8 +124,12 @@ class Settings(BaseSettings):
     )
     nats_user: str | None = _setting(None, "The NATS user to log in as.", "services.common.config, services.auth.callout, services.runner.runner")
     nats_user_file: Path | None = _setting(None, "A file holding LAB_NATS_USER (a mounted Secret).", "services.runner.runner")
-    nats_password: SecretStr | None = _setting(None, "The NATS password (prefer LAB_NATS_PASSWORD_FILE).", "services.common.config, services.auth.callout, services.runner.runner")
-    nats_password_file: Path | None = _setting(None, "A file holding the NATS password (`lab up` writes one per role).", "services.common.config, services.auth.callout, services.runner.runner")
+    nats_password: SecretStr | None = _setting(
+        None, "The NATS password (prefer LAB_NATS_PASSWORD_FILE).", "services.common.config, services.auth.callout, services.runner.runner",
+    )
+    nats_password_file: Path | None = _setting(
+        None, "A file holding the NATS password (`lab up` writes one per role).", "services.common.config, services.auth.callout, services.runner.runner",
+    )
     nats_replicas: int | None = _setting(
         None, "Replicas of the lab's streams and buckets: the number of NATS nodes (1, 3, 5).", "services.common.config",
         shown="the local lab's cluster, else 1", ge=1,
@@ -132,11 +137,17 @@ class Settings(BaseSettings):
 
     # ---------------------------------------------------------------- job runners' access (engineer, `lab evolve`)
     runner_nats_url: str | None = _setting(None, "The NATS URL job runners connect to.", "services.host.wiring, services.cli.evolve", shown="the agent's own")
-    runner_user: str | None = _setting(None, "The NATS user of job runners (`job`: each job its own user, via the auth service).", "services.host.wiring, services.cli.evolve")
+    runner_user: str | None = _setting(
+        None, "The NATS user of job runners (`job`: each job its own user, via the auth service).", "services.host.wiring, services.cli.evolve",
+    )
     runner_password: SecretStr | None = _setting(None, "The shared runner user's password.", "services.host.wiring, services.cli.evolve")
     runner_password_file: Path | None = _setting(None, "A file holding the runner password.", "services.host.wiring, services.cli.evolve")
-    job_secret: SecretStr | None = _setting(None, "The engineers' job secret: each job's status key derives from it.", "services.host.wiring, services.cli.evolve, services.auth.callout")
-    job_secret_file: Path | None = _setting(None, "A file holding the job secret (`lab up` writes one).", "services.host.wiring, services.cli.evolve, services.auth.callout")
+    job_secret: SecretStr | None = _setting(
+        None, "The engineers' job secret: each job's status key derives from it.", "services.host.wiring, services.cli.evolve, services.auth.callout",
+    )
+    job_secret_file: Path | None = _setting(
+        None, "A file holding the job secret (`lab up` writes one).", "services.host.wiring, services.cli.evolve, services.auth.callout",
+    )
 
     # ---------------------------------------------------------------- the auth service
     auth_issuer_seed: SecretStr | None = _setting(None, "The auth callout's signing seed (prefer the file).", "services.auth.callout")
@@ -160,27 +171,44 @@ class Settings(BaseSettings):
         None, "This process's index (0-based) among its role's replicas.", "services.host.agent", shown="a StatefulSet pod's ordinal, else 0", ge=0,
     )
     replicas: int = _setting(1, "How many processes run this role (they split its 16 partitions).", "services.host.agent", ge=1)
-    instance: str | None = _setting(None, "This process's name (`pi-2`): its heartbeat key and run/ files.", "services.host.agent", shown="the role, then -N by replica")
-    fault_delay_after_store: float = _setting(0.0, "Fault injection (chaos tests): seconds to pause between storing state and publishing.", "services.host.agent", ge=0)
+    instance: str | None = _setting(
+        None, "This process's name (`pi-2`): its heartbeat key and run/ files.", "services.host.agent", shown="the role, then -N by replica",
+    )
+    fault_delay_after_store: float = _setting(
+        0.0, "Fault injection (chaos tests): seconds to pause between storing state and publishing.", "services.host.agent", ge=0,
+    )
     bench_mind_latency_s: float = _setting(0.0, "A simulated mind call of this many seconds per message (bench/lab.py).", "services.host.agent", ge=0)
 
     # ---------------------------------------------------------------- the job runner and its experiment
     job: SecretStr | None = _setting(None, "The job as JSON (Docker; elsewhere LAB_JOB_FILE keeps it out of the environment).", "services.runner.runner")
     job_file: Path | None = _setting(None, "A file holding the job as JSON (mode 0600, or a mounted Secret).", "services.runner.runner")
-    job_dir: Path | None = _setting(None, "The runner's work folder: its log, env.json, result.json.", "services.runner.runner", shown="$LAB_SCRATCH/<job>, else a new temp folder")
+    job_dir: Path | None = _setting(
+        None, "The runner's work folder: its log, env.json, result.json.", "services.runner.runner", shown="$LAB_SCRATCH/<job>, else a new temp folder",
+    )
     scratch: Path | None = _setting(None, "A container's writable scratch volume, where the job folder goes.", "services.runner.runner")
-    shared_dir: Path | None = _setting(None, "The volume the runner and the experiment container share (Docker, Kubernetes).", "services.runner.runner, services.runner.launcher")
+    shared_dir: Path | None = _setting(
+        None, "The volume the runner and the experiment container share (Docker, Kubernetes).", "services.runner.runner, services.runner.launcher",
+    )
     executor_kind: ExecutorKind = _setting("local", "The executor that started this runner, recorded in env.json.", "services.runner.runner")
     job_max_processes: int = _setting(256, "Processes a job may run at once before it is killed (a fork bomb).", "services.runner.runner", ge=1)
     runner_connect_timeout_s: float = _setting(30.0, "Seconds the runner waits for NATS before exiting for a retry.", "services.runner.runner", gt=0)
-    runner_alive_stale_s: float = _setting(60.0, "Seconds without the runner's heartbeat before the experiment container stops.", "services.runner.split, services.runner.launcher", gt=0)
-    launcher_start_timeout_s: float = _setting(900.0, "Seconds the experiment container waits for the runner to hand it the code.", "services.runner.launcher", gt=0)
+    runner_alive_stale_s: float = _setting(
+        60.0, "Seconds without the runner's heartbeat before the experiment container stops.", "services.runner.split, services.runner.launcher", gt=0,
+    )
+    launcher_start_timeout_s: float = _setting(
+        900.0, "Seconds the experiment container waits for the runner to hand it the code.", "services.runner.launcher", gt=0,
+    )
     term_grace_s: float = _setting(20.0, "Seconds an experiment gets after SIGTERM to save its checkpoint.", "services.runner.runner", ge=0)
     checkpoint_sync_s: float = _setting(30.0, "Seconds between uploads of a resumable experiment's checkpoint.", "services.runner.checkpoint", gt=0)
     checkpoint_dir: Path | None = _setting(None, "Set by the runner: where a resumable experiment keeps its checkpoint.", "templates' experiment.py")
-    checkpoint_every: int | None = _setting(None, "Steps between a resumable experiment's checkpoints; the runner passes it on.", "services.runner.runner, templates' experiment.py", shown="the template's", ge=1)
+    checkpoint_every: int | None = _setting(
+        None, "Steps between a resumable experiment's checkpoints; the runner passes it on.", "services.runner.runner, templates' experiment.py",
+        shown="the template's", ge=1,
+    )
     bwrap: str = _setting("bwrap", "The bubblewrap binary; one that does not resolve means no sandbox.", "services.runner.sandbox")
-    unsafe_no_sandbox: bool = _setting(False, "Set by --unsafe-no-sandbox: run model-written code unconfined where no sandbox works.", "services.runner.sandbox")
+    unsafe_no_sandbox: bool = _setting(
+        False, "Set by --unsafe-no-sandbox: run model-written code unconfined where no sandbox works.", "services.runner.sandbox",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -348,9 +376,8 @@ def table() -> str:
     rows = ["| Variable | Type | Default | What it does | Read by |", "| --- | --- | --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        rows.append(
-            f"| `{env_name(name)}` | {extra.get('type_shown') or _type_name(field.annotation)} | {_default(field, extra)} | {field.description} | {extra.get('read_by', '')} |"
-        )
+        type_shown = extra.get("type_shown") or _type_name(field.annotation)
+        rows.append(f"| `{env_name(name)}` | {type_shown} | {_default(field, extra)} | {field.description} | {extra.get('read_by', '')} |")
     return INTRO + "\n" + "\n".join(rows) + "\n"
 
 
