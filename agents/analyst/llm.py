@@ -20,7 +20,8 @@ class LLMAnalystMind(LLMMind):
     async def summarize(self, report: AnalysisReport) -> str:
         def check(answer: SummaryAnswer) -> None:
             text = answer.summary.lower()
-            if report.comparisons and not any(c.better for c in report.comparisons) and "significant improvement" in text and "no significant improvement" not in text:
+            claims = "significant improvement" in text and "no significant improvement" not in text
+            if report.comparisons and not any(c.better for c in report.comparisons) and claims:
                 raise InvalidAnswer("no comparison is significantly better than the baseline; do not claim a significant improvement")
 
         answer = await self.ask("summarize", [

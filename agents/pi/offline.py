@@ -193,7 +193,8 @@ class OfflinePIMind:
                     arms = "the baseline" if item.target == BASELINE else f"{item.target} and the baseline"
                     out.append(ItemResponse(item_id=item.id, action="act", text=f"running more seeds for {arms}"))
                 else:
-                    out.append(ItemResponse(item_id=item.id, action="rebut", text=f"the run budget is spent ({ctx.runs_left} runs left); the limitation is stated"))
+                    text = f"the run budget is spent ({ctx.runs_left} runs left); the limitation is stated"
+                    out.append(ItemResponse(item_id=item.id, action="rebut", text=text))
             elif item.kind == "add_baseline":
                 have = [c for c in ctx.report.comparisons]
                 out.append(ItemResponse(

@@ -146,7 +146,10 @@ def claim_findings(secs: dict[str, str], report: AnalysisReport) -> list[Finding
         if "worse" in said and (named or "inconclusive" not in said):
             f = Finding("fatal", where, f"The {where} claims an improvement that the analysis calls worse: \"{quote}\".")
         elif "better" not in said or any(v != "better" for v in said if named):
-            f = Finding("rewrite_section", where, f"The {where} claims an improvement the analysis does not support (not significant): \"{quote}\". State the result as inconclusive.")
+            f = Finding(
+                "rewrite_section", where,
+                f"The {where} claims an improvement the analysis does not support (not significant): \"{quote}\". State the result as inconclusive.",
+            )
         else:
             continue
         if (f.kind, f.target) not in seen:

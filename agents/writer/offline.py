@@ -139,7 +139,8 @@ class Draft:
         return (
             f"We study {self.study}. "
             f"Starting from the research direction given by the co-PI, we compared a baseline with "
-            f"{fmt(len(self.r.ideas))} proposed change(s) to its {'knobs or code' if self.code else 'knobs'} over several seeds, using t-tests (paired where arms share seeds) "
+            f"{fmt(len(self.r.ideas))} proposed change(s) to its {'knobs or code' if self.code else 'knobs'} over several seeds, "
+            f"using t-tests (paired where arms share seeds) "
             f"with {correction_words(self.rep.correction, len(self.rep.comparisons))}, Hedges' g and bootstrap "
             f"confidence intervals, with the primary metric {self.rep.primary_metric}.{seed_text} {finding}"
         )

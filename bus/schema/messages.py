@@ -278,7 +278,11 @@ class UsageReport(Model):
 
 
 Body = Annotated[
-    StartProject | CoPINoteMsg | NoteAck | NoveltyCheck | NoveltyVerdict | ReferenceSearch | ReferencesFound | ExperimentRequest | ExperimentPlanned | ExperimentResult | JobStatus | AnalysisRequest | AnalysisDone | DraftRequest | DraftReady | ReviewRequest | ReviewDone | Rebuttal | Decision | StepFailed | UsageReport,
+    (
+        StartProject | CoPINoteMsg | NoteAck | NoveltyCheck | NoveltyVerdict | ReferenceSearch | ReferencesFound | ExperimentRequest | ExperimentPlanned
+        | ExperimentResult | JobStatus | AnalysisRequest | AnalysisDone | DraftRequest | DraftReady | ReviewRequest | ReviewDone | Rebuttal | Decision
+        | StepFailed | UsageReport
+    ),
     Field(discriminator="type"),
 ]
 MESSAGE_KINDS: tuple[str, ...] = tuple(m.model_fields["type"].default for m in get_args(get_args(Body)[0]))

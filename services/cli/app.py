@@ -268,7 +268,10 @@ def print_entry(entry: Any, as_json: bool) -> None:
         console.print(f"[dim]#{entry.seq} {entry.subject}: invalid message ({entry.error})[/dim]")
         return
     t = env.created_at.strftime("%H:%M:%S")
-    console.print(f"[dim]{t}[/dim] [bold]{env.project}[/bold] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}", markup=True, highlight=False, soft_wrap=True)
+    console.print(
+        f"[dim]{t}[/dim] [bold]{env.project}[/bold] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}",
+        markup=True, highlight=False, soft_wrap=True,
+    )
 
 
 @app.command()

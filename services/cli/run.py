@@ -206,7 +206,8 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
                 raise
             await check_store(bus, bus.config.url, limit)  # says how full, in one line
             raise StoreFull(f"the lab's store refused the new project ({e.description}) at {bus.config.url}") from None
-        console.print(f"project [bold]{project}[/bold] started on template {spec.name!r}; follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
+        console.print(f"project [bold]{project}[/bold] started on template {spec.name!r}; "
+                      f"follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
         return await _follow_and_export(bus, project, out, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)
     finally:
         await bus.close()
@@ -226,7 +227,8 @@ async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions
 
 
 async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, sup: Any, deadline: float) -> Decision | None:
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn(), console=console, transient=False) as progress:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(f"{project}: ideas", total=len(STAGES))
         queue: asyncio.Queue[Entry] = asyncio.Queue()
 
@@ -253,7 +255,9 @@ async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, su
             await asyncio.gather(reader, return_exceptions=True)
 
 
-async def _watch(queue: asyncio.Queue[Entry], reader: asyncio.Task[None], project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float) -> Decision | None:
+async def _watch(
+    queue: asyncio.Queue[Entry], reader: asyncio.Task[None], project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float,
+) -> Decision | None:
     runs_done = 0
     while True:
         if sup is not None:
@@ -268,7 +272,10 @@ async def _watch(queue: asyncio.Queue[Entry], reader: asyncio.Task[None], projec
         if env is None:
             continue
         if not opts.quiet:
-            progress.console.print(f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}", markup=True, highlight=False)
+            progress.console.print(
+                f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}",
+                markup=True, highlight=False,
+            )
         stage = STAGE_OF.get(env.kind)
         if isinstance(env.body, ExperimentResult):  # env.kind == "experiment_result"
             runs_done += len(env.body.runs)

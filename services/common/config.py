@@ -22,7 +22,9 @@ from bus.client import BusConfig
 from bus.schema.formats import CONFIG_FILE, LOCAL_LAB_FILE, FormatError, LabConfig, LabFile
 from bus.settings import ConfigError, SecretName, settings
 
-__all__ = ["ConfigError", "bus_config", "lab_config", "lab_home", "read_local_lab", "read_secret", "secrets_dir", "state_file", "write_lab_file", "write_secret"]
+__all__ = [
+    "ConfigError", "bus_config", "lab_config", "lab_home", "read_local_lab", "read_secret", "secrets_dir", "state_file", "write_lab_file", "write_secret",
+]
 
 
 def lab_home() -> Path:

@@ -39,5 +39,6 @@ def describe_os_error(error: BaseException, home: Path) -> str:
             target = target.parent
         usage = shutil.disk_usage(target)
         mib = 1 << 20
-        return f"the disk is full{where}: {usage.used / mib:.1f} MiB used of {usage.total / mib:.1f} MiB, {usage.free / mib:.1f} MiB free; free some space or point LAB_HOME elsewhere"
+        return (f"the disk is full{where}: {usage.used / mib:.1f} MiB used of {usage.total / mib:.1f} MiB, {usage.free / mib:.1f} MiB free; "
+                "free some space or point LAB_HOME elsewhere")
     return f"{name}: {what}" if name else what

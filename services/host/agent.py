@@ -321,7 +321,8 @@ class AgentHost:
         choice = env.mind or doc.mind
         if choice is not None and env.mind is None:
             env = env.model_copy(update={"mind": choice})  # so its outputs carry it on
-        ctx = self.wiring.context(project=env.project, state=state, mind=self.minds.for_project(env.project, choice), artifacts=self.artifacts, cache=self.cache)
+        mind = self.minds.for_project(env.project, choice)
+        ctx = self.wiring.context(project=env.project, state=state, mind=mind, artifacts=self.artifacts, cache=self.cache)
         try:
             with metered() as spent:
                 if self.bench_mind_latency_s:

@@ -42,7 +42,8 @@ def _seeds(seeds: list[int]) -> str:
 def describe(env: Envelope) -> str:
     match env.body:
         case StartProject() as b:
-            return f"start {b.template!r} (seed {b.seed}, ≤{b.budget.max_ideas} ideas, ≤{b.budget.max_runs} runs, ≤{b.budget.max_revision_rounds} revision rounds){' — ' + b.direction if b.direction else ''}"
+            budget = f"≤{b.budget.max_ideas} ideas, ≤{b.budget.max_runs} runs, ≤{b.budget.max_revision_rounds} revision rounds"
+            return f"start {b.template!r} (seed {b.seed}, {budget}){' — ' + b.direction if b.direction else ''}"
         case CoPINoteMsg() as b:
             return f"co-PI note: {b.note.text!r}"
         case NoteAck() as b:

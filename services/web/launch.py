@@ -19,7 +19,8 @@ from services.web.serve import info_file
 def web_child(home: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """Run `lab web` beside the agents; its link goes to the same terminal (or supervisor.log when detached)."""
     info_file(home).unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env={**os.environ, **Settings.environ(home=home)}, stdin=subprocess.DEVNULL)
+    env = {**os.environ, **Settings.environ(home=home)}
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env=env, stdin=subprocess.DEVNULL)
     try:
         yield proc
     finally:

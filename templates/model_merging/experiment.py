@@ -228,7 +228,8 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     x_pre, x_rest, y_pre, y_rest = train_test_split(x_all, y_all, train_size=0.25, stratify=y_all, random_state=seed)
     x_ft, x_rest, y_ft, y_rest = train_test_split(x_rest, y_rest, train_size=0.6, stratify=y_rest, random_state=seed)
     x_val, x_te, y_val, y_te = train_test_split(x_rest, y_rest, train_size=1 / 3, stratify=y_rest, random_state=seed)
-    t = {k: torch.from_numpy(v).to(device) for k, v in dict(x_pre=x_pre, y_pre=y_pre, x_ft=x_ft, y_ft=y_ft, x_val=x_val, y_val=y_val, x_te=x_te, y_te=y_te).items()}
+    arrays = dict(x_pre=x_pre, y_pre=y_pre, x_ft=x_ft, y_ft=y_ft, x_val=x_val, y_val=y_val, x_te=x_te, y_te=y_te)
+    t = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
     tasks = TASK_SPLITS[args.num_tasks]
     # The split scored: test digits, or with --split dev the validation digits (the test digits are never read).
     x_ev, y_ev = (t["x_val"], t["y_val"]) if args.split == "dev" else (t["x_te"], t["y_te"])
@@ -244,7 +245,9 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
         torch.manual_seed(seed * 1000 + i)
         model.backbone.load_state_dict(pre)
         mask = torch.isin(t["y_ft"], torch.tensor(classes, device=device))
-        steps_taken += train(model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size)
+        steps_taken += train(
+            model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size,
+        )
         finetuned.append({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
         individual.append(accuracy(model, x_ev, y_ev, classes))
 

@@ -175,7 +175,9 @@ class GuardedClient(ChatCompletionClient):
             result = result.model_copy(update={"content": extract_json(result.content)})
         return result
 
-    async def _send(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema], args: dict[str, Any], token: CancellationToken | None) -> CreateResult:
+    async def _send(
+        self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema], args: dict[str, Any], token: CancellationToken | None,
+    ) -> CreateResult:
         async def once() -> CreateResult:
             return await asyncio.wait_for(
                 self._inner.create(messages, tools=tools, extra_create_args=args, cancellation_token=token), timeout=self._timeout_s
