@@ -244,7 +244,8 @@ class Kubelet:
             if not matched:
                 continue
             if rule["action"] == "FailJob":
-                msg = f"Container runner for pod {self.namespace}/{pod['metadata']['name']} failed with exit code {exit_code} matching FailJob rule at index {i}"
+                msg = (f"Container runner for pod {self.namespace}/{pod['metadata']['name']} failed with exit code {exit_code} "
+                       f"matching FailJob rule at index {i}")
                 await self._fail_job(name, "PodFailurePolicy", msg)
                 return
             if rule["action"] == "Ignore":
@@ -274,8 +275,12 @@ class Kubelet:
             elif any(p.returncode is not None for p in procs.values()):
                 # As a real kubelet does: the pod stays Running while any container runs, and each ended
                 # container shows as terminated in its status.
-                statuses = [self._cstatus(c, {"terminated": {"exitCode": procs[c["name"]].returncode, "reason": "Error" if procs[c["name"]].returncode else "Completed"}}
-                                          if procs[c["name"]].returncode is not None else {"running": {"startedAt": self.started_at[name]}}) for c in containers]
+                def state_of(code: int | None) -> dict[str, Any]:
+                    if code is None:
+                        return {"running": {"startedAt": self.started_at[name]}}
+                    return {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed"}}
+
+                statuses = [self._cstatus(c, state_of(procs[c["name"]].returncode)) for c in containers]
                 if pod.get("status", {}).get("containerStatuses") != statuses:
                     await self._patch_pod(name, {"phase": "Running", "containerStatuses": statuses})
             return

@@ -23,7 +23,10 @@ SPEC: dict[str, Any] = {
     "metrics": {"val_loss": {"direction": "lower", "primary": True}},
 }
 
-LLM_ENV = ("LAB_MIND_CONFIG", "LAB_HOME", *(f"LAB_LLM_{k}" for k in ("MODEL", "BASE_URL", "API_KEY_ENV", "API_KEY_FILE", "TIMEOUT_S", "TEMPERATURE", "MAX_TOKENS", "OUTPUT_MODE", "FAMILY")))
+LLM_ENV = (
+    "LAB_MIND_CONFIG", "LAB_HOME",
+    *(f"LAB_LLM_{k}" for k in ("MODEL", "BASE_URL", "API_KEY_ENV", "API_KEY_FILE", "TIMEOUT_S", "TEMPERATURE", "MAX_TOKENS", "OUTPUT_MODE", "FAMILY")),
+)
 
 
 @pytest.fixture

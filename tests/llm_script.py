@@ -118,7 +118,8 @@ class LabScript:
 
     def ideas(self, req: Request) -> dict[str, Any]:
         prompt = first_user(req)
-        tried = line_after(prompt, "Ideas already tried in this project, with outcomes: ") + line_after(prompt, "Earlier projects on this template (the idea archive), with outcomes: ")
+        tried = (line_after(prompt, "Ideas already tried in this project, with outcomes: ")
+                 + line_after(prompt, "Earlier projects on this template (the idea archive), with outcomes: "))
         value = next(v for v in (0.3, 3.0, 0.1) if f'"weight_decay": {v}' not in tried)
         idea = {
             "title": f"Weight decay {value} and the timing of grokking",

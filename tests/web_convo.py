@@ -44,7 +44,8 @@ def env(sender: str, recipient: str, body) -> Envelope:
 def run(job: str, exp: str, idea: str, acc: float, ok: bool = True) -> RunRecord:
     info = FinalInfo(metrics={"val_acc": MetricStat(mean=acc, stderr=0.01, values=[acc] * 3)}, seeds=[0, 1, 2]) if ok else None
     return RunRecord(job_id=job, experiment_id=exp, idea_id=idea, overrides={}, seeds=[0, 1, 2], status="succeeded" if ok else "failed",
-                     reason="" if ok else "timeout after 600 s", final_info=info, artifacts=[f"{P}/results/{job}/curve.png", f"{P}/results/{job}/final_info.json"],
+                     reason="" if ok else "timeout after 600 s", final_info=info,
+                     artifacts=[f"{P}/results/{job}/curve.png", f"{P}/results/{job}/final_info.json"],
                      wall_s=42.0)
 
 

@@ -1,4 +1,8 @@
-"""A 3-node NATS cluster with two replicas of every role: agents and a server node SIGKILLed while several projects run, and every project still ends, each handled in order."""
+"""A 3-node NATS cluster with two replicas of every role, under SIGKILLs.
+
+Agents and a server node are SIGKILLed while several projects run, and every
+project still ends, each handled in order.
+"""
 
 from __future__ import annotations
 

@@ -95,7 +95,8 @@ def restart(env: dict) -> None:
 def trial(env: dict, home: Path, tmp: Path, rng: random.Random, n: int) -> None:
     run_log = open(tmp / f"run-{n}.log", "w")
     client = subprocess.Popen(
-        lab_cmd("run", "--template", "grokking", "--fast", "--seed", str(n), "--max-ideas", "1", "--max-rounds", "0", "--quiet", "--out", str(tmp / f"run-out-{n}")),
+        lab_cmd("run", "--template", "grokking", "--fast", "--seed", str(n), "--max-ideas", "1", "--max-rounds", "0", "--quiet",
+                "--out", str(tmp / f"run-out-{n}")),
         env=env, stdout=run_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     start = wait_for(lambda: [m for m in live_log(env) if m["body"]["type"] == "start_project" and m["body"]["seed"] == n], timeout=300, every=2)
@@ -114,7 +115,9 @@ def trial(env: dict, home: Path, tmp: Path, rng: random.Random, n: int) -> None:
 
     # Second moment: a random later stage, with a client attached again (it dies too).
     attach_log = open(tmp / f"attach-{n}.log", "w")
-    attached = subprocess.Popen(lab_cmd("run", "--attach", project, "--quiet", "--out", str(tmp / f"attach-out-{n}")), env=env, stdout=attach_log, stderr=subprocess.STDOUT)
+    attached = subprocess.Popen(
+        lab_cmd("run", "--attach", project, "--quiet", "--out", str(tmp / f"attach-out-{n}")), env=env, stdout=attach_log, stderr=subprocess.STDOUT,
+    )
     kind = rng.choice(LATER)
     try:
         wait_for(lambda: any(m["body"]["type"] in (kind, "decision") for m in live_log(env, project)), timeout=900, every=1)

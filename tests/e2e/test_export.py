@@ -87,8 +87,8 @@ def test_export_and_attach_on_a_running_and_a_finished_project(lab_env, tmp_path
         build = tmp_path / "build"
         shutil.copytree(exported, build)
         (build / "paper.pdf").unlink()
-        for step in (["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], ["bibtex", "paper"],
-                     ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"]):
+        latex = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"]
+        for step in (latex, ["bibtex", "paper"], latex, latex):
             c = subprocess.run(step, cwd=build, capture_output=True, text=True, timeout=120)
             assert c.returncode in ((0, 1) if step[0] == "bibtex" else (0,)), c.stdout[-2000:]
         log = (build / "paper.log").read_text(errors="replace").replace("\n", "")  # TeX wraps its log at 79 columns

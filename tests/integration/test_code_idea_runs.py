@@ -1,4 +1,7 @@
-"""A code idea through the engineer, a real run of its edited template, the analyst and the writer: compared against the baseline's seeds, its diff in the paper."""
+"""A code idea through the engineer, a real run of its edited template, the analyst and the writer.
+
+It is compared against the baseline's seeds, and its diff is in the paper.
+"""
 
 from __future__ import annotations
 

@@ -280,7 +280,8 @@ def engine() -> Iterator[tuple[FakeEngine, str]]:
 
 @pytest.fixture
 async def ex(engine: tuple[FakeEngine, str]) -> Any:
-    executor = make_executor("docker", {"base_url": engine[1], "image": IMAGE, "command": STAND_IN, "launcher_command": LAUNCHER_STAND_IN, "network": "lab-bus"})
+    config = {"base_url": engine[1], "image": IMAGE, "command": STAND_IN, "launcher_command": LAUNCHER_STAND_IN, "network": "lab-bus"}
+    executor = make_executor("docker", config)
     assert isinstance(executor, DockerExecutor)
     yield executor
     await executor.close()

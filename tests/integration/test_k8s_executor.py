@@ -358,7 +358,8 @@ async def test_forbidden_quota_is_told_apart_from_rbac_and_retried(make: Any, cl
     emu = cluster[0]
     refuse_creates(emu, 4, kmock.KubernetesError(
         status=403, reason="Forbidden",
-        message='jobs.batch "lab-q" is forbidden: exceeded quota: lab-quota, requested: count/jobs.batch=1, used: count/jobs.batch=8, limited: count/jobs.batch=8'))
+        message='jobs.batch "lab-q" is forbidden: exceeded quota: lab-quota, '
+                'requested: count/jobs.batch=1, used: count/jobs.batch=8, limited: count/jobs.batch=8'))
     ex = make(api_retries=1)
     with pytest.raises(ExecutorError, match=r"rejected by a ResourceQuota in namespace lab \(full for now\).*exceeded quota") as info:
         await ex.submit(spec("q"))

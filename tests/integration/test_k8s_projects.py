@@ -1,4 +1,7 @@
-"""Two projects on the same template through the Kubernetes executor (kmock emulator): their baselines are two Jobs, and one project's cleanup leaves the other's."""
+"""Two projects on the same template through the Kubernetes executor (kmock emulator).
+
+Their baselines are two Jobs, and one project's cleanup leaves the other's.
+"""
 
 from __future__ import annotations
 

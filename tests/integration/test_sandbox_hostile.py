@@ -66,8 +66,8 @@ async def test_every_attack_of_the_hostile_template_fails(admin_bus, nats_server
     info, secrets, work, token = await run_hostile(admin_bus, nats_server, tmp_path, monkeypatch)
     attacks = info["attacks"]
     expected = {
-        "read_lab_json", "read_job_spec", "read_other_environ", "read_parent_environ", "credential_in_own_environment", "connect_nats", "use_nats_without_credential",
-        "setns_into_runner_network", "write_lab_home", "write_template_source", "write_template_copy", "write_lab_source",
+        "read_lab_json", "read_job_spec", "read_other_environ", "read_parent_environ", "credential_in_own_environment", "connect_nats",
+        "use_nats_without_credential", "setns_into_runner_network", "write_lab_home", "write_template_source", "write_template_copy", "write_lab_source",
         "see_other_processes", "forge_pgid_file", "root_inside", "outlive_the_job",
     }
     assert set(attacks) == expected

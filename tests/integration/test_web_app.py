@@ -247,7 +247,8 @@ def test_lab_web_reads_its_token_from_a_file(nats_server, lab_env, tmp_path):
         info = json.loads(info_file(home).read_text())
         assert info["token"] == token
         assert httpx.get(f"{info['url']}?token={token}", follow_redirects=False).status_code in (200, 303)
-        assert httpx.post(f"{info['url']}p/{P}/note", data={"text": "hi", "to": "pi"}, headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 403
+        wrong = {"Authorization": "Bearer wrong-token-0123456789"}
+        assert httpx.post(f"{info['url']}p/{P}/note", data={"text": "hi", "to": "pi"}, headers=wrong).status_code == 403
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -31,7 +31,8 @@ def test_the_web_overlay_builds_validates_and_is_restricted() -> None:
     assert [rule["ports"] for rule in policies["web-egress"]["egress"]] == [[{"protocol": "TCP", "port": 4222}]]
     nats_in = policies["nats-from-web"]
     assert nats_in["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "bus"
-    assert nats_in["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "web"}}}], "ports": [{"protocol": "TCP", "port": 4222}]}]
+    web_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "web"}}}
+    assert nats_in["ingress"] == [{"from": [web_pods], "ports": [{"protocol": "TCP", "port": 4222}]}]
     # Only the web view's objects: applying it beside the gpu or cpu overlay leaves the lab's config alone.
     assert {d["kind"] for d in docs} == {"Deployment", "Service", "NetworkPolicy"}
     assert all(d["metadata"]["namespace"] == "lab" for d in docs)

@@ -102,7 +102,8 @@ class LatexMind:
     async def write(self, request):
         c = next(c for c in request.report.comparisons if c.metric == "val_acc" and c.idea_id == "wd-1")
         text = (f"As shown by \\citet{{power2022grokking}}, decay matters~\\cite{{loshchilov2019adamw}}. "
-                f"Accuracy rose to {numbers.fmt(c.idea_mean)} ($p = {numbers.fmt(c.p_value)}$, \\emph{{significant}} at $\\alpha$) with \\texttt{{wd\\_1}} \\& more.")
+                f"Accuracy rose to {numbers.fmt(c.idea_mean)} ($p = {numbers.fmt(c.p_value)}$, \\emph{{significant}} at $\\alpha$) "
+                f"with \\texttt{{wd\\_1}} \\& more.")
         return PaperSections(title="Decay", abstract=text, introduction=text, related_work=text, method=text,
                              experimental_setup=text, results=text, limitations=text, conclusion=text)
 

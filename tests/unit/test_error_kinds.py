@@ -1,4 +1,8 @@
-"""Which handler errors are permanent (dead-lettered at once: bad input, a missing artifact, an unknown template) and which are transient (retried with backoff)."""
+"""Which handler errors are permanent and which are transient.
+
+Permanent ones are dead-lettered at once (bad input, a missing artifact, an
+unknown template); transient ones are retried with backoff.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""`lab evolve`'s Self-Developing loop without processes: preference pairs, the guarded edit, the offline mind, and where a running lab's credentials come from."""
+"""`lab evolve`'s Self-Developing loop without processes.
+
+Preference pairs, the guarded edit, the offline mind, and where a running
+lab's credentials come from.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""What the agent host reads from its environment, in one line when it is wrong: each role's concurrency, and a replica's index among its role's replicas (the partitions it owns)."""
+"""What the agent host reads from its environment, in one line when it is wrong.
+
+Each role's concurrency, and a replica's index among its role's replicas (the
+partitions it owns).
+"""
 
 from __future__ import annotations
 

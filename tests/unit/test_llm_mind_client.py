@@ -169,7 +169,10 @@ def test_every_answer_schema_is_strict_compatible() -> None:
             for i, v in enumerate(node):
                 walk(v, f"{path}[{i}]")
 
-    answers = [v for v in vars(schemas).values() if isinstance(v, type) and issubclass(v, BaseModel) and v is not schemas.Answer and v.__module__ == schemas.__name__]
+    answers = [
+        v for v in vars(schemas).values()
+        if isinstance(v, type) and issubclass(v, BaseModel) and v is not schemas.Answer and v.__module__ == schemas.__name__
+    ]
     assert SummaryAnswer in answers and len(answers) >= 12
     for model in answers:
         walk(wire_schema(model), model.__name__)

@@ -69,7 +69,8 @@ async def test_pi_does_not_repeat_previous_ideas() -> None:
         {"thoughts": "", "ideas": [idea_json("WD again", {"weight_decay": 0.01})], "done": True},
         {"thoughts": "", "ideas": [idea_json("tanh", {"activation": "tanh"})], "done": True},
     )
-    ideas = await mind("pi", client).propose_ideas(IdeaContext(spec=SPEC, direction="", previous=[IDEA], outcomes={"wd-1": IdeaOutcome(idea_id="wd-1", changes=IDEA.changes, status="worse")}, n=1))
+    outcomes = {"wd-1": IdeaOutcome(idea_id="wd-1", changes=IDEA.changes, status="worse")}
+    ideas = await mind("pi", client).propose_ideas(IdeaContext(spec=SPEC, direction="", previous=[IDEA], outcomes=outcomes, n=1))
     assert ideas[0].changes == {"activation": "tanh"}
     assert "worse" in sent(client, 0) and "already proposed" in sent(client, 1)
 
@@ -131,7 +132,9 @@ async def test_engineer_plans_overrides_and_guarded_edits() -> None:
 
 
 async def test_writer_cites_only_given_references() -> None:
-    sections = {k: f"{k} text" for k in ("introduction", "related_work", "method", "experimental_setup", "results", "limitations", "conclusion", "revision_notes")}
+    sections = {
+        k: f"{k} text" for k in ("introduction", "related_work", "method", "experimental_setup", "results", "limitations", "conclusion", "revision_notes")
+    }
     client = replay(
         {"title": "Weight decay", "abstract": "We test weight decay on a toy task.", **sections, "related_work": "See \\cite{ghost2021}."},
         {"title": "Weight decay", "abstract": "We test weight decay on a toy task.", **sections, "related_work": "See \\citep{loshchilov2019}."},
@@ -154,7 +157,8 @@ async def test_reviewer_ensemble_member_and_meta_review() -> None:
     client = replay(
         review_json(2, "accept"),
         review_json(6, "accept"),
-        {"summary": "Sound but small.", "overall": 6, "decision": "revise", "revision_items": [{"id": "r1", "kind": "more_seeds", "text": "10 seeds", "target": "wd-1"}]},
+        {"summary": "Sound but small.", "overall": 6, "decision": "revise",
+         "revision_items": [{"id": "r1", "kind": "more_seeds", "text": "10 seeds", "target": "wd-1"}]},
         {"summary": "Sound but small.", "overall": 6, "decision": "accept", "revision_items": []},
     )
     reviewer = mind("reviewer", client, review_reflections=0)
@@ -187,7 +191,9 @@ async def test_reviewer_reflects_before_its_final_review_and_stops_when_done() -
 async def test_writer_writes_section_by_section_then_refines_the_whole_paper() -> None:
     from agents.writer.llm import SECTION_PLAN
 
-    sections = {k: f"{k} text" for k in ("introduction", "related_work", "method", "experimental_setup", "results", "limitations", "conclusion", "revision_notes")}
+    sections = {
+        k: f"{k} text" for k in ("introduction", "related_work", "method", "experimental_setup", "results", "limitations", "conclusion", "revision_notes")
+    }
     turns = [{"text": f"draft of {field}"} for field, _ in SECTION_PLAN]
     turns[1] = {"text": "See \\cite{ghost2021}."}  # related work cites a paper nobody found: sent back within its turn
     turns.insert(2, {"text": "See \\cite{loshchilov2019}."})

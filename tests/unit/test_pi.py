@@ -67,7 +67,9 @@ def kinds(outputs: list[tuple[Any, str]]) -> list[str]:
     return [f"{b.type}->{to}" for b, to in outputs]
 
 
-START = StartProject(template="toy", template_object="p1/template.tar.gz", spec=SPEC, budget=Budget(max_ideas=2, max_runs=10, max_revision_rounds=1, wall_time_s=600))
+START = StartProject(
+    template="toy", template_object="p1/template.tar.gz", spec=SPEC, budget=Budget(max_ideas=2, max_runs=10, max_revision_rounds=1, wall_time_s=600),
+)
 
 
 async def test_full_loop_with_one_revision_round():
@@ -126,7 +128,8 @@ async def test_full_loop_with_one_revision_round():
 
     for b in more:
         idea_id = b.idea.id if b.idea else "baseline"
-        out = await h.send(ExperimentResult(experiment_id=b.experiment_id, idea_id=idea_id, runs=[run_record(b.experiment_id, idea_id, [1.0, 0.9, 1.1], [3, 4, 5])]), "engineer")
+        runs = [run_record(b.experiment_id, idea_id, [1.0, 0.9, 1.1], [3, 4, 5])]
+        out = await h.send(ExperimentResult(experiment_id=b.experiment_id, idea_id=idea_id, runs=runs), "engineer")
     assert kinds(out) == ["analysis_request->analyst"]
     assert out[0][0].round == 1 and len(out[0][0].runs) == 4
     out = await h.send(AnalysisDone(report=report(1)), "analyst")
@@ -284,7 +287,8 @@ async def reach_review(h: Harness) -> None:
     baseline_exp = out[0][0].experiment_id
     for b, _ in out[1:]:
         await h.send(NoveltyVerdict(idea_id=b.idea.id, novel=False, justification="known"), "literature")
-    out = await h.send(ExperimentResult(experiment_id=baseline_exp, idea_id="baseline", runs=[run_record(baseline_exp, "baseline", [1.0, 1.1, 0.9])]), "engineer")
+    baseline = ExperimentResult(experiment_id=baseline_exp, idea_id="baseline", runs=[run_record(baseline_exp, "baseline", [1.0, 1.1, 0.9])])
+    out = await h.send(baseline, "engineer")
     while out and all(k == "novelty_check->literature" for k in kinds(out)):
         for b, _ in list(out):
             out = await h.send(NoveltyVerdict(idea_id=b.idea.id, novel=False, justification="known"), "literature")

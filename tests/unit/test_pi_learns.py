@@ -139,7 +139,10 @@ def test_ranking_orders_by_priority_and_drops_what_is_under_the_floor() -> None:
     def idea(id_: str, **scores: int | None) -> Idea:
         return Idea(id=id_, title=id_, hypothesis="h", falsification="f", changes={"x": 1}, **scores)  # type: ignore[arg-type]
 
-    ideas = [idea("plain"), idea("great", interestingness=9, feasibility=9, novelty=8), idea("slow", feasibility=2), idea("dull", interestingness=1, feasibility=3, novelty=2)]
+    ideas = [
+        idea("plain"), idea("great", interestingness=9, feasibility=9, novelty=8), idea("slow", feasibility=2),
+        idea("dull", interestingness=1, feasibility=3, novelty=2),
+    ]
     kept, dropped = rank(ideas)
     assert [i.id for i in kept] == ["great", "plain"]
     assert set(dropped) == {"slow", "dull"} and priority(ideas[3]) < FLOOR
@@ -206,7 +209,8 @@ class Harness:
 
 async def run_project(h: Harness, better: float) -> None:
     """Start, accept every idea as novel, run each on 3 seeds, then analyse; ``better``: the first idea's gain."""
-    outs = await h.send(StartProject(template="toy", template_object="t", spec=TOY_SPEC, budget=Budget(max_ideas=4, max_runs=10, max_revision_rounds=0, wall_time_s=600)))
+    budget = Budget(max_ideas=4, max_runs=10, max_revision_rounds=0, wall_time_s=600)
+    outs = await h.send(StartProject(template="toy", template_object="t", spec=TOY_SPEC, budget=budget))
     await h.send(ExperimentResult(experiment_id="x01-baseline", idea_id="baseline", runs=[run_record("x01-baseline", "baseline", [1.0, 1.1, 0.9])]), "engineer")
     first = True
     while True:
@@ -219,7 +223,8 @@ async def run_project(h: Harness, better: float) -> None:
             exp = next(b for b, _ in sent if b.type == "experiment_request")
             gain = better if first else 0.0
             first = False
-            outs = await h.send(ExperimentResult(experiment_id=exp.experiment_id, idea_id=check.idea.id, runs=[run_record(exp.experiment_id, check.idea.id, [1.0 - gain, 1.1 - gain, 0.9 - gain])]), "engineer")
+            runs = [run_record(exp.experiment_id, check.idea.id, [1.0 - gain, 1.1 - gain, 0.9 - gain])]
+            outs = await h.send(ExperimentResult(experiment_id=exp.experiment_id, idea_id=check.idea.id, runs=runs), "engineer")
     assert h.state is not None and h.state.stage == "analysis"
 
 

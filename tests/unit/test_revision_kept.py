@@ -46,7 +46,8 @@ async def test_a_citation_round_and_a_limitation_change_the_paper_and_an_unchang
     # The two kept promises stay "act"; the abstract, unchanged, is answered by rebuttal in the paper.
     assert "`r0-1` (add_citation, `related_work`): Cite more prior work. **Response (act):**" in second
     assert "`r0-2` (add_limitation, `limitations`): Discuss that only one template was used. **Response (act):**" in second
-    assert "`r0-3` (rewrite_section, `abstract`): Tone down the abstract. **Response (rebut):** not done: the revision left the abstract section unchanged" in second
+    assert ("`r0-3` (rewrite_section, `abstract`): Tone down the abstract. "
+            "**Response (rebut):** not done: the revision left the abstract section unchanged") in second
 
 
 def test_unkept_only_touches_act_answers_whose_part_is_unchanged():

@@ -48,7 +48,8 @@ def test_a_rejected_plan_says_why():
     from bus.schema import ExperimentPlanned
     from tests.web_convo import env
 
-    convo.append(env("engineer", "pi", ExperimentPlanned(experiment_id="x02-wd-1", idea_id="wd-1", overrides={}, job_ids=[], rejected="weight_decay=1.0 is out of range")))
+    rejected = ExperimentPlanned(experiment_id="x02-wd-1", idea_id="wd-1", overrides={}, job_ids=[], rejected="weight_decay=1.0 is out of range")
+    convo.append(env("engineer", "pi", rejected))
     x = views.experiments(convo)[1]
     assert (x.state, x.reason, x.runs) == ("rejected", "weight_decay=1.0 is out of range", [])
 
@@ -57,7 +58,9 @@ def test_analysis_table():
     a = views.analysis(conversation())
     assert a is not None and (a.round, a.primary_metric) == (1, "val_acc")
     row = a.rows[0]
-    assert (row.idea_id, row.baseline, row.idea, row.p_value, row.verdict, row.primary) == ("wd-1", "0.61 ± 0.02 (n=3)", "0.93 ± 0.01 (n=3)", "0.0012", "better", True)
+    assert (row.idea_id, row.baseline, row.idea, row.p_value, row.verdict, row.primary) == (
+        "wd-1", "0.61 ± 0.02 (n=3)", "0.93 ± 0.01 (n=3)", "0.0012", "better", True,
+    )
     assert a.flags == ["1 failed run: j-wd1b"] and a.figures == [f"{P}/figures/round-1/val_acc.png"]
     assert views.analysis(conversation()[:8]) is None
 
