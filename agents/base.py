@@ -80,7 +80,8 @@ def on(kind: type[BaseModel]) -> Callable[[Callable[..., Awaitable[None]]], Call
     """Mark a method as the handler of one message kind."""
 
     def mark(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        fn.__lab_kind__ = kind.model_fields["type"].default
+        # setattr: a Callable type has no attributes to assign, so mypy refuses the plain assignment ruff would prefer.
+        setattr(fn, "__lab_kind__", kind.model_fields["type"].default)  # noqa: B010
         return fn
 
     return mark
