@@ -52,20 +52,21 @@ def _not_dumpable() -> None:
         pass
 
 
-def _runner_gone(layout: split.Layout) -> str | None:
-    """Why the launcher should give up: the runner said stop, or its heartbeat went stale."""
+def _runner_gone(layout: split.Layout, stale_s: float) -> str | None:
+    """Why the launcher should give up: the runner said stop, or its heartbeat is older than ``stale_s``."""
     if layout.stop.exists():
         return f"the runner said stop ({layout.stop.read_text().strip() or 'no reason'})"
     age = split.stale_for(layout.alive)
-    return f"the runner stopped answering ({age:.0f}s since its last heartbeat)" if age and age > settings().runner_alive_stale_s else None
+    return f"the runner stopped answering ({age:.0f}s since its last heartbeat)" if age and age > stale_s else None
 
 
 async def wait_ready(layout: split.Layout, term: asyncio.Event, poll_s: float = 0.2) -> str | None:
     """None once the runner said ready; otherwise why there is nothing to run (``term``: SIGTERM came first)."""
     started = time.monotonic()
-    start_timeout_s = settings().launcher_start_timeout_s  # the runner never showed up
+    s = settings()  # read once, not at every poll
+    start_timeout_s = s.launcher_start_timeout_s  # the runner never showed up
     while not layout.ready.exists():
-        gone = "SIGTERM before the runner was ready" if term.is_set() else _runner_gone(layout)
+        gone = "SIGTERM before the runner was ready" if term.is_set() else _runner_gone(layout, s.runner_alive_stale_s)
         if gone:
             return gone
         if time.monotonic() - started > start_timeout_s:
@@ -80,8 +81,9 @@ async def watch_runner(layout: split.Layout, term: asyncio.Event, why: list[str]
     A runner that got SIGTERM itself (the pod is going) says ``stop: preempted``: then the
     experiment is preempted (it may checkpoint), not failed.
     """
+    stale_s = settings().runner_alive_stale_s  # read once, not at every poll
     while not term.is_set():
-        gone = _runner_gone(layout)
+        gone = _runner_gone(layout, stale_s)
         if gone:
             if "(preempted)" not in gone:
                 why.append(gone)

@@ -208,6 +208,7 @@ async def await_experiment(
     layout.ready.write_text("ready\n")
     tail = Tail(layout.log)
     limit = deadline_s(job, plot_limit_s, grace_s)
+    stale_s = settings().runner_alive_stale_s  # read once, not at every poll
     started = time.monotonic()
     termed_at: float | None = None
     while True:
@@ -224,7 +225,7 @@ async def await_experiment(
         if termed_at is not None and now - termed_at > grace_s + 5:
             return ExitRecord(state="preempted", reason="preempted: SIGTERM (the experiment container did not report)")
         quiet = stale_for(layout.launcher_alive)
-        if quiet is not None and quiet > settings().runner_alive_stale_s:
+        if quiet is not None and quiet > stale_s:
             layout.stop.write_text("the experiment container stopped answering\n")
             for line in tail.rest():
                 await on_line(line)
