@@ -36,6 +36,37 @@ class Comparison(Model):
     # Whether a confirmation run on fresh seeds reached the same significant verdict;
     # None: not confirmed (no confirmation ran for this idea). Only the primary metric is confirmed.
     replicated: bool | None = None
+    # The test family this comparison was corrected in: the primary metric's (the headline),
+    # or the secondary metrics' (a separate, labelled family). Hardware, derived and fixed
+    # metrics are in neither (see TemplateSpec Metric.kind).
+    family: Literal["primary", "secondary"] = "primary"
+    # Which effect size effect_size is: Hedges' g (pooled SD, unpaired arms) or
+    # Cohen's d_z (mean paired difference / SD of the differences) for a paired test.
+    effect_kind: Literal["hedges_g", "paired_d"] = "hedges_g"
+    # The arm the idea is compared with: "baseline", or the idea's parent for a variant of a variant.
+    control: str = "baseline"
+
+
+class Descriptive(Model):
+    """A metric reported without a test (hardware-dependent, or fixed by construction): per arm, as measured."""
+
+    idea_id: str
+    metric: str
+    mean: float
+    stderr: float
+    n: int
+    reason: str  # why it is not tested, as a sentence ("throughput depends on the machine's load")
+
+
+class SeedPlan(Model):
+    """How many seeds an arm gets, planned before looking, from the baseline's variance."""
+
+    metric: str
+    baseline_sd: float
+    min_detectable_effect: float  # in the metric's units
+    power: float  # e.g. 0.8
+    alpha: float
+    seeds: int  # what the plan asks for (at least the template's minimum)
 
 
 FlagKind = Literal[
@@ -49,6 +80,12 @@ FlagKind = Literal[
     "duplicate_seed",  # a seed ran twice; the later value is kept (job_id, idea_id)
     "zero_variance",  # both arms constant: p and g by convention, not from a test (idea_id, metric)
     "confirmation_without_baseline",  # confirmation runs without a baseline: nothing was confirmed
+    "not_converged",  # the metric was still moving at the end of training: claims hold for this budget only (idea_id, metric)
+    "unstable",  # a run reached its best then collapsed (job_id, idea_id, metric)
+    "no_separation",  # the positive control showed no difference: the testbed cannot separate, conclusions withheld
+    "wrong_control",  # a variant of a parent was compared with the baseline only (idea_id)
+    "hardware_metric",  # a hardware-dependent metric, arms not interleaved on one node: reported descriptively (metric)
+    "seeds_added",  # seeds added after an inconclusive look: only fresh-seed confirmation counts (idea_id, metric)
     "other",  # free text from a report stored before flags were typed
 ]
 
@@ -64,6 +101,12 @@ PREFIXES: dict[str, str] = {
     "duplicate_seed": "duplicate seed",
     "zero_variance": "zero variance",
     "confirmation_without_baseline": "confirmation without baseline",
+    "not_converged": "not converged",
+    "unstable": "unstable",
+    "no_separation": "testbed cannot separate",
+    "wrong_control": "wrong control",
+    "hardware_metric": "hardware-dependent metric",
+    "seeds_added": "seeds added after a look",
 }
 
 
@@ -135,6 +178,12 @@ class AnalysisReport(Model):
     confirmations: list[Comparison] = []
     figures: list[str] = []  # object-store names
     summary: str = ""
+    # Metrics reported without a test, per arm (hardware-dependent, fixed by construction).
+    descriptive: list[Descriptive] = []
+    # The seed count and the reasoning behind it; None in reports made before plans existed.
+    seed_plan: SeedPlan | None = None
+    # A validity check failed (a no_separation flag): the writer states no verdict, the reviewer does not accept one.
+    conclusions_withheld: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -99,10 +99,25 @@ class Variant(BaseModel):
     changes_compute: bool = False
 
 
+MetricKind = Literal["outcome", "hardware", "derived", "fixed"]
+
+
 class Metric(BaseModel):
+    """A metric the experiment reports, with what kind of evidence it is.
+
+    ``kind`` decides whether the analyst may test it:
+    - ``outcome`` (default): a result of the method; tested (the primary metric's family, or the secondary family);
+    - ``hardware``: depends on the machine and its load (throughput, wall time): compared only when the
+      arms ran interleaved on the same node, otherwise reported descriptively and kept out of every test family;
+    - ``derived``: computed from other metrics (``derived_from``): tested once, through its sources, not again;
+    - ``fixed``: identical across arms by construction (a reference score every arm shares): never tested.
+    """
+
     model_config = ConfigDict(extra="forbid")
     direction: Literal["higher", "lower"]
     primary: bool = False
+    kind: MetricKind = "outcome"
+    derived_from: list[str] = []
     description: str = ""
 
 
@@ -221,6 +236,14 @@ class TemplateSpec(BaseModel):
 
     def defaults(self) -> dict[str, Any]:
         return {k: v.default for k, v in self.knobs.items()}
+
+    def effective(self, profile: str | None = None) -> dict[str, Any]:
+        """Every knob's value in the baseline as it runs under ``profile``: defaults, then the profile's, then the baseline's.
+
+        What the paper's Setup states and what an idea is compared with (the order ``plan_job`` applies);
+        ``final_info.json``'s ``config`` records the same values for each run.
+        """
+        return {**self.defaults(), **self.profile(profile).overrides, **self.baseline}
 
     def check_overrides(self, overrides: dict[str, Any], profile: str | None = None) -> dict[str, Any]:
         """Coerced overrides, or TemplateError naming the first bad knob or broken relation (``divides``).
