@@ -174,6 +174,10 @@ class TemplateSpec(BaseModel):
     resumable: bool = False
     references: str = "references.bib"
     network: bool = False
+    # A known-different setting (knob overrides on top of the baseline): the PI runs it as the idea
+    # "positive-control"; if the analyst finds no difference from the baseline on the primary metric,
+    # the testbed cannot separate settings here and conclusions are withheld (flag no_separation).
+    positive_control: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _check(self) -> TemplateSpec:
@@ -193,7 +197,7 @@ class TemplateSpec(BaseModel):
             for other in knob.divides:
                 if knob.type != "int" or other not in self.knobs or self.knobs[other].type != "int":
                     raise ValueError(f"knobs.{name}.divides: {other!r} must be a declared int knob, and {name} an int knob")
-        labelled = [("baseline", self.baseline)] + [(f"profiles.{n}", p.overrides) for n, p in self.profiles.items()]
+        labelled = [("baseline", self.baseline), ("positive_control", self.positive_control)] + [(f"profiles.{n}", p.overrides) for n, p in self.profiles.items()]
         for label, overrides in labelled:
             for k, v in overrides.items():
                 if k not in self.knobs:
