@@ -197,7 +197,8 @@ class TemplateSpec(BaseModel):
             for other in knob.divides:
                 if knob.type != "int" or other not in self.knobs or self.knobs[other].type != "int":
                     raise ValueError(f"knobs.{name}.divides: {other!r} must be a declared int knob, and {name} an int knob")
-        labelled = [("baseline", self.baseline), ("positive_control", self.positive_control)] + [(f"profiles.{n}", p.overrides) for n, p in self.profiles.items()]
+        labelled = [("baseline", self.baseline), ("positive_control", self.positive_control)]
+        labelled += [(f"profiles.{n}", p.overrides) for n, p in self.profiles.items()]
         for label, overrides in labelled:
             for k, v in overrides.items():
                 if k not in self.knobs:
