@@ -11,12 +11,15 @@ from typing import Any
 from agents.minds.base import NoveltyJudgement
 from agents.minds.llm.common import LLMMind, show
 from agents.minds.llm.errors import InvalidAnswer
+from agents.minds.llm.prompts import untrusted
 from agents.minds.llm.schemas import NoveltyAnswer, QueryList
 from bus.schema import Idea, Reference
 
 
 def brief(refs: list[Reference]) -> str:
-    return show([{"key": r.key, "title": r.title, "year": r.year, "venue": r.venue, "abstract": r.abstract[:600]} for r in refs])
+    """The papers found, as one data block: titles and abstracts come from outside the lab (see ``untrusted``)."""
+    papers = show([{"key": r.key, "title": r.title, "year": r.year, "venue": r.venue, "abstract": r.abstract[:600]} for r in refs])
+    return untrusted("papers found (JSON)", papers, limit=12000)
 
 
 class LLMLiteratureMind(LLMMind):
