@@ -3,7 +3,10 @@
 The runner enforces wall time, memory and network outside the experiment, and
 the sandbox (``services/runner/sandbox.py``: bubblewrap namespaces) is the boundary;
 this guard is only the earlier, friendlier line: an edit that tries to stretch
-its time, relaunch itself, spawn processes or reach the network is refused
+its time, relaunch itself, spawn processes, reach the network (even for a
+template that declares network access: model-written code never gets it), set
+setuid/setgid/sticky bits, copy permission bits, make links or special files,
+or name an absolute path outside ``/job/out`` and ``/tmp`` is refused
 with a reason the model can read and fix, before a job is wasted on it. It is
 advice, not security: ``getattr(os, 'fo' + 'rk')`` and friends get past any
 static check, which is why model-written code never runs without the sandbox
@@ -67,8 +70,29 @@ FORBIDDEN_CALLS = {
     "__import__": "imports by name (dodges this check)",
     "exec": "runs code built at run time (dodges this check)",
     "concurrent.futures.ProcessPoolExecutor": "starts processes",
+    "os.chown": "changes file ownership",
+    "os.lchown": "changes file ownership",
+    "os.fchown": "changes file ownership",
+    "shutil.chown": "changes file ownership",
+    "os.mknod": "creates a device or special file",
+    "os.mkfifo": "creates a FIFO",
+    "os.symlink": "creates a link (outputs are plain files)",
+    "os.link": "creates a link (outputs are plain files)",
+    "shutil.copymode": "copies permission bits, setuid included (use shutil.copyfile)",
+    "shutil.copystat": "copies permission bits, setuid included (use shutil.copyfile)",
+    "shutil.copy": "copies permission bits, setuid included (use shutil.copyfile)",
+    "shutil.copy2": "copies permission bits, setuid included (use shutil.copyfile)",
+    "shutil.copytree": "copies permission bits, setuid included (copy files with shutil.copyfile)",
 }
 FORBIDDEN_PREFIXES = {"os.exec": "relaunches the process", "os.spawn": "starts processes", "os.posix_spawn": "starts processes"}
+
+# Functions that set a file's mode: the mode argument's position, and its keyword.
+CHMOD_CALLS = {"os.chmod": 1, "os.fchmod": 1, "os.lchmod": 1}
+# Permission bits an experiment never needs: setuid, setgid, sticky.
+SPECIAL_BITS = 0o7000
+SPECIAL_NAMES = {"S_ISUID", "S_ISGID", "S_ISVTX"}
+# Where an experiment may name absolute paths: its output folder, private /tmp, its code, and /dev/null.
+PATH_PREFIXES = ("/job/out", "/tmp", "/job/code", "/dev/null")
 
 # Names that hold the experiment's time budget: assigning them, or passing them to a call, is described with its value.
 TIME_WORDS = ("time_budget", "timeout", "time_limit", "deadline", "wall_time", "max_time", "max_seconds")
@@ -201,8 +225,33 @@ class _Finder(ast.NodeVisitor):
         if why:
             self.add(f"{'import of ' if imported else ''}{name} ({why})", node)
 
+    def _mode(self, name: str, node: ast.Call) -> None:
+        """A chmod (os.* or a path's .chmod) that sets setuid/setgid/sticky bits, or whose mode is computed."""
+        pos = CHMOD_CALLS.get(name, 0 if isinstance(node.func, ast.Attribute) and node.func.attr == "chmod" else None)
+        if pos is None:
+            return
+        mode = next((k.value for k in node.keywords if k.arg == "mode"), node.args[pos] if len(node.args) > pos else None)
+        try:
+            value = ast.literal_eval(mode) if mode is not None else None
+        except ValueError:
+            self.add(f"chmod with a computed mode `{_short(node)}` (write the mode as a number)", node)
+            return
+        if isinstance(value, int) and value & SPECIAL_BITS:
+            self.add(f"chmod {oct(value)} (sets a setuid, setgid or sticky bit)", node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        text = node.value
+        if isinstance(text, str) and text.startswith("/") and len(text) > 1 and "\n" not in text and " " not in text:
+            if not any(text == p or text.startswith(p + "/") for p in PATH_PREFIXES):
+                self.add(f"path {text[:60]!r} (an experiment writes only under /job/out and /tmp)", node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in SPECIAL_NAMES or self.aliases.get(node.id, "").rsplit(".", 1)[-1] in SPECIAL_NAMES:
+            self.add(f"{node.id} (a setuid, setgid or sticky bit)", node)
+
     def visit_Call(self, node: ast.Call) -> None:
         name = self.qualname(node.func)
+        self._mode(name, node)
         if name:
             self._call_name(name, node)
             if name.startswith("sys.argv."):
@@ -217,6 +266,8 @@ class _Finder(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr in SPECIAL_NAMES:
+            self.add(f"{node.attr} (a setuid, setgid or sticky bit)", node)
         if self.qualname(node) == "sys.executable":
             self.add("sys.executable (relaunches Python)", node)
         self.generic_visit(node)

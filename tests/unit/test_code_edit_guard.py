@@ -121,3 +121,48 @@ def test_only_what_the_edit_introduces_is_refused() -> None:
 def test_plot_edits_are_guarded_too() -> None:
     with pytest.raises(EditForbidden, match="socket"):
         apply_edits(FILES, [edit("import matplotlib\n", "import matplotlib\nimport socket\n", path="plot.py")])
+
+
+@pytest.mark.parametrize(
+    "code, found",
+    [
+        # The red team's edit: a root shell with the setuid bit, left in the outputs.
+        ("import os, shutil\nshutil.copyfile('/usr/bin/bash', '/job/out/rootsh')\nos.chmod('/job/out/rootsh', 0o4755)\n", "'/usr/bin/bash'"),
+        ("import os\nos.chmod('/job/out/rootsh', 0o4755)\n", "chmod 0o4755"),
+        ("import os\nos.chmod('/job/out/x', mode=0o2755)\n", "chmod 0o2755"),
+        ("from pathlib import Path\nPath('/job/out/x').chmod(0o1777)\n", "chmod 0o1777"),
+        ("import os, stat\nos.chmod('/job/out/x', os.stat('/job/out/x').st_mode | stat.S_ISUID)\n", "computed mode"),
+        ("import stat\nbits = stat.S_ISUID\n", "S_ISUID"),
+        ("import shutil\nshutil.copy2('/job/code/experiment.py', '/job/out/e.py')\n", "copies permission bits"),
+        ("import os\nos.symlink('/job/code', '/job/out/code')\n", "creates a link"),
+        ("import os\nos.mkfifo('/tmp/f')\n", "FIFO"),
+        ("import os\nos.chown('/job/out/x', 0, 0)\n", "ownership"),
+        ("open('/etc/cron.d/x', 'w').write('* * * * * root sh')\n", "'/etc/cron.d/x'"),
+        ("open('/home/lab/.bashrc', 'a')\n", "'/home/lab/.bashrc'"),
+    ],
+)
+def test_edits_that_plant_privileges_or_write_outside_the_job_are_refused(code: str, found: str) -> None:
+    """The policy half of "nothing the experiment writes is trusted": refused before a job is spent on it.
+
+    What this cannot show: that a determined edit is stopped (``getattr`` gets past any
+    static check). The sandbox's uid and the upload's plain-file copy hold regardless;
+    the hostile-sandbox tests show those.
+    """
+    bad = edit("lr = 0.1\n", "lr = 0.1\n" + code)
+    with pytest.raises(EditForbidden, match="the edit adds") as e:
+        apply_edits(FILES, [bad])
+    assert found in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nos.chmod('/job/out/run.sh', 0o755)\n",
+        "open('/job/out/notes.txt', 'w').write('x')\n",
+        "open('/tmp/scratch.bin', 'wb')\n",
+        "import shutil\nshutil.copyfile('/job/code/experiment.py', '/job/out/e.py')\n",
+        "print('a/b', '/', 'ratio 1/2')\n",
+    ],
+)
+def test_ordinary_file_work_inside_the_job_is_accepted(code: str) -> None:
+    apply_edits(FILES, [edit("lr = 0.1\n", "lr = 0.1\n" + code)])
