@@ -102,6 +102,7 @@ class Kubelet:
         self.started_at: dict[str, str] = {}  # pod name -> when it started, as its status says
         self.ended: dict[str, float] = {}
         self.evict_requests: set[str] = set()  # job names whose running pod should be evicted
+        self.terminating: dict[str, float] = {}  # pod name -> monotonic time its grace period ends (SIGKILL then)
 
     def folder(self, pod: str, container: str | None, volume: str) -> Path:
         """Where a volume of a pod is (or will be) emulated: per container for a Secret, per pod otherwise."""
@@ -221,20 +222,41 @@ class Kubelet:
         cond = {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastTransitionTime": now()}
         await self._patch_job(name, {"conditions": [cond], "active": 0})
 
-    async def _job_pod_ended(self, job: dict[str, Any], pod: dict[str, Any], codes: dict[str, int], reason: str) -> None:
-        """podFailurePolicy and backoffLimit, as the real job controller applies them (``codes``: container -> exit code)."""
+    async def _begin_eviction(self, pod: dict[str, Any]) -> None:
+        """As the eviction API and the kubelet do: DisruptionTarget on the pod, SIGTERM, then SIGKILL after the grace period."""
+        name = pod["metadata"]["name"]
+        cond = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                "message": "Eviction API: evicting", "lastTransitionTime": now()}
+        await self._patch_pod(name, {"conditions": [cond]})
+        grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+        self.terminating[name] = time.monotonic() + float(grace)
+        for proc in self._procs.get(name, {}).values():
+            if proc.returncode is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    async def _job_pod_ended(self, job: dict[str, Any], pod: dict[str, Any], codes: dict[str, int], reason: str,
+                             disrupted: bool = False) -> None:
+        """podFailurePolicy and backoffLimit, as the real job controller applies them (``codes``: container -> exit code).
+
+        Rules are tried in order and the first match wins, exit-code rules included for a disrupted
+        pod: an evicted runner that exits 4 after SIGTERM matches a ``Count`` rule on 4 if that rule
+        comes before the ``Ignore`` rule on DisruptionTarget (Kubernetes' documented behaviour).
+        """
         name = job["metadata"]["name"]
         status = job.get("status") or {}
-        if reason != "Evicted" and all(c == 0 for c in codes.values()):
+        if not disrupted and all(c == 0 for c in codes.values()):
             conds = [{"type": t, "status": "True", "lastTransitionTime": now()} for t in ("SuccessCriteriaMet", "Complete")]
             await self._patch_job(name, {"succeeded": 1, "active": 0, "conditions": conds, "completionTime": now()})
             return
-        disrupted = reason == "Evicted"
         for i, rule in enumerate(job["spec"].get("podFailurePolicy", {}).get("rules", [])):
             on_codes = rule.get("onExitCodes")
             on_conds = rule.get("onPodConditions")
             matched = False
-            if on_codes and not disrupted:
+            exit_code = 0
+            if on_codes:
                 which = [c for n, c in codes.items() if c != 0 and on_codes.get("containerName") in (None, n)]
                 exit_code = which[0] if which else 0
                 inside = exit_code in on_codes["values"]
@@ -264,10 +286,16 @@ class Kubelet:
         containers = pod["spec"]["containers"]
         if name in self._procs:
             procs = self._procs[name]
-            if job["metadata"]["name"] in self.evict_requests:
+            if job["metadata"]["name"] in self.evict_requests and name not in self.terminating:
                 self.evict_requests.discard(job["metadata"]["name"])
-                await self._finish_pod(pod, {}, reason="Evicted")
-                await self._job_pod_ended(job, pod, {c["name"]: 137 for c in containers}, "Evicted")
+                await self._begin_eviction(pod)
+            elif name in self.terminating:
+                if all(p.returncode is not None for p in procs.values()) or time.monotonic() >= self.terminating[name]:
+                    self.terminating.pop(name)
+                    self._kill(name)  # SIGKILL what outlived its grace
+                    codes = {c: _exit_code(await p.wait()) for c, p in procs.items()}
+                    await self._finish_pod(pod, codes, reason="Evicted")
+                    await self._job_pod_ended(job, pod, codes, "Evicted", disrupted=True)
             elif all(p.returncode is not None for p in procs.values()):
                 codes = {c: p.returncode for c, p in procs.items() if p.returncode is not None}
                 await self._finish_pod(pod, codes, reason="Completed" if not any(codes.values()) else "Error")
@@ -443,8 +471,8 @@ class Kubelet:
         ok = reason not in ("Evicted", "DeadlineExceeded") and all(c == 0 for c in codes.values())
         status: dict[str, Any] = {"phase": "Succeeded" if ok else "Failed", "containerStatuses": statuses}
         if reason == "Evicted":
-            status |= {"reason": "Evicted", "message": "The node was low on resource: memory.",
-                       "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]}
+            status |= {"reason": "Evicted", "message": "Evicted through the eviction API",
+                       "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]}
         await self._patch_pod(name, status)
 
     def _kill(self, name: str) -> None:
@@ -455,3 +483,8 @@ class Kubelet:
                 except ProcessLookupError:
                     pass
         self._gpu_use.pop(name, None)
+
+
+def _exit_code(returncode: int) -> int:
+    """A container's exit code as Kubernetes reports it: 128 + the signal for a process a signal ended."""
+    return 128 - returncode if returncode < 0 else returncode

@@ -36,6 +36,9 @@ class JobSpec(Model):
     gpu: int = Field(0, ge=0)
     network: bool = False
     resumable: bool = False  # the template checkpoints: the runner syncs LAB_CHECKPOINT_DIR to the artifact store
+    term_grace_s: float = Field(20, ge=0)  # after SIGTERM, the experiment's time to checkpoint (TemplateSpec.term_grace_s)
+    shm_mb: int = Field(256, ge=16)  # memory-backed /dev/shm, inside memory_mb
+    disk_mb: int | None = Field(None, ge=16)  # scratch disk (ephemeral-storage); None: the executor's default
     # Filled in by the executor port when the job is submitted: a plan kept in the
     # engineer's state never holds a credential.
     nats: NatsAccess | None = None

@@ -126,6 +126,10 @@ class Resources(BaseModel):
     cpu: float = Field(1, gt=0)
     gpu: int = Field(0, ge=0)
     memory_mb: int = Field(2048, ge=64)
+    # A memory-backed /dev/shm (DataLoader workers, NCCL): counted in memory_mb, as the kernel counts tmpfs pages.
+    shm_mb: int = Field(256, ge=16)
+    # Scratch disk the job may fill (ephemeral-storage on Kubernetes); None: the executor's default.
+    disk_mb: int | None = Field(None, ge=16)
 
 
 class Profile(BaseModel):
@@ -172,6 +176,9 @@ class TemplateSpec(BaseModel):
     # The experiment saves a checkpoint to LAB_CHECKPOINT_DIR (every few steps and on
     # SIGTERM) and resumes from one, so the runner syncs that folder to the artifact store.
     resumable: bool = False
+    # Seconds the experiment gets after SIGTERM (preemption, drain) to save a checkpoint; the
+    # Kubernetes Job's terminationGracePeriodSeconds adds the runner's upload time to it.
+    term_grace_s: float = Field(20, ge=0, le=600)
     references: str = "references.bib"
     network: bool = False
     # A known-different setting (knob overrides on top of the baseline): the PI runs it as the idea

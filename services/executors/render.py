@@ -87,7 +87,8 @@ class KubernetesSettings(BaseModel):
     """The ``executor.options`` of the kubernetes executor."""
 
     model_config = ConfigDict(extra="forbid")
-    namespace: str = "lab"
+    # Experiment Jobs live apart from the agents' Secrets (namespace `lab`): k8s/base/jobs.
+    namespace: str = "lab-jobs"
     image: str = "ghcr.io/kenkyu-lab/lab:0.1.0"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     command: list[str] = Field(default_factory=lambda: list(RUNNER_COMMAND), min_length=1)
@@ -109,6 +110,16 @@ class KubernetesSettings(BaseModel):
     gpu_tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
     )
+    # Placement of GPU jobs: GPU models (node label values, e.g. "NVIDIA-H100-80GB-HBM3"), under this label
+    # (GPU feature discovery's; other clusters name it differently); a MIG profile (e.g. "1g.10gb") asks for
+    # nvidia.com/mig-<profile> slices instead of whole GPUs; a RuntimeClass (e.g. "nvidia") for GPU pods.
+    gpu_products: list[str] = []
+    gpu_product_label: str = "nvidia.com/gpu.product"
+    mig_profile: str | None = Field(None, pattern=r"^[0-9]+g\.[0-9]+gb(\+me)?$")
+    gpu_runtime_class: str | None = None
+    # After the experiment's grace (JobSpec.term_grace_s) the runner uploads the checkpoint and logs:
+    # the pod's terminationGracePeriodSeconds is the sum, so a preempted pod is not SIGKILLed mid-upload.
+    upload_margin_s: int = Field(30, ge=0)
     service_account: str | None = None
     nats_secret: str | None = None  # a Secret holding the runner's NATS credential
     nats_secret_user_key: str = "user"
@@ -314,11 +325,14 @@ def _job_spec(job: JobSpec, s: KubernetesSettings, job_labels: dict[str, str], p
         "activeDeadlineSeconds": math.ceil(job.wall_time_s) + s.startup_margin_s,
         "backoffLimit": s.backoff_limit,
         "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
+        # The Job controller applies the first rule that matches. A preempted, drained or evicted pod
+        # (DisruptionTarget) gets SIGTERM, and the runner then exits EXIT_INFRA after checkpointing: the
+        # Ignore rule must come first, or every preemption would count against backoffLimit.
         "podFailurePolicy": {
             "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_EXPERIMENT_FAILED]}},
                 {"action": "Count", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INFRA]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
         "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
@@ -337,6 +351,7 @@ def _pod_spec(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     tolerations = [*s.tolerations, *(s.gpu_tolerations if gpu else [])]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": math.ceil(job.term_grace_s) + s.upload_margin_s,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "shareProcessNamespace": False,
@@ -358,13 +373,32 @@ def _pod_spec(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
         pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in tolerations]
     if s.priority_class:
         pod_spec["priorityClassName"] = s.priority_class
+    if gpu:
+        pod_spec |= _gpu_placement(s)
     return pod_spec
+
+
+def _gpu_placement(s: KubernetesSettings) -> dict[str, Any]:
+    """Pod fields that put a GPU job on the configured GPU models, under the configured runtime class."""
+    out: dict[str, Any] = {}
+    if s.gpu_products:
+        term = {"matchExpressions": [{"key": s.gpu_product_label, "operator": "In", "values": list(s.gpu_products)}]}
+        out["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+    if s.gpu_runtime_class:
+        out["runtimeClassName"] = s.gpu_runtime_class
+    return out
+
+
+def gpu_resource(s: KubernetesSettings) -> str:
+    """The extended resource a GPU job asks for: whole GPUs, or MIG slices of the configured profile."""
+    return f"nvidia.com/mig-{s.mig_profile}" if s.mig_profile else "nvidia.com/gpu"
 
 
 def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The runner's environment and mounts, and the pod's volumes: the job's Secret, scratch, and the NATS Secret when configured."""
     runner_env = _plain_env({JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
-                             **Settings.environ(job_dir="/tmp/job", executor_kind="kubernetes")})  # the kind is recorded in env.json
+                             # the kind is recorded in env.json; the grace is the template's, inside the pod's
+                             **Settings.environ(job_dir="/tmp/job", executor_kind="kubernetes", term_grace_s=job.term_grace_s)})
     runner_mounts: list[dict[str, Any]] = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "scratch", "mountPath": s.scratch_dir},
@@ -373,8 +407,11 @@ def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, 
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {}},
         {"name": "experiment-tmp", "emptyDir": {}},
-        {"name": "scratch", "emptyDir": {"sizeLimit": f"{s.scratch_size_mb}Mi"} if s.scratch_size_mb else {}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": f"{_scratch_mb(job, s)}Mi"} if _scratch_mb(job, s) else {}},
         {"name": "job", "secret": {"secretName": job_name(job.job_id), "defaultMode": 0o440}},
+        # The container runtime's /dev/shm is 64 MB: DataLoader workers and NCCL need more. Memory-backed,
+        # so its pages count in the experiment container's memory limit, as on the local sandbox.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{job.shm_mb}Mi"}},
     ]
     if s.nats_secret:
         runner_env += [{"name": NATS_USER_FILE_ENV, "value": f"{NATS_SECRET_MOUNT}/user"},
@@ -385,6 +422,11 @@ def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, 
     return runner_env, runner_mounts, volumes
 
 
+def _scratch_mb(job: JobSpec, s: KubernetesSettings) -> int | None:
+    """The job's scratch disk: the template's (``resources.disk_mb``), else the executor's ``scratch_size_mb``."""
+    return job.disk_mb or s.scratch_size_mb
+
+
 def _containers(
     job: JobSpec, s: KubernetesSettings, gpu: int, runner_env: list[dict[str, Any]], runner_mounts: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
@@ -392,9 +434,12 @@ def _containers(
     gid = s.run_as_user
     memory = f"{job.memory_mb + s.launcher_overhead_mb}Mi"
     cpu = f"{math.ceil(job.cpu * 1000)}m"
-    limits: dict[str, str] = {"cpu": cpu, "memory": memory}
+    requests: dict[str, str] = {"cpu": cpu, "memory": memory}
+    if scratch := _scratch_mb(job, s):
+        requests["ephemeral-storage"] = f"{scratch}Mi"  # the kubelet evicts a pod past its limit, not the node's other pods
+    limits: dict[str, str] = dict(requests)
     if gpu:
-        limits["nvidia.com/gpu"] = str(gpu)
+        limits[gpu_resource(s)] = str(gpu)
     runner_res = {"cpu": f"{s.runner_cpu_m}m", "memory": f"{s.runner_overhead_mb}Mi"}
     return [
         {
@@ -413,9 +458,10 @@ def _containers(
             "imagePullPolicy": s.image_pull_policy,
             "command": list(s.launcher_command),
             "env": _plain_env({SHARED_ENV: s.scratch_dir}),
-            "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
+            "resources": {"requests": requests, "limits": limits},
             "securityContext": _lockdown(s.experiment_run_as_user, gid),
-            "volumeMounts": [{"name": "experiment-tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir}],
+            "volumeMounts": [{"name": "experiment-tmp", "mountPath": "/tmp"}, {"name": "scratch", "mountPath": s.scratch_dir},
+                             {"name": "dshm", "mountPath": "/dev/shm"}],
         },
     ]
 
@@ -529,7 +575,7 @@ def docker_experiment_container(job: JobSpec, s: DockerSettings, devices: list[s
         "user": s.experiment_user,
         "tmpfs": {"/tmp": "rw,nosuid,nodev,size=512m"},
         "volumes": {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"}},
-        "shm_size": f"{s.shm_size_mb}m",
+        "shm_size": f"{max(job.shm_mb, s.shm_size_mb)}m",
         "mem_limit": f"{job.memory_mb + s.launcher_overhead_mb}m",
         "nano_cpus": int(job.cpu * 1e9),
         **_docker_lockdown(job, s, "experiment"),

@@ -33,8 +33,10 @@ from tests.kubelet import Kubelet
 NS = "lab"
 STAND_IN = [
     "python", "-c",
-    "import json, os, sys, time\n"
+    "import json, os, signal, sys, time\n"
     "job = json.load(open(os.environ['LAB_JOB_FILE'])); o = job['overrides']\n"
+    # As the real runner: SIGTERM (preemption, eviction) -> checkpoint, then exit 4 (infrastructure)
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(4))\n"
     "if 'LAB_JOB' in os.environ: sys.exit(7)\n"
     "pw = open(os.environ['LAB_NATS_PASSWORD_FILE']).read() if 'LAB_NATS_PASSWORD_FILE' in os.environ else None\n"
     "if 'need_password' in o and pw != o['need_password']: sys.exit(9)\n"
@@ -137,8 +139,8 @@ async def test_submit_renders_security_gpu_and_failure_policy(make: Any, cluster
     assert s["activeDeadlineSeconds"] == 100 + 300 and s["backoffLimit"] == 2 and s["ttlSecondsAfterFinished"] == 3600
     rules = s["podFailurePolicy"]["rules"]
     assert [(r["action"], r.get("onExitCodes", {}).get("values")) for r in rules] == [
-        ("FailJob", [3]), ("Count", [4]), ("Ignore", None)]
-    assert rules[2]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+        ("Ignore", None), ("FailJob", [3]), ("Count", [4])]  # the first match wins: a disruption is never counted
+    assert rules[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     pod = s["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert pod["shareProcessNamespace"] is False
@@ -154,7 +156,9 @@ async def test_submit_renders_security_gpu_and_failure_policy(make: Any, cluster
     assert exp["resources"]["limits"] == {"cpu": "1000m", "memory": "640Mi", "nvidia.com/gpu": "1"}
     assert runner["resources"]["limits"] == {"cpu": "250m", "memory": "256Mi"}
     assert {m["mountPath"] for m in runner["volumeMounts"]} == {"/tmp", "/scratch", "/run/lab/job"}
-    assert {m["mountPath"] for m in exp["volumeMounts"]} == {"/tmp", "/scratch"}
+    assert {m["mountPath"] for m in exp["volumeMounts"]} == {"/tmp", "/scratch", "/dev/shm"}
+    assert pod["terminationGracePeriodSeconds"] == 20 + 30  # the experiment's grace, then the runner's upload
+    assert {"medium": "Memory", "sizeLimit": "256Mi"} == {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert {m["name"] for m in runner["volumeMounts"]} & {m["name"] for m in exp["volumeMounts"]} == {"scratch"}
     assert volumes["job"]["secret"]["secretName"] == "lab-run-1"
@@ -167,6 +171,28 @@ async def test_submit_renders_security_gpu_and_failure_policy(make: Any, cluster
     assert secret["metadata"]["name"] == "lab-run-1" and secret["metadata"]["labels"]["lab.kenkyu.dev/job"] == "run-1"
     inner = JobSpec.model_validate_json(secret_data(secret)["job.json"])
     assert inner.nats.password == "s3cret"  # no NATS Secret configured: it travels in the job's own Secret
+
+
+async def test_gpu_placement_mig_shm_and_scratch_come_from_config_and_template(make: Any, cluster: Any) -> None:
+    ex = make(gpus=2, gpu_products=["NVIDIA-H100-80GB-HBM3"], mig_profile="1g.10gb", gpu_runtime_class="nvidia",
+              tolerations=[{"key": "team", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}])
+    await ex.submit(spec("placed", gpu=1, shm_mb=1024, disk_mb=8192, term_grace_s=45))
+    await ex.submit(spec("cpu-only"))
+    jobs = {j["metadata"]["name"]: j["spec"]["template"]["spec"] for j in await raw_jobs(cluster[1])}
+    pod, cpu_pod = jobs["lab-placed"], jobs["lab-cpu-only"]
+    [term] = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}]
+    assert pod["runtimeClassName"] == "nvidia" and "runtimeClassName" not in cpu_pod and "affinity" not in cpu_pod
+    assert {t["key"] for t in pod["tolerations"]} == {"team", "nvidia.com/gpu"} and [t["key"] for t in cpu_pod["tolerations"]] == ["team"]
+    exp = pod["containers"][1]
+    assert exp["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1" and "nvidia.com/gpu" not in exp["resources"]["limits"]
+    assert exp["resources"]["requests"]["ephemeral-storage"] == exp["resources"]["limits"]["ephemeral-storage"] == "8192Mi"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1024Mi"}
+    assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "8192Mi"}
+    assert pod["terminationGracePeriodSeconds"] == 45 + 30
+    runner_env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert runner_env["LAB_TERM_GRACE_S"] == "45.0"
 
 
 async def test_submit_is_idempotent_and_names_are_dns_safe(make: Any, cluster: Any) -> None:
@@ -215,13 +241,40 @@ async def test_exit_codes_map_to_failure_reasons(make: Any, cluster: Any) -> Non
 
 
 async def test_eviction_is_ignored_and_retried(make: Any, cluster: Any) -> None:
+    """An evicted pod's runner gets SIGTERM and exits 4 (as the real one does after checkpointing); it must not count.
+
+    The test kubelet sets DisruptionTarget, sends SIGTERM, waits out terminationGracePeriodSeconds,
+    then SIGKILLs; its Job controller applies podFailurePolicy rules in order, exit-code rules
+    included. What it cannot show: a real node's drain timing or Kueue's preemption path.
+    """
     ex = make(backoff_limit=0)
     async with Kubelet(cluster[1], NS) as kubelet:
-        await ex.submit(spec("evicted", overrides={"sleep": 0.5}))
+        await ex.submit(spec("evicted", overrides={"sleep": 1.5}))
         await wait_for(ex, "evicted", "running")
         kubelet.evict_requests.add("lab-evicted")
         await wait_for(ex, "evicted", "succeeded")  # backoffLimit 0, yet the disruption did not count
         assert len([n for n in kubelet.started if n.startswith("lab-evicted")]) == 2
+    [job] = await raw_jobs(cluster[1])
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 20 + 30
+
+
+async def test_eviction_counts_as_failure_under_the_old_rule_order(make: Any, cluster: Any) -> None:
+    """The kubelet's controller is faithful enough to fail the old policy: Count on exit 4 before Ignore on DisruptionTarget."""
+    ex = make(backoff_limit=0)
+    async with Kubelet(cluster[1], NS) as kubelet:
+        original = kubelet._job_pod_ended
+
+        async def old_order(job: dict[str, Any], *args: Any, **kw: Any) -> None:
+            rules = job["spec"]["podFailurePolicy"]["rules"]
+            job["spec"]["podFailurePolicy"]["rules"] = rules[1:] + rules[:1]  # Ignore moved last, as before
+            await original(job, *args, **kw)
+
+        kubelet._job_pod_ended = old_order  # type: ignore[method-assign]
+        await ex.submit(spec("old-order", overrides={"sleep": 1.5}))
+        await wait_for(ex, "old-order", "running")
+        kubelet.evict_requests.add("lab-old-order")
+        failed = await wait_for(ex, "old-order", "failed")
+        assert failed.reason.startswith("BackoffLimitExceeded")
 
 
 async def test_image_pull_failure_pends_then_fails(make: Any, cluster: Any) -> None:

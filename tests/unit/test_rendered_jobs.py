@@ -41,6 +41,8 @@ def test_images_can_be_pinned_by_digest() -> None:
     {"gpu": 2, "options": {"gpus": 4, "priority_class": "high"}},
     {"options": {"kueue_queue": "lab-gpus", "nats_secret": "lab-nats-job", "scratch_size_mb": 2048}},
     {"network": True, "job_id": "Weird_ID.with.dots/" + "x" * 80},
+    {"gpu": 1, "shm_mb": 4096, "disk_mb": 20000, "term_grace_s": 90,
+     "options": {"gpus": 8, "gpu_products": ["NVIDIA-A100-SXM4-80GB"], "mig_profile": "3g.40gb", "gpu_runtime_class": "nvidia"}},
 ])
 def test_rendered_jobs_validate_with_security_and_gpu_fields(case: dict[str, Any]) -> None:
     options = case.pop("options", {})
@@ -54,7 +56,11 @@ def test_rendered_jobs_validate_with_security_and_gpu_fields(case: dict[str, Any
     assert_restricted("job", pod)
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
     limits = container(manifest, "experiment")["resources"]["limits"]
-    assert limits.get("nvidia.com/gpu") == (str(job.gpu) if job.gpu else None)
+    gpu_resource = f"nvidia.com/mig-{options['mig_profile']}" if "mig_profile" in options else "nvidia.com/gpu"
+    assert limits.get(gpu_resource) == (str(job.gpu) if job.gpu else None)
+    assert manifest["metadata"]["namespace"] == options.get("namespace", "lab-jobs")  # never beside the agents' Secrets
+    assert pod["terminationGracePeriodSeconds"] >= job.term_grace_s + 30
+    assert {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": f"{job.shm_mb}Mi"}
     assert "nvidia.com/gpu" not in container(manifest, "runner")["resources"]["limits"]
     assert manifest["spec"].get("suspend", False) is bool(options.get("kueue_queue"))
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["shareProcessNamespace"] is False
