@@ -152,9 +152,10 @@ def confine(
     """
     env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, int(job.cpu))), "MPLBACKEND": "Agg", **(extra_env or {})}
     limits = sandbox.Limits(
-        # Address space, not resident memory: a backstop well above the limit (threads reserve far more than they
-        # touch); the exact limit is the runner's watch over the summed resident memory of the whole tree.
-        address_space_mb=max(4 * job.memory_mb, job.memory_mb + 4096),
+        # Private writable memory, not address space (CUDA reserves terabytes it never touches): a backstop
+        # well above the limit, none on GPU jobs; the exact limit is the runner's watch over the summed
+        # resident memory of the whole tree (and the container's cgroup on Docker and Kubernetes).
+        data_mb=None if job.gpu else max(4 * job.memory_mb, job.memory_mb + 4096),
         cpu_s=max(10, math.ceil(job.wall_time_s * max(job.cpu, 1.0)) + 10),
     )
     bwrap = sandbox.tool() if use_sandbox else None

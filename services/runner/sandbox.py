@@ -86,7 +86,11 @@ class Limits(BaseModel):
     """Kernel-enforced per-process limits, set in the child before it execs."""
 
     model_config = ConfigDict(extra="forbid")
-    address_space_mb: int = Field(gt=0)
+    # RLIMIT_DATA: private writable memory a process may map, a backstop well above the job's limit.
+    # Never RLIMIT_AS: the CUDA driver reserves far more address space than it backs (PROT_NONE,
+    # MAP_NORESERVE), which RLIMIT_DATA does not count. None: no such backstop (GPU jobs: the driver's
+    # own mappings are not ours to judge); the exact limit is the runner's watch over resident memory.
+    data_mb: int | None = Field(None, gt=0)
     cpu_s: int = Field(gt=0)
 
 
@@ -192,7 +196,8 @@ def preexec(limits: Limits) -> Callable[[], None]:
     """A ``preexec_fn`` that sets the limits in the child, where they bind every process it starts."""
 
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.address_space_mb << 20, limits.address_space_mb << 20))
+        if limits.data_mb is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (limits.data_mb << 20, limits.data_mb << 20))
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         _die_with_parent()
