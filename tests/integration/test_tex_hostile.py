@@ -127,3 +127,96 @@ async def test_hostile_bibtex_fields_cannot_read_the_job_secret(lab_home, build_
     bib = store.data[out.bib].decode()
     for attack in ("\\input", "\\openin", "\\read", "\\write18", "\\catcode", "^^5c", "\\@@input", "\\def"):
         assert attack not in bib, f"{attack} reached references.bib"
+
+
+def test_the_library_keeps_no_raw_tex_from_a_hostile_file(tmp_path):
+    parsed = parse_bibtex(hostile_bib(tmp_path / "secret") + "@misc{x, title={T}, doi={10.1/a\\input{b}}, url={https://ok.org/a_b?c=1}}\n")
+    assert len(parsed.refs) == 8
+    for ref in parsed.refs:
+        for attack in ("\\input", "\\openin", "\\read", "\\write18", "\\catcode", "^^", "\\def", "\\makeatletter"):
+            assert attack not in ref.bibtex, f"{attack} kept in {ref.key}'s BibTeX"
+    assert "doi" not in parsed.refs[-1].bibtex and "url = {https://ok.org/a_b?c=1}" in parsed.refs[-1].bibtex
+
+
+# ---------------------------------------------------------------- the sandbox itself, whatever the .tex holds
+# The rebuilt .bib is one wall; these tests take it away and hand TeX the attack directly.
+
+
+def reading_doc(secret: Path) -> str:
+    probe = "\\IfFileExists{{{0}}}{{FOUND[\\input{{{0}}}]}}{{MISSING[{1}]}} "
+    return ("\\documentclass{article}\\begin{document}\n"
+            + probe.format(secret, "secret") + probe.format("/proc/self/environ", "environ")
+            + "\\immediate\\write18{cat " + str(secret) + " > leaked.tex}\\IfFileExists{leaked.tex}{RAN}{NOSHELL}\n"
+            + "\\end{document}\n")
+
+
+async def test_tex_in_the_sandbox_reads_no_file_outside_its_build_folder(lab_home, build_files, tmp_path):
+    from agents.writer import pdf
+
+    home, token = lab_home
+    built = await pdf.compile_pdf(reading_doc(home / "secrets" / "job-secret"), "", {})
+    words = " ".join(pdf_text(built, tmp_path).split())
+    assert "MISSING[secret]" in words and "MISSING[environ]" in words and "NOSHELL" in words, words
+    assert token not in words and "FOUND" not in words and "RAN" not in words
+    assert not any(token.encode() in p.read_bytes() for p in build_files.rglob("*") if p.is_file())
+
+
+async def test_the_sandbox_environment_holds_no_lab_setting_and_paranoid_tex_settings(lab_home, tmp_path):
+    home, token = lab_home
+    environ = (await texbox.run(tmp_path, ["cat", "/proc/self/environ"], 30))[1]
+    names = {kv.split("=", 1)[0] for kv in environ.split("\0") if kv}
+    assert names == {"PATH", "HOME", "TEXMFOUTPUT", "LC_ALL", "openin_any", "openout_any", "shell_escape", "PWD"}, names
+    assert token not in environ and str(home) not in environ
+    rc, out = await texbox.run(tmp_path, ["kpsewhich", "-var-value", "openin_any"], 30)
+    assert (rc, out.strip()) == (0, "p")
+    rc, out = await texbox.run(tmp_path, ["cat", str(home / "secrets" / "job-secret")], 30)
+    assert rc != 0 and token not in out  # $LAB_HOME is not mounted at all
+    script = "for d in /usr /etc /var/lib/texmf /; do echo x > $d/x 2>/dev/null && echo wrote $d; done; echo z > /build/z"
+    rc, out = await texbox.run(tmp_path, ["sh", "-c", script], 30)
+    assert rc == 0 and "wrote" not in out and (tmp_path / "z").read_text() == "z\n"  # only the build folder takes writes
+
+
+async def test_the_sandbox_has_no_network(tmp_path):
+    rc, out = await texbox.run(tmp_path, ["cat", "/proc/net/dev"], 30)
+    assert rc == 0 and [ln.split(":")[0].strip() for ln in out.splitlines()[2:]] == ["lo"]
+
+
+async def test_a_runaway_tex_step_is_killed_at_its_wall_time(tmp_path):
+    with pytest.raises(TimeoutError):
+        await texbox.run(tmp_path, ["sleep", "30"], 0.5)
+
+
+async def test_without_bubblewrap_no_pdf_is_built_and_the_draft_says_why(monkeypatch):
+    monkeypatch.setenv("LAB_BWRAP", "lab-no-such-bwrap")
+    monkeypatch.delenv("LAB_TEX_UNSANDBOXED", raising=False)
+    out, store = await write(request())
+    assert out.pdf is None and "bubblewrap" in out.pdf_error and "LAB_TEX_UNSANDBOXED=1" in out.pdf_error
+    assert out.markdown in store.data and out.tex in store.data  # paper.md is still delivered
+
+
+async def test_tex_unsandboxed_builds_bare_but_still_paranoid(monkeypatch, lab_home, tmp_path):
+    from agents.writer import pdf
+
+    home, token = lab_home
+    monkeypatch.setenv("LAB_BWRAP", "lab-no-such-bwrap")
+    monkeypatch.setenv("LAB_TEX_UNSANDBOXED", "1")
+    built = await pdf.compile_pdf(reading_doc(home / "secrets" / "job-secret"), "", {})
+    words = " ".join(pdf_text(built, tmp_path).split())
+    assert "MISSING[secret]" in words and "NOSHELL" in words and token not in words
+    escaped = tmp_path / "escaped.tex"
+    with pytest.raises(pdf.PdfError, match="I can't write on file"):
+        await pdf.compile_pdf(WRITE_OUT.format(escaped), "", {})
+    assert not escaped.exists()
+
+
+WRITE_OUT = ("\\documentclass{{article}}\\begin{{document}}\\newwrite\\w\\immediate\\openout\\w={}"
+             "\\immediate\\write\\w{{x}}\\immediate\\closeout\\w\\end{{document}}")
+
+
+async def test_tex_in_the_sandbox_writes_nowhere_but_its_build_folder(tmp_path):
+    from agents.writer import pdf
+
+    escaped = tmp_path / "escaped.tex"
+    with pytest.raises(pdf.PdfError, match="I can't write on file"):
+        await pdf.compile_pdf(WRITE_OUT.format(escaped), "", {})
+    assert not escaped.exists()
