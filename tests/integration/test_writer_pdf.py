@@ -178,3 +178,14 @@ class EscMind:
         text = "Weight decay\x1b[0m matters\x07 [@power2022grokking]."
         return PaperSections(title="Decay\x1b[1m and grokking\x00", abstract=text, introduction=text, related_work=text, method=text,
                              experimental_setup=text, results=text, limitations=text, conclusion=text)
+
+
+@pytest.mark.tex
+async def test_compile_pdf_leaves_out_a_figure_that_does_not_decode():
+    from agents.writer import pdf
+    tex = ("\\documentclass{article}\\usepackage{graphicx}\\begin{document}"
+           "\\includegraphics[width=2cm]{bad.png}\\includegraphics[width=2cm]{good.png}\\includegraphics{fake.jpg}\\end{document}")
+    left_out: dict[str, str] = {}
+    built = await pdf.compile_pdf(tex, "", {"bad.png": png()[:200], "good.png": png(), "fake.jpg": png()}, left_out)
+    assert built.startswith(b"%PDF")
+    assert set(left_out) == {"bad.png", "fake.jpg"} and "does not decode" in left_out["bad.png"] and "not a JPEG" in left_out["fake.jpg"]
