@@ -209,6 +209,10 @@ class Settings(BaseSettings):
     unsafe_no_sandbox: bool = _setting(
         False, "Set by --unsafe-no-sandbox: run model-written code unconfined where no sandbox works.", "services.runner.sandbox",
     )
+    tex_unsandboxed: bool = _setting(
+        False, "Build the paper's PDF with TeX unconfined where bubblewrap does not work (else no PDF, with the reason).",
+        "agents.writer.texbox",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -12,10 +12,14 @@ import unicodedata
 from collections.abc import Iterable
 
 from agents.lit.errors import UnresolvedCitation
-from agents.lit.text import STOPWORDS
+from agents.lit.text import STOPWORDS, plain
 from bus.schema import Reference
 
 _LATEX_SPECIAL = re.compile(r"([&%$#_])")
+_CONTROL = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]")
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+_IDENTIFIERS = {"doi", "url", "eprint", "isbn", "issn", "arxivid"}
+_IDENTIFIER = re.compile(r"[A-Za-z0-9._~:/?\[\]@!&'()*+,;=<>-]+")
 _CITE = re.compile(
     r"\\(?:no)?(?:cite|citep|citet|citealp|citealt|citeauthor|citeyear|parencite|textcite|autocite|footcite)\*?"
     r"(?:\s*\[[^\]]*\]){0,2}\s*\{([^}]*)\}"
@@ -52,10 +56,28 @@ def make_key(authors: list[str], year: int | None, title: str) -> str:
 
 
 def latex_escape(text: str) -> str:
-    """Escape text that came from a non-LaTeX source (an API) so BibTeX and LaTeX accept it."""
-    text = text.replace("\\", " ").replace("{", "").replace("}", "")
-    text = _LATEX_SPECIAL.sub(r"\\\1", text)
+    """Escape plain text (from an API, or a library field made plain) so BibTeX and LaTeX read it as text and nothing else.
+
+    No backslash, brace or control character survives, and ``^`` cannot start ``^^5c`` (a backslash in TeX's ^^-notation).
+    """
+    text = _CONTROL.sub("", text).replace("\\", " ").replace("{", "").replace("}", "")
+    text = _LATEX_SPECIAL.sub(r"\\\1", text).replace("^", r"\^{}").replace("~", r"\~{}")
     return re.sub(r"\s+", " ", text).strip()
+
+
+def safe_fields(fields: dict[str, str]) -> dict[str, str]:
+    """A library entry's fields as plain, escaped text; an identifier (DOI, URL, eprint) kept only when it holds no TeX."""
+    out = {}
+    for name, value in fields.items():
+        if not _FIELD_NAME.fullmatch(name):
+            continue
+        if name in _IDENTIFIERS:
+            value = value.strip()
+            if _IDENTIFIER.fullmatch(value):
+                out[name] = value
+        else:
+            out[name] = latex_escape(plain(value))
+    return out
 
 
 def format_entry(entry_type: str, key: str, fields: dict[str, str]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from bibtexparser.entrypoint import parse_string
 from bibtexparser.model import DuplicateBlockKeyBlock, Entry
 
-from agents.lit.bibtex import clean_key, format_entry, make_key, reference_from_metadata
+from agents.lit.bibtex import clean_key, format_entry, make_key, reference_from_metadata, safe_fields
 from agents.lit.errors import LibraryError
 from agents.lit.text import plain
 from bus.schema import Reference
@@ -67,7 +67,8 @@ def _reference(entry: Entry, source: str) -> Reference:
         year=year,
         venue=venue,
         abstract=plain(fields.get("abstract", "")),
-        bibtex=format_entry(entry.entry_type.lower(), key, fields),
+        # Never the raw fields: a template's or a user's library is not trusted TeX (\\input, \\openin, ^^5c ...).
+        bibtex=format_entry(entry.entry_type.lower(), key, safe_fields(fields)),
         source=source,
         paper_id=fields.get("doi") or None,
     )

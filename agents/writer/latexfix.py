@@ -1,7 +1,8 @@
 """Which of the mind's sections a pdflatex error points at, so the mind can be asked to fix just those.
 
-The markup escapes LaTeX's special characters, but a model's text can still
-break the build (a control character from a JSON ``\\u0001``, say). TeX's
+The markup escapes LaTeX's special characters and control characters are
+stripped before TeX, but a model's text can still break the build (a Latin
+letter utf8 inputenc has no glyph for, such as U+0149). TeX's
 log names the line it stopped on (``l.42 ...``); the section of paper.tex
 that line lies in is the one to send back. An error outside the mind's prose
 (the appendix, the bibliography, a missing package) names no section: no

@@ -36,6 +36,8 @@ def tex_escape(text: str) -> Tex:
     for ch in str(text):
         if ch in _TEX_CHARS:
             out.append(_TEX_CHARS[ch])
+        elif ord(ch) < 32 and ch not in "\n\t" or ord(ch) == 127:
+            continue  # a control character (an ESC from a model or a template) never reaches TeX
         elif ord(ch) < 128 or ch.isalpha() and ord(ch) < 0x180:
             out.append(ch)  # ASCII, and the Latin letters utf8 inputenc knows
         else:

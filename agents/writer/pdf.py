@@ -1,18 +1,29 @@
-"""pdflatex + bibtex in a temporary folder, bounded in time, failing with one line.
+"""pdflatex + bibtex in a sandboxed temporary folder, bounded in time, failing with one line.
 
 A paper whose PDF does not build is still a paper (the .tex and .md are
 uploaded); the error goes into ``DraftReady.pdf_error`` for the PI and the
 co-PI to see, taken from the TeX log's first "!" line rather than its tail of
-boilerplate.
+boilerplate, and the log from that line on into ``DraftReady.pdf_log``.
+
+What reaches TeX is untrusted (references from templates and users' libraries,
+figures from runs), so: TeX runs in :mod:`agents.writer.texbox`'s sandbox;
+control characters are stripped from the .tex and the .bib (an ESC in a title
+is not a failed build); and a figure that is not a real image of the type its
+name says is left out, its ``\\includegraphics`` replaced by a note.
 """
 
 from __future__ import annotations
 
-import asyncio
+import io
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from PIL import Image  # matplotlib's own dependency: a figure is decoded before TeX sees it
+
+from agents.writer import texbox
+from agents.writer.citations import strip_controls
 from bus.errors import LabError
 
 STEP_TIMEOUT_S = 90.0
@@ -55,28 +66,67 @@ def meaningful_line(log: str) -> str:
 
 
 async def _step(cwd: Path, *argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), STEP_TIMEOUT_S)
+        return await texbox.run(cwd, argv, STEP_TIMEOUT_S)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         raise PdfError(f"{argv[0]} took longer than {STEP_TIMEOUT_S:.0f} s") from None
-    return proc.returncode or 0, out.decode(errors="replace")
+    except texbox.TexSandboxUnavailable as e:
+        raise PdfError(str(e)) from None
 
 
-async def compile_pdf(tex: str, bib: str, files: dict[str, bytes]) -> bytes:
-    """The PDF's bytes, or PdfError."""
+_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n", "PNG"), ".jpg": (b"\xff\xd8\xff", "JPEG"), ".jpeg": (b"\xff\xd8\xff", "JPEG"), ".pdf": (b"%PDF-", "PDF")}
+
+
+def image_problem(name: str, data: bytes) -> str:
+    """Why ``data`` is not a figure pdflatex can include under ``name`` ("" when it is): magic bytes, then a real decode."""
+    ext = Path(name).suffix.lower()
+    if ext not in _MAGIC:
+        return f"{ext or 'no extension'} is not a figure type (PNG, JPEG, PDF)"
+    magic, kind = _MAGIC[ext]
+    if not data.startswith(magic):
+        return f"not a {kind} file (its first bytes are {data[:8]!r})"
+    if kind == "PDF":
+        return "" if b"%%EOF" in data[-1024:] else "a truncated PDF (no %%EOF at its end)"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != kind:
+                return f"a {im.format} image named {name}"
+            im.load()
+    except Exception as e:  # PIL raises many types on a corrupt image; any of them means "leave it out"
+        return f"a {kind} that does not decode ({type(e).__name__}: {e})"
+    return ""
+
+
+def _graphic(name: str) -> re.Pattern[str]:
+    return re.compile(r"\\includegraphics(\[[^\]]*\])?\{" + re.escape(name) + r"\}")
+
+
+def checked_figures(tex: str, files: dict[str, bytes]) -> tuple[str, dict[str, bytes], dict[str, str]]:
+    """The .tex and files with every invalid figure left out (a boxed note where it was), and why each was."""
+    good, bad = {}, {}
+    for name, data in files.items():
+        problem = image_problem(name, data)
+        if problem:
+            bad[name] = problem
+            tex = _graphic(name).sub(lambda m: r"\fbox{Figure left out: not a valid image.}", tex)
+        else:
+            good[name] = data
+    return tex, good, bad
+
+
+async def compile_pdf(tex: str, bib: str, files: dict[str, bytes], left_out: dict[str, str] | None = None) -> bytes:
+    """The PDF's bytes, or PdfError. Figures that are not valid images are left out, and named with why in ``left_out``."""
     if not available():
         raise PdfError("pdflatex not found; install texlive to get a PDF")
+    tex, files, bad = checked_figures(strip_controls(tex), files)
+    if left_out is not None:
+        left_out.update(bad)
     with tempfile.TemporaryDirectory(prefix="lab-paper-") as tmp:
         d = Path(tmp)
         (d / "paper.tex").write_text(tex)
-        (d / "references.bib").write_text(bib)
+        (d / "references.bib").write_text(strip_controls(bib))
         for name, data in files.items():
-            (d / name).write_bytes(data)
+            (d / Path(name).name).write_bytes(data)
         latex = ("pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "paper.tex")
         rc, out = await _step(d, *latex)
         if rc != 0:
@@ -88,5 +138,5 @@ async def compile_pdf(tex: str, bib: str, files: dict[str, bytes]) -> bytes:
         for _ in range(2):
             rc, out = await _step(d, *latex)
             if rc != 0:
-                raise _failed((d / "paper.log").read_text(errors="replace"))
+                raise _failed((d / "paper.log").read_text(errors="replace") if (d / "paper.log").exists() else out)
         return (d / "paper.pdf").read_bytes()

@@ -131,10 +131,16 @@ class Writer(Role):
         figures, files = [], {}
         for f in assemble.figure_refs(body.report):
             try:
-                files[f.file] = await ctx.artifacts.get(f.name)
-                figures.append(f)
+                data = await ctx.artifacts.get(f.name)
             except KeyError:
                 ctx.log.warning("figure_missing", name=f.name)
+                continue
+            problem = pdf.image_problem(f.file, data)
+            if problem:  # a run's fake PNG is left out, not a failed build
+                ctx.log.warning("figure_invalid", name=f.name, reason=problem)
+                continue
+            files[f.file] = data
+            figures.append(f)
         tex, md = render(body, sections, figures, mind)
         body, tex, md = await self._keep_promises(body, sections, figures, mind, tex, md, ctx)
         bib = citations.references_bib(body.references)

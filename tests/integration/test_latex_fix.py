@@ -16,7 +16,9 @@ from tests.unit.test_writer import request, write
 __all__ = ["clean_env"]
 pytestmark = pytest.mark.usefixtures("clean_env")
 
-BROKEN = "Weight decay changed how fast the model generalized\u0001 on held-out sums."  # a control character from the model
+# A letter the markup lets through (Latin, below U+0180) that pdflatex's utf8 inputenc cannot set: the build fails on
+# the mind's prose. (Control characters no longer can: they are stripped before TeX sees them.)
+BROKEN = "Weight decay changed how fast the model generalized\u0149 on held-out sums."
 FIXED = "Weight decay changed how fast the model generalized on held-out sums."
 DRAFT = {
     "title": "Weight decay and grokking", "abstract": "We study how weight decay changes grokking on modular addition.",
@@ -63,10 +65,10 @@ async def test_a_latex_error_goes_back_to_the_model_and_the_fixed_section_builds
     asks = [r for r in fake.requests if schema_of(r) == "SectionText"]
     assert len(asks) == 1
     prompt = asks[0].last_user
-    assert "results section" in prompt and "U+0001" in prompt and json.dumps(BROKEN)[1:-1] in json.dumps(prompt)
+    assert "results section" in prompt and "U+0149" in prompt and json.dumps(BROKEN)[1:-1] in json.dumps(prompt)
     assert out.pdf_error == "" and out.pdf and store.data[out.pdf].startswith(b"%PDF")
     tex, md = store.data[out.tex].decode(), store.data[out.markdown].decode()
-    assert FIXED in tex and FIXED in md and "\u0001" not in tex + md
+    assert FIXED in tex and FIXED in md and "\u0149" not in tex + md
 
 
 @pytest.mark.tex

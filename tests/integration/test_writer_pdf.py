@@ -120,13 +120,72 @@ async def test_light_latex_from_a_mind_is_normalized():
     assert out.pdf_error == "", out.pdf_error
 
 
-async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt():
+class UnsetCharMind:
+    """Writes a letter the markup passes (Latin, below U+0180) but pdflatex's utf8 inputenc has no glyph for: a real TeX error."""
+
+    usage = Usage()
+
+    async def write(self, request):
+        text = "The model generalized on held-out sums \u0149 quickly."
+        return PaperSections(title="Decay", abstract=text, introduction=text, related_work=text, method=text,
+                             experimental_setup=text, results=text, limitations=text, conclusion=text)
+
+
+@pytest.mark.tex
+async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt(capsys):
+    out, store = await write(request(), mind=UnsetCharMind())
+    assert out.pdf is None and out.pdf_error.startswith("! LaTeX Error: Unicode character") and " l." in out.pdf_error
+    excerpt = out.pdf_log.splitlines()
+    assert excerpt[0].startswith("!") and len(excerpt) > 1 and any(ln.startswith("l.") for ln in excerpt)
+    assert out.pdf_error.split(" l.")[0] in out.pdf_log
+    assert out.markdown in store.data and out.tex in store.data  # the draft still goes on, with the failure on record
+    logged = capsys.readouterr().out
+    assert "pdf_failed" in logged and "Unicode character" in logged  # in the writer's log too, never silent
+
+
+@pytest.mark.tex
+async def test_a_fake_figure_is_left_out_and_the_pdf_still_builds(capsys):
     store = MemoryStore()
-    await store.put("proj/figures/round-1/val_acc.png", b"this is not a PNG file")
+    await store.put("proj/figures/round-1/val_acc.png", b"\x89PNG\r\n\x1a\nthis is not a PNG file")
     await store.put("proj/runs/job-b1/curves.png", png())
     ctx = Context(project="proj", role="writer", state=None, artifacts=store, mind=make(0, {}))
     await ROLE().handle(Envelope(project="proj", sender="pi", recipient="writer", body=request()), ctx)
     (out, _), = ctx.outputs
-    assert out.pdf is None and out.pdf_error.startswith("!")
-    assert out.pdf_log.startswith("!") and out.pdf_error.split(" l.")[0] in out.pdf_log and len(out.pdf_log.splitlines()) > 1
-    assert out.markdown in store.data  # the draft still goes on, with the failure on record
+    assert out.pdf_error == "" and store.data[out.pdf].startswith(b"%PDF")
+    assert out.figures == ["proj/paper/round-1/figures/figure-b.png"]  # only the real image went in
+    assert store.data[out.tex].decode().count("\\includegraphics") == 1
+    logged = capsys.readouterr().out
+    assert "figure_invalid" in logged and "val_acc.png" in logged and "does not decode" in logged
+
+
+@pytest.mark.tex
+async def test_an_esc_in_the_title_still_gives_a_pdf():
+    refs = [REFS[0].model_copy(update={"title": "Grokking\x1b[31m: beyond \x7f overfitting\x9b"}), REFS[1]]
+    out, store = await write(request(refs=refs), mind=EscMind())
+    assert out.pdf_error == "", out.pdf_error + "\n" + out.pdf_log
+    assert store.data[out.pdf].startswith(b"%PDF")
+    for name in (out.tex, out.bib):
+        text = store.data[name].decode()
+        assert not any(ord(c) < 32 and c not in "\n\t" or 0x7f <= ord(c) < 0xa0 for c in text), name
+
+
+class EscMind:
+    """An ESC (and other control characters) in the title and the prose, as a terminal-coloured string would bring them."""
+
+    usage = Usage()
+
+    async def write(self, request):
+        text = "Weight decay\x1b[0m matters\x07 [@power2022grokking]."
+        return PaperSections(title="Decay\x1b[1m and grokking\x00", abstract=text, introduction=text, related_work=text, method=text,
+                             experimental_setup=text, results=text, limitations=text, conclusion=text)
+
+
+@pytest.mark.tex
+async def test_compile_pdf_leaves_out_a_figure_that_does_not_decode():
+    from agents.writer import pdf
+    tex = ("\\documentclass{article}\\usepackage{graphicx}\\begin{document}"
+           "\\includegraphics[width=2cm]{bad.png}\\includegraphics[width=2cm]{good.png}\\includegraphics{fake.jpg}\\end{document}")
+    left_out: dict[str, str] = {}
+    built = await pdf.compile_pdf(tex, "", {"bad.png": png()[:200], "good.png": png(), "fake.jpg": png()}, left_out)
+    assert built.startswith(b"%PDF")
+    assert set(left_out) == {"bad.png", "fake.jpg"} and "does not decode" in left_out["bad.png"] and "not a JPEG" in left_out["fake.jpg"]
