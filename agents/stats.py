@@ -309,7 +309,10 @@ def sample_size(sd: float, effect: float, *, alpha: float = 0.05, power: float =
         df = 2 * n - 2
         nc = effect / (sd * math.sqrt(2.0 / n))
         crit = float(sps.t.ppf(1.0 - alpha / 2.0, df))
-        achieved = float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+        # scipy's noncentral t returns NaN far in a tail (a large noncentrality): the far tail is 0 there, the near one 1.
+        upper, lower = float(sps.nct.sf(crit, df, nc)), float(sps.nct.cdf(-crit, df, nc))
+        upper = upper if math.isfinite(upper) else float(nc > crit)
+        achieved = upper + (lower if math.isfinite(lower) else 0.0)
         if achieved >= power:
             return n
     return max_n
