@@ -14,7 +14,17 @@ and would print as nonsense in the paper):
 - both arms with zero variance: if the means are equal, p = 1.0 and g = 0.0;
   if they differ, every seed of one arm beats every seed of the other by the
   same amount, so p = 0.0 and g is set to ``EFFECT_CAP`` with the sign of the
-  improvement (Hedges' g itself would divide by zero).
+  improvement (Hedges' g itself would divide by zero). The same holds for
+  paired differences that are all equal (d_z, p and the interval).
+
+Effect sizes and intervals match the test that decides the verdict: a paired
+t-test reports Cohen's d_z (mean paired difference / SD of the differences)
+and the paired t-interval of the mean difference; Welch's test reports Hedges'
+g and the Welch t-interval. An interval at level 1 - a excludes zero exactly
+when the same test's p < a, so the workflow draws it at the Holm step's level
+(``holm_levels``) and it excludes zero exactly when the corrected verdict is
+significant. The seeded bootstrap (``bootstrap_ci``) stays available as an
+extra, never as the interval beside a verdict.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from bus.errors import LabError
 Direction = Literal["higher", "lower"]
 Verdict = Literal["better", "worse", "inconclusive"]
 Test = Literal["welch", "paired"]
+EffectKind = Literal["hedges_g", "paired_d"]
 
 EFFECT_CAP = 10.0  # |g| reported when the pooled standard deviation is zero (only then)
 N_BOOTSTRAP = 4000
@@ -64,6 +75,7 @@ class TwoArm:
     better: bool
     verdict: Verdict
     test: Test = "welch"
+    effect_kind: EffectKind = "hedges_g"
 
 
 def sign(direction: Direction) -> float:
@@ -208,6 +220,104 @@ def stable_seed(*parts: str) -> int:
     return zlib.crc32("/".join(parts).encode())
 
 
+def paired_d(baseline: Sequence[float], idea: Sequence[float], direction: Direction) -> float:
+    """Cohen's d_z: the mean paired difference over the SD of the differences, signed like the improvement.
+
+    The effect size of a paired t-test (t = d_z * sqrt(n)); differences that are all
+    equal follow the module docstring's guards (0, or ``EFFECT_CAP`` with the improvement's sign).
+    """
+    b, i = _array(baseline, "baseline"), _array(idea, "idea")
+    if b.size != i.size:
+        raise StatsError(f"a paired effect size needs arms of equal length, got {b.size} and {i.size}")
+    if b.size < 2:
+        return 0.0
+    d = sign(direction) * (i - b)
+    if _constant(d):
+        return 0.0 if d[0] == 0.0 else math.copysign(EFFECT_CAP, float(d[0]))
+    return float(d.mean()) / float(d.std(ddof=1))
+
+
+def t_interval(
+    baseline: Sequence[float], idea: Sequence[float], direction: Direction, *, alpha: float = 0.05, paired: bool = False
+) -> tuple[float, float]:
+    """The (1 - alpha) t-interval of the improvement: paired (mean of the per-seed differences) or Welch's.
+
+    The same statistic and degrees of freedom as ``paired_p``/``welch_p``, so it
+    excludes zero exactly when that p-value is below ``alpha`` (scipy's
+    ``ttest_rel``/``ttest_ind(equal_var=False)`` ``confidence_interval`` gives the
+    same bounds, for the idea minus the baseline). Guards: an arm with fewer than
+    2 values has no variance estimate, so the interval spans from 0 to the point
+    estimate (it holds 0, as p = 1 says); a zero standard error gives the point itself.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise StatsError(f"alpha must be in (0, 1), got {alpha}")
+    b, i = _array(baseline, "baseline"), _array(idea, "idea")
+    s = sign(direction)
+    if paired and b.size != i.size:
+        raise StatsError(f"a paired interval needs arms of equal length, got {b.size} and {i.size}")
+    imp = s * float(i.mean() - b.mean())
+    if b.size < 2 or i.size < 2:
+        return min(imp, 0.0), max(imp, 0.0)
+    if paired:
+        d = i - b
+        se, df = float(d.std(ddof=1)) / math.sqrt(d.size), float(d.size - 1)
+    else:
+        vb, vi = b.var(ddof=1) / b.size, i.var(ddof=1) / i.size
+        se = math.sqrt(vb + vi)
+        df = (vb + vi) ** 2 / (vb**2 / (b.size - 1) + vi**2 / (i.size - 1)) if se > 0 else 1.0
+    if se == 0.0:
+        return imp, imp
+    half = float(sps.t.ppf(1.0 - alpha / 2.0, df)) * se
+    return imp - half, imp + half
+
+
+def holm_levels(p_values: Sequence[float], alpha: float) -> list[float]:
+    """The level each test of a Holm family is decided at, in the input order, for intervals that agree with it.
+
+    Holm tests the k-th smallest of m p-values (k from 0) at alpha / (m - k) and
+    stops at the first that fails (step s); every later one is accepted. So a
+    rejected test's interval is drawn at its step's level alpha / (m - k), and
+    every accepted one at the failing step's level alpha / (m - s), which is no
+    larger than its own and which its p (>= the failing one) does not beat.
+    Then an interval excludes zero exactly when the Holm-adjusted p < alpha.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda k: p_values[k])
+    out = [alpha] * m
+    stop = m
+    for rank, k in enumerate(order):
+        if stop == m and not p_values[k] < alpha / (m - rank):
+            stop = rank
+        out[k] = alpha / (m - min(rank, stop))
+    return out
+
+
+def sample_size(sd: float, effect: float, *, alpha: float = 0.05, power: float = 0.8, max_n: int = 1000) -> int:
+    """Seeds per arm for a two-sided two-sample t-test to detect ``effect`` (metric units) with this power.
+
+    The smallest n >= 2 whose power, from the noncentral t distribution
+    (df = 2n - 2, noncentrality effect / (sd * sqrt(2 / n))), reaches ``power``;
+    ``max_n`` when none up to it does. A paired design needs no more than this
+    when the arms' seed-to-seed variation is shared (the differences vary less
+    than each arm), so it is the plan for both tests. ``sd`` = 0: 2.
+    """
+    if effect <= 0 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise StatsError(f"a sample size needs effect > 0 and alpha, power in (0, 1); got {effect}, {alpha}, {power}")
+    if sd <= 0:
+        return 2
+    for n in range(2, max_n + 1):
+        df = 2 * n - 2
+        nc = effect / (sd * math.sqrt(2.0 / n))
+        crit = float(sps.t.ppf(1.0 - alpha / 2.0, df))
+        # scipy's noncentral t returns NaN far in a tail (a large noncentrality): the far tail is 0 there, the near one 1.
+        upper, lower = float(sps.nct.sf(crit, df, nc)), float(sps.nct.cdf(-crit, df, nc))
+        upper = upper if math.isfinite(upper) else float(nc > crit)
+        achieved = upper + (lower if math.isfinite(lower) else 0.0)
+        if achieved >= power:
+            return n
+    return max_n
+
+
 def compare(
     baseline: Sequence[float],
     idea: Sequence[float],
@@ -221,13 +331,18 @@ def compare(
 
     ``paired``: the arms ran the same seeds and ``baseline[k]``/``idea[k]``
     share seed k, so the test runs on per-seed differences (seed-to-seed
-    variation that both arms share cancels out).
+    variation that both arms share cancels out), the effect size is d_z and the
+    interval is the paired t-interval. Otherwise Welch's test, Hedges' g and
+    Welch's interval. The interval is at level 1 - ``alpha`` (uncorrected:
+    the analyst redraws it at the corrected level). ``seed`` is kept for
+    callers that passed it (the bootstrap used it); the t-statistics need none.
     """
     sb, si = summarize(baseline), summarize(idea)
     diff = si.mean - sb.mean
     improvement = sign(direction) * diff
     p = paired_p(baseline, idea) if paired else welch_p(baseline, idea)
-    g = hedges_g(baseline, idea, direction)
-    lo, hi = bootstrap_ci(baseline, idea, direction, level=1.0 - alpha, seed=seed, paired=paired)
+    effect = paired_d(baseline, idea, direction) if paired else hedges_g(baseline, idea, direction)
+    lo, hi = t_interval(baseline, idea, direction, alpha=alpha, paired=paired)
     verdict = verdict_of(improvement, p, alpha)
-    return TwoArm(sb, si, diff, improvement, lo, hi, p, g, verdict == "better", verdict, "paired" if paired else "welch")
+    return TwoArm(sb, si, diff, improvement, lo, hi, p, effect, verdict == "better", verdict,
+                  "paired" if paired else "welch", "paired_d" if paired else "hedges_g")

@@ -23,15 +23,18 @@ class Comparison(Model):
     n_idea: int
     diff: float  # idea - baseline
     improvement: float  # diff signed so that > 0 is better, whatever the direction
-    ci_low: float  # bootstrap CI of the improvement
+    # The t-interval of the improvement that belongs to the test (paired or Welch's), drawn at the level its
+    # corrected verdict was decided at (ci_level): it excludes zero exactly when the verdict is significant.
+    # Reports made before this held a bootstrap interval at 1 - alpha.
+    ci_low: float
     ci_high: float
     p_value: float  # two-sided, uncorrected: Welch's t-test, or a paired t-test when the arms share seeds
-    effect_size: float  # Hedges' g, signed like improvement
+    effect_size: float  # effect_kind's effect size, signed like improvement
     better: bool  # improvement > 0 and p_adjusted < alpha
     verdict: Literal["better", "worse", "inconclusive"]  # from p_adjusted, never from the raw p-value
     test: Literal["welch", "paired"] = "welch"
-    # p-value corrected for every comparison the report holds (AnalysisReport.correction);
-    # None only in reports made before corrections existed.
+    # p-value corrected (AnalysisReport.correction) within this comparison's family, after spending alpha over
+    # the looks at this arm (p x looks); None only in reports made before corrections existed.
     p_adjusted: float | None = None
     # Whether a confirmation run on fresh seeds reached the same significant verdict;
     # None: not confirmed (no confirmation ran for this idea). Only the primary metric is confirmed.
@@ -45,6 +48,11 @@ class Comparison(Model):
     effect_kind: Literal["hedges_g", "paired_d"] = "hedges_g"
     # The arm the idea is compared with: "baseline", or the idea's parent for a variant of a variant.
     control: str = "baseline"
+    # The confidence level of [ci_low, ci_high]: 1 - the alpha its test was decided at (the Holm step's, over looks).
+    ci_level: float | None = None
+    # How many analyses saw this idea's seeds: 1, or more when seeds were added after a look (flag seeds_added);
+    # the alpha is spent over them (Bonferroni: p x looks before the family's correction).
+    looks: int = 1
 
 
 class Descriptive(Model):
@@ -125,6 +133,8 @@ class AnalysisFlag(Model):
     seeds: int | None = None  # the arm's seed count (too_few_seeds; baseline_fewer_seeds: the idea's)
     baseline_seeds: int | None = None  # the baseline's seed count (baseline_fewer_seeds)
     required_seeds: int | None = None  # the least an arm needs (too_few_seeds)
+    seed: int | None = None  # the seed it is about (unstable: the seed whose curve collapsed)
+    control: str = ""  # the arm an idea should be compared with (wrong_control: its parent)
 
     @property
     def text(self) -> str:
@@ -184,6 +194,9 @@ class AnalysisReport(Model):
     seed_plan: SeedPlan | None = None
     # A validity check failed (a no_separation flag): the writer states no verdict, the reviewer does not accept one.
     conclusions_withheld: bool = False
+    # The positive control against the baseline on the primary metric: its own single test at alpha, in no family;
+    # None when no positive control ran.
+    positive_control: Comparison | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -119,6 +119,16 @@ class Metric(BaseModel):
     kind: MetricKind = "outcome"
     derived_from: list[str] = []
     description: str = ""
+    # The curve (a name in final_info.json's ``curves``) whose end says whether training had settled for this
+    # metric: "" is the metric's own curve when the experiment records one. The analyst checks the primary's.
+    curve: str = ""
+    # A level a run's curve of this metric keeps once it reaches it (grokking's val_acc 0.99): a run that reaches
+    # it and ends worse than it by more than ``plateau_tol`` collapsed (flag unstable).
+    plateau: float | None = None
+    plateau_tol: float = Field(0.02, ge=0)
+    # The smallest effect worth detecting, in the metric's units: the seed plan is powered for it
+    # (None: a default fraction of the baseline's mean, see agents.analyst.workflow.MDE_FRACTION).
+    min_effect: float | None = Field(None, gt=0)
 
 
 class Resources(BaseModel):
@@ -185,6 +195,21 @@ class TemplateSpec(BaseModel):
     # "positive-control"; if the analyst finds no difference from the baseline on the primary metric,
     # the testbed cannot separate settings here and conclusions are withheld (flag no_separation).
     positive_control: dict[str, Any] = {}
+    # The significance level the analyst tests at and plans seeds for.
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_metrics(self) -> TemplateSpec:
+        """Metric kinds that make sense: the primary is an outcome; a derived metric names declared sources."""
+        for name, m in self.metrics.items():
+            if m.primary and m.kind != "outcome":
+                raise ValueError(f"metrics.{name}: the primary metric must be of kind outcome, not {m.kind}")
+            if m.kind == "derived" and not m.derived_from:
+                raise ValueError(f"metrics.{name}: a derived metric names its sources in derived_from")
+            for source in m.derived_from:
+                if source not in self.metrics or source == name:
+                    raise ValueError(f"metrics.{name}.derived_from: {source!r} is not another declared metric")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> TemplateSpec:

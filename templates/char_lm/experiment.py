@@ -389,6 +389,35 @@ def run_seed(args: argparse.Namespace, seed: int, corpus: Corpus, dist: Dist, ck
     }
 
 
+CURVE_POINTS = 40  # points per curve kept in final_info.json (curves.json keeps every evaluation)
+
+
+def compact_curves(per_seed: dict[int, dict[str, list[float]]], names: list[str]) -> dict[str, dict]:
+    """A few points of each curve for final_info.json, so the analyst can tell a run that had not settled or that collapsed.
+
+    ``curves[name]``: [step, mean over seeds] at evenly spaced evaluations (the last always kept);
+    ``seed_curves[name][seed]``: [step, value] at the same evaluations plus each seed's best and worst one,
+    so a peak between kept points is not lost.
+    """
+    def keep(n: int) -> list[int]:
+        return sorted({round(k * (n - 1) / (CURVE_POINTS - 1)) for k in range(CURVE_POINTS)}) if n > CURVE_POINTS else list(range(n))
+
+    curves: dict[str, list] = {}
+    seed_curves: dict[str, dict] = {}
+    for name in names:
+        per = {s: (c["step"], c[name]) for s, c in per_seed.items() if c.get(name)}
+        if not per:
+            continue
+        common = sorted(set.intersection(*(set(steps) for steps, _ in per.values())))
+        at = [dict(zip(steps, values, strict=True)) for steps, values in per.values()]
+        curves[name] = [[common[k], float(np.mean([a[common[k]] for a in at]))] for k in keep(len(common))]
+        seed_curves[name] = {}
+        for s, (steps, values) in per.items():
+            idx = set(keep(len(values))) | {int(np.argmax(values)), int(np.argmin(values))}
+            seed_curves[name][str(s)] = [[steps[k], float(values[k])] for k in sorted(idx)]
+    return {"curves": curves, "seed_curves": seed_curves}
+
+
 def summarize(values: list[float]) -> dict:
     n = len(values)
     mean = float(np.mean(values))
@@ -451,6 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             "determinism": "CPU runs are bit-reproducible per seed" if dist.device.type == "cpu"
             else "GPU kernels (cuBLAS/cuDNN, atomics in attention backward) are not deterministic: reruns of a seed differ slightly",
             "wall_s": round(time.time() - t0, 2),
+            **compact_curves({s: done[s]["curve"] for s in seeds}, ["val_loss", "train_loss"]),
         }
         if dist.device.type == "cuda":
             final["gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(dist.device) / 2**20, 1)

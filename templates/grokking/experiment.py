@@ -201,6 +201,35 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     return {"metrics": metrics, "curve": curve, "compute": compute}
 
 
+CURVE_POINTS = 40  # points per curve kept in final_info.json (curves.json keeps every evaluation)
+
+
+def compact_curves(per_seed: dict[int, dict[str, list[float]]], names: list[str]) -> dict[str, dict]:
+    """A few points of each curve for final_info.json, so the analyst can tell a run that had not settled or that collapsed.
+
+    ``curves[name]``: [step, mean over seeds] at evenly spaced evaluations (the last always kept);
+    ``seed_curves[name][seed]``: [step, value] at the same evaluations plus each seed's best and worst one,
+    so a peak between kept points is not lost.
+    """
+    def keep(n: int) -> list[int]:
+        return sorted({round(k * (n - 1) / (CURVE_POINTS - 1)) for k in range(CURVE_POINTS)}) if n > CURVE_POINTS else list(range(n))
+
+    curves: dict[str, list] = {}
+    seed_curves: dict[str, dict] = {}
+    for name in names:
+        per = {s: (c["step"], c[name]) for s, c in per_seed.items() if c.get(name)}
+        if not per:
+            continue
+        common = sorted(set.intersection(*(set(steps) for steps, _ in per.values())))
+        at = [dict(zip(steps, values, strict=True)) for steps, values in per.values()]
+        curves[name] = [[common[k], float(np.mean([a[common[k]] for a in at]))] for k in keep(len(common))]
+        seed_curves[name] = {}
+        for s, (steps, values) in per.items():
+            idx = set(keep(len(values))) | {int(np.argmax(values)), int(np.argmin(values))}
+            seed_curves[name][str(s)] = [[steps[k], float(values[k])] for k in sorted(idx)]
+    return {"curves": curves, "seed_curves": seed_curves}
+
+
 def summarize(values: list[float]) -> dict:
     n = len(values)
     mean = float(np.mean(values))
@@ -232,6 +261,7 @@ def main() -> None:
         "compute": mean_compute([results[s]["compute"] for s in seeds]),
         "device": device.type,
         "wall_s": round(time.time() - t0, 2),
+        **compact_curves({s: results[s]["curve"] for s in seeds}, ["val_acc", "train_acc", "val_loss", "train_loss"]),
     }
     (out / "curves.json").write_text(json.dumps({str(s): results[s]["curve"] for s in seeds}))
     (out / "final_info.json").write_text(json.dumps(final, indent=2))

@@ -7,6 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
+from agents import stats
 from agents.analyst.offline import make
 from agents.analyst.workflow import ROLE, build_report
 from agents.base import Context
@@ -107,6 +108,9 @@ async def test_pooling_later_seeds_and_seed_flags():
     (fewer,) = [f for f in rep.flags if f.kind == "baseline_fewer_seeds"]
     assert (fewer.idea_id, fewer.metric, fewer.seeds, fewer.baseline_seeds) == ("wd", "acc", 5, 3)
     assert fewer.text == "baseline has fewer seeds: baseline 3 vs idea 'wd' 5 for 'acc'"
+    # The later seeds came in another experiment, after the first was analysed: the alpha is spent over the two looks.
+    (added,) = [f for f in rep.flags if f.kind == "seeds_added"]
+    assert added.idea_id == "wd" and acc.looks == 2 and acc.p_adjusted == pytest.approx(min(1.0, 2 * acc.p_value))
     two = run("j6", "tiny", [0.9, 0.8], [0.3, 0.4])
     rep = (await handle([BASE, two]))[0].report
     (few,) = [f for f in rep.flags if f.kind == "too_few_seeds"]
@@ -158,7 +162,7 @@ async def test_arms_that_share_seeds_are_paired_and_others_use_welch():
 
 
 async def test_holm_correction_over_every_comparison_decides_the_verdict():
-    """Ten comparisons (5 ideas x 2 metrics): a raw p near 0.03 is not significant after Holm."""
+    """Ten comparisons (5 ideas x 2 metrics) in two families of five: a raw p near 0.03 is not significant after Holm."""
     acc = [0.80, 0.83, 0.79, 0.82, 0.81]
     loss = [0.50, 0.52, 0.51, 0.53, 0.49]
     runs = [run("b", "baseline", acc, loss, seeds=[0, 1, 2, 3, 4])]
@@ -171,6 +175,11 @@ async def test_holm_correction_over_every_comparison_decides_the_verdict():
     assert 0.01 < weak.p_value < 0.05  # significant on its own ...
     assert weak.p_adjusted >= 0.05 and weak.verdict == "inconclusive" and not weak.better  # ... but not after Holm
     assert all(c.p_adjusted is not None and c.p_adjusted >= c.p_value for c in rep.comparisons)
+    for family, metric in (("primary", "acc"), ("secondary", "loss")):
+        fam = [c for c in rep.comparisons if c.family == family]
+        assert {c.metric for c in fam} == {metric} and len(fam) == 5
+        assert [c.p_adjusted for c in fam] == pytest.approx(stats.holm([c.p_value for c in fam]))
+    assert weak.ci_low < 0 < weak.ci_high  # its interval, at the Holm step's level, agrees with the corrected verdict
 
 
 async def test_a_knob_that_changes_compute_is_flagged():

@@ -130,8 +130,12 @@ def test_pairing_finds_an_effect_that_seed_spread_hides_from_welch():
     paired = stats.compare(PAIRED_BASE, PAIRED_IDEA, "higher", seed=1, paired=True)
     assert welch.test == "welch" and welch.verdict == "inconclusive" and welch.p_value > 0.5
     assert paired.test == "paired" and paired.verdict == "better" and paired.p_value < 0.01
-    assert paired.ci_low > 0  # the paired bootstrap keeps each seed's two values together
-    assert paired.effect_size == pytest.approx(welch.effect_size)  # Hedges' g is the same effect size
+    # Each effect size and interval belongs to its test: the paired one is d_z = t / sqrt(n) and its
+    # t-interval excludes zero as its p does; Welch's is Hedges' g and its interval holds zero as its p says.
+    t = sps.ttest_rel(PAIRED_IDEA, PAIRED_BASE).statistic
+    assert paired.effect_kind == "paired_d" and paired.effect_size == pytest.approx(t / math.sqrt(len(PAIRED_BASE)))
+    assert welch.effect_kind == "hedges_g" and welch.effect_size == pytest.approx(stats.hedges_g(PAIRED_BASE, PAIRED_IDEA, "higher"))
+    assert paired.ci_low > 0 and welch.ci_low < 0 < welch.ci_high
 
 
 def test_paired_guards():
