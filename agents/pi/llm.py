@@ -18,6 +18,8 @@ from agents.minds.base import IdeaContext, NoteReading, ReviewContext
 from agents.minds.llm.common import LLMMind, knob_lines, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import IdeaBatch, IdeaDraft, ItemAnswers, NoteAnswer, as_dict
+from agents.pi.direction import Focus
+from agents.pi.direction import read as read_focus
 from bus.schema import CodeChange, CoPINote, Idea, IdeaOutcome, ItemResponse, TemplateError, TemplateSpec
 
 RUN_ITEMS = ("more_seeds", "add_baseline")  # revision items that cost runs
@@ -58,10 +60,18 @@ def idea_id(draft: IdeaDraft) -> str:
 
 
 class IdeaRules:
-    """What makes a batch of ideas usable for this template, this co-PI and this history."""
+    """What makes a batch of ideas usable for this template, this co-PI, this direction and this history.
 
-    def __init__(self, spec: TemplateSpec, allowed: list[str], previous: list[Idea], archived: list[IdeaOutcome] | None = None) -> None:
+    ``profile`` is the project's: an idea is compared with the baseline as it runs under it
+    (``TemplateSpec.effective``), so under ``--fast`` char_lm's lr 0.003 is no change.
+    """
+
+    def __init__(self, spec: TemplateSpec, allowed: list[str], previous: list[Idea], archived: list[IdeaOutcome] | None = None,
+                 profile: str | None = None, direction: str = "") -> None:
         self.spec, self.allowed = spec, allowed
+        self.base = spec.effective(profile or None)
+        self.profile_name = profile or None
+        self.focus = read_focus(direction, spec)
         # This project's ideas, and (unless repeats are asked for) what earlier projects tried (the archive).
         self.tried = [self.key(i.changes, i.code.summary if i.code else "") for i in previous] + [
             self.key(o.changes, o.code.summary if o.code else "") for o in (archived or [])
@@ -79,17 +89,29 @@ class IdeaRules:
         if bad:
             raise InvalidAnswer(f"idea {draft.title!r} changes {bad}, not allowed; change only these knobs: {self.allowed}")
         try:
-            return self.spec.check_overrides(changes)
+            return self.spec.check_overrides(changes, self.profile_name)
         except TemplateError as e:
             raise InvalidAnswer(f"idea {draft.title!r}: {e}") from None
+
+    def outside(self, draft: IdeaDraft, changes: dict[str, Any]) -> bool:
+        """Whether the idea touches none of the knobs or variants the direction names (False when it names none)."""
+        code = CodeChange(summary=draft.code.strip()) if draft.code.strip() else None
+        probe = Idea(id="probe", title=draft.title, hypothesis="-", falsification="-", changes=changes, code=code)
+        return self.focus.named and self.focus.score(probe) == 0
 
     def __call__(self, batch: IdeaBatch) -> None:
         seen = list(self.tried)
         for draft in batch.ideas:
             changes = self.coerce(draft)
             # A code idea tests its code even with no knob set; a knob-only idea must move a knob.
-            if not draft.code.strip() and all(self.spec.baseline.get(k, self.spec.knobs[k].default) == v for k, v in changes.items()):
-                raise InvalidAnswer(f"idea {draft.title!r} sets every knob to its baseline value and changes no code: it tests nothing")
+            if not draft.code.strip() and all(self.base[k] == v for k, v in changes.items()):
+                shown = {k: self.base[k] for k in changes}
+                raise InvalidAnswer(f"idea {draft.title!r} sets every knob to the value the baseline runs with ({shown}) and changes no code: it tests nothing")
+            if self.outside(draft, changes) and not draft.outside_direction.strip():
+                raise InvalidAnswer(
+                    f"idea {draft.title!r} changes none of what the research direction names ({self.focus.describe()}): "
+                    "change those, or say in outside_direction why this idea is worth a run all the same"
+                )
             key = self.key(changes, draft.code)
             if key in seen:
                 raise InvalidAnswer(f"idea {draft.title!r} repeats the changes {changes}, already proposed; propose different changes")
@@ -105,7 +127,7 @@ class LLMPIMind(LLMMind):
         if not allowed:
             return []
         archived = [] if ctx.repeat_ok else [r.outcome for r in ctx.prior]
-        rules = IdeaRules(spec, allowed, ctx.previous, archived)
+        rules = IdeaRules(spec, allowed, ctx.previous, archived, ctx.profile, ctx.direction)
         conv = self.client.conversation("propose_ideas", self.system, IdeaBatch)
         batch = await conv.ask(self._idea_prompt(spec, ctx, allowed), rules)
         rounds = self.client.config.reflection_rounds
@@ -132,7 +154,9 @@ class LLMPIMind(LLMMind):
             f"Template {spec.name}: {spec.title}. Task: {spec.task}",
             f"Primary metric: {metric} ({spec.metrics[metric].direction} is better).",
             f"Research direction from the co-PI: {ctx.direction or '(none given)'}",
-            f"Knobs you may change (each idea sets one or a few of them, or changes the code as below):\n{knob_lines(spec, allowed)}",
+            self._direction_rule(read_focus(ctx.direction, spec)),
+            f"Knobs you may change (each idea sets one or a few of them, or changes the code as below); the baseline values are "
+            f"the ones the runs use under profile {ctx.profile or 'default'}:\n{knob_lines(spec, allowed, ctx.profile)}",
             f"Co-PI notes (take them into account): {show(ctx.notes) if ctx.notes else 'none'}",
             f"Constraints in force: {json.dumps(ctx.constraints) if ctx.constraints else 'none'}",
             "Outcomes are on the primary metric: improvement > 0 is better whatever the direction; effect is Hedges' g; "
@@ -148,6 +172,15 @@ class LLMPIMind(LLMMind):
             "Think first in 'thoughts'. Set done to true only if reflecting further would not improve the ideas.",
         ])
 
+    @staticmethod
+    def _direction_rule(focus: Focus) -> str:
+        if not focus.named:
+            return "The direction names no particular knob: any allowed knob is in scope."
+        return (
+            f"The direction names {focus.describe()}: propose ideas on those first. An idea that changes none of them "
+            "must say in outside_direction why it is worth a run all the same, or it is refused."
+        )
+
     def _idea(self, draft: IdeaDraft, rules: IdeaRules) -> Idea:
         return Idea(
             id=idea_id(draft),
@@ -160,6 +193,7 @@ class LLMPIMind(LLMMind):
             interestingness=draft.interestingness,
             feasibility=draft.feasibility,
             novelty=draft.novelty,
+            outside_direction=draft.outside_direction.strip() if rules.outside(draft, rules.coerce(draft)) else "",
         )
 
     async def read_note(self, note: CoPINote, spec: TemplateSpec) -> NoteReading:
@@ -173,7 +207,7 @@ class LLMPIMind(LLMMind):
 
         answer = await self.ask("read_note", [
             f"The co-PI sent this note: {note.text!r}",
-            f"The template's knobs:\n{knob_lines(template)}",
+            f"The template's knobs:\n{knob_lines(template, baseline=False)}",
             "Say in one sentence what you will do about it ('understood'). If the note restricts which knobs new "
             "ideas may change, list them in allowed_knobs; if it rules knobs out, list them in forbidden_knobs; "
             "otherwise leave both empty. Set stop to true only if the note asks to stop, cancel or abort the whole "

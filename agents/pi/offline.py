@@ -17,6 +17,11 @@ import re
 from typing import Any
 
 from agents.minds.base import IdeaContext, NoteReading, ReviewContext
+from agents.pi import copi
+from agents.pi.baseline import candidate_values as candidate_values
+from agents.pi.baseline import effective, same_as_baseline
+from agents.pi.direction import Focus, toward
+from agents.pi.direction import read as read_focus
 from agents.pi.scores import priority
 from agents.pi.scoring import Scorer, declared_variants
 from bus.schema import BASELINE, CodeChange, CoPINote, Idea, ItemResponse, Knob, TemplateSpec, Usage, signature_of
@@ -25,29 +30,6 @@ _ONLY = re.compile(r"\b(only|just|exclusively|solely|restrict|focus)\b", re.I)
 _STOP = re.compile(r"\b(stop|cancel|abort|halt|end)\b.*\b(project|run|everything|now|it)\b|^\s*(stop|cancel|abort)\s*[.!]?\s*$", re.I)
 _REPEAT = re.compile(r"\b(repeat|re-?run|again|replicate|reproduce)\b", re.I)
 _AVOID = re.compile(r"\b(don'?t|do not|never|avoid|stop|no longer|without|not)\b", re.I)
-
-
-def candidate_values(knob: Knob) -> list[Any]:
-    """The values a template declares worth trying: its candidates, else a choice knob's choices.
-
-    A bare range is not enough: a value picked from it may be invalid for the
-    code (4 heads must divide the width) or meaningless (evaluation cadence),
-    and only the template's author knows which.
-    """
-    if knob.candidates:
-        values = list(knob.candidates)
-    elif knob.type == "choice":
-        values = list(knob.choices or [])
-    elif knob.type == "bool":
-        values = [not knob.default]
-    else:
-        values = []
-    out = []
-    for v in values:
-        v = knob.validate_value(v)
-        if v != knob.default and v not in out:
-            out.append(v)
-    return out
 
 
 def _slug(value: Any) -> str:
@@ -73,9 +55,9 @@ def _direction_or_open(research_direction: str) -> str:
     return research_direction.strip() or "the direction leaves the choice open"
 
 
-def knob_mentions(text: str, knobs: list[str]) -> list[str]:
-    low = text.lower()
-    return [k for k in knobs if k.lower() in low or k.replace("_", " ").lower() in low]
+def knob_mentions(text: str, spec: TemplateSpec) -> list[str]:
+    """The knobs a note names, by name or by description ("the learning rate" is ``lr``), best-named first."""
+    return list(read_focus(text, spec).knobs)
 
 
 class OfflinePIMind:
@@ -84,53 +66,63 @@ class OfflinePIMind:
         self.usage = Usage()
 
     async def propose_ideas(self, ctx: IdeaContext) -> list[Idea]:
-        """The wave's ideas, best first by the PI's priority: a seeded local search over the declared space.
+        """The wave's ideas, the direction's first, then best first by the PI's priority: a seeded local search.
 
-        Candidates are every declared value of every allowed knob, every
-        template-declared code variant, and, once some value beat the baseline,
-        values next to that best value (``Scorer.refinements``: halfway to its
-        known neighbours or one step past them, on an int knob's grid or declared
-        choices, within the knob's bounds), each kept only if the run's configuration
-        still holds the template's relations (``divides``). Ideas this project proposed are never repeated; ideas another
-        project tried (the archive) only when ``ctx.repeat_ok``. Each is scored
-        from the evidence (see ``Scorer``) and the top ``ctx.n`` returned, ties
-        broken by a generator seeded with the project's seed and wave.
+        Candidates are every declared value of every allowed knob (and its declared
+        default when the profile moved the baseline off it), every template-declared
+        code variant, and, once some value beat the baseline, values next to that best
+        value (``Scorer.refinements``), each kept only if the run's configuration still
+        holds the template's relations (``divides``). A value the baseline already runs
+        with under the project's profile (``TemplateSpec.effective``) is never one.
+        Ideas this project proposed are never repeated; ideas another project tried (the
+        archive) only when ``ctx.repeat_ok``. Each is scored from the evidence (see
+        ``Scorer``), ties broken by a generator seeded with the project's seed and wave;
+        then ideas on the knobs and variants the direction names come first (those
+        moving the way it asks first), and the rest, after them, say why in ``outside_direction``.
         """
+        spec = ctx.spec
+        base = effective(spec, ctx.profile)
+        focus = read_focus(ctx.direction, spec)
+        scorer = Scorer(ctx)
+        ideas = self._candidates(ctx, base, focus, scorer)
+        rng = random.Random(ctx.seed * 7919 + self.seed)
+        rng.shuffle(ideas)
+        ideas.sort(key=priority, reverse=True)  # stable: the seeded order breaks ties
+        ideas = focus.order(ideas, base)
+        return [outside(i, focus) for i in ideas[: ctx.n]]
+
+    def _candidates(self, ctx: IdeaContext, base: dict[str, Any], focus: Focus, scorer: Scorer) -> list[Idea]:
+        """Every idea the declared space offers now, scored, none the baseline already is, none tried before."""
         spec = ctx.spec
         allowed = ctx.constraints.get("allowed_knobs")
         forbidden = set(ctx.constraints.get("forbidden_knobs", []))
         own = {signature_of(i) for i in ctx.previous}
         elsewhere = {r.signature for r in ctx.prior}
-        scorer = Scorer(ctx)
         metric = spec.primary_metric
-        direction = spec.metrics[metric].direction
+        better = spec.metrics[metric].direction
         ideas: list[Idea] = []
         seen: set[str] = set()
 
         def consider(idea: Idea) -> None:
             sig = signature_of(idea)
-            if sig in own or sig in seen or (sig in elsewhere and not ctx.repeat_ok):
+            if sig in own or sig in seen or (sig in elsewhere and not ctx.repeat_ok) or same_as_baseline(idea, base):
                 return
             seen.add(sig)
             ideas.append(scorer.score(idea))
 
-        # The run's configuration but the idea's one knob: a value breaking a declared relation
-        # (heads that must divide this profile's width) would only fail as a job.
-        around = {**spec.profile(ctx.profile or None).overrides, **spec.baseline}
         for name, knob in spec.knobs.items():
             if knob.fairness or name in forbidden or (allowed is not None and name not in allowed):
                 continue
-            base = spec.baseline.get(name, knob.default)
-            for value in [*candidate_values(knob), *scorer.refinements(name, knob, base)]:
-                if value != base and not spec.broken_relation({**around, name: value}):
-                    consider(self._idea(spec, name, value, metric, direction, ctx.direction))
+            values = [*candidate_values(knob, base[name]), *scorer.refinements(name, knob, base[name])]
+            for value in toward(knob, values, base[name], name in focus.smaller, name in focus.larger):
+                # The run's configuration but the idea's one knob: a value breaking a declared relation
+                # (heads that must divide this profile's width) would only fail as a job.
+                if value != base[name] and not spec.broken_relation({**base, name: value}):
+                    consider(self._idea(spec, base, name, value, metric, better, ctx.direction))
         if allowed is None:
             for name, summary in declared_variants(spec):
-                consider(self._variant_idea(spec, name, summary, metric, direction, ctx.direction))
-        rng = random.Random(ctx.seed * 7919 + self.seed)
-        rng.shuffle(ideas)
-        ideas.sort(key=priority, reverse=True)  # stable: the seeded order breaks ties
-        return ideas[: ctx.n]
+                consider(self._variant_idea(spec, name, summary, metric, better, ctx.direction))
+        return ideas
 
     def _variant_idea(self, spec: TemplateSpec, name: str, summary: str, metric: str, direction: str, research_direction: str) -> Idea:
         better = "higher" if direction == "higher" else "lower"
@@ -147,9 +139,10 @@ class OfflinePIMind:
             rationale=f"{name} is a code variant the template declares; {_direction_or_open(research_direction)}.",
         )
 
-    def _idea(self, spec: TemplateSpec, name: str, value: Any, metric: str, direction: str, research_direction: str) -> Idea:
+    def _idea(self, spec: TemplateSpec, baseline: dict[str, Any], name: str, value: Any, metric: str, direction: str,
+              research_direction: str) -> Idea:
         knob = spec.knobs[name]
-        base = spec.baseline.get(name, knob.default)
+        base = baseline[name]
         better = "higher" if direction == "higher" else "lower"
         what = knob.description or name.replace("_", " ")
         return Idea(
@@ -167,8 +160,7 @@ class OfflinePIMind:
         )
 
     async def read_note(self, note: CoPINote, spec: TemplateSpec) -> NoteReading:
-        knobs = list(spec.knobs)
-        named = knob_mentions(note.text, knobs)
+        named = knob_mentions(note.text, spec)
         if not named and _STOP.search(note.text):
             return NoteReading(understood="stopping the project now: running jobs are cancelled and no paper is written", constraints={"stop": True})
         if named and _ONLY.search(note.text):
@@ -177,8 +169,12 @@ class OfflinePIMind:
             return NoteReading(understood="from now on, ideas tried in earlier projects may be proposed again", constraints={"repeat": True})
         if named and _AVOID.search(note.text):
             return NoteReading(understood=f"from now on, new ideas leave {', '.join(named)} alone", constraints={"forbidden_knobs": named})
+        request = copi.read(note.text, spec)
+        if not request.empty:
+            return NoteReading(understood=request.describe())
         return NoteReading(
-            understood="not understood: the offline PI recognises only 'only vary <knob>', 'do not touch <knob>' and 'stop'; "
+            understood="not understood: the offline PI recognises only 'only vary <knob>', 'try <knob> <value>', "
+            "'do not touch <knob>', 'raise runs to <N>' and 'stop'; "
             "the note changes nothing and is reported in the paper's appendix",
             parsed=False,
         )
@@ -207,6 +203,18 @@ class OfflinePIMind:
             else:
                 out.append(ItemResponse(item_id=item.id, action="rebut", text="out of scope for this template's declared search space; noted as a limitation"))
         return out
+
+
+def outside(idea: Idea, focus: Focus) -> Idea:
+    """The idea, saying why it is proposed though the direction names other levers (unchanged when inside, or
+    when the direction names none)."""
+    if not focus.named or focus.score(idea) > 0:
+        return idea
+    why = (
+        f"outside the direction, which names {focus.describe()}: every idea on those that this template "
+        "declares is proposed already, ruled out by the co-PI, or the baseline's own value"
+    )
+    return idea.model_copy(update={"outside_direction": why})
 
 
 def make(seed: int, config: dict[str, Any]) -> OfflinePIMind:

@@ -99,6 +99,8 @@ class Scorer:
     def __init__(self, ctx: IdeaContext):
         self.ctx = ctx
         self.spec = ctx.spec
+        # Every knob's value in the baseline as it runs under the project's profile: the reference point.
+        self.base = ctx.spec.effective(ctx.profile or None)
         self.tried_elsewhere = {r.signature for r in ctx.prior}
         # knob -> value -> improvements seen for ideas that changed only that knob
         self.points: dict[str, dict[Any, list[float]]] = {}
@@ -113,8 +115,7 @@ class Scorer:
     # ------------------------------------------------------------ the knob's evidence
 
     def _means(self, name: str) -> dict[Any, float]:
-        knob = self.spec.knobs[name]
-        base = self.spec.baseline.get(name, knob.default)
+        base = self.base[name]
         means = {v: sum(xs) / len(xs) for v, xs in self.points.get(name, {}).items()}
         means.setdefault(base, 0.0)  # the baseline is the reference point: improvement 0
         return means
@@ -122,8 +123,7 @@ class Scorer:
     def best(self, name: str) -> tuple[Any, bool]:
         """The best value of a knob so far, and whether it beat the baseline."""
         means = self._means(name)
-        knob = self.spec.knobs[name]
-        base = self.spec.baseline.get(name, knob.default)
+        base = self.base[name]
         value = max(means, key=lambda v: (means[v], v == base))
         return value, means[value] > 0
 
@@ -178,7 +178,7 @@ class Scorer:
             ratio = VARIANT_COST if variant is None or getattr(variant, "changes_compute", True) else 1.0
         for name, value in idea.changes.items():
             knob = self.spec.knobs[name]
-            base = self.spec.baseline.get(name, knob.default)
+            base = self.base[name]
             if knob.changes_compute and _numeric(knob) and isinstance(base, (int, float)) and base > 0:
                 ratio *= max(float(value) / float(base), 0.1)
             elif knob.changes_compute:

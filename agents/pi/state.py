@@ -39,6 +39,8 @@ class IdeaState(Model):
     status: Literal["checking", "novel", "not_novel", "running", "done", "failed", "skipped"] = "checking"
     verdict: NoveltyVerdict | None = None
     reason: str = ""
+    # A run the co-PI asked for in a note: it skips the novelty check and counts in the runs, not the PI's ideas.
+    asked_by_copi: bool = False
 
 
 class ExperimentState(Model):

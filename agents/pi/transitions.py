@@ -22,7 +22,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from agents.minds.base import IdeaContext, NoteReading, ReviewContext
+from agents.pi import copi
 from agents.pi import outcomes as outcome
+from agents.pi.baseline import POSITIVE_CONTROL, candidate_values, effective, profile_name, same_as_baseline, why_same
+from agents.pi.direction import read as read_focus
+from agents.pi.direction import toward
 from agents.pi.scores import rank
 from agents.pi.state import ExperimentState, IdeaState, ProjectState
 from bus.errors import MindUnavailable
@@ -169,9 +173,52 @@ def start(state: ProjectState | None, body: StartProject, project: str, now: flo
         direction=body.direction, seed=body.seed, budget=body.budget, fast=body.fast, profile=body.profile,
         mind=body.mind, started_at=now,
     )
+    if st.budget.max_runs_limit is None:
+        st.budget.max_runs_limit = min(1000, max(2 * st.budget.max_runs, st.budget.max_runs))
     out: list[Effect] = []
     _request_experiment(st, out, BASELINE, None, list(range(st.spec.seeds)))
+    _positive_control(st, out)
+    focus = read_focus(st.direction, st.spec)
+    if st.direction.strip():
+        out.append(Log("info", "direction read", {"direction": st.direction, "names": focus.describe()}))
     return Step(st, out, _plan_wave(st, now))
+
+
+def profile_of(st: ProjectState) -> str | None:
+    """The profile the project's runs use (``--fast`` is ``fast``): what its baseline values are read under."""
+    return profile_name(st.profile, st.fast)
+
+
+def baseline_of(st: ProjectState) -> dict[str, Any]:
+    """Every knob's value in the baseline as this project runs it."""
+    return effective(st.spec, profile_of(st))
+
+
+def _positive_control(st: ProjectState, out: list[Effect]) -> None:
+    """Run the template's known-different setting once, on the baseline's seeds, as the idea "positive-control".
+
+    It is no proposed idea (it is not in ``st.ideas``, so neither the archive nor the paper's
+    ideas list it): the analyst compares it with the baseline to check that the testbed separates
+    settings at all. It counts in the run budget.
+    """
+    pc = st.spec.positive_control
+    if not pc:
+        return
+    base = baseline_of(st)
+    idea = Idea(
+        id=POSITIVE_CONTROL, title="positive control: " + ", ".join(f"{k}={v!r}" for k, v in pc.items()),
+        hypothesis=f"A setting known to differ ({', '.join(f'{k} {base[k]!r} -> {v!r}' for k, v in pc.items())}) "
+        f"changes {st.spec.primary_metric} clearly, so the testbed can separate settings.",
+        falsification=f"No difference from the baseline on {st.spec.primary_metric} over the same seeds: then no "
+        "comparison of this project is conclusive.",
+        changes=dict(pc), rationale="declared by the template as its positive control; not a proposed idea",
+    )
+    if same_as_baseline(idea, base):
+        out.append(Log("warning", "positive control not run", {"reason": why_same(idea, base, profile_of(st))}))
+    elif st.runs_used >= st.budget.max_runs:
+        out.append(Log("warning", "positive control not run", {"reason": f"run budget {st.budget.max_runs} spent on the baseline"}))
+    else:
+        _request_experiment(st, out, POSITIVE_CONTROL, idea, list(range(st.spec.seeds)))
 
 
 def new_note(st: ProjectState, note: CoPINote) -> CoPINote | None:
@@ -180,19 +227,117 @@ def new_note(st: ProjectState, note: CoPINote) -> CoPINote | None:
     return None if any(n.id == note.id for n in st.notes) else note
 
 
-def note_read(st: ProjectState, note: CoPINote, reading: NoteReading) -> Step:
-    """The mind read a co-PI note: keep its constraints, acknowledge it, and stop the project if it says so."""
+def note_read(st: ProjectState, note: CoPINote, reading: NoteReading, now: float | None = None) -> Step:
+    """The mind read a co-PI note: keep its constraints, act on what it asks, answer it, and stop if it says so.
+
+    What the note asks beyond constraints (``agents.pi.copi``: a run with given values or on a
+    knob, a bigger run budget) is done now or refused with the reason; the answer the co-PI
+    gets says which, so no request is acknowledged and dropped.
+    """
     st, out = _begin(st)
     st.notes.append(note)
     st.constraints.update(reading.constraints)
-    out.append(Send(NoteAck(note_id=note.id, understood=reading.understood, constraints=reading.constraints), "copi"))
-    if reading.parsed:
-        out.append(Log("info", "co-PI note taken", {"note": note.text, "constraints": reading.constraints}))
+    request = copi.read(note.text, st.spec) if not reading.constraints.get("stop") else copi.Request()
+    answers = [reading.understood] if reading.parsed or request.empty else []
+    if request.raise_runs is not None:
+        answers.append(_raise_runs(st, out, request.raise_runs))
+    if request.wants_run:
+        answers.append(_copi_run(st, out, request, now))
+    understood = "; ".join(a for a in answers if a)
+    out.append(Send(NoteAck(note_id=note.id, understood=understood, constraints=reading.constraints), "copi"))
+    if reading.parsed or not request.empty:
+        out.append(Log("info", "co-PI note taken", {"note": note.text, "constraints": reading.constraints, "answer": understood}))
     else:
         out.append(Log("warning", "co-PI note not understood", {"note": note.text, "answer": reading.understood}))
     if reading.constraints.get("stop") and st.stage not in _ENDED:
         _finish(st, out, accepted=False, reason=f"stopped by the co-PI: {note.text!r}", failed=True)
     return Step(st, out)
+
+
+def runs_limit(st: ProjectState) -> int:
+    """The most runs the co-PI may raise the budget to (``Budget.max_runs_limit``, fixed at the start)."""
+    return st.budget.max_runs_limit or min(1000, 2 * st.budget.max_runs)
+
+
+def _raise_runs(st: ProjectState, out: list[Effect], n: int) -> str:
+    """`raise runs to N`: the run budget becomes N when N is within the hard limit; the answer says what happened."""
+    limit, before = runs_limit(st), st.budget.max_runs
+    if n > limit:
+        why = f"refused to raise runs to {n}: the project's hard limit is {limit} runs (Budget.max_runs_limit)"
+        out.append(Log("warning", "co-PI request refused", {"request": f"raise runs to {n}", "reason": why}))
+        return why
+    if n <= before:
+        return f"runs stay at {before}: {n} would not raise them ({st.runs_used} used)"
+    st.budget.max_runs = n
+    out.append(Log("info", "run budget raised", {"from": before, "to": n, "limit": limit}))
+    return f"run budget raised from {before} to {n} runs (hard limit {limit})"
+
+
+def budget_line(st: ProjectState) -> str:
+    """Why no run is left, and how the co-PI can allow one."""
+    used, most, limit = st.runs_used, st.budget.max_runs, runs_limit(st)
+    if most >= limit:
+        return f"budget spent: {used}/{most} runs, the project's hard limit"
+    return f"budget spent: {used}/{most} runs; `lab say 'raise runs to {min(limit, most + 6)}'` to allow it"
+
+
+def _copi_run(st: ProjectState, out: list[Effect], request: copi.Request, now: float | None) -> str:
+    """Schedule the run a note asks for, or say why not (in the answer and the log)."""
+    idea, why = _copi_idea(st, request)
+    if idea is not None:
+        if st.stage not in ("ideas", "experiments") or st.halt:
+            why = f"the experiments are over (stage {st.stage})"
+        elif now is not None and out_of_time(st, now):
+            why = "the project's wall time is spent"
+        elif st.runs_used >= st.budget.max_runs:
+            why = budget_line(st)
+    if idea is None or why:
+        out.append(Log("warning", "co-PI request refused", {"request": request.describe(), "reason": why}))
+        return f"refused {request.describe()}: {why}"
+    st.ideas[idea.id] = IdeaState(idea=idea, wave=st.wave, status="running", reason="asked by the co-PI", asked_by_copi=True)
+    exp_id = _request_experiment(st, out, idea.id, idea, list(range(st.spec.seeds)))
+    out.append(Log("info", "co-PI request scheduled", {"experiment": exp_id, "changes": idea.changes}))
+    shown = ", ".join(f"{k}={v!r}" for k, v in idea.changes.items())
+    return f"scheduled as experiment {exp_id} ({shown}; baseline {', '.join(f'{k}={baseline_of(st)[k]!r}' for k in idea.changes)})"
+
+
+def _copi_idea(st: ProjectState, request: copi.Request) -> tuple[Idea | None, str]:
+    """The idea a request asks for (its values, or the next untried value of the knob it names), or why there is none."""
+    base, spec = baseline_of(st), st.spec
+    tried = {signature_of(s.idea): i for i, s in st.ideas.items()}
+    changes = dict(request.changes)
+    if not changes:
+        name = request.knobs[0]
+        knob = spec.knobs[name]
+        values = [v for v in toward(knob, candidate_values(knob, base[name]), base[name], name in request.smaller, name in request.larger)
+                  if not spec.broken_relation({**base, name: v})]
+        fresh_values = [v for v in values if signature_of(_copi_draft(st, {name: v})) not in tried]
+        if not fresh_values:
+            return None, f"every value {spec.name} declares for {name} ({values or 'none'}) has run already or is the baseline's"
+        changes = {name: fresh_values[0]}
+    idea = _copi_draft(st, changes)
+    if same_as_baseline(idea, base):
+        return None, why_same(idea, base, profile_of(st))
+    if (done := tried.get(signature_of(idea))) is not None:
+        return None, f"the same changes already ran as idea {done}"
+    if why := spec.broken_relation({**base, **changes}):
+        return None, why
+    return idea, ""
+
+
+def _copi_draft(st: ProjectState, changes: dict[str, Any]) -> Idea:
+    base = baseline_of(st)
+    slug = "-".join(f"{k}-{v}" for k, v in changes.items())
+    idea_id = "copi-" + re.sub(r"[^a-z0-9]+", "-", slug.lower().replace(".", "p")).strip("-")[:40]
+    shown = ", ".join(f"{k} = {v!r} instead of {base[k]!r}" for k, v in changes.items())
+    metric = st.spec.primary_metric
+    return Idea(
+        id=idea_id, title=f"co-PI request: {shown}",
+        hypothesis=f"Setting {shown} changes {metric} relative to the baseline on {st.spec.name}.",
+        falsification=f"Rejected if, over {st.spec.seeds} seeds per arm, the mean {metric} does not differ from the baseline's "
+        "with p < 0.05 after Holm's correction over every comparison of the paper.",
+        changes=changes, rationale="asked for by the co-PI in a note",
+    )
 
 
 # ------------------------------------------------------------ ideas and novelty
@@ -201,7 +346,8 @@ def note_read(st: ProjectState, note: CoPINote, reading: NoteReading) -> Step:
 def _plan_wave(st: ProjectState, now: float) -> ProposeIdeas | None:
     """Open a new wave if the idea budget and the wall time allow; how many ideas it may run."""
     # Ideas found not novel do not use up the idea budget, but proposals are capped all the same.
-    counted = sum(1 for s in st.ideas.values() if s.status != "not_novel")
+    # The co-PI's own requests are budgeted in runs, not in the PI's ideas.
+    counted = sum(1 for s in st.ideas.values() if s.status != "not_novel" and not s.asked_by_copi)
     left = min(st.budget.max_ideas - counted, 3 * st.budget.max_ideas - len(st.ideas))
     if left <= 0 or out_of_time(st, now):
         return None
@@ -228,7 +374,7 @@ def idea_context(st: ProjectState, n: int) -> IdeaContext:
     return IdeaContext(
         spec=st.spec, direction=st.direction, notes=st.notes, constraints=st.constraints,
         previous=[s.idea for s in st.ideas.values()], outcomes=outcomes(st), prior=st.prior,
-        repeat_ok=repeat_ok(st), profile=st.profile,
+        repeat_ok=repeat_ok(st), profile=profile_of(st) or "",
         baseline_wall_s=max(baseline_walls) if baseline_walls else None, n=n, seed=st.seed + st.wave,
     )
 
@@ -267,14 +413,21 @@ def outcomes(st: ProjectState) -> dict[str, IdeaOutcome]:
 def wave_proposed(st: ProjectState, ideas: list[Idea], take: int) -> Step:
     """The mind proposed: keep the fresh ones, rank them, send the best ``take`` to the novelty check.
 
-    A wave that keeps none lets the project move on (to the analysis, or to its end).
+    An idea the baseline already is (under the project's profile) is refused, and so is one
+    outside the direction that does not say why; ideas on the levers the direction names go
+    first, and each one taken from outside it is logged so. A wave that keeps none lets the
+    project move on (to the analysis, or to its end).
     """
     st, out = _begin(st)
-    ideas, dropped = rank(fresh(st, ideas))
+    ideas = _admissible(st, out, fresh(st, ideas))
+    ideas, dropped = rank(ideas)
     if dropped:
         out.append(Log("info", "ideas dropped under the score floor", {"dropped": dropped}))
-    ideas = ideas[:take]
+    focus = read_focus(st.direction, st.spec)
+    ideas = focus.order(ideas, baseline_of(st))[:take]
     for idea in ideas:
+        if focus.named and focus.score(idea) == 0:
+            out.append(Log("info", "idea outside the direction", {"idea": idea.id, "why": idea.outside_direction}))
         st.ideas[idea.id] = IdeaState(idea=idea, wave=st.wave)
         check = NoveltyCheck(idea=idea, template=st.template, template_object=st.template_object, task=st.spec.task, keywords=st.spec.keywords)
         out.append(Send(check, "literature"))
@@ -282,6 +435,24 @@ def wave_proposed(st: ProjectState, ideas: list[Idea], take: int) -> Step:
     if not ideas:
         _after_wave(st, out)
     return Step(st, out)
+
+
+def _admissible(st: ProjectState, out: list[Effect], ideas: list[Idea]) -> list[Idea]:
+    """The ideas worth a run: none identical to the baseline as it runs, none outside the direction without a reason."""
+    base, focus = baseline_of(st), read_focus(st.direction, st.spec)
+    kept = []
+    for idea in ideas:
+        if idea.id == POSITIVE_CONTROL:
+            why = "the id positive-control is the template's positive control, not an idea"
+        elif same_as_baseline(idea, base):
+            why = why_same(idea, base, profile_of(st))
+        elif focus.named and focus.score(idea) == 0 and not idea.outside_direction.strip():
+            why = f"outside the direction (it names {focus.describe()}) and says nothing about why"
+        else:
+            kept.append(idea)
+            continue
+        out.append(Log("warning", "idea refused", {"idea": idea.id, "changes": idea.changes, "reason": why}))
+    return kept
 
 
 def wave_failed(st: ProjectState, error: Exception) -> Step:
@@ -318,7 +489,7 @@ def verdict(st: ProjectState, body: NoveltyVerdict, now: float) -> Step:
 
 def _request_experiment(
     st: ProjectState, out: list[Effect], idea_id: str, idea: Idea | None, seeds: list[int], confirmation: bool = False
-) -> None:
+) -> str:
     exp_id = f"x{len(st.experiments) + 1:02d}-{idea_id}"[:60]
     st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round, confirmation=confirmation)
     st.stage = "experiments"
@@ -327,6 +498,7 @@ def _request_experiment(
         spec=st.spec, fast=st.fast, profile=st.profile,
     )
     out.append(Send(request, "engineer"))
+    return exp_id
 
 
 def _idea_failed(st: ProjectState, idea_id: str, reason: str) -> None:

@@ -67,7 +67,7 @@ class PI(Role):
         if note is None:
             return
         reading = await ctx.mind.read_note(note, st.spec)
-        await self._drive(ctx, t.note_read(st, note, reading))
+        await self._drive(ctx, t.note_read(st, note, reading, ctx.clock()))
 
     @on(NoveltyVerdict)
     async def verdict(self, body: NoveltyVerdict, env: Any, ctx: PIContext) -> None:

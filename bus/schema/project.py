@@ -18,6 +18,9 @@ class Budget(Model):
     wall_time_s: float = Field(3600.0, gt=0)
     max_tokens: int | None = Field(None, ge=0)
     max_cost_usd: float | None = Field(None, ge=0)
+    # The most runs the co-PI may raise max_runs to (`lab say 'raise runs to N'`); None: twice the
+    # max_runs the project started with (the PI fixes it at the start), never over 1000.
+    max_runs_limit: int | None = Field(None, ge=1, le=1000)
 
 
 class CodeEdit(Model):
@@ -53,6 +56,10 @@ class Idea(Model):
     interestingness: int | None = Field(None, ge=1, le=10)
     feasibility: int | None = Field(None, ge=1, le=10)
     novelty: int | None = Field(None, ge=1, le=10)
+    # Why the idea is proposed though it touches none of the knobs or variants the research direction
+    # names ("" when it is inside the direction, or the direction names none); the PI refuses an idea
+    # outside a direction that does not say why.
+    outside_direction: str = ""
 
 
 class Reference(Model):

@@ -178,14 +178,19 @@ async def test_copi_note_restricts_later_ideas():
     exp = out[0][0].experiment_id
     await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer")
     out = await h.send(CoPINoteMsg(note=CoPINote(id="n1", text="Only vary the width, please")))
-    assert kinds(out) == ["note_ack->copi"]
-    assert out[0][0].constraints == {"allowed_knobs": ["width"]}
+    # The note is a request as well as a constraint: a width run is scheduled at once, and the answer says so.
+    assert kinds(out) == ["experiment_request->engineer", "note_ack->copi"]
+    assert out[0][0].idea.changes == {"width": 16} and "scheduled as experiment" in out[1][0].understood
+    assert out[1][0].constraints == {"allowed_knobs": ["width"]}
     assert h.state.notes[0].text.startswith("Only vary")
-    first = [s.idea for s in h.state.ideas.values()]
+    first = [s.idea for s in h.state.ideas.values() if s.status == "checking"]
     for idea in first:
         await h.send(NoveltyVerdict(idea_id=idea.id, novel=False, justification="known"), "literature")
-    later = [s.idea for s in h.state.ideas.values() if s.wave > 1]
-    assert later and all(set(i.changes) == {"width"} for i in later)
+    asked = out[0][0].experiment_id
+    await h.send(ExperimentResult(experiment_id=asked, idea_id="copi-width-16", runs=[run_record(asked, "copi-width-16", [1, 1, 1])]), "engineer")
+    later = [s.idea for s in h.state.ideas.values() if s.wave > 1 and not s.asked_by_copi]
+    # A second wave ran, and proposed nothing but width (whose declared values 4 and 16 are both taken now).
+    assert h.state.wave >= 2 and all(set(i.changes) == {"width"} for i in later)
 
 
 async def test_wall_time_stops_new_ideas():

@@ -404,7 +404,9 @@ def test_a_note_is_taken_once_and_its_constraints_kept():
     note = t.new_note(st, CoPINote(id="n1", text="Only vary the width"))
     assert note is not None and note.received_at is None
     step = t.note_read(st, note, NoteReading(understood="only width", constraints={"allowed_knobs": ["width"]}))
-    assert kinds(step) == ["note_ack->copi"] and step.state.constraints == {"allowed_knobs": ["width"]}
+    # "only vary the width" is a request too: a width run now, and the answer names its experiment.
+    assert kinds(step) == ["experiment_request->engineer", "note_ack->copi"] and step.state.constraints == {"allowed_knobs": ["width"]}
+    assert step.sent[1][0].understood.startswith("only width; scheduled as experiment x02-copi-width-")
     assert t.idea_context(step.state, 1).constraints == {"allowed_knobs": ["width"]}
     assert t.new_note(step.state, note) is None  # a redelivery
 

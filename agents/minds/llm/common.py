@@ -51,8 +51,14 @@ def show(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)
 
 
-def knob_lines(spec: TemplateSpec, names: list[str] | None = None) -> str:
-    """The template's knobs as one line each: what the model may change, and within what."""
+def knob_lines(spec: TemplateSpec, names: list[str] | None = None, profile: str | None = None, *, baseline: bool = True) -> str:
+    """The template's knobs as one line each: what the model may change, and within what.
+
+    The baseline value shown is the one the runs use under ``profile`` (``TemplateSpec.effective``:
+    the defaults, the profile's overrides, the template's baseline), never the bare default;
+    ``baseline=False`` leaves it out (a prompt that does not know the project's profile).
+    """
+    effective = spec.effective(profile or None)
     lines = []
     for name, knob in spec.knobs.items():
         if names is not None and name not in names:
@@ -63,10 +69,10 @@ def knob_lines(spec: TemplateSpec, names: list[str] | None = None) -> str:
             space = "true/false"
         else:
             space = f"{knob.type} in [{knob.min}, {knob.max}]" + (" (log scale)" if knob.log else "")
-        base = spec.baseline.get(name, knob.default)
+        base = f"; baseline {effective[name]!r}" if baseline else ""
         extra = f"; e.g. {knob.candidates}" if knob.candidates else ""
         compute = " Changes the compute per run: a hypothesis on it must not claim equal compute." if knob.changes_compute else ""
-        lines.append(f"- {name}: {space}; baseline {base!r}{extra}. {knob.description}{compute}".rstrip())
+        lines.append(f"- {name}: {space}{base}{extra}. {knob.description}{compute}".rstrip())
     return "\n".join(lines)
 
 

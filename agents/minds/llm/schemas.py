@@ -44,6 +44,9 @@ class IdeaDraft(Answer):
     interestingness: int = Field(ge=1, le=10)
     feasibility: int = Field(ge=1, le=10)
     novelty: int = Field(ge=1, le=10)
+    # Why the idea is worth a run though it changes none of the knobs the research direction names
+    # ("" for an idea inside the direction); an idea outside it without a reason is refused.
+    outside_direction: str = ""
 
 
 class IdeaBatch(Answer):
