@@ -82,14 +82,14 @@ def sentences(text: str) -> list[str]:
     return out
 
 
-def quote(s: str, n: int = 200) -> str:
+def quote(s: str, n: int = 400) -> str:
     s = " ".join(s.split())
     return f"\"{s if len(s) <= n else s[: n - 1] + '…'}\""
 
 
 def names(text: str, name: str) -> bool:
     """Whether ``text`` names an id or metric as a whole word (backticked or not; - and _ alike)."""
-    pat = re.escape(name).replace(r"\-", "[-_]").replace("_", "[-_]")
+    pat = "[-_]".join(re.escape(part) for part in re.split(r"[-_]", name))
     return re.search(rf"(?<![\w-]){pat}(?![\w-])", text, re.I) is not None
 
 
@@ -261,7 +261,7 @@ LEAD = (r"`?\s*(?:\(|:|=|\bis\b|\bof\b|\bset to\b|\bat\b|\bwas\b|\bequal to\b|\s
 
 def stated_values(text: str, knob: str) -> list[tuple[str, str, str]]:
     """(value, role, sentence) for each statement of ``knob``'s value: role "from"/"to" for "from a to b", else "is"."""
-    pat = re.escape(knob).replace("_", "[-_]")
+    pat = "[-_]".join(re.escape(part) for part in re.split(r"[-_]", knob))
     out = []
     for s in sentences(text):
         for m in re.finditer(rf"(?<![\w-])`?{pat}(?![\w-])", s):
@@ -356,7 +356,8 @@ def convergence_findings(secs: dict[str, str], report: AnalysisReport) -> list[F
     for f in flagged:
         for part, s in headline_sentences(secs):
             about = not f.idea_id or f.idea_id == BASELINE or names(s, f.idea_id)
-            if about and claimed_verdict(s) in ("better", "worse") and not QUALIFIED.search(s) and part not in seen:
+            qualified = QUALIFIED.search(secs.get(part, ""))  # the part says, somewhere, that the claim holds for this budget
+            if about and claimed_verdict(s) in ("better", "worse") and not qualified and part not in seen:
                 seen.add(part)
                 out.append(Finding("rewrite_section", part,
                     f"The {part} states a result as settled: {quote(s)}; but the analysis flagged \"{f.text}\". "
@@ -425,7 +426,7 @@ def consistency_findings(secs: dict[str, str], report: AnalysisReport, spec: Tem
     directions = {c.metric: c.direction for c in report.comparisons}
     directions.update({m: v.direction for m, v in (spec.metrics.items() if spec else [])})
     for m, d in directions.items():
-        pat = re.escape(m).replace("_", "[-_]")
+        pat = "[-_]".join(re.escape(part) for part in re.split(r"[-_]", m))
         for part, text in body_parts(secs).items():
             hit = re.search(rf"(?<![\w-])`?{pat}`?[^.;\n]{{0,12}}?\b(higher|lower) is better", " ".join(text.split()), re.I)
             if hit and hit.group(1).lower() != d:

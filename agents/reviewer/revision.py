@@ -37,8 +37,12 @@ def _norm(text: str) -> str:
 
 
 def _quoted(item: RevisionItem, before: str) -> list[str]:
-    """The sentences of the previous draft the item quotes (its text cut at an ellipsis where it was shortened)."""
-    old = _norm(before)
+    """The sentences of the item's part of the previous draft that the item quotes (cut at an ellipsis where it was shortened).
+
+    An item may quote other parts as evidence (the abstract a title contradicts); only its own part must change.
+    """
+    parts = body_parts(sections(before))
+    old = _norm(parts.get(part_of(item), " ".join(parts.values())))
     out = []
     for q in QUOTED.findall(item.text):
         key = _norm(q.split("…")[0]).strip()
