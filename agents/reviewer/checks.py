@@ -254,7 +254,7 @@ def same_value(printed: str, stored: str) -> bool:
     return printed.strip("`'\"").lower() == str(value).lower()
 
 
-VALUE = rf"(?:{NUM}|true|false|`[^`]+`|[A-Za-z][\w.-]*)"
+VALUE = rf"(?:{NUM}|true|false|`[^`]+`|[A-Za-z][\w-]*(?:\.[\w-]+)*)"  # a word value never takes the sentence's full stop
 LEAD = (r"`?\s*(?:\(|:|=|\bis\b|\bof\b|\bset to\b|\bat\b|\bwas\b|\bequal to\b|\s)*\s*(?:(?:float|int|choice|bool)\s*,\s*)?"
         r"(?:(?:the\s+)?baseline(?:\s+value)?(?:\s+of)?\s*[:=]?\s*)?")
 

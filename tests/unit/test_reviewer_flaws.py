@@ -297,5 +297,7 @@ def test_stated_values_read_the_ways_a_setup_says_a_value():
     assert said("The learning rate `lr` (0.003) is the fast profile's.") == [("0.003", "is")]
     assert said("It changes `lr` from 0.003 to 0.01.") == [("0.003", "from"), ("0.01", "to")]
     assert said("The lr schedule is cosine.") == []
+    merge = [(v, r) for v, r, _ in checks.stated_values("It changes `merge_fn` from task_arithmetic to consensus_rescale.", "merge_fn")]
+    assert merge == [("task_arithmetic", "from"), ("consensus_rescale", "to")]
     assert checks.same_value("3e-3", json.dumps(0.003)) and not checks.same_value("0.001", json.dumps(0.003))
     assert checks.same_value("1", json.dumps(1.0)) and checks.same_value("true", json.dumps(True))
