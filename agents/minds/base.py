@@ -23,6 +23,7 @@ from bus.schema import (
     MetaReview,
     Reference,
     Review,
+    ReviewEvidence,
     RevisionItem,
     TemplateSpec,
     Usage,
@@ -125,7 +126,9 @@ class WriterMind(Protocol):
 
 @runtime_checkable
 class ReviewerMind(Protocol):
-    async def review(self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int) -> Review: ...
+    async def review(
+        self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int, evidence: ReviewEvidence | None = None,
+    ) -> Review: ...
     async def meta_review(self, reviews: list[Review], report: AnalysisReport, round: int, max_rounds: int) -> MetaReview: ...
 
 

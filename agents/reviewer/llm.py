@@ -11,9 +11,38 @@ from typing import Any
 from agents.minds.llm.common import LLMMind, report_brief, show
 from agents.minds.llm.errors import InvalidAnswer
 from agents.minds.llm.schemas import MetaDraft, ReviewDraft, ReviewReflection
-from bus.schema import AnalysisReport, MetaReview, Reference, Review
+from agents.reviewer.checks import areas_of, metric_kinds, recorded
+from bus.schema import AnalysisReport, MetaReview, Reference, Review, ReviewEvidence
 
 MAX_PAPER_CHARS = 60_000
+FOCUS = {
+    "statistics": "STATISTICS: every verdict word against the corrected verdict and family of its comparison; every quoted effect size, "
+                  "interval and p-value against the analysis; no test or finding on a metric that is not an outcome (listed below); "
+                  "seeds per arm against the seed plan.",
+    "setup": "SETUP: every knob value the Setup or Method states, for the baseline and each idea, must equal the value the runs recorded "
+             "(final_info.config, below); quote the sentence and the recorded value for each mismatch.",
+    "claims": "CLAIMS: every analysis flag (not converged, unstable, no separation, wrong control, seeds added, hardware metric) must be "
+              "stated in the paper's body; a claim on a non-converged run must say it holds for this budget only; no verdict at all when "
+              "conclusions are withheld; title, abstract, results and conclusion must agree; each metric's direction as the analysis has it; "
+              "every item of the last round that is still open (below) blocks acceptance.",
+    "literature": "LITERATURE: cited works discussed in prose and related to the claim (a bare list is a weakness); ideas the literature "
+                  "found not novel said to be; the novelty claimed matches the literature's verdict.",
+}
+
+
+def evidence_brief(report: AnalysisReport, evidence: ReviewEvidence | None, index: int) -> list[str]:
+    """The member's focus and the recorded evidence it checks the paper against."""
+    ev = evidence or ReviewEvidence()
+    configs = {arm: {k: sorted(v) for k, v in knobs.items()} for arm, knobs in recorded(report).items()}
+    return [
+        "Your focus (check this evidence first and quote the paper's sentence and the recorded value or flag in each weakness): "
+        + " ".join(FOCUS[a] for a in areas_of(index, ev.ensemble)),
+        f"Recorded configs per arm (final_info.config, JSON values): {show(configs)}",
+        f"Flags: {show([f.text for f in report.flags])}; conclusions withheld: {report.conclusions_withheld}",
+        f"Metrics with no test (never a finding): {show(metric_kinds(report, ev.spec))}; seed plan: {show(report.seed_plan)}",
+        f"Ideas the literature found not novel: {show(ev.not_novel)}",
+        f"Items of the last round the revision did not do (still open, blocking): {show([i.text for i in ev.open_items])}",
+    ]
 
 
 def check_review(answer: ReviewDraft) -> None:
@@ -25,9 +54,12 @@ def check_review(answer: ReviewDraft) -> None:
 class LLMReviewerMind(LLMMind):
     role = "reviewer"
 
-    async def review(self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int) -> Review:
+    async def review(
+        self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int, evidence: ReviewEvidence | None = None,
+    ) -> Review:
         answer = await self.ask("review", [
             f"You are reviewer #{index + 1} of an ensemble; review independently.",
+            *evidence_brief(report, evidence, index),
             f"Paper (Markdown):\n{paper_markdown[:MAX_PAPER_CHARS]}",
             f"The analysis the paper must agree with: {report_brief(report)}",
             f"References it may cite: {show([{'key': r.key, 'title': r.title} for r in references])}",

@@ -1,78 +1,63 @@
-"""Offline reviewer mind: grades the paper against a rubric computed from the report and the text.
+"""Offline reviewer mind: grades the paper against a rubric computed from the report, the runs and the text.
 
 The rubric (``findings``) checks what a careful reviewer would: seeds per
 arm, a baseline that is present and fair, effect sizes and uncertainty in the
 text, a real limitations section, enough references, and claims that match
-the verdicts. Each finding is a weakness tagged with the revision it asks for,
-e.g. ``[revision: more_seeds -> wd-1]``, so the meta-review can turn the
-reviews into items the PI must answer.
+the verdicts; and, from ``agents.reviewer.checks``, the evidence itself:
+statistics (verdict words, quoted numbers, no test on a hardware metric, the
+seed plan), the Setup against the runs' recorded configs, the claims against
+the validity flags, the related work. Each finding is a weakness tagged with
+the revision it asks for, e.g. ``[revision: more_seeds -> wd-1]``, and quotes
+its evidence, so the meta-review can turn the reviews into items the PI must answer.
 
 Decision rule of the meta-review (stated in its summary too):
 
 - reject when any review finds a fatal problem (a claimed improvement that the
   verdicts call worse);
 - accept when no blocking finding remains (more_seeds, add_baseline,
-  add_limitation, rewrite_section), the mean overall score is >= 6 and the
-  study is conclusive: some primary comparison is significant after the
-  report's multiple-comparison correction (worse, or better and replicated on
-  fresh seeds by a confirmation run);
+  add_limitation, rewrite_section, or an item of the last round left undone),
+  the mean overall score is >= 6 and the study is conclusive: some primary
+  comparison is significant after the report's multiple-comparison correction
+  (worse, or better and replicated on fresh seeds by a confirmation run);
 - reject an inconclusive study once nothing blocking is left to fix: it is
   reported, but not accepted as a finding;
 - reject when blocking findings remain and no revision round is left
   (round >= max_rounds, rounds counted from 0 as the PI does); otherwise
-  revise, with one item per finding.
+  revise, with one item per distinct finding (the same finding from several
+  members is one item).
 
-Ensemble members differ by index, never by chance: member i has strictness
-(0, +1, -1)[i % 3] added to its overall score and emphasis
-("statistics", "literature", "presentation")[i % 3], which doubles the score
-penalty of findings in its area and shapes its questions.
+Ensemble members differ by index, never by chance: each checks its own areas
+of evidence (``checks.areas_of``: statistics, setup, claims, literature; with
+fewer than four members some check two), sees the fatal findings and the
+undone items of the last round as everyone does, and has strictness
+(0, +1, -1)[i % 3] added to its overall score.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
-from bus.schema import BASELINE, MIN_SEEDS, AnalysisReport, Comparison, MetaReview, Reference, Review, ReviewScores, RevisionItem, Usage
+from agents.reviewer.checks import Finding, areas_of, audit, primary, sections
+from bus.schema import (
+    BASELINE,
+    MIN_SEEDS,
+    AnalysisReport,
+    MetaReview,
+    Reference,
+    Review,
+    ReviewEvidence,
+    ReviewScores,
+    RevisionItem,
+    Usage,
+)
 
 GOOD_SEEDS, MIN_REFERENCES, ACCEPT_AT = 5, 5, 6
-BLOCKING = {"more_seeds", "add_baseline", "add_limitation", "rewrite_section"}
-AREA = {"more_seeds": "statistics", "add_baseline": "statistics", "rewrite_section": "presentation",
-        "add_limitation": "presentation", "add_citation": "literature", "fatal": "statistics"}
 STRICTNESS = (0, 1, -1)
-EMPHASIS = ("statistics", "literature", "presentation")
-TAG = re.compile(r"\s*\[(?:revision: (\w+)(?: -> ([^\]]*))?|fatal)\]$")
+TAG = re.compile(r"\s*\[(?:(revision|open): (\w+)(?: -> ([^\]]*))?|fatal)\]$")
 CLAIM = re.compile(r"\b(improv\w*|outperform\w*|better than|beats?|surpass\w*|superior|gains?)\b", re.I)
 NEGATION = re.compile(r"\b(not|no|never|none|neither|nor|fails?|failed|worse|inconclusive|cannot|without)\b|n't", re.I)
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str  # a RevisionItem kind, or "fatal"
-    target: str
-    text: str
-
-    @property
-    def blocking(self) -> bool:
-        return self.kind in BLOCKING or self.kind == "fatal"
-
-    def tagged(self) -> str:
-        tag = "[fatal]" if self.kind == "fatal" else f"[revision: {self.kind} -> {self.target}]"
-        return f"{self.text} {tag}"
-
-
-def sections(paper: str) -> dict[str, str]:
-    """Markdown sections by heading; the title under "title"."""
-    out: dict[str, str] = {"title": next((ln[2:] for ln in paper.splitlines() if ln.startswith("# ")), "")}
-    for m in re.finditer(r"^## +(.+?)\s*$(.*?)(?=^## |\Z)", paper, re.M | re.S):
-        out[m.group(1).strip().lower()] = m.group(2).strip()
-    return out
-
-
-def primary(report: AnalysisReport) -> list[Comparison]:
-    return [c for c in report.comparisons if c.metric == report.primary_metric]
 
 
 def conclusive(report: AnalysisReport) -> bool:
@@ -158,59 +143,85 @@ def claim_findings(secs: dict[str, str], report: AnalysisReport) -> list[Finding
     return out
 
 
-def findings(paper: str, report: AnalysisReport, references: list[Reference]) -> list[Finding]:
+def findings(paper: str, report: AnalysisReport, references: list[Reference], evidence: ReviewEvidence | None = None) -> list[Finding]:
+    """Every finding of every area: the rubric's and the evidence checks', each once, with its area."""
     secs = sections(paper)
-    return claim_findings(secs, report) + baseline_findings(report) + seed_findings(report) + text_findings(paper, secs, report, references)
+    rubric = [Finding(f.kind, f.target, f.text, "claims") for f in claim_findings(secs, report)]
+    rubric += baseline_findings(report) + seed_findings(report)
+    rubric += [Finding(f.kind, f.target, f.text, RUBRIC_AREA.get(f.kind, "statistics")) for f in text_findings(paper, secs, report, references)]
+    out: list[Finding] = []
+    for f in rubric + audit(paper, report, references, evidence):
+        if f not in out and not (f.kind == "more_seeds" and any(o.kind == "more_seeds" and o.target == f.target for o in out)):
+            out.append(f)
+    return out
+
+
+# The area each kind of the rubric's text findings belongs to (its effect-size check is statistics).
+RUBRIC_AREA = {"add_limitation": "claims", "add_citation": "literature"}
+
+
+def member_findings(found: list[Finding], evidence: ReviewEvidence | None, index: int) -> list[Finding]:
+    """What member ``index`` reports: its areas' findings, every fatal one, and the last round's items left undone."""
+    ensemble = evidence.ensemble if evidence is not None else 1
+    mine = set(areas_of(index, ensemble))
+    own = [f for f in found if f.area in mine or f.kind == "fatal"]
+    undone = [Finding(i.kind, i.target, i.text, "claims", open_item=True) for i in (evidence.open_items if evidence else [])]
+    return own + undone
 
 
 def _clamp(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, x))
 
 
-def scores(found: list[Finding], report: AnalysisReport, index: int) -> ReviewScores:
-    emphasis, strict = EMPHASIS[index % 3], STRICTNESS[index % 3]
+def scores(found: list[Finding], report: AnalysisReport, index: int, areas: list[str]) -> ReviewScores:
+    strict = STRICTNESS[index % 3]
 
-    def penalty(area: str) -> int:
-        kinds = {f.kind for f in found if AREA.get(f.kind) == area}
-        return len(kinds) * (2 if area == emphasis else 1)
+    def penalty(*area: str) -> int:
+        return len({(f.kind, f.target) for f in found if f.area in area}) * (2 if set(area) & set(areas) else 1)
 
     fatal = any(f.kind == "fatal" for f in found)
     supported = any(c.verdict == "better" for c in primary(report))
-    blocking_kinds = {f.kind for f in found if f.blocking and f.kind != "fatal"}
-    overall = 2 if fatal else (7 if supported else 6) - 2 * len(blocking_kinds) - sum(1 for k in blocking_kinds if AREA[k] == emphasis)
-    soundness = _clamp(4 - penalty("statistics") - 2 * fatal, 1, 4)
-    presentation = _clamp(4 - penalty("presentation") - (penalty("literature") > 0), 1, 4)
+    blocking = {(f.kind, f.target) for f in found if f.blocking and f.kind != "fatal"}
+    overall = 2 if fatal else (7 if supported else 6) - 2 * min(len(blocking), 3) - (1 if blocking and areas[0] in {f.area for f in found} else 0)
+    soundness = _clamp(4 - penalty("statistics", "setup") - 2 * fatal, 1, 4)
+    presentation = _clamp(4 - penalty("claims") - (penalty("literature") > 0), 1, 4)
     return ReviewScores(
-        originality=_clamp(2 - (emphasis == "literature" and penalty("literature") > 0), 1, 4),
+        originality=_clamp(2 - ("literature" in areas and penalty("literature") > 0), 1, 4),
         quality=soundness, clarity=presentation, significance=3 if supported else 2, soundness=soundness,
         presentation=presentation, contribution=3 if supported and not fatal else 2,
-        overall=_clamp(overall + strict, 1, 10), confidence=4 if emphasis == "statistics" else 3,
+        overall=_clamp(overall + strict, 1, 10), confidence=4 if "statistics" in areas or "setup" in areas else 3,
     )
 
 
-def questions(report: AnalysisReport, emphasis: str) -> list[str]:
-    qs = [
-        f"With {c.n_baseline} and {c.n_idea} seeds, what is the smallest effect on {c.metric} that `{c.idea_id}` could have shown at alpha {report.alpha}?"
-        for c in primary(report) if c.verdict == "inconclusive"
-    ]
-    qs += {
-        "statistics": ["Are the seeds of the baseline and the ideas paired (same data splits), and would a paired test change any verdict?"],
+def questions(report: AnalysisReport, areas: list[str]) -> list[str]:
+    plan = report.seed_plan
+    qs = {
+        "statistics": [
+            f"With {c.n_baseline} and {c.n_idea} seeds, what is the smallest effect on {c.metric} that `{c.idea_id}` could have shown at alpha {report.alpha}"
+            + (f", given the plan's {plan.seeds} seeds for {plan.min_detectable_effect:.4g} at power {plan.power:g}?" if plan else "?")
+            for c in primary(report) if c.verdict == "inconclusive"
+        ] or [f"Which comparisons are in the primary family and which in the secondary one, and does the paper say which each verdict belongs to "
+              f"({report.correction} correction)?"],
+        "setup": ["Does every knob value in the Setup come from the runs' recorded final_info.config, including the profile's overrides?"],
+        "claims": ["Were the headline arm's training curves still moving at the end of the budget, and would a longer run change the claim?"],
         "literature": ["Which prior results on this task does the baseline reproduce, and how close are its numbers to them?"],
-        "presentation": ["Could the results table mark the primary metric and its direction more prominently?"],
-    }[emphasis]
-    return qs
+    }
+    return [q for a in areas for q in qs[a]]
 
 
 def strengths(paper: str, found: list[Finding], report: AnalysisReport) -> list[str]:
     kinds = {f.kind for f in found}
+    areas = {f.area for f in found if f.kind == "rewrite_section"}
     out = ["The study compares each idea with a baseline over several seeds, with the metric's direction stated."]
     failed = [r.job_id for r in report.runs if r.status == "failed"]
     if failed and all(j in paper for j in failed):
         out.append("Failed runs are reported with their reasons instead of being hidden.")
-    if "rewrite_section" not in kinds and report.comparisons:
-        out.append("Every comparison comes with an effect size, a confidence interval and a p-value.")
-    if not kinds & {"fatal", "rewrite_section"}:
-        out.append("The claims match the statistical verdicts, including inconclusive and negative results.")
+    if "statistics" not in areas and report.comparisons:
+        out.append("Every comparison comes with an effect size, a confidence interval and a p-value, quoted as the analysis has them.")
+    if "fatal" not in kinds and "claims" not in areas:
+        out.append("The claims match the statistical verdicts and the analysis's flags, including inconclusive and negative results.")
+    if "setup" not in areas and any(r.final_info and r.final_info.config for r in report.runs):
+        out.append("The stated setup matches the configurations the runs recorded.")
     if "add_limitation" not in kinds:
         out.append("The limitations are discussed concretely.")
     if "more_seeds" not in kinds and report.comparisons:
@@ -225,19 +236,22 @@ class OfflineReviewerMind:
         self.seed = seed
         self.usage = Usage()
 
-    async def review(self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int) -> Review:
-        found = findings(paper_markdown, report, references)
-        emphasis = EMPHASIS[index % 3]
-        s = scores(found, report, index)
+    async def review(
+        self, paper_markdown: str, report: AnalysisReport, references: list[Reference], index: int, evidence: ReviewEvidence | None = None,
+    ) -> Review:
+        found = member_findings(findings(paper_markdown, report, references, evidence), evidence, index)
+        areas = areas_of(index, evidence.ensemble if evidence is not None else 1)
+        s = scores(found, report, index, areas)
         title = sections(paper_markdown)["title"] or "untitled"
         verdicts = ", ".join(f"{c.idea_id}: {c.verdict}" for c in primary(report)) or "no comparison"
         blocking = [f for f in found if f.blocking]
         return Review(
-            reviewer=f"offline-{index + 1}-{emphasis}",
-            summary=f"The paper \"{title}\" compares ideas with a baseline on {report.primary_metric} ({verdicts}).",
+            reviewer=f"offline-{index + 1}-{'+'.join(areas)}",
+            summary=f"The paper \"{title}\" compares ideas with a baseline on {report.primary_metric} ({verdicts}). "
+            f"This review checks {', '.join(areas)} against the evidence.",
             strengths=strengths(paper_markdown, found, report),
             weaknesses=[f.tagged() for f in found],
-            questions=questions(report, emphasis),
+            questions=questions(report, areas),
             limitations="The authors discuss the limitations adequately." if not any(f.kind == "add_limitation" for f in found)
             else "The limitations section needs work (see weaknesses).",
             ethics="No ethical concerns found: the paper reports automated experiments within a declared template, with no human subjects named.",
@@ -246,18 +260,12 @@ class OfflineReviewerMind:
         )
 
     async def meta_review(self, reviews: list[Review], report: AnalysisReport, round: int, max_rounds: int) -> MetaReview:
-        found: dict[tuple[str, str], Finding] = {}
-        for r in reviews:
-            for w in r.weaknesses:
-                m = TAG.search(w)
-                if m:
-                    kind = m.group(1) or "fatal"
-                    found.setdefault((kind, m.group(2) or ""), Finding(kind, m.group(2) or "", w[: m.start()]))
+        found = merged(reviews)
         overall = two_decimals(mean(r.scores.overall for r in reviews)) if reviews else 1.0
-        fatal = [f for f in found.values() if f.kind == "fatal"]
-        blocking = [f for f in found.values() if f.blocking]
+        fatal = [f for f in found if f.kind == "fatal"]
+        blocking = [f for f in found if f.blocking]
         items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)
-                 for n, f in enumerate((f for f in found.values() if f.kind != "fatal"), 1)]
+                 for n, f in enumerate((f for f in found if f.kind != "fatal"), 1)]
         rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains, the mean overall is >= {ACCEPT_AT} "
                 f"and a primary comparison is significant after correction; reject an inconclusive study with nothing left to fix; "
                 f"otherwise revise while rounds are left (this is round {round}; revisions end at round {max_rounds}).")
@@ -278,6 +286,19 @@ class OfflineReviewerMind:
                               overall=overall, decision="reject", revision_items=items)
         return MetaReview(summary=f"Revise: {len(items)} item(s) to answer, {len(blocking)} of them blocking (mean overall {overall}). {rule}",
                           overall=overall, decision="revise", revision_items=items)
+
+
+def merged(reviews: list[Review]) -> list[Finding]:
+    """The members' tagged weaknesses as findings, each once: the same kind, target and words (numbers aside) are one finding."""
+    found: dict[tuple[str, str, str], Finding] = {}
+    for r in reviews:
+        for w in r.weaknesses:
+            m = TAG.search(w)
+            if m:
+                kind, target, text = m.group(2) or "fatal", m.group(3) or "", w[: m.start()]
+                key = (kind, target, " ".join(re.sub(r"\d", "#", text).lower().split()))
+                found.setdefault(key, Finding(kind, target, text, open_item=m.group(1) == "open"))
+    return list(found.values())
 
 
 def two_decimals(x: float) -> float:

@@ -69,7 +69,7 @@ from bus.schema.messages import (
 )
 from bus.schema.project import Budget, CodeChange, CodeEdit, CoPINote, Idea, MindChoice, Reference, Usage
 from bus.schema.results import FinalInfo, JobEnvironment, MetricStat, RunRecord
-from bus.schema.review import ItemResponse, MetaReview, Review, ReviewScores, RevisionItem
+from bus.schema.review import ItemResponse, MetaReview, Review, ReviewEvidence, ReviewScores, RevisionItem
 from bus.schema.state import EngineerView, Heartbeat, JobView, ProjectView, Stage
 from bus.schema.steps import Step
 from bus.schema.template import (
@@ -93,7 +93,7 @@ __all__ = [
     "Knob", "MESSAGE_KINDS", "MIND_KINDS", "MindKind", "MIN_SEEDS", "MetaReview", "Metric", "MetricStat", "MindChoice", "Model", "NatsAccess",
     "NoteAck", "NoveltyCheck", "NoveltyVerdict", "Profile", "ProjectView", "ROLES", "Rebuttal", "Recipient",
     "Reference", "ReferenceSearch", "ReferencesFound", "Resolved", "Resources", "Review", "ReviewDone",
-    "ReviewRequest", "ReviewScores", "RevisionItem", "RoleName", "RunRecord", "SCHEMA_VERSION", "Sender", "Stage",
+    "ReviewRequest", "ReviewEvidence", "ReviewScores", "RevisionItem", "RoleName", "RunRecord", "SCHEMA_VERSION", "Sender", "Stage",
     "StartProject", "Step", "StepFailed", "TemplateError", "TemplateSpec", "Usage", "UsageReport", "Variant", "decode",
     "derive_id", "encode", "parse_spec",
     "EXECUTOR_KINDS", "ExecutorKind", "FAST_PROFILE", "OUTPUT_MODES", "OutputMode", "ProfileName",

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from bus.schema.base import Model
+from bus.schema.template import TemplateSpec
 
 ReviewDecision = Literal["accept", "reject"]
 MetaDecision = Literal["accept", "reject", "revise"]
@@ -57,3 +58,19 @@ class ItemResponse(Model):
     item_id: str
     action: Literal["act", "rebut"]
     text: str
+
+
+class ReviewEvidence(Model):
+    """What the reviewer checks a draft against besides the report, gathered by its workflow for the minds.
+
+    Every field defaults, so a mind called without it (older callers, tests) reviews as before.
+    """
+
+    spec: TemplateSpec | None = None  # the template as the writer had it (its analysis.json): metric kinds, knobs
+    not_novel: dict[str, str] = {}  # ideas the literature check found not novel, id -> why
+    tex: str = ""  # the LaTeX source the PDF is built from
+    ensemble: int = 1  # how many members review this draft: member i covers the areas j with j % min(ensemble, 4) == i % min(...)
+    round: int = 0
+    max_rounds: int = 10
+    # Items of the previous round the PI answered "act" whose named text the revision left as it was.
+    open_items: list[RevisionItem] = []

@@ -64,7 +64,17 @@ WORSE = [run("b1", "baseline", [0.90, 0.91, 0.92, 0.90, 0.91], [0, 1, 2, 3, 4]),
          run("w1", "wd-1", [0.60, 0.61, 0.59, 0.60, 0.62], [0, 1, 2, 3, 4], {"weight_decay": 1.0})]
 
 
-class Claiming(OfflineWriterMind):
+class Discussing(OfflineWriterMind):
+    """The offline writer, with a related work that says how each cited work relates to the study (the reviewer rejects a bare list)."""
+
+    async def write(self, request):
+        s = await super().write(request)
+        prose = " ".join(f"{r.title} [@{r.key}] studies the same question on another task and motivates comparing weight decay over seeds."
+                         for r in request.references)
+        return s.model_copy(update={"related_work": prose or s.related_work})
+
+
+class Claiming(Discussing):
     """A writer that overclaims in the abstract, and optionally writes a one-line limitations section."""
 
     def __init__(self, claim: str = "", thin_limits: bool = False) -> None:
@@ -81,15 +91,18 @@ class Claiming(OfflineWriterMind):
         return s.model_copy(update=update)
 
 
-async def draft_and_review(runs, refs, round=1, mind=None, items=(), responses=(), ensemble=3, max_rounds=10, confirmation=()):
+async def draft_and_review(runs, refs, round=1, mind=None, items=(), responses=(), ensemble=3, max_rounds=10, confirmation=(), final=True):
     store = MemoryStore()
     report, _ = build_report("p", AnalysisRequest(round=round, spec=SPEC, runs=runs, confirmation=list(confirmation)))
     req = DraftRequest(round=round, spec=SPEC, direction="Does decay help?", ideas=IDEAS, report=report, references=refs,
                        revision_items=list(items), responses=list(responses))
-    wctx = Context(project="p", role="writer", state=None, artifacts=store, mind=mind or OfflineWriterMind(0))
+    wctx = Context(project="p", role="writer", state=None, artifacts=store, mind=mind or Discussing(0))
     await WRITER().handle(Envelope(project="p", sender="pi", recipient="writer", body=req), wctx)
     (draft, _), = wctx.outputs
     assert isinstance(draft, DraftReady)
+    if final:  # a paper that may be accepted is the final one: the writer must not print it as "Draft for review"
+        for name in (draft.markdown, draft.tex):
+            store.data[name] = store.data[name].replace(b"Draft for review", b"Submitted version")
     rctx = Context(project="p", role="reviewer", state=None, artifacts=store, mind=offline_reviewer.make(0, {}))
     body = ReviewRequest(round=round, draft=draft, report=report, references=refs, ensemble=ensemble, max_rounds=max_rounds)
     await REVIEWER().handle(Envelope(project="p", sender="pi", recipient="reviewer", body=body), rctx)
@@ -210,12 +223,14 @@ def test_claim_reading(sentence, kind):
 
 
 async def test_reviewer_keeps_no_rebuttals_and_old_state_still_loads():
-    """The PI's rebuttals were stored and never read: the reviewer only logs them, and state stored by older labs loads."""
+    """The PI's rebuttals are not state: the reviewer keeps them in the object store next to the round's review
+    (the next round checks each "act" against them), and state stored by older labs loads."""
     from agents.reviewer.workflow import ReviewerState
     from bus.schema import ItemResponse, Rebuttal
-    ctx = Context(project="p", role="reviewer", state=ReviewerState(), artifacts=MemoryStore(), mind=offline_reviewer.make(0, {}))
+    ctx: Context = Context(project="p", role="reviewer", state=ReviewerState(), artifacts=MemoryStore(), mind=offline_reviewer.make(0, {}))
     answer = Rebuttal(round=0, responses=[ItemResponse(item_id="r0-1", action="act", text="ran more seeds")])
     await REVIEWER().handle(Envelope(project="p", sender="pi", recipient="reviewer", body=answer), ctx)
     assert ctx.state == ReviewerState() and ctx.outputs == []
+    assert b"ran more seeds" in ctx.artifacts.data["p/paper/round-0/rebuttal.json"]
     old = {"rebuttals": {"0": [{"item_id": "r0-1", "action": "rebut", "text": "the knob is fair"}]}}
     assert ReviewerState.model_validate(old) == ReviewerState()
