@@ -199,8 +199,8 @@ class Settings(BaseSettings):
         900.0, "Seconds the experiment container waits for the runner to hand it the code.", "services.runner.launcher", gt=0,
     )
     job_output_max_bytes: int = _setting(
-        64 << 20, "Bytes a job may upload in all (each file's apparent size or its allocated blocks, the larger).",
-        "services.runner.outputs", shown="`64M`", type_shown="size (bytes)", gt=0,
+        64 << 20, "Bytes a job may upload in all, and a checkpoint may hold (a file counts its apparent size or its blocks, the larger).",
+        "services.runner.outputs, services.runner.checkpoint", shown="`64M`", type_shown="size (bytes)", gt=0,
     )
     job_output_file_max_bytes: int = _setting(
         32 << 20, "Bytes one uploaded output file may hold (a sparse file counts its apparent size).", "services.runner.outputs",

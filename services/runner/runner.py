@@ -515,6 +515,8 @@ class Runner:
         if sync is not None and syncing is not None:
             syncing.cancel()
             await sync.sync()  # what the experiment saved on SIGTERM, or its last periodic checkpoint
+            if sync.refused:
+                await log.note(f"[runner] checkpoint not uploaded: {sync.refused}")
         return _Ran(outcome, plot_failed, measured, wall, sync)
 
     async def _preempted(self, artifacts: Artifacts, ran: _Ran, log: _JobLog) -> int:

@@ -129,3 +129,21 @@ async def test_the_engineer_reads_only_the_logs_tail_cleaned() -> None:
     lines = text.splitlines()
     assert lines[0] == "crashed: exit code 1" and len(lines) == 31
     assert lines[-1].strip() == "line 19999" and "\x1b" not in text and "never read" not in text
+
+
+def test_a_checkpoint_holds_regular_files_only_with_no_mode_and_within_the_cap(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from services.runner.checkpoint import safe_bundle
+
+    (tmp_path / "state.pt").write_bytes(b"weights")
+    (tmp_path / "state.pt").chmod(0o6755)
+    os.symlink("/etc/passwd", tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo")
+    with tarfile.open(fileobj=io.BytesIO(safe_bundle(tmp_path, 1 << 20)), mode="r:gz") as tar:
+        assert [(m.name, m.mode, m.isreg()) for m in tar.getmembers()] == [("state.pt", 0o644, True)]
+    with open(tmp_path / "sparse", "wb") as f:
+        f.truncate(2 << 20)
+    with pytest.raises(ValueError, match="over the cap of 1048576"):
+        safe_bundle(tmp_path, 1 << 20)
