@@ -235,10 +235,3 @@ def _over(where: str, size: int, total: int, count: int, caps: Caps) -> str:
                 "(LAB_JOB_OUTPUT_MAX_BYTES)")
     return ""
 
-
-def write_private(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write bytes that came from an experiment to the host: a new regular file of ``mode``, never through a link."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
