@@ -198,6 +198,27 @@ class Settings(BaseSettings):
     launcher_start_timeout_s: float = _setting(
         900.0, "Seconds the experiment container waits for the runner to hand it the code.", "services.runner.launcher", gt=0,
     )
+    job_output_max_bytes: int = _setting(
+        64 << 20, "Bytes a job may upload in all, and a checkpoint may hold (a file counts its apparent size or its blocks, the larger).",
+        "services.runner.outputs, services.runner.checkpoint", shown="`64M`", type_shown="size (bytes)", gt=0,
+    )
+    job_output_file_max_bytes: int = _setting(
+        32 << 20, "Bytes one uploaded output file may hold (a sparse file counts its apparent size).", "services.runner.outputs",
+        shown="`32M`", type_shown="size (bytes)", gt=0,
+    )
+    job_output_max_files: int = _setting(200, "Output files a job may upload (results and figures).", "services.runner.outputs", ge=1)
+    job_final_info_max_bytes: int = _setting(
+        256 << 10, "Bytes a final_info.json may hold; it travels in the job's status and the results.", "services.runner.runner",
+        shown="`256K`", type_shown="size (bytes)", gt=0,
+    )
+    job_log_line_max_bytes: int = _setting(
+        4096, "Bytes of one line of the experiment's output kept; the rest is cut with a marker.", "services.runner.outputs, services.runner.split",
+        ge=80,
+    )
+    job_log_keep_bytes: int = _setting(
+        1 << 20, "Bytes of a job's log kept at its start, and again at its end; what lies between is dropped with a marker.",
+        "services.runner.outputs", shown="`1M`", type_shown="size (bytes)", ge=4096,
+    )
     term_grace_s: float = _setting(20.0, "Seconds an experiment gets after SIGTERM to save its checkpoint.", "services.runner.runner", ge=0)
     checkpoint_sync_s: float = _setting(30.0, "Seconds between uploads of a resumable experiment's checkpoint.", "services.runner.checkpoint", gt=0)
     checkpoint_dir: Path | None = _setting(None, "Set by the runner: where a resumable experiment keeps its checkpoint.", "templates' experiment.py")
@@ -242,7 +263,9 @@ class Settings(BaseSettings):
         # These were YAML scalars: `null` clears what the config file set (max_tokens: no limit).
         return None if isinstance(value, str) and value.strip() in ("null", "Null", "NULL", "~") else value
 
-    @field_validator("max_store", mode="before")
+    @field_validator(
+        "max_store", "job_output_max_bytes", "job_output_file_max_bytes", "job_final_info_max_bytes", "job_log_keep_bytes", mode="before",
+    )
     @classmethod
     def _size(cls, value: Any) -> Any:
         if not isinstance(value, str):

@@ -45,13 +45,18 @@ from bus.schema import (
     StepFailed,
     TemplateError,
 )
+from bus.schema.results import LOG_TAIL_NAME, clean_text, failure_kind
 from bus.schema.state import JobRecordState
+from bus.store import base_name
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # A code edit that crashes or hangs goes back to the mind with the error, this many times in all.
 MAX_ATTEMPTS = 3
 # A job whose runner died without a result (the lab was killed, a node lost) runs again, this many times in all.
 MAX_LOST_ATTEMPTS = 3
+# What the engineer reads of a failed run's log (its tail object, bounded by the runner): never the whole log.
+LOG_TAIL_BYTES = 64 << 10
+LOG_TAIL_LINES = 30
 # JobSpec fields an engineer before the JobRecord held a spec kept flat on the record.
 _FLAT_SPEC_FIELDS = tuple(f for f in JobSpec.model_fields if f not in ("project", "nats"))
 
@@ -245,7 +250,8 @@ class Engineer(Role):
             return
         if body.state not in TERMINAL:
             return
-        if body.state == "failed" and env.sender != "runner" and not st.closed and self._run_again(ctx, st, job, body.reason):
+        lost = body.state == "failed" and failure_kind(body.reason, from_runner=env.sender == "runner") == "lost"
+        if lost and not st.closed and self._run_again(ctx, st, job, body.reason):
             await self._dispatch(ctx, st)
             return
         job.state, job.reason, job.status = body.state, body.reason, body
@@ -280,11 +286,17 @@ class Engineer(Role):
         return True
 
     async def _error_of(self, ctx: EngineerContext, job: JobRecord) -> str:
-        log_name = next((a for a in (job.status.artifacts if job.status else []) if a.endswith("/log.txt")), None)
+        """The failure's reason and the last lines of the run's log, from the log's tail the runner keeps apart.
+
+        Never the whole log (which the experiment may have filled): its last ``LOG_TAIL_BYTES``, ``LOG_TAIL_LINES``
+        lines, without control characters (they reach a terminal and a model).
+        """
+        log_name = next((a for a in (job.status.artifacts if job.status else []) if base_name(a).endswith(f"/{LOG_TAIL_NAME}")), None)
         tail = ""
         if log_name:
             try:
-                tail = "\n".join((await ctx.artifacts.get(log_name)).decode(errors="replace").splitlines()[-30:])
+                text = (await ctx.artifacts.get(log_name))[-LOG_TAIL_BYTES:].decode(errors="replace")
+                tail = "\n".join(clean_text(line, 500) for line in text.splitlines()[-LOG_TAIL_LINES:])
             except Exception as e:  # any store failure: the reason alone still fails the run, the tail only adds to it
                 ctx.log.warning("run log unreadable", job=job.job_id, log=log_name, error=f"{type(e).__name__}: {e}")
                 tail = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import ConfigDict
@@ -61,3 +62,31 @@ class RunRecord(Model):
     attempt: int = 1  # this run's attempt: earlier ones were lost with their runner (see ``lost``) or fixed
     lost: list[str] = []  # earlier attempts whose runner died without a result, and why
     diff: str = ""  # the code edits this run made to the template, as a unified diff ("" for a knob-only run)
+
+
+# How a failed job failed, from its status's reason and who reported it (the engineer decides what to retry by it):
+# - ``invalid_output``: the experiment ran and wrote output the lab refuses (NaN metrics, final_info.json too large or
+#   off-schema, outputs over the job's caps); the experiment's own failure, permanent: one attempt, its reason shown.
+# - ``lost``: the runner died without a result (reported for it by the executor watch); the job runs again.
+# - ``experiment``: any other failure the runner reported (a crash, a limit); the experiment's own.
+FailureKind = Literal["invalid_output", "lost", "experiment"]
+INVALID_OUTPUT = "invalid_output"
+
+
+def failure_kind(reason: str, from_runner: bool) -> FailureKind:
+    if reason.startswith(INVALID_OUTPUT):
+        return "invalid_output"
+    return "experiment" if from_runner else "lost"
+
+
+# ESC sequences (CSI, OSC, the two-byte ones), then C0 (but \t), DEL, C1 and the bidirectional overrides.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_])?|\x9b[0-?]*[ -/]*[@-~]")
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# The end of a job's log, kept apart by the runner: what the engineer reads of a failed run (never the whole log).
+LOG_TAIL_NAME = "log-tail.txt"
+
+
+def clean_text(text: str, limit: int = 300) -> str:
+    """``text`` without terminal escapes or control characters (a tab stays), cut to ``limit`` characters."""
+    text = _CONTROLS.sub("", _ESCAPES.sub("", text))
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"

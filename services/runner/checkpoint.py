@@ -16,12 +16,16 @@ checks that a checkpoint was made with its configuration before using it.
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import signal
+import stat
+import tarfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from agents.templates import bundle, unbundle
+from agents.templates import unbundle
 from bus.errors import ArtifactMissing
 from bus.schema import JobSpec
 from bus.settings import env_name, settings
@@ -38,13 +42,51 @@ def object_name(job: JobSpec) -> str:
     return f"{job.project}/checkpoints/{job.experiment_id}.tar.gz"
 
 
+def _regular_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    """The regular files under ``folder`` (not through links: a link, a FIFO or a device is no part of a checkpoint)."""
+    found = []
+    for f in sorted(folder.rglob("*")):
+        try:
+            st = os.lstat(f)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append((f, st))
+    return found
+
+
 def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """Names, sizes and mtimes: cheap to read, and it changes whenever the experiment saves."""
     if not folder.is_dir():
         return ()
-    return tuple(
-        (str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.rglob("*")) if f.is_file()
-    )
+    return tuple((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns) for f, st in _regular_files(folder))
+
+
+def safe_bundle(folder: Path, cap: int) -> bytes:
+    """The checkpoint folder as tar.gz: regular files only, read without following links, mode 0644, uid 0.
+
+    Raises ValueError when the files hold more than ``cap`` bytes (apparent or allocated, the larger: a sparse
+    file counts in full).
+    """
+    files = _regular_files(folder)
+    total = sum(max(st.st_size, st.st_blocks * 512) for _, st in files)
+    if total > cap:
+        raise ValueError(f"the checkpoint holds {total} bytes, over the cap of {cap} (LAB_JOB_OUTPUT_MAX_BYTES)")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f, _ in files:
+            try:
+                fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue  # gone, or replaced by a link since it was listed
+            with os.fdopen(fd, "rb") as src:
+                st = os.fstat(src.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
+                    continue
+                info = tarfile.TarInfo(str(f.relative_to(folder)))
+                info.size, info.mode, info.mtime = st.st_size, 0o644, int(st.st_mtime)
+                tar.addfile(info, io.BytesIO(src.read(st.st_size)))
+    return buf.getvalue()
 
 
 async def restore(artifacts: Artifacts, job: JobSpec, folder: Path) -> int:
@@ -66,6 +108,7 @@ class CheckpointSync:
         self.artifacts, self.job, self.folder, self.every = artifacts, job, folder, every
         self._last = _fingerprint(folder)  # what was restored needs no upload
         self.uploads = 0
+        self.refused = ""  # why the last checkpoint was not uploaded (over the cap)
 
     async def sync(self) -> bool:
         """Upload if the folder changed since the last upload; True when something was uploaded."""
@@ -74,7 +117,12 @@ class CheckpointSync:
             return False
         # A file mid-write is replaced atomically by the experiment (write, then rename), so a
         # tar of the folder never holds half a checkpoint.
-        await self.artifacts.put(object_name(self.job), bundle(self.folder))
+        try:
+            data = safe_bundle(self.folder, settings().job_output_max_bytes)
+        except ValueError as e:
+            self._last, self.refused = now, str(e)
+            return False
+        await self.artifacts.put(object_name(self.job), data)
         self._last = now
         self.uploads += 1
         return True

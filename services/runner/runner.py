@@ -22,6 +22,7 @@ failed (do not retry), 4 the bus or object store was unreachable (retry).
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import platform
@@ -46,9 +47,10 @@ from bus.permissions import chunk_prefix, files_subject, job_of_user
 from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, NatsAccess, derive_id
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.schema.formats import RESULT_FILE, JobLogLine, dump_result
+from bus.schema.results import INVALID_OUTPUT, LOG_TAIL_NAME, clean_text
 from bus.settings import ConfigError, Settings, settings
 from bus.store import Artifacts
-from services.runner import checkpoint, proctree, sandbox, split
+from services.runner import checkpoint, outputs, proctree, sandbox, split
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
@@ -216,12 +218,19 @@ async def supervise(launch: Launch, cwd: Path, job: JobSpec, on_line: Any, term:
 
 
 async def _pump(proc: asyncio.subprocess.Process, tail: list[str], on_line: Any) -> None:
-    """Hand each line the process prints to ``on_line``, keeping the last 20 in ``tail`` (for a crash's reason)."""
+    """Hand each line the process prints to ``on_line``, keeping the last 20 in ``tail`` (for a crash's reason).
+
+    Read in blocks, not by line: a line of any length (or none ending) is cut to ``LAB_JOB_LOG_LINE_MAX_BYTES``.
+    """
     assert proc.stdout is not None
-    async for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
+    clip = outputs.LineClipper(settings().job_log_line_max_bytes)
+    while data := await proc.stdout.read(1 << 16):
+        for line in clip.feed(data):
+            tail.append(line)
+            del tail[:-20]
+            await on_line(line)
+    for line in clip.rest():
         tail.append(line)
-        del tail[:-20]
         await on_line(line)
 
 
@@ -250,24 +259,45 @@ def _ended(returncode: int | None, term: asyncio.Event | None, killed: list[str]
         return Outcome("failed", killed[0], returncode)
     if returncode != 0:
         last = next((line for line in reversed(tail) if line.strip()), "")
-        return Outcome("failed", f"crashed: exit code {returncode}: {last[:300]}", returncode)
+        return Outcome("failed", f"crashed: exit code {returncode}: {clean_text(last, 300)}", returncode)
     return Outcome("succeeded", "", 0)
 
 
 class _JobLog:
-    """The job's log: every line goes to a file in the runner's folder, to stdout and to the job's log subject."""
+    """The job's log: every line goes to a file in the runner's folder, to stdout and to the job's log subject.
+
+    Bounded (:class:`services.runner.outputs.BoundedLog`): past its first ``LAB_JOB_LOG_KEEP_BYTES`` only the last
+    as many are kept, and the experiment's lines are no longer shown live; the runner's own (``note``) still are.
+    """
 
     def __init__(self, path: Path, bus: Bus, job: JobSpec) -> None:
         self.path = path
-        self.file = open(path, "a")
+        self.store = outputs.BoundedLog(path, settings().job_log_keep_bytes)
         self._bus, self._job = bus, job
         self._subject = subjects.job_log(job.project, job.job_id)
+        self._said_full = False
 
     async def __call__(self, line: str) -> None:
-        self.file.write(line + "\n")
-        self.file.flush()
+        if self.store.write(line):
+            await self._show(line)
+        elif not self._said_full:
+            self._said_full = True
+            await self._show(f"[runner] the log passed {self.store.keep} bytes: further output is not shown live, "
+                             "and only its end is kept")
+
+    async def note(self, line: str) -> None:
+        """One of the runner's own lines: kept, and shown even once the log is full."""
+        self.store.write(line)
+        await self._show(line)
+
+    async def _show(self, line: str) -> None:
         print(line, flush=True)  # also to stdout: `kubectl logs`, `docker logs` and log collectors see it
         await self._bus.publish_unacked(self._subject, JobLogLine(job=self._job.job_id, line=line, t=time.time()).dump())
+
+    def close(self) -> bytes:
+        """Close the log; its bytes as kept (bounded)."""
+        self.store.close()
+        return self.path.read_bytes()
 
 
 class _Ran(NamedTuple):
@@ -286,16 +316,47 @@ def _where(launch: Launch | None, cmd: list[str]) -> str:
     return "in the sandbox" if launch.argv is not cmd else "UNCONFINED (no sandbox tool on this machine)"
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_final_info(raw: bytes) -> FinalInfo:
+    """final_info.json as strict JSON (no NaN, no Infinity, no number that overflows to one) and as the schema says.
+
+    Raises ValueError (a ValidationError is one) with the reason.
+    """
+    try:
+        data = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return FinalInfo.model_validate(data)
+
+
 def _read_final_info(outcome: Outcome, out: Path) -> tuple[Outcome, FinalInfo | None]:
-    """The experiment's final_info.json when it succeeded; one missing or off-schema fails the run as invalid output."""
+    """The experiment's final_info.json when it succeeded; one missing, too large or off-schema fails the run as invalid output."""
     if outcome.state != "succeeded":
         return outcome, None
+    limit = settings().job_final_info_max_bytes
     try:
-        return outcome, FinalInfo.model_validate_json(split.read_regular(out / "final_info.json"))
-    except (OSError, split.SplitError, ValidationError) as e:
-        what = str(e) if isinstance(e, split.SplitError) else "final_info.json " + (
-            "missing" if isinstance(e, OSError) else "does not match the schema")
-        return Outcome("failed", f"invalid_output: {what}", 0), None
+        return outcome, parse_final_info(split.read_regular(out / "final_info.json", limit))
+    except (OSError, split.SplitError, ValueError) as e:
+        if isinstance(e, split.SplitError):
+            what = f"{e} (LAB_JOB_FINAL_INFO_MAX_BYTES)" if "over the limit" in str(e) else str(e)
+        elif isinstance(e, OSError):
+            what = "final_info.json missing"
+        elif isinstance(e, ValidationError):
+            first = e.errors()[0]
+            what = f"final_info.json does not match the schema: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        else:
+            what = f"final_info.json is not valid JSON: {e}"
+        return Outcome("failed", f"{INVALID_OUTPUT}: {clean_text(what, 400)}", 0), None
 
 
 def _run_environment(final_info: FinalInfo | None, measured: JobEnvironment | None) -> JobEnvironment:
@@ -385,7 +446,13 @@ class Runner:
             return await self._preempted(artifacts, ran, log)
         outcome, final_info = _read_final_info(ran.outcome, out)
         envinfo = _run_environment(final_info, ran.measured)
-        uploaded = await self._results(artifacts, code, out, figs, ran, log) if final_info is not None else []
+        uploaded: list[str] = []
+        if final_info is not None:
+            uploaded, refused = await self._results(artifacts, code, out, figs, ran, log)
+            if refused:  # over a cap: nothing of it was uploaded, and the run failed for it
+                outcome, final_info = Outcome("failed", f"{INVALID_OUTPUT}: {refused}", 0), None
+        if outcome.reason.startswith(INVALID_OUTPUT):
+            await log.note(f"[runner] the run's output is refused: {outcome.reason}")
         return await self._report(artifacts, log, outcome, final_info, envinfo, uploaded, ran.wall)
 
     @property
@@ -443,25 +510,31 @@ class Runner:
             else:
                 outcome = await supervise(launch, code, job, log, term)
         except BaseException as e:  # cancelled or the runner broke: keep the log
-            await _save_log(artifacts, f"{self._prefix}/log.txt", log.file, log.path, e)
+            await _save_log(artifacts, f"{self._prefix}/log.txt", log, e)
             raise
         wall = time.monotonic() - started
         if sync is not None and syncing is not None:
             syncing.cancel()
             await sync.sync()  # what the experiment saved on SIGTERM, or its last periodic checkpoint
+            if sync.refused:
+                await log.note(f"[runner] checkpoint not uploaded: {sync.refused}")
         return _Ran(outcome, plot_failed, measured, wall, sync)
 
     async def _preempted(self, artifacts: Artifacts, ran: _Ran, log: _JobLog) -> int:
         """Save the log and exit for a retry: not the experiment's fault; Kubernetes retries the pod, which resumes."""
         saved = f"its checkpoint is in {checkpoint.object_name(self.job)}" if ran.sync and ran.sync.uploads else "no checkpoint was saved"
-        await log(f"[runner] preempted after {ran.wall:.0f}s; {saved}; exiting for a retry")
-        log.file.close()
-        await artifacts.put(f"{self._prefix}/log.txt", log.path.read_bytes())
+        await log.note(f"[runner] preempted after {ran.wall:.0f}s; {saved}; exiting for a retry")
+        await artifacts.put(f"{self._prefix}/log.txt", log.close())
         await self.bus.close()
         return EXIT_INFRA
 
-    async def _results(self, artifacts: Artifacts, code: Path, out: Path, figs: Path, ran: _Ran, log: _JobLog) -> list[str]:
-        """Plot the results (unless the experiment container did) in what is left of the wall time, and upload them."""
+    async def _results(self, artifacts: Artifacts, code: Path, out: Path, figs: Path, ran: _Ran, log: _JobLog) -> tuple[list[str], str]:
+        """Plot the results (unless the experiment container did) in what is left of the wall time, and upload them.
+
+        (names uploaded, why the outputs are refused: "" when they are not). Only regular files under safe
+        names are taken, as bytes (:func:`services.runner.outputs.collect`); outputs over the job's caps are
+        refused whole, and nothing of them is uploaded.
+        """
         job = self.job
         remaining = max(10.0, min(PLOT_LIMIT_S, job.wall_time_s - ran.wall))
         plot_job = job.model_copy(update={"wall_time_s": remaining})
@@ -472,17 +545,13 @@ class Runner:
             plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=[code, out], writable=[figs]), code, plot_job, log)
             plot_failed = "" if plot.state == "succeeded" else plot.reason
         if plot_failed:
-            await log(f"[runner] plot.py failed: {plot_failed}")
-        uploaded: list[str] = []
-        files = sorted(out.glob("*.json")) + (sorted(figs.glob("*.png")) if figs.exists() else [])
-        for f in files:
-            try:  # never a link the experiment planted (to the runner's own secret files, say)
-                data = split.read_regular(f)
-            except (OSError, split.SplitError) as e:
-                await log(f"[runner] not uploading {f.name}: {e}")
-                continue
-            uploaded.append(await artifacts.put(f"{self._prefix}/{f.name}", data))
-        return uploaded
+            await log.note(f"[runner] plot.py failed: {clean_text(plot_failed, 500)}")
+        got = outputs.collect([(out, ".json", "out"), (figs, ".png", "figures")], outputs.Caps.of(settings()))
+        for note in got.notes:
+            await log.note(f"[runner] {note}")
+        if got.invalid:
+            return [], got.invalid
+        return [await artifacts.put(f"{self._prefix}/{name}", data) for name, data in got.files], ""
 
     async def _report(
         self, artifacts: Artifacts, log: _JobLog, outcome: Outcome, final_info: FinalInfo | None, envinfo: JobEnvironment,
@@ -490,10 +559,12 @@ class Runner:
     ) -> int:
         """Upload the machine's description and the log, then publish the job's final status (and keep it in result.json)."""
         job = self.job
-        log.file.close()
+        kept = log.close()
         (self.workdir / "env.json").write_text(envinfo.model_dump_json(indent=2))
         uploaded.append(await artifacts.put(f"{self._prefix}/env.json", (self.workdir / "env.json").read_bytes()))
-        uploaded.append(await artifacts.put(f"{self._prefix}/log.txt", log.path.read_bytes()))
+        uploaded.append(await artifacts.put(f"{self._prefix}/log.txt", kept))
+        # The end of the log, which the engineer reads (never the whole log) when a run fails.
+        uploaded.append(await artifacts.put(f"{self._prefix}/{LOG_TAIL_NAME}", log.store.last_bytes()))
         status = JobStatus(
             job_id=job.job_id,
             experiment_id=job.experiment_id,
@@ -524,14 +595,13 @@ def _job_json(s: Settings) -> str | None:
     return None
 
 
-async def _save_log(artifacts: Artifacts, name: str, log_file: Any, log_path: Path, why: BaseException) -> None:
+async def _save_log(artifacts: Artifacts, name: str, log: _JobLog, why: BaseException) -> None:
     """Upload what the log holds so far; bounded, so a dying pod's grace period is not used up."""
     reason = "cancelled (SIGTERM)" if isinstance(why, asyncio.CancelledError) else f"{type(why).__name__}: {why}"
-    log_file.write(f"[runner] stopped before the end: {reason}\n")
-    log_file.close()
+    log.store.write(f"[runner] stopped before the end: {reason}")
     print(f"[runner] stopped before the end: {reason}", flush=True)
     try:
-        await asyncio.wait_for(artifacts.put(name, log_path.read_bytes()), 10)
+        await asyncio.wait_for(artifacts.put(name, log.close()), 10)
     except (TimeoutError, Exception) as e:
         print(f"runner: could not upload log.txt: {e or type(e).__name__}", file=sys.stderr)
 

@@ -42,7 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import LabError
 from bus.schema import JobEnvironment, JobSpec
+from bus.schema.results import clean_text
 from bus.settings import env_name, settings
+from services.runner.outputs import LineClipper
 
 SHARED_ENV = env_name("shared_dir")  # set in both containers: the shared volume's mount path
 ALIVE_EVERY_S = 2.0
@@ -164,12 +166,15 @@ def stale_for(path: Path) -> float | None:
 
 
 class Tail:
-    """The experiment's log, read as it grows, without following a link the experiment planted."""
+    """The experiment's log, read as it grows, without following a link the experiment planted.
 
-    def __init__(self, path: Path) -> None:
+    Lines come out cut to ``line_limit`` bytes (``LAB_JOB_LOG_LINE_MAX_BYTES``), however long the experiment made them.
+    """
+
+    def __init__(self, path: Path, line_limit: int | None = None) -> None:
         self.path = path
         self.offset = 0
-        self.partial = b""
+        self.clip = LineClipper(settings().job_log_line_max_bytes if line_limit is None else line_limit)
 
     def read_lines(self) -> list[str]:
         try:
@@ -180,18 +185,19 @@ class Tail:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return []
             f.seek(self.offset)
-            data = f.read(1 << 20)
+            data = f.read(4 << 20)
         self.offset += len(data)
-        data = self.partial + data
-        *lines, self.partial = data.split(b"\n")
-        return [line.decode(errors="replace").rstrip() for line in lines]
+        return self.clip.feed(data)
 
     def rest(self) -> list[str]:
-        lines = self.read_lines()
-        if self.partial:
-            lines.append(self.partial.decode(errors="replace").rstrip())
-            self.partial = b""
-        return lines
+        """Every line left, to the end of the file (a last one without a newline included)."""
+        lines: list[str] = []
+        for _ in range(32):  # bounded: an experiment still writing (its container not yet stopped) cannot keep us here
+            offset = self.offset
+            lines += self.read_lines()
+            if self.offset == offset:
+                break
+        return lines + self.clip.rest()
 
 
 def deadline_s(job: JobSpec, plot_limit_s: float, grace_s: float) -> float:
@@ -245,4 +251,5 @@ def _exit_record(layout: Layout) -> ExitRecord:
     except (OSError, SplitError, ValidationError) as e:
         why = str(e) if isinstance(e, SplitError) else type(e).__name__
         return ExitRecord(state="failed", reason=f"invalid_output: the experiment container's exit record is unreadable ({why})")
-    return record.model_copy(update={"reason": record.reason[:REASON_MAX], "plot_failed": record.plot_failed[:REASON_MAX]})
+    # Written where the experiment's uid could write too: its words reach a terminal and a model, without control characters.
+    return record.model_copy(update={"reason": clean_text(record.reason, REASON_MAX), "plot_failed": clean_text(record.plot_failed, REASON_MAX)})
