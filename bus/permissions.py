@@ -116,6 +116,22 @@ def sender_refusal(kind: str, sender: str) -> str | None:
     return f"{sender} may not send {kind} (allowed: {', '.join(sorted(allowed)) or 'nobody'})"
 
 
+def convo_refusal(subject: str, env: Any) -> str | None:
+    """Why a conversation envelope read from ``subject`` is not to be believed, or None.
+
+    NATS lets each user publish only with itself as the subject's sender, so the subject names the
+    publisher; the envelope must claim the same (project, sender, recipient), and the sender must be
+    allowed to send its kind. The host checks it before dispatch; readers of the log (`lab run`,
+    `lab export`, the web view) check it before believing a decision, a draft or a review.
+    """
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:2] != ["lab", "convo"]:
+        return f"{env.kind} from {env.sender} came on {subject}, which vouches for no sender"
+    if (parts[2], parts[3], parts[4]) != (env.project, env.sender, env.recipient):
+        return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
+    return sender_refusal(env.kind, env.sender)
+
+
 STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, *WORK_STREAMS, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
 
 

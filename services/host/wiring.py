@@ -34,10 +34,9 @@ from agents.literature.workflow import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
 from agents.minds.base import Mind
 from agents.pi.workflow import PIContext
-from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
-from bus.permissions import sender_refusal
+from bus.permissions import convo_refusal, sender_refusal
 from bus.schema import EXECUTOR_KINDS, ROLES, Envelope, JobStatus, LabConfig, MindChoice, MindKind, NatsAccess, RoleName
 from bus.schema.formats import FormatError, parse
 from bus.settings import settings
@@ -112,10 +111,7 @@ def envelope_mismatch(subject: str, env: Envelope) -> str | None:
     cannot send a draft or a review, a runner cannot send anything but its job's status.
     """
     if subject.startswith("lab.convo."):
-        project, sender, recipient = subjects.parse_convo(subject)
-        if (project, sender, recipient) != (env.project, env.sender, env.recipient):
-            return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
-        return sender_refusal(env.kind, env.sender)
+        return convo_refusal(subject, env)
     parts = subject.split(".")
     if subject.startswith("lab.jobs.") and len(parts) == 5 and parts[4] == "status":
         # Only the runner and the engineer may publish here; the body must be about the job the subject names.
