@@ -347,7 +347,8 @@ def web(
     # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
     local = read_local_lab()
     copi = local.credentials.get("copi") if local else None
-    serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True), copi)
+    opts = WebOptions(host=host, port=port, home=lab_home(), show_token=sys.stdout.isatty())  # the token goes to a terminal, never a log file
+    serve_web(config, opts, lambda line: console.print(line, markup=False, soft_wrap=True), copi)
 
 
 # ---------------------------------------------------------------- run
