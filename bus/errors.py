@@ -21,6 +21,7 @@ the code: every class is here, under its own base, and nothing else is):
     │   │   └── BusRefused          bus.errors: JetStream answered with an error (its description and code kept)
     │   │       └── NotFound        bus.errors: no such stream, bucket, key or object
     │   ├── CommitRefused           bus.store: the auth service would not commit an object a job wrote
+    │   ├── InvalidObjectName       bus.store: an object name that could escape a folder ('..', '/x', '\\', control characters)
     │   ├── JwtError                bus.natsjwt: a token that is not a well-formed, correctly signed NATS JWT
     │   └── CircuitOpen             bus.retry: an endpoint's breaker is open; the call was not made
     ├── MindError                   bus.errors: a mind could not answer a step; roles turn it into StepFailed

@@ -36,6 +36,15 @@ archive and the artifacts, and write the lab's slot ledger (``lab evolve --nats`
 takes capacity like any project): nothing more. It creates only unnamed (ephemeral) consumers on the
 conversation and job streams, so it cannot re-filter a role's durable; it
 cannot write any other state, delete or purge a stream or bucket, or delete a role's consumer.
+
+Who may say what (``SENDERS``): NATS permissions bind a message's *subject* to its publisher
+(``lab.convo.<project>.<sender>.<recipient>`` only as oneself; ``lab.jobs.<project>.<job>.status`` only by
+a runner or the engineer), and the host believes an envelope only where its claimed sender is the
+subject's (services/host/wiring.envelope_mismatch). On top of that, each message kind has its allowed
+senders, checked by the host before any role sees the message: the co-PI starts projects and sends notes
+(a stop is a note), never drafts, reviews, analyses or job events; only the writer sends drafts, only the
+reviewer reviews, only the engineer and the runners job events. A message from any other sender goes to
+the dead letters with the reason and is never dispatched.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from typing import Any
 
 from bus.ledger import LEDGER_KEY
 from bus.partitions import WORK_STREAMS, consumers
-from bus.schema import ROLES
+from bus.schema import ROLES, Sender
 from bus.schema.constants import (
     AGENTS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -71,6 +80,57 @@ AUTH = "auth"  # the auth callout (services/auth/callout.py): admits each job's 
 USERS: tuple[str, ...] = (*ROLES, COPI, RUNNER, WEB, ADMIN, AUTH)
 JOB_USER = "job"  # runners connect as ``job.<project>.<job>``, admitted by the auth callout, never a static user
 CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
+
+_ANY_ROLE: frozenset[Sender] = frozenset(ROLES)
+# Who may send each message kind (the one table; the host enforces it before dispatch, services/host/wiring).
+SENDERS: dict[str, frozenset[Sender]] = {
+    "start_project": frozenset({"copi"}),
+    "copi_note": frozenset({"copi"}),  # notes, stop included (the web view's stop button sends a note)
+    "note_ack": _ANY_ROLE,
+    "novelty_check": frozenset({"pi"}),
+    "novelty_verdict": frozenset({"literature"}),
+    "reference_search": frozenset({"pi"}),
+    "references_found": frozenset({"literature"}),
+    "experiment_request": frozenset({"pi"}),
+    "experiment_planned": frozenset({"engineer"}),
+    "experiment_result": frozenset({"engineer"}),
+    "job_status": frozenset({"runner", "engineer"}),  # the runner, or the engineer's job watch for a runner that never started
+    "analysis_request": frozenset({"pi"}),
+    "analysis_done": frozenset({"analyst"}),
+    "draft_request": frozenset({"pi"}),
+    "draft_ready": frozenset({"writer"}),
+    "review_request": frozenset({"pi"}),
+    "review_done": frozenset({"reviewer"}),
+    "rebuttal": frozenset({"pi"}),
+    "decision": frozenset({"pi"}),
+    "step_failed": _ANY_ROLE,  # the host reports any role's failed step
+    "usage_report": _ANY_ROLE,  # the host reports what any role's mind spent
+}
+
+
+def sender_refusal(kind: str, sender: str) -> str | None:
+    """Why ``sender`` may not send a message of ``kind`` (``SENDERS``), or None when it may."""
+    allowed = SENDERS.get(kind, frozenset())  # tests/unit/test_senders.py: every kind of MESSAGE_KINDS is here
+    if sender in allowed:
+        return None
+    return f"{sender} may not send {kind} (allowed: {', '.join(sorted(allowed)) or 'nobody'})"
+
+
+def convo_refusal(subject: str, env: Any) -> str | None:
+    """Why a conversation envelope read from ``subject`` is not to be believed, or None.
+
+    NATS lets each user publish only with itself as the subject's sender, so the subject names the
+    publisher; the envelope must claim the same (project, sender, recipient), and the sender must be
+    allowed to send its kind. The host checks it before dispatch; readers of the log (`lab run`,
+    `lab export`, the web view) check it before believing a decision, a draft or a review.
+    """
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:2] != ["lab", "convo"]:
+        return f"{env.kind} from {env.sender} came on {subject}, which vouches for no sender"
+    if (parts[2], parts[3], parts[4]) != (env.project, env.sender, env.recipient):
+        return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
+    return sender_refusal(env.kind, env.sender)
+
 
 STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, *WORK_STREAMS, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
 

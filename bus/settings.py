@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     # ---------------------------------------------------------------- the web view
     web_token: SecretStr | None = _setting(None, "A fixed token for the web view (16 characters or more).", "services.web.serve", shown="a new one per start")
     web_token_file: Path | None = _setting(None, "A file holding the web view's token (a mounted Secret).", "services.web.serve")
+    web_hosts: list[str] = _setting(
+        [], "Host names the web view answers besides 127.0.0.1, localhost and its --host, comma-separated (any other Host header: 400).",
+        "services.web.serve", shown="none",
+    )
 
     # ---------------------------------------------------------------- agent processes
     concurrency: int = _setting(8, "Projects one agent handles at once.", "services.host.agent", ge=1)
@@ -252,7 +256,7 @@ class Settings(BaseSettings):
     def _path_list(cls, value: Any) -> Any:
         return [p for p in value.split(os.pathsep) if p] if isinstance(value, str) else value
 
-    @field_validator("lit_sources", mode="before")
+    @field_validator("lit_sources", "web_hosts", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return value.split(",") if isinstance(value, str) else value

@@ -185,6 +185,43 @@ def object_digest(data: bytes) -> str:
 
 
 VERSION_MARK = "~"
+MAX_OBJECT_NAME = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class InvalidObjectName(LabBusError, ValueError):
+    """An object name that could escape a folder it is written to, or hide what it is (refused where names are written)."""
+
+
+def object_name_refusal(name: object) -> str | None:
+    """Why ``name`` may not name an object, or None.
+
+    Names are ``<project>/<path>`` and become paths on disk (`lab export`, the writer's figures): a
+    name must be relative, with no empty, ``.`` or ``..`` segment, no backslash and no control
+    character, so that no name, once joined to a folder, points outside it.
+    """
+    if not isinstance(name, str) or not name:
+        return "an object name must be a non-empty string"
+    shown = repr(name[:120])
+    if len(name) > MAX_OBJECT_NAME:
+        return f"object name {shown}… is longer than {MAX_OBJECT_NAME} characters"
+    if _CONTROL.search(name):
+        return f"object name {shown} holds a control character"
+    if "\\" in name:
+        return f"object name {shown} holds a backslash"
+    if name.startswith("/"):
+        return f"object name {shown} is an absolute path"
+    if any(seg in ("", ".", "..") for seg in name.split("/")):
+        return f"object name {shown} has an empty, '.' or '..' segment"
+    return None
+
+
+def check_object_name(name: object) -> str:
+    """``name`` if it may name an object; else InvalidObjectName with the reason."""
+    if (why := object_name_refusal(name)) is not None:
+        raise InvalidObjectName(why)
+    assert isinstance(name, str)
+    return name
 
 
 def versioned(name: str, version: int) -> str:
@@ -245,7 +282,11 @@ class Artifacts:
 
     @translated
     async def put(self, name: str, data: bytes) -> str:
-        """Store ``data`` under ``name`` (or its next version); the name actually written."""
+        """Store ``data`` under ``name`` (or its next version); the name actually written.
+
+        A name that could escape a folder (``object_name_refusal``) raises InvalidObjectName, before anything is written.
+        """
+        check_object_name(name)
         if VERSION_MARK in name.rpartition("/")[2]:
             raise ValueError(f"artifact name {name!r}: {VERSION_MARK!r} marks versions and is not allowed in a name")
         version, info = await self._latest(name)

@@ -57,7 +57,7 @@ from bus.permissions import (
 )
 from bus.schema.constants import ARTIFACTS_BUCKET
 from bus.settings import settings
-from bus.store import CommitRefused, ObjectCommits
+from bus.store import CommitRefused, ObjectCommits, object_name_refusal
 from services.common.config import read_secret
 
 log = structlog.get_logger()
@@ -137,6 +137,8 @@ class AuthService:
         name = info.get("name")
         if not isinstance(name, str) or not name.startswith(f"{project}/") or len(name) > 1024:
             raise CommitRefused(f"job {project}/{job} may write only names under {project}/, not {str(name)[:120]!r}")
+        if (why := object_name_refusal(name)) is not None:  # `<project>/runs/x/../../..` is under the prefix, and escapes
+            raise CommitRefused(why)
         if info.get("bucket") != ARTIFACTS_BUCKET:
             raise CommitRefused(f"unknown bucket {info.get('bucket')!r}")
         nuid, chunks, size = info.get("nuid"), info.get("chunks"), info.get("size")

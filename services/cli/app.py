@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from bus import subjects
@@ -25,6 +24,7 @@ from bus.settings import Settings
 from bus.settings import settings as lab_settings
 from bus.store import Heartbeats, StateStore
 from services.cli.errors import LabTyper, UsageError, fail
+from services.cli.terminal import SafeConsole, clean
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
 from services.read.describe import describe
 
@@ -32,8 +32,9 @@ if TYPE_CHECKING:  # the supervisor is imported by the commands that start a lab
     from services.lab.supervisor import LabOptions
 
 app = LabTyper(help="Kenkyu Lab: six agents on NATS run real experiments and write a reviewed paper.", no_args_is_help=True, add_completion=False)
-console = Console(stderr=False, highlight=False)
-err = Console(stderr=True, highlight=False)
+# Every string printed goes through services.cli.terminal.clean (agents' words, crash reasons, names come from outside).
+console = SafeConsole(stderr=False, highlight=False)
+err = SafeConsole(stderr=True, highlight=False)
 UNSAFE_HELP = "Run model-written experiments (--mind llm) on the local executor even though no sandbox (bubblewrap) works here."
 
 
@@ -265,11 +266,11 @@ def print_entry(entry: Any, as_json: bool) -> None:
             print(json.dumps({"seq": entry.seq, "subject": entry.subject, "invalid": entry.error}), flush=True)
         return
     if env is None:
-        console.print(f"[dim]#{entry.seq} {entry.subject}: invalid message ({entry.error})[/dim]")
+        console.print(f"[dim]#{entry.seq} {escape(clean(entry.subject))}: invalid message ({escape(clean(entry.error))})[/dim]")
         return
     t = env.created_at.strftime("%H:%M:%S")
     console.print(
-        f"[dim]{t}[/dim] [bold]{env.project}[/bold] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}",
+        f"[dim]{t}[/dim] [bold]{env.project}[/bold] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(clean(describe(env)))}",
         markup=True, highlight=False, soft_wrap=True,
     )
 
@@ -346,7 +347,8 @@ def web(
     # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
     local = read_local_lab()
     copi = local.credentials.get("copi") if local else None
-    serve_web(config, WebOptions(host=host, port=port, home=lab_home()), lambda line: console.print(line, markup=False, soft_wrap=True), copi)
+    opts = WebOptions(host=host, port=port, home=lab_home(), show_token=sys.stdout.isatty())  # the token goes to a terminal, never a log file
+    serve_web(config, opts, lambda line: console.print(line, markup=False, soft_wrap=True), copi)
 
 
 # ---------------------------------------------------------------- run
@@ -461,6 +463,7 @@ def export_cmd(
     nats: str | None = typer.Option(None, "--nats"),
 ) -> None:
     """Write a project's paper, reviews, results, figures, analysis and log from the store, finished or not."""
+    from services.cli.run import print_refused
     from services.read.export import export_project
 
     if nats is not None:
@@ -480,6 +483,7 @@ def export_cmd(
         console.print(f"{project}: not finished (stage {done.stage}); exported what exists so far (see export.json)", markup=False)
     for label, path in done.files:
         console.print(f"  {label:<18} {path}", markup=False)
+    print_refused(err, done)
 
 
 # ---------------------------------------------------------------- helpers

@@ -22,14 +22,14 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
 from bus.errors import LabError
+from services.cli.terminal import SafeConsole
 
 F = TypeVar("F", bound=Callable[..., Any])
 # What a user can act on; anything else is a bug and keeps its traceback.
 KNOWN: tuple[type[BaseException], ...] = (LabError, OSError, UnicodeError, ValidationError)
-_err = Console(stderr=True, highlight=False)
+_err = SafeConsole(stderr=True, highlight=False)  # error lines carry outside text (crash reasons, names)
 
 
 def _one(text: str) -> str:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bus.schema import ArchiveRecord
+from services.cli.terminal import SafeConsole
 from services.read.ideas import tried
 
 
@@ -31,5 +32,5 @@ def render(template: str, records: list[ArchiveRecord], console: Console) -> Non
         p = "" if o.p_adjusted is None else f"{o.p_adjusted:.3g}"
         table.add_row(r.project, o.idea_id, tried(r), o.status, _num(o.improvement), _num(o.effect_size, 2), ci, p, replicated, when)
     # Piped or captured output gets the whole row rather than a table folded to 80 columns.
-    out = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160), highlight=False)
+    out = console if console.is_terminal else SafeConsole(file=console.file, width=max(console.width, 160), highlight=False)
     out.print(table)

@@ -11,16 +11,16 @@ import sqlite3
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from agents.lit.index import FtsIndex, default_lab_home, library_path
 from agents.lit.library_files import read_library_file
 from services.cli.errors import LabTyper, fail
+from services.cli.terminal import SafeConsole
 
 app = LabTyper(help="Your own literature library: add BibTeX/CSL-JSON, search it.", no_args_is_help=True, error_prefix="error: ")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = SafeConsole(highlight=False)  # titles and authors come from outside
+err = SafeConsole(stderr=True, highlight=False)
 
 HomeOption = typer.Option(None, "--home", help="lab home (default: $LAB_HOME or the user data dir)")
 

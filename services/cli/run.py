@@ -25,14 +25,16 @@ from agents import templates
 from bus import subjects
 from bus.client import Bus
 from bus.errors import BusRefused, LabError, Unanswered
+from bus.permissions import convo_refusal
 from bus.replay import Entry, read
 from bus.retry import RetryPolicy
 from bus.schema import Budget, Decision, Envelope, ExecutorKind, ExperimentResult, MindChoice, MindKind, ProfileName, StartProject, TemplateError, TemplateSpec
 from bus.store import Artifacts, Heartbeats
+from services.cli.terminal import clean
 from services.common.config import bus_config, lab_home, read_local_lab
 from services.lab.lifecycle import StoreFull, check_store
 from services.read.describe import describe
-from services.read.export import UnknownProject, export_project
+from services.read.export import Exported, UnknownProject, export_project
 from services.read.projects import project_state
 
 
@@ -213,6 +215,12 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
         await bus.close()
 
 
+def print_refused(console: Console, done: Exported) -> None:
+    """The objects `lab export` would not write (a name that escapes the folder), each with why: never silently dropped."""
+    for name, why in done.refused:
+        console.print(f"  refused {name!r}: {why}", markup=False)
+
+
 async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions, console: Console, sup: Any, deadline: float) -> int:
     """Follow the project to its decision, then write its outputs with `lab export`'s code (so the two cannot differ)."""
     decision = await _follow(bus, project, opts, console, sup, deadline=deadline)
@@ -220,9 +228,10 @@ async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions
     if decision is None:
         console.print(f"[red]project {project} did not reach a decision in time[/red]; what it had so far is in {out}")
         return 1
-    console.print(f"\n[bold]{'ACCEPTED' if decision.accepted else 'NOT ACCEPTED'}[/bold]: {decision.reason}")
+    console.print(f"\n[bold]{'ACCEPTED' if decision.accepted else 'NOT ACCEPTED'}[/bold]: {escape(clean(decision.reason))}")
     for label, path in done.files:
         console.print(f"  {label:<18} {path}")
+    print_refused(console, done)
     return 0 if decision.paper is not None else 1
 
 
@@ -271,9 +280,12 @@ async def _watch(
         env = entry.envelope
         if env is None:
             continue
+        if (forged := convo_refusal(entry.subject, env)) is not None:  # dead-lettered by the agents; never believed here
+            progress.console.print(f"[yellow]ignored[/yellow] {escape(clean(forged))}", markup=True, highlight=False)
+            continue
         if not opts.quiet:
             progress.console.print(
-                f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(describe(env))}",
+                f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(clean(describe(env)))}",
                 markup=True, highlight=False,
             )
         stage = STAGE_OF.get(env.kind)

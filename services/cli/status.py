@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bus.schema import Heartbeat, ProjectView
+from services.cli.terminal import clean
 from services.read.projects import ActiveJob
 from services.read.team import Replica
 
@@ -81,7 +82,7 @@ def projects_table(projects: list[ProjectView], wide: bool) -> Table:
         if wide:
             t.add_row(s.project, s.template, s.stage, *spent, str(s.tokens), f"{s.cost_usd:.4f}", s.outcome)
             continue
-        name = Text(s.project)
+        name = Text(clean(s.project))
         if not s.project.startswith(s.template):
             name.append(f"\n{s.template}", style="dim")
         t.add_row(name, s.stage, *spent, f"{s.cost_usd:.2f}", s.outcome)

@@ -34,9 +34,9 @@ from agents.literature.workflow import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
 from agents.minds.base import Mind
 from agents.pi.workflow import PIContext
-from bus import subjects
 from bus.client import Bus
 from bus.errors import LabError
+from bus.permissions import convo_refusal, sender_refusal
 from bus.schema import EXECUTOR_KINDS, ROLES, Envelope, JobStatus, LabConfig, MindChoice, MindKind, NatsAccess, RoleName
 from bus.schema.formats import FormatError, parse
 from bus.settings import settings
@@ -102,19 +102,25 @@ class Subscription:
 
 
 def envelope_mismatch(subject: str, env: Envelope) -> str | None:
-    """Why an envelope does not match the subject it came on (whose publisher NATS permissions vouch for), or None."""
+    """Why the host must not believe an envelope read from ``subject``, or None.
+
+    The subject is the one thing a publisher cannot forge: NATS permissions let each user publish
+    conversation messages only with itself as the subject's sender, and job statuses only on job
+    subjects (bus.permissions). So the envelope's claimed sender must be the subject's, and that
+    sender must be allowed to send the envelope's kind (``bus.permissions.SENDERS``): the co-PI
+    cannot send a draft or a review, a runner cannot send anything but its job's status.
+    """
     if subject.startswith("lab.convo."):
-        project, sender, recipient = subjects.parse_convo(subject)
-        if (project, sender, recipient) != (env.project, env.sender, env.recipient):
-            return f"envelope claims {env.project}/{env.sender}->{env.recipient} but came on {subject}"
-        return None
+        return convo_refusal(subject, env)
     parts = subject.split(".")
     if subject.startswith("lab.jobs.") and len(parts) == 5 and parts[4] == "status":
         # Only the runner and the engineer may publish here; the body must be about the job the subject names.
         job = getattr(env.body, "job_id", None)
         if env.sender not in ("runner", "engineer") or env.project != parts[2] or job != parts[3] or env.kind != "job_status":
             return f"job status from {env.sender} for {env.project}/{job} ({env.kind}) does not match {subject}"
-    return None
+        return sender_refusal(env.kind, env.sender)
+    # No other subject names its publisher: nothing read from one can be believed.
+    return f"{env.kind} from {env.sender} came on {subject}, which vouches for no sender"
 
 
 class Wiring:

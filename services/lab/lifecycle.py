@@ -116,6 +116,33 @@ async def check_store(bus: Bus, where: str, server_limit: int | None = None) -> 
 # ---------------------------------------------------------------- the pid file
 
 
+PRIVATE_FILES = ("lab.json", "web.json", "supervisor.log")  # what a home holds that no one else may read
+
+
+def private_home(home: Path) -> None:
+    """Make ``home`` (LAB_HOME) this user's alone: created 0700, or narrowed to 0700 when an older lab made it wider.
+
+    Everything under it (the NATS store, agents' logs, the supervisor's log) is then out of other users'
+    reach; its credentials are 0600 files besides (``write_secret``), and those an older lab left wider are
+    narrowed here, with ``secrets/`` and ``logs/`` at 0700.
+    """
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home.chmod(0o700)
+    for folder in (home / "secrets", home / "logs", home / "run"):
+        if folder.is_dir() and not folder.is_symlink():
+            folder.chmod(0o700)
+    for f in [*(home / name for name in PRIVATE_FILES), *(home / "secrets").glob("*")]:
+        if f.is_file() and not f.is_symlink():
+            f.chmod(0o600)
+
+
+def private_log(path: Path) -> int:
+    """A log file opened for appending, 0600 from creation (and narrowed if it exists): the caller closes the descriptor."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def pid_file(home: Path) -> Path:
     return home / "run" / "lab.pids"
 

@@ -34,7 +34,19 @@ from bus.settings import Settings, env_name
 from services.common.config import read_local_lab, secrets_dir, state_file, write_lab_file, write_secret
 from services.common.process import alive
 from services.host.wiring import wiring_class
-from services.lab.lifecycle import StoreFull, Terminated, check_disk, forget_pids, max_store_bytes, reap_stale, record_pids, stop_on_signals, supervisor_alive
+from services.lab.lifecycle import (
+    StoreFull,
+    Terminated,
+    check_disk,
+    forget_pids,
+    max_store_bytes,
+    private_home,
+    private_log,
+    reap_stale,
+    record_pids,
+    stop_on_signals,
+    supervisor_alive,
+)
 
 __all__ = ["LabError", "LabOptions", "Supervisor", "Terminated", "down", "refuse_if_full", "running_lab", "stop_on_signals", "up_detached"]
 
@@ -130,7 +142,7 @@ class Supervisor:
             raise LabError(f"a lab is already running for {home} (stop it with `lab down`)")
         if pid := supervisor_alive(home):
             raise LabError(f"a lab is starting for {home} (supervisor pid {pid}); wait for it or stop it")
-        home.mkdir(parents=True, exist_ok=True)
+        private_home(home)  # 0700, an existing home's modes narrowed: its logs and store are the lab user's alone
         refuse_if_full(home)
         for pid in reap_stale(home):  # what a SIGKILLed lab left behind must not hold the store
             print(f"lab: stopped process {pid} left running by a lab that was killed", file=sys.stderr, flush=True)
@@ -229,8 +241,8 @@ class Supervisor:
             job_secret_file=self._job_secret(), auth_issuer_seed_file=seed, auth_ready_file=self.opts.home / "run" / "auth.ready",
         ))
         logs = self.opts.home / "logs"
-        logs.mkdir(exist_ok=True)
-        with open(logs / "auth.log", "ab") as out:
+        logs.mkdir(mode=0o700, exist_ok=True)
+        with open(private_log(logs / "auth.log"), "ab") as out:
             self.auth = subprocess.Popen(
                 [sys.executable, "-m", "services.auth"], env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
@@ -272,8 +284,8 @@ class Supervisor:
     def _spawn(self, name: str, role: str | None = None) -> None:
         role = role or name.split("-")[0]
         logs = self.opts.home / "logs"
-        logs.mkdir(exist_ok=True)
-        with open(logs / f"{name}.log", "ab") as out:
+        logs.mkdir(mode=0o700, exist_ok=True)
+        with open(private_log(logs / f"{name}.log"), "ab") as out:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "agent", role],
                 env=self._agent_env(role, name),
@@ -393,10 +405,11 @@ def up_detached(opts: LabOptions, argv: list[str]) -> LabFile:
     """Start the supervisor in the background; return once it has written lab.json."""
     if running_lab(opts.home):
         raise LabError(f"a lab is already running for {opts.home} (stop it with `lab down`)")
-    opts.home.mkdir(parents=True, exist_ok=True)
+    private_home(opts.home)
     refuse_if_full(opts.home)
     state_file(opts.home).unlink(missing_ok=True)
-    log = open(opts.home / "supervisor.log", "ab")
+    # The supervisor's (and a detached `lab web`'s) output: 0600 from creation; `lab web` writes no token to it (not a terminal).
+    log = private_log(opts.home / "supervisor.log")
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", *argv],
         env={**os.environ, **Settings.environ(home=opts.home)},
@@ -405,7 +418,7 @@ def up_detached(opts: LabOptions, argv: list[str]) -> LabFile:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    log.close()
+    os.close(log)
     deadline = time.monotonic() + opts.ready_timeout + 15
     while time.monotonic() < deadline:
         info = running_lab(opts.home)

@@ -26,9 +26,10 @@ from typing import Any
 from bus import subjects
 from bus.client import Bus
 from bus.errors import ArtifactMissing, LabError
+from bus.permissions import convo_refusal
 from bus.replay import read
 from bus.schema import AnalysisDone, Decision, DraftReady, ReviewDone
-from bus.store import Artifacts
+from bus.store import Artifacts, object_name_refusal
 from services.read.projects import project_state
 
 
@@ -44,6 +45,7 @@ class Exported:
     stage: str
     decision: Decision | None = None
     files: list[tuple[str, Path]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (object name, why it was not written)
 
 
 @dataclass
@@ -64,6 +66,8 @@ async def _read_log(bus: Bus, project: str) -> _Log:
         if env is None:
             continue
         log.lines.append(json.dumps({"seq": entry.seq, "subject": entry.subject, **env.model_dump(mode="json")}))
+        if convo_refusal(entry.subject, env) is not None:
+            continue  # in the log as it was said, never believed: the agents dead-lettered it (bus.permissions.SENDERS)
         body = env.body
         if isinstance(body, Decision):
             log.decision = body
@@ -76,15 +80,27 @@ async def _read_log(bus: Bus, project: str) -> _Log:
     return log
 
 
-async def _fetch(artifacts: Artifacts, name: str | None, dest: Path) -> Path | None:
+def inside(out: Path, dest: Path) -> Path | None:
+    """``dest`` resolved (symbolic links followed), if it lies strictly inside ``out``; else None."""
+    root, path = out.resolve(), dest.resolve()
+    return path if path != root and path.is_relative_to(root) else None
+
+
+async def _fetch(artifacts: Artifacts, name: str | None, dest: Path, done: Exported) -> Path | None:
+    """Write object ``name`` to ``dest``, which must stay inside the export folder; a name that would not is reported in ``done.refused``."""
     if not name:
+        return None
+    why = object_name_refusal(name)
+    target = inside(done.out, dest) if why is None else None
+    if target is None:
+        done.refused.append((name, why or f"would be written to {dest}, outside {done.out}"))
         return None
     try:
         data = await artifacts.get(name)
     except ArtifactMissing:
         return None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
     return dest
 
 
@@ -103,14 +119,14 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     paper = log.decision.paper if log.decision is not None else log.draft
     if paper is not None:
         for label, name in (("paper.tex", paper.tex), ("paper.md", paper.markdown), ("paper.pdf", paper.pdf), ("references.bib", paper.bib)):
-            if p := await _fetch(artifacts, name, out / label):
+            if p := await _fetch(artifacts, name, out / label, done):
                 files.append((label, p))
         for fig in paper.figures:
-            await _fetch(artifacts, fig, out / "figures" / Path(fig).name)
+            await _fetch(artifacts, fig, out / "figures" / Path(fig).name, done)
         if paper.figures:
             files.append(("figures/", out / "figures"))
     review = out / "review.json"
-    if log.decision is not None and await _fetch(artifacts, log.decision.review_object, review):
+    if log.decision is not None and await _fetch(artifacts, log.decision.review_object, review, done):
         files.append(("review.json", review))
     elif log.reviews:  # not decided yet: the reviews so far, in the PI's format
         review.write_text(json.dumps([r.model_dump(mode="json") for r in log.reviews], indent=2))
@@ -118,14 +134,17 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     analysis = out / "analysis.json"
     # The writer's analysis.json (the report plus every number as the paper prints it) traces the paper;
     # before a draft exists, the analyst's latest report is what there is.
-    if paper is not None and paper.analysis and await _fetch(artifacts, paper.analysis, analysis):
+    if paper is not None and paper.analysis and await _fetch(artifacts, paper.analysis, analysis, done):
         files.append(("analysis.json", analysis))
     elif log.analysis is not None:
         analysis.write_text(log.analysis.report.model_dump_json(indent=2))
         files.append(("analysis.json", analysis))
     for name in await artifacts.list(f"{project}/runs/"):
-        _, _, job, fname = name.split("/", 3)
-        await _fetch(artifacts, name, out / "results" / job / fname)
+        parts = name.split("/", 3)
+        if len(parts) < 4:
+            done.refused.append((name, "not a run's file (<project>/runs/<job>/<file>)"))
+            continue
+        await _fetch(artifacts, name, out / "results" / parts[2] / parts[3], done)
     if (out / "results").is_dir():
         files.append(("results/", out / "results"))
     convo = out / "conversation.jsonl"
@@ -149,5 +168,6 @@ def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
         "reason": d.reason if d else "",
         "paper_round": paper.round if paper else None,
         "files": [label for label, _ in done.files],
+        "refused": [{"object": name, "reason": why} for name, why in done.refused],
         "exported_at": time.time(),
     }

@@ -10,7 +10,7 @@ without it has no co-PI box and every POST is refused with 403.
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,14 @@ from urllib.parse import urlsplit
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import Receive, Scope, Send
 
 from bus import subjects
 from bus.client import Bus, BusConfig
@@ -177,10 +180,37 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(exc.detail, status_code=exc.status_code)
 
 
-def create_app(token: str, *, bus: Bus | None = None, config: BusConfig | None = None, copi_password: str | None = None) -> Starlette:
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+class ServedHosts(TrustedHostMiddleware):
+    """Starlette's TrustedHostMiddleware (a foreign Host: 400), but for ``/healthz``, which says nothing and which
+    Kubernetes probes ask by the pod's address."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def served_names(hosts: Iterable[str] = ()) -> list[str]:
+    """The Host names the web view answers: loopback's, and ``hosts`` (its --host, LAB_WEB_HOSTS); never a wildcard."""
+    names = [*LOCAL_NAMES]
+    for h in hosts:
+        h = h.strip().lower()
+        if h and h not in names and h not in ("0.0.0.0", "::", "*"):  # a listen-everywhere address names no host
+            names.append(h)
+    return names
+
+
+def create_app(
+    token: str, *, bus: Bus | None = None, config: BusConfig | None = None, copi_password: str | None = None, hosts: Iterable[str] = (),
+) -> Starlette:
     """The web view over an open ``bus`` (kept open: its owner closes it), or one it opens from ``config``.
 
-    Actions need ``token``, or the co-PI's NATS login when ``copi_password`` is given.
+    Actions need ``token``, or the co-PI's NATS login when ``copi_password`` is given. Requests whose Host
+    header is not one of ``served_names(hosts)`` get 400.
     """
     if (bus is None) == (config is None):
         raise ValueError("give the web view either a bus or a bus config")
@@ -210,6 +240,9 @@ def create_app(token: str, *, bus: Bus | None = None, config: BusConfig | None =
         Route("/p/{project}/stop", post_stop, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    # A page answers only to the names it is served under: a foreign Host (DNS rebinding: a site whose name
+    # resolves to 127.0.0.1) gets 400, so another site's script cannot read the pages and papers.
+    middleware = [Middleware(ServedHosts, allowed_hosts=served_names(hosts))]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={HTTPException: _http_error})
     app.state.token = CoPIToken(token, copi_password)
     return app

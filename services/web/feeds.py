@@ -6,6 +6,7 @@ from markdown_it import MarkdownIt
 
 from bus import subjects
 from bus.client import Bus
+from bus.permissions import convo_refusal
 from bus.replay import Entry, read
 from bus.store import Artifacts
 from services.read.projects import project_state
@@ -21,7 +22,8 @@ async def job_output(bus: Bus, project: str) -> dict[str, views.JobLive]:
 
 
 async def project_page(bus: Bus, project: str) -> views.ProjectPage:
-    convo = [e.envelope for e in await conversation(bus, project) if e.envelope is not None]
+    # What its subject does not vouch for (a decision or a review the co-PI forged, bus.permissions.SENDERS) is not the project's.
+    convo = [e.envelope for e in await conversation(bus, project) if e.envelope is not None and convo_refusal(e.subject, e.envelope) is None]
     return views.project_page(project, await project_state(bus, project), convo, await job_output(bus, project))
 
 

@@ -1,7 +1,9 @@
 """`lab web`: serve the web view of a lab, printing the link that carries the co-PI token.
 
-The link (and the token) also go to ``$LAB_HOME/web.json`` (mode 0600), so
-that `lab up --web --detach` can tell the user where the page is.
+The link (and the token) also go to ``$LAB_HOME/web.json`` (mode 0600 from creation), so
+that `lab up --web --detach` can tell the user where the page is. The token is printed only to a
+terminal (``WebOptions.show_token``): under `lab up --detach` this process's output is supervisor.log,
+and in a pod it is the pod's log, where a token must never be written.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import uvicorn
 
 from bus.client import Bus, BusConfig
 from bus.errors import LabError
-from bus.settings import env_name
-from services.common.config import read_secret
+from bus.settings import env_name, settings
+from services.common.config import read_secret, write_secret
 from services.web.app import create_app
 from services.web.auth import new_token
 
@@ -36,6 +38,7 @@ class WebOptions:
     host: str = "127.0.0.1"
     port: int = 8765
     home: Path | None = None  # where web.json goes
+    show_token: bool = False  # print the link with the token (to a terminal only: never into a log file)
 
 
 def info_file(home: Path) -> Path:
@@ -75,15 +78,17 @@ async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None],
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}/"
         if opts.home is not None:
-            opts.home.mkdir(parents=True, exist_ok=True)
-            path = info_file(opts.home)
-            path.write_text(json.dumps({"url": url, "token": token, "pid": os.getpid()}))
-            path.chmod(0o600)
-        say(f"lab web: {url}?token={token}")
-        say("open that link to act as co-PI (notes, stop); without the token the page is read-only.")
+            opts.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_secret(info_file(opts.home), json.dumps({"url": url, "token": token, "pid": os.getpid()}))  # 0600 from creation
+        if opts.show_token:
+            say(f"lab web: {url}?token={token}")
+            say("open that link to act as co-PI (notes, stop); without the token the page is read-only.")
+        else:  # not a terminal (a log file, a pod's log): the token is never written there
+            where = f" in {info_file(opts.home)}" if opts.home is not None else f" in {TOKEN_ENV}(_FILE)"
+            say(f"lab web: {url} (the co-PI token is{where}; without it the page is read-only)")
         if not _is_loopback(opts.host):
             say(f"warning: listening on {opts.host} without TLS; the token crosses the network in clear")
-        app = create_app(token, bus=bus, copi_password=copi_password)
+        app = create_app(token, bus=bus, copi_password=copi_password, hosts=[opts.host, *settings().web_hosts])
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
         await server.serve(sockets=[sock])
     finally:

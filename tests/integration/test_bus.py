@@ -266,7 +266,8 @@ async def test_a_message_whose_handler_keeps_failing_ends_in_the_dead_letters(ad
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(host.role, "handle", broken)
-    env = Envelope.model_validate({"project": "p1", "sender": "copi", "recipient": "analyst", "body": example_bodies()[9]})
+    # From a sender allowed to send it (bus.permissions.SENDERS): the host dispatches it, and the handler fails.
+    env = Envelope.model_validate({"project": "p1", "sender": "engineer", "recipient": "analyst", "body": example_bodies()[9]})
     await admin_bus.publish(env)
     runner = asyncio.create_task(host.run())
     records = await _dlq_records(admin_bus, 1)
