@@ -35,13 +35,14 @@ def test_pdf_contents(drafted):
     req, out, store = drafted
     assert out.pdf_error == ""
     assert out.pdf == "proj/paper/round-1/paper.pdf" and store.data[out.pdf].startswith(b"%PDF")
-    # The paper's figures sit next to it, named as paper.md refers to them.
-    assert out.figures == ["proj/paper/round-1/figures/figure-a.png", "proj/paper/round-1/figures/figure-b.png"]
-    assert store.data[out.figures[0]] == store.data["proj/figures/round-1/val_acc.png"]
+    # The paper's figures sit next to it, named as paper.md refers to them: one per comparison (wd-1 and wd-0
+    # against the baseline), then the plot a run uploaded; the analyst's per-metric charts are not repeated.
+    assert out.figures == [f"proj/paper/round-1/figures/figure-{x}.png" for x in "abc"]
+    assert store.data[out.figures[2]] == store.data["proj/runs/job-b1/curves.png"]
     md = store.data[out.markdown].decode()
-    assert "](figures/figure-a.png)" in md and "](figures/figure-b.png)" in md
+    assert all(f"](figures/figure-{x}.png)" in md for x in "abc")
     tex = store.data[out.tex].decode()
-    assert tex.count("\\includegraphics") == 2
+    assert tex.count("\\includegraphics") == 3
     assert {out.tex, out.markdown, out.bib} == {f"proj/paper/round-1/paper.{x}" for x in ("tex", "md")} | {"proj/paper/round-1/references.bib"}
 
 
@@ -122,8 +123,8 @@ async def test_light_latex_from_a_mind_is_normalized():
 
 async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt():
     store = MemoryStore()
-    await store.put("proj/figures/round-1/val_acc.png", b"this is not a PNG file")
-    await store.put("proj/runs/job-b1/curves.png", png())
+    await store.put("proj/figures/round-1/val_acc.png", png())
+    await store.put("proj/runs/job-b1/curves.png", b"this is not a PNG file")
     ctx = Context(project="proj", role="writer", state=None, artifacts=store, mind=make(0, {}))
     await ROLE().handle(Envelope(project="proj", sender="pi", recipient="writer", body=request()), ctx)
     (out, _), = ctx.outputs
