@@ -89,7 +89,7 @@ def story(report: AnalysisReport, study: str, titles: dict[str, str] | None = No
         name = titles.get(c.idea_id, c.idea_id)
         said = f"`{c.idea_id}` improved {m} over the baseline{qualifier(report, c)}, significant after correction and replicated on fresh seeds."
         return Story("improved", f"{name}: a significant, replicated improvement in {m} on {study}", said + also,
-                     f"The evidence supports one claim: {said}")
+                     f"The evidence supports one improvement: {said}{also}")
     if fair:
         return Story("unreplicated", f"No replicated improvement in {m} on {study}: significant gains did not hold on fresh seeds",
                      f"No change improved {m} in a way that replicated: {_ids(fair)} improved it in the exploratory runs, "
@@ -115,9 +115,9 @@ def story(report: AnalysisReport, study: str, titles: dict[str, str] | None = No
 
 # ---- reading a paper back ----
 
-_IS_BETTER = re.compile(r"\b(higher|lower) is better\b", re.I)
+_IS_BETTER = re.compile(r"\b(higher|lower) is better\b|\ba positive value is better\b", re.I)
 _NEGATION = re.compile(r"\b(no|not|none|neither|nor|without|cannot|did not|does not)\b", re.I)
-_GAIN = re.compile(r"\b(improved|improves|improve|improvement in|gains? in|better)\b", re.I)
+_GAIN = re.compile(r"\b(improved|improves|improve|(an?|significant,?|replicated) improvement|improvement in|gains? in|better)\b", re.I)
 _LOSS = re.compile(r"\b(worse|negative result|hurt|hurts|degraded)\b", re.I)
 _NULL = re.compile(r"\b(inconclusive|no significant|not significant|no change)\b", re.I)
 _SIGNIFICANT = re.compile(r"(?<!not )\bsignificant\b", re.I)
@@ -147,7 +147,7 @@ def sentences(text: str) -> list[str]:
 def claims(text: str) -> set[str]:
     """What a text claims: "gain", "loss", "null", "withheld"; a negated gain ("no change improved") is not one."""
     out: set[str] = set()
-    for s in (clause for sentence in sentences(text) for clause in sentence.split(": ")):
+    for s in (clause for sentence in sentences(text) for clause in re.split(r":\s|;\s", sentence)):
         if re.search(r"\bwithheld\b", s, re.I):
             out.add("withheld")
             continue
@@ -215,7 +215,7 @@ def _direction_problems(md: str, direction: str | None) -> list[str]:
     given = (direction or "").strip()
     flat = " ".join(md.split())
     if not given:
-        if _CLAIMED_DIRECTION.search(flat):
+        if _CLAIMED_DIRECTION.search(" ".join(s for s in sentences(flat) if not _NO_DIRECTION.search(s))):
             return ["the paper claims a research direction from the co-PI, but none was given"]
         return []
     want = " ".join(given.split())[:80]

@@ -239,6 +239,7 @@ async def test_only_a_replicated_gain_makes_the_headline():
     # A knob idea is named by the value its runs recorded, not by the title the PI gave it.
     assert md.splitlines()[0] == "# weight_decay = 1: a significant, replicated improvement in val_acc on Toy Grokking"
     assert "It replicated on 3 fresh seeds per arm" in md
+    assert "The evidence supports one improvement:" in md.split("## Conclusion")[1]
     assert "replicated on fresh seeds." in md.split("## Conclusion")[1]
 
 
