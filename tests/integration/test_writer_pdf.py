@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 
 import pytest
@@ -131,3 +132,40 @@ async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt():
     assert out.pdf is None and out.pdf_error.startswith("!")
     assert out.pdf_log.startswith("!") and out.pdf_error.split(" l.")[0] in out.pdf_log and len(out.pdf_log.splitlines()) > 1
     assert out.markdown in store.data  # the draft still goes on, with the failure on record
+
+
+@pytest.mark.tex
+async def test_the_final_build_says_final_and_keeps_figures_and_tables_readable():
+    """The accepted paper's PDF is the final version; tables are not shrunk, figures stay in the Results section."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tests.unit.test_writer_story import request as char_lm_request
+    from tests.unit.test_writer_story import write as write_char_lm
+
+    out, md, tex = await write_char_lm(char_lm_request(final=True))
+    assert out.pdf_error == "" and "Draft for review" not in md and "Final version" in md
+    assert "\\resizebox" not in tex and "\\small" in tex and "\\tiny" not in tex and "\\scriptsize" not in tex
+    assert "\\FloatBarrier" in tex and "[htbp]" in tex and not re.search(r"``[a-z]+-", tex)  # identifiers are \\texttt, never quoted
+    assert tex.index("\\includegraphics") < tex.index("\\section{Limitations}")
+    assert "\\texttt{dropout-0p2}" in tex
+    store = MemoryStore()
+    ctx = Context(project="p", role="writer", state=None, artifacts=store, mind=make(0, {}))
+    await ROLE().handle(Envelope(project="p", sender="pi", recipient="writer", body=char_lm_request(final=True)), ctx)
+    (final, _), = ctx.outputs
+    with tempfile.TemporaryDirectory() as d:
+        pdf_path = Path(d) / "paper.pdf"
+        pdf_path.write_bytes(store.data[final.pdf])
+        text = subprocess.run(["pdftotext", str(pdf_path), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Draft for review" not in text and "Final version, accepted after review round 1" in text
+    assert "dropout-0p2" in text
+
+
+@pytest.mark.tex
+async def test_a_draft_for_review_says_so():
+    from tests.unit.test_writer_story import request as char_lm_request
+    from tests.unit.test_writer_story import write as write_char_lm
+
+    out, md, _ = await write_char_lm(char_lm_request())
+    assert "Draft for review, round 1" in md and "Final version" not in md
