@@ -11,8 +11,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from agents.analyst import figures
 from agents.codeideas import describe
+from agents.writer import charts as figures
 from agents.writer.numbers import fmt
 from bus.schema import AnalysisReport, Comparison, DraftRequest, JobEnvironment, Reference, RunRecord
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from agents.lit.text import terms
-from agents.literature.offline import change_terms, summary_terms
 from agents.writer.numbers import fmt
 from agents.writer.story import budget, clip
 from bus.schema import AnalysisFlag, AnalysisReport, Idea, Reference
@@ -69,10 +68,18 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _own_terms(idea: Idea) -> set[str]:
+    """The words of what an idea changes: its knobs' names and named values, a code idea's summary."""
+    out: set[str] = set()
+    for knob, v in idea.changes.items():
+        out |= terms(knob) | (terms(v) if isinstance(v, str) else set())
+    return out | (terms(idea.code.summary) if idea.code is not None else set())
+
+
 def _changed(idea: Idea, paper: set[str]) -> list[str]:
     """What of the idea a paper studies: the knobs whose every word it holds, or a code idea's summary words it holds."""
     knobs = [f"`{k}`" for k in idea.changes if terms(k) and terms(k) <= paper]
-    return knobs or sorted((change_terms(idea) | summary_terms(idea)) & paper)[:4]
+    return knobs or sorted(_own_terms(idea) & paper)[:4]
 
 
 def related_sentence(ref: Reference, ideas: list[Idea], not_novel: dict[str, str], task: str) -> str:

@@ -16,7 +16,6 @@ fixes; a PDF that still fails is reported with its log excerpt.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import jinja2
 from agents.base import Context, EmptyState, Role, on
 from agents.minds.base import PaperSections, WriterMind
 from agents.writer import assemble, citations, latexfix, markup, numbers, pdf, revisions, story, trace
-from agents.writer.offline import Draft
 from bus.errors import ArtifactMissing
 from bus.schema import DraftReady, DraftRequest, Envelope
 
@@ -73,18 +71,6 @@ def date_line(request: DraftRequest) -> str:
     if request.final:
         return f"Final version, accepted after review round {numbers.fmt(request.round)}"
     return f"Draft for review, round {numbers.fmt(request.round)}"
-
-
-def one_story(request: DraftRequest, sections: PaperSections, md: str) -> tuple[PaperSections, list[str]]:
-    """The sections with their title, abstract and conclusion told from the report's one story, where the mind's disagreed.
-
-    Returns the sections to render and what disagreed ([] when the mind's paper told the story).
-    """
-    problems = story.inconsistencies(md, request.report, request.direction)
-    if not problems:
-        return sections, []
-    told = Draft(request, random.Random(0)).sections()
-    return sections.model_copy(update={"title": told.title, "abstract": told.abstract, "conclusion": told.conclusion}), problems
 
 
 def render(request: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str = "") -> tuple[str, str]:
@@ -155,10 +141,7 @@ class Writer(Role):
             ctx.log.info("numbers_printed_as_in_analysis", rewritten=rewritten)
         figures, files = await self._figures(body, ctx)
         tex, md = render(body, sections, figures, mind)
-        sections, disagreed = one_story(body, sections, md)
-        if disagreed:
-            ctx.log.warning("story_retold", problems=disagreed)
-            tex, md = render(body, sections, figures, mind)
+        # One story or a failed draft: what disagrees goes with the draft (DraftReady.inconsistencies) for the reviewer.
         left_over = story.inconsistencies(md, body.report, body.direction)
         if left_over:
             ctx.log.error("story_inconsistent", problems=left_over)

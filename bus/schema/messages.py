@@ -221,8 +221,8 @@ class DraftReady(Model):
     # object-store name of analysis.json: the analyst's full report plus every
     # number as the paper prints it, so each printed number can be traced.
     analysis: str | None = None
-    # Where the paper's title, abstract, results or conclusion still disagree with the report or the
-    # co-PI's direction after the writer retold them from the report (agents.writer.story): [] for a paper that tells one story.
+    # Where the paper's title, abstract, results or conclusion disagree with the report or the co-PI's
+    # direction (agents.writer.story.inconsistencies): [] for a paper that tells one story; otherwise the draft failed the check.
     inconsistencies: list[str] = []
 
 
