@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.codeideas import describe
+from agents.writer import charts as figures
 from agents.writer.numbers import fmt
-from bus.schema import AnalysisReport, DraftRequest, JobEnvironment, Reference, RunRecord
+from bus.schema import AnalysisReport, Comparison, DraftRequest, JobEnvironment, Reference, RunRecord
 
 SECTION_ORDER = (
     ("Introduction", "introduction"),
@@ -41,15 +42,27 @@ def table_caption(report: AnalysisReport) -> str:
         "two-sided p-value of the test named (paired t-test when both arms ran the same seeds, else Welch) and the same p "
         + (f"after Holm's correction over all {fmt(len(report.comparisons))} comparisons, which decides the verdict; "
            if report.correction == "holm" else "(no correction for multiple comparisons); ")
-        + f"Hedges' g signed like the improvement; α = {fmt(report.alpha)}."
+        + f"effect size (Hedges' g, or Cohen's d_z marked d_z for a paired test) signed like the improvement; α = {fmt(report.alpha)}."
+        + (" Conclusions are withheld: the testbed did not separate a known-different setting, so no verdict is stated."
+           if _withheld(report) else "")
     )
 
 
+def _withheld(report: AnalysisReport) -> bool:
+    return report.conclusions_withheld or any(f.kind == "no_separation" for f in report.flags)
+
+
 def rows(report: AnalysisReport) -> list[dict[str, str]]:
-    ordered = sorted(report.comparisons, key=lambda c: (c.metric != report.primary_metric, c.metric))
+    """Every tested comparison, the primary family first; "family" says which table a row goes in.
+
+    With conclusions withheld, no row states a verdict.
+    """
+    ordered = sorted(report.comparisons, key=lambda c: (c.family != "primary" or c.metric != report.primary_metric, c.metric, c.idea_id))
     return [
         {
             "idea": c.idea_id,
+            "control": c.control,
+            "family": "primary" if c.family == "primary" and c.metric == report.primary_metric else "secondary",
             "metric": c.metric,
             "direction": f"{c.direction} is better",
             "base": f"{fmt(c.baseline_mean)} ± {fmt(c.baseline_stderr)} ({fmt(c.n_baseline)})",
@@ -59,11 +72,16 @@ def rows(report: AnalysisReport) -> list[dict[str, str]]:
             "p": fmt(c.p_value),
             "p_adj": fmt(c.p_adjusted) if c.p_adjusted is not None else "not corrected",
             "test": "paired" if c.test == "paired" else "Welch",
-            "g": fmt(c.effect_size),
-            "verdict": c.verdict,
+            "g": fmt(c.effect_size) + (" (d_z)" if c.effect_kind == "paired_d" else ""),
+            "verdict": "withheld" if _withheld(report) else c.verdict,
         }
         for c in ordered
     ]
+
+
+def descriptive_rows(report: AnalysisReport) -> list[dict[str, str]]:
+    return [{"idea": d.idea_id, "metric": d.metric, "value": f"{fmt(d.mean)} ± {fmt(d.stderr)} ({fmt(d.n)})",
+             "reason": d.reason.strip().rstrip(".") or "depends on the machine and its load"} for d in report.descriptive]
 
 
 def _env_key(env: JobEnvironment) -> str:
@@ -111,10 +129,37 @@ def p_value_words(report: AnalysisReport, metric: str) -> str:
     return ""
 
 
-def figure_refs(report: AnalysisReport) -> list[FigureRef]:
-    """The analyst's figures first, then any PNG a run uploaded."""
-    out: list[FigureRef] = []
-    for name in report.figures:
+def _panel(c: Comparison, report: AnalysisReport) -> figures.Panel:
+    verdict = "" if _withheld(report) else c.verdict
+    return figures.Panel(
+        metric=c.metric, direction=c.direction,
+        control=figures.Bar(c.control, c.baseline_mean, c.baseline_stderr, c.n_baseline),
+        idea=figures.Bar(c.idea_id, c.idea_mean, c.idea_stderr, c.n_idea, c.p_value, verdict),
+    )
+
+
+def comparison_figures(report: AnalysisReport, base: str) -> list[tuple[FigureRef, bytes]]:
+    """One figure per comparison (an idea against its control), a panel per tested metric, the primary metric first."""
+    arms: dict[tuple[str, str], list[Comparison]] = {}
+    for c in report.comparisons:
+        arms.setdefault((c.idea_id, c.control), []).append(c)
+    out = []
+    for (idea, control), cs in arms.items():
+        cs.sort(key=lambda c: (c.metric != report.primary_metric, c.metric))
+        png = figures.comparison_chart(f"{idea} against {control}", [_panel(c, report) for c in cs])
+        metrics = ", ".join(c.metric for c in cs)
+        p = p_value_words(report, cs[0].metric)
+        what = "the positive control (a testbed check)" if idea == "positive-control" else f"`{idea}`"
+        caption = (f"{what} against {'the baseline' if control == 'baseline' else control}: mean ± standard error per arm "
+                   f"for {metrics}, the primary metric first; the idea's bar is annotated with its {p or 'p-value'}.")
+        out.append((FigureRef(f"{base}/{idea}.png", "", caption), png))
+    return out
+
+
+def figure_refs(report: AnalysisReport, drawn: list[FigureRef] | None = None) -> list[FigureRef]:
+    """The comparisons' figures (drawn here; the analyst's per-metric charts only where nothing was compared), then any PNG a run uploaded."""
+    out: list[FigureRef] = list(drawn or [])
+    for name in report.figures if not report.comparisons else []:
         metric = posixpath.splitext(posixpath.basename(name))[0]
         p = p_value_words(report, metric)
         annotated = f", each idea annotated with its {p}" if p else ""

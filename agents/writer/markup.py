@@ -28,6 +28,7 @@ _TEX_CHARS = {
     "α": r"\ensuremath{\alpha}", "±": r"\ensuremath{\pm}", "→": r"\ensuremath{\rightarrow}",
     "≥": r"\ensuremath{\geq}", "≤": r"\ensuremath{\leq}", "×": r"\ensuremath{\times}", "≈": r"\ensuremath{\approx}", "·": r"\ensuremath{\cdot}",
     "−": "-", "–": "--", "—": "---", "“": "``", "”": "''", "‘": "`", "’": "'", "…": r"\ldots{}",
+    "`": r"\textasciigrave{}",  # a stray backtick, not a code span: never an opening quote
 }
 
 
@@ -109,9 +110,15 @@ def _blocks(text: str) -> list[tuple[str, list[str]]]:
     return blocks
 
 
+def inline_tex(text: str, known: set[str] | None = None) -> Tex:
+    """One line of markup (a title, a caption, a table cell) as LaTeX: code spans as \\texttt, the rest escaped."""
+    return Tex(_inline(text, known or set(), lambda ks: r"~\citep{" + ",".join(ks) + "}",
+                       lambda c: r"\texttt{" + tex_escape(c) + "}", tex_escape))
+
+
 def to_tex(text: str, known: set[str]) -> Tex:
     def render(s: str) -> str:
-        return _inline(s, known, lambda ks: r"~\citep{" + ",".join(ks) + "}", lambda c: r"\texttt{" + tex_escape(c) + "}", tex_escape)
+        return inline_tex(s, known)
 
     parts = []
     for kind, items in _blocks(text):

@@ -1,8 +1,12 @@
 """Offline writer mind: the paper's prose from the evidence and nothing else.
 
-The headline follows the verdicts: a significant improvement is claimed only
-where the report says "better"; otherwise the paper reports an honest
-negative or inconclusive result. Wording follows each metric's direction
+The title, abstract lead, results lead and conclusion come from one story
+(``agents.writer.story``), decided by the verdicts: a significant improvement is
+claimed only where the report says "better" (fair and replicated); otherwise
+the paper reports an honest negative, null or withheld result. Configuration
+sentences come from the runs' recorded configs (``agents.writer.configs``),
+never from template defaults; every analysis flag is stated as a threat to
+validity. Wording follows each metric's direction
 ("lowered the loss ... (better)"). Every number goes through ``fmt`` from a
 value in the request. The seed only picks between equivalent phrasings.
 """
@@ -14,8 +18,10 @@ from typing import Any
 
 from agents.codeideas import describe
 from agents.minds.base import PaperSections
+from agents.writer import configs, prose
 from agents.writer.numbers import fmt
-from bus.schema import Comparison, DraftRequest, Usage
+from agents.writer.story import POSITIVE_CONTROL, budget, headline, qualifier, story
+from bus.schema import Comparison, DraftRequest, Idea, Usage
 
 
 def value(v: Any) -> str:
@@ -49,12 +55,19 @@ def verdict_words(c: Comparison, alpha: float) -> str:
     return f"inconclusive, not significant at α = {fmt(alpha)}{after}"
 
 
-def effect_sentence(c: Comparison, alpha: float) -> str:
+def effect_name(c: Comparison) -> str:
+    return "Cohen's d_z" if c.effect_kind == "paired_d" else "Hedges' g"
+
+
+def effect_sentence(c: Comparison, alpha: float, withheld: bool = False, when: str = "") -> str:
+    """One comparison in words; ``withheld`` states the measured difference and no verdict, ``when`` bounds it ("after N steps")."""
+    control = "the baseline" if c.control == "baseline" else f"its parent `{c.control}`"
+    verdict = "no verdict is stated, because conclusions are withheld" if withheld else verdict_words(c, alpha)
     return (
-        f"`{c.idea_id}` {moved(c)} {c.metric} from {fmt(c.baseline_mean)} to {fmt(c.idea_mean)} "
+        f"`{c.idea_id}` {moved(c)} {c.metric} from {fmt(c.baseline_mean)} ({control}) to {fmt(c.idea_mean)}{when} "
         f"({c.direction} is better; improvement {fmt(c.improvement)}, bootstrap CI [{fmt(c.ci_low)}, {fmt(c.ci_high)}], "
-        f"{test_name(c)} p = {fmt(c.p_value)}{adjusted(c)}, Hedges' g = {fmt(c.effect_size)}, "
-        f"{fmt(c.n_baseline)} baseline and {fmt(c.n_idea)} idea seeds): {verdict_words(c, alpha)}."
+        f"{test_name(c)} p = {fmt(c.p_value)}{adjusted(c)}, {effect_name(c)} = {fmt(c.effect_size)}, "
+        f"{fmt(c.n_baseline)} control and {fmt(c.n_idea)} idea seeds): {verdict}."
     )
 
 
@@ -82,48 +95,45 @@ class Draft:
         self.rng = rng
         self.spec = request.spec
         self.rep = request.report
-        self.ideas = {i.id: i for i in request.ideas}
-        self.primary = [c for c in self.rep.comparisons if c.metric == self.rep.primary_metric]
-        # An idea that changed a fairness knob won against a different setup, not the baseline: no headline for it.
-        self.unfair = {f.idea_id for f in self.rep.flags if f.kind == "unfair_baseline"}
-        # A headline needs a gain that survives the correction, compares fairly and replicated on fresh seeds.
-        fair_gains = [c for c in self.primary if c.verdict == "better" and c.idea_id not in self.unfair]
-        self.better = sorted((c for c in fair_gains if c.replicated), key=lambda c: -c.effect_size)
-        self.unreplicated = [c for c in fair_gains if not c.replicated]
+        # The positive control is a check of the testbed, never a proposed idea.
+        self.ideas = {i.id: i for i in request.ideas if i.id != POSITIVE_CONTROL}
+        self.primary = headline(self.rep)
+        self.control = [c for c in self.rep.comparisons if c.idea_id == POSITIVE_CONTROL and c.metric == self.rep.primary_metric]
+        self.secondary = [c for c in self.rep.comparisons if c not in self.primary and c not in self.control]
+        self.withheld = self.rep.conclusions_withheld or any(f.kind == "no_separation" for f in self.rep.flags)
         self.confirmations = {c.idea_id: c for c in self.rep.confirmations}
-        self.worse = [c for c in self.primary if c.verdict == "worse"]
         self.study = self.spec.title or self.spec.name or "the template task"
+        self.story = story(self.rep, self.study, {i: self.title_of(i) for i in self.ideas})
+        self.ran = configs.baseline_ran(self.spec, self.rep, request.profile)
         # Code-level ideas change the wording only where they exist: a knob-only paper reads as before.
-        self.code = [i for i in request.ideas if i.code is not None]
+        self.code = [i for i in self.ideas.values() if i.code is not None]
+
+    def title_of(self, idea_id: str) -> str:
+        """A knob idea's name from the values its runs recorded (the idea's own title may quote template defaults)."""
+        idea = self.ideas.get(idea_id)
+        if idea is None:
+            return idea_id
+        if idea.code is None and idea.changes:
+            return ", ".join(f"{k} = {value(configs.arm_value(self.rep, idea_id, k, v))}" for k, v in idea.changes.items())
+        return idea.title
 
     def name(self, idea_id: str) -> str:
-        idea = self.ideas.get(idea_id)
-        return f"{idea.title} (`{idea_id}`)" if idea else f"`{idea_id}`"
+        return f"{self.title_of(idea_id)} (`{idea_id}`)" if idea_id in self.ideas else f"`{idea_id}`"
 
-    def headline(self) -> tuple[str, str]:
-        m = self.rep.primary_metric
-        if not self.rep.comparisons:
-            return (f"An incomplete study on {self.study}: no baseline comparison was possible",
-                    "No idea could be compared with the baseline, so this paper reports no effect.")
-        if self.better:
-            c = self.better[0]
-            return (f"{self.ideas[c.idea_id].title if c.idea_id in self.ideas else c.idea_id}: a significant, replicated gain in {m} on {self.study}",
-                    f"The best supported result: {effect_sentence(c, self.rep.alpha)} {self.replication(c)}")
-        if self.unreplicated:
-            return (f"No replicated gain in {m} on {self.study}: significant gains did not hold on fresh seeds",
-                    "Gains that were significant after correction in the exploratory runs are not claimed, because a confirmation "
-                    "on fresh seeds did not reproduce them or could not be run: "
-                    + " ".join(f"{effect_sentence(c, self.rep.alpha)} {self.replication(c)}" for c in self.unreplicated))
-        if self.worse and len(self.worse) == len(self.primary):
-            return (f"A negative result on {self.study}: none of the tested changes helped {m}",
-                    "Every tested change made the primary metric worse: " + " ".join(effect_sentence(c, self.rep.alpha) for c in self.worse))
-        if any(c.verdict == "better" for c in self.primary):
-            return (f"No fair gain in {m} on {self.study}: the only significant gains changed the compute or data",
-                    "The only significant gains came from ideas that changed a fairness knob, so they are not compared with a matching baseline: "
-                    + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary if c.idea_id in self.unfair))
-        return (f"No significant change in {m} on {self.study}: an inconclusive study",
-                "No tested change differed significantly from the baseline in the direction that helps: "
-                + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary))
+    def effect(self, c: Comparison) -> str:
+        return effect_sentence(c, self.rep.alpha, self.withheld, qualifier(self.rep, c))
+
+    def finding(self) -> str:
+        """The story's claim, then the comparisons it rests on."""
+        if self.withheld or not self.primary:
+            return self.story.claim
+        if self.story.kind == "improved":
+            best = next(c for c in self.primary if f"`{c.idea_id}` improved" in self.story.claim)
+            rest = [c for c in self.primary if c.verdict == "worse"]
+            return " ".join([self.story.claim, "The best supported result: " + self.effect(best), self.replication(best),
+                             *(self.effect(c) for c in rest)])
+        said = [self.effect(c) + (f" {self.replication(c)}" if c.verdict == "better" else "") for c in self.primary]
+        return " ".join([self.story.claim, *said])
 
     def replication(self, c: Comparison) -> str:
         again = self.confirmations.get(c.idea_id)
@@ -133,16 +143,22 @@ class Draft:
         return (f"{word} on {fmt(again.n_idea)} fresh seeds per arm (improvement {fmt(again.improvement)}, "
                 f"{test_name(again)} p = {fmt(again.p_value)}{adjusted(again)}: {again.verdict}).")
 
-    def abstract(self, finding: str) -> str:
+    def direction_words(self) -> str:
+        if self.r.direction.strip():
+            return "Following the co-PI's research direction (stated in the introduction), we"
+        return "No research direction was given, so the ideas came from the template itself; we"
+
+    def abstract(self) -> str:
         seeds = sorted({c.n_baseline for c in self.primary} | {c.n_idea for c in self.primary})
         seed_text = f" Arms ran with {', '.join(fmt(n) for n in seeds)} seeds." if seeds else ""
+        b = budget(self.rep)
+        budget_text = f" Each run trained for a fixed budget ({b.removeprefix('after ')})." if b else ""
         return (
-            f"We study {self.study}. "
-            f"Starting from the research direction given by the co-PI, we compared a baseline with "
-            f"{fmt(len(self.r.ideas))} proposed change(s) to its {'knobs or code' if self.code else 'knobs'} over several seeds, "
+            f"We study {self.study}. {self.direction_words()} compared a baseline with "
+            f"{prose.count(len(self.ideas), 'proposed change')} to its {'knobs or code' if self.code else 'knobs'} over several seeds, "
             f"using t-tests (paired where arms share seeds) "
-            f"with {correction_words(self.rep.correction, len(self.rep.comparisons))}, Hedges' g and bootstrap "
-            f"confidence intervals, with the primary metric {self.rep.primary_metric}.{seed_text} {finding}"
+            f"with {correction_words(self.rep.correction, len(self.rep.comparisons))}, effect sizes and bootstrap "
+            f"confidence intervals, with the primary metric {self.rep.primary_metric}.{seed_text}{budget_text} {self.finding()}"
         )
 
     def introduction(self) -> str:
@@ -150,49 +166,59 @@ class Draft:
             "Small, controlled changes to a training recipe are easy to propose and hard to evaluate honestly.",
             "Whether a change to a training recipe helps is a statistical question before it is a story.",
         ])
-        direction = self.r.direction.strip() or "no specific direction was given"
+        given = self.r.direction.strip()
+        direction = f"The co-PI's research direction was: {given}" if given else "No research direction was given by the co-PI."
         source = "to the template's knobs and code" if self.code else "drawn from the template's declared knobs"
+        check = (" Before any idea is judged, a positive control (a setting known to change the result) checks that the "
+                 "testbed can separate settings at all." if self.control or self.spec.positive_control else "")
         return (
             f"{opener} This paper asks whether changes {source} improve on the baseline of "
-            f"{self.study}. The research direction was: {direction}\n\n"
+            f"{self.study}. {direction}{check}\n\n"
             "- We run the baseline and each idea over the same seeds and report every comparison with its direction, effect size and uncertainty.\n"
             "- We state what the evidence supports, including inconclusive and negative results.\n"
-            "- We list the limitations the analysis flagged."
+            "- We state every threat to validity the analysis flagged."
         )
 
     def related_work(self) -> str:
         if not self.r.references:
             text = "The literature search returned no references for this study, so we cannot place it among prior work."
         else:
-            items = [f"- {ref.title} [@{ref.key}]" for ref in self.r.references]
-            text = "This study builds on the following work found by the literature search.\n\n" + "\n".join(items)
+            ideas = list(self.ideas.values())
+            said = [prose.related_sentence(ref, ideas, self.r.not_novel, self.spec.task) for ref in self.r.references]
+            text = ("The literature search found the following work; each is related here to the changes this study tests. "
+                    + " ".join(said))
         if self.r.not_novel:
             dropped = [f"- `{i}`: {why}" for i, why in self.r.not_novel.items()]
             text += ("\n\nIdeas dropped before running because the literature already studies them "
                      "(not novel; not run, and not reframed as replications):\n\n" + "\n".join(dropped))
         return text
 
-    def knob_default(self, knob: str) -> Any:
-        declared = self.spec.knobs.get(knob)
-        return self.spec.baseline.get(knob, declared.default if declared else None)
+    def hypothesis(self, idea: Idea) -> str:
+        """A knob idea's hypothesis restated from the recorded values; a code idea's as it was proposed."""
+        if idea.code is not None or not idea.changes:
+            return idea.hypothesis.strip()
+        m = self.spec.metrics.get(self.rep.primary_metric)
+        better = m.direction if m else "better"
+        sets = "; ".join(f"setting `{k}` to {value(configs.arm_value(self.rep, idea.id, k, v))} instead of the baseline's "
+                         f"{value(self.ran.baseline.get(k))}" for k, v in idea.changes.items())
+        return f"{sets[0].upper() + sets[1:]} gives a {better} {self.rep.primary_metric} than the baseline, everything else held equal."
 
     def method(self) -> str:
-        if not self.r.ideas:
+        if not self.ideas:
             return "No ideas were proposed; only the baseline ran."
         parts = []
-        for idea in self.r.ideas:
-            changes = "; ".join(f"`{k}` from {value(self.knob_default(k))} to {value(v)}" for k, v in idea.changes.items()) or "no knob"
+        for idea in self.ideas.values():
+            changes = "; ".join(f"`{k}` from {value(self.ran.baseline.get(k))} to {value(configs.arm_value(self.rep, idea.id, k, v))}"
+                                for k, v in idea.changes.items()) or "no knob"
             if idea.code is not None:
                 also = f" It also changes {changes}." if idea.changes else " It changes no knob."
                 what = (f"It changes the experiment's code: {describe(idea, self.spec)}{also} "
                         "The diff its run applied is listed in the appendix (Code changes).")
             else:
                 what = f"It changes {changes}."
-            parts.append(
-                f"{self.name(idea.id)}. Hypothesis: {idea.hypothesis.strip()} {what} "
-                f"It would be refuted if: {idea.falsification.strip()}"
-            )
-        lead = "Each idea is a change to the template's declared knobs, evaluated against the unchanged baseline."
+            parts.append(f"{self.name(idea.id)}. Hypothesis: {self.hypothesis(idea)} {what} {prose.refutation(idea.falsification)}")
+        lead = ("Each idea is a change to the template's declared knobs, evaluated against the unchanged baseline; the values "
+                "are those the runs recorded.")
         if self.code:
             lead = ("Each idea is a change to the template's declared knobs or to its code (implemented by guarded edits of the "
                     "experiment), evaluated against the unchanged baseline with the same seeds and budget.")
@@ -203,35 +229,73 @@ class Draft:
         for k, v in self.spec.knobs.items():
             rng = f", range [{value(v.min)}, {value(v.max)}]" if v.min is not None and v.max is not None else ""
             fair = ", changes compute or data (fairness knob)" if v.fairness else ""
-            knob_lines.append(f"- `{k}`: {v.type}, baseline {value(self.knob_default(k))}{rng}{fair}")
-        metric_lines = [
-            f"- `{m}`: {v.direction} is better{' (primary)' if m == self.rep.primary_metric else ''}"
-            for m, v in self.spec.metrics.items()
-        ]
+            src = " (not recorded by the runs: the template's value under this profile)" if k in self.ran.unrecorded else ""
+            knob_lines.append(f"- `{k}`: {v.type}, baseline {value(self.ran.baseline.get(k))}{src}{rng}{fair}")
+        metric_lines = [f"- `{m}`: {v.direction} is better, {self.metric_role(m, v.kind)}" for m, v in self.spec.metrics.items()]
         seeds = sorted({s for run in self.rep.runs for s in (run.final_info.seeds if run.final_info else run.seeds)})
+        control = ""
+        if self.spec.positive_control:
+            moves = ", ".join(f"`{k}` = {value(v)}" for k, v in self.spec.positive_control.items())
+            control = f"\n\nTestbed check: a positive control ({moves}), a setting known to change the result, is run like an idea."
         return (
-            f"Task: {self.spec.task.strip() or 'not recorded'}\n\n"
+            f"Task: {self.spec.task.strip() or 'not recorded'}\n\n{self.ran.profile_words(self.spec)} "
+            "The baseline's values below are those its runs recorded.\n\n"
             "Knobs:\n\n" + "\n".join(knob_lines or ["- none declared"]) + "\n\n"
-            "Metrics:\n\n" + "\n".join(metric_lines) + "\n\n"
+            "Metrics:\n\n" + "\n".join(metric_lines) + control + "\n\n"
             f"Seeds used across runs: {', '.join(fmt(s) for s in seeds) or 'none'}. "
-            f"Runs of the same idea are pooled by seed. Each idea is compared with the baseline by a two-sided t-test, paired by seed "
+            f"Runs of the same idea are pooled by seed. Each idea is compared with its control by a two-sided t-test, paired by seed "
             f"when both arms ran the same seeds and Welch's otherwise, at α = {fmt(self.rep.alpha)} with "
             f"{correction_words(self.rep.correction, len(self.rep.comparisons))}; a verdict uses the corrected p-value. "
-            "We also report Hedges' g and a percentile bootstrap confidence interval of the improvement, which is "
-            "the difference signed so that a positive value is better whatever the metric's direction."
+            "We also report an effect size (Hedges' g, or Cohen's d_z when paired) and a percentile bootstrap confidence interval "
+            "of the improvement, which is the difference signed so that a positive value is better whatever the metric's direction."
+            + self.seed_plan()
         )
+
+    def metric_role(self, m: str, kind: str) -> str:
+        if m == self.rep.primary_metric:
+            return "primary (the headline family)"
+        return {"hardware": "hardware-dependent (measured, not tested)", "derived": "derived from other metrics (not tested again)",
+                "fixed": "fixed by construction (not tested)"}.get(kind, "secondary (a separate family, not the headline)")
+
+    def seed_plan(self) -> str:
+        p = self.rep.seed_plan
+        if p is None:
+            return ""
+        return (f" Seeds were planned before looking: {fmt(p.seeds)} per arm, from the baseline's standard deviation of "
+                f"{p.metric} ({fmt(p.baseline_sd)}), to detect a difference of {fmt(p.min_detectable_effect)} with power "
+                f"{fmt(p.power)} at α = {fmt(p.alpha)}.")
 
     def results(self) -> str:
         if not self.rep.comparisons:
             return "There is no comparison to report: " + "; ".join(f.text for f in self.rep.flags if f.kind == "missing_baseline") + "."
-        other = [c for c in self.rep.comparisons if c.metric != self.rep.primary_metric]
-        text = "Primary metric. " + " ".join(effect_sentence(c, self.rep.alpha) for c in self.primary)
-        if other:
-            text += "\n\nOther metrics. " + " ".join(effect_sentence(c, self.rep.alpha) for c in other)
+        text = self.testbed()
+        head = "Measured differences (no verdict)." if self.withheld else "Primary metric (the headline)."
+        text += f"{head} {self.story.claim} " + " ".join(self.effect(c) for c in self.primary)
+        if self.secondary:
+            text += ("\n\nSecondary metrics (a separate family, corrected on its own; not part of the headline). "
+                     + " ".join(self.effect(c) for c in self.secondary))
+        if self.rep.descriptive:
+            text += "\n\n" + self.descriptive()
         failed = [r for r in self.rep.runs if r.status == "failed"]
         if failed:
             text += "\n\nFailed runs, excluded from the comparisons: " + "; ".join(f"`{r.job_id}` ({r.reason or 'no reason recorded'})" for r in failed) + "."
-        return text + "\n\nThe results table lists every comparison and the figures show the means per arm."
+        return text + ("\n\nThe tables list every comparison; the figures below show each idea against its control, "
+                       "the primary metric first.")
+
+    def testbed(self) -> str:
+        if not self.control:
+            return ""
+        c = self.control[0]
+        separated = "did not separate it from the baseline" if self.withheld else "separates it from the baseline"
+        return (f"Testbed check. The positive control, a setting known to change the result, {moved(c)} {c.metric} from "
+                f"{fmt(c.baseline_mean)} to {fmt(c.idea_mean)} ({test_name(c)} p = {fmt(c.p_value)}{adjusted(c)}): "
+                f"the testbed {separated}. It is a check, not a proposed idea.\n\n")
+
+    def descriptive(self) -> str:
+        items = [f"- `{d.metric}` of `{d.idea_id}`: {fmt(d.mean)} ± {fmt(d.stderr)} over {prose.count(d.n, 'seed')} "
+                 f"(measured, not tested: {d.reason.strip().rstrip('.') or 'depends on the machine and its load'})."
+                 for d in self.rep.descriptive]
+        return "Measured, not tested. These metrics are reported as measured, without a test:\n\n" + "\n".join(items)
 
     def limitations(self) -> str:
         items = []
@@ -252,35 +316,31 @@ class Draft:
             items.append("- The hardware of the runs was not recorded.")
         elif devices == {"cpu"}:
             items.append("- All runs used the CPU only, so models and data were kept small and runtimes short.")
-        items += [f"- The analysis flagged: {f.text}" for f in self.rep.flags]
         acted = {r.item_id for r in self.r.responses if r.action == "act"}
         items += [f"- Raised in review ({i.id}): {i.text}" for i in self.r.revision_items if i.kind == "add_limitation" and i.id in acted]
-        return "\n".join(items)
+        text = "\n".join(items)
+        if self.rep.flags:
+            text += ("\n\nThreats to validity. The analysis flagged the following; each bounds the claims above.\n\n"
+                     + "\n".join(f"- {prose.validity_sentence(f, self.rep)}" for f in self.rep.flags))
+        return text
 
     def conclusion(self) -> str:
-        if self.better:
-            lead = (f"The evidence supports one claim: {self.name(self.better[0].idea_id)} improves {self.rep.primary_metric} over the baseline, "
-                    "significant after correction and replicated on fresh seeds.")
-        elif self.unreplicated:
-            lead = f"No gain in {self.rep.primary_metric} both survived the correction and replicated on fresh seeds, so we claim none."
-        elif self.rep.comparisons:
-            lead = f"The evidence does not support a significant improvement in {self.rep.primary_metric} from any tested change."
-        else:
-            lead = "Without a baseline, this study cannot support any claim."
-        return f"{lead} Running more seeds and more tasks would tighten these conclusions."
+        b = budget(self.rep)
+        bound = (f" These conclusions hold {b}, before convergence."
+                 if b and any(f.kind == "not_converged" for f in self.rep.flags) and not self.withheld else "")
+        return f"{self.story.conclusion}{bound} Running more seeds and more tasks would tighten these conclusions."
 
     def revision_notes(self) -> str:
         if not self.r.revision_items:
             return ""
         return (
-            f"This revision answers {fmt(len(self.r.revision_items))} review item(s), listed below with what was done about each. "
-            "The results above include any new runs."
+            f"This revision answers {prose.count(len(self.r.revision_items), 'review item')}, listed below with what was done "
+            "about each. The results above include any new runs."
         )
 
     def sections(self) -> PaperSections:
-        title, finding = self.headline()
         return PaperSections(
-            title=title, abstract=self.abstract(finding), introduction=self.introduction(), related_work=self.related_work(),
+            title=self.story.title, abstract=self.abstract(), introduction=self.introduction(), related_work=self.related_work(),
             method=self.method(), experimental_setup=self.setup(), results=self.results(), limitations=self.limitations(),
             conclusion=self.conclusion(), revision_notes=self.revision_notes(),
         )

@@ -23,7 +23,7 @@ import jinja2
 
 from agents.base import Context, EmptyState, Role, on
 from agents.minds.base import PaperSections, WriterMind
-from agents.writer import assemble, citations, latexfix, markup, numbers, pdf, revisions, trace
+from agents.writer import assemble, citations, latexfix, markup, numbers, pdf, revisions, story, trace
 from bus.errors import ArtifactMissing
 from bus.schema import DraftReady, DraftRequest, Envelope
 
@@ -66,15 +66,25 @@ def canonical_sections(sections: PaperSections, strings: list[str], evidence: se
     return PaperSections(**fields), changed
 
 
+def date_line(request: DraftRequest) -> str:
+    """Drafts sent to review say so; the accepted paper's final build says final."""
+    if request.final:
+        return f"Final version, accepted after review round {numbers.fmt(request.round)}"
+    return f"Draft for review, round {numbers.fmt(request.round)}"
+
+
 def render(request: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str = "") -> tuple[str, str]:
     refs = {r.key: r for r in request.references}
     known = set(refs)
+    rows = assemble.rows(request.report)
     common: dict[str, Any] = dict(
         author=AUTHOR,
         mind_line=f"Written by the {mind}." if mind else "",
-        date_line=f"Draft for review, round {numbers.fmt(request.round)}",
+        date_line=date_line(request),
         environment=assemble.environment_lines(request.report.runs),
-        rows=assemble.rows(request.report),
+        rows=[r for r in rows if r["family"] == "primary"],
+        secondary_rows=[r for r in rows if r["family"] != "primary"],
+        descriptive=assemble.descriptive_rows(request.report),
         table_caption=assemble.table_caption(request.report),
         revisions=assemble.revision_rows(request),
         runs=assemble.run_rows(request.report.runs),
@@ -90,11 +100,12 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
     tex = _tex_env.get_template("paper.tex.j2").render(
         **common,
         code=tex_code,
-        title=markup.tex_escape(sections.title),
+        title=markup.inline_tex(sections.title),
         abstract=markup.to_tex(sections.abstract, known),
         sections=[{"name": n, "body": markup.to_tex(t, known)} for n, t in names],
         revision_notes=markup.to_tex(sections.revision_notes, known),
-        figures=[{"file": f.file, "caption": f.caption} for f in figures],
+        figures=[{"file": f.file, "caption": markup.inline_tex(f.caption)} for f in figures],
+        flags_tex=[markup.inline_tex(f.text) for f in request.report.flags],
         # bibtex fails on an empty bibliography, so only when something is cited
         cite_any=any(k in known for t in [sections.abstract, sections.revision_notes, *(t for _, t in names)] for k in markup.cited_keys(t)),
     )
@@ -128,20 +139,12 @@ class Writer(Role):
         sections, rewritten = canonical_sections(sections, strings, evidence, set(analysis["display"]))
         if rewritten:
             ctx.log.info("numbers_printed_as_in_analysis", rewritten=rewritten)
-        figures, files = [], {}
-        for f in assemble.figure_refs(body.report):
-            try:
-                data = await ctx.artifacts.get(f.name)
-            except KeyError:
-                ctx.log.warning("figure_missing", name=f.name)
-                continue
-            problem = pdf.image_problem(f.file, data)
-            if problem:  # a run's fake PNG is left out, not a failed build
-                ctx.log.warning("figure_invalid", name=f.name, reason=problem)
-                continue
-            files[f.file] = data
-            figures.append(f)
+        figures, files = await self._figures(body, ctx)
         tex, md = render(body, sections, figures, mind)
+        # One story or a failed draft: what disagrees goes with the draft (DraftReady.inconsistencies) for the reviewer.
+        left_over = story.inconsistencies(md, body.report, body.direction)
+        if left_over:
+            ctx.log.error("story_inconsistent", problems=left_over)
         body, tex, md = await self._keep_promises(body, sections, figures, mind, tex, md, ctx)
         bib = citations.references_bib(body.references)
         missing = citations.unresolved(tex, bib)
@@ -165,6 +168,7 @@ class Writer(Role):
             figures=[await ctx.artifacts.put(f"{base}/figures/{f.file}", files[f.file]) for f in figures],
             numbers=list(dict.fromkeys(float(t) for t in printed)),
             analysis=await ctx.artifacts.put(f"{base}/analysis.json", json.dumps(analysis, indent=2).encode()),
+            inconsistencies=left_over,
         )
         if missing:
             out.pdf_error = f"unresolved citation keys: {', '.join(missing)}"
@@ -175,6 +179,25 @@ class Writer(Role):
         if out.pdf_error:
             ctx.log.warning("pdf_failed", error=out.pdf_error, log=out.pdf_log)
         ctx.send(out, to="pi")
+
+    async def _figures(self, body: DraftRequest, ctx: WriterContext) -> tuple[list[assemble.FigureRef], dict[str, bytes]]:
+        """The paper's figures and their bytes: one drawn here per comparison, then the runs' own plots from the store."""
+        drawn = assemble.comparison_figures(body.report, f"{ctx.project}/paper/round-{body.round}/comparisons")
+        made = {f.name: png for f, png in drawn}
+        figures, files = [], {}
+        for f in assemble.figure_refs(body.report, [f for f, _ in drawn]):
+            try:
+                data = made[f.name] if f.name in made else await ctx.artifacts.get(f.name)
+            except KeyError:
+                ctx.log.warning("figure_missing", name=f.name)
+                continue
+            problem = pdf.image_problem(f.file, data)
+            if problem:  # a run's fake PNG is left out, not a failed build
+                ctx.log.warning("figure_invalid", name=f.name, reason=problem)
+                continue
+            files[f.file] = data
+            figures.append(f)
+        return figures, files
 
     async def _typeset(
         self, body: DraftRequest, sections: PaperSections, figures: list[assemble.FigureRef], mind: str, tex: str, md: str,

@@ -193,6 +193,11 @@ class DraftRequest(Model):
     # Ideas the literature check found not novel, id -> the justification with its
     # quoted evidence: dropped, not run, and the paper says so.
     not_novel: dict[str, str] = {}
+    # The template profile the runs used ("" the template as declared); None: not told, and the
+    # writer names the profile whose effective baseline matches the runs' recorded configs.
+    profile: str | None = None
+    # The accepted paper's final build: it says "Final version", not "Draft for review, round N".
+    final: bool = False
 
     STEP: ClassVar[Step] = "draft"
 
@@ -216,6 +221,9 @@ class DraftReady(Model):
     # object-store name of analysis.json: the analyst's full report plus every
     # number as the paper prints it, so each printed number can be traced.
     analysis: str | None = None
+    # Where the paper's title, abstract, results or conclusion disagree with the report or the co-PI's
+    # direction (agents.writer.story.inconsistencies): [] for a paper that tells one story; otherwise the draft failed the check.
+    inconsistencies: list[str] = []
 
 
 class ReviewRequest(Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 
 import pytest
@@ -35,13 +36,14 @@ def test_pdf_contents(drafted):
     req, out, store = drafted
     assert out.pdf_error == ""
     assert out.pdf == "proj/paper/round-1/paper.pdf" and store.data[out.pdf].startswith(b"%PDF")
-    # The paper's figures sit next to it, named as paper.md refers to them.
-    assert out.figures == ["proj/paper/round-1/figures/figure-a.png", "proj/paper/round-1/figures/figure-b.png"]
-    assert store.data[out.figures[0]] == store.data["proj/figures/round-1/val_acc.png"]
+    # The paper's figures sit next to it, named as paper.md refers to them: one per comparison (wd-1 and wd-0
+    # against the baseline), then the plot a run uploaded; the analyst's per-metric charts are not repeated.
+    assert out.figures == [f"proj/paper/round-1/figures/figure-{x}.png" for x in "abc"]
+    assert store.data[out.figures[2]] == store.data["proj/runs/job-b1/curves.png"]
     md = store.data[out.markdown].decode()
-    assert "](figures/figure-a.png)" in md and "](figures/figure-b.png)" in md
+    assert all(f"](figures/figure-{x}.png)" in md for x in "abc")
     tex = store.data[out.tex].decode()
-    assert tex.count("\\includegraphics") == 2
+    assert tex.count("\\includegraphics") == 3
     assert {out.tex, out.markdown, out.bib} == {f"proj/paper/round-1/paper.{x}" for x in ("tex", "md")} | {"proj/paper/round-1/references.bib"}
 
 
@@ -145,17 +147,19 @@ async def test_a_pdf_that_fails_is_reported_with_the_log_excerpt(capsys):
 
 @pytest.mark.tex
 async def test_a_fake_figure_is_left_out_and_the_pdf_still_builds(capsys):
+    """A run's plot.py wrote bytes that only claim to be a PNG: the figure is left out, the paper is built."""
     store = MemoryStore()
-    await store.put("proj/figures/round-1/val_acc.png", b"\x89PNG\r\n\x1a\nthis is not a PNG file")
-    await store.put("proj/runs/job-b1/curves.png", png())
+    await store.put("proj/figures/round-1/val_acc.png", png())
+    await store.put("proj/runs/job-b1/curves.png", b"\x89PNG\r\n\x1a\nthis is not a PNG file")
     ctx = Context(project="proj", role="writer", state=None, artifacts=store, mind=make(0, {}))
     await ROLE().handle(Envelope(project="proj", sender="pi", recipient="writer", body=request()), ctx)
     (out, _), = ctx.outputs
     assert out.pdf_error == "" and store.data[out.pdf].startswith(b"%PDF")
-    assert out.figures == ["proj/paper/round-1/figures/figure-b.png"]  # only the real image went in
-    assert store.data[out.tex].decode().count("\\includegraphics") == 1
+    assert out.figures and all(store.data[f].startswith(b"\x89PNG") for f in out.figures)
+    assert not any(store.data[f].endswith(b"this is not a PNG file") for f in out.figures)  # only real images went in
+    assert store.data[out.tex].decode().count("\\includegraphics") == len(out.figures)
     logged = capsys.readouterr().out
-    assert "figure_invalid" in logged and "val_acc.png" in logged and "does not decode" in logged
+    assert "figure_invalid" in logged and "curves.png" in logged and "does not decode" in logged
 
 
 @pytest.mark.tex
@@ -189,3 +193,40 @@ async def test_compile_pdf_leaves_out_a_figure_that_does_not_decode():
     built = await pdf.compile_pdf(tex, "", {"bad.png": png()[:200], "good.png": png(), "fake.jpg": png()}, left_out)
     assert built.startswith(b"%PDF")
     assert set(left_out) == {"bad.png", "fake.jpg"} and "does not decode" in left_out["bad.png"] and "not a JPEG" in left_out["fake.jpg"]
+
+
+@pytest.mark.tex
+async def test_the_final_build_says_final_and_keeps_figures_and_tables_readable():
+    """The accepted paper's PDF is the final version; tables are not shrunk, figures stay in the Results section."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tests.unit.test_writer_story import request as char_lm_request
+    from tests.unit.test_writer_story import write as write_char_lm
+
+    out, md, tex = await write_char_lm(char_lm_request(final=True))
+    assert out.pdf_error == "" and "Draft for review" not in md and "Final version" in md
+    assert "\\resizebox" not in tex and "\\small" in tex and "\\tiny" not in tex and "\\scriptsize" not in tex
+    assert "\\FloatBarrier" in tex and "[htbp]" in tex and not re.search(r"``[a-z]+-", tex)  # identifiers are \\texttt, never quoted
+    assert tex.index("\\includegraphics") < tex.index("\\section{Limitations}")
+    assert "\\texttt{dropout-0p2}" in tex
+    store = MemoryStore()
+    ctx = Context(project="p", role="writer", state=None, artifacts=store, mind=make(0, {}))
+    await ROLE().handle(Envelope(project="p", sender="pi", recipient="writer", body=char_lm_request(final=True)), ctx)
+    (final, _), = ctx.outputs
+    with tempfile.TemporaryDirectory() as d:
+        pdf_path = Path(d) / "paper.pdf"
+        pdf_path.write_bytes(store.data[final.pdf])
+        text = subprocess.run(["pdftotext", str(pdf_path), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Draft for review" not in text and "Final version, accepted after review round 1" in text
+    assert "dropout-0p2" in text
+
+
+@pytest.mark.tex
+async def test_a_draft_for_review_says_so():
+    from tests.unit.test_writer_story import request as char_lm_request
+    from tests.unit.test_writer_story import write as write_char_lm
+
+    out, md, _ = await write_char_lm(char_lm_request())
+    assert "Draft for review, round 1" in md and "Final version" not in md

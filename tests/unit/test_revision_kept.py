@@ -40,7 +40,7 @@ async def test_a_citation_round_and_a_limitation_change_the_paper_and_an_unchang
     (out, _), = ctx.outputs
     second = store.data[out.markdown].decode()
     before, after = revisions.parts(first), revisions.parts(second)
-    assert "Omnigrok" not in before["related work"] and "Omnigrok: Grokking Beyond Algorithmic Data (Liu, 2023)" in after["related work"]
+    assert "Omnigrok" not in before["related work"] and "“Omnigrok: Grokking Beyond Algorithmic Data” (Liu, 2023)" in after["related work"]
     assert before["limitations"] != after["limitations"] and "Discuss that only one template was used." in after["limitations"]
     assert before["abstract"] == after["abstract"]
     # The two kept promises stay "act"; the abstract, unchanged, is answered by rebuttal in the paper.

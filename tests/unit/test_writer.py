@@ -162,9 +162,11 @@ def test_lower_is_better_wording_and_honest_headline(drafted):
     req, out, store = drafted
     md = store.data[out.markdown].decode()
     loss = next(c for c in req.report.comparisons if c.idea_id == "wd-1" and c.metric == "val_loss")
-    assert f"`wd-1` lowered val_loss from {numbers.fmt(loss.baseline_mean)} to {numbers.fmt(loss.idea_mean)} (lower is better" in md
+    assert (f"`wd-1` lowered val_loss from {numbers.fmt(loss.baseline_mean)} (the baseline) to {numbers.fmt(loss.idea_mean)} "
+            "(lower is better") in md
     # Significant after correction but never confirmed on fresh seeds: no headline claim.
-    assert loss.verdict == "better" and md.splitlines()[0] == "# No replicated gain in val_acc on Toy Grokking: significant gains did not hold on fresh seeds"
+    assert loss.verdict == "better"
+    assert md.splitlines()[0] == "# No replicated improvement in val_acc on Toy Grokking: significant gains did not hold on fresh seeds"
     assert "No confirmation run on fresh seeds was possible" in md
     assert "timeout after 600 s" in md  # the failed run and its reason
 
@@ -220,9 +222,9 @@ async def test_a_gain_from_an_unfair_knob_is_not_the_headline():
     unfair = [RUNS[0], run("job-s1", "wd-1", [0.934, 0.951, 0.947], [0.412, 0.405, 0.43], overrides={"steps": 4000})]
     out, store = await write(request(runs=unfair))
     md = store.data[out.markdown].decode()
-    assert md.splitlines()[0].startswith("# No fair gain in val_acc")
-    assert "The evidence does not support a significant improvement" in md
-    assert "unfair baseline: idea 'wd-1' changes the fairness knob 'steps'" in md  # in the limitations
+    assert md.splitlines()[0].startswith("# No fair improvement in val_acc")
+    assert "No tested change improved val_acc against a matching baseline." in md.split("## Conclusion")[1]
+    assert "Unfair baseline: idea 'wd-1' changes the fairness knob 'steps'" in md  # in the threats to validity
 
 
 async def test_only_a_replicated_gain_makes_the_headline():
@@ -234,22 +236,24 @@ async def test_only_a_replicated_gain_makes_the_headline():
     req = request().model_copy(update={"report": report})
     out, store = await write(req)
     md = store.data[out.markdown].decode()
-    assert md.splitlines()[0] == "# Stronger weight decay: a significant, replicated gain in val_acc on Toy Grokking"
+    # A knob idea is named by the value its runs recorded, not by the title the PI gave it.
+    assert md.splitlines()[0] == "# weight_decay = 1: a significant, replicated improvement in val_acc on Toy Grokking"
     assert "It replicated on 3 fresh seeds per arm" in md
+    assert "The evidence supports one improvement:" in md.split("## Conclusion")[1]
     assert "replicated on fresh seeds." in md.split("## Conclusion")[1]
 
 
 def test_figure_caption_names_the_test_that_ran():
     """The arms of RUNS share seeds, so the figure's p-values come from the paired test, not Welch's."""
-    from agents.writer.assemble import figure_refs
+    from agents.writer.assemble import comparison_figures
     paired = request()
     assert {c.test for c in paired.report.comparisons} == {"paired"}
-    (fig, _curves) = figure_refs(paired.report)
-    assert fig.caption.endswith("each idea annotated with its paired t-test p-value.") and "Welch" not in fig.caption
+    (fig, _), (_, _) = comparison_figures(paired.report, "p")
+    assert fig.caption.endswith("annotated with its paired t-test p-value.") and "Welch" not in fig.caption
     fresh = [run("job-b1", "baseline", [0.712, 0.705, 0.731], [1.212, 1.25, 1.19]),
              run("job-w1", "wd-1", [0.934, 0.951, 0.947], [0.412, 0.405, 0.43], overrides={"weight_decay": 1.0}, seeds=[7, 8, 9])]
-    (fig,) = figure_refs(request(runs=fresh).report)
-    assert fig.caption.endswith("each idea annotated with its Welch p-value.")
+    ((fig, _),) = comparison_figures(request(runs=fresh).report, "p")
+    assert fig.caption.endswith("annotated with its Welch p-value.")
     mixed = fresh + [run("job-w0", "wd-0", [0.70, 0.74, 0.69], [1.3, 1.21, 1.26], overrides={"weight_decay": 0.0})]
-    (fig,) = figure_refs(request(runs=mixed).report)
-    assert "paired t-test where both arms ran the same seeds, Welch otherwise" in fig.caption
+    figs = comparison_figures(request(runs=mixed).report, "p")
+    assert "paired t-test where both arms ran the same seeds, Welch otherwise" in figs[0][0].caption
