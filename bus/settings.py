@@ -190,7 +190,9 @@ class Settings(BaseSettings):
         None, "The volume the runner and the experiment container share (Docker, Kubernetes).", "services.runner.runner, services.runner.launcher",
     )
     executor_kind: ExecutorKind = _setting("local", "The executor that started this runner, recorded in env.json.", "services.runner.runner")
-    job_max_processes: int = _setting(256, "Tasks (processes and threads) a job may run at once before it is killed (a fork or thread bomb).", "services.runner.runner", ge=1)
+    job_max_processes: int = _setting(
+        256, "Tasks (processes and threads) a job may run at once before it is killed (a fork or thread bomb).", "services.runner.runner", ge=1,
+    )
     runner_connect_timeout_s: float = _setting(30.0, "Seconds the runner waits for NATS before exiting for a retry.", "services.runner.runner", gt=0)
     runner_alive_stale_s: float = _setting(
         60.0, "Seconds without the runner's heartbeat before the experiment container stops.", "services.runner.split, services.runner.launcher", gt=0,
