@@ -5,7 +5,12 @@ source text cannot be the boundary (STYLE.md 13). The boundary is this:
 
 - ``bwrap`` puts the experiment in new user, pid, ipc, uts, cgroup, mount
   and (unless the job asks for it) network namespaces, as a non-root uid even
-  when the lab runs as root. The filesystem it sees is built from nothing:
+  when the lab runs as root; then bwrap itself runs as ``LAB_SANDBOX_UID``
+  (:mod:`services.runner.jail` drops to it), so the sandbox is no one
+  privileged on the host either, with no nested user namespace
+  (``--disable-userns``) and the seccomp filter of
+  :mod:`services.runner.seccomp`. ``/dev`` is a read-only handful of nodes
+  with a size-capped ``/dev/shm`` the runner's watch counts as memory. The filesystem it sees is built from nothing:
   ``/usr`` and the Python environment read-only, the template copy read-only,
   only the directories the runner names writable, a fresh ``/proc`` that shows
   only its own processes. ``$LAB_HOME``, the lab's source and every other
