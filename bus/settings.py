@@ -194,7 +194,9 @@ class Settings(BaseSettings):
         None, "The volume the runner and the experiment container share (Docker, Kubernetes).", "services.runner.runner, services.runner.launcher",
     )
     executor_kind: ExecutorKind = _setting("local", "The executor that started this runner, recorded in env.json.", "services.runner.runner")
-    job_max_processes: int = _setting(256, "Processes a job may run at once before it is killed (a fork bomb).", "services.runner.runner", ge=1)
+    job_max_processes: int = _setting(
+        256, "Tasks (processes and threads) a job may run at once before it is killed (a fork or thread bomb).", "services.runner.runner", ge=1,
+    )
     runner_connect_timeout_s: float = _setting(30.0, "Seconds the runner waits for NATS before exiting for a retry.", "services.runner.runner", gt=0)
     runner_alive_stale_s: float = _setting(
         60.0, "Seconds without the runner's heartbeat before the experiment container stops.", "services.runner.split, services.runner.launcher", gt=0,
@@ -231,6 +233,9 @@ class Settings(BaseSettings):
         shown="the template's", ge=1,
     )
     bwrap: str = _setting("bwrap", "The bubblewrap binary; one that does not resolve means no sandbox.", "services.runner.sandbox")
+    sandbox_uid: int = _setting(
+        65534, "Host uid and gid the sandbox runs as when the lab runs as root (never 0).", "services.runner.sandbox", ge=1,
+    )
     unsafe_no_sandbox: bool = _setting(
         False, "Set by --unsafe-no-sandbox: run model-written code unconfined where no sandbox works.", "services.runner.sandbox",
     )

@@ -11,12 +11,20 @@ kept, or after a restart by the pid it recorded outside the experiment's reach
 pid is still this job's runner. Killing the runner kills the experiment: the
 sandbox dies with its parent. No file under ``work/`` is ever read to decide
 what to kill.
+
+Job folders are 0700 and the lab's: the sandbox reaches its own folders only
+through the binds the runner gives it (:mod:`services.runner.jail`). When the
+runner is gone, :meth:`LocalExecutor.poll` (or :meth:`cancel`) keeps the
+runner's own files (``log.txt``, ``env.json``, ``result.json``, moved up into
+the job folder) and removes ``work/``: whatever the experiment left there
+(code, outputs, a file with a setuid bit) does not outlive its job on the host.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +38,18 @@ from bus.settings import Settings, env_name
 from services.common.config import write_secret
 from services.common.process import alive
 from services.executors.base import ExecutorError
+
+KEPT = ("log.txt", "env.json", RESULT_FILE)  # the runner's own files in work/, kept in the job folder when work/ goes
+
+
+def sweep(d: Path) -> None:
+    """Move the runner's own files from ``d/work`` up into ``d``, then remove ``work/`` and all the experiment left in it."""
+    work = d / "work"
+    for name in KEPT:
+        f = work / name
+        if f.is_file() and not f.is_symlink():
+            os.replace(f, d / name)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 class LocalSettings(BaseModel):
@@ -59,10 +79,12 @@ class LocalExecutor:
     async def submit(self, job: JobSpec) -> None:
         d = self._dir(job.job_id)
         try:
-            d.mkdir(parents=True)
+            d.mkdir(mode=0o700)  # the lab's alone (the sandbox reaches its binds through the jail's gates)
         except FileExistsError:
             self._adopt(job, d)
             return  # already submitted: never run a job twice
+        d.chmod(0o700)  # whatever the umask
+        (d / "work").mkdir(mode=0o700)
         (d / "job.json").write_text(json.dumps({"project": job.project, "experiment_id": job.experiment_id}))
         # The runner gets the job's own credential, never the engineer's, and in a 0600 file outside the
         # sandbox rather than in its environment (readable in /proc by every process of this user).
@@ -111,7 +133,9 @@ class LocalExecutor:
         pid_file = d / "pid"
         if proc is None and pid_file.is_file() and alive(int(pid_file.read_text())):
             return JobPhase(state="running")
-        result = d / "work" / RESULT_FILE
+        if (d / "work").exists() and (pid_file.is_file() or (d / "work" / RESULT_FILE).is_file()):
+            sweep(d)  # the runner is gone: nothing of the experiment's stays on the host
+        result = d / RESULT_FILE
         if result.is_file():
             try:
                 outcome = read_result(result.read_text())
@@ -136,6 +160,8 @@ class LocalExecutor:
                 pass
         if proc is not None:
             proc.wait()
+        if pid is not None or proc is not None:
+            sweep(self._dir(job_id))
 
     def _recorded_runner(self, job_id: str) -> int | None:
         """The runner's pid from the pid file, only if /proc says that process is this job's runner."""

@@ -12,11 +12,21 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 
-def _parents() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, resident bytes) for every live process."""
-    out: dict[int, tuple[int, int]] = {}
+class Usage(NamedTuple):
+    """What a process tree holds: processes, tasks (threads included), resident bytes, bytes in its own tmpfs mounts."""
+
+    processes: int
+    tasks: int
+    rss: int
+    tmpfs: int
+
+
+def _parents() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, resident bytes, threads) for every live process."""
+    out: dict[int, tuple[int, int, int]] = {}
     page = os.sysconf("SC_PAGE_SIZE")
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -26,7 +36,7 @@ def _parents() -> dict[int, tuple[int, int]]:
             fields = stat[stat.rindex(")") + 2 :].split()
             if fields[0] == "Z":
                 continue
-            out[int(d.name)] = (int(fields[1]), int(fields[21]) * page)
+            out[int(d.name)] = (int(fields[1]), int(fields[21]) * page, int(fields[17]))
         except (OSError, ValueError, IndexError):
             continue
     return out
@@ -34,19 +44,81 @@ def _parents() -> dict[int, tuple[int, int]]:
 
 def descendants(root: int) -> dict[int, int]:
     """Every live descendant of ``root`` (not ``root`` itself) with its resident bytes."""
+    return {pid: rss for pid, (rss, _) in _tree(root).items()}
+
+
+def usage(root: int) -> Usage:
+    """The whole tree under ``root``: its processes, tasks, resident memory and memory-backed files (see :func:`tmpfs_bytes`)."""
+    tree = _tree(root)
+    return Usage(len(tree), sum(t for _, t in tree.values()), sum(r for r, _ in tree.values()), tmpfs_bytes(list(tree)))
+
+
+def _tree(root: int) -> dict[int, tuple[int, int]]:
+    """pid -> (resident bytes, threads) for every live descendant of ``root``."""
     table = _parents()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    found: dict[int, int] = {}
+    found: dict[int, tuple[int, int]] = {}
     todo = list(children.get(root, []))
     while todo:
         pid = todo.pop()
         if pid in found:
             continue
-        found[pid] = table[pid][1]
+        found[pid] = table[pid][1:]
         todo += children.get(pid, [])
     return found
+
+
+def tmpfs_bytes(pids: list[int]) -> int:
+    """Bytes used in the tmpfs mounts that ``pids``' own mount namespaces made (the sandbox's /tmp and /dev/shm).
+
+    Files there are memory nobody's resident set shows. A mount counts once, and only if it is new to
+    those namespaces: a tmpfs the host has too (a host /tmp a job folder lives on) is not the job's.
+    """
+    mine = _mount_ns("self")
+    host = {dev for dev, _, _ in _mounts("self")}
+    seen_ns: set[str] = {mine} if mine else set()
+    counted: set[str] = set()
+    total = 0
+    for pid in pids:
+        ns = _mount_ns(str(pid))
+        if ns is None or ns in seen_ns:
+            continue
+        seen_ns.add(ns)
+        for dev, point, fstype in _mounts(str(pid)):
+            if fstype != "tmpfs" or dev in host or dev in counted:
+                continue
+            try:
+                st = os.statvfs(f"/proc/{pid}/root{point}")
+            except OSError:
+                continue
+            counted.add(dev)
+            total += (st.f_blocks - st.f_bfree) * st.f_frsize
+    return total
+
+
+def _mount_ns(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def _mounts(pid: str) -> list[tuple[str, str, str]]:
+    """(device, mount point, fs type) of each mount ``pid`` sees, from its mountinfo."""
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and right:
+            point = fields[4].encode().decode("unicode_escape")  # mountinfo writes a space as \040
+            out.append((fields[2], point, right.split()[0]))
+    return out
 
 
 def kill_descendants(root: int) -> int:

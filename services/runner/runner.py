@@ -171,7 +171,7 @@ def confine(
     binds = [sandbox.Bind(source=p, name=p.name) for p in readonly] + [sandbox.Bind(source=p, name=p.name, writable=True) for p in writable]
     env = {k: sandbox.translate([v], binds)[0] for k, v in env.items()}  # host paths (a checkpoint dir) as seen inside
     policy = sandbox.Policy(
-        binds=binds, tmp_mb=max(64, job.memory_mb // 4), cwd=readonly[0].name if readonly else "", network=job.network,
+        binds=binds, tmp_mb=max(64, job.memory_mb // 4), shm_mb=job.memory_mb, cwd=readonly[0].name if readonly else "", network=job.network,
         devices=sandbox.gpu_devices() if job.gpu else [], env=env,
     )
     # bwrap itself gets the sandbox's environment too: pid 1 inside is bwrap, and its environ is readable there.
@@ -239,12 +239,13 @@ async def _watch_tree(me: int, job: JobSpec, killed: list[str]) -> None:
     max_processes = settings().job_max_processes  # a fork bomb is killed, not waited out
     while True:
         await asyncio.sleep(MEMORY_POLL_S)
-        tree = proctree.descendants(me)
-        used = sum(tree.values()) / (1 << 20)
+        tree = proctree.usage(me)  # files in the sandbox's /dev/shm and /tmp are memory too; threads count as tasks
+        used = (tree.rss + tree.tmpfs) / (1 << 20)
         if used > job.memory_mb:
-            killed.append(f"oom: used {used:.0f} MiB > limit {job.memory_mb} MiB")
-        elif len(tree) > max_processes:
-            killed.append(f"pids: {len(tree)} processes > limit {max_processes}")
+            files = f", incl. {tree.tmpfs / (1 << 20):.0f} MiB of files in /dev/shm and /tmp" if tree.tmpfs >= 1 << 20 else ""
+            killed.append(f"oom: used {used:.0f} MiB > limit {job.memory_mb} MiB{files}")
+        elif tree.tasks > max_processes:
+            killed.append(f"pids: {tree.processes} processes with {tree.tasks} tasks (threads) > limit {max_processes}")
         else:
             continue
         proctree.kill_descendants(me)

@@ -5,7 +5,12 @@ source text cannot be the boundary (STYLE.md 13). The boundary is this:
 
 - ``bwrap`` puts the experiment in new user, pid, ipc, uts, cgroup, mount
   and (unless the job asks for it) network namespaces, as a non-root uid even
-  when the lab runs as root. The filesystem it sees is built from nothing:
+  when the lab runs as root; then bwrap itself runs as ``LAB_SANDBOX_UID``
+  (:mod:`services.runner.jail` drops to it), so the sandbox is no one
+  privileged on the host either, with no nested user namespace
+  (``--disable-userns``) and the seccomp filter of
+  :mod:`services.runner.seccomp`. ``/dev`` is a read-only handful of nodes
+  with a size-capped ``/dev/shm`` the runner's watch counts as memory. The filesystem it sees is built from nothing:
   ``/usr`` and the Python environment read-only, the template copy read-only,
   only the directories the runner names writable, a fresh ``/proc`` that shows
   only its own processes. ``$LAB_HOME``, the lab's source and every other
@@ -38,11 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bus.errors import LabError
 from bus.settings import env_name, settings
+from services.runner import jail, seccomp
 
 BWRAP_ENV = env_name("bwrap")  # the bubblewrap binary to use; a name that does not resolve means "no sandbox"
 UNSAFE_ENV = env_name("unsafe_no_sandbox")  # set by `--unsafe-no-sandbox`: the user accepted running model code bare
 UNSAFE_FLAG = "--unsafe-no-sandbox"
 SANDBOX_UID = 65534  # "nobody": never root inside, whoever runs the lab
+JAIL = Path(jail.__file__).resolve()  # run by path with -I -S: the step that drops to the sandbox's host uid
+DEV_NODES = ("null", "zero", "full", "random", "urandom")  # the whole /dev besides GPUs: no tty, no pts, no host devices
 # Variables that may cross into the sandbox; everything else (credentials, LAB_*, PYTHONPATH) stays out.
 PASS_ENV = ("LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PYTHONHASHSEED")
 # /etc files a Python/numpy/matplotlib process reads; none holds a secret (no shadow, no ssl keys).
@@ -76,6 +84,7 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     binds: list[Bind] = Field(default_factory=list, description="the job's directories; only writable ones take writes")
     tmp_mb: int = Field(256, gt=0, description="size of the private /tmp (memory-backed, so it is capped)")
+    shm_mb: int = Field(64, gt=0, description="size of /dev/shm (memory-backed: capped, and counted by the runner's watch)")
     cwd: str = "code"  # the bind the process starts in
     network: bool = False
     devices: list[Path] = Field(default_factory=list, description="device nodes to pass through (GPUs)")
@@ -95,31 +104,64 @@ class Limits(BaseModel):
 
 
 def tool() -> str | None:
-    """The bubblewrap binary if it exists and can build a sandbox on this kernel, else None."""
-    return _probe(settings().bwrap)
+    """The bubblewrap binary if it exists and can build a sandbox on this kernel (as the uid it will run as), else None."""
+    return _probe(settings().bwrap, host_ids())
+
+
+def host_ids() -> tuple[int, int] | None:
+    """The host (uid, gid) bwrap runs as: ``LAB_SANDBOX_UID`` when the lab is root; None otherwise (its own uid is unprivileged)."""
+    if os.geteuid() != 0:
+        return None
+    uid = settings().sandbox_uid
+    return uid, uid
 
 
 def unavailable_reason() -> str:
     name = settings().bwrap
     if not shutil.which(name):
         return f"no sandbox: {name!r} (bubblewrap) is not installed, so experiments on the local executor run unconfined"
-    return f"no sandbox: {name!r} cannot create namespaces on this kernel, so experiments on the local executor run unconfined"
+    ids = host_ids()
+    who = f" as uid {ids[0]}" if ids else ""
+    return f"no sandbox: {name!r} cannot create namespaces{who} on this kernel, so experiments on the local executor run unconfined"
 
 
 @functools.lru_cache(maxsize=8)
-def _probe(name: str) -> str | None:
+def features(path: str) -> frozenset[str]:
+    """Which of the options this lab uses beyond the basics the installed bwrap has (``--disable-userns`` is 0.8+)."""
+    try:
+        text = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(f for f in ("--disable-userns", "--seccomp", "--size") if f in text)
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(name: str, ids: tuple[int, int] | None) -> str | None:
     path = shutil.which(name)
     if not path:
         return None
+    userns = ["--disable-userns"] if "--disable-userns" in features(path) else []
     try:
         ok = subprocess.run(
-            [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "true"],
-            capture_output=True, timeout=20,
+            [*_jail(ids, [], None), path, "--unshare-all", "--unshare-user", *userns, "--die-with-parent", "--ro-bind", "/", "/",
+             "--proc", "/proc", "--dev", "/dev", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "true"],
+            capture_output=True, timeout=20, cwd="/",
         ).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return None
     return path if ok else None
+
+
+def _jail(ids: tuple[int, int] | None, gates: list[tuple[str, str, str]], program: bytes | None) -> list[str]:
+    """The :mod:`services.runner.jail` step in front of bwrap: drop to ``ids``, open the job folders' gates, hand over the filter."""
+    head = [sys.executable, "-I", "-S", str(JAIL)]
+    if ids is not None:
+        head += ["--drop", str(ids[0]), str(ids[1])]
+    for src, dest, mode in gates:
+        head += ["--gate", src, dest, mode]
+    if program is not None:
+        head += ["--seccomp", program.hex()]
+    return [*head, "--exec"]
 
 
 def python_roots() -> list[Path]:
@@ -158,9 +200,17 @@ def translate(argv: list[str], binds: list[Bind]) -> list[str]:
 
 
 def wrap(argv: list[str], policy: Policy, bwrap: str) -> list[str]:
-    """The bwrap command line that runs ``argv`` (host paths of the binds allowed) under ``policy``."""
+    """The command line that runs ``argv`` (host paths of the binds allowed) under ``policy``: the jail step, then bwrap."""
+    ids = host_ids()
+    feats = features(bwrap)
+    # As root, bwrap runs as the sandbox uid, which cannot walk the 0700 job folders (nor, say, a Python under /root):
+    # the jail binds each at a gate first, and bwrap binds it from there.
+    shared = [(str(root), root, False) for root in python_roots()] + [(str(b.source), b.dest, b.writable) for b in policy.binds]
+    gates = [(src, f"{jail.GATE}/{i}", "rw" if rw else "ro") for i, (src, _, rw) in enumerate(shared)] if ids else []
     cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox"]
+    if "--disable-userns" in feats:
+        cmd.append("--disable-userns")  # no nested user namespace: `unshare -Ur` fails inside
     if not policy.network:
         cmd.append("--unshare-net")
     cmd.append("--clearenv")
@@ -175,17 +225,29 @@ def wrap(argv: list[str], policy: Policy, bwrap: str) -> list[str]:
             cmd += ["--ro-bind", str(p), str(p)]
     for name in ETC_FILES:
         cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    cmd += ["--proc", "/proc", "--dev", "/dev"]
-    for dev in policy.devices:
-        cmd += ["--dev-bind", str(dev), str(dev)]
+    cmd += ["--proc", "/proc", *_dev(policy)]
     cmd += ["--size", str(policy.tmp_mb << 20), "--tmpfs", "/tmp"]
-    for root in python_roots():
-        cmd += ["--ro-bind", str(root), str(root)]
-    for b in policy.binds:
-        cmd += ["--bind" if b.writable else "--ro-bind", str(b.source), str(b.dest)]
+    for i, (src, dest, rw) in enumerate(shared):
+        cmd += ["--bind" if rw else "--ro-bind", gates[i][1] if gates else src, str(dest)]
     cmd += ["--remount-ro", "/"]  # the skeleton bwrap built (/, /job, /etc) is read-only too
+    program = seccomp.program() if "--seccomp" in feats else None
+    if program is not None:
+        cmd += ["--seccomp", "FD"]  # the jail puts the program in a memfd and writes its number here
     cmd += ["--chdir", str(JOB_ROOT / policy.cwd), "--", *translate(argv, policy.binds)]
-    return cmd
+    return [*_jail(ids, gates, program), *cmd]
+
+
+def _dev(policy: Policy) -> list[str]:
+    """A read-only /dev of a few harmless nodes (and the GPUs), with a size-capped /dev/shm, instead of bwrap's ``--dev``."""
+    args = ["--size", str(1 << 16), "--tmpfs", "/dev"]
+    for node in DEV_NODES:
+        args += ["--dev-bind", f"/dev/{node}", f"/dev/{node}"]
+    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        args += ["--symlink", target, f"/dev/{link}"]
+    args += ["--size", str(policy.shm_mb << 20), "--tmpfs", "/dev/shm"]
+    for dev in policy.devices:
+        args += ["--dev-bind", str(dev), str(dev)]
+    return [*args, "--remount-ro", "/dev"]  # not recursive: /dev/shm stays writable, within its size
 
 
 def gpu_devices() -> list[Path]:

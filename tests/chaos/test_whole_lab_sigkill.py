@@ -56,7 +56,7 @@ def running_experiments(home: Path) -> list[int]:
     """Experiment processes running now: descendants of a runner (read from /proc) running experiment.py, no result yet."""
     found = []
     for f in home.glob("jobs/*/pid"):
-        if (f.parent / "work" / "result.json").exists():
+        if (f.parent / "result.json").exists():
             continue
         try:
             runner = int(f.read_text())

@@ -152,13 +152,13 @@ def test_llm_mind_project_end_to_end_with_faults(lab_env, tmp_path):
     planned = [j for m in convo if m["body"]["type"] == "experiment_planned" and m["body"]["experiment_id"] == idea_exp for j in m["body"]["job_ids"]]
     assert len(planned) == 2, planned
     first_job, second_job = planned
-    first_log = (home / "jobs" / first_job / "work" / "log.txt").read_text(errors="replace")
+    first_log = (home / "jobs" / first_job / "log.txt").read_text(errors="replace")
     assert BROKEN_MARK in first_log
     (result,) = [m["body"] for m in convo if m["body"]["type"] == "experiment_result" and m["body"]["experiment_id"] == idea_exp]
     (run_record,) = result["runs"]
     assert run_record["job_id"] == second_job and run_record["status"] == "succeeded", run_record
     assert run_record["overrides"]["weight_decay"] == 0.3
-    assert not (home / "jobs" / second_job / "work" / "log.txt").read_text(errors="replace").count(BROKEN_MARK)
+    assert not (home / "jobs" / second_job / "log.txt").read_text(errors="replace").count(BROKEN_MARK)
     engineer_events = log_events(home, "engineer")
     assert any(e.get("event") == "job finished" and e.get("job") == first_job and e.get("state") == "failed" for e in engineer_events)
     assert any(e.get("event", "").startswith("job planned (attempt 2") and e.get("job") == second_job for e in engineer_events)

@@ -83,7 +83,7 @@ def check_projects(home: Path, runs: list[tuple[subprocess.Popen, Path]]) -> lis
     assert len(all_jobs) == len(set(all_jobs)), "job ids collide across projects"
     # Each job ran once: one job directory each, one runner start.
     for job in all_jobs:
-        runner_log = (home / "jobs" / job / "work" / "log.txt").read_text()
+        runner_log = (home / "jobs" / job / "log.txt").read_text()
         assert runner_log.count(f"[runner] starting job {job}") == 1
         recorded = json.loads((home / "jobs" / job / "job.json").read_text())
         assert recorded["project"] in projects

@@ -192,7 +192,8 @@ async def test_the_local_executor_reads_the_runners_result(tmp_path: Path) -> No
     (tmp_path / "j1" / "work" / "result.json").write_text(dump_result(JobStatus(job_id="j1", experiment_id="x", state="failed", reason="crashed")))
     phase = await executor.poll("j1")
     assert (phase.state, phase.reason) == ("failed", "crashed")
-    (tmp_path / "j1" / "work" / "result.json").write_text("{")
+    assert not (tmp_path / "j1" / "work").exists()  # the runner is gone: work/ swept, its result kept in the job folder
+    (tmp_path / "j1" / "result.json").write_text("{")
     assert (await executor.poll("j1")).reason == "result.json: not valid JSON"
     await executor.close()
 

@@ -30,7 +30,11 @@ def test_the_command_line_hides_host_paths_and_isolates_everything(tmp_path, mon
     tail = cmd[cmd.index("--") + 1 :]
     assert tail == [sys.executable, "/job/code/experiment.py", "--out_dir", "/job/out"]
     binds = {cmd[i + 2]: (cmd[i], cmd[i + 1]) for i, a in enumerate(cmd) if a in ("--bind", "--ro-bind")}
-    assert binds["/job/out"] == ("--bind", str(tmp_path / "work" / "out"))
+    # As root the jail binds each folder at a gate the sandbox uid can walk to, and bwrap binds it from there.
+    gates = {cmd[i + 2]: cmd[i + 1] for i, a in enumerate(cmd[: cmd.index("--exec")]) if a == "--gate"}
+    flag, source = binds["/job/out"]
+    assert flag == "--bind" and gates.get(source, source) == str(tmp_path / "work" / "out")
+    assert (source in gates) == (sandbox.host_ids() is not None)
     assert binds["/job/code"][0] == "--ro-bind"
     assert [d for d, (flag, _) in binds.items() if flag == "--bind"] == ["/job/out"]  # the only writable place
     assert "s3cret" not in " ".join(cmd) and not any(a.startswith("LAB_") for a in cmd)
@@ -85,3 +89,31 @@ def test_agents_get_credential_files_not_values(tmp_path, monkeypatch):
     assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text()) >= 32 and secret.read_text() not in env.values()
     assert sup._agent_env("engineer", "engineer-2")["LAB_JOB_SECRET_FILE"] == str(secret)
     assert "LAB_JOB_SECRET_FILE" not in sup._agent_env("analyst")
+
+
+def test_the_seccomp_program_is_well_formed_and_refuses_by_number():
+    import struct
+
+    from services.runner import seccomp
+
+    prog = seccomp.program("x86_64")
+    assert prog is not None and len(prog) % 8 == 0 and len(prog) // 8 < 256
+    code = [struct.unpack("=HBBI", prog[i : i + 8]) for i in range(0, len(prog), 8)]
+    assert code[0] == (seccomp.LD_W_ABS, 0, 0, seccomp.OFF_ARCH) and code[1][3] == 0xC000003E  # the arch check comes first
+    checked = {k for op, _, _, k in code if op == seccomp.JEQ_K}
+    assert {seccomp.X86_64[n] for n in (*seccomp.DENIED, *seccomp.FLAG_CHECKED, *seccomp.NO_SYS)} <= checked
+    assert (seccomp.RET_K, 0, 0, seccomp.RET_ERRNO | 1) in code  # EPERM
+    assert seccomp.program("aarch64") is not None and seccomp.program("sparc") is None
+    assert set(seccomp.X86_64) == set(seccomp.AARCH64)  # both tables name every syscall the filter uses
+
+
+def test_the_jail_reads_its_arguments_and_refuses_others():
+    from services.runner import jail
+
+    drop, gates, program, cmd = jail.parse(["--drop", "65534", "65534", "--gate", "/a", "/dev/shm/0", "rw", "--seccomp", "0aff",
+                                            "--exec", "bwrap", "--seccomp", "FD"])
+    assert (drop, gates, program, cmd) == ((65534, 65534), [("/a", "/dev/shm/0", "rw")], b"\n\xff", ["bwrap", "--seccomp", "FD"])
+    with pytest.raises(jail.JailError):
+        jail.parse(["--frob", "--exec", "x"])
+    with pytest.raises(jail.JailError):
+        jail.parse(["--exec"])
