@@ -20,7 +20,7 @@ source text cannot be the boundary (STYLE.md 13). The boundary is this:
 - ``--die-with-parent`` and the pid namespace: when the runner (or the
   sandbox's init) dies, the kernel kills every process in the namespace, a
   ``setsid`` grandchild included.
-- Limits: per-process rlimits (address space, CPU seconds, core dumps) set in
+- Limits: per-process rlimits (private writable memory, CPU seconds, core dumps) set in
   the child before exec, so the kernel enforces them on every descendant; the
   runner's watch adds the sum over the whole process tree.
 
