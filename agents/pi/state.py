@@ -89,6 +89,8 @@ class ProjectState(Model):
     # What earlier projects on this template tried (the idea archive), as the latest wave saw it.
     prior: list[ArchiveRecord] = []
     halt: str = ""  # why the project ends once nothing is outstanding (the model's endpoint is down)
+    # The meta-review accepted: why, while the writer makes the final build of the reviewed draft.
+    accepting: str = ""
 
     @property
     def runs_used(self) -> int:

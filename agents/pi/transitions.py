@@ -548,6 +548,10 @@ def step_failed(st: ProjectState, body: StepFailed, now: float) -> Step:
             _idea_failed(st, exp.idea_id, body.reason)
     elif body.step == "novelty_check" and body.ref in st.ideas and st.ideas[body.ref].status == "checking":
         st.ideas[body.ref].status, st.ideas[body.ref].reason = "skipped", f"novelty check failed: {body.reason}"
+    elif body.step == "draft" and st.accepting:  # the final build failed: the reviewed draft is delivered as it is
+        out.append(Log("warning", "final build failed; delivering the reviewed draft", {"reason": body.reason}))
+        _finish(st, out, accepted=True, reason=st.accepting)
+        return Step(st, out)
     elif body.step in ("analysis", "draft", "review"):
         _finish(st, out, accepted=False, reason=f"{body.step} failed: {body.reason}", failed=True)
         return Step(st, out)
@@ -627,15 +631,20 @@ def analysis_done(st: ProjectState, body: AnalysisDone, when: float) -> Step:
     if _confirm(st, out, body.report):
         return Step(st, out)
     st.stage = "draft"
-    request = DraftRequest(
-        round=st.round, spec=st.spec, direction=st.direction,
+    out.append(Send(_draft_request(st, body.report), "writer"))
+    return Step(st, out)
+
+
+def _draft_request(st: ProjectState, report: AnalysisReport, reviewed: DraftReady | None = None) -> DraftRequest:
+    """What the writer needs for this round's draft; with ``reviewed``, the final build of that accepted draft."""
+    return DraftRequest(
+        round=st.round, spec=st.spec, direction=st.direction, profile=profile_name(st.profile, st.fast) or "",
         ideas=[s.idea for s in st.ideas.values() if s.status in ("done", "failed", "running")],
-        report=body.report, references=list(st.references.values()), notes=st.notes,
+        report=report, references=list(st.references.values()), notes=st.notes,
         revision_items=st.revision_items, responses=st.responses, usage=st.usage,
         not_novel={s.idea.id: s.reason for s in st.ideas.values() if s.status == "not_novel"},
+        final=reviewed is not None, reviewed=reviewed,
     )
-    out.append(Send(request, "writer"))
-    return Step(st, out)
 
 
 def _confirm(st: ProjectState, out: list[Effect], report: AnalysisReport) -> bool:
@@ -671,10 +680,17 @@ def _confirm(st: ProjectState, out: list[Effect], report: AnalysisReport) -> boo
 
 
 def draft_ready(st: ProjectState, body: DraftReady) -> Step:
-    """The writer's draft goes to the reviewers."""
+    """The writer's draft goes to the reviewers; the final build of an accepted draft ends the project."""
     st, out = _begin(st)
     if st.stage != "draft" or body.round != st.round or st.report is None:
         return Step(st)
+    if st.accepting:
+        if body.pdf_error and st.draft is not None and st.draft.pdf:  # the reviewed PDF stands rather than none
+            out.append(Log("warning", "final build failed; delivering the reviewed draft", {"error": body.pdf_error}))
+        else:
+            st.draft = body
+        _finish(st, out, accepted=True, reason=st.accepting)
+        return Step(st, out)
     st.draft = body
     st.stage = "review"
     request = ReviewRequest(
@@ -692,7 +708,12 @@ def review_done(st: ProjectState, body: ReviewDone, now: float) -> Step:
         return Step(st)
     st.reviews.append(body)
     meta = body.meta
-    if meta.decision == "accept":
+    if meta.decision == "accept" and st.report is not None and st.draft is not None:
+        # The delivered paper is the final version of the text the reviewers accepted, not a "Draft for review".
+        st.accepting = f"accepted in round {st.round} (meta-review overall {meta.overall:.1f})"
+        st.stage = "draft"
+        out.append(Send(_draft_request(st, st.report, reviewed=st.draft), "writer"))
+    elif meta.decision == "accept":
         _finish(st, out, accepted=True, reason=f"accepted in round {st.round} (meta-review overall {meta.overall:.1f})")
     elif meta.decision == "reject":
         _finish(st, out, accepted=False, reason=f"rejected in round {st.round}: {meta.summary}")

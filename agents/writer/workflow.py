@@ -128,6 +128,9 @@ class Writer(Role):
 
     @on(DraftRequest)
     async def draft(self, body: DraftRequest, env: Envelope, ctx: WriterContext) -> None:
+        if body.final and body.reviewed is not None:
+            await self._finalise(body, body.reviewed, ctx)
+            return
         evidence_doc = body.model_dump(mode="json")
         evidence = numbers.evidence_values(evidence_doc)
         mind = describe_mind(ctx.mind)
@@ -178,6 +181,30 @@ class Writer(Role):
             out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", built)
         if out.pdf_error:
             ctx.log.warning("pdf_failed", error=out.pdf_error, log=out.pdf_log)
+        ctx.send(out, to="pi")
+
+    async def _finalise(self, body: DraftRequest, reviewed: DraftReady, ctx: WriterContext) -> None:
+        """The accepted draft's final build: its own text, figures and bibliography, with the final date line.
+
+        No mind is asked: the final version must say exactly what the reviewers accepted.
+        """
+        draft_line, final_line = date_line(body.model_copy(update={"final": False})), date_line(body)
+        tex = (await ctx.artifacts.get(reviewed.tex)).decode().replace(draft_line, final_line)
+        md = (await ctx.artifacts.get(reviewed.markdown)).decode().replace(draft_line, final_line)
+        bib = (await ctx.artifacts.get(reviewed.bib)).decode()
+        files = {name.rsplit("/", 1)[-1]: await ctx.artifacts.get(name) for name in reviewed.figures}
+        base = f"{ctx.project}/paper/final"
+        out = reviewed.model_copy(update={
+            "tex": await ctx.artifacts.put(f"{base}/paper.tex", tex.encode()),
+            "markdown": await ctx.artifacts.put(f"{base}/paper.md", md.encode()),
+            "pdf": None, "pdf_error": "", "pdf_log": "",
+        })
+        try:
+            out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", await pdf.compile_pdf(tex, bib, files))
+        except pdf.PdfError as e:
+            out.pdf_error, out.pdf_log = str(e), e.excerpt
+            ctx.log.warning("pdf_failed", error=out.pdf_error, log=out.pdf_log)
+        ctx.log.info("final_version", round=body.round, pdf=out.pdf)
         ctx.send(out, to="pi")
 
     async def _figures(self, body: DraftRequest, ctx: WriterContext) -> tuple[list[assemble.FigureRef], dict[str, bytes]]:

@@ -198,6 +198,9 @@ class DraftRequest(Model):
     profile: str | None = None
     # The accepted paper's final build: it says "Final version", not "Draft for review, round N".
     final: bool = False
+    # With final: the draft the reviewers accepted. The writer rebuilds exactly its text with the final
+    # date line (no mind is asked again: a model would write a paper nobody reviewed).
+    reviewed: DraftReady | None = None
 
     STEP: ClassVar[Step] = "draft"
 

@@ -230,3 +230,38 @@ async def test_a_draft_for_review_says_so():
 
     out, md, _ = await write_char_lm(char_lm_request())
     assert "Draft for review, round 1" in md and "Final version" not in md
+
+
+@pytest.mark.tex
+async def test_the_final_version_is_the_reviewed_text_with_the_final_date_line():
+    """After an accept the writer rebuilds the reviewed draft itself: no mind writes again, only the date line changes."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tests.unit.test_writer_story import request as char_lm_request
+
+    store = MemoryStore()
+    ctx = Context(project="p", role="writer", state=None, artifacts=store, mind=make(0, {}))
+    await ROLE().handle(Envelope(project="p", sender="pi", recipient="writer", body=char_lm_request()), ctx)
+    (reviewed, _), = ctx.outputs
+    md = store.data[reviewed.markdown].decode()
+
+    class NoMind:  # a model asked again would write a paper nobody reviewed
+        usage = Usage()
+
+        async def write(self, request):
+            raise AssertionError("the final build asked the mind to write")
+
+    final_ctx = Context(project="p", role="writer", state=None, artifacts=store, mind=NoMind())
+    final_req = char_lm_request(final=True, reviewed=reviewed)
+    await ROLE().handle(Envelope(project="p", sender="pi", recipient="writer", body=final_req), final_ctx)
+    (final, _), = final_ctx.outputs
+    final_md = store.data[final.markdown].decode()
+    assert final.markdown != reviewed.markdown and final.pdf and final.pdf_error == ""
+    assert final_md == md.replace("Draft for review, round 1", "Final version, accepted after review round 1")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "paper.pdf"
+        path.write_bytes(store.data[final.pdf])
+        text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Draft for review" not in text and "Final version, accepted after review round 1" in text

@@ -27,6 +27,7 @@ from bus.schema import (
     RevisionItem,
     RunRecord,
     StartProject,
+    StepFailed,
 )
 from tests.fakes import TOY_SPEC, MemoryStore
 
@@ -72,7 +73,8 @@ START = StartProject(
 )
 
 
-async def test_full_loop_with_one_revision_round():
+@pytest.mark.parametrize("final_fails", [False, True])
+async def test_full_loop_with_one_revision_round(final_fails: bool):
     h = Harness()
     out = await h.send(START)
     assert kinds(out) == ["experiment_request->engineer", "novelty_check->literature", "novelty_check->literature"]
@@ -134,10 +136,20 @@ async def test_full_loop_with_one_revision_round():
     assert out[0][0].round == 1 and len(out[0][0].runs) == 4
     out = await h.send(AnalysisDone(report=report(1)), "analyst")
     assert kinds(out) == ["draft_request->writer"] and out[0][0].responses == rebuttal.responses
-    out = await h.send(draft.model_copy(update={"round": 1}), "writer")
+    reviewed = draft.model_copy(update={"round": 1, "pdf": "p1/paper/round-1/paper.pdf"})
+    out = await h.send(reviewed, "writer")
     out = await h.send(ReviewDone(round=1, reviews=[], meta=MetaReview(summary="good", overall=6.5, decision="accept")), "reviewer")
+    # Accepted: the writer makes the final build of exactly the reviewed draft before the decision goes out.
+    assert kinds(out) == ["draft_request->writer"] and h.state.stage == "draft"
+    assert out[0][0].final and out[0][0].reviewed == reviewed and out[0][0].round == 1
+    if final_fails:
+        out = await h.send(StepFailed(step="draft", reason="writer down", ref=""), "writer")
+        assert kinds(out) == ["decision->all"] and out[0][0].accepted and out[0][0].paper == reviewed
+        return
+    final = reviewed.model_copy(update={"markdown": "p1/paper/final/paper.md", "pdf": "p1/paper/final/paper.pdf"})
+    out = await h.send(final, "writer")
     assert kinds(out) == ["decision->all"]
-    assert out[0][0].accepted and h.state.stage == "done"
+    assert out[0][0].accepted and h.state.stage == "done" and out[0][0].paper == final
     assert "p1/review.json" in h.store.data
 
 

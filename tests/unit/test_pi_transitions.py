@@ -309,14 +309,26 @@ def test_the_draft_goes_to_review_for_its_round_only():
     assert step.sent[0][0].max_rounds == 1
 
 
-def test_acceptance_ends_the_project_and_stores_the_reviews():
+def test_acceptance_asks_for_the_final_version_of_the_reviewed_draft_only():
     meta = MetaReview(summary="good", overall=6.5, decision="accept")
     step = t.review_done(to_review(), ReviewDone(round=0, reviews=[], meta=meta), T0)
+    assert kinds(step) == ["draft_request->writer"] and step.state.stage == "draft"
+    request = step.sent[0][0]
+    assert request.final and request.reviewed == DRAFT and request.round == 0
+    assert step.state.accepted is None  # not yet: the decision goes out with the final version
+    assert t.draft_ready(step.state, DRAFT.model_copy(update={"round": 1})).state == step.state  # another round's: ignored
+
+
+def test_acceptance_ends_the_project_with_the_final_version_and_stores_the_reviews():
+    meta = MetaReview(summary="good", overall=6.5, decision="accept")
+    st = t.review_done(to_review(), ReviewDone(round=0, reviews=[], meta=meta), T0).state
+    final = DRAFT.model_copy(update={"markdown": "p1/paper/final/paper.md"})
+    step = t.draft_ready(st, final)
     assert [type(e).__name__ for e in step.effects] == ["PutArtifact", "Send", "Log"]
     put = step.effects[0]
     assert isinstance(put, t.PutArtifact) and put.name == "p1/review.json" and json.loads(put.data)[0]["meta"]["decision"] == "accept"
     decision = step.sent[0][0]
-    assert decision.accepted and decision.review_object == "p1/review.json" and decision.paper == DRAFT
+    assert decision.accepted and decision.review_object == "p1/review.json" and decision.paper == final
     assert step.state.stage == "done" and step.state.outcome == "accepted in round 0 (meta-review overall 6.5)"
 
 
@@ -382,7 +394,8 @@ def test_the_second_round_is_accepted_after_a_revision():
     assert st.stage == "analysis" and st.round == 1  # nothing to run: straight to the analysis
     st = t.analysis_done(st, AnalysisDone(report=report(1)), when=T0).state
     st = t.draft_ready(st, DRAFT.model_copy(update={"round": 1})).state
-    step = t.review_done(st, ReviewDone(round=1, reviews=[], meta=MetaReview(summary="ok", overall=7, decision="accept")), T0)
+    st = t.review_done(st, ReviewDone(round=1, reviews=[], meta=MetaReview(summary="ok", overall=7, decision="accept")), T0).state
+    step = t.draft_ready(st, DRAFT.model_copy(update={"round": 1, "markdown": "p1/paper/final/paper.md"}))
     assert step.state.accepted and step.sent[0][0].rounds == 1
 
 
