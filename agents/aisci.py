@@ -34,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents import aisci_shim
-from bus.schema import TemplateError, TemplateSpec
+from bus.schema import BASELINE, RunRecord, TemplateError, TemplateSpec
 from bus.schema.constants import MIN_SEEDS
 
 OVERRIDES = "lab.yaml"
@@ -352,3 +352,47 @@ def bundle(folder: Path, spec: TemplateSpec) -> bytes:
             if f.is_file() and not f.is_symlink() and not _skipped(rel):
                 tar.add(f, arcname=f"{aisci_shim.ORIGINAL}/{rel}", recursive=False)
     return buf.getvalue()
+
+
+NO_LEVERS = (
+    "This template declares no knobs or variants, so the offline mind has no idea to propose: "
+    "the lab ran the baseline and its seeds only, and this report characterises that baseline. No idea was tested."
+)
+
+
+def declares_no_levers(spec: TemplateSpec) -> bool:
+    """Nothing for the offline mind to vary: no knobs and no code variants (an AI Scientist template's case)."""
+    return not spec.knobs and not spec.variants
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def baseline_report(spec: TemplateSpec, runs: list[RunRecord]) -> str:
+    """A baseline-characterisation report (Markdown): each metric's mean, standard error and per-seed values, per dataset.
+
+    Written for a template the offline mind cannot vary (:func:`declares_no_levers`); it says so
+    plainly and names every idea that did run, so it never reads as a tested idea.
+    """
+    base = [r for r in runs if r.idea_id == BASELINE and r.status == "succeeded" and r.final_info is not None]
+    others = sorted({r.idea_id for r in runs if r.idea_id != BASELINE})
+    lines = [f"# Baseline characterisation: {spec.name}", "", NO_LEVERS if not others else f"Ideas that ran besides the baseline: {', '.join(others)}.", ""]
+    lines += [f"Task: {spec.task}", ""]
+    if not base:
+        failed = [f"{r.job_id}: {r.reason}" for r in runs if r.idea_id == BASELINE]
+        return "\n".join([*lines, "The baseline did not finish, so there is nothing to characterise.", *failed, ""])
+    lines += ["| metric | better | mean | stderr | per seed | runs |", "|---|---|---|---|---|---|"]
+    for name, metric in spec.metrics.items():
+        stats = [(r.final_info.metrics[name], r) for r in base if r.final_info is not None and name in r.final_info.metrics]
+        for stat, run in stats:
+            label = f"**{name}** (primary)" if metric.primary else name
+            better = metric.direction + (" (hardware)" if metric.kind == "hardware" else "")
+            lines.append(f"| {label} | {better} | {_fmt(stat.mean)} | {_fmt(stat.stderr)} | {', '.join(map(_fmt, stat.values))} | {run.job_id} |")
+        if not stats:
+            lines.append(f"| {name} | {metric.direction} | - | - | not reported | - |")
+    seeds = sorted({s for r in base if r.final_info is not None for s in r.final_info.seeds})
+    walls = ", ".join(f"{r.wall_s:.1f}s" for r in base)
+    lines += ["", f"Seeds: {len(seeds)} per run, run by the template itself. Wall time of each baseline run: {walls} "
+              f"(time budget {spec.time_budget_s:.0f}s; set `time_budget_s` in {OVERRIDES} to schedule tighter).", ""]
+    return "\n".join(lines)

@@ -181,6 +181,9 @@ def start(state: ProjectState | None, body: StartProject, project: str, now: flo
     focus = read_focus(st.direction, st.spec)
     if st.direction.strip():
         out.append(Log("info", "direction read", {"direction": st.direction, "names": focus.describe()}))
+    if st.mind == "offline" and not st.spec.knobs and not st.spec.variants:  # an AI Scientist template, say: said plainly, not implied
+        out.append(Log("info", "nothing to vary", {"says": "this template declares no knobs or variants: the offline mind proposes no ideas; "
+                                                   "the lab runs the baseline and its seeds and writes a baseline-characterisation report"}))
     return Step(st, out, _plan_wave(st, now))
 
 
