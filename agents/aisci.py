@@ -34,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents import aisci_shim
-from bus.schema import BASELINE, RunRecord, TemplateError, TemplateSpec
+from bus.schema import BASELINE, CodeChange, Idea, RunRecord, TemplateError, TemplateSpec
 from bus.schema.constants import MIN_SEEDS
 
 OVERRIDES = "lab.yaml"
@@ -245,6 +245,21 @@ def read_seed_ideas(folder: Path) -> tuple[list[SeedIdea], str | None]:
     return ideas, None
 
 
+def as_idea(seed: SeedIdea, primary: str, direction: str) -> Idea:
+    """A seed idea as the PI's: a code change to experiment.py (the engineer's guarded edits write it), scored as the template scored it."""
+    better = "higher" if direction == "higher" else "lower"
+    return Idea(
+        id="seed-" + (re.sub(r"[^a-z0-9]+", "-", seed.Name.lower()).strip("-")[:40] or "idea"),
+        title=seed.Title,
+        hypothesis=f"{seed.Experiment.strip()} This gives a {better} {primary} than the unchanged experiment.py.",
+        falsification=f"Rejected if {primary} is not {better} than the baseline's after correction for multiple comparisons.",
+        changes={},
+        code=CodeChange(summary=seed.Experiment.strip()),
+        rationale=f"{SEED_IDEAS}: the template's own idea {seed.Name!r}.",
+        interestingness=seed.Interestingness, feasibility=seed.Feasibility, novelty=seed.Novelty,
+    )
+
+
 def read_requirements(folder: Path, overrides: Overrides) -> list[str]:
     """Extra packages: requirements.txt's lines (comments and blanks dropped), then the override file's."""
     path = folder / "requirements.txt"
@@ -293,6 +308,8 @@ def derive(folder: Path) -> Derived:
     }
     if d.overrides.memory_mb:
         data["resources"] = {"memory_mb": d.overrides.memory_mb}
+    primary = next((n for n, m in metrics.items() if m.get("primary")), "")
+    data["seed_ideas"] = [as_idea(i, primary, metrics.get(primary, {}).get("direction", "")) for i in d.seed_ideas]
     try:
         d.spec = TemplateSpec.model_validate(data)
     except ValidationError as e:

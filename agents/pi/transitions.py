@@ -422,6 +422,9 @@ def wave_proposed(st: ProjectState, ideas: list[Idea], take: int) -> Step:
     project move on (to the analysis, or to its end).
     """
     st, out = _begin(st)
+    if st.wave == 1 and st.mind == "llm" and st.spec.seed_ideas:  # the template's own ideas lead, then the mind's
+        out.append(Log("info", "seed ideas", {"ideas": [i.id for i in st.spec.seed_ideas]}))
+        ideas = [*st.spec.seed_ideas, *ideas]
     ideas = _admissible(st, out, fresh(st, ideas))
     ideas, dropped = rank(ideas)
     if dropped:

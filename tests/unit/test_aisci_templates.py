@@ -125,3 +125,30 @@ def test_a_folder_that_is_neither_format_is_refused(tmp_path):
     (tmp_path / "experiment.py").write_text("")
     code, _, err = check(tmp_path)
     assert code == 2 and "not a template" in err
+
+
+def _started(mind: str):
+    from agents.pi import transitions as t
+    from bus.schema import Budget, StartProject
+
+    _, spec = templates.load(str(TINY))
+    body = StartProject(template=spec.name, template_object="p1/template.tar.gz", spec=spec, seed=0, mind=mind,
+                        budget=Budget(max_ideas=2, max_runs=10, max_revision_rounds=1, wall_time_s=600))
+    return t, t.start(None, body, "p1", 1000.0)
+
+
+def test_seed_ideas_lead_the_llm_minds_first_wave_as_code_changes():
+    t, step = _started("llm")
+    seeds = step.state.spec.seed_ideas
+    assert [i.id for i in seeds] == ["seed-learning-rate-warmup", "seed-sine-features"]
+    assert seeds[1].code is not None and seeds[1].code.summary.startswith("Append sin(3x)") and seeds[1].changes == {}
+    assert (seeds[1].interestingness, seeds[1].feasibility, seeds[1].novelty) == (6, 9, 4)
+    wave = t.wave_proposed(step.state, [], take=2)
+    assert [b.idea.id for b, _ in wave.sent] == ["seed-sine-features", "seed-learning-rate-warmup"]  # ranked by the template's scores
+
+
+def test_the_offline_mind_says_it_has_nothing_to_vary_and_proposes_no_seed_idea():
+    t, step = _started("offline")
+    assert any(getattr(e, "event", "") == "nothing to vary" for e in step.effects)
+    wave = t.wave_proposed(step.state, [], take=2)
+    assert wave.sent == [] and wave.state.ideas == {}
