@@ -1,5 +1,9 @@
 """Experiment templates on disk: a folder with experiment.py, plot.py and template.yaml.
 
+An AI Scientist template (experiment.py and prompt.json, no template.yaml) is
+recognised too and runs unchanged: its spec is derived and its bundle wraps it
+(``agents.aisci``).
+
 Finding, loading and bundling them lives here; the spec itself is a contract
 (``bus.schema.template``), validated when a project starts, so a typo in
 template.yaml is one readable line naming the field instead of a crash in an
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from agents import aisci
 from bus.schema import TemplateError, TemplateSpec, parse_spec
 from bus.settings import settings
 
@@ -28,18 +33,20 @@ def resolve(name_or_path: str) -> Path:
     """A template folder from a path or a name on the search path."""
     p = Path(name_or_path)
     if p.is_dir():
-        if not (p / "template.yaml").is_file():
-            raise TemplateError(f"{p}: not a template (no template.yaml)")
+        if not (p / "template.yaml").is_file() and not aisci.is_aisci(p):
+            raise TemplateError(f"{p}: not a template (no template.yaml, nor an AI Scientist template's experiment.py and prompt.json)")
         return p.resolve()
     for base in search_path():
-        if (base / name_or_path / "template.yaml").is_file():
+        if (base / name_or_path / "template.yaml").is_file() or aisci.is_aisci(base / name_or_path):
             return (base / name_or_path).resolve()
-    known = sorted(d.name for base in search_path() if base.is_dir() for d in base.iterdir() if (d / "template.yaml").is_file())
+    known = sorted(d.name for base in search_path() if base.is_dir() for d in base.iterdir() if (d / "template.yaml").is_file() or aisci.is_aisci(d))
     raise TemplateError(f"unknown template {name_or_path!r}; known: {', '.join(known) or 'none'}")
 
 
 def load(name_or_path: str) -> tuple[Path, TemplateSpec]:
     folder = resolve(name_or_path)
+    if aisci.is_aisci(folder):
+        return folder, aisci.load(folder)
     path = folder / "template.yaml"
     try:
         data = yaml.safe_load(path.read_text())
@@ -80,7 +87,9 @@ def check_variants(folder: Path, spec: TemplateSpec) -> None:
 
 
 def bundle(folder: Path) -> bytes:
-    """The template folder as tar.gz, the unit the job runner fetches."""
+    """The template folder as tar.gz, the unit the job runner fetches (an AI Scientist template's wrapped, see ``agents.aisci``)."""
+    if aisci.is_aisci(folder):
+        return aisci.bundle(folder, aisci.load(folder))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for f in sorted(folder.rglob("*")):

@@ -181,6 +181,9 @@ def start(state: ProjectState | None, body: StartProject, project: str, now: flo
     focus = read_focus(st.direction, st.spec)
     if st.direction.strip():
         out.append(Log("info", "direction read", {"direction": st.direction, "names": focus.describe()}))
+    if st.mind == "offline" and not st.spec.knobs and not st.spec.variants:  # an AI Scientist template, say: said plainly, not implied
+        out.append(Log("info", "nothing to vary", {"says": "this template declares no knobs or variants: the offline mind proposes no ideas; "
+                                                   "the lab runs the baseline and its seeds and writes a baseline-characterisation report"}))
     return Step(st, out, _plan_wave(st, now))
 
 
@@ -419,6 +422,9 @@ def wave_proposed(st: ProjectState, ideas: list[Idea], take: int) -> Step:
     project move on (to the analysis, or to its end).
     """
     st, out = _begin(st)
+    if st.wave == 1 and st.mind == "llm" and st.spec.seed_ideas:  # the template's own ideas lead, then the mind's
+        out.append(Log("info", "seed ideas", {"ideas": [i.id for i in st.spec.seed_ideas]}))
+        ideas = [*st.spec.seed_ideas, *ideas]
     ideas = _admissible(st, out, fresh(st, ideas))
     ideas, dropped = rank(ideas)
     if dropped:

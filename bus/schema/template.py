@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bus.errors import LabError
 from bus.schema.constants import MIN_SEEDS
 from bus.schema.kinds import DEFAULT_PROFILE, FAST_PROFILE, ProfileName
-from bus.schema.project import CodeEdit
+from bus.schema.project import CodeEdit, Idea
 
 
 class TemplateError(LabError, ValueError):
@@ -197,6 +197,9 @@ class TemplateSpec(BaseModel):
     positive_control: dict[str, Any] = {}
     # The significance level the analyst tests at and plans seeds for.
     alpha: float = Field(0.05, gt=0, lt=1)
+    # Ideas the template brings (an AI Scientist template's seed_ideas.json, as code changes): with the llm
+    # mind they lead the first wave, checked and ranked like the mind's own; the offline mind cannot write code.
+    seed_ideas: list[Idea] = []
 
     @model_validator(mode="after")
     def _check_metrics(self) -> TemplateSpec:

@@ -534,7 +534,7 @@ def _check_url(url: str) -> None:
 
 def _mount_optional() -> None:
     """Sub-commands whose modules may be absent in a slim install."""
-    for name, module in (("job", "services.cli.job"), ("lit", "services.cli.lit")):
+    for name, module in (("job", "services.cli.job"), ("lit", "services.cli.lit"), ("template", "services.cli.template")):
         try:
             mod = __import__(module, fromlist=["app"])
         except ImportError:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from agents import templates
+from agents import aisci, templates
 from bus import subjects
 from bus.client import Bus
 from bus.errors import BusRefused, LabError, Unanswered
@@ -210,6 +210,8 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
             raise StoreFull(f"the lab's store refused the new project ({e.description}) at {bus.config.url}") from None
         console.print(f"project [bold]{project}[/bold] started on template {spec.name!r}; "
                       f"follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
+        if opts.mind == "offline" and aisci.declares_no_levers(spec):
+            console.print(f"{aisci.NO_LEVERS.split(':', 1)[0]}: the offline mind runs the baseline and its seeds and writes baseline.md")
         return await _follow_and_export(bus, project, out, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)
     finally:
         await bus.close()

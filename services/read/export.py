@@ -10,6 +10,7 @@ and ``export.json`` says so.
     paper.tex paper.md paper.pdf references.bib figures/   the decided paper (else the latest draft)
     review.json                                              the reviews, every round
     analysis.json                                            the latest analysis report
+    baseline.md                                              a template with nothing to vary: its baseline characterised
     results/<job>/...                                        every run's files
     conversation.jsonl                                       the whole log
     export.json                                              finished or not, the decision, the files
@@ -23,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.aisci import baseline_report, declares_no_levers
 from bus import subjects
 from bus.client import Bus
 from bus.errors import ArtifactMissing, LabError
 from bus.permissions import convo_refusal
 from bus.replay import read
-from bus.schema import AnalysisDone, Decision, DraftReady, ReviewDone
+from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentResult, ReviewDone, RunRecord, StartProject
 from bus.store import Artifacts, object_name_refusal
 from services.read.projects import project_state
 
@@ -57,6 +59,8 @@ class _Log:
     draft: DraftReady | None = None
     analysis: AnalysisDone | None = None
     reviews: list[ReviewDone] = field(default_factory=list)
+    start: StartProject | None = None
+    runs: list[RunRecord] = field(default_factory=list)
 
 
 async def _read_log(bus: Bus, project: str) -> _Log:
@@ -77,6 +81,10 @@ async def _read_log(bus: Bus, project: str) -> _Log:
             log.analysis = body
         elif isinstance(body, ReviewDone):
             log.reviews.append(body)
+        elif isinstance(body, StartProject):
+            log.start = body
+        elif isinstance(body, ExperimentResult):
+            log.runs += body.runs
     return log
 
 
@@ -139,6 +147,9 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     elif log.analysis is not None:
         analysis.write_text(log.analysis.report.model_dump_json(indent=2))
         files.append(("analysis.json", analysis))
+    if log.start is not None and declares_no_levers(log.start.spec):  # no knobs, no variants (an AI Scientist template)
+        (out / "baseline.md").write_text(baseline_report(log.start.spec, log.runs))
+        files.append(("baseline.md", out / "baseline.md"))
     for name in await artifacts.list(f"{project}/runs/"):
         parts = name.split("/", 3)
         if len(parts) < 4:
