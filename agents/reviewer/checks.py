@@ -30,7 +30,6 @@ AREAS = ("statistics", "setup", "claims", "literature")
 BLOCKING = {"more_seeds", "add_baseline", "add_limitation", "rewrite_section"}
 NUM = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 SKIP_PARTS = ("references", "revisions")
-DRAFT_MARK = re.compile(r"draft for review", re.I)
 # A citation as the writer renders it: [key], [@key], or (Author, 2021).
 CITE = re.compile(r"\[@?[\w:.-]+\]|\([A-Z][^()]{0,80}?\b\d{4}[a-z]?\)")
 
@@ -464,16 +463,6 @@ def literature_findings(secs: dict[str, str], references: list[Reference], not_n
                 + (f"presents it as new: {quote(claim)}." if claim else "does not say so.")
                 + " State the literature's verdict where the idea is discussed.", area="literature"))
     return out
-
-
-def draft_mark(paper: str, tex: str) -> str:
-    """The "Draft for review" line of a paper (Markdown or the LaTeX the PDF is built from), or ""."""
-    for text in (paper, tex):
-        m = DRAFT_MARK.search(text)
-        if m:
-            line = text[text.rfind("\n", 0, m.start()) + 1: text.find("\n", m.end()) if "\n" in text[m.end():] else len(text)]
-            return line.strip()
-    return ""
 
 
 # ------------------------------------------------------------------ all areas

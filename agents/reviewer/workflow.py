@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from agents.base import Context, Role, on
 from agents.minds.base import ReviewerMind
-from agents.reviewer.checks import Finding, draft_mark, quote
+from agents.reviewer.checks import Finding
 from agents.reviewer.offline import findings
 from agents.reviewer.revision import open_items
 from bus.schema import (
@@ -128,10 +128,11 @@ class Reviewer(Role):
         meta = await ctx.mind.meta_review(reviews, body.report, body.round, max_rounds)
         blockers = [f for f in findings(paper, body.report, body.references, evidence) if f.blocking]
         blockers += [Finding(i.kind, i.target, i.text, "claims", open_item=True) for i in evidence.open_items]
-        mark = draft_mark(paper, evidence.tex)
-        if mark and meta.decision == "accept":
-            blockers.append(Finding("rewrite_section", "front_matter",
-                f"The paper would be accepted as the final version, yet it says {quote(mark)}. Print it as final, without \"Draft for review\"."))
+        # What the writer's own one-story check found (agents.writer.story): not trusted as a pass, but a failure counts.
+        blockers += [Finding("rewrite_section", "abstract", f"The paper disagrees with itself or the report: {p}", "claims", open_item=True)
+                     for p in body.draft.inconsistencies]
+        # A draft under review says "Draft for review, round N"; after an accept the PI has the writer
+        # build the final version of exactly this text (agents.pi.transitions.review_done), so that line is no flaw here.
         meta = gate(meta, blockers, body.round, max_rounds)
         done = ReviewDone(round=body.round, reviews=reviews, meta=meta)
         name = f"{ctx.project}/paper/round-{body.round}/review.json"

@@ -117,14 +117,16 @@ def paper(rep: AnalysisReport, **parts: str) -> str:
             f"{p.get('revisions', '')}## References\n\n{refs}\n\n## Appendix A: Runs\n\n- `j-baseline`: idea `baseline`, succeeded\n")
 
 
-async def review(md: str, rep: AnalysisReport, round: int = 0, max_rounds: int = 3, ensemble: int = 3, store: MemoryStore | None = None) -> ReviewDone:
+async def review(md: str, rep: AnalysisReport, round: int = 0, max_rounds: int = 3, ensemble: int = 3, store: MemoryStore | None = None,
+                 inconsistencies: list[str] | None = None) -> ReviewDone:
     """The reviewer's workflow on a draft the writer stored (paper.md, paper.tex, analysis.json with the spec)."""
     store = store or MemoryStore()
     base = f"p/paper/round-{round}"
     await store.put(f"{base}/paper.md", md.encode())
     await store.put(f"{base}/paper.tex", md.replace("#", "").encode())
     await store.put(f"{base}/analysis.json", json.dumps({"spec": SPEC.model_dump(mode="json"), "not_novel": {}}).encode())
-    draft = DraftReady(round=round, tex=f"{base}/paper.tex", markdown=f"{base}/paper.md", bib=f"{base}/references.bib", analysis=f"{base}/analysis.json")
+    draft = DraftReady(round=round, tex=f"{base}/paper.tex", markdown=f"{base}/paper.md", bib=f"{base}/references.bib", analysis=f"{base}/analysis.json",
+                       inconsistencies=inconsistencies or [])
     ctx: Context = Context(project="p", role="reviewer", state=None, artifacts=store, mind=offline_reviewer.make(0, {}))
     body = ReviewRequest(round=round, draft=draft, report=rep, references=REFS, ensemble=ensemble, max_rounds=max_rounds)
     await REVIEWER().handle(Envelope(project="p", sender="pi", recipient="reviewer", body=body), ctx)
@@ -219,15 +221,19 @@ async def test_no_verdict_when_conclusions_are_withheld():
     assert "the positive control did not differ" in text
 
 
-async def test_a_draft_for_review_line_is_not_accepted_as_final():
+async def test_a_draft_for_review_line_does_not_block_acceptance():
+    """Drafts under review say so; the PI has the writer build the final version after the accept (test_pi.py)."""
     rep = report()
     md = paper(rep, front="*Kenkyu Lab (automated research agents) — Draft for review, round 0*")
     done = await review(md, rep)
+    assert done.meta.decision == "accept" and not [i for i in done.meta.revision_items if i.target == "front_matter"]
+
+
+async def test_the_writers_own_inconsistency_report_blocks_acceptance():
+    rep = report()
+    done = await review(paper(rep), rep, inconsistencies=["the title says inconclusive; the report's headline is significant"])
     assert done.meta.decision == "revise"
-    item = next(i for i in done.meta.revision_items if i.target == "front_matter")
-    assert "Draft for review, round 0" in item.text
-    last = await review(md, rep, round=3, max_rounds=3)
-    assert last.meta.decision == "reject"
+    assert any("the title says inconclusive" in i.text for i in done.meta.revision_items)
 
 
 async def test_a_verdict_or_a_number_quoted_wrongly_is_caught():
