@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import assert_never
 
+from agents.writer.story import clip
 from bus.schema import (
     AnalysisDone,
     AnalysisRequest,
@@ -52,7 +53,7 @@ def describe(env: Envelope) -> str:
             return f"is this new? [{b.idea.id}] {b.idea.hypothesis}"
         case NoveltyVerdict() as b:
             refs = ", ".join(r.key for r in b.references[:4])
-            return f"[{b.idea_id}] {'novel' if b.novel else 'NOT novel'} — {b.justification[:160]}{' (refs: ' + refs + ')' if refs else ''}"
+            return f"[{b.idea_id}] {'novel' if b.novel else 'NOT novel'} — {clip(b.justification, 160)}{' (refs: ' + refs + ')' if refs else ''}"
         case ExperimentRequest() as b:
             what = f"idea {b.idea.id} {b.idea.changes}" if b.idea else "baseline"
             return f"run {b.experiment_id}: {what}, seeds {_seeds(b.seeds)}"

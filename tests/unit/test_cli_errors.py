@@ -82,3 +82,16 @@ def test_commands_keep_their_signature_for_typer() -> None:
         typer.echo(f"hi {name}")
 
     assert CliRunner().invoke(app, ["--name", "y"]).stdout == "hi y\n"
+
+
+def test_a_long_novelty_verdict_is_cut_at_a_word_boundary() -> None:
+    """The conversation line of a verdict: cut with an ellipsis, never mid-word ("change te (refs:" was printed)."""
+    from bus.schema import Envelope, NoveltyVerdict
+    from services.read.describe import describe
+
+    words = "the same change tested before for the same effect in the same setting " * 4
+    line = describe(Envelope(project="p", sender="literature", recipient="pi",
+                             body=NoveltyVerdict(idea_id="wd-1", novel=False, justification=words)))
+    said = line.split(" — ", 1)[1]
+    assert said.endswith("…") and len(said) <= 161
+    assert words.startswith(said[:-1]) and words[len(said) - 1] == " "  # the cut falls between words
