@@ -29,6 +29,7 @@ from services.executors.docker import DockerExecutor
 from services.executors.render import container_name, experiment_name, volume_name
 from tests.conftest import TESTS
 from tests.docker_engine import IMAGE, Engine, docker_engine  # noqa: F401 - pytest fixture
+from tests.integration.test_docker_executor import STAND_IN
 from tests.integration.test_split_hostile import KEYS, Hostile
 
 pytestmark = pytest.mark.timeout(300)
@@ -186,6 +187,41 @@ async def test_a_gpu_job_on_an_engine_without_the_nvidia_runtime_is_one_clear_li
         assert "this Docker engine has no GPU runtime: install the NVIDIA Container Toolkit" in message and "\n" not in message
         assert [h["DeviceRequests"] for h in held] == [[{"Driver": "nvidia", "Count": 0, "DeviceIDs": ["1"], "Capabilities": [["gpu"]],
                                                            "Options": {}}]]
+        assert docker_engine.lab_objects() == [] and list(host.jobs.iterdir()) == []
+    finally:
+        await ex.close()
+        host.close()
+
+
+async def test_exit_codes_the_deadline_cancel_and_cleanup_on_the_real_engine(docker_engine: Engine) -> None:  # noqa: F811
+    """The runner container's exit code and the wall-time backstop as the engine reports them, and cancel/cleanup
+    removing containers, volume and job folder per job and per project (a stand-in runner: no NATS needed)."""
+    host = Host("unused")
+    ex = host.executor(docker_engine, command=STAND_IN, launcher_command=["python", "-c", "pass"], startup_margin_s=0)
+
+    def stand_in(job_id: str, project: str = "p1", wall_time_s: float = 60, **overrides: Any) -> JobSpec:
+        return JobSpec(job_id=job_id, project=project, experiment_id=f"x-{job_id}", template="t", bundle_object="b",
+                       overrides=overrides, seeds=[0], wall_time_s=wall_time_s, memory_mb=256,
+                       nats=NatsAccess(url="nats://127.0.0.1:1", user="runner", password="x"))
+
+    try:
+        for job in (stand_in("ok"), stand_in("bad", exit=3), stand_in("nobus", exit=4), stand_in("hung", wall_time_s=3, sleep=60),
+                    stand_in("b1", project="beta", sleep=60)):
+            await ex.submit(job)
+        await ex.submit(stand_in("ok"))  # a redelivered submit finds the job's containers: nothing runs twice
+        assert await finish(ex, docker_engine, "ok") == JobPhase(state="succeeded")
+        assert (await finish(ex, docker_engine, "bad")).reason == "the experiment failed (runner exit 3)"
+        assert (await finish(ex, docker_engine, "nobus")).reason == "the runner could not reach NATS (exit 4)"
+        hung = await finish(ex, docker_engine, "hung")
+        assert hung.state == "failed" and hung.reason.startswith("DeadlineExceeded"), hung
+        assert (await ex.poll("never-submitted")).state == "missing"
+        await ex.cancel("ok")
+        await ex.cancel("ok")  # already gone: no error
+        assert (await ex.poll("ok")).state == "missing" and not (host.jobs / container_name("ok")).exists()
+        await ex.cleanup("p1")
+        assert [o for o in docker_engine.lab_objects() if "-b1" not in o] == []  # another project's job stays
+        assert [p.name for p in host.jobs.iterdir()] == [container_name("b1")]
+        await ex.cleanup("beta")
         assert docker_engine.lab_objects() == [] and list(host.jobs.iterdir()) == []
     finally:
         await ex.close()
