@@ -6,7 +6,8 @@ template asks, its own pid namespace, the GPUs), sharing one tmpfs volume and
 nothing else (``services/runner/split.py``). Everything is named after the job, so a
 second submit finds the first one instead of starting the experiment twice;
 the runner container's state is the job's. Containers are kept after they exit
-(poll reads the runner's exit code and OOM flag) and removed, with the volume,
+(poll reads the runner's exit code and both containers' OOM flags: the kernel's
+kill of either is "killed: out of memory (limit N MiB)") and removed, with the volume,
 by ``cancel`` and ``cleanup``. Docker has no activeDeadlineSeconds, so ``poll``
 kills a job that outlives its wall time plus a margin: the backstop for a
 runner that hangs.
@@ -14,7 +15,9 @@ runner that hangs.
 GPUs are handed out by device ID from the lab's pool (``gpu_devices``, or
 ``0..gpus-1``), so two 1-GPU jobs never share GPU 0. Which container holds
 which GPUs is read back from the containers' own labels at each submit, so the
-pool survives a restart of the engineer.
+pool survives a restart of the engineer. An engine without the NVIDIA Container
+Toolkit refuses such a container at start: the job's objects are removed and the
+refusal is one line saying so.
 """
 
 from __future__ import annotations
