@@ -233,7 +233,7 @@ def image_tarball() -> bytes:
     for part in CODE:
         tar.tree(str(ROOT / part), f"/opt/lab/{part}", {"__pycache__"})
     for lib in sorted(_libraries(objects)):
-        if not lib.startswith((sys.prefix + "/", sys.base_prefix + "/")):  # those came with their trees
+        if not lib.startswith((sys.prefix + "/", stdlib + "/")):  # those came with their trees (not /usr for Debian's Python)
             tar.file(lib)
     tar.text("/etc/passwd", "root:x:0:0:root:/root:/nonexistent\nlab:x:10001:10001:lab:/tmp:/nonexistent\n"
                             "experiment:x:10002:10001:experiment:/tmp:/nonexistent\nnobody:x:65534:65534:nobody:/:/nonexistent\n")
