@@ -119,7 +119,14 @@ def mark_by_folder(items) -> None:
         raise pytest.UsageError("a test's folder gives its marker; remove these: " + "; ".join(sorted(misnamed)))
 
 
+# Tests on a real Docker engine (tests/docker_engine.py's session fixture starts dockerd as root) skip where none
+# can be started, saying why and how many; CI sets LAB_REQUIRE_DOCKER=1 (and installs docker.io): then they fail.
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if TEX_SKIP_REASON in str(r.longrepr)]
-    if skipped:
-        terminalreporter.write_line(f"{len(skipped)} PDF tests skipped: {TEX_SKIP_REASON}", yellow=True, bold=True)
+    from tests.docker_engine import DOCKER_SKIP_REASON
+
+    for reason, what in ((TEX_SKIP_REASON, "PDF"), (DOCKER_SKIP_REASON, "Docker engine")):
+        skipped = [r for r in terminalreporter.stats.get("skipped", []) if reason in str(r.longrepr)]
+        if skipped:
+            terminalreporter.write_line(f"{len(skipped)} {what} tests skipped: {reason}", yellow=True, bold=True)

@@ -6,7 +6,8 @@ template asks, its own pid namespace, the GPUs), sharing one tmpfs volume and
 nothing else (``services/runner/split.py``). Everything is named after the job, so a
 second submit finds the first one instead of starting the experiment twice;
 the runner container's state is the job's. Containers are kept after they exit
-(poll reads the runner's exit code and OOM flag) and removed, with the volume,
+(poll reads the runner's exit code and both containers' OOM flags: the kernel's
+kill of either is "killed: out of memory (limit N MiB)") and removed, with the volume,
 by ``cancel`` and ``cleanup``. Docker has no activeDeadlineSeconds, so ``poll``
 kills a job that outlives its wall time plus a margin: the backstop for a
 runner that hangs.
@@ -14,7 +15,9 @@ runner that hangs.
 GPUs are handed out by device ID from the lab's pool (``gpu_devices``, or
 ``0..gpus-1``), so two 1-GPU jobs never share GPU 0. Which container holds
 which GPUs is read back from the containers' own labels at each submit, so the
-pool survives a restart of the engineer.
+pool survives a restart of the engineer. An engine without the NVIDIA Container
+Toolkit refuses such a container at start: the job's objects are removed and the
+refusal is one line saying so.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ _EXIT_MEANING = {
     EXIT_EXPERIMENT_FAILED: "the experiment failed (runner exit 3)",
     EXIT_INFRA: "the runner could not reach NATS (exit 4)",
 }
+NO_GPU_DRIVER = "could not select device driver"  # the engine's refusal of a GPU device request it has no driver for
+NO_GPU_RUNTIME = "this Docker engine has no GPU runtime: install the NVIDIA Container Toolkit"
 _HOLDING = ("created", "running", "restarting", "paused")  # states in which a container keeps its GPUs
 
 
@@ -169,7 +174,13 @@ class DockerExecutor:
                 runner, experiment = self._make(c, job)
         for container in (experiment, runner):  # the launcher first: it waits for the runner's "ready"
             if container.status == "created":
-                container.start()
+                try:
+                    container.start()
+                except APIError as e:
+                    if NO_GPU_DRIVER not in str(e.explanation or e):
+                        raise
+                    _remove(c, job.job_id, self.settings)  # a resubmit would only meet the same refusal
+                    raise ExecutorError(f"docker: {NO_GPU_RUNTIME} (job {job.job_id} asks for {job.gpu} GPU(s))") from None
 
     def _make(self, c: docker.DockerClient, job: JobSpec) -> tuple[Any, Any]:
         """The volume, the job file and both containers, with GPUs picked from those free in the pool."""
@@ -219,12 +230,29 @@ class DockerExecutor:
         # The runner is done: an experiment container still running has nobody to report to.
         await self._call(f"stop the experiment of {job_id}", lambda c: _kill(c, job_id, experiment_only=True))
         code = int(state.get("ExitCode", -1))
-        if state.get("OOMKilled"):
-            return JobPhase(state="failed", reason=f"out of memory (OOMKilled, exit {code})")
+        oom = await self._out_of_memory(job_id, container)
+        if oom:
+            return JobPhase(state="failed", reason=oom)
         if code == 0:
             return JobPhase(state="succeeded")
         detail = state.get("Error") or ""
         return JobPhase(state="failed", reason=_EXIT_MEANING.get(code, f"runner exited {code}") + (f": {detail}" if detail else ""))
+
+    async def _out_of_memory(self, job_id: str, runner: Any) -> str | None:
+        """The kernel's OOM kill of either container (Docker's OOMKilled), with the limit it hit; None if neither.
+
+        The experiment's limit is the job's memory (its container holds the launcher's overhead above it).
+        """
+        name = experiment_name(job_id)
+        try:
+            experiment = await self._call(f"inspect container {name}", lambda c: c.containers.get(name))
+        except NotFound:
+            experiment = None
+        for container, overhead, whose in ((experiment, self.settings.launcher_overhead_mb, ""), (runner, 0, ", the runner's")):
+            if container is not None and container.attrs.get("State", {}).get("OOMKilled"):
+                limit = int(container.attrs.get("HostConfig", {}).get("Memory") or 0) // (1 << 20) - overhead
+                return f"killed: out of memory (limit {limit} MiB{whose})"
+        return None
 
     async def cancel(self, job_id: str) -> None:
         await self._call(f"remove the containers of job {job_id}", lambda c: _remove(c, job_id, self.settings))

@@ -1,10 +1,11 @@
-"""A job split into a runner container and an experiment container, through the Kubernetes and Docker executors.
+"""A job split into a runner container and an experiment container, through the Kubernetes executor.
+
+The Docker executor's split runs on a real engine: tests/integration/test_docker_real.py uses ``Hostile`` from here.
 
 Real: nats-server, the executors and what they submit, the job runner and the
-launcher, each started by the test kubelet (or the fake Docker engine) from its
-own container's command, environment and mounts; as root, each container runs
-under its own uid in its own pid namespace (tests/kubelet.py and
-tests/integration/test_docker_executor.py say what is emulated). The
+launcher, each started by the test kubelet from its own container's command,
+environment and mounts; as root, each container runs under its own uid in its
+own pid namespace (tests/kubelet.py says what is emulated). The
 hostile template (tests/hostile) is the experiment: it tries every attack and
 records the outcome in final_info.json, which comes back through NATS like
 any result. Without root the containers cannot be told apart by uid, so these
@@ -33,12 +34,10 @@ from bus.jobkeys import JobKeys
 from bus.schema import JobSpec, NatsAccess, decode
 from bus.store import Artifacts
 from services.executors import make_executor
-from services.executors.docker import DockerExecutor
 from services.executors.render import job_name
 from services.runner import split
 from tests.conftest import ROOT as REPO
 from tests.conftest import TESTS
-from tests.integration.test_docker_executor import IMAGE, engine  # noqa: F401 - pytest fixture
 from tests.integration.test_k8s_executor import NS, cluster, raw_secrets, wait_for  # noqa: F401 - pytest fixture
 from tests.kubelet import Kubelet
 from tests.proc_helpers import processes_with
@@ -148,43 +147,6 @@ async def test_the_hostile_template_finds_no_credential_in_the_kubernetes_experi
         assert "Authorization Violation" in attacks["use_nats_without_credential"]["detail"]
         assert await raw_secrets(url) != []  # the job's Secret lives until cleanup (or the Job's TTL)
         await ex.cleanup("p1")
-    finally:
-        hostile.close()
-
-
-async def test_the_hostile_template_finds_no_credential_in_the_docker_experiment_container(admin_bus, nats_server, engine):  # noqa: F811
-    fake, base_url = engine
-    if not fake.isolates:
-        pytest.skip("the fake Docker engine isolates containers by uid and namespaces only as root")
-    runner_password = nats_server.credentials["runner"]
-    hostile = Hostile(nats_server.port)
-    try:
-        password_file = hostile.public / "runner-password"  # the host file the runner container mounts, and only it
-        password_file.write_text(runner_password)
-        os.chown(password_file, 10001, 10001)
-        password_file.chmod(0o400)
-        # The job's description (its status key) is a host file bind-mounted into the runner container alone.
-        jobs = hostile.public / "docker-jobs"
-        hostile.targets["job_spec"] = str(jobs / "lab-job-jh" / "job.json")
-        art = await Artifacts.open(admin_bus)
-        await art.put("p1/hostile.tar.gz", bundle(hostile.source))
-        ex = DockerExecutor(base_url=base_url, image=IMAGE, command=[sys.executable, "-m", "services.runner"],
-                            launcher_command=[sys.executable, "-m", "services.runner.launcher"], nats_password_file=str(password_file),
-                            job_files_dir=str(jobs))
-        try:
-            await ex.submit(hostile.job(nats_server.url, runner_password))
-            deadline = time.monotonic() + 180
-            while (phase := await ex.poll("jh")).state in ("pending", "running"):
-                assert time.monotonic() < deadline, phase
-                await asyncio.sleep(0.2)
-            logs = {f.name: f.read_text()[-2000:] for f in Path(fake.scratch).glob("log-*")}
-            assert phase.state == "succeeded", (phase, logs)
-            # network_mode none: the experiment container does not even reach the NATS port.
-            await hostile.check(admin_bus, nats_server, art, "docker", reachable=set())
-            await ex.cleanup("p1")
-            assert fake.containers == {} and fake.volumes == {} and list(jobs.iterdir()) == []
-        finally:
-            await ex.close()
     finally:
         hostile.close()
 
