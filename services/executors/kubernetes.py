@@ -252,8 +252,9 @@ class KubernetesExecutor:
         existing = await self._read_jobset(name)
         if existing is None:
             try:
-                existing = await self._once("create", "jobsets.jobset.x-k8s.io", self._custom.create_namespaced_custom_object,
-                                            JOBSET_GROUP, JOBSET_VERSION, self.settings.namespace, JOBSET_PLURAL, manifest)
+                created = await self._once("create", "jobsets.jobset.x-k8s.io", self._custom.create_namespaced_custom_object,
+                                           JOBSET_GROUP, JOBSET_VERSION, self.settings.namespace, JOBSET_PLURAL, manifest)
+                existing = created if isinstance(created, dict) and created else manifest
             except ApiException as e:
                 if e.status == 404:
                     raise ExecutorError("kubernetes: the JobSet API (jobset.x-k8s.io/v1alpha2) is not installed; a job over "
