@@ -101,9 +101,10 @@ async def test_two_nodes_run_one_gloo_job_and_only_node_0_reports(gang: Any, adm
 async def test_an_evicted_node_restarts_the_gang_which_resumes_from_node_0s_checkpoint(
     gang: Any, admin_bus: Any, nats_server: Any,
 ) -> None:
-    """Node 1 is evicted mid-run: every rank stops at the same step, rank 0 checkpoints, node 0's runner uploads it
-    when the failed gang is stopped; the JobSet restarts the gang without counting it (maxRestarts is 0 here would
-    not matter: the preemption rule ignores it), and the new gang resumes from the checkpoint and completes."""
+    """Node 1 is evicted mid-run: every rank stops at the same step and rank 0 checkpoints; node 0's runner, whose
+    experiment saw only a failed peer, waits (LAB_GANG_SETTLE_S) and is stopped when the child Job fails, so it uploads
+    the checkpoint and reports no failure; the JobSet restarts the gang without counting the restart, and the new gang
+    resumes from the checkpoint and completes with every step done exactly once."""
     ex, kubelet, art, url = gang
     steps = 40
     await ex.submit(gang_job(nats_server.url, nats_server.credentials["runner"], "g2", steps=steps, step_s=0.25))
