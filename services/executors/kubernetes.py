@@ -235,9 +235,9 @@ class KubernetesExecutor:
 
     async def _read_jobset(self, name: str) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] = await self._call("get", "jobsets.jobset.x-k8s.io", self._custom.get_namespaced_custom_object,
-                                                     JOBSET_GROUP, JOBSET_VERSION, self.settings.namespace, JOBSET_PLURAL, name)
-            return found
+            found = await self._call("get", "jobsets.jobset.x-k8s.io", self._custom.get_namespaced_custom_object,
+                                     JOBSET_GROUP, JOBSET_VERSION, self.settings.namespace, JOBSET_PLURAL, name)
+            return found if isinstance(found, dict) else None
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -540,7 +540,7 @@ class KubernetesExecutor:
             if self._gangs:  # forbidden matters only where this engineer runs multi-node jobs
                 raise
             return
-        for item in found.get("items") or []:
+        for item in (found.get("items") if isinstance(found, dict) else None) or []:
             meta = item.get("metadata") or {}
             if (meta.get("labels") or {}).get(PROJECT_LABEL) == value and meta.get("name"):
                 secret = job_name((meta.get("annotations") or {}).get(JOB_ID_ANNOTATION) or meta["name"])
