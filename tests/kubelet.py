@@ -103,7 +103,8 @@ class Kubelet:
     """Runs Jobs found in ``namespace`` until stopped; use as ``async with``."""
 
     def __init__(self, host: str, namespace: str = "lab", gpus: int = 0, bad_images: set[str] | None = None,
-                 tick_s: float = 0.05, reject_pods: str | None = None, crash: dict[str, int] | None = None) -> None:
+                 tick_s: float = 0.05, reject_pods: str | None = None, crash: dict[str, int] | None = None,
+                 jobsets: bool = False) -> None:
         cfg = client.Configuration()
         cfg.host = host
         self._api = client.ApiClient(cfg)
@@ -136,7 +137,7 @@ class Kubelet:
         self._pod_job: dict[str, str] = {}  # pod name -> its Job's
         self._grace: dict[str, float] = {}  # pod name -> its terminationGracePeriodSeconds
         self.ports: dict[str, int] = {}  # "<subdomain>/<attempt>" -> the loopback port standing in for its rendezvous
-        self.jobsets = True  # False once the emulator said it serves no JobSets
+        self.jobsets = jobsets  # also play the JobSet controller (the emulator must serve jobset.x-k8s.io/v1alpha2/jobsets)
 
     def folder(self, pod: str, container: str | None, volume: str) -> Path:
         """Where a volume of a pod is (or will be) emulated: per container for a Secret, per pod otherwise."""

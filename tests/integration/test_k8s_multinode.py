@@ -63,7 +63,7 @@ async def gang(admin_bus: Any, nats_server: Any, cluster: Any) -> Any:  # noqa: 
                                       "launcher_command": [sys.executable, "-m", "services.runner.launcher"]})
     assert isinstance(ex, KubernetesExecutor)
     try:
-        async with Kubelet(url, NS, gpus=2, tick_s=0.1) as kubelet:
+        async with Kubelet(url, NS, gpus=2, tick_s=0.1, jobsets=True) as kubelet:
             yield ex, kubelet, art, url
     finally:
         await ex.close()
