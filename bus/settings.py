@@ -226,6 +226,18 @@ class Settings(BaseSettings):
         "services.runner.outputs", shown="`1M`", type_shown="size (bytes)", ge=4096,
     )
     term_grace_s: float = _setting(20.0, "Seconds an experiment gets after SIGTERM to save its checkpoint.", "services.runner.runner", ge=0)
+    node_rank: int = _setting(
+        0, "Set by the executor on a multi-node job: this pod's rank (its completion index); 0 reports the result.",
+        "services.runner.runner, services.runner.launcher", ge=0,
+    )
+    rdzv_endpoint: str | None = _setting(
+        None, "Set by the executor on a multi-node job: host:port of node 0's torchrun rendezvous.",
+        "services.runner.runner, services.runner.launcher",
+    )
+    gang_settle_s: float = _setting(
+        60.0, "Multi-node: seconds a rank whose experiment failed waits to be stopped (a peer's preemption) before failing.",
+        "services.runner.runner", ge=0,
+    )
     checkpoint_sync_s: float = _setting(30.0, "Seconds between uploads of a resumable experiment's checkpoint.", "services.runner.checkpoint", gt=0)
     checkpoint_dir: Path | None = _setting(None, "Set by the runner: where a resumable experiment keeps its checkpoint.", "templates' experiment.py")
     checkpoint_every: int | None = _setting(

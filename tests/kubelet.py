@@ -26,9 +26,30 @@ it is PID 1 there and sees only its own processes) with a private /proc; /root
 as in an image. Not root, containers run as this user in the host's process
 namespace, and :attr:`Kubelet.isolates` says so.
 
-It is only as faithful as the executor needs: one completion, no parallelism
-within a Job, no init containers, no network namespaces (containers share the
-host's network, as a pod's containers share the pod's).
+It is only as faithful as the executor needs: NonIndexed Jobs run one pod at
+a time; Indexed Jobs (``completionMode: Indexed``) run ``completions`` pods at
+once (parallelism = completions), each with its index as the annotation and
+label ``batch.kubernetes.io/job-completion-index``, ``JOB_COMPLETION_INDEX``,
+and the hostname ``<job>-<index>`` when the pod has a ``subdomain``. No init
+containers, no network namespaces (containers share the host's network, as a
+pod's containers share the pod's). Downward-API ``fieldRef`` env values
+(metadata.name, annotations, labels) are resolved.
+
+JobSets (jobset.x-k8s.io/v1alpha2), when the emulator serves them: the
+controller creates each replicatedJob's child Jobs ``<jobset>-<rj>-<i>`` with
+JobSet's labels, sets the pods' subdomain, marks the JobSet Completed when
+every child Job completed, and on a child Job's failure applies
+``failurePolicy.rules`` in order (``onJobFailureReasons``,
+``onJobFailureMessagePatterns``): FailJobSet, or a restart (counted against
+``maxRestarts`` or not) that waits until the failed gang's pods are gone
+(BlockingRecreate, foreground deletion), then deletes and recreates the child
+Jobs. A failed Job's remaining pods get SIGTERM and their grace period, as
+the Job controller deletes them. There is no DNS: an env value naming a pod
+of the JobSet by ``<hostname>.<subdomain>:<port>`` is rewritten to
+``127.0.0.1:<a free port>`` (one per JobSet and restart, so parallel test runs
+never share torchrun's port); a real cluster resolves it through the JobSet's
+headless service. Kueue, startupPolicy, successPolicy other than All and
+JobSet's own TTL are not emulated.
 """
 
 from __future__ import annotations
@@ -38,8 +59,10 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -50,6 +73,12 @@ from kubernetes import client
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_NAME = "batch.kubernetes.io/job-name"
+INDEX = "batch.kubernetes.io/job-completion-index"
+JOBSET = "jobset.sigs.k8s.io/jobset-name"
+JOBSET_RJ = "jobset.sigs.k8s.io/replicatedjob-name"
+JOBSET_INDEX = "jobset.sigs.k8s.io/job-index"
+JOBSET_ATTEMPT = "jobset.sigs.k8s.io/restart-attempt"
+JOBSETS = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
 MERGE = "application/merge-patch+json"
 # The container's process, as root: its own pid and mount namespaces, then the container's uid.
 _ENTER = """set -e
@@ -74,12 +103,14 @@ class Kubelet:
     """Runs Jobs found in ``namespace`` until stopped; use as ``async with``."""
 
     def __init__(self, host: str, namespace: str = "lab", gpus: int = 0, bad_images: set[str] | None = None,
-                 tick_s: float = 0.05, reject_pods: str | None = None, crash: dict[str, int] | None = None) -> None:
+                 tick_s: float = 0.05, reject_pods: str | None = None, crash: dict[str, int] | None = None,
+                 jobsets: bool = False) -> None:
         cfg = client.Configuration()
         cfg.host = host
         self._api = client.ApiClient(cfg)
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
+        self._custom = client.CustomObjectsApi(self._api)
         self.namespace = namespace
         self.gpus = gpus
         self.bad_images = bad_images or set()
@@ -101,8 +132,12 @@ class Kubelet:
         self.started: dict[str, float] = {}  # pod name -> monotonic start time of its process
         self.started_at: dict[str, str] = {}  # pod name -> when it started, as its status says
         self.ended: dict[str, float] = {}
-        self.evict_requests: set[str] = set()  # job names whose running pod should be evicted
+        self.evict_requests: set[str] = set()  # job names whose running pod should be evicted, or pod names
         self.terminating: dict[str, float] = {}  # pod name -> monotonic time its grace period ends (SIGKILL then)
+        self._pod_job: dict[str, str] = {}  # pod name -> its Job's
+        self._grace: dict[str, float] = {}  # pod name -> its terminationGracePeriodSeconds
+        self.ports: dict[str, int] = {}  # "<subdomain>/<attempt>" -> the loopback port standing in for its rendezvous
+        self.jobsets = jobsets  # also play the JobSet controller (the emulator must serve jobset.x-k8s.io/v1alpha2/jobsets)
 
     def folder(self, pod: str, container: str | None, volume: str) -> Path:
         """Where a volume of a pod is (or will be) emulated: per container for a Secret, per pod otherwise."""
@@ -151,12 +186,109 @@ class Kubelet:
         for job in jobs:
             mine = [p for p in pods if p["metadata"].get("labels", {}).get(JOB_NAME) == job["metadata"]["name"]]
             await self._sync_job(job, mine)
+        if self.jobsets:
+            try:
+                listed = _raw(await self._call(self._custom.list_namespaced_custom_object, *JOBSETS[:2], self.namespace, JOBSETS[2],
+                                               _preload_content=False))["items"]
+            except client.ApiException:
+                self.jobsets = False
+                return
+            for js in listed:
+                await self._sync_jobset(js, jobs, pods)
+
+    # ------------------------------------------------------------------ JobSet controller
+
+    async def _sync_jobset(self, js: dict[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+        """Child Jobs from the replicatedJobs; Completed, FailJobSet or a gang restart from their conditions."""
+        name = js["metadata"]["name"]
+        status = js.get("status") or {}
+        if any(c["type"] in ("Completed", "Failed") and c["status"] == "True" for c in status.get("conditions", [])):
+            return
+        if js["spec"].get("suspend"):
+            return
+        children = [j for j in jobs if j["metadata"].get("labels", {}).get(JOBSET) == name]
+        failed = [j for j in children if _condition(j, "Failed")]
+        if failed:
+            await self._jobset_failed(js, failed[0], children, [p for p in pods if p["metadata"].get("labels", {}).get(JOBSET) == name])
+            return
+        want = [(rj, i) for rj in js["spec"]["replicatedJobs"] for i in range(int(rj.get("replicas", 1)))]
+        if children and len(children) == len(want) and all(_condition(j, "Complete") for j in children):
+            cond = {"type": "Completed", "status": "True", "reason": "AllJobsCompleted", "message": "jobset completed successfully",
+                    "lastTransitionTime": now()}
+            await self._patch_jobset(name, {"conditions": [cond], "terminalState": "Completed"})
+            return
+        have = {j["metadata"]["name"] for j in children}
+        for rj, i in want:
+            if f"{name}-{rj['name']}-{i}" not in have:
+                await self._create_child(js, rj, i)
+
+    async def _create_child(self, js: dict[str, Any], rj: dict[str, Any], index: int) -> None:
+        name = js["metadata"]["name"]
+        attempt = str(int((js.get("status") or {}).get("restarts") or 0))
+        tags = {JOBSET: name, JOBSET_RJ: rj["name"], JOBSET_INDEX: str(index), JOBSET_ATTEMPT: attempt}
+        template = json.loads(json.dumps(rj["template"]))
+        spec = template["spec"]
+        pod_meta = spec["template"].setdefault("metadata", {})
+        pod_meta["labels"] = {**pod_meta.get("labels", {}), **tags}
+        pod_meta["annotations"] = {**pod_meta.get("annotations", {}), **tags}
+        network = js["spec"].get("network") or {}
+        if network.get("enableDNSHostnames"):
+            spec["template"]["spec"]["subdomain"] = network.get("subdomain") or name
+        job = {
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": f"{name}-{rj['name']}-{index}", "namespace": self.namespace,
+                         "labels": {**template.get("metadata", {}).get("labels", {}), **tags}, "annotations": tags,
+                         "ownerReferences": [{"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "name": name, "uid": name,
+                                              "controller": True}]},
+            "spec": spec,
+        }
+        await self._call(self._batch.create_namespaced_job, self.namespace, job)
+
+    async def _jobset_failed(self, js: dict[str, Any], failed: dict[str, Any], children: list[dict[str, Any]],
+                             pods: list[dict[str, Any]]) -> None:
+        """The first matching failure rule (none: RestartJobSet); a restart waits for the old gang's pods to end."""
+        name = js["metadata"]["name"]
+        policy = js["spec"].get("failurePolicy") or {}
+        cond = _condition(failed, "Failed") or {}
+        reason, message = cond.get("reason", ""), cond.get("message", "")
+        action = "RestartJobSet"
+        for rule in policy.get("rules", []):
+            reasons, patterns = rule.get("onJobFailureReasons") or [], rule.get("onJobFailureMessagePatterns") or []
+            if (not reasons or reason in reasons) and (not patterns or any(re.search(p, message) for p in patterns)):
+                action = rule["action"]
+                break
+        status = js.get("status") or {}
+        counted = int(status.get("restartsCountTowardsMax") or 0)
+        if action == "RestartJobSet" and counted >= int(policy.get("maxRestarts", 0)):
+            action, why = "FailJobSet", "ReachedMaxRestarts"
+        else:
+            why = "FailedJobs"
+        if action == "FailJobSet":
+            cond = {"type": "Failed", "status": "True", "reason": why, "lastTransitionTime": now(),
+                    "message": f"job {failed['metadata']['name']} failed: {reason}: {message}"}
+            await self._patch_jobset(name, {"conditions": [cond], "terminalState": "Failed"})
+            return
+        if any(p["metadata"]["name"] in self._procs for p in pods):
+            return  # foreground deletion, BlockingRecreate: the old pods finish (and checkpoint) first
+        update = {"restarts": int(status.get("restarts") or 0) + 1}
+        if action == "RestartJobSet":
+            update["restartsCountTowardsMax"] = counted + 1
+        await self._patch_jobset(name, update)
+        for child in children:
+            await self._call(self._batch.delete_namespaced_job, child["metadata"]["name"], self.namespace)
+        for pod in pods:
+            await self._call(self._core.delete_namespaced_pod, pod["metadata"]["name"], self.namespace)
+
+    async def _patch_jobset(self, name: str, status: dict[str, Any]) -> None:
+        await self._call(self._custom.patch_namespaced_custom_object_status, *JOBSETS[:2], self.namespace, JOBSETS[2], name,
+                         {"status": status}, _content_type=MERGE)
 
     # ------------------------------------------------------------------ job controller
 
     async def _sync_job(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         status = job.get("status") or {}
         if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in status.get("conditions", [])):
+            await self._reap(pods)
             return
         spec = job["spec"]
         if spec.get("suspend"):
@@ -175,33 +307,66 @@ class Kubelet:
             return
         for pod in active:
             await self._sync_pod(job, pod)
+            if _condition(job, "Failed") or _condition(job, "Complete"):
+                await self._reap(pods)
+                return
+        if spec.get("completionMode") == "Indexed":
+            busy = {_index(p) for p in pods if p["status"].get("phase") in ("Pending", "Running", "Succeeded")}
+            for index in range(int(spec.get("completions", 1))):
+                if index not in busy:
+                    await self._create_pod(job, index)
+            return
         if not active and not any(p["status"].get("phase") in ("Pending", "Running") for p in pods):
             if not any(p["status"].get("phase") == "Succeeded" for p in pods):
                 await self._create_pod(job)
 
-    async def _create_pod(self, job: dict[str, Any]) -> None:
+    async def _reap(self, pods: list[dict[str, Any]]) -> None:
+        """A finished Job's pods that are still terminating: done once their processes exit or their grace runs out."""
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            procs = self._procs.get(name)
+            if procs is None or name not in self.terminating:
+                continue
+            if all(p.returncode is not None for p in procs.values()) or time.monotonic() >= self.terminating[name]:
+                self.terminating.pop(name)
+                self._kill(name)
+                codes = {c: _exit_code(await p.wait()) for c, p in procs.items()}
+                await self._finish_pod(pod, codes, reason="Terminated")
+
+    async def _create_pod(self, job: dict[str, Any], index: int | None = None) -> None:
+        """A pod from the Job's template; an Indexed Job's carries its index (annotation, label, env, hostname)."""
         name = job["metadata"]["name"]
         self._counter += 1
         if self.reject_pods is not None:
             await self._failed_create(job, f"{name}-{self._counter:05d}")
             return
-        template = job["spec"]["template"]
-        labels = {**template.get("metadata", {}).get("labels", {}), JOB_NAME: name, "job-name": name}
+        template = json.loads(json.dumps(job["spec"]["template"]))
+        meta = template.get("metadata", {})
+        labels = {**meta.get("labels", {}), JOB_NAME: name, "job-name": name}
+        annotations = dict(meta.get("annotations", {}))
+        pod_spec = template["spec"]
+        if index is not None:
+            labels[INDEX] = annotations[INDEX] = str(index)
+            for c in pod_spec["containers"]:
+                c["env"] = [*c.get("env", []), {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
+            if pod_spec.get("subdomain"):
+                pod_spec["hostname"] = f"{name}-{index}"
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"{name}-{self._counter:05d}",
+                "name": f"{name}-{self._counter:05d}" if index is None else f"{name}-{index}-{self._counter:05d}",
                 "namespace": self.namespace,
                 "labels": labels,
+                "annotations": annotations,
                 "creationTimestamp": now(),
                 "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": name, "controller": True}],
             },
-            "spec": template["spec"],
+            "spec": pod_spec,
             "status": {"phase": "Pending"},
         }
         await self._call(self._core.create_namespaced_pod, self.namespace, pod)
-        await self._patch_job(name, {"active": 1})
+        await self._patch_job(name, {"active": int((job.get("status") or {}).get("active") or 0) + 1}, job)
 
     async def _failed_create(self, job: dict[str, Any], pod_name: str) -> None:
         name = job["metadata"]["name"]
@@ -215,12 +380,28 @@ class Kubelet:
         }
         await self._call(self._core.create_namespaced_event, self.namespace, event)
 
-    async def _patch_job(self, name: str, status: dict[str, Any]) -> None:
+    async def _patch_job(self, name: str, status: dict[str, Any], job: dict[str, Any] | None = None) -> None:
+        """Patch a Job's status; ``job``: the copy this tick holds, kept in step (several of its pods may end in one tick)."""
         await self._call(self._batch.patch_namespaced_job_status, name, self.namespace, {"status": status}, _content_type=MERGE)
+        if job is not None:
+            job["status"] = {**(job.get("status") or {}), **status}
 
-    async def _fail_job(self, name: str, reason: str, message: str) -> None:
+    async def _fail_job(self, name: str, reason: str, message: str, job: dict[str, Any] | None = None) -> None:
+        """Fail the Job; as the Job controller deletes them, its other running pods get SIGTERM and their grace period."""
         cond = {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastTransitionTime": now()}
-        await self._patch_job(name, {"conditions": [cond], "active": 0})
+        await self._patch_job(name, {"conditions": [cond], "active": 0}, job)
+        for pod_name, procs in self._procs.items():
+            if pod_name not in self.terminating and self._pod_job.get(pod_name) == name:
+                self._terminate(pod_name, self._grace.get(pod_name, 30.0), procs)
+
+    def _terminate(self, name: str, grace: float, procs: dict[str, asyncio.subprocess.Process]) -> None:
+        self.terminating[name] = time.monotonic() + grace
+        for proc in procs.values():
+            if proc.returncode is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     async def _begin_eviction(self, pod: dict[str, Any]) -> None:
         """As the eviction API and the kubelet do: DisruptionTarget on the pod, SIGTERM, then SIGKILL after the grace period."""
@@ -228,14 +409,7 @@ class Kubelet:
         cond = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
                 "message": "Eviction API: evicting", "lastTransitionTime": now()}
         await self._patch_pod(name, {"conditions": [cond]})
-        grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
-        self.terminating[name] = time.monotonic() + float(grace)
-        for proc in self._procs.get(name, {}).values():
-            if proc.returncode is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        self._terminate(name, float(pod["spec"].get("terminationGracePeriodSeconds", 30)), self._procs.get(name, {}))
 
     async def _job_pod_ended(self, job: dict[str, Any], pod: dict[str, Any], codes: dict[str, int], reason: str,
                              disrupted: bool = False) -> None:
@@ -247,9 +421,16 @@ class Kubelet:
         """
         name = job["metadata"]["name"]
         status = job.get("status") or {}
+        if _condition(job, "Failed") or _condition(job, "Complete"):
+            return  # the Job ended already (another of its pods); this pod was only terminating
+        active = max(0, int(status.get("active") or 0) - 1)
         if not disrupted and all(c == 0 for c in codes.values()):
+            succeeded = int(status.get("succeeded") or 0) + 1
+            if succeeded < int(job["spec"].get("completions", 1)):
+                await self._patch_job(name, {"succeeded": succeeded, "active": active}, job)
+                return
             conds = [{"type": t, "status": "True", "lastTransitionTime": now()} for t in ("SuccessCriteriaMet", "Complete")]
-            await self._patch_job(name, {"succeeded": 1, "active": 0, "conditions": conds, "completionTime": now()})
+            await self._patch_job(name, {"succeeded": succeeded, "active": 0, "conditions": conds, "completionTime": now()}, job)
             return
         for i, rule in enumerate(job["spec"].get("podFailurePolicy", {}).get("rules", [])):
             on_codes = rule.get("onExitCodes")
@@ -268,16 +449,19 @@ class Kubelet:
             if rule["action"] == "FailJob":
                 msg = (f"Container runner for pod {self.namespace}/{pod['metadata']['name']} failed with exit code {exit_code} "
                        f"matching FailJob rule at index {i}")
-                await self._fail_job(name, "PodFailurePolicy", msg)
+                if on_conds and disrupted:
+                    msg = (f"Pod {self.namespace}/{pod['metadata']['name']} has condition DisruptionTarget matching FailJob "
+                           f"rule at index {i}")
+                await self._fail_job(name, "PodFailurePolicy", msg, job)
                 return
             if rule["action"] == "Ignore":
-                await self._patch_job(name, {"active": 0})
+                await self._patch_job(name, {"active": active}, job)
                 return
             break  # Count: fall through to the backoff limit
         failed = int(status.get("failed") or 0) + 1
-        await self._patch_job(name, {"failed": failed, "active": 0})
+        await self._patch_job(name, {"failed": failed, "active": active}, job)
         if failed > int(job["spec"].get("backoffLimit", 6)):
-            await self._fail_job(name, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            await self._fail_job(name, "BackoffLimitExceeded", "Job has reached the specified backoff limit", job)
 
     # ------------------------------------------------------------------ kubelet
 
@@ -286,8 +470,9 @@ class Kubelet:
         containers = pod["spec"]["containers"]
         if name in self._procs:
             procs = self._procs[name]
-            if job["metadata"]["name"] in self.evict_requests and name not in self.terminating:
-                self.evict_requests.discard(job["metadata"]["name"])
+            asked = {job["metadata"]["name"], name} & self.evict_requests  # a Job's (first) pod, or a pod by name
+            if asked and name not in self.terminating:
+                self.evict_requests -= asked
                 await self._begin_eviction(pod)
             elif name in self.terminating:
                 if all(p.returncode is not None for p in procs.values()) or time.monotonic() >= self.terminating[name]:
@@ -331,6 +516,8 @@ class Kubelet:
             launches.append((container, env))
         self._gpu_use[name] = need
         self._procs[name] = {}
+        self._pod_job[name] = job["metadata"]["name"]
+        self._grace[name] = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
         for container, env in launches:
             if container["name"] in self.crash:
                 self._procs[name][container["name"]] = await asyncio.create_subprocess_exec("sh", "-c", f"exit {self.crash[container['name']]}")
@@ -436,7 +623,10 @@ class Kubelet:
             env["LAB_LIT_SOURCES"] = os.environ["LAB_LIT_SOURCES"]
         for var in container.get("env", []):
             if "value" in var:
-                env[var["name"]] = self._local(pod, container, var["value"])
+                env[var["name"]] = self._loopback(pod, self._local(pod, container, var["value"]))
+                continue
+            if "fieldRef" in var["valueFrom"]:
+                env[var["name"]] = _field(pod, var["valueFrom"]["fieldRef"]["fieldPath"])
                 continue
             ref = var["valueFrom"]["secretKeyRef"]
             data = await self._secret_data(ref["name"])
@@ -446,6 +636,19 @@ class Kubelet:
                 return None
             env[var["name"]] = data.get(ref["key"], "")
         return env
+
+    def _loopback(self, pod: dict[str, Any], value: str) -> str:
+        """``<hostname>.<subdomain>:<port>`` of a pod beside this one as ``127.0.0.1:<free port>``: there is no DNS here."""
+        sub = pod["spec"].get("subdomain")
+        found = re.fullmatch(rf"([a-z0-9-]+)\.{re.escape(sub)}(\.[a-z0-9.-]+)?:(\d+)", value) if sub else None
+        if found is None:
+            return value
+        key = f"{sub}/{pod['metadata'].get('labels', {}).get(JOBSET_ATTEMPT, '0')}/{found.group(3)}"
+        if key not in self.ports:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.ports[key] = sock.getsockname()[1]
+        return f"127.0.0.1:{self.ports[key]}"
 
     def _cstatus(self, container: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         return {"name": container["name"], "image": container["image"], "imageID": "", "ready": "running" in state,
@@ -483,6 +686,27 @@ class Kubelet:
                 except ProcessLookupError:
                     pass
         self._gpu_use.pop(name, None)
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions", []):
+        if c["type"] == kind and c["status"] == "True":
+            return dict(c)
+    return None
+
+
+def _field(pod: dict[str, Any], path: str) -> str:
+    """A downward-API fieldPath: metadata.name/namespace, or one annotation or label."""
+    meta = pod["metadata"]
+    found = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+    if found:
+        return str(meta.get(found.group(1), {}).get(found.group(2), ""))
+    return str(meta.get(path.removeprefix("metadata."), ""))
+
+
+def _index(pod: dict[str, Any]) -> int | None:
+    found = pod["metadata"].get("annotations", {}).get(INDEX)
+    return int(found) if found is not None else None
 
 
 def _exit_code(returncode: int) -> int:

@@ -74,6 +74,7 @@ def plan_job(
         memory_mb=chosen.resources.memory_mb,
         cpu=chosen.resources.cpu,
         gpu=chosen.resources.gpu,
+        nodes=chosen.resources.nodes,
         shm_mb=chosen.resources.shm_mb,
         disk_mb=chosen.resources.disk_mb,
         term_grace_s=spec.term_grace_s,

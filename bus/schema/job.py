@@ -33,7 +33,8 @@ class JobSpec(Model):
     wall_time_s: float = Field(gt=0)
     memory_mb: int = Field(ge=64)
     cpu: float = Field(1, gt=0)
-    gpu: int = Field(0, ge=0)
+    gpu: int = Field(0, ge=0)  # per node
+    nodes: int = Field(1, ge=1)  # >1: one distributed run over this many pods (Kubernetes JobSet), gpu on each
     network: bool = False
     resumable: bool = False  # the template checkpoints: the runner syncs LAB_CHECKPOINT_DIR to the artifact store
     term_grace_s: float = Field(20, ge=0)  # after SIGTERM, the experiment's time to checkpoint (TemplateSpec.term_grace_s)

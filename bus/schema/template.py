@@ -134,7 +134,9 @@ class Metric(BaseModel):
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpu: float = Field(1, gt=0)
-    gpu: int = Field(0, ge=0)
+    gpu: int = Field(0, ge=0)  # per node
+    # Nodes (pods) of one distributed run, each with ``gpu`` GPUs: torchrun across them (docs/gpu.md, multi-node).
+    nodes: int = Field(1, ge=1)
     memory_mb: int = Field(2048, ge=64)
     # A memory-backed /dev/shm (DataLoader workers, NCCL): counted in memory_mb, as the kernel counts tmpfs pages.
     shm_mb: int = Field(256, ge=16)

@@ -18,6 +18,12 @@ per executor (``k8s_watch.Watcher``), so ``poll`` costs no API call on the
 common path, however many jobs are in flight; a Job the cache does not hold
 yet (just created) or no longer (gone) is confirmed with one GET.
 
+A multi-node job (``nodes > 1``) is a JobSet instead (``render.k8s_jobset``): its
+status is read from the JobSet's conditions (one GET per poll: such jobs are
+few), its pods from the same pod watch; the executor remembers which jobs are
+JobSets, and a job it does not know as one is looked for as a JobSet only
+when no Job of its name exists (an engineer restarted mid-run adopts it).
+
 Each Job comes with a Secret of the same name holding the JobSpec (its status
 key) for the runner container to mount: made before the Job (so the pod never
 waits for it), owned by the Job once it exists (so the cluster's garbage
@@ -46,12 +52,20 @@ from services.executors.base import ExecutorError
 from services.executors.k8s_watch import Watcher
 from services.executors.render import (
     CONTAINER,
+    JOB_ID_ANNOTATION,
+    JOBSET_API,
+    JOBSET_GROUP,
+    JOBSET_NAME_LABEL,
+    JOBSET_PLURAL,
+    JOBSET_VERSION,
     PROJECT_LABEL,
     KubernetesSettings,
     foreign_owner,
     job_name,
+    jobset_name,
     k8s_job,
     k8s_job_secret,
+    k8s_jobset,
     label_value,
     settings,
 )
@@ -137,6 +151,8 @@ class KubernetesExecutor:
         self._api = _api_client(self.settings)
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
+        self._custom = client.CustomObjectsApi(self._api)
+        self._gangs: set[str] = set()  # job ids running as JobSets (multi-node)
         self._stuck_since: dict[str, float] = {}
         self._unscheduled_since: dict[str, float] = {}
         self._watchers: tuple[Watcher, Watcher] | None = None
@@ -206,18 +222,58 @@ class KubernetesExecutor:
             if e.status != 409:
                 raise ExecutorError(f"kubernetes: cannot create Secret {name} ({e.status}): {_message(e)}") from None
 
-    async def _own_secret(self, name: str, job_uid: str | None) -> None:
-        """Make the Job the Secret's owner, so it goes when the Job does (ttlSecondsAfterFinished); best effort."""
+    async def _own_secret(self, name: str, job_uid: str | None, owner: dict[str, str] | None = None) -> None:
+        """Make the Job (or JobSet) the Secret's owner, so it goes when that does (ttlSecondsAfterFinished); best effort."""
         if not job_uid:
             return
-        ref = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid}
+        ref = {**(owner or {"apiVersion": "batch/v1", "kind": "Job", "name": name}), "uid": job_uid}
         try:
             await self._once("patch", "secrets", self._core.patch_namespaced_secret, name, self.settings.namespace,
                              {"metadata": {"ownerReferences": [ref]}}, _content_type="application/merge-patch+json")
         except (ApiException, ExecutorError):
             pass  # cancel and cleanup delete it anyway
 
+    async def _read_jobset(self, name: str) -> dict[str, Any] | None:
+        try:
+            found = await self._call("get", "jobsets.jobset.x-k8s.io", self._custom.get_namespaced_custom_object,
+                                     JOBSET_GROUP, JOBSET_VERSION, self.settings.namespace, JOBSET_PLURAL, name)
+            return found if isinstance(found, dict) else None
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise ExecutorError(f"kubernetes: cannot read JobSet {name} ({e.status}): {_message(e)}") from None
+
+    async def _submit_gang(self, job: JobSpec) -> None:
+        """A multi-node job's JobSet (and its Secret); an existing one of this job is adopted, as for a Job."""
+        manifest = k8s_jobset(job, self.settings)
+        name = manifest["metadata"]["name"]
+        self._gangs.add(job.job_id)
+        await self._put_secret(job)
+        existing = await self._read_jobset(name)
+        if existing is None:
+            try:
+                created = await self._once("create", "jobsets.jobset.x-k8s.io", self._custom.create_namespaced_custom_object,
+                                           JOBSET_GROUP, JOBSET_VERSION, self.settings.namespace, JOBSET_PLURAL, manifest)
+                existing = created if isinstance(created, dict) and created else manifest
+            except ApiException as e:
+                if e.status == 404:
+                    raise ExecutorError("kubernetes: the JobSet API (jobset.x-k8s.io/v1alpha2) is not installed; a job over "
+                                        f"{job.nodes} nodes needs it (docs/gpu.md)") from None
+                if e.status != 409:
+                    raise ExecutorError(f"kubernetes: cannot create JobSet ({e.status}): {_message(e)}") from None
+                existing = await self._read_jobset(name)
+                if existing is None:
+                    raise TransientApiError(f"kubernetes: JobSet {name} existed, then vanished") from None
+        reason = foreign_owner((existing.get("metadata") or {}).get("labels"), job)
+        if reason is not None:
+            raise ExecutorError(f"kubernetes: {reason}")
+        self._deleted.discard(name)
+        uid = (existing.get("metadata") or {}).get("uid")
+        await self._own_secret(job_name(job.job_id), uid, {"apiVersion": JOBSET_API, "kind": "JobSet", "name": name})
+
     async def submit(self, job: JobSpec) -> None:
+        if job.nodes > 1:
+            return await self._retrying().run(lambda: self._submit_gang(job), (TransientApiError,))
         manifest = k8s_job(job, self.settings)
         name = manifest["metadata"]["name"]
         ns = self.settings.namespace
@@ -258,11 +314,16 @@ class KubernetesExecutor:
         # Answered from the cache, poll may never reach an await that suspends; a caller polling
         # in a loop must still let the rest of the event loop run.
         await asyncio.sleep(0)
-        if name in self._deleted:
+        if name in self._deleted or jobset_name(job_id) in self._deleted:
             return JobPhase(state="missing")
+        if job_id in self._gangs:
+            return await self._poll_gang(job_id)
         jobs, pods = await self._watching()
         job = jobs.items().get(name) or await self._read_job(name)  # not in the cache yet (or any more)
         if job is None:
+            if self._gangs and await self._read_jobset(jobset_name(job_id)) is not None:  # a JobSet this engineer did not submit
+                self._gangs.add(job_id)
+                return await self._poll_gang(job_id)
             self._forget(job_id)
             return JobPhase(state="missing")
         if _succeeded(job):
@@ -281,6 +342,37 @@ class KubernetesExecutor:
         if not mine:
             return await self._no_pod_phase(job_id, name)
         return self._pod_phase(job_id, mine)
+
+    async def _poll_gang(self, job_id: str) -> JobPhase:
+        """A JobSet's state from its conditions; while it runs, from its pods (all must run for the gang to run)."""
+        name = jobset_name(job_id)
+        found = await self._read_jobset(name)
+        if found is None:
+            self._forget(job_id)
+            return JobPhase(state="missing")
+        status = found.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        if "Completed" in conditions:
+            self._forget(job_id)
+            return JobPhase(state="succeeded")
+        if "Failed" in conditions:
+            c = conditions["Failed"]
+            return JobPhase(state="failed", reason=f"{c.get('reason') or 'Failed'}: {c.get('message') or ''}".strip(": "))
+        if (found.get("spec") or {}).get("suspend"):
+            return JobPhase(state="pending", reason="suspended: waiting for admission of the whole gang (Kueue)")
+        _, pods = await self._watching()
+        mine = sorted((p for p in pods.items().values() if (p.metadata.labels or {}).get(JOBSET_NAME_LABEL) == name),
+                      key=lambda p: (p.metadata.creation_timestamp is not None, p.metadata.creation_timestamp or 0))
+        live = [p for p in mine if not (p.status and p.status.phase in ("Succeeded", "Failed")) and not p.metadata.deletion_timestamp]
+        restarts = int(status.get("restarts") or 0)
+        after = f" (gang restart {restarts})" if restarts else ""
+        if not live:
+            return JobPhase(state="pending", reason=f"waiting for the JobSet's pods{after}")
+        for pod in live:
+            phase = self._pod_phase(job_id, [pod])
+            if phase.state != "running":
+                return phase
+        return JobPhase(state="running")
 
     async def _watching(self) -> tuple[Watcher, Watcher]:
         """The Job and pod watchers, started on first use; waits for their first LIST."""
@@ -381,8 +473,26 @@ class KubernetesExecutor:
         self._unscheduled_since.pop(job_id, None)
 
     async def cancel(self, job_id: str) -> None:
-        await self._delete(job_name(job_id))
+        if job_id in self._gangs:
+            await self._delete_gang(jobset_name(job_id), job_name(job_id))
+        else:
+            await self._delete(job_name(job_id))
         self._forget(job_id)
+
+    async def _delete_gang(self, name: str, secret: str) -> None:
+        """Delete a JobSet (the garbage collector takes its Jobs and pods) and its Secret."""
+        try:
+            await self._call("delete", "jobsets.jobset.x-k8s.io", self._custom.delete_namespaced_custom_object, JOBSET_GROUP,
+                             JOBSET_VERSION, self.settings.namespace, JOBSET_PLURAL, name, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise ExecutorError(f"kubernetes: cannot delete JobSet {name} ({e.status}): {_message(e)}") from None
+        try:
+            await self._call("delete", "secrets", self._core.delete_namespaced_secret, secret, self.settings.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise ExecutorError(f"kubernetes: cannot delete Secret {secret} ({e.status}): {_message(e)}") from None
+        self._deleted.add(name)
 
     async def _delete(self, name: str) -> None:
         try:
@@ -410,10 +520,31 @@ class KubernetesExecutor:
             "list", "jobs.batch", self._batch.list_namespaced_job, self.settings.namespace,
             label_selector=f"{PROJECT_LABEL}={value}",
         )
+        await self._cleanup_gangs(value)
         for job in found.items:
             meta = job.metadata
             if meta is not None and meta.name is not None and (meta.labels or {}).get(PROJECT_LABEL) == value:
-                await self._delete(meta.name)
+                if JOBSET_NAME_LABEL not in (meta.labels or {}):  # a JobSet's Job goes with its JobSet
+                    await self._delete(meta.name)
+
+    async def _cleanup_gangs(self, value: str) -> None:
+        """Delete the project's JobSets; a cluster without the JobSet API (404) has none."""
+        try:
+            found = await self._call("list", "jobsets.jobset.x-k8s.io", self._custom.list_namespaced_custom_object, JOBSET_GROUP,
+                                     JOBSET_VERSION, self.settings.namespace, JOBSET_PLURAL, label_selector=f"{PROJECT_LABEL}={value}")
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise ExecutorError(f"kubernetes: cannot list JobSets ({e.status}): {_message(e)}") from None
+        except RejectedError:
+            if self._gangs:  # forbidden matters only where this engineer runs multi-node jobs
+                raise
+            return
+        for item in (found.get("items") if isinstance(found, dict) else None) or []:
+            meta = item.get("metadata") or {}
+            if (meta.get("labels") or {}).get(PROJECT_LABEL) == value and meta.get("name"):
+                secret = job_name((meta.get("annotations") or {}).get(JOB_ID_ANNOTATION) or meta["name"])
+                await self._delete_gang(meta["name"], secret)
 
     async def close(self) -> None:
         for w in self._watchers or ():

@@ -342,6 +342,97 @@ def _job_spec(job: JobSpec, s: KubernetesSettings, job_labels: dict[str, str], p
     return spec
 
 
+JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
+JOBSET_API = f"{JOBSET_GROUP}/{JOBSET_VERSION}"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"  # the JobSet controller puts it on child Jobs and pods
+REPLICATED_JOB = "node"  # the one replicatedJob: child Job <jobset>-node-0, pods <jobset>-node-0-<index>
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+RDZV_PORT = 29400
+NODE_RANK_ENV = env_name("node_rank")
+RDZV_ENDPOINT_ENV = env_name("rdzv_endpoint")
+# The child Job's podFailurePolicy messages, as the Job controller words them; the JobSet's failure rules match them.
+PREEMPTED_PATTERN = "has condition DisruptionTarget matching FailJob rule at index 0"
+
+
+def jobset_name(job_id: str) -> str:
+    """The JobSet's name: short enough that its pods' hostnames (``<name>-node-0-<index>``) stay DNS labels."""
+    return dns_name("lab", job_id, limit=48)
+
+
+def rdzv_endpoint(job_id: str) -> str:
+    """Node 0's stable DNS name under the JobSet's headless service, and torchrun's port."""
+    name = jobset_name(job_id)
+    return f"{name}-{REPLICATED_JOB}-0-0.{name}:{RDZV_PORT}"
+
+
+def k8s_jobset(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
+    """A multi-node job (``job.nodes > 1``): a JobSet whose one replicatedJob is an Indexed Job of ``nodes`` pods.
+
+    Each pod is the single-node Job's pod (runner + experiment, same lockdown and credential handling)
+    with its rank (the completion index, through the downward API) and node 0's address. Any pod's
+    failure fails the child Job (backoffLimit 0) and the JobSet restarts the whole gang: a preempted
+    pod's restart is not counted (the Ignore rule of a single-node Job, as far as JobSet allows), an
+    experiment failure fails the JobSet, anything else counts against ``backoff_limit`` (docs/gpu.md).
+    """
+    name = jobset_name(job.job_id)
+    job_labels = labels(job, s.extra_labels)
+    meta_labels = {**job_labels, **({KUEUE_QUEUE_LABEL: s.kueue_queue} if s.kueue_queue else {})}
+    spec: dict[str, Any] = {
+        "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1,
+                            "template": {"metadata": {"labels": job_labels}, "spec": _gang_job_spec(job, s, job_labels)}}],
+        # A headless service named after the subdomain: <pod hostname>.<subdomain> resolves to each pod.
+        "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
+        "successPolicy": {"operator": "All"},
+        "failurePolicy": {
+            "maxRestarts": s.backoff_limit,
+            # The old gang is gone (node 0 uploaded its checkpoint) before the new one starts and restores it.
+            "restartStrategy": "BlockingRecreate",
+            "rules": [
+                {"name": "preempted", "action": "RestartJobSetAndIgnoreMaxRestarts",
+                 "onJobFailureReasons": ["PodFailurePolicy"], "onJobFailureMessagePatterns": [PREEMPTED_PATTERN]},
+                {"name": "experimentFailed", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]},
+                {"name": "deadline", "action": "FailJobSet", "onJobFailureReasons": ["DeadlineExceeded"]},
+                # No rule matches anything else (the runner's exit 4, OOMKilled): RestartJobSet, counted.
+            ],
+        },
+        "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
+    }
+    if s.kueue_queue:
+        spec["suspend"] = True  # Kueue admits the whole gang at once by unsuspending the JobSet
+    return {
+        "apiVersion": JOBSET_API,
+        "kind": "JobSet",
+        "metadata": {"name": name, "namespace": s.namespace, "labels": meta_labels, "annotations": {JOB_ID_ANNOTATION: job.job_id}},
+        "spec": spec,
+    }
+
+
+def _gang_job_spec(job: JobSpec, s: KubernetesSettings, job_labels: dict[str, str]) -> dict[str, Any]:
+    """The child Job: ``nodes`` indexed pods that run at once; the first pod failure fails it (the JobSet decides what next)."""
+    pod_spec = _pod_spec(job, s)
+    rank_env = [
+        {"name": NODE_RANK_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
+        {"name": RDZV_ENDPOINT_ENV, "value": rdzv_endpoint(job.job_id)},
+    ]
+    for c in pod_spec["containers"]:
+        c["env"] = [*c["env"], *rank_env]
+    spec = _job_spec(job, s, job_labels, pod_spec)
+    spec.pop("suspend", None)  # the JobSet is what Kueue suspends
+    spec.pop("ttlSecondsAfterFinished", None)  # the JobSet's own TTL removes it with its Jobs
+    spec |= {
+        "completionMode": "Indexed",
+        "completions": job.nodes,
+        "parallelism": job.nodes,
+        "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [
+            # Rule 0 must stay first and stay the DisruptionTarget rule: PREEMPTED_PATTERN names its index.
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_EXPERIMENT_FAILED]}},
+        ]},
+    }
+    return spec
+
+
 def _pod_spec(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     """The pod: locked down, no service-account token, its two containers and their volumes, placed on a GPU node if it needs one."""
     gpu = max(job.gpu, s.min_gpu)
@@ -595,12 +686,13 @@ def docker_experiment_container(job: JobSpec, s: DockerSettings, devices: list[s
 def render_job(job: JobSpec, executor: str, options: dict[str, Any] | None = None) -> str:
     """The exact objects the named executor would submit for ``job``, as YAML documents.
 
-    Kubernetes: the Job, then its Secret. Docker: the shared volume, the runner container, the experiment container.
+    Kubernetes: the Job (a JobSet for a multi-node job), then its Secret. Docker: the shared volume, the runner container, the experiment container.
     """
     options = options or {}
     if executor == "kubernetes":
         s = settings(KubernetesSettings, options)
-        k8s_yaml: str = yaml.safe_dump_all([k8s_job(job, s), k8s_job_secret(job, s)], sort_keys=False)
+        main = k8s_jobset(job, s) if job.nodes > 1 else k8s_job(job, s)
+        k8s_yaml: str = yaml.safe_dump_all([main, k8s_job_secret(job, s)], sort_keys=False)
         return k8s_yaml
     if executor == "docker":
         s = settings(DockerSettings, options)

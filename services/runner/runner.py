@@ -120,12 +120,33 @@ def _flag(value: Any) -> str:
     return str(value)
 
 
+def _torchrun() -> list[str]:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _multinode(job: JobSpec) -> list[str]:
+    """torchrun's flags for one node of a multi-node job: a static rendezvous at node 0 (``LAB_RDZV_ENDPOINT``).
+
+    Static, not c10d: node ``LAB_NODE_RANK`` gets global ranks R*P..R*P+P-1, so global rank 0 (which writes
+    the results and the checkpoint) is always on node 0, whose runner reports and uploads (docs/gpu.md).
+    """
+    s = settings()
+    host, _, port = (s.rdzv_endpoint or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"a job over {job.nodes} nodes needs LAB_RDZV_ENDPOINT=host:port (set by the kubernetes executor); "
+                          f"got {s.rdzv_endpoint!r}")
+    return [f"--nnodes={job.nodes}", f"--node_rank={s.node_rank}", f"--nproc_per_node={max(job.gpu, 1)}",
+            f"--master_addr={host}", f"--master_port={port}"]
+
+
 def command(job: JobSpec, code: Path, out: Path) -> list[str]:
-    """The experiment's argv: one process, or ``torchrun`` with one process per GPU when a job asks for several."""
-    if job.gpu > 1:
-        torchrun = Path(sys.executable).with_name("torchrun")
-        head = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-        cmd = [*head, "--standalone", f"--nproc_per_node={job.gpu}", str(code / "experiment.py")]
+    """The experiment's argv: one process, ``torchrun`` with one process per GPU when a job asks for several,
+    or ``torchrun`` on each of ``job.nodes`` nodes joined at node 0."""
+    if job.nodes > 1:
+        cmd = [*_torchrun(), *_multinode(job), str(code / "experiment.py")]
+    elif job.gpu > 1:
+        cmd = [*_torchrun(), "--standalone", f"--nproc_per_node={job.gpu}", str(code / "experiment.py")]
     else:
         cmd = [sys.executable, str(code / "experiment.py")]
     cmd += ["--out_dir", str(out), "--seeds", ",".join(map(str, job.seeds))]
@@ -375,6 +396,7 @@ class Runner:
         self.job = job
         self.workdir = workdir  # the runner's own: its log, env.json, result.json
         self.layout = split.Layout(shared) if shared is not None else None
+        self._term = asyncio.Event()  # set on SIGTERM once the experiment started (_experiment)
 
     @staticmethod
     def credential(nats: NatsAccess) -> tuple[str | None, str | None]:
@@ -441,8 +463,13 @@ class Runner:
         artifacts, bundle = opened
         code, out, figs = self._unpack(bundle)
         log = _JobLog(self.workdir / "log.txt", self.bus, job)
-        await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
+        if job.nodes == 1 or settings().node_rank == 0:
+            await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
         ran = await self._experiment(artifacts, code, out, log)
+        if job.nodes > 1:  # one node of a multi-node job (docs/gpu.md): only node 0 reports
+            ran = await self._settle(ran, log)
+            if settings().node_rank > 0:
+                return await self._worker_done(artifacts, ran, log)
         if ran.outcome.state == "preempted":
             return await self._preempted(artifacts, ran, log)
         outcome, final_info = _read_final_info(ran.outcome, out)
@@ -495,11 +522,12 @@ class Runner:
         extra_env = Settings.environ(checkpoint_every=settings().checkpoint_every)  # passed on to the experiment, if set
         sync = await self._checkpoints(artifacts, extra_env, log) if job.resumable else None
         writable = [out] + ([sync.folder] if sync else [])
-        term = checkpoint.catch_sigterm(asyncio.get_running_loop())
+        term = self._term = checkpoint.catch_sigterm(asyncio.get_running_loop())
         launch = None if self.layout else confine(cmd, job, self.workdir, readonly=[code], writable=writable, extra_env=extra_env)
         await log(f"[runner] starting job {job.job_id} {_where(launch, cmd)}: {' '.join(cmd)}")
         started = time.monotonic()
-        syncing = asyncio.create_task(sync.run()) if sync else None
+        # Only node 0 uploads the checkpoint (global rank 0 writes it there); the other nodes only restore it.
+        syncing = asyncio.create_task(sync.run()) if sync and settings().node_rank == 0 else None
         plot_failed: str | None = None
         measured: JobEnvironment | None = None
         try:
@@ -528,6 +556,36 @@ class Runner:
         await artifacts.put(f"{self._prefix}/log.txt", log.close())
         await self.bus.close()
         return EXIT_INFRA
+
+    async def _settle(self, ran: _Ran, log: _JobLog) -> _Ran:
+        """Multi-node: an experiment that failed while this pod was not told to stop waits to be stopped.
+
+        A peer's preemption or failure reaches this node first as a broken collective; the gang's
+        restart (or its failure) then stops this pod with SIGTERM within moments. Only when no
+        SIGTERM comes within ``LAB_GANG_SETTLE_S`` is the failure this node's own.
+        """
+        if ran.outcome.state != "failed":
+            return ran
+        wait_s = settings().gang_settle_s
+        await log(f"[runner] the experiment failed on node {settings().node_rank}; waiting up to {wait_s:.0f}s in case the gang is stopping")
+        try:
+            await asyncio.wait_for(self._term.wait(), wait_s)
+        except TimeoutError:
+            return ran
+        return ran._replace(outcome=Outcome("preempted", f"preempted: SIGTERM after {ran.outcome.reason}", ran.outcome.exit_code))
+
+    async def _worker_done(self, artifacts: Artifacts, ran: _Ran, log: _JobLog) -> int:
+        """A node other than 0 (worker mode): no status and no results, its log as log-node<R>.txt, the exit code its share earned."""
+        rank = settings().node_rank
+        state = ran.outcome.state
+        await log(f"[runner] node {rank} done: {state}{': ' + ran.outcome.reason if ran.outcome.reason else ''}")
+        data = log.close()
+        try:
+            await asyncio.wait_for(artifacts.put(f"{self._prefix}/log-node{rank}.txt", data), 10)
+        except (TimeoutError, Exception) as e:
+            print(f"runner: could not upload log-node{rank}.txt: {e or type(e).__name__}", file=sys.stderr)
+        await self.bus.close()
+        return EXIT_OK if state == "succeeded" else EXIT_INFRA if state == "preempted" else EXIT_EXPERIMENT_FAILED
 
     async def _results(self, artifacts: Artifacts, code: Path, out: Path, figs: Path, ran: _Ran, log: _JobLog) -> tuple[list[str], str]:
         """Plot the results (unless the experiment container did) in what is left of the wall time, and upload them.

@@ -1,0 +1,1 @@
+"""No figures for the multi-node test template."""
