@@ -62,7 +62,8 @@ def target() -> np.ndarray:
 @dataclass
 class Planted:
     """Evaluate for the loop (over a flat landscape the offline search is random search: at 6 x 6 it finds the planted
-    program for 8 of mind seeds 0-4 x two shapes; the tests use mind seed 1). Score = 0.8 + margin if the candidate computes the planted composition, + noise."""
+    program for 8 of mind seeds 0-4 x two shapes; the tests use mind seed 1).
+    Score = 0.8 + margin if the candidate computes the planted composition, + noise."""
 
     margin: float
     shared_sd: float = 0.02

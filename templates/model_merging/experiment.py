@@ -322,7 +322,8 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
         model.backbone.load_state_dict(pre)
         mask = torch.isin(t["y_finetune"], torch.tensor(classes, device=device))
         steps_taken += train(
-            model, list(model.backbone.parameters()), t["x_finetune"][mask], t["y_finetune"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size,
+            model, list(model.backbone.parameters()), t["x_finetune"][mask], t["y_finetune"][mask], classes,
+            args.finetune_steps, args.finetune_lr, args.batch_size,
         )
         finetuned.append({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
         individual.append(accuracy(model, x_ev, y_ev, classes))
