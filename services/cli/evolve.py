@@ -193,10 +193,10 @@ class CandidateRunner:
             except Exception as e:  # the lease frees them soon anyway
                 log.warning("could not give back this run's ledger holds; their lease frees them", error=str(e))
 
-    async def __call__(self, cid: str, p: Proposal, seeds: list[int], split: Split) -> Run:
+    async def __call__(self, cid: str, proposal: Proposal, seeds: list[int], split: Split) -> Run:
         """One job: the candidate switched in, on ``seeds`` of ``split``; its per-seed scores and behaviour."""
         try:
-            files = workflow.patched(self.files, self.hook, p.code)
+            files = workflow.patched(self.files, self.hook, proposal.code)
         except EditError as e:
             return Run(ok=False, reason=f"edit refused: {e}")
         jid = f"{cid}-{split}-s{seeds[0]}"
@@ -354,10 +354,11 @@ class EvolveFiles:
         base = next((c for c in report.archive if c.builtin and c.name == baseline and c.values), None)
         if base is not None and base.score is not None:
             ax.axhline(base.score, color="grey", lw=1, ls="-.", label=f"baseline {baseline} (dev)")
-        for i, c in enumerate(c for c in report.final if c.values and c.score is not None):
+        for i, c in enumerate(c for c in report.final if c.values):
             lo, hi = interval(c.values)
+            m = sum(c.values) / len(c.values)
             x = (xs[-1] if xs else 0) + 0.25 * (i + 1)
-            ax.errorbar([x], [c.score], yerr=[[c.score - lo], [hi - c.score]], fmt="*" if i == 0 else "d", ms=9, capsize=3,
+            ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="*" if i == 0 else "d", ms=9, capsize=3,
                         label=f"{c.name[:24]} (test, 95% CI)")
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)

@@ -68,10 +68,10 @@ def test_lab_evolve_offline(lab_env, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     dev, _ = check_run(out, 2, 3)
     crash = next(c for c in dev if c["name"] == "crash")
-    assert crash["state"] == "failed" and "evolve-test: this candidate crashes" in crash["reason"] and crash["job_id"]
+    assert crash["state"] == "failed" and "evolve-test: this candidate crashes" in crash["reason"] and crash["job_ids"]
     refused = next(c for c in dev if c["name"] == "forbidden")
     assert refused["state"] == "failed" and refused["reason"].startswith("edit refused") and "subprocess" in refused["reason"]
-    assert not refused["job_id"]  # refused before any job ran
+    assert not refused["job_ids"]  # refused before any job ran
     assert all(c["state"] == "succeeded" for c in dev if c["iteration"] == 1)  # the loop went on after the failures
     assert any(c["parents"] and c["diff"] for c in dev if c["iteration"] == 1)  # the second iteration builds on the first's best
 
