@@ -1,18 +1,16 @@
-"""The offline mind of `lab evolve`: deterministic proposals, no model.
+"""The offline mind of `lab evolve`: genetic programming over the template's declared operators, no model.
 
-The pool is the user's seed files (``--seed-code``) and the template's own
-algorithms: every top-level ``merge_*`` function of experiment.py, renamed to
-the hook's function. The first iteration runs the pool's first K (the user's
-first, then the built-ins in a seeded order); later ones derive from the best
-so far with seeded operators, each a real recombination or parameter change:
+A program (``bus.schema.evolve.Program``) is a pipeline of the template's operators (evolve.yaml
+``operators``): stage operators on the stacked task vectors (trim by magnitude, sign election, random drop,
+per-layer coefficients), one reducer (sum, disjoint mean, magnitude-weighted), an optional post operator
+(rescale to the sum's norm, norm matching). Each program is rendered as real Python code defining the hook's
+function; what changed is a real code diff against its parent (the loop records it).
 
-- ``blend``: a convex mix of two parents' outputs with a seeded weight;
-- ``density``: a parent that reads ``args.density``, run with another value;
-- ``trim``: a parent fed TIES-trimmed task vectors;
-- ``explore``: the next pool algorithm not yet run.
-
-Parents are copied in under their own prefixes (``ast`` renames their
-functions), so a child's source stands alone and can itself be a parent.
+The first iteration runs the pool: the template's own ``merge_*`` functions (the baseline first, the others
+in a seeded order), each with its program where evolve.yaml gives one. Later iterations breed from the best
+so far (those carrying a program): mutation (insert, delete or replace a stage, change an operator's
+parameter, swap the reducer, toggle the post operator) or crossover (one parent's stages with the other's
+reducer and post operator); children whose code was already run are dropped.
 """
 
 from __future__ import annotations
@@ -21,15 +19,15 @@ import ast
 import random
 
 from agents.evolve.workflow import Hook, ProposeRequest
-from bus.schema.evolve import Candidate, Proposal
+from bus.schema.evolve import Candidate, EvolveSpec, Operators, Program, Proposal
 
-BLEND_WEIGHTS = (0.25, 0.5, 0.75)
-DENSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)
-OPERATORS = ("blend", "density", "trim", "explore")
+MUTATIONS = ("insert", "delete", "replace", "param", "reduce", "post")
+MAX_STAGES = 4
 
 
-def builtin_pool(experiment: str, hook: Hook) -> list[Proposal]:
-    """The template's ``merge_*`` functions, each as a standalone candidate defining the hook's function."""
+def builtin_pool(experiment: str, spec: EvolveSpec) -> list[Proposal]:
+    """The template's ``merge_*`` functions, each standalone (defining the hook's function), the baseline first."""
+    hook = spec.hook
     tree = ast.parse(experiment)
     out = []
     for node in tree.body:
@@ -37,31 +35,71 @@ def builtin_pool(experiment: str, hook: Hook) -> list[Proposal]:
             src = ast.get_source_segment(experiment, node) or ""
             code = src.replace(f"def {node.name}(", f"def {hook.function}(", 1)
             doc = ast.get_docstring(node) or ""
-            out.append(Proposal(name=node.name.removeprefix(f"{hook.function}_"), code=code + "\n", rationale=doc.split("\n")[0]))
-    return out
+            name = node.name.removeprefix(f"{hook.function}_")
+            out.append(Proposal(name=name, code=code + "\n", rationale=doc.split("\n")[0], builtin=True, program=spec.programs.get(name)))
+    return sorted(out, key=lambda p: p.name != spec.baseline)
 
 
-def namespaced(code: str, prefix: str) -> tuple[str, dict[str, str]]:
-    """``code`` with each top-level function renamed ``prefix + name`` (references too); the new names by old."""
-    tree = ast.parse(code)
-    names = {n.name: f"{prefix}{n.name}" for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+def describe(p: Program) -> str:
+    """A program's name: its operators in order, parameters inline."""
+    def one(name: str, params: dict[str, float]) -> str:
+        short = name.removeprefix("op_")
+        return f"{short}({','.join(f'{v:g}' for v in params.values())})" if params else short
 
-    class Rename(ast.NodeTransformer):
-        def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
-            node.name = names.get(node.name, node.name)
-            self.generic_visit(node)
-            return node
+    parts = [one(n, ps) for n, ps in p.stage] + [p.reduce.removeprefix("reduce_")] + ([p.post.removeprefix("post_")] if p.post else [])
+    return "→".join(parts)
 
-        def visit_Name(self, node: ast.Name) -> ast.Name:
-            node.id = names.get(node.id, node.id)
-            return node
 
-    return ast.unparse(Rename().visit(tree)), names
+def render(p: Program, hook: Hook, ops: Operators) -> str:
+    """The program as Python source defining the hook's function over the template's operators."""
+    lines = [f"def {hook.function}(task_vectors, args, gen):", f'    """{describe(p)}: a program over the template\'s operators."""',
+             "    t = task_vectors"]
+    for name, params in p.stage:
+        spec = ops.stage.get(name)
+        args = [f"{v!r}" for v in params.values()] + (["gen"] if spec is not None and spec.gen else [])
+        lines.append(f"    t = {name}({', '.join(['t', *args])})")
+    lines.append(f"    merged = {p.reduce}(t)")
+    if p.post:
+        lines.append(f"    merged = {p.post}(merged, task_vectors)")
+    lines.append("    return merged")
+    return "\n".join(lines) + "\n"
+
+
+def random_stage(ops: Operators, rng: random.Random) -> tuple[str, dict[str, float]]:
+    name = rng.choice(sorted(ops.stage))
+    return name, {k: rng.choice(vs) for k, vs in ops.stage[name].params.items()}
+
+
+def mutate(p: Program, ops: Operators, rng: random.Random) -> Program:
+    """One random change of ``p`` (it may be a no-op when the change does not apply; the caller retries)."""
+    stage = list(p.stage)
+    kind = rng.choice(MUTATIONS)
+    if kind == "insert" and len(stage) < MAX_STAGES and ops.stage:
+        stage.insert(rng.randrange(len(stage) + 1), random_stage(ops, rng))
+    elif kind == "delete" and stage:
+        stage.pop(rng.randrange(len(stage)))
+    elif kind == "replace" and stage and ops.stage:
+        stage[rng.randrange(len(stage))] = random_stage(ops, rng)
+    elif kind == "param" and (tunable := [i for i, (n, ps) in enumerate(stage) if ps]):
+        i = rng.choice(tunable)
+        name, params = stage[i]
+        key = rng.choice(sorted(params))
+        stage[i] = (name, {**params, key: rng.choice(ops.stage[name].params[key])})
+    elif kind == "reduce" and ops.reduce:
+        return Program(stage=stage, reduce=rng.choice(ops.reduce), post=p.post)
+    elif kind == "post" and ops.post:
+        return Program(stage=stage, reduce=p.reduce, post=None if p.post else rng.choice(ops.post))
+    return Program(stage=stage, reduce=p.reduce, post=p.post)
+
+
+def crossover(a: Program, b: Program) -> Program:
+    return Program(stage=list(a.stage), reduce=b.reduce, post=b.post)
 
 
 class OfflineEvolveMind:
-    def __init__(self, hook: Hook, pool: list[Proposal], seed: int = 0) -> None:
-        self.hook = hook
+    def __init__(self, spec: EvolveSpec, pool: list[Proposal], seed: int = 0) -> None:
+        self.spec = spec
+        self.hook = spec.hook
         self.pool = pool
         self.seed = seed
 
@@ -69,56 +107,42 @@ class OfflineEvolveMind:
         rng = random.Random(self.seed * 1009 + request.iteration)
         tried = {c.strip() for c in request.tried}
         fresh = [p for p in self.pool if p.code.strip() not in tried]
-        if request.iteration == 0 or not request.examples:
-            return fresh[: request.k]
         out: list[Proposal] = []
-        seen = set(tried)
-        for attempt in range(request.k * 20):
-            if len(out) == request.k:
+        parents = [c for c in request.examples if c.program is not None]
+        if request.iteration == 0 or not request.examples:
+            head, rest = fresh[:1], fresh[1:]
+            rng.shuffle(rest)  # the baseline always; the other built-ins in a seeded order
+            out = (head + rest)[: request.k]
+            # a population larger than the pool is filled with mutants of the pool's programs
+            parents = [Candidate(id=f"pool-{i}", iteration=0, name=p.name, code=p.code, state="succeeded", program=p.program)
+                       for i, p in enumerate(self.pool) if p.program is not None]
+        seen = tried | {p.code.strip() for p in out}
+        for _ in range(request.k * 50):
+            if len(out) == request.k or not parents:
                 break
-            op = OPERATORS[(attempt + rng.randrange(len(OPERATORS))) % len(OPERATORS)]
-            p = self._derive(op, request.examples, fresh, rng)
-            if p is not None and p.code.strip() not in seen:
-                seen.add(p.code.strip())
-                out.append(p)
-                if op == "explore":
-                    fresh = [f for f in fresh if f.code.strip() != p.code.strip()]
+            child = self._child(parents, rng)
+            if child is not None and child.code.strip() not in seen:
+                seen.add(child.code.strip())
+                out.append(child)
         return out
 
-    def _derive(self, op: str, best: list[Candidate], fresh: list[Proposal], rng: random.Random) -> Proposal | None:
-        f = self.hook.function
-        call = "task_vectors, args, gen"
-        head = f"def {f}(task_vectors, args, gen):"
-        a = best[0] if len(best) == 1 or rng.random() < 0.6 else rng.choice(best[1:])
-        a_code, a_names = namespaced(a.code, "_a_")
-        if op == "explore":
-            return fresh[0] if fresh else None
-        if op == "blend":
-            others = [c for c in best if c.id != a.id]
-            if not others:
-                return None
-            b = rng.choice(others)
-            w = rng.choice(BLEND_WEIGHTS)
-            b_code, b_names = namespaced(b.code, "_b_")
-            body = f"    return {w} * {a_names[f]}({call}) + {1 - w} * {b_names[f]}({call})"
-            return Proposal(
-                name=f"blend({a.name},{b.name},{w})", code=f"{a_code}\n\n\n{b_code}\n\n\n{head}\n{body}\n",
-                rationale=f"a convex mix ({w} : {1 - w}) of {a.name} and {b.name}", parents=[a.id, b.id],
-            )
-        if op == "density":
-            if "density" not in a.code:
-                return None  # the parent ignores args.density: the same algorithm under another name
-            d = rng.choice(DENSITIES)
-            body = f"    args = argparse.Namespace(**{{**vars(args), 'density': {d}}})\n    return {a_names[f]}({call})"
-            return Proposal(name=f"{a.name}@density={d}", code=f"{a_code}\n\n\n{head}\n{body}\n",
-                            rationale=f"{a.name} with density {d}", parents=[a.id])
-        d = rng.choice(DENSITIES)
-        body = f"    return {a_names[f]}(trim(task_vectors, {d}), args, gen)"
-        return Proposal(name=f"trim{d}+{a.name}", code=f"{a_code}\n\n\n{head}\n{body}\n",
-                        rationale=f"{a.name} on task vectors trimmed to their top {d} by magnitude", parents=[a.id])
+    def _child(self, parents: list[Candidate], rng: random.Random) -> Proposal | None:
+        ops = self.spec.operators
+        a = parents[0] if len(parents) == 1 or rng.random() < 0.5 else rng.choice(parents)
+        assert a.program is not None
+        if len(parents) > 1 and rng.random() < 0.3:
+            b = rng.choice([c for c in parents if c.id != a.id])
+            assert b.program is not None
+            prog, how, ids = crossover(a.program, b.program), f"{a.name}'s stages with {b.name}'s reducer", [a.id, b.id]
+        else:
+            prog, how, ids = mutate(a.program, ops, rng), f"a mutation of {a.name}", [a.id]
+        if prog == a.program or not prog.reduce:
+            return None
+        return Proposal(name=describe(prog)[:120], code=render(prog, self.hook, ops), rationale=how,
+                        parents=[i for i in ids if not i.startswith("pool-")], program=prog)
 
     async def close(self) -> None:
         return None
 
 
-__all__ = ["OfflineEvolveMind", "builtin_pool", "namespaced"]
+__all__ = ["OfflineEvolveMind", "builtin_pool", "crossover", "describe", "mutate", "render"]

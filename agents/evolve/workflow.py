@@ -15,54 +15,47 @@ from __future__ import annotations
 import ast
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+import yaml
+from pydantic import ValidationError
+
 from agents.codeedit import EditNotApplicable, apply_edits
+from agents.evolve.stats import interval, paired
 from bus.errors import LabError
 from bus.schema import CodeEdit, Direction
-from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal
+from bus.schema.evolve import Candidate, Evidence, EvolveSpec, HookSpec, IterationSummary, PreferencePair, Proposal
 
 
 class EvolveError(LabError, ValueError):
     """`lab evolve` cannot run as asked (a template without a hook, a bad population); one line."""
 
 
-@dataclass(frozen=True)
-class Hook:
-    """Where a candidate goes in a template: a line its code replaces, and the function it must define."""
-
-    anchor: str  # a line of experiment.py that occurs once; the candidate's code replaces it
-    function: str
-    signature: str
-    assign: str  # the line after the candidate's code that switches it in
-    describe: str  # for the prompt: what the function gets and returns
-
-    def edit(self, code: str) -> CodeEdit:
-        return CodeEdit(path="experiment.py", search=self.anchor, replace=f"{code.rstrip()}\n\n\n{self.assign}\n")
+Hook = HookSpec
 
 
-HOOKS = {
-    "model_merging": Hook(
-        anchor="EVOLVED_MERGE = None\n",
-        function="merge",
-        signature="def merge(task_vectors: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:",
-        assign="EVOLVED_MERGE = merge",
-        describe=(
-            "task_vectors stacks one parameter's task vectors (fine-tuned minus pretrained weights), shape "
-            "(num_tasks, *param_shape); return the merged task vector (param_shape). The experiment adds it to the "
-            "pretrained weights times a coefficient picked on validation data. args holds the template's knobs "
-            "(args.density, args.num_tasks, ...); gen is a seeded torch.Generator for any randomness. The module "
-            "already imports torch, numpy as np, math and argparse, and defines trim(tvs, density) (keep each task "
-            "vector's top-density entries by magnitude) and the built-in merge_* functions."
-        ),
-    ),
-}
+def hook_edit(hook: Hook, code: str) -> CodeEdit:
+    return CodeEdit(path="experiment.py", search=hook.anchor, replace=f"{code.rstrip()}\n\n\n{hook.assign}\n")
+
+
+def load_spec(folder: Path, name: str) -> EvolveSpec:
+    """The template's ``evolve.yaml`` (EvolveError, one line, when it has none or it does not parse)."""
+    path = folder / "evolve.yaml"
+    if not path.is_file():
+        raise EvolveError(f"template {name!r} declares no hook for `lab evolve` (no evolve.yaml; templates with one: model_merging)")
+    try:
+        return EvolveSpec.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as e:
+        raise EvolveError(f"{path}: {str(e).splitlines()[0]}") from None
 
 
 def hook_for(template: str) -> Hook:
-    if template not in HOOKS:
-        raise EvolveError(f"template {template!r} declares no hook for `lab evolve` (templates with one: {', '.join(sorted(HOOKS))})")
-    return HOOKS[template]
+    """The hook of a template by name (its evolve.yaml)."""
+    from agents.templates import load
+
+    folder, spec = load(template)
+    return load_spec(folder, spec.name).hook
 
 
 def check_code(hook: Hook, code: str) -> None:
@@ -81,72 +74,106 @@ def check_code(hook: Hook, code: str) -> None:
 def patched(files: dict[str, str], hook: Hook, code: str) -> dict[str, str]:
     """The template's files with the candidate switched in, through the guarded edits (EditError if refused)."""
     check_code(hook, code)
-    return apply_edits(files, [hook.edit(code)])
+    return apply_edits(files, [hook_edit(hook, code)])
 
 
 # ------------------------------------------------------------------ selection
 
 
+def contenders(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates still in the race: ran, not another's duplicate in behaviour, not eliminated."""
+    return [c for c in candidates if c.state == "succeeded" and c.values and not c.same_as and not c.eliminated]
+
+
 def ranked(candidates: list[Candidate], direction: Direction) -> list[Candidate]:
-    """Succeeded candidates, best first (ties: the earlier one)."""
-    ok = [c for c in candidates if c.state == "succeeded" and c.score is not None]
-    return sorted(ok, key=lambda c: (-(c.score or 0.0) if direction == "higher" else (c.score or 0.0)))
+    """Contenders, best mean first (ties: the one with more seeds, then the earlier one)."""
+    sign = -1.0 if direction == "higher" else 1.0
+    return sorted(contenders(candidates), key=lambda c: (sign * (c.score or 0.0), -len(c.values)))
 
 
 def examples(candidates: list[Candidate], n: int, direction: Direction) -> list[Candidate]:
     """The best ``n`` distinct algorithms so far: what the next prompt shows."""
-    out: list[Candidate] = []
-    for c in ranked(candidates, direction):
-        if all(c.code.strip() != o.code.strip() for o in out):
-            out.append(c)
-        if len(out) == n:
-            break
-    return out
+    return ranked(candidates, direction)[:n]
 
 
-def summary(iteration: int, candidates: list[Candidate], direction: Direction) -> IterationSummary:
-    scores = [c.score for c in candidates if c.state == "succeeded" and c.score is not None]
-    best = ranked(candidates, direction)
+def worst(candidates: list[Candidate], n: int, direction: Direction) -> list[Candidate]:
+    """The ``n`` worst that ran (eliminated ones included): what the next prompt shows as what not to do."""
+    ran = [c for c in candidates if c.state == "succeeded" and c.values and not c.same_as]
+    sign = 1.0 if direction == "higher" else -1.0
+    return sorted(ran, key=lambda c: sign * (c.score or 0.0))[:n]
+
+
+def scored(c: Candidate) -> Candidate:
+    """``c`` with its mean and standard error recomputed from its per-seed values."""
+    if not c.values:
+        return c
+    se = statistics.stdev(c.values) / len(c.values) ** 0.5 if len(c.values) > 1 else 0.0
+    return c.model_copy(update={"score": statistics.fmean(c.values), "stderr": se})
+
+
+def summary(iteration: int, batch: list[Candidate], archive: list[Candidate], direction: Direction, runs: int) -> IterationSummary:
+    """The best so far (with its interval) and the median of this iteration's candidates."""
+    scores = [c.score for c in batch if c.state == "succeeded" and c.score is not None]
+    best = ranked(archive, direction)
+    lo, hi = interval(best[0].values) if best else (None, None)
     return IterationSummary(
-        iteration=iteration,
-        best=best[0].score if best else None,
-        median=statistics.median(scores) if scores else None,
-        succeeded=len(scores),
-        failed=len(candidates) - len(scores),
-        best_id=best[0].id if best else None,
+        iteration=iteration, best=best[0].score if best else None, best_lo=lo, best_hi=hi,
+        median=statistics.median(scores) if scores else None, succeeded=len(scores), failed=len(batch) - len(scores),
+        best_id=best[0].id if best else None, runs=runs,
     )
 
 
-def preference(prompt: str, candidates: list[Candidate], direction: Direction) -> PreferencePair | None:
-    """Best vs worst of one iteration; a failed candidate counts as worse than any that ran.
-
-    None when there is no pair: nothing succeeded, or fewer than two distinct algorithms.
-    """
-    best = ranked(candidates, direction)
-    if not best:
-        return None
-    failed = [c for c in candidates if c.state == "failed"]
-    worst = failed[0] if failed else best[-1]
-    if worst.id == best[0].id or worst.code.strip() == best[0].code.strip():
-        return None
-    return PreferencePair(prompt=prompt, chosen=best[0].code, rejected=worst.code)
+def preferences(prompt: str, batch: list[Candidate], direction: Direction, metric: str, alpha: float = 0.05) -> list[PreferencePair]:
+    """This iteration's best against each of its candidates it beat by more than seed noise on dev (paired interval
+    above zero): no pair where the difference could be noise, and none from a failure (no scores to compare)."""
+    ran = [c for c in batch if c.state == "succeeded" and len(c.values) >= 2]
+    if len(ran) < 2:
+        return []
+    sign = -1.0 if direction == "higher" else 1.0
+    chosen = min(ran, key=lambda c: sign * (c.score or 0.0))
+    level = 1 - alpha / (len(ran) - 1)  # Bonferroni over the chosen's comparisons: the chosen is the batch's maximum
+    out = []
+    for c in ran:
+        if c.id == chosen.id or c.code.strip() == chosen.code.strip() or c.same_as == chosen.id or chosen.same_as == c.id:
+            continue
+        cmp = paired(chosen, c, direction, level)
+        if cmp is not None and cmp.better:
+            out.append(PreferencePair(prompt=prompt, chosen=chosen.code, rejected=c.code,
+                                      evidence=Evidence(chosen=chosen.id, rejected=c.id, metric=metric, comparison=cmp)))
+    return out
 
 
 # ------------------------------------------------------------------ the prompt
 
 
-def prompt(hook: Hook, task: str, metric: str, direction: Direction, k: int, shown: list[Candidate]) -> str:
-    """What the mind is asked each iteration; the same text is the prompt of that iteration's preference pair."""
+def _shown(c: Candidate, metric: str) -> str:
+    lo, hi = interval(c.values)
+    return (f"## {c.name} ({metric} {c.score:.4f}, 95% CI [{lo:.4f}, {hi:.4f}] over {len(c.values)} seeds)\n"
+            f"```python\n{c.code.strip()}\n```")
+
+
+def prompt(spec: EvolveSpec, task: str, metric: str, direction: Direction, k: int, shown: list[Candidate],
+           bad: list[Candidate] | None = None) -> str:
+    """What the mind is asked each iteration; the same text is the prompt of that iteration's preference pairs."""
+    hook = spec.hook
+    ops = [*spec.operators.stage, *spec.operators.reduce, *spec.operators.post]
     parts = [
         f"Task: {task.strip()}",
         f"Write {k} new, different algorithms as Python code. Each must define\n    {hook.signature}\n{hook.describe}",
-        f"They are scored by {metric} ({direction} is better) on a development split.",
+        spec.fixed.strip(),
+        f"They are scored by {metric} ({direction} is better) on a development split, per seed; candidates close to the best "
+        "run on more seeds, and the final best is compared once, paired, on a held-out test split.",
         "Code may not start processes, use the network, or touch time limits: the guarded edit refuses it.",
     ]
+    if ops:
+        parts.append("Operators you may call: " + ", ".join(ops) + ".")
     if shown:
         parts.append("The best algorithms so far, best first:")
-        for c in shown:
-            parts.append(f"## {c.name} ({metric} {c.score:.4f})\n```python\n{c.code.strip()}\n```")
+        parts += [_shown(c, metric) for c in shown]
+    if bad:
+        parts.append("The worst so far (do not do this):")
+        parts += [_shown(c, metric) for c in bad]
+    if shown:
         parts.append("Improve on them: combine their ideas or try new ones; do not repeat them unchanged.")
     return "\n\n".join(parts)
 
@@ -171,6 +198,6 @@ class EvolveMind(Protocol):
 
 
 __all__ = [
-    "EvolveError", "EvolveMind", "HOOKS", "Hook", "ProposeRequest", "check_code", "examples", "hook_for", "patched",
-    "preference", "prompt", "ranked", "summary",
+    "EvolveError", "EvolveMind", "Hook", "ProposeRequest", "check_code", "contenders", "examples", "hook_edit", "hook_for",
+    "load_spec", "patched", "preferences", "prompt", "ranked", "scored", "summary", "worst",
 ]

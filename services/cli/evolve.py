@@ -26,7 +26,7 @@ import asyncio
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,9 @@ from rich.markup import escape
 from agents.codeedit import EditError
 from agents.engineer.jobs import plan_job
 from agents.evolve import workflow
-from agents.evolve.workflow import EvolveError, EvolveMind, Hook, ProposeRequest
+from agents.evolve.race import FINAL_RUNS, Loop, LoopConfig, Report, Run
+from agents.evolve.stats import interval
+from agents.evolve.workflow import EvolveError, EvolveMind
 from agents.templates import bundle, bundle_files, replace_files
 from bus import subjects
 from bus.client import Bus, BusConfig
@@ -46,7 +48,7 @@ from bus.ledger import SlotLedger
 from bus.permissions import ADMIN, JOB_USER, RUNNER
 from bus.retry import poll
 from bus.schema import ExecutorKind, JobSpec, JobStatus, MindKind, NatsAccess, ProfileName, TemplateSpec, decode
-from bus.schema.evolve import Candidate, IterationSummary, PreferencePair, Proposal, Split
+from bus.schema.evolve import Candidate, EvolveSpec, IterationSummary, PreferencePair, Proposal, Split
 from bus.server import EmbeddedServer, new_credentials
 from bus.settings import settings
 from bus.store import Artifacts, StateStore
@@ -78,8 +80,8 @@ class EvolveOptions:
     seed: int = 0
     profile: ProfileName = ""
     keep: int = 3  # best candidates shown to the next iteration
-    final_top: int = 3  # best candidates scored on the test split at the end
-    max_runs: int | None = None  # default: every candidate once plus the final runs
+    final_top: int = 3  # kept for the CLI flag: the final comparison is always the leader, the baseline and the best built-in
+    max_runs: int | None = None  # default: two jobs per candidate (racing) plus the final runs
     wall_time: float = 3600.0
     executor: ExecutorKind = "local"
     nats: str | None = None  # a running lab's NATS; None: a private server for this run
@@ -90,8 +92,8 @@ class EvolveOptions:
         for name in ("iterations", "population", "keep", "final_top"):
             if getattr(self, name) < 1:
                 raise EvolveError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if self.max_runs is not None and self.max_runs <= self.final_top:
-            raise EvolveError(f"--max-runs {self.max_runs} leaves no run for the loop after the {self.final_top} final test runs")
+        if self.max_runs is not None and self.max_runs <= FINAL_RUNS:
+            raise EvolveError(f"--max-runs {self.max_runs} leaves no run for the loop after the {FINAL_RUNS} final test runs")
         if self.wall_time <= 0:
             raise EvolveError("--wall-time must be positive")
         if self.mind not in ("offline", "llm"):
@@ -108,14 +110,16 @@ def seed_proposals(paths: list[Path]) -> list[Proposal]:
     return out
 
 
-def make_evolve_mind(opts: EvolveOptions, hook: Hook, experiment: str) -> EvolveMind:
+def make_evolve_mind(opts: EvolveOptions, ev: EvolveSpec, experiment: str) -> tuple[EvolveMind, list[Proposal]]:
+    """The mind, and the template's built-ins (the baseline first): the llm mind starts from them too."""
+    from agents.evolve.offline import OfflineEvolveMind, builtin_pool
+
+    pool = builtin_pool(experiment, ev)
     if opts.mind == "llm":
         from agents.evolve.llm import make
 
-        return make(opts.seed, {"model": opts.model} if opts.model else {})
-    from agents.evolve.offline import OfflineEvolveMind, builtin_pool
-
-    return OfflineEvolveMind(hook, builtin_pool(experiment, hook), opts.seed)
+        return make(opts.seed, {"model": opts.model} if opts.model else {}), pool
+    return OfflineEvolveMind(ev, pool, opts.seed), pool
 
 
 # ------------------------------------------------------------------ running candidates (activities)
@@ -129,10 +133,10 @@ class CandidateRunner:
     """
 
     def __init__(self, bus: Bus, artifacts: Artifacts, executor: Executor, project: str, spec: TemplateSpec, profile: str,
-                 base_bundle: bytes, hook: Hook, job_nats: NatsAccess, keys: JobKeys,
+                 base_bundle: bytes, ev: EvolveSpec, job_nats: NatsAccess, keys: JobKeys,
                  ledger: SlotLedger | None = None, console: Console | None = None) -> None:
         self.bus, self.artifacts, self.executor, self.project = bus, artifacts, executor, project
-        self.spec, self.hook, self.base, self.job_nats = spec, hook, base_bundle, job_nats
+        self.spec, self.ev, self.hook, self.base, self.job_nats = spec, ev, ev.hook, base_bundle, job_nats
         self.files = bundle_files(base_bundle)
         self.profile = profile or None
         self.metric = spec.primary_metric
@@ -189,35 +193,42 @@ class CandidateRunner:
             except Exception as e:  # the lease frees them soon anyway
                 log.warning("could not give back this run's ledger holds; their lease frees them", error=str(e))
 
-    async def run(self, cid: str, iteration: int, p: Proposal, split: Split) -> Candidate:
-        base = dict(id=cid, iteration=iteration, name=p.name, code=p.code, rationale=p.rationale, parents=p.parents, split=split)
+    async def __call__(self, cid: str, proposal: Proposal, seeds: list[int], split: Split) -> Run:
+        """One job: the candidate switched in, on ``seeds`` of ``split``; its per-seed scores and behaviour."""
         try:
-            files = workflow.patched(self.files, self.hook, p.code)
+            files = workflow.patched(self.files, self.hook, proposal.code)
         except EditError as e:
-            return Candidate(**base, state="failed", reason=f"edit refused: {e}")
+            return Run(ok=False, reason=f"edit refused: {e}")
+        jid = f"{cid}-{split}-s{seeds[0]}"
         async with self.slots:
             self.runs += 1
             planned = plan_job(
-                self.spec, self.profile, job_id=f"{self.project}-{cid}", project=self.project, experiment_id=cid,
-                bundle_object=await self.artifacts.put(f"{self.project}/bundles/{cid}.tar.gz", replace_files(self.base, files)),
-                seeds=list(range(self.spec.seeds)),
+                self.spec, self.profile, job_id=f"{self.project}-{jid}", project=self.project, experiment_id=jid,
+                bundle_object=await self.artifacts.put(f"{self.project}/bundles/{jid}.tar.gz", replace_files(self.base, files)),
+                seeds=seeds,
             )
-            # The split is the loop's, not a knob an idea may move: it goes to the experiment beside the planned overrides.
+            # The split and the template's evolve overrides are the loop's, not knobs an idea may move.
             key = self.keys.key(self.project, planned.job_id)
-            job = planned.model_copy(update={"overrides": {**planned.overrides, "split": split},
-                                                "nats": runner_access(self.job_nats, planned, key), "status_key": key})
+            overrides = {**planned.overrides, **self.ev.overrides, self.ev.split_flag: split}
+            job = planned.model_copy(update={"overrides": overrides, "nats": runner_access(self.job_nats, planned, key), "status_key": key})
             status = await self._held_wait(job)
-        base.update(job_id=job.job_id, wall_s=round(status.wall_s, 2))
+        return self._result(job.job_id, status, split, seeds)
+
+    def _result(self, job_id: str, status: JobStatus, split: Split, seeds: list[int]) -> Run:
+        base = Run(ok=False, job_id=job_id, wall_s=round(status.wall_s, 2))
         if status.state != "succeeded" or status.final_info is None:
-            return Candidate(**base, state="failed", reason=status.reason or status.state)
+            return replace(base, reason=status.reason or status.state)
         info = status.final_info
-        scored = (info.model_extra or {}).get("split", split)
-        if scored != split or self.metric not in info.metrics:
-            why = f"the experiment scored the {scored} split" if scored != split else f"no {self.metric} in final_info.json"
-            return Candidate(**base, state="failed", reason=why)
-        stat = info.metrics[self.metric]
-        return Candidate(**base, state="succeeded", score=stat.mean, stderr=stat.stderr,
-                         metrics={m: s.mean for m, s in info.metrics.items()})
+        extra = info.model_extra or {}
+        scored = extra.get("split", split)
+        stat = info.metrics.get(self.metric)
+        if scored != split or stat is None or len(stat.values) != len(info.seeds):
+            why = f"the experiment scored the {scored} split" if scored != split else f"no per-seed {self.metric} in final_info.json"
+            return replace(base, reason=why)
+        behaviour = [str(b) for b in extra.get("behaviour", [])]
+        return replace(base, ok=True, seeds=list(info.seeds), values=list(stat.values),
+                       behaviour=behaviour if len(behaviour) == len(info.seeds) else [],
+                       metrics={m: x.mean for m, x in info.metrics.items()})
 
     async def _held_wait(self, job: JobSpec) -> JobStatus:
         """Run the job holding its units in the lab's ledger (when there is one): waiting for them, giving them back at its end."""
@@ -281,10 +292,11 @@ class CandidateRunner:
 
 
 class EvolveFiles:
-    """``evolve/`` in the output folder, written as the loop goes so an interrupted run keeps what it did."""
+    """``evolve/`` in the output folder, written as the loop goes so an interrupted run keeps what it did (the loop's Sink)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, console: Console | None = None) -> None:
         self.dir = out / "evolve"
+        self.console = console
         (self.dir / "candidates").mkdir(parents=True, exist_ok=True)
         for name in ("candidates.jsonl", "iterations.jsonl", "preferences.jsonl", "final.jsonl"):
             (self.dir / name).write_text("")
@@ -293,10 +305,21 @@ class EvolveFiles:
         with open(self.dir / name, "a") as f:
             f.write(line + "\n")
 
-    def candidate(self, c: Candidate) -> None:
-        self._append("final.jsonl" if c.split == "test" else "candidates.jsonl", c.model_dump_json())
-        score = f"{c.score:.4f}" if c.score is not None else "failed"
+    def candidates(self, archive: list[Candidate]) -> None:
+        """Every candidate as it stands now (its seeds so far, duplicate of, eliminated), and its code and diff."""
+        (self.dir / "candidates.jsonl").write_text("".join(c.model_dump_json() + "\n" for c in archive))
+        for c in archive:
+            self._code(c)
+
+    def _code(self, c: Candidate) -> None:
+        score = f"{c.score:.4f} over {len(c.values)} seeds" if c.score is not None else c.state
         (self.dir / "candidates" / f"{c.id}.py").write_text(f"# {c.name} ({c.split}: {score})\n{c.code.rstrip()}\n")
+        if c.diff:
+            (self.dir / "candidates" / f"{c.id}.diff").write_text(c.diff)
+
+    def final(self, c: Candidate) -> None:
+        self._append("final.jsonl", c.model_dump_json())
+        self._code(c)
 
     def iteration(self, s: IterationSummary, prompt: str) -> None:
         self._append("iterations.jsonl", s.model_dump_json())
@@ -305,26 +328,42 @@ class EvolveFiles:
     def preference(self, pair: PreferencePair) -> None:
         self._append("preferences.jsonl", pair.model_dump_json())
 
+    def say(self, line: str) -> None:
+        if self.console is not None:
+            self.console.print(escape(line))
+
     def summary(self, data: dict[str, Any]) -> None:
         (self.dir / "summary.json").write_text(json.dumps(data, indent=2))
 
-    def plot(self, iterations: list[IterationSummary], final: list[Candidate], metric: str) -> Path:
+    def plot(self, report: Report, metric: str, baseline: str) -> Path:
+        """Best so far (95% interval) and median per iteration on dev, the baseline's dev mean, the test result marked."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        xs = [s.iteration for s in iterations]
-        ax.plot(xs, [s.best if s.best is not None else float("nan") for s in iterations], "o-", label="best (dev)")
-        ax.plot(xs, [s.median if s.median is not None else float("nan") for s in iterations], "s--", label="median (dev)")
-        tested = [c.score for c in final if c.score is not None]
-        if tested:
-            ax.axhline(max(tested), color="k", lw=0.8, ls=":", label="best final (test)")
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        its = report.summaries
+        xs = [s.iteration for s in its]
+        nan = float("nan")
+        best = [s.best if s.best is not None else nan for s in its]
+        err = [[(s.best - s.best_lo) if s.best is not None and s.best_lo is not None else 0 for s in its],
+               [(s.best_hi - s.best) if s.best is not None and s.best_hi is not None else 0 for s in its]]
+        ax.errorbar(xs, best, yerr=err, fmt="o-", capsize=3, label="best so far (dev, 95% CI)")
+        ax.plot(xs, [s.median if s.median is not None else nan for s in its], "s--", label="median of iteration (dev)")
+        base = next((c for c in report.archive if c.builtin and c.name == baseline and c.values), None)
+        if base is not None and base.score is not None:
+            ax.axhline(base.score, color="grey", lw=1, ls="-.", label=f"baseline {baseline} (dev)")
+        for i, c in enumerate(c for c in report.final if c.values):
+            lo, hi = interval(c.values)
+            m = sum(c.values) / len(c.values)
+            x = (xs[-1] if xs else 0) + 0.25 * (i + 1)
+            ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="*" if i == 0 else "d", ms=9, capsize=3,
+                        label=f"{c.name[:24]} (test, 95% CI)")
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
         ax.set_xticks(xs)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         path = self.dir / "progress.png"
         fig.savefig(path, dpi=120)
@@ -389,7 +428,7 @@ def lab_access(url: str, executor_options: dict[str, Any]) -> LabAccess:
 def run_evolve(opts: EvolveOptions, console: Console) -> int:
     opts.check()
     folder, spec = load_template(opts.template)
-    hook = workflow.hook_for(spec.name)
+    ev = workflow.load_spec(folder, spec.name)
     spec.profile(opts.profile or None)  # an unknown profile is one readable line, before anything starts
     seeds = seed_proposals(opts.seed_code)
     executor_options = lab_config().executor_options(opts.executor)
@@ -400,7 +439,7 @@ def run_evolve(opts: EvolveOptions, console: Console) -> int:
                           "the loop checks them with a key of its own[/yellow]")
         executor = make_executor(opts.executor, executor_options)
         keys = JobKeys(access.job_secret or new_secret())
-        return asyncio.run(_evolve(opts, folder, spec, hook, seeds, executor, access.bus, access.runner, keys, console, lab=True))
+        return asyncio.run(_evolve(opts, folder, spec, ev, seeds, executor, access.bus, access.runner, keys, console, lab=True))
     with tempfile.TemporaryDirectory(prefix="lab-evolve-") as tmp:
         credentials = new_credentials()
         server = EmbeddedServer(Path(tmp) / "nats", credentials=credentials, max_store_bytes=2 << 30)
@@ -412,17 +451,17 @@ def run_evolve(opts: EvolveOptions, console: Console) -> int:
             job_nats = NatsAccess(url=server.url, user=RUNNER, password=credentials[RUNNER])
             config = BusConfig(url=server.url, user=ADMIN, password=credentials[ADMIN], name="lab-evolve")
             keys = JobKeys(new_secret())  # this run's own: a candidate's result counts only with its job's signature
-            return asyncio.run(_evolve(opts, folder, spec, hook, seeds, executor, config, job_nats, keys, console, lab=False))
+            return asyncio.run(_evolve(opts, folder, spec, ev, seeds, executor, config, job_nats, keys, console, lab=False))
         finally:
             server.stop()
 
 
-async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: Hook, seeds: list[Proposal], executor: Executor,
+async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, ev: EvolveSpec, seeds: list[Proposal], executor: Executor,
                   config: BusConfig, job_nats: NatsAccess, keys: JobKeys, console: Console, lab: bool) -> int:
     project = subjects.token(new_project_id(f"evolve-{spec.name}", opts.seed)[:48], "project")
     out = opts.out or Path("lab-out") / project
-    files = EvolveFiles(out)
-    max_runs = opts.max_runs or opts.iterations * opts.population + opts.final_top
+    files = EvolveFiles(out, None if opts.quiet else console)
+    max_runs = opts.max_runs or 2 * opts.iterations * opts.population + FINAL_RUNS
     deadline = time.monotonic() + opts.wall_time
     try:
         bus = await Bus.connect(config)  # ConnectError (one line) when no lab answers at that URL
@@ -434,16 +473,18 @@ async def _evolve(opts: EvolveOptions, folder: Path, spec: TemplateSpec, hook: H
     try:
         await _prepare_store(bus, config, lab)
         base = bundle(folder)
-        runner = await _start_runner(bus, executor, project, spec, opts.profile, base, hook, job_nats, keys, console, lab)
-        mind = make_evolve_mind(opts, hook, bundle_files(base)["experiment.py"])
+        runner = await _start_runner(bus, executor, project, spec, opts.profile, base, ev, job_nats, keys, console, lab)
+        mind, pool = make_evolve_mind(opts, ev, bundle_files(base)["experiment.py"])
         metric, direction = spec.primary_metric, spec.metrics[spec.primary_metric].direction
-        console.print(f"evolving [bold]{spec.name}[/bold]'s {hook.function}() with the {opts.mind} mind: "
-                      f"{opts.iterations} iterations × {opts.population} candidates, scored by {metric} ({direction}) on the dev split; "
-                      f"output in {files.dir}")
-        everything, summaries, stopped = await _iterate(opts, spec, hook, seeds, mind, runner, files, console, max_runs, deadline)
-        if stopped:
-            console.print(f"[yellow]stopped before iteration {len(summaries)}: {stopped} is spent[/yellow]")
-        return await _final_test(opts, spec, project, runner, files, console, everything, summaries, stopped, max_runs)
+        console.print(f"evolving [bold]{spec.name}[/bold]'s {ev.hook.function}() with the {opts.mind} mind: "
+                      f"{opts.iterations} iterations × {opts.population} candidates, {metric} ({direction}) raced on the dev split, "
+                      f"compared with the baseline ({ev.baseline}) on the held-out test split; output in {files.dir}")
+        # The offline mind brings the pool itself; with the llm mind the baseline runs first, so it can be compared with.
+        own = seeds if opts.mind == "offline" else [*seeds, *pool[:1]]
+        cfg = LoopConfig(spec=ev, task=spec.task, metric=metric, direction=direction, iterations=opts.iterations,
+                         population=opts.population, keep=opts.keep, max_runs=max_runs, deadline=deadline, seed_proposals=own)
+        report = await Loop(cfg, mind, runner, files).run()
+        return _report(opts, spec, ev, project, runner, files, console, report, max_runs)
     finally:
         if runner is not None:
             await runner.stop()
@@ -465,111 +506,45 @@ async def _prepare_store(bus: Bus, config: BusConfig, lab: bool) -> None:
         await bus.ensure_topology()
 
 
-async def _start_runner(bus: Bus, executor: Executor, project: str, spec: TemplateSpec, profile: str, base: bytes, hook: Hook,
+async def _start_runner(bus: Bus, executor: Executor, project: str, spec: TemplateSpec, profile: str, base: bytes, ev: EvolveSpec,
                         job_nats: NatsAccess, keys: JobKeys, console: Console, lab: bool) -> CandidateRunner:
     """The candidate runner, reading its jobs' statuses; on a running lab its jobs take their turn in the lab's slot ledger."""
     artifacts = await Artifacts.open(bus)
     ledger = ledger_for(executor, await StateStore.open(bus)) if lab else None
-    runner = CandidateRunner(bus, artifacts, executor, project, spec, profile, base, hook, job_nats, keys, ledger, console)
+    runner = CandidateRunner(bus, artifacts, executor, project, spec, profile, base, ev, job_nats, keys, ledger, console)
     await runner.start()
     return runner
 
 
-async def _iterate(opts: EvolveOptions, spec: TemplateSpec, hook: Hook, seeds: list[Proposal], mind: EvolveMind, runner: CandidateRunner,
-                   files: EvolveFiles, console: Console, max_runs: int, deadline: float) -> tuple[list[Candidate], list[IterationSummary], str]:
-    """Propose, run and summarise until the iterations, the run budget or the wall time (``deadline``) are spent: every
-    candidate, each iteration's summary, and which budget stopped the loop early ("" when none did)."""
+def _report(opts: EvolveOptions, spec: TemplateSpec, ev: EvolveSpec, project: str, runner: CandidateRunner, files: EvolveFiles,
+            console: Console, report: Report, max_runs: int) -> int:
+    """Write the final runs, the plot and summary.json, and say the verdict (1: nothing finished on the test split)."""
     metric, direction = spec.primary_metric, spec.metrics[spec.primary_metric].direction
-    everything: list[Candidate] = []
-    summaries: list[IterationSummary] = []
-    for it in range(opts.iterations):
-        left = max_runs - opts.final_top - runner.runs
-        if left <= 0 or time.monotonic() > deadline:
-            return everything, summaries, "the run budget" if left <= 0 else "the wall time"
-        shown = workflow.examples(everything, opts.keep, direction)
-        k = min(opts.population, left)
-        text = workflow.prompt(hook, spec.task, metric, direction, k, shown)
-        proposals = await _propose(mind, console, it, k, text, shown, [*seeds[:k]] if it == 0 else [], everything)
-        batch = await _run_batch(runner, files, console, it, proposals, "dev", opts.quiet, metric)
-        everything += batch
-        s = workflow.summary(it, batch, direction)
-        summaries.append(s)
-        files.iteration(s, text)
-        if (pair := workflow.preference(text, batch, direction)) is not None:
-            files.preference(pair)
-        best = f"{s.best:.4f}" if s.best is not None else "—"
-        median = f"{s.median:.4f}" if s.median is not None else "—"
-        console.print(f"[bold]iteration {it}[/bold]: best {metric} {best}, median {median} ({s.succeeded} ran, {s.failed} failed)")
-    return everything, summaries, ""
-
-
-async def _propose(mind: EvolveMind, console: Console, it: int, k: int, text: str, shown: list[Candidate], proposals: list[Proposal],
-                   everything: list[Candidate]) -> list[Proposal]:
-    """``k`` proposals for iteration ``it``: the seeded ones given, the rest from the mind (none from a mind that fails)."""
-    if len(proposals) < k:
-        request = ProposeRequest(iteration=it, k=k - len(proposals), prompt=text, examples=shown, tried=[c.code for c in everything])
-        try:
-            proposals += (await mind.propose(request))[: request.k]
-        except Exception as e:  # a mind that fails loses this iteration's proposals, not the loop
-            console.print(f"[red]iteration {it}: the mind proposed nothing[/red]: {escape(str(e))}")
-    return proposals
-
-
-async def _final_test(opts: EvolveOptions, spec: TemplateSpec, project: str, runner: CandidateRunner, files: EvolveFiles, console: Console,
-                      everything: list[Candidate], summaries: list[IterationSummary], stopped: str, max_runs: int) -> int:
-    """Score the best on the held-out test split, write the plot and summary.json, and say which won (1: none finished)."""
-    metric, direction = spec.primary_metric, spec.metrics[spec.primary_metric].direction
-    finalists = workflow.examples(everything, opts.final_top, direction)
-    final = await _run_batch(
-        runner, files, console, len(summaries), [Proposal(name=c.name, code=c.code, rationale=c.rationale, parents=[c.id]) for c in finalists],
-        "test", opts.quiet, metric, ids=[f"final-{c.id}" for c in finalists],
-    )
-    plot = files.plot(summaries, final, metric)
-    tested = workflow.ranked(final, direction)
-
-    def dev_score(c: Candidate) -> float | None:
-        return next((d.score for d in finalists if f"final-{d.id}" == c.id), None)
-
+    for c in report.final:
+        files.final(c)
+    plot = files.plot(report, metric, ev.baseline)
+    dev = {c.id: c for c in report.archive}
     files.summary({
         "template": spec.name, "project": project, "mind": opts.mind, "metric": metric, "direction": direction,
-        "iterations": [s.model_dump() for s in summaries], "runs": runner.runs, "max_runs": max_runs, "stopped": stopped,
-        "final": [{"id": c.id, "name": c.name, "dev": dev_score(c), "test": c.score,
-                   "test_stderr": c.stderr, "state": c.state, "reason": c.reason} for c in final],
+        "splits": ev.splits, "baseline": ev.baseline, "overrides": ev.overrides, "seeds": ev.seeds.model_dump(),
+        "iterations": [s.model_dump() for s in report.summaries], "runs": runner.runs, "max_runs": max_runs, "stopped": report.stopped,
+        "duplicates": {c.id: c.same_as for c in report.archive if c.same_as}, "preference_pairs": report.pairs,
+        "final": [{"id": c.id, "name": c.name, "builtin": c.builtin, "dev": dev[c.id.removeprefix("test-")].score,
+                   "dev_seeds": len(dev[c.id.removeprefix("test-")].values), "test": c.score, "test_stderr": c.stderr,
+                   "test_values": c.values, "test_seeds": c.seeds, "state": c.state, "reason": c.reason} for c in report.final],
+        "comparisons": {k: v.model_dump() for k, v in report.comparisons.items()},
+        "verdict": report.verdict, "beat_baseline": report.beat_baseline,
     })
+    if report.stopped:
+        console.print(f"[yellow]stopped early: {report.stopped} is spent[/yellow]")
     console.print(f"\nprogress plot: {plot}")
-    for c in final:
-        dev = dev_score(c)
-        score = f"{c.score:.4f} ± {c.stderr:.4f}" if c.score is not None and c.stderr is not None else f"failed: {c.reason}"
-        console.print(f"  {c.name:<40} dev {dev:.4f}  test {escape(score)}" if dev is not None else f"  {c.name}: {escape(score)}")
-    if not tested:
-        console.print("[red]no candidate finished on the test split[/red]")
-        return 1
-    console.print(f"[bold]best on the held-out test split[/bold]: {tested[0].name} ({metric} {tested[0].score:.4f}); "
-                  f"preference pairs in {files.dir / 'preferences.jsonl'}")
-    return 0
-
-
-async def _run_batch(runner: CandidateRunner, files: EvolveFiles, console: Console, it: int, proposals: list[Proposal], split: Split,
-                     quiet: bool, metric: str, ids: list[str] | None = None) -> list[Candidate]:
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    ids = ids or [f"i{it}-c{i}" for i in range(len(proposals))]
-    what = "final test" if split == "test" else f"iteration {it}"
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"{what}: running {len(proposals)} candidates on the {split} split", total=len(proposals))
-
-        async def one(cid: str, p: Proposal) -> Candidate:
-            c = await runner.run(cid, it, p, split)
-            files.candidate(c)
-            progress.advance(task)
-            if c.state == "succeeded":
-                progress.console.print(f"  {cid:<12} {escape(c.name[:40]):<40} {split} {metric} {c.score:.4f}")
-            else:
-                progress.console.print(f"  {cid:<12} {escape(c.name[:40]):<40} [red]failed[/red]: {escape(c.reason[:160])}")
-            return c
-
-        return list(await asyncio.gather(*(one(cid, p) for cid, p in zip(ids, proposals, strict=True))))
+    for c in report.final:
+        score = f"{c.score:.4f} ± {c.stderr:.4f} ({len(c.values)} seeds)" if c.score is not None and c.stderr is not None else f"failed: {c.reason}"
+        console.print(f"  {escape(c.name[:40]):<40} test {escape(score)}")
+    for what, cmp in report.comparisons.items():
+        console.print(f"  best vs {what}: {cmp.diff:+.4f}, 95% CI [{cmp.lo:+.4f}, {cmp.hi:+.4f}], p = {cmp.p:.3g}")
+    console.print(f"[bold]{escape(report.verdict)}[/bold]; {report.pairs} preference pairs in {files.dir / 'preferences.jsonl'}")
+    return 0 if any(c.state == "succeeded" for c in report.final) else 1
 
 
 __all__ = ["CandidateRunner", "EvolveFiles", "EvolveOptions", "LabAccess", "lab_access", "run_evolve", "seed_proposals"]

@@ -7,14 +7,17 @@ pretrained head frozen (as task arithmetic freezes zero-shot heads). The
 backbones are merged by ``--merge_fn`` and the merged model is scored on
 held-out digits of every task. Runs standalone: torch, numpy, scikit-learn, stdlib.
 
-``--split dev`` scores on the validation digits instead of the test digits (the
-development split `lab evolve` selects on, so its held-out test split stays
-unseen until the final evaluation); the default, ``test``, is what projects use.
+Three disjoint held-out splits of the digits (``split_indices``): the scaling
+coefficient is always fitted on the ``fit`` digits; ``--split dev`` scores on the
+``dev`` digits (what `lab evolve` selects on) and the default, ``--split test``,
+on the ``test`` digits (what projects report and what `lab evolve` reads once, at
+the end). No split's digits are ever used to choose anything scored on another.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -63,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out_dir", required=True)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--split", choices=("dev", "test"), default="test", help="score on the validation (dev) or the test digits")
+    ap.add_argument("--split", choices=("fit", "dev", "test"), default="test", help="score on the fit, dev or test digits")
     for name, (kind, default) in KNOBS.items():
         ap.add_argument(f"--{name}", type=parse_bool if kind is bool else kind, default=default)
     args = ap.parse_args()
@@ -105,6 +108,61 @@ def trim(tvs: torch.Tensor, density: float) -> torch.Tensor:
     k = max(1, int(round(density * flat.shape[1])))
     thresh = flat.abs().topk(k, dim=1).values[:, -1:]
     return (flat * (flat.abs() >= thresh)).reshape(tvs.shape)
+
+
+# ------------------------------------------------------------------ operators
+# The primitives `lab evolve`'s offline mind composes programs from (evolve.yaml lists them). Stage
+# operators map stacked task vectors (num_tasks, *shape) to the same shape; reducers map them to one
+# merged vector (*shape); post operators map (merged, task vectors) to a merged vector.
+
+
+def op_trim(tvs: torch.Tensor, density: float) -> torch.Tensor:
+    """Trim by magnitude: each task vector keeps its top-``density`` entries."""
+    return trim(tvs, density)
+
+
+def op_elect(tvs: torch.Tensor) -> torch.Tensor:
+    """Sign election: zero every entry whose sign disagrees with the sign of the entries' total mass."""
+    sign = torch.sign(tvs.sum(0))
+    return tvs * (torch.sign(tvs) == sign)
+
+
+def op_drop(tvs: torch.Tensor, density: float, gen: torch.Generator) -> torch.Tensor:
+    """Random drop: keep each entry with probability ``density`` and rescale the survivors by 1/density (DARE)."""
+    keep = torch.rand(tvs.shape, generator=gen, device=tvs.device) < density
+    return tvs * keep / density
+
+
+def op_layer_coef(tvs: torch.Tensor) -> torch.Tensor:
+    """Per-layer coefficients: scale each task vector of this layer to the layer's mean task-vector norm."""
+    norms = tvs.reshape(len(tvs), -1).norm(dim=1).clamp(min=1e-12)
+    return tvs * (norms.mean() / norms).reshape(-1, *[1] * (tvs.dim() - 1))
+
+
+def reduce_sum(tvs: torch.Tensor) -> torch.Tensor:
+    """The sum of the task vectors (task arithmetic)."""
+    return tvs.sum(0)
+
+
+def reduce_disjoint_mean(tvs: torch.Tensor) -> torch.Tensor:
+    """Per entry, the mean over the task vectors that are non-zero there (TIES' disjoint mean)."""
+    return tvs.sum(0) / (tvs != 0).sum(0).clamp(min=1)
+
+
+def reduce_magnitude(tvs: torch.Tensor) -> torch.Tensor:
+    """Per entry, a mix weighted by each task vector's magnitude there, times the number of tasks."""
+    w = tvs.abs() / tvs.abs().sum(0).clamp(min=1e-12)
+    return len(tvs) * (w * tvs).sum(0)
+
+
+def post_rescale(merged: torch.Tensor, tvs: torch.Tensor) -> torch.Tensor:
+    """Rescale: the merged vector brought to the norm of the plain sum."""
+    return merged * (tvs.sum(0).norm() / merged.norm().clamp(min=1e-12))
+
+
+def post_norm_match(merged: torch.Tensor, tvs: torch.Tensor) -> torch.Tensor:
+    """Norm matching: the merged vector brought to the mean norm of the task vectors."""
+    return merged * (tvs.reshape(len(tvs), -1).norm(dim=1).mean() / merged.norm().clamp(min=1e-12))
 
 
 def merge_ties(tvs: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
@@ -179,6 +237,28 @@ def merged_vector(pre: dict, finetuned: list[dict], args: argparse.Namespace, se
 # ------------------------------------------------------------------ training and scoring
 
 
+# The digits by role (fractions of all 1797), disjoint and stratified by class. The held-out ones (fit, dev,
+# test) are the same digits for every seed, so no seed's dev digits are another seed's test digits; the seed
+# draws which of the rest pretrain and which fine-tune.
+SPLITS = {"pretrain": 0.25, "finetune": 0.40, "fit": 0.10, "dev": 0.10, "test": 0.15}
+HELD_OUT = ("fit", "dev", "test")
+
+
+def split_indices(y: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Disjoint index arrays into the digits, one per role of SPLITS, the same for every merge algorithm of a seed."""
+    held = sum(SPLITS[n] for n in HELD_OUT)
+    train, rest = train_test_split(np.arange(len(y)), test_size=held, stratify=y, random_state=0)
+    out: dict[str, np.ndarray] = {}
+    left = held
+    for name in HELD_OUT[:-1]:
+        out[name], rest = train_test_split(rest, train_size=SPLITS[name] / left, stratify=y[rest], random_state=0)
+        left -= SPLITS[name]
+    out[HELD_OUT[-1]] = rest
+    out["pretrain"], out["finetune"] = train_test_split(
+        train, train_size=SPLITS["pretrain"] / (1 - held), stratify=y[train], random_state=seed)
+    return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -224,19 +304,15 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     digits = load_digits()
     x_all = (digits.data / 16.0).astype(np.float32)
     y_all = digits.target.astype(np.int64)
-    # pretrain 25% | fine-tune 45% | validation 10% (picks the coefficient) | test 20%
-    x_pre, x_rest, y_pre, y_rest = train_test_split(x_all, y_all, train_size=0.25, stratify=y_all, random_state=seed)
-    x_ft, x_rest, y_ft, y_rest = train_test_split(x_rest, y_rest, train_size=0.6, stratify=y_rest, random_state=seed)
-    x_val, x_te, y_val, y_te = train_test_split(x_rest, y_rest, train_size=1 / 3, stratify=y_rest, random_state=seed)
-    arrays = dict(x_pre=x_pre, y_pre=y_pre, x_ft=x_ft, y_ft=y_ft, x_val=x_val, y_val=y_val, x_te=x_te, y_te=y_te)
-    t = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    idx = split_indices(y_all, seed)
+    t = {f"{w}_{name}": torch.from_numpy(a[idx[name]]).to(device) for name in SPLITS for w, a in (("x", x_all), ("y", y_all))}
     tasks = TASK_SPLITS[args.num_tasks]
-    # The split scored: test digits, or with --split dev the validation digits (the test digits are never read).
-    x_ev, y_ev = (t["x_val"], t["y_val"]) if args.split == "dev" else (t["x_te"], t["y_te"])
+    # The split scored; the coefficient is fitted on the fit digits whatever is scored.
+    x_ev, y_ev = t[f"x_{args.split}"], t[f"y_{args.split}"]
 
     model = MLP(args.hidden_size).to(device)
     # Counted as taken, not as configured, so a code change that trains longer records it.
-    steps_taken = train(model, list(model.parameters()), t["x_pre"], t["y_pre"], None, args.pretrain_steps, 1e-3, args.batch_size)
+    steps_taken = train(model, list(model.parameters()), t["x_pretrain"], t["y_pretrain"], None, args.pretrain_steps, 1e-3, args.batch_size)
     pre = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
     pretrained_acc = accuracy(model, x_ev, y_ev)
 
@@ -244,9 +320,10 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     for i, classes in enumerate(tasks):
         torch.manual_seed(seed * 1000 + i)
         model.backbone.load_state_dict(pre)
-        mask = torch.isin(t["y_ft"], torch.tensor(classes, device=device))
+        mask = torch.isin(t["y_finetune"], torch.tensor(classes, device=device))
         steps_taken += train(
-            model, list(model.backbone.parameters()), t["x_ft"][mask], t["y_ft"][mask], classes, args.finetune_steps, args.finetune_lr, args.batch_size,
+            model, list(model.backbone.parameters()), t["x_finetune"][mask], t["y_finetune"][mask], classes,
+            args.finetune_steps, args.finetune_lr, args.batch_size,
         )
         finetuned.append({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
         individual.append(accuracy(model, x_ev, y_ev, classes))
@@ -259,9 +336,9 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     if args.merge_fn == "average":
         lam = 1.0  # the mean of the fine-tuned weights, by definition
     elif args.select_scaling:
-        # As both Ilharco et al. and Yadav et al. do: the coefficient is picked on validation data.
+        # As both Ilharco et al. and Yadav et al. do: the coefficient is picked on held-out data (the fit split).
         # Scored like the test metric: mean within-task accuracy with each task's head.
-        lam = max(LAMBDA_GRID, key=lambda c: float(np.mean([accuracy(merged_with(c), t["x_val"], t["y_val"], k) for k in tasks])))
+        lam = max(LAMBDA_GRID, key=lambda c: float(np.mean([accuracy(merged_with(c), t["x_fit"], t["y_fit"], k) for k in tasks])))
     else:
         lam = args.scaling_coef
     merged = merged_with(lam)
@@ -276,6 +353,11 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
         raise SystemExit(f"seed {seed}: a metric is not finite ({metrics})")
     print(f"seed {seed}: pretrained {pretrained_acc:.3f} merged {metrics['merged_acc']:.3f} task {metrics['task_acc']:.3f} "
           f"individual {metrics['individual_acc']:.3f} lambda {lam}", flush=True)
+    # What the merged model does on the fit and dev digits (its predictions, hashed): two merge algorithms with the
+    # same behaviour on every seed are one algorithm to `lab evolve`, whatever their code looks like.
+    with torch.no_grad():
+        preds = torch.cat([merged(t["x_fit"]).argmax(1), merged(t["x_dev"]).argmax(1)]).cpu().numpy().astype(np.int8)
+    behaviour = hashlib.sha1(preds.tobytes()).hexdigest()[:16]
     lam_curve = [(c, accuracy(merged_with(c), x_ev, y_ev)) for c in LAMBDA_GRID] if args.merge_fn != "average" else []
     # What this seed spent: the same for every merge function unless the code or a compute knob changes it.
     compute = {
@@ -285,7 +367,7 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device) -> dict:
     }
     detail = {"scaling_coef": float(lam), "tasks": tasks, "individual": individual, "merged_per_task": per_task, "pretrained_acc": pretrained_acc,
               "lambda_grid": [c for c, _ in lam_curve], "lambda_test_acc": [a for _, a in lam_curve]}
-    return {"metrics": metrics, "detail": detail, "compute": compute}
+    return {"metrics": metrics, "detail": detail, "compute": compute, "behaviour": behaviour}
 
 
 def summarize(values: list[float]) -> dict:
@@ -313,6 +395,7 @@ def main() -> None:
         "device": device.type,
         "split": args.split,
         "evolved_merge": EVOLVED_MERGE is not None,
+        "behaviour": [results[s]["behaviour"] for s in seeds],
         "wall_s": round(time.time() - t0, 2),
     }
     (out / "curves.json").write_text(json.dumps({str(s): r["detail"] for s, r in results.items()}))

@@ -88,10 +88,10 @@ async def test_lab_evolve_runs_its_candidates_as_jobs_of_a_running_lab(lab_env, 
             leftover = await raw_jobs(api)
     finally:
         await asyncio.to_thread(lab, env, "down")
-    dev, test = check_run(out, 1, 2, 1)
+    dev, test = check_run(out, 1, 2)
     assert all(c["state"] == "succeeded" for c in dev + test), [c["reason"] for c in dev + test]
     # Every candidate ran as its own Job on the cluster, each with a GPU (the cluster's min_gpu), and none is left.
-    assert set(ran) == {job_name(c["job_id"]) for c in dev + test}, ran
+    assert set(ran) == {job_name(j) for c in dev + test for j in c["job_ids"]}, ran
     assert set(ran.values()) == {1}
     assert not leftover, [j["metadata"]["name"] for j in leftover]
     # The runs went through the lab's own bus: their statuses carry the lab's job signatures, so the lab's

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agents.evolve.workflow import Hook
 from agents.templates import load
 from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
 from bus.permissions import RUNNER
 from bus.schema import JobSpec, NatsAccess
-from bus.schema.evolve import Proposal
+from bus.schema.evolve import EvolveSpec, Proposal
 from bus.store import StateStore
 from services.cli import evolve
 from services.executors import make_executor
@@ -67,8 +66,12 @@ if __name__ == "__main__":
     main()
 '''
 
-HOOK = Hook(anchor="PICK = pick\n", function="pick_x", signature="pick_x(x, split, seed) -> float",
-            assign="PICK = pick_x", describe="returns the x to evaluate the quadratic at")
+EV = EvolveSpec.model_validate({
+    "hook": {"anchor": "PICK = pick\n", "function": "pick_x", "signature": "pick_x(x, split, seed) -> float",
+             "assign": "PICK = pick_x", "describe": "returns the x to evaluate the quadratic at"},
+    "fixed": "the quadratic", "splits": {"fit": "none", "dev": "dev", "test": "test"}, "baseline": "none",
+    "seeds": {"first": 2, "step": 1, "most": 2, "test": 2},
+})
 
 
 def tiny_template(root: Path) -> Path:
@@ -97,7 +100,7 @@ def start_evolve(nats_server, tmp_path: Path, out: io.StringIO) -> tuple[asyncio
     opts = evolve.EvolveOptions(template=str(folder), iterations=1, population=1, final_top=1, out=tmp_path / "out", quiet=True)
     seeds = [Proposal(name="at_the_minimum", code="def pick_x(x, split, seed):\n    return 0.3\n", rationale="test")]
     job_nats = NatsAccess(url=nats_server.url, user=RUNNER, password=nats_server.credentials[RUNNER])
-    run = asyncio.create_task(evolve._evolve(opts, folder, spec, HOOK, seeds, executor, config_for(nats_server, "copi"), job_nats,
+    run = asyncio.create_task(evolve._evolve(opts, folder, spec, EV, seeds, executor, config_for(nats_server, "copi"), job_nats,
                                              JobKeys(new_secret()), Console(file=out, width=200), lab=True))
     return run, submitted
 

@@ -12,7 +12,7 @@ import pytest
 
 from agents.codeedit import EditForbidden, EditNotApplicable
 from agents.evolve.offline import OfflineEvolveMind, builtin_pool
-from agents.evolve.workflow import ProposeRequest, examples, hook_for, patched, preference, summary
+from agents.evolve.workflow import ProposeRequest, hook_for, load_spec, patched
 from agents.templates import load
 from bus.schema.evolve import Candidate
 
@@ -32,21 +32,9 @@ def experiment_source() -> str:
     return (folder / "experiment.py").read_text()
 
 
-def cand(cid: str, code: str, score: float | None, state: str = "succeeded") -> Candidate:
-    return Candidate(id=cid, iteration=0, name=cid, code=code, state=state, score=score)  # type: ignore[arg-type]
-
-
-def test_preference_pairs_best_against_worst_and_failures_count_as_worst() -> None:
-    batch = [cand("a", "A", 0.8), cand("b", "B", 0.9), cand("c", "C", 0.7)]
-    pair = preference("P", batch, "higher")
-    assert pair is not None and (pair.prompt, pair.chosen, pair.rejected) == ("P", "B", "C")
-    assert preference("P", [*batch, cand("x", "X", None, "failed")], "higher").rejected == "X"  # type: ignore[union-attr]
-    assert preference("P", batch, "lower").chosen == "C"  # type: ignore[union-attr]
-    assert preference("P", [cand("a", "A", 0.8)], "higher") is None
-    assert preference("P", [cand("x", "X", None, "failed")], "higher") is None
-    s = summary(0, [*batch, cand("x", "X", None, "failed")], "higher")
-    assert (s.best, s.median, s.succeeded, s.failed, s.best_id) == (0.9, 0.8, 3, 1, "b")
-    assert [c.id for c in examples([*batch, cand("d", "B", 0.95)], 2, "higher")] == ["d", "a"]  # distinct code only
+def cand(cid: str, code: str, score: float | None, state: str = "succeeded", program: object = None) -> Candidate:
+    return Candidate(id=cid, iteration=0, name=cid, code=code, state=state, score=score, program=program,  # type: ignore[arg-type]
+                     seeds=[0, 1, 2], values=[score or 0.0] * 3)
 
 
 def test_the_guarded_edit_checks_candidates() -> None:
@@ -62,20 +50,23 @@ def test_the_guarded_edit_checks_candidates() -> None:
 
 
 def test_offline_mind_is_deterministic_and_builds_on_the_best() -> None:
-    pool = builtin_pool(experiment_source(), HOOK)
-    assert [p.name for p in pool][:3] == ["average", "task_arithmetic", "ties"]
-    first = asyncio.run(OfflineEvolveMind(HOOK, pool, 0).propose(ProposeRequest(0, 3, "", [], [])))
-    assert [p.code for p in first] == [p.code for p in pool[:3]]
-    best = [cand("i0-c2", pool[2].code, 0.9), cand("i0-c1", pool[1].code, 0.8)]
+    folder, spec = load("model_merging")
+    ev = load_spec(folder, spec.name)
+    pool = builtin_pool(experiment_source(), ev)
+    assert pool[0].name == "task_arithmetic"
+    first = asyncio.run(OfflineEvolveMind(ev, pool, 0).propose(ProposeRequest(0, 3, "", [], [])))
+    assert first[0].code == pool[0].code and all(p.builtin for p in first)
+    best = [cand("i0-c2", pool[2].code, 0.9, program=pool[2].program), cand("i0-c1", pool[1].code, 0.8, program=pool[1].program)]
     req = ProposeRequest(1, 3, "", best, [p.code for p in first])
-    a = asyncio.run(OfflineEvolveMind(HOOK, pool, 0).propose(req))
-    b = asyncio.run(OfflineEvolveMind(HOOK, pool, 0).propose(req))
+    a = asyncio.run(OfflineEvolveMind(ev, pool, 0).propose(req))
+    b = asyncio.run(OfflineEvolveMind(ev, pool, 0).propose(req))
     assert [p.code for p in a] == [p.code for p in b] and len(a) == 3
     assert len({p.code for p in a}) == 3 and not {p.code for p in a} & {p.code for p in first}
     files = {"experiment.py": experiment_source()}
     for p in a:
         patched(files, HOOK, p.code)  # every derived candidate passes the guarded edit
-    assert any(p.parents for p in a)
+        assert p.program is not None and p.parents
+
 
 
 def test_on_a_lab_the_runner_credential_and_job_secret_come_from_lab_home_or_the_environment(lab_env, monkeypatch) -> None:
