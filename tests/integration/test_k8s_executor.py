@@ -249,7 +249,7 @@ async def test_eviction_is_ignored_and_retried(make: Any, cluster: Any) -> None:
     """
     ex = make(backoff_limit=0)
     async with Kubelet(cluster[1], NS) as kubelet:
-        await ex.submit(spec("evicted", overrides={"sleep": 1.5}))
+        await ex.submit(spec("evicted", overrides={"sleep": 6}))
         await wait_for(ex, "evicted", "running")
         kubelet.evict_requests.add("lab-evicted")
         await wait_for(ex, "evicted", "succeeded")  # backoffLimit 0, yet the disruption did not count
@@ -270,7 +270,7 @@ async def test_eviction_counts_as_failure_under_the_old_rule_order(make: Any, cl
             await original(job, *args, **kw)
 
         kubelet._job_pod_ended = old_order  # type: ignore[method-assign]
-        await ex.submit(spec("old-order", overrides={"sleep": 1.5}))
+        await ex.submit(spec("old-order", overrides={"sleep": 6}))
         await wait_for(ex, "old-order", "running")
         kubelet.evict_requests.add("lab-old-order")
         failed = await wait_for(ex, "old-order", "failed")
