@@ -1,0 +1,87 @@
+"""Operating the lab on a shared cluster: NATS that heals, spreads and drains; lab-auth that stays up; jobs held to a quota.
+
+These read the rendered manifests (``kubectl kustomize``) and hold them to what docs/kubernetes.md
+("Operating on a shared cluster") promises; the schemas themselves are checked in test_k8s_overlays.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.manifests import REPO, build, needs_kubectl
+
+NATS_LABELS = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}
+_BYTES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "": 1}
+
+
+def quantity(q: str) -> int:
+    """Bytes of a Kubernetes quantity (``2Gi``) or a Go GOMEMLIMIT (``1843MiB``)."""
+    m = re.fullmatch(r"(\d+)([KMG]i(?:B)?)?", q)
+    assert m, q
+    return int(m.group(1)) * _BYTES[m.group(2) or ""]
+
+
+def conf_value(conf: str, key: str) -> str:
+    m = re.search(rf"^\s*{key}: (\S+)$", conf, re.M)
+    assert m, key
+    return m.group(1)
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [d] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return d
+
+
+@needs_kubectl
+def test_nats_probes_start_slow_live_on_jetstream_and_serve_when_caught_up() -> None:
+    pod = one(build("base"), "StatefulSet", "nats")["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    start, live, ready = c["startupProbe"], c["livenessProbe"], c["readinessProbe"]
+    assert start["httpGet"] == {"path": "/healthz", "port": "monitor"}
+    # A restart on a big store may take long to catch up: liveness must not kill it meanwhile.
+    assert start["failureThreshold"] * start["periodSeconds"] >= 600
+    assert live["httpGet"] == {"path": "/healthz?js-enabled-only=true", "port": "monitor"}
+    assert ready["httpGet"] == {"path": "/healthz", "port": "monitor"}
+    assert "initialDelaySeconds" not in live  # the startup probe holds it off
+
+
+@needs_kubectl
+def test_nats_nodes_never_share_a_machine_and_spread_over_zones() -> None:
+    pod = one(build("base"), "StatefulSet", "nats")["spec"]["template"]["spec"]
+    spread = {t["topologyKey"]: t for t in pod["topologySpreadConstraints"]}
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert all(t["maxSkew"] == 1 and t["labelSelector"]["matchLabels"] == NATS_LABELS for t in spread.values())
+    [anti] = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti["topologyKey"] == "kubernetes.io/hostname" and anti["labelSelector"]["matchLabels"] == NATS_LABELS
+
+
+@needs_kubectl
+def test_nats_drains_in_lame_duck_mode_within_its_grace() -> None:
+    pod = one(build("base"), "StatefulSet", "nats")["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    conf = (REPO / "k8s/base/nats.conf").read_text()
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "--signal", f"ldm={conf_value(conf, 'pid_file')}"]
+    duration = int(conf_value(conf, "lame_duck_duration").removesuffix("s"))
+    grace = int(conf_value(conf, "lame_duck_grace_period").removesuffix("s"))
+    # The server exits by itself after grace + duration; SIGKILL must come later, with time to flush.
+    assert pod["terminationGracePeriodSeconds"] >= grace + duration + 15
+    # SIGTERM alone stops nats-server at once: no comment may say it drains.
+    assert not re.search(r"On SIGTERM.*lame", conf + (REPO / "k8s/base/nats.yaml").read_text())
+
+
+@needs_kubectl
+def test_nats_go_memory_limit_and_store_limit_leave_headroom() -> None:
+    sts = one(build("base"), "StatefulSet", "nats")
+    [c] = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    limit = quantity(c["resources"]["limits"]["memory"])
+    assert 0.85 * limit <= quantity(env["GOMEMLIMIT"]["value"]) <= 0.95 * limit
+    conf = (REPO / "k8s/base/nats.conf").read_text()
+    store = quantity(conf_value(conf, "max_file_store").replace("GB", "GiB"))  # nats-server: GB is 1024^3
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    volume = quantity(claim["spec"]["resources"]["requests"]["storage"])
+    assert store <= 0.85 * volume  # raft logs, snapshots and indexes live beside the messages
+    # Memory-backed streams live in the Go heap: at most half of it.
+    assert quantity(conf_value(conf, "max_memory_store").replace("MB", "MiB")) <= quantity(env["GOMEMLIMIT"]["value"]) // 2
