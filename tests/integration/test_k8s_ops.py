@@ -85,3 +85,36 @@ def test_nats_go_memory_limit_and_store_limit_leave_headroom() -> None:
     assert store <= 0.85 * volume  # raft logs, snapshots and indexes live beside the messages
     # Memory-backed streams live in the Go heap: at most half of it.
     assert quantity(conf_value(conf, "max_memory_store").replace("MB", "MiB")) <= quantity(env["GOMEMLIMIT"]["value"]) // 2
+
+
+@needs_kubectl
+def test_tls_overlay_mounts_the_certificate_for_nats_and_only_the_ca_for_the_lab() -> None:
+    docs = build("overlays/tls")
+    pod = one(docs, "StatefulSet", "nats")["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert c["command"] == ["nats-server", "-c", "/etc/nats/nats-tls.conf"]
+    [tls] = [m for m in c["volumeMounts"] if m["mountPath"] == "/etc/nats-tls"]
+    assert tls["readOnly"] is True and volumes[tls["name"]]["secret"]["secretName"] == "nats-tls"
+    [config] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-nats-config")]
+    assert {"nats.conf", "nats-tls.conf"} <= set(config["data"])
+    conf = config["data"]["nats-tls.conf"]
+    assert "include ./nats.conf" in conf and conf.count("cert_file: /etc/nats-tls/tls.crt") == 2  # clients and routes
+    assert re.search(r"tls \{[^}]*ca_file: /etc/nats-tls/ca\.crt\n\s*verify: true", conf)  # routes: mutual TLS
+    # Every lab process trusts the lab's CA, mounted alone: the server's key never leaves the nats pods.
+    lab = {n: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("StatefulSet", "Deployment")
+           for n in [d["metadata"]["name"]] if n.startswith("lab-")}
+    assert len(lab) == 7, sorted(lab)  # six agents and lab-auth
+    for name, spec in lab.items():
+        [c] = spec["containers"]
+        path = {e["name"]: e.get("value") for e in c["env"]}["LAB_NATS_CA_FILE"]
+        [m] = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        secret = {v["name"]: v for v in spec["volumes"]}[m["name"]]["secret"]
+        assert m["readOnly"] is True and secret["secretName"] == "nats-tls", name
+        assert secret["items"] == [{"key": "ca.crt", "path": path.rsplit("/", 1)[1]}], name
+    # The certificate holds every name a client or a route dials.
+    cert = one(docs, "Certificate", "nats-tls")["spec"]
+    assert cert["secretName"] == "nats-tls" and {"server auth", "client auth"} <= set(cert["usages"])
+    names = set(cert["dnsNames"])
+    assert {"nats", "nats.lab.svc", "*.nats-headless", "localhost"} <= names
+    assert all(f"*.{h.split('.', 1)[1]}" in names for h in re.findall(r"nats://([^:]+):6222", conf))
