@@ -6,10 +6,19 @@ These read the rendered manifests (``kubectl kustomize``) and hold them to what 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
-from tests.manifests import REPO, build, needs_kubectl
+from bus.client import Bus, BusConfig
+from bus.permissions import ADMIN, USERS
+from bus.server import free_port, server_binary
+from tests.manifests import REPO, _users_block, build, needs_kubectl
 
 NATS_LABELS = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}
 _BYTES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "": 1}
@@ -118,3 +127,40 @@ def test_tls_overlay_mounts_the_certificate_for_nats_and_only_the_ca_for_the_lab
     names = set(cert["dnsNames"])
     assert {"nats", "nats.lab.svc", "*.nats-headless", "localhost"} <= names
     assert all(f"*.{h.split('.', 1)[1]}" in names for h in re.findall(r"nats://([^:]+):6222", conf))
+
+
+async def test_the_cluster_s_admin_manages_jetstream_and_nothing_else(tmp_path: Path) -> None:
+    """No unrestricted user in the manifests: the admin, as nats.conf declares it, on a real nats-server."""
+    users = {u["user"]: u for u in _users_block((REPO / "k8s/base/nats.conf").read_text())}
+    assert set(users) == set(USERS) and all(u.get("permissions") for u in users.values())  # every user restricted
+    admin = {**users[ADMIN], "password": "pw"}
+    port, mon = free_port(), free_port()
+    (tmp_path / "n.conf").write_text(f"listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\n"
+                                     f"jetstream {{ store_dir: {json.dumps(str(tmp_path / 'js'))} }}\n"
+                                     f"authorization {{ users: [{json.dumps(admin)}] }}\n")
+    proc = subprocess.Popen([server_binary(), "-c", str(tmp_path / "n.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{mon}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        bus = await Bus.connect(BusConfig(url=f"nats://127.0.0.1:{port}", user=ADMIN, password="pw"), reconnect=False)
+        try:
+            await bus.ensure_topology()  # every stream and bucket, as `lab up`'s admin makes them
+            await bus.js.purge_stream("OBJ_lab_artifacts")  # pruning the store is the admin's
+            for subject in ("$SYS.REQ.USER.AUTH", "_INBOX_pi.>", "lab.>"):
+                await bus.nc.subscribe(subject)
+            await bus.nc.publish("lab.convo.p.pi.engineer", b"{}")
+            await bus.nc.flush()
+            await asyncio.sleep(0.3)
+            refused = " ".join(bus.errors).lower()  # nats-py lowercases the server's -ERR
+            for what in ('subscription to "$sys.req.user.auth"', 'subscription to "_inbox_pi.>"', 'subscription to "lab.>"',
+                         'publish to "lab.convo.p.pi.engineer"'):
+                assert what in refused, (what, bus.errors)
+        finally:
+            await bus.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
