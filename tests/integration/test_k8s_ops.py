@@ -96,6 +96,26 @@ def test_nats_go_memory_limit_and_store_limit_leave_headroom() -> None:
     assert quantity(conf_value(conf, "max_memory_store").replace("MB", "MiB")) <= quantity(env["GOMEMLIMIT"]["value"]) // 2
 
 
+
+@needs_kubectl
+def test_lab_auth_is_probed_spread_and_kept_up_through_a_drain() -> None:
+    docs = build("base")
+    auth = one(docs, "Deployment", "lab-auth")
+    pod = auth["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    ready_file = {e["name"]: e.get("value") for e in c["env"]}["LAB_AUTH_READY_FILE"]
+    for probe in (c["readinessProbe"], c["livenessProbe"]):
+        assert probe["exec"]["command"] == ["test", "-f", ready_file]
+    spread = {t["topologyKey"]: t for t in pod["topologySpreadConstraints"]}
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spread["kubernetes.io/hostname"]["nodeTaintsPolicy"] == "Honor"
+    assert spread["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    selector = auth["spec"]["selector"]["matchLabels"]
+    assert all(t["labelSelector"]["matchLabels"] == selector for t in spread.values())
+    pdb = one(docs, "PodDisruptionBudget", "lab-auth")["spec"]
+    assert pdb["selector"]["matchLabels"] == selector
+    assert 1 <= pdb["minAvailable"] < auth["spec"]["replicas"]  # a drain can still proceed
+
 @needs_kubectl
 def test_tls_overlay_mounts_the_certificate_for_nats_and_only_the_ca_for_the_lab() -> None:
     docs = build("overlays/tls")
