@@ -15,20 +15,31 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from bus.client import Bus, BusConfig
 from bus.permissions import ADMIN, USERS
 from bus.server import free_port, server_binary
-from tests.manifests import REPO, _users_block, build, needs_kubectl
+from services.executors.render import KubernetesSettings, k8s_job
+from tests.manifests import REPO, _users_block, build, example, needs_kubectl
 
 NATS_LABELS = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}
 _BYTES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "": 1}
+# Kueue's v1beta1 ClusterQueue API (apis/kueue/v1beta1/clusterqueue_types.go): the fields and values
+# this lab uses, so a misspelt one (cohortName is v1beta2's) fails here rather than in the cluster.
+KUEUE_CQ_SPEC = {"resourceGroups", "cohort", "queueingStrategy", "namespaceSelector", "flavorFungibility", "preemption",
+                 "admissionChecks", "admissionChecksStrategy", "stopPolicy", "fairSharing"}
+KUEUE_QUOTA = {"name", "nominalQuota", "borrowingLimit", "lendingLimit"}
+KUEUE_PREEMPTION = {"reclaimWithinCohort": {"Never", "LowerPriority", "Any"},
+                    "withinClusterQueue": {"Never", "LowerPriority", "LowerOrNewerEqualPriority"}}
 
 
-def quantity(q: str) -> int:
-    """Bytes of a Kubernetes quantity (``2Gi``) or a Go GOMEMLIMIT (``1843MiB``)."""
-    m = re.fullmatch(r"(\d+)([KMG]i(?:B)?)?", q)
+def quantity(q: str | int) -> float:
+    """A Kubernetes quantity (``2Gi``, ``250m``, ``4``) or a Go GOMEMLIMIT (``1843MiB``) as a number (bytes, cores)."""
+    m = re.fullmatch(r"(\d+)(m|[KMG]i(?:B)?)?", str(q))
     assert m, q
-    return int(m.group(1)) * _BYTES[m.group(2) or ""]
+    return int(m.group(1)) / 1000 if m.group(2) == "m" else int(m.group(1)) * _BYTES[m.group(2) or ""]
 
 
 def conf_value(conf: str, key: str) -> str:
@@ -184,3 +195,67 @@ async def test_the_cluster_s_admin_manages_jetstream_and_nothing_else(tmp_path: 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _executor(docs: list[dict[str, Any]]) -> KubernetesSettings:
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
+    return KubernetesSettings.model_validate(yaml.safe_load(cm["data"]["config.yaml"])["executor"]["kubernetes"])
+
+
+def _pod_requests(pod: dict[str, Any]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for c in pod["containers"]:
+        for k, v in c["resources"].get("requests", {}).items():
+            total[f"requests.{k}"] = total.get(f"requests.{k}", 0) + quantity(v)
+        for k, v in c["resources"].get("limits", {}).items():
+            total[f"limits.{k}"] = total.get(f"limits.{k}", 0) + quantity(v)
+        if "nvidia.com/gpu" in c["resources"].get("limits", {}):  # extended resources: the request is the limit
+            total["requests.nvidia.com/gpu"] = total.get("requests.nvidia.com/gpu", 0) + quantity(c["resources"]["limits"]["nvidia.com/gpu"])
+    return total
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", ["overlays/gpu", "overlays/cpu", "overlays/kueue"])
+def test_the_jobs_namespace_has_a_quota_and_limits_every_rendered_job_fits(overlay: str) -> None:
+    docs = build(overlay)
+    quota = one(docs, "ResourceQuota", "lab-jobs")
+    limits = one(docs, "LimitRange", "lab-jobs")
+    assert quota["metadata"]["namespace"] == limits["metadata"]["namespace"] == "lab-jobs"
+    hard = {k: quantity(v) for k, v in quota["spec"]["hard"].items()}
+    assert {"requests.nvidia.com/gpu", "requests.memory", "limits.memory", "requests.cpu", "pods"} <= set(hard)
+    [item] = limits["spec"]["limits"]
+    assert item["type"] == "Container" and {"cpu", "memory"} <= set(item["default"]) and {"cpu", "memory"} <= set(item["defaultRequest"])
+    # A max without a default becomes every container's default limit: never for GPUs or disk.
+    assert not {"nvidia.com/gpu", "ephemeral-storage"} & (set(item.get("max", {})) | set(item.get("default", {})))
+    s = _executor(docs)
+    pod = k8s_job(example(), s)["spec"]["template"]["spec"]
+    for c in pod["containers"]:  # the executor names CPU and memory: no LimitRange default changes its pods
+        assert {"cpu", "memory"} <= set(c["resources"]["limits"]) and {"cpu", "memory"} <= set(c["resources"]["requests"])
+        assert all(quantity(c["resources"]["limits"][k]) <= quantity(item["max"][k]) for k in item["max"]), c["name"]
+    need = _pod_requests(pod)
+    assert all(need[k] <= hard[k] for k in need if k in hard), (need, hard)
+    gpus_at_once = s.gpus or 0  # the executor's own count (gpu overlay); Kueue's is checked below
+    assert hard["requests.nvidia.com/gpu"] >= gpus_at_once and hard["pods"] >= s.max_jobs
+
+
+@needs_kubectl
+def test_kueue_queue_joins_a_cohort_borrows_within_the_jobs_quota_and_preempts_by_priority() -> None:
+    docs = build("overlays/kueue")
+    cq = one(docs, "ClusterQueue", "lab-gpus")
+    spec = cq["spec"]
+    assert cq["apiVersion"] == "kueue.x-k8s.io/v1beta1" and set(spec) <= KUEUE_CQ_SPEC, set(spec) - KUEUE_CQ_SPEC
+    assert spec["cohort"]  # borrowingLimit is invalid without one
+    pre = spec["preemption"]
+    assert set(pre) <= {*KUEUE_PREEMPTION, "borrowWithinCohort"}
+    assert all(pre[k] in allowed for k, allowed in KUEUE_PREEMPTION.items() if k in pre)
+    assert pre["withinClusterQueue"] == "LowerPriority" and pre["reclaimWithinCohort"] in ("LowerPriority", "Any")
+    assert pre["borrowWithinCohort"] == {"policy": "Never"}  # never evicts another team's work to borrow
+    [group] = spec["resourceGroups"]
+    [flavor] = group["flavors"]
+    hard = {k: quantity(v) for k, v in one(docs, "ResourceQuota", "lab-jobs")["spec"]["hard"].items()}
+    for r in flavor["resources"]:
+        assert set(r) <= KUEUE_QUOTA, r
+        assert "borrowingLimit" in r, r["name"]
+        most = quantity(r["nominalQuota"]) + quantity(r["borrowingLimit"])
+        # Kueue admits by requests; the namespace quota must not refuse what Kueue admitted.
+        assert hard[f"requests.{r['name']}"] >= most, (r["name"], most, hard)
