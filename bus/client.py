@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from bus.permissions import inbox_prefix
 from bus.retry import RetryPolicy
 from bus.schema import ROLES, Envelope, encode
 from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
+from bus.settings import settings
 
 MAX_ENVELOPE_BYTES = 512 * 1024
 DUPLICATE_WINDOW_S = 15 * 60
@@ -86,11 +88,55 @@ class BusConfig:
     password: str | None = None
     name: str = "lab"
     replicas: int = 1  # copies of each stream/bucket this process creates (the cluster's size)
+    # TLS (PEM files); None: LAB_NATS_CA_FILE, LAB_NATS_TLS_CERT, LAB_NATS_TLS_KEY.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @property
     def servers(self) -> list[str]:
         """``url`` may list several nodes of a cluster, comma-separated."""
         return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+def tls_context(config: BusConfig) -> ssl.SSLContext | None:
+    """The TLS context for ``config``'s CA and client certificate (else the LAB_NATS_* settings); None: no CA, no certificate."""
+    s = settings()
+    ca = config.ca_file or (str(s.nats_ca_file) if s.nats_ca_file else None)
+    cert = config.cert_file or (str(s.nats_tls_cert) if s.nats_tls_cert else None)
+    key = config.key_file or (str(s.nats_tls_key) if s.nats_tls_key else None)
+    if not ca and not cert:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=ca)  # only this CA when one is given, else the system's
+    except (OSError, ssl.SSLError) as e:
+        raise ConnectError(f"LAB_NATS_CA_FILE={ca}: cannot read the CA ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        if cert:
+            ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConnectError(f"LAB_NATS_TLS_CERT={cert}: cannot read the client certificate and key ({getattr(e, 'strerror', None) or e})") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _refusal(e: BaseException, errors: list[str], timeout: float, tls: bool) -> str:
+    """One line for why a first connect failed: credentials, an untrusted certificate, a server without TLS, or silence."""
+    reason = str(e) or type(e).__name__
+    if isinstance(e, asyncio.TimeoutError):
+        reason = f"no answer within {timeout:.0f}s" + (f" ({errors[-1]})" if errors else "")
+    seen = " ".join([reason, *errors[-1:]])
+    if "Authorization" in seen or "authorization" in seen:
+        return "credentials refused"
+    if "CERTIFICATE_VERIFY_FAILED" in seen and "mismatch" in seen:
+        return "the server's TLS certificate is not for this address (connect by a name it holds, e.g. nats or localhost)"
+    if "CERTIFICATE_VERIFY_FAILED" in seen:
+        return "the server's TLS certificate is not signed by a CA this client trusts (set LAB_NATS_CA_FILE to the lab's CA)"
+    if tls and not isinstance(e, asyncio.TimeoutError) and "refused" not in seen.lower() and "Connect call failed" not in seen:
+        return f"no TLS session ({reason}): with LAB_NATS_CA_FILE set the lab speaks TLS first, and this server does not"
+    if "TLS Required" in seen or "tls_required" in seen:
+        return "the server requires TLS: set LAB_NATS_CA_FILE to the CA that signed its certificate"
+    return reason
 
 
 class Bus:
@@ -112,6 +158,7 @@ class Bus:
 
         if not config.servers or not all(u.startswith(("nats://", "tls://", "ws://", "wss://")) for u in config.servers):
             raise ConnectError(f"bad NATS URL {config.url!r}: expected nats://host:port (several comma-separated for a cluster)")
+        tls = tls_context(config)
         try:
             nc = await asyncio.wait_for(nats.connect(
                 servers=config.servers,
@@ -125,14 +172,12 @@ class Bus:
                 reconnect_time_wait=0.5,
                 drain_timeout=5,
                 error_cb=on_error,
+                # With a CA the handshake comes first: no byte, password included, goes out before TLS,
+                # so a server that does not speak TLS (or an impostor on its address) learns nothing.
+                **({"tls": tls, "tls_handshake_first": True} if tls else {}),
             ), timeout)
         except (TimeoutError, Exception) as e:  # nats-py raises several unrelated types here
-            reason = str(e) or type(e).__name__
-            if isinstance(e, asyncio.TimeoutError):
-                reason = f"no answer within {timeout:.0f}s" + (f" ({errors[-1]})" if errors else "")
-            if "Authorization" in reason or "authorization" in reason:
-                reason = "credentials refused"
-            raise ConnectError(f"cannot connect to NATS at {config.url}: {reason}") from None
+            raise ConnectError(f"cannot connect to NATS at {config.url}: {_refusal(e, errors, timeout, tls is not None)}") from None
         bus = cls(nc, config)
         bus.errors = errors
         return bus

@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     nats_password_file: Path | None = _setting(
         None, "A file holding the NATS password (`lab up` writes one per role).", "services.common.config, services.auth.callout, services.runner.runner",
     )
+    nats_ca_file: Path | None = _setting(
+        None, "The CA (PEM) that signed the NATS server's certificate: set, the lab speaks TLS from the first byte and trusts only this CA.",
+        "bus.client",
+    )
+    nats_tls_cert: Path | None = _setting(None, "A client certificate (PEM) for NATS, for a server that verifies clients.", "bus.client")
+    nats_tls_key: Path | None = _setting(None, "The key (PEM) of LAB_NATS_TLS_CERT.", "bus.client")
     nats_replicas: int | None = _setting(
         None, "Replicas of the lab's streams and buckets: the number of NATS nodes (1, 3, 5).", "services.common.config",
         shown="the local lab's cluster, else 1", ge=1,

@@ -27,7 +27,7 @@ def test_nats_is_a_three_node_cluster_with_a_disruption_budget_and_lame_duck() -
     routes = re.findall(r"nats://(nats-\d)\.nats-headless:6222", conf)
     assert sorted(routes) == [f"nats-{i}" for i in range(spec["replicas"])]
     assert "# sync_interval: always" in conf  # offered, documented, off by default
-    [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "nats"]
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
     headless = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "nats-headless")

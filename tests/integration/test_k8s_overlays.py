@@ -21,7 +21,7 @@ from bus.schema import ROLES
 from services.executors.render import KubernetesSettings, k8s_job, k8s_job_secret
 from tests.manifests import REPO, assert_restricted, build, container, example, needs_kubectl, pod_specs, secret_file, validate
 
-OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas"]
+OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas", "overlays/tls"]
 # Kinds without a namespace; everything else must name one.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
 # Created by hand (docs/kubernetes.md "Create the namespace and the secrets"), never by the build.
@@ -94,6 +94,8 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
     s = _executor_settings(docs)
     pods = namespaced_pods(docs) + [("lab-jobs", "job", k8s_job(example(), s)["spec"]["template"]["spec"])]
     made = {(s.namespace, d["metadata"]["name"]): set(d["stringData"]) for d in [k8s_job_secret(example(), s)]}  # the executor's, per job
+    # cert-manager writes each Certificate's Secret (k8s/components/nats-tls): its certificate, key and CA.
+    made |= {(d["metadata"]["namespace"], d["spec"]["secretName"]): {"tls.crt", "tls.key", "ca.crt"} for d in docs if d["kind"] == "Certificate"}
     readme = (REPO / "docs/kubernetes.md").read_text()
     for ns, name, pod in pods:
         for kind, ref, key, optional in _references(pod):
@@ -308,7 +310,7 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
     validate(job)
     limits = container(job, "experiment")["resources"]["limits"]
     pod = job["spec"]["template"]["spec"]
-    if overlay.endswith(("gpu", "kueue")):
+    if overlay.endswith(("gpu", "kueue", "tls")):  # tls: the gpu overlay with TLS
         assert int(limits["nvidia.com/gpu"]) >= 1 and pod["nodeSelector"] and pod["tolerations"]
     else:
         assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod
