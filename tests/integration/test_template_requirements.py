@@ -52,12 +52,12 @@ def write_wheel(folder: Path, name: str = "labtinydep", version: str = "0.1", bo
     return wheel
 
 
-async def run_needs(admin_bus, server, tmp_path: Path, folder: Path, job_id: str, **env: str):
+async def run_needs(admin_bus, server, tmp_path: Path, folder: Path, job_id: str, wall: float = 60, **env: str):
     art = await Artifacts.open(admin_bus)
     await art.put(f"p1/{job_id}.tar.gz", templates.bundle(folder))
     job = JobSpec(
         job_id=job_id, project="p1", experiment_id="x01", template=folder.name, bundle_object=f"p1/{job_id}.tar.gz",
-        seeds=[0, 1, 2], wall_time_s=60, memory_mb=512,
+        seeds=[0, 1, 2], wall_time_s=wall, memory_mb=512,
         nats=NatsAccess(url=server.url, user="runner", password=server.credentials["runner"]),
     )
     proc = subprocess.run(
@@ -125,3 +125,14 @@ def test_requirements_come_from_the_bundle(tmp_path):
     assert envs.requirements_of(tmp_path) == ["a==1", "b", "c>=2"]
     _, spec = templates.load(str(NEEDS))
     assert spec.requirements == ["labtinydep==0.1"]
+
+
+async def test_an_ai_scientist_run_past_its_wall_time_is_stopped_and_reported(admin_bus, nats_server, tmp_path):
+    """The wrapper runs the template as a child: the runner's clock still stops the whole tree and says why."""
+    folder = tmp_path / "slow"
+    shutil.copytree(TESTS / "aisci" / "aisci_tiny", folder)
+    (folder / "experiment.py").write_text("import time\nprint('training', flush=True)\ntime.sleep(300)\n")
+    proc, statuses, log = await run_needs(admin_bus, nats_server, tmp_path, folder, "j4", wall=3)
+    assert proc.returncode == EXIT_EXPERIMENT_FAILED
+    assert statuses[-1].state == "failed" and statuses[-1].reason == "timeout: exceeded the wall-time limit of 3s"
+    assert "training" in log and statuses[-1].wall_s < 30
