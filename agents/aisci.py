@@ -306,6 +306,8 @@ def derive(folder: Path) -> Derived:
         "keywords": d.overrides.keywords or [d.folder.name.replace("_", " ")], "knobs": {}, "metrics": metrics,
         "seeds": max(MIN_SEEDS, min(seeds, 50)), "time_budget_s": budget,
     }
+    if d.requirements:  # merged from requirements.txt and lab.yaml: the bundle's template.yaml is where the runner reads them
+        data["requirements"] = d.requirements
     if d.overrides.memory_mb:
         data["resources"] = {"memory_mb": d.overrides.memory_mb}
     primary = next((n for n, m in metrics.items() if m.get("primary")), "")

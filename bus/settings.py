@@ -250,6 +250,17 @@ class Settings(BaseSettings):
         None, "Steps between a resumable experiment's checkpoints; the runner passes it on.", "services.runner.runner, templates' experiment.py",
         shown="the template's", ge=1,
     )
+    pip_index_url: str | None = _setting(
+        None, "The package index a template's requirements are installed from (pip's --index-url).", "services.runner.envs",
+        shown="pip's own (PyPI, or PIP_INDEX_URL)",
+    )
+    pip_args: str = _setting(
+        "", "Extra pip arguments for installing a template's requirements, split like a shell line (e.g. `--no-index --find-links DIR`).",
+        "services.runner.envs",
+    )
+    env_build_timeout_s: float = _setting(
+        900.0, "Seconds building a template's environment (venv + pip install) may take.", "services.runner.envs", gt=0,
+    )
     bwrap: str = _setting("bwrap", "The bubblewrap binary; one that does not resolve means no sandbox.", "services.runner.sandbox")
     sandbox_uid: int = _setting(
         65534, "Host uid and gid the sandbox runs as when the lab runs as root (never 0).", "services.runner.sandbox", ge=1,

@@ -61,6 +61,7 @@ from bus.schema import (
     Usage,
     signature_of,
 )
+from bus.schema.archive import seed_records
 
 IDEAS_PER_WAVE = 2
 # The mind proposes this many times a wave's ideas; the PI ranks them by score and runs the best (agents/pi/scores.py).
@@ -178,6 +179,7 @@ def start(state: ProjectState | None, body: StartProject, project: str, now: flo
     out: list[Effect] = []
     _request_experiment(st, out, BASELINE, None, list(range(st.spec.seeds)))
     _positive_control(st, out)
+    out.extend(Remember(r) for r in seed_records(st.spec.seed_ideas, st.template, project, now, st.direction))  # listed by `lab ideas`
     focus = read_focus(st.direction, st.spec)
     if st.direction.strip():
         out.append(Log("info", "direction read", {"direction": st.direction, "names": focus.describe()}))
@@ -362,7 +364,7 @@ def with_prior(st: ProjectState, records: list[ArchiveRecord]) -> ProjectState:
     """The state with what earlier projects on its template tried (refreshed each wave and kept in the state,
     so a redelivered message sees what the first delivery saw)."""
     st = _copy(st)
-    st.prior = [r for r in records if r.project != st.project][-PRIOR_KEPT:]
+    st.prior = [r for r in records if r.project != st.project and r.outcome.status != "seeded"][-PRIOR_KEPT:]
     return st
 
 

@@ -114,8 +114,13 @@ def checked_figures(tex: str, files: dict[str, bytes]) -> tuple[str, dict[str, b
     return tex, good, bad
 
 
-async def compile_pdf(tex: str, bib: str, files: dict[str, bytes], left_out: dict[str, str] | None = None) -> bytes:
-    """The PDF's bytes, or PdfError. Figures that are not valid images are left out, and named with why in ``left_out``."""
+async def compile_pdf(
+    tex: str, bib: str, files: dict[str, bytes], left_out: dict[str, str] | None = None, extra: dict[str, bytes] | None = None,
+) -> bytes:
+    """The PDF's bytes, or PdfError. Figures that are not valid images are left out, and named with why in ``left_out``.
+
+    ``extra``: files put beside the paper as they are, not figures (a template's .sty and .bst: :mod:`agents.writer.their_latex`).
+    """
     if not available():
         raise PdfError("pdflatex not found; install texlive to get a PDF")
     tex, files, bad = checked_figures(strip_controls(tex), files)
@@ -125,7 +130,7 @@ async def compile_pdf(tex: str, bib: str, files: dict[str, bytes], left_out: dic
         d = Path(tmp)
         (d / "paper.tex").write_text(tex)
         (d / "references.bib").write_text(strip_controls(bib))
-        for name, data in files.items():
+        for name, data in {**(extra or {}), **files}.items():
             (d / Path(name).name).write_bytes(data)
         latex = ("pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "paper.tex")
         rc, out = await _step(d, *latex)

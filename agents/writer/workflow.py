@@ -23,7 +23,7 @@ import jinja2
 
 from agents.base import Context, EmptyState, Role, on
 from agents.minds.base import PaperSections, WriterMind
-from agents.writer import assemble, citations, latexfix, markup, numbers, pdf, revisions, story, trace
+from agents.writer import assemble, citations, latexfix, markup, numbers, pdf, revisions, story, their_latex, trace
 from bus.errors import ArtifactMissing
 from bus.schema import DraftReady, DraftRequest, Envelope
 
@@ -200,7 +200,8 @@ class Writer(Role):
             "pdf": None, "pdf_error": "", "pdf_log": "",
         })
         try:
-            out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", await pdf.compile_pdf(tex, bib, files))
+            style = await their_latex.load(ctx.artifacts, ctx.project)  # its style files, if the draft was built in its style
+            out.pdf = await ctx.artifacts.put(f"{base}/paper.pdf", await pdf.compile_pdf(tex, bib, files, extra=style.files if style else None))
         except pdf.PdfError as e:
             out.pdf_error, out.pdf_log = str(e), e.excerpt
             ctx.log.warning("pdf_failed", error=out.pdf_error, log=out.pdf_log)
@@ -232,10 +233,12 @@ class Writer(Role):
     ) -> tuple[bytes | pdf.PdfError, str, str]:
         """The PDF, or its error after at most FIX_ROUNDS fixes of the sections the error names; the tex and md built."""
         strings, evidence, analysis = checks
+        style = await their_latex.load(ctx.artifacts, ctx.project)  # the template's own latex/template.tex, if it has one
         fix = getattr(ctx.mind, "fix_latex", None)  # minds written before fix_latex (and test doubles) offer none
         for attempt in range(latexfix.FIX_ROUNDS + 1):
             try:
-                return await pdf.compile_pdf(tex, bib, files), tex, md
+                built, tex = await their_latex.compile_styled(style, tex, bib, files, ctx.log)
+                return built, tex, md
             except pdf.PdfError as e:
                 error = e
             failing = latexfix.failing_sections(tex, f"{error}\n{error.excerpt}")

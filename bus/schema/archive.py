@@ -19,7 +19,7 @@ from typing import Any, Literal
 from bus.schema.base import Model
 from bus.schema.project import CodeChange, Idea
 
-OutcomeStatus = Literal["better", "worse", "inconclusive", "failed", "not_novel", "skipped", "pending"]
+OutcomeStatus = Literal["better", "worse", "inconclusive", "failed", "not_novel", "skipped", "pending", "seeded"]
 
 
 class IdeaOutcome(Model):
@@ -30,7 +30,8 @@ class IdeaOutcome(Model):
     changes: dict[str, Any] = {}
     code: CodeChange | None = None
     # better/worse/inconclusive: the comparison's verdict; failed: no run succeeded;
-    # not_novel/skipped: never run; pending: still running.
+    # not_novel/skipped: never run; pending: still running; seeded: a template's own idea (seed_ideas.json), archived
+    # when a project starts and replaced by what came of it if the project runs it; never counted as tried.
     status: OutcomeStatus
     metric: str = ""
     improvement: float | None = None
@@ -72,6 +73,20 @@ def idea_signature(changes: dict[str, Any], code: CodeChange | None = None) -> s
 
 def signature_of(idea: Idea) -> str:
     return idea_signature(idea.changes, idea.code)
+
+
+def seed_records(ideas: list[Idea], template: str, project: str, when: float, direction: str = "") -> list[ArchiveRecord]:
+    """The template's own ideas (an AI Scientist template's seed_ideas.json) as archive records of status ``seeded``.
+
+    Written when a project starts, under the key its outcome takes if the project runs the idea, which replaces it.
+    """
+    return [
+        ArchiveRecord(
+            template=template, signature=signature_of(i), project=project, recorded_at=when, direction=direction,
+            outcome=IdeaOutcome(idea_id=i.id, title=i.title, changes=i.changes, code=i.code, status="seeded", reason=i.rationale),
+        )
+        for i in ideas
+    ]
 
 
 def key_token(value: str) -> str:

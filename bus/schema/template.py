@@ -193,6 +193,9 @@ class TemplateSpec(BaseModel):
     term_grace_s: float = Field(20, ge=0, le=600)
     references: str = "references.bib"
     network: bool = False
+    # Extra packages (pip requirement lines) beside the lab's own; requirements.txt beside experiment.py adds to them.
+    # The local runner installs them in an environment of their own; a Docker/Kubernetes job image must hold them.
+    requirements: list[str] = []
     # A known-different setting (knob overrides on top of the baseline): the PI runs it as the idea
     # "positive-control"; if the analyst finds no difference from the baseline on the primary metric,
     # the testbed cannot separate settings here and conclusions are withheld (flag no_separation).

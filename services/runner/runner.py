@@ -50,7 +50,8 @@ from bus.schema.formats import RESULT_FILE, JobLogLine, dump_result
 from bus.schema.results import INVALID_OUTPUT, LOG_TAIL_NAME, clean_text
 from bus.settings import ConfigError, Settings, settings
 from bus.store import Artifacts
-from services.runner import checkpoint, outputs, proctree, sandbox, split
+from services.common.config import lab_home
+from services.runner import checkpoint, envs, outputs, proctree, sandbox, split
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
@@ -397,6 +398,7 @@ class Runner:
         self.workdir = workdir  # the runner's own: its log, env.json, result.json
         self.layout = split.Layout(shared) if shared is not None else None
         self._term = asyncio.Event()  # set on SIGTERM once the experiment started (_experiment)
+        self.python: Path | None = None  # the template's own environment's python (it declares requirements), else the lab's
 
     @staticmethod
     def credential(nats: NatsAccess) -> tuple[str | None, str | None]:
@@ -523,7 +525,14 @@ class Runner:
         sync = await self._checkpoints(artifacts, extra_env, log) if job.resumable else None
         writable = [out] + ([sync.folder] if sync else [])
         term = self._term = checkpoint.catch_sigterm(asyncio.get_running_loop())
-        launch = None if self.layout else confine(cmd, job, self.workdir, readonly=[code], writable=writable, extra_env=extra_env)
+        unmet = await self._template_env(code, log)
+        if unmet:
+            return _Ran(Outcome("failed", unmet), None, None, 0.0, sync)
+        if self.python is not None:  # its env, read-only in the sandbox, runs the experiment and comes first on PATH
+            cmd = envs.with_python(cmd, self.python)
+            extra_env["PATH"] = f"{self.python.parent}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"
+        readonly = [code, *self._env_folder()]
+        launch = None if self.layout else confine(cmd, job, self.workdir, readonly=readonly, writable=writable, extra_env=extra_env)
         await log(f"[runner] starting job {job.job_id} {_where(launch, cmd)}: {' '.join(cmd)}")
         started = time.monotonic()
         # Only node 0 uploads the checkpoint (global rank 0 writes it there); the other nodes only restore it.
@@ -548,6 +557,32 @@ class Runner:
             if sync.refused:
                 await log.note(f"[runner] checkpoint not uploaded: {sync.refused}")
         return _Ran(outcome, plot_failed, measured, wall, sync)
+
+    def _env_folder(self) -> list[Path]:
+        return [self.python.parent.parent] if self.python is not None else []
+
+    async def _template_env(self, code: Path, log: _JobLog) -> str:
+        """The template's extra packages (:mod:`services.runner.envs`): "" when ready, else the one line the job fails with.
+
+        Here (the local executor) its environment is built, once per requirements, outside the sandbox; on Docker and
+        Kubernetes the job image (the runner's and the experiment container's) must hold them.
+        """
+        reqs = envs.requirements_of(code)
+        if not reqs:
+            return ""
+        if self.layout is not None:
+            unmet = envs.missing(reqs) or ""
+        else:
+            try:
+                env, built = await asyncio.to_thread(envs.ensure, reqs, lab_home() / "envs")
+                self.python = envs.python_of(env)
+                await log.note(f"[runner] the template's environment ({', '.join(reqs)}): {env}" + (" (built now)" if built else ""))
+                return ""
+            except (envs.EnvError, OSError, subprocess.SubprocessError) as e:
+                unmet = str(e) if isinstance(e, envs.EnvError) else f"cannot build the template's environment: {e}"
+        if unmet:
+            await log.note(f"[runner] {unmet}")
+        return unmet
 
     async def _preempted(self, artifacts: Artifacts, ran: _Ran, log: _JobLog) -> int:
         """Save the log and exit for a retry: not the experiment's fault; Kubernetes retries the pod, which resumes."""
@@ -600,8 +635,9 @@ class Runner:
         figs.mkdir(parents=True, exist_ok=True)
         plot_failed = ran.plot_failed
         if plot_failed is None:  # in this process's sandbox; split, the experiment container ran it
-            plot_cmd = [sys.executable, str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)]
-            plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=[code, out], writable=[figs]), code, plot_job, log)
+            plot_cmd = [str(self.python or sys.executable), str(code / "plot.py"), "--run_dir", str(out), "--out_dir", str(figs)]
+            plot_bins = [code, out, *self._env_folder()]
+            plot = await supervise(confine(plot_cmd, plot_job, self.workdir, readonly=plot_bins, writable=[figs]), code, plot_job, log)
             plot_failed = "" if plot.state == "succeeded" else plot.reason
         if plot_failed:
             await log.note(f"[runner] plot.py failed: {clean_text(plot_failed, 500)}")

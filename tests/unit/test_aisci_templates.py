@@ -152,3 +152,26 @@ def test_the_offline_mind_says_it_has_nothing_to_vary_and_proposes_no_seed_idea(
     assert any(getattr(e, "event", "") == "nothing to vary" for e in step.effects)
     wave = t.wave_proposed(step.state, [], take=2)
     assert wave.sent == [] and wave.state.ideas == {}
+
+
+def test_seed_ideas_are_archived_when_a_project_starts_and_listed_by_lab_ideas():
+    import io as _io
+
+    from rich.console import Console
+
+    from services.cli.ideas import render
+
+    t, step = _started("offline")  # archived whatever the mind: the offline one cannot run them, `lab ideas` still lists them
+    records = [e.record for e in step.effects if isinstance(e, t.Remember)]
+    assert [(r.outcome.idea_id, r.outcome.status, r.project, r.template) for r in records] == [
+        ("seed-learning-rate-warmup", "seeded", "p1", "aisci_tiny"), ("seed-sine-features", "seeded", "p1", "aisci_tiny"),
+    ]
+    assert records[1].outcome.code.summary.startswith("Append sin(3x)") and records[1].recorded_at == 1000.0
+    # Under the key the idea's outcome takes if the project runs it, so that outcome replaces the seed.
+    assert records[1].signature == t.signature_of(step.state.spec.seed_ideas[1])
+    out = _io.StringIO()
+    render("aisci_tiny", records, Console(file=out, width=200))
+    assert "seed-sine-features" in out.getvalue() and "seeded" in out.getvalue() and "code: Append sin(3x)" in out.getvalue()
+    # A seed no project ran is not "tried": a later project on the template still proposes it.
+    later = t.with_prior(step.state.model_copy(update={"project": "p2"}), records)
+    assert later.prior == []
