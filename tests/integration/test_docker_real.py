@@ -226,3 +226,34 @@ async def test_exit_codes_the_deadline_cancel_and_cleanup_on_the_real_engine(doc
     finally:
         await ex.close()
         host.close()
+
+
+async def test_a_cuda_sized_reservation_runs_in_the_docker_experiment_container(
+        admin_bus: Any, nats_server: Any, docker_engine: Engine) -> None:  # noqa: F811
+    """The container's cgroup bounds its memory; no address-space cap stops a 128 GiB PROT_NONE reservation (as CUDA makes)."""
+    from tests.integration.test_cuda_reservations import RESERVE
+
+    host = Host(nats_server.credentials["runner"])
+    source = host.public / "sleep_template"
+    shutil.copytree(TESTS / "sleep_template", source)
+    experiment = source / "experiment.py"
+    experiment.write_text(experiment.read_text().replace("def main() -> None:", RESERVE + "\n\ndef main() -> None:", 1))
+    load(str(source))
+    try:
+        art = await Artifacts.open(admin_bus)
+        await art.put("p1/reserve.tar.gz", bundle(source))
+        job = JobSpec(job_id="jr", project="p1", experiment_id="x03", template="sleep_template", bundle_object="p1/reserve.tar.gz",
+                      seeds=[0], wall_time_s=60, memory_mb=256, status_key=KEYS.key("p1", "jr"),
+                      nats=NatsAccess(url=nats_server.url, user="runner", password=nats_server.credentials["runner"]))
+        ex = host.executor(docker_engine)
+        try:
+            await ex.submit(job)
+            phase = await finish(ex, docker_engine, "jr")
+            logs = docker_engine.client.containers.get(container_name("jr")).logs()
+            assert phase.state == "succeeded", (phase, logs[-2000:])
+            assert b"reserved 128 GiB" in logs
+            await ex.cleanup("p1")
+        finally:
+            await ex.close()
+    finally:
+        host.close()
