@@ -210,7 +210,7 @@ class Engineer(Role):
         in_flight = [j for j in st.jobs.values() if j.state in ("dispatched", "pending", "running")]
         for job in [j for j in st.jobs.values() if j.state == "queued"]:
             if ledger is not None:
-                units = ledger.units_of(job.spec.gpu)
+                units = ledger.units_of(job.spec.gpu) * job.spec.nodes  # a multi-node job holds every node's share
                 if capacity is not None and units > capacity:
                     job.state, job.reason = "failed", f"needs {units} {ledger.counts}, the lab has {capacity}"
                     self._maybe_report(ctx, st, job.experiment_id)

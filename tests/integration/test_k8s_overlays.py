@@ -228,6 +228,7 @@ def test_engineer_rbac_is_limited_to_jobs_pods_events_and_making_job_secrets_in_
     assert role["metadata"]["namespace"] == "lab-jobs"
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     jobs = {("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")}
+    jobs |= {("jobset.x-k8s.io", "jobsets", v) for v in ("create", "get", "list", "watch", "delete")}  # multi-node jobs
     pods = {("", r, v) for r in ("pods", "pods/log", "events") for v in ("get", "list", "watch")}
     # Each Job's own Secret: made, owned by the Job, deleted; never read (lab-nats-job lives here too).
     secrets = {("", "secrets", v) for v in ("create", "patch", "delete")}
@@ -267,6 +268,11 @@ def test_network_policies_default_deny_and_jobs_reach_only_nats() -> None:
     v4 = next(b for b in blocks if b["cidr"] == "0.0.0.0/0")
     assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(v4["except"])
     assert all(b.get("except") for b in blocks)
+    # The pods of one multi-node job reach each other (rendezvous, collectives); only gang pods, only each other.
+    gang = policies[("lab-jobs", "jobs-gang")]
+    only_gangs = {"matchExpressions": [{"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}]}
+    assert gang["podSelector"] == only_gangs and set(gang["policyTypes"]) == {"Ingress", "Egress"}
+    assert gang["ingress"] == [{"from": [{"podSelector": only_gangs}]}] and gang["egress"] == [{"to": [{"podSelector": only_gangs}]}]
 
 
 @needs_kubectl
