@@ -169,7 +169,8 @@ def verdict_findings(secs: dict[str, str], report: AnalysisReport) -> list[Findi
         c = by.get((ideas[0], said[0] if said else report.primary_metric))
         if c is None:
             continue
-        claim = claimed_verdict(s)
+        # "seeds were added after an inconclusive look" describes the look, not the verdict
+        claim = None if re.search(STATED["seeds_added"], s, re.I) else claimed_verdict(s)
         adj = f"corrected p = {c.p_adjusted:.4g}" if c.p_adjusted is not None else f"p = {c.p_value:.4g}"
         if claim is not None and claim != c.verdict:
             out.append(Finding("rewrite_section", part.replace(" ", "_"),
@@ -275,6 +276,10 @@ def stated_values(text: str, knob: str) -> list[tuple[str, str, str]]:
     return out
 
 
+POSITIVE = re.compile(r"positive control|testbed check", re.I)
+POSITIVE_CONTROL = "positive-control"
+
+
 def setup_findings(secs: dict[str, str], report: AnalysisReport, spec: TemplateSpec | None) -> list[Finding]:
     """Every knob value the Setup or Method states, against what the runs recorded in final_info.config.
 
@@ -291,6 +296,8 @@ def setup_findings(secs: dict[str, str], report: AnalysisReport, spec: TemplateS
             for knob in knobs:
                 for printed, role, s in stated_values(para, knob):
                     who = BASELINE if role == "from" else arm
+                    if POSITIVE.search(s):  # the testbed check's own setting, not the baseline's
+                        who = POSITIVE_CONTROL
                     values = rec.get(who, {}).get(knob)
                     if not values or any(same_value(printed, v) for v in values) or (who, knob) in seen:
                         continue

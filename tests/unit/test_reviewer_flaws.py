@@ -307,3 +307,27 @@ def test_stated_values_read_the_ways_a_setup_says_a_value():
     assert merge == [("task_arithmetic", "from"), ("consensus_rescale", "to")]
     assert checks.same_value("3e-3", json.dumps(0.003)) and not checks.same_value("0.001", json.dumps(0.003))
     assert checks.same_value("1", json.dumps(1.0)) and checks.same_value("true", json.dumps(True))
+
+
+async def test_the_positive_controls_own_setting_is_checked_against_its_own_runs():
+    """The Setup's testbed check names the positive control's setting, not the baseline's: found in a real --fast paper."""
+    control = run("baseline").model_copy(update={"idea_id": "positive-control", "job_id": "j-pc", "experiment_id": "e-pc"})
+    control.final_info = control.final_info.model_copy(update={"config": {**control.final_info.config, "lr": 3e-05}})
+    rep = report()
+    rep = rep.model_copy(update={"runs": [*rep.runs, control]})
+    said = "\n\nTestbed check: a positive control (`lr` = 3.00e-05), a setting known to change the result, is run like an idea."
+    assert not [w for w in weaknesses(await review(paper(rep, setup=paper_part("setup") + said), rep)) if "`lr`" in w]
+    wrong = said.replace("3.00e-05", "0.3")
+    caught(await review(paper(rep, setup=paper_part("setup") + wrong), rep), "`lr` = 0.3", "positive-control")
+
+
+async def test_a_seeds_added_statement_is_not_read_as_a_verdict():
+    """After pooling, the verdict may be "worse" while the flag still says the earlier look was inconclusive."""
+    rep = report()
+    worse = rep.comparisons[1].model_copy(update={"verdict": "worse", "improvement": -0.05, "diff": -0.05, "ci_low": -0.08, "ci_high": -0.02,
+                                                  "p_value": 0.001, "p_adjusted": 0.002})
+    rep = rep.model_copy(update={"comparisons": [rep.comparisons[0], worse]})
+    limitation = ("\n- Seeds added after a look: seeds were added to `warmup-300` after an inconclusive look at `val_acc`; "
+                  "its alpha was spent over both looks.")
+    done = await review(paper(rep, limitations=paper_part("limitations") + limitation), rep)
+    assert not [w for w in weaknesses(done) if "calls `warmup-300`" in w and "inconclusive look" in w]
