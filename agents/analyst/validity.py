@@ -2,7 +2,7 @@
 
 - not_converged: the primary metric's curve (``Metric.curve``, else the metric's own) was still
   moving at the end of training. "Still moving": over the last ``TAIL`` (20%) of the recorded
-  steps, the mean-over-seeds curve changed by more than ``CONVERGENCE_TOL`` (2%) of its size,
+  steps, the mean-over-seeds curve changed by more than ``CONVERGENCE_TOL`` (0.5%) of its size,
   ``|v_end - v_80%| / max(|v_end|, |v_80%|)``, with v_80% the last point at or before 80% of
   the way from the first recorded step to the last. A claim about such a run holds for this
   training budget only.
@@ -30,7 +30,9 @@ from typing import Any
 
 from bus.schema import AnalysisFlag, RunRecord, TemplateSpec
 
-CONVERGENCE_TOL = 0.02
+# 0.5%: char_lm's --fast loss fell 1.1% over its last 20% under a cosine schedule, at 2.43 nats/char where
+# the full run reaches ~1.5: a run that tired is still learning, and a claim about it is a claim about its budget.
+CONVERGENCE_TOL = 0.005
 TAIL = 0.2
 COLLAPSE_FRACTION = 0.5
 

@@ -38,9 +38,10 @@ def table_caption(report: AnalysisReport) -> str:
     return (
         "Each idea against the baseline: mean ± standard error over seeds (n seeds per arm); "
         "improvement signed so that a positive value is better whatever the metric's direction; "
-        "percentile bootstrap confidence interval of the improvement at the level matching α; "
+        "the test's t-interval of the improvement at the level its corrected verdict was decided at (it excludes zero exactly when "
+        "the verdict is significant); "
         "two-sided p-value of the test named (paired t-test when both arms ran the same seeds, else Welch) and the same p "
-        + (f"after Holm's correction over all {fmt(len(report.comparisons))} comparisons, which decides the verdict; "
+        + (f"after Holm's correction within its family (of {fmt(len(report.comparisons))} comparisons in all), which decides the verdict; "
            if report.correction == "holm" else "(no correction for multiple comparisons); ")
         + f"effect size (Hedges' g, or Cohen's d_z marked d_z for a paired test) signed like the improvement; α = {fmt(report.alpha)}."
         + (" Conclusions are withheld: the testbed did not separate a known-different setting, so no verdict is stated."

@@ -41,9 +41,16 @@ def adjusted(c: Comparison) -> str:
 
 
 def correction_words(correction: str, n: int) -> str:
+    """How the p-values were corrected: Holm's method within each family (the primary metric's; the secondary metrics')."""
     if correction == "holm":
-        return f"Holm's correction for multiple comparisons over all {fmt(n)} comparisons reported here"
+        return (f"Holm's correction for multiple comparisons within each family of the {fmt(n)} comparisons reported here "
+                "(the primary metric's, and the secondary metrics' apart)")
     return "no correction for multiple comparisons"
+
+
+def ci_words(c: Comparison) -> str:
+    """The interval's name: the test's own t-interval, at the level its corrected verdict was decided at."""
+    return f"{fmt(round(100 * c.ci_level, 2))}% CI" if c.ci_level else "CI"
 
 
 def verdict_words(c: Comparison, alpha: float) -> str:
@@ -65,7 +72,7 @@ def effect_sentence(c: Comparison, alpha: float, withheld: bool = False, when: s
     verdict = "no verdict is stated, because conclusions are withheld" if withheld else verdict_words(c, alpha)
     return (
         f"`{c.idea_id}` {moved(c)} {c.metric} from {fmt(c.baseline_mean)} ({control}) to {fmt(c.idea_mean)}{when} "
-        f"({c.direction} is better; improvement {fmt(c.improvement)}, bootstrap CI [{fmt(c.ci_low)}, {fmt(c.ci_high)}], "
+        f"({c.direction} is better; improvement {fmt(c.improvement)}, {ci_words(c)} [{fmt(c.ci_low)}, {fmt(c.ci_high)}], "
         f"{test_name(c)} p = {fmt(c.p_value)}{adjusted(c)}, {effect_name(c)} = {fmt(c.effect_size)}, "
         f"{fmt(c.n_baseline)} control and {fmt(c.n_idea)} idea seeds): {verdict}."
     )
@@ -157,8 +164,8 @@ class Draft:
             f"We study {self.study}. {self.direction_words()} compared a baseline with "
             f"{prose.count(len(self.ideas), 'proposed change')} to its {'knobs or code' if self.code else 'knobs'} over several seeds, "
             f"using t-tests (paired where arms share seeds) "
-            f"with {correction_words(self.rep.correction, len(self.rep.comparisons))}, effect sizes and bootstrap "
-            f"confidence intervals, with the primary metric {self.rep.primary_metric}.{seed_text}{budget_text} {self.finding()}"
+            f"with {correction_words(self.rep.correction, len(self.rep.comparisons))}, effect sizes and "
+            f"confidence intervals that match each test, with the primary metric {self.rep.primary_metric}.{seed_text}{budget_text} {self.finding()}"
         )
 
     def introduction(self) -> str:
@@ -246,8 +253,9 @@ class Draft:
             f"Runs of the same idea are pooled by seed. Each idea is compared with its control by a two-sided t-test, paired by seed "
             f"when both arms ran the same seeds and Welch's otherwise, at α = {fmt(self.rep.alpha)} with "
             f"{correction_words(self.rep.correction, len(self.rep.comparisons))}; a verdict uses the corrected p-value. "
-            "We also report an effect size (Hedges' g, or Cohen's d_z when paired) and a percentile bootstrap confidence interval "
-            "of the improvement, which is the difference signed so that a positive value is better whatever the metric's direction."
+            "We also report an effect size (Hedges' g, or Cohen's d_z when paired) and the test's own t-interval of the improvement "
+            "(the difference signed so that a positive value is better whatever the metric's direction) at the level the corrected "
+            "verdict was decided at, so that it excludes zero exactly when the verdict is significant."
             + self.seed_plan()
         )
 

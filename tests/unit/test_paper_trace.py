@@ -106,7 +106,7 @@ async def test_the_paper_names_the_offline_mind_and_the_correction():
     md, tex = store.data[out.markdown].decode(), store.data[out.tex].decode()
     assert "Written by the offline mind" in md and "no language model was used" in md
     assert "Written by the offline mind" in tex
-    assert "Holm's correction for multiple comparisons over all 4 comparisons" in md
+    assert "Holm's correction for multiple comparisons within each family of the 4 comparisons" in md
     assert "| p (corrected) |" in md
 
 
