@@ -96,10 +96,16 @@ def _up_detached(opts: LabOptions, web: bool) -> None:
 
 def _up_here(opts: LabOptions, web: bool, web_port: int) -> None:
     """`lab up` in the foreground: supervise the lab (and the web view with --web) until Ctrl-C or SIGTERM."""
-    from services.lab.supervisor import Supervisor
+    from services.lab.supervisor import Supervisor, Terminated, stop_on_signals
 
     sup = Supervisor(opts)
-    info = sup.start()
+    # A signal while the lab starts stops what already started (Supervisor.start), then exits like one after.
+    with stop_on_signals() as stopped:
+        try:
+            info = sup.start()
+        except (Terminated, KeyboardInterrupt):
+            err.print(f"lab: interrupted by {stopped.name or 'SIGINT'} while starting; stopped what had started", markup=False)
+            raise typer.Exit(128 + (stopped.signum or 2)) from None
     console.print(f"lab is up: NATS at {info.url}, six agents ready. Ctrl-C stops all.", markup=False)
     if not web:
         sup.supervise_forever()

@@ -117,8 +117,9 @@ def run_project(opts: RunOptions, console: Console) -> int:
     )
     home = lab_home()
     sup = None
-    # SIGTERM (timeout, a cancelled CI job) and SIGHUP (a closed terminal) stop an embedded lab like Ctrl-C does.
-    with stop_on_signals() as stopped:
+    # SIGTERM (timeout, a cancelled CI job) and SIGHUP (a closed terminal) stop an embedded lab like Ctrl-C does;
+    # once one came, later ones (a second Ctrl-C) are ignored so the stop runs to its end: no runner is left.
+    with stop_on_signals((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as stopped:
         try:
             if opts.nats is None:
                 refuse_if_full(home)  # a local lab, started here or not, writes under LAB_HOME
