@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from agents import aisci, templates
 from bus import subjects
 from bus.client import Bus
-from bus.errors import BusRefused, LabError, Unanswered
+from bus.errors import BusRefused, ConnectError, LabError, Unanswered
 from bus.permissions import convo_refusal
 from bus.replay import Entry, read
 from bus.retry import RetryPolicy
@@ -36,6 +36,7 @@ from services.lab.lifecycle import StoreFull, check_store
 from services.read.describe import describe
 from services.read.export import Exported, UnknownProject, export_project
 from services.read.projects import project_state
+from services.read.stored import lab_connection, unreachable
 
 
 @dataclass
@@ -141,7 +142,11 @@ def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool
     """`lab run --attach`: follow a project someone else started, and write its outputs when it ends."""
 
     async def main() -> int:
-        bus = await Bus.connect(bus_config("copi", nats, name="lab-attach"), reconnect=False, timeout=5)
+        with lab_connection("copi", nats, "lab-attach", write=True) as conn:  # a stopped lab: one line, how to start it
+            try:
+                bus = await Bus.connect(conn.config, reconnect=False, timeout=5)
+            except ConnectError as e:
+                raise unreachable(conn.config.url, e) from None
         try:
             state = await project_state(bus, project)
             if state is None:
@@ -184,7 +189,11 @@ async def start_project(bus: Bus, project: str, bundle: bytes, envelope: Callabl
 async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
     project = opts.project or new_project_id(spec.name, opts.seed)
     out = opts.out or Path("lab-out") / project
-    bus = await Bus.connect(bus_config("copi", opts.nats, name="lab-run"))
+    config = bus_config("copi", opts.nats, name="lab-run")
+    try:
+        bus = await Bus.connect(config)
+    except ConnectError as e:
+        raise unreachable(config.url, e) from None
     try:
         if opts.mind == "llm" and sup is None and (reason := await llm_refusal(bus, opts.model)):
             raise MindRefused(reason)
