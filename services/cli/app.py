@@ -23,7 +23,7 @@ from bus.schema.constants import AGENTS_BUCKET
 from bus.settings import Settings
 from bus.settings import settings as lab_settings
 from bus.store import Heartbeats, StateStore
-from services.cli.errors import LabTyper, UsageError, fail
+from services.cli.errors import LabTyper, UsageError, fail, run_app
 from services.cli.terminal import SafeConsole, clean
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
 from services.read.describe import describe
@@ -611,7 +611,7 @@ _mount_optional()
 
 
 def main() -> None:
-    app(standalone_mode=True)  # each command maps its errors to one line itself: services.cli.errors
+    run_app(app)  # each command maps its errors to one line itself, usage errors here: services.cli.errors
 
 
 if __name__ == "__main__":

@@ -295,7 +295,7 @@ async def _watch(
         if (forged := convo_refusal(entry.subject, env)) is not None:  # dead-lettered by the agents; never believed here
             progress.console.print(f"[yellow]ignored[/yellow] {escape(clean(forged))}", markup=True, highlight=False)
             continue
-        if not opts.quiet:
+        if not opts.quiet and not isinstance(env.body, Decision):  # the decision is the closing summary, printed once
             progress.console.print(
                 f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(clean(describe(env)))}",
                 markup=True, highlight=False,
