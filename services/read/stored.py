@@ -28,10 +28,6 @@ from services.common.process import alive
 NOT_RUNNING = "lab is not running; showing what is stored"
 
 
-class LabNotRunning(LabError, RuntimeError):
-    """A command that needs the running lab found none: one line naming where it looked and how to start it."""
-
-
 @dataclass(frozen=True)
 class Connection:
     config: BusConfig
@@ -54,15 +50,15 @@ def _explicit(nats: str | None) -> bool:
     return nats is not None or settings().nats_url is not None
 
 
-def not_running(home: Path, url: str | None = None) -> LabNotRunning:
+def not_running(home: Path, url: str | None = None) -> LabError:
     where = f" at {url}" if url else ""
-    return LabNotRunning(f"no lab is running for LAB_HOME={home}{where}; start it with `lab up --detach` (or pass --nats URL)")
+    return LabError(f"no lab is running for LAB_HOME={home}{where}; start it with `lab up --detach` (or pass --nats URL)")
 
 
-def unreachable(url: str, error: BaseException) -> LabNotRunning:
+def unreachable(url: str, error: BaseException) -> LabError:
     """A write command's one line when the lab's server does not answer: where it looked, why, and how to start it."""
     reason = str(error).split(": ", 1)[-1] if f"at {url}" in str(error) else str(error)
-    return LabNotRunning(f"no lab answers at {url} for LAB_HOME={lab_home()} ({reason}); start it with `lab up --detach` (or pass --nats URL)")
+    return LabError(f"no lab answers at {url} for LAB_HOME={lab_home()} ({reason}); start it with `lab up --detach` (or pass --nats URL)")
 
 
 def store_nodes(home: Path) -> int:
@@ -84,7 +80,7 @@ def lab_connection(user: str, nats: str | None, name: str, write: bool = False) 
         raise not_running(home)
     nodes = store_nodes(home)
     if nodes == 0:
-        raise LabNotRunning(f"no lab has run with LAB_HOME={home}: nothing is stored there; start one with `lab up --detach` or `lab run`")
+        raise LabError(f"no lab has run with LAB_HOME={home}: nothing is stored there; start one with `lab up --detach` or `lab run`")
     credentials = new_credentials()
     server: EmbeddedServer | EmbeddedCluster
     if nodes > 1:
