@@ -107,6 +107,27 @@ def load_template(name: str) -> tuple[Path, TemplateSpec]:
         raise TemplateError(f"{templates.resolve(name) / 'template.yaml'}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+WEB_SOURCES = {"semantic_scholar": "Semantic Scholar", "openalex": "OpenAlex"}
+
+
+def literature_line() -> str:
+    """Which literature sources the run's novelty checks ask, and what goes over the network: the run's first line."""
+    from agents.lit.config import source_names
+    from services.common.config import lab_config
+
+    try:
+        configured = lab_config().literature.get("sources")
+    except LabError:
+        configured = None  # the agents say what is wrong with the config when they start
+    names, _ = source_names(configured)
+    web = [WEB_SOURCES[n] for n in names if n in WEB_SOURCES]
+    line = f"literature sources: {', '.join(names) or 'none'}"
+    if not web:
+        return line + " (offline: nothing leaves this machine)"
+    return line + (f" ({' and '.join(web)} when reachable: each idea's search queries are sent there; "
+                   "LAB_LIT_SOURCES=local,template keeps the run offline)")
+
+
 def run_project(opts: RunOptions, console: Console) -> int:
     from services.lab.supervisor import LabOptions, Supervisor, Terminated, refuse_if_full, running_lab, stop_on_signals
 
@@ -117,6 +138,7 @@ def run_project(opts: RunOptions, console: Console) -> int:
         wall_time_s=opts.wall_time, max_tokens=opts.max_tokens, max_cost_usd=opts.max_cost,
     )
     home = lab_home()
+    console.print(literature_line(), markup=False, soft_wrap=True)
     sup = None
     # SIGTERM (timeout, a cancelled CI job) and SIGHUP (a closed terminal) stop an embedded lab like Ctrl-C does;
     # once one came, later ones (a second Ctrl-C) are ignored so the stop runs to its end: no runner is left.

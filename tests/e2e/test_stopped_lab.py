@@ -37,6 +37,7 @@ def refused(r: subprocess.CompletedProcess, home: Path) -> str:
 def run_one_project(env: dict, out: Path) -> str:
     r = lab(env, "run", "--template", TEMPLATE, "--fast", "--max-ideas", "1", "--max-rounds", "0", "--out", str(out))
     assert r.returncode in (0, 1), r.stderr[-3000:] + r.stdout[-3000:]
+    assert r.stdout.startswith("literature sources: local, template (offline"), r.stdout[:300]  # LAB_LIT_SOURCES, said first
     assert "DECISION:" not in r.stdout and r.stdout.count("ACCEPTED: ") == 1, r.stdout[-3000:]  # the closing summary, once
     [project] = {json.loads(line)["project"] for line in (out / "conversation.jsonl").read_text().splitlines()}
     return project
