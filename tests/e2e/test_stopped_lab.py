@@ -78,6 +78,11 @@ def test_read_commands_show_a_stopped_labs_store(lab_env, tmp_path):
     assert logs.returncode == 0 and NOTE in logs.stderr and "copi → pi" in logs.stdout, logs.stderr + logs.stdout
     export = lab(env, "export", project, "--out", str(tmp_path / "exported"))
     assert export.returncode == 0 and (tmp_path / "exported" / "conversation.jsonl").is_file(), export.stderr
+    convo = [json.loads(line) for line in (tmp_path / "exported" / "conversation.jsonl").read_text().splitlines()]
+    planned = {j: m["body"]["experiment_id"] for m in convo if m["body"]["type"] == "experiment_planned" for j in m["body"]["job_ids"]}
+    results = json.loads((tmp_path / "exported" / "export.json").read_text())["results"]
+    assert results and all(planned[r["job_id"]] == folder.split("-attempt")[0] for folder, r in results.items()), results
+    assert {p.name for p in (tmp_path / "exported" / "results").iterdir()} == set(results)  # named for people, by experiment
     ideas = lab(env, "ideas", "--template", "sleep_template", "--json")
     assert ideas.returncode == 0 and json.loads(ideas.stdout), ideas.stderr
     status_code, page, _ = web_page(env, home)
