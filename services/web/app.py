@@ -49,14 +49,14 @@ def _project(request: Request) -> str:
         raise HTTPException(404, "no such project") from None
 
 
-LAB_DOWN = "lab is not running: the web view reconnects by itself when it is back (`lab up --detach` starts it)"
+NOT_RUNNING_PAGE = "lab is not running: the web view reconnects by itself when it is back (`lab up --detach` starts it)"
 
 
 def _bus(request: Request) -> Bus:
     """The app's connection; a page asked while NATS is away is a readable 503, never a hang or a traceback."""
     bus: Bus = request.app.state.bus  # set by the lifespan
     if not bus.connected:
-        raise HTTPException(503, LAB_DOWN)
+        raise HTTPException(503, NOT_RUNNING_PAGE)
     return bus
 
 
@@ -189,7 +189,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _bus_error(request: Request, exc: Exception) -> Response:
     """A bus failure mid-request (the lab went away while a page was read): the same 503 as a page asked after."""
     bus: Bus = request.app.state.bus
-    detail = LAB_DOWN if not bus.connected else f"the lab did not answer: {exc}"
+    detail = NOT_RUNNING_PAGE if not bus.connected else f"the lab did not answer: {exc}"
     return await _http_error(request, HTTPException(503, detail))
 
 
