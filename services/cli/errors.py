@@ -111,13 +111,13 @@ def usage_line(error: Exception) -> str:
     where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
     if isinstance(error, click.NoSuchOption):
         options = [o for p in (ctx.command.params if ctx else []) for o in (*p.opts, *p.secondary_opts) if o.startswith("-")]
-        near = _nearest(error.option_name, options) or (error.possibilities or [None])[0]
+        near = _nearest(error.option_name, options) or next(iter(error.possibilities or []), None)
         return f"no such option {error.option_name}" + (f"; did you mean {near}?" if near else "") + where
     message = error.format_message() if isinstance(error, click.ClickException) else str(error)
     if message.startswith("No such command") and ctx is not None and hasattr(ctx.command, "commands"):
         name = message.split("'")[1] if "'" in message else ""
-        near = _nearest(name, list(ctx.command.commands))
-        return f"no such command {name}" + (f"; did you mean {near}?" if near else "") + where
+        command = _nearest(name, list(ctx.command.commands))
+        return f"no such command {name}" + (f"; did you mean {command}?" if command else "") + where
     first = _one(message)
     return (first[:1].lower() + first[1:]).rstrip(".") + where
 
