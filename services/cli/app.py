@@ -277,10 +277,27 @@ def ideas(
             return await archive_records(bus, template)
 
     records = asyncio.run(main())
+    if not records:
+        _known_template(template)  # a typo (grokkin) is refused in one line, not shown as an empty archive
     if as_json:
         print(json.dumps(as_rows(records)), flush=True)
         return
     render(template, records, console)
+
+
+def _known_template(name: str) -> None:
+    """UsageError (exit 2) naming the nearest template when ``name`` is none on the search path."""
+    import difflib
+
+    from agents import templates
+    from bus.schema import TemplateError
+
+    try:
+        templates.resolve(name)
+    except TemplateError:
+        known = sorted(d.name for base in templates.search_path() if base.is_dir() for d in base.iterdir() if (d / "template.yaml").is_file())
+        near = difflib.get_close_matches(name, known, n=1)
+        fail(f"unknown template {name!r}" + (f"; did you mean {near[0]}?" if near else f"; known: {', '.join(known) or 'none'}"))
 
 
 def print_entry(entry: Any, as_json: bool) -> None:

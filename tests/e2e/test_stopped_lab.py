@@ -85,6 +85,8 @@ def test_read_commands_show_a_stopped_labs_store(lab_env, tmp_path):
     assert {p.name for p in (tmp_path / "exported" / "results").iterdir()} == set(results)  # named for people, by experiment
     ideas = lab(env, "ideas", "--template", "sleep_template", "--json")
     assert ideas.returncode == 0 and json.loads(ideas.stdout), ideas.stderr
+    typo = lab(env, "ideas", "--template", "grokkin")
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == "lab: error: unknown template 'grokkin'; did you mean grokking?", typo.stderr
     status_code, page, _ = web_page(env, home)
     assert status_code == 200 and project in page
 
