@@ -120,6 +120,17 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the command stops it in its own finally
+
+
 @dataclass
 class EmbeddedServer:
     """A nats-server process we started and will stop."""
@@ -131,6 +142,7 @@ class EmbeddedServer:
     cluster: ClusterSpec | None = None
     max_store_bytes: int = 10 << 30  # JetStream's file store limit: writes past it are refused, never half-done
     auth_issuer: str | None = None  # the auth callout's issuer (public account nkey): runners get per-job users
+    die_with_parent: bool = False  # a transient server (a read command on a stopped lab's store) never outlives its command
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -153,7 +165,8 @@ class EmbeddedServer:
         conf.chmod(0o600)
         log = open(self.home / "nats-server.log", "ab")
         self.proc = subprocess.Popen(
-            [server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -206,6 +219,7 @@ class EmbeddedCluster:
     sync_always: bool = False
     max_store_bytes: int = 10 << 30  # per node
     auth_issuer: str | None = None
+    die_with_parent: bool = False
     nodes: list[EmbeddedServer] = field(default_factory=list, init=False)
 
     @property
@@ -227,6 +241,7 @@ class EmbeddedCluster:
                 sync_always=self.sync_always,
                 max_store_bytes=self.max_store_bytes,
                 auth_issuer=self.auth_issuer,
+                die_with_parent=self.die_with_parent,
                 cluster=ClusterSpec(server_name=f"lab-n{i + 1}", port=route_ports[i], routes=routes),
             )
             for i in range(self.size)

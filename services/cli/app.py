@@ -16,14 +16,14 @@ from rich.markup import escape
 
 from bus import subjects
 from bus.client import Bus
-from bus.errors import BusTimeout, PermissionDenied
+from bus.errors import BusTimeout, ConnectError, PermissionDenied
 from bus.replay import read
 from bus.schema import EXECUTOR_KINDS, MIND_KINDS, ROLES, ExecutorKind, MindKind, ProjectView
 from bus.schema.constants import AGENTS_BUCKET
 from bus.settings import Settings
 from bus.settings import settings as lab_settings
 from bus.store import Heartbeats, StateStore
-from services.cli.errors import LabTyper, UsageError, fail
+from services.cli.errors import LabTyper, UsageError, fail, run_app
 from services.cli.terminal import SafeConsole, clean
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
 from services.read.describe import describe
@@ -96,10 +96,16 @@ def _up_detached(opts: LabOptions, web: bool) -> None:
 
 def _up_here(opts: LabOptions, web: bool, web_port: int) -> None:
     """`lab up` in the foreground: supervise the lab (and the web view with --web) until Ctrl-C or SIGTERM."""
-    from services.lab.supervisor import Supervisor
+    from services.lab.supervisor import Supervisor, Terminated, stop_on_signals
 
     sup = Supervisor(opts)
-    info = sup.start()
+    # A signal while the lab starts stops what already started (Supervisor.start), then exits like one after.
+    with stop_on_signals() as stopped:
+        try:
+            info = sup.start()
+        except (Terminated, KeyboardInterrupt):
+            err.print(f"lab: interrupted by {stopped.name or 'SIGINT'} while starting; stopped what had started", markup=False)
+            raise typer.Exit(128 + (stopped.signum or 2)) from None
     console.print(f"lab is up: NATS at {info.url}, six agents ready. Ctrl-C stops all.", markup=False)
     if not web:
         sup.supervise_forever()
@@ -153,9 +159,29 @@ def agent(
 
 
 @asynccontextmanager
-async def _session(nats: str | None) -> AsyncIterator[Bus]:
-    """The co-PI's connection for one command; a request the server refused says so instead of timing out blind."""
-    bus = await Bus.connect(bus_config("copi", nats, name="lab-cli"), reconnect=False, timeout=5)
+async def _session(nats: str | None, write: bool = False) -> AsyncIterator[Bus]:
+    """The co-PI's connection for one command; a request the server refused says so instead of timing out blind.
+
+    A read on a stopped lab opens its store through a transient server (services.read.stored) and says so
+    on stderr in one line; a write (``write``) on a stopped lab is refused in one line.
+    """
+    from services.read.stored import NOT_RUNNING, lab_connection, unreachable
+
+    with lab_connection("copi", nats, "lab-cli", write=write) as conn:
+        if conn.stored:
+            err.print(NOT_RUNNING, markup=False)
+        try:
+            bus = await Bus.connect(conn.config, reconnect=False, timeout=5)
+        except ConnectError as e:
+            if not write:
+                raise
+            raise unreachable(conn.config.url, e) from None
+        async with _guarded(bus) as b:
+            yield b
+
+
+@asynccontextmanager
+async def _guarded(bus: Bus) -> AsyncIterator[Bus]:
     try:
         yield bus
     except BusTimeout:
@@ -251,10 +277,27 @@ def ideas(
             return await archive_records(bus, template)
 
     records = asyncio.run(main())
+    if not records:
+        _known_template(template)  # a typo (grokkin) is refused in one line, not shown as an empty archive
     if as_json:
         print(json.dumps(as_rows(records)), flush=True)
         return
     render(template, records, console)
+
+
+def _known_template(name: str) -> None:
+    """UsageError (exit 2) naming the nearest template when ``name`` is none on the search path."""
+    import difflib
+
+    from agents import templates
+    from bus.schema import TemplateError
+
+    try:
+        templates.resolve(name)
+    except TemplateError:
+        known = sorted(d.name for base in templates.search_path() if base.is_dir() for d in base.iterdir() if (d / "template.yaml").is_file())
+        near = difflib.get_close_matches(name, known, n=1)
+        fail(f"unknown template {name!r}" + (f"; did you mean {near[0]}?" if near else f"; known: {', '.join(known) or 'none'}"))
 
 
 def print_entry(entry: Any, as_json: bool) -> None:
@@ -289,20 +332,52 @@ def logs(
     if role and role not in (*ROLES, "copi"):
         fail(f"unknown role {role!r}; choose one of {', '.join((*ROLES, 'copi'))}")
 
-    async def main() -> None:
+    from services.read.stored import lab_is_running
+
+    # A stopped lab's log is replayed from its store; there is nothing more to follow.
+    live = follow and (nats is not None or lab_settings().nats_url is not None or lab_is_running(lab_home()))
+
+    async def replay(bus: Bus) -> None:
+        async for entry in read(bus, subjects.convo_all(project), follow=live):
+            env = entry.envelope
+            if role and env is not None and role not in (env.sender, env.recipient):
+                continue
+            print_entry(entry, as_json)
+
+    async def main() -> bool:
+        """Replay (and follow); False when the lab stopped under a follow."""
         async with _session(nats) as bus:
             if project:
                 await _require_project(bus, project)
-            async for entry in read(bus, subjects.convo_all(project), follow=follow):
-                env = entry.envelope
-                if role and env is not None and role not in (env.sender, env.recipient):
-                    continue
-                print_entry(entry, as_json)
+            if not live:
+                await replay(bus)
+                return True
+            return await _until_lab_stops(bus, replay(bus), nats)
 
     try:
-        asyncio.run(main())
+        if not asyncio.run(main()):
+            err.print("lab stopped", markup=False)
     except KeyboardInterrupt:
         pass
+
+
+async def _until_lab_stops(bus: Bus, following: Any, nats: str | None, every: float = 0.5) -> bool:
+    """Run ``following`` until it ends (True) or the lab goes away: `lab down` here, or its server gone (False)."""
+    from services.read.stored import lab_is_running
+
+    task = asyncio.ensure_future(following)
+    home = lab_home()
+    try:
+        while not task.done():
+            await asyncio.wait([task], timeout=every)
+            local = nats is None and lab_settings().nats_url is None
+            if not task.done() and (not bus.connected or (local and not lab_is_running(home))):
+                return False
+        task.result()
+        return True
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @app.command()
@@ -319,7 +394,7 @@ def say(
         fail("the note is empty")
 
     async def main() -> str:
-        async with _session(nats) as bus:
+        async with _session(nats, write=True) as bus:
             from services.read.projects import running_project, send_note
 
             target = running_project(await _projects(bus), project)
@@ -341,14 +416,21 @@ def web(
 
     if nats is not None:
         _check_url(nats)
-    config = bus_config("web", nats, name="lab-web")
-    if config.user is None and lab_settings().nats_password is None and read_local_lab() is not None:
-        fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
-    # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
-    local = read_local_lab()
-    copi = local.credentials.get("copi") if local else None
-    opts = WebOptions(host=host, port=port, home=lab_home(), show_token=sys.stdout.isatty())  # the token goes to a terminal, never a log file
-    serve_web(config, opts, lambda line: console.print(line, markup=False, soft_wrap=True), copi)
+    from services.read.stored import NOT_RUNNING, lab_connection
+
+    # A stopped lab is served read-only from its store (a transient server, stopped with the page).
+    with lab_connection("web", nats, "lab-web") as conn:
+        config = conn.config
+        if config.user is None and lab_settings().nats_password is None and read_local_lab() is not None:
+            fail("this lab has no `web` NATS user (it was started before the web view existed); restart it with `lab down` and `lab up`")
+        # The co-PI's own NATS login also unlocks the actions, where this machine knows it (the local lab's lab.json).
+        local = read_local_lab()
+        copi = local.credentials.get("copi") if local and not conn.stored else None
+        # The token goes to a terminal, never a log file; a stored lab's page takes no action, so no token is shown.
+        opts = WebOptions(host=host, port=port, home=lab_home(), show_token=sys.stdout.isatty() and not conn.stored, read_only=conn.stored)
+        if conn.stored:
+            err.print(NOT_RUNNING, markup=False)
+        serve_web(config, opts, lambda line: console.print(line, markup=False, soft_wrap=True), copi)
 
 
 # ---------------------------------------------------------------- run
@@ -546,7 +628,7 @@ _mount_optional()
 
 
 def main() -> None:
-    app(standalone_mode=True)  # each command maps its errors to one line itself: services.cli.errors
+    run_app(app)  # each command maps its errors to one line itself, usage errors here: services.cli.errors
 
 
 if __name__ == "__main__":

@@ -94,3 +94,48 @@ class LabTyper(typer.Typer):
             return fn
 
         return decorator
+
+
+def _nearest(word: str, choices: list[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def usage_line(error: Exception) -> str:
+    """One line for a click/typer usage error, with the nearest valid option or command: never typer's boxed five lines."""
+    from typer._click import exceptions as click  # typer >= 0.29 carries its own click
+
+    ctx = getattr(error, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    if isinstance(error, click.NoSuchOption):
+        options = [o for p in (ctx.command.params if ctx else []) for o in (*p.opts, *p.secondary_opts) if o.startswith("-")]
+        near = _nearest(error.option_name, options) or next(iter(error.possibilities or []), None)
+        return f"no such option {error.option_name}" + (f"; did you mean {near}?" if near else "") + where
+    message = error.format_message() if isinstance(error, click.ClickException) else str(error)
+    if message.startswith("No such command") and ctx is not None and hasattr(ctx.command, "commands"):
+        name = message.split("'")[1] if "'" in message else ""
+        command = _nearest(name, list(ctx.command.commands))
+        return f"no such command {name}" + (f"; did you mean {command}?" if command else "") + where
+    first = _one(message)
+    return (first[:1].lower() + first[1:]).rstrip(".") + where
+
+
+def run_app(app: typer.Typer, prefix: str = "lab: error: ") -> None:
+    """Run the CLI: a usage error (unknown option or command, bad value) is one line and exit 2."""
+    import sys
+
+    from typer._click import exceptions as click  # typer >= 0.29 carries its own click
+
+    try:
+        code = app(standalone_mode=False, prog_name="lab")
+    except click.NoArgsIsHelpError as e:
+        print(e.format_message(), file=sys.stderr)
+        sys.exit(2)
+    except click.ClickException as e:
+        _err.print(f"{prefix}{usage_line(e)}", markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from agents import aisci, templates
 from bus import subjects
 from bus.client import Bus
-from bus.errors import BusRefused, LabError, Unanswered
+from bus.errors import BusRefused, ConnectError, LabError, Unanswered
 from bus.permissions import convo_refusal
 from bus.replay import Entry, read
 from bus.retry import RetryPolicy
@@ -36,6 +36,7 @@ from services.lab.lifecycle import StoreFull, check_store
 from services.read.describe import describe
 from services.read.export import Exported, UnknownProject, export_project
 from services.read.projects import project_state
+from services.read.stored import lab_connection, unreachable
 
 
 @dataclass
@@ -106,6 +107,27 @@ def load_template(name: str) -> tuple[Path, TemplateSpec]:
         raise TemplateError(f"{templates.resolve(name) / 'template.yaml'}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+WEB_SOURCES = {"semantic_scholar": "Semantic Scholar", "openalex": "OpenAlex"}
+
+
+def literature_line() -> str:
+    """Which literature sources the run's novelty checks ask, and what goes over the network: the run's first line."""
+    from agents.lit.config import source_names
+    from services.common.config import lab_config
+
+    try:
+        configured = lab_config().literature.get("sources")
+    except LabError:
+        configured = None  # the agents say what is wrong with the config when they start
+    names, _ = source_names(configured)
+    web = [WEB_SOURCES[n] for n in names if n in WEB_SOURCES]
+    line = f"literature sources: {', '.join(names) or 'none'}"
+    if not web:
+        return line + " (offline: nothing leaves this machine)"
+    return line + (f" ({' and '.join(web)} when reachable: each idea's search queries are sent there; "
+                   "LAB_LIT_SOURCES=local,template keeps the run offline)")
+
+
 def run_project(opts: RunOptions, console: Console) -> int:
     from services.lab.supervisor import LabOptions, Supervisor, Terminated, refuse_if_full, running_lab, stop_on_signals
 
@@ -116,9 +138,11 @@ def run_project(opts: RunOptions, console: Console) -> int:
         wall_time_s=opts.wall_time, max_tokens=opts.max_tokens, max_cost_usd=opts.max_cost,
     )
     home = lab_home()
+    console.print(literature_line(), markup=False, soft_wrap=True)
     sup = None
-    # SIGTERM (timeout, a cancelled CI job) and SIGHUP (a closed terminal) stop an embedded lab like Ctrl-C does.
-    with stop_on_signals() as stopped:
+    # SIGTERM (timeout, a cancelled CI job) and SIGHUP (a closed terminal) stop an embedded lab like Ctrl-C does;
+    # once one came, later ones (a second Ctrl-C) are ignored so the stop runs to its end: no runner is left.
+    with stop_on_signals((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as stopped:
         try:
             if opts.nats is None:
                 refuse_if_full(home)  # a local lab, started here or not, writes under LAB_HOME
@@ -140,7 +164,11 @@ def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool
     """`lab run --attach`: follow a project someone else started, and write its outputs when it ends."""
 
     async def main() -> int:
-        bus = await Bus.connect(bus_config("copi", nats, name="lab-attach"), reconnect=False, timeout=5)
+        with lab_connection("copi", nats, "lab-attach", write=True) as conn:  # a stopped lab: one line, how to start it
+            try:
+                bus = await Bus.connect(conn.config, reconnect=False, timeout=5)
+            except ConnectError as e:
+                raise unreachable(conn.config.url, e) from None
         try:
             state = await project_state(bus, project)
             if state is None:
@@ -183,7 +211,11 @@ async def start_project(bus: Bus, project: str, bundle: bytes, envelope: Callabl
 async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budget, console: Console, sup: Any) -> int:
     project = opts.project or new_project_id(spec.name, opts.seed)
     out = opts.out or Path("lab-out") / project
-    bus = await Bus.connect(bus_config("copi", opts.nats, name="lab-run"))
+    config = bus_config("copi", opts.nats, name="lab-run")
+    try:
+        bus = await Bus.connect(config)
+    except ConnectError as e:
+        raise unreachable(config.url, e) from None
     try:
         if opts.mind == "llm" and sup is None and (reason := await llm_refusal(bus, opts.model)):
             raise MindRefused(reason)
@@ -285,7 +317,7 @@ async def _watch(
         if (forged := convo_refusal(entry.subject, env)) is not None:  # dead-lettered by the agents; never believed here
             progress.console.print(f"[yellow]ignored[/yellow] {escape(clean(forged))}", markup=True, highlight=False)
             continue
-        if not opts.quiet:
+        if not opts.quiet and not isinstance(env.body, Decision):  # the decision is the closing summary, printed once
             progress.console.print(
                 f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(clean(describe(env)))}",
                 markup=True, highlight=False,

@@ -52,6 +52,52 @@ def sweep(d: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def recorded_runner(d: Path) -> int | None:
+    """The runner's pid from job folder ``d``'s pid file, only if /proc says that process is this job's runner.
+
+    The runner is ``python -m services.runner`` started with the job folder as its working directory;
+    a pid that now names anything else (reused, or a tampered record) is not touched.
+    """
+    try:
+        pid = int((d / "pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except (OSError, ValueError):
+        return None
+    if not {b"services.runner", b"services.runner.runner"} & set(cmdline) or cwd != d.resolve():
+        return None  # the pid was reused by another process, or the record was tampered with
+    return pid
+
+
+def stop_runners(jobs_dir: Path) -> list[int]:
+    """End every job runner recorded under ``jobs_dir`` with its whole process tree; the runners' pids.
+
+    What the lab that started them calls as it stops (and the next start, for a lab that was SIGKILLed):
+    nothing a lab started outlives it. The runner is a child subreaper, so while it lives every process
+    of its job (a ``setsid`` grandchild included) is in the tree under it: that tree is killed first, then
+    the runner's own session. The job folder keeps the runner's files; ``work/`` goes (:func:`sweep`).
+    """
+    from services.runner.proctree import kill_descendants
+
+    stopped = []
+    for d in sorted(jobs_dir.iterdir()) if jobs_dir.is_dir() else []:
+        pid = recorded_runner(d)
+        if pid is None:
+            continue
+        try:
+            os.kill(pid, signal.SIGSTOP)  # it forks no more while its tree is taken down
+        except ProcessLookupError:
+            continue
+        kill_descendants(pid)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the runner leads its own session: pgid == pid
+        except (ProcessLookupError, PermissionError):
+            pass
+        stopped.append(pid)
+        sweep(d)
+    return stopped
+
+
 class LocalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     capacity: int | None = None  # default: one job per CPU core
@@ -164,17 +210,7 @@ class LocalExecutor:
             sweep(self._dir(job_id))
 
     def _recorded_runner(self, job_id: str) -> int | None:
-        """The runner's pid from the pid file, only if /proc says that process is this job's runner."""
-        d = self._dir(job_id)
-        try:
-            pid = int((d / "pid").read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-        except (OSError, ValueError):
-            return None
-        if b"services.runner.runner" not in cmdline or cwd != d.resolve():
-            return None  # the pid was reused by another process, or the record was tampered with
-        return pid
+        return recorded_runner(self._dir(job_id))
 
     async def cleanup(self, project: str) -> None:
         for d in self.jobs_dir.iterdir() if self.jobs_dir.is_dir() else []:

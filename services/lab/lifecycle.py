@@ -182,7 +182,7 @@ def reap_stale(home: Path, grace_s: float = 10.0) -> list[int]:
     """Stop what a dead supervisor of ``home`` left running (agents, then its server); the pids stopped.
 
     A supervisor that still lives is a running lab: nothing is touched (the caller refuses to start).
-    Job runners are never stopped here: they outlive the lab on purpose and are adopted by the next one.
+    Its job runners go too (:func:`stop_job_runners`): nothing a lab started outlives it.
     """
     try:
         recorded = json.loads(pid_file(home).read_text())
@@ -207,8 +207,30 @@ def reap_stale(home: Path, grace_s: float = 10.0) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    stopped += stop_job_runners(home)
     pid_file(home).unlink(missing_ok=True)
     return stopped
+
+
+def jobs_dirs(home: Path) -> list[Path]:
+    """Where the local executor of the lab at ``home`` records its jobs: ``jobs/``, and the config's ``jobs_dir`` if set."""
+    dirs = [home / "jobs"]
+    try:
+        from services.common.config import lab_config
+
+        configured = lab_config(home).executor_options("local").get("jobs_dir")
+    except (LabError, OSError):  # a config that does not load names no other folder; jobs/ is still swept
+        configured = None
+    if configured and Path(str(configured)) not in dirs:
+        dirs.append(Path(str(configured)))
+    return dirs
+
+
+def stop_job_runners(home: Path) -> list[int]:
+    """End every job runner the local executor recorded for the lab at ``home``, each with its process tree."""
+    from services.executors.local import stop_runners
+
+    return [pid for d in jobs_dirs(home) for pid in stop_runners(d)]
 
 
 def supervisor_alive(home: Path) -> int | None:

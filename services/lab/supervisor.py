@@ -44,6 +44,7 @@ from services.lab.lifecycle import (
     private_log,
     reap_stale,
     record_pids,
+    stop_job_runners,
     stop_on_signals,
     supervisor_alive,
 )
@@ -310,18 +311,21 @@ class Supervisor:
             time.sleep(0.1)
         raise LabError(f"agents not ready after {self.opts.ready_timeout:.0f}s: {', '.join(missing)}")
 
-    def supervise_forever(self, poll: float = 0.5) -> None:
-        """Restart agents that die, until SIGTERM/SIGINT."""
+    def supervise_forever(self, poll: float = 0.5) -> int:
+        """Restart agents that die, until SIGTERM, SIGINT or SIGHUP (a closed terminal); the signal that stopped it."""
+        got: list[int] = []
 
-        def on_signal(*_: Any) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
             self.stopping = True
+            got.append(signum)
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, on_signal)
         while not self.stopping:
             self.tick()
             time.sleep(poll)
         self.stop()
+        return got[0] if got else 0
 
     def tick(self) -> None:
         """One look at the agents and the server: restart what died, after a growing pause."""
@@ -390,6 +394,10 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # The job runners the engineer started, each with its experiment: found by the pid files the local
+        # executor recorded, after the agents (no engineer starts another) and before the server they talk to.
+        for pid in stop_job_runners(self.opts.home):
+            print(f"lab: stopped job runner {pid} (and its experiment) with the lab", file=sys.stderr, flush=True)
         if self.server:
             self.server.stop()
         if self.credentials or self.job_secret:

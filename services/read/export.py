@@ -11,7 +11,7 @@ and ``export.json`` says so.
     review.json                                              the reviews, every round
     analysis.json                                            the latest analysis report
     baseline.md                                              a template with nothing to vary: its baseline characterised
-    results/<job>/...                                        every run's files
+    results/<experiment-id>/...                              every run's files (``-attempt2``… when retried; job ids in export.json)
     conversation.jsonl                                       the whole log
     export.json                                              finished or not, the decision, the files
 """
@@ -19,6 +19,7 @@ and ``export.json`` says so.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from bus.client import Bus
 from bus.errors import ArtifactMissing, LabError
 from bus.permissions import convo_refusal
 from bus.replay import read
-from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentResult, ReviewDone, RunRecord, StartProject
+from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentPlanned, ExperimentResult, ReviewDone, RunRecord, StartProject
 from bus.store import Artifacts, object_name_refusal
 from services.read.projects import project_state
 
@@ -48,6 +49,10 @@ class Exported:
     decision: Decision | None = None
     files: list[tuple[str, Path]] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (object name, why it was not written)
+    results: dict[str, str] = field(default_factory=dict)  # results/ folder -> the job id it holds
+
+
+SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,80}")
 
 
 @dataclass
@@ -61,6 +66,14 @@ class _Log:
     reviews: list[ReviewDone] = field(default_factory=list)
     start: StartProject | None = None
     runs: list[RunRecord] = field(default_factory=list)
+    jobs: dict[str, tuple[str, int]] = field(default_factory=dict)  # job id -> (experiment id, attempt)
+
+    def folder(self, job_id: str) -> str:
+        """The results folder people read: the experiment's id (with its attempt when retried), else the job id."""
+        experiment, attempt = self.jobs.get(job_id, ("", 1))
+        if not SAFE_FOLDER.fullmatch(experiment):
+            return job_id
+        return experiment if attempt == 1 else f"{experiment}-attempt{attempt}"
 
 
 async def _read_log(bus: Bus, project: str) -> _Log:
@@ -83,8 +96,12 @@ async def _read_log(bus: Bus, project: str) -> _Log:
             log.reviews.append(body)
         elif isinstance(body, StartProject):
             log.start = body
+        elif isinstance(body, ExperimentPlanned):
+            for job_id in body.job_ids:  # each plan of an experiment is its next attempt
+                log.jobs.setdefault(job_id, (body.experiment_id, 1 + sum(e == body.experiment_id for e, _ in log.jobs.values())))
         elif isinstance(body, ExperimentResult):
             log.runs += body.runs
+            log.jobs.update({r.job_id: (r.experiment_id, r.attempt) for r in body.runs})
     return log
 
 
@@ -155,7 +172,10 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
         if len(parts) < 4:
             done.refused.append((name, "not a run's file (<project>/runs/<job>/<file>)"))
             continue
-        await _fetch(artifacts, name, out / "results" / parts[2] / parts[3], done)
+        folder = log.folder(parts[2])
+        if done.results.setdefault(folder, parts[2]) != parts[2]:  # two jobs under one name: the job's own id keeps them apart
+            folder = done.results.setdefault(parts[2], parts[2])
+        await _fetch(artifacts, name, out / "results" / folder / parts[3], done)
     if (out / "results").is_dir():
         files.append(("results/", out / "results"))
     convo = out / "conversation.jsonl"
@@ -180,5 +200,6 @@ def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
         "paper_round": paper.round if paper else None,
         "files": [label for label, _ in done.files],
         "refused": [{"object": name, "reason": why} for name, why in done.refused],
+        "results": {folder: {"job_id": job} for folder, job in sorted(done.results.items())},  # results/<experiment-id>/ -> its job
         "exported_at": time.time(),
     }

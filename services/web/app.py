@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from bus import subjects
 from bus.client import Bus, BusConfig
-from bus.errors import ArtifactMissing, InvalidToken
+from bus.errors import ArtifactMissing, BusFailure, ConnectError, InvalidToken
 from bus.replay import read
 from bus.schema import ROLES
 from services.read.projects import NoteRefused, project_state, project_states, send_note
@@ -49,8 +49,14 @@ def _project(request: Request) -> str:
         raise HTTPException(404, "no such project") from None
 
 
+NOT_RUNNING_PAGE = "lab is not running: the web view reconnects by itself when it is back (`lab up --detach` starts it)"
+
+
 def _bus(request: Request) -> Bus:
+    """The app's connection; a page asked while NATS is away is a readable 503, never a hang or a traceback."""
     bus: Bus = request.app.state.bus  # set by the lifespan
+    if not bus.connected:
+        raise HTTPException(503, NOT_RUNNING_PAGE)
     return bus
 
 
@@ -180,6 +186,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(exc.detail, status_code=exc.status_code)
 
 
+async def _bus_error(request: Request, exc: Exception) -> Response:
+    """A bus failure mid-request (the lab went away while a page was read): the same 503 as a page asked after."""
+    bus: Bus = request.app.state.bus
+    detail = NOT_RUNNING_PAGE if not bus.connected else f"the lab did not answer: {exc}"
+    return await _http_error(request, HTTPException(503, detail))
+
+
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
@@ -243,6 +256,7 @@ def create_app(
     # A page answers only to the names it is served under: a foreign Host (DNS rebinding: a site whose name
     # resolves to 127.0.0.1) gets 400, so another site's script cannot read the pages and papers.
     middleware = [Middleware(ServedHosts, allowed_hosts=served_names(hosts))]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={HTTPException: _http_error})
+    handlers = {HTTPException: _http_error, BusFailure: _bus_error, ConnectError: _bus_error}
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.token = CoPIToken(token, copi_password)
     return app

@@ -39,6 +39,7 @@ class WebOptions:
     port: int = 8765
     home: Path | None = None  # where web.json goes
     show_token: bool = False  # print the link with the token (to a terminal only: never into a log file)
+    read_only: bool = False  # a stopped lab's store: no actions (the token is new and never written anywhere)
 
 
 def info_file(home: Path) -> Path:
@@ -66,9 +67,25 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _announce(opts: WebOptions, url: str, token: str, say: Callable[[str], None]) -> None:
+    """Say where the page is; the token only to a terminal (and to web.json), never for a stored lab's read-only page."""
+    if opts.read_only:
+        say(f"lab web: {url} (read-only: the lab is not running)")
+        return
+    if opts.home is not None:
+        opts.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_secret(info_file(opts.home), json.dumps({"url": url, "token": token, "pid": os.getpid()}))  # 0600 from creation
+    if opts.show_token:
+        say(f"lab web: {url}?token={token}")
+        say("open that link to act as co-PI (notes, stop); without the token the page is read-only.")
+    else:  # not a terminal (a log file, a pod's log): the token is never written there
+        where = f" in {info_file(opts.home)}" if opts.home is not None else f" in {TOKEN_ENV}(_FILE)"
+        say(f"lab web: {url} (the co-PI token is{where}; without it the page is read-only)")
+
+
 async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None], copi_password: str | None = None) -> None:
     """Connect, listen, print the link, serve until cancelled or signalled."""
-    token = read_secret("web_token") or new_token()
+    token = new_token() if opts.read_only else read_secret("web_token") or new_token()
     if len(token) < 16:
         raise WebError(f"{TOKEN_ENV}(_FILE) must hold at least 16 characters")
     bus = await Bus.connect(config, reconnect=True, timeout=10)
@@ -77,15 +94,7 @@ async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None],
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}/"
-        if opts.home is not None:
-            opts.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_secret(info_file(opts.home), json.dumps({"url": url, "token": token, "pid": os.getpid()}))  # 0600 from creation
-        if opts.show_token:
-            say(f"lab web: {url}?token={token}")
-            say("open that link to act as co-PI (notes, stop); without the token the page is read-only.")
-        else:  # not a terminal (a log file, a pod's log): the token is never written there
-            where = f" in {info_file(opts.home)}" if opts.home is not None else f" in {TOKEN_ENV}(_FILE)"
-            say(f"lab web: {url} (the co-PI token is{where}; without it the page is read-only)")
+        _announce(opts, url, token, say)
         if not _is_loopback(opts.host):
             say(f"warning: listening on {opts.host} without TLS; the token crosses the network in clear")
         app = create_app(token, bus=bus, copi_password=copi_password, hosts=[opts.host, *settings().web_hosts])
@@ -94,7 +103,7 @@ async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None],
     finally:
         sock.close()
         await bus.close()
-        if opts.home is not None:
+        if opts.home is not None and not opts.read_only:
             info_file(opts.home).unlink(missing_ok=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -11,15 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from services.common.process import alive
+from services.runner import proctree
 from tests.conftest import lab_cmd
 
 pytestmark = pytest.mark.timeout(900)
 
 
-def processes_of(home: Path) -> dict[int, str]:
+def processes_of(home: Path, runners: bool = False) -> dict[int, str]:
     """Every live process of the lab at ``home``: the nats-server on its store, the agents and clients with it as LAB_HOME.
 
-    Job runners and their experiments are left out: they outlive the lab on purpose, for the next one to adopt.
+    Job runners (LAB_HOME in their environment) are left out unless ``runners``: only the test that stops a
+    run mid-job waits for them; the others stop their lab before any job starts.
     """
     found = {}
     for d in Path("/proc").iterdir():
@@ -31,16 +35,16 @@ def processes_of(home: Path) -> dict[int, str]:
             state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state == "Z" or "services.runner.runner" in cmd or f"{home}/jobs/" in cmd:
+        if state == "Z" or (not runners and ("services.runner" in cmd or f"{home}/jobs/" in cmd)):
             continue
         if str(home) in cmd or f"LAB_HOME={home}".encode() in env:
             found[int(d.name)] = cmd
     return found
 
 
-def start_embedded_run(env: dict, home: Path, log: Path) -> subprocess.Popen:
+def start_embedded_run(env: dict, home: Path, log: Path, template: str = "grokking") -> subprocess.Popen:
     proc = subprocess.Popen(
-        lab_cmd("run", "--template", "grokking", "--fast", "--max-ideas", "1", "--max-rounds", "0", "--quiet", "--out", str(home.parent / "out")),
+        lab_cmd("run", "--template", template, "--fast", "--max-ideas", "1", "--max-rounds", "0", "--quiet", "--out", str(home.parent / "out")),
         env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 180
@@ -126,4 +130,54 @@ def test_a_sigkilled_run_leaves_nothing_that_blocks_the_next_start(lab_env, tmp_
         assert down.returncode == 0, down.stderr
         assert settle(home) == {}
     finally:
+        kill_everything(home)
+
+
+def slow_sleep_template(tmp_path: Path) -> Path:
+    """tests/sleep_template whose fast runs sleep a minute: a job is surely in flight when the signal comes."""
+    folder = tmp_path / "sleep_template"
+    shutil.copytree(Path(__file__).parents[1] / "sleep_template", folder)
+    spec = folder / "template.yaml"
+    spec.write_text(spec.read_text().replace("fast:\n  sleep_s: 1.0", "fast:\n  sleep_s: 60.0"))
+    return folder
+
+
+def wait_for_runner(proc: subprocess.Popen, home: Path, log: Path) -> tuple[int, dict[int, int]]:
+    """The first job's runner, once it runs its experiment: its pid (from the executor's pid file) and its process tree."""
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        for pid_file in home.glob("jobs/*/pid"):
+            try:
+                runner = int(pid_file.read_text())
+            except ValueError:
+                continue
+            tree = proctree.descendants(runner)
+            if tree:  # the experiment (in its sandbox) has started under the runner
+                return runner, tree
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_mid_job_ends_the_runner_and_its_experiment(lab_env, tmp_path, sig):
+    """The runner carries LAB_HOME in its environment, not its command line: every such process must go."""
+    home, env = lab_env
+    log = tmp_path / "run.log"
+    proc = start_embedded_run(env, home, log, template=str(slow_sleep_template(tmp_path)))
+    try:
+        runner, tree = wait_for_runner(proc, home, log)
+        assert runner in processes_of(home, runners=True), "the runner names the lab's home in its environment"
+        proc.send_signal(sig)
+        proc.wait(90)
+        assert proc.returncode == 128 + sig, log.read_text()[-3000:]
+        assert settle(home) == {}, log.read_text()[-3000:]
+        left = processes_of(home, runners=True)
+        assert left == {}, f"outlived the run: {left}"
+        assert not [p for p in [runner, *tree] if alive(p)], "the job's process tree outlived the run"
+        assert f"stopped job runner {runner}" in log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
         kill_everything(home)

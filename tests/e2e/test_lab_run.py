@@ -293,4 +293,6 @@ def test_the_same_run_twice_on_one_lab_home(lab_env, tmp_path):
         assert ran == mine
         assert all(r["status"] == "succeeded" for m in c if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"])
     assert {d.name for d in (home / "jobs").iterdir()} == jobs[0] | jobs[1]
-    assert {p.name for p in (outs[0] / "results").iterdir()}.isdisjoint(p.name for p in (outs[1] / "results").iterdir())
+    # results/<experiment-id>/ for people; the job each folder holds, in export.json, is each project's own.
+    held = [{r["job_id"] for r in json.loads((out / "export.json").read_text())["results"].values()} for out in outs]
+    assert held[0] == jobs[0] and held[1] == jobs[1]

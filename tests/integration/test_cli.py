@@ -86,7 +86,8 @@ def test_up_say_logs_down(lab_env):
         r = lab(env, "down")
     assert r.returncode == 0 and "lab stopped" in r.stdout
     assert not (home / "lab.json").exists()
-    one_line_error(lab(env, "status"), "cannot connect to NATS")
+    stored = lab(env, "status")
+    assert stored.returncode == 0 and "lab is not running; showing what is stored" in stored.stderr, stored.stderr
 
 
 def test_bad_arguments_get_one_line(lab_env, tmp_path):
@@ -105,6 +106,12 @@ def test_bad_arguments_get_one_line(lab_env, tmp_path):
     one_line_error(lab(env, "logs", "--project", "a.b"), "invalid project 'a.b'")
     one_line_error(lab(env, "run", "--template", "no-such-template"), "unknown template 'no-such-template'")
     one_line_error(lab(env, "up", "--mind", "psychic"), "unknown mind 'psychic'")
+    # Typer's own usage errors too: one line, the nearest valid option or command, never its boxed five lines.
+    one_line_error(lab(env, "run", "--tempalte", "grokking"), "no such option --tempalte; did you mean --template?")
+    one_line_error(lab(env, "status", "--wdie"), "no such option --wdie; did you mean --wide?")
+    one_line_error(lab(env, "rnu"), "no such command rnu; did you mean run?")
+    one_line_error(lab(env, "run", "--max-ideas", "many", "--template", "grokking"), "--max-ideas")
+    one_line_error(lab(env, "lit", "--hlep"), "did you mean --help?")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

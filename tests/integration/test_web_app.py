@@ -252,3 +252,27 @@ def test_lab_web_reads_its_token_from_a_file(nats_server, lab_env, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_pages_say_the_lab_is_not_running_while_nats_is_away_and_come_back_with_it(client, nats_server, caplog):
+    """NATS stops under the web view: a readable 503 (no traceback), then the same pages again once it is back."""
+    import time
+
+    from services.web.app import NOT_RUNNING_PAGE
+
+    assert client.get("/", headers={"accept": "text/html"}).status_code == 200
+    nats_server.stop()
+    for _ in range(100):  # the client notices the closed socket
+        if client.get("/healthz").status_code == 503:
+            break
+        time.sleep(0.1)
+    for path in ("/", "/ideas", f"/p/{P}"):
+        r = client.get(path, headers={"accept": "text/html"})
+        assert r.status_code == 503 and NOT_RUNNING_PAGE in r.text and "Traceback" not in r.text, (path, r.text)
+    nats_server.start()  # the same port and store: the lab is back
+    for _ in range(200):
+        if client.get("/healthz").status_code == 200:
+            break
+        time.sleep(0.1)
+    assert client.get("/", headers={"accept": "text/html"}).status_code == 200
+    assert "Traceback" not in caplog.text
