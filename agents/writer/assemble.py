@@ -39,7 +39,7 @@ def table_caption(report: AnalysisReport) -> str:
         "Each idea against the baseline: mean ± standard error over seeds (n seeds per arm); "
         "improvement signed so that a positive value is better whatever the metric's direction; "
         "the test's t-interval of the improvement at the level its corrected verdict was decided at (it excludes zero exactly when "
-        "the verdict is significant); "
+        "the corrected test rejects no difference); "
         "two-sided p-value of the test named (paired t-test when both arms ran the same seeds, else Welch) and the same p "
         + (f"after Holm's correction within its family (of {fmt(len(report.comparisons))} comparisons in all), which decides the verdict; "
            if report.correction == "holm" else "(no correction for multiple comparisons); ")

@@ -50,7 +50,7 @@ def correction_words(correction: str, n: int) -> str:
 
 def ci_words(c: Comparison) -> str:
     """The interval's name: the test's own t-interval, at the level its corrected verdict was decided at."""
-    return f"{fmt(round(100 * c.ci_level, 2))}% CI" if c.ci_level else "CI"
+    return f"CI at level {fmt(c.ci_level)}" if c.ci_level else "CI"
 
 
 def verdict_words(c: Comparison, alpha: float) -> str:
@@ -255,7 +255,7 @@ class Draft:
             f"{correction_words(self.rep.correction, len(self.rep.comparisons))}; a verdict uses the corrected p-value. "
             "We also report an effect size (Hedges' g, or Cohen's d_z when paired) and the test's own t-interval of the improvement "
             "(the difference signed so that a positive value is better whatever the metric's direction) at the level the corrected "
-            "verdict was decided at, so that it excludes zero exactly when the verdict is significant."
+            "verdict was decided at, so that it excludes zero exactly when the corrected test rejects no difference."
             + self.seed_plan()
         )
 
