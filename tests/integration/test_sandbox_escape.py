@@ -158,3 +158,25 @@ async def test_no_nested_user_namespace_no_denied_syscall_and_a_read_only_dev(ad
     assert {k: found[k] for k in denied} == dict.fromkeys(denied, "EPERM") and found["getpid"] == "OK"
     assert found["write_dev"] == "EROFS"
     assert found["dev"] == ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (docs/security.md, 'What it does not prevent'): a bind's mountinfo root is its source's path within its "
+    "filesystem, so /job/code and /job/out name the job folder under $LAB_HOME. Copying through a tmpfs would hide it but "
+    "breaks what the runner needs of writable folders live: the periodic checkpoint upload while the job runs, and "
+    "outputs of a job SIGKILLed at its wall time (the copy-back parent dies with the tree). Needs a filesystem whose root "
+    "is the job's work folder, mounted by the executor"))
+async def test_mountinfo_names_no_host_path_of_the_lab(admin_bus, nats_server, tmp_path, monkeypatch):
+    """The red team's ask: /proc/self/mountinfo and /proc/self/mounts inside show neither $LAB_HOME's path nor the job folder's."""
+    from bus.store import Artifacts
+
+    experiment = final_info("""
+    found = {"mountinfo": open("/proc/self/mountinfo").read(), "mounts": open("/proc/self/mounts").read()}
+    """)
+    phase, d, _ = await run_local(admin_bus, nats_server, tmp_path, monkeypatch, experiment)
+    assert phase.state == "succeeded", (phase, (d / "log.txt").read_text())
+    found = json.loads(await (await Artifacts.open(admin_bus)).get("p1/runs/j1/final_info.json"))["found"]
+    home = str(tmp_path / "labhome")
+    for table in ("mountinfo", "mounts"):
+        leaked = [line for line in found[table].splitlines() if home in line or str(d) in line or str(tmp_path) in line]
+        assert leaked == [], (table, leaked)
