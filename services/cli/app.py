@@ -251,15 +251,6 @@ def status(
     from services.cli.status import render
 
     render(data, console, wide=wide)
-    from services.read.team import print_team
-
-    print_team(console, data.instances, data.capacity)
-    finished = [s for s in data.projects if s.finished]
-    if finished:  # plain lines, never cut to the terminal's width: the command is meant to be copied
-        console.print("finished projects (paper, reviews and results with `lab export PROJECT [--out DIR]`):")
-        for s in finished:
-            verdict = "ACCEPTED" if s.accepted else ("FAILED" if s.stage == "failed" else "NOT ACCEPTED")
-            console.print(f"  {s.project}: {verdict}: {s.outcome}  →  lab export {s.project}", markup=False, soft_wrap=True)
 
 
 @app.command()
