@@ -258,6 +258,7 @@ def ideas(
     template: str = typer.Option(..., "--template", "-t", help="The template whose archive to list (its name, e.g. grokking)."),
     nats: str | None = typer.Option(None, "--nats"),
     as_json: bool = typer.Option(False, "--json", help="One JSON array of archive records, for machines."),
+    wide: bool = typer.Option(False, "--wide", "-w", help="Every column, in full, however wide the terminal."),
 ) -> None:
     """The idea archive: every idea any project tried on a template, by which project, and what came of it."""
     from services.cli.ideas import render
@@ -273,7 +274,7 @@ def ideas(
     if as_json:
         print(json.dumps(as_rows(records)), flush=True)
         return
-    render(template, records, console)
+    render(template, records, console, wide=wide)
 
 
 def _known_template(name: str) -> None:
