@@ -292,7 +292,8 @@ def _known_template(name: str) -> None:
         fail(f"unknown template {name!r}" + (f"; did you mean {near[0]}?" if near else f"; known: {', '.join(known) or 'none'}"))
 
 
-def print_entry(entry: Any, as_json: bool) -> None:
+def print_entry(entry: Any, as_json: bool, wide: bool = False) -> None:
+    """One message as one line cut to the terminal's width with an ellipsis (whole with ``wide``; every field with ``as_json``)."""
     env = entry.envelope
     if as_json:
         if env is not None:
@@ -306,7 +307,7 @@ def print_entry(entry: Any, as_json: bool) -> None:
     t = env.created_at.strftime("%H:%M:%S")
     console.print(
         f"[dim]{t}[/dim] [bold]{env.project}[/bold] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(clean(describe(env)))}",
-        markup=True, highlight=False, soft_wrap=True,
+        markup=True, highlight=False, **({"soft_wrap": True} if wide else {"no_wrap": True, "overflow": "ellipsis", "crop": True}),
     )
 
 
@@ -316,6 +317,7 @@ def logs(
     project: str | None = typer.Option(None, "--project", "-p"),
     role: str | None = typer.Option(None, "--role", "-r", help="Only messages sent by or to this role."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines, for machines."),
+    wide: bool = typer.Option(False, "--wide", "-w", help="Every message whole, however wide the terminal."),
     nats: str | None = typer.Option(None, "--nats"),
 ) -> None:
     """Replay the conversation from the start (and follow it with -f)."""
@@ -334,7 +336,7 @@ def logs(
             env = entry.envelope
             if role and env is not None and role not in (env.sender, env.recipient):
                 continue
-            print_entry(entry, as_json)
+            print_entry(entry, as_json, wide)
 
     async def main() -> bool:
         """Replay (and follow); False when the lab stopped under a follow."""
