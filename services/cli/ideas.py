@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from rich.console import Console
+from rich.text import Text
 
 from bus.schema import ArchiveRecord
 from services.cli.status import NAME, NUM, TEXT, cut, show, table
@@ -23,11 +24,11 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "" if x is None else f"{x:+.{digits}g}" if digits else f"{x}"
 
 
-def row(r: ArchiveRecord, wide: bool) -> list[object]:
+def row(r: ArchiveRecord, wide: bool) -> list[str | Text]:
     """One archived idea as the table's cells (compact: no effect size, CI, replication or date)."""
     o = r.outcome
     p = "" if o.p_adjusted is None else f"{o.p_adjusted:.3g}"
-    head: list[object] = [r.project, o.idea_id, cut(tried(r), wide), o.status, _num(o.improvement)]
+    head: list[str | Text] = [r.project, o.idea_id, cut(tried(r), wide), o.status, _num(o.improvement)]
     if not wide:
         return [*head, p]
     head.append(_num(o.effect_size, 2))
