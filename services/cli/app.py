@@ -251,15 +251,6 @@ def status(
     from services.cli.status import render
 
     render(data, console, wide=wide)
-    from services.read.team import print_team
-
-    print_team(console, data.instances, data.capacity)
-    finished = [s for s in data.projects if s.finished]
-    if finished:  # plain lines, never cut to the terminal's width: the command is meant to be copied
-        console.print("finished projects (paper, reviews and results with `lab export PROJECT [--out DIR]`):")
-        for s in finished:
-            verdict = "ACCEPTED" if s.accepted else ("FAILED" if s.stage == "failed" else "NOT ACCEPTED")
-            console.print(f"  {s.project}: {verdict}: {s.outcome}  →  lab export {s.project}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -267,6 +258,7 @@ def ideas(
     template: str = typer.Option(..., "--template", "-t", help="The template whose archive to list (its name, e.g. grokking)."),
     nats: str | None = typer.Option(None, "--nats"),
     as_json: bool = typer.Option(False, "--json", help="One JSON array of archive records, for machines."),
+    wide: bool = typer.Option(False, "--wide", "-w", help="Every column, in full, however wide the terminal."),
 ) -> None:
     """The idea archive: every idea any project tried on a template, by which project, and what came of it."""
     from services.cli.ideas import render
@@ -282,7 +274,7 @@ def ideas(
     if as_json:
         print(json.dumps(as_rows(records)), flush=True)
         return
-    render(template, records, console)
+    render(template, records, console, wide=wide)
 
 
 def _known_template(name: str) -> None:
@@ -300,7 +292,8 @@ def _known_template(name: str) -> None:
         fail(f"unknown template {name!r}" + (f"; did you mean {near[0]}?" if near else f"; known: {', '.join(known) or 'none'}"))
 
 
-def print_entry(entry: Any, as_json: bool) -> None:
+def print_entry(entry: Any, as_json: bool, wide: bool = False) -> None:
+    """One message as one line cut to the terminal's width with an ellipsis (whole with ``wide``; every field with ``as_json``)."""
     env = entry.envelope
     if as_json:
         if env is not None:
@@ -314,7 +307,7 @@ def print_entry(entry: Any, as_json: bool) -> None:
     t = env.created_at.strftime("%H:%M:%S")
     console.print(
         f"[dim]{t}[/dim] [bold]{env.project}[/bold] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(clean(describe(env)))}",
-        markup=True, highlight=False, soft_wrap=True,
+        markup=True, highlight=False, **({"soft_wrap": True} if wide else {"no_wrap": True, "overflow": "ellipsis", "crop": True}),
     )
 
 
@@ -324,6 +317,7 @@ def logs(
     project: str | None = typer.Option(None, "--project", "-p"),
     role: str | None = typer.Option(None, "--role", "-r", help="Only messages sent by or to this role."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines, for machines."),
+    wide: bool = typer.Option(False, "--wide", "-w", help="Every message whole, however wide the terminal."),
     nats: str | None = typer.Option(None, "--nats"),
 ) -> None:
     """Replay the conversation from the start (and follow it with -f)."""
@@ -342,7 +336,7 @@ def logs(
             env = entry.envelope
             if role and env is not None and role not in (env.sender, env.recipient):
                 continue
-            print_entry(entry, as_json)
+            print_entry(entry, as_json, wide)
 
     async def main() -> bool:
         """Replay (and follow); False when the lab stopped under a follow."""

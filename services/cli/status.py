@@ -1,12 +1,12 @@
 """`lab status` as tables that fit the terminal they are printed on.
 
-On an 80-column terminal the full tables squeezed project names to "grokki…".
-The compact layout (the default) keeps every name whole on one line and
-leaves out what can be read elsewhere: the template when the project's name
-already starts with it (as `lab run` names projects), tokens, and the
-project column of jobs (a job id starts with its project). Long free text
-(outcome, reason) wraps. ``wide`` shows every column at its natural width,
-however wide that is.
+Every table fits the console's width (COLUMNS): names (projects, jobs, agents) stay whole on one
+line, since a name cut short cannot be pasted into `lab say -p` or `lab export`; headers are never cut;
+free text (an outcome, a decision rule, a reason) is cut to one line with an ellipsis. ``wide`` shows
+every column at its natural width, free text in full, however wide that is; ``--json`` has everything.
+The compact layout leaves out what can be read elsewhere: the template when the project's name already
+starts with it (as `lab run` names projects), tokens, and the project column of jobs (a job id starts
+with its project).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from services.read.projects import ActiveJob
 from services.read.team import Replica
 
 NATURAL = 10_000  # a width no table reaches: wide tables are measured against it
+NAME, TEXT, NUM = "name", "text", "num"  # column kinds: kept whole, cut with an ellipsis, short and kept whole
 
 
 @dataclass
@@ -52,72 +53,137 @@ class LabStatus:
         }
 
 
-def _table(wide: bool, names: list[str], wraps: tuple[str, ...] = ()) -> Table:
-    t = Table(box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=False, show_edge=wide)
-    for c in names:
-        # Names stay on one line (a name cut short cannot be pasted into `lab say -p`); only free text wraps.
-        t.add_column(c, no_wrap=c not in wraps, overflow="fold")
+def table(wide: bool, columns: list[tuple[str, str]], title: str | None = None) -> Table:
+    """A table whose NAME and NUM columns never shrink below their content and header; TEXT columns give way."""
+    t = Table(box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=False, show_edge=wide, title=title)
+    for name, kind in columns:
+        # Only TEXT columns are wrapable, so only they shrink when the table is too wide; their cells (``cut``) end in "…".
+        t.add_column(name, no_wrap=kind != TEXT, overflow="fold" if kind == NAME else "ellipsis", min_width=len(name))
     return t
 
 
-def agents_table(agents: dict[str, Heartbeat | None], wide: bool, now: float | None = None) -> Table:
+def cut(text: object, wide: bool) -> Text:
+    """Free text as one line cut with an ellipsis to its column (whole, on as many lines as it has, when ``wide``)."""
+    one = clean(text) if wide else " ".join(clean(text).split())
+    return Text(one) if wide else Text(one, no_wrap=True, overflow="ellipsis")
+
+
+def _agent_row(name: str, b: Heartbeat | None, stale: bool, wide: bool) -> list[str]:
+    if b is None:
+        return [name, "down", "-", "-", "-", "-", "-"] + (["-", "-"] if wide else [])
+    p50 = "-" if b.p50_s is None else f"{b.p50_s:.2f}"
+    row = [name, "down" if stale else "up", str(b.pid), b.mind, f"{b.busy}/{b.concurrency}", str(b.handled), p50]
+    return row + ([b.host or "-", "-" if b.p99_s is None else f"{b.p99_s:.2f}"] if wide else [])
+
+
+def agents_table(agents: dict[str, Heartbeat | None], wide: bool, now: float | None = None, instances: list[Replica] | None = None) -> Table:
+    """One row per agent process (a role with no process running: one "down" row)."""
     now = time.time() if now is None else now
-    t = _table(wide, ["agent", "state", "pid", "mind", "handled"])
+    cols = [("agent", NAME), ("state", NUM), ("pid", NUM), ("mind", TEXT), ("busy", NUM), ("handled", NUM), ("p50 s", NUM)]
+    t = table(wide, cols + ([("host", TEXT), ("p99 s", NUM)] if wide else []))
+    seen: set[str] = set()
+    for r in sorted(instances or [], key=lambda r: (r.beat.role, r.key)):
+        seen.add(r.beat.role)
+        t.add_row(*_agent_row(r.beat.instance or r.key, r.beat, r.stale, wide))
     for role, a in agents.items():
-        if a is None:
-            t.add_row(role, "down", "-", "-", "-")
-        else:
-            t.add_row(role, "down" if a.stale(now) else "up", str(a.pid), a.mind, str(a.handled))
+        if role not in seen:
+            t.add_row(*_agent_row(role, a, a is not None and a.stale(now), wide))
     return t
 
 
 def projects_table(projects: list[ProjectView], wide: bool) -> Table:
     if wide:
-        t = _table(True, ["project", "template", "stage", "ideas", "runs", "round", "tokens", "cost $", "outcome"])
+        nums = [(c, NUM) for c in ("stage", "ideas", "runs", "round", "tokens", "cost $")]
+        t = table(True, [("project", NAME), ("template", NAME), *nums, ("outcome", TEXT)])
     else:
-        t = _table(False, ["project", "stage", "ideas", "runs", "rnd", "$", "outcome"], wraps=("outcome",))
+        t = table(False, [("project", NAME), ("stage", NUM), ("ideas", NUM), ("runs", NUM), ("rnd", NUM), ("$", NUM), ("outcome", TEXT)])
     for s in projects:
         b = s.budget
         spent = [f"{len(s.ideas)}/{b.max_ideas}", f"{len(s.experiments)}/{b.max_runs}", f"{s.round}/{b.max_revision_rounds}"]
         if wide:
-            t.add_row(s.project, s.template, s.stage, *spent, str(s.tokens), f"{s.cost_usd:.4f}", s.outcome)
+            t.add_row(s.project, s.template, s.stage, *spent, str(s.tokens), f"{s.cost_usd:.4f}", cut(s.outcome, True))
             continue
         name = Text(clean(s.project))
         if not s.project.startswith(s.template):
             name.append(f"\n{s.template}", style="dim")
-        t.add_row(name, s.stage, *spent, f"{s.cost_usd:.2f}", s.outcome)
+        t.add_row(name, s.stage, *spent, f"{s.cost_usd:.2f}", cut(s.outcome, False))
     return t
+
+
+def age(seconds: float) -> str:
+    """A duration as the largest whole unit: 45s, 12m, 3h, 2d."""
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def verdict(s: ProjectView) -> str:
+    return "ACCEPTED" if s.accepted else ("FAILED" if s.stage == "failed" else "NOT ACCEPTED")
+
+
+def finished_table(projects: list[ProjectView], wide: bool, now: float | None = None, named: bool = True) -> Table:
+    """Finished projects: the decision, how long ago the project started, and the command that exports it.
+
+    Without ``named`` the project column is left out: the export command names the project, whole.
+    """
+    now = time.time() if now is None else now
+    cols = [("decision", NUM), ("age", NUM), ("export", NAME)]
+    t = table(wide, ([("project", NAME)] if named else []) + cols, title="finished projects")
+    for s in projects:
+        t.add_row(*([s.project] if named else []), verdict(s), age(now - s.started_at), f"lab export {s.project}")
+    return t
+
+
+def fits(console: Console, renderable: Table) -> bool:
+    return console.measure(renderable, options=console.options.update_width(NATURAL)).maximum <= console.width
 
 
 def jobs_table(jobs: list[ActiveJob], wide: bool) -> Table:
     if wide:
-        t = _table(True, ["project", "job", "experiment", "state", "reason"])
+        t = table(True, [("project", NAME), ("job", NAME), ("experiment", NAME), ("state", NUM), ("reason", TEXT)])
     else:
-        t = _table(False, ["job", "experiment", "state", "reason"], wraps=("reason",))
+        t = table(False, [("job", NAME), ("experiment", NAME), ("state", NUM), ("reason", TEXT)])
     for a in jobs:
         j = a.job
-        t.add_row(*([a.project] if wide else []), j.job_id, j.experiment_id, j.state, j.reason)
+        t.add_row(*([a.project] if wide else []), j.job_id, j.experiment_id, j.state, cut(j.reason, wide))
     return t
 
 
-def _print(console: Console, table: Table, wide: bool) -> None:
+def capacity_table(cap: dict[str, Any], wide: bool) -> Table:
+    total = "unlimited" if cap["capacity"] is None else str(cap["capacity"])
+    t = table(wide, [("project", NAME), (f"holds ({cap['counts']})", NUM), ("share", NUM), ("waiting", NUM)],
+              title=f"capacity: {cap['used']} of {total} {cap['counts']} in use")
+    for p, v in cap["projects"].items():
+        t.add_row(p, str(v["held"]), "-" if v["share"] is None else str(v["share"]), "yes" if v["waiting"] else "")
+    return t
+
+
+def show(console: Console, renderable: Table, wide: bool) -> None:
+    """Print a table fitted to the console, or (``wide``) at its natural width, even past the terminal's edge."""
     if not wide:
-        console.print(table)
+        console.print(renderable)
         return
-    # Rich fits a table to the console's width; wide asks for its natural width, even past the terminal's edge.
-    natural = console.measure(table, options=console.options.update_width(NATURAL)).maximum
+    natural = console.measure(renderable, options=console.options.update_width(NATURAL)).maximum
     saved = console.width
     console.width = max(saved, natural)
     try:
-        console.print(table, crop=False)
+        console.print(renderable, crop=False)
     finally:
         console.width = saved
 
 
-def render(data: LabStatus, console: Console, wide: bool = False) -> None:
-    """Print what `lab status` gathered."""
+def render(data: LabStatus, console: Console, wide: bool = False, now: float | None = None) -> None:
+    """Print what `lab status` gathered: agents, projects, jobs, the capacity, the finished projects."""
     console.print(f"NATS: {data.nats}", markup=False)
-    _print(console, agents_table(data.agents, wide), wide)
-    _print(console, projects_table(data.projects, wide), wide)
+    show(console, agents_table(data.agents, wide, now, data.instances), wide)
+    show(console, projects_table(data.projects, wide), wide)
     if data.jobs:
-        _print(console, jobs_table(data.jobs, wide), wide)
+        show(console, jobs_table(data.jobs, wide), wide)
+    if data.capacity.get("projects"):
+        show(console, capacity_table(data.capacity, wide), wide)
+    finished = [s for s in data.projects if s.finished]
+    if finished:
+        done = finished_table(finished, wide, now)
+        show(console, done if wide or fits(console, done) else finished_table(finished, wide, now, named=False), wide)

@@ -49,23 +49,3 @@ async def replicas_view(beats: Heartbeats) -> list[Replica]:
     """Every agent process's last heartbeat, marked stale when it stopped beating."""
     now = time.time()
     return [Replica(key, beat, beat.stale(now)) for key in await beats.keys() if (beat := await beats.get(key)) is not None]
-
-
-def print_team(console: Any, instances: list[Replica], cap: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    if instances:
-        t = Table("instance", "state", "pid", "host", "busy/concurrency", "handled", "p50 s", "p99 s")
-        for r in instances:
-            b = r.beat
-            state = "[red]stale[/red]" if r.stale else "up"
-            p50 = f"{b.p50_s:.2f}" if b.p50_s is not None else "-"
-            p99 = f"{b.p99_s:.2f}" if b.p99_s is not None else "-"
-            t.add_row(b.instance or r.key, state, str(b.pid), b.host or "-", f"{b.busy}/{b.concurrency}", str(b.handled), p50, p99)
-        console.print(t)
-    if cap.get("projects"):
-        total = "unlimited" if cap["capacity"] is None else str(cap["capacity"])
-        c = Table("project", f"holds ({cap['counts']})", "fair share", "waiting", title=f"capacity: {cap['used']} of {total} {cap['counts']} in use")
-        for p, v in cap["projects"].items():
-            c.add_row(p, str(v["held"]), "-" if v["share"] is None else str(v["share"]), "yes" if v["waiting"] else "")
-        console.print(c)
