@@ -31,6 +31,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents import aisci_shim
+from agents.codeedit import EDITABLE, ORIGINAL_EDITABLE
 from bus.schema import BASELINE, CodeChange, Idea, RunRecord, TemplateError, TemplateSpec
 from bus.schema.constants import MIN_SEEDS
 from bus.settings import settings
@@ -440,6 +442,20 @@ def bundle(folder: Path, spec: TemplateSpec) -> bytes:
             if f.is_file() and not f.is_symlink() and not _skipped(rel):
                 tar.add(f, arcname=f"{aisci_shim.ORIGINAL}/{rel}", recursive=False)
     return buf.getvalue()
+
+
+def is_bundle(files: Mapping[str, str]) -> bool:
+    """A bundle's text files (``agents.templates.bundle_files``) are an AI Scientist template's: the lab's wrapper over original/."""
+    mark = (aisci_shim.__doc__ or "").splitlines()[0]
+    return f"{aisci_shim.ORIGINAL}/experiment.py" in files and bool(mark) and files.get("experiment.py", "").startswith(f'"""{mark}')
+
+
+def editable(files: Mapping[str, str]) -> frozenset[str]:
+    """What a code idea's edits may change in a bundle: an AI Scientist template's own experiment.py and plot.py
+    (``original/``), never the lab's wrapper that runs them; any other template's experiment.py and plot.py."""
+    if is_bundle(files):
+        return ORIGINAL_EDITABLE & frozenset(files)
+    return EDITABLE & frozenset(files)
 
 
 NO_LEVERS = (
