@@ -23,7 +23,6 @@ from agents.codeideas import unified_diff
 from agents.minds import make_mind
 from tests.conftest import TESTS
 from tests.fake_openai import FakeOpenAI, Reply, Request
-from tests.llm_helpers import clean_env
 
 TINY = TESTS / "aisci" / "aisci_tiny"
 STEP = "        w -= LR * 2 * xt.T @ (xt @ w - yt) / len(yt)\n"
