@@ -15,7 +15,10 @@ What is derived, and the rules (``docs/research.md#ai-scientist-templates``):
   a metric whose name says time is of kind ``hardware`` (it depends on the machine);
 - primary: the override file's ``primary``, else the first outcome metric of the first dataset
   whose name says validation, evaluation or test, else the first outcome metric;
-- seeds: as many as the template's own per-seed lists hold.
+- seeds: as many as the template's own per-seed lists hold;
+- time budget: the override file's ``time_budget_s``, else 3 × the wall time of the template's
+  first baseline run (:func:`measured`, recorded by the export), at least 60 s and at most
+  7200 s, else 7200 s (the AI Scientist's own timeout) until a run has been measured.
 
 The override file is ``lab.yaml`` beside ``experiment.py`` (:class:`Overrides`). Anything
 that cannot be derived is one line in :attr:`Derived.problems`; `lab template check`
@@ -25,23 +28,31 @@ prints them and `lab run` refuses the template with the first.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import platformdirs
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents import aisci_shim
+from agents.codeedit import EDITABLE, ORIGINAL_EDITABLE
 from bus.schema import BASELINE, CodeChange, Idea, RunRecord, TemplateError, TemplateSpec
 from bus.schema.constants import MIN_SEEDS
+from bus.settings import settings
 
 OVERRIDES = "lab.yaml"
 PROMPT = "prompt.json"
 SEED_IDEAS = "seed_ideas.json"
 LATEX = "latex/template.tex"
 DEFAULT_BUDGET_S = 7200.0  # the AI Scientist's own timeout for one run
+MIN_BUDGET_S, BUDGET_FACTOR = 60.0, 3.0  # a measured template's budget: 3 x its first run, at least a minute, at most the default
+MEASURED = "aisci_measured.json"  # under LAB_HOME: {template name: {wall_s, measured_at, project, job_id}}
 
 Direction = Literal["higher", "lower"]
 # Name parts that say which way is better; matched on the metric's words (split at _ - . and digits).
@@ -286,8 +297,68 @@ def _extras(d: Derived) -> None:
         d.notes.append(f"no {LATEX}: the paper uses the lab's own style")
 
 
-def derive(folder: Path) -> Derived:
-    """The lab's template spec for an AI Scientist template folder, and what came from where."""
+def _home(home: Path | None) -> Path:
+    if home is not None:
+        return home
+    configured = settings().home
+    return configured.expanduser() if configured else Path(platformdirs.user_data_dir("kenkyu-lab"))
+
+
+def _read_measured(home: Path | None) -> dict[str, Any]:
+    try:
+        raw = json.loads((_home(home) / MEASURED).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def measured(name: str, home: Path | None = None) -> tuple[float, float] | None:
+    """(wall seconds, when) of template ``name``'s first measured baseline run, from LAB_HOME; None before one ran."""
+    got = _read_measured(home).get(name)
+    try:
+        wall, when = float(got["wall_s"]), float(got["measured_at"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
+    return (wall, when) if wall > 0 else None
+
+
+def record_measured(name: str, runs: list[RunRecord], project: str, home: Path | None = None) -> bool:
+    """Record the wall time of the first succeeded baseline run among ``runs`` as template ``name``'s, unless one is recorded.
+
+    Written by the export (``services.read.export``), which runs where `lab run` and
+    `lab export` run, the machine that holds the template folder and derives its spec,
+    whatever executor ran the job: the wall time travels back in the run's record.
+    The first measurement stands; delete the entry in ``$LAB_HOME/aisci_measured.json``
+    to measure again (after editing experiment.py, say).
+    """
+    first = next((r for r in runs if r.idea_id == BASELINE and r.status == "succeeded" and r.wall_s > 0), None)
+    if first is None or measured(name, home) is not None:
+        return False
+    table = _read_measured(home)
+    table[name] = {"wall_s": first.wall_s, "measured_at": time.time(), "project": project, "job_id": first.job_id}
+    path = _home(home) / MEASURED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(table, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return True
+
+
+def budget_of(name: str, overrides: Overrides, home: Path | None = None) -> tuple[float, str, str]:
+    """The time budget (seconds), how it was reached, and from where: lab.yaml, else 3 × the measured run, else the default."""
+    if overrides.time_budget_s:
+        return overrides.time_budget_s, f"{overrides.time_budget_s:.0f} s", OVERRIDES
+    got = measured(name, home)
+    if got is None:
+        return DEFAULT_BUDGET_S, f"{DEFAULT_BUDGET_S:.0f} s", "the AI Scientist's default (no run measured yet)"
+    wall, when = got
+    budget = min(DEFAULT_BUDGET_S, max(MIN_BUDGET_S, BUDGET_FACTOR * wall))
+    how = f"{BUDGET_FACTOR:.0f} × the measured {wall:.3g} s = {budget:.0f} s (measured on {time.strftime('%Y-%m-%d', time.localtime(when))})"
+    return budget, how, f"$LAB_HOME/{MEASURED}"
+
+
+def derive(folder: Path, home: Path | None = None) -> Derived:
+    """The lab's template spec for an AI Scientist template folder, and what came from where (a measured run's time from ``home``)."""
     d = Derived(folder=folder.resolve())
     d.found.append(("format", "AI Scientist (experiment.py --out_dir=run_i)", "no template.yaml, a prompt.json"))
     _read_overrides(d)
@@ -295,10 +366,10 @@ def derive(folder: Path) -> Derived:
     names, seeds = _read_metric_names(d)
     metrics = _metrics(d, names)
     _extras(d)
-    budget = d.overrides.time_budget_s or DEFAULT_BUDGET_S
+    budget, how, where = budget_of(d.folder.name, d.overrides, home)
     d.found.append(("knobs", "none (hyper-parameters are hard-coded)", "experiment.py"))
     d.found.append(("seeds", f"{seeds or 'its own'} (run by the template itself)", f"{aisci_shim.RUN_DIR}/final_info.json" if seeds else "-"))
-    d.found.append(("time budget", f"{budget:.0f}s", OVERRIDES if d.overrides.time_budget_s else "the AI Scientist's default"))
+    d.found.append(("time budget", how, where))
     if d.problems:
         return d
     data = {
@@ -373,6 +444,20 @@ def bundle(folder: Path, spec: TemplateSpec) -> bytes:
     return buf.getvalue()
 
 
+def is_bundle(files: Mapping[str, str]) -> bool:
+    """A bundle's text files (``agents.templates.bundle_files``) are an AI Scientist template's: the lab's wrapper over original/."""
+    mark = (aisci_shim.__doc__ or "").splitlines()[0]
+    return f"{aisci_shim.ORIGINAL}/experiment.py" in files and bool(mark) and files.get("experiment.py", "").startswith(f'"""{mark}')
+
+
+def editable(files: Mapping[str, str]) -> frozenset[str]:
+    """What a code idea's edits may change in a bundle: an AI Scientist template's own experiment.py and plot.py
+    (``original/``), never the lab's wrapper that runs them; any other template's experiment.py and plot.py."""
+    if is_bundle(files):
+        return ORIGINAL_EDITABLE & frozenset(files)
+    return EDITABLE & frozenset(files)
+
+
 NO_LEVERS = (
     "This template declares no knobs or variants, so the offline mind has no idea to propose: "
     "the lab ran the baseline and its seeds only, and this report characterises that baseline. No idea was tested."
@@ -413,5 +498,5 @@ def baseline_report(spec: TemplateSpec, runs: list[RunRecord]) -> str:
     seeds = sorted({s for r in base if r.final_info is not None for s in r.final_info.seeds})
     walls = ", ".join(f"{r.wall_s:.1f}s" for r in base)
     lines += ["", f"Seeds: {len(seeds)} per run, run by the template itself. Wall time of each baseline run: {walls} "
-              f"(time budget {spec.time_budget_s:.0f}s; set `time_budget_s` in {OVERRIDES} to schedule tighter).", ""]
+              f"(time budget {spec.time_budget_s:.0f}s; the next project's is 3 × the first run's, or `time_budget_s` in {OVERRIDES}).", ""]
     return "\n".join(lines)

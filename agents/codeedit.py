@@ -32,6 +32,8 @@ from bus.schema import CodeEdit
 
 # Only these may change; the runner, template.yaml and data stay as shipped.
 EDITABLE = frozenset({"experiment.py", "plot.py"})
+# An AI Scientist template's own files, under the lab's wrapper in its bundle (agents.aisci.editable offers these instead).
+ORIGINAL_EDITABLE = frozenset(f"original/{name}" for name in EDITABLE)
 
 # Modules whose import alone means processes, signals, limits or the network.
 FORBIDDEN_MODULES = {
@@ -129,7 +131,7 @@ def _first_line(text: str) -> str:
 
 def apply_edits(files: dict[str, str], edits: list[CodeEdit], allowed: set[str] | frozenset[str] = EDITABLE) -> dict[str, str]:
     """The files after the edits, in order; each search must match exactly once in the file as edited so far."""
-    allowed = set(allowed) & set(EDITABLE)
+    allowed = set(allowed) & (EDITABLE | ORIGINAL_EDITABLE)
     out = dict(files)
     touched: set[str] = set()
     for edit in edits:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.codeedit import EDITABLE, EditError, apply_edits
+from agents import aisci
+from agents.codeedit import EditError, apply_edits
 from agents.codeideas import variant_edits
 from agents.minds.base import CodePlan
 from agents.minds.llm.common import LLMMind, knob_lines, show
@@ -28,7 +29,7 @@ class LLMEngineerMind(LLMMind):
 
     async def plan(self, idea: Idea, spec: TemplateSpec, files: dict[str, str], error: str = "") -> CodePlan:
         template = spec
-        editable = set(EDITABLE) & set(files)
+        editable = set(aisci.editable(files))  # an AI Scientist bundle: the user's original/experiment.py, not the wrapper
         declared = variant_edits(idea, spec)
         if declared is not None:
             return CodePlan(overrides=template.check_overrides(dict(idea.changes)), edits=declared,

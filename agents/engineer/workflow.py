@@ -25,8 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+from agents import aisci
 from agents.base import Context, Role, on
-from agents.codeedit import EDITABLE, EditError, apply_edits
+from agents.codeedit import EditError, apply_edits
 from agents.codeideas import unified_diff
 from agents.engineer.jobs import Jobs, plan_job
 from agents.minds.base import EngineerMind
@@ -180,7 +181,7 @@ class Engineer(Role):
                 plan = await ctx.mind.plan(body.idea, body.spec, files, error)
                 changes, edits = plan.overrides, plan.edits
                 if edits:
-                    patched = apply_edits(files, edits, EDITABLE)
+                    patched = apply_edits(files, edits, aisci.editable(files))
                     diff = unified_diff(files, patched)
                     bundle_object = await ctx.artifacts.put(
                         f"{ctx.project}/bundles/{body.experiment_id}-a{attempt}.tar.gz", replace_files(bundle, patched)

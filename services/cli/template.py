@@ -51,6 +51,9 @@ def check(path: Path = typer.Argument(..., help="the template folder")) -> None:
         return
     d = aisci.derive(path)
     out.print(_table(f"{d.folder} (AI Scientist template)", d.found))
+    for what, value, where in d.found:
+        if what == "time budget":  # scheduling and the PI's estimate: say it whole, outside the table's wrapping
+            out.print(f"time budget: {escape(value)} (from {escape(where)})", soft_wrap=True)
     for note in d.notes:
         out.print(f"note: {escape(note)}")
     for problem in d.problems:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.aisci import baseline_report, declares_no_levers
+from agents.aisci import baseline_report, declares_no_levers, record_measured
 from bus import subjects
 from bus.client import Bus
 from bus.errors import ArtifactMissing, LabError
@@ -166,6 +166,7 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
         files.append(("analysis.json", analysis))
     if log.start is not None and declares_no_levers(log.start.spec):  # no knobs, no variants (an AI Scientist template)
         (out / "baseline.md").write_text(baseline_report(log.start.spec, log.runs))
+        record_measured(log.start.spec.name, log.runs, project)  # its first run's wall time: the next project's time budget
         files.append(("baseline.md", out / "baseline.md"))
     for name in await artifacts.list(f"{project}/runs/"):
         parts = name.split("/", 3)

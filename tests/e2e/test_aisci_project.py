@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from agents import templates
 from tests.conftest import TESTS, lab_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -44,3 +45,13 @@ def test_an_ai_scientist_template_runs_its_baseline_and_is_characterised(lab_env
     stat = info["metrics"]["line/final_val_loss"]
     assert f"| **line/final_val_loss** (primary) | lower | {stat['mean']:.4g} | {stat['stderr']:.4g} |" in baseline
     assert "wave/total_train_time | lower (hardware)" in baseline
+
+    # The first run's wall time is recorded where `lab run` runs, and the next project on the template is budgeted by it.
+    home, _ = lab_env
+    measured = json.loads((home / "aisci_measured.json").read_text())["aisci_tiny"]
+    assert measured["wall_s"] > 0 and measured["job_id"] == json.loads((out / "export.json").read_text())["results"][job.name]["job_id"]
+    _, spec = templates.load(str(TESTS / "aisci" / "aisci_tiny"))
+    assert spec.time_budget_s == min(7200.0, max(60.0, 3 * measured["wall_s"]))
+    assert "time budget: 3 × the measured" in " ".join(subprocess.run(
+        lab_cmd("template", "check", str(TESTS / "aisci" / "aisci_tiny")), env=env, capture_output=True, text=True, timeout=120,
+    ).stdout.split())

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents import aisci, aisci_shim, templates
-from bus.schema import TemplateError
+from bus.schema import RunRecord, TemplateError
 from services.cli.app import app
 from tests.conftest import TESTS
 
@@ -175,3 +175,31 @@ def test_seed_ideas_are_archived_when_a_project_starts_and_listed_by_lab_ideas()
     # A seed no project ran is not "tried": a later project on the template still proposes it.
     later = t.with_prior(step.state.model_copy(update={"project": "p2"}), records)
     assert later.prior == []
+
+
+def _run(job: str, wall_s: float, idea: str = "baseline", status: str = "succeeded") -> RunRecord:
+    return RunRecord(job_id=job, experiment_id=f"e-{job}", idea_id=idea, overrides={}, seeds=[0, 1, 2], status=status, wall_s=wall_s)
+
+
+def test_the_first_baseline_runs_time_sets_the_next_projects_budget(tiny, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAB_HOME", str(home))
+    assert aisci.load(tiny).time_budget_s == aisci.DEFAULT_BUDGET_S  # nothing measured yet: the AI Scientist's own timeout
+    # Only a succeeded baseline run is measured; the first project's export records it.
+    assert not aisci.record_measured("aisci_tiny", [_run("j0", 9.0, status="failed"), _run("j1", 5.0, idea="i1")], "p0")
+    assert aisci.record_measured("aisci_tiny", [_run("j1", 30.0, idea="i1"), _run("j2", 40.0), _run("j3", 50.0)], "p1")
+    assert aisci.load(tiny).time_budget_s == 120.0  # 3 x 40 s: the second project on the same template gets it
+    # The first measurement stands; a later project's export does not move it.
+    assert not aisci.record_measured("aisci_tiny", [_run("j9", 1.0)], "p2")
+    assert aisci.measured("aisci_tiny")[0] == 40.0
+    code, said, _ = check(tiny)
+    assert code == 0 and "3 × the measured 40 s = 120 s (measured on" in " ".join(said.split())
+    # The override file still wins.
+    (tiny / "lab.yaml").write_text("time_budget_s: 900\n")
+    assert aisci.load(tiny).time_budget_s == 900.0
+
+
+@pytest.mark.parametrize("wall_s, budget", [(0.2, 60.0), (20.0, 60.0), (100.0, 300.0), (5000.0, 7200.0)])
+def test_the_measured_budget_is_at_least_a_minute_and_at_most_two_hours(tiny, tmp_path, wall_s, budget):
+    aisci.record_measured("aisci_tiny", [_run("j", wall_s)], "p", home=tmp_path)
+    assert aisci.derive(tiny, home=tmp_path).spec.time_budget_s == budget
