@@ -329,7 +329,9 @@ class Engineer(Role):
             )
             for j in jobs
         ]
-        ctx.send(ExperimentResult(experiment_id=experiment_id, idea_id=jobs[0].idea_id, runs=runs), "pi")
+        request = st.requests.get(experiment_id)
+        primary = request.spec.primary_metric if request is not None else ""
+        ctx.send(ExperimentResult(experiment_id=experiment_id, idea_id=jobs[0].idea_id, runs=runs, primary_metric=primary), "pi")
 
     @on(Decision)
     async def decision(self, body: Decision, env: Any, ctx: EngineerContext) -> None:

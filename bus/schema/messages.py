@@ -136,6 +136,7 @@ class ExperimentResult(Model):
     experiment_id: str
     idea_id: str
     runs: list[RunRecord]
+    primary_metric: str = ""  # the template's primary metric: what a one-line summary leads with ("" in older results)
 
 
 class JobStatus(Model):

@@ -28,8 +28,25 @@ from bus.errors import BusRefused, ConnectError, LabError, Unanswered
 from bus.permissions import convo_refusal
 from bus.replay import Entry, read
 from bus.retry import RetryPolicy
-from bus.schema import Budget, Decision, Envelope, ExecutorKind, ExperimentResult, MindChoice, MindKind, ProfileName, StartProject, TemplateError, TemplateSpec
+from bus.schema import (
+    Budget,
+    Decision,
+    Envelope,
+    ExecutorKind,
+    ExperimentRequest,
+    ExperimentResult,
+    FormatError,
+    JobLogLine,
+    JobStatus,
+    MindChoice,
+    MindKind,
+    ProfileName,
+    StartProject,
+    TemplateError,
+    TemplateSpec,
+)
 from bus.store import Artifacts, Heartbeats
+from services.cli import progress as progress_lines
 from services.cli.terminal import clean
 from services.common.config import bus_config, lab_home, read_local_lab
 from services.lab.lifecycle import StoreFull, check_store
@@ -244,7 +261,9 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
                       f"follow with `lab logs -f --project {project}`; speak with `lab say --project {project} TEXT`")
         if opts.mind == "offline" and aisci.declares_no_levers(spec):
             console.print(f"{aisci.NO_LEVERS.split(':', 1)[0]}: the offline mind runs the baseline and its seeds and writes baseline.md")
-        return await _follow_and_export(bus, project, out, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600)
+        steps = progress_lines.total_steps(spec.effective(opts.profile or ("fast" if opts.fast else None)))
+        return await _follow_and_export(bus, project, out, opts, console, sup, deadline=time.monotonic() + budget.wall_time_s + 600,
+                                        steps=steps)
     finally:
         await bus.close()
 
@@ -255,9 +274,10 @@ def print_refused(console: Console, done: Exported) -> None:
         console.print(f"  refused {name!r}: {why}", markup=False)
 
 
-async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions, console: Console, sup: Any, deadline: float) -> int:
+async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions, console: Console, sup: Any, deadline: float,
+                             steps: int | None = None) -> int:
     """Follow the project to its decision, then write its outputs with `lab export`'s code (so the two cannot differ)."""
-    decision = await _follow(bus, project, opts, console, sup, deadline=deadline)
+    decision = await _follow(bus, project, opts, console, sup, deadline=deadline, jobs=progress_lines.Progress(steps))
     done = await export_project(bus, project, out)
     if decision is None:
         console.print(f"[red]project {project} did not reach a decision in time[/red]; what it had so far is in {out}")
@@ -269,10 +289,11 @@ async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions
     return 0 if decision.paper is not None else 1
 
 
-async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, sup: Any, deadline: float) -> Decision | None:
+async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, sup: Any, deadline: float,
+                  jobs: progress_lines.Progress | None = None) -> Decision | None:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{project}: ideas", total=len(STAGES))
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"{project}: ideas", total=len(STAGES))
         queue: asyncio.Queue[Entry] = asyncio.Queue()
 
         async def pump() -> None:
@@ -290,16 +311,38 @@ async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, su
 
         # The stream is read in its own task: a timeout here must not cancel (and so close) the reader.
         reader = asyncio.create_task(pump())
+        jobs = jobs or progress_lines.Progress(None)
+        job_reader = asyncio.create_task(FOLLOW_RETRY.run(lambda: _read_jobs(bus, project, jobs), UNANSWERED))
         try:
-            return await _watch(queue, reader, project, opts, progress, task, sup, deadline)
+            return await _watch(queue, reader, project, opts, bar, task, sup, deadline, jobs)
         finally:
             reader.cancel()
-            # Wait for the reader to unsubscribe before the caller closes the connection under it.
-            await asyncio.gather(reader, return_exceptions=True)
+            job_reader.cancel()
+            # Wait for the readers to unsubscribe before the caller closes the connection under them.
+            await asyncio.gather(reader, job_reader, return_exceptions=True)
+
+
+async def _read_jobs(bus: Bus, project: str, jobs: progress_lines.Progress) -> None:
+    """The project's job statuses and log lines as they come: what each running job reached, for the progress lines."""
+    async for e in read(bus, subjects.jobs_all(project), stream=subjects.JOBS_STREAM, follow=True):
+        parts = e.subject.split(".")  # lab.jobs.<project>.<job>.<log|status>
+        if len(parts) != 5:
+            continue
+        job = parts[3]
+        if parts[4] == "status" and e.envelope is not None and isinstance(e.envelope.body, JobStatus):
+            jobs.names[job] = e.envelope.body.experiment_id
+            if e.envelope.body.state in ("succeeded", "failed"):
+                jobs.finished(job)
+        elif parts[4] == "log":
+            try:
+                jobs.log(job, JobLogLine.parse(e.data).line)
+            except FormatError:
+                continue
 
 
 async def _watch(
     queue: asyncio.Queue[Entry], reader: asyncio.Task[None], project: str, opts: RunOptions, progress: Progress, task: Any, sup: Any, deadline: float,
+    jobs: progress_lines.Progress | None = None,
 ) -> Decision | None:
     runs_done = 0
     while True:
@@ -307,6 +350,8 @@ async def _watch(
             sup.tick()  # restart agents that die mid-run
         if time.monotonic() > deadline or reader.done():
             return None
+        for line in jobs.lines() if jobs is not None else []:  # while jobs train: a line per job at most every 30 s
+            progress.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] [green]progress[/green] {escape(clean(line))}", markup=True, highlight=False)
         try:
             entry = await asyncio.wait_for(queue.get(), timeout=1.0)
         except TimeoutError:
@@ -325,6 +370,8 @@ async def _watch(
         stage = STAGE_OF.get(env.kind)
         if isinstance(env.body, ExperimentResult):  # env.kind == "experiment_result"
             runs_done += len(env.body.runs)
+        if isinstance(env.body, ExperimentRequest) and jobs is not None:  # how many seeds its job will run, for the ETA
+            jobs.seeds[env.body.experiment_id] = len(env.body.seeds)
         if stage:
             progress.update(task, completed=STAGES.index(stage) + (1 if stage == "decision" else 0), description=f"{project}: {stage} ({runs_done} runs done)")
         if isinstance(env.body, Decision):

@@ -93,10 +93,12 @@ def describe(env: Envelope) -> str:
 
 
 def _experiment_result(b: ExperimentResult) -> str:
+    """``x02-d-model-32 done: j… ok (steps_to_val_99=…, …)``: the primary metric first, then two others."""
     parts = []
     for r in b.runs:
         if r.status == "succeeded" and r.final_info:
-            m = ", ".join(f"{n}={s.mean:.4g}±{s.stderr:.2g}" for n, s in list(r.final_info.metrics.items())[:3])
+            metrics = sorted(r.final_info.metrics.items(), key=lambda kv: kv[0] != b.primary_metric)  # stable: the rest keep their order
+            m = ", ".join(f"{n}={s.mean:.4g}±{s.stderr:.2g}" for n, s in metrics[:3])
             parts.append(f"{r.job_id} ok ({m}) in {r.wall_s:.0f}s")
         else:
             parts.append(f"{r.job_id} FAILED: {r.reason}")
