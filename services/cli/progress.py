@@ -66,8 +66,8 @@ class JobProgress:
 
     def eta(self, total: int | None, seeds: int | None, now: float) -> str:
         """Time left from the rate so far in this seed (and the finished seeds' durations), or "" when it cannot be told."""
-        if not total or self.step <= 0 or self.seed is None:
-            return ""
+        if not total or self.step <= 0 or self.seed is None or self.step_at - self.seed_started < 1.0:
+            return ""  # no rate yet: the seed's first step line, or lines that came in one burst
         per_step = (self.step_at - self.seed_started) / self.step  # the rate this seed kept up to its latest step line
         this_seed_left = max(0.0, per_step * (total - self.step) - (now - self.step_at))
         per_seed = sum(self.per_seed_s) / len(self.per_seed_s) if self.per_seed_s else per_step * total

@@ -35,6 +35,9 @@ def test_lines_that_are_not_steps_are_ignored_and_an_unknown_total_gives_no_eta(
     assert p.lines(now=100.0) == []
     p.log("j2", "seed 4 step 975: train_acc 1.000 val_acc 0.991", now=1.0)
     assert p.lines(now=100.0) == ["j2: seed 4, step 975"]
+    q = Progress(total=800)
+    q.log("j3", "seed 0 step 500: val_acc 0.4", now=5.0)  # the first line seen for the seed: no rate to tell an ETA from
+    assert q.lines(now=40.0) == ["j3: seed 0, step 500/800 (62%)"]
 
 
 def test_a_run_summary_leads_with_the_primary_metric() -> None:
