@@ -22,7 +22,8 @@ def test_a_line_per_job_at_most_every_30_s_and_only_when_it_moved() -> None:
     assert line == "x02-dropout-0p1: seed 0 (1/3), step 200/400 (50%), about 90 s left"
     assert p.lines(now=45.0) == []  # within 30 s of the last line
     assert p.lines(now=70.0) == []  # 30 s later, but it did not move
-    p.log("j1", "seed 1 step 100: train 2.6 val 2.6", now=60.0)  # seed 0 took 60 s
+    p.log("j1", "seed 1 step 0: train 4.3 val 4.3", now=60.0)  # seed 0 took 60 s
+    p.log("j1", "seed 1 step 100: train 2.6 val 2.6", now=70.0)
     (line,) = p.lines(now=75.0)
     assert line.startswith("x02-dropout-0p1: seed 1 (2/3), step 100/400 (25%)") and line.endswith("left")
     p.finished("j1")
