@@ -112,6 +112,10 @@ class JobRecord(BaseModel):
         return data
 
 
+# The PI's testbed check (TemplateSpec.positive_control), run as this idea: planned as declared, never by a model.
+POSITIVE_CONTROL = "positive-control"
+
+
 class EngineerState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     requests: dict[str, ExperimentRequest] = {}
@@ -175,7 +179,9 @@ class Engineer(Role):
         try:
             body.spec.profile(profile)  # an unknown profile fails before the mind is asked
             changes: dict[str, Any] = {}
-            if body.idea is not None:
+            if body.idea is not None and body.idea.id == POSITIVE_CONTROL and body.idea.code is None:
+                changes = dict(body.idea.changes)  # the template's own declared setting: nothing for a mind to interpret
+            elif body.idea is not None:
                 bundle = await ctx.artifacts.get(body.template_object)
                 files = bundle_files(bundle)
                 plan = await ctx.mind.plan(body.idea, body.spec, files, error)
