@@ -45,6 +45,7 @@ from bus.schema import (
     TemplateError,
     TemplateSpec,
 )
+from bus.schema.state import FINISHED_STAGES
 from bus.store import Artifacts, Heartbeats
 from services.cli import progress as progress_lines
 from services.cli.terminal import clean
@@ -193,7 +194,9 @@ def attach_project(project: str, out: Path | None, nats: str | None, quiet: bool
             left = state.started_at + state.budget.wall_time_s + 600 - time.time()
             opts = RunOptions(template=state.template, nats=nats, quiet=quiet, project=project)
             console.print(f"attached to project [bold]{project}[/bold] (stage {state.stage})")
-            return await _follow_and_export(bus, project, out or Path("lab-out") / project, opts, console, None, time.monotonic() + max(60.0, left))
+            # A finished project: nothing is training, and replaying its whole job backlog would be for nothing.
+            return await _follow_and_export(bus, project, out or Path("lab-out") / project, opts, console, None, time.monotonic() + max(60.0, left),
+                                            progress=state.stage not in FINISHED_STAGES)
         finally:
             await bus.close()
 
@@ -275,9 +278,10 @@ def print_refused(console: Console, done: Exported) -> None:
 
 
 async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions, console: Console, sup: Any, deadline: float,
-                             steps: int | None = None) -> int:
+                             steps: int | None = None, progress: bool = True) -> int:
     """Follow the project to its decision, then write its outputs with `lab export`'s code (so the two cannot differ)."""
-    decision = await _follow(bus, project, opts, console, sup, deadline=deadline, jobs=progress_lines.Progress(steps))
+    jobs = progress_lines.Progress(steps) if progress else None
+    decision = await _follow(bus, project, opts, console, sup, deadline=deadline, jobs=jobs)
     done = await export_project(bus, project, out)
     if decision is None:
         console.print(f"[red]project {project} did not reach a decision in time[/red]; what it had so far is in {out}")
@@ -311,15 +315,18 @@ async def _follow(bus: Bus, project: str, opts: RunOptions, console: Console, su
 
         # The stream is read in its own task: a timeout here must not cancel (and so close) the reader.
         reader = asyncio.create_task(pump())
-        jobs = jobs or progress_lines.Progress(None)
-        job_reader = asyncio.create_task(FOLLOW_RETRY.run(lambda: _read_jobs(bus, project, jobs), UNANSWERED))
+        # Progress lines follow the jobs' log lines live. Not for a finished project: its whole job backlog would be
+        # replayed for nothing, and an ordered consumer cancelled mid-backlog does not unsubscribe (nats-py waits).
+        readers = [reader]
+        if jobs is not None:
+            readers.append(asyncio.create_task(FOLLOW_RETRY.run(lambda: _read_jobs(bus, project, jobs), UNANSWERED)))
         try:
             return await _watch(queue, reader, project, opts, bar, task, sup, deadline, jobs)
         finally:
-            reader.cancel()
-            job_reader.cancel()
+            for r in readers:
+                r.cancel()
             # Wait for the readers to unsubscribe before the caller closes the connection under them.
-            await asyncio.gather(reader, job_reader, return_exceptions=True)
+            await asyncio.gather(*readers, return_exceptions=True)
 
 
 async def _read_jobs(bus: Bus, project: str, jobs: progress_lines.Progress) -> None:
