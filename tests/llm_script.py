@@ -76,7 +76,7 @@ class LabScript:
             "QueryList": self.queries,
             "NoveltyAnswer": self.novelty,
             "PlanAnswer": self.plan,
-            "SummaryAnswer": lambda req: {"summary": "The analysis compares the idea with the baseline over seeds; read the comparisons and every flag."},
+            "SummaryAnswer": self.summary,
             "PaperDraft": self.paper,
             "SectionText": lambda req: {"text": "A scripted section draft; the refinement pass gives the final text."},
             "ReviewDraft": self.review,
@@ -140,6 +140,13 @@ class LabScript:
     def queries(self, req: Request) -> dict[str, Any]:
         first_round = "Search round 0." in first_user(req)
         return {"queries": ["grokking weight decay", "modular arithmetic transformer generalization"] if first_round else []}
+
+    def summary(self, req: Request) -> dict[str, Any]:
+        """As a model reading the report would: withheld conclusions said first when the report withholds them."""
+        if '"conclusions_withheld": true' in first_user(req):
+            return {"summary": "Conclusions are withheld: the positive control did not separate from the baseline, so no comparison "
+                               "is judged; the comparisons are reported as measured, with every flag."}
+        return {"summary": "The analysis compares the idea with the baseline over seeds; read the comparisons and every flag."}
 
     def novelty(self, req: Request) -> dict[str, Any]:
         found = keys_in(line_after(first_user(req), "Papers found: "))

@@ -108,16 +108,19 @@ def test_llm_mind_project_end_to_end_with_faults(lab_env, tmp_path):
     kinds = [m["body"]["type"] for m in convo]
     assert kinds.count("decision") == 1
     decision = next(m["body"] for m in convo if m["body"]["type"] == "decision")
-    assert decision["accepted"] is True, decision
+    # The scripted paper is fixed text, not true to this run's evidence (grokking --fast: nothing grokked, so the
+    # positive control could not separate and conclusions are withheld); the reviewer's own checks refuse it,
+    # whatever the model's meta-review says.
+    assert decision["accepted"] is False and "the reviewer's checks" in decision["reason"], decision
     for name in ("paper.md", "paper.tex", "review.json", "references.bib"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     paper = (out / "paper.md").read_text()
     assert PAPER_MARK in paper
     reviews = json.loads((out / "review.json").read_text())
-    assert [r["meta"]["decision"] for r in reviews] == ["revise", "accept"]
+    assert [r["meta"]["decision"] for r in reviews] == ["revise", "reject"]
     assert all(rv["reviewer"].startswith("llm-") for r in reviews for rv in r["reviews"])
     rebuttal = next(m["body"] for m in convo if m["body"]["type"] == "rebuttal")
-    assert [r["item_id"] for r in rebuttal["responses"]] == ["r1"]
+    assert [r["item_id"] for r in rebuttal["responses"]][0] == "r1"  # the model's item first, then the reviewer's own checks
 
     by_schema: dict[str, list] = {}
     for r in requests:

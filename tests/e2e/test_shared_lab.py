@@ -78,7 +78,9 @@ def check_projects(home: Path, runs: list[tuple[subprocess.Popen, Path]]) -> lis
         # agent or node ran again as a new attempt; what the lost attempt uploaded is that project's too).
         mine = {run["job_id"] for r in results for run in r["runs"]}
         lost = {re.search(r"\((j[0-9a-f]+)\)", why).group(1) for r in results for run in r["runs"] for why in run["lost"]}
-        assert mine <= {p.name for p in (out / "results").iterdir()} <= mine | lost
+        folders = {p.name for p in (out / "results").iterdir()}  # results/<experiment-id>[-attemptN]/, each naming its job
+        held = {f["job_id"] for name, f in json.loads((out / "export.json").read_text())["results"].items() if name in folders}
+        assert mine <= held <= mine | lost
     assert len(projects) == len(runs)
     assert len(all_jobs) == len(set(all_jobs)), "job ids collide across projects"
     # Each job ran once: one job directory each, one runner start.

@@ -23,6 +23,7 @@ from agents.codeideas import unified_diff
 from agents.minds import make_mind
 from tests.conftest import TESTS
 from tests.fake_openai import FakeOpenAI, Reply, Request
+from tests.llm_helpers import clean_env
 
 TINY = TESTS / "aisci" / "aisci_tiny"
 STEP = "        w -= LR * 2 * xt.T @ (xt @ w - yt) / len(yt)\n"
@@ -43,6 +44,9 @@ def answers(req: Request) -> Reply:
         {"path": "original/experiment.py", "search": "    for _ in range(STEPS):\n" + STEP, "replace": WARMUP},
     ]
     return Reply.json({"explanation": "a linear warmup of the step size", "overrides": [], "edits": edits})
+
+
+__all__ = ["clean_env"]  # the fixture, used by name
 
 
 @pytest.mark.usefixtures("clean_env")
