@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.process import alive
 from services.runner import proctree
 from tests.conftest import lab_cmd
 from tests.e2e.test_lab_run import check_nothing_lost, live_log, wait_for
@@ -84,6 +85,11 @@ def kill_everything(home: Path, clients: list[subprocess.Popen]) -> list[str]:
             pass
     for c in clients:
         c.wait()
+    # SIGKILL is delivered at once but a process takes a moment to exit (longer on a loaded machine): a `lab up`
+    # in that moment would rightly see the supervisor still running.
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
     return [f"{len(pids)} lab processes", f"{len(jobs)} job processes"]
 
 
