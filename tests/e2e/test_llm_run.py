@@ -151,7 +151,8 @@ def test_llm_mind_project_end_to_end_with_faults(lab_env, tmp_path):
     # The edit that raised at import failed its job; the engineer showed the error to the model, and attempt 2 ran.
     fix = plans[2]
     assert "The previous attempt failed" in first_user(fix) and BROKEN_MARK in first_user(fix)
-    idea_exp = next(m["body"]["experiment_id"] for m in convo if m["body"]["type"] == "experiment_request" and m["body"]["idea"])
+    idea_exp = next(m["body"]["experiment_id"] for m in convo if m["body"]["type"] == "experiment_request" and m["body"]["idea"]
+                    and m["body"]["idea"]["id"] != "positive-control")  # the testbed check runs first, planned without a model
     planned = [j for m in convo if m["body"]["type"] == "experiment_planned" and m["body"]["experiment_id"] == idea_exp for j in m["body"]["job_ids"]]
     assert len(planned) == 2, planned
     first_job, second_job = planned
