@@ -17,6 +17,7 @@ from typing import Any
 
 import nats
 from nats.js import api
+from nats.js.client import JetStreamContext
 
 from bus.client import Bus
 from bus.errors import translated
@@ -85,6 +86,32 @@ async def messages(
             continue
         for msg in batch:
             yield msg
+
+
+async def release(sub: Any) -> int:
+    """End a pull subscription whose fetch loop is over: unsubscribe, then give back what reached it unread.
+
+    A pull request can outlive the fetch that sent it by a moment (nats-py sends ``expires`` with its first
+    request), and what the server delivers to it waits in the subscription's queue, which nothing reads any
+    more: held there, a message would come back only after the ack wait. Unsubscribing first means the server
+    drops what is still waiting of our requests, so a message given back here does not come back to us. It also
+    spares the connection's drain its wait for that queue (nats-py waits for it until ``drain_timeout``).
+    Returns how many messages were given back.
+    """
+    try:
+        await sub.unsubscribe()
+    except (nats.errors.Error, ValueError):
+        pass  # the connection is gone: the ack wait brings back what it held
+    queue = sub._sub._pending_queue  # nats-py's buffer of delivered, unfetched messages (what ``pending_msgs`` counts)
+    given = 0
+    while not queue.empty():
+        msg = queue.get_nowait()
+        queue.task_done()
+        if JetStreamContext.is_status_msg(msg):
+            continue  # a 408/404 answer to an expired request, not a message
+        await give_back(msg)
+        given += 1
+    return given
 
 
 async def keep_alive(msg: Any, every: float = HEARTBEAT_S) -> None:

@@ -34,7 +34,7 @@ from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds.meter import metered
 from bus import partitions
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
-from bus.consumer import MAX_DELIVER, messages, pull
+from bus.consumer import MAX_DELIVER, messages, pull, release
 from bus.errors import BusTimeout, LabError, MindError, StateConflict
 from bus.retry import RetryPolicy, backoff_delay
 from bus.schema import Envelope, Heartbeat, MindKind, RoleDocument, RoleName, StepFailed, Usage, UsageReport, decode
@@ -46,6 +46,7 @@ from services.host.logs import setup_logging
 from services.host.wiring import Minds, Wiring, role_name
 
 OUTBOX_KEEP = 16
+FETCH_WAIT_S = 1.0  # one pull waits this long for messages; stopping waits for the pull in flight
 DEFAULT_CONCURRENCY = Settings.model_fields["concurrency"].default
 # An agent's start-up JetStream requests: retried on timeouts for up to a minute, then the agent exits with the reason.
 STARTUP_RETRY = RetryPolicy(attempts=6, budget_s=60.0, base_wait_s=1.0, max_wait_s=15.0, jitter=0.3, event="startup_retry")
@@ -179,14 +180,30 @@ class AgentHost:
             await self.stop.wait()
         finally:
             self.ready_file().unlink(missing_ok=True)
-            # Fetch loops see the stop event; the messages in hand finish, the queued ones go back.
-            await self.lanes.close()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.wiring.close()
-            await self.bus.close()
+            await self._wind_down(subs, tasks[: len(subs)], tasks)
             log.info("agent stopped", role=self.role_name, handled=self.handled)
+
+    async def _wind_down(self, subs: list[Any], fetching: list[asyncio.Task[None]], tasks: list[asyncio.Task[Any]]) -> None:
+        """Stop fetching, finish the messages in hand, give back the queued ones, close the bus.
+
+        The fetch loops see the stop event and end after their current pull (its request expires with it); the
+        messages in hand finish meanwhile. Only then do the queued ones go back: NAKed while a pull of ours was
+        still open, a message would come straight back to us and wait out the ack wait while our successor ran
+        the project's later messages first. What reached a pull subscription after its last fetch goes back too.
+        """
+        self.lanes.stop_starting()
+        if fetching:
+            _, stuck = await asyncio.wait(fetching, timeout=FETCH_WAIT_S + 5)
+            for t in stuck:
+                t.cancel()
+        for sub in subs:
+            await release(sub)
+        await self.lanes.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.wiring.close()
+        await self.bus.close()
 
     async def _open_stores(self) -> None:
         # Whoever starts first creates the streams and buckets (on a cluster there is no `lab up`).
@@ -235,7 +252,7 @@ class AgentHost:
 
     async def _consume(self, sub: Any) -> None:
         """Fetch what the lanes have room for and queue each message on its project's lane."""
-        async for msg in messages(sub, self.stop, room=lambda: self.lanes.room(2 * self.concurrency)):
+        async for msg in messages(sub, self.stop, FETCH_WAIT_S, room=lambda: self.lanes.room(2 * self.concurrency)):
             self.lanes.submit(_project_of(partitions.origin(msg.subject)), msg)
 
     async def _process_safely(self, msg: Any) -> None:

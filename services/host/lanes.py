@@ -9,6 +9,13 @@ lanes share ``limit`` slots. Slots are taken through an asyncio semaphore,
 whose waiters are served first come, first served: a lane that just finished
 a message queues behind the others, so a busy project cannot starve a quiet
 one.
+
+Stopping is two steps. ``stop_starting`` lets the messages in hand finish and
+starts no new one; ``close`` then gives back (NAKs) what is still queued. The
+host calls ``close`` only once its fetch loops have ended: a message NAKed
+while this replica still has a pull request open is redelivered at once to
+that request, i.e. to the replica that is going away, and then waits out the
+ack wait while its successor runs the project's later messages first.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ class Lanes:
         """Queue ``msg`` on its project's lane; it is kept alive (in-progress acks) while it waits."""
         self.queues.setdefault(key, deque()).append((msg, asyncio.create_task(keep_alive(msg))))
         self.held += 1
-        if key not in self.workers:
+        if key not in self.workers and not self.stopping:  # once stopping, ``close`` gives it back
             self.workers[key] = asyncio.create_task(self._run(key), name=f"lane-{key}")
 
     async def room(self, most: int) -> int:
@@ -58,7 +65,7 @@ class Lanes:
                 msg, beat = queue[0]
                 async with self.slots:
                     if self.stopping:
-                        break  # left in the queue: NAKed below
+                        break  # left in the queue: ``close`` gives it back
                     self.in_hand += 1
                     try:
                         await self.handle(msg)
@@ -68,23 +75,32 @@ class Lanes:
                         queue.popleft()
                         self._release()
         finally:
-            # Stopping: what was never started goes back at once, for another replica (or our successor).
-            while queue:
-                msg, beat = queue.popleft()
-                beat.cancel()
-                self._release()
-                await give_back(msg)  # the connection may be gone: then the ack wait brings it back
-            self.queues.pop(key, None)
             self.workers.pop(key, None)
+            if not queue:
+                self.queues.pop(key, None)
 
     def _release(self) -> None:
         self.held -= 1
         self._changed.set()
 
-    async def close(self) -> None:
-        """Stop taking new messages from the lanes; wait for the ones in hand to finish."""
+    def stop_starting(self) -> None:
+        """Start no new message; the ones in hand go on, the queued ones stay queued (``close`` gives them back)."""
         self.stopping = True
         self._changed.set()
+
+    async def close(self) -> None:
+        """Wait for the messages in hand to finish, then give back every queued one, for another replica (or our successor).
+
+        Call it once nothing fetches for these lanes any more (see the module docstring).
+        """
+        self.stop_starting()
         workers = list(self.workers.values())
         if workers:
             await asyncio.gather(*workers, return_exceptions=True)
+        for key in list(self.queues):
+            queue = self.queues.pop(key)
+            while queue:
+                msg, beat = queue.popleft()
+                beat.cancel()
+                self._release()
+                await give_back(msg)  # the connection may be gone: then the ack wait brings it back

@@ -42,8 +42,8 @@ class Probe(Role):
         ctx.send(NoteAck(note_id=body.note.id, understood="ok"), "copi")
 
 
-async def start(nats_server, tmp_path, index: int, runs: list[Run]) -> tuple[AgentHost, asyncio.Task[None]]:
-    host = AgentHost("writer", config_for(nats_server, "writer"), home=tmp_path / f"home{index}", concurrency=4, replica=(index, 2))
+async def start(nats_server, tmp_path, index: int, runs: list[Run], of: int = 2) -> tuple[AgentHost, asyncio.Task[None]]:
+    host = AgentHost("writer", config_for(nats_server, "writer"), home=tmp_path / f"home{index}", concurrency=4, replica=(index, of))
     host.role = Probe(f"writer-{index + 1}", runs)
     task = asyncio.create_task(host.run())
     while not host.ready_file().is_file():
@@ -139,3 +139,35 @@ async def test_a_replica_dead_letters_a_bad_message_under_the_subject_it_was_pub
         await asyncio.gather(*(asyncio.wait_for(t, 30) for _, t in hosts))
     assert sorted(r["subject"] for r in records) == [f"lab.convo.bad{i}.copi.writer" for i in range(4)]
     assert all(r["read_on"].startswith("lab.work.writer.") and r["reason"].startswith("invalid message") for r in records)
+
+
+async def test_what_a_stopping_replica_had_queued_is_there_for_its_successor_at_once(admin_bus, nats_server, tmp_path):
+    """Queued messages go back after the stopping replica's last pull has ended, not into that pull.
+
+    Six projects, four in hand and two queued, so the fetch loop still has a pull open when the stop comes
+    (it holds at most 2 x concurrency). A message given back into that open pull would be delivered to the
+    replica that is going away and come back only after the ack wait, behind the project's later messages.
+    """
+    from bus.consumer import ACK_WAIT_S
+
+    projects = [f"solo{i}" for i in range(6)]
+    runs: list[Run] = []
+    host, task = await start(nats_server, tmp_path, 0, runs, of=1)
+    try:
+        await publish(admin_bus, projects, range(1))
+        t0 = time.monotonic()
+        while host.lanes.in_hand < 4 and time.monotonic() - t0 < 20:
+            await asyncio.sleep(0.01)
+    finally:
+        host.stop.set()
+        await asyncio.wait_for(task, 30)
+    given_back = [p for p in projects if p not in {r[1] for r in runs}]
+    assert given_back, "some projects were queued when the stop came"
+    successor, task = await start(nats_server, tmp_path, 0, runs, of=1)
+    try:
+        await wait_runs(runs, len(projects), timeout=ACK_WAIT_S / 2)
+        handled = sorted(r[1] for r in runs)  # before the successor stops: a stuck message could arrive meanwhile
+    finally:
+        successor.stop.set()
+        await asyncio.wait_for(task, 30)
+    assert handled == sorted(projects), f"{given_back} were not back within {ACK_WAIT_S / 2:.0f} s (the ack wait is {ACK_WAIT_S:.0f} s)"
