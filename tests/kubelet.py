@@ -696,8 +696,10 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def _field(pod: dict[str, Any], path: str) -> str:
-    """A downward-API fieldPath: metadata.name/namespace, or one annotation or label."""
+    """A downward-API fieldPath: metadata.name/namespace, one annotation or label, or a spec field (spec.nodeName)."""
     meta = pod["metadata"]
+    if path.startswith("spec."):
+        return str(pod["spec"].get(path.removeprefix("spec."), ""))
     found = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
     if found:
         return str(meta.get(found.group(1), {}).get(found.group(2), ""))
