@@ -1,4 +1,4 @@
-"""Provenance to the job: the code hash and the environment's new fields."""
+"""Provenance to the job: the code hash, the environment's new fields, and export.json's chain from each run to its job."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from agents.templates import bundle, replace_files, unbundle
-from bus.provenance import packages_sha256, text_sha256, tree_sha256
-from bus.schema import JobEnvironment
+from bus.provenance import FRESH, packages_sha256, provenance, text_sha256, tree_sha256
+from bus.schema import FinalInfo, JobEnvironment, MetricStat, RunRecord
+from services.read.export import Exported, _manifest
 from services.runner import runner
 
 DIFF = "--- a/experiment.py\n+++ b/experiment.py\n@@ -1 +1 @@\n-lr = 0.1\n+lr = 0.2\n"
@@ -111,3 +112,28 @@ def test_the_node_defaults_to_the_host_name(monkeypatch: pytest.MonkeyPatch) -> 
     env = runner.environment()
     assert env.node == runner.socket.gethostname() and env.image == ""
 
+
+def record(job: str, experiment: str, attempt: int = 1, diff: str = "", env: JobEnvironment | None = None) -> RunRecord:
+    fi = FinalInfo(seeds=[0], metrics={"acc": MetricStat(mean=0.9, stderr=0.0, values=[0.9])})
+    return RunRecord(job_id=job, experiment_id=experiment, idea_id="baseline" if experiment == "e-base" else "i1", overrides={},
+                     seeds=[0], status="succeeded", final_info=fi, environment=env, attempt=attempt, diff=diff)
+
+
+def test_export_manifest_traces_each_analysed_run_to_its_job(tmp_path: Path) -> None:
+    local = JobEnvironment(hostname="h1", node="h1", executor="local", interpreter="/usr/bin/python3 3.11.9",
+                           packages={"numpy": "2.4.6"}, packages_sha256=packages_sha256({"numpy": "2.4.6"}), code_sha256="a" * 64)
+    pod = JobEnvironment(hostname="lab-j2-abcde", node="gpu-node-3", executor="kubernetes", image="ghcr.io/lab/runner:1.2",
+                         interpreter="/usr/local/bin/python 3.11.9", code_sha256="b" * 64)
+    runs = [record("j1", "e-base", env=local), record("j2", "e-idea", attempt=2, diff=DIFF, env=pod), record("j3", "e-old")]
+    done = Exported(project="p1", out=tmp_path, finished=True, stage="done", runs=runs)
+    rows = _manifest(done, None)["provenance"]
+    assert [(r["experiment_id"], r["job_id"], r["attempt"]) for r in rows] == [("e-base", "j1", 1), ("e-idea", "j2", 2), ("e-old", "j3", 1)]
+    base, idea, old = rows
+    assert base == {"experiment_id": "e-base", "job_id": "j1", "attempt": 1, "status": "succeeded", "executor": "local", "node": "h1",
+                    "image": "", "interpreter": "/usr/bin/python3 3.11.9", "packages_sha256": packages_sha256({"numpy": "2.4.6"}),
+                    "code_sha256": "a" * 64, "diff_sha256": "", "reused": FRESH}
+    assert (idea["executor"], idea["node"], idea["image"], idea["code_sha256"]) == ("kubernetes", "gpu-node-3", "ghcr.io/lab/runner:1.2", "b" * 64)
+    assert idea["diff_sha256"] == hashlib.sha256(DIFF.encode()).hexdigest()
+    # A run recorded before provenance (or with no environment): every field says nothing rather than guess.
+    assert (old["executor"], old["node"], old["image"], old["code_sha256"], old["reused"]) == ("", "", "", "", "fresh")
+    assert provenance(runs[0]) == base
