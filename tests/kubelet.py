@@ -99,6 +99,9 @@ def _raw(resp: Any) -> Any:
     return json.loads(resp.data)
 
 
+NODE_NAME = "test-node-0"  # the node every pod runs on (spec.nodeName, which the downward API hands the runner)
+
+
 class Kubelet:
     """Runs Jobs found in ``namespace`` until stopped; use as ``async with``."""
 
@@ -351,6 +354,7 @@ class Kubelet:
                 c["env"] = [*c.get("env", []), {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
             if pod_spec.get("subdomain"):
                 pod_spec["hostname"] = f"{name}-{index}"
+        pod_spec["nodeName"] = NODE_NAME  # bound at once: this kubelet is the cluster's one node
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",

@@ -120,7 +120,8 @@ def test_normalise_keeps_behaviour_and_drops_only_ids_durations_and_machine_fact
     )
     tex = r"\item Runs j6a95fd092b65a96b: CPU AMD EPYC (2 cores); Python 3.11.7; platform Linux-x86\_64; packages scikit-learn 1.9.1; executor local."
     assert normalise(tex) == r"\item Runs <job-1>: CPU <cpu>; Python <python>; platform <platform>; packages scikit-learn <version>; executor local."
-    row = r"e1 & \texttt{j6a95fd092b65a96b} & interpreter \allowbreak{}/\allowbreak{}usr/\allowbreak{}python3 \allowbreak{}3.11.7 & \texttt{9f8e7d6c5b4a} & fresh \\"
+    row = (r"e1 & \texttt{j6a95fd092b65a96b} & interpreter \allowbreak{}/\allowbreak{}usr/\allowbreak{}python3 \allowbreak{}3.11.7 & "
+           r"\texttt{9f8e7d6c5b4a} & fresh \\")
     assert normalise(row) == r"e1 & \texttt{<job-1>} & interpreter <interpreter> & \texttt{9f8e7d6c5b4a} & fresh \\"
 
 

@@ -194,7 +194,7 @@ async def test_gpu_placement_mig_shm_and_scratch_come_from_config_and_template(m
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1024Mi"}
     assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "8192Mi"}
     assert pod["terminationGracePeriodSeconds"] == 45 + 30
-    runner_env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    runner_env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert runner_env["LAB_TERM_GRACE_S"] == "45.0"
 
 
@@ -308,7 +308,7 @@ async def test_nats_credential_comes_from_a_secret(make: Any, cluster: Any) -> N
     [secret] = [s for s in await raw_secrets(cluster[1]) if s["metadata"]["name"] == "lab-secret"]
     assert "s3cret" not in json.dumps(secret)  # the job's own Secret: the password stays in the NATS one
     pod = job["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["LAB_NATS_PASSWORD_FILE"] == "/run/lab/nats/password" and env["LAB_NATS_USER_FILE"] == "/run/lab/nats/user"
     [nats] = [v for v in pod["volumes"] if v["name"] == "nats"]
     assert nats["secret"] == {"secretName": "lab-nats-job", "defaultMode": 0o440,
