@@ -200,6 +200,14 @@ class Settings(BaseSettings):
         None, "The volume the runner and the experiment container share (Docker, Kubernetes).", "services.runner.runner, services.runner.launcher",
     )
     executor_kind: ExecutorKind = _setting("local", "The executor that started this runner, recorded in env.json.", "services.runner.runner")
+    node_name: str | None = _setting(
+        None, "Set by the executor: the node the job runs on (Kubernetes: the pod's, from the downward API), recorded in env.json.",
+        "services.runner.runner", shown="the host name",
+    )
+    job_image: str | None = _setting(
+        None, "Set by the executor: the container image the job runs in, with its digest or id when known, recorded in env.json.",
+        "services.runner.runner",
+    )
     job_max_processes: int = _setting(
         256, "Tasks (processes and threads) a job may run at once before it is killed (a fork or thread bomb).", "services.runner.runner", ge=1,
     )

@@ -99,6 +99,9 @@ def _raw(resp: Any) -> Any:
     return json.loads(resp.data)
 
 
+NODE_NAME = "test-node-0"  # the node every pod runs on (spec.nodeName, which the downward API hands the runner)
+
+
 class Kubelet:
     """Runs Jobs found in ``namespace`` until stopped; use as ``async with``."""
 
@@ -351,6 +354,7 @@ class Kubelet:
                 c["env"] = [*c.get("env", []), {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
             if pod_spec.get("subdomain"):
                 pod_spec["hostname"] = f"{name}-{index}"
+        pod_spec["nodeName"] = NODE_NAME  # bound at once: this kubelet is the cluster's one node
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -696,8 +700,10 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def _field(pod: dict[str, Any], path: str) -> str:
-    """A downward-API fieldPath: metadata.name/namespace, or one annotation or label."""
+    """A downward-API fieldPath: metadata.name/namespace, one annotation or label, or a spec field (spec.nodeName)."""
     meta = pod["metadata"]
+    if path.startswith("spec."):
+        return str(pod["spec"].get(path.removeprefix("spec."), ""))
     found = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
     if found:
         return str(meta.get(found.group(1), {}).get(found.group(2), ""))

@@ -14,6 +14,7 @@ from typing import Any
 from agents.codeideas import describe
 from agents.writer import charts as figures
 from agents.writer.numbers import fmt
+from bus.provenance import provenance
 from bus.schema import AnalysisReport, Comparison, DraftRequest, JobEnvironment, Reference, RunRecord
 
 SECTION_ORDER = (
@@ -85,8 +86,12 @@ def descriptive_rows(report: AnalysisReport) -> list[dict[str, str]]:
              "reason": d.reason.strip().rstrip(".") or "depends on the machine and its load"} for d in report.descriptive]
 
 
+# Where a run ran and what code it ran, which the provenance appendix lists run by run: not a different machine.
+_NOT_MACHINE = {"hostname": "", "node": "", "image": "", "interpreter": "", "code_sha256": ""}
+
+
 def _env_key(env: JobEnvironment) -> str:
-    return env.model_copy(update={"hostname": ""}).model_dump_json()
+    return env.model_copy(update=_NOT_MACHINE).model_dump_json()
 
 
 def environment_lines(runs: list[RunRecord]) -> list[str]:
@@ -186,6 +191,43 @@ def run_rows(runs: list[RunRecord]) -> list[dict[str, str]]:
         }
         for r in runs
     ]
+
+
+PROVENANCE_CAPTION = (
+    "Each run traced to the job that produced it: the experiment, the job id and attempt, the container image it ran in "
+    "(or, without a container, the interpreter and a hash of its package versions), the first twelve hex digits of the sha256 "
+    "of the template code the job ran (its code edits applied), and whether the result was computed fresh for this study "
+    "or reused. No result cache exists: every run is fresh. export.json holds the full hashes, the node and the diff's hash."
+)
+
+
+def _ran_in(p: dict[str, Any]) -> str:
+    if p["image"]:
+        return str(p["image"])
+    if p["interpreter"]:
+        packages = f", packages sha256 {p['packages_sha256'][:12]}" if p["packages_sha256"] else ""
+        return f"interpreter {p['interpreter']}{packages}"
+    return "not recorded"
+
+
+def provenance_rows(runs: list[RunRecord]) -> list[dict[str, str]]:
+    """The provenance appendix's table, one row per analysed run (``bus.provenance``); an unrecorded field says so."""
+    out = []
+    for r in runs:
+        p = provenance(r)
+        out.append({
+            "experiment": r.experiment_id,
+            "job": r.job_id + (f" (attempt {fmt(r.attempt)})" if r.attempt > 1 else ""),
+            "ran_in": _ran_in(p),
+            "code": p["code_sha256"][:12] or "not recorded",
+            "reused": p["reused"],
+        })
+    return out
+
+
+def provenance_masks(runs: list[RunRecord]) -> list[str]:
+    """The hash prefixes the provenance appendix prints: identifiers, not numbers (a prefix may start with digits)."""
+    return sorted({h[:12] for r in runs for h in (provenance(r)["code_sha256"], provenance(r)["packages_sha256"]) if h})
 
 
 def usage_rows(request: DraftRequest) -> list[dict[str, str]]:

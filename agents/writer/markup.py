@@ -46,6 +46,12 @@ def tex_escape(text: str) -> Tex:
     return Tex("".join(out))
 
 
+def breakable(text: str, every: int = 16) -> Tex:
+    """``text`` escaped, free to wrap after ``/``, ``@`` and ``:`` and within a long run (an image digest, a path) every ``every`` characters."""
+    pieces = [part[i : i + every] for part in re.split(r"(?<=[/@:\s])", str(text)) for i in range(0, len(part), every)]
+    return Tex(r"\allowbreak{}".join(tex_escape(p) for p in pieces if p))
+
+
 _LATEX_CITE = re.compile(r"~?\\cite[a-z]*\*?(?:\[[^\]]*\])*\{([^}]*)\}")
 _MATH = re.compile(r"\$([^$]*)\$")
 _MATH_WORDS = {"alpha": "α", "pm": "±", "leq": "≤", "le": "≤", "geq": "≥", "ge": "≥", "times": "×", "approx": "≈",

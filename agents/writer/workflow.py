@@ -91,8 +91,10 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
         flags=[f.text for f in request.report.flags],
         usage=assemble.usage_rows(request),
         notes=assemble.notes(request),
+        provenance_caption=assemble.PROVENANCE_CAPTION,
     )
     code = assemble.code_rows(request)
+    provenance = assemble.provenance_rows(request.report.runs)
     # A diff goes into verbatim as it is: only the one sequence that would end the environment early is broken up.
     tex_code = [{**c, "summary": markup.to_tex(c["summary"], known),
                  "verbatim": markup.Tex(c["diff"].replace("\\end{verbatim}", "\\end {verbatim}"))} for c in code]
@@ -100,6 +102,7 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
     tex = _tex_env.get_template("paper.tex.j2").render(
         **common,
         code=tex_code,
+        provenance=[{**p, "ran_in": markup.breakable(p["ran_in"])} for p in provenance],
         title=markup.inline_tex(sections.title),
         abstract=markup.to_tex(sections.abstract, known),
         sections=[{"name": n, "body": markup.to_tex(t, known)} for n, t in names],
@@ -112,6 +115,7 @@ def render(request: DraftRequest, sections: PaperSections, figures: list[assembl
     md = _md_env.get_template("paper.md.j2").render(
         **common,
         code=code,
+        provenance=provenance,
         title=sections.title,
         abstract=markup.to_markdown(sections.abstract, refs),
         sections=[{"name": n, "body": markup.to_markdown(t, refs)} for n, t in names],
@@ -154,11 +158,11 @@ class Writer(Role):
         built: bytes | pdf.PdfError | None = None
         if not missing:
             built, tex, md = await self._typeset(body, sections, figures, mind, tex, md, bib, files, (strings, evidence, analysis), ctx)
-        printed = numbers.tokens(md, strings + [f.name for f in figures] + [f"figures/{f.file}" for f in figures])
+        masks = strings + [f.name for f in figures] + [f"figures/{f.file}" for f in figures] + assemble.provenance_masks(body.report.runs)
+        printed = numbers.tokens(md, masks)
         left = numbers.unverified(printed, evidence)
         if left:
             ctx.log.warning("unverified_numbers", numbers=left)
-        masks = strings + [f.name for f in figures] + [f"figures/{f.file}" for f in figures]
         untraced = trace.untraced(md, analysis, strings=masks) + trace.untraced(tex, analysis, strings=masks)
         if untraced:
             ctx.log.warning("untraced_numbers", numbers=list(dict.fromkeys(untraced)))

@@ -43,6 +43,12 @@ class JobEnvironment(Model):
     device: str = "cpu"  # what the experiment used: cpu or cuda
     packages: dict[str, str] = {}
     executor: str = "local"
+    # Provenance (bus.provenance): where and from what the job ran; "" where not recorded (runs before these fields).
+    node: str = ""  # Kubernetes: the pod's node; Docker: the engine's host; local: this host
+    image: str = ""  # the container image as referenced, with its digest or id when the executor knew it; "" locally
+    interpreter: str = ""  # the Python that ran the experiment: its path and version
+    packages_sha256: str = ""  # bus.provenance.packages_sha256 of ``packages``
+    code_sha256: str = ""  # bus.provenance.tree_sha256 of the template code the job ran, its code edits applied
 
 
 class RunRecord(Model):

@@ -105,6 +105,27 @@ def _make_container(c: docker.DockerClient, job: JobSpec, kwargs: dict[str, Any]
         return container
 
 
+def image_ran(c: docker.DockerClient, container: Any, ref: str) -> str:
+    """The image a created container runs, for env.json: its repository digest when the engine has one, else the
+    configured reference with the image id; the reference alone when the engine tells neither."""
+    image_id = str((getattr(container, "attrs", None) or {}).get("Image") or "")
+    try:
+        digests = c.images.get(image_id or ref).attrs.get("RepoDigests") or []
+    except DockerException:
+        digests = []
+    if digests:
+        return str(digests[0])
+    return f"{ref} (image id {image_id})" if image_id else ref
+
+
+def engine_host(c: docker.DockerClient) -> str:
+    """The Docker engine's host name (the node a job runs on); "" when the engine does not say."""
+    try:
+        return str(c.info().get("Name") or "")
+    except DockerException:
+        return ""
+
+
 class DockerExecutor:
     name = "docker"
 
@@ -112,6 +133,7 @@ class DockerExecutor:
         self.settings: DockerSettings = settings(DockerSettings, options)
         self._client: docker.DockerClient | None = None
         self._gpu_lock = threading.Lock()  # one pick-and-create at a time, or two jobs get the same GPU
+        self._host: str | None = None  # the engine's host name, asked once (env.json's node)
 
     def capacity(self) -> int | None:
         return len(self.settings.gpu_pool()) or self.settings.max_jobs
@@ -201,7 +223,10 @@ class DockerExecutor:
                 raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {s.open_network}: "
                                     f"{e.explanation or e}") from None
             raise
-        return _make_container(c, job, docker_container(job, s, devices)), experiment
+        if self._host is None:
+            self._host = engine_host(c)
+        # After the experiment container: the engine has resolved (or pulled) the image the job runs by now.
+        return _make_container(c, job, docker_container(job, s, devices, image_ran(c, experiment, s.image), self._host)), experiment
 
     async def _container(self, job_id: str) -> Any | None:
         name = container_name(job_id)

@@ -135,7 +135,8 @@ class LocalExecutor:
         # The runner gets the job's own credential, never the engineer's, and in a 0600 file outside the
         # sandbox rather than in its environment (readable in /proc by every process of this user).
         inherited = {k: v for k, v in os.environ.items()
-                     if not k.startswith(("LAB_NATS_", "LAB_RUNNER_", "LAB_JOB_SECRET")) and k not in (env_name("job"), env_name("job_file"))}
+                     if not k.startswith(("LAB_NATS_", "LAB_RUNNER_", "LAB_JOB_SECRET"))
+                     and k not in (env_name("job"), env_name("job_file"), env_name("job_image"))}  # no container image here
         spec = write_secret(d / "job.spec.json", job.model_dump_json())
         env = {**inherited, **Settings.environ(job_file=spec, job_dir=d / "work", executor_kind="local")}
         with open(d / "runner.log", "ab") as log:

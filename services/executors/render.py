@@ -349,6 +349,7 @@ REPLICATED_JOB = "node"  # the one replicatedJob: child Job <jobset>-node-0, pod
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 RDZV_PORT = 29400
 NODE_RANK_ENV = env_name("node_rank")
+NODE_NAME_ENV = env_name("node_name")
 RDZV_ENDPOINT_ENV = env_name("rdzv_endpoint")
 # The child Job's podFailurePolicy messages, as the Job controller words them; the JobSet's failure rules match them.
 PREEMPTED_PATTERN = "has condition DisruptionTarget matching FailJob rule at index 0"
@@ -488,8 +489,11 @@ def gpu_resource(s: KubernetesSettings) -> str:
 def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The runner's environment and mounts, and the pod's volumes: the job's Secret, scratch, and the NATS Secret when configured."""
     runner_env = _plain_env({JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
-                             # the kind is recorded in env.json; the grace is the template's, inside the pod's
-                             **Settings.environ(job_dir="/tmp/job", executor_kind="kubernetes", term_grace_s=job.term_grace_s)})
+                             # the kind and image are recorded in env.json; the grace is the template's, inside the pod's
+                             **Settings.environ(job_dir="/tmp/job", executor_kind="kubernetes", term_grace_s=job.term_grace_s,
+                                                job_image=s.image)})
+    # The node the pod was scheduled on, known only then: the downward API tells the runner (env.json's provenance).
+    runner_env.append({"name": NODE_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
     runner_mounts: list[dict[str, Any]] = [
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "scratch", "mountPath": s.scratch_dir},
@@ -617,17 +621,19 @@ def docker_job_file(job: JobSpec, s: DockerSettings) -> str:
     return _job_for_runner(job, job.gpu, strip_password=bool(s.nats_password_file)).model_dump_json()
 
 
-def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None = None) -> dict[str, Any]:
+def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None = None, image: str = "", node: str = "") -> dict[str, Any]:
     """Keyword arguments of docker-py's ``containers.create`` for the job's runner (the one holding the credential).
 
     Docker has no Secrets without Swarm: the job (its status key) is a 0400 file in a host folder of its
     own (``docker_job_dir``, written by the executor before the container is created) bind-mounted
     read-only here, never in an environment; the experiment container has neither it nor the NATS
     password file. ``devices``: the job's GPUs (labelled here too, so they stay taken while either container lives).
+    ``image`` and ``node``: what env.json records as the image run (with its id, once the engine resolved it) and the
+    engine's host; the configured image and nothing (the runner's host name) when not known.
     """
     environment = {JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
-                   **Settings.environ(job_dir="/tmp/job", executor_kind="docker"), "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
-                   "MPLCONFIGDIR": "/tmp/matplotlib"}
+                   **Settings.environ(job_dir="/tmp/job", executor_kind="docker", job_image=image or s.image, node_name=node or None),
+                   "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": "/tmp/matplotlib"}
     volumes: dict[str, Any] = {volume_name(job.job_id): {"bind": s.scratch_dir, "mode": "rw"},
                                docker_job_dir(job.job_id, s): {"bind": JOB_SECRET_MOUNT, "mode": "ro"}}
     if s.nats_password_file and not (job.nats is not None and job_of_user(job.nats.user)):

@@ -13,7 +13,7 @@ and ``export.json`` says so.
     baseline.md                                              a template with nothing to vary: its baseline characterised
     results/<experiment-id>/...                              every run's files (``-attempt2``… when retried; job ids in export.json)
     conversation.jsonl                                       the whole log
-    export.json                                              finished or not, the decision, the files
+    export.json                                              finished or not, the decision, the files, each analysed run's provenance
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from bus import subjects
 from bus.client import Bus
 from bus.errors import ArtifactMissing, LabError
 from bus.permissions import convo_refusal
+from bus.provenance import provenance
 from bus.replay import read
 from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentPlanned, ExperimentResult, ReviewDone, RunRecord, StartProject
 from bus.store import Artifacts, object_name_refusal
@@ -50,6 +51,7 @@ class Exported:
     files: list[tuple[str, Path]] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (object name, why it was not written)
     results: dict[str, str] = field(default_factory=dict)  # results/ folder -> the job id it holds
+    runs: list[RunRecord] = field(default_factory=list)  # the analysed runs (the runs so far, before any analysis)
 
 
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,80}")
@@ -140,6 +142,8 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     out.mkdir(parents=True, exist_ok=True)
     done = Exported(project=project, out=out, finished=log.decision is not None, stage=state.stage if state else "unknown", decision=log.decision)
     files = done.files
+    # The runs the analysis (the paper's evidence) read; before there is one, every run reported so far.
+    done.runs = list(log.analysis.report.runs) if log.analysis is not None else list(log.runs)
 
     paper = log.decision.paper if log.decision is not None else log.draft
     if paper is not None:
@@ -202,5 +206,7 @@ def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
         "files": [label for label, _ in done.files],
         "refused": [{"object": name, "reason": why} for name, why in done.refused],
         "results": {folder: {"job_id": job} for folder, job in sorted(done.results.items())},  # results/<experiment-id>/ -> its job
+        # Each analysed run traced to its job: attempt, executor, node, image (or interpreter and packages hash), code and diff hashes.
+        "provenance": [provenance(r) for r in done.runs],
         "exported_at": time.time(),
     }

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from agents.templates import unbundle
-from bus import jobkeys, subjects
+from bus import jobkeys, provenance, subjects
 from bus.client import Bus, BusConfig
 from bus.permissions import chunk_prefix, files_subject, job_of_user
 from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, NatsAccess, derive_id
@@ -99,6 +99,7 @@ def environment(device: str = "cpu") -> JobEnvironment:
         print(f"runner: torch does not import, CUDA version not recorded: {type(e).__name__}: {e}", file=sys.stderr)
     # Seeds make CPU runs reproducible; GPU kernels (cuBLAS, cuDNN, atomics) are not, which a reader should know.
     notes = ["GPU kernels are not deterministic: reruns of a seed on a GPU may differ slightly"] if device == "cuda" else []
+    s = settings()
     return JobEnvironment(
         notes=notes,
         hostname=socket.gethostname(),
@@ -111,7 +112,11 @@ def environment(device: str = "cpu") -> JobEnvironment:
         driver=driver,
         device=device,
         packages=packages,
-        executor=settings().executor_kind,
+        executor=s.executor_kind,
+        node=s.node_name or socket.gethostname(),
+        image=s.job_image or "",
+        interpreter=f"{sys.executable} {platform.python_version()}",
+        packages_sha256=provenance.packages_sha256(packages),
     )
 
 
@@ -382,12 +387,18 @@ def _read_final_info(outcome: Outcome, out: Path) -> tuple[Outcome, FinalInfo | 
         return Outcome("failed", f"{INVALID_OUTPUT}: {clean_text(what, 400)}", 0), None
 
 
-def _run_environment(final_info: FinalInfo | None, measured: JobEnvironment | None) -> JobEnvironment:
+def _run_environment(final_info: FinalInfo | None, measured: JobEnvironment | None, code_sha256: str = "",
+                     interpreter: str = "") -> JobEnvironment:
+    """The machine the experiment ran on, with its provenance: the node, image and code hash are the runner's to say.
+
+    ``interpreter``: the template's own environment's python when it ran the experiment ("": this process's).
+    """
     device = str(final_info.model_extra.get("device", "cpu")) if final_info and final_info.model_extra else "cpu"
     envinfo = environment(device)
-    if measured is not None:  # the experiment container's machine (its GPUs); the executor is ours to say
-        envinfo = measured.model_copy(update={"executor": envinfo.executor})
-    return envinfo
+    if measured is not None:  # the experiment container's machine (its GPUs); the executor, node and image are ours to say
+        envinfo = measured.model_copy(update={"executor": envinfo.executor, "node": envinfo.node, "image": envinfo.image})
+    update = {"code_sha256": code_sha256} | ({"interpreter": interpreter} if interpreter else {})
+    return envinfo.model_copy(update=update)
 
 
 class Runner:
@@ -464,6 +475,8 @@ class Runner:
             return EXIT_INFRA
         artifacts, bundle = opened
         code, out, figs = self._unpack(bundle)
+        # Hashed as unpacked, before the experiment runs and may write into it: the code edits are in the bundle already.
+        code_sha256 = provenance.tree_sha256(code)
         log = _JobLog(self.workdir / "log.txt", self.bus, job)
         if job.nodes == 1 or settings().node_rank == 0:
             await self.publish_status(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="running"))
@@ -475,7 +488,7 @@ class Runner:
         if ran.outcome.state == "preempted":
             return await self._preempted(artifacts, ran, log)
         outcome, final_info = _read_final_info(ran.outcome, out)
-        envinfo = _run_environment(final_info, ran.measured)
+        envinfo = _run_environment(final_info, ran.measured, code_sha256, self._interpreter())
         uploaded: list[str] = []
         if final_info is not None:
             uploaded, refused = await self._results(artifacts, code, out, figs, ran, log)
@@ -557,6 +570,10 @@ class Runner:
             if sync.refused:
                 await log.note(f"[runner] checkpoint not uploaded: {sync.refused}")
         return _Ran(outcome, plot_failed, measured, wall, sync)
+
+    def _interpreter(self) -> str:
+        """The template's own environment's python, when it ran the experiment; "" when this process's did."""
+        return f"{self.python} (the template's environment)" if self.python is not None else ""
 
     def _env_folder(self) -> list[Path]:
         return [self.python.parent.parent] if self.python is not None else []

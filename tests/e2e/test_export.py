@@ -67,6 +67,16 @@ def test_export_and_attach_on_a_running_and_a_finished_project(lab_env, tmp_path
         for name in ("paper.tex", "paper.md", "paper.pdf", "references.bib", "review.json", "analysis.json", "conversation.jsonl"):
             assert (exported / name).is_file() and (exported / name).stat().st_size > 0, name
         assert list((exported / "results").glob("*/final_info.json")) and list((exported / "figures").glob("*.png"))
+        # Each analysed run traced to its job: the job's env.json agrees, and the paper's provenance table lists it.
+        chain, paper = manifest["provenance"], (exported / "paper.md").read_text()
+        folders = {r["job_id"]: folder for folder, r in manifest["results"].items()}
+        assert chain and len({r["job_id"] for r in chain}) == len(chain)
+        for r in chain:
+            recorded = json.loads((exported / "results" / folders[r["job_id"]] / "env.json").read_text())
+            assert (r["executor"], r["node"], r["image"], r["reused"]) == ("local", recorded["node"], "", "fresh")
+            assert r["code_sha256"] == recorded["code_sha256"] and re.fullmatch(r"[0-9a-f]{64}", r["code_sha256"])
+            assert r["interpreter"] == recorded["interpreter"] and r["packages_sha256"] == recorded["packages_sha256"]
+            assert f"| `{r['job_id']}" in paper and f"interpreter {r['interpreter']}" in paper and f"`{r['code_sha256'][:12]}` | fresh |" in paper
         mine, run_out, attach_out = tree(exported), tree(out), tree(attached)
         assert set(mine) == set(run_out) == set(attach_out)
         for name in mine:

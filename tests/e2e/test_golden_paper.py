@@ -29,6 +29,10 @@ What is normalised, and why it is not behaviour:
 - in the "Hardware and software" lines only: the CPU model and core count, the Python
   version, the platform string and package versions: facts about the machine. Which fields
   are recorded, the package names, the device, "no GPU recorded" and the executor are kept.
+- in the provenance table only: the interpreter cell of a run without a container (the
+  interpreter's path and version and the hash of the package versions) becomes
+  ``interpreter <interpreter>``: facts about the machine. The code hash is kept: the same
+  template and the same edits hash the same anywhere.
 
 Nothing else is normalised, numbers included. Measured when this test was written: two
 grokking --fast projects, two model_merging --fast projects with one idea and four with this
@@ -76,6 +80,8 @@ JOB_ID = re.compile(r"\bj[0-9a-f]{16}\b")
 PROJECT_ID = re.compile(rf"\b{re.escape(TEMPLATE)}-s{SEED}-[0-9a-f]{{6}}\b")
 WALL = re.compile(r"wall time [0-9.]+(?:[eE][-+]?\d+)? s")
 ENV_LINE = re.compile(r"^(?:- |\\item )Runs .*$", re.MULTILINE)  # "**Hardware and software.**" lines, md and tex
+# The provenance table's cell for a run without a container: the interpreter's path and version, the packages' hash.
+INTERPRETER = re.compile(r"\binterpreter [^|&\n]*?(?= \||\s*&)")
 
 
 def _machine_facts(line: str) -> str:
@@ -91,6 +97,7 @@ def normalise(text: str) -> str:
     jobs: dict[str, str] = {}
     text = JOB_ID.sub(lambda m: jobs.setdefault(m.group(0), f"<job-{len(jobs) + 1}>"), text)
     text = WALL.sub("wall time <s> s", text)
+    text = INTERPRETER.sub("interpreter <interpreter>", text)
     return ENV_LINE.sub(lambda m: _machine_facts(m.group(0)), text)
 
 
@@ -101,6 +108,7 @@ def test_normalise_keeps_behaviour_and_drops_only_ids_durations_and_machine_fact
         "![Plot written by run j826e0b3ef11bb1ff (idea baseline): merging.png.](figures/figure-e.png)\n"
         "- `jd1ae8011ace34665`: idea `baseline`, succeeded, seeds 0, 1, 2, wall time 10.52 s\n"
         "Project model_merging-s0-4ee985; the CPU only; 0.8898 ± 0.0149; p = 0.03125\n"
+        "| e1 | `jd1ae8011ace34665` | interpreter /usr/bin/python3 3.11.7, packages sha256 0a1b2c3d4e5f | `9f8e7d6c5b4a` | fresh |\n"
     )
     assert normalise(md) == (
         "- Runs <job-1>, <job-2>: CPU <cpu>; no GPU recorded; experiment device cpu; "
@@ -108,9 +116,13 @@ def test_normalise_keeps_behaviour_and_drops_only_ids_durations_and_machine_fact
         "![Plot written by run <job-2> (idea baseline): merging.png.](figures/figure-e.png)\n"
         "- `<job-1>`: idea `baseline`, succeeded, seeds 0, 1, 2, wall time <s> s\n"
         "Project <project>; the CPU only; 0.8898 ± 0.0149; p = 0.03125\n"
+        "| e1 | `<job-1>` | interpreter <interpreter> | `9f8e7d6c5b4a` | fresh |\n"
     )
     tex = r"\item Runs j6a95fd092b65a96b: CPU AMD EPYC (2 cores); Python 3.11.7; platform Linux-x86\_64; packages scikit-learn 1.9.1; executor local."
     assert normalise(tex) == r"\item Runs <job-1>: CPU <cpu>; Python <python>; platform <platform>; packages scikit-learn <version>; executor local."
+    row = (r"e1 & \texttt{j6a95fd092b65a96b} & interpreter \allowbreak{}/\allowbreak{}usr/\allowbreak{}python3 \allowbreak{}3.11.7 & "
+           r"\texttt{9f8e7d6c5b4a} & fresh \\")
+    assert normalise(row) == r"e1 & \texttt{<job-1>} & interpreter <interpreter> & \texttt{9f8e7d6c5b4a} & fresh \\"
 
 
 def _env_line(text: str) -> str:

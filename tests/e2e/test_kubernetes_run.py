@@ -18,9 +18,10 @@ import kmock
 import pytest
 import yaml
 
+from services.executors.render import KubernetesSettings
 from tests.conftest import lab_cmd
 from tests.e2e.test_lab_run import check_deliverables, check_nothing_lost, conversation
-from tests.kubelet import Kubelet
+from tests.kubelet import NODE_NAME, Kubelet
 
 pytestmark = [pytest.mark.slow, pytest.mark.tex, pytest.mark.timeout(1200)]
 NS = "lab"
@@ -66,5 +67,11 @@ async def test_lab_run_through_kubernetes(lab_env, tmp_path):
     assert len(started) == len(planned) >= 3, "one pod per job, each started once"
     envs = [json.loads(p.read_text()) for p in out.glob("results/*/env.json")]
     assert len(envs) == len(planned) and all(e["executor"] == "kubernetes" for e in envs)
+    # Each run traced to its job: the pod's node (downward API), the image, the code it ran (export.json's chain).
+    image = KubernetesSettings().image
+    assert all(e["node"] == NODE_NAME and e["image"] == image and len(e["code_sha256"]) == 64 for e in envs), envs
+    chain = json.loads((out / "export.json").read_text())["provenance"]
+    assert chain and all(r["node"] == NODE_NAME and r["image"] == image and r["reused"] == "fresh" for r in chain)
+    assert {r["job_id"] for r in chain} <= planned
     # The engineer cleaned up after the project: no Job is left behind.
     assert not leftover, [j["metadata"]["name"] for j in leftover]

@@ -22,6 +22,7 @@ Docker.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -79,6 +80,19 @@ class FakeEngine:
         os.chmod(self.scratch, 0o755)
         self.isolates = os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "setpriv", "mount"))
         self.lock = threading.Lock()
+        self.host_name = "docker-host-1"  # what GET /info names the engine's host
+        self.repo_digests: dict[str, list[str]] = {}  # image id -> RepoDigests (none: a locally built image)
+
+    @staticmethod
+    def image_id(ref: str) -> str:
+        return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+
+    def image(self, ref: str) -> dict[str, Any] | None:
+        """An image by reference or id, as GET /images/<ref>/json shows it."""
+        for name in self.images:
+            if ref in (name, self.image_id(name)):
+                return {"Id": self.image_id(name), "RepoTags": [name], "RepoDigests": self.repo_digests.get(self.image_id(name), [])}
+        return None
 
     def volume_dir(self, name: str) -> Path:
         return Path(self.scratch) / f"vol-{name}"
@@ -187,6 +201,12 @@ def handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
             m = re.fullmatch(r"/containers/([^/]+)(/json|/start|/kill)?", path)
             if (method, path) == ("GET", "/version"):
                 return self.reply(200, {"ApiVersion": "1.45", "Version": "fake", "MinAPIVersion": "1.24"})
+            if (method, path) == ("GET", "/info"):
+                return self.reply(200, {"Name": engine.host_name, "ID": "fake"})
+            image = re.fullmatch(r"/images/(.+)/json", path)
+            if method == "GET" and image:
+                found = engine.image(image.group(1))
+                return self.reply(200, found) if found else self.reply(404, {"message": f"No such image: {image.group(1)}"})
             if (method, path) == ("POST", "/images/create"):
                 return self.reply(404, {"message": f"pull access denied for {query.get('fromImage')}"})
             if (method, path) == ("POST", "/volumes/create"):
@@ -217,7 +237,7 @@ def handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
                 if engine.find(query["name"]):
                     return self.reply(409, {"message": f'Conflict. The container name "/{query["name"]}" is already in use'})
                 cid = uuid.uuid4().hex
-                engine.containers[cid] = {"Id": cid, "Name": f"/{query['name']}", "Config": body,
+                engine.containers[cid] = {"Id": cid, "Name": f"/{query['name']}", "Config": body, "Image": engine.image_id(body["Image"]),
                                           "HostConfig": body.get("HostConfig", {}),
                                           "State": {"Status": "created", "Running": False, "ExitCode": 0,
                                                     "OOMKilled": False, "Error": "", "StartedAt": "0001-01-01T00:00:00Z"}}
@@ -348,6 +368,22 @@ async def test_create_request_carries_limits_gpu_and_lockdown(ex: DockerExecutor
     assert volume["Name"] == "lab-job-gpu-run" and volume["Options"] == {
         "type": "tmpfs", "device": "tmpfs", "o": "size=4096m,uid=10001,gid=10001,mode=0770"}
     assert (await settle(ex, "gpu-run")).state == "succeeded"
+
+
+async def test_the_runner_is_told_the_image_it_runs_and_the_engine_host(ex: DockerExecutor, engine: Any) -> None:
+    """env.json's provenance: the image as the engine resolved it (its repository digest, else its id) and the engine's host."""
+    await ex.submit(spec("built-here"))
+    runner = engine[0].creates[1]
+    env = dict(e.split("=", 1) for e in runner["Env"])
+    assert env["LAB_JOB_IMAGE"] == f"{IMAGE} (image id {FakeEngine.image_id(IMAGE)})" and env["LAB_NODE_NAME"] == "docker-host-1"
+    pinned = "ghcr.io/kenkyu-lab/lab@sha256:" + "5" * 64
+    engine[0].repo_digests[FakeEngine.image_id(IMAGE)] = [pinned]
+    await ex.submit(spec("pulled"))
+    env = dict(e.split("=", 1) for e in engine[0].creates[3]["Env"])
+    assert env["LAB_JOB_IMAGE"] == pinned
+    assert "LAB_JOB_IMAGE" not in str(engine[0].creates[2]["Env"])  # the experiment's environment stays bare
+    for job in ("built-here", "pulled"):
+        assert (await settle(ex, job)).state == "succeeded"
 
 
 async def test_submit_is_idempotent_by_container_name(ex: DockerExecutor, engine: Any) -> None:

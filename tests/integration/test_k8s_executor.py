@@ -31,6 +31,7 @@ from services.executors.render import JOB_ID_ANNOTATION, KUEUE_QUEUE_LABEL, dns_
 from tests.kubelet import Kubelet
 
 NS = "lab"
+NODE_NAME_REF = {"fieldRef": {"fieldPath": "spec.nodeName"}}
 STAND_IN = [
     "python", "-c",
     "import json, os, signal, sys, time\n"
@@ -163,8 +164,10 @@ async def test_submit_renders_security_gpu_and_failure_policy(make: Any, cluster
     assert {m["name"] for m in runner["volumeMounts"]} & {m["name"] for m in exp["volumeMounts"]} == {"scratch"}
     assert volumes["job"]["secret"]["secretName"] == "lab-run-1"
     # No credential, nor the job, in any environment; the experiment's holds nothing of the runner's.
+    # (The runner's one reference is to its pod's node, for env.json's provenance.)
     for c in (runner, exp):
-        assert all("valueFrom" not in e for e in c["env"]) and "LAB_JOB" not in {e["name"] for e in c["env"]}
+        assert all("valueFrom" not in e or e["valueFrom"] == NODE_NAME_REF for e in c["env"]) and "LAB_JOB" not in {e["name"] for e in c["env"]}
+    assert {e["name"]: e for e in runner["env"]}["LAB_NODE_NAME"]["valueFrom"] == NODE_NAME_REF
     assert "s3cret" not in json.dumps(job)
     assert {e["name"] for e in exp["env"]} == {"TMPDIR", "HOME", "PYTHONDONTWRITEBYTECODE", "MPLCONFIGDIR", "LAB_SHARED_DIR"}
     [secret] = await raw_secrets(cluster[1])
@@ -191,7 +194,7 @@ async def test_gpu_placement_mig_shm_and_scratch_come_from_config_and_template(m
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1024Mi"}
     assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "8192Mi"}
     assert pod["terminationGracePeriodSeconds"] == 45 + 30
-    runner_env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    runner_env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert runner_env["LAB_TERM_GRACE_S"] == "45.0"
 
 
@@ -305,7 +308,7 @@ async def test_nats_credential_comes_from_a_secret(make: Any, cluster: Any) -> N
     [secret] = [s for s in await raw_secrets(cluster[1]) if s["metadata"]["name"] == "lab-secret"]
     assert "s3cret" not in json.dumps(secret)  # the job's own Secret: the password stays in the NATS one
     pod = job["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["LAB_NATS_PASSWORD_FILE"] == "/run/lab/nats/password" and env["LAB_NATS_USER_FILE"] == "/run/lab/nats/user"
     [nats] = [v for v in pod["volumes"] if v["name"] == "nats"]
     assert nats["secret"] == {"secretName": "lab-nats-job", "defaultMode": 0o440,

@@ -265,3 +265,15 @@ async def test_the_final_version_is_the_reviewed_text_with_the_final_date_line()
         path.write_bytes(store.data[final.pdf])
         text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
     assert "Draft for review" not in text and "Final version, accepted after review round 1" in text
+
+
+@pytest.mark.tex
+async def test_the_provenance_table_typesets_with_long_images_and_paths():
+    """An image reference with its digest and an interpreter's path in the provenance table build (a long cell wraps)."""
+    from tests.unit.test_writer import RUNS
+    env = RUNS[0].environment.model_copy(update={
+        "image": "registry.example.org/kenkyu/lab-runner_gpu@sha256:" + "0f" * 32, "code_sha256": "ab" * 32,
+        "interpreter": "/opt/conda/envs/lab_env/bin/python3.11 3.11.9"})
+    out, store = await write(request(runs=[r.model_copy(update={"environment": env}) if r.environment else r for r in RUNS]))
+    assert out.pdf_error == "", out.pdf_log
+    assert "\\section{Provenance}" in store.data[out.tex].decode()

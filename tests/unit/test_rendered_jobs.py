@@ -65,7 +65,13 @@ def test_rendered_jobs_validate_with_security_and_gpu_fields(case: dict[str, Any
     assert manifest["spec"].get("suspend", False) is bool(options.get("kueue_queue"))
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["shareProcessNamespace"] is False
     assert container(manifest, "experiment")["securityContext"]["runAsUser"] == 10002
-    assert not [e for c in pod["containers"] for e in c["env"] if "valueFrom" in e or e["name"] == "LAB_JOB"]
+    # No credential in any environment: the one reference is the runner's to its pod's node (env.json's provenance).
+    node_ref = {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert not [e for c in pod["containers"] for e in c["env"] if e.get("valueFrom", node_ref) != node_ref or e["name"] == "LAB_JOB"]
+    runner_env = {e["name"]: e for e in container(manifest, "runner")["env"]}
+    assert runner_env["LAB_NODE_NAME"]["valueFrom"] == node_ref
+    assert runner_env["LAB_JOB_IMAGE"]["value"] == container(manifest, "runner")["image"]
+    assert "LAB_NODE_NAME" not in {e["name"] for e in container(manifest, "experiment")["env"]}
     inner = JobSpec.model_validate_json(secret["stringData"]["job.json"])
     assert inner.job_id == job.job_id and (inner.nats.password is None) is bool(options.get("nats_secret"))
     if job.network:

@@ -132,6 +132,8 @@ def test_multinode_jobs_render_as_a_jobset_that_validates(case: dict[str, Any]) 
         env = {e["name"]: e for e in c["env"]}
         assert env["LAB_RDZV_ENDPOINT"]["value"] == f"{name}-node-0-0.{name}:29400"
         assert env["LAB_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
+    # The runner of each pod records the node it was scheduled on (env.json's provenance).
+    assert {e["name"]: e for e in pod["containers"][0]["env"]}["LAB_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     # Preemption first and uncounted, an experiment failure fails the gang, the rest counts against backoff_limit.
     pfp = spec["podFailurePolicy"]["rules"]
     assert pfp[0] == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}

@@ -1,0 +1,77 @@
+"""Provenance of a run: the hashes that name the code and packages it ran, and the chain from a run to its job.
+
+Pure functions over bytes and records, shared by the runner (which hashes what it
+unpacked), ``lab export`` (``export.json``'s ``provenance``) and the writer (the
+paper's provenance appendix), so the three cannot disagree on what a hash covers.
+
+There is no result cache: every run was executed for its job, so ``reused`` is
+always ``"fresh"``; the column exists so that a cache, when there is one, has a
+place to say which results it served instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from bus.schema.results import RunRecord
+
+# What is not the template's code: Python's byte-code caches and editor/VCS leftovers, as agents.templates.bundle skips them.
+SKIPPED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints"})
+FRESH = "fresh"
+
+
+def _skipped(rel: Path) -> bool:
+    return any(part in SKIPPED_DIRS or part.startswith(".") for part in rel.parts) or rel.suffix == ".pyc"
+
+
+def tree_sha256(folder: Path, skip: frozenset[str] = frozenset()) -> str:
+    """sha256 over a code tree: each regular file's relative path and bytes, in sorted path order.
+
+    Byte-code caches, hidden files and top-level entries named in ``skip`` (an outputs folder) are left
+    out, so running the code (which may write ``__pycache__``) does not change its hash; a symbolic link
+    counts by its target text, never followed. An empty or missing folder hashes like no file at all.
+    """
+    h = hashlib.sha256()
+    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.is_dir() else []
+    for rel, p in files:
+        if _skipped(Path(rel)) or rel.split("/", 1)[0] in skip:
+            continue
+        data = str(p.readlink()).encode() if p.is_symlink() else p.read_bytes()
+        name = rel.encode()
+        # Lengths first, so no two different trees can concatenate to the same stream.
+        h.update(len(name).to_bytes(8, "big") + name + len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def packages_sha256(packages: dict[str, str]) -> str:
+    """sha256 of the sorted ``name==version`` lines ("" when no package was recorded)."""
+    if not packages:
+        return ""
+    return hashlib.sha256("".join(f"{k}=={v}\n" for k, v in sorted(packages.items())).encode()).hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    """sha256 of a text's UTF-8 bytes; "" for no text (a run that applied no diff)."""
+    return hashlib.sha256(text.encode()).hexdigest() if text else ""
+
+
+def provenance(run: RunRecord) -> dict[str, Any]:
+    """The chain from one run to what ran it; a field its runner did not record is "" (older runs record none)."""
+    env = run.environment
+    return {
+        "experiment_id": run.experiment_id,
+        "job_id": run.job_id,
+        "attempt": run.attempt,
+        "status": run.status,
+        "executor": env.executor if env else "",
+        "node": env.node if env else "",
+        "image": env.image if env else "",
+        "interpreter": env.interpreter if env else "",
+        "packages_sha256": (env.packages_sha256 or packages_sha256(env.packages)) if env else "",
+        "code_sha256": env.code_sha256 if env else "",
+        "diff_sha256": text_sha256(run.diff),
+        "reused": FRESH,
+    }
