@@ -121,3 +121,16 @@ async def test_model_calls_are_timed_per_role_and_a_call_that_fails_for_good_is_
             await mind.summarize(report())
     assert value("lab_llm_call_seconds_count", role="analyst") == calls + 2
     assert value("lab_llm_errors_total", role="analyst") == errors + 1
+
+
+def test_lab_up_gives_each_agent_process_a_port_of_its_own(tmp_path, monkeypatch) -> None:
+    from services.lab.supervisor import LabOptions, Supervisor
+
+    sup = Supervisor(LabOptions(home=tmp_path / "home", replicas={"engineer": 2}))
+    monkeypatch.setenv("LAB_METRICS_PORT", "9464")
+    ports = [sup._agent_env(role, name)["LAB_METRICS_PORT"] for name, role in sup.opts.instances()]
+    assert ports == [str(9464 + i) for i in range(7)]  # six roles and a second engineer: no two on one port
+    monkeypatch.setenv("LAB_METRICS_PORT", "0")  # any free port: each process finds its own
+    assert {sup._agent_env(role, name)["LAB_METRICS_PORT"] for name, role in sup.opts.instances()} == {"0"}
+    monkeypatch.delenv("LAB_METRICS_PORT")
+    assert "LAB_METRICS_PORT" not in sup._agent_env("pi")
