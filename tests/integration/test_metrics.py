@@ -9,9 +9,10 @@ differences (the registry is the process's, shared with other tests).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.request
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,10 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.base import Context, Role, on
 from bus import partitions, subjects
-from bus.schema import CoPINote, CoPINoteMsg, Envelope, NoteAck
+from bus.schema import ROLES, CoPINote, CoPINoteMsg, Envelope, NoteAck
+from bus.schema.state import Stage
 from bus.store import StateStore
 from services.host.agent import AgentHost
 from tests.conftest import config_for
+from tests.integration.test_cli import lab, start_project
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +120,40 @@ async def test_a_restarted_pi_counts_the_stored_stages_of_the_projects_its_repli
     finally:
         host.stop.set()
         await asyncio.wait_for(task, 30)
+
+
+def test_every_process_of_a_running_lab_serves_its_series(lab_env):
+    """`lab up` with LAB_METRICS_PORT=0: each of the six agents serves on a port of its own, found in its heartbeat."""
+    home, env = lab_env
+    env["LAB_METRICS_PORT"] = "0"
+    r = lab(env, "up", "--detach")
+    assert r.returncode == 0, r.stderr + r.stdout
+    try:
+        start_project(home, "metricsdemo")
+        pages: dict[str, Samples] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            agents = json.loads(lab(env, "status", "--json").stdout)["agents"]
+            urls = {role: (beat or {}).get("metrics_url", "") for role, beat in agents.items()}
+            if all(urls.values()) and len(urls) == len(ROLES):
+                pages = {role: scrape(urlsplit(url).port or 0) for role, url in urls.items()}
+                if get(pages["pi"], "lab_messages_handled_total", role="pi", outcome="ok") >= 1 and get(
+                        pages["literature"], "lab_messages_handled_total", role="literature", outcome="ok") >= 1:
+                    break
+            time.sleep(0.5)
+    finally:
+        assert lab(env, "down").returncode == 0
+    assert sorted(pages) == sorted(ROLES), pages.keys()
+    assert len({urlsplit(beat["metrics_url"]).port for beat in agents.values()}) == len(ROLES)  # no two on one port
+    for role, page in pages.items():
+        ok = get(page, "lab_messages_handled_total", role=role, outcome="ok")
+        finished = sum(get(page, "lab_messages_handled_total", role=role, outcome=o) for o in ("ok", "error", "dead_letter"))
+        assert get(page, "lab_handler_seconds_count", role=role) == finished, role
+        assert get(page, "lab_lanes_held", role=role) >= 0 and get(page, "process_resident_memory_bytes") > 0, role
+        # Each page is its own process's: no other role's messages are counted there.
+        assert all(dict(labels).get("role") in (None, role) for name, labels in page if name.startswith("lab_messages")), role
+        if role in ("pi", "literature"):
+            assert ok >= 1, role
+    # The PI counts the project it started, in one stage.
+    stages = {dict(labels)["stage"]: v for (name, labels), v in pages["pi"].items() if name == "lab_projects"}
+    assert sum(stages.values()) == 1 and set(stages) <= set(get_args(Stage)), stages
