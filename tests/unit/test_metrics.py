@@ -134,3 +134,10 @@ def test_lab_up_gives_each_agent_process_a_port_of_its_own(tmp_path, monkeypatch
     assert {sup._agent_env(role, name)["LAB_METRICS_PORT"] for name, role in sup.opts.instances()} == {"0"}
     monkeypatch.delenv("LAB_METRICS_PORT")
     assert "LAB_METRICS_PORT" not in sup._agent_env("pi")
+
+
+def test_a_heartbeat_from_before_metrics_still_loads() -> None:
+    from bus.schema import Heartbeat
+
+    old = Heartbeat.model_validate_json('{"role": "pi", "pid": 7, "seen": 1.0, "handled": 3}')
+    assert old.metrics_url == "" and old.handled == 3
