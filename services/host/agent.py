@@ -174,10 +174,10 @@ class AgentHost:
         # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
         await STARTUP_RETRY.run(self._open_stores, (BusTimeout,))
         background = await self.wiring.open(self.bus, self.states)
-        await gauges.seed(self.role_name, self.states, self.replica)
         subs = await STARTUP_RETRY.run(self._subscribe, (BusTimeout,))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
+        tasks.append(asyncio.create_task(gauges.seed(self.role_name, self.states, self.replica)))  # beside the work: never delays it
         for t in tasks[: len(subs)]:
             t.add_done_callback(self._consumer_ended)
         tasks += [asyncio.create_task(work) for work in background]

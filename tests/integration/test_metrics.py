@@ -116,6 +116,9 @@ async def test_a_restarted_pi_counts_the_stored_stages_of_the_projects_its_repli
     task = asyncio.create_task(host.run())
     try:
         await wait_for(lambda: host.ready_file().is_file())
+        # Counted beside the agent's work, soon after it starts: the replica's own projects, not the others'.
+        await wait_for(lambda: REGISTRY.get_sample_value("lab_projects", {"stage": "review"}) == before + len(mine), timeout=15)
+        await asyncio.sleep(0.5)  # and no more come
         assert REGISTRY.get_sample_value("lab_projects", {"stage": "review"}) == before + len(mine)
     finally:
         host.stop.set()
