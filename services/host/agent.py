@@ -166,9 +166,7 @@ class AgentHost:
         return f"{self.role_name}.{suffix}" if suffix else self.role_name
 
     async def run(self) -> None:
-        if self.metrics_port is not None:
-            self.metrics_url = metrics.url(metrics.serve(self.metrics_port))
-            log.info("serving metrics", role=self.role_name, url=self.metrics_url)
+        self._serve_metrics()
         self.bus = await Bus.connect(self.config)
         # Start-up requests may time out while a cluster elects its stream leaders (a node just restarted, the
         # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
@@ -190,6 +188,17 @@ class AgentHost:
             self.ready_file().unlink(missing_ok=True)
             await self._wind_down(subs, tasks[: len(subs)], tasks)
             log.info("agent stopped", role=self.role_name, handled=self.handled)
+
+    def _serve_metrics(self) -> None:
+        """Serve /metrics on LAB_METRICS_PORT; a port taken is logged and the agent works on without them."""
+        if self.metrics_port is None:
+            return
+        try:
+            self.metrics_url = metrics.url(metrics.serve(self.metrics_port))
+        except OSError as e:
+            log.error("cannot serve metrics; going on without them", role=self.role_name, port=self.metrics_port, error=str(e))
+            return
+        log.info("serving metrics", role=self.role_name, url=self.metrics_url)
 
     async def _wind_down(self, subs: list[Any], fetching: list[asyncio.Task[None]], tasks: list[asyncio.Task[Any]]) -> None:
         """Stop fetching, finish the messages in hand, give back the queued ones, close the bus.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import urllib.request
 from typing import Any, get_args
@@ -160,3 +161,22 @@ def test_every_process_of_a_running_lab_serves_its_series(lab_env):
     # The PI counts the project it started, in one stage.
     stages = {dict(labels)["stage"]: v for (name, labels), v in pages["pi"].items() if name == "lab_projects"}
     assert sum(stages.values()) == 1 and set(stages) <= set(get_args(Stage)), stages
+
+
+async def test_a_metrics_port_already_taken_costs_the_metrics_not_the_agent(admin_bus, nats_server, tmp_path, monkeypatch):
+    from bus import metrics
+
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    monkeypatch.setattr(metrics, "_served", {})  # as in a fresh process: this one may already serve
+    monkeypatch.setenv("LAB_METRICS_PORT", str(taken.getsockname()[1]))
+    host = AgentHost("writer", config_for(nats_server, "writer"), home=tmp_path / "home")
+    task = asyncio.create_task(host.run())
+    try:
+        await wait_for(lambda: host.ready_file().is_file() or task.done())
+        assert host.ready_file().is_file() and host.metrics_url == "" and host.heartbeat_doc().metrics_url == ""
+    finally:
+        taken.close()
+        host.stop.set()
+        await asyncio.wait_for(task, 30)
