@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from bus import metrics
 from bus.errors import StateConflict
 from bus.retry import RetryPolicy
 
@@ -136,6 +137,7 @@ class SlotLedger:
             if stored is not None and ledger.model_dump(mode="json") == Ledger.model_validate(stored).model_dump(mode="json"):
                 return result  # a poller's repeated refusal must not bump the revision (each would be a new wake-up)
             await self.states.write(LEDGER_KEY, ledger.model_dump(mode="json"), revision)
+            metrics.capacity(self.counts, ledger.used(), ledger.capacity)  # as this process last wrote it
             return result
 
         try:

@@ -188,6 +188,10 @@ class Settings(BaseSettings):
         0.0, "Fault injection (chaos tests): seconds to pause between storing state and publishing.", "services.host.agent", ge=0,
     )
     bench_mind_latency_s: float = _setting(0.0, "A simulated mind call of this many seconds per message (bench/lab.py).", "services.host.agent", ge=0)
+    metrics_port: int | None = _setting(
+        None, "The port an agent serves its Prometheus metrics on, at /metrics (0: any free port).", "services.host.agent",
+        shown="none: no metrics served", ge=0, le=65535,
+    )
 
     # ---------------------------------------------------------------- the job runner and its experiment
     job: SecretStr | None = _setting(None, "The job as JSON (Docker; elsewhere LAB_JOB_FILE keeps it out of the environment).", "services.runner.runner")

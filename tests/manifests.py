@@ -21,7 +21,7 @@ from tests.conftest import ROOT as REPO
 
 K8S_VERSION = "1.33"
 # Custom resources: no built-in schema to validate against; their own tests check them.
-CRD_GROUPS = ("kueue.x-k8s.io/", "cert-manager.io/")
+CRD_GROUPS = ("kueue.x-k8s.io/", "cert-manager.io/", "monitoring.coreos.com/")
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with built-in kustomize) is not installed")
 

@@ -99,6 +99,7 @@ class Heartbeat(ReadModel):
     started: float | None = None
     p50_s: float | None = None
     p99_s: float | None = None
+    metrics_url: str = ""  # where its Prometheus metrics are served (LAB_METRICS_PORT); empty: none
 
     def stale(self, now: float | None = None) -> bool:
         """Silent longer than HEARTBEAT_STALE_S: the agent lost NATS or hung, and readers call it down."""

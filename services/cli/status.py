@@ -70,17 +70,17 @@ def cut(text: object, wide: bool) -> Text:
 
 def _agent_row(name: str, b: Heartbeat | None, stale: bool, wide: bool) -> list[str]:
     if b is None:
-        return [name, "down", "-", "-", "-", "-", "-"] + (["-", "-"] if wide else [])
+        return [name, "down", "-", "-", "-", "-", "-"] + (["-", "-", "-"] if wide else [])
     p50 = "-" if b.p50_s is None else f"{b.p50_s:.2f}"
     row = [name, "down" if stale else "up", str(b.pid), b.mind, f"{b.busy}/{b.concurrency}", str(b.handled), p50]
-    return row + ([b.host or "-", "-" if b.p99_s is None else f"{b.p99_s:.2f}"] if wide else [])
+    return row + ([b.host or "-", "-" if b.p99_s is None else f"{b.p99_s:.2f}", b.metrics_url or "-"] if wide else [])
 
 
 def agents_table(agents: dict[str, Heartbeat | None], wide: bool, now: float | None = None, instances: list[Replica] | None = None) -> Table:
     """One row per agent process (a role with no process running: one "down" row)."""
     now = time.time() if now is None else now
     cols = [("agent", NAME), ("state", NUM), ("pid", NUM), ("mind", TEXT), ("busy", NUM), ("handled", NUM), ("p50 s", NUM)]
-    t = table(wide, cols + ([("host", TEXT), ("p99 s", NUM)] if wide else []))
+    t = table(wide, cols + ([("host", TEXT), ("p99 s", NUM), ("metrics", TEXT)] if wide else []))
     seen: set[str] = set()
     for r in sorted(instances or [], key=lambda r: (r.beat.role, r.key)):
         seen.add(r.beat.role)

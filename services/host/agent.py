@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from agents import role_class
 from agents.base import Rejected, Role, UnhandledKind, is_permanent
 from agents.minds.meter import metered
-from bus import partitions
+from bus import metrics, partitions
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import MAX_DELIVER, messages, pull, release
 from bus.errors import BusTimeout, LabError, MindError, StateConflict
@@ -41,6 +41,7 @@ from bus.schema import Envelope, Heartbeat, MindKind, RoleDocument, RoleName, St
 from bus.schema.constants import HEARTBEAT_EVERY_S
 from bus.settings import ConfigError, Settings, settings
 from bus.store import Artifacts, Heartbeats, KVCache, StateStore
+from services.host import gauges
 from services.host.lanes import Lanes
 from services.host.logs import setup_logging
 from services.host.wiring import Minds, Wiring, role_name
@@ -136,6 +137,9 @@ class AgentHost:
         self.fault_delay_after_store = s.fault_delay_after_store  # chaos tests: widen the window between store and publish
         self.bench_mind_latency_s = s.bench_mind_latency_s  # bench/lab.py: a simulated mind call per message (0: none)
         self.instance_name = s.instance  # `lab up` names each process (`<role>-2`); None: from the replica index
+        self.metrics_port = s.metrics_port  # None: no /metrics
+        self.metrics_url = ""  # where this process's metrics are served, once they are
+        metrics.prepare(self.role_name)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -162,6 +166,7 @@ class AgentHost:
         return f"{self.role_name}.{suffix}" if suffix else self.role_name
 
     async def run(self) -> None:
+        self._serve_metrics()
         self.bus = await Bus.connect(self.config)
         # Start-up requests may time out while a cluster elects its stream leaders (a node just restarted, the
         # replicas of every role starting at once): each step is idempotent, so it is retried before giving up.
@@ -170,6 +175,7 @@ class AgentHost:
         subs = await STARTUP_RETRY.run(self._subscribe, (BusTimeout,))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
+        tasks.append(asyncio.create_task(gauges.seed(self.role_name, self.states, self.replica)))  # beside the work: never delays it
         for t in tasks[: len(subs)]:
             t.add_done_callback(self._consumer_ended)
         tasks += [asyncio.create_task(work) for work in background]
@@ -182,6 +188,17 @@ class AgentHost:
             self.ready_file().unlink(missing_ok=True)
             await self._wind_down(subs, tasks[: len(subs)], tasks)
             log.info("agent stopped", role=self.role_name, handled=self.handled)
+
+    def _serve_metrics(self) -> None:
+        """Serve /metrics on LAB_METRICS_PORT; a port taken is logged and the agent works on without them."""
+        if self.metrics_port is None:
+            return
+        try:
+            self.metrics_url = metrics.url(metrics.serve(self.metrics_port))
+        except OSError as e:
+            log.error("cannot serve metrics; going on without them", role=self.role_name, port=self.metrics_port, error=str(e))
+            return
+        log.info("serving metrics", role=self.role_name, url=self.metrics_url)
 
     async def _wind_down(self, subs: list[Any], fetching: list[asyncio.Task[None]], tasks: list[asyncio.Task[Any]]) -> None:
         """Stop fetching, finish the messages in hand, give back the queued ones, close the bus.
@@ -238,6 +255,7 @@ class AgentHost:
             llm_error=self.llm_error, concurrency=self.concurrency, busy=self.lanes.in_hand, held=self.lanes.held,
             handled=self.handled, seen=time.time(), started=started,
             p50_s=lat[len(lat) // 2] if lat else None, p99_s=lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+            metrics_url=self.metrics_url,
         )
 
     async def _heartbeat(self) -> None:
@@ -254,11 +272,14 @@ class AgentHost:
         """Fetch what the lanes have room for and queue each message on its project's lane."""
         async for msg in messages(sub, self.stop, FETCH_WAIT_S, room=lambda: self.lanes.room(2 * self.concurrency)):
             self.lanes.submit(_project_of(partitions.origin(msg.subject)), msg)
+            metrics.lanes(self.role_name, self.lanes.held, self.lanes.in_hand)
 
     async def _process_safely(self, msg: Any) -> None:
         started = time.monotonic()
+        outcome = "error"
+        metrics.lanes(self.role_name, self.lanes.held, self.lanes.in_hand)
         try:
-            await self.process(msg)
+            outcome = await self.process(msg)
         except Exception as e:  # e.g. the bus went away while publishing: the stored outbox is resent on redelivery
             log.error("processing failed; the message will come back", role=self.role_name, subject=msg.subject, error=f"{type(e).__name__}: {e}")
             try:
@@ -266,56 +287,57 @@ class AgentHost:
             except Exception as nak_error:  # the connection is gone: the ack wait redelivers the message anyway
                 log.warning("nak failed", subject=msg.subject, error=f"{type(nak_error).__name__}: {nak_error}")
         finally:
-            self.latencies = [*self.latencies[-999:], time.monotonic() - started]
+            elapsed = time.monotonic() - started
+            self.latencies = [*self.latencies[-999:], elapsed]
+            metrics.handled(self.role_name, outcome, elapsed)
+            # The lane releases this message after we return: what it will hold then.
+            metrics.lanes(self.role_name, max(0, self.lanes.held - 1), max(0, self.lanes.in_hand - 1))
 
     # ------------------------------------------------------------ one message
 
-    async def process(self, msg: Any) -> None:
+    async def process(self, msg: Any) -> str:
+        """Handle one message and settle it; return the outcome: ``ok``, ``error`` (it comes back) or ``dead_letter``."""
         started = time.time()  # in the "handled" line: tests check that no two replicas held one project at once
         meta = msg.metadata
         delivered = meta.num_delivered if meta else 1
         if len(msg.data) > MAX_ENVELOPE_BYTES:
-            await self._reject(msg, f"message of {len(msg.data)} bytes exceeds the limit of {MAX_ENVELOPE_BYTES}")
-            return
+            return await self._reject(msg, f"message of {len(msg.data)} bytes exceeds the limit of {MAX_ENVELOPE_BYTES}")
         try:
             env = decode(msg.data)
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
-            return
+            return await self._reject(msg, f"invalid message: {where}: {first['msg']} ({e.error_count()} errors)")
         mismatch = self.wiring.admit(partitions.origin(msg.subject), env)
         if mismatch:
-            await self._reject(msg, mismatch)
-            return
+            return await self._reject(msg, mismatch)
         bound = log.bind(role=self.role_name, project=env.project, message_id=env.id, kind=env.kind)
         try:
             outputs = await self._handle(env, bound)
         except StateConflict as e:
             bound.warning("state conflict; retrying", error=str(e))
             await msg.nak(delay=1)
-            return
+            return "error"
         except Rejected as e:
             if isinstance(e, UnhandledKind) and env.recipient == "all":
                 await msg.ack()  # broadcasts not meant for this role
-            else:
-                await self._reject(msg, str(e))
-            return
+                return "ok"
+            return await self._reject(msg, str(e))
         except Exception as e:  # the host is where any handler error becomes a retry or a dead letter, each logged
             reason = f"{type(e).__name__}: {e}"
             if is_permanent(e):  # retrying cannot help: dead letters now, not after the whole backoff
-                await self._reject(msg, f"cannot succeed on retry: {reason}")
-            elif delivered >= MAX_DELIVER:
-                await self._reject(msg, f"handler failed {delivered} times: {reason}")
-            else:
-                bound.error("handler failed; will retry", error=reason, delivered=delivered)
-                await msg.nak(delay=retry_delay(delivered))
-            return
+                return await self._reject(msg, f"cannot succeed on retry: {reason}")
+            if delivered >= MAX_DELIVER:
+                return await self._reject(msg, f"handler failed {delivered} times: {reason}")
+            bound.error("handler failed; will retry", error=reason, delivered=delivered)
+            await msg.nak(delay=retry_delay(delivered))
+            return "error"
         await self.bus.publish_many(outputs)
         await msg.ack()
         self.handled += 1
         bound.info("handled", outputs=[f"{o.kind}->{o.recipient}" for o in outputs], delivered=delivered, instance=self.instance,
                    partition=partitions.partition_of(msg.subject), started=started)
+        return "ok"
 
     async def _handle(self, env: Envelope, bound: Any) -> list[Envelope]:
         key = f"{self.role_name}.{env.project}"
@@ -361,16 +383,18 @@ class AgentHost:
             state=ctx.state.model_dump(mode="json") if ctx.state is not None else None, outbox=outbox, usage=usage, mind=choice,
         )
         await self.states.write(key, new_doc.dump(), revision)
+        gauges.observe(self.role_name, env.project, new_doc.state)
         if self.fault_delay_after_store:
             # Fault injection for chaos tests: widen the window between storing and publishing.
             bound.warning("fault injection: pausing after storing state", seconds=self.fault_delay_after_store)
             await asyncio.sleep(self.fault_delay_after_store)
         return outputs
 
-    async def _reject(self, msg: Any, reason: str) -> None:
+    async def _reject(self, msg: Any, reason: str) -> str:
         log.warning("dead-lettered", role=self.role_name, subject=msg.subject, reason=reason)
         await self.bus.dead_letter(self.role_name, reason, msg)
         await msg.ack()
+        return "dead_letter"
 
 
 def run_agent(role: str, config: BusConfig, *, home: Path, mind: MindKind, mind_config: dict[str, Any] | None, wiring: Wiring) -> None:

@@ -30,7 +30,7 @@ from bus.retry import backoff_delay
 from bus.schema import ROLES, ExecutorKind, MindKind
 from bus.schema.formats import LabFile
 from bus.server import EmbeddedCluster, EmbeddedServer, new_credentials
-from bus.settings import Settings, env_name
+from bus.settings import Settings, env_name, settings
 from services.common.config import read_local_lab, secrets_dir, state_file, write_lab_file, write_secret
 from services.common.process import alive
 from services.host.wiring import wiring_class
@@ -217,6 +217,9 @@ class Supervisor:
                 replica=int((name or role).partition("-")[2] or 1) - 1, replicas=self.opts.replicas.get(role, 1),
             ),
         }
+        port = settings().metrics_port
+        if port:  # one port per process, in the order `lab status` lists them: LAB_METRICS_PORT, +1, +2…
+            env.update(Settings.environ(metrics_port=port + [n for n, _ in self.opts.instances()].index(name or role)))
         for name in ("nats_user", "nats_password", "nats_password_file", "runner_password", "runner_password_file", "job_secret", "job_secret_file"):
             env.pop(env_name(name), None)
         if wiring_class(role).runs_jobs:

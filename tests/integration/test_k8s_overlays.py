@@ -21,7 +21,7 @@ from bus.schema import ROLES
 from services.executors.render import KubernetesSettings, k8s_job, k8s_job_secret
 from tests.manifests import REPO, assert_restricted, build, container, example, needs_kubectl, pod_specs, secret_file, validate
 
-OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas", "overlays/tls"]
+OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas", "overlays/tls", "overlays/monitoring"]
 # Kinds without a namespace; everything else must name one.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
 # Created by hand (docs/kubernetes.md "Create the namespace and the secrets"), never by the build.
@@ -222,6 +222,37 @@ def test_every_agent_s_replica_count_is_the_one_its_pods_read_by(overlay: str) -
 
 
 @needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_agent_serves_metrics_on_its_named_port(overlay: str) -> None:
+    agents = [d for d in build(overlay) if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("lab-")]
+    assert len(agents) == len(ROLES)
+    for d in agents:
+        [c] = d["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("metrics", int(env["LAB_METRICS_PORT"]))], d["metadata"]["name"]
+
+
+@needs_kubectl
+def test_the_monitoring_overlay_scrapes_the_agents_and_lets_only_the_monitoring_namespace_in() -> None:
+    docs = build("overlays/monitoring")
+    [monitor] = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == "lab"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["lab"]}
+    selected = [d for d in docs if d["kind"] == "StatefulSet"
+                and monitor["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+    assert sorted(d["metadata"]["name"] for d in selected) == sorted(f"lab-{r}" for r in ROLES)  # the agents, not NATS
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "lab"}
+    ingress = policies["agents-metrics-ingress"]["spec"]
+    assert ingress["podSelector"] == {"matchLabels": {"app.kubernetes.io/component": "agent"}} and ingress["policyTypes"] == ["Ingress"]
+    assert ingress["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                                   "ports": [{"protocol": "TCP", "port": 9464}]}]
+    # Without the component nothing may reach the port: the base has no ingress to the agents at all.
+    assert not [d for d in build("base") if d["kind"] in ("PodMonitor", "NetworkPolicy") and d["metadata"]["name"] == "agents-metrics-ingress"]
+
+
+@needs_kubectl
 def test_engineer_rbac_is_limited_to_jobs_pods_events_and_making_job_secrets_in_the_jobs_namespace() -> None:
     docs = build("base")
     [role] = [d for d in docs if d["kind"] == "Role"]
@@ -316,7 +347,7 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
     validate(job)
     limits = container(job, "experiment")["resources"]["limits"]
     pod = job["spec"]["template"]["spec"]
-    if overlay.endswith(("gpu", "kueue", "tls")):  # tls: the gpu overlay with TLS
+    if overlay.endswith(("gpu", "kueue", "tls", "monitoring")):  # tls, monitoring: the gpu overlay with a component
         assert int(limits["nvidia.com/gpu"]) >= 1 and pod["nodeSelector"] and pod["tolerations"]
     else:
         assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod

@@ -23,7 +23,7 @@ def _project(i: int, stage: str, accepted: bool | None = None) -> ProjectView:
 
 def _beat(role: str, instance: str) -> Heartbeat:
     return Heartbeat(role=role, instance=instance, pid=41234, host="gpu-node-17.cluster.example.org", handled=1234, busy=2, concurrency=4,
-                     p50_s=0.12, p99_s=3.4, seen=NOW)
+                     p50_s=0.12, p99_s=3.4, seen=NOW, metrics_url=f"http://gpu-node-17:9464/metrics#{instance}")
 
 
 ROLES = ("pi", "literature", "engineer", "analyst", "writer", "reviewer")
@@ -75,6 +75,7 @@ def test_wide_shows_the_full_decision_and_the_hosts():
     text = _print(wide=True)
     assert " ".join(RULE.split()) in " ".join(text.split())
     assert "gpu-node-17.cluster.example.org" in text and "3.40" in text
+    assert "http://gpu-node-17:9464/metrics#writer-2" in text  # where each process serves its metrics
 
 
 def test_age():

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
@@ -49,6 +50,7 @@ from pydantic import BaseModel, ValidationError
 from agents.minds.llm.config import MindConfig, ModelSettings
 from agents.minds.llm.errors import EndpointDown, InvalidAnswer, MindConfigError, MindFailed
 from agents.minds.meter import charge
+from bus import metrics
 from bus.retry import CircuitBreaker, CircuitOpen, RetryPolicy, breaker_for
 from bus.schema import Usage
 from bus.schema.kinds import OutputMode
@@ -132,8 +134,10 @@ class GuardedClient(ChatCompletionClient):
         on_usage: Callable[[int, int], None],
         extra: dict[str, Any] | None = None,
         breaker: CircuitBreaker | None = None,
+        role: str = "",
     ) -> None:
         self._inner = inner
+        self._role = role  # the label of its calls in the lab's metrics (bus/metrics)
         self._extra = extra or {}  # fixed create args, e.g. a per-reviewer seed
         self._mode = mode
         self._strict = strict
@@ -183,13 +187,18 @@ class GuardedClient(ChatCompletionClient):
                 self._inner.create(messages, tools=tools, extra_create_args=args, cancellation_token=token), timeout=self._timeout_s
             )
 
+        started, failed = time.monotonic(), True
         try:
-            return await self._policy.run(once, _is_transient, breaker=self._breaker)
+            result = await self._policy.run(once, _is_transient, breaker=self._breaker)
+            failed = False
+            return result
         except CircuitOpen as e:  # not retried: the endpoint is dead for now, and the step should say so
             raise TransportFailed(f"LLM endpoint {e}") from e
         except (openai.APIError, TimeoutError) as e:
             tries = "" if not _is_transient(e) else f" after {self._retries + 1} tries"
             raise TransportFailed(f"{_describe(e)}{tries}") from e
+        finally:
+            metrics.llm_call(self._role, time.monotonic() - started, failed)
 
     def create_stream(
         self,
@@ -346,6 +355,7 @@ class MindClient:
             on_usage=self._add_usage,
             extra=extra,
             breaker=self.breaker(),
+            role=self.role,
         )
 
     def conversation(self, step: str, system: str, schema: type[T], **extra: Any) -> Conversation[T]:

@@ -1,0 +1,131 @@
+"""The lab's Prometheus metrics, all in one place, and the HTTP exporter that serves them.
+
+Every series is named ``lab_*`` and lives in the process's default registry, so
+one ``/metrics`` page per process shows them together with prometheus-client's
+own process and Python series. The agent host (``services/host/agent.py``)
+starts the exporter when ``LAB_METRICS_PORT`` is set (0: any free port) and
+records what it bound in its heartbeat (``Heartbeat.metrics_url``).
+
+The series and their labels (``docs/metrics.md`` lists them for operators):
+
+- ``lab_messages_handled_total{role,outcome}``: messages an agent finished; outcome ``ok``, ``error`` (it
+  will come back: a NAK) or ``dead_letter``.
+- ``lab_handler_seconds{role}``: a histogram of the time from taking a message to finishing it.
+- ``lab_dead_letters_total{role}``: messages an agent set aside as dead letters.
+- ``lab_lanes_held{role}`` / ``lab_lanes_in_hand{role}``: messages queued or in hand, and in hand now.
+- ``lab_projects{stage}``: the PI's projects by stage (one PI replica counts the projects it owns).
+- ``lab_jobs{state}``: the engineer's jobs by state, over the projects it owns.
+- ``lab_capacity_used{counts}`` / ``lab_capacity_total{counts}``: the lab-wide capacity ledger as last written
+  by this process (``counts``: ``slots`` or ``gpus``).
+- ``lab_llm_call_seconds{role}`` / ``lab_llm_errors_total{role}``: model calls, with their retries, and those that
+  failed for good.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+# Seconds: agent handlers run from milliseconds (offline mind) to minutes (an llm mind writing a paper).
+HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+MESSAGES_HANDLED = Counter("lab_messages_handled", "Messages an agent finished, by outcome (ok, error, dead_letter).", ["role", "outcome"])
+HANDLER_SECONDS = Histogram("lab_handler_seconds", "Seconds an agent took over one message.", ["role"], buckets=HANDLER_BUCKETS)
+DEAD_LETTERS = Counter("lab_dead_letters", "Messages an agent set aside as dead letters.", ["role"])
+LANES_HELD = Gauge("lab_lanes_held", "Messages an agent holds, queued or in hand.", ["role"])
+LANES_IN_HAND = Gauge("lab_lanes_in_hand", "Messages an agent is handling right now.", ["role"])
+PROJECTS = Gauge("lab_projects", "The PI's projects by stage (those this replica owns).", ["stage"])
+JOBS = Gauge("lab_jobs", "The engineer's jobs by state (over the projects this replica owns).", ["state"])
+CAPACITY_USED = Gauge("lab_capacity_used", "Units of the lab-wide capacity ledger held by jobs, as last written here.", ["counts"])
+CAPACITY_TOTAL = Gauge("lab_capacity_total", "Units the capacity ledger may hand out (absent: unlimited).", ["counts"])
+LLM_SECONDS = Histogram("lab_llm_call_seconds", "Seconds one model call took, its transport retries included.", ["role"], buckets=LLM_BUCKETS)
+LLM_ERRORS = Counter("lab_llm_errors", "Model calls that failed after their retries (or with the endpoint's breaker open).", ["role"])
+
+OUTCOMES = ("ok", "error", "dead_letter")
+
+_lock = threading.Lock()
+_served: dict[str, int] = {}  # "port": what this process's exporter bound, once started
+
+
+def prepare(role: str) -> None:
+    """Create a role's labelled series at zero, so a scrape shows them before the first message."""
+    for outcome in OUTCOMES:
+        MESSAGES_HANDLED.labels(role=role, outcome=outcome)
+    HANDLER_SECONDS.labels(role=role)
+    DEAD_LETTERS.labels(role=role)
+    LANES_HELD.labels(role=role)
+    LANES_IN_HAND.labels(role=role)
+
+
+def handled(role: str, outcome: str, seconds: float) -> None:
+    """One message finished: its outcome and how long it took."""
+    MESSAGES_HANDLED.labels(role=role, outcome=outcome).inc()
+    HANDLER_SECONDS.labels(role=role).observe(seconds)
+    if outcome == "dead_letter":
+        DEAD_LETTERS.labels(role=role).inc()
+
+
+def lanes(role: str, held: int, in_hand: int) -> None:
+    LANES_HELD.labels(role=role).set(held)
+    LANES_IN_HAND.labels(role=role).set(in_hand)
+
+
+class LabelTally:
+    """A gauge over per-project values: each project's latest tally of labels, summed across projects.
+
+    The PI tells each project's stage (one label per project), the engineer its jobs' states
+    (many per project); the gauge shows the sum, and a label no project has any more reads 0.
+    """
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self.projects: dict[str, Tally[str]] = {}
+        self._seen: set[str] = set()
+
+    def set(self, project: str, labels: Iterable[str]) -> None:
+        with _lock:
+            self.projects[project] = Tally(labels)
+            total: Tally[str] = Tally()
+            for tally in self.projects.values():
+                total.update(tally)
+            self._seen.update(total)
+            for label in self._seen:
+                self.gauge.labels(label).set(total.get(label, 0))
+
+
+PROJECT_STAGES = LabelTally(PROJECTS)
+JOB_STATES = LabelTally(JOBS)
+
+
+def capacity(counts: str, used: int, total: int | None) -> None:
+    CAPACITY_USED.labels(counts=counts).set(used)
+    if total is not None:
+        CAPACITY_TOTAL.labels(counts=counts).set(total)
+
+
+def llm_call(role: str, seconds: float, failed: bool) -> None:
+    LLM_SECONDS.labels(role=role).observe(seconds)
+    if failed:
+        LLM_ERRORS.labels(role=role).inc()
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> int:
+    """Start this process's exporter on ``port`` (0: a free one) once; return the port it serves on.
+
+    A second call (two hosts in one process, as in tests) gets the first exporter's port.
+    """
+    with _lock:
+        if "port" not in _served:
+            server, _thread = start_http_server(port, addr=addr)
+            _served["port"] = int(server.server_address[1])
+        return _served["port"]
+
+
+def url(port: int) -> str:
+    """Where a scraper finds this process's metrics: its host name (a pod's name) and the port."""
+    return f"http://{socket.gethostname()}:{port}/metrics"
