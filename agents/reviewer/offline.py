@@ -149,8 +149,13 @@ def findings(paper: str, report: AnalysisReport, references: list[Reference], ev
     rubric = [Finding(f.kind, f.target, f.text, "claims") for f in claim_findings(secs, report)]
     rubric += baseline_findings(report) + seed_findings(report)
     rubric += [Finding(f.kind, f.target, f.text, RUBRIC_AREA.get(f.kind, "statistics")) for f in text_findings(paper, secs, report, references)]
+    audited = audit(paper, report, references, evidence)
+    # One seeds item per arm, and the one that asks for the most: the seed plan's, when it asks for at least the rubric's
+    # GOOD_SEEDS, comes first. Asking for 5 now and for the plan's 37 only in the last round moves the goalposts.
+    plan = report.seed_plan
+    planned = [f for f in audited if f.kind == "more_seeds"] if plan is not None and plan.seeds >= GOOD_SEEDS else []
     out: list[Finding] = []
-    for f in rubric + audit(paper, report, references, evidence):
+    for f in planned + rubric + audited:
         if f not in out and not (f.kind == "more_seeds" and any(o.kind == "more_seeds" and o.target == f.target for o in out)):
             out.append(f)
     return out

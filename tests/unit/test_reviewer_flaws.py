@@ -33,7 +33,7 @@ from bus.schema import (
     RunRecord,
     TemplateSpec,
 )
-from bus.schema.analysis import Descriptive
+from bus.schema.analysis import Descriptive, SeedPlan
 from tests.fakes import MemoryStore
 
 SPEC = TemplateSpec.model_validate({
@@ -331,3 +331,21 @@ async def test_a_seeds_added_statement_is_not_read_as_a_verdict():
                   "its alpha was spent over both looks.")
     done = await review(paper(rep, limitations=paper_part("limitations") + limitation), rep)
     assert not [w for w in weaknesses(done) if "calls `warmup-300`" in w and "inconclusive look" in w]
+
+
+async def test_the_seeds_asked_for_in_the_first_round_are_the_seed_plans_not_a_smaller_number():
+    """Found running `lab run --template grokking`: round 0 asked for "at least 5" seeds per arm, the PI ran 6, and the last round
+    asked for the seed plan's 37 and rejected. The plan was there from round 0; its ask must be the one a reader sees first."""
+    rep = report()
+    few = rep.model_copy(update={
+        "comparisons": [c.model_copy(update={"n_baseline": 3, "n_idea": 3}) for c in rep.comparisons],
+        "seed_plan": SeedPlan(metric="val_acc", baseline_sd=0.013, min_detectable_effect=0.01, power=0.8, alpha=0.025, seeds=37),
+    })
+    done = await review(paper(few), few)
+    asks = {i.target: i.text for i in done.meta.revision_items if i.kind == "more_seeds"}
+    assert set(asks) == {"wd-1", "warmup-300", "baseline"}, asks
+    assert all("the seed plan asks for 37 per arm" in t and "at least 5" not in t for t in asks.values()), asks
+    # A plan that asks for fewer than the rubric's five leaves the rubric's ask.
+    small = few.model_copy(update={"seed_plan": few.seed_plan.model_copy(update={"seeds": 4})})
+    asks = {i.target: i.text for i in (await review(paper(small), small)).meta.revision_items if i.kind == "more_seeds"}
+    assert asks and all("at least 5 in all" in t for t in asks.values()), asks
