@@ -32,7 +32,7 @@ from bus.errors import ArtifactMissing, LabError
 from bus.permissions import convo_refusal
 from bus.provenance import provenance, spend
 from bus.replay import read
-from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentPlanned, ExperimentResult, ReviewDone, RunRecord, StartProject, Usage
+from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentPlanned, ExperimentResult, ProjectView, ReviewDone, RunRecord, StartProject, Usage
 from bus.store import Artifacts, object_name_refusal
 from services.read.projects import project_state
 
@@ -142,11 +142,8 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
         raise UnknownProject(f"unknown project {project!r}: nothing on the bus names it")
     artifacts = await Artifacts.open(bus)
     out.mkdir(parents=True, exist_ok=True)
-    done = Exported(project=project, out=out, finished=log.decision is not None, stage=state.stage if state else "unknown", decision=log.decision)
+    done = _exported(project, out, state, log)
     files = done.files
-    # The runs the analysis (the paper's evidence) read; before there is one, every run reported so far.
-    done.runs = list(log.analysis.report.runs) if log.analysis is not None else list(log.runs)
-    done.reported, done.usage = list(log.runs), (state.usage if state is not None else None)
 
     paper = log.decision.paper if log.decision is not None else log.draft
     if paper is not None:
@@ -194,6 +191,16 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     manifest.write_text(json.dumps(_manifest(done, paper), indent=2))
     files.append(("export.json", manifest))
     return done
+
+
+def _exported(project: str, out: Path, state: ProjectView | None, log: _Log) -> Exported:
+    """What the export starts from: the project's stage and decision, the runs the paper rests on, and what it spent."""
+    return Exported(
+        project=project, out=out, finished=log.decision is not None, stage=state.stage if state else "unknown", decision=log.decision,
+        # The runs the analysis (the paper's evidence) read; before there is one, every run reported so far.
+        runs=list(log.analysis.report.runs) if log.analysis is not None else list(log.runs),
+        reported=list(log.runs), usage=state.usage if state is not None else None,
+    )
 
 
 def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
