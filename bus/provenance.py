@@ -1,4 +1,4 @@
-"""Provenance of a run: the hashes that name the code and packages it ran, and the chain from a run to its job.
+"""Provenance of a run: the hashes that name the code and packages it ran, the chain from a run to its job, and its compute.
 
 Pure functions over bytes and records, shared by the runner (which hashes what it
 unpacked), ``lab export`` (``export.json``'s ``provenance``) and the writer (the
@@ -12,9 +12,11 @@ place to say which results it served instead.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bus.schema.project import Usage
 from bus.schema.results import RunRecord
 
 # What is not the template's code: Python's byte-code caches and editor/VCS leftovers, as agents.templates.bundle skips them.
@@ -74,4 +76,30 @@ def provenance(run: RunRecord) -> dict[str, Any]:
         "code_sha256": env.code_sha256 if env else "",
         "diff_sha256": text_sha256(run.diff),
         "reused": FRESH,
+        "cpu_s": run.cpu_s,  # None: its runner could not see the experiment's CPU time (or predates measuring it)
+        "gpu_s": run.gpu_s,
     }
+
+
+def spend(runs: Iterable[RunRecord], usage: Mapping[str, Usage] | None = None) -> dict[str, Any]:
+    """What a project's jobs used, each job once (by id): wall, CPU and GPU seconds, GPU-hours; and its minds' tokens.
+
+    ``cpu_s`` sums the jobs whose CPU time was measured, ``cpu_measured`` says how many those are (a job that ran in
+    its own container is not); ``llm`` (only when ``usage`` is given) totals the tokens and money each role reported.
+    """
+    jobs = list({r.job_id: r for r in runs}.values())
+    cpu = [r.cpu_s for r in jobs if r.cpu_s is not None]
+    gpu_s = sum(r.gpu_s for r in jobs)
+    out: dict[str, Any] = {
+        "jobs": len(jobs),
+        "wall_s": round(sum(r.wall_s for r in jobs), 3),
+        "cpu_s": round(sum(cpu), 3),
+        "cpu_measured": len(cpu),
+        "gpu_s": round(gpu_s, 3),
+        "gpu_hours": round(gpu_s / 3600, 4),
+    }
+    if usage is not None:
+        total = sum(usage.values(), Usage())
+        out["llm"] = {"prompt_tokens": total.prompt_tokens, "completion_tokens": total.completion_tokens,
+                      "tokens": total.prompt_tokens + total.completion_tokens, "cost_usd": round(total.cost_usd, 6)}
+    return out

@@ -332,6 +332,8 @@ class Engineer(Role):
                 environment=j.status.environment if j.status else None,
                 artifacts=j.status.artifacts if j.status else [],
                 wall_s=j.status.wall_s if j.status else 0.0,
+                cpu_s=j.status.cpu_s if j.status else None,
+                gpu_s=j.status.gpu_s if j.status else 0.0,
             )
             for j in jobs
         ]

@@ -152,6 +152,10 @@ class JobStatus(Model):
     environment: JobEnvironment | None = None
     artifacts: list[str] = []
     wall_s: float = 0.0
+    # The experiment's CPU-seconds (user + system, its whole process tree); None where the runner cannot see them
+    # (its own container, another node, or an older runner). GPU-seconds: wall seconds x the GPUs the job was given.
+    cpu_s: float | None = None
+    gpu_s: float = 0.0
     attempt: int = 1
     # HMAC of the project and this status under the job's own key (bus/jobkeys.py); the engineer refuses a status without it.
     signature: str = ""

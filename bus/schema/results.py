@@ -65,6 +65,8 @@ class RunRecord(Model):
     environment: JobEnvironment | None = None
     artifacts: list[str] = []  # object-store names
     wall_s: float = 0.0
+    cpu_s: float | None = None  # the experiment's CPU-seconds, from its status (None: not measured)
+    gpu_s: float = 0.0  # wall seconds x the GPUs the job was given (0 for a CPU job)
     attempt: int = 1  # this run's attempt: earlier ones were lost with their runner (see ``lost``) or fixed
     lost: list[str] = []  # earlier attempts whose runner died without a result, and why
     diff: str = ""  # the code edits this run made to the template, as a unified diff ("" for a knob-only run)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bus.schema.constants import HEARTBEAT_STALE_S
 from bus.schema.project import Budget, Usage
+from bus.schema.results import RunRecord
 
 Stage = Literal["ideas", "experiments", "analysis", "draft", "review", "done", "failed"]
 FINISHED_STAGES: tuple[Stage, ...] = ("done", "failed")
@@ -57,6 +58,18 @@ class ProjectView(ReadModel):
     @property
     def cost_usd(self) -> float:
         return sum(u.cost_usd for u in self.usage.values())
+
+    @property
+    def runs(self) -> list[RunRecord]:
+        """Every run the PI holds, as the engineer reported it; one it cannot read is left out, not guessed at."""
+        out: list[RunRecord] = []
+        for e in self.experiments.values():
+            for r in e.get("runs", []) if isinstance(e, dict) else []:
+                try:
+                    out.append(RunRecord.model_validate(r))
+                except ValidationError:
+                    continue
+        return out
 
     @property
     def decision(self) -> str:

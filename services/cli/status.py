@@ -5,8 +5,8 @@ line, since a name cut short cannot be pasted into `lab say -p` or `lab export`;
 free text (an outcome, a decision rule, a reason) is cut to one line with an ellipsis. ``wide`` shows
 every column at its natural width, free text in full, however wide that is; ``--json`` has everything.
 The compact layout leaves out what can be read elsewhere: the template when the project's name already
-starts with it (as `lab run` names projects), tokens, and the project column of jobs (a job id starts
-with its project).
+starts with it (as `lab run` names projects), tokens, the project column of jobs (a job id starts
+with its project), and a finished project's compute (`lab export` has it, in export.json's ``spend``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bus.provenance import spend
 from bus.schema import Heartbeat, ProjectView
 from services.cli.terminal import clean
 from services.read.projects import ActiveJob
@@ -110,6 +111,29 @@ def projects_table(projects: list[ProjectView], wide: bool) -> Table:
     return t
 
 
+def compute_table(projects: list[ProjectView], wide: bool) -> Table | None:
+    """Each project's compute so far (its jobs, CPU-minutes, GPU-hours), from the runs the PI holds; None when none ran a job.
+
+    The compact layout lists the projects still running; ``wide`` every project.
+    """
+    rows = [(s.project, compute(spend(s.runs))) for s in projects if (wide or not s.finished) and s.runs]
+    if not rows:
+        return None
+    t = table(wide, [("project", NAME), ("compute", TEXT)], title="compute so far")
+    for name, line in rows:
+        t.add_row(name, cut(line, wide))
+    return t
+
+
+def compute(sp: dict[str, Any]) -> str:
+    """A project's compute in one short line: "12 jobs, 3.4 CPU-min, 0 GPU-h" (from :func:`bus.provenance.spend`)."""
+    jobs, measured = sp["jobs"], sp["cpu_measured"]
+    cpu = f"{sp['cpu_s'] / 60:.1f} CPU-min" + (f" ({measured} of {jobs} measured)" if measured < jobs else "")
+    hours = round(sp["gpu_hours"], 2)
+    gpu = "<0.01" if sp["gpu_s"] > 0 and hours == 0 else f"{hours:g}"
+    return f"{jobs} job{'s' if jobs != 1 else ''}, {cpu}, {gpu} GPU-h"
+
+
 def age(seconds: float) -> str:
     """A duration as the largest whole unit: 45s, 12m, 3h, 2d."""
     s = max(0, int(seconds))
@@ -175,10 +199,12 @@ def show(console: Console, renderable: Table, wide: bool) -> None:
 
 
 def render(data: LabStatus, console: Console, wide: bool = False, now: float | None = None) -> None:
-    """Print what `lab status` gathered: agents, projects, jobs, the capacity, the finished projects."""
+    """Print what `lab status` gathered: agents, projects, their compute, jobs, the capacity, the finished projects."""
     console.print(f"NATS: {data.nats}", markup=False)
     show(console, agents_table(data.agents, wide, now, data.instances), wide)
     show(console, projects_table(data.projects, wide), wide)
+    if (spent := compute_table(data.projects, wide)) is not None:
+        show(console, spent, wide)
     if data.jobs:
         show(console, jobs_table(data.jobs, wide), wide)
     if data.capacity.get("projects"):

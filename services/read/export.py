@@ -13,7 +13,7 @@ and ``export.json`` says so.
     baseline.md                                              a template with nothing to vary: its baseline characterised
     results/<experiment-id>/...                              every run's files (``-attempt2``… when retried; job ids in export.json)
     conversation.jsonl                                       the whole log
-    export.json                                              finished or not, the decision, the files, each analysed run's provenance
+    export.json                                              finished or not, the decision, the files, each analysed run's provenance, the compute spent
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from bus import subjects
 from bus.client import Bus
 from bus.errors import ArtifactMissing, LabError
 from bus.permissions import convo_refusal
-from bus.provenance import provenance
+from bus.provenance import provenance, spend
 from bus.replay import read
-from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentPlanned, ExperimentResult, ReviewDone, RunRecord, StartProject
+from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentPlanned, ExperimentResult, ProjectView, ReviewDone, RunRecord, StartProject, Usage
 from bus.store import Artifacts, object_name_refusal
 from services.read.projects import project_state
 
@@ -52,6 +52,8 @@ class Exported:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (object name, why it was not written)
     results: dict[str, str] = field(default_factory=dict)  # results/ folder -> the job id it holds
     runs: list[RunRecord] = field(default_factory=list)  # the analysed runs (the runs so far, before any analysis)
+    reported: list[RunRecord] = field(default_factory=list)  # every run the engineer reported: what the project's compute went to
+    usage: dict[str, Usage] | None = None  # the tokens and money each role reported (None: the PI stored no state)
 
 
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,80}")
@@ -140,10 +142,8 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
         raise UnknownProject(f"unknown project {project!r}: nothing on the bus names it")
     artifacts = await Artifacts.open(bus)
     out.mkdir(parents=True, exist_ok=True)
-    done = Exported(project=project, out=out, finished=log.decision is not None, stage=state.stage if state else "unknown", decision=log.decision)
+    done = _exported(project, out, state, log)
     files = done.files
-    # The runs the analysis (the paper's evidence) read; before there is one, every run reported so far.
-    done.runs = list(log.analysis.report.runs) if log.analysis is not None else list(log.runs)
 
     paper = log.decision.paper if log.decision is not None else log.draft
     if paper is not None:
@@ -193,6 +193,16 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     return done
 
 
+def _exported(project: str, out: Path, state: ProjectView | None, log: _Log) -> Exported:
+    """What the export starts from: the project's stage and decision, the runs the paper rests on, and what it spent."""
+    return Exported(
+        project=project, out=out, finished=log.decision is not None, stage=state.stage if state else "unknown", decision=log.decision,
+        # The runs the analysis (the paper's evidence) read; before there is one, every run reported so far.
+        runs=list(log.analysis.report.runs) if log.analysis is not None else list(log.runs),
+        reported=list(log.runs), usage=state.usage if state is not None else None,
+    )
+
+
 def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
     d = done.decision
     return {
@@ -208,5 +218,7 @@ def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
         "results": {folder: {"job_id": job} for folder, job in sorted(done.results.items())},  # results/<experiment-id>/ -> its job
         # Each analysed run traced to its job: attempt, executor, node, image (or interpreter and packages hash), code and diff hashes.
         "provenance": [provenance(r) for r in done.runs],
+        # What every job the project ran used (analysed or not): wall, CPU and GPU seconds, GPU-hours, and its minds' tokens.
+        "spend": spend(done.reported, done.usage),
         "exported_at": time.time(),
     }

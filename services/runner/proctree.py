@@ -143,6 +143,30 @@ def kill_descendants(root: int) -> int:
 
 
 
+def reap_orphans(root: int) -> int:
+    """Reap the zombies that reparented to ``root`` (this process, a subreaper); how many were reaped.
+
+    bubblewrap's outer process exits as soon as the sandbox's pid 1 reports the exit status, so that pid 1
+    (which reaped the experiment's processes, and holds their CPU time) ends as an orphan zombie of the runner:
+    until it is reaped, none of the experiment's CPU time shows in ``getrusage(RUSAGE_CHILDREN)``. Only zombies
+    are waited for, each by its pid, so no live child's exit status is taken from whoever awaits it.
+    """
+    reaped = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z" or int(fields[1]) != root:
+                continue
+            if os.waitpid(int(d.name), os.WNOHANG)[0]:
+                reaped += 1
+        except (OSError, ValueError, IndexError):  # gone already, or not ours (ChildProcessError is an OSError)
+            continue
+    return reaped
+
+
 def signal_tree(root: int, sig: int, skip: tuple[str, ...] = ("bwrap",)) -> int:
     """Send ``sig`` to every descendant of ``root`` except the sandbox's own processes.
 

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -336,6 +337,14 @@ class _Ran(NamedTuple):
     measured: JobEnvironment | None
     wall: float
     sync: checkpoint.CheckpointSync | None
+    cpu_s: float | None = None  # the experiment's CPU-seconds: None where this runner cannot see them
+
+
+def _children_cpu_s() -> float:
+    """User + system seconds of this process's children that have ended and been waited for, their own waited-for
+    descendants included (the sandbox's pid 1 reaps the experiment's processes, and the runner reaps the sandbox)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def _where(launch: Launch | None, cmd: list[str]) -> str:
@@ -496,7 +505,7 @@ class Runner:
                 outcome, final_info = Outcome("failed", f"{INVALID_OUTPUT}: {refused}", 0), None
         if outcome.reason.startswith(INVALID_OUTPUT):
             await log.note(f"[runner] the run's output is refused: {outcome.reason}")
-        return await self._report(artifacts, log, outcome, final_info, envinfo, uploaded, ran.wall)
+        return await self._report(artifacts, log, outcome, final_info, envinfo, uploaded, ran)
 
     @property
     def _prefix(self) -> str:
@@ -552,6 +561,7 @@ class Runner:
         syncing = asyncio.create_task(sync.run()) if sync and settings().node_rank == 0 else None
         plot_failed: str | None = None
         measured: JobEnvironment | None = None
+        cpu_s: float | None = None
         try:
             if launch is None:
                 assert self.layout is not None
@@ -559,7 +569,11 @@ class Runner:
                 outcome, plot_failed = Outcome(record.state, record.reason, record.exit_code), record.plot_failed
                 measured = record.environment
             else:
+                cpu_before = _children_cpu_s()  # one job per runner, nothing else of it running: the delta is the experiment
                 outcome = await supervise(launch, code, job, log, term)
+                proctree.reap_orphans(os.getpid())  # the sandbox's pid 1, which holds the experiment's CPU time
+                # Another node's processes are out of sight: a multi-node job's CPU time is not known whole.
+                cpu_s = _children_cpu_s() - cpu_before if job.nodes == 1 else None
         except BaseException as e:  # cancelled or the runner broke: keep the log
             await _save_log(artifacts, f"{self._prefix}/log.txt", log, e)
             raise
@@ -569,7 +583,7 @@ class Runner:
             await sync.sync()  # what the experiment saved on SIGTERM, or its last periodic checkpoint
             if sync.refused:
                 await log.note(f"[runner] checkpoint not uploaded: {sync.refused}")
-        return _Ran(outcome, plot_failed, measured, wall, sync)
+        return _Ran(outcome, plot_failed, measured, wall, sync, cpu_s)
 
     def _interpreter(self) -> str:
         """The template's own environment's python, when it ran the experiment; "" when this process's did."""
@@ -667,9 +681,13 @@ class Runner:
 
     async def _report(
         self, artifacts: Artifacts, log: _JobLog, outcome: Outcome, final_info: FinalInfo | None, envinfo: JobEnvironment,
-        uploaded: list[str], wall: float,
+        uploaded: list[str], ran: _Ran,
     ) -> int:
-        """Upload the machine's description and the log, then publish the job's final status (and keep it in result.json)."""
+        """Upload the machine's description and the log, then publish the job's final status (and keep it in result.json).
+
+        Its compute: the experiment's CPU-seconds as measured (None when it ran in its own container), and
+        GPU-seconds as its wall seconds times every GPU it was given (on each of its nodes).
+        """
         job = self.job
         kept = log.close()
         (self.workdir / "env.json").write_text(envinfo.model_dump_json(indent=2))
@@ -686,7 +704,9 @@ class Runner:
             final_info=final_info,
             environment=envinfo,
             artifacts=uploaded,
-            wall_s=wall,
+            wall_s=ran.wall,
+            cpu_s=None if ran.cpu_s is None else round(ran.cpu_s, 3),
+            gpu_s=round(ran.wall * job.gpu * job.nodes, 3),
         )
         (self.workdir / RESULT_FILE).write_text(dump_result(status))
         await self.publish_status(status)

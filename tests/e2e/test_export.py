@@ -77,6 +77,12 @@ def test_export_and_attach_on_a_running_and_a_finished_project(lab_env, tmp_path
             assert r["code_sha256"] == recorded["code_sha256"] and re.fullmatch(r"[0-9a-f]{64}", r["code_sha256"])
             assert r["interpreter"] == recorded["interpreter"] and r["packages_sha256"] == recorded["packages_sha256"]
             assert f"| `{r['job_id']}" in paper and f"interpreter {r['interpreter']}" in paper and f"`{r['code_sha256'][:12]}` | fresh |" in paper
+            assert r["cpu_s"] > 0 and r["gpu_s"] == 0  # measured by the local runner; a CPU job holds no GPU
+        # What the project's jobs and minds spent: every job counted (analysed or not), its CPU time measured.
+        spent = manifest["spend"]
+        assert spent["jobs"] >= len(chain) and spent["cpu_measured"] == spent["jobs"] and spent["cpu_s"] > 0 and spent["gpu_hours"] == 0
+        assert spent["wall_s"] > 0 and set(spent["llm"]) == {"prompt_tokens", "completion_tokens", "tokens", "cost_usd"}
+        assert "cpu_s" not in paper and "GPU-h" not in paper  # the paper's provenance table is unchanged
         mine, run_out, attach_out = tree(exported), tree(out), tree(attached)
         assert set(mine) == set(run_out) == set(attach_out)
         for name in mine:

@@ -94,6 +94,25 @@ async def test_a_good_run_reports_results_and_environment(admin_bus, nats_server
     assert "training" in log and "--scale 2.0" in log
 
 
+BURN = """
+import subprocess, sys, time
+def burn(s):
+    while time.process_time() < s:
+        pass
+# Half the CPU time in a child the experiment waits for, half in itself: the whole process tree counts.
+subprocess.run([sys.executable, "-c", "import time\\nwhile time.process_time() < 0.6: pass"], check=True)
+burn(0.6)
+""" + GOOD
+
+
+async def test_a_run_reports_the_cpu_seconds_its_process_tree_burned_and_no_gpu_seconds(admin_bus, nats_server, tmp_path):
+    proc, statuses, _, _ = await run_job(admin_bus, nats_server, tmp_path, BURN)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    done = statuses[-1]
+    assert done.state == "succeeded" and done.gpu_s == 0.0
+    assert done.cpu_s is not None and 1.1 <= done.cpu_s <= done.wall_s * (os.cpu_count() or 1) + 1.0, (done.cpu_s, done.wall_s)
+
+
 async def test_a_crash_is_reported_with_its_last_line(admin_bus, nats_server, tmp_path):
     proc, statuses, _, _ = await run_job(admin_bus, nats_server, tmp_path, "raise SystemExit('diverged: loss is nan')")
     assert proc.returncode == EXIT_EXPERIMENT_FAILED

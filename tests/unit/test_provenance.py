@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from agents.templates import bundle, replace_files, unbundle
-from bus.provenance import FRESH, packages_sha256, provenance, text_sha256, tree_sha256
-from bus.schema import FinalInfo, JobEnvironment, MetricStat, RunRecord
+from bus.provenance import FRESH, packages_sha256, provenance, spend, text_sha256, tree_sha256
+from bus.schema import FinalInfo, JobEnvironment, JobStatus, MetricStat, RunRecord, Usage
 from services.read.export import Exported, _manifest
 from services.runner import runner
 
@@ -90,6 +90,37 @@ def test_old_environment_documents_still_load() -> None:
     assert (old.node, old.image, old.interpreter, old.packages_sha256, old.code_sha256) == ("", "", "", "", "")
 
 
+def test_old_status_and_run_documents_load_without_compute() -> None:
+    """Statuses and runs recorded before the runner measured compute: CPU time unknown (None, never 0), no GPU time."""
+    status = JobStatus.model_validate({"type": "job_status", "job_id": "j1", "experiment_id": "x01", "state": "succeeded", "wall_s": 12.5})
+    run = RunRecord.model_validate({"job_id": "j1", "experiment_id": "x01", "idea_id": "baseline", "overrides": {}, "seeds": [0],
+                                    "status": "succeeded", "wall_s": 12.5})
+    assert (status.cpu_s, status.gpu_s) == (None, 0.0) and (run.cpu_s, run.gpu_s) == (None, 0.0)
+    assert (provenance(run)["cpu_s"], provenance(run)["gpu_s"]) == (None, 0.0)
+
+
+def test_spend_totals_each_job_once_and_sums_only_the_measured_cpu_time() -> None:
+    runs = [record("j1", "e-base").model_copy(update={"wall_s": 100.0, "cpu_s": 150.0, "gpu_s": 0.0}),
+            record("j2", "e-idea").model_copy(update={"wall_s": 1800.0, "cpu_s": 1700.0, "gpu_s": 3600.0}),  # 2 GPUs for 30 min
+            record("j3", "e-idea").model_copy(update={"wall_s": 900.0, "cpu_s": None, "gpu_s": 900.0})]  # its own container
+    sp = spend([*runs, runs[0]])  # a run reported twice is one job
+    assert sp == {"jobs": 3, "wall_s": 2800.0, "cpu_s": 1850.0, "cpu_measured": 2, "gpu_s": 4500.0, "gpu_hours": 1.25}
+    usage = {"pi": Usage(prompt_tokens=1000, completion_tokens=200, cost_usd=0.5), "writer": Usage(prompt_tokens=10, completion_tokens=5)}
+    assert spend(runs, usage)["llm"] == {"prompt_tokens": 1010, "completion_tokens": 205, "tokens": 1215, "cost_usd": 0.5}
+    assert spend([]) == {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0, "cpu_measured": 0, "gpu_s": 0.0, "gpu_hours": 0.0}
+
+
+def test_export_spend_counts_every_reported_run_not_only_the_analysed_ones(tmp_path: Path) -> None:
+    analysed = record("j1", "e-base").model_copy(update={"wall_s": 60.0, "cpu_s": 30.0})
+    failed = record("j2", "e-idea").model_copy(update={"status": "failed", "wall_s": 6.0, "cpu_s": 3.0, "gpu_s": 6.0})
+    usage = {"pi": Usage(prompt_tokens=7, completion_tokens=3, cost_usd=0.01)}
+    done = Exported(project="p1", out=tmp_path, finished=True, stage="done", runs=[analysed], reported=[analysed, failed], usage=usage)
+    manifest = _manifest(done, None)
+    assert [(r["job_id"], r["cpu_s"], r["gpu_s"]) for r in manifest["provenance"]] == [("j1", 30.0, 0.0)]
+    assert manifest["spend"] == {"jobs": 2, "wall_s": 66.0, "cpu_s": 33.0, "cpu_measured": 2, "gpu_s": 6.0, "gpu_hours": 0.0017,
+                                 "llm": {"prompt_tokens": 7, "completion_tokens": 3, "tokens": 10, "cost_usd": 0.01}}
+
+
 def test_the_runner_records_node_image_interpreter_and_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAB_NODE_NAME", "gpu-node-3")
     monkeypatch.setenv("LAB_JOB_IMAGE", "ghcr.io/lab/runner@sha256:" + "ab" * 32)
@@ -131,7 +162,7 @@ def test_export_manifest_traces_each_analysed_run_to_its_job(tmp_path: Path) -> 
     base, idea, old = rows
     assert base == {"experiment_id": "e-base", "job_id": "j1", "attempt": 1, "status": "succeeded", "executor": "local", "node": "h1",
                     "image": "", "interpreter": "/usr/bin/python3 3.11.9", "packages_sha256": packages_sha256({"numpy": "2.4.6"}),
-                    "code_sha256": "a" * 64, "diff_sha256": "", "reused": FRESH}
+                    "code_sha256": "a" * 64, "diff_sha256": "", "reused": FRESH, "cpu_s": None, "gpu_s": 0.0}
     assert (idea["executor"], idea["node"], idea["image"], idea["code_sha256"]) == ("kubernetes", "gpu-node-3", "ghcr.io/lab/runner:1.2", "b" * 64)
     assert idea["diff_sha256"] == hashlib.sha256(DIFF.encode()).hexdigest()
     # A run recorded before provenance (or with no environment): every field says nothing rather than guess.

@@ -63,3 +63,30 @@ def test_wide_shows_every_column_unwrapped():
     row = next(ln for ln in text.splitlines() if "model_merging-s12-1b2c3d" in ln)
     # The whole row on one line, outcome included, though wider than the terminal.
     assert "accepted after 1 revision round: all items answered" in row and len(row) > 80
+
+
+def _ran(project: ProjectView, *runs: tuple[str, float, float | None, float]) -> ProjectView:
+    """``project`` with the runs the PI holds: (job id, wall s, cpu s, gpu s) each."""
+    recs = [{"job_id": j, "experiment_id": "e1", "idea_id": "baseline", "overrides": {}, "seeds": [0], "status": "succeeded",
+             "wall_s": w, "cpu_s": c, "gpu_s": g} for j, w, c, g in runs]
+    return project.model_copy(update={"experiments": {"e1": {"experiment_id": "e1", "runs": recs}, "e2": {}}})
+
+
+def test_the_compute_so_far_fits_80_columns_for_running_projects_and_wide_has_every_project():
+    running = _ran(DATA.projects[0], ("j1", 120.0, 150.0, 0.0), ("j2", 90.0, 54.0, 0.0))
+    gpu = _ran(DATA.projects[3], ("j3", 1800.0, 1700.0, 7200.0), ("j4", 600.0, None, 2400.0))  # j4 ran in its own container
+    done = _ran(DATA.projects[1], ("j5", 60.0, 60.0, 0.0))
+    data = LabStatus(nats=DATA.nats, agents=DATA.agents, projects=[running, done, DATA.projects[2], gpu], jobs=DATA.jobs)
+    console = Console(width=80, record=True, force_terminal=False, color_system=None)
+    render(data, console)
+    text = console.export_text()
+    assert max(len(ln) for ln in text.splitlines()) <= 80
+    assert "compute so far" in text
+    assert "2 jobs, 3.4 CPU-min, 0 GPU-h" in text
+    assert "2 jobs, 28.3 CPU-min (1 of 2 measured), 2.67 GPU-h" in text
+    assert "1 job," not in text  # a finished project's compute is in its export (and --wide)
+    wide = Console(width=80, record=True, force_terminal=False, color_system=None)
+    render(data, wide, wide=True)
+    assert "1 job, 1.0 CPU-min, 0 GPU-h" in wide.export_text()
+    # Read from the same runs as export.json's spend.
+    assert [r.job_id for r in gpu.runs] == ["j3", "j4"] and gpu.runs[1].cpu_s is None
