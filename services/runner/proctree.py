@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,22 +25,24 @@ class Usage(NamedTuple):
     tmpfs: int
 
 
-def _parents() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, resident bytes, threads) for every live process."""
-    out: dict[int, tuple[int, int, int]] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
+def _stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name, state first) for every process; gone ones are skipped."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] == "Z":
-                continue
-            out[int(d.name)] = (int(fields[1]), int(fields[21]) * page, int(fields[17]))
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
-    return out
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if len(fields) > 21:
+            yield int(d.name), fields
+
+
+def _parents() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, resident bytes, threads) for every live process."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return {pid: (int(f[1]), int(f[21]) * page, int(f[17])) for pid, f in _stats() if f[0] != "Z"}
 
 
 def descendants(root: int) -> dict[int, int]:
@@ -152,17 +155,13 @@ def reap_orphans(root: int) -> int:
     are waited for, each by its pid, so no live child's exit status is taken from whoever awaits it.
     """
     reaped = 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
+    for pid, fields in _stats():
+        if fields[0] != "Z" or int(fields[1]) != root:
             continue
         try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z" or int(fields[1]) != root:
-                continue
-            if os.waitpid(int(d.name), os.WNOHANG)[0]:
+            if os.waitpid(pid, os.WNOHANG)[0]:
                 reaped += 1
-        except (OSError, ValueError, IndexError):  # gone already, or not ours (ChildProcessError is an OSError)
+        except ChildProcessError:  # reaped already by whoever awaited it
             continue
     return reaped
 
