@@ -26,7 +26,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -70,9 +70,10 @@ def handled(role: str, outcome: str, seconds: float) -> None:
         DEAD_LETTERS.labels(role=role).inc()
 
 
-def lanes(role: str, held: int, in_hand: int) -> None:
-    LANES_HELD.labels(role=role).set(held)
-    LANES_IN_HAND.labels(role=role).set(in_hand)
+def lanes(role: str, held: Callable[[], float], in_hand: Callable[[], float]) -> None:
+    """Read a role's lanes when scraped: the gauges are the lanes' own counts, never a copy to keep in step."""
+    LANES_HELD.labels(role=role).set_function(held)
+    LANES_IN_HAND.labels(role=role).set_function(in_hand)
 
 
 class LabelTally:

@@ -140,6 +140,7 @@ class AgentHost:
         self.metrics_port = s.metrics_port  # None: no /metrics
         self.metrics_url = ""  # where this process's metrics are served, once they are
         metrics.prepare(self.role_name)
+        metrics.lanes(self.role_name, lambda: self.lanes.held, lambda: self.lanes.in_hand)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -175,7 +176,8 @@ class AgentHost:
         subs = await STARTUP_RETRY.run(self._subscribe, (BusTimeout,))
         tasks = [asyncio.create_task(self._consume(s)) for s in subs]
         tasks.append(asyncio.create_task(self._heartbeat()))
-        tasks.append(asyncio.create_task(gauges.seed(self.role_name, self.states, self.replica)))  # beside the work: never delays it
+        if self.metrics_port is not None:  # the stored projects are read only for a scraper: nobody else sees the gauges
+            tasks.append(asyncio.create_task(gauges.seed(self.role_name, self.states, self.replica)))  # beside the work: never delays it
         for t in tasks[: len(subs)]:
             t.add_done_callback(self._consumer_ended)
         tasks += [asyncio.create_task(work) for work in background]
@@ -272,12 +274,10 @@ class AgentHost:
         """Fetch what the lanes have room for and queue each message on its project's lane."""
         async for msg in messages(sub, self.stop, FETCH_WAIT_S, room=lambda: self.lanes.room(2 * self.concurrency)):
             self.lanes.submit(_project_of(partitions.origin(msg.subject)), msg)
-            metrics.lanes(self.role_name, self.lanes.held, self.lanes.in_hand)
 
     async def _process_safely(self, msg: Any) -> None:
         started = time.monotonic()
         outcome = "error"
-        metrics.lanes(self.role_name, self.lanes.held, self.lanes.in_hand)
         try:
             outcome = await self.process(msg)
         except Exception as e:  # e.g. the bus went away while publishing: the stored outbox is resent on redelivery
@@ -290,8 +290,6 @@ class AgentHost:
             elapsed = time.monotonic() - started
             self.latencies = [*self.latencies[-999:], elapsed]
             metrics.handled(self.role_name, outcome, elapsed)
-            # The lane releases this message after we return: what it will hold then.
-            metrics.lanes(self.role_name, max(0, self.lanes.held - 1), max(0, self.lanes.in_hand - 1))
 
     # ------------------------------------------------------------ one message
 
