@@ -8,6 +8,7 @@ recorded is "not recorded", never a guess).
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,8 +207,16 @@ def _ran_in(p: dict[str, Any]) -> str:
         return str(p["image"])
     if p["interpreter"]:
         packages = f", packages sha256 {p['packages_sha256'][:12]}" if p["packages_sha256"] else ""
-        return f"interpreter {p['interpreter']}{packages}"
+        return f"interpreter {_interpreter(str(p['interpreter']))}{packages}"
     return "not recorded"
+
+
+def _interpreter(recorded: str) -> str:
+    """The interpreter as a paper names it: its version, never its path (a home folder names its user; export.json has it)."""
+    version = re.search(r"\s(\d+\.\d+[\w.+-]*)$", recorded)
+    if version:
+        return f"Python {version.group(1)}"
+    return "of the template's environment" if recorded.endswith("(the template's environment)") else "recorded in export.json"
 
 
 def provenance_rows(runs: list[RunRecord]) -> list[dict[str, str]]:

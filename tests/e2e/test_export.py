@@ -76,7 +76,10 @@ def test_export_and_attach_on_a_running_and_a_finished_project(lab_env, tmp_path
             assert (r["executor"], r["node"], r["image"], r["reused"]) == ("local", recorded["node"], "", "fresh")
             assert r["code_sha256"] == recorded["code_sha256"] and re.fullmatch(r"[0-9a-f]{64}", r["code_sha256"])
             assert r["interpreter"] == recorded["interpreter"] and r["packages_sha256"] == recorded["packages_sha256"]
-            assert f"| `{r['job_id']}" in paper and f"interpreter {r['interpreter']}" in paper and f"`{r['code_sha256'][:12]}` | fresh |" in paper
+            path, version = r["interpreter"].rsplit(" ", 1)
+            cell = f"interpreter Python {version}, packages sha256 {r['packages_sha256'][:12]}"
+            assert f"| `{r['job_id']}` | {cell} | `{r['code_sha256'][:12]}` | fresh |" in paper
+            assert path not in paper  # the paper names the interpreter's version, never its path on the lab's machine
             assert r["cpu_s"] > 0 and r["gpu_s"] == 0  # measured by the local runner; a CPU job holds no GPU
         # What the project's jobs and minds spent: every job counted (analysed or not), its CPU time measured.
         spent = manifest["spend"]

@@ -274,13 +274,14 @@ async def test_provenance_appendix_lists_each_run_with_its_job_image_and_code_ha
     appendix = md.split(": Provenance\n", 1)[1]
     rows = [ln for ln in appendix.splitlines() if ln.startswith("| exp-")]
     assert rows == [
-        f"| exp-job-b1 | `job-b1` | interpreter /usr/bin/python3 3.11.9, packages sha256 {packages_sha256(ENV.packages)[:12]} | `0123456789ab` | fresh |",
+        f"| exp-job-b1 | `job-b1` | interpreter Python 3.11.9, packages sha256 {packages_sha256(ENV.packages)[:12]} | `0123456789ab` | fresh |",
         f"| exp-job-w1 | `job-w1` | ghcr.io/lab/runner@sha256:{'e' * 64} | `fedcba987654` | fresh |",
-        "| exp-job-w0 | `job-w0 (attempt 2)` | interpreter /usr/bin/python3 3.11.9, packages sha256 "
+        "| exp-job-w0 | `job-w0 (attempt 2)` | interpreter Python 3.11.9, packages sha256 "
         f"{packages_sha256(ENV.packages)[:12]} | `999999999999` | fresh |",
         "| exp-x9 | `job-x9` | not recorded | `not recorded` | fresh |",  # a run with no recorded environment says so
     ]
     assert "## Appendix D: Provenance" in md and "No result cache exists: every run is fresh." in md
+    assert "/usr/bin/python3" not in appendix and "/usr/bin/python3" not in tex  # the paper names no path of the lab's machine
     assert "\\section{Provenance}" in tex and "\\texttt{0123456789ab} & fresh" in tex and "job-w0 (attempt 2)" in tex
     assert "ghcr.io/\\allowbreak{}lab/\\allowbreak{}runner@" in tex  # a long image reference may wrap in its cell
     # The hashes are identifiers, never numbers the paper states: none of their digits counts as one.
