@@ -52,11 +52,12 @@ from bus.schema.results import INVALID_OUTPUT, LOG_TAIL_NAME, clean_text
 from bus.settings import ConfigError, Settings, settings
 from bus.store import Artifacts
 from services.common.config import lab_home
-from services.runner import checkpoint, envs, outputs, proctree, sandbox, split
+from services.runner import box, checkpoint, envs, outputs, proctree, sandbox, split
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
 PLOT_LIMIT_S = 120.0
+BOX_DEFAULT_MB = 4096  # the private tmpfs's size when the template declares no scratch disk (as on Kubernetes)
 
 
 def environment(device: str = "cpu") -> JobEnvironment:
@@ -413,9 +414,11 @@ def _run_environment(final_info: FinalInfo | None, measured: JobEnvironment | No
 class Runner:
     """Runs one job; with ``shared`` (a volume the experiment container also mounts) the experiment runs there."""
 
-    def __init__(self, job: JobSpec, workdir: Path, shared: Path | None = None):
+    def __init__(self, job: JobSpec, workdir: Path, shared: Path | None = None, box: Path | None = None):
         self.job = job
         self.workdir = workdir  # the runner's own: its log, env.json, result.json
+        # Where the sandbox's folders live: the runner's private tmpfs (services/runner/box.py), else workdir.
+        self.box = box or workdir
         self.layout = split.Layout(shared) if shared is not None else None
         self._term = asyncio.Event()  # set on SIGTERM once the experiment started (_experiment)
         self.python: Path | None = None  # the template's own environment's python (it declares requirements), else the lab's
@@ -447,7 +450,7 @@ class Runner:
 
     async def _checkpoints(self, artifacts: Artifacts, env: dict[str, str], on_line: Any) -> checkpoint.CheckpointSync:
         """Fetch the experiment's last checkpoint and tell the experiment where it is (``LAB_CHECKPOINT_DIR``)."""
-        folder = self.layout.checkpoint if self.layout else self.workdir / "checkpoint"
+        folder = self.layout.checkpoint if self.layout else self.box / "checkpoint"
         folder.mkdir(parents=True, exist_ok=True)  # bound writable into the sandbox, so it must exist
         got = await checkpoint.restore(artifacts, self.job, folder)
         if self.layout:
@@ -532,7 +535,7 @@ class Runner:
         if self.layout:
             code, out, figs = self.layout.code, self.layout.out, self.layout.figures
         else:
-            code, out, figs = self.workdir / "code", self.workdir / "out", self.workdir / "figures"
+            code, out, figs = self.box / "code", self.box / "out", self.box / "figures"
         unbundle(bundle, code)
         if self.layout:
             split.open_tree(code)  # readable by the experiment container's uid, writable only by ours
@@ -774,7 +777,14 @@ def main() -> None:
     os.environ.update(Settings.environ(job_dir=workdir))
     sandbox.become_subreaper()
     shared = s.shared_dir
-    sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir, shared))))
+    private = None
+    if s.job_dir is not None and shared is None and sandbox.tool() is not None:  # the local sandbox (not a container's)
+        try:
+            private = box.enter(workdir, job.disk_mb or BOX_DEFAULT_MB)
+        except (box.BoxError, OSError) as e:
+            print(f"runner: no private filesystem for the job ({e}); the sandbox binds the job folder, whose path it can read",
+                  file=sys.stderr)
+    sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir, shared, private))))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -65,33 +66,44 @@ def no_setuid_under(root: Path) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.lstat().st_mode & (stat.S_ISUID | stat.S_ISGID)]
 
 
-async def test_a_setuid_bash_in_out_is_never_root_on_the_host_and_is_gone_after_the_job(admin_bus, nats_server, tmp_path, monkeypatch):
+async def test_a_setuid_bash_in_out_is_never_on_the_host_and_is_gone_after_the_job(admin_bus, nats_server, tmp_path, monkeypatch):
+    """The experiment's outputs live in the runner's private tmpfs (services/runner/box.py), mounted nosuid.
+
+    The host never sees the setuid copy at all (the job folder's ``box`` is empty from outside), the runner
+    sees it in its own mount namespace (read through /proc/PID/root, which enters it) on a nosuid mount,
+    owned by the sandbox's unprivileged uid; nothing of it is left after the job.
+    """
     experiment = final_info("""
     import os, shutil, sys, time
     out = sys.argv[sys.argv.index("--out_dir") + 1]
     shutil.copy("/usr/bin/bash", os.path.join(out, "rootsh"))
     os.chmod(os.path.join(out, "rootsh"), 0o4755)
     found = {"mode": oct(os.stat(os.path.join(out, "rootsh")).st_mode)}
-    time.sleep(4)  # the test looks at the host copy meanwhile
+    time.sleep(4)  # the test looks at the host and the runner's view meanwhile
     """)
-    seen: dict[str, object] = {}
+    seen: dict[str, object] = {"on_host": []}
 
     def watch(d: Path) -> None:
-        sh = d / "work" / "out" / "rootsh"
-        if "owner" in seen or not sh.is_file() or not sh.lstat().st_mode & stat.S_ISUID:
+        seen["on_host"] = [*seen["on_host"], *no_setuid_under(d)]  # type: ignore[misc]
+        pid = (d / "pid").read_text().strip() if (d / "pid").is_file() else ""
+        inside = Path(f"/proc/{pid}/root") / str(d / "work" / "box" / "out" / "rootsh").lstrip("/")
+        try:
+            st = inside.lstat()
+            mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        except OSError:
             return
-        seen.update(owner=sh.lstat().st_uid, folders={p.name: oct(p.stat().st_mode & 0o777) for p in (d, d / "work")})
-        if os.geteuid() == 0:  # the red team's test: run it as an unprivileged user, ask for the euid it gives
-            seen["euid"] = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(sh), "-p", "-c", "id -u"],
-                                          capture_output=True, text=True, timeout=20).stdout.strip()
+        if "owner" in seen or not st.st_mode & stat.S_ISUID:
+            return
+        box = [line.split() for line in mounts if line.split()[4] == str(d / "work" / "box")]
+        seen.update(owner=st.st_uid, box_options=box[-1][5] if box else "", folders={p.name: oct(p.stat().st_mode & 0o777) for p in (d, d / "work")})
 
     phase, d, _ = await run_local(admin_bus, nats_server, tmp_path, monkeypatch, experiment, watch=watch)
     assert phase.state == "succeeded", (phase, (d / "runner.log").read_text())
-    assert seen, "the experiment's setuid file never appeared on the host"
+    assert "owner" in seen, "the runner's view never showed the experiment's setuid file"
+    assert seen["on_host"] == [], seen["on_host"]
+    assert "nosuid" in str(seen["box_options"]).split(","), seen["box_options"]
     assert seen["owner"] != 0 and seen["owner"] == (sandbox.host_ids() or (os.geteuid(),))[0]
     assert seen["folders"] == {"j1": "0o700", "work": "0o700"}
-    if os.geteuid() == 0:
-        assert seen["euid"] == "65534"  # the setuid bit gives nobody's uid, not root's
     assert not (d / "work").exists() and no_setuid_under(d) == []
     assert d.stat().st_mode & 0o777 == 0o700
     assert (d / "result.json").is_file() and (d / "log.txt").is_file()  # the runner's own files are kept
@@ -160,12 +172,6 @@ async def test_no_nested_user_namespace_no_denied_syscall_and_a_read_only_dev(ad
     assert found["dev"] == ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap (docs/security.md, 'What it does not prevent'): a bind's mountinfo root is its source's path within its "
-    "filesystem, so /job/code and /job/out name the job folder under $LAB_HOME. Copying through a tmpfs would hide it but "
-    "breaks what the runner needs of writable folders live: the periodic checkpoint upload while the job runs, and "
-    "outputs of a job SIGKILLed at its wall time (the copy-back parent dies with the tree). Needs a filesystem whose root "
-    "is the job's work folder, mounted by the executor"))
 async def test_mountinfo_names_no_host_path_of_the_lab(admin_bus, nats_server, tmp_path, monkeypatch):
     """The red team's ask: /proc/self/mountinfo and /proc/self/mounts inside show neither $LAB_HOME's path nor the job folder's."""
     from bus.store import Artifacts
@@ -180,3 +186,48 @@ async def test_mountinfo_names_no_host_path_of_the_lab(admin_bus, nats_server, t
     for table in ("mountinfo", "mounts"):
         leaked = [line for line in found[table].splitlines() if home in line or str(d) in line or str(tmp_path) in line]
         assert leaked == [], (table, leaked)
+
+
+UNPRIVILEGED_BOX = textwrap.dedent("""
+    import json, os, runpy, subprocess, sys
+    work = sys.argv[2]
+    box = runpy.run_path(sys.argv[1])["enter"](__import__("pathlib").Path(work), 16)
+    os.mkdir(box / "out")
+    open(box / "out" / "made-inside", "w").write("x")
+    seen = subprocess.run(["bwrap", "--unshare-user", "--uid", "65534", "--gid", "65534", "--ro-bind", "/", "/", "--proc", "/proc", "--tmpfs", "/tmp",
+                           "--bind", str(box / "out"), "/tmp/out", "--", "cat", "/proc/self/mountinfo", "/tmp/out/made-inside"],
+                          capture_output=True, text=True)
+    print(json.dumps({"uid": os.getuid(), "rc": seen.returncode, "out": seen.stdout, "err": seen.stderr}))
+""")
+
+
+def test_a_lab_that_is_not_root_gets_the_private_tmpfs_too():
+    """A laptop lab runs as its user: box.enter takes a user namespace mapping only that uid, and bwrap still nests in it.
+
+    Run as uid 65534 (setpriv) when the test runs as root, else as the test's own user. What it cannot show: a
+    kernel that refuses unprivileged user namespaces (the runner then says so and binds from the job folder).
+    """
+    from services.runner import box
+
+    with tempfile.TemporaryDirectory(prefix="lab-box-") as top:  # under /tmp: pytest's own tmp folders are root's alone
+        _unprivileged_box(Path(top), box.__file__)
+
+
+def _unprivileged_box(tmp_path: Path, box_file: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [os.path.realpath(os.sys.executable), "-I", "-c", UNPRIVILEGED_BOX, box_file, str(work)]
+    if os.geteuid() == 0:  # any Python uid 65534 can run (the lab's may sit under /root): the script needs only the stdlib
+        argv[0] = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else argv[0]
+        os.chown(work, 65534, 65534)
+        tmp_path.chmod(0o755)
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    ran = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    got = json.loads(ran.stdout)
+    assert got["uid"] != 0 and got["rc"] == 0, got
+    job_out = [line.split() for line in got["out"].splitlines() if " /tmp/out " in line]
+    assert job_out and job_out[0][3] == "/out", job_out  # the bind's root within its filesystem: the tmpfs's, not the host's
+    assert str(tmp_path) not in " ".join(job_out[0])  # (this bwrap binds all of /, the box's mount point too; the lab's does not)
+    assert got["out"].rstrip().endswith("x")  # the sandbox sees what the runner wrote in the box
+    assert list((work / "box").iterdir()) == []  # and the host sees none of it
