@@ -39,6 +39,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agents.sysroot import system_binds
 from bus.settings import env_name, settings
 
 BUILD = Path("/build")  # where the build folder appears inside the sandbox
@@ -48,8 +49,6 @@ CPU_S = 120
 FILE_MB = 256  # the largest file a build may write (a runaway \write cannot fill the disk)
 TEX_SETTINGS = {"openin_any": "p", "openout_any": "p", "shell_escape": "f"}
 SYSTEM_TEX = ("/etc/texmf", "/var/lib/texmf")
-ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "localtime", "fonts", "alternatives")
-TOP_LINKS = ("bin", "lib", "lib32", "lib64", "sbin")
 UNSANDBOXED_ENV = env_name("tex_unsandboxed")
 
 
@@ -105,20 +104,8 @@ def command(argv: Sequence[str], build: Path, bwrap: str, binary: str) -> list[s
            "--hostname", "tex", "--clearenv"]
     for k, v in environment(str(BUILD), binary).items():
         cmd += ["--setenv", k, v]
-    cmd += ["--ro-bind", "/usr", "/usr"]
-    for name in TOP_LINKS:
-        p = Path("/") / name
-        if p.is_symlink():
-            cmd += ["--symlink", os.readlink(p), str(p)]
-        elif p.is_dir():
-            cmd += ["--ro-bind", str(p), str(p)]
-    for path in SYSTEM_TEX:
-        cmd += ["--ro-bind-try", path, path]
     root = tex_root(binary)
-    if root is not None:
-        cmd += ["--ro-bind", str(root), str(root)]
-    for name in ETC_FILES:
-        cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    cmd += system_binds([*SYSTEM_TEX, *([str(root)] if root is not None else [])])
     cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(64 << 20), "--tmpfs", "/tmp"]
     cmd += ["--bind", str(build), str(BUILD), "--remount-ro", "/", "--chdir", str(BUILD), "--", *argv]
     return cmd

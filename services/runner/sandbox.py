@@ -41,6 +41,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.sysroot import system_binds
 from bus.errors import LabError
 from bus.settings import env_name, settings
 from services.runner import jail, seccomp
@@ -54,8 +55,6 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom")  # the whole /dev besi
 # Variables that may cross into the sandbox; everything else (credentials, LAB_*, PYTHONPATH) stays out.
 PASS_ENV = ("LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "PYTHONHASHSEED")
 # /etc files a Python/numpy/matplotlib process reads; none holds a secret (no shadow, no ssl keys).
-ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "localtime", "fonts", "alternatives", "mime.types")
-TOP_LINKS = ("bin", "lib", "lib32", "lib64", "sbin")
 
 
 class SandboxUnavailable(LabError, RuntimeError):
@@ -216,15 +215,7 @@ def wrap(argv: list[str], policy: Policy, bwrap: str) -> list[str]:
     cmd.append("--clearenv")
     for k, v in sandbox_env(policy.env).items():
         cmd += ["--setenv", k, v]
-    cmd += ["--ro-bind", "/usr", "/usr"]
-    for name in TOP_LINKS:
-        p = Path("/") / name
-        if p.is_symlink():
-            cmd += ["--symlink", os.readlink(p), str(p)]
-        elif p.is_dir():
-            cmd += ["--ro-bind", str(p), str(p)]
-    for name in ETC_FILES:
-        cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    cmd += system_binds()
     cmd += ["--proc", "/proc", *_dev(policy)]
     cmd += ["--size", str(policy.tmp_mb << 20), "--tmpfs", "/tmp"]
     for i, (src, dest, rw) in enumerate(shared):
