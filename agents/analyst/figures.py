@@ -1,33 +1,17 @@
-"""Figures for the analysis: one bar chart per metric, baseline next to the ideas; and for the paper,
-one figure per comparison (an idea against its control), a panel per metric, the primary metric first.
+"""Figures for the analysis: one bar chart per metric, the baseline next to the ideas (the paper's are agents/writer/charts.py).
 
-Built on matplotlib's object API with the Agg canvas (no pyplot), so nothing
-depends on a display or on pyplot's global figure registry, and concurrent
-handlers cannot draw into each other's figures.
+Built on matplotlib's object API with the Agg canvas (agents/plotting.py says why).
 """
 
 from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-
-@dataclass(frozen=True)
-class Bar:
-    label: str
-    mean: float
-    stderr: float
-    n: int
-    p_value: float | None = None  # None for the baseline bar
-    verdict: str = ""
-
-
-def _fmt_p(p: float) -> str:
-    return f"p={p:.2g}" if p >= 1e-3 else "p<0.001"
+from agents.plotting import Bar, fmt_p
 
 
 def bar_chart(metric: str, direction: str, bars: list[Bar]) -> bytes:
@@ -47,7 +31,7 @@ def bar_chart(metric: str, direction: str, bars: list[Bar]) -> bytes:
     span = (top - bottom) or 1.0
     for x, b in zip(xs, bars, strict=True):
         if b.p_value is not None:
-            ax.annotate(_fmt_p(b.p_value), (x, b.mean + b.stderr), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7)
+            ax.annotate(fmt_p(b.p_value), (x, b.mean + b.stderr), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7)
     ax.set_ylim(bottom, top + 0.15 * span)
     fig.tight_layout()
     buf = io.BytesIO()

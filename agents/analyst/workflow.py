@@ -38,9 +38,10 @@ import numpy as np
 
 from agents import stats
 from agents.analyst import validity
-from agents.analyst.figures import Bar, bar_chart, figure_name
+from agents.analyst.figures import bar_chart, figure_name
 from agents.base import Context, EmptyState, Role, on
 from agents.minds.base import AnalystMind
+from agents.plotting import Bar
 from bus.schema import (
     BASELINE,
     MIN_SEEDS,

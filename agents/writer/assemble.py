@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.codeideas import describe
+from agents.plotting import Bar
 from agents.writer import charts as figures
 from agents.writer.numbers import fmt
 from bus.provenance import provenance
@@ -140,8 +141,8 @@ def _panel(c: Comparison, report: AnalysisReport) -> figures.Panel:
     verdict = "" if _withheld(report) else c.verdict
     return figures.Panel(
         metric=c.metric, direction=c.direction,
-        control=figures.Bar(c.control, c.baseline_mean, c.baseline_stderr, c.n_baseline),
-        idea=figures.Bar(c.idea_id, c.idea_mean, c.idea_stderr, c.n_idea, c.p_value, verdict),
+        control=Bar(c.control, c.baseline_mean, c.baseline_stderr, c.n_baseline),
+        idea=Bar(c.idea_id, c.idea_mean, c.idea_stderr, c.n_idea, c.p_value, verdict),
     )
 
 

@@ -12,19 +12,7 @@ from dataclasses import dataclass
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-
-@dataclass(frozen=True)
-class Bar:
-    label: str
-    mean: float
-    stderr: float
-    n: int
-    p_value: float | None = None  # None for the control's bar
-    verdict: str = ""
-
-
-def _fmt_p(p: float) -> str:
-    return f"p={p:.2g}" if p >= 1e-3 else "p<0.001"
+from agents.plotting import Bar, fmt_p
 
 
 @dataclass(frozen=True)
@@ -52,7 +40,7 @@ def comparison_chart(title: str, panels: list[Panel]) -> bytes:
         top = max(b.mean + b.stderr for b in bars)
         bottom = min(0.0, min(b.mean - b.stderr for b in bars))
         if p.idea.p_value is not None:
-            ax.annotate(_fmt_p(p.idea.p_value), (1, p.idea.mean + p.idea.stderr), xytext=(0, 3), textcoords="offset points",
+            ax.annotate(fmt_p(p.idea.p_value), (1, p.idea.mean + p.idea.stderr), xytext=(0, 3), textcoords="offset points",
                         ha="center", fontsize=7)
         ax.set_ylim(bottom, top + 0.15 * ((top - bottom) or 1.0))
         ax.tick_params(axis="y", labelsize=7)

@@ -76,7 +76,8 @@ RUNS = [
 
 
 def png() -> bytes:
-    from agents.analyst.figures import Bar, bar_chart
+    from agents.analyst.figures import bar_chart
+    from agents.plotting import Bar
     return bar_chart("val_acc", "higher", [Bar("baseline", 0.7, 0.01, 3)])
 
 
