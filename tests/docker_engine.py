@@ -3,10 +3,11 @@
 ``docker_engine`` (session-scoped) starts ``dockerd`` as root with flags that leave the host alone
 (no iptables rules, no default bridge: containers get ``--network none``, ``--network host`` or nothing),
 builds the lab's test image from this host's own interpreter (nothing is pulled: no registry is
-reachable, and none is needed), and at the end checks that the tests left no lab container or
-volume behind, stops the engine and removes its data. Where dockerd is missing or the tests do
-not run as root the tests that use it skip with ``DOCKER_SKIP_REASON``; ``LAB_REQUIRE_DOCKER=1``
-(CI) turns that skip into a failure.
+reachable, and none is needed), and at the end checks that the tests left no container, volume or
+network behind (what `docker ps -a`, `docker volume ls` and `docker network ls` list), stops the
+engine and removes its data. Where dockerd is missing or the tests do not run as root the tests
+that use it skip with ``DOCKER_SKIP_REASON``; ``LAB_REQUIRE_DOCKER=1`` (CI) turns that skip into a
+failure.
 
 The image (``build_image``) is the host's Python (its interpreter, standard library and the shared
 libraries they link), the test environment's site-packages minus the heavy packages no job runner,
@@ -92,6 +93,14 @@ class Engine:
         """Every container and volume of the lab's on this engine (by the label all of them carry)."""
         containers = [f"container {c.name} ({c.status})" for c in self.client.containers.list(all=True, filters={"label": PART_OF})]
         return containers + [f"volume {v.name}" for v in self.client.volumes.list(filters={"label": PART_OF})]
+
+    def leftovers(self) -> list[str]:
+        """Everything on this private engine that is not its own (what ``docker ps -a``, ``docker volume ls`` and
+        ``docker network ls`` would list), labelled or not: the tests' engine holds nothing else."""
+        own_networks = {"bridge", "host", "none"}
+        return ([f"container {c.name} ({c.status})" for c in self.client.containers.list(all=True)]
+                + [f"volume {v.name}" for v in self.client.volumes.list()]
+                + [f"network {n.name}" for n in self.client.networks.list() if n.name not in own_networks])
 
     def stop(self) -> None:
         if self.client is not None:
@@ -263,7 +272,7 @@ def build_image(engine: Engine, tag: str = IMAGE) -> str:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[Engine]:
-    """A real engine with the test image built, for the whole session; at its end no lab object may remain."""
+    """A real engine with the test image built, for the whole session; at its end nothing may remain on it."""
     if not available():
         if os.environ.get("LAB_REQUIRE_DOCKER") == "1":
             pytest.fail("LAB_REQUIRE_DOCKER=1 but " + DOCKER_SKIP_REASON.removeprefix("needs a Docker engine: "))
@@ -272,7 +281,7 @@ def docker_engine() -> Iterator[Engine]:
     try:
         build_image(engine)
         yield engine
-        left = engine.lab_objects()
-        assert left == [], f"the tests left lab objects on the engine: {left}"
+        left = engine.leftovers()
+        assert left == [], f"the tests left objects on the engine: {left}"
     finally:
         engine.stop()
