@@ -146,6 +146,8 @@ def deployment(docker_engine: Engine, tmp_path: Path) -> Iterator[Deployment]:  
                 n.remove()
             if d.made_jobs_dir:
                 shutil.rmtree(JOBS, ignore_errors=True)
+                if not any(JOBS.parent.iterdir()):  # /var/lib/kenkyu-lab, made by the same install -d
+                    JOBS.parent.rmdir()
 
 
 def test_the_compose_file_runs_the_lab_and_a_project_to_its_decision_on_a_real_engine(deployment: Deployment, tmp_path: Path) -> None:
