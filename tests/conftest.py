@@ -124,9 +124,9 @@ def mark_by_folder(items) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    from tests.docker_engine import DOCKER_SKIP_REASON
+    from tests.docker_engine import COMPOSE_SKIP_REASON, DOCKER_SKIP_REASON
 
-    for reason, what in ((TEX_SKIP_REASON, "PDF"), (DOCKER_SKIP_REASON, "Docker engine")):
+    for reason, what in ((TEX_SKIP_REASON, "PDF"), (DOCKER_SKIP_REASON, "Docker engine"), (COMPOSE_SKIP_REASON, "Compose")):
         skipped = [r for r in terminalreporter.stats.get("skipped", []) if reason in str(r.longrepr)]
         if skipped:
             terminalreporter.write_line(f"{len(skipped)} {what} tests skipped: {reason}", yellow=True, bold=True)

