@@ -344,7 +344,9 @@ def _copi_run(st: ProjectState, out: list[Effect], request: copi.Request, now: f
     """Schedule the run a note asks for, or say why not (in the answer and the log)."""
     idea, why = _copi_idea(st, request)
     if idea is not None:
-        if st.stage not in ("ideas", "experiments") or st.halt:
+        if st.stage == "approval":
+            why = f"the project waits for approval of its estimate (`lab approve {st.project}`)"
+        elif st.stage not in ("ideas", "experiments") or st.halt:
             why = f"the experiments are over (stage {st.stage})"
         elif now is not None and out_of_time(st, now):
             why = "the project's wall time is spent"

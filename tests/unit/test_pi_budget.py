@@ -151,3 +151,15 @@ def test_money_past_the_budget_stops_runs_and_revisions_but_not_the_paper():
     assert step.state.stage == "experiments" and step.state.budget_stop.startswith("money budget spent ($1.5000 of $1)")
     v = t.verdict(step.state, NoveltyVerdict(idea_id="i1", novel=True, justification="new"), T0 + 11)
     assert v.sent == [] and v.state.ideas["i1"].status == "skipped"  # the baseline is still running: the paper follows it
+
+
+def test_while_waiting_a_note_asking_for_a_run_is_refused_and_a_stop_ends_the_project():
+    from agents.minds.base import NoteReading
+    from bus.schema import CoPINote
+
+    st = start(require=True).state
+    ask = t.note_read(st, CoPINote(id="n1", text="try lr 0.5"), NoteReading(understood="a run with lr=0.5"))
+    assert kinds(ask) == ["note_ack->copi"] and ask.state.experiments == {} and ask.state.stage == "approval"
+    assert "waits for approval of its estimate (`lab approve p1`)" in ask.sent[0][0].understood
+    stop = t.note_read(st, CoPINote(id="n2", text="stop the project now"), NoteReading(understood="stop", constraints={"stop": True}))
+    assert stop.state.stage == "failed" and kinds(stop) == ["note_ack->copi", "decision->all"]
