@@ -172,18 +172,20 @@ def _begin(st: ProjectState) -> tuple[ProjectState, list[Effect]]:
 
 def start(
     state: ProjectState | None, body: StartProject, project: str, now: float,
-    policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None,
+    policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None, lab_gpu_hours: float = 0.0,
 ) -> Step:
     """A new project: its estimate is kept (and sent to the co-PI when it waits for approval); then, unless it waits,
     the baseline is asked for at once (it needs no novelty check), then the first wave of ideas.
 
     ``policy`` and ``limits`` are the lab's (config.yaml ``approval:`` and ``budgets:``): the project's budget is
     lowered to the lab's caps, and an estimate over a threshold (or a start that asks for it) waits in the stage
-    ``approval`` for the co-PI's ``ProjectApproval``.
+    ``approval`` for the co-PI's ``ProjectApproval``. ``lab_gpu_hours``: what the lab's stored projects used
+    (read by the handler only where the lab caps its total, ``BudgetLimits.max_gpu_hours_per_lab``).
     """
     if state is not None:
         return Step(state, [Log("info", "project already started", {"stage": state.stage})])
-    capped, said = money.capped(body.budget, limits or BudgetLimits())
+    limits = limits or BudgetLimits()
+    capped, said = money.capped(body.budget, limits, lab_gpu_hours)
     st = ProjectState(
         project=project, template=body.template, template_object=body.template_object, spec=body.spec,
         direction=body.direction, seed=body.seed, budget=capped, fast=body.fast, profile=body.profile,
@@ -192,7 +194,9 @@ def start(
     if st.budget.max_runs_limit is None:
         st.budget.max_runs_limit = min(1000, max(2 * st.budget.max_runs, st.budget.max_runs))
     out: list[Effect] = [Log("info", "budget capped", {"caps": said})] if said else []
-    st.estimate = money.estimate(st.spec, profile_of(st), st.budget, st.mind, policy or ApprovalPolicy(), body.measured_job_s, body.require_approval)
+    lab = None if limits.max_gpu_hours_per_lab is None else (lab_gpu_hours, limits.max_gpu_hours_per_lab)
+    st.estimate = money.estimate(st.spec, profile_of(st), st.budget, st.mind, policy or ApprovalPolicy(), body.measured_job_s,
+                                 body.require_approval, lab)
     out.append(Log("info", "estimate", {"estimate": st.estimate.line()}))  # in the state for `lab status`, the web view and the export
     if st.estimate.needs_approval:  # the co-PI must answer this one, so it is said to them
         st.stage = "approval"

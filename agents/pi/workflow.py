@@ -13,6 +13,7 @@ so a PI that dies and restarts resumes from the state in KV.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,8 @@ class PIContext(Context[ProjectState | None, PIMind]):
     # The lab's approval thresholds and per-project caps (config.yaml ``approval:`` / ``budgets:``); off by default.
     policy: ApprovalPolicy = field(default_factory=ApprovalPolicy)
     limits: BudgetLimits = field(default_factory=BudgetLimits)
+    # GPU-hours the lab's stored projects used so far (services/wiring reads them; None: no per-lab cap to check).
+    lab_gpu_hours: Callable[[], Awaitable[float]] | None = None
 
 
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
@@ -66,7 +69,9 @@ class PI(Role):
     async def start(self, body: StartProject, env: Any, ctx: PIContext) -> None:
         policy: ApprovalPolicy = getattr(ctx, "policy", ApprovalPolicy())  # a plain Context (a test's) has neither
         limits: BudgetLimits = getattr(ctx, "limits", BudgetLimits())
-        await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits))
+        used: Callable[[], Awaitable[float]] | None = getattr(ctx, "lab_gpu_hours", None)
+        lab = await used() if ctx.state is None and used is not None and limits.max_gpu_hours_per_lab is not None else 0.0
+        await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab))
 
     @on(ProjectApproval)
     async def approval(self, body: ProjectApproval, env: Any, ctx: PIContext) -> None:

@@ -73,6 +73,9 @@ class BudgetLimits(Model):
 
     max_gpu_hours_per_project: float | None = Field(None, ge=0)
     max_cost_per_project: float | None = Field(None, ge=0)
+    # The GPU-hours all the lab's projects may use together, summed over the projects the PI has stored: a new
+    # project's GPU-hour budget is lowered to what is left, and one whose estimate would pass it waits for approval.
+    max_gpu_hours_per_lab: float | None = Field(None, ge=0)
 
 
 class CodeEdit(Model):

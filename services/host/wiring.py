@@ -37,7 +37,21 @@ from agents.pi.workflow import PIContext
 from bus.client import Bus
 from bus.errors import LabError
 from bus.permissions import convo_refusal, sender_refusal
-from bus.schema import EXECUTOR_KINDS, ROLES, ApprovalPolicy, BudgetLimits, Envelope, JobStatus, LabConfig, MindChoice, MindKind, NatsAccess, RoleName
+from bus.schema import (
+    EXECUTOR_KINDS,
+    ROLES,
+    ApprovalPolicy,
+    BudgetLimits,
+    Envelope,
+    JobStatus,
+    LabConfig,
+    MindChoice,
+    MindKind,
+    NatsAccess,
+    ProjectView,
+    RoleDocument,
+    RoleName,
+)
 from bus.schema.formats import FormatError, parse
 from bus.settings import settings
 from bus.store import IdeaArchive, StateStore
@@ -188,14 +202,33 @@ class PIWiring(Wiring):
         self.archive: IdeaArchive | None = None
         self.policy = policy or ApprovalPolicy()
         self.limits = limits or BudgetLimits()
+        self.states: StateStore | None = None
 
     async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
         self.archive = await IdeaArchive.open(bus)
+        self.states = states
         return []
+
+    async def lab_gpu_hours(self) -> float:
+        """GPU-hours every project the PI stored has used (each job once): what a per-lab cap is checked against."""
+        from agents.pi.budget import gpu_hours
+
+        if self.states is None:
+            return 0.0
+        total = 0.0
+        for key in await self.states.keys("pi."):
+            raw, _ = await self.states.read(key)
+            doc = RoleDocument.parse(raw, key)
+            if doc.state:
+                try:
+                    total += gpu_hours(ProjectView.model_validate(doc.state).runs)
+                except ValidationError:
+                    continue  # a state this PI cannot read is left out, not guessed at
+        return total
 
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> PIContext:
         return PIContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, archive=self.archive,
-                         policy=self.policy, limits=self.limits)
+                         policy=self.policy, limits=self.limits, lab_gpu_hours=self.lab_gpu_hours)
 
 
 class LiteratureWiring(Wiring):

@@ -36,11 +36,11 @@ GPU_SPEC = TemplateSpec.model_validate({
 })
 
 
-def start(policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None, require: bool = False, mind: str = "offline",
+def start(policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None, require: bool = False, mind: str = "offline", lab_gpu_hours: float = 0.0,
           **budget: Any) -> t.Step:
     body = StartProject(template="toy", template_object="p1/template.tar.gz", spec=GPU_SPEC, seed=7, mind=mind, require_approval=require,
                         budget=Budget(**{"max_ideas": 2, "max_runs": 10, "max_revision_rounds": 1, "wall_time_s": 600, **budget}))
-    return t.start(None, body, "p1", T0, policy, limits)
+    return t.start(None, body, "p1", T0, policy, limits, lab_gpu_hours)
 
 
 def gpu_runs(exp: str, arm: str, gpu_s: float) -> ExperimentResult:
@@ -163,3 +163,39 @@ def test_while_waiting_a_note_asking_for_a_run_is_refused_and_a_stop_ends_the_pr
     assert "waits for approval of its estimate (`lab approve p1`)" in ask.sent[0][0].understood
     stop = t.note_read(st, CoPINote(id="n2", text="stop the project now"), NoteReading(understood="stop", constraints={"stop": True}))
     assert stop.state.stage == "failed" and kinds(stop) == ["note_ack->copi", "decision->all"]
+
+
+def test_a_per_lab_cap_lowers_a_new_projects_gpu_budget_to_what_is_left_and_passing_it_waits():
+    limits = BudgetLimits(max_gpu_hours_per_lab=10.0)
+    # The lab's stored projects used 7 of 10 GPU-h: this one may use 3, and its 5 GPU-h estimate (10 runs x 900 s x 2) waits.
+    step = start(limits=limits, lab_gpu_hours=7.0)
+    st = step.state
+    assert st.budget.max_gpu_hours == 3.0 and st.stage == "approval" and kinds(step) == ["project_estimate->copi"]
+    assert st.estimate is not None and "the lab's projects used 7.00 of its 10 GPU-h; 5.00 more would pass it" in st.estimate.why
+    # With room for the estimate it starts at once, its own budget the smaller of its own and what is left.
+    roomy = start(limits=limits, lab_gpu_hours=1.0, max_gpu_hours=6.0)
+    assert roomy.state.stage == "experiments" and roomy.state.budget.max_gpu_hours == 6.0
+
+
+async def test_the_pi_wiring_sums_the_gpu_hours_of_every_stored_project(tmp_path):
+    from services.host.wiring import PIWiring
+
+    def doc(project: str, *gpu_s: float) -> dict:
+        runs = [{"job_id": f"{project}-j{i}", "experiment_id": "x", "idea_id": "baseline", "overrides": {}, "seeds": [0],
+                 "status": "succeeded", "gpu_s": g} for i, g in enumerate(gpu_s)]
+        return {"state": {"project": project, "template": "toy", "stage": "done", "budget": {}, "started_at": 0.0,
+                          "experiments": {"x": {"runs": runs}}}}
+
+    class States:  # the two reads the wiring makes of bus.store.StateStore
+        data = {"pi.a": doc("a", 3600.0, 1800.0), "pi.b": doc("b", 7200.0), "pi.c": {"state": None}}
+
+        async def keys(self, prefix: str = "") -> list[str]:
+            return [k for k in self.data if k.startswith(prefix)]
+
+        async def read(self, key: str) -> tuple[dict | None, int]:
+            return self.data[key], 1
+
+    wiring = PIWiring(tmp_path, limits=BudgetLimits(max_gpu_hours_per_lab=5))
+    assert await wiring.lab_gpu_hours() == 0.0  # not opened: no store to read
+    wiring.states = States()  # type: ignore[assignment]
+    assert await wiring.lab_gpu_hours() == 3.5
