@@ -41,8 +41,8 @@ Who may say what (``SENDERS``): NATS permissions bind a message's *subject* to i
 (``lab.convo.<project>.<sender>.<recipient>`` only as oneself; ``lab.jobs.<project>.<job>.status`` only by
 a runner or the engineer), and the host believes an envelope only where its claimed sender is the
 subject's (services/host/wiring.envelope_mismatch). On top of that, each message kind has its allowed
-senders, checked by the host before any role sees the message: the co-PI starts projects and sends notes
-(a stop is a note), never drafts, reviews, analyses or job events; only the writer sends drafts, only the
+senders, checked by the host before any role sees the message: the co-PI starts projects, sends notes
+(a stop is a note) and approves or refuses a project's estimate, never drafts, reviews, analyses or job events; only the writer sends drafts, only the
 reviewer reviews, only the engineer and the runners job events. A message from any other sender goes to
 the dead letters with the reason and is never dispatched.
 """
@@ -85,6 +85,8 @@ _ANY_ROLE: frozenset[Sender] = frozenset(ROLES)
 # Who may send each message kind (the one table; the host enforces it before dispatch, services/host/wiring).
 SENDERS: dict[str, frozenset[Sender]] = {
     "start_project": frozenset({"copi"}),
+    "project_approval": frozenset({"copi"}),  # approving or refusing a project's estimate: the co-PI alone (CLI or web view)
+    "project_estimate": frozenset({"pi"}),
     "copi_note": frozenset({"copi"}),  # notes, stop included (the web view's stop button sends a note)
     "note_ack": _ANY_ROLE,
     "novelty_check": frozenset({"pi"}),

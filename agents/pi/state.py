@@ -16,6 +16,7 @@ from bus.schema import (
     Budget,
     CoPINote,
     DraftReady,
+    Estimate,
     Idea,
     ItemResponse,
     NoveltyVerdict,
@@ -91,6 +92,11 @@ class ProjectState(Model):
     halt: str = ""  # why the project ends once nothing is outstanding (the model's endpoint is down)
     # The meta-review accepted: why, while the writer makes the final build of the reviewed draft.
     accepting: str = ""
+    # What the project is expected to use (published before its first run), and when the co-PI approved it (None: no wait).
+    estimate: Estimate | None = None
+    approved_at: float | None = None
+    # Why no new run may start (a GPU-hour, CPU-hour or money budget reached; ""), said once and in the decision.
+    budget_stop: str = ""
 
     @property
     def runs_used(self) -> int:

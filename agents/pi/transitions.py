@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from agents.minds.base import IdeaContext, NoteReading, ReviewContext
+from agents.pi import budget as money
 from agents.pi import copi
 from agents.pi import outcomes as outcome
 from agents.pi.baseline import POSITIVE_CONTROL, candidate_values, effective, profile_name, same_as_baseline, why_same
@@ -35,7 +36,9 @@ from bus.schema import (
     AnalysisDone,
     AnalysisReport,
     AnalysisRequest,
+    ApprovalPolicy,
     ArchiveRecord,
+    BudgetLimits,
     CoPINote,
     Decision,
     DraftReady,
@@ -49,6 +52,8 @@ from bus.schema import (
     NoteAck,
     NoveltyCheck,
     NoveltyVerdict,
+    ProjectApproval,
+    ProjectEstimate,
     Rebuttal,
     Recipient,
     ReferenceSearch,
@@ -165,21 +170,62 @@ def _begin(st: ProjectState) -> tuple[ProjectState, list[Effect]]:
 # ------------------------------------------------------------ start and the co-PI
 
 
-def start(state: ProjectState | None, body: StartProject, project: str, now: float) -> Step:
-    """A new project: the baseline is asked for at once (it needs no novelty check), then the first wave of ideas."""
+def start(
+    state: ProjectState | None, body: StartProject, project: str, now: float,
+    policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None, lab_gpu_hours: float = 0.0,
+) -> Step:
+    """A new project: its estimate is kept (and sent to the co-PI when it waits for approval); then, unless it waits,
+    the baseline is asked for at once (it needs no novelty check), then the first wave of ideas.
+
+    ``policy`` and ``limits`` are the lab's (config.yaml ``approval:`` and ``budgets:``): the project's budget is
+    lowered to the lab's caps, and an estimate over a threshold (or a start that asks for it) waits in the stage
+    ``approval`` for the co-PI's ``ProjectApproval``. ``lab_gpu_hours``: what the lab's stored projects used
+    (read by the handler only where the lab caps its total, ``BudgetLimits.max_gpu_hours_per_lab``).
+    """
     if state is not None:
         return Step(state, [Log("info", "project already started", {"stage": state.stage})])
+    limits = limits or BudgetLimits()
+    capped, said = money.capped(body.budget, limits, lab_gpu_hours)
     st = ProjectState(
         project=project, template=body.template, template_object=body.template_object, spec=body.spec,
-        direction=body.direction, seed=body.seed, budget=body.budget, fast=body.fast, profile=body.profile,
+        direction=body.direction, seed=body.seed, budget=capped, fast=body.fast, profile=body.profile,
         mind=body.mind, started_at=now,
     )
     if st.budget.max_runs_limit is None:
         st.budget.max_runs_limit = min(1000, max(2 * st.budget.max_runs, st.budget.max_runs))
-    out: list[Effect] = []
+    out: list[Effect] = [Log("info", "budget capped", {"caps": said})] if said else []
+    lab = None if limits.max_gpu_hours_per_lab is None else (lab_gpu_hours, limits.max_gpu_hours_per_lab)
+    st.estimate = money.estimate(st.spec, profile_of(st), st.budget, st.mind, policy or ApprovalPolicy(), body.measured_job_s,
+                                 body.require_approval, lab)
+    out.append(Log("info", "estimate", {"estimate": st.estimate.line()}))  # in the state for `lab status`, the web view and the export
+    if st.estimate.needs_approval:  # the co-PI must answer this one, so it is said to them
+        st.stage = "approval"
+        out.append(Send(ProjectEstimate(estimate=st.estimate), "copi"))
+        out.append(Log("warning", "waiting for approval", {"why": st.estimate.why, "approve": f"lab approve {project}"}))
+        return Step(st, out)
+    return _open(st, out, now)
+
+
+def approval(st: ProjectState, body: ProjectApproval, now: float) -> Step:
+    """The co-PI's answer to an estimate that waits: approved, the project starts now; refused, it ends with the reason."""
+    st, out = _begin(st)
+    if st.stage != "approval":
+        out.append(Log("info", "approval not needed", {"stage": st.stage, "approved": body.approved}))
+        return Step(st, out)
+    if not body.approved:
+        _finish(st, out, accepted=False, reason=f"refused by the co-PI: {body.reason.strip() or 'no reason given'}", failed=True)
+        return Step(st, out)
+    st.approved_at = now
+    out.append(Log("info", "approved by the co-PI", {"reason": body.reason}))
+    return _open(st, out, now)
+
+
+def _open(st: ProjectState, out: list[Effect], now: float) -> Step:
+    """The project's first runs: the baseline, the positive control, the template's seed ideas archived, the first wave."""
+    st.stage = "ideas"
     _request_experiment(st, out, BASELINE, None, list(range(st.spec.seeds)))
     _positive_control(st, out)
-    out.extend(Remember(r) for r in seed_records(st.spec.seed_ideas, st.template, project, now, st.direction))  # listed by `lab ideas`
+    out.extend(Remember(r) for r in seed_records(st.spec.seed_ideas, st.template, st.project, now, st.direction))  # listed by `lab ideas`
     focus = read_focus(st.direction, st.spec)
     if st.direction.strip():
         out.append(Log("info", "direction read", {"direction": st.direction, "names": focus.describe()}))
@@ -286,16 +332,32 @@ def budget_line(st: ProjectState) -> str:
     return f"budget spent: {used}/{most} runs; `lab say 'raise runs to {min(limit, most + 6)}'` to allow it"
 
 
+def compute_spent(st: ProjectState, out: list[Effect]) -> str:
+    """Why no new run may start though runs are left (a GPU-hour, CPU-hour or money budget reached), or "".
+
+    The first time it is so, the reason is kept (the decision states it) and logged once.
+    """
+    why = money.spent_reason(st.budget, st.runs(), st.usage)
+    if why and not st.budget_stop:
+        st.budget_stop = why
+        out.append(Log("warning", "budget spent", {"reason": why}))
+    return why
+
+
 def _copi_run(st: ProjectState, out: list[Effect], request: copi.Request, now: float | None) -> str:
     """Schedule the run a note asks for, or say why not (in the answer and the log)."""
     idea, why = _copi_idea(st, request)
     if idea is not None:
-        if st.stage not in ("ideas", "experiments") or st.halt:
+        if st.stage == "approval":
+            why = f"the project waits for approval of its estimate (`lab approve {st.project}`)"
+        elif st.stage not in ("ideas", "experiments") or st.halt:
             why = f"the experiments are over (stage {st.stage})"
         elif now is not None and out_of_time(st, now):
             why = "the project's wall time is spent"
         elif st.runs_used >= st.budget.max_runs:
             why = budget_line(st)
+        elif spent := compute_spent(st, out):
+            why = spent
     if idea is None or why:
         out.append(Log("warning", "co-PI request refused", {"request": request.describe(), "reason": why}))
         return f"refused {request.describe()}: {why}"
@@ -354,7 +416,7 @@ def _plan_wave(st: ProjectState, now: float) -> ProposeIdeas | None:
     # The co-PI's own requests are budgeted in runs, not in the PI's ideas.
     counted = sum(1 for s in st.ideas.values() if s.status != "not_novel" and not s.asked_by_copi)
     left = min(st.budget.max_ideas - counted, 3 * st.budget.max_ideas - len(st.ideas))
-    if left <= 0 or out_of_time(st, now):
+    if left <= 0 or out_of_time(st, now) or money.spent_reason(st.budget, st.runs(), st.usage):
         return None
     st.wave += 1
     return ProposeIdeas(take=min(IDEAS_PER_WAVE, left))
@@ -486,6 +548,8 @@ def verdict(st: ProjectState, body: NoveltyVerdict, now: float) -> Step:
         state.status, state.reason = "not_novel", body.justification
     elif st.runs_used >= st.budget.max_runs:
         state.status, state.reason = "skipped", "run budget spent"
+    elif spent := compute_spent(st, out):
+        state.status, state.reason = "skipped", spent
     else:
         state.status = "running"
         _request_experiment(st, out, state.idea.id, state.idea, list(range(st.spec.seeds)))
@@ -533,6 +597,7 @@ def result(st: ProjectState, body: ExperimentResult, now: float) -> Step:
     if exp is None or exp.status != "requested":
         return Step(st)
     exp.runs = body.runs
+    compute_spent(st, out)  # said as soon as these runs spend the last of a budget
     ok = any(r.status == "succeeded" for r in body.runs)
     exp.status = "done" if ok else "failed"
     exp.reason = "; ".join(r.reason for r in body.runs if r.reason)
@@ -670,6 +735,9 @@ def _confirm(st: ProjectState, out: list[Effect], report: AnalysisReport) -> boo
     ]
     if not todo:
         return False
+    if spent := compute_spent(st, out):
+        out.append(Log("warning", "no confirmation run: budget spent", {"ideas": todo, "reason": spent}))
+        return False
     if st.runs_used + len(todo) + 1 > st.budget.max_runs:
         out.append(Log("warning", "no confirmation run: run budget spent", {"ideas": todo, "runs_left": st.budget.max_runs - st.runs_used}))
         return False
@@ -725,8 +793,9 @@ def review_done(st: ProjectState, body: ReviewDone, now: float) -> Step:
         _finish(st, out, accepted=True, reason=f"accepted in round {st.round} (meta-review overall {meta.overall:.1f})")
     elif meta.decision == "reject":
         _finish(st, out, accepted=False, reason=f"rejected in round {st.round}: {meta.summary}")
-    elif st.round >= st.budget.max_revision_rounds or out_of_time(st, now):
-        why = "revision rounds spent" if st.round >= st.budget.max_revision_rounds else "wall time spent"
+    elif st.round >= st.budget.max_revision_rounds or out_of_time(st, now) or money_spent(st):
+        why = ("revision rounds spent" if st.round >= st.budget.max_revision_rounds
+               else "wall time spent" if out_of_time(st, now) else "money budget spent")
         _finish(st, out, accepted=False, reason=f"not accepted: {why} with {len(meta.revision_items)} items open")
     else:
         context = ReviewContext(
@@ -760,7 +829,7 @@ def _more_seeds(st: ProjectState, out: list[Effect], target: str) -> None:
     for arm in arms:
         if arm != BASELINE and arm not in st.ideas:
             continue
-        if st.runs_used >= st.budget.max_runs:
+        if st.runs_used >= st.budget.max_runs or compute_spent(st, out):
             return
         have = {s for e in st.experiments.values() if e.idea_id == arm for s in e.seeds}
         if any(e.idea_id == arm and e.round == st.round for e in st.experiments.values()):
@@ -813,6 +882,8 @@ def finish(st: ProjectState, *, accepted: bool, reason: str, failed: bool = Fals
 def _finish(st: ProjectState, out: list[Effect], *, accepted: bool, reason: str, failed: bool = False) -> None:
     st.stage = "failed" if failed else "done"
     st.accepted = accepted
+    if st.budget_stop and st.budget_stop not in reason:
+        reason = f"{reason}; {st.budget_stop}"
     st.outcome = reason
     review_object = None
     if st.reviews:
@@ -824,17 +895,23 @@ def _finish(st: ProjectState, out: list[Effect], *, accepted: bool, reason: str,
 
 
 def usage_reported(st: ProjectState, sender: str, usage: Usage) -> Step:
-    """A role's spend on this project so far; past the token or money budget the project ends."""
+    """A role's spend on this project so far: past the token budget the project ends; past the money budget no new
+    run starts (``compute_spent``) and no new revision round, so the project finishes with what it has."""
     st, out = _begin(st)
     st.usage[sender] = usage
-    for limit, spent, what in (
-        (st.budget.max_tokens, sum(u.prompt_tokens + u.completion_tokens for u in st.usage.values()), "token"),
-        (st.budget.max_cost_usd, sum(u.cost_usd for u in st.usage.values()), "money"),
-    ):
-        if limit is not None and spent > limit and st.stage not in _ENDED:
-            _finish(st, out, accepted=False, reason=f"{what} budget spent ({spent} > {limit})", failed=True)
+    tokens = sum(u.prompt_tokens + u.completion_tokens for u in st.usage.values())
+    if st.budget.max_tokens is not None and tokens > st.budget.max_tokens and st.stage not in _ENDED:
+        _finish(st, out, accepted=False, reason=f"token budget spent ({tokens} > {st.budget.max_tokens})", failed=True)
+    elif st.stage not in _ENDED:
+        compute_spent(st, out)
     return Step(st, out)
 
 
+def money_spent(st: ProjectState) -> bool:
+    limit = st.budget.max_cost_usd
+    return limit is not None and sum(u.cost_usd for u in st.usage.values()) >= limit
+
+
 def out_of_time(st: ProjectState, now: float) -> bool:
-    return now - st.started_at > st.budget.wall_time_s
+    """Past the wall time, counted from the approval where the project waited for one."""
+    return now - (st.approved_at or st.started_at) > st.budget.wall_time_s

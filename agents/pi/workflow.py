@@ -13,7 +13,8 @@ so a PI that dies and restarts resumes from the state in KV.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents.base import Context, Rejected, Role, on
@@ -28,11 +29,14 @@ from agents.pi.transitions import wants_references as wants_references
 from bus.errors import MindError
 from bus.schema import (
     AnalysisDone,
+    ApprovalPolicy,
+    BudgetLimits,
     CoPINoteMsg,
     DraftReady,
     ExperimentPlanned,
     ExperimentResult,
     NoveltyVerdict,
+    ProjectApproval,
     ReferencesFound,
     ReviewDone,
     StartProject,
@@ -46,6 +50,11 @@ class PIContext(Context[ProjectState | None, PIMind]):
     """The PI's context (its state is None until the project's start message arrives), with the idea archive."""
 
     archive: Archive | None = None  # across projects; services/wiring opens it (None: no archive, as in unit tests)
+    # The lab's approval thresholds and per-project caps (config.yaml ``approval:`` / ``budgets:``); off by default.
+    policy: ApprovalPolicy = field(default_factory=ApprovalPolicy)
+    limits: BudgetLimits = field(default_factory=BudgetLimits)
+    # GPU-hours the lab's stored projects used so far (services/wiring reads them; None: no per-lab cap to check).
+    lab_gpu_hours: Callable[[], Awaitable[float]] | None = None
 
 
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
@@ -58,7 +67,16 @@ class PI(Role):
 
     @on(StartProject)
     async def start(self, body: StartProject, env: Any, ctx: PIContext) -> None:
-        await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock()))
+        policy: ApprovalPolicy = getattr(ctx, "policy", ApprovalPolicy())  # a plain Context (a test's) has neither
+        limits: BudgetLimits = getattr(ctx, "limits", BudgetLimits())
+        used: Callable[[], Awaitable[float]] | None = getattr(ctx, "lab_gpu_hours", None)
+        lab = await used() if ctx.state is None and used is not None and limits.max_gpu_hours_per_lab is not None else 0.0
+        await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab))
+
+    @on(ProjectApproval)
+    async def approval(self, body: ProjectApproval, env: Any, ctx: PIContext) -> None:
+        # Only the co-PI may send it (bus.permissions.SENDERS): the host dead-letters anyone else's before this runs.
+        await self._drive(ctx, t.approval(self._require(ctx), body, ctx.clock()))
 
     @on(CoPINoteMsg)
     async def note(self, body: CoPINoteMsg, env: Any, ctx: PIContext) -> None:

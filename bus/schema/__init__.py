@@ -55,6 +55,8 @@ from bus.schema.messages import (
     NoteAck,
     NoveltyCheck,
     NoveltyVerdict,
+    ProjectApproval,
+    ProjectEstimate,
     Rebuttal,
     ReferenceSearch,
     ReferencesFound,
@@ -67,7 +69,7 @@ from bus.schema.messages import (
     derive_id,
     encode,
 )
-from bus.schema.project import Budget, CodeChange, CodeEdit, CoPINote, Idea, MindChoice, Reference, Usage
+from bus.schema.project import ApprovalPolicy, Budget, BudgetLimits, CodeChange, CodeEdit, CoPINote, Estimate, Idea, MindChoice, Reference, Usage
 from bus.schema.results import FinalInfo, JobEnvironment, MetricStat, RunRecord
 from bus.schema.review import ItemResponse, MetaReview, Review, ReviewEvidence, ReviewScores, RevisionItem
 from bus.schema.state import EngineerView, Heartbeat, JobView, ProjectView, Stage
@@ -97,5 +99,6 @@ __all__ = [
     "StartProject", "Step", "StepFailed", "TemplateError", "TemplateSpec", "Usage", "UsageReport", "Variant", "decode",
     "derive_id", "encode", "parse_spec",
     "EXECUTOR_KINDS", "ExecutorKind", "FAST_PROFILE", "OUTPUT_MODES", "OutputMode", "ProfileName",
+    "ApprovalPolicy", "BudgetLimits", "Estimate", "ProjectApproval", "ProjectEstimate",
     "FormatError", "JobLogLine", "LabConfig", "LabFile", "RoleDocument", "dump_result", "read_result",
 ]

@@ -27,7 +27,7 @@ from bus.errors import LabError
 from bus.schema.base import Model
 from bus.schema.kinds import ExecutorKind, MindKind
 from bus.schema.messages import JobStatus
-from bus.schema.project import MindChoice, Usage
+from bus.schema.project import ApprovalPolicy, BudgetLimits, MindChoice, Usage
 
 LOCAL_LAB_FILE = "lab.json"
 CONFIG_FILE = "config.yaml"
@@ -97,8 +97,10 @@ class LabConfig(Model):
     executor: dict[ExecutorKind, dict[str, Any]] = {}  # options by executor kind (services.executors.*Settings)
     mind: dict[str, Any] = {}  # the llm mind (agents.minds.llm.config.MindConfig)
     literature: dict[str, Any] = {}  # the literature agent (agents.literature.workflow.Settings)
+    budgets: BudgetLimits = BudgetLimits()  # the lab's caps on each project's budget (the PI applies them)
+    approval: ApprovalPolicy = ApprovalPolicy()  # when a project waits for the co-PI's approval (the PI applies it)
 
-    @field_validator("executor", "mind", "literature", mode="before")
+    @field_validator("executor", "mind", "literature", "budgets", "approval", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any, info: ValidationInfo) -> Any:
         # YAML's empty section (`executor:` or `local:` with nothing under it) is null; it always meant "none".

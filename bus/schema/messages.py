@@ -18,7 +18,7 @@ from pydantic import Field, TypeAdapter
 from bus.schema.analysis import AnalysisReport
 from bus.schema.base import Model, Recipient, Sender
 from bus.schema.constants import SCHEMA_VERSION
-from bus.schema.project import Budget, CoPINote, Idea, MindChoice, Reference, Usage
+from bus.schema.project import Budget, CoPINote, Estimate, Idea, MindChoice, Reference, Usage
 from bus.schema.results import FinalInfo, JobEnvironment, RunRecord
 from bus.schema.review import ItemResponse, MetaReview, Review, RevisionItem
 from bus.schema.steps import Step
@@ -36,6 +36,26 @@ class StartProject(Model):
     fast: bool = False  # apply the template's declared fast profile (smoke runs)
     profile: str = ""  # a template profile by name (fast, gpu, ...); "" is the template as declared
     mind: str = "offline"
+    # Wait for the co-PI's approval of the estimate before the first run, whatever the lab's thresholds (`lab run --require-approval`).
+    require_approval: bool = False
+    # The wall time of the template's first measured baseline run, where the starter knows one (an AI Scientist
+    # template's, agents.aisci.measured): the estimate's job time instead of the declared time budget.
+    measured_job_s: float | None = Field(None, gt=0)
+
+
+class ProjectEstimate(Model):
+    """The PI's estimate of what a project will use, sent to the co-PI before its first run (and whether it waits)."""
+
+    type: Literal["project_estimate"] = "project_estimate"
+    estimate: Estimate
+
+
+class ProjectApproval(Model):
+    """The co-PI's answer to an estimate that waits (`lab approve`, `lab refuse`, the web view): only the co-PI may send it."""
+
+    type: Literal["project_approval"] = "project_approval"
+    approved: bool
+    reason: str = Field("", max_length=2000)
 
 
 class CoPINoteMsg(Model):
@@ -295,7 +315,8 @@ class UsageReport(Model):
 
 Body = Annotated[
     (
-        StartProject | CoPINoteMsg | NoteAck | NoveltyCheck | NoveltyVerdict | ReferenceSearch | ReferencesFound | ExperimentRequest | ExperimentPlanned
+        StartProject | ProjectEstimate | ProjectApproval
+        | CoPINoteMsg | NoteAck | NoveltyCheck | NoveltyVerdict | ReferenceSearch | ReferencesFound | ExperimentRequest | ExperimentPlanned
         | ExperimentResult | JobStatus | AnalysisRequest | AnalysisDone | DraftRequest | DraftReady | ReviewRequest | ReviewDone | Rebuttal | Decision
         | StepFailed | UsageReport
     ),

@@ -21,6 +21,61 @@ class Budget(Model):
     # The most runs the co-PI may raise max_runs to (`lab say 'raise runs to N'`); None: twice the
     # max_runs the project started with (the PI fixes it at the start), never over 1000.
     max_runs_limit: int | None = Field(None, ge=1, le=1000)
+    # Compute the project's jobs may use, summed over the runs reported so far (``RunRecord.gpu_s`` / ``cpu_s``):
+    # once spent, the PI schedules no new run and the project finishes with the results in hand.
+    max_gpu_hours: float | None = Field(None, ge=0)
+    max_cpu_hours: float | None = Field(None, ge=0)
+
+
+class Estimate(Model):
+    """What a project is expected to use, published by the PI before its first run (``ProjectEstimate``).
+
+    Compute: runs x the expected time of one job x the GPUs (CPUs) each job asks for. The job time is
+    a measured first run where one is known (an AI Scientist template's, ``agents.aisci.measured``), else
+    the time budget the template (its profile) declares, an upper bound. Minds: the steps that ask a
+    mind x tokens per step (a stated default: nothing records them per step yet); the offline mind costs nothing.
+    """
+
+    runs: int
+    job_s: float
+    job_s_from: str  # where the job time came from, in words
+    gpus_per_job: int
+    cpus_per_job: float
+    gpu_hours: float
+    cpu_hours: float
+    mind_steps: int = 0
+    tokens: int = 0
+    tokens_from: str = ""
+    cost_usd: float = 0.0
+    # Whether the PI waits for the co-PI's approval before the first run, and which threshold (or flag) made it.
+    needs_approval: bool = False
+    why: str = ""
+
+    def line(self) -> str:
+        """The estimate in one line, for `lab status`, `lab run` and the web view."""
+        money = f", ~{self.tokens} tokens (${self.cost_usd:.2f})" if self.tokens else ", $0 for minds"
+        return (f"{self.runs} runs x {self.job_s:.0f} s ({self.job_s_from}) x {self.gpus_per_job} GPU: "
+                f"{self.gpu_hours:.2f} GPU-h, {self.cpu_hours:.2f} CPU-h{money}")
+
+
+class ApprovalPolicy(Model):
+    """When a project waits for the co-PI's approval before its first run (config.yaml ``approval:``; all off by default)."""
+
+    gpu_hours_over: float | None = Field(None, ge=0)  # an estimate above this many GPU-hours waits
+    cost_over: float | None = Field(None, ge=0)  # an estimate above this many USD (minds) waits
+    # USD per 1M tokens the estimate prices minds at; None: the llm mind's configured model's price (agents.minds.llm.config).
+    usd_per_million_tokens: float | None = Field(None, ge=0)
+    tokens_per_step: int = Field(4000, ge=0)  # tokens one mind step is expected to use (prompt and completion)
+
+
+class BudgetLimits(Model):
+    """The lab's caps on every project's budget (config.yaml ``budgets:``): the PI lowers a project's own to them."""
+
+    max_gpu_hours_per_project: float | None = Field(None, ge=0)
+    max_cost_per_project: float | None = Field(None, ge=0)
+    # The GPU-hours all the lab's projects may use together, summed over the projects the PI has stored: a new
+    # project's GPU-hour budget is lowered to what is left, and one whose estimate would pass it waits for approval.
+    max_gpu_hours_per_lab: float | None = Field(None, ge=0)
 
 
 class CodeEdit(Model):

@@ -15,10 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bus.schema.constants import HEARTBEAT_STALE_S
-from bus.schema.project import Budget, Usage
+from bus.schema.project import Budget, Estimate, Usage
 from bus.schema.results import RunRecord
 
-Stage = Literal["ideas", "experiments", "analysis", "draft", "review", "done", "failed"]
+Stage = Literal["approval", "ideas", "experiments", "analysis", "draft", "review", "done", "failed"]
 FINISHED_STAGES: tuple[Stage, ...] = ("done", "failed")
 JobRecordState = Literal["queued", "dispatched", "pending", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_JOB_STATES: tuple[JobRecordState, ...] = ("queued", "dispatched", "pending", "running")
@@ -46,6 +46,12 @@ class ProjectView(ReadModel):
     usage: dict[str, Usage] = {}
     outcome: str = ""
     accepted: bool | None = None
+    estimate: Estimate | None = None  # what the PI expects the project to use (None: a project started before estimates)
+
+    @property
+    def waiting_approval(self) -> bool:
+        """The project waits for the co-PI's `lab approve` before its first run."""
+        return self.stage == "approval"
 
     @property
     def finished(self) -> bool:

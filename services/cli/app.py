@@ -399,6 +399,41 @@ def say(
 
 
 @app.command()
+def approve(
+    project: str = typer.Argument(..., help="The project waiting for approval (`lab status` shows its estimate)."),
+    refuse: str | None = typer.Option(None, "--refuse", help="Refuse it instead, with this reason: the project ends, the reason in its decision."),
+    nats: str | None = typer.Option(None, "--nats"),
+) -> None:
+    """Approve a project's estimate so its runs start (or refuse it with --refuse REASON)."""
+    _answer_estimate(project, refuse is None, refuse or "", nats)
+
+
+@app.command()
+def refuse(
+    project: str = typer.Argument(..., help="The project waiting for approval."),
+    reason: str = typer.Option(..., "--reason", help="Why: the project ends with it in its decision."),
+    nats: str | None = typer.Option(None, "--nats"),
+) -> None:
+    """Refuse a project's estimate: the project ends without running anything (`lab approve --refuse`)."""
+    _answer_estimate(project, False, reason, nats)
+
+
+def _answer_estimate(project: str, approved: bool, reason: str, nats: str | None) -> None:
+    if not approved and not reason.strip():
+        fail("say why the project is refused (the reason goes into its decision)")
+
+    async def main() -> str:
+        async with _session(nats, write=True) as bus:
+            from services.read.projects import send_approval
+
+            await _require_buckets(bus)
+            await send_approval(bus, await _projects(bus), project, approved, reason)
+            return f"{'approved' if approved else 'refused'} {project}" + ("; its runs start now" if approved else f": {reason.strip()}")
+
+    console.print(asyncio.run(main()), markup=False)
+
+
+@app.command()
 def web(
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: a free one)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; keep 127.0.0.1 unless a proxy or port-forward fronts it."),
@@ -444,7 +479,10 @@ def run(
     max_rounds: int = typer.Option(1, "--max-rounds", min=0, help="Revision rounds the reviewer may ask for."),
     wall_time: float = typer.Option(3600, "--wall-time", help="Seconds the project may take."),
     max_tokens: int | None = typer.Option(None, "--max-tokens"),
-    max_cost: float | None = typer.Option(None, "--max-cost", help="USD the minds may spend."),
+    max_cost: float | None = typer.Option(None, "--max-cost", help="USD the minds may spend; once spent, no new runs."),
+    max_gpu_hours: float | None = typer.Option(None, "--max-gpu-hours", min=0, help="GPU-hours the jobs may use; once spent, no new runs."),
+    max_cpu_hours: float | None = typer.Option(None, "--max-cpu-hours", min=0, help="CPU-hours the jobs may use; once spent, no new runs."),
+    require_approval: bool = typer.Option(False, "--require-approval", help="Wait for `lab approve PROJECT` before the first run."),
     mind: str | None = typer.Option(None, "--mind", help="offline or llm; default $LAB_MIND, else offline."),
     executor: str | None = typer.Option(None, "--executor", help="local, docker or kubernetes; default $LAB_EXECUTOR, else local."),
     nats: str | None = typer.Option(None, "--nats", help="Use the lab on this NATS server instead of a local one."),
@@ -475,6 +513,7 @@ def run(
     opts = RunOptions(
         template=template, direction=direction, seed=seed, out=out, fast=fast, profile="fast" if fast else profile, max_ideas=max_ideas, max_runs=max_runs,
         max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
+        max_gpu_hours=max_gpu_hours, max_cpu_hours=max_cpu_hours, require_approval=require_approval,
         executor=executor, nats=nats, quiet=quiet, model=model,
     )
     code = run_project(opts, console)

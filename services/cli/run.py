@@ -41,6 +41,7 @@ from bus.schema import (
     MindChoice,
     MindKind,
     ProfileName,
+    ProjectEstimate,
     StartProject,
     TemplateError,
     TemplateSpec,
@@ -71,6 +72,9 @@ class RunOptions:
     wall_time: float = 3600
     max_tokens: int | None = None
     max_cost: float | None = None
+    max_gpu_hours: float | None = None
+    max_cpu_hours: float | None = None
+    require_approval: bool = False
     mind: MindKind = "offline"
     executor: ExecutorKind = "local"
     nats: str | None = None
@@ -154,6 +158,7 @@ def run_project(opts: RunOptions, console: Console) -> int:
     budget = Budget(
         max_ideas=opts.max_ideas, max_runs=opts.max_runs, max_revision_rounds=opts.max_rounds,
         wall_time_s=opts.wall_time, max_tokens=opts.max_tokens, max_cost_usd=opts.max_cost,
+        max_gpu_hours=opts.max_gpu_hours, max_cpu_hours=opts.max_cpu_hours,
     )
     home = lab_home()
     console.print(literature_line(), markup=False, soft_wrap=True)
@@ -250,6 +255,7 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
             start = StartProject(
                 template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
                 seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
+                require_approval=opts.require_approval, measured_job_s=measured_job_s(spec),
             )
             return Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice)
 
@@ -269,6 +275,14 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
                                         steps=steps)
     finally:
         await bus.close()
+
+
+def measured_job_s(spec: TemplateSpec) -> float | None:
+    """The wall time of the template's first measured baseline run (an AI Scientist template's, kept in LAB_HOME), for the estimate."""
+    if not aisci.declares_no_levers(spec):
+        return None
+    got = aisci.measured(spec.name)
+    return got[0] if got is not None else None
 
 
 def print_refused(console: Console, done: Exported) -> None:
@@ -352,10 +366,12 @@ async def _watch(
     jobs: progress_lines.Progress | None = None,
 ) -> Decision | None:
     runs_done = 0
+    span = deadline - time.monotonic()  # the run's time; a project that waits for approval gets it from its approval on
+    waiting = False
     while True:
         if sup is not None:
             sup.tick()  # restart agents that die mid-run
-        if time.monotonic() > deadline or reader.done():
+        if (not waiting and time.monotonic() > deadline) or reader.done():
             return None
         for line in jobs.lines() if jobs is not None else []:  # while jobs train: a line per job at most every 30 s
             progress.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] [green]progress[/green] {escape(clean(line))}", markup=True, highlight=False)
@@ -374,6 +390,12 @@ async def _watch(
                 f"[dim]{env.created_at:%H:%M:%S}[/dim] [cyan]{env.sender}[/cyan] → [magenta]{env.recipient}[/magenta]  {escape(clean(describe(env)))}",
                 markup=True, highlight=False,
             )
+        if isinstance(env.body, ProjectEstimate) and env.body.estimate.needs_approval:  # one line, quiet or not
+            waiting = True
+            progress.console.print(f"waiting for approval ({escape(clean(env.body.estimate.why))}): `lab approve {project}` starts it, "
+                                   f"`lab refuse {project} --reason TEXT` ends it", markup=True, highlight=False, soft_wrap=True)
+        elif waiting and isinstance(env.body, ExperimentRequest):
+            waiting, deadline = False, time.monotonic() + span
         stage = STAGE_OF.get(env.kind)
         if isinstance(env.body, ExperimentResult):  # env.kind == "experiment_result"
             runs_done += len(env.body.runs)

@@ -116,7 +116,7 @@ def compute_table(projects: list[ProjectView], wide: bool) -> Table | None:
 
     The compact layout lists the projects still running; ``wide`` every project.
     """
-    rows = [(s.project, compute(spend(s.runs))) for s in projects if (wide or not s.finished) and s.runs]
+    rows = [(s.project, compute(spend(s.runs)) + limits(s)) for s in projects if (wide or not s.finished) and s.runs]
     if not rows:
         return None
     t = table(wide, [("project", NAME), ("compute", TEXT)], title="compute so far")
@@ -132,6 +132,31 @@ def compute(sp: dict[str, Any]) -> str:
     hours = round(sp["gpu_hours"], 2)
     gpu = "<0.01" if sp["gpu_s"] > 0 and hours == 0 else f"{hours:g}"
     return f"{jobs} job{'s' if jobs != 1 else ''}, {cpu}, {gpu} GPU-h"
+
+
+def limits(s: ProjectView) -> str:
+    """The project's compute and money limits and its estimate, after its compute so far ("" when it has none of them)."""
+    b, parts = s.budget, []
+    if b.max_gpu_hours is not None:
+        parts.append(f"limit {b.max_gpu_hours:g} GPU-h")
+    if b.max_cpu_hours is not None:
+        parts.append(f"limit {b.max_cpu_hours:g} CPU-h")
+    if b.max_cost_usd is not None:
+        parts.append(f"limit ${b.max_cost_usd:g}")
+    if s.estimate is not None:
+        parts.append(f"estimate {s.estimate.gpu_hours:g} GPU-h, ${s.estimate.cost_usd:.2f}")
+    return f"; {', '.join(parts)}" if parts else ""
+
+
+def approval_table(projects: list[ProjectView], wide: bool) -> Table:
+    """Projects waiting for the co-PI's approval: the estimate, why it waits, and the command that starts it."""
+    # No project column: the command names the project, whole (a name cut short could not be pasted).
+    t = table(wide, [("approve with", NAME), ("estimate", TEXT)], title="waiting for approval")
+    for s in projects:
+        est = s.estimate
+        what = f"{est.line()}; {est.why}" if est is not None else "no estimate"
+        t.add_row(f"lab approve {s.project}", cut(what, wide))
+    return t
 
 
 def age(seconds: float) -> str:
@@ -203,6 +228,8 @@ def render(data: LabStatus, console: Console, wide: bool = False, now: float | N
     console.print(f"NATS: {data.nats}", markup=False)
     show(console, agents_table(data.agents, wide, now, data.instances), wide)
     show(console, projects_table(data.projects, wide), wide)
+    if waiting := [s for s in data.projects if s.waiting_approval]:
+        show(console, approval_table(waiting, wide), wide)
     if (spent := compute_table(data.projects, wide)) is not None:
         show(console, spent, wide)
     if data.jobs:

@@ -37,7 +37,21 @@ from agents.pi.workflow import PIContext
 from bus.client import Bus
 from bus.errors import LabError
 from bus.permissions import convo_refusal, sender_refusal
-from bus.schema import EXECUTOR_KINDS, ROLES, Envelope, JobStatus, LabConfig, MindChoice, MindKind, NatsAccess, RoleName
+from bus.schema import (
+    EXECUTOR_KINDS,
+    ROLES,
+    ApprovalPolicy,
+    BudgetLimits,
+    Envelope,
+    JobStatus,
+    LabConfig,
+    MindChoice,
+    MindKind,
+    NatsAccess,
+    ProjectView,
+    RoleDocument,
+    RoleName,
+)
 from bus.schema.formats import FormatError, parse
 from bus.settings import settings
 from bus.store import IdeaArchive, StateStore
@@ -183,16 +197,38 @@ class EngineerWiring(Wiring):
 
 
 class PIWiring(Wiring):
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None) -> None:
         super().__init__("pi", home)
         self.archive: IdeaArchive | None = None
+        self.policy = policy or ApprovalPolicy()
+        self.limits = limits or BudgetLimits()
+        self.states: StateStore | None = None
 
     async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
         self.archive = await IdeaArchive.open(bus)
+        self.states = states
         return []
 
+    async def lab_gpu_hours(self) -> float:
+        """GPU-hours every project the PI stored has used (each job once): what a per-lab cap is checked against."""
+        from agents.pi.budget import gpu_hours
+
+        if self.states is None:
+            return 0.0
+        total = 0.0
+        for key in await self.states.keys("pi."):
+            raw, _ = await self.states.read(key)
+            doc = RoleDocument.parse(raw, key)
+            if doc.state:
+                try:
+                    total += gpu_hours(ProjectView.model_validate(doc.state).runs)
+                except ValidationError:
+                    continue  # a state this PI cannot read is left out, not guessed at
+        return total
+
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> PIContext:
-        return PIContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, archive=self.archive)
+        return PIContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, archive=self.archive,
+                         policy=self.policy, limits=self.limits, lab_gpu_hours=self.lab_gpu_hours)
 
 
 class LiteratureWiring(Wiring):
@@ -204,6 +240,23 @@ class LiteratureWiring(Wiring):
         return LiteratureContext(
             project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, settings=self.settings, lab_home=self.home,
         )
+
+
+def priced(config: LabConfig) -> ApprovalPolicy:
+    """The approval policy with a price per 1M tokens: the config's, else the llm mind's model's (0 where none is known)."""
+    policy = config.approval
+    if policy.usd_per_million_tokens is not None:
+        return policy
+    from agents.minds.llm.config import load_config
+    from agents.pi.budget import PROMPT_SHARE
+
+    try:
+        mind = load_config(dict(config.mind))
+    except LabError:
+        return policy  # the mind's own start says what is wrong with its config; the estimate prices tokens at $0
+    price = mind.price(mind.model)
+    per_million = PROMPT_SHARE * price.prompt + (1 - PROMPT_SHARE) * price.completion
+    return policy.model_copy(update={"usd_per_million_tokens": per_million})
 
 
 def role_name(role: str) -> RoleName:
@@ -248,5 +301,5 @@ def build(role: str, *, home: Path, config: LabConfig | Mapping[str, Any], bus_u
     if cls is LiteratureWiring:
         return LiteratureWiring(home, literature_settings(config))
     if cls is PIWiring:
-        return PIWiring(home)
+        return PIWiring(home, priced(config), config.budgets)
     return Wiring(role_name(role), home)

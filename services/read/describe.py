@@ -25,6 +25,8 @@ from bus.schema import (
     NoteAck,
     NoveltyCheck,
     NoveltyVerdict,
+    ProjectApproval,
+    ProjectEstimate,
     Rebuttal,
     ReferenceSearch,
     ReferencesFound,
@@ -45,6 +47,12 @@ def describe(env: Envelope) -> str:
         case StartProject() as b:
             budget = f"≤{b.budget.max_ideas} ideas, ≤{b.budget.max_runs} runs, ≤{b.budget.max_revision_rounds} revision rounds"
             return f"start {b.template!r} (seed {b.seed}, {budget}){' — ' + b.direction if b.direction else ''}"
+        case ProjectEstimate() as b:
+            e = b.estimate
+            wait = f" — WAITING FOR APPROVAL ({e.why}): `lab approve {env.project}`" if e.needs_approval else ""
+            return f"estimate: {e.line()}{wait}"
+        case ProjectApproval() as b:
+            return f"{'approved' if b.approved else 'REFUSED'} by the co-PI{': ' + b.reason if b.reason else ''}"
         case CoPINoteMsg() as b:
             return f"co-PI note: {b.note.text!r}"
         case NoteAck() as b:

@@ -32,7 +32,20 @@ from bus.errors import ArtifactMissing, LabError
 from bus.permissions import convo_refusal
 from bus.provenance import provenance, spend
 from bus.replay import read
-from bus.schema import AnalysisDone, Decision, DraftReady, ExperimentPlanned, ExperimentResult, ProjectView, ReviewDone, RunRecord, StartProject, Usage
+from bus.schema import (
+    AnalysisDone,
+    Budget,
+    Decision,
+    DraftReady,
+    Estimate,
+    ExperimentPlanned,
+    ExperimentResult,
+    ProjectView,
+    ReviewDone,
+    RunRecord,
+    StartProject,
+    Usage,
+)
 from bus.store import Artifacts, object_name_refusal
 from services.read.projects import project_state
 
@@ -54,6 +67,8 @@ class Exported:
     runs: list[RunRecord] = field(default_factory=list)  # the analysed runs (the runs so far, before any analysis)
     reported: list[RunRecord] = field(default_factory=list)  # every run the engineer reported: what the project's compute went to
     usage: dict[str, Usage] | None = None  # the tokens and money each role reported (None: the PI stored no state)
+    budget: Budget | None = None  # the project's budget as the PI holds it (the lab's caps applied)
+    estimate: Estimate | None = None  # what the PI expected the project to use (None: no state, or an older project)
 
 
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,80}")
@@ -200,7 +215,20 @@ def _exported(project: str, out: Path, state: ProjectView | None, log: _Log) -> 
         # The runs the analysis (the paper's evidence) read; before there is one, every run reported so far.
         runs=list(log.analysis.report.runs) if log.analysis is not None else list(log.runs),
         reported=list(log.runs), usage=state.usage if state is not None else None,
+        budget=state.budget if state is not None else None, estimate=state.estimate if state is not None else None,
     )
+
+
+def _spend(done: Exported) -> dict[str, Any]:
+    """What the project used, beside what the PI expected (``estimate``) and the limits it ran under (``limits``)."""
+    out = spend(done.reported, done.usage)
+    out["estimate"] = done.estimate.model_dump(mode="json") if done.estimate is not None else None
+    b = done.budget
+    out["limits"] = None if b is None else {
+        "max_runs": b.max_runs, "max_gpu_hours": b.max_gpu_hours, "max_cpu_hours": b.max_cpu_hours,
+        "max_cost_usd": b.max_cost_usd, "max_tokens": b.max_tokens, "wall_time_s": b.wall_time_s,
+    }
+    return out
 
 
 def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
@@ -219,6 +247,6 @@ def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
         # Each analysed run traced to its job: attempt, executor, node, image (or interpreter and packages hash), code and diff hashes.
         "provenance": [provenance(r) for r in done.runs],
         # What every job the project ran used (analysed or not): wall, CPU and GPU seconds, GPU-hours, and its minds' tokens.
-        "spend": spend(done.reported, done.usage),
+        "spend": _spend(done),
         "exported_at": time.time(),
     }

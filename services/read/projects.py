@@ -20,8 +20,10 @@ from bus.schema import (
     EngineerView,
     Envelope,
     JobView,
+    ProjectApproval,
     ProjectView,
     RoleDocument,
+    derive_id,
 )
 from bus.store import StateStore
 
@@ -107,3 +109,19 @@ async def send_note(bus: Bus, project: str, text: str, to: str = "pi") -> CoPINo
     note = CoPINote(id=uuid.uuid4().hex[:12], text=text.strip(), to=to)
     await bus.publish(Envelope(project=project, sender="copi", recipient=to, body=CoPINoteMsg(note=note)))
     return note
+
+
+async def send_approval(bus: Bus, projects: list[ProjectView], project: str, approved: bool, reason: str = "") -> Envelope:
+    """Approve or refuse the estimate of ``project``, which must be waiting for approval (NoteRefused saying why not).
+
+    The id derives from the project and the answer, so a second `lab approve` (or a second click in the web
+    view) is the same message and JetStream's duplicate window drops it; the PI ignores one that comes later.
+    """
+    view = next((p for p in projects if p.project == running_project(projects, project)), None)
+    if view is None or not view.waiting_approval:
+        stage = view.stage if view is not None else "unknown"
+        raise NoteRefused(f"project {project!r} is not waiting for approval (stage {stage})")
+    body = ProjectApproval(approved=approved, reason=reason.strip())
+    env = Envelope(id=derive_id(f"approval/{project}", "approve" if approved else "refuse"), project=project, sender="copi", recipient="pi", body=body)
+    await bus.publish(env)
+    return env

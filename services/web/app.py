@@ -33,7 +33,7 @@ from bus.client import Bus, BusConfig
 from bus.errors import ArtifactMissing, BusFailure, ConnectError, InvalidToken
 from bus.replay import read
 from bus.schema import ROLES
-from services.read.projects import NoteRefused, project_state, project_states, send_note
+from services.read.projects import NoteRefused, project_state, project_states, send_approval, send_note
 from services.web import feeds, views
 from services.web.auth import COOKIE, CoPIToken
 
@@ -174,6 +174,24 @@ async def post_stop(request: Request) -> Response:
     return await _note(request, STOP_NOTE, "pi")
 
 
+async def post_approve(request: Request) -> Response:
+    """Approve the project's estimate, or (``decision=refuse`` with a ``reason``) refuse it; back to its page after."""
+    _may_act(request)
+    name = _project(request)
+    form = await request.form()
+    refused = str(form.get("decision", "")) == "refuse"
+    reason = str(form.get("reason", ""))
+    if refused and not reason.strip():
+        return JSONResponse({"error": "say why the project is refused"}, status_code=400)
+    try:
+        env = await send_approval(_bus(request), await project_states(_bus(request)), name, not refused, reason)
+    except NoteRefused as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse({"id": env.id, "approved": not refused})
+    return RedirectResponse(f"/p/{name}", status_code=303)
+
+
 async def healthz(request: Request) -> Response:
     bus: Bus = request.app.state.bus
     return PlainTextResponse("ok" if bus.connected else "no NATS connection", status_code=200 if bus.connected else 503)
@@ -251,6 +269,7 @@ def create_app(
         Route("/p/{project}/a/{name:path}", artifact),
         Route("/p/{project}/note", post_note, methods=["POST"]),
         Route("/p/{project}/stop", post_stop, methods=["POST"]),
+        Route("/p/{project}/approve", post_approve, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     # A page answers only to the names it is served under: a foreign Host (DNS rebinding: a site whose name

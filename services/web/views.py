@@ -60,6 +60,9 @@ class ProjectSummary:
     rounds: str
     cost: str
     decision: str  # "accepted", "not accepted", "stopped …", or "" while it runs
+    estimate: str = ""  # what the PI expects the project to use, in one line ("" for a project started before estimates)
+    waiting: str = ""  # why the project waits for the co-PI's approval ("" when it does not)
+    limits: str = ""  # its compute and money limits, beside what it spent so far
 
 
 def summary(state: ProjectView) -> ProjectSummary:
@@ -68,7 +71,22 @@ def summary(state: ProjectView) -> ProjectSummary:
         project=state.project, template=state.template, stage=state.stage,
         ideas=f"{len(state.ideas)}/{b.max_ideas}", runs=f"{len(state.experiments)}/{b.max_runs}",
         rounds=f"{state.round}/{b.max_revision_rounds}", cost=f"${state.cost_usd:.4f}", decision=state.decision,
+        estimate=state.estimate.line() if state.estimate else "",
+        waiting=(state.estimate.why if state.estimate else "") or "waiting" if state.waiting_approval else "",
+        limits=_limits(state),
     )
+
+
+def _limits(state: ProjectView) -> str:
+    """GPU-hours and CPU-hours spent so far against the project's limits (where it has any)."""
+    from bus.provenance import spend
+
+    sp, b = spend(state.runs), state.budget
+    parts = [f"{sp['gpu_hours']:g} GPU-h" + (f" of {b.max_gpu_hours:g}" if b.max_gpu_hours is not None else ""),
+             f"{sp['cpu_s'] / 3600:.4g} CPU-h" + (f" of {b.max_cpu_hours:g}" if b.max_cpu_hours is not None else "")]
+    if b.max_cost_usd is not None:
+        parts.append(f"${state.cost_usd:.4f} of ${b.max_cost_usd:g}")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------- experiments

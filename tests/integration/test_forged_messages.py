@@ -144,3 +144,45 @@ async def test_a_runner_cannot_forge_a_review_and_a_role_cannot_send_another_rol
     doc, _ = await (await StateStore.open(admin)).read(f"pi.{P}")
     assert not doc
     assert await said_by_pi(admin) == []
+
+
+async def _pi_state(admin: Bus, project: str, stage: str, timeout: float = 20) -> dict:
+    store = await StateStore.open(admin)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        doc, _ = await store.read(f"pi.{project}")
+        if doc and doc.get("state") and doc["state"]["stage"] == stage:
+            return doc["state"]
+        assert asyncio.get_running_loop().time() < deadline, (stage, doc and doc.get("state", {}).get("stage"))
+        await asyncio.sleep(0.1)
+
+
+async def test_only_the_copi_approves_a_project_that_waits(lab):
+    """A project started with require_approval waits; roles that forge its approval are dead-lettered and it still waits;
+    the co-PI's own approval starts it (the PI then asks the engineer for the baseline)."""
+    from bus.schema import Budget, ProjectApproval, StartProject
+    from tests.fakes import TOY_SPEC
+
+    server, admin, _ = lab
+    copi = await Bus.connect(config_for(server, "copi"))
+    writer = await Bus.connect(config_for(server, "writer"))
+    engineer = await Bus.connect(config_for(server, "engineer"))
+    try:
+        start = StartProject(template="toy", template_object=f"{P}/template.tar.gz", spec=TOY_SPEC, budget=Budget(max_runs=3), require_approval=True)
+        await copi.publish(Envelope(project=P, sender="copi", recipient="pi", body=start))
+        waiting = await _pi_state(admin, P, "approval")
+        assert waiting["experiments"] == {} and waiting["estimate"]["needs_approval"]
+        await writer.publish(forged("writer", "pi", ProjectApproval(approved=True), 0))
+        await engineer.publish(forged("engineer", "pi", ProjectApproval(approved=True), 1))
+        records = await _dlq_records(admin, 2)
+        assert sorted(r["reason"].split(" (")[0] for r in records) == ["engineer may not send project_approval", "writer may not send project_approval"]
+        assert (await _pi_state(admin, P, "approval"))["approved_at"] is None  # still waiting: nothing ran
+        assert [e.kind for e in await said_by_pi(admin)] == ["project_estimate"]
+        await copi.publish(Envelope(project=P, sender="copi", recipient="pi", body=ProjectApproval(approved=True)))
+        started = await _pi_state(admin, P, "experiments")
+        assert started["approved_at"] is not None and list(started["experiments"]) == ["x01-baseline"]
+        said = [e.kind for e in await said_by_pi(admin)]
+        assert said[:2] == ["project_estimate", "experiment_request"]
+    finally:
+        for b in (copi, writer, engineer):
+            await b.close()

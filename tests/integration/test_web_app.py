@@ -276,3 +276,47 @@ def test_pages_say_the_lab_is_not_running_while_nats_is_away_and_come_back_with_
         time.sleep(0.1)
     assert client.get("/", headers={"accept": "text/html"}).status_code == 200
     assert "Traceback" not in caplog.text
+
+
+W = "waiting-proj"  # a project whose estimate waits for the co-PI's approval
+
+
+async def _seed_waiting(server) -> None:
+    from agents.pi.budget import estimate
+    from bus.schema import ApprovalPolicy, Budget, TemplateSpec
+    from tests.fakes import TOY_SPEC
+
+    spec = TemplateSpec.model_validate({**TOY_SPEC, "resources": {"gpu": 1}, "time_budget_s": 3600})
+    est = estimate(spec, None, Budget(max_runs=12), "offline", ApprovalPolicy(gpu_hours_over=4))
+    state = {**STATE, "project": W, "stage": "approval", "experiments": {}, "outcome": "", "estimate": est.model_dump(mode="json"),
+             "budget": {**STATE["budget"], "max_gpu_hours": 20}}
+    bus = await Bus.connect(config_for(server))
+    try:
+        await (await StateStore.open(bus)).write(f"pi.{W}", {"state": state}, 0)
+    finally:
+        await bus.close()
+
+
+async def _approvals(server, project: str) -> list:
+    bus = await Bus.connect(config_for(server))
+    try:
+        return [e.envelope async for e in read(bus, subjects.convo_all(project)) if e.envelope and e.envelope.body.type == "project_approval"]
+    finally:
+        await bus.close()
+
+
+def test_the_approve_button_sends_the_co_pis_approval_behind_the_same_checks_as_a_note(client, nats_server):
+    asyncio.run(_seed_waiting(nats_server))
+    html = client.get(f"/p/{W}").text
+    assert "Waiting for approval" in html and "12.00 GPU-h" in html and 'id="approve"' not in html  # read-only: shown, not actionable
+    assert client.post(f"/p/{W}/approve").status_code == 403
+    client.get(f"/p/{W}?token={TOKEN}")
+    html = client.get(f"/p/{W}").text
+    assert 'id="approve"' in html and 'id="refuse"' in html and "over the lab&#39;s approval threshold of 4 GPU-h" in html
+    assert client.post(f"/p/{W}/approve", headers={"origin": "http://evil.example"}).status_code == 403
+    assert client.post(f"/p/{W}/approve", data={"decision": "refuse", "reason": " "}).status_code == 400
+    assert client.post(f"/p/{P}/approve").json() == {"error": f"project {P!r} is not waiting for approval (stage done)"}
+    r = client.post(f"/p/{W}/approve", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/p/{W}"
+    (env,) = asyncio.run(_approvals(nats_server, W))
+    assert (env.sender, env.recipient, env.body.approved) == ("copi", "pi", True)

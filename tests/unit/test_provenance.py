@@ -118,7 +118,22 @@ def test_export_spend_counts_every_reported_run_not_only_the_analysed_ones(tmp_p
     manifest = _manifest(done, None)
     assert [(r["job_id"], r["cpu_s"], r["gpu_s"]) for r in manifest["provenance"]] == [("j1", 30.0, 0.0)]
     assert manifest["spend"] == {"jobs": 2, "wall_s": 66.0, "cpu_s": 33.0, "cpu_measured": 2, "gpu_s": 6.0, "gpu_hours": 0.0017,
-                                 "llm": {"prompt_tokens": 7, "completion_tokens": 3, "tokens": 10, "cost_usd": 0.01}}
+                                 "llm": {"prompt_tokens": 7, "completion_tokens": 3, "tokens": 10, "cost_usd": 0.01},
+                                 "estimate": None, "limits": None}
+
+
+def test_export_spend_has_the_estimate_and_the_limits_beside_what_was_spent(tmp_path: Path) -> None:
+    from agents.pi.budget import estimate
+    from bus.schema import ApprovalPolicy, Budget, TemplateSpec
+    from tests.fakes import TOY_SPEC
+
+    budget = Budget(max_runs=4, max_gpu_hours=2.0, max_cost_usd=1.5)
+    est = estimate(TemplateSpec.model_validate({**TOY_SPEC, "resources": {"gpu": 1}}), None, budget, "offline", ApprovalPolicy())
+    done = Exported(project="p1", out=tmp_path, finished=True, stage="done", reported=[], usage={}, budget=budget, estimate=est)
+    sp = _manifest(done, None)["spend"]
+    assert sp["estimate"]["gpu_hours"] == round(4 * 600 / 3600, 4) and sp["estimate"]["runs"] == 4 and sp["estimate"]["needs_approval"] is False
+    assert sp["limits"] == {"max_runs": 4, "max_gpu_hours": 2.0, "max_cpu_hours": None, "max_cost_usd": 1.5, "max_tokens": None,
+                            "wall_time_s": 3600.0}
 
 
 def test_the_runner_records_node_image_interpreter_and_code(monkeypatch: pytest.MonkeyPatch) -> None:

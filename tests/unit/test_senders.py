@@ -19,8 +19,9 @@ def test_every_kind_has_its_allowed_senders():
     assert all(set(allowed) <= set(EVERYONE) for allowed in SENDERS.values())
 
 
-def test_the_copi_speaks_notes_and_starts_projects_only():
-    assert {k for k, allowed in SENDERS.items() if "copi" in allowed} == {"start_project", "copi_note"}
+def test_the_copi_speaks_notes_starts_and_approves_projects_only():
+    assert {k for k, allowed in SENDERS.items() if "copi" in allowed} == {"start_project", "copi_note", "project_approval"}
+    assert SENDERS["project_approval"] == {"copi"} and SENDERS["project_estimate"] == {"pi"}  # no role approves for the co-PI
     assert {k for k, allowed in SENDERS.items() if "runner" in allowed} == {"job_status"}
     assert SENDERS["draft_ready"] == {"writer"} and SENDERS["review_done"] == {"reviewer"}
     assert SENDERS["job_status"] == {"runner", "engineer"} and SENDERS["experiment_result"] == {"engineer"}

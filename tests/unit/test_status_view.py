@@ -90,3 +90,26 @@ def test_the_compute_so_far_fits_80_columns_for_running_projects_and_wide_has_ev
     assert "1 job, 1.0 CPU-min, 0 GPU-h" in wide.export_text()
     # Read from the same runs as export.json's spend.
     assert [r.job_id for r in gpu.runs] == ["j3", "j4"] and gpu.runs[1].cpu_s is None
+
+
+def test_a_project_waiting_for_approval_shows_its_estimate_and_the_command_in_80_columns():
+    from agents.pi.budget import estimate
+    from bus.schema import ApprovalPolicy, Budget, TemplateSpec
+    from tests.fakes import TOY_SPEC
+
+    spec = TemplateSpec.model_validate({**TOY_SPEC, "resources": {"gpu": 2}, "time_budget_s": 1800})
+    est = estimate(spec, None, Budget(max_runs=12), "offline", ApprovalPolicy(gpu_hours_over=4))
+    waiting = _project("char_lm-s0-9a8b7c", "char_lm", "approval").model_copy(update={"estimate": est})
+    data = LabStatus(nats=DATA.nats, agents=DATA.agents, projects=[waiting], jobs=[])
+    for width, wide in ((80, False), (80, True)):
+        console = Console(width=width, record=True, force_terminal=False, color_system=None)
+        render(data, console, wide=wide)
+        text = console.export_text()
+        assert "waiting for approval" in text and "lab approve char_lm-s0-9a8b7c" in text, text
+        assert "12 runs x 1800 s" in text
+        if not wide:
+            assert max(len(ln) for ln in text.splitlines()) <= 80
+    console = Console(width=200, record=True, force_terminal=False, color_system=None)
+    render(data, console, wide=True)
+    text = console.export_text()
+    assert "12.00 GPU-h" in text and "over the lab's approval threshold of 4 GPU-h" in text

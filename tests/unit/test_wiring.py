@@ -55,3 +55,23 @@ async def test_the_engineer_submits_plans_without_credentials_and_the_port_adds_
 def test_an_unknown_executor_is_refused(tmp_path: Path) -> None:
     with pytest.raises(WiringError, match="unknown executor"):
         build("engineer", home=tmp_path, config={}, bus_url="nats://x:4222", executor="slurm")
+
+
+def test_the_pi_gets_the_labs_approval_thresholds_and_budget_caps(tmp_path: Path) -> None:
+    from agents.pi.workflow import PIContext
+
+    config = {"approval": {"gpu_hours_over": 2, "usd_per_million_tokens": 1.5}, "budgets": {"max_gpu_hours_per_project": 8}}
+    wiring = build("pi", home=tmp_path, config=config, bus_url="nats://x:4222")
+    ctx = wiring.context(project="p", state=None, mind=None, artifacts=MemoryStore(), cache=None)
+    assert isinstance(ctx, PIContext)
+    assert (ctx.policy.gpu_hours_over, ctx.policy.cost_over, ctx.policy.usd_per_million_tokens) == (2, None, 1.5)
+    assert ctx.limits.max_gpu_hours_per_project == 8 and ctx.limits.max_cost_per_project is None
+    # Unset: nothing waits, nothing is capped; tokens are priced at the configured model's price.
+    plain = build("pi", home=tmp_path, config={"mind": {"model": "gpt-4o"}}, bus_url="nats://x:4222")
+    ctx = plain.context(project="p", state=None, mind=None, artifacts=MemoryStore(), cache=None)
+    assert ctx.policy.gpu_hours_over is None and ctx.policy.usd_per_million_tokens == 0.75 * 2.5 + 0.25 * 10.0
+
+
+def test_a_typo_in_the_approval_section_is_one_line_at_start_up(tmp_path: Path) -> None:
+    with pytest.raises(WiringError, match="approval.gpu_hour_over"):
+        build("pi", home=tmp_path, config={"approval": {"gpu_hour_over": 2}}, bus_url="nats://x:4222")

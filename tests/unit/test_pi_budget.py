@@ -1,0 +1,201 @@
+"""A project's budget in GPU-hours and money: the estimate, the approval gate, and what a spent budget stops.
+
+From data alone (``agents.pi.budget`` and the PI's transitions): the estimate's arithmetic from a
+template's declared time budget, its GPUs and the runs; a start over the lab's threshold waits in the
+stage ``approval`` with nothing sent to the engineer; an approval starts it, a refusal ends it with
+the reason; runs reported with ``gpu_s`` past ``max_gpu_hours`` stop scheduling and the project goes
+on to its analysis and paper with what it has, its decision saying why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.pi import budget as money
+from agents.pi import transitions as t
+from bus.schema import (
+    ApprovalPolicy,
+    Budget,
+    BudgetLimits,
+    ExperimentResult,
+    FinalInfo,
+    MetricStat,
+    NoveltyVerdict,
+    ProjectApproval,
+    RunRecord,
+    StartProject,
+    TemplateSpec,
+    Usage,
+)
+from tests.fakes import TOY_SPEC
+from tests.unit.test_pi_transitions import T0, idea, kinds
+
+GPU_SPEC = TemplateSpec.model_validate({
+    **TOY_SPEC, "time_budget_s": 900, "resources": {"cpu": 2, "gpu": 2},
+    "profiles": {"big": {"resources": {"cpu": 4, "gpu": 4, "nodes": 2}, "time_budget_s": 1800}},
+})
+
+
+def start(policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None, require: bool = False, mind: str = "offline", lab_gpu_hours: float = 0.0,
+          **budget: Any) -> t.Step:
+    body = StartProject(template="toy", template_object="p1/template.tar.gz", spec=GPU_SPEC, seed=7, mind=mind, require_approval=require,
+                        budget=Budget(**{"max_ideas": 2, "max_runs": 10, "max_revision_rounds": 1, "wall_time_s": 600, **budget}))
+    return t.start(None, body, "p1", T0, policy, limits, lab_gpu_hours)
+
+
+def gpu_runs(exp: str, arm: str, gpu_s: float) -> ExperimentResult:
+    fi = FinalInfo(metrics={"loss": MetricStat(mean=1.0, stderr=0.1, values=[1.0, 1.1, 0.9])}, seeds=[0, 1, 2])
+    run = RunRecord(job_id=f"j-{exp}", experiment_id=exp, idea_id=arm, overrides={}, seeds=[0, 1, 2], status="succeeded",
+                    final_info=fi, wall_s=gpu_s / 2, gpu_s=gpu_s)
+    return ExperimentResult(experiment_id=exp, idea_id=arm, runs=[run])
+
+
+def test_the_estimate_is_runs_times_the_declared_job_time_times_the_gpus():
+    est = money.estimate(GPU_SPEC, None, Budget(max_runs=12), "offline", ApprovalPolicy())
+    assert (est.runs, est.job_s, est.gpus_per_job, est.cpus_per_job) == (12, 900, 2, 2)
+    assert est.gpu_hours == 12 * 900 * 2 / 3600 == 6.0 and est.cpu_hours == 6.0
+    assert est.tokens == 0 and est.cost_usd == 0 and "offline" in est.tokens_from and not est.needs_approval
+    assert "time budget of profile default" in est.job_s_from
+    # A profile's resources and time budget replace the template's; nodes multiply the GPUs.
+    big = money.estimate(GPU_SPEC, "big", Budget(max_runs=3), "offline", ApprovalPolicy())
+    assert (big.job_s, big.gpus_per_job) == (1800, 8) and big.gpu_hours == 3 * 1800 * 8 / 3600 == 12.0
+    # A measured first run replaces the declared budget (an upper bound).
+    measured = money.estimate(GPU_SPEC, None, Budget(max_runs=4), "offline", ApprovalPolicy(), measured_job_s=450)
+    assert measured.gpu_hours == 1.0 and measured.job_s_from == "the template's measured first run"
+
+
+def test_an_llm_minds_tokens_are_priced_at_the_stated_default_per_step():
+    policy = ApprovalPolicy(usd_per_million_tokens=2.0, tokens_per_step=1000)
+    est = money.estimate(GPU_SPEC, None, Budget(max_ideas=3, max_runs=10, max_revision_rounds=1), "llm", policy)
+    steps = money.STEPS_PER_IDEA * 3 + money.STEPS_PER_RUN * 10 + money.STEPS_PER_ROUND * 2
+    assert est.mind_steps == steps == 26 and est.tokens == 26_000 and est.cost_usd == 0.052
+    assert "stated default" in est.tokens_from
+
+
+def test_thresholds_and_the_flag_decide_whether_the_estimate_waits():
+    b = Budget(max_runs=12)  # 6 GPU-h
+    assert not money.estimate(GPU_SPEC, None, b, "offline", ApprovalPolicy(gpu_hours_over=6.0)).needs_approval  # over, not at
+    over = money.estimate(GPU_SPEC, None, b, "offline", ApprovalPolicy(gpu_hours_over=5.0))
+    assert over.needs_approval and "6.00 GPU-h is over the lab's approval threshold of 5 GPU-h" == over.why
+    asked = money.estimate(GPU_SPEC, None, b, "offline", ApprovalPolicy(), require_approval=True)
+    assert asked.needs_approval and "--require-approval" in asked.why
+    costly = money.estimate(GPU_SPEC, None, b, "llm", ApprovalPolicy(cost_over=0.01, usd_per_million_tokens=10.0))
+    assert costly.needs_approval and "over the lab's approval threshold of $0.01" in costly.why
+
+
+def test_a_start_over_the_threshold_waits_with_nothing_run_and_an_approval_starts_it():
+    step = start(ApprovalPolicy(gpu_hours_over=1.0))
+    st = step.state
+    assert st.stage == "approval" and kinds(step) == ["project_estimate->copi"] and step.ask is None
+    assert st.experiments == {} and st.estimate is not None and st.estimate.needs_approval
+    # An approval an hour later: the baseline is asked for now, and the wall time counts from now.
+    later = T0 + 3600
+    go = t.approval(st, ProjectApproval(approved=True), later)
+    assert kinds(go) == ["experiment_request->engineer"] and go.state.stage == "experiments" and go.state.approved_at == later
+    assert isinstance(go.ask, t.ProposeIdeas) and not t.out_of_time(go.state, later + 599)
+    # A second approval (a redelivery, or a second click) changes nothing.
+    again = t.approval(go.state, ProjectApproval(approved=True), later + 5)
+    assert again.sent == [] and len(again.state.experiments) == 1
+
+
+def test_a_refusal_ends_the_waiting_project_with_the_reason():
+    st = start(require=True).state
+    step = t.approval(st, ProjectApproval(approved=False, reason="too expensive this month"), T0 + 10)
+    assert kinds(step) == ["decision->all"] and step.state.stage == "failed" and step.state.experiments == {}
+    (decision, _), = step.sent
+    assert decision.reason == "refused by the co-PI: too expensive this month" and not decision.accepted
+
+
+def test_under_the_threshold_the_project_starts_at_once_and_says_its_estimate():
+    step = start(ApprovalPolicy(gpu_hours_over=100.0))
+    assert kinds(step) == ["experiment_request->engineer"] and step.state.stage == "experiments"
+    assert step.state.estimate is not None and not step.state.estimate.needs_approval  # kept, not sent: nobody has to answer it
+
+
+def test_the_labs_cap_lowers_a_projects_gpu_and_money_budget():
+    st = start(limits=BudgetLimits(max_gpu_hours_per_project=2.0, max_cost_per_project=5.0), max_gpu_hours=10.0).state
+    assert st.budget.max_gpu_hours == 2.0 and st.budget.max_cost_usd == 5.0
+    st = start(limits=BudgetLimits(max_gpu_hours_per_project=2.0), max_gpu_hours=1.0).state
+    assert st.budget.max_gpu_hours == 1.0  # a project's own lower budget stands
+
+
+def test_gpu_hours_past_the_budget_stop_scheduling_and_the_project_finishes_with_what_it_has():
+    st = start(max_gpu_hours=1.0).state  # 1 GPU-h
+    st = t.wave_proposed(st, [idea(1), idea(2)], take=2).state
+    # The baseline's job used 2 GPUs for 1800 s: 3600 GPU-seconds, the whole budget.
+    spent = t.result(st, gpu_runs("x01-baseline", "baseline", gpu_s=3600.0), T0 + 10)
+    assert spent.state.budget_stop.startswith("GPU-hour budget spent (1.0000 of 1 GPU-hours)")
+    assert t.Log("warning", "budget spent", {"reason": spent.state.budget_stop}) in spent.effects
+    # Both ideas come back novel: neither runs, and with nothing outstanding the analysis is asked for.
+    v1 = t.verdict(spent.state, NoveltyVerdict(idea_id="i1", novel=True, justification="new"), T0 + 11)
+    assert v1.sent == [] and v1.state.ideas["i1"].status == "skipped" and v1.state.ideas["i1"].reason == spent.state.budget_stop
+    v2 = t.verdict(v1.state, NoveltyVerdict(idea_id="i2", novel=True, justification="new"), T0 + 12)
+    assert kinds(v2) == ["analysis_request->analyst"] and v2.state.stage == "analysis"
+    # The decision states the reason.
+    end = t.finish(v2.state, accepted=False, reason="rejected in round 0: weak")
+    assert end.sent[0][0].reason == f"rejected in round 0: weak; {spent.state.budget_stop}"
+
+
+def test_gpu_hours_under_the_budget_keep_scheduling():
+    st = start(max_gpu_hours=1.0).state
+    st = t.wave_proposed(st, [idea(1)], take=1).state
+    st = t.result(st, gpu_runs("x01-baseline", "baseline", gpu_s=1800.0), T0 + 10).state
+    step = t.verdict(st, NoveltyVerdict(idea_id="i1", novel=True, justification="new"), T0 + 11)
+    assert kinds(step) == ["experiment_request->engineer"] and step.state.budget_stop == ""
+
+
+def test_money_past_the_budget_stops_runs_and_revisions_but_not_the_paper():
+    st = start(max_cost_usd=1.0).state
+    st = t.wave_proposed(st, [idea(1)], take=1).state
+    step = t.usage_reported(st, "pi", Usage(prompt_tokens=10, cost_usd=1.5))
+    assert step.state.stage == "experiments" and step.state.budget_stop.startswith("money budget spent ($1.5000 of $1)")
+    v = t.verdict(step.state, NoveltyVerdict(idea_id="i1", novel=True, justification="new"), T0 + 11)
+    assert v.sent == [] and v.state.ideas["i1"].status == "skipped"  # the baseline is still running: the paper follows it
+
+
+def test_while_waiting_a_note_asking_for_a_run_is_refused_and_a_stop_ends_the_project():
+    from agents.minds.base import NoteReading
+    from bus.schema import CoPINote
+
+    st = start(require=True).state
+    ask = t.note_read(st, CoPINote(id="n1", text="try lr 0.5"), NoteReading(understood="a run with lr=0.5"))
+    assert kinds(ask) == ["note_ack->copi"] and ask.state.experiments == {} and ask.state.stage == "approval"
+    assert "waits for approval of its estimate (`lab approve p1`)" in ask.sent[0][0].understood
+    stop = t.note_read(st, CoPINote(id="n2", text="stop the project now"), NoteReading(understood="stop", constraints={"stop": True}))
+    assert stop.state.stage == "failed" and kinds(stop) == ["note_ack->copi", "decision->all"]
+
+
+def test_a_per_lab_cap_lowers_a_new_projects_gpu_budget_to_what_is_left_and_passing_it_waits():
+    limits = BudgetLimits(max_gpu_hours_per_lab=10.0)
+    # The lab's stored projects used 7 of 10 GPU-h: this one may use 3, and its 5 GPU-h estimate (10 runs x 900 s x 2) waits.
+    step = start(limits=limits, lab_gpu_hours=7.0)
+    st = step.state
+    assert st.budget.max_gpu_hours == 3.0 and st.stage == "approval" and kinds(step) == ["project_estimate->copi"]
+    assert st.estimate is not None and "the lab's projects used 7.00 of its 10 GPU-h; 5.00 more would pass it" in st.estimate.why
+    # With room for the estimate it starts at once, its own budget the smaller of its own and what is left.
+    roomy = start(limits=limits, lab_gpu_hours=1.0, max_gpu_hours=6.0)
+    assert roomy.state.stage == "experiments" and roomy.state.budget.max_gpu_hours == 6.0
+
+
+async def test_the_pi_wiring_sums_the_gpu_hours_of_every_stored_project(tmp_path):
+    from services.host.wiring import PIWiring
+
+    def doc(project: str, *gpu_s: float) -> dict:
+        runs = [{"job_id": f"{project}-j{i}", "experiment_id": "x", "idea_id": "baseline", "overrides": {}, "seeds": [0],
+                 "status": "succeeded", "gpu_s": g} for i, g in enumerate(gpu_s)]
+        return {"state": {"project": project, "template": "toy", "stage": "done", "budget": {}, "started_at": 0.0,
+                          "experiments": {"x": {"runs": runs}}}}
+
+    class States:  # the two reads the wiring makes of bus.store.StateStore
+        data = {"pi.a": doc("a", 3600.0, 1800.0), "pi.b": doc("b", 7200.0), "pi.c": {"state": None}}
+
+        async def keys(self, prefix: str = "") -> list[str]:
+            return [k for k in self.data if k.startswith(prefix)]
+
+        async def read(self, key: str) -> tuple[dict | None, int]:
+            return self.data[key], 1
+
+    wiring = PIWiring(tmp_path, limits=BudgetLimits(max_gpu_hours_per_lab=5))
+    assert await wiring.lab_gpu_hours() == 0.0  # not opened: no store to read
+    wiring.states = States()  # type: ignore[assignment]
+    assert await wiring.lab_gpu_hours() == 3.5
