@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         shown="all four",
     )
     mind: MindKind = _setting("offline", "The mind `lab up`, `lab run` and `lab agent` use without --mind.", "services.cli.app")
+    user: str | None = _setting(
+        None, "Who `lab run` says started the project: what a per-user budget (config.yaml budgets:) counts by. A name, not a login.",
+        "services.cli.run", shown="the login name", max_length=64,
+    )
     executor: ExecutorKind = _setting(
         "local", "Where experiments run without --executor (`lab up`, `lab run`, `lab agent`, `lab evolve`).", "services.cli.app",
     )

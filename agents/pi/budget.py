@@ -19,17 +19,22 @@ STEPS_PER_IDEA, STEPS_PER_RUN, STEPS_PER_ROUND = 2, 1, 5
 PROMPT_SHARE = 0.75
 
 
-def capped(budget: Budget, limits: BudgetLimits, lab_gpu_hours: float = 0.0) -> tuple[Budget, list[str]]:
+def capped(
+    budget: Budget, limits: BudgetLimits, lab_gpu_hours: float = 0.0, user_gpu_hours: float = 0.0, user: str = "",
+) -> tuple[Budget, list[str]]:
     """The project's budget lowered to the lab's caps (config.yaml ``budgets:``), and a line for each cap applied.
 
-    ``lab_gpu_hours`` is what the lab's stored projects used so far: with a per-lab cap, a project may use what is left of it.
+    ``lab_gpu_hours`` is what the lab's stored projects used so far, ``user_gpu_hours`` what ``user``'s did: with a
+    per-lab or per-user cap, a project may use what is left of it.
     """
     budget = budget.model_copy()
     said = []
     left = None if limits.max_gpu_hours_per_lab is None else round(max(0.0, limits.max_gpu_hours_per_lab - lab_gpu_hours), 4)
+    mine = None if limits.max_gpu_hours_per_user is None else round(max(0.0, limits.max_gpu_hours_per_user - user_gpu_hours), 4)
     for field, cap, unit, whose in (
         ("max_gpu_hours", limits.max_gpu_hours_per_project, "GPU-h", "the lab's per-project cap"),
         ("max_gpu_hours", left, "GPU-h", f"what is left of the lab's {limits.max_gpu_hours_per_lab} GPU-h"),
+        ("max_gpu_hours", mine, "GPU-h", f"what is left of {user or 'this user'}'s {limits.max_gpu_hours_per_user} GPU-h"),
         ("max_cost_usd", limits.max_cost_per_project, "USD", "the lab's per-project cap"),
     ):
         own = getattr(budget, field)
@@ -42,10 +47,12 @@ def capped(budget: Budget, limits: BudgetLimits, lab_gpu_hours: float = 0.0) -> 
 def estimate(
     spec: TemplateSpec, profile: str | None, budget: Budget, mind: str, policy: ApprovalPolicy,
     measured_job_s: float | None = None, require_approval: bool = False, lab: tuple[float, float] | None = None,
+    user: tuple[str, float, float] | None = None,
 ) -> Estimate:
     """What the project is expected to use, and whether it waits for approval (see the module's docstring).
 
-    ``lab``: (GPU-hours the lab's stored projects used, the lab's cap), where the lab has one.
+    ``lab``: (GPU-hours the lab's stored projects used, the lab's cap), where the lab has one; ``user``: (who started
+    the project, GPU-hours their stored projects used, the per-user cap), where the lab has one.
     """
     resolved = spec.profile(profile)
     res = resolved.resources
@@ -77,6 +84,9 @@ def estimate(
         why.append(f"{est.gpu_hours:.2f} GPU-h is over the lab's approval threshold of {policy.gpu_hours_over:g} GPU-h")
     if lab is not None and lab[0] + est.gpu_hours > lab[1]:
         why.append(f"the lab's projects used {lab[0]:.2f} of its {lab[1]:g} GPU-h; {est.gpu_hours:.2f} more would pass it")
+    if user is not None and user[1] + est.gpu_hours > user[2]:
+        why.append(f"{user[0] or 'this user'}'s projects used {user[1]:.2f} of their {user[2]:g} GPU-h; "
+                   f"{est.gpu_hours:.2f} more would pass it")
     if policy.cost_over is not None and est.cost_usd > policy.cost_over:
         why.append(f"${est.cost_usd:.2f} is over the lab's approval threshold of ${policy.cost_over:g}")
     return est.model_copy(update={"needs_approval": bool(why), "why": "; ".join(why)})

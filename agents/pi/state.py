@@ -69,6 +69,7 @@ class ProjectState(Model):
     profile: str = ""
     mind: str
     started_at: float
+    user: str = ""  # who started it (StartProject.user): what a per-user budget is counted by
     stage: Stage = "ideas"
     wave: int = 0
     round: int = 0

@@ -173,6 +173,7 @@ def _begin(st: ProjectState) -> tuple[ProjectState, list[Effect]]:
 def start(
     state: ProjectState | None, body: StartProject, project: str, now: float,
     policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None, lab_gpu_hours: float = 0.0,
+    user_gpu_hours: float = 0.0,
 ) -> Step:
     """A new project: its estimate is kept (and sent to the co-PI when it waits for approval); then, unless it waits,
     the baseline is asked for at once (it needs no novelty check), then the first wave of ideas.
@@ -180,23 +181,25 @@ def start(
     ``policy`` and ``limits`` are the lab's (config.yaml ``approval:`` and ``budgets:``): the project's budget is
     lowered to the lab's caps, and an estimate over a threshold (or a start that asks for it) waits in the stage
     ``approval`` for the co-PI's ``ProjectApproval``. ``lab_gpu_hours``: what the lab's stored projects used
-    (read by the handler only where the lab caps its total, ``BudgetLimits.max_gpu_hours_per_lab``).
+    (read by the handler only where the lab caps its total, ``BudgetLimits.max_gpu_hours_per_lab``);
+    ``user_gpu_hours``: what the stored projects of the user who started this one used (``max_gpu_hours_per_user``).
     """
     if state is not None:
         return Step(state, [Log("info", "project already started", {"stage": state.stage})])
     limits = limits or BudgetLimits()
-    capped, said = money.capped(body.budget, limits, lab_gpu_hours)
+    capped, said = money.capped(body.budget, limits, lab_gpu_hours, user_gpu_hours, body.user)
     st = ProjectState(
         project=project, template=body.template, template_object=body.template_object, spec=body.spec,
         direction=body.direction, seed=body.seed, budget=capped, fast=body.fast, profile=body.profile,
-        mind=body.mind, started_at=now,
+        mind=body.mind, started_at=now, user=body.user,
     )
     if st.budget.max_runs_limit is None:
         st.budget.max_runs_limit = min(1000, max(2 * st.budget.max_runs, st.budget.max_runs))
     out: list[Effect] = [Log("info", "budget capped", {"caps": said})] if said else []
     lab = None if limits.max_gpu_hours_per_lab is None else (lab_gpu_hours, limits.max_gpu_hours_per_lab)
+    user = None if limits.max_gpu_hours_per_user is None else (body.user, user_gpu_hours, limits.max_gpu_hours_per_user)
     st.estimate = money.estimate(st.spec, profile_of(st), st.budget, st.mind, policy or ApprovalPolicy(), body.measured_job_s,
-                                 body.require_approval, lab)
+                                 body.require_approval, lab, user)
     out.append(Log("info", "estimate", {"estimate": st.estimate.line()}))  # in the state for `lab status`, the web view and the export
     if st.estimate.needs_approval:  # the co-PI must answer this one, so it is said to them
         st.stage = "approval"

@@ -53,8 +53,9 @@ class PIContext(Context[ProjectState | None, PIMind]):
     # The lab's approval thresholds and per-project caps (config.yaml ``approval:`` / ``budgets:``); off by default.
     policy: ApprovalPolicy = field(default_factory=ApprovalPolicy)
     limits: BudgetLimits = field(default_factory=BudgetLimits)
-    # GPU-hours the lab's stored projects used so far (services/wiring reads them; None: no per-lab cap to check).
-    lab_gpu_hours: Callable[[], Awaitable[float]] | None = None
+    # GPU-hours the lab's stored projects used so far, and those of the projects a given user started
+    # (services/wiring reads them; None: no per-lab or per-user cap to check).
+    lab_gpu_hours: Callable[[str], Awaitable[tuple[float, float]]] | None = None
 
 
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
@@ -69,9 +70,10 @@ class PI(Role):
     async def start(self, body: StartProject, env: Any, ctx: PIContext) -> None:
         policy: ApprovalPolicy = getattr(ctx, "policy", ApprovalPolicy())  # a plain Context (a test's) has neither
         limits: BudgetLimits = getattr(ctx, "limits", BudgetLimits())
-        used: Callable[[], Awaitable[float]] | None = getattr(ctx, "lab_gpu_hours", None)
-        lab = await used() if ctx.state is None and used is not None and limits.max_gpu_hours_per_lab is not None else 0.0
-        await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab))
+        used: Callable[[str], Awaitable[tuple[float, float]]] | None = getattr(ctx, "lab_gpu_hours", None)
+        capped = limits.max_gpu_hours_per_lab is not None or limits.max_gpu_hours_per_user is not None
+        lab, mine = await used(body.user) if ctx.state is None and used is not None and capped else (0.0, 0.0)
+        await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab, mine))
 
     @on(ProjectApproval)
     async def approval(self, body: ProjectApproval, env: Any, ctx: PIContext) -> None:

@@ -41,6 +41,9 @@ class StartProject(Model):
     # The wall time of the template's first measured baseline run, where the starter knows one (an AI Scientist
     # template's, agents.aisci.measured): the estimate's job time instead of the declared time budget.
     measured_job_s: float | None = Field(None, gt=0)
+    # Who started it, as `lab run` names them (LAB_USER, else the login): what a per-user budget is counted by.
+    # A name, not an authenticated identity: the lab has one co-PI login (docs/configuration.md, budgets).
+    user: str = Field("", max_length=64)
 
 
 class ProjectEstimate(Model):

@@ -76,6 +76,9 @@ class BudgetLimits(Model):
     # The GPU-hours all the lab's projects may use together, summed over the projects the PI has stored: a new
     # project's GPU-hour budget is lowered to what is left, and one whose estimate would pass it waits for approval.
     max_gpu_hours_per_lab: float | None = Field(None, ge=0)
+    # The GPU-hours one user's projects may use together (the user a project's start names, StartProject.user),
+    # counted and applied as the per-lab cap is.
+    max_gpu_hours_per_user: float | None = Field(None, ge=0)
 
 
 class CodeEdit(Model):

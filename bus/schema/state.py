@@ -47,6 +47,7 @@ class ProjectView(ReadModel):
     outcome: str = ""
     accepted: bool | None = None
     estimate: Estimate | None = None  # what the PI expects the project to use (None: a project started before estimates)
+    user: str = ""  # who started it (StartProject.user; "" for projects started before it was recorded)
 
     @property
     def waiting_approval(self) -> bool:

@@ -9,6 +9,7 @@ deliverables are read back from the object store at the end.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import signal
 import time
 import uuid
@@ -47,6 +48,7 @@ from bus.schema import (
     TemplateSpec,
 )
 from bus.schema.state import FINISHED_STAGES
+from bus.settings import settings
 from bus.store import Artifacts, Heartbeats
 from services.cli import progress as progress_lines
 from services.cli.terminal import clean
@@ -255,7 +257,7 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
             start = StartProject(
                 template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
                 seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
-                require_approval=opts.require_approval, measured_job_s=measured_job_s(spec),
+                require_approval=opts.require_approval, measured_job_s=measured_job_s(spec), user=starter(),
             )
             return Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice)
 
@@ -275,6 +277,17 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
                                         steps=steps)
     finally:
         await bus.close()
+
+
+def starter() -> str:
+    """Who starts the project, for per-user budgets: ``LAB_USER``, else the login name ("" where neither is known)."""
+    named = settings().user
+    if named:
+        return named[:64]
+    try:
+        return getpass.getuser()[:64]
+    except (KeyError, OSError):  # no passwd entry for this uid (a bare container)
+        return ""
 
 
 def measured_job_s(spec: TemplateSpec) -> float | None:

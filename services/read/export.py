@@ -69,6 +69,7 @@ class Exported:
     usage: dict[str, Usage] | None = None  # the tokens and money each role reported (None: the PI stored no state)
     budget: Budget | None = None  # the project's budget as the PI holds it (the lab's caps applied)
     estimate: Estimate | None = None  # what the PI expected the project to use (None: no state, or an older project)
+    user: str = ""  # who started it (ProjectView.user; "" for projects started before it was recorded)
 
 
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,80}")
@@ -216,6 +217,7 @@ def _exported(project: str, out: Path, state: ProjectView | None, log: _Log) -> 
         runs=list(log.analysis.report.runs) if log.analysis is not None else list(log.runs),
         reported=list(log.runs), usage=state.usage if state is not None else None,
         budget=state.budget if state is not None else None, estimate=state.estimate if state is not None else None,
+        user=state.user if state is not None else "",
     )
 
 
@@ -238,6 +240,7 @@ def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
         "status": "finished" if done.finished else "unfinished",
         "note": "" if done.finished else f"the project had not decided when exported (stage {done.stage}); this is what existed so far",
         "stage": done.stage,
+        "started_by": done.user,  # who `lab run` said started it (LAB_USER or the login): per-user budgets count by it
         "accepted": d.accepted if d else None,
         "reason": d.reason if d else "",
         "paper_round": paper.round if paper else None,

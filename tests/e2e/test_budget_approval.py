@@ -82,7 +82,7 @@ def test_over_the_threshold_a_project_waits_a_refusal_ends_it_and_an_approval_su
         assert again.returncode != 0 and "is not waiting for approval (stage failed)" in again.stderr + again.stdout
 
         # 2. --require-approval on a CPU project; the whole lab restarts while it waits; the approval after it starts it.
-        proc, out = start(env, tmp_path, "cpu", "--fast", "--require-approval")
+        proc, out = start({**env, "LAB_USER": "alice"}, tmp_path, "cpu", "--fast", "--require-approval")
         [cpu] = wait_for(lambda: [p for p in waiting(env) if p != gpu], 120, what="the second project waiting")
         proc.kill()  # its follower goes with the lab; `lab run --attach` follows it after the restart
         proc.wait(30)
@@ -96,6 +96,7 @@ def test_over_the_threshold_a_project_waits_a_refusal_ends_it_and_an_approval_su
         assert attached.returncode == 0, attached.stdout[-3000:] + attached.stderr[-2000:]
         manifest = json.loads((out / "export.json").read_text())
         assert manifest["status"] == "finished" and "paper.md" in manifest["files"] and manifest["spend"]["jobs"] >= 1
+        assert manifest["started_by"] == "alice"  # what per-user budgets count by (LAB_USER on `lab run`)
         said = kinds(env, cpu)
         assert said.index("project_approval") < said.index("experiment_request")
     finally:

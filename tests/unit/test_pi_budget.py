@@ -37,10 +37,10 @@ GPU_SPEC = TemplateSpec.model_validate({
 
 
 def start(policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None, require: bool = False, mind: str = "offline", lab_gpu_hours: float = 0.0,
-          **budget: Any) -> t.Step:
+          user: str = "", user_gpu_hours: float = 0.0, **budget: Any) -> t.Step:
     body = StartProject(template="toy", template_object="p1/template.tar.gz", spec=GPU_SPEC, seed=7, mind=mind, require_approval=require,
-                        budget=Budget(**{"max_ideas": 2, "max_runs": 10, "max_revision_rounds": 1, "wall_time_s": 600, **budget}))
-    return t.start(None, body, "p1", T0, policy, limits, lab_gpu_hours)
+                        budget=Budget(**{"max_ideas": 2, "max_runs": 10, "max_revision_rounds": 1, "wall_time_s": 600, **budget}), user=user)
+    return t.start(None, body, "p1", T0, policy, limits, lab_gpu_hours, user_gpu_hours)
 
 
 def gpu_runs(exp: str, arm: str, gpu_s: float) -> ExperimentResult:
@@ -177,6 +177,18 @@ def test_a_per_lab_cap_lowers_a_new_projects_gpu_budget_to_what_is_left_and_pass
     assert roomy.state.stage == "experiments" and roomy.state.budget.max_gpu_hours == 6.0
 
 
+def test_a_per_user_cap_counts_only_that_users_projects():
+    limits = BudgetLimits(max_gpu_hours_per_user=8.0)
+    # alice's stored projects used 6 of her 8 GPU-h: she may use 2, and the 5 GPU-h estimate waits, naming her.
+    step = start(limits=limits, user="alice", lab_gpu_hours=6.5, user_gpu_hours=6.0)
+    st = step.state
+    assert st.user == "alice" and st.budget.max_gpu_hours == 2.0 and st.stage == "approval"
+    assert st.estimate is not None and "alice's projects used 6.00 of their 8 GPU-h; 5.00 more would pass it" in st.estimate.why
+    # bob used nothing yet (the lab's 6.5 GPU-h are alice's): his project starts at once, its budget capped at his 8.
+    bob = start(limits=limits, user="bob", lab_gpu_hours=6.5, user_gpu_hours=0.0)
+    assert bob.state.stage == "experiments" and bob.state.budget.max_gpu_hours == 8.0 and bob.state.user == "bob"
+
+
 async def test_the_pi_wiring_sums_the_gpu_hours_of_every_stored_project(tmp_path):
     from services.host.wiring import PIWiring
 
@@ -184,7 +196,7 @@ async def test_the_pi_wiring_sums_the_gpu_hours_of_every_stored_project(tmp_path
         runs = [{"job_id": f"{project}-j{i}", "experiment_id": "x", "idea_id": "baseline", "overrides": {}, "seeds": [0],
                  "status": "succeeded", "gpu_s": g} for i, g in enumerate(gpu_s)]
         return {"state": {"project": project, "template": "toy", "stage": "done", "budget": {}, "started_at": 0.0,
-                          "experiments": {"x": {"runs": runs}}}}
+                          "experiments": {"x": {"runs": runs}}, "user": "alice" if project == "a" else "bob"}}
 
     class States:  # the two reads the wiring makes of bus.store.StateStore
         data = {"pi.a": doc("a", 3600.0, 1800.0), "pi.b": doc("b", 7200.0), "pi.c": {"state": None}}
@@ -196,6 +208,7 @@ async def test_the_pi_wiring_sums_the_gpu_hours_of_every_stored_project(tmp_path
             return self.data[key], 1
 
     wiring = PIWiring(tmp_path, limits=BudgetLimits(max_gpu_hours_per_lab=5))
-    assert await wiring.lab_gpu_hours() == 0.0  # not opened: no store to read
+    assert await wiring.lab_gpu_hours("alice") == (0.0, 0.0)  # not opened: no store to read
     wiring.states = States()  # type: ignore[assignment]
-    assert await wiring.lab_gpu_hours() == 3.5
+    assert await wiring.lab_gpu_hours("alice") == (3.5, 1.5)  # the lab's, and alice's project a's
+    assert await wiring.lab_gpu_hours("carol") == (3.5, 0.0)
