@@ -233,6 +233,8 @@ def test_the_compose_file_runs_the_lab_and_a_project_to_its_decision_on_a_real_e
     assert web.attrs["HostConfig"]["PortBindings"] == {"8765/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(d.web_port)}]}
     assert d.web("GET", "/healthz")[::2] == (200, "ok")
     token = (secrets / "web_token").read_text().strip()
+    web_log = web.logs().decode(errors="replace")  # no terminal there: the URL, never the token (docs/compose.md)
+    assert "lab web: http://0.0.0.0:8765/" in web_log and token not in web_log, web_log
     project = convo[0]["project"]
     decision = next(m["body"] for m in convo if m["body"]["type"] == "decision")
     status, headers, _ = d.web("GET", f"/?token={token}")  # the link: the token becomes an HttpOnly cookie
