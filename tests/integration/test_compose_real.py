@@ -1,4 +1,5 @@
-"""deploy/compose.yaml under a real Docker engine: nats, the auth service and the six agents up, and a project to its decision.
+"""deploy/compose.yaml under a real Docker engine: nats, the auth service, the six agents and the web view up, and a project
+to its decision, then seen through the web view from the host.
 
 Real: the engine (tests/docker_engine.py: Debian's dockerd on a private socket, no default bridge, no
 iptables rules), the compose client (Debian's docker-compose 1.29, or Compose v2 where installed), the
@@ -18,6 +19,8 @@ dockerd runs as root or no compose client is installed; LAB_REQUIRE_DOCKER=1 (CI
 
 from __future__ import annotations
 
+import html
+import http.client
 import json
 import os
 import re
@@ -39,7 +42,7 @@ from tests.docker_engine import COMPOSE_SKIP_REASON, LAB_IMAGE, PART_OF, Engine,
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 JOBS = Path("/var/lib/kenkyu-lab/jobs")  # deploy/config.yaml job_files_dir: the same path in the engineer as on the host
-SERVICES = {"nats", "auth", *ROLES}
+SERVICES = {"nats", "auth", *ROLES, "web"}
 
 
 def compose_client() -> list[str] | None:
@@ -76,7 +79,7 @@ class Deployment:
             shutil.copy(ROOT / "deploy" / name, root / "deploy" / name)
         (root / "k8s/base").mkdir(parents=True)
         shutil.copy(ROOT / "k8s/base/nats.conf", root / "k8s/base/nats.conf")
-        self.port = free_port()
+        self.port, self.web_port = free_port(), free_port()
         self.env = {**os.environ, "DOCKER_HOST": engine.base_url}
         self.made_jobs_dir = False
 
@@ -99,6 +102,16 @@ class Deployment:
     def dotenv(self) -> dict[str, str]:
         lines = (self.root / "deploy/.env").read_text().splitlines()
         return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+    def web(self, method: str, path: str, headers: dict[str, str] | None = None, body: str | None = None) -> tuple[int, dict[str, str], str]:
+        """One request to the web view on its published loopback port: status, headers (lower-case names), body."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=15)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})  # Host: 127.0.0.1:<port> unless headers name one
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode(errors="replace")
+        finally:
+            conn.close()
 
     def containers(self) -> dict[str, list[Any]]:
         """The project's containers by compose service."""
@@ -165,9 +178,9 @@ def test_the_compose_file_runs_the_lab_and_a_project_to_its_decision_on_a_real_e
         d.sh(commands[1].removeprefix("sudo "))
     # commands[2], `docker build`: build_compose_images made the tag from the test image (no registry reachable here).
     d.sh(commands[3])
-    # The settings the docs' first line asks for, for this engine: its socket's group and path, a free port for NATS.
+    # The settings the docs' first line asks for, for this engine: its socket's group and path, free ports for NATS and the web view.
     sock = d.engine.socket
-    d.set_env(DOCKER_GID=str(sock.stat().st_gid), DOCKER_SOCK=str(sock), LAB_NATS_PORT=str(d.port))
+    d.set_env(DOCKER_GID=str(sock.stat().st_gid), DOCKER_SOCK=str(sock), LAB_NATS_PORT=str(d.port), LAB_WEB_PORT=str(d.web_port))
     d.env["LAB_LIT_SOURCES"] = "local,template"  # the agents' literature stays on this host (compose.yaml passes it on)
     d.sh(credential_loop(block))
     env = d.dotenv()
@@ -212,4 +225,33 @@ def test_the_compose_file_runs_the_lab_and_a_project_to_its_decision_on_a_real_e
     assert {(r["environment"]["executor"], r["environment"]["image"], r["environment"]["node"]) for r in runs} == {
         ("docker", f"{LAB_IMAGE} (image id {image_id})", node)}, [r["environment"] for r in runs]
     assert d.engine.client.containers.list(all=True, filters={"label": PART_OF}) == []  # the project's jobs were removed with it
-    print(f"compose up to healthy: {up_s:.0f} s; the project: {project_s:.0f} s ({len(runs)} jobs)", file=sys.stderr)
+
+    # The web view from the host (docs/compose.md "The web view"): published on loopback alone, the token link from
+    # deploy/secrets/web_token, the project with its decision; a foreign Host refused, no action without the token.
+    web_started = time.monotonic()
+    web = services["web"][0]
+    assert web.attrs["HostConfig"]["PortBindings"] == {"8765/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(d.web_port)}]}
+    assert d.web("GET", "/healthz")[::2] == (200, "ok")
+    token = (secrets / "web_token").read_text().strip()
+    web_log = web.logs().decode(errors="replace")  # no terminal there: the URL, never the token (docs/compose.md)
+    assert "lab web: http://0.0.0.0:8765/" in web_log and token not in web_log, web_log
+    project = convo[0]["project"]
+    decision = next(m["body"] for m in convo if m["body"]["type"] == "decision")
+    status, headers, _ = d.web("GET", f"/?token={token}")  # the link: the token becomes an HttpOnly cookie
+    assert status == 303 and headers["location"] == "/" and "httponly" in headers["set-cookie"].lower(), (status, headers)
+    cookie = {"Cookie": headers["set-cookie"].split(";")[0]}
+    status, _, index = d.web("GET", "/", {**cookie, "Host": f"localhost:{d.web_port}"})
+    assert status == 200 and f"/p/{project}" in index and ">co-PI<" in index, index[-2000:]
+    status, _, page = d.web("GET", f"/p/{project}", cookie)
+    assert status == 200 and 'id="decision"' in page and html.escape(decision["reason"]) in page and 'id="copi"' in page, page[-3000:]
+    assert d.web("GET", f"/p/{project}", {**cookie, "Host": f"lab.example:{d.web_port}"})[0] == 400  # DNS rebinding
+    status, _, page = d.web("GET", f"/p/{project}")  # no token: the page, read-only
+    assert status == 200 and 'id="decision"' in page and 'id="copi"' not in page and ">read-only<" in page
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for auth in ({}, {"Authorization": "Bearer " + "x" * len(token)}):
+        status, _, body = d.web("POST", f"/p/{project}/note", {**form, **auth}, "text=hello&to=pi")
+        assert status == 403 and "co-PI token" in body, (status, body)
+    assert d.web("GET", "/?token=" + "x" * len(token))[0] == 403
+    web_s = time.monotonic() - web_started
+    print(f"compose up to healthy: {up_s:.0f} s; the project: {project_s:.0f} s ({len(runs)} jobs); the web view: {web_s:.1f} s",
+          file=sys.stderr)

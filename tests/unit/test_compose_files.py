@@ -16,7 +16,7 @@ from tests.manifests import REPO, _compose, _env_example, example
 def test_compose_runs_nats_and_six_agents_on_a_bus_network() -> None:
     compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"nats-init", "nats", "auth", *ROLES}
+    assert set(services) == {"nats-init", "nats", "auth", *ROLES, "web"}
     for role in ROLES:
         svc = services[role]
         assert svc["command"] == ["lab", "agent", role] and svc["user"] == "10001:10001" and svc["read_only"] is True
@@ -143,6 +143,26 @@ def test_compose_auth_service_is_hardened_like_the_agents_and_reads_its_credenti
     assert engineer["environment"]["LAB_RUNNER_USER"] == JOB_USER
     assert engineer["depends_on"] == {"nats": {"condition": "service_healthy"}, "auth": {"condition": "service_healthy"}}
     assert not [s for s in engineer["secrets"] if "runner" in s] and not [v for v in engineer["volumes"] if "runner" in v]
+
+
+def test_compose_web_view_is_hardened_published_on_loopback_and_reads_its_credentials_from_files() -> None:
+    """The web view (k8s/overlays/web on one host): its own NATS user, the token a file, reachable from this host alone."""
+    compose = _compose()
+    web, agent = compose["services"]["web"], compose["x-agent"]
+    assert web["command"] == ["lab", "web", "--host", "0.0.0.0", "--port", "8765"]
+    for key in ("image", "user", "read_only", "cap_drop", "security_opt", "restart", "tmpfs"):
+        assert web[key] == agent[key], key
+    assert web["depends_on"] == {"nats": {"condition": "service_healthy"}}
+    # Loopback only; lab-bus is internal (no port of it is published), so the port rides a bridge of the web view's own.
+    assert web["ports"] == ["127.0.0.1:${LAB_WEB_PORT:-8765}:8765"] and "LAB_WEB_PORT" in _env_example()
+    assert web["networks"] == ["bus", "web"] and compose["networks"]["web"] == {} and "egress" not in web["networks"]
+    env = web["environment"]
+    assert env["LAB_NATS_USER"] == "web" and env["LAB_NATS_URL"] == "nats://nats:4222"
+    assert env["LAB_NATS_PASSWORD_FILE"] == "/run/secrets/web_password" and env["LAB_WEB_TOKEN_FILE"] == "/run/secrets/web_token"
+    assert set(web["secrets"]) == {"web_password", "web_token"} and "LAB_WEB_HOSTS" not in env  # loopback's names are served
+    assert env["LAB_HOME"] in web["tmpfs"]  # web.json: the root filesystem is read-only
+    assert "/healthz" in web["healthcheck"]["test"][-1] and web["healthcheck"]["interval"] == compose["x-ready"]["interval"]
+    assert '"user": "web", "password": $WEB_PASSWORD' in (REPO / "k8s/base/nats.conf").read_text()
 
 
 def _conf_variables(conf: str) -> set[str]:
