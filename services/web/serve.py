@@ -79,7 +79,8 @@ def _announce(opts: WebOptions, url: str, token: str, say: Callable[[str], None]
         say(f"lab web: {url}?token={token}")
         say("open that link to act as co-PI (notes, stop); without the token the page is read-only.")
     else:  # not a terminal (a log file, a pod's log): the token is never written there
-        where = f" in {info_file(opts.home)}" if opts.home is not None else f" in {TOKEN_ENV}(_FILE)"
+        given = settings().web_token_file  # a mounted secret (compose, Kubernetes): the file an operator can read
+        where = f" in {given}" if given is not None else f" in {info_file(opts.home)}" if opts.home is not None else f" in {TOKEN_ENV}(_FILE)"
         say(f"lab web: {url} (the co-PI token is{where}; without it the page is read-only)")
 
 

@@ -104,3 +104,18 @@ def test_paper_markdown_links_point_at_the_artifacts_and_raw_html_is_not_passed(
     assert f'src="/p/{P}/a/paper/round-2/figures/figure-a.png"' in html
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<table>" in html and 'href="https://example.org"' in html
+
+
+def test_a_log_names_where_the_token_is_never_the_token(tmp_path, monkeypatch):
+    """Not a terminal (a container's log): the line names the mounted token file when one is given, else web.json."""
+    from services.web.serve import WebOptions, _announce
+
+    token = "t0ken-" + "x" * 20
+    said: list[str] = []
+    monkeypatch.delenv("LAB_WEB_TOKEN_FILE", raising=False)
+    _announce(WebOptions(home=tmp_path), "http://0.0.0.0:8765/", token, said.append)
+    monkeypatch.setenv("LAB_WEB_TOKEN_FILE", "/run/secrets/web_token")
+    _announce(WebOptions(home=tmp_path), "http://0.0.0.0:8765/", token, said.append)
+    assert f"the co-PI token is in {tmp_path / 'web.json'}" in said[0]
+    assert "the co-PI token is in /run/secrets/web_token" in said[1]
+    assert all(token not in line for line in said)
