@@ -39,6 +39,7 @@ def test_the_spec_is_derived_from_prompt_and_run_0():
     folder, spec = templates.load(str(TINY))
     assert folder == TINY.resolve() and spec.name == "aisci_tiny"
     assert spec.task.startswith("You are given the following file") and spec.knobs == {} and spec.seeds == 3
+    assert spec.fixed_seeds  # it runs its own seeds: a review's "more seeds" cannot be run
     assert list(spec.metrics) == [f"{ds}/{m}" for ds in ("line", "wave") for m in ("final_train_loss", "final_val_loss", "val_sign_acc", "total_train_time")]
     assert spec.metrics["line/final_val_loss"].direction == "lower" and spec.metrics["wave/val_sign_acc"].direction == "higher"
     # A time depends on the machine: reported, never tested, never primary.
