@@ -463,8 +463,16 @@ def _admissible(st: ProjectState, out: list[Effect], ideas: list[Idea]) -> list[
     return kept
 
 
-def wave_failed(st: ProjectState, error: Exception) -> Step:
-    """The mind could not propose; one that is down for good ends the project once the runs in flight are in."""
+def wave_failed(st: ProjectState, error: Exception, take: int = 0) -> Step:
+    """The mind could not propose; one that is down for good ends the project once the runs in flight are in.
+
+    In the first wave the template's own seed ideas do not depend on the mind's answer: unless the model is down
+    (then the engineer could not write their code either), they go on as that wave's ideas (``take`` of them).
+    """
+    if take and st.wave == 1 and st.mind == "llm" and st.spec.seed_ideas and not isinstance(error, MindUnavailable):
+        step = wave_proposed(st, [], take)
+        failed = Log("error", "no ideas: the mind failed; the template's seed ideas go on", {"reason": str(error)})
+        return Step(step.state, [failed, *step.effects], step.ask)
     st, out = _begin(st)
     out.append(Log("error", "no ideas: the mind failed", {"reason": str(error)}))
     if isinstance(error, MindUnavailable):  # the analysis and the paper need the model too

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents import aisci, aisci_shim, templates
+from bus.errors import MindError, MindUnavailable
 from bus.schema import RunRecord, TemplateError
 from services.cli.app import app
 from tests.conftest import TESTS
@@ -146,6 +147,11 @@ def test_seed_ideas_lead_the_llm_minds_first_wave_as_code_changes():
     assert (seeds[1].interestingness, seeds[1].feasibility, seeds[1].novelty) == (6, 9, 4)
     wave = t.wave_proposed(step.state, [], take=2)
     assert [b.idea.id for b, _ in wave.sent] == ["seed-sine-features", "seed-learning-rate-warmup"]  # ranked by the template's scores
+    # A model that fails to propose (here: invalid answers) does not lose the template's own ideas; one that is down does.
+    failed = t.wave_failed(step.state, MindError("ideas: List should have at least 1 item"), take=2)
+    assert [b.idea.id for b, _ in failed.sent] == ["seed-sine-features", "seed-learning-rate-warmup"]
+    assert any(isinstance(e, t.Log) and "seed ideas go on" in e.event for e in failed.effects)
+    assert t.wave_failed(step.state, MindUnavailable("endpoint down"), take=2).sent == []
 
 
 def test_the_offline_mind_says_it_has_nothing_to_vary_and_proposes_no_seed_idea():
