@@ -375,7 +375,7 @@ def derive(folder: Path, home: Path | None = None) -> Derived:
     data = {
         "name": d.folder.name, "title": d.overrides.title or f"{d.folder.name} (an AI Scientist template)", "task": task,
         "keywords": d.overrides.keywords or [d.folder.name.replace("_", " ")], "knobs": {}, "metrics": metrics,
-        "seeds": max(MIN_SEEDS, min(seeds, 50)), "time_budget_s": budget,
+        "seeds": max(MIN_SEEDS, min(seeds, 50)), "fixed_seeds": True, "time_budget_s": budget,
     }
     if d.requirements:  # merged from requirements.txt and lab.yaml: the bundle's template.yaml is where the runner reads them
         data["requirements"] = d.requirements

@@ -124,7 +124,7 @@ class LLMPIMind(LLMMind):
     async def propose_ideas(self, ctx: IdeaContext) -> list[Idea]:
         spec = ctx.spec
         allowed = allowed_knobs(spec, ctx.constraints)
-        if not allowed:
+        if not allowed and spec.knobs:  # the co-PI's notes ruled out every knob; a template with none (AI Scientist) takes code ideas
             return []
         archived = [] if ctx.repeat_ok else [r.outcome for r in ctx.prior]
         rules = IdeaRules(spec, allowed, ctx.previous, archived, ctx.profile, ctx.direction)
@@ -156,7 +156,10 @@ class LLMPIMind(LLMMind):
             f"Research direction from the co-PI: {ctx.direction or '(none given)'}",
             self._direction_rule(read_focus(ctx.direction, spec)),
             f"Knobs you may change (each idea sets one or a few of them, or changes the code as below); the baseline values are "
-            f"the ones the runs use under profile {ctx.profile or 'default'}:\n{knob_lines(spec, allowed, ctx.profile)}",
+            f"the ones the runs use under profile {ctx.profile or 'default'}:\n{knob_lines(spec, allowed, ctx.profile)}"
+            if allowed else
+            "This template declares no knobs (its hyper-parameters are in its code): every idea changes the code, as below, "
+            "with no knob changes.",
             f"Co-PI notes (take them into account): {show(ctx.notes) if ctx.notes else 'none'}",
             f"Constraints in force: {json.dumps(ctx.constraints) if ctx.constraints else 'none'}",
             "Outcomes are on the primary metric: improvement > 0 is better whatever the direction; effect is Hedges' g; "

@@ -528,8 +528,16 @@ def _admissible(st: ProjectState, out: list[Effect], ideas: list[Idea]) -> list[
     return kept
 
 
-def wave_failed(st: ProjectState, error: Exception) -> Step:
-    """The mind could not propose; one that is down for good ends the project once the runs in flight are in."""
+def wave_failed(st: ProjectState, error: Exception, take: int = 0) -> Step:
+    """The mind could not propose; one that is down for good ends the project once the runs in flight are in.
+
+    In the first wave the template's own seed ideas do not depend on the mind's answer: unless the model is down
+    (then the engineer could not write their code either), they go on as that wave's ideas (``take`` of them).
+    """
+    if take and st.wave == 1 and st.mind == "llm" and st.spec.seed_ideas and not isinstance(error, MindUnavailable):
+        step = wave_proposed(st, [], take)
+        failed = Log("error", "no ideas: the mind failed; the template's seed ideas go on", {"reason": str(error)})
+        return Step(step.state, [failed, *step.effects], step.ask)
     st, out = _begin(st)
     out.append(Log("error", "no ideas: the mind failed", {"reason": str(error)}))
     if isinstance(error, MindUnavailable):  # the analysis and the paper need the model too
@@ -809,13 +817,23 @@ def review_done(st: ProjectState, body: ReviewDone, now: float) -> Step:
     return Step(st, out)
 
 
+FIXED_SEEDS_REBUTTAL = (
+    "not done: the template runs its own seeds and ignores the lab's seed list (an AI Scientist template's "
+    "hard-coded seeds), so another run would repeat the seeds the arms already have, not add any"
+)
+
+
 def review_answered(st: ProjectState, items: list[RevisionItem], responses: list[ItemResponse], now: float) -> Step:
     """The PI's answers to the review: a rebuttal, then the runs and references the answers promise, then a new round."""
     st, out = _begin(st)
+    by_id = {i.id: i for i in items}
+    if st.spec.fixed_seeds:  # "act" would re-run the seeds the arms already have: the answer can only be a rebuttal
+        responses = [r.model_copy(update={"action": "rebut", "text": FIXED_SEEDS_REBUTTAL})
+                     if r.action == "act" and (item := by_id.get(r.item_id)) is not None and item.kind == "more_seeds" else r
+                     for r in responses]
     st.revision_items, st.responses = items, responses
     st.round += 1
     out.append(Send(Rebuttal(round=st.round - 1, responses=responses), "reviewer"))
-    by_id = {i.id: i for i in items}
     for r in responses:
         item = by_id.get(r.item_id)
         if r.action == "act" and item is not None and item.kind == "more_seeds":

@@ -161,7 +161,7 @@ class PI(Role):
             try:
                 ideas = await ctx.mind.propose_ideas(t.idea_context(st, ask.n))
             except MIND_FAILURES as e:
-                return t.wave_failed(st, e)
+                return t.wave_failed(st, e, ask.take)
             return t.wave_proposed(st, ideas, ask.take)
         try:
             responses = await ctx.mind.answer_review(ask.context)

@@ -215,11 +215,37 @@ def hardware_findings(secs: dict[str, str], report: AnalysisReport, spec: Templa
     return out
 
 
-def seed_plan_findings(report: AnalysisReport) -> list[Finding]:
-    """Arms run with fewer seeds than the plan made before looking asked for."""
+UNDERPOWERED = re.compile(r"underpowered|\bpower\b|fixed seeds|own seeds|hard-coded seeds", re.I)
+
+
+def fixed_seeds_limitation(secs: dict[str, str] | None, shortfall: str) -> list[Finding]:
+    """For a template that runs its own seeds: not "run more seeds" (no revision can), but a limitation that says why
+    the comparison rests on so few; none once the limitations speak of the seeds and of power (or of the fixed seeds)."""
+    lim = (secs or {}).get("limitations", "")
+    if "seed" in lim.lower() and UNDERPOWERED.search(lim):
+        return []
+    return [Finding("add_limitation", "limitations", f"{shortfall}; the template runs its own fixed seeds, so more cannot be run. "
+                    "State in the limitations that the comparison is underpowered for that reason.")]
+
+
+def seed_plan_findings(report: AnalysisReport, spec: TemplateSpec | None = None, secs: dict[str, str] | None = None) -> list[Finding]:
+    """Arms run with fewer seeds than the plan made before looking asked for.
+
+    A template that runs its own seeds (``fixed_seeds``: an AI Scientist template) cannot be run on more, so
+    asking for them would be a demand no revision can meet: the finding asks instead for the limitations to
+    say the comparison is underpowered, and is met once they speak of the seeds and of power (or of the fixed seeds).
+    """
     plan = report.seed_plan
     if plan is None:
         return []
+    if spec is not None and spec.fixed_seeds:
+        short = [(c, n) for c in primary(report) for n in (c.n_idea, c.n_baseline) if n < plan.seeds]
+        if not short:
+            return []
+        c, n = short[0]
+        return fixed_seeds_limitation(secs, f"`{c.idea_id}` against the baseline on {c.metric} rests on {n} seeds per arm, but the seed "
+                                      f"plan asks for {plan.seeds} (to detect {plan.min_detectable_effect:.4g} at power {plan.power:g}, "
+                                      f"alpha {plan.alpha:g})")
     out, seen = [], set()
     for c in primary(report):
         for arm, n in ((c.idea_id, c.n_idea), (BASELINE, c.n_baseline)):
@@ -479,7 +505,7 @@ def audit(paper: str, report: AnalysisReport, references: list[Reference], evide
     """Every evidence check of every area, each finding tagged with its area."""
     secs, spec = sections(paper), spec_of(evidence)
     by_area = {
-        "statistics": verdict_findings(secs, report) + hardware_findings(secs, report, spec) + seed_plan_findings(report),
+        "statistics": verdict_findings(secs, report) + hardware_findings(secs, report, spec) + seed_plan_findings(report, spec, secs),
         "setup": setup_findings(secs, report, spec),
         "claims": flag_findings(secs, report) + convergence_findings(secs, report) + withheld_findings(secs, report)
         + control_findings(secs, report) + consistency_findings(secs, report, spec),

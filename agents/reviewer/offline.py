@@ -39,7 +39,7 @@ import re
 from statistics import mean
 from typing import Any
 
-from agents.reviewer.checks import Finding, areas_of, audit, primary, sections
+from agents.reviewer.checks import Finding, areas_of, audit, fixed_seeds_limitation, primary, sections
 from bus.schema import (
     BASELINE,
     MIN_SEEDS,
@@ -50,6 +50,7 @@ from bus.schema import (
     ReviewEvidence,
     ReviewScores,
     RevisionItem,
+    TemplateSpec,
     Usage,
 )
 
@@ -66,7 +67,16 @@ def conclusive(report: AnalysisReport) -> bool:
     return any(c.verdict == "worse" or (c.verdict == "better" and c.replicated) for c in primary(report))
 
 
-def seed_findings(report: AnalysisReport) -> list[Finding]:
+def seed_findings(report: AnalysisReport, spec: TemplateSpec | None = None, secs: dict[str, str] | None = None) -> list[Finding]:
+    """More seeds for each arm of a comparison on fewer than GOOD_SEEDS; for a template that runs its own seeds
+    (``fixed_seeds``), which no run can add to, a limitation instead (:func:`checks.fixed_seeds_limitation`)."""
+    if spec is not None and spec.fixed_seeds:
+        few = [c for c in report.comparisons if min(c.n_baseline, c.n_idea) < GOOD_SEEDS]
+        if not few:
+            return []
+        c = few[0]
+        return fixed_seeds_limitation(secs, f"The comparison of `{c.idea_id}` on {c.metric} rests on {c.n_baseline} baseline and "
+                                      f"{c.n_idea} idea seeds, fewer than {GOOD_SEEDS} per arm")
     out, seen = [], set()
     for c in report.comparisons:
         n = min(c.n_baseline, c.n_idea)
@@ -147,7 +157,7 @@ def findings(paper: str, report: AnalysisReport, references: list[Reference], ev
     """Every finding of every area: the rubric's and the evidence checks', each once, with its area."""
     secs = sections(paper)
     rubric = [Finding(f.kind, f.target, f.text, "claims") for f in claim_findings(secs, report)]
-    rubric += baseline_findings(report) + seed_findings(report)
+    rubric += baseline_findings(report) + seed_findings(report, evidence.spec if evidence is not None else None, secs)
     rubric += [Finding(f.kind, f.target, f.text, RUBRIC_AREA.get(f.kind, "statistics")) for f in text_findings(paper, secs, report, references)]
     audited = audit(paper, report, references, evidence)
     # One seeds item per arm, and the one that asks for the most: the seed plan's, when it asks for at least the rubric's

@@ -180,6 +180,9 @@ class TemplateSpec(BaseModel):
     metrics: dict[str, Metric]
     baseline: dict[str, Any] = {}
     seeds: int = Field(MIN_SEEDS, ge=MIN_SEEDS, le=50)
+    # The template runs its own seeds and ignores --seeds (an AI Scientist template's hard-coded seed list): a run
+    # cannot add seeds, so the PI answers a review's more_seeds item with a rebuttal instead of re-running the same ones.
+    fixed_seeds: bool = False
     time_budget_s: float = Field(600, gt=0)
     resources: Resources = Resources()
     fast: dict[str, Any] = {}  # shorthand for profiles.fast.overrides (older templates)

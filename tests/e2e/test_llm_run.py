@@ -63,14 +63,17 @@ def llm_env(env: dict, config: Path, tiktoken_cache: Path) -> dict:
     }
 
 
-def run_llm_project(env: dict, tmp_path: Path, script: LabScript, template: str, timeout: float) -> tuple[subprocess.CompletedProcess, list[Request]]:
+def run_llm_project(
+    env: dict, tmp_path: Path, script: LabScript, template: str, timeout: float, fast: bool = True,
+) -> tuple[subprocess.CompletedProcess, list[Request]]:
     """`lab run --mind llm` of one idea and one round on ``template`` into ``tmp_path/out``, every role's model
-    ``script`` behind a fake server: the finished run, and the requests the server got."""
+    ``script`` behind a fake server: the finished run, and the requests the server got. ``fast``: with ``--fast``
+    (a template without a fast profile, such as an AI Scientist template, is refused it)."""
     cache = tmp_path / "tiktoken-cache"
     cache.mkdir()
     with FakeOpenAI(script) as fake:
         env = llm_env(env, mind_config(tmp_path / "mind.yaml", fake.base_url), cache)
-        args = lab_cmd("run", "--template", template, "--fast", "--mind", "llm", "--seed", "0",
+        args = lab_cmd("run", "--template", template, *(["--fast"] if fast else []), "--mind", "llm", "--seed", "0",
                        "--max-ideas", "1", "--max-rounds", "1", "--out", str(tmp_path / "out"))
         run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         return run, list(fake.requests)

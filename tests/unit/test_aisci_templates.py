@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents import aisci, aisci_shim, templates
+from bus.errors import MindError, MindUnavailable
 from bus.schema import RunRecord, TemplateError
 from services.cli.app import app
 from tests.conftest import TESTS
@@ -39,6 +40,7 @@ def test_the_spec_is_derived_from_prompt_and_run_0():
     folder, spec = templates.load(str(TINY))
     assert folder == TINY.resolve() and spec.name == "aisci_tiny"
     assert spec.task.startswith("You are given the following file") and spec.knobs == {} and spec.seeds == 3
+    assert spec.fixed_seeds  # it runs its own seeds: a review's "more seeds" cannot be run
     assert list(spec.metrics) == [f"{ds}/{m}" for ds in ("line", "wave") for m in ("final_train_loss", "final_val_loss", "val_sign_acc", "total_train_time")]
     assert spec.metrics["line/final_val_loss"].direction == "lower" and spec.metrics["wave/val_sign_acc"].direction == "higher"
     # A time depends on the machine: reported, never tested, never primary.
@@ -145,6 +147,11 @@ def test_seed_ideas_lead_the_llm_minds_first_wave_as_code_changes():
     assert (seeds[1].interestingness, seeds[1].feasibility, seeds[1].novelty) == (6, 9, 4)
     wave = t.wave_proposed(step.state, [], take=2)
     assert [b.idea.id for b, _ in wave.sent] == ["seed-sine-features", "seed-learning-rate-warmup"]  # ranked by the template's scores
+    # A model that fails to propose (here: invalid answers) does not lose the template's own ideas; one that is down does.
+    failed = t.wave_failed(step.state, MindError("ideas: List should have at least 1 item"), take=2)
+    assert [b.idea.id for b, _ in failed.sent] == ["seed-sine-features", "seed-learning-rate-warmup"]
+    assert any(isinstance(e, t.Log) and "seed ideas go on" in e.event for e in failed.effects)
+    assert t.wave_failed(step.state, MindUnavailable("endpoint down"), take=2).sent == []
 
 
 def test_the_offline_mind_says_it_has_nothing_to_vary_and_proposes_no_seed_idea():

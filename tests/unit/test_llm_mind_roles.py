@@ -252,3 +252,18 @@ def test_knob_lines_tell_the_model_which_knobs_change_compute() -> None:
     _, spec = load("grokking")
     lines = {ln.split(":")[0][2:]: ln for ln in knob_lines(spec).splitlines()}
     assert "must not claim equal compute" in lines["num_layers"] and "must not claim equal compute" not in lines["weight_decay"]
+
+
+async def test_pi_proposes_code_ideas_for_a_template_without_knobs() -> None:
+    """Found running an AI Scientist template with --mind llm: with no knob to offer the PI asked the model nothing,
+    so a project ran the template's seed ideas and never one of its own."""
+    knobless = TemplateSpec.model_validate({**SPEC, "knobs": {}})
+    code = "Ramp the step size linearly over the first 20 steps."
+    client = replay({"thoughts": "", "ideas": [idea_json("Warmup", {}, code=code)], "done": True})
+    (idea,) = await mind("pi", client).propose_ideas(IdeaContext(spec=knobless, direction="", n=1))
+    assert idea.changes == {} and idea.code is not None and idea.code.summary == code
+    assert "declares no knobs" in sent(client, 0) and "every idea changes the code" in sent(client, 0)
+    # A template with knobs the co-PI ruled out entirely still gets no ideas (and the model is not asked).
+    client = replay()
+    assert await mind("pi", client).propose_ideas(IdeaContext(spec=SPEC, direction="", constraints={"allowed_knobs": []}, n=1)) == []
+    assert not client.create_calls

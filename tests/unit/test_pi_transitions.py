@@ -376,6 +376,21 @@ def test_answers_to_a_review_send_a_rebuttal_more_seeds_and_a_reference_search()
     assert found.state.responses[1].text == "cited (added k9)" and found.state.responses[1].action == "act"
 
 
+def test_more_seeds_on_a_template_that_runs_its_own_seeds_is_rebutted_not_rerun():
+    """An AI Scientist template ignores the seed list: a re-run would only repeat seeds 0..n-1 (duplicates, no new evidence)."""
+    st = to_review()
+    st.spec = st.spec.model_copy(update={"fixed_seeds": True})
+    items = [RevisionItem(id="r0-1", kind="more_seeds", text="more seeds", target="i4"),
+             RevisionItem(id="r0-2", kind="add_limitation", text="say it is small")]
+    st = t.review_done(st, revise(*items), T0).state
+    answers = [ItemResponse(item_id="r0-1", action="act", text="ran 3 more"), ItemResponse(item_id="r0-2", action="act", text="said")]
+    step = t.review_answered(st, items, answers, T0)
+    assert "experiment_request->engineer" not in kinds(step) and kinds(step)[0] == "rebuttal->reviewer"
+    seeds, limitation = step.sent[0][0].responses
+    assert seeds.action == "rebut" and "runs its own seeds" in seeds.text and limitation == answers[1]
+    assert step.state.responses == [seeds, limitation]  # what the writer's revision notes say
+
+
 def test_a_citation_promise_with_nothing_new_to_cite_becomes_a_rebuttal():
     items = [RevisionItem(id="r0-1", kind="add_citation", text="more references")]
     st = t.review_done(to_review(), revise(*items), T0).state

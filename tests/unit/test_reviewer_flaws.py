@@ -349,3 +349,24 @@ async def test_the_seeds_asked_for_in_the_first_round_are_the_seed_plans_not_a_s
     small = few.model_copy(update={"seed_plan": few.seed_plan.model_copy(update={"seeds": 4})})
     asks = {i.target: i.text for i in (await review(paper(small), small)).meta.revision_items if i.kind == "more_seeds"}
     assert asks and all("at least 5 in all" in t for t in asks.values()), asks
+
+
+def test_a_template_that_runs_its_own_seeds_is_asked_for_a_limitation_not_for_seeds_it_cannot_run():
+    """Found running an AI Scientist template end to end: the seed plan's "run up to 12 seeds" was a demand no revision could
+    meet (its experiment.py runs its own seeds), so the paper was rejected for it whatever the rebuttal said."""
+    few = report().model_copy(update={
+        "comparisons": [c.model_copy(update={"n_baseline": 3, "n_idea": 3}) for c in report().comparisons],
+        "seed_plan": SeedPlan(metric="val_acc", baseline_sd=0.013, min_detectable_effect=0.01, power=0.8, alpha=0.025, seeds=37),
+    })
+    fixed = SPEC.model_copy(update={"fixed_seeds": True})
+    assert {f.kind for f in checks.seed_plan_findings(few, SPEC, {})} == {"more_seeds"}
+    (finding,) = checks.seed_plan_findings(few, fixed, {"limitations": "Only one task."})
+    assert finding.kind == "add_limitation" and finding.target == "limitations"
+    assert "rests on 3 seeds per arm" in finding.text and "asks for 37" in finding.text and "fixed seeds" in finding.text
+    said = {"limitations": "The template runs its own three seeds, so each comparison is underpowered against the seed plan."}
+    assert checks.seed_plan_findings(few, fixed, said) == []
+    # The rubric's own "at least 5 seeds" likewise.
+    assert {f.kind for f in offline_reviewer.seed_findings(few)} == {"more_seeds"}
+    (finding,) = offline_reviewer.seed_findings(few, fixed, {})
+    assert finding.kind == "add_limitation" and "fewer than 5 per arm" in finding.text and "fixed seeds" in finding.text
+    assert offline_reviewer.seed_findings(few, fixed, said) == []
