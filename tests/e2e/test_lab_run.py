@@ -28,8 +28,13 @@ ROLES = {"pi", "literature", "engineer", "analyst", "writer", "reviewer"}
 NUMBER = re.compile(r"(?<![\w.\-/])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.]*\d)")
 
 
-def start_run(env: dict, out: Path, *extra: str) -> subprocess.Popen:
-    args = lab_cmd("run", "--template", "grokking", "--fast", "--seed", "0", "--out", str(out), *extra)
+# The orchestration tests (agents killed, the server killed, a second run on one LAB_HOME) test the lab, not an
+# experiment: they run the sleep template, whose jobs take a second, so they spend their minutes on what they test.
+SLEEP = str(Path(__file__).resolve().parents[1] / "sleep_template")
+
+
+def start_run(env: dict, out: Path, *extra: str, template: str = "grokking") -> subprocess.Popen:
+    args = lab_cmd("run", "--template", template, "--fast", "--seed", "0", "--out", str(out), *extra)
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -206,7 +211,7 @@ def test_chaos_sigkill_agents_mid_project(lab_env, tmp_path):
     """SIGKILL a random agent during the experiments and another during review: the project still finishes."""
     home, env = lab_env
     out = tmp_path / "out"
-    proc = start_run(env, out, "--max-ideas", "2", "--max-rounds", "1")
+    proc = start_run(env, out, "--max-ideas", "2", "--max-rounds", "1", template=SLEEP)
     rng = random.Random(os.environ.get("LAB_CHAOS_SEED", str(time.time_ns())))
     killed = []
 
@@ -265,7 +270,7 @@ def test_chaos_nats_server_killed_mid_project(lab_env, tmp_path):
     """SIGKILL the nats-server during the experiments: the supervisor restarts it on its store, agents reconnect."""
     home, env = lab_env
     out = tmp_path / "out"
-    proc = start_run(env, out, "--max-ideas", "1", "--max-rounds", "0")
+    proc = start_run(env, out, "--max-ideas", "1", "--max-rounds", "0", template=SLEEP)
     wait_for(lambda: any(m["body"]["type"] == "experiment_planned" for m in live_log(env)), timeout=300)
     info = json.loads((home / "lab.json").read_text())
     os.kill(info["server_pid"], signal.SIGKILL)
@@ -281,7 +286,7 @@ def test_the_same_run_twice_on_one_lab_home(lab_env, tmp_path):
     home, env = lab_env
     outs = [tmp_path / "first", tmp_path / "second"]
     for out in outs:
-        finish(start_run(env, out, "--max-ideas", "1", "--max-rounds", "0"), out)
+        finish(start_run(env, out, "--max-ideas", "1", "--max-rounds", "0", template=SLEEP), out)
     convos = [conversation(out) for out in outs]
     projects = [{m["project"] for m in c} for c in convos]
     assert len(projects[0]) == len(projects[1]) == 1 and projects[0] != projects[1]
