@@ -225,6 +225,16 @@ def test_the_compose_file_runs_the_lab_and_a_project_to_its_decision_on_a_real_e
     assert {(r["environment"]["executor"], r["environment"]["image"], r["environment"]["node"]) for r in runs} == {
         ("docker", f"{LAB_IMAGE} (image id {image_id})", node)}, [r["environment"] for r in runs]
     assert d.engine.client.containers.list(all=True, filters={"label": PART_OF}) == []  # the project's jobs were removed with it
+    # What the local executor's projects deliver: the paper, its figures, each run's results and log. Not the PDF: the
+    # lab's image (here and deploy/Dockerfile's) has no TeX, so the writer delivers paper.tex and says why there is no PDF.
+    assert "\\section" in (out / "paper.tex").read_text() and (out / "paper.md").read_text().strip()
+    drafts = [m["body"] for m in convo if m["body"]["type"] == "draft_ready"]
+    assert drafts and all("pdflatex not found" in d["pdf_error"] for d in drafts), [d["pdf_error"] for d in drafts]
+    assert list((out / "figures").glob("*.png")), sorted(p.name for p in out.iterdir())
+    for r in runs:
+        folder = out / "results" / r["experiment_id"]
+        assert json.loads((folder / "final_info.json").read_text())["metrics"], folder
+        assert "[runner] starting job" in (folder / "log.txt").read_text(), folder
 
     # The web view from the host (docs/compose.md "The web view"): published on loopback alone, the token link from
     # deploy/secrets/web_token, the project with its decision; a foreign Host refused, no action without the token.
