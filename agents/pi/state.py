@@ -66,6 +66,7 @@ class ProjectState(Model):
     budget: Budget
     fast: bool
     profile: str = ""
+    cache: bool = True  # the result cache may serve this project's runs (`lab run --no-cache`: False)
     mind: str
     started_at: float
     stage: Stage = "ideas"
