@@ -92,9 +92,15 @@ class JobRecord(BaseModel):
     state: JobRecordState = "queued"
     reason: str = ""
     status: JobStatus | None = None
-    cache_key: str = ""  # its key in the lab's result cache (bus/resultcache.run_key); "" when the cache does not serve it
+    cache_key: str = ""  # its key in the lab's result cache (bus/resultcache.run_key); "" where the lab keeps no cache
+    fresh: bool = False  # the project (--no-cache) or template (cache: false) opted out: the key is never looked up nor stored
     waits_for: str = ""  # queued behind another project's run of the same key: that run's "<project>/<experiment>/<job>"
     reused_from: str = ""  # succeeded with the cached results of that run, without running
+
+    @property
+    def cached(self) -> bool:
+        """Whether the result cache serves this job: it has a key and nobody opted out."""
+        return bool(self.cache_key) and not self.fresh
 
     @computed_field  # type: ignore[prop-decorator]  # mypy cannot see decorators over a property; pydantic's documented form
     @property
@@ -203,7 +209,7 @@ class Engineer(Role):
         edits: list[CodeEdit] = []
         diff = ""
         profile = body.profile or ("fast" if body.fast else None)
-        cached = body.cache and body.spec.cache and ctx.jobs.results is not None
+        fresh = not (body.cache and body.spec.cache)
         bundle = b""
         try:
             body.spec.profile(profile)  # an unknown profile fails before the mind is asked
@@ -227,10 +233,10 @@ class Engineer(Role):
         except (TemplateError, EditError) as e:
             return str(e)
         key = ""
-        if cached:
+        if ctx.jobs.results is not None:  # keyed even when fresh: the log names each run by its key, cached or not
             bundle = bundle or await ctx.artifacts.get(bundle_object)
             key = cache_key(spec, body.spec, tar_sha256(bundle), ctx.jobs.runtime())
-        return JobRecord(spec=spec, idea_id=idea_id, attempt=attempt, edits=edits, diff=diff, cache_key=key)
+        return JobRecord(spec=spec, idea_id=idea_id, attempt=attempt, edits=edits, diff=diff, cache_key=key, fresh=fresh)
 
     def _queue(self, ctx: EngineerContext, st: EngineerState, job: JobRecord) -> None:
         st.jobs[job.job_id] = job
@@ -250,7 +256,7 @@ class Engineer(Role):
         results = ctx.jobs.results
         for job in [j for j in st.jobs.values() if j.state == "queued"]:
             mine = owner_of(ctx.project, job.experiment_id, "")
-            if job.cache_key and results is not None and self._served(ctx, st, job, await results.lookup(job.cache_key, mine)):
+            if job.cached and results is not None and self._served(ctx, st, job, await results.lookup(job.cache_key, mine)):
                 continue  # reused, or waits for another project's run of it: no slot taken
             if ledger is not None:
                 units = ledger.units_of(job.spec.gpu) * job.spec.nodes  # a multi-node job holds every node's share
@@ -263,7 +269,7 @@ class Engineer(Role):
                     break
             elif capacity is not None and len(in_flight) >= capacity:
                 break
-            if job.cache_key and results is not None:
+            if job.cached and results is not None:
                 stale_after = 2 * (job.spec.wall_time_s + job.spec.term_grace_s) + STALE_MARGIN_S
                 found = await results.claim(job.cache_key, owner_of(ctx.project, job.experiment_id, job.job_id), mine, stale_after)
                 if self._served(ctx, st, job, found):  # another engineer was quicker: give the slot back
@@ -282,7 +288,7 @@ class Engineer(Role):
                 continue
             job.state = "dispatched"
             in_flight.append(job)
-            ctx.log.info("job dispatched", job=job.job_id, experiment=job.experiment_id, overrides=job.spec.overrides)
+            ctx.log.info("job dispatched", job=job.job_id, experiment=job.experiment_id, overrides=job.spec.overrides, run_key=job.cache_key[:16])
 
     def _served(self, ctx: EngineerContext, st: EngineerState, job: JobRecord, found: Found) -> bool:
         """Apply a cache look-up to a queued job: reused (True), waiting for another's run (True), or to run (False)."""
@@ -298,13 +304,13 @@ class Engineer(Role):
         assert status is not None  # a hit is a done entry with its status
         job.state, job.reason, job.waits_for, job.reused_from = "succeeded", "", "", found.entry.owner
         job.status = status.model_copy(update={"job_id": job.job_id, "experiment_id": job.experiment_id, "signature": ""})
-        ctx.log.info("job served from the result cache", job=job.job_id, reused_from=found.entry.owner)
+        ctx.log.info("job served from the result cache", job=job.job_id, reused_from=found.entry.owner, run_key=job.cache_key[:16])
         self._maybe_report(ctx, st, job.experiment_id)
         return True
 
     async def _release_claim(self, ctx: EngineerContext, job: JobRecord) -> None:
         """Give back the job's claim on its cache key (it failed, was cancelled, or its project ended): a waiter runs it."""
-        if job.cache_key and not job.reused_from and (results := ctx.jobs.results) is not None:
+        if job.cached and not job.reused_from and (results := ctx.jobs.results) is not None:
             await results.release(job.cache_key, owner_of(ctx.project, job.experiment_id, ""))
 
     @on(JobStatus)
@@ -331,12 +337,12 @@ class Engineer(Role):
         job.state, job.reason, job.status = body.state, body.reason, body
         if (ledger := ctx.jobs.ledger) is not None:
             await ledger.release([job.job_id])
-        if body.state == "succeeded" and job.cache_key and (results := ctx.jobs.results) is not None:
+        if body.state == "succeeded" and job.cached and (results := ctx.jobs.results) is not None:
             # Stored before the state that says so: a crash between the two stores the same status again.
             await results.store_result(job.cache_key, owner_of(ctx.project, job.experiment_id, job.job_id), body)
         elif body.state != "succeeded":
             await self._release_claim(ctx, job)
-        ctx.log.info("job finished", job=job.job_id, state=body.state, reason=body.reason, wall_s=round(body.wall_s, 1))
+        ctx.log.info("job finished", job=job.job_id, state=body.state, reason=body.reason, wall_s=round(body.wall_s, 1), run_key=job.cache_key[:16])
         if body.state == "failed" and job.edits and job.attempt < MAX_ATTEMPTS and not st.closed:
             # The edited code crashed or hung: show the mind the error and let it fix its edit.
             retry = await self._plan(ctx, st.requests[job.experiment_id], job.attempt + 1, await self._error_of(ctx, job))
