@@ -84,3 +84,25 @@ def test_a_claim_is_waited_for_unless_it_is_ones_own_or_stale() -> None:
     assert _verdict(None, "b/x01/") is None
     assert run_key(code_sha256="c", overrides={"a": 1, "b": 2}, seeds=[0], runtime="r") == run_key(
         code_sha256="c", overrides={"b": 2, "a": 1}, seeds=[0], runtime="r")
+
+
+def test_no_cache_rides_from_the_start_message_on_every_experiment_request() -> None:
+    """`lab run --no-cache` sets StartProject.cache; the PI carries it on each request, where the engineer reads it."""
+    from bus.schema import Budget, ExperimentRequest, StartProject
+    from tests.fakes import TOY_SPEC
+
+    budget = Budget(max_ideas=2, max_runs=10, max_revision_rounds=1, wall_time_s=600)
+    for cache in (True, False):
+        body = StartProject(template="toy", template_object="p1/t.tar.gz", spec=TOY_SPEC, seed=7, budget=budget, cache=cache)
+        step = t.start(None, body, "p1", 0.0)
+        requests = [b for b, _ in step.sent if isinstance(b, ExperimentRequest)]
+        assert requests and all(r.cache is cache for r in requests) and step.state.cache is cache
+
+
+def test_lab_run_offers_no_cache() -> None:
+    from typer.testing import CliRunner
+
+    from services.cli.app import app
+
+    out = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    assert "--no-cache" in out
