@@ -180,3 +180,43 @@ async def test_a_claim_left_by_a_crashed_lab_goes_stale_and_is_taken_over(lab: L
     [taken] = await lab.submitted(1, timeout=20)  # stale after 3 s: the job watch wakes it, and it claims the key
     entry, _ = await cache.read(key)
     assert entry is not None and entry.owner == f"p1/x01-baseline/{taken.job_id}" and entry.state == "running"
+
+
+async def test_two_engineer_replicas_run_an_identical_request_once(admin_bus: Bus, nats_server: Any, tmp_path: Path) -> None:
+    """Single-flight through the bus: two projects on two engineer replicas (processes apart in a real lab) ask at once."""
+    from bus.partitions import owned, partition
+
+    owners = {p: 0 if partition(p) in owned(0, 2) else 1 for p in (f"q{i}" for i in range(16))}
+    pa = next(p for p, r in owners.items() if r == 0)
+    pb = next(p for p, r in owners.items() if r == 1)
+    runner_nats = NatsAccess(url=nats_server.url, user="runner", password=nats_server.credentials["runner"])
+    executors = [RecordingExecutor(), RecordingExecutor()]
+    hosts = []
+    for i, ex in enumerate(executors):
+        wiring = EngineerWiring(tmp_path / f"e{i}", ex, runner_nats, SECRET)  # type: ignore[arg-type]
+        hosts.append(AgentHost("engineer", config_for(nats_server, "engineer"), home=tmp_path / f"e{i}", wiring=wiring, replica=(i, 2)))
+    tasks = [asyncio.create_task(h.run()) for h in hosts]
+    while not all(h.ready_file().is_file() for h in hosts):
+        await asyncio.sleep(0.05)
+    runner = await Bus.connect(config_for(nats_server, "runner"))
+    try:
+        labs = [Lab(admin_bus, runner, ex, JobKeys(SECRET), "") for ex in executors]
+        await asyncio.gather(labs[0].request(pa, [20, 21]), labs[1].request(pb, [20, 21]))
+        for _ in range(100):
+            if sum(len(ex.submitted) for ex in executors) >= 1:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)
+        submitted = [j for ex in executors for j in ex.submitted]
+        assert len(submitted) == 1, submitted  # one of the two replicas runs it
+        [job] = submitted
+        await labs[0].finish(job)
+        other = pb if job.project == pa else pa
+        served = await labs[0].result(other)
+        assert served.runs[0].reused_from == f"{job.project}/x01-baseline/{job.job_id}"
+        assert sum(len(ex.submitted) for ex in executors) == 1
+    finally:
+        await runner.close()
+        for h in hosts:
+            h.stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
