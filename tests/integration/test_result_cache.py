@@ -220,3 +220,15 @@ async def test_two_engineer_replicas_run_an_identical_request_once(admin_bus: Bu
         for h in hosts:
             h.stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+
+async def test_an_owner_whose_project_ends_gives_its_claim_to_the_waiter(lab: Lab) -> None:
+    from bus.schema import Decision
+
+    await asyncio.gather(lab.request("p1", [30]), lab.request("p2", [30]))
+    [owner] = await lab.submitted(1)
+    await asyncio.sleep(0.5)
+    stop = Decision(accepted=False, reason="stopped by the co-PI", rounds=0)
+    await lab.admin.publish(Envelope(project=owner.project, sender="pi", recipient="engineer", body=stop))
+    jobs = await lab.submitted(2)  # the owner's job is cancelled, its claim deleted: the waiter runs itself
+    assert len(jobs) == 2 and jobs[1].project != owner.project
