@@ -23,6 +23,7 @@ projects never share a job.
 from __future__ import annotations
 
 import hashlib
+import tarfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ from agents.codeideas import unified_diff
 from agents.engineer.jobs import Jobs, plan_job
 from agents.minds.base import EngineerMind
 from agents.templates import bundle_files, replace_files
+from bus.errors import ArtifactMissing
 from bus.provenance import tar_sha256
 from bus.resultcache import STALE_MARGIN_S, Found, owner_of, run_key
 from bus.schema import (
@@ -234,8 +236,12 @@ class Engineer(Role):
             return str(e)
         key = ""
         if ctx.jobs.results is not None:  # keyed even when fresh: the log names each run by its key, cached or not
-            bundle = bundle or await ctx.artifacts.get(bundle_object)
-            key = cache_key(spec, body.spec, tar_sha256(bundle), ctx.jobs.runtime())
+            try:
+                bundle = bundle or await ctx.artifacts.get(bundle_object)
+                key = cache_key(spec, body.spec, tar_sha256(bundle), ctx.jobs.runtime())
+            except (ArtifactMissing, tarfile.TarError, OSError) as e:
+                # No key, no cache: the job runs as planned, and fails there if its bundle is really gone.
+                ctx.log.warning("run not keyed for the result cache", bundle=bundle_object, error=f"{type(e).__name__}: {e}")
         return JobRecord(spec=spec, idea_id=idea_id, attempt=attempt, edits=edits, diff=diff, cache_key=key, fresh=fresh)
 
     def _queue(self, ctx: EngineerContext, st: EngineerState, job: JobRecord) -> None:
