@@ -24,6 +24,8 @@ from bus.schema.results import RunRecord
 # What is not the template's code: Python's byte-code caches and editor/VCS leftovers, as agents.templates.bundle skips them.
 SKIPPED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints"})
 FRESH = "fresh"
+# What ``tar_sha256`` reads of a bundle's files at most: a template's code and small data, never a data set to hold in memory.
+TAR_HASH_LIMIT = 256 << 20
 
 
 def _skipped(rel: Path) -> bool:
@@ -54,11 +56,15 @@ def tar_sha256(data: bytes) -> str:
     """``tree_sha256`` of a template bundle (tar.gz) as if unpacked: its regular files and links, by path.
 
     The result cache keys a run's code with it before anything is unpacked; a leading ``./`` is dropped.
+    Raises ``ValueError`` for a bundle whose files add up to more than ``TAR_HASH_LIMIT`` bytes.
     """
     h = hashlib.sha256()
     entries: list[tuple[str, bytes]] = []
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for m in tar.getmembers():
+        members = tar.getmembers()
+        if sum(m.size for m in members if m.isfile()) > TAR_HASH_LIMIT:
+            raise ValueError(f"bundle files exceed {TAR_HASH_LIMIT >> 20} MiB: not hashed")
+        for m in members:
             rel = m.name.removeprefix("./")
             if not (m.isfile() or m.issym()) or _skipped(Path(rel)):
                 continue

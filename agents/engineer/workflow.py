@@ -239,7 +239,7 @@ class Engineer(Role):
             try:
                 bundle = bundle or await ctx.artifacts.get(bundle_object)
                 key = cache_key(spec, body.spec, tar_sha256(bundle), ctx.jobs.runtime())
-            except (ArtifactMissing, tarfile.TarError, OSError) as e:
+            except (ArtifactMissing, tarfile.TarError, OSError, ValueError) as e:
                 # No key, no cache: the job runs as planned, and fails there if its bundle is really gone.
                 ctx.log.warning("run not keyed for the result cache", bundle=bundle_object, error=f"{type(e).__name__}: {e}")
         return JobRecord(spec=spec, idea_id=idea_id, attempt=attempt, edits=edits, diff=diff, cache_key=key, fresh=fresh)

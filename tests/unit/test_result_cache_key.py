@@ -106,3 +106,15 @@ def test_lab_run_offers_no_cache() -> None:
 
     out = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
     assert "--no-cache" in out
+
+
+def test_a_bundle_too_large_to_hash_is_refused_not_read(monkeypatch) -> None:
+    import bus.provenance as prov
+
+    monkeypatch.setattr(prov, "TAR_HASH_LIMIT", 100)
+    try:
+        prov.tar_sha256(bundle(SLEEP))
+    except ValueError as e:
+        assert "not hashed" in str(e)
+    else:
+        raise AssertionError("a bundle over the limit was hashed")
