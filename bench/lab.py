@@ -19,6 +19,16 @@ projects than one replica handles at once (--concurrency C with K > C).
 
     python -m bench.lab [--projects 1,4,16] [--replicas 1,2] [--latency 1.0] [--concurrency C]
 
+With ``--cache K`` it measures the result cache (bus/resultcache.py) instead: on one
+fresh lab, K concurrent `--fast` projects with ``--no-cache``, then the same K with
+the cache (which the first pass left empty: a fresh run stores nothing). Printed:
+the jobs each pass ran and their job-seconds (the runs' wall seconds, from the
+engineers' "job finished" log lines), their ratio, and whether, with the cache,
+each distinct run (code, configuration, seeds, runtime: its cache key) ran
+exactly once lab-wide.
+
+    python -m bench.lab --cache 16 [--latency 1.0]
+
 A benchmark prints numbers; it asserts nothing (tests only check that it runs).
 """
 
@@ -33,6 +43,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "tests" / "sleep_template"
@@ -67,12 +78,12 @@ def handled_since(home: Path, since: float) -> list[float]:
     return sorted(out)
 
 
-def run_projects(env: dict[str, str], home: Path, k: int, tag: str) -> dict[str, float]:
+def run_projects(env: dict[str, str], home: Path, k: int, tag: str, extra: tuple[str, ...] = ()) -> dict[str, float]:
     wall, started = time.time(), time.monotonic()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "services.cli", "run", "--template", str(TEMPLATE), "--fast", "--seed", str(i), "--max-ideas", "1",
-             "--max-rounds", "0", "-q", "--out", str(home / f"{tag}-out{i}")],
+             "--max-rounds", "0", "-q", "--out", str(home / f"{tag}-out{i}"), *extra],
             env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for i in range(k)
@@ -81,22 +92,53 @@ def run_projects(env: dict[str, str], home: Path, k: int, tag: str) -> dict[str,
     makespan = time.monotonic() - started
     lat = handled_since(home, wall)
     return {
-        "ok": sum(c == 0 for c in codes), "makespan": makespan, "msgs_s": len(lat) / makespan,
+        "since": wall, "ok": sum(c == 0 for c in codes), "makespan": makespan, "msgs_s": len(lat) / makespan,
         "p50": lat[len(lat) // 2] if lat else float("nan"), "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
     }
 
 
-def one_lab(replicas: int, ks: list[int], latency: float, concurrency: int, home: Path) -> list[dict[str, float]]:
-    """One lab with R replicas per role; K=1, then each K, one after the other on it."""
+def job_events(home: Path, since: float, until: float) -> dict[str, Any]:
+    """What the engineers logged between ``since`` and ``until`` (wall clock): jobs run and their wall seconds, runs served.
+
+    ``runs``: how many jobs ran per cache key (each distinct code, configuration, seeds and runtime).
+    """
+    runs: dict[str, int] = {}
+    out: dict[str, Any] = {"dispatched": 0, "served": 0, "job_s": 0.0, "runs": runs}
+    for path in (home / "logs").glob("engineer*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{") or '"job ' not in line:
+                continue
+            rec = json.loads(line)
+            at = datetime.fromisoformat(rec["timestamp"]).timestamp()
+            if not since <= at <= until:
+                continue
+            if rec.get("event") == "job dispatched":
+                out["dispatched"] += 1
+                runs[rec.get("run_key", "")] = runs.get(rec.get("run_key", ""), 0) + 1
+            elif rec.get("event") == "job served from the result cache":
+                out["served"] += 1
+            elif rec.get("event") == "job finished":
+                out["job_s"] += float(rec.get("wall_s", 0.0))
+    return out
+
+
+def start_lab(home: Path, replicas: int, latency: float, concurrency: int, k: int) -> dict[str, str]:
+    """A fresh lab (`lab up`, its own LAB_HOME) with R replicas per role and room for every job of K projects; its env."""
     env = {**os.environ, "LAB_HOME": str(home), "PYTHONPATH": str(REPO), "LAB_BENCH_MIND_LATENCY_S": str(latency),
-           "LAB_CONCURRENCY": str(concurrency or max(8, *ks))}
+           "LAB_CONCURRENCY": str(concurrency or max(8, k))}
     for key in ("LAB_NATS_URL", "LAB_NATS_USER", "LAB_NATS_PASSWORD", "LAB_MIND"):
         env.pop(key, None)
     home.mkdir(parents=True)
-    (home / "config.yaml").write_text(f"executor:\n  local:\n    capacity: {4 * max(ks)}\n")
+    (home / "config.yaml").write_text(f"executor:\n  local:\n    capacity: {4 * k}\n")
     r = lab(env, "up", "--detach", "--replicas", f"all={replicas}")
     if r.returncode != 0:
         raise SystemExit(f"lab up failed: {r.stderr.strip() or r.stdout.strip()}")
+    return env
+
+
+def one_lab(replicas: int, ks: list[int], latency: float, concurrency: int, home: Path) -> list[dict[str, float]]:
+    """One lab with R replicas per role; K=1, then each K, one after the other on it."""
+    env = start_lab(home, replicas, latency, concurrency, max(ks))
     rows = []
     try:
         info = json.loads((home / "lab.json").read_text())
@@ -109,13 +151,43 @@ def one_lab(replicas: int, ks: list[int], latency: float, concurrency: int, home
     return rows
 
 
+def cache_side_by_side(k: int, latency: float, concurrency: int, home: Path) -> None:
+    """K projects without the cache, then the same K with it, on one lab; prints jobs, job-seconds and their ratio."""
+    env = start_lab(home, 1, latency, concurrency, k)
+    passes: dict[str, dict[str, Any]] = {}
+    try:
+        for tag, extra in (("no cache", ("--no-cache",)), ("cache", ())):
+            res: dict[str, Any] = dict(run_projects(env, home, k, tag.replace(" ", "-"), extra))
+            time.sleep(1.0)  # the last "job finished" lines reach the log files
+            res.update(job_events(home, res["since"], time.time()))
+            passes[tag] = res
+    finally:
+        lab(env, "down")
+    print(f"result cache: {k} concurrent --fast projects of {TEMPLATE.name}, latency {latency}s per message, one lab, one after the other")
+    print(f"{'':>9} {'ok':>3} {'jobs':>5} {'served':>6} {'distinct':>8} {'job-s':>8} {'makespan s':>10}")
+    for tag, res in passes.items():
+        print(f"{tag:>9} {res['ok']:>3} {res['dispatched']:>5} {res['served']:>6} {len(res['runs']):>8} {res['job_s']:>8.1f} {res['makespan']:>10.1f}")
+    fresh, cached = passes["no cache"], passes["cache"]
+    ratio = fresh["job_s"] / cached["job_s"] if cached["job_s"] else float("inf")
+    print(f"job-seconds without / with the cache: {fresh['job_s']:.1f} / {cached['job_s']:.1f} = {ratio:.2f}x; "
+          f"makespan {fresh['makespan'] / cached['makespan']:.2f}x")
+    once = bool(cached["runs"]) and all(n == 1 for n in cached["runs"].values())
+    print(f"with the cache, each distinct run ran exactly once lab-wide: {'yes' if once else 'no'} "
+          f"({len(cached['runs'])} distinct, {cached['dispatched']} jobs; without: {len(fresh['runs'])} distinct, {fresh['dispatched']} jobs)")
+    print(f"(lab under {home})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--projects", default="1,4,16", help="K values, comma-separated (1, the baseline, is always run first)")
     ap.add_argument("--replicas", default="1,2", help="R values, comma-separated (the first is the baseline)")
     ap.add_argument("--latency", type=float, default=1.0, help="simulated mind seconds per handled message")
     ap.add_argument("--concurrency", type=int, default=0, help="projects one agent process handles at once (0: every K at once)")
+    ap.add_argument("--cache", type=int, default=0, metavar="K", help="measure the result cache instead: K projects without, then with it")
     args = ap.parse_args()
+    if args.cache:
+        cache_side_by_side(args.cache, args.latency, args.concurrency, Path(tempfile.mkdtemp(prefix="bench-cache-")) / "lab")
+        return
     ks = sorted({1, *(int(k) for k in args.projects.split(","))})
     rs = [int(r) for r in args.replicas.split(",")]
     root = Path(tempfile.mkdtemp(prefix="bench-lab-"))

@@ -35,7 +35,7 @@ from bus.errors import ConnectError, MessageTooLarge, nats_errors, translated
 from bus.permissions import inbox_prefix
 from bus.retry import RetryPolicy
 from bus.schema import ROLES, Envelope, encode
-from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET
+from bus.schema.constants import AGENTS_BUCKET, AGENTS_TTL_S, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, RESULTS_BUCKET, STATE_BUCKET
 from bus.settings import settings
 
 MAX_ENVELOPE_BYTES = 512 * 1024
@@ -268,8 +268,11 @@ class Bus:
                     raise ConnectError(f"cannot create stream {cfg.name}: {e.description}") from None
 
     async def _ensure_buckets(self, r: int) -> None:
-        """The KV buckets (states, agents, cache, ideas) and the artifact object store."""
-        buckets = ((STATE_BUCKET, None, 8), (AGENTS_BUCKET, AGENTS_TTL_S, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1), (IDEAS_BUCKET, None, 1))
+        """The KV buckets (states, agents, cache, ideas, results) and the artifact object store."""
+        buckets = (
+            (STATE_BUCKET, None, 8), (AGENTS_BUCKET, AGENTS_TTL_S, 1), (CACHE_BUCKET, 7 * 24 * 3600.0, 1), (IDEAS_BUCKET, None, 1),
+            (RESULTS_BUCKET, None, 1),
+        )
         for bucket, ttl, history in buckets:
             try:
                 await self.js.key_value(bucket)

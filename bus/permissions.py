@@ -28,7 +28,8 @@ under the job's project only). The static ``runner`` user stays for a NATS
 server without the callout (Docker Compose, ``lab up --nats-url``).
 
 The idea archive (what each project tried on each template) is written by the
-PI alone and read by the PI, the co-PI and the web view.
+PI alone and read by the PI, the co-PI and the web view. The result cache
+(``lab_results``, bus/resultcache.py) is the engineers' alone.
 
 The co-PI (the human, through the CLI) may publish notes as itself, start
 projects, and read the log, the agents' heartbeats, the roles' state, the idea
@@ -62,6 +63,7 @@ from bus.schema.constants import (
     DLQ_STREAM,
     IDEAS_BUCKET,
     JOBS_STREAM,
+    RESULTS_BUCKET,
     STATE_BUCKET,
     kv_stream,
     object_stream,
@@ -71,6 +73,7 @@ from bus.subjects import token
 STATE_KV, AGENTS_KV, CACHE_KV = kv_stream(STATE_BUCKET), kv_stream(AGENTS_BUCKET), kv_stream(CACHE_BUCKET)
 ARTIFACTS_OBJ = object_stream(ARTIFACTS_BUCKET)
 IDEAS_KV = kv_stream(IDEAS_BUCKET)
+RESULTS_KV = kv_stream(RESULTS_BUCKET)
 
 ADMIN = "lab"  # sets up streams and buckets; used by `lab up` and tests
 COPI = "copi"  # the human, through the CLI
@@ -134,7 +137,7 @@ def convo_refusal(subject: str, env: Any) -> str | None:
     return sender_refusal(env.kind, env.sender)
 
 
-STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, *WORK_STREAMS, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV)
+STREAMS = (CONVO_STREAM, JOBS_STREAM, DLQ_STREAM, *WORK_STREAMS, STATE_KV, AGENTS_KV, CACHE_KV, ARTIFACTS_OBJ, IDEAS_KV, RESULTS_KV)
 
 
 def _bucket_reads(stream: str, subjects: str = ">") -> list[str]:
@@ -235,6 +238,8 @@ def _role(role: str) -> list[str]:
     if role == "engineer":
         # The engineer reads job outcomes, and reports failures the runner could not (a pod that never started).
         allow += ["lab.jobs.*.*.status"]  # its job outcomes it reads in its work stream
+        # The lab-wide result cache (bus/resultcache.py): claims, stored results, deletes of its own claims.
+        allow += [f"$KV.{RESULTS_BUCKET}.>", *_bucket_reads(RESULTS_KV)]
     return allow
 
 

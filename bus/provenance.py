@@ -4,14 +4,16 @@ Pure functions over bytes and records, shared by the runner (which hashes what i
 unpacked), ``lab export`` (``export.json``'s ``provenance``) and the writer (the
 paper's provenance appendix), so the three cannot disagree on what a hash covers.
 
-There is no result cache: every run was executed for its job, so ``reused`` is
-always ``"fresh"``; the column exists so that a cache, when there is one, has a
-place to say which results it served instead.
+``reused`` says where a run's results came from: ``"fresh"`` for a run executed
+for its job, ``"reused from <project>/<experiment>"`` for one the lab's result
+cache served (bus/resultcache.py; ``RunRecord.reused_from``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from bus.schema.results import RunRecord
 # What is not the template's code: Python's byte-code caches and editor/VCS leftovers, as agents.templates.bundle skips them.
 SKIPPED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints"})
 FRESH = "fresh"
+# What ``tar_sha256`` reads of a bundle's files at most: a template's code and small data, never a data set to hold in memory.
+TAR_HASH_LIMIT = 256 << 20
 
 
 def _skipped(rel: Path) -> bool:
@@ -46,6 +50,38 @@ def tree_sha256(folder: Path, skip: frozenset[str] = frozenset()) -> str:
         h.update(len(name).to_bytes(8, "big") + name + len(data).to_bytes(8, "big"))
         h.update(data)
     return h.hexdigest()
+
+
+def tar_sha256(data: bytes) -> str:
+    """``tree_sha256`` of a template bundle (tar.gz) as if unpacked: its regular files and links, by path.
+
+    The result cache keys a run's code with it before anything is unpacked; a leading ``./`` is dropped.
+    Raises ``ValueError`` for a bundle whose files add up to more than ``TAR_HASH_LIMIT`` bytes.
+    """
+    h = hashlib.sha256()
+    entries: list[tuple[str, bytes]] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        members = tar.getmembers()
+        if sum(m.size for m in members if m.isfile()) > TAR_HASH_LIMIT:
+            raise ValueError(f"bundle files exceed {TAR_HASH_LIMIT >> 20} MiB: not hashed")
+        for m in members:
+            rel = m.name.removeprefix("./")
+            if not (m.isfile() or m.issym()) or _skipped(Path(rel)):
+                continue
+            f = tar.extractfile(m) if m.isfile() else None
+            entries.append((rel, f.read() if f is not None else m.linkname.encode()))
+    for rel, body in sorted(entries):
+        name = rel.encode()
+        h.update(len(name).to_bytes(8, "big") + name + len(body).to_bytes(8, "big"))
+        h.update(body)
+    return h.hexdigest()
+
+
+def reused_text(reused_from: str) -> str:
+    """What a provenance row says of where a run's results came from: "fresh", or "reused from <project>/<experiment>"."""
+    if not reused_from:
+        return FRESH
+    return "reused from " + "/".join(reused_from.split("/")[:2])
 
 
 def packages_sha256(packages: dict[str, str]) -> str:
@@ -75,7 +111,8 @@ def provenance(run: RunRecord) -> dict[str, Any]:
         "packages_sha256": (env.packages_sha256 or packages_sha256(env.packages)) if env else "",
         "code_sha256": env.code_sha256 if env else "",
         "diff_sha256": text_sha256(run.diff),
-        "reused": FRESH,
+        "reused": reused_text(run.reused_from),
+        "reused_from": run.reused_from,  # the served run's <project>/<experiment>/<job>; "" when fresh
         "cpu_s": run.cpu_s,  # None: its runner could not see the experiment's CPU time (or predates measuring it)
         "gpu_s": run.gpu_s,
     }
@@ -84,10 +121,13 @@ def provenance(run: RunRecord) -> dict[str, Any]:
 def spend(runs: Iterable[RunRecord], usage: Mapping[str, Usage] | None = None) -> dict[str, Any]:
     """What a project's jobs used, each job once (by id): wall, CPU and GPU seconds, GPU-hours; and its minds' tokens.
 
+    A run the result cache served (``reused_from``) ran no job: it is counted in ``reused``, not in the sums.
+
     ``cpu_s`` sums the jobs whose CPU time was measured, ``cpu_measured`` says how many those are (a job that ran in
     its own container is not); ``llm`` (only when ``usage`` is given) totals the tokens and money each role reported.
     """
-    jobs = list({r.job_id: r for r in runs}.values())
+    every = list({r.job_id: r for r in runs}.values())
+    jobs = [r for r in every if not r.reused_from]
     cpu = [r.cpu_s for r in jobs if r.cpu_s is not None]
     gpu_s = sum(r.gpu_s for r in jobs)
     out: dict[str, Any] = {
@@ -97,6 +137,7 @@ def spend(runs: Iterable[RunRecord], usage: Mapping[str, Usage] | None = None) -
         "cpu_measured": len(cpu),
         "gpu_s": round(gpu_s, 3),
         "gpu_hours": round(gpu_s / 3600, 4),
+        "reused": len(every) - len(jobs),
     }
     if usage is not None:
         total = sum(usage.values(), Usage())

@@ -68,9 +68,13 @@ class RecordingExecutor:
     """
 
     ledger = None
+    results = None  # no result cache: every job runs
 
     def __init__(self) -> None:
         self.submitted: list[Any] = []
+
+    def runtime(self) -> str:
+        return "recording"
 
     def capacity(self) -> int | None:
         return None

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from bus.schema import JobSpec, TemplateSpec
+from bus.resultcache import Found
+from bus.schema import JobSpec, JobStatus, TemplateSpec
 
 
 class Capacity(Protocol):
@@ -25,6 +26,15 @@ class Capacity(Protocol):
     async def forget(self, project: str) -> None: ...
 
 
+class Results(Protocol):
+    """The lab-wide result cache (``bus/resultcache.ResultCache``): look up, claim, store and release a run's key."""
+
+    async def lookup(self, key: str, mine: str) -> Found: ...
+    async def claim(self, key: str, owner: str, mine: str, stale_after_s: float) -> Found: ...
+    async def store_result(self, key: str, owner: str, status: JobStatus) -> None: ...
+    async def release(self, key: str, mine: str) -> None: ...
+
+
 class Jobs(Protocol):
     """Where the engineer's jobs run.
 
@@ -36,6 +46,15 @@ class Jobs(Protocol):
     @property
     def ledger(self) -> Capacity | None:
         """The lab-wide slot ledger; None: the engineer counts this project's own jobs."""
+        ...
+
+    @property
+    def results(self) -> Results | None:
+        """The lab's result cache; None: every run runs (no bus opened, as in a unit test)."""
+        ...
+
+    def runtime(self) -> str:
+        """What the executor runs experiments with, for the result cache's key: its image, or this interpreter and packages."""
         ...
 
     def capacity(self) -> int | None: ...

@@ -4,7 +4,16 @@ Jobs are dispatched to the executor up to the lab's capacity, one pool for
 all projects (``bus/ledger``: a slot ledger shared fairly); their outcomes come
 back as ``job_status`` messages from the job runner (or from its job
 watch, ``services/job_watch``, for failures the runner could not report), so a restarted engineer
-picks up where it was from its state alone. Job ids derive from (project,
+picks up where it was from its state alone.
+
+Before a job takes a slot, the engineer looks its key up in the lab's result
+cache (``bus/resultcache``): a run of the same code, knobs, seeds and runtime
+that succeeded before is reused (the job succeeds at once with that run's
+status, ``RunRecord.reused_from`` names it; no job, no slot); one that some
+project runs now is waited for (the job stays queued, ``waits_for`` its owner,
+until the job watch wakes it); otherwise the job claims the key, runs, and
+stores its status when it succeeds (a failed, cancelled or abandoned run gives
+its claim back, and a waiter runs in its place). Job ids derive from (project,
 experiment, attempt), and executors treat a second submit of a known id as
 done — after checking that the job they find was recorded for the same project
 and experiment: a redelivered request never runs an experiment twice, and two
@@ -14,6 +23,7 @@ projects never share a job.
 from __future__ import annotations
 
 import hashlib
+import tarfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +42,9 @@ from agents.codeideas import unified_diff
 from agents.engineer.jobs import Jobs, plan_job
 from agents.minds.base import EngineerMind
 from agents.templates import bundle_files, replace_files
+from bus.errors import ArtifactMissing
+from bus.provenance import tar_sha256
+from bus.resultcache import STALE_MARGIN_S, Found, owner_of, run_key
 from bus.schema import (
     CodeEdit,
     CoPINoteMsg,
@@ -45,6 +58,7 @@ from bus.schema import (
     RunRecord,
     StepFailed,
     TemplateError,
+    TemplateSpec,
 )
 from bus.schema.results import LOG_TAIL_NAME, clean_text, failure_kind
 from bus.schema.state import JobRecordState
@@ -80,6 +94,15 @@ class JobRecord(BaseModel):
     state: JobRecordState = "queued"
     reason: str = ""
     status: JobStatus | None = None
+    cache_key: str = ""  # its key in the lab's result cache (bus/resultcache.run_key); "" where the lab keeps no cache
+    fresh: bool = False  # the project (--no-cache) or template (cache: false) opted out: the key is never looked up nor stored
+    waits_for: str = ""  # queued behind another project's run of the same key: that run's "<project>/<experiment>/<job>"
+    reused_from: str = ""  # succeeded with the cached results of that run, without running
+
+    @property
+    def cached(self) -> bool:
+        """Whether the result cache serves this job: it has a key and nobody opted out."""
+        return bool(self.cache_key) and not self.fresh
 
     @computed_field  # type: ignore[prop-decorator]  # mypy cannot see decorators over a property; pydantic's documented form
     @property
@@ -149,6 +172,18 @@ def job_id_for(project: str, experiment_id: str, attempt: int = 1) -> str:
     return "j" + hashlib.sha256(f"{project}/{experiment_id}/{attempt}".encode()).hexdigest()[:16]
 
 
+def cache_key(job: JobSpec, template: TemplateSpec, code_sha256: str, runtime: str) -> str:
+    """The job's key in the lab's result cache (``bus.resultcache.run_key``), one per job: its whole seed list.
+
+    The hardware class counts where results depend on it: CPU or GPU always (numerics differ), and the
+    job's GPUs, nodes and CPUs where the template reports a metric of kind ``hardware`` (throughput, time).
+    """
+    hardware = "gpu" if job.gpu else "cpu"
+    if any(m.kind == "hardware" for m in template.metrics.values()):
+        hardware += f" gpu={job.gpu}x{job.nodes} cpu={job.cpu}"
+    return run_key(code_sha256=code_sha256, overrides=job.overrides, seeds=job.seeds, runtime=runtime, hardware=hardware)
+
+
 class Engineer(Role):
     name = "engineer"
     State = EngineerState
@@ -176,6 +211,8 @@ class Engineer(Role):
         edits: list[CodeEdit] = []
         diff = ""
         profile = body.profile or ("fast" if body.fast else None)
+        fresh = not (body.cache and body.spec.cache)
+        bundle = b""
         try:
             body.spec.profile(profile)  # an unknown profile fails before the mind is asked
             changes: dict[str, Any] = {}
@@ -189,16 +226,23 @@ class Engineer(Role):
                 if edits:
                     patched = apply_edits(files, edits, aisci.editable(files))
                     diff = unified_diff(files, patched)
-                    bundle_object = await ctx.artifacts.put(
-                        f"{ctx.project}/bundles/{body.experiment_id}-a{attempt}.tar.gz", replace_files(bundle, patched)
-                    )
+                    bundle = replace_files(bundle, patched)
+                    bundle_object = await ctx.artifacts.put(f"{ctx.project}/bundles/{body.experiment_id}-a{attempt}.tar.gz", bundle)
             spec = plan_job(
                 body.spec, profile, job_id=job_id_for(ctx.project, body.experiment_id, attempt), project=ctx.project,
                 experiment_id=body.experiment_id, template=body.template, bundle_object=bundle_object, seeds=body.seeds, changes=changes,
             )
         except (TemplateError, EditError) as e:
             return str(e)
-        return JobRecord(spec=spec, idea_id=idea_id, attempt=attempt, edits=edits, diff=diff)
+        key = ""
+        if ctx.jobs.results is not None:  # keyed even when fresh: the log names each run by its key, cached or not
+            try:
+                bundle = bundle or await ctx.artifacts.get(bundle_object)
+                key = cache_key(spec, body.spec, tar_sha256(bundle), ctx.jobs.runtime())
+            except (ArtifactMissing, tarfile.TarError, OSError, ValueError) as e:
+                # No key, no cache: the job runs as planned, and fails there if its bundle is really gone.
+                ctx.log.warning("run not keyed for the result cache", bundle=bundle_object, error=f"{type(e).__name__}: {e}")
+        return JobRecord(spec=spec, idea_id=idea_id, attempt=attempt, edits=edits, diff=diff, cache_key=key, fresh=fresh)
 
     def _queue(self, ctx: EngineerContext, st: EngineerState, job: JobRecord) -> None:
         st.jobs[job.job_id] = job
@@ -215,7 +259,11 @@ class Engineer(Role):
         ledger = ctx.jobs.ledger  # the lab-wide slot ledger; None: this project's own count
         capacity = ctx.jobs.capacity()
         in_flight = [j for j in st.jobs.values() if j.state in ("dispatched", "pending", "running")]
+        results = ctx.jobs.results
         for job in [j for j in st.jobs.values() if j.state == "queued"]:
+            mine = owner_of(ctx.project, job.experiment_id, "")
+            if job.cached and results is not None and self._served(ctx, st, job, await results.lookup(job.cache_key, mine)):
+                continue  # reused, or waits for another project's run of it: no slot taken
             if ledger is not None:
                 units = ledger.units_of(job.spec.gpu) * job.spec.nodes  # a multi-node job holds every node's share
                 if capacity is not None and units > capacity:
@@ -227,6 +275,13 @@ class Engineer(Role):
                     break
             elif capacity is not None and len(in_flight) >= capacity:
                 break
+            if job.cached and results is not None:
+                stale_after = 2 * (job.spec.wall_time_s + job.spec.term_grace_s) + STALE_MARGIN_S
+                found = await results.claim(job.cache_key, owner_of(ctx.project, job.experiment_id, job.job_id), mine, stale_after)
+                if self._served(ctx, st, job, found):  # another engineer was quicker: give the slot back
+                    if ledger is not None:
+                        await ledger.release([job.job_id])
+                    continue
             try:
                 await ctx.jobs.submit(job.spec)
             except Exception as e:  # an executor error fails this run, not the agent
@@ -234,11 +289,35 @@ class Engineer(Role):
                 ctx.log.error("dispatch failed", job=job.job_id, reason=str(e))
                 if ledger is not None:
                     await ledger.release([job.job_id])
+                await self._release_claim(ctx, job)
                 self._maybe_report(ctx, st, job.experiment_id)
                 continue
             job.state = "dispatched"
             in_flight.append(job)
-            ctx.log.info("job dispatched", job=job.job_id, experiment=job.experiment_id, overrides=job.spec.overrides)
+            ctx.log.info("job dispatched", job=job.job_id, experiment=job.experiment_id, overrides=job.spec.overrides, run_key=job.cache_key[:16])
+
+    def _served(self, ctx: EngineerContext, st: EngineerState, job: JobRecord, found: Found) -> bool:
+        """Apply a cache look-up to a queued job: reused (True), waiting for another's run (True), or to run (False)."""
+        if found.kind == "run" or found.entry is None:
+            job.waits_for = ""
+            return False
+        if found.kind == "wait":
+            if job.waits_for != found.entry.owner:
+                ctx.log.info("job waits for the same run elsewhere", job=job.job_id, owner=found.entry.owner)
+            job.waits_for = found.entry.owner
+            return True
+        status = found.entry.status
+        assert status is not None  # a hit is a done entry with its status
+        job.state, job.reason, job.waits_for, job.reused_from = "succeeded", "", "", found.entry.owner
+        job.status = status.model_copy(update={"job_id": job.job_id, "experiment_id": job.experiment_id, "signature": ""})
+        ctx.log.info("job served from the result cache", job=job.job_id, reused_from=found.entry.owner, run_key=job.cache_key[:16])
+        self._maybe_report(ctx, st, job.experiment_id)
+        return True
+
+    async def _release_claim(self, ctx: EngineerContext, job: JobRecord) -> None:
+        """Give back the job's claim on its cache key (it failed, was cancelled, or its project ended): a waiter runs it."""
+        if job.cached and not job.reused_from and (results := ctx.jobs.results) is not None:
+            await results.release(job.cache_key, owner_of(ctx.project, job.experiment_id, ""))
 
     @on(JobStatus)
     async def status(self, body: JobStatus, env: Any, ctx: EngineerContext) -> None:
@@ -264,7 +343,12 @@ class Engineer(Role):
         job.state, job.reason, job.status = body.state, body.reason, body
         if (ledger := ctx.jobs.ledger) is not None:
             await ledger.release([job.job_id])
-        ctx.log.info("job finished", job=job.job_id, state=body.state, reason=body.reason, wall_s=round(body.wall_s, 1))
+        if body.state == "succeeded" and job.cached and (results := ctx.jobs.results) is not None:
+            # Stored before the state that says so: a crash between the two stores the same status again.
+            await results.store_result(job.cache_key, owner_of(ctx.project, job.experiment_id, job.job_id), body)
+        elif body.state != "succeeded":
+            await self._release_claim(ctx, job)
+        ctx.log.info("job finished", job=job.job_id, state=body.state, reason=body.reason, wall_s=round(body.wall_s, 1), run_key=job.cache_key[:16])
         if body.state == "failed" and job.edits and job.attempt < MAX_ATTEMPTS and not st.closed:
             # The edited code crashed or hung: show the mind the error and let it fix its edit.
             retry = await self._plan(ctx, st.requests[job.experiment_id], job.attempt + 1, await self._error_of(ctx, job))
@@ -328,6 +412,7 @@ class Engineer(Role):
                 attempt=j.attempt,
                 lost=j.lost,
                 diff=j.diff,
+                reused_from=j.reused_from,
                 final_info=j.status.final_info if j.status else None,
                 environment=j.status.environment if j.status else None,
                 artifacts=j.status.artifacts if j.status else [],
@@ -351,6 +436,7 @@ class Engineer(Role):
         for job in st.jobs.values():
             if job.state not in TERMINAL:
                 await ctx.jobs.cancel(job.job_id)
+                await self._release_claim(ctx, job)
                 job.state, job.reason = "cancelled", "project ended"
         if (ledger := ctx.jobs.ledger) is not None:
             await ledger.forget(ctx.project)

@@ -67,6 +67,7 @@ class ProjectState(Model):
     budget: Budget
     fast: bool
     profile: str = ""
+    cache: bool = True  # the result cache may serve this project's runs (`lab run --no-cache`: False)
     mind: str
     started_at: float
     user: str = ""  # who started it (StartProject.user): what a per-user budget is counted by

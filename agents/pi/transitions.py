@@ -191,7 +191,7 @@ def start(
     st = ProjectState(
         project=project, template=body.template, template_object=body.template_object, spec=body.spec,
         direction=body.direction, seed=body.seed, budget=capped, fast=body.fast, profile=body.profile,
-        mind=body.mind, started_at=now, user=body.user,
+        cache=body.cache, mind=body.mind, started_at=now, user=body.user,
     )
     if st.budget.max_runs_limit is None:
         st.budget.max_runs_limit = min(1000, max(2 * st.budget.max_runs, st.budget.max_runs))
@@ -578,7 +578,7 @@ def _request_experiment(
     st.stage = "experiments"
     request = ExperimentRequest(
         experiment_id=exp_id, idea=idea, seeds=seeds, template=st.template, template_object=st.template_object,
-        spec=st.spec, fast=st.fast, profile=st.profile,
+        spec=st.spec, fast=st.fast, profile=st.profile, cache=st.cache,
     )
     out.append(Send(request, "engineer"))
     return exp_id

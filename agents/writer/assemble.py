@@ -199,7 +199,8 @@ PROVENANCE_CAPTION = (
     "Each run traced to the job that produced it: the experiment, the job id and attempt, the container image it ran in "
     "(or, without a container, the interpreter and a hash of its package versions), the first twelve hex digits of the sha256 "
     "of the template code the job ran (its code edits applied), and whether the result was computed fresh for this study "
-    "or reused. No result cache exists: every run is fresh. export.json holds the full hashes, the node and the diff's hash."
+    "or reused: a run the lab's result cache served (same code, configuration, seeds and runtime, run before) names the "
+    "project and experiment whose run it reused. export.json holds the full hashes, the node and the diff's hash."
 )
 
 

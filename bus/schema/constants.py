@@ -37,6 +37,8 @@ AGENTS_BUCKET: Final = "lab_agents"
 CACHE_BUCKET: Final = "lab_cache"
 # The idea archive: what each project tried on each template and what came of it, kept across projects.
 IDEAS_BUCKET: Final = "lab_ideas"
+# The result cache (bus/resultcache.py): a run's content key -> its claim or its succeeded status, lab-wide.
+RESULTS_BUCKET: Final = "lab_results"
 ARTIFACTS_BUCKET: Final = "lab_artifacts"
 
 

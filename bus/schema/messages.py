@@ -35,6 +35,7 @@ class StartProject(Model):
     budget: Budget = Budget()
     fast: bool = False  # apply the template's declared fast profile (smoke runs)
     profile: str = ""  # a template profile by name (fast, gpu, ...); "" is the template as declared
+    cache: bool = True  # False (`lab run --no-cache`): the engineer serves none of this project's runs from the result cache
     mind: str = "offline"
     # Wait for the co-PI's approval of the estimate before the first run, whatever the lab's thresholds (`lab run --require-approval`).
     require_approval: bool = False
@@ -134,6 +135,7 @@ class ExperimentRequest(Model):
     spec: TemplateSpec
     fast: bool = False
     profile: str = ""
+    cache: bool = True  # False: `lab run --no-cache`, every run of the project runs fresh
 
     STEP: ClassVar[Step] = "experiment"
 

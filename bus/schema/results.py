@@ -70,6 +70,9 @@ class RunRecord(Model):
     attempt: int = 1  # this run's attempt: earlier ones were lost with their runner (see ``lost``) or fixed
     lost: list[str] = []  # earlier attempts whose runner died without a result, and why
     diff: str = ""  # the code edits this run made to the template, as a unified diff ("" for a knob-only run)
+    # Served by the result cache (bus/resultcache.py): "<project>/<experiment>/<job>" of the run whose results these are
+    # (its final_info, environment, artifacts, wall time); "" for a run executed for this job.
+    reused_from: str = ""
 
 
 # How a failed job failed, from its status's reason and who reported it (the engineer decides what to retry by it):

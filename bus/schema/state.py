@@ -91,6 +91,8 @@ class JobView(ReadModel):
     experiment_id: str
     state: JobRecordState
     reason: str = ""
+    cache_key: str = ""  # its result cache key (bus/resultcache.py); "" when the cache does not serve it
+    waits_for: str = ""  # queued behind another job's claim on that key: the owner's "<project>/<experiment>/<job>"
 
 
 class EngineerView(ReadModel):

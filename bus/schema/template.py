@@ -196,6 +196,9 @@ class TemplateSpec(BaseModel):
     term_grace_s: float = Field(20, ge=0, le=600)
     references: str = "references.bib"
     network: bool = False
+    # The lab's result cache (bus/resultcache.py) may serve a run of the same code, knobs, seeds and runtime
+    # instead of running it again; false for an experiment whose results differ from run to run (nondeterministic).
+    cache: bool = True
     # Extra packages (pip requirement lines) beside the lab's own; requirements.txt beside experiment.py adds to them.
     # The local runner installs them in an environment of their own; a Docker/Kubernetes job image must hold them.
     requirements: list[str] = []

@@ -474,6 +474,7 @@ def run(
     out: Path | None = typer.Option(None, "--out", help="Where the paper and results go (default ./lab-out/<project>)."),
     fast: bool = typer.Option(False, "--fast", help="Use the template's fast profile (smaller runs; smoke tests); --profile fast."),
     profile: str = typer.Option("", "--profile", help="A profile the template declares (fast, gpu, ...); it sets knobs and resources."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Run every experiment fresh: reuse no result from the lab's result cache."),
     max_ideas: int = typer.Option(2, "--max-ideas", min=1),
     max_runs: int = typer.Option(12, "--max-runs", min=1),
     max_rounds: int = typer.Option(1, "--max-rounds", min=0, help="Revision rounds the reviewer may ask for."),
@@ -512,7 +513,7 @@ def run(
     assert template is not None  # exactly one of --template / --attach, checked above
     opts = RunOptions(
         template=template, direction=direction, seed=seed, out=out, fast=fast, profile="fast" if fast else profile, max_ideas=max_ideas, max_runs=max_runs,
-        max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
+        no_cache=no_cache, max_rounds=max_rounds, wall_time=wall_time, max_tokens=max_tokens, max_cost=max_cost, mind=mind,
         max_gpu_hours=max_gpu_hours, max_cpu_hours=max_cpu_hours, require_approval=require_approval,
         executor=executor, nats=nats, quiet=quiet, model=model,
     )

@@ -68,6 +68,7 @@ class RunOptions:
     out: Path | None = None
     fast: bool = False
     profile: ProfileName = ""  # a template profile; --fast is --profile fast
+    no_cache: bool = False  # --no-cache: every run runs fresh, none is served from the lab's result cache
     max_ideas: int = 2
     max_runs: int = 12
     max_rounds: int = 1
@@ -258,6 +259,7 @@ async def _run(opts: RunOptions, folder: Path, spec: TemplateSpec, budget: Budge
                 template=spec.name, template_object=bundle_name, spec=spec.model_dump(mode="json"), direction=opts.direction,
                 seed=opts.seed, budget=budget, fast=opts.fast or opts.profile == "fast", profile=opts.profile, mind=opts.mind,
                 require_approval=opts.require_approval, measured_job_s=measured_job_s(spec), user=starter(),
+                cache=not opts.no_cache,
             )
             return Envelope(project=project, sender="copi", recipient="pi", body=start, mind=choice)
 

@@ -131,7 +131,8 @@ def compute(sp: dict[str, Any]) -> str:
     cpu = f"{sp['cpu_s'] / 60:.1f} CPU-min" + (f" ({measured} of {jobs} measured)" if measured < jobs else "")
     hours = round(sp["gpu_hours"], 2)
     gpu = "<0.01" if sp["gpu_s"] > 0 and hours == 0 else f"{hours:g}"
-    return f"{jobs} job{'s' if jobs != 1 else ''}, {cpu}, {gpu} GPU-h"
+    reused = f", {sp['reused']} reused" if sp.get("reused") else ""  # served by the result cache: no job, no compute
+    return f"{jobs} job{'s' if jobs != 1 else ''}, {cpu}, {gpu} GPU-h{reused}"
 
 
 def limits(s: ProjectView) -> str:

@@ -1,10 +1,16 @@
-"""The engineer's background work: watch its jobs at the executor, wake projects waiting for capacity.
+"""The engineer's background work: watch its jobs at the executor, wake projects waiting for capacity or a cached run.
 
 Both speak as the engineer on the jobs stream (``lab.jobs.<project>.<job>.status``),
 which the engineer's own handlers read: a job the runner could not report on
 (never started, killed, evicted) fails there, and a project whose turn at the
 lab's capacity has come is told so. Ids derive from the job and what was seen,
 so replicas watching the same jobs publish each event once.
+
+A job queued behind another project's run of the same cache key (``waits_for``,
+bus/resultcache.py) is woken the same way when that key's entry is done (a hit),
+gone (its owner failed, was cancelled, or its project ended) or stale (a crashed
+lab): the watch reads every engineer's state, so the wake-up reaches the waiter
+whichever project, replica or restarted process owned the run.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from bus import subjects
 from bus.client import Bus
 from bus.jobkeys import JobKeys
 from bus.ledger import SlotLedger
+from bus.resultcache import ResultCache
 from bus.schema import Envelope, JobStatus, derive_id
 from bus.schema.formats import RoleDocument
 from bus.schema.state import EngineerView
@@ -28,7 +35,10 @@ log = structlog.get_logger()
 
 
 class JobWatch:
-    def __init__(self, bus: Bus, states: StateStore, executor: Executor, ledger: SlotLedger | None, keys: JobKeys) -> None:
+    def __init__(
+        self, bus: Bus, states: StateStore, executor: Executor, ledger: SlotLedger | None, keys: JobKeys, results: ResultCache | None = None,
+    ) -> None:
+        self.results = results
         self.keys = keys  # its events are signed like the runner's: the engineer checks every job status
         self.bus = bus
         self.states = states
@@ -52,6 +62,8 @@ class JobWatch:
                     for job in EngineerView.model_validate(state).jobs.values():
                         if job.state == "queued":
                             queued.setdefault(project, set()).add(job.job_id)
+                            if job.waits_for and job.cache_key:
+                                await self.wake_cache_waiter(project, job.job_id, job.experiment_id, job.cache_key)
                         if job.state not in ("dispatched", "pending", "running"):
                             suspicious.pop(job.job_id, None)
                             continue
@@ -75,6 +87,21 @@ class JobWatch:
                 raise
             except Exception as e:  # the next pass looks again; one bad pass must not end the watch
                 log.warning("job watch failed", error=str(e))
+
+    async def wake_cache_waiter(self, project: str, job_id: str, experiment_id: str, key: str) -> None:
+        """Wake a job waiting on another's run of its cache key once that key is done, gone or stale.
+
+        The id derives from the entry's revision and a 10-second tick, so replicas send it once per tick
+        and a waiter that lost the next claim (it waits again on the same revision's successor) is woken again.
+        """
+        if self.results is None:
+            return
+        entry, revision = await self.results.read(key)
+        if entry is not None and entry.state == "running" and not entry.stale():
+            return
+        why = "cached result ready" if entry is not None and entry.state == "done" else "cached run's claim released"
+        status = JobStatus(job_id=job_id, experiment_id=experiment_id, state="queued", reason=why)
+        await self.job_event(project, status, f"cache-{revision}-{int(time.time() // 10)}")
 
     async def wake_waiting(self, every: float = 0.5) -> None:
         """Tell a project waiting for capacity when its turn has come (its own handler takes the slot).

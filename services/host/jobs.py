@@ -12,11 +12,16 @@ admits with that job's permissions alone.
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
+
 import structlog
 
 from bus.jobkeys import JobKeys, new_secret
 from bus.ledger import SlotLedger
 from bus.permissions import JOB_USER, job_user
+from bus.provenance import packages_sha256
+from bus.resultcache import ResultCache
 from bus.schema import JobSpec, NatsAccess
 from services.executors.base import Executor
 
@@ -51,6 +56,8 @@ class ExecutorJobs:
             job_secret = new_secret()
         self.keys = JobKeys(job_secret)
         self._ledger: SlotLedger | None = None
+        self._results: ResultCache | None = None
+        self._runtime = ""
 
     @property
     def ledger(self) -> SlotLedger | None:
@@ -60,6 +67,28 @@ class ExecutorJobs:
         """The lab-wide capacity ledger in the state bucket, counting GPUs where the executor has them."""
         self._ledger = ledger_for(self.executor, states)
         return self._ledger
+
+    @property
+    def results(self) -> ResultCache | None:
+        return self._results
+
+    def open_results(self, results: ResultCache) -> ResultCache:
+        self._results = results
+        return results
+
+    def runtime(self) -> str:
+        """The executor's image (Docker, Kubernetes), else the Python the local runner starts and its packages.
+
+        What the engineer knows at plan time: a template's own requirements are in its bundle (its code hash).
+        """
+        if not self._runtime:
+            image = getattr(getattr(self.executor, "settings", None), "image", "") or ""
+            if image:
+                self._runtime = f"image {image}"
+            else:
+                packages = {str(d.metadata["Name"]).lower(): d.version for d in metadata.distributions() if d.metadata["Name"]}
+                self._runtime = f"python {platform.python_version()} packages {packages_sha256(packages)}"
+        return self._runtime
 
     def capacity(self) -> int | None:
         return self.executor.capacity()

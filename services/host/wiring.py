@@ -37,6 +37,7 @@ from agents.pi.workflow import PIContext
 from bus.client import Bus
 from bus.errors import LabError
 from bus.permissions import convo_refusal, sender_refusal
+from bus.resultcache import ResultCache
 from bus.schema import (
     EXECUTOR_KINDS,
     ROLES,
@@ -177,7 +178,8 @@ class EngineerWiring(Wiring):
         self.jobs = ExecutorJobs(executor, runner_nats, job_secret)
 
     async def open(self, bus: Bus, states: StateStore) -> list[Coroutine[Any, Any, None]]:
-        watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states), self.jobs.keys)
+        results = self.jobs.open_results(await ResultCache.open(bus))
+        watch = JobWatch(bus, states, self.executor, self.jobs.open_ledger(states), self.jobs.keys, results)
         return [watch.watch_jobs(), watch.wake_waiting()]
 
     async def close(self) -> None:

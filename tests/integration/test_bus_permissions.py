@@ -200,3 +200,32 @@ async def test_a_durable_left_with_two_filters_is_narrowed_in_place(admin_bus, n
         assert (config.filter_subject, config.filter_subjects) == (f, None)
     finally:
         await pi.close()
+
+
+async def test_the_result_cache_is_the_engineers_alone(lab, nats_server):
+    """The engineer claims, stores, reads and deletes cache entries as itself; another role or a runner can forge none."""
+    from bus.resultcache import ResultCache
+    from bus.schema import JobStatus
+
+    engineer, ejs = await connect(nats_server, "engineer")
+    try:
+        cache = ResultCache(await ejs.key_value("lab_results"))
+        assert (await cache.claim("k1", "p1/x01/j1", "p1/x01/", stale_after_s=60)).kind == "run"
+        assert (await cache.lookup("k1", "p2/x01/")).kind == "wait"
+        await cache.release("k1", "p1/x01/")
+        assert (await cache.read("k1"))[0] is None
+        await cache.store_result("k2", "p1/x01/j1", JobStatus(job_id="j1", experiment_id="x01", state="succeeded"))
+        assert (await cache.lookup("k2", "p2/x01/")).kind == "hit"
+    finally:
+        await engineer.close()
+    for user in ("analyst", "runner"):
+        bus, js = await connect(nats_server, user)
+        try:
+            assert await refused(js.publish("$KV.lab_results.k2", b'{"state": "done"}'))
+            assert await refused(js.publish("$KV.lab_results.k3", b'{"state": "done"}'))
+            if user != "runner":  # a role may see the bucket exists (it creates the lab's streams), never read an entry
+                assert await refused((await js.key_value("lab_results")).get("k2"))
+        finally:
+            await bus.close()
+    entry, _ = await ResultCache(await lab.js.key_value("lab_results")).read("k2")
+    assert entry is not None and entry.owner == "p1/x01/j1"

@@ -62,7 +62,7 @@ async def test_the_engineer_plans_a_job_with_its_profile(profile, fast, gpu, max
     _, spec = load("char_lm")
     req = ExperimentRequest(experiment_id="x00-baseline", seeds=[0, 1, 2], template="char_lm", template_object="p/t.tar.gz",
                             spec=spec.model_dump(mode="json"), profile=profile, fast=fast)
-    record = await Engineer()._plan(SimpleNamespace(project="p"), req, 1, "")
+    record = await Engineer()._plan(SimpleNamespace(project="p", jobs=SimpleNamespace(results=None)), req, 1, "")  # no result cache
     job = record.spec
     chosen = spec.profile(profile or ("fast" if fast else None))
     assert job.gpu == gpu and job.memory_mb == chosen.resources.memory_mb and job.wall_time_s == chosen.time_budget_s

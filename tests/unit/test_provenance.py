@@ -104,10 +104,13 @@ def test_spend_totals_each_job_once_and_sums_only_the_measured_cpu_time() -> Non
             record("j2", "e-idea").model_copy(update={"wall_s": 1800.0, "cpu_s": 1700.0, "gpu_s": 3600.0}),  # 2 GPUs for 30 min
             record("j3", "e-idea").model_copy(update={"wall_s": 900.0, "cpu_s": None, "gpu_s": 900.0})]  # its own container
     sp = spend([*runs, runs[0]])  # a run reported twice is one job
-    assert sp == {"jobs": 3, "wall_s": 2800.0, "cpu_s": 1850.0, "cpu_measured": 2, "gpu_s": 4500.0, "gpu_hours": 1.25}
+    assert sp == {"jobs": 3, "wall_s": 2800.0, "cpu_s": 1850.0, "cpu_measured": 2, "gpu_s": 4500.0, "gpu_hours": 1.25, "reused": 0}
     usage = {"pi": Usage(prompt_tokens=1000, completion_tokens=200, cost_usd=0.5), "writer": Usage(prompt_tokens=10, completion_tokens=5)}
     assert spend(runs, usage)["llm"] == {"prompt_tokens": 1010, "completion_tokens": 205, "tokens": 1215, "cost_usd": 0.5}
-    assert spend([]) == {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0, "cpu_measured": 0, "gpu_s": 0.0, "gpu_hours": 0.0}
+    assert spend([]) == {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0, "cpu_measured": 0, "gpu_s": 0.0, "gpu_hours": 0.0, "reused": 0}
+    # A run the result cache served ran no job: counted as reused, not in the sums (its wall time was another project's).
+    served = record("j4", "e-base").model_copy(update={"wall_s": 100.0, "cpu_s": 150.0, "reused_from": "p0/x01-baseline/j0"})
+    assert spend([*runs, served]) == {**spend(runs), "reused": 1}
 
 
 def test_export_spend_counts_every_reported_run_not_only_the_analysed_ones(tmp_path: Path) -> None:
@@ -117,7 +120,7 @@ def test_export_spend_counts_every_reported_run_not_only_the_analysed_ones(tmp_p
     done = Exported(project="p1", out=tmp_path, finished=True, stage="done", runs=[analysed], reported=[analysed, failed], usage=usage)
     manifest = _manifest(done, None)
     assert [(r["job_id"], r["cpu_s"], r["gpu_s"]) for r in manifest["provenance"]] == [("j1", 30.0, 0.0)]
-    assert manifest["spend"] == {"jobs": 2, "wall_s": 66.0, "cpu_s": 33.0, "cpu_measured": 2, "gpu_s": 6.0, "gpu_hours": 0.0017,
+    assert manifest["spend"] == {"jobs": 2, "wall_s": 66.0, "cpu_s": 33.0, "cpu_measured": 2, "gpu_s": 6.0, "gpu_hours": 0.0017, "reused": 0,
                                  "llm": {"prompt_tokens": 7, "completion_tokens": 3, "tokens": 10, "cost_usd": 0.01},
                                  "estimate": None, "limits": None}
 
@@ -177,9 +180,21 @@ def test_export_manifest_traces_each_analysed_run_to_its_job(tmp_path: Path) -> 
     base, idea, old = rows
     assert base == {"experiment_id": "e-base", "job_id": "j1", "attempt": 1, "status": "succeeded", "executor": "local", "node": "h1",
                     "image": "", "interpreter": "/usr/bin/python3 3.11.9", "packages_sha256": packages_sha256({"numpy": "2.4.6"}),
-                    "code_sha256": "a" * 64, "diff_sha256": "", "reused": FRESH, "cpu_s": None, "gpu_s": 0.0}
+                    "code_sha256": "a" * 64, "diff_sha256": "", "reused": FRESH, "reused_from": "", "cpu_s": None, "gpu_s": 0.0}
     assert (idea["executor"], idea["node"], idea["image"], idea["code_sha256"]) == ("kubernetes", "gpu-node-3", "ghcr.io/lab/runner:1.2", "b" * 64)
     assert idea["diff_sha256"] == hashlib.sha256(DIFF.encode()).hexdigest()
     # A run recorded before provenance (or with no environment): every field says nothing rather than guess.
     assert (old["executor"], old["node"], old["image"], old["code_sha256"], old["reused"]) == ("", "", "", "", "fresh")
     assert provenance(runs[0]) == base
+
+
+def test_a_run_served_by_the_result_cache_says_where_from_in_export_and_paper(tmp_path: Path) -> None:
+    from agents.writer.assemble import provenance_rows
+
+    local = JobEnvironment(hostname="h1", node="h1", executor="local", interpreter="/usr/bin/python3 3.11.9")
+    served = record("j9", "x01-baseline", env=local).model_copy(update={"reused_from": "alpha/x01-baseline/j1234"})
+    done = Exported(project="beta", out=tmp_path, finished=True, stage="done", runs=[served])
+    [row] = _manifest(done, None)["provenance"]
+    assert (row["reused"], row["reused_from"]) == ("reused from alpha/x01-baseline", "alpha/x01-baseline/j1234")
+    assert provenance_rows([served])[0]["reused"] == "reused from alpha/x01-baseline"
+    assert provenance_rows([record("j1", "x01-baseline", env=local)])[0]["reused"] == "fresh"

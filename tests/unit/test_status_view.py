@@ -90,6 +90,11 @@ def test_the_compute_so_far_fits_80_columns_for_running_projects_and_wide_has_ev
     assert "1 job, 1.0 CPU-min, 0 GPU-h" in wide.export_text()
     # Read from the same runs as export.json's spend.
     assert [r.job_id for r in gpu.runs] == ["j3", "j4"] and gpu.runs[1].cpu_s is None
+    # A run the result cache served is no job of this project's: said apart.
+    from bus.provenance import spend
+    from services.cli.status import compute
+    served = done.runs[0].model_copy(update={"job_id": "j6", "reused_from": "other/x01-baseline/j0"})
+    assert compute(spend([*done.runs, served])) == "1 job, 1.0 CPU-min, 0 GPU-h, 1 reused"
 
 
 def test_a_project_waiting_for_approval_shows_its_estimate_and_the_command_in_80_columns():

@@ -261,13 +261,14 @@ def test_figure_caption_names_the_test_that_ran():
 
 
 async def test_provenance_appendix_lists_each_run_with_its_job_image_and_code_hash():
-    """One table: experiment, job, what it ran in, the code hash's first twelve hex digits, and "fresh" (there is no cache)."""
+    """One table: experiment, job, what it ran in, the code hash's first twelve hex digits, and "fresh" or where the cache reused it from."""
     from bus.provenance import packages_sha256
     code = {"job-b1": "0123456789ab" + "c" * 52, "job-w1": "fedcba987654" + "3" * 52, "job-w0": "9" * 64}
     local = ENV.model_copy(update={"interpreter": "/usr/bin/python3 3.11.9", "packages_sha256": packages_sha256(ENV.packages)})
     pod = ENV.model_copy(update={"executor": "kubernetes", "image": "ghcr.io/lab/runner@sha256:" + "e" * 64, "node": "gpu-3"})
     runs = [r.model_copy(update={"environment": (pod if r.job_id == "job-w1" else local).model_copy(update={"code_sha256": code[r.job_id]}),
-                                 "attempt": 2 if r.job_id == "job-w0" else 1})
+                                 "attempt": 2 if r.job_id == "job-w0" else 1,
+                                 "reused_from": "alpha/x01-wd/j77" if r.job_id == "job-w1" else ""})
             if r.job_id in code else r for r in RUNS]
     req = request(runs=runs)
     out, store = await write(req)
@@ -276,12 +277,13 @@ async def test_provenance_appendix_lists_each_run_with_its_job_image_and_code_ha
     rows = [ln for ln in appendix.splitlines() if ln.startswith("| exp-")]
     assert rows == [
         f"| exp-job-b1 | `job-b1` | interpreter Python 3.11.9, packages sha256 {packages_sha256(ENV.packages)[:12]} | `0123456789ab` | fresh |",
-        f"| exp-job-w1 | `job-w1` | ghcr.io/lab/runner@sha256:{'e' * 64} | `fedcba987654` | fresh |",
+        f"| exp-job-w1 | `job-w1` | ghcr.io/lab/runner@sha256:{'e' * 64} | `fedcba987654` | reused from alpha/x01-wd |",
         "| exp-job-w0 | `job-w0 (attempt 2)` | interpreter Python 3.11.9, packages sha256 "
         f"{packages_sha256(ENV.packages)[:12]} | `999999999999` | fresh |",
         "| exp-x9 | `job-x9` | not recorded | `not recorded` | fresh |",  # a run with no recorded environment says so
     ]
-    assert "## Appendix D: Provenance" in md and "No result cache exists: every run is fresh." in md
+    assert "## Appendix D: Provenance" in md and "names the project and experiment whose run it reused" in md
+    assert "reused from alpha/x01-wd" in tex
     assert "/usr/bin/python3" not in appendix and "/usr/bin/python3" not in tex  # the paper names no path of the lab's machine
     assert "\\section{Provenance}" in tex and "\\texttt{0123456789ab} & fresh" in tex and "job-w0 (attempt 2)" in tex
     assert "ghcr.io/\\allowbreak{}lab/\\allowbreak{}runner@" in tex  # a long image reference may wrap in its cell
