@@ -282,7 +282,9 @@ def test_chaos_nats_server_killed_mid_project(lab_env, tmp_path):
 
 
 def test_the_same_run_twice_on_one_lab_home(lab_env, tmp_path):
-    """README command 1 run again on the same LAB_HOME: the second project runs its own jobs, not the first's."""
+    """README command 1 run again on the same LAB_HOME: the second project is its own, and what it asks that the first
+    already ran (same code, configuration, seeds and runtime) is served by the result cache, named as reused, never re-run.
+    """
     home, env = lab_env
     outs = [tmp_path / "first", tmp_path / "second"]
     for out in outs:
@@ -290,14 +292,24 @@ def test_the_same_run_twice_on_one_lab_home(lab_env, tmp_path):
     convos = [conversation(out) for out in outs]
     projects = [{m["project"] for m in c} for c in convos]
     assert len(projects[0]) == len(projects[1]) == 1 and projects[0] != projects[1]
+    [first] = projects[0]
     jobs = [{j for m in c if m["body"]["type"] == "experiment_planned" for j in m["body"]["job_ids"]} for c in convos]
     assert jobs[0] and jobs[1] and not jobs[0] & jobs[1], jobs
-    for c, mine in zip(convos, jobs, strict=True):
+    runs = [[r for m in c if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"]] for c in convos]
+    for c, mine, ran in zip(convos, jobs, runs, strict=True):
         check_nothing_lost(c)
-        ran = {r["job_id"] for m in c if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"]}
-        assert ran == mine
-        assert all(r["status"] == "succeeded" for m in c if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"])
-    assert {d.name for d in (home / "jobs").iterdir()} == jobs[0] | jobs[1]
-    # results/<experiment-id>/ for people; the job each folder holds, in export.json, is each project's own.
+        assert {r["job_id"] for r in ran} == mine
+        assert ran and all(r["status"] == "succeeded" for r in ran)
+    assert all(r["reused_from"] == "" for r in runs[0])  # a fresh LAB_HOME: nothing to reuse
+    reused = [r for r in runs[1] if r["reused_from"]]
+    assert reused and all(r["reused_from"].startswith(f"{first}/") for r in reused), [r["reused_from"] for r in runs[1]]
+    # Only what ran has a job folder: the served runs never started a job.
+    ran_fresh = jobs[0] | {r["job_id"] for r in runs[1] if not r["reused_from"]}
+    assert {d.name for d in (home / "jobs").iterdir()} == ran_fresh
+    # results/<experiment-id>/ for people; the job each folder holds, in export.json, is each project's own run.
     held = [{r["job_id"] for r in json.loads((out / "export.json").read_text())["results"].values()} for out in outs]
-    assert held[0] == jobs[0] and held[1] == jobs[1]
+    assert held[0] == jobs[0] and held[1] <= jobs[1]
+    second = json.loads((outs[1] / "export.json").read_text())
+    assert second["spend"]["reused"] == len(reused)
+    assert {row["reused"] for row in second["provenance"] if row["job_id"] in {r["job_id"] for r in reused}} == {
+        f"reused from {r['reused_from'].rsplit('/', 1)[0]}" for r in reused}
