@@ -11,7 +11,8 @@ and ``export.json`` says so.
     review.json                                              the reviews, every round
     analysis.json                                            the latest analysis report
     baseline.md                                              a template with nothing to vary: its baseline characterised
-    results/<experiment-id>/...                              every run's files (``-attempt2``… when retried; job ids in export.json)
+    results/<experiment-id>/...                              every run's files (``-attempt2``… when retried; job ids in export.json;
+                                                             a run the result cache served: the files of the run it reused)
     conversation.jsonl                                       the whole log
     export.json                                              finished or not, the decision, the files, each analysed run's provenance, the compute spent
 """
@@ -197,6 +198,18 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
         if done.results.setdefault(folder, parts[2]) != parts[2]:  # two jobs under one name: the job's own id keeps them apart
             folder = done.results.setdefault(parts[2], parts[2])
         await _fetch(artifacts, name, out / "results" / folder / parts[3], done)
+    for run in log.runs:  # a run the result cache served: its files are the project that ran it's, exported here as this one's
+        if not run.reused_from:
+            continue
+        folder = log.folder(run.job_id)
+        if done.results.setdefault(folder, run.job_id) != run.job_id:
+            folder = done.results.setdefault(run.job_id, run.job_id)
+        for name in run.artifacts:
+            parts = name.split("/", 3)
+            if len(parts) < 4 or parts[1] != "runs":
+                done.refused.append((name, "not a run's file (<project>/runs/<job>/<file>)"))
+                continue
+            await _fetch(artifacts, name, out / "results" / folder / parts[3], done)
     if (out / "results").is_dir():
         files.append(("results/", out / "results"))
     convo = out / "conversation.jsonl"

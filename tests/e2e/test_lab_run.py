@@ -308,7 +308,13 @@ def test_the_same_run_twice_on_one_lab_home(lab_env, tmp_path):
     assert {d.name for d in (home / "jobs").iterdir()} == ran_fresh
     # results/<experiment-id>/ for people; the job each folder holds, in export.json, is each project's own run.
     held = [{r["job_id"] for r in json.loads((out / "export.json").read_text())["results"].values()} for out in outs]
-    assert held[0] == jobs[0] and held[1] <= jobs[1]
+    assert held[0] == jobs[0] and held[1] == jobs[1]
+    # A served run's files are exported with the project that reused them: the same results as the run it reused.
+    by_job = [{j: e for e, v in json.loads((out / "export.json").read_text())["results"].items() for j in [v["job_id"]]} for out in outs]
+    for r in reused:
+        owner_job = r["reused_from"].rsplit("/", 1)[1]
+        mine, theirs = outs[1] / "results" / by_job[1][r["job_id"]], outs[0] / "results" / by_job[0][owner_job]
+        assert (mine / "final_info.json").read_bytes() == (theirs / "final_info.json").read_bytes()
     second = json.loads((outs[1] / "export.json").read_text())
     assert second["spend"]["reused"] == len(reused)
     assert {row["reused"] for row in second["provenance"] if row["job_id"] in {r["job_id"] for r in reused}} == {

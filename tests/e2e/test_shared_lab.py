@@ -41,7 +41,9 @@ def start_projects(env: dict, tmp_path: Path, n: int) -> list[tuple[subprocess.P
     for i in range(n):
         out = tmp_path / f"out{i}"
         log = open(tmp_path / f"run{i}.log", "w")
-        args = lab_cmd("run", "--template", TEMPLATE, "--fast", "--seed", str(i), "--max-ideas", "1", "--max-rounds", "0", "-q", "--out", str(out))
+        # --no-cache: these tests measure how projects share the lab, which identical runs served once would hide.
+        args = lab_cmd("run", "--template", TEMPLATE, "--fast", "--seed", str(i), "--max-ideas", "1", "--max-rounds", "0", "--no-cache", "-q",
+                       "--out", str(out))
         runs.append((subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), out))
     return runs
 
