@@ -92,14 +92,20 @@ def estimate(
     return est.model_copy(update={"needs_approval": bool(why), "why": "; ".join(why)})
 
 
+def _ran(runs: list[RunRecord]) -> list[RunRecord]:
+    """Each job once (a job's record may appear in several experiments' results), and only jobs that ran: a run the
+    result cache served (``reused_from``) used no compute of this project's, and the project that ran it counts it."""
+    return [r for r in {r.job_id: r for r in runs}.values() if not r.reused_from]
+
+
 def gpu_hours(runs: list[RunRecord]) -> float:
-    """GPU-hours the runs used, each job once (a job's record may appear in several experiments' results)."""
-    return sum(r.gpu_s for r in {r.job_id: r for r in runs}.values()) / 3600
+    """GPU-hours the runs used."""
+    return sum(r.gpu_s for r in _ran(runs)) / 3600
 
 
 def cpu_hours(runs: list[RunRecord]) -> float:
     """CPU-hours the runs used, from those whose CPU time was measured (a job in its own container is not)."""
-    return sum(r.cpu_s or 0.0 for r in {r.job_id: r for r in runs}.values()) / 3600
+    return sum(r.cpu_s or 0.0 for r in _ran(runs)) / 3600
 
 
 def spent_reason(budget: Budget, runs: list[RunRecord], usage: dict[str, Usage]) -> str:

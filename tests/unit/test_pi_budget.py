@@ -212,3 +212,10 @@ async def test_the_pi_wiring_sums_the_gpu_hours_of_every_stored_project(tmp_path
     wiring.states = States()  # type: ignore[assignment]
     assert await wiring.lab_gpu_hours("alice") == (3.5, 1.5)  # the lab's, and alice's project a's
     assert await wiring.lab_gpu_hours("carol") == (3.5, 0.0)
+
+
+def test_a_run_the_result_cache_served_costs_the_reusing_project_nothing():
+    served = gpu_runs("x02", "baseline", 7200.0).runs[0].model_copy(update={"job_id": "j-served", "reused_from": "other/x01-baseline/j0"})
+    ran = gpu_runs("x01", "baseline", 3600.0).runs[0]
+    assert money.gpu_hours([ran, served]) == 1.0 and money.gpu_hours([served]) == 0.0
+    assert money.spent_reason(Budget(max_gpu_hours=1.5), [ran, served], {}) == ""
