@@ -189,6 +189,21 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
         (out / "baseline.md").write_text(baseline_report(log.start.spec, log.runs))
         record_measured(log.start.spec.name, log.runs, project)  # its first run's wall time: the next project's time budget
         files.append(("baseline.md", out / "baseline.md"))
+    await _export_results(artifacts, project, log, out, done)
+    if (out / "results").is_dir():
+        files.append(("results/", out / "results"))
+    convo = out / "conversation.jsonl"
+    convo.write_text("".join(line + "\n" for line in log.lines))
+    files.append(("conversation.jsonl", convo))
+
+    manifest = out / "export.json"
+    manifest.write_text(json.dumps(_manifest(done, paper), indent=2))
+    files.append(("export.json", manifest))
+    return done
+
+
+async def _export_results(artifacts: Artifacts, project: str, log: _Log, out: Path, done: Exported) -> None:
+    """Every run's files under ``results/<experiment-id>/``: the project's own jobs', then those of runs the cache served."""
     for name in await artifacts.list(f"{project}/runs/"):
         parts = name.split("/", 3)
         if len(parts) < 4:
@@ -210,16 +225,6 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
                 done.refused.append((name, "not a run's file (<project>/runs/<job>/<file>)"))
                 continue
             await _fetch(artifacts, name, out / "results" / folder / parts[3], done)
-    if (out / "results").is_dir():
-        files.append(("results/", out / "results"))
-    convo = out / "conversation.jsonl"
-    convo.write_text("".join(line + "\n" for line in log.lines))
-    files.append(("conversation.jsonl", convo))
-
-    manifest = out / "export.json"
-    manifest.write_text(json.dumps(_manifest(done, paper), indent=2))
-    files.append(("export.json", manifest))
-    return done
 
 
 def _exported(project: str, out: Path, state: ProjectView | None, log: _Log) -> Exported:

@@ -75,6 +75,10 @@ def example_bodies() -> list[dict]:
         {"type": "decision", "accepted": True, "reason": "good", "rounds": 1},
         {"type": "step_failed", "step": "experiment", "reason": "boom"},
         {"type": "usage_report", "usage": {"prompt_tokens": 1, "completion_tokens": 2, "cost_usd": 0.1}},
+        {"type": "project_estimate", "estimate": {"runs": 12, "job_s": 60.0, "job_s_from": "the time budget of profile gpu, an upper bound",
+                                                  "gpus_per_job": 1, "cpus_per_job": 1.0, "gpu_hours": 0.2, "cpu_hours": 0.2,
+                                                  "needs_approval": True, "why": "0.20 GPU-h is over the lab's approval threshold"}},
+        {"type": "project_approval", "approved": False, "reason": "no GPUs this week"},
     ]
 
 

@@ -17,12 +17,16 @@ class Executor:
     """Runs each submitted job's bundle at once, as the job runner would, and keeps its final_info (no bus, no sandbox)."""
 
     ledger = None  # no lab-wide ledger: the engineer counts this project's jobs
+    results = None  # no result cache: every job runs
 
     def __init__(self, store, tmp: Path) -> None:  # type: ignore[no-untyped-def]
-        self.store, self.tmp, self.submitted, self.results = store, tmp, [], {}
+        self.store, self.tmp, self.submitted, self.finals = store, tmp, [], {}
 
     def capacity(self) -> int | None:
         return None
+
+    def runtime(self) -> str:
+        return "this test's python"
 
     async def submit(self, job) -> None:  # type: ignore[no-untyped-def]
         import subprocess
@@ -37,7 +41,7 @@ class Executor:
         cmd = [sys.executable, "experiment.py", "--out_dir", str(work / "out"), "--seeds", ",".join(map(str, job.seeds)), *flags]
         proc = subprocess.run(cmd, cwd=work / "code", capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        self.results[job.job_id] = FinalInfo.model_validate_json((work / "out" / "final_info.json").read_text())
+        self.finals[job.job_id] = FinalInfo.model_validate_json((work / "out" / "final_info.json").read_text())
 
     async def cancel(self, job_id: str) -> None:
         pass
@@ -77,7 +81,7 @@ class Lab:
         assert not planned.rejected, planned.rejected
         (job_id,) = planned.job_ids
         done = await self.send(JobStatus(job_id=job_id, experiment_id=exp_id, state="succeeded",
-                                         final_info=self.executor.results[job_id]), sender="runner")
+                                         final_info=self.executor.finals[job_id]), sender="runner")
         (result, _), = done
         self.results += result.runs
 
