@@ -207,8 +207,11 @@ class LocalExecutor:
                 pass
         if proc is not None:
             proc.wait()
-        if pid is not None or proc is not None:
-            sweep(self._dir(job_id))
+        d = self._dir(job_id)
+        if pid is not None or proc is not None or (d / "work").exists():
+            # The runner is gone now: killed here, or it ended while no process of this executor watched it (the
+            # engineer restarted in between, so nothing polled it): either way nothing of the experiment's stays.
+            sweep(d)
 
     def _recorded_runner(self, job_id: str) -> int | None:
         return recorded_runner(self._dir(job_id))

@@ -18,6 +18,7 @@ from bus.jobkeys import JobKeys
 from bus.schema import JobSpec, NatsAccess, decode
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA, EXIT_OK
 from bus.store import Artifacts
+from services.common.process import alive
 from services.executors.base import ExecutorError
 from services.executors.local import LocalExecutor
 from tests.proc_helpers import processes_with
@@ -210,6 +211,30 @@ async def test_local_executor_submits_once_and_cancels(admin_bus, nats_server, t
     assert (await ex.poll("jl")).state == "failed"
     assert processes_with(token) == []
     await ex.close()
+
+
+async def test_a_job_that_ended_while_no_executor_watched_it_is_swept_at_cleanup(admin_bus, nats_server, tmp_path):
+    """The engineer (and its executor) restarted while the job ran; its status came over the bus, so nothing polled it:
+    the project's cleanup still moves the runner's files up and removes work/ (the chaos test's agent kills found it)."""
+    art = await Artifacts.open(admin_bus)
+    await art.put("p1/template.tar.gz", template(tmp_path, "pass"))
+    job = JobSpec(
+        job_id="je", project="p1", experiment_id="x01", template="tpl", bundle_object="p1/template.tar.gz", seeds=[0],
+        wall_time_s=60, memory_mb=256, nats=NatsAccess(url=nats_server.url, user="runner", password=nats_server.credentials["runner"]),
+    )
+    first = LocalExecutor(jobs_dir=str(tmp_path / "jobs"), capacity=1)
+    await first.submit(job)
+    d = tmp_path / "jobs" / "je"
+    for _ in range(600):
+        if (d / "work" / "result.json").is_file() and not alive(int((d / "pid").read_text())):
+            break
+        time.sleep(0.1)
+    assert (d / "work" / "result.json").is_file() and (d / "work" / "log.txt").is_file()
+    restarted = LocalExecutor(jobs_dir=str(tmp_path / "jobs"), capacity=1)  # knows no process of it
+    await restarted.cleanup("p1")
+    assert not (d / "work").exists() and (d / "log.txt").is_file() and (d / "result.json").is_file()
+    await first.close()
+    await restarted.close()
 
 
 async def test_local_executor_refuses_a_job_directory_of_another_project(tmp_path):
