@@ -39,12 +39,17 @@ def tree_sha256(folder: Path, skip: frozenset[str] = frozenset()) -> str:
     out, so running the code (which may write ``__pycache__``) does not change its hash; a symbolic link
     counts by its target text, never followed. An empty or missing folder hashes like no file at all.
     """
-    h = hashlib.sha256()
     files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.is_dir() else []
-    for rel, p in files:
-        if _skipped(Path(rel)) or rel.split("/", 1)[0] in skip:
-            continue
-        data = str(p.readlink()).encode() if p.is_symlink() else p.read_bytes()
+    return _digest(
+        (rel, str(p.readlink()).encode() if p.is_symlink() else p.read_bytes())
+        for rel, p in files if not (_skipped(Path(rel)) or rel.split("/", 1)[0] in skip)
+    )
+
+
+def _digest(entries: Iterable[tuple[str, bytes]]) -> str:
+    """sha256 over (relative path, bytes) pairs given in sorted path order: the one framing both hashes of a code tree use."""
+    h = hashlib.sha256()
+    for rel, data in entries:
         name = rel.encode()
         # Lengths first, so no two different trees can concatenate to the same stream.
         h.update(len(name).to_bytes(8, "big") + name + len(data).to_bytes(8, "big"))
@@ -58,7 +63,6 @@ def tar_sha256(data: bytes) -> str:
     The result cache keys a run's code with it before anything is unpacked; a leading ``./`` is dropped.
     Raises ``ValueError`` for a bundle whose files add up to more than ``TAR_HASH_LIMIT`` bytes.
     """
-    h = hashlib.sha256()
     entries: list[tuple[str, bytes]] = []
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = tar.getmembers()
@@ -70,11 +74,7 @@ def tar_sha256(data: bytes) -> str:
                 continue
             f = tar.extractfile(m) if m.isfile() else None
             entries.append((rel, f.read() if f is not None else m.linkname.encode()))
-    for rel, body in sorted(entries):
-        name = rel.encode()
-        h.update(len(name).to_bytes(8, "big") + name + len(body).to_bytes(8, "big"))
-        h.update(body)
-    return h.hexdigest()
+    return _digest(sorted(entries))
 
 
 def reused_text(reused_from: str) -> str:
