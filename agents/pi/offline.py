@@ -187,7 +187,8 @@ class OfflinePIMind:
                 if runs_left >= 2:
                     runs_left -= 2
                     arms = "the baseline" if item.target == BASELINE else f"{item.target} and the baseline"
-                    out.append(ItemResponse(item_id=item.id, action="act", text=f"running more seeds for {arms}"))
+                    more = f"up to {item.seeds} seeds per arm" if item.seeds else "more seeds"
+                    out.append(ItemResponse(item_id=item.id, action="act", text=f"running {arms} with {more}"))
                 else:
                     text = f"the run budget is spent ({ctx.runs_left} runs left); the limitation is stated"
                     out.append(ItemResponse(item_id=item.id, action="rebut", text=text))

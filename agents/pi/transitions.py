@@ -833,31 +833,58 @@ def review_answered(st: ProjectState, items: list[RevisionItem], responses: list
                      for r in responses]
     st.revision_items, st.responses = items, responses
     st.round += 1
-    out.append(Send(Rebuttal(round=st.round - 1, responses=responses), "reviewer"))
     for r in responses:
         item = by_id.get(r.item_id)
         if r.action == "act" and item is not None and item.kind == "more_seeds":
-            _more_seeds(st, out, item.target)
+            _more_seeds(st, out, item)
         if r.action == "act" and item is not None and wants_references(item):
             _search_references(st, out, item.id)
+    out.insert(0, Send(Rebuttal(round=st.round - 1, responses=st.responses), "reviewer"))
     st.stage = "experiments"
     return Step(st, out, _advance(st, out, now))
 
 
-def _more_seeds(st: ProjectState, out: list[Effect], target: str) -> None:
-    """Run more seeds for an idea, and for the baseline too, so both arms keep equal seeds."""
+def seeds_to_add(st: ProjectState, arm: str, asked: int | None) -> list[int]:
+    """The seeds a more_seeds item adds to one arm: up to the number it asks for in all (at most the budget's
+    ``max_seeds_per_arm``), else the template's usual number more; never a seed the arm already has."""
+    have = {s for e in st.experiments.values() if e.idea_id == arm for s in e.seeds}
+    if asked is None:
+        first = max(have, default=-1) + 1
+        return list(range(first, first + st.spec.seeds))
+    want = min(asked, st.budget.max_seeds_per_arm) - len(have)
+    free = (s for s in range(st.budget.max_seeds_per_arm + max(have, default=0) + 1) if s not in have)
+    return [s for _, s in zip(range(max(want, 0)), free, strict=False)]
+
+
+def _more_seeds(st: ProjectState, out: list[Effect], item: RevisionItem) -> None:
+    """Run more seeds for an idea, and for the baseline too, so both arms keep equal seeds.
+
+    The answer says what was run: "act" on an ask the per-arm limit cuts short names the limit; one it stops
+    entirely becomes a rebuttal, as a citation item with nothing to cite does.
+    """
+    target = item.target
     arms = [target] if target == BASELINE else [target, BASELINE]
+    ran: dict[str, int] = {}
     for arm in arms:
         if arm != BASELINE and arm not in st.ideas:
             continue
         if st.runs_used >= st.budget.max_runs or compute_spent(st, out):
             return
-        have = {s for e in st.experiments.values() if e.idea_id == arm for s in e.seeds}
         if any(e.idea_id == arm and e.round == st.round for e in st.experiments.values()):
             continue  # already asked this round
-        first = max(have, default=-1) + 1
-        idea = st.ideas[arm].idea if arm in st.ideas else None
-        _request_experiment(st, out, arm, idea, list(range(first, first + st.spec.seeds)))
+        seeds = seeds_to_add(st, arm, item.seeds)
+        ran[arm] = len(seeds)
+        if seeds:
+            idea = st.ideas[arm].idea if arm in st.ideas else None
+            _request_experiment(st, out, arm, idea, seeds)
+    if item.seeds is not None and item.seeds > st.budget.max_seeds_per_arm:
+        limit = st.budget.max_seeds_per_arm
+        if ran and not any(ran.values()):
+            why = f"not done: the arms already have {limit} seeds, the most this project's budget runs per arm (max_seeds_per_arm)"
+            st.responses = [r.model_copy(update={"action": "rebut", "text": why}) if r.item_id == item.id else r for r in st.responses]
+        elif ran:
+            why = f" (up to {limit} seeds per arm, this project's max_seeds_per_arm, of the {item.seeds} asked; the shortfall is stated)"
+            st.responses = [r.model_copy(update={"text": r.text + why}) if r.item_id == item.id else r for r in st.responses]
 
 
 def _search_references(st: ProjectState, out: list[Effect], item_id: str) -> None:

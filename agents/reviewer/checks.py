@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from bus.schema import BASELINE, AnalysisReport, Comparison, Reference, ReviewEvidence, TemplateSpec
+from bus.schema import BASELINE, AnalysisReport, Comparison, Reference, ReviewEvidence, RevisionItem, TemplateSpec
 
 AREAS = ("statistics", "setup", "claims", "literature")
 BLOCKING = {"more_seeds", "add_baseline", "add_limitation", "rewrite_section"}
@@ -32,6 +32,9 @@ NUM = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 SKIP_PARTS = ("references", "revisions")
 # A citation as the writer renders it: [key], [@key], or (Author, 2021).
 CITE = re.compile(r"\[@?[\w:.-]+\]|\([A-Z][^()]{0,80}?\b\d{4}[a-z]?\)")
+# The seeds per arm a more_seeds finding asks for, in the two phrasings the checks write ("up to 10 seeds",
+# "at least 5 in all"); the number travels to the PI as ``RevisionItem.seeds``.
+SEEDS_ASKED = re.compile(r"\b(?:up to|at least) (\d+)(?: seeds\b| in all\b)")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ class Finding:
     @property
     def blocking(self) -> bool:
         return self.kind in BLOCKING or self.kind == "fatal" or self.open_item
+
+    def item(self, id: str) -> RevisionItem:
+        """The revision item this finding asks for; a seeds ask carries its number of seeds per arm."""
+        kind = self.kind if self.kind != "fatal" else "rewrite_section"
+        m = SEEDS_ASKED.search(self.text) if kind == "more_seeds" else None
+        return RevisionItem(id=id, kind=kind, text=self.text.strip(), target=self.target, seeds=int(m.group(1)) if m else None)
 
     def tagged(self) -> str:
         if self.kind == "fatal":

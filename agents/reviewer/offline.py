@@ -49,7 +49,6 @@ from bus.schema import (
     Review,
     ReviewEvidence,
     ReviewScores,
-    RevisionItem,
     TemplateSpec,
     Usage,
 )
@@ -279,8 +278,7 @@ class OfflineReviewerMind:
         overall = two_decimals(mean(r.scores.overall for r in reviews)) if reviews else 1.0
         fatal = [f for f in found if f.kind == "fatal"]
         blocking = [f for f in found if f.blocking]
-        items = [RevisionItem(id=f"r{round}-{n}", kind=f.kind, text=f.text, target=f.target)
-                 for n, f in enumerate((f for f in found if f.kind != "fatal"), 1)]
+        items = [f.item(f"r{round}-{n}") for n, f in enumerate((f for f in found if f.kind != "fatal"), 1)]
         rule = (f"Rule: reject on a fatal finding; accept when no blocking item remains, the mean overall is >= {ACCEPT_AT} "
                 f"and a primary comparison is significant after correction; reject an inconclusive study with nothing left to fix; "
                 f"otherwise revise while rounds are left (this is round {round}; revisions end at round {max_rounds}).")

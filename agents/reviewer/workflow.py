@@ -57,8 +57,7 @@ def gate(meta: MetaReview, blockers: list[Finding], round: int, max_rounds: int)
         return meta
     have = {(i.kind, i.target, i.text.strip()) for i in meta.revision_items}
     n = len(meta.revision_items)
-    extra = [RevisionItem(id=f"r{round}-c{k}", kind=f.kind if f.kind != "fatal" else "rewrite_section", text=f.text.strip(), target=f.target)
-             for k, f in enumerate((f for f in blockers if (f.kind, f.target, f.text.strip()) not in have), n + 1)]
+    extra = [f.item(f"r{round}-c{k}") for k, f in enumerate((f for f in blockers if (f.kind, f.target, f.text.strip()) not in have), n + 1)]
     items = [*meta.revision_items, *extra]
     if meta.decision == "revise":
         return meta.model_copy(update={"revision_items": items})

@@ -21,6 +21,8 @@ class Budget(Model):
     # The most runs the co-PI may raise max_runs to (`lab say 'raise runs to N'`); None: twice the
     # max_runs the project started with (the PI fixes it at the start), never over 1000.
     max_runs_limit: int | None = Field(None, ge=1, le=1000)
+    # The most seeds a review's more_seeds item takes one arm to (a seed plan can ask for dozens; each is a run of the job).
+    max_seeds_per_arm: int = Field(20, ge=1, le=1000)
     # Compute the project's jobs may use, summed over the runs reported so far (``RunRecord.gpu_s`` / ``cpu_s``):
     # once spent, the PI schedules no new run and the project finishes with the results in hand.
     max_gpu_hours: float | None = Field(None, ge=0)

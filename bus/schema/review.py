@@ -45,6 +45,9 @@ class RevisionItem(Model):
     kind: RevisionKind
     text: str
     target: str = ""  # idea id, section name, ...
+    # A more_seeds item: the seeds per arm it asks the target to reach in all (the seed plan's, or the rubric's
+    # minimum). None: unstated (a model's item), and the PI adds the template's usual number.
+    seeds: int | None = Field(None, ge=1, le=1000)
 
 
 class MetaReview(Model):

@@ -376,6 +376,41 @@ def test_answers_to_a_review_send_a_rebuttal_more_seeds_and_a_reference_search()
     assert found.state.responses[1].text == "cited (added k9)" and found.state.responses[1].action == "act"
 
 
+def test_more_seeds_runs_each_arm_up_to_the_number_the_item_asks_for():
+    """Found running README command 1: the reviewer asked for the seed plan's 10 per arm and the PI ran 3 more each round,
+    so the rounds ran out with the plan unmet. An ask with a number takes each arm up to it, in one round."""
+    st = to_review()
+    items = [RevisionItem(id="r0-1", kind="more_seeds", text="Run `i4` up to 10 seeds.", target="i4", seeds=10)]
+    st = t.review_done(st, revise(*items), T0).state
+    step = t.review_answered(st, items, [ItemResponse(item_id="r0-1", action="act", text="running")], T0)
+    _, more, base = (b for b, _ in step.sent)
+    assert more.seeds == base.seeds == list(range(3, 10))
+    assert step.sent[0][0].responses[0].text == "running"  # nothing cut short, nothing added to the answer
+
+
+def test_a_seeds_ask_over_the_per_arm_limit_runs_to_the_limit_and_says_so_then_rebuts():
+    st = to_review(max_seeds_per_arm=6)
+    items = [RevisionItem(id="r0-1", kind="more_seeds", text="Run `i4` up to 37 seeds.", target="i4", seeds=37)]
+    st = t.review_done(st, revise(*items), T0).state
+    step = t.review_answered(st, items, [ItemResponse(item_id="r0-1", action="act", text="running")], T0)
+    _, more, base = (b for b, _ in step.sent)
+    assert more.seeds == base.seeds == [3, 4, 5]
+    (answer,) = step.sent[0][0].responses
+    assert answer.action == "act" and "up to 6 seeds per arm" in answer.text and "of the 37 asked" in answer.text
+    assert step.state.responses == [answer]
+    # The next round asks again; the arms are at the limit, so nothing runs and the answer is a rebuttal naming it.
+    st = step.state
+    for exp in [e for e in st.experiments.values() if e.round == 1]:
+        st = t.result(st, runs(exp.experiment_id, exp.idea_id, [1, 1, 1], [3, 4, 5]), T0).state
+    st.stage, st.revision_items = "review", []
+    items = [RevisionItem(id="r1-1", kind="more_seeds", text="Run `i4` up to 37 seeds.", target="i4", seeds=37)]
+    st = t.review_done(st, revise(*items), T0).state
+    step = t.review_answered(st, items, [ItemResponse(item_id="r1-1", action="act", text="running")], T0)
+    assert "experiment_request->engineer" not in kinds(step)
+    (answer,) = step.sent[0][0].responses
+    assert answer.action == "rebut" and "max_seeds_per_arm" in answer.text
+
+
 def test_more_seeds_on_a_template_that_runs_its_own_seeds_is_rebutted_not_rerun():
     """An AI Scientist template ignores the seed list: a re-run would only repeat seeds 0..n-1 (duplicates, no new evidence)."""
     st = to_review()

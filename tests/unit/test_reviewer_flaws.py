@@ -345,10 +345,13 @@ async def test_the_seeds_asked_for_in_the_first_round_are_the_seed_plans_not_a_s
     asks = {i.target: i.text for i in done.meta.revision_items if i.kind == "more_seeds"}
     assert set(asks) == {"wd-1", "warmup-300", "baseline"}, asks
     assert all("the seed plan asks for 37 per arm" in t and "at least 5" not in t for t in asks.values()), asks
+    # The number travels to the PI as a field, not only as words: it runs each arm up to it.
+    assert {i.seeds for i in done.meta.revision_items if i.kind == "more_seeds"} == {37}
     # A plan that asks for fewer than the rubric's five leaves the rubric's ask.
     small = few.model_copy(update={"seed_plan": few.seed_plan.model_copy(update={"seeds": 4})})
     asks = {i.target: i.text for i in (await review(paper(small), small)).meta.revision_items if i.kind == "more_seeds"}
     assert asks and all("at least 5 in all" in t for t in asks.values()), asks
+    assert {i.seeds for i in (await review(paper(small), small)).meta.revision_items if i.kind == "more_seeds"} == {5}
 
 
 def test_a_template_that_runs_its_own_seeds_is_asked_for_a_limitation_not_for_seeds_it_cannot_run():

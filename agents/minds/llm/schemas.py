@@ -129,6 +129,7 @@ class RevisionDraft(Answer):
     kind: RevisionKind
     text: str
     target: str
+    seeds: int | None = Field(None, ge=1, le=1000, description="more_seeds only: the seeds per arm the target should reach in all")
 
     def to_item(self) -> RevisionItem:
         return RevisionItem(**self.model_dump())
