@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from bus.schema import JobSpec, NatsAccess
+from services.common.config import merge_layer
+from services.executors.render import KubernetesSettings
 from tests.conftest import ROOT as REPO
 
 K8S_VERSION = "1.33"
@@ -36,6 +38,20 @@ def validate(doc: dict[str, Any]) -> None:
     if doc["apiVersion"].startswith(CRD_GROUPS):
         return
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def lab_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lab config of a build as the agents read it: the ConfigMap lab-config's files merged in name order."""
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
+    merged: dict[str, Any] = {}
+    for name in sorted(cm["data"]):
+        assert name.endswith(".yaml"), name  # only *.yaml files are layers (services/common/config.py)
+        merged = merge_layer(merged, yaml.safe_load(cm["data"][name]) or {})
+    return merged
+
+
+def executor_settings(docs: list[dict[str, Any]]) -> KubernetesSettings:
+    return KubernetesSettings.model_validate(lab_config(docs)["executor"]["kubernetes"])
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
