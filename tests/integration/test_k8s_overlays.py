@@ -38,7 +38,7 @@ OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/k
 TEAMS = {"overlays/team-physics": ("physics", "physics-jobs")}
 # Kinds without a namespace; everything else must name one.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
-# Created by hand (docs/kubernetes.md "Create the namespace and the secrets"), never by the build.
+# Created by hand (docs/deploy-kubernetes.md "Create the namespaces and the secrets"), never by the build.
 HAND_MADE_SECRETS = {(d["metadata"]["namespace"], d["metadata"]["name"]): set(d["stringData"])
                      for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
 
@@ -110,7 +110,7 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
     made = {(s.namespace, d["metadata"]["name"]): set(d["stringData"]) for d in [k8s_job_secret(example(), s)]}  # the executor's, per job
     # cert-manager writes each Certificate's Secret (k8s/components/nats-tls): its certificate, key and CA.
     made |= {(d["metadata"]["namespace"], d["spec"]["secretName"]): {"tls.crt", "tls.key", "ca.crt"} for d in docs if d["kind"] == "Certificate"}
-    readme = (REPO / "docs/kubernetes.md").read_text()
+    readme = (REPO / "docs/deploy-kubernetes.md").read_text() + (REPO / "docs/kubernetes.md").read_text()
     for ns, name, pod in pods:
         for kind, ref, key, optional in _references(pod):
             where = (overlay, name, kind, ref, key)
