@@ -10,6 +10,8 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -17,7 +19,7 @@ import pytest
 import yaml
 
 from bus.schema import JobSpec, NatsAccess
-from services.common.config import merge_layer
+from services.common.config import config_layers
 from services.executors.render import KubernetesSettings
 from tests.conftest import ROOT as REPO
 
@@ -43,11 +45,11 @@ def validate(doc: dict[str, Any]) -> None:
 def lab_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The lab config of a build as the agents read it: the ConfigMap lab-config's files merged in name order."""
     [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
-    merged: dict[str, Any] = {}
-    for name in sorted(cm["data"]):
-        assert name.endswith(".yaml"), name  # only *.yaml files are layers (services/common/config.py)
-        merged = merge_layer(merged, yaml.safe_load(cm["data"][name]) or {})
-    return merged
+    with tempfile.TemporaryDirectory() as folder:  # the mounted ConfigMap: one file per key
+        for name, text in cm["data"].items():
+            assert name.endswith(".yaml"), name  # only *.yaml files are layers
+            (Path(folder) / name).write_text(text)
+        return config_layers(Path(folder))
 
 
 def executor_settings(docs: list[dict[str, Any]]) -> KubernetesSettings:
