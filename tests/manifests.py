@@ -6,6 +6,8 @@ needed) and objects are checked with kubernetes-validate in strict mode against 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 import shutil
@@ -31,6 +33,12 @@ needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with built-
 
 
 def build(overlay: str) -> list[dict[str, Any]]:
+    """The overlay's objects, built once per test session (a fresh copy each call: tests may change theirs)."""
+    return copy.deepcopy(_built(overlay))
+
+
+@functools.cache
+def _built(overlay: str) -> list[dict[str, Any]]:
     out = subprocess.run([KUBECTL or "kubectl", "kustomize", str(REPO / "k8s" / overlay)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
