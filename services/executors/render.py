@@ -152,7 +152,7 @@ class KubernetesSettings(BaseModel):
     extra_labels: dict[str, str] = {}
 
     @model_validator(mode="after")
-    def _two_uids(self) -> KubernetesSettings:
+    def _consistent(self) -> KubernetesSettings:
         if self.experiment_run_as_user == self.run_as_user:
             raise ValueError("experiment_run_as_user must differ from run_as_user: the experiment must not share the runner's uid")
         if self.max_gpus_per_job is not None and self.min_gpu > self.max_gpus_per_job:
