@@ -84,7 +84,8 @@ class Settings(BaseSettings):
         "services.common.config, agents.lit.index, agents.minds.llm.config", shown="the user data dir",
     )
     config: Path | None = _setting(
-        None, "The lab config file (executor, mind and literature sections).", "services.common.config", shown="$LAB_HOME/config.yaml",
+        None, "The lab config file (executor, mind and literature sections), or a folder whose *.yaml files are merged in name order.",
+        "services.common.config", shown="$LAB_HOME/config.yaml",
     )
     templates: list[Path] = _setting(
         [], "Extra template folders, separated by the OS path separator, searched before the built-in ones.", "agents.templates",

@@ -6,10 +6,14 @@ needed) and objects are checked with kubernetes-validate in strict mode against 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -17,6 +21,8 @@ import pytest
 import yaml
 
 from bus.schema import JobSpec, NatsAccess
+from services.common.config import config_layers
+from services.executors.render import KubernetesSettings
 from tests.conftest import ROOT as REPO
 
 K8S_VERSION = "1.33"
@@ -27,6 +33,12 @@ needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with built-
 
 
 def build(overlay: str) -> list[dict[str, Any]]:
+    """The overlay's objects, built once per test session (a fresh copy each call: tests may change theirs)."""
+    return copy.deepcopy(_built(overlay))
+
+
+@functools.cache
+def _built(overlay: str) -> list[dict[str, Any]]:
     out = subprocess.run([KUBECTL or "kubectl", "kustomize", str(REPO / "k8s" / overlay)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
@@ -36,6 +48,20 @@ def validate(doc: dict[str, Any]) -> None:
     if doc["apiVersion"].startswith(CRD_GROUPS):
         return
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def lab_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lab config of a build as the agents read it: the ConfigMap lab-config's files merged in name order."""
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
+    with tempfile.TemporaryDirectory() as folder:  # the mounted ConfigMap: one file per key
+        for name, text in cm["data"].items():
+            assert name.endswith(".yaml"), name  # only *.yaml files are layers
+            (Path(folder) / name).write_text(text)
+        return config_layers(Path(folder))
+
+
+def executor_settings(docs: list[dict[str, Any]]) -> KubernetesSettings:
+    return KubernetesSettings.model_validate(lab_config(docs)["executor"]["kubernetes"])
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

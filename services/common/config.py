@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+import yaml
 
 from bus.client import BusConfig
 from bus.schema.formats import CONFIG_FILE, LOCAL_LAB_FILE, FormatError, LabConfig, LabFile
 from bus.settings import ConfigError, SecretName, settings
 
 __all__ = [
-    "ConfigError", "bus_config", "lab_config", "lab_home", "read_local_lab", "read_secret", "secrets_dir", "state_file", "write_lab_file", "write_secret",
+    "ConfigError", "bus_config", "config_layers", "lab_config", "lab_home", "merge_layer", "read_local_lab", "read_secret", "secrets_dir",
+    "state_file", "write_lab_file", "write_secret",
 ]
 
 
@@ -99,11 +102,41 @@ def bus_config(user: str, url: str | None = None, name: str | None = None) -> Bu
 
 
 def lab_config(home: Path | None = None) -> LabConfig:
-    """``$LAB_HOME/config.yaml`` (or ``LAB_CONFIG``): executor, mind and literature sections (read by ``services.host.wiring``)."""
+    """``$LAB_HOME/config.yaml`` (or ``LAB_CONFIG``): executor, mind and literature sections (read by ``services.host.wiring``).
+
+    ``LAB_CONFIG`` may name a directory (a mounted ConfigMap, k8s/): its ``*.yaml`` files in name order, each one's
+    mappings merged over the ones before, so an overlay's file holds only what differs from the base's.
+    """
     path = settings().config or (home or lab_home()) / CONFIG_FILE
-    if not path.is_file():
-        return LabConfig()
     try:
+        if path.is_dir():
+            return LabConfig.parse(yaml.safe_dump(config_layers(path)), where=str(path))
+        if not path.is_file():
+            return LabConfig()
         return LabConfig.parse(path.read_text(), where=str(path))
     except FormatError as e:
         raise ConfigError(str(e)) from None
+
+
+def config_layers(folder: Path) -> dict[str, Any]:
+    """The ``*.yaml`` files of ``folder`` in name order, merged: a mapping merges key by key, anything else replaces."""
+    merged: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.yaml")):  # a ConfigMap volume's ..data links start with a dot: not matched
+        try:
+            layer = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise FormatError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if layer is None:
+            continue
+        if not isinstance(layer, dict):
+            raise FormatError(f"{path}: expected a mapping at the top level")
+        merged = merge_layer(merged, layer)
+    return merged
+
+
+def merge_layer(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base``: mappings merge recursively; a list, a value or null replaces what was there."""
+    out = dict(base)
+    for key, value in layer.items():
+        out[key] = merge_layer(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

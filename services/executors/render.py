@@ -102,6 +102,9 @@ class KubernetesSettings(BaseModel):
     gpus: int | None = Field(None, ge=1)
     max_jobs: int = Field(4, ge=1)
     min_gpu: int = Field(0, ge=0)  # a GPU cluster gives every job at least this many GPUs
+    # The most GPUs one job may hold (all its nodes together): a template asking for more is refused at
+    # submit with the reason, never silently given fewer. None: no cap (the quota or Kueue still bound it).
+    max_gpus_per_job: int | None = Field(None, ge=1)
     kueue_queue: str | None = None
     priority_class: str | None = None
     node_selector: dict[str, str] = {}
@@ -149,9 +152,11 @@ class KubernetesSettings(BaseModel):
     extra_labels: dict[str, str] = {}
 
     @model_validator(mode="after")
-    def _two_uids(self) -> KubernetesSettings:
+    def _consistent(self) -> KubernetesSettings:
         if self.experiment_run_as_user == self.run_as_user:
             raise ValueError("experiment_run_as_user must differ from run_as_user: the experiment must not share the runner's uid")
+        if self.max_gpus_per_job is not None and self.min_gpu > self.max_gpus_per_job:
+            raise ValueError(f"min_gpu ({self.min_gpu}) is above max_gpus_per_job ({self.max_gpus_per_job}): no job could run")
         return self
 
 
@@ -266,7 +271,7 @@ def _job_for_runner(job: JobSpec, gpu: int, strip_password: bool) -> JobSpec:
 
 def k8s_job_secret(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     """The per-job Secret: the JobSpec the runner reads (status key included), mounted into the runner only."""
-    gpu = max(job.gpu, s.min_gpu)
+    gpu = pod_gpus(job, s)  # refuses a job over max_gpus_per_job before anything is made
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -436,7 +441,7 @@ def _gang_job_spec(job: JobSpec, s: KubernetesSettings, job_labels: dict[str, st
 
 def _pod_spec(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     """The pod: locked down, no service-account token, its two containers and their volumes, placed on a GPU node if it needs one."""
-    gpu = max(job.gpu, s.min_gpu)
+    gpu = pod_gpus(job, s)
     gid = s.run_as_user
     runner_env, runner_mounts, volumes = _runner_wiring(job, s)
     node_selector = {**s.node_selector, **(s.gpu_node_selector if gpu else {})}
@@ -468,6 +473,17 @@ def _pod_spec(job: JobSpec, s: KubernetesSettings) -> dict[str, Any]:
     if gpu:
         pod_spec |= _gpu_placement(s)
     return pod_spec
+
+
+def pod_gpus(job: JobSpec, s: KubernetesSettings) -> int:
+    """The GPUs each of the job's pods asks for (at least ``min_gpu``); a job over ``max_gpus_per_job`` in all is refused."""
+    gpu = max(job.gpu, s.min_gpu)
+    cap = s.max_gpus_per_job
+    if cap is not None and gpu * job.nodes > cap:
+        per = f" ({gpu} per node x {job.nodes} nodes)" if job.nodes > 1 else ""
+        raise ExecutorError(f"kubernetes: job {job.job_id} asks for {gpu * job.nodes} GPUs{per}, over this lab's "
+                            f"max_gpus_per_job of {cap} (executor config); lower the template profile's resources.gpu")
+    return gpu
 
 
 def _gpu_placement(s: KubernetesSettings) -> dict[str, Any]:

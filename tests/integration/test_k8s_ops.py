@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from bus.client import Bus, BusConfig
 from bus.permissions import ADMIN, USERS
 from bus.server import free_port, server_binary
 from services.executors.render import KubernetesSettings, k8s_job
-from tests.manifests import REPO, _users_block, build, example, needs_kubectl
+from tests.manifests import REPO, _users_block, build, example, executor_settings, needs_kubectl
 
 NATS_LABELS = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}
 _BYTES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "": 1}
@@ -198,8 +197,7 @@ async def test_the_cluster_s_admin_manages_jetstream_and_nothing_else(tmp_path: 
 
 
 def _executor(docs: list[dict[str, Any]]) -> KubernetesSettings:
-    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
-    return KubernetesSettings.model_validate(yaml.safe_load(cm["data"]["config.yaml"])["executor"]["kubernetes"])
+    return executor_settings(docs)
 
 
 def _pod_requests(pod: dict[str, Any]) -> dict[str, float]:
@@ -241,7 +239,7 @@ def test_the_jobs_namespace_has_a_quota_and_limits_every_rendered_job_fits(overl
 @needs_kubectl
 def test_kueue_queue_joins_a_cohort_borrows_within_the_jobs_quota_and_preempts_by_priority() -> None:
     docs = build("overlays/kueue")
-    cq = one(docs, "ClusterQueue", "lab-gpus")
+    cq = one(docs, "ClusterQueue", "lab-jobs")  # named after the jobs namespace
     spec = cq["spec"]
     assert cq["apiVersion"] == "kueue.x-k8s.io/v1beta1" and set(spec) <= KUEUE_CQ_SPEC, set(spec) - KUEUE_CQ_SPEC
     assert spec["cohort"]  # borrowingLimit is invalid without one

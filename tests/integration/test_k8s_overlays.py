@@ -19,12 +19,26 @@ import yaml
 from bus.permissions import AUTH, JOB_USER
 from bus.schema import ROLES
 from services.executors.render import KubernetesSettings, k8s_job, k8s_job_secret
-from tests.manifests import REPO, assert_restricted, build, container, example, needs_kubectl, pod_specs, secret_file, validate
+from tests.manifests import (
+    REPO,
+    assert_restricted,
+    build,
+    container,
+    example,
+    executor_settings,
+    needs_kubectl,
+    pod_specs,
+    secret_file,
+    validate,
+)
 
-OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas", "overlays/tls", "overlays/monitoring"]
+OVERLAYS = ["base", "overlays/gpu", "overlays/cpu", "overlays/vllm", "overlays/kueue", "overlays/replicas", "overlays/tls", "overlays/monitoring",
+            "overlays/release"]
+# A team's lab (k8s/components/team) in its own namespaces: the same checks, with its names.
+TEAMS = {"overlays/team-physics": ("physics", "physics-jobs")}
 # Kinds without a namespace; everything else must name one.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ResourceFlavor", "ClusterQueue", "WorkloadPriorityClass"}
-# Created by hand (docs/kubernetes.md "Create the namespace and the secrets"), never by the build.
+# Created by hand (docs/deploy-kubernetes.md "Create the namespaces and the secrets"), never by the build.
 HAND_MADE_SECRETS = {(d["metadata"]["namespace"], d["metadata"]["name"]): set(d["stringData"])
                      for d in yaml.safe_load_all((REPO / "k8s/base/secrets.example.yaml").read_text())}
 
@@ -35,18 +49,19 @@ def namespaced_pods(docs: list[dict[str, Any]]) -> list[tuple[str, str, dict[str
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [*OVERLAYS, *TEAMS])
 def test_overlay_builds_validates_and_is_restricted(overlay: str) -> None:
     docs = build(overlay)
     for doc in docs:
         validate(doc)
+    lab, jobs = TEAMS.get(overlay, ("lab", "lab-jobs"))
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert ("StatefulSet", "nats") in kinds and ("Namespace", "lab") in kinds and ("Namespace", "lab-jobs") in kinds
+    assert ("StatefulSet", "nats") in kinds and ("Namespace", lab) in kinds and ("Namespace", jobs) in kinds
     for d in docs:
         if d["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in d["metadata"], (d["kind"], d["metadata"]["name"])
         else:
-            assert d["metadata"].get("namespace") in ("lab", "lab-jobs"), (d["kind"], d["metadata"]["name"])
+            assert d["metadata"].get("namespace") in (lab, jobs), (d["kind"], d["metadata"]["name"])
     for ns in (d for d in docs if d["kind"] == "Namespace"):
         assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     # Every pod template meets the restricted profile its namespace enforces: no exceptions.
@@ -80,8 +95,7 @@ def _references(pod: dict[str, Any]) -> list[tuple[str, str, str | None, bool]]:
 
 
 def _executor_settings(docs: list[dict[str, Any]]) -> KubernetesSettings:
-    [config_map] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-config")]
-    return KubernetesSettings.model_validate(yaml.safe_load(config_map["data"]["config.yaml"])["executor"]["kubernetes"])
+    return executor_settings(docs)
 
 
 @needs_kubectl
@@ -96,7 +110,7 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
     made = {(s.namespace, d["metadata"]["name"]): set(d["stringData"]) for d in [k8s_job_secret(example(), s)]}  # the executor's, per job
     # cert-manager writes each Certificate's Secret (k8s/components/nats-tls): its certificate, key and CA.
     made |= {(d["metadata"]["namespace"], d["spec"]["secretName"]): {"tls.crt", "tls.key", "ca.crt"} for d in docs if d["kind"] == "Certificate"}
-    readme = (REPO / "docs/kubernetes.md").read_text()
+    readme = (REPO / "docs/deploy-kubernetes.md").read_text() + (REPO / "docs/kubernetes.md").read_text()
     for ns, name, pod in pods:
         for kind, ref, key, optional in _references(pod):
             where = (overlay, name, kind, ref, key)
@@ -233,23 +247,38 @@ def test_every_agent_serves_metrics_on_its_named_port(overlay: str) -> None:
 
 
 @needs_kubectl
-def test_the_monitoring_overlay_scrapes_the_agents_and_lets_only_the_monitoring_namespace_in() -> None:
+def test_the_monitoring_overlay_scrapes_the_agents_and_nats_and_lets_only_the_monitoring_namespace_in() -> None:
     docs = build("overlays/monitoring")
-    [monitor] = [d for d in docs if d["kind"] == "PodMonitor"]
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == "lab"
-    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["lab"]}
-    selected = [d for d in docs if d["kind"] == "StatefulSet"
-                and monitor["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
-    assert sorted(d["metadata"]["name"] for d in selected) == sorted(f"lab-{r}" for r in ROLES)  # the agents, not NATS
-    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
-    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodMonitor"}
+    assert set(monitors) == {"lab-agents", "lab-nats"}
+    sets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StatefulSet"}
+    for monitor in monitors.values():
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == "lab"
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["lab"]}
+        [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    selected = {name: sorted(n for n, d in sets.items() if m["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items())
+                for name, m in monitors.items()}
+    assert selected == {"lab-agents": sorted(f"lab-{r}" for r in ROLES), "lab-nats": ["nats"]}
+    # NATS: the exporter sidecar serves the port `metrics`, reading the monitor port on localhost; restricted like the rest.
+    pod = sets["nats"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["nats", "exporter"]
+    exporter = pod["containers"][1]
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": 7777}] and "http://localhost:8222/" in exporter["args"]
+    assert "-jsz=all" in exporter["args"]
+    assert_restricted("nats", pod)
     policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "lab"}
-    ingress = policies["agents-metrics-ingress"]["spec"]
-    assert ingress["podSelector"] == {"matchLabels": {"app.kubernetes.io/component": "agent"}} and ingress["policyTypes"] == ["Ingress"]
-    assert ingress["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
-                                   "ports": [{"protocol": "TCP", "port": 9464}]}]
-    # Without the component nothing may reach the port: the base has no ingress to the agents at all.
-    assert not [d for d in build("base") if d["kind"] in ("PodMonitor", "NetworkPolicy") and d["metadata"]["name"] == "agents-metrics-ingress"]
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    for name, selector, port in (("agents-metrics-ingress", {"app.kubernetes.io/component": "agent"}, 9464),
+                                 ("nats-metrics-ingress", {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}, 7777)):
+        ingress = policies[name]["spec"]
+        assert ingress["podSelector"] == {"matchLabels": selector} and ingress["policyTypes"] == ["Ingress"]
+        assert ingress["ingress"] == [{"from": monitoring, "ports": [{"protocol": "TCP", "port": port}]}]
+    # Without the component nothing may reach the ports: the base has no ingress to the agents at all, and one container in NATS.
+    base = build("base")
+    assert not [d for d in base if d["kind"] in ("PodMonitor", "NetworkPolicy") and "metrics-ingress" in d["metadata"]["name"]]
+    [nats] = [d for d in base if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats"]
+    assert [c["name"] for c in nats["spec"]["template"]["spec"]["containers"]] == ["nats"]
 
 
 @needs_kubectl
@@ -347,7 +376,7 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
     validate(job)
     limits = container(job, "experiment")["resources"]["limits"]
     pod = job["spec"]["template"]["spec"]
-    if overlay.endswith(("gpu", "kueue", "tls", "monitoring")):  # tls, monitoring: the gpu overlay with a component
+    if overlay.endswith(("gpu", "kueue", "tls", "monitoring", "release")):  # tls, monitoring, release: the gpu overlay and more
         assert int(limits["nvidia.com/gpu"]) >= 1 and pod["nodeSelector"] and pod["tolerations"]
     else:
         assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod
@@ -355,7 +384,10 @@ def test_executor_config_agrees_with_the_manifests(overlay: str) -> None:
     agent_images = {c["image"] for _, pod in pod_specs(docs).items() for c in pod["containers"]
                     if c["image"].startswith("ghcr.io/kenkyu-lab/")}
     [agent_image] = agent_images
-    assert s.image == (f"{agent_image}-cuda" if "nvidia.com/gpu" in limits else agent_image)
+    if overlay == "overlays/release":  # a release pins both by digest, from one repository
+        assert "@sha256:" in agent_image and "@sha256:" in s.image and agent_image.split("@")[0] == s.image.split("@")[0]
+    else:
+        assert s.image == (f"{agent_image}-cuda" if "nvidia.com/gpu" in limits else agent_image)
 
 
 @needs_kubectl
@@ -375,6 +407,9 @@ def test_vllm_overlay_wires_the_agents_to_the_model_server() -> None:
     policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "lab"}
     to_vllm = [r for r in policies["agents-egress"]["egress"] if {"protocol": "TCP", "port": 8000} in r["ports"]]
     assert to_vllm and to_vllm[0]["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "vllm"}}}]
+    # vLLM's GPU is outside the jobs' Kueue queue: namespace lab has its own GPU quota, exactly what vLLM asks for.
+    [quota] = [d for d in docs if d["kind"] == "ResourceQuota" and d["metadata"]["namespace"] == "lab"]
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": server["resources"]["requests"]["nvidia.com/gpu"]}
     download = policies["vllm-egress"]["egress"][0]
     assert download["ports"] == [{"protocol": "TCP", "port": 443}] and "169.254.0.0/16" in download["to"][0]["ipBlock"]["except"]
 

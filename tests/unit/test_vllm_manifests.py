@@ -17,7 +17,7 @@ def docs(text: str) -> list[dict]:
 
 def test_vllm_manifests_validate_strictly() -> None:
     manifests = docs((OVERLAY / "vllm.yaml").read_text())
-    assert {d["kind"] for d in manifests} == {"PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy"}
+    assert {d["kind"] for d in manifests} == {"PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy", "ResourceQuota"}
     for doc in manifests:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     deployment = next(d for d in manifests if d["kind"] == "Deployment")
