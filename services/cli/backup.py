@@ -96,17 +96,17 @@ def restore_cmd(
     nats: str | None = typer.Option(None, "--nats", help="Restore into this NATS server (its admin user) instead of LAB_HOME's store."),
 ) -> None:
     """Restore a `lab backup` archive into a fresh LAB_HOME (or --nats server); `lab up` then starts on it."""
+    from bus import snapshot
     from services.lab.restore import opened, restore
-    from services.read.backup import api, stream_names
 
     async def main(config: BusConfig, manifest: dict[str, Any], folder: Path) -> list[tuple[str, int]]:
         bus = await Bus.connect(config, reconnect=False, timeout=5)
         try:
-            existing = await stream_names(bus)
+            existing = await snapshot.stream_names(bus)
             if existing and not force:
                 fail(f"the NATS server at {config.url} already holds lab streams ({', '.join(existing[:3])}…): add --force to replace them")
             for name in existing:
-                await api(bus, f"$JS.API.STREAM.DELETE.{name}")
+                await snapshot.delete_stream(bus, name)
             return await restore(bus, manifest, folder, config.replicas)
         finally:
             await bus.close()

@@ -29,8 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bus import snapshot
 from bus.client import Bus
-from services.read.backup import FORMAT, MANIFEST, VERSION, BackupError, JsApiError, api, decode_headers
+from services.read.backup import FORMAT, MANIFEST, VERSION, BackupError, decode_headers
 
 GAP_TOKEN = "_restore_gap"
 
@@ -100,30 +101,11 @@ def restored_config(entry: dict[str, Any], replicas: int) -> dict[str, Any]:
     return config
 
 
-async def _create(bus: Bus, config: dict[str, Any]) -> None:
-    name = config["name"]
-    try:
-        await api(bus, f"$JS.API.STREAM.CREATE.{name}", config)
-    except JsApiError as e:
-        if "insufficient storage" not in e.description or int(config.get("max_bytes") or -1) < 0:
-            raise
-        await api(bus, f"$JS.API.STREAM.CREATE.{name}", {**config, "max_bytes": -1})  # as bus.client._add_stream does
-
-
 async def _publish(bus: Bus, subject: str, data: bytes, headers: dict[str, str] | None) -> dict[str, Any]:
-    msg = await bus.nc.request(subject, data, timeout=10.0, headers=headers)
-    ack: dict[str, Any] = json.loads(msg.data)
-    if "error" in ack:
-        raise JsApiError(subject, ack["error"])
+    ack = await snapshot.publish(bus, subject, data, headers)
+    if ack.get("duplicate") and headers:  # the same Nats-Msg-Id twice, written further apart than the duplicate window
+        ack = await snapshot.publish(bus, subject, data, {k: v for k, v in headers.items() if k != "Nats-Msg-Id"} or None)
     return ack
-
-
-async def _fill(bus: Bus, gap: str | None, count: int) -> None:
-    """``count`` placeholders (no ack each: the next message's ack says where the sequence is)."""
-    assert gap is not None
-    for _ in range(count):
-        await bus.nc.publish(gap, b"")
-    await bus.nc.flush()
 
 
 async def _restore_messages(bus: Bus, entry: dict[str, Any], path: Path) -> None:
@@ -134,20 +116,18 @@ async def _restore_messages(bus: Bus, entry: dict[str, Any], path: Path) -> None
     with path.open("rb") as f:
         for line in f:
             m = json.loads(line)
-            if m["seq"] > next_seq:
-                await _fill(bus, gap, m["seq"] - next_seq)
+            if m["seq"] > next_seq and gap:
+                await snapshot.fill(bus, gap, m["seq"] - next_seq)
             headers = {k: v for k, v in (decode_headers(m.get("hdrs")) or {}).items() if not k.startswith("Nats-Expected-")} or None
             ack = await _publish(bus, m["subject"], base64.b64decode(m["data"]), headers)
-            if ack.get("duplicate") and headers:  # the same Nats-Msg-Id twice, written further apart than the duplicate window
-                ack = await _publish(bus, m["subject"], base64.b64decode(m["data"]), {k: v for k, v in headers.items() if k != "Nats-Msg-Id"} or None)
             if ack.get("stream") != name or int(ack.get("seq", -1)) != m["seq"]:
                 raise BackupError(f"stream {name}: message {m['seq']} ({m['subject']}) was stored as {ack.get('stream')} #{ack.get('seq')}")
             next_seq = m["seq"] + 1
-    if last >= next_seq:
-        await _fill(bus, gap, last - next_seq + 1)
+    if last >= next_seq and gap:
+        await snapshot.fill(bus, gap, last - next_seq + 1)
     if gap is not None:
-        await api(bus, f"$JS.API.STREAM.PURGE.{name}", {"filter": gap})
-    state = (await api(bus, f"$JS.API.STREAM.INFO.{name}"))["state"]
+        await snapshot.purge_subject(bus, name, gap)
+    state = (await snapshot.stream_info(bus, name))["state"]
     if int(state.get("messages", 0)) != entry["messages"] or int(state.get("last_seq", 0)) != last:
         got = f"{state.get('messages')} messages up to #{state.get('last_seq')}"
         raise BackupError(f"stream {name}: restored {got}, expected {entry['messages']} up to #{last}")
@@ -159,7 +139,7 @@ async def restore(bus: Bus, manifest: dict[str, Any], folder: Path, replicas: in
     for entry in manifest["streams"]:
         if not entry.get("recreate"):
             continue  # a copy of other streams: the lab makes it at start
-        await _create(bus, restored_config(entry, replicas))
+        await snapshot.create_stream(bus, restored_config(entry, replicas))
         if entry.get("restored"):
             await _restore_messages(bus, entry, folder / entry["file"])
         done.append((entry["name"], int(entry.get("messages", 0))))

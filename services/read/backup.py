@@ -13,7 +13,7 @@ the conversation and job streams, which the lab recreates at start), and the age
 (each agent writes its own when it starts). Nothing from ``$LAB_HOME`` is in the archive: not
 ``secrets/``, not ``lab.json``, not ``config.yaml`` (docs/backup.md: what to keep apart).
 
-Messages are read by sequence with ``STREAM.MSG.GET`` (``next_by_subj: ">"``, so a stream's
+Messages are read by sequence with ``STREAM.MSG.GET`` (bus/snapshot.py) (``next_by_subj: ">"``, so a stream's
 gaps cost nothing), up to the last sequence the stream had when the backup reached it: a running
 lab's newer messages are left for the next backup.
 """
@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats.errors
-
+from bus import snapshot
 from bus.client import Bus
 from bus.errors import LabError
 from bus.schema.constants import AGENTS_BUCKET, kv_stream
@@ -41,7 +40,6 @@ VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_NAME = "lab-backup-{stamp}.tar.gz"
 EPHEMERAL = {kv_stream(AGENTS_BUCKET): "the agents' heartbeats: each agent writes its own when it starts"}
-API_TIMEOUT_S = 10.0
 
 
 class BackupError(LabError):
@@ -54,27 +52,6 @@ class StreamSaved:
     kind: str  # stream, kv or object
     messages: int
     restored: bool
-
-
-async def api(bus: Bus, subject: str, body: dict[str, Any] | None = None, timeout: float = API_TIMEOUT_S) -> dict[str, Any]:
-    """One JetStream API request, its JSON answer; an error answer raises :class:`JsApiError`."""
-    try:
-        msg = await bus.nc.request(subject, json.dumps(body).encode() if body is not None else b"", timeout=timeout)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
-        refusal = bus.refusal()
-        why = f"refused: {refusal}" if refusal else f"no answer ({type(e).__name__})"
-        raise BackupError(f"the NATS server at {bus.config.url} did not answer {subject}: {why}") from None
-    resp: dict[str, Any] = json.loads(msg.data)
-    if "error" in resp:
-        raise JsApiError(subject, resp["error"])
-    return resp
-
-
-class JsApiError(BackupError):
-    def __init__(self, subject: str, error: dict[str, Any]) -> None:
-        self.code = int(error.get("err_code") or 0)
-        self.description = str(error.get("description") or error)
-        super().__init__(f"{subject}: {self.description}")
 
 
 def kind_of(name: str) -> tuple[str, str | None]:
@@ -93,42 +70,22 @@ def not_kept(name: str, config: dict[str, Any]) -> str:
     return EPHEMERAL.get(name, "")
 
 
-async def stream_names(bus: Bus) -> list[str]:
-    names: list[str] = []
-    while True:
-        resp = await api(bus, "$JS.API.STREAM.NAMES", {"offset": len(names)})
-        page = resp.get("streams") or []
-        names += page
-        if not page or len(names) >= int(resp.get("total", 0)):
-            return sorted(names)
-
-
 async def _write_messages(bus: Bus, name: str, first: int, last: int, path: Path) -> tuple[int, str]:
     """Every message of ``name`` from ``first`` to ``last`` into ``path`` as JSON lines; (count, sha256 of the file)."""
-    digest, count, seq = hashlib.sha256(), 0, first
+    digest, count = hashlib.sha256(), 0
     with path.open("wb") as f:
-        while seq <= last:
-            try:
-                resp = await api(bus, f"$JS.API.STREAM.MSG.GET.{name}", {"seq": seq, "next_by_subj": ">"})
-            except JsApiError as e:
-                if e.code == 10037:  # no message found: nothing after ``seq``
-                    break
-                raise
-            m = resp["message"]
-            if int(m["seq"]) > last:
-                break
+        async for m in snapshot.messages(bus, name, first, last):
             record = {"seq": int(m["seq"]), "subject": m["subject"], "hdrs": m.get("hdrs"), "data": m.get("data") or "", "time": m.get("time")}
             line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
             f.write(line)
             digest.update(line)
             count += 1
-            seq = int(m["seq"]) + 1
     return count, digest.hexdigest()
 
 
 async def _save_stream(bus: Bus, name: str, folder: Path) -> dict[str, Any]:
     """One stream's manifest entry, its messages written under ``folder/streams/`` where they are kept."""
-    info = await api(bus, f"$JS.API.STREAM.INFO.{name}")
+    info = await snapshot.stream_info(bus, name)
     config, state = info["config"], info["state"]
     kind, bucket = kind_of(name)
     why = not_kept(name, config)
@@ -163,7 +120,7 @@ async def backup(bus: Bus, out: Path) -> list[StreamSaved]:
     with tempfile.TemporaryDirectory(prefix=".lab-backup-", dir=out.parent) as tmp:
         folder = Path(tmp)
         (folder / "streams").mkdir()
-        entries = [await _save_stream(bus, name, folder) for name in await stream_names(bus)]
+        entries = [await _save_stream(bus, name, folder) for name in await snapshot.stream_names(bus)]
         manifest = {
             "format": FORMAT, "version": VERSION, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": bus.config.url, "streams": entries,
