@@ -254,7 +254,7 @@ def _spend(done: Exported) -> dict[str, Any]:
     return out
 
 
-def _manifest(done: Exported, paper: DraftReady | None, as_of: str | None) -> dict[str, Any]:
+def _manifest(done: Exported, paper: DraftReady | None, as_of: str | None = None) -> dict[str, Any]:
     d = done.decision
     return {
         "project": done.project,
