@@ -1,4 +1,4 @@
-"""`lab backup` of a stopped lab's store and `lab restore` into a fresh LAB_HOME, through the real commands.
+"""`lab backup` of a running lab's server (as the CronJob does) and `lab restore` into a fresh LAB_HOME, through the real commands.
 
 A store written here with what makes a restore hard: gaps in a stream's sequence (a deleted
 message, KV revisions past the bucket's history), headers (a message id, a KV delete marker,
@@ -6,8 +6,8 @@ the object store's rollups), an object of several chunks. After the round trip e
 message is at its original sequence with its subject, payload and headers (less the
 ``Nats-Expected-*`` preconditions), a KV key reads the same value at the same revision, the
 object the same bytes, and the next message written gets the sequence it would have got.
-A truncated or altered archive is refused in one line and nothing is written. (The byte-for-byte
-`lab export` of a finished project after the round trip: tests/e2e/test_stopped_lab.py.)
+A truncated or altered archive is refused in one line and nothing is written. (A stopped lab's backup,
+and the byte-for-byte `lab export` of a finished project after the round trip: tests/e2e/test_stopped_lab.py.)
 """
 
 from __future__ import annotations
@@ -112,10 +112,14 @@ async def test_a_backup_restores_every_message_at_its_sequence_and_a_bad_archive
     bus = await Bus.connect(config_for(server))
     await _write_store(bus)
     await bus.close()
-    server.stop()
-
+    # A running lab's server, as the Kubernetes CronJob backs it up: its URL, the admin user, the password in a file.
+    (tmp_path / "pw").write_text(creds["lab"])
     archive = tmp_path / "lab.tar.gz"
-    r = lab(envs(src), "backup", "--out", str(archive))
+    try:
+        r = lab({**envs(tmp_path / "elsewhere"), "LAB_NATS_USER": "lab", "LAB_NATS_PASSWORD_FILE": str(tmp_path / "pw")},
+                "backup", "--nats", server.url, "--out", str(archive))
+    finally:
+        server.stop()
     assert r.returncode == 0, r.stderr
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
