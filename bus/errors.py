@@ -23,7 +23,9 @@ the code: every class is here, under its own base, and nothing else is):
     │   ├── CommitRefused           bus.store: the auth service would not commit an object a job wrote
     │   ├── InvalidObjectName       bus.store: an object name that could escape a folder ('..', '/x', '\\', control characters)
     │   ├── JwtError                bus.natsjwt: a token that is not a well-formed, correctly signed NATS JWT
-    │   └── CircuitOpen             bus.retry: an endpoint's breaker is open; the call was not made
+    │   ├── CircuitOpen             bus.retry: an endpoint's breaker is open; the call was not made
+    │   └── SnapshotError           bus.snapshot: a stream that could not be read or written whole (`lab backup`, `lab restore`)
+    │       └── JsApiError          bus.snapshot: JetStream answered a raw API request with an error (its code kept)
     ├── MindError                   bus.errors: a mind could not answer a step; roles turn it into StepFailed
     │   ├── MindUnavailable         bus.errors: the mind's endpoint is down: the project ends rather than try its next step
     │   │   └── EndpointDown        agents.minds.llm.errors: the endpoint's circuit breaker is open (also a MindFailed)
@@ -64,6 +66,7 @@ the code: every class is here, under its own base, and nothing else is):
     ├── MindRefused                 services.cli.run: the lab's agents cannot think with the asked-for mind
     ├── NoteRefused                 services.read.projects: a co-PI note the lab will not send
     ├── UnknownProject              services.read.export: no project of that name
+    ├── BackupError                 services.read.backup: an archive that cannot be written, read or restored
     ├── WebError                    services.web.serve: the web view cannot start
     └── UsageError                  services.cli.errors: bad input on the command line (fail("..."))
 

@@ -23,6 +23,7 @@ from bus.schema.constants import AGENTS_BUCKET
 from bus.settings import Settings
 from bus.settings import settings as lab_settings
 from bus.store import Heartbeats, StateStore
+from services.cli.backup import backup_cmd, restore_cmd
 from services.cli.errors import LabTyper, UsageError, fail, run_app
 from services.cli.terminal import SafeConsole, clean
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
@@ -600,6 +601,12 @@ def export_cmd(
     for label, path in done.files:
         console.print(f"  {label:<18} {path}", markup=False)
     print_refused(err, done)
+
+
+# ---------------------------------------------------------------- backup / restore (services/cli/backup.py)
+
+app.command("backup")(backup_cmd)
+app.command("restore")(restore_cmd)
 
 
 # ---------------------------------------------------------------- helpers

@@ -15,13 +15,13 @@ and ``export.json`` says so.
                                                              a run the result cache served: the files of the run it reused)
     conversation.jsonl                                       the whole log
     export.json                                              finished or not, the decision, the files, each analysed run's provenance, the compute spent
+                                                             (as of the log's newest message, so a store always exports the same bytes)
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,7 @@ class _Log:
     start: StartProject | None = None
     runs: list[RunRecord] = field(default_factory=list)
     jobs: dict[str, tuple[str, int]] = field(default_factory=dict)  # job id -> (experiment id, attempt)
+    last_at: str | None = None  # when the newest message of the log was written: what the export shows is as of then
 
     def folder(self, job_id: str) -> str:
         """The results folder people read: the experiment's id (with its attempt when retried), else the job id."""
@@ -103,7 +104,9 @@ async def _read_log(bus: Bus, project: str) -> _Log:
         env = entry.envelope
         if env is None:
             continue
-        log.lines.append(json.dumps({"seq": entry.seq, "subject": entry.subject, **env.model_dump(mode="json")}))
+        record = {"seq": entry.seq, "subject": entry.subject, **env.model_dump(mode="json")}
+        log.lines.append(json.dumps(record))
+        log.last_at = record.get("created_at")
         if convo_refusal(entry.subject, env) is not None:
             continue  # in the log as it was said, never believed: the agents dead-lettered it (bus.permissions.SENDERS)
         body = env.body
@@ -197,7 +200,7 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     files.append(("conversation.jsonl", convo))
 
     manifest = out / "export.json"
-    manifest.write_text(json.dumps(_manifest(done, paper), indent=2))
+    manifest.write_text(json.dumps(_manifest(done, paper, log.last_at), indent=2))
     files.append(("export.json", manifest))
     return done
 
@@ -251,7 +254,7 @@ def _spend(done: Exported) -> dict[str, Any]:
     return out
 
 
-def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
+def _manifest(done: Exported, paper: DraftReady | None, as_of: str | None = None) -> dict[str, Any]:
     d = done.decision
     return {
         "project": done.project,
@@ -269,5 +272,6 @@ def _manifest(done: Exported, paper: DraftReady | None) -> dict[str, Any]:
         "provenance": [provenance(r) for r in done.runs],
         # What every job the project ran used (analysed or not): wall, CPU and GPU seconds, GPU-hours, and its minds' tokens.
         "spend": _spend(done),
-        "exported_at": time.time(),
+        # As of the log's newest message, not the clock: the same store exports the same bytes (a restored backup too).
+        "as_of": as_of,
     }

@@ -94,3 +94,20 @@ def test_read_commands_show_a_stopped_labs_store(lab_env, tmp_path):
     refused(lab(env, "run", "--attach", project), home)
     assert not processes_with(str(home / "nats" / "nats.conf")), "the transient server outlived its command"
 
+
+    # `lab backup` of the stopped lab, `lab restore` into a fresh LAB_HOME: `lab export` there writes the same bytes, every file
+    # (export.json is as of the log's newest message, not the clock). services/read/backup.py, services/lab/restore.py.
+    archive = tmp_path / "backups" / "lab.tar.gz"
+    backed = lab(env, "backup", "--out", str(archive))
+    assert backed.returncode == 0 and archive.is_file() and archive.stat().st_mode & 0o077 == 0, backed.stderr
+    fresh = {**env, "LAB_HOME": str(tmp_path / "restored")}
+    restored = lab(fresh, "restore", str(archive))
+    assert restored.returncode == 0, restored.stderr
+    again = lab(fresh, "export", project, "--out", str(tmp_path / "exported-again"))
+    assert again.returncode == 0, again.stderr
+    assert tree(tmp_path / "exported-again") == tree(tmp_path / "exported")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by its relative path, with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
