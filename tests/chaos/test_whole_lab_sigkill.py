@@ -9,7 +9,10 @@ the same LAB_HOME. The project must finish with every experiment run (a run
 lost with the lab is run again, not reported failed), each result counted
 once, and `lab export` must yield the paper.
 
-LAB_CHAOS_SEED and LAB_CHAOS_TRIALS reproduce or widen a run (default: seed 18, 2 trials).
+LAB_CHAOS_SEED and LAB_CHAOS_TRIALS reproduce or widen a run (default: seed 18, 1 trial). One trial by default:
+with seed 18 the second trial draws the same kill points as the first (during an experiment, then after
+draft_ready), so it doubled the test's time and reached no new stage; LAB_CHAOS_TRIALS=4 reaches draft_request
+too, and LAB_CHAOS_SEED=4 with 4 trials reaches all but draft_ready.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from tests.e2e.test_lab_run import check_nothing_lost, live_log, wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 SEED = int(os.environ.get("LAB_CHAOS_SEED", "18"))
-TRIALS = int(os.environ.get("LAB_CHAOS_TRIALS", "2"))
+TRIALS = int(os.environ.get("LAB_CHAOS_TRIALS", "1"))
 LATER = ["experiment_result", "analysis_request", "draft_request", "draft_ready"]
 
 

@@ -181,13 +181,42 @@ def check_nothing_lost(convo: list[dict]) -> None:
     assert by_kind["decision"] == 1
 
 
+def check_note_restricts_later_ideas(out: Path, convo: list[dict]) -> None:
+    """The PI acknowledged the note with its constraint; the ideas after it vary weight decay only; the paper quotes it."""
+    kinds = [m["body"]["type"] for m in convo]
+    ack_at = kinds.index("note_ack")
+    ack = convo[ack_at]
+    assert ack["sender"] == "pi" and ack["body"]["constraints"] == {"allowed_knobs": ["weight_decay"]}
+    before = [m["body"]["idea"] for m in convo[:ack_at] if m["body"]["type"] == "novelty_check"]
+    after = [m["body"]["idea"] for m in convo[ack_at:] if m["body"]["type"] == "novelty_check"]
+    assert before, "the note came mid-run, after the first ideas"
+    assert after, "ideas were proposed after the note"
+    assert all(set(i["changes"]) == {"weight_decay"} for i in after), [i["changes"] for i in after]
+    # The note is in the paper's appendix.
+    assert "only vary weight decay" in (out / "paper.md").read_text()
+
+
 @pytest.mark.tex
 def test_grokking_project_end_to_end(lab_env, tmp_path):
+    """One grokking project through review and a revision, with a co-PI note mid-run that restricts the later ideas.
+
+    The note rides on this run rather than a project of its own (a second whole project cost CI two minutes): four
+    ideas are two waves of two (IDEAS_PER_WAVE), the note comes after the first wave's ideas, and the second wave
+    must vary weight decay alone, which unconstrained it need not.
+    """
     home, env = lab_env
     out = tmp_path / "out"
-    text = finish(start_run(env, out, "--max-ideas", "2", "--max-rounds", "1"), out)
+    proc = start_run(env, out, "--max-ideas", "4", "--max-rounds", "1")
+    # Polled until the first ideas, or until `lab run` ends early (then finish() fails with its log, at once).
+    first_ideas = wait_for(lambda: proc.poll() is not None or [m for m in live_log(env) if m["body"]["type"] == "novelty_check"], timeout=300)
+    if proc.poll() is None:
+        r = subprocess.run(lab_cmd("say", "--project", first_ideas[0]["project"], "only vary weight decay from now on"),
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    text = finish(proc, out)
     assert "paper.pdf" in text and "conversation.jsonl" in text
     convo = conversation(out)
+    check_note_restricts_later_ideas(out, convo)
     assert {m["sender"] for m in convo} >= ROLES | {"copi"}
     kinds = [m["body"]["type"] for m in convo]
     # At least one review ⇄ revision exchange: a review asking for changes, the PI's answer, a second review.
@@ -240,30 +269,6 @@ def test_chaos_sigkill_agents_mid_project(lab_env, tmp_path):
         assert (d / "result.json").is_file()
     supervisor_log = (out.parent / f"{out.name}.log").read_text()
     assert all(f"agent {role} exited" in supervisor_log for _, role in killed), supervisor_log[-3000:]
-
-
-@pytest.mark.tex
-def test_copi_note_mid_run_restricts_later_ideas(lab_env, tmp_path):
-    home, env = lab_env
-    out = tmp_path / "out"
-    proc = start_run(env, out, "--max-ideas", "4", "--max-rounds", "0")
-    first_ideas = wait_for(lambda: [m for m in live_log(env) if m["body"]["type"] == "novelty_check"], timeout=300)
-    project = first_ideas[0]["project"]
-    r = subprocess.run(lab_cmd("say", "--project", project, "only vary weight decay from now on"), env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    finish(proc, out)
-    convo = conversation(out)
-    kinds = [m["body"]["type"] for m in convo]
-    ack_at = kinds.index("note_ack")
-    ack = convo[ack_at]
-    assert ack["sender"] == "pi" and ack["body"]["constraints"] == {"allowed_knobs": ["weight_decay"]}
-    before = [m["body"]["idea"] for m in convo[:ack_at] if m["body"]["type"] == "novelty_check"]
-    after = [m["body"]["idea"] for m in convo[ack_at:] if m["body"]["type"] == "novelty_check"]
-    assert before, "the note came mid-run, after the first ideas"
-    assert after, "ideas were proposed after the note"
-    assert all(set(i["changes"]) == {"weight_decay"} for i in after), [i["changes"] for i in after]
-    # The note is in the paper's appendix.
-    assert "only vary weight decay" in (out / "paper.md").read_text()
 
 
 @pytest.mark.tex
