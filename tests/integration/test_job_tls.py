@@ -115,3 +115,21 @@ def test_the_docker_runner_alone_mounts_the_ca_file(monkeypatch: pytest.MonkeyPa
     assert CA_ENV not in runner["environment"] and len(runner["volumes"]) == 2
 
 
+
+
+def test_a_kubernetes_executor_on_a_tls_lab_without_the_ca_option_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from structlog.testing import capture_logs
+
+    from services.executors.kubernetes import KubernetesExecutor
+
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c", "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
+           "users": [{"name": "u", "user": {"token": "t"}}], "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
+    (tmp_path / "kubeconfig").write_text(json.dumps(cfg))
+    monkeypatch.setenv(CA_ENV, "/run/secrets/nats-ca/ca.crt")
+    with capture_logs() as logs:
+        KubernetesExecutor(kubeconfig=str(tmp_path / "kubeconfig"))
+        KubernetesExecutor(kubeconfig=str(tmp_path / "kubeconfig"), nats_ca_configmap="lab-nats-ca")
+    [warning] = [e for e in logs if "nats_ca_configmap" in e["event"]]
+    assert warning["log_level"] == "warning"
