@@ -19,6 +19,14 @@ The series and their labels (``docs/metrics.md`` lists them for operators):
   by this process (``counts``: ``slots`` or ``gpus``).
 - ``lab_llm_call_seconds{role}`` / ``lab_llm_errors_total{role}``: model calls, with their retries, and those that
   failed for good.
+- ``lab_auth_requests_total{outcome}`` / ``lab_auth_request_seconds``: the auth service's answers to nats-server
+  (``admitted`` or ``refused``) and how long each took; ``lab_auth_commits_total{outcome}``: the object records it
+  wrote for jobs (``committed``, ``refused``, ``error``).
+- ``lab_web_requests_total{route,method,status}`` / ``lab_web_request_seconds{route}``: the web view's requests by
+  route (its template, ``/p/{project}``: never a project's name; ``other`` for a path no route matched) and the
+  seconds until each response started (a live feed's whole life is not counted).
+
+The auth service and the web view serve them on ``LAB_METRICS_PORT`` too (``serve_or_log``).
 """
 
 from __future__ import annotations
@@ -28,10 +36,15 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 
+import structlog
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = structlog.get_logger()
 
 # Seconds: agent handlers run from milliseconds (offline mind) to minutes (an llm mind writing a paper).
 HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+AUTH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+WEB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 MESSAGES_HANDLED = Counter("lab_messages_handled", "Messages an agent finished, by outcome (ok, error, dead_letter).", ["role", "outcome"])
@@ -46,7 +59,16 @@ CAPACITY_TOTAL = Gauge("lab_capacity_total", "Units the capacity ledger may hand
 LLM_SECONDS = Histogram("lab_llm_call_seconds", "Seconds one model call took, its transport retries included.", ["role"], buckets=LLM_BUCKETS)
 LLM_ERRORS = Counter("lab_llm_errors", "Model calls that failed after their retries (or with the endpoint's breaker open).", ["role"])
 
+AUTH_REQUESTS = Counter("lab_auth_requests", "Connections the auth service answered, by outcome (admitted, refused).", ["outcome"])
+AUTH_SECONDS = Histogram("lab_auth_request_seconds", "Seconds the auth service took to answer one connection.", buckets=AUTH_BUCKETS)
+AUTH_COMMITS = Counter("lab_auth_commits", "Object records jobs asked the auth service to write, by outcome.", ["outcome"])
+WEB_REQUESTS = Counter("lab_web_requests", "Requests the web view answered, by route template, method and status.", ["route", "method", "status"])
+WEB_SECONDS = Histogram("lab_web_request_seconds", "Seconds until the web view started its response, by route template.", ["route"],
+                        buckets=WEB_BUCKETS)
+
 OUTCOMES = ("ok", "error", "dead_letter")
+AUTH_OUTCOMES = ("admitted", "refused")
+COMMIT_OUTCOMES = ("committed", "refused", "error")
 
 _lock = threading.Lock()
 _served: dict[str, int] = {}  # "port": what this process's exporter bound, once started
@@ -113,6 +135,44 @@ def llm_call(role: str, seconds: float, failed: bool) -> None:
     LLM_SECONDS.labels(role=role).observe(seconds)
     if failed:
         LLM_ERRORS.labels(role=role).inc()
+
+
+def prepare_auth() -> None:
+    """The auth service's series at zero, so a scrape shows them before the first connection."""
+    for outcome in AUTH_OUTCOMES:
+        AUTH_REQUESTS.labels(outcome=outcome)
+    for outcome in COMMIT_OUTCOMES:
+        AUTH_COMMITS.labels(outcome=outcome)
+
+
+def auth_request(admitted: bool, seconds: float) -> None:
+    AUTH_REQUESTS.labels(outcome="admitted" if admitted else "refused").inc()
+    AUTH_SECONDS.observe(seconds)
+
+
+def auth_commit(outcome: str) -> None:
+    AUTH_COMMITS.labels(outcome=outcome).inc()
+
+
+def web_request(route: str, method: str, status: int, seconds: float) -> None:
+    WEB_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+    WEB_SECONDS.labels(route=route).observe(seconds)
+
+
+def serve_or_log(port: int | None, process: str) -> str:
+    """Serve this process's metrics on ``port`` (None: not at all); the URL, or "" when not served.
+
+    A port already taken is logged, and the process works on without its metrics.
+    """
+    if port is None:
+        return ""
+    try:
+        where = url(serve(port))
+    except OSError as e:
+        log.error("cannot serve metrics; going on without them", process=process, port=port, error=str(e))
+        return ""
+    log.info("serving metrics", process=process, url=where)
+    return where
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> int:

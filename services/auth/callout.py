@@ -36,13 +36,14 @@ import os
 import re
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from bus import natsjwt
+from bus import metrics, natsjwt
 from bus.client import Bus, BusConfig
 from bus.errors import BusFailure, LabError
 from bus.jobkeys import JobKeys
@@ -121,7 +122,9 @@ class AuthService:
         return None
 
     async def on_request(self, subject: str, data: bytes) -> bytes:
+        started = time.perf_counter()
         decision = self.decide(data.decode(errors="replace"))
+        metrics.auth_request(decision.refusal is None, time.perf_counter() - started)
         if decision.refusal:
             log.warning("runner refused", user=decision.user, reason=decision.refusal)
         else:
@@ -167,11 +170,13 @@ class AuthService:
             if not isinstance(info, dict):
                 raise CommitRefused("object info is not a JSON object")
             reply: dict[str, Any] = {"name": await self.commit(project, job, info)}
+            outcome = "committed"
         except (CommitRefused, ValueError) as e:
             log.warning("object commit refused", job=f"{project}/{job}", reason=str(e))
-            reply = {"error": str(e)}
+            reply, outcome = {"error": str(e)}, "refused"
         except BusFailure as e:  # the reply carries what NATS itself said, as it always has
-            reply = {"error": f"the store did not take the record: {e.__cause__ or e}"}
+            reply, outcome = {"error": f"the store did not take the record: {e.__cause__ or e}"}, "error"
+        metrics.auth_commit(outcome)
         return json.dumps(reply).encode()
 
     async def serve(self, bus: Bus) -> None:
@@ -196,6 +201,8 @@ async def run(ready_file: Path | None = None) -> int:
     s = settings()
     config = BusConfig(url=s.nats_url or "nats://127.0.0.1:4222", user=s.nats_user or AUTH, password=s.secret("nats_password"), name="lab-auth")
     bus = await Bus.connect(config)
+    metrics.prepare_auth()
+    metrics.serve_or_log(s.metrics_port, "lab-auth")  # LAB_METRICS_PORT; unset: none
     await service.serve(bus)
     if ready_file is not None:
         ready_file.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import structlog
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -48,6 +49,7 @@ from kubernetes.config.config_exception import ConfigException
 from bus.retry import RetryPolicy
 from bus.schema import JobPhase, JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
+from bus.settings import settings as lab_settings
 from services.executors.base import ExecutorError
 from services.executors.k8s_watch import Watcher
 from services.executors.render import (
@@ -70,6 +72,7 @@ from services.executors.render import (
     settings,
 )
 
+log = structlog.get_logger()
 T = TypeVar("T")
 
 # Waiting reasons that never fix themselves, and those that may (for a while).
@@ -148,6 +151,10 @@ class KubernetesExecutor:
 
     def __init__(self, **options: Any) -> None:
         self.settings: KubernetesSettings = settings(KubernetesSettings, options)
+        if lab_settings().nats_ca_file and not self.settings.nats_ca_configmap:
+            # The lab speaks TLS to NATS, and its Jobs' runners would have no CA: every job would fail to connect.
+            log.warning("the lab uses TLS to NATS but executor option nats_ca_configmap is unset: jobs' runners cannot connect",
+                        see="docs/kubernetes.md#tls-for-nats")
         self._api = _api_client(self.settings)
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from bus.schema import JobPhase, JobSpec
 from bus.schema.formats import RESULT_FILE, FormatError, read_result
 from bus.settings import Settings, env_name
+from bus.settings import settings as lab_settings
 from services.common.config import write_secret
 from services.common.process import alive
 from services.executors.base import ExecutorError
@@ -139,6 +140,8 @@ class LocalExecutor:
                      and k not in (env_name("job"), env_name("job_file"), env_name("job_image"))}  # no container image here
         spec = write_secret(d / "job.spec.json", job.model_dump_json())
         env = {**inherited, **Settings.environ(job_file=spec, job_dir=d / "work", executor_kind="local")}
+        if ca := lab_settings().nats_ca_file:  # a NATS that speaks TLS: the runner trusts the lab's CA (public), never a client key
+            env.update(Settings.environ(nats_ca_file=ca))
         with open(d / "runner.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.runner"],

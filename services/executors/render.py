@@ -20,6 +20,7 @@ from bus.permissions import job_of_user
 from bus.schema import JobSpec
 from bus.schema.constants import EXIT_EXPERIMENT_FAILED, EXIT_INFRA
 from bus.settings import Settings, env_name
+from bus.settings import settings as lab_settings
 from services.executors.base import ExecutorError
 
 RUNNER_COMMAND = ["python", "-m", "services.runner"]
@@ -46,6 +47,10 @@ NATS_SECRET_MOUNT = "/run/lab/nats"
 JOB_FILE_ENV = env_name("job_file")
 JOB_SECRET_MOUNT = "/run/lab/job"
 JOB_SECRET_KEY = "job.json"
+# TLS to NATS: the CA (public, never a key) the runner trusts, mounted into the runner container alone.
+NATS_CA_FILE_ENV = env_name("nats_ca_file")
+NATS_CA_MOUNT = "/run/lab/nats-ca"
+NATS_CA_KEY = "ca.crt"
 SHARED_ENV = env_name("shared_dir")  # services.runner.split: the volume the two containers share
 SCRATCH_ENV = env_name("scratch")
 
@@ -127,6 +132,10 @@ class KubernetesSettings(BaseModel):
     nats_secret: str | None = None  # a Secret holding the runner's NATS credential
     nats_secret_user_key: str = "user"
     nats_secret_password_key: str = "password"
+    # A ConfigMap in the Jobs' namespace holding the CA of a NATS that speaks TLS (k8s/components/nats-tls:
+    # `lab-nats-ca`), mounted into the runner container alone; None: runners connect without TLS.
+    nats_ca_configmap: str | None = None
+    nats_ca_key: str = NATS_CA_KEY
     run_as_user: int = Field(10001, ge=1)  # the runner's uid, and the pod's group
     experiment_run_as_user: int = Field(10002, ge=1)  # the experiment's: never the runner's
     backoff_limit: int = Field(2, ge=0)
@@ -191,6 +200,9 @@ class DockerSettings(BaseModel):
     # A host file holding the runner's NATS password, mounted read-only into the job, so
     # the password is never in the container's environment (`docker inspect` shows that).
     nats_password_file: str | None = None
+    # A host file holding the CA of a NATS that speaks TLS, mounted read-only into the runner container alone.
+    # None: the engineer's own LAB_NATS_CA_FILE, which the Docker engine must see at the same path; unset: no TLS.
+    nats_ca_file: str | None = None
     # A host folder where the executor writes each job's description (its status key, which is also
     # its NATS password when the lab runs the auth service) as a 0400 file of the runner's uid, in a
     # folder of its own bind-mounted read-only into that job's runner container alone: Docker has no
@@ -530,6 +542,11 @@ def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, 
         runner_mounts.append({"name": "nats", "mountPath": NATS_SECRET_MOUNT, "readOnly": True})
         items = [{"key": s.nats_secret_user_key, "path": "user"}, {"key": s.nats_secret_password_key, "path": "password"}]
         volumes.append({"name": "nats", "secret": {"secretName": s.nats_secret, "items": items, "defaultMode": 0o440}})
+    if s.nats_ca_configmap:
+        runner_env.append({"name": NATS_CA_FILE_ENV, "value": f"{NATS_CA_MOUNT}/{NATS_CA_KEY}"})
+        runner_mounts.append({"name": "nats-ca", "mountPath": NATS_CA_MOUNT, "readOnly": True})
+        ca_items = [{"key": s.nats_ca_key, "path": NATS_CA_KEY}]
+        volumes.append({"name": "nats-ca", "configMap": {"name": s.nats_ca_configmap, "items": ca_items, "defaultMode": 0o444}})
     return runner_env, runner_mounts, volumes
 
 
@@ -637,6 +654,14 @@ def docker_job_file(job: JobSpec, s: DockerSettings) -> str:
     return _job_for_runner(job, job.gpu, strip_password=bool(s.nats_password_file)).model_dump_json()
 
 
+def docker_ca_file(s: DockerSettings) -> str | None:
+    """The host file of the NATS CA a Docker job's runner trusts: the option, else the engineer's own LAB_NATS_CA_FILE."""
+    if s.nats_ca_file:
+        return s.nats_ca_file
+    own = lab_settings().nats_ca_file
+    return str(own) if own else None
+
+
 def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None = None, image: str = "", node: str = "") -> dict[str, Any]:
     """Keyword arguments of docker-py's ``containers.create`` for the job's runner (the one holding the credential).
 
@@ -657,6 +682,9 @@ def docker_container(job: JobSpec, s: DockerSettings, devices: list[str] | None 
         # password, which would let it speak for every project's jobs, is never mounted there.
         environment[NATS_PASSWORD_FILE_ENV] = NATS_PASSWORD_MOUNT
         volumes[s.nats_password_file] = {"bind": NATS_PASSWORD_MOUNT, "mode": "ro"}
+    if ca := docker_ca_file(s):
+        environment[NATS_CA_FILE_ENV] = f"{NATS_CA_MOUNT}/{NATS_CA_KEY}"
+        volumes[ca] = {"bind": f"{NATS_CA_MOUNT}/{NATS_CA_KEY}", "mode": "ro"}
     spec = {
         "name": container_name(job.job_id),
         "command": list(s.command),

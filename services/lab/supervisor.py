@@ -244,6 +244,8 @@ class Supervisor:
             home=self.opts.home, nats_url=self.url, nats_user=AUTH, nats_password_file=self._secret(AUTH),
             job_secret_file=self._job_secret(), auth_issuer_seed_file=seed, auth_ready_file=self.opts.home / "run" / "auth.ready",
         ))
+        if port := settings().metrics_port:  # the next port after the agents' (LAB_METRICS_PORT, +1…); 0: any free one
+            env.update(Settings.environ(metrics_port=port + len(self.opts.instances())))
         logs = self.opts.home / "logs"
         logs.mkdir(mode=0o700, exist_ok=True)
         with open(private_log(logs / "auth.log"), "ab") as out:

@@ -10,6 +10,7 @@ without it has no co-PI box and every POST is refused with 403.
 from __future__ import annotations
 
 import mimetypes
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,9 +27,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bus import subjects
+from bus import metrics, subjects
 from bus.client import Bus, BusConfig
 from bus.errors import ArtifactMissing, BusFailure, ConnectError, InvalidToken
 from bus.replay import read
@@ -225,6 +226,37 @@ class ServedHosts(TrustedHostMiddleware):
         await super().__call__(scope, receive, send)
 
 
+class RequestMetrics:
+    """Counts each HTTP request by its route's template (never a project's name), method and status (bus/metrics.py).
+
+    The outermost middleware, so a foreign Host's 400 counts too; the seconds are those until the response
+    started, so a live feed open for an hour counts as quickly as it answered.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        seen: dict[str, Any] = {"status": 500, "seconds": None}
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"], seen["seconds"] = message["status"], time.perf_counter() - started
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "other"  # no route matched: a 404, or a refused Host
+            seconds = seen["seconds"] if seen["seconds"] is not None else time.perf_counter() - started
+            metrics.web_request(template, scope.get("method", "GET"), seen["status"], seconds)
+
+
 def served_names(hosts: Iterable[str] = ()) -> list[str]:
     """The Host names the web view answers: loopback's, and ``hosts`` (its --host, LAB_WEB_HOSTS); never a wildcard."""
     names = [*LOCAL_NAMES]
@@ -274,7 +306,7 @@ def create_app(
     ]
     # A page answers only to the names it is served under: a foreign Host (DNS rebinding: a site whose name
     # resolves to 127.0.0.1) gets 400, so another site's script cannot read the pages and papers.
-    middleware = [Middleware(ServedHosts, allowed_hosts=served_names(hosts))]
+    middleware = [Middleware(RequestMetrics), Middleware(ServedHosts, allowed_hosts=served_names(hosts))]
     handlers = {HTTPException: _http_error, BusFailure: _bus_error, ConnectError: _bus_error}
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.token = CoPIToken(token, copi_password)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bus.retry import RetryPolicy
-from bus.settings import Settings
+from bus.settings import Settings, settings
 from services.web.serve import info_file
 
 
@@ -20,6 +20,12 @@ def web_child(home: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """Run `lab web` beside the agents; its link goes to the same terminal (or supervisor.log when detached)."""
     info_file(home).unlink(missing_ok=True)
     env = {**os.environ, **Settings.environ(home=home)}
+    if first := settings().metrics_port:  # after the agents' ports and the auth service's (lab.json lists the agents)
+        try:
+            agents = len(json.loads((home / "lab.json").read_text()).get("agents", {}))
+            env.update(Settings.environ(metrics_port=first + agents + 1))
+        except (OSError, ValueError):
+            env.update(Settings.environ(metrics_port=0))  # no record of the agents: any free port rather than one of theirs
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port)], env=env, stdin=subprocess.DEVNULL)
     try:
         yield proc

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from bus import metrics
 from bus.client import Bus, BusConfig
 from bus.errors import LabError
 from bus.settings import env_name, settings
@@ -98,6 +99,7 @@ async def serve(config: BusConfig, opts: WebOptions, say: Callable[[str], None],
         _announce(opts, url, token, say)
         if not _is_loopback(opts.host):
             say(f"warning: listening on {opts.host} without TLS; the token crosses the network in clear")
+        metrics.serve_or_log(settings().metrics_port, "lab-web")  # LAB_METRICS_PORT, apart from the pages; unset: none
         app = create_app(token, bus=bus, copi_password=copi_password, hosts=[opts.host, *settings().web_hosts])
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
         await server.serve(sockets=[sock])

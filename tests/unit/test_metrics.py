@@ -136,6 +136,40 @@ def test_lab_up_gives_each_agent_process_a_port_of_its_own(tmp_path, monkeypatch
     assert "LAB_METRICS_PORT" not in sup._agent_env("pi")
 
 
+def test_lab_up_gives_the_auth_service_and_the_web_view_the_ports_after_the_agents(tmp_path, monkeypatch) -> None:
+    import json
+    import subprocess
+
+    from services.lab import supervisor
+    from services.web import launch
+
+    started: list[dict[str, str]] = []
+
+    class Spawned:
+        pid = 1
+
+        def __init__(self, argv: list[str], env: dict[str, str], **_: Any) -> None:
+            started.append(env)
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Spawned)
+    home = tmp_path / "home"
+    sup = supervisor.Supervisor(supervisor.LabOptions(home=home, replicas={"engineer": 2}))
+    sup.credentials, sup.issuer_seed = {"auth": "pw"}, "SAseed"
+    monkeypatch.setattr(sup, "_secret", lambda user: tmp_path / user)
+    monkeypatch.setattr(sup, "_job_secret", lambda: tmp_path / "job")
+    monkeypatch.setattr(sup, "_write_pids", lambda: None)
+    monkeypatch.setenv("LAB_METRICS_PORT", "9464")
+    sup._spawn_auth()
+    (home / "lab.json").write_text(json.dumps({"agents": {name: 1 for name, _ in sup.opts.instances()}}))
+    with launch.web_child(home, 8765):
+        pass
+    # Seven agents on 9464..9470: the auth service on the next port, the web view on the one after.
+    assert [env["LAB_METRICS_PORT"] for env in started] == ["9471", "9472"]
+
+
 def test_a_heartbeat_from_before_metrics_still_loads() -> None:
     from bus.schema import Heartbeat
 
