@@ -250,8 +250,8 @@ def test_every_agent_serves_metrics_on_its_named_port(overlay: str) -> None:
 def test_the_monitoring_overlay_scrapes_the_agents_and_nats_and_lets_only_the_monitoring_namespace_in() -> None:
     docs = build("overlays/monitoring")
     monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodMonitor"}
-    assert set(monitors) == {"lab-agents", "lab-nats"}
-    sets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StatefulSet"}
+    assert set(monitors) == {"lab-agents", "lab-nats", "lab-auth"}
+    sets = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("StatefulSet", "Deployment")}
     for monitor in monitors.values():
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == "lab"
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["lab"]}
@@ -259,7 +259,11 @@ def test_the_monitoring_overlay_scrapes_the_agents_and_nats_and_lets_only_the_mo
         assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     selected = {name: sorted(n for n, d in sets.items() if m["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items())
                 for name, m in monitors.items()}
-    assert selected == {"lab-agents": sorted(f"lab-{r}" for r in ROLES), "lab-nats": ["nats"]}
+    assert selected == {"lab-agents": sorted(f"lab-{r}" for r in ROLES), "lab-nats": ["nats"], "lab-auth": ["lab-auth"]}
+    # lab-auth serves its series on the port its PodMonitor names, as the agents do.
+    [auth] = sets["lab-auth"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in auth["env"]}
+    assert [(p["name"], p["containerPort"]) for p in auth["ports"]] == [("metrics", int(env["LAB_METRICS_PORT"]))]
     # NATS: the exporter sidecar serves the port `metrics`, reading the monitor port on localhost; restricted like the rest.
     pod = sets["nats"]["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["nats", "exporter"]
@@ -270,7 +274,8 @@ def test_the_monitoring_overlay_scrapes_the_agents_and_nats_and_lets_only_the_mo
     policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "lab"}
     monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     for name, selector, port in (("agents-metrics-ingress", {"app.kubernetes.io/component": "agent"}, 9464),
-                                 ("nats-metrics-ingress", {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}, 7777)):
+                                 ("nats-metrics-ingress", {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "bus"}, 7777),
+                                 ("auth-metrics-ingress", {"app.kubernetes.io/component": "auth"}, 9464)):
         ingress = policies[name]["spec"]
         assert ingress["podSelector"] == {"matchLabels": selector} and ingress["policyTypes"] == ["Ingress"]
         assert ingress["ingress"] == [{"from": monitoring, "ports": [{"protocol": "TCP", "port": port}]}]

@@ -118,4 +118,4 @@ def test_a_team_s_tls_model_server_and_monitors_name_its_own_namespace(overlay: 
         assert llm["data"]["LAB_LLM_BASE_URL"] == "http://vllm.bio.svc:8000/v1"
     if overlay == "overlays/monitoring":
         monitors = [d for d in docs if d["kind"] == "PodMonitor"]
-        assert len(monitors) == 2 and all(m["spec"]["namespaceSelector"] == {"matchNames": ["bio"]} for m in monitors)
+        assert len(monitors) == 3 and all(m["spec"]["namespaceSelector"] == {"matchNames": ["bio"]} for m in monitors)
