@@ -44,8 +44,16 @@ def racing(seeds: range) -> dict[str, dict[str, float]]:
     return out
 
 
+def evolve_flags() -> list[str]:
+    """The fast profile's fine-tuning steps and evolve.yaml's overrides, as every evolve job sets them."""
+    import yaml
+
+    overrides = yaml.safe_load((EXPERIMENT.parent / "evolve.yaml").read_text())["overrides"]
+    return ["--finetune_steps", "50", *[x for k, v in overrides.items() for x in (f"--{k}", str(v))]]
+
+
 def run_experiment(out: Path, *flags: str) -> dict:
-    subprocess.run([sys.executable, str(EXPERIMENT), "--out_dir", str(out), "--finetune_steps", "50", "--num_tasks", "5", *flags],
+    subprocess.run([sys.executable, str(EXPERIMENT), "--out_dir", str(out), *evolve_flags(), *flags],
                    check=True, capture_output=True)
     return json.loads((out / "final_info.json").read_text())
 

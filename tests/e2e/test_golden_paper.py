@@ -4,8 +4,9 @@ One `lab run --template model_merging --fast --seed 0 --max-ideas 2 --max-rounds
 starts it (real agents on an embedded nats-server, real sandboxed experiments, the offline
 minds), then paper.md, paper.tex and references.bib are normalised and compared with
 ``tests/golden/model_merging_fast.{md,tex,bib}``. It pins a whole pipeline: two ideas, ranked
-by the offline PI's scores, through the novelty check — a knob change and a template-declared code
-variant (implemented by the engineer's guarded edits, its diff in the paper's appendix) — baseline
+by the offline PI's scores, through the novelty check — two knob changes (merge_fn, hidden_size; until
+the template gained its finetune_optimizer knob the second was a template-declared code variant, whose
+guarded edits tests/integration/test_code_idea_runs.py pins) — baseline
 and idea runs, analysis (paired tests, Holm, bootstrap CIs), draft, review, rebuttal with more
 seeds, re-analysis, revised draft, second review and a decision on an inconclusive study.
 (Confirmation runs on fresh seeds and the "significant, replicated gain" title are pinned by
