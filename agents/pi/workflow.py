@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.base import Context, Rejected, Role, on
+from agents.evolve import project as evolve
 from agents.minds.base import PIMind
 from agents.pi import transitions as t
 from agents.pi.outcomes import Archive
@@ -71,6 +72,10 @@ class PI(Role):
         policy: ApprovalPolicy = getattr(ctx, "policy", ApprovalPolicy())  # a plain Context (a test's) has neither
         limits: BudgetLimits = getattr(ctx, "limits", BudgetLimits())
         used: Callable[[str], Awaitable[tuple[float, float]]] | None = getattr(ctx, "lab_gpu_hours", None)
+        if body.evolve is not None:  # an evolve project: the Self-Developing loop instead of idea waves
+            st = evolve.start(ctx.state, body, env.project, ctx.clock())
+            await self._drive(ctx, await evolve.advance(st, ctx.clock()))
+            return
         capped = limits.max_gpu_hours_per_lab is not None or limits.max_gpu_hours_per_user is not None
         lab, mine = await used(body.user) if ctx.state is None and used is not None and capped else (0.0, 0.0)
         await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab, mine))
@@ -95,15 +100,24 @@ class PI(Role):
 
     @on(ExperimentPlanned)
     async def planned(self, body: ExperimentPlanned, env: Any, ctx: PIContext) -> None:
-        await self._drive(ctx, t.planned(self._require(ctx), body, ctx.clock()))
+        if (st := self._require(ctx)).evolve is not None:
+            await self._drive(ctx, await evolve.advance(evolve.planned(st, body), ctx.clock()))
+            return
+        await self._drive(ctx, t.planned(st, body, ctx.clock()))
 
     @on(ExperimentResult)
     async def result(self, body: ExperimentResult, env: Any, ctx: PIContext) -> None:
-        await self._drive(ctx, t.result(self._require(ctx), body, ctx.clock()))
+        if (st := self._require(ctx)).evolve is not None:
+            await self._drive(ctx, await evolve.advance(evolve.result(st, body), ctx.clock()))
+            return
+        await self._drive(ctx, t.result(st, body, ctx.clock()))
 
     @on(StepFailed)
     async def step_failed(self, body: StepFailed, env: Any, ctx: PIContext) -> None:
-        await self._drive(ctx, t.step_failed(self._require(ctx), body, ctx.clock()))
+        if (st := self._require(ctx)).evolve is not None:
+            await self._drive(ctx, await evolve.advance(evolve.step_failed(st, body), ctx.clock()))
+            return
+        await self._drive(ctx, t.step_failed(st, body, ctx.clock()))
 
     @on(AnalysisDone)
     async def analysis(self, body: AnalysisDone, env: Any, ctx: PIContext) -> None:

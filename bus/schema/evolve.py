@@ -167,7 +167,51 @@ class IterationSummary(Model):
     runs: int = 0  # jobs this iteration (racing included)
 
 
+EvolveMindKind = Literal["offline", "llm"]
+
+
+class EvolveRequest(Model):
+    """How `lab evolve` asks the lab for an evolve project (``StartProject.evolve``): the loop's settings, the
+    template's ``evolve.yaml``, and the first population's code (the template's built-ins, then any --seed-code)."""
+
+    spec: EvolveSpec
+    iterations: int = Field(ge=1)
+    population: int = Field(ge=1)
+    keep: int = Field(3, ge=1)
+    max_runs: int = Field(ge=4)  # every job, the final test runs included
+    wall_time_s: float = Field(gt=0)  # after this (from the start), no new iteration starts; the final test still runs
+    mind: EvolveMindKind = "offline"
+    model: str | None = None  # the llm mind's model
+    pool: list[Proposal] = []  # the template's built-ins, the baseline first
+    seeds: list[Proposal] = []  # --seed-code: joins the first population
+
+
+class EvolveState(Model):
+    """An evolve project's durable part of the PI's state: the decisions taken so far, which a replay of the loop reuses.
+
+    The loop is replayed from the start each time a result arrives: a proposal or a deadline decision taken
+    once is read back here (so the replay takes the same path), an evaluation whose experiment has its result
+    returns it, and one still running waits. What the replay found is kept for `lab status`, the web view
+    and the files ``evolve/`` (written to the object store at the end).
+    """
+
+    request: EvolveRequest
+    proposals: dict[int, list[Proposal]] = {}  # per iteration, what the mind proposed
+    late: dict[int, bool] = {}  # per iteration, whether the wall time had passed when it was to start
+    archive: list[Candidate] = []
+    summaries: list[IterationSummary] = []
+    pairs: list[PreferencePair] = []
+    prompts: dict[int, str] = {}
+    said: int = 0  # the replay's lines already logged
+    final: list[Candidate] = []
+    comparisons: dict[str, Comparison] = {}
+    verdict: str = ""
+    beat_baseline: bool = False
+    runs: int = 0
+    stopped: str = ""
+
+
 __all__ = [
-    "Candidate", "CandidateState", "Comparison", "EvolveSpec", "Evidence", "HookSpec", "IterationSummary", "OperatorSpec",
-    "Operators", "PreferencePair", "Program", "Proposal", "SeedPlan", "Split",
+    "Candidate", "CandidateState", "Comparison", "EvolveMindKind", "EvolveRequest", "EvolveSpec", "EvolveState", "Evidence",
+    "HookSpec", "IterationSummary", "OperatorSpec", "Operators", "PreferencePair", "Program", "Proposal", "SeedPlan", "Split",
 ]
