@@ -16,16 +16,12 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from agents.evolve.race import Report
 from agents.evolve.stats import interval
-from bus.schema.evolve import Candidate
-
-if TYPE_CHECKING:
-    from agents.pi.state import ProjectState
+from bus.schema.evolve import Candidate, EvolveSetting, EvolveState
 
 
 def _lines(rows: Sequence[BaseModel]) -> bytes:
@@ -40,19 +36,17 @@ def _code(c: Candidate) -> dict[str, bytes]:
     return out
 
 
-def render(st: ProjectState, report: Report) -> dict[str, bytes]:
+def render(ev: EvolveState, setting: EvolveSetting, report: Report) -> dict[str, bytes]:
     """Every file of ``evolve/``, by name."""
     from agents.evolve.project import summary
 
-    ev = st.evolve
-    assert ev is not None
     files: dict[str, bytes] = {
         "candidates.jsonl": _lines(ev.archive),
         "iterations.jsonl": _lines(ev.summaries),
         "preferences.jsonl": _lines(ev.pairs),
         "final.jsonl": _lines(report.final),
-        "summary.json": json.dumps(summary(st), indent=2).encode(),
-        "progress.png": plot(report, st.spec.primary_metric, ev.request.spec.baseline),
+        "summary.json": json.dumps(summary(ev, setting), indent=2).encode(),
+        "progress.png": plot(report, setting.spec.primary_metric, ev.request.spec.baseline),
     }
     for c in [*ev.archive, *report.final]:
         files.update(_code(c))

@@ -12,7 +12,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from bus.schema.archive import ArchiveRecord
 from bus.schema.base import Model
+from bus.schema.project import Idea
+from bus.schema.results import RunRecord
+from bus.schema.template import TemplateSpec
 
 Split = Literal["fit", "dev", "test"]
 CandidateState = Literal["succeeded", "failed"]
@@ -211,7 +215,52 @@ class EvolveState(Model):
     stopped: str = ""
 
 
+class EvolveSetting(Model):
+    """What the evolve loop reads of its project (the PI's state), passed to it by the PI."""
+
+    project: str
+    template: str
+    spec: TemplateSpec
+    seed: int
+    started_at: float
+    direction: str = ""
+
+
+class Evaluated(Model):
+    """One evaluation's experiment as the PI holds it: still running, or its runs (or why it failed without any)."""
+
+    status: Literal["requested", "done", "failed"]
+    runs: list[RunRecord] = []
+    reason: str = ""
+
+
+class Evaluation(Model):
+    """An evaluation the loop asks for: the PI sends it to the engineer as an ExperimentRequest."""
+
+    experiment_id: str
+    idea: Idea  # the candidate: its code a guarded edit at the template's hook (``idea.code.edits``)
+    seeds: list[int]
+    fixed: dict[str, float | int | str | bool]  # the split and the template's evolve overrides
+    iteration: int
+
+
+class EvolveStep(Model):
+    """What one replay of the loop decided, for the PI to perform: experiments to ask for, lines to log, and at the end
+    the files of ``evolve/``, the idea archive's records and the verdict."""
+
+    evolve: EvolveState
+    ask: list[Evaluation] = []
+    lines: list[str] = []
+    done: bool = False
+    verdict: str = ""
+    accepted: bool = False
+    failed: bool = False
+    files: dict[str, bytes] = {}
+    records: list[ArchiveRecord] = []
+
+
 __all__ = [
-    "Candidate", "CandidateState", "Comparison", "EvolveMindKind", "EvolveRequest", "EvolveSpec", "EvolveState", "Evidence",
-    "HookSpec", "IterationSummary", "OperatorSpec", "Operators", "PreferencePair", "Program", "Proposal", "SeedPlan", "Split",
+    "Candidate", "CandidateState", "Comparison", "Evaluated", "Evaluation", "EvolveMindKind", "EvolveRequest", "EvolveSetting",
+    "EvolveSpec", "EvolveState", "EvolveStep", "Evidence", "HookSpec", "IterationSummary", "OperatorSpec", "Operators",
+    "PreferencePair", "Program", "Proposal", "SeedPlan", "Split",
 ]

@@ -1,5 +1,5 @@
-"""An evolve project as the PI runs it (agents/evolve/project.py), in process: the loop replayed over the project's
-state, each candidate an ExperimentRequest answered by a scripted engineer on the planted testbed.
+"""An evolve project as the PI runs it (agents/pi/evolve.py over the evolve room's loop, agents/evolve/project.py),
+in process: the loop replayed over the project's state, each candidate an ExperimentRequest answered by a scripted engineer on the planted testbed.
 
 It must take the same decisions as the loop run straight through (tests/evolve_planted.py), ask for every
 experiment once, and ask for nothing again when a message is redelivered or a state write was lost (a lab
@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 
-from agents.evolve import project as evolve
+from agents.evolve.project import advance as loop
+from agents.pi import evolve
 from agents.pi import transitions as t
 from agents.pi.state import ProjectState
 from agents.templates import load
@@ -62,7 +63,7 @@ async def drive(margin: float, replays: bool, seeds: list[Proposal] | None = Non
     """The project to its decision; with ``replays``, each message is also handled twice and some steps are lost."""
     eng = Engineer(margin)
     st: ProjectState = evolve.start(None, start_body(seeds), "p1", 0.0)
-    step = await evolve.advance(st, 1.0)
+    step = await evolve.advance(st, 1.0, loop)
     queue, n = requests(step), 0
     while queue:
         req = queue.pop(0)
@@ -71,12 +72,12 @@ async def drive(margin: float, replays: bool, seeds: list[Proposal] | None = Non
         lost = replays and n % 5 == 0
         before = step.state
         fold = evolve.result if isinstance(answer, ExperimentResult) else evolve.planned
-        step = await evolve.advance(fold(before, answer), 2.0)  # type: ignore[arg-type]
+        step = await evolve.advance(fold(before, answer), 2.0, loop)  # type: ignore[arg-type]
         if replays and n % 4 == 0:  # the same message again, on the stored state: nothing new is asked for
-            again = await evolve.advance(fold(step.state, answer), 2.0)  # type: ignore[arg-type]
+            again = await evolve.advance(fold(step.state, answer), 2.0, loop)  # type: ignore[arg-type]
             assert requests(again) == [] and again.state.evolve == step.state.evolve
         if lost:  # the state was not stored: the step is redone from the state before, asking for the same experiments
-            redo = await evolve.advance(fold(before, answer), 2.0)  # type: ignore[arg-type]
+            redo = await evolve.advance(fold(before, answer), 2.0, loop)  # type: ignore[arg-type]
             assert [r.experiment_id for r in requests(redo)] == [r.experiment_id for r in requests(step)]
         queue += requests(step)
     return step, eng
