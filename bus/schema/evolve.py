@@ -1,8 +1,8 @@
 """The Self-Developing loop's records (`lab evolve`): what a template declares, candidates as code, their per-seed
 scores, the paired comparisons that select them, and preference pairs with their evidence.
 
-The loop's logic (``agents/evolve/``), its minds and the service that runs the candidates
-(``services/cli/evolve.py``) all speak these shapes; the files written to ``evolve/`` are these
+The loop's logic (``agents/evolve/``), its minds and the PI that runs it as an evolve project
+(``agents/pi/evolve.py``) all speak these shapes; the files written to ``evolve/`` are these
 models as JSON lines, and a template's ``evolve.yaml`` is an ``EvolveSpec``.
 """
 
