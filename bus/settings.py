@@ -146,18 +146,18 @@ class Settings(BaseSettings):
         shown="the local lab's cluster, else 1", ge=1,
     )
 
-    # ---------------------------------------------------------------- job runners' access (engineer, `lab evolve`)
-    runner_nats_url: str | None = _setting(None, "The NATS URL job runners connect to.", "services.host.wiring, services.cli.evolve", shown="the agent's own")
+    # ---------------------------------------------------------------- job runners' access (the engineer)
+    runner_nats_url: str | None = _setting(None, "The NATS URL job runners connect to.", "services.host.wiring", shown="the agent's own")
     runner_user: str | None = _setting(
-        None, "The NATS user of job runners (`job`: each job its own user, via the auth service).", "services.host.wiring, services.cli.evolve",
+        None, "The NATS user of job runners (`job`: each job its own user, via the auth service).", "services.host.wiring",
     )
-    runner_password: SecretStr | None = _setting(None, "The shared runner user's password.", "services.host.wiring, services.cli.evolve")
-    runner_password_file: Path | None = _setting(None, "A file holding the runner password.", "services.host.wiring, services.cli.evolve")
+    runner_password: SecretStr | None = _setting(None, "The shared runner user's password.", "services.host.wiring")
+    runner_password_file: Path | None = _setting(None, "A file holding the runner password.", "services.host.wiring")
     job_secret: SecretStr | None = _setting(
-        None, "The engineers' job secret: each job's status key derives from it.", "services.host.wiring, services.cli.evolve, services.auth.callout",
+        None, "The engineers' job secret: each job's status key derives from it.", "services.host.wiring, services.auth.callout",
     )
     job_secret_file: Path | None = _setting(
-        None, "A file holding the job secret (`lab up` writes one).", "services.host.wiring, services.cli.evolve, services.auth.callout",
+        None, "A file holding the job secret (`lab up` writes one).", "services.host.wiring, services.auth.callout",
     )
 
     # ---------------------------------------------------------------- the auth service

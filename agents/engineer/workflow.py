@@ -221,8 +221,11 @@ class Engineer(Role):
             elif body.idea is not None:
                 bundle = await ctx.artifacts.get(body.template_object)
                 files = bundle_files(bundle)
-                plan = await ctx.mind.plan(body.idea, body.spec, files, error)
-                changes, edits = plan.overrides, plan.edits
+                if body.idea.code is not None and body.idea.code.edits:  # the proposer wrote the edits: nothing to interpret
+                    changes, edits = dict(body.idea.changes), list(body.idea.code.edits)
+                else:
+                    plan = await ctx.mind.plan(body.idea, body.spec, files, error)
+                    changes, edits = plan.overrides, plan.edits
                 if edits:
                     patched = apply_edits(files, edits, aisci.editable(files))
                     diff = unified_diff(files, patched)
@@ -232,6 +235,8 @@ class Engineer(Role):
                 body.spec, profile, job_id=job_id_for(ctx.project, body.experiment_id, attempt), project=ctx.project,
                 experiment_id=body.experiment_id, template=body.template, bundle_object=bundle_object, seeds=body.seeds, changes=changes,
             )
+            if body.fixed:  # the project's workflow's own options (an evolve run's split), past the knob checks
+                spec = spec.model_copy(update={"overrides": {**spec.overrides, **body.fixed}})
         except (TemplateError, EditError) as e:
             return str(e)
         key = ""
@@ -349,9 +354,12 @@ class Engineer(Role):
         elif body.state != "succeeded":
             await self._release_claim(ctx, job)
         ctx.log.info("job finished", job=job.job_id, state=body.state, reason=body.reason, wall_s=round(body.wall_s, 1), run_key=job.cache_key[:16])
-        if body.state == "failed" and job.edits and job.attempt < MAX_ATTEMPTS and not st.closed:
-            # The edited code crashed or hung: show the mind the error and let it fix its edit.
-            retry = await self._plan(ctx, st.requests[job.experiment_id], job.attempt + 1, await self._error_of(ctx, job))
+        request = st.requests[job.experiment_id]
+        written = request.idea is not None and request.idea.code is not None and bool(request.idea.code.edits)
+        if body.state == "failed" and job.edits and job.attempt < MAX_ATTEMPTS and not st.closed and not written:
+            # The edited code crashed or hung: show the mind the error and let it fix its edit (the proposer's own
+            # edits, an evolve candidate's, are the candidate: its failure is its result).
+            retry = await self._plan(ctx, request, job.attempt + 1, await self._error_of(ctx, job))
             if isinstance(retry, JobRecord):
                 self._queue(ctx, st, retry)
         self._maybe_report(ctx, st, job.experiment_id)

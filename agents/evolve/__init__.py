@@ -1,3 +1,3 @@
-"""The Self-Developing loop's decisions (``workflow``) and its minds (``offline``, ``llm``);
-``services.cli.evolve`` runs its activities.
+"""The Self-Developing loop's decisions (``workflow``, ``race``), its minds (``offline``, ``llm``), and the loop as an
+evolve project's (``project``: replayed for the PI, each evaluation an experiment request to the engineer).
 """

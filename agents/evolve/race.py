@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,6 +68,8 @@ class LoopConfig:
     max_runs: int
     deadline: float  # time.monotonic() after which no new iteration starts
     seed_proposals: list[Proposal] = field(default_factory=list)
+    # Whether iteration i may no longer start (default: past ``deadline``); a replayed loop decides it once and reads it back.
+    late: Callable[[int], bool] | None = None
 
 
 @dataclass
@@ -138,7 +141,8 @@ class Loop:
         summaries: list[IterationSummary] = []
         stopped = ""
         for it in range(self.cfg.iterations):
-            if self._left() < 1 or time.monotonic() > self.cfg.deadline:
+            late = self.cfg.late(it) if self.cfg.late is not None else time.monotonic() > self.cfg.deadline
+            if self._left() < 1 or late:
                 stopped = "the run budget" if self._left() < 1 else "the wall time"
                 break
             summaries.append(await self._iteration(it))

@@ -5,9 +5,9 @@ algorithms as code for one hook of the template (for ``model_merging``: the
 function that merges task vectors); each runs on the development split; the
 best go into the next prompt as examples; the final best are scored once on
 the held-out test split; best-vs-worst of every iteration is a preference pair
-for DPO. This module decides and formats; running jobs and writing files are
-the activities in ``services/cli/evolve.py``, and proposing is the mind's
-(``agents/minds/{offline,llm}/evolve.py``).
+for DPO. This module decides and formats; running candidates is the lab's
+(``project.py``: each an experiment request the PI sends the engineer), and
+proposing is the mind's (``offline.py``, ``llm.py``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from bus.schema import (
     TemplateSpec,
     Usage,
 )
+from bus.schema.evolve import EvolveState
 
 
 class Model(BaseModel):
@@ -99,6 +100,8 @@ class ProjectState(Model):
     approved_at: float | None = None
     # Why no new run may start (a GPU-hour, CPU-hour or money budget reached; ""), said once and in the decision.
     budget_stop: str = ""
+    # An evolve project (`lab evolve`, StartProject.evolve): the loop's decisions so far (agents/evolve/project.py).
+    evolve: EvolveState | None = None
 
     @property
     def runs_used(self) -> int:

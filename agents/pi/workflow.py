@@ -19,7 +19,9 @@ from typing import Any
 
 from agents.base import Context, Rejected, Role, on
 from agents.minds.base import PIMind
+from agents.pi import evolve
 from agents.pi import transitions as t
+from agents.pi.evolve import EvolveLoop
 from agents.pi.outcomes import Archive
 from agents.pi.state import ProjectState
 
@@ -56,6 +58,8 @@ class PIContext(Context[ProjectState | None, PIMind]):
     # GPU-hours the lab's stored projects used so far, and those of the projects a given user started
     # (services/wiring reads them; None: no per-lab or per-user cap to check).
     lab_gpu_hours: Callable[[str], Awaitable[tuple[float, float]]] | None = None
+    # The evolve room's loop (agents/evolve/project.advance), for evolve projects; services/wiring gives it.
+    evolve: EvolveLoop | None = None
 
 
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
@@ -71,6 +75,10 @@ class PI(Role):
         policy: ApprovalPolicy = getattr(ctx, "policy", ApprovalPolicy())  # a plain Context (a test's) has neither
         limits: BudgetLimits = getattr(ctx, "limits", BudgetLimits())
         used: Callable[[str], Awaitable[tuple[float, float]]] | None = getattr(ctx, "lab_gpu_hours", None)
+        if body.evolve is not None:  # an evolve project: the Self-Developing loop instead of idea waves
+            st = evolve.start(ctx.state, body, env.project, ctx.clock())
+            await self._drive(ctx, await evolve.advance(st, ctx.clock(), self._loop(ctx)))
+            return
         capped = limits.max_gpu_hours_per_lab is not None or limits.max_gpu_hours_per_user is not None
         lab, mine = await used(body.user) if ctx.state is None and used is not None and capped else (0.0, 0.0)
         await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab, mine))
@@ -95,15 +103,24 @@ class PI(Role):
 
     @on(ExperimentPlanned)
     async def planned(self, body: ExperimentPlanned, env: Any, ctx: PIContext) -> None:
-        await self._drive(ctx, t.planned(self._require(ctx), body, ctx.clock()))
+        if (st := self._require(ctx)).evolve is not None:
+            await self._drive(ctx, await evolve.advance(evolve.planned(st, body), ctx.clock(), self._loop(ctx)))
+            return
+        await self._drive(ctx, t.planned(st, body, ctx.clock()))
 
     @on(ExperimentResult)
     async def result(self, body: ExperimentResult, env: Any, ctx: PIContext) -> None:
-        await self._drive(ctx, t.result(self._require(ctx), body, ctx.clock()))
+        if (st := self._require(ctx)).evolve is not None:
+            await self._drive(ctx, await evolve.advance(evolve.result(st, body), ctx.clock(), self._loop(ctx)))
+            return
+        await self._drive(ctx, t.result(st, body, ctx.clock()))
 
     @on(StepFailed)
     async def step_failed(self, body: StepFailed, env: Any, ctx: PIContext) -> None:
-        await self._drive(ctx, t.step_failed(self._require(ctx), body, ctx.clock()))
+        if (st := self._require(ctx)).evolve is not None:
+            await self._drive(ctx, await evolve.advance(evolve.step_failed(st, body), ctx.clock(), self._loop(ctx)))
+            return
+        await self._drive(ctx, t.step_failed(st, body, ctx.clock()))
 
     @on(AnalysisDone)
     async def analysis(self, body: AnalysisDone, env: Any, ctx: PIContext) -> None:
@@ -168,6 +185,10 @@ class PI(Role):
         except MIND_FAILURES as e:
             return t.finish(st, accepted=False, reason=f"could not answer the review: {e}", failed=True)
         return t.review_answered(st, ask.context.items, responses, ctx.clock())
+
+    def _loop(self, ctx: PIContext) -> EvolveLoop | None:
+        loop: EvolveLoop | None = getattr(ctx, "evolve", None)  # a plain Context (a test's) has none
+        return loop
 
     def _archive(self, ctx: PIContext) -> Archive | None:
         # A plain Context (a test's) has no archive port.

@@ -1,8 +1,8 @@
 """The Self-Developing loop's records (`lab evolve`): what a template declares, candidates as code, their per-seed
 scores, the paired comparisons that select them, and preference pairs with their evidence.
 
-The loop's logic (``agents/evolve/``), its minds and the service that runs the candidates
-(``services/cli/evolve.py``) all speak these shapes; the files written to ``evolve/`` are these
+The loop's logic (``agents/evolve/``), its minds and the PI that runs it as an evolve project
+(``agents/pi/evolve.py``) all speak these shapes; the files written to ``evolve/`` are these
 models as JSON lines, and a template's ``evolve.yaml`` is an ``EvolveSpec``.
 """
 
@@ -12,7 +12,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from bus.schema.archive import ArchiveRecord
 from bus.schema.base import Model
+from bus.schema.project import Idea
+from bus.schema.results import RunRecord
+from bus.schema.template import TemplateSpec
 
 Split = Literal["fit", "dev", "test"]
 CandidateState = Literal["succeeded", "failed"]
@@ -167,7 +171,96 @@ class IterationSummary(Model):
     runs: int = 0  # jobs this iteration (racing included)
 
 
+EvolveMindKind = Literal["offline", "llm"]
+
+
+class EvolveRequest(Model):
+    """How `lab evolve` asks the lab for an evolve project (``StartProject.evolve``): the loop's settings, the
+    template's ``evolve.yaml``, and the first population's code (the template's built-ins, then any --seed-code)."""
+
+    spec: EvolveSpec
+    iterations: int = Field(ge=1)
+    population: int = Field(ge=1)
+    keep: int = Field(3, ge=1)
+    max_runs: int = Field(ge=4)  # every job, the final test runs included
+    wall_time_s: float = Field(gt=0)  # after this (from the start), no new iteration starts; the final test still runs
+    mind: EvolveMindKind = "offline"
+    model: str | None = None  # the llm mind's model
+    pool: list[Proposal] = []  # the template's built-ins, the baseline first
+    seeds: list[Proposal] = []  # --seed-code: joins the first population
+
+
+class EvolveState(Model):
+    """An evolve project's durable part of the PI's state: the decisions taken so far, which a replay of the loop reuses.
+
+    The loop is replayed from the start each time a result arrives: a proposal or a deadline decision taken
+    once is read back here (so the replay takes the same path), an evaluation whose experiment has its result
+    returns it, and one still running waits. What the replay found is kept for `lab status`, the web view
+    and the files ``evolve/`` (written to the object store at the end).
+    """
+
+    request: EvolveRequest
+    proposals: dict[int, list[Proposal]] = {}  # per iteration, what the mind proposed
+    late: dict[int, bool] = {}  # per iteration, whether the wall time had passed when it was to start
+    archive: list[Candidate] = []
+    summaries: list[IterationSummary] = []
+    pairs: list[PreferencePair] = []
+    prompts: dict[int, str] = {}
+    said: int = 0  # the replay's lines already logged
+    final: list[Candidate] = []
+    comparisons: dict[str, Comparison] = {}
+    verdict: str = ""
+    beat_baseline: bool = False
+    runs: int = 0
+    stopped: str = ""
+
+
+class EvolveSetting(Model):
+    """What the evolve loop reads of its project (the PI's state), passed to it by the PI."""
+
+    project: str
+    template: str
+    spec: TemplateSpec
+    seed: int
+    started_at: float
+    direction: str = ""
+
+
+class Evaluated(Model):
+    """One evaluation's experiment as the PI holds it: still running, or its runs (or why it failed without any)."""
+
+    status: Literal["requested", "done", "failed"]
+    runs: list[RunRecord] = []
+    reason: str = ""
+
+
+class Evaluation(Model):
+    """An evaluation the loop asks for: the PI sends it to the engineer as an ExperimentRequest."""
+
+    experiment_id: str
+    idea: Idea  # the candidate: its code a guarded edit at the template's hook (``idea.code.edits``)
+    seeds: list[int]
+    fixed: dict[str, float | int | str | bool]  # the split and the template's evolve overrides
+    iteration: int
+
+
+class EvolveStep(Model):
+    """What one replay of the loop decided, for the PI to perform: experiments to ask for, lines to log, and at the end
+    the files of ``evolve/``, the idea archive's records and the verdict."""
+
+    evolve: EvolveState
+    ask: list[Evaluation] = []
+    lines: list[str] = []
+    done: bool = False
+    verdict: str = ""
+    accepted: bool = False
+    failed: bool = False
+    files: dict[str, bytes] = {}
+    records: list[ArchiveRecord] = []
+
+
 __all__ = [
-    "Candidate", "CandidateState", "Comparison", "EvolveSpec", "Evidence", "HookSpec", "IterationSummary", "OperatorSpec",
-    "Operators", "PreferencePair", "Program", "Proposal", "SeedPlan", "Split",
+    "Candidate", "CandidateState", "Comparison", "Evaluated", "Evaluation", "EvolveMindKind", "EvolveRequest", "EvolveSetting",
+    "EvolveSpec", "EvolveState", "EvolveStep", "Evidence", "HookSpec", "IterationSummary", "OperatorSpec", "Operators",
+    "PreferencePair", "Program", "Proposal", "SeedPlan", "Split",
 ]

@@ -18,6 +18,7 @@ from pydantic import Field, TypeAdapter
 from bus.schema.analysis import AnalysisReport
 from bus.schema.base import Model, Recipient, Sender
 from bus.schema.constants import SCHEMA_VERSION
+from bus.schema.evolve import EvolveRequest
 from bus.schema.project import Budget, CoPINote, Estimate, Idea, MindChoice, Reference, Usage
 from bus.schema.results import FinalInfo, JobEnvironment, RunRecord
 from bus.schema.review import ItemResponse, MetaReview, Review, RevisionItem
@@ -45,6 +46,8 @@ class StartProject(Model):
     # Who started it, as `lab run` names them (LAB_USER, else the login): what a per-user budget is counted by.
     # A name, not an authenticated identity: the lab has one co-PI login (docs/configuration.md, budgets).
     user: str = Field("", max_length=64)
+    # An evolve project (`lab evolve`): the PI runs the Self-Developing loop (agents/evolve) instead of idea waves.
+    evolve: EvolveRequest | None = None
 
 
 class ProjectEstimate(Model):
@@ -136,6 +139,9 @@ class ExperimentRequest(Model):
     fast: bool = False
     profile: str = ""
     cache: bool = True  # False: `lab run --no-cache`, every run of the project runs fresh
+    # Options the project's workflow sets on the job itself, past the template's knob checks (an evolve run's split
+    # and the template's evolve overrides): never an idea's, only what the PI's loop decides.
+    fixed: dict[str, float | int | str | bool] = {}
 
     STEP: ClassVar[Step] = "experiment"
 

@@ -101,6 +101,9 @@ class CodeChange(Model):
 
     summary: str  # what the change does, for the engineer and the paper
     variant: str | None = None  # a code variant the template declares, switched in by its edits
+    # The guarded edits themselves, written by the proposer (an evolve candidate switched in at the template's hook):
+    # applied as they are, checked like any edit, without a mind.
+    edits: list[CodeEdit] = []
 
 
 class Idea(Model):

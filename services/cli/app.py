@@ -540,13 +540,14 @@ def evolve(
     seed_code: list[Path] = typer.Option([], "--seed-code", help="A .py file defining the hook's function; joins the first population (repeatable)."),
     executor: str | None = typer.Option(
         None, "--executor",
-        help="local, docker or kubernetes, options from the lab config (default: the local lab's with --nats, else local).",
+        help="Where an embedded lab runs the candidates: local, docker or kubernetes (a running lab runs them where it runs its jobs).",
     ),
-    nats: str | None = typer.Option(None, "--nats", help="Run on the lab at this NATS URL (its runner credential and job secret); default: a private server."),
+    nats: str | None = typer.Option(None, "--nats", help="Run on the lab at this NATS URL; default: the local lab, or an embedded one for this run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     unsafe_no_sandbox: bool = typer.Option(False, "--unsafe-no-sandbox", help=UNSAFE_HELP),
 ) -> None:
-    """The Self-Developing loop: a mind proposes algorithms as code, the best on a dev split carry on, the final best meet the test split."""
+    """The Self-Developing loop as a lab project: a mind proposes algorithms as code, each runs as the engineer's experiment,
+    the best on a dev split carry on, the final best meet the test split."""
     from services.cli.evolve import EvolveOptions, run_evolve
 
     mind = _check_choice("mind", mind, MIND_KINDS)

@@ -38,7 +38,7 @@ def runner_access(nats: NatsAccess | None, spec: JobSpec, key: str) -> NatsAcces
 def ledger_for(executor: Executor, states: object) -> SlotLedger:
     """The lab-wide capacity ledger in the state bucket as this executor counts it: GPUs where it has them, else slots.
 
-    The engineer's (``ExecutorJobs.open_ledger``) and `lab evolve --nats`'s (services/cli/evolve.py), so both count alike.
+    The engineer's (``ExecutorJobs.open_ledger``): every project's runs, evolve projects' candidates included, count alike.
     """
     gpus = getattr(getattr(executor, "settings", None), "gpus", None)
     return SlotLedger(states, executor.capacity(), counts="gpus" if gpus else "slots")

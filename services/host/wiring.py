@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from agents.base import ArtifactStore, Cache, Context
 from agents.engineer.workflow import EngineerContext
+from agents.evolve.project import advance as evolve_loop
 from agents.literature.workflow import LiteratureContext, Settings
 from agents.minds import llm_unavailable, make_mind
 from agents.minds.base import Mind
@@ -234,7 +235,7 @@ class PIWiring(Wiring):
 
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> PIContext:
         return PIContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, archive=self.archive,
-                         policy=self.policy, limits=self.limits, lab_gpu_hours=self.lab_gpu_hours)
+                         policy=self.policy, limits=self.limits, lab_gpu_hours=self.lab_gpu_hours, evolve=evolve_loop)
 
 
 class LiteratureWiring(Wiring):

@@ -11,6 +11,7 @@ and ``export.json`` says so.
     review.json                                              the reviews, every round
     analysis.json                                            the latest analysis report
     baseline.md                                              a template with nothing to vary: its baseline characterised
+    evolve/                                                  an evolve project's files (final.jsonl, preferences.jsonl, progress.png, ...)
     results/<experiment-id>/...                              every run's files (``-attempt2``… when retried; job ids in export.json;
                                                              a run the result cache served: the files of the run it reused)
     conversation.jsonl                                       the whole log
@@ -195,6 +196,10 @@ async def export_project(bus: Bus, project: str, out: Path) -> Exported:
     await _export_results(artifacts, project, log, out, done)
     if (out / "results").is_dir():
         files.append(("results/", out / "results"))
+    for name in await artifacts.list(f"{project}/evolve/"):  # an evolve project's files (agents/evolve/files.py)
+        await _fetch(artifacts, name, out / "evolve" / name.removeprefix(f"{project}/evolve/"), done)
+    if (out / "evolve").is_dir():
+        files.append(("evolve/", out / "evolve"))
     convo = out / "conversation.jsonl"
     convo.write_text("".join(line + "\n" for line in log.lines))
     files.append(("conversation.jsonl", convo))

@@ -1,8 +1,8 @@
-"""`lab evolve --nats URL --executor kubernetes`: the Self-Developing loop on a running lab, its candidates as GPU Jobs.
+"""`lab evolve --nats URL` on a lab whose executor is kubernetes: the evolve project's candidates as GPU Jobs.
 
-What is real: a `lab up` (nats-server and six agents), `lab evolve` as a
-process connecting to that lab with the credentials `lab up` wrote under
-LAB_HOME, the KubernetesExecutor with the official client over HTTP, and the
+What is real: a `lab up --executor kubernetes` (nats-server and six agents), `lab evolve` as a
+process starting its project on that lab with the credentials `lab up` wrote under
+LAB_HOME, the lab's engineer running each candidate, the KubernetesExecutor with the official client over HTTP, and the
 job runner, which the test kubelet starts from each pod's command and
 environment. Faked, as in tests/e2e/test_kubernetes_run.py: the cluster (kmock)
 and the GPUs (two pretend ones; the merges run on the CPU). One iteration of
@@ -45,7 +45,7 @@ class RecordingKubelet(Kubelet):
         try:
             await super()._sync_pod(job, pod)
         except ApiException as e:
-            # `lab evolve` deletes its Jobs as soon as the last result is in (the runner reports over NATS,
+            # The engineer deletes a project's Jobs as soon as it decides (the runner reports over NATS,
             # before the pod's end is written back here): like a real job controller, shrug off a deleted Job.
             if e.status != 404:
                 raise
@@ -61,33 +61,35 @@ async def test_lab_evolve_runs_its_candidates_as_jobs_of_a_running_lab(lab_env, 
     home, env = lab_env
     env = {k: v for k, v in env.items() if not k.startswith(("OPENAI_", "LAB_LLM_", "LAB_MIND", "LAB_RUNNER_", "LAB_JOB_SECRET"))}
     home.mkdir(parents=True, exist_ok=True)
-    r = await asyncio.to_thread(lab, env, "up", "--detach")
-    assert r.returncode == 0, r.stderr + r.stdout
     out = tmp_path / "out"
-    try:
-        url = json.loads((home / "lab.json").read_text())["url"]
-        async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
-            for res in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/events"):
-                emu.resources[res] = {}
-            api = str(server.url).rstrip("/")
-            config = tmp_path / "config.yaml"
-            config.write_text(yaml.safe_dump({"executor": {"kubernetes": {
-                "kubeconfig": kubeconfig(tmp_path / "kubeconfig", api), "namespace": NS,
-                "command": [sys.executable, "-m", "services.runner"], "gpus": 2, "min_gpu": 1, "startup_margin_s": 60,
-            }}}))
+    async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
+        for res in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/events"):
+            emu.resources[res] = {}
+        api = str(server.url).rstrip("/")
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"executor": {"kubernetes": {
+            "kubeconfig": kubeconfig(tmp_path / "kubeconfig", api), "namespace": NS,
+            "command": [sys.executable, "-m", "services.runner"], "gpus": 2, "min_gpu": 1, "startup_margin_s": 60,
+        }}}))
+        env = {**env, "LAB_CONFIG": str(config)}
+        # The lab runs its jobs on the cluster; `lab evolve` only starts the project there and follows it.
+        r = await asyncio.to_thread(lab, env, "up", "--detach", "--executor", "kubernetes")
+        assert r.returncode == 0, r.stderr + r.stdout
+        try:
+            url = json.loads((home / "lab.json").read_text())["url"]
             async with RecordingKubelet(api, namespace=NS, gpus=2, tick_s=0.2) as kubelet:
                 proc = await asyncio.create_subprocess_exec(
-                    *lab_cmd("evolve", "--nats", url, "--executor", "kubernetes", "--iterations", "1", "--population", "2",
-                             "--final-top", "1", "--fast", "--quiet", "--out", str(out)),
-                    env={**env, "LAB_CONFIG": str(config)}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    *lab_cmd("evolve", "--nats", url, "--iterations", "1", "--population", "2", "--final-top", "1", "--fast", "--quiet",
+                             "--out", str(out)),
+                    env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 )
                 text = (await asyncio.wait_for(proc.communicate(), timeout=480))[0].decode()
                 assert proc.returncode == 0, text[-4000:]
                 ran = dict(kubelet.gpus_of)
+            await asyncio.sleep(3)  # the engineer cleans up its Jobs once the project decides
             leftover = await raw_jobs(api)
-    finally:
-        await asyncio.to_thread(lab, env, "down")
+        finally:
+            await asyncio.to_thread(lab, env, "down")
     dev, test = check_run(out, 1, 2)
     assert all(c["state"] == "succeeded" for c in dev + test), [c["reason"] for c in dev + test]
     # Every candidate ran as its own Job on the cluster, each with a GPU (the cluster's min_gpu), and none is left.

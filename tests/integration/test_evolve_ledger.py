@@ -1,34 +1,30 @@
-"""`lab evolve --nats` takes the running lab's capacity from its slot ledger, like any project.
+"""An evolve project's candidates take the running lab's capacity from its slot ledger, like any project's runs:
+they are the engineer's experiments.
 
-Real: a nats-server with the lab's users, the loop itself (``services.cli.evolve._evolve``
-on a lab, connected as the co-PI as `lab evolve --nats` is), the local executor and
-the job runner. The template is a tiny sleeping quadratic with a hook for the loop
-(written here), so each job takes a second or two. No engineer runs: the ledger is
-filled by hand with another project's hold, and read back as `lab status` reads it.
+Real: a nats-server with the lab's users and the lab's slot ledger on it; the engineer role, in process, planning
+an evolve candidate's ExperimentRequest (its code a guarded edit at the template's hook, its split a ``fixed``
+option) against that ledger. The ledger is filled by hand with another project's hold. Replaces the test of
+`lab evolve --nats`'s own ledger holds (services/cli/evolve.py's job path, removed).
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
 import shutil
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from rich.console import Console
 
-from agents.templates import load
-from bus.jobkeys import JobKeys, new_secret
+from agents import templates
+from agents.engineer.workflow import Engineer, EngineerContext, EngineerState
+from agents.evolve.workflow import hook_edit
 from bus.ledger import SlotLedger
-from bus.permissions import RUNNER
-from bus.schema import JobSpec, NatsAccess
-from bus.schema.evolve import EvolveSpec, Proposal
+from bus.schema import CodeChange, Envelope, ExperimentRequest, Idea, JobStatus
+from bus.schema.evolve import EvolveSpec
 from bus.store import StateStore
-from services.cli import evolve
-from services.executors import make_executor
 from services.read.team import capacity_view
-from tests.conftest import TESTS, config_for
+from tests.conftest import TESTS
+from tests.fakes import MemoryStore, RecordingExecutor
 
 EXPERIMENT = '''"""Sleep a moment, then report a quadratic in the x the hook picks (and which split it scored)."""
 
@@ -72,6 +68,7 @@ EV = EvolveSpec.model_validate({
     "fixed": "the quadratic", "splits": {"fit": "none", "dev": "dev", "test": "test"}, "baseline": "none",
     "seeds": {"first": 2, "step": 1, "most": 2, "test": 2},
 })
+AT_THE_MINIMUM = "def pick_x(x, split, seed):\n    return 0.3\n"
 
 
 def tiny_template(root: Path) -> Path:
@@ -85,96 +82,60 @@ def tiny_template(root: Path) -> Path:
     return folder
 
 
-def start_evolve(nats_server, tmp_path: Path, out: io.StringIO) -> tuple[asyncio.Task[int], list[tuple[float, str]]]:
-    """`lab evolve --nats` on the lab at ``nats_server`` (one candidate, one final run), and the jobs its executor got, when."""
-    folder, spec = load(str(tiny_template(tmp_path)))
-    executor = make_executor("local", {"capacity": 1, "jobs_dir": str(tmp_path / "jobs")})
-    submitted: list[tuple[float, str]] = []
-    submit = executor.submit
+class NoMind:
+    """An evolve candidate's edits are the proposer's: the engineer must not ask its mind."""
 
-    async def recording_submit(job: JobSpec) -> None:
-        submitted.append((time.time(), job.job_id))
-        await submit(job)
-
-    executor.submit = recording_submit  # type: ignore[method-assign]
-    opts = evolve.EvolveOptions(template=str(folder), iterations=1, population=1, final_top=1, out=tmp_path / "out", quiet=True)
-    seeds = [Proposal(name="at_the_minimum", code="def pick_x(x, split, seed):\n    return 0.3\n", rationale="test")]
-    job_nats = NatsAccess(url=nats_server.url, user=RUNNER, password=nats_server.credentials[RUNNER])
-    run = asyncio.create_task(evolve._evolve(opts, folder, spec, EV, seeds, executor, config_for(nats_server, "copi"), job_nats,
-                                             JobKeys(new_secret()), Console(file=out, width=200), lab=True))
-    return run, submitted
+    async def plan(self, *args: Any) -> Any:
+        raise AssertionError("the engineer asked its mind to plan an evolve candidate")
 
 
-@pytest.fixture
-def short_leases(monkeypatch):
-    monkeypatch.setattr(evolve, "LEASE_S", 3.0)
-    monkeypatch.setattr(evolve, "RENEW_S", 0.3)
-    monkeypatch.setattr(evolve, "WAIT_POLL_S", 0.2)
+class LabJobs(RecordingExecutor):
+    """The engineer's jobs port on the lab's ledger (capacity one slot)."""
+
+    def __init__(self, ledger: SlotLedger) -> None:
+        super().__init__()
+        self.ledger = ledger  # type: ignore[assignment]
+
+    def capacity(self) -> int | None:
+        return 1
 
 
-@pytest.mark.timeout(120)
-async def test_evolve_on_a_full_lab_waits_for_its_turn_in_the_ledger(nats_server, admin_bus, lab_env, tmp_path, short_leases):
-    lab_ledger = SlotLedger(await StateStore.open(admin_bus), capacity=1)
-    assert await lab_ledger.acquire("busy", "busy-j0", 1)  # another project's engineer holds the lab's one slot
-    out = io.StringIO()
-    run, submitted = start_evolve(nats_server, tmp_path, out)
-    try:
-        # It waits, leased, and submits nothing while the lab is full.
-        leases: list[float] = []
-        for _ in range(200):
-            state, _ = await lab_ledger.read()
-            waiting = {p: w for p, w in state.waiting.items() if p.startswith("evolve-")}
-            if waiting:
-                leases.append(next(iter(waiting.values())).lease_until or 0.0)
-            if len(leases) >= 8:
-                break
-            await asyncio.sleep(0.1)
-        assert len(leases) >= 8 and all(leases), "lab evolve never recorded itself as waiting, leased"
-        assert leases[-1] > leases[0]  # renewed while it waits
-        assert not submitted and not run.done()
-        assert "waiting for lab capacity" in out.getvalue()
-        freed = time.time()
-        await lab_ledger.release(["busy-j0"])
-        # Its jobs run one at a time under its own project's hold, leased and renewed.
-        holds: dict[str, list[float]] = {}
-        shown: dict = {}
-        while not run.done():
-            state, _ = await lab_ledger.read()
-            assert state.used() <= 1
-            for j, h in state.held.items():
-                assert h.project.startswith("evolve-") and h.lease_until is not None
-                holds.setdefault(j, []).append(h.lease_until)
-            if state.held and not shown:
-                shown = (await capacity_view(lab_ledger.states))["projects"]  # what `lab status` shows
-            await asyncio.sleep(0.1)
-        assert await run == 0, out.getvalue()
-    finally:
-        if not run.done():
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
-    assert sorted(j for _, j in submitted) == sorted(holds) and len(submitted) == 2, (submitted, holds, out.getvalue())
-    assert all(t >= freed for t, _ in submitted)
-    assert any(len(set(v)) > 1 for v in holds.values())  # renewed while its job ran
-    assert out.getvalue().count("waiting for lab capacity") == 1
-    assert [(p[:7], v["held"]) for p, v in shown.items()] == [("evolve-", 1)], shown
-    # Done: nothing of it is left in the ledger.
-    state, _ = await lab_ledger.read()
-    assert state.held == {} and state.waiting == {}
+def candidate_request(folder: Path, exp_id: str, code: str) -> ExperimentRequest:
+    _, spec = templates.load(str(folder))
+    idea = Idea(id="i0-c0", title="at_the_minimum", hypothesis="x = 0.3 is the minimum", falsification="no lower loss", changes={},
+                code=CodeChange(summary="pick_x(): at_the_minimum", edits=[hook_edit(EV.hook, code)]))
+    return ExperimentRequest(experiment_id=exp_id, idea=idea, seeds=[0, 1], template=spec.name, template_object="evolve-p/template.tar.gz",
+                             spec=spec, fast=True, fixed={"split": "dev"})
 
 
 @pytest.mark.timeout(120)
-async def test_evolve_stopped_mid_run_leaves_nothing_in_the_ledger(nats_server, admin_bus, lab_env, tmp_path, short_leases):
-    """Interrupted (Ctrl-C cancels the loop) while its job runs: the hold is given back, not left for the lease to free."""
-    lab_ledger = SlotLedger(await StateStore.open(admin_bus), capacity=1)
-    run, _ = start_evolve(nats_server, tmp_path, io.StringIO())
-    try:
-        for _ in range(300):
-            if (await lab_ledger.read())[0].held:
-                break
-            await asyncio.sleep(0.05)
-        assert (await lab_ledger.read())[0].held and not run.done()
-    finally:
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-    state, _ = await lab_ledger.read()
-    assert state.held == {} and state.waiting == {}
+async def test_an_evolve_candidate_waits_for_its_turn_in_the_lab_ledger(nats_server, admin_bus, tmp_path) -> None:
+    folder = tiny_template(tmp_path)
+    ledger = SlotLedger(await StateStore.open(admin_bus), capacity=1)
+    assert await ledger.acquire("busy", "busy-j0", 1)  # another project's engineer holds the lab's one slot
+    store, state, jobs = MemoryStore(), EngineerState(), LabJobs(ledger)
+    store.data["evolve-p/template.tar.gz"] = templates.bundle(folder)
+
+    async def send(body: Any, sender: str = "pi") -> list[tuple[Any, str]]:
+        env = Envelope(project="evolve-p", sender=sender, recipient="engineer", body=body)  # type: ignore[arg-type]
+        ctx = EngineerContext(project="evolve-p", role="engineer", state=state, artifacts=store, mind=NoMind(), jobs=jobs)  # type: ignore[arg-type]
+        await Engineer().handle(env, ctx)
+        return ctx.outputs
+
+    (planned, to), = await send(candidate_request(folder, "i0-c0-dev-s0", AT_THE_MINIMUM))
+    assert to == "pi" and not planned.rejected and planned.overrides["split"] == "dev"
+    assert jobs.submitted == []  # the lab is full: it waits, as `lab status` shows
+    assert (await ledger.read())[0].waiting.keys() == {"evolve-p"}
+    await ledger.release(["busy-j0"])
+    await send(candidate_request(folder, "i0-c1-dev-s0", AT_THE_MINIMUM))  # the next message dispatches what waits
+    (job,) = jobs.submitted
+    assert job.overrides["split"] == "dev" and job.experiment_id == "i0-c0-dev-s0"
+    files = templates.bundle_files(await store.get(job.bundle_object))
+    assert "PICK = pick_x" in files["experiment.py"] and "return 0.3" in files["experiment.py"]  # the candidate, switched in
+    assert [h.project for h in (await ledger.read())[0].held.values()] == ["evolve-p"]
+    assert (await capacity_view(ledger.states))["projects"]["evolve-p"]["held"] == 1
+    # A candidate that crashes is its result: failed, not handed back to a mind to fix, the slot given back.
+    out = await send(JobStatus(job_id=job.job_id, experiment_id=job.experiment_id, state="failed", reason="crashed: exit 1"), sender="runner")
+    result = next(b for b, _ in out if b.type == "experiment_result")
+    assert [r.status for r in result.runs] == ["failed"] and len(state.experiments["i0-c0-dev-s0"]) == 1
+    assert job.job_id not in (await ledger.read())[0].held

@@ -1,8 +1,9 @@
 """`lab evolve` as a user runs it: whole runs (offline and with a scripted model), and one-line errors for bad arguments.
 
-The whole runs are real: a private nats-server, the local executor, the job
-runner and model_merging's fast profile on CPU (2 iterations x 3 candidates,
-about a minute each on 2 cores). What they check is read back from the files
+The whole runs are real: the embedded lab `lab evolve` starts (nats-server and
+the six agents: the PI runs the loop, the engineer each candidate), the local
+executor, the job runner and model_merging's fast profile on CPU (2 iterations
+x 3 candidates, a few minutes each on 2 cores). What they check is read back from the files
 the run wrote: which split each recorded run scored, the preference pairs,
 the plot, and failed candidates recorded next to the ones that ran.
 """

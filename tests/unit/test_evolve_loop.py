@@ -1,7 +1,6 @@
 """`lab evolve`'s Self-Developing loop without processes.
 
-Preference pairs, the guarded edit, the offline mind, and where a running
-lab's credentials come from.
+Preference pairs, the guarded edit and the offline mind.
 """
 
 from __future__ import annotations
@@ -66,57 +65,3 @@ def test_offline_mind_is_deterministic_and_builds_on_the_best() -> None:
     for p in a:
         patched(files, HOOK, p.code)  # every derived candidate passes the guarded edit
         assert p.program is not None and p.parents
-
-
-
-def test_on_a_lab_the_runner_credential_and_job_secret_come_from_lab_home_or_the_environment(lab_env, monkeypatch) -> None:
-    """`lab evolve --nats`: what `lab up` wrote for that lab; a lab that checks logins and no runner credential is one line."""
-    import json as _json
-
-    from agents.evolve.workflow import EvolveError
-    from services.cli.evolve import lab_access
-    from services.common.config import write_secret
-
-    home, _ = lab_env
-    url = "nats://127.0.0.1:4999"
-    home.mkdir(parents=True)
-    write_secret(home / "lab.json", _json.dumps({"url": url, "credentials": {"copi": "copi-pw"}}))
-    with pytest.raises(EvolveError, match="no runner credential for the lab at nats://127.0.0.1:4999"):
-        lab_access(url, {})
-    assert lab_access(url, {"nats_secret": "lab-runner"}).runner.password is None  # the cluster's Secret gives it to the pods
-    write_secret(home / "secrets" / "runner", "runner-pw", private_folder=True)
-    write_secret(home / "secrets" / "job-secret", "s" * 64, private_folder=True)
-    access = lab_access(url, {})
-    assert (access.bus.user, access.bus.password) == ("copi", "copi-pw")
-    assert (access.runner.url, access.runner.user, access.runner.password, access.job_secret) == (url, "runner", "runner-pw", "s" * 64)
-    # Another lab's URL: nothing from this LAB_HOME; the environment (a Deployment's, a user's) still counts.
-    monkeypatch.setenv("LAB_RUNNER_PASSWORD", "env-pw")
-    monkeypatch.setenv("LAB_RUNNER_NATS_URL", "nats://nats.lab.svc:4222")
-    other = lab_access("nats://10.0.0.9:4222", {})
-    assert (other.runner.url, other.runner.password, other.job_secret) == ("nats://nats.lab.svc:4222", "env-pw", None)
-
-
-def test_on_a_lab_with_the_auth_service_each_runner_is_its_own_user(lab_env, monkeypatch) -> None:
-    """`lab up` runs the auth callout: evolve's runners log in as their job (its key as password), as the engineer's do."""
-    import json as _json
-
-    from agents.evolve.workflow import EvolveError
-    from bus.permissions import JOB_USER, job_user
-    from bus.schema import JobSpec
-    from services.cli.evolve import lab_access
-    from services.common.config import write_secret
-    from services.host.jobs import runner_access
-
-    home, _ = lab_env
-    url = "nats://127.0.0.1:4998"
-    home.mkdir(parents=True)
-    write_secret(home / "lab.json", _json.dumps({"url": url, "credentials": {"copi": "copi-pw"}, "runner_user": JOB_USER}))
-    with pytest.raises(EvolveError, match="no job secret is known here"):
-        lab_access(url, {})
-    write_secret(home / "secrets" / "job-secret", "s" * 64, private_folder=True)
-    write_secret(home / "secrets" / "runner", "runner-pw", private_folder=True)  # an older lab's file: not used
-    access = lab_access(url, {})
-    assert (access.runner.user, access.runner.password, access.job_secret) == (JOB_USER, None, "s" * 64)
-    spec = JobSpec(job_id="j1", project="p1", experiment_id="x", template="t", bundle_object="p1/b", wall_time_s=10, seeds=[0], memory_mb=256)
-    own = runner_access(access.runner, spec, "key-of-j1")
-    assert own is not None and (own.user, own.password) == (job_user("p1", "j1"), "key-of-j1")
