@@ -33,8 +33,8 @@ PI alone and read by the PI, the co-PI and the web view. The result cache
 
 The co-PI (the human, through the CLI) may publish notes as itself, start
 projects, and read the log, the agents' heartbeats, the roles' state, the idea
-archive and the artifacts, and write the lab's slot ledger (``lab evolve --nats``
-takes capacity like any project): nothing more. It creates only unnamed (ephemeral) consumers on the
+archive and the artifacts: nothing more (``lab evolve`` is a project like any other, so its candidates take
+capacity through the engineer; the co-PI writes no state, not even the slot ledger). It creates only unnamed (ephemeral) consumers on the
 conversation and job streams, so it cannot re-filter a role's durable; it
 cannot write any other state, delete or purge a stream or bucket, or delete a role's consumer.
 
@@ -52,7 +52,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.ledger import LEDGER_KEY
 from bus.partitions import WORK_STREAMS, consumers
 from bus.schema import ROLES, Sender
 from bus.schema.constants import (
@@ -190,10 +189,7 @@ def _copi() -> list[str]:
         *_bucket_reads(AGENTS_KV),
         *_bucket_reads(IDEAS_KV),  # `lab ideas`
         *artifacts,
-        # `lab evolve --nats` runs jobs on the lab's executor and so takes the lab's capacity like any project:
-        # it writes the slot ledger (bus/ledger.py), compare-and-set, its own holds leased. That one key alone;
-        # every other state key (the roles' documents, the engineers' projects) stays read-only to the co-PI.
-        f"$KV.{STATE_BUCKET}.{LEDGER_KEY}",
+        # No state key: `lab evolve` is a project the engineer schedules, so the co-PI takes no capacity itself.
     ]
 
 
