@@ -154,10 +154,11 @@ def _minds(budget: Budget, mind: str, policy: ApprovalPolicy, past: Archived) ->
     if past.tokens_per_step:
         n, per_step = len(past.tokens_per_step), median(past.tokens_per_step)
         tokens = round(steps * per_step)
-        spent = median(past.cost_per_step)
-        cost = steps * spent if spent > 0 else tokens * (price or 0.0) / 1_000_000
-        where = f"median of {n} archived project{'s' if n != 1 else ''} {past.tokens_from}: {per_step:.0f} tokens, ${spent:.4f} per step"
-        return steps, tokens, cost, where + ("" if spent > 0 or price else "; no price known for the model: $0")
+        spent = median(past.cost_per_step)  # what the models charged; 0 where no price was known, priced here then
+        where = f"median of {n} archived project{'s' if n != 1 else ''} {past.tokens_from}: {per_step:.0f} tokens"
+        if spent > 0:
+            return steps, tokens, steps * spent, f"{where}, ${spent:.4f} per step"
+        return steps, tokens, tokens * (price or 0.0) / 1_000_000, where + (" per step" if price else " per step; no price known for the model: $0")
     tokens = steps * policy.tokens_per_step
     where = f"{policy.tokens_per_step} tokens per step (a stated default: no archived project used a mind)"
     return steps, tokens, tokens * (price or 0.0) / 1_000_000, where + ("" if price is not None else "; no price known for the model: $0")

@@ -282,6 +282,10 @@ def test_an_llm_minds_tokens_and_cost_per_step_come_from_archived_projects():
     other = money.archived([elsewhere], "toy", None, gpu=True)
     assert other.tokens_per_step == (10**6 / 15,) and other.tokens_from == "on any template"
     assert money.estimate(GPU_SPEC, None, budget, "offline", ApprovalPolicy(), past=arch).tokens == 0
+    # Archived projects that were charged nothing (no known price): their tokens, at the lab's price.
+    free = money.archived([past("f", [10.0] * 6, mind="llm", usage=Usage(prompt_tokens=20_000))], "toy", None, gpu=True)
+    priced = money.estimate(GPU_SPEC, None, budget, "llm", ApprovalPolicy(usd_per_million_tokens=2.0), past=free)
+    assert priced.tokens == 26_000 and priced.cost_usd == 0.052 and priced.tokens_from.endswith("1000 tokens per step")
 
 
 def test_the_start_reads_the_archive_it_is_given():
