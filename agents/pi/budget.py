@@ -65,14 +65,15 @@ def archived(history: Sequence[ProjectView], template: str, profile: str | None,
     history = sorted(history, key=lambda v: v.started_at)
     want = "cuda" if gpu else "cpu"
     groups: dict[str, list[float]] = {}
-    for view in history:
+    latest: dict[str, int] = {}  # the last project (by start) each class ran a job for: the tie-break
+    for i, view in enumerate(history):
         if view.template != template or profile_name(view.profile, view.fast) != profile:
             continue
         for run in _ran(view.runs):
             if run.status == "succeeded" and run.wall_s > 0 and (run.environment is None or run.environment.device == want):
                 groups.setdefault(hardware_class(run), []).append(run.wall_s)
-    order = list(groups)  # first seen first: on a tie in size, the class seen last (the latest project's) wins
-    best = max(reversed(order), key=lambda k: len(groups[k]), default=None)
+                latest[hardware_class(run)] = i
+    best = max(groups, key=lambda k: (len(groups[k]), latest[k]), default=None)
     job_s = tuple(groups[best]) if best is not None else ()
     minded = [v for v in history if v.mind != "offline" and v.tokens > 0]
     same = [v for v in minded if v.template == template]

@@ -259,11 +259,13 @@ def test_archived_job_times_replace_the_declared_ones_and_say_how_many_runs():
 
 
 def test_one_median_is_never_mixed_from_two_hardware_classes():
-    history = [past("h100", [100.0] * 3, when=1), past("a100", [400.0] * 4, gpu="A100", when=2), past("h100b", [120.0], when=3)]
+    history = [past("h100", [100.0] * 3, when=1), past("a100", [400.0] * 5, gpu="A100", when=2), past("h100b", [120.0], when=3)]
     arch = money.archived(history, "toy", None, gpu=True)
-    assert arch.job_s == (400.0,) * 4 and "A100" in arch.job_from  # the class with the most jobs
+    assert arch.job_s == (400.0,) * 5 and "A100" in arch.job_from  # the class with the most jobs (5 against 4)
     tie = money.archived([past("x", [10.0] * 3, when=1), past("y", [20.0] * 3, gpu="A100", when=2)], "toy", None, gpu=True)
     assert tie.job_s == (20.0,) * 3  # on a tie, the latest project's class
+    back = [past("x", [10.0] * 2, when=1), past("y", [20.0] * 3, gpu="A100", when=2), past("z", [10.0], when=3)]
+    assert money.archived(back, "toy", None, gpu=True).job_s == (10.0,) * 3  # H100 again last: it is the latest
 
 
 def test_an_llm_minds_tokens_and_cost_per_step_come_from_archived_projects():
