@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ from bus.schema import (
     NoveltyVerdict,
     ProjectApproval,
     ProjectEstimate,
+    ProjectView,
     Rebuttal,
     Recipient,
     ReferenceSearch,
@@ -173,16 +175,18 @@ def _begin(st: ProjectState) -> tuple[ProjectState, list[Effect]]:
 def start(
     state: ProjectState | None, body: StartProject, project: str, now: float,
     policy: ApprovalPolicy | None = None, limits: BudgetLimits | None = None, lab_gpu_hours: float = 0.0,
-    user_gpu_hours: float = 0.0,
+    user_gpu_hours: float = 0.0, history: Sequence[ProjectView] = (),
 ) -> Step:
-    """A new project: its estimate is kept (and sent to the co-PI when it waits for approval); then, unless it waits,
-    the baseline is asked for at once (it needs no novelty check), then the first wave of ideas.
+    """A new project: its estimate is kept and sent to the co-PI (`lab status`, the web view and the export show it
+    beside the spend); then, unless it waits for approval, the baseline is asked for at once (it needs no novelty
+    check), then the first wave of ideas.
 
     ``policy`` and ``limits`` are the lab's (config.yaml ``approval:`` and ``budgets:``): the project's budget is
     lowered to the lab's caps, and an estimate over a threshold (or a start that asks for it) waits in the stage
     ``approval`` for the co-PI's ``ProjectApproval``. ``lab_gpu_hours``: what the lab's stored projects used
     (read by the handler only where the lab caps its total, ``BudgetLimits.max_gpu_hours_per_lab``);
-    ``user_gpu_hours``: what the stored projects of the user who started this one used (``max_gpu_hours_per_user``).
+    ``user_gpu_hours``: what the stored projects of the user who started this one used (``max_gpu_hours_per_user``);
+    ``history``: the lab's stored projects, whose archived job times and tokens the estimate prefers (``money.archived``).
     """
     if state is not None:
         return Step(state, [Log("info", "project already started", {"stage": state.stage})])
@@ -198,12 +202,14 @@ def start(
     out: list[Effect] = [Log("info", "budget capped", {"caps": said})] if said else []
     lab = None if limits.max_gpu_hours_per_lab is None else (lab_gpu_hours, limits.max_gpu_hours_per_lab)
     user = None if limits.max_gpu_hours_per_user is None else (body.user, user_gpu_hours, limits.max_gpu_hours_per_user)
-    st.estimate = money.estimate(st.spec, profile_of(st), st.budget, st.mind, policy or ApprovalPolicy(), body.measured_job_s,
-                                 body.require_approval, lab, user)
+    profile = profile_of(st)
+    past = money.archived(history, st.template, profile, st.spec.profile(profile).resources.gpu > 0)
+    st.estimate = money.estimate(st.spec, profile, st.budget, st.mind, policy or ApprovalPolicy(), body.measured_job_s,
+                                 body.require_approval, lab, user, past)
     out.append(Log("info", "estimate", {"estimate": st.estimate.line()}))  # in the state for `lab status`, the web view and the export
-    if st.estimate.needs_approval:  # the co-PI must answer this one, so it is said to them
+    out.append(Send(ProjectEstimate(estimate=st.estimate), "copi"))  # every project's, waiting or not: the co-PI sees each
+    if st.estimate.needs_approval:
         st.stage = "approval"
-        out.append(Send(ProjectEstimate(estimate=st.estimate), "copi"))
         out.append(Log("warning", "waiting for approval", {"why": st.estimate.why, "approve": f"lab approve {project}"}))
         return Step(st, out)
     return _open(st, out, now)

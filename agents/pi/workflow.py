@@ -39,6 +39,7 @@ from bus.schema import (
     ExperimentResult,
     NoveltyVerdict,
     ProjectApproval,
+    ProjectView,
     ReferencesFound,
     ReviewDone,
     StartProject,
@@ -60,6 +61,8 @@ class PIContext(Context[ProjectState | None, PIMind]):
     lab_gpu_hours: Callable[[str], Awaitable[tuple[float, float]]] | None = None
     # The evolve room's loop (agents/evolve/project.advance), for evolve projects; services/wiring gives it.
     evolve: EvolveLoop | None = None
+    # The lab's stored projects, for the estimate's archived job times and tokens per step (None: no archive).
+    history: Callable[[], Awaitable[list[ProjectView]]] | None = None
 
 
 # A mind that cannot answer (an LLM out of retries) fails a step, not the PI; any mind raises MindError so.
@@ -81,7 +84,9 @@ class PI(Role):
             return
         capped = limits.max_gpu_hours_per_lab is not None or limits.max_gpu_hours_per_user is not None
         lab, mine = await used(body.user) if ctx.state is None and used is not None and capped else (0.0, 0.0)
-        await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab, mine))
+        stored: Callable[[], Awaitable[list[ProjectView]]] | None = getattr(ctx, "history", None)
+        history = await stored() if ctx.state is None and stored is not None else []
+        await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab, mine, history))
 
     @on(ProjectApproval)
     async def approval(self, body: ProjectApproval, env: Any, ctx: PIContext) -> None:

@@ -32,10 +32,12 @@ class Budget(Model):
 class Estimate(Model):
     """What a project is expected to use, published by the PI before its first run (``ProjectEstimate``).
 
-    Compute: runs x the expected time of one job x the GPUs (CPUs) each job asks for. The job time is
-    a measured first run where one is known (an AI Scientist template's, ``agents.aisci.measured``), else
-    the time budget the template (its profile) declares, an upper bound. Minds: the steps that ask a
-    mind x tokens per step (a stated default: nothing records them per step yet); the offline mind costs nothing.
+    Compute: runs x the expected time of one job x the GPUs (CPUs) each job asks for. The job time is the
+    median of earlier projects' jobs on this template and profile where the lab has enough of them
+    (``agents.pi.budget.archived``), else a measured first run where one is known (an AI Scientist
+    template's, ``agents.aisci.measured``), else the time budget the template (its profile) declares, an
+    upper bound. Minds: the steps that ask a mind x tokens per step (the median of earlier llm projects',
+    else a stated default), priced; the offline mind costs nothing. Sent to the co-PI for every project.
     """
 
     runs: int

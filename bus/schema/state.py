@@ -48,6 +48,8 @@ class ProjectView(ReadModel):
     accepted: bool | None = None
     estimate: Estimate | None = None  # what the PI expects the project to use (None: a project started before estimates)
     user: str = ""  # who started it (StartProject.user; "" for projects started before it was recorded)
+    profile: str = ""  # the template profile it ran under ("" as declared; see ``fast``): what its archived job times are filed by
+    fast: bool = False
 
     @property
     def waiting_approval(self) -> bool:

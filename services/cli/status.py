@@ -112,11 +112,12 @@ def projects_table(projects: list[ProjectView], wide: bool) -> Table:
 
 
 def compute_table(projects: list[ProjectView], wide: bool) -> Table | None:
-    """Each project's compute so far (its jobs, CPU-minutes, GPU-hours), from the runs the PI holds; None when none ran a job.
+    """Each project's compute so far (its jobs, CPU-minutes, GPU-hours) beside its estimate, from the runs the PI holds;
+    None when no project ran a job or has an estimate.
 
     The compact layout lists the projects still running; ``wide`` every project.
     """
-    rows = [(s.project, compute(spend(s.runs)) + limits(s)) for s in projects if (wide or not s.finished) and s.runs]
+    rows = [(s.project, compute(spend(s.runs)) + limits(s)) for s in projects if (wide or not s.finished) and (s.runs or s.estimate)]
     if not rows:
         return None
     t = table(wide, [("project", NAME), ("compute", TEXT)], title="compute so far")

@@ -212,30 +212,37 @@ class PIWiring(Wiring):
         self.states = states
         return []
 
-    async def lab_gpu_hours(self, user: str) -> tuple[float, float]:
-        """GPU-hours every project the PI stored has used (each job once), and those of the projects ``user`` started:
-        what the per-lab and per-user caps are checked against."""
-        from agents.pi.budget import gpu_hours
-
+    async def history(self) -> list[ProjectView]:
+        """Every project the PI stored, as far as a ProjectView reads it: the lab's archive of job times and mind usage."""
         if self.states is None:
-            return 0.0, 0.0
-        total = theirs = 0.0
+            return []
+        out = []
         for key in await self.states.keys("pi."):
             raw, _ = await self.states.read(key)
             doc = RoleDocument.parse(raw, key)
             if doc.state:
                 try:
-                    view = ProjectView.model_validate(doc.state)
+                    out.append(ProjectView.model_validate(doc.state))
                 except ValidationError:
                     continue  # a state this PI cannot read is left out, not guessed at
-                used = gpu_hours(view.runs)
-                total += used
-                theirs += used if view.user == user else 0.0
+        return out
+
+    async def lab_gpu_hours(self, user: str) -> tuple[float, float]:
+        """GPU-hours every project the PI stored has used (each job once), and those of the projects ``user`` started:
+        what the per-lab and per-user caps are checked against."""
+        from agents.pi.budget import gpu_hours
+
+        total = theirs = 0.0
+        for view in await self.history():
+            used = gpu_hours(view.runs)
+            total += used
+            theirs += used if view.user == user else 0.0
         return total, theirs
 
     def context(self, *, project: str, state: Any, mind: Any, artifacts: ArtifactStore, cache: Cache | None) -> PIContext:
         return PIContext(project=project, role=self.role, state=state, mind=mind, artifacts=artifacts, cache=cache, archive=self.archive,
-                         policy=self.policy, limits=self.limits, lab_gpu_hours=self.lab_gpu_hours, evolve=evolve_loop)
+                         policy=self.policy, limits=self.limits, lab_gpu_hours=self.lab_gpu_hours,
+                         history=self.history, evolve=evolve_loop)
 
 
 class LiteratureWiring(Wiring):

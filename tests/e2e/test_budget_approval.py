@@ -117,6 +117,10 @@ def test_a_spent_cpu_hour_budget_stops_new_runs_and_the_project_finishes_with_it
         assert manifest["spend"]["limits"]["max_cpu_hours"] == 1e-7 and manifest["spend"]["cpu_s"] > 0
         convo = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
         order = [m["body"]["type"] for m in convo]
+        # A project that does not wait still publishes its estimate first, and the export keeps it beside the spend;
+        # the lab was fresh, so no archived job times: the declared time budget.
+        assert order.index("project_estimate") < order.index("experiment_request")
+        assert manifest["spend"]["estimate"]["job_s_from"].startswith("declared") and not manifest["spend"]["estimate"]["needs_approval"]
         # The first result already spent the budget: no run was asked for after it (ones asked before it ran, in flight).
         first_result = order.index("experiment_result")
         assert "experiment_request" not in order[first_result + 1:], order

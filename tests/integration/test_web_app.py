@@ -26,7 +26,8 @@ from tests.web_convo import P, conversation
 TOKEN = "t" * 32
 STATE = {"project": P, "template": "grokking", "stage": "done", "ideas": {"wd-1": {}}, "experiments": {"a": {}, "b": {}}, "round": 1,
          "budget": {"max_ideas": 2, "max_runs": 12, "max_revision_rounds": 1}, "usage": {}, "outcome": "accepted after 1 revision round",
-         "started_at": 0.0}
+         "started_at": 0.0, "estimate": {"runs": 12, "job_s": 42.0, "job_s_from": "median of 7 archived runs", "gpus_per_job": 1,
+                                         "cpus_per_job": 1.0, "gpu_hours": 0.14, "cpu_hours": 0.14}}
 ARCHIVE = [
     ArchiveRecord(template="grokking", signature="a1", project=P, recorded_at=1.7e9, outcome=IdeaOutcome(
         idea_id="wd-1", changes={"weight_decay": 3.0}, status="better", improvement=0.12, effect_size=1.4, ci_low=0.05, ci_high=0.2,
@@ -138,6 +139,8 @@ def test_bearer_token_or_the_co_pi_nats_login_work_for_scripts(client, nats_serv
 def test_sections_show_analysis_reviews_and_the_paper_with_its_figures(client):
     html = client.get(f"/p/{P}/sections").text
     assert "0.61 ± 0.02 (n=3)" in html and "verdict-better" in html
+    # A project that never waited for approval still shows its estimate, beside what it spent.
+    assert 'id="spent"' in html and "12 runs x 42 s (median of 7 archived runs) x 1 GPU: 0.14 GPU-h" in html
     assert "PI — act: Two more seeds ran." in html and "not answered yet" in html
     assert f'<img src="/p/{P}/a/paper/round-2/figures/figure-a.png" alt="curve"' in html and "wd-1 beats the baseline." in html
     assert f'href="/p/{P}/a/paper/round-2/paper.pdf"' in html and "Accepted: the reviewers accept" in html

@@ -68,6 +68,13 @@ def kinds(outputs: list[tuple[Any, str]]) -> list[str]:
     return [f"{b.type}->{to}" for b, to in outputs]
 
 
+async def started(h: Harness, body: StartProject) -> list[tuple[Any, str]]:
+    """What a start sends after its estimate, which every project sends the co-PI first."""
+    out = await h.send(body)
+    assert kinds(out[:1]) == ["project_estimate->copi"] and out[0][0].estimate == h.state.estimate
+    return out[1:]
+
+
 START = StartProject(
     template="toy", template_object="p1/template.tar.gz", spec=SPEC, budget=Budget(max_ideas=2, max_runs=10, max_revision_rounds=1, wall_time_s=600),
 )
@@ -76,7 +83,7 @@ START = StartProject(
 @pytest.mark.parametrize("final_fails", [False, True])
 async def test_full_loop_with_one_revision_round(final_fails: bool):
     h = Harness()
-    out = await h.send(START)
+    out = await started(h, START)
     assert kinds(out) == ["experiment_request->engineer", "novelty_check->literature", "novelty_check->literature"]
     ideas = [b.idea for b, _ in out[1:]]
     assert all("steps" not in i.changes for i in ideas), "fairness knobs are never proposed"
@@ -156,7 +163,7 @@ async def test_full_loop_with_one_revision_round(final_fails: bool):
 async def test_revision_budget_ends_the_loop():
     h = Harness()
     start = START.model_copy(update={"budget": Budget(max_ideas=1, max_revision_rounds=0)})
-    out = await h.send(start)
+    out = await started(h, start)
     exp = out[0][0].experiment_id
     out = await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer")
     while kinds(out) != ["analysis_request->analyst"]:
@@ -173,7 +180,7 @@ async def test_revision_budget_ends_the_loop():
 
 async def test_failed_baseline_ends_the_project_with_a_reason():
     h = Harness()
-    out = await h.send(START.model_copy(update={"budget": Budget(max_ideas=1)}))
+    out = await started(h, START.model_copy(update={"budget": Budget(max_ideas=1)}))
     exp, idea = out[0][0].experiment_id, out[1][0].idea
     failed = RunRecord(job_id="j", experiment_id=exp, idea_id="baseline", overrides={}, seeds=[0, 1, 2], status="failed", reason="crashed: exit code 1")
     await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[failed]), "engineer")
@@ -186,7 +193,7 @@ async def test_failed_baseline_ends_the_project_with_a_reason():
 
 async def test_copi_note_restricts_later_ideas():
     h = Harness()
-    out = await h.send(START.model_copy(update={"budget": Budget(max_ideas=4)}))
+    out = await started(h, START.model_copy(update={"budget": Budget(max_ideas=4)}))
     exp = out[0][0].experiment_id
     await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 1, 1])]), "engineer")
     out = await h.send(CoPINoteMsg(note=CoPINote(id="n1", text="Only vary the width, please")))
@@ -207,7 +214,7 @@ async def test_copi_note_restricts_later_ideas():
 
 async def test_wall_time_stops_new_ideas():
     h = Harness()
-    out = await h.send(START.model_copy(update={"budget": Budget(max_ideas=4, wall_time_s=60)}))
+    out = await started(h, START.model_copy(update={"budget": Budget(max_ideas=4, wall_time_s=60)}))
     exp = out[0][0].experiment_id
     h.now += 120  # the test moves the clock past the budget
     for s in list(h.state.ideas.values()):
@@ -268,7 +275,7 @@ async def test_a_significant_finding_gets_a_confirmation_run_on_fresh_seeds_befo
     from agents.analyst.workflow import build_report
 
     h = Harness()
-    out = await h.send(START)
+    out = await started(h, START)
     baseline_exp, ideas = out[0][0].experiment_id, [b.idea for b, _ in out[1:]]
     out = await h.send(NoveltyVerdict(idea_id=ideas[0].id, novel=True, justification="new"), "literature")
     idea_exp = out[0][0].experiment_id
@@ -300,7 +307,7 @@ async def test_a_significant_finding_gets_a_confirmation_run_on_fresh_seeds_befo
 
 
 async def reach_review(h: Harness) -> None:
-    out = await h.send(START)
+    out = await started(h, START)
     baseline_exp = out[0][0].experiment_id
     for b, _ in out[1:]:
         await h.send(NoveltyVerdict(idea_id=b.idea.id, novel=False, justification="known"), "literature")
@@ -348,7 +355,7 @@ async def test_an_llm_endpoint_that_is_down_ends_the_project_once_the_runs_in_fl
 
     h = Harness()
     h.mind = DownMind()
-    out = await h.send(START)
+    out = await started(h, START)
     assert kinds(out) == ["experiment_request->engineer"]  # the baseline was already asked for; no ideas
     exp = out[0][0].experiment_id
     out = await h.send(ExperimentResult(experiment_id=exp, idea_id="baseline", runs=[run_record(exp, "baseline", [1, 2, 3])]), "engineer")

@@ -19,9 +19,11 @@ from bus.schema import (
     BudgetLimits,
     ExperimentResult,
     FinalInfo,
+    JobEnvironment,
     MetricStat,
     NoveltyVerdict,
     ProjectApproval,
+    ProjectView,
     RunRecord,
     StartProject,
     TemplateSpec,
@@ -108,8 +110,10 @@ def test_a_refusal_ends_the_waiting_project_with_the_reason():
 
 def test_under_the_threshold_the_project_starts_at_once_and_says_its_estimate():
     step = start(ApprovalPolicy(gpu_hours_over=100.0))
-    assert kinds(step) == ["experiment_request->engineer"] and step.state.stage == "experiments"
-    assert step.state.estimate is not None and not step.state.estimate.needs_approval  # kept, not sent: nobody has to answer it
+    # Sent to the co-PI all the same (every project's estimate is published), and the baseline is asked for at once.
+    assert kinds(step) == ["project_estimate->copi", "experiment_request->engineer"] and step.state.stage == "experiments"
+    assert step.state.estimate is not None and not step.state.estimate.needs_approval
+    assert step.sent[0][0].estimate == step.state.estimate
 
 
 def test_the_labs_cap_lowers_a_projects_gpu_and_money_budget():
@@ -219,3 +223,75 @@ def test_a_run_the_result_cache_served_costs_the_reusing_project_nothing():
     ran = gpu_runs("x01", "baseline", 3600.0).runs[0]
     assert money.gpu_hours([ran, served]) == 1.0 and money.gpu_hours([served]) == 0.0
     assert money.spent_reason(Budget(max_gpu_hours=1.5), [ran, served], {}) == ""
+
+
+def past(name: str, walls: list[float], *, template: str = "toy", profile: str = "", fast: bool = False, device: str = "cuda",
+         gpu: str = "H100", mind: str = "offline", usage: Usage | None = None, when: float = 0.0, reused: int = 0) -> ProjectView:
+    """An earlier project's stored state: one succeeded job per wall time on ``device``, plus ``reused`` cache-served ones."""
+    env = JobEnvironment(device=device, gpus=[gpu] if device == "cuda" else [])
+    runs = [RunRecord(job_id=f"{name}-j{i}", experiment_id=f"x{i}", idea_id="baseline", overrides={}, seeds=[0], status="succeeded",
+                      wall_s=w, environment=env).model_dump(mode="json") for i, w in enumerate(walls)]
+    runs += [RunRecord(job_id=f"{name}-r{i}", experiment_id="xr", idea_id="baseline", overrides={}, seeds=[0], status="succeeded",
+                       wall_s=9999.0, environment=env, reused_from="other/x/j").model_dump(mode="json") for i in range(reused)]
+    return ProjectView.model_validate({
+        "project": name, "template": template, "stage": "done", "budget": Budget().model_dump(), "started_at": when,
+        "profile": profile, "fast": fast, "mind": mind, "ideas": {"i1": {}, "i2": {}}, "round": 1,
+        "experiments": {"all": {"runs": runs}}, "usage": {"pi": (usage or Usage()).model_dump()},
+    })
+
+
+def test_archived_job_times_replace_the_declared_ones_and_say_how_many_runs():
+    history = [
+        past("a", [100.0, 300.0], when=1), past("b", [200.0, 400.0, 500.0], when=2, reused=2),  # cache-served runs are not jobs
+        past("other-template", [5.0] * 9, template="else"), past("other-profile", [7.0] * 9, profile="big"),
+        past("fast", [3.0] * 9, fast=True), past("on-cpu", [1.0] * 9, device="cpu"),  # GPU_SPEC asks for GPUs: cuda jobs only
+    ]
+    arch = money.archived(history, "toy", None, gpu=True)
+    assert sorted(arch.job_s) == [100.0, 200.0, 300.0, 400.0, 500.0]
+    est = money.estimate(GPU_SPEC, None, Budget(max_runs=12), "offline", ApprovalPolicy(), measured_job_s=900.0, past=arch)
+    assert est.job_s == 300.0 and est.gpu_hours == 12 * 300 * 2 / 3600 == 2.0  # the median, preferred to a measured first run
+    assert est.job_s_from == "median of 5 archived runs, profile as declared, on cuda H100, local runtime"
+    # The fast profile's own jobs, for a --fast project; a profile with too few archived jobs falls back to the declared time.
+    assert money.archived(history, "toy", "fast", gpu=True).job_s == (3.0,) * 9
+    few = money.archived([past("c", [50.0, 60.0])], "toy", None, gpu=True)
+    declared = money.estimate(GPU_SPEC, None, Budget(max_runs=12), "offline", ApprovalPolicy(), past=few)
+    assert declared.job_s == 900 and declared.job_s_from.startswith("declared: the time budget of profile default")
+
+
+def test_one_median_is_never_mixed_from_two_hardware_classes():
+    history = [past("h100", [100.0] * 3, when=1), past("a100", [400.0] * 5, gpu="A100", when=2), past("h100b", [120.0], when=3)]
+    arch = money.archived(history, "toy", None, gpu=True)
+    assert arch.job_s == (400.0,) * 5 and "A100" in arch.job_from  # the class with the most jobs (5 against 4)
+    tie = money.archived([past("x", [10.0] * 3, when=1), past("y", [20.0] * 3, gpu="A100", when=2)], "toy", None, gpu=True)
+    assert tie.job_s == (20.0,) * 3  # on a tie, the latest project's class
+    back = [past("x", [10.0] * 2, when=1), past("y", [20.0] * 3, gpu="A100", when=2), past("z", [10.0], when=3)]
+    assert money.archived(back, "toy", None, gpu=True).job_s == (10.0,) * 3  # H100 again last: it is the latest
+
+
+def test_an_llm_minds_tokens_and_cost_per_step_come_from_archived_projects():
+    # Each past project had 2 ideas, its jobs and 2 rounds: 2*2 + 1*jobs + 5*2 steps.
+    a = past("a", [10.0] * 6, mind="llm", usage=Usage(prompt_tokens=15_000, completion_tokens=5_000, cost_usd=0.4))  # 20 steps
+    b = past("b", [10.0] * 1, mind="llm", usage=Usage(prompt_tokens=30_000, completion_tokens=0, cost_usd=0.75))  # 15 steps
+    elsewhere = past("c", [10.0], template="else", mind="llm", usage=Usage(prompt_tokens=10**6, cost_usd=50.0))
+    offline = past("d", [10.0], usage=Usage())
+    arch = money.archived([a, b, elsewhere, offline], "toy", None, gpu=True)
+    assert sorted(arch.tokens_per_step) == [1000.0, 2000.0] and sorted(arch.cost_per_step) == [0.02, 0.05]
+    budget = Budget(max_ideas=3, max_runs=10, max_revision_rounds=1)  # 26 steps
+    est = money.estimate(GPU_SPEC, None, budget, "llm", ApprovalPolicy(usd_per_million_tokens=99.0), past=arch)
+    assert est.mind_steps == 26 and est.tokens == 26 * 1500 and est.cost_usd == round(26 * 0.035, 4)
+    assert est.tokens_from == "median of 2 archived projects on this template: 1500 tokens, $0.0350 per step"
+    # With no project on this template, any template's; the offline mind never asks the archive.
+    other = money.archived([elsewhere], "toy", None, gpu=True)
+    assert other.tokens_per_step == (10**6 / 15,) and other.tokens_from == "on any template"
+    assert money.estimate(GPU_SPEC, None, budget, "offline", ApprovalPolicy(), past=arch).tokens == 0
+    # Archived projects that were charged nothing (no known price): their tokens, at the lab's price.
+    free = money.archived([past("f", [10.0] * 6, mind="llm", usage=Usage(prompt_tokens=20_000))], "toy", None, gpu=True)
+    priced = money.estimate(GPU_SPEC, None, budget, "llm", ApprovalPolicy(usd_per_million_tokens=2.0), past=free)
+    assert priced.tokens == 26_000 and priced.cost_usd == 0.052 and priced.tokens_from.endswith("1000 tokens per step")
+
+
+def test_the_start_reads_the_archive_it_is_given():
+    history = [past("a", [100.0, 200.0, 300.0])]
+    body = StartProject(template="toy", template_object="p1/template.tar.gz", spec=GPU_SPEC, seed=7, budget=Budget(max_runs=10))
+    st = t.start(None, body, "p1", T0, history=history).state
+    assert st.estimate is not None and st.estimate.job_s == 200.0 and "median of 3 archived runs" in st.estimate.job_s_from

@@ -111,8 +111,8 @@ def test_start_asks_for_the_baseline_and_the_first_wave_at_the_time_given():
     step = started(direction="make it faster")
     st = step.state
     assert st.project == "p1" and st.started_at == T0 and st.stage == "experiments" and st.wave == 1
-    assert kinds(step) == ["experiment_request->engineer"]
-    (request, _), = step.sent
+    assert kinds(step) == ["project_estimate->copi", "experiment_request->engineer"]  # every project's estimate, then the baseline
+    _, (request, _) = step.sent
     assert request.idea is None and request.seeds == [0, 1, 2] and request.experiment_id == "x01-baseline"
     assert step.ask == t.ProposeIdeas(take=2) and step.ask.n == 2 * t.PROPOSALS_PER_IDEA
 

@@ -118,3 +118,25 @@ def test_a_project_waiting_for_approval_shows_its_estimate_and_the_command_in_80
     render(data, console, wide=True)
     text = console.export_text()
     assert "12.00 GPU-h" in text and "over the lab's approval threshold of 4 GPU-h" in text
+
+
+def test_every_project_shows_its_estimate_beside_its_compute_so_far():
+    """Not only a waiting one: a project that started at once, before its first job, and one with a job done."""
+    from agents.pi.budget import estimate
+    from bus.schema import ApprovalPolicy, Budget, TemplateSpec
+    from tests.fakes import TOY_SPEC
+
+    spec = TemplateSpec.model_validate({**TOY_SPEC, "resources": {"gpu": 1}, "time_budget_s": 360})
+    est = estimate(spec, None, Budget(max_runs=5), "offline", ApprovalPolicy())  # 5 x 360 s x 1 GPU = 0.5 GPU-h
+    fresh = _project("fresh-s0", "toy", "ideas").model_copy(update={"estimate": est, "experiments": {}})
+    ran = _project("ran-s1", "toy", "experiments").model_copy(update={"estimate": est})
+    ran.experiments = {"e1": {"runs": [{"job_id": "j1", "experiment_id": "e1", "idea_id": "baseline", "overrides": {}, "seeds": [0],
+                                        "status": "succeeded", "wall_s": 60.0, "cpu_s": 60.0}]}}
+    data = LabStatus(nats=DATA.nats, agents=DATA.agents, projects=[fresh, ran], jobs=[])
+    for wide in (False, True):
+        console = Console(width=200, record=True, force_terminal=False, color_system=None)
+        render(data, console, wide=wide)
+        lines = [ln for ln in console.export_text().splitlines() if "estimate 0.5 GPU-h" in ln]
+        assert [ln.strip("│ ").split()[0] for ln in lines] == ["fresh-s0", "ran-s1"], console.export_text()
+        assert "0 jobs, 0.0 CPU-min" in lines[0] and "1 job, 1.0 CPU-min" in lines[1]
+        assert "waiting for approval" not in console.export_text()
