@@ -15,6 +15,10 @@ launcher or test template imports (torch, the Kubernetes schemas, the type check
 driver), this checkout's code (bus, agents, services, templates) at /opt/lab, its ``lab`` command, and the
 host's ``test`` (compose.yaml's healthchecks). Built with
 ``docker import`` from one tarball: a few seconds, cached by tag for the session.
+
+``torch_image`` (session-scoped, built on first use) is the same image with what the shipped templates'
+experiments and plots import besides (torch, sympy, which torch's optimisers import, matplotlib): about
+1.2 GB, built in 25-45 s on two cores, for the whole-project run through the engine (tests/e2e/test_docker_run.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ HEAVY = {"torch", "torchgen", "functorch", "triton", "nvidia", "kubernetes_valid
 STDLIB_SKIP = {"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"}
 # What the agents import too (the analyst's statistics, the writer's figures, the llm mind's client): in the compose image.
 AGENTS_NEED = {"scipy", "scipy.libs", "matplotlib", "PIL", "pillow.libs", "fontTools", "openai", "autogen_ext", "tiktoken"}
+# What grokking's experiment.py and plot.py import besides (torch's optimisers import sympy through torch._dynamo).
+TEMPLATES_NEED = {"torch", "torchgen", "functorch", "sympy", "matplotlib", "PIL", "pillow.libs", "fontTools"}
+TORCH_IMAGE = "kenkyu-lab/test-torch:local"  # a local tag only, like IMAGE
 CODE = ("bus", "agents", "services", "templates")
 IMAGE_TOOLS = ("test",)
 
@@ -71,10 +78,11 @@ class Engine:
 
     def start(self) -> Engine:
         """dockerd with its data on a tmpfs of its own: its layers are tens of thousands of files, which a disk
-        removes in tens of seconds on a busy machine and an unmount drops at once."""
+        removes in tens of seconds on a busy machine and an unmount drops at once. Room for the three images (test,
+        compose, torch: about 2 GB) and one import's upload beside them; a tmpfs holds only what is written."""
         import docker
 
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,mode=0711", "labd", str(self.root)], check=True, capture_output=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8g,mode=0711", "labd", str(self.root)], check=True, capture_output=True)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=overlay2",
@@ -337,3 +345,9 @@ def docker_engine() -> Iterator[Engine]:
         assert left == [], f"the tests left objects on the engine: {left}"
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="session")
+def torch_image(docker_engine: Engine) -> str:
+    """The test image with torch and what the templates plot with, built once a session on first use (the tag is the cache)."""
+    return build_image(docker_engine, TORCH_IMAGE, HEAVY - TEMPLATES_NEED)
