@@ -66,7 +66,7 @@ async def test_sigkill_while_holding_a_message_redelivers_and_outputs_once(admin
         outputs: list[Envelope] = []
         for _ in range(60):  # redelivery after the ack wait (10 s)
             outputs = await count_from(admin_bus, "crash", "pi")
-            if len(outputs) >= 3:
+            if len(outputs) >= 4:
                 break
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)
@@ -75,8 +75,8 @@ async def test_sigkill_while_holding_a_message_redelivers_and_outputs_once(admin
         second.terminate()
         second.wait(20)
     kinds = sorted(o.kind for o in outputs)
-    assert kinds == ["experiment_request", "novelty_check", "novelty_check"], kinds
-    assert len({o.id for o in outputs}) == 3
+    assert kinds == ["experiment_request", "novelty_check", "novelty_check", "project_estimate"], kinds
+    assert len({o.id for o in outputs}) == 4
     # The redelivered message was answered from the stored outbox, not handled twice.
     doc, _ = await states.read("pi.crash")
     assert len(doc["state"]["experiments"]) == 1 and len(doc["state"]["ideas"]) == 2
