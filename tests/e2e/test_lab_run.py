@@ -106,21 +106,25 @@ def check_deliverables(out: Path, convo: list[dict]) -> None:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "paper.pdf").read_bytes().startswith(b"%PDF")
 
-    # Every run has at least three seeds, and its final_info agrees with its per-seed values.
+    # Every run's final_info agrees with its per-seed values; every arm has at least three seeds in all (a review's
+    # seeds ask tops an arm up to the number it names, so one experiment may add only the seeds missing).
     infos = sorted((out / "results").glob("*/final_info.json"))
     assert infos
     evidence: set[float] = set()
     for path in infos:
         info = json.loads(path.read_text())
-        assert len(info["seeds"]) >= 3, path
+        assert info["seeds"], path
         for metric, stat in info["metrics"].items():
             assert len(stat["values"]) == len(info["seeds"]), (path, metric)
             assert abs(sum(stat["values"]) / len(stat["values"]) - stat["mean"]) < 1e-9
         numbers_in(info, evidence)
     for path in (out / "results").glob("*/env.json"):
         numbers_in(json.loads(path.read_text()), evidence)
-    runs = [r for m in convo if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"]]
-    assert runs and all(len(r["seeds"]) >= 3 for r in runs)
+    runs = [(m["body"]["idea_id"], r) for m in convo if m["body"]["type"] == "experiment_result" for r in m["body"]["runs"]]
+    pooled: dict[str, set[int]] = {}
+    for idea, r in runs:
+        pooled.setdefault(idea, set()).update(r["seeds"])
+    assert runs and all(len(seeds) >= 3 for seeds in pooled.values()), pooled
 
     # Every number in the paper is in the results: the runs, the analysis of them, or the quoted
     # inputs (template spec, ideas, review items) — nothing else.
