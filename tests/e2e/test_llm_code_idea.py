@@ -75,7 +75,8 @@ def test_llm_code_idea_adds_a_merge_function_and_the_paper_shows_its_diff(lab_en
     convo = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
     (check,) = [m["body"] for m in convo if m["body"]["type"] == "novelty_check"]
     idea = check["idea"]
-    assert idea["changes"] == {} and idea["code"] == {"summary": SUMMARY, "variant": None}
+    # No edits of its own (an evolve candidate's are): the engineer asks the model for them.
+    assert idea["changes"] == {} and idea["code"] == {"summary": SUMMARY, "variant": None, "edits": []}
 
     # Implemented by the model's edits, run on the baseline's seeds, and reported with the applied diff.
     results = [m["body"] for m in convo if m["body"]["type"] == "experiment_result"]
