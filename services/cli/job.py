@@ -16,19 +16,22 @@ import yaml
 from agents.engineer.jobs import plan_job
 from agents.templates import load
 from bus.schema import BASELINE, JobSpec, NatsAccess
+from bus.schema.formats import FormatError
 from services.cli.errors import LabTyper, fail
+from services.common.config import config_layers
 from services.executors.render import render_job
 
 app = LabTyper(help="Inspect experiment jobs.", no_args_is_help=True, add_completion=False, error_prefix="error: ")
 
 
 def _options(config: Path | None, executor: str | None) -> tuple[str, dict[str, Any]]:
-    """(executor kind, options) from a lab config (``executor: {KIND: options}``) or a bare options file."""
+    """(executor kind, options) from a lab config (``executor: {KIND: options}``), a folder of its layers (as
+    ``LAB_CONFIG`` may name: k8s/), or a bare options file."""
     if config is None:
         return executor or "kubernetes", {}
     try:
-        data = yaml.safe_load(config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        data = config_layers(config) if config.is_dir() else yaml.safe_load(config.read_text()) or {}
+    except (OSError, yaml.YAMLError, FormatError) as e:
         fail(f"{config}: {str(e).splitlines()[0]}")
     if not isinstance(data, dict):
         fail(f"{config}: expected a mapping")
@@ -61,7 +64,7 @@ def _main() -> None:
 def render(
     template: str = typer.Option(..., "--template", "-t", help="template name or folder"),
     executor: str | None = typer.Option(None, "--executor", "-e", help="kubernetes or docker (default: the config's, else kubernetes)"),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML: a lab config (executor: {KIND: options}) or bare executor options"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML: a lab config (executor: {KIND: options}), a folder of its layers, or bare options"),
     nats: str = typer.Option("nats://nats:4222", "--nats", help="the NATS URL job pods use"),
     profile: str | None = typer.Option(None, "--profile", "-p", help="the template profile (e.g. fast, gpu); its resources size the Job"),
 ) -> None:

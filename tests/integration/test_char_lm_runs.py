@@ -90,7 +90,11 @@ def _rendered(stdout: str) -> tuple[dict, JobSpec]:
 
 
 def test_job_render_with_the_gpu_profile_asks_for_a_gpu_and_two_gpus_mean_torchrun(tmp_path):
-    config = ROOT / "k8s" / "overlays" / "gpu" / "config.yaml"
+    # The gpu overlay's config, as its ConfigMap mounts it: the base's layers and the overlay's, one folder (LAB_CONFIG).
+    config = tmp_path / "lab-config"
+    config.mkdir()
+    for layer in (ROOT / "k8s" / "base" / "config.yaml", ROOT / "k8s" / "base" / "team.yaml", ROOT / "k8s" / "overlays" / "gpu" / "gpu.yaml"):
+        shutil.copy(layer, config / layer.name)
     proc = _render("--template", "char_lm", "--profile", "gpu", "--config", str(config))
     assert proc.returncode == 0, proc.stderr
     container, job = _rendered(proc.stdout)
