@@ -71,7 +71,7 @@ def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def assert_restricted(name: str, pod: dict[str, Any]) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True, name
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
-    for c in pod["containers"]:
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:  # the restricted profile holds init containers too
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}, name
         assert sc["readOnlyRootFilesystem"] is True, name

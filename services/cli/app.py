@@ -23,7 +23,7 @@ from bus.schema.constants import AGENTS_BUCKET
 from bus.settings import Settings
 from bus.settings import settings as lab_settings
 from bus.store import Heartbeats, StateStore
-from services.cli.backup import backup_cmd, restore_cmd
+from services.cli.backup import backup_cmd, prune_cmd, restore_cmd
 from services.cli.errors import LabTyper, UsageError, fail, run_app
 from services.cli.terminal import SafeConsole, clean
 from services.common.config import bus_config, lab_config, lab_home, read_local_lab
@@ -604,10 +604,11 @@ def export_cmd(
     print_refused(err, done)
 
 
-# ---------------------------------------------------------------- backup / restore (services/cli/backup.py)
+# ---------------------------------------------------------------- backup / restore / prune (services/cli/backup.py)
 
 app.command("backup")(backup_cmd)
 app.command("restore")(restore_cmd)
+app.command("prune")(prune_cmd)
 
 
 # ---------------------------------------------------------------- helpers

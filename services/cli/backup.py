@@ -115,3 +115,34 @@ def restore_cmd(
         done = asyncio.run(main(config, manifest, folder))
     where = f"the NATS server at {nats or settings().nats_url}" if _explicit(nats) else f"LAB_HOME={lab_home()}"
     console.print(f"restored {len(done)} streams ({sum(n for _, n in done)} messages) from {archive} into {where}", markup=False)
+
+
+def prune_cmd(
+    checkpoints_days: float = typer.Option(7.0, "--checkpoints-days", min=0,
+                                           help="Delete the checkpoints of finished projects written this many days ago or more."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted; delete nothing."),
+    nats: str | None = typer.Option(None, "--nats", help="The lab's NATS server (with LAB_NATS_USER/LAB_NATS_PASSWORD_FILE of its admin)."),
+) -> None:
+    """Retention: delete finished projects' checkpoints after an age; results, papers and logs stay (docs/backup.md)."""
+    from services.lab.prune import prune
+    from services.read.stored import lab_connection, lab_is_running
+
+    home = lab_home()
+    if not _explicit(nats) and lab_is_running(home):
+        fail(f"the lab running for LAB_HOME={home} keeps its admin credential in no file: prune after `lab down`, "
+             "or give --nats with LAB_NATS_USER/LAB_NATS_PASSWORD_FILE of its admin")
+
+    async def main(config: BusConfig) -> Any:
+        bus = await Bus.connect(config, reconnect=False, timeout=5)
+        try:
+            return await prune(bus, checkpoint_age_s=checkpoints_days * 86400, dry_run=dry_run)
+        finally:
+            await bus.close()
+
+    with lab_connection(ADMIN, nats, "lab-prune") as conn:
+        gone = asyncio.run(main(conn.config))
+    verb = "would delete" if dry_run else "deleted"
+    console.print(f"{verb} {len(gone)} checkpoints of finished projects ({sum(p.size for p in gone)} bytes), "
+                  f"{checkpoints_days:g} days old or more", markup=False)
+    for p in gone:
+        console.print(f"  {p.name}  {p.size} bytes  {p.age_s / 86400:.1f} days", markup=False)

@@ -4,7 +4,8 @@ Real: `lab up --detach` (nats-server and the six agents), `lab evolve` as a proc
 each candidate as a job with the local executor and the job runner. The template is a tiny sleeping quadratic
 with a hook for the loop (written here: two built-in pickers, the baseline at x = 0 and one at the minimum),
 so each job takes a second or two. What is checked: the project in `lab status`, its candidates' experiments
-in `lab logs`, its candidates in `lab ideas`, ``evolve/`` written by `lab evolve` and by `lab export` alike.
+in `lab logs`, its candidates in `lab ideas`, ``evolve/`` written by `lab evolve` and by `lab export` alike, and
+the project with each candidate's experiment in the web view (`lab web` on the stored lab after `lab down`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,21 @@ def test_lab_evolve_is_a_project_of_the_running_lab(lab_env, tmp_path: Path) -> 
         assert (tmp_path / "export" / "evolve" / "final.jsonl").read_text() == (tmp_path / "out" / "evolve" / "final.jsonl").read_text()
     finally:
         lab(env, "down", timeout=120)
+    # The web view (on the stored lab, read-only): the project on the index, and each candidate's experiment on its page
+    index, page = web_pages(env, project)
+    assert project in index and 'id="stage">done<' in page
+    assert all(f"<h3>{x} <span" in page for x in state["experiments"]), page[:3000]
+
+
+def web_pages(env: dict, project: str) -> tuple[str, str]:
+    """`lab web` on the stopped lab: the index page's text and the project's page."""
+    proc = subprocess.Popen(lab_cmd("web", "--port", "0"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "lab web: " in line, line + proc.stderr.read()
+        url = line.split("lab web: ", 1)[1].split()[0].split("?")[0].rstrip("/")
+        with urllib.request.urlopen(f"{url}/", timeout=30) as index, urllib.request.urlopen(f"{url}/p/{project}", timeout=30) as page:
+            return index.read().decode(), page.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(30)

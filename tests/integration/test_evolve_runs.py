@@ -116,9 +116,12 @@ def test_lab_evolve_with_a_scripted_llm(lab_env, tmp_path: Path) -> None:
     assert [c["state"] for c in dev if c["iteration"] == 1] == ["succeeded"] * 3
     # One model call per iteration; the second shows the first's best code as an example.
     assert len(fake.requests) == 2
-    # half of the sum is the sum once the coefficient is fitted: one algorithm, named once (as the baseline)
-    half = next(c for c in dev if c["name"] == "half_sum")
-    assert half["same_as"] == next(c["id"] for c in dev if c["name"] == "task_arithmetic")
+    # "sum" is task arithmetic's code under another name: one algorithm, named once (as the baseline). half_sum, the
+    # same algorithm only once the coefficient is fitted, is not asserted: on the SGD testbed (evolve.yaml) its
+    # fit/dev predictions differed from the baseline's by float rounding (dev scores equal to 1e-9), so the
+    # prediction hash rightly calls it another behaviour there.
+    twin = next(c for c in dev if c["name"] == "sum")
+    assert twin["same_as"] == next(c["id"] for c in dev if c["name"] == "task_arithmetic")
     best0 = max((c for c in dev if c["iteration"] == 0 and c["state"] == "succeeded" and not c["same_as"]), key=lambda c: c["score"])
     assert best0["code"].strip() in fake.requests[1].last_user
     assert "task_arithmetic" in {c["name"] for c in dev if c["iteration"] == 0}  # the baseline runs first, to compare with

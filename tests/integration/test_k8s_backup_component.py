@@ -38,8 +38,11 @@ def test_the_backup_cronjob_validates_is_restricted_and_logs_in_as_the_admin(tmp
     assert cron["metadata"]["namespace"] == "lab" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert_restricted("lab-backup", pod)
-    [c] = pod["containers"]
+    [c] = pod["initContainers"]
     assert c["command"][:2] == ["lab", "backup"] and "--out" in c["command"]
+    # Retention runs after the night's archive, and only if it was written (an init container that fails stops the pod).
+    [prune] = pod["containers"]
+    assert prune["command"][:2] == ["lab", "prune"] and prune["env"] == c["env"] and prune["securityContext"] == c["securityContext"]
     out = c["command"][c["command"].index("--out") + 1]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["LAB_NATS_URL"] == "nats://nats:4222" and "LAB_NATS_PASSWORD" not in env
