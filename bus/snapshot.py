@@ -3,7 +3,7 @@
 Raw API requests (``$JS.API.STREAM.*``), so a stream's configuration and each stored message
 (subject, raw header block, payload, sequence) travel as the server gives them, whatever nats-py's
 models know of them. services/read/backup.py writes them to an archive; services/lab/restore.py
-writes them back.
+writes them back. The artifact listing and deletion at the end are `lab prune`'s (services/lab/prune.py).
 """
 
 from __future__ import annotations
@@ -109,3 +109,24 @@ async def fill(bus: Bus, subject: str, count: int) -> None:
 
 async def purge_subject(bus: Bus, name: str, subject: str) -> None:
     await request(bus, f"$JS.API.STREAM.PURGE.{name}", {"filter": subject})
+
+
+async def artifact_infos(bus: Bus) -> list[Any]:
+    """Every live object of the artifact store (nats-py's ObjectInfo: name, size, mtime), for retention (services/lab/prune.py)."""
+    import nats.js.errors
+
+    from bus.schema.constants import ARTIFACTS_BUCKET
+
+    try:
+        obs = await bus.js.object_store(ARTIFACTS_BUCKET)
+        return list(await obs.list(ignore_deletes=True))
+    except nats.js.errors.NotFoundError:  # no bucket yet, or an empty one (nats-py raises for both)
+        return []
+
+
+async def delete_artifact(bus: Bus, name: str) -> None:
+    """Delete one object: its chunks are purged, which only the admin may do."""
+    from bus.schema.constants import ARTIFACTS_BUCKET
+
+    obs = await bus.js.object_store(ARTIFACTS_BUCKET)
+    await obs.delete(name)

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import nats.js.errors
-
 from bus.client import Bus
-from bus.schema.constants import ARTIFACTS_BUCKET
+from bus.snapshot import artifact_infos, delete_artifact
 from services.read.projects import project_states
 
 CHECKPOINTS = "/checkpoints/"
@@ -46,11 +44,7 @@ def _age_s(info: Any, now: datetime) -> float | None:
 async def prune(bus: Bus, *, checkpoint_age_s: float, dry_run: bool = False, now: datetime | None = None) -> list[Pruned]:
     """Delete the checkpoints of finished projects older than ``checkpoint_age_s``; return what went (or would)."""
     finished = {p.project for p in await project_states(bus) if p.finished}
-    try:
-        obs = await bus.js.object_store(ARTIFACTS_BUCKET)
-        infos = await obs.list(ignore_deletes=True)
-    except nats.js.errors.NotFoundError:
-        return []
+    infos = await artifact_infos(bus)
     moment = now or datetime.now(UTC)
     out = []
     for info in infos:
@@ -61,6 +55,6 @@ async def prune(bus: Bus, *, checkpoint_age_s: float, dry_run: bool = False, now
         if age is None or age < checkpoint_age_s:
             continue
         if not dry_run:
-            await obs.delete(info.name)
+            await delete_artifact(bus, str(info.name))
         out.append(Pruned(name=str(info.name), size=int(info.size or 0), age_s=age))
     return out
