@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,29 @@ def _explicit(nats: str | None) -> bool:
     return nats is not None or settings().nats_url is not None
 
 
+def _as_admin(nats: str | None, name: str, what: str, work: Callable[[Bus], Awaitable[Any]]) -> Any:
+    """Run ``work`` on the lab's store as its admin: a stopped lab's through a private server, or the one ``--nats`` names.
+
+    A lab `lab up` runs here is refused in one line: it keeps its admin credential in no file.
+    """
+    from services.read.stored import lab_connection, lab_is_running
+
+    home = lab_home()
+    if not _explicit(nats) and lab_is_running(home):
+        fail(f"the lab running for LAB_HOME={home} keeps its admin credential in no file: {what} after `lab down`, "
+             "or give --nats with LAB_NATS_USER/LAB_NATS_PASSWORD_FILE of a user that reads every stream")
+
+    async def main(config: BusConfig) -> Any:
+        bus = await Bus.connect(config, reconnect=False, timeout=5)
+        try:
+            return await work(bus)
+        finally:
+            await bus.close()
+
+    with lab_connection(ADMIN, nats, name) as conn:
+        return asyncio.run(main(conn.config))
+
+
 def backup_cmd(
     out: Path | None = typer.Option(None, "--out", help="The archive to write (.tar.gz), or a folder to write a time-stamped one in."),
     keep: int = typer.Option(0, "--keep", min=0, help="With a folder: keep only the newest N archives there (0: keep all)."),
@@ -39,25 +62,11 @@ def backup_cmd(
 ) -> None:
     """Write every stream, KV bucket and object store of the lab into one archive, with a manifest (docs/backup.md)."""
     from services.read.backup import archive_path, backup, prune
-    from services.read.stored import lab_connection, lab_is_running
 
-    home = lab_home()
-    if not _explicit(nats) and lab_is_running(home):
-        fail(f"the lab running for LAB_HOME={home} keeps its admin credential in no file: stop it with `lab down` and back up its store, "
-             "or give --nats with LAB_NATS_USER/LAB_NATS_PASSWORD_FILE of a user that reads every stream")
     if keep and (out is None or not (out.is_dir() or str(out).endswith("/"))):
         fail("--keep needs --out FOLDER (the folder whose older archives it removes)")
     path = archive_path(out)
-
-    async def main(config: BusConfig) -> Any:
-        bus = await Bus.connect(config, reconnect=False, timeout=5)
-        try:
-            return await backup(bus, path)
-        finally:
-            await bus.close()
-
-    with lab_connection(ADMIN, nats, "lab-backup") as conn:
-        saved = asyncio.run(main(conn.config))
+    saved = _as_admin(nats, "lab-backup", "back up its store", lambda bus: backup(bus, path))
     kept = sum(s.messages for s in saved)
     console.print(f"backed up {len(saved)} streams ({kept} messages) to {path}", markup=False)
     for s in saved:
@@ -125,22 +134,8 @@ def prune_cmd(
 ) -> None:
     """Retention: delete finished projects' checkpoints after an age; results, papers and logs stay (docs/backup.md)."""
     from services.lab.prune import prune
-    from services.read.stored import lab_connection, lab_is_running
 
-    home = lab_home()
-    if not _explicit(nats) and lab_is_running(home):
-        fail(f"the lab running for LAB_HOME={home} keeps its admin credential in no file: prune after `lab down`, "
-             "or give --nats with LAB_NATS_USER/LAB_NATS_PASSWORD_FILE of its admin")
-
-    async def main(config: BusConfig) -> Any:
-        bus = await Bus.connect(config, reconnect=False, timeout=5)
-        try:
-            return await prune(bus, checkpoint_age_s=checkpoints_days * 86400, dry_run=dry_run)
-        finally:
-            await bus.close()
-
-    with lab_connection(ADMIN, nats, "lab-prune") as conn:
-        gone = asyncio.run(main(conn.config))
+    gone = _as_admin(nats, "lab-prune", "prune", lambda bus: prune(bus, checkpoint_age_s=checkpoints_days * 86400, dry_run=dry_run))
     verb = "would delete" if dry_run else "deleted"
     console.print(f"{verb} {len(gone)} checkpoints of finished projects ({sum(p.size for p in gone)} bytes), "
                   f"{checkpoints_days:g} days old or more", markup=False)
