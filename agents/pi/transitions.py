@@ -14,6 +14,7 @@ and asks, so every decision of the PI can be tested from data alone.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -858,7 +859,7 @@ def seeds_to_add(st: ProjectState, arm: str, asked: int | None) -> list[int]:
         first = max(have, default=-1) + 1
         return list(range(first, first + st.spec.seeds))
     want = min(asked, st.budget.max_seeds_per_arm) - len(have)
-    free = (s for s in range(st.budget.max_seeds_per_arm + max(have, default=0) + 1) if s not in have)
+    free = (s for s in itertools.count() if s not in have)
     return [s for _, s in zip(range(max(want, 0)), free, strict=False)]
 
 
