@@ -54,6 +54,33 @@ def backoff_delay(attempt: int, *, base_s: float = 1.0, max_s: float = 30.0, jit
     return wait * random.uniform(1 - jitter, 1 + jitter) if jitter else wait
 
 
+def cancel_requested() -> bool:
+    """Whether someone asked the running task to stop, even if the cancel was swallowed on its way.
+
+    Python 3.11's ``asyncio.wait_for`` loses a cancel that meets the answer it waits for, and nats-py turns some
+    into its own errors: a loop that logs each failure and goes on would then never end. The task's count of
+    cancel requests survives both, so such a loop asks this before going round again.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], *, again_s: float = 2.0) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again every ``again_s`` those that swallowed it."""
+    pending = {t for t in tasks if not t.done()}
+    for t in pending:
+        t.cancel()
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=again_s)
+        for t in pending:
+            log.warning("a task went on after its cancel; cancelling it again", task=t.get_name())
+            t.cancel()
+    for t in tasks:
+        error = None if t.cancelled() else t.exception()
+        if error is not None:
+            log.debug("task ended with an error at shutdown", task=t.get_name(), error=describe(error))
+
+
 def describe(error: BaseException) -> str:
     """One short line for a log or a reason."""
     if isinstance(error, TimeoutError) or "Timeout" in type(error).__name__:

@@ -36,7 +36,7 @@ from bus import metrics, partitions
 from bus.client import MAX_ENVELOPE_BYTES, Bus, BusConfig
 from bus.consumer import MAX_DELIVER, messages, pull, release
 from bus.errors import BusTimeout, LabError, MindError, StateConflict
-from bus.retry import RetryPolicy, backoff_delay
+from bus.retry import RetryPolicy, backoff_delay, cancel_and_wait, cancel_requested
 from bus.schema import Envelope, Heartbeat, MindKind, RoleDocument, RoleName, StepFailed, Usage, UsageReport, decode
 from bus.schema.constants import HEARTBEAT_EVERY_S
 from bus.settings import ConfigError, Settings, settings
@@ -218,9 +218,7 @@ class AgentHost:
         for sub in subs:
             await release(sub)
         await self.lanes.close()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await self.wiring.close()
         await self.bus.close()
 
@@ -267,6 +265,8 @@ class AgentHost:
                 await self.beats.put(self.heartbeat_key(), self.heartbeat_doc(started))
                 self.alive_file().touch()
             except Exception as e:  # a missed beat is sent again in 5 s; the loop must outlive a bus outage
+                if cancel_requested():
+                    raise asyncio.CancelledError from e
                 log.warning("heartbeat failed", error=str(e))
             await asyncio.sleep(HEARTBEAT_EVERY_S)
 

@@ -25,6 +25,7 @@ from bus.client import Bus
 from bus.jobkeys import JobKeys
 from bus.ledger import SlotLedger
 from bus.resultcache import ResultCache
+from bus.retry import cancel_requested
 from bus.schema import Envelope, JobStatus, derive_id
 from bus.schema.formats import RoleDocument
 from bus.schema.state import EngineerView
@@ -86,6 +87,8 @@ class JobWatch:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the next pass looks again; one bad pass must not end the watch
+                if cancel_requested():
+                    raise asyncio.CancelledError from e
                 log.warning("job watch failed", error=str(e))
 
     async def wake_cache_waiter(self, project: str, job_id: str, experiment_id: str, key: str) -> None:
@@ -122,6 +125,8 @@ class JobWatch:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the next tick tries again; one failure must not end the loop
+                if cancel_requested():
+                    raise asyncio.CancelledError from e
                 log.warning("capacity wake-up failed", error=str(e))
 
     async def job_event(self, project: str, status: JobStatus, tag: str) -> None:

@@ -13,6 +13,8 @@ from bus.retry import (
     RetryPolicy,
     backoff_delay,
     breaker_for,
+    cancel_and_wait,
+    cancel_requested,
     poll,
     reset_breakers,
 )
@@ -255,3 +257,57 @@ async def test_poll_gives_the_last_answer_at_its_timeout_and_raises_an_error() -
 
     with pytest.raises(Flaky):
         await poll(broken, every_s=0.5, clock=clock, sleep=clock.sleep)
+
+
+async def test_a_loop_whose_cancel_a_library_turned_into_an_error_ends_instead_of_going_round() -> None:
+    """nats-py and 3.11's wait_for can turn a cancel into another error or lose it; the loop must still end."""
+    rounds = 0
+
+    async def flaky_call() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("stalled") from None  # what a library makes of the cancel
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            try:
+                await flaky_call()
+            except Exception as e:
+                if cancel_requested():
+                    raise asyncio.CancelledError from e
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert rounds == 1
+
+
+async def test_cancel_and_wait_cancels_again_a_task_that_swallowed_its_cancel() -> None:
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed >= 3:
+                    raise
+
+    async def plain() -> None:
+        await asyncio.sleep(10)
+
+    async def failing() -> None:
+        raise ValueError("ended badly")
+
+    tasks = [asyncio.create_task(stubborn()), asyncio.create_task(plain()), asyncio.create_task(failing())]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(tasks, again_s=0.05), 5)
+    assert all(t.done() for t in tasks) and swallowed == 3
+    assert tasks[0].cancelled() and tasks[1].cancelled() and isinstance(tasks[2].exception(), ValueError)
