@@ -15,12 +15,9 @@ that hold or wait), so a busy project cannot starve a newcomer. A waiting
 project is recorded with its next job, and the engineer host wakes it when
 its turn comes (``services/host/agent.py``).
 
-Leases: a taker that is not an engineer (`lab evolve --nats`, services/cli/evolve.py)
-runs jobs no project's state lists, so the engineer's reconcile cannot tell its
-holds from leaked ones. It takes them with a lease (``lease_until``) and renews
-it while it runs: reconcile keeps a leased hold or waiter until its lease has
-passed and then drops it, so a killed taker leaks nothing for longer than one
-lease. A leased waiter polls for its turn and is never sent a wake-up.
+Every taker is an engineer: an evolve project's candidates are its experiments
+like any other's. (Ledgers stored by labs that also leased holds to `lab evolve
+--nats` carry a ``lease_until`` in each entry; it is read and dropped.)
 """
 
 from __future__ import annotations
@@ -31,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from bus import metrics
 from bus.errors import StateConflict
@@ -41,27 +38,35 @@ log = structlog.get_logger("ledger")
 
 T = TypeVar("T")
 
-# Every engineer replica and lane (and `lab evolve`) writes the one ledger document: a lost compare-and-set
+# Every engineer replica and lane writes the one ledger document: a lost compare-and-set
 # is the normal course, retried at once with a wait growing 10 ms a try up to 0.2 s, 200 tries in all.
 CONTENTION = RetryPolicy(attempts=200, budget_s=None, base_wait_s=0.01, max_wait_s=0.2, linear=True, event="ledger_conflict", level=None)
 
 LEDGER_KEY = "engineer._capacity"  # under the engineer's own keys; "_capacity" is not a project id `lab run` makes
 
 
-class Hold(BaseModel):
+class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_lease(cls, data: Any) -> Any:
+        """An entry stored before leases went: its ``lease_until`` (null for every engineer's) is dropped."""
+        if isinstance(data, dict) and "lease_until" in data:
+            return {k: v for k, v in data.items() if k != "lease_until"}
+        return data
+
+
+class Hold(_Entry):
     project: str
     units: int
     since: float
-    lease_until: float | None = None  # None: an engineer's, kept while its job is in a project's state
 
 
-class Waiter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Waiter(_Entry):
     job_id: str  # the project's next queued job (the wake-up goes to it)
     units: int
     since: float
-    lease_until: float | None = None  # None: an engineer's, woken by the job watch; else it polls and renews
 
 
 class Ledger(BaseModel):
@@ -145,24 +150,18 @@ class SlotLedger:
         except StateConflict:
             raise StateConflict(f"{LEDGER_KEY}: too much contention") from None
 
-    async def acquire(self, project: str, job_id: str, units: int, lease_s: float | None = None) -> bool:
-        """Take ``units`` for the job (True), or record the project as waiting with it (False).
-
-        With ``lease_s`` the hold or waiter is leased (see the module's docstring): the caller renews it
-        (``renew``) and polls again while it waits; a leased waiter already recorded stays as it is.
-        """
+    async def acquire(self, project: str, job_id: str, units: int) -> bool:
+        """Take ``units`` for the job (True), or record the project as waiting with it (False)."""
 
         def change(ledger: Ledger) -> bool:
             if job_id in ledger.held:
                 return True  # a redelivered handler: the same hold, not a second one
             now = time.time()
-            lease = None if lease_s is None else now + lease_s
             if ledger.may_take(project, units):
-                ledger.held[job_id] = Hold(project=project, units=units, since=now, lease_until=lease)
+                ledger.held[job_id] = Hold(project=project, units=units, since=now)
                 ledger.waiting.pop(project, None)
                 return True
-            if lease is None or (w := ledger.waiting.get(project)) is None or w.lease_until is None:
-                ledger.waiting[project] = Waiter(job_id=job_id, units=units, since=now, lease_until=lease)
+            ledger.waiting[project] = Waiter(job_id=job_id, units=units, since=now)
             return False
 
         return await self._update(change)
@@ -171,19 +170,6 @@ class SlotLedger:
         def change(ledger: Ledger) -> None:
             for j in job_ids:
                 ledger.held.pop(j, None)
-
-        await self._update(change)
-
-    async def renew(self, project: str, lease_s: float) -> None:
-        """Extend the leases of the project's leased holds and waiter to ``lease_s`` from now."""
-
-        def change(ledger: Ledger) -> None:
-            until = time.time() + lease_s
-            for h in ledger.held.values():
-                if h.project == project and h.lease_until is not None:
-                    h.lease_until = until
-            if (w := ledger.waiting.get(project)) is not None and w.lease_until is not None:
-                w.lease_until = until
 
         await self._update(change)
 
@@ -207,19 +193,14 @@ class SlotLedger:
         """Drop holds of jobs no project runs and waiters with nothing queued (left by a handler that died for good).
 
         ``active``: job ids dispatched/pending/running in any project's state; ``queued``: project -> queued job ids.
-        The grace covers a handler that took a slot and has not stored its state yet. A leased hold or
-        waiter is in no project's state: it is kept until its lease has passed, then dropped.
+        The grace covers a handler that took a slot and has not stored its state yet.
         """
         now = time.time()
 
         def stale_hold(j: str, h: Hold) -> bool:
-            if h.lease_until is not None:
-                return h.lease_until < now
             return j not in active and now - h.since > grace_s
 
         def stale_wait(p: str, w: Waiter) -> bool:
-            if w.lease_until is not None:
-                return w.lease_until < now
             return w.job_id not in queued.get(p, set()) and now - w.since > grace_s
 
         def change(ledger: Ledger) -> None:

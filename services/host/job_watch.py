@@ -110,7 +110,6 @@ class JobWatch:
         """Tell a project waiting for capacity when its turn has come (its own handler takes the slot).
 
         The wake-up's id derives from the ledger's revision, so replicas watching the same ledger send it once.
-        A leased waiter (`lab evolve --nats`) is no engineer's: it polls the ledger itself, and no handler would read a wake-up.
         """
         if self.ledger is None:
             return
@@ -119,7 +118,7 @@ class JobWatch:
             try:
                 ledger, revision = await self.ledger.read()
                 for project, waiter in ledger.waiting.items():
-                    if waiter.lease_until is None and ledger.may_take(project, waiter.units):
+                    if ledger.may_take(project, waiter.units):
                         status = JobStatus(job_id=waiter.job_id, experiment_id="", state="queued", reason="capacity free")
                         await self.job_event(project, status, f"wake-{revision}")
             except asyncio.CancelledError:

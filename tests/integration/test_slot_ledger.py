@@ -58,31 +58,10 @@ async def test_reconcile_reclaims_holds_and_waits_nobody_owns(admin_bus):
     assert Ledger.model_validate(doc).held["a0"].since <= time.time()
 
 
-# ------------------------------------------------------------------ leases: holds and waiters that are no engineer's
+# ------------------------------------------------------------------ wake-ups
 
 
-async def test_a_leased_hold_outlives_reconcile_while_its_lease_lasts(admin_bus):
-    ledger = SlotLedger(await StateStore.open(admin_bus), capacity=2)
-    assert await ledger.acquire("evolve-x", "e0", 1, lease_s=0.6)
-    assert await ledger.acquire("evolve-x", "e1", 1, lease_s=0.6)
-    # Its jobs are in no project's state, and the grace is over: only the lease keeps them.
-    await ledger.reconcile(active=set(), queued={}, grace_s=0)
-    state, _ = await ledger.read()
-    assert set(state.held) == {"e0", "e1"} and state.held["e0"].lease_until is not None
-    await ledger.renew("evolve-x", 5.0)  # the run renews; e1 it gives back
-    await ledger.release(["e1"])
-    await asyncio.sleep(0.8)
-    await ledger.reconcile(active=set(), queued={}, grace_s=0)
-    state, _ = await ledger.read()
-    assert set(state.held) == {"e0"}  # renewed: still held past its first lease
-    state.held["e0"].lease_until = time.time() - 1  # as if the run was killed and stopped renewing
-    await ledger.states.write(LEDGER_KEY, state.model_dump(mode="json"), (await ledger.read())[1])
-    await ledger.reconcile(active={"e0"}, queued={}, grace_s=60)  # a lapsed lease goes, whatever else says
-    state, _ = await ledger.read()
-    assert state.held == {}
-
-
-async def test_a_leased_waiter_is_never_woken_and_goes_when_its_lease_passes(admin_bus):
+async def test_a_waiting_project_is_woken_once_when_its_turn_comes(admin_bus):
     from bus import subjects
     from bus.jobkeys import JobKeys, new_secret
     from bus.schema import decode
@@ -91,13 +70,9 @@ async def test_a_leased_waiter_is_never_woken_and_goes_when_its_lease_passes(adm
     states = await StateStore.open(admin_bus)
     ledger = SlotLedger(states, capacity=2)
     assert await ledger.acquire("a", "a0", 1) and await ledger.acquire("a", "a1", 1)
-    assert await ledger.acquire("b", "b0", 1) is False  # an engineer's project: woken by the job watch
-    assert await ledger.acquire("evolve-x", "e0", 1, lease_s=0.8) is False  # `lab evolve`: polls for itself
-    assert await ledger.acquire("evolve-x", "e1", 1, lease_s=0.8) is False  # its waiter stays as recorded
-    revision = (await ledger.read())[1]
-    assert await ledger.acquire("evolve-x", "e1", 1, lease_s=0.8) is False
-    assert (await ledger.read())[1] == revision  # a repeated refusal writes nothing (no new revision, no new wake-up)
-    await ledger.release(["a0", "a1"])
+    assert await ledger.acquire("b", "b0", 1) is False
+    assert await ledger.acquire("c", "c0", 2) is False
+    await ledger.release(["a0"])  # room for b's one slot, not for c's two
     woken: dict[str, list[str]] = {}
 
     async def collect(project: str) -> None:
@@ -106,37 +81,32 @@ async def test_a_leased_waiter_is_never_woken_and_goes_when_its_lease_passes(adm
             woken.setdefault(project, []).append(decode(msg.data).body.job_id)
 
     watch = JobWatch(admin_bus, states, None, ledger, JobKeys(new_secret()))  # type: ignore[arg-type]
-    tasks = [asyncio.create_task(collect("b")), asyncio.create_task(collect("evolve-x")), asyncio.create_task(watch.wake_waiting(every=0.05))]
+    tasks = [asyncio.create_task(collect("b")), asyncio.create_task(collect("c")), asyncio.create_task(watch.wake_waiting(every=0.05))]
     try:
         for _ in range(100):
             await asyncio.sleep(0.05)
             if woken.get("b"):
                 break
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # many ticks on the same ledger revision: one wake-up, not one a tick
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    assert woken.get("b") and set(woken["b"]) == {"b0"}
-    assert "evolve-x" not in woken
-    state, _ = await ledger.read()
-    assert state.waiting["evolve-x"].job_id == "e0" and state.waiting["evolve-x"].lease_until is not None
-    await ledger.reconcile(active=set(), queued={"b": {"b0"}}, grace_s=0)
-    assert set((await ledger.read())[0].waiting) == {"b", "evolve-x"}  # within its lease, though nothing is queued for it
-    await asyncio.sleep(0.9)
-    await ledger.reconcile(active=set(), queued={"b": {"b0"}}, grace_s=0)
-    assert set((await ledger.read())[0].waiting) == {"b"}
+    assert woken.get("b") == ["b0"]
+    assert "c" not in woken
 
 
-async def test_a_ledger_written_before_leases_still_loads(admin_bus):
+async def test_a_ledger_written_while_leases_existed_still_loads(admin_bus):
     states = await StateStore.open(admin_bus)
     now = time.time()
-    await states.write(LEDGER_KEY, {"capacity": 2, "counts": "slots", "held": {"a0": {"project": "a", "units": 1, "since": now}},
-                                    "waiting": {"b": {"job_id": "b0", "units": 1, "since": now}}}, 0)
+    await states.write(LEDGER_KEY, {"capacity": 2, "counts": "slots",
+                                    "held": {"a0": {"project": "a", "units": 1, "since": now, "lease_until": None}},
+                                    "waiting": {"b": {"job_id": "b0", "units": 1, "since": now, "lease_until": None}}}, 0)
     ledger = SlotLedger(states, capacity=2)
     state, _ = await ledger.read()
-    assert state.held["a0"].lease_until is None and state.waiting["b"].lease_until is None
-    await ledger.reconcile(active={"a0"}, queued={"b": {"b0"}}, grace_s=0)  # unleased: kept while their jobs are listed
+    assert state.held["a0"].project == "a" and state.waiting["b"].job_id == "b0"
+    assert "lease_until" not in state.model_dump()["held"]["a0"]
+    await ledger.reconcile(active={"a0"}, queued={"b": {"b0"}}, grace_s=0)  # kept while their jobs are listed
     assert await ledger.acquire("b", "b0", 1)
     state, _ = await ledger.read()
     assert set(state.held) == {"a0", "b0"} and state.waiting == {}
