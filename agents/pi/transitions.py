@@ -293,8 +293,10 @@ def note_read(st: ProjectState, note: CoPINote, reading: NoteReading, now: float
 
     What the note asks beyond constraints (``agents.pi.copi``: a run with given values or on a
     knob, a bigger run budget) is done now or refused with the reason; the answer the co-PI
-    gets says which, so no request is acknowledged and dropped.
+    gets says which, so no request is acknowledged and dropped. An evolve project takes only a stop.
     """
+    if st.evolve is not None and not reading.constraints.get("stop"):
+        return _evolve_note(st, note)
     st, out = _begin(st)
     st.notes.append(note)
     st.constraints.update(reading.constraints)
@@ -352,6 +354,18 @@ def compute_spent(st: ProjectState, out: list[Effect]) -> str:
         st.budget_stop = why
         out.append(Log("warning", "budget spent", {"reason": why}))
     return why
+
+
+def _evolve_note(st: ProjectState, note: CoPINote) -> Step:
+    """An evolve project's loop picks its own candidates, splits and seeds: a note's runs, budgets and constraints
+    would be acknowledged and never acted on, so the answer refuses them and says what a note can do."""
+    st, out = _begin(st)
+    st.notes.append(note)
+    why = ("not done: an evolve project runs only the candidates its loop picks, on the budget it started with; "
+           "a note can stop it (say stop), or start a project with `lab run` for the runs you want")
+    out.append(Send(NoteAck(note_id=note.id, understood=why, constraints={}), "copi"))
+    out.append(Log("warning", "co-PI note refused", {"note": note.text, "answer": why}))
+    return Step(st, out)
 
 
 def _copi_run(st: ProjectState, out: list[Effect], request: copi.Request, now: float | None) -> str:

@@ -116,3 +116,20 @@ def test_a_refused_candidate_fails_without_a_job_and_the_loop_goes_on(monkeypatc
     assert refused.state == "failed" and refused.reason.startswith("edit refused") and not refused.job_ids
     assert ev.verdict.startswith("nothing beat the baseline") and ev.pairs == []
     assert step.state.ideas[refused.id].status == "failed"
+
+
+def test_a_note_to_an_evolve_project_is_refused_unless_it_says_stop() -> None:
+    """Its loop reads no constraints, runs or budgets from notes: acknowledging one would be a request ignored."""
+    from agents.minds.base import NoteReading
+    from bus.schema import CoPINote
+
+    st: ProjectState = evolve.start(None, start_body(), "p1", 0.0)
+    ask = t.note_read(st, CoPINote(id="n1", text="try lr 0.5 and keep batch size below 64"),
+                      NoteReading(understood="a run with lr=0.5", constraints={"max_batch_size": 64}, parsed=True))
+    [(ack, to)] = ask.sent
+    assert to == "copi" and ack.understood.startswith("not done: an evolve project runs only the candidates its loop picks")
+    assert ack.constraints == {} and ask.state.constraints == {} and ask.state.stage == "experiments"
+    assert ask.state.experiments == st.experiments and [n.id for n in ask.state.notes] == ["n1"]
+    stop = t.note_read(st, CoPINote(id="n2", text="stop"), NoteReading(understood="stop", constraints={"stop": True}, parsed=True))
+    assert stop.state.stage == "failed" and "stopped by the co-PI" in (stop.state.outcome or "")
+    assert [type(m).__name__ for m, _ in stop.sent] == ["NoteAck", "Decision"]
