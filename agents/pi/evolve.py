@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from agents.pi import transitions as t
 from agents.pi.state import ExperimentState, IdeaState, ProjectState
-from bus.schema import ExperimentPlanned, ExperimentRequest, ExperimentResult, StartProject, StepFailed
+from bus.schema import ExperimentPlanned, ExperimentResult, StartProject, StepFailed
 from bus.schema.evolve import Evaluated, EvolveSetting, EvolveState, EvolveStep
 
 EvolveLoop = Callable[[EvolveState, EvolveSetting, Mapping[str, Evaluated], float], Awaitable[EvolveStep]]
@@ -85,9 +85,7 @@ async def advance(st: ProjectState, now: float, loop: EvolveLoop | None) -> t.St
         st.ideas.setdefault(ask.idea.id, IdeaState(idea=ask.idea, wave=ask.iteration, status="running"))
         st.experiments[ask.experiment_id] = ExperimentState(experiment_id=ask.experiment_id, idea_id=ask.idea.id, seeds=ask.seeds,
                                                             round=0)
-        out.append(t.Send(ExperimentRequest(
-            experiment_id=ask.experiment_id, idea=ask.idea, seeds=ask.seeds, template=st.template, template_object=st.template_object,
-            spec=st.spec, fast=st.fast, profile=st.profile, cache=st.cache, fixed=ask.fixed), "engineer"))
+        out.append(t.Send(t.experiment_request(st, ask.experiment_id, ask.idea, ask.seeds, ask.fixed), "engineer"))
     out.extend(t.Log("info", "evolve", {"says": line}) for line in step.lines)
     _settle_ideas(st)
     if step.done:

@@ -597,12 +597,17 @@ def _request_experiment(
     exp_id = f"x{len(st.experiments) + 1:02d}-{idea_id}"[:60]
     st.experiments[exp_id] = ExperimentState(experiment_id=exp_id, idea_id=idea_id, seeds=seeds, round=st.round, confirmation=confirmation)
     st.stage = "experiments"
-    request = ExperimentRequest(
-        experiment_id=exp_id, idea=idea, seeds=seeds, template=st.template, template_object=st.template_object,
-        spec=st.spec, fast=st.fast, profile=st.profile, cache=st.cache,
-    )
-    out.append(Send(request, "engineer"))
+    out.append(Send(experiment_request(st, exp_id, idea, seeds), "engineer"))
     return exp_id
+
+
+def experiment_request(st: ProjectState, exp_id: str, idea: Idea | None, seeds: list[int],
+                       fixed: dict[str, Any] | None = None) -> ExperimentRequest:
+    """The engineer's request for one experiment of the project: its template, profile and cache as the project set them."""
+    return ExperimentRequest(
+        experiment_id=exp_id, idea=idea, seeds=seeds, template=st.template, template_object=st.template_object,
+        spec=st.spec, fast=st.fast, profile=st.profile, cache=st.cache, fixed=fixed or {},
+    )
 
 
 def _idea_failed(st: ProjectState, idea_id: str, reason: str) -> None:
