@@ -21,16 +21,10 @@ EvolveLoop = Callable[[EvolveState, EvolveSetting, Mapping[str, Evaluated], floa
 
 
 def start(state: ProjectState | None, body: StartProject, project: str, now: float) -> ProjectState:
-    """A new evolve project's state (the loop's first proposals come with the first ``advance``)."""
-    if state is not None:
-        return state
+    """A new evolve project's state, started as any project is (its budget capped, its estimate made): the loop's
+    first proposals come with the first ``advance``."""
     assert body.evolve is not None
-    return ProjectState(
-        project=project, template=body.template, template_object=body.template_object, spec=body.spec,
-        direction=body.direction or f"evolve {body.evolve.spec.hook.function}()", seed=body.seed, budget=body.budget,
-        fast=body.fast, profile=body.profile, cache=body.cache, mind=body.mind, started_at=now, user=body.user,
-        stage="experiments", evolve=EvolveState(request=body.evolve),
-    )
+    return t.start(state, body, project, now).state
 
 
 def planned(st: ProjectState, body: ExperimentPlanned) -> ProjectState:
@@ -67,7 +61,7 @@ def step_failed(st: ProjectState, body: StepFailed) -> ProjectState:
 
 async def advance(st: ProjectState, now: float, loop: EvolveLoop | None) -> t.Step:
     """Ask the loop how far the results in hand take it, and perform what it says."""
-    if st.evolve is None or st.stage in ("done", "failed"):
+    if st.evolve is None or st.stage != "experiments":  # waiting for approval, or ended
         return t.Step(st)
     st = st.model_copy(deep=True)
     out: list[t.Effect] = []

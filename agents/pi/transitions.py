@@ -70,6 +70,7 @@ from bus.schema import (
     signature_of,
 )
 from bus.schema.archive import seed_records
+from bus.schema.evolve import EvolveState
 
 IDEAS_PER_WAVE = 2
 # The mind proposes this many times a wave's ideas; the PI ranks them by score and runs the best (agents/pi/scores.py).
@@ -198,6 +199,9 @@ def start(
         direction=body.direction, seed=body.seed, budget=capped, fast=body.fast, profile=body.profile,
         cache=body.cache, mind=body.mind, started_at=now, user=body.user,
     )
+    if body.evolve is not None:  # the Self-Developing loop instead of idea waves (agents/pi/evolve.py runs it)
+        st.evolve = EvolveState(request=body.evolve)
+        st.direction = body.direction or f"evolve {body.evolve.spec.hook.function}()"
     if st.budget.max_runs_limit is None:
         st.budget.max_runs_limit = min(1000, max(2 * st.budget.max_runs, st.budget.max_runs))
     out: list[Effect] = [Log("info", "budget capped", {"caps": said})] if said else []
@@ -205,7 +209,8 @@ def start(
     user = None if limits.max_gpu_hours_per_user is None else (body.user, user_gpu_hours, limits.max_gpu_hours_per_user)
     profile = profile_of(st)
     past = money.archived(history, st.template, profile, st.spec.profile(profile).resources.gpu > 0)
-    st.estimate = money.estimate(st.spec, profile, st.budget, st.mind, policy or ApprovalPolicy(), body.measured_job_s,
+    runs = st.budget if body.evolve is None else st.budget.model_copy(update={"max_runs": body.evolve.max_runs})
+    st.estimate = money.estimate(st.spec, profile, runs, st.mind, policy or ApprovalPolicy(), body.measured_job_s,
                                  body.require_approval, lab, user, past)
     out.append(Log("info", "estimate", {"estimate": st.estimate.line()}))  # in the state for `lab status`, the web view and the export
     out.append(Send(ProjectEstimate(estimate=st.estimate), "copi"))  # every project's, waiting or not: the co-PI sees each
@@ -214,6 +219,14 @@ def start(
         out.append(Log("warning", "waiting for approval", {"why": st.estimate.why, "approve": f"lab approve {project}"}))
         return Step(st, out)
     return _open(st, out, now)
+
+
+def _open(st: ProjectState, out: list[Effect], now: float) -> Step:
+    """The project's first runs (an evolve project's come from its loop, which the handler asks next)."""
+    if st.evolve is not None:
+        st.stage = "experiments"
+        return Step(st, out)
+    return _first_runs(st, out, now)
 
 
 def approval(st: ProjectState, body: ProjectApproval, now: float) -> Step:
@@ -230,7 +243,7 @@ def approval(st: ProjectState, body: ProjectApproval, now: float) -> Step:
     return _open(st, out, now)
 
 
-def _open(st: ProjectState, out: list[Effect], now: float) -> Step:
+def _first_runs(st: ProjectState, out: list[Effect], now: float) -> Step:
     """The project's first runs: the baseline, the positive control, the template's seed ideas archived, the first wave."""
     st.stage = "ideas"
     _request_experiment(st, out, BASELINE, None, list(range(st.spec.seeds)))

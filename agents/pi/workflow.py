@@ -78,20 +78,18 @@ class PI(Role):
         policy: ApprovalPolicy = getattr(ctx, "policy", ApprovalPolicy())  # a plain Context (a test's) has neither
         limits: BudgetLimits = getattr(ctx, "limits", BudgetLimits())
         used: Callable[[str], Awaitable[tuple[float, float]]] | None = getattr(ctx, "lab_gpu_hours", None)
-        if body.evolve is not None:  # an evolve project: the Self-Developing loop instead of idea waves
-            st = evolve.start(ctx.state, body, env.project, ctx.clock())
-            await self._drive(ctx, await evolve.advance(st, ctx.clock(), self._loop(ctx)))
-            return
         capped = limits.max_gpu_hours_per_lab is not None or limits.max_gpu_hours_per_user is not None
         lab, mine = await used(body.user) if ctx.state is None and used is not None and capped else (0.0, 0.0)
         stored: Callable[[], Awaitable[list[ProjectView]]] | None = getattr(ctx, "history", None)
         history = await stored() if ctx.state is None and stored is not None else []
         await self._drive(ctx, t.start(ctx.state, body, env.project, ctx.clock(), policy, limits, lab, mine, history))
+        await self._evolve(ctx)
 
     @on(ProjectApproval)
     async def approval(self, body: ProjectApproval, env: Any, ctx: PIContext) -> None:
         # Only the co-PI may send it (bus.permissions.SENDERS): the host dead-letters anyone else's before this runs.
         await self._drive(ctx, t.approval(self._require(ctx), body, ctx.clock()))
+        await self._evolve(ctx)
 
     @on(CoPINoteMsg)
     async def note(self, body: CoPINoteMsg, env: Any, ctx: PIContext) -> None:
@@ -190,6 +188,12 @@ class PI(Role):
         except MIND_FAILURES as e:
             return t.finish(st, accepted=False, reason=f"could not answer the review: {e}", failed=True)
         return t.review_answered(st, ask.context.items, responses, ctx.clock())
+
+    async def _evolve(self, ctx: PIContext) -> None:
+        """An evolve project past its estimate (and approval) asks its loop how far the results in hand take it."""
+        st = ctx.state
+        if st is not None and st.evolve is not None and st.stage == "experiments":
+            await self._drive(ctx, await evolve.advance(st, ctx.clock(), self._loop(ctx)))
 
     def _loop(self, ctx: PIContext) -> EvolveLoop | None:
         loop: EvolveLoop | None = getattr(ctx, "evolve", None)  # a plain Context (a test's) has none

@@ -133,3 +133,21 @@ def test_a_note_to_an_evolve_project_is_refused_unless_it_says_stop() -> None:
     stop = t.note_read(st, CoPINote(id="n2", text="stop"), NoteReading(understood="stop", constraints={"stop": True}, parsed=True))
     assert stop.state.stage == "failed" and "stopped by the co-PI" in (stop.state.outcome or "")
     assert [type(m).__name__ for m, _ in stop.sent] == ["NoteAck", "Decision"]
+
+
+def test_an_evolve_project_is_capped_estimated_and_waits_for_approval_like_any_project() -> None:
+    from bus.schema import BudgetLimits, ProjectApproval
+
+    body = start_body().model_copy(update={"require_approval": True})
+    step = t.start(None, body, "p1", 0.0, limits=BudgetLimits(max_gpu_hours_per_project=1.5))
+    st = step.state
+    assert st.stage == "approval" and st.budget.max_gpu_hours == 1.5 and st.evolve is not None
+    assert [type(m).__name__ for m, _ in step.sent] == ["ProjectEstimate"]
+    assert st.estimate is not None and st.estimate.runs == MAX_RUNS  # the loop's evaluations, not an idea budget's runs
+    assert requests(step) == [] and asyncio.run(evolve.advance(st, 1.0, loop)).sent == []  # the loop waits with it
+    refused = t.approval(st, ProjectApproval(approved=False, reason="not this week"), 1.0)
+    assert refused.state.stage == "failed" and "refused by the co-PI: not this week" in (refused.state.outcome or "")
+    approved = t.approval(st, ProjectApproval(approved=True), 1.0)
+    assert approved.state.stage == "experiments" and requests(approved) == []  # no baseline wave: the loop asks next
+    first = asyncio.run(evolve.advance(approved.state, 2.0, loop))
+    assert requests(first) and all(r.fixed for r in requests(first))  # candidates on their splits
