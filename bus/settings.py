@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         shown="all four",
     )
     mind: MindKind = _setting("offline", "The mind `lab up`, `lab run` and `lab agent` use without --mind.", "services.cli.app")
+    ready_timeout_s: float = _setting(
+        90.0, "How long `lab up` (and the lab `lab run` or `lab evolve` starts) waits for every agent to say it is ready.",
+        "services.lab.supervisor", gt=0,
+    )
     user: str | None = _setting(
         None, "Who `lab run` says started the project: what a per-user budget (config.yaml budgets:) counts by. A name, not a login.",
         "services.cli.run", shown="the login name", max_length=64,

@@ -76,7 +76,7 @@ class LabOptions:
     mind: MindKind = "offline"
     executor: ExecutorKind = "local"
     sync_always: bool = False
-    ready_timeout: float = 90.0
+    ready_timeout: float = field(default_factory=lambda: settings().ready_timeout_s)  # a loaded machine may need more
     cluster: int = 1  # nats-server nodes; >1: a JetStream cluster on loopback, streams replicated on every node
     replicas: dict[str, int] = field(default_factory=dict)  # role -> agent processes (default 1 each)
 

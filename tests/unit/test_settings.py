@@ -211,3 +211,11 @@ def test_a_child_environment_is_written_by_field_name_and_reads_back() -> None:
     assert (back.home, back.replica, back.unsafe_no_sandbox, back.templates) == (Path("/h"), 0, True, [Path("/a"), Path("/b")])
     with pytest.raises(KeyError, match="no setting 'hom'"):
         Settings.environ(hom="/h")
+
+
+def test_lab_up_waits_for_its_agents_as_long_as_the_setting_says(monkeypatch, tmp_path) -> None:
+    from services.lab.supervisor import LabOptions
+
+    assert LabOptions(home=tmp_path).ready_timeout == 90.0
+    monkeypatch.setenv("LAB_READY_TIMEOUT_S", "300")  # a loaded machine: the agents start, slowly
+    assert LabOptions(home=tmp_path).ready_timeout == 300.0
