@@ -254,6 +254,7 @@ async def test_eviction_is_ignored_and_retried(make: Any, cluster: Any) -> None:
     async with Kubelet(cluster[1], NS) as kubelet:
         await ex.submit(spec("evicted", overrides={"sleep": 6}))
         await wait_for(ex, "evicted", "running")
+        await asyncio.sleep(2)  # running is the pod's phase: let the stand-in set its SIGTERM handler before the eviction
         kubelet.evict_requests.add("lab-evicted")
         await wait_for(ex, "evicted", "succeeded")  # backoffLimit 0, yet the disruption did not count
         assert len([n for n in kubelet.started if n.startswith("lab-evicted")]) == 2
@@ -273,8 +274,9 @@ async def test_eviction_counts_as_failure_under_the_old_rule_order(make: Any, cl
             await original(job, *args, **kw)
 
         kubelet._job_pod_ended = old_order  # type: ignore[method-assign]
-        await ex.submit(spec("old-order", overrides={"sleep": 6}))
+        await ex.submit(spec("old-order", overrides={"sleep": 60}))  # the eviction ends it: never a race with its own end
         await wait_for(ex, "old-order", "running")
+        await asyncio.sleep(2)  # running is the pod's phase: let the stand-in set its SIGTERM handler before the eviction
         kubelet.evict_requests.add("lab-old-order")
         failed = await wait_for(ex, "old-order", "failed")
         assert failed.reason.startswith("BackoffLimitExceeded")
