@@ -12,7 +12,7 @@ Each container of a pod is one local process with its own environment (env
 values, secretKeyRef resolved). Volumes are emulated as folders and each
 container's mount paths are rewritten wherever its env or command names them:
 an ``emptyDir`` is one folder per pod, shared by the containers that mount it
-(mode 2777, group ``fsGroup``); a ``secret`` volume is written afresh for each
+(mode 2777, group ``fsGroup``); a ``secret`` or ``configMap`` volume is written afresh for each
 container that mounts it (its keys or ``items``, mode ``defaultMode``, group
 ``fsGroup``), inside a folder only that container's uid may enter, which is how
 "not mounted into the other container" looks on one filesystem.
@@ -576,8 +576,15 @@ class Kubelet:
         data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         return {**data, **(secret.get("stringData") or {})}
 
+    async def _config_map_data(self, name: str) -> dict[str, str] | None:
+        try:
+            found = _raw(await self._call(self._core.read_namespaced_config_map, name, self.namespace, _preload_content=False))
+        except client.ApiException:
+            return None
+        return dict(found.get("data") or {})
+
     async def _mount(self, pod: dict[str, Any], container: dict[str, Any]) -> str | None:
-        """Folders for the container's volumes; the name of a missing Secret, if one is."""
+        """Folders for the container's volumes; why not, if a Secret or ConfigMap it mounts is missing."""
         pod_name = pod["metadata"]["name"]
         uid, gid, fs_group = self._identity(pod, container)
         pod_dir = Path(self._scratch.name) / pod_name
@@ -590,17 +597,19 @@ class Kubelet:
         found: dict[str, Path] = {}
         for m in container.get("volumeMounts", []):
             vol = volumes[m["name"]]
-            if "secret" in vol:
-                data = await self._secret_data(vol["secret"]["secretName"])
+            if "secret" in vol or "configMap" in vol:
+                kind = "secret" if "secret" in vol else "configMap"
+                ref = vol[kind]["secretName"] if kind == "secret" else vol[kind]["name"]
+                data = await (self._secret_data(ref) if kind == "secret" else self._config_map_data(ref))
                 if data is None:
-                    return vol["secret"]["secretName"]
+                    return f'{kind.lower()} "{ref}" not found'
                 local = self.folder(pod_name, container["name"], m["name"])
                 local.mkdir(exist_ok=True)
-                items = vol["secret"].get("items") or [{"key": k, "path": k} for k in data]
+                items = vol[kind].get("items") or [{"key": k, "path": k} for k in data]
                 for item in items:
                     f = local / item["path"]
                     f.write_text(data.get(item["key"], ""))
-                    f.chmod(int(item.get("mode", vol["secret"].get("defaultMode", 0o644))))
+                    f.chmod(int(item.get("mode", vol[kind].get("defaultMode", 0o644))))
                     if self.isolates:
                         os.chown(f, 0, fs_group if fs_group is not None else 0)
             else:  # emptyDir, and anything else: a folder the pod's containers share
@@ -619,7 +628,8 @@ class Kubelet:
         """The container's environment with secrets resolved and mount paths mapped to local folders."""
         missing = await self._mount(pod, container)
         if missing is not None:
-            waiting = {"reason": "CreateContainerConfigError", "message": f'secret "{missing}" not found'}
+            # A real kubelet leaves the pod ContainerCreating (FailedMount events) for a missing volume source.
+            waiting = {"reason": "CreateContainerConfigError", "message": missing}
             await self._patch_pod(pod["metadata"]["name"], {"phase": "Pending", "containerStatuses": [self._cstatus(container, {"waiting": waiting})]})
             return None
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}

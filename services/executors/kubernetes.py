@@ -29,6 +29,12 @@ key) for the runner container to mount: made before the Job (so the pod never
 waits for it), owned by the Job once it exists (so the cluster's garbage
 collector removes it with the Job), and deleted with the Job on cancel and
 cleanup.
+
+When the engineer speaks TLS to NATS (``LAB_NATS_CA_FILE``), the Jobs' runners
+need that CA too: before each submit the executor makes sure a ConfigMap in the
+Jobs' namespace (option ``nats_ca_configmap``, default ``lab-nats-ca``) holds
+the CA file as it is now, creating it or updating it (a rotated CA reaches the
+next job); every Job mounts it into its runner container alone.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -65,6 +72,7 @@ from services.executors.render import (
     foreign_owner,
     job_name,
     jobset_name,
+    k8s_ca_configmap,
     k8s_job,
     k8s_job_secret,
     k8s_jobset,
@@ -151,10 +159,6 @@ class KubernetesExecutor:
 
     def __init__(self, **options: Any) -> None:
         self.settings: KubernetesSettings = settings(KubernetesSettings, options)
-        if lab_settings().nats_ca_file and not self.settings.nats_ca_configmap:
-            # The lab speaks TLS to NATS, and its Jobs' runners would have no CA: every job would fail to connect.
-            log.warning("the lab uses TLS to NATS but executor option nats_ca_configmap is unset: jobs' runners cannot connect",
-                        see="docs/kubernetes.md#tls-for-nats")
         self._api = _api_client(self.settings)
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
@@ -229,6 +233,42 @@ class KubernetesExecutor:
             if e.status != 409:
                 raise ExecutorError(f"kubernetes: cannot create Secret {name} ({e.status}): {_message(e)}") from None
 
+    async def _keep_ca(self) -> None:
+        """When the lab speaks TLS, the Jobs' CA ConfigMap holds the engineer's own CA file as it is now.
+
+        Read back before each submit (one GET): a CA rotated since, or a ConfigMap deleted by hand, is
+        put right before the Job that needs it. One of that name the executor did not make (the old
+        by-hand recipe) is taken over: the Jobs mount it by that name, and they need the lab's CA.
+        """
+        own = lab_settings().nats_ca_file
+        if not own:
+            return
+        body = k8s_ca_configmap(self.settings, _ca_pem(own))
+        name, ns, key = body["metadata"]["name"], self.settings.namespace, self.settings.nats_ca_key
+        try:
+            found = await self._call("get", "configmaps", self._core.read_namespaced_config_map, name, ns)
+        except ApiException as e:
+            if e.status != 404:
+                raise ExecutorError(f"kubernetes: cannot read ConfigMap {name} ({e.status}): {_message(e)}") from None
+            found = None
+        if found is None:
+            try:
+                await self._call("create", "configmaps", self._core.create_namespaced_config_map, ns, body)
+                log.info("nats_ca_configmap_created", configmap=name, namespace=ns, ca_file=str(own))
+                return
+            except ApiException as e:
+                if e.status != 409:
+                    raise ExecutorError(f"kubernetes: cannot create ConfigMap {name} ({e.status}): {_message(e)}") from None
+        elif (found.data or {}).get(key) == body["data"][key] and body["metadata"]["labels"].items() <= _labels_of(found).items():
+            return
+        try:
+            await self._call("patch", "configmaps", self._core.patch_namespaced_config_map, name, ns,
+                             {"metadata": {"labels": body["metadata"]["labels"]}, "data": body["data"]},
+                             _content_type="application/merge-patch+json")
+        except ApiException as e:
+            raise ExecutorError(f"kubernetes: cannot update ConfigMap {name} ({e.status}): {_message(e)}") from None
+        log.info("nats_ca_configmap_updated", configmap=name, namespace=ns, ca_file=str(own))
+
     async def _own_secret(self, name: str, job_uid: str | None, owner: dict[str, str] | None = None) -> None:
         """Make the Job (or JobSet) the Secret's owner, so it goes when that does (ttlSecondsAfterFinished); best effort."""
         if not job_uid:
@@ -279,6 +319,7 @@ class KubernetesExecutor:
         await self._own_secret(job_name(job.job_id), uid, {"apiVersion": JOBSET_API, "kind": "JobSet", "name": name})
 
     async def submit(self, job: JobSpec) -> None:
+        await self._keep_ca()
         if job.nodes > 1:
             return await self._retrying().run(lambda: self._submit_gang(job), (TransientApiError,))
         manifest = k8s_job(job, self.settings)
@@ -557,6 +598,22 @@ class KubernetesExecutor:
         for w in self._watchers or ():
             await asyncio.to_thread(w.stop)
         await asyncio.to_thread(self._api.close)
+
+
+def _labels_of(obj: Any) -> dict[str, str]:
+    return dict((obj.metadata.labels if obj.metadata else None) or {})
+
+
+def _ca_pem(path: Path) -> str:
+    """The lab's CA certificate(s), as PEM; never a file that holds a key (a ConfigMap is readable by many)."""
+    try:
+        pem = path.read_text()
+    except (OSError, ValueError) as e:
+        raise ExecutorError(f"kubernetes: cannot read the lab's NATS CA file {path} (LAB_NATS_CA_FILE) for the Jobs' runners: {e}") from None
+    if "-----BEGIN CERTIFICATE-----" not in pem or "PRIVATE KEY" in pem:
+        raise ExecutorError(f"kubernetes: {path} (LAB_NATS_CA_FILE) is not PEM CA certificates alone; "
+                            "refusing to copy it into a ConfigMap for the Jobs' runners")
+    return pem
 
 
 def _is_ours(found: dict[str, str] | None) -> bool:

@@ -51,6 +51,10 @@ JOB_SECRET_KEY = "job.json"
 NATS_CA_FILE_ENV = env_name("nats_ca_file")
 NATS_CA_MOUNT = "/run/lab/nats-ca"
 NATS_CA_KEY = "ca.crt"
+# The ConfigMap the kubernetes executor keeps in the Jobs' namespace with the engineer's own CA when the
+# lab speaks TLS and executor option nats_ca_configmap names none (RBAC allows this name: k8s/components/nats-tls).
+NATS_CA_CONFIGMAP = "lab-nats-ca"
+NATS_CA_COMPONENT = "nats-ca"  # its app.kubernetes.io/component
 SHARED_ENV = env_name("shared_dir")  # services.runner.split: the volume the two containers share
 SCRATCH_ENV = env_name("scratch")
 
@@ -132,9 +136,11 @@ class KubernetesSettings(BaseModel):
     nats_secret: str | None = None  # a Secret holding the runner's NATS credential
     nats_secret_user_key: str = "user"
     nats_secret_password_key: str = "password"
-    # A ConfigMap in the Jobs' namespace holding the CA of a NATS that speaks TLS (k8s/components/nats-tls:
-    # `lab-nats-ca`), mounted into the runner container alone; None: runners connect without TLS.
-    nats_ca_configmap: str | None = None
+    # A ConfigMap in the Jobs' namespace holding the CA of a NATS that speaks TLS, mounted into the runner
+    # container alone. When the engineer itself speaks TLS (LAB_NATS_CA_FILE), the executor keeps this
+    # ConfigMap (default `lab-nats-ca`) holding that CA file, created before each submit and updated when
+    # the file changes. Set without TLS on the engineer: an operator-made ConfigMap; unset and no TLS: none.
+    nats_ca_configmap: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
     nats_ca_key: str = NATS_CA_KEY
     run_as_user: int = Field(10001, ge=1)  # the runner's uid, and the pod's group
     experiment_run_as_user: int = Field(10002, ge=1)  # the experiment's: never the runner's
@@ -264,6 +270,23 @@ def foreign_owner(found: dict[str, str] | None, job: JobSpec) -> str | None:
         f"a job named for {job.job_id} already exists for project {have[PROJECT_LABEL]!r}, experiment "
         f"{have[EXPERIMENT_LABEL]!r}, not {job.project!r}/{job.experiment_id!r}; refusing to adopt it"
     )
+
+
+def ca_configmap(s: KubernetesSettings) -> str | None:
+    """The ConfigMap holding the CA the Jobs' runners trust: the option, else the default when the lab speaks TLS."""
+    if s.nats_ca_configmap:
+        return s.nats_ca_configmap
+    return NATS_CA_CONFIGMAP if lab_settings().nats_ca_file else None
+
+
+def k8s_ca_configmap(s: KubernetesSettings, ca_pem: str) -> dict[str, Any]:
+    """The ConfigMap the executor keeps with the lab's CA (a certificate: public), for the Jobs' runners."""
+    name = ca_configmap(s) or NATS_CA_CONFIGMAP
+    own = {"app.kubernetes.io/name": "kenkyu-lab", "app.kubernetes.io/part-of": "kenkyu-lab",
+           "app.kubernetes.io/component": NATS_CA_COMPONENT, "app.kubernetes.io/managed-by": "kenkyu-lab-engineer"}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": s.namespace, "labels": {**s.extra_labels, **own}},
+            "data": {s.nats_ca_key: ca_pem}}
 
 
 def job_name(job_id: str) -> str:
@@ -542,11 +565,12 @@ def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, 
         runner_mounts.append({"name": "nats", "mountPath": NATS_SECRET_MOUNT, "readOnly": True})
         items = [{"key": s.nats_secret_user_key, "path": "user"}, {"key": s.nats_secret_password_key, "path": "password"}]
         volumes.append({"name": "nats", "secret": {"secretName": s.nats_secret, "items": items, "defaultMode": 0o440}})
-    if s.nats_ca_configmap:
+    ca = ca_configmap(s)
+    if ca:
         runner_env.append({"name": NATS_CA_FILE_ENV, "value": f"{NATS_CA_MOUNT}/{NATS_CA_KEY}"})
         runner_mounts.append({"name": "nats-ca", "mountPath": NATS_CA_MOUNT, "readOnly": True})
         ca_items = [{"key": s.nats_ca_key, "path": NATS_CA_KEY}]
-        volumes.append({"name": "nats-ca", "configMap": {"name": s.nats_ca_configmap, "items": ca_items, "defaultMode": 0o444}})
+        volumes.append({"name": "nats-ca", "configMap": {"name": ca, "items": ca_items, "defaultMode": 0o444}})
     return runner_env, runner_mounts, volumes
 
 

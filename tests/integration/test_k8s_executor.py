@@ -70,7 +70,7 @@ def kubeconfig(path: Path, server: str) -> str:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> Any:
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
-        for res in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/events"):
+        for res in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/configmaps", "v1/events"):
             emu.resources[res] = {}
         url = str(server.url).rstrip("/")
         yield emu, url, kubeconfig(tmp_path / "kubeconfig", url)

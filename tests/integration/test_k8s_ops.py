@@ -151,6 +151,17 @@ def test_tls_overlay_mounts_the_certificate_for_nats_and_only_the_ca_for_the_lab
         secret = {v["name"]: v for v in spec["volumes"]}[m["name"]]["secret"]
         assert m["readOnly"] is True and secret["secretName"] == "nats-tls", name
         assert secret["items"] == [{"key": "ca.crt", "path": path.rsplit("/", 1)[1]}], name
+    # The Jobs' runners trust it too: the engineer keeps the ConfigMap its config names, in the Jobs' namespace, and its Role
+    # may change that one alone (create cannot be limited by name; nothing else about ConfigMaps: no list, watch, delete).
+    s = executor_settings(docs)
+    assert s.nats_ca_configmap == "lab-nats-ca"
+    [role] = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "lab-engineer"]
+    assert role["metadata"]["namespace"] == s.namespace
+    kept = [r for r in role["rules"] if "configmaps" in r["resources"]]
+    assert sorted((r.get("resourceNames", []), sorted(r["verbs"])) for r in kept if r["resources"] == ["configmaps"]) == [
+        ([], ["create"]), ([s.nats_ca_configmap], ["get", "patch", "update"])] and len(kept) == 2
+    runner = k8s_job(example(), s)["spec"]["template"]["spec"]["containers"][0]
+    assert ("/run/lab/nats-ca", True) in {(m["mountPath"], m.get("readOnly")) for m in runner["volumeMounts"]}
     # The certificate holds every name a client or a route dials.
     cert = one(docs, "Certificate", "nats-tls")["spec"]
     assert cert["secretName"] == "nats-tls" and {"server auth", "client auth"} <= set(cert["usages"])

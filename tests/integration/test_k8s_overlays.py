@@ -18,7 +18,7 @@ import yaml
 
 from bus.permissions import AUTH, JOB_USER
 from bus.schema import ROLES
-from services.executors.render import KubernetesSettings, k8s_job, k8s_job_secret
+from services.executors.render import KubernetesSettings, k8s_ca_configmap, k8s_job, k8s_job_secret
 from tests.manifests import (
     REPO,
     assert_restricted,
@@ -108,6 +108,10 @@ def test_every_configmap_and_secret_reference_resolves(overlay: str) -> None:
     s = _executor_settings(docs)
     pods = namespaced_pods(docs) + [("lab-jobs", "job", k8s_job(example(), s)["spec"]["template"]["spec"])]
     made = {(s.namespace, d["metadata"]["name"]): set(d["stringData"]) for d in [k8s_job_secret(example(), s)]}  # the executor's, per job
+    engineer = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "lab-engineer")
+    if "LAB_NATS_CA_FILE" in {e["name"] for e in engineer["spec"]["template"]["spec"]["containers"][0]["env"]}:
+        ca = k8s_ca_configmap(s, "<the engineer's CA>")  # a lab on TLS: the executor keeps its CA's ConfigMap for the Jobs
+        built[(s.namespace, ca["metadata"]["name"])] = set(ca["data"])
     # cert-manager writes each Certificate's Secret (k8s/components/nats-tls): its certificate, key and CA.
     made |= {(d["metadata"]["namespace"], d["spec"]["secretName"]): {"tls.crt", "tls.key", "ca.crt"} for d in docs if d["kind"] == "Certificate"}
     readme = (REPO / "docs/deploy-kubernetes.md").read_text() + (REPO / "docs/kubernetes.md").read_text()

@@ -113,6 +113,11 @@ def test_a_team_s_tls_model_server_and_monitors_name_its_own_namespace(overlay: 
         names = set(cert["spec"]["dnsNames"])
         assert {"nats.bio", "nats.bio.svc", "nats.bio.svc.cluster.local", "*.nats-headless.bio.svc"} <= names
         assert not {n for n in names if ".lab" in n}
+        # The engineer keeps the Jobs' CA ConfigMap in the team's own jobs namespace, where its Role lets it.
+        s = executor_settings(docs)
+        [role] = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "lab-engineer"]
+        assert s.namespace == role["metadata"]["namespace"] == "bio-jobs"
+        assert {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [s.nats_ca_configmap], "verbs": ["get", "update", "patch"]} in role["rules"]
     if overlay == "overlays/vllm":
         [llm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-llm")]
         assert llm["data"]["LAB_LLM_BASE_URL"] == "http://vllm.bio.svc:8000/v1"
