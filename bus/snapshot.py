@@ -3,7 +3,9 @@
 Raw API requests (``$JS.API.STREAM.*``), so a stream's configuration and each stored message
 (subject, raw header block, payload, sequence) travel as the server gives them, whatever nats-py's
 models know of them. services/read/backup.py writes them to an archive; services/lab/restore.py
-writes them back. The artifact listing and deletion at the end are `lab prune`'s (services/lab/prune.py).
+writes them back. The artifact listing and deletion, and the chunk subjects of the object store
+with their age (to purge the chunks of a put that never wrote its meta record), are `lab prune`'s
+(services/lab/prune.py).
 """
 
 from __future__ import annotations
@@ -130,3 +132,30 @@ async def delete_artifact(bus: Bus, name: str) -> None:
 
     obs = await bus.js.object_store(ARTIFACTS_BUCKET)
     await obs.delete(name)
+
+
+def chunk_prefix(bucket: str) -> str:
+    """Where an object store keeps its objects' chunks: ``$O.<bucket>.C.<nuid>`` (a job's nuid holds dots: project.job.id)."""
+    return f"$O.{bucket}.C."
+
+
+async def chunk_subjects(bus: Bus, bucket: str) -> dict[str, int]:
+    """Every chunk subject of the object store ``bucket`` with its message count (STREAM.INFO's ``subjects_filter``, paged)."""
+    found: dict[str, int] = {}
+    while True:
+        resp = await request(bus, f"$JS.API.STREAM.INFO.OBJ_{bucket}", {"subjects_filter": chunk_prefix(bucket) + ">", "offset": len(found)})
+        page = (resp.get("state") or {}).get("subjects") or {}
+        found.update(page)
+        if not page or len(found) >= int(resp.get("total") or 0):
+            return found
+
+
+async def last_written(bus: Bus, stream: str, subject: str) -> str | None:
+    """When the newest message on ``subject`` was stored (RFC 3339, as the server gives it); None when there is none."""
+    try:
+        resp = await request(bus, f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+    except JsApiError as e:
+        if e.code == NO_MESSAGE:
+            return None
+        raise
+    return str(resp["message"].get("time") or "") or None

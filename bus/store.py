@@ -328,6 +328,16 @@ class Artifacts:
         return result.data or b""
 
     @translated
+    async def deleted(self, prefix: str) -> list[str]:
+        """Names under ``prefix`` every version of which was deleted (only the admin deletes: `lab prune`), each once."""
+        try:
+            infos = await self.obs.list()
+        except nats.js.errors.NotFoundError:
+            return []
+        live = {base_name(i.name) for i in infos if not i.deleted}
+        return sorted({base_name(i.name) for i in infos if i.name.startswith(prefix) and i.deleted} - live)
+
+    @translated
     async def list(self, prefix: str) -> list[str]:
         """Names under ``prefix``, each once (not its versions)."""
         try:

@@ -2,9 +2,10 @@
 
 Both connect as the lab's admin (``lab``), the one user that reads and writes every stream:
 on a stopped lab through a private transient server over its store (services/read/stored.py), on
-a lab given by ``--nats``/``LAB_NATS_URL`` with ``LAB_NATS_USER``/``LAB_NATS_PASSWORD_FILE``
-(the Kubernetes CronJob, k8s/components/backup). A lab `lab up` runs here keeps its admin
-credential in no file, so it is backed up after `lab down`, or through ``--nats`` with one.
+a lab `lab up` (or `lab run`'s embedded lab) runs here with the admin password it wrote to
+``$LAB_HOME/secrets/lab`` (0600, removed by `lab down`), on a lab given by ``--nats``/``LAB_NATS_URL``
+with ``LAB_NATS_USER``/``LAB_NATS_PASSWORD_FILE`` (the Kubernetes CronJob, k8s/components/backup).
+`lab restore` never writes into a running lab's store: it goes into a stopped or fresh LAB_HOME.
 """
 
 from __future__ import annotations
@@ -33,16 +34,22 @@ def _explicit(nats: str | None) -> bool:
 
 
 def _as_admin(nats: str | None, name: str, what: str, work: Callable[[Bus], Awaitable[Any]]) -> Any:
-    """Run ``work`` on the lab's store as its admin: a stopped lab's through a private server, or the one ``--nats`` names.
+    """Run ``work`` on the lab's store as its admin: a stopped lab's through a private server, a running one's, or ``--nats``'s.
 
-    A lab `lab up` runs here is refused in one line: it keeps its admin credential in no file.
+    A lab `lab up` runs here is reached with the admin password in ``secrets/lab``; one started before
+    `lab up` wrote that file (an older version) is refused in one line.
     """
+    from services.common.config import read_local_lab, secrets_dir
     from services.read.stored import lab_connection, lab_is_running
 
     home = lab_home()
     if not _explicit(nats) and lab_is_running(home):
-        fail(f"the lab running for LAB_HOME={home} keeps its admin credential in no file: {what} after `lab down`, "
-             "or give --nats with LAB_NATS_USER/LAB_NATS_PASSWORD_FILE of a user that reads every stream")
+        local = read_local_lab(home)
+        if local is None:
+            fail(f"the lab for LAB_HOME={home} is still starting: {what} once `lab up` has returned")
+        if local.credentials and not (secrets_dir(home) / ADMIN).is_file():
+            fail(f"the lab running for LAB_HOME={home} left its admin credential in no file (started by an older `lab up`): "
+                 f"{what} after `lab down` and `lab up` again, or give --nats with LAB_NATS_USER/LAB_NATS_PASSWORD_FILE")
 
     async def main(config: BusConfig) -> Any:
         bus = await Bus.connect(config, reconnect=False, timeout=5)
@@ -129,15 +136,26 @@ def restore_cmd(
 def prune_cmd(
     checkpoints_days: float = typer.Option(7.0, "--checkpoints-days", min=0,
                                            help="Delete the checkpoints of finished projects written this many days ago or more."),
+    failed_days: float = typer.Option(7.0, "--failed-days", min=0,
+                                      help="Delete the outputs of finished projects' failed jobs written this many days ago or more."),
+    orphan_grace_hours: float = typer.Option(1.0, "--orphan-grace-hours", min=0.05,
+                                             help="Purge object chunks no object names (a put killed halfway) once this many hours old."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted; delete nothing."),
     nats: str | None = typer.Option(None, "--nats", help="The lab's NATS server (with LAB_NATS_USER/LAB_NATS_PASSWORD_FILE of its admin)."),
 ) -> None:
-    """Retention: delete finished projects' checkpoints after an age; results, papers and logs stay (docs/backup.md)."""
+    """Retention: finished projects' checkpoints and failed jobs' outputs after an age, orphaned chunks; results and papers stay."""
     from services.lab.prune import prune
 
-    gone = _as_admin(nats, "lab-prune", "prune", lambda bus: prune(bus, checkpoint_age_s=checkpoints_days * 86400, dry_run=dry_run))
+    gone = _as_admin(nats, "lab-prune", "prune", lambda bus: prune(
+        bus, checkpoint_age_s=checkpoints_days * 86400, failed_age_s=failed_days * 86400,
+        orphan_grace_s=orphan_grace_hours * 3600, dry_run=dry_run))
     verb = "would delete" if dry_run else "deleted"
-    console.print(f"{verb} {len(gone)} checkpoints of finished projects ({sum(p.size for p in gone)} bytes), "
-                  f"{checkpoints_days:g} days old or more", markup=False)
+    checkpoints = [p for p in gone if p.kind == "checkpoint"]
+    failed = [p for p in gone if p.kind == "failed output"]
+    orphans = [p for p in gone if p.kind == "orphan chunks"]
+    console.print(f"{verb} {len(checkpoints)} checkpoints ({sum(p.size for p in checkpoints)} bytes, {checkpoints_days:g} days old or more) "
+                  f"and {len(failed)} failed jobs' outputs ({sum(p.size for p in failed)} bytes, {failed_days:g} days old or more) "
+                  f"of finished projects, and {sum(p.chunks for p in orphans)} orphaned chunks", markup=False)
     for p in gone:
-        console.print(f"  {p.name}  {p.size} bytes  {p.age_s / 86400:.1f} days", markup=False)
+        size = f"{p.chunks} chunks" if p.kind == "orphan chunks" else f"{p.size} bytes"
+        console.print(f"  {p.kind:<13}  {p.name}  {size}  {p.age_s / 86400:.1f} days", markup=False)

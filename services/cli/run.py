@@ -301,9 +301,11 @@ def measured_job_s(spec: TemplateSpec) -> float | None:
 
 
 def print_refused(console: Console, done: Exported) -> None:
-    """The objects `lab export` would not write (a name that escapes the folder), each with why: never silently dropped."""
+    """The objects `lab export` would not write (a name that escapes the folder), each with why, and the pruned: never silently dropped."""
     for name, why in done.refused:
         console.print(f"  refused {name!r}: {why}", markup=False)
+    if done.pruned:
+        console.print(f"  {len(done.pruned)} output(s) of failed jobs were deleted by `lab prune`: export.json lists them (pruned)", markup=False)
 
 
 async def _follow_and_export(bus: Bus, project: str, out: Path, opts: RunOptions, console: Console, sup: Any, deadline: float,

@@ -125,6 +125,9 @@ class Supervisor:
             asyncio.run(self._setup_topology())
             if self.credentials:
                 self._secret(WEB)  # for `lab web` (or `lab up --web`) on this machine, read by bus_config
+                # For `lab backup` / `lab prune` of this running lab (services/cli/backup.py): the server's own nats.conf
+                # (0600) holds it already; this 0600 file is only where the CLI finds it, and `lab down` removes it.
+                self._secret(ADMIN)
                 self._spawn_auth()
                 self._wait_auth()
             for name, role in self.opts.instances():
@@ -184,7 +187,7 @@ class Supervisor:
             server_pids=self._server_pids(),
             cluster=self.opts.cluster,
             agents={r: p.pid for r, p in self.procs.items()},
-            # Only the co-PI's own credential, for this user's CLI; the roles' are in secrets/, the admin's nowhere.
+            # Only the co-PI's own credential, for this user's CLI; the roles' and the admin's are in secrets/.
             credentials={COPI: self.credentials[COPI]} if self.credentials else {},
             max_store_bytes=self.server.max_store_bytes if self.server else None,
             mind=self.opts.mind,

@@ -15,7 +15,8 @@ and ``export.json`` says so.
     results/<experiment-id>/...                              every run's files (``-attempt2``… when retried; job ids in export.json;
                                                              a run the result cache served: the files of the run it reused)
     conversation.jsonl                                       the whole log
-    export.json                                              finished or not, the decision, the files, each analysed run's provenance, the compute spent
+    export.json                                              finished or not, the decision, the files, each analysed run's provenance, the compute spent,
+                                                             the failed jobs' outputs `lab prune` deleted (``pruned``)
                                                              (as of the log's newest message, so a store always exports the same bytes)
 """
 
@@ -65,6 +66,7 @@ class Exported:
     decision: Decision | None = None
     files: list[tuple[str, Path]] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (object name, why it was not written)
+    pruned: list[tuple[str, str]] = field(default_factory=list)  # (object name, where it would be): a failed job's output `lab prune` removed
     results: dict[str, str] = field(default_factory=dict)  # results/ folder -> the job id it holds
     runs: list[RunRecord] = field(default_factory=list)  # the analysed runs (the runs so far, before any analysis)
     reported: list[RunRecord] = field(default_factory=list)  # every run the engineer reported: what the project's compute went to
@@ -74,6 +76,7 @@ class Exported:
     user: str = ""  # who started it (ProjectView.user; "" for projects started before it was recorded)
 
 
+PRUNED = "a failed job's output, deleted by `lab prune` (retention: docs/backup.md)"
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,80}")
 
 
@@ -221,6 +224,9 @@ async def _export_results(artifacts: Artifacts, project: str, log: _Log, out: Pa
         if done.results.setdefault(folder, parts[2]) != parts[2]:  # two jobs under one name: the job's own id keeps them apart
             folder = done.results.setdefault(parts[2], parts[2])
         await _fetch(artifacts, name, out / "results" / folder / parts[3], done)
+    for name in await artifacts.deleted(f"{project}/runs/"):  # retention removed it (services/lab/prune.py): said, not a silent hole
+        parts = name.split("/", 3)
+        done.pruned.append((name, f"results/{log.folder(parts[2])}/{parts[3]}" if len(parts) == 4 else ""))
     for run in log.runs:  # a run the result cache served: its files are the project that ran it's, exported here as this one's
         if not run.reused_from:
             continue
@@ -272,6 +278,8 @@ def _manifest(done: Exported, paper: DraftReady | None, as_of: str | None = None
         "paper_round": paper.round if paper else None,
         "files": [label for label, _ in done.files],
         "refused": [{"object": name, "reason": why} for name, why in done.refused],
+        # A failed job's output of a finished project, deleted by `lab prune` after its age (docs/backup.md).
+        "pruned": [{"object": name, "path": path, "reason": PRUNED} for name, path in done.pruned],
         "results": {folder: {"job_id": job} for folder, job in sorted(done.results.items())},  # results/<experiment-id>/ -> its job
         # Each analysed run traced to its job: attempt, executor, node, image (or interpreter and packages hash), code and diff hashes.
         "provenance": [provenance(r) for r in done.runs],

@@ -3,6 +3,7 @@
 Real `lab up --detach`, one real project on the tiny sleep template (tests/sleep_template, fast
 profile), `lab logs -f` following when `lab down` comes, then every read command on the stopped
 lab. Writes (`lab say`, `lab run --attach`) are refused in one line naming the lab they looked for.
+`lab prune` and `lab backup` run on the lab while it is up; its archive, restored, exports the same bytes.
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ def test_read_commands_show_a_stopped_labs_store(lab_env, tmp_path):
     follower = None
     try:
         project = run_one_project(env, tmp_path / "run")
+        archive = backup_and_prune_running(env, home, tmp_path)
         follower = subprocess.Popen(lab_cmd("logs", "-f"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert project in follower.stdout.readline()  # it follows: the replay has begun
     finally:
         down = lab(env, "down")
     assert down.returncode == 0, down.stderr
+    assert not (home / "secrets" / "lab").exists()  # the admin's password went with the lab
     assert follower is not None
     out, errs = follower.communicate(timeout=60)
     assert follower.returncode == 0 and "lab stopped" in errs and "Traceback" not in errs, errs
@@ -95,17 +98,29 @@ def test_read_commands_show_a_stopped_labs_store(lab_env, tmp_path):
     assert not processes_with(str(home / "nats" / "nats.conf")), "the transient server outlived its command"
 
 
-    # `lab backup` of the stopped lab, `lab restore` into a fresh LAB_HOME: `lab export` there writes the same bytes, every file
-    # (export.json is as of the log's newest message, not the clock). services/read/backup.py, services/lab/restore.py.
-    archive = tmp_path / "backups" / "lab.tar.gz"
-    backed = lab(env, "backup", "--out", str(archive))
-    assert backed.returncode == 0 and archive.is_file() and archive.stat().st_mode & 0o077 == 0, backed.stderr
+    # `lab backup` of the stopped lab works too; the running lab's archive, restored into a fresh LAB_HOME: `lab export` there
+    # writes the same bytes, every file (export.json is as of the log's newest message). services/read/backup.py, services/lab/restore.py.
+    stopped = lab(env, "backup", "--out", str(tmp_path / "backups" / "stopped.tar.gz"))
+    assert stopped.returncode == 0, stopped.stderr
     fresh = {**env, "LAB_HOME": str(tmp_path / "restored")}
     restored = lab(fresh, "restore", str(archive))
     assert restored.returncode == 0, restored.stderr
     again = lab(fresh, "export", project, "--out", str(tmp_path / "exported-again"))
     assert again.returncode == 0, again.stderr
     assert tree(tmp_path / "exported-again") == tree(tmp_path / "exported")
+
+
+def backup_and_prune_running(env: dict, home: Path, tmp_path: Path) -> Path:
+    """`lab prune` and `lab backup` of the running lab, as its admin (the password `lab up` wrote, 0600); `lab restore` into it refused."""
+    assert (home / "secrets" / "lab").stat().st_mode & 0o777 == 0o600
+    pruned = lab(env, "prune", "--checkpoints-days", "0", "--failed-days", "0")
+    assert pruned.returncode == 0 and pruned.stdout.startswith("deleted "), pruned.stderr
+    archive = tmp_path / "backups" / "lab.tar.gz"
+    backed = lab(env, "backup", "--out", str(archive))
+    assert backed.returncode == 0 and archive.is_file() and archive.stat().st_mode & 0o077 == 0, backed.stderr
+    into = lab(env, "restore", "--force", str(archive))
+    assert into.returncode == 2 and "lab down" in into.stderr, into.stderr
+    return archive
 
 
 def tree(root: Path) -> dict[str, bytes]:

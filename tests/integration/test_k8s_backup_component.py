@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.main
 import yaml
 
+from services.cli.app import app
 from tests.manifests import REPO, _users_block, assert_restricted, build, needs_kubectl, secret_file, validate
 
 pytestmark = pytest.mark.integration
@@ -43,6 +45,11 @@ def test_the_backup_cronjob_validates_is_restricted_and_logs_in_as_the_admin(tmp
     # Retention runs after the night's archive, and only if it was written (an init container that fails stops the pod).
     [prune] = pod["containers"]
     assert prune["command"][:2] == ["lab", "prune"] and prune["env"] == c["env"] and prune["securityContext"] == c["securityContext"]
+    cli = typer.main.get_command(app)
+    for container in (c, prune):  # the options are the commands' own: a typo or a renamed option fails here, not at 03:17
+        command = cli.commands[container["command"][1]]  # type: ignore[attr-defined]
+        command.make_context(command.name, list(container["command"][2:]))
+    assert "--failed-days" in prune["command"] and "--checkpoints-days" in prune["command"]
     out = c["command"][c["command"].index("--out") + 1]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["LAB_NATS_URL"] == "nats://nats:4222" and "LAB_NATS_PASSWORD" not in env

@@ -78,7 +78,7 @@ def test_agents_get_credential_files_not_values(tmp_path, monkeypatch):
     assert env["LAB_RUNNER_USER"] == JOB_USER
     assert not {"LAB_RUNNER_PASSWORD", "LAB_RUNNER_PASSWORD_FILE"} & set(env)
     assert not (tmp_path / "home" / "secrets" / "runner").exists()
-    assert not (tmp_path / "home" / "secrets" / "lab").exists()  # the admin's password is written nowhere
+    assert not (tmp_path / "home" / "secrets" / "lab").exists()  # no agent is handed the admin's password (only `lab up` writes it, for the CLI)
     monkeypatch.delenv("LAB_NATS_PASSWORD", raising=False)
     monkeypatch.setenv("LAB_NATS_USER", "engineer")
     monkeypatch.setenv("LAB_NATS_PASSWORD_FILE", env["LAB_NATS_PASSWORD_FILE"])
