@@ -122,6 +122,10 @@ def _api_client(s: KubernetesSettings) -> client.ApiClient:
         raise ExecutorError(f"kubernetes: no usable configuration ({where}): {e}") from None
 
 
+# Where the manifests grant the engineer a resource that k8s/base/jobs/rbac.yaml does not.
+_GRANTS = {"configmaps": "k8s/components/nats-tls/rbac.yaml (TLS labs keep the Jobs' CA ConfigMap)"}
+
+
 def _message(e: ApiException) -> str:
     if e.body is None:
         return str(e.reason)
@@ -198,7 +202,7 @@ class KubernetesExecutor:
             if e.status == 403:
                 raise RejectedError(
                     f"kubernetes: forbidden by RBAC: cannot {verb} {resource} in namespace {ns} "
-                    f"(grant it to the engineer's ServiceAccount, see k8s/base/jobs/rbac.yaml): {message}"
+                    f"(grant it to the engineer's ServiceAccount, see {_GRANTS.get(resource, 'k8s/base/jobs/rbac.yaml')}): {message}"
                 ) from None
             if e.status == 401:
                 raise ExecutorError(f"kubernetes: unauthorized ({message}); check the kubeconfig credentials") from None
