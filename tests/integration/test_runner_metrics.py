@@ -10,8 +10,6 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from typing import Any
@@ -22,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bus.schema import JobSpec, NatsAccess
 from bus.schema.constants import EXIT_OK
 from bus.store import Artifacts
+from services.common.process import alive
+from services.executors.local import LocalExecutor
 from tests.integration.test_runner_limits import KEYS, template
 from tests.integration.test_split_protocol import finish, public_dir, start_pair
 
@@ -95,20 +95,28 @@ def check(seen: dict[str, list[tuple[dict[str, str], float]]]) -> None:
     assert "lab_runner_gpu_memory_bytes" not in seen  # a CPU job: absent, never a 0
 
 
-async def test_a_local_runner_serves_its_jobs_usage_while_it_runs(admin_bus, nats_server, tmp_path):
+async def test_a_local_runner_serves_its_jobs_usage_while_it_runs(admin_bus, nats_server, tmp_path, monkeypatch):
+    """Through the local executor, which hands the engineer's LAB_RUNNER_METRICS_PORT on to the runner."""
     await (await Artifacts.open(admin_bus)).put("p1/template.tar.gz", template(tmp_path, BUSY))
     job = JobSpec(job_id="m1", project="p1", experiment_id="x01", template="tpl", bundle_object="p1/template.tar.gz",
                   seeds=[0], wall_time_s=60, memory_mb=512, status_key=KEYS.key("p1", "m1"),
                   nats=NatsAccess(url=nats_server.url, user="runner", password=nats_server.credentials["runner"]))
     port = free_port()
-    env = {**os.environ, **job.env(), "LAB_JOB_DIR": str(tmp_path / "work"), "LAB_RUNNER_METRICS_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "services.runner"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    monkeypatch.setenv("LAB_RUNNER_METRICS_PORT", str(port))
+    ex = LocalExecutor(jobs_dir=str(tmp_path / "jobs"), capacity=1)
+    await ex.submit(job)
+    pid = int((tmp_path / "jobs" / "m1" / "pid").read_text())
     try:
-        check(await busy_metrics(port, lambda: proc.poll() is None))
+        check(await busy_metrics(port, lambda: alive(pid)))
+        for _ in range(600):
+            if (phase := await ex.poll("m1")).state != "running":
+                break
+            await asyncio.sleep(0.1)
+        assert phase.state == "succeeded", phase
     finally:
-        out = finish(proc)[0]
-    assert proc.returncode == EXIT_OK, out
-    assert f"[runner] metrics at http://{socket.gethostname()}:{port}/metrics" in out
+        await ex.close()
+    log = (tmp_path / "jobs" / "m1" / "runner.log").read_text()
+    assert f"[runner] metrics at http://{socket.gethostname()}:{port}/metrics" in log
 
 
 async def test_split_in_two_the_launcher_measures_and_the_runner_serves(admin_bus, nats_server):
