@@ -26,6 +26,10 @@ The series and their labels (``docs/metrics.md`` lists them for operators):
   route (its template, ``/p/{project}``: never a project's name; ``other`` for a path no route matched) and the
   seconds until each response started (a live feed's whole life is not counted).
 
+- ``lab_runner_job_info{project,experiment,job_id}``, ``lab_runner_elapsed_seconds{job_id}``, ``lab_runner_log_lines_total{job_id}``,
+  ``lab_runner_cpu_seconds{job_id}``, ``lab_runner_memory_bytes{job_id}``, ``lab_runner_peak_memory_bytes{job_id}``,
+  ``lab_runner_gpu_memory_bytes{job_id,gpu}``: a job's runner while the experiment runs (``LAB_RUNNER_METRICS_PORT``).
+
 The auth service and the web view serve them on ``LAB_METRICS_PORT`` too (``serve_or_log``).
 """
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 
@@ -65,6 +70,18 @@ AUTH_COMMITS = Counter("lab_auth_commits", "Object records jobs asked the auth s
 WEB_REQUESTS = Counter("lab_web_requests", "Requests the web view answered, by route template, method and status.", ["route", "method", "status"])
 WEB_SECONDS = Histogram("lab_web_request_seconds", "Seconds until the web view started its response, by route template.", ["route"],
                         buckets=WEB_BUCKETS)
+
+# A job's runner (``LAB_RUNNER_METRICS_PORT``): every series carries the job's id (``job_id``: Prometheus keeps ``job``
+# for its scrape job), so a process that runs no job (an agent) shows none of them, and one the runner cannot
+# measure (no GPU, a launcher that wrote no usage yet) is absent, never a 0.
+RUNNER_JOB = Gauge("lab_runner_job_info", "The job this runner runs (always 1): its project, experiment and id.", ["project", "experiment", "job_id"])
+RUNNER_ELAPSED = Gauge("lab_runner_elapsed_seconds", "Seconds since the runner started the job's experiment.", ["job_id"])
+RUNNER_LOG_LINES = Counter("lab_runner_log_lines", "Lines the job's log received: the experiment's output and the runner's own.", ["job_id"])
+RUNNER_CPU = Gauge("lab_runner_cpu_seconds", "User + system CPU seconds the experiment's processes used so far.", ["job_id"])
+RUNNER_MEMORY = Gauge("lab_runner_memory_bytes", "Resident memory of the experiment's processes now.", ["job_id"])
+RUNNER_PEAK_MEMORY = Gauge("lab_runner_peak_memory_bytes", "The most resident memory the experiment's processes held, as sampled.",
+                           ["job_id"])
+RUNNER_GPU_MEMORY = Gauge("lab_runner_gpu_memory_bytes", "Memory in use on each GPU the job holds (nvidia-smi).", ["job_id", "gpu"])
 
 OUTCOMES = ("ok", "error", "dead_letter")
 AUTH_OUTCOMES = ("admitted", "refused")
@@ -157,6 +174,26 @@ def auth_commit(outcome: str) -> None:
 def web_request(route: str, method: str, status: int, seconds: float) -> None:
     WEB_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
     WEB_SECONDS.labels(route=route).observe(seconds)
+
+
+def runner_started(project: str, experiment: str, job: str, started: float) -> None:
+    """A runner began the job's experiment at ``started`` (time.monotonic()): its info, its clock, its log's count at 0."""
+    RUNNER_JOB.labels(project=project, experiment=experiment, job_id=job).set(1)
+    RUNNER_ELAPSED.labels(job_id=job).set_function(lambda: time.monotonic() - started)
+    RUNNER_LOG_LINES.labels(job_id=job)
+
+
+def runner_line(job: str) -> None:
+    RUNNER_LOG_LINES.labels(job_id=job).inc()
+
+
+def runner_usage(job: str, cpu_s: float, rss: int, peak_rss: int, gpu_memory: dict[str, int] | None) -> None:
+    """What the experiment used, as last measured; ``gpu_memory`` None: no GPU seen (the series stays absent)."""
+    RUNNER_CPU.labels(job_id=job).set(cpu_s)
+    RUNNER_MEMORY.labels(job_id=job).set(rss)
+    RUNNER_PEAK_MEMORY.labels(job_id=job).set(peak_rss)
+    for gpu, used in (gpu_memory or {}).items():
+        RUNNER_GPU_MEMORY.labels(job_id=job, gpu=gpu).set(used)
 
 
 def serve_or_log(port: int | None, process: str) -> str:

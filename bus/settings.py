@@ -212,6 +212,10 @@ class Settings(BaseSettings):
     shared_dir: Path | None = _setting(
         None, "The volume the runner and the experiment container share (Docker, Kubernetes).", "services.runner.runner, services.runner.launcher",
     )
+    runner_metrics_port: int | None = _setting(
+        None, "The port a job's runner serves its Prometheus metrics on, at /metrics, while the job runs (0: any free port; "
+        "the Kubernetes executor sets it in job pods).", "services.runner.runner", shown="none: no metrics served", ge=0, le=65535,
+    )
     executor_kind: ExecutorKind = _setting("local", "The executor that started this runner, recorded in env.json.", "services.runner.runner")
     node_name: str | None = _setting(
         None, "Set by the executor: the node the job runs on (Kubernetes: the pod's, from the downward API), recorded in env.json.",

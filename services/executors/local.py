@@ -140,6 +140,8 @@ class LocalExecutor:
                      and k not in (env_name("job"), env_name("job_file"), env_name("job_image"))}  # no container image here
         spec = write_secret(d / "job.spec.json", job.model_dump_json())
         env = {**inherited, **Settings.environ(job_file=spec, job_dir=d / "work", executor_kind="local")}
+        # The runner serves its metrics only when the lab says so (0: a free port each; the job's log says which).
+        env.update(Settings.environ(runner_metrics_port=lab_settings().runner_metrics_port))
         if ca := lab_settings().nats_ca_file:  # a NATS that speaks TLS: the runner trusts the lab's CA (public), never a client key
             env.update(Settings.environ(nats_ca_file=ca))
         with open(d / "runner.log", "ab") as log:

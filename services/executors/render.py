@@ -27,6 +27,7 @@ RUNNER_COMMAND = ["python", "-m", "services.runner"]
 LAUNCHER_COMMAND = ["python", "-m", "services.runner.launcher"]
 CONTAINER = "runner"  # holds the credential; its exit code is the job's (podFailurePolicy reads it)
 EXPERIMENT_CONTAINER = "experiment"  # runs the experiment: another uid, no credential
+RUNNER_METRICS_PORT = 9464  # the runner's /metrics in a job pod: the agents' port, named `metrics` as theirs
 LABEL = "lab.kenkyu.dev"
 PROJECT_LABEL = f"{LABEL}/project"
 JOB_LABEL = f"{LABEL}/job"
@@ -150,6 +151,9 @@ class KubernetesSettings(BaseModel):
     runner_overhead_mb: int = Field(256, ge=0)  # the runner container's memory
     runner_cpu_m: int = Field(250, ge=10)  # the runner container's CPU, in millicores
     launcher_overhead_mb: int = Field(128, ge=0)  # the launcher's own memory above the experiment's limit
+    # The runner serves the job's metrics here (LAB_RUNNER_METRICS_PORT), as the container port `metrics` that
+    # k8s/components/monitoring scrapes; None: no metrics port.
+    metrics_port: int | None = Field(RUNNER_METRICS_PORT, ge=1, le=65535)
     scratch_dir: str = "/scratch"
     scratch_size_mb: int | None = Field(None, ge=1)
     pull_failure_grace_s: float = Field(120, ge=0)  # a pull failure lasting longer fails the job
@@ -542,7 +546,7 @@ def _runner_wiring(job: JobSpec, s: KubernetesSettings) -> tuple[list[dict[str, 
     runner_env = _plain_env({JOB_FILE_ENV: f"{JOB_SECRET_MOUNT}/{JOB_SECRET_KEY}", SHARED_ENV: s.scratch_dir,
                              # the kind and image are recorded in env.json; the grace is the template's, inside the pod's
                              **Settings.environ(job_dir="/tmp/job", executor_kind="kubernetes", term_grace_s=job.term_grace_s,
-                                                job_image=s.image)})
+                                                job_image=s.image, runner_metrics_port=s.metrics_port)})
     # The node the pod was scheduled on, known only then: the downward API tells the runner (env.json's provenance).
     runner_env.append({"name": NODE_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
     runner_mounts: list[dict[str, Any]] = [
@@ -593,17 +597,20 @@ def _containers(
     if gpu:
         limits[gpu_resource(s)] = str(gpu)
     runner_res = {"cpu": f"{s.runner_cpu_m}m", "memory": f"{s.runner_overhead_mb}Mi"}
+    runner: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": s.image,
+        "imagePullPolicy": s.image_pull_policy,
+        "command": list(s.command),
+        "env": runner_env,
+        "resources": {"requests": dict(runner_res), "limits": dict(runner_res)},
+        "securityContext": _lockdown(s.run_as_user, gid),
+        "volumeMounts": runner_mounts,
+    }
+    if s.metrics_port is not None:
+        runner["ports"] = [{"name": "metrics", "containerPort": s.metrics_port, "protocol": "TCP"}]
     return [
-        {
-            "name": CONTAINER,
-            "image": s.image,
-            "imagePullPolicy": s.image_pull_policy,
-            "command": list(s.command),
-            "env": runner_env,
-            "resources": {"requests": dict(runner_res), "limits": dict(runner_res)},
-            "securityContext": _lockdown(s.run_as_user, gid),
-            "volumeMounts": runner_mounts,
-        },
+        runner,
         {
             "name": EXPERIMENT_CONTAINER,
             "image": s.image,

@@ -31,7 +31,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from bus.settings import ConfigError, settings
-from services.runner import checkpoint, sandbox, split
+from services.runner import checkpoint, sandbox, split, usage
 from services.runner.runner import (
     PLOT_LIMIT_S,
     Outcome,
@@ -115,6 +115,8 @@ async def launch(layout: split.Layout, term: asyncio.Event) -> split.ExitRecord:
 
     why: list[str] = []
     watching = asyncio.create_task(watch_runner(layout, term, why))
+    # Only this container sees the experiment's processes and GPUs: the runner's metrics read what it samples.
+    sampling = asyncio.create_task(usage.write_every(usage.Meter(gpus=job.gpu > 0), layout.usage)) if spec.usage else None
     writable = [layout.out] + ([layout.checkpoint] if job.resumable else [])
     cmd = command(job, layout.code, layout.out)
     started = time.monotonic()
@@ -133,6 +135,8 @@ async def launch(layout: split.Layout, term: asyncio.Event) -> split.ExitRecord:
             plot_failed = "" if plot.state == "succeeded" else plot.reason
     finally:
         watching.cancel()
+        if sampling is not None:
+            sampling.cancel()
         log.close()
     return split.ExitRecord(state=outcome.state, reason=outcome.reason, exit_code=outcome.exit_code,
                             plot_failed=plot_failed, environment=environment(_device(layout)))

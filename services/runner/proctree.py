@@ -73,6 +73,25 @@ def _tree(root: int) -> dict[int, tuple[int, int]]:
     return found
 
 
+def cpu_s(root: int) -> float:
+    """User + system seconds of every live descendant of ``root``, with those of the children each has waited for.
+
+    The children ``root`` itself waited for are not here: :func:`resource.getrusage` (RUSAGE_CHILDREN) has them.
+    """
+    table = {pid: (int(f[1]), sum(int(x) for x in f[11:15])) for pid, f in _stats() if f[0] != "Z"}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    ticks, seen, todo = 0, set(), list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            ticks += table[pid][1]
+            todo += children.get(pid, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def tmpfs_bytes(pids: list[int]) -> int:
     """Bytes used in the tmpfs mounts that ``pids``' own mount namespaces made (the sandbox's /tmp and /dev/shm).
 

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from agents.templates import unbundle
-from bus import jobkeys, provenance, subjects
+from bus import jobkeys, metrics, provenance, subjects
 from bus.client import Bus, BusConfig
 from bus.permissions import chunk_prefix, files_subject, job_of_user
 from bus.schema import Envelope, FinalInfo, JobEnvironment, JobSpec, JobStatus, NatsAccess, derive_id
@@ -52,7 +52,7 @@ from bus.schema.results import INVALID_OUTPUT, LOG_TAIL_NAME, clean_text
 from bus.settings import ConfigError, Settings, settings
 from bus.store import Artifacts
 from services.common.config import lab_home
-from services.runner import box, checkpoint, envs, outputs, proctree, sandbox, split
+from services.runner import box, checkpoint, envs, outputs, proctree, sandbox, split, usage
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "matplotlib")
 MEMORY_POLL_S = 0.25
@@ -308,6 +308,7 @@ class _JobLog:
         self._said_full = False
 
     async def __call__(self, line: str) -> None:
+        metrics.runner_line(self._job.job_id)
         if self.store.write(line):
             await self._show(line)
         elif not self._said_full:
@@ -422,6 +423,7 @@ class Runner:
         self.layout = split.Layout(shared) if shared is not None else None
         self._term = asyncio.Event()  # set on SIGTERM once the experiment started (_experiment)
         self.python: Path | None = None  # the template's own environment's python (it declares requirements), else the lab's
+        self.metrics_url = ""  # where this runner serves its metrics ("": it does not; LAB_RUNNER_METRICS_PORT)
 
     @staticmethod
     def credential(nats: NatsAccess) -> tuple[str | None, str | None]:
@@ -560,6 +562,7 @@ class Runner:
         launch = None if self.layout else confine(cmd, job, self.workdir, readonly=readonly, writable=writable, extra_env=extra_env)
         await log(f"[runner] starting job {job.job_id} {_where(launch, cmd)}: {' '.join(cmd)}")
         started = time.monotonic()
+        measuring = await self._measure(launch, started, log)
         # Only node 0 uploads the checkpoint (global rank 0 writes it there); the other nodes only restore it.
         syncing = asyncio.create_task(sync.run()) if sync and settings().node_rank == 0 else None
         plot_failed: str | None = None
@@ -568,7 +571,8 @@ class Runner:
         try:
             if launch is None:
                 assert self.layout is not None
-                record = await split.await_experiment(self.layout, job, extra_env, log, term, PLOT_LIMIT_S, settings().term_grace_s)
+                record = await split.await_experiment(self.layout, job, extra_env, log, term, PLOT_LIMIT_S, settings().term_grace_s,
+                                                      usage=self.metrics_url != "")
                 outcome, plot_failed = Outcome(record.state, record.reason, record.exit_code), record.plot_failed
                 measured = record.environment
             else:
@@ -580,6 +584,9 @@ class Runner:
         except BaseException as e:  # cancelled or the runner broke: keep the log
             await _save_log(artifacts, f"{self._prefix}/log.txt", log, e)
             raise
+        finally:
+            if measuring is not None:
+                measuring.cancel()
         wall = time.monotonic() - started
         if sync is not None and syncing is not None:
             syncing.cancel()
@@ -587,6 +594,21 @@ class Runner:
             if sync.refused:
                 await log.note(f"[runner] checkpoint not uploaded: {sync.refused}")
         return _Ran(outcome, plot_failed, measured, wall, sync, cpu_s)
+
+    async def _measure(self, launch: Launch | None, started: float, log: _JobLog) -> asyncio.Task[None] | None:
+        """With metrics served: the job's series from now on, its usage measured here (the sandbox) or by the launcher."""
+        if not self.metrics_url:
+            return None
+        job = self.job
+        metrics.runner_started(job.project, job.experiment_id, job.job_id, started)
+        await log.note(f"[runner] metrics at {self.metrics_url}")
+        measure: usage.Meter | Path
+        if launch is None:  # the experiment's own container: its launcher samples, into the shared volume
+            assert self.layout is not None
+            measure = self.layout.usage
+        else:
+            measure = usage.Meter(gpus=job.gpu > 0)
+        return asyncio.create_task(usage.publish(job.job_id, measure))
 
     def _interpreter(self) -> str:
         """The template's own environment's python, when it ran the experiment; "" when this process's did."""
@@ -784,7 +806,9 @@ def main() -> None:
         except (box.BoxError, OSError) as e:
             print(f"runner: no private filesystem for the job ({e}); the sandbox binds the job folder, whose path it can read",
                   file=sys.stderr)
-    sys.exit(asyncio.run(_run_until_stopped(Runner(job, workdir, shared, private))))
+    runner = Runner(job, workdir, shared, private)
+    runner.metrics_url = metrics.serve_or_log(s.runner_metrics_port, "runner")
+    sys.exit(asyncio.run(_run_until_stopped(runner)))
 
 
 if __name__ == "__main__":

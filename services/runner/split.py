@@ -17,7 +17,8 @@ volume, under ``$LAB_SHARED_DIR/job``, a folder the runner creates and owns:
 - ``launcher/`` (the experiment container's): ``experiment.log`` (its output,
   which the runner tails to NATS), ``alive`` (the launcher's heartbeat: a
   container killed for memory writes no exit record) and ``exit.json`` (the
-  :class:`ExitRecord`).
+  :class:`ExitRecord`), ``usage.json`` (what the experiment uses, when the
+  runner serves metrics: :mod:`services.runner.usage`).
 
 The runner believes the exit record only about this job, which is all the
 experiment could lie about anyway (it writes its own ``final_info.json``). It
@@ -74,6 +75,7 @@ class LaunchSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     job: JobSpec
     env: dict[str, str] = {}
+    usage: bool = False  # the runner serves metrics: sample what the experiment uses into launcher/usage.json
 
 
 class Layout:
@@ -91,6 +93,7 @@ class Layout:
         self.log = self.launcher / "experiment.log"
         self.exit = self.launcher / "exit.json"
         self.launcher_alive = self.launcher / "alive"
+        self.usage = self.launcher / "usage.json"
 
     def prepare(self) -> None:
         """The runner's folders, made before anything of the experiment's runs (so none is a planted link)."""
@@ -207,10 +210,10 @@ def deadline_s(job: JobSpec, plot_limit_s: float, grace_s: float) -> float:
 
 async def await_experiment(
     layout: Layout, job: JobSpec, extra_env: dict[str, str], on_line: Callable[[str], Awaitable[Any]],
-    term: asyncio.Event | None, plot_limit_s: float, grace_s: float, poll_s: float = 0.2,
+    term: asyncio.Event | None, plot_limit_s: float, grace_s: float, poll_s: float = 0.2, usage: bool = False,
 ) -> ExitRecord:
     """Hand the job to the experiment container and follow it to its exit record."""
-    write_atomic(layout.launch, LaunchSpec(job=public_job(job), env=extra_env).model_dump_json())
+    write_atomic(layout.launch, LaunchSpec(job=public_job(job), env=extra_env, usage=usage).model_dump_json())
     layout.ready.write_text("ready\n")
     tail = Tail(layout.log)
     limit = deadline_s(job, plot_limit_s, grace_s)

@@ -254,7 +254,8 @@ def test_every_agent_serves_metrics_on_its_named_port(overlay: str) -> None:
 def test_the_monitoring_overlay_scrapes_the_agents_and_nats_and_lets_only_the_monitoring_namespace_in() -> None:
     docs = build("overlays/monitoring")
     monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodMonitor"}
-    assert set(monitors) == {"lab-agents", "lab-nats", "lab-auth"}
+    assert set(monitors) == {"lab-agents", "lab-nats", "lab-auth", "lab-web", "lab-jobs"}
+    monitors = {n: m for n, m in monitors.items() if n not in ("lab-web", "lab-jobs")}  # the next test's: pods of other manifests
     sets = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("StatefulSet", "Deployment")}
     for monitor in monitors.values():
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] == "lab"
@@ -288,6 +289,33 @@ def test_the_monitoring_overlay_scrapes_the_agents_and_nats_and_lets_only_the_mo
     assert not [d for d in base if d["kind"] in ("PodMonitor", "NetworkPolicy") and "metrics-ingress" in d["metadata"]["name"]]
     [nats] = [d for d in base if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats"]
     assert [c["name"] for c in nats["spec"]["template"]["spec"]["containers"]] == ["nats"]
+
+
+@needs_kubectl
+def test_the_monitoring_component_scrapes_the_web_view_and_running_job_pods_on_their_metrics_ports() -> None:
+    """lab-web and lab-jobs select pods of other manifests (the web overlay's, the executor's): each selects them,
+    names a port they open and that the pod's process serves on, and a NetworkPolicy lets only `monitoring` reach it."""
+    docs = build("overlays/monitoring")
+    monitors = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodMonitor"}
+    policies = {(d["metadata"]["namespace"], d["metadata"]["name"]): d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    settings = executor_settings(docs)
+    job = k8s_job(example(), settings)
+    web = {d["kind"]: d for d in build("overlays/web")}["Deployment"]
+    for monitor, namespace, policy, pod in (("lab-web", "lab", "web-metrics-ingress", web["spec"]["template"]),
+                                            ("lab-jobs", settings.namespace, "jobs-metrics-ingress", job["spec"]["template"])):
+        spec = monitors[monitor]
+        assert spec["namespaceSelector"] == {"matchNames": [namespace]}, monitor
+        assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(), monitor
+        [endpoint] = spec["podMetricsEndpoints"]
+        [served] = [(c, p) for c in pod["spec"]["containers"] for p in c.get("ports", []) if p["name"] == endpoint["port"]]
+        env = {e["name"]: e.get("value") for e in served[0]["env"]}
+        assert int(env.get("LAB_METRICS_PORT") or env["LAB_RUNNER_METRICS_PORT"]) == served[1]["containerPort"], monitor
+        ingress = policies[(namespace, policy)]
+        assert ingress["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert ingress["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                                       "ports": [{"protocol": "TCP", "port": served[1]["containerPort"]}]}]
+    # In a job pod only the runner opens it; the experiment container listens on nothing.
+    assert [c["name"] for c in job["spec"]["template"]["spec"]["containers"] if c.get("ports")] == ["runner"]
 
 
 @needs_kubectl

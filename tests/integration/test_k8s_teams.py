@@ -122,5 +122,9 @@ def test_a_team_s_tls_model_server_and_monitors_name_its_own_namespace(overlay: 
         [llm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("lab-llm")]
         assert llm["data"]["LAB_LLM_BASE_URL"] == "http://vllm.bio.svc:8000/v1"
     if overlay == "overlays/monitoring":
-        monitors = [d for d in docs if d["kind"] == "PodMonitor"]
-        assert len(monitors) == 3 and all(m["spec"]["namespaceSelector"] == {"matchNames": ["bio"]} for m in monitors)
+        monitors = {d["metadata"]["name"]: d["spec"]["namespaceSelector"] for d in docs if d["kind"] == "PodMonitor"}
+        # Every one watches the team's lab, but the job pods' in the team's jobs namespace.
+        assert monitors == {n: {"matchNames": ["bio-jobs" if n == "lab-jobs" else "bio"]}
+                            for n in ("lab-agents", "lab-nats", "lab-auth", "lab-web", "lab-jobs")}
+        [jobs] = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "jobs-metrics-ingress"]
+        assert jobs["metadata"]["namespace"] == "bio-jobs"

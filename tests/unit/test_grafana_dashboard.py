@@ -50,7 +50,9 @@ def test_every_series_the_dashboard_draws_is_one_the_lab_serves() -> None:
     for title, expr in exprs:
         assert unknown_series(expr, known) == [], (title, expr)
         for name, selector in SERIES.findall(expr):
-            assert selector.startswith("{") and 'namespace="$namespace"' in selector, (title, name)
+            # A job's runner serves from the jobs' namespace (its own dashboard variable), everything else from the lab's.
+            where = 'namespace="$jobs_namespace"' if name.startswith("lab_runner_") else 'namespace="$namespace"'
+            assert selector.startswith("{") and where in selector, (title, name)
             drawn.add(name)
     # The check is real: a misspelt or removed series is named.
     assert unknown_series('sum(rate(lab_messages_handeld_total{namespace="$namespace"}[5m]))', known) == ["lab_messages_handeld_total"]
@@ -58,5 +60,6 @@ def test_every_series_the_dashboard_draws_is_one_the_lab_serves() -> None:
     # Every metric of bus/metrics.py has a panel.
     assert {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in drawn} == {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in known}
     # The namespace variable the selectors use exists, read from a series the lab serves.
-    [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "namespace"]
-    assert unknown_series(variable["definition"].replace("label_values(", "").replace(", namespace)", "{}"), known) == []
+    for name in ("namespace", "jobs_namespace"):
+        [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == name]
+        assert unknown_series(variable["definition"].replace("label_values(", "").replace(", namespace)", "{}"), known) == []

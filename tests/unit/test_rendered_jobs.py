@@ -78,6 +78,20 @@ def test_rendered_jobs_validate_with_security_and_gpu_fields(case: dict[str, Any
         assert manifest["spec"]["template"]["metadata"]["labels"]["lab.kenkyu.dev/network"] == "open"
 
 
+def test_the_runner_serves_metrics_on_a_named_port_unless_the_executor_says_none() -> None:
+    for options, port in (({}, 9464), ({"metrics_port": 9100}, 9100), ({"metrics_port": None}, None)):
+        manifest = yaml.safe_load_all(render_job(example(), "kubernetes", options)).__next__()
+        validate(manifest)
+        runner = container(manifest, "runner")
+        env = {e["name"]: e.get("value") for e in runner["env"]}
+        if port is None:
+            assert "ports" not in runner and "LAB_RUNNER_METRICS_PORT" not in env
+        else:
+            assert runner["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+            assert env["LAB_RUNNER_METRICS_PORT"] == str(port)
+        assert "ports" not in container(manifest, "experiment")
+
+
 @pytest.fixture
 def template_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "toy"
