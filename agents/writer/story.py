@@ -50,7 +50,8 @@ def budget(report: AnalysisReport) -> str:
 
 
 def unconverged(report: AnalysisReport, idea_id: str, metric: str) -> bool:
-    return any(f.kind == "not_converged" and f.idea_id in ("", idea_id) and f.metric in ("", metric) for f in report.flags)
+    """Whether either arm of ``idea_id``'s comparison (the idea or its baseline) was still moving on ``metric``."""
+    return any(f.kind == "not_converged" and f.idea_id in ("", idea_id, "baseline") and f.metric in ("", metric) for f in report.flags)
 
 
 def qualifier(report: AnalysisReport, c: Comparison) -> str:
@@ -88,7 +89,7 @@ def story(report: AnalysisReport, study: str, titles: dict[str, str] | None = No
         c = best[0]
         name = titles.get(c.idea_id, c.idea_id)
         said = f"`{c.idea_id}` improved {m} over the baseline{qualifier(report, c)}, significant after correction and replicated on fresh seeds."
-        return Story("improved", f"{name}: a significant, replicated improvement in {m} on {study}", said + also,
+        return Story("improved", f"{name}: a significant, replicated improvement in {m} on {study}{qualifier(report, c)}", said + also,
                      f"The evidence supports one improvement: {said}{also}")
     if fair:
         return Story("unreplicated", f"No replicated improvement in {m} on {study}: significant gains did not hold on fresh seeds",
@@ -103,7 +104,8 @@ def story(report: AnalysisReport, study: str, titles: dict[str, str] | None = No
                      f"No tested change improved {m} against a matching baseline.{also}")
     if worse:
         n = f"{len(worse)} of the {len(cs)} tested changes" if len(cs) > 1 else "the tested change"
-        return Story("worse", f"A negative result on {study}: no tested change improved {m}, and {n} made it worse",
+        return Story("worse", f"A negative result on {study}: no tested change improved {m}, and {n} made it worse"
+                     f"{qualifier(report, worse[0])}",
                      f"No tested change improved {m}; {_ids(worse)} made it worse, significant after correction"
                      f"{qualifier(report, worse[0])}.",
                      f"No tested change improved {m};{also}")

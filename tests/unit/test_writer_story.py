@@ -238,3 +238,23 @@ def test_clip_cuts_at_a_word_boundary():
     for n in range(8, 70):
         kept = story.clip(text, n).rstrip("…")
         assert len(story.clip(text, n)) <= n and text.startswith(kept) and not text[len(kept)].isalnum(), n
+
+
+def test_a_headline_on_unconverged_arms_is_qualified_in_title_and_abstract_and_the_check_catches_a_dropped_one():
+    """README command 1's paper titled "a significant, replicated improvement" while the analysis flagged the compared arms
+    not converged (the abstract's qualifier looked at the idea's own flag only, the title had none)."""
+    from agents.reviewer.checks import convergence_findings, sections
+
+    flags = [AnalysisFlag(kind="not_converged", detail="val_loss still falling", idea_id="baseline", metric="val_loss")]
+    rep = report("better", "inconclusive", flags=flags)
+    out, md, _ = asyncio.run(write(request(rep)))
+    title, abstract = md.splitlines()[0], section(md, "Abstract")
+    assert "a significant, replicated improvement" in title and "after 400 steps, before convergence" in title
+    assert "improved val_loss over the baseline (after 400 steps, before convergence)" in abstract
+    assert out.inconsistencies == [] and convergence_findings(sections(md), rep) == []
+    dropped = md.replace(title, title.replace(" (after 400 steps, before convergence)", "")).replace(" (after 400 steps, before convergence)", "")
+    assert {f.target for f in convergence_findings(sections(dropped), rep)} >= {"title", "abstract"}
+    # The idea's own flag touches the title too, which names the idea by its title ("warmup_steps = 300"), not its id.
+    on_idea = rep.model_copy(update={"flags": [flags[0].model_copy(update={"idea_id": "warmup-steps-300"})]})
+    assert "title" in {f.target for f in convergence_findings(sections(dropped), on_idea)}
+    assert convergence_findings(sections(md), on_idea) == []
