@@ -871,13 +871,15 @@ def seeds_to_add(st: ProjectState, arm: str, asked: int | None) -> list[int]:
     ``max_seeds_per_arm``), else the template's usual number more; never a seed the arm already has.
 
     The count is of the arm's exploratory seeds, the ones its comparison pools: a confirmation run's fresh seeds are
-    analysed apart, so counting them left the baseline short (README command 1: 3 + 3 confirmation + 4 = "10", 7 pooled).
-    No new seed is a confirmation seed of any arm either, or the confirmation would no longer be on fresh seeds.
+    analysed apart, so counting them left the baseline short (README command 1: 3 + 3 confirmation + 4 = "10", 7 pooled),
+    and a failed experiment's seeds gave no value (a 7-seed top-up that timed out left its arm at 3, yet counted as 10).
+    No new seed is one the arm tried before, nor a confirmation seed of any arm: the confirmation stays on fresh seeds.
     """
-    have = {s for e in st.experiments.values() if e.idea_id == arm and not e.confirmation for s in e.seeds}
-    taken = have | {s for e in st.experiments.values() if e.confirmation for s in e.seeds}
+    mine = [e for e in st.experiments.values() if e.idea_id == arm]
+    have = {s for e in mine if not e.confirmation and e.status != "failed" for s in e.seeds}
+    taken = {s for e in mine for s in e.seeds} | {s for e in st.experiments.values() if e.confirmation for s in e.seeds}
     want = st.spec.seeds if asked is None else min(asked, st.budget.max_seeds_per_arm) - len(have)
-    free = (s for s in itertools.count(max(have, default=-1) + 1 if asked is None else 0) if s not in taken)
+    free = (s for s in itertools.count(max(taken, default=-1) + 1 if asked is None else 0) if s not in taken)
     return [s for _, s in zip(range(max(want, 0)), free, strict=False)]
 
 

@@ -542,3 +542,15 @@ def test_a_seeds_ask_counts_the_arms_pooled_seeds_not_their_confirmation_seeds()
     assert more.seeds == base.seeds == list(range(6, 13))
     pooled = {s for e in step.state.experiments.values() if e.idea_id == BASELINE and not e.confirmation for s in e.seeds}
     assert len(pooled) == 10
+
+
+def test_a_seeds_ask_after_a_failed_top_up_runs_the_arms_up_on_seeds_not_tried():
+    """Found running README command 1 on a loaded machine: each arm's 7-seed top-up timed out, leaving it at 3 seeds,
+    yet the seeds it had tried counted, so a later ask for 10 would have run nothing."""
+    st = to_review()
+    items = [RevisionItem(id="r0-1", kind="more_seeds", text="Run `i4` up to 10 seeds.", target="i4", seeds=10)]
+    st = t.review_answered(t.review_done(st, revise(*items), T0).state, items, [ItemResponse(item_id="r0-1", action="act", text="ok")], T0).state
+    for exp in [e for e in st.experiments.values() if e.round == 1]:
+        st = t.result(st, runs(exp.experiment_id, exp.idea_id, [1.0] * 7, list(range(3, 10)), ok=False), T0).state
+    assert t.seeds_to_add(st, BASELINE, 10) == t.seeds_to_add(st, "i4", 10) == list(range(10, 17))
+    assert t.seeds_to_add(st, BASELINE, None) == [10, 11, 12]
