@@ -92,8 +92,9 @@ def story(report: AnalysisReport, study: str, titles: dict[str, str] | None = No
         return Story("improved", f"{name}: a significant, replicated improvement in {m} on {study}{qualifier(report, c)}", said + also,
                      f"The evidence supports one improvement: {said}{also}")
     if fair:
-        return Story("unreplicated", f"No replicated improvement in {m} on {study}: significant gains did not hold on fresh seeds",
-                     f"No change improved {m} in a way that replicated: {_ids(fair)} improved it in the exploratory runs, "
+        q = qualifier(report, fair[0])
+        return Story("unreplicated", f"No replicated improvement in {m} on {study}: significant gains did not hold on fresh seeds{q}",
+                     f"No change improved {m} in a way that replicated: {_ids(fair)} improved it in the exploratory runs{q}, "
                      "significant after correction, but a confirmation on fresh seeds did not reproduce it or could not be run." + also,
                      f"No improvement in {m} both survived the correction and replicated on fresh seeds, so we claim none.{also}")
     if any(c.verdict == "better" for c in cs):

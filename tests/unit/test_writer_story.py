@@ -258,3 +258,9 @@ def test_a_headline_on_unconverged_arms_is_qualified_in_title_and_abstract_and_t
     on_idea = rep.model_copy(update={"flags": [flags[0].model_copy(update={"idea_id": "warmup-steps-300"})]})
     assert "title" in {f.target for f in convergence_findings(sections(dropped), on_idea)}
     assert convergence_findings(sections(md), on_idea) == []
+    # README command 1's round-1 paper: a gain that did not replicate, with the baseline unsettled, is qualified too.
+    unreplicated = report("better", "inconclusive", flags=flags).model_copy(update={"comparisons": [
+        c.model_copy(update={"replicated": False}) for c in rep.comparisons]})
+    told = story.story(unreplicated, "the task", {})
+    secs = {"title": told.title, "abstract": told.claim}
+    assert told.kind == "unreplicated" and convergence_findings(secs, unreplicated) == []
