@@ -50,8 +50,13 @@ def budget(report: AnalysisReport) -> str:
 
 
 def unconverged(report: AnalysisReport, idea_id: str, metric: str) -> bool:
-    """Whether either arm of ``idea_id``'s comparison (the idea or its baseline) was still moving on ``metric``."""
-    return any(f.kind == "not_converged" and f.idea_id in ("", idea_id, "baseline") and f.metric in ("", metric) for f in report.flags)
+    """Whether either arm of ``idea_id``'s comparison (the idea or its baseline) was still moving on ``metric``.
+
+    The analyst flags the primary metric's curve, which may be another metric (grokking: val_acc for steps_to_val_99),
+    so a flag on any metric bounds the claims on the primary metric (README command 1 printed them unqualified).
+    """
+    return any(f.kind == "not_converged" and f.idea_id in ("", idea_id, "baseline")
+               and (f.metric in ("", metric) or metric == report.primary_metric) for f in report.flags)
 
 
 def qualifier(report: AnalysisReport, c: Comparison) -> str:

@@ -245,7 +245,8 @@ def test_a_headline_on_unconverged_arms_is_qualified_in_title_and_abstract_and_t
     not converged (the abstract's qualifier looked at the idea's own flag only, the title had none)."""
     from agents.reviewer.checks import convergence_findings, sections
 
-    flags = [AnalysisFlag(kind="not_converged", detail="val_loss still falling", idea_id="baseline", metric="val_loss")]
+    # The flag names the primary metric's curve, another metric (as grokking's val_acc for steps_to_val_99).
+    flags = [AnalysisFlag(kind="not_converged", detail="train_loss still falling", idea_id="baseline", metric="train_loss")]
     rep = report("better", "inconclusive", flags=flags)
     out, md, _ = asyncio.run(write(request(rep)))
     title, abstract = md.splitlines()[0], section(md, "Abstract")
@@ -263,4 +264,4 @@ def test_a_headline_on_unconverged_arms_is_qualified_in_title_and_abstract_and_t
         c.model_copy(update={"replicated": False}) for c in rep.comparisons]})
     told = story.story(unreplicated, "the task", {})
     secs = {"title": told.title, "abstract": told.claim}
-    assert told.kind == "unreplicated" and convergence_findings(secs, unreplicated) == []
+    assert told.kind == "unreplicated" and "before convergence" in told.title and convergence_findings(secs, unreplicated) == []
