@@ -28,6 +28,7 @@ from bus.schema import (
     TemplateSpec,
     Usage,
 )
+from bus.schema.analysis import SeedPlan
 from bus.schema.evolve import EvolveState
 
 
@@ -81,6 +82,9 @@ class ProjectState(Model):
     constraints: dict[str, Any] = {}
     references: dict[str, Reference] = {}
     report: AnalysisReport | None = None
+    # The seeds an arm needs, fixed at the first analysis that could plan them (capped by max_seeds_per_arm);
+    # every later report carries this plan, not one recomputed from the variance seen since (agents/pi/transitions.py).
+    seed_plan: SeedPlan | None = None
     draft: DraftReady | None = None
     reviews: list[ReviewDone] = []
     revision_items: list[RevisionItem] = []

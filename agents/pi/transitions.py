@@ -749,13 +749,28 @@ def analysis_done(st: ProjectState, body: AnalysisDone, when: float) -> Step:
     st, out = _begin(st)
     if st.stage != "analysis" or body.report.round != st.round:
         return Step(st)
-    st.report = body.report
+    st.report = report = fixed_plan(st, body.report)
     out.extend(Remember(r) for r in archive_records(st, when))
-    if _confirm(st, out, body.report):
+    if _confirm(st, out, report):
         return Step(st, out)
     st.stage = "draft"
-    out.append(Send(_draft_request(st, body.report), "writer"))
+    out.append(Send(_draft_request(st, report), "writer"))
     return Step(st, out)
+
+
+def fixed_plan(st: ProjectState, report: AnalysisReport) -> AnalysisReport:
+    """The report with the project's seed plan: the first one an analysis made, capped by ``max_seeds_per_arm``.
+
+    The analyst plans from the baseline's variance as it stands; planned again each round, the ask grew with the
+    seeds added (README command 1: 10, then 75), the goalposts moving after each look. The plan is decided once.
+    """
+    plan = report.seed_plan
+    if st.seed_plan is None and plan is not None:
+        cap = st.budget.max_seeds_per_arm
+        st.seed_plan = plan if plan.seeds <= cap else plan.model_copy(update={"seeds": cap, "needed": plan.seeds})
+    if st.seed_plan is None or plan == st.seed_plan:
+        return report
+    return report.model_copy(update={"seed_plan": st.seed_plan})
 
 
 def _draft_request(st: ProjectState, report: AnalysisReport, reviewed: DraftReady | None = None) -> DraftRequest:
@@ -885,13 +900,18 @@ def review_answered(st: ProjectState, items: list[RevisionItem], responses: list
 
 def seeds_to_add(st: ProjectState, arm: str, asked: int | None) -> list[int]:
     """The seeds a more_seeds item adds to one arm: up to the number it asks for in all (at most the budget's
-    ``max_seeds_per_arm``), else the template's usual number more; never a seed the arm already has."""
-    have = {s for e in st.experiments.values() if e.idea_id == arm for s in e.seeds}
-    if asked is None:
-        first = max(have, default=-1) + 1
-        return list(range(first, first + st.spec.seeds))
-    want = min(asked, st.budget.max_seeds_per_arm) - len(have)
-    free = (s for s in itertools.count() if s not in have)
+    ``max_seeds_per_arm``), else the template's usual number more; never a seed the arm already has.
+
+    The count is of the arm's exploratory seeds, the ones its comparison pools: a confirmation run's fresh seeds are
+    analysed apart, so counting them left the baseline short (README command 1: 3 + 3 confirmation + 4 = "10", 7 pooled),
+    and a failed experiment's seeds gave no value (a 7-seed top-up that timed out left its arm at 3, yet counted as 10).
+    No new seed is one the arm tried before, nor a confirmation seed of any arm: the confirmation stays on fresh seeds.
+    """
+    mine = [e for e in st.experiments.values() if e.idea_id == arm]
+    have = {s for e in mine if not e.confirmation and e.status != "failed" for s in e.seeds}
+    taken = {s for e in mine for s in e.seeds} | {s for e in st.experiments.values() if e.confirmation for s in e.seeds}
+    want = st.spec.seeds if asked is None else min(asked, st.budget.max_seeds_per_arm) - len(have)
+    free = (s for s in itertools.count(max(taken, default=-1) + 1 if asked is None else 0) if s not in taken)
     return [s for _, s in zip(range(max(want, 0)), free, strict=False)]
 
 

@@ -261,7 +261,8 @@ def seed_plan_findings(report: AnalysisReport, spec: TemplateSpec | None = None,
             if n < plan.seeds and arm not in seen:
                 seen.add(arm)
                 out.append(Finding("more_seeds", arm,
-                    f"`{arm}` ran {n} seeds on {c.metric}, but the seed plan asks for {plan.seeds} per arm (to detect "
+                    f"`{arm}` ran {n} seeds on {c.metric}, but the seed plan asks for {plan.seeds} per arm "
+                    f"({'the budget’s cap of the ' + str(plan.needed) + ' needed ' if plan.needed else ''}to detect "
                     f"{plan.min_detectable_effect:.4g} at power {plan.power:g}, alpha {plan.alpha:g}, baseline SD {plan.baseline_sd:.4g}). "
                     f"Run `{arm}` up to {plan.seeds} seeds."))
     return out
@@ -391,12 +392,17 @@ def headline_sentences(secs: dict[str, str]) -> Iterable[tuple[str, str]]:
 
 
 def convergence_findings(secs: dict[str, str], report: AnalysisReport) -> list[Finding]:
-    """A headline claim about an idea (or the study) whose runs were still moving must say it holds for this budget only."""
+    """A headline claim about an idea (or the study) whose runs were still moving must say it holds for this budget only.
+
+    The title states the headline comparison, naming its idea by title rather than id: a flag on either arm of a primary
+    comparison touches it (README command 1's title claimed "a significant, replicated improvement" with both arms unsettled).
+    """
     flagged = [f for f in report.flags if f.kind == "not_converged"]
+    headline = {c.idea_id for c in primary(report)}
     out, seen = [], set()
     for f in flagged:
         for part, s in headline_sentences(secs):
-            about = not f.idea_id or f.idea_id == BASELINE or names(s, f.idea_id)
+            about = not f.idea_id or f.idea_id == BASELINE or names(s, f.idea_id) or (part == "title" and f.idea_id in headline)
             qualified = QUALIFIED.search(secs.get(part, ""))  # the part says, somewhere, that the claim holds for this budget
             if about and claimed_verdict(s) in ("better", "worse") and not qualified and part not in seen:
                 seen.add(part)

@@ -269,6 +269,11 @@ class Draft:
         p = self.rep.seed_plan
         if p is None:
             return ""
+        if p.needed is not None:  # the budget cut the plan short: say so, and that the power falls short with it
+            return (f" Seeds were planned at the first look, once: detecting a difference of {fmt(p.min_detectable_effect)} in "
+                    f"{p.metric} with power {fmt(p.power)} at α = {fmt(p.alpha)}, from the baseline's standard deviation "
+                    f"({fmt(p.baseline_sd)}), needs {fmt(p.needed)} seeds per arm; the budget allows {fmt(p.seeds)} per arm, "
+                    "so the comparison has less power than planned for that difference.")
         return (f" Seeds were planned before looking: {fmt(p.seeds)} per arm, from the baseline's standard deviation of "
                 f"{p.metric} ({fmt(p.baseline_sd)}), to detect a difference of {fmt(p.min_detectable_effect)} with power "
                 f"{fmt(p.power)} at α = {fmt(p.alpha)}.")

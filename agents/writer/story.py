@@ -50,7 +50,13 @@ def budget(report: AnalysisReport) -> str:
 
 
 def unconverged(report: AnalysisReport, idea_id: str, metric: str) -> bool:
-    return any(f.kind == "not_converged" and f.idea_id in ("", idea_id) and f.metric in ("", metric) for f in report.flags)
+    """Whether either arm of ``idea_id``'s comparison (the idea or its baseline) was still moving on ``metric``.
+
+    The analyst flags the primary metric's curve, which may be another metric (grokking: val_acc for steps_to_val_99),
+    so a flag on any metric bounds the claims on the primary metric (README command 1 printed them unqualified).
+    """
+    return any(f.kind == "not_converged" and f.idea_id in ("", idea_id, "baseline")
+               and (f.metric in ("", metric) or metric == report.primary_metric) for f in report.flags)
 
 
 def qualifier(report: AnalysisReport, c: Comparison) -> str:
@@ -88,11 +94,12 @@ def story(report: AnalysisReport, study: str, titles: dict[str, str] | None = No
         c = best[0]
         name = titles.get(c.idea_id, c.idea_id)
         said = f"`{c.idea_id}` improved {m} over the baseline{qualifier(report, c)}, significant after correction and replicated on fresh seeds."
-        return Story("improved", f"{name}: a significant, replicated improvement in {m} on {study}", said + also,
+        return Story("improved", f"{name}: a significant, replicated improvement in {m} on {study}{qualifier(report, c)}", said + also,
                      f"The evidence supports one improvement: {said}{also}")
     if fair:
-        return Story("unreplicated", f"No replicated improvement in {m} on {study}: significant gains did not hold on fresh seeds",
-                     f"No change improved {m} in a way that replicated: {_ids(fair)} improved it in the exploratory runs, "
+        q = qualifier(report, fair[0])
+        return Story("unreplicated", f"No replicated improvement in {m} on {study}: significant gains did not hold on fresh seeds{q}",
+                     f"No change improved {m} in a way that replicated: {_ids(fair)} improved it in the exploratory runs{q}, "
                      "significant after correction, but a confirmation on fresh seeds did not reproduce it or could not be run." + also,
                      f"No improvement in {m} both survived the correction and replicated on fresh seeds, so we claim none.{also}")
     if any(c.verdict == "better" for c in cs):
@@ -103,7 +110,8 @@ def story(report: AnalysisReport, study: str, titles: dict[str, str] | None = No
                      f"No tested change improved {m} against a matching baseline.{also}")
     if worse:
         n = f"{len(worse)} of the {len(cs)} tested changes" if len(cs) > 1 else "the tested change"
-        return Story("worse", f"A negative result on {study}: no tested change improved {m}, and {n} made it worse",
+        return Story("worse", f"A negative result on {study}: no tested change improved {m}, and {n} made it worse"
+                     f"{qualifier(report, worse[0])}",
                      f"No tested change improved {m}; {_ids(worse)} made it worse, significant after correction"
                      f"{qualifier(report, worse[0])}.",
                      f"No tested change improved {m};{also}")

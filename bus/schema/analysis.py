@@ -74,7 +74,10 @@ class SeedPlan(Model):
     min_detectable_effect: float  # in the metric's units
     power: float  # e.g. 0.8
     alpha: float
-    seeds: int  # what the plan asks for (at least the template's minimum)
+    seeds: int  # what the plan asks for (at least the template's minimum; at most the budget's max_seeds_per_arm once the PI fixed it)
+    # What the power calculation asked for when the budget's max_seeds_per_arm cut it to ``seeds`` (None: not cut):
+    # at ``seeds`` per arm the comparison has less than ``power`` for ``min_detectable_effect``.
+    needed: int | None = None
 
 
 FlagKind = Literal[

@@ -15,6 +15,7 @@ import pytest
 from agents.minds.base import NoteReading
 from agents.pi import transitions as t
 from agents.pi.state import ProjectState
+from agents.reviewer.checks import seed_plan_findings
 from bus.errors import MindError, MindUnavailable
 from bus.schema import (
     BASELINE,
@@ -44,6 +45,7 @@ from bus.schema import (
     Usage,
     signature_of,
 )
+from bus.schema.analysis import SeedPlan
 from tests.fakes import TOY_SPEC
 
 T0 = 1000.0
@@ -502,3 +504,53 @@ def test_asks_repeat_and_wants_references_read_words():
     assert t.asks_repeat("reproduce it") and not t.asks_repeat("never repeat ideas")
     assert t.wants_references(RevisionItem(id="r", kind="other", text="Cite the prior work"))
     assert not t.wants_references(RevisionItem(id="r", kind="other", text="fix the figure"))
+
+
+def planned_report(round_: int, sd: float, seeds: int) -> AnalysisReport:
+    inconclusive = significant("i4").model_copy(update={"verdict": "inconclusive", "better": False, "p_value": 0.4, "p_adjusted": 0.4})
+    plan = SeedPlan(metric="loss", baseline_sd=sd, min_detectable_effect=0.1, power=0.8, alpha=0.05, seeds=seeds)
+    return report(round_, [inconclusive]).model_copy(update={"seed_plan": plan})
+
+
+def test_the_seed_plan_is_fixed_at_the_first_look_and_capped_by_the_budget():
+    """Found running README command 1: the plan was redone from each round's variance, so the ask grew (10, then 75)."""
+    st = to_analysis()
+    first = t.analysis_done(st, AnalysisDone(report=planned_report(0, sd=0.05, seeds=10)), when=T0)
+    st = first.state
+    st.stage, st.round = "analysis", 1  # the next round's runs are in; its baseline is noisier
+    later = t.analysis_done(st, AnalysisDone(report=planned_report(1, sd=0.4, seeds=75)), when=T0)
+    plans = [step.sent[0][0].report.seed_plan for step in (first, later)]
+    assert plans[0] == plans[1] == later.state.report.seed_plan and plans[1].seeds == 10 and plans[1].baseline_sd == 0.05
+    asks = [[f.text for f in seed_plan_findings(step.state.report)] for step in (first, later)]
+    assert asks[0] == asks[1] and all("up to 10 seeds" in a for a in asks[0])
+    capped = t.analysis_done(to_analysis(max_seeds_per_arm=20), AnalysisDone(report=planned_report(0, sd=0.4, seeds=75)), when=T0)
+    assert (capped.state.seed_plan.seeds, capped.state.seed_plan.needed) == (20, 75)
+
+
+def test_a_seeds_ask_counts_the_arms_pooled_seeds_not_their_confirmation_seeds():
+    """Found running README command 1: after a confirmation on seeds 3-5, "up to 10" added 4 seeds (3 + 3 + 4), so the
+    comparison pooled 7 baseline seeds. The confirmation's seeds are analysed apart: the arms get 7 more, none of them 3-5."""
+    st = t.analysis_done(to_analysis(), AnalysisDone(report=report(comparisons=[significant("i4")])), when=T0).state
+    for exp in [e for e in st.experiments.values() if e.confirmation]:
+        st = t.result(st, runs(exp.experiment_id, exp.idea_id, [0.5, 0.6, 0.4], [3, 4, 5]), T0).state
+    replicated = significant("i4").model_copy(update={"replicated": True})
+    st = t.draft_ready(t.analysis_done(st, AnalysisDone(report=report(comparisons=[replicated])), when=T0).state, DRAFT).state
+    items = [RevisionItem(id="r0-1", kind="more_seeds", text="Run `i4` up to 10 seeds.", target="i4", seeds=10)]
+    st = t.review_done(st, revise(*items), T0).state
+    step = t.review_answered(st, items, [ItemResponse(item_id="r0-1", action="act", text="running")], T0)
+    _, more, base = (b for b, _ in step.sent)
+    assert more.seeds == base.seeds == list(range(6, 13))
+    pooled = {s for e in step.state.experiments.values() if e.idea_id == BASELINE and not e.confirmation for s in e.seeds}
+    assert len(pooled) == 10
+
+
+def test_a_seeds_ask_after_a_failed_top_up_runs_the_arms_up_on_seeds_not_tried():
+    """Found running README command 1 on a loaded machine: each arm's 7-seed top-up timed out, leaving it at 3 seeds,
+    yet the seeds it had tried counted, so a later ask for 10 would have run nothing."""
+    st = to_review()
+    items = [RevisionItem(id="r0-1", kind="more_seeds", text="Run `i4` up to 10 seeds.", target="i4", seeds=10)]
+    st = t.review_answered(t.review_done(st, revise(*items), T0).state, items, [ItemResponse(item_id="r0-1", action="act", text="ok")], T0).state
+    for exp in [e for e in st.experiments.values() if e.round == 1]:
+        st = t.result(st, runs(exp.experiment_id, exp.idea_id, [1.0] * 7, list(range(3, 10)), ok=False), T0).state
+    assert t.seeds_to_add(st, BASELINE, 10) == t.seeds_to_add(st, "i4", 10) == list(range(10, 17))
+    assert t.seeds_to_add(st, BASELINE, None) == [10, 11, 12]

@@ -238,3 +238,30 @@ def test_clip_cuts_at_a_word_boundary():
     for n in range(8, 70):
         kept = story.clip(text, n).rstrip("…")
         assert len(story.clip(text, n)) <= n and text.startswith(kept) and not text[len(kept)].isalnum(), n
+
+
+def test_a_headline_on_unconverged_arms_is_qualified_in_title_and_abstract_and_the_check_catches_a_dropped_one():
+    """README command 1's paper titled "a significant, replicated improvement" while the analysis flagged the compared arms
+    not converged (the abstract's qualifier looked at the idea's own flag only, the title had none)."""
+    from agents.reviewer.checks import convergence_findings, sections
+
+    # The flag names the primary metric's curve, another metric (as grokking's val_acc for steps_to_val_99).
+    flags = [AnalysisFlag(kind="not_converged", detail="train_loss still falling", idea_id="baseline", metric="train_loss")]
+    rep = report("better", "inconclusive", flags=flags)
+    out, md, _ = asyncio.run(write(request(rep)))
+    title, abstract = md.splitlines()[0], section(md, "Abstract")
+    assert "a significant, replicated improvement" in title and "after 400 steps, before convergence" in title
+    assert "improved val_loss over the baseline (after 400 steps, before convergence)" in abstract
+    assert out.inconsistencies == [] and convergence_findings(sections(md), rep) == []
+    dropped = md.replace(title, title.replace(" (after 400 steps, before convergence)", "")).replace(" (after 400 steps, before convergence)", "")
+    assert {f.target for f in convergence_findings(sections(dropped), rep)} >= {"title", "abstract"}
+    # The idea's own flag touches the title too, which names the idea by its title ("warmup_steps = 300"), not its id.
+    on_idea = rep.model_copy(update={"flags": [flags[0].model_copy(update={"idea_id": "warmup-steps-300"})]})
+    assert "title" in {f.target for f in convergence_findings(sections(dropped), on_idea)}
+    assert convergence_findings(sections(md), on_idea) == []
+    # README command 1's round-1 paper: a gain that did not replicate, with the baseline unsettled, is qualified too.
+    unreplicated = report("better", "inconclusive", flags=flags).model_copy(update={"comparisons": [
+        c.model_copy(update={"replicated": False}) for c in rep.comparisons]})
+    told = story.story(unreplicated, "the task", {})
+    secs = {"title": told.title, "abstract": told.claim}
+    assert told.kind == "unreplicated" and "before convergence" in told.title and convergence_findings(secs, unreplicated) == []
