@@ -77,6 +77,8 @@ def plan_job(
 ) -> JobSpec:
     """A run of the template under a profile: the profile's and the baseline's knobs, then ``changes``, checked.
 
+    The time budget is a run's of the template's own ``seeds``; a job with more (a review's seeds ask, topping an
+    arm up in one run) gets it in proportion, so the limit keeps meaning "this run hangs", not "it ran more seeds".
     Raises ``TemplateError`` for an unknown profile or a knob out of the template's space.
     """
     chosen = spec.profile(profile)
@@ -89,7 +91,7 @@ def plan_job(
         bundle_object=bundle_object,
         overrides=overrides,
         seeds=seeds,
-        wall_time_s=chosen.time_budget_s,
+        wall_time_s=round(chosen.time_budget_s * max(1.0, len(seeds) / spec.seeds), 3),
         memory_mb=chosen.resources.memory_mb,
         cpu=chosen.resources.cpu,
         gpu=chosen.resources.gpu,

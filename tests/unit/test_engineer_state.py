@@ -37,3 +37,14 @@ def test_a_stored_record_round_trips_and_readers_find_the_ids_at_the_top():
     assert EngineerState.model_validate(doc) == state
     view = EngineerView.model_validate(doc)
     assert [(j.job_id, j.experiment_id, j.state) for j in view.active()] == [("jx", "x02", "queued")]
+
+
+def test_a_job_with_more_seeds_than_a_run_gets_its_time_budget_in_proportion() -> None:
+    spec = TemplateSpec.model_validate(TOY_SPEC)
+    per_run = spec.profile(None).time_budget_s
+
+    def wall(seeds: list[int]) -> float:
+        return plan_job(spec, None, job_id="jx", project="p1", experiment_id="x", bundle_object="b", seeds=seeds).wall_time_s
+
+    assert wall(list(range(spec.seeds))) == per_run and wall([0]) == per_run  # a run's seeds or fewer: the budget as declared
+    assert wall(list(range(3, 3 + 2 * spec.seeds))) == 2 * per_run  # a top-up of twice the seeds: twice the time
