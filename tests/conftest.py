@@ -78,6 +78,14 @@ def lab_env(tmp_path: Path, monkeypatch):
     return home, env
 
 
+@pytest.fixture
+def evolve_sleep(tmp_path: Path) -> Path:
+    """The tiny evolve template (tests/evolve_sleep.py), written under the test's tmp_path: jobs of a second or two."""
+    from tests.evolve_sleep import tiny_template
+
+    return tiny_template(tmp_path)
+
+
 def lab_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", *args]
 

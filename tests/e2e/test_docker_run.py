@@ -102,8 +102,8 @@ def test_a_grokking_project_through_lab_up_with_the_docker_executor(docker_engin
     try:
         lab(env, "up", "--detach", "--executor", "docker", timeout=180)
         try:
-            # Bounded as the Kubernetes run is (tests/e2e/test_kubernetes_run.py): two ideas, no revision round.
-            text = lab(env, "run", "--template", "grokking", "--fast", "--seed", "0", "--max-ideas", "2", "--max-rounds", "0",
+            # One idea, no revision round: the test is about the Docker path (every job's containers), not the science.
+            text = lab(env, "run", "--template", "grokking", "--fast", "--seed", "0", "--max-ideas", "1", "--max-rounds", "0",
                        "--out", str(out), timeout=900)
         finally:
             lab(env, "down", timeout=120)
@@ -118,7 +118,7 @@ def test_a_grokking_project_through_lab_up_with_the_docker_executor(docker_engin
     check_nothing_lost(convo)
     check_deliverables(out, convo)
     planned = {j for m in convo if m["body"]["type"] == "experiment_planned" for j in m["body"]["job_ids"]}
-    assert len(planned) >= 3
+    assert len(planned) >= 2  # the baseline's job and the idea's, at least
     check_split(seen, planned, torch_image)
     # Each run's files came back from its containers: results, the experiment's log, its figures; env.json says docker.
     runs = [p.parent for p in (out / "results").glob("*/final_info.json")]

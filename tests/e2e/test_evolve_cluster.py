@@ -5,8 +5,9 @@ process starting its project on that lab with the credentials `lab up` wrote und
 LAB_HOME, the lab's engineer running each candidate, the KubernetesExecutor with the official client over HTTP, and the
 job runner, which the test kubelet starts from each pod's command and
 environment. Faked, as in tests/e2e/test_kubernetes_run.py: the cluster (kmock)
-and the GPUs (two pretend ones; the merges run on the CPU). One iteration of
-two candidates and one final test run, on model_merging's fast profile.
+and the GPUs (two pretend ones). One iteration of two candidates and their final test runs, on the tiny quadratic
+of tests/evolve_sleep.py (jobs of a second: the test is about where the candidates run; what `lab evolve` writes
+for model_merging is checked by tests/integration/test_evolve_runs.py's check_run).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from services.executors.render import job_name
 from tests.conftest import lab_cmd
-from tests.integration.test_evolve_runs import check_run
+from tests.evolve_sleep import check_outputs, evolve_args
 from tests.integration.test_k8s_executor import kubeconfig, raw_jobs
 from tests.kubelet import Kubelet
 
@@ -57,7 +58,7 @@ def lab(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProc
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_lab_evolve_runs_its_candidates_as_jobs_of_a_running_lab(lab_env, tmp_path: Path) -> None:
+async def test_lab_evolve_runs_its_candidates_as_jobs_of_a_running_lab(lab_env, evolve_sleep: Path, tmp_path: Path) -> None:
     home, env = lab_env
     env = {k: v for k, v in env.items() if not k.startswith(("OPENAI_", "LAB_LLM_", "LAB_MIND", "LAB_RUNNER_", "LAB_JOB_SECRET"))}
     home.mkdir(parents=True, exist_ok=True)
@@ -79,8 +80,7 @@ async def test_lab_evolve_runs_its_candidates_as_jobs_of_a_running_lab(lab_env, 
             url = json.loads((home / "lab.json").read_text())["url"]
             async with RecordingKubelet(api, namespace=NS, gpus=2, tick_s=0.2) as kubelet:
                 proc = await asyncio.create_subprocess_exec(
-                    *lab_cmd("evolve", "--nats", url, "--iterations", "1", "--population", "2", "--final-top", "1", "--fast", "--quiet",
-                             "--out", str(out)),
+                    *lab_cmd(*evolve_args(evolve_sleep, out), "--nats", url),
                     env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 )
                 text = (await asyncio.wait_for(proc.communicate(), timeout=480))[0].decode()
@@ -90,8 +90,9 @@ async def test_lab_evolve_runs_its_candidates_as_jobs_of_a_running_lab(lab_env, 
             leftover = await raw_jobs(api)
         finally:
             await asyncio.to_thread(lab, env, "down")
-    dev, test = check_run(out, 1, 2)
-    assert all(c["state"] == "succeeded" for c in dev + test), [c["reason"] for c in dev + test]
+    dev = check_outputs(out)
+    test = [json.loads(line) for line in (out / "evolve" / "final.jsonl").read_text().splitlines()]
+    assert len(dev) == 2 and all(c["state"] == "succeeded" for c in dev + test), [c["reason"] for c in dev + test]
     # Every candidate ran as its own Job on the cluster, each with a GPU (the cluster's min_gpu), and none is left.
     assert set(ran) == {job_name(j) for c in dev + test for j in c["job_ids"]}, ran
     assert set(ran.values()) == {1}

@@ -1,6 +1,7 @@
 """`lab export` and `lab run --attach`: a project's outputs from the store, while it runs and once it has decided.
 
-One fast grokking project on a detached lab serves every check: exported
+One project on the sleep template (tests/sleep_template: jobs of a second; the test is about the outputs, not
+the science, which the grokking runs of tests/e2e/test_lab_run.py check) on a detached lab serves every check: exported
 mid-run (marked unfinished), followed by `lab run --attach` to its end,
 exported again once finished, and compared with what `lab run` itself wrote.
 The delivered paper.tex must then compile where it lies.
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import lab_cmd
-from tests.e2e.test_lab_run import finish, live_log, start_run, wait_for
+from tests.e2e.test_lab_run import SLEEP, finish, live_log, start_run, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -36,7 +37,7 @@ def test_export_and_attach_on_a_running_and_a_finished_project(lab_env, tmp_path
     assert up.returncode == 0, up.stderr
     try:
         out = tmp_path / "run-out"
-        proc = start_run(env, out, "--max-ideas", "1", "--max-rounds", "0")
+        proc = start_run(env, out, "--max-ideas", "1", "--max-rounds", "0", template=SLEEP)
         planned = wait_for(lambda: [m for m in live_log(env) if m["body"]["type"] == "experiment_planned"], timeout=600)
         project = planned[0]["project"]
 

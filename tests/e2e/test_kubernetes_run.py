@@ -49,7 +49,7 @@ async def test_lab_run_through_kubernetes(lab_env, tmp_path):
         run_env = {**env, "LAB_CONFIG": str(config)}
         async with Kubelet(url, namespace=NS, gpus=2, tick_s=0.2) as kubelet:
             proc = await asyncio.create_subprocess_exec(
-                *lab_cmd("run", "--template", "grokking", "--fast", "--executor", "kubernetes", "--max-ideas", "2",
+                *lab_cmd("run", "--template", "grokking", "--fast", "--executor", "kubernetes", "--max-ideas", "1",
                          "--max-rounds", "0", "--out", str(out)),
                 env=run_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
             )
@@ -64,7 +64,7 @@ async def test_lab_run_through_kubernetes(lab_env, tmp_path):
     check_nothing_lost(convo)
     check_deliverables(out, convo)
     planned = {j for m in convo if m["body"]["type"] == "experiment_planned" for j in m["body"]["job_ids"]}
-    assert len(started) == len(planned) >= 3, "one pod per job, each started once"
+    assert len(started) == len(planned) >= 2, "one pod per job (the baseline's and the idea's at least), each started once"
     envs = [json.loads(p.read_text()) for p in out.glob("results/*/env.json")]
     assert len(envs) == len(planned) and all(e["executor"] == "kubernetes" for e in envs)
     # Each run traced to its job: the pod's node (downward API), the image, the code it ran (export.json's chain).
