@@ -23,7 +23,7 @@ from nats.js.api import Header
 from nats.js.errors import KeyNotFoundError, KeyValueError, KeyWrongLastSequenceError, ObjectNotFoundError
 
 from bus.client import Bus
-from bus.errors import ArtifactMissing, BusTimeout, LabBusError, StateConflict, translated
+from bus.errors import ArtifactMissing, LabBusError, StateConflict, translated
 from bus.schema import Heartbeat
 from bus.schema.archive import ArchiveRecord, archive_key, key_token
 from bus.schema.constants import AGENTS_BUCKET, ARTIFACTS_BUCKET, CACHE_BUCKET, IDEAS_BUCKET, STATE_BUCKET, object_stream
@@ -92,18 +92,11 @@ async def _latest(kv: Any, prefix: str, *, headers_only: bool) -> dict[str, byte
     sub = await kv._js.pull_subscribe(subject, stream=kv._stream, config=config)
     values: dict[str, bytes] = {}
     try:
-        slow = 0
         while True:
             try:
                 batch = await sub.fetch(256, timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):  # nats-py raises either, by where the wait ran out
-                # Nothing came: the end of the keys, or a slow server (a loaded machine) with more to send.
-                if (await sub.consumer_info()).num_pending == 0:
-                    break
-                slow += 1
-                if slow >= 20:  # never a part of the keys read as the whole
-                    raise BusTimeout(f"reading {prefix!r}: the server sent nothing for 10 s with keys left to send") from None
-                continue
+                break
             for msg in batch:
                 op = (msg.headers or {}).get("KV-Operation")
                 key = msg.subject[len(kv._pre) :]
