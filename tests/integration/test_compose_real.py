@@ -224,7 +224,12 @@ def test_the_compose_file_runs_the_lab_and_a_project_to_its_decision_on_a_real_e
     node = d.engine.client.info()["Name"]
     assert {(r["environment"]["executor"], r["environment"]["image"], r["environment"]["node"]) for r in runs} == {
         ("docker", f"{LAB_IMAGE} (image id {image_id})", node)}, [r["environment"] for r in runs]
-    assert d.engine.client.containers.list(all=True, filters={"label": PART_OF}) == []  # the project's jobs were removed with it
+    # The project's jobs are removed with it: the engineer does so when it handles the decision, which `lab run` does not
+    # wait for (it writes the outputs meanwhile), so the containers may take a moment to go.
+    deadline = time.monotonic() + 60
+    while (left := d.engine.client.containers.list(all=True, filters={"label": PART_OF})) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == [], [c.labels for c in left]
     # What the local executor's projects deliver: the paper, its figures, each run's results and log. Not the PDF: the
     # lab's image (here and deploy/Dockerfile's) has no TeX, so the writer delivers paper.tex and says why there is no PDF.
     assert "\\section" in (out / "paper.tex").read_text() and (out / "paper.md").read_text().strip()
