@@ -17,12 +17,14 @@ from typing import NamedTuple
 
 
 class Usage(NamedTuple):
-    """What a process tree holds: processes, tasks (threads included), resident bytes, bytes in its own tmpfs mounts."""
+    """What a process tree holds: processes, tasks (threads included), resident bytes, bytes in its own tmpfs mounts,
+    and the CPU seconds (user + system) its live processes used, with those of the children each has waited for."""
 
     processes: int
     tasks: int
     rss: int
     tmpfs: int
+    cpu_s: float
 
 
 def _stats() -> Iterator[tuple[int, list[str]]]:
@@ -39,57 +41,46 @@ def _stats() -> Iterator[tuple[int, list[str]]]:
             yield int(d.name), fields
 
 
-def _parents() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, resident bytes, threads) for every live process."""
+class _Proc(NamedTuple):
+    rss: int  # resident bytes
+    threads: int
+    ticks: int  # CPU clock ticks: utime, stime, and its waited-for children's cutime and cstime
+
+
+def _parents() -> dict[int, tuple[int, _Proc]]:
+    """pid -> (ppid, what it holds) for every live process."""
     page = os.sysconf("SC_PAGE_SIZE")
-    return {pid: (int(f[1]), int(f[21]) * page, int(f[17])) for pid, f in _stats() if f[0] != "Z"}
+    return {pid: (int(f[1]), _Proc(int(f[21]) * page, int(f[17]), sum(int(x) for x in f[11:15]))) for pid, f in _stats() if f[0] != "Z"}
 
 
 def descendants(root: int) -> dict[int, int]:
     """Every live descendant of ``root`` (not ``root`` itself) with its resident bytes."""
-    return {pid: rss for pid, (rss, _) in _tree(root).items()}
+    return {pid: proc.rss for pid, proc in _tree(root).items()}
 
 
 def usage(root: int) -> Usage:
-    """The whole tree under ``root``: its processes, tasks, resident memory and memory-backed files (see :func:`tmpfs_bytes`)."""
+    """The whole tree under ``root``: its processes, tasks, resident memory, memory-backed files (see :func:`tmpfs_bytes`), CPU."""
     tree = _tree(root)
-    return Usage(len(tree), sum(t for _, t in tree.values()), sum(r for r, _ in tree.values()), tmpfs_bytes(list(tree)))
+    procs = tree.values()
+    return Usage(len(tree), sum(p.threads for p in procs), sum(p.rss for p in procs), tmpfs_bytes(list(tree)),
+                 sum(p.ticks for p in procs) / os.sysconf("SC_CLK_TCK"))
 
 
-def _tree(root: int) -> dict[int, tuple[int, int]]:
-    """pid -> (resident bytes, threads) for every live descendant of ``root``."""
+def _tree(root: int) -> dict[int, _Proc]:
+    """What every live descendant of ``root`` holds, by pid."""
     table = _parents()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
+    for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    found: dict[int, tuple[int, int]] = {}
+    found: dict[int, _Proc] = {}
     todo = list(children.get(root, []))
     while todo:
         pid = todo.pop()
         if pid in found:
             continue
-        found[pid] = table[pid][1:]
+        found[pid] = table[pid][1]
         todo += children.get(pid, [])
     return found
-
-
-def cpu_s(root: int) -> float:
-    """User + system seconds of every live descendant of ``root``, with those of the children each has waited for.
-
-    The children ``root`` itself waited for are not here: :func:`resource.getrusage` (RUSAGE_CHILDREN) has them.
-    """
-    table = {pid: (int(f[1]), sum(int(x) for x in f[11:15])) for pid, f in _stats() if f[0] != "Z"}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    ticks, seen, todo = 0, set(), list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            ticks += table[pid][1]
-            todo += children.get(pid, [])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tmpfs_bytes(pids: list[int]) -> int:

@@ -83,7 +83,7 @@ class Meter:
     async def sample(self) -> Sample:
         tree = proctree.usage(self.root)
         self.peak = max(self.peak, tree.rss)
-        cpu = proctree.cpu_s(self.root) + max(0.0, _children_cpu_s() - self.waited_before)
+        cpu = tree.cpu_s + max(0.0, _children_cpu_s() - self.waited_before)
         loop = asyncio.get_running_loop()
         if self.gpus and loop.time() - self._gpu_at >= GPU_EVERY_S:
             self._gpu, self._gpu_at = await gpu_memory(), loop.time()
