@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
@@ -323,21 +324,21 @@ class Artifacts:
     @translated
     async def deleted(self, prefix: str) -> list[str]:
         """Names under ``prefix`` every version of which was deleted (only the admin deletes: `lab prune`), each once."""
-        try:
-            infos = await self.obs.list()
-        except nats.js.errors.NotFoundError:
-            return []
+        infos = await self._infos()
         live = {base_name(i.name) for i in infos if not i.deleted}
         return sorted({base_name(i.name) for i in infos if i.name.startswith(prefix) and i.deleted} - live)
 
     @translated
     async def list(self, prefix: str) -> list[str]:
         """Names under ``prefix``, each once (not its versions)."""
+        return sorted({base_name(i.name) for i in await self._infos() if i.name.startswith(prefix) and not i.deleted})
+
+    async def _infos(self) -> Sequence[Any]:
+        """Every object's info, deleted ones included; none in a bucket with none (nats-py raises for it)."""
         try:
-            infos = await self.obs.list()
+            return list(await self.obs.list())
         except nats.js.errors.NotFoundError:
             return []
-        return sorted({base_name(i.name) for i in infos if i.name.startswith(prefix) and not i.deleted})
 
 
 class CommitRefused(LabBusError, ValueError):
