@@ -96,29 +96,35 @@ async def prune(
     failed = {p: jobs for p in sorted(finished) if (jobs := await failed_jobs(bus, p))}
     moment = now or datetime.now(UTC)
     limits: dict[Kind, float] = {"checkpoint": checkpoint_age_s, "failed output": failed_age_s}
+    chunks = await chunk_subjects(bus, ARTIFACTS_BUCKET)  # read before the objects: a put that commits meanwhile is named by them
+    infos = await artifact_infos(bus)
     out = []
-    for info in await artifact_infos(bus):
+    for info in infos:
         kind = None if info.deleted else _kind(str(info.name), finished, failed)
         age = _age_s(info.mtime, moment) if kind else None
         if kind is None or age is None or age < limits[kind]:
             continue
         if not dry_run:
-            await delete_artifact(bus, str(info.name))
+            await delete_artifact(bus, str(info.name))  # its chunks go with it
         out.append(Pruned(name=str(info.name), size=int(info.size or 0), age_s=age, kind=kind))
-    return out + await prune_orphans(bus, grace_s=orphan_grace_s, dry_run=dry_run, now=moment)
+    return out + await _orphans(bus, chunks, infos, orphan_grace_s, dry_run, moment)
 
 
 async def prune_orphans(bus: Bus, *, grace_s: float, dry_run: bool = False, now: datetime | None = None) -> list[Pruned]:
     """Purge the chunk subjects no live object names whose newest chunk is ``grace_s`` old or more."""
-    moment = now or datetime.now(UTC)
+    chunks = await chunk_subjects(bus, ARTIFACTS_BUCKET)  # read before the objects: a put that commits meanwhile is named by them
+    return await _orphans(bus, chunks, await artifact_infos(bus), grace_s, dry_run, now or datetime.now(UTC))
+
+
+async def _orphans(bus: Bus, chunks: dict[str, int], infos: list[Any], grace_s: float, dry_run: bool, now: datetime) -> list[Pruned]:
+    """Of ``chunks`` (subject -> count, read before ``infos``), those no live object of ``infos`` names, purged after ``grace_s``."""
     stream, prefix = f"OBJ_{ARTIFACTS_BUCKET}", chunk_prefix(ARTIFACTS_BUCKET)
-    chunks = await chunk_subjects(bus, ARTIFACTS_BUCKET)  # read before the metas: a put that commits meanwhile is named by them
-    named = {str(i.nuid) for i in await artifact_infos(bus) if not i.deleted}
+    named = {str(i.nuid) for i in infos if not i.deleted}
     out = []
     for subject, count in sorted(chunks.items()):
         if subject.removeprefix(prefix) in named:
             continue
-        age = _age_s(await last_written(bus, stream, subject), moment)
+        age = _age_s(await last_written(bus, stream, subject), now)
         if age is None or age < grace_s:
             continue
         if not dry_run:
